@@ -1,0 +1,53 @@
+# weft — the two commands a new user needs are `make demo` and `make test`.
+# Both install the host packages they need (as root) and build first.
+
+CARGO ?= cargo
+WEFT  := target/debug/weft
+# Host tools: nft (the data plane's one host tool), nsenter (tests, util-linux),
+# tcpdump (tests check packets on the underlay), iproute2 (tests read the kernel independently).
+HOST_TOOLS := nft:nftables nsenter:util-linux tcpdump:tcpdump ip:iproute2
+
+.PHONY: all build deps demo demo-down test test-unit lint check-deps bench clean
+
+all: build
+
+deps:
+	@missing=""; for t in $(HOST_TOOLS); do \
+	  bin=$${t%%:*}; pkg=$${t##*:}; \
+	  command -v $$bin >/dev/null 2>&1 || [ -x /usr/sbin/$$bin ] || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing host packages:$$missing"; \
+	  if [ "$$(id -u)" != 0 ]; then echo "error: run as root (weft manages network namespaces), or install:$$missing" >&2; exit 1; fi; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+build:
+	$(CARGO) build --workspace --all-targets
+
+demo: deps build
+	@bash deploy/lab/demo.sh $(WEFT)
+
+demo-down:
+	-$(WEFT) lab down
+
+test: deps build
+	@if [ "$$(id -u)" != 0 ]; then echo "error: the end-to-end tests need root (network namespaces)" >&2; exit 1; fi
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+	  $(CARGO) nextest run --workspace --no-fail-fast; \
+	else \
+	  $(CARGO) test --workspace --no-fail-fast; \
+	fi
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+check-deps:
+	@bash deploy/check-deps.sh
+
+bench: deps
+	@bash bench/run.sh
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The dependency graph is the architecture (STYLE.md): fail on a forbidden edge.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+fail=0
+forbid() { # crate, forbidden deps...
+  local crate=$1; shift
+  local tree; tree=$(cargo tree -e normal --prefix none -p "$crate" --offline 2>/dev/null || cargo tree -e normal --prefix none -p "$crate")
+  for dep in "$@"; do
+    if grep -qE "^$dep v" <<<"$tree"; then echo "forbidden dependency: $crate -> $dep"; fail=1; fi
+  done
+}
+forbid weft-manager weft-overlay weft-worker rtnetlink nftables boringtun netlink-packet-route
+forbid weft-overlay weft-proto weft-manager weft-worker tonic openraft
+forbid weft-proto weft-manager weft-worker weft-overlay openraft rtnetlink
+forbid weft-worker weft-manager openraft
+if [ $fail = 0 ]; then echo "dependency direction: ok"; fi
+exit $fail

@@ -1,0 +1,1 @@
+//! Cluster CA: creating it, signing node CSRs under the manager's rules.

@@ -1,0 +1,10 @@
+//! Compiles `proto/*.proto` with protox (pure Rust, no protoc on the machine).
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let fds = protox::compile(["weft.proto"], ["proto"])?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(fds)?;
+    println!("cargo:rerun-if-changed=proto");
+    Ok(())
+}

@@ -1,0 +1,1 @@
+//! TLS configuration for both ends of a node-to-manager connection.

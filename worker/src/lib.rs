@@ -1,0 +1,8 @@
+//! weft-worker: the agent every node runs.
+//!
+//! Owns: the session with a manager (stream, heartbeats, failover between
+//! managers, certificate renewal), the task runtime and the local reconcile
+//! loop that drives `weft_overlay::Dataplane`.
+//!
+//! Must not: hold cluster-wide state or speak Raft; it only ever sees its own
+//! node's slice.
