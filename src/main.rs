@@ -1,1 +1,66 @@
-fn main() {}
+//! The `weft` binary: parses arguments, wires components, prints. No
+//! cluster logic lives here (DESIGN.md §1).
+
+mod cli;
+mod commands;
+mod daemon;
+
+use clap::{CommandFactory, Parser};
+
+use cli::{Cli, Command};
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    weft_proto::tls::install_crypto_provider();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Daemon(args) => {
+            init_tracing(&args.log_level);
+            daemon::run(args).await
+        }
+        Command::Completion { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "weft", &mut std::io::stdout());
+            Ok(())
+        }
+        cmd => {
+            let c = commands::Client::connect(&cli.host).await?;
+            match cmd {
+                Command::Init(a) => commands::init(&c, a).await,
+                Command::Join(a) => commands::join(&c, a).await,
+                Command::JoinToken(a) => commands::join_token(&c, a).await,
+                Command::Leave(a) => commands::leave(&c, a).await,
+                Command::Info => commands::info(&c).await,
+                Command::Node(n) => commands::node(&c, n).await,
+                Command::Daemon(_) | Command::Completion { .. } => unreachable!("handled above"),
+            }
+        }
+    }
+}
+
+fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+}

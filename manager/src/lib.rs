@@ -8,9 +8,19 @@
 //! Must not: touch the kernel network stack or depend on `weft-overlay`,
 //! `weft-worker`, rtnetlink, nftables or boringtun.
 
+pub mod bootstrap;
 pub mod ca;
-pub mod raft;
-pub mod store;
+pub mod controlapi;
+pub mod convert;
+pub mod core;
 pub mod dispatcher;
+pub mod error;
+pub mod join;
+pub mod leader;
 pub mod membership;
 pub mod quorum;
+pub mod raft;
+pub mod server;
+pub mod store;
+
+pub use server::{Manager, ManagerConfig, StartError};

@@ -7,3 +7,6 @@
 //!
 //! Must not: speak gRPC, know about Raft, or depend on `weft-proto` or
 //! `weft-manager`.
+
+#[cfg(target_os = "linux")]
+pub mod linux;

@@ -62,10 +62,14 @@ pub enum IdentityError {
         field: &'static str,
     },
     /// The OU of a certificate is not a weft role.
-    #[error("certificate is not a weft node certificate: role (OU) {0:?} is neither `manager` nor `worker`")]
+    #[error(
+        "certificate is not a weft node certificate: role (OU) {0:?} is neither `manager` nor `worker`"
+    )]
     UnknownRole(String),
     /// A node or cluster ID is not usable in a DNS name.
-    #[error("invalid {what} {value:?}: must be 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'")]
+    #[error(
+        "invalid {what} {value:?}: must be 1-63 characters of a-z, 0-9 and '-', not starting or ending with '-'"
+    )]
     InvalidName {
         /// `node ID` or `cluster ID`.
         what: &'static str,
@@ -159,12 +163,13 @@ impl fmt::Debug for NodeKey {
 impl NodeKey {
     /// A fresh ECDSA P-256 key from the OS random source.
     pub fn generate() -> Result<Self> {
-        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|source| {
-            IdentityError::Rcgen {
-                what: "cannot generate a node key",
-                source,
-            }
-        })?;
+        let key =
+            rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|source| {
+                IdentityError::Rcgen {
+                    what: "cannot generate a node key",
+                    source,
+                }
+            })?;
         Ok(Self { key })
     }
 
@@ -249,6 +254,8 @@ pub struct PeerIdentity {
     pub role: Role,
     /// O: the cluster ID.
     pub cluster_id: String,
+    /// When the certificate became valid.
+    pub not_before: OffsetDateTime,
     /// When the certificate expires.
     pub not_after: OffsetDateTime,
 }
@@ -260,14 +267,15 @@ impl PeerIdentity {
         let (_, cert) = x509_parser::parse_x509_certificate(der)
             .map_err(|e| IdentityError::X509(e.to_string()))?;
         let subject = cert.subject();
-        let first = |it: &mut dyn Iterator<Item = &x509_parser::x509::AttributeTypeAndValue<'_>>,
-                     field: &'static str| {
-            it.next()
-                .and_then(|a| a.as_str().ok())
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .ok_or(IdentityError::MissingSubjectField { field })
-        };
+        let first =
+            |it: &mut dyn Iterator<Item = &x509_parser::x509::AttributeTypeAndValue<'_>>,
+             field: &'static str| {
+                it.next()
+                    .and_then(|a| a.as_str().ok())
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .ok_or(IdentityError::MissingSubjectField { field })
+            };
         let node_id = first(&mut subject.iter_common_name(), "CN (node ID)")?;
         let role = first(&mut subject.iter_organizational_unit(), "OU (role)")?.parse()?;
         let cluster_id = first(&mut subject.iter_organization(), "O (cluster ID)")?;
@@ -275,6 +283,7 @@ impl PeerIdentity {
             node_id,
             role,
             cluster_id,
+            not_before: cert.validity().not_before.to_datetime(),
             not_after: cert.validity().not_after.to_datetime(),
         })
     }
@@ -296,7 +305,10 @@ mod tests {
         let pem = k.to_pem();
         assert!(pem.contains("BEGIN PRIVATE KEY"), "PKCS#8 expected: {pem}");
         let k2 = NodeKey::from_pem(&pem).unwrap();
-        assert_eq!(k.key_pair().public_key_raw(), k2.key_pair().public_key_raw());
+        assert_eq!(
+            k.key_pair().public_key_raw(),
+            k2.key_pair().public_key_raw()
+        );
         let csr = k2.csr_pem().unwrap();
         let parsed = rcgen::CertificateSigningRequestParams::from_pem(&csr).unwrap();
         use rcgen::PublicKeyData;
@@ -314,7 +326,9 @@ mod tests {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params = rcgen::CertificateParams::new(vec!["n1.nodes.weft".into()]).unwrap();
         params.distinguished_name = rcgen::DistinguishedName::new();
-        params.distinguished_name.push(rcgen::DnType::CommonName, "n1");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "n1");
         params
             .distinguished_name
             .push(rcgen::DnType::OrganizationalUnitName, "manager");
@@ -340,7 +354,10 @@ mod tests {
             .self_signed(&key)
             .unwrap();
         let err = PeerIdentity::from_der(cert.der()).unwrap_err();
-        assert!(matches!(err, IdentityError::MissingSubjectField { .. }), "{err}");
+        assert!(
+            matches!(err, IdentityError::MissingSubjectField { .. }),
+            "{err}"
+        );
         assert!(matches!(
             ca_fingerprint("no pem here"),
             Err(IdentityError::NoCertificate { .. })

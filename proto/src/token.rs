@@ -22,7 +22,8 @@ pub const SECRET_LEN: usize = 25;
 /// Alphabet of the secret part.
 const SECRET_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
 /// What the user should do about any bad token.
-const REMEDY: &str = "get a fresh token with `weft join-token worker` (or `weft join-token manager`) on a manager";
+const REMEDY: &str =
+    "get a fresh token with `weft join-token worker` (or `weft join-token manager`) on a manager";
 
 /// Why a string is not a valid join token. Every message ends with what to do.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -31,19 +32,25 @@ pub enum TokenError {
     #[error("this is not a weft join token (it should start with `WEFT-1-`); {REMEDY}")]
     WrongPrefix,
     /// The token is of a format version this weft does not know.
-    #[error("join token format version {version:?} is not supported (this weft understands version 1); {REMEDY}")]
+    #[error(
+        "join token format version {version:?} is not supported (this weft understands version 1); {REMEDY}"
+    )]
     UnsupportedVersion {
         /// The version field as found.
         version: String,
     },
     /// Wrong number of `-`-separated parts.
-    #[error("malformed join token: expected `WEFT-1-<64 hex digits>-<25 characters>`, found {parts} parts; the token may be truncated, {REMEDY}")]
+    #[error(
+        "malformed join token: expected `WEFT-1-<64 hex digits>-<25 characters>`, found {parts} parts; the token may be truncated, {REMEDY}"
+    )]
     WrongShape {
         /// Number of `-`-separated parts found.
         parts: usize,
     },
     /// The fingerprint part is not 64 lower-case hex digits.
-    #[error("malformed join token: the CA fingerprint must be 64 lower-case hex digits, found {len} characters{detail}; {REMEDY}")]
+    #[error(
+        "malformed join token: the CA fingerprint must be 64 lower-case hex digits, found {len} characters{detail}; {REMEDY}"
+    )]
     BadFingerprint {
         /// Length of the fingerprint part.
         len: usize,
@@ -51,13 +58,17 @@ pub enum TokenError {
         detail: String,
     },
     /// The secret part has the wrong length.
-    #[error("malformed join token: the secret must be {SECRET_LEN} characters, found {len}; the token may be truncated, {REMEDY}")]
+    #[error(
+        "malformed join token: the secret must be {SECRET_LEN} characters, found {len}; the token may be truncated, {REMEDY}"
+    )]
     BadSecretLength {
         /// Length found.
         len: usize,
     },
     /// The secret part contains a character outside `[a-z0-9]`.
-    #[error("malformed join token: the secret may contain only a-z and 0-9, found {ch:?}; {REMEDY}")]
+    #[error(
+        "malformed join token: the secret may contain only a-z and 0-9, found {ch:?}; {REMEDY}"
+    )]
     BadSecretChar {
         /// The offending character.
         ch: char,
@@ -306,7 +317,7 @@ mod tests {
             "nonsense".to_owned(),
             format!("WEFT-9-{hex}-abcdefghijklmnopqrstuvwxy"),
             format!("WEFT-1-{hex}"),
-            format!("WEFT-1-zz-abcdefghijklmnopqrstuvwxy"),
+            "WEFT-1-zz-abcdefghijklmnopqrstuvwxy".to_owned(),
             format!("WEFT-1-{hex}-short"),
             format!("WEFT-1-{hex}-abcdefghijklmnopqrstuvwx!"),
         ] {

@@ -6,3 +6,8 @@
 //!
 //! Must not: hold cluster-wide state or speak Raft; it only ever sees its own
 //! node's slice.
+
+pub mod agent;
+pub mod error;
+pub mod join;
+pub mod node_files;

@@ -120,11 +120,17 @@ mod tests {
         let t0 = Instant::now();
         let l = Liveness::new(t0);
         let s = state(&[(1, NodeState::Ready)]);
-        assert!(l.plan(&s, P, t0 + Duration::from_millis(2900), 0).is_empty());
+        assert!(
+            l.plan(&s, P, t0 + Duration::from_millis(2900), 0)
+                .is_empty()
+        );
         let cmds = l.plan(&s, P, t0 + Duration::from_millis(3100), 0);
         assert!(matches!(
             cmds.as_slice(),
-            [Command::SetNodeState { state: NodeState::Down, .. }]
+            [Command::SetNodeState {
+                state: NodeState::Down,
+                ..
+            }]
         ));
     }
 

@@ -1,6 +1,214 @@
 //! The dispatcher: the manager end of every node's session.
 //!
-//! Runs on the leader. Holds each node's session stream, records heartbeats
-//! (and from them liveness), renews certificates and handles `leave`.
+//! Runs on the leader; followers answer `FAILED_PRECONDITION` with the
+//! leader's address in the `weft-leader` metadata so the node moves there.
+//! It holds each node's session stream, records heartbeats (liveness is
+//! decided in [`liveness`]), renews certificates and handles `leave`.
+//! A node speaks only for the node ID in its own certificate, and a removed
+//! node is refused.
 
 pub mod liveness;
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures::Stream;
+use tonic::metadata::MetadataValue;
+use tonic::{Request, Response, Status};
+use weft_proto::v1 as pb;
+use weft_proto::v1::dispatcher_server::Dispatcher;
+
+use crate::ca::ClusterCa;
+use crate::core::Core;
+use crate::error::Error;
+use crate::quorum;
+use crate::store::{Command, Node, NodeId, Role};
+
+/// Metadata key carrying the leader's address on a redirect.
+pub const LEADER_METADATA: &str = "weft-leader";
+
+/// The `Dispatcher` gRPC service.
+#[derive(Clone)]
+pub struct DispatcherService {
+    core: Core,
+}
+
+impl DispatcherService {
+    /// A dispatcher over this manager's store.
+    pub fn new(core: Core) -> Self {
+        DispatcherService { core }
+    }
+
+    /// Authenticates the caller as `claimed` and returns its store record.
+    fn authorize<T>(&self, req: &Request<T>, claimed: &str) -> Result<Node, Status> {
+        let cluster = self.core.cluster()?;
+        weft_proto::tls::require_node(req, &cluster.id, claimed)?;
+        let id: NodeId = claimed
+            .parse()
+            .map_err(|e| Status::invalid_argument(format!("{e}")))?;
+        self.core.read(|s| {
+            if s.removed.contains(&id) {
+                return Err(Status::permission_denied(format!(
+                    "node {id} was removed from the cluster; run `weft leave --force` on it, then join again with a fresh token"
+                )));
+            }
+            s.nodes.get(&id).cloned().ok_or_else(|| {
+                Status::permission_denied(format!("node {id} is not a member of this cluster"))
+            })
+        })
+    }
+
+    fn require_leader(&self) -> Result<(), Status> {
+        if self.core.is_leader() {
+            return Ok(());
+        }
+        let mut st =
+            Status::failed_precondition("this manager is not the leader; reconnect to the leader");
+        if let Some(addr) = self.core.leader_addr()
+            && let Ok(v) = MetadataValue::try_from(addr.as_str())
+        {
+            st.metadata_mut().insert(LEADER_METADATA, v);
+        }
+        Err(st)
+    }
+
+    fn session_message(&self, id: NodeId) -> Result<pb::SessionMessage, Status> {
+        let cluster = self.core.cluster()?;
+        let (role, managers) = self.core.read(|s| {
+            (
+                s.nodes.get(&id).map(|n| n.role),
+                s.managers().map(|m| m.addr.clone()).collect::<Vec<_>>(),
+            )
+        });
+        let role = role.ok_or_else(|| {
+            Status::permission_denied(format!("node {id} was removed from the cluster"))
+        })?;
+        Ok(pb::SessionMessage {
+            manager_addrs: managers,
+            leader_addr: self.core.leader_addr().unwrap_or_default(),
+            role: pb::NodeRole::from(role) as i32,
+            heartbeat_period_ms: cluster.settings.heartbeat_period_ms,
+        })
+    }
+}
+
+type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::SessionMessage, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Dispatcher for DispatcherService {
+    type SessionStream = SessionStream;
+
+    async fn session(
+        &self,
+        req: Request<pb::SessionRequest>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        let node = self.authorize(&req, &req.get_ref().node_id)?;
+        self.require_leader()?;
+        self.core.seen(node.id);
+        let first = self.session_message(node.id)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let this = self.clone();
+        let mut changes = self.core.store().subscribe();
+        tokio::spawn(async move {
+            let mut last = first.clone();
+            if tx.send(Ok(first)).await.is_err() {
+                return;
+            }
+            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            loop {
+                tokio::select! {
+                    _ = tx.closed() => return,
+                    r = changes.changed() => if r.is_err() { return },
+                    _ = tick.tick() => {},
+                }
+                if !this.core.is_leader() {
+                    let st = this
+                        .require_leader()
+                        .err()
+                        .unwrap_or_else(|| Status::unavailable("leadership changed"));
+                    let _ = tx.send(Err(st)).await;
+                    return;
+                }
+                match this.session_message(node.id) {
+                    Ok(msg) if msg != last => {
+                        last = msg.clone();
+                        if tx.send(Ok(msg)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(st) => {
+                        let _ = tx.send(Err(st)).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::HeartbeatResponse>, Status> {
+        let node = self.authorize(&req, &req.get_ref().node_id)?;
+        self.require_leader()?;
+        self.core.seen(node.id);
+        let period_ms = self.core.cluster()?.settings.heartbeat_period_ms;
+        Ok(Response::new(pb::HeartbeatResponse { period_ms }))
+    }
+
+    async fn renew_certificate(
+        &self,
+        req: Request<pb::RenewCertificateRequest>,
+    ) -> Result<Response<pb::RenewCertificateResponse>, Status> {
+        let node = self.authorize(&req, &req.get_ref().node_id)?;
+        let cluster = self.core.cluster()?;
+        let ca =
+            ClusterCa::from_pem(&cluster.ca_cert_pem, &cluster.ca_key_pem).map_err(Error::from)?;
+        let issued = ca
+            .sign_csr(
+                &req.get_ref().csr_pem,
+                &node.id.to_string(),
+                node.role.into(),
+                &cluster.id,
+                Duration::from_secs(cluster.settings.cert_expiry_secs),
+            )
+            .map_err(Error::from)?;
+        self.core
+            .propose(Command::SetCertExpiry {
+                id: node.id,
+                expiry: crate::core::rfc3339(issued.not_after),
+            })
+            .await?;
+        tracing::info!(node = %node.id, role = node.role.as_str(), "certificate renewed");
+        Ok(Response::new(pb::RenewCertificateResponse {
+            cert_pem: issued.cert_pem,
+            role: pb::NodeRole::from(node.role) as i32,
+        }))
+    }
+
+    async fn leave(
+        &self,
+        req: Request<pb::LeaveRequest>,
+    ) -> Result<Response<pb::LeaveResponse>, Status> {
+        let node = self.authorize(&req, &req.get_ref().node_id)?;
+        if node.role == Role::Manager {
+            if self.core.read(|s| s.managers().count()) == 1 {
+                return Err(Error::Quorum(quorum::QuorumError::LastManager(node.id)).into());
+            }
+            if !req.get_ref().force {
+                let voters = self.core.voters();
+                quorum::check_removal(&voters, |id| self.core.is_reachable(id), node.id)
+                    .map_err(Error::from)?;
+            }
+        }
+        self.core
+            .propose(Command::RemoveNode { id: node.id })
+            .await?;
+        tracing::info!(node = %node.id, "node left the cluster");
+        Ok(Response::new(pb::LeaveResponse {}))
+    }
+}

@@ -1,0 +1,423 @@
+//! The operator API (`weft node …`, `weft join-token …`, `weft info`).
+//!
+//! Served twice by the same code: on the local unix socket (the root user of
+//! this node, trusted) and on the manager port (manager certificates only).
+//! Reads come from this manager's copy of the store; writes are proposed
+//! through Raft and forwarded to the leader when this manager is a follower.
+//! Input is validated here, before anything is proposed, so a bad request
+//! changes nothing.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+
+use tonic::{Request, Response, Status};
+use weft_proto::token::{JoinToken, random_secret};
+use weft_proto::v1 as pb;
+use weft_proto::v1::control_server::Control;
+
+use crate::convert::{availability_from_wire, node_to_wire, role_from_wire};
+use crate::core::{Core, now_ms};
+use crate::error::{Error, Result};
+use crate::quorum;
+use crate::store::{Applied, Command, Node, NodeState, Role, State};
+
+/// Who is calling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// The local unix socket: root on this node.
+    Local,
+    /// The manager port: must present a manager certificate.
+    Remote,
+}
+
+/// Where the local socket finds the manager, if this node is one right now
+/// (a node becomes or stops being a manager while the daemon runs).
+pub type CoreSlot = Arc<RwLock<Option<Core>>>;
+
+/// The `Control` gRPC service over one manager.
+#[derive(Clone)]
+pub struct ControlService {
+    core: Core,
+    caller: Caller,
+}
+
+/// The `Control` service of the local socket: answers through the manager
+/// in the slot, or explains that this node is not a manager.
+#[derive(Clone)]
+pub struct LocalControl {
+    slot: CoreSlot,
+}
+
+impl LocalControl {
+    /// A local control service over `slot`.
+    pub fn new(slot: CoreSlot) -> Self {
+        LocalControl { slot }
+    }
+
+    fn inner(&self) -> std::result::Result<ControlService, Status> {
+        let core = self.slot.read().expect("core slot").clone();
+        core.map(|c| ControlService::new(c, Caller::Local))
+            .ok_or_else(|| {
+                Status::failed_precondition(
+                    "this node is not a manager: run the command on a manager node \
+                     (or point -H at a manager's daemon socket)",
+                )
+            })
+    }
+}
+
+impl ControlService {
+    /// A control service for one kind of caller.
+    pub fn new(core: Core, caller: Caller) -> Self {
+        ControlService { core, caller }
+    }
+
+    fn authorize<T>(&self, req: &Request<T>) -> std::result::Result<(), Status> {
+        if self.caller == Caller::Local {
+            return Ok(());
+        }
+        let cluster = self.core.cluster().map_err(Status::from)?;
+        weft_proto::tls::require_manager(req, &cluster.id).map(|_| ())
+    }
+
+    fn wire(&self, n: &Node) -> pb::Node {
+        let (status, voter) = self.core.manager_status(n);
+        node_to_wire(n, status, voter)
+    }
+
+    fn resolve(&self, what: &str) -> Result<Node> {
+        let what = if what == "self" {
+            self.core.node_id().to_string()
+        } else {
+            what.to_string()
+        };
+        Ok(self.core.read(|s| s.resolve_node(&what).cloned())?)
+    }
+
+    fn tokens(&self) -> Result<pb::JoinTokens> {
+        self.tokens_with(None)
+    }
+
+    /// The tokens, with `rotated` standing in for the secret of one role just
+    /// proposed (this manager may be a follower that has not applied it yet).
+    fn tokens_with(&self, rotated: Option<(Role, &str)>) -> Result<pb::JoinTokens> {
+        let mut c = self.core.cluster()?;
+        match rotated {
+            Some((Role::Worker, s)) => c.worker_secret = s.to_string(),
+            Some((Role::Manager, s)) => c.manager_secret = s.to_string(),
+            None => {}
+        }
+        let fp = weft_proto::identity::ca_fingerprint(&c.ca_cert_pem)
+            .map_err(|e| Error::FailedPrecondition(format!("cluster CA is unreadable: {e}")))?;
+        Ok(pb::JoinTokens {
+            worker: JoinToken::new(fp, c.worker_secret.clone()).to_string(),
+            manager: JoinToken::new(fp, c.manager_secret.clone()).to_string(),
+        })
+    }
+
+    /// Summary for `weft info`.
+    pub fn summary(&self) -> Result<pb::ClusterSummary> {
+        let c = self.core.cluster()?;
+        let m = self.core.raft().metrics();
+        let (managers, nodes_total) = self.core.read(|s: &State| {
+            (
+                s.managers().map(|n| self.wire(n)).collect::<Vec<_>>(),
+                s.nodes.len(),
+            )
+        });
+        let leader_addr = self.core.leader_addr().unwrap_or_default();
+        Ok(pb::ClusterSummary {
+            cluster_id: c.id.clone(),
+            leader_id: m.leader.map(|l| l.to_string()).unwrap_or_default(),
+            leader_addr,
+            raft_term: m.term,
+            raft_commit_index: m.applied_index.unwrap_or(0),
+            raft_applied_index: m.applied_index.unwrap_or(0),
+            heartbeat_period_ms: c.settings.heartbeat_period_ms,
+            data_path_port: u32::from(c.settings.data_path_port),
+            default_addr_pools: c
+                .settings
+                .default_addr_pools
+                .iter()
+                .map(|p| p.to_string())
+                .collect(),
+            default_addr_pool_mask_length: u32::from(c.settings.default_addr_pool_mask_length),
+            cert_expiry_secs: c.settings.cert_expiry_secs,
+            managers_total: managers.len() as u32,
+            managers,
+            ca_fingerprint: hex_fp(&c.ca_cert_pem),
+            nodes_total: nodes_total as u32,
+        })
+    }
+
+    async fn set_role(&self, r: pb::SetNodeRoleRequest) -> Result<pb::Node> {
+        let role = role_from_wire(r.role)
+            .ok_or_else(|| Error::InvalidInput("role must be worker or manager".into()))?;
+        let node = self.resolve(&r.node)?;
+        if node.role == role {
+            return Ok(self.wire(&node));
+        }
+        if role == Role::Worker && !r.force {
+            self.check_quorum(&node)?;
+        }
+        if role == Role::Worker && self.core.read(|s| s.managers().count()) == 1 {
+            return Err(Error::Quorum(quorum::QuorumError::LastManager(node.id)));
+        }
+        let applied = self
+            .core
+            .propose(Command::SetRole {
+                id: node.id,
+                role,
+                now_ms: now_ms(),
+            })
+            .await?;
+        Ok(self.applied_node(applied, &node))
+    }
+
+    fn check_quorum(&self, node: &Node) -> Result<()> {
+        let voters = self.core.voters();
+        Ok(quorum::check_removal(
+            &voters,
+            |id| self.core.is_reachable(id),
+            node.id,
+        )?)
+    }
+
+    fn applied_node(&self, applied: Applied, fallback: &Node) -> pb::Node {
+        match applied {
+            Applied::Node(n) => self.wire(&n),
+            Applied::Done => self.wire(fallback),
+        }
+    }
+
+    async fn remove(&self, r: pb::RemoveNodeRequest) -> Result<()> {
+        let node = self.resolve(&r.node)?;
+        if node.role == Role::Manager {
+            return Err(Error::FailedPrecondition(format!(
+                "node {} ({}) is a manager; demote it first with `weft node demote {}`",
+                node.id, node.hostname, node.id
+            )));
+        }
+        if node.state == NodeState::Ready && !r.force {
+            return Err(Error::FailedPrecondition(format!(
+                "node {} ({}) is up; stop it or run `weft leave` on it first, or remove it anyway with --force",
+                node.id, node.hostname
+            )));
+        }
+        self.core
+            .propose(Command::RemoveNode { id: node.id })
+            .await?;
+        Ok(())
+    }
+
+    async fn update(&self, r: pb::UpdateNodeRequest) -> Result<pb::Node> {
+        let node = self.resolve(&r.node)?;
+        let availability = match r.availability {
+            0 => None,
+            a => Some(availability_from_wire(a).ok_or_else(|| {
+                Error::InvalidInput("availability must be active, pause or drain".into())
+            })?),
+        };
+        let mut label_add = BTreeMap::new();
+        for (k, v) in r.label_add {
+            validate_label_key(&k)?;
+            label_add.insert(k, v);
+        }
+        for k in &r.label_rm {
+            validate_label_key(k)?;
+            if !node.labels.contains_key(k) && !label_add.contains_key(k) {
+                return Err(Error::InvalidInput(format!(
+                    "node {} has no label {k:?} to remove",
+                    node.hostname
+                )));
+            }
+        }
+        let applied = self
+            .core
+            .propose(Command::UpdateNode {
+                id: node.id,
+                availability,
+                label_add,
+                label_rm: r.label_rm,
+                now_ms: now_ms(),
+            })
+            .await?;
+        Ok(self.applied_node(applied, &node))
+    }
+}
+
+fn validate_label_key(k: &str) -> Result<()> {
+    let ok = !k.is_empty()
+        && k.len() <= 128
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '/'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidInput(format!(
+            "invalid label key {k:?}: use 1-128 characters of letters, digits, '.', '-', '_' or '/'"
+        )))
+    }
+}
+
+fn hex_fp(ca_pem: &str) -> String {
+    weft_proto::identity::ca_fingerprint(ca_pem)
+        .map(|fp| fp.iter().map(|b| format!("{b:02x}")).collect())
+        .unwrap_or_default()
+}
+
+#[tonic::async_trait]
+impl Control for ControlService {
+    async fn get_cluster(
+        &self,
+        req: Request<pb::GetClusterRequest>,
+    ) -> std::result::Result<Response<pb::ClusterSummary>, Status> {
+        self.authorize(&req)?;
+        Ok(Response::new(self.summary()?))
+    }
+
+    async fn list_nodes(
+        &self,
+        req: Request<pb::ListNodesRequest>,
+    ) -> std::result::Result<Response<pb::ListNodesResponse>, Status> {
+        self.authorize(&req)?;
+        self.core.cluster()?;
+        let nodes = self
+            .core
+            .read(|s| s.nodes.values().cloned().collect::<Vec<_>>());
+        let nodes = nodes.iter().map(|n| self.wire(n)).collect();
+        Ok(Response::new(pb::ListNodesResponse { nodes }))
+    }
+
+    async fn get_node(
+        &self,
+        req: Request<pb::GetNodeRequest>,
+    ) -> std::result::Result<Response<pb::Node>, Status> {
+        self.authorize(&req)?;
+        let node = self.resolve(&req.get_ref().node)?;
+        Ok(Response::new(self.wire(&node)))
+    }
+
+    async fn update_node(
+        &self,
+        req: Request<pb::UpdateNodeRequest>,
+    ) -> std::result::Result<Response<pb::Node>, Status> {
+        self.authorize(&req)?;
+        Ok(Response::new(self.update(req.into_inner()).await?))
+    }
+
+    async fn set_node_role(
+        &self,
+        req: Request<pb::SetNodeRoleRequest>,
+    ) -> std::result::Result<Response<pb::Node>, Status> {
+        self.authorize(&req)?;
+        Ok(Response::new(self.set_role(req.into_inner()).await?))
+    }
+
+    async fn remove_node(
+        &self,
+        req: Request<pb::RemoveNodeRequest>,
+    ) -> std::result::Result<Response<pb::RemoveNodeResponse>, Status> {
+        self.authorize(&req)?;
+        self.remove(req.into_inner()).await?;
+        Ok(Response::new(pb::RemoveNodeResponse {}))
+    }
+
+    async fn get_join_tokens(
+        &self,
+        req: Request<pb::GetJoinTokensRequest>,
+    ) -> std::result::Result<Response<pb::JoinTokens>, Status> {
+        self.authorize(&req)?;
+        Ok(Response::new(self.tokens()?))
+    }
+
+    async fn rotate_join_token(
+        &self,
+        req: Request<pb::RotateJoinTokenRequest>,
+    ) -> std::result::Result<Response<pb::JoinTokens>, Status> {
+        self.authorize(&req)?;
+        let role = role_from_wire(req.get_ref().role)
+            .ok_or_else(|| Error::InvalidInput("role must be worker or manager".into()))?;
+        let secret = random_secret();
+        self.core
+            .propose(Command::RotateToken {
+                role,
+                secret: secret.clone(),
+            })
+            .await?;
+        Ok(Response::new(self.tokens_with(Some((role, &secret)))?))
+    }
+}
+
+#[tonic::async_trait]
+impl Control for LocalControl {
+    async fn get_cluster(
+        &self,
+        req: Request<pb::GetClusterRequest>,
+    ) -> std::result::Result<Response<pb::ClusterSummary>, Status> {
+        self.inner()?.get_cluster(req).await
+    }
+
+    async fn list_nodes(
+        &self,
+        req: Request<pb::ListNodesRequest>,
+    ) -> std::result::Result<Response<pb::ListNodesResponse>, Status> {
+        self.inner()?.list_nodes(req).await
+    }
+
+    async fn get_node(
+        &self,
+        req: Request<pb::GetNodeRequest>,
+    ) -> std::result::Result<Response<pb::Node>, Status> {
+        self.inner()?.get_node(req).await
+    }
+
+    async fn update_node(
+        &self,
+        req: Request<pb::UpdateNodeRequest>,
+    ) -> std::result::Result<Response<pb::Node>, Status> {
+        self.inner()?.update_node(req).await
+    }
+
+    async fn set_node_role(
+        &self,
+        req: Request<pb::SetNodeRoleRequest>,
+    ) -> std::result::Result<Response<pb::Node>, Status> {
+        self.inner()?.set_node_role(req).await
+    }
+
+    async fn remove_node(
+        &self,
+        req: Request<pb::RemoveNodeRequest>,
+    ) -> std::result::Result<Response<pb::RemoveNodeResponse>, Status> {
+        self.inner()?.remove_node(req).await
+    }
+
+    async fn get_join_tokens(
+        &self,
+        req: Request<pb::GetJoinTokensRequest>,
+    ) -> std::result::Result<Response<pb::JoinTokens>, Status> {
+        self.inner()?.get_join_tokens(req).await
+    }
+
+    async fn rotate_join_token(
+        &self,
+        req: Request<pb::RotateJoinTokenRequest>,
+    ) -> std::result::Result<Response<pb::JoinTokens>, Status> {
+        self.inner()?.rotate_join_token(req).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_keys() {
+        assert!(validate_label_key("zone").is_ok());
+        assert!(validate_label_key("example.com/disk-type_2").is_ok());
+        assert!(validate_label_key("").is_err());
+        assert!(validate_label_key("a b").is_err());
+        assert!(validate_label_key("k=v").is_err());
+    }
+}

@@ -1,0 +1,164 @@
+//! What every manager-side service shares: the store, Raft, the node's own
+//! identity and the leader's in-memory liveness table.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use weft_proto::v1 as pb;
+
+use crate::dispatcher::liveness::Liveness;
+use crate::error::{Error, Result};
+use crate::raft::{RaftHandle, StoreHandle};
+use crate::store::{Applied, Cluster, Command, Node, NodeId, NodeState, Role, State};
+
+/// Shared manager state. Cheap to clone.
+#[derive(Clone)]
+pub struct Core {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    node_id: NodeId,
+    raft: RaftHandle,
+    store: StoreHandle,
+    liveness: Mutex<Option<Liveness>>,
+}
+
+impl Core {
+    /// Wraps a running Raft instance.
+    pub fn new(node_id: NodeId, raft: RaftHandle) -> Self {
+        let store = raft.store();
+        Core {
+            inner: Arc::new(Inner {
+                node_id,
+                raft,
+                store,
+                liveness: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// This manager's node ID.
+    pub fn node_id(&self) -> NodeId {
+        self.inner.node_id
+    }
+
+    /// The Raft instance.
+    pub fn raft(&self) -> &RaftHandle {
+        &self.inner.raft
+    }
+
+    /// The replicated store.
+    pub fn store(&self) -> &StoreHandle {
+        &self.inner.store
+    }
+
+    /// Runs `f` on the current state.
+    pub fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+        let guard = self.inner.store.read();
+        f(&guard)
+    }
+
+    /// The cluster record, or `NotReady` while this manager has not caught up.
+    pub fn cluster(&self) -> Result<Cluster> {
+        self.read(|s| s.cluster.clone()).ok_or(Error::NotReady)
+    }
+
+    /// Proposes a command through Raft (forwarded to the leader if needed)
+    /// and returns what applying it produced.
+    pub async fn propose(&self, cmd: Command) -> Result<Applied> {
+        Ok(self.inner.raft.propose(cmd).await??)
+    }
+
+    /// Whether this manager is the Raft leader right now.
+    pub fn is_leader(&self) -> bool {
+        self.inner.raft.is_leader()
+    }
+
+    /// Address of the current leader, if known.
+    pub fn leader_addr(&self) -> Option<String> {
+        let m = self.inner.raft.metrics();
+        let leader = m.leader?;
+        m.voters
+            .get(&leader)
+            .filter(|a| !a.is_empty())
+            .cloned()
+            .or_else(|| self.read(|s| s.nodes.get(&leader).map(|n| n.addr.clone())))
+    }
+
+    /// Manager status as `node ls` shows it.
+    pub fn manager_status(&self, n: &Node) -> (pb::ManagerStatus, bool) {
+        let m = self.inner.raft.metrics();
+        let voter = m.voters.contains_key(&n.id);
+        if n.role != Role::Manager && !voter {
+            return (pb::ManagerStatus::Unspecified, false);
+        }
+        let status = if m.leader == Some(n.id) {
+            pb::ManagerStatus::Leader
+        } else if n.state == NodeState::Ready {
+            pb::ManagerStatus::Reachable
+        } else {
+            pb::ManagerStatus::Unreachable
+        };
+        (status, voter)
+    }
+
+    /// Records a heartbeat from `id` (leader only; elsewhere a no-op).
+    pub fn seen(&self, id: NodeId) {
+        let mut l = self.inner.liveness.lock().expect("liveness lock");
+        if let Some(l) = l.as_mut() {
+            l.seen(id, Instant::now());
+        }
+    }
+
+    /// Called by the leader loop: starts or stops liveness tracking.
+    pub(crate) fn set_leading(&self, leading: bool) {
+        let mut l = self.inner.liveness.lock().expect("liveness lock");
+        match (leading, l.is_some()) {
+            (true, false) => *l = Some(Liveness::new(Instant::now())),
+            (false, true) => *l = None,
+            _ => {}
+        }
+    }
+
+    /// The liveness commands the store needs now (leader only).
+    pub(crate) fn liveness_plan(&self, period: Duration) -> Vec<Command> {
+        let l = self.inner.liveness.lock().expect("liveness lock");
+        let Some(l) = l.as_ref() else {
+            return Vec::new();
+        };
+        self.read(|s| l.plan(s, period, Instant::now(), now_ms()))
+    }
+
+    /// The Raft voters.
+    pub fn voters(&self) -> std::collections::BTreeSet<NodeId> {
+        self.inner.raft.metrics().voters.keys().copied().collect()
+    }
+
+    /// Whether a node is heartbeating, as far as the store knows.
+    pub fn is_reachable(&self, id: NodeId) -> bool {
+        if id == self.inner.node_id {
+            return true;
+        }
+        self.read(|s| {
+            s.nodes
+                .get(&id)
+                .is_some_and(|n| n.state == NodeState::Ready)
+        })
+    }
+}
+
+/// Wall clock in unix milliseconds, for timestamps the proposer stamps on
+/// commands (the state machine never reads a clock).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// RFC 3339 text of a certificate time, for display.
+pub fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}

@@ -1,0 +1,61 @@
+//! The manager's error type and its mapping to gRPC status codes.
+
+use tonic::Status;
+
+use crate::quorum::QuorumError;
+use crate::store::{ResolveError, StoreError};
+
+/// What can go wrong in a manager operation. Every variant's message tells
+/// the operator what was wrong and, where there is one, what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Input failed validation at the API edge.
+    #[error("{0}")]
+    InvalidInput(String),
+    /// The state machine rejected the command.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A node name did not resolve.
+    #[error(transparent)]
+    Resolve(#[from] ResolveError),
+    /// The change would cost the cluster its quorum.
+    #[error(transparent)]
+    Quorum(#[from] QuorumError),
+    /// The operation needs a precondition the cluster does not meet.
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// Raft could not commit the change.
+    #[error(transparent)]
+    Raft(#[from] crate::raft::ProposeError),
+    /// The join token was wrong.
+    #[error("{0}")]
+    BadToken(String),
+    /// Certificate handling failed.
+    #[error(transparent)]
+    Ca(#[from] crate::ca::CaError),
+    /// The store has no cluster yet (this manager is still catching up).
+    #[error("this manager has not caught up with the cluster yet; try again in a moment")]
+    NotReady,
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Status {
+        let msg = e.to_string();
+        match e {
+            Error::InvalidInput(_) => Status::invalid_argument(msg),
+            Error::Store(StoreError::NodeNotFound(_))
+            | Error::Resolve(ResolveError::NotFound(_)) => Status::not_found(msg),
+            Error::Store(StoreError::DuplicateNode(_)) => Status::already_exists(msg),
+            Error::Store(_) | Error::Quorum(_) | Error::FailedPrecondition(_) => {
+                Status::failed_precondition(msg)
+            }
+            Error::Resolve(ResolveError::Ambiguous(_)) => Status::invalid_argument(msg),
+            Error::Raft(_) | Error::NotReady => Status::unavailable(msg),
+            Error::BadToken(_) => Status::permission_denied(msg),
+            Error::Ca(_) => Status::internal(msg),
+        }
+    }
+}
+
+/// Shorthand.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,220 @@
+//! Admitting nodes: the `Join` service, callable without a certificate.
+//!
+//! ```text
+//!  joiner                                   any manager
+//!    │ GetCaCert (TLS, server not yet trusted) ─▶ CA PEM
+//!    │ check SHA-256(CA) == token fingerprint; else stop, token unsent
+//!    │ Join{token, CSR} (TLS, server verified against that CA) ─▶
+//!    │            check secret (constant time) ─▶ role
+//!    │            sign CSR (manager-chosen subject) ─▶ propose AddNode
+//!    ◀─ node ID, certificate, CA, manager list
+//! ```
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use tonic::{Request, Response, Status};
+use weft_proto::token::JoinToken;
+use weft_proto::v1 as pb;
+use weft_proto::v1::join_server::Join;
+
+use crate::ca::ClusterCa;
+use crate::core::{Core, now_ms};
+use crate::error::{Error, Result};
+use crate::store::{Command, Node, NodeId, NodeState, Role};
+
+/// Default manager port.
+pub const DEFAULT_PORT: u16 = 4377;
+
+/// The `Join` gRPC service.
+#[derive(Clone)]
+pub struct JoinService {
+    core: Core,
+}
+
+impl JoinService {
+    /// A join service over this manager's store.
+    pub fn new(core: Core) -> Self {
+        JoinService { core }
+    }
+
+    async fn join(&self, r: pb::JoinRequest, peer: Option<SocketAddr>) -> Result<pb::JoinResponse> {
+        let cluster = self.core.cluster()?;
+        let token: JoinToken = r
+            .token
+            .parse()
+            .map_err(|e: weft_proto::token::TokenError| Error::BadToken(e.to_string()))?;
+        let ca = ClusterCa::from_pem(&cluster.ca_cert_pem, &cluster.ca_key_pem)?;
+        if token.ca_fingerprint != ca.fingerprint() {
+            return Err(Error::BadToken(
+                "this join token belongs to a different cluster (its CA fingerprint does not match); \
+                 get a token from a manager of this cluster with `weft join-token worker`"
+                    .into(),
+            ));
+        }
+        // Check both secrets without short-circuiting on the first.
+        let is_manager = token.secret_matches(&cluster.manager_secret);
+        let is_worker = token.secret_matches(&cluster.worker_secret);
+        let role = match (is_manager, is_worker) {
+            (true, _) => Role::Manager,
+            (false, true) => Role::Worker,
+            (false, false) => {
+                return Err(Error::BadToken(
+                    "invalid join token: it may have been rotated; get the current one with \
+                     `weft join-token worker` (or `manager`) on a manager"
+                        .into(),
+                ));
+            }
+        };
+        let hostname = r.hostname.trim().to_string();
+        if hostname.is_empty() || hostname.len() > 253 {
+            return Err(Error::InvalidInput(
+                "hostname must be 1-253 characters".into(),
+            ));
+        }
+        let addr = advertise_addr(&r.advertise_addr, peer)?;
+        let data_path_addr = if r.data_path_addr.is_empty() {
+            addr.ip().to_string()
+        } else {
+            r.data_path_addr
+                .parse::<IpAddr>()
+                .map_err(|_| {
+                    Error::InvalidInput(format!(
+                        "invalid data path address {:?}: give an IP address",
+                        r.data_path_addr
+                    ))
+                })?
+                .to_string()
+        };
+        let addr_text = addr.to_string();
+        if role == Role::Manager
+            && self
+                .core
+                .read(|s| s.managers().any(|m| m.addr == addr_text))
+        {
+            return Err(Error::FailedPrecondition(format!(
+                "another manager already advertises {addr_text}; give this node its own --advertise-addr"
+            )));
+        }
+
+        let id = NodeId::random();
+        let validity = Duration::from_secs(cluster.settings.cert_expiry_secs);
+        let issued = ca.sign_csr(
+            &r.csr_pem,
+            &id.to_string(),
+            role.into(),
+            &cluster.id,
+            validity,
+        )?;
+        let now = now_ms();
+        let node = Node {
+            id,
+            hostname,
+            role,
+            state: NodeState::Unknown,
+            addr: addr_text,
+            data_path_addr,
+            underlay_mtu: u32::try_from(r.underlay_mtu).unwrap_or(1500),
+            created_at_ms: now,
+            updated_at_ms: now,
+            cert_expiry: crate::core::rfc3339(issued.not_after),
+            ..Default::default()
+        };
+        self.core.propose(Command::AddNode { node }).await?;
+        let manager_addrs = self
+            .core
+            .read(|s| s.managers().map(|m| m.addr.clone()).collect());
+        tracing::info!(node = %id, role = role.as_str(), "node joined");
+        Ok(pb::JoinResponse {
+            node_id: id.to_string(),
+            role: pb::NodeRole::from(role) as i32,
+            cert_pem: issued.cert_pem,
+            ca_pem: cluster.ca_cert_pem,
+            cluster_id: cluster.id,
+            manager_addrs,
+        })
+    }
+}
+
+/// `IP[:PORT]` as the joiner advertised it, or the address it connected
+/// from (with the default port) when it gave none.
+pub fn advertise_addr(given: &str, peer: Option<SocketAddr>) -> Result<SocketAddr> {
+    if given.is_empty() {
+        let ip = peer.map(|p| p.ip()).ok_or_else(|| {
+            Error::InvalidInput("could not tell this node's address; pass --advertise-addr".into())
+        })?;
+        return Ok(SocketAddr::new(ip, DEFAULT_PORT));
+    }
+    parse_host_port(given, DEFAULT_PORT)
+}
+
+/// Parses `IP` or `IP:PORT`; the port defaults to `default_port`.
+pub fn parse_host_port(s: &str, default_port: u16) -> Result<SocketAddr> {
+    if let Ok(sa) = s.parse::<SocketAddr>() {
+        if sa.port() == 0 {
+            return Err(Error::InvalidInput(format!(
+                "invalid address {s:?}: port 0"
+            )));
+        }
+        return Ok(sa);
+    }
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, default_port));
+    }
+    Err(Error::InvalidInput(format!(
+        "invalid address {s:?}: expected IP or IP:PORT, e.g. 198.18.0.1 or 198.18.0.1:{default_port}"
+    )))
+}
+
+#[tonic::async_trait]
+impl Join for JoinService {
+    async fn get_ca_cert(
+        &self,
+        _req: Request<pb::GetCaCertRequest>,
+    ) -> std::result::Result<Response<pb::GetCaCertResponse>, Status> {
+        let c = self.core.cluster()?;
+        Ok(Response::new(pb::GetCaCertResponse {
+            ca_pem: c.ca_cert_pem,
+        }))
+    }
+
+    async fn join(
+        &self,
+        req: Request<pb::JoinRequest>,
+    ) -> std::result::Result<Response<pb::JoinResponse>, Status> {
+        let peer = req.remote_addr();
+        Ok(Response::new(
+            JoinService::join(self, req.into_inner(), peer).await?,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_port_forms() {
+        assert_eq!(
+            parse_host_port("198.18.0.1", 4377).unwrap(),
+            "198.18.0.1:4377".parse().unwrap()
+        );
+        assert_eq!(
+            parse_host_port("198.18.0.1:5000", 4377).unwrap(),
+            "198.18.0.1:5000".parse().unwrap()
+        );
+        assert!(parse_host_port("eth0", 4377).is_err());
+        assert!(parse_host_port("198.18.0.1:0", 4377).is_err());
+        assert!(parse_host_port("", 4377).is_err());
+    }
+
+    #[test]
+    fn advertise_defaults_to_peer_ip() {
+        let peer: SocketAddr = "198.18.0.7:51234".parse().unwrap();
+        assert_eq!(
+            advertise_addr("", Some(peer)).unwrap(),
+            "198.18.0.7:4377".parse().unwrap()
+        );
+        assert!(advertise_addr("", None).is_err());
+    }
+}

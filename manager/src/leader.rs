@@ -1,0 +1,93 @@
+//! The loops that run while this manager leads: liveness and membership.
+//!
+//! Both are level-triggered: they wake on every store change and on a
+//! timer, ask a pure planner what the store or Raft membership needs, and
+//! act only by proposing commands or changing membership. On a follower
+//! they do nothing.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::core::Core;
+use crate::membership::{self, MembershipOp};
+
+/// How long a new manager may take to catch up before we try again.
+const LEARNER_CATCH_UP: Duration = Duration::from_secs(20);
+
+/// Runs the liveness loop until `stop` flips to true.
+pub async fn liveness_loop(core: Core, mut stop: watch::Receiver<bool>) {
+    let mut changes = core.store().subscribe();
+    loop {
+        let period = core
+            .cluster()
+            .map(|c| Duration::from_millis(c.settings.heartbeat_period_ms))
+            .unwrap_or(Duration::from_secs(1));
+        let tick = (period / 4).max(Duration::from_millis(100));
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(tick) => {},
+            r = changes.changed() => if r.is_err() { return },
+        }
+        if *stop.borrow() {
+            return;
+        }
+        let leading = core.is_leader();
+        core.set_leading(leading);
+        if !leading {
+            continue;
+        }
+        // This manager heartbeats itself: it is alive if it is leading.
+        core.seen(core.node_id());
+        for cmd in core.liveness_plan(period) {
+            if let Err(e) = core.propose(cmd).await {
+                tracing::warn!(error = %e, "could not record node liveness");
+                break;
+            }
+        }
+    }
+}
+
+/// Runs the membership loop until `stop` flips to true.
+pub async fn membership_loop(core: Core, mut stop: watch::Receiver<bool>) {
+    let mut changes = core.store().subscribe();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {},
+            r = changes.changed() => if r.is_err() { return },
+        }
+        if *stop.borrow() {
+            return;
+        }
+        if !core.is_leader() {
+            continue;
+        }
+        let m = core.raft().metrics();
+        let voters = m.voters.keys().copied().collect();
+        let op = core.read(|s| membership::plan(s, &voters, &m.learners, |_| true));
+        let Some(op) = op else { continue };
+        tracing::info!(?op, "changing Raft membership");
+        let result = match &op {
+            MembershipOp::AddLearner { id, addr } => {
+                match tokio::time::timeout(
+                    LEARNER_CATCH_UP,
+                    core.raft().add_learner(*id, addr, true),
+                )
+                .await
+                {
+                    Ok(r) => r.map_err(|e| e.to_string()),
+                    Err(_) => Err(format!("manager {id} at {addr} did not catch up in time")),
+                }
+            }
+            MembershipOp::SetVoters(voters) => core
+                .raft()
+                .change_membership(voters.clone())
+                .await
+                .map_err(|e| e.to_string()),
+        };
+        if let Err(e) = result {
+            tracing::warn!(?op, error = %e, "membership change failed; will retry");
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! Errors of the Raft layer: [`Error`] for opening and administering the
+//! group, [`ProposeError`] for writes.
+
+use std::path::PathBuf;
+
+use crate::store::NodeId;
+
+/// Opening storage, starting Raft, or changing the group failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The Raft directory could not be created or accessed.
+    #[error("I/O error on Raft directory {path}: {source}")]
+    Io {
+        /// Which directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The redb file could not be opened (corrupt, or held by another process).
+    #[error("cannot open Raft database {path}: {source}")]
+    OpenDb {
+        /// Which file.
+        path: PathBuf,
+        /// Why.
+        source: redb::DatabaseError,
+    },
+    /// The tables could not be created in a fresh database.
+    #[error("cannot initialise Raft database {path}: {source}")]
+    InitDb {
+        /// Which file.
+        path: PathBuf,
+        /// Why.
+        source: redb::Error,
+    },
+    /// The stored snapshot could not be read back.
+    #[error("cannot restore the Raft snapshot: {0}")]
+    Snapshot(#[from] openraft::StorageError<NodeId>),
+    /// The Raft configuration is inconsistent (e.g. heartbeat above election timeout).
+    #[error("invalid Raft configuration: {0}")]
+    Config(#[from] openraft::ConfigError),
+    /// Raft stopped (shut down, or a storage failure made it stop).
+    #[error("Raft is not running: {0}")]
+    Fatal(#[from] openraft::error::Fatal<NodeId>),
+    /// `initialize` on a node that is already part of a group.
+    #[error("cannot initialise Raft: {0}")]
+    Initialize(openraft::error::InitializeError<NodeId, super::RaftNode>),
+    /// A membership change was refused (not leader, change in progress, learner lagging...).
+    #[error("membership change refused: {0}")]
+    Membership(openraft::error::ClientWriteError<NodeId, super::RaftNode>),
+}
+
+impl Error {
+    /// Whether `initialize` was refused because this node's log already
+    /// holds a group (safe to ignore on restart).
+    pub fn is_already_initialized(&self) -> bool {
+        matches!(
+            self,
+            Error::Initialize(openraft::error::InitializeError::NotAllowed(_))
+        )
+    }
+}
+
+/// A proposed command was not (known to be) applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ProposeError {
+    /// No reachable leader before the propose deadline: none was elected,
+    /// or the one this node knows of could not be reached or had stepped down.
+    #[error(
+        "no Raft leader: quorum lost? {reachable} of {total} managers reachable \
+         (a majority of {total} is needed)"
+    )]
+    NoLeader {
+        /// Managers (voters) that answered a ping, this one included.
+        reachable: usize,
+        /// Voters in the current membership.
+        total: usize,
+    },
+    /// The write was submitted on this node but its outcome is unknown
+    /// (leadership changed, or the deadline passed while it was in flight).
+    /// It may or may not have been applied.
+    #[error("outcome of the Raft write is unknown: leadership changed or the deadline passed")]
+    Unknown,
+    /// The write was forwarded to the leader but the call failed in a way
+    /// that leaves its outcome unknown (connection broke mid-call, deadline).
+    #[error("outcome of the write forwarded to the Raft leader is unknown: {status}")]
+    ForwardUnknown {
+        /// The gRPC status of the forward.
+        status: tonic::Status,
+    },
+    /// The leader answered with bytes that are not a command result.
+    #[error("malformed answer from the Raft leader: {0}")]
+    Decode(#[from] serde_json::Error),
+    /// This node's Raft stopped.
+    #[error("Raft is shut down")]
+    Shutdown,
+}

@@ -1,0 +1,135 @@
+//! The server side of the Raft transport: the `weft.v1.Raft` gRPC service.
+//!
+//! Who may call: other managers of this cluster only. The check itself (the
+//! caller's certificate role) is the daemon's [`Authorize`] hook, run first
+//! on every RPC.
+
+use std::sync::Arc;
+
+use openraft::raft::{AppendEntriesRequest, InstallSnapshotRequest, VoteRequest};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tonic::{Request, Response, Status};
+use weft_proto::v1::RaftPayload;
+use weft_proto::v1::raft_server::{Raft, RaftServer};
+
+use super::TypeConfig;
+use super::handle::{LocalError, RaftHandle};
+use crate::store::{Command, NodeId};
+
+/// Largest Raft message accepted or sent (log batches and snapshot chunks).
+pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+
+/// Decides whether a Raft RPC may proceed (e.g. "the peer certificate is a
+/// manager's of this cluster"). Returning an error rejects the call with it.
+pub type Authorize = Arc<dyn Fn(&Request<RaftPayload>) -> Result<(), Status> + Send + Sync>;
+
+/// The body of a `Ping` request (an empty payload is accepted too).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PingRequest {
+    /// The asking node, if it wants to say.
+    pub from: Option<NodeId>,
+}
+
+/// The answer to `Ping`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PingResponse {
+    /// The answering node's ID.
+    pub id: NodeId,
+    /// Whether its Raft instance is running.
+    pub running: bool,
+    /// The leader it knows of.
+    pub leader: Option<NodeId>,
+    /// Its current term.
+    pub term: u64,
+}
+
+/// The `weft.v1.Raft` service of one manager.
+pub struct RaftGrpc {
+    handle: RaftHandle,
+    authorize: Authorize,
+}
+
+impl RaftGrpc {
+    /// Serves `handle`'s Raft instance, checking every call with `authorize`.
+    pub fn new(handle: RaftHandle, authorize: Authorize) -> Self {
+        RaftGrpc { handle, authorize }
+    }
+
+    /// The tonic service with message limits large enough for log batches.
+    pub fn into_server(self) -> RaftServer<RaftGrpc> {
+        RaftServer::new(self)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    fn decode<T: DeserializeOwned>(&self, req: Request<RaftPayload>) -> Result<T, Status> {
+        (self.authorize)(&req)?;
+        serde_json::from_slice(&req.into_inner().json)
+            .map_err(|e| Status::invalid_argument(format!("malformed Raft payload: {e}")))
+    }
+}
+
+fn reply<T: Serialize>(v: &T) -> Result<Response<RaftPayload>, Status> {
+    let json = serde_json::to_vec(v)
+        .map_err(|e| Status::internal(format!("cannot encode Raft reply: {e}")))?;
+    Ok(Response::new(RaftPayload { json }))
+}
+
+#[tonic::async_trait]
+impl Raft for RaftGrpc {
+    async fn append_entries(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let req: AppendEntriesRequest<TypeConfig> = self.decode(request)?;
+        reply(&self.handle.raft().append_entries(req).await)
+    }
+
+    async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        let req: VoteRequest<NodeId> = self.decode(request)?;
+        reply(&self.handle.raft().vote(req).await)
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let req: InstallSnapshotRequest<TypeConfig> = self.decode(request)?;
+        reply(&self.handle.raft().install_snapshot(req).await)
+    }
+
+    /// A follower forwards a command; only the leader accepts it. Not being
+    /// the leader is FAILED_PRECONDITION (nothing was written, the caller
+    /// may retry elsewhere); an unknown outcome is ABORTED.
+    async fn propose(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let cmd: Command = self.decode(request)?;
+        match self.handle.submit_local(cmd, None).await {
+            Ok(result) => reply(&result),
+            Err(LocalError::NotLeader { leader }) => {
+                Err(Status::failed_precondition(match leader {
+                    Some(l) => format!("not the Raft leader; the leader is {l}"),
+                    None => "not the Raft leader; no leader known".to_string(),
+                }))
+            }
+            Err(LocalError::Shutdown) => Err(Status::unavailable("Raft is shut down")),
+            Err(LocalError::Unknown) => Err(Status::aborted(
+                "the write was submitted but its outcome is unknown (leadership changed)",
+            )),
+        }
+    }
+
+    async fn ping(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
+        (self.authorize)(&request)?;
+        let m = self.handle.raft().metrics().borrow().clone();
+        reply(&PingResponse {
+            id: m.id,
+            running: m.running_state.is_ok(),
+            leader: m.current_leader,
+            term: m.current_term,
+        })
+    }
+}

@@ -1,0 +1,532 @@
+//! [`RaftHandle`]: one manager's Raft instance with its storage, the write
+//! path (batching + forwarding to the leader) and the admin operations.
+//!
+//! Write path:
+//!
+//! ```text
+//! propose(cmd) ─ leader is me? ──yes──▶ submit_local ─▶ batcher ─▶ client_write_ff(Batch)
+//!      │                                                              │ result per command
+//!      ├─ leader is L ──▶ gRPC Propose to L (L runs submit_local) ◀───┘
+//!      └─ no leader ──▶ wait for a metrics change, retry, until the deadline
+//! ```
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{Config, RaftMetrics, ServerState, SnapshotPolicy};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::time::Instant;
+use weft_proto::v1::RaftPayload;
+
+use super::error::{Error, ProposeError};
+use super::grpc::{Authorize, PingRequest, PingResponse, RaftGrpc};
+use super::log_store::{DbClosed, LogStore, open_db};
+use super::network::{ChannelFactory, Clients, NetworkFactory};
+use super::state_machine::{StateMachine, StoreHandle};
+use super::{Batch, RaftNode, TypeConfig};
+use crate::store::{Command, CommandResult, NodeId};
+
+/// Timing and batching knobs. The defaults suit a control plane on a busy
+/// 2-core machine.
+///
+/// openraft 0.9 makes a follower of a live leader wait the leader lease
+/// (= `election_timeout_max`) *plus* a random election timeout before it
+/// campaigns, and refuses votes while its own lease runs. With 250 ms
+/// heartbeats and 1–2 s timeouts a dead leader is replaced after about
+/// 3–4 s, while a follower needs 3 s without heartbeats (12 missed) before
+/// it disturbs a healthy leader.
+#[derive(Debug, Clone)]
+pub struct RaftSettings {
+    /// Leader heartbeat period.
+    pub heartbeat: Duration,
+    /// Lower bound of the randomised election timeout.
+    pub election_timeout_min: Duration,
+    /// Upper bound of the randomised election timeout.
+    pub election_timeout_max: Duration,
+    /// Build a snapshot (and purge the log before it) every this many entries.
+    pub snapshot_every: u64,
+    /// How long `propose` keeps trying (waiting for a leader, forwarding)
+    /// before giving up.
+    pub propose_timeout: Duration,
+    /// Most commands in one log entry.
+    pub max_batch: usize,
+    /// Most batches submitted to Raft and not yet applied; while they are in
+    /// flight new commands queue up and form the next, larger batch.
+    pub max_inflight: usize,
+}
+
+impl Default for RaftSettings {
+    fn default() -> Self {
+        RaftSettings {
+            heartbeat: Duration::from_millis(250),
+            election_timeout_min: Duration::from_millis(1000),
+            election_timeout_max: Duration::from_millis(2000),
+            snapshot_every: 5000,
+            propose_timeout: Duration::from_secs(8),
+            max_batch: 256,
+            max_inflight: 4,
+        }
+    }
+}
+
+impl RaftSettings {
+    fn openraft_config(&self) -> Result<Config, Error> {
+        let ms = |d: Duration| d.as_millis() as u64;
+        let config = Config {
+            cluster_name: "weft".to_string(),
+            heartbeat_interval: ms(self.heartbeat),
+            election_timeout_min: ms(self.election_timeout_min),
+            election_timeout_max: ms(self.election_timeout_max),
+            // A whole snapshot chunk must arrive within this on a slow link.
+            install_snapshot_timeout: 5000,
+            // Entries are batches of up to `max_batch` commands already.
+            max_payload_entries: 64,
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every),
+            // Keep a tail so a briefly lagging follower catches up from the
+            // log rather than by snapshot.
+            max_in_snapshot_log_to_keep: 500,
+            ..Config::default()
+        };
+        Ok(config.validate()?)
+    }
+}
+
+/// What the leader-side submit path can answer besides a result.
+#[derive(Debug)]
+pub(super) enum LocalError {
+    /// This node is not the leader; nothing was written.
+    NotLeader {
+        /// The leader this node knows of.
+        leader: Option<NodeId>,
+    },
+    /// Raft is shut down; nothing was written.
+    Shutdown,
+    /// Submitted, outcome unknown.
+    Unknown,
+}
+
+type Reply = oneshot::Sender<Result<CommandResult, LocalError>>;
+
+/// A summary of this node's view of the group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RaftMetricsView {
+    /// This node.
+    pub id: NodeId,
+    /// Leader, follower, candidate, learner or shutdown.
+    pub state: ServerState,
+    /// The leader this node knows of.
+    pub leader: Option<NodeId>,
+    /// Current term.
+    pub term: u64,
+    /// Index of the last log entry on this node.
+    pub last_log_index: Option<u64>,
+    /// Index of the last applied entry (everything applied is committed).
+    pub applied_index: Option<u64>,
+    /// Index of the last snapshot.
+    pub snapshot_index: Option<u64>,
+    /// Voters and their addresses.
+    pub voters: BTreeMap<NodeId, String>,
+    /// Learners and their addresses.
+    pub learners: BTreeMap<NodeId, String>,
+}
+
+impl RaftMetricsView {
+    fn from_metrics(m: &RaftMetrics<NodeId, RaftNode>) -> Self {
+        let membership = m.membership_config.membership();
+        let addr = |id: &NodeId| {
+            membership
+                .get_node(id)
+                .map(|n| n.addr.clone())
+                .unwrap_or_default()
+        };
+        RaftMetricsView {
+            id: m.id,
+            state: m.state,
+            leader: m.current_leader,
+            term: m.current_term,
+            last_log_index: m.last_log_index,
+            applied_index: m.last_applied.map(|l| l.index),
+            snapshot_index: m.snapshot.map(|l| l.index),
+            voters: membership.voter_ids().map(|id| (id, addr(&id))).collect(),
+            learners: membership.learner_ids().map(|id| (id, addr(&id))).collect(),
+        }
+    }
+}
+
+/// One manager's Raft instance. Cheap to clone.
+#[derive(Clone)]
+pub struct RaftHandle {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    id: NodeId,
+    raft: openraft::Raft<TypeConfig>,
+    store: StoreHandle,
+    clients: Clients,
+    batcher: mpsc::Sender<(Command, Reply)>,
+    settings: RaftSettings,
+    /// Fires when every storage task has let go of the database file.
+    db_closed: tokio::sync::Mutex<Option<DbClosed>>,
+}
+
+impl RaftHandle {
+    /// Opens (or creates) the Raft storage in `dir` and starts Raft as
+    /// `node_id`. A restarted node restores its snapshot and re-applies its
+    /// committed log from disk before it hears from any leader.
+    pub async fn open(
+        dir: &Path,
+        node_id: NodeId,
+        settings: RaftSettings,
+        channels: ChannelFactory,
+    ) -> Result<RaftHandle, Error> {
+        let config = Arc::new(settings.openraft_config()?);
+        let (db, db_closed) = open_db(dir)?;
+        let log = LogStore::new(db);
+        let sm = StateMachine::open(log.db())?;
+        let store = sm.store();
+        let clients = Clients::new(channels);
+        let network = NetworkFactory::new(node_id, clients.clone());
+        let raft = openraft::Raft::new(node_id, config, network, log, sm).await?;
+        let (tx, rx) = mpsc::channel(settings.max_batch * settings.max_inflight.max(1) * 4);
+        tokio::spawn(run_batcher(
+            raft.clone(),
+            rx,
+            settings.max_batch,
+            settings.max_inflight,
+        ));
+        Ok(RaftHandle {
+            inner: Arc::new(Inner {
+                id: node_id,
+                raft,
+                store,
+                clients,
+                batcher: tx,
+                settings,
+                db_closed: tokio::sync::Mutex::new(Some(db_closed)),
+            }),
+        })
+    }
+
+    /// Makes this node the sole voter of a new group (`weft init`). It then
+    /// elects itself; [`RaftHandle::propose`] waits for that.
+    pub async fn initialize_single(&self, addr: &str) -> Result<(), Error> {
+        let members = BTreeMap::from([(
+            self.inner.id,
+            RaftNode {
+                addr: addr.to_string(),
+            },
+        )]);
+        match self.inner.raft.initialize(members).await {
+            Ok(()) => Ok(()),
+            Err(RaftError::APIError(e)) => Err(Error::Initialize(e)),
+            Err(RaftError::Fatal(f)) => Err(Error::Fatal(f)),
+        }
+    }
+
+    /// Whether this node's log already holds a group (initialised or joined).
+    pub async fn is_initialized(&self) -> Result<bool, Error> {
+        Ok(self.inner.raft.is_initialized().await?)
+    }
+
+    /// Adds a learner (leader only). With `blocking`, returns once the
+    /// learner has caught up with the log.
+    pub async fn add_learner(&self, id: NodeId, addr: &str, blocking: bool) -> Result<(), Error> {
+        let node = RaftNode {
+            addr: addr.to_string(),
+        };
+        map_write(self.inner.raft.add_learner(id, node, blocking).await)
+    }
+
+    /// Makes `voters` the voting members (leader only). Voters not listed
+    /// leave the group entirely; listed nodes must already be learners.
+    pub async fn change_membership(&self, voters: BTreeSet<NodeId>) -> Result<(), Error> {
+        map_write(self.inner.raft.change_membership(voters, false).await)
+    }
+
+    /// This node's ID.
+    pub fn id(&self) -> NodeId {
+        self.inner.id
+    }
+
+    /// A summary of this node's view of the group.
+    pub fn metrics(&self) -> RaftMetricsView {
+        RaftMetricsView::from_metrics(&self.inner.raft.metrics().borrow())
+    }
+
+    /// openraft's metrics channel, to wait for a condition.
+    pub fn metrics_watch(&self) -> watch::Receiver<RaftMetrics<NodeId, RaftNode>> {
+        self.inner.raft.metrics()
+    }
+
+    /// Whether this node is currently the leader.
+    pub fn is_leader(&self) -> bool {
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        m.state == ServerState::Leader && m.current_leader == Some(self.inner.id)
+    }
+
+    /// Read access to the replicated state.
+    pub fn store(&self) -> StoreHandle {
+        self.inner.store.clone()
+    }
+
+    /// The underlying openraft instance.
+    pub fn raft(&self) -> &openraft::Raft<TypeConfig> {
+        &self.inner.raft
+    }
+
+    /// The gRPC service for this node, with the caller's authorization check.
+    pub fn grpc(&self, authorize: Authorize) -> RaftGrpc {
+        RaftGrpc::new(self.clone(), authorize)
+    }
+
+    /// Stops Raft and waits (bounded) until its storage tasks have closed
+    /// the database, so the directory can be opened again at once. Later
+    /// proposals fail with [`ProposeError::Shutdown`].
+    pub async fn shutdown(&self) -> Result<(), Error> {
+        // A JoinError here means the core task panicked; it is stopped either way.
+        if let Err(e) = self.inner.raft.shutdown().await {
+            tracing::warn!(error = %e, "Raft core ended abnormally");
+        }
+        // The state machine worker and replication tasks end on their own
+        // once the core is gone; they hold the database until then.
+        if let Some(closed) = self.inner.db_closed.lock().await.take()
+            && tokio::time::timeout(Duration::from_secs(5), closed)
+                .await
+                .is_err()
+        {
+            tracing::warn!("Raft storage still open 5 s after shutdown");
+        }
+        Ok(())
+    }
+
+    /// Applies `cmd` through Raft and returns what applying it produced.
+    ///
+    /// On a follower the command is forwarded to the leader. While there is
+    /// no leader (an election) it waits and retries, up to
+    /// [`RaftSettings::propose_timeout`]; then it fails with
+    /// [`ProposeError::NoLeader`], counting the reachable managers.
+    pub async fn propose(&self, cmd: Command) -> Result<CommandResult, ProposeError> {
+        let deadline = Instant::now() + self.inner.settings.propose_timeout;
+        let mut metrics = self.inner.raft.metrics();
+        let mut last_forward: Option<(NodeId, String, tonic::Status)> = None;
+        loop {
+            let (state, leader, addr) = {
+                let m = metrics.borrow_and_update();
+                let addr = m
+                    .current_leader
+                    .and_then(|l| m.membership_config.membership().get_node(&l).cloned());
+                (m.state, m.current_leader, addr)
+            };
+            if state == ServerState::Shutdown {
+                return Err(ProposeError::Shutdown);
+            }
+            match (leader, addr) {
+                (Some(l), _) if l == self.inner.id => {
+                    match self.submit_local(cmd.clone(), Some(deadline)).await {
+                        Ok(r) => return Ok(r),
+                        Err(LocalError::NotLeader { .. }) => {}
+                        Err(LocalError::Shutdown) => return Err(ProposeError::Shutdown),
+                        Err(LocalError::Unknown) => return Err(ProposeError::Unknown),
+                    }
+                }
+                (Some(l), Some(node)) => match self.forward(&node.addr, &cmd, deadline).await {
+                    Ok(r) => return Ok(r),
+                    Err(Forwarded::Retry(status)) => last_forward = Some((l, node.addr, status)),
+                    Err(Forwarded::Failed(e)) => return Err(e),
+                },
+                _ => {}
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            // Wake on a leader change, or retry after a short pause.
+            let pause = (deadline - now).min(Duration::from_millis(200));
+            tokio::select! {
+                _ = metrics.changed() => {}
+                _ = tokio::time::sleep(pause) => {}
+            }
+            // Metrics change on every apply; do not spin on them.
+            tokio::time::sleep(Duration::from_millis(20).min(deadline - now)).await;
+        }
+        if let Some((leader, addr, status)) = last_forward {
+            tracing::debug!(%leader, %addr, %status, "last forward attempt before giving up");
+        }
+        let (reachable, total) = self.count_reachable().await;
+        Err(ProposeError::NoLeader { reachable, total })
+    }
+
+    /// Submits `cmd` to this node's Raft (it must be the leader), batched
+    /// with other concurrent commands. Used by `propose` and by the leader's
+    /// `Propose` RPC.
+    pub(super) async fn submit_local(
+        &self,
+        cmd: Command,
+        deadline: Option<Instant>,
+    ) -> Result<CommandResult, LocalError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .batcher
+            .send((cmd, tx))
+            .await
+            .map_err(|_| LocalError::Shutdown)?;
+        let res = match deadline {
+            Some(d) => match tokio::time::timeout_at(d, rx).await {
+                Ok(r) => r,
+                Err(_) => return Err(LocalError::Unknown),
+            },
+            None => rx.await,
+        };
+        res.unwrap_or(Err(LocalError::Unknown))
+    }
+
+    async fn forward(
+        &self,
+        addr: &str,
+        cmd: &Command,
+        deadline: Instant,
+    ) -> Result<CommandResult, Forwarded> {
+        let json = serde_json::to_vec(cmd).map_err(|e| Forwarded::Failed(e.into()))?;
+        let mut client = self
+            .inner
+            .clients
+            .get(addr)
+            .map_err(|e| Forwarded::Retry(tonic::Status::unavailable(e.to_string())))?;
+        let mut req = tonic::Request::new(RaftPayload { json });
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        req.set_timeout(remaining.max(Duration::from_millis(100)));
+        match client.propose(req).await {
+            Ok(resp) => serde_json::from_slice(&resp.into_inner().json)
+                .map_err(|e| Forwarded::Failed(e.into())),
+            // Not written: the peer is not (or no longer) the leader, or we
+            // could not reach it at all.
+            Err(s)
+                if s.code() == tonic::Code::FailedPrecondition
+                    || s.code() == tonic::Code::Unavailable =>
+            {
+                Err(Forwarded::Retry(s))
+            }
+            Err(s) => Err(Forwarded::Failed(ProposeError::ForwardUnknown {
+                status: s,
+            })),
+        }
+    }
+
+    /// Pings every voter (this node counts as reachable); returns
+    /// (reachable, total voters).
+    async fn count_reachable(&self) -> (usize, usize) {
+        let view = self.metrics();
+        let total = view.voters.len();
+        let mut pings = Vec::new();
+        for (id, addr) in &view.voters {
+            if *id == self.inner.id {
+                continue;
+            }
+            let client = self.inner.clients.get(addr);
+            pings.push(async move {
+                let Ok(mut client) = client else {
+                    return false;
+                };
+                let json = serde_json::to_vec(&PingRequest { from: None }).unwrap_or_default();
+                let mut req = tonic::Request::new(RaftPayload { json });
+                req.set_timeout(Duration::from_secs(1));
+                match tokio::time::timeout(Duration::from_secs(1), client.ping(req)).await {
+                    Ok(Ok(resp)) => serde_json::from_slice::<PingResponse>(&resp.into_inner().json)
+                        .is_ok_and(|p| p.running),
+                    _ => false,
+                }
+            });
+        }
+        let others = futures::future::join_all(pings)
+            .await
+            .into_iter()
+            .filter(|ok| *ok)
+            .count();
+        let me = usize::from(view.voters.contains_key(&self.inner.id));
+        (others + me, total)
+    }
+}
+
+/// How a forward attempt ended when it did not produce a result.
+enum Forwarded {
+    /// Nothing was written; try again (maybe elsewhere).
+    Retry(tonic::Status),
+    /// Give up with this error.
+    Failed(ProposeError),
+}
+
+fn map_write(
+    res: Result<
+        openraft::raft::ClientWriteResponse<TypeConfig>,
+        RaftError<NodeId, ClientWriteError<NodeId, RaftNode>>,
+    >,
+) -> Result<(), Error> {
+    match res {
+        Ok(_) => Ok(()),
+        Err(RaftError::APIError(e)) => Err(Error::Membership(e)),
+        Err(RaftError::Fatal(f)) => Err(Error::Fatal(f)),
+    }
+}
+
+/// Groups queued commands into one log entry each time Raft can take more,
+/// so one fsync covers many commands. Batches are submitted in arrival order.
+async fn run_batcher(
+    raft: openraft::Raft<TypeConfig>,
+    mut rx: mpsc::Receiver<(Command, Reply)>,
+    max_batch: usize,
+    max_inflight: usize,
+) {
+    let inflight = Arc::new(Semaphore::new(max_inflight.max(1)));
+    while let Some(first) = rx.recv().await {
+        let Ok(permit) = inflight.clone().acquire_owned().await else {
+            return;
+        };
+        let (mut cmds, mut replies) = (vec![first.0], vec![first.1]);
+        while cmds.len() < max_batch.max(1) {
+            match rx.try_recv() {
+                Ok((c, r)) => {
+                    cmds.push(c);
+                    replies.push(r);
+                }
+                Err(_) => break,
+            }
+        }
+        let pending = match raft.client_write_ff(Batch(cmds)).await {
+            Ok(p) => p,
+            Err(_) => {
+                for r in replies {
+                    let _ = r.send(Err(LocalError::Shutdown));
+                }
+                continue;
+            }
+        };
+        tokio::spawn(async move {
+            let res = pending.await;
+            drop(permit);
+            match res {
+                Ok(Ok(resp)) if resp.data.0.len() == replies.len() => {
+                    for (r, result) in replies.into_iter().zip(resp.data.0) {
+                        let _ = r.send(Ok(result));
+                    }
+                }
+                Ok(Err(ClientWriteError::ForwardToLeader(f))) => {
+                    for r in replies {
+                        let _ = r.send(Err(LocalError::NotLeader {
+                            leader: f.leader_id,
+                        }));
+                    }
+                }
+                _ => {
+                    for r in replies {
+                        let _ = r.send(Err(LocalError::Unknown));
+                    }
+                }
+            }
+        });
+    }
+}

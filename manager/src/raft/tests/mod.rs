@@ -1,0 +1,5 @@
+//! Tests of the Raft layer: openraft's storage suite, a 3-node cluster over
+//! real gRPC on 127.0.0.1, and restart from disk.
+
+mod cluster;
+mod suite;

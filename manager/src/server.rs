@@ -1,0 +1,207 @@
+//! A running manager: Raft on disk, the gRPC services on the manager port
+//! (mutual TLS), and the leader loops.
+//!
+//! ```text
+//!  TCP :4377 ──TLS 1.3 (client cert optional at TLS, required per service)──┐
+//!     Join        anyone (token checked)                                     │
+//!     Raft        manager certificates of this cluster                       │ tonic
+//!     Dispatcher  any node certificate, for itself only                      │
+//!     Control     manager certificates                                       ┘
+//! ```
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use weft_proto::tls::{self, ReloadableCert};
+use weft_proto::v1::control_server::ControlServer;
+use weft_proto::v1::dispatcher_server::DispatcherServer;
+use weft_proto::v1::join_server::JoinServer;
+
+use crate::controlapi::{Caller, ControlService};
+use crate::core::Core;
+use crate::dispatcher::DispatcherService;
+use crate::error::{Error, Result};
+use crate::join::JoinService;
+use crate::leader;
+use crate::raft::{Authorize, ChannelFactory, RaftHandle, RaftSettings};
+use crate::store::{Cluster, Command, Node, NodeId};
+
+/// What a manager needs to start.
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    /// This node.
+    pub node_id: NodeId,
+    /// Its cluster (checked in every peer certificate).
+    pub cluster_id: String,
+    /// Where the Raft log lives.
+    pub raft_dir: PathBuf,
+    /// Where the manager port listens.
+    pub listen_addr: SocketAddr,
+    /// CA, PEM.
+    pub ca_pem: String,
+    /// This node's certificate, PEM.
+    pub cert_pem: String,
+    /// Its private key, PEM.
+    pub key_pem: String,
+    /// Raft timing.
+    pub raft: RaftSettings,
+}
+
+/// A running manager.
+pub struct Manager {
+    core: Core,
+    cert: ReloadableCert,
+    identity: Arc<RwLock<(String, String)>>,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Why a manager could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The manager port could not be bound.
+    #[error(
+        "cannot listen on {addr}: {source}; is another weft (or something else) using that port? \
+         Pick another with --listen-addr"
+    )]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// TLS material is unusable.
+    #[error(transparent)]
+    Tls(#[from] weft_proto::tls::TlsError),
+    /// The Raft directory could not be created.
+    #[error("cannot create {}: {source}", path.display())]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Raft storage could not be opened.
+    #[error(transparent)]
+    Raft(#[from] crate::raft::Error),
+}
+
+impl Manager {
+    /// Opens Raft, binds the manager port and starts serving.
+    pub async fn start(cfg: ManagerConfig) -> Result<Manager, StartError> {
+        let listener = tokio::net::TcpListener::bind(cfg.listen_addr)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: cfg.listen_addr,
+                source,
+            })?;
+        let cert = ReloadableCert::from_pem(&cfg.cert_pem, &cfg.key_pem)?;
+        let server_tls = tls::server_config(&cfg.ca_pem, &cert)?;
+
+        let identity = Arc::new(RwLock::new((cfg.cert_pem.clone(), cfg.key_pem.clone())));
+        let channels: ChannelFactory = {
+            let identity = identity.clone();
+            let ca = cfg.ca_pem.clone();
+            Arc::new(move |addr: &str| {
+                let (cert, key) = identity.read().expect("identity lock").clone();
+                tls::manager_endpoint(addr, &ca, Some((&cert, &key)))
+                    .map(|e| e.connect_lazy())
+                    .map_err(|e| {
+                        // The factory's error type is tonic's; an unusable
+                        // endpoint only happens with a malformed address.
+                        tracing::error!(error = %e, "cannot build a channel to {addr}");
+                        tonic::transport::Endpoint::from_shared(String::from("\u{0}"))
+                            .expect_err("an invalid URI")
+                    })
+            })
+        };
+        std::fs::create_dir_all(&cfg.raft_dir).map_err(|source| StartError::DataDir {
+            path: cfg.raft_dir.clone(),
+            source,
+        })?;
+        let raft = RaftHandle::open(&cfg.raft_dir, cfg.node_id, cfg.raft.clone(), channels).await?;
+        let core = Core::new(cfg.node_id, raft.clone());
+
+        let cluster_id = cfg.cluster_id.clone();
+        let authorize: Authorize =
+            Arc::new(move |req| tls::require_manager(req, &cluster_id).map(|_| ()));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let mut shutdown = stop_rx.clone();
+        let router = tonic::transport::Server::builder()
+            .add_service(JoinServer::new(JoinService::new(core.clone())))
+            .add_service(raft.grpc(authorize).into_server())
+            .add_service(DispatcherServer::new(DispatcherService::new(core.clone())))
+            .add_service(ControlServer::new(ControlService::new(
+                core.clone(),
+                Caller::Remote,
+            )));
+        let incoming = tls::tls_incoming(listener, server_tls);
+        let server = tokio::spawn(async move {
+            let signal = async move {
+                let _ = shutdown.changed().await;
+            };
+            if let Err(e) = router.serve_with_incoming_shutdown(incoming, signal).await {
+                tracing::error!(error = %e, "manager port stopped");
+            }
+        });
+        let tasks = vec![
+            server,
+            tokio::spawn(leader::liveness_loop(core.clone(), stop_rx.clone())),
+            tokio::spawn(leader::membership_loop(core.clone(), stop_rx)),
+        ];
+        tracing::info!(node = %cfg.node_id, listen = %cfg.listen_addr, "manager started");
+        Ok(Manager {
+            core,
+            cert,
+            identity,
+            stop: stop_tx,
+            tasks,
+        })
+    }
+
+    /// Creates the cluster on this (fresh) manager: a single-voter Raft
+    /// group, then the cluster record and this node as its first member.
+    pub async fn bootstrap(&self, cluster: Cluster, node: Node) -> Result<()> {
+        let addr = node.addr.clone();
+        self.core
+            .raft()
+            .initialize_single(&addr)
+            .await
+            .map_err(|e| Error::FailedPrecondition(format!("cannot start Raft: {e}")))?;
+        self.core
+            .propose(Command::InitCluster { cluster, node })
+            .await?;
+        Ok(())
+    }
+
+    /// Shared manager state.
+    pub fn core(&self) -> &Core {
+        &self.core
+    }
+
+    /// Installs a renewed certificate for new connections, both served
+    /// (manager port) and made (Raft peers).
+    pub fn update_identity(&self, cert_pem: &str, key_pem: &str) -> Result<(), StartError> {
+        self.cert.replace(cert_pem, key_pem)?;
+        *self.identity.write().expect("identity lock") =
+            (cert_pem.to_string(), key_pem.to_string());
+        Ok(())
+    }
+
+    /// Stops serving and shuts Raft down.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        if let Err(e) = self.core.raft().shutdown().await {
+            tracing::warn!(error = %e, "raft shutdown");
+        }
+        for t in self.tasks {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}

@@ -1,0 +1,30 @@
+//! Linux kernel primitives of the data plane.
+//!
+//! Owns: network namespaces pinned by bind mounts under a run directory of
+//! our choosing ([`netns`]), per-namespace rtnetlink handles and idempotent
+//! link/address/route/FDB/neighbour operations ([`netlink`]), nftables
+//! batches applied inside a namespace ([`nft`]), commands started inside
+//! namespaces ([`process`]) and the underlay topology used by the tests and
+//! `weft lab` ([`topology`]).
+//!
+//! Must not: shell out to `ip`, `bridge` or `wg` (netlink only; `nft` through
+//! the `nftables` crate is the one tool we run), touch `/run/netns`, or call
+//! `setns` on a thread it does not own (tokio workers in particular).
+
+pub mod netlink;
+pub mod netns;
+pub mod nft;
+pub mod process;
+pub mod topology;
+
+mod error;
+mod mac;
+
+pub use error::{Error, Result, TeardownReport};
+pub use mac::{MacAddr, ParseMacError};
+pub use netlink::{FdbEntry, Link, LinkKind, NeighEntry, Netlink, VethSpec, VxlanInfo, VxlanSpec};
+pub use netns::Netns;
+pub use process::{MountPropagation, NsCommand};
+pub use topology::{
+    Underlay, UnderlayHost, UnderlayOptions, cleanup_run_dir, pids_in_netns, teardown_pins,
+};

@@ -1,0 +1,75 @@
+//! nftables inside a network namespace, through the `nftables` crate
+//! (`nft -j`, one atomic transaction per batch).
+//!
+//! The `nft` child inherits the namespace of the thread that spawns it, so
+//! both applying and listing run the crate's synchronous helpers on a thread
+//! that joined the namespace ([`Netns::run_in`]). Passing `ip netns exec`
+//! style arguments instead does not work for reads: the crate's read helpers
+//! *replace* `list ruleset` with the given args.
+
+use std::path::PathBuf;
+
+use nftables::helper::{self, NftablesError};
+use nftables::schema::Nftables;
+
+use super::error::{Error, Result};
+use super::netns::Netns;
+
+/// Checks that the `nft` command is installed, returning its path; the error
+/// tells the operator to install the `nftables` package.
+pub fn check_nft() -> Result<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+    std::env::split_paths(&path)
+        .map(|dir| dir.join("nft"))
+        .find(|p| is_executable(p))
+        .ok_or(Error::NftMissing)
+}
+
+fn is_executable(p: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
+fn map_err(ns: &Netns, e: NftablesError) -> Error {
+    match e {
+        NftablesError::NftExecution { ref inner, .. }
+            if inner.kind() == std::io::ErrorKind::NotFound =>
+        {
+            Error::NftMissing
+        }
+        source => Error::Nft {
+            ns: ns.label(),
+            source: Box::new(source),
+        },
+    }
+}
+
+/// Applies `ruleset` (one `nft -j -f -` transaction: all or nothing) inside
+/// `ns`. Blocks; use [`apply_async`] from async code.
+pub fn apply(ns: &Netns, ruleset: &Nftables<'_>) -> Result<()> {
+    ns.run_in(|| helper::apply_ruleset(ruleset))?
+        .map_err(|e| map_err(ns, e))
+}
+
+/// The current ruleset of `ns` (`nft -j list ruleset`). Blocks; use
+/// [`list_ruleset_async`] from async code.
+pub fn list_ruleset(ns: &Netns) -> Result<Nftables<'static>> {
+    ns.run_in(helper::get_current_ruleset)?
+        .map_err(|e| map_err(ns, e))
+}
+
+/// [`apply`] on the blocking pool, for async callers.
+pub async fn apply_async(ns: &Netns, ruleset: Nftables<'static>) -> Result<()> {
+    let ns = ns.clone();
+    tokio::task::spawn_blocking(move || apply(&ns, &ruleset))
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
+/// [`list_ruleset`] on the blocking pool, for async callers.
+pub async fn list_ruleset_async(ns: &Netns) -> Result<Nftables<'static>> {
+    let ns = ns.clone();
+    tokio::task::spawn_blocking(move || list_ruleset(&ns))
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}

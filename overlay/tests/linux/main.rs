@@ -1,0 +1,11 @@
+//! Root tests of `weft_overlay::linux`: every test builds its own network
+//! namespaces under a temp directory, checks the result through an
+//! independent view of the kernel (`ip`/`bridge`/`nft` via `nsenter`), and
+//! cleans up on failure through Drop guards. Without root they are skipped.
+
+mod common;
+mod netlink;
+mod netns;
+mod nft;
+mod process;
+mod topology;

@@ -1,0 +1,126 @@
+//! `nft`: batches applied and rulesets listed inside a namespace, checked
+//! with `nsenter … nft -j list ruleset`; the host ruleset stays untouched.
+
+use std::borrow::Cow;
+
+use nftables::batch::Batch;
+use nftables::schema::{Chain, NfListObject, NfObject, Rule, Table};
+use nftables::stmt::{Counter, Statement};
+use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
+use weft_overlay::linux::nft;
+
+use crate::common::{RunDir, nft_ruleset, require_root, unique};
+
+fn table_batch(table: &str) -> nftables::schema::Nftables<'static> {
+    let table: Cow<'static, str> = Cow::Owned(table.to_owned());
+    let mut b = Batch::new();
+    b.add(NfListObject::Table(Table {
+        family: NfFamily::INet,
+        name: table.clone(),
+        handle: None,
+    }));
+    b.add(NfListObject::Chain(Chain {
+        family: NfFamily::INet,
+        table: table.clone(),
+        name: "out".into(),
+        _type: Some(NfChainType::Filter),
+        hook: Some(NfHook::Output),
+        prio: Some(0),
+        policy: Some(NfChainPolicy::Accept),
+        ..Default::default()
+    }));
+    b.add(NfListObject::Rule(Rule {
+        family: NfFamily::INet,
+        table,
+        chain: "out".into(),
+        expr: Cow::Owned(vec![
+            Statement::Counter(Counter::Anonymous(None)),
+            Statement::Accept(None),
+        ]),
+        ..Default::default()
+    }));
+    b.to_nftables()
+}
+
+fn has_table(ruleset: &serde_json::Value, name: &str) -> bool {
+    ruleset["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|o| o["table"]["name"] == name)
+}
+
+#[test]
+fn nft_is_installed() {
+    let path = nft::check_nft().expect("nft installed on the test machine");
+    assert!(path.ends_with("nft"));
+}
+
+#[test]
+fn apply_and_list_inside_a_namespace() {
+    require_root!();
+    let run = RunDir::new();
+    let ns = run.netns("nft");
+    let table = unique("weft-t");
+    nft::apply(&ns, &table_batch(&table)).unwrap();
+
+    // Independent view: nft run by nsenter inside the namespace.
+    let seen = nft_ruleset(ns.path());
+    assert!(has_table(&seen, &table), "{seen}");
+    let rules = seen["nftables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o.get("rule").is_some())
+        .count();
+    assert_eq!(rules, 1);
+
+    // The library's own read sees it too.
+    let listed = nft::list_ruleset(&ns).unwrap();
+    assert!(
+        listed
+            .objects
+            .iter()
+            .any(|o| matches!(o, NfObject::ListObject(NfListObject::Table(t)) if t.name == table))
+    );
+
+    // The host namespace never saw it.
+    let host = std::process::Command::new("nft")
+        .args(["-j", "list", "tables"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&host.stdout).contains(&table));
+
+    // A failing batch is an error with nft's message and changes nothing.
+    let mut bad = Batch::new();
+    bad.add(NfListObject::Rule(Rule {
+        family: NfFamily::INet,
+        table: "no-such-table".into(),
+        chain: "out".into(),
+        expr: Cow::Owned(vec![Statement::Accept(None)]),
+        ..Default::default()
+    }));
+    let err = nft::apply(&ns, &bad.to_nftables()).unwrap_err();
+    assert!(
+        matches!(err, weft_overlay::linux::Error::Nft { .. }),
+        "{err}"
+    );
+    assert_eq!(nft_ruleset(ns.path()), seen);
+}
+
+#[tokio::test]
+async fn async_wrappers() {
+    require_root!();
+    let run = RunDir::new();
+    let ns = run.netns("nfta");
+    let table = unique("weft-a");
+    nft::apply_async(&ns, table_batch(&table)).await.unwrap();
+    let listed = nft::list_ruleset_async(&ns).await.unwrap();
+    assert!(
+        listed
+            .objects
+            .iter()
+            .any(|o| matches!(o, NfObject::ListObject(NfListObject::Table(t)) if t.name == table))
+    );
+    assert!(has_table(&nft_ruleset(ns.path()), &table));
+}

@@ -1,0 +1,201 @@
+//! Server side of the manager port: the rustls `ServerConfig`, the
+//! hot-swappable server certificate and the TLS accept loop that feeds
+//! `tonic::transport::Server::serve_with_incoming_shutdown`.
+//!
+//! ```text
+//! TcpListener ──accept──▶ spawn(handshake, 10 s timeout) ──ok──▶ mpsc ──▶ TlsIncoming ──▶ tonic
+//!                                     └── error/timeout: logged, dropped
+//! ```
+//!
+//! Handshakes run in their own tasks so a slow or hostile client cannot hold
+//! up `accept`; at most [`MAX_PENDING_HANDSHAKES`] run at once.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use rustls::RootCertStore;
+use rustls::server::{ClientHello, ResolvesServerCert, ServerConfig, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+use super::{TlsError, provider};
+use crate::identity::certs_from_pem;
+
+/// How long a client may take to complete the TLS handshake.
+const SERVER_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Handshakes in flight at once; further connections are dropped.
+pub const MAX_PENDING_HANDSHAKES: usize = 256;
+/// Pause after a failed `accept` (e.g. out of file descriptors) so the loop
+/// does not spin.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// The node's server certificate, replaceable while the server runs: a
+/// renewed certificate is used by every handshake after [`replace`].
+/// Clones share the same slot.
+///
+/// [`replace`]: ReloadableCert::replace
+#[derive(Debug, Clone)]
+pub struct ReloadableCert {
+    current: Arc<RwLock<Arc<CertifiedKey>>>,
+}
+
+impl ReloadableCert {
+    /// Loads the certificate chain (leaf first) and its PKCS#8 key.
+    /// Fails if the key does not match the certificate.
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, TlsError> {
+        Ok(Self {
+            current: Arc::new(RwLock::new(Arc::new(certified_key(cert_pem, key_pem)?))),
+        })
+    }
+
+    /// Replaces the certificate; new handshakes use it, established
+    /// connections keep theirs. On error the old certificate stays.
+    pub fn replace(&self, cert_pem: &str, key_pem: &str) -> Result<(), TlsError> {
+        let new = Arc::new(certified_key(cert_pem, key_pem)?);
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = new;
+        Ok(())
+    }
+
+    /// The leaf certificate currently served (DER).
+    pub fn current_leaf(&self) -> CertificateDer<'static> {
+        self.get().cert[0].clone()
+    }
+
+    fn get(&self) -> Arc<CertifiedKey> {
+        // A poisoned lock still holds a valid certificate: keep serving it.
+        self.current
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl ResolvesServerCert for ReloadableCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.get())
+    }
+}
+
+/// Parses a certificate chain and key into a rustls `CertifiedKey`, checking
+/// that they belong together.
+pub(crate) fn certified_key(cert_pem: &str, key_pem: &str) -> Result<CertifiedKey, TlsError> {
+    let certs = certs_from_pem(cert_pem, "the node certificate")?;
+    let key =
+        PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).map_err(|source| TlsError::KeyPem {
+            what: "node",
+            source,
+        })?;
+    CertifiedKey::from_der(certs, key, &provider()).map_err(|source| TlsError::Rustls {
+        what: "the node certificate and key do not fit together",
+        source,
+    })
+}
+
+/// The rustls config for the manager port: TLS 1.3 only, ALPN `h2`, client
+/// certificates verified against `ca_pem` (a PEM bundle during CA rotation)
+/// but optional, and `cert` as the (hot-swappable) server certificate.
+pub fn server_config(ca_pem: &str, cert: &ReloadableCert) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = provider();
+    let mut roots = RootCertStore::empty();
+    for ca in certs_from_pem(ca_pem, "the cluster CA certificate")? {
+        roots.add(ca).map_err(|source| TlsError::Rustls {
+            what: "the cluster CA certificate is not usable as a trust anchor",
+            source,
+        })?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(|source| TlsError::Rustls {
+            what: "TLS 1.3 is not available",
+            source,
+        })?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(Arc::new(cert.clone()));
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Accepts TCP connections on `listener` and yields completed TLS streams,
+/// for `Server::serve_with_incoming_shutdown` (do not also set tonic's
+/// `tls_config`). tonic's `Connected` impl for these streams makes
+/// `Request::peer_certs()` work in handlers.
+pub fn tls_incoming(listener: TcpListener, config: Arc<ServerConfig>) -> TlsIncoming {
+    let (tx, rx) = mpsc::channel(64);
+    let acceptor = TlsAcceptor::from(config);
+    let accept_task = tokio::spawn(accept_loop(listener, acceptor, tx));
+    TlsIncoming { rx, accept_task }
+}
+
+/// Stream of accepted TLS connections. Dropping it (the server stopped)
+/// stops the accept loop and closes the listening socket.
+#[derive(Debug)]
+pub struct TlsIncoming {
+    rx: mpsc::Receiver<io::Result<TlsStream<TcpStream>>>,
+    accept_task: JoinHandle<()>,
+}
+
+impl tokio_stream::Stream for TlsIncoming {
+    type Item = io::Result<TlsStream<TcpStream>>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl Drop for TlsIncoming {
+    fn drop(&mut self) {
+        self.accept_task.abort();
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    tx: mpsc::Sender<io::Result<TlsStream<TcpStream>>>,
+) {
+    let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+    loop {
+        let (tcp, peer) = tokio::select! {
+            () = tx.closed() => return,
+            res = listener.accept() => match res {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept on the manager port failed");
+                    tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = pending.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "too many TLS handshakes in flight; dropping connection");
+            continue;
+        };
+        // Best effort: gRPC is latency-sensitive, and failure here is harmless.
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            match tokio::time::timeout(SERVER_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => {
+                    // Err: the server is shutting down; the connection just closes.
+                    let _ = tx.send(Ok(tls)).await;
+                }
+                Ok(Err(e)) => tracing::warn!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+            }
+        });
+    }
+}

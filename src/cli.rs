@@ -1,0 +1,292 @@
+//! Command-line surface: what `weft --help` shows. Parsing only.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Default path of the local daemon's socket.
+pub const DEFAULT_SOCKET: &str = "/run/weft/weft.sock";
+
+/// weft: a swarm-style overlay network controller.
+#[derive(Debug, Parser)]
+#[command(name = "weft", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    /// Daemon to talk to, as unix://PATH (like DOCKER_HOST).
+    #[arg(
+        short = 'H',
+        long = "host",
+        global = true,
+        env = "WEFT_HOST",
+        default_value = "unix:///run/weft/weft.sock"
+    )]
+    pub host: String,
+
+    /// The command to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the node daemon (every node runs one).
+    Daemon(DaemonArgs),
+    /// Create a cluster with this node as its first manager.
+    Init(InitArgs),
+    /// Join this node to a cluster as a worker or a manager (the token decides).
+    Join(JoinArgs),
+    /// Show or rotate the join tokens.
+    JoinToken(JoinTokenArgs),
+    /// Leave the cluster.
+    Leave(LeaveArgs),
+    /// Show cluster and node information.
+    Info,
+    /// Manage nodes.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Print a shell completion script.
+    Completion {
+        /// Which shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// `weft daemon`.
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// Where the node keeps its state (identity, certificates, Raft log).
+    #[arg(long, default_value = "/var/lib/weft")]
+    pub data_dir: PathBuf,
+    /// Where the node keeps runtime state (pinned namespaces, sockets).
+    #[arg(long, default_value = "/run/weft")]
+    pub exec_root: PathBuf,
+    /// The local API socket (root only).
+    #[arg(long, default_value = DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// Host name this node reports (default: the system's).
+    #[arg(long)]
+    pub hostname: Option<String>,
+    /// Log filter, e.g. `info` or `weft_manager=debug`.
+    #[arg(long, env = "WEFT_LOG", default_value = "info,openraft=warn")]
+    pub log_level: String,
+}
+
+/// `weft init`.
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// Address other nodes reach this manager at: IP[:PORT] (default port 4377).
+    #[arg(long)]
+    pub advertise_addr: String,
+    /// Address to listen on for the manager port: ADDR[:PORT] (default 0.0.0.0:4377).
+    #[arg(long)]
+    pub listen_addr: Option<String>,
+    /// Underlay address for VXLAN traffic (default: the advertise address).
+    #[arg(long)]
+    pub data_path_addr: Option<String>,
+    /// UDP port for VXLAN, 1024-49151 (default 4789). Fixed for the cluster's life.
+    #[arg(long)]
+    pub data_path_port: Option<u32>,
+    /// Address pool overlay subnets are taken from (repeatable; default 10.0.0.0/8).
+    #[arg(long = "default-addr-pool")]
+    pub default_addr_pool: Vec<String>,
+    /// Prefix length of a subnet taken from the pools (default 24).
+    #[arg(long)]
+    pub default_addr_pool_mask_length: Option<u32>,
+    /// Lifetime of node certificates, e.g. 2160h or 90d (default 90d).
+    #[arg(long, value_parser = parse_duration)]
+    pub cert_expiry: Option<Duration>,
+    /// Heartbeat period of the nodes, e.g. 1s or 500ms (default 1s).
+    #[arg(long, value_parser = parse_duration)]
+    pub heartbeat_period: Option<Duration>,
+}
+
+/// `weft join`.
+#[derive(Debug, Args)]
+pub struct JoinArgs {
+    /// Join token (`weft join-token worker|manager` on a manager prints it).
+    #[arg(long)]
+    pub token: String,
+    /// Address of this node: IP[:PORT] (default: the address it reaches the manager from).
+    #[arg(long)]
+    pub advertise_addr: Option<String>,
+    /// Address to listen on if this node is or becomes a manager: ADDR[:PORT].
+    #[arg(long)]
+    pub listen_addr: Option<String>,
+    /// Underlay address for VXLAN traffic (default: the advertise address).
+    #[arg(long)]
+    pub data_path_addr: Option<String>,
+    /// A manager's address, HOST:PORT.
+    pub remote_addr: String,
+}
+
+/// Which join token.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RoleArg {
+    /// Worker token.
+    Worker,
+    /// Manager token.
+    Manager,
+}
+
+/// `weft join-token`.
+#[derive(Debug, Args)]
+pub struct JoinTokenArgs {
+    /// Print the token only.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Replace the token: the old one stops admitting nodes (joined nodes are unaffected).
+    #[arg(long)]
+    pub rotate: bool,
+    /// worker or manager.
+    pub role: RoleArg,
+}
+
+/// `weft leave`.
+#[derive(Debug, Args)]
+pub struct LeaveArgs {
+    /// Leave even if this manager's departure costs the cluster its quorum.
+    #[arg(short, long)]
+    pub force: bool,
+}
+
+/// Output format for inspect commands.
+#[derive(Debug, Clone, Copy, ValueEnum, Default)]
+pub enum Format {
+    /// JSON (the default).
+    #[default]
+    Json,
+    /// Human-readable summary.
+    Pretty,
+}
+
+/// Availability values.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum AvailabilityArg {
+    /// Takes new tasks.
+    Active,
+    /// Keeps its tasks, takes no new ones.
+    Pause,
+    /// Its tasks move elsewhere.
+    Drain,
+}
+
+/// `weft node …`.
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// List the nodes of the cluster.
+    #[command(alias = "list")]
+    Ls {
+        /// Only print IDs.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Show one or more nodes (`self` is this node).
+    Inspect {
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+        /// Node IDs, ID prefixes, host names, or `self`.
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Change a node's availability or labels.
+    Update {
+        /// active, pause or drain.
+        #[arg(long, value_enum)]
+        availability: Option<AvailabilityArg>,
+        /// Add or replace a label, key=value (repeatable).
+        #[arg(long = "label-add")]
+        label_add: Vec<String>,
+        /// Remove a label by key (repeatable).
+        #[arg(long = "label-rm")]
+        label_rm: Vec<String>,
+        /// The node.
+        node: String,
+    },
+    /// Make nodes managers.
+    Promote {
+        /// The nodes.
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Make managers workers again.
+    Demote {
+        /// Demote even if it costs the cluster its quorum.
+        #[arg(short, long)]
+        force: bool,
+        /// The nodes.
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+    /// Remove nodes from the cluster.
+    #[command(alias = "remove")]
+    Rm {
+        /// Remove a node that is still up.
+        #[arg(short, long)]
+        force: bool,
+        /// The nodes.
+        #[arg(required = true)]
+        nodes: Vec<String>,
+    },
+}
+
+/// Parses `1h30m`, `90d`, `500ms`, `2160h0m0s`, `10s`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let err = || {
+        format!("invalid duration {s:?}: use a number with a unit, e.g. 500ms, 10s, 5m, 2160h, 90d")
+    };
+    if s.is_empty() {
+        return Err(err());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(err)?;
+        if digits == 0 {
+            return Err(err());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| err())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let d = match unit {
+            "ms" => Duration::from_millis(n),
+            "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(err)?),
+            "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(err)?),
+            "d" => Duration::from_secs(n.checked_mul(86400).ok_or_else(err)?),
+            _ => return Err(err()),
+        };
+        total = total.checked_add(d).ok_or_else(err)?;
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(
+            parse_duration("2160h0m0s"),
+            Ok(Duration::from_secs(2160 * 3600))
+        );
+        assert_eq!(parse_duration("90d"), Ok(Duration::from_secs(90 * 86400)));
+        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        for bad in ["", "10", "s", "1x", "-1s", "1.5s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cli_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

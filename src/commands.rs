@@ -1,0 +1,476 @@
+//! The client side of every command except `daemon`: call the local daemon
+//! over its unix socket and print the answer.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use tonic::transport::Channel;
+use weft_proto::v1 as pb;
+use weft_proto::v1::control_client::ControlClient;
+use weft_proto::v1::daemon_client::DaemonClient;
+
+use crate::cli::{
+    AvailabilityArg, Format, InitArgs, JoinArgs, JoinTokenArgs, LeaveArgs, NodeCommand, RoleArg,
+};
+
+/// Connection to the local daemon.
+pub struct Client {
+    channel: Channel,
+}
+
+impl Client {
+    /// Connects to the daemon named by `-H` / `WEFT_HOST`.
+    pub async fn connect(host: &str) -> anyhow::Result<Client> {
+        let path = socket_path(host)?;
+        let channel = weft_proto::tls::connect_unix(&path).await.map_err(|e| {
+            anyhow::anyhow!(
+                "{e}\nIs the weft daemon running? Start it with `weft daemon` (or `systemctl start weft`), \
+                 or point -H/WEFT_HOST at its socket."
+            )
+        })?;
+        Ok(Client { channel })
+    }
+
+    fn daemon(&self) -> DaemonClient<Channel> {
+        DaemonClient::new(self.channel.clone())
+    }
+
+    fn control(&self) -> ControlClient<Channel> {
+        ControlClient::new(self.channel.clone())
+    }
+}
+
+/// `unix:///path` → `/path`.
+pub fn socket_path(host: &str) -> anyhow::Result<PathBuf> {
+    match host.strip_prefix("unix://") {
+        Some(p) if p.starts_with('/') => Ok(PathBuf::from(p)),
+        _ => bail!("invalid daemon address {host:?}: use unix:///path/to/weft.sock"),
+    }
+}
+
+/// Turns a gRPC status into an error that reads like a sentence.
+fn rpc(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}", status.message())
+}
+
+fn ms(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// `weft init`.
+pub async fn init(c: &Client, a: InitArgs) -> anyhow::Result<()> {
+    let resp = c
+        .daemon()
+        .init(pb::InitRequest {
+            advertise_addr: a.advertise_addr,
+            listen_addr: a.listen_addr.unwrap_or_default(),
+            data_path_addr: a.data_path_addr.unwrap_or_default(),
+            data_path_port: a.data_path_port.unwrap_or(0),
+            default_addr_pools: a.default_addr_pool,
+            default_addr_pool_mask_length: a.default_addr_pool_mask_length.unwrap_or(0),
+            cert_expiry_secs: a.cert_expiry.map(|d| d.as_secs().max(1)).unwrap_or(0),
+            heartbeat_period_ms: a.heartbeat_period.map(|d| ms(d).max(1)).unwrap_or(0),
+            force: false,
+        })
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    let tokens = resp.tokens.unwrap_or_default();
+    println!(
+        "Cluster initialized: current node ({}) is now a manager.\n",
+        resp.node_id
+    );
+    println!("To add a worker to this cluster, run the following command:\n");
+    println!(
+        "    weft join --token {} {}\n",
+        tokens.worker, resp.advertise_addr
+    );
+    println!(
+        "To add a manager to this cluster, run 'weft join-token manager' and follow the instructions."
+    );
+    Ok(())
+}
+
+/// `weft join`.
+pub async fn join(c: &Client, a: JoinArgs) -> anyhow::Result<()> {
+    let resp = c
+        .daemon()
+        .join(pb::DaemonJoinRequest {
+            token: a.token,
+            remote_addr: a.remote_addr,
+            advertise_addr: a.advertise_addr.unwrap_or_default(),
+            listen_addr: a.listen_addr.unwrap_or_default(),
+            data_path_addr: a.data_path_addr.unwrap_or_default(),
+        })
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    let role = if resp.role == pb::NodeRole::Manager as i32 {
+        "manager"
+    } else {
+        "worker"
+    };
+    println!("This node joined a cluster as a {role}.");
+    Ok(())
+}
+
+/// `weft join-token`.
+pub async fn join_token(c: &Client, a: JoinTokenArgs) -> anyhow::Result<()> {
+    let role = match a.role {
+        RoleArg::Worker => pb::NodeRole::Worker,
+        RoleArg::Manager => pb::NodeRole::Manager,
+    };
+    let tokens = if a.rotate {
+        c.control()
+            .rotate_join_token(pb::RotateJoinTokenRequest { role: role as i32 })
+            .await
+    } else {
+        c.control()
+            .get_join_tokens(pb::GetJoinTokensRequest {})
+            .await
+    }
+    .map_err(rpc)?
+    .into_inner();
+    let token = match a.role {
+        RoleArg::Worker => tokens.worker,
+        RoleArg::Manager => tokens.manager,
+    };
+    if a.quiet {
+        println!("{token}");
+        return Ok(());
+    }
+    if a.rotate {
+        println!("Successfully rotated {} join token.\n", role_name(a.role));
+    }
+    let info = c
+        .daemon()
+        .info(pb::InfoRequest {})
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    let addr = info
+        .cluster
+        .as_ref()
+        .and_then(|cl| {
+            cl.managers
+                .iter()
+                .find(|m| m.id == info.node_id)
+                .map(|m| m.addr.clone())
+        })
+        .unwrap_or(info.node_addr);
+    println!(
+        "To add a {} to this cluster, run the following command:\n\n    weft join --token {token} {addr}\n",
+        role_name(a.role)
+    );
+    Ok(())
+}
+
+fn role_name(r: RoleArg) -> &'static str {
+    match r {
+        RoleArg::Worker => "worker",
+        RoleArg::Manager => "manager",
+    }
+}
+
+/// `weft leave`.
+pub async fn leave(c: &Client, a: LeaveArgs) -> anyhow::Result<()> {
+    c.daemon()
+        .leave(pb::DaemonLeaveRequest { force: a.force })
+        .await
+        .map_err(rpc)?;
+    println!("Node left the cluster.");
+    Ok(())
+}
+
+/// `weft info`.
+pub async fn info(c: &Client) -> anyhow::Result<()> {
+    let i = c
+        .daemon()
+        .info(pb::InfoRequest {})
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    println!("Cluster: {}", i.state);
+    println!(" Data dir: {}", i.data_dir);
+    println!(" Exec root: {}", i.exec_root);
+    if i.state == "inactive" {
+        return Ok(());
+    }
+    println!(" NodeID: {}", i.node_id);
+    println!(" ClusterID: {}", i.cluster_id);
+    println!(" Role: {}", role_text(i.role));
+    if !i.node_addr.is_empty() {
+        println!(" Node Address: {}", i.node_addr);
+    }
+    println!(" Certificate expires: {}", i.cert_expiry);
+    if !i.error.is_empty() {
+        println!(" Error: {}", i.error);
+    }
+    match &i.cluster {
+        Some(cl) => {
+            println!(" Leader: {} ({})", cl.leader_id, cl.leader_addr);
+            println!(" Managers: {}", cl.managers_total);
+            for m in &cl.managers {
+                println!(
+                    "  {} {:<20} {:<22} {}",
+                    m.id,
+                    m.hostname,
+                    m.addr,
+                    manager_status_text(m.manager_status)
+                );
+            }
+            println!(" Nodes: {}", cl.nodes_total);
+            println!(" Raft:");
+            println!("  Term: {}", cl.raft_term);
+            println!("  Commit index: {}", cl.raft_commit_index);
+            println!("  Applied index: {}", cl.raft_applied_index);
+            println!(" Heartbeat period: {}ms", cl.heartbeat_period_ms);
+            println!(" Data path port: {}", cl.data_path_port);
+            println!(
+                " Default address pools: {} (mask length {})",
+                cl.default_addr_pools.join(", "),
+                cl.default_addr_pool_mask_length
+            );
+            println!(" CA fingerprint: {}", cl.ca_fingerprint);
+        }
+        None => {
+            println!(" Manager addresses:");
+            for m in &i.manager_addrs {
+                println!("  {m}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn role_text(r: i32) -> &'static str {
+    match pb::NodeRole::try_from(r) {
+        Ok(pb::NodeRole::Manager) => "manager",
+        Ok(pb::NodeRole::Worker) => "worker",
+        _ => "unknown",
+    }
+}
+
+fn manager_status_text(s: i32) -> &'static str {
+    match pb::ManagerStatus::try_from(s) {
+        Ok(pb::ManagerStatus::Leader) => "Leader",
+        Ok(pb::ManagerStatus::Reachable) => "Reachable",
+        Ok(pb::ManagerStatus::Unreachable) => "Unreachable",
+        _ => "",
+    }
+}
+
+fn state_text(s: i32) -> &'static str {
+    match pb::NodeState::try_from(s) {
+        Ok(pb::NodeState::Ready) => "Ready",
+        Ok(pb::NodeState::Down) => "Down",
+        _ => "Unknown",
+    }
+}
+
+fn availability_text(a: i32) -> &'static str {
+    match pb::Availability::try_from(a) {
+        Ok(pb::Availability::Pause) => "Pause",
+        Ok(pb::Availability::Drain) => "Drain",
+        _ => "Active",
+    }
+}
+
+/// `weft node …`.
+pub async fn node(c: &Client, cmd: NodeCommand) -> anyhow::Result<()> {
+    let mut ctl = c.control();
+    match cmd {
+        NodeCommand::Ls { quiet } => {
+            let me = c
+                .daemon()
+                .info(pb::InfoRequest {})
+                .await
+                .map_err(rpc)?
+                .into_inner()
+                .node_id;
+            let mut nodes = ctl
+                .list_nodes(pb::ListNodesRequest {})
+                .await
+                .map_err(rpc)?
+                .into_inner()
+                .nodes;
+            nodes.sort_by(|a, b| a.hostname.cmp(&b.hostname).then(a.id.cmp(&b.id)));
+            if quiet {
+                for n in nodes {
+                    println!("{}", n.id);
+                }
+                return Ok(());
+            }
+            println!(
+                "{:<19} {:<20} {:<8} {:<13} {}",
+                "ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS"
+            );
+            for n in nodes {
+                let id = if n.id == me {
+                    format!("{} *", n.id)
+                } else {
+                    n.id.clone()
+                };
+                println!(
+                    "{:<19} {:<20} {:<8} {:<13} {}",
+                    id,
+                    n.hostname,
+                    state_text(n.state),
+                    availability_text(n.availability),
+                    manager_status_text(n.manager_status)
+                );
+            }
+        }
+        NodeCommand::Inspect { format, nodes } => {
+            let mut out = Vec::new();
+            for n in nodes {
+                let node = ctl
+                    .get_node(pb::GetNodeRequest { node: n })
+                    .await
+                    .map_err(rpc)?
+                    .into_inner();
+                out.push(node);
+            }
+            match format {
+                Format::Json => {
+                    let json: Vec<serde_json::Value> = out.iter().map(node_json).collect();
+                    println!("{}", serde_json::to_string_pretty(&json)?);
+                }
+                Format::Pretty => {
+                    for n in &out {
+                        println!("ID:             {}", n.id);
+                        println!("Hostname:       {}", n.hostname);
+                        println!("Role:           {}", role_text(n.role));
+                        println!("Status:         {}", state_text(n.state));
+                        if !n.state_message.is_empty() {
+                            println!("  Message:      {}", n.state_message);
+                        }
+                        println!("Availability:   {}", availability_text(n.availability));
+                        println!("Address:        {}", n.addr);
+                        println!("Data path addr: {}", n.data_path_addr);
+                        if n.role == pb::NodeRole::Manager as i32 || n.raft_voter {
+                            println!(
+                                "Manager status: {} (voter: {})",
+                                manager_status_text(n.manager_status),
+                                n.raft_voter
+                            );
+                        }
+                        println!("Cert expiry:    {}", n.cert_expiry);
+                        for (k, v) in &n.labels {
+                            println!("Label:          {k}={v}");
+                        }
+                        println!();
+                    }
+                }
+            }
+        }
+        NodeCommand::Update {
+            availability,
+            label_add,
+            label_rm,
+            node,
+        } => {
+            let mut adds = HashMap::new();
+            for l in label_add {
+                let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+                if k.is_empty() {
+                    bail!("invalid --label-add {l:?}: use key=value");
+                }
+                adds.insert(k.to_string(), v.to_string());
+            }
+            if availability.is_none() && adds.is_empty() && label_rm.is_empty() {
+                bail!("nothing to update: give --availability, --label-add or --label-rm");
+            }
+            let availability = match availability {
+                None => pb::Availability::Unspecified,
+                Some(AvailabilityArg::Active) => pb::Availability::Active,
+                Some(AvailabilityArg::Pause) => pb::Availability::Pause,
+                Some(AvailabilityArg::Drain) => pb::Availability::Drain,
+            };
+            let n = ctl
+                .update_node(pb::UpdateNodeRequest {
+                    node,
+                    availability: availability as i32,
+                    label_add: adds,
+                    label_rm,
+                })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            println!("{}", n.id);
+        }
+        NodeCommand::Promote { nodes } => {
+            for n in nodes {
+                let r = ctl
+                    .set_node_role(pb::SetNodeRoleRequest {
+                        node: n.clone(),
+                        role: pb::NodeRole::Manager as i32,
+                        force: false,
+                    })
+                    .await
+                    .map_err(rpc)
+                    .with_context(|| format!("promoting {n}"))?
+                    .into_inner();
+                println!("Node {} promoted to a manager in the cluster.", r.hostname);
+            }
+        }
+        NodeCommand::Demote { force, nodes } => {
+            for n in nodes {
+                let r = ctl
+                    .set_node_role(pb::SetNodeRoleRequest {
+                        node: n.clone(),
+                        role: pb::NodeRole::Worker as i32,
+                        force,
+                    })
+                    .await
+                    .map_err(rpc)
+                    .with_context(|| format!("demoting {n}"))?
+                    .into_inner();
+                println!("Manager {} demoted in the cluster.", r.hostname);
+            }
+        }
+        NodeCommand::Rm { force, nodes } => {
+            for n in nodes {
+                ctl.remove_node(pb::RemoveNodeRequest {
+                    node: n.clone(),
+                    force,
+                })
+                .await
+                .map_err(rpc)
+                .with_context(|| format!("removing {n}"))?;
+                println!("{n}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn node_json(n: &pb::Node) -> serde_json::Value {
+    serde_json::json!({
+        "ID": n.id,
+        "Hostname": n.hostname,
+        "Role": role_text(n.role),
+        "Availability": availability_text(n.availability).to_lowercase(),
+        "Labels": n.labels,
+        "Status": {
+            "State": state_text(n.state).to_lowercase(),
+            "Message": n.state_message,
+            "Addr": n.addr,
+            "DataPathAddr": n.data_path_addr,
+        },
+        "ManagerStatus": if n.role == pb::NodeRole::Manager as i32 || n.raft_voter {
+            serde_json::json!({
+                "Leader": n.manager_status == pb::ManagerStatus::Leader as i32,
+                "Reachability": manager_status_text(n.manager_status).to_lowercase(),
+                "Voter": n.raft_voter,
+                "Addr": n.addr,
+            })
+        } else {
+            serde_json::Value::Null
+        },
+        "CertificateExpiry": n.cert_expiry,
+        "CreatedAtMs": n.created_at_ms,
+        "UpdatedAtMs": n.updated_at_ms,
+    })
+}

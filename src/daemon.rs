@@ -1,0 +1,589 @@
+//! `weft daemon`: wires the node's components together.
+//!
+//! ```text
+//!  unix socket (root) ── Daemon service (init/join/leave/info) ──▶ Node
+//!                     └─ Control service ──▶ the manager in the slot, if any
+//!  Node = Agent (every member) + Manager (when the certificate says manager)
+//!  role watcher: agent installed a new certificate ─▶ start/stop/update Manager
+//! ```
+//!
+//! No cluster logic lives here: admission is `weft_worker::join`, cluster
+//! creation is `weft_manager::bootstrap`, the rest is the components'.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::Mutex;
+use tonic::{Request, Response, Status};
+use weft_manager::bootstrap;
+use weft_manager::controlapi::{CoreSlot, LocalControl};
+use weft_manager::raft::RaftSettings;
+use weft_manager::store::NodeId;
+use weft_manager::{Manager, ManagerConfig};
+use weft_proto::identity::PeerIdentity;
+use weft_proto::v1 as pb;
+use weft_proto::v1::control_server::ControlServer;
+use weft_proto::v1::daemon_server::{Daemon, DaemonServer};
+use weft_worker::agent::Agent;
+use weft_worker::join::JoinParams;
+use weft_worker::node_files::{Certs, NodeFiles, NodeRecord};
+
+use crate::cli::DaemonArgs;
+
+/// Runs the daemon until SIGINT/SIGTERM.
+pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("cannot create data dir {}", args.data_dir.display()))?;
+    std::fs::create_dir_all(&args.exec_root)
+        .with_context(|| format!("cannot create exec root {}", args.exec_root.display()))?;
+    let hostname = match &args.hostname {
+        Some(h) => h.clone(),
+        None => nix::unistd::gethostname()
+            .ok()
+            .and_then(|h| h.into_string().ok())
+            .unwrap_or_else(|| "localhost".into()),
+    };
+    let node = Arc::new(NodeService {
+        files: NodeFiles::new(&args.data_dir),
+        hostname,
+        data_dir: args.data_dir.clone(),
+        exec_root: args.exec_root.clone(),
+        slot: Arc::new(RwLock::new(None)),
+        active: Arc::new(Mutex::new(None)),
+    });
+    if node.files.exists() {
+        node.resume()
+            .await
+            .context("cannot resume this node's cluster membership")?;
+    }
+
+    let router = tonic::transport::Server::builder()
+        .add_service(DaemonServer::from_arc(node.clone()))
+        .add_service(ControlServer::new(LocalControl::new(node.slot.clone())));
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+        tracing::info!("shutting down");
+    };
+    tracing::info!(socket = %args.socket.display(), "weft daemon ready");
+    weft_proto::tls::serve_unix(&args.socket, router, shutdown)
+        .await
+        .with_context(|| format!("local API on {}", args.socket.display()))?;
+    node.stop_components().await;
+    Ok(())
+}
+
+/// The node's lifecycle: inactive, or a member with an agent and maybe a
+/// manager.
+struct NodeService {
+    files: NodeFiles,
+    hostname: String,
+    data_dir: PathBuf,
+    exec_root: PathBuf,
+    slot: CoreSlot,
+    /// Serialises init/join/leave and holds the running components.
+    active: Arc<Mutex<Option<Active>>>,
+}
+
+struct Active {
+    record: NodeRecord,
+    agent: Agent,
+    manager: Arc<Mutex<Option<Manager>>>,
+    watcher: tokio::task::JoinHandle<()>,
+}
+
+fn status_of(e: impl std::fmt::Display, code: tonic::Code) -> Status {
+    Status::new(code, e.to_string())
+}
+
+impl NodeService {
+    /// Restarts the components of a node that was a member before.
+    async fn resume(&self) -> anyhow::Result<()> {
+        let (record, certs) = self.files.load()?;
+        let manager = if record.role == "manager" {
+            Some(self.start_manager(&record, &certs).await?)
+        } else {
+            None
+        };
+        tracing::info!(node = %record.node_id, role = %record.role, "resuming cluster membership");
+        *self.active.lock().await = Some(self.activate(record, certs, manager));
+        Ok(())
+    }
+
+    async fn start_manager(&self, record: &NodeRecord, certs: &Certs) -> anyhow::Result<Manager> {
+        let node_id: NodeId = record.node_id.parse()?;
+        let listen_addr: SocketAddr = record
+            .listen_addr
+            .parse()
+            .with_context(|| format!("bad listen address {:?}", record.listen_addr))?;
+        let manager = Manager::start(ManagerConfig {
+            node_id,
+            cluster_id: record.cluster_id.clone(),
+            raft_dir: self.files.raft_dir(),
+            listen_addr,
+            ca_pem: certs.ca_pem.clone(),
+            cert_pem: certs.cert_pem.clone(),
+            key_pem: certs.key_pem.clone(),
+            raft: RaftSettings::default(),
+        })
+        .await?;
+        *self.slot.write().expect("slot") = Some(manager.core().clone());
+        Ok(manager)
+    }
+
+    /// Starts the agent and the role watcher around an optional manager.
+    fn activate(&self, record: NodeRecord, certs: Certs, manager: Option<Manager>) -> Active {
+        let agent = Agent::start(self.files.clone(), record.clone(), certs);
+        let manager = Arc::new(Mutex::new(manager));
+        let watcher = tokio::spawn(role_watcher(
+            agent.status(),
+            manager.clone(),
+            self.slot.clone(),
+            record.clone(),
+            self.files.clone(),
+        ));
+        Active {
+            record,
+            agent,
+            manager,
+            watcher,
+        }
+    }
+
+    async fn stop_components(&self) {
+        if let Some(a) = self.active.lock().await.take() {
+            a.watcher.abort();
+            a.agent.stop().await;
+            *self.slot.write().expect("slot") = None;
+            if let Some(m) = a.manager.lock().await.take() {
+                m.stop().await;
+            }
+        }
+    }
+
+    async fn init(&self, r: pb::InitRequest) -> Result<pb::InitResponse, Status> {
+        let mut guard = self.active.lock().await;
+        if guard.is_some() {
+            return Err(Status::already_exists(
+                "this node is already part of a cluster; leave it first with `weft leave`",
+            ));
+        }
+        let params = bootstrap::validate_init(&r).map_err(Status::from)?;
+        let new = bootstrap::new_cluster(&params, &self.hostname, 1500).map_err(Status::from)?;
+        let record = NodeRecord {
+            node_id: new.node.id.to_string(),
+            cluster_id: new.cluster.id.clone(),
+            role: "manager".into(),
+            advertise_addr: params.advertise_addr.to_string(),
+            listen_addr: params.listen_addr.to_string(),
+            data_path_addr: params.data_path_addr.to_string(),
+            manager_addrs: vec![params.advertise_addr.to_string()],
+        };
+        let certs = Certs {
+            ca_pem: new.ca_pem.clone(),
+            cert_pem: new.cert_pem.clone(),
+            key_pem: new.key_pem.clone(),
+        };
+        // Nothing is written before the manager port is ours: a failed init
+        // leaves the node as it was.
+        let manager = self
+            .start_manager(&record, &certs)
+            .await
+            .map_err(|e| status_of(format!("{e:#}"), tonic::Code::FailedPrecondition))?;
+        let result = async {
+            self.files.save_certs(&certs)?;
+            self.files.save_record(&record)?;
+            manager
+                .bootstrap(new.cluster.clone(), new.node.clone())
+                .await
+                .map_err(|e| anyhow::anyhow!(Status::from(e).message().to_string()))?;
+            anyhow::Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            *self.slot.write().expect("slot") = None;
+            manager.stop().await;
+            let _ = self.files.wipe();
+            return Err(status_of(
+                format!("init failed: {e:#}"),
+                tonic::Code::Internal,
+            ));
+        }
+        let tokens = tokens_of(&manager).await?;
+        *guard = Some(self.activate(record.clone(), certs, Some(manager)));
+        tracing::info!(node = %record.node_id, cluster = %record.cluster_id, "cluster initialised");
+        Ok(pb::InitResponse {
+            node_id: record.node_id,
+            cluster_id: record.cluster_id,
+            tokens: Some(tokens),
+            advertise_addr: record.advertise_addr,
+        })
+    }
+
+    async fn join(&self, r: pb::DaemonJoinRequest) -> Result<pb::DaemonJoinResponse, Status> {
+        let mut guard = self.active.lock().await;
+        if guard.is_some() {
+            return Err(Status::already_exists(
+                "this node is already part of a cluster; leave it first with `weft leave`",
+            ));
+        }
+        let remote = validate_remote(&r.remote_addr)?;
+        let advertise = if r.advertise_addr.is_empty() {
+            None
+        } else {
+            Some(
+                weft_manager::join::parse_host_port(&r.advertise_addr, 4377)
+                    .map_err(Status::from)?,
+            )
+        };
+        let listen_addr = if r.listen_addr.is_empty() {
+            SocketAddr::new(
+                "0.0.0.0".parse().expect("literal"),
+                advertise.map(|a| a.port()).unwrap_or(4377),
+            )
+        } else {
+            weft_manager::join::parse_host_port(&r.listen_addr, 4377).map_err(Status::from)?
+        };
+        // A node may become a manager (now, or when promoted): it needs its
+        // manager port, so check it before anything is changed anywhere.
+        std::net::TcpListener::bind(listen_addr).map_err(|e| {
+            Status::failed_precondition(format!(
+                "cannot listen on {listen_addr}: {e}; this node needs its manager port to join \
+                 (pick another with --listen-addr / --advertise-addr IP:PORT)"
+            ))
+        })?;
+        let joined = weft_worker::join::join(
+            &remote,
+            &r.token,
+            JoinParams {
+                hostname: self.hostname.clone(),
+                advertise_addr: advertise.map(|a| a.to_string()).unwrap_or_default(),
+                data_path_addr: r.data_path_addr.clone(),
+                underlay_mtu: 1500,
+            },
+        )
+        .await
+        .map_err(join_error)?;
+        let is_manager = joined.role == pb::NodeRole::Manager;
+        let record = NodeRecord {
+            node_id: joined.node_id.clone(),
+            cluster_id: joined.cluster_id.clone(),
+            role: if is_manager { "manager" } else { "worker" }.into(),
+            advertise_addr: advertise.map(|a| a.to_string()).unwrap_or_default(),
+            listen_addr: listen_addr.to_string(),
+            data_path_addr: r.data_path_addr,
+            manager_addrs: if joined.manager_addrs.is_empty() {
+                vec![remote.clone()]
+            } else {
+                joined.manager_addrs.clone()
+            },
+        };
+        self.files
+            .save_certs(&joined.certs)
+            .and_then(|()| self.files.save_record(&record))
+            .map_err(|e| status_of(e, tonic::Code::Internal))?;
+        let manager = if is_manager {
+            match self.start_manager(&record, &joined.certs).await {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    // Undo the admission so no half-joined manager remains.
+                    if let Err(undo) = weft_worker::agent::leave(
+                        &record.node_id,
+                        &joined.certs,
+                        &record.manager_addrs,
+                        true,
+                    )
+                    .await
+                    {
+                        tracing::error!(error = %undo, "could not undo the join");
+                    }
+                    let _ = self.files.wipe();
+                    return Err(status_of(
+                        format!("joined, but the manager could not start: {e:#}"),
+                        tonic::Code::FailedPrecondition,
+                    ));
+                }
+            }
+        } else {
+            None
+        };
+        let core = manager.as_ref().map(|m| m.core().clone());
+        *guard = Some(self.activate(record, joined.certs, manager));
+        drop(guard);
+        if let Some(core) = core {
+            // Docker's join returns once the manager is part of Raft; so do we.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            let me = core.node_id();
+            while !core.raft().metrics().voters.contains_key(&me) {
+                if tokio::time::Instant::now() > deadline {
+                    return Err(Status::deadline_exceeded(
+                        "joined as a manager, but Raft has not made this node a voter within 30s; \
+                         check that the managers can reach this node's --advertise-addr",
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(pb::DaemonJoinResponse {
+            node_id: joined.node_id,
+            role: joined.role as i32,
+            cluster_id: joined.cluster_id,
+        })
+    }
+
+    async fn leave(&self, force: bool) -> Result<(), Status> {
+        let mut guard = self.active.lock().await;
+        let Some(active) = guard.as_ref() else {
+            return Err(Status::failed_precondition(
+                "this node is not part of a cluster",
+            ));
+        };
+        match active.agent.leave(force).await {
+            Ok(()) => {}
+            Err(e) if force => {
+                tracing::warn!(error = %e, "leaving without telling the cluster (--force)");
+            }
+            Err(e) => {
+                return Err(status_of(
+                    format!("{e}; use --force to leave anyway"),
+                    tonic::Code::FailedPrecondition,
+                ));
+            }
+        }
+        let active = guard.take().expect("checked above");
+        // A leaving manager waits (briefly) until Raft has let it go, so the
+        // cluster never counts a voter that is gone.
+        if let Some(m) = active.manager.lock().await.as_ref() {
+            let me = m.core().node_id();
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while m.core().raft().metrics().voters.contains_key(&me)
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        active.watcher.abort();
+        active.agent.stop().await;
+        *self.slot.write().expect("slot") = None;
+        if let Some(m) = active.manager.lock().await.take() {
+            m.stop().await;
+        }
+        self.files
+            .wipe()
+            .map_err(|e| status_of(e, tonic::Code::Internal))?;
+        tracing::info!("left the cluster");
+        Ok(())
+    }
+
+    async fn info(&self) -> pb::InfoResponse {
+        let guard = self.active.lock().await;
+        let mut resp = pb::InfoResponse {
+            state: "inactive".into(),
+            data_dir: self.data_dir.display().to_string(),
+            exec_root: self.exec_root.display().to_string(),
+            ..Default::default()
+        };
+        let Some(a) = guard.as_ref() else {
+            return resp;
+        };
+        let st = a.agent.status().borrow().clone();
+        let certs = a.agent.certs();
+        resp.state = if st.removed {
+            "removed".into()
+        } else if st.connected_to.is_some() {
+            "active".into()
+        } else {
+            "pending".into()
+        };
+        resp.node_id = a.record.node_id.clone();
+        resp.cluster_id = a.record.cluster_id.clone();
+        resp.node_addr = a.record.advertise_addr.clone();
+        resp.manager_addrs = st.manager_addrs.clone();
+        resp.role = if st.cert_role == "manager" {
+            pb::NodeRole::Manager
+        } else {
+            pb::NodeRole::Worker
+        } as i32;
+        resp.cert_expiry = PeerIdentity::from_pem(&certs.cert_pem)
+            .map(|p| weft_manager::core::rfc3339(p.not_after))
+            .unwrap_or_default();
+        resp.error = st.last_error.clone();
+        drop(guard);
+        let core = self.slot.read().expect("slot").clone();
+        if let Some(core) = core {
+            match weft_manager::controlapi::ControlService::new(
+                core,
+                weft_manager::controlapi::Caller::Local,
+            )
+            .summary()
+            {
+                Ok(s) => resp.cluster = Some(s),
+                Err(e) => resp.error = e.to_string(),
+            }
+        }
+        resp
+    }
+}
+
+/// Follows certificate changes: a manager certificate starts the manager, a
+/// worker certificate stops it, a renewed one is hot-swapped in.
+async fn role_watcher(
+    mut status: tokio::sync::watch::Receiver<weft_worker::agent::AgentStatus>,
+    manager: Arc<Mutex<Option<Manager>>>,
+    slot: CoreSlot,
+    record: NodeRecord,
+    files: NodeFiles,
+) {
+    let mut seen = status.borrow().cert_generation;
+    while status.changed().await.is_ok() {
+        let st = status.borrow().clone();
+        if st.cert_generation == seen {
+            continue;
+        }
+        seen = st.cert_generation;
+        let (rec, certs) = match files.load() {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the renewed certificate");
+                continue;
+            }
+        };
+        let mut m = manager.lock().await;
+        match (st.cert_role.as_str(), m.is_some()) {
+            ("manager", true) => {
+                if let Err(e) = m
+                    .as_ref()
+                    .expect("checked")
+                    .update_identity(&certs.cert_pem, &certs.key_pem)
+                {
+                    tracing::error!(error = %e, "cannot install the renewed certificate");
+                }
+            }
+            ("manager", false) => {
+                let listen: SocketAddr = match rec.listen_addr.parse() {
+                    Ok(a) => a,
+                    Err(_) => SocketAddr::new("0.0.0.0".parse().expect("literal"), 4377),
+                };
+                let node_id: NodeId = match record.node_id.parse() {
+                    Ok(id) => id,
+                    Err(e) => {
+                        tracing::error!(error = %e, "bad node id");
+                        continue;
+                    }
+                };
+                match Manager::start(ManagerConfig {
+                    node_id,
+                    cluster_id: record.cluster_id.clone(),
+                    raft_dir: files.raft_dir(),
+                    listen_addr: listen,
+                    ca_pem: certs.ca_pem.clone(),
+                    cert_pem: certs.cert_pem.clone(),
+                    key_pem: certs.key_pem.clone(),
+                    raft: RaftSettings::default(),
+                })
+                .await
+                {
+                    Ok(started) => {
+                        tracing::info!("promoted: manager started");
+                        *slot.write().expect("slot") = Some(started.core().clone());
+                        *m = Some(started);
+                    }
+                    Err(e) => tracing::error!(error = %e, "promoted, but the manager cannot start"),
+                }
+            }
+            ("worker", true) => {
+                tracing::info!("demoted: stopping the manager");
+                *slot.write().expect("slot") = None;
+                if let Some(old) = m.take() {
+                    old.stop().await;
+                }
+                if let Err(e) = std::fs::remove_dir_all(files.raft_dir()) {
+                    tracing::warn!(error = %e, "cannot remove the old Raft log");
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn validate_remote(s: &str) -> Result<String, Status> {
+    let s = s.trim();
+    let ok = match s.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0),
+        None => false,
+    };
+    if ok {
+        Ok(s.to_string())
+    } else if s.parse::<std::net::IpAddr>().is_ok() {
+        Ok(format!("{s}:4377"))
+    } else {
+        Err(Status::invalid_argument(format!(
+            "invalid manager address {s:?}: expected HOST:PORT, e.g. 198.18.0.1:4377"
+        )))
+    }
+}
+
+fn join_error(e: weft_worker::error::Error) -> Status {
+    use weft_worker::error::Error as E;
+    match &e {
+        E::Token(_) => Status::invalid_argument(e.to_string()),
+        E::Rpc { status, .. } => Status::new(status.code(), e.to_string()),
+        E::Tls(_) => Status::unavailable(e.to_string()),
+        _ => Status::internal(e.to_string()),
+    }
+}
+
+async fn tokens_of(m: &Manager) -> Result<pb::JoinTokens, Status> {
+    use weft_proto::v1::control_server::Control;
+    let svc = weft_manager::controlapi::ControlService::new(
+        m.core().clone(),
+        weft_manager::controlapi::Caller::Local,
+    );
+    Ok(svc
+        .get_join_tokens(Request::new(pb::GetJoinTokensRequest {}))
+        .await?
+        .into_inner())
+}
+
+#[tonic::async_trait]
+impl Daemon for NodeService {
+    async fn init(
+        &self,
+        req: Request<pb::InitRequest>,
+    ) -> Result<Response<pb::InitResponse>, Status> {
+        Ok(Response::new(
+            NodeService::init(self, req.into_inner()).await?,
+        ))
+    }
+
+    async fn join(
+        &self,
+        req: Request<pb::DaemonJoinRequest>,
+    ) -> Result<Response<pb::DaemonJoinResponse>, Status> {
+        Ok(Response::new(
+            NodeService::join(self, req.into_inner()).await?,
+        ))
+    }
+
+    async fn leave(
+        &self,
+        req: Request<pb::DaemonLeaveRequest>,
+    ) -> Result<Response<pb::DaemonLeaveResponse>, Status> {
+        NodeService::leave(self, req.into_inner().force).await?;
+        Ok(Response::new(pb::DaemonLeaveResponse {}))
+    }
+
+    async fn info(
+        &self,
+        _req: Request<pb::InfoRequest>,
+    ) -> Result<Response<pb::InfoResponse>, Status> {
+        Ok(Response::new(NodeService::info(self).await))
+    }
+}

@@ -1,0 +1,424 @@
+//! The node's session with the cluster.
+//!
+//! ```text
+//!        ┌──────────── pick a manager (leader hint first, then the list) ◀──────┐
+//!        ▼                                                                     │
+//!  Session(node_id) ──FAILED_PRECONDITION + weft-leader──▶ hint = leader ──────┤
+//!        │ stream of SessionMessage                                            │
+//!        ├─▶ remember managers (persisted), leader                             │
+//!        ├─▶ role in store ≠ role in certificate ─▶ RenewCertificate ──────────┤
+//!        └─▶ Heartbeat every period ── error / stream ends ────────────────────┘
+//! ```
+//!
+//! The agent never tears anything down because a manager is unreachable: it
+//! only keeps trying, and reports what it sees through [`AgentStatus`].
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tonic::Code;
+use weft_proto::identity::{NodeKey, PeerIdentity};
+use weft_proto::tls;
+use weft_proto::v1 as pb;
+use weft_proto::v1::dispatcher_client::DispatcherClient;
+
+use crate::error::{Error, Result};
+use crate::node_files::{Certs, NodeFiles, NodeRecord};
+
+/// Metadata key a follower uses to point at the leader.
+pub const LEADER_METADATA: &str = "weft-leader";
+
+/// What the agent currently knows; the daemon watches it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AgentStatus {
+    /// Manager the session is open with.
+    pub connected_to: Option<String>,
+    /// Leader address as last reported.
+    pub leader_addr: String,
+    /// Managers as last reported.
+    pub manager_addrs: Vec<String>,
+    /// Role the store wants for this node.
+    pub desired_role: Option<pb::NodeRole>,
+    /// Role of the certificate in use (`worker` / `manager`).
+    pub cert_role: String,
+    /// Bumped each time a new certificate is installed.
+    pub cert_generation: u64,
+    /// The cluster removed this node.
+    pub removed: bool,
+    /// Last failure, for `weft info`.
+    pub last_error: String,
+    /// Heartbeat period in ms.
+    pub heartbeat_period_ms: u64,
+}
+
+/// A running agent.
+pub struct Agent {
+    node_id: String,
+    certs: Arc<RwLock<Certs>>,
+    status: watch::Receiver<AgentStatus>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+struct Run {
+    node_id: String,
+    files: NodeFiles,
+    record: NodeRecord,
+    certs: Arc<RwLock<Certs>>,
+    status: watch::Sender<AgentStatus>,
+    stop: watch::Receiver<bool>,
+}
+
+enum End {
+    Redirect(String),
+    Renewed,
+    Removed(String),
+    Failed(String),
+    Stopped,
+}
+
+impl Agent {
+    /// Starts the session loop for the node described by `record`.
+    pub fn start(files: NodeFiles, record: NodeRecord, certs: Certs) -> Agent {
+        let cert_role = PeerIdentity::from_pem(&certs.cert_pem)
+            .map(|p| p.role.as_str().to_string())
+            .unwrap_or_default();
+        let (status_tx, status_rx) = watch::channel(AgentStatus {
+            manager_addrs: record.manager_addrs.clone(),
+            cert_role,
+            heartbeat_period_ms: 1000,
+            ..Default::default()
+        });
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let certs = Arc::new(RwLock::new(certs));
+        let run = Run {
+            node_id: record.node_id.clone(),
+            files,
+            record,
+            certs: certs.clone(),
+            status: status_tx,
+            stop: stop_rx,
+        };
+        let node_id = run.node_id.clone();
+        let task = tokio::spawn(run.main());
+        Agent {
+            node_id,
+            certs,
+            status: status_rx,
+            stop: stop_tx,
+            task,
+        }
+    }
+
+    /// Watch what the agent knows.
+    pub fn status(&self) -> watch::Receiver<AgentStatus> {
+        self.status.clone()
+    }
+
+    /// The certificate material currently in use.
+    pub fn certs(&self) -> Certs {
+        self.certs.read().expect("certs lock").clone()
+    }
+
+    /// Asks the cluster to remove this node. Tries the known leader first,
+    /// then every manager.
+    pub async fn leave(&self, force: bool) -> Result<()> {
+        let st = self.status.borrow().clone();
+        let mut addrs = Vec::new();
+        if !st.leader_addr.is_empty() {
+            addrs.push(st.leader_addr.clone());
+        }
+        addrs.extend(st.manager_addrs.iter().cloned());
+        leave(&self.node_id, &self.certs(), &addrs, force).await
+    }
+
+    /// Stops the session loop.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Asks the managers at `addrs`, in order, to remove node `node_id`.
+pub async fn leave(node_id: &str, certs: &Certs, addrs: &[String], force: bool) -> Result<()> {
+    let mut last = None;
+    for addr in addrs {
+        let ch = match tls::channel_to_manager(
+            addr,
+            &certs.ca_pem,
+            Some((&certs.cert_pem, &certs.key_pem)),
+        )
+        .await
+        {
+            Ok(ch) => ch,
+            Err(e) => {
+                last = Some(Error::from(e));
+                continue;
+            }
+        };
+        let req = pb::LeaveRequest {
+            node_id: node_id.to_string(),
+            force,
+        };
+        match DispatcherClient::new(ch).leave(req).await {
+            Ok(_) => return Ok(()),
+            // A refusal (quorum, removed, last manager) is final; anything
+            // else may work on another manager.
+            Err(status)
+                if matches!(
+                    status.code(),
+                    Code::FailedPrecondition | Code::PermissionDenied
+                ) && status.metadata().get(LEADER_METADATA).is_none() =>
+            {
+                return Err(Error::Rpc {
+                    addr: addr.clone(),
+                    status,
+                });
+            }
+            Err(status) => {
+                last = Some(Error::Rpc {
+                    addr: addr.clone(),
+                    status,
+                })
+            }
+        }
+    }
+    Err(last.unwrap_or(Error::BadAnswer {
+        addr: String::new(),
+        what: "no manager address known".into(),
+    }))
+}
+
+impl Run {
+    async fn main(mut self) {
+        let mut hint: Option<String> = None;
+        let mut next = 0usize;
+        let mut failures = 0u32;
+        loop {
+            if *self.stop.borrow() {
+                return;
+            }
+            let addr = match hint.take() {
+                Some(a) => a,
+                None => {
+                    let list = &self.record.manager_addrs;
+                    if list.is_empty() {
+                        self.set_error("no manager address known".into());
+                        if self.pause(Duration::from_secs(1)).await {
+                            return;
+                        }
+                        continue;
+                    }
+                    next = next.wrapping_add(1);
+                    list[next % list.len()].clone()
+                }
+            };
+            match self.session(&addr).await {
+                End::Stopped => return,
+                End::Redirect(leader) => {
+                    hint = Some(leader);
+                    failures = 0;
+                }
+                End::Renewed => {
+                    hint = Some(addr);
+                    failures = 0;
+                }
+                End::Removed(msg) => {
+                    self.status.send_modify(|s| {
+                        s.removed = true;
+                        s.connected_to = None;
+                        s.last_error = msg;
+                    });
+                    if self.pause(Duration::from_secs(5)).await {
+                        return;
+                    }
+                }
+                End::Failed(msg) => {
+                    tracing::debug!(manager = %addr, error = %msg, "session ended");
+                    self.status.send_modify(|s| s.connected_to = None);
+                    self.set_error(format!("{addr}: {msg}"));
+                    failures += 1;
+                    // Walk the whole manager list quickly, then back off.
+                    let round = self.record.manager_addrs.len().max(1) as u32;
+                    let delay = if failures < round {
+                        Duration::from_millis(50)
+                    } else {
+                        Duration::from_millis(200 * u64::from((failures / round).min(10)))
+                    };
+                    if self.pause(delay).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sleeps unless stopped; true when stopped.
+    async fn pause(&mut self, d: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => *self.stop.borrow(),
+            _ = self.stop.changed() => true,
+        }
+    }
+
+    fn set_error(&self, e: String) {
+        self.status.send_modify(|s| s.last_error = e);
+    }
+
+    async fn session(&mut self, addr: &str) -> End {
+        let certs = self.certs.read().expect("certs lock").clone();
+        let ch = match tls::channel_to_manager(
+            addr,
+            &certs.ca_pem,
+            Some((&certs.cert_pem, &certs.key_pem)),
+        )
+        .await
+        {
+            Ok(ch) => ch,
+            Err(e) => return End::Failed(e.to_string()),
+        };
+        let mut client = DispatcherClient::new(ch);
+        let mut stream = match client
+            .session(pb::SessionRequest {
+                node_id: self.node_id.clone(),
+            })
+            .await
+        {
+            Ok(r) => r.into_inner(),
+            Err(st) => return self.classify(st),
+        };
+        self.status.send_modify(|s| {
+            s.connected_to = Some(addr.to_string());
+            s.removed = false;
+            s.last_error.clear();
+        });
+        tracing::info!(manager = %addr, "session established");
+        let mut period = Duration::from_millis(self.status.borrow().heartbeat_period_ms.max(100));
+        let mut hb = tokio::time::interval(period);
+        hb.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = self.stop.changed() => return End::Stopped,
+                msg = stream.message() => match msg {
+                    Ok(Some(m)) => {
+                        let new_period = Duration::from_millis(m.heartbeat_period_ms.max(100));
+                        if new_period != period {
+                            period = new_period;
+                            hb = tokio::time::interval(period);
+                        }
+                        if let Some(end) = self.on_message(&mut client, m).await {
+                            return end;
+                        }
+                    }
+                    Ok(None) => return End::Failed("session closed by the manager".into()),
+                    Err(st) => return self.classify(st),
+                },
+                _ = hb.tick() => {
+                    let req = pb::HeartbeatRequest { node_id: self.node_id.clone() };
+                    match tokio::time::timeout(period * 2, client.heartbeat(req)).await {
+                        Ok(Ok(_)) => {}
+                        Ok(Err(st)) => return self.classify(st),
+                        Err(_) => return End::Failed("heartbeat timed out".into()),
+                    }
+                }
+            }
+        }
+    }
+
+    fn classify(&self, st: tonic::Status) -> End {
+        if let Some(leader) = st
+            .metadata()
+            .get(LEADER_METADATA)
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+        {
+            return End::Redirect(leader.to_string());
+        }
+        match st.code() {
+            Code::PermissionDenied if st.message().contains("removed") => {
+                End::Removed(st.message().to_string())
+            }
+            _ => End::Failed(st.message().to_string()),
+        }
+    }
+
+    async fn on_message(
+        &mut self,
+        client: &mut DispatcherClient<tonic::transport::Channel>,
+        m: pb::SessionMessage,
+    ) -> Option<End> {
+        let desired = pb::NodeRole::try_from(m.role).ok();
+        if !m.manager_addrs.is_empty() && m.manager_addrs != self.record.manager_addrs {
+            self.record.manager_addrs = m.manager_addrs.clone();
+            if let Err(e) = self.files.save_record(&self.record) {
+                tracing::warn!(error = %e, "could not persist the manager list");
+            }
+        }
+        self.status.send_modify(|s| {
+            s.leader_addr = m.leader_addr.clone();
+            s.manager_addrs = m.manager_addrs.clone();
+            s.desired_role = desired;
+            s.heartbeat_period_ms = m.heartbeat_period_ms;
+        });
+        let cert_role = self.status.borrow().cert_role.clone();
+        let want = match desired {
+            Some(pb::NodeRole::Manager) => "manager",
+            Some(pb::NodeRole::Worker) => "worker",
+            _ => return None,
+        };
+        let half_life = self.past_half_life();
+        if want != cert_role || half_life {
+            match self.renew(client).await {
+                Ok(()) => return Some(End::Renewed),
+                Err(e) => {
+                    tracing::warn!(error = %e, "certificate renewal failed");
+                    self.set_error(format!("certificate renewal failed: {e}"));
+                }
+            }
+        }
+        None
+    }
+
+    fn past_half_life(&self) -> bool {
+        let certs = self.certs.read().expect("certs lock");
+        let Ok(p) = PeerIdentity::from_pem(&certs.cert_pem) else {
+            return false;
+        };
+        let now = time::OffsetDateTime::now_utc();
+        let total = p.not_after - p.not_before;
+        now > p.not_before + total / 2
+    }
+
+    async fn renew(
+        &mut self,
+        client: &mut DispatcherClient<tonic::transport::Channel>,
+    ) -> Result<()> {
+        let key = NodeKey::generate()?;
+        let resp = client
+            .renew_certificate(pb::RenewCertificateRequest {
+                node_id: self.node_id.clone(),
+                csr_pem: key.csr_pem()?,
+            })
+            .await
+            .map_err(|status| Error::Rpc {
+                addr: "dispatcher".into(),
+                status,
+            })?
+            .into_inner();
+        let peer = PeerIdentity::from_pem(&resp.cert_pem)?;
+        let mut certs = self.certs.read().expect("certs lock").clone();
+        certs.cert_pem = resp.cert_pem;
+        certs.key_pem = key.to_pem();
+        self.files.save_certs(&certs)?;
+        self.record.role = peer.role.as_str().to_string();
+        self.files.save_record(&self.record)?;
+        *self.certs.write().expect("certs lock") = certs;
+        self.status.send_modify(|s| {
+            s.cert_role = peer.role.as_str().to_string();
+            s.cert_generation += 1;
+        });
+        tracing::info!(role = peer.role.as_str(), "new node certificate installed");
+        Ok(())
+    }
+}

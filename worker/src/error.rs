@@ -1,0 +1,54 @@
+//! The worker's error type.
+
+use std::path::PathBuf;
+
+/// What can go wrong on the node side.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file of the node's identity could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// Which file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file of the node's identity is not what we wrote.
+    #[error("{} is corrupt: {source}", path.display())]
+    Corrupt {
+        /// Which file.
+        path: PathBuf,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The join token could not be parsed.
+    #[error(transparent)]
+    Token(#[from] weft_proto::token::TokenError),
+    /// Certificates, keys or TLS.
+    #[error(transparent)]
+    Tls(#[from] weft_proto::tls::TlsError),
+    /// Key or CSR generation.
+    #[error(transparent)]
+    Identity(#[from] weft_proto::identity::IdentityError),
+    /// The manager refused or failed the call.
+    #[error("{addr}: {}", status.message())]
+    Rpc {
+        /// The manager asked.
+        addr: String,
+        /// Its answer.
+        status: tonic::Status,
+    },
+    /// The manager answered something we cannot use.
+    #[error("the manager at {addr} answered with {what}")]
+    BadAnswer {
+        /// The manager asked.
+        addr: String,
+        /// What was wrong with it.
+        what: String,
+    },
+}
+
+/// Shorthand.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

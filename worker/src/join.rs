@@ -1,0 +1,83 @@
+//! The joining node's side of admission.
+//!
+//! The token is sent only after the manager proved it holds a certificate
+//! that chains to the CA whose fingerprint the token carries; the private
+//! key is generated here and never leaves the node (only a CSR does).
+
+use weft_proto::identity::NodeKey;
+use weft_proto::tls;
+use weft_proto::token::JoinToken;
+use weft_proto::v1 as pb;
+use weft_proto::v1::join_client::JoinClient;
+
+use crate::error::{Error, Result};
+use crate::node_files::Certs;
+
+/// What the node learns by joining.
+#[derive(Debug, Clone)]
+pub struct Joined {
+    /// Assigned node ID.
+    pub node_id: String,
+    /// Role the token granted.
+    pub role: pb::NodeRole,
+    /// Cluster ID.
+    pub cluster_id: String,
+    /// CA, certificate and key.
+    pub certs: Certs,
+    /// Managers to connect to.
+    pub manager_addrs: Vec<String>,
+}
+
+/// What the node tells the manager about itself.
+#[derive(Debug, Clone, Default)]
+pub struct JoinParams {
+    /// Host name.
+    pub hostname: String,
+    /// `IP[:PORT]`, or empty to let the manager use the connection's source.
+    pub advertise_addr: String,
+    /// Underlay IP, or empty for the advertise address.
+    pub data_path_addr: String,
+    /// MTU of the underlay interface.
+    pub underlay_mtu: u64,
+}
+
+/// Joins the cluster through the manager at `remote` (`HOST:PORT`).
+pub async fn join(remote: &str, token_text: &str, params: JoinParams) -> Result<Joined> {
+    let token: JoinToken = token_text.trim().parse()?;
+    let ca_pem = tls::fetch_trusted_ca(remote, &token).await?;
+    let key = NodeKey::generate()?;
+    let channel = tls::channel_to_manager(remote, &ca_pem, None).await?;
+    let resp = JoinClient::new(channel)
+        .join(pb::JoinRequest {
+            token: token.to_string(),
+            csr_pem: key.csr_pem()?,
+            hostname: params.hostname,
+            advertise_addr: params.advertise_addr,
+            data_path_addr: params.data_path_addr,
+            underlay_mtu: params.underlay_mtu,
+        })
+        .await
+        .map_err(|status| Error::Rpc {
+            addr: remote.to_string(),
+            status,
+        })?
+        .into_inner();
+    let role = pb::NodeRole::try_from(resp.role).unwrap_or(pb::NodeRole::Unspecified);
+    if role == pb::NodeRole::Unspecified || resp.node_id.is_empty() || resp.cert_pem.is_empty() {
+        return Err(Error::BadAnswer {
+            addr: remote.to_string(),
+            what: "an incomplete join response".into(),
+        });
+    }
+    Ok(Joined {
+        node_id: resp.node_id,
+        role,
+        cluster_id: resp.cluster_id,
+        certs: Certs {
+            ca_pem: resp.ca_pem,
+            cert_pem: resp.cert_pem,
+            key_pem: key.to_pem(),
+        },
+        manager_addrs: resp.manager_addrs,
+    })
+}
