@@ -12,7 +12,8 @@ pub const DEFAULT_SOCKET: &str = "/run/weft/weft.sock";
 #[derive(Debug, Parser)]
 #[command(name = "weft", version, about, long_about = None, propagate_version = true)]
 pub struct Cli {
-    /// Daemon to talk to, as unix://PATH (like DOCKER_HOST).
+    /// Daemon to talk to: unix://PATH (the local daemon), or tcp://MANAGER:PORT
+    /// with --tlscacert/--tlscert/--tlskey (a manager's control API directly).
     #[arg(
         short = 'H',
         long = "host",
@@ -21,6 +22,16 @@ pub struct Cli {
         default_value = "unix:///run/weft/weft.sock"
     )]
     pub host: String,
+
+    /// CA certificate to trust, for -H tcp://.
+    #[arg(long, global = true, env = "WEFT_TLS_CACERT")]
+    pub tlscacert: Option<PathBuf>,
+    /// Client certificate (a manager's), for -H tcp://.
+    #[arg(long, global = true, env = "WEFT_TLS_CERT")]
+    pub tlscert: Option<PathBuf>,
+    /// Client private key, for -H tcp://.
+    #[arg(long, global = true, env = "WEFT_TLS_KEY")]
+    pub tlskey: Option<PathBuf>,
 
     /// The command to run.
     #[command(subcommand)]

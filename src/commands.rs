@@ -14,14 +14,51 @@ use crate::cli::{
     AvailabilityArg, Format, InitArgs, JoinArgs, JoinTokenArgs, LeaveArgs, NodeCommand, RoleArg,
 };
 
-/// Connection to the local daemon.
+/// Connection to the local daemon, or to a manager's control API.
 pub struct Client {
     channel: Channel,
+    remote: bool,
+}
+
+/// TLS files for `-H tcp://`.
+#[derive(Debug, Default)]
+pub struct TlsFiles {
+    /// CA to trust.
+    pub ca: Option<PathBuf>,
+    /// Client certificate.
+    pub cert: Option<PathBuf>,
+    /// Client key.
+    pub key: Option<PathBuf>,
+}
+
+fn read_file(p: &PathBuf, what: &str) -> anyhow::Result<String> {
+    std::fs::read_to_string(p).with_context(|| format!("cannot read the {what} {}", p.display()))
 }
 
 impl Client {
-    /// Connects to the daemon named by `-H` / `WEFT_HOST`.
-    pub async fn connect(host: &str) -> anyhow::Result<Client> {
+    /// Connects to the daemon (or manager) named by `-H` / `WEFT_HOST`.
+    pub async fn connect(host: &str, tls: &TlsFiles) -> anyhow::Result<Client> {
+        if let Some(addr) = host.strip_prefix("tcp://") {
+            let ca = tls.ca.as_ref().with_context(
+                || "-H tcp:// needs --tlscacert (the cluster CA, e.g. /var/lib/weft/certs/ca.pem)",
+            )?;
+            let ca = read_file(ca, "CA certificate")?;
+            let identity = match (&tls.cert, &tls.key) {
+                (Some(c), Some(k)) => Some((read_file(c, "certificate")?, read_file(k, "key")?)),
+                (None, None) => None,
+                _ => bail!("give both --tlscert and --tlskey, or neither"),
+            };
+            let channel = weft_proto::tls::channel_to_manager(
+                addr,
+                &ca,
+                identity.as_ref().map(|(c, k)| (c.as_str(), k.as_str())),
+            )
+            .await?;
+            return Ok(Client {
+                channel,
+                remote: true,
+            });
+        }
         let path = socket_path(host)?;
         let channel = weft_proto::tls::connect_unix(&path).await.map_err(|e| {
             anyhow::anyhow!(
@@ -29,11 +66,36 @@ impl Client {
                  or point -H/WEFT_HOST at its socket."
             )
         })?;
-        Ok(Client { channel })
+        Ok(Client {
+            channel,
+            remote: false,
+        })
     }
 
     fn daemon(&self) -> DaemonClient<Channel> {
         DaemonClient::new(self.channel.clone())
+    }
+
+    /// This node's ID, or empty when talking to a remote manager.
+    async fn self_id(&self) -> anyhow::Result<String> {
+        if self.remote {
+            return Ok(String::new());
+        }
+        Ok(self
+            .daemon()
+            .info(pb::InfoRequest {})
+            .await
+            .map_err(rpc)?
+            .into_inner()
+            .node_id)
+    }
+
+    /// Refuses node-local commands over tcp://.
+    pub fn require_local(&self, what: &str) -> anyhow::Result<()> {
+        if self.remote {
+            bail!("`weft {what}` talks to the local daemon; use -H unix://PATH, not tcp://");
+        }
+        Ok(())
     }
 
     fn control(&self) -> ControlClient<Channel> {
@@ -142,6 +204,10 @@ pub async fn join_token(c: &Client, a: JoinTokenArgs) -> anyhow::Result<()> {
     }
     if a.rotate {
         println!("Successfully rotated {} join token.\n", role_name(a.role));
+    }
+    if c.remote {
+        println!("{token}");
+        return Ok(());
     }
     let info = c
         .daemon()
@@ -282,13 +348,7 @@ pub async fn node(c: &Client, cmd: NodeCommand) -> anyhow::Result<()> {
     let mut ctl = c.control();
     match cmd {
         NodeCommand::Ls { quiet } => {
-            let me = c
-                .daemon()
-                .info(pb::InfoRequest {})
-                .await
-                .map_err(rpc)?
-                .into_inner()
-                .node_id;
+            let me = c.self_id().await?;
             let mut nodes = ctl
                 .list_nodes(pb::ListNodesRequest {})
                 .await
@@ -303,8 +363,8 @@ pub async fn node(c: &Client, cmd: NodeCommand) -> anyhow::Result<()> {
                 return Ok(());
             }
             println!(
-                "{:<19} {:<20} {:<8} {:<13} {}",
-                "ID", "HOSTNAME", "STATUS", "AVAILABILITY", "MANAGER STATUS"
+                "{:<19} {:<20} {:<8} {:<13} MANAGER STATUS",
+                "ID", "HOSTNAME", "STATUS", "AVAILABILITY"
             );
             for n in nodes {
                 let id = if n.id == me {

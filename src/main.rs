@@ -42,13 +42,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         cmd => {
-            let c = commands::Client::connect(&cli.host).await?;
+            let tls = commands::TlsFiles {
+                ca: cli.tlscacert,
+                cert: cli.tlscert,
+                key: cli.tlskey,
+            };
+            let c = commands::Client::connect(&cli.host, &tls).await?;
             match cmd {
-                Command::Init(a) => commands::init(&c, a).await,
-                Command::Join(a) => commands::join(&c, a).await,
+                Command::Init(a) => {
+                    c.require_local("init")?;
+                    commands::init(&c, a).await
+                }
+                Command::Join(a) => {
+                    c.require_local("join")?;
+                    commands::join(&c, a).await
+                }
                 Command::JoinToken(a) => commands::join_token(&c, a).await,
-                Command::Leave(a) => commands::leave(&c, a).await,
-                Command::Info => commands::info(&c).await,
+                Command::Leave(a) => {
+                    c.require_local("leave")?;
+                    commands::leave(&c, a).await
+                }
+                Command::Info => {
+                    c.require_local("info")?;
+                    commands::info(&c).await
+                }
                 Command::Node(n) => commands::node(&c, n).await,
                 Command::Daemon(_) | Command::Completion { .. } => unreachable!("handled above"),
             }

@@ -179,6 +179,7 @@ pub fn new_cluster(p: &InitParams, hostname: &str, underlay_mtu: u32) -> Result<
         created_at_ms: now,
         updated_at_ms: now,
         cert_expiry: rfc3339(issued.not_after),
+        cert_role: Role::Manager,
         ..Default::default()
     };
     let cluster = Cluster {

@@ -118,6 +118,7 @@ impl JoinService {
             created_at_ms: now,
             updated_at_ms: now,
             cert_expiry: crate::core::rfc3339(issued.not_after),
+            cert_role: role,
             ..Default::default()
         };
         self.core.propose(Command::AddNode { node }).await?;

@@ -44,6 +44,14 @@ pub fn plan(
         .filter(|n| n.role == Role::Manager)
         .map(|n| n.id)
         .collect();
+    // Only nodes that hold a manager certificate run a manager and can be
+    // added; a promoted node renews its certificate first.
+    let ready: BTreeSet<NodeId> = state
+        .nodes
+        .values()
+        .filter(|n| n.role == Role::Manager && n.cert_role == Role::Manager)
+        .map(|n| n.id)
+        .collect();
 
     // Shrink first: a demoted or removed voter leaves before anyone joins,
     // so the voter set never grows past what the store asks for.
@@ -56,7 +64,7 @@ pub fn plan(
         }
     }
 
-    for id in wanted.difference(voters) {
+    for id in ready.difference(voters) {
         let node = &state.nodes[id];
         match learners.get(id) {
             None => {
@@ -96,6 +104,7 @@ mod tests {
                 Node {
                     id: NodeId(*id),
                     role: *role,
+                    cert_role: *role,
                     addr: format!("198.18.0.{id}:4377"),
                     ..Default::default()
                 },
@@ -130,6 +139,13 @@ mod tests {
             plan(&s, &ids(&[1]), &learners, |_| true),
             Some(MembershipOp::SetVoters(ids(&[1, 2])))
         );
+    }
+
+    #[test]
+    fn promoted_node_waits_for_its_manager_certificate() {
+        let mut s = state(&[(1, Role::Manager), (2, Role::Manager)]);
+        s.nodes.get_mut(&NodeId(2)).unwrap().cert_role = Role::Worker;
+        assert_eq!(plan(&s, &ids(&[1]), &BTreeMap::new(), |_| true), None);
     }
 
     #[test]

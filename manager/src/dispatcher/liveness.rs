@@ -90,15 +90,17 @@ mod tests {
     use crate::store::{Cluster, ClusterSettings, Node, Role};
 
     fn state(ids: &[(u64, NodeState)]) -> State {
-        let mut s = State::default();
-        s.cluster = Some(Cluster {
-            id: "c".into(),
-            ca_cert_pem: String::new(),
-            ca_key_pem: String::new(),
-            worker_secret: String::new(),
-            manager_secret: String::new(),
-            settings: ClusterSettings::default(),
-        });
+        let mut s = State {
+            cluster: Some(Cluster {
+                id: "c".into(),
+                ca_cert_pem: String::new(),
+                ca_key_pem: String::new(),
+                worker_secret: String::new(),
+                manager_secret: String::new(),
+                settings: ClusterSettings::default(),
+            }),
+            ..Default::default()
+        };
         for (id, st) in ids {
             s.nodes.insert(
                 NodeId(*id),

@@ -181,6 +181,7 @@ impl Dispatcher for DispatcherService {
             .propose(Command::SetCertExpiry {
                 id: node.id,
                 expiry: crate::core::rfc3339(issued.not_after),
+                role: node.role,
             })
             .await?;
         tracing::info!(node = %node.id, role = node.role.as_str(), "certificate renewed");

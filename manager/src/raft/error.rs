@@ -34,19 +34,38 @@ pub enum Error {
     },
     /// The stored snapshot could not be read back.
     #[error("cannot restore the Raft snapshot: {0}")]
-    Snapshot(#[from] openraft::StorageError<NodeId>),
+    Snapshot(Box<openraft::StorageError<NodeId>>),
     /// The Raft configuration is inconsistent (e.g. heartbeat above election timeout).
     #[error("invalid Raft configuration: {0}")]
-    Config(#[from] openraft::ConfigError),
+    Config(Box<openraft::ConfigError>),
     /// Raft stopped (shut down, or a storage failure made it stop).
     #[error("Raft is not running: {0}")]
-    Fatal(#[from] openraft::error::Fatal<NodeId>),
+    Fatal(Box<openraft::error::Fatal<NodeId>>),
     /// `initialize` on a node that is already part of a group.
     #[error("cannot initialise Raft: {0}")]
-    Initialize(openraft::error::InitializeError<NodeId, super::RaftNode>),
+    Initialize(Box<openraft::error::InitializeError<NodeId, super::RaftNode>>),
     /// A membership change was refused (not leader, change in progress, learner lagging...).
     #[error("membership change refused: {0}")]
-    Membership(openraft::error::ClientWriteError<NodeId, super::RaftNode>),
+    Membership(Box<openraft::error::ClientWriteError<NodeId, super::RaftNode>>),
+}
+
+// openraft's errors are large; they are boxed so `Result<_, Error>` stays small.
+impl From<openraft::StorageError<NodeId>> for Error {
+    fn from(e: openraft::StorageError<NodeId>) -> Self {
+        Error::Snapshot(Box::new(e))
+    }
+}
+
+impl From<openraft::ConfigError> for Error {
+    fn from(e: openraft::ConfigError) -> Self {
+        Error::Config(Box::new(e))
+    }
+}
+
+impl From<openraft::error::Fatal<NodeId>> for Error {
+    fn from(e: openraft::error::Fatal<NodeId>) -> Self {
+        Error::Fatal(Box::new(e))
+    }
 }
 
 impl Error {
@@ -55,7 +74,7 @@ impl Error {
     pub fn is_already_initialized(&self) -> bool {
         matches!(
             self,
-            Error::Initialize(openraft::error::InitializeError::NotAllowed(_))
+            Error::Initialize(e) if matches!(**e, openraft::error::InitializeError::NotAllowed(_))
         )
     }
 }

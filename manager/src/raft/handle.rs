@@ -48,6 +48,9 @@ pub struct RaftSettings {
     pub election_timeout_max: Duration,
     /// Build a snapshot (and purge the log before it) every this many entries.
     pub snapshot_every: u64,
+    /// Log entries kept behind a snapshot, so a briefly lagging follower
+    /// catches up from the log instead of receiving the whole snapshot.
+    pub keep_logs_after_snapshot: u64,
     /// How long `propose` keeps trying (waiting for a leader, forwarding)
     /// before giving up.
     pub propose_timeout: Duration,
@@ -65,9 +68,10 @@ impl Default for RaftSettings {
             election_timeout_min: Duration::from_millis(1000),
             election_timeout_max: Duration::from_millis(2000),
             snapshot_every: 5000,
+            keep_logs_after_snapshot: 500,
             propose_timeout: Duration::from_secs(8),
             max_batch: 256,
-            max_inflight: 4,
+            max_inflight: 2,
         }
     }
 }
@@ -85,9 +89,7 @@ impl RaftSettings {
             // Entries are batches of up to `max_batch` commands already.
             max_payload_entries: 64,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every),
-            // Keep a tail so a briefly lagging follower catches up from the
-            // log rather than by snapshot.
-            max_in_snapshot_log_to_keep: 500,
+            max_in_snapshot_log_to_keep: self.keep_logs_after_snapshot,
             ..Config::default()
         };
         Ok(config.validate()?)
@@ -222,8 +224,8 @@ impl RaftHandle {
         )]);
         match self.inner.raft.initialize(members).await {
             Ok(()) => Ok(()),
-            Err(RaftError::APIError(e)) => Err(Error::Initialize(e)),
-            Err(RaftError::Fatal(f)) => Err(Error::Fatal(f)),
+            Err(RaftError::APIError(e)) => Err(Error::Initialize(Box::new(e))),
+            Err(RaftError::Fatal(f)) => Err(f.into()),
         }
     }
 
@@ -468,8 +470,8 @@ fn map_write(
 ) -> Result<(), Error> {
     match res {
         Ok(_) => Ok(()),
-        Err(RaftError::APIError(e)) => Err(Error::Membership(e)),
-        Err(RaftError::Fatal(f)) => Err(Error::Fatal(f)),
+        Err(RaftError::APIError(e)) => Err(Error::Membership(Box::new(e))),
+        Err(RaftError::Fatal(f)) => Err(f.into()),
     }
 }
 

@@ -8,6 +8,9 @@
 //! harmless (a smaller committed id only means less is re-applied at boot;
 //! an un-purged prefix is purged again).
 
+// openraft's storage traits fix the (large) error type of every call here.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
@@ -150,12 +153,6 @@ impl LogStore {
     /// Log storage in an already opened database (see [`super::RaftHandle::open`]).
     pub(super) fn new(db: Arc<Db>) -> Self {
         LogStore { db }
-    }
-
-    /// Opens (or creates) the log storage in `dir`; used by tests that drive
-    /// openraft's storage suite directly.
-    pub fn open(dir: &Path) -> Result<Self, Error> {
-        Ok(LogStore::new(open_db(dir)?.0))
     }
 
     /// The shared database, for the state machine.

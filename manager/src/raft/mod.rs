@@ -39,7 +39,7 @@ use crate::store::{Command, CommandResult, NodeId};
 pub use error::{Error, ProposeError};
 pub use grpc::{Authorize, MAX_MESSAGE_BYTES, PingRequest, PingResponse, RaftGrpc};
 pub use handle::{RaftHandle, RaftMetricsView, RaftSettings};
-pub use log_store::LogStore;
+pub use log_store::{DB_FILE, LogStore};
 pub use network::{ChannelFactory, Network, NetworkFactory, plaintext_channel_factory};
 pub use state_machine::{StateMachine, StoreHandle};
 

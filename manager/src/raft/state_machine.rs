@@ -6,6 +6,9 @@
 //! The state itself is not written on every apply: at boot the latest
 //! snapshot is loaded and openraft re-applies the committed log after it.
 
+// openraft's storage traits fix the (large) error type of every call here.
+#![allow(clippy::result_large_err)]
+
 use std::io::Cursor;
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 

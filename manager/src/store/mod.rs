@@ -99,6 +99,8 @@ pub enum Command {
         id: NodeId,
         /// RFC 3339.
         expiry: String,
+        /// The role the certificate grants.
+        role: Role,
     },
     /// Replaces the join-token secret of one role.
     RotateToken {
@@ -227,9 +229,10 @@ impl State {
                 node.data_path_addr = data_path_addr.clone();
                 Ok(Applied::Node(Box::new(node.clone())))
             }
-            Command::SetCertExpiry { id, expiry } => {
+            Command::SetCertExpiry { id, expiry, role } => {
                 let node = self.node_mut(*id)?;
                 node.cert_expiry = expiry.clone();
+                node.cert_role = *role;
                 Ok(Applied::Done)
             }
             Command::RotateToken { role, secret } => {

@@ -126,6 +126,11 @@ pub struct Node {
     pub updated_at_ms: u64,
     /// Expiry of the certificate last issued to it, RFC 3339.
     pub cert_expiry: String,
+    /// Role of the certificate last issued to it. A node promoted in the
+    /// store becomes a Raft member only once it holds a manager certificate
+    /// (and so runs a manager).
+    #[serde(default)]
+    pub cert_role: Role,
 }
 
 /// Cluster identity and settings, fixed at `init` unless noted.

@@ -7,5 +7,6 @@ mod common;
 mod netlink;
 mod netns;
 mod nft;
+mod overlay_path;
 mod process;
 mod topology;

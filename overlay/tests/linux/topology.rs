@@ -131,6 +131,7 @@ async fn create_is_idempotent_and_destroy_kills_processes() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
+    assert!(Netns::of_pid(pid as u32).unwrap().same_as(&ns));
     let report = u.destroy();
     assert!(report.is_clean(), "{:?}", report.errors);
     assert!(report.killed.contains(&pid));

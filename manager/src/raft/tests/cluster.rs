@@ -146,11 +146,11 @@ fn worker(id: u64, name: &str) -> Command {
 }
 
 /// Starts three managers and forms a 3-voter group led by the first.
-async fn three_node_cluster(dirs: &[TempDir; 3]) -> Vec<TestNode> {
+async fn three_node_cluster(dirs: &[TempDir; 3], settings: RaftSettings) -> Vec<TestNode> {
     let ids = [NodeId(0xa1), NodeId(0xa2), NodeId(0xa3)];
     let mut nodes = Vec::new();
     for (id, dir) in ids.iter().zip(dirs) {
-        nodes.push(TestNode::start(*id, dir.path(), None, settings()).await);
+        nodes.push(TestNode::start(*id, dir.path(), None, settings.clone()).await);
     }
     nodes[0]
         .raft
@@ -194,7 +194,7 @@ async fn three_node_cluster(dirs: &[TempDir; 3]) -> Vec<TestNode> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_managers_elect_forward_and_survive_leader_loss() {
     let dirs = [(); 3].map(|_| tempfile::tempdir().expect("tempdir"));
-    let mut nodes = three_node_cluster(&dirs).await;
+    let mut nodes = three_node_cluster(&dirs, settings()).await;
 
     let m = nodes[2].raft.metrics();
     assert_eq!(m.leader, Some(nodes[0].id));
@@ -304,7 +304,7 @@ async fn three_managers_elect_forward_and_survive_leader_loss() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_survives_restart_of_every_manager() {
     let dirs = [(); 3].map(|_| tempfile::tempdir().expect("tempdir"));
-    let mut nodes = three_node_cluster(&dirs).await;
+    let mut nodes = three_node_cluster(&dirs, settings()).await;
     let r = nodes[1]
         .raft
         .propose(worker(0xe1, "kept"))
@@ -443,4 +443,115 @@ async fn concurrent_proposals_are_batched_and_all_applied() {
     );
     assert_eq!(node.raft.store().read().nodes.len(), 501);
     node.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_learner_catches_up_by_snapshot_after_purge() {
+    let dirs = [(); 2].map(|_| tempfile::tempdir().expect("tempdir"));
+    let mut s = settings();
+    s.snapshot_every = 20;
+    s.keep_logs_after_snapshot = 0;
+    let leader_id = NodeId(0x51);
+    let mut leader = TestNode::start(leader_id, dirs[0].path(), None, s.clone()).await;
+    leader
+        .raft
+        .initialize_single(&leader.addr)
+        .await
+        .expect("init");
+    leader.wait_leader("leader").await;
+    let r = leader
+        .raft
+        .propose(init_cluster(leader_id))
+        .await
+        .expect("propose");
+    assert!(r.is_ok(), "{r:?}");
+    for i in 0..45u64 {
+        let r = leader
+            .raft
+            .propose(worker(0x300 + i, "w"))
+            .await
+            .expect("propose");
+        assert!(r.is_ok(), "{r:?}");
+    }
+    // The log before the snapshot is gone, so only a snapshot can bring a
+    // new member up to date.
+    leader
+        .raft
+        .raft()
+        .wait(Some(WAIT))
+        .metrics(|m| m.purged.is_some_and(|p| p.index >= 20), "log purged")
+        .await
+        .expect("purged");
+
+    let mut learner = TestNode::start(NodeId(0x52), dirs[1].path(), None, s).await;
+    leader
+        .raft
+        .add_learner(learner.id, &learner.addr, true)
+        .await
+        .expect("add learner");
+    let want = leader.raft.store().read().clone();
+    learner
+        .wait_store("state via snapshot", |st| *st == want)
+        .await;
+    learner
+        .raft
+        .raft()
+        .wait(Some(WAIT))
+        .metrics(|m| m.snapshot.is_some(), "snapshot installed")
+        .await
+        .expect("learner has a snapshot");
+    assert_eq!(learner.raft.metrics().learners.len(), 1);
+    learner.stop().await;
+    leader.stop().await;
+}
+
+/// Committed writes per second through a 3-manager group with 64 concurrent
+/// proposers, two thirds of them on followers (forwarded). Run with
+/// `cargo test -p weft-manager --release -- --ignored raft_throughput --nocapture`;
+/// `BENCH_LEADER_ONLY=1` puts every proposer on the leader,
+/// `BENCH_INFLIGHT=n` overrides `RaftSettings::max_inflight`.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "benchmark"]
+async fn raft_throughput() {
+    let dirs = [(); 3].map(|_| tempfile::tempdir().expect("tempdir"));
+    let mut s = settings();
+    if let Ok(n) = std::env::var("BENCH_INFLIGHT") {
+        s.max_inflight = n.parse().expect("BENCH_INFLIGHT is a number");
+    }
+    let leader_only = std::env::var("BENCH_LEADER_ONLY").is_ok();
+    let mut nodes = three_node_cluster(&dirs, s).await;
+    let clients = 64u64;
+    let run = Duration::from_secs(5);
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let raft = nodes[if leader_only { 0 } else { (c % 3) as usize }]
+                .raft
+                .clone();
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while started.elapsed() < run {
+                    let id = 0x1_0000_0000 + c * 1_000_000 + n;
+                    let r = raft.propose(worker(id, "bench")).await.expect("propose");
+                    assert!(r.is_ok(), "{r:?}");
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.expect("client");
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let entries = nodes[0].raft.metrics().last_log_index.unwrap_or(0);
+    eprintln!(
+        "{total} committed writes in {secs:.2}s: {:.0} writes/s ({clients} clients, 3 managers, \
+         {entries} log entries)",
+        total as f64 / secs
+    );
+    for n in &mut nodes {
+        n.stop().await;
+    }
 }

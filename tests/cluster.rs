@@ -1,0 +1,387 @@
+//! Cluster core, end to end: real daemons in network-namespace hosts, real
+//! mTLS, real Raft on disk.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Lab, wait_for};
+
+const HOSTS: &[&str] = &["m1", "m2", "m3", "w1", "w2"];
+
+/// init on m1, managers m2 m3, workers w1 w2.
+fn five_node_cluster(test: &str, init_extra: &[&str]) -> Lab {
+    let mut lab = Lab::new(test, HOSTS);
+    lab.start_all();
+    let (wt, mt) = lab.init("m1", init_extra);
+    assert!(lab.join("m2", &mt, "m1").contains("as a manager"));
+    assert!(lab.join("m3", &mt, "m2").contains("as a manager"));
+    assert!(lab.join("w1", &wt, "m1").contains("as a worker"));
+    assert!(lab.join("w2", &wt, "m3").contains("as a worker"));
+    for m in ["m1", "m2", "m3"] {
+        wait_for(
+            &format!("every node ready on {m}"),
+            Duration::from_secs(20),
+            || {
+                let rows = lab.node_ls(m);
+                rows.len() == 5 && rows.iter().all(|r| r.status == "Ready")
+            },
+        );
+    }
+    lab
+}
+
+fn leader_of(lab: &Lab, asking: &str) -> Option<String> {
+    lab.node_ls(asking)
+        .into_iter()
+        .find(|r| r.manager == "Leader")
+        .map(|r| r.hostname)
+}
+
+#[test]
+fn three_managers_two_workers_form_a_cluster() {
+    let lab = five_node_cluster("form", &[]);
+    let mut ids = Vec::new();
+    for m in ["m1", "m2", "m3"] {
+        let rows = lab.node_ls(m);
+        let managers: Vec<_> = rows.iter().filter(|r| !r.manager.is_empty()).collect();
+        assert_eq!(managers.len(), 3, "{m}: {rows:?}");
+        assert_eq!(
+            rows.iter().filter(|r| r.manager == "Leader").count(),
+            1,
+            "{m}: {rows:?}"
+        );
+        assert!(rows.iter().any(|r| r.is_self && r.hostname == m));
+        for w in ["w1", "w2"] {
+            let row = rows.iter().find(|r| r.hostname == w).expect("worker row");
+            assert_eq!(row.manager, "", "workers have no manager status");
+        }
+        let mut seen: Vec<_> = rows
+            .iter()
+            .map(|r| (r.hostname.clone(), r.id.clone()))
+            .collect();
+        seen.sort();
+        ids.push(seen);
+    }
+    assert!(
+        ids.windows(2).all(|w| w[0] == w[1]),
+        "every manager agrees: {ids:?}"
+    );
+
+    // Workers are not managers: the control API is refused locally with a hint.
+    let err = lab.weft_err("w1", &["node", "ls"]);
+    assert!(err.contains("not a manager"), "{err}");
+    let info = lab.weft("w1", &["info"]);
+    assert!(info.contains("Role: worker"), "{info}");
+    let info = lab.weft("m2", &["info"]);
+    assert!(
+        info.contains("Role: manager") && info.contains("Managers: 3"),
+        "{info}"
+    );
+}
+
+#[test]
+fn leader_killed_new_leader_and_writes_continue() {
+    let mut lab = five_node_cluster("leaderkill", &[]);
+    let old = leader_of(&lab, "m1").expect("a leader");
+    let survivors: Vec<&str> = ["m1", "m2", "m3"]
+        .into_iter()
+        .filter(|m| *m != old)
+        .collect();
+    lab.kill9(&old);
+    let took = wait_for("a new leader", Duration::from_secs(15), || {
+        leader_of(&lab, survivors[0]).is_some_and(|l| l != old)
+    });
+    eprintln!("new leader after {took:?}");
+    // Writes keep working, through either survivor (a follower forwards).
+    for (i, m) in survivors.iter().enumerate() {
+        let label = format!("zone=z{i}");
+        lab.weft(m, &["node", "update", "--label-add", &label, "w1"]);
+    }
+    let inspect = lab.weft(survivors[0], &["node", "inspect", "w1"]);
+    let json: serde_json::Value = serde_json::from_str(&inspect).expect("json");
+    assert_eq!(json[0]["Labels"]["zone"], "z1", "{inspect}");
+    // The dead manager is shown unreachable once its heartbeats stop.
+    wait_for("old leader shown down", Duration::from_secs(15), || {
+        lab.node_ls(survivors[1])
+            .iter()
+            .any(|r| r.hostname == old && r.status == "Down" && r.manager == "Unreachable")
+    });
+}
+
+#[test]
+fn restart_every_daemon_keeps_ids_and_state() {
+    let mut lab = five_node_cluster("restart", &[]);
+    lab.weft("m1", &["node", "update", "--label-add", "disk=ssd", "w2"]);
+    lab.weft("m1", &["node", "update", "--availability", "drain", "w1"]);
+    let before: Vec<(String, String)> = lab
+        .node_ls("m1")
+        .into_iter()
+        .map(|r| (r.hostname, r.id))
+        .collect();
+    for h in HOSTS {
+        lab.kill9(h);
+    }
+    lab.start_all();
+    wait_for(
+        "cluster back after a full restart",
+        Duration::from_secs(30),
+        || {
+            let rows = lab.node_ls("m2");
+            rows.len() == 5
+                && rows.iter().all(|r| r.status == "Ready")
+                && rows.iter().filter(|r| r.manager == "Leader").count() == 1
+        },
+    );
+    let after: Vec<(String, String)> = lab
+        .node_ls("m3")
+        .into_iter()
+        .map(|r| (r.hostname, r.id))
+        .collect();
+    assert_eq!(before, after, "same node IDs after restart");
+    let w2: serde_json::Value =
+        serde_json::from_str(&lab.weft("m3", &["node", "inspect", "w2"])).expect("json");
+    assert_eq!(w2[0]["Labels"]["disk"], "ssd");
+    let rows = lab.node_ls("m1");
+    let w1 = rows.iter().find(|r| r.hostname == "w1").expect("w1");
+    assert_eq!(w1.availability, "Drain");
+    // And the cluster still takes writes.
+    lab.weft("m3", &["node", "update", "--label-rm", "disk", "w2"]);
+}
+
+#[test]
+fn killed_worker_is_marked_down_within_three_heartbeats() {
+    let mut lab = Lab::new("workerdown", &["m1", "w1"]);
+    lab.start_all();
+    let (wt, _) = lab.init("m1", &["--heartbeat-period", "500ms"]);
+    lab.join("w1", &wt, "m1");
+    wait_for("w1 ready", Duration::from_secs(10), || {
+        lab.node_ls("m1")
+            .iter()
+            .any(|r| r.hostname == "w1" && r.status == "Ready")
+    });
+    lab.kill9("w1");
+    let took = wait_for("w1 down", Duration::from_secs(10), || {
+        lab.node_ls("m1")
+            .iter()
+            .any(|r| r.hostname == "w1" && r.status == "Down")
+    });
+    eprintln!("worker marked down after {took:?} (heartbeat 500ms)");
+    // Down means 3 missed heartbeats (1.5 s) after the last one, which came
+    // at most one period (0.5 s) before the kill: never before 1 s.
+    assert!(took >= Duration::from_millis(1000), "too early: {took:?}");
+    // It comes back when restarted.
+    lab.start("w1");
+    wait_for("w1 ready again", Duration::from_secs(15), || {
+        lab.node_ls("m1")
+            .iter()
+            .any(|r| r.hostname == "w1" && r.status == "Ready")
+    });
+}
+
+#[test]
+fn promote_demote_remove_and_leave() {
+    let mut lab = Lab::new("roles", &["m1", "n2", "n3"]);
+    lab.start_all();
+    let (wt, _) = lab.init("m1", &[]);
+    lab.join("n2", &wt, "m1");
+    lab.join("n3", &wt, "m1");
+    // Demoting the only manager is refused and changes nothing.
+    let err = lab.weft_err("m1", &["node", "demote", "m1"]);
+    assert!(err.contains("last manager"), "{err}");
+    // Unknown nodes are reported as such.
+    let err = lab.weft_err("m1", &["node", "promote", "nosuchnode"]);
+    assert!(err.contains("no such node"), "{err}");
+
+    lab.weft("m1", &["node", "promote", "n2", "n3"]);
+    for n in ["n2", "n3"] {
+        wait_for(
+            &format!("{n} a reachable manager"),
+            Duration::from_secs(20),
+            || {
+                lab.node_ls("m1")
+                    .iter()
+                    .any(|r| r.hostname == n && r.manager == "Reachable")
+            },
+        );
+        wait_for(
+            &format!("{n} serves the control API"),
+            Duration::from_secs(20),
+            || lab.try_weft(n, &["node", "ls"]).status.success(),
+        );
+    }
+    // Three managers, one down: demoting a healthy one would lose quorum.
+    lab.kill9("n3");
+    wait_for("n3 down", Duration::from_secs(15), || {
+        lab.node_ls("m1")
+            .iter()
+            .any(|r| r.hostname == "n3" && r.status == "Down")
+    });
+    let err = lab.weft_err("m1", &["node", "demote", "n2"]);
+    assert!(err.contains("quorum") && err.contains("--force"), "{err}");
+    assert!(
+        lab.node_ls("m1")
+            .iter()
+            .any(|r| r.hostname == "n2" && r.manager == "Reachable"),
+        "a refused demote changes nothing"
+    );
+    // Demoting the down one is safe; it learns its new role when it returns.
+    lab.weft("m1", &["node", "demote", "n3"]);
+    lab.start("n3");
+    wait_for("n3 a worker again", Duration::from_secs(20), || {
+        lab.weft("n3", &["info"]).contains("Role: worker")
+    });
+    lab.weft("m1", &["node", "demote", "n2"]);
+    wait_for("n2 a worker again", Duration::from_secs(20), || {
+        lab.weft("n2", &["info"]).contains("Role: worker")
+            && lab
+                .node_ls("m1")
+                .iter()
+                .filter(|r| !r.manager.is_empty())
+                .count()
+                == 1
+    });
+
+    // rm of a node that is up needs --force.
+    let err = lab.weft_err("m1", &["node", "rm", "n3"]);
+    assert!(err.contains("--force"), "{err}");
+    assert_eq!(lab.node_ls("m1").len(), 3, "a refused rm changes nothing");
+    // A manager cannot be removed without demoting it first.
+    let err = lab.weft_err("m1", &["node", "rm", "--force", "m1"]);
+    assert!(err.contains("demote"), "{err}");
+    // leave removes the node from the cluster and its state from the host.
+    lab.weft("n3", &["leave"]);
+    assert!(lab.weft("n3", &["info"]).contains("inactive"));
+    wait_for("n3 gone", Duration::from_secs(10), || {
+        !lab.node_ls("m1").iter().any(|r| r.hostname == "n3")
+    });
+    lab.weft("m1", &["node", "rm", "--force", "n2"]);
+    wait_for("n2 refused after rm", Duration::from_secs(10), || {
+        lab.weft("n2", &["info"]).contains("removed")
+    });
+}
+
+#[test]
+fn bad_input_and_refused_credentials() {
+    let mut lab = Lab::new("security", &["m1", "w1", "x1"]);
+    lab.start_all();
+    let (wt, mt) = lab.init("m1", &[]);
+    let remote = format!("{}:4377", lab.addr("m1"));
+
+    // init twice: refused.
+    let err = lab.weft_err("m1", &["init", "--advertise-addr", &lab.addr("m1")]);
+    assert!(err.contains("already part of a cluster"), "{err}");
+    // init with bad input: refused, node stays inactive.
+    let err = lab.weft_err("x1", &["init", "--advertise-addr", "not-an-ip"]);
+    assert!(err.contains("invalid address"), "{err}");
+    let err = lab.weft_err(
+        "x1",
+        &[
+            "init",
+            "--advertise-addr",
+            &lab.addr("x1"),
+            "--default-addr-pool",
+            "10.0.0.0/33",
+        ],
+    );
+    assert!(err.contains("default-addr-pool"), "{err}");
+    assert!(lab.weft("x1", &["info"]).contains("inactive"));
+
+    // Malformed token.
+    let err = lab.weft_err("x1", &["join", "--token", "SWMTKN-1-abc", &remote]);
+    assert!(err.contains("join-token"), "{err}");
+    // A token of another cluster (wrong CA fingerprint): refused before it is sent.
+    let parts: Vec<&str> = wt.split('-').collect();
+    let other = format!("WEFT-1-{}-{}", "0".repeat(64), parts[3]);
+    let err = lab.weft_err("x1", &["join", "--token", &other, &remote]);
+    assert!(
+        err.contains("fingerprint") && err.contains("not sent"),
+        "{err}"
+    );
+    // Unreachable manager.
+    let err = lab.weft_err("x1", &["join", "--token", &wt, "198.18.0.250:4377"]);
+    assert!(err.contains("198.18.0.250"), "{err}");
+    // A worker pointed at as if it were a manager (w1 has no manager port).
+    lab.join("w1", &wt, "m1");
+    let wremote = format!("{}:4377", lab.addr("w1"));
+    let err = lab.weft_err("x1", &["join", "--token", &wt, &wremote]);
+    assert!(!err.is_empty());
+    assert!(lab.weft("x1", &["info"]).contains("inactive"));
+
+    // Rotation: the old token stops admitting nodes; joined nodes are unaffected.
+    let rotated = lab.weft("m1", &["join-token", "--rotate", "-q", "worker"]);
+    assert_ne!(rotated.trim(), wt);
+    let err = lab.weft_err("x1", &["join", "--token", &wt, &remote]);
+    assert!(err.contains("rotated"), "{err}");
+    assert!(lab.weft("x1", &["info"]).contains("inactive"));
+    assert_eq!(lab.weft("m1", &["join-token", "-q", "manager"]).trim(), mt);
+    wait_for("w1 still ready", Duration::from_secs(10), || {
+        lab.node_ls("m1")
+            .iter()
+            .any(|r| r.hostname == "w1" && r.status == "Ready")
+    });
+
+    // A worker's certificate calling the control API: refused.
+    let certs = lab.data_dir("w1").join("certs");
+    let ca = certs.join("ca.pem");
+    let tcp = format!("tcp://{remote}");
+    let out = lab.weft_in_netns(
+        "w1",
+        &[
+            "-H",
+            &tcp,
+            "--tlscacert",
+            ca.to_str().unwrap(),
+            "--tlscert",
+            certs.join("node.pem").to_str().unwrap(),
+            "--tlskey",
+            certs.join("node-key.pem").to_str().unwrap(),
+            "node",
+            "ls",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("manager certificate"),
+        "{err}"
+    );
+    // No client certificate: refused.
+    let out = lab.weft_in_netns(
+        "w1",
+        &[
+            "-H",
+            &tcp,
+            "--tlscacert",
+            ca.to_str().unwrap(),
+            "node",
+            "ls",
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.to_lowercase().contains("certificate"),
+        "{err}"
+    );
+    // A manager's certificate over TCP works (the control API is reachable remotely).
+    let mcerts = lab.data_dir("m1").join("certs");
+    let out = lab.weft_in_netns(
+        "w1",
+        &[
+            "-H",
+            &tcp,
+            "--tlscacert",
+            ca.to_str().unwrap(),
+            "--tlscert",
+            mcerts.join("node.pem").to_str().unwrap(),
+            "--tlskey",
+            mcerts.join("node-key.pem").to_str().unwrap(),
+            "node",
+            "ls",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,325 @@
+//! End-to-end harness: hosts are network namespaces on a private underlay
+//! (198.18.0.0/24, reserved for benchmarking), each running a real
+//! `weft daemon` process; the tests drive the real CLI.
+//!
+//! Everything a test makes lives under its own temporary directory (pinned
+//! namespaces, data dirs, sockets) and is removed on drop, also when the
+//! test fails: daemons are killed, namespaces unpinned, files deleted.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use weft_overlay::linux::topology::Underlay;
+
+/// The weft binary under test.
+pub const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+
+/// A lab of hosts for one test.
+pub struct Lab {
+    dir: tempfile::TempDir,
+    rt: tokio::runtime::Runtime,
+    underlay: Option<Underlay>,
+    daemons: Vec<Option<Child>>,
+    names: Vec<String>,
+}
+
+impl Lab {
+    /// Builds hosts `names` on a fresh underlay. Needs root.
+    pub fn new(test: &str, names: &[&str]) -> Lab {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "end-to-end tests need root (network namespaces)"
+        );
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("weft-e2e-{test}-"))
+            .tempdir()
+            .expect("temp dir");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let subnet = "198.18.0.0/24".parse().expect("subnet");
+        let underlay = rt
+            .block_on(Underlay::create(dir.path(), "u", subnet, names))
+            .expect("underlay");
+        Lab {
+            dir,
+            rt,
+            underlay: Some(underlay),
+            daemons: names.iter().map(|_| None).collect(),
+            names: names.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn idx(&self, host: &str) -> usize {
+        self.names
+            .iter()
+            .position(|n| n == host)
+            .unwrap_or_else(|| panic!("no host {host}"))
+    }
+
+    /// The host's underlay address.
+    pub fn addr(&self, host: &str) -> String {
+        self.underlay
+            .as_ref()
+            .expect("underlay")
+            .host(host)
+            .expect("host")
+            .addr()
+            .to_string()
+    }
+
+    /// The host's files.
+    pub fn host_dir(&self, host: &str) -> PathBuf {
+        self.dir.path().join("hosts").join(host)
+    }
+
+    /// The host's data dir.
+    pub fn data_dir(&self, host: &str) -> PathBuf {
+        self.host_dir(host).join("data")
+    }
+
+    fn socket(&self, host: &str) -> PathBuf {
+        self.host_dir(host).join("weft.sock")
+    }
+
+    /// Starts (or restarts) the daemon of `host` and waits for its socket.
+    pub fn start(&mut self, host: &str) {
+        let i = self.idx(host);
+        assert!(self.daemons[i].is_none(), "{host} already running");
+        let hd = self.host_dir(host);
+        std::fs::create_dir_all(&hd).expect("host dir");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(hd.join("daemon.log"))
+            .expect("log");
+        let mut cmd = self
+            .underlay
+            .as_ref()
+            .expect("underlay")
+            .host(host)
+            .expect("host")
+            .ns_command()
+            .parent_death_signal(nix::sys::signal::Signal::SIGKILL)
+            .command(WEFT)
+            .expect("command");
+        cmd.args(["daemon", "--hostname", host])
+            .arg("--data-dir")
+            .arg(hd.join("data"))
+            .arg("--exec-root")
+            .arg(hd.join("run"))
+            .arg("--socket")
+            .arg(self.socket(host))
+            .env("WEFT_LOG", "info,openraft=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        let child = cmd.spawn().expect("spawn daemon");
+        self.daemons[i] = Some(child);
+        let sock = self.socket(host);
+        wait_for(
+            &format!("{host}'s daemon socket"),
+            Duration::from_secs(20),
+            || sock.exists() && self.try_weft(host, &["info"]).status.success(),
+        );
+    }
+
+    /// Starts every host's daemon.
+    pub fn start_all(&mut self) {
+        for n in self.names.clone() {
+            self.start(&n);
+        }
+    }
+
+    /// kill -9 the daemon of `host`.
+    pub fn kill9(&mut self, host: &str) {
+        let i = self.idx(host);
+        if let Some(mut c) = self.daemons[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_file(self.socket(host));
+    }
+
+    /// Runs `weft ARGS` against `host`'s daemon; returns the raw output.
+    pub fn try_weft(&self, host: &str, args: &[&str]) -> Output {
+        Command::new(WEFT)
+            .arg("-H")
+            .arg(format!("unix://{}", self.socket(host).display()))
+            .args(args)
+            .env_remove("WEFT_HOST")
+            .output()
+            .expect("run weft")
+    }
+
+    /// Runs `weft ARGS` inside `host`'s network namespace (for -H tcp://).
+    pub fn weft_in_netns(&self, host: &str, args: &[&str]) -> Output {
+        let mut cmd = self
+            .underlay
+            .as_ref()
+            .expect("underlay")
+            .host(host)
+            .expect("host")
+            .command(WEFT)
+            .expect("command");
+        cmd.args(args)
+            .env_remove("WEFT_HOST")
+            .output()
+            .expect("run weft")
+    }
+
+    /// Runs `weft ARGS` against `host` and returns stdout; panics with
+    /// stderr and the daemon log if it fails.
+    pub fn weft(&self, host: &str, args: &[&str]) -> String {
+        let out = self.try_weft(host, args);
+        if !out.status.success() {
+            panic!(
+                "weft {args:?} on {host} failed: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                self.log_tail(host)
+            );
+        }
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs `weft ARGS` expecting failure; returns stderr.
+    pub fn weft_err(&self, host: &str, args: &[&str]) -> String {
+        let out = self.try_weft(host, args);
+        assert!(
+            !out.status.success(),
+            "weft {args:?} on {host} unexpectedly succeeded: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// The last lines of `host`'s daemon log.
+    pub fn log_tail(&self, host: &str) -> String {
+        let log =
+            std::fs::read_to_string(self.host_dir(host).join("daemon.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        let from = lines.len().saturating_sub(30);
+        format!("--- {host} daemon log ---\n{}", lines[from..].join("\n"))
+    }
+
+    /// `weft init` on `host` with its underlay address; returns (worker, manager) tokens.
+    pub fn init(&self, host: &str, extra: &[&str]) -> (String, String) {
+        let addr = self.addr(host);
+        let mut args = vec!["init", "--advertise-addr", addr.as_str()];
+        args.extend_from_slice(extra);
+        self.weft(host, &args);
+        let w = self
+            .weft(host, &["join-token", "-q", "worker"])
+            .trim()
+            .to_string();
+        let m = self
+            .weft(host, &["join-token", "-q", "manager"])
+            .trim()
+            .to_string();
+        (w, m)
+    }
+
+    /// `weft join` of `host` through `via`.
+    pub fn join(&self, host: &str, token: &str, via: &str) -> String {
+        let remote = format!("{}:4377", self.addr(via));
+        let addr = self.addr(host);
+        self.weft(
+            host,
+            &["join", "--token", token, "--advertise-addr", &addr, &remote],
+        )
+    }
+
+    /// `node ls` on `host`, parsed into (hostname, status, manager status, is_self) rows.
+    pub fn node_ls(&self, host: &str) -> Vec<NodeRow> {
+        parse_node_ls(&self.weft(host, &["node", "ls"]))
+    }
+
+    /// The runtime the underlay was built with.
+    pub fn rt(&self) -> &tokio::runtime::Runtime {
+        &self.rt
+    }
+
+    /// The lab's directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            for n in &self.names {
+                eprintln!("{}", self.log_tail(n));
+            }
+        }
+        for c in self.daemons.iter_mut().flatten() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if let Some(u) = self.underlay.take() {
+            let report = u.destroy();
+            if !report.is_clean() {
+                eprintln!("underlay teardown: {report:?}");
+            }
+        }
+    }
+}
+
+/// One row of `weft node ls`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRow {
+    /// Node ID.
+    pub id: String,
+    /// The row is the node asked.
+    pub is_self: bool,
+    /// Host name.
+    pub hostname: String,
+    /// Ready / Down / Unknown.
+    pub status: String,
+    /// Active / Pause / Drain.
+    pub availability: String,
+    /// Leader / Reachable / Unreachable / "".
+    pub manager: String,
+}
+
+/// Parses `weft node ls` output.
+pub fn parse_node_ls(out: &str) -> Vec<NodeRow> {
+    out.lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let mut f: Vec<&str> = l.split_whitespace().collect();
+            let is_self = f.get(1) == Some(&"*");
+            if is_self {
+                f.remove(1);
+            }
+            NodeRow {
+                id: f[0].to_string(),
+                is_self,
+                hostname: f[1].to_string(),
+                status: f[2].to_string(),
+                availability: f[3].to_string(),
+                manager: f.get(4).map(|s| s.to_string()).unwrap_or_default(),
+            }
+        })
+        .collect()
+}
+
+/// Polls `cond` every 100 ms until it holds; panics after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    loop {
+        if cond() {
+            return start.elapsed();
+        }
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
