@@ -56,6 +56,12 @@ pub enum Command {
     /// Manage nodes.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Run a whole cluster on this machine, each node in its own namespaces.
+    #[command(subcommand)]
+    Lab(crate::lab::LabCommand),
+    /// Internal: the per-task supervisor process the worker starts.
+    #[command(hide = true)]
+    TaskShim(weft_worker::runtime::shim::ShimArgs),
     /// Print a shell completion script.
     Completion {
         /// Which shell.

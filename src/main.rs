@@ -4,6 +4,7 @@
 mod cli;
 mod commands;
 mod daemon;
+mod lab;
 
 use clap::{CommandFactory, Parser};
 
@@ -37,6 +38,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             init_tracing(&args.log_level);
             daemon::run(args).await
         }
+        Command::Lab(cmd) => lab::run(cmd).await,
+        Command::TaskShim(args) => weft_worker::runtime::shim::run(args).map_err(Into::into),
         Command::Completion { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "weft", &mut std::io::stdout());
             Ok(())
@@ -67,7 +70,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     commands::info(&c).await
                 }
                 Command::Node(n) => commands::node(&c, n).await,
-                Command::Daemon(_) | Command::Completion { .. } => unreachable!("handled above"),
+                Command::Daemon(_)
+                | Command::Completion { .. }
+                | Command::Lab(_)
+                | Command::TaskShim(_) => unreachable!("handled above"),
             }
         }
     }

@@ -11,3 +11,4 @@ pub mod agent;
 pub mod error;
 pub mod join;
 pub mod node_files;
+pub mod runtime;

@@ -1,0 +1,3 @@
+//! Task runtime: running a task's process in its namespaces and supervising it.
+
+pub mod shim;
