@@ -16,6 +16,7 @@ use crate::ca::ClusterCa;
 use crate::core::{now_ms, rfc3339};
 use crate::error::{Error, Result};
 use crate::join::{DEFAULT_PORT, parse_host_port};
+use crate::store::ipam::overlaps;
 use crate::store::{Cluster, ClusterSettings, Node, NodeId, NodeState, Role};
 
 /// Validated `init` parameters.
@@ -133,11 +134,6 @@ pub fn validate_init(r: &pb::InitRequest) -> Result<InitParams> {
         data_path_addr,
         settings,
     })
-}
-
-/// Whether two prefixes share any address.
-pub fn overlaps(a: &IpNetwork, b: &IpNetwork) -> bool {
-    a.contains(b.network()) || b.contains(a.network())
 }
 
 /// A new cluster, ready to be proposed, and the first node's credentials.

@@ -8,6 +8,7 @@
 //!
 //! The store runs without Raft: tests and reconcilers use `State` directly.
 
+pub mod ipam;
 mod types;
 
 #[cfg(test)]
@@ -16,7 +17,9 @@ mod tests;
 pub use types::*;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 
+use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
 /// The replicated state machine.
@@ -29,6 +32,12 @@ pub struct State {
     /// Nodes removed from the cluster; their certificates are refused and
     /// their IDs never reused.
     pub removed: BTreeSet<NodeId>,
+    /// Overlay networks by ID.
+    #[serde(default)]
+    pub networks: BTreeMap<String, Network>,
+    /// Tasks by ID.
+    #[serde(default)]
+    pub tasks: BTreeMap<String, Task>,
 }
 
 /// A change to the desired state, proposed through Raft.
@@ -102,6 +111,50 @@ pub enum Command {
         /// The role the certificate grants.
         role: Role,
     },
+    /// Creates an overlay network; allocates its VNI, and its subnet and
+    /// gateway when not given.
+    CreateNetwork {
+        /// The network as requested (`vni`, and `subnet`/`gateway` when
+        /// `None`, are filled in at apply time).
+        spec: NetworkSpec,
+    },
+    /// Removes a network nothing is attached to.
+    RemoveNetwork {
+        /// Network ID.
+        id: String,
+    },
+    /// Creates a task on a node; allocates its addresses.
+    CreateTask {
+        /// ID chosen by the proposer.
+        id: String,
+        /// Unique name.
+        name: String,
+        /// Where it runs.
+        node: NodeId,
+        /// What it runs.
+        spec: TaskSpec,
+        /// Networks (IDs) in attachment order, each with an optional
+        /// requested address.
+        networks: Vec<(String, Option<IpAddr>)>,
+        /// Standalone (`weft run`): only attachable networks.
+        standalone: bool,
+        /// Proposer's clock, unix ms.
+        now_ms: u64,
+    },
+    /// Deletes a task; its node stops it and releases its addresses.
+    RemoveTask {
+        /// Task ID.
+        id: String,
+    },
+    /// A node reports the observed state of one of its tasks.
+    SetTaskStatus {
+        /// Task ID.
+        id: String,
+        /// The reporting node (must be the task's).
+        node: NodeId,
+        /// Observed state.
+        status: TaskStatus,
+    },
     /// Replaces the join-token secret of one role.
     RotateToken {
         /// Whose token.
@@ -139,6 +192,72 @@ pub enum StoreError {
     /// ID already in use, or used before by a removed node.
     #[error("node ID {0} is already taken")]
     DuplicateNode(String),
+    /// A network name already in use.
+    #[error("a network named {0:?} already exists; pick another name or remove it first")]
+    NetworkExists(String),
+    /// No such network.
+    #[error("network {0:?} not found; see `weft network ls`")]
+    NetworkNotFound(String),
+    /// Tasks are attached.
+    #[error(
+        "network {name:?} is in use by {tasks} task(s); remove them first (`weft ps`, `weft rm`, `weft service rm`)"
+    )]
+    NetworkInUse {
+        /// Network name.
+        name: String,
+        /// Attached tasks.
+        tasks: usize,
+    },
+    /// Subnets overlap.
+    #[error(
+        "subnet {subnet} overlaps {other} of network {network:?}; choose a subnet that does not overlap"
+    )]
+    SubnetOverlap {
+        /// Requested subnet.
+        subnet: String,
+        /// The overlapping subnet.
+        other: String,
+        /// Its network.
+        network: String,
+    },
+    /// Invalid subnet/gateway/range combination.
+    #[error("{0}")]
+    InvalidNetwork(String),
+    /// No subnet left in the default pools.
+    #[error(
+        "the default address pools have no free /{0} left; give --subnet explicitly or add pools"
+    )]
+    PoolExhausted(u8),
+    /// No VNI left.
+    #[error("no free VXLAN network identifier left")]
+    VniExhausted,
+    /// Address unavailable.
+    #[error("address {ip} is not available on network {network:?}: {why}")]
+    AddressUnavailable {
+        /// The address.
+        ip: String,
+        /// The network.
+        network: String,
+        /// Why.
+        why: String,
+    },
+    /// No address left.
+    #[error("network {0:?} has no free address left")]
+    NetworkFull(String),
+    /// Task name or ID in use.
+    #[error("a task named {0:?} already exists; pick another name")]
+    TaskExists(String),
+    /// No such task.
+    #[error("task {0:?} not found; see `weft ps`")]
+    TaskNotFound(String),
+    /// Standalone tasks need attachable networks.
+    #[error(
+        "network {0:?} is not attachable: create it with --attachable to run standalone tasks on it"
+    )]
+    NotAttachable(String),
+    /// Task report from the wrong node.
+    #[error("task {0:?} does not run on the reporting node")]
+    NotYourTask(String),
     /// Demoting the only manager.
     #[error("node {0} is the last manager of the cluster and cannot be demoted or removed")]
     LastManager(String),
@@ -235,6 +354,61 @@ impl State {
                 node.cert_role = *role;
                 Ok(Applied::Done)
             }
+            Command::CreateNetwork { spec } => {
+                let net = self.allocate_network(spec)?;
+                self.networks.insert(net.id.clone(), net);
+                Ok(Applied::Done)
+            }
+            Command::RemoveNetwork { id } => {
+                let net = self
+                    .networks
+                    .get(id)
+                    .ok_or_else(|| StoreError::NetworkNotFound(id.clone()))?;
+                let users = self
+                    .tasks
+                    .values()
+                    .filter(|t| t.attachments.iter().any(|a| &a.network == id))
+                    .count();
+                if users > 0 {
+                    return Err(StoreError::NetworkInUse {
+                        name: net.name.clone(),
+                        tasks: users,
+                    });
+                }
+                self.networks.remove(id);
+                Ok(Applied::Done)
+            }
+            Command::CreateTask {
+                id,
+                name,
+                node,
+                spec,
+                networks,
+                standalone,
+                now_ms,
+            } => {
+                let task =
+                    self.allocate_task(id, name, *node, spec, networks, *standalone, *now_ms)?;
+                self.tasks.insert(task.id.clone(), task);
+                Ok(Applied::Done)
+            }
+            Command::RemoveTask { id } => {
+                self.tasks
+                    .remove(id)
+                    .ok_or_else(|| StoreError::TaskNotFound(id.clone()))?;
+                Ok(Applied::Done)
+            }
+            Command::SetTaskStatus { id, node, status } => {
+                let task = self
+                    .tasks
+                    .get_mut(id)
+                    .ok_or_else(|| StoreError::TaskNotFound(id.clone()))?;
+                if task.node != *node {
+                    return Err(StoreError::NotYourTask(id.clone()));
+                }
+                task.status = status.clone();
+                Ok(Applied::Done)
+            }
             Command::RotateToken { role, secret } => {
                 match role {
                     Role::Worker => cluster.worker_secret = secret.clone(),
@@ -243,6 +417,223 @@ impl State {
                 Ok(Applied::Done)
             }
         }
+    }
+
+    /// The network named or identified by `what` (name, ID, or unique ID prefix).
+    pub fn resolve_network(&self, what: &str) -> Result<&Network, StoreError> {
+        if let Some(n) = self.networks.get(what) {
+            return Ok(n);
+        }
+        if let Some(n) = self.networks.values().find(|n| n.name == what) {
+            return Ok(n);
+        }
+        let by_prefix: Vec<&Network> = self
+            .networks
+            .values()
+            .filter(|n| !what.is_empty() && n.id.starts_with(what))
+            .collect();
+        match by_prefix.as_slice() {
+            [one] => Ok(one),
+            _ => Err(StoreError::NetworkNotFound(what.to_string())),
+        }
+    }
+
+    /// The task named or identified by `what` (name, ID, or unique ID prefix).
+    pub fn resolve_task(&self, what: &str) -> Result<&Task, StoreError> {
+        if let Some(t) = self.tasks.get(what) {
+            return Ok(t);
+        }
+        if let Some(t) = self.tasks.values().find(|t| t.name == what) {
+            return Ok(t);
+        }
+        let by_prefix: Vec<&Task> = self
+            .tasks
+            .values()
+            .filter(|t| !what.is_empty() && t.id.starts_with(what))
+            .collect();
+        match by_prefix.as_slice() {
+            [one] => Ok(one),
+            _ => Err(StoreError::TaskNotFound(what.to_string())),
+        }
+    }
+
+    fn allocate_network(&self, spec: &NetworkSpec) -> Result<Network, StoreError> {
+        let settings = &self
+            .cluster
+            .as_ref()
+            .ok_or(StoreError::NotInitialised)?
+            .settings;
+        if self.networks.values().any(|n| n.name == spec.name) {
+            return Err(StoreError::NetworkExists(spec.name.clone()));
+        }
+        if self.networks.contains_key(&spec.id) {
+            return Err(StoreError::NetworkExists(spec.id.clone()));
+        }
+        let taken: Vec<IpNetwork> = self.networks.values().map(|n| n.subnet).collect();
+        let subnet = match spec.subnet {
+            Some(s) => {
+                if let Some(o) = self
+                    .networks
+                    .values()
+                    .find(|n| ipam::overlaps(&n.subnet, &s))
+                {
+                    return Err(StoreError::SubnetOverlap {
+                        subnet: s.to_string(),
+                        other: o.subnet.to_string(),
+                        network: o.name.clone(),
+                    });
+                }
+                s
+            }
+            None => ipam::pick_subnet(
+                &settings.default_addr_pools,
+                settings.default_addr_pool_mask_length,
+                &taken,
+            )
+            .ok_or(StoreError::PoolExhausted(
+                settings.default_addr_pool_mask_length,
+            ))?,
+        };
+        let gateway = match spec.gateway {
+            Some(g) => {
+                if !ipam::is_host_addr(&subnet, g) {
+                    return Err(StoreError::InvalidNetwork(format!(
+                        "gateway {g} is not a usable address of subnet {subnet}"
+                    )));
+                }
+                g
+            }
+            None => ipam::first_host(&subnet).ok_or_else(|| {
+                StoreError::InvalidNetwork(format!(
+                    "subnet {subnet} is too small: use a /30 or larger"
+                ))
+            })?,
+        };
+        if let Some(r) = &spec.ip_range
+            && !(subnet.contains(r.network()) && r.prefix() >= subnet.prefix())
+        {
+            return Err(StoreError::InvalidNetwork(format!(
+                "ip range {r} is not inside subnet {subnet}"
+            )));
+        }
+        let used: BTreeSet<u32> = self.networks.values().map(|n| n.vni).collect();
+        let vni = ipam::next_vni(&used).ok_or(StoreError::VniExhausted)?;
+        Ok(Network {
+            id: spec.id.clone(),
+            name: spec.name.clone(),
+            driver: "overlay".into(),
+            subnet,
+            gateway,
+            ip_range: spec.ip_range,
+            vni,
+            internal: spec.internal,
+            attachable: spec.attachable,
+            mtu: spec.mtu,
+            labels: spec.labels.clone(),
+            created_at_ms: spec.now_ms,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn allocate_task(
+        &self,
+        id: &str,
+        name: &str,
+        node: NodeId,
+        spec: &TaskSpec,
+        networks: &[(String, Option<IpAddr>)],
+        standalone: bool,
+        now_ms: u64,
+    ) -> Result<Task, StoreError> {
+        let settings = &self
+            .cluster
+            .as_ref()
+            .ok_or(StoreError::NotInitialised)?
+            .settings;
+        if self.tasks.contains_key(id) || self.tasks.values().any(|t| t.name == name) {
+            return Err(StoreError::TaskExists(name.to_string()));
+        }
+        self.node(node)?;
+        let mut attachments = Vec::new();
+        let mut internal_only = !networks.is_empty();
+        for (net_id, want) in networks {
+            let net = self
+                .networks
+                .get(net_id)
+                .ok_or_else(|| StoreError::NetworkNotFound(net_id.clone()))?;
+            if standalone && !net.attachable {
+                return Err(StoreError::NotAttachable(net.name.clone()));
+            }
+            internal_only &= net.internal;
+            let mut taken: BTreeSet<IpAddr> = self
+                .tasks
+                .values()
+                .flat_map(|t| t.attachments.iter())
+                .filter(|a| &a.network == net_id)
+                .map(|a| a.ip)
+                .collect();
+            taken.insert(net.gateway);
+            let ip = match want {
+                Some(ip) => {
+                    let why = if !ipam::is_host_addr(&net.subnet, *ip) {
+                        Some(format!("it is not a usable address of {}", net.subnet))
+                    } else if taken.contains(ip) {
+                        Some("it is already in use".to_string())
+                    } else {
+                        None
+                    };
+                    if let Some(why) = why {
+                        return Err(StoreError::AddressUnavailable {
+                            ip: ip.to_string(),
+                            network: net.name.clone(),
+                            why,
+                        });
+                    }
+                    *ip
+                }
+                None => ipam::next_ip(&net.subnet, net.ip_range.as_ref(), &taken)
+                    .ok_or_else(|| StoreError::NetworkFull(net.name.clone()))?,
+            };
+            attachments.push(Attachment {
+                network: net_id.clone(),
+                ip,
+            });
+        }
+        // Egress through the node's gateway bridge unless every network is
+        // internal (a task with no network at all still gets a way out).
+        let gateway_ip = if internal_only {
+            None
+        } else {
+            let mut taken: BTreeSet<IpAddr> = self
+                .tasks
+                .values()
+                .filter(|t| t.node == node)
+                .filter_map(|t| t.gateway_ip)
+                .collect();
+            let gw_subnet = settings.gateway_subnet;
+            if let Some(g) = ipam::first_host(&gw_subnet) {
+                taken.insert(g);
+            }
+            Some(
+                ipam::next_ip(&gw_subnet, None, &taken)
+                    .ok_or_else(|| StoreError::NetworkFull("the gateway bridge".into()))?,
+            )
+        };
+        Ok(Task {
+            id: id.to_string(),
+            name: name.to_string(),
+            node,
+            spec: spec.clone(),
+            attachments,
+            gateway_ip,
+            desired: DesiredTaskState::Running,
+            status: TaskStatus {
+                state: "pending".into(),
+                updated_at_ms: now_ms,
+                ..Default::default()
+            },
+            created_at_ms: now_ms,
+        })
     }
 
     /// The node with this ID.

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::IpAddr;
 use std::str::FromStr;
 
 use ipnetwork::IpNetwork;
@@ -163,6 +164,13 @@ pub struct ClusterSettings {
     pub default_addr_pool_mask_length: u8,
     /// Lifetime of node certificates.
     pub cert_expiry_secs: u64,
+    /// Node-local subnet of the gateway bridge (egress for tasks).
+    #[serde(default = "default_gateway_subnet")]
+    pub gateway_subnet: IpNetwork,
+}
+
+fn default_gateway_subnet() -> IpNetwork {
+    "172.18.0.0/16".parse().expect("valid literal")
 }
 
 impl Default for ClusterSettings {
@@ -173,6 +181,126 @@ impl Default for ClusterSettings {
             default_addr_pools: vec!["10.0.0.0/8".parse().expect("valid literal")],
             default_addr_pool_mask_length: 24,
             cert_expiry_secs: 90 * 24 * 3600,
+            gateway_subnet: default_gateway_subnet(),
         }
     }
+}
+
+/// An overlay network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Network {
+    /// Random ID, 16 hex digits.
+    pub id: String,
+    /// Unique name.
+    pub name: String,
+    /// `overlay`.
+    pub driver: String,
+    /// Subnet (given, or taken from the pools).
+    pub subnet: IpNetwork,
+    /// Gateway address (given, or the first usable one).
+    pub gateway: IpAddr,
+    /// Sub-range endpoint addresses come from, if given.
+    pub ip_range: Option<IpNetwork>,
+    /// VXLAN network identifier.
+    pub vni: u32,
+    /// No route out of the overlay.
+    pub internal: bool,
+    /// Standalone tasks (`weft run`) may attach.
+    pub attachable: bool,
+    /// MTU set by the operator; otherwise derived from the member nodes.
+    pub mtu: Option<u32>,
+    /// Operator labels.
+    pub labels: BTreeMap<String, String>,
+    /// Unix ms when created.
+    pub created_at_ms: u64,
+}
+
+/// What a task runs.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    /// Program and arguments.
+    pub command: Vec<String>,
+    /// Environment.
+    pub env: BTreeMap<String, String>,
+}
+
+/// A task's address on one network.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// Network ID.
+    pub network: String,
+    /// Allocated address.
+    pub ip: IpAddr,
+}
+
+/// Desired state of a task.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DesiredTaskState {
+    /// Should run.
+    #[default]
+    Running,
+    /// Should be stopped (removal pending).
+    Shutdown,
+}
+
+/// Observed state of a task, as its node reported it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TaskStatus {
+    /// `pending`, `starting`, `running`, `exited`, `failed`.
+    pub state: String,
+    /// Details (error text).
+    pub message: String,
+    /// Exit code once exited.
+    pub exit_code: Option<i32>,
+    /// Unix ms of the report.
+    pub updated_at_ms: u64,
+}
+
+/// One unit of work on one node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    /// Random ID, 16 hex digits.
+    pub id: String,
+    /// Name (unique among tasks).
+    pub name: String,
+    /// Where it runs.
+    pub node: NodeId,
+    /// What it runs.
+    pub spec: TaskSpec,
+    /// Its addresses, in attachment order (eth0, eth1, …).
+    pub attachments: Vec<Attachment>,
+    /// Its address on the node's gateway bridge, when it has a way out.
+    pub gateway_ip: Option<IpAddr>,
+    /// Desired state.
+    pub desired: DesiredTaskState,
+    /// Observed state.
+    pub status: TaskStatus,
+    /// Unix ms when created.
+    pub created_at_ms: u64,
+}
+
+/// A network as requested by the operator, before allocation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NetworkSpec {
+    /// ID chosen by the proposer.
+    pub id: String,
+    /// Unique name.
+    pub name: String,
+    /// Subnet, or `None` to take one from the pools.
+    pub subnet: Option<IpNetwork>,
+    /// Gateway, or `None` for the first usable address.
+    pub gateway: Option<IpAddr>,
+    /// Sub-range for endpoint addresses.
+    pub ip_range: Option<IpNetwork>,
+    /// No route out of the overlay.
+    pub internal: bool,
+    /// Standalone tasks may attach.
+    pub attachable: bool,
+    /// Explicit MTU.
+    pub mtu: Option<u32>,
+    /// Labels.
+    pub labels: BTreeMap<String, String>,
+    /// Proposer's clock, unix ms.
+    pub now_ms: u64,
 }

@@ -1,0 +1,182 @@
+//! Address allocation: VNIs, subnets from the pools, endpoint addresses and
+//! MACs. Pure functions of what is already allocated, so allocation at
+//! apply time is deterministic on every manager.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnetwork::IpNetwork;
+
+/// First VNI weft hands out (Docker Swarm starts at 4096 too).
+pub const FIRST_VNI: u32 = 4096;
+/// Largest VNI (24 bits).
+pub const MAX_VNI: u32 = (1 << 24) - 1;
+
+/// The lowest free VNI.
+pub fn next_vni(used: &BTreeSet<u32>) -> Option<u32> {
+    (FIRST_VNI..=MAX_VNI).find(|v| !used.contains(v))
+}
+
+/// Whether two prefixes share any address.
+pub fn overlaps(a: &IpNetwork, b: &IpNetwork) -> bool {
+    a.contains(b.network()) || b.contains(a.network())
+}
+
+/// The first `/mask` subnet of `pools` that overlaps none of `taken`.
+pub fn pick_subnet(pools: &[IpNetwork], mask: u8, taken: &[IpNetwork]) -> Option<IpNetwork> {
+    for pool in pools {
+        let (IpNetwork::V4(p), true) = (pool, mask >= pool.prefix() && mask <= 30) else {
+            continue;
+        };
+        let step = 1u64 << (32 - u32::from(mask));
+        let start = u64::from(u32::from(p.network()));
+        let end = start + (1u64 << (32 - u32::from(p.prefix())));
+        let mut at = start;
+        while at < end {
+            let cand = IpNetwork::new(IpAddr::V4(Ipv4Addr::from(at as u32)), mask).ok()?;
+            match taken.iter().find(|t| overlaps(t, &cand)) {
+                None => return Some(cand),
+                // Skip past the whole taken prefix when it is larger.
+                Some(t) => {
+                    let t_end = match t {
+                        IpNetwork::V4(t4) => {
+                            u64::from(u32::from(t4.network()))
+                                + (1u64 << (32 - u32::from(t4.prefix())))
+                        }
+                        IpNetwork::V6(_) => at + step,
+                    };
+                    at = t_end.max(at + step);
+                    // Re-align to the candidate grid.
+                    at = at.div_ceil(step) * step;
+                }
+            }
+        }
+    }
+    None
+}
+
+/// The first usable address of an IPv4 subnet (network + 1).
+pub fn first_host(subnet: &IpNetwork) -> Option<IpAddr> {
+    match subnet {
+        IpNetwork::V4(n) if n.prefix() <= 30 => {
+            Some(IpAddr::V4(Ipv4Addr::from(u32::from(n.network()) + 1)))
+        }
+        _ => None,
+    }
+}
+
+/// Whether `ip` may be given to an endpoint of `subnet`: inside it, and
+/// not its network or broadcast address.
+pub fn is_host_addr(subnet: &IpNetwork, ip: IpAddr) -> bool {
+    if !subnet.contains(ip) {
+        return false;
+    }
+    match (subnet, ip) {
+        (IpNetwork::V4(n), IpAddr::V4(a)) => a != n.network() && a != n.broadcast(),
+        _ => true,
+    }
+}
+
+/// The lowest free host address of `subnet` (within `range` if given),
+/// skipping `taken`.
+pub fn next_ip(
+    subnet: &IpNetwork,
+    range: Option<&IpNetwork>,
+    taken: &BTreeSet<IpAddr>,
+) -> Option<IpAddr> {
+    let within = range.unwrap_or(subnet);
+    let IpNetwork::V4(w) = within else {
+        return None;
+    };
+    let start = u32::from(w.network());
+    let size = 1u64 << (32 - u32::from(w.prefix()));
+    (0..size)
+        .map(|i| IpAddr::V4(Ipv4Addr::from(start.wrapping_add(i as u32))))
+        .find(|ip| is_host_addr(subnet, *ip) && !taken.contains(ip))
+}
+
+/// The MAC of an endpoint, derived from its address as Docker does
+/// (`02:42:` + the IPv4 address), so it is stable and needs no storage.
+pub fn mac_for(ip: IpAddr) -> [u8; 6] {
+    match ip {
+        IpAddr::V4(a) => {
+            let o = a.octets();
+            [0x02, 0x42, o[0], o[1], o[2], o[3]]
+        }
+        IpAddr::V6(a) => {
+            let o = a.octets();
+            [0x02, 0x42, o[12], o[13], o[14], o[15]]
+        }
+    }
+}
+
+/// `aa:bb:cc:dd:ee:ff`.
+pub fn mac_text(mac: [u8; 6]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(s: &str) -> IpNetwork {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn vnis_start_at_4096_and_fill_gaps() {
+        let mut used = BTreeSet::new();
+        assert_eq!(next_vni(&used), Some(4096));
+        used.extend([4096, 4097, 4099]);
+        assert_eq!(next_vni(&used), Some(4098));
+    }
+
+    #[test]
+    fn subnets_come_from_pools_without_overlap() {
+        let pools = [net("10.0.0.0/8")];
+        assert_eq!(pick_subnet(&pools, 24, &[]), Some(net("10.0.0.0/24")));
+        let taken = [net("10.0.0.0/24"), net("10.0.1.0/24")];
+        assert_eq!(pick_subnet(&pools, 24, &taken), Some(net("10.0.2.0/24")));
+        // A user subnet larger than the grid is skipped entirely.
+        let taken = [net("10.0.0.0/16")];
+        assert_eq!(pick_subnet(&pools, 24, &taken), Some(net("10.1.0.0/24")));
+        // A second pool is used when the first is full.
+        let pools = [net("10.9.0.0/24"), net("10.10.0.0/16")];
+        let taken = [net("10.9.0.0/24")];
+        assert_eq!(pick_subnet(&pools, 24, &taken), Some(net("10.10.0.0/24")));
+        // Exhausted.
+        let pools = [net("10.9.0.0/24")];
+        assert_eq!(pick_subnet(&pools, 24, &[net("10.9.0.0/25")]), None);
+    }
+
+    #[test]
+    fn endpoint_addresses() {
+        let s = net("10.0.9.0/24");
+        let mut taken = BTreeSet::new();
+        taken.insert("10.0.9.1".parse().unwrap()); // gateway
+        assert_eq!(next_ip(&s, None, &taken), Some("10.0.9.2".parse().unwrap()));
+        let r = net("10.0.9.128/25");
+        assert_eq!(
+            next_ip(&s, Some(&r), &taken),
+            Some("10.0.9.128".parse().unwrap())
+        );
+        assert!(!is_host_addr(&s, "10.0.9.0".parse().unwrap()));
+        assert!(!is_host_addr(&s, "10.0.9.255".parse().unwrap()));
+        assert!(!is_host_addr(&s, "10.0.10.1".parse().unwrap()));
+        let tiny = net("10.0.9.0/30");
+        let taken: BTreeSet<IpAddr> = ["10.0.9.1", "10.0.9.2"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(next_ip(&tiny, None, &taken), None, "exhausted");
+    }
+
+    #[test]
+    fn macs_follow_addresses() {
+        let mac = mac_for("10.0.9.2".parse().unwrap());
+        assert_eq!(mac_text(mac), "02:42:0a:00:09:02");
+    }
+}
