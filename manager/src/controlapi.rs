@@ -246,6 +246,181 @@ impl ControlService {
     }
 }
 
+impl ControlService {
+    fn network_wire(&self, s: &State, n: &crate::store::Network) -> pb::Network {
+        let (mtu, limited_by) = crate::dispatcher::projection::network_mtu(s, n);
+        pb::Network {
+            id: n.id.clone(),
+            name: n.name.clone(),
+            driver: n.driver.clone(),
+            subnet: n.subnet.to_string(),
+            gateway: n.gateway.to_string(),
+            ip_range: n.ip_range.map(|r| r.to_string()).unwrap_or_default(),
+            vni: n.vni,
+            internal: n.internal,
+            attachable: n.attachable,
+            mtu,
+            mtu_limited_by: limited_by,
+            labels: n.labels.clone().into_iter().collect(),
+            created_at_ms: n.created_at_ms,
+            encrypted: false,
+        }
+    }
+
+    async fn create_network(&self, r: pb::CreateNetworkRequest) -> Result<pb::Network> {
+        crate::validate::object_name("network", &r.name)?;
+        if !(r.driver.is_empty() || r.driver == "overlay") {
+            return Err(Error::InvalidInput(format!(
+                "unsupported driver {:?}: weft networks use the overlay driver",
+                r.driver
+            )));
+        }
+        if let Some(k) = r.options.keys().next() {
+            let msg = if k == "encrypted" {
+                "encrypted networks are not available yet in this version of weft".to_string()
+            } else {
+                format!("unknown network option {k:?}")
+            };
+            return Err(Error::InvalidInput(msg));
+        }
+        let cidr = |what: &str, v: &str| -> Result<Option<ipnetwork::IpNetwork>> {
+            if v.is_empty() {
+                return Ok(None);
+            }
+            let n: ipnetwork::IpNetwork = v.parse().map_err(|_| {
+                Error::InvalidInput(format!(
+                    "invalid {what} {v:?}: give a CIDR such as 10.0.9.0/24"
+                ))
+            })?;
+            if n.network() != n.ip() {
+                return Err(Error::InvalidInput(format!(
+                    "{what} {v} has host bits set; did you mean {}/{}?",
+                    n.network(),
+                    n.prefix()
+                )));
+            }
+            Ok(Some(n))
+        };
+        let subnet = cidr("subnet", &r.subnet)?;
+        let ip_range = cidr("ip range", &r.ip_range)?;
+        if ip_range.is_some() && subnet.is_none() {
+            return Err(Error::InvalidInput("--ip-range needs --subnet".into()));
+        }
+        if let Some(sn) = subnet
+            && !sn.is_ipv4()
+        {
+            return Err(Error::InvalidInput(
+                "IPv6 overlay subnets are not supported yet; give an IPv4 subnet".into(),
+            ));
+        }
+        let gateway = if r.gateway.is_empty() {
+            None
+        } else {
+            if subnet.is_none() {
+                return Err(Error::InvalidInput("--gateway needs --subnet".into()));
+            }
+            Some(r.gateway.parse().map_err(|_| {
+                Error::InvalidInput(format!(
+                    "invalid gateway {:?}: give an IP address",
+                    r.gateway
+                ))
+            })?)
+        };
+        let mtu = match r.mtu {
+            0 => None,
+            m if (576..=9000).contains(&m) => Some(m),
+            m => {
+                return Err(Error::InvalidInput(format!(
+                    "MTU {m} is out of range: use 576-9000 (or leave it out to derive it from the underlay)"
+                )));
+            }
+        };
+        for k in r.labels.keys() {
+            validate_label_key(k)?;
+        }
+        let id = crate::validate::random_id();
+        self.core
+            .propose(Command::CreateNetwork {
+                spec: crate::store::NetworkSpec {
+                    id: id.clone(),
+                    name: r.name,
+                    subnet,
+                    gateway,
+                    ip_range,
+                    internal: r.internal,
+                    attachable: r.attachable,
+                    mtu,
+                    labels: r.labels.into_iter().collect(),
+                    now_ms: now_ms(),
+                },
+            })
+            .await?;
+        self.read_after_write(|s| s.networks.get(&id).map(|n| self.network_wire(s, n)))
+            .await
+    }
+
+    /// Reads `f` from this manager's store once it has caught up with a
+    /// write just made (a follower applies it a moment after the leader).
+    async fn read_after_write<T>(&self, f: impl Fn(&State) -> Option<T>) -> Result<T> {
+        let mut changes = self.core.store().subscribe();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            if let Some(v) = self.core.read(&f) {
+                return Ok(v);
+            }
+            if tokio::time::timeout_at(deadline, changes.changed())
+                .await
+                .is_err()
+            {
+                return Err(Error::NotReady);
+            }
+        }
+    }
+
+    fn network_detail(&self, what: &str, verbose: bool) -> Result<pb::NetworkDetail> {
+        self.core.read(|s| {
+            let n = s.resolve_network(what)?;
+            let mut detail = pb::NetworkDetail {
+                network: Some(self.network_wire(s, n)),
+                ..Default::default()
+            };
+            if verbose {
+                let mut peers = std::collections::BTreeSet::new();
+                for t in s.tasks.values() {
+                    for a in t.attachments.iter().filter(|a| a.network == n.id) {
+                        let host = s.nodes.get(&t.node);
+                        detail.endpoints.push(pb::EndpointInfo {
+                            task_id: t.id.clone(),
+                            task_name: t.name.clone(),
+                            node_id: t.node.to_string(),
+                            hostname: host.map(|h| h.hostname.clone()).unwrap_or_default(),
+                            ip: a.ip.to_string(),
+                            mac: crate::store::ipam::mac_text(crate::store::ipam::mac_for(a.ip)),
+                        });
+                        peers.insert(t.node);
+                    }
+                }
+                for id in peers {
+                    let Some(node) = s.nodes.get(&id) else {
+                        continue;
+                    };
+                    let c = self.core.config_status(id);
+                    detail.peers.push(pb::PeerInfo {
+                        node_id: id.to_string(),
+                        hostname: node.hostname.clone(),
+                        vtep: node.data_path_addr.clone(),
+                        config_version: c.pushed,
+                        applied_version: c.applied,
+                        behind: c.pushed.saturating_sub(c.applied),
+                        apply_error: c.error,
+                    });
+                }
+            }
+            Ok(detail)
+        })
+    }
+}
+
 fn validate_label_key(k: &str) -> Result<()> {
     let ok = !k.is_empty()
         && k.len() <= 128
@@ -347,6 +522,89 @@ impl Control for ControlService {
             .await?;
         Ok(Response::new(self.tokens_with(Some((role, &secret)))?))
     }
+
+    async fn create_network(
+        &self,
+        req: Request<pb::CreateNetworkRequest>,
+    ) -> std::result::Result<Response<pb::Network>, Status> {
+        self.authorize(&req)?;
+        Ok(Response::new(
+            ControlService::create_network(self, req.into_inner()).await?,
+        ))
+    }
+
+    async fn list_networks(
+        &self,
+        req: Request<pb::ListNetworksRequest>,
+    ) -> std::result::Result<Response<pb::ListNetworksResponse>, Status> {
+        self.authorize(&req)?;
+        self.core.cluster()?;
+        let networks = self.core.read(|s| {
+            s.networks
+                .values()
+                .map(|n| self.network_wire(s, n))
+                .collect()
+        });
+        Ok(Response::new(pb::ListNetworksResponse { networks }))
+    }
+
+    async fn get_network(
+        &self,
+        req: Request<pb::GetNetworkRequest>,
+    ) -> std::result::Result<Response<pb::NetworkDetail>, Status> {
+        self.authorize(&req)?;
+        let r = req.get_ref();
+        Ok(Response::new(self.network_detail(&r.network, r.verbose)?))
+    }
+
+    async fn remove_network(
+        &self,
+        req: Request<pb::RemoveNetworkRequest>,
+    ) -> std::result::Result<Response<pb::RemoveNetworkResponse>, Status> {
+        self.authorize(&req)?;
+        let id = self
+            .core
+            .read(|s| {
+                s.resolve_network(&req.get_ref().network)
+                    .map(|n| n.id.clone())
+            })
+            .map_err(Error::from)?;
+        self.core.propose(Command::RemoveNetwork { id }).await?;
+        Ok(Response::new(pb::RemoveNetworkResponse {}))
+    }
+
+    async fn list_tasks(
+        &self,
+        req: Request<pb::ListTasksRequest>,
+    ) -> std::result::Result<Response<pb::ListTasksResponse>, Status> {
+        self.authorize(&req)?;
+        let node = if req.get_ref().node.is_empty() {
+            None
+        } else {
+            Some(self.resolve(&req.get_ref().node)?.id)
+        };
+        let tasks = self.core.read(|s| {
+            s.tasks
+                .values()
+                .filter(|t| node.is_none_or(|n| t.node == n))
+                .map(|t| crate::convert::task_to_wire(s, t))
+                .collect()
+        });
+        Ok(Response::new(pb::ListTasksResponse { tasks }))
+    }
+
+    async fn remove_task(
+        &self,
+        req: Request<pb::RemoveTaskRequest>,
+    ) -> std::result::Result<Response<pb::RemoveTaskResponse>, Status> {
+        self.authorize(&req)?;
+        let id = self
+            .core
+            .read(|s| s.resolve_task(&req.get_ref().task).map(|t| t.id.clone()))
+            .map_err(Error::from)?;
+        self.core.propose(Command::RemoveTask { id }).await?;
+        Ok(Response::new(pb::RemoveTaskResponse {}))
+    }
 }
 
 #[tonic::async_trait]
@@ -355,56 +613,98 @@ impl Control for LocalControl {
         &self,
         req: Request<pb::GetClusterRequest>,
     ) -> std::result::Result<Response<pb::ClusterSummary>, Status> {
-        self.inner()?.get_cluster(req).await
+        Control::get_cluster(&self.inner()?, req).await
     }
 
     async fn list_nodes(
         &self,
         req: Request<pb::ListNodesRequest>,
     ) -> std::result::Result<Response<pb::ListNodesResponse>, Status> {
-        self.inner()?.list_nodes(req).await
+        Control::list_nodes(&self.inner()?, req).await
     }
 
     async fn get_node(
         &self,
         req: Request<pb::GetNodeRequest>,
     ) -> std::result::Result<Response<pb::Node>, Status> {
-        self.inner()?.get_node(req).await
+        Control::get_node(&self.inner()?, req).await
     }
 
     async fn update_node(
         &self,
         req: Request<pb::UpdateNodeRequest>,
     ) -> std::result::Result<Response<pb::Node>, Status> {
-        self.inner()?.update_node(req).await
+        Control::update_node(&self.inner()?, req).await
     }
 
     async fn set_node_role(
         &self,
         req: Request<pb::SetNodeRoleRequest>,
     ) -> std::result::Result<Response<pb::Node>, Status> {
-        self.inner()?.set_node_role(req).await
+        Control::set_node_role(&self.inner()?, req).await
     }
 
     async fn remove_node(
         &self,
         req: Request<pb::RemoveNodeRequest>,
     ) -> std::result::Result<Response<pb::RemoveNodeResponse>, Status> {
-        self.inner()?.remove_node(req).await
+        Control::remove_node(&self.inner()?, req).await
     }
 
     async fn get_join_tokens(
         &self,
         req: Request<pb::GetJoinTokensRequest>,
     ) -> std::result::Result<Response<pb::JoinTokens>, Status> {
-        self.inner()?.get_join_tokens(req).await
+        Control::get_join_tokens(&self.inner()?, req).await
     }
 
     async fn rotate_join_token(
         &self,
         req: Request<pb::RotateJoinTokenRequest>,
     ) -> std::result::Result<Response<pb::JoinTokens>, Status> {
-        self.inner()?.rotate_join_token(req).await
+        Control::rotate_join_token(&self.inner()?, req).await
+    }
+
+    async fn create_network(
+        &self,
+        req: Request<pb::CreateNetworkRequest>,
+    ) -> std::result::Result<Response<pb::Network>, Status> {
+        Control::create_network(&self.inner()?, req).await
+    }
+
+    async fn list_networks(
+        &self,
+        req: Request<pb::ListNetworksRequest>,
+    ) -> std::result::Result<Response<pb::ListNetworksResponse>, Status> {
+        Control::list_networks(&self.inner()?, req).await
+    }
+
+    async fn get_network(
+        &self,
+        req: Request<pb::GetNetworkRequest>,
+    ) -> std::result::Result<Response<pb::NetworkDetail>, Status> {
+        Control::get_network(&self.inner()?, req).await
+    }
+
+    async fn remove_network(
+        &self,
+        req: Request<pb::RemoveNetworkRequest>,
+    ) -> std::result::Result<Response<pb::RemoveNetworkResponse>, Status> {
+        Control::remove_network(&self.inner()?, req).await
+    }
+
+    async fn list_tasks(
+        &self,
+        req: Request<pb::ListTasksRequest>,
+    ) -> std::result::Result<Response<pb::ListTasksResponse>, Status> {
+        Control::list_tasks(&self.inner()?, req).await
+    }
+
+    async fn remove_task(
+        &self,
+        req: Request<pb::RemoveTaskRequest>,
+    ) -> std::result::Result<Response<pb::RemoveTaskResponse>, Status> {
+        Control::remove_task(&self.inner()?, req).await
     }
 }
 

@@ -3,7 +3,8 @@
 
 use weft_proto::v1 as pb;
 
-use crate::store::{Availability, Node, NodeState, Role};
+use crate::store::ipam::{mac_for, mac_text};
+use crate::store::{Availability, Node, NodeState, Role, State, Task};
 
 impl From<Role> for pb::NodeRole {
     fn from(r: Role) -> Self {
@@ -90,5 +91,43 @@ pub fn node_to_wire(n: &Node, manager_status: pb::ManagerStatus, raft_voter: boo
         updated_at_ms: n.updated_at_ms,
         cert_expiry: n.cert_expiry.clone(),
         underlay_mtu: u64::from(n.underlay_mtu),
+    }
+}
+
+/// A store task on the wire, with network names and node host name.
+pub fn task_to_wire(state: &State, t: &Task) -> pb::Task {
+    pb::Task {
+        id: t.id.clone(),
+        name: t.name.clone(),
+        node_id: t.node.to_string(),
+        hostname: state
+            .nodes
+            .get(&t.node)
+            .map(|n| n.hostname.clone())
+            .unwrap_or_default(),
+        command: t.spec.command.clone(),
+        addresses: t
+            .attachments
+            .iter()
+            .map(|a| pb::TaskAddress {
+                network: state
+                    .networks
+                    .get(&a.network)
+                    .map(|n| n.name.clone())
+                    .unwrap_or_else(|| a.network.clone()),
+                ip: a.ip.to_string(),
+                mac: mac_text(mac_for(a.ip)),
+            })
+            .collect(),
+        desired_state: match t.desired {
+            crate::store::DesiredTaskState::Running => "running".into(),
+            crate::store::DesiredTaskState::Shutdown => "shutdown".into(),
+        },
+        state: t.status.state.clone(),
+        message: t.status.message.clone(),
+        has_exit_code: t.status.exit_code.is_some(),
+        exit_code: t.status.exit_code.unwrap_or(0),
+        created_at_ms: t.created_at_ms,
+        updated_at_ms: t.status.updated_at_ms,
     }
 }

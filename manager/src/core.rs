@@ -1,6 +1,7 @@
 //! What every manager-side service shares: the store, Raft, the node's own
 //! identity and the leader's in-memory liveness table.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -22,6 +23,19 @@ struct Inner {
     raft: RaftHandle,
     store: StoreHandle,
     liveness: Mutex<Option<Liveness>>,
+    configs: Mutex<HashMap<NodeId, ConfigStatus>>,
+}
+
+/// What the leader knows of one node's config: the latest version pushed
+/// and the version the node reported applied.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConfigStatus {
+    /// Latest config version sent to the node.
+    pub pushed: u64,
+    /// Version the node last reported applied.
+    pub applied: u64,
+    /// The node's last apply error, if any.
+    pub error: String,
 }
 
 impl Core {
@@ -34,6 +48,7 @@ impl Core {
                 raft,
                 store,
                 liveness: Mutex::new(None),
+                configs: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -133,6 +148,36 @@ impl Core {
     /// The Raft voters.
     pub fn voters(&self) -> std::collections::BTreeSet<NodeId> {
         self.inner.raft.metrics().voters.keys().copied().collect()
+    }
+
+    /// Records the config version pushed to a node.
+    pub fn config_pushed(&self, id: NodeId, version: u64) {
+        self.inner
+            .configs
+            .lock()
+            .expect("configs lock")
+            .entry(id)
+            .or_default()
+            .pushed = version;
+    }
+
+    /// Records what a node reported applying.
+    pub fn config_applied(&self, id: NodeId, version: u64, error: String) {
+        let mut c = self.inner.configs.lock().expect("configs lock");
+        let e = c.entry(id).or_default();
+        e.applied = version;
+        e.error = error;
+    }
+
+    /// What this manager knows of a node's config (the leader knows it all).
+    pub fn config_status(&self, id: NodeId) -> ConfigStatus {
+        self.inner
+            .configs
+            .lock()
+            .expect("configs lock")
+            .get(&id)
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Whether a node is heartbeating, as far as the store knows.

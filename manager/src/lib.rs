@@ -24,3 +24,4 @@ pub mod server;
 pub mod store;
 
 pub use server::{Manager, ManagerConfig, StartError};
+pub mod validate;

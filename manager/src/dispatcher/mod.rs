@@ -8,6 +8,7 @@
 //! node is refused.
 
 pub mod liveness;
+pub mod projection;
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -72,6 +73,31 @@ impl DispatcherService {
         Err(st)
     }
 
+    /// The session message for `id`, with its config when `last` (the one
+    /// sent before) differs in content.
+    fn session_message_with(
+        &self,
+        id: NodeId,
+        last: Option<&pb::NodeConfig>,
+    ) -> Result<(pb::SessionMessage, pb::NodeConfig), Status> {
+        let mut msg = self.session_message(id)?;
+        let version = self.core.store().applied_index();
+        let config = self
+            .core
+            .read(|s| projection::project(s, id, version))
+            .ok_or_else(|| {
+                Status::permission_denied(format!("node {id} was removed from the cluster"))
+            })?;
+        let changed = last.is_none_or(|l| !projection::same_content(l, &config));
+        if changed {
+            msg.config = Some(config.clone());
+            self.core.config_pushed(id, config.version);
+            Ok((msg, config))
+        } else {
+            Ok((msg, last.cloned().unwrap_or(config)))
+        }
+    }
+
     fn session_message(&self, id: NodeId) -> Result<pb::SessionMessage, Status> {
         let cluster = self.core.cluster()?;
         let (role, managers) = self.core.read(|s| {
@@ -88,8 +114,78 @@ impl DispatcherService {
             leader_addr: self.core.leader_addr().unwrap_or_default(),
             role: pb::NodeRole::from(role) as i32,
             heartbeat_period_ms: cluster.settings.heartbeat_period_ms,
+            config: None,
         })
     }
+
+    async fn run_task(&self, node: &Node, r: pb::RunTaskRequest) -> crate::error::Result<pb::Task> {
+        use crate::error::Error;
+        if r.command.is_empty() || r.command[0].is_empty() {
+            return Err(Error::InvalidInput(
+                "no command given: `weft run [OPTIONS] -- CMD ARGS...`".into(),
+            ));
+        }
+        let name = if r.name.is_empty() {
+            format!("task-{}", &crate::validate::random_id()[..8])
+        } else {
+            crate::validate::object_name("task", &r.name)?;
+            r.name.clone()
+        };
+        for k in r.env.keys() {
+            if k.is_empty() || k.contains('=') {
+                return Err(Error::InvalidInput(format!(
+                    "invalid environment variable name {k:?}"
+                )));
+            }
+        }
+        let mut networks = Vec::new();
+        for n in &r.networks {
+            let net = self.core.read(|s| s.resolve_network(&n.network).cloned())?;
+            if networks
+                .iter()
+                .any(|(id, _): &(String, Option<std::net::IpAddr>)| *id == net.id)
+            {
+                return Err(Error::InvalidInput(format!(
+                    "network {:?} is given twice",
+                    n.network
+                )));
+            }
+            let ip = if n.ip.is_empty() {
+                None
+            } else {
+                Some(n.ip.parse().map_err(|_| {
+                    Error::InvalidInput(format!("invalid --ip {:?}: give an IP address", n.ip))
+                })?)
+            };
+            networks.push((net.id.clone(), ip));
+        }
+        let id = crate::validate::random_id();
+        self.core
+            .propose(Command::CreateTask {
+                id: id.clone(),
+                name,
+                node: node.id,
+                spec: crate::store::TaskSpec {
+                    command: r.command,
+                    env: r.env.into_iter().collect(),
+                },
+                networks,
+                standalone: true,
+                now_ms: crate::core::now_ms(),
+            })
+            .await?;
+        self.core
+            .read(|s| s.tasks.get(&id).map(|t| crate::convert::task_to_wire(s, t)))
+            .ok_or(Error::NotReady)
+    }
+}
+
+/// Whether two session messages agree apart from the config.
+fn same_header(a: &pb::SessionMessage, b: &pb::SessionMessage) -> bool {
+    a.manager_addrs == b.manager_addrs
+        && a.leader_addr == b.leader_addr
+        && a.role == b.role
+        && a.heartbeat_period_ms == b.heartbeat_period_ms
 }
 
 type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::SessionMessage, Status>> + Send>>;
@@ -105,12 +201,13 @@ impl Dispatcher for DispatcherService {
         let node = self.authorize(&req, &req.get_ref().node_id)?;
         self.require_leader()?;
         self.core.seen(node.id);
-        let first = self.session_message(node.id)?;
+        let (first, first_config) = self.session_message_with(node.id, None)?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let this = self.clone();
         let mut changes = self.core.store().subscribe();
         tokio::spawn(async move {
             let mut last = first.clone();
+            let mut last_config = first_config;
             if tx.send(Ok(first)).await.is_err() {
                 return;
             }
@@ -129,9 +226,10 @@ impl Dispatcher for DispatcherService {
                     let _ = tx.send(Err(st)).await;
                     return;
                 }
-                match this.session_message(node.id) {
-                    Ok(msg) if msg != last => {
+                match this.session_message_with(node.id, Some(&last_config)) {
+                    Ok((msg, config)) if msg.config.is_some() || !same_header(&msg, &last) => {
                         last = msg.clone();
+                        last_config = config;
                         if tx.send(Ok(msg)).await.is_err() {
                             return;
                         }
@@ -211,5 +309,77 @@ impl Dispatcher for DispatcherService {
             .await?;
         tracing::info!(node = %node.id, "node left the cluster");
         Ok(Response::new(pb::LeaveResponse {}))
+    }
+
+    async fn report_status(
+        &self,
+        req: Request<pb::StatusReport>,
+    ) -> Result<Response<pb::StatusAck>, Status> {
+        let node = self.authorize(&req, &req.get_ref().node_id)?;
+        let r = req.into_inner();
+        self.core
+            .config_applied(node.id, r.applied_version, r.apply_error.clone());
+        // Only changes become Raft writes.
+        let changes: Vec<Command> = self.core.read(|s| {
+            r.tasks
+                .iter()
+                .filter_map(|ts| {
+                    let t = s.tasks.get(&ts.task_id)?;
+                    if t.node != node.id {
+                        return None;
+                    }
+                    let status = crate::store::TaskStatus {
+                        state: ts.state.clone(),
+                        message: ts.message.clone(),
+                        exit_code: ts.has_exit_code.then_some(ts.exit_code),
+                        updated_at_ms: crate::core::now_ms(),
+                    };
+                    let same = t.status.state == status.state
+                        && t.status.message == status.message
+                        && t.status.exit_code == status.exit_code;
+                    (!same).then(|| Command::SetTaskStatus {
+                        id: t.id.clone(),
+                        node: node.id,
+                        status,
+                    })
+                })
+                .collect()
+        });
+        for c in changes {
+            self.core.propose(c).await?;
+        }
+        Ok(Response::new(pb::StatusAck {}))
+    }
+
+    async fn run_task(
+        &self,
+        req: Request<pb::RunTaskRequest>,
+    ) -> Result<Response<pb::Task>, Status> {
+        let node = self.authorize(&req, &req.get_ref().node_id)?;
+        self.require_leader()?;
+        Ok(Response::new(
+            DispatcherService::run_task(self, &node, req.into_inner()).await?,
+        ))
+    }
+
+    async fn remove_task(
+        &self,
+        req: Request<pb::NodeRemoveTaskRequest>,
+    ) -> Result<Response<pb::RemoveTaskResponse>, Status> {
+        let node = self.authorize(&req, &req.get_ref().node_id)?;
+        let task = self
+            .core
+            .read(|s| s.resolve_task(&req.get_ref().task).cloned())
+            .map_err(Error::from)?;
+        if task.node != node.id {
+            return Err(Status::permission_denied(format!(
+                "task {} runs on another node; remove it there or from a manager",
+                task.name
+            )));
+        }
+        self.core
+            .propose(Command::RemoveTask { id: task.id })
+            .await?;
+        Ok(Response::new(pb::RemoveTaskResponse {}))
     }
 }

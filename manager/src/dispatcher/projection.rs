@@ -1,0 +1,308 @@
+//! The store projected onto one node: [`project`] is a pure function from
+//! the state to the `NodeConfig` a node needs, and nothing more — only the
+//! networks it has tasks on, its own tasks, and the remote endpoints on
+//! those networks (tasks on nodes that are down are left out, so their
+//! endpoints leave every peer's config).
+
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+use weft_proto::v1 as pb;
+
+use crate::store::ipam::{mac_for, mac_text};
+use crate::store::{DesiredTaskState, Network, NodeId, NodeState, State, Task};
+
+/// VXLAN encapsulation overhead (outer Ethernet is not counted by the MTU).
+pub const VXLAN_OVERHEAD: u32 = 50;
+
+/// Underlay MTU assumed for nodes that did not report one.
+pub const DEFAULT_UNDERLAY_MTU: u32 = 1500;
+
+fn live(state: &State, t: &Task) -> bool {
+    t.desired == DesiredTaskState::Running
+        && state
+            .nodes
+            .get(&t.node)
+            .is_some_and(|n| n.state != NodeState::Down)
+}
+
+/// Nodes with a task on `net`.
+fn members<'a>(state: &'a State, net: &'a Network) -> impl Iterator<Item = NodeId> + 'a {
+    state
+        .tasks
+        .values()
+        .filter(move |t| t.attachments.iter().any(|a| a.network == net.id))
+        .map(|t| t.node)
+}
+
+/// The effective MTU of `net` and what limits it: the operator's value,
+/// or the smallest underlay MTU among its member nodes minus VXLAN.
+pub fn network_mtu(state: &State, net: &Network) -> (u32, String) {
+    if let Some(m) = net.mtu {
+        return (m, "explicit".into());
+    }
+    let limiting = members(state, net)
+        .filter_map(|id| state.nodes.get(&id))
+        .map(|n| {
+            let mtu = if n.underlay_mtu == 0 {
+                DEFAULT_UNDERLAY_MTU
+            } else {
+                n.underlay_mtu
+            };
+            (mtu, n.hostname.clone())
+        })
+        .min();
+    match limiting {
+        Some((mtu, host)) => (mtu.saturating_sub(VXLAN_OVERHEAD), host),
+        None => (
+            DEFAULT_UNDERLAY_MTU - VXLAN_OVERHEAD,
+            "no members yet".into(),
+        ),
+    }
+}
+
+fn with_prefix(ip: IpAddr, subnet: &IpNetwork) -> String {
+    format!("{ip}/{}", subnet.prefix())
+}
+
+/// The config of node `node` at `version`, or `None` if it is not a member.
+pub fn project(state: &State, node: NodeId, version: u64) -> Option<pb::NodeConfig> {
+    let me = state.nodes.get(&node)?;
+    let cluster = state.cluster.as_ref()?;
+    let gw_subnet = cluster.settings.gateway_subnet;
+    let mine: Vec<&Task> = state
+        .tasks
+        .values()
+        .filter(|t| t.node == node && t.desired == DesiredTaskState::Running)
+        .collect();
+    let mut net_ids: Vec<&str> = mine
+        .iter()
+        .flat_map(|t| t.attachments.iter().map(|a| a.network.as_str()))
+        .collect();
+    net_ids.sort_unstable();
+    net_ids.dedup();
+
+    let networks = net_ids
+        .iter()
+        .filter_map(|id| state.networks.get(*id))
+        .map(|net| {
+            let remote = state
+                .tasks
+                .values()
+                .filter(|t| t.node != node && live(state, t))
+                .flat_map(|t| {
+                    t.attachments
+                        .iter()
+                        .filter(|a| a.network == net.id)
+                        .map(move |a| (t, a))
+                })
+                .filter_map(|(t, a)| {
+                    let vtep = &state.nodes.get(&t.node)?.data_path_addr;
+                    Some(pb::RemoteEndpoint {
+                        task_id: t.id.clone(),
+                        ip: a.ip.to_string(),
+                        mac: mac_text(mac_for(a.ip)),
+                        vtep: vtep.clone(),
+                    })
+                })
+                .collect();
+            pb::NetworkConfig {
+                id: net.id.clone(),
+                name: net.name.clone(),
+                vni: net.vni,
+                subnet: net.subnet.to_string(),
+                gateway: net.gateway.to_string(),
+                mtu: network_mtu(state, net).0,
+                internal: net.internal,
+                remote,
+            }
+        })
+        .collect();
+
+    let tasks = mine
+        .iter()
+        .map(|t| pb::TaskConfig {
+            id: t.id.clone(),
+            name: t.name.clone(),
+            command: t.spec.command.clone(),
+            env: t.spec.env.clone().into_iter().collect(),
+            attachments: t
+                .attachments
+                .iter()
+                .filter_map(|a| {
+                    let net = state.networks.get(&a.network)?;
+                    Some(pb::TaskAttachment {
+                        network_id: a.network.clone(),
+                        ip: with_prefix(a.ip, &net.subnet),
+                        mac: mac_text(mac_for(a.ip)),
+                    })
+                })
+                .collect(),
+            gateway_ip: t
+                .gateway_ip
+                .map(|ip| with_prefix(ip, &gw_subnet))
+                .unwrap_or_default(),
+            gateway_mac: t
+                .gateway_ip
+                .map(|ip| mac_text(mac_for(ip)))
+                .unwrap_or_default(),
+        })
+        .collect();
+
+    Some(pb::NodeConfig {
+        version,
+        vtep: me.data_path_addr.clone(),
+        vxlan_port: u32::from(cluster.settings.data_path_port),
+        gateway_subnet: gw_subnet.to_string(),
+        networks,
+        tasks,
+    })
+}
+
+/// Whether two configs differ in anything but their version.
+pub fn same_content(a: &pb::NodeConfig, b: &pb::NodeConfig) -> bool {
+    let mut a = a.clone();
+    a.version = b.version;
+    a == *b
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::store::{Cluster, ClusterSettings, Command, NetworkSpec, Node, Role, TaskSpec};
+
+    fn state() -> State {
+        let mut s = State::default();
+        let node = |id: u64, host: &str, mtu: u32| Node {
+            id: NodeId(id),
+            hostname: host.into(),
+            role: Role::Manager,
+            data_path_addr: format!("198.18.0.{id}"),
+            underlay_mtu: mtu,
+            state: NodeState::Ready,
+            ..Default::default()
+        };
+        s.apply(&Command::InitCluster {
+            cluster: Cluster {
+                id: "c".into(),
+                ca_cert_pem: String::new(),
+                ca_key_pem: String::new(),
+                worker_secret: String::new(),
+                manager_secret: String::new(),
+                settings: ClusterSettings::default(),
+            },
+            node: node(1, "a", 1500),
+        })
+        .unwrap();
+        for (id, host, mtu) in [(2, "b", 1400), (3, "c", 1500)] {
+            s.apply(&Command::AddNode {
+                node: node(id, host, mtu),
+            })
+            .unwrap();
+        }
+        for (id, name, subnet) in [("n1", "app", "10.0.9.0/24"), ("n2", "db", "10.0.10.0/24")] {
+            s.apply(&Command::CreateNetwork {
+                spec: NetworkSpec {
+                    id: id.into(),
+                    name: name.into(),
+                    subnet: Some(subnet.parse().unwrap()),
+                    gateway: None,
+                    ip_range: None,
+                    internal: false,
+                    attachable: true,
+                    mtu: None,
+                    labels: BTreeMap::new(),
+                    now_ms: 0,
+                },
+            })
+            .unwrap();
+        }
+        let mut task = |id: &str, node: u64, nets: &[&str]| {
+            s.apply(&Command::CreateTask {
+                id: id.into(),
+                name: id.into(),
+                node: NodeId(node),
+                spec: TaskSpec::default(),
+                networks: nets.iter().map(|n| (n.to_string(), None)).collect(),
+                standalone: true,
+                now_ms: 0,
+            })
+            .unwrap();
+        };
+        task("t1", 1, &["n1"]);
+        task("t2", 2, &["n1"]);
+        task("t3", 3, &["n2"]);
+        s
+    }
+
+    #[test]
+    fn a_node_sees_only_its_networks_and_their_remote_endpoints() {
+        let s = state();
+        let c = project(&s, NodeId(1), 7).unwrap();
+        assert_eq!(c.version, 7);
+        assert_eq!(c.vtep, "198.18.0.1");
+        assert_eq!(c.networks.len(), 1, "n2 has no task on node 1");
+        let n = &c.networks[0];
+        assert_eq!((n.name.as_str(), n.vni), ("app", 4096));
+        assert_eq!(n.remote.len(), 1);
+        assert_eq!(n.remote[0].task_id, "t2");
+        assert_eq!(n.remote[0].vtep, "198.18.0.2");
+        assert_eq!(n.remote[0].mac, "02:42:0a:00:09:03");
+        assert_eq!(c.tasks.len(), 1);
+        assert_eq!(c.tasks[0].attachments[0].ip, "10.0.9.2/24");
+        assert_eq!(c.tasks[0].gateway_ip, "172.18.0.2/16");
+        // Node 3 knows nothing of n1.
+        let c3 = project(&s, NodeId(3), 7).unwrap();
+        assert!(c3.networks.iter().all(|n| n.name == "db"));
+        assert!(c3.networks[0].remote.is_empty());
+    }
+
+    #[test]
+    fn mtu_comes_from_the_smallest_member_underlay() {
+        let s = state();
+        let net = &s.networks["n1"];
+        assert_eq!(network_mtu(&s, net), (1350, "b".to_string()));
+        let c = project(&s, NodeId(1), 1).unwrap();
+        assert_eq!(c.networks[0].mtu, 1350);
+        assert_eq!(network_mtu(&s, &s.networks["n2"]).0, 1450);
+    }
+
+    #[test]
+    fn endpoints_of_down_nodes_leave_peer_configs() {
+        let mut s = state();
+        s.apply(&Command::SetNodeState {
+            id: NodeId(2),
+            state: NodeState::Down,
+            message: String::new(),
+            now_ms: 0,
+        })
+        .unwrap();
+        let c = project(&s, NodeId(1), 2).unwrap();
+        assert!(c.networks[0].remote.is_empty());
+    }
+
+    #[test]
+    fn unrelated_changes_do_not_change_a_projection() {
+        let mut s = state();
+        let before = project(&s, NodeId(1), 1).unwrap();
+        s.apply(&Command::CreateTask {
+            id: "t4".into(),
+            name: "t4".into(),
+            node: NodeId(3),
+            spec: TaskSpec::default(),
+            networks: vec![("n2".into(), None)],
+            standalone: true,
+            now_ms: 0,
+        })
+        .unwrap();
+        let after = project(&s, NodeId(1), 2).unwrap();
+        assert!(same_content(&before, &after));
+        let after3 = project(&s, NodeId(3), 2).unwrap();
+        assert!(!same_content(
+            &project(&state(), NodeId(3), 1).unwrap(),
+            &after3
+        ));
+    }
+}
