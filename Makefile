@@ -5,7 +5,7 @@ CARGO ?= cargo
 WEFT  := target/debug/weft
 # Host tools: nft (the data plane's one host tool), nsenter (tests, util-linux),
 # tcpdump (tests check packets on the underlay), iproute2 (tests read the kernel independently).
-HOST_TOOLS := nft:nftables nsenter:util-linux tcpdump:tcpdump ip:iproute2
+HOST_TOOLS := nft:nftables nsenter:util-linux tcpdump:tcpdump ip:iproute2 busybox:busybox
 
 .PHONY: all build deps demo demo-down test test-unit lint check-deps bench clean
 

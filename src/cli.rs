@@ -56,6 +56,34 @@ pub enum Command {
     /// Manage nodes.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Manage overlay networks.
+    #[command(subcommand)]
+    Network(NetworkCommand),
+    /// Start a standalone task on this node (attachable networks only).
+    Run(RunArgs),
+    /// List this node's tasks.
+    Ps {
+        /// Also tasks that exited.
+        #[arg(short, long)]
+        all: bool,
+        /// Only print IDs.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Print a task's output (tasks of this node).
+    Logs {
+        /// Task name or ID.
+        task: String,
+    },
+    /// Remove standalone tasks of this node.
+    Rm {
+        /// Remove running tasks too (they are stopped).
+        #[arg(short, long)]
+        force: bool,
+        /// Task names or IDs.
+        #[arg(required = true)]
+        tasks: Vec<String>,
+    },
     /// Run a whole cluster on this machine, each node in its own namespaces.
     #[command(subcommand)]
     Lab(crate::lab::LabCommand),
@@ -246,6 +274,96 @@ pub enum NodeCommand {
         #[arg(required = true)]
         nodes: Vec<String>,
     },
+}
+
+/// `weft network …`.
+#[derive(Debug, Subcommand)]
+pub enum NetworkCommand {
+    /// Create an overlay network.
+    Create(NetworkCreateArgs),
+    /// List networks.
+    #[command(alias = "list")]
+    Ls {
+        /// Only print IDs.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Filter: name=…, driver=…, label=key or label=key=value (repeatable).
+        #[arg(short, long)]
+        filter: Vec<String>,
+    },
+    /// Show networks as JSON.
+    Inspect {
+        /// Add endpoints, peers and each node's config version.
+        #[arg(short, long)]
+        verbose: bool,
+        /// Network names or IDs.
+        #[arg(required = true)]
+        networks: Vec<String>,
+    },
+    /// Remove networks (refused while anything is attached).
+    #[command(alias = "remove")]
+    Rm {
+        /// Network names or IDs.
+        #[arg(required = true)]
+        networks: Vec<String>,
+    },
+}
+
+/// `weft network create`.
+#[derive(Debug, Args)]
+pub struct NetworkCreateArgs {
+    /// Driver (only `overlay`).
+    #[arg(short, long, default_value = "overlay")]
+    pub driver: String,
+    /// Subnet in CIDR form (default: the next free one from the address pools).
+    #[arg(long)]
+    pub subnet: Option<String>,
+    /// Gateway address (default: the first usable address of the subnet).
+    #[arg(long)]
+    pub gateway: Option<String>,
+    /// Sub-range of the subnet that task addresses come from.
+    #[arg(long)]
+    pub ip_range: Option<String>,
+    /// No route out of the overlay.
+    #[arg(long)]
+    pub internal: bool,
+    /// Standalone tasks (`weft run`) may attach.
+    #[arg(long)]
+    pub attachable: bool,
+    /// MTU (default: the smallest underlay MTU of the member nodes minus 50).
+    #[arg(long)]
+    pub mtu: Option<u32>,
+    /// Label key=value (repeatable).
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// Driver option key[=value] (repeatable), e.g. `encrypted`.
+    #[arg(short = 'o', long = "opt")]
+    pub opts: Vec<String>,
+    /// Network name.
+    pub name: String,
+}
+
+/// `weft run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Task name (default: generated).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Network to attach (name or ID; repeatable; must be attachable).
+    #[arg(long = "network")]
+    pub networks: Vec<String>,
+    /// Address on the (first) network.
+    #[arg(long)]
+    pub ip: Option<String>,
+    /// Environment variable KEY=VALUE (repeatable).
+    #[arg(short, long = "env")]
+    pub env: Vec<String>,
+    /// Return at once instead of waiting for the task to run.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
 }
 
 /// Parses `1h30m`, `90d`, `500ms`, `2160h0m0s`, `10s`.

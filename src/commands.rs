@@ -534,3 +534,327 @@ fn node_json(n: &pb::Node) -> serde_json::Value {
         "UpdatedAtMs": n.updated_at_ms,
     })
 }
+
+fn kv(list: &[String], what: &str) -> anyhow::Result<HashMap<String, String>> {
+    let mut out = HashMap::new();
+    for item in list {
+        let (k, v) = item.split_once('=').unwrap_or((item.as_str(), ""));
+        if k.is_empty() {
+            bail!("invalid {what} {item:?}: use key=value");
+        }
+        out.insert(k.to_string(), v.to_string());
+    }
+    Ok(out)
+}
+
+fn network_json(d: &pb::NetworkDetail) -> serde_json::Value {
+    let n = d.network.clone().unwrap_or_default();
+    let mut v = serde_json::json!({
+        "Name": n.name,
+        "Id": n.id,
+        "Created": n.created_at_ms,
+        "Scope": "swarm",
+        "Driver": n.driver,
+        "EnableIPv6": false,
+        "IPAM": { "Driver": "default", "Config": [ {
+            "Subnet": n.subnet,
+            "Gateway": n.gateway,
+            "IPRange": n.ip_range,
+        } ] },
+        "Internal": n.internal,
+        "Attachable": n.attachable,
+        "Ingress": false,
+        "Options": { "com.docker.network.driver.overlay.vxlanid_list": n.vni.to_string() },
+        "Labels": n.labels,
+        "VNI": n.vni,
+        "MTU": n.mtu,
+        "MTULimitedBy": n.mtu_limited_by,
+        "Encrypted": n.encrypted,
+    });
+    if !d.endpoints.is_empty() || !d.peers.is_empty() {
+        let containers: serde_json::Map<String, serde_json::Value> = d
+            .endpoints
+            .iter()
+            .map(|e| {
+                (
+                    e.task_id.clone(),
+                    serde_json::json!({
+                        "Name": e.task_name,
+                        "IPv4Address": e.ip,
+                        "MacAddress": e.mac,
+                        "Node": e.hostname,
+                        "NodeID": e.node_id,
+                    }),
+                )
+            })
+            .collect();
+        v["Containers"] = serde_json::Value::Object(containers);
+        v["Peers"] = d
+            .peers
+            .iter()
+            .map(|p| {
+                serde_json::json!({
+                    "Name": p.hostname,
+                    "NodeID": p.node_id,
+                    "IP": p.vtep,
+                    "ConfigVersion": p.config_version,
+                    "AppliedVersion": p.applied_version,
+                    "Behind": p.behind,
+                    "ApplyError": p.apply_error,
+                })
+            })
+            .collect();
+    }
+    v
+}
+
+/// `weft network …`.
+pub async fn network(c: &Client, cmd: crate::cli::NetworkCommand) -> anyhow::Result<()> {
+    use crate::cli::NetworkCommand as N;
+    let mut ctl = c.control();
+    match cmd {
+        N::Create(a) => {
+            let n = ctl
+                .create_network(pb::CreateNetworkRequest {
+                    name: a.name,
+                    driver: a.driver,
+                    subnet: a.subnet.unwrap_or_default(),
+                    gateway: a.gateway.unwrap_or_default(),
+                    ip_range: a.ip_range.unwrap_or_default(),
+                    internal: a.internal,
+                    attachable: a.attachable,
+                    mtu: a.mtu.unwrap_or(0),
+                    labels: kv(&a.labels, "--label")?,
+                    options: kv(&a.opts, "--opt")?,
+                })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            println!("{}", n.id);
+        }
+        N::Ls { quiet, filter } => {
+            let filters: Vec<(String, String)> = filter
+                .iter()
+                .map(|f| {
+                    f.split_once('=')
+                        .map(|(k, v)| (k.to_string(), v.to_string()))
+                        .ok_or_else(|| anyhow::anyhow!("invalid --filter {f:?}: use key=value"))
+                })
+                .collect::<anyhow::Result<_>>()?;
+            for (k, _) in &filters {
+                if !matches!(k.as_str(), "name" | "driver" | "label" | "id") {
+                    bail!("unknown filter {k:?}: use name=, id=, driver= or label=");
+                }
+            }
+            let mut nets = ctl
+                .list_networks(pb::ListNetworksRequest {})
+                .await
+                .map_err(rpc)?
+                .into_inner()
+                .networks;
+            nets.retain(|n| {
+                filters.iter().all(|(k, v)| match k.as_str() {
+                    "name" => n.name.contains(v.as_str()),
+                    "id" => n.id.starts_with(v.as_str()),
+                    "driver" => n.driver == *v,
+                    _ => match v.split_once('=') {
+                        Some((lk, lv)) => n.labels.get(lk).is_some_and(|x| x == lv),
+                        None => n.labels.contains_key(v.as_str()),
+                    },
+                })
+            });
+            nets.sort_by(|a, b| a.name.cmp(&b.name));
+            if quiet {
+                for n in nets {
+                    println!("{}", n.id);
+                }
+                return Ok(());
+            }
+            println!(
+                "{:<17} {:<20} {:<8} {:<6} {:<18} {:<6} FLAGS",
+                "NETWORK ID", "NAME", "DRIVER", "SCOPE", "SUBNET", "MTU"
+            );
+            for n in nets {
+                let mut flags = Vec::new();
+                if n.internal {
+                    flags.push("internal");
+                }
+                if n.attachable {
+                    flags.push("attachable");
+                }
+                println!(
+                    "{:<17} {:<20} {:<8} {:<6} {:<18} {:<6} {}",
+                    n.id,
+                    n.name,
+                    n.driver,
+                    "swarm",
+                    n.subnet,
+                    n.mtu,
+                    flags.join(",")
+                );
+            }
+        }
+        N::Inspect { verbose, networks } => {
+            let mut out = Vec::new();
+            for n in networks {
+                let d = ctl
+                    .get_network(pb::GetNetworkRequest {
+                        network: n,
+                        verbose,
+                    })
+                    .await
+                    .map_err(rpc)?
+                    .into_inner();
+                out.push(network_json(&d));
+            }
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        N::Rm { networks } => {
+            for n in networks {
+                ctl.remove_network(pb::RemoveNetworkRequest { network: n.clone() })
+                    .await
+                    .map_err(rpc)
+                    .with_context(|| format!("removing network {n}"))?;
+                println!("{n}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `weft run`.
+pub async fn run_task(c: &Client, a: crate::cli::RunArgs) -> anyhow::Result<()> {
+    if a.ip.is_some() && a.networks.is_empty() {
+        bail!("--ip needs --network");
+    }
+    let networks = a
+        .networks
+        .iter()
+        .enumerate()
+        .map(|(i, n)| pb::NetworkRef {
+            network: n.clone(),
+            ip: if i == 0 {
+                a.ip.clone().unwrap_or_default()
+            } else {
+                String::new()
+            },
+        })
+        .collect();
+    let env = kv(&a.env, "--env")?;
+    let task = c
+        .daemon()
+        .run(pb::RunTaskRequest {
+            node_id: String::new(),
+            name: a.name.unwrap_or_default(),
+            command: a.command,
+            env,
+            networks,
+        })
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    if !a.detach {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let tasks = c
+                .daemon()
+                .ps(pb::PsRequest { all: true })
+                .await
+                .map_err(rpc)?
+                .into_inner()
+                .tasks;
+            match tasks
+                .iter()
+                .find(|t| t.id == task.id)
+                .map(|t| t.state.as_str())
+            {
+                Some("running") | Some("exited") => break,
+                Some("failed") => {
+                    let t = tasks.iter().find(|t| t.id == task.id).expect("found");
+                    bail!("task {} failed to start: {}", task.name, t.message);
+                }
+                _ if std::time::Instant::now() > deadline => {
+                    bail!(
+                        "task {} was created but is not running after 30s; see `weft ps -a`",
+                        task.name
+                    )
+                }
+                _ => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            }
+        }
+    }
+    println!("{}", task.id);
+    Ok(())
+}
+
+/// `weft ps`.
+pub async fn ps(c: &Client, all: bool, quiet: bool) -> anyhow::Result<()> {
+    let tasks = c
+        .daemon()
+        .ps(pb::PsRequest { all })
+        .await
+        .map_err(rpc)?
+        .into_inner()
+        .tasks;
+    if quiet {
+        for t in tasks {
+            println!("{}", t.id);
+        }
+        return Ok(());
+    }
+    println!(
+        "{:<17} {:<20} {:<10} {:<30} COMMAND",
+        "TASK ID", "NAME", "STATE", "ADDRESSES"
+    );
+    for t in tasks {
+        let addrs: Vec<String> = t
+            .addresses
+            .iter()
+            .map(|a| format!("{}={}", a.network, a.ip))
+            .collect();
+        let state = if t.has_exit_code {
+            format!("{} ({})", t.state, t.exit_code)
+        } else {
+            t.state.clone()
+        };
+        println!(
+            "{:<17} {:<20} {:<10} {:<30} {}",
+            t.id,
+            t.name,
+            state,
+            addrs.join(","),
+            t.command.join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// `weft logs`.
+pub async fn logs(c: &Client, task: String) -> anyhow::Result<()> {
+    use std::io::Write;
+    let data = c
+        .daemon()
+        .logs(pb::LogsRequest { task })
+        .await
+        .map_err(rpc)?
+        .into_inner()
+        .data;
+    std::io::stdout().write_all(&data)?;
+    Ok(())
+}
+
+/// `weft rm`.
+pub async fn rm(c: &Client, force: bool, tasks: Vec<String>) -> anyhow::Result<()> {
+    for t in tasks {
+        c.daemon()
+            .rm(pb::RmRequest {
+                task: t.clone(),
+                force,
+            })
+            .await
+            .map_err(rpc)
+            .with_context(|| format!("removing {t}"))?;
+        println!("{t}");
+    }
+    Ok(())
+}

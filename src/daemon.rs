@@ -23,6 +23,7 @@ use weft_manager::controlapi::{CoreSlot, LocalControl};
 use weft_manager::raft::RaftSettings;
 use weft_manager::store::NodeId;
 use weft_manager::{Manager, ManagerConfig};
+use weft_overlay::{Dataplane, LinuxDataplane};
 use weft_proto::identity::PeerIdentity;
 use weft_proto::v1 as pb;
 use weft_proto::v1::control_server::ControlServer;
@@ -30,6 +31,8 @@ use weft_proto::v1::daemon_server::{Daemon, DaemonServer};
 use weft_worker::agent::Agent;
 use weft_worker::join::JoinParams;
 use weft_worker::node_files::{Certs, NodeFiles, NodeRecord};
+use weft_worker::reconcile::Reconciler;
+use weft_worker::runtime::{ProcessRuntime, ShimCommand, TaskRuntime, TaskState};
 
 use crate::cli::DaemonArgs;
 
@@ -46,6 +49,17 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
             .and_then(|h| h.into_string().ok())
             .unwrap_or_else(|| "localhost".into()),
     };
+    if let Err(e) = weft_overlay::linux::nft::check_nft() {
+        tracing::warn!("{e}: overlay networks need it");
+    }
+    let runtime = Arc::new(ProcessRuntime::new(
+        &args.exec_root,
+        ShimCommand::current_exe(),
+    ));
+    let host_ns = weft_overlay::linux::Netns::current()
+        .context("cannot open this daemon's network namespace")?;
+    let dataplane: Arc<dyn Dataplane> =
+        Arc::new(LinuxDataplane::new(args.exec_root.clone(), host_ns));
     let node = Arc::new(NodeService {
         files: NodeFiles::new(&args.data_dir),
         hostname,
@@ -53,6 +67,8 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         exec_root: args.exec_root.clone(),
         slot: Arc::new(RwLock::new(None)),
         active: Arc::new(Mutex::new(None)),
+        runtime,
+        dataplane,
     });
     if node.files.exists() {
         node.resume()
@@ -90,6 +106,10 @@ struct NodeService {
     slot: CoreSlot,
     /// Serialises init/join/leave and holds the running components.
     active: Arc<Mutex<Option<Active>>>,
+    /// Task processes.
+    runtime: Arc<ProcessRuntime>,
+    /// Kernel effects.
+    dataplane: Arc<dyn Dataplane>,
 }
 
 struct Active {
@@ -97,6 +117,20 @@ struct Active {
     agent: Agent,
     manager: Arc<Mutex<Option<Manager>>>,
     watcher: tokio::task::JoinHandle<()>,
+    reconcile_stop: tokio::sync::watch::Sender<bool>,
+    reconciler: tokio::task::JoinHandle<()>,
+}
+
+impl Active {
+    /// Stops the agent and the local loop (not the tasks or the kernel
+    /// state: the data plane survives the control plane).
+    async fn stop_loops(self) -> Arc<Mutex<Option<Manager>>> {
+        self.watcher.abort();
+        let _ = self.reconcile_stop.send(true);
+        let _ = self.reconciler.await;
+        self.agent.stop().await;
+        self.manager
+    }
 }
 
 fn status_of(e: impl std::fmt::Display, code: tonic::Code) -> Status {
@@ -149,20 +183,36 @@ impl NodeService {
             record.clone(),
             self.files.clone(),
         ));
+        let (reconcile_stop, stop_rx) = tokio::sync::watch::channel(false);
+        let reporter = agent.report_handle();
+        let reconciler = tokio::spawn(
+            Reconciler {
+                node_id: record.node_id.clone(),
+                config: agent.config(),
+                state_file: self.data_dir.join("node-config.pb"),
+                dataplane: self.dataplane.clone(),
+                runtime: self.runtime.clone(),
+                report: Box::new(move |r| {
+                    reporter.send_replace(Some(r));
+                }),
+            }
+            .run(stop_rx),
+        );
         Active {
             record,
             agent,
             manager,
             watcher,
+            reconcile_stop,
+            reconciler,
         }
     }
 
     async fn stop_components(&self) {
         if let Some(a) = self.active.lock().await.take() {
-            a.watcher.abort();
-            a.agent.stop().await;
+            let manager = a.stop_loops().await;
             *self.slot.write().expect("slot") = None;
-            if let Some(m) = a.manager.lock().await.take() {
+            if let Some(m) = manager.lock().await.take() {
                 m.stop().await;
             }
         }
@@ -369,17 +419,52 @@ impl NodeService {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        active.watcher.abort();
-        active.agent.stop().await;
+        let manager = active.stop_loops().await;
         *self.slot.write().expect("slot") = None;
-        if let Some(m) = active.manager.lock().await.take() {
+        if let Some(m) = manager.lock().await.take() {
             m.stop().await;
         }
+        // Leaving removes everything this node made: tasks, then every
+        // kernel object.
+        for t in self.runtime.list() {
+            if let Err(e) = self.runtime.remove(&t.id).await {
+                tracing::warn!(task = %t.id, error = %e, "could not remove task");
+            }
+        }
+        match self.dataplane.teardown_all().await {
+            Ok(report) if !report.is_clean() => {
+                tracing::warn!(?report, "leftovers while tearing down the data plane")
+            }
+            Err(e) => tracing::warn!(error = %e, "could not tear down the data plane"),
+            Ok(_) => {}
+        }
+        let _ = std::fs::remove_file(self.data_dir.join("node-config.pb"));
         self.files
             .wipe()
             .map_err(|e| status_of(e, tonic::Code::Internal))?;
         tracing::info!("left the cluster");
         Ok(())
+    }
+
+    /// Resolves a task of this node by ID, ID prefix or name.
+    async fn local_task(&self, what: &str) -> Result<String, Status> {
+        let guard = self.active.lock().await;
+        let a = guard.as_ref().ok_or_else(not_member)?;
+        let config = a.agent.config().borrow().clone();
+        let found = config.and_then(|c| {
+            let hits: Vec<String> = c
+                .tasks
+                .iter()
+                .filter(|t| {
+                    t.id == what || t.name == what || (!what.is_empty() && t.id.starts_with(what))
+                })
+                .map(|t| t.id.clone())
+                .collect();
+            (hits.len() == 1).then(|| hits[0].clone())
+        });
+        found.ok_or_else(|| {
+            Status::not_found(format!("no task {what:?} on this node; see `weft ps -a`"))
+        })
     }
 
     async fn info(&self) -> pb::InfoResponse {
@@ -585,5 +670,143 @@ impl Daemon for NodeService {
         _req: Request<pb::InfoRequest>,
     ) -> Result<Response<pb::InfoResponse>, Status> {
         Ok(Response::new(NodeService::info(self).await))
+    }
+
+    async fn run(&self, req: Request<pb::RunTaskRequest>) -> Result<Response<pb::Task>, Status> {
+        let mut r = req.into_inner();
+        let guard = self.active.lock().await;
+        let a = guard.as_ref().ok_or_else(not_member)?;
+        r.node_id = a.agent.node_id().to_string();
+        let task = a
+            .agent
+            .call(|mut c| {
+                let r = r.clone();
+                async move { c.run_task(r).await }
+            })
+            .await
+            .map_err(worker_status)?;
+        Ok(Response::new(task))
+    }
+
+    async fn ps(
+        &self,
+        req: Request<pb::PsRequest>,
+    ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        let all = req.get_ref().all;
+        let guard = self.active.lock().await;
+        let a = guard.as_ref().ok_or_else(not_member)?;
+        let config = a.agent.config().borrow().clone();
+        let mut tasks = Vec::new();
+        if let Some(c) = config {
+            let names: std::collections::HashMap<&str, &str> = c
+                .networks
+                .iter()
+                .map(|n| (n.id.as_str(), n.name.as_str()))
+                .collect();
+            for t in &c.tasks {
+                let st = self.runtime.status(&t.id);
+                let (state, code, message) = match st.map(|s| s.state) {
+                    Some(TaskState::Running { .. }) => ("running", None, String::new()),
+                    Some(TaskState::Exited { code, signal }) => (
+                        "exited",
+                        code,
+                        signal
+                            .map(|s| format!("killed by signal {s}"))
+                            .unwrap_or_default(),
+                    ),
+                    Some(TaskState::Failed { error }) => ("failed", None, error),
+                    None => ("pending", None, String::new()),
+                };
+                if !all && state != "running" && state != "pending" {
+                    continue;
+                }
+                tasks.push(pb::Task {
+                    id: t.id.clone(),
+                    name: t.name.clone(),
+                    node_id: a.record.node_id.clone(),
+                    hostname: self.hostname.clone(),
+                    command: t.command.clone(),
+                    addresses: t
+                        .attachments
+                        .iter()
+                        .map(|at| pb::TaskAddress {
+                            network: names
+                                .get(at.network_id.as_str())
+                                .copied()
+                                .unwrap_or("?")
+                                .to_string(),
+                            ip: at.ip.clone(),
+                            mac: at.mac.clone(),
+                        })
+                        .collect(),
+                    desired_state: "running".into(),
+                    state: state.into(),
+                    message,
+                    has_exit_code: code.is_some(),
+                    exit_code: code.unwrap_or(0),
+                    ..Default::default()
+                });
+            }
+        }
+        Ok(Response::new(pb::ListTasksResponse { tasks }))
+    }
+
+    async fn logs(
+        &self,
+        req: Request<pb::LogsRequest>,
+    ) -> Result<Response<pb::LogsResponse>, Status> {
+        let id = self.local_task(&req.get_ref().task).await?;
+        let data = std::fs::read(self.runtime.log_path(&id)).map_err(|e| {
+            Status::not_found(format!("no log for task {}: {e}", req.get_ref().task))
+        })?;
+        Ok(Response::new(pb::LogsResponse { data }))
+    }
+
+    async fn rm(
+        &self,
+        req: Request<pb::RmRequest>,
+    ) -> Result<Response<pb::RemoveTaskResponse>, Status> {
+        let r = req.into_inner();
+        let id = self.local_task(&r.task).await?;
+        if !r.force
+            && matches!(
+                self.runtime.status(&id).map(|s| s.state),
+                Some(TaskState::Running { .. })
+            )
+        {
+            return Err(Status::failed_precondition(format!(
+                "task {} is running; remove it anyway with `weft rm -f {}`",
+                r.task, r.task
+            )));
+        }
+        let guard = self.active.lock().await;
+        let a = guard.as_ref().ok_or_else(not_member)?;
+        let node_id = a.agent.node_id().to_string();
+        a.agent
+            .call(|mut c| {
+                let req = pb::NodeRemoveTaskRequest {
+                    node_id: node_id.clone(),
+                    task: id.clone(),
+                };
+                async move { c.remove_task(req).await }
+            })
+            .await
+            .map_err(worker_status)?;
+        Ok(Response::new(pb::RemoveTaskResponse {}))
+    }
+}
+
+fn not_member() -> Status {
+    Status::failed_precondition(
+        "this node is not part of a cluster: `weft init` or `weft join` first",
+    )
+}
+
+fn worker_status(e: weft_worker::error::Error) -> Status {
+    match &e {
+        weft_worker::error::Error::Rpc { status, .. } => {
+            Status::new(status.code(), status.message())
+        }
+        _ => Status::unavailable(e.to_string()),
     }
 }

@@ -70,6 +70,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     commands::info(&c).await
                 }
                 Command::Node(n) => commands::node(&c, n).await,
+                Command::Network(n) => commands::network(&c, n).await,
+                Command::Run(a) => {
+                    c.require_local("run")?;
+                    commands::run_task(&c, a).await
+                }
+                Command::Ps { all, quiet } => {
+                    c.require_local("ps")?;
+                    commands::ps(&c, all, quiet).await
+                }
+                Command::Logs { task } => {
+                    c.require_local("logs")?;
+                    commands::logs(&c, task).await
+                }
+                Command::Rm { force, tasks } => {
+                    c.require_local("rm")?;
+                    commands::rm(&c, force, tasks).await
+                }
                 Command::Daemon(_)
                 | Command::Completion { .. }
                 | Command::Lab(_)

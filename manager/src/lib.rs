@@ -24,4 +24,5 @@ pub mod server;
 pub mod store;
 
 pub use server::{Manager, ManagerConfig, StartError};
+pub mod orchestrator;
 pub mod validate;

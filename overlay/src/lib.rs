@@ -1,12 +1,31 @@
 //! weft-overlay: the kernel data plane.
 //!
-//! Owns: the desired node state model, the pure planner that diffs it against
-//! what is applied, the `Dataplane` trait with its Linux implementation
-//! (netlink, network namespaces, nftables, boringtun, embedded DNS) and an
-//! in-memory fake for tests of the logic above it.
+//! Owns: the desired node state model ([`model`]), the pure planner that
+//! diffs it against what the kernel holds ([`plan`]), the [`Dataplane`]
+//! trait ([`dataplane`]) with its Linux implementation
+//! ([`linux::LinuxDataplane`]: netlink, network namespaces, nftables) and an
+//! in-memory fake ([`fake::FakeDataplane`]) for tests of the logic above it.
 //!
 //! Must not: speak gRPC, know about Raft, or depend on `weft-proto` or
 //! `weft-manager`.
 
+pub mod dataplane;
+pub mod fake;
 #[cfg(target_os = "linux")]
 pub mod linux;
+pub mod model;
+pub mod plan;
+
+mod mac;
+
+pub use dataplane::{ApplyReport, Dataplane, Error, Result, TeardownReport};
+pub use fake::FakeDataplane;
+#[cfg(target_os = "linux")]
+pub use linux::LinuxDataplane;
+pub use mac::{MacAddr, ParseMacError};
+pub use model::{
+    DEFAULT_VXLAN_PORT, DesiredNode, EndpointId, GatewayBridge, GwAttachment, LocalEndpoint,
+    NetworkId, OverlayNet, RemoteEndpoint, TaskId, TaskNet, VXLAN_OVERHEAD, WIREGUARD_OVERHEAD,
+    encrypted_overlay_mtu, overlay_mtu,
+};
+pub use plan::{Observed, Op, PlanError, plan};

@@ -57,6 +57,8 @@ pub struct Agent {
     node_id: String,
     certs: Arc<RwLock<Certs>>,
     status: watch::Receiver<AgentStatus>,
+    config: watch::Receiver<Option<Arc<pb::NodeConfig>>>,
+    report: watch::Sender<Option<pb::StatusReport>>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -67,6 +69,8 @@ struct Run {
     record: NodeRecord,
     certs: Arc<RwLock<Certs>>,
     status: watch::Sender<AgentStatus>,
+    config: watch::Sender<Option<Arc<pb::NodeConfig>>>,
+    report: watch::Receiver<Option<pb::StatusReport>>,
     stop: watch::Receiver<bool>,
 }
 
@@ -91,6 +95,8 @@ impl Agent {
             ..Default::default()
         });
         let (stop_tx, stop_rx) = watch::channel(false);
+        let (config_tx, config_rx) = watch::channel(None);
+        let (report_tx, report_rx) = watch::channel(None);
         let certs = Arc::new(RwLock::new(certs));
         let run = Run {
             node_id: record.node_id.clone(),
@@ -98,6 +104,8 @@ impl Agent {
             record,
             certs: certs.clone(),
             status: status_tx,
+            config: config_tx,
+            report: report_rx,
             stop: stop_rx,
         };
         let node_id = run.node_id.clone();
@@ -106,9 +114,101 @@ impl Agent {
             node_id,
             certs,
             status: status_rx,
+            config: config_rx,
+            report: report_tx,
             stop: stop_tx,
             task,
         }
+    }
+
+    /// This node's ID.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Watch the node's config as the cluster last pushed it. It is kept
+    /// across lost sessions: the data plane survives the control plane.
+    pub fn config(&self) -> watch::Receiver<Option<Arc<pb::NodeConfig>>> {
+        self.config.clone()
+    }
+
+    /// Publishes the node's status; the latest report is sent on the
+    /// current session, and again on every new one.
+    pub fn report(&self, report: pb::StatusReport) {
+        self.report.send_replace(Some(report));
+    }
+
+    /// A handle to publish reports from another task.
+    pub fn report_handle(&self) -> watch::Sender<Option<pb::StatusReport>> {
+        self.report.clone()
+    }
+
+    /// Managers to try for a node-scoped call: the leader first.
+    fn manager_candidates(&self) -> Vec<String> {
+        let st = self.status.borrow().clone();
+        let mut addrs = Vec::new();
+        if !st.leader_addr.is_empty() {
+            addrs.push(st.leader_addr.clone());
+        }
+        for a in st.manager_addrs {
+            if !addrs.contains(&a) {
+                addrs.push(a);
+            }
+        }
+        addrs
+    }
+
+    /// Calls a node-scoped dispatcher RPC on the leader (following a
+    /// redirect once), e.g. `RunTask` / `RemoveTask`.
+    pub async fn call<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        F: Fn(DispatcherClient<tonic::transport::Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let certs = self.certs();
+        let mut addrs = self.manager_candidates();
+        let mut last = None;
+        let mut i = 0;
+        while i < addrs.len() {
+            let addr = addrs[i].clone();
+            i += 1;
+            let ch = match tls::channel_to_manager(
+                &addr,
+                &certs.ca_pem,
+                Some((&certs.cert_pem, &certs.key_pem)),
+            )
+            .await
+            {
+                Ok(ch) => ch,
+                Err(e) => {
+                    last = Some(Error::from(e));
+                    continue;
+                }
+            };
+            match f(DispatcherClient::new(ch)).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(status) => {
+                    if let Some(leader) = status
+                        .metadata()
+                        .get(LEADER_METADATA)
+                        .and_then(|v| v.to_str().ok())
+                        .filter(|l| !l.is_empty() && !addrs[..i].iter().any(|a| a == l))
+                    {
+                        addrs.insert(i, leader.to_string());
+                        continue;
+                    }
+                    if status.code() == Code::Unavailable {
+                        last = Some(Error::Rpc { addr, status });
+                        continue;
+                    }
+                    return Err(Error::Rpc { addr, status });
+                }
+            }
+        }
+        Err(last.unwrap_or(Error::BadAnswer {
+            addr: String::new(),
+            what: "no manager address known".into(),
+        }))
     }
 
     /// Watch what the agent knows.
@@ -294,6 +394,8 @@ impl Run {
             s.last_error.clear();
         });
         tracing::info!(manager = %addr, "session established");
+        // A new session gets the latest report at once.
+        self.report.mark_changed();
         let mut period = Duration::from_millis(self.status.borrow().heartbeat_period_ms.max(100));
         let mut hb = tokio::time::interval(period);
         hb.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -314,6 +416,17 @@ impl Run {
                     Ok(None) => return End::Failed("session closed by the manager".into()),
                     Err(st) => return self.classify(st),
                 },
+                r = self.report.changed() => {
+                    if r.is_err() {
+                        return End::Stopped;
+                    }
+                    let report = self.report.borrow_and_update().clone();
+                    if let Some(report) = report
+                        && let Err(st) = client.report_status(report).await
+                    {
+                        return self.classify(st);
+                    }
+                }
                 _ = hb.tick() => {
                     let req = pb::HeartbeatRequest { node_id: self.node_id.clone() };
                     match tokio::time::timeout(period * 2, client.heartbeat(req)).await {
@@ -349,6 +462,9 @@ impl Run {
         m: pb::SessionMessage,
     ) -> Option<End> {
         let desired = pb::NodeRole::try_from(m.role).ok();
+        if let Some(config) = m.config.clone() {
+            self.config.send_replace(Some(Arc::new(config)));
+        }
         if !m.manager_addrs.is_empty() && m.manager_addrs != self.record.manager_addrs {
             self.record.manager_addrs = m.manager_addrs.clone();
             if let Err(e) = self.files.save_record(&self.record) {

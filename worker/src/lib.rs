@@ -11,4 +11,5 @@ pub mod agent;
 pub mod error;
 pub mod join;
 pub mod node_files;
+pub mod reconcile;
 pub mod runtime;

@@ -38,6 +38,9 @@ pub struct State {
     /// Tasks by ID.
     #[serde(default)]
     pub tasks: BTreeMap<String, Task>,
+    /// Services by ID.
+    #[serde(default)]
+    pub services: BTreeMap<String, Service>,
 }
 
 /// A change to the desired state, proposed through Raft.
@@ -155,6 +158,44 @@ pub enum Command {
         /// Observed state.
         status: TaskStatus,
     },
+    /// Creates a service; allocates its VIPs.
+    CreateService {
+        /// ID chosen by the proposer.
+        id: String,
+        /// The spec.
+        spec: ServiceSpec,
+        /// Proposer's clock, unix ms.
+        now_ms: u64,
+    },
+    /// Replaces a service's spec; re-allocates VIPs for changed networks.
+    UpdateService {
+        /// Service ID.
+        id: String,
+        /// The new spec.
+        spec: ServiceSpec,
+        /// Replace every task even if the task spec did not change.
+        force: bool,
+        /// Proposer's clock, unix ms.
+        now_ms: u64,
+    },
+    /// Removes a service and all its tasks.
+    RemoveService {
+        /// Service ID.
+        id: String,
+    },
+    /// The orchestrator places one task of a service.
+    CreateServiceTask {
+        /// ID chosen by the proposer.
+        id: String,
+        /// Service ID.
+        service: String,
+        /// Replica slot (0 for global).
+        slot: u64,
+        /// Where it runs.
+        node: NodeId,
+        /// Proposer's clock, unix ms.
+        now_ms: u64,
+    },
     /// Replaces the join-token secret of one role.
     RotateToken {
         /// Whose token.
@@ -255,6 +296,12 @@ pub enum StoreError {
         "network {0:?} is not attachable: create it with --attachable to run standalone tasks on it"
     )]
     NotAttachable(String),
+    /// A service name in use.
+    #[error("a service named {0:?} already exists; pick another name or update it")]
+    ServiceExists(String),
+    /// No such service.
+    #[error("service {0:?} not found; see `weft service ls`")]
+    ServiceNotFound(String),
     /// Task report from the wrong node.
     #[error("task {0:?} does not run on the reporting node")]
     NotYourTask(String),
@@ -368,7 +415,12 @@ impl State {
                     .tasks
                     .values()
                     .filter(|t| t.attachments.iter().any(|a| &a.network == id))
-                    .count();
+                    .count()
+                    + self
+                        .services
+                        .values()
+                        .filter(|s| s.spec.networks.contains(id))
+                        .count();
                 if users > 0 {
                     return Err(StoreError::NetworkInUse {
                         name: net.name.clone(),
@@ -409,6 +461,96 @@ impl State {
                 task.status = status.clone();
                 Ok(Applied::Done)
             }
+            Command::CreateService { id, spec, now_ms } => {
+                if self.services.contains_key(id)
+                    || self.services.values().any(|x| x.spec.name == spec.name)
+                {
+                    return Err(StoreError::ServiceExists(spec.name.clone()));
+                }
+                let vips = self.allocate_vips(spec, None)?;
+                self.services.insert(
+                    id.clone(),
+                    Service {
+                        id: id.clone(),
+                        spec: spec.clone(),
+                        vips,
+                        version: 1,
+                        created_at_ms: *now_ms,
+                        updated_at_ms: *now_ms,
+                    },
+                );
+                Ok(Applied::Done)
+            }
+            Command::UpdateService {
+                id,
+                spec,
+                force,
+                now_ms,
+            } => {
+                let old = self
+                    .services
+                    .get(id)
+                    .ok_or_else(|| StoreError::ServiceNotFound(id.clone()))?;
+                if spec.name != old.spec.name
+                    && self.services.values().any(|x| x.spec.name == spec.name)
+                {
+                    return Err(StoreError::ServiceExists(spec.name.clone()));
+                }
+                let vips = self.allocate_vips(spec, Some(old))?;
+                let tasks_change = *force
+                    || spec.task != old.spec.task
+                    || spec.networks != old.spec.networks
+                    || spec.endpoint_mode != old.spec.endpoint_mode;
+                let version = old.version + u64::from(tasks_change);
+                let svc = self.services.get_mut(id).expect("checked above");
+                svc.spec = spec.clone();
+                svc.vips = vips;
+                svc.version = version;
+                svc.updated_at_ms = *now_ms;
+                Ok(Applied::Done)
+            }
+            Command::RemoveService { id } => {
+                self.services
+                    .remove(id)
+                    .ok_or_else(|| StoreError::ServiceNotFound(id.clone()))?;
+                self.tasks
+                    .retain(|_, t| t.service.as_ref().is_none_or(|r| &r.service != id));
+                Ok(Applied::Done)
+            }
+            Command::CreateServiceTask {
+                id,
+                service,
+                slot,
+                node,
+                now_ms,
+            } => {
+                let svc = self
+                    .services
+                    .get(service)
+                    .ok_or_else(|| StoreError::ServiceNotFound(service.clone()))?;
+                let name = if *slot == 0 {
+                    format!("{}.{}.{}", svc.spec.name, &node.to_string()[..8], id)
+                } else {
+                    format!("{}.{}.{}", svc.spec.name, slot, id)
+                };
+                let networks: Vec<(String, Option<IpAddr>)> = svc
+                    .spec
+                    .networks
+                    .iter()
+                    .map(|n| (n.clone(), None))
+                    .collect();
+                let sref = ServiceRef {
+                    service: service.clone(),
+                    slot: *slot,
+                    version: svc.version,
+                };
+                let spec = svc.spec.task.clone();
+                let mut task =
+                    self.allocate_task(id, &name, *node, &spec, &networks, false, *now_ms)?;
+                task.service = Some(sref);
+                self.tasks.insert(task.id.clone(), task);
+                Ok(Applied::Done)
+            }
             Command::RotateToken { role, secret } => {
                 match role {
                     Role::Worker => cluster.worker_secret = secret.clone(),
@@ -416,6 +558,25 @@ impl State {
                 }
                 Ok(Applied::Done)
             }
+        }
+    }
+
+    /// The service named or identified by `what` (name, ID, or unique ID prefix).
+    pub fn resolve_service(&self, what: &str) -> Result<&Service, StoreError> {
+        if let Some(x) = self.services.get(what) {
+            return Ok(x);
+        }
+        if let Some(x) = self.services.values().find(|x| x.spec.name == what) {
+            return Ok(x);
+        }
+        let by_prefix: Vec<&Service> = self
+            .services
+            .values()
+            .filter(|x| !what.is_empty() && x.id.starts_with(what))
+            .collect();
+        match by_prefix.as_slice() {
+            [one] => Ok(one),
+            _ => Err(StoreError::ServiceNotFound(what.to_string())),
         }
     }
 
@@ -455,6 +616,51 @@ impl State {
             [one] => Ok(one),
             _ => Err(StoreError::TaskNotFound(what.to_string())),
         }
+    }
+
+    /// Addresses in use on network `net_id`: task addresses, service VIPs
+    /// and the gateway.
+    fn taken_on(&self, net_id: &str) -> BTreeSet<IpAddr> {
+        let mut taken: BTreeSet<IpAddr> = self
+            .tasks
+            .values()
+            .flat_map(|t| t.attachments.iter())
+            .filter(|a| a.network == net_id)
+            .map(|a| a.ip)
+            .collect();
+        taken.extend(self.services.values().filter_map(|s| s.vips.get(net_id)));
+        if let Some(n) = self.networks.get(net_id) {
+            taken.insert(n.gateway);
+        }
+        taken
+    }
+
+    /// One VIP per network for a VIP-mode service, keeping those it has.
+    fn allocate_vips(
+        &self,
+        spec: &ServiceSpec,
+        old: Option<&Service>,
+    ) -> Result<BTreeMap<String, IpAddr>, StoreError> {
+        let mut vips = BTreeMap::new();
+        if spec.endpoint_mode != EndpointMode::Vip {
+            return Ok(vips);
+        }
+        for net_id in &spec.networks {
+            let net = self
+                .networks
+                .get(net_id)
+                .ok_or_else(|| StoreError::NetworkNotFound(net_id.clone()))?;
+            if let Some(ip) = old.and_then(|o| o.vips.get(net_id)) {
+                vips.insert(net_id.clone(), *ip);
+                continue;
+            }
+            let mut taken = self.taken_on(net_id);
+            taken.extend(vips.values());
+            let ip = ipam::next_ip(&net.subnet, net.ip_range.as_ref(), &taken)
+                .ok_or_else(|| StoreError::NetworkFull(net.name.clone()))?;
+            vips.insert(net_id.clone(), ip);
+        }
+        Ok(vips)
     }
 
     fn allocate_network(&self, spec: &NetworkSpec) -> Result<Network, StoreError> {
@@ -565,14 +771,7 @@ impl State {
                 return Err(StoreError::NotAttachable(net.name.clone()));
             }
             internal_only &= net.internal;
-            let mut taken: BTreeSet<IpAddr> = self
-                .tasks
-                .values()
-                .flat_map(|t| t.attachments.iter())
-                .filter(|a| &a.network == net_id)
-                .map(|a| a.ip)
-                .collect();
-            taken.insert(net.gateway);
+            let taken = self.taken_on(net_id);
             let ip = match want {
                 Some(ip) => {
                     let why = if !ipam::is_host_addr(&net.subnet, *ip) {
@@ -633,6 +832,7 @@ impl State {
                 ..Default::default()
             },
             created_at_ms: now_ms,
+            service: None,
         })
     }
 

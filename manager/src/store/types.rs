@@ -278,6 +278,9 @@ pub struct Task {
     pub status: TaskStatus,
     /// Unix ms when created.
     pub created_at_ms: u64,
+    /// The service it belongs to; `None` for standalone tasks.
+    #[serde(default)]
+    pub service: Option<ServiceRef>,
 }
 
 /// A network as requested by the operator, before allocation.
@@ -303,4 +306,175 @@ pub struct NetworkSpec {
     pub labels: BTreeMap<String, String>,
     /// Proposer's clock, unix ms.
     pub now_ms: u64,
+}
+
+/// How many tasks a service runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceMode {
+    /// A fixed number of replicas, spread over eligible nodes.
+    Replicated {
+        /// Desired replicas.
+        replicas: u64,
+    },
+    /// One task on every eligible node.
+    Global,
+}
+
+/// How clients find a service's tasks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointMode {
+    /// One virtual IP per network, balanced over the tasks.
+    #[default]
+    Vip,
+    /// DNS round robin: the service name resolves to the task addresses.
+    Dnsrr,
+}
+
+/// When a finished task is replaced.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartCondition {
+    /// Always.
+    #[default]
+    Any,
+    /// Only after a non-zero exit or a failure.
+    OnFailure,
+    /// Never.
+    None,
+}
+
+/// Comparison in a placement constraint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConstraintOp {
+    /// `==`
+    Eq,
+    /// `!=`
+    Ne,
+}
+
+/// A placement constraint such as `node.labels.zone==a`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Constraint {
+    /// `node.role`, `node.hostname`, `node.id` or `node.labels.<key>`.
+    pub key: String,
+    /// `==` or `!=`.
+    pub op: ConstraintOp,
+    /// The value compared with.
+    pub value: String,
+}
+
+impl Constraint {
+    /// Whether `node` satisfies the constraint.
+    pub fn matches(&self, node: &Node) -> bool {
+        let actual = match self.key.as_str() {
+            "node.role" => Some(node.role.as_str().to_string()),
+            "node.hostname" => Some(node.hostname.clone()),
+            "node.id" => Some(node.id.to_string()),
+            k => k
+                .strip_prefix("node.labels.")
+                .and_then(|l| node.labels.get(l).cloned()),
+        };
+        match self.op {
+            ConstraintOp::Eq => actual.as_deref() == Some(self.value.as_str()),
+            ConstraintOp::Ne => actual.as_deref() != Some(self.value.as_str()),
+        }
+    }
+}
+
+impl fmt::Display for Constraint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let op = match self.op {
+            ConstraintOp::Eq => "==",
+            ConstraintOp::Ne => "!=",
+        };
+        write!(f, "{}{op}{}", self.key, self.value)
+    }
+}
+
+/// A constraint that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid constraint {0:?}: use KEY==VALUE or KEY!=VALUE with KEY one of node.role, node.hostname, node.id, node.labels.NAME"
+)]
+pub struct ParseConstraintError(pub String);
+
+impl FromStr for Constraint {
+    type Err = ParseConstraintError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || ParseConstraintError(s.to_string());
+        let (key, op, value) = if let Some((k, v)) = s.split_once("==") {
+            (k, ConstraintOp::Eq, v)
+        } else if let Some((k, v)) = s.split_once("!=") {
+            (k, ConstraintOp::Ne, v)
+        } else {
+            return Err(err());
+        };
+        let key = key.trim();
+        let value = value.trim();
+        let known = matches!(key, "node.role" | "node.hostname" | "node.id")
+            || key
+                .strip_prefix("node.labels.")
+                .is_some_and(|l| !l.is_empty());
+        if !known || value.is_empty() || value.contains("==") || value.contains("!=") {
+            return Err(err());
+        }
+        if key == "node.role" && !matches!(value, "manager" | "worker") {
+            return Err(err());
+        }
+        Ok(Constraint {
+            key: key.to_string(),
+            op,
+            value: value.to_string(),
+        })
+    }
+}
+
+/// What the operator asked a service to be.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    /// Unique name (also its DNS name).
+    pub name: String,
+    /// Replicated or global.
+    pub mode: ServiceMode,
+    /// What each task runs.
+    pub task: TaskSpec,
+    /// Network IDs, in attachment order.
+    pub networks: Vec<String>,
+    /// VIP or DNS round robin.
+    pub endpoint_mode: EndpointMode,
+    /// Placement constraints.
+    pub constraints: Vec<Constraint>,
+    /// Restart policy.
+    pub restart: RestartCondition,
+}
+
+/// A service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Service {
+    /// Random ID, 16 hex digits.
+    pub id: String,
+    /// The spec.
+    pub spec: ServiceSpec,
+    /// Virtual IP per network ID (VIP mode).
+    pub vips: BTreeMap<String, IpAddr>,
+    /// Bumped when the task spec changes (or on `update --force`); tasks of
+    /// older versions are replaced one at a time.
+    pub version: u64,
+    /// Unix ms when created.
+    pub created_at_ms: u64,
+    /// Unix ms of the last update.
+    pub updated_at_ms: u64,
+}
+
+/// Which service a task belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRef {
+    /// Service ID.
+    pub service: String,
+    /// Replica slot (1-based); 0 for global services.
+    pub slot: u64,
+    /// Service version the task was made from.
+    pub version: u64,
 }

@@ -11,6 +11,7 @@
 //! the `nftables` crate is the one tool we run), touch `/run/netns`, or call
 //! `setns` on a thread it does not own (tokio workers in particular).
 
+pub mod dataplane;
 pub mod netlink;
 pub mod netns;
 pub mod nft;
@@ -18,11 +19,13 @@ pub mod process;
 pub mod topology;
 
 mod error;
-mod mac;
 
+pub use crate::mac::{MacAddr, ParseMacError};
+pub use dataplane::{LinuxDataplane, task_netns_path, underlay_mtu_of};
 pub use error::{Error, Result, TeardownReport};
-pub use mac::{MacAddr, ParseMacError};
-pub use netlink::{FdbEntry, Link, LinkKind, NeighEntry, Netlink, VethSpec, VxlanInfo, VxlanSpec};
+pub use netlink::{
+    FdbEntry, Link, LinkKind, NeighEntry, Netlink, RouteEntry, VethSpec, VxlanInfo, VxlanSpec,
+};
 pub use netns::Netns;
 pub use process::{MountPropagation, NsCommand};
 pub use topology::{

@@ -36,8 +36,8 @@ use rtnetlink::{
 };
 
 use super::error::{Error, Result, netlink_errno};
-use super::mac::MacAddr;
 use super::netns::Netns;
+use crate::mac::MacAddr;
 
 /// The kernel's limit on interface names (IFNAMSIZ - 1).
 pub const MAX_LINK_NAME: usize = 15;
@@ -99,6 +99,8 @@ pub struct VxlanInfo {
     pub local: Option<IpAddr>,
     /// Whether source-address learning is on.
     pub learning: Option<bool>,
+    /// Whether the device answers ARP/NDP from its neighbour table.
+    pub proxy: Option<bool>,
     /// Index of the underlay device, if bound to one.
     pub underlay_dev: Option<u32>,
 }
@@ -173,6 +175,7 @@ fn vxlan_info(attrs: &[InfoVxlan]) -> VxlanInfo {
             InfoVxlan::Local(a) => info.local = Some(IpAddr::V4(*a)),
             InfoVxlan::Local6(a) => info.local = Some(IpAddr::V6(*a)),
             InfoVxlan::Learning(l) => info.learning = Some(*l),
+            InfoVxlan::Proxy(p) => info.proxy = Some(*p),
             InfoVxlan::Link(l) => info.underlay_dev = Some(*l),
             _ => {}
         }
@@ -217,6 +220,20 @@ pub struct VxlanSpec {
     pub mtu: Option<u32>,
     /// Hardware address of the device.
     pub mac: Option<MacAddr>,
+    /// ARP/NDP proxy: the device answers requests for addresses in its own
+    /// neighbour table instead of sending them to the remote VTEPs.
+    pub proxy: bool,
+}
+
+/// A route of the main table, as read back from the kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteEntry {
+    /// Destination prefix (`0.0.0.0/0` or `::/0` for a default route).
+    pub dest: IpNetwork,
+    /// Next hop, if any.
+    pub gateway: Option<IpAddr>,
+    /// Index of the output device, if any.
+    pub oif: Option<u32>,
 }
 
 /// A static FDB entry on a VXLAN device, as read back from the kernel.
@@ -599,6 +616,14 @@ impl Netlink {
         if info.learning == Some(true) {
             return Err(self.shape_mismatch(&link.name, "learning", "off", "on"));
         }
+        if info.proxy.unwrap_or(false) != spec.proxy {
+            return Err(self.shape_mismatch(
+                &link.name,
+                "proxy",
+                spec.proxy,
+                info.proxy.unwrap_or(false),
+            ));
+        }
         if let Some(want) = underlay_index
             && info.underlay_dev != Some(want)
         {
@@ -641,7 +666,8 @@ impl Netlink {
             None => {
                 let mut b = LinkVxlan::new(&spec.name, spec.vni)
                     .port(spec.port)
-                    .learning(false);
+                    .learning(false)
+                    .proxy(spec.proxy);
                 b = match spec.local {
                     IpAddr::V4(a) => b.local(a),
                     IpAddr::V6(a) => b.local6(a),
@@ -785,6 +811,23 @@ impl Netlink {
         Ok(out)
     }
 
+    /// Every address of every link in this namespace, as (link index,
+    /// address with prefix).
+    pub async fn list_all_addresses(&self) -> Result<Vec<(u32, IpNetwork)>> {
+        let msgs: Vec<AddressMessage> = self
+            .handle
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(self.nl_err("list addresses", "*"))?;
+        Ok(msgs
+            .iter()
+            .filter_map(|m| Some((m.header.index, address_of(m)?)))
+            .collect())
+    }
+
     /// Removes one address from a link; absent is success.
     pub async fn delete_address(&self, link: &str, addr: IpNetwork) -> Result<()> {
         let index = self.link_index(link).await?;
@@ -895,6 +938,66 @@ impl Netlink {
             ),
         };
         self.replace_route(dest, Some(gateway), dev).await
+    }
+
+    /// The unicast routes of the main table, IPv4 and IPv6.
+    pub async fn list_routes(&self) -> Result<Vec<RouteEntry>> {
+        use rtnetlink::packet_route::route::{
+            RouteAddress, RouteAttribute, RouteHeader, RouteType,
+        };
+        let mut out = Vec::new();
+        for probe in [
+            RouteMessageBuilder::<std::net::Ipv4Addr>::new().build(),
+            RouteMessageBuilder::<std::net::Ipv6Addr>::new().build(),
+        ] {
+            let msgs: Vec<RouteMessage> = self
+                .handle
+                .route()
+                .get(probe)
+                .execute()
+                .try_collect()
+                .await
+                .map_err(self.nl_err("list routes", "main"))?;
+            for m in msgs {
+                let mut table = u32::from(m.header.table);
+                let mut dest = None;
+                let mut gateway = None;
+                let mut oif = None;
+                for a in &m.attributes {
+                    match a {
+                        RouteAttribute::Table(t) => table = *t,
+                        RouteAttribute::Destination(d) => dest = route_ip(d),
+                        RouteAttribute::Gateway(g) => gateway = route_ip(g),
+                        RouteAttribute::Oif(i) => oif = Some(*i),
+                        _ => {}
+                    }
+                }
+                if table != u32::from(RouteHeader::RT_TABLE_MAIN)
+                    || m.header.kind != RouteType::Unicast
+                {
+                    continue;
+                }
+                let unspecified = match m.header.address_family {
+                    AddressFamily::Inet6 => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
+                    _ => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                };
+                let Ok(dest) = IpNetwork::new(
+                    dest.unwrap_or(unspecified),
+                    m.header.destination_prefix_length,
+                ) else {
+                    continue;
+                };
+                out.push(RouteEntry { dest, gateway, oif });
+            }
+        }
+        fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
+            match a {
+                RouteAddress::Inet(a) => Some(IpAddr::V4(*a)),
+                RouteAddress::Inet6(a) => Some(IpAddr::V6(*a)),
+                _ => None,
+            }
+        }
+        Ok(out)
     }
 
     /// Deletes the route to `dest` from the main table; absent is success.

@@ -4,6 +4,7 @@
 //! cleans up on failure through Drop guards. Without root they are skipped.
 
 mod common;
+mod dataplane;
 mod netlink;
 mod netns;
 mod nft;

@@ -152,6 +152,7 @@ async fn vxlan_is_created_in_one_namespace_and_moved() {
         underlay_dev: Some("u0".into()),
         mtu: Some(1450),
         mac: Some("02:42:00:00:10:01".parse().unwrap()),
+        proxy: true,
     };
     nh.create_vxlan(&spec, &nn).await.unwrap();
     // Second call: already there with the same shape.
@@ -165,6 +166,7 @@ async fn vxlan_is_created_in_one_namespace_and_moved() {
     assert_eq!(d["port"], 4789);
     assert_eq!(d["local"], "198.18.7.1");
     assert_eq!(d["learning"], false);
+    assert_eq!(d["proxy"], true);
     assert_eq!(l["mtu"], 1450);
     assert_eq!(l["address"], "02:42:00:00:10:01");
 
@@ -172,8 +174,8 @@ async fn vxlan_is_created_in_one_namespace_and_moved() {
     let got = nn.require_link("vx-t1").await.unwrap();
     let vx = got.vxlan.unwrap();
     assert_eq!(
-        (vx.vni, vx.port, vx.learning),
-        (Some(4097), Some(4789), Some(false))
+        (vx.vni, vx.port, vx.learning, vx.proxy),
+        (Some(4097), Some(4789), Some(false), Some(true))
     );
 
     // Another VNI under the same name is a typed mismatch.
@@ -321,6 +323,7 @@ async fn vxlan_left_behind_before_the_move_is_adopted() {
         underlay_dev: None,
         mtu: None,
         mac: None,
+        proxy: false,
     };
     // Simulate a crash between create and move: create it in place first.
     nh.create_vxlan(&spec, &nh).await.unwrap();

@@ -44,6 +44,7 @@ async fn build_side(run: &RunDir, host: &weft_overlay::linux::UnderlayHost, i: u
                 underlay_dev: Some("eth0".into()),
                 mtu: Some(1450),
                 mac: None,
+                proxy: false,
             },
             &ov_nl,
         )

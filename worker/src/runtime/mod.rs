@@ -1,3 +1,295 @@
-//! Task runtime: running a task's process in its namespaces and supervising it.
+//! Task runtime: running a task's process in its namespaces and supervising
+//! it (DESIGN.md §4).
+//!
+//! Owns: the [`TaskRuntime`] trait the worker drives, the real
+//! [`ProcessRuntime`] (one detached shim process per task, see [`shim`]),
+//! the recording [`FakeRuntime`] for tests of the layers above, the on-disk
+//! layout of a task (`<exec-root>/tasks/<id>/`) and adoption of tasks that
+//! outlived a daemon restart.
+//!
+//! Must not: create or delete network namespaces (the data plane makes the
+//! task's netns and hands us its pin path), decide restart policy (the worker
+//! does, from the exit events), or talk to the manager.
+//!
+//! ```text
+//!  daemon ── ProcessRuntime::start ──spawn (setsid)──▶ shim (`weft task-shim`)
+//!     ▲                                                 │ reads spec.json
+//!     │ pidfd on the task + exit file                   │ spawns the task via NsCommand
+//!     │ (works for adopted tasks too:                   │   (netns, mount ns, resolv.conf, hostname, setsid)
+//!     │  the task is never our child)                   │ writes pid, forwards SIGTERM
+//!     └──────────────── <root>/tasks/<id>/{spec.json,pid,log,exit} ◀─ writes exit when the task ends
+//! ```
 
+pub mod fake;
+mod files;
+pub mod process;
 pub mod shim;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+pub use fake::{FakeCall, FakeRuntime};
+pub use process::{ProcessRuntime, ShimCommand};
+
+/// What to run for one task. Written to `<root>/tasks/<id>/spec.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    /// The task id: also the name of its directory, so limited to
+    /// `[A-Za-z0-9_.-]`, at most 128 bytes, not `.` or `..`.
+    pub id: String,
+    /// A human-readable name (e.g. `web.1`), for logs only.
+    pub name: String,
+    /// Program and arguments; the program is looked up in `PATH`.
+    pub command: Vec<String>,
+    /// The task's environment. The task does not inherit the daemon's
+    /// environment: it gets a default `PATH`, then these.
+    pub env: BTreeMap<String, String>,
+    /// The pin of the task's network namespace, made by the data plane.
+    pub netns: PathBuf,
+    /// A file bind-mounted over `/etc/resolv.conf` in the task's own mount
+    /// namespace (the one pointing at the embedded resolver).
+    pub resolv_conf: Option<PathBuf>,
+    /// The task's hostname, in its own UTS namespace.
+    pub hostname: Option<String>,
+}
+
+/// Where a task is in its life.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum TaskState {
+    /// The task's process is alive.
+    Running {
+        /// Its pid (also its process group and session id).
+        pid: i32,
+    },
+    /// The task's process ended.
+    Exited {
+        /// The exit code, if it exited normally.
+        code: Option<i32>,
+        /// The signal that killed it, if any.
+        signal: Option<i32>,
+    },
+    /// The task could not be started, or its supervision was lost (the shim
+    /// died and the task's fate is unknown).
+    Failed {
+        /// What went wrong, for the user.
+        error: String,
+    },
+}
+
+impl TaskState {
+    /// True once the task will not run again (exited or failed).
+    pub fn is_terminal(&self) -> bool {
+        !matches!(self, TaskState::Running { .. })
+    }
+}
+
+/// The observed state of one task, as reported to the worker.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskStatus {
+    /// The task id.
+    pub id: String,
+    /// Where it is.
+    pub state: TaskState,
+    /// When its process started, if it did.
+    pub started_at: Option<SystemTime>,
+    /// When it ended, if it did.
+    pub finished_at: Option<SystemTime>,
+}
+
+/// Errors of the task runtime (and of the shim).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file or directory operation failed.
+    #[error("{op} {}: {source}", path.display())]
+    Io {
+        /// What we were doing.
+        op: &'static str,
+        /// On which path.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A task file is not what we (or the shim) wrote.
+    #[error("{} is corrupt: {source}", path.display())]
+    Corrupt {
+        /// Which file.
+        path: PathBuf,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The spec cannot be run as given.
+    #[error("task {id:?}: invalid spec: {reason}")]
+    InvalidSpec {
+        /// The task.
+        id: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A task with this id exists with another spec or is no longer running
+    /// (remove it first).
+    #[error("task {id:?} already exists")]
+    AlreadyExists {
+        /// The task.
+        id: String,
+    },
+    /// No task with this id.
+    #[error("no task {id:?}")]
+    NotFound {
+        /// The task.
+        id: String,
+    },
+    /// The shim program could not be started.
+    #[error("task {id:?}: cannot start the shim {}: {source}", program.display())]
+    ShimSpawn {
+        /// The task.
+        id: String,
+        /// The shim program.
+        program: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Signalling the task failed (other than "already gone").
+    #[error("task {id:?}: kill({pid}, {signal}): {source}")]
+    Signal {
+        /// The task.
+        id: String,
+        /// The pid (process group) signalled.
+        pid: i32,
+        /// The signal.
+        signal: i32,
+        /// The OS error.
+        #[source]
+        source: nix::errno::Errno,
+    },
+    /// The task did not end even after SIGKILL.
+    #[error("task {id:?} did not exit {waited:?} after SIGKILL")]
+    StopTimeout {
+        /// The task.
+        id: String,
+        /// How long we waited.
+        waited: Duration,
+    },
+    /// A namespace operation of the shim failed.
+    #[error(transparent)]
+    Netns(#[from] weft_overlay::linux::Error),
+}
+
+/// Shorthand.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Runs and supervises tasks on this node. The real one is
+/// [`ProcessRuntime`]; [`FakeRuntime`] records calls for tests.
+///
+/// Status is kept in memory and updated by the runtime itself; the worker
+/// learns about changes from [`subscribe`](TaskRuntime::subscribe) and can
+/// always re-read [`list`](TaskRuntime::list) (level-triggered).
+#[async_trait::async_trait]
+pub trait TaskRuntime: Send + Sync {
+    /// Reports the tasks that survived a daemon restart (running or
+    /// finished), never starting anything. Call once at daemon start,
+    /// before [`start`](TaskRuntime::start).
+    async fn adopt(&self) -> Result<Vec<TaskStatus>>;
+
+    /// Starts a task. Returns its status once the process runs (or once it
+    /// failed to start: then the state is `Failed`, not an `Err`). `Err` is
+    /// for an invalid spec, a clashing id, or a runtime that cannot work
+    /// (files, shim). Starting a running task again with the same spec
+    /// returns its status and starts nothing.
+    async fn start(&self, spec: &TaskSpec) -> Result<TaskStatus>;
+
+    /// Sends SIGTERM to the task's process group, then SIGKILL after
+    /// `grace`, and returns once it has ended. A task that already ended is
+    /// fine (idempotent).
+    async fn stop(&self, id: &str, grace: Duration) -> Result<()>;
+
+    /// Kills the task if it still runs and deletes its files. Unknown ids
+    /// are fine (idempotent).
+    async fn remove(&self, id: &str) -> Result<()>;
+
+    /// Waits until the task has ended and returns its final status.
+    async fn wait(&self, id: &str) -> Result<TaskStatus>;
+
+    /// The task's current status.
+    fn status(&self, id: &str) -> Option<TaskStatus>;
+
+    /// All known tasks, ordered by id.
+    fn list(&self) -> Vec<TaskStatus>;
+
+    /// The task's log file (stdout and stderr, appended).
+    fn log_path(&self, id: &str) -> PathBuf;
+
+    /// Every status change (start, exit, failure) from now on. On
+    /// `RecvError::Lagged`, re-read [`list`](TaskRuntime::list).
+    fn subscribe(&self) -> broadcast::Receiver<TaskStatus>;
+}
+
+/// Checks what the runtime relies on before anything touches the disk.
+pub(crate) fn validate(spec: &TaskSpec) -> Result<()> {
+    let bad = |reason| {
+        Err(Error::InvalidSpec {
+            id: spec.id.clone(),
+            reason,
+        })
+    };
+    validate_id(&spec.id)?;
+    if spec.command.is_empty() || spec.command[0].is_empty() {
+        return bad("empty command");
+    }
+    if spec
+        .command
+        .iter()
+        .chain(spec.env.values())
+        .any(|s| s.contains('\0'))
+    {
+        return bad("NUL in command or environment");
+    }
+    if spec
+        .env
+        .keys()
+        .any(|k| k.is_empty() || k.contains('=') || k.contains('\0'))
+    {
+        return bad("environment variable name is empty or contains '=' or NUL");
+    }
+    if !spec.netns.is_absolute() {
+        return bad("netns path is not absolute");
+    }
+    if spec.resolv_conf.as_ref().is_some_and(|p| !p.is_absolute()) {
+        return bad("resolv.conf path is not absolute");
+    }
+    if let Some(h) = &spec.hostname
+        && (h.is_empty() || h.len() > 64 || h.contains('\0'))
+    {
+        return bad("hostname must be 1..=64 bytes without NUL");
+    }
+    Ok(())
+}
+
+/// Task ids name directories, so they must be plain file names.
+pub(crate) fn validate_id(id: &str) -> Result<()> {
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id != "."
+        && id != ".."
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidSpec {
+            id: id.to_owned(),
+            reason: "id must be 1..=128 of [A-Za-z0-9_.-] and not . or ..",
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

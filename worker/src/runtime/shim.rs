@@ -1,19 +1,218 @@
-//! The per-task shim process (stub until the runtime lands).
+//! The per-task shim (`weft task-shim`, hidden): the parent of one task's
+//! process, detached from the daemon so the task outlives a daemon crash.
+//!
+//! ```text
+//!  read spec.json ─ install signal forwarding ─ spawn task (NsCommand) ─ write pid
+//!    ─ print READY on stdout ─ wait(task) ─ SIGKILL leftovers in its group ─ write exit
+//! ```
+//!
+//! On any failure before the task runs it writes an `exit` file with the
+//! error (so the runtime reports `Failed`) and still prints READY. SIGTERM,
+//! SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 sent to the shim are
+//! forwarded to the task's process group. The shim only writes to stdout
+//! once (the daemon may be gone later); its stderr is `shim.log`.
+
+use std::io::Write;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicI32, Ordering};
+use std::time::SystemTime;
+
+use weft_overlay::linux::{Netns, NsCommand};
+
+use super::files::{self, ExitFile, PidFile};
+use super::{Error, Result, TaskSpec};
+
+/// Environment variable carrying the task directory; the runtime passes the
+/// directory this way so any shim program (the `weft` binary, a test binary)
+/// can receive it without a particular argument syntax.
+pub const SHIM_DIR_ENV: &str = "WEFT_TASK_SHIM_DIR";
+
+/// The line the shim prints on stdout once the task runs (or failed to).
+pub const READY: &str = "weft-task-shim-ready";
+
+/// `PATH` given to every task; the daemon's own environment is not inherited.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Arguments of the hidden `weft task-shim` command.
 #[derive(Debug, clap::Args)]
 pub struct ShimArgs {
-    /// The task's directory.
-    #[arg(long)]
+    /// The task's directory (`<exec-root>/tasks/<id>`).
+    #[arg(long, env = SHIM_DIR_ENV)]
     pub dir: std::path::PathBuf,
 }
 
-/// Errors of the shim.
-#[derive(Debug, thiserror::Error)]
-#[error("task shim: {0}")]
-pub struct ShimError(pub String);
+/// Errors of the shim: the runtime's error type.
+pub type ShimError = Error;
 
-/// Runs the shim.
-pub fn run(_args: ShimArgs) -> Result<(), ShimError> {
-    Err(ShimError("not implemented".into()))
+/// The task's process group once it runs (0 before).
+static TASK_PGID: AtomicI32 = AtomicI32::new(0);
+/// A signal that arrived before the task ran, to deliver once it does.
+static PENDING: AtomicI32 = AtomicI32::new(0);
+
+const FORWARDED: [nix::sys::signal::Signal; 6] = {
+    use nix::sys::signal::Signal::*;
+    [SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2]
+};
+
+extern "C" fn forward(sig: libc::c_int) {
+    let pgid = TASK_PGID.load(Ordering::SeqCst);
+    if pgid > 0 {
+        // SAFETY: kill(2) is async-signal-safe and takes plain integers.
+        unsafe { libc::kill(-pgid, sig) };
+    } else {
+        PENDING.store(sig, Ordering::SeqCst);
+    }
+}
+
+/// Runs the shim for the task in `args.dir` until the task ends. Returns an
+/// error only if even the `exit` file could not be written.
+pub fn run(args: ShimArgs) -> Result<(), ShimError> {
+    let dir = args.dir;
+    install_forwarding()?;
+    match spawn_task(&dir) {
+        Ok((mut child, pid)) => {
+            announce_ready();
+            let status = wait(&mut child);
+            // Whatever the task left behind in its group goes with it.
+            // SAFETY: kill(2) on a process group we created; ESRCH is fine.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+            let exit = ExitFile {
+                code: status.as_ref().ok().and_then(|s| s.code()),
+                signal: status.as_ref().ok().and_then(|s| s.signal()),
+                error: status
+                    .as_ref()
+                    .err()
+                    .map(|e| format!("waiting for the task: {e}")),
+                finished_at: SystemTime::now(),
+            };
+            files::write_json(&dir.join(files::EXIT), &exit)
+        }
+        Err(e) => {
+            eprintln!("task shim: {e}");
+            let exit = ExitFile {
+                code: None,
+                signal: None,
+                error: Some(e.to_string()),
+                finished_at: SystemTime::now(),
+            };
+            let written = files::write_json(&dir.join(files::EXIT), &exit);
+            announce_ready();
+            written
+        }
+    }
+}
+
+fn install_forwarding() -> Result<()> {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, sigaction};
+    let action = SigAction::new(
+        SigHandler::Handler(forward),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for sig in FORWARDED {
+        // SAFETY: `forward` only touches atomics and calls kill(2), both
+        // async-signal-safe.
+        unsafe { sigaction(sig, &action) }.map_err(|e| Error::Io {
+            op: "install signal handler",
+            path: "/proc/self".into(),
+            source: e.into(),
+        })?;
+    }
+    Ok(())
+}
+
+/// Starts the task and records its pid; returns the child and its pid.
+fn spawn_task(dir: &Path) -> Result<(std::process::Child, i32)> {
+    let spec: TaskSpec = files::read_json(&dir.join(files::SPEC))?.ok_or_else(|| Error::Io {
+        op: "read",
+        path: dir.join(files::SPEC),
+        source: std::io::ErrorKind::NotFound.into(),
+    })?;
+    super::validate(&spec)?;
+    let netns = Netns::open(&spec.netns)?;
+    // Always a new mount namespace: the task's mounts never reach the host.
+    let mut ns = NsCommand::new().netns(&netns).new_session().new_mount_ns();
+    if let Some(resolv) = &spec.resolv_conf {
+        ns = ns.bind_ro(resolv, "/etc/resolv.conf");
+    }
+    if let Some(h) = &spec.hostname {
+        ns = ns.hostname(h);
+    }
+    let log_path = dir.join(files::LOG);
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|source| Error::Io {
+            op: "open task log",
+            path: log_path.clone(),
+            source,
+        })?;
+    let log_err = log.try_clone().map_err(|source| Error::Io {
+        op: "dup task log",
+        path: log_path.clone(),
+        source,
+    })?;
+    let mut cmd = Command::new(&spec.command[0]);
+    cmd.args(&spec.command[1..])
+        .env_clear()
+        .env("PATH", DEFAULT_PATH)
+        .envs(&spec.env)
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err);
+    if let Some(h) = &spec.hostname {
+        cmd.env("HOSTNAME", h);
+    }
+    ns.apply(&mut cmd)?;
+    let mut child = cmd.spawn().map_err(|source| Error::Io {
+        op: "start task",
+        path: spec.command[0].clone().into(),
+        source,
+    })?;
+    let pid = child.id() as i32;
+    TASK_PGID.store(pid, Ordering::SeqCst);
+    let pending = PENDING.swap(0, Ordering::SeqCst);
+    if pending != 0 {
+        // SAFETY: kill(2) on the group we just created.
+        unsafe { libc::kill(-pid, pending) };
+    }
+    let me = std::process::id() as i32;
+    let record = PidFile {
+        pid,
+        start_time: files::proc_stat(pid).map(|(s, _)| s).unwrap_or(0),
+        shim_pid: me,
+        shim_start_time: files::proc_stat(me).map(|(s, _)| s).unwrap_or(0),
+        boot_id: files::boot_id(),
+        started_at: SystemTime::now(),
+    };
+    if let Err(e) = files::write_json(&dir.join(files::PID), &record) {
+        // Unsupervisable: do not leave an untracked process behind.
+        // SAFETY: kill(2) on the group we just created.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+        let _ = wait(&mut child);
+        return Err(e);
+    }
+    Ok((child, pid))
+}
+
+fn wait(child: &mut std::process::Child) -> std::io::Result<std::process::ExitStatus> {
+    // `Child::wait` retries on EINTR (our forwarding handler interrupts it).
+    child.wait()
+}
+
+/// Tells the runtime (reading our stdout) that the task runs or failed,
+/// then points stdout at stderr (`shim.log`): after READY nobody may be
+/// reading the pipe. Write errors are ignored (never `println!`, which
+/// panics on EPIPE): the daemon may already be gone, and the shim must
+/// carry on supervising regardless.
+fn announce_ready() {
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "{READY}");
+    let _ = out.flush();
+    // SAFETY: dup2 on the process's own standard descriptors.
+    unsafe { libc::dup2(libc::STDERR_FILENO, libc::STDOUT_FILENO) };
 }

@@ -1,5 +1,6 @@
 //! `MacAddr`: a 48-bit Ethernet address with the usual `aa:bb:cc:dd:ee:ff`
-//! text form, used for link addresses, FDB and neighbour entries.
+//! text form (also its serde form), used for link addresses, FDB and
+//! neighbour entries in both the desired-state model and the Linux code.
 
 use std::fmt;
 use std::str::FromStr;
@@ -72,6 +73,19 @@ impl FromStr for MacAddr {
     }
 }
 
+impl serde::Serialize for MacAddr {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for MacAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -86,5 +100,14 @@ mod tests {
         assert!("02:42:0a:00:09:05:01".parse::<MacAddr>().is_err());
         assert!("02:42:0a:00:09:5".parse::<MacAddr>().is_err());
         assert_eq!(MacAddr::from_slice(&[1, 2, 3]), None);
+    }
+
+    #[test]
+    fn serde_is_the_text_form() {
+        let m: MacAddr = "02:42:0a:00:09:05".parse().unwrap();
+        let j = serde_json::to_string(&m).unwrap();
+        assert_eq!(j, "\"02:42:0a:00:09:05\"");
+        assert_eq!(serde_json::from_str::<MacAddr>(&j).unwrap(), m);
+        assert!(serde_json::from_str::<MacAddr>("\"nope\"").is_err());
     }
 }

@@ -1,0 +1,200 @@
+#!/usr/bin/env bash
+# bench/run.sh — the control-plane benchmark (`make bench`).
+#
+# Committed writes per second and p50/p99 commit latency of a 3-manager weft
+# group next to a 3-member etcd cluster, in the same run, on the same disk,
+# with fsync on for both (weft's Raft log commits are durable; etcd's default).
+# 1 and 64 concurrent clients, several rounds alternating the systems; the
+# medians go into BENCHMARKS.md (between markers; the rest of the file stays).
+#
+# Everything runs on loopback: weft managers on 127.0.0.1-3, etcd members on
+# 127.0.0.11-13. Every process started here is stopped on exit, failure or
+# interrupt, and the work directory is removed.
+#
+# Knobs (environment): BENCH_ROUNDS (3), BENCH_WARMUP (2 s), BENCH_DURATION
+# (10 s), BENCH_CLIENTS ("1 64"), BENCH_CHANNELS (4 HTTP/2 connections shared
+# by the clients), BENCH_TARGET (leader | all), BENCH_TMPDIR (/var/tmp; must
+# be a real disk, not tmpfs), BENCH_OUT (BENCHMARKS.md; "-" prints instead),
+# BENCH_KEEP=1 keeps the work directory and its logs, BENCH_SKIP_BUILD=1 uses
+# the release binaries already built.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+ROUNDS=${BENCH_ROUNDS:-3}
+WARMUP=${BENCH_WARMUP:-2}
+DURATION=${BENCH_DURATION:-10}
+CLIENTS=${BENCH_CLIENTS:-"1 64"}
+CHANNELS=${BENCH_CHANNELS:-4}
+TARGET=${BENCH_TARGET:-leader}
+TMPBASE=${BENCH_TMPDIR:-/var/tmp}
+OUT=${BENCH_OUT:-$ROOT/BENCHMARKS.md}
+KEEP=${BENCH_KEEP:-0}
+
+WEFT_IPS=(127.0.0.1 127.0.0.2 127.0.0.3)
+WEFT_PORT=47377
+ETCD_IPS=(127.0.0.11 127.0.0.12 127.0.0.13)
+ETCD_CLIENT_PORT=47379
+ETCD_PEER_PORT=47380
+
+log() { printf '[bench] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# --- host packages ----------------------------------------------------------
+if ! command -v etcd >/dev/null 2>&1; then
+  [ "$(id -u)" = 0 ] || die "etcd is missing: run as root, or apt-get install etcd-server"
+  log "installing etcd-server"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null
+  # Debian enables (and under systemd starts) a default etcd on :2379; the
+  # benchmark runs its own members and wants nothing else competing.
+  if [ -d /run/systemd/system ]; then systemctl disable --now etcd >/dev/null 2>&1 || true; fi
+fi
+
+# --- build ------------------------------------------------------------------
+if [ "${BENCH_SKIP_BUILD:-0}" = 1 ]; then
+  log "BENCH_SKIP_BUILD=1: using the release binaries already built"
+else
+  log "building weft and the load generator (release)"
+  cargo build --release -q -p weft -p weft-bench
+fi
+TARGET_DIR=$(cargo metadata --format-version 1 --no-deps |
+  sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')
+WEFT=$TARGET_DIR/release/weft
+LOADGEN=$TARGET_DIR/release/weft-bench
+[ -x "$WEFT" ] && [ -x "$LOADGEN" ] || die "release binaries not found under $TARGET_DIR"
+
+# --- work dir and teardown --------------------------------------------------
+mkdir -p "$TMPBASE"
+WORK=$(mktemp -d "$TMPBASE/weft-bench.XXXXXX")
+PIDS=()
+
+cleanup() {
+  local rc=$? pid
+  trap - EXIT INT TERM
+  for pid in "${PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${PIDS[@]}"; do
+    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  wait 2>/dev/null || true
+  if [ "$rc" != 0 ]; then
+    for f in "$WORK"/*.log; do
+      [ -f "$f" ] || continue
+      log "--- last lines of $f ---"
+      tail -n 20 "$f" >&2 || true
+    done
+  fi
+  if [ "$KEEP" = 1 ]; then log "kept $WORK"; else rm -rf "$WORK"; fi
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+FSTYPE=$(stat -f -c %T "$WORK")
+if [ "$FSTYPE" = tmpfs ] || [ "$FSTYPE" = ramfs ]; then
+  die "$WORK is on $FSTYPE, where fsync is free; set BENCH_TMPDIR to a directory on disk"
+fi
+
+# Waits until "$@" succeeds, up to $1 seconds (condition, not a fixed sleep).
+wait_for() {
+  local secs=$1 what=$2; shift 2
+  local deadline=$((SECONDS + secs))
+  until "$@" >/dev/null 2>&1; do
+    [ "$SECONDS" -lt "$deadline" ] || die "timed out after ${secs}s waiting for $what"
+    sleep 0.2
+  done
+}
+
+# --- weft: 3 managers -------------------------------------------------------
+weft_sock() { echo "$WORK/weft$1/weft.sock"; }
+weft_cli() { local i=$1; shift; "$WEFT" -H "unix://$(weft_sock "$i")" "$@"; }
+
+for i in 1 2 3; do
+  mkdir -p "$WORK/weft$i"
+  WEFT_LOG=warn "$WEFT" daemon --hostname "bench-m$i" \
+    --data-dir "$WORK/weft$i/data" --exec-root "$WORK/weft$i/run" \
+    --socket "$(weft_sock "$i")" </dev/null >"$WORK/weft$i.log" 2>&1 &
+  PIDS+=("$!")
+done
+for i in 1 2 3; do wait_for 30 "weft daemon $i" weft_cli "$i" info; done
+
+log "forming the weft manager group"
+W1=${WEFT_IPS[0]}:$WEFT_PORT
+weft_cli 1 init --advertise-addr "$W1" --listen-addr "$W1" >/dev/null
+TOKEN=$(weft_cli 1 join-token -q manager)
+for i in 2 3; do
+  a=${WEFT_IPS[$((i - 1))]}:$WEFT_PORT
+  weft_cli "$i" join --token "$TOKEN" --advertise-addr "$a" --listen-addr "$a" "$W1" >/dev/null
+done
+WEFT_ADDRS=$(printf "%s:$WEFT_PORT," "${WEFT_IPS[@]}"); WEFT_ADDRS=${WEFT_ADDRS%,}
+
+# --- etcd: 3 members --------------------------------------------------------
+CLUSTER=""
+for i in 1 2 3; do CLUSTER+="e$i=http://${ETCD_IPS[$((i - 1))]}:$ETCD_PEER_PORT,"; done
+CLUSTER=${CLUSTER%,}
+for i in 1 2 3; do
+  ip=${ETCD_IPS[$((i - 1))]}
+  etcd --name "e$i" --data-dir "$WORK/etcd$i" \
+    --listen-client-urls "http://$ip:$ETCD_CLIENT_PORT" \
+    --advertise-client-urls "http://$ip:$ETCD_CLIENT_PORT" \
+    --listen-peer-urls "http://$ip:$ETCD_PEER_PORT" \
+    --initial-advertise-peer-urls "http://$ip:$ETCD_PEER_PORT" \
+    --initial-cluster "$CLUSTER" --initial-cluster-state new \
+    --initial-cluster-token weft-bench --logger zap --log-level warn \
+    </dev/null >"$WORK/etcd$i.log" 2>&1 &
+  PIDS+=("$!")
+done
+ETCD_EPS=$(printf "%s:$ETCD_CLIENT_PORT," "${ETCD_IPS[@]}"); ETCD_EPS=${ETCD_EPS%,}
+
+# --- load -------------------------------------------------------------------
+RESULTS=$WORK/results.jsonl
+: >"$RESULTS"
+run_one() { # system clients round
+  local sys=$1 c=$2 r=$3 line
+  local common=(--clients "$c" --channels "$CHANNELS" --warmup "$WARMUP"
+    --duration "$DURATION" --target "$TARGET" --round "$r")
+  case $sys in
+    weft) line=$("$LOADGEN" weft --addrs "$WEFT_ADDRS" --certs "$WORK/weft1/data/certs" "${common[@]}") ;;
+    etcd) line=$("$LOADGEN" etcd --endpoints "$ETCD_EPS" "${common[@]}") ;;
+  esac
+  echo "$line" >>"$RESULTS"
+  log "$line"
+}
+
+for r in $(seq "$ROUNDS"); do
+  # Alternate which system goes first, so drift on a shared machine hits both.
+  if [ $((r % 2)) = 1 ]; then order="weft etcd"; else order="etcd weft"; fi
+  for c in $CLIENTS; do
+    for sys in $order; do
+      log "round $r/$ROUNDS: $sys, $c client(s)"
+      run_one "$sys" "$c" "$r"
+    done
+  done
+done
+
+# --- report -----------------------------------------------------------------
+# O_DSYNC 4 KiB writes: what one durable write costs on this disk.
+DSYNC=$(dd if=/dev/zero of="$WORK/dsync-probe" bs=4k count=500 oflag=dsync 2>&1 |
+  sed -n 's/.* copied, \([0-9.,]*\) s.*/\1/p' | tr , .)
+DSYNC_US=$(awk -v s="${DSYNC:-0}" 'BEGIN { printf "%.0f", s * 1e6 / 500 }')
+CPU=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
+REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [ -n "$(git -C "$ROOT" status --porcelain 2>/dev/null)" ]; then REV+=" + local changes"; fi
+MACHINE="Run of $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc) vCPU ($CPU), kernel $(uname -r), \
+data dirs on $(df --output=source "$WORK" | tail -n 1) ($FSTYPE; a 4 KiB O_DSYNC write takes ≈${DSYNC_US} µs). \
+weft $REV (release build), $(etcd --version | head -n 1 | sed 's/Version: //'). \
+3 members each on loopback, fsync on for both; $ROUNDS rounds, each run ${WARMUP} s warm-up + ${DURATION} s measured, \
+systems alternating. Clients share $CHANNELS HTTP/2 connections (1 for 1 client), all to the $TARGET. \
+weft: \`Control.UpdateNode\` label writes over mutual TLS; etcd: \`KV.Put\` over plain gRPC; \
+the same keys (one per client) and values (a counter)."
+
+if [ "$OUT" = - ]; then
+  "$LOADGEN" report "$RESULTS" --machine "$MACHINE"
+else
+  "$LOADGEN" report "$RESULTS" --machine "$MACHINE" --into "$OUT"
+  log "wrote $OUT"
+  "$LOADGEN" report "$RESULTS" --machine "$MACHINE" | sed -n '/^| clients/,/^$/p' >&2
+fi

@@ -1,0 +1,120 @@
+//! The `Dataplane` trait: the one door through which the worker changes the
+//! kernel, with its error, apply and teardown reports. Implementations:
+//! [`crate::linux::LinuxDataplane`] (netlink, namespaces, nftables) and
+//! [`crate::fake::FakeDataplane`] (in memory, for tests of the layers above).
+
+use std::path::PathBuf;
+
+use async_trait::async_trait;
+
+use crate::model::{DesiredNode, TaskId};
+use crate::plan::{Op, PlanError};
+
+/// Result alias of the data plane.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What can go wrong applying or tearing down.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The desired state was refused; nothing was changed.
+    #[error("refused desired state: {0}")]
+    Plan(#[from] PlanError),
+    /// Reading the kernel's state failed; nothing was changed.
+    #[cfg(target_os = "linux")]
+    #[error("observing the kernel: {0}")]
+    Observe(#[source] crate::linux::Error),
+    /// Some operations failed. The others were applied: the next apply
+    /// retries what is still missing.
+    #[cfg(target_os = "linux")]
+    #[error(
+        "{} of {} operations failed, first: {:?}: {}",
+        failures.len(), failures.len() + applied.len(), failures[0].op, failures[0].source
+    )]
+    Apply {
+        /// The operations that succeeded.
+        applied: Vec<Op>,
+        /// The ones that failed, in order.
+        failures: Vec<OpFailure>,
+    },
+    /// An error injected into [`crate::fake::FakeDataplane`].
+    #[error("injected failure of the fake data plane (call {call})")]
+    Injected {
+        /// Which call (0-based count of `apply` calls) failed.
+        call: usize,
+    },
+    /// One or more objects could not be removed by a teardown.
+    #[error("teardown: {} errors, first: {}", .0.len(), .0[0])]
+    Teardown(Vec<Error>),
+    /// A Linux primitive failed outside an op (e.g. in teardown).
+    #[cfg(target_os = "linux")]
+    #[error(transparent)]
+    Linux(#[from] crate::linux::Error),
+}
+
+/// One failed operation.
+#[cfg(target_os = "linux")]
+#[derive(Debug)]
+pub struct OpFailure {
+    /// The operation.
+    pub op: Op,
+    /// Why it failed.
+    pub source: crate::linux::Error,
+}
+
+/// What an apply did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    /// The operations executed, in order (empty: the kernel already
+    /// matched).
+    pub ops: Vec<Op>,
+}
+
+/// What a teardown removed; it never stops at the first failure.
+#[derive(Debug, Default)]
+pub struct TeardownReport {
+    /// Objects removed, described for logs (e.g. "link weft_gwbridge",
+    /// "netns /run/weft/netns/net-x", "nft table inet weft").
+    pub removed: Vec<String>,
+    /// Processes killed because they still lived in a removed namespace.
+    pub killed: Vec<i32>,
+    /// Every error met on the way.
+    pub errors: Vec<Error>,
+}
+
+impl TeardownReport {
+    /// True when nothing failed.
+    pub fn is_clean(&self) -> bool {
+        self.errors.is_empty()
+    }
+
+    /// `Ok(())` when nothing failed, else all errors as [`Error::Teardown`].
+    pub fn into_result(self) -> Result<()> {
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Teardown(self.errors))
+        }
+    }
+}
+
+/// The node's data plane.
+///
+/// `apply` is level-triggered and idempotent: it observes the kernel, plans
+/// the difference to `desired` and executes it, so calling it again with the
+/// same state does nothing, and calling it periodically repairs drift.
+/// Calls are serialised by the implementation.
+#[async_trait]
+pub trait Dataplane: Send + Sync {
+    /// Makes the kernel match `desired`.
+    async fn apply(&self, desired: &DesiredNode) -> Result<ApplyReport>;
+
+    /// The network namespace (pin path) a task's process must start in;
+    /// it exists once an `apply` containing the task succeeded.
+    fn task_netns(&self, task: &TaskId) -> PathBuf;
+
+    /// Removes every kernel object this data plane made (namespaces, links
+    /// in the daemon's namespace, nftables tables), killing processes left
+    /// in removed namespaces. Keeps going past errors; `Err` only when it
+    /// could not start at all.
+    async fn teardown_all(&self) -> Result<TeardownReport>;
+}

@@ -1,0 +1,447 @@
+//! The in-memory data plane: [`FakeDataplane`] runs the real planner against
+//! a simulated kernel ([`simulate`] applies one [`Op`] to an [`Observed`])
+//! and records every desired state and plan, so the worker's reconcile loop
+//! is testable without root. The simulator also lets the planner's tests
+//! check convergence (apply the plan, plan again: nothing left).
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use async_trait::async_trait;
+
+use crate::dataplane::{ApplyReport, Dataplane, Error, Result, TeardownReport};
+use crate::model::names;
+use crate::model::{DesiredNode, TaskId};
+use crate::plan::{
+    NsRef, Observed, ObservedFdb, ObservedKind, ObservedLink, ObservedNeigh, ObservedNs,
+    ObservedRoute, ObservedVxlan, Op, nat_comments, plan,
+};
+
+/// Applies `op` to the simulated kernel `k`, as the Linux executor would.
+/// Unknown namespaces or links make the op a no-op (the real one would
+/// fail); the planner never emits such ops for a consistent `k`.
+pub fn simulate(k: &mut Observed, op: &Op) {
+    match op {
+        Op::CreateNetns { ns } => {
+            let mut fresh = ObservedNs::default();
+            fresh.links.insert(
+                names::LOOPBACK.to_owned(),
+                new_link(k, ObservedKind::Other("loopback".into()), Some(65536)),
+            );
+            match ns {
+                NsRef::Host => {}
+                NsRef::Network(n) => {
+                    k.networks.entry(n.clone()).or_insert(fresh);
+                }
+                NsRef::Task(t) => {
+                    k.tasks.entry(t.clone()).or_insert(fresh);
+                }
+            }
+        }
+        Op::DeleteNetns { ns } => {
+            let gone = match ns {
+                NsRef::Host => None,
+                NsRef::Network(n) => k.networks.remove(n),
+                NsRef::Task(t) => k.tasks.remove(t),
+            };
+            // The kernel destroys the namespace's veths and with them their
+            // peers elsewhere.
+            for l in gone.into_iter().flat_map(|o| o.links.into_values()) {
+                if l.kind == ObservedKind::Veth {
+                    remove_peer(k, l.index, l.peer_index);
+                }
+            }
+        }
+        Op::CreateBridge { ns, name, mtu } => {
+            let l = new_link(k, ObservedKind::Bridge, Some(*mtu));
+            if let Some(o) = k.ns_mut(ns) {
+                o.links.entry(name.clone()).or_insert(l);
+            }
+        }
+        Op::CreateVxlan {
+            network,
+            name,
+            vni,
+            port,
+            local,
+            mtu,
+        } => {
+            let mut l = new_link(k, ObservedKind::Vxlan, Some(*mtu));
+            l.vxlan = Some(ObservedVxlan {
+                vni: Some(*vni),
+                port: Some(*port),
+                local: Some(*local),
+                learning: Some(false),
+                proxy: Some(true),
+            });
+            if let Some(o) = k.networks.get_mut(network) {
+                o.links.entry(name.clone()).or_insert(l);
+            }
+        }
+        Op::CreateVeth {
+            ns,
+            name,
+            mac,
+            peer_ns,
+            peer_name,
+            peer_mac,
+            mtu,
+        } => {
+            if k.ns(ns).is_none() || k.ns(peer_ns).is_none() {
+                return;
+            }
+            let mut a = new_link(k, ObservedKind::Veth, Some(*mtu));
+            let mut b = new_link(k, ObservedKind::Veth, Some(*mtu));
+            a.mac = mac.or(a.mac);
+            b.mac = peer_mac.or(b.mac);
+            a.peer_index = Some(b.index);
+            b.peer_index = Some(a.index);
+            k.ns_mut(ns).unwrap().links.insert(name.clone(), a);
+            k.ns_mut(peer_ns)
+                .unwrap()
+                .links
+                .insert(peer_name.clone(), b);
+        }
+        Op::DeleteLink { ns, name } => {
+            let Some(l) = k.ns_mut(ns).and_then(|o| o.links.remove(name)) else {
+                return;
+            };
+            if let Some(o) = k.ns_mut(ns) {
+                o.fdb.remove(name);
+                o.neighs.remove(name);
+                o.default_routes.retain(|_, r| r.dev.as_ref() != Some(name));
+                for other in o.links.values_mut() {
+                    if other.master.as_ref() == Some(name) {
+                        other.master = None;
+                    }
+                }
+            }
+            if l.kind == ObservedKind::Veth {
+                remove_peer(k, l.index, l.peer_index);
+            }
+        }
+        Op::SetMtu { ns, link, mtu } => with_link(k, ns, link, |l| l.mtu = Some(*mtu)),
+        Op::SetMac { ns, link, mac } => with_link(k, ns, link, |l| l.mac = Some(*mac)),
+        Op::SetMaster { ns, link, master } => {
+            with_link(k, ns, link, |l| l.master = Some(master.clone()))
+        }
+        Op::SetUp { ns, link } => with_link(k, ns, link, |l| l.up = true),
+        Op::AddAddress { ns, link, addr } => with_link(k, ns, link, |l| {
+            l.addrs.insert(*addr);
+        }),
+        Op::DeleteAddress { ns, link, addr } => with_link(k, ns, link, |l| {
+            l.addrs.remove(addr);
+        }),
+        Op::ReplaceDefaultRoute { ns, gateway, dev } => {
+            let dest = ipnetwork::IpNetwork::new(
+                if gateway.is_ipv4() {
+                    std::net::Ipv4Addr::UNSPECIFIED.into()
+                } else {
+                    std::net::Ipv6Addr::UNSPECIFIED.into()
+                },
+                0,
+            )
+            .expect("prefix 0");
+            if let Some(o) = k.ns_mut(ns)
+                && o.links.contains_key(dev)
+            {
+                o.default_routes.insert(
+                    dest,
+                    ObservedRoute {
+                        gateway: Some(*gateway),
+                        dev: Some(dev.clone()),
+                    },
+                );
+            }
+        }
+        Op::DeleteRoute { ns, dest } => {
+            if let Some(o) = k.ns_mut(ns) {
+                o.default_routes.remove(dest);
+            }
+        }
+        Op::ReplaceFdb {
+            network,
+            link,
+            mac,
+            vtep,
+        } => {
+            if let Some(o) = k.networks.get_mut(network)
+                && o.links.contains_key(link)
+            {
+                o.fdb.entry(link.clone()).or_default().insert(
+                    *mac,
+                    ObservedFdb {
+                        remote: *vtep,
+                        permanent: true,
+                    },
+                );
+            }
+        }
+        Op::DeleteFdb { network, link, mac } => {
+            if let Some(m) = k
+                .networks
+                .get_mut(network)
+                .and_then(|o| o.fdb.get_mut(link))
+            {
+                m.remove(mac);
+            }
+        }
+        Op::ReplaceNeigh {
+            network,
+            link,
+            ip,
+            mac,
+        } => {
+            if let Some(o) = k.networks.get_mut(network)
+                && o.links.contains_key(link)
+            {
+                o.neighs.entry(link.clone()).or_default().insert(
+                    *ip,
+                    ObservedNeigh {
+                        mac: Some(*mac),
+                        permanent: true,
+                    },
+                );
+            }
+        }
+        Op::DeleteNeigh { network, link, ip } => {
+            if let Some(m) = k
+                .networks
+                .get_mut(network)
+                .and_then(|o| o.neighs.get_mut(link))
+            {
+                m.remove(ip);
+            }
+        }
+        Op::EnableIpv4Forwarding => k.ipv4_forwarding = true,
+        Op::ApplyNat { subnet, bridge } => k.nat = Some(nat_comments(*subnet, bridge)),
+        Op::DeleteNat => k.nat = None,
+    }
+}
+
+fn next_index(k: &Observed) -> u32 {
+    // Unique across namespaces (the kernel's are per namespace), which
+    // keeps peer lookups in the simulation unambiguous.
+    let all = std::iter::once(&k.host)
+        .chain(k.networks.values())
+        .chain(k.tasks.values());
+    all.flat_map(|o| o.links.values().map(|l| l.index))
+        .max()
+        .unwrap_or(0)
+        + 1
+}
+
+fn new_link(k: &Observed, kind: ObservedKind, mtu: Option<u32>) -> ObservedLink {
+    let index = next_index(k);
+    let b = index.to_be_bytes();
+    ObservedLink {
+        index,
+        kind,
+        mtu,
+        mac: Some(crate::mac::MacAddr([0x06, 0xfa, b[0], b[1], b[2], b[3]])),
+        up: false,
+        master: None,
+        peer_index: None,
+        vxlan: None,
+        addrs: BTreeSet::new(),
+    }
+}
+
+fn with_link(k: &mut Observed, ns: &NsRef, name: &str, f: impl FnOnce(&mut ObservedLink)) {
+    if let Some(l) = k.ns_mut(ns).and_then(|o| o.links.get_mut(name)) {
+        f(l);
+    }
+}
+
+fn remove_peer(k: &mut Observed, index: u32, peer: Option<u32>) {
+    let Some(peer) = peer else { return };
+    let all = std::iter::once(&mut k.host)
+        .chain(k.networks.values_mut())
+        .chain(k.tasks.values_mut());
+    for o in all {
+        o.links.retain(|_, l| {
+            !(l.kind == ObservedKind::Veth && l.index == peer && l.peer_index == Some(index))
+        });
+    }
+}
+
+/// Everything the fake has seen.
+#[derive(Debug, Default)]
+pub struct FakeState {
+    /// The simulated kernel.
+    pub kernel: Observed,
+    /// Every desired state passed to `apply`, in order (also failed ones).
+    pub applied: Vec<DesiredNode>,
+    /// The ops of each successful `apply`.
+    pub plans: Vec<Vec<Op>>,
+    /// Number of `teardown_all` calls.
+    pub teardowns: usize,
+    /// `apply` calls (0-based) that fail with [`Error::Injected`].
+    pub fail_calls: BTreeSet<usize>,
+}
+
+/// An in-memory [`Dataplane`] that plans for real against a simulated
+/// kernel and records what it was asked.
+#[derive(Debug)]
+pub struct FakeDataplane {
+    exec_root: PathBuf,
+    state: Mutex<FakeState>,
+}
+
+impl Default for FakeDataplane {
+    fn default() -> Self {
+        FakeDataplane::new("/run/weft")
+    }
+}
+
+impl FakeDataplane {
+    /// A fake whose task namespaces would live under `exec_root/netns`.
+    pub fn new(exec_root: impl Into<PathBuf>) -> FakeDataplane {
+        FakeDataplane {
+            exec_root: exec_root.into(),
+            state: Mutex::new(FakeState::default()),
+        }
+    }
+
+    /// Runs `f` on the recorded state (e.g. to inspect it, inject failures
+    /// with `fail_calls`, or simulate drift by editing `kernel`).
+    pub fn with_state<T>(&self, f: impl FnOnce(&mut FakeState) -> T) -> T {
+        f(&mut self.state.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The last desired state passed to `apply`.
+    pub fn last_applied(&self) -> Option<DesiredNode> {
+        self.with_state(|s| s.applied.last().cloned())
+    }
+
+    /// The simulated kernel.
+    pub fn kernel(&self) -> Observed {
+        self.with_state(|s| s.kernel.clone())
+    }
+}
+
+#[async_trait]
+impl Dataplane for FakeDataplane {
+    async fn apply(&self, desired: &DesiredNode) -> Result<ApplyReport> {
+        self.with_state(|s| {
+            let call = s.applied.len();
+            s.applied.push(desired.clone());
+            if s.fail_calls.contains(&call) {
+                return Err(Error::Injected { call });
+            }
+            let ops = plan(&s.kernel, desired)?;
+            for op in &ops {
+                simulate(&mut s.kernel, op);
+            }
+            s.plans.push(ops.clone());
+            Ok(ApplyReport { ops })
+        })
+    }
+
+    fn task_netns(&self, task: &TaskId) -> PathBuf {
+        self.exec_root.join("netns").join(names::task_ns(task))
+    }
+
+    async fn teardown_all(&self) -> Result<TeardownReport> {
+        self.with_state(|s| {
+            s.teardowns += 1;
+            let mut removed: Vec<String> = s
+                .kernel
+                .networks
+                .keys()
+                .map(|n| format!("netns {}", names::network_ns(n)))
+                .chain(
+                    s.kernel
+                        .tasks
+                        .keys()
+                        .map(|t| format!("netns {}", names::task_ns(t))),
+                )
+                .collect();
+            removed.extend(s.kernel.host.links.keys().map(|l| format!("link {l}")));
+            let forwarding = s.kernel.ipv4_forwarding;
+            s.kernel = Observed {
+                ipv4_forwarding: forwarding,
+                host_routes: std::mem::take(&mut s.kernel.host_routes),
+                ..Observed::default()
+            };
+            Ok(TeardownReport {
+                removed,
+                ..TeardownReport::default()
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{GatewayBridge, LocalEndpoint, OverlayNet, TaskNet};
+
+    fn desired() -> DesiredNode {
+        let mut d = DesiredNode::new("198.18.0.1".parse().unwrap());
+        d.gateway = Some(GatewayBridge::default());
+        d.networks.insert(
+            "n1".into(),
+            OverlayNet {
+                vni: 7,
+                subnet: "10.0.9.0/24".parse().unwrap(),
+                gateway: "10.0.9.1".parse().unwrap(),
+                mtu: 1450,
+                internal: false,
+                remote: Default::default(),
+            },
+        );
+        d.tasks.insert(
+            "t1".into(),
+            TaskNet {
+                endpoints: vec![LocalEndpoint {
+                    network: "n1".into(),
+                    ifname: "eth0".into(),
+                    ip: "10.0.9.2/24".parse().unwrap(),
+                    mac: "02:42:0a:00:09:02".parse().unwrap(),
+                }],
+                gateway: None,
+            },
+        );
+        d
+    }
+
+    #[tokio::test]
+    async fn records_plans_converges_and_fails_on_demand() {
+        let fake = FakeDataplane::new("/x");
+        let d = desired();
+        assert!(!fake.apply(&d).await.unwrap().ops.is_empty());
+        assert!(fake.apply(&d).await.unwrap().ops.is_empty());
+        assert_eq!(fake.last_applied(), Some(d.clone()));
+        assert!(fake.kernel().tasks.contains_key(&TaskId::from("t1")));
+        assert_eq!(
+            fake.task_netns(&"t1".into()),
+            PathBuf::from("/x/netns/task-t1")
+        );
+
+        fake.with_state(|s| s.fail_calls.insert(2));
+        assert!(matches!(
+            fake.apply(&d).await,
+            Err(Error::Injected { call: 2 })
+        ));
+        // Drift in the simulated kernel is repaired by the next apply.
+        fake.with_state(|s| {
+            simulate(
+                &mut s.kernel,
+                &Op::DeleteLink {
+                    ns: NsRef::Network("n1".into()),
+                    name: "weft-vx7".into(),
+                },
+            )
+        });
+        let ops = fake.apply(&d).await.unwrap().ops;
+        assert!(matches!(ops[0], Op::CreateVxlan { .. }), "{ops:?}");
+
+        let report = fake.teardown_all().await.unwrap();
+        assert!(report.is_clean());
+        assert!(report.removed.iter().any(|r| r == "netns net-n1"));
+        assert!(fake.kernel().networks.is_empty());
+        assert_eq!(fake.with_state(|s| (s.teardowns, s.plans.len())), (1, 3));
+    }
+}

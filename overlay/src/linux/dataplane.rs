@@ -1,0 +1,754 @@
+//! [`LinuxDataplane`]: the real [`Dataplane`]. It reads the kernel into an
+//! [`Observed`] (pins under `<exec_root>/netns`, links, addresses, FDB and
+//! neighbour entries, routes, the `weft` nftables tables), asks the pure
+//! planner for the ops and executes them with the primitives of this module
+//! tree.
+//!
+//! The daemon's own namespace is a [`Netns`] handle given at construction,
+//! not the calling thread's: the daemon passes [`Netns::current`], tests and
+//! the lab pass an underlay host's namespace, and nothing ever runs in the
+//! real host namespace by accident.
+//!
+//! ```text
+//!  apply(desired): lock ─ observe ─ plan (pure) ─ execute ops in order
+//!                  (keeps going past a failed op; the next apply retries)
+//! ```
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use ipnetwork::IpNetwork;
+use nftables::batch::Batch;
+use nftables::expr::{Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix};
+use nftables::schema::{Chain, NfListObject, NfObject, Rule, Table};
+use nftables::stmt::{Match, Operator, Statement};
+use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
+
+use super::error::Error as LinuxError;
+use super::netlink::{Link, LinkKind, Netlink, VethSpec, VxlanSpec};
+use super::netns::Netns;
+use super::nft;
+use super::topology::teardown_pins;
+use crate::dataplane::{ApplyReport, Dataplane, Error, OpFailure, Result, TeardownReport};
+use crate::model::names::{self, GATEWAY_BRIDGE, NFT_TABLE};
+use crate::model::{DesiredNode, NetworkId, TaskId};
+use crate::plan::{
+    HostRoute, NsRef, Observed, ObservedFdb, ObservedKind, ObservedLink, ObservedNeigh, ObservedNs,
+    ObservedRoute, ObservedVxlan, Op, plan,
+};
+
+type LResult<T> = std::result::Result<T, LinuxError>;
+
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+/// The Linux data plane of one daemon.
+#[derive(Debug)]
+pub struct LinuxDataplane {
+    exec_root: PathBuf,
+    host: Netns,
+    lock: tokio::sync::Mutex<()>,
+}
+
+impl LinuxDataplane {
+    /// A data plane whose namespaces are pinned under `<exec_root>/netns`
+    /// and whose "own" namespace (underlay, gateway bridge, nftables) is
+    /// `host`.
+    pub fn new(exec_root: impl Into<PathBuf>, host: Netns) -> LinuxDataplane {
+        LinuxDataplane {
+            exec_root: exec_root.into(),
+            host,
+            lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// A data plane working in the calling thread's namespace (for the
+    /// daemon: call it from `main` or any tokio worker, never from a thread
+    /// that joined another namespace).
+    pub fn in_current_netns(exec_root: impl Into<PathBuf>) -> LResult<LinuxDataplane> {
+        Ok(Self::new(exec_root, Netns::current()?))
+    }
+
+    /// The directory holding the namespace pins.
+    pub fn netns_dir(&self) -> PathBuf {
+        self.exec_root.join("netns")
+    }
+
+    /// The daemon's namespace this data plane treats as its own.
+    pub fn host_netns(&self) -> &Netns {
+        &self.host
+    }
+
+    fn pin(&self, ns: &NsRef) -> PathBuf {
+        match ns {
+            NsRef::Host => self.host.path().to_owned(),
+            NsRef::Network(n) => self.netns_dir().join(names::network_ns(n)),
+            NsRef::Task(t) => self.netns_dir().join(names::task_ns(t)),
+        }
+    }
+
+    /// Reads what exists in the kernel. Must run inside a tokio runtime.
+    pub async fn observe(&self) -> LResult<Observed> {
+        let host_nl = Netlink::open(&self.host)?;
+        let all = host_nl.list_links(None).await?;
+        let by_index: BTreeMap<u32, String> =
+            all.iter().map(|l| (l.index, l.name.clone())).collect();
+        let mut host = observe_ns(&host_nl, Some(names::WEFT_PREFIX), false).await?;
+        host.default_routes.clear();
+        let host_routes = host_nl
+            .list_routes()
+            .await?
+            .into_iter()
+            .map(|r| HostRoute {
+                dest: r.dest,
+                dev: r.oif.and_then(|i| by_index.get(&i).cloned()),
+            })
+            .collect();
+        let ipv4_forwarding = self
+            .host
+            .run_in(|| std::fs::read_to_string(IP_FORWARD))?
+            .map(|s| s.trim() == "1")
+            .map_err(|source| LinuxError::Io {
+                op: "read ip_forward",
+                path: IP_FORWARD.into(),
+                source,
+            })?;
+        let nat = match nft::list_ruleset_async(&self.host).await {
+            Ok(rs) => nat_of(&rs),
+            // Without nft there are no tables to see; a desired gateway
+            // then fails at ApplyNat with the install hint.
+            Err(LinuxError::NftMissing) => None,
+            Err(e) => return Err(e),
+        };
+        let mut obs = Observed {
+            host,
+            host_routes,
+            ipv4_forwarding,
+            nat,
+            networks: BTreeMap::new(),
+            tasks: BTreeMap::new(),
+        };
+        for (name, path) in self.pins()? {
+            let ns = Netns::open(&path)?;
+            let nl = Netlink::open(&ns)?;
+            if let Some(id) = name.strip_prefix(names::NET_NS_PREFIX) {
+                obs.networks
+                    .insert(NetworkId::from(id), observe_ns(&nl, None, true).await?);
+            } else if let Some(id) = name.strip_prefix(names::TASK_NS_PREFIX) {
+                obs.tasks
+                    .insert(TaskId::from(id), observe_ns(&nl, None, false).await?);
+            }
+        }
+        Ok(obs)
+    }
+
+    /// The (file name, path) of every namespace pinned under the netns
+    /// directory with a `net-` or `task-` prefix.
+    fn pins(&self) -> LResult<Vec<(String, PathBuf)>> {
+        let dir = self.netns_dir();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => {
+                return Err(LinuxError::Io {
+                    op: "read netns dir",
+                    path: dir,
+                    source,
+                });
+            }
+        };
+        let mut out = Vec::new();
+        for e in entries.flatten() {
+            let Some(name) = e.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            let ours =
+                name.starts_with(names::NET_NS_PREFIX) || name.starts_with(names::TASK_NS_PREFIX);
+            if ours && Netns::exists(e.path()) {
+                out.push((name, e.path()));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    async fn execute(&self, ops: Vec<Op>) -> Result<ApplyReport> {
+        let mut ex = Executor {
+            dp: self,
+            handles: BTreeMap::new(),
+        };
+        let mut applied = Vec::new();
+        let mut failures = Vec::new();
+        for op in ops {
+            match ex.run(&op).await {
+                Ok(()) => applied.push(op),
+                Err(source) => {
+                    tracing::warn!(?op, error = %source, "data plane op failed");
+                    failures.push(OpFailure { op, source });
+                }
+            }
+        }
+        if failures.is_empty() {
+            Ok(ApplyReport { ops: applied })
+        } else {
+            Err(Error::Apply { applied, failures })
+        }
+    }
+}
+
+/// Reads one namespace: links (only those starting with `prefix`, if
+/// given), their addresses, FDB and neighbour entries of VXLAN links (for
+/// network namespaces) and default routes.
+async fn observe_ns(nl: &Netlink, prefix: Option<&str>, vxlan_tables: bool) -> LResult<ObservedNs> {
+    let all = nl.list_links(None).await?;
+    let by_index: BTreeMap<u32, String> = all.iter().map(|l| (l.index, l.name.clone())).collect();
+    let mut addrs: BTreeMap<u32, BTreeSet<IpNetwork>> = BTreeMap::new();
+    for (idx, a) in nl.list_all_addresses().await? {
+        addrs.entry(idx).or_default().insert(a);
+    }
+    let mut out = ObservedNs::default();
+    for l in all
+        .iter()
+        .filter(|l| prefix.is_none_or(|p| l.name.starts_with(p)))
+    {
+        out.links.insert(
+            l.name.clone(),
+            observed_link(l, &by_index, addrs.remove(&l.index).unwrap_or_default()),
+        );
+        if vxlan_tables && l.kind == LinkKind::Vxlan {
+            let fdb = nl
+                .list_fdb(&l.name)
+                .await?
+                .into_iter()
+                .filter_map(|e| {
+                    Some((
+                        e.mac,
+                        ObservedFdb {
+                            remote: e.remote?,
+                            permanent: e.permanent,
+                        },
+                    ))
+                })
+                .collect();
+            out.fdb.insert(l.name.clone(), fdb);
+            let neighs = nl
+                .list_neighs(&l.name)
+                .await?
+                .into_iter()
+                .map(|e| {
+                    (
+                        e.ip,
+                        ObservedNeigh {
+                            mac: e.mac,
+                            permanent: e.permanent,
+                        },
+                    )
+                })
+                .collect();
+            out.neighs.insert(l.name.clone(), neighs);
+        }
+    }
+    if prefix.is_none() {
+        for r in nl.list_routes().await? {
+            if r.dest.prefix() == 0 {
+                out.default_routes.insert(
+                    r.dest,
+                    ObservedRoute {
+                        gateway: r.gateway,
+                        dev: r.oif.and_then(|i| by_index.get(&i).cloned()),
+                    },
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn observed_link(
+    l: &Link,
+    by_index: &BTreeMap<u32, String>,
+    addrs: BTreeSet<IpNetwork>,
+) -> ObservedLink {
+    ObservedLink {
+        index: l.index,
+        kind: match &l.kind {
+            LinkKind::Bridge => ObservedKind::Bridge,
+            LinkKind::Veth => ObservedKind::Veth,
+            LinkKind::Vxlan => ObservedKind::Vxlan,
+            other => ObservedKind::Other(other.to_string()),
+        },
+        mtu: l.mtu,
+        mac: l.mac,
+        up: l.up,
+        master: l.master.and_then(|m| by_index.get(&m).cloned()),
+        peer_index: if l.kind == LinkKind::Veth {
+            l.link
+        } else {
+            None
+        },
+        vxlan: l.vxlan.as_ref().map(|v| ObservedVxlan {
+            vni: v.vni,
+            port: v.port,
+            local: v.local,
+            learning: v.learning,
+            proxy: v.proxy,
+        }),
+        addrs,
+    }
+}
+
+/// Rule comments of the `weft` tables, `None` if neither exists.
+fn nat_of(rs: &nftables::schema::Nftables<'_>) -> Option<BTreeSet<String>> {
+    let ours = |family: &NfFamily, table: &str| {
+        table == NFT_TABLE && matches!(family, NfFamily::INet | NfFamily::Bridge)
+    };
+    let mut found = false;
+    let mut comments = BTreeSet::new();
+    for o in rs.objects.iter() {
+        match o {
+            NfObject::ListObject(NfListObject::Table(t)) if ours(&t.family, &t.name) => {
+                found = true;
+            }
+            NfObject::ListObject(NfListObject::Rule(r)) if ours(&r.family, &r.table) => {
+                if let Some(c) = &r.comment {
+                    comments.insert(c.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    found.then_some(comments)
+}
+
+/// The nftables transaction of [`Op::ApplyNat`]: both tables re-created
+/// from scratch (add + delete + add makes it work whether they exist).
+fn nat_batch(subnet: IpNetwork, bridge: &str) -> nftables::schema::Nftables<'static> {
+    let comments: Vec<String> = crate::plan::nat_comments(subnet, bridge)
+        .into_iter()
+        .collect();
+    let isolate_comment = comments
+        .iter()
+        .find(|c| c.starts_with("weft:isolate"))
+        .cloned()
+        .expect("two comments");
+    let masq_comment = comments
+        .iter()
+        .find(|c| c.starts_with("weft:masquerade"))
+        .cloned()
+        .expect("two comments");
+    let mut b = Batch::new();
+    for family in [NfFamily::INet, NfFamily::Bridge] {
+        let t = Table {
+            family,
+            name: NFT_TABLE.into(),
+            handle: None,
+        };
+        b.add(NfListObject::Table(t.clone()));
+        b.delete(NfListObject::Table(t.clone()));
+        b.add(NfListObject::Table(t));
+    }
+    b.add(NfListObject::Chain(Chain {
+        family: NfFamily::INet,
+        table: NFT_TABLE.into(),
+        name: "postrouting".into(),
+        _type: Some(NfChainType::NAT),
+        hook: Some(NfHook::Postrouting),
+        prio: Some(100),
+        policy: Some(NfChainPolicy::Accept),
+        ..Default::default()
+    }));
+    let proto = if subnet.is_ipv4() { "ip" } else { "ip6" };
+    b.add(NfListObject::Rule(Rule {
+        family: NfFamily::INet,
+        table: NFT_TABLE.into(),
+        chain: "postrouting".into(),
+        expr: Cow::Owned(vec![
+            Statement::Match(Match {
+                left: Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+                    PayloadField {
+                        protocol: proto.into(),
+                        field: "saddr".into(),
+                    },
+                ))),
+                right: Expression::Named(NamedExpression::Prefix(Prefix {
+                    addr: Box::new(Expression::String(subnet.network().to_string().into())),
+                    len: u32::from(subnet.prefix()),
+                })),
+                op: Operator::EQ,
+            }),
+            Statement::Match(Match {
+                left: Expression::Named(NamedExpression::Meta(Meta {
+                    key: MetaKey::Oifname,
+                })),
+                right: Expression::String(bridge.to_owned().into()),
+                op: Operator::NEQ,
+            }),
+            Statement::Masquerade(None),
+        ]),
+        comment: Some(masq_comment.into()),
+        ..Default::default()
+    }));
+    // Tasks of different networks share the gateway bridge: frames between
+    // its task ports are dropped (Docker's icc=false), tasks reach only the
+    // host. (nft 1.0.6 does not know the crate's "ibridgename" meta key, so
+    // the ports are matched by our name prefix, `weftgw*`.)
+    let port_match = |key| {
+        Statement::Match(Match {
+            left: Expression::Named(NamedExpression::Meta(Meta { key })),
+            right: Expression::String(format!("{}*", names::GW_PORT_PREFIX).into()),
+            op: Operator::EQ,
+        })
+    };
+    b.add(NfListObject::Chain(Chain {
+        family: NfFamily::Bridge,
+        table: NFT_TABLE.into(),
+        name: "forward".into(),
+        _type: Some(NfChainType::Filter),
+        hook: Some(NfHook::Forward),
+        prio: Some(0),
+        policy: Some(NfChainPolicy::Accept),
+        ..Default::default()
+    }));
+    b.add(NfListObject::Rule(Rule {
+        family: NfFamily::Bridge,
+        table: NFT_TABLE.into(),
+        chain: "forward".into(),
+        expr: Cow::Owned(vec![
+            port_match(MetaKey::Iifname),
+            port_match(MetaKey::Oifname),
+            Statement::Drop(None),
+        ]),
+        comment: Some(isolate_comment.into()),
+        ..Default::default()
+    }));
+    b.to_nftables()
+}
+
+/// The transaction deleting both `weft` tables (whether or not they exist).
+fn delete_nat_batch() -> nftables::schema::Nftables<'static> {
+    let mut b = Batch::new();
+    for family in [NfFamily::INet, NfFamily::Bridge] {
+        let t = Table {
+            family,
+            name: NFT_TABLE.into(),
+            handle: None,
+        };
+        b.add(NfListObject::Table(t.clone()));
+        b.delete(NfListObject::Table(t));
+    }
+    b.to_nftables()
+}
+
+/// Runs ops, holding one netlink handle per namespace for the whole apply.
+struct Executor<'a> {
+    dp: &'a LinuxDataplane,
+    handles: BTreeMap<NsRef, Netlink>,
+}
+
+impl Executor<'_> {
+    fn open(&mut self, ns: &NsRef) -> LResult<()> {
+        if !self.handles.contains_key(ns) {
+            let netns = match ns {
+                NsRef::Host => self.dp.host.clone(),
+                _ => Netns::open(self.dp.pin(ns))?,
+            };
+            self.handles.insert(ns.clone(), Netlink::open(&netns)?);
+        }
+        Ok(())
+    }
+
+    fn nl(&mut self, ns: &NsRef) -> LResult<&Netlink> {
+        self.open(ns)?;
+        Ok(&self.handles[ns])
+    }
+
+    async fn run(&mut self, op: &Op) -> LResult<()> {
+        match op {
+            Op::CreateNetns { ns } => {
+                Netns::create(self.dp.pin(ns))?;
+                Ok(())
+            }
+            Op::DeleteNetns { ns } => {
+                // Our handle would keep the namespace alive.
+                self.handles.remove(ns);
+                Netns::delete(self.dp.pin(ns))
+            }
+            Op::CreateBridge { ns, name, mtu } => {
+                self.nl(ns)?.create_bridge(name, Some(*mtu)).await
+            }
+            Op::CreateVxlan {
+                network,
+                name,
+                vni,
+                port,
+                local,
+                mtu,
+            } => {
+                let net = NsRef::Network(network.clone());
+                self.open(&NsRef::Host)?;
+                self.open(&net)?;
+                let spec = VxlanSpec {
+                    name: name.clone(),
+                    vni: *vni,
+                    port: *port,
+                    local: *local,
+                    underlay_dev: None,
+                    mtu: Some(*mtu),
+                    mac: None,
+                    proxy: true,
+                };
+                self.handles[&NsRef::Host]
+                    .create_vxlan(&spec, &self.handles[&net])
+                    .await
+            }
+            Op::CreateVeth {
+                ns,
+                name,
+                mac,
+                peer_ns,
+                peer_name,
+                peer_mac,
+                mtu,
+            } => {
+                self.open(ns)?;
+                self.open(peer_ns)?;
+                let spec = VethSpec {
+                    name: name.clone(),
+                    peer_name: peer_name.clone(),
+                    mtu: Some(*mtu),
+                    mac: *mac,
+                    peer_mac: *peer_mac,
+                };
+                self.handles[ns]
+                    .create_veth(&spec, &self.handles[peer_ns])
+                    .await
+            }
+            Op::DeleteLink { ns, name } => self.nl(ns)?.delete_link(name).await,
+            Op::SetMtu { ns, link, mtu } => self.nl(ns)?.set_mtu(link, *mtu).await,
+            Op::SetMac { ns, link, mac } => self.nl(ns)?.set_mac(link, *mac).await,
+            Op::SetMaster { ns, link, master } => self.nl(ns)?.set_master(link, Some(master)).await,
+            Op::SetUp { ns, link } => self.nl(ns)?.set_up(link).await,
+            Op::AddAddress { ns, link, addr } => self.nl(ns)?.add_address(link, *addr).await,
+            Op::DeleteAddress { ns, link, addr } => self.nl(ns)?.delete_address(link, *addr).await,
+            Op::ReplaceDefaultRoute { ns, gateway, dev } => {
+                self.nl(ns)?
+                    .replace_default_route(*gateway, Some(dev))
+                    .await
+            }
+            Op::DeleteRoute { ns, dest } => self.nl(ns)?.delete_route(*dest).await,
+            Op::ReplaceFdb {
+                network,
+                link,
+                mac,
+                vtep,
+            } => {
+                self.nl(&NsRef::Network(network.clone()))?
+                    .replace_fdb(link, *mac, *vtep)
+                    .await
+            }
+            Op::DeleteFdb { network, link, mac } => {
+                self.nl(&NsRef::Network(network.clone()))?
+                    .delete_fdb(link, *mac, None)
+                    .await
+            }
+            Op::ReplaceNeigh {
+                network,
+                link,
+                ip,
+                mac,
+            } => {
+                self.nl(&NsRef::Network(network.clone()))?
+                    .replace_neigh(link, *ip, *mac)
+                    .await
+            }
+            Op::DeleteNeigh { network, link, ip } => {
+                self.nl(&NsRef::Network(network.clone()))?
+                    .delete_neigh(link, *ip)
+                    .await
+            }
+            Op::EnableIpv4Forwarding => self
+                .dp
+                .host
+                .run_in(|| std::fs::write(IP_FORWARD, "1"))?
+                .map_err(|source| LinuxError::Io {
+                    op: "enable ip_forward",
+                    path: IP_FORWARD.into(),
+                    source,
+                }),
+            Op::ApplyNat { subnet, bridge } => {
+                nft::check_nft()?;
+                nft::apply_async(&self.dp.host, nat_batch(*subnet, bridge)).await
+            }
+            Op::DeleteNat => nft::apply_async(&self.dp.host, delete_nat_batch()).await,
+        }
+    }
+}
+
+#[async_trait]
+impl Dataplane for LinuxDataplane {
+    async fn apply(&self, desired: &DesiredNode) -> Result<ApplyReport> {
+        let _guard = self.lock.lock().await;
+        let observed = self.observe().await.map_err(Error::Observe)?;
+        let ops = plan(&observed, desired)?;
+        if !ops.is_empty() {
+            tracing::debug!(ops = ops.len(), "applying data plane changes");
+        }
+        self.execute(ops).await
+    }
+
+    fn task_netns(&self, task: &TaskId) -> PathBuf {
+        self.pin(&NsRef::Task(task.clone()))
+    }
+
+    async fn teardown_all(&self) -> Result<TeardownReport> {
+        let _guard = self.lock.lock().await;
+        let mut report = TeardownReport::default();
+        let host_nl = Netlink::open(&self.host)?;
+        // Daemon-side links first: gateway ports, stray VXLAN devices, the
+        // gateway bridge.
+        match host_nl.list_links(Some(names::WEFT_PREFIX)).await {
+            Ok(links) => {
+                let mut links: Vec<Link> = links
+                    .into_iter()
+                    .filter(|l| {
+                        l.name == GATEWAY_BRIDGE
+                            || l.name.starts_with(names::GW_PORT_PREFIX)
+                            || l.name.starts_with(names::VXLAN_PREFIX)
+                    })
+                    .collect();
+                // The bridge last.
+                links.sort_by_key(|l| l.name == GATEWAY_BRIDGE);
+                for l in links {
+                    match host_nl.delete_link(&l.name).await {
+                        Ok(()) => report.removed.push(format!("link {}", l.name)),
+                        Err(e) => report.errors.push(e.into()),
+                    }
+                }
+            }
+            Err(e) => report.errors.push(e.into()),
+        }
+        match nft::list_ruleset_async(&self.host).await {
+            Ok(rs) if nat_of(&rs).is_some() => {
+                match nft::apply_async(&self.host, delete_nat_batch()).await {
+                    Ok(()) => report
+                        .removed
+                        .push(format!("nft tables inet/bridge {NFT_TABLE}")),
+                    Err(e) => report.errors.push(e.into()),
+                }
+            }
+            Ok(_) | Err(LinuxError::NftMissing) => {}
+            Err(e) => report.errors.push(e.into()),
+        }
+        // VXLAN devices inside network namespaces go synchronously, so their
+        // VNIs are free at once; the rest goes with the namespaces.
+        let pins = match self.pins() {
+            Ok(p) => p,
+            Err(e) => {
+                report.errors.push(e.into());
+                Vec::new()
+            }
+        };
+        for (name, path) in &pins {
+            if !name.starts_with(names::NET_NS_PREFIX) {
+                continue;
+            }
+            let r: LResult<()> = async {
+                let nl = Netlink::open(&Netns::open(path)?)?;
+                for l in nl.list_links(None).await? {
+                    if matches!(l.kind, LinkKind::Vxlan | LinkKind::Veth) {
+                        nl.delete_link(&l.name).await?;
+                    }
+                }
+                Ok(())
+            }
+            .await;
+            if let Err(e) = r {
+                report.errors.push(e.into());
+            }
+        }
+        let paths: Vec<PathBuf> = pins.into_iter().map(|(_, p)| p).collect();
+        let pinned = teardown_pins(&paths);
+        report.killed = pinned.killed;
+        report.removed.extend(
+            pinned
+                .removed
+                .iter()
+                .map(|p| format!("netns {}", p.display())),
+        );
+        report
+            .errors
+            .extend(pinned.errors.into_iter().map(Error::from));
+        // Only an empty directory goes; anything else there is not ours.
+        let _ = std::fs::remove_dir(self.netns_dir());
+        Ok(report)
+    }
+}
+
+/// The MTU of the interface holding `ip` in namespace `ns` (the daemon's
+/// underlay MTU, reported at join), or `None` if no interface has it.
+/// Must run inside a tokio runtime.
+pub async fn underlay_mtu_of(ns: &Netns, ip: IpAddr) -> LResult<Option<u32>> {
+    let nl = Netlink::open(ns)?;
+    let Some(index) = nl
+        .list_all_addresses()
+        .await?
+        .into_iter()
+        .find(|(_, a)| a.ip() == ip)
+        .map(|(i, _)| i)
+    else {
+        return Ok(None);
+    };
+    Ok(nl
+        .list_links(None)
+        .await?
+        .into_iter()
+        .find(|l| l.index == index)
+        .and_then(|l| l.mtu))
+}
+
+/// The pin path of a task's namespace under `exec_root` (what
+/// [`Dataplane::task_netns`] returns), for callers without a data plane.
+pub fn task_netns_path(exec_root: &Path, task: &TaskId) -> PathBuf {
+    exec_root.join("netns").join(names::task_ns(task))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nat_batch_round_trips_through_the_comment_check() {
+        let subnet: IpNetwork = "172.18.0.0/16".parse().unwrap();
+        let rs = nat_batch(subnet, GATEWAY_BRIDGE);
+        let json = serde_json::to_string(&rs).unwrap();
+        assert!(json.contains("masquerade"), "{json}");
+        assert!(json.contains("\"weftgw*\""), "{json}");
+        // What `nat_of` reads back from a listing with these rules is the
+        // set the planner wants.
+        let mut listed = Batch::new();
+        for o in rs.objects.iter() {
+            if let NfObject::CmdObject(nftables::schema::NfCmd::Add(obj)) = o {
+                listed.add(obj.clone());
+            }
+        }
+        let listed = nftables::schema::Nftables {
+            objects: listed
+                .to_nftables()
+                .objects
+                .iter()
+                .map(|o| match o {
+                    NfObject::CmdObject(nftables::schema::NfCmd::Add(obj)) => {
+                        NfObject::ListObject(obj.clone())
+                    }
+                    other => other.clone(),
+                })
+                .collect(),
+        };
+        assert_eq!(
+            nat_of(&listed),
+            Some(crate::plan::nat_comments(subnet, GATEWAY_BRIDGE))
+        );
+    }
+}

@@ -1,0 +1,350 @@
+//! The desired state of one node's data plane: which overlay networks exist
+//! here (with their remote endpoints), which local tasks attach to them and
+//! the gateway bridge for egress. The worker builds a [`DesiredNode`] from
+//! the manager's `NodeConfig`; [`crate::plan`] diffs it against the kernel.
+//!
+//! Everything is family-agnostic (`IpAddr`, `IpNetwork`), serde-serialisable
+//! and kept in ordered maps so plans are deterministic. Kernel names are
+//! derived here too ([`names`]), so the planner, the Linux executor and the
+//! teardown agree on them.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+
+use ipnetwork::IpNetwork;
+use serde::{Deserialize, Serialize};
+
+use crate::mac::MacAddr;
+
+/// The default VXLAN UDP port (IANA).
+pub const DEFAULT_VXLAN_PORT: u16 = 4789;
+
+/// Bytes VXLAN adds to every frame (outer IPv4 20 + UDP 8 + VXLAN 8 +
+/// inner Ethernet 14).
+pub const VXLAN_OVERHEAD: u32 = 50;
+
+/// Bytes WireGuard adds on top (outer IPv6-sized IP 40 + UDP 8 + WireGuard
+/// header and tag 32, the figure `wg-quick` uses: 1500 -> 1420).
+pub const WIREGUARD_OVERHEAD: u32 = 60;
+
+/// The MTU of an overlay network over an underlay of `underlay_mtu`.
+pub fn overlay_mtu(underlay_mtu: u32) -> u32 {
+    underlay_mtu.saturating_sub(VXLAN_OVERHEAD)
+}
+
+/// The MTU of an encrypted overlay network (VXLAN inside WireGuard) over an
+/// underlay of `underlay_mtu`.
+pub fn encrypted_overlay_mtu(underlay_mtu: u32) -> u32 {
+    overlay_mtu(underlay_mtu).saturating_sub(WIREGUARD_OVERHEAD)
+}
+
+macro_rules! string_id {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(pub String);
+
+        impl $name {
+            /// The id as a string.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl From<&str> for $name {
+            fn from(s: &str) -> Self {
+                $name(s.to_owned())
+            }
+        }
+
+        impl From<String> for $name {
+            fn from(s: String) -> Self {
+                $name(s)
+            }
+        }
+    };
+}
+
+string_id!(
+    /// A network's cluster-wide id (names its namespace `net-<id>`).
+    NetworkId
+);
+string_id!(
+    /// A task's cluster-wide id (names its namespace `task-<id>`).
+    TaskId
+);
+string_id!(
+    /// An endpoint's id (a task's attachment to a network), cluster-wide.
+    EndpointId
+);
+
+/// Everything the data plane of one node should look like.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DesiredNode {
+    /// This node's data-path (underlay) address: the VXLAN source.
+    pub vtep: IpAddr,
+    /// The VXLAN UDP port (`--data-path-port`, default 4789).
+    pub vxlan_port: u16,
+    /// The gateway bridge for egress; `None` removes it.
+    pub gateway: Option<GatewayBridge>,
+    /// The overlay networks this node takes part in.
+    pub networks: BTreeMap<NetworkId, OverlayNet>,
+    /// The local tasks' network attachments.
+    pub tasks: BTreeMap<TaskId, TaskNet>,
+}
+
+impl DesiredNode {
+    /// An empty node state with the default VXLAN port and no gateway.
+    pub fn new(vtep: IpAddr) -> DesiredNode {
+        DesiredNode {
+            vtep,
+            vxlan_port: DEFAULT_VXLAN_PORT,
+            gateway: None,
+            networks: BTreeMap::new(),
+            tasks: BTreeMap::new(),
+        }
+    }
+}
+
+/// The gateway bridge `weft_gwbridge` in the daemon's namespace: tasks on
+/// non-internal networks get a second veth into it, a default route via
+/// [`gateway`](GatewayBridge::gateway) and masquerade for egress.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayBridge {
+    /// Its subnet (default 172.18.0.0/16); must not collide with a route of
+    /// the daemon's namespace.
+    pub subnet: IpNetwork,
+    /// The bridge's own address in `subnet` (default 172.18.0.1).
+    pub gateway: IpAddr,
+    /// MTU of the bridge and the task veths plugged into it.
+    pub mtu: u32,
+}
+
+impl Default for GatewayBridge {
+    fn default() -> Self {
+        GatewayBridge {
+            subnet: IpNetwork::new(IpAddr::V4(Ipv4Addr::new(172, 18, 0, 0)), 16)
+                .expect("valid prefix"),
+            gateway: IpAddr::V4(Ipv4Addr::new(172, 18, 0, 1)),
+            mtu: 1500,
+        }
+    }
+}
+
+impl GatewayBridge {
+    /// The bridge's address with the subnet's prefix length.
+    pub fn bridge_address(&self) -> IpNetwork {
+        IpNetwork::new(self.gateway, self.subnet.prefix()).expect("prefix of a valid subnet")
+    }
+}
+
+/// One overlay network as seen from this node.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverlayNet {
+    /// VXLAN network identifier (24 bits), unique per node.
+    pub vni: u32,
+    /// The network's subnet.
+    pub subnet: IpNetwork,
+    /// The gateway address, put on the network's bridge (as Docker does).
+    pub gateway: IpAddr,
+    /// MTU of the bridge, the VXLAN device and every task veth.
+    pub mtu: u32,
+    /// Internal networks give their tasks no way out (no gateway attachment
+    /// on their account).
+    pub internal: bool,
+    /// Endpoints of this network on other nodes.
+    pub remote: BTreeMap<EndpointId, RemoteEndpoint>,
+}
+
+impl OverlayNet {
+    /// The gateway address with the subnet's prefix length (on `br0`).
+    pub fn bridge_address(&self) -> IpNetwork {
+        IpNetwork::new(self.gateway, self.subnet.prefix()).expect("prefix of a valid subnet")
+    }
+}
+
+/// An endpoint on another node: one static FDB entry (MAC -> VTEP) and one
+/// permanent neighbour entry (IP -> MAC) on the VXLAN device.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoteEndpoint {
+    /// Its overlay address.
+    pub ip: IpAddr,
+    /// Its MAC.
+    pub mac: MacAddr,
+    /// The underlay address of its node.
+    pub vtep: IpAddr,
+}
+
+/// The network attachments of one local task (its own namespace).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct TaskNet {
+    /// One veth per attached network.
+    pub endpoints: Vec<LocalEndpoint>,
+    /// The veth `gw0` into the gateway bridge and the default route through
+    /// it; `None` when all the task's networks are internal.
+    pub gateway: Option<GwAttachment>,
+}
+
+/// A local task's attachment to an overlay network.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalEndpoint {
+    /// The network (must be in [`DesiredNode::networks`]).
+    pub network: NetworkId,
+    /// Interface name inside the task (`eth0`, `eth1` …).
+    pub ifname: String,
+    /// Its address with the network's prefix length.
+    pub ip: IpNetwork,
+    /// Its MAC.
+    pub mac: MacAddr,
+}
+
+/// A task's attachment to the gateway bridge.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GwAttachment {
+    /// Its address with the gateway subnet's prefix length.
+    pub ip: IpNetwork,
+    /// Its MAC.
+    pub mac: MacAddr,
+}
+
+/// Kernel names, derived from ids, shared by the planner, the executor and
+/// teardown. Everything living in the daemon's namespace starts with
+/// [`WEFT_PREFIX`].
+pub mod names {
+    use super::{NetworkId, TaskId};
+
+    /// Prefix of every object weft makes in the daemon's namespace.
+    pub const WEFT_PREFIX: &str = "weft";
+    /// The gateway bridge in the daemon's namespace.
+    pub const GATEWAY_BRIDGE: &str = "weft_gwbridge";
+    /// Prefix of the daemon-side ends of the task veths into the gateway
+    /// bridge (`weftgw` + 9 hex digits of the task id's hash).
+    pub const GW_PORT_PREFIX: &str = "weftgw";
+    /// Prefix of VXLAN devices (`weft-vx<vni>`); they are created in the
+    /// daemon's namespace and moved into their network's namespace.
+    pub const VXLAN_PREFIX: &str = "weft-vx";
+    /// The bridge inside every network namespace.
+    pub const NETWORK_BRIDGE: &str = "br0";
+    /// Prefix of the network-side ends of task veths (`vt` + 10 hex digits).
+    pub const PORT_PREFIX: &str = "vt";
+    /// The task end of the gateway veth.
+    pub const TASK_GW_IF: &str = "gw0";
+    /// The loopback device.
+    pub const LOOPBACK: &str = "lo";
+    /// Name of the nftables tables (families `inet` and `bridge`).
+    pub const NFT_TABLE: &str = "weft";
+    /// Pin file prefix of network namespaces.
+    pub const NET_NS_PREFIX: &str = "net-";
+    /// Pin file prefix of task namespaces.
+    pub const TASK_NS_PREFIX: &str = "task-";
+
+    /// FNV-1a (64 bit): stable across versions and platforms, which
+    /// `std`'s hasher is not; names must survive a daemon upgrade.
+    fn fnv1a(s: &str) -> u64 {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in s.bytes() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h
+    }
+
+    fn short_hash(s: &str, digits: usize) -> String {
+        let mut h = format!("{:016x}", fnv1a(s));
+        h.truncate(digits);
+        h
+    }
+
+    /// The VXLAN device of the network with `vni`.
+    pub fn vxlan(vni: u32) -> String {
+        format!("{VXLAN_PREFIX}{vni}")
+    }
+
+    /// The network-side end (plugged into `br0`) of `task`'s veth.
+    pub fn port(task: &TaskId) -> String {
+        format!("{PORT_PREFIX}{}", short_hash(task.as_str(), 10))
+    }
+
+    /// The daemon-side end (plugged into the gateway bridge) of `task`'s
+    /// gateway veth.
+    pub fn gw_port(task: &TaskId) -> String {
+        format!("{GW_PORT_PREFIX}{}", short_hash(task.as_str(), 9))
+    }
+
+    /// Pin file name of `network`'s namespace.
+    pub fn network_ns(network: &NetworkId) -> String {
+        format!("{NET_NS_PREFIX}{network}")
+    }
+
+    /// Pin file name of `task`'s namespace.
+    pub fn task_ns(task: &TaskId) -> String {
+        format!("{TASK_NS_PREFIX}{task}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mtus() {
+        assert_eq!(overlay_mtu(1500), 1450);
+        assert_eq!(encrypted_overlay_mtu(1500), 1390);
+        assert_eq!(overlay_mtu(9000), 8950);
+        assert_eq!(overlay_mtu(20), 0);
+        assert_eq!(encrypted_overlay_mtu(100), 0);
+    }
+
+    #[test]
+    fn names_fit_the_kernel_limit_and_are_stable() {
+        let t = TaskId::from("x".repeat(200).as_str());
+        assert_eq!(names::port(&t).len(), 12);
+        assert_eq!(names::gw_port(&t).len(), 15);
+        assert_eq!(names::vxlan(16_777_215), "weft-vx16777215");
+        assert!(names::gw_port(&t).starts_with(names::WEFT_PREFIX));
+        assert!(names::vxlan(1).starts_with(names::WEFT_PREFIX));
+        assert!(names::GATEWAY_BRIDGE.starts_with(names::WEFT_PREFIX));
+        // Pinned values: changing the hash would orphan a running node's
+        // objects on upgrade.
+        assert_eq!(names::port(&TaskId::from("t1")), "vt08c7ff07b5");
+        assert_ne!(
+            names::port(&TaskId::from("t1")),
+            names::port(&TaskId::from("t2"))
+        );
+    }
+
+    #[test]
+    fn serde_round_trip() {
+        let mut d = DesiredNode::new("198.18.0.1".parse().unwrap());
+        d.gateway = Some(GatewayBridge::default());
+        d.networks.insert(
+            "n1".into(),
+            OverlayNet {
+                vni: 4096,
+                subnet: "10.0.9.0/24".parse().unwrap(),
+                gateway: "10.0.9.1".parse().unwrap(),
+                mtu: 1450,
+                internal: false,
+                remote: BTreeMap::from([(
+                    "e2".into(),
+                    RemoteEndpoint {
+                        ip: "10.0.9.3".parse().unwrap(),
+                        mac: "02:42:0a:00:09:03".parse().unwrap(),
+                        vtep: "198.18.0.2".parse().unwrap(),
+                    },
+                )]),
+            },
+        );
+        let j = serde_json::to_string(&d).unwrap();
+        assert_eq!(serde_json::from_str::<DesiredNode>(&j).unwrap(), d);
+        assert!(j.contains("\"n1\""));
+    }
+}

@@ -1,0 +1,1180 @@
+//! The pure planner: what exists ([`Observed`]) + what should exist
+//! ([`DesiredNode`]) -> the ordered kernel operations ([`Op`]) that make the
+//! first into the second. No IO here; the Linux executor
+//! ([`crate::linux::dataplane`]) reads the kernel into an `Observed` and runs
+//! the ops, the fake ([`crate::fake`]) simulates them.
+//!
+//! Kernel layout (DESIGN §3), names from [`crate::model::names`]:
+//!
+//! ```text
+//!  daemon ns:  weft_gwbridge (gw ip) ── weftgw<h(t)> ─veth─┐        nft: inet weft (masquerade)
+//!                                                        │             bridge weft (port isolation)
+//!  <exec>/netns/net-<n>:  br0 (net gateway ip)            │
+//!                          ├─ weft-vx<vni> (learning off, proxy on; FDB + neigh per remote)
+//!                          └─ vt<h(t)> ─veth─┐            │
+//!  <exec>/netns/task-<t>:  lo, eth<i> ───────┘ (ip, mac)  gw0 (ip, mac), default via gw bridge
+//! ```
+//!
+//! Op order: deletes first (stale or mis-shaped links, removed tasks, then
+//! removed networks, stale FDB/neighbour entries, addresses and routes, the
+//! NAT tables), then creates (namespaces, bridges and VXLAN devices, veth
+//! pairs), then link properties (MTU, MAC, master, addresses, up), then
+//! routes, FDB/neighbour entries and NAT. Links that cross namespaces are
+//! deleted explicitly before their namespace goes, so the next observation
+//! never sees the kernel's asynchronous namespace cleanup half done.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+use serde::{Deserialize, Serialize};
+
+use crate::mac::MacAddr;
+use crate::model::names::{self, GATEWAY_BRIDGE, LOOPBACK, NETWORK_BRIDGE, TASK_GW_IF};
+use crate::model::{DesiredNode, NetworkId, TaskId};
+
+// ------------------------------------------------------------------ observed
+
+/// A namespace the data plane works in.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum NsRef {
+    /// The daemon's own namespace (the "host"; the underlay).
+    Host,
+    /// A network's namespace, pinned at `<exec_root>/netns/net-<id>`.
+    Network(NetworkId),
+    /// A task's namespace, pinned at `<exec_root>/netns/task-<id>`.
+    Task(TaskId),
+}
+
+impl fmt::Display for NsRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NsRef::Host => f.write_str("host"),
+            NsRef::Network(n) => write!(f, "{}", names::network_ns(n)),
+            NsRef::Task(t) => write!(f, "{}", names::task_ns(t)),
+        }
+    }
+}
+
+/// The kind of an observed link.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ObservedKind {
+    /// A bridge.
+    Bridge,
+    /// One end of a veth pair.
+    Veth,
+    /// A VXLAN device.
+    Vxlan,
+    /// Anything else (loopback, dummy, tun …), by kernel kind name.
+    Other(String),
+}
+
+/// VXLAN properties of an observed link.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedVxlan {
+    /// VNI.
+    pub vni: Option<u32>,
+    /// UDP port.
+    pub port: Option<u16>,
+    /// Local VTEP.
+    pub local: Option<IpAddr>,
+    /// Learning on?
+    pub learning: Option<bool>,
+    /// ARP/NDP proxy on?
+    pub proxy: Option<bool>,
+}
+
+/// A link as it exists in the kernel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedLink {
+    /// Interface index in its namespace.
+    pub index: u32,
+    /// Kind.
+    pub kind: ObservedKind,
+    /// MTU.
+    pub mtu: Option<u32>,
+    /// Hardware address.
+    pub mac: Option<MacAddr>,
+    /// Administratively up.
+    pub up: bool,
+    /// Name of the bridge it is enslaved to (same namespace).
+    pub master: Option<String>,
+    /// For a veth: the peer's index (in the peer's namespace).
+    pub peer_index: Option<u32>,
+    /// VXLAN details.
+    pub vxlan: Option<ObservedVxlan>,
+    /// Addresses (IPv6 link-local ones included as the kernel reports them;
+    /// the planner ignores those).
+    pub addrs: BTreeSet<IpNetwork>,
+}
+
+/// A static FDB entry with a remote VTEP.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedFdb {
+    /// Remote VTEP.
+    pub remote: IpAddr,
+    /// Permanent (static)?
+    pub permanent: bool,
+}
+
+/// A neighbour entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedNeigh {
+    /// Link-layer address, if resolved.
+    pub mac: Option<MacAddr>,
+    /// Permanent (static)?
+    pub permanent: bool,
+}
+
+/// A default route.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedRoute {
+    /// Next hop.
+    pub gateway: Option<IpAddr>,
+    /// Output device name.
+    pub dev: Option<String>,
+}
+
+/// What one namespace holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedNs {
+    /// Links by name (for the host: only `weft`-prefixed ones).
+    pub links: BTreeMap<String, ObservedLink>,
+    /// Per VXLAN link: its FDB entries with a remote, by MAC.
+    pub fdb: BTreeMap<String, BTreeMap<MacAddr, ObservedFdb>>,
+    /// Per VXLAN link: its neighbour entries, by IP.
+    pub neighs: BTreeMap<String, BTreeMap<IpAddr, ObservedNeigh>>,
+    /// Default routes of the main table, by destination (`0.0.0.0/0`, `::/0`).
+    pub default_routes: BTreeMap<IpNetwork, ObservedRoute>,
+}
+
+/// A route of the daemon's namespace (for the gateway collision check).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostRoute {
+    /// Destination.
+    pub dest: IpNetwork,
+    /// Output device name.
+    pub dev: Option<String>,
+}
+
+/// Everything the data plane has in the kernel right now.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Observed {
+    /// The daemon's namespace (its `weft`-prefixed links).
+    pub host: ObservedNs,
+    /// Main-table routes of the daemon's namespace.
+    pub host_routes: Vec<HostRoute>,
+    /// `net.ipv4.ip_forward` of the daemon's namespace.
+    pub ipv4_forwarding: bool,
+    /// Rule comments of the `weft` nftables tables; `None` when neither
+    /// table exists.
+    pub nat: Option<BTreeSet<String>>,
+    /// Pinned network namespaces.
+    pub networks: BTreeMap<NetworkId, ObservedNs>,
+    /// Pinned task namespaces.
+    pub tasks: BTreeMap<TaskId, ObservedNs>,
+}
+
+impl Observed {
+    /// The namespace `ns`, if it exists (the host always does).
+    pub fn ns(&self, ns: &NsRef) -> Option<&ObservedNs> {
+        match ns {
+            NsRef::Host => Some(&self.host),
+            NsRef::Network(n) => self.networks.get(n),
+            NsRef::Task(t) => self.tasks.get(t),
+        }
+    }
+
+    /// Mutable access to the namespace `ns`, if it exists.
+    pub fn ns_mut(&mut self, ns: &NsRef) -> Option<&mut ObservedNs> {
+        match ns {
+            NsRef::Host => Some(&mut self.host),
+            NsRef::Network(n) => self.networks.get_mut(n),
+            NsRef::Task(t) => self.tasks.get_mut(t),
+        }
+    }
+
+    fn link(&self, ns: &NsRef, name: &str) -> Option<&ObservedLink> {
+        self.ns(ns)?.links.get(name)
+    }
+}
+
+// ----------------------------------------------------------------------- ops
+
+/// One kernel operation. Each is idempotent on its own; the planner only
+/// emits what is needed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// Delete a link (both ends, for a veth); absent is fine.
+    DeleteLink {
+        /// Namespace.
+        ns: NsRef,
+        /// Link name.
+        name: String,
+    },
+    /// Unpin a network or task namespace.
+    DeleteNetns {
+        /// The namespace.
+        ns: NsRef,
+    },
+    /// Delete the static FDB entry for `mac` on a VXLAN device.
+    DeleteFdb {
+        /// Network.
+        network: NetworkId,
+        /// VXLAN device.
+        link: String,
+        /// MAC.
+        mac: MacAddr,
+    },
+    /// Delete the neighbour entry for `ip` on a VXLAN device.
+    DeleteNeigh {
+        /// Network.
+        network: NetworkId,
+        /// VXLAN device.
+        link: String,
+        /// IP.
+        ip: IpAddr,
+    },
+    /// Remove an address from a link.
+    DeleteAddress {
+        /// Namespace.
+        ns: NsRef,
+        /// Link.
+        link: String,
+        /// Address.
+        addr: IpNetwork,
+    },
+    /// Delete a route of the main table.
+    DeleteRoute {
+        /// Namespace.
+        ns: NsRef,
+        /// Destination.
+        dest: IpNetwork,
+    },
+    /// Delete the `weft` nftables tables.
+    DeleteNat,
+    /// Create and pin a network or task namespace.
+    CreateNetns {
+        /// The namespace.
+        ns: NsRef,
+    },
+    /// Create a bridge.
+    CreateBridge {
+        /// Namespace.
+        ns: NsRef,
+        /// Name.
+        name: String,
+        /// MTU.
+        mtu: u32,
+    },
+    /// Create a VXLAN device in the daemon's namespace (learning off, proxy
+    /// on) and move it into the network's namespace.
+    CreateVxlan {
+        /// Network.
+        network: NetworkId,
+        /// Device name.
+        name: String,
+        /// VNI.
+        vni: u32,
+        /// UDP port.
+        port: u16,
+        /// Local VTEP.
+        local: IpAddr,
+        /// MTU.
+        mtu: u32,
+    },
+    /// Create a veth pair: `name` in `ns`, `peer_name` in `peer_ns`.
+    CreateVeth {
+        /// Namespace of the creating end.
+        ns: NsRef,
+        /// Its name.
+        name: String,
+        /// Its MAC, if fixed.
+        mac: Option<MacAddr>,
+        /// Namespace of the peer.
+        peer_ns: NsRef,
+        /// The peer's name.
+        peer_name: String,
+        /// The peer's MAC, if fixed.
+        peer_mac: Option<MacAddr>,
+        /// MTU of both ends.
+        mtu: u32,
+    },
+    /// Set a link's MTU.
+    SetMtu {
+        /// Namespace.
+        ns: NsRef,
+        /// Link.
+        link: String,
+        /// MTU.
+        mtu: u32,
+    },
+    /// Set a link's MAC.
+    SetMac {
+        /// Namespace.
+        ns: NsRef,
+        /// Link.
+        link: String,
+        /// MAC.
+        mac: MacAddr,
+    },
+    /// Enslave a link to a bridge.
+    SetMaster {
+        /// Namespace.
+        ns: NsRef,
+        /// Link.
+        link: String,
+        /// Bridge.
+        master: String,
+    },
+    /// Add an address to a link.
+    AddAddress {
+        /// Namespace.
+        ns: NsRef,
+        /// Link.
+        link: String,
+        /// Address.
+        addr: IpNetwork,
+    },
+    /// Set a link up.
+    SetUp {
+        /// Namespace.
+        ns: NsRef,
+        /// Link.
+        link: String,
+    },
+    /// Add or replace the default route via `gateway` out of `dev`.
+    ReplaceDefaultRoute {
+        /// Namespace.
+        ns: NsRef,
+        /// Next hop.
+        gateway: IpAddr,
+        /// Device.
+        dev: String,
+    },
+    /// Add or replace the static FDB entry `mac -> vtep`.
+    ReplaceFdb {
+        /// Network.
+        network: NetworkId,
+        /// VXLAN device.
+        link: String,
+        /// MAC.
+        mac: MacAddr,
+        /// Remote VTEP.
+        vtep: IpAddr,
+    },
+    /// Add or replace the permanent neighbour entry `ip -> mac`.
+    ReplaceNeigh {
+        /// Network.
+        network: NetworkId,
+        /// VXLAN device.
+        link: String,
+        /// IP.
+        ip: IpAddr,
+        /// MAC.
+        mac: MacAddr,
+    },
+    /// Turn on IPv4 forwarding in the daemon's namespace (egress through
+    /// the gateway bridge needs it; never turned off again, as Docker).
+    EnableIpv4Forwarding,
+    /// (Re)write the `weft` nftables tables: masquerade for `subnet` leaving
+    /// through anything but `bridge`, and no forwarding between the
+    /// bridge's ports (tasks of different networks must not meet there).
+    ApplyNat {
+        /// The gateway subnet.
+        subnet: IpNetwork,
+        /// The gateway bridge.
+        bridge: String,
+    },
+}
+
+/// The rule comments the `weft` nftables tables carry for `subnet`; the
+/// observed set is compared with these to decide whether to rewrite them.
+pub fn nat_comments(subnet: IpNetwork, bridge: &str) -> BTreeSet<String> {
+    BTreeSet::from([
+        format!("weft:masquerade:{subnet}"),
+        format!("weft:isolate:{bridge}"),
+    ])
+}
+
+// -------------------------------------------------------------------- errors
+
+/// A desired state the planner refuses (nothing is applied).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    /// A network or task id unusable as a file name.
+    #[error("invalid {what} id {id:?}: {reason}")]
+    InvalidId {
+        /// "network" or "task".
+        what: &'static str,
+        /// The id.
+        id: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// An interface name the kernel or weft would reject.
+    #[error("task {task}: invalid interface name {ifname:?}: {reason}")]
+    InvalidIfname {
+        /// Task.
+        task: TaskId,
+        /// Name.
+        ifname: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A task endpoint on a network that is not in the desired state.
+    #[error("task {task} attaches to network {network}, which this node does not have")]
+    UnknownNetwork {
+        /// Task.
+        task: TaskId,
+        /// Network.
+        network: NetworkId,
+    },
+    /// Two endpoints of one task on the same network.
+    #[error("task {task} has two endpoints on network {network}")]
+    DuplicateAttachment {
+        /// Task.
+        task: TaskId,
+        /// Network.
+        network: NetworkId,
+    },
+    /// A VNI outside 1..=16777215.
+    #[error("network {network}: VNI {vni} is outside 1..=16777215")]
+    VniOutOfRange {
+        /// Network.
+        network: NetworkId,
+        /// VNI.
+        vni: u32,
+    },
+    /// Two networks with one VNI.
+    #[error("networks {first} and {second} both use VNI {vni}")]
+    DuplicateVni {
+        /// VNI.
+        vni: u32,
+        /// One network.
+        first: NetworkId,
+        /// The other.
+        second: NetworkId,
+    },
+    /// An address outside the subnet it belongs to.
+    #[error("{what}: address {addr} is not in subnet {subnet}")]
+    AddressOutsideSubnet {
+        /// What the address is (e.g. "task t1 on network n1").
+        what: String,
+        /// The address.
+        addr: IpAddr,
+        /// The subnet.
+        subnet: IpNetwork,
+    },
+    /// A task wants a gateway attachment but there is no gateway bridge.
+    #[error("task {task} has a gateway attachment but the node has no gateway bridge")]
+    NoGatewayBridge {
+        /// Task.
+        task: TaskId,
+    },
+    /// The gateway bridge subnet overlaps a route of the daemon's namespace.
+    #[error(
+        "gateway bridge subnet {subnet} collides with host route {route}{}; \
+         choose another subnet for the gateway bridge",
+        dev.as_ref().map(|d| format!(" dev {d}")).unwrap_or_default()
+    )]
+    GatewaySubnetCollision {
+        /// The gateway subnet.
+        subnet: IpNetwork,
+        /// The host route.
+        route: IpNetwork,
+        /// Its device.
+        dev: Option<String>,
+    },
+}
+
+// ------------------------------------------------------------------ validate
+
+fn check_id(what: &'static str, id: &str) -> Result<(), PlanError> {
+    let bad = |reason| {
+        Err(PlanError::InvalidId {
+            what,
+            id: id.to_owned(),
+            reason,
+        })
+    };
+    if id.is_empty() || id.len() > 200 {
+        return bad("must be 1 to 200 characters");
+    }
+    if id.starts_with('.') {
+        return bad("must not start with '.'");
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return bad("only ASCII letters, digits, '-', '_' and '.' are allowed");
+    }
+    Ok(())
+}
+
+fn check_ifname(task: &TaskId, ifname: &str) -> Result<(), PlanError> {
+    let bad = |reason| {
+        Err(PlanError::InvalidIfname {
+            task: task.clone(),
+            ifname: ifname.to_owned(),
+            reason,
+        })
+    };
+    if ifname.is_empty() || ifname.len() > 15 {
+        return bad("must be 1 to 15 bytes");
+    }
+    if ifname == "." || ifname == ".." {
+        return bad("reserved");
+    }
+    if ifname
+        .bytes()
+        .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace() || b == 0)
+    {
+        return bad("contains '/', ':', NUL or whitespace");
+    }
+    if ifname == LOOPBACK || ifname == TASK_GW_IF {
+        return bad("reserved for lo / the gateway attachment");
+    }
+    Ok(())
+}
+
+fn in_subnet(
+    what: impl FnOnce() -> String,
+    addr: IpAddr,
+    subnet: IpNetwork,
+) -> Result<(), PlanError> {
+    if subnet.contains(addr) {
+        Ok(())
+    } else {
+        Err(PlanError::AddressOutsideSubnet {
+            what: what(),
+            addr,
+            subnet,
+        })
+    }
+}
+
+fn overlaps(a: IpNetwork, b: IpNetwork) -> bool {
+    a.is_ipv4() == b.is_ipv4() && (a.contains(b.network()) || b.contains(a.network()))
+}
+
+/// Checks `desired` on its own and against the daemon's routes.
+pub fn validate(observed: &Observed, desired: &DesiredNode) -> Result<(), PlanError> {
+    let mut vnis: BTreeMap<u32, &NetworkId> = BTreeMap::new();
+    for (id, net) in &desired.networks {
+        check_id("network", id.as_str())?;
+        if net.vni == 0 || net.vni > 0x00ff_ffff {
+            return Err(PlanError::VniOutOfRange {
+                network: id.clone(),
+                vni: net.vni,
+            });
+        }
+        if let Some(first) = vnis.insert(net.vni, id) {
+            return Err(PlanError::DuplicateVni {
+                vni: net.vni,
+                first: first.clone(),
+                second: id.clone(),
+            });
+        }
+        in_subnet(
+            || format!("gateway of network {id}"),
+            net.gateway,
+            net.subnet,
+        )?;
+    }
+    if let Some(gw) = &desired.gateway {
+        in_subnet(|| "gateway bridge".to_owned(), gw.gateway, gw.subnet)?;
+        for r in &observed.host_routes {
+            if r.dest.prefix() == 0 || r.dev.as_deref() == Some(GATEWAY_BRIDGE) {
+                continue;
+            }
+            if overlaps(r.dest, gw.subnet) {
+                return Err(PlanError::GatewaySubnetCollision {
+                    subnet: gw.subnet,
+                    route: r.dest,
+                    dev: r.dev.clone(),
+                });
+            }
+        }
+    }
+    for (tid, task) in &desired.tasks {
+        check_id("task", tid.as_str())?;
+        let mut ifnames = BTreeSet::new();
+        let mut nets = BTreeSet::new();
+        for ep in &task.endpoints {
+            check_ifname(tid, &ep.ifname)?;
+            if !ifnames.insert(ep.ifname.as_str()) {
+                return Err(PlanError::InvalidIfname {
+                    task: tid.clone(),
+                    ifname: ep.ifname.clone(),
+                    reason: "used twice",
+                });
+            }
+            let Some(net) = desired.networks.get(&ep.network) else {
+                return Err(PlanError::UnknownNetwork {
+                    task: tid.clone(),
+                    network: ep.network.clone(),
+                });
+            };
+            if !nets.insert(&ep.network) {
+                return Err(PlanError::DuplicateAttachment {
+                    task: tid.clone(),
+                    network: ep.network.clone(),
+                });
+            }
+            in_subnet(
+                || format!("task {tid} on network {}", ep.network),
+                ep.ip.ip(),
+                net.subnet,
+            )?;
+        }
+        if let Some(att) = &task.gateway {
+            let Some(gw) = &desired.gateway else {
+                return Err(PlanError::NoGatewayBridge { task: tid.clone() });
+            };
+            in_subnet(
+                || format!("gateway attachment of task {tid}"),
+                att.ip.ip(),
+                gw.subnet,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------- want
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum WantKind {
+    Loopback,
+    Bridge,
+    Vxlan { vni: u32, port: u16, local: IpAddr },
+    Veth,
+}
+
+#[derive(Clone, Debug)]
+struct WantLink {
+    kind: WantKind,
+    mtu: Option<u32>,
+    mac: Option<MacAddr>,
+    master: Option<&'static str>,
+    addrs: BTreeSet<IpNetwork>,
+}
+
+impl WantLink {
+    fn new(kind: WantKind, mtu: u32) -> WantLink {
+        WantLink {
+            kind,
+            mtu: Some(mtu),
+            mac: None,
+            master: None,
+            addrs: BTreeSet::new(),
+        }
+    }
+
+    fn loopback() -> WantLink {
+        WantLink {
+            kind: WantKind::Loopback,
+            mtu: None,
+            mac: None,
+            master: None,
+            addrs: BTreeSet::new(),
+        }
+    }
+}
+
+/// The VXLAN device of a network, MAC -> VTEP and IP -> MAC.
+type Remotes = (String, BTreeMap<MacAddr, IpAddr>, BTreeMap<IpAddr, MacAddr>);
+
+#[derive(Default)]
+struct WantNs {
+    links: BTreeMap<String, WantLink>,
+    remotes: Option<Remotes>,
+    default_route: Option<(IpAddr, String)>,
+}
+
+/// A veth pair; `a` creates it (network or host side), `b` is the task side.
+struct Pair {
+    a: (NsRef, String, Option<MacAddr>),
+    b: (NsRef, String, Option<MacAddr>),
+    mtu: u32,
+}
+
+struct Want {
+    ns: BTreeMap<NsRef, WantNs>,
+    pairs: Vec<Pair>,
+}
+
+fn want(desired: &DesiredNode) -> Want {
+    let mut ns: BTreeMap<NsRef, WantNs> = BTreeMap::new();
+    let mut pairs = Vec::new();
+    let host = ns.entry(NsRef::Host).or_default();
+    if let Some(gw) = &desired.gateway {
+        let mut br = WantLink::new(WantKind::Bridge, gw.mtu);
+        br.addrs.insert(gw.bridge_address());
+        host.links.insert(GATEWAY_BRIDGE.to_owned(), br);
+    }
+    for (id, net) in &desired.networks {
+        let w = ns.entry(NsRef::Network(id.clone())).or_default();
+        w.links.insert(LOOPBACK.to_owned(), WantLink::loopback());
+        let mut br = WantLink::new(WantKind::Bridge, net.mtu);
+        br.addrs.insert(net.bridge_address());
+        w.links.insert(NETWORK_BRIDGE.to_owned(), br);
+        let vx_name = names::vxlan(net.vni);
+        let mut vx = WantLink::new(
+            WantKind::Vxlan {
+                vni: net.vni,
+                port: desired.vxlan_port,
+                local: desired.vtep,
+            },
+            net.mtu,
+        );
+        vx.master = Some(NETWORK_BRIDGE);
+        w.links.insert(vx_name.clone(), vx);
+        let fdb = net.remote.values().map(|r| (r.mac, r.vtep)).collect();
+        let neigh = net.remote.values().map(|r| (r.ip, r.mac)).collect();
+        w.remotes = Some((vx_name, fdb, neigh));
+    }
+    for (tid, task) in &desired.tasks {
+        let tref = NsRef::Task(tid.clone());
+        ns.entry(tref.clone())
+            .or_default()
+            .links
+            .insert(LOOPBACK.to_owned(), WantLink::loopback());
+        for ep in &task.endpoints {
+            let net = &desired.networks[&ep.network];
+            let nref = NsRef::Network(ep.network.clone());
+            let port = names::port(tid);
+            let mut p = WantLink::new(WantKind::Veth, net.mtu);
+            p.master = Some(NETWORK_BRIDGE);
+            ns.entry(nref.clone())
+                .or_default()
+                .links
+                .insert(port.clone(), p);
+            let mut e = WantLink::new(WantKind::Veth, net.mtu);
+            e.mac = Some(ep.mac);
+            e.addrs.insert(ep.ip);
+            ns.entry(tref.clone())
+                .or_default()
+                .links
+                .insert(ep.ifname.clone(), e);
+            pairs.push(Pair {
+                a: (nref, port, None),
+                b: (tref.clone(), ep.ifname.clone(), Some(ep.mac)),
+                mtu: net.mtu,
+            });
+        }
+        if let (Some(att), Some(gw)) = (&task.gateway, &desired.gateway) {
+            let port = names::gw_port(tid);
+            let mut p = WantLink::new(WantKind::Veth, gw.mtu);
+            p.master = Some(GATEWAY_BRIDGE);
+            ns.entry(NsRef::Host)
+                .or_default()
+                .links
+                .insert(port.clone(), p);
+            let mut e = WantLink::new(WantKind::Veth, gw.mtu);
+            e.mac = Some(att.mac);
+            e.addrs.insert(att.ip);
+            let t = ns.entry(tref.clone()).or_default();
+            t.links.insert(TASK_GW_IF.to_owned(), e);
+            t.default_route = Some((gw.gateway, TASK_GW_IF.to_owned()));
+            pairs.push(Pair {
+                a: (NsRef::Host, port, None),
+                b: (tref.clone(), TASK_GW_IF.to_owned(), Some(att.mac)),
+                mtu: gw.mtu,
+            });
+        }
+    }
+    Want { ns, pairs }
+}
+
+/// Whether an unwanted link in `ns` is ours to delete.
+fn owned(ns: &NsRef, name: &str, link: &ObservedLink) -> bool {
+    match ns {
+        NsRef::Host => {
+            name == GATEWAY_BRIDGE
+                || name.starts_with(names::GW_PORT_PREFIX)
+                || name.starts_with(names::VXLAN_PREFIX)
+        }
+        // The whole namespace is ours.
+        NsRef::Network(_) => name != LOOPBACK,
+        // The task's process may make links of its own; only veths are ours.
+        NsRef::Task(_) => link.kind == ObservedKind::Veth,
+    }
+}
+
+/// Whether an existing link has the wanted kind and shape.
+fn shape_ok(want: &WantKind, got: &ObservedLink) -> bool {
+    match want {
+        WantKind::Loopback => true,
+        WantKind::Bridge => got.kind == ObservedKind::Bridge,
+        WantKind::Veth => got.kind == ObservedKind::Veth,
+        WantKind::Vxlan { vni, port, local } => {
+            got.kind == ObservedKind::Vxlan
+                && got.vxlan.as_ref().is_some_and(|v| {
+                    v.vni == Some(*vni)
+                        && v.port == Some(*port)
+                        && v.local == Some(*local)
+                        && v.learning != Some(true)
+                        && v.proxy == Some(true)
+                })
+        }
+    }
+}
+
+fn is_link_local(a: &IpNetwork) -> bool {
+    match a {
+        IpNetwork::V6(n) => n.ip().is_unicast_link_local(),
+        IpNetwork::V4(_) => false,
+    }
+}
+
+// ---------------------------------------------------------------------- plan
+
+/// The ordered operations that turn `observed` into `desired`; an empty plan
+/// means the kernel already matches. Fails (planning nothing) when the
+/// desired state is invalid or the gateway subnet collides with a route.
+pub fn plan(observed: &Observed, desired: &DesiredNode) -> Result<Vec<Op>, PlanError> {
+    validate(observed, desired)?;
+    let want = want(desired);
+    let mut ops = Vec::new();
+    // Links that exist but are (or will be) gone by the create phase: those
+    // deleted here, and those of namespaces that do not exist yet.
+    let mut fresh: BTreeSet<(NsRef, String)> = BTreeSet::new();
+
+    // --- deletes, 1: unwanted or mis-shaped links in namespaces we keep.
+    let mut bad_pairs = BTreeSet::new();
+    for (i, p) in want.pairs.iter().enumerate() {
+        let a = observed.link(&p.a.0, &p.a.1);
+        let b = observed.link(&p.b.0, &p.b.1);
+        let paired = match (a, b) {
+            (Some(a), Some(b)) => {
+                a.kind == ObservedKind::Veth
+                    && b.kind == ObservedKind::Veth
+                    && a.peer_index == Some(b.index)
+                    && b.peer_index == Some(a.index)
+            }
+            _ => false,
+        };
+        if !paired {
+            bad_pairs.insert(i);
+            fresh.insert((p.a.0.clone(), p.a.1.clone()));
+            fresh.insert((p.b.0.clone(), p.b.1.clone()));
+        }
+    }
+    let mut gw_bridge_delete = None;
+    for (nref, w) in &want.ns {
+        let Some(obs) = observed.ns(nref) else {
+            for name in w.links.keys() {
+                fresh.insert((nref.clone(), name.clone()));
+            }
+            continue;
+        };
+        for (name, link) in &obs.links {
+            let delete = match w.links.get(name) {
+                None => owned(nref, name, link),
+                Some(wl) => {
+                    !shape_ok(&wl.kind, link) || fresh.contains(&(nref.clone(), name.clone()))
+                }
+            };
+            if delete && link_kind_deletable(&w.links, name) {
+                fresh.insert((nref.clone(), name.clone()));
+                let op = Op::DeleteLink {
+                    ns: nref.clone(),
+                    name: name.clone(),
+                };
+                if *nref == NsRef::Host && name == GATEWAY_BRIDGE {
+                    // After its ports are gone.
+                    gw_bridge_delete = Some(op);
+                } else {
+                    ops.push(op);
+                }
+            }
+        }
+    }
+    // --- deletes, 2: removed tasks (their veth peers went above).
+    for tid in observed.tasks.keys() {
+        if !desired.tasks.contains_key(tid) {
+            ops.push(Op::DeleteNetns {
+                ns: NsRef::Task(tid.clone()),
+            });
+        }
+    }
+    // --- deletes, 3: removed networks: veths (peers in removed tasks) and
+    // the VXLAN device (so its VNI is free at once), then the namespace.
+    for (nid, obs) in &observed.networks {
+        if desired.networks.contains_key(nid) {
+            continue;
+        }
+        let nref = NsRef::Network(nid.clone());
+        for (name, link) in &obs.links {
+            if matches!(link.kind, ObservedKind::Veth | ObservedKind::Vxlan) {
+                ops.push(Op::DeleteLink {
+                    ns: nref.clone(),
+                    name: name.clone(),
+                });
+            }
+        }
+        ops.push(Op::DeleteNetns { ns: nref });
+    }
+
+    // --- deletes, 4: stale FDB/neighbour entries, addresses, routes.
+    for (nref, w) in &want.ns {
+        let Some(obs) = observed.ns(nref) else {
+            continue;
+        };
+        if let (NsRef::Network(nid), Some((vx, fdb, neigh))) = (nref, &w.remotes)
+            && !fresh.contains(&(nref.clone(), vx.clone()))
+        {
+            for mac in obs.fdb.get(vx).into_iter().flat_map(|m| m.keys()) {
+                if !fdb.contains_key(mac) {
+                    ops.push(Op::DeleteFdb {
+                        network: nid.clone(),
+                        link: vx.clone(),
+                        mac: *mac,
+                    });
+                }
+            }
+            for (ip, n) in obs.neighs.get(vx).into_iter().flatten() {
+                if n.permanent && !neigh.contains_key(ip) {
+                    ops.push(Op::DeleteNeigh {
+                        network: nid.clone(),
+                        link: vx.clone(),
+                        ip: *ip,
+                    });
+                }
+            }
+        }
+        for (name, wl) in &w.links {
+            if wl.kind == WantKind::Loopback || fresh.contains(&(nref.clone(), name.clone())) {
+                continue;
+            }
+            let Some(link) = obs.links.get(name) else {
+                continue;
+            };
+            for a in &link.addrs {
+                if !wl.addrs.contains(a) && !is_link_local(a) {
+                    ops.push(Op::DeleteAddress {
+                        ns: nref.clone(),
+                        link: name.clone(),
+                        addr: *a,
+                    });
+                }
+            }
+        }
+        if matches!(nref, NsRef::Task(_)) {
+            for dest in obs.default_routes.keys() {
+                // A wanted route of the same family is replaced in place.
+                let replaced = w
+                    .default_route
+                    .as_ref()
+                    .is_some_and(|(gw, _)| gw.is_ipv4() == dest.is_ipv4());
+                if !replaced {
+                    ops.push(Op::DeleteRoute {
+                        ns: nref.clone(),
+                        dest: *dest,
+                    });
+                }
+            }
+        }
+    }
+    // --- deletes, 5: the gateway bridge and NAT when the node has no gateway.
+    if desired.gateway.is_none() && observed.nat.is_some() {
+        ops.push(Op::DeleteNat);
+    }
+    ops.extend(gw_bridge_delete);
+
+    // --- creates, 1: forwarding, namespaces.
+    if let Some(gw) = &desired.gateway
+        && gw.subnet.is_ipv4()
+        && !observed.ipv4_forwarding
+    {
+        ops.push(Op::EnableIpv4Forwarding);
+    }
+    for nref in want.ns.keys() {
+        if *nref != NsRef::Host && observed.ns(nref).is_none() {
+            ops.push(Op::CreateNetns { ns: nref.clone() });
+        }
+    }
+    let missing = |nref: &NsRef, name: &str| {
+        fresh.contains(&(nref.clone(), name.to_owned())) || observed.link(nref, name).is_none()
+    };
+    // --- creates, 2: bridges, then VXLAN devices.
+    for (nref, w) in &want.ns {
+        for (name, wl) in &w.links {
+            if wl.kind == WantKind::Bridge && missing(nref, name) {
+                ops.push(Op::CreateBridge {
+                    ns: nref.clone(),
+                    name: name.clone(),
+                    mtu: wl.mtu.unwrap_or(1500),
+                });
+            }
+        }
+    }
+    for (nref, w) in &want.ns {
+        let NsRef::Network(nid) = nref else { continue };
+        for (name, wl) in &w.links {
+            if let WantKind::Vxlan { vni, port, local } = wl.kind
+                && missing(nref, name)
+            {
+                ops.push(Op::CreateVxlan {
+                    network: nid.clone(),
+                    name: name.clone(),
+                    vni,
+                    port,
+                    local,
+                    mtu: wl.mtu.unwrap_or(1500),
+                });
+            }
+        }
+    }
+    // --- creates, 3: veth pairs.
+    for (i, p) in want.pairs.iter().enumerate() {
+        if bad_pairs.contains(&i) {
+            ops.push(Op::CreateVeth {
+                ns: p.a.0.clone(),
+                name: p.a.1.clone(),
+                mac: p.a.2,
+                peer_ns: p.b.0.clone(),
+                peer_name: p.b.1.clone(),
+                peer_mac: p.b.2,
+                mtu: p.mtu,
+            });
+        }
+    }
+    // --- link properties.
+    for (nref, w) in &want.ns {
+        for (name, wl) in &w.links {
+            let obs = if fresh.contains(&(nref.clone(), name.clone())) {
+                None
+            } else {
+                observed.link(nref, name)
+            };
+            let created = obs.is_none();
+            let link = || name.clone();
+            if let (Some(o), Some(m)) = (obs, wl.mtu)
+                && o.mtu != Some(m)
+            {
+                ops.push(Op::SetMtu {
+                    ns: nref.clone(),
+                    link: link(),
+                    mtu: m,
+                });
+            }
+            if let (Some(o), Some(m)) = (obs, wl.mac)
+                && o.mac != Some(m)
+            {
+                ops.push(Op::SetMac {
+                    ns: nref.clone(),
+                    link: link(),
+                    mac: m,
+                });
+            }
+            if let Some(master) = wl.master
+                && obs.is_none_or(|o| o.master.as_deref() != Some(master))
+            {
+                ops.push(Op::SetMaster {
+                    ns: nref.clone(),
+                    link: link(),
+                    master: master.to_owned(),
+                });
+            }
+            for a in &wl.addrs {
+                if obs.is_none_or(|o| !o.addrs.contains(a)) {
+                    ops.push(Op::AddAddress {
+                        ns: nref.clone(),
+                        link: link(),
+                        addr: *a,
+                    });
+                }
+            }
+            if created || obs.is_some_and(|o| !o.up) {
+                ops.push(Op::SetUp {
+                    ns: nref.clone(),
+                    link: link(),
+                });
+            }
+        }
+    }
+    // --- routes, FDB/neighbour entries.
+    for (nref, w) in &want.ns {
+        if let Some((gw, dev)) = &w.default_route {
+            let dest = if gw.is_ipv4() {
+                IpNetwork::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0)
+            } else {
+                IpNetwork::new(IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), 0)
+            }
+            .expect("prefix 0 is valid");
+            let ok = !fresh.contains(&(nref.clone(), dev.clone()))
+                && observed
+                    .ns(nref)
+                    .and_then(|o| o.default_routes.get(&dest))
+                    .is_some_and(|r| r.gateway == Some(*gw) && r.dev.as_ref() == Some(dev));
+            if !ok {
+                ops.push(Op::ReplaceDefaultRoute {
+                    ns: nref.clone(),
+                    gateway: *gw,
+                    dev: dev.clone(),
+                });
+            }
+        }
+        if let (NsRef::Network(nid), Some((vx, fdb, neigh))) = (nref, &w.remotes) {
+            let obs = if fresh.contains(&(nref.clone(), vx.clone())) {
+                None
+            } else {
+                observed.ns(nref)
+            };
+            let obs_fdb = obs.and_then(|o| o.fdb.get(vx));
+            for (mac, vtep) in fdb {
+                let ok = obs_fdb
+                    .and_then(|m| m.get(mac))
+                    .is_some_and(|e| e.remote == *vtep && e.permanent);
+                if !ok {
+                    ops.push(Op::ReplaceFdb {
+                        network: nid.clone(),
+                        link: vx.clone(),
+                        mac: *mac,
+                        vtep: *vtep,
+                    });
+                }
+            }
+            let obs_neigh = obs.and_then(|o| o.neighs.get(vx));
+            for (ip, mac) in neigh {
+                let ok = obs_neigh
+                    .and_then(|m| m.get(ip))
+                    .is_some_and(|e| e.mac == Some(*mac) && e.permanent);
+                if !ok {
+                    ops.push(Op::ReplaceNeigh {
+                        network: nid.clone(),
+                        link: vx.clone(),
+                        ip: *ip,
+                        mac: *mac,
+                    });
+                }
+            }
+        }
+    }
+    // --- NAT.
+    if let Some(gw) = &desired.gateway
+        && observed.nat.as_ref() != Some(&nat_comments(gw.subnet, GATEWAY_BRIDGE))
+    {
+        ops.push(Op::ApplyNat {
+            subnet: gw.subnet,
+            bridge: GATEWAY_BRIDGE.to_owned(),
+        });
+    }
+    Ok(ops)
+}
+
+/// Loopback is never deleted, whatever its state.
+fn link_kind_deletable(wanted: &BTreeMap<String, WantLink>, name: &str) -> bool {
+    !(name == LOOPBACK
+        || wanted
+            .get(name)
+            .is_some_and(|w| w.kind == WantKind::Loopback))
+}
+
+#[cfg(test)]
+mod tests;

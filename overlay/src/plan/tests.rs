@@ -1,0 +1,619 @@
+//! Planner tests: exact plans for small cases, ordering rules, validation,
+//! and convergence (plan, simulate, plan again: nothing) over many states
+//! and transitions, using the fake's kernel simulator.
+
+use std::collections::BTreeMap;
+
+use super::*;
+use crate::fake::simulate;
+use crate::model::{
+    EndpointId, GatewayBridge, GwAttachment, LocalEndpoint, OverlayNet, RemoteEndpoint, TaskNet,
+};
+
+fn mac(i: u8) -> MacAddr {
+    MacAddr([0x02, 0x42, 10, 0, 0, i])
+}
+
+fn net(vni: u32, third: u8, internal: bool) -> OverlayNet {
+    OverlayNet {
+        vni,
+        subnet: format!("10.0.{third}.0/24").parse().unwrap(),
+        gateway: format!("10.0.{third}.1").parse().unwrap(),
+        mtu: 1450,
+        internal,
+        remote: BTreeMap::new(),
+    }
+}
+
+fn remote(ip: &str, m: u8, vtep: &str) -> RemoteEndpoint {
+    RemoteEndpoint {
+        ip: ip.parse().unwrap(),
+        mac: mac(m),
+        vtep: vtep.parse().unwrap(),
+    }
+}
+
+fn ep(network: &str, ifname: &str, ip: &str, m: u8) -> LocalEndpoint {
+    LocalEndpoint {
+        network: network.into(),
+        ifname: ifname.into(),
+        ip: ip.parse().unwrap(),
+        mac: mac(m),
+    }
+}
+
+fn gw_att(ip: &str, m: u8) -> Option<GwAttachment> {
+    Some(GwAttachment {
+        ip: ip.parse().unwrap(),
+        mac: mac(m),
+    })
+}
+
+/// Two networks (n2 internal), two tasks, remotes, a gateway bridge.
+fn full() -> DesiredNode {
+    let mut d = DesiredNode::new("198.18.0.1".parse().unwrap());
+    d.gateway = Some(GatewayBridge::default());
+    let mut n1 = net(4096, 9, false);
+    n1.remote
+        .insert("r1".into(), remote("10.0.9.20", 20, "198.18.0.2"));
+    n1.remote
+        .insert("r2".into(), remote("10.0.9.21", 21, "198.18.0.3"));
+    d.networks.insert("n1".into(), n1);
+    let mut n2 = net(4097, 10, true);
+    n2.remote
+        .insert("r3".into(), remote("10.0.10.20", 30, "198.18.0.2"));
+    d.networks.insert("n2".into(), n2);
+    d.tasks.insert(
+        "t1".into(),
+        TaskNet {
+            endpoints: vec![ep("n1", "eth0", "10.0.9.2/24", 2)],
+            gateway: gw_att("172.18.0.2/16", 102),
+        },
+    );
+    d.tasks.insert(
+        "t2".into(),
+        TaskNet {
+            endpoints: vec![
+                ep("n1", "eth0", "10.0.9.3/24", 3),
+                ep("n2", "eth1", "10.0.10.3/24", 4),
+            ],
+            gateway: gw_att("172.18.0.3/16", 103),
+        },
+    );
+    d.tasks.insert(
+        "t3".into(),
+        TaskNet {
+            endpoints: vec![ep("n2", "eth0", "10.0.10.4/24", 5)],
+            gateway: None,
+        },
+    );
+    d
+}
+
+/// A kernel as the Linux observer would see it with nothing of ours.
+fn empty_kernel() -> Observed {
+    Observed {
+        host_routes: vec![HostRoute {
+            dest: "198.18.0.0/24".parse().unwrap(),
+            dev: Some("eth0".into()),
+        }],
+        ..Observed::default()
+    }
+}
+
+fn converge(k: &mut Observed, d: &DesiredNode) -> Vec<Op> {
+    let ops = plan(k, d).unwrap();
+    for op in &ops {
+        simulate(k, op);
+    }
+    let again = plan(k, d).unwrap();
+    assert!(again.is_empty(), "not converged; left: {again:#?}");
+    ops
+}
+
+fn pos(ops: &[Op], f: impl Fn(&Op) -> bool) -> usize {
+    ops.iter()
+        .position(f)
+        .unwrap_or_else(|| panic!("op not found in {ops:#?}"))
+}
+
+#[test]
+fn one_network_no_tasks_exact_plan() {
+    let mut d = DesiredNode::new("198.18.0.1".parse().unwrap());
+    let mut n = net(4096, 9, false);
+    n.remote
+        .insert("r1".into(), remote("10.0.9.20", 20, "198.18.0.2"));
+    d.networks.insert("n1".into(), n);
+    let nr = NsRef::Network("n1".into());
+    let ops = plan(&empty_kernel(), &d).unwrap();
+    assert_eq!(
+        ops,
+        vec![
+            Op::CreateNetns { ns: nr.clone() },
+            Op::CreateBridge {
+                ns: nr.clone(),
+                name: "br0".into(),
+                mtu: 1450
+            },
+            Op::CreateVxlan {
+                network: "n1".into(),
+                name: "weft-vx4096".into(),
+                vni: 4096,
+                port: 4789,
+                local: "198.18.0.1".parse().unwrap(),
+                mtu: 1450
+            },
+            Op::AddAddress {
+                ns: nr.clone(),
+                link: "br0".into(),
+                addr: "10.0.9.1/24".parse().unwrap()
+            },
+            Op::SetUp {
+                ns: nr.clone(),
+                link: "br0".into()
+            },
+            Op::SetUp {
+                ns: nr.clone(),
+                link: "lo".into()
+            },
+            Op::SetMaster {
+                ns: nr.clone(),
+                link: "weft-vx4096".into(),
+                master: "br0".into()
+            },
+            Op::SetUp {
+                ns: nr.clone(),
+                link: "weft-vx4096".into()
+            },
+            Op::ReplaceFdb {
+                network: "n1".into(),
+                link: "weft-vx4096".into(),
+                mac: mac(20),
+                vtep: "198.18.0.2".parse().unwrap()
+            },
+            Op::ReplaceNeigh {
+                network: "n1".into(),
+                link: "weft-vx4096".into(),
+                ip: "10.0.9.20".parse().unwrap(),
+                mac: mac(20)
+            },
+        ]
+    );
+    let mut k = empty_kernel();
+    converge(&mut k, &d);
+}
+
+#[test]
+fn full_state_converges_in_order() {
+    let d = full();
+    let mut k = empty_kernel();
+    let ops = converge(&mut k, &d);
+    let t1 = NsRef::Task("t1".into());
+    let n1 = NsRef::Network("n1".into());
+    // Namespaces before links, bridges before what plugs into them,
+    // addresses and links up before routes, links before FDB entries.
+    let ns_t1 = pos(&ops, |o| *o == Op::CreateNetns { ns: t1.clone() });
+    let ns_n1 = pos(&ops, |o| *o == Op::CreateNetns { ns: n1.clone() });
+    let br = pos(
+        &ops,
+        |o| matches!(o, Op::CreateBridge { ns, .. } if *ns == n1),
+    );
+    let gwbr = pos(&ops, |o| {
+        matches!(
+            o,
+            Op::CreateBridge {
+                ns: NsRef::Host,
+                ..
+            }
+        )
+    });
+    let vx = pos(
+        &ops,
+        |o| matches!(o, Op::CreateVxlan { network, .. } if network.as_str() == "n1"),
+    );
+    let veth = pos(
+        &ops,
+        |o| matches!(o, Op::CreateVeth { peer_ns, peer_name, .. } if *peer_ns == t1 && peer_name == "eth0"),
+    );
+    let gveth = pos(
+        &ops,
+        |o| matches!(o, Op::CreateVeth { ns: NsRef::Host, peer_ns, .. } if *peer_ns == t1),
+    );
+    let master = pos(
+        &ops,
+        |o| matches!(o, Op::SetMaster { ns, master, .. } if *ns == n1 && master == "br0"),
+    );
+    let route = pos(
+        &ops,
+        |o| matches!(o, Op::ReplaceDefaultRoute { ns, .. } if *ns == t1),
+    );
+    let gw0_up = pos(
+        &ops,
+        |o| matches!(o, Op::SetUp { ns, link } if *ns == t1 && link == "gw0"),
+    );
+    let fdb = pos(&ops, |o| matches!(o, Op::ReplaceFdb { .. }));
+    let nat = pos(&ops, |o| matches!(o, Op::ApplyNat { .. }));
+    assert!(ns_n1 < br && ns_t1 < veth && br < vx && vx < veth && gwbr < gveth);
+    assert!(veth < master && gw0_up < route && vx < fdb && gwbr < nat);
+    assert!(ops.contains(&Op::EnableIpv4Forwarding));
+    // Internal network: t3 has no gateway veth and no default route.
+    let t3 = NsRef::Task("t3".into());
+    assert!(!k.tasks[&TaskId::from("t3")].links.contains_key("gw0"));
+    assert!(k.tasks[&TaskId::from("t3")].default_routes.is_empty());
+    assert!(
+        !ops.iter()
+            .any(|o| matches!(o, Op::ReplaceDefaultRoute { ns, .. } if *ns == t3))
+    );
+    // Shapes in the simulated kernel.
+    let t1k = &k.tasks[&TaskId::from("t1")];
+    assert_eq!(t1k.links["eth0"].mac, Some(mac(2)));
+    assert!(
+        t1k.links["eth0"]
+            .addrs
+            .contains(&"10.0.9.2/24".parse().unwrap())
+    );
+    assert_eq!(t1k.links["gw0"].mtu, Some(1500));
+    let n1k = &k.networks[&NetworkId::from("n1")];
+    assert_eq!(n1k.fdb["weft-vx4096"].len(), 2);
+    assert_eq!(n1k.neighs["weft-vx4096"].len(), 2);
+    assert_eq!(
+        k.host.links[&names::gw_port(&"t1".into())]
+            .master
+            .as_deref(),
+        Some(GATEWAY_BRIDGE)
+    );
+}
+
+#[test]
+fn removing_a_network_and_its_tasks() {
+    let mut d = full();
+    let mut k = empty_kernel();
+    converge(&mut k, &d);
+    d.networks.remove(&NetworkId::from("n2"));
+    d.tasks.remove(&TaskId::from("t3"));
+    d.tasks
+        .get_mut(&TaskId::from("t2"))
+        .unwrap()
+        .endpoints
+        .pop();
+    let ops = converge(&mut k, &d);
+    let t3 = NsRef::Task("t3".into());
+    let n2 = NsRef::Network("n2".into());
+    let del_t3 = pos(&ops, |o| *o == Op::DeleteNetns { ns: t3.clone() });
+    let del_n2 = pos(&ops, |o| *o == Op::DeleteNetns { ns: n2.clone() });
+    let del_vx = pos(&ops, |o| {
+        *o == Op::DeleteLink {
+            ns: n2.clone(),
+            name: "weft-vx4097".into(),
+        }
+    });
+    let del_eth1 = pos(&ops, |o| {
+        *o == Op::DeleteLink {
+            ns: NsRef::Task("t2".into()),
+            name: "eth1".into(),
+        }
+    });
+    assert!(del_eth1 < del_t3 && del_t3 < del_n2 && del_vx < del_n2);
+    // Only deletes.
+    assert!(
+        ops.iter()
+            .all(|o| matches!(o, Op::DeleteLink { .. } | Op::DeleteNetns { .. })),
+        "{ops:#?}"
+    );
+    assert!(!k.networks.contains_key(&NetworkId::from("n2")));
+    assert!(!k.tasks.contains_key(&TaskId::from("t3")));
+    assert!(!k.tasks[&TaskId::from("t2")].links.contains_key("eth1"));
+    // Removing everything leaves nothing of ours.
+    let mut none = DesiredNode::new(d.vtep);
+    none.gateway = None;
+    converge(&mut k, &none);
+    assert!(k.networks.is_empty() && k.tasks.is_empty() && k.host.links.is_empty());
+    assert_eq!(k.nat, None);
+}
+
+#[test]
+fn vxlan_deleted_by_hand_is_repaired() {
+    let d = full();
+    let mut k = empty_kernel();
+    converge(&mut k, &d);
+    simulate(
+        &mut k,
+        &Op::DeleteLink {
+            ns: NsRef::Network("n1".into()),
+            name: "weft-vx4096".into(),
+        },
+    );
+    let ops = converge(&mut k, &d);
+    let n1 = NsRef::Network("n1".into());
+    assert_eq!(ops.len(), 2 + 2 + 2 + 1, "{ops:#?}"); // create, master, up, 2 fdb, 2 neigh
+    assert!(matches!(ops[0], Op::CreateVxlan { .. }));
+    assert!(ops.contains(&Op::SetUp {
+        ns: n1,
+        link: "weft-vx4096".into()
+    }));
+}
+
+#[test]
+fn remote_endpoint_changes() {
+    let mut d = full();
+    let mut k = empty_kernel();
+    converge(&mut k, &d);
+    let n1 = d.networks.get_mut(&NetworkId::from("n1")).unwrap();
+    n1.remote.remove(&EndpointId::from("r1"));
+    n1.remote.get_mut(&EndpointId::from("r2")).unwrap().vtep = "198.18.0.9".parse().unwrap();
+    let ops = converge(&mut k, &d);
+    assert_eq!(
+        ops,
+        vec![
+            Op::DeleteFdb {
+                network: "n1".into(),
+                link: "weft-vx4096".into(),
+                mac: mac(20)
+            },
+            Op::DeleteNeigh {
+                network: "n1".into(),
+                link: "weft-vx4096".into(),
+                ip: "10.0.9.20".parse().unwrap()
+            },
+            Op::ReplaceFdb {
+                network: "n1".into(),
+                link: "weft-vx4096".into(),
+                mac: mac(21),
+                vtep: "198.18.0.9".parse().unwrap()
+            },
+        ]
+    );
+}
+
+#[test]
+fn shape_changes_recreate_or_fix() {
+    let mut d = full();
+    let mut k = empty_kernel();
+    converge(&mut k, &d);
+    // A new data-path port re-creates every VXLAN device.
+    d.vxlan_port = 4790;
+    let ops = converge(&mut k, &d);
+    assert_eq!(
+        ops.iter()
+            .filter(|o| matches!(o, Op::CreateVxlan { port: 4790, .. }))
+            .count(),
+        2
+    );
+    assert!(
+        ops.iter()
+            .any(|o| matches!(o, Op::DeleteLink { name, .. } if name == "weft-vx4096"))
+    );
+    // An MTU change is fixed in place.
+    d.networks.get_mut(&NetworkId::from("n1")).unwrap().mtu = 1400;
+    let ops = converge(&mut k, &d);
+    assert!(
+        ops.iter()
+            .all(|o| matches!(o, Op::SetMtu { mtu: 1400, .. })),
+        "{ops:#?}"
+    );
+    // br0, vxlan, and for t1 and t2 both veth ends.
+    assert_eq!(ops.len(), 6);
+    // A new address: old one removed, new one added.
+    d.tasks.get_mut(&TaskId::from("t1")).unwrap().endpoints[0].ip = "10.0.9.7/24".parse().unwrap();
+    let ops = converge(&mut k, &d);
+    assert_eq!(ops.len(), 2);
+    assert!(matches!(ops[0], Op::DeleteAddress { .. }) && matches!(ops[1], Op::AddAddress { .. }));
+}
+
+#[test]
+fn broken_veth_pair_and_downed_links_are_repaired() {
+    let d = full();
+    let mut k = empty_kernel();
+    converge(&mut k, &d);
+    let t1 = TaskId::from("t1");
+    // Someone deletes the task end of gw0's pair and downs lo.
+    simulate(
+        &mut k,
+        &Op::DeleteLink {
+            ns: NsRef::Task(t1.clone()),
+            name: "gw0".into(),
+        },
+    );
+    k.tasks
+        .get_mut(&t1)
+        .unwrap()
+        .links
+        .get_mut("lo")
+        .unwrap()
+        .up = false;
+    let ops = converge(&mut k, &d);
+    assert!(
+        ops.iter()
+            .any(|o| matches!(o, Op::CreateVeth { peer_name, .. } if peer_name == "gw0"))
+    );
+    assert!(
+        ops.iter()
+            .any(|o| matches!(o, Op::ReplaceDefaultRoute { .. }))
+    );
+    assert!(ops.contains(&Op::SetUp {
+        ns: NsRef::Task(t1),
+        link: "lo".into()
+    }));
+}
+
+#[test]
+fn foreign_links_are_left_alone() {
+    let d = full();
+    let mut k = empty_kernel();
+    converge(&mut k, &d);
+    let t1 = NsRef::Task("t1".into());
+    let mut l = k.tasks[&TaskId::from("t1")].links["lo"].clone();
+    l.kind = ObservedKind::Other("dummy".into());
+    l.index = 999;
+    k.ns_mut(&t1)
+        .unwrap()
+        .links
+        .insert("dummy0".into(), l.clone());
+    k.host.links.insert("weft-wg0".into(), l);
+    assert!(plan(&k, &d).unwrap().is_empty());
+}
+
+#[test]
+fn gateway_removed_takes_nat_bridge_ports_and_routes() {
+    let mut d = full();
+    let mut k = empty_kernel();
+    converge(&mut k, &d);
+    d.gateway = None;
+    for t in d.tasks.values_mut() {
+        t.gateway = None;
+    }
+    let ops = converge(&mut k, &d);
+    let nat = pos(&ops, |o| *o == Op::DeleteNat);
+    let br = pos(&ops, |o| {
+        *o == Op::DeleteLink {
+            ns: NsRef::Host,
+            name: GATEWAY_BRIDGE.into(),
+        }
+    });
+    let port = pos(
+        &ops,
+        |o| matches!(o, Op::DeleteLink { ns: NsRef::Host, name } if name.starts_with("weftgw")),
+    );
+    assert!(port < br && nat < br);
+    assert!(k.host.links.is_empty());
+    assert!(k.tasks.values().all(|t| t.default_routes.is_empty()));
+}
+
+#[test]
+fn flushed_nat_is_rewritten() {
+    let d = full();
+    let mut k = empty_kernel();
+    converge(&mut k, &d);
+    k.nat = Some(BTreeSet::new());
+    assert_eq!(
+        plan(&k, &d).unwrap(),
+        vec![Op::ApplyNat {
+            subnet: "172.18.0.0/16".parse().unwrap(),
+            bridge: GATEWAY_BRIDGE.into()
+        }]
+    );
+}
+
+#[test]
+fn gateway_subnet_collision_is_refused() {
+    let d = full();
+    let mut k = empty_kernel();
+    k.host_routes.push(HostRoute {
+        dest: "172.18.5.0/24".parse().unwrap(),
+        dev: Some("docker0".into()),
+    });
+    match plan(&k, &d) {
+        Err(PlanError::GatewaySubnetCollision { route, dev, .. }) => {
+            assert_eq!(route, "172.18.5.0/24".parse::<IpNetwork>().unwrap());
+            assert_eq!(dev.as_deref(), Some("docker0"));
+        }
+        r => panic!("expected collision, got {r:?}"),
+    }
+    let msg = plan(&k, &d).unwrap_err().to_string();
+    assert!(
+        msg.contains("172.18.5.0/24") && msg.contains("docker0"),
+        "{msg}"
+    );
+    // Our own bridge's route and default routes do not count.
+    k.host_routes.pop();
+    k.host_routes.push(HostRoute {
+        dest: "172.18.0.0/16".parse().unwrap(),
+        dev: Some(GATEWAY_BRIDGE.into()),
+    });
+    k.host_routes.push(HostRoute {
+        dest: "0.0.0.0/0".parse().unwrap(),
+        dev: Some("eth0".into()),
+    });
+    assert!(plan(&k, &d).is_ok());
+}
+
+#[test]
+fn invalid_states_are_refused() {
+    let k = empty_kernel();
+    let check = |f: &dyn Fn(&mut DesiredNode), want: &str| {
+        let mut d = full();
+        f(&mut d);
+        let e = plan(&k, &d).unwrap_err();
+        let dbg = format!("{e:?}");
+        assert!(dbg.starts_with(want), "{dbg} (wanted {want})");
+    };
+    check(
+        &|d| {
+            d.networks.insert("../x".into(), net(5, 11, false));
+        },
+        "InvalidId",
+    );
+    check(
+        &|d| d.networks.get_mut(&NetworkId::from("n2")).unwrap().vni = 4096,
+        "DuplicateVni",
+    );
+    check(
+        &|d| d.networks.get_mut(&NetworkId::from("n2")).unwrap().vni = 1 << 24,
+        "VniOutOfRange",
+    );
+    check(
+        &|d| d.tasks.get_mut(&TaskId::from("t1")).unwrap().endpoints[0].network = "nx".into(),
+        "UnknownNetwork",
+    );
+    check(
+        &|d| d.tasks.get_mut(&TaskId::from("t1")).unwrap().endpoints[0].ifname = "gw0".into(),
+        "InvalidIfname",
+    );
+    check(
+        &|d| {
+            d.tasks.get_mut(&TaskId::from("t2")).unwrap().endpoints[1].ifname = "eth0".into();
+        },
+        "InvalidIfname",
+    );
+    check(
+        &|d| {
+            let t = d.tasks.get_mut(&TaskId::from("t2")).unwrap();
+            t.endpoints[1] = ep("n1", "eth1", "10.0.9.9/24", 9);
+        },
+        "DuplicateAttachment",
+    );
+    check(
+        &|d| {
+            d.tasks.get_mut(&TaskId::from("t1")).unwrap().endpoints[0].ip =
+                "10.0.10.2/24".parse().unwrap()
+        },
+        "AddressOutsideSubnet",
+    );
+    check(&|d| d.gateway = None, "NoGatewayBridge");
+}
+
+#[test]
+fn every_transition_converges_in_one_apply() {
+    // A handful of states; every ordered pair must converge in one plan.
+    let base = full();
+    let mut states = vec![DesiredNode::new(base.vtep), base.clone()];
+    let mut s = base.clone();
+    s.tasks.remove(&TaskId::from("t2"));
+    states.push(s.clone());
+    s.networks.get_mut(&NetworkId::from("n1")).unwrap().vni = 5000;
+    states.push(s.clone());
+    s.gateway = None;
+    for t in s.tasks.values_mut() {
+        t.gateway = None;
+    }
+    states.push(s.clone());
+    let mut s = base.clone();
+    s.gateway = Some(GatewayBridge {
+        subnet: "172.19.0.0/16".parse().unwrap(),
+        gateway: "172.19.0.1".parse().unwrap(),
+        mtu: 1400,
+    });
+    for (i, t) in s.tasks.values_mut().enumerate() {
+        if t.gateway.is_some() {
+            t.gateway = gw_att(&format!("172.19.0.{}/16", i + 2), 110 + i as u8);
+        }
+    }
+    states.push(s);
+    for from in &states {
+        for to in &states {
+            let mut k = empty_kernel();
+            converge(&mut k, from);
+            converge(&mut k, to);
+        }
+    }
+}

@@ -1,0 +1,558 @@
+//! Overlay networks end to end: real daemons in namespace hosts, tasks as
+//! real processes, real packets over VXLAN on the underlay.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Lab, wait_for};
+
+/// A two-node cluster (m1 manager, w1 worker) with an attachable overlay.
+fn two_hosts(test: &str) -> Lab {
+    let mut lab = Lab::new(test, &["m1", "w1", "w2"]);
+    lab.start_all();
+    let (wt, _) = lab.init("m1", &[]);
+    lab.join("w1", &wt, "m1");
+    lab.join("w2", &wt, "m1");
+    lab.weft(
+        "m1",
+        &[
+            "network",
+            "create",
+            "--attachable",
+            "--subnet",
+            "10.0.9.0/24",
+            "appnet",
+        ],
+    );
+    lab
+}
+
+/// The task's pinned network namespace on its host.
+fn task_netns(lab: &Lab, host: &str, task_id: &str) -> PathBuf {
+    lab.host_dir(host)
+        .join("run")
+        .join("netns")
+        .join(format!("task-{task_id}"))
+}
+
+fn run(lab: &Lab, host: &str, args: &[&str]) -> String {
+    let mut full = vec!["run"];
+    full.extend_from_slice(args);
+    lab.weft(host, &full).trim().to_string()
+}
+
+/// Runs `cmd` inside a pinned namespace (the test's own view, not weft's).
+fn in_ns(pin: &PathBuf, cmd: &[&str]) -> std::process::Output {
+    Command::new("nsenter")
+        .arg(format!("--net={}", pin.display()))
+        .args(cmd)
+        .output()
+        .expect("nsenter")
+}
+
+fn logs(lab: &Lab, host: &str, task: &str) -> String {
+    lab.weft(host, &["logs", task])
+}
+
+#[test]
+fn tasks_on_two_hosts_talk_over_the_overlay_and_it_is_vxlan_on_the_underlay() {
+    let lab = two_hosts("tcp");
+    // Count VXLAN packets to the data-path port on the underlay switch, an
+    // independent view of what crosses between hosts.
+    let switch = lab.dir().join("u").join("netns").join("switch");
+    let nft = |script: &str| {
+        let mut c = Command::new("nsenter")
+            .arg(format!("--net={}", switch.display()))
+            .args(["nft", "-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .expect("nft");
+        use std::io::Write;
+        c.stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        assert!(c.wait().unwrap().success(), "nft {script}");
+    };
+    nft(
+        "table bridge weftcount { chain c1 { type filter hook forward priority 0; udp dport 4789 counter; }; }",
+    );
+
+    let server = run(
+        &lab,
+        "w1",
+        &[
+            "--name",
+            "server",
+            "--network",
+            "appnet",
+            "--ip",
+            "10.0.9.10",
+            "--",
+            "busybox",
+            "nc",
+            "-l",
+            "-p",
+            "7000",
+        ],
+    );
+    run(
+        &lab,
+        "w2",
+        &[
+            "--name",
+            "client",
+            "--network",
+            "appnet",
+            "--ip",
+            "10.0.9.20",
+            "--",
+            "sh",
+            "-c",
+            "for i in 1 2 3 4 5 6 7 8 9 10; do echo hello-over-vxlan | busybox nc -w 2 10.0.9.10 7000 && exit 0; sleep 0.5; done; exit 1",
+        ],
+    );
+    wait_for(
+        "the server received the client's line",
+        Duration::from_secs(20),
+        || logs(&lab, "w1", "server").contains("hello-over-vxlan"),
+    );
+    assert!(!server.is_empty());
+    let out = in_ns(
+        &switch,
+        &["nft", "-j", "list", "table", "bridge", "weftcount"],
+    );
+    let json = String::from_utf8_lossy(&out.stdout).into_owned();
+    let v: serde_json::Value = serde_json::from_str(&json).expect("nft json");
+    let packets: u64 = v["nftables"]
+        .as_array()
+        .expect("nftables array")
+        .iter()
+        .filter_map(|o| o["rule"]["expr"].as_array())
+        .flatten()
+        .filter_map(|e| e["counter"]["packets"].as_u64())
+        .sum();
+    assert!(
+        packets > 0,
+        "no VXLAN (udp/4789) seen on the underlay: {json}"
+    );
+
+    // inspect --verbose shows both endpoints, both peers, and their config acks.
+    wait_for(
+        "both nodes acknowledged their config",
+        Duration::from_secs(10),
+        || {
+            let v: serde_json::Value =
+                serde_json::from_str(&lab.weft("m1", &["network", "inspect", "-v", "appnet"]))
+                    .unwrap();
+            let peers = v[0]["Peers"].as_array().cloned().unwrap_or_default();
+            peers.len() == 2
+                && peers
+                    .iter()
+                    .all(|p| p["Behind"] == 0 && p["AppliedVersion"].as_u64() > Some(0))
+        },
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&lab.weft("m1", &["network", "inspect", "-v", "appnet"])).unwrap();
+    assert_eq!(v[0]["Containers"].as_object().unwrap().len(), 2);
+    assert_eq!(v[0]["MTU"], 1450);
+    assert_eq!(v[0]["VNI"], 4096);
+}
+
+#[test]
+fn networks_are_isolated_and_rm_removes_every_kernel_object() {
+    let lab = two_hosts("isolation");
+    lab.weft(
+        "m1",
+        &[
+            "network",
+            "create",
+            "--attachable",
+            "--subnet",
+            "10.0.10.0/24",
+            "othernet",
+        ],
+    );
+    let a = run(
+        &lab,
+        "w1",
+        &[
+            "--network",
+            "appnet",
+            "--ip",
+            "10.0.9.10",
+            "--",
+            "sleep",
+            "600",
+        ],
+    );
+    let b = run(
+        &lab,
+        "w2",
+        &[
+            "--network",
+            "othernet",
+            "--ip",
+            "10.0.10.20",
+            "--",
+            "sleep",
+            "600",
+        ],
+    );
+    let c = run(
+        &lab,
+        "w2",
+        &[
+            "--network",
+            "appnet",
+            "--ip",
+            "10.0.9.30",
+            "--",
+            "sleep",
+            "600",
+        ],
+    );
+    let pin_a = task_netns(&lab, "w1", &a);
+    // Same network, other host: reachable.
+    wait_for("a reaches c", Duration::from_secs(15), || {
+        in_ns(
+            &pin_a,
+            &["busybox", "ping", "-c", "1", "-W", "1", "10.0.9.30"],
+        )
+        .status
+        .success()
+    });
+    // Other network: not reachable (neither its address nor via the overlay).
+    assert!(
+        !in_ns(
+            &pin_a,
+            &["busybox", "ping", "-c", "2", "-W", "1", "10.0.10.20"]
+        )
+        .status
+        .success(),
+        "networks must be isolated"
+    );
+    // Removing a network in use is refused.
+    let err = lab.weft_err("m1", &["network", "rm", "othernet"]);
+    assert!(err.contains("in use"), "{err}");
+    lab.weft("w2", &["rm", "-f", &b]);
+    lab.weft("m1", &["network", "rm", "othernet"]);
+    // Every kernel object of othernet is gone from w2: its namespace pin and
+    // any VXLAN device with its VNI.
+    let netns_dir = lab.host_dir("w2").join("run").join("netns");
+    wait_for(
+        "othernet's namespace removed on w2",
+        Duration::from_secs(15),
+        || {
+            let pins: Vec<String> = std::fs::read_dir(&netns_dir)
+                .map(|d| {
+                    d.filter_map(|e| e.ok())
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+            pins.iter().filter(|p| p.starts_with("net-")).count() == 1
+                && !pins.iter().any(|p| p.contains(&b))
+        },
+    );
+    let _ = c;
+}
+
+#[test]
+fn killed_worker_daemon_restarts_without_disrupting_tasks() {
+    let mut lab = two_hosts("restart");
+    let a = run(
+        &lab,
+        "w1",
+        &[
+            "--name",
+            "a",
+            "--network",
+            "appnet",
+            "--ip",
+            "10.0.9.10",
+            "--",
+            "sleep",
+            "600",
+        ],
+    );
+    run(
+        &lab,
+        "w2",
+        &[
+            "--name",
+            "b",
+            "--network",
+            "appnet",
+            "--ip",
+            "10.0.9.20",
+            "--",
+            "sleep",
+            "600",
+        ],
+    );
+    let pin_a = task_netns(&lab, "w1", &a);
+    wait_for("a reaches b", Duration::from_secs(15), || {
+        in_ns(
+            &pin_a,
+            &["busybox", "ping", "-c", "1", "-W", "1", "10.0.9.20"],
+        )
+        .status
+        .success()
+    });
+    let pid_before =
+        std::fs::read_to_string(lab.host_dir("w1").join("run/tasks").join(&a).join("pid")).unwrap();
+    lab.kill9("w1");
+    // The data plane survives the control plane.
+    assert!(
+        in_ns(
+            &pin_a,
+            &["busybox", "ping", "-c", "1", "-W", "1", "10.0.9.20"]
+        )
+        .status
+        .success()
+    );
+    lab.start("w1");
+    wait_for("w1 back", Duration::from_secs(15), || {
+        lab.weft("w1", &["ps"]).contains(" a ")
+    });
+    let pid_after =
+        std::fs::read_to_string(lab.host_dir("w1").join("run/tasks").join(&a).join("pid")).unwrap();
+    assert_eq!(pid_before, pid_after, "the task was adopted, not restarted");
+    let ps = lab.weft("w1", &["ps"]);
+    assert_eq!(ps.lines().count(), 2, "no duplicate task: {ps}");
+    assert!(
+        in_ns(
+            &pin_a,
+            &["busybox", "ping", "-c", "1", "-W", "1", "10.0.9.20"]
+        )
+        .status
+        .success()
+    );
+}
+
+#[test]
+fn a_deleted_vxlan_device_is_repaired() {
+    let lab = two_hosts("repair");
+    let a = run(
+        &lab,
+        "w1",
+        &[
+            "--network",
+            "appnet",
+            "--ip",
+            "10.0.9.10",
+            "--",
+            "sleep",
+            "600",
+        ],
+    );
+    run(
+        &lab,
+        "w2",
+        &[
+            "--network",
+            "appnet",
+            "--ip",
+            "10.0.9.20",
+            "--",
+            "sleep",
+            "600",
+        ],
+    );
+    let pin_a = task_netns(&lab, "w1", &a);
+    wait_for("a reaches b", Duration::from_secs(15), || {
+        in_ns(
+            &pin_a,
+            &["busybox", "ping", "-c", "1", "-W", "1", "10.0.9.20"],
+        )
+        .status
+        .success()
+    });
+    let netns_dir = lab.host_dir("w1").join("run").join("netns");
+    let net_pin = std::fs::read_dir(&netns_dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("net-"))
+        .expect("network namespace");
+    let links =
+        String::from_utf8_lossy(&in_ns(&net_pin, &["ip", "-j", "link"]).stdout).into_owned();
+    let v: serde_json::Value = serde_json::from_str(&links).unwrap();
+    let vx = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["ifname"].as_str().unwrap().to_string())
+        .find(|n| n.starts_with("weft-vx"))
+        .expect("vxlan device");
+    assert!(
+        in_ns(&net_pin, &["ip", "link", "del", &vx])
+            .status
+            .success()
+    );
+    assert!(
+        !in_ns(
+            &pin_a,
+            &["busybox", "ping", "-c", "1", "-W", "1", "10.0.9.20"]
+        )
+        .status
+        .success()
+    );
+    let took = wait_for(
+        "the VXLAN device is repaired",
+        Duration::from_secs(15),
+        || {
+            in_ns(
+                &pin_a,
+                &["busybox", "ping", "-c", "1", "-W", "1", "10.0.9.20"],
+            )
+            .status
+            .success()
+        },
+    );
+    eprintln!("repaired within {took:?}");
+}
+
+#[test]
+fn internal_networks_stay_inside_and_the_gateway_bridge_reaches_the_host() {
+    let lab = two_hosts("egress");
+    lab.weft(
+        "m1",
+        &[
+            "network",
+            "create",
+            "--attachable",
+            "--internal",
+            "--subnet",
+            "10.0.11.0/24",
+            "secret",
+        ],
+    );
+    let inside = run(&lab, "w1", &["--network", "secret", "--", "sleep", "600"]);
+    let outside = run(&lab, "w1", &["--network", "appnet", "--", "sleep", "600"]);
+    // The host side: w1's own underlay address, in w1's namespace.
+    let host_ip = lab.addr("w1");
+    let pin_out = task_netns(&lab, "w1", &outside);
+    let pin_in = task_netns(&lab, "w1", &inside);
+    wait_for(
+        "a task with egress reaches its host",
+        Duration::from_secs(15),
+        || {
+            in_ns(
+                &pin_out,
+                &["busybox", "ping", "-c", "1", "-W", "1", &host_ip],
+            )
+            .status
+            .success()
+        },
+    );
+    assert!(
+        !in_ns(
+            &pin_in,
+            &["busybox", "ping", "-c", "2", "-W", "1", &host_ip]
+        )
+        .status
+        .success(),
+        "a task on an internal network must not leave the overlay"
+    );
+    let routes = String::from_utf8_lossy(&in_ns(&pin_in, &["ip", "route"]).stdout).into_owned();
+    assert!(!routes.contains("default"), "{routes}");
+}
+
+#[test]
+fn bad_network_and_run_input_is_refused_and_changes_nothing() {
+    let lab = two_hosts("badinput");
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["network", "create", "--subnet", "10.0.9.0/33", "x"],
+            "invalid subnet",
+        ),
+        (
+            &["network", "create", "--subnet", "10.0.9.1/24", "x"],
+            "host bits",
+        ),
+        (
+            &["network", "create", "--subnet", "10.0.9.128/25", "x"],
+            "overlaps",
+        ),
+        (
+            &[
+                "network",
+                "create",
+                "--subnet",
+                "10.0.20.0/24",
+                "--gateway",
+                "10.0.21.1",
+                "x",
+            ],
+            "gateway",
+        ),
+        (&["network", "create", "appnet"], "already exists"),
+        (&["network", "create", "--mtu", "100", "x"], "MTU"),
+        (&["network", "create", "-o", "encrypted", "x"], "encrypted"),
+        (&["network", "create", "bad/name"], "invalid network name"),
+        (&["network", "rm", "nosuch"], "not found"),
+    ];
+    for (args, want) in cases {
+        let err = lab.weft_err("m1", args);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    lab.weft(
+        "m1",
+        &["network", "create", "--subnet", "10.0.30.0/24", "private"],
+    );
+    let err = lab.weft_err("w1", &["run", "--network", "private", "--", "sleep", "1"]);
+    assert!(err.contains("not attachable"), "{err}");
+    let err = lab.weft_err("w1", &["run", "--network", "nosuch", "--", "sleep", "1"]);
+    assert!(err.contains("not found"), "{err}");
+    let err = lab.weft_err(
+        "w1",
+        &[
+            "run",
+            "--network",
+            "appnet",
+            "--ip",
+            "10.0.8.1",
+            "--",
+            "sleep",
+            "1",
+        ],
+    );
+    assert!(err.contains("not a usable address"), "{err}");
+    run(
+        &lab,
+        "w1",
+        &[
+            "--network",
+            "appnet",
+            "--ip",
+            "10.0.9.40",
+            "--",
+            "sleep",
+            "600",
+        ],
+    );
+    let err = lab.weft_err(
+        "w2",
+        &[
+            "run",
+            "--network",
+            "appnet",
+            "--ip",
+            "10.0.9.40",
+            "--",
+            "sleep",
+            "1",
+        ],
+    );
+    assert!(err.contains("already in use"), "{err}");
+    let ls = lab.weft("m1", &["network", "ls", "-q"]);
+    assert_eq!(ls.lines().count(), 2, "only appnet and private exist: {ls}");
+    let ps = lab.weft("w2", &["ps", "-a"]);
+    assert_eq!(ps.lines().count(), 1, "no task was created on w2: {ps}");
+}

@@ -1,0 +1,355 @@
+//! The node's local loop: make the kernel and the task runtime match the
+//! config the cluster pushed.
+//!
+//! ```text
+//!  NodeConfig (agent watch, or the last one on disk) ──▶ desired_from_config (pure)
+//!        │                                                     │
+//!        │   stop tasks no longer wanted ◀─────────────────────┤
+//!        │   Dataplane::apply(desired)   ◀─────────────────────┤  (level-triggered:
+//!        │   start tasks not yet running ◀─────────────────────┘   on change and every few s)
+//!        ▼
+//!  StatusReport{applied version, error, task states} ──▶ agent ──▶ dispatcher
+//! ```
+//!
+//! The last config is persisted, so a restarted daemon with no manager in
+//! reach converges to it anyway: the data plane survives the control plane.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnetwork::IpNetwork;
+use prost::Message;
+use tokio::sync::watch;
+use weft_overlay::model::{
+    DesiredNode, EndpointId, GatewayBridge, GwAttachment, LocalEndpoint, NetworkId, OverlayNet,
+    RemoteEndpoint, TaskId, TaskNet,
+};
+use weft_overlay::{Dataplane, MacAddr};
+use weft_proto::v1 as pb;
+
+use crate::runtime::{TaskRuntime, TaskSpec, TaskState};
+
+/// How often the loop re-checks the kernel for drift without a change.
+pub const RECHECK: Duration = Duration::from_secs(5);
+
+/// A config field that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad {what} {value:?} in the node config")]
+pub struct BadConfig {
+    /// Which field.
+    pub what: &'static str,
+    /// Its value.
+    pub value: String,
+}
+
+fn parse<T: std::str::FromStr>(what: &'static str, value: &str) -> Result<T, BadConfig> {
+    value.parse().map_err(|_| BadConfig {
+        what,
+        value: value.to_string(),
+    })
+}
+
+/// Translates the pushed config into the data plane's desired state. Pure.
+pub fn desired_from_config(c: &pb::NodeConfig) -> Result<DesiredNode, BadConfig> {
+    let vtep: IpAddr = parse("vtep", &c.vtep)?;
+    let mut d = DesiredNode::new(vtep);
+    if c.vxlan_port != 0 {
+        d.vxlan_port = u16::try_from(c.vxlan_port).map_err(|_| BadConfig {
+            what: "vxlan port",
+            value: c.vxlan_port.to_string(),
+        })?;
+    }
+    for n in &c.networks {
+        let subnet: IpNetwork = parse("subnet", &n.subnet)?;
+        let mut remote = BTreeMap::new();
+        for r in &n.remote {
+            remote.insert(
+                EndpointId(format!("{}-{}", r.task_id, n.id)),
+                RemoteEndpoint {
+                    ip: parse("remote ip", &r.ip)?,
+                    mac: parse::<MacAddr>("remote mac", &r.mac)?,
+                    vtep: parse("remote vtep", &r.vtep)?,
+                },
+            );
+        }
+        d.networks.insert(
+            NetworkId(n.id.clone()),
+            OverlayNet {
+                vni: n.vni,
+                subnet,
+                gateway: parse("gateway", &n.gateway)?,
+                mtu: n.mtu,
+                internal: n.internal,
+                remote,
+            },
+        );
+    }
+    let mut any_gateway = false;
+    for t in &c.tasks {
+        let mut endpoints = Vec::new();
+        for (i, a) in t.attachments.iter().enumerate() {
+            endpoints.push(LocalEndpoint {
+                network: NetworkId(a.network_id.clone()),
+                ifname: format!("eth{i}"),
+                ip: parse("task ip", &a.ip)?,
+                mac: parse::<MacAddr>("task mac", &a.mac)?,
+            });
+        }
+        let gateway = if t.gateway_ip.is_empty() {
+            None
+        } else {
+            any_gateway = true;
+            Some(GwAttachment {
+                ip: parse("gateway ip", &t.gateway_ip)?,
+                mac: parse::<MacAddr>("gateway mac", &t.gateway_mac)?,
+            })
+        };
+        d.tasks
+            .insert(TaskId(t.id.clone()), TaskNet { endpoints, gateway });
+    }
+    if any_gateway {
+        let subnet: IpNetwork = parse("gateway subnet", &c.gateway_subnet)?;
+        let gateway = match subnet {
+            IpNetwork::V4(s) => IpAddr::V4(std::net::Ipv4Addr::from(u32::from(s.network()) + 1)),
+            IpNetwork::V6(_) => {
+                return Err(BadConfig {
+                    what: "gateway subnet (IPv6 is not supported yet)",
+                    value: c.gateway_subnet.clone(),
+                });
+            }
+        };
+        d.gateway = Some(GatewayBridge {
+            subnet,
+            gateway,
+            ..GatewayBridge::default()
+        });
+    }
+    Ok(d)
+}
+
+/// The parts the loop drives.
+pub struct Reconciler {
+    /// Node ID, for reports.
+    pub node_id: String,
+    /// The pushed config.
+    pub config: watch::Receiver<Option<Arc<pb::NodeConfig>>>,
+    /// Where the last config is kept across restarts.
+    pub state_file: PathBuf,
+    /// Kernel effects.
+    pub dataplane: Arc<dyn Dataplane>,
+    /// Task processes.
+    pub runtime: Arc<dyn TaskRuntime>,
+    /// Where reports go (the agent).
+    pub report: Box<dyn Fn(pb::StatusReport) + Send + Sync>,
+}
+
+impl Reconciler {
+    /// Runs until `stop` flips to true.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        if let Err(e) = self.runtime.adopt().await {
+            tracing::warn!(error = %e, "could not adopt existing tasks");
+        }
+        let mut events = self.runtime.subscribe();
+        let mut current: Option<Arc<pb::NodeConfig>> = self.load();
+        loop {
+            let pushed = self.config.borrow_and_update().clone();
+            if let Some(c) = pushed
+                && current.as_ref().is_none_or(|cur| **cur != *c)
+            {
+                self.save(&c);
+                current = Some(c);
+            }
+            if let Some(c) = current.clone() {
+                let report = self.converge(&c).await;
+                (self.report)(report);
+            }
+            tokio::select! {
+                _ = stop.changed() => return,
+                r = self.config.changed() => if r.is_err() { return },
+                _ = events.recv() => {},
+                _ = tokio::time::sleep(RECHECK) => {},
+            }
+        }
+    }
+
+    fn load(&self) -> Option<Arc<pb::NodeConfig>> {
+        let bytes = std::fs::read(&self.state_file).ok()?;
+        pb::NodeConfig::decode(bytes.as_slice()).ok().map(Arc::new)
+    }
+
+    fn save(&self, c: &pb::NodeConfig) {
+        let tmp = self.state_file.with_extension("tmp");
+        let r = std::fs::write(&tmp, c.encode_to_vec())
+            .and_then(|()| std::fs::rename(&tmp, &self.state_file));
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "could not persist the node config");
+        }
+    }
+
+    /// One pass: stop unwanted tasks, converge the kernel, start missing
+    /// tasks; returns the report.
+    async fn converge(&self, c: &pb::NodeConfig) -> pb::StatusReport {
+        let wanted: BTreeMap<&str, &pb::TaskConfig> =
+            c.tasks.iter().map(|t| (t.id.as_str(), t)).collect();
+        for st in self.runtime.list() {
+            if !wanted.contains_key(st.id.as_str()) {
+                tracing::info!(task = %st.id, "removing task no longer assigned here");
+                if let Err(e) = self.runtime.remove(&st.id).await {
+                    tracing::warn!(task = %st.id, error = %e, "could not remove task");
+                }
+            }
+        }
+        let mut error = String::new();
+        match desired_from_config(c) {
+            Ok(d) => {
+                if let Err(e) = self.dataplane.apply(&d).await {
+                    error = format!("data plane: {e}");
+                }
+            }
+            Err(e) => error = e.to_string(),
+        }
+        if !error.is_empty() {
+            tracing::warn!(%error, version = c.version, "config not fully applied");
+        }
+        let mut tasks = Vec::new();
+        for t in &c.tasks {
+            let status = match self.runtime.status(&t.id) {
+                Some(s) => Some(s),
+                None if error.is_empty() => {
+                    let spec = TaskSpec {
+                        id: t.id.clone(),
+                        name: t.name.clone(),
+                        command: t.command.clone(),
+                        env: t.env.clone().into_iter().collect(),
+                        netns: self.dataplane.task_netns(&TaskId(t.id.clone())),
+                        resolv_conf: None,
+                        hostname: Some(t.name.clone()),
+                    };
+                    match self.runtime.start(&spec).await {
+                        Ok(s) => Some(s),
+                        Err(e) => {
+                            tasks.push(pb::TaskState {
+                                task_id: t.id.clone(),
+                                state: "failed".into(),
+                                message: e.to_string(),
+                                ..Default::default()
+                            });
+                            None
+                        }
+                    }
+                }
+                None => None,
+            };
+            if let Some(s) = status {
+                tasks.push(task_state(&s.id, &s.state));
+            }
+        }
+        pb::StatusReport {
+            node_id: self.node_id.clone(),
+            applied_version: if error.is_empty() { c.version } else { 0 },
+            apply_error: error,
+            tasks,
+        }
+    }
+}
+
+fn task_state(id: &str, s: &TaskState) -> pb::TaskState {
+    match s {
+        TaskState::Running { .. } => pb::TaskState {
+            task_id: id.to_string(),
+            state: "running".into(),
+            ..Default::default()
+        },
+        TaskState::Exited { code, signal } => pb::TaskState {
+            task_id: id.to_string(),
+            state: "exited".into(),
+            has_exit_code: code.is_some(),
+            exit_code: code.unwrap_or(0),
+            message: signal
+                .map(|s| format!("killed by signal {s}"))
+                .unwrap_or_default(),
+        },
+        TaskState::Failed { error } => pb::TaskState {
+            task_id: id.to_string(),
+            state: "failed".into(),
+            message: error.clone(),
+            ..Default::default()
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> pb::NodeConfig {
+        pb::NodeConfig {
+            version: 9,
+            vtep: "198.18.0.1".into(),
+            vxlan_port: 4789,
+            gateway_subnet: "172.18.0.0/16".into(),
+            networks: vec![pb::NetworkConfig {
+                id: "n1".into(),
+                name: "app".into(),
+                vni: 4096,
+                subnet: "10.0.9.0/24".into(),
+                gateway: "10.0.9.1".into(),
+                mtu: 1450,
+                internal: false,
+                remote: vec![pb::RemoteEndpoint {
+                    task_id: "t2".into(),
+                    ip: "10.0.9.3".into(),
+                    mac: "02:42:0a:00:09:03".into(),
+                    vtep: "198.18.0.2".into(),
+                }],
+            }],
+            tasks: vec![pb::TaskConfig {
+                id: "t1".into(),
+                name: "one".into(),
+                command: vec!["sleep".into(), "9".into()],
+                env: Default::default(),
+                attachments: vec![pb::TaskAttachment {
+                    network_id: "n1".into(),
+                    ip: "10.0.9.2/24".into(),
+                    mac: "02:42:0a:00:09:02".into(),
+                }],
+                gateway_ip: "172.18.0.2/16".into(),
+                gateway_mac: "02:42:ac:12:00:02".into(),
+            }],
+        }
+    }
+
+    #[test]
+    fn translation_keeps_everything() {
+        let d = desired_from_config(&config()).unwrap();
+        assert_eq!(d.vtep.to_string(), "198.18.0.1");
+        let n = &d.networks[&NetworkId("n1".into())];
+        assert_eq!((n.vni, n.mtu), (4096, 1450));
+        assert_eq!(n.remote.len(), 1);
+        let t = &d.tasks[&TaskId("t1".into())];
+        assert_eq!(t.endpoints[0].ifname, "eth0");
+        assert_eq!(t.endpoints[0].ip.to_string(), "10.0.9.2/24");
+        assert!(t.gateway.is_some());
+        let gw = d.gateway.unwrap();
+        assert_eq!(gw.gateway.to_string(), "172.18.0.1");
+    }
+
+    #[test]
+    fn no_gateway_bridge_without_egress() {
+        let mut c = config();
+        c.tasks[0].gateway_ip.clear();
+        c.tasks[0].gateway_mac.clear();
+        assert_eq!(desired_from_config(&c).unwrap().gateway, None);
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let mut c = config();
+        c.networks[0].remote[0].mac = "zz".into();
+        let e = desired_from_config(&c).unwrap_err();
+        assert_eq!(e.what, "remote mac");
+    }
+}
