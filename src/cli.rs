@@ -59,6 +59,9 @@ pub enum Command {
     /// Manage overlay networks.
     #[command(subcommand)]
     Network(NetworkCommand),
+    /// Manage services.
+    #[command(subcommand)]
+    Service(ServiceCommand),
     /// Start a standalone task on this node (attachable networks only).
     Run(RunArgs),
     /// List this node's tasks.
@@ -341,6 +344,147 @@ pub struct NetworkCreateArgs {
     pub opts: Vec<String>,
     /// Network name.
     pub name: String,
+}
+
+/// Service modes.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ModeArg {
+    /// A fixed number of replicas.
+    Replicated,
+    /// One task on every eligible node.
+    Global,
+}
+
+/// Endpoint modes.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum EndpointModeArg {
+    /// A virtual IP per network, balanced over the tasks.
+    Vip,
+    /// DNS round robin over the task addresses.
+    Dnsrr,
+}
+
+/// Restart conditions.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum RestartArg {
+    /// Always replace a finished task.
+    Any,
+    /// Only after a failure or a non-zero exit.
+    OnFailure,
+    /// Never.
+    None,
+}
+
+/// `weft service …`.
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// Create a service.
+    Create(ServiceCreateArgs),
+    /// List services.
+    #[command(alias = "list")]
+    Ls {
+        /// Only print IDs.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// List a service's tasks.
+    Ps {
+        /// Service name or ID.
+        service: String,
+    },
+    /// Show a service as JSON (with its VIP on each network).
+    Inspect {
+        /// Service names or IDs.
+        #[arg(required = true)]
+        services: Vec<String>,
+    },
+    /// Set the number of replicas: SERVICE=REPLICAS...
+    Scale {
+        /// Return at once instead of waiting for convergence.
+        #[arg(short, long)]
+        detach: bool,
+        /// SERVICE=REPLICAS pairs.
+        #[arg(required = true)]
+        pairs: Vec<String>,
+    },
+    /// Change a service; tasks are replaced one at a time.
+    Update(ServiceUpdateArgs),
+    /// Remove services and their tasks.
+    #[command(alias = "remove")]
+    Rm {
+        /// Service names or IDs.
+        #[arg(required = true)]
+        services: Vec<String>,
+    },
+}
+
+/// `weft service create`.
+#[derive(Debug, Args)]
+pub struct ServiceCreateArgs {
+    /// Service name (also its DNS name).
+    #[arg(long)]
+    pub name: String,
+    /// Number of replicas (replicated mode; default 1).
+    #[arg(long)]
+    pub replicas: Option<u64>,
+    /// replicated or global.
+    #[arg(long, value_enum)]
+    pub mode: Option<ModeArg>,
+    /// Network to attach (repeatable).
+    #[arg(long = "network")]
+    pub networks: Vec<String>,
+    /// vip (default) or dnsrr.
+    #[arg(long, value_enum)]
+    pub endpoint_mode: Option<EndpointModeArg>,
+    /// Environment variable KEY=VALUE (repeatable).
+    #[arg(short, long = "env")]
+    pub env: Vec<String>,
+    /// Placement constraint, e.g. node.role==manager, node.labels.zone==a (repeatable).
+    #[arg(long = "constraint")]
+    pub constraints: Vec<String>,
+    /// When finished tasks are replaced.
+    #[arg(long, value_enum)]
+    pub restart_condition: Option<RestartArg>,
+    /// Return at once instead of waiting for convergence.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// The command and its arguments.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+/// `weft service update`.
+#[derive(Debug, Args)]
+pub struct ServiceUpdateArgs {
+    /// New number of replicas.
+    #[arg(long)]
+    pub replicas: Option<u64>,
+    /// Attach a network (repeatable).
+    #[arg(long = "network-add")]
+    pub network_add: Vec<String>,
+    /// Detach a network (repeatable).
+    #[arg(long = "network-rm")]
+    pub network_rm: Vec<String>,
+    /// Add or change an environment variable KEY=VALUE (repeatable).
+    #[arg(long = "env-add")]
+    pub env_add: Vec<String>,
+    /// Remove an environment variable (repeatable).
+    #[arg(long = "env-rm")]
+    pub env_rm: Vec<String>,
+    /// Add a placement constraint (repeatable).
+    #[arg(long = "constraint-add")]
+    pub constraint_add: Vec<String>,
+    /// Remove a placement constraint (repeatable).
+    #[arg(long = "constraint-rm")]
+    pub constraint_rm: Vec<String>,
+    /// Replace every task even if nothing changed.
+    #[arg(long)]
+    pub force: bool,
+    /// Return at once instead of waiting for convergence.
+    #[arg(short, long)]
+    pub detach: bool,
+    /// Service name or ID.
+    pub service: String,
 }
 
 /// `weft run`.

@@ -71,6 +71,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 Command::Node(n) => commands::node(&c, n).await,
                 Command::Network(n) => commands::network(&c, n).await,
+                Command::Service(n) => commands::service(&c, n).await,
                 Command::Run(a) => {
                     c.require_local("run")?;
                     commands::run_task(&c, a).await

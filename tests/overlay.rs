@@ -45,7 +45,7 @@ fn run(lab: &Lab, host: &str, args: &[&str]) -> String {
 }
 
 /// Runs `cmd` inside a pinned namespace (the test's own view, not weft's).
-fn in_ns(pin: &PathBuf, cmd: &[&str]) -> std::process::Output {
+fn in_ns(pin: &std::path::Path, cmd: &[&str]) -> std::process::Output {
     Command::new("nsenter")
         .arg(format!("--net={}", pin.display()))
         .args(cmd)

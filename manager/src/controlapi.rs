@@ -421,6 +421,196 @@ impl ControlService {
     }
 }
 
+impl ControlService {
+    fn resolve_networks(&self, names: &[String]) -> Result<Vec<String>> {
+        let mut ids: Vec<String> = Vec::new();
+        for n in names {
+            let id = self
+                .core
+                .read(|s| s.resolve_network(n).map(|x| x.id.clone()))?;
+            if ids.contains(&id) {
+                return Err(Error::InvalidInput(format!("network {n:?} is given twice")));
+            }
+            ids.push(id);
+        }
+        Ok(ids)
+    }
+
+    fn service_spec(&self, m: pb::ServiceSpecMsg) -> Result<crate::store::ServiceSpec> {
+        use crate::store::{Constraint, EndpointMode, RestartCondition, ServiceMode, TaskSpec};
+        crate::validate::object_name("service", &m.name)?;
+        let mode = match m.mode.as_str() {
+            "" | "replicated" => ServiceMode::Replicated {
+                replicas: if m.replicas == 0 && m.mode.is_empty() {
+                    1
+                } else {
+                    m.replicas
+                },
+            },
+            "global" => {
+                if m.replicas != 0 {
+                    return Err(Error::InvalidInput(
+                        "--replicas cannot be combined with --mode global".into(),
+                    ));
+                }
+                ServiceMode::Global
+            }
+            other => {
+                return Err(Error::InvalidInput(format!(
+                    "invalid mode {other:?}: use replicated or global"
+                )));
+            }
+        };
+        if m.command.is_empty() || m.command[0].is_empty() {
+            return Err(Error::InvalidInput(
+                "no command given: `weft service create [OPTIONS] -- CMD ARGS...`".into(),
+            ));
+        }
+        for k in m.env.keys() {
+            if k.is_empty() || k.contains('=') {
+                return Err(Error::InvalidInput(format!(
+                    "invalid environment variable name {k:?}"
+                )));
+            }
+        }
+        let endpoint_mode = match m.endpoint_mode.as_str() {
+            "" | "vip" => EndpointMode::Vip,
+            "dnsrr" => EndpointMode::Dnsrr,
+            other => {
+                return Err(Error::InvalidInput(format!(
+                    "invalid endpoint mode {other:?}: use vip or dnsrr"
+                )));
+            }
+        };
+        let restart = match m.restart_condition.as_str() {
+            "" | "any" => RestartCondition::Any,
+            "on-failure" => RestartCondition::OnFailure,
+            "none" => RestartCondition::None,
+            other => {
+                return Err(Error::InvalidInput(format!(
+                    "invalid restart condition {other:?}: use any, on-failure or none"
+                )));
+            }
+        };
+        let constraints = m
+            .constraints
+            .iter()
+            .map(|c| c.parse::<Constraint>())
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::InvalidInput(e.to_string()))?;
+        Ok(crate::store::ServiceSpec {
+            name: m.name,
+            mode,
+            task: TaskSpec {
+                command: m.command,
+                env: m.env.into_iter().collect(),
+            },
+            networks: self.resolve_networks(&m.networks)?,
+            endpoint_mode,
+            constraints,
+            restart,
+        })
+    }
+
+    async fn create_service(&self, r: pb::CreateServiceRequest) -> Result<pb::Service> {
+        let spec = self.service_spec(r.spec.unwrap_or_default())?;
+        let id = crate::validate::random_id();
+        self.core
+            .propose(Command::CreateService {
+                id: id.clone(),
+                spec,
+                now_ms: now_ms(),
+            })
+            .await?;
+        self.read_after_write(|s| {
+            s.services
+                .get(&id)
+                .map(|x| crate::convert::service_to_wire(s, x))
+        })
+        .await
+    }
+
+    async fn update_service(&self, r: pb::UpdateServiceRequest) -> Result<pb::Service> {
+        use crate::store::{Constraint, ServiceMode};
+        let svc = self.core.read(|s| s.resolve_service(&r.service).cloned())?;
+        let mut spec = svc.spec.clone();
+        if r.set_replicas {
+            match spec.mode {
+                ServiceMode::Global => {
+                    return Err(Error::InvalidInput(format!(
+                        "service {} is global: it runs one task per eligible node and cannot be scaled",
+                        spec.name
+                    )));
+                }
+                ServiceMode::Replicated { .. } => {
+                    spec.mode = ServiceMode::Replicated {
+                        replicas: r.replicas,
+                    }
+                }
+            }
+        }
+        for id in self.resolve_networks(&r.network_rm)? {
+            if !spec.networks.contains(&id) {
+                return Err(Error::InvalidInput(format!(
+                    "service {} is not on network {id}",
+                    spec.name
+                )));
+            }
+            spec.networks.retain(|n| *n != id);
+        }
+        for id in self.resolve_networks(&r.network_add)? {
+            if spec.networks.contains(&id) {
+                return Err(Error::InvalidInput(format!(
+                    "service {} is already on network {id}",
+                    spec.name
+                )));
+            }
+            spec.networks.push(id);
+        }
+        for k in &r.env_rm {
+            spec.task.env.remove(k);
+        }
+        for (k, v) in r.env_add {
+            if k.is_empty() || k.contains('=') {
+                return Err(Error::InvalidInput(format!(
+                    "invalid environment variable name {k:?}"
+                )));
+            }
+            spec.task.env.insert(k, v);
+        }
+        for c in &r.constraint_rm {
+            let c: Constraint = c.parse().map_err(|e: crate::store::ParseConstraintError| {
+                Error::InvalidInput(e.to_string())
+            })?;
+            spec.constraints.retain(|x| *x != c);
+        }
+        for c in &r.constraint_add {
+            let c: Constraint = c.parse().map_err(|e: crate::store::ParseConstraintError| {
+                Error::InvalidInput(e.to_string())
+            })?;
+            if !spec.constraints.contains(&c) {
+                spec.constraints.push(c);
+            }
+        }
+        self.core
+            .propose(Command::UpdateService {
+                id: svc.id.clone(),
+                spec: spec.clone(),
+                force: r.force,
+                now_ms: now_ms(),
+            })
+            .await?;
+        let id = svc.id.clone();
+        self.read_after_write(|s| {
+            s.services
+                .get(&id)
+                .filter(|x| x.spec == spec)
+                .map(|x| crate::convert::service_to_wire(s, x))
+        })
+        .await
+    }
+}
+
 fn validate_label_key(k: &str) -> Result<()> {
     let ok = !k.is_empty()
         && k.len() <= 128
@@ -605,6 +795,72 @@ impl Control for ControlService {
         self.core.propose(Command::RemoveTask { id }).await?;
         Ok(Response::new(pb::RemoveTaskResponse {}))
     }
+
+    async fn create_service(
+        &self,
+        req: Request<pb::CreateServiceRequest>,
+    ) -> std::result::Result<Response<pb::Service>, Status> {
+        self.authorize(&req)?;
+        Ok(Response::new(
+            ControlService::create_service(self, req.into_inner()).await?,
+        ))
+    }
+
+    async fn update_service(
+        &self,
+        req: Request<pb::UpdateServiceRequest>,
+    ) -> std::result::Result<Response<pb::Service>, Status> {
+        self.authorize(&req)?;
+        Ok(Response::new(
+            ControlService::update_service(self, req.into_inner()).await?,
+        ))
+    }
+
+    async fn list_services(
+        &self,
+        req: Request<pb::ListServicesRequest>,
+    ) -> std::result::Result<Response<pb::ListServicesResponse>, Status> {
+        self.authorize(&req)?;
+        self.core.cluster()?;
+        let services = self.core.read(|s| {
+            s.services
+                .values()
+                .map(|x| crate::convert::service_to_wire(s, x))
+                .collect()
+        });
+        Ok(Response::new(pb::ListServicesResponse { services }))
+    }
+
+    async fn get_service(
+        &self,
+        req: Request<pb::GetServiceRequest>,
+    ) -> std::result::Result<Response<pb::Service>, Status> {
+        self.authorize(&req)?;
+        let svc = self
+            .core
+            .read(|s| {
+                s.resolve_service(&req.get_ref().service)
+                    .map(|x| crate::convert::service_to_wire(s, x))
+            })
+            .map_err(Error::from)?;
+        Ok(Response::new(svc))
+    }
+
+    async fn remove_service(
+        &self,
+        req: Request<pb::RemoveServiceRequest>,
+    ) -> std::result::Result<Response<pb::RemoveServiceResponse>, Status> {
+        self.authorize(&req)?;
+        let id = self
+            .core
+            .read(|s| {
+                s.resolve_service(&req.get_ref().service)
+                    .map(|x| x.id.clone())
+            })
+            .map_err(Error::from)?;
+        self.core.propose(Command::RemoveService { id }).await?;
+        Ok(Response::new(pb::RemoveServiceResponse {}))
+    }
 }
 
 #[tonic::async_trait]
@@ -705,6 +961,41 @@ impl Control for LocalControl {
         req: Request<pb::RemoveTaskRequest>,
     ) -> std::result::Result<Response<pb::RemoveTaskResponse>, Status> {
         Control::remove_task(&self.inner()?, req).await
+    }
+
+    async fn create_service(
+        &self,
+        req: Request<pb::CreateServiceRequest>,
+    ) -> std::result::Result<Response<pb::Service>, Status> {
+        Control::create_service(&self.inner()?, req).await
+    }
+
+    async fn update_service(
+        &self,
+        req: Request<pb::UpdateServiceRequest>,
+    ) -> std::result::Result<Response<pb::Service>, Status> {
+        Control::update_service(&self.inner()?, req).await
+    }
+
+    async fn list_services(
+        &self,
+        req: Request<pb::ListServicesRequest>,
+    ) -> std::result::Result<Response<pb::ListServicesResponse>, Status> {
+        Control::list_services(&self.inner()?, req).await
+    }
+
+    async fn get_service(
+        &self,
+        req: Request<pb::GetServiceRequest>,
+    ) -> std::result::Result<Response<pb::Service>, Status> {
+        Control::get_service(&self.inner()?, req).await
+    }
+
+    async fn remove_service(
+        &self,
+        req: Request<pb::RemoveServiceRequest>,
+    ) -> std::result::Result<Response<pb::RemoveServiceResponse>, Status> {
+        Control::remove_service(&self.inner()?, req).await
     }
 }
 

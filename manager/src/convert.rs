@@ -131,3 +131,68 @@ pub fn task_to_wire(state: &State, t: &Task) -> pb::Task {
         updated_at_ms: t.status.updated_at_ms,
     }
 }
+
+/// A store service on the wire, with its tasks and VIPs.
+pub fn service_to_wire(state: &State, svc: &crate::store::Service) -> pb::Service {
+    use crate::store::{EndpointMode, RestartCondition, ServiceMode};
+    let tasks: Vec<pb::Task> = state
+        .tasks
+        .values()
+        .filter(|t| t.service.as_ref().is_some_and(|r| r.service == svc.id))
+        .map(|t| task_to_wire(state, t))
+        .collect();
+    let running = tasks.iter().filter(|t| t.state == "running").count() as u64;
+    let (mode, replicas, desired) = match svc.spec.mode {
+        ServiceMode::Replicated { replicas } => ("replicated", replicas, replicas),
+        ServiceMode::Global => {
+            let eligible = state
+                .nodes
+                .values()
+                .filter(|n| crate::orchestrator::eligible(n, svc))
+                .count() as u64;
+            ("global", 0, eligible)
+        }
+    };
+    let net_name = |id: &String| {
+        state
+            .networks
+            .get(id)
+            .map(|n| n.name.clone())
+            .unwrap_or_else(|| id.clone())
+    };
+    pb::Service {
+        id: svc.id.clone(),
+        spec: Some(pb::ServiceSpecMsg {
+            name: svc.spec.name.clone(),
+            mode: mode.into(),
+            replicas,
+            command: svc.spec.task.command.clone(),
+            env: svc.spec.task.env.clone().into_iter().collect(),
+            networks: svc.spec.networks.iter().map(net_name).collect(),
+            endpoint_mode: match svc.spec.endpoint_mode {
+                EndpointMode::Vip => "vip".into(),
+                EndpointMode::Dnsrr => "dnsrr".into(),
+            },
+            constraints: svc.spec.constraints.iter().map(|c| c.to_string()).collect(),
+            restart_condition: match svc.spec.restart {
+                RestartCondition::Any => "any".into(),
+                RestartCondition::OnFailure => "on-failure".into(),
+                RestartCondition::None => "none".into(),
+            },
+        }),
+        vips: svc
+            .vips
+            .iter()
+            .map(|(n, ip)| pb::ServiceVip {
+                network: net_name(n),
+                vip: ip.to_string(),
+            })
+            .collect(),
+        running,
+        desired,
+        version: svc.version,
+        created_at_ms: svc.created_at_ms,
+        updated_at_ms: svc.updated_at_ms,
+        tasks,
+    }
+}

@@ -91,3 +91,30 @@ pub async fn membership_loop(core: Core, mut stop: watch::Receiver<bool>) {
         }
     }
 }
+
+/// Runs the orchestrator loop until `stop` flips to true: services to
+/// tasks (see [`crate::orchestrator`]).
+pub async fn orchestrator_loop(core: Core, mut stop: watch::Receiver<bool>) {
+    let mut changes = core.store().subscribe();
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {},
+            r = changes.changed() => if r.is_err() { return },
+        }
+        if *stop.borrow() {
+            return;
+        }
+        if !core.is_leader() {
+            continue;
+        }
+        let cmds = core.read(|s| {
+            crate::orchestrator::plan(s, crate::core::now_ms(), crate::validate::random_id)
+        });
+        // Proposed together, so Raft commits them in one or two batches.
+        let results = futures::future::join_all(cmds.into_iter().map(|c| core.propose(c))).await;
+        if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
+            tracing::warn!(error = %e, "orchestrator could not apply a change; will retry");
+        }
+    }
+}

@@ -152,7 +152,8 @@ impl Manager {
         let tasks = vec![
             server,
             tokio::spawn(leader::liveness_loop(core.clone(), stop_rx.clone())),
-            tokio::spawn(leader::membership_loop(core.clone(), stop_rx)),
+            tokio::spawn(leader::membership_loop(core.clone(), stop_rx.clone())),
+            tokio::spawn(leader::orchestrator_loop(core.clone(), stop_rx)),
         ];
         tracing::info!(node = %cfg.node_id, listen = %cfg.listen_addr, "manager started");
         Ok(Manager {

@@ -112,6 +112,15 @@ pub trait Dataplane: Send + Sync {
     /// it exists once an `apply` containing the task succeeded.
     fn task_netns(&self, task: &TaskId) -> PathBuf;
 
+    /// A resolv.conf for tasks pointing at the embedded resolver
+    /// (`nameserver 127.0.0.11`, `options ndots:0`), for the runtime to
+    /// bind-mount over a task's `/etc/resolv.conf`; it exists once an
+    /// `apply` succeeded. `None`: this data plane has no resolver (the
+    /// runtime then leaves the task's resolv.conf alone).
+    fn resolv_conf(&self) -> Option<PathBuf> {
+        None
+    }
+
     /// Removes every kernel object this data plane made (namespaces, links
     /// in the daemon's namespace, nftables tables), killing processes left
     /// in removed namespaces. Keeps going past errors; `Err` only when it

@@ -15,7 +15,7 @@ use crate::model::names;
 use crate::model::{DesiredNode, TaskId};
 use crate::plan::{
     NsRef, Observed, ObservedFdb, ObservedKind, ObservedLink, ObservedNeigh, ObservedNs,
-    ObservedRoute, ObservedVxlan, Op, nat_comments, plan,
+    ObservedRoute, ObservedVxlan, Op, lb_comments, nat_comments, plan,
 };
 
 /// Applies `op` to the simulated kernel `k`, as the Linux executor would.
@@ -43,7 +43,11 @@ pub fn simulate(k: &mut Observed, op: &Op) {
             let gone = match ns {
                 NsRef::Host => None,
                 NsRef::Network(n) => k.networks.remove(n),
-                NsRef::Task(t) => k.tasks.remove(t),
+                NsRef::Task(t) => {
+                    // Its resolver stops with it.
+                    k.dns.remove(t);
+                    k.tasks.remove(t)
+                }
             };
             // The kernel destroys the namespace's veths and with them their
             // peers elsewhere.
@@ -216,6 +220,21 @@ pub fn simulate(k: &mut Observed, op: &Op) {
         }
         Op::EnableIpv4Forwarding => k.ipv4_forwarding = true,
         Op::ApplyNat { subnet, bridge } => k.nat = Some(nat_comments(*subnet, bridge)),
+        Op::ApplyLb { task, vips, .. } => {
+            if let Some(o) = k.tasks.get_mut(task) {
+                o.lb = Some(lb_comments(vips));
+            }
+        }
+        Op::DeleteLb { task, .. } => {
+            if let Some(o) = k.tasks.get_mut(task) {
+                o.lb = None;
+            }
+        }
+        Op::StartDns { task } => {
+            if k.tasks.contains_key(task) {
+                k.dns.insert(task.clone());
+            }
+        }
         Op::DeleteNat => k.nat = None,
     }
 }
@@ -390,6 +409,9 @@ mod tests {
                 mtu: 1450,
                 internal: false,
                 remote: Default::default(),
+                name: String::new(),
+                services: Default::default(),
+                names: Default::default(),
             },
         );
         d.tasks.insert(

@@ -4,12 +4,14 @@
 //! diffs it against what the kernel holds ([`plan`]), the [`Dataplane`]
 //! trait ([`dataplane`]) with its Linux implementation
 //! ([`linux::LinuxDataplane`]: netlink, network namespaces, nftables) and an
-//! in-memory fake ([`fake::FakeDataplane`]) for tests of the logic above it.
+//! in-memory fake ([`fake::FakeDataplane`]) for tests of the logic above it,
+//! and the embedded DNS resolver of the tasks ([`dns`]).
 //!
 //! Must not: speak gRPC, know about Raft, or depend on `weft-proto` or
 //! `weft-manager`.
 
 pub mod dataplane;
+pub mod dns;
 pub mod fake;
 #[cfg(target_os = "linux")]
 pub mod linux;
@@ -25,7 +27,8 @@ pub use linux::LinuxDataplane;
 pub use mac::{MacAddr, ParseMacError};
 pub use model::{
     DEFAULT_VXLAN_PORT, DesiredNode, EndpointId, GatewayBridge, GwAttachment, LocalEndpoint,
-    NetworkId, OverlayNet, RemoteEndpoint, TaskId, TaskNet, VXLAN_OVERHEAD, WIREGUARD_OVERHEAD,
-    encrypted_overlay_mtu, overlay_mtu,
+    NetworkId, OverlayNet, RemoteEndpoint, ServiceEntry, TaskId, TaskNet, VXLAN_OVERHEAD,
+    WIREGUARD_OVERHEAD, encrypted_overlay_mtu, overlay_mtu,
 };
+pub use dns::resolv_conf_upstreams;
 pub use plan::{Observed, Op, PlanError, plan};

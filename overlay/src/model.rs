@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
@@ -99,6 +99,11 @@ pub struct DesiredNode {
     pub networks: BTreeMap<NetworkId, OverlayNet>,
     /// The local tasks' network attachments.
     pub tasks: BTreeMap<TaskId, TaskNet>,
+    /// Where the embedded DNS resolver forwards names that are not ours
+    /// (the host's resolvers, see [`crate::dns::resolv_conf_upstreams`]);
+    /// empty: such names get NXDOMAIN.
+    #[serde(default)]
+    pub dns_upstreams: Vec<SocketAddr>,
 }
 
 impl DesiredNode {
@@ -110,6 +115,7 @@ impl DesiredNode {
             gateway: None,
             networks: BTreeMap::new(),
             tasks: BTreeMap::new(),
+            dns_upstreams: Vec::new(),
         }
     }
 }
@@ -162,6 +168,29 @@ pub struct OverlayNet {
     pub internal: bool,
     /// Endpoints of this network on other nodes.
     pub remote: BTreeMap<EndpointId, RemoteEndpoint>,
+    /// The network's user-facing name: the DNS suffix its names may carry
+    /// (`web.appnet`). Empty: no suffix form.
+    #[serde(default)]
+    pub name: String,
+    /// Services with tasks on this network, by service name: their VIP
+    /// (balanced in every local task on this network) and DNS records.
+    #[serde(default)]
+    pub services: BTreeMap<String, ServiceEntry>,
+    /// The tasks on this network (on any node) by task name, with their
+    /// address on it: DNS `TASKNAME` records.
+    #[serde(default)]
+    pub names: BTreeMap<String, IpAddr>,
+}
+
+/// A service as seen on one network.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceEntry {
+    /// The virtual IP on this network, allocated from the network's subnet
+    /// (so every task has an on-link route to it, internal networks
+    /// included); `None` in DNS round-robin (`dnsrr`) mode.
+    pub vip: Option<IpAddr>,
+    /// The running tasks' addresses on this network (any node).
+    pub backends: Vec<IpAddr>,
 }
 
 impl OverlayNet {
@@ -241,6 +270,9 @@ pub mod names {
     pub const LOOPBACK: &str = "lo";
     /// Name of the nftables tables (families `inet` and `bridge`).
     pub const NFT_TABLE: &str = "weft";
+    /// Name of the service-VIP table (family `inet`) in every task
+    /// namespace.
+    pub const NFT_LB_TABLE: &str = "weft_lb";
     /// Pin file prefix of network namespaces.
     pub const NET_NS_PREFIX: &str = "net-";
     /// Pin file prefix of task namespaces.
@@ -248,7 +280,7 @@ pub mod names {
 
     /// FNV-1a (64 bit): stable across versions and platforms, which
     /// `std`'s hasher is not; names must survive a daemon upgrade.
-    fn fnv1a(s: &str) -> u64 {
+    pub(crate) fn fnv1a(s: &str) -> u64 {
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
         for b in s.bytes() {
             h ^= u64::from(b);
@@ -341,10 +373,30 @@ mod tests {
                         vtep: "198.18.0.2".parse().unwrap(),
                     },
                 )]),
+                name: "appnet".into(),
+                services: BTreeMap::from([(
+                    "web".into(),
+                    ServiceEntry {
+                        vip: Some("10.0.9.100".parse().unwrap()),
+                        backends: vec!["10.0.9.3".parse().unwrap()],
+                    },
+                )]),
+                names: BTreeMap::from([("web.1".into(), "10.0.9.3".parse().unwrap())]),
             },
         );
+        d.dns_upstreams = vec!["192.0.2.53:53".parse().unwrap()];
         let j = serde_json::to_string(&d).unwrap();
         assert_eq!(serde_json::from_str::<DesiredNode>(&j).unwrap(), d);
         assert!(j.contains("\"n1\""));
+        // Older configs without the service fields still parse.
+        let mut v: serde_json::Value = serde_json::from_str(&j).unwrap();
+        v.as_object_mut().unwrap().remove("dns_upstreams");
+        let n1 = v["networks"]["n1"].as_object_mut().unwrap();
+        for k in ["name", "services", "names"] {
+            n1.remove(k);
+        }
+        let old: DesiredNode = serde_json::from_value(v).unwrap();
+        assert!(old.dns_upstreams.is_empty());
+        assert!(old.networks[&NetworkId::from("n1")].services.is_empty());
     }
 }

@@ -147,6 +147,10 @@ pub struct ObservedNs {
     pub neighs: BTreeMap<String, BTreeMap<IpAddr, ObservedNeigh>>,
     /// Default routes of the main table, by destination (`0.0.0.0/0`, `::/0`).
     pub default_routes: BTreeMap<IpNetwork, ObservedRoute>,
+    /// Task namespaces: the rule comments of the service-VIP table
+    /// ([`names::NFT_LB_TABLE`]); `None` when it does not exist.
+    #[serde(default)]
+    pub lb: Option<BTreeSet<String>>,
 }
 
 /// A route of the daemon's namespace (for the gateway collision check).
@@ -174,6 +178,10 @@ pub struct Observed {
     pub networks: BTreeMap<NetworkId, ObservedNs>,
     /// Pinned task namespaces.
     pub tasks: BTreeMap<TaskId, ObservedNs>,
+    /// Tasks whose embedded DNS resolver is serving inside their current
+    /// namespace.
+    #[serde(default)]
+    pub dns: BTreeSet<TaskId>,
 }
 
 impl Observed {
@@ -378,6 +386,34 @@ pub enum Op {
     /// Turn on IPv4 forwarding in the daemon's namespace (egress through
     /// the gateway bridge needs it; never turned off again, as Docker).
     EnableIpv4Forwarding,
+    /// (Re)write a task's service-VIP table in one nft transaction: every
+    /// VIP is DNATed to one of its backends per connection, a VIP without
+    /// backends is rejected. Then conntrack entries of the task whose
+    /// original destination is in `flush` and whose reply source is not a
+    /// current backend of it are deleted, so no flow sticks to a backend
+    /// that left.
+    ApplyLb {
+        /// The task.
+        task: TaskId,
+        /// VIP -> its backends (same family, sorted, unique).
+        vips: BTreeMap<IpAddr, Vec<IpAddr>>,
+        /// The VIPs whose stale conntrack entries go: the old and new ones.
+        flush: BTreeSet<IpAddr>,
+    },
+    /// Delete a task's service-VIP table (it is on no network with a VIP
+    /// any more) and every conntrack entry to the VIPs in `flush`.
+    DeleteLb {
+        /// The task.
+        task: TaskId,
+        /// The VIPs the table had.
+        flush: BTreeSet<IpAddr>,
+    },
+    /// (Re)start the embedded DNS resolver at 127.0.0.11:53 inside a task's
+    /// namespace (it stops by itself when the namespace is deleted).
+    StartDns {
+        /// The task.
+        task: TaskId,
+    },
     /// (Re)write the `weft` nftables tables: masquerade for `subnet` leaving
     /// through anything but `bridge`, and no forwarding between the
     /// bridge's ports (tasks of different networks must not meet there).
@@ -396,6 +432,60 @@ pub fn nat_comments(subnet: IpNetwork, bridge: &str) -> BTreeSet<String> {
         format!("weft:masquerade:{subnet}"),
         format!("weft:isolate:{bridge}"),
     ])
+}
+
+/// The service VIPs balanced inside `task`'s namespace: every VIP of a
+/// service on one of its networks, with that service's backends of the
+/// VIP's family (sorted and unique, so reordering them changes nothing).
+pub fn task_vips(desired: &DesiredNode, task: &TaskId) -> BTreeMap<IpAddr, Vec<IpAddr>> {
+    let mut out: BTreeMap<IpAddr, BTreeSet<IpAddr>> = BTreeMap::new();
+    let Some(t) = desired.tasks.get(task) else {
+        return BTreeMap::new();
+    };
+    for ep in &t.endpoints {
+        let Some(net) = desired.networks.get(&ep.network) else {
+            continue;
+        };
+        for svc in net.services.values() {
+            let Some(vip) = svc.vip else { continue };
+            out.entry(vip).or_default().extend(
+                svc.backends
+                    .iter()
+                    .filter(|b| b.is_ipv4() == vip.is_ipv4()),
+            );
+        }
+    }
+    out.into_iter()
+        .map(|(v, b)| (v, b.into_iter().collect()))
+        .collect()
+}
+
+/// Prefix of the comment each VIP's rule carries in the service-VIP table.
+pub const LB_COMMENT_PREFIX: &str = "weft-lb:";
+
+/// The comment of `vip`'s rule: the VIP and a digest of its backends, so
+/// observing the comments tells whether the table is what we want.
+pub fn lb_comment(vip: IpAddr, backends: &[IpAddr]) -> String {
+    if backends.is_empty() {
+        return format!("{LB_COMMENT_PREFIX}{vip}:reject");
+    }
+    let list: Vec<String> = backends.iter().map(IpAddr::to_string).collect();
+    format!(
+        "{LB_COMMENT_PREFIX}{vip}:{:016x}",
+        names::fnv1a(&list.join(","))
+    )
+}
+
+/// The comments a service-VIP table for `vips` carries.
+pub fn lb_comments(vips: &BTreeMap<IpAddr, Vec<IpAddr>>) -> BTreeSet<String> {
+    vips.iter().map(|(v, b)| lb_comment(*v, b)).collect()
+}
+
+/// The VIP named by a comment of the service-VIP table.
+pub fn lb_comment_vip(comment: &str) -> Option<IpAddr> {
+    let rest = comment.strip_prefix(LB_COMMENT_PREFIX)?;
+    let (vip, _) = rest.rsplit_once(':')?;
+    vip.parse().ok()
 }
 
 // -------------------------------------------------------------------- errors
@@ -1164,6 +1254,34 @@ pub fn plan(observed: &Observed, desired: &DesiredNode) -> Result<Vec<Op>, PlanE
             subnet: gw.subnet,
             bridge: GATEWAY_BRIDGE.to_owned(),
         });
+    }
+    // --- service VIPs and DNS in task namespaces (after lo is up).
+    for tid in desired.tasks.keys() {
+        let obs = observed.tasks.get(tid);
+        let vips = task_vips(desired, tid);
+        let had = obs.and_then(|o| o.lb.as_ref());
+        let old: BTreeSet<IpAddr> = had
+            .into_iter()
+            .flatten()
+            .filter_map(|c| lb_comment_vip(c))
+            .collect();
+        if !vips.is_empty() && had != Some(&lb_comments(&vips)) {
+            let mut flush = old;
+            flush.extend(vips.keys().copied());
+            ops.push(Op::ApplyLb {
+                task: tid.clone(),
+                vips,
+                flush,
+            });
+        } else if vips.is_empty() && had.is_some() {
+            ops.push(Op::DeleteLb {
+                task: tid.clone(),
+                flush: old,
+            });
+        }
+        if obs.is_none() || !observed.dns.contains(tid) {
+            ops.push(Op::StartDns { task: tid.clone() });
+        }
     }
     Ok(ops)
 }

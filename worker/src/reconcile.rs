@@ -25,7 +25,7 @@ use prost::Message;
 use tokio::sync::watch;
 use weft_overlay::model::{
     DesiredNode, EndpointId, GatewayBridge, GwAttachment, LocalEndpoint, NetworkId, OverlayNet,
-    RemoteEndpoint, TaskId, TaskNet,
+    RemoteEndpoint, ServiceEntry, TaskId, TaskNet,
 };
 use weft_overlay::{Dataplane, MacAddr};
 use weft_proto::v1 as pb;
@@ -75,6 +75,24 @@ pub fn desired_from_config(c: &pb::NodeConfig) -> Result<DesiredNode, BadConfig>
                 },
             );
         }
+        let mut services = BTreeMap::new();
+        for svc in &n.services {
+            let vip = if svc.vip.is_empty() {
+                None
+            } else {
+                Some(parse("vip", &svc.vip)?)
+            };
+            let backends = svc
+                .backends
+                .iter()
+                .map(|b| parse("backend", b))
+                .collect::<Result<Vec<IpAddr>, _>>()?;
+            services.insert(svc.name.clone(), ServiceEntry { vip, backends });
+        }
+        let mut names = BTreeMap::new();
+        for r in &n.names {
+            names.insert(r.name.clone(), parse("task address", &r.ip)?);
+        }
         d.networks.insert(
             NetworkId(n.id.clone()),
             OverlayNet {
@@ -84,6 +102,9 @@ pub fn desired_from_config(c: &pb::NodeConfig) -> Result<DesiredNode, BadConfig>
                 mtu: n.mtu,
                 internal: n.internal,
                 remote,
+                name: n.name.clone(),
+                services,
+                names,
             },
         );
     }
@@ -305,6 +326,7 @@ mod tests {
                     mac: "02:42:0a:00:09:03".into(),
                     vtep: "198.18.0.2".into(),
                 }],
+                ..Default::default()
             }],
             tasks: vec![pb::TaskConfig {
                 id: "t1".into(),

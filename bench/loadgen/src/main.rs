@@ -102,6 +102,15 @@ pub enum Target {
     All,
 }
 
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Target::Leader => "leader",
+            Target::All => "all",
+        })
+    }
+}
+
 impl LoadArgs {
     fn shape(&self) -> Result<load::Shape> {
         anyhow::ensure!(self.clients > 0, "--clients must be at least 1");

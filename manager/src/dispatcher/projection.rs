@@ -115,6 +115,8 @@ pub fn project(state: &State, node: NodeId, version: u64) -> Option<pb::NodeConf
                 mtu: network_mtu(state, net).0,
                 internal: net.internal,
                 remote,
+                services: services_on(state, net),
+                names: names_on(state, net),
             }
         })
         .collect();
@@ -157,6 +159,61 @@ pub fn project(state: &State, node: NodeId, version: u64) -> Option<pb::NodeConf
         networks,
         tasks,
     })
+}
+
+/// A task's address on `net`, if it is attached.
+fn addr_on(t: &Task, net: &Network) -> Option<IpAddr> {
+    t.attachments
+        .iter()
+        .find(|a| a.network == net.id)
+        .map(|a| a.ip)
+}
+
+/// The services on `net` with their VIP and their running tasks'
+/// addresses: what VIP tables and DNS answers are made of.
+fn services_on(state: &State, net: &Network) -> Vec<pb::ServiceEndpoint> {
+    state
+        .services
+        .values()
+        .filter(|s| s.spec.networks.contains(&net.id))
+        .map(|svc| {
+            let mut backends: Vec<IpAddr> = state
+                .tasks
+                .values()
+                .filter(|t| {
+                    t.service.as_ref().is_some_and(|r| r.service == svc.id)
+                        && t.status.state == "running"
+                        && live(state, t)
+                })
+                .filter_map(|t| addr_on(t, net))
+                .collect();
+            backends.sort();
+            pb::ServiceEndpoint {
+                name: svc.spec.name.clone(),
+                vip: svc
+                    .vips
+                    .get(&net.id)
+                    .map(|v| v.to_string())
+                    .unwrap_or_default(),
+                backends: backends.iter().map(|b| b.to_string()).collect(),
+            }
+        })
+        .collect()
+}
+
+/// Task names on `net` (live tasks only).
+fn names_on(state: &State, net: &Network) -> Vec<pb::NameRecord> {
+    state
+        .tasks
+        .values()
+        .filter(|t| live(state, t))
+        .filter_map(|t| {
+            addr_on(t, net).map(|ip| pb::NameRecord {
+                name: t.name.clone(),
+                ip: ip.to_string(),
+            })
+        })
+        .collect()
 }
 
 /// Whether two configs differ in anything but their version.

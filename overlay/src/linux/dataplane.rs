@@ -2,7 +2,9 @@
 //! [`Observed`] (pins under `<exec_root>/netns`, links, addresses, FDB and
 //! neighbour entries, routes, the `weft` nftables tables), asks the pure
 //! planner for the ops and executes them with the primitives of this module
-//! tree.
+//! tree. It also runs the embedded DNS resolver of its tasks
+//! ([`DnsServer`]): the view is replaced after every apply, the listeners
+//! are started by [`Op::StartDns`] and stopped with their namespace.
 //!
 //! The daemon's own namespace is a [`Netns`] handle given at construction,
 //! not the calling thread's: the daemon passes [`Netns::current`], tests and
@@ -28,11 +30,15 @@ use nftables::stmt::{Match, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
 use super::error::Error as LinuxError;
+use super::lb::{delete_lb_batch, lb_batch, lb_of};
+use super::conntrack;
 use super::netlink::{Link, LinkKind, Netlink, VethSpec, VxlanSpec};
 use super::netns::Netns;
 use super::nft;
 use super::topology::teardown_pins;
 use crate::dataplane::{ApplyReport, Dataplane, Error, OpFailure, Result, TeardownReport};
+use crate::dns::listener::DnsServer;
+use crate::dns::{DnsView, TASK_RESOLV_CONF};
 use crate::model::names::{self, GATEWAY_BRIDGE, NFT_TABLE};
 use crate::model::{DesiredNode, NetworkId, TaskId};
 use crate::plan::{
@@ -50,6 +56,7 @@ pub struct LinuxDataplane {
     exec_root: PathBuf,
     host: Netns,
     lock: tokio::sync::Mutex<()>,
+    dns: DnsServer,
 }
 
 impl LinuxDataplane {
@@ -59,6 +66,7 @@ impl LinuxDataplane {
     pub fn new(exec_root: impl Into<PathBuf>, host: Netns) -> LinuxDataplane {
         LinuxDataplane {
             exec_root: exec_root.into(),
+            dns: DnsServer::new(&host),
             host,
             lock: tokio::sync::Mutex::new(()),
         }
@@ -79,6 +87,34 @@ impl LinuxDataplane {
     /// The daemon's namespace this data plane treats as its own.
     pub fn host_netns(&self) -> &Netns {
         &self.host
+    }
+
+    /// What the embedded resolver answers now (the view of the last
+    /// applied desired state).
+    pub fn dns_view(&self) -> DnsView {
+        self.dns.view()
+    }
+
+    fn resolv_conf_path(&self) -> PathBuf {
+        self.exec_root.join("resolv.conf")
+    }
+
+    /// Writes the tasks' resolv.conf unless it already says the right thing.
+    fn write_resolv_conf(&self) -> LResult<()> {
+        let path = self.resolv_conf_path();
+        if std::fs::read_to_string(&path).is_ok_and(|c| c == TASK_RESOLV_CONF) {
+            return Ok(());
+        }
+        let io = |op, source| LinuxError::Io {
+            op,
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&self.exec_root).map_err(|e| io("create exec root for", e))?;
+        // Replace atomically: a task starting now sees the old or the new file.
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, TASK_RESOLV_CONF).map_err(|e| io("write", e))?;
+        std::fs::rename(&tmp, &path).map_err(|e| io("rename into place", e))
     }
 
     fn pin(&self, ns: &NsRef) -> PathBuf {
@@ -129,7 +165,9 @@ impl LinuxDataplane {
             nat,
             networks: BTreeMap::new(),
             tasks: BTreeMap::new(),
+            dns: BTreeSet::new(),
         };
+        let mut task_inodes = BTreeMap::new();
         for (name, path) in self.pins()? {
             let ns = Netns::open(&path)?;
             let nl = Netlink::open(&ns)?;
@@ -137,10 +175,21 @@ impl LinuxDataplane {
                 obs.networks
                     .insert(NetworkId::from(id), observe_ns(&nl, None, true).await?);
             } else if let Some(id) = name.strip_prefix(names::TASK_NS_PREFIX) {
-                obs.tasks
-                    .insert(TaskId::from(id), observe_ns(&nl, None, false).await?);
+                let mut o = observe_ns(&nl, None, false).await?;
+                o.lb = match nft::list_ruleset_async(&ns).await {
+                    Ok(rs) => lb_of(&rs),
+                    Err(LinuxError::NftMissing) => None,
+                    Err(e) => return Err(e),
+                };
+                let id = TaskId::from(id);
+                task_inodes.insert(id.clone(), ns.inode());
+                obs.tasks.insert(id, o);
             }
         }
+        // Listeners serving a namespace that is no longer pinned (or that
+        // died) are dropped here, so they neither count as serving nor keep
+        // an old namespace alive.
+        obs.dns = self.dns.reap(&task_inodes);
         Ok(obs)
     }
 
@@ -471,8 +520,12 @@ impl Executor<'_> {
                 Ok(())
             }
             Op::DeleteNetns { ns } => {
-                // Our handle would keep the namespace alive.
+                // Our handle and the resolver's sockets would keep the
+                // namespace alive.
                 self.handles.remove(ns);
+                if let NsRef::Task(t) = ns {
+                    self.dp.dns.stop(t);
+                }
                 Netns::delete(self.dp.pin(ns))
             }
             Op::CreateBridge { ns, name, mtu } => {
@@ -582,6 +635,29 @@ impl Executor<'_> {
                 nft::apply_async(&self.dp.host, nat_batch(*subnet, bridge)).await
             }
             Op::DeleteNat => nft::apply_async(&self.dp.host, delete_nat_batch()).await,
+            Op::ApplyLb { task, vips, flush } => {
+                nft::check_nft()?;
+                let ns = Netns::open(self.dp.pin(&NsRef::Task(task.clone())))?;
+                nft::apply_async(&ns, lb_batch(vips)).await?;
+                let keep = flush
+                    .iter()
+                    .map(|v| {
+                        let backends = vips.get(v).into_iter().flatten().copied();
+                        (*v, backends.collect())
+                    })
+                    .collect();
+                flush_conntrack(ns, keep).await
+            }
+            Op::DeleteLb { task, flush } => {
+                let ns = Netns::open(self.dp.pin(&NsRef::Task(task.clone())))?;
+                nft::apply_async(&ns, delete_lb_batch()).await?;
+                let keep = flush.iter().map(|v| (*v, BTreeSet::new())).collect();
+                flush_conntrack(ns, keep).await
+            }
+            Op::StartDns { task } => {
+                let ns = Netns::open(self.dp.pin(&NsRef::Task(task.clone())))?;
+                self.dp.dns.start(task, &ns)
+            }
         }
     }
 }
@@ -595,16 +671,45 @@ impl Dataplane for LinuxDataplane {
         if !ops.is_empty() {
             tracing::debug!(ops = ops.len(), "applying data plane changes");
         }
-        self.execute(ops).await
+        let report = self.execute(ops).await;
+        // Names follow the desired state once its VIP tables are in (a
+        // connection to a VIP made before its DNAT rule would be tracked
+        // un-NATed for its whole life).
+        self.dns.set_view(DnsView::of(desired));
+        let written = self.write_resolv_conf();
+        let report = report?;
+        written?;
+        Ok(report)
     }
 
     fn task_netns(&self, task: &TaskId) -> PathBuf {
         self.pin(&NsRef::Task(task.clone()))
     }
 
+    fn resolv_conf(&self) -> Option<PathBuf> {
+        Some(self.resolv_conf_path())
+    }
+
     async fn teardown_all(&self) -> Result<TeardownReport> {
         let _guard = self.lock.lock().await;
         let mut report = TeardownReport::default();
+        // The resolver's sockets would keep task namespaces alive.
+        self.dns.stop_all();
+        self.dns.set_view(DnsView::default());
+        match std::fs::remove_file(self.resolv_conf_path()) {
+            Ok(()) => report
+                .removed
+                .push(format!("file {}", self.resolv_conf_path().display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => report.errors.push(
+                LinuxError::Io {
+                    op: "remove",
+                    path: self.resolv_conf_path(),
+                    source,
+                }
+                .into(),
+            ),
+        }
         let host_nl = Netlink::open(&self.host)?;
         // Daemon-side links first: gateway ports, stray VXLAN devices, the
         // gateway bridge.
@@ -684,6 +789,18 @@ impl Dataplane for LinuxDataplane {
         let _ = std::fs::remove_dir(self.netns_dir());
         Ok(report)
     }
+}
+
+/// Deletes the task's conntrack entries made stale by a VIP table change
+/// (see [`conntrack::delete_stale`]), on the blocking pool.
+async fn flush_conntrack(ns: Netns, keep: BTreeMap<IpAddr, BTreeSet<IpAddr>>) -> LResult<()> {
+    let n = tokio::task::spawn_blocking(move || conntrack::delete_stale(&ns, &keep))
+        .await
+        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+    if n > 0 {
+        tracing::debug!(entries = n, "deleted stale conntrack entries");
+    }
+    Ok(())
 }
 
 /// The MTU of the interface holding `ip` in namespace `ns` (the daemon's

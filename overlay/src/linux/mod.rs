@@ -3,15 +3,19 @@
 //! Owns: network namespaces pinned by bind mounts under a run directory of
 //! our choosing ([`netns`]), per-namespace rtnetlink handles and idempotent
 //! link/address/route/FDB/neighbour operations ([`netlink`]), nftables
-//! batches applied inside a namespace ([`nft`]), commands started inside
-//! namespaces ([`process`]) and the underlay topology used by the tests and
+//! batches applied inside a namespace ([`nft`]) including the tasks'
+//! service-VIP tables ([`lb`]), stale conntrack entries deleted over
+//! ctnetlink ([`conntrack`]), commands started inside namespaces
+//! ([`process`]) and the underlay topology used by the tests and
 //! `weft lab` ([`topology`]).
 //!
 //! Must not: shell out to `ip`, `bridge` or `wg` (netlink only; `nft` through
 //! the `nftables` crate is the one tool we run), touch `/run/netns`, or call
 //! `setns` on a thread it does not own (tokio workers in particular).
 
+pub mod conntrack;
 pub mod dataplane;
+pub mod lb;
 pub mod netlink;
 pub mod netns;
 pub mod nft;

@@ -22,6 +22,9 @@ fn net(vni: u32, third: u8, internal: bool) -> OverlayNet {
         mtu: 1450,
         internal,
         remote: BTreeMap::new(),
+        name: String::new(),
+        services: BTreeMap::new(),
+        names: BTreeMap::new(),
     }
 }
 

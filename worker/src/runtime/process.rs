@@ -189,6 +189,8 @@ impl ProcessRuntime {
 
     /// The task's status, adopting it from disk if it is not known yet.
     fn known(&self, id: &str) -> Result<Option<TaskStatus>> {
+        // The id names a directory: never let one escape the tasks dir.
+        validate_id(id)?;
         if let Some(s) = self.status(id) {
             return Ok(Some(s));
         }

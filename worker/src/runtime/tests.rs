@@ -396,7 +396,7 @@ fn daemon_entrypoint() {
             panic!("{st:?}")
         };
         println!("daemon-started {pid}");
-        tokio::time::sleep(Duration::from_secs(20)).await;
+        tokio::time::sleep(Duration::from_secs(60)).await;
     });
     std::process::exit(0);
 }
@@ -434,9 +434,11 @@ async fn process_task_survives_daemon_kill9() {
         std::io::BufReader::new(stdout)
             .lines()
             .map_while(Result::ok)
+            // libtest prints "test <name> ... " without a newline first.
             .find_map(|l| {
-                l.strip_prefix("daemon-started ")
-                    .map(|p| p.parse().unwrap())
+                l.split("daemon-started ")
+                    .nth(1)
+                    .map(|p| p.trim().parse().unwrap())
             })
     })
     .await

@@ -1,0 +1,251 @@
+//! Services end to end: replicas placed by the orchestrator, reached through
+//! a VIP (nftables DNAT in each task namespace) and by name (the embedded
+//! DNS resolver at 127.0.0.11), on real daemons in namespace hosts.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Lab, wait_for};
+
+/// m1 (manager, runs the client) and three workers for the replicas.
+fn cluster(test: &str) -> Lab {
+    let mut lab = Lab::new(test, &["m1", "w1", "w2", "w3"]);
+    lab.start_all();
+    let (wt, _) = lab.init("m1", &["--heartbeat-period", "500ms"]);
+    for w in ["w1", "w2", "w3"] {
+        lab.join(w, &wt, "m1");
+    }
+    lab.weft(
+        "m1",
+        &["network", "create", "--attachable", "--subnet", "10.0.9.0/24", "appnet"],
+    );
+    lab
+}
+
+/// A web service whose replicas answer with their own task name.
+fn create_web(lab: &Lab, replicas: &str, extra: &[&str]) {
+    let www = lab.dir().join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    let script = format!(
+        "d={}/$(hostname); mkdir -p $d; hostname > $d/index.html; exec busybox httpd -f -p 80 -h $d",
+        www.display()
+    );
+    let mut args = vec![
+        "service", "create", "--name", "web", "--replicas", replicas, "--network", "appnet",
+        "--constraint", "node.role==worker",
+    ];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--", "sh", "-c", &script]);
+    lab.weft("m1", &args);
+}
+
+fn task_netns(lab: &Lab, host: &str, id: &str) -> PathBuf {
+    lab.host_dir(host).join("run/netns").join(format!("task-{id}"))
+}
+
+fn in_ns(pin: &Path, cmd: &[&str]) -> String {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", pin.display()))
+        .args(cmd)
+        .output()
+        .expect("nsenter");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Addresses `name` resolves to, asking the embedded resolver from inside
+/// the task namespace `pin`.
+fn resolve(pin: &Path, name: &str) -> BTreeSet<String> {
+    let out = in_ns(pin, &["busybox", "nslookup", name, "127.0.0.11"]);
+    out.split("Name:")
+        .skip(1)
+        .flat_map(|block| {
+            block
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("Address:"))
+                .map(|a| a.trim().to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// The running task addresses of `service` on appnet, per the manager.
+fn task_ips(lab: &Lab, service: &str) -> BTreeSet<String> {
+    task_ips_on(lab, service, "appnet")
+}
+
+fn task_ips_on(lab: &Lab, service: &str, network: &str) -> BTreeSet<String> {
+    let marker = format!("{network}=");
+    lab.weft("m1", &["service", "ps", service])
+        .lines()
+        .skip(1)
+        .filter(|l| l.contains(" running "))
+        .filter_map(|l| l.split(marker.as_str()).nth(1))
+        .map(|a| a.split([' ', ',']).next().unwrap().to_string())
+        .collect()
+}
+
+/// A client task on m1 (attachable network), sleeping, for probes.
+fn client(lab: &Lab) -> PathBuf {
+    let id = lab
+        .weft("m1", &["run", "--name", "client", "--network", "appnet", "--", "sleep", "3600"])
+        .trim()
+        .to_string();
+    task_netns(lab, "m1", &id)
+}
+
+#[test]
+fn vip_balances_over_replicas_on_three_hosts_and_dns_answers() {
+    let lab = cluster("vip");
+    create_web(&lab, "3", &[]);
+    // Spread: one replica per worker.
+    let ps = lab.weft("m1", &["service", "ps", "web"]);
+    for w in ["w1", "w2", "w3"] {
+        assert!(ps.contains(&format!(" {w} ")), "a replica on {w}: {ps}");
+    }
+    let pin = client(&lab);
+    let v: serde_json::Value =
+        serde_json::from_str(&lab.weft("m1", &["service", "inspect", "web"])).unwrap();
+    let vip = v[0]["Endpoint"]["VirtualIPs"][0]["Addr"].as_str().unwrap().to_string();
+    // `web` resolves to the VIP; `tasks.web` to exactly the running tasks.
+    wait_for("web resolves to its VIP", Duration::from_secs(15), || {
+        resolve(&pin, "web") == BTreeSet::from([vip.clone()])
+    });
+    wait_for("tasks.web lists the running tasks", Duration::from_secs(15), || {
+        resolve(&pin, "tasks.web") == task_ips(&lab, "web")
+    });
+    assert_eq!(task_ips(&lab, "web").len(), 3);
+    // Many requests through http://web/ reach every replica.
+    let mut seen = BTreeSet::new();
+    wait_for("every replica answered through the VIP", Duration::from_secs(30), || {
+        let body = in_ns(&pin, &["busybox", "wget", "-qO-", "-T", "2", &format!("http://{vip}/")]);
+        if let Some(name) = body.lines().next().filter(|l| l.starts_with("web.")) {
+            seen.insert(name.to_string());
+        }
+        seen.len() == 3
+    });
+    // By name, from inside a real task (its /etc/resolv.conf points at 127.0.0.11).
+    let probe = lab
+        .weft("m1", &[
+            "run", "--name", "probe", "--network", "appnet", "--",
+            "sh", "-c", "for i in 1 2 3 4 5 6 7 8 9 10; do busybox wget -qO- -T 2 http://web/ && break; sleep 0.5; done",
+        ])
+        .trim()
+        .to_string();
+    wait_for("a task reaches http://web/ by name", Duration::from_secs(20), || {
+        lab.weft("m1", &["logs", &probe]).contains("web.")
+    });
+    // A name on a network the client is not on is not answered.
+    lab.weft("m1", &["network", "create", "--subnet", "10.0.50.0/24", "hidden"]);
+    lab.weft("m1", &["service", "create", "--detach", "--name", "secret", "--network", "hidden", "--", "sleep", "3600"]);
+    wait_for("secret runs", Duration::from_secs(20), || task_ips_on(&lab, "secret", "hidden").len() == 1);
+    assert!(resolve(&pin, "secret").is_empty(), "names of other networks stay invisible");
+    assert!(resolve(&pin, "tasks.secret").is_empty());
+}
+
+#[test]
+fn dnsrr_scaling_and_draining_update_every_node() {
+    let lab = cluster("scale");
+    create_web(&lab, "3", &[]);
+    let pin = client(&lab);
+    wait_for("3 tasks in DNS", Duration::from_secs(20), || {
+        resolve(&pin, "tasks.web").len() == 3
+    });
+    lab.weft("m1", &["service", "scale", "web=6"]);
+    wait_for("6 tasks in DNS", Duration::from_secs(20), || {
+        resolve(&pin, "tasks.web") == task_ips(&lab, "web") && task_ips(&lab, "web").len() == 6
+    });
+    lab.weft("m1", &["service", "scale", "web=2"]);
+    wait_for("2 tasks in DNS", Duration::from_secs(20), || {
+        resolve(&pin, "tasks.web") == task_ips(&lab, "web") && task_ips(&lab, "web").len() == 2
+    });
+    // dnsrr: the service name itself resolves to the task addresses.
+    lab.weft(
+        "m1",
+        &["service", "create", "--name", "db", "--replicas", "2", "--endpoint-mode", "dnsrr",
+          "--network", "appnet", "--", "sleep", "3600"],
+    );
+    wait_for("db resolves to its tasks", Duration::from_secs(20), || {
+        let ips = resolve(&pin, "db");
+        ips.len() == 2 && ips == task_ips(&lab, "db")
+    });
+    // Draining a node moves its tasks.
+    lab.weft("m1", &["service", "scale", "web=3"]);
+    lab.weft("m1", &["node", "update", "--availability", "drain", "w1"]);
+    wait_for("no task left on w1", Duration::from_secs(20), || {
+        let ps = lab.weft("m1", &["service", "ps", "web"]);
+        !ps.contains(" w1 ") && ps.lines().filter(|l| l.contains(" running ")).count() == 3
+    });
+}
+
+#[test]
+fn a_killed_worker_s_tasks_are_rescheduled_and_leave_vip_and_dns() {
+    let mut lab = cluster("failover");
+    create_web(&lab, "3", &[]);
+    let pin = client(&lab);
+    wait_for("3 tasks in DNS", Duration::from_secs(20), || {
+        resolve(&pin, "tasks.web").len() == 3
+    });
+    let before = task_ips(&lab, "web");
+    lab.kill9("w2");
+    let took = wait_for("w2's task leaves DNS and is replaced", Duration::from_secs(30), || {
+        let now = task_ips(&lab, "web");
+        now.len() == 3 && now != before && resolve(&pin, "tasks.web") == now
+    });
+    eprintln!("failover converged after {took:?}");
+    let ps = lab.weft("m1", &["service", "ps", "web"]);
+    assert!(!ps.lines().any(|l| l.contains(" w2 ") && l.contains(" running ")), "{ps}");
+}
+
+#[test]
+fn restarting_a_worker_daemon_keeps_tasks_without_duplicates() {
+    let mut lab = cluster("wrestart");
+    create_web(&lab, "3", &[]);
+    let ids_before: BTreeSet<String> = lab
+        .weft("m1", &["service", "ps", "web"])
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().next().unwrap().to_string())
+        .collect();
+    lab.kill9("w1");
+    lab.start("w1");
+    wait_for("w1 ready", Duration::from_secs(15), || {
+        lab.node_ls("m1").iter().any(|r| r.hostname == "w1" && r.status == "Ready")
+    });
+    let ps = lab.weft("m1", &["service", "ps", "web"]);
+    let ids_after: BTreeSet<String> = ps
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().next().unwrap().to_string())
+        .collect();
+    assert_eq!(ids_before, ids_after, "same tasks after the restart: {ps}");
+    let local = lab.weft("w1", &["ps", "-q"]);
+    assert_eq!(local.lines().count(), 1, "one task on w1, not two: {local}");
+}
+
+#[test]
+fn bad_service_input_is_refused_and_changes_nothing() {
+    let lab = cluster("svcbad");
+    let cases: &[(&[&str], &str)] = &[
+        (&["service", "create", "--name", "x", "--network", "nosuch", "--", "sleep", "1"], "not found"),
+        (&["service", "create", "--name", "x", "--replicas", "-1", "--", "sleep", "1"], "-1"),
+        (&["service", "create", "--name", "x", "--replicas", "two", "--", "sleep", "1"], "two"),
+        (&["service", "create", "--name", "x", "--mode", "global", "--replicas", "2", "--", "sleep", "1"], "global"),
+        (&["service", "create", "--name", "x", "--constraint", "node.role=manager", "--", "sleep", "1"], "invalid constraint"),
+        (&["service", "create", "--name", "bad name", "--", "sleep", "1"], "invalid service name"),
+    ];
+    for (args, want) in cases {
+        let err = lab.weft_err("m1", args);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    lab.weft("m1", &["service", "create", "--detach", "--name", "g", "--mode", "global", "--", "sleep", "3600"]);
+    let err = lab.weft_err("m1", &["service", "scale", "g=3"]);
+    assert!(err.contains("global"), "{err}");
+    let err = lab.weft_err("m1", &["service", "create", "--name", "g", "--", "sleep", "1"]);
+    assert!(err.contains("already exists"), "{err}");
+    let ls = lab.weft("m1", &["service", "ls", "-q"]);
+    assert_eq!(ls.lines().count(), 1, "{ls}");
+}
