@@ -416,6 +416,14 @@ pub enum ServiceCommand {
         #[arg(required = true)]
         services: Vec<String>,
     },
+    /// Print the output of a service's tasks, collected from their nodes.
+    Logs {
+        /// Only the last N bytes of each task's output.
+        #[arg(long)]
+        tail: Option<u64>,
+        /// Service name or ID.
+        service: String,
+    },
 }
 
 /// `weft service create`.

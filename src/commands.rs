@@ -1110,6 +1110,28 @@ pub async fn service(c: &Client, cmd: crate::cli::ServiceCommand) -> anyhow::Res
                 converge(c, &a.service).await?;
             }
         }
+        S::Logs { tail, service } => {
+            use std::io::Write;
+            let logs = ctl
+                .service_logs(pb::ServiceLogsRequest {
+                    service,
+                    tail_bytes: tail.unwrap_or(0),
+                })
+                .await
+                .map_err(rpc)?
+                .into_inner()
+                .logs;
+            let mut out = std::io::stdout().lock();
+            for l in logs {
+                if !l.error.is_empty() {
+                    eprintln!("{}@{}: {}", l.task_name, l.hostname, l.error);
+                    continue;
+                }
+                for line in String::from_utf8_lossy(&l.data).lines() {
+                    writeln!(out, "{}@{}    | {line}", l.task_name, l.hostname)?;
+                }
+            }
+        }
         S::Rm { services } => {
             for s in services {
                 ctl.remove_service(pb::RemoveServiceRequest { service: s.clone() })

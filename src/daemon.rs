@@ -28,7 +28,7 @@ use weft_proto::identity::PeerIdentity;
 use weft_proto::v1 as pb;
 use weft_proto::v1::control_server::ControlServer;
 use weft_proto::v1::daemon_server::{Daemon, DaemonServer};
-use weft_worker::agent::Agent;
+use weft_worker::agent::{Agent, LogReader};
 use weft_worker::join::JoinParams;
 use weft_worker::node_files::{Certs, NodeFiles, NodeRecord};
 use weft_worker::reconcile::Reconciler;
@@ -174,7 +174,17 @@ impl NodeService {
 
     /// Starts the agent and the role watcher around an optional manager.
     fn activate(&self, record: NodeRecord, certs: Certs, manager: Option<Manager>) -> Active {
-        let agent = Agent::start(self.files.clone(), record.clone(), certs);
+        let runtime = self.runtime.clone();
+        let logs: LogReader = Arc::new(move |task: &str, tail: u64| {
+            let data = std::fs::read(runtime.log_path(task)).map_err(|e| format!("no log: {e}"))?;
+            let tail = usize::try_from(tail).unwrap_or(usize::MAX);
+            Ok(if tail == 0 || data.len() <= tail {
+                data
+            } else {
+                data[data.len() - tail..].to_vec()
+            })
+        });
+        let agent = Agent::start(self.files.clone(), record.clone(), certs, logs);
         let manager = Arc::new(Mutex::new(manager));
         let watcher = tokio::spawn(role_watcher(
             agent.status(),

@@ -317,8 +317,16 @@ fn down_cleans_up_after_kill_9_and_leftover_processes() {
 
     // A "task" of m1: detached, in a network namespace of its own but in
     // m1's mount namespace; then m1's daemon dies with SIGKILL.
+    // (Its output goes elsewhere: an inherited pipe would keep `ok` waiting.)
     labs.ok(&[
-        "lab", "exec", &lab, "m1", "--", "setsid", "-f", "unshare", "-n", "sleep", "600",
+        "lab",
+        "exec",
+        &lab,
+        "m1",
+        "--",
+        "sh",
+        "-c",
+        "setsid -f unshare -n sleep 600 </dev/null >/dev/null 2>&1",
     ]);
     // A process left in w1's network namespace by a still-running exec.
     let mut exec = Command::new(WEFT)

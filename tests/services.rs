@@ -21,7 +21,14 @@ fn cluster(test: &str) -> Lab {
     }
     lab.weft(
         "m1",
-        &["network", "create", "--attachable", "--subnet", "10.0.9.0/24", "appnet"],
+        &[
+            "network",
+            "create",
+            "--attachable",
+            "--subnet",
+            "10.0.9.0/24",
+            "appnet",
+        ],
     );
     lab
 }
@@ -35,8 +42,16 @@ fn create_web(lab: &Lab, replicas: &str, extra: &[&str]) {
         www.display()
     );
     let mut args = vec![
-        "service", "create", "--name", "web", "--replicas", replicas, "--network", "appnet",
-        "--constraint", "node.role==worker",
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        replicas,
+        "--network",
+        "appnet",
+        "--constraint",
+        "node.role==worker",
     ];
     args.extend_from_slice(extra);
     args.extend_from_slice(&["--", "sh", "-c", &script]);
@@ -44,7 +59,9 @@ fn create_web(lab: &Lab, replicas: &str, extra: &[&str]) {
 }
 
 fn task_netns(lab: &Lab, host: &str, id: &str) -> PathBuf {
-    lab.host_dir(host).join("run/netns").join(format!("task-{id}"))
+    lab.host_dir(host)
+        .join("run/netns")
+        .join(format!("task-{id}"))
 }
 
 fn in_ns(pin: &Path, cmd: &[&str]) -> String {
@@ -91,7 +108,19 @@ fn task_ips_on(lab: &Lab, service: &str, network: &str) -> BTreeSet<String> {
 /// A client task on m1 (attachable network), sleeping, for probes.
 fn client(lab: &Lab) -> PathBuf {
     let id = lab
-        .weft("m1", &["run", "--name", "client", "--network", "appnet", "--", "sleep", "3600"])
+        .weft(
+            "m1",
+            &[
+                "run",
+                "--name",
+                "client",
+                "--network",
+                "appnet",
+                "--",
+                "sleep",
+                "3600",
+            ],
+        )
         .trim()
         .to_string();
     task_netns(lab, "m1", &id)
@@ -109,24 +138,43 @@ fn vip_balances_over_replicas_on_three_hosts_and_dns_answers() {
     let pin = client(&lab);
     let v: serde_json::Value =
         serde_json::from_str(&lab.weft("m1", &["service", "inspect", "web"])).unwrap();
-    let vip = v[0]["Endpoint"]["VirtualIPs"][0]["Addr"].as_str().unwrap().to_string();
+    let vip = v[0]["Endpoint"]["VirtualIPs"][0]["Addr"]
+        .as_str()
+        .unwrap()
+        .to_string();
     // `web` resolves to the VIP; `tasks.web` to exactly the running tasks.
     wait_for("web resolves to its VIP", Duration::from_secs(15), || {
         resolve(&pin, "web") == BTreeSet::from([vip.clone()])
     });
-    wait_for("tasks.web lists the running tasks", Duration::from_secs(15), || {
-        resolve(&pin, "tasks.web") == task_ips(&lab, "web")
-    });
+    wait_for(
+        "tasks.web lists the running tasks",
+        Duration::from_secs(15),
+        || resolve(&pin, "tasks.web") == task_ips(&lab, "web"),
+    );
     assert_eq!(task_ips(&lab, "web").len(), 3);
     // Many requests through http://web/ reach every replica.
     let mut seen = BTreeSet::new();
-    wait_for("every replica answered through the VIP", Duration::from_secs(30), || {
-        let body = in_ns(&pin, &["busybox", "wget", "-qO-", "-T", "2", &format!("http://{vip}/")]);
-        if let Some(name) = body.lines().next().filter(|l| l.starts_with("web.")) {
-            seen.insert(name.to_string());
-        }
-        seen.len() == 3
-    });
+    wait_for(
+        "every replica answered through the VIP",
+        Duration::from_secs(30),
+        || {
+            let body = in_ns(
+                &pin,
+                &[
+                    "busybox",
+                    "wget",
+                    "-qO-",
+                    "-T",
+                    "2",
+                    &format!("http://{vip}/"),
+                ],
+            );
+            if let Some(name) = body.lines().next().filter(|l| l.starts_with("web.")) {
+                seen.insert(name.to_string());
+            }
+            seen.len() == 3
+        },
+    );
     // By name, from inside a real task (its /etc/resolv.conf points at 127.0.0.11).
     let probe = lab
         .weft("m1", &[
@@ -135,14 +183,38 @@ fn vip_balances_over_replicas_on_three_hosts_and_dns_answers() {
         ])
         .trim()
         .to_string();
-    wait_for("a task reaches http://web/ by name", Duration::from_secs(20), || {
-        lab.weft("m1", &["logs", &probe]).contains("web.")
-    });
+    wait_for(
+        "a task reaches http://web/ by name",
+        Duration::from_secs(20),
+        || lab.weft("m1", &["logs", &probe]).contains("web."),
+    );
     // A name on a network the client is not on is not answered.
-    lab.weft("m1", &["network", "create", "--subnet", "10.0.50.0/24", "hidden"]);
-    lab.weft("m1", &["service", "create", "--detach", "--name", "secret", "--network", "hidden", "--", "sleep", "3600"]);
-    wait_for("secret runs", Duration::from_secs(20), || task_ips_on(&lab, "secret", "hidden").len() == 1);
-    assert!(resolve(&pin, "secret").is_empty(), "names of other networks stay invisible");
+    lab.weft(
+        "m1",
+        &["network", "create", "--subnet", "10.0.50.0/24", "hidden"],
+    );
+    lab.weft(
+        "m1",
+        &[
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            "secret",
+            "--network",
+            "hidden",
+            "--",
+            "sleep",
+            "3600",
+        ],
+    );
+    wait_for("secret runs", Duration::from_secs(20), || {
+        task_ips_on(&lab, "secret", "hidden").len() == 1
+    });
+    assert!(
+        resolve(&pin, "secret").is_empty(),
+        "names of other networks stay invisible"
+    );
     assert!(resolve(&pin, "tasks.secret").is_empty());
 }
 
@@ -165,13 +237,30 @@ fn dnsrr_scaling_and_draining_update_every_node() {
     // dnsrr: the service name itself resolves to the task addresses.
     lab.weft(
         "m1",
-        &["service", "create", "--name", "db", "--replicas", "2", "--endpoint-mode", "dnsrr",
-          "--network", "appnet", "--", "sleep", "3600"],
+        &[
+            "service",
+            "create",
+            "--name",
+            "db",
+            "--replicas",
+            "2",
+            "--endpoint-mode",
+            "dnsrr",
+            "--network",
+            "appnet",
+            "--",
+            "sh",
+            "-c",
+            "echo hello-from-$(hostname); exec sleep 3600",
+        ],
     );
     wait_for("db resolves to its tasks", Duration::from_secs(20), || {
         let ips = resolve(&pin, "db");
         ips.len() == 2 && ips == task_ips(&lab, "db")
     });
+    // service logs collects every task's output from its node.
+    let logs = lab.weft("m1", &["service", "logs", "db"]);
+    assert_eq!(logs.matches("hello-from-db.").count(), 2, "{logs}");
     // Draining a node moves its tasks.
     lab.weft("m1", &["service", "scale", "web=3"]);
     lab.weft("m1", &["node", "update", "--availability", "drain", "w1"]);
@@ -191,13 +280,21 @@ fn a_killed_worker_s_tasks_are_rescheduled_and_leave_vip_and_dns() {
     });
     let before = task_ips(&lab, "web");
     lab.kill9("w2");
-    let took = wait_for("w2's task leaves DNS and is replaced", Duration::from_secs(30), || {
-        let now = task_ips(&lab, "web");
-        now.len() == 3 && now != before && resolve(&pin, "tasks.web") == now
-    });
+    let took = wait_for(
+        "w2's task leaves DNS and is replaced",
+        Duration::from_secs(30),
+        || {
+            let now = task_ips(&lab, "web");
+            now.len() == 3 && now != before && resolve(&pin, "tasks.web") == now
+        },
+    );
     eprintln!("failover converged after {took:?}");
     let ps = lab.weft("m1", &["service", "ps", "web"]);
-    assert!(!ps.lines().any(|l| l.contains(" w2 ") && l.contains(" running ")), "{ps}");
+    assert!(
+        !ps.lines()
+            .any(|l| l.contains(" w2 ") && l.contains(" running ")),
+        "{ps}"
+    );
 }
 
 #[test]
@@ -213,7 +310,9 @@ fn restarting_a_worker_daemon_keeps_tasks_without_duplicates() {
     lab.kill9("w1");
     lab.start("w1");
     wait_for("w1 ready", Duration::from_secs(15), || {
-        lab.node_ls("m1").iter().any(|r| r.hostname == "w1" && r.status == "Ready")
+        lab.node_ls("m1")
+            .iter()
+            .any(|r| r.hostname == "w1" && r.status == "Ready")
     });
     let ps = lab.weft("m1", &["service", "ps", "web"]);
     let ids_after: BTreeSet<String> = ps
@@ -230,21 +329,102 @@ fn restarting_a_worker_daemon_keeps_tasks_without_duplicates() {
 fn bad_service_input_is_refused_and_changes_nothing() {
     let lab = cluster("svcbad");
     let cases: &[(&[&str], &str)] = &[
-        (&["service", "create", "--name", "x", "--network", "nosuch", "--", "sleep", "1"], "not found"),
-        (&["service", "create", "--name", "x", "--replicas", "-1", "--", "sleep", "1"], "-1"),
-        (&["service", "create", "--name", "x", "--replicas", "two", "--", "sleep", "1"], "two"),
-        (&["service", "create", "--name", "x", "--mode", "global", "--replicas", "2", "--", "sleep", "1"], "global"),
-        (&["service", "create", "--name", "x", "--constraint", "node.role=manager", "--", "sleep", "1"], "invalid constraint"),
-        (&["service", "create", "--name", "bad name", "--", "sleep", "1"], "invalid service name"),
+        (
+            &[
+                "service",
+                "create",
+                "--name",
+                "x",
+                "--network",
+                "nosuch",
+                "--",
+                "sleep",
+                "1",
+            ],
+            "not found",
+        ),
+        (
+            &[
+                "service",
+                "create",
+                "--name",
+                "x",
+                "--replicas",
+                "-1",
+                "--",
+                "sleep",
+                "1",
+            ],
+            "-1",
+        ),
+        (
+            &[
+                "service",
+                "create",
+                "--name",
+                "x",
+                "--replicas",
+                "two",
+                "--",
+                "sleep",
+                "1",
+            ],
+            "two",
+        ),
+        (
+            &[
+                "service",
+                "create",
+                "--name",
+                "x",
+                "--mode",
+                "global",
+                "--replicas",
+                "2",
+                "--",
+                "sleep",
+                "1",
+            ],
+            "global",
+        ),
+        (
+            &[
+                "service",
+                "create",
+                "--name",
+                "x",
+                "--constraint",
+                "node.role=manager",
+                "--",
+                "sleep",
+                "1",
+            ],
+            "invalid constraint",
+        ),
+        (
+            &[
+                "service", "create", "--name", "bad name", "--", "sleep", "1",
+            ],
+            "invalid service name",
+        ),
     ];
     for (args, want) in cases {
         let err = lab.weft_err("m1", args);
         assert!(err.contains(want), "{args:?}: {err}");
     }
-    lab.weft("m1", &["service", "create", "--detach", "--name", "g", "--mode", "global", "--", "sleep", "3600"]);
+    lab.weft(
+        "m1",
+        &[
+            "service", "create", "--detach", "--name", "g", "--mode", "global", "--", "sleep",
+            "3600",
+        ],
+    );
     let err = lab.weft_err("m1", &["service", "scale", "g=3"]);
     assert!(err.contains("global"), "{err}");
-    let err = lab.weft_err("m1", &["service", "create", "--name", "g", "--", "sleep", "1"]);
+    let err = lab.weft_err(
+        "m1",
+        &["service", "create", "--name", "g", "--", "sleep", "1"],
+    );
     assert!(err.contains("already exists"), "{err}");
     let ls = lab.weft("m1", &["service", "ls", "-q"]);
     assert_eq!(ls.lines().count(), 1, "{ls}");

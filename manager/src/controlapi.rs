@@ -611,6 +611,63 @@ impl ControlService {
     }
 }
 
+impl ControlService {
+    async fn service_logs(&self, r: pb::ServiceLogsRequest) -> Result<pb::ServiceLogsResponse> {
+        if !self.core.is_leader() {
+            // Sessions live on the leader: ask it.
+            let ch = self.core.leader_channel().ok_or_else(|| {
+                Error::FailedPrecondition("no leader known; try again in a moment".into())
+            })?;
+            let resp = weft_proto::v1::control_client::ControlClient::new(ch)
+                .service_logs(r)
+                .await
+                .map_err(|s| Error::FailedPrecondition(format!("leader: {}", s.message())))?;
+            return Ok(resp.into_inner());
+        }
+        let tasks = self.core.read(|s| {
+            let svc = s.resolve_service(&r.service)?;
+            Ok::<_, crate::store::StoreError>(
+                s.tasks
+                    .values()
+                    .filter(|t| t.service.as_ref().is_some_and(|x| x.service == svc.id))
+                    .map(|t| {
+                        (
+                            t.clone(),
+                            s.nodes
+                                .get(&t.node)
+                                .map(|n| n.hostname.clone())
+                                .unwrap_or_default(),
+                        )
+                    })
+                    .collect::<Vec<_>>(),
+            )
+        })?;
+        let fetches = tasks
+            .iter()
+            .map(|(t, _)| self.core.fetch_logs(t.node, &t.id, r.tail_bytes));
+        let results = futures::future::join_all(fetches).await;
+        Ok(pb::ServiceLogsResponse {
+            logs: tasks
+                .into_iter()
+                .zip(results)
+                .map(|((t, host), res)| {
+                    let (data, error) = match res {
+                        Ok(d) => (d, String::new()),
+                        Err(e) => (Vec::new(), e),
+                    };
+                    pb::TaskLog {
+                        task_id: t.id,
+                        task_name: t.name,
+                        hostname: host,
+                        data,
+                        error,
+                    }
+                })
+                .collect(),
+        })
+    }
+}
+
 fn validate_label_key(k: &str) -> Result<()> {
     let ok = !k.is_empty()
         && k.len() <= 128
@@ -861,6 +918,16 @@ impl Control for ControlService {
         self.core.propose(Command::RemoveService { id }).await?;
         Ok(Response::new(pb::RemoveServiceResponse {}))
     }
+
+    async fn service_logs(
+        &self,
+        req: Request<pb::ServiceLogsRequest>,
+    ) -> std::result::Result<Response<pb::ServiceLogsResponse>, Status> {
+        self.authorize(&req)?;
+        Ok(Response::new(
+            ControlService::service_logs(self, req.into_inner()).await?,
+        ))
+    }
 }
 
 #[tonic::async_trait]
@@ -996,6 +1063,13 @@ impl Control for LocalControl {
         req: Request<pb::RemoveServiceRequest>,
     ) -> std::result::Result<Response<pb::RemoveServiceResponse>, Status> {
         Control::remove_service(&self.inner()?, req).await
+    }
+
+    async fn service_logs(
+        &self,
+        req: Request<pb::ServiceLogsRequest>,
+    ) -> std::result::Result<Response<pb::ServiceLogsResponse>, Status> {
+        Control::service_logs(&self.inner()?, req).await
     }
 }
 

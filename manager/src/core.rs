@@ -24,6 +24,13 @@ struct Inner {
     store: StoreHandle,
     liveness: Mutex<Option<Liveness>>,
     configs: Mutex<HashMap<NodeId, ConfigStatus>>,
+    /// Open sessions on this manager, to ask nodes for task output.
+    sessions: Mutex<HashMap<NodeId, tokio::sync::mpsc::UnboundedSender<pb::LogRequest>>>,
+    /// Log requests waiting for their node's answer.
+    log_waiters: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<Result<Vec<u8>, String>>>>,
+    next_request: std::sync::atomic::AtomicU64,
+    /// Channels to other managers (authenticated as this manager).
+    channels: Option<crate::raft::ChannelFactory>,
 }
 
 /// What the leader knows of one node's config: the latest version pushed
@@ -39,6 +46,17 @@ pub struct ConfigStatus {
 }
 
 impl Core {
+    /// Wraps a running Raft instance; `channels` reach other managers.
+    pub fn with_channels(
+        node_id: NodeId,
+        raft: RaftHandle,
+        channels: crate::raft::ChannelFactory,
+    ) -> Self {
+        let mut c = Core::new(node_id, raft);
+        Arc::get_mut(&mut c.inner).expect("fresh core").channels = Some(channels);
+        c
+    }
+
     /// Wraps a running Raft instance.
     pub fn new(node_id: NodeId, raft: RaftHandle) -> Self {
         let store = raft.store();
@@ -49,6 +67,10 @@ impl Core {
                 store,
                 liveness: Mutex::new(None),
                 configs: Mutex::new(HashMap::new()),
+                sessions: Mutex::new(HashMap::new()),
+                log_waiters: Mutex::new(HashMap::new()),
+                next_request: std::sync::atomic::AtomicU64::new(1),
+                channels: None,
             }),
         }
     }
@@ -178,6 +200,89 @@ impl Core {
             .get(&id)
             .cloned()
             .unwrap_or_default()
+    }
+
+    /// Registers the session of `id` on this manager.
+    pub(crate) fn session_opened(
+        &self,
+        id: NodeId,
+        tx: tokio::sync::mpsc::UnboundedSender<pb::LogRequest>,
+    ) {
+        self.inner.sessions.lock().expect("sessions").insert(id, tx);
+    }
+
+    /// Forgets the session of `id` if `tx` is still the registered one.
+    pub(crate) fn session_closed(
+        &self,
+        id: NodeId,
+        tx: &tokio::sync::mpsc::UnboundedSender<pb::LogRequest>,
+    ) {
+        let mut s = self.inner.sessions.lock().expect("sessions");
+        if s.get(&id).is_some_and(|cur| cur.same_channel(tx)) {
+            s.remove(&id);
+        }
+    }
+
+    /// Asks node `id` (through its session on this manager) for the output
+    /// of one of its tasks.
+    pub async fn fetch_logs(&self, id: NodeId, task: &str, tail: u64) -> Result<Vec<u8>, String> {
+        let rid = self
+            .inner
+            .next_request
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.inner
+            .log_waiters
+            .lock()
+            .expect("waiters")
+            .insert(rid, tx);
+        let sent = self
+            .inner
+            .sessions
+            .lock()
+            .expect("sessions")
+            .get(&id)
+            .map(|s| {
+                s.send(pb::LogRequest {
+                    request_id: rid,
+                    task_id: task.to_string(),
+                    tail_bytes: tail,
+                })
+                .is_ok()
+            })
+            .unwrap_or(false);
+        let result = if !sent {
+            Err(format!(
+                "node {id} has no session with this manager (is it down?)"
+            ))
+        } else {
+            match tokio::time::timeout(Duration::from_secs(5), rx).await {
+                Ok(Ok(r)) => r,
+                _ => Err(format!("node {id} did not send the logs in time")),
+            }
+        };
+        self.inner.log_waiters.lock().expect("waiters").remove(&rid);
+        result
+    }
+
+    /// Delivers a node's answer to a log request.
+    pub(crate) fn logs_arrived(&self, request_id: u64, data: Result<Vec<u8>, String>) {
+        if let Some(tx) = self
+            .inner
+            .log_waiters
+            .lock()
+            .expect("waiters")
+            .remove(&request_id)
+        {
+            let _ = tx.send(data);
+        }
+    }
+
+    /// A channel to the current leader, authenticated as this manager.
+    pub fn leader_channel(&self) -> Option<tonic::transport::Channel> {
+        let addr = self.leader_addr()?;
+        let f = self.inner.channels.as_ref()?;
+        f(&addr).ok()
     }
 
     /// Whether a node is heartbeating, as far as the store knows.

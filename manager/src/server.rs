@@ -124,8 +124,14 @@ impl Manager {
             path: cfg.raft_dir.clone(),
             source,
         })?;
-        let raft = RaftHandle::open(&cfg.raft_dir, cfg.node_id, cfg.raft.clone(), channels).await?;
-        let core = Core::new(cfg.node_id, raft.clone());
+        let raft = RaftHandle::open(
+            &cfg.raft_dir,
+            cfg.node_id,
+            cfg.raft.clone(),
+            channels.clone(),
+        )
+        .await?;
+        let core = Core::with_channels(cfg.node_id, raft.clone(), channels);
 
         let cluster_id = cfg.cluster_id.clone();
         let authorize: Authorize =

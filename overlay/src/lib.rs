@@ -21,6 +21,7 @@ pub mod plan;
 mod mac;
 
 pub use dataplane::{ApplyReport, Dataplane, Error, Result, TeardownReport};
+pub use dns::resolv_conf_upstreams;
 pub use fake::FakeDataplane;
 #[cfg(target_os = "linux")]
 pub use linux::LinuxDataplane;
@@ -30,5 +31,4 @@ pub use model::{
     NetworkId, OverlayNet, RemoteEndpoint, ServiceEntry, TaskId, TaskNet, VXLAN_OVERHEAD,
     WIREGUARD_OVERHEAD, encrypted_overlay_mtu, overlay_mtu,
 };
-pub use dns::resolv_conf_upstreams;
 pub use plan::{Observed, Op, PlanError, plan};

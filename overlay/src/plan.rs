@@ -448,11 +448,9 @@ pub fn task_vips(desired: &DesiredNode, task: &TaskId) -> BTreeMap<IpAddr, Vec<I
         };
         for svc in net.services.values() {
             let Some(vip) = svc.vip else { continue };
-            out.entry(vip).or_default().extend(
-                svc.backends
-                    .iter()
-                    .filter(|b| b.is_ipv4() == vip.is_ipv4()),
-            );
+            out.entry(vip)
+                .or_default()
+                .extend(svc.backends.iter().filter(|b| b.is_ipv4() == vip.is_ipv4()));
         }
     }
     out.into_iter()

@@ -52,6 +52,9 @@ pub struct AgentStatus {
     pub heartbeat_period_ms: u64,
 }
 
+/// Reads the last `tail` bytes (0 = all) of a local task's output.
+pub type LogReader = Arc<dyn Fn(&str, u64) -> std::result::Result<Vec<u8>, String> + Send + Sync>;
+
 /// A running agent.
 pub struct Agent {
     node_id: String,
@@ -71,6 +74,7 @@ struct Run {
     status: watch::Sender<AgentStatus>,
     config: watch::Sender<Option<Arc<pb::NodeConfig>>>,
     report: watch::Receiver<Option<pb::StatusReport>>,
+    logs: LogReader,
     stop: watch::Receiver<bool>,
 }
 
@@ -84,7 +88,7 @@ enum End {
 
 impl Agent {
     /// Starts the session loop for the node described by `record`.
-    pub fn start(files: NodeFiles, record: NodeRecord, certs: Certs) -> Agent {
+    pub fn start(files: NodeFiles, record: NodeRecord, certs: Certs, logs: LogReader) -> Agent {
         let cert_role = PeerIdentity::from_pem(&certs.cert_pem)
             .map(|p| p.role.as_str().to_string())
             .unwrap_or_default();
@@ -106,6 +110,7 @@ impl Agent {
             status: status_tx,
             config: config_tx,
             report: report_rx,
+            logs,
             stop: stop_rx,
         };
         let node_id = run.node_id.clone();
@@ -461,6 +466,28 @@ impl Run {
         client: &mut DispatcherClient<tonic::transport::Channel>,
         m: pb::SessionMessage,
     ) -> Option<End> {
+        for req in &m.log_requests {
+            let (data, error) = match (self.logs)(&req.task_id, req.tail_bytes) {
+                Ok(d) => (d, String::new()),
+                Err(e) => (Vec::new(), e),
+            };
+            let mut c = client.clone();
+            let publish = pb::PublishLogsRequest {
+                node_id: self.node_id.clone(),
+                request_id: req.request_id,
+                task_id: req.task_id.clone(),
+                data,
+                error,
+            };
+            tokio::spawn(async move {
+                if let Err(e) = c.publish_logs(publish).await {
+                    tracing::warn!(error = %e, "could not send task logs");
+                }
+            });
+        }
+        if !m.log_requests.is_empty() && m.config.is_none() {
+            return None;
+        }
         let desired = pb::NodeRole::try_from(m.role).ok();
         if let Some(config) = m.config.clone() {
             self.config.send_replace(Some(Arc::new(config)));

@@ -115,6 +115,7 @@ impl DispatcherService {
             role: pb::NodeRole::from(role) as i32,
             heartbeat_period_ms: cluster.settings.heartbeat_period_ms,
             config: None,
+            log_requests: Vec::new(),
         })
     }
 
@@ -180,6 +181,19 @@ impl DispatcherService {
     }
 }
 
+/// Unregisters a session when its stream task ends.
+struct SessionGuard {
+    core: Core,
+    node: NodeId,
+    tx: tokio::sync::mpsc::UnboundedSender<pb::LogRequest>,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        self.core.session_closed(self.node, &self.tx);
+    }
+}
+
 /// Whether two session messages agree apart from the config.
 fn same_header(a: &pb::SessionMessage, b: &pb::SessionMessage) -> bool {
     a.manager_addrs == b.manager_addrs
@@ -205,7 +219,14 @@ impl Dispatcher for DispatcherService {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let this = self.clone();
         let mut changes = self.core.store().subscribe();
+        let (log_tx, mut log_rx) = tokio::sync::mpsc::unbounded_channel();
+        self.core.session_opened(node.id, log_tx.clone());
         tokio::spawn(async move {
+            let _registration = SessionGuard {
+                core: this.core.clone(),
+                node: node.id,
+                tx: log_tx,
+            };
             let mut last = first.clone();
             let mut last_config = first_config;
             if tx.send(Ok(first)).await.is_err() {
@@ -217,6 +238,15 @@ impl Dispatcher for DispatcherService {
                     _ = tx.closed() => return,
                     r = changes.changed() => if r.is_err() { return },
                     _ = tick.tick() => {},
+                    Some(req) = log_rx.recv() => {
+                        let mut msg = last.clone();
+                        msg.config = None;
+                        msg.log_requests = vec![req];
+                        if tx.send(Ok(msg)).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
                 }
                 if !this.core.is_leader() {
                     let st = this
@@ -381,5 +411,19 @@ impl Dispatcher for DispatcherService {
             .propose(Command::RemoveTask { id: task.id })
             .await?;
         Ok(Response::new(pb::RemoveTaskResponse {}))
+    }
+    async fn publish_logs(
+        &self,
+        req: Request<pb::PublishLogsRequest>,
+    ) -> Result<Response<pb::PublishLogsResponse>, Status> {
+        self.authorize(&req, &req.get_ref().node_id)?;
+        let r = req.into_inner();
+        let data = if r.error.is_empty() {
+            Ok(r.data)
+        } else {
+            Err(r.error)
+        };
+        self.core.logs_arrived(r.request_id, data);
+        Ok(Response::new(pb::PublishLogsResponse {}))
     }
 }

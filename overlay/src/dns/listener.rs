@@ -201,9 +201,15 @@ impl Shared {
         (v.task(task), v.upstreams.clone())
     }
 
-    fn answer(&self, task: &TaskId, query: &[u8], transport: Transport) -> Option<(Handled, Vec<SocketAddr>)> {
+    fn answer(
+        &self,
+        task: &TaskId,
+        query: &[u8],
+        transport: Transport,
+    ) -> Option<(Handled, Vec<SocketAddr>)> {
         let (view, upstreams) = self.task_view(task);
-        message::handle(view.as_deref(), query, !upstreams.is_empty(), transport).map(|h| (h, upstreams))
+        message::handle(view.as_deref(), query, !upstreams.is_empty(), transport)
+            .map(|h| (h, upstreams))
     }
 
     /// A fresh UDP socket in the daemon's namespace.

@@ -123,7 +123,10 @@ impl NetRecords {
 impl TaskView {
     /// Resolves `qname` (any case, with or without the trailing dot).
     pub fn lookup(&self, qname: &str) -> Lookup {
-        let q = qname.strip_suffix('.').unwrap_or(qname).to_ascii_lowercase();
+        let q = qname
+            .strip_suffix('.')
+            .unwrap_or(qname)
+            .to_ascii_lowercase();
         if q.is_empty() {
             return Lookup::NotOurs;
         }
@@ -259,7 +262,10 @@ mod tests {
         for q in ["WEB", "web.", "Web.AppNet", "web.appnet.", "WEB.APPNET."] {
             assert_eq!(t.lookup(q), addrs(&["10.0.9.100"]), "{q}");
         }
-        assert_eq!(t.lookup("tasks.web.appnet"), addrs(&["10.0.9.3", "10.0.9.4"]));
+        assert_eq!(
+            t.lookup("tasks.web.appnet"),
+            addrs(&["10.0.9.3", "10.0.9.4"])
+        );
         assert_eq!(t.lookup("client.1.X.appnet."), addrs(&["10.0.9.50"]));
         // A suffix of a network the task is not on is not ours.
         assert_eq!(t.lookup("web.other"), Lookup::NotOurs);

@@ -200,14 +200,21 @@ pub fn delete_stale(ns: &Netns, keep: &BTreeMap<IpAddr, BTreeSet<IpAddr>>) -> Re
         })
         .collect();
     ns.run_in(|| -> Result<usize> {
-        let mut sock = Socket::new(NETLINK_NETFILTER).map_err(|e| io_err("open ctnetlink socket in", e))?;
+        let mut sock =
+            Socket::new(NETLINK_NETFILTER).map_err(|e| io_err("open ctnetlink socket in", e))?;
         sock.bind_auto()
             .map_err(|e| io_err("bind ctnetlink socket in", e))?;
         let mut seq = 0u32;
         let mut deleted = 0;
         for family in families {
             seq += 1;
-            let dump = message(IPCTNL_MSG_CT_GET, NLM_F_REQUEST | NLM_F_DUMP, seq, family, &[]);
+            let dump = message(
+                IPCTNL_MSG_CT_GET,
+                NLM_F_REQUEST | NLM_F_DUMP,
+                seq,
+                family,
+                &[],
+            );
             sock.send(&dump, 0)
                 .map_err(|e| io_err("send conntrack dump in", e))?;
             let mut victims = Vec::new();
@@ -233,7 +240,13 @@ pub fn delete_stale(ns: &Netns, keep: &BTreeMap<IpAddr, BTreeSet<IpAddr>>) -> Re
                 if let Some(z) = &v.zone {
                     parts.push(z);
                 }
-                let del = message(IPCTNL_MSG_CT_DELETE, NLM_F_REQUEST | NLM_F_ACK, seq, family, &parts);
+                let del = message(
+                    IPCTNL_MSG_CT_DELETE,
+                    NLM_F_REQUEST | NLM_F_ACK,
+                    seq,
+                    family,
+                    &parts,
+                );
                 sock.send(&del, 0)
                     .map_err(|e| io_err("send conntrack delete in", e))?;
                 loop {
@@ -288,7 +301,14 @@ mod tests {
                     CTA_TUPLE_IP,
                     &[nla(CTA_IP_V4_SRC, &src), nla(CTA_IP_V4_DST, &dst)],
                 ),
-                nested(2, &[nla(1, &[6]), nla(2, &1234u16.to_be_bytes()), nla(3, &80u16.to_be_bytes())]),
+                nested(
+                    2,
+                    &[
+                        nla(1, &[6]),
+                        nla(2, &1234u16.to_be_bytes()),
+                        nla(3, &80u16.to_be_bytes()),
+                    ],
+                ),
             ],
         )
     }
@@ -296,7 +316,13 @@ mod tests {
     fn entry_msg(seq: u32, client: [u8; 4], vip: [u8; 4], backend: [u8; 4]) -> Vec<u8> {
         let orig = tuple(CTA_TUPLE_ORIG, client, vip);
         let reply = tuple(CTA_TUPLE_REPLY, backend, client);
-        let mut m = message(IPCTNL_MSG_CT_NEW, 2, seq, 2, &[&orig, &reply, &nla(CTA_ZONE, &[0, 0])]);
+        let mut m = message(
+            IPCTNL_MSG_CT_NEW,
+            2,
+            seq,
+            2,
+            &[&orig, &reply, &nla(CTA_ZONE, &[0, 0])],
+        );
         // Multipart dumps carry NLM_F_MULTI; the parser ignores flags.
         m[6] = 2;
         m
@@ -313,8 +339,14 @@ mod tests {
         assert_eq!(b.entries.len(), 3);
         assert_eq!(b.entries[0].orig_dst, IpAddr::from([10, 0, 0, 100]));
         assert_eq!(b.entries[1].reply_src, IpAddr::from([10, 0, 0, 4]));
-        assert_eq!(b.entries[0].orig_tuple, tuple(CTA_TUPLE_ORIG, [10, 0, 0, 50], [10, 0, 0, 100]));
-        assert_eq!(b.entries[0].zone.as_deref(), Some(&nla(CTA_ZONE, &[0, 0])[..]));
+        assert_eq!(
+            b.entries[0].orig_tuple,
+            tuple(CTA_TUPLE_ORIG, [10, 0, 0, 50], [10, 0, 0, 100])
+        );
+        assert_eq!(
+            b.entries[0].zone.as_deref(),
+            Some(&nla(CTA_ZONE, &[0, 0])[..6])
+        );
         let keep = BTreeMap::from([(
             IpAddr::from([10, 0, 0, 100]),
             BTreeSet::from([IpAddr::from([10, 0, 0, 3])]),
@@ -329,7 +361,8 @@ mod tests {
         assert!(parse_datagram(&done, 7).done);
         let mut err = vec![0u8; NLMSG_HDRLEN];
         err.extend_from_slice(&(-libc::ENOENT).to_ne_bytes());
-        err[0..4].copy_from_slice(&(u32::try_from(err.len()).unwrap()).to_ne_bytes());
+        let len = u32::try_from(err.len()).unwrap();
+        err[0..4].copy_from_slice(&len.to_ne_bytes());
         err[4..6].copy_from_slice(&NLMSG_ERROR.to_ne_bytes());
         err[8..12].copy_from_slice(&9u32.to_ne_bytes());
         let b = parse_datagram(&err, 9);
@@ -344,9 +377,18 @@ mod tests {
     #[test]
     fn delete_message_layout() {
         let orig = tuple(CTA_TUPLE_ORIG, [10, 0, 0, 50], [10, 0, 0, 100]);
-        let m = message(IPCTNL_MSG_CT_DELETE, NLM_F_REQUEST | NLM_F_ACK, 3, 2, &[&orig]);
+        let m = message(
+            IPCTNL_MSG_CT_DELETE,
+            NLM_F_REQUEST | NLM_F_ACK,
+            3,
+            2,
+            &[&orig],
+        );
         assert_eq!(m.len(), NLMSG_HDRLEN + NFGENMSG_LEN + orig.len());
-        assert_eq!(u32::from_ne_bytes(m[0..4].try_into().unwrap()) as usize, m.len());
+        assert_eq!(
+            u32::from_ne_bytes(m[0..4].try_into().unwrap()) as usize,
+            m.len()
+        );
         assert_eq!(u16::from_ne_bytes([m[4], m[5]]), 0x102);
         assert_eq!(u16::from_ne_bytes([m[6], m[7]]), 5);
         assert_eq!(m[16], 2);

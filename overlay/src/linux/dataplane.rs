@@ -29,9 +29,9 @@ use nftables::schema::{Chain, NfListObject, NfObject, Rule, Table};
 use nftables::stmt::{Match, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
+use super::conntrack;
 use super::error::Error as LinuxError;
 use super::lb::{delete_lb_batch, lb_batch, lb_of};
-use super::conntrack;
 use super::netlink::{Link, LinkKind, Netlink, VethSpec, VxlanSpec};
 use super::netns::Netns;
 use super::nft;

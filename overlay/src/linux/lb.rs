@@ -20,7 +20,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use nftables::batch::Batch;
-use nftables::expr::{Expression, Map, NamedExpression, NgMode, Numgen, Payload, PayloadField, SetItem};
+use nftables::expr::{
+    Expression, Map, NamedExpression, NgMode, Numgen, Payload, PayloadField, SetItem,
+};
 use nftables::schema::{Chain, NfListObject, NfObject, Nftables, Rule, Table};
 use nftables::stmt::{Match, NAT, NATFamily, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
@@ -41,10 +43,12 @@ fn table() -> Table<'static> {
 
 fn daddr(vip: IpAddr) -> Statement<'static> {
     Statement::Match(Match {
-        left: Expression::Named(NamedExpression::Payload(Payload::PayloadField(PayloadField {
-            protocol: if vip.is_ipv4() { "ip" } else { "ip6" }.into(),
-            field: "daddr".into(),
-        }))),
+        left: Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+            PayloadField {
+                protocol: if vip.is_ipv4() { "ip" } else { "ip6" }.into(),
+                field: "daddr".into(),
+            },
+        ))),
         right: Expression::String(vip.to_string().into()),
         op: Operator::EQ,
     })
@@ -167,7 +171,10 @@ mod tests {
         ]);
         let rs = lb_batch(&vips);
         let json = serde_json::to_string(&rs).unwrap();
-        assert!(json.contains(r#""numgen":{"mode":"random","mod":2}"#), "{json}");
+        assert!(
+            json.contains(r#""numgen":{"mode":"random","mod":2}"#),
+            "{json}"
+        );
         assert!(json.contains(r#"[0,"10.0.9.3"]"#), "{json}");
         assert!(json.contains(r#""reject":null"#), "{json}");
         // What `lb_of` reads back from a listing of these objects is what
@@ -185,6 +192,11 @@ mod tests {
                 .collect(),
         };
         assert_eq!(lb_of(&listed), Some(lb_comments(&vips)));
-        assert_eq!(lb_of(&Nftables { objects: Cow::Owned(vec![]) }), None);
+        assert_eq!(
+            lb_of(&Nftables {
+                objects: Cow::Owned(vec![])
+            }),
+            None
+        );
     }
 }

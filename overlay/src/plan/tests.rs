@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use super::*;
 use crate::fake::simulate;
 use crate::model::{
-    EndpointId, GatewayBridge, GwAttachment, LocalEndpoint, OverlayNet, RemoteEndpoint, TaskNet,
+    EndpointId, GatewayBridge, GwAttachment, LocalEndpoint, OverlayNet, RemoteEndpoint,
+    ServiceEntry, TaskNet,
 };
 
 fn mac(i: u8) -> MacAddr {
@@ -612,6 +613,17 @@ fn every_transition_converges_in_one_apply() {
         }
     }
     states.push(s);
+    states.push(with_services(&base));
+    let mut s = with_services(&base);
+    s.networks
+        .get_mut(&NetworkId::from("n1"))
+        .unwrap()
+        .services
+        .get_mut("web")
+        .unwrap()
+        .backends
+        .pop();
+    states.push(s);
     for from in &states {
         for to in &states {
             let mut k = empty_kernel();
@@ -619,4 +631,170 @@ fn every_transition_converges_in_one_apply() {
             converge(&mut k, to);
         }
     }
+}
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// `full()` plus services on n1 (web: VIP, two backends; rr: dnsrr; down:
+/// VIP without backends) and n2 (db: VIP, one backend).
+fn with_services(base: &DesiredNode) -> DesiredNode {
+    let mut d = base.clone();
+    let n1 = d.networks.get_mut(&NetworkId::from("n1")).unwrap();
+    n1.services.insert(
+        "web".into(),
+        ServiceEntry {
+            vip: Some(ip("10.0.9.100")),
+            backends: vec![ip("10.0.9.21"), ip("10.0.9.20")],
+        },
+    );
+    n1.services.insert(
+        "rr".into(),
+        ServiceEntry {
+            vip: None,
+            backends: vec![ip("10.0.9.2")],
+        },
+    );
+    n1.services.insert(
+        "down".into(),
+        ServiceEntry {
+            vip: Some(ip("10.0.9.101")),
+            backends: vec![],
+        },
+    );
+    d.networks
+        .get_mut(&NetworkId::from("n2"))
+        .unwrap()
+        .services
+        .insert(
+            "db".into(),
+            ServiceEntry {
+                vip: Some(ip("10.0.10.100")),
+                // A backend of the other family never lands in an IPv4 map.
+                backends: vec![ip("10.0.10.20"), ip("fd00::20")],
+            },
+        );
+    d
+}
+
+#[test]
+fn task_vips_are_per_task_sorted_and_family_filtered() {
+    let d = with_services(&full());
+    assert_eq!(
+        task_vips(&d, &"t1".into()),
+        BTreeMap::from([
+            (ip("10.0.9.100"), vec![ip("10.0.9.20"), ip("10.0.9.21")]),
+            (ip("10.0.9.101"), vec![]),
+        ])
+    );
+    assert_eq!(task_vips(&d, &"t2".into()).len(), 3);
+    assert_eq!(
+        task_vips(&d, &"t3".into()),
+        BTreeMap::from([(ip("10.0.10.100"), vec![ip("10.0.10.20")])])
+    );
+    assert!(task_vips(&d, &"nope".into()).is_empty());
+    let c = lb_comment(ip("10.0.9.100"), &[ip("10.0.9.20"), ip("10.0.9.21")]);
+    assert!(c.starts_with("weft-lb:10.0.9.100:"), "{c}");
+    assert_eq!(lb_comment_vip(&c), Some(ip("10.0.9.100")));
+    assert_eq!(lb_comment(ip("fd00::1"), &[]), "weft-lb:fd00::1:reject");
+    assert_eq!(
+        lb_comment_vip("weft-lb:fd00::1:reject"),
+        Some(ip("fd00::1"))
+    );
+    assert_eq!(lb_comment_vip("weft:masquerade:x"), None);
+    assert!(c.len() < 128, "nft comments are limited");
+}
+
+#[test]
+fn lb_tables_and_resolvers_converge_and_follow_changes() {
+    let base = full();
+    let d = with_services(&base);
+    let mut k = empty_kernel();
+    let ops = converge(&mut k, &d);
+    // Every task gets a resolver, after its namespace and lo.
+    for t in ["t1", "t2", "t3"] {
+        let dns = pos(
+            &ops,
+            |o| matches!(o, Op::StartDns { task } if task.as_str() == t),
+        );
+        let lo = pos(
+            &ops,
+            |o| matches!(o, Op::SetUp { ns: NsRef::Task(x), link } if x.as_str() == t && link == "lo"),
+        );
+        assert!(lo < dns);
+    }
+    let lb: Vec<&Op> = ops
+        .iter()
+        .filter(|o| matches!(o, Op::ApplyLb { .. }))
+        .collect();
+    assert_eq!(lb.len(), 3, "{lb:#?}");
+    assert!(ops.contains(&Op::ApplyLb {
+        task: "t3".into(),
+        vips: BTreeMap::from([(ip("10.0.10.100"), vec![ip("10.0.10.20")])]),
+        flush: BTreeSet::from([ip("10.0.10.100")]),
+    }));
+
+    // A backend leaves: only the tasks that balance that VIP are rewritten,
+    // and the VIP's stale flows are flushed.
+    let mut d2 = d.clone();
+    let web = d2
+        .networks
+        .get_mut(&NetworkId::from("n1"))
+        .unwrap()
+        .services
+        .get_mut("web")
+        .unwrap();
+    web.backends.retain(|b| *b != ip("10.0.9.21"));
+    let ops = converge(&mut k, &d2);
+    assert_eq!(ops.len(), 2, "{ops:#?}");
+    assert!(ops.contains(&Op::ApplyLb {
+        task: "t1".into(),
+        vips: BTreeMap::from([
+            (ip("10.0.9.100"), vec![ip("10.0.9.20")]),
+            (ip("10.0.9.101"), vec![]),
+        ]),
+        flush: BTreeSet::from([ip("10.0.9.100"), ip("10.0.9.101")]),
+    }));
+    // Reordered backends are no change.
+    let mut d3 = d.clone();
+    d3.networks
+        .get_mut(&NetworkId::from("n1"))
+        .unwrap()
+        .services
+        .get_mut("web")
+        .unwrap()
+        .backends
+        .reverse();
+    k = empty_kernel();
+    converge(&mut k, &d);
+    assert_eq!(plan(&k, &d3).unwrap(), vec![]);
+
+    // Drift: a flushed or deleted table is rewritten; a dead resolver is
+    // restarted; nothing else moves.
+    k.tasks.get_mut(&TaskId::from("t1")).unwrap().lb = Some(BTreeSet::new());
+    k.tasks.get_mut(&TaskId::from("t3")).unwrap().lb = None;
+    k.dns.remove(&TaskId::from("t2"));
+    let ops = plan(&k, &d).unwrap();
+    assert_eq!(ops.len(), 3, "{ops:#?}");
+    assert!(
+        matches!(&ops[0], Op::ApplyLb { task, flush, .. } if task.as_str() == "t1" && flush.len() == 2)
+    );
+    assert_eq!(ops[1], Op::StartDns { task: "t2".into() });
+    assert!(matches!(&ops[2], Op::ApplyLb { task, .. } if task.as_str() == "t3"));
+    converge(&mut k, &d);
+
+    // Services gone: tables deleted (old VIPs flushed), resolvers stay.
+    let ops = converge(&mut k, &base);
+    assert_eq!(ops.len(), 3, "{ops:#?}");
+    assert!(ops.contains(&Op::DeleteLb {
+        task: "t3".into(),
+        flush: BTreeSet::from([ip("10.0.10.100")]),
+    }));
+    assert_eq!(k.dns.len(), 3);
+    // A removed task takes its resolver with its namespace.
+    let mut fewer = base.clone();
+    fewer.tasks.remove(&TaskId::from("t3"));
+    converge(&mut k, &fewer);
+    assert!(!k.dns.contains(&TaskId::from("t3")));
 }

@@ -39,6 +39,9 @@ fn overlay(vni: u32, internal: bool) -> OverlayNet {
         mtu: 1450,
         internal,
         remote: BTreeMap::new(),
+        name: String::new(),
+        services: BTreeMap::new(),
+        names: BTreeMap::new(),
     }
 }
 
@@ -381,9 +384,18 @@ async fn two_nodes_end_to_end() {
         "10.20.0.2".parse::<IpAddr>().unwrap()
     );
 
-    // Adoption: a fresh instance on the same exec root plans nothing.
+    // Adoption: a fresh instance on the same exec root plans nothing but
+    // its own resolvers (the first instance still serves them here; after
+    // a restart the old sockets are gone).
     let fresh = LinuxDataplane::new(&root1, h1.netns().clone());
-    assert_eq!(ops_of(fresh.apply(&d1).await), vec![]);
+    let ops = weft_overlay::plan(&fresh.observe().await.unwrap(), &d1).unwrap();
+    assert_eq!(
+        ops,
+        vec![
+            Op::StartDns { task: "a".into() },
+            Op::StartDns { task: "d".into() }
+        ]
+    );
 
     // Removing a network (and its task) removes every kernel object of it.
     let mut smaller = d1.clone();

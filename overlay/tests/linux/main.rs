@@ -10,4 +10,5 @@ mod netns;
 mod nft;
 mod overlay_path;
 mod process;
+mod services;
 mod topology;
