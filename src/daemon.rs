@@ -205,6 +205,7 @@ impl NodeService {
                 report: Box::new(move |r| {
                     reporter.send_replace(Some(r));
                 }),
+                dns_upstreams: weft_overlay::dns::host_upstreams(),
             }
             .run(stop_rx),
         );

@@ -74,6 +74,7 @@ pub struct RootArg {
 
 /// `weft lab up`.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Lab options")]
 pub struct UpArgs {
     /// Name of the lab (lowercase letters, digits and '-', at most 24).
     #[arg(long, default_value = DEFAULT_NAME, value_parser = spec::parse_lab_name)]
@@ -97,6 +98,7 @@ pub struct UpArgs {
 
 /// `weft lab down`.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Lab options")]
 pub struct DownArgs {
     /// The lab (default: the only one).
     #[arg(value_parser = spec::parse_lab_name, conflicts_with = "all")]
@@ -235,7 +237,7 @@ async fn cmd_up(a: UpArgs) -> anyhow::Result<()> {
     let (state, t) = up::up(&layout, &spec, &opts).await?;
     let w = weft_hint();
     println!(
-        "Lab {} is up: cluster formed in {} (underlay {}, daemons up {}, init and joins {}).",
+        "Lab {} is up: cluster formed in {} (underlay built at {}, daemons answering at {}, joins done at {}).",
         state.name,
         secs(t.ready),
         secs(t.underlay),
@@ -418,6 +420,14 @@ async fn cmd_down(root: &Path, a: DownArgs) -> anyhow::Result<()> {
     let mut failed = Vec::new();
     for name in names {
         let layout = Layout::new(root, &name);
+        if layout.dir().exists() && !state::looks_like_lab(layout.dir()) {
+            eprintln!(
+                "{} is not a lab directory; leaving it alone",
+                layout.dir().display()
+            );
+            failed.push(name);
+            continue;
+        }
         let out = tokio::task::block_in_place(|| teardown::destroy(&layout));
         if !out.existed && out.killed.is_empty() {
             if a.force || a.all {

@@ -124,6 +124,7 @@ impl Labs {
             dir: self.dir(lab),
             pids,
             namespaces: netns,
+            existing: processes().iter().map(|p| (p.pid, p.start)).collect(),
         }
     }
 }
@@ -151,6 +152,11 @@ struct Traces {
     dir: PathBuf,
     pids: Vec<i32>,
     namespaces: BTreeSet<(u64, u64)>,
+    /// Processes (pid, start time) that existed when the traces were taken:
+    /// the kernel reuses the inode numbers of freed namespaces, so a
+    /// process of another test's lab, started later, may live in a
+    /// "namespace of this lab" that is really a new one.
+    existing: BTreeSet<(i32, u64)>,
 }
 
 fn ns_of(path: &Path) -> Option<(u64, u64)> {
@@ -174,8 +180,21 @@ fn mounts_under(dir: &Path) -> Vec<(PathBuf, String)> {
 /// The command line of the test's stand-in tasks.
 const SLEEP_600: &[u8] = b"sleep\x00600\x00";
 
-/// A live process: (pid, command line, its net, mnt and UTS namespaces).
-type Proc = (i32, Vec<u8>, Vec<(u64, u64)>);
+/// A live process.
+struct Proc {
+    pid: i32,
+    /// Start time (clock ticks after boot): with the pid, names a process.
+    start: u64,
+    cmd: Vec<u8>,
+    /// Its net, mnt and UTS namespaces.
+    ns: Vec<(u64, u64)>,
+}
+
+impl Proc {
+    fn is_sleep_in(&self, namespaces: &BTreeSet<(u64, u64)>) -> bool {
+        self.cmd.starts_with(SLEEP_600) && self.ns.iter().any(|n| namespaces.contains(n))
+    }
+}
 
 /// Live (not zombie) processes.
 fn processes() -> Vec<Proc> {
@@ -184,22 +203,28 @@ fn processes() -> Vec<Proc> {
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
         .filter_map(|pid| {
             let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-            let state = stat[stat.rfind(')')? + 2..].split(' ').next()?.to_owned();
-            if state == "Z" || state == "X" {
+            let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split(' ').collect();
+            if matches!(fields.first(), Some(&"Z") | Some(&"X")) {
                 return None;
             }
+            let start = fields.get(19)?.parse().ok()?;
             let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             let ns = ["net", "mnt", "uts"]
                 .iter()
                 .filter_map(|k| ns_of(Path::new(&format!("/proc/{pid}/ns/{k}"))))
                 .collect();
-            Some((pid, cmd, ns))
+            Some(Proc {
+                pid,
+                start,
+                cmd,
+                ns,
+            })
         })
         .collect()
 }
 
 fn alive(pid: i32) -> bool {
-    processes().iter().any(|(p, _, _)| *p == pid)
+    processes().iter().any(|p| p.pid == pid)
 }
 
 /// Nothing of the lab is left: no directory, no mounts, no process naming
@@ -210,16 +235,18 @@ fn assert_no_trace(t: &Traces) {
     assert!(mounts.is_empty(), "mounts left: {mounts:?}");
     let mut marker = t.dir.as_os_str().as_encoded_bytes().to_vec();
     marker.push(b'/');
-    for (pid, cmd, ns) in processes() {
+    for p in processes() {
+        let cmd = String::from_utf8_lossy(&p.cmd);
         assert!(
-            !cmd.windows(marker.len()).any(|w| w == marker.as_slice()),
-            "process {pid} of the lab survived: {}",
-            String::from_utf8_lossy(&cmd)
+            !p.cmd.windows(marker.len()).any(|w| w == marker.as_slice()),
+            "process {} of the lab survived: {cmd}",
+            p.pid
         );
         assert!(
-            !ns.iter().any(|n| t.namespaces.contains(n)),
-            "process {pid} ({}) still lives in a namespace of the lab",
-            String::from_utf8_lossy(&cmd)
+            !(t.existing.contains(&(p.pid, p.start))
+                && p.ns.iter().any(|n| t.namespaces.contains(n))),
+            "process {} ({cmd}) still lives in a namespace of the lab",
+            p.pid
         );
     }
     for pid in &t.pids {
@@ -339,9 +366,7 @@ fn down_cleans_up_after_kill_9_and_leftover_processes() {
     wait_for("the sleeps to start", Duration::from_secs(10), || {
         processes()
             .iter()
-            .filter(|(_, c, ns)| {
-                c.starts_with(SLEEP_600) && ns.iter().any(|n| traces.namespaces.contains(n))
-            })
+            .filter(|p| p.is_sleep_in(&traces.namespaces))
             .count()
             == 2
     });
@@ -361,13 +386,12 @@ fn down_cleans_up_after_kill_9_and_leftover_processes() {
     let st = exec.wait().expect("exec ends");
     assert_eq!(st.code(), Some(137), "the exec'd sleep was killed");
     assert_no_trace(&traces);
-    let sleeps: Vec<_> = processes()
-        .into_iter()
-        .filter(|(_, c, ns)| {
-            c.starts_with(SLEEP_600) && ns.iter().any(|n| traces.namespaces.contains(n))
-        })
+    let sleeps: Vec<i32> = processes()
+        .iter()
+        .filter(|p| p.is_sleep_in(&traces.namespaces))
+        .map(|p| p.pid)
         .collect();
-    assert!(sleeps.is_empty(), "{sleeps:?}");
+    assert!(sleeps.is_empty(), "sleeps survived: {sleeps:?}");
 }
 
 #[test]
@@ -472,4 +496,85 @@ fn bad_input_is_refused_clearly() {
     assert!(left.is_empty(), "{left:?}");
     labs.ok(&["lab", "down", "nolab", "--force"]);
     labs.ok(&["lab", "ls"]);
+}
+
+/// Starts `weft lab up` for a 2+6 lab and returns it once the daemons
+/// are being started (the state file lists pids), i.e. mid-way.
+fn up_in_background(labs: &Labs, lab: &str) -> std::process::Child {
+    let mut child = Command::new(WEFT)
+        .args([
+            "lab",
+            "up",
+            "--name",
+            lab,
+            "--managers",
+            "2",
+            "--workers",
+            "6",
+        ])
+        .env("WEFT_LAB_ROOT", labs.root.path())
+        .env_remove("WEFT_HOST")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn lab up");
+    let state = labs.dir(lab).join("lab.json");
+    // Polled quickly: the window between "daemons started" and "cluster
+    // formed" is short.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !std::fs::read_to_string(&state)
+        .unwrap_or_default()
+        .contains("\"pid\": ")
+    {
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("lab up ends");
+            panic!(
+                "lab up never started daemons: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    child
+}
+
+#[test]
+fn interrupted_up_tears_down_what_it_made() {
+    let labs = Labs::new("intr");
+    let lab = lab_name("intr");
+    let child = up_in_background(&labs, &lab);
+    let traces = labs.traces(&lab);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .expect("SIGINT");
+    let out = child.wait_with_output().expect("lab up ends");
+    let err = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        // Too late: the cluster formed before the signal arrived.
+        eprintln!("lab up finished before SIGINT; checking down instead");
+        labs.ok(&["lab", "down", &lab]);
+    } else {
+        assert!(err.contains("interrupted"), "{err}");
+    }
+    assert_no_trace(&traces);
+}
+
+#[test]
+fn down_cleans_up_after_a_crashed_up() {
+    let labs = Labs::new("crash");
+    let lab = lab_name("crash");
+    let mut child = up_in_background(&labs, &lab);
+    let traces = labs.traces(&lab);
+    child.kill().expect("kill -9 lab up");
+    child.wait().expect("reaped");
+    // The daemons outlive it: a half-built lab is left behind.
+    assert!(traces.pids.iter().any(|p| alive(*p)));
+    let ls = labs.ok(&["lab", "ls"]);
+    assert!(ls.contains(&lab), "{ls}");
+    labs.ok(&["lab", "down", &lab]);
+    assert_no_trace(&traces);
 }

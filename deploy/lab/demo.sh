@@ -31,6 +31,9 @@ preflight() {
     echo "error: no weft binary at $WEFT; build it first (make build)" >&2
     exit 1
   fi
+  # Hints show the path as given (e.g. target/debug/weft); commands run
+  # the absolute one.
+  SHOW=$WEFT
   WEFT=$(cd "$(dirname "$WEFT")" && pwd)/$(basename "$WEFT")
 }
 
@@ -69,11 +72,11 @@ summary() {
   cat <<EOF
 
   The lab is still running. Explore it:
-    $WEFT lab status $LAB
-    $WEFT lab exec $LAB m1 -- weft node ls     any command, on any node (m1..m$MANAGERS, w1..w$WORKERS)
-    $WEFT lab exec $LAB w1                     a shell on w1
+    $SHOW lab status $LAB
+    $SHOW lab exec $LAB m1 -- weft node ls     any command, on any node (m1..m$MANAGERS, w1..w$WORKERS)
+    $SHOW lab exec $LAB w1                     a shell on w1
   Tear it down:
-    $WEFT lab down $LAB                        (or: make demo-down)
+    $SHOW lab down $LAB                        (or: make demo-down)
 EOF
 }
 

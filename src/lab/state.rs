@@ -130,7 +130,18 @@ impl LabState {
     }
 }
 
-/// Names of the labs under `root` (every directory there), sorted.
+/// True if `dir` looks like something `lab up` made (a state file, pins or
+/// node directories, or nothing yet): `down` never deletes anything else,
+/// even under an unusual `--root`.
+pub fn looks_like_lab(dir: &Path) -> bool {
+    ["lab.json", "netns", "nodes"]
+        .iter()
+        .any(|f| dir.join(f).exists())
+        || std::fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none())
+}
+
+/// Names of the labs under `root` (directories with a valid lab name that
+/// look like labs), sorted.
 pub fn list_labs(root: &Path) -> anyhow::Result<Vec<String>> {
     let entries = match std::fs::read_dir(root) {
         Ok(e) => e,
@@ -141,7 +152,10 @@ pub fn list_labs(root: &Path) -> anyhow::Result<Vec<String>> {
     for e in entries {
         let e = e.with_context(|| format!("cannot list {}", root.display()))?;
         let is_dir = e.file_type().map(|t| t.is_dir()).unwrap_or(false);
-        if let (true, Some(name)) = (is_dir, e.file_name().to_str()) {
+        if let (true, Some(name)) = (is_dir, e.file_name().to_str())
+            && super::spec::parse_lab_name(name).is_ok()
+            && looks_like_lab(&e.path())
+        {
             names.push(name.to_owned());
         }
     }

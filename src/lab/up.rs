@@ -52,7 +52,7 @@ pub struct UpOptions {
     pub timeout: Duration,
 }
 
-/// Phase timings of a successful `up`.
+/// When each phase of a successful `up` ended, counted from its start.
 #[derive(Debug, Clone, Copy)]
 pub struct Timings {
     /// Underlay built.
@@ -84,6 +84,8 @@ pub async fn up(
             for err in &out.errors {
                 eprintln!("  teardown: {err}");
             }
+            // The labs' root goes too if this was its only lab.
+            let _ = std::fs::remove_dir(layout.root());
             Err(e)
         }
     }

@@ -165,6 +165,8 @@ pub struct Reconciler {
     pub runtime: Arc<dyn TaskRuntime>,
     /// Where reports go (the agent).
     pub report: Box<dyn Fn(pb::StatusReport) + Send + Sync>,
+    /// The host's resolvers, for names that are not the cluster's.
+    pub dns_upstreams: Vec<std::net::SocketAddr>,
 }
 
 impl Reconciler {
@@ -225,7 +227,8 @@ impl Reconciler {
         }
         let mut error = String::new();
         match desired_from_config(c) {
-            Ok(d) => {
+            Ok(mut d) => {
+                d.dns_upstreams = self.dns_upstreams.clone();
                 if let Err(e) = self.dataplane.apply(&d).await {
                     error = format!("data plane: {e}");
                 }
@@ -246,7 +249,7 @@ impl Reconciler {
                         command: t.command.clone(),
                         env: t.env.clone().into_iter().collect(),
                         netns: self.dataplane.task_netns(&TaskId(t.id.clone())),
-                        resolv_conf: None,
+                        resolv_conf: self.dataplane.resolv_conf(),
                         hostname: Some(t.name.clone()),
                     };
                     match self.runtime.start(&spec).await {

@@ -18,5 +18,8 @@ pub mod message;
 pub mod resolv;
 pub mod view;
 
-pub use resolv::{RESOLVER_ADDR, TASK_RESOLV_CONF, parse_upstreams, resolv_conf_upstreams};
+pub use resolv::{
+    RESOLVER_ADDR, SYSTEMD_RESOLV_CONF, TASK_RESOLV_CONF, host_upstreams, parse_upstreams,
+    resolv_conf_upstreams,
+};
 pub use view::{DnsView, Lookup, TaskView};

@@ -26,6 +26,23 @@ pub fn resolv_conf_upstreams(path: impl AsRef<Path>) -> Vec<SocketAddr> {
         .unwrap_or_default()
 }
 
+/// Where systemd-resolved keeps the real upstreams when `/etc/resolv.conf`
+/// only names its loopback stub (127.0.0.53).
+pub const SYSTEMD_RESOLV_CONF: &str = "/run/systemd/resolve/resolv.conf";
+
+/// The host's upstreams as the daemon should forward to them: those of
+/// `/etc/resolv.conf`, or, when it only has loopback resolvers (a
+/// systemd-resolved or dnsmasq stub), those of [`SYSTEMD_RESOLV_CONF`]
+/// (as Docker does). Read it in the daemon's own namespace.
+pub fn host_upstreams() -> Vec<SocketAddr> {
+    let main = resolv_conf_upstreams("/etc/resolv.conf");
+    if main.is_empty() {
+        resolv_conf_upstreams(SYSTEMD_RESOLV_CONF)
+    } else {
+        main
+    }
+}
+
 /// [`resolv_conf_upstreams`] on the file's contents.
 pub fn parse_upstreams(contents: &str) -> Vec<SocketAddr> {
     let mut out = Vec::new();
