@@ -496,6 +496,15 @@ fn bad_input_is_refused_clearly() {
     assert!(left.is_empty(), "{left:?}");
     labs.ok(&["lab", "down", "nolab", "--force"]);
     labs.ok(&["lab", "ls"]);
+
+    // `down` deletes only what looks like a lab.
+    let stranger = labs.dir("notalab").join("sub");
+    std::fs::create_dir_all(&stranger).expect("mkdir");
+    std::fs::write(stranger.join("f"), "keep me").expect("write");
+    let (_, err) = labs.fails(&["lab", "down", "notalab"]);
+    assert!(err.contains("not a lab directory"), "{err}");
+    labs.ok(&["lab", "down", "--all"]);
+    assert!(stranger.join("f").exists());
 }
 
 /// Starts `weft lab up` for a 2+6 lab and returns it once the daemons

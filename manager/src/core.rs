@@ -27,11 +27,14 @@ struct Inner {
     /// Open sessions on this manager, to ask nodes for task output.
     sessions: Mutex<HashMap<NodeId, tokio::sync::mpsc::UnboundedSender<pb::LogRequest>>>,
     /// Log requests waiting for their node's answer.
-    log_waiters: Mutex<HashMap<u64, tokio::sync::oneshot::Sender<Result<Vec<u8>, String>>>>,
+    log_waiters: Mutex<HashMap<u64, LogWaiter>>,
     next_request: std::sync::atomic::AtomicU64,
     /// Channels to other managers (authenticated as this manager).
     channels: Option<crate::raft::ChannelFactory>,
 }
+
+/// Where a node's answer to a log request goes.
+type LogWaiter = tokio::sync::oneshot::Sender<Result<Vec<u8>, String>>;
 
 /// What the leader knows of one node's config: the latest version pushed
 /// and the version the node reported applied.
