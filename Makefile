@@ -29,7 +29,7 @@ demo: deps build
 	@bash deploy/lab/demo.sh $(WEFT)
 
 demo-down:
-	-$(WEFT) lab down
+	-$(WEFT) lab down demo --force
 
 test: deps build
 	@if [ "$$(id -u)" != 0 ]; then echo "error: the end-to-end tests need root (network namespaces)" >&2; exit 1; fi

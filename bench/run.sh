@@ -176,15 +176,17 @@ for r in $(seq "$ROUNDS"); do
 done
 
 # --- report -----------------------------------------------------------------
-# O_DSYNC 4 KiB writes: what one durable write costs on this disk.
-DSYNC=$(dd if=/dev/zero of="$WORK/dsync-probe" bs=4k count=500 oflag=dsync 2>&1 |
+# What one small durable write costs on this disk right now: 500 O_DSYNC
+# 4 KiB overwrites of a preallocated file (as a log rewriting its pages).
+dd if=/dev/zero of="$WORK/dsync-probe" bs=4k count=500 2>/dev/null
+DSYNC=$(dd if=/dev/zero of="$WORK/dsync-probe" bs=4k count=500 oflag=dsync conv=notrunc 2>&1 |
   sed -n 's/.* copied, \([0-9.,]*\) s.*/\1/p' | tr , .)
 DSYNC_US=$(awk -v s="${DSYNC:-0}" 'BEGIN { printf "%.0f", s * 1e6 / 500 }')
 CPU=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
 REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [ -n "$(git -C "$ROOT" status --porcelain 2>/dev/null)" ]; then REV+=" + local changes"; fi
 MACHINE="Run of $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc) vCPU ($CPU), kernel $(uname -r), \
-data dirs on $(df --output=source "$WORK" | tail -n 1) ($FSTYPE; a 4 KiB O_DSYNC write takes ≈${DSYNC_US} µs). \
+data dirs on $(df --output=source "$WORK" | tail -n 1) ($FSTYPE; a 4 KiB O_DSYNC overwrite took ≈${DSYNC_US} µs after the run). \
 weft $REV (release build), $(etcd --version | head -n 1 | sed 's/Version: //'). \
 3 members each on loopback, fsync on for both; $ROUNDS rounds, each run ${WARMUP} s warm-up + ${DURATION} s measured, \
 systems alternating. Clients share $CHANNELS HTTP/2 connections (1 for 1 client), all to the $TARGET. \

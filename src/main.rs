@@ -12,6 +12,15 @@ use cli::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Daemon(_) | Command::TaskShim(_)) {
+        // A CLI writing into a closed pipe (`weft node ls | head -1`) should
+        // end quietly like any Unix tool, not panic in println!.
+        // SAFETY: called before any thread exists; restoring the default
+        // disposition of SIGPIPE has no other effect on the process.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     weft_proto::tls::install_crypto_provider();
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

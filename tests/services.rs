@@ -33,14 +33,10 @@ fn cluster(test: &str) -> Lab {
     lab
 }
 
-/// A web service whose replicas answer with their own task name.
+/// A web service whose replicas answer with their own task name (every
+/// task has its own /tmp).
 fn create_web(lab: &Lab, replicas: &str, extra: &[&str]) {
-    let www = lab.dir().join("www");
-    std::fs::create_dir_all(&www).unwrap();
-    let script = format!(
-        "d={}/$(hostname); mkdir -p $d; hostname > $d/index.html; exec busybox httpd -f -p 80 -h $d",
-        www.display()
-    );
+    let script = "mkdir -p /tmp/www; hostname > /tmp/www/index.html; exec busybox httpd -f -p 80 -h /tmp/www";
     let mut args = vec![
         "service",
         "create",
@@ -54,7 +50,7 @@ fn create_web(lab: &Lab, replicas: &str, extra: &[&str]) {
         "node.role==worker",
     ];
     args.extend_from_slice(extra);
-    args.extend_from_slice(&["--", "sh", "-c", &script]);
+    args.extend_from_slice(&["--", "sh", "-c", script]);
     lab.weft("m1", &args);
 }
 

@@ -62,13 +62,47 @@ show_cluster() {
   on w1 weft node ls || true
 }
 
-# Overlay networks and services go here (create a network, a replicated
-# service, a request from one node to the service's VIP on the others).
+overlay_and_service() {
+  step "An attachable overlay network, and a web service with 3 replicas on it"
+  on m1 weft network create --driver overlay --attachable --subnet 10.0.9.0/24 appnet
+  local t0 t1
+  t0=$(now_ms)
+  # Each replica serves a page with its own task name (every task has its own /tmp).
+  on m1 weft service create --name web --replicas 3 --network appnet \
+    --constraint node.role==worker -- \
+    sh -c 'mkdir -p /tmp/www; hostname > /tmp/www/index.html; exec busybox httpd -f -p 80 -h /tmp/www'
+  t1=$(now_ms)
+  SERVICE_MS=$((t1 - t0))
+  on m1 weft service ps web
+  on m1 weft network inspect appnet
+
+  step "From a client task on m1, 'web' resolves to the service's VIP (embedded DNS at 127.0.0.11)"
+  local client
+  client=$("$WEFT" lab exec "$LAB" m1 -- weft run --name client --network appnet -- \
+    sh -c 'busybox nslookup web; busybox nslookup tasks.web; for i in $(seq 1 30); do timeout 3 busybox wget -qO- http://web/; done')
+  VIP=$("$WEFT" lab exec "$LAB" m1 -- weft service inspect web | sed -n 's/.*"Addr": "\([0-9.]*\)".*/\1/p' | head -1)
+  local t2 replicas
+  t2=$(now_ms)
+  for _ in $(seq 1 100); do
+    replicas=$("$WEFT" lab exec "$LAB" m1 -- weft logs client | grep -c '^web\.' || true)
+    [ "${replicas:-0}" -ge 30 ] && break
+    sleep 0.2
+  done
+  on m1 weft logs client | sed -n '1,12p'
+  step "30 requests to http://web/ from m1, answered by these replicas (on other nodes):"
+  "$WEFT" lab exec "$LAB" m1 -- weft logs client | grep '^web\.' | sort | uniq -c
+  SEEN=$("$WEFT" lab exec "$LAB" m1 -- weft logs client | grep '^web\.' | sort -u | wc -l)
+  REQ_MS=$(( $(now_ms) - t2 ))
+  : "$client"
+}
 
 summary() {
   step "Summary"
   printf '  lab %s: %s managers + %s workers, cluster formed in %d.%03ds (lab up, end to end)\n' \
     "$LAB" "$MANAGERS" "$WORKERS" $((FORMATION_MS / 1000)) $((FORMATION_MS % 1000))
+  printf '  service web: 3 replicas created and converged in %d.%03ds; VIP %s\n' \
+    $((SERVICE_MS / 1000)) $((SERVICE_MS % 1000)) "$VIP"
+  printf '  a client on m1 reached %s distinct replicas through http://web/\n' "$SEEN"
   cat <<EOF
 
   The lab is still running. Explore it:
@@ -85,6 +119,7 @@ main() {
   fresh_lab
   cluster_up
   show_cluster
+  overlay_and_service
   summary
 }
 

@@ -14,8 +14,9 @@ use crate::dataplane::{ApplyReport, Dataplane, Error, Result, TeardownReport};
 use crate::model::names;
 use crate::model::{DesiredNode, TaskId};
 use crate::plan::{
-    NsRef, Observed, ObservedFdb, ObservedKind, ObservedLink, ObservedNeigh, ObservedNs,
-    ObservedRoute, ObservedVxlan, Op, lb_comments, nat_comments, plan,
+    NsRef, Observed, ObservedFdb, ObservedGuard, ObservedKind, ObservedLink, ObservedNeigh,
+    ObservedNs, ObservedRoute, ObservedVxlan, ObservedWg, ObservedWgPeer, Op, guard_comments,
+    lb_comments, nat_comments, plan,
 };
 
 /// Applies `op` to the simulated kernel `k`, as the Linux executor would.
@@ -236,6 +237,56 @@ pub fn simulate(k: &mut Observed, op: &Op) {
             }
         }
         Op::DeleteNat => k.nat = None,
+        Op::CreateWg {
+            listen_port, mtu, ..
+        } => {
+            let l = new_link(k, ObservedKind::Other("tun".into()), Some(*mtu));
+            k.host.links.insert(names::WG_DEVICE.to_owned(), l);
+            k.wg = Some(ObservedWg {
+                public_key: k.wg_key.clone(),
+                listen_port: *listen_port,
+                peers: Default::default(),
+            });
+        }
+        Op::DeleteWg => {
+            k.host.links.remove(names::WG_DEVICE);
+            k.wg = None;
+        }
+        Op::SetWgKey { .. } => {
+            let key = k.wg_key.clone();
+            if let Some(w) = &mut k.wg {
+                w.public_key = key;
+            }
+        }
+        Op::RemoveWgPeer { public_key } => {
+            if let Some(w) = &mut k.wg {
+                w.peers.remove(public_key);
+            }
+        }
+        Op::AddWgPeer {
+            public_key,
+            endpoint,
+            allowed_ips,
+            keepalive,
+        } => {
+            if let Some(w) = &mut k.wg {
+                w.peers.insert(
+                    public_key.clone(),
+                    ObservedWgPeer {
+                        endpoint: Some(*endpoint),
+                        allowed_ips: allowed_ips.iter().copied().collect(),
+                        keepalive: *keepalive,
+                    },
+                );
+            }
+        }
+        Op::ApplyGuard { port, members, .. } => {
+            k.guard = Some(ObservedGuard {
+                comments: guard_comments(*port),
+                members: members.clone(),
+            })
+        }
+        Op::DeleteGuard => k.guard = None,
     }
 }
 
@@ -349,6 +400,13 @@ impl Dataplane for FakeDataplane {
             if s.fail_calls.contains(&call) {
                 return Err(Error::Injected { call });
             }
+            // As the Linux executor does: the key file is part of what is
+            // observed.
+            s.kernel.wg_key = desired.wireguard.as_ref().and_then(|w| {
+                crate::wg::keys::load_private_key(&w.private_key_path)
+                    .ok()
+                    .map(|k| k.public_key())
+            });
             let ops = plan(&s.kernel, desired)?;
             for op in &ops {
                 simulate(&mut s.kernel, op);

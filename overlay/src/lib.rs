@@ -5,7 +5,8 @@
 //! trait ([`dataplane`]) with its Linux implementation
 //! ([`linux::LinuxDataplane`]: netlink, network namespaces, nftables) and an
 //! in-memory fake ([`fake::FakeDataplane`]) for tests of the logic above it,
-//! and the embedded DNS resolver of the tasks ([`dns`]).
+//! the embedded DNS resolver of the tasks ([`dns`]) and WireGuard for
+//! encrypted networks ([`wg`]: keys, the device trait and boringtun).
 //!
 //! Must not: speak gRPC, know about Raft, or depend on `weft-proto` or
 //! `weft-manager`.
@@ -17,6 +18,7 @@ pub mod fake;
 pub mod linux;
 pub mod model;
 pub mod plan;
+pub mod wg;
 
 mod mac;
 
@@ -27,8 +29,8 @@ pub use fake::FakeDataplane;
 pub use linux::LinuxDataplane;
 pub use mac::{MacAddr, ParseMacError};
 pub use model::{
-    DEFAULT_VXLAN_PORT, DesiredNode, EndpointId, GatewayBridge, GwAttachment, LocalEndpoint,
-    NetworkId, OverlayNet, RemoteEndpoint, ServiceEntry, TaskId, TaskNet, VXLAN_OVERHEAD,
-    WIREGUARD_OVERHEAD, encrypted_overlay_mtu, overlay_mtu,
+    DEFAULT_VXLAN_PORT, DEFAULT_WG_PORT, DesiredNode, EndpointId, GatewayBridge, GwAttachment,
+    LocalEndpoint, NetworkId, OverlayNet, RemoteEndpoint, ServiceEntry, TaskId, TaskNet,
+    VXLAN_OVERHEAD, WIREGUARD_OVERHEAD, WgConfig, WgPeer, encrypted_overlay_mtu, overlay_mtu,
 };
 pub use plan::{Observed, Op, PlanError, plan};

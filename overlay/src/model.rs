@@ -8,9 +8,10 @@
 //! derived here too ([`names`]), so the planner, the Linux executor and the
 //! teardown agree on them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
@@ -104,6 +105,18 @@ pub struct DesiredNode {
     /// empty: such names get NXDOMAIN.
     #[serde(default)]
     pub dns_upstreams: Vec<SocketAddr>,
+    /// The node-wide WireGuard device (`weft-wg0`) that carries the VXLAN
+    /// of encrypted networks; `None` removes it.
+    #[serde(default)]
+    pub wireguard: Option<WgConfig>,
+    /// Underlay hygiene: when `Some`, VXLAN (UDP to
+    /// [`vxlan_port`](DesiredNode::vxlan_port)) reaching the daemon's
+    /// namespace from any other source address is dropped (nftables table
+    /// `inet weft_guard`, the members in a set). Traffic that comes out of
+    /// the WireGuard device is exempt: WireGuard authenticated it already.
+    /// `None` removes the table.
+    #[serde(default)]
+    pub vxlan_allowed_sources: Option<BTreeSet<IpAddr>>,
 }
 
 impl DesiredNode {
@@ -116,8 +129,86 @@ impl DesiredNode {
             networks: BTreeMap::new(),
             tasks: BTreeMap::new(),
             dns_upstreams: Vec::new(),
+            wireguard: None,
+            vxlan_allowed_sources: None,
         }
     }
+
+    /// Whether `network`'s VXLAN travels inside WireGuard on this node.
+    pub fn is_encrypted(&self, network: &NetworkId) -> bool {
+        self.wireguard
+            .as_ref()
+            .is_some_and(|w| w.networks.contains(network))
+    }
+
+    /// The local VTEP of `network`'s VXLAN device: the node's tunnel
+    /// address for an encrypted network, else the underlay address.
+    pub fn local_vtep(&self, network: &NetworkId) -> IpAddr {
+        match &self.wireguard {
+            Some(w) if w.networks.contains(network) => w.tunnel_addr.ip(),
+            _ => self.vtep,
+        }
+    }
+}
+
+/// The default UDP port of the WireGuard device.
+pub const DEFAULT_WG_PORT: u16 = 51820;
+
+/// The default persistent keepalive (seconds) of WireGuard peers: keeps
+/// NAT and conntrack state warm and lets a restarted peer be noticed.
+pub const DEFAULT_WG_KEEPALIVE: u16 = 25;
+
+fn default_wg_mtu() -> u32 {
+    1500 - WIREGUARD_OVERHEAD
+}
+
+fn default_wg_keepalive() -> u16 {
+    DEFAULT_WG_KEEPALIVE
+}
+
+/// The node-wide WireGuard device: one boringtun device on the TUN
+/// interface [`names::WG_DEVICE`] in the daemon's namespace, with one peer
+/// per other node that shares an encrypted network with this one.
+///
+/// The VXLAN devices of the networks in [`networks`](WgConfig::networks)
+/// use [`tunnel_addr`](WgConfig::tunnel_addr) as their local VTEP, and their
+/// remote endpoints' [`RemoteEndpoint::vtep`] are the peers' tunnel IPs, so
+/// their VXLAN is routed into the tunnel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WgConfig {
+    /// UDP port the device listens on ([`DEFAULT_WG_PORT`]).
+    pub listen_port: u16,
+    /// The node's private key: a 0600 file on this node, written by
+    /// [`crate::wg::keys`]; it never leaves the node.
+    pub private_key_path: PathBuf,
+    /// This node's address in the tunnel subnet, with the subnet's prefix
+    /// length (so the whole tunnel subnet routes into the device).
+    pub tunnel_addr: IpNetwork,
+    /// MTU of the device: the underlay MTU minus [`WIREGUARD_OVERHEAD`].
+    /// Encrypted networks need an MTU of at most this minus
+    /// [`VXLAN_OVERHEAD`].
+    #[serde(default = "default_wg_mtu")]
+    pub mtu: u32,
+    /// Persistent keepalive of every peer, seconds (0: off).
+    #[serde(default = "default_wg_keepalive")]
+    pub keepalive: u16,
+    /// The encrypted networks (ids in [`DesiredNode::networks`]).
+    #[serde(default)]
+    pub networks: BTreeSet<NetworkId>,
+    /// The peers by node id.
+    #[serde(default)]
+    pub peers: BTreeMap<String, WgPeer>,
+}
+
+/// Another node as a WireGuard peer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WgPeer {
+    /// Its public key, base64 (as `wg` prints it).
+    pub public_key: String,
+    /// Its underlay address and WireGuard port.
+    pub endpoint: SocketAddr,
+    /// Its tunnel address; the peer's only allowed IP (`/32` or `/128`).
+    pub tunnel_ip: IpAddr,
 }
 
 /// The gateway bridge `weft_gwbridge` in the daemon's namespace: tasks on
@@ -277,6 +368,11 @@ pub mod names {
     pub const NET_NS_PREFIX: &str = "net-";
     /// Pin file prefix of task namespaces.
     pub const TASK_NS_PREFIX: &str = "task-";
+    /// The node-wide WireGuard TUN device in the daemon's namespace.
+    pub const WG_DEVICE: &str = "weft-wg0";
+    /// The underlay-hygiene table (family `inet`) in the daemon's
+    /// namespace: VXLAN only from member nodes.
+    pub const NFT_GUARD_TABLE: &str = "weft_guard";
 
     /// FNV-1a (64 bit): stable across versions and platforms, which
     /// `std`'s hasher is not; names must survive a daemon upgrade.

@@ -25,13 +25,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
 use crate::mac::MacAddr;
-use crate::model::names::{self, GATEWAY_BRIDGE, LOOPBACK, NETWORK_BRIDGE, TASK_GW_IF};
+use crate::model::names::{self, GATEWAY_BRIDGE, LOOPBACK, NETWORK_BRIDGE, TASK_GW_IF, WG_DEVICE};
 use crate::model::{DesiredNode, NetworkId, TaskId};
 
 // ------------------------------------------------------------------ observed
@@ -182,6 +183,50 @@ pub struct Observed {
     /// namespace.
     #[serde(default)]
     pub dns: BTreeSet<TaskId>,
+    /// The running WireGuard device, if any (its link is in
+    /// [`host`](Observed::host) as [`names::WG_DEVICE`]).
+    #[serde(default)]
+    pub wg: Option<ObservedWg>,
+    /// The public key of the private key file the desired state names
+    /// (read by the executor before planning); `None` if unreadable or no
+    /// device is wanted. A device holding another key is re-keyed.
+    #[serde(default)]
+    pub wg_key: Option<String>,
+    /// The underlay-hygiene table ([`names::NFT_GUARD_TABLE`]); `None` when
+    /// it does not exist.
+    #[serde(default)]
+    pub guard: Option<ObservedGuard>,
+}
+
+/// The running WireGuard device.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedWg {
+    /// Its public key (base64), once a private key is set.
+    pub public_key: Option<String>,
+    /// Its UDP port.
+    pub listen_port: u16,
+    /// Its peers by public key (base64).
+    pub peers: BTreeMap<String, ObservedWgPeer>,
+}
+
+/// A peer of the running WireGuard device.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedWgPeer {
+    /// Its endpoint.
+    pub endpoint: Option<SocketAddr>,
+    /// Its allowed IPs.
+    pub allowed_ips: BTreeSet<IpNetwork>,
+    /// Persistent keepalive, seconds.
+    pub keepalive: Option<u16>,
+}
+
+/// The underlay-hygiene nftables table.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObservedGuard {
+    /// Its rule comments (they name the VXLAN port; see [`guard_comments`]).
+    pub comments: BTreeSet<String>,
+    /// The member addresses in its sets (both families).
+    pub members: BTreeSet<IpAddr>,
 }
 
 impl Observed {
@@ -414,6 +459,57 @@ pub enum Op {
         /// The task.
         task: TaskId,
     },
+    /// Start the node's WireGuard device: the TUN [`names::WG_DEVICE`] in the
+    /// daemon's namespace with `mtu`, the private key read from
+    /// `private_key_path` and UDP `listen_port`; no peers yet. A device
+    /// still running is stopped first.
+    CreateWg {
+        /// UDP port.
+        listen_port: u16,
+        /// The 0600 private key file.
+        private_key_path: PathBuf,
+        /// MTU of the interface.
+        mtu: u32,
+    },
+    /// Stop the WireGuard device and delete its interface.
+    DeleteWg,
+    /// Load the private key at `private_key_path` into the running device
+    /// (key rotation; peers are kept and handshake again).
+    SetWgKey {
+        /// The 0600 private key file.
+        private_key_path: PathBuf,
+    },
+    /// Remove a WireGuard peer.
+    RemoveWgPeer {
+        /// Its public key (base64).
+        public_key: String,
+    },
+    /// Add a WireGuard peer (a changed peer is removed first: never updated
+    /// in place).
+    AddWgPeer {
+        /// Its public key (base64).
+        public_key: String,
+        /// Its underlay endpoint.
+        endpoint: SocketAddr,
+        /// Its allowed IPs (its tunnel address).
+        allowed_ips: Vec<IpNetwork>,
+        /// Persistent keepalive, seconds.
+        keepalive: Option<u16>,
+    },
+    /// (Re)write the underlay-hygiene table: VXLAN to `port` is dropped
+    /// unless it comes from one of `members` or out of the WireGuard
+    /// device. `rules`: create the table, sets and rules from scratch;
+    /// otherwise only the sets' elements are replaced (counters survive).
+    ApplyGuard {
+        /// The VXLAN port.
+        port: u16,
+        /// The member nodes' underlay addresses.
+        members: BTreeSet<IpAddr>,
+        /// Whether the rules must be (re)written too.
+        rules: bool,
+    },
+    /// Delete the underlay-hygiene table.
+    DeleteGuard,
     /// (Re)write the `weft` nftables tables: masquerade for `subnet` leaving
     /// through anything but `bridge`, and no forwarding between the
     /// bridge's ports (tasks of different networks must not meet there).
@@ -432,6 +528,45 @@ pub fn nat_comments(subnet: IpNetwork, bridge: &str) -> BTreeSet<String> {
         format!("weft:masquerade:{subnet}"),
         format!("weft:isolate:{bridge}"),
     ])
+}
+
+/// The rule comments the underlay-hygiene table carries for VXLAN `port`;
+/// the observed set is compared with these to decide whether to rewrite
+/// its rules.
+pub fn guard_comments(port: u16) -> BTreeSet<String> {
+    BTreeSet::from([
+        format!("weft-guard:tunnel:{port}"),
+        format!("weft-guard:drop4:{port}"),
+        format!("weft-guard:drop6:{port}"),
+        format!("weft-guard:members:{port}"),
+    ])
+}
+
+/// The WireGuard peers `desired` wants, by canonical public key.
+pub fn wg_peers(desired: &DesiredNode) -> Result<BTreeMap<String, ObservedWgPeer>, PlanError> {
+    let Some(wg) = &desired.wireguard else {
+        return Ok(BTreeMap::new());
+    };
+    let keepalive = (wg.keepalive > 0).then_some(wg.keepalive);
+    let mut out = BTreeMap::new();
+    for (node, p) in &wg.peers {
+        let bad = |reason| PlanError::InvalidWireguard {
+            what: format!("peer {node}"),
+            reason,
+        };
+        let key = crate::wg::keys::normalize_public_key(&p.public_key)
+            .map_err(|_| bad("public key is not base64 of 32 bytes"))?;
+        let host = IpNetwork::from(p.tunnel_ip);
+        let peer = ObservedWgPeer {
+            endpoint: Some(p.endpoint),
+            allowed_ips: BTreeSet::from([host]),
+            keepalive,
+        };
+        if out.insert(key, peer).is_some() {
+            return Err(bad("public key shared with another peer"));
+        }
+    }
+    Ok(out)
 }
 
 /// The service VIPs balanced inside `task`'s namespace: every VIP of a
@@ -561,6 +696,14 @@ pub enum PlanError {
         /// Task.
         task: TaskId,
     },
+    /// The WireGuard configuration is unusable.
+    #[error("wireguard: {what}: {reason}")]
+    InvalidWireguard {
+        /// What is wrong (e.g. "peer n2").
+        what: String,
+        /// Why.
+        reason: &'static str,
+    },
     /// The gateway bridge subnet overlaps a route of the daemon's namespace.
     #[error(
         "gateway bridge subnet {subnet} collides with host route {route}{}; \
@@ -672,6 +815,27 @@ pub fn validate(observed: &Observed, desired: &DesiredNode) -> Result<(), PlanEr
             net.subnet,
         )?;
     }
+    if let Some(wg) = &desired.wireguard {
+        let bad = |what: &str, reason| PlanError::InvalidWireguard {
+            what: what.to_owned(),
+            reason,
+        };
+        if wg.listen_port == 0 {
+            return Err(bad("listen port", "must not be 0"));
+        }
+        if wg.mtu < 1280 {
+            return Err(bad("mtu", "must be at least 1280"));
+        }
+        for n in &wg.networks {
+            if !desired.networks.contains_key(n) {
+                return Err(bad(
+                    n.as_str(),
+                    "encrypted network not in the node's networks",
+                ));
+            }
+        }
+        wg_peers(desired)?;
+    }
     if let Some(gw) = &desired.gateway {
         in_subnet(|| "gateway bridge".to_owned(), gw.gateway, gw.subnet)?;
         for r in &observed.host_routes {
@@ -738,8 +902,14 @@ pub fn validate(observed: &Observed, desired: &DesiredNode) -> Result<(), PlanEr
 enum WantKind {
     Loopback,
     Bridge,
-    Vxlan { vni: u32, port: u16, local: IpAddr },
+    Vxlan {
+        vni: u32,
+        port: u16,
+        local: IpAddr,
+    },
     Veth,
+    /// The WireGuard TUN; created by [`Op::CreateWg`], never generically.
+    Tun,
 }
 
 #[derive(Clone, Debug)]
@@ -804,6 +974,11 @@ fn want(desired: &DesiredNode) -> Want {
         br.addrs.insert(gw.bridge_address());
         host.links.insert(GATEWAY_BRIDGE.to_owned(), br);
     }
+    if let Some(wg) = &desired.wireguard {
+        let mut tun = WantLink::new(WantKind::Tun, wg.mtu);
+        tun.addrs.insert(wg.tunnel_addr);
+        host.links.insert(WG_DEVICE.to_owned(), tun);
+    }
     for (id, net) in &desired.networks {
         let w = ns.entry(NsRef::Network(id.clone())).or_default();
         w.links.insert(LOOPBACK.to_owned(), WantLink::loopback());
@@ -815,7 +990,7 @@ fn want(desired: &DesiredNode) -> Want {
             WantKind::Vxlan {
                 vni: net.vni,
                 port: desired.vxlan_port,
-                local: desired.vtep,
+                local: desired.local_vtep(id),
             },
             net.mtu,
         );
@@ -899,6 +1074,7 @@ fn shape_ok(want: &WantKind, got: &ObservedLink) -> bool {
         WantKind::Loopback => true,
         WantKind::Bridge => got.kind == ObservedKind::Bridge,
         WantKind::Veth => got.kind == ObservedKind::Veth,
+        WantKind::Tun => got.kind == ObservedKind::Other("tun".into()),
         WantKind::Vxlan { vni, port, local } => {
             got.kind == ObservedKind::Vxlan
                 && got.vxlan.as_ref().is_some_and(|v| {
@@ -1073,6 +1249,28 @@ pub fn plan(observed: &Observed, desired: &DesiredNode) -> Result<Vec<Op>, PlanE
         ops.push(Op::DeleteNat);
     }
     ops.extend(gw_bridge_delete);
+    // --- deletes, 6: the WireGuard device when unwanted or mis-shaped
+    // (wrong port, its link gone or replaced), and the guard table.
+    let wg_link = observed.link(&NsRef::Host, WG_DEVICE);
+    let wg_ok = match (&desired.wireguard, &observed.wg) {
+        (Some(cfg), Some(o)) => {
+            o.listen_port == cfg.listen_port
+                && wg_link.is_some()
+                && !fresh.contains(&(NsRef::Host, WG_DEVICE.to_owned()))
+        }
+        _ => false,
+    };
+    // A `weft-wg0` link without our device is not ours to delete (a crash
+    // takes the TUN with the process); CreateWg replaces it if we want one.
+    if !wg_ok && observed.wg.is_some() {
+        ops.push(Op::DeleteWg);
+    }
+    if desired.wireguard.is_some() && !wg_ok {
+        fresh.insert((NsRef::Host, WG_DEVICE.to_owned()));
+    }
+    if desired.vxlan_allowed_sources.is_none() && observed.guard.is_some() {
+        ops.push(Op::DeleteGuard);
+    }
 
     // --- creates, 1: forwarding, namespaces.
     if let Some(gw) = &desired.gateway
@@ -1089,7 +1287,17 @@ pub fn plan(observed: &Observed, desired: &DesiredNode) -> Result<Vec<Op>, PlanE
     let missing = |nref: &NsRef, name: &str| {
         fresh.contains(&(nref.clone(), name.to_owned())) || observed.link(nref, name).is_none()
     };
-    // --- creates, 2: bridges, then VXLAN devices.
+    // --- creates, 2: the WireGuard device (encrypted VXLAN devices use its
+    // address), bridges, then VXLAN devices.
+    if let Some(cfg) = &desired.wireguard
+        && !wg_ok
+    {
+        ops.push(Op::CreateWg {
+            listen_port: cfg.listen_port,
+            private_key_path: cfg.private_key_path.clone(),
+            mtu: cfg.mtu,
+        });
+    }
     for (nref, w) in &want.ns {
         for (name, wl) in &w.links {
             if wl.kind == WantKind::Bridge && missing(nref, name) {
@@ -1186,6 +1394,37 @@ pub fn plan(observed: &Observed, desired: &DesiredNode) -> Result<Vec<Op>, PlanE
             }
         }
     }
+    // --- WireGuard key and peers (the device is up by now).
+    if let Some(cfg) = &desired.wireguard {
+        let have = if wg_ok { observed.wg.as_ref() } else { None };
+        if let (Some(o), Some(k)) = (have, &observed.wg_key)
+            && o.public_key.as_ref() != Some(k)
+        {
+            ops.push(Op::SetWgKey {
+                private_key_path: cfg.private_key_path.clone(),
+            });
+        }
+        let want_peers = wg_peers(desired)?;
+        let empty = BTreeMap::new();
+        let have_peers = have.map_or(&empty, |o| &o.peers);
+        for (key, p) in have_peers {
+            if want_peers.get(key) != Some(p) {
+                ops.push(Op::RemoveWgPeer {
+                    public_key: key.clone(),
+                });
+            }
+        }
+        for (key, p) in &want_peers {
+            if have_peers.get(key) != Some(p) {
+                ops.push(Op::AddWgPeer {
+                    public_key: key.clone(),
+                    endpoint: p.endpoint.expect("wanted peers have an endpoint"),
+                    allowed_ips: p.allowed_ips.iter().copied().collect(),
+                    keepalive: p.keepalive,
+                });
+            }
+        }
+    }
     // --- routes, FDB/neighbour entries.
     for (nref, w) in &want.ns {
         if let Some((gw, dev)) = &w.default_route {
@@ -1252,6 +1491,25 @@ pub fn plan(observed: &Observed, desired: &DesiredNode) -> Result<Vec<Op>, PlanE
             subnet: gw.subnet,
             bridge: GATEWAY_BRIDGE.to_owned(),
         });
+    }
+    // --- underlay hygiene.
+    if let Some(members) = &desired.vxlan_allowed_sources {
+        let rules = observed
+            .guard
+            .as_ref()
+            .is_none_or(|g| g.comments != guard_comments(desired.vxlan_port));
+        if rules
+            || observed
+                .guard
+                .as_ref()
+                .is_some_and(|g| &g.members != members)
+        {
+            ops.push(Op::ApplyGuard {
+                port: desired.vxlan_port,
+                members: members.clone(),
+                rules,
+            });
+        }
     }
     // --- service VIPs and DNS in task namespaces (after lo is up).
     for tid in desired.tasks.keys() {

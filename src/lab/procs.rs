@@ -251,7 +251,7 @@ mod tests {
                 201,
             ),
             // a task the daemon started, in its own netns, same mount ns
-            p(11, 10, "sleep\0100", 150, 201),
+            p(11, 10, "sleep\x00100", 150, 201),
             // its child
             p(12, 11, "sh", 151, 202),
             // an orphaned task shim of the lab (daemon was killed)

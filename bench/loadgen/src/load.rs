@@ -28,6 +28,8 @@ pub struct Shape {
     pub ready_timeout: Duration,
     /// Round number, for the record.
     pub round: u32,
+    /// Distinct keys; client i writes key i mod `keys`.
+    pub keys: usize,
 }
 
 /// What one client saw in the measured window.

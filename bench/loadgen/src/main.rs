@@ -41,6 +41,10 @@ enum Cmd {
         /// A manager's certificate directory: ca.pem, node.pem, node-key.pem.
         #[arg(long)]
         certs: PathBuf,
+        /// `read` issues `Control.GetNode` instead (no Raft write): the cost
+        /// of the RPC path alone, for diagnosis.
+        #[arg(long, value_enum, default_value_t = WeftOp::Write)]
+        op: WeftOp,
         #[command(flatten)]
         load: LoadArgs,
     },
@@ -90,6 +94,20 @@ struct LoadArgs {
     /// Round number, copied into the result line.
     #[arg(long, default_value_t = 0)]
     round: u32,
+    /// Distinct keys written (client i writes key i mod N); 0 means one
+    /// key per client. For weft the keys are labels of one node, which
+    /// every write copies whole, so fewer keys mean cheaper writes.
+    #[arg(long, default_value_t = 0)]
+    keys: usize,
+}
+
+/// What each weft request does.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WeftOp {
+    /// `Control.UpdateNode` adding a label: a committed Raft write.
+    Write,
+    /// `Control.GetNode` of the same node: served locally, no Raft.
+    Read,
 }
 
 /// Which members the clients talk to.
@@ -127,6 +145,11 @@ impl LoadArgs {
             target: self.target,
             ready_timeout: Duration::from_secs_f64(self.ready_timeout),
             round: self.round,
+            keys: if self.keys == 0 {
+                self.clients
+            } else {
+                self.keys
+            },
         })
     }
 }
@@ -136,10 +159,19 @@ async fn main() -> Result<()> {
     weft_proto::tls::install_crypto_provider();
     let cli = Cli::parse();
     match cli.cmd {
-        Cmd::Weft { addrs, certs, load } => {
+        Cmd::Weft {
+            addrs,
+            certs,
+            op,
+            load,
+        } => {
             let shape = load.shape()?;
-            let writers = targets::weft(&addrs, &certs, &shape).await?;
-            print_record(&load::run("weft", &shape, writers).await)
+            let writers = targets::weft(&addrs, &certs, &shape, op).await?;
+            let system = match op {
+                WeftOp::Write => "weft",
+                WeftOp::Read => "weft-read",
+            };
+            print_record(&load::run(system, &shape, writers).await)
         }
         Cmd::Etcd { endpoints, load } => {
             let shape = load.shape()?;

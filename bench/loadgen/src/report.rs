@@ -23,6 +23,9 @@ pub struct Record {
     pub channels: usize,
     /// Round number given on the command line.
     pub round: u32,
+    /// Distinct keys written.
+    #[serde(default)]
+    pub keys: usize,
     /// Measured window, seconds.
     pub duration_s: f64,
     /// Writes committed in the window.
@@ -67,6 +70,7 @@ pub fn summarize(
         clients: shape.clients,
         channels: shape.channels,
         round: shape.round,
+        keys: shape.keys,
         duration_s: secs,
         count: latencies_us.len() as u64,
         errors,
@@ -265,6 +269,7 @@ mod tests {
             clients,
             channels: 4,
             round,
+            keys: clients,
             duration_s: 10.0,
             count: (wps * 10.0) as u64,
             errors: 0,

@@ -37,6 +37,8 @@ pub enum Writer {
         node: String,
         /// This client's label key.
         key: String,
+        /// Read (`GetNode`) instead of write.
+        read: bool,
     },
     /// `KV.Put` of `key`.
     Etcd {
@@ -52,7 +54,18 @@ impl Writer {
     pub async fn write(&mut self, seq: u64) -> Result<(), tonic::Status> {
         // The same small key/value for both systems: ~10-byte key, <=20-byte value.
         match self {
-            Writer::Weft { client, node, key } => {
+            Writer::Weft {
+                client,
+                node,
+                read: true,
+                ..
+            } => {
+                let req = pb::GetNodeRequest { node: node.clone() };
+                client.get_node(req).await.map(drop)
+            }
+            Writer::Weft {
+                client, node, key, ..
+            } => {
                 let req = pb::UpdateNodeRequest {
                     node: node.clone(),
                     label_add: [(key.clone(), seq.to_string())].into(),
@@ -107,7 +120,12 @@ where
 /// (using the certificates in `certs`) and returns one writer per client.
 /// The node written is the leader's own; one write is made first so a
 /// misconfiguration fails here, not as errors in the results.
-pub async fn weft(addrs: &[String], certs: &Path, shape: &Shape) -> Result<Vec<Writer>> {
+pub async fn weft(
+    addrs: &[String],
+    certs: &Path,
+    shape: &Shape,
+    op: crate::WeftOp,
+) -> Result<Vec<Writer>> {
     let read = |f: &str| {
         std::fs::read_to_string(certs.join(f))
             .with_context(|| format!("reading {}", certs.join(f).display()))
@@ -147,6 +165,7 @@ pub async fn weft(addrs: &[String], certs: &Path, shape: &Shape) -> Result<Vec<W
         client: ControlClient::new(channels[0].clone()),
         node: leader_id.clone(),
         key: "bench/probe".into(),
+        read: false,
     };
     until_ready("weft write path", shape.ready_timeout, || {
         let mut p = probe.clone();
@@ -157,7 +176,8 @@ pub async fn weft(addrs: &[String], certs: &Path, shape: &Shape) -> Result<Vec<W
         .map(|i| Writer::Weft {
             client: ControlClient::new(channels[i % channels.len()].clone()),
             node: leader_id.clone(),
-            key: client_key(i),
+            key: client_key(i % shape.keys),
+            read: op == crate::WeftOp::Read,
         })
         .collect())
 }
@@ -210,7 +230,7 @@ pub async fn etcd(endpoints: &[String], shape: &Shape) -> Result<Vec<Writer>> {
     Ok((0..shape.clients)
         .map(|i| Writer::Etcd {
             client: KvClient::new(channels[i % channels.len()].clone()),
-            key: client_key(i).into_bytes(),
+            key: client_key(i % shape.keys).into_bytes(),
         })
         .collect())
 }

@@ -31,6 +31,7 @@ use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
 use super::conntrack;
 use super::error::Error as LinuxError;
+use super::guard::{delete_guard_batch, guard_batch, guard_of};
 use super::lb::{delete_lb_batch, lb_batch, lb_of};
 use super::netlink::{Link, LinkKind, Netlink, VethSpec, VxlanSpec};
 use super::netns::Netns;
@@ -39,12 +40,18 @@ use super::topology::teardown_pins;
 use crate::dataplane::{ApplyReport, Dataplane, Error, OpFailure, Result, TeardownReport};
 use crate::dns::listener::DnsServer;
 use crate::dns::{DnsView, TASK_RESOLV_CONF};
-use crate::model::names::{self, GATEWAY_BRIDGE, NFT_TABLE};
+use crate::model::names::{self, GATEWAY_BRIDGE, NFT_GUARD_TABLE, NFT_TABLE, WG_DEVICE};
 use crate::model::{DesiredNode, NetworkId, TaskId};
 use crate::plan::{
     HostRoute, NsRef, Observed, ObservedFdb, ObservedKind, ObservedLink, ObservedNeigh, ObservedNs,
-    ObservedRoute, ObservedVxlan, Op, plan,
+    ObservedRoute, ObservedVxlan, ObservedWg, ObservedWgPeer, Op, plan,
 };
+use crate::wg::boringtun::BoringtunDevice;
+use crate::wg::{DeviceState, PeerConfig, WgDevice, keys};
+
+/// Worker threads of the WireGuard device (the machine has few cores; the
+/// stock boringtun loop moves one packet per syscall either way).
+const WG_THREADS: usize = 2;
 
 type LResult<T> = std::result::Result<T, LinuxError>;
 
@@ -57,6 +64,10 @@ pub struct LinuxDataplane {
     host: Netns,
     lock: tokio::sync::Mutex<()>,
     dns: DnsServer,
+    /// The node-wide WireGuard device, while one runs (it lives in this
+    /// process: it goes when the daemon does, and the next apply after a
+    /// restart creates it again).
+    wg: std::sync::Mutex<Option<Box<dyn WgDevice>>>,
 }
 
 impl LinuxDataplane {
@@ -69,6 +80,7 @@ impl LinuxDataplane {
             dns: DnsServer::new(&host),
             host,
             lock: tokio::sync::Mutex::new(()),
+            wg: std::sync::Mutex::new(None),
         }
     }
 
@@ -93,6 +105,33 @@ impl LinuxDataplane {
     /// applied desired state).
     pub fn dns_view(&self) -> DnsView {
         self.dns.view()
+    }
+
+    /// What the WireGuard device holds now (public key, port, peers with
+    /// their last handshake and byte counts: for `network inspect`);
+    /// `None` when no device runs.
+    pub fn wg_state(&self) -> Option<DeviceState> {
+        let mut dev = self.wg_device();
+        let st = dev.as_mut()?.state();
+        match st {
+            Ok(st) => Some(st),
+            Err(e) => {
+                // The device died: forget it, the next apply recreates it.
+                tracing::warn!(error = %e, "WireGuard device stopped answering");
+                *dev = None;
+                None
+            }
+        }
+    }
+
+    fn wg_device(&self) -> std::sync::MutexGuard<'_, Option<Box<dyn WgDevice>>> {
+        self.wg.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Stops the WireGuard device, if one runs (its interface goes with it).
+    fn stop_wg(&self) -> bool {
+        let dev = self.wg_device().take();
+        dev.is_some()
     }
 
     fn resolv_conf_path(&self) -> PathBuf {
@@ -151,13 +190,31 @@ impl LinuxDataplane {
                 path: IP_FORWARD.into(),
                 source,
             })?;
-        let nat = match nft::list_ruleset_async(&self.host).await {
-            Ok(rs) => nat_of(&rs),
+        let (nat, guard) = match nft::list_ruleset_async(&self.host).await {
+            Ok(rs) => (nat_of(&rs), guard_of(&rs)),
             // Without nft there are no tables to see; a desired gateway
             // then fails at ApplyNat with the install hint.
-            Err(LinuxError::NftMissing) => None,
+            Err(LinuxError::NftMissing) => (None, None),
             Err(e) => return Err(e),
         };
+        let wg = self.wg_state().map(|st| ObservedWg {
+            public_key: st.public_key,
+            listen_port: st.listen_port,
+            peers: st
+                .peers
+                .into_iter()
+                .map(|(k, p)| {
+                    (
+                        k,
+                        ObservedWgPeer {
+                            endpoint: p.endpoint,
+                            allowed_ips: p.allowed_ips,
+                            keepalive: p.keepalive,
+                        },
+                    )
+                })
+                .collect(),
+        });
         let mut obs = Observed {
             host,
             host_routes,
@@ -166,6 +223,9 @@ impl LinuxDataplane {
             networks: BTreeMap::new(),
             tasks: BTreeMap::new(),
             dns: BTreeSet::new(),
+            wg,
+            wg_key: None,
+            guard,
         };
         let mut task_inodes = BTreeMap::new();
         for (name, path) in self.pins()? {
@@ -513,6 +573,19 @@ impl Executor<'_> {
         Ok(&self.handles[ns])
     }
 
+    /// Runs `f` on the WireGuard device; no device is an error (the op
+    /// comes after `CreateWg`, which failed).
+    fn with_wg(&self, f: impl FnOnce(&mut dyn WgDevice) -> crate::wg::Result<()>) -> LResult<()> {
+        let mut dev = self.dp.wg_device();
+        let Some(d) = dev.as_mut() else {
+            return Err(LinuxError::LinkNotFound {
+                ns: self.dp.host.label(),
+                name: WG_DEVICE.to_owned(),
+            });
+        };
+        Ok(f(d.as_mut())?)
+    }
+
     async fn run(&mut self, op: &Op) -> LResult<()> {
         match op {
             Op::CreateNetns { ns } => {
@@ -658,6 +731,58 @@ impl Executor<'_> {
                 let ns = Netns::open(self.dp.pin(&NsRef::Task(task.clone())))?;
                 self.dp.dns.start(task, &ns)
             }
+            Op::CreateWg {
+                listen_port,
+                private_key_path,
+                mtu,
+            } => {
+                let key = keys::load_private_key(private_key_path)?;
+                self.dp.stop_wg();
+                // A link left by someone else would make the TUN attach to it.
+                self.nl(&NsRef::Host)?.delete_link(WG_DEVICE).await?;
+                let host = self.dp.host.clone();
+                let mut dev = tokio::task::spawn_blocking(move || {
+                    BoringtunDevice::create(WG_DEVICE, &host, WG_THREADS)
+                })
+                .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+                dev.set_private_key(&key)?;
+                dev.set_listen_port(*listen_port)?;
+                *self.dp.wg_device() = Some(Box::new(dev));
+                self.nl(&NsRef::Host)?.set_mtu(WG_DEVICE, *mtu).await
+            }
+            Op::DeleteWg => {
+                self.dp.stop_wg();
+                self.nl(&NsRef::Host)?.delete_link(WG_DEVICE).await
+            }
+            Op::SetWgKey { private_key_path } => {
+                let key = keys::load_private_key(private_key_path)?;
+                self.with_wg(|d| d.set_private_key(&key))
+            }
+            Op::RemoveWgPeer { public_key } => self.with_wg(|d| d.remove_peer(public_key)),
+            Op::AddWgPeer {
+                public_key,
+                endpoint,
+                allowed_ips,
+                keepalive,
+            } => {
+                let peer = PeerConfig {
+                    public_key: public_key.clone(),
+                    endpoint: *endpoint,
+                    allowed_ips: allowed_ips.clone(),
+                    keepalive: *keepalive,
+                };
+                self.with_wg(|d| d.add_peer(&peer))
+            }
+            Op::ApplyGuard {
+                port,
+                members,
+                rules,
+            } => {
+                nft::check_nft()?;
+                nft::apply_async(&self.dp.host, guard_batch(*port, members, *rules)).await
+            }
+            Op::DeleteGuard => nft::apply_async(&self.dp.host, delete_guard_batch()).await,
         }
     }
 }
@@ -666,7 +791,14 @@ impl Executor<'_> {
 impl Dataplane for LinuxDataplane {
     async fn apply(&self, desired: &DesiredNode) -> Result<ApplyReport> {
         let _guard = self.lock.lock().await;
-        let observed = self.observe().await.map_err(Error::Observe)?;
+        let mut observed = self.observe().await.map_err(Error::Observe)?;
+        // The key file is observed state too: a device holding another key
+        // is re-keyed (rotation). Unreadable: CreateWg reports why.
+        observed.wg_key = desired.wireguard.as_ref().and_then(|w| {
+            keys::load_private_key(&w.private_key_path)
+                .ok()
+                .map(|k| k.public_key())
+        });
         let ops = plan(&observed, desired)?;
         if !ops.is_empty() {
             tracing::debug!(ops = ops.len(), "applying data plane changes");
@@ -710,15 +842,19 @@ impl Dataplane for LinuxDataplane {
                 .into(),
             ),
         }
+        if self.stop_wg() {
+            report.removed.push(format!("wireguard device {WG_DEVICE}"));
+        }
         let host_nl = Netlink::open(&self.host)?;
         // Daemon-side links first: gateway ports, stray VXLAN devices, the
-        // gateway bridge.
+        // WireGuard interface, the gateway bridge.
         match host_nl.list_links(Some(names::WEFT_PREFIX)).await {
             Ok(links) => {
                 let mut links: Vec<Link> = links
                     .into_iter()
                     .filter(|l| {
                         l.name == GATEWAY_BRIDGE
+                            || l.name == WG_DEVICE
                             || l.name.starts_with(names::GW_PORT_PREFIX)
                             || l.name.starts_with(names::VXLAN_PREFIX)
                     })
@@ -735,15 +871,25 @@ impl Dataplane for LinuxDataplane {
             Err(e) => report.errors.push(e.into()),
         }
         match nft::list_ruleset_async(&self.host).await {
-            Ok(rs) if nat_of(&rs).is_some() => {
-                match nft::apply_async(&self.host, delete_nat_batch()).await {
-                    Ok(()) => report
-                        .removed
-                        .push(format!("nft tables inet/bridge {NFT_TABLE}")),
-                    Err(e) => report.errors.push(e.into()),
+            Ok(rs) => {
+                if nat_of(&rs).is_some() {
+                    match nft::apply_async(&self.host, delete_nat_batch()).await {
+                        Ok(()) => report
+                            .removed
+                            .push(format!("nft tables inet/bridge {NFT_TABLE}")),
+                        Err(e) => report.errors.push(e.into()),
+                    }
+                }
+                if guard_of(&rs).is_some() {
+                    match nft::apply_async(&self.host, delete_guard_batch()).await {
+                        Ok(()) => report
+                            .removed
+                            .push(format!("nft table inet {NFT_GUARD_TABLE}")),
+                        Err(e) => report.errors.push(e.into()),
+                    }
                 }
             }
-            Ok(_) | Err(LinuxError::NftMissing) => {}
+            Err(LinuxError::NftMissing) => {}
             Err(e) => report.errors.push(e.into()),
         }
         // VXLAN devices inside network namespaces go synchronously, so their

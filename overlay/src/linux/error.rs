@@ -159,6 +159,9 @@ pub enum Error {
     /// Several errors from one teardown.
     #[error("teardown failed: {}", DisplayAll(.0))]
     Teardown(Vec<Error>),
+    /// The WireGuard device or its keys.
+    #[error(transparent)]
+    Wg(#[from] crate::wg::WgError),
 }
 
 struct DisplayAll<'a>(&'a [Error]);

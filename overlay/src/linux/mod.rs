@@ -15,6 +15,7 @@
 
 pub mod conntrack;
 pub mod dataplane;
+pub mod guard;
 pub mod lb;
 pub mod netlink;
 pub mod netns;

@@ -12,3 +12,4 @@ mod overlay_path;
 mod process;
 mod services;
 mod topology;
+mod wireguard;

@@ -132,11 +132,14 @@ fn spawn_task(dir: &Path) -> Result<(std::process::Child, i32)> {
     })?;
     super::validate(&spec)?;
     let netns = Netns::open(&spec.netns)?;
-    // Always a new mount namespace: the task's mounts never reach the host.
+    // Always a new mount namespace: the task's mounts never reach the host,
+    // and its /tmp is its own (gone with the task, never shared with others).
     let mut ns = NsCommand::new().netns(&netns).new_session().new_mount_ns();
     if let Some(resolv) = &spec.resolv_conf {
         ns = ns.bind_ro(resolv, "/etc/resolv.conf");
     }
+    // After the binds: their sources may live under /tmp.
+    ns = ns.tmpfs("/tmp");
     if let Some(h) = &spec.hostname {
         ns = ns.hostname(h);
     }

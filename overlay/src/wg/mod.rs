@@ -1,0 +1,166 @@
+//! WireGuard for encrypted overlays (DESIGN §3, "encryption").
+//!
+//! Owns: the node's key pair ([`keys`]: generated here, the private key in a
+//! 0600 file that never leaves the node), the [`WgDevice`] trait through
+//! which the data plane drives the node-wide WireGuard device, the
+//! WireGuard cross-platform UAPI text it speaks ([`uapi`], pure), and the
+//! boringtun implementation ([`boringtun::BoringtunDevice`]).
+//!
+//! Must not: decide what the device should look like (the planner does,
+//! [`crate::plan`]), or change a peer in place (boringtun panics on it;
+//! a changed peer is removed and added again, in two transactions).
+//!
+//! ```text
+//!  task ─ br0 ─ weft-vx<vni> (local = tunnel addr) ─ route to tunnel subnet
+//!        ─ weft-wg0 (TUN) ─ boringtun ─ UDP 51820 ─ underlay ─ peer node
+//! ```
+
+#[cfg(target_os = "linux")]
+pub mod boringtun;
+pub mod keys;
+pub mod uapi;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use ipnetwork::IpNetwork;
+use serde::{Deserialize, Serialize};
+
+/// What can go wrong with keys or the device.
+#[derive(Debug, thiserror::Error)]
+pub enum WgError {
+    /// A key file could not be read or written.
+    #[error("{op} WireGuard key file {}: {source}", path.display())]
+    KeyIo {
+        /// What we were doing.
+        op: &'static str,
+        /// The key file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A key file has the wrong permissions (the private key must be 0600).
+    #[error("WireGuard key file {} has mode {mode:o}; it must be 0600", path.display())]
+    KeyMode {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// A key is not base64 of 32 bytes.
+    #[error("invalid WireGuard {what} key: {reason}")]
+    InvalidKey {
+        /// "private" or "public".
+        what: &'static str,
+        /// Why.
+        reason: &'static str,
+    },
+    /// The device could not be created.
+    #[error("create WireGuard device {name}: {reason}")]
+    Create {
+        /// The interface name.
+        name: String,
+        /// boringtun's error, rendered (its error type is not `std::error::Error`).
+        reason: String,
+    },
+    /// Talking UAPI to the device failed (it may have died).
+    #[error("WireGuard device {name}: UAPI {op}: {source}")]
+    Uapi {
+        /// The interface name.
+        name: String,
+        /// "set" or "get".
+        op: &'static str,
+        /// The IO error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The device refused a UAPI request.
+    #[error("WireGuard device {name} refused {request}: errno {errno}")]
+    Refused {
+        /// The interface name.
+        name: String,
+        /// What we asked (never includes key material).
+        request: String,
+        /// The errno it answered.
+        errno: i32,
+    },
+    /// The device's answer could not be parsed.
+    #[error("WireGuard device {name}: bad UAPI answer line {line:?}")]
+    BadAnswer {
+        /// The interface name.
+        name: String,
+        /// The offending line.
+        line: String,
+    },
+}
+
+/// Result alias of [`crate::wg`].
+pub type Result<T, E = WgError> = std::result::Result<T, E>;
+
+/// A peer as the device should hold it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerConfig {
+    /// Its public key, canonical base64.
+    pub public_key: String,
+    /// Where to send to it (underlay address and port).
+    pub endpoint: SocketAddr,
+    /// The inner source addresses accepted from it / routed to it.
+    pub allowed_ips: Vec<IpNetwork>,
+    /// Persistent keepalive, seconds.
+    pub keepalive: Option<u16>,
+}
+
+/// A peer as the device reports it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerState {
+    /// Its current endpoint (WireGuard follows a roaming peer).
+    pub endpoint: Option<SocketAddr>,
+    /// Its allowed IPs.
+    pub allowed_ips: BTreeSet<IpNetwork>,
+    /// Persistent keepalive, seconds.
+    pub keepalive: Option<u16>,
+    /// When the current session's handshake completed (wall clock,
+    /// computed from boringtun's "time since"; see crates.md §6.5).
+    pub last_handshake: Option<SystemTime>,
+    /// Bytes received from it.
+    pub rx_bytes: u64,
+    /// Bytes sent to it.
+    pub tx_bytes: u64,
+}
+
+/// What the device holds right now.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeviceState {
+    /// Its public key (base64), once a private key is set.
+    pub public_key: Option<String>,
+    /// The UDP port it listens on.
+    pub listen_port: u16,
+    /// Its peers by public key (base64).
+    pub peers: BTreeMap<String, PeerState>,
+}
+
+/// A running WireGuard device. Implementations: [`boringtun::BoringtunDevice`];
+/// a fork of boringtun or an own loop over `boringtun::noise::Tunn` can
+/// take its place. Dropping it stops the device and removes its interface.
+pub trait WgDevice: Send + std::fmt::Debug {
+    /// The interface name.
+    fn name(&self) -> &str;
+    /// Sets (or rotates) the private key; existing peers are kept and
+    /// handshake again with the new key.
+    fn set_private_key(&mut self, key: &keys::PrivateKey) -> Result<()>;
+    /// Sets the UDP port.
+    fn set_listen_port(&mut self, port: u16) -> Result<()>;
+    /// Adds a peer. A peer with the same key is removed first (never
+    /// updated in place).
+    fn add_peer(&mut self, peer: &PeerConfig) -> Result<()>;
+    /// Removes a peer by public key (base64); absent is fine.
+    fn remove_peer(&mut self, public_key: &str) -> Result<()>;
+    /// What the device holds; an error means the device is gone.
+    fn state(&mut self) -> Result<DeviceState>;
+}
+
+#[cfg(test)]
+mod tests;
