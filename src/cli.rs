@@ -147,6 +147,12 @@ pub struct InitArgs {
     /// Heartbeat period of the nodes, e.g. 1s or 500ms (default 1s).
     #[arg(long, value_parser = parse_duration)]
     pub heartbeat_period: Option<Duration>,
+    /// Interval of automatic WireGuard key rotation, e.g. 24h (default 24h).
+    #[arg(long, value_parser = parse_duration)]
+    pub wg_key_rotation: Option<Duration>,
+    /// UDP port of WireGuard for encrypted networks (default 51820).
+    #[arg(long)]
+    pub wg_port: Option<u32>,
 }
 
 /// `weft join`.
@@ -266,6 +272,15 @@ pub enum NodeCommand {
         /// The nodes.
         #[arg(required = true)]
         nodes: Vec<String>,
+    },
+    /// Give nodes fresh WireGuard keys (also done automatically, see `init --wg-key-rotation`).
+    RotateKey {
+        /// Every node.
+        #[arg(long, conflicts_with = "node")]
+        all: bool,
+        /// The node.
+        #[arg(required_unless_present = "all")]
+        node: Option<String>,
     },
     /// Remove nodes from the cluster.
     #[command(alias = "remove")]

@@ -134,6 +134,8 @@ pub async fn init(c: &Client, a: InitArgs) -> anyhow::Result<()> {
             cert_expiry_secs: a.cert_expiry.map(|d| d.as_secs().max(1)).unwrap_or(0),
             heartbeat_period_ms: a.heartbeat_period.map(|d| ms(d).max(1)).unwrap_or(0),
             force: false,
+            wg_key_rotation_secs: a.wg_key_rotation.map(|d| d.as_secs().max(1)).unwrap_or(0),
+            wg_port: a.wg_port.unwrap_or(0),
         })
         .await
         .map_err(rpc)?
@@ -490,6 +492,19 @@ pub async fn node(c: &Client, cmd: NodeCommand) -> anyhow::Result<()> {
                 println!("Manager {} demoted in the cluster.", r.hostname);
             }
         }
+        NodeCommand::RotateKey { all, node } => {
+            let r = ctl
+                .rotate_node_key(pb::RotateNodeKeyRequest {
+                    node: node.unwrap_or_default(),
+                    all,
+                })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            for n in r.rotated {
+                println!("{n}: new WireGuard key requested");
+            }
+        }
         NodeCommand::Rm { force, nodes } => {
             for n in nodes {
                 ctl.remove_node(pb::RemoveNodeRequest {
@@ -601,6 +616,8 @@ fn network_json(d: &pb::NetworkDetail) -> serde_json::Value {
                     "AppliedVersion": p.applied_version,
                     "Behind": p.behind,
                     "ApplyError": p.apply_error,
+                    "TunnelIP": p.tunnel_ip,
+                    "LastHandshakeMs": p.last_handshake_ms,
                 })
             })
             .collect();

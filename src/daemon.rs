@@ -206,6 +206,7 @@ impl NodeService {
                     reporter.send_replace(Some(r));
                 }),
                 dns_upstreams: weft_overlay::dns::host_upstreams(),
+                wg_key: self.data_dir.join("wg.key"),
             }
             .run(stop_rx),
         );
@@ -449,7 +450,9 @@ impl NodeService {
             Err(e) => tracing::warn!(error = %e, "could not tear down the data plane"),
             Ok(_) => {}
         }
-        let _ = std::fs::remove_file(self.data_dir.join("node-config.pb"));
+        for f in ["node-config.pb", "wg.key", "wg.generation"] {
+            let _ = std::fs::remove_file(self.data_dir.join(f));
+        }
         self.files
             .wipe()
             .map_err(|e| status_of(e, tonic::Code::Internal))?;

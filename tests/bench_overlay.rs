@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use common::{Lab, wait_for};
 use weft_overlay::linux::Netns;
-use weft_overlay::linux::topology::{Underlay, pids_in_netns, teardown_pins};
+use weft_overlay::linux::topology::{Underlay, cleanup_run_dir, pids_in_netns, teardown_pins};
 
 /// How often the convergence pollers probe (the brief asks for ≤ 20 ms).
 const PROBE_EVERY: Duration = Duration::from_millis(2);
@@ -146,10 +146,37 @@ impl Drop for Procs {
     }
 }
 
+/// A [`Lab`] whose drop also removes what `Lab`'s own drop leaves behind:
+/// the daemons' task and network namespace pins (still mounted, so the
+/// temporary directory cannot go) and their processes.
+struct BenchLab(Option<Lab>);
+
+impl std::ops::Deref for BenchLab {
+    type Target = Lab;
+    fn deref(&self) -> &Lab {
+        self.0.as_ref().expect("lab")
+    }
+}
+
+impl Drop for BenchLab {
+    fn drop(&mut self) {
+        let Some(lab) = self.0.take() else { return };
+        let dir = lab.dir().to_owned();
+        // Daemons first (Lab's drop), so nothing recreates what goes next.
+        drop(lab);
+        let report = cleanup_run_dir(&dir);
+        if !report.is_clean() {
+            eprintln!("lab pins teardown: {report:?}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
 /// A cluster of `hosts` (the first is the only manager), every node Ready.
-fn cluster(test: &str, hosts: &[&str]) -> Lab {
-    let mut lab = Lab::new(test, hosts);
-    lab.start_all();
+fn cluster(test: &str, hosts: &[&str]) -> BenchLab {
+    let mut guard = BenchLab(Some(Lab::new(test, hosts)));
+    guard.0.as_mut().expect("lab").start_all();
+    let lab = &*guard;
     let (wt, _) = lab.init(hosts[0], &["--heartbeat-period", HEARTBEAT]);
     for h in &hosts[1..] {
         lab.join(h, &wt, hosts[0]);
@@ -158,7 +185,7 @@ fn cluster(test: &str, hosts: &[&str]) -> Lab {
         let rows = lab.node_ls(hosts[0]);
         rows.len() == hosts.len() && rows.iter().all(|r| r.status == "Ready")
     });
-    lab
+    guard
 }
 
 fn task_pin(lab: &Lab, host: &str, id: &str) -> PathBuf {
@@ -267,7 +294,11 @@ struct Reference {
 const REF_VNI: &str = "4242";
 
 impl Reference {
-    fn build() -> Reference {
+    /// `udpcsum`: UDP checksums on the VXLAN device (weft sets them; the
+    /// kernel's default is off). `nat`: a nat-postrouting nftables table in
+    /// the host namespaces shaped like weft's masquerade table (it makes
+    /// every underlay packet, VXLAN included, go through conntrack).
+    fn build(udpcsum: bool, nat: bool) -> Reference {
         let dir = tempfile::Builder::new()
             .prefix("weft-bench-ref-")
             .tempdir()
@@ -307,25 +338,43 @@ impl Reference {
             let (ov_s, task_s) = (ov.display().to_string(), task.display().to_string());
             let local = Self::underlay_addr(i);
             let mac = Self::task_mac(i);
-            ns_ok(
-                &host,
-                &[
-                    "ip",
-                    "link",
-                    "add",
-                    "vx0",
-                    "type",
-                    "vxlan",
-                    "id",
-                    REF_VNI,
-                    "dstport",
-                    "4789",
-                    "local",
-                    &local,
-                    "nolearning",
-                    "proxy",
-                ],
-            );
+            let mut add = vec![
+                "ip",
+                "link",
+                "add",
+                "vx0",
+                "type",
+                "vxlan",
+                "id",
+                REF_VNI,
+                "dstport",
+                "4789",
+                "local",
+                &local,
+                "nolearning",
+                "proxy",
+            ];
+            if udpcsum {
+                add.push("udpcsum");
+            }
+            ns_ok(&host, &add);
+            if nat {
+                ns_ok(&host, &["nft", "add", "table", "inet", "bench"]);
+                ns_ok(
+                    &host,
+                    &[
+                        "nft",
+                        "add chain inet bench postrouting { type nat hook postrouting priority srcnat; policy accept; }",
+                    ],
+                );
+                ns_ok(
+                    &host,
+                    &[
+                        "nft",
+                        "add rule inet bench postrouting ip saddr 172.18.0.0/16 oifname != \"benchbr\" masquerade",
+                    ],
+                );
+            }
             ns_ok(&host, &["ip", "link", "set", "vx0", "netns", &ov_s]);
             ns_ok(&ov, &["ip", "link", "set", "lo", "up"]);
             ns_ok(
@@ -492,7 +541,16 @@ fn overlay_throughput() {
             .success()
     });
 
-    let reference = Reference::build();
+    let diag = env_num("WEFT_BENCH_DIAG", 1) == 1;
+    let reference = Reference::build(false, false);
+    let variants: Vec<(&'static str, Reference)> = if diag {
+        vec![
+            ("vxlan+csum", Reference::build(true, false)),
+            ("vxlan+csum+nat", Reference::build(true, true)),
+        ]
+    } else {
+        Vec::new()
+    };
     let ref_mtu = mtu_of(&reference.task_pin(1), "eth0");
     assert_eq!(ref_mtu, weft_mtu, "the reference uses weft's overlay MTU");
     wait_for("reference VXLAN answers", Duration::from_secs(10), || {
@@ -508,13 +566,19 @@ fn overlay_throughput() {
     iperf3_server(&mut procs, &srv_pin);
     iperf3_server(&mut procs, &reference.task_pin(0));
     iperf3_server(&mut procs, &reference.host_pin(0));
+    for (_, v) in &variants {
+        iperf3_server(&mut procs, &v.task_pin(0));
+    }
 
     type Sys = (&'static str, PathBuf, String);
-    let systems: [Sys; 3] = [
+    let mut systems: Vec<Sys> = vec![
         ("weft", cli_pin.clone(), "10.0.9.10".into()),
         ("vxlan", reference.task_pin(1), Reference::task_addr(0)),
         ("raw", reference.host_pin(1), Reference::underlay_addr(0)),
     ];
+    for (name, v) in &variants {
+        systems.push((name, v.task_pin(1), Reference::task_addr(0)));
+    }
     // (system, streams) -> results; rows for the every-run table.
     let mut res: BTreeMap<(&str, u32), Vec<Iperf>> = BTreeMap::new();
     let mut rows = String::new();
@@ -544,7 +608,7 @@ fn overlay_throughput() {
     let mut md =
         String::from("## Overlay TCP throughput, task to task across two hosts (issue 3)\n\n");
     md.push_str(&format!(
-        "iperf3 TCP, {secs} s per run, {rounds} rounds, the three paths rotating their order in every round. \
+        "iperf3 TCP, {secs} s per run, {rounds} rounds, the paths rotating their order in every round. \
          weft: client in a task namespace on host b, server in a task namespace on host a, over weft's \
          overlay (veth → bridge → VXLAN → underlay), overlay MTU {weft_mtu} on an underlay MTU {underlay_mtu}. \
          Kernel VXLAN: the same shape built by hand with `ip`/`bridge` on a second underlay of the same kind \
@@ -563,6 +627,30 @@ fn overlay_throughput() {
             w / raw
         ));
     }
+    if !variants.is_empty() {
+        md.push_str(
+            "\nDiagnostic variants of the hand-built VXLAN, in the same rotation, to attribute a gap \
+             (medians, Gbit/s): `+csum` turns on UDP checksums on the VXLAN device as weft does; \
+             `+nat` adds, in both host namespaces, a nat-postrouting nftables table shaped like weft's \
+             masquerade table, which puts every underlay packet through conntrack.\n\n",
+        );
+        md.push_str(
+            "| streams | kernel VXLAN | +csum | +csum +nat | weft | weft / (+csum +nat) |\n",
+        );
+        md.push_str("|---:|---:|---:|---:|---:|---:|\n");
+        for p in [1u32, 4] {
+            let (vx, c, cn, w) = (
+                med("vxlan", p),
+                med("vxlan+csum", p),
+                med("vxlan+csum+nat", p),
+                med("weft", p),
+            );
+            md.push_str(&format!(
+                "| {p} | {vx:.2} | {c:.2} | {cn:.2} | {w:.2} | {:.2} |\n",
+                w / cn
+            ));
+        }
+    }
     md.push_str("\n<details><summary>Every run</summary>\n\n");
     md.push_str(
         "| round | path | streams | Gbit/s | retransmits | CPU % sender | CPU % receiver |\n",
@@ -571,6 +659,7 @@ fn overlay_throughput() {
     md.push_str(&rows);
     md.push_str("\n</details>\n\n");
     write_fragment("1-throughput.md", &md);
+    drop(variants);
     drop(reference);
 }
 
@@ -936,6 +1025,7 @@ fn config_push_latency() {
     let mut a_applied = Vec::new();
     let mut all_applied = Vec::new();
     let mut pinged = Vec::new();
+    let mut pinged_fast = Vec::new();
     let mut rows = String::new();
     for r in 1..=rounds {
         let net = format!("bench{r}");
@@ -997,19 +1087,51 @@ fn config_push_latency() {
         let (applied_all, polls_b) = wait_applied(&lab, &net, &["w1", "w2"], t1);
         let reply = pinger.join().expect("pinger");
         let ping = reply.map(|at| at.duration_since(t1));
+        // C (diagnostic): the same, with the pinging namespace's ARP
+        // retransmit time cut from 1000 to 50 ms by the benchmark, to show
+        // how much of B is the neighbour entry left INCOMPLETE by probes
+        // sent before the route existed.
+        let ip_c: Ipv4Addr = format!("10.0.{}.30", 100 + r).parse().expect("ip");
+        ns_ok(
+            &pin_a,
+            &["sysctl", "-qw", "net.ipv4.neigh.eth0.retrans_time_ms=50"],
+        );
+        let pinger = ping_until_reply(&pin_a, ip_c, Duration::from_secs(30));
+        let t3 = Instant::now();
+        run_task(
+            &lab,
+            "w2",
+            &[
+                "--detach",
+                "--network",
+                &net,
+                "--ip",
+                &ip_c.to_string(),
+                "--",
+                "sleep",
+                "36000",
+            ],
+        );
+        let ping_fast = pinger
+            .join()
+            .expect("pinger")
+            .map(|at| at.duration_since(t3));
         eprintln!(
             "round {r}: create {created:?} run {ran:?} → w1 applied {applied_a:?} ({polls_a} polls); \
-             run on w2 {ran_b:?} → all applied {applied_all:?} ({polls_b} polls), ping {ping:?}"
+             run on w2 {ran_b:?} → all applied {applied_all:?} ({polls_b} polls), ping {ping:?}, \
+             ping with 50 ms ARP retransmit {ping_fast:?}"
         );
         rows.push_str(&format!(
-            "| {r} | {} | {} | {} | {} | {} | {} |\n",
+            "| {r} | {} | {} | {} | {} | {} | {} | {} |\n",
             fmt_s(created.as_secs_f64()),
             fmt_s(ran.as_secs_f64()),
             fmt_s(applied_a.as_secs_f64()),
             fmt_s(ran_b.as_secs_f64()),
             fmt_s(applied_all.as_secs_f64()),
             fmt_s(secs(ping)),
+            fmt_s(secs(ping_fast)),
         ));
+        pinged_fast.push(secs(ping_fast));
         a_applied.push(applied_a.as_secs_f64());
         all_applied.push(applied_all.as_secs_f64());
         pinged.push(secs(ping));
@@ -1037,13 +1159,18 @@ fn config_push_latency() {
         list(&all_applied)
     ));
     md.push_str(&format!(
-        "| run on w2 → answers ping from w1's task | {} | {} |\n\n",
+        "| run on w2 → answers ping from w1's task | {} | {} |\n",
         fmt_s(median(&pinged)),
         list(&pinged)
     ));
+    md.push_str(&format!(
+        "| (diagnostic) the same with the pinging namespace's ARP retransmit time at 50 ms | {} | {} |\n\n",
+        fmt_s(median(&pinged_fast)),
+        list(&pinged_fast)
+    ));
     md.push_str("<details><summary>Every run (seconds)</summary>\n\n");
-    md.push_str("| round | network create returned | run on w1 returned | w1 applied | run on w2 returned | all applied | ping answered |\n");
-    md.push_str("|---:|---:|---:|---:|---:|---:|---:|\n");
+    md.push_str("| round | network create returned | run on w1 returned | w1 applied | run on w2 returned | all applied | ping answered | ping answered, ARP retransmit 50 ms |\n");
+    md.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     md.push_str(&rows);
     md.push_str("\n</details>\n\n");
     write_fragment("2-config-push.md", &md);
@@ -1226,6 +1353,17 @@ fn service_round(r: u64, www: &Path) -> SvcRound {
         .map(|t| t.2)
         .collect();
     assert!(!dead.is_empty(), "a replica on {victim}: {tasks:?}");
+    // The survivors take no new tasks: the replacements of w2's replicas
+    // stay pending, so they cannot take over the addresses being watched
+    // (the IPAM hands out the lowest free address, which would be the dead
+    // replicas' own) and "gone" stays unambiguous.
+    for w in ["w1", "w3"] {
+        lab.weft("m1", &["node", "update", "--availability", "pause", w]);
+    }
+    wait_for("every peer applied", Duration::from_secs(20), || {
+        peers(&lab, "m1", "appnet")
+            .is_some_and(|ps| ps.len() == 4 && ps.iter().all(|p| p.3 == 0 && p.1 >= p.2))
+    });
     // Watch from the client (m1) and from a surviving replica on each other worker.
     let mut watch_pins = vec![("m1".to_string(), client.clone())];
     for w in ["w1", "w3"] {

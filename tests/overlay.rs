@@ -494,7 +494,10 @@ fn bad_network_and_run_input_is_refused_and_changes_nothing() {
         ),
         (&["network", "create", "appnet"], "already exists"),
         (&["network", "create", "--mtu", "100", "x"], "MTU"),
-        (&["network", "create", "-o", "encrypted", "x"], "encrypted"),
+        (
+            &["network", "create", "-o", "nosuchopt", "x"],
+            "unknown network option",
+        ),
         (&["network", "create", "bad/name"], "invalid network name"),
         (&["network", "rm", "nosuch"], "not found"),
     ];

@@ -128,6 +128,31 @@ pub fn validate_init(r: &pb::InitRequest) -> Result<InitParams> {
         }
         settings.heartbeat_period_ms = r.heartbeat_period_ms;
     }
+    if r.wg_key_rotation_secs != 0 {
+        if r.wg_key_rotation_secs < 60 {
+            return Err(bad(
+                "--wg-key-rotation must be at least 1m (default 24h)".into()
+            ));
+        }
+        settings.wg_key_rotation_secs = r.wg_key_rotation_secs;
+    }
+    if r.wg_port != 0 {
+        let p = u16::try_from(r.wg_port)
+            .ok()
+            .filter(|p| *p >= 1024)
+            .ok_or_else(|| {
+                bad(format!(
+                    "--wg-port {} is out of range: use 1024-65535",
+                    r.wg_port
+                ))
+            })?;
+        if p == settings.data_path_port || p == advertise_addr.port() {
+            return Err(bad(format!(
+                "--wg-port {p} is already used by the data path or the manager port"
+            )));
+        }
+        settings.wg_port = p;
+    }
     Ok(InitParams {
         advertise_addr,
         listen_addr,

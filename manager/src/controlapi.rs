@@ -263,7 +263,7 @@ impl ControlService {
             mtu_limited_by: limited_by,
             labels: n.labels.clone().into_iter().collect(),
             created_at_ms: n.created_at_ms,
-            encrypted: false,
+            encrypted: n.encrypted,
         }
     }
 
@@ -275,13 +275,22 @@ impl ControlService {
                 r.driver
             )));
         }
-        if let Some(k) = r.options.keys().next() {
-            let msg = if k == "encrypted" {
-                "encrypted networks are not available yet in this version of weft".to_string()
-            } else {
-                format!("unknown network option {k:?}")
-            };
-            return Err(Error::InvalidInput(msg));
+        let mut encrypted = false;
+        for (k, v) in &r.options {
+            match (k.as_str(), v.as_str()) {
+                ("encrypted", "" | "true") => encrypted = true,
+                ("encrypted", "false") => {}
+                ("encrypted", _) => {
+                    return Err(Error::InvalidInput(format!(
+                        "invalid value {v:?} for option encrypted: use `-o encrypted` or `-o encrypted=false`"
+                    )));
+                }
+                _ => {
+                    return Err(Error::InvalidInput(format!(
+                        "unknown network option {k:?}: the overlay driver knows `encrypted`"
+                    )));
+                }
+            }
         }
         let cidr = |what: &str, v: &str| -> Result<Option<ipnetwork::IpNetwork>> {
             if v.is_empty() {
@@ -352,6 +361,7 @@ impl ControlService {
                     mtu,
                     labels: r.labels.into_iter().collect(),
                     now_ms: now_ms(),
+                    encrypted,
                 },
             })
             .await?;
@@ -413,6 +423,13 @@ impl ControlService {
                         applied_version: c.applied,
                         behind: c.pushed.saturating_sub(c.applied),
                         apply_error: c.error,
+                        tunnel_ip: node.tunnel_ip.map(|t| t.to_string()).unwrap_or_default(),
+                        last_handshake_ms: if n.encrypted {
+                            self.core.last_handshake_with(&node.wg_public_key)
+                        } else {
+                            0
+                        },
+                        wg_public_key: node.wg_public_key.clone(),
                     });
                 }
             }
@@ -612,6 +629,33 @@ impl ControlService {
 }
 
 impl ControlService {
+    async fn rotate_node_key(&self, r: pb::RotateNodeKeyRequest) -> Result<Vec<String>> {
+        let ids: Vec<(crate::store::NodeId, String)> = if r.all {
+            self.core.read(|s| {
+                s.nodes
+                    .values()
+                    .map(|n| (n.id, n.hostname.clone()))
+                    .collect()
+            })
+        } else {
+            if r.node.is_empty() {
+                return Err(Error::InvalidInput("name a node, or use --all".into()));
+            }
+            let n = self.resolve(&r.node)?;
+            vec![(n.id, n.hostname)]
+        };
+        let now = now_ms();
+        for (id, _) in &ids {
+            self.core
+                .propose(Command::RotateNodeKey {
+                    id: *id,
+                    now_ms: now,
+                })
+                .await?;
+        }
+        Ok(ids.into_iter().map(|(_, h)| h).collect())
+    }
+
     async fn service_logs(&self, r: pb::ServiceLogsRequest) -> Result<pb::ServiceLogsResponse> {
         if !self.core.is_leader() {
             // Sessions live on the leader: ask it.
@@ -919,6 +963,15 @@ impl Control for ControlService {
         Ok(Response::new(pb::RemoveServiceResponse {}))
     }
 
+    async fn rotate_node_key(
+        &self,
+        req: Request<pb::RotateNodeKeyRequest>,
+    ) -> std::result::Result<Response<pb::RotateNodeKeyResponse>, Status> {
+        self.authorize(&req)?;
+        let rotated = ControlService::rotate_node_key(self, req.into_inner()).await?;
+        Ok(Response::new(pb::RotateNodeKeyResponse { rotated }))
+    }
+
     async fn service_logs(
         &self,
         req: Request<pb::ServiceLogsRequest>,
@@ -1070,6 +1123,13 @@ impl Control for LocalControl {
         req: Request<pb::ServiceLogsRequest>,
     ) -> std::result::Result<Response<pb::ServiceLogsResponse>, Status> {
         Control::service_logs(&self.inner()?, req).await
+    }
+
+    async fn rotate_node_key(
+        &self,
+        req: Request<pb::RotateNodeKeyRequest>,
+    ) -> std::result::Result<Response<pb::RotateNodeKeyResponse>, Status> {
+        Control::rotate_node_key(&self.inner()?, req).await
     }
 }
 

@@ -46,6 +46,8 @@ pub struct ConfigStatus {
     pub applied: u64,
     /// The node's last apply error, if any.
     pub error: String,
+    /// Last handshake (unix ms) the node saw with each peer, by public key.
+    pub handshakes: std::collections::BTreeMap<String, u64>,
 }
 
 impl Core {
@@ -192,6 +194,29 @@ impl Core {
         let e = c.entry(id).or_default();
         e.applied = version;
         e.error = error;
+    }
+
+    /// Records the handshakes a node reported.
+    pub fn handshakes_seen(&self, id: NodeId, h: std::collections::BTreeMap<String, u64>) {
+        self.inner
+            .configs
+            .lock()
+            .expect("configs lock")
+            .entry(id)
+            .or_default()
+            .handshakes = h;
+    }
+
+    /// The newest handshake any node reported with the holder of `public_key`.
+    pub fn last_handshake_with(&self, public_key: &str) -> u64 {
+        self.inner
+            .configs
+            .lock()
+            .expect("configs lock")
+            .values()
+            .filter_map(|c| c.handshakes.get(public_key).copied())
+            .max()
+            .unwrap_or(0)
     }
 
     /// What this manager knows of a node's config (the leader knows it all).

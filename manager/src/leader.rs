@@ -108,13 +108,30 @@ pub async fn orchestrator_loop(core: Core, mut stop: watch::Receiver<bool>) {
         if !core.is_leader() {
             continue;
         }
-        let cmds = core.read(|s| {
-            crate::orchestrator::plan(s, crate::core::now_ms(), crate::validate::random_id)
-        });
+        let now = crate::core::now_ms();
+        let mut cmds = core.read(|s| crate::orchestrator::plan(s, now, crate::validate::random_id));
+        cmds.extend(core.read(|s| key_rotations(s, now)));
         // Proposed together, so Raft commits them in one or two batches.
         let results = futures::future::join_all(cmds.into_iter().map(|c| core.propose(c))).await;
         if let Some(Err(e)) = results.into_iter().find(|r| r.is_err()) {
             tracing::warn!(error = %e, "orchestrator could not apply a change; will retry");
         }
     }
+}
+
+/// Nodes whose WireGuard key is older than the rotation interval.
+pub fn key_rotations(s: &crate::store::State, now_ms: u64) -> Vec<crate::store::Command> {
+    let Some(c) = s.cluster.as_ref() else {
+        return Vec::new();
+    };
+    let every = c.settings.wg_key_rotation_secs.saturating_mul(1000);
+    if every == 0 {
+        return Vec::new();
+    }
+    s.nodes
+        .values()
+        .filter(|n| !n.wg_public_key.is_empty())
+        .filter(|n| now_ms.saturating_sub(n.wg_key_since_ms) >= every)
+        .map(|n| crate::store::Command::RotateNodeKey { id: n.id, now_ms })
+        .collect()
 }

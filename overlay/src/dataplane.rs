@@ -121,6 +121,12 @@ pub trait Dataplane: Send + Sync {
         None
     }
 
+    /// The last WireGuard handshake with each peer (by public key), for
+    /// `network inspect`; empty without a WireGuard device.
+    fn wg_handshakes(&self) -> std::collections::BTreeMap<String, std::time::SystemTime> {
+        std::collections::BTreeMap::new()
+    }
+
     /// Removes every kernel object this data plane made (namespaces, links
     /// in the daemon's namespace, nftables tables), killing processes left
     /// in removed namespaces. Keeps going past errors; `Err` only when it

@@ -25,7 +25,7 @@ use prost::Message;
 use tokio::sync::watch;
 use weft_overlay::model::{
     DesiredNode, EndpointId, GatewayBridge, GwAttachment, LocalEndpoint, NetworkId, OverlayNet,
-    RemoteEndpoint, ServiceEntry, TaskId, TaskNet,
+    RemoteEndpoint, ServiceEntry, TaskId, TaskNet, WgConfig, WgPeer,
 };
 use weft_overlay::{Dataplane, MacAddr};
 use weft_proto::v1 as pb;
@@ -52,8 +52,12 @@ fn parse<T: std::str::FromStr>(what: &'static str, value: &str) -> Result<T, Bad
     })
 }
 
-/// Translates the pushed config into the data plane's desired state. Pure.
-pub fn desired_from_config(c: &pb::NodeConfig) -> Result<DesiredNode, BadConfig> {
+/// Translates the pushed config into the data plane's desired state.
+/// Pure; `wg_key` is where this node's WireGuard private key lives.
+pub fn desired_from_config(
+    c: &pb::NodeConfig,
+    wg_key: &std::path::Path,
+) -> Result<DesiredNode, BadConfig> {
     let vtep: IpAddr = parse("vtep", &c.vtep)?;
     let mut d = DesiredNode::new(vtep);
     if c.vxlan_port != 0 {
@@ -131,6 +135,44 @@ pub fn desired_from_config(c: &pb::NodeConfig) -> Result<DesiredNode, BadConfig>
         d.tasks
             .insert(TaskId(t.id.clone()), TaskNet { endpoints, gateway });
     }
+    if let Some(w) = &c.wireguard {
+        let mut peers = BTreeMap::new();
+        for p in &w.peers {
+            peers.insert(
+                p.node_id.clone(),
+                WgPeer {
+                    public_key: p.public_key.clone(),
+                    endpoint: parse("peer endpoint", &p.endpoint)?,
+                    tunnel_ip: parse("peer tunnel ip", &p.tunnel_ip)?,
+                },
+            );
+        }
+        d.wireguard = Some(WgConfig {
+            listen_port: u16::try_from(w.listen_port).map_err(|_| BadConfig {
+                what: "wireguard port",
+                value: w.listen_port.to_string(),
+            })?,
+            private_key_path: wg_key.to_path_buf(),
+            tunnel_addr: parse("tunnel address", &w.tunnel_addr)?,
+            mtu: w.mtu,
+            keepalive: weft_overlay::model::DEFAULT_WG_KEEPALIVE,
+            networks: c
+                .networks
+                .iter()
+                .filter(|n| n.encrypted)
+                .map(|n| NetworkId(n.id.clone()))
+                .collect(),
+            peers,
+        });
+    }
+    if !c.vxlan_allowed_sources.is_empty() {
+        d.vxlan_allowed_sources = Some(
+            c.vxlan_allowed_sources
+                .iter()
+                .map(|a| parse("underlay address", a))
+                .collect::<Result<_, _>>()?,
+        );
+    }
     if any_gateway {
         let subnet: IpNetwork = parse("gateway subnet", &c.gateway_subnet)?;
         let gateway = match subnet {
@@ -167,6 +209,8 @@ pub struct Reconciler {
     pub report: Box<dyn Fn(pb::StatusReport) + Send + Sync>,
     /// The host's resolvers, for names that are not the cluster's.
     pub dns_upstreams: Vec<std::net::SocketAddr>,
+    /// This node's WireGuard private key (0600; never leaves the node).
+    pub wg_key: PathBuf,
 }
 
 impl Reconciler {
@@ -226,7 +270,14 @@ impl Reconciler {
             }
         }
         let mut error = String::new();
-        match desired_from_config(c) {
+        let wg_public_key = match self.ensure_wg_key(c.wg_key_generation) {
+            Ok(k) => k,
+            Err(e) => {
+                tracing::warn!(error = %e, "no WireGuard key");
+                String::new()
+            }
+        };
+        match desired_from_config(c, &self.wg_key) {
             Ok(mut d) => {
                 d.dns_upstreams = self.dns_upstreams.clone();
                 if let Err(e) = self.dataplane.apply(&d).await {
@@ -271,12 +322,51 @@ impl Reconciler {
                 tasks.push(task_state(&s.id, &s.state));
             }
         }
+        let handshakes = self
+            .dataplane
+            .wg_handshakes()
+            .into_iter()
+            .map(|(public_key, t)| pb::PeerHandshake {
+                public_key,
+                last_handshake_ms: t
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0),
+            })
+            .collect();
         pb::StatusReport {
             node_id: self.node_id.clone(),
             applied_version: if error.is_empty() { c.version } else { 0 },
             apply_error: error,
             tasks,
+            wg_public_key,
+            handshakes,
         }
+    }
+
+    /// Loads this node's WireGuard key, or makes one; makes a fresh one
+    /// when the cluster asks for a newer generation. Returns the public key.
+    fn ensure_wg_key(&self, generation: u64) -> Result<String, weft_overlay::wg::WgError> {
+        use weft_overlay::wg::keys;
+        let gen_file = self.wg_key.with_extension("generation");
+        let have: u64 = std::fs::read_to_string(&gen_file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        let key = if generation > have || !self.wg_key.exists() {
+            let key = keys::generate();
+            keys::write_private_key(&self.wg_key, &key)?;
+            if let Err(e) = std::fs::write(&gen_file, generation.to_string()) {
+                tracing::warn!(error = %e, "could not record the key generation");
+            }
+            if generation > have {
+                tracing::info!(generation, "new WireGuard key pair");
+            }
+            key
+        } else {
+            keys::load_or_generate(&self.wg_key)?
+        };
+        Ok(key.public_key())
     }
 }
 
@@ -344,12 +434,13 @@ mod tests {
                 gateway_ip: "172.18.0.2/16".into(),
                 gateway_mac: "02:42:ac:12:00:02".into(),
             }],
+            ..Default::default()
         }
     }
 
     #[test]
     fn translation_keeps_everything() {
-        let d = desired_from_config(&config()).unwrap();
+        let d = desired_from_config(&config(), std::path::Path::new("/k")).unwrap();
         assert_eq!(d.vtep.to_string(), "198.18.0.1");
         let n = &d.networks[&NetworkId("n1".into())];
         assert_eq!((n.vni, n.mtu), (4096, 1450));
@@ -367,14 +458,19 @@ mod tests {
         let mut c = config();
         c.tasks[0].gateway_ip.clear();
         c.tasks[0].gateway_mac.clear();
-        assert_eq!(desired_from_config(&c).unwrap().gateway, None);
+        assert_eq!(
+            desired_from_config(&c, std::path::Path::new("/k"))
+                .unwrap()
+                .gateway,
+            None
+        );
     }
 
     #[test]
     fn bad_fields_are_named() {
         let mut c = config();
         c.networks[0].remote[0].mac = "zz".into();
-        let e = desired_from_config(&c).unwrap_err();
+        let e = desired_from_config(&c, std::path::Path::new("/k")).unwrap_err();
         assert_eq!(e.what, "remote mac");
     }
 }

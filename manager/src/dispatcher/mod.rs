@@ -349,6 +349,24 @@ impl Dispatcher for DispatcherService {
         let r = req.into_inner();
         self.core
             .config_applied(node.id, r.applied_version, r.apply_error.clone());
+        self.core.handshakes_seen(
+            node.id,
+            r.handshakes
+                .iter()
+                .map(|h| (h.public_key.clone(), h.last_handshake_ms))
+                .collect(),
+        );
+        if !r.wg_public_key.is_empty()
+            && (r.wg_public_key != node.wg_public_key || node.tunnel_ip.is_none())
+        {
+            self.core
+                .propose(Command::SetNodeWgKey {
+                    id: node.id,
+                    public_key: r.wg_public_key.clone(),
+                    now_ms: crate::core::now_ms(),
+                })
+                .await?;
+        }
         // Only changes become Raft writes.
         let changes: Vec<Command> = self.core.read(|s| {
             r.tasks

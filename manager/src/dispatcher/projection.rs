@@ -15,6 +15,9 @@ use crate::store::{DesiredTaskState, Network, NodeId, NodeState, State, Task};
 /// VXLAN encapsulation overhead (outer Ethernet is not counted by the MTU).
 pub const VXLAN_OVERHEAD: u32 = 50;
 
+/// WireGuard encapsulation overhead over IPv4 (IP 20 + UDP 8 + WireGuard 32).
+pub const WIREGUARD_OVERHEAD: u32 = 60;
+
 /// Underlay MTU assumed for nodes that did not report one.
 pub const DEFAULT_UNDERLAY_MTU: u32 = 1500;
 
@@ -52,10 +55,11 @@ pub fn network_mtu(state: &State, net: &Network) -> (u32, String) {
             (mtu, n.hostname.clone())
         })
         .min();
+    let extra = if net.encrypted { WIREGUARD_OVERHEAD } else { 0 };
     match limiting {
-        Some((mtu, host)) => (mtu.saturating_sub(VXLAN_OVERHEAD), host),
+        Some((mtu, host)) => (mtu.saturating_sub(VXLAN_OVERHEAD + extra), host),
         None => (
-            DEFAULT_UNDERLAY_MTU - VXLAN_OVERHEAD,
+            DEFAULT_UNDERLAY_MTU - VXLAN_OVERHEAD - extra,
             "no members yet".into(),
         ),
     }
@@ -97,12 +101,23 @@ pub fn project(state: &State, node: NodeId, version: u64) -> Option<pb::NodeConf
                         .map(move |a| (t, a))
                 })
                 .filter_map(|(t, a)| {
-                    let vtep = &state.nodes.get(&t.node)?.data_path_addr;
+                    let peer = state.nodes.get(&t.node)?;
+                    // Encrypted: the VTEP is the peer's tunnel address, so
+                    // VXLAN travels inside WireGuard; a peer without a key
+                    // yet is unreachable rather than reached in the clear.
+                    let vtep = if net.encrypted {
+                        if peer.wg_public_key.is_empty() {
+                            return None;
+                        }
+                        peer.tunnel_ip?.to_string()
+                    } else {
+                        peer.data_path_addr.clone()
+                    };
                     Some(pb::RemoteEndpoint {
                         task_id: t.id.clone(),
                         ip: a.ip.to_string(),
                         mac: mac_text(mac_for(a.ip)),
-                        vtep: vtep.clone(),
+                        vtep,
                     })
                 })
                 .collect();
@@ -117,6 +132,7 @@ pub fn project(state: &State, node: NodeId, version: u64) -> Option<pb::NodeConf
                 remote,
                 services: services_on(state, net),
                 names: names_on(state, net),
+                encrypted: net.encrypted,
             }
         })
         .collect();
@@ -151,6 +167,15 @@ pub fn project(state: &State, node: NodeId, version: u64) -> Option<pb::NodeConf
         })
         .collect();
 
+    let wireguard = wireguard(state, me, &net_ids);
+    let mut vxlan_allowed_sources: Vec<String> = state
+        .nodes
+        .values()
+        .filter(|n| !n.data_path_addr.is_empty())
+        .map(|n| n.data_path_addr.clone())
+        .collect();
+    vxlan_allowed_sources.sort();
+    vxlan_allowed_sources.dedup();
     Some(pb::NodeConfig {
         version,
         vtep: me.data_path_addr.clone(),
@@ -158,6 +183,65 @@ pub fn project(state: &State, node: NodeId, version: u64) -> Option<pb::NodeConf
         gateway_subnet: gw_subnet.to_string(),
         networks,
         tasks,
+        wireguard,
+        vxlan_allowed_sources,
+        wg_key_generation: me.wg_key_generation,
+    })
+}
+
+/// The node's WireGuard device: present when it has an encrypted network
+/// and a tunnel address; one peer per other live node that shares an
+/// encrypted network with it.
+fn wireguard(
+    state: &State,
+    me: &crate::store::Node,
+    net_ids: &[&str],
+) -> Option<pb::WireguardConfig> {
+    let settings = &state.cluster.as_ref()?.settings;
+    let encrypted: Vec<&Network> = net_ids
+        .iter()
+        .filter_map(|id| state.networks.get(*id))
+        .filter(|n| n.encrypted)
+        .collect();
+    if encrypted.is_empty() {
+        return None;
+    }
+    let tunnel = me.tunnel_ip?;
+    let mut peer_ids: Vec<NodeId> = encrypted
+        .iter()
+        .flat_map(|n| members(state, n))
+        .filter(|id| *id != me.id)
+        .collect();
+    peer_ids.sort();
+    peer_ids.dedup();
+    let peers = peer_ids
+        .iter()
+        .filter_map(|id| state.nodes.get(id))
+        .filter(|n| n.state != NodeState::Down && !n.wg_public_key.is_empty())
+        .filter_map(|n| {
+            Some(pb::WgPeerConfig {
+                node_id: n.id.to_string(),
+                public_key: n.wg_public_key.clone(),
+                endpoint: std::net::SocketAddr::new(
+                    n.data_path_addr.parse().ok()?,
+                    settings.wg_port,
+                )
+                .to_string(),
+                tunnel_ip: n.tunnel_ip?.to_string(),
+            })
+        })
+        .collect();
+    let underlay = if me.underlay_mtu == 0 {
+        DEFAULT_UNDERLAY_MTU
+    } else {
+        me.underlay_mtu
+    };
+    Some(pb::WireguardConfig {
+        listen_port: u32::from(settings.wg_port),
+        tunnel_addr: format!("{tunnel}/{}", settings.tunnel_subnet.prefix()),
+        mtu: underlay - WIREGUARD_OVERHEAD,
+        key_generation: me.wg_key_generation,
+        peers,
     })
 }
 
@@ -272,6 +356,7 @@ mod tests {
                     mtu: None,
                     labels: BTreeMap::new(),
                     now_ms: 0,
+                    encrypted: false,
                 },
             })
             .unwrap();

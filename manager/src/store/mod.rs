@@ -44,6 +44,9 @@ pub struct State {
 }
 
 /// A change to the desired state, proposed through Raft.
+// Commands live briefly in memory on their way into the log; boxing the
+// large variants would only add noise at every construction site.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Command {
     /// Creates the cluster with its first node (a manager).
@@ -194,6 +197,23 @@ pub enum Command {
         /// Where it runs.
         node: NodeId,
         /// Proposer's clock, unix ms.
+        now_ms: u64,
+    },
+    /// A node reported its WireGuard public key; a tunnel address is
+    /// allocated with its first one.
+    SetNodeWgKey {
+        /// Which node.
+        id: NodeId,
+        /// Base64 public key.
+        public_key: String,
+        /// Proposer's clock, unix ms.
+        now_ms: u64,
+    },
+    /// Asks a node for a fresh WireGuard key pair.
+    RotateNodeKey {
+        /// Which node.
+        id: NodeId,
+        /// Proposer's clock, unix ms (the rotation interval restarts here).
         now_ms: u64,
     },
     /// Replaces the join-token secret of one role.
@@ -551,6 +571,40 @@ impl State {
                 self.tasks.insert(task.id.clone(), task);
                 Ok(Applied::Done)
             }
+            Command::SetNodeWgKey {
+                id,
+                public_key,
+                now_ms,
+            } => {
+                let subnet = cluster.settings.tunnel_subnet;
+                let taken: BTreeSet<IpAddr> =
+                    self.nodes.values().filter_map(|n| n.tunnel_ip).collect();
+                let node = self
+                    .nodes
+                    .get_mut(id)
+                    .ok_or_else(|| StoreError::NodeNotFound(id.to_string()))?;
+                if node.tunnel_ip.is_none() {
+                    let mut taken = taken;
+                    if let Some(first) = ipam::first_host(&subnet) {
+                        taken.insert(first);
+                    }
+                    node.tunnel_ip = Some(
+                        ipam::next_ip(&subnet, None, &taken)
+                            .ok_or_else(|| StoreError::NetworkFull("the tunnel subnet".into()))?,
+                    );
+                }
+                if node.wg_public_key != *public_key {
+                    node.wg_public_key = public_key.clone();
+                    node.wg_key_since_ms = *now_ms;
+                }
+                Ok(Applied::Done)
+            }
+            Command::RotateNodeKey { id, now_ms } => {
+                let node = self.node_mut(*id)?;
+                node.wg_key_generation += 1;
+                node.wg_key_since_ms = *now_ms;
+                Ok(Applied::Done)
+            }
             Command::RotateToken { role, secret } => {
                 match role {
                     Role::Worker => cluster.worker_secret = secret.clone(),
@@ -737,6 +791,7 @@ impl State {
             mtu: spec.mtu,
             labels: spec.labels.clone(),
             created_at_ms: spec.now_ms,
+            encrypted: spec.encrypted,
         })
     }
 

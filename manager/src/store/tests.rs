@@ -202,6 +202,7 @@ fn net_spec(id: &str, name: &str, subnet: Option<&str>) -> NetworkSpec {
         mtu: None,
         labels: BTreeMap::new(),
         now_ms: 1,
+        encrypted: false,
     }
 }
 

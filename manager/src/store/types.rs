@@ -132,6 +132,18 @@ pub struct Node {
     /// (and so runs a manager).
     #[serde(default)]
     pub cert_role: Role,
+    /// Its WireGuard public key (base64); the private key never leaves it.
+    #[serde(default)]
+    pub wg_public_key: String,
+    /// Its address inside the WireGuard tunnel, allocated with its first key.
+    #[serde(default)]
+    pub tunnel_ip: Option<IpAddr>,
+    /// Bumped to ask the node for a fresh key pair (`node rotate-key`).
+    #[serde(default)]
+    pub wg_key_generation: u64,
+    /// Unix ms when its current key was reported.
+    #[serde(default)]
+    pub wg_key_since_ms: u64,
 }
 
 /// Cluster identity and settings, fixed at `init` unless noted.
@@ -167,6 +179,27 @@ pub struct ClusterSettings {
     /// Node-local subnet of the gateway bridge (egress for tasks).
     #[serde(default = "default_gateway_subnet")]
     pub gateway_subnet: IpNetwork,
+    /// WireGuard UDP port.
+    #[serde(default = "default_wg_port")]
+    pub wg_port: u16,
+    /// Subnet node tunnel addresses come from.
+    #[serde(default = "default_tunnel_subnet")]
+    pub tunnel_subnet: IpNetwork,
+    /// Automatic WireGuard key rotation interval (0 = never).
+    #[serde(default = "default_wg_rotation")]
+    pub wg_key_rotation_secs: u64,
+}
+
+fn default_wg_port() -> u16 {
+    51820
+}
+
+fn default_tunnel_subnet() -> IpNetwork {
+    "100.64.0.0/16".parse().expect("valid literal")
+}
+
+fn default_wg_rotation() -> u64 {
+    24 * 3600
 }
 
 fn default_gateway_subnet() -> IpNetwork {
@@ -182,6 +215,9 @@ impl Default for ClusterSettings {
             default_addr_pool_mask_length: 24,
             cert_expiry_secs: 90 * 24 * 3600,
             gateway_subnet: default_gateway_subnet(),
+            wg_port: default_wg_port(),
+            tunnel_subnet: default_tunnel_subnet(),
+            wg_key_rotation_secs: default_wg_rotation(),
         }
     }
 }
@@ -213,6 +249,9 @@ pub struct Network {
     pub labels: BTreeMap<String, String>,
     /// Unix ms when created.
     pub created_at_ms: u64,
+    /// Traffic between hosts travels inside WireGuard.
+    #[serde(default)]
+    pub encrypted: bool,
 }
 
 /// What a task runs.
@@ -306,6 +345,9 @@ pub struct NetworkSpec {
     pub labels: BTreeMap<String, String>,
     /// Proposer's clock, unix ms.
     pub now_ms: u64,
+    /// Inside WireGuard between hosts.
+    #[serde(default)]
+    pub encrypted: bool,
 }
 
 /// How many tasks a service runs.

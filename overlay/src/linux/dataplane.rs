@@ -822,6 +822,17 @@ impl Dataplane for LinuxDataplane {
         Some(self.resolv_conf_path())
     }
 
+    fn wg_handshakes(&self) -> std::collections::BTreeMap<String, std::time::SystemTime> {
+        self.wg_state()
+            .map(|st| {
+                st.peers
+                    .into_iter()
+                    .filter_map(|(k, p)| p.last_handshake.map(|t| (k, t)))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     async fn teardown_all(&self) -> Result<TeardownReport> {
         let _guard = self.lock.lock().await;
         let mut report = TeardownReport::default();

@@ -1,0 +1,364 @@
+//! Encrypted overlays end to end: VXLAN inside WireGuard (boringtun) between
+//! real daemons, checked on the underlay with nftables counters.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{Lab, wait_for};
+
+fn nsenter(pin: &Path, args: &[&str]) -> std::process::Output {
+    Command::new("nsenter")
+        .arg(format!("--net={}", pin.display()))
+        .args(args)
+        .output()
+        .expect("nsenter")
+}
+
+fn switch(lab: &Lab) -> PathBuf {
+    lab.dir().join("u/netns/switch")
+}
+
+fn host_ns(lab: &Lab, host: &str) -> PathBuf {
+    lab.dir().join("u/netns").join(format!("host-{host}"))
+}
+
+/// Packets counted on the underlay switch by the rule with `comment`.
+fn counter(pin: &Path, table: &str, comment: &str) -> u64 {
+    let out = nsenter(pin, &["nft", "-j", "list", "table", "bridge", table]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|o| o["rule"]["comment"] == comment)
+        .filter_map(|o| o["rule"]["expr"].as_array())
+        .flatten()
+        .filter_map(|e| e["counter"]["packets"].as_u64())
+        .sum()
+}
+
+fn count_underlay(lab: &Lab) {
+    let script = "table bridge weftcount { chain c1 { type filter hook forward priority 0; \
+                  udp dport 4789 counter comment \"vxlan\"; udp dport 51820 counter comment \"wg\"; }; }";
+    let mut c = Command::new("nsenter")
+        .arg(format!("--net={}", switch(lab).display()))
+        .args(["nft", "-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("nft");
+    c.stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    assert!(c.wait().unwrap().success());
+}
+
+fn reset_counters(lab: &Lab) {
+    let _ = nsenter(
+        &switch(lab),
+        &["nft", "reset", "counters", "table", "bridge", "weftcount"],
+    );
+}
+
+fn run(lab: &Lab, host: &str, args: &[&str]) -> String {
+    let mut full = vec!["run"];
+    full.extend_from_slice(args);
+    lab.weft(host, &full).trim().to_string()
+}
+
+fn task_ns(lab: &Lab, host: &str, id: &str) -> PathBuf {
+    lab.host_dir(host)
+        .join("run/netns")
+        .join(format!("task-{id}"))
+}
+
+fn setup(test: &str, hosts: &[&str]) -> Lab {
+    let mut lab = Lab::new(test, hosts);
+    for h in hosts.iter().filter(|h| !h.starts_with('x')) {
+        lab.start(h);
+    }
+    let (wt, _) = lab.init("m1", &[]);
+    for h in hosts.iter().filter(|h| h.starts_with('w')) {
+        lab.join(h, &wt, "m1");
+    }
+    lab.weft(
+        "m1",
+        &[
+            "network",
+            "create",
+            "--attachable",
+            "-o",
+            "encrypted",
+            "--subnet",
+            "10.0.9.0/24",
+            "secure",
+        ],
+    );
+    lab.weft(
+        "m1",
+        &[
+            "network",
+            "create",
+            "--attachable",
+            "--subnet",
+            "10.0.10.0/24",
+            "plain",
+        ],
+    );
+    count_underlay(&lab);
+    lab
+}
+
+#[test]
+fn encrypted_traffic_is_only_wireguard_on_the_underlay_and_plain_stays_vxlan() {
+    let lab = setup("wgpath", &["m1", "w1", "w2"]);
+    let a = run(
+        &lab,
+        "w1",
+        &[
+            "--network",
+            "secure",
+            "--ip",
+            "10.0.9.10",
+            "--",
+            "sleep",
+            "3600",
+        ],
+    );
+    run(
+        &lab,
+        "w2",
+        &[
+            "--network",
+            "secure",
+            "--ip",
+            "10.0.9.20",
+            "--",
+            "sleep",
+            "3600",
+        ],
+    );
+    let pa = task_ns(&lab, "w1", &a);
+    wait_for("encrypted path up", Duration::from_secs(20), || {
+        nsenter(&pa, &["busybox", "ping", "-c", "1", "-W", "1", "10.0.9.20"])
+            .status
+            .success()
+    });
+    reset_counters(&lab);
+    for _ in 0..20 {
+        assert!(
+            nsenter(&pa, &["busybox", "ping", "-c", "1", "-W", "1", "10.0.9.20"])
+                .status
+                .success()
+        );
+    }
+    let wg = counter(&switch(&lab), "weftcount", "wg");
+    let vx = counter(&switch(&lab), "weftcount", "vxlan");
+    assert!(wg >= 40, "WireGuard carried the pings: {wg}");
+    assert_eq!(
+        vx, 0,
+        "no plaintext VXLAN on the underlay for an encrypted network"
+    );
+
+    // A plain network alongside still carries plain VXLAN.
+    let c = run(
+        &lab,
+        "w1",
+        &[
+            "--network",
+            "plain",
+            "--ip",
+            "10.0.10.10",
+            "--",
+            "sleep",
+            "3600",
+        ],
+    );
+    run(
+        &lab,
+        "w2",
+        &[
+            "--network",
+            "plain",
+            "--ip",
+            "10.0.10.20",
+            "--",
+            "sleep",
+            "3600",
+        ],
+    );
+    let pc = task_ns(&lab, "w1", &c);
+    wait_for("plain path up", Duration::from_secs(20), || {
+        nsenter(
+            &pc,
+            &["busybox", "ping", "-c", "1", "-W", "1", "10.0.10.20"],
+        )
+        .status
+        .success()
+    });
+    assert!(counter(&switch(&lab), "weftcount", "vxlan") > 0);
+
+    // inspect: encrypted, the MTU for both encapsulations, handshakes.
+    wait_for("handshakes reported", Duration::from_secs(20), || {
+        let v: serde_json::Value =
+            serde_json::from_str(&lab.weft("m1", &["network", "inspect", "-v", "secure"])).unwrap();
+        v[0]["Encrypted"] == true
+            && v[0]["MTU"] == 1390
+            && v[0]["Peers"].as_array().is_some_and(|p| {
+                p.len() == 2 && p.iter().all(|x| x["LastHandshakeMs"].as_u64() > Some(0))
+            })
+    });
+
+    // The private key is 0600 on its node and nowhere else: not on other
+    // nodes, not in any manager's Raft log or snapshot.
+    use std::os::unix::fs::PermissionsExt;
+    let key_path = lab.data_dir("w1").join("wg.key");
+    let meta = std::fs::metadata(&key_path).expect("w1's key");
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let key = std::fs::read_to_string(&key_path)
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(key.len() >= 40, "a base64 or hex key: {key}");
+    for host in ["m1", "w2"] {
+        let mut stack = vec![lab.host_dir(host)];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if let Ok(bytes) = std::fs::read(&p) {
+                    assert!(
+                        !String::from_utf8_lossy(&bytes).contains(&key),
+                        "w1's private key found in {}",
+                        p.display()
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn key_rotation_keeps_a_tcp_stream_and_removed_nodes_lose_their_peers() {
+    let lab = setup("wgrotate", &["m1", "w1", "w2", "x1"]);
+    let server = run(
+        &lab,
+        "w1",
+        &[
+            "--name",
+            "server",
+            "--network",
+            "secure",
+            "--ip",
+            "10.0.9.10",
+            "--",
+            "sh",
+            "-c",
+            // The server keeps its stdin open: busybox nc ends the connection at stdin EOF.
+            "sleep 3600 | busybox nc -l -p 7000",
+        ],
+    );
+    // One TCP connection, a line every 100 ms for 8 s, across a rotation.
+    run(
+        &lab,
+        "w2",
+        &[
+            "--name",
+            "client",
+            "--network",
+            "secure",
+            "--ip",
+            "10.0.9.20",
+            "--",
+            "sh",
+            "-c",
+            "until busybox ping -c 1 -W 1 10.0.9.10 >/dev/null; do sleep 0.2; done; for i in $(seq 1 80); do echo line-$i; sleep 0.1; done | busybox nc 10.0.9.10 7000",
+        ],
+    );
+    wait_for("stream started", Duration::from_secs(20), || {
+        lab.weft("w1", &["logs", "server"]).contains("line-5")
+    });
+    let keys_before = lab.weft("m1", &["network", "inspect", "-v", "secure"]);
+    lab.weft("m1", &["node", "rotate-key", "--all"]);
+    wait_for(
+        "every line arrived over one connection",
+        Duration::from_secs(30),
+        || lab.weft("w1", &["logs", "server"]).contains("line-80"),
+    );
+    let log = lab.weft("w1", &["logs", "server"]);
+    assert_eq!(
+        log.lines().filter(|l| l.starts_with("line-")).count(),
+        80,
+        "{log}"
+    );
+    let keys_after = lab.weft("m1", &["network", "inspect", "-v", "secure"]);
+    let pubkeys = |s: &str| -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_str(s).unwrap();
+        let mut k: Vec<String> = v[0]["Peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["NodeID"].as_str().unwrap().to_string())
+            .collect();
+        k.sort();
+        k
+    };
+    assert_eq!(pubkeys(&keys_before), pubkeys(&keys_after));
+    let _ = server;
+
+    // A node that leaves is no longer anyone's peer.
+    lab.weft("w2", &["leave"]);
+    wait_for(
+        "w2 gone from the encrypted network's peers",
+        Duration::from_secs(20),
+        || {
+            let v: serde_json::Value =
+                serde_json::from_str(&lab.weft("m1", &["network", "inspect", "-v", "secure"]))
+                    .unwrap();
+            v[0]["Peers"]
+                .as_array()
+                .is_some_and(|p| p.iter().all(|x| x["Name"] != "w2"))
+        },
+    );
+
+    // VXLAN from an address that is not a member is dropped by w1.
+    let w1 = lab.addr("w1");
+    let guard = |lab: &Lab| -> u64 {
+        let out = nsenter(
+            &host_ns(lab, "w1"),
+            &["nft", "-j", "list", "table", "inet", "weft_guard"],
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        v["nftables"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|o| {
+                o["rule"]["comment"]
+                    .as_str()
+                    .is_some_and(|c| c.contains("drop"))
+            })
+            .filter_map(|o| o["rule"]["expr"].as_array())
+            .flatten()
+            .filter_map(|e| e["counter"]["packets"].as_u64())
+            .sum()
+    };
+    let before = guard(&lab);
+    let send = format!("printf 'xxxxxxxxxxxxxxxx' > /dev/udp/{w1}/4789");
+    assert!(
+        nsenter(&host_ns(&lab, "x1"), &["bash", "-c", &send])
+            .status
+            .success()
+    );
+    wait_for(
+        "the outsider's datagram was dropped",
+        Duration::from_secs(5),
+        || guard(&lab) > before,
+    );
+}
