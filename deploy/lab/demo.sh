@@ -63,8 +63,8 @@ show_cluster() {
 }
 
 overlay_and_service() {
-  step "An attachable overlay network, and a web service with 3 replicas on it"
-  on m1 weft network create --driver overlay --attachable --subnet 10.0.9.0/24 appnet
+  step "An encrypted, attachable overlay network (VXLAN inside WireGuard), and a web service with 3 replicas on it"
+  on m1 weft network create --driver overlay --opt encrypted --attachable --subnet 10.0.9.0/24 appnet
   local t0 t1
   t0=$(now_ms)
   # Each replica serves a page with its own task name (every task has its own /tmp).
