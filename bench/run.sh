@@ -98,6 +98,11 @@ if [ "$FSTYPE" = tmpfs ] || [ "$FSTYPE" = ramfs ]; then
   die "$WORK is on $FSTYPE, where fsync is free; set BENCH_TMPDIR to a directory on disk"
 fi
 
+# What one durable log write costs on this disk before anything starts:
+# fdatasync of a 4 KiB overwrite, p50 and p99 of 500.
+PROBE=$("$LOADGEN" fsync-probe "$WORK")
+read -r FSYNC_P50 FSYNC_P99 <<<"$PROBE"
+
 # Waits until "$@" succeeds, up to $1 seconds (condition, not a fixed sleep).
 wait_for() {
   local secs=$1 what=$2; shift 2
@@ -176,18 +181,13 @@ for r in $(seq "$ROUNDS"); do
 done
 
 # --- report -----------------------------------------------------------------
-# What one small durable write costs on this disk right now: 500 O_DSYNC
-# 4 KiB overwrites of a preallocated file (as a log rewriting its pages).
-dd if=/dev/zero of="$WORK/dsync-probe" bs=4k count=500 2>/dev/null
-DSYNC=$(dd if=/dev/zero of="$WORK/dsync-probe" bs=4k count=500 oflag=dsync conv=notrunc 2>&1 |
-  sed -n 's/.* copied, \([0-9.,]*\) s.*/\1/p' | tr , .)
-DSYNC_US=$(awk -v s="${DSYNC:-0}" 'BEGIN { printf "%.0f", s * 1e6 / 500 }')
-CPU=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)
+# (No `| head` here: under pipefail a SIGPIPE upstream would fail the script.)
+CPU=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | sed -n 1p)
 REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [ -n "$(git -C "$ROOT" status --porcelain 2>/dev/null)" ]; then REV+=" + local changes"; fi
 MACHINE="Run of $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc) vCPU ($CPU), kernel $(uname -r), \
-data dirs on $(df --output=source "$WORK" | tail -n 1) ($FSTYPE; a 4 KiB O_DSYNC overwrite took ≈${DSYNC_US} µs after the run). \
-weft $REV (release build), $(etcd --version | head -n 1 | sed 's/Version: //'). \
+data dirs on $(df --output=source "$WORK" | tail -n 1) ($FSTYPE; fdatasync of a 4 KiB overwrite before the run: p50 ${FSYNC_P50} µs, p99 ${FSYNC_P99} µs). \
+weft $REV (release build), $(etcd --version | sed -n '1s/Version: //p'). \
 3 members each on loopback, fsync on for both; $ROUNDS rounds, each run ${WARMUP} s warm-up + ${DURATION} s measured, \
 systems alternating. Clients share $CHANNELS HTTP/2 connections (1 for 1 client), all to the $TARGET. \
 weft: \`Control.UpdateNode\` label writes over mutual TLS; etcd: \`KV.Put\` over plain gRPC; \

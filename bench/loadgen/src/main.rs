@@ -56,6 +56,15 @@ enum Cmd {
         #[command(flatten)]
         load: LoadArgs,
     },
+    /// fdatasync latency of a small overwrite in DIR (what one durable log
+    /// write costs on that disk); prints `p50_us p99_us`.
+    FsyncProbe {
+        /// Directory on the disk to probe; a scratch file is created and removed.
+        dir: PathBuf,
+        /// Writes to time.
+        #[arg(long, default_value_t = 500)]
+        count: usize,
+    },
     /// Medians over rounds of JSON result lines, as a Markdown section.
     Report {
         /// File of JSON lines written by `weft` and `etcd` runs.
@@ -178,6 +187,11 @@ async fn main() -> Result<()> {
             let writers = targets::etcd(&endpoints, &shape).await?;
             print_record(&load::run("etcd", &shape, writers).await)
         }
+        Cmd::FsyncProbe { dir, count } => {
+            let (p50, p99) = fsync_probe(&dir, count.max(1))?;
+            println!("{p50} {p99}");
+            Ok(())
+        }
         Cmd::Report {
             results,
             into,
@@ -196,6 +210,33 @@ async fn main() -> Result<()> {
             }
         }
     }
+}
+
+/// Times `count` 4 KiB overwrites at offset 0 of a preallocated file, each
+/// followed by `fdatasync`, and returns (p50, p99) in µs.
+fn fsync_probe(dir: &std::path::Path, count: usize) -> Result<(u64, u64)> {
+    use std::io::{Seek, SeekFrom, Write};
+    let path = dir.join("fsync-probe");
+    let mut f = std::fs::File::create(&path)?;
+    let block = [0x5au8; 4096];
+    // Preallocate and persist, so the timed writes are pure data overwrites.
+    for _ in 0..16 {
+        f.write_all(&block)?;
+    }
+    f.sync_all()?;
+    let mut us = Vec::with_capacity(count);
+    for _ in 0..count {
+        let t0 = std::time::Instant::now();
+        f.seek(SeekFrom::Start(0))?;
+        f.write_all(&block)?;
+        f.sync_data()?;
+        us.push(t0.elapsed().as_micros() as u64);
+    }
+    drop(f);
+    std::fs::remove_file(&path)?;
+    us.sort_unstable();
+    let at = |p: usize| us[(us.len() * p).div_ceil(100).clamp(1, us.len()) - 1];
+    Ok((at(50), at(99)))
 }
 
 fn print_record(r: &report::Record) -> Result<()> {
