@@ -10,7 +10,7 @@
 //! `weft lab` ([`topology`]).
 //!
 //! Must not: shell out to `ip`, `bridge` or `wg` (netlink only; `nft` through
-//! the `nftables` crate is the one tool we run), touch `/run/netns`, or call
+//! the `nftables` crate is the one tool we run), touch the iproute2 netns directory, or call
 //! `setns` on a thread it does not own (tokio workers in particular).
 
 pub mod conntrack;

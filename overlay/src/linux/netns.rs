@@ -4,7 +4,7 @@
 //! socket, an open fd or a bind mount of its nsfs file. We pin each one by
 //! bind-mounting `/proc/thread-self/ns/net` of a short-lived thread onto a
 //! file under the daemon's own run directory (`<exec-root>/netns/<name>`),
-//! never under `/run/netns`, so several daemons on one machine never see each
+//! never under the iproute2 netns directory, so several daemons on one machine never see each
 //! other's namespaces, and never with `ip netns add` or rtnetlink's
 //! `NetworkNamespace::add` (which forks a multi-threaded process).
 //!
