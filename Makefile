@@ -48,6 +48,7 @@ check-deps:
 
 bench: deps
 	@bash bench/run.sh
+	@bash bench/overlay.sh
 
 clean:
 	$(CARGO) clean
