@@ -4,27 +4,11 @@
 mod common;
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Lab, wait_for};
-
-fn nsenter(pin: &Path, args: &[&str]) -> std::process::Output {
-    Command::new("nsenter")
-        .arg(format!("--net={}", pin.display()))
-        .args(args)
-        .output()
-        .expect("nsenter")
-}
-
-fn switch(lab: &Lab) -> PathBuf {
-    lab.dir().join("u/netns/switch")
-}
-
-fn host_ns(lab: &Lab, host: &str) -> PathBuf {
-    lab.dir().join("u/netns").join(format!("host-{host}"))
-}
+use common::{Lab, nsenter, wait_for};
 
 /// Packets counted on the underlay switch by the rule with `comment`.
 fn counter(pin: &Path, table: &str, comment: &str) -> u64 {
@@ -45,7 +29,7 @@ fn count_underlay(lab: &Lab) {
     let script = "table bridge weftcount { chain c1 { type filter hook forward priority 0; \
                   udp dport 4789 counter comment \"vxlan\"; udp dport 51820 counter comment \"wg\"; }; }";
     let mut c = Command::new("nsenter")
-        .arg(format!("--net={}", switch(lab).display()))
+        .arg(format!("--net={}", lab.switch_netns().display()))
         .args(["nft", "-f", "-"])
         .stdin(Stdio::piped())
         .spawn()
@@ -60,21 +44,9 @@ fn count_underlay(lab: &Lab) {
 
 fn reset_counters(lab: &Lab) {
     let _ = nsenter(
-        &switch(lab),
+        &lab.switch_netns(),
         &["nft", "reset", "counters", "table", "bridge", "weftcount"],
     );
-}
-
-fn run(lab: &Lab, host: &str, args: &[&str]) -> String {
-    let mut full = vec!["run"];
-    full.extend_from_slice(args);
-    lab.weft(host, &full).trim().to_string()
-}
-
-fn task_ns(lab: &Lab, host: &str, id: &str) -> PathBuf {
-    lab.host_dir(host)
-        .join("run/netns")
-        .join(format!("task-{id}"))
 }
 
 fn setup(test: &str, hosts: &[&str]) -> Lab {
@@ -117,8 +89,7 @@ fn setup(test: &str, hosts: &[&str]) -> Lab {
 #[test]
 fn encrypted_traffic_is_only_wireguard_on_the_underlay_and_plain_stays_vxlan() {
     let lab = setup("wgpath", &["m1", "w1", "w2"]);
-    let a = run(
-        &lab,
+    let a = lab.run_task(
         "w1",
         &[
             "--network",
@@ -130,8 +101,7 @@ fn encrypted_traffic_is_only_wireguard_on_the_underlay_and_plain_stays_vxlan() {
             "3600",
         ],
     );
-    run(
-        &lab,
+    lab.run_task(
         "w2",
         &[
             "--network",
@@ -143,7 +113,7 @@ fn encrypted_traffic_is_only_wireguard_on_the_underlay_and_plain_stays_vxlan() {
             "3600",
         ],
     );
-    let pa = task_ns(&lab, "w1", &a);
+    let pa = lab.task_netns("w1", &a);
     wait_for("encrypted path up", Duration::from_secs(20), || {
         nsenter(&pa, &["busybox", "ping", "-c", "1", "-W", "1", "10.0.9.20"])
             .status
@@ -157,8 +127,8 @@ fn encrypted_traffic_is_only_wireguard_on_the_underlay_and_plain_stays_vxlan() {
                 .success()
         );
     }
-    let wg = counter(&switch(&lab), "weftcount", "wg");
-    let vx = counter(&switch(&lab), "weftcount", "vxlan");
+    let wg = counter(&lab.switch_netns(), "weftcount", "wg");
+    let vx = counter(&lab.switch_netns(), "weftcount", "vxlan");
     assert!(wg >= 40, "WireGuard carried the pings: {wg}");
     assert_eq!(
         vx, 0,
@@ -166,8 +136,7 @@ fn encrypted_traffic_is_only_wireguard_on_the_underlay_and_plain_stays_vxlan() {
     );
 
     // A plain network alongside still carries plain VXLAN.
-    let c = run(
-        &lab,
+    let c = lab.run_task(
         "w1",
         &[
             "--network",
@@ -179,8 +148,7 @@ fn encrypted_traffic_is_only_wireguard_on_the_underlay_and_plain_stays_vxlan() {
             "3600",
         ],
     );
-    run(
-        &lab,
+    lab.run_task(
         "w2",
         &[
             "--network",
@@ -192,7 +160,7 @@ fn encrypted_traffic_is_only_wireguard_on_the_underlay_and_plain_stays_vxlan() {
             "3600",
         ],
     );
-    let pc = task_ns(&lab, "w1", &c);
+    let pc = lab.task_netns("w1", &c);
     wait_for("plain path up", Duration::from_secs(20), || {
         nsenter(
             &pc,
@@ -201,7 +169,7 @@ fn encrypted_traffic_is_only_wireguard_on_the_underlay_and_plain_stays_vxlan() {
         .status
         .success()
     });
-    assert!(counter(&switch(&lab), "weftcount", "vxlan") > 0);
+    assert!(counter(&lab.switch_netns(), "weftcount", "vxlan") > 0);
 
     // inspect: encrypted, the MTU for both encapsulations, handshakes.
     wait_for("handshakes reported", Duration::from_secs(20), || {
@@ -247,8 +215,7 @@ fn encrypted_traffic_is_only_wireguard_on_the_underlay_and_plain_stays_vxlan() {
 #[test]
 fn key_rotation_keeps_a_tcp_stream_and_removed_nodes_lose_their_peers() {
     let lab = setup("wgrotate", &["m1", "w1", "w2", "x1"]);
-    let server = run(
-        &lab,
+    let server = lab.run_task(
         "w1",
         &[
             "--name",
@@ -265,9 +232,7 @@ fn key_rotation_keeps_a_tcp_stream_and_removed_nodes_lose_their_peers() {
         ],
     );
     // One TCP connection, a line every 100 ms for 8 s, across a rotation.
-    run(
-        &lab,
-        "w2",
+    lab.run_task("w2",
         &[
             "--name",
             "client",
@@ -331,7 +296,7 @@ fn key_rotation_keeps_a_tcp_stream_and_removed_nodes_lose_their_peers() {
     let w1 = lab.addr("w1");
     let guard = |lab: &Lab| -> u64 {
         let out = nsenter(
-            &host_ns(lab, "w1"),
+            &lab.host_netns("w1"),
             &["nft", "-j", "list", "table", "inet", "weft_guard"],
         );
         let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
@@ -352,7 +317,7 @@ fn key_rotation_keeps_a_tcp_stream_and_removed_nodes_lose_their_peers() {
     let before = guard(&lab);
     let send = format!("printf 'xxxxxxxxxxxxxxxx' > /dev/udp/{w1}/4789");
     assert!(
-        nsenter(&host_ns(&lab, "x1"), &["bash", "-c", &send])
+        nsenter(&lab.host_netns("x1"), &["bash", "-c", &send])
             .status
             .success()
     );

@@ -3,11 +3,10 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Lab, wait_for};
+use common::{Lab, nsenter, wait_for};
 
 /// A two-node cluster (m1 manager, w1 worker) with an attachable overlay.
 fn two_hosts(test: &str) -> Lab {
@@ -28,29 +27,6 @@ fn two_hosts(test: &str) -> Lab {
         ],
     );
     lab
-}
-
-/// The task's pinned network namespace on its host.
-fn task_netns(lab: &Lab, host: &str, task_id: &str) -> PathBuf {
-    lab.host_dir(host)
-        .join("run")
-        .join("netns")
-        .join(format!("task-{task_id}"))
-}
-
-fn run(lab: &Lab, host: &str, args: &[&str]) -> String {
-    let mut full = vec!["run"];
-    full.extend_from_slice(args);
-    lab.weft(host, &full).trim().to_string()
-}
-
-/// Runs `cmd` inside a pinned namespace (the test's own view, not weft's).
-fn in_ns(pin: &std::path::Path, cmd: &[&str]) -> std::process::Output {
-    Command::new("nsenter")
-        .arg(format!("--net={}", pin.display()))
-        .args(cmd)
-        .output()
-        .expect("nsenter")
 }
 
 fn logs(lab: &Lab, host: &str, task: &str) -> String {
@@ -82,8 +58,7 @@ fn tasks_on_two_hosts_talk_over_the_overlay_and_it_is_vxlan_on_the_underlay() {
         "table bridge weftcount { chain c1 { type filter hook forward priority 0; udp dport 4789 counter; }; }",
     );
 
-    let server = run(
-        &lab,
+    let server = lab.run_task(
         "w1",
         &[
             "--name",
@@ -100,9 +75,7 @@ fn tasks_on_two_hosts_talk_over_the_overlay_and_it_is_vxlan_on_the_underlay() {
             "7000",
         ],
     );
-    run(
-        &lab,
-        "w2",
+    lab.run_task("w2",
         &[
             "--name",
             "client",
@@ -122,7 +95,7 @@ fn tasks_on_two_hosts_talk_over_the_overlay_and_it_is_vxlan_on_the_underlay() {
         || logs(&lab, "w1", "server").contains("hello-over-vxlan"),
     );
     assert!(!server.is_empty());
-    let out = in_ns(
+    let out = nsenter(
         &switch,
         &["nft", "-j", "list", "table", "bridge", "weftcount"],
     );
@@ -177,8 +150,7 @@ fn networks_are_isolated_and_rm_removes_every_kernel_object() {
             "othernet",
         ],
     );
-    let a = run(
-        &lab,
+    let a = lab.run_task(
         "w1",
         &[
             "--network",
@@ -190,8 +162,7 @@ fn networks_are_isolated_and_rm_removes_every_kernel_object() {
             "600",
         ],
     );
-    let b = run(
-        &lab,
+    let b = lab.run_task(
         "w2",
         &[
             "--network",
@@ -203,8 +174,7 @@ fn networks_are_isolated_and_rm_removes_every_kernel_object() {
             "600",
         ],
     );
-    let c = run(
-        &lab,
+    let c = lab.run_task(
         "w2",
         &[
             "--network",
@@ -216,10 +186,10 @@ fn networks_are_isolated_and_rm_removes_every_kernel_object() {
             "600",
         ],
     );
-    let pin_a = task_netns(&lab, "w1", &a);
+    let pin_a = lab.task_netns("w1", &a);
     // Same network, other host: reachable.
     wait_for("a reaches c", Duration::from_secs(15), || {
-        in_ns(
+        nsenter(
             &pin_a,
             &["busybox", "ping", "-c", "1", "-W", "1", "10.0.9.30"],
         )
@@ -228,7 +198,7 @@ fn networks_are_isolated_and_rm_removes_every_kernel_object() {
     });
     // Other network: not reachable (neither its address nor via the overlay).
     assert!(
-        !in_ns(
+        !nsenter(
             &pin_a,
             &["busybox", "ping", "-c", "2", "-W", "1", "10.0.10.20"]
         )
@@ -265,8 +235,7 @@ fn networks_are_isolated_and_rm_removes_every_kernel_object() {
 #[test]
 fn killed_worker_daemon_restarts_without_disrupting_tasks() {
     let mut lab = two_hosts("restart");
-    let a = run(
-        &lab,
+    let a = lab.run_task(
         "w1",
         &[
             "--name",
@@ -280,8 +249,7 @@ fn killed_worker_daemon_restarts_without_disrupting_tasks() {
             "600",
         ],
     );
-    run(
-        &lab,
+    lab.run_task(
         "w2",
         &[
             "--name",
@@ -295,9 +263,9 @@ fn killed_worker_daemon_restarts_without_disrupting_tasks() {
             "600",
         ],
     );
-    let pin_a = task_netns(&lab, "w1", &a);
+    let pin_a = lab.task_netns("w1", &a);
     wait_for("a reaches b", Duration::from_secs(15), || {
-        in_ns(
+        nsenter(
             &pin_a,
             &["busybox", "ping", "-c", "1", "-W", "1", "10.0.9.20"],
         )
@@ -309,7 +277,7 @@ fn killed_worker_daemon_restarts_without_disrupting_tasks() {
     lab.kill9("w1");
     // The data plane survives the control plane.
     assert!(
-        in_ns(
+        nsenter(
             &pin_a,
             &["busybox", "ping", "-c", "1", "-W", "1", "10.0.9.20"]
         )
@@ -326,7 +294,7 @@ fn killed_worker_daemon_restarts_without_disrupting_tasks() {
     let ps = lab.weft("w1", &["ps"]);
     assert_eq!(ps.lines().count(), 2, "no duplicate task: {ps}");
     assert!(
-        in_ns(
+        nsenter(
             &pin_a,
             &["busybox", "ping", "-c", "1", "-W", "1", "10.0.9.20"]
         )
@@ -338,8 +306,7 @@ fn killed_worker_daemon_restarts_without_disrupting_tasks() {
 #[test]
 fn a_deleted_vxlan_device_is_repaired() {
     let lab = two_hosts("repair");
-    let a = run(
-        &lab,
+    let a = lab.run_task(
         "w1",
         &[
             "--network",
@@ -351,8 +318,7 @@ fn a_deleted_vxlan_device_is_repaired() {
             "600",
         ],
     );
-    run(
-        &lab,
+    lab.run_task(
         "w2",
         &[
             "--network",
@@ -364,9 +330,9 @@ fn a_deleted_vxlan_device_is_repaired() {
             "600",
         ],
     );
-    let pin_a = task_netns(&lab, "w1", &a);
+    let pin_a = lab.task_netns("w1", &a);
     wait_for("a reaches b", Duration::from_secs(15), || {
-        in_ns(
+        nsenter(
             &pin_a,
             &["busybox", "ping", "-c", "1", "-W", "1", "10.0.9.20"],
         )
@@ -381,7 +347,7 @@ fn a_deleted_vxlan_device_is_repaired() {
         .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("net-"))
         .expect("network namespace");
     let links =
-        String::from_utf8_lossy(&in_ns(&net_pin, &["ip", "-j", "link"]).stdout).into_owned();
+        String::from_utf8_lossy(&nsenter(&net_pin, &["ip", "-j", "link"]).stdout).into_owned();
     let v: serde_json::Value = serde_json::from_str(&links).unwrap();
     let vx = v
         .as_array()
@@ -391,12 +357,12 @@ fn a_deleted_vxlan_device_is_repaired() {
         .find(|n| n.starts_with("weft-vx"))
         .expect("vxlan device");
     assert!(
-        in_ns(&net_pin, &["ip", "link", "del", &vx])
+        nsenter(&net_pin, &["ip", "link", "del", &vx])
             .status
             .success()
     );
     assert!(
-        !in_ns(
+        !nsenter(
             &pin_a,
             &["busybox", "ping", "-c", "1", "-W", "1", "10.0.9.20"]
         )
@@ -407,7 +373,7 @@ fn a_deleted_vxlan_device_is_repaired() {
         "the VXLAN device is repaired",
         Duration::from_secs(15),
         || {
-            in_ns(
+            nsenter(
                 &pin_a,
                 &["busybox", "ping", "-c", "1", "-W", "1", "10.0.9.20"],
             )
@@ -433,17 +399,17 @@ fn internal_networks_stay_inside_and_the_gateway_bridge_reaches_the_host() {
             "secret",
         ],
     );
-    let inside = run(&lab, "w1", &["--network", "secret", "--", "sleep", "600"]);
-    let outside = run(&lab, "w1", &["--network", "appnet", "--", "sleep", "600"]);
+    let inside = lab.run_task("w1", &["--network", "secret", "--", "sleep", "600"]);
+    let outside = lab.run_task("w1", &["--network", "appnet", "--", "sleep", "600"]);
     // The host side: w1's own underlay address, in w1's namespace.
     let host_ip = lab.addr("w1");
-    let pin_out = task_netns(&lab, "w1", &outside);
-    let pin_in = task_netns(&lab, "w1", &inside);
+    let pin_out = lab.task_netns("w1", &outside);
+    let pin_in = lab.task_netns("w1", &inside);
     wait_for(
         "a task with egress reaches its host",
         Duration::from_secs(15),
         || {
-            in_ns(
+            nsenter(
                 &pin_out,
                 &["busybox", "ping", "-c", "1", "-W", "1", &host_ip],
             )
@@ -452,7 +418,7 @@ fn internal_networks_stay_inside_and_the_gateway_bridge_reaches_the_host() {
         },
     );
     assert!(
-        !in_ns(
+        !nsenter(
             &pin_in,
             &["busybox", "ping", "-c", "2", "-W", "1", &host_ip]
         )
@@ -460,7 +426,7 @@ fn internal_networks_stay_inside_and_the_gateway_bridge_reaches_the_host() {
         .success(),
         "a task on an internal network must not leave the overlay"
     );
-    let routes = String::from_utf8_lossy(&in_ns(&pin_in, &["ip", "route"]).stdout).into_owned();
+    let routes = String::from_utf8_lossy(&nsenter(&pin_in, &["ip", "route"]).stdout).into_owned();
     assert!(!routes.contains("default"), "{routes}");
 }
 
@@ -527,8 +493,7 @@ fn bad_network_and_run_input_is_refused_and_changes_nothing() {
         ],
     );
     assert!(err.contains("not a usable address"), "{err}");
-    run(
-        &lab,
+    lab.run_task(
         "w1",
         &[
             "--network",

@@ -6,10 +6,9 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use common::{Lab, wait_for};
+use common::{Lab, nsenter_stdout, wait_for};
 
 /// m1 (manager, runs the client) and three workers for the replicas.
 fn cluster(test: &str) -> Lab {
@@ -54,25 +53,10 @@ fn create_web(lab: &Lab, replicas: &str, extra: &[&str]) {
     lab.weft("m1", &args);
 }
 
-fn task_netns(lab: &Lab, host: &str, id: &str) -> PathBuf {
-    lab.host_dir(host)
-        .join("run/netns")
-        .join(format!("task-{id}"))
-}
-
-fn in_ns(pin: &Path, cmd: &[&str]) -> String {
-    let out = Command::new("nsenter")
-        .arg(format!("--net={}", pin.display()))
-        .args(cmd)
-        .output()
-        .expect("nsenter");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// Addresses `name` resolves to, asking the embedded resolver from inside
 /// the task namespace `pin`.
 fn resolve(pin: &Path, name: &str) -> BTreeSet<String> {
-    let out = in_ns(pin, &["busybox", "nslookup", name, "127.0.0.11"]);
+    let out = nsenter_stdout(pin, &["busybox", "nslookup", name, "127.0.0.11"]);
     out.split("Name:")
         .skip(1)
         .flat_map(|block| {
@@ -119,7 +103,7 @@ fn client(lab: &Lab) -> PathBuf {
         )
         .trim()
         .to_string();
-    task_netns(lab, "m1", &id)
+    lab.task_netns("m1", &id)
 }
 
 #[test]
@@ -154,7 +138,7 @@ fn vip_balances_over_replicas_on_three_hosts_and_dns_answers() {
         "every replica answered through the VIP",
         Duration::from_secs(30),
         || {
-            let body = in_ns(
+            let body = nsenter_stdout(
                 &pin,
                 // busybox wget -T crashes on Debian 12's busybox; bound it with timeout.
                 &[

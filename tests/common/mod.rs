@@ -239,6 +239,31 @@ impl Lab {
         parse_node_ls(&self.weft(host, &["node", "ls"]))
     }
 
+    /// The pinned network namespace of task `id` on `host`.
+    pub fn task_netns(&self, host: &str, id: &str) -> PathBuf {
+        self.host_dir(host)
+            .join("run/netns")
+            .join(format!("task-{id}"))
+    }
+
+    /// The pinned network namespace of an underlay host.
+    pub fn host_netns(&self, host: &str) -> PathBuf {
+        self.dir.path().join("u/netns").join(format!("host-{host}"))
+    }
+
+    /// The underlay switch's namespace (an independent view of what
+    /// crosses between hosts).
+    pub fn switch_netns(&self) -> PathBuf {
+        self.dir.path().join("u/netns/switch")
+    }
+
+    /// `weft run ARGS` on `host`; returns the task ID.
+    pub fn run_task(&self, host: &str, args: &[&str]) -> String {
+        let mut full = vec!["run"];
+        full.extend_from_slice(args);
+        self.weft(host, &full).trim().to_string()
+    }
+
     /// The runtime the underlay was built with.
     pub fn rt(&self) -> &tokio::runtime::Runtime {
         &self.rt
@@ -260,6 +285,16 @@ impl Drop for Lab {
         for c in self.daemons.iter_mut().flatten() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+        // Tasks outlive their daemon by design (their shims are detached):
+        // kill whatever lives in the namespaces the daemons pinned under
+        // this lab, and unpin them, so nothing of the test remains.
+        for n in &self.names {
+            let report =
+                weft_overlay::linux::topology::cleanup_run_dir(&self.host_dir(n).join("run"));
+            if !report.is_clean() {
+                eprintln!("{n}: cleanup: {report:?}");
+            }
         }
         if let Some(u) = self.underlay.take() {
             let report = u.destroy();
@@ -308,6 +343,21 @@ pub fn parse_node_ls(out: &str) -> Vec<NodeRow> {
             }
         })
         .collect()
+}
+
+/// Runs `cmd` inside the pinned network namespace `pin` (the test's own
+/// view of the kernel, not weft's).
+pub fn nsenter(pin: &Path, cmd: &[&str]) -> Output {
+    Command::new("nsenter")
+        .arg(format!("--net={}", pin.display()))
+        .args(cmd)
+        .output()
+        .expect("nsenter")
+}
+
+/// As [`nsenter`], returning stdout.
+pub fn nsenter_stdout(pin: &Path, cmd: &[&str]) -> String {
+    String::from_utf8_lossy(&nsenter(pin, cmd).stdout).into_owned()
 }
 
 /// Polls `cond` every 100 ms until it holds; panics after `timeout`.
