@@ -649,7 +649,18 @@ impl Executor<'_> {
                 };
                 self.handles[ns]
                     .create_veth(&spec, &self.handles[peer_ns])
-                    .await
+                    .await?;
+                if matches!(peer_ns, NsRef::Task(_)) {
+                    // A task may talk to a peer whose neighbour entry
+                    // arrives a moment after its first ARP request: retry
+                    // after 100 ms instead of the kernel's 1 s.
+                    let path = format!("/proc/sys/net/ipv4/neigh/{peer_name}/retrans_time_ms");
+                    let pin = Netns::open(self.dp.pin(peer_ns))?;
+                    if let Err(e) = pin.run_in(move || std::fs::write(&path, "100"))? {
+                        tracing::warn!(error = %e, "cannot shorten the ARP retry time of a task");
+                    }
+                }
+                Ok(())
             }
             Op::DeleteLink { ns, name } => self.nl(ns)?.delete_link(name).await,
             Op::SetMtu { ns, link, mtu } => self.nl(ns)?.set_mtu(link, *mtu).await,
