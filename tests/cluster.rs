@@ -78,6 +78,25 @@ fn three_managers_two_workers_form_a_cluster() {
         info.contains("Role: manager") && info.contains("Managers: 3"),
         "{info}"
     );
+
+    // Every manager, followers included, reports the config version the
+    // nodes applied (followers ask the leader, which holds the sessions).
+    lab.weft("m1", &["network", "create", "--attachable", "appnet"]);
+    lab.run_task("w1", &["--network", "appnet", "--", "sleep", "600"]);
+    for m in ["m1", "m2", "m3"] {
+        wait_for(
+            &format!("{m} shows w1's applied config"),
+            Duration::from_secs(15),
+            || {
+                let v: serde_json::Value =
+                    serde_json::from_str(&lab.weft(m, &["network", "inspect", "-v", "appnet"]))
+                        .unwrap();
+                v[0]["Peers"]
+                    .as_array()
+                    .is_some_and(|p| p.len() == 1 && p[0]["AppliedVersion"].as_u64() > Some(0))
+            },
+        );
+    }
 }
 
 #[test]

@@ -844,7 +844,21 @@ impl Control for ControlService {
         req: Request<pb::GetNetworkRequest>,
     ) -> std::result::Result<Response<pb::NetworkDetail>, Status> {
         self.authorize(&req)?;
-        let r = req.get_ref();
+        let r = req.into_inner();
+        // Which config version each node applied is known where the
+        // sessions are: on the leader. A follower asks it.
+        if r.verbose
+            && !self.core.is_leader()
+            && let Some(ch) = self.core.leader_channel()
+        {
+            match weft_proto::v1::control_client::ControlClient::new(ch)
+                .get_network(r.clone())
+                .await
+            {
+                Ok(resp) => return Ok(resp),
+                Err(e) => tracing::debug!(error = %e, "leader did not answer; local view"),
+            }
+        }
         Ok(Response::new(self.network_detail(&r.network, r.verbose)?))
     }
 
