@@ -27,13 +27,13 @@ use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::{Lab, wait_for};
+use common::{Lab, nsenter, wait_for};
 use weft_overlay::linux::Netns;
-use weft_overlay::linux::topology::{Underlay, cleanup_run_dir, pids_in_netns, teardown_pins};
+use weft_overlay::linux::topology::{Underlay, pids_in_netns, teardown_pins};
 
 /// How often the convergence pollers probe (the brief asks for ≤ 20 ms).
 const PROBE_EVERY: Duration = Duration::from_millis(2);
@@ -97,19 +97,9 @@ fn met(ok: bool) -> &'static str {
     if ok { "**met**" } else { "**not met**" }
 }
 
-/// Runs `args` inside the namespace pinned at `pin` (nsenter: a view of the
-/// kernel independent of weft).
-fn ns_cmd(pin: &Path, args: &[&str]) -> Output {
-    Command::new("nsenter")
-        .arg(format!("--net={}", pin.display()))
-        .args(args)
-        .output()
-        .expect("nsenter")
-}
-
 /// Like [`ns_cmd`] but panics on failure; returns stdout.
 fn ns_ok(pin: &Path, args: &[&str]) -> String {
-    let out = ns_cmd(pin, args);
+    let out = nsenter(pin, args);
     assert!(
         out.status.success(),
         "{args:?} in {}: {}",
@@ -146,37 +136,10 @@ impl Drop for Procs {
     }
 }
 
-/// A [`Lab`] whose drop also removes what `Lab`'s own drop leaves behind:
-/// the daemons' task and network namespace pins (still mounted, so the
-/// temporary directory cannot go) and their processes.
-struct BenchLab(Option<Lab>);
-
-impl std::ops::Deref for BenchLab {
-    type Target = Lab;
-    fn deref(&self) -> &Lab {
-        self.0.as_ref().expect("lab")
-    }
-}
-
-impl Drop for BenchLab {
-    fn drop(&mut self) {
-        let Some(lab) = self.0.take() else { return };
-        let dir = lab.dir().to_owned();
-        // Daemons first (Lab's drop), so nothing recreates what goes next.
-        drop(lab);
-        let report = cleanup_run_dir(&dir);
-        if !report.is_clean() {
-            eprintln!("lab pins teardown: {report:?}");
-        }
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-}
-
 /// A cluster of `hosts` (the first is the only manager), every node Ready.
-fn cluster(test: &str, hosts: &[&str]) -> BenchLab {
-    let mut guard = BenchLab(Some(Lab::new(test, hosts)));
-    guard.0.as_mut().expect("lab").start_all();
-    let lab = &*guard;
+fn cluster(test: &str, hosts: &[&str]) -> Lab {
+    let mut lab = Lab::new(test, hosts);
+    lab.start_all();
     let (wt, _) = lab.init(hosts[0], &["--heartbeat-period", HEARTBEAT]);
     for h in &hosts[1..] {
         lab.join(h, &wt, hosts[0]);
@@ -185,26 +148,7 @@ fn cluster(test: &str, hosts: &[&str]) -> BenchLab {
         let rows = lab.node_ls(hosts[0]);
         rows.len() == hosts.len() && rows.iter().all(|r| r.status == "Ready")
     });
-    guard
-}
-
-fn task_pin(lab: &Lab, host: &str, id: &str) -> PathBuf {
-    lab.host_dir(host)
-        .join("run/netns")
-        .join(format!("task-{id}"))
-}
-
-fn host_pin(lab: &Lab, host: &str) -> PathBuf {
-    lab.dir().join("u/netns").join(format!("host-{host}"))
-}
-
-/// `weft run` on `host`; returns the task ID.
-fn run_task(lab: &Lab, host: &str, args: &[&str]) -> String {
-    let mut full = vec!["run"];
-    full.extend_from_slice(args);
-    let id = lab.weft(host, &full).trim().to_string();
-    assert!(!id.is_empty(), "weft run printed no task ID");
-    id
+    lab
 }
 
 /// The MTU of `dev` in the namespace at `pin`, read with `ip -j`.
@@ -505,8 +449,7 @@ fn overlay_throughput() {
             "appnet",
         ],
     );
-    let srv = run_task(
-        &lab,
+    let srv = lab.run_task(
         "a",
         &[
             "--network",
@@ -518,8 +461,7 @@ fn overlay_throughput() {
             "36000",
         ],
     );
-    let cli = run_task(
-        &lab,
+    let cli = lab.run_task(
         "b",
         &[
             "--network",
@@ -531,12 +473,12 @@ fn overlay_throughput() {
             "36000",
         ],
     );
-    let (srv_pin, cli_pin) = (task_pin(&lab, "a", &srv), task_pin(&lab, "b", &cli));
+    let (srv_pin, cli_pin) = (lab.task_netns("a", &srv), lab.task_netns("b", &cli));
     let weft_mtu = mtu_of(&cli_pin, "eth0");
-    let underlay_mtu = mtu_of(&host_pin(&lab, "b"), "eth0");
+    let underlay_mtu = mtu_of(&lab.host_netns("b"), "eth0");
     assert_eq!(weft_mtu + 50, underlay_mtu, "overlay MTU = underlay - 50");
     wait_for("weft overlay answers", Duration::from_secs(20), || {
-        ns_cmd(&cli_pin, &["busybox", "ping", "-c1", "-W1", "10.0.9.10"])
+        nsenter(&cli_pin, &["busybox", "ping", "-c1", "-W1", "10.0.9.10"])
             .status
             .success()
     });
@@ -554,7 +496,7 @@ fn overlay_throughput() {
     let ref_mtu = mtu_of(&reference.task_pin(1), "eth0");
     assert_eq!(ref_mtu, weft_mtu, "the reference uses weft's overlay MTU");
     wait_for("reference VXLAN answers", Duration::from_secs(10), || {
-        ns_cmd(
+        nsenter(
             &reference.task_pin(1),
             &["busybox", "ping", "-c1", "-W1", &Reference::task_addr(0)],
         )
@@ -1046,8 +988,7 @@ fn config_push_latency() {
             ],
         );
         let created = t0.elapsed();
-        let a = run_task(
-            &lab,
+        let a = lab.run_task(
             "w1",
             &[
                 "--detach",
@@ -1062,15 +1003,14 @@ fn config_push_latency() {
         );
         let ran = t0.elapsed();
         let (applied_a, polls_a) = wait_applied(&lab, &net, &["w1"], t0);
-        let pin_a = task_pin(&lab, "w1", &a);
+        let pin_a = lab.task_netns("w1", &a);
         wait_for("w1's task namespace", Duration::from_secs(10), || {
             pin_a.exists()
         });
         // B: a task on w2, pinged from w1's task from the moment `run` starts.
         let pinger = ping_until_reply(&pin_a, ip_b, Duration::from_secs(30));
         let t1 = Instant::now();
-        run_task(
-            &lab,
+        lab.run_task(
             "w2",
             &[
                 "--detach",
@@ -1098,8 +1038,7 @@ fn config_push_latency() {
         );
         let pinger = ping_until_reply(&pin_a, ip_c, Duration::from_secs(30));
         let t3 = Instant::now();
-        run_task(
-            &lab,
+        lab.run_task(
             "w2",
             &[
                 "--detach",
@@ -1202,7 +1141,7 @@ fn service_tasks(lab: &Lab, service: &str) -> Vec<(String, String, Ipv4Addr)> {
 /// namespace (the daemon, task shims) and in its task namespaces, all at
 /// once. Returns the instant just before the first signal.
 fn kill_node(lab: &Lab, host: &str) -> Instant {
-    let mut pins = vec![host_pin(lab, host)];
+    let mut pins = vec![lab.host_netns(host)];
     let netns_dir = lab.host_dir(host).join("run/netns");
     for e in std::fs::read_dir(&netns_dir).expect("netns dir").flatten() {
         if e.file_name().to_string_lossy().starts_with("task-") {
@@ -1254,8 +1193,7 @@ fn service_round(r: u64, www: &Path) -> SvcRound {
         ],
     );
     // The client: a task on m1, the one node with no replica.
-    let cid = run_task(
-        &lab,
+    let cid = lab.run_task(
         "m1",
         &[
             "--name",
@@ -1267,7 +1205,7 @@ fn service_round(r: u64, www: &Path) -> SvcRound {
             "36000",
         ],
     );
-    let client = task_pin(&lab, "m1", &cid);
+    let client = lab.task_netns("m1", &cid);
     wait_for("the client's namespace", Duration::from_secs(10), || {
         client.exists()
     });
@@ -1369,7 +1307,7 @@ fn service_round(r: u64, www: &Path) -> SvcRound {
     for w in ["w1", "w3"] {
         let local = lab.weft(w, &["ps", "-q"]);
         if let Some(id) = local.lines().next() {
-            watch_pins.push((w.to_string(), task_pin(&lab, w, id.trim())));
+            watch_pins.push((w.to_string(), lab.task_netns(w, id.trim())));
         }
     }
     let t2 = kill_node(&lab, victim);

@@ -340,64 +340,45 @@ fn bad_input_and_refused_credentials() {
             .any(|r| r.hostname == "w1" && r.status == "Ready")
     });
 
+    // `weft node ls` against m1's control API over TCP, from w1's namespace,
+    // presenting the certificate of `whose` node (or none).
+    let certs_of = |whose: Option<&str>| {
+        let ca = lab.data_dir("w1").join("certs/ca.pem");
+        let mut args: Vec<String> = vec![
+            "-H".into(),
+            format!("tcp://{remote}"),
+            "--tlscacert".into(),
+            ca.display().to_string(),
+        ];
+        if let Some(host) = whose {
+            let certs = lab.data_dir(host).join("certs");
+            args.extend([
+                "--tlscert".into(),
+                certs.join("node.pem").display().to_string(),
+                "--tlskey".into(),
+                certs.join("node-key.pem").display().to_string(),
+            ]);
+        }
+        args.extend(["node".into(), "ls".into()]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        lab.weft_in_netns("w1", &args)
+    };
     // A worker's certificate calling the control API: refused.
-    let certs = lab.data_dir("w1").join("certs");
-    let ca = certs.join("ca.pem");
-    let tcp = format!("tcp://{remote}");
-    let out = lab.weft_in_netns(
-        "w1",
-        &[
-            "-H",
-            &tcp,
-            "--tlscacert",
-            ca.to_str().unwrap(),
-            "--tlscert",
-            certs.join("node.pem").to_str().unwrap(),
-            "--tlskey",
-            certs.join("node-key.pem").to_str().unwrap(),
-            "node",
-            "ls",
-        ],
-    );
+    let out = certs_of(Some("w1"));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.contains("manager certificate"),
         "{err}"
     );
     // No client certificate: refused.
-    let out = lab.weft_in_netns(
-        "w1",
-        &[
-            "-H",
-            &tcp,
-            "--tlscacert",
-            ca.to_str().unwrap(),
-            "node",
-            "ls",
-        ],
-    );
+    let out = certs_of(None);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && err.to_lowercase().contains("certificate"),
         "{err}"
     );
     // A manager's certificate over TCP works (the control API is reachable remotely).
-    let mcerts = lab.data_dir("m1").join("certs");
-    let out = lab.weft_in_netns(
-        "w1",
-        &[
-            "-H",
-            &tcp,
-            "--tlscacert",
-            ca.to_str().unwrap(),
-            "--tlscert",
-            mcerts.join("node.pem").to_str().unwrap(),
-            "--tlskey",
-            mcerts.join("node-key.pem").to_str().unwrap(),
-            "node",
-            "ls",
-        ],
-    );
+    let out = certs_of(Some("m1"));
     assert!(
         out.status.success(),
         "{}",

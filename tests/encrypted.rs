@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Lab, nsenter, wait_for};
+use common::{Lab, nsenter, pings, wait_for};
 
 /// Packets counted on the underlay switch by the rule with `comment`.
 fn counter(pin: &Path, table: &str, comment: &str) -> u64 {
@@ -115,17 +115,11 @@ fn encrypted_traffic_is_only_wireguard_on_the_underlay_and_plain_stays_vxlan() {
     );
     let pa = lab.task_netns("w1", &a);
     wait_for("encrypted path up", Duration::from_secs(20), || {
-        nsenter(&pa, &["busybox", "ping", "-c", "1", "-W", "1", "10.0.9.20"])
-            .status
-            .success()
+        pings(&pa, "10.0.9.20")
     });
     reset_counters(&lab);
     for _ in 0..20 {
-        assert!(
-            nsenter(&pa, &["busybox", "ping", "-c", "1", "-W", "1", "10.0.9.20"])
-                .status
-                .success()
-        );
+        assert!(pings(&pa, "10.0.9.20"));
     }
     let wg = counter(&lab.switch_netns(), "weftcount", "wg");
     let vx = counter(&lab.switch_netns(), "weftcount", "vxlan");
@@ -162,12 +156,7 @@ fn encrypted_traffic_is_only_wireguard_on_the_underlay_and_plain_stays_vxlan() {
     );
     let pc = lab.task_netns("w1", &c);
     wait_for("plain path up", Duration::from_secs(20), || {
-        nsenter(
-            &pc,
-            &["busybox", "ping", "-c", "1", "-W", "1", "10.0.10.20"],
-        )
-        .status
-        .success()
+        pings(&pc, "10.0.10.20")
     });
     assert!(counter(&lab.switch_netns(), "weftcount", "vxlan") > 0);
 

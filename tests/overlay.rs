@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Lab, nsenter, wait_for};
+use common::{Lab, nsenter, pings, wait_for};
 
 /// A two-node cluster (m1 manager, w1 worker) with an attachable overlay.
 fn two_hosts(test: &str) -> Lab {
@@ -189,12 +189,7 @@ fn networks_are_isolated_and_rm_removes_every_kernel_object() {
     let pin_a = lab.task_netns("w1", &a);
     // Same network, other host: reachable.
     wait_for("a reaches c", Duration::from_secs(15), || {
-        nsenter(
-            &pin_a,
-            &["busybox", "ping", "-c", "1", "-W", "1", "10.0.9.30"],
-        )
-        .status
-        .success()
+        pings(&pin_a, "10.0.9.30")
     });
     // Other network: not reachable (neither its address nor via the overlay).
     assert!(
@@ -265,25 +260,13 @@ fn killed_worker_daemon_restarts_without_disrupting_tasks() {
     );
     let pin_a = lab.task_netns("w1", &a);
     wait_for("a reaches b", Duration::from_secs(15), || {
-        nsenter(
-            &pin_a,
-            &["busybox", "ping", "-c", "1", "-W", "1", "10.0.9.20"],
-        )
-        .status
-        .success()
+        pings(&pin_a, "10.0.9.20")
     });
     let pid_before =
         std::fs::read_to_string(lab.host_dir("w1").join("run/tasks").join(&a).join("pid")).unwrap();
     lab.kill9("w1");
     // The data plane survives the control plane.
-    assert!(
-        nsenter(
-            &pin_a,
-            &["busybox", "ping", "-c", "1", "-W", "1", "10.0.9.20"]
-        )
-        .status
-        .success()
-    );
+    assert!(pings(&pin_a, "10.0.9.20"));
     lab.start("w1");
     wait_for("w1 back", Duration::from_secs(15), || {
         lab.weft("w1", &["ps"]).contains(" a ")
@@ -293,14 +276,7 @@ fn killed_worker_daemon_restarts_without_disrupting_tasks() {
     assert_eq!(pid_before, pid_after, "the task was adopted, not restarted");
     let ps = lab.weft("w1", &["ps"]);
     assert_eq!(ps.lines().count(), 2, "no duplicate task: {ps}");
-    assert!(
-        nsenter(
-            &pin_a,
-            &["busybox", "ping", "-c", "1", "-W", "1", "10.0.9.20"]
-        )
-        .status
-        .success()
-    );
+    assert!(pings(&pin_a, "10.0.9.20"));
 }
 
 #[test]
@@ -332,12 +308,7 @@ fn a_deleted_vxlan_device_is_repaired() {
     );
     let pin_a = lab.task_netns("w1", &a);
     wait_for("a reaches b", Duration::from_secs(15), || {
-        nsenter(
-            &pin_a,
-            &["busybox", "ping", "-c", "1", "-W", "1", "10.0.9.20"],
-        )
-        .status
-        .success()
+        pings(&pin_a, "10.0.9.20")
     });
     let netns_dir = lab.host_dir("w1").join("run").join("netns");
     let net_pin = std::fs::read_dir(&netns_dir)
@@ -361,25 +332,11 @@ fn a_deleted_vxlan_device_is_repaired() {
             .status
             .success()
     );
-    assert!(
-        !nsenter(
-            &pin_a,
-            &["busybox", "ping", "-c", "1", "-W", "1", "10.0.9.20"]
-        )
-        .status
-        .success()
-    );
+    assert!(!pings(&pin_a, "10.0.9.20"));
     let took = wait_for(
         "the VXLAN device is repaired",
         Duration::from_secs(15),
-        || {
-            nsenter(
-                &pin_a,
-                &["busybox", "ping", "-c", "1", "-W", "1", "10.0.9.20"],
-            )
-            .status
-            .success()
-        },
+        || pings(&pin_a, "10.0.9.20"),
     );
     eprintln!("repaired within {took:?}");
 }
@@ -408,14 +365,7 @@ fn internal_networks_stay_inside_and_the_gateway_bridge_reaches_the_host() {
     wait_for(
         "a task with egress reaches its host",
         Duration::from_secs(15),
-        || {
-            nsenter(
-                &pin_out,
-                &["busybox", "ping", "-c", "1", "-W", "1", &host_ip],
-            )
-            .status
-            .success()
-        },
+        || pings(&pin_out, &host_ip),
     );
     assert!(
         !nsenter(

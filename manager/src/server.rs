@@ -109,15 +109,7 @@ impl Manager {
             let ca = cfg.ca_pem.clone();
             Arc::new(move |addr: &str| {
                 let (cert, key) = identity.read().expect("identity lock").clone();
-                tls::manager_endpoint(addr, &ca, Some((&cert, &key)))
-                    .map(|e| e.connect_lazy())
-                    .map_err(|e| {
-                        // The factory's error type is tonic's; an unusable
-                        // endpoint only happens with a malformed address.
-                        tracing::error!(error = %e, "cannot build a channel to {addr}");
-                        tonic::transport::Endpoint::from_shared(String::from("\u{0}"))
-                            .expect_err("an invalid URI")
-                    })
+                tls::channel_to_manager_lazy(addr, &ca, Some((&cert, &key)))
             })
         };
         std::fs::create_dir_all(&cfg.raft_dir).map_err(|source| StartError::DataDir {

@@ -355,6 +355,14 @@ pub fn nsenter(pin: &Path, cmd: &[&str]) -> Output {
         .expect("nsenter")
 }
 
+/// Whether one ICMP echo from the namespace `pin` to `ip` is answered
+/// within a second.
+pub fn pings(pin: &Path, ip: &str) -> bool {
+    nsenter(pin, &["busybox", "ping", "-c", "1", "-W", "1", ip])
+        .status
+        .success()
+}
+
 /// As [`nsenter`], returning stdout.
 pub fn nsenter_stdout(pin: &Path, cmd: &[&str]) -> String {
     String::from_utf8_lossy(&nsenter(pin, cmd).stdout).into_owned()

@@ -232,12 +232,15 @@ impl Dispatcher for DispatcherService {
             if tx.send(Ok(first)).await.is_err() {
                 return;
             }
-            let mut tick = tokio::time::interval(Duration::from_millis(250));
+            // Woken by store changes and by Raft server changes (leader,
+            // term, membership) — the latter end the session when this
+            // manager stops leading. Nothing polls.
+            let mut server = this.core.raft().raft().server_metrics();
             loop {
                 tokio::select! {
                     _ = tx.closed() => return,
                     r = changes.changed() => if r.is_err() { return },
-                    _ = tick.tick() => {},
+                    r = server.changed() => if r.is_err() { return },
                     Some(req) = log_rx.recv() => {
                         let mut msg = last.clone();
                         msg.config = None;

@@ -34,21 +34,25 @@ use weft_proto::v1::raft_client::RaftClient;
 use super::grpc::MAX_MESSAGE_BYTES;
 use super::{RaftNode, TypeConfig};
 use crate::store::NodeId;
+use weft_proto::tls::TlsError;
 
 /// Builds a (lazy) channel to a manager's `host:port`. The daemon supplies
 /// one with its mTLS client config; tests use [`plaintext_channel_factory`].
-pub type ChannelFactory =
-    Arc<dyn Fn(&str) -> Result<Channel, tonic::transport::Error> + Send + Sync>;
+pub type ChannelFactory = Arc<dyn Fn(&str) -> Result<Channel, TlsError> + Send + Sync>;
 
 /// A factory of plaintext `http://` channels, for tests.
 pub fn plaintext_channel_factory() -> ChannelFactory {
     Arc::new(|addr: &str| {
-        Ok(
-            tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
-                .connect_timeout(Duration::from_secs(1))
-                .tcp_nodelay(true)
-                .connect_lazy(),
-        )
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}")).map_err(
+            |source| TlsError::BadAddress {
+                addr: addr.to_owned(),
+                source,
+            },
+        )?;
+        Ok(endpoint
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .connect_lazy())
     })
 }
 
@@ -69,7 +73,7 @@ impl Clients {
     }
 
     /// The cached client for `addr`, building the channel on first use.
-    pub(super) fn get(&self, addr: &str) -> Result<RaftClient<Channel>, tonic::transport::Error> {
+    pub(super) fn get(&self, addr: &str) -> Result<RaftClient<Channel>, TlsError> {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = cache.get(addr) {
             return Ok(c.clone());
