@@ -56,14 +56,19 @@ pub enum Command {
     /// Manage nodes.
     #[command(subcommand)]
     Node(NodeCommand),
-    /// Manage overlay networks.
+    /// Manage networks (overlay, bridge, and the built-in host and none).
     #[command(subcommand)]
     Network(NetworkCommand),
     /// Manage services.
     #[command(subcommand)]
     Service(ServiceCommand),
-    /// Start a standalone task on this node (attachable networks only).
+    /// Start a standalone task on this node (default network: this node's `bridge`).
     Run(RunArgs),
+    /// Show a task's published ports.
+    Port {
+        /// Task name or ID (tasks of this node).
+        task: String,
+    },
     /// List this node's tasks.
     Ps {
         /// Also tasks that exited.
@@ -118,6 +123,27 @@ pub struct DaemonArgs {
     /// Log filter, e.g. `info` or `weft_manager=debug`.
     #[arg(long, env = "WEFT_LOG", default_value = "info,openraft=warn")]
     pub log_level: String,
+    /// Settings file (JSON, keys as in Docker's daemon.json: "bridge-subnet",
+    /// "proxies": {"http-proxy", "https-proxy", "ftp-proxy", "no-proxy"});
+    /// flags override it. Default: /etc/weft/daemon.json when it exists.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Subnet of the default `bridge` network (`weft0`) of this node
+    /// (default 172.17.0.0/16); must not collide with a route of the host.
+    #[arg(long)]
+    pub bridge_subnet: Option<String>,
+    /// HTTP proxy handed to every task as HTTP_PROXY/http_proxy.
+    #[arg(long)]
+    pub http_proxy: Option<String>,
+    /// HTTPS proxy handed to every task as HTTPS_PROXY/https_proxy.
+    #[arg(long)]
+    pub https_proxy: Option<String>,
+    /// FTP proxy handed to every task as FTP_PROXY/ftp_proxy.
+    #[arg(long)]
+    pub ftp_proxy: Option<String>,
+    /// Hosts that bypass the proxies, handed to every task as NO_PROXY/no_proxy.
+    #[arg(long)]
+    pub no_proxy: Option<String>,
 }
 
 /// `weft init`.
@@ -297,8 +323,25 @@ pub enum NodeCommand {
 /// `weft network …`.
 #[derive(Debug, Subcommand)]
 pub enum NetworkCommand {
-    /// Create an overlay network.
+    /// Create an overlay network (cluster-wide) or a bridge network (this node).
     Create(NetworkCreateArgs),
+    /// Attach a running task to a network, without restarting it.
+    Connect {
+        /// Address on the network (default: the next free one).
+        #[arg(long)]
+        ip: Option<String>,
+        /// Network name or ID.
+        network: String,
+        /// Task name or ID.
+        task: String,
+    },
+    /// Detach a running task from a network, without restarting it.
+    Disconnect {
+        /// Network name or ID.
+        network: String,
+        /// Task name or ID.
+        task: String,
+    },
     /// List networks.
     #[command(alias = "list")]
     Ls {
@@ -330,7 +373,7 @@ pub enum NetworkCommand {
 /// `weft network create`.
 #[derive(Debug, Args)]
 pub struct NetworkCreateArgs {
-    /// Driver (only `overlay`).
+    /// `overlay` (cluster-wide, VXLAN) or `bridge` (local to this node).
     #[arg(short, long, default_value = "overlay")]
     pub driver: String,
     /// Subnet in CIDR form (default: the next free one from the address pools).
@@ -468,6 +511,10 @@ pub struct ServiceCreateArgs {
     /// When finished tasks are replaced.
     #[arg(long, value_enum)]
     pub restart_condition: Option<RestartArg>,
+    /// Publish a port: published=8080,target=80[,protocol=tcp|udp][,mode=ingress|host],
+    /// or 8080:80[/udp] (repeatable). ingress (default) answers on every node.
+    #[arg(short, long = "publish")]
+    pub publish: Vec<String>,
     /// Return at once instead of waiting for convergence.
     #[arg(short, long)]
     pub detach: bool,
@@ -516,12 +563,17 @@ pub struct RunArgs {
     /// Task name (default: generated).
     #[arg(long)]
     pub name: Option<String>,
-    /// Network to attach (name or ID; repeatable; must be attachable).
+    /// Network to attach (repeatable): `bridge` (the default), `host`, `none`,
+    /// a bridge network of this node, or an attachable overlay.
     #[arg(long = "network")]
     pub networks: Vec<String>,
     /// Address on the (first) network.
     #[arg(long)]
     pub ip: Option<String>,
+    /// Publish a port on this node: [HOSTPORT:]PORT[/tcp|/udp] (repeatable);
+    /// without HOSTPORT a free port in 30000-32767 is picked.
+    #[arg(short, long = "publish")]
+    pub publish: Vec<String>,
     /// Environment variable KEY=VALUE (repeatable).
     #[arg(short, long = "env")]
     pub env: Vec<String>,

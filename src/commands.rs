@@ -562,29 +562,91 @@ fn kv(list: &[String], what: &str) -> anyhow::Result<HashMap<String, String>> {
     Ok(out)
 }
 
+/// The built-in networks that are modes rather than store objects.
+const BUILTIN_MODES: [(&str, &str); 2] = [("host", "host"), ("none", "null")];
+
+/// A built-in mode network (`host`, `none`) in the listing's shape.
+fn builtin_network(name: &str, driver: &str) -> pb::Network {
+    pb::Network {
+        id: name.to_string(),
+        name: name.to_string(),
+        driver: driver.to_string(),
+        scope: "local".into(),
+        ..Default::default()
+    }
+}
+
+/// RFC 3339 of unix ms, as Docker prints `Created`.
+fn rfc3339_ms(ms: u64) -> String {
+    let secs = (ms / 1000) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms % 1000
+    )
+}
+
 fn network_json(d: &pb::NetworkDetail) -> serde_json::Value {
     let n = d.network.clone().unwrap_or_default();
+    let scope = if n.scope.is_empty() {
+        "swarm"
+    } else {
+        n.scope.as_str()
+    };
+    let options = match n.driver.as_str() {
+        "overlay" => serde_json::json!({
+            "com.docker.network.driver.overlay.vxlanid_list": n.vni.to_string(),
+            "encrypted": n.encrypted.to_string(),
+        }),
+        "bridge" => serde_json::json!({
+            "com.docker.network.bridge.name": "br0",
+            "com.docker.network.bridge.enable_ip_masquerade": (!n.internal).to_string(),
+            "com.docker.network.driver.mtu": n.mtu.to_string(),
+        }),
+        _ => serde_json::json!({}),
+    };
+    let ipam_config = if n.subnet.is_empty() {
+        serde_json::json!([])
+    } else {
+        let mut c = serde_json::json!({ "Subnet": n.subnet, "Gateway": n.gateway });
+        if !n.ip_range.is_empty() {
+            c["IPRange"] = n.ip_range.clone().into();
+        }
+        serde_json::json!([c])
+    };
     let mut v = serde_json::json!({
         "Name": n.name,
         "Id": n.id,
-        "Created": n.created_at_ms,
-        "Scope": "swarm",
+        "Created": if n.created_at_ms == 0 { String::new() } else { rfc3339_ms(n.created_at_ms) },
+        "Scope": scope,
         "Driver": n.driver,
         "EnableIPv6": false,
-        "IPAM": { "Driver": "default", "Config": [ {
-            "Subnet": n.subnet,
-            "Gateway": n.gateway,
-            "IPRange": n.ip_range,
-        } ] },
+        "IPAM": { "Driver": "default", "Options": {}, "Config": ipam_config },
         "Internal": n.internal,
         "Attachable": n.attachable,
-        "Ingress": false,
-        "Options": { "com.docker.network.driver.overlay.vxlanid_list": n.vni.to_string() },
+        "Ingress": n.ingress,
+        "ConfigOnly": false,
+        "Containers": {},
+        "Options": options,
         "Labels": n.labels,
         "VNI": n.vni,
         "MTU": n.mtu,
         "MTULimitedBy": n.mtu_limited_by,
         "Encrypted": n.encrypted,
+        "NodeID": n.node_id,
     });
     if !d.endpoints.is_empty() || !d.peers.is_empty() {
         let containers: serde_json::Map<String, serde_json::Value> = d
@@ -595,7 +657,9 @@ fn network_json(d: &pb::NetworkDetail) -> serde_json::Value {
                     e.task_id.clone(),
                     serde_json::json!({
                         "Name": e.task_name,
-                        "IPv4Address": e.ip,
+                        "EndpointID": format!("{}-{}", e.task_id, n.id),
+                        "IPv4Address": format!("{}/{}", e.ip, n.subnet.split_once('/').map(|x| x.1).unwrap_or("32")),
+                        "IPv6Address": "",
                         "MacAddress": e.mac,
                         "Node": e.hostname,
                         "NodeID": e.node_id,
@@ -604,6 +668,8 @@ fn network_json(d: &pb::NetworkDetail) -> serde_json::Value {
             })
             .collect();
         v["Containers"] = serde_json::Value::Object(containers);
+    }
+    if !d.peers.is_empty() {
         v["Peers"] = d
             .peers
             .iter()
@@ -669,6 +735,11 @@ pub async fn network(c: &Client, cmd: crate::cli::NetworkCommand) -> anyhow::Res
                 .map_err(rpc)?
                 .into_inner()
                 .networks;
+            // A node's own view: its host and none modes too (a remote
+            // manager's listing is the cluster's, without them).
+            if !c.remote {
+                nets.extend(BUILTIN_MODES.iter().map(|(n, d)| builtin_network(n, d)));
+            }
             nets.retain(|n| {
                 filters.iter().all(|(k, v)| match k.as_str() {
                     "name" => n.name.contains(v.as_str()),
@@ -691,6 +762,13 @@ pub async fn network(c: &Client, cmd: crate::cli::NetworkCommand) -> anyhow::Res
                 "{:<17} {:<20} {:<8} {:<6} {:<18} {:<6} FLAGS",
                 "NETWORK ID", "NAME", "DRIVER", "SCOPE", "SUBNET", "MTU"
             );
+            let dash = |s: String| {
+                if s.is_empty() || s == "0" {
+                    "-".to_string()
+                } else {
+                    s
+                }
+            };
             for n in nets {
                 let mut flags = Vec::new();
                 if n.internal {
@@ -699,14 +777,24 @@ pub async fn network(c: &Client, cmd: crate::cli::NetworkCommand) -> anyhow::Res
                 if n.attachable {
                     flags.push("attachable");
                 }
+                if n.encrypted {
+                    flags.push("encrypted");
+                }
+                if n.ingress {
+                    flags.push("ingress");
+                }
                 println!(
                     "{:<17} {:<20} {:<8} {:<6} {:<18} {:<6} {}",
                     n.id,
                     n.name,
                     n.driver,
-                    "swarm",
-                    n.subnet,
-                    n.mtu,
+                    if n.scope.is_empty() {
+                        "swarm"
+                    } else {
+                        n.scope.as_str()
+                    },
+                    dash(n.subnet.clone()),
+                    dash(n.mtu.to_string()),
                     flags.join(",")
                 );
             }
@@ -714,6 +802,13 @@ pub async fn network(c: &Client, cmd: crate::cli::NetworkCommand) -> anyhow::Res
         N::Inspect { verbose, networks } => {
             let mut out = Vec::new();
             for n in networks {
+                if let Some((name, driver)) = BUILTIN_MODES.iter().find(|(x, _)| *x == n) {
+                    out.push(network_json(&pb::NetworkDetail {
+                        network: Some(builtin_network(name, driver)),
+                        ..Default::default()
+                    }));
+                    continue;
+                }
                 let d = ctl
                     .get_network(pb::GetNetworkRequest {
                         network: n,
@@ -725,6 +820,20 @@ pub async fn network(c: &Client, cmd: crate::cli::NetworkCommand) -> anyhow::Res
                 out.push(network_json(&d));
             }
             println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        N::Connect { ip, network, task } => {
+            ctl.connect_network(pb::ConnectNetworkRequest {
+                network,
+                task,
+                ip: ip.unwrap_or_default(),
+            })
+            .await
+            .map_err(rpc)?;
+        }
+        N::Disconnect { network, task } => {
+            ctl.disconnect_network(pb::DisconnectNetworkRequest { network, task })
+                .await
+                .map_err(rpc)?;
         }
         N::Rm { networks } => {
             for n in networks {
@@ -758,6 +867,11 @@ pub async fn run_task(c: &Client, a: crate::cli::RunArgs) -> anyhow::Result<()> 
         })
         .collect();
     let env = kv(&a.env, "--env")?;
+    let ports = a
+        .publish
+        .iter()
+        .map(|p| crate::publish::run_publish(p))
+        .collect::<anyhow::Result<_>>()?;
     let task = c
         .daemon()
         .run(pb::RunTaskRequest {
@@ -766,6 +880,7 @@ pub async fn run_task(c: &Client, a: crate::cli::RunArgs) -> anyhow::Result<()> 
             command: a.command,
             env,
             networks,
+            ports,
         })
         .await
         .map_err(rpc)?
@@ -820,8 +935,8 @@ pub async fn ps(c: &Client, all: bool, quiet: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<17} {:<20} {:<10} {:<30} COMMAND",
-        "TASK ID", "NAME", "STATE", "ADDRESSES"
+        "{:<17} {:<20} {:<10} {:<30} {:<20} COMMAND",
+        "TASK ID", "NAME", "STATE", "ADDRESSES", "PORTS"
     );
     for t in tasks {
         let addrs: Vec<String> = t
@@ -834,14 +949,47 @@ pub async fn ps(c: &Client, all: bool, quiet: bool) -> anyhow::Result<()> {
         } else {
             t.state.clone()
         };
+        let mut addrs = addrs.join(",");
+        if !t.network_mode.is_empty() {
+            addrs = t.network_mode.clone();
+        }
+        let ports: Vec<String> = t
+            .ports
+            .iter()
+            .map(|p| format!("{}->{}/{}", p.published, p.target, p.protocol))
+            .collect();
         println!(
-            "{:<17} {:<20} {:<10} {:<30} {}",
+            "{:<17} {:<20} {:<10} {:<30} {:<20} {}",
             t.id,
             t.name,
             state,
-            addrs.join(","),
+            addrs,
+            ports.join(","),
             t.command.join(" ")
         );
+    }
+    Ok(())
+}
+
+/// `weft port`: a local task's published ports.
+pub async fn port(c: &Client, task: String) -> anyhow::Result<()> {
+    let tasks = c
+        .daemon()
+        .ps(pb::PsRequest { all: true })
+        .await
+        .map_err(rpc)?
+        .into_inner()
+        .tasks;
+    let t = tasks
+        .iter()
+        .find(|t| t.id == task || t.name == task)
+        .or_else(|| {
+            let m: Vec<&pb::Task> = tasks.iter().filter(|t| t.id.starts_with(&task)).collect();
+            (m.len() == 1).then(|| m[0])
+        })
+        .with_context(|| format!("no task {task:?} on this node; see `weft ps -a`"))?;
+    for p in &t.ports {
+        println!("{}", crate::publish::describe(p));
     }
     Ok(())
 }
@@ -985,6 +1133,11 @@ pub async fn service(c: &Client, cmd: crate::cli::ServiceCommand) -> anyhow::Res
                     Some(RestartArg::None) => "none".into(),
                     _ => "any".into(),
                 },
+                ports: a
+                    .publish
+                    .iter()
+                    .map(|p| crate::publish::service_publish(p))
+                    .collect::<anyhow::Result<_>>()?,
             };
             let s = ctl
                 .create_service(pb::CreateServiceRequest { spec: Some(spec) })

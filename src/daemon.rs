@@ -52,14 +52,30 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     if let Err(e) = weft_overlay::linux::nft::check_nft() {
         tracing::warn!("{e}: overlay networks need it");
     }
+    let settings = crate::settings::resolve(&args)?;
     let runtime = Arc::new(ProcessRuntime::new(
         &args.exec_root,
         ShimCommand::current_exe(),
     ));
     let host_ns = weft_overlay::linux::Netns::current()
         .context("cannot open this daemon's network namespace")?;
-    let dataplane: Arc<dyn Dataplane> =
-        Arc::new(LinuxDataplane::new(args.exec_root.clone(), host_ns));
+    let linux = Arc::new(LinuxDataplane::new(args.exec_root.clone(), host_ns));
+    // The default bridge must not shadow a route of this host (it would
+    // also be unreachable from tasks that need that route).
+    let routes = linux
+        .observe()
+        .await
+        .context("cannot read this host's routes")?
+        .host_routes;
+    if let Some(r) = crate::settings::colliding_route(&settings.bridge_subnet, &routes) {
+        anyhow::bail!(
+            "bridge subnet {} collides with the host route {} (dev {}); choose another with --bridge-subnet",
+            settings.bridge_subnet,
+            r.dest,
+            r.dev.as_deref().unwrap_or("?")
+        );
+    }
+    let dataplane: Arc<dyn Dataplane> = linux.clone();
     let node = Arc::new(NodeService {
         files: NodeFiles::new(&args.data_dir),
         hostname,
@@ -69,6 +85,8 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         active: Arc::new(Mutex::new(None)),
         runtime,
         dataplane,
+        linux,
+        settings,
     });
     if node.files.exists() {
         node.resume()
@@ -78,7 +96,10 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
 
     let router = tonic::transport::Server::builder()
         .add_service(DaemonServer::from_arc(node.clone()))
-        .add_service(ControlServer::new(LocalControl::new(node.slot.clone())));
+        .add_service(ControlServer::new(LocalControl::with_node(
+            node.slot.clone(),
+            Arc::new(NodeNets(node.clone())),
+        )));
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM handler");
@@ -110,6 +131,10 @@ struct NodeService {
     runtime: Arc<ProcessRuntime>,
     /// Kernel effects.
     dataplane: Arc<dyn Dataplane>,
+    /// The same data plane, for reads of the host's kernel state.
+    linux: Arc<LinuxDataplane>,
+    /// Node-local settings (bridge subnet, proxies).
+    settings: crate::settings::Settings,
 }
 
 struct Active {
@@ -207,6 +232,8 @@ impl NodeService {
                 }),
                 dns_upstreams: weft_overlay::dns::host_upstreams(),
                 wg_key: self.data_dir.join("wg.key"),
+                proxy: self.settings.proxy.clone(),
+                bridge_subnet: self.settings.bridge_subnet.to_string(),
             }
             .run(stop_rx),
         );
@@ -758,6 +785,8 @@ impl Daemon for NodeService {
                     message,
                     has_exit_code: code.is_some(),
                     exit_code: code.unwrap_or(0),
+                    ports: t.ports.clone(),
+                    network_mode: t.network_mode.clone(),
                     ..Default::default()
                 });
             }
@@ -807,6 +836,96 @@ impl Daemon for NodeService {
             .await
             .map_err(worker_status)?;
         Ok(Response::new(pb::RemoveTaskResponse {}))
+    }
+}
+
+/// `weft network` on this node's socket when it is not a manager, and the
+/// checks against this node's kernel.
+struct NodeNets(Arc<NodeService>);
+
+impl NodeNets {
+    async fn call<T, F, Fut>(&self, f: F) -> Result<T, Status>
+    where
+        F: Fn(
+            weft_proto::v1::dispatcher_client::DispatcherClient<tonic::transport::Channel>,
+        ) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<T>, Status>>,
+    {
+        let guard = self.0.active.lock().await;
+        let a = guard.as_ref().ok_or_else(not_member)?;
+        a.agent.call(f).await.map_err(worker_status)
+    }
+}
+
+#[tonic::async_trait]
+impl weft_manager::controlapi::NodeNetworks for NodeNets {
+    async fn check_bridge_subnet(&self, subnet: &str) -> Result<(), Status> {
+        let subnet = crate::settings::parse_bridge_subnet(subnet)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let routes = self
+            .0
+            .linux
+            .observe()
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot read this host's routes: {e}")))?
+            .host_routes;
+        if let Some(r) = crate::settings::colliding_route(&subnet, &routes) {
+            return Err(Status::invalid_argument(format!(
+                "subnet {subnet} collides with the host route {} (dev {}) of this node; choose another --subnet",
+                r.dest,
+                r.dev.as_deref().unwrap_or("?")
+            )));
+        }
+        Ok(())
+    }
+
+    async fn create(&self, r: pb::CreateNetworkRequest) -> Result<pb::Network, Status> {
+        self.call(|mut c| {
+            let r = r.clone();
+            async move { c.create_local_network(r).await }
+        })
+        .await
+    }
+
+    async fn list(&self) -> Result<pb::ListNetworksResponse, Status> {
+        self.call(|mut c| async move { c.list_node_networks(pb::ListNetworksRequest {}).await })
+            .await
+    }
+
+    async fn get(&self, r: pb::GetNetworkRequest) -> Result<pb::NetworkDetail, Status> {
+        self.call(|mut c| {
+            let r = r.clone();
+            async move { c.get_node_network(r).await }
+        })
+        .await
+    }
+
+    async fn remove(&self, r: pb::RemoveNetworkRequest) -> Result<(), Status> {
+        self.call(|mut c| {
+            let r = r.clone();
+            async move { c.remove_local_network(r).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn connect(&self, r: pb::ConnectNetworkRequest, attach: bool) -> Result<(), Status> {
+        self.call(|mut c| {
+            let r = r.clone();
+            async move {
+                if attach {
+                    c.connect_task(r).await
+                } else {
+                    c.disconnect_task(pb::DisconnectNetworkRequest {
+                        network: r.network,
+                        task: r.task,
+                    })
+                    .await
+                }
+            }
+        })
+        .await
+        .map(|_| ())
     }
 }
 

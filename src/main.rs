@@ -5,6 +5,8 @@ mod cli;
 mod commands;
 mod daemon;
 mod lab;
+mod publish;
+mod settings;
 
 use clap::{CommandFactory, Parser};
 
@@ -84,6 +86,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Run(a) => {
                     c.require_local("run")?;
                     commands::run_task(&c, a).await
+                }
+                Command::Port { task } => {
+                    c.require_local("port")?;
+                    commands::port(&c, task).await
                 }
                 Command::Ps { all, quiet } => {
                     c.require_local("ps")?;

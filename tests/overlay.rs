@@ -469,7 +469,7 @@ fn bad_network_and_run_input_is_refused_and_changes_nothing() {
         ],
     );
     assert!(err.contains("already in use"), "{err}");
-    let ls = lab.weft("m1", &["network", "ls", "-q"]);
+    let ls = lab.weft("m1", &["network", "ls", "-q", "--filter", "driver=overlay"]);
     assert_eq!(ls.lines().count(), 2, "only appnet and private exist: {ls}");
     let ps = lab.weft("w2", &["ps", "-a"]);
     assert_eq!(ps.lines().count(), 1, "no task was created on w2: {ps}");

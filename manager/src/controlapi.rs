@@ -28,6 +28,9 @@ pub enum Caller {
     Local,
     /// The manager port: must present a manager certificate.
     Remote,
+    /// A node's request forwarded by the dispatcher (already
+    /// authenticated there): network commands on that node's behalf.
+    Node(crate::store::NodeId),
 }
 
 /// Where the local socket finds the manager, if this node is one right now
@@ -46,12 +49,59 @@ pub struct ControlService {
 #[derive(Clone)]
 pub struct LocalControl {
     slot: CoreSlot,
+    node: Option<Arc<dyn NodeNetworks>>,
+}
+
+/// What the local socket needs from the node itself for `weft network`:
+/// checks against the node's own kernel, and forwarding to the managers
+/// (through the node's dispatcher session) when it is not a manager.
+#[tonic::async_trait]
+pub trait NodeNetworks: Send + Sync + 'static {
+    /// Refuses a bridge subnet that collides with a route of this node.
+    async fn check_bridge_subnet(&self, subnet: &str) -> std::result::Result<(), Status>;
+    /// `Dispatcher.CreateLocalNetwork`.
+    async fn create(&self, r: pb::CreateNetworkRequest)
+    -> std::result::Result<pb::Network, Status>;
+    /// `Dispatcher.ListNodeNetworks`.
+    async fn list(&self) -> std::result::Result<pb::ListNetworksResponse, Status>;
+    /// `Dispatcher.GetNodeNetwork`.
+    async fn get(&self, r: pb::GetNetworkRequest)
+    -> std::result::Result<pb::NetworkDetail, Status>;
+    /// `Dispatcher.RemoveLocalNetwork`.
+    async fn remove(&self, r: pb::RemoveNetworkRequest) -> std::result::Result<(), Status>;
+    /// `Dispatcher.ConnectTask` / `DisconnectTask`.
+    async fn connect(
+        &self,
+        r: pb::ConnectNetworkRequest,
+        attach: bool,
+    ) -> std::result::Result<(), Status>;
 }
 
 impl LocalControl {
     /// A local control service over `slot`.
     pub fn new(slot: CoreSlot) -> Self {
-        LocalControl { slot }
+        LocalControl { slot, node: None }
+    }
+
+    /// A local control service that can also serve `weft network` on a
+    /// node that is not a manager.
+    pub fn with_node(slot: CoreSlot, node: Arc<dyn NodeNetworks>) -> Self {
+        LocalControl {
+            slot,
+            node: Some(node),
+        }
+    }
+
+    /// The manager if this node is one, else the node forwarder.
+    fn route(
+        &self,
+    ) -> std::result::Result<std::result::Result<ControlService, Arc<dyn NodeNetworks>>, Status>
+    {
+        match (self.inner(), &self.node) {
+            (Ok(c), _) => Ok(Ok(c)),
+            (Err(_), Some(n)) => Ok(Err(n.clone())),
+            (Err(e), None) => Err(e),
+        }
     }
 
     fn inner(&self) -> std::result::Result<ControlService, Status> {
@@ -73,11 +123,36 @@ impl ControlService {
     }
 
     fn authorize<T>(&self, req: &Request<T>) -> std::result::Result<(), Status> {
-        if self.caller == Caller::Local {
+        if self.caller != Caller::Remote {
             return Ok(());
         }
         let cluster = self.core.cluster().map_err(Status::from)?;
         weft_proto::tls::require_manager(req, &cluster.id).map(|_| ())
+    }
+
+    /// The node whose local networks this caller sees: this manager's own
+    /// node on the local socket, the forwarding node for a node, none for a
+    /// remote operator.
+    pub fn scope(&self) -> Option<crate::store::NodeId> {
+        match self.caller {
+            Caller::Local => Some(self.core.node_id()),
+            Caller::Node(n) => Some(n),
+            Caller::Remote => None,
+        }
+    }
+
+    /// A network by name or ID as this caller sees it.
+    fn resolve_visible(&self, s: &State, what: &str) -> Result<crate::store::Network> {
+        Ok(match self.scope() {
+            Some(node) => s.resolve_network_on(what, node)?.clone(),
+            None => {
+                let n = s.resolve_network(what)?;
+                if n.node.is_some() {
+                    return Err(crate::store::StoreError::NetworkNotFound(what.into()).into());
+                }
+                n.clone()
+            }
+        })
     }
 
     fn wire(&self, n: &Node) -> pb::Node {
@@ -264,17 +339,42 @@ impl ControlService {
             labels: n.labels.clone().into_iter().collect(),
             created_at_ms: n.created_at_ms,
             encrypted: n.encrypted,
+            scope: n.scope().into(),
+            node_id: n.node.map(|x| x.to_string()).unwrap_or_default(),
+            ingress: n.ingress,
         }
     }
 
     async fn create_network(&self, r: pb::CreateNetworkRequest) -> Result<pb::Network> {
         crate::validate::object_name("network", &r.name)?;
-        if !(r.driver.is_empty() || r.driver == "overlay") {
-            return Err(Error::InvalidInput(format!(
-                "unsupported driver {:?}: weft networks use the overlay driver",
-                r.driver
-            )));
-        }
+        let local = match r.driver.as_str() {
+            "" | "overlay" => {
+                if matches!(self.caller, Caller::Node(_)) {
+                    return Err(Error::InvalidInput(
+                        "overlay networks are created on a manager; this node can create --driver bridge networks"
+                            .into(),
+                    ));
+                }
+                None
+            }
+            "bridge" => Some(self.scope().ok_or_else(|| {
+                Error::InvalidInput(
+                    "a bridge network is local to one node: create it with that node's daemon (-H unix://…)"
+                        .into(),
+                )
+            })?),
+            "host" | "null" | "none" => {
+                return Err(Error::InvalidInput(format!(
+                    "the {} network is built in; there is nothing to create",
+                    r.driver
+                )));
+            }
+            other => {
+                return Err(Error::InvalidInput(format!(
+                    "unsupported driver {other:?}: use overlay (cluster-wide) or bridge (this node)"
+                )));
+            }
+        };
         let mut encrypted = false;
         for (k, v) in &r.options {
             match (k.as_str(), v.as_str()) {
@@ -362,11 +462,57 @@ impl ControlService {
                     labels: r.labels.into_iter().collect(),
                     now_ms: now_ms(),
                     encrypted,
+                    driver: if local.is_some() { "bridge" } else { "overlay" }.into(),
+                    node: local,
                 },
             })
             .await?;
         self.read_after_write(|s| s.networks.get(&id).map(|n| self.network_wire(s, n)))
             .await
+    }
+
+    /// `weft network connect` (`attach`) and `disconnect`.
+    pub async fn connect(&self, r: pb::ConnectNetworkRequest, attach: bool) -> Result<()> {
+        let (task, net) = self.core.read(|s| -> Result<_> {
+            let t = s.resolve_task(&r.task)?.clone();
+            if let Caller::Node(n) = self.caller
+                && t.node != n
+            {
+                return Err(crate::store::StoreError::TaskNotFound(r.task.clone()).into());
+            }
+            if matches!(r.network.as_str(), "host" | "none") {
+                return Err(Error::InvalidInput(format!(
+                    "--network {} is chosen when a task starts (`weft run --network {}`); it cannot be connected to a running task",
+                    r.network, r.network
+                )));
+            }
+            let net = s.resolve_network_on(&r.network, t.node)?.clone();
+            Ok((t, net))
+        })?;
+        let ip = if r.ip.is_empty() {
+            None
+        } else {
+            if !attach {
+                return Err(Error::InvalidInput("--ip is for connect".into()));
+            }
+            Some(r.ip.parse().map_err(|_| {
+                Error::InvalidInput(format!("invalid --ip {:?}: give an IP address", r.ip))
+            })?)
+        };
+        let cmd = if attach {
+            Command::ConnectTask {
+                task: task.id.clone(),
+                network: net.id.clone(),
+                ip,
+            }
+        } else {
+            Command::DisconnectTask {
+                task: task.id.clone(),
+                network: net.id.clone(),
+            }
+        };
+        self.core.propose(cmd).await?;
+        Ok(())
     }
 
     /// Reads `f` from this manager's store once it has caught up with a
@@ -389,11 +535,31 @@ impl ControlService {
 
     fn network_detail(&self, what: &str, verbose: bool) -> Result<pb::NetworkDetail> {
         self.core.read(|s| {
-            let n = s.resolve_network(what)?;
+            let n = &self.resolve_visible(s, what)?;
             let mut detail = pb::NetworkDetail {
                 network: Some(self.network_wire(s, n)),
                 ..Default::default()
             };
+            // Docker lists a network's containers on every inspect; the
+            // peers (with their config versions) only verbosely.
+            if !verbose {
+                for t in s.tasks.values() {
+                    for a in t.attachments.iter().filter(|a| a.network == n.id) {
+                        detail.endpoints.push(pb::EndpointInfo {
+                            task_id: t.id.clone(),
+                            task_name: t.name.clone(),
+                            node_id: t.node.to_string(),
+                            hostname: s
+                                .nodes
+                                .get(&t.node)
+                                .map(|h| h.hostname.clone())
+                                .unwrap_or_default(),
+                            ip: a.ip.to_string(),
+                            mac: crate::store::ipam::mac_text(crate::store::ipam::mac_for(a.ip)),
+                        });
+                    }
+                }
+            }
             if verbose {
                 let mut peers = std::collections::BTreeSet::new();
                 for t in s.tasks.values() {
@@ -442,9 +608,15 @@ impl ControlService {
     fn resolve_networks(&self, names: &[String]) -> Result<Vec<String>> {
         let mut ids: Vec<String> = Vec::new();
         for n in names {
-            let id = self
-                .core
-                .read(|s| s.resolve_network(n).map(|x| x.id.clone()))?;
+            let id = self.core.read(|s| {
+                let net = s.resolve_network(n)?;
+                if net.node.is_some() || net.ingress {
+                    return Err(Error::InvalidInput(format!(
+                        "network {n:?} is not a swarm overlay network: services attach to overlay networks (`weft network create --driver overlay`)"
+                    )));
+                }
+                Ok(net.id.clone())
+            })?;
             if ids.contains(&id) {
                 return Err(Error::InvalidInput(format!("network {n:?} is given twice")));
             }
@@ -515,7 +687,14 @@ impl ControlService {
             .map(|c| c.parse::<Constraint>())
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| Error::InvalidInput(e.to_string()))?;
+        let ports = m
+            .ports
+            .iter()
+            .map(crate::convert::port_from_wire)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(Error::InvalidInput)?;
         Ok(crate::store::ServiceSpec {
+            ports,
             name: m.name,
             mode,
             task: TaskSpec {
@@ -830,9 +1009,15 @@ impl Control for ControlService {
     ) -> std::result::Result<Response<pb::ListNetworksResponse>, Status> {
         self.authorize(&req)?;
         self.core.cluster()?;
+        let scope = self.scope();
         let networks = self.core.read(|s| {
             s.networks
                 .values()
+                .filter(|n| match (n.node, scope) {
+                    (None, _) => true,
+                    (Some(a), Some(b)) => a == b,
+                    (Some(_), None) => false,
+                })
                 .map(|n| self.network_wire(s, n))
                 .collect()
         });
@@ -867,15 +1052,49 @@ impl Control for ControlService {
         req: Request<pb::RemoveNetworkRequest>,
     ) -> std::result::Result<Response<pb::RemoveNetworkResponse>, Status> {
         self.authorize(&req)?;
-        let id = self
-            .core
-            .read(|s| {
-                s.resolve_network(&req.get_ref().network)
-                    .map(|n| n.id.clone())
-            })
-            .map_err(Error::from)?;
-        self.core.propose(Command::RemoveNetwork { id }).await?;
+        let what = req.get_ref().network.clone();
+        if matches!(what.as_str(), "host" | "none") {
+            return Err(Error::from(crate::store::StoreError::BuiltIn(what)).into());
+        }
+        let net = self.core.read(|s| self.resolve_visible(s, &what))?;
+        if matches!(self.caller, Caller::Node(_)) && net.node.is_none() {
+            return Err(Error::InvalidInput(format!(
+                "network {what:?} is a swarm network: remove it on a manager"
+            ))
+            .into());
+        }
+        self.core
+            .propose(Command::RemoveNetwork { id: net.id })
+            .await?;
         Ok(Response::new(pb::RemoveNetworkResponse {}))
+    }
+
+    async fn connect_network(
+        &self,
+        req: Request<pb::ConnectNetworkRequest>,
+    ) -> std::result::Result<Response<pb::ConnectNetworkResponse>, Status> {
+        self.authorize(&req)?;
+        ControlService::connect(self, req.into_inner(), true).await?;
+        Ok(Response::new(pb::ConnectNetworkResponse {}))
+    }
+
+    async fn disconnect_network(
+        &self,
+        req: Request<pb::DisconnectNetworkRequest>,
+    ) -> std::result::Result<Response<pb::ConnectNetworkResponse>, Status> {
+        self.authorize(&req)?;
+        let r = req.into_inner();
+        ControlService::connect(
+            self,
+            pb::ConnectNetworkRequest {
+                network: r.network,
+                task: r.task,
+                ip: String::new(),
+            },
+            false,
+        )
+        .await?;
+        Ok(Response::new(pb::ConnectNetworkResponse {}))
     }
 
     async fn list_tasks(
@@ -1059,28 +1278,85 @@ impl Control for LocalControl {
         &self,
         req: Request<pb::CreateNetworkRequest>,
     ) -> std::result::Result<Response<pb::Network>, Status> {
-        Control::create_network(&self.inner()?, req).await
+        let r = req.get_ref();
+        if r.driver == "bridge"
+            && !r.subnet.is_empty()
+            && let Some(n) = &self.node
+        {
+            n.check_bridge_subnet(&r.subnet).await?;
+        }
+        match self.route()? {
+            Ok(c) => Control::create_network(&c, req).await,
+            Err(n) => Ok(Response::new(n.create(req.into_inner()).await?)),
+        }
     }
 
     async fn list_networks(
         &self,
         req: Request<pb::ListNetworksRequest>,
     ) -> std::result::Result<Response<pb::ListNetworksResponse>, Status> {
-        Control::list_networks(&self.inner()?, req).await
+        match self.route()? {
+            Ok(c) => Control::list_networks(&c, req).await,
+            Err(n) => Ok(Response::new(n.list().await?)),
+        }
     }
 
     async fn get_network(
         &self,
         req: Request<pb::GetNetworkRequest>,
     ) -> std::result::Result<Response<pb::NetworkDetail>, Status> {
-        Control::get_network(&self.inner()?, req).await
+        match self.route()? {
+            Ok(c) => Control::get_network(&c, req).await,
+            Err(n) => Ok(Response::new(n.get(req.into_inner()).await?)),
+        }
     }
 
     async fn remove_network(
         &self,
         req: Request<pb::RemoveNetworkRequest>,
     ) -> std::result::Result<Response<pb::RemoveNetworkResponse>, Status> {
-        Control::remove_network(&self.inner()?, req).await
+        match self.route()? {
+            Ok(c) => Control::remove_network(&c, req).await,
+            Err(n) => {
+                n.remove(req.into_inner()).await?;
+                Ok(Response::new(pb::RemoveNetworkResponse {}))
+            }
+        }
+    }
+
+    async fn connect_network(
+        &self,
+        req: Request<pb::ConnectNetworkRequest>,
+    ) -> std::result::Result<Response<pb::ConnectNetworkResponse>, Status> {
+        match self.route()? {
+            Ok(c) => Control::connect_network(&c, req).await,
+            Err(n) => {
+                n.connect(req.into_inner(), true).await?;
+                Ok(Response::new(pb::ConnectNetworkResponse {}))
+            }
+        }
+    }
+
+    async fn disconnect_network(
+        &self,
+        req: Request<pb::DisconnectNetworkRequest>,
+    ) -> std::result::Result<Response<pb::ConnectNetworkResponse>, Status> {
+        match self.route()? {
+            Ok(c) => Control::disconnect_network(&c, req).await,
+            Err(n) => {
+                let r = req.into_inner();
+                n.connect(
+                    pb::ConnectNetworkRequest {
+                        network: r.network,
+                        task: r.task,
+                        ip: String::new(),
+                    },
+                    false,
+                )
+                .await?;
+                Ok(Response::new(pb::ConnectNetworkResponse {}))
+            }
+        }
     }
 
     async fn list_tasks(

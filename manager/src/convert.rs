@@ -4,7 +4,63 @@
 use weft_proto::v1 as pb;
 
 use crate::store::ipam::{mac_for, mac_text};
-use crate::store::{Availability, Node, NodeState, Role, State, Task};
+use crate::store::{
+    Availability, NetworkMode, Node, NodeState, PortMapping, PortProto, PortRequest, PublishMode,
+    Role, State, Task,
+};
+
+/// A published port on the wire.
+pub fn port_to_wire(p: &PortMapping) -> pb::PortMapping {
+    pb::PortMapping {
+        protocol: p.proto.as_str().into(),
+        published: p.published.into(),
+        target: p.target.into(),
+        mode: match p.mode {
+            PublishMode::Ingress => "ingress".into(),
+            PublishMode::Host => "host".into(),
+        },
+    }
+}
+
+/// A publish request from the wire, checked: protocol, port range, mode.
+pub fn port_from_wire(p: &pb::PortMapping) -> Result<PortRequest, String> {
+    let proto = match p.protocol.as_str() {
+        "" | "tcp" => PortProto::Tcp,
+        "udp" => PortProto::Udp,
+        other => return Err(format!("invalid protocol {other:?}: use tcp or udp")),
+    };
+    let port = |what: &str, v: u32, zero_ok: bool| -> Result<u16, String> {
+        match u16::try_from(v) {
+            Ok(0) if zero_ok => Ok(0),
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!("{what} port {v} is outside 1-65535")),
+        }
+    };
+    let mode = match p.mode.as_str() {
+        "" | "ingress" => PublishMode::Ingress,
+        "host" => PublishMode::Host,
+        other => {
+            return Err(format!(
+                "invalid publish mode {other:?}: use ingress or host"
+            ));
+        }
+    };
+    Ok(PortRequest {
+        proto,
+        published: port("published", p.published, true)?,
+        target: port("target", p.target, false)?,
+        mode,
+    })
+}
+
+/// `""`, `host` or `none`.
+pub fn network_mode_text(m: NetworkMode) -> &'static str {
+    match m {
+        NetworkMode::Attached => "",
+        NetworkMode::Host => "host",
+        NetworkMode::None => "none",
+    }
+}
 
 impl From<Role> for pb::NodeRole {
     fn from(r: Role) -> Self {
@@ -129,6 +185,8 @@ pub fn task_to_wire(state: &State, t: &Task) -> pb::Task {
         exit_code: t.status.exit_code.unwrap_or(0),
         created_at_ms: t.created_at_ms,
         updated_at_ms: t.status.updated_at_ms,
+        ports: t.ports.iter().map(port_to_wire).collect(),
+        network_mode: network_mode_text(t.network_mode).into(),
     }
 }
 
@@ -179,7 +237,21 @@ pub fn service_to_wire(state: &State, svc: &crate::store::Service) -> pb::Servic
                 RestartCondition::OnFailure => "on-failure".into(),
                 RestartCondition::None => "none".into(),
             },
+            ports: svc
+                .spec
+                .ports
+                .iter()
+                .map(|p| {
+                    port_to_wire(&PortMapping {
+                        proto: p.proto,
+                        published: p.published,
+                        target: p.target,
+                        mode: p.mode,
+                    })
+                })
+                .collect(),
         }),
+        ports: svc.ports.iter().map(port_to_wire).collect(),
         vips: svc
             .vips
             .iter()

@@ -224,6 +224,7 @@ mod tests {
                 endpoint_mode: EndpointMode::Vip,
                 constraints,
                 restart: RestartCondition::Any,
+                ports: Vec::new(),
             },
             now_ms: 0,
         })

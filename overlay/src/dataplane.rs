@@ -127,9 +127,21 @@ pub trait Dataplane: Send + Sync {
         std::collections::BTreeMap::new()
     }
 
+    /// A counter that moves whenever the nftables ruleset of the daemon's
+    /// namespace changes (someone flushed a table of ours, or any other
+    /// nft transaction, including the data plane's own writes). The worker
+    /// re-runs [`apply`](Dataplane::apply) when it moves; an apply with
+    /// nothing to repair writes nothing, so this does not loop. `None`:
+    /// this data plane cannot watch (the worker then relies on its
+    /// periodic re-apply).
+    fn nft_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+
     /// Removes every kernel object this data plane made (namespaces, links
     /// in the daemon's namespace, nftables tables), killing processes left
-    /// in removed namespaces. Keeps going past errors; `Err` only when it
-    /// could not start at all.
+    /// in removed namespaces. The operator's chain
+    /// ([`crate::model::names::USER_CHAIN`]) is not ours and stays. Keeps
+    /// going past errors; `Err` only when it could not start at all.
     async fn teardown_all(&self) -> Result<TeardownReport>;
 }

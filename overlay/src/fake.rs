@@ -287,6 +287,9 @@ pub fn simulate(k: &mut Observed, op: &Op) {
             })
         }
         Op::DeleteGuard => k.guard = None,
+        Op::ApplyPorts { table } => k.ports = Some(table.comments()),
+        Op::DeletePorts => k.ports = None,
+        Op::EnsureUserChain => k.user_chain = true,
     }
 }
 
@@ -357,6 +360,7 @@ pub struct FakeState {
 pub struct FakeDataplane {
     exec_root: PathBuf,
     state: Mutex<FakeState>,
+    nft_changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Default for FakeDataplane {
@@ -371,7 +375,15 @@ impl FakeDataplane {
         FakeDataplane {
             exec_root: exec_root.into(),
             state: Mutex::new(FakeState::default()),
+            nft_changes: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Signals an nftables change to [`Dataplane::nft_changes`] receivers,
+    /// as the Linux watcher does when someone edits the ruleset (pair it
+    /// with an edit of the simulated kernel, e.g. `kernel.ports = None`).
+    pub fn notify_nft_change(&self) {
+        self.nft_changes.send_modify(|n| *n += 1);
     }
 
     /// Runs `f` on the recorded state (e.g. to inspect it, inject failures
@@ -420,6 +432,10 @@ impl Dataplane for FakeDataplane {
         self.exec_root.join("netns").join(names::task_ns(task))
     }
 
+    fn nft_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.nft_changes.subscribe())
+    }
+
     async fn teardown_all(&self) -> Result<TeardownReport> {
         self.with_state(|s| {
             s.teardowns += 1;
@@ -437,8 +453,11 @@ impl Dataplane for FakeDataplane {
                 .collect();
             removed.extend(s.kernel.host.links.keys().map(|l| format!("link {l}")));
             let forwarding = s.kernel.ipv4_forwarding;
+            // The operator's chain is never ours to remove.
+            let user_chain = s.kernel.user_chain;
             s.kernel = Observed {
                 ipv4_forwarding: forwarding,
+                user_chain,
                 host_routes: std::mem::take(&mut s.kernel.host_routes),
                 ..Observed::default()
             };
@@ -461,6 +480,7 @@ mod tests {
         d.networks.insert(
             "n1".into(),
             OverlayNet {
+                local: false,
                 vni: 7,
                 subnet: "10.0.9.0/24".parse().unwrap(),
                 gateway: "10.0.9.1".parse().unwrap(),

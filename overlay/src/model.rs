@@ -117,6 +117,77 @@ pub struct DesiredNode {
     /// `None` removes the table.
     #[serde(default)]
     pub vxlan_allowed_sources: Option<BTreeSet<IpAddr>>,
+    /// Ports published on this node (`weft run -p`, services'
+    /// `--publish`): DNAT rules in the nftables table
+    /// [`names::NFT_PORTS_TABLE`] of the daemon's namespace. Empty: the
+    /// table holds no rules.
+    #[serde(default)]
+    pub ports: Vec<PublishedPort>,
+    /// The daemon namespace's own endpoint on the `ingress` network (a veth
+    /// [`names::INGRESS_IF`] into that network's bridge): the source of
+    /// ingress traffic forwarded to replicas on other nodes. `None` removes
+    /// it.
+    #[serde(default)]
+    pub ingress: Option<IngressEndpoint>,
+}
+
+/// A transport protocol of a published port.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        })
+    }
+}
+
+/// One port published on this node: connections to any local address of
+/// the daemon's namespace on [`port`](PublishedPort::port) are forwarded to
+/// [`target_port`](PublishedPort::target_port) of one backend, chosen per
+/// connection.
+///
+/// Local backends win: when [`local`](PublishedPort::local) is not empty
+/// only they are used, reached over the gateway bridge without source NAT,
+/// so the workload sees the client's address. Otherwise a backend in
+/// [`remote`](PublishedPort::remote) is reached over the ingress network
+/// and the source is rewritten to this node's ingress address (the reply
+/// must come back here).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PublishedPort {
+    /// `tcp` or `udp`.
+    pub proto: Proto,
+    /// The port on the node (1-65535).
+    pub port: u16,
+    /// The port on the backend.
+    pub target_port: u16,
+    /// Backends on this node: their gateway-bridge addresses.
+    pub local: Vec<IpAddr>,
+    /// Backends on other nodes: their addresses on the ingress network
+    /// (needs [`DesiredNode::ingress`]).
+    pub remote: Vec<IpAddr>,
+    /// Who published it, for rule comments and errors: `task NAME` or
+    /// `service NAME`.
+    pub owner: String,
+}
+
+/// The daemon namespace's endpoint on the ingress network.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IngressEndpoint {
+    /// The ingress network (must be in [`DesiredNode::networks`]).
+    pub network: NetworkId,
+    /// Its address with the network's prefix length.
+    pub ip: IpNetwork,
+    /// Its MAC.
+    pub mac: MacAddr,
 }
 
 impl DesiredNode {
@@ -131,6 +202,8 @@ impl DesiredNode {
             dns_upstreams: Vec::new(),
             wireguard: None,
             vxlan_allowed_sources: None,
+            ports: Vec::new(),
+            ingress: None,
         }
     }
 
@@ -259,6 +332,11 @@ pub struct OverlayNet {
     pub internal: bool,
     /// Endpoints of this network on other nodes.
     pub remote: BTreeMap<EndpointId, RemoteEndpoint>,
+    /// A node-local bridge network (`bridge` driver): the same namespace,
+    /// bridge and task veths as an overlay, but no VXLAN device and no
+    /// remote endpoints; [`vni`](OverlayNet::vni) is unused (0).
+    #[serde(default)]
+    pub local: bool,
     /// The network's user-facing name: the DNS suffix its names may carry
     /// (`web.appnet`). Empty: no suffix form.
     #[serde(default)]
@@ -373,6 +451,19 @@ pub mod names {
     /// The underlay-hygiene table (family `inet`) in the daemon's
     /// namespace: VXLAN only from member nodes.
     pub const NFT_GUARD_TABLE: &str = "weft_guard";
+    /// The published-ports table (family `inet`) in the daemon's
+    /// namespace: DNAT of published ports, source NAT towards the ingress
+    /// network.
+    pub const NFT_PORTS_TABLE: &str = "weft_ports";
+    /// The operator's table (family `inet`) in the daemon's namespace:
+    /// weft creates it and its base chain [`USER_CHAIN`] when missing and
+    /// never flushes, changes or deletes them.
+    pub const NFT_USER_TABLE: &str = "weft_user";
+    /// The operator's chain in [`NFT_USER_TABLE`]: a `forward` base chain
+    /// evaluated before weft's own forwarding rules (priority `filter - 10`).
+    pub const USER_CHAIN: &str = "weft-user";
+    /// The daemon-side end of the veth into the ingress network's bridge.
+    pub const INGRESS_IF: &str = "weft_ingress";
 
     /// FNV-1a (64 bit): stable across versions and platforms, which
     /// `std`'s hasher is not; names must survive a daemon upgrade.
@@ -456,6 +547,7 @@ mod tests {
         d.networks.insert(
             "n1".into(),
             OverlayNet {
+                local: false,
                 vni: 4096,
                 subnet: "10.0.9.0/24".parse().unwrap(),
                 gateway: "10.0.9.1".parse().unwrap(),

@@ -8,9 +8,12 @@
 //!
 //! ```text
 //!  daemon ns:  weft_gwbridge (gw ip) ── weftgw<h(t)> ─veth─┐        nft: inet weft (masquerade)
-//!                                                        │             bridge weft (port isolation)
-//!  <exec>/netns/net-<n>:  br0 (net gateway ip)            │
+//!              weft_ingress (ingress ip, mac) ─veth─┐     │             bridge weft (port isolation)
+//!                                                   │     │             inet weft_ports (published ports)
+//!                                                   │     │             inet weft_user (operator's, never flushed)
+//!  <exec>/netns/net-<n>:  br0 (net gateway ip)      │     │
 //!                          ├─ weft-vx<vni> (learning off, proxy on; FDB + neigh per remote)
+//!                          ├─ vt-ingress ───────────┘ (ingress network only)
 //!                          └─ vt<h(t)> ─veth─┐            │
 //!  <exec>/netns/task-<t>:  lo, eth<i> ───────┘ (ip, mac)  gw0 (ip, mac), default via gw bridge
 //! ```
@@ -32,8 +35,10 @@ use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
 use crate::mac::MacAddr;
-use crate::model::names::{self, GATEWAY_BRIDGE, LOOPBACK, NETWORK_BRIDGE, TASK_GW_IF, WG_DEVICE};
-use crate::model::{DesiredNode, NetworkId, TaskId};
+use crate::model::names::{
+    self, GATEWAY_BRIDGE, INGRESS_IF, LOOPBACK, NETWORK_BRIDGE, TASK_GW_IF, WG_DEVICE,
+};
+use crate::model::{DesiredNode, NetworkId, Proto, TaskId};
 
 // ------------------------------------------------------------------ observed
 
@@ -196,6 +201,14 @@ pub struct Observed {
     /// it does not exist.
     #[serde(default)]
     pub guard: Option<ObservedGuard>,
+    /// Rule comments of the published-ports table
+    /// ([`names::NFT_PORTS_TABLE`]); `None` when it does not exist.
+    #[serde(default)]
+    pub ports: Option<BTreeSet<String>>,
+    /// Whether the operator's chain [`names::USER_CHAIN`] exists in
+    /// [`names::NFT_USER_TABLE`] (whatever it holds: it is not ours).
+    #[serde(default)]
+    pub user_chain: bool,
 }
 
 /// The running WireGuard device.
@@ -510,6 +523,18 @@ pub enum Op {
     },
     /// Delete the underlay-hygiene table.
     DeleteGuard,
+    /// (Re)write the published-ports table [`names::NFT_PORTS_TABLE`] in
+    /// one nft transaction (the table is owned whole and re-created).
+    ApplyPorts {
+        /// What it must hold.
+        table: PortsTable,
+    },
+    /// Delete the published-ports table (no ports and no ingress endpoint).
+    DeletePorts,
+    /// Create the operator's table [`names::NFT_USER_TABLE`] and its base
+    /// chain [`names::USER_CHAIN`] with nft `add` (which never flushes or
+    /// changes what exists). Nothing ever deletes them.
+    EnsureUserChain,
     /// (Re)write the `weft` nftables tables: masquerade for `subnet` leaving
     /// through anything but `bridge`, and no forwarding between the
     /// bridge's ports (tasks of different networks must not meet there).
@@ -521,14 +546,216 @@ pub enum Op {
     },
 }
 
+/// The network-side end (in the ingress network's namespace, plugged into
+/// its `br0`) of the veth whose daemon-side end is [`names::INGRESS_IF`].
+/// Task ports are `vt` + 10 hex digits, so this cannot collide.
+pub const INGRESS_PORT: &str = "vt-ingress";
+
+/// Prefix of every rule comment in the published-ports table.
+pub const PORTS_COMMENT_PREFIX: &str = "weft-ports:";
+
+/// Longest owner text kept in a rule comment (nft limits comments to 128
+/// bytes).
+const OWNER_IN_COMMENT: usize = 64;
+
+/// The published-ports table as the planner wants it: a pure rendering of
+/// [`DesiredNode::ports`], the gateway subnet and the ingress endpoint,
+/// turned into nftables rules by `crate::linux::ports`.
+///
+/// ```text
+///  prerouting (nat, dstnat):  fib daddr type local  PROTO dport P  dnat ip to numgen random mod N map {…} : T
+///  output     (nat, -100):    the same, for connections from the node itself (not to 127/8)
+///  postrouting (nat, srcnat): ct status dnat oifname weft_ingress masquerade          (remote backends)
+///                             ct status dnat ip saddr GW oifname weft_gwbridge masquerade (hairpin)
+///  hairpin (filter, dstnat+10): iifname weft_gwbridge ip daddr GW ct status dnat meta mark set mark | HAIRPIN_MARK
+///  forward   (filter, 0):     ct status dnat accept    (after the operator's weft-user at -10)
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortsTable {
+    /// One DNAT rule pair per published port that has a usable backend,
+    /// sorted by (proto, port).
+    pub rules: Vec<PortRule>,
+    /// The gateway-bridge subnet (IPv4 only): connections DNATed back into
+    /// it from inside it are masqueraded (hairpin), so replies return
+    /// through this node's conntrack.
+    pub hairpin: Option<IpNetwork>,
+    /// Whether connections DNATed out of [`names::INGRESS_IF`] (to remote
+    /// backends) are masqueraded to the node's ingress address.
+    pub ingress: bool,
+}
+
+/// One published port in the table.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct PortRule {
+    /// `tcp` or `udp`.
+    pub proto: Proto,
+    /// Port on the node.
+    pub port: u16,
+    /// Port on the backend.
+    pub target_port: u16,
+    /// The backends one is picked from per connection (IPv4, sorted,
+    /// unique, not empty).
+    pub backends: Vec<IpAddr>,
+    /// Whether they are remote (ingress network) rather than local
+    /// (gateway bridge) backends.
+    pub remote: bool,
+    /// Who published it (for the comment).
+    pub owner: String,
+}
+
+impl PortRule {
+    /// The comment of this port's rule in `chain` (`pre` or `out`): proto,
+    /// port, a digest of everything else, and the owner, so observing the
+    /// comments tells whether the rule is what we want.
+    pub fn comment(&self, chain: &str) -> String {
+        let list: Vec<String> = self.backends.iter().map(IpAddr::to_string).collect();
+        let digest = names::fnv1a(&format!(
+            "{}|{}|{}|{}",
+            self.target_port,
+            self.remote,
+            list.join(","),
+            self.owner
+        ));
+        let mut owner = self.owner.clone();
+        if owner.len() > OWNER_IN_COMMENT {
+            let mut cut = OWNER_IN_COMMENT;
+            while !owner.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            owner.truncate(cut);
+        }
+        format!(
+            "{PORTS_COMMENT_PREFIX}{chain}:{}/{}:{digest:016x} {owner}",
+            self.proto, self.port
+        )
+        .trim_end()
+        .to_owned()
+    }
+}
+
+impl PortsTable {
+    /// The comment of the forward chain's `ct status dnat accept` rule.
+    pub const FORWARD_COMMENT: &'static str = "weft-ports:forward";
+    /// The comment of the masquerade towards the ingress network.
+    pub const INGRESS_COMMENT: &'static str = "weft-ports:ingress";
+
+    /// The comment of the counter rule that ends base chain `chain` (so a
+    /// deleted, empty chain is noticed too).
+    pub fn chain_comment(chain: &str) -> String {
+        format!("{PORTS_COMMENT_PREFIX}chain:{chain}")
+    }
+
+    /// The comment of the hairpin masquerade for `subnet`.
+    pub fn hairpin_comment(subnet: IpNetwork) -> String {
+        format!("{PORTS_COMMENT_PREFIX}hairpin:{subnet}")
+    }
+
+    /// The comment of the rule marking hairpin packets for `subnet` (see
+    /// [`HAIRPIN_MARK`]).
+    pub fn hairpin_mark_comment(subnet: IpNetwork) -> String {
+        format!("{PORTS_COMMENT_PREFIX}hairpin-mark:{subnet}")
+    }
+
+    /// Every rule comment the table carries; the observed set is compared
+    /// with these to decide whether to rewrite it.
+    pub fn comments(&self) -> BTreeSet<String> {
+        let mut out: BTreeSet<String> = ["prerouting", "output", "postrouting"]
+            .into_iter()
+            .map(Self::chain_comment)
+            .collect();
+        out.insert(Self::FORWARD_COMMENT.to_owned());
+        if self.ingress {
+            out.insert(Self::INGRESS_COMMENT.to_owned());
+        }
+        if let Some(s) = self.hairpin {
+            out.insert(Self::hairpin_comment(s));
+            out.insert(Self::hairpin_mark_comment(s));
+        }
+        for r in &self.rules {
+            out.insert(r.comment("pre"));
+            out.insert(r.comment("out"));
+        }
+        out
+    }
+}
+
+/// The published-ports table `desired` wants; `None` (no table) when it has
+/// neither ports nor an ingress endpoint.
+///
+/// Per port, local backends win; remote ones are used only when there is
+/// no local one and the node has an ingress endpoint (without one they are
+/// unreachable and skipped). Only IPv4 is rendered: IPv6 backends are
+/// skipped, and a port left without backends gets no rule (connections to
+/// it reach the node's own stack, as for any unpublished port).
+pub fn ports_table(desired: &DesiredNode) -> Option<PortsTable> {
+    if desired.ports.is_empty() && desired.ingress.is_none() {
+        return None;
+    }
+    let ingress = desired.ingress.as_ref().is_some_and(|i| i.ip.is_ipv4());
+    let v4 = |list: &[IpAddr]| -> Vec<IpAddr> {
+        let set: BTreeSet<IpAddr> = list.iter().copied().filter(IpAddr::is_ipv4).collect();
+        set.into_iter().collect()
+    };
+    let mut rules: Vec<PortRule> = desired
+        .ports
+        .iter()
+        .filter_map(|p| {
+            let local = v4(&p.local);
+            let (backends, remote) = if !local.is_empty() {
+                (local, false)
+            } else if ingress {
+                (v4(&p.remote), true)
+            } else {
+                (Vec::new(), true)
+            };
+            (!backends.is_empty()).then(|| PortRule {
+                proto: p.proto,
+                port: p.port,
+                target_port: p.target_port,
+                backends,
+                remote,
+                owner: p.owner.clone(),
+            })
+        })
+        .collect();
+    rules.sort();
+    Some(PortsTable {
+        rules,
+        hairpin: desired
+            .gateway
+            .as_ref()
+            .map(|g| g.subnet)
+            .filter(IpNetwork::is_ipv4),
+        ingress,
+    })
+}
+
+/// Whether `desired` wants the operator's chain [`names::USER_CHAIN`]:
+/// whenever weft forwards anything in the daemon's namespace (a gateway
+/// bridge, published ports or an ingress endpoint).
+pub fn wants_user_chain(desired: &DesiredNode) -> bool {
+    desired.gateway.is_some() || !desired.ports.is_empty() || desired.ingress.is_some()
+}
+
 /// The rule comments the `weft` nftables tables carry for `subnet`; the
 /// observed set is compared with these to decide whether to rewrite them.
 pub fn nat_comments(subnet: IpNetwork, bridge: &str) -> BTreeSet<String> {
     BTreeSet::from([
         format!("weft:masquerade:{subnet}"),
         format!("weft:isolate:{bridge}"),
+        format!("weft:hairpin:{bridge}"),
     ])
 }
+
+/// The packet mark bit of hairpin traffic: a connection from the gateway
+/// bridge DNATed (published port) to a backend on the same bridge. With
+/// `br_netfilter` loaded (any Docker host) such packets are *bridged*
+/// from one task port to another after the DNAT, where the port isolation
+/// of the `bridge weft` table would drop them; this mark (set per packet
+/// in `inet weft_ports`, read in `bridge weft`) exempts them. The kernel
+/// clears marks when a packet crosses into another namespace, so tasks
+/// never see it.
+pub const HAIRPIN_MARK: u32 = 0x2000_0000;
 
 /// The rule comments the underlay-hygiene table carries for VXLAN `port`;
 /// the observed set is compared with these to decide whether to rewrite
@@ -670,6 +897,12 @@ pub enum PlanError {
         /// VNI.
         vni: u32,
     },
+    /// A local bridge network with remote endpoints.
+    #[error("network {network} is a local bridge network and cannot have remote endpoints")]
+    LocalWithRemotes {
+        /// Network.
+        network: NetworkId,
+    },
     /// Two networks with one VNI.
     #[error("networks {first} and {second} both use VNI {vni}")]
     DuplicateVni {
@@ -703,6 +936,38 @@ pub enum PlanError {
         what: String,
         /// Why.
         reason: &'static str,
+    },
+    /// The ingress endpoint is unusable.
+    #[error("ingress endpoint on network {network}: {reason}")]
+    InvalidIngress {
+        /// Its network.
+        network: NetworkId,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A published port is unusable.
+    #[error("published port {proto}/{port} of {owner}: {reason}")]
+    InvalidPort {
+        /// Protocol.
+        proto: Proto,
+        /// Port on the node.
+        port: u16,
+        /// Who published it.
+        owner: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// Two publications of one port.
+    #[error("port {proto}/{port} is published twice on this node: by {first} and by {second}")]
+    DuplicatePort {
+        /// Protocol.
+        proto: Proto,
+        /// Port on the node.
+        port: u16,
+        /// One owner.
+        first: String,
+        /// The other.
+        second: String,
     },
     /// The gateway bridge subnet overlaps a route of the daemon's namespace.
     #[error(
@@ -796,6 +1061,19 @@ pub fn validate(observed: &Observed, desired: &DesiredNode) -> Result<(), PlanEr
     let mut vnis: BTreeMap<u32, &NetworkId> = BTreeMap::new();
     for (id, net) in &desired.networks {
         check_id("network", id.as_str())?;
+        in_subnet(
+            || format!("gateway of network {id}"),
+            net.gateway,
+            net.subnet,
+        )?;
+        if net.local {
+            if !net.remote.is_empty() {
+                return Err(PlanError::LocalWithRemotes {
+                    network: id.clone(),
+                });
+            }
+            continue;
+        }
         if net.vni == 0 || net.vni > 0x00ff_ffff {
             return Err(PlanError::VniOutOfRange {
                 network: id.clone(),
@@ -809,11 +1087,6 @@ pub fn validate(observed: &Observed, desired: &DesiredNode) -> Result<(), PlanEr
                 second: id.clone(),
             });
         }
-        in_subnet(
-            || format!("gateway of network {id}"),
-            net.gateway,
-            net.subnet,
-        )?;
     }
     if let Some(wg) = &desired.wireguard {
         let bad = |what: &str, reason| PlanError::InvalidWireguard {
@@ -849,6 +1122,49 @@ pub fn validate(observed: &Observed, desired: &DesiredNode) -> Result<(), PlanEr
                     dev: r.dev.clone(),
                 });
             }
+        }
+    }
+    if let Some(ing) = &desired.ingress {
+        let bad = |reason| PlanError::InvalidIngress {
+            network: ing.network.clone(),
+            reason,
+        };
+        let Some(net) = desired.networks.get(&ing.network) else {
+            return Err(bad("network not in the node's networks"));
+        };
+        if net.local {
+            return Err(bad("a local bridge network cannot carry ingress traffic"));
+        }
+        if ing.ip.prefix() != net.subnet.prefix() {
+            return Err(bad("prefix length differs from the network's"));
+        }
+        in_subnet(
+            || format!("ingress endpoint on network {}", ing.network),
+            ing.ip.ip(),
+            net.subnet,
+        )?;
+    }
+    let mut published: BTreeMap<(Proto, u16), &str> = BTreeMap::new();
+    for p in &desired.ports {
+        let bad = |reason| PlanError::InvalidPort {
+            proto: p.proto,
+            port: p.port,
+            owner: p.owner.clone(),
+            reason,
+        };
+        if p.port == 0 {
+            return Err(bad("port 0"));
+        }
+        if p.target_port == 0 {
+            return Err(bad("target port 0"));
+        }
+        if let Some(first) = published.insert((p.proto, p.port), &p.owner) {
+            return Err(PlanError::DuplicatePort {
+                proto: p.proto,
+                port: p.port,
+                first: first.to_owned(),
+                second: p.owner.clone(),
+            });
         }
     }
     for (tid, task) in &desired.tasks {
@@ -953,7 +1269,8 @@ struct WantNs {
     default_route: Option<(IpAddr, String)>,
 }
 
-/// A veth pair; `a` creates it (network or host side), `b` is the task side.
+/// A veth pair; `a` creates it (network or host side), `b` is the task side
+/// (or, for the ingress endpoint, the daemon side).
 struct Pair {
     a: (NsRef, String, Option<MacAddr>),
     b: (NsRef, String, Option<MacAddr>),
@@ -985,6 +1302,9 @@ fn want(desired: &DesiredNode) -> Want {
         let mut br = WantLink::new(WantKind::Bridge, net.mtu);
         br.addrs.insert(net.bridge_address());
         w.links.insert(NETWORK_BRIDGE.to_owned(), br);
+        if net.local {
+            continue;
+        }
         let vx_name = names::vxlan(net.vni);
         let mut vx = WantLink::new(
             WantKind::Vxlan {
@@ -999,6 +1319,28 @@ fn want(desired: &DesiredNode) -> Want {
         let fdb = net.remote.values().map(|r| (r.mac, r.vtep)).collect();
         let neigh = net.remote.values().map(|r| (r.ip, r.mac)).collect();
         w.remotes = Some((vx_name, fdb, neigh));
+    }
+    if let Some(ing) = &desired.ingress {
+        let net = &desired.networks[&ing.network];
+        let nref = NsRef::Network(ing.network.clone());
+        let mut p = WantLink::new(WantKind::Veth, net.mtu);
+        p.master = Some(NETWORK_BRIDGE);
+        ns.entry(nref.clone())
+            .or_default()
+            .links
+            .insert(INGRESS_PORT.to_owned(), p);
+        let mut e = WantLink::new(WantKind::Veth, net.mtu);
+        e.mac = Some(ing.mac);
+        e.addrs.insert(ing.ip);
+        ns.entry(NsRef::Host)
+            .or_default()
+            .links
+            .insert(INGRESS_IF.to_owned(), e);
+        pairs.push(Pair {
+            a: (nref, INGRESS_PORT.to_owned(), None),
+            b: (NsRef::Host, INGRESS_IF.to_owned(), Some(ing.mac)),
+            mtu: net.mtu,
+        });
     }
     for (tid, task) in &desired.tasks {
         let tref = NsRef::Task(tid.clone());
@@ -1058,6 +1400,7 @@ fn owned(ns: &NsRef, name: &str, link: &ObservedLink) -> bool {
     match ns {
         NsRef::Host => {
             name == GATEWAY_BRIDGE
+                || name == INGRESS_IF
                 || name.starts_with(names::GW_PORT_PREFIX)
                 || name.starts_with(names::VXLAN_PREFIX)
         }
@@ -1271,12 +1614,19 @@ pub fn plan(observed: &Observed, desired: &DesiredNode) -> Result<Vec<Op>, PlanE
     if desired.vxlan_allowed_sources.is_none() && observed.guard.is_some() {
         ops.push(Op::DeleteGuard);
     }
+    let ports = ports_table(desired);
+    if ports.is_none() && observed.ports.is_some() {
+        ops.push(Op::DeletePorts);
+    }
 
     // --- creates, 1: forwarding, namespaces.
-    if let Some(gw) = &desired.gateway
-        && gw.subnet.is_ipv4()
-        && !observed.ipv4_forwarding
-    {
+    // Egress through the gateway bridge and published ports (to local or
+    // remote backends) are both forwarded.
+    let forwards_v4 = desired.gateway.as_ref().is_some_and(|g| g.subnet.is_ipv4())
+        || ports
+            .as_ref()
+            .is_some_and(|p| !p.rules.is_empty() || p.ingress);
+    if forwards_v4 && !observed.ipv4_forwarding {
         ops.push(Op::EnableIpv4Forwarding);
     }
     for nref in want.ns.keys() {
@@ -1483,7 +1833,10 @@ pub fn plan(observed: &Observed, desired: &DesiredNode) -> Result<Vec<Op>, PlanE
             }
         }
     }
-    // --- NAT.
+    // --- the operator's chain, NAT, published ports.
+    if wants_user_chain(desired) && !observed.user_chain {
+        ops.push(Op::EnsureUserChain);
+    }
     if let Some(gw) = &desired.gateway
         && observed.nat.as_ref() != Some(&nat_comments(gw.subnet, GATEWAY_BRIDGE))
     {
@@ -1491,6 +1844,11 @@ pub fn plan(observed: &Observed, desired: &DesiredNode) -> Result<Vec<Op>, PlanE
             subnet: gw.subnet,
             bridge: GATEWAY_BRIDGE.to_owned(),
         });
+    }
+    if let Some(table) = ports
+        && observed.ports.as_ref() != Some(&table.comments())
+    {
+        ops.push(Op::ApplyPorts { table });
     }
     // --- underlay hygiene.
     if let Some(members) = &desired.vxlan_allowed_sources {

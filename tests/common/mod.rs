@@ -89,6 +89,11 @@ impl Lab {
 
     /// Starts (or restarts) the daemon of `host` and waits for its socket.
     pub fn start(&mut self, host: &str) {
+        self.start_with(host, &[]);
+    }
+
+    /// As [`Lab::start`], with extra `weft daemon` flags.
+    pub fn start_with(&mut self, host: &str, extra: &[&str]) {
         let i = self.idx(host);
         assert!(self.daemons[i].is_none(), "{host} already running");
         let hd = self.host_dir(host);
@@ -115,6 +120,7 @@ impl Lab {
             .arg(hd.join("run"))
             .arg("--socket")
             .arg(self.socket(host))
+            .args(extra)
             .env("WEFT_LOG", "info,openraft=warn")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))

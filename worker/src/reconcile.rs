@@ -24,8 +24,9 @@ use ipnetwork::IpNetwork;
 use prost::Message;
 use tokio::sync::watch;
 use weft_overlay::model::{
-    DesiredNode, EndpointId, GatewayBridge, GwAttachment, LocalEndpoint, NetworkId, OverlayNet,
-    RemoteEndpoint, ServiceEntry, TaskId, TaskNet, WgConfig, WgPeer,
+    DesiredNode, EndpointId, GatewayBridge, GwAttachment, IngressEndpoint, LocalEndpoint,
+    NetworkId, OverlayNet, Proto, PublishedPort, RemoteEndpoint, ServiceEntry, TaskId, TaskNet,
+    WgConfig, WgPeer,
 };
 use weft_overlay::{Dataplane, MacAddr};
 use weft_proto::v1 as pb;
@@ -100,6 +101,7 @@ pub fn desired_from_config(
         d.networks.insert(
             NetworkId(n.id.clone()),
             OverlayNet {
+                local: n.local,
                 vni: n.vni,
                 subnet,
                 gateway: parse("gateway", &n.gateway)?,
@@ -114,11 +116,20 @@ pub fn desired_from_config(
     }
     let mut any_gateway = false;
     for t in &c.tasks {
+        // A host-mode task lives in the daemon's own namespace: nothing
+        // to set up for it.
+        if t.network_mode == "host" {
+            continue;
+        }
         let mut endpoints = Vec::new();
         for (i, a) in t.attachments.iter().enumerate() {
             endpoints.push(LocalEndpoint {
                 network: NetworkId(a.network_id.clone()),
-                ifname: format!("eth{i}"),
+                ifname: if a.ifname.is_empty() {
+                    format!("eth{i}")
+                } else {
+                    a.ifname.clone()
+                },
                 ip: parse("task ip", &a.ip)?,
                 mac: parse::<MacAddr>("task mac", &a.mac)?,
             });
@@ -173,7 +184,50 @@ pub fn desired_from_config(
                 .collect::<Result<_, _>>()?,
         );
     }
-    if any_gateway {
+    for p in &c.ports {
+        let port = |what: &'static str, v: u32| {
+            u16::try_from(v)
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| BadConfig {
+                    what,
+                    value: v.to_string(),
+                })
+        };
+        d.ports.push(PublishedPort {
+            proto: match p.protocol.as_str() {
+                "tcp" => Proto::Tcp,
+                "udp" => Proto::Udp,
+                other => {
+                    return Err(BadConfig {
+                        what: "published port protocol",
+                        value: other.to_string(),
+                    });
+                }
+            },
+            port: port("published port", p.port)?,
+            target_port: port("target port", p.target_port)?,
+            local: p
+                .local
+                .iter()
+                .map(|a| parse("local backend", a))
+                .collect::<Result<_, _>>()?,
+            remote: p
+                .remote
+                .iter()
+                .map(|a| parse("remote backend", a))
+                .collect::<Result<_, _>>()?,
+            owner: p.owner.clone(),
+        });
+    }
+    if let Some(i) = &c.ingress {
+        d.ingress = Some(IngressEndpoint {
+            network: NetworkId(i.network_id.clone()),
+            ip: parse("ingress address", &i.ip)?,
+            mac: parse::<MacAddr>("ingress mac", &i.mac)?,
+        });
+    }
+    if any_gateway || !d.ports.is_empty() {
         let subnet: IpNetwork = parse("gateway subnet", &c.gateway_subnet)?;
         let gateway = match subnet {
             IpNetwork::V4(s) => IpAddr::V4(std::net::Ipv4Addr::from(u32::from(s.network()) + 1)),
@@ -211,6 +265,31 @@ pub struct Reconciler {
     pub dns_upstreams: Vec<std::net::SocketAddr>,
     /// This node's WireGuard private key (0600; never leaves the node).
     pub wg_key: PathBuf,
+    /// Proxy variables every task gets unless it sets its own
+    /// ([`proxy_env`]).
+    pub proxy: BTreeMap<String, String>,
+    /// The daemon's `--bridge-subnet`, reported so the managers keep this
+    /// node's default bridge network.
+    pub bridge_subnet: String,
+}
+
+/// The proxy variables of `proxy` (upper-case names such as `HTTP_PROXY`)
+/// in both cases, minus every kind the task sets itself in either case.
+pub fn proxy_env(
+    proxy: &BTreeMap<String, String>,
+    task: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for (k, v) in proxy {
+        let lower = k.to_ascii_lowercase();
+        let upper = k.to_ascii_uppercase();
+        if task.contains_key(&lower) || task.contains_key(&upper) {
+            continue;
+        }
+        out.insert(upper, v.clone());
+        out.insert(lower, v.clone());
+    }
+    out
 }
 
 impl Reconciler {
@@ -220,6 +299,9 @@ impl Reconciler {
             tracing::warn!(error = %e, "could not adopt existing tasks");
         }
         let mut events = self.runtime.subscribe();
+        // Someone else changing weft's nftables tables (a firewall reload,
+        // `nft flush ruleset`) wakes the loop, which puts them back.
+        let mut nft = self.dataplane.nft_changes();
         let mut current: Option<Arc<pb::NodeConfig>> = self.load();
         loop {
             let pushed = self.config.borrow_and_update().clone();
@@ -237,6 +319,12 @@ impl Reconciler {
                 _ = stop.changed() => return,
                 r = self.config.changed() => if r.is_err() { return },
                 _ = events.recv() => {},
+                r = async {
+                    match nft.as_mut() {
+                        Some(rx) => rx.changed().await,
+                        None => std::future::pending().await,
+                    }
+                } => if r.is_err() { nft = None },
                 _ = tokio::time::sleep(RECHECK) => {},
             }
         }
@@ -294,14 +382,28 @@ impl Reconciler {
             let status = match self.runtime.status(&t.id) {
                 Some(s) => Some(s),
                 None if error.is_empty() => {
+                    let host = t.network_mode == "host";
+                    let own: BTreeMap<String, String> = t.env.clone().into_iter().collect();
+                    let mut env = proxy_env(&self.proxy, &own);
+                    env.extend(own);
                     let spec = TaskSpec {
                         id: t.id.clone(),
                         name: t.name.clone(),
                         command: t.command.clone(),
-                        env: t.env.clone().into_iter().collect(),
-                        netns: self.dataplane.task_netns(&TaskId(t.id.clone())),
-                        resolv_conf: self.dataplane.resolv_conf(),
-                        hostname: Some(t.name.clone()),
+                        env,
+                        // Host mode: the daemon's own namespace (the shim
+                        // opens it while the daemon is alive to start it).
+                        netns: if host {
+                            PathBuf::from(format!("/proc/{}/ns/net", std::process::id()))
+                        } else {
+                            self.dataplane.task_netns(&TaskId(t.id.clone()))
+                        },
+                        resolv_conf: if host {
+                            None
+                        } else {
+                            self.dataplane.resolv_conf()
+                        },
+                        hostname: if host { None } else { Some(t.name.clone()) },
                     };
                     match self.runtime.start(&spec).await {
                         Ok(s) => Some(s),
@@ -341,6 +443,7 @@ impl Reconciler {
             tasks,
             wg_public_key,
             handshakes,
+            bridge_subnet: self.bridge_subnet.clone(),
         }
     }
 
@@ -430,9 +533,11 @@ mod tests {
                     network_id: "n1".into(),
                     ip: "10.0.9.2/24".into(),
                     mac: "02:42:0a:00:09:02".into(),
+                    ..Default::default()
                 }],
                 gateway_ip: "172.18.0.2/16".into(),
                 gateway_mac: "02:42:ac:12:00:02".into(),
+                ..Default::default()
             }],
             ..Default::default()
         }

@@ -139,9 +139,60 @@ impl DispatcherService {
                 )));
             }
         }
+        use crate::store::NetworkMode;
+        let mode = match r
+            .networks
+            .iter()
+            .map(|n| n.network.as_str())
+            .collect::<Vec<_>>()[..]
+        {
+            ["host"] => NetworkMode::Host,
+            ["none"] => NetworkMode::None,
+            ref many if many.iter().any(|n| *n == "host" || *n == "none") => {
+                return Err(Error::InvalidInput(
+                    "--network host and --network none cannot be combined with other networks"
+                        .into(),
+                ));
+            }
+            _ => NetworkMode::Attached,
+        };
+        if mode != NetworkMode::Attached && r.networks.iter().any(|n| !n.ip.is_empty()) {
+            return Err(Error::InvalidInput(format!(
+                "--ip needs a network with addresses, not --network {}",
+                r.networks[0].network
+            )));
+        }
+        let ports = r
+            .ports
+            .iter()
+            .map(crate::convert::port_from_wire)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(Error::InvalidInput)?;
+        let mut refs = r.networks.clone();
+        if mode == NetworkMode::Attached && refs.is_empty() {
+            // `weft run` without --network: the node's default bridge.
+            refs.push(pb::NetworkRef {
+                network: crate::store::DEFAULT_BRIDGE.into(),
+                ip: String::new(),
+            });
+        }
+        if mode != NetworkMode::Attached {
+            refs.clear();
+        }
         let mut networks = Vec::new();
-        for n in &r.networks {
-            let net = self.core.read(|s| s.resolve_network(&n.network).cloned())?;
+        for n in &refs {
+            let net = self.core.read(|s| {
+                s.resolve_network_on(&n.network, node.id).cloned().map_err(|e| {
+                    if n.network == crate::store::DEFAULT_BRIDGE {
+                        Error::InvalidInput(
+                            "this node's default bridge network is not set up yet (its daemon reports it when it connects); try again in a moment"
+                                .into(),
+                        )
+                    } else {
+                        Error::from(e)
+                    }
+                })
+            })?;
             if networks
                 .iter()
                 .any(|(id, _): &(String, Option<std::net::IpAddr>)| *id == net.id)
@@ -173,11 +224,59 @@ impl DispatcherService {
                 networks,
                 standalone: true,
                 now_ms: crate::core::now_ms(),
+                network_mode: mode,
+                ports,
             })
             .await?;
         self.core
             .read(|s| s.tasks.get(&id).map(|t| crate::convert::task_to_wire(s, t)))
             .ok_or(Error::NotReady)
+    }
+}
+
+impl DispatcherService {
+    /// Creates or re-addresses the node's default bridge after its daemon
+    /// reported its `--bridge-subnet`. A refusal (tasks still on the old
+    /// subnet) is logged: the node keeps the old one until they are gone.
+    async fn ensure_bridge(&self, node: &Node, subnet: &str) {
+        let Ok(subnet) = subnet.parse::<ipnetwork::IpNetwork>() else {
+            tracing::warn!(node = %node.id, subnet, "ignoring an invalid bridge subnet report");
+            return;
+        };
+        let same = self.core.read(|s| {
+            s.default_bridge(node.id)
+                .is_some_and(|n| n.subnet == subnet)
+        });
+        if same {
+            return;
+        }
+        let r = self
+            .core
+            .propose(Command::SetNodeBridge {
+                node: node.id,
+                network_id: crate::validate::random_id(),
+                subnet,
+                now_ms: crate::core::now_ms(),
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(node = %node.id, %subnet, error = %e, "default bridge not changed");
+        }
+    }
+
+    /// The node behind a request that carries no node ID: its certificate's.
+    fn authorize_peer<T>(&self, req: &Request<T>) -> Result<Node, Status> {
+        let claimed = weft_proto::tls::peer_identity(req)
+            .map(|p| p.node_id)
+            .ok_or_else(|| Status::unauthenticated("a node certificate is required"))?;
+        self.authorize(req, &claimed)
+    }
+
+    fn control_for(&self, node: &Node) -> crate::controlapi::ControlService {
+        crate::controlapi::ControlService::new(
+            self.core.clone(),
+            crate::controlapi::Caller::Node(node.id),
+        )
     }
 }
 
@@ -359,6 +458,9 @@ impl Dispatcher for DispatcherService {
                 .map(|h| (h.public_key.clone(), h.last_handshake_ms))
                 .collect(),
         );
+        if !r.bridge_subnet.is_empty() {
+            self.ensure_bridge(&node, &r.bridge_subnet).await;
+        }
         if !r.wg_public_key.is_empty()
             && (r.wg_public_key != node.wg_public_key || node.tunnel_ip.is_none())
         {
@@ -411,6 +513,56 @@ impl Dispatcher for DispatcherService {
         Ok(Response::new(
             DispatcherService::run_task(self, &node, req.into_inner()).await?,
         ))
+    }
+
+    async fn list_node_networks(
+        &self,
+        req: Request<pb::ListNetworksRequest>,
+    ) -> Result<Response<pb::ListNetworksResponse>, Status> {
+        let node = self.authorize_peer(&req)?;
+        weft_proto::v1::control_server::Control::list_networks(&self.control_for(&node), req).await
+    }
+
+    async fn get_node_network(
+        &self,
+        req: Request<pb::GetNetworkRequest>,
+    ) -> Result<Response<pb::NetworkDetail>, Status> {
+        let node = self.authorize_peer(&req)?;
+        weft_proto::v1::control_server::Control::get_network(&self.control_for(&node), req).await
+    }
+
+    async fn create_local_network(
+        &self,
+        req: Request<pb::CreateNetworkRequest>,
+    ) -> Result<Response<pb::Network>, Status> {
+        let node = self.authorize_peer(&req)?;
+        weft_proto::v1::control_server::Control::create_network(&self.control_for(&node), req).await
+    }
+
+    async fn remove_local_network(
+        &self,
+        req: Request<pb::RemoveNetworkRequest>,
+    ) -> Result<Response<pb::RemoveNetworkResponse>, Status> {
+        let node = self.authorize_peer(&req)?;
+        weft_proto::v1::control_server::Control::remove_network(&self.control_for(&node), req).await
+    }
+
+    async fn connect_task(
+        &self,
+        req: Request<pb::ConnectNetworkRequest>,
+    ) -> Result<Response<pb::ConnectNetworkResponse>, Status> {
+        let node = self.authorize_peer(&req)?;
+        weft_proto::v1::control_server::Control::connect_network(&self.control_for(&node), req)
+            .await
+    }
+
+    async fn disconnect_task(
+        &self,
+        req: Request<pb::DisconnectNetworkRequest>,
+    ) -> Result<Response<pb::ConnectNetworkResponse>, Status> {
+        let node = self.authorize_peer(&req)?;
+        weft_proto::v1::control_server::Control::disconnect_network(&self.control_for(&node), req)
+            .await
     }
 
     async fn remove_task(

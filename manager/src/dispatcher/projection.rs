@@ -10,7 +10,7 @@ use ipnetwork::IpNetwork;
 use weft_proto::v1 as pb;
 
 use crate::store::ipam::{mac_for, mac_text};
-use crate::store::{DesiredTaskState, Network, NodeId, NodeState, State, Task};
+use crate::store::{DesiredTaskState, Network, NodeId, NodeState, PublishMode, State, Task};
 
 /// VXLAN encapsulation overhead (outer Ethernet is not counted by the MTU).
 pub const VXLAN_OVERHEAD: u32 = 50;
@@ -43,6 +43,13 @@ fn members<'a>(state: &'a State, net: &'a Network) -> impl Iterator<Item = NodeI
 pub fn network_mtu(state: &State, net: &Network) -> (u32, String) {
     if let Some(m) = net.mtu {
         return (m, "explicit".into());
+    }
+    // A local bridge never leaves its node: no encapsulation.
+    if let Some(id) = net.node {
+        return match state.nodes.get(&id) {
+            Some(n) if n.underlay_mtu != 0 => (n.underlay_mtu, n.hostname.clone()),
+            _ => (DEFAULT_UNDERLAY_MTU, "default".into()),
+        };
     }
     let limiting = members(state, net)
         .filter_map(|id| state.nodes.get(&id))
@@ -83,6 +90,12 @@ pub fn project(state: &State, node: NodeId, version: u64) -> Option<pb::NodeConf
         .iter()
         .flat_map(|t| t.attachments.iter().map(|a| a.network.as_str()))
         .collect();
+    // Every node serves ingress-published ports, so every node takes
+    // part in the ingress network once a service publishes through it.
+    let ingress = ingress_endpoint(state, node);
+    if let Some(e) = &ingress {
+        net_ids.push(e.network_id.as_str());
+    }
     net_ids.sort_unstable();
     net_ids.dedup();
 
@@ -120,8 +133,29 @@ pub fn project(state: &State, node: NodeId, version: u64) -> Option<pb::NodeConf
                         vtep,
                     })
                 })
-                .collect();
+                .collect::<Vec<_>>();
+            let mut remote = remote;
+            // Other nodes' ingress endpoints: replicas answer them.
+            for (n, ip) in &net.node_endpoints {
+                if *n == node {
+                    continue;
+                }
+                if let Some(peer) = state.nodes.get(n)
+                    && peer.state != NodeState::Down
+                    && !peer.data_path_addr.is_empty()
+                {
+                    remote.push(pb::RemoteEndpoint {
+                        task_id: format!("node-{n}"),
+                        ip: ip.to_string(),
+                        mac: mac_text(mac_for(*ip)),
+                        vtep: peer.data_path_addr.clone(),
+                    });
+                }
+            }
+            // The default bridge resolves no names, as on docker0.
+            let default_bridge = net.node.is_some() && net.name == crate::store::DEFAULT_BRIDGE;
             pb::NetworkConfig {
+                local: net.node.is_some(),
                 id: net.id.clone(),
                 name: net.name.clone(),
                 vni: net.vni,
@@ -131,7 +165,11 @@ pub fn project(state: &State, node: NodeId, version: u64) -> Option<pb::NodeConf
                 internal: net.internal,
                 remote,
                 services: services_on(state, net),
-                names: names_on(state, net),
+                names: if default_bridge {
+                    Vec::new()
+                } else {
+                    names_on(state, net)
+                },
                 encrypted: net.encrypted,
             }
         })
@@ -150,6 +188,7 @@ pub fn project(state: &State, node: NodeId, version: u64) -> Option<pb::NodeConf
                 .filter_map(|a| {
                     let net = state.networks.get(&a.network)?;
                     Some(pb::TaskAttachment {
+                        ifname: a.ifname.clone(),
                         network_id: a.network.clone(),
                         ip: with_prefix(a.ip, &net.subnet),
                         mac: mac_text(mac_for(a.ip)),
@@ -164,6 +203,8 @@ pub fn project(state: &State, node: NodeId, version: u64) -> Option<pb::NodeConf
                 .gateway_ip
                 .map(|ip| mac_text(mac_for(ip)))
                 .unwrap_or_default(),
+            network_mode: crate::convert::network_mode_text(t.network_mode).into(),
+            ports: t.ports.iter().map(crate::convert::port_to_wire).collect(),
         })
         .collect();
 
@@ -186,7 +227,94 @@ pub fn project(state: &State, node: NodeId, version: u64) -> Option<pb::NodeConf
         wireguard,
         vxlan_allowed_sources,
         wg_key_generation: me.wg_key_generation,
+        ports: published_ports(state, node, &mine),
+        ingress,
     })
+}
+
+/// The node's endpoint on the ingress network, while some service
+/// publishes a port through it.
+fn ingress_endpoint(state: &State, node: NodeId) -> Option<pb::IngressEndpointConfig> {
+    let net = state.ingress_network()?;
+    let in_use = state
+        .services
+        .values()
+        .any(|s| s.ports.iter().any(|p| p.mode == PublishMode::Ingress));
+    if !in_use {
+        return None;
+    }
+    let ip = net.node_endpoints.get(&node)?;
+    Some(pb::IngressEndpointConfig {
+        network_id: net.id.clone(),
+        ip: with_prefix(*ip, &net.subnet),
+        mac: mac_text(mac_for(*ip)),
+    })
+}
+
+/// Ports published on `node`: its tasks' `-p` ports, every service's
+/// ingress ports, and host-mode ports of services with a replica here.
+fn published_ports(state: &State, node: NodeId, mine: &[&Task]) -> Vec<pb::PublishedPortConfig> {
+    let mut out = Vec::new();
+    for t in mine {
+        let Some(gw) = t.gateway_ip else { continue };
+        for p in &t.ports {
+            out.push(pb::PublishedPortConfig {
+                protocol: p.proto.as_str().into(),
+                port: p.published.into(),
+                target_port: p.target.into(),
+                local: vec![gw.to_string()],
+                remote: Vec::new(),
+                owner: format!("task {}", t.name),
+            });
+        }
+    }
+    let ingress = state.ingress_network();
+    for svc in state.services.values() {
+        if svc.ports.is_empty() {
+            continue;
+        }
+        let replicas: Vec<&Task> = state
+            .tasks
+            .values()
+            .filter(|t| {
+                t.service.as_ref().is_some_and(|r| r.service == svc.id)
+                    && t.status.state == "running"
+                    && live(state, t)
+            })
+            .collect();
+        let mut local: Vec<String> = replicas
+            .iter()
+            .filter(|t| t.node == node)
+            .filter_map(|t| t.gateway_ip.map(|ip| ip.to_string()))
+            .collect();
+        local.sort();
+        for p in &svc.ports {
+            let remote: Vec<String> = match (p.mode, ingress) {
+                (PublishMode::Ingress, Some(net)) => {
+                    let mut r: Vec<String> = replicas
+                        .iter()
+                        .filter(|t| t.node != node)
+                        .filter_map(|t| addr_on(t, net).map(|ip| ip.to_string()))
+                        .collect();
+                    r.sort();
+                    r
+                }
+                _ => Vec::new(),
+            };
+            if p.mode == PublishMode::Host && local.is_empty() {
+                continue;
+            }
+            out.push(pb::PublishedPortConfig {
+                protocol: p.proto.as_str().into(),
+                port: p.published.into(),
+                target_port: p.target.into(),
+                local: local.clone(),
+                remote,
+                owner: format!("service {}", svc.spec.name),
+            });
+        }
+    }
+    out
 }
 
 /// The node's WireGuard device: present when it has an encrypted network
@@ -357,6 +485,8 @@ mod tests {
                     labels: BTreeMap::new(),
                     now_ms: 0,
                     encrypted: false,
+                    driver: String::new(),
+                    node: None,
                 },
             })
             .unwrap();
@@ -370,6 +500,8 @@ mod tests {
                 networks: nets.iter().map(|n| (n.to_string(), None)).collect(),
                 standalone: true,
                 now_ms: 0,
+                network_mode: Default::default(),
+                ports: Vec::new(),
             })
             .unwrap();
         };
@@ -437,6 +569,8 @@ mod tests {
             networks: vec![("n2".into(), None)],
             standalone: true,
             now_ms: 0,
+            network_mode: Default::default(),
+            ports: Vec::new(),
         })
         .unwrap();
         let after = project(&s, NodeId(1), 2).unwrap();

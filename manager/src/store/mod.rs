@@ -9,11 +9,15 @@
 //! The store runs without Raft: tests and reconcilers use `State` directly.
 
 pub mod ipam;
+pub mod netmodel;
 mod types;
 
 #[cfg(test)]
 mod tests;
 
+pub use netmodel::{
+    DEFAULT_BRIDGE, INGRESS_NETWORK, PUBLISHED_PORT_RANGE, RESERVED_NETWORK_NAMES, next_ifname,
+};
 pub use types::*;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -144,6 +148,41 @@ pub enum Command {
         networks: Vec<(String, Option<IpAddr>)>,
         /// Standalone (`weft run`): only attachable networks.
         standalone: bool,
+        /// Proposer's clock, unix ms.
+        now_ms: u64,
+        /// `host` and `none` need `networks` empty.
+        #[serde(default)]
+        network_mode: NetworkMode,
+        /// Ports to publish on the task's node.
+        #[serde(default)]
+        ports: Vec<PortRequest>,
+    },
+    /// Attaches a standalone task to one more network (`weft network
+    /// connect`).
+    ConnectTask {
+        /// Task ID.
+        task: String,
+        /// Network ID.
+        network: String,
+        /// Requested address.
+        ip: Option<IpAddr>,
+    },
+    /// Detaches a standalone task from a network.
+    DisconnectTask {
+        /// Task ID.
+        task: String,
+        /// Network ID.
+        network: String,
+    },
+    /// Creates or re-addresses a node's default `bridge` network (its
+    /// daemon's `--bridge-subnet`).
+    SetNodeBridge {
+        /// The node.
+        node: NodeId,
+        /// ID for the network if it is new (chosen by the proposer).
+        network_id: String,
+        /// Its subnet.
+        subnet: IpNetwork,
         /// Proposer's clock, unix ms.
         now_ms: u64,
     },
@@ -328,6 +367,47 @@ pub enum StoreError {
     /// Demoting the only manager.
     #[error("node {0} is the last manager of the cluster and cannot be demoted or removed")]
     LastManager(String),
+    /// A published port is taken.
+    #[error("port {port}/{proto} is already published by {owner}; publish another port")]
+    PortInUse {
+        /// Port.
+        port: u16,
+        /// `tcp`/`udp`.
+        proto: String,
+        /// Who has it.
+        owner: String,
+    },
+    /// Bad port request.
+    #[error("{0}")]
+    InvalidPort(String),
+    /// The published-port range is used up.
+    #[error("no free port left in 30000-32767; publish an explicit port")]
+    PortsExhausted,
+    /// Network mode conflicts.
+    #[error("{0}")]
+    NetworkMode(String),
+    /// Connecting twice.
+    #[error("task {task} is already connected to network {network:?}")]
+    AlreadyConnected {
+        /// Task name.
+        task: String,
+        /// Network name.
+        network: String,
+    },
+    /// Disconnecting a network the task is not on.
+    #[error("task {task} is not connected to network {network:?}")]
+    NotConnected {
+        /// Task name.
+        task: String,
+        /// Network name.
+        network: String,
+    },
+    /// A built-in network name.
+    #[error("{0:?} is a built-in network name; pick another name")]
+    ReservedName(String),
+    /// Removing a built-in network.
+    #[error("{0:?} is a built-in network and cannot be removed")]
+    BuiltIn(String),
 }
 
 impl State {
@@ -351,6 +431,7 @@ impl State {
                     return Err(StoreError::DuplicateNode(node.id.to_string()));
                 }
                 self.nodes.insert(node.id, node.clone());
+                self.add_ingress_endpoint(node.id)?;
                 Ok(Applied::Node(Box::new(node.clone())))
             }
             Command::RemoveNode { id } => {
@@ -360,6 +441,7 @@ impl State {
                 }
                 self.nodes.remove(id);
                 self.removed.insert(*id);
+                self.forget_node_networks(*id);
                 Ok(Applied::Done)
             }
             Command::UpdateNode {
@@ -431,6 +513,19 @@ impl State {
                     .networks
                     .get(id)
                     .ok_or_else(|| StoreError::NetworkNotFound(id.clone()))?;
+                if net.node.is_some() && net.name == DEFAULT_BRIDGE {
+                    return Err(StoreError::BuiltIn(net.name.clone()));
+                }
+                if net.ingress && self.services.values().any(|s| !s.ports.is_empty()) {
+                    return Err(StoreError::NetworkInUse {
+                        name: net.name.clone(),
+                        tasks: self
+                            .services
+                            .values()
+                            .filter(|s| !s.ports.is_empty())
+                            .count(),
+                    });
+                }
                 let users = self
                     .tasks
                     .values()
@@ -458,10 +553,58 @@ impl State {
                 networks,
                 standalone,
                 now_ms,
+                network_mode,
+                ports,
             } => {
-                let task =
+                let mut task =
                     self.allocate_task(id, name, *node, spec, networks, *standalone, *now_ms)?;
+                match network_mode {
+                    NetworkMode::Attached => {}
+                    NetworkMode::Host | NetworkMode::None => {
+                        if !networks.is_empty() {
+                            return Err(StoreError::NetworkMode(
+                                "--network host and --network none cannot be combined with other networks"
+                                    .into(),
+                            ));
+                        }
+                        task.gateway_ip = None;
+                    }
+                }
+                task.network_mode = *network_mode;
+                if !ports.is_empty() {
+                    if *network_mode != NetworkMode::Attached || task.gateway_ip.is_none() {
+                        return Err(StoreError::InvalidPort(
+                            "publishing ports needs a non-internal network (with --network host the task binds the node's ports itself)"
+                                .into(),
+                        ));
+                    }
+                    let host: Vec<PortRequest> = ports
+                        .iter()
+                        .map(|p| PortRequest {
+                            mode: PublishMode::Host,
+                            ..*p
+                        })
+                        .collect();
+                    task.ports = self.allocate_ports(&host, Some(*node), None, &[])?;
+                }
                 self.tasks.insert(task.id.clone(), task);
+                Ok(Applied::Done)
+            }
+            Command::ConnectTask { task, network, ip } => {
+                self.connect_task(task, network, *ip)?;
+                Ok(Applied::Done)
+            }
+            Command::DisconnectTask { task, network } => {
+                self.disconnect_task(task, network)?;
+                Ok(Applied::Done)
+            }
+            Command::SetNodeBridge {
+                node,
+                network_id,
+                subnet,
+                now_ms,
+            } => {
+                self.set_node_bridge(*node, network_id, *subnet, *now_ms)?;
                 Ok(Applied::Done)
             }
             Command::RemoveTask { id } => {
@@ -488,6 +631,11 @@ impl State {
                     return Err(StoreError::ServiceExists(spec.name.clone()));
                 }
                 let vips = self.allocate_vips(spec, None)?;
+                // Work on a copy: a refused command must change nothing,
+                // and the ingress network is created on first use.
+                let mut next = self.clone();
+                let ports = next.service_ports(spec, id, &[], *now_ms)?;
+                *self = next;
                 self.services.insert(
                     id.clone(),
                     Service {
@@ -497,6 +645,7 @@ impl State {
                         version: 1,
                         created_at_ms: *now_ms,
                         updated_at_ms: *now_ms,
+                        ports,
                     },
                 );
                 Ok(Applied::Done)
@@ -517,14 +666,24 @@ impl State {
                     return Err(StoreError::ServiceExists(spec.name.clone()));
                 }
                 let vips = self.allocate_vips(spec, Some(old))?;
+                let had_ingress = old.ports.iter().any(|p| p.mode == PublishMode::Ingress);
+                let keep = old.ports.clone();
+                let old_spec = old.spec.clone();
+                let old_version = old.version;
+                let mut next = self.clone();
+                let ports = next.service_ports(spec, id, &keep, *now_ms)?;
+                *self = next;
+                let has_ingress = ports.iter().any(|p| p.mode == PublishMode::Ingress);
                 let tasks_change = *force
-                    || spec.task != old.spec.task
-                    || spec.networks != old.spec.networks
-                    || spec.endpoint_mode != old.spec.endpoint_mode;
-                let version = old.version + u64::from(tasks_change);
+                    || spec.task != old_spec.task
+                    || spec.networks != old_spec.networks
+                    || spec.endpoint_mode != old_spec.endpoint_mode
+                    || had_ingress != has_ingress;
+                let version = old_version + u64::from(tasks_change);
                 let svc = self.services.get_mut(id).expect("checked above");
                 svc.spec = spec.clone();
                 svc.vips = vips;
+                svc.ports = ports;
                 svc.version = version;
                 svc.updated_at_ms = *now_ms;
                 Ok(Applied::Done)
@@ -553,12 +712,19 @@ impl State {
                 } else {
                     format!("{}.{}.{}", svc.spec.name, slot, id)
                 };
-                let networks: Vec<(String, Option<IpAddr>)> = svc
+                let mut networks: Vec<(String, Option<IpAddr>)> = svc
                     .spec
                     .networks
                     .iter()
                     .map(|n| (n.clone(), None))
                     .collect();
+                // Replicas of an ingress-published service are reachable
+                // from every node over the ingress network.
+                if svc.ports.iter().any(|p| p.mode == PublishMode::Ingress)
+                    && let Some(ingress) = self.ingress_network()
+                {
+                    networks.push((ingress.id.clone(), None));
+                }
                 let sref = ServiceRef {
                     service: service.clone(),
                     slot: *slot,
@@ -685,6 +851,7 @@ impl State {
         taken.extend(self.services.values().filter_map(|s| s.vips.get(net_id)));
         if let Some(n) = self.networks.get(net_id) {
             taken.insert(n.gateway);
+            taken.extend(n.node_endpoints.values());
         }
         taken
     }
@@ -723,18 +890,49 @@ impl State {
             .as_ref()
             .ok_or(StoreError::NotInitialised)?
             .settings;
-        if self.networks.values().any(|n| n.name == spec.name) {
+        if RESERVED_NETWORK_NAMES.contains(&spec.name.as_str()) {
+            return Err(StoreError::ReservedName(spec.name.clone()));
+        }
+        let local = match spec.driver.as_str() {
+            "" | "overlay" => None,
+            "bridge" => Some(self.check_local_spec(spec)?),
+            d => {
+                return Err(StoreError::InvalidNetwork(format!(
+                    "unknown driver {d:?}: use overlay or bridge"
+                )));
+            }
+        };
+        // Names are unique among the networks a node can see: swarm
+        // networks everywhere, a local one on its node.
+        let clash = |n: &Network| match (local, n.node) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        };
+        if self
+            .networks
+            .values()
+            .any(|n| n.name == spec.name && clash(n))
+        {
             return Err(StoreError::NetworkExists(spec.name.clone()));
         }
         if self.networks.contains_key(&spec.id) {
             return Err(StoreError::NetworkExists(spec.id.clone()));
         }
-        let taken: Vec<IpNetwork> = self.networks.values().map(|n| n.subnet).collect();
+        // Subnets must not overlap where they could meet in one task:
+        // a local network against swarm networks and its node's other
+        // local networks; a swarm network against everything.
+        let taken: Vec<IpNetwork> = self
+            .networks
+            .values()
+            .filter(|n| clash(n))
+            .map(|n| n.subnet)
+            .collect();
         let subnet = match spec.subnet {
             Some(s) => {
                 if let Some(o) = self
                     .networks
                     .values()
+                    .filter(|n| clash(n))
                     .find(|n| ipam::overlaps(&n.subnet, &s))
                 {
                     return Err(StoreError::SubnetOverlap {
@@ -776,18 +974,26 @@ impl State {
                 "ip range {r} is not inside subnet {subnet}"
             )));
         }
-        let used: BTreeSet<u32> = self.networks.values().map(|n| n.vni).collect();
-        let vni = ipam::next_vni(&used).ok_or(StoreError::VniExhausted)?;
+        let vni = if local.is_some() {
+            0
+        } else {
+            let used: BTreeSet<u32> = self.networks.values().map(|n| n.vni).collect();
+            ipam::next_vni(&used).ok_or(StoreError::VniExhausted)?
+        };
         Ok(Network {
             id: spec.id.clone(),
             name: spec.name.clone(),
-            driver: "overlay".into(),
+            driver: if local.is_some() { "bridge" } else { "overlay" }.into(),
+            node: local,
+            ingress: false,
+            node_endpoints: Default::default(),
+            // Local networks take standalone tasks, as Docker's bridges do.
+            attachable: spec.attachable || local.is_some(),
             subnet,
             gateway,
             ip_range: spec.ip_range,
             vni,
             internal: spec.internal,
-            attachable: spec.attachable,
             mtu: spec.mtu,
             labels: spec.labels.clone(),
             created_at_ms: spec.now_ms,
@@ -806,11 +1012,9 @@ impl State {
         standalone: bool,
         now_ms: u64,
     ) -> Result<Task, StoreError> {
-        let settings = &self
-            .cluster
-            .as_ref()
-            .ok_or(StoreError::NotInitialised)?
-            .settings;
+        if self.cluster.is_none() {
+            return Err(StoreError::NotInitialised);
+        }
         if self.tasks.contains_key(id) || self.tasks.values().any(|t| t.name == name) {
             return Err(StoreError::TaskExists(name.to_string()));
         }
@@ -822,35 +1026,28 @@ impl State {
                 .networks
                 .get(net_id)
                 .ok_or_else(|| StoreError::NetworkNotFound(net_id.clone()))?;
-            if standalone && !net.attachable {
+            if standalone && (!net.attachable || net.ingress) {
                 return Err(StoreError::NotAttachable(net.name.clone()));
             }
+            if !net.visible_on(node) {
+                return Err(StoreError::NetworkNotFound(net.name.clone()));
+            }
+            if attachments
+                .iter()
+                .any(|a: &Attachment| &a.network == net_id)
+            {
+                return Err(StoreError::AlreadyConnected {
+                    task: name.to_string(),
+                    network: net.name.clone(),
+                });
+            }
             internal_only &= net.internal;
-            let taken = self.taken_on(net_id);
-            let ip = match want {
-                Some(ip) => {
-                    let why = if !ipam::is_host_addr(&net.subnet, *ip) {
-                        Some(format!("it is not a usable address of {}", net.subnet))
-                    } else if taken.contains(ip) {
-                        Some("it is already in use".to_string())
-                    } else {
-                        None
-                    };
-                    if let Some(why) = why {
-                        return Err(StoreError::AddressUnavailable {
-                            ip: ip.to_string(),
-                            network: net.name.clone(),
-                            why,
-                        });
-                    }
-                    *ip
-                }
-                None => ipam::next_ip(&net.subnet, net.ip_range.as_ref(), &taken)
-                    .ok_or_else(|| StoreError::NetworkFull(net.name.clone()))?,
-            };
+            let ip = self.pick_address(net, *want)?;
+            let ifname = format!("eth{}", attachments.len());
             attachments.push(Attachment {
                 network: net_id.clone(),
                 ip,
+                ifname,
             });
         }
         // Egress through the node's gateway bridge unless every network is
@@ -858,20 +1055,7 @@ impl State {
         let gateway_ip = if internal_only {
             None
         } else {
-            let mut taken: BTreeSet<IpAddr> = self
-                .tasks
-                .values()
-                .filter(|t| t.node == node)
-                .filter_map(|t| t.gateway_ip)
-                .collect();
-            let gw_subnet = settings.gateway_subnet;
-            if let Some(g) = ipam::first_host(&gw_subnet) {
-                taken.insert(g);
-            }
-            Some(
-                ipam::next_ip(&gw_subnet, None, &taken)
-                    .ok_or_else(|| StoreError::NetworkFull("the gateway bridge".into()))?,
-            )
+            Some(self.gateway_address(node)?)
         };
         Ok(Task {
             id: id.to_string(),
@@ -888,6 +1072,8 @@ impl State {
             },
             created_at_ms: now_ms,
             service: None,
+            network_mode: NetworkMode::Attached,
+            ports: Vec::new(),
         })
     }
 

@@ -203,6 +203,8 @@ fn net_spec(id: &str, name: &str, subnet: Option<&str>) -> NetworkSpec {
         labels: BTreeMap::new(),
         now_ms: 1,
         encrypted: false,
+        driver: String::new(),
+        node: None,
     }
 }
 
@@ -218,6 +220,8 @@ fn create_task(s: &mut State, id: &str, node: u64, nets: &[&str]) -> CommandResu
         networks: nets.iter().map(|n| (n.to_string(), None)).collect(),
         standalone: true,
         now_ms: 2,
+        network_mode: Default::default(),
+        ports: Vec::new(),
     })
 }
 
@@ -323,6 +327,8 @@ fn requested_addresses_are_checked() {
             networks: vec![("n1".into(), Some(ip.parse().unwrap()))],
             standalone: true,
             now_ms: 0,
+            network_mode: Default::default(),
+            ports: Vec::new(),
         }
     };
     s.apply(&req("10.0.9.50")).unwrap();
@@ -350,4 +356,351 @@ fn internal_only_tasks_have_no_way_out_and_standalone_needs_attachable() {
     assert_eq!(s.tasks["t1"].gateway_ip, None);
     let err = create_task(&mut s, "t2", 1, &["n2"]).unwrap_err();
     assert!(matches!(err, StoreError::NotAttachable(_)));
+}
+
+// ------------------------------------------------ the rest of the network model
+
+fn with_bridges() -> State {
+    let mut s = initialised();
+    s.apply(&Command::AddNode {
+        node: node(2, Role::Worker, "w2"),
+    })
+    .unwrap();
+    for (n, id) in [(1, "b1"), (2, "b2")] {
+        s.apply(&Command::SetNodeBridge {
+            node: NodeId(n),
+            network_id: id.into(),
+            subnet: "172.17.0.0/16".parse().unwrap(),
+            now_ms: 1,
+        })
+        .unwrap();
+    }
+    s
+}
+
+fn bridge_spec(id: &str, name: &str, node: u64, subnet: Option<&str>) -> NetworkSpec {
+    NetworkSpec {
+        driver: "bridge".into(),
+        node: Some(NodeId(node)),
+        ..net_spec(id, name, subnet)
+    }
+}
+
+fn run(
+    s: &mut State,
+    id: &str,
+    node: u64,
+    nets: &[&str],
+    mode: NetworkMode,
+    ports: &[PortRequest],
+) -> CommandResult {
+    s.apply(&Command::CreateTask {
+        id: id.into(),
+        name: id.into(),
+        node: NodeId(node),
+        spec: TaskSpec::default(),
+        networks: nets.iter().map(|n| (n.to_string(), None)).collect(),
+        standalone: true,
+        now_ms: 3,
+        network_mode: mode,
+        ports: ports.to_vec(),
+    })
+}
+
+fn tcp(published: u16, target: u16) -> PortRequest {
+    PortRequest {
+        proto: PortProto::Tcp,
+        published,
+        target,
+        mode: PublishMode::Host,
+    }
+}
+
+#[test]
+fn each_node_has_its_own_default_bridge_and_local_networks() {
+    let mut s = with_bridges();
+    // Same subnet on two nodes: local networks never meet.
+    assert_eq!(s.default_bridge(NodeId(1)).unwrap().id, "b1");
+    assert_eq!(s.default_bridge(NodeId(2)).unwrap().id, "b2");
+    assert_eq!(s.resolve_network_on("bridge", NodeId(2)).unwrap().id, "b2");
+    // A user bridge on node 1 is invisible on node 2; the same name may
+    // exist on node 2, not as a swarm network.
+    s.apply(&Command::CreateNetwork {
+        spec: bridge_spec("u1", "mine", 1, Some("10.50.0.0/24")),
+    })
+    .unwrap();
+    let u1 = &s.networks["u1"];
+    assert_eq!(
+        (u1.driver.as_str(), u1.vni, u1.scope()),
+        ("bridge", 0, "local")
+    );
+    assert!(u1.attachable);
+    assert!(s.resolve_network_on("mine", NodeId(2)).is_err());
+    s.apply(&Command::CreateNetwork {
+        spec: bridge_spec("u2", "mine", 2, Some("10.50.0.0/24")),
+    })
+    .unwrap();
+    let before = s.clone();
+    for (spec, want) in [
+        (net_spec("o1", "mine", None), "already exists"),
+        (bridge_spec("u3", "mine", 1, None), "already exists"),
+        (bridge_spec("u4", "x", 1, Some("10.50.0.0/25")), "overlaps"),
+        (bridge_spec("u5", "host", 1, None), "built-in"),
+        (net_spec("o2", "bridge", None), "built-in"),
+        (
+            NetworkSpec {
+                encrypted: true,
+                ..bridge_spec("u6", "enc", 1, None)
+            },
+            "overlay networks",
+        ),
+        (
+            NetworkSpec {
+                node: None,
+                ..bridge_spec("u7", "nonode", 1, None)
+            },
+            "local to one node",
+        ),
+    ] {
+        let e = s.apply(&Command::CreateNetwork { spec }).unwrap_err();
+        assert!(e.to_string().contains(want), "{e}");
+        assert_eq!(s, before);
+    }
+    // The default bridge cannot be removed; a changed subnet is refused
+    // while tasks use it, and applied once they are gone.
+    assert!(matches!(
+        s.apply(&Command::RemoveNetwork { id: "b1".into() }),
+        Err(StoreError::BuiltIn(_))
+    ));
+    run(&mut s, "t1", 1, &["b1"], NetworkMode::Attached, &[]).unwrap();
+    let change = Command::SetNodeBridge {
+        node: NodeId(1),
+        network_id: "zz".into(),
+        subnet: "172.30.0.0/16".parse().unwrap(),
+        now_ms: 2,
+    };
+    assert!(matches!(
+        s.apply(&change),
+        Err(StoreError::NetworkInUse { .. })
+    ));
+    s.apply(&Command::RemoveTask { id: "t1".into() }).unwrap();
+    s.apply(&change).unwrap();
+    assert_eq!(s.networks["b1"].subnet.to_string(), "172.30.0.0/16");
+    // A removed node's local networks go with it.
+    s.apply(&Command::RemoveNode { id: NodeId(2) }).unwrap();
+    assert!(!s.networks.contains_key("b2") && !s.networks.contains_key("u2"));
+}
+
+#[test]
+fn host_and_none_modes_take_no_addresses_and_no_other_networks() {
+    let mut s = with_bridges();
+    run(&mut s, "h", 1, &[], NetworkMode::Host, &[]).unwrap();
+    run(&mut s, "n", 1, &[], NetworkMode::None, &[]).unwrap();
+    for id in ["h", "n"] {
+        let t = &s.tasks[id];
+        assert!(t.attachments.is_empty() && t.gateway_ip.is_none(), "{t:?}");
+    }
+    let before = s.clone();
+    let e = run(&mut s, "x", 1, &["b1"], NetworkMode::Host, &[]).unwrap_err();
+    assert!(e.to_string().contains("cannot be combined"), "{e}");
+    let e = run(&mut s, "y", 1, &[], NetworkMode::None, &[tcp(8080, 80)]).unwrap_err();
+    assert!(e.to_string().contains("publishing ports"), "{e}");
+    let e = s
+        .apply(&Command::ConnectTask {
+            task: "n".into(),
+            network: "b1".into(),
+            ip: None,
+        })
+        .unwrap_err();
+    assert!(e.to_string().contains("--network none"), "{e}");
+    assert_eq!(s, before);
+}
+
+#[test]
+fn connect_and_disconnect_keep_interface_names_and_refuse_twice() {
+    let mut s = with_bridges();
+    s.apply(&Command::CreateNetwork {
+        spec: bridge_spec("u1", "mine", 1, Some("10.50.0.0/24")),
+    })
+    .unwrap();
+    s.apply(&Command::CreateNetwork {
+        spec: bridge_spec("u2", "other", 2, Some("10.51.0.0/24")),
+    })
+    .unwrap();
+    run(&mut s, "t", 1, &["b1"], NetworkMode::Attached, &[]).unwrap();
+    let connect = |net: &str, ip: Option<&str>| Command::ConnectTask {
+        task: "t".into(),
+        network: net.into(),
+        ip: ip.map(|i| i.parse().unwrap()),
+    };
+    s.apply(&connect("u1", Some("10.50.0.9"))).unwrap();
+    let t = &s.tasks["t"];
+    assert_eq!(t.attachments[1].ifname, "eth1");
+    assert_eq!(t.attachments[1].ip.to_string(), "10.50.0.9");
+    let before = s.clone();
+    for (cmd, want) in [
+        (connect("u1", None), "already connected"),
+        (connect("u2", None), "not found"),
+        (connect("nope", None), "not found"),
+    ] {
+        let e = s.apply(&cmd).unwrap_err();
+        assert!(e.to_string().contains(want), "{e}");
+        assert_eq!(s, before);
+    }
+    s.apply(&Command::DisconnectTask {
+        task: "t".into(),
+        network: "b1".into(),
+    })
+    .unwrap();
+    // eth1 stays eth1; the next connect fills the gap.
+    assert_eq!(s.tasks["t"].attachments[0].ifname, "eth1");
+    let e = s
+        .apply(&Command::DisconnectTask {
+            task: "t".into(),
+            network: "b1".into(),
+        })
+        .unwrap_err();
+    assert!(e.to_string().contains("not connected"), "{e}");
+    s.apply(&connect("b1", None)).unwrap();
+    assert_eq!(s.tasks["t"].attachments[1].ifname, "eth0");
+}
+
+#[test]
+fn published_ports_are_unique_per_node_and_picked_from_the_range() {
+    let mut s = with_bridges();
+    run(
+        &mut s,
+        "a",
+        1,
+        &["b1"],
+        NetworkMode::Attached,
+        &[tcp(8080, 80), tcp(0, 81)],
+    )
+    .unwrap();
+    let a = &s.tasks["a"];
+    assert_eq!(a.ports[0].published, 8080);
+    assert_eq!(a.ports[1].published, *PUBLISHED_PORT_RANGE.start());
+    // Another node may publish 8080 too; this node may not, nor a service.
+    run(
+        &mut s,
+        "b",
+        2,
+        &["b2"],
+        NetworkMode::Attached,
+        &[tcp(8080, 80)],
+    )
+    .unwrap();
+    let before = s.clone();
+    let e = run(
+        &mut s,
+        "c",
+        1,
+        &["b1"],
+        NetworkMode::Attached,
+        &[tcp(8080, 80)],
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("already published by task a"), "{e}");
+    let e = run(
+        &mut s,
+        "d",
+        1,
+        &["b1"],
+        NetworkMode::Attached,
+        &[tcp(4377, 80)],
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("control port"), "{e}");
+    let e = run(
+        &mut s,
+        "e",
+        1,
+        &["b1"],
+        NetworkMode::Attached,
+        &[tcp(9000, 0)],
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("outside"), "{e}");
+    let svc = |ports: Vec<PortRequest>, mode| ServiceSpec {
+        name: "web".into(),
+        mode: ServiceMode::Replicated { replicas: 1 },
+        task: TaskSpec::default(),
+        networks: vec![],
+        endpoint_mode: mode,
+        constraints: vec![],
+        restart: RestartCondition::Any,
+        ports,
+    };
+    let ingress = |p: u16| PortRequest {
+        mode: PublishMode::Ingress,
+        ..tcp(p, 80)
+    };
+    let e = s
+        .apply(&Command::CreateService {
+            id: "s1".into(),
+            spec: svc(vec![ingress(8080)], EndpointMode::Vip),
+            now_ms: 4,
+        })
+        .unwrap_err();
+    assert!(e.to_string().contains("already published by task"), "{e}");
+    let e = s
+        .apply(&Command::CreateService {
+            id: "s1".into(),
+            spec: svc(vec![ingress(9090)], EndpointMode::Dnsrr),
+            now_ms: 4,
+        })
+        .unwrap_err();
+    assert!(e.to_string().contains("virtual IP"), "{e}");
+    assert_eq!(
+        s, before,
+        "refused commands change nothing (no ingress network either)"
+    );
+    // An ingress port creates the ingress network, gives every node an
+    // endpoint on it and puts replicas on it.
+    s.apply(&Command::CreateService {
+        id: "s1".into(),
+        spec: svc(vec![ingress(9090)], EndpointMode::Vip),
+        now_ms: 4,
+    })
+    .unwrap();
+    let net = s.ingress_network().unwrap().clone();
+    assert_eq!(net.subnet.to_string(), "10.255.0.0/16");
+    assert_eq!(net.node_endpoints.len(), 2);
+    s.apply(&Command::CreateServiceTask {
+        id: "r1".into(),
+        service: "s1".into(),
+        slot: 1,
+        node: NodeId(2),
+        now_ms: 5,
+    })
+    .unwrap();
+    let r1 = &s.tasks["r1"];
+    assert_eq!(r1.attachments.last().unwrap().network, net.id);
+    assert!(
+        !net.node_endpoints
+            .values()
+            .any(|ip| *ip == r1.attachments[0].ip)
+    );
+    // A node that joins later gets its endpoint too.
+    s.apply(&Command::AddNode {
+        node: node(3, Role::Worker, "w3"),
+    })
+    .unwrap();
+    assert!(
+        s.ingress_network()
+            .unwrap()
+            .node_endpoints
+            .contains_key(&NodeId(3))
+    );
+    // The service's port is now taken on every node.
+    let e = run(
+        &mut s,
+        "f",
+        2,
+        &["b2"],
+        NetworkMode::Attached,
+        &[tcp(9090, 80)],
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("service web"), "{e}");
 }

@@ -252,6 +252,108 @@ pub struct Network {
     /// Traffic between hosts travels inside WireGuard.
     #[serde(default)]
     pub encrypted: bool,
+    /// The node a local network (`bridge` driver) lives on; `None` for
+    /// swarm-scoped overlays.
+    #[serde(default)]
+    pub node: Option<NodeId>,
+    /// The routing-mesh network of published service ports.
+    #[serde(default)]
+    pub ingress: bool,
+    /// Ingress network only: each node's own endpoint (the source of
+    /// traffic it forwards to replicas elsewhere).
+    #[serde(default)]
+    pub node_endpoints: BTreeMap<NodeId, IpAddr>,
+}
+
+impl Network {
+    /// `local` for node-scoped networks, `swarm` otherwise.
+    pub fn scope(&self) -> &'static str {
+        if self.node.is_some() {
+            "local"
+        } else {
+            "swarm"
+        }
+    }
+
+    /// Whether `node` can see this network: swarm networks everywhere,
+    /// local ones on their node.
+    pub fn visible_on(&self, node: NodeId) -> bool {
+        self.node.is_none_or(|n| n == node)
+    }
+}
+
+/// How a task is networked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    /// Its own namespace with one interface per attachment.
+    #[default]
+    Attached,
+    /// The node's own network namespace (`--network host`).
+    Host,
+    /// Its own namespace with only loopback (`--network none`).
+    None,
+}
+
+/// A transport protocol of a published port.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum PortProto {
+    /// TCP.
+    #[default]
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl PortProto {
+    /// `tcp` or `udp`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PortProto::Tcp => "tcp",
+            PortProto::Udp => "udp",
+        }
+    }
+}
+
+/// Where a service publishes a port.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PublishMode {
+    /// On every node, forwarded to a replica (a local one first).
+    #[default]
+    Ingress,
+    /// Only on the nodes running a replica, to that replica.
+    Host,
+}
+
+/// A published port as requested: `published` 0 picks a free one from
+/// [`PUBLISHED_PORT_RANGE`](crate::store::PUBLISHED_PORT_RANGE).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortRequest {
+    /// Protocol.
+    pub proto: PortProto,
+    /// Port on the node; 0 = pick one.
+    pub published: u16,
+    /// Port in the task.
+    pub target: u16,
+    /// Ingress or host (services only; tasks are always host).
+    pub mode: PublishMode,
+}
+
+/// A published port after allocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortMapping {
+    /// Protocol.
+    pub proto: PortProto,
+    /// Port on the node.
+    pub published: u16,
+    /// Port in the task.
+    pub target: u16,
+    /// Ingress or host.
+    pub mode: PublishMode,
 }
 
 /// What a task runs.
@@ -270,6 +372,10 @@ pub struct Attachment {
     pub network: String,
     /// Allocated address.
     pub ip: IpAddr,
+    /// Interface name in the task (`eth0` …); stable across connects and
+    /// disconnects of other networks. Empty in old records: by position.
+    #[serde(default)]
+    pub ifname: String,
 }
 
 /// Desired state of a task.
@@ -320,6 +426,12 @@ pub struct Task {
     /// The service it belongs to; `None` for standalone tasks.
     #[serde(default)]
     pub service: Option<ServiceRef>,
+    /// How it is networked.
+    #[serde(default)]
+    pub network_mode: NetworkMode,
+    /// Ports published on its node for it (`weft run -p`).
+    #[serde(default)]
+    pub ports: Vec<PortMapping>,
 }
 
 /// A network as requested by the operator, before allocation.
@@ -348,6 +460,12 @@ pub struct NetworkSpec {
     /// Inside WireGuard between hosts.
     #[serde(default)]
     pub encrypted: bool,
+    /// `overlay` (default) or `bridge` (local to [`node`](NetworkSpec::node)).
+    #[serde(default)]
+    pub driver: String,
+    /// The node of a local (`bridge`) network.
+    #[serde(default)]
+    pub node: Option<NodeId>,
 }
 
 /// How many tasks a service runs.
@@ -490,6 +608,9 @@ pub struct ServiceSpec {
     pub constraints: Vec<Constraint>,
     /// Restart policy.
     pub restart: RestartCondition,
+    /// Published ports.
+    #[serde(default)]
+    pub ports: Vec<PortRequest>,
 }
 
 /// A service.
@@ -508,6 +629,9 @@ pub struct Service {
     pub created_at_ms: u64,
     /// Unix ms of the last update.
     pub updated_at_ms: u64,
+    /// The published ports, allocated.
+    #[serde(default)]
+    pub ports: Vec<PortMapping>,
 }
 
 /// Which service a task belongs to.

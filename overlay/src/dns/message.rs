@@ -164,6 +164,7 @@ mod tests {
     fn view(backends: usize) -> TaskView {
         let mut d = DesiredNode::new("198.18.0.1".parse().unwrap());
         let mut n = OverlayNet {
+            local: false,
             vni: 9,
             subnet: "10.0.0.0/16".parse().unwrap(),
             gateway: "10.0.0.1".parse().unwrap(),

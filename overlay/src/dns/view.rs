@@ -160,6 +160,7 @@ mod tests {
 
     fn net(name: &str, third: u8) -> OverlayNet {
         OverlayNet {
+            local: false,
             vni: 100 + u32::from(third),
             subnet: format!("10.0.{third}.0/24").parse().unwrap(),
             gateway: ip(&format!("10.0.{third}.1")),

@@ -1,6 +1,7 @@
 //! [`LinuxDataplane`]: the real [`Dataplane`]. It reads the kernel into an
 //! [`Observed`] (pins under `<exec_root>/netns`, links, addresses, FDB and
-//! neighbour entries, routes, the `weft` nftables tables), asks the pure
+//! neighbour entries, routes, the `weft`, `weft_guard` and `weft_ports`
+//! nftables tables and the operator's `weft_user` chain), asks the pure
 //! planner for the ops and executes them with the primitives of this module
 //! tree. It also runs the embedded DNS resolver of its tasks
 //! ([`DnsServer`]): the view is replaced after every apply, the listeners
@@ -24,7 +25,9 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use ipnetwork::IpNetwork;
 use nftables::batch::Batch;
-use nftables::expr::{Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix};
+use nftables::expr::{
+    BinaryOperation, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix,
+};
 use nftables::schema::{Chain, NfListObject, NfObject, Rule, Table};
 use nftables::stmt::{Match, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
@@ -33,18 +36,22 @@ use super::conntrack;
 use super::error::Error as LinuxError;
 use super::guard::{delete_guard_batch, guard_batch, guard_of};
 use super::lb::{delete_lb_batch, lb_batch, lb_of};
+use super::monitor::NftMonitor;
 use super::netlink::{Link, LinkKind, Netlink, VethSpec, VxlanSpec};
 use super::netns::Netns;
 use super::nft;
+use super::ports::{delete_ports_batch, ports_batch, ports_of, user_chain_batch, user_chain_of};
 use super::topology::teardown_pins;
 use crate::dataplane::{ApplyReport, Dataplane, Error, OpFailure, Result, TeardownReport};
 use crate::dns::listener::DnsServer;
 use crate::dns::{DnsView, TASK_RESOLV_CONF};
-use crate::model::names::{self, GATEWAY_BRIDGE, NFT_GUARD_TABLE, NFT_TABLE, WG_DEVICE};
+use crate::model::names::{
+    self, GATEWAY_BRIDGE, INGRESS_IF, NFT_GUARD_TABLE, NFT_PORTS_TABLE, NFT_TABLE, WG_DEVICE,
+};
 use crate::model::{DesiredNode, NetworkId, TaskId};
 use crate::plan::{
-    HostRoute, NsRef, Observed, ObservedFdb, ObservedKind, ObservedLink, ObservedNeigh, ObservedNs,
-    ObservedRoute, ObservedVxlan, ObservedWg, ObservedWgPeer, Op, plan,
+    HAIRPIN_MARK, HostRoute, NsRef, Observed, ObservedFdb, ObservedKind, ObservedLink,
+    ObservedNeigh, ObservedNs, ObservedRoute, ObservedVxlan, ObservedWg, ObservedWgPeer, Op, plan,
 };
 use crate::wg::boringtun::BoringtunDevice;
 use crate::wg::{DeviceState, PeerConfig, WgDevice, keys};
@@ -68,6 +75,10 @@ pub struct LinuxDataplane {
     /// process: it goes when the daemon does, and the next apply after a
     /// restart creates it again).
     wg: std::sync::Mutex<Option<Box<dyn WgDevice>>>,
+    /// The watcher of the daemon namespace's nftables ruleset, started by
+    /// the first [`Dataplane::nft_changes`] call; its thread stops when
+    /// the data plane is dropped.
+    monitor: std::sync::Mutex<Option<NftMonitor>>,
 }
 
 impl LinuxDataplane {
@@ -81,6 +92,7 @@ impl LinuxDataplane {
             host,
             lock: tokio::sync::Mutex::new(()),
             wg: std::sync::Mutex::new(None),
+            monitor: std::sync::Mutex::new(None),
         }
     }
 
@@ -190,11 +202,16 @@ impl LinuxDataplane {
                 path: IP_FORWARD.into(),
                 source,
             })?;
-        let (nat, guard) = match nft::list_ruleset_async(&self.host).await {
-            Ok(rs) => (nat_of(&rs), guard_of(&rs)),
+        let (nat, guard, ports, user_chain) = match nft::list_ruleset_async(&self.host).await {
+            Ok(rs) => (
+                nat_of(&rs),
+                guard_of(&rs),
+                ports_of(&rs),
+                user_chain_of(&rs),
+            ),
             // Without nft there are no tables to see; a desired gateway
             // then fails at ApplyNat with the install hint.
-            Err(LinuxError::NftMissing) => (None, None),
+            Err(LinuxError::NftMissing) => (None, None, None, false),
             Err(e) => return Err(e),
         };
         let wg = self.wg_state().map(|st| ObservedWg {
@@ -226,6 +243,8 @@ impl LinuxDataplane {
             wg,
             wg_key: None,
             guard,
+            ports,
+            user_chain,
         };
         let mut task_inodes = BTreeMap::new();
         for (name, path) in self.pins()? {
@@ -441,12 +460,17 @@ fn nat_batch(subnet: IpNetwork, bridge: &str) -> nftables::schema::Nftables<'sta
         .iter()
         .find(|c| c.starts_with("weft:isolate"))
         .cloned()
-        .expect("two comments");
+        .expect("three comments");
     let masq_comment = comments
         .iter()
         .find(|c| c.starts_with("weft:masquerade"))
         .cloned()
-        .expect("two comments");
+        .expect("three comments");
+    let hairpin_comment = comments
+        .iter()
+        .find(|c| c.starts_with("weft:hairpin"))
+        .cloned()
+        .expect("three comments");
     let mut b = Batch::new();
     for family in [NfFamily::INet, NfFamily::Bridge] {
         let t = Table {
@@ -518,6 +542,27 @@ fn nat_batch(subnet: IpNetwork, bridge: &str) -> nftables::schema::Nftables<'sta
         hook: Some(NfHook::Forward),
         prio: Some(0),
         policy: Some(NfChainPolicy::Accept),
+        ..Default::default()
+    }));
+    // Except hairpin traffic to a published port (see HAIRPIN_MARK):
+    // with br_netfilter it is bridged port to port after its DNAT.
+    let mark = || Expression::Named(NamedExpression::Meta(Meta { key: MetaKey::Mark }));
+    b.add(NfListObject::Rule(Rule {
+        family: NfFamily::Bridge,
+        table: NFT_TABLE.into(),
+        chain: "forward".into(),
+        expr: Cow::Owned(vec![
+            Statement::Match(Match {
+                left: Expression::BinaryOperation(Box::new(BinaryOperation::AND(
+                    mark(),
+                    Expression::Number(HAIRPIN_MARK),
+                ))),
+                right: Expression::Number(HAIRPIN_MARK),
+                op: Operator::EQ,
+            }),
+            Statement::Accept(None),
+        ]),
+        comment: Some(hairpin_comment.into()),
         ..Default::default()
     }));
     b.add(NfListObject::Rule(Rule {
@@ -794,6 +839,15 @@ impl Executor<'_> {
                 nft::apply_async(&self.dp.host, guard_batch(*port, members, *rules)).await
             }
             Op::DeleteGuard => nft::apply_async(&self.dp.host, delete_guard_batch()).await,
+            Op::ApplyPorts { table } => {
+                nft::check_nft()?;
+                nft::apply_async(&self.dp.host, ports_batch(table)).await
+            }
+            Op::DeletePorts => nft::apply_async(&self.dp.host, delete_ports_batch()).await,
+            Op::EnsureUserChain => {
+                nft::check_nft()?;
+                nft::apply_async(&self.dp.host, user_chain_batch()).await
+            }
         }
     }
 }
@@ -833,6 +887,20 @@ impl Dataplane for LinuxDataplane {
         Some(self.resolv_conf_path())
     }
 
+    fn nft_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        let mut m = self.monitor.lock().unwrap_or_else(|p| p.into_inner());
+        if m.is_none() {
+            match NftMonitor::start(&self.host) {
+                Ok(mon) => *m = Some(mon),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot watch nftables changes; drift is repaired by the periodic re-apply only");
+                    return None;
+                }
+            }
+        }
+        m.as_ref().map(NftMonitor::subscribe)
+    }
+
     fn wg_handshakes(&self) -> std::collections::BTreeMap<String, std::time::SystemTime> {
         self.wg_state()
             .map(|st| {
@@ -869,7 +937,7 @@ impl Dataplane for LinuxDataplane {
         }
         let host_nl = Netlink::open(&self.host)?;
         // Daemon-side links first: gateway ports, stray VXLAN devices, the
-        // WireGuard interface, the gateway bridge.
+        // WireGuard interface, the ingress endpoint, the gateway bridge.
         match host_nl.list_links(Some(names::WEFT_PREFIX)).await {
             Ok(links) => {
                 let mut links: Vec<Link> = links
@@ -877,6 +945,7 @@ impl Dataplane for LinuxDataplane {
                     .filter(|l| {
                         l.name == GATEWAY_BRIDGE
                             || l.name == WG_DEVICE
+                            || l.name == INGRESS_IF
                             || l.name.starts_with(names::GW_PORT_PREFIX)
                             || l.name.starts_with(names::VXLAN_PREFIX)
                     })
@@ -907,6 +976,15 @@ impl Dataplane for LinuxDataplane {
                         Ok(()) => report
                             .removed
                             .push(format!("nft table inet {NFT_GUARD_TABLE}")),
+                        Err(e) => report.errors.push(e.into()),
+                    }
+                }
+                // The operator's table (`weft_user`) is not ours: it stays.
+                if ports_of(&rs).is_some() {
+                    match nft::apply_async(&self.host, delete_ports_batch()).await {
+                        Ok(()) => report
+                            .removed
+                            .push(format!("nft table inet {NFT_PORTS_TABLE}")),
                         Err(e) => report.errors.push(e.into()),
                     }
                 }

@@ -4,7 +4,9 @@
 //! our choosing ([`netns`]), per-namespace rtnetlink handles and idempotent
 //! link/address/route/FDB/neighbour operations ([`netlink`]), nftables
 //! batches applied inside a namespace ([`nft`]) including the tasks'
-//! service-VIP tables ([`lb`]), stale conntrack entries deleted over
+//! service-VIP tables ([`lb`]), published ports and the operator's
+//! firewall chain ([`ports`]), a watcher of nftables changes
+//! ([`monitor`]), stale conntrack entries deleted over
 //! ctnetlink ([`conntrack`]), commands started inside namespaces
 //! ([`process`]) and the underlay topology used by the tests and
 //! `weft lab` ([`topology`]).
@@ -17,9 +19,11 @@ pub mod conntrack;
 pub mod dataplane;
 pub mod guard;
 pub mod lb;
+pub mod monitor;
 pub mod netlink;
 pub mod netns;
 pub mod nft;
+pub mod ports;
 pub mod process;
 pub mod topology;
 
@@ -28,6 +32,7 @@ mod error;
 pub use crate::mac::{MacAddr, ParseMacError};
 pub use dataplane::{LinuxDataplane, task_netns_path, underlay_mtu_of};
 pub use error::{Error, Result, TeardownReport};
+pub use monitor::NftMonitor;
 pub use netlink::{
     FdbEntry, Link, LinkKind, NeighEntry, Netlink, RouteEntry, VethSpec, VxlanInfo, VxlanSpec,
 };

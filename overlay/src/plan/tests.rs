@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use super::*;
 use crate::fake::simulate;
 use crate::model::{
-    EndpointId, GatewayBridge, GwAttachment, LocalEndpoint, OverlayNet, RemoteEndpoint,
-    ServiceEntry, TaskNet,
+    EndpointId, GatewayBridge, GwAttachment, IngressEndpoint, LocalEndpoint, OverlayNet,
+    PublishedPort, RemoteEndpoint, ServiceEntry, TaskNet,
 };
 
 fn mac(i: u8) -> MacAddr {
@@ -17,6 +17,7 @@ fn mac(i: u8) -> MacAddr {
 
 fn net(vni: u32, third: u8, internal: bool) -> OverlayNet {
     OverlayNet {
+        local: false,
         vni,
         subnet: format!("10.0.{third}.0/24").parse().unwrap(),
         gateway: format!("10.0.{third}.1").parse().unwrap(),
@@ -624,6 +625,11 @@ fn every_transition_converges_in_one_apply() {
         .backends
         .pop();
     states.push(s);
+    states.push(with_ports(&base));
+    let mut s = with_ports(&base);
+    s.ports[0].local.clear();
+    s.ingress = None;
+    states.push(s);
     for from in &states {
         for to in &states {
             let mut k = empty_kernel();
@@ -797,4 +803,296 @@ fn lb_tables_and_resolvers_converge_and_follow_changes() {
     fewer.tasks.remove(&TaskId::from("t3"));
     converge(&mut k, &fewer);
     assert!(!k.dns.contains(&TaskId::from("t3")));
+}
+
+/// `full()` plus an ingress overlay network with this node's endpoint on it
+/// and three published ports: web (local and remote backends), dns (UDP,
+/// remote only) and api (remote only, two backends).
+fn with_ports(base: &DesiredNode) -> DesiredNode {
+    let mut d = base.clone();
+    let mut ing = net(4098, 255, false);
+    ing.remote
+        .insert("r-ing".into(), remote("10.0.255.9", 40, "198.18.0.2"));
+    d.networks.insert("ingress".into(), ing);
+    d.ingress = Some(IngressEndpoint {
+        network: "ingress".into(),
+        ip: "10.0.255.2/24".parse().unwrap(),
+        mac: mac(50),
+    });
+    d.ports = vec![
+        published(
+            Proto::Tcp,
+            8080,
+            80,
+            &["172.18.0.2"],
+            &["10.0.255.9"],
+            "web",
+        ),
+        published(Proto::Udp, 5353, 53, &[], &["10.0.255.9"], "dns"),
+        published(
+            Proto::Tcp,
+            9000,
+            9000,
+            &[],
+            &["10.0.255.9", "10.0.255.8"],
+            "api",
+        ),
+    ];
+    d
+}
+
+fn published(
+    proto: Proto,
+    port: u16,
+    target_port: u16,
+    local: &[&str],
+    remote: &[&str],
+    owner: &str,
+) -> PublishedPort {
+    PublishedPort {
+        proto,
+        port,
+        target_port,
+        local: local.iter().map(|a| ip(a)).collect(),
+        remote: remote.iter().map(|a| ip(a)).collect(),
+        owner: format!("service {owner}"),
+    }
+}
+
+#[test]
+fn ports_table_prefers_local_backends_and_skips_what_it_cannot_reach() {
+    let d = with_ports(&full());
+    let t = ports_table(&d).unwrap();
+    assert_eq!(t.hairpin, Some("172.18.0.0/16".parse().unwrap()));
+    assert!(t.ingress);
+    let got: Vec<(u16, bool, Vec<IpAddr>)> = t
+        .rules
+        .iter()
+        .map(|r| (r.port, r.remote, r.backends.clone()))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            // Sorted by (proto, port); remote backends sorted.
+            (8080, false, vec![ip("172.18.0.2")]),
+            (9000, true, vec![ip("10.0.255.8"), ip("10.0.255.9")]),
+            (5353, true, vec![ip("10.0.255.9")]),
+        ]
+    );
+    // Without an ingress endpoint remote backends are unreachable: only
+    // ports with local backends get rules.
+    let mut no_ing = d.clone();
+    no_ing.ingress = None;
+    let t = ports_table(&no_ing).unwrap();
+    assert_eq!(t.rules.len(), 1);
+    assert!(!t.ingress);
+    // IPv6 backends are skipped; a port left without any gets no rule.
+    let mut v6 = d.clone();
+    v6.ports = vec![published(Proto::Tcp, 80, 80, &["fd00::2"], &[], "v6")];
+    v6.ingress = None;
+    assert!(ports_table(&v6).unwrap().rules.is_empty());
+    // No ports and no ingress: no table. No gateway: no hairpin.
+    assert_eq!(ports_table(&full()), None);
+    let mut no_gw = DesiredNode::new(d.vtep);
+    no_gw.ports = vec![published(Proto::Tcp, 80, 80, &["172.18.0.2"], &[], "x")];
+    assert_eq!(ports_table(&no_gw).unwrap().hairpin, None);
+    // Reordering backends changes nothing; comments stay within nft's
+    // limit whatever the owner.
+    let mut reordered = d.clone();
+    reordered.ports[2].remote.reverse();
+    reordered.ports.reverse();
+    assert_eq!(ports_table(&reordered), ports_table(&d));
+    let mut long = d.clone();
+    long.ports[0].owner = "ü".repeat(200);
+    for c in ports_table(&long).unwrap().comments() {
+        assert!(c.len() <= 128 && c.starts_with(PORTS_COMMENT_PREFIX), "{c}");
+    }
+    // Every field that changes the rules changes a comment.
+    let base = ports_table(&d).unwrap().comments();
+    for f in [
+        (|d: &mut DesiredNode| d.ports[0].target_port = 81) as fn(&mut DesiredNode),
+        |d| d.ports[1].remote[0] = ip("10.0.255.7"),
+        |d| d.ports[0].owner = "task t".into(),
+        |d| d.gateway = None,
+        |d| d.ingress = None,
+    ] {
+        let mut e = d.clone();
+        f(&mut e);
+        if e.ingress.is_none() {
+            e.networks.remove(&NetworkId::from("ingress"));
+        }
+        assert_ne!(ports_table(&e).map(|t| t.comments()), Some(base.clone()));
+    }
+}
+
+#[test]
+fn ingress_endpoint_ports_and_user_chain_converge() {
+    let d = with_ports(&full());
+    let mut k = empty_kernel();
+    let ops = converge(&mut k, &d);
+    let ing = NsRef::Network("ingress".into());
+    let veth = pos(&ops, |o| {
+        *o == Op::CreateVeth {
+            ns: ing.clone(),
+            name: INGRESS_PORT.into(),
+            mac: None,
+            peer_ns: NsRef::Host,
+            peer_name: INGRESS_IF.into(),
+            peer_mac: Some(mac(50)),
+            mtu: 1450,
+        }
+    });
+    let master = pos(&ops, |o| {
+        *o == Op::SetMaster {
+            ns: ing.clone(),
+            link: INGRESS_PORT.into(),
+            master: NETWORK_BRIDGE.into(),
+        }
+    });
+    let addr = pos(&ops, |o| {
+        *o == Op::AddAddress {
+            ns: NsRef::Host,
+            link: INGRESS_IF.into(),
+            addr: "10.0.255.2/24".parse().unwrap(),
+        }
+    });
+    let up = pos(&ops, |o| {
+        *o == Op::SetUp {
+            ns: NsRef::Host,
+            link: INGRESS_IF.into(),
+        }
+    });
+    let user = pos(&ops, |o| *o == Op::EnsureUserChain);
+    let ports = pos(&ops, |o| matches!(o, Op::ApplyPorts { .. }));
+    let fwd = pos(&ops, |o| *o == Op::EnableIpv4Forwarding);
+    assert!(fwd < veth && veth < master && veth < addr && addr < up && up < user);
+    assert!(user < ports);
+    assert!(
+        matches!(&ops[ports], Op::ApplyPorts { table } if Some(table) == ports_table(&d).as_ref())
+    );
+    assert!(k.user_chain);
+    assert_eq!(k.ports, ports_table(&d).map(|t| t.comments()));
+
+    // Drift: a flushed or deleted ports table, a deleted user chain, the
+    // ingress veth deleted by hand: each repaired alone.
+    k.ports = Some(BTreeSet::new());
+    assert!(matches!(
+        plan(&k, &d).unwrap().as_slice(),
+        [Op::ApplyPorts { .. }]
+    ));
+    k.ports = None;
+    assert!(matches!(
+        plan(&k, &d).unwrap().as_slice(),
+        [Op::ApplyPorts { .. }]
+    ));
+    converge(&mut k, &d);
+    k.user_chain = false;
+    assert_eq!(plan(&k, &d).unwrap(), vec![Op::EnsureUserChain]);
+    converge(&mut k, &d);
+    simulate(
+        &mut k,
+        &Op::DeleteLink {
+            ns: NsRef::Host,
+            name: INGRESS_IF.into(),
+        },
+    );
+    let ops = converge(&mut k, &d);
+    assert!(
+        matches!(&ops[0], Op::CreateVeth { name, .. } if name == INGRESS_PORT),
+        "{ops:#?}"
+    );
+    assert!(!ops.iter().any(|o| matches!(o, Op::ApplyPorts { .. })));
+
+    // A changed backend rewrites only the table.
+    let mut moved = d.clone();
+    moved.ports[0].local = vec![ip("172.18.0.3")];
+    let ops = converge(&mut k, &moved);
+    assert!(
+        matches!(ops.as_slice(), [Op::ApplyPorts { .. }]),
+        "{ops:#?}"
+    );
+
+    // No ports, no ingress: the table and the endpoint go, the user chain
+    // stays (also once the gateway goes: it is never weft's to remove).
+    let ops = converge(&mut k, &full());
+    assert!(ops.contains(&Op::DeletePorts), "{ops:#?}");
+    assert!(ops.contains(&Op::DeleteLink {
+        ns: NsRef::Host,
+        name: INGRESS_IF.into()
+    }));
+    assert!(!k.host.links.contains_key(INGRESS_IF));
+    assert_eq!(k.ports, None);
+    let ops = converge(&mut k, &DesiredNode::new(d.vtep));
+    assert!(!ops.contains(&Op::EnsureUserChain));
+    assert!(k.user_chain);
+}
+
+#[test]
+fn ports_alone_turn_on_forwarding_and_the_user_chain() {
+    let mut d = DesiredNode::new("198.18.0.1".parse().unwrap());
+    d.ports = vec![published(Proto::Tcp, 80, 8080, &["10.9.0.2"], &[], "x")];
+    let ops = converge(&mut empty_kernel(), &d);
+    assert_eq!(ops.len(), 3, "{ops:#?}");
+    assert_eq!(ops[0], Op::EnableIpv4Forwarding);
+    assert_eq!(ops[1], Op::EnsureUserChain);
+    assert!(
+        matches!(&ops[2], Op::ApplyPorts { table } if table.rules.len() == 1 && table.hairpin.is_none() && !table.ingress)
+    );
+    // Nothing to forward: nothing at all.
+    assert!(converge(&mut empty_kernel(), &DesiredNode::new(d.vtep)).is_empty());
+}
+
+#[test]
+fn bad_ports_and_ingress_are_refused() {
+    let k = empty_kernel();
+    let check = |f: &dyn Fn(&mut DesiredNode), want: &str| {
+        let mut d = with_ports(&full());
+        f(&mut d);
+        let e = plan(&k, &d).unwrap_err();
+        let dbg = format!("{e:?}");
+        assert!(dbg.starts_with(want), "{dbg} (wanted {want})");
+        e.to_string()
+    };
+    check(
+        &|d| {
+            d.networks.remove(&NetworkId::from("ingress"));
+        },
+        "InvalidIngress",
+    );
+    check(
+        &|d| {
+            let n = d.networks.get_mut(&NetworkId::from("ingress")).unwrap();
+            n.local = true;
+            n.remote.clear();
+        },
+        "InvalidIngress",
+    );
+    check(
+        &|d| d.ingress.as_mut().unwrap().ip = "10.0.9.50/24".parse().unwrap(),
+        "AddressOutsideSubnet",
+    );
+    check(
+        &|d| d.ingress.as_mut().unwrap().ip = "10.0.255.2/16".parse().unwrap(),
+        "InvalidIngress",
+    );
+    check(&|d| d.ports[0].port = 0, "InvalidPort");
+    check(&|d| d.ports[1].target_port = 0, "InvalidPort");
+    let msg = check(
+        &|d| {
+            let mut again = d.ports[0].clone();
+            again.owner = "task other".into();
+            d.ports.push(again);
+        },
+        "DuplicatePort",
+    );
+    assert!(
+        msg.contains("tcp/8080") && msg.contains("service web") && msg.contains("task other"),
+        "{msg}"
+    );
+    // The same number on the other protocol is another port.
+    let mut d = with_ports(&full());
+    let mut udp = d.ports[0].clone();
+    udp.proto = Proto::Udp;
+    d.ports.push(udp);
+    assert!(plan(&k, &d).is_ok());
 }

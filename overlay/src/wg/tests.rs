@@ -22,6 +22,7 @@ fn desired() -> DesiredNode {
         d.networks.insert(
             id.into(),
             OverlayNet {
+                local: false,
                 vni,
                 subnet: format!("10.{vni}.0.0/24").parse().unwrap(),
                 gateway: format!("10.{vni}.0.1").parse().unwrap(),

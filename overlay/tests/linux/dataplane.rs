@@ -33,6 +33,7 @@ fn mac(i: u8) -> MacAddr {
 
 fn overlay(vni: u32, internal: bool) -> OverlayNet {
     OverlayNet {
+        local: false,
         vni,
         subnet: "10.20.0.0/24".parse().unwrap(),
         gateway: "10.20.0.1".parse().unwrap(),

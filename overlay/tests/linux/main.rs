@@ -9,6 +9,7 @@ mod netlink;
 mod netns;
 mod nft;
 mod overlay_path;
+mod ports;
 mod process;
 mod services;
 mod topology;

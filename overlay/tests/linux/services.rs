@@ -44,6 +44,7 @@ fn ip(s: &str) -> IpAddr {
 
 fn net(vni: u32, third: u8, name: &str) -> OverlayNet {
     OverlayNet {
+        local: false,
         vni,
         subnet: format!("10.{third}.0.0/24").parse().unwrap(),
         gateway: ip(&format!("10.{third}.0.1")),

@@ -32,6 +32,7 @@ fn mac(i: u8) -> MacAddr {
 
 fn net(vni: u32, third: u8, mtu: u32) -> OverlayNet {
     OverlayNet {
+        local: false,
         vni,
         subnet: format!("10.{third}.0.0/24").parse().unwrap(),
         gateway: format!("10.{third}.0.1").parse().unwrap(),

@@ -1,0 +1,570 @@
+//! The parts of the networking model beyond overlays: node-local bridge
+//! networks (the per-node default `bridge` and user bridges), the `host`
+//! and `none` modes, live connect/disconnect, published ports and the
+//! `ingress` routing-mesh network. Everything here runs inside
+//! [`State::apply`], so it is deterministic like the rest of the store.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+
+use super::ipam;
+use super::types::*;
+use super::{State, StoreError};
+
+/// Names that are not networks of the store: `host` and `none` are modes,
+/// `bridge` is each node's default bridge, `ingress` the routing mesh.
+pub const RESERVED_NETWORK_NAMES: [&str; 4] = ["bridge", "host", "none", "ingress"];
+
+/// The name of every node's default bridge network.
+pub const DEFAULT_BRIDGE: &str = "bridge";
+
+/// The name of the routing-mesh network.
+pub const INGRESS_NETWORK: &str = "ingress";
+
+/// The subnet of the routing-mesh network (Docker's, too).
+pub const INGRESS_SUBNET: &str = "10.255.0.0/16";
+
+/// Ports handed out when a publish names no port (`-p 80`,
+/// `--publish target=80`): the range Kubernetes uses for node ports.
+pub const PUBLISHED_PORT_RANGE: std::ops::RangeInclusive<u16> = 30000..=32767;
+
+/// Ports a published port may never take: weft's own control port.
+pub const CONTROL_PORT: u16 = 4377;
+
+/// The ID of the cluster's ingress network: derived from the cluster ID so
+/// every manager computes the same one at apply time.
+pub fn ingress_network_id(cluster_id: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in cluster_id.bytes().chain(*b"/ingress") {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// The first free `ethN` among `used`.
+pub fn next_ifname<'a>(used: impl IntoIterator<Item = &'a str>) -> String {
+    let used: BTreeSet<&str> = used.into_iter().collect();
+    (0..)
+        .map(|i| format!("eth{i}"))
+        .find(|n| !used.contains(n.as_str()))
+        .expect("an unused name exists")
+}
+
+/// Who holds a published port, for error messages.
+struct Holder {
+    owner: String,
+    node: Option<NodeId>,
+}
+
+impl State {
+    /// The network a standalone task on `node` means by `what`: that
+    /// node's local networks first (so `bridge` is its own default bridge),
+    /// then swarm networks.
+    pub fn resolve_network_on(&self, what: &str, node: NodeId) -> Result<&Network, StoreError> {
+        if let Some(n) = self
+            .networks
+            .values()
+            .find(|n| n.node == Some(node) && (n.name == what || n.id == what))
+        {
+            return Ok(n);
+        }
+        let n = self.resolve_network(what)?;
+        if n.visible_on(node) {
+            Ok(n)
+        } else {
+            Err(StoreError::NetworkNotFound(what.to_string()))
+        }
+    }
+
+    /// A node's default bridge network.
+    pub fn default_bridge(&self, node: NodeId) -> Option<&Network> {
+        self.networks
+            .values()
+            .find(|n| n.node == Some(node) && n.name == DEFAULT_BRIDGE)
+    }
+
+    /// The cluster's ingress network, if some service publishes through it.
+    pub fn ingress_network(&self) -> Option<&Network> {
+        self.networks.values().find(|n| n.ingress)
+    }
+
+    /// Creates or updates `node`'s default bridge with `subnet` (its
+    /// daemon's `--bridge-subnet`). A changed subnet is refused while tasks
+    /// use the bridge.
+    pub(crate) fn set_node_bridge(
+        &mut self,
+        node: NodeId,
+        id: &str,
+        subnet: IpNetwork,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        self.node(node)?;
+        let gateway = ipam::first_host(&subnet).ok_or_else(|| {
+            StoreError::InvalidNetwork(format!("subnet {subnet} is too small: use a /30 or larger"))
+        })?;
+        if let Some(old) = self.default_bridge(node) {
+            if old.subnet == subnet {
+                return Ok(());
+            }
+            let users = self
+                .tasks
+                .values()
+                .filter(|t| t.attachments.iter().any(|a| a.network == old.id))
+                .count();
+            if users > 0 {
+                return Err(StoreError::NetworkInUse {
+                    name: DEFAULT_BRIDGE.into(),
+                    tasks: users,
+                });
+            }
+            let old_id = old.id.clone();
+            let net = self.networks.get_mut(&old_id).expect("found above");
+            net.subnet = subnet;
+            net.gateway = gateway;
+            net.ip_range = None;
+            return Ok(());
+        }
+        if self.networks.contains_key(id) {
+            return Err(StoreError::NetworkExists(id.to_string()));
+        }
+        self.networks.insert(
+            id.to_string(),
+            Network {
+                id: id.to_string(),
+                name: DEFAULT_BRIDGE.into(),
+                driver: "bridge".into(),
+                subnet,
+                gateway,
+                ip_range: None,
+                vni: 0,
+                internal: false,
+                attachable: true,
+                mtu: None,
+                labels: Default::default(),
+                created_at_ms: now_ms,
+                encrypted: false,
+                node: Some(node),
+                ingress: false,
+                node_endpoints: Default::default(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Checks a bridge-network spec: a node, no reserved name, no
+    /// overlay-only options.
+    pub(crate) fn check_local_spec(&self, spec: &NetworkSpec) -> Result<NodeId, StoreError> {
+        let node = spec.node.ok_or_else(|| {
+            StoreError::InvalidNetwork(
+                "a bridge network is local to one node: create it through that node's daemon"
+                    .into(),
+            )
+        })?;
+        self.node(node)?;
+        if spec.encrypted {
+            return Err(StoreError::InvalidNetwork(
+                "--opt encrypted is for overlay networks; a bridge network never leaves its node"
+                    .into(),
+            ));
+        }
+        Ok(node)
+    }
+
+    /// Every node gets an address on a new ingress network; a node that
+    /// joins later gets one in [`State::add_ingress_endpoint`].
+    fn ensure_ingress(&mut self, now_ms: u64) -> Result<String, StoreError> {
+        if let Some(n) = self.ingress_network() {
+            return Ok(n.id.clone());
+        }
+        let cluster = self.cluster.as_ref().ok_or(StoreError::NotInitialised)?;
+        let id = ingress_network_id(&cluster.id);
+        let subnet: IpNetwork = INGRESS_SUBNET.parse().expect("valid literal");
+        if let Some(o) = self
+            .networks
+            .values()
+            .find(|n| n.node.is_none() && ipam::overlaps(&n.subnet, &subnet))
+        {
+            return Err(StoreError::SubnetOverlap {
+                subnet: subnet.to_string(),
+                other: o.subnet.to_string(),
+                network: o.name.clone(),
+            });
+        }
+        if self.networks.values().any(|n| n.name == INGRESS_NETWORK) {
+            return Err(StoreError::NetworkExists(INGRESS_NETWORK.into()));
+        }
+        let used: BTreeSet<u32> = self.networks.values().map(|n| n.vni).collect();
+        let vni = ipam::next_vni(&used).ok_or(StoreError::VniExhausted)?;
+        let gateway = ipam::first_host(&subnet).expect("a /16 has hosts");
+        self.networks.insert(
+            id.clone(),
+            Network {
+                id: id.clone(),
+                name: INGRESS_NETWORK.into(),
+                driver: "overlay".into(),
+                subnet,
+                gateway,
+                ip_range: None,
+                vni,
+                internal: false,
+                attachable: false,
+                mtu: None,
+                labels: Default::default(),
+                created_at_ms: now_ms,
+                encrypted: false,
+                node: None,
+                ingress: true,
+                node_endpoints: Default::default(),
+            },
+        );
+        let nodes: Vec<NodeId> = self.nodes.keys().copied().collect();
+        for n in nodes {
+            self.add_ingress_endpoint(n)?;
+        }
+        Ok(id)
+    }
+
+    /// Gives `node` its address on the ingress network, if there is one.
+    pub(crate) fn add_ingress_endpoint(&mut self, node: NodeId) -> Result<(), StoreError> {
+        let Some(net) = self.ingress_network() else {
+            return Ok(());
+        };
+        if net.node_endpoints.contains_key(&node) {
+            return Ok(());
+        }
+        let id = net.id.clone();
+        let taken = self.taken_on(&id);
+        let net = &self.networks[&id];
+        let ip = ipam::next_ip(&net.subnet, None, &taken)
+            .ok_or_else(|| StoreError::NetworkFull(net.name.clone()))?;
+        self.networks
+            .get_mut(&id)
+            .expect("found above")
+            .node_endpoints
+            .insert(node, ip);
+        Ok(())
+    }
+
+    /// Drops what belonged to a removed node: its local networks and its
+    /// ingress endpoint.
+    pub(crate) fn forget_node_networks(&mut self, node: NodeId) {
+        self.networks.retain(|_, n| n.node != Some(node));
+        for n in self.networks.values_mut() {
+            n.node_endpoints.remove(&node);
+        }
+    }
+
+    /// Every published port in use, with its holder: services' ports hold
+    /// on every node, tasks' ports on their node.
+    fn published(&self, skip_service: Option<&str>) -> Vec<(PortProto, u16, Holder)> {
+        let mut out = Vec::new();
+        for s in self.services.values() {
+            if Some(s.id.as_str()) == skip_service {
+                continue;
+            }
+            for p in &s.ports {
+                out.push((
+                    p.proto,
+                    p.published,
+                    Holder {
+                        owner: format!("service {}", s.spec.name),
+                        node: None,
+                    },
+                ));
+            }
+        }
+        for t in self.tasks.values() {
+            for p in &t.ports {
+                out.push((
+                    p.proto,
+                    p.published,
+                    Holder {
+                        owner: format!("task {}", t.name),
+                        node: Some(t.node),
+                    },
+                ));
+            }
+        }
+        out
+    }
+
+    /// Allocates `wanted` on `node` (a task's ports) or on every node
+    /// (`node` = `None`: a service's ports), skipping `skip_service`'s own
+    /// ports (an update keeps them).
+    pub(crate) fn allocate_ports(
+        &self,
+        wanted: &[PortRequest],
+        node: Option<NodeId>,
+        skip_service: Option<&str>,
+        keep: &[PortMapping],
+    ) -> Result<Vec<PortMapping>, StoreError> {
+        let settings = &self
+            .cluster
+            .as_ref()
+            .ok_or(StoreError::NotInitialised)?
+            .settings;
+        let held = self.published(skip_service);
+        let mut mine: Vec<PortMapping> = Vec::new();
+        let clash = |proto: PortProto, port: u16, mine: &[PortMapping]| -> Option<String> {
+            if mine.iter().any(|m| m.proto == proto && m.published == port) {
+                return Some("this same request".into());
+            }
+            held.iter()
+                .find(|(p, n, h)| {
+                    *p == proto
+                        && *n == port
+                        && (node.is_none() || h.node.is_none() || h.node == node)
+                })
+                .map(|(_, _, h)| h.owner.clone())
+        };
+        let reserved = |proto: PortProto, port: u16| -> Option<&'static str> {
+            match (proto, port) {
+                (PortProto::Tcp, CONTROL_PORT) => Some("weft's control port"),
+                (PortProto::Udp, p) if p == settings.data_path_port => Some("the VXLAN port"),
+                (PortProto::Udp, p) if p == settings.wg_port => Some("the WireGuard port"),
+                _ => None,
+            }
+        };
+        for w in wanted {
+            if w.target == 0 {
+                return Err(StoreError::InvalidPort(format!(
+                    "target port {} is outside 1-65535",
+                    w.target
+                )));
+            }
+            let port = if w.published != 0 {
+                w.published
+            } else if let Some(k) = keep
+                .iter()
+                .find(|k| k.proto == w.proto && k.target == w.target && k.mode == w.mode)
+                .filter(|k| clash(k.proto, k.published, &mine).is_none())
+            {
+                k.published
+            } else {
+                PUBLISHED_PORT_RANGE
+                    .clone()
+                    .find(|p| {
+                        reserved(w.proto, *p).is_none() && clash(w.proto, *p, &mine).is_none()
+                    })
+                    .ok_or(StoreError::PortsExhausted)?
+            };
+            if let Some(what) = reserved(w.proto, port) {
+                return Err(StoreError::InvalidPort(format!(
+                    "port {port}/{} is {what}; publish another port",
+                    w.proto.as_str()
+                )));
+            }
+            if let Some(owner) = clash(w.proto, port, &mine) {
+                return Err(StoreError::PortInUse {
+                    port,
+                    proto: w.proto.as_str().into(),
+                    owner,
+                });
+            }
+            mine.push(PortMapping {
+                proto: w.proto,
+                published: port,
+                target: w.target,
+                mode: w.mode,
+            });
+        }
+        Ok(mine)
+    }
+
+    /// A service's ports after create/update, and the ingress network they
+    /// need (created on first use).
+    pub(crate) fn service_ports(
+        &mut self,
+        spec: &ServiceSpec,
+        id: &str,
+        keep: &[PortMapping],
+        now_ms: u64,
+    ) -> Result<Vec<PortMapping>, StoreError> {
+        if spec.endpoint_mode == EndpointMode::Dnsrr
+            && spec.ports.iter().any(|p| p.mode == PublishMode::Ingress)
+        {
+            return Err(StoreError::InvalidPort(
+                "ingress-published ports need a virtual IP: use --endpoint-mode vip, or publish with mode=host"
+                    .into(),
+            ));
+        }
+        let ports = self.allocate_ports(&spec.ports, None, Some(id), keep)?;
+        if ports.iter().any(|p| p.mode == PublishMode::Ingress) {
+            self.ensure_ingress(now_ms)?;
+        }
+        Ok(ports)
+    }
+
+    /// Attaches a running standalone task to one more network.
+    pub(crate) fn connect_task(
+        &mut self,
+        task: &str,
+        network: &str,
+        ip: Option<IpAddr>,
+    ) -> Result<(), StoreError> {
+        let t = self
+            .tasks
+            .get(task)
+            .ok_or_else(|| StoreError::TaskNotFound(task.to_string()))?;
+        let net = self
+            .networks
+            .get(network)
+            .ok_or_else(|| StoreError::NetworkNotFound(network.to_string()))?;
+        match t.network_mode {
+            NetworkMode::Attached => {}
+            NetworkMode::Host | NetworkMode::None => {
+                return Err(StoreError::NetworkMode(format!(
+                    "task {} uses --network {}; it cannot join other networks",
+                    t.name,
+                    if t.network_mode == NetworkMode::Host {
+                        "host"
+                    } else {
+                        "none"
+                    }
+                )));
+            }
+        }
+        if t.service.is_some() {
+            return Err(StoreError::NetworkMode(format!(
+                "task {} belongs to a service: change the service's networks with `weft service update --network-add`",
+                t.name
+            )));
+        }
+        if t.attachments.iter().any(|a| a.network == net.id) {
+            return Err(StoreError::AlreadyConnected {
+                task: t.name.clone(),
+                network: net.name.clone(),
+            });
+        }
+        if !net.visible_on(t.node) {
+            return Err(StoreError::NetworkNotFound(network.to_string()));
+        }
+        if !net.attachable || net.ingress {
+            return Err(StoreError::NotAttachable(net.name.clone()));
+        }
+        let addr = self.pick_address(net, ip)?;
+        let ifname = next_ifname(t.attachments.iter().map(|a| a.ifname.as_str()));
+        let internal = net.internal;
+        let node = t.node;
+        let needs_gateway = t.gateway_ip.is_none() && !internal;
+        let gateway = if needs_gateway {
+            Some(self.gateway_address(node)?)
+        } else {
+            None
+        };
+        let t = self.tasks.get_mut(task).expect("found above");
+        t.attachments.push(Attachment {
+            network: network.to_string(),
+            ip: addr,
+            ifname,
+        });
+        if gateway.is_some() {
+            t.gateway_ip = gateway;
+        }
+        Ok(())
+    }
+
+    /// Detaches a standalone task from one of its networks.
+    pub(crate) fn disconnect_task(&mut self, task: &str, network: &str) -> Result<(), StoreError> {
+        let t = self
+            .tasks
+            .get(task)
+            .ok_or_else(|| StoreError::TaskNotFound(task.to_string()))?;
+        let net_name = self
+            .networks
+            .get(network)
+            .map(|n| n.name.clone())
+            .unwrap_or_else(|| network.to_string());
+        if t.service.is_some() {
+            return Err(StoreError::NetworkMode(format!(
+                "task {} belongs to a service: change the service's networks with `weft service update --network-rm`",
+                t.name
+            )));
+        }
+        if !t.attachments.iter().any(|a| a.network == network) {
+            return Err(StoreError::NotConnected {
+                task: t.name.clone(),
+                network: net_name,
+            });
+        }
+        let t = self.tasks.get_mut(task).expect("found above");
+        t.attachments.retain(|a| a.network != network);
+        Ok(())
+    }
+
+    /// An address on `net`: `want` if it is free and usable, else the next
+    /// free one.
+    pub(crate) fn pick_address(
+        &self,
+        net: &Network,
+        want: Option<IpAddr>,
+    ) -> Result<IpAddr, StoreError> {
+        let taken = self.taken_on(&net.id);
+        match want {
+            Some(ip) => {
+                let why = if !ipam::is_host_addr(&net.subnet, ip) {
+                    Some(format!("it is not a usable address of {}", net.subnet))
+                } else if taken.contains(&ip) {
+                    Some("it is already in use".to_string())
+                } else {
+                    None
+                };
+                match why {
+                    Some(why) => Err(StoreError::AddressUnavailable {
+                        ip: ip.to_string(),
+                        network: net.name.clone(),
+                        why,
+                    }),
+                    None => Ok(ip),
+                }
+            }
+            None => ipam::next_ip(&net.subnet, net.ip_range.as_ref(), &taken)
+                .ok_or_else(|| StoreError::NetworkFull(net.name.clone())),
+        }
+    }
+
+    /// A free address on `node`'s gateway bridge.
+    pub(crate) fn gateway_address(&self, node: NodeId) -> Result<IpAddr, StoreError> {
+        let settings = &self
+            .cluster
+            .as_ref()
+            .ok_or(StoreError::NotInitialised)?
+            .settings;
+        let mut taken: BTreeSet<IpAddr> = self
+            .tasks
+            .values()
+            .filter(|t| t.node == node)
+            .filter_map(|t| t.gateway_ip)
+            .collect();
+        let gw_subnet = settings.gateway_subnet;
+        if let Some(g) = ipam::first_host(&gw_subnet) {
+            taken.insert(g);
+        }
+        ipam::next_ip(&gw_subnet, None, &taken)
+            .ok_or_else(|| StoreError::NetworkFull("the gateway bridge".into()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ifnames_fill_gaps() {
+        assert_eq!(next_ifname([]), "eth0");
+        assert_eq!(next_ifname(["eth0", "eth2"]), "eth1");
+        assert_eq!(next_ifname(["eth0", "eth1"]), "eth2");
+    }
+
+    #[test]
+    fn ingress_id_is_stable_and_hex() {
+        let a = ingress_network_id("c1");
+        assert_eq!(a, ingress_network_id("c1"));
+        assert_ne!(a, ingress_network_id("c2"));
+        assert_eq!(a.len(), 16);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+    }
+}
