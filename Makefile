@@ -49,6 +49,7 @@ check-deps:
 bench: deps
 	@bash bench/run.sh
 	@bash bench/overlay.sh
+	@bash bench/wg.sh
 
 clean:
 	$(CARGO) clean

@@ -53,6 +53,9 @@ pub enum Command {
     Leave(LeaveArgs),
     /// Show cluster and node information.
     Info,
+    /// Change cluster settings after init.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
     /// Manage nodes.
     #[command(subcommand)]
     Node(NodeCommand),
@@ -367,6 +370,20 @@ pub enum NetworkCommand {
         /// Network names or IDs.
         #[arg(required = true)]
         networks: Vec<String>,
+    },
+}
+
+/// `weft cluster …`.
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Change settings that may change after init (`weft info` shows them).
+    Update {
+        /// Interval of automatic WireGuard key rotation, e.g. 12h (0s: off).
+        #[arg(long, value_parser = parse_duration)]
+        wg_key_rotation: Option<Duration>,
+        /// Lifetime of certificates issued from now on, e.g. 90d (at least 1h).
+        #[arg(long, value_parser = parse_duration)]
+        cert_expiry: Option<Duration>,
     },
 }
 

@@ -294,6 +294,16 @@ pub async fn info(c: &Client) -> anyhow::Result<()> {
             println!("  Commit index: {}", cl.raft_commit_index);
             println!("  Applied index: {}", cl.raft_applied_index);
             println!(" Heartbeat period: {}ms", cl.heartbeat_period_ms);
+            println!(" Certificate expiry: {}h", cl.cert_expiry_secs / 3600);
+            println!(" WireGuard port: {}", cl.wg_port);
+            println!(
+                " WireGuard key rotation: {}",
+                if cl.wg_key_rotation_secs == 0 {
+                    "off".to_string()
+                } else {
+                    format!("{}s", cl.wg_key_rotation_secs)
+                }
+            );
             println!(" Data path port: {}", cl.data_path_port);
             println!(
                 " Default address pools: {} (mask length {})",
@@ -689,6 +699,39 @@ fn network_json(d: &pb::NetworkDetail) -> serde_json::Value {
             .collect();
     }
     v
+}
+
+/// `weft cluster …`.
+pub async fn cluster(c: &Client, cmd: crate::cli::ClusterCommand) -> anyhow::Result<()> {
+    use crate::cli::ClusterCommand as C;
+    match cmd {
+        C::Update {
+            wg_key_rotation,
+            cert_expiry,
+        } => {
+            let s = c
+                .control()
+                .update_cluster(pb::UpdateClusterRequest {
+                    set_wg_key_rotation: wg_key_rotation.is_some(),
+                    wg_key_rotation_secs: wg_key_rotation.map(|d| d.as_secs()).unwrap_or(0),
+                    set_cert_expiry: cert_expiry.is_some(),
+                    cert_expiry_secs: cert_expiry.map(|d| d.as_secs()).unwrap_or(0),
+                })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            println!(
+                "WireGuard key rotation: {}",
+                if s.wg_key_rotation_secs == 0 {
+                    "off".to_string()
+                } else {
+                    format!("{}s", s.wg_key_rotation_secs)
+                }
+            );
+            println!("Certificate expiry: {}h", s.cert_expiry_secs / 3600);
+        }
+    }
+    Ok(())
 }
 
 /// `weft network …`.

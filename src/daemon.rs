@@ -265,6 +265,11 @@ impl NodeService {
             ));
         }
         let params = bootstrap::validate_init(&r).map_err(Status::from)?;
+        weft_worker::join::udp_port_free(params.settings.wg_port, "WireGuard").map_err(|e| {
+            Status::failed_precondition(format!(
+                "{e}; or choose another with `weft init --wg-port`"
+            ))
+        })?;
         let new = bootstrap::new_cluster(&params, &self.hostname, 1500).map_err(Status::from)?;
         let record = NodeRecord {
             node_id: new.node.id.to_string(),
@@ -662,6 +667,7 @@ fn join_error(e: weft_worker::error::Error) -> Status {
         E::Token(_) => Status::invalid_argument(e.to_string()),
         E::Rpc { status, .. } => Status::new(status.code(), e.to_string()),
         E::Tls(_) => Status::unavailable(e.to_string()),
+        E::PortInUse { .. } => Status::failed_precondition(e.to_string()),
         _ => Status::internal(e.to_string()),
     }
 }

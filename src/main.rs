@@ -81,6 +81,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     commands::info(&c).await
                 }
                 Command::Node(n) => commands::node(&c, n).await,
+                Command::Cluster(n) => commands::cluster(&c, n).await,
                 Command::Network(n) => commands::network(&c, n).await,
                 Command::Service(n) => commands::service(&c, n).await,
                 Command::Run(a) => {

@@ -316,3 +316,134 @@ fn key_rotation_keeps_a_tcp_stream_and_removed_nodes_lose_their_peers() {
         || guard(&lab) > before,
     );
 }
+
+/// A UDP socket bound to `port` inside the namespace `pin` (held until
+/// dropped): something else using the WireGuard port on that node.
+fn hold_udp(pin: &Path, port: u16) -> std::net::UdpSocket {
+    weft_overlay::linux::Netns::open(pin)
+        .expect("open netns")
+        .run_in(|| std::net::UdpSocket::bind(("0.0.0.0", port)))
+        .expect("enter netns")
+        .expect("bind")
+}
+
+#[test]
+fn wireguard_port_in_use_is_refused_at_init_and_join_and_rotation_is_changeable() {
+    let mut lab = Lab::new("wgport", &["m1", "w1"]);
+    lab.start_all();
+    // init: the port is checked before anything is created.
+    let held = hold_udp(&lab.host_netns("m1"), 51820);
+    let addr = lab.addr("m1");
+    let err = lab.weft_err("m1", &["init", "--advertise-addr", &addr]);
+    assert!(
+        err.contains("UDP port 51820 (WireGuard) is already in use") && err.contains("--wg-port"),
+        "{err}"
+    );
+    assert!(
+        lab.weft_err("m1", &["node", "ls"]).contains("not"),
+        "m1 stayed out of any cluster"
+    );
+    drop(held);
+    let (wt, _) = lab.init("m1", &["--wg-port", "51999"]);
+    // join: the cluster's port (not the default) is checked before the
+    // token is sent, and the cluster does not count the node.
+    let held = hold_udp(&lab.host_netns("w1"), 51999);
+    let remote = format!("{addr}:4377");
+    let w1 = lab.addr("w1");
+    let err = lab.weft_err(
+        "w1",
+        &["join", "--token", &wt, "--advertise-addr", &w1, &remote],
+    );
+    assert!(
+        err.contains("UDP port 51999 (WireGuard) is already in use"),
+        "{err}"
+    );
+    assert_eq!(
+        lab.node_ls("m1").len(),
+        1,
+        "the refused node was not admitted"
+    );
+    drop(held);
+    lab.join("w1", &wt, "m1");
+
+    // The rotation interval changes after init; bad values change nothing.
+    let info = lab.weft("w1", &["info"]);
+    assert!(!info.is_empty());
+    assert!(
+        lab.weft("m1", &["info"])
+            .contains("WireGuard key rotation: 86400s")
+    );
+    let out = lab.weft("m1", &["cluster", "update", "--wg-key-rotation", "12h"]);
+    assert!(out.contains("WireGuard key rotation: 43200s"), "{out}");
+    for (args, want) in [
+        (
+            vec!["cluster", "update", "--wg-key-rotation", "10s"],
+            "at least 1m",
+        ),
+        (
+            vec!["cluster", "update", "--cert-expiry", "10m"],
+            "at least 1h",
+        ),
+        (vec!["cluster", "update"], "nothing to change"),
+    ] {
+        let err = lab.weft_err("m1", &args);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    assert!(
+        lab.weft("m1", &["info"])
+            .contains("WireGuard key rotation: 43200s")
+    );
+    lab.weft("m1", &["cluster", "update", "--wg-key-rotation", "0s"]);
+    assert!(
+        lab.weft("m1", &["info"])
+            .contains("WireGuard key rotation: off")
+    );
+    let err = lab.weft_err("w1", &["cluster", "update", "--wg-key-rotation", "1h"]);
+    assert!(err.contains("not a manager"), "{err}");
+
+    // A restarted daemon recreates its WireGuard device and handshakes at
+    // once: the peer's old session is replaced without waiting for
+    // traffic or a keepalive (25 s).
+    lab.weft(
+        "m1",
+        &[
+            "network",
+            "create",
+            "--attachable",
+            "-o",
+            "encrypted",
+            "--subnet",
+            "10.0.7.0/24",
+            "sec",
+        ],
+    );
+    let srv = lab.run_task(
+        "w1",
+        &[
+            "--network",
+            "sec",
+            "--ip",
+            "10.0.7.10",
+            "-d",
+            "--",
+            "sleep",
+            "3600",
+        ],
+    );
+    let cli = lab.run_task("m1", &["--network", "sec", "-d", "--", "sleep", "3600"]);
+    let cp = lab.task_netns("m1", &cli);
+    wait_for("encrypted ping", Duration::from_secs(20), || {
+        pings(&cp, "10.0.7.10")
+    });
+    lab.kill9("w1");
+    lab.start("w1");
+    wait_for(
+        "encrypted traffic after w1's daemon restarted",
+        Duration::from_secs(10),
+        || pings(&cp, "10.0.7.10"),
+    );
+    assert!(
+        lab.task_netns("w1", &srv).exists(),
+        "the task outlived its daemon"
+    );
+}

@@ -286,7 +286,9 @@ fn builtin_and_user_networks_connect_disconnect_and_bad_input() {
     wait_for("lc to gain eth1", T, || {
         links(&lc_ns).contains(&"eth1".to_string())
     });
-    wait_for("lc to reach u1 by name over ub1", T, || pings_name(&lc_ns, "u1"));
+    wait_for("lc to reach u1 by name over ub1", T, || {
+        pings_name(&lc_ns, "u1")
+    });
     assert!(pings_name(&u1_ns, "lc"), "u1 resolves lc after the connect");
     let err = lab.weft_err("w1", &["network", "connect", "ub1", "lc"]);
     assert!(err.contains("already connected"), "{err}");
@@ -487,9 +489,13 @@ fn published_ports_ingress_user_chain_and_proxies() {
         "ip",
         "saddr",
         &m1,
+        "meta",
+        "l4proto",
         "tcp",
-        "dport",
-        "80",
+        "ct",
+        "original",
+        "proto-dst",
+        "8080",
         "drop",
     ]);
     wait_for("the user rule to block m1", T, || {

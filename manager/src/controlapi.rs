@@ -222,6 +222,8 @@ impl ControlService {
             managers,
             ca_fingerprint: hex_fp(&c.ca_cert_pem),
             nodes_total: nodes_total as u32,
+            wg_key_rotation_secs: c.settings.wg_key_rotation_secs,
+            wg_port: u32::from(c.settings.wg_port),
         })
     }
 
@@ -921,6 +923,54 @@ impl Control for ControlService {
         Ok(Response::new(self.summary()?))
     }
 
+    async fn update_cluster(
+        &self,
+        req: Request<pb::UpdateClusterRequest>,
+    ) -> std::result::Result<Response<pb::ClusterSummary>, Status> {
+        self.authorize(&req)?;
+        let r = req.into_inner();
+        if !r.set_wg_key_rotation && !r.set_cert_expiry {
+            return Err(Error::InvalidInput(
+                "nothing to change: give --wg-key-rotation and/or --cert-expiry".into(),
+            )
+            .into());
+        }
+        let rotation = if r.set_wg_key_rotation {
+            if r.wg_key_rotation_secs != 0 && r.wg_key_rotation_secs < 60 {
+                return Err(Error::InvalidInput(
+                    "--wg-key-rotation must be at least 1m, or 0 to turn automatic rotation off"
+                        .into(),
+                )
+                .into());
+            }
+            Some(r.wg_key_rotation_secs)
+        } else {
+            None
+        };
+        let expiry = if r.set_cert_expiry {
+            if r.cert_expiry_secs < 3600 {
+                return Err(Error::InvalidInput("--cert-expiry must be at least 1h".into()).into());
+            }
+            Some(r.cert_expiry_secs)
+        } else {
+            None
+        };
+        self.core
+            .propose(Command::UpdateClusterSettings {
+                wg_key_rotation_secs: rotation,
+                cert_expiry_secs: expiry,
+            })
+            .await?;
+        self.read_after_write(|s| {
+            let c = &s.cluster.as_ref()?.settings;
+            (rotation.is_none_or(|v| v == c.wg_key_rotation_secs)
+                && expiry.is_none_or(|v| v == c.cert_expiry_secs))
+            .then_some(())
+        })
+        .await?;
+        Ok(Response::new(self.summary()?))
+    }
+
     async fn list_nodes(
         &self,
         req: Request<pb::ListNodesRequest>,
@@ -1218,6 +1268,13 @@ impl Control for ControlService {
 
 #[tonic::async_trait]
 impl Control for LocalControl {
+    async fn update_cluster(
+        &self,
+        req: Request<pb::UpdateClusterRequest>,
+    ) -> std::result::Result<Response<pb::ClusterSummary>, Status> {
+        Control::update_cluster(&self.inner()?, req).await
+    }
+
     async fn get_cluster(
         &self,
         req: Request<pb::GetClusterRequest>,

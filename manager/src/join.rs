@@ -176,6 +176,7 @@ impl Join for JoinService {
         let c = self.core.cluster()?;
         Ok(Response::new(pb::GetCaCertResponse {
             ca_pem: c.ca_cert_pem,
+            wg_port: c.settings.wg_port.into(),
         }))
     }
 

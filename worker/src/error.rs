@@ -48,6 +48,19 @@ pub enum Error {
         /// What was wrong with it.
         what: String,
     },
+    /// A UDP port the cluster needs on this node is taken.
+    #[error(
+        "UDP port {port} ({what}) is already in use on this node: {source}; stop what uses it, or use a cluster with another port"
+    )]
+    PortInUse {
+        /// The port.
+        port: u16,
+        /// What weft needs it for.
+        what: &'static str,
+        /// The bind error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Shorthand.

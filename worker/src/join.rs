@@ -41,12 +41,36 @@ pub struct JoinParams {
     pub underlay_mtu: u64,
 }
 
+/// Checks that UDP `port` can be bound on every address of this node's
+/// namespace (nothing else holds it).
+pub fn udp_port_free(port: u16, what: &'static str) -> Result<()> {
+    std::net::UdpSocket::bind((std::net::Ipv4Addr::UNSPECIFIED, port))
+        .map(drop)
+        .map_err(|source| Error::PortInUse { port, what, source })
+}
+
 /// Joins the cluster through the manager at `remote` (`HOST:PORT`).
 pub async fn join(remote: &str, token_text: &str, params: JoinParams) -> Result<Joined> {
     let token: JoinToken = token_text.trim().parse()?;
     let ca_pem = tls::fetch_trusted_ca(remote, &token).await?;
     let key = NodeKey::generate()?;
     let channel = tls::channel_to_manager(remote, &ca_pem, None).await?;
+    // Before the token goes out (and the cluster counts this node): the
+    // cluster's WireGuard port must be free here, or encrypted networks
+    // could never reach this node.
+    let info = JoinClient::new(channel.clone())
+        .get_ca_cert(pb::GetCaCertRequest {})
+        .await
+        .map_err(|status| Error::Rpc {
+            addr: remote.to_string(),
+            status,
+        })?
+        .into_inner();
+    if let Ok(port) = u16::try_from(info.wg_port)
+        && port != 0
+    {
+        udp_port_free(port, "WireGuard")?;
+    }
     let resp = JoinClient::new(channel)
         .join(pb::JoinRequest {
             token: token.to_string(),

@@ -255,6 +255,13 @@ pub enum Command {
         /// Proposer's clock, unix ms (the rotation interval restarts here).
         now_ms: u64,
     },
+    /// Changes cluster settings that may change after init.
+    UpdateClusterSettings {
+        /// New WireGuard key rotation interval (0 = never).
+        wg_key_rotation_secs: Option<u64>,
+        /// New lifetime of certificates issued from now on.
+        cert_expiry_secs: Option<u64>,
+    },
     /// Replaces the join-token secret of one role.
     RotateToken {
         /// Whose token.
@@ -769,6 +776,18 @@ impl State {
                 let node = self.node_mut(*id)?;
                 node.wg_key_generation += 1;
                 node.wg_key_since_ms = *now_ms;
+                Ok(Applied::Done)
+            }
+            Command::UpdateClusterSettings {
+                wg_key_rotation_secs,
+                cert_expiry_secs,
+            } => {
+                if let Some(v) = wg_key_rotation_secs {
+                    cluster.settings.wg_key_rotation_secs = *v;
+                }
+                if let Some(v) = cert_expiry_secs {
+                    cluster.settings.cert_expiry_secs = *v;
+                }
                 Ok(Applied::Done)
             }
             Command::RotateToken { role, secret } => {

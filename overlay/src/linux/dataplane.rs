@@ -53,7 +53,7 @@ use crate::plan::{
     HAIRPIN_MARK, HostRoute, NsRef, Observed, ObservedFdb, ObservedKind, ObservedLink,
     ObservedNeigh, ObservedNs, ObservedRoute, ObservedVxlan, ObservedWg, ObservedWgPeer, Op, plan,
 };
-use crate::wg::boringtun::BoringtunDevice;
+use crate::wg::NodeDevice;
 use crate::wg::{DeviceState, PeerConfig, WgDevice, keys};
 
 /// Worker threads of the WireGuard device (the machine has few cores; the
@@ -798,7 +798,7 @@ impl Executor<'_> {
                 self.nl(&NsRef::Host)?.delete_link(WG_DEVICE).await?;
                 let host = self.dp.host.clone();
                 let mut dev = tokio::task::spawn_blocking(move || {
-                    BoringtunDevice::create(WG_DEVICE, &host, WG_THREADS)
+                    NodeDevice::create(WG_DEVICE, &host, WG_THREADS)
                 })
                 .await
                 .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;

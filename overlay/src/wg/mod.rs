@@ -3,8 +3,12 @@
 //! Owns: the node's key pair ([`keys`]: generated here, the private key in a
 //! 0600 file that never leaves the node), the [`WgDevice`] trait through
 //! which the data plane drives the node-wide WireGuard device, the
-//! WireGuard cross-platform UAPI text it speaks ([`uapi`], pure), and the
-//! boringtun implementation ([`boringtun::BoringtunDevice`]).
+//! WireGuard cross-platform UAPI text it speaks ([`uapi`], pure), and two
+//! implementations: boringtun's stock device ([`boringtun::BoringtunDevice`],
+//! one packet per syscall) and our batched loop over boringtun's `Tunn`
+//! ([`batched::BatchedDevice`], GSO/GRO on the TAP and the socket, with its
+//! pure packet work in [`packet`]). [`NodeDevice`] picks one for the data
+//! plane: batched unless `WEFT_WG_DEVICE=stock`.
 //!
 //! Must not: decide what the device should look like (the planner does,
 //! [`crate::plan`]), or change a peer in place (boringtun panics on it;
@@ -12,13 +16,20 @@
 //!
 //! ```text
 //!  task ─ br0 ─ weft-vx<vni> (local = tunnel addr) ─ route to tunnel subnet
-//!        ─ weft-wg0 (TUN) ─ boringtun ─ UDP 51820 ─ underlay ─ peer node
+//!        ─ weft-wg0 (TAP: batched; TUN: stock) ─ Tunn ─ UDP 51820 ─ underlay ─ peer node
 //! ```
 
 #[cfg(target_os = "linux")]
+pub mod batched;
+#[cfg(target_os = "linux")]
 pub mod boringtun;
 pub mod keys;
+pub mod packet;
+#[cfg(target_os = "linux")]
+pub mod tap;
 pub mod uapi;
+#[cfg(target_os = "linux")]
+pub mod udp;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -86,6 +97,17 @@ pub enum WgError {
         request: String,
         /// The errno it answered.
         errno: i32,
+    },
+    /// The device (or the kernel under it) failed.
+    #[error("WireGuard device {name}: {op}: {source}")]
+    Device {
+        /// The interface name.
+        name: String,
+        /// What we were doing.
+        op: &'static str,
+        /// The IO error.
+        #[source]
+        source: std::io::Error,
     },
     /// The device's answer could not be parsed.
     #[error("WireGuard device {name}: bad UAPI answer line {line:?}")]
@@ -160,6 +182,96 @@ pub trait WgDevice: Send + std::fmt::Debug {
     fn remove_peer(&mut self, public_key: &str) -> Result<()>;
     /// What the device holds; an error means the device is gone.
     fn state(&mut self) -> Result<DeviceState>;
+}
+
+/// Which [`WgDevice`] implementation the data plane runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// [`batched::BatchedDevice`] (the default).
+    Batched,
+    /// [`boringtun::BoringtunDevice`], boringtun's own loop.
+    Stock,
+}
+
+impl DeviceKind {
+    /// The environment variable that picks the device.
+    pub const ENV: &'static str = "WEFT_WG_DEVICE";
+
+    /// The kind named by the value of [`DeviceKind::ENV`]: `stock` (or
+    /// `boringtun`) for the stock device, anything else or unset for the
+    /// batched one.
+    pub fn from_env_value(v: Option<&str>) -> DeviceKind {
+        match v.map(str::trim) {
+            Some("stock") | Some("boringtun") => DeviceKind::Stock,
+            _ => DeviceKind::Batched,
+        }
+    }
+}
+
+/// The node's WireGuard device as the data plane creates it (see
+/// [`DeviceKind`]).
+#[cfg(target_os = "linux")]
+#[derive(Debug)]
+pub enum NodeDevice {
+    /// The batched device.
+    Batched(batched::BatchedDevice),
+    /// The stock boringtun device.
+    Stock(boringtun::BoringtunDevice),
+}
+
+#[cfg(target_os = "linux")]
+impl NodeDevice {
+    /// Creates the device `name` in `ns`, of the kind [`DeviceKind::ENV`]
+    /// names; `threads` is the stock device's worker count (the batched
+    /// one always runs a tx, an rx and a timer thread).
+    pub fn create(name: &str, ns: &crate::linux::Netns, threads: usize) -> Result<NodeDevice> {
+        let v = std::env::var(DeviceKind::ENV).ok();
+        match DeviceKind::from_env_value(v.as_deref()) {
+            DeviceKind::Batched => {
+                batched::BatchedDevice::create(name, ns).map(NodeDevice::Batched)
+            }
+            DeviceKind::Stock => {
+                boringtun::BoringtunDevice::create(name, ns, threads).map(NodeDevice::Stock)
+            }
+        }
+    }
+
+    fn inner(&mut self) -> &mut dyn WgDevice {
+        match self {
+            NodeDevice::Batched(d) => d,
+            NodeDevice::Stock(d) => d,
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl WgDevice for NodeDevice {
+    fn name(&self) -> &str {
+        match self {
+            NodeDevice::Batched(d) => d.name(),
+            NodeDevice::Stock(d) => d.name(),
+        }
+    }
+
+    fn set_private_key(&mut self, key: &keys::PrivateKey) -> Result<()> {
+        self.inner().set_private_key(key)
+    }
+
+    fn set_listen_port(&mut self, port: u16) -> Result<()> {
+        self.inner().set_listen_port(port)
+    }
+
+    fn add_peer(&mut self, peer: &PeerConfig) -> Result<()> {
+        self.inner().add_peer(peer)
+    }
+
+    fn remove_peer(&mut self, public_key: &str) -> Result<()> {
+        self.inner().remove_peer(public_key)
+    }
+
+    fn state(&mut self) -> Result<DeviceState> {
+        self.inner().state()
+    }
 }
 
 #[cfg(test)]

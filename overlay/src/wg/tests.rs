@@ -1,5 +1,6 @@
 //! Planner tests of the WireGuard and guard ops, against the fake kernel
-//! ([`crate::fake::simulate`]): pure, no root.
+//! ([`crate::fake::simulate`]): pure, no root. The batched device's kernel
+//! tests (root) are in [`device`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -301,3 +302,22 @@ fn older_configs_without_wireguard_still_parse() {
     let w: WgConfig = serde_json::from_value(w).unwrap();
     assert_eq!((w.mtu, w.keepalive), (1440, 25));
 }
+
+#[test]
+fn device_kind_defaults_to_batched() {
+    use crate::wg::DeviceKind;
+    assert_eq!(DeviceKind::from_env_value(None), DeviceKind::Batched);
+    assert_eq!(DeviceKind::from_env_value(Some("")), DeviceKind::Batched);
+    assert_eq!(
+        DeviceKind::from_env_value(Some("batched")),
+        DeviceKind::Batched
+    );
+    assert_eq!(DeviceKind::from_env_value(Some("stock")), DeviceKind::Stock);
+    assert_eq!(
+        DeviceKind::from_env_value(Some("boringtun ")),
+        DeviceKind::Stock
+    );
+}
+
+#[cfg(target_os = "linux")]
+mod device;

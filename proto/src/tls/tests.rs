@@ -102,6 +102,7 @@ impl Join for TestJoin {
     ) -> Result<Response<GetCaCertResponse>, Status> {
         Ok(Response::new(GetCaCertResponse {
             ca_pem: self.ca_pem.clone(),
+            wg_port: 0,
         }))
     }
 
