@@ -581,4 +581,93 @@ mod tests {
             &after3
         ));
     }
+
+    #[test]
+    fn ingress_ports_everywhere_local_replicas_first_host_ports_only_where_replicas_run() {
+        use crate::store::{
+            EndpointMode, PortProto, PortRequest, RestartCondition, ServiceMode, ServiceSpec,
+            TaskStatus,
+        };
+        let mut s = state();
+        let port = |published, mode| PortRequest {
+            proto: PortProto::Tcp,
+            published,
+            target: 80,
+            mode,
+        };
+        s.apply(&Command::CreateService {
+            id: "s1".into(),
+            spec: ServiceSpec {
+                name: "web".into(),
+                mode: ServiceMode::Replicated { replicas: 2 },
+                task: TaskSpec::default(),
+                networks: vec!["n1".into()],
+                endpoint_mode: EndpointMode::Vip,
+                constraints: vec![],
+                restart: RestartCondition::Any,
+                ports: vec![
+                    port(8080, PublishMode::Ingress),
+                    port(9090, PublishMode::Host),
+                ],
+            },
+            now_ms: 1,
+        })
+        .unwrap();
+        for (id, node) in [("r1", 1), ("r2", 2)] {
+            s.apply(&Command::CreateServiceTask {
+                id: id.into(),
+                service: "s1".into(),
+                slot: 1,
+                node: NodeId(node),
+                now_ms: 2,
+            })
+            .unwrap();
+            s.apply(&Command::SetTaskStatus {
+                id: id.into(),
+                node: NodeId(node),
+                status: TaskStatus {
+                    state: "running".into(),
+                    ..Default::default()
+                },
+            })
+            .unwrap();
+        }
+        let ingress = s.ingress_network().unwrap().clone();
+        let gw = |id: &str| s.tasks[id].gateway_ip.unwrap().to_string();
+        let ing = |id: &str| {
+            s.tasks[id]
+                .attachments
+                .iter()
+                .find(|a| a.network == ingress.id)
+                .unwrap()
+                .ip
+                .to_string()
+        };
+        let by_port = |c: &pb::NodeConfig, p: u32| c.ports.iter().find(|x| x.port == p).cloned();
+        // Node 1 has a replica: its own only, over the gateway bridge.
+        let c1 = project(&s, NodeId(1), 1).unwrap();
+        let p = by_port(&c1, 8080).unwrap();
+        assert_eq!(p.local, vec![gw("r1")]);
+        assert_eq!(p.remote, vec![ing("r2")]);
+        assert_eq!(by_port(&c1, 9090).unwrap().local, vec![gw("r1")]);
+        // Node 3 has none: the ingress port forwards to both over the
+        // ingress network; the host-mode port is not published there.
+        let c3 = project(&s, NodeId(3), 1).unwrap();
+        let p = by_port(&c3, 8080).unwrap();
+        assert!(p.local.is_empty());
+        let mut want = vec![ing("r1"), ing("r2")];
+        want.sort();
+        assert_eq!(p.remote, want);
+        assert!(by_port(&c3, 9090).is_none());
+        // Every node takes part in the ingress network with its endpoint,
+        // and knows the other nodes' endpoints as remote endpoints.
+        let e3 = c3.ingress.clone().unwrap();
+        assert_eq!(e3.network_id, ingress.id);
+        assert_eq!(e3.ip, format!("{}/16", ingress.node_endpoints[&NodeId(3)]));
+        let net = c3.networks.iter().find(|n| n.id == ingress.id).unwrap();
+        for n in [1, 2] {
+            let ip = ingress.node_endpoints[&NodeId(n)].to_string();
+            assert!(net.remote.iter().any(|r| r.ip == ip), "node {n}'s endpoint");
+        }
+    }
 }
