@@ -32,6 +32,15 @@ pub enum Error {
         /// Why.
         source: redb::Error,
     },
+    /// The stored Raft log could not be read back.
+    #[error("cannot load the Raft log: {0}")]
+    LoadLog(Box<openraft::StorageError<NodeId>>),
+    /// The log file could not be opened or replayed.
+    #[error(transparent)]
+    Wal(super::wal::WalError),
+    /// The log writer thread could not be started.
+    #[error("cannot start the Raft log writer thread: {0}")]
+    Spawn(std::io::Error),
     /// The stored snapshot could not be read back.
     #[error("cannot restore the Raft snapshot: {0}")]
     Snapshot(Box<openraft::StorageError<NodeId>>),

@@ -23,7 +23,7 @@ use weft_proto::v1::RaftPayload;
 
 use super::error::{Error, ProposeError};
 use super::grpc::{Authorize, PingRequest, PingResponse, RaftGrpc};
-use super::log_store::{DbClosed, LogStore, open_db};
+use super::log_store::{DbClosed, LogShared, LogStore, open_db};
 use super::network::{ChannelFactory, Clients, NetworkFactory};
 use super::state_machine::{StateMachine, StoreHandle};
 use super::{Batch, RaftNode, TypeConfig};
@@ -187,12 +187,14 @@ impl RaftHandle {
     ) -> Result<RaftHandle, Error> {
         let config = Arc::new(settings.openraft_config()?);
         let (db, db_closed) = open_db(dir)?;
-        let log = LogStore::new(db);
-        let sm = StateMachine::open(log.db())?;
+        let log = LogStore::open(db.clone(), dir, node_id)?;
+        let shared = log.shared();
+        let sm = StateMachine::open(db, shared.clone())?;
         let store = sm.store();
         let clients = Clients::new(channels);
-        let network = NetworkFactory::new(node_id, clients.clone());
+        let network = NetworkFactory::new(node_id, clients.clone(), shared.clone());
         let raft = openraft::Raft::new(node_id, config, network, log, sm).await?;
+        tokio::spawn(reannounce_commit(raft.clone(), shared));
         let (tx, rx) = mpsc::channel(settings.max_batch * settings.max_inflight.max(1) * 4);
         tokio::spawn(run_batcher(
             raft.clone(),
@@ -498,7 +500,7 @@ async fn run_batcher(
                 Err(_) => break,
             }
         }
-        let pending = match raft.client_write_ff(Batch(cmds)).await {
+        let pending = match raft.client_write_ff(Batch::new(cmds)).await {
             Ok(p) => p,
             Err(_) => {
                 for r in replies {
@@ -530,5 +532,25 @@ async fn run_batcher(
                 }
             }
         });
+    }
+}
+
+/// When the network held back a commit index because the leader's own copy
+/// was not on disk yet, re-announce it (a heartbeat carries the commit
+/// index) once the log writer made progress, so followers do not wait for
+/// the next heartbeat to apply. Under load the next AppendEntries carries it
+/// anyway (and clears the flag), so this waits a moment first to avoid an
+/// extra round of RPCs per entry. Ends when the log writer does.
+async fn reannounce_commit(raft: openraft::Raft<TypeConfig>, log: Arc<LogShared>) {
+    const GRACE: Duration = Duration::from_millis(5);
+    let mut durable = log.durable();
+    while durable.changed().await.is_ok() {
+        if !log.is_clamped() {
+            continue;
+        }
+        tokio::time::sleep(GRACE).await;
+        if log.take_clamped() && raft.trigger().heartbeat().await.is_err() {
+            return;
+        }
     }
 }

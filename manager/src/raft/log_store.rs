@@ -1,33 +1,63 @@
-//! The Raft log, vote, committed id and last-purged id in one redb file.
+//! The Raft log, vote, committed id and last-purged id: a copy in memory
+//! that serves every read, and the log file ([`super::wal`]) that every
+//! write goes to through a single log-writer thread.
 //!
-//! Every redb call blocks (and a durable commit fsyncs), so each storage
-//! call runs on tokio's blocking pool. An `append` is one write transaction,
-//! committed durably before `LogFlushed` is signalled. Writes that are only
-//! hints — the committed log id and purging — use non-durable commits: redb
-//! persists them with the next durable commit, and losing one in a crash is
-//! harmless (a smaller committed id only means less is re-applied at boot;
-//! an un-purged prefix is purged again).
+//! Why in memory: openraft reads each entry back right after appending it,
+//! once per replication stream and once more to apply it. The log is short
+//! (it is purged behind every snapshot), so keeping it whole in memory saves
+//! a disk read, a thread hop and a decode on each of those reads. The file
+//! is read only when the store is opened.
+//!
+//! Why one writer thread: every mutation is queued, in call order, to one
+//! thread that writes whatever has queued up as one append and one fsync (a
+//! group commit) and then reports completion. Write order is call order, as
+//! openraft requires.
+//!
+//! Durability (what is on disk before anything is acknowledged):
+//! - An append's `LogFlushed` fires after the write holding it was
+//!   fsynced. A vote is saved durably before `save_vote` returns; a
+//!   truncation before `truncate` returns.
+//! - Exception, the leader's own new entries: their `LogFlushed` fires at
+//!   once, so openraft replicates them while the leader's fsync runs instead
+//!   of after it (openraft 0.9 waits for that callback inside its core loop).
+//!   openraft then counts the leader toward the quorum before its copy is on
+//!   disk, so two guards keep "acknowledged = durable on a majority":
+//!   the state machine applies an entry only once it is durable on this node
+//!   ([`LogShared::wait_durable`], called by `StateMachine::apply`), and a
+//!   leader never tells its followers a commit index beyond its own durable
+//!   log ([`LogShared::clamp_commit`], used by the network). Every apply —
+//!   and so every answer to a client — therefore follows a durable copy on
+//!   the leader plus durable copies on the followers that acknowledged it.
+//! - The committed log id and purges are hints: they are written with the
+//!   next write that is fsynced anyway. Losing one in a crash is harmless (a
+//!   smaller committed id only means less is re-applied at boot; an
+//!   un-purged prefix is purged again). Because writes are ordered, a stored
+//!   committed id never points past the stored log.
 
 // openraft's storage traits fix the (large) error type of every call here.
 #![allow(clippy::result_large_err)]
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, mpsc as std_mpsc};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
-use openraft::{AnyError, Entry, LogId, LogState, RaftLogId, RaftLogReader, StorageIOError, Vote};
-use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
+use openraft::{AnyError, Entry, LogId, LogState, RaftLogReader, StorageIOError, Vote};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use super::error::Error;
+use super::wal::{LogImage, RecOut, WAL_FILE, Wal};
 use super::{StorageError, TypeConfig};
 use crate::store::NodeId;
 
-/// Log entries by index; values are serde_json of `Entry<TypeConfig>`.
+/// Log entries by index (serde_json of `Entry<TypeConfig>`), as kept by
+/// earlier versions: only read, to move them into the log file.
 const LOGS: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
 /// Small records by name; values are serde_json.
 pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
@@ -39,6 +69,9 @@ const COMMITTED_KEY: &str = "committed";
 const PURGED_KEY: &str = "last_purged";
 pub(super) const SNAPSHOT_META_KEY: &str = "meta";
 pub(super) const SNAPSHOT_DATA_KEY: &str = "data";
+
+/// Most queued writes folded into one append.
+const MAX_GROUP: usize = 4096;
 
 /// File name of the Raft database inside the manager's raft directory.
 pub const DB_FILE: &str = "raft.redb";
@@ -110,68 +143,345 @@ pub(super) fn from_json<T: DeserializeOwned>(b: &[u8]) -> Result<T, serde_json::
     serde_json::from_slice(b)
 }
 
+fn any<E: std::error::Error + 'static>(e: E) -> AnyError {
+    AnyError::new(&e)
+}
+
 /// Reads one META record.
-fn read_meta<T: DeserializeOwned>(db: &Database, key: &str) -> Result<Option<T>, AnyError> {
-    let tx = db.begin_read().map_err(|e| AnyError::new(&e))?;
-    let t = tx.open_table(META).map_err(|e| AnyError::new(&e))?;
-    let Some(v) = t.get(key).map_err(|e| AnyError::new(&e))? else {
+fn read_meta<T: DeserializeOwned>(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<Option<T>, AnyError> {
+    let Some(v) = t.get(key).map_err(any)? else {
         return Ok(None);
     };
-    from_json(v.value())
-        .map(Some)
-        .map_err(|e| AnyError::new(&e))
+    from_json(v.value()).map(Some).map_err(any)
 }
 
-/// Writes one META record in its own transaction.
-fn write_meta<T: Serialize>(
-    db: &Database,
-    key: &str,
-    v: &T,
-    durability: Durability,
-) -> Result<(), AnyError> {
-    let bytes = to_json(v).map_err(|e| AnyError::new(&e))?;
-    let mut tx = db.begin_write().map_err(|e| AnyError::new(&e))?;
-    tx.set_durability(durability)
-        .map_err(|e| AnyError::new(&e))?;
-    {
-        let mut t = tx.open_table(META).map_err(|e| AnyError::new(&e))?;
-        t.insert(key, bytes.as_slice())
-            .map_err(|e| AnyError::new(&e))?;
+/// How far this node's log is on disk. Sent by the log writer after each
+/// transaction; the state machine and the network wait on / clamp to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Durable {
+    /// Every entry with an index below this is on disk (in the log as it
+    /// stands after the last committed transaction).
+    pub(super) next_index: u64,
+    /// A write failed: nothing more will become durable.
+    pub(super) failed: bool,
+}
+
+impl Durable {
+    /// Whether the entry at `index` is on disk.
+    pub(super) fn covers(&self, index: u64) -> bool {
+        index < self.next_index
     }
-    tx.commit().map_err(|e| AnyError::new(&e))
 }
 
-/// The Raft log storage (`RaftLogStorage` + `RaftLogReader`) on redb.
+/// The in-memory copy of everything the log store holds.
+type Mem = LogImage;
+
+/// What the log store shares with the network (commit clamping) and the
+/// state machine (apply gating).
+pub(super) struct LogShared {
+    /// This node, to recognise the leader's own new entries.
+    id: NodeId,
+    mem: Mutex<Mem>,
+    durable: watch::Receiver<Durable>,
+    /// The last AppendEntries sent carried a clamped commit index; the
+    /// leader should re-announce its commit index once its log caught up
+    /// (unless a later AppendEntries carries it anyway).
+    clamped: AtomicBool,
+    /// One past the highest index whose `LogFlushed` fired before its fsync
+    /// (0: none). Only entries below it can be in memory but not on disk
+    /// when openraft wants them applied.
+    early_next: AtomicU64,
+}
+
+impl LogShared {
+    fn mem(&self) -> MutexGuard<'_, Mem> {
+        // Mem is only mutated under the lock in single, non-panicking steps.
+        self.mem.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A receiver of this node's durable progress.
+    pub(super) fn durable(&self) -> watch::Receiver<Durable> {
+        self.durable.clone()
+    }
+
+    /// The commit index a leader may announce to followers: `committed`,
+    /// or — if this node's own copy of it is not on disk yet — the last
+    /// entry that is. `None` means "announce unchanged".
+    pub(super) fn clamp_commit(&self, committed: LogId<NodeId>) -> Option<Option<LogId<NodeId>>> {
+        let durable = *self.durable.borrow();
+        if durable.covers(committed.index) {
+            self.clamped.store(false, Ordering::Relaxed);
+            return None;
+        }
+        self.clamped.store(true, Ordering::Relaxed);
+        let Some(last) = durable.next_index.checked_sub(1) else {
+            return Some(None);
+        };
+        let mem = self.mem();
+        let id = match mem.log.get(&last) {
+            Some(e) => Some(e.log_id),
+            None => mem.last_purged.filter(|p| p.index == last),
+        };
+        // A durable entry that is neither in the log nor the purge point
+        // cannot happen; announcing no commit index is always safe.
+        Some(id)
+    }
+
+    /// Waits until the entry `log_id`, about to be applied, is on this
+    /// node's disk. Only the leader's own entries can be behind.
+    pub(super) async fn wait_durable(&self, log_id: LogId<NodeId>) -> Result<(), StorageError> {
+        if log_id.index >= self.early_next.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let failed = || StorageIOError::apply(log_id, AnyError::error("the Raft log write failed"));
+        let mut durable = self.durable.clone();
+        loop {
+            let d = *durable.borrow_and_update();
+            if d.covers(log_id.index) {
+                return Ok(());
+            }
+            if d.failed || durable.changed().await.is_err() {
+                return Err(failed().into());
+            }
+        }
+    }
+
+    /// Whether the last commit index sent was clamped.
+    pub(super) fn is_clamped(&self) -> bool {
+        self.clamped.load(Ordering::Relaxed)
+    }
+
+    /// Whether the last commit index sent was clamped (and clears that).
+    pub(super) fn take_clamped(&self) -> bool {
+        self.clamped.swap(false, Ordering::Relaxed)
+    }
+}
+
+/// One queued mutation for the log writer.
+enum Op {
+    Append {
+        entries: Vec<Entry<TypeConfig>>,
+        /// `None` when the callback already fired (the leader's own entries).
+        flushed: Option<LogFlushed<TypeConfig>>,
+    },
+    Vote {
+        vote: Vote<NodeId>,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+    Committed(Option<LogId<NodeId>>),
+    Truncate {
+        since: u64,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+    Purge(LogId<NodeId>),
+}
+
+impl Op {
+    /// Whether this op must be fsynced before it is reported done.
+    fn needs_sync(&self) -> bool {
+        !matches!(self, Op::Committed(_) | Op::Purge(_))
+    }
+
+    /// The record of a hint op (one that needs no fsync).
+    fn hint(&self) -> Option<RecOut<'static>> {
+        match self {
+            Op::Committed(c) => Some(RecOut::Committed(*c)),
+            Op::Purge(p) => Some(RecOut::Purge(*p)),
+            _ => None,
+        }
+    }
+}
+
+/// The Raft log storage (`RaftLogStorage` + `RaftLogReader`).
 ///
-/// Cheap to clone; clones share the database and serve as log readers.
+/// Cheap to clone; clones share the in-memory log and the writer, and serve
+/// as log readers.
 #[derive(Clone)]
 pub struct LogStore {
-    db: Arc<Db>,
+    shared: Arc<LogShared>,
+    writer: std_mpsc::Sender<Op>,
 }
 
 impl LogStore {
-    /// Log storage in an already opened database (see [`super::RaftHandle::open`]).
-    pub(super) fn new(db: Arc<Db>) -> Self {
-        LogStore { db }
+    /// Loads the log from its file in `dir` and starts the log writer
+    /// thread, which ends once every clone of the store is dropped; only
+    /// then does it release its reference to `db`, so [`DbClosed`] also
+    /// means "the log file is closed". `id` is this node. A log kept in
+    /// `db` by an earlier version is moved to the log file on first open.
+    pub(super) fn open(db: Arc<Db>, dir: &Path, id: NodeId) -> Result<Self, Error> {
+        let legacy = if dir.join(WAL_FILE).exists() {
+            Mem::default()
+        } else {
+            load_legacy(&db).map_err(|e| Error::LoadLog(Box::new(e)))?
+        };
+        let (wal, mem) = Wal::open(dir, move || legacy).map_err(Error::Wal)?;
+        let next_index = match mem.log.last_key_value() {
+            Some((i, _)) => i + 1,
+            None => mem.last_purged.map_or(0, |p| p.index + 1),
+        };
+        let (durable_tx, durable_rx) = watch::channel(Durable {
+            next_index,
+            failed: false,
+        });
+        let (tx, rx) = std_mpsc::channel();
+        std::thread::Builder::new()
+            .name("raft-log-writer".to_string())
+            .spawn(move || {
+                run_writer(wal, rx, durable_tx, next_index);
+                drop(db);
+            })
+            .map_err(Error::Spawn)?;
+        Ok(LogStore {
+            shared: Arc::new(LogShared {
+                id,
+                mem: Mutex::new(mem),
+                durable: durable_rx,
+                clamped: AtomicBool::new(false),
+                early_next: AtomicU64::new(0),
+            }),
+            writer: tx,
+        })
     }
 
-    /// The shared database, for the state machine.
-    pub(super) fn db(&self) -> Arc<Db> {
-        self.db.clone()
+    /// What the network and the state machine need from the log store.
+    pub(super) fn shared(&self) -> Arc<LogShared> {
+        self.shared.clone()
     }
 
-    fn read_range(
-        db: &Database,
-        range: (Bound<u64>, Bound<u64>),
-    ) -> Result<Vec<Entry<TypeConfig>>, AnyError> {
-        let tx = db.begin_read().map_err(|e| AnyError::new(&e))?;
-        let t = tx.open_table(LOGS).map_err(|e| AnyError::new(&e))?;
-        let mut out = Vec::new();
-        for item in t.range::<u64>(range).map_err(|e| AnyError::new(&e))? {
-            let (_, v) = item.map_err(|e| AnyError::new(&e))?;
-            out.push(from_json(v.value()).map_err(|e| AnyError::new(&e))?);
+    fn send(&self, op: Op) -> Result<(), StorageError> {
+        if self.shared.durable.borrow().failed {
+            return Err(
+                StorageIOError::write_logs(AnyError::error("a Raft log write failed")).into(),
+            );
         }
-        Ok(out)
+        self.writer.send(op).map_err(|_| {
+            StorageIOError::write_logs(AnyError::error("Raft log writer stopped")).into()
+        })
+    }
+
+    /// Whether `last` is a new entry of this node as the current leader:
+    /// its vote is committed, for itself, and the entry carries that vote.
+    fn is_own_leader_entry(&self, mem: &Mem, last: &Entry<TypeConfig>) -> bool {
+        mem.vote.is_some_and(|v| {
+            v.committed
+                && v.leader_id.node_id == self.shared.id
+                && last.log_id.leader_id == v.leader_id
+        })
+    }
+}
+
+/// Reads a log that an earlier version kept in redb (empty if none).
+fn load_legacy(db: &Database) -> Result<Mem, StorageError> {
+    let read = || -> Result<Mem, AnyError> {
+        let tx = db.begin_read().map_err(any)?;
+        let meta = tx.open_table(META).map_err(any)?;
+        let logs = tx.open_table(LOGS).map_err(any)?;
+        let mut log = BTreeMap::new();
+        for item in logs.iter().map_err(any)? {
+            let (k, v) = item.map_err(any)?;
+            log.insert(k.value(), from_json(v.value()).map_err(any)?);
+        }
+        Ok(Mem {
+            log,
+            last_purged: read_meta(&meta, PURGED_KEY)?,
+            vote: read_meta(&meta, VOTE_KEY)?,
+            committed: read_meta::<Option<LogId<NodeId>>>(&meta, COMMITTED_KEY)?.flatten(),
+        })
+    };
+    read().map_err(|e| StorageIOError::read_logs(e).into())
+}
+
+/// The log writer: writes whatever is queued as one append to the log file,
+/// fsyncs it if any op needs that, then reports completion in order. Hints
+/// alone (committed id, purge) are not written until something durable is.
+fn run_writer(
+    mut wal: Wal,
+    rx: std_mpsc::Receiver<Op>,
+    durable: watch::Sender<Durable>,
+    mut next_index: u64,
+) {
+    let mut deferred: Vec<RecOut<'static>> = Vec::new();
+    while let Ok(first) = rx.recv() {
+        let mut ops = vec![first];
+        while ops.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(op) => ops.push(op),
+                Err(_) => break,
+            }
+        }
+        if !ops.iter().any(Op::needs_sync) {
+            deferred.extend(ops.iter().filter_map(Op::hint));
+            continue;
+        }
+        let mut recs: Vec<RecOut<'_>> = std::mem::take(&mut deferred);
+        for op in &ops {
+            recs.push(match op {
+                Op::Append { entries, .. } => RecOut::Entries(entries),
+                Op::Vote { vote, .. } => RecOut::Vote(*vote),
+                Op::Truncate { since, .. } => RecOut::Truncate(*since),
+                Op::Committed(c) => RecOut::Committed(*c),
+                Op::Purge(p) => RecOut::Purge(*p),
+            });
+        }
+        let res = wal.write(&recs, true);
+        drop(recs);
+        // Durable progress first, then the callbacks: whoever is woken by a
+        // callback may look at it.
+        match &res {
+            Ok(()) => {
+                for op in &ops {
+                    match op {
+                        Op::Append { entries, .. } => {
+                            if let Some(last) = entries.last() {
+                                next_index = last.log_id.index + 1;
+                            }
+                        }
+                        Op::Truncate { since, .. } => next_index = next_index.min(*since),
+                        _ => {}
+                    }
+                }
+                durable.send_replace(Durable {
+                    next_index,
+                    failed: false,
+                });
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "Raft log write failed; Raft will stop");
+                durable.send_modify(|d| d.failed = true);
+            }
+        }
+        let outcome = || res.as_ref().map(|_| ()).map_err(|e| e.to_string());
+        for op in ops {
+            match op {
+                Op::Append {
+                    flushed: Some(cb), ..
+                } => cb.log_io_completed(outcome().map_err(std::io::Error::other)),
+                Op::Vote { done, .. } | Op::Truncate { done, .. } => {
+                    let _ = done.send(outcome());
+                }
+                _ => {}
+            }
+        }
+    }
+    // Shutting down: keep the hints too (no fsync needed).
+    if !deferred.is_empty()
+        && let Err(e) = wal.write(&deferred, false)
+    {
+        tracing::warn!(error = %e, "cannot write the last Raft log hints");
+    }
+}
+
+async fn wait_done(
+    rx: oneshot::Receiver<Result<(), String>>,
+    err: fn(AnyError) -> StorageIOError<NodeId>,
+) -> Result<(), StorageError> {
+    match rx.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(err(AnyError::error(e)).into()),
+        Err(_) => Err(err(AnyError::error("Raft log writer stopped")).into()),
     }
 }
 
@@ -180,12 +490,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
         &mut self,
         range: RB,
     ) -> Result<Vec<Entry<TypeConfig>>, StorageError> {
-        let bounds = (range.start_bound().cloned(), range.end_bound().cloned());
-        let db = self.db.clone();
-        blocking(move || {
-            LogStore::read_range(&db, bounds).map_err(|e| StorageIOError::read_logs(e).into())
-        })
-        .await
+        let bounds: (Bound<u64>, Bound<u64>) =
+            (range.start_bound().cloned(), range.end_bound().cloned());
+        let mem = self.shared.mem();
+        // Entries are cheap to clone: a batch's commands sit behind an Arc.
+        Ok(mem.log.range(bounds).map(|(_, e)| e.clone()).collect())
     }
 }
 
@@ -193,28 +502,12 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;
 
     async fn get_log_state(&mut self) -> Result<LogState<TypeConfig>, StorageError> {
-        let db = self.db.clone();
-        blocking(move || {
-            let read = || -> Result<LogState<TypeConfig>, AnyError> {
-                let last_purged_log_id: Option<LogId<NodeId>> = read_meta(&db, PURGED_KEY)?;
-                let tx = db.begin_read().map_err(|e| AnyError::new(&e))?;
-                let t = tx.open_table(LOGS).map_err(|e| AnyError::new(&e))?;
-                let last = match t.last().map_err(|e| AnyError::new(&e))? {
-                    Some((_, v)) => {
-                        let e: Entry<TypeConfig> =
-                            from_json(v.value()).map_err(|e| AnyError::new(&e))?;
-                        Some(*e.get_log_id())
-                    }
-                    None => None,
-                };
-                Ok(LogState {
-                    last_purged_log_id,
-                    last_log_id: last.or(last_purged_log_id),
-                })
-            };
-            read().map_err(|e| StorageIOError::read_logs(e).into())
+        let mem = self.shared.mem();
+        let last = mem.log.last_key_value().map(|(_, e)| e.log_id);
+        Ok(LogState {
+            last_purged_log_id: mem.last_purged,
+            last_log_id: last.or(mem.last_purged),
         })
-        .await
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -222,41 +515,27 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote<NodeId>) -> Result<(), StorageError> {
-        let db = self.db.clone();
-        let vote = *vote;
-        blocking(move || {
-            write_meta(&db, VOTE_KEY, &vote, Durability::Immediate)
-                .map_err(|e| StorageIOError::write_vote(e).into())
-        })
-        .await
+        let (done, rx) = oneshot::channel();
+        self.send(Op::Vote { vote: *vote, done })?;
+        wait_done(rx, StorageIOError::write_vote).await?;
+        self.shared.mem().vote = Some(*vote);
+        Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote<NodeId>>, StorageError> {
-        let db = self.db.clone();
-        blocking(move || read_meta(&db, VOTE_KEY).map_err(|e| StorageIOError::read_vote(e).into()))
-            .await
+        Ok(self.shared.mem().vote)
     }
 
     async fn save_committed(
         &mut self,
         committed: Option<LogId<NodeId>>,
     ) -> Result<(), StorageError> {
-        let db = self.db.clone();
-        blocking(move || {
-            write_meta(&db, COMMITTED_KEY, &committed, Durability::None)
-                .map_err(|e| StorageIOError::write(e).into())
-        })
-        .await
+        self.shared.mem().committed = committed;
+        self.send(Op::Committed(committed))
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError> {
-        let db = self.db.clone();
-        blocking(move || {
-            read_meta::<Option<LogId<NodeId>>>(&db, COMMITTED_KEY)
-                .map(Option::flatten)
-                .map_err(|e| StorageIOError::read(e).into())
-        })
-        .await
+        Ok(self.shared.mem().committed)
     }
 
     async fn append<I>(
@@ -268,69 +547,60 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
-        let db = self.db.clone();
         let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
-        let res = blocking(move || {
-            let write = || -> Result<(), AnyError> {
-                let tx = db.begin_write().map_err(|e| AnyError::new(&e))?;
-                {
-                    let mut t = tx.open_table(LOGS).map_err(|e| AnyError::new(&e))?;
-                    for e in &entries {
-                        let bytes = to_json(e).map_err(|e| AnyError::new(&e))?;
-                        t.insert(e.get_log_id().index, bytes.as_slice())
-                            .map_err(|e| AnyError::new(&e))?;
-                    }
-                }
-                // Default durability: commit() returns after fsync.
-                tx.commit().map_err(|e| AnyError::new(&e))
-            };
-            write().map_err(|e| StorageIOError::write_logs(e).into())
-        })
-        .await;
-        match &res {
-            Ok(()) => callback.log_io_completed(Ok(())),
-            Err(e) => callback.log_io_completed(Err(std::io::Error::other(e.to_string()))),
+        let Some(last) = entries.last() else {
+            callback.log_io_completed(Ok(()));
+            return Ok(());
+        };
+        let last_index = last.log_id.index;
+        let own = {
+            let mut mem = self.shared.mem();
+            let own = self.is_own_leader_entry(&mem, last);
+            for e in &entries {
+                mem.log.insert(e.log_id.index, e.clone());
+            }
+            own
+        };
+        if own {
+            // See the module docs: the state machine and the network wait
+            // for this node's fsync instead of openraft's core loop.
+            self.shared
+                .early_next
+                .fetch_max(last_index + 1, Ordering::SeqCst);
+            self.send(Op::Append {
+                entries,
+                flushed: None,
+            })?;
+            callback.log_io_completed(Ok(()));
+            Ok(())
+        } else {
+            self.send(Op::Append {
+                entries,
+                flushed: Some(callback),
+            })
         }
-        res
     }
 
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError> {
-        let db = self.db.clone();
-        blocking(move || {
-            let write = || -> Result<(), AnyError> {
-                let tx = db.begin_write().map_err(|e| AnyError::new(&e))?;
-                {
-                    let mut t = tx.open_table(LOGS).map_err(|e| AnyError::new(&e))?;
-                    t.retain_in::<u64, _>(log_id.index.., |_, _| false)
-                        .map_err(|e| AnyError::new(&e))?;
-                }
-                tx.commit().map_err(|e| AnyError::new(&e))
-            };
-            write().map_err(|e| StorageIOError::write_logs(e).into())
-        })
-        .await
+        {
+            let mut mem = self.shared.mem();
+            drop(mem.log.split_off(&log_id.index));
+        }
+        let (done, rx) = oneshot::channel();
+        self.send(Op::Truncate {
+            since: log_id.index,
+            done,
+        })?;
+        wait_done(rx, StorageIOError::write_logs).await
     }
 
     async fn purge(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError> {
-        let db = self.db.clone();
-        blocking(move || {
-            let write = || -> Result<(), AnyError> {
-                let bytes = to_json(&log_id).map_err(|e| AnyError::new(&e))?;
-                let mut tx = db.begin_write().map_err(|e| AnyError::new(&e))?;
-                tx.set_durability(Durability::None)
-                    .map_err(|e| AnyError::new(&e))?;
-                {
-                    let mut m = tx.open_table(META).map_err(|e| AnyError::new(&e))?;
-                    m.insert(PURGED_KEY, bytes.as_slice())
-                        .map_err(|e| AnyError::new(&e))?;
-                    let mut t = tx.open_table(LOGS).map_err(|e| AnyError::new(&e))?;
-                    t.retain_in::<u64, _>(..=log_id.index, |_, _| false)
-                        .map_err(|e| AnyError::new(&e))?;
-                }
-                tx.commit().map_err(|e| AnyError::new(&e))
-            };
-            write().map_err(|e| StorageIOError::write_logs(e).into())
-        })
-        .await
+        {
+            let mut mem = self.shared.mem();
+            let keep = mem.log.split_off(&(log_id.index + 1));
+            mem.log = keep;
+            mem.last_purged = Some(log_id);
+        }
+        self.send(Op::Purge(log_id))
     }
 }

@@ -1,10 +1,10 @@
-//! The Raft layer of the manager: the replicated log, vote and snapshots on
-//! disk (redb), the state machine wrapped around [`crate::store::State`], the
-//! gRPC transport between managers and a propose API that forwards writes to
-//! the leader.
+//! The Raft layer of the manager: the replicated log and vote on disk (an
+//! append-only log file, [`WAL_FILE`]), snapshots in redb, the state machine
+//! wrapped around [`crate::store::State`], the gRPC transport between
+//! managers and a propose API that forwards writes to the leader.
 //!
 //! ```text
-//!  propose(Command) ──▶ Batcher ──client_write(Batch)──▶ openraft::Raft ──▶ LogStore (redb, fsync)
+//!  propose(Command) ──▶ Batcher ──client_write(Batch)──▶ openraft::Raft ──▶ LogStore (log file, fsync)
 //!        │ not leader                                         │ commit
 //!        └──gRPC Propose──▶ leader's RaftGrpc ──▶ Batcher     ▼
 //!                                                   StateMachine: State::apply, watch(index)
@@ -12,10 +12,12 @@
 //!                                         StoreHandle::read() / subscribe() (rest of the manager)
 //! ```
 //!
-//! Why batches: openraft 0.9 appends and fsyncs one client write at a time on
-//! the leader, and an fsync costs milliseconds. Commands proposed concurrently
-//! are therefore grouped into one log entry ([`Batch`]) so one fsync covers
-//! all of them; the result of each command is returned to its own proposer.
+//! Why batches: openraft 0.9 makes every client write its own log entry, and
+//! each entry costs a pass through the Raft core, a replication round trip
+//! with an fsync on the followers, and an apply. Commands proposed
+//! concurrently are therefore grouped into one log entry ([`Batch`]) so one
+//! round covers all of them; the result of each command is returned to its
+//! own proposer.
 //!
 //! Must not: know about TLS or certificates (the caller passes a
 //! [`ChannelFactory`] and an [`Authorize`] hook).
@@ -26,11 +28,13 @@ mod handle;
 mod log_store;
 mod network;
 mod state_machine;
+mod wal;
 
 #[cfg(test)]
 mod tests;
 
 use std::io::Cursor;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +46,7 @@ pub use handle::{RaftHandle, RaftMetricsView, RaftSettings};
 pub use log_store::{DB_FILE, LogStore};
 pub use network::{ChannelFactory, Network, NetworkFactory, plaintext_channel_factory};
 pub use state_machine::{StateMachine, StoreHandle};
+pub use wal::{WAL_FILE, WalError};
 
 openraft::declare_raft_types!(
     /// The openraft type configuration of weft's manager group.
@@ -71,9 +76,33 @@ impl std::fmt::Display for RaftNode {
 /// The application data of one log entry: commands applied in order.
 ///
 /// Proposers never build one themselves; [`RaftHandle::propose`] groups
-/// concurrent commands into batches.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Batch(pub Vec<Command>);
+/// concurrent commands into batches. The commands sit behind an `Arc`
+/// because openraft clones every entry several times (log copy, each
+/// replication stream, apply); encoded as the plain command list.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Batch(pub Arc<Vec<Command>>);
+
+impl Batch {
+    /// A batch of `commands`.
+    pub fn new(commands: Vec<Command>) -> Self {
+        Batch(Arc::new(commands))
+    }
+}
+
+impl Serialize for Batch {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_newtype_struct("Batch", self.0.as_slice())
+    }
+}
+
+impl<'de> Deserialize<'de> for Batch {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(rename = "Batch")]
+        struct Plain(Vec<Command>);
+        Plain::deserialize(d).map(|p| Batch::new(p.0))
+    }
+}
 
 /// The result of applying a [`Batch`]: one result per command, in order.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

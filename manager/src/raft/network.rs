@@ -32,6 +32,7 @@ use weft_proto::v1::RaftPayload;
 use weft_proto::v1::raft_client::RaftClient;
 
 use super::grpc::MAX_MESSAGE_BYTES;
+use super::log_store::LogShared;
 use super::{RaftNode, TypeConfig};
 use crate::store::NodeId;
 use weft_proto::tls::TlsError;
@@ -90,11 +91,14 @@ impl Clients {
 pub struct NetworkFactory {
     id: NodeId,
     clients: Clients,
+    log: Arc<LogShared>,
 }
 
 impl NetworkFactory {
-    pub(super) fn new(id: NodeId, clients: Clients) -> Self {
-        NetworkFactory { id, clients }
+    /// `log` is this node's log store, whose durable progress bounds the
+    /// commit index sent to followers.
+    pub(super) fn new(id: NodeId, clients: Clients, log: Arc<LogShared>) -> Self {
+        NetworkFactory { id, clients, log }
     }
 }
 
@@ -107,6 +111,7 @@ impl RaftNetworkFactory<TypeConfig> for NetworkFactory {
             target,
             node: node.clone(),
             clients: self.clients.clone(),
+            log: self.log.clone(),
         }
     }
 }
@@ -117,6 +122,7 @@ pub struct Network {
     target: NodeId,
     node: RaftNode,
     clients: Clients,
+    log: Arc<LogShared>,
 }
 
 /// Which RPC to call.
@@ -211,9 +217,17 @@ impl Network {
 impl RaftNetwork<TypeConfig> for Network {
     async fn append_entries(
         &mut self,
-        rpc: AppendEntriesRequest<TypeConfig>,
+        mut rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, RaftNode, RaftError<NodeId>>> {
+        // openraft counts the leader's own copy of an entry before it is on
+        // disk (see `log_store`); followers must not apply what is not yet
+        // durable on the leader, so they learn at most its durable point.
+        if let Some(committed) = rpc.leader_commit
+            && let Some(clamped) = self.log.clamp_commit(committed)
+        {
+            rpc.leader_commit = clamped;
+        }
         self.call(Rpc::Append, &rpc, &option).await
     }
 

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use super::log_store::{
-    Db, SNAPSHOT, SNAPSHOT_DATA_KEY, SNAPSHOT_META_KEY, blocking, from_json, to_json,
+    Db, LogShared, SNAPSHOT, SNAPSHOT_DATA_KEY, SNAPSHOT_META_KEY, blocking, from_json, to_json,
 };
 use super::{BatchResult, RaftNode, StorageError, TypeConfig};
 use crate::store::{NodeId, State};
@@ -99,6 +99,9 @@ struct SnapshotData {
 /// The Raft state machine (`RaftStateMachine`) around [`State`].
 pub struct StateMachine {
     db: Arc<Db>,
+    /// The log store's shared part: nothing is applied before it is on this
+    /// node's disk (see `log_store`'s docs on the leader's own entries).
+    log: Arc<LogShared>,
     store: StoreHandle,
     last_applied: Option<LogId<NodeId>>,
     last_membership: Membership,
@@ -152,8 +155,8 @@ fn write_snapshot(db: &Database, meta: &Meta, data: &[u8]) -> Result<(), Storage
 
 impl StateMachine {
     /// Opens the state machine on the shared database, restoring the stored
-    /// snapshot if there is one.
-    pub(super) fn open(db: Arc<Db>) -> Result<Self, StorageError> {
+    /// snapshot if there is one. `log` is the log store's shared part.
+    pub(super) fn open(db: Arc<Db>, log: Arc<LogShared>) -> Result<Self, StorageError> {
         let (state, last_applied, last_membership) = match read_snapshot(&db)? {
             Some((meta, data)) => {
                 let snap: SnapshotData = from_json(&data).map_err(|e| {
@@ -166,6 +169,7 @@ impl StateMachine {
         let index = last_applied.map_or(0, |l| l.index);
         Ok(StateMachine {
             db,
+            log,
             store: StoreHandle::new(state, index),
             last_applied,
             last_membership,
@@ -226,7 +230,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry<TypeConfig>> + Send,
         I::IntoIter: Send,
     {
-        let mut out = Vec::new();
+        let entries: Vec<Entry<TypeConfig>> = entries.into_iter().collect();
+        if let Some(last) = entries.last() {
+            self.log.wait_durable(last.log_id).await?;
+        }
+        let mut out = Vec::with_capacity(entries.len());
         {
             let mut state = self.store.write();
             for entry in entries {

@@ -6,6 +6,7 @@ use tempfile::TempDir;
 
 use crate::raft::log_store::open_db;
 use crate::raft::{LogStore, StateMachine, StorageError, TypeConfig};
+use crate::store::NodeId;
 
 struct TempDirBuilder;
 
@@ -13,8 +14,10 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for TempDirBuilde
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError> {
         let dir = tempfile::tempdir().expect("temp dir");
         let (db, _closed) = open_db(dir.path()).expect("open redb");
-        let log = LogStore::new(db.clone());
-        let sm = StateMachine::open(db)?;
+        // An ID the suite never votes for: every append takes the follower
+        // path (durable before `LogFlushed`).
+        let log = LogStore::open(db.clone(), dir.path(), NodeId(u64::MAX)).expect("open log");
+        let sm = StateMachine::open(db, log.shared())?;
         Ok((dir, log, sm))
     }
 }

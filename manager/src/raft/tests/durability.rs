@@ -1,0 +1,87 @@
+//! The log store's durability contract around the leader's early
+//! `LogFlushed` (see `log_store`'s module docs): entries of other leaders
+//! are on disk before their append completes; the leader's own may not be,
+//! but nothing is applied, and no commit index beyond them is announced,
+//! until they are. Also: the log survives a reopen.
+
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
+use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftLogReader, Vote};
+
+use crate::raft::log_store::open_db;
+use crate::raft::{Batch, LogStore, TypeConfig};
+use crate::store::NodeId;
+
+const ME: NodeId = NodeId(7);
+const OTHER: NodeId = NodeId(9);
+
+fn entry(term: u64, leader: NodeId, index: u64) -> Entry<TypeConfig> {
+    Entry {
+        log_id: LogId::new(CommittedLeaderId::new(term, leader), index),
+        payload: EntryPayload::Normal(Batch::default()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn followers_append_durably_and_leaders_apply_only_durable_entries() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    {
+        let (db, _closed) = open_db(dir.path()).expect("open redb");
+        let mut log = LogStore::open(db, dir.path(), ME).expect("open log");
+        let shared = log.shared();
+
+        // A follower of OTHER: the append completes only once it is on disk.
+        let mut vote = Vote::new(1, OTHER);
+        vote.commit();
+        log.save_vote(&vote).await.expect("vote");
+        log.blocking_append([entry(1, OTHER, 1), entry(1, OTHER, 2)])
+            .await
+            .expect("append");
+        assert!(shared.durable().borrow().covers(2));
+        assert_eq!(shared.clamp_commit(entry(1, OTHER, 2).log_id), None);
+
+        // Leader of term 2: its own entries may complete before the fsync,
+        // but waiting for them to be applicable means waiting for the disk.
+        let mut vote = Vote::new(2, ME);
+        vote.commit();
+        log.save_vote(&vote).await.expect("vote");
+        for i in 3..=40 {
+            log.blocking_append([entry(2, ME, i)])
+                .await
+                .expect("append");
+        }
+        let last = entry(2, ME, 40).log_id;
+        shared.wait_durable(last).await.expect("durable");
+        assert!(shared.durable().borrow().covers(40));
+        assert_eq!(shared.clamp_commit(last), None, "durable: nothing to clamp");
+
+        log.save_committed(Some(entry(2, ME, 30).log_id))
+            .await
+            .expect("committed");
+        log.purge(entry(1, OTHER, 1).log_id).await.expect("purge");
+        log.truncate(entry(2, ME, 39).log_id)
+            .await
+            .expect("truncate");
+    }
+    // Everything but the hints was fsynced; the hints were written at close.
+    let (db, _closed) = loop {
+        // The previous writer thread releases the database as it ends.
+        match open_db(dir.path()) {
+            Ok(v) => break v,
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+        }
+    };
+    let mut log = LogStore::open(db, dir.path(), ME).expect("reopen log");
+    let state = log.get_log_state().await.expect("state");
+    assert_eq!(state.last_purged_log_id, Some(entry(1, OTHER, 1).log_id));
+    assert_eq!(state.last_log_id, Some(entry(2, ME, 38).log_id));
+    let entries = log.try_get_log_entries(0..100).await.expect("read");
+    assert_eq!(entries.first().map(|e| e.log_id.index), Some(2));
+    assert_eq!(entries.len(), 37);
+    let mut v = Vote::new(2, ME);
+    v.commit();
+    assert_eq!(log.read_vote().await.expect("vote"), Some(v));
+    assert_eq!(
+        log.read_committed().await.expect("committed"),
+        Some(entry(2, ME, 30).log_id)
+    );
+}
