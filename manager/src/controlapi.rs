@@ -288,7 +288,24 @@ impl ControlService {
     }
 
     async fn update(&self, r: pb::UpdateNodeRequest) -> Result<pb::Node> {
-        let node = self.resolve(&r.node)?;
+        // Only what the checks need: cloning the whole node (labels and
+        // all) on every write showed up in the control-plane profile.
+        let what = if r.node == "self" {
+            self.core.node_id().to_string()
+        } else {
+            r.node.clone()
+        };
+        let (id, hostname, missing) = self.core.read(|s| {
+            s.resolve_node(&what).map(|n| {
+                let missing: Vec<String> = r
+                    .label_rm
+                    .iter()
+                    .filter(|k| !n.labels.contains_key(*k))
+                    .cloned()
+                    .collect();
+                (n.id, n.hostname.clone(), missing)
+            })
+        })?;
         let availability = match r.availability {
             0 => None,
             a => Some(availability_from_wire(a).ok_or_else(|| {
@@ -302,24 +319,51 @@ impl ControlService {
         }
         for k in &r.label_rm {
             validate_label_key(k)?;
-            if !node.labels.contains_key(k) && !label_add.contains_key(k) {
+            if missing.contains(k) && !label_add.contains_key(k) {
                 return Err(Error::InvalidInput(format!(
-                    "node {} has no label {k:?} to remove",
-                    node.hostname
+                    "node {hostname} has no label {k:?} to remove"
                 )));
             }
         }
-        let applied = self
-            .core
+        let now = now_ms();
+        let added = label_add.clone();
+        let removed: Vec<String> = r
+            .label_rm
+            .iter()
+            .filter(|k| !added.contains_key(*k))
+            .cloned()
+            .collect();
+        self.core
             .propose(Command::UpdateNode {
-                id: node.id,
+                id,
                 availability,
                 label_add,
                 label_rm: r.label_rm,
-                now_ms: now_ms(),
+                now_ms: now,
             })
             .await?;
-        Ok(self.applied_node(applied, &node))
+        // The store answers with Done (no node clone on every manager);
+        // the reply is read here once this manager has applied the write
+        // (at once on the leader, a moment later on a follower).
+        let seen = self
+            .read_after_write(|s| {
+                s.nodes
+                    .get(&id)
+                    .filter(|n| {
+                        availability.is_none_or(|a| n.availability == a)
+                            && added.iter().all(|(k, v)| n.labels.get(k) == Some(v))
+                            && removed.iter().all(|k| !n.labels.contains_key(k))
+                    })
+                    .map(|n| self.wire(n))
+            })
+            .await;
+        match seen {
+            Ok(n) => Ok(n),
+            // A concurrent write changed the same fields again: the write
+            // was applied; answer with the node as it stands.
+            Err(Error::NotReady) => Ok(self.wire(&self.resolve(&id.to_string())?)),
+            Err(e) => Err(e),
+        }
     }
 }
 

@@ -469,7 +469,9 @@ impl State {
                     node.labels.insert(k.clone(), v.clone());
                 }
                 node.updated_at_ms = *now_ms;
-                Ok(Applied::Node(Box::new(node.clone())))
+                // No copy of the node: this runs on every manager, and only
+                // the one answering the client needs it (it reads it).
+                Ok(Applied::Done)
             }
             Command::SetRole { id, role, now_ms } => {
                 let managers = self.managers().count();
