@@ -63,10 +63,9 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     // The default bridge must not shadow a route of this host (it would
     // also be unreachable from tasks that need that route).
     let routes = linux
-        .observe()
+        .host_routes()
         .await
-        .context("cannot read this host's routes")?
-        .host_routes;
+        .context("cannot read this host's routes")?;
     if let Some(r) = crate::settings::colliding_route(&settings.bridge_subnet, &routes) {
         anyhow::bail!(
             "bridge subnet {} collides with the host route {} (dev {}); choose another with --bridge-subnet",
@@ -871,10 +870,9 @@ impl weft_manager::controlapi::NodeNetworks for NodeNets {
         let routes = self
             .0
             .linux
-            .observe()
+            .host_routes()
             .await
-            .map_err(|e| Status::unavailable(format!("cannot read this host's routes: {e}")))?
-            .host_routes;
+            .map_err(|e| Status::unavailable(format!("cannot read this host's routes: {e}")))?;
         if let Some(r) = crate::settings::colliding_route(&subnet, &routes) {
             return Err(Status::invalid_argument(format!(
                 "subnet {subnet} collides with the host route {} (dev {}) of this node; choose another --subnet",

@@ -126,10 +126,8 @@ pub fn colliding_route<'a>(
     subnet: &IpNetwork,
     routes: &'a [weft_overlay::plan::HostRoute],
 ) -> Option<&'a weft_overlay::plan::HostRoute> {
-    routes.iter().find(|r| {
-        r.dest.prefix() != 0
-            && !r.dev.as_deref().is_some_and(|d| d.starts_with("weft"))
-            && (r.dest.contains(subnet.network()) || subnet.contains(r.dest.network()))
+    weft_overlay::plan::colliding_route(*subnet, routes, |d| {
+        d.starts_with(weft_overlay::model::names::WEFT_PREFIX)
     })
 }
 

@@ -368,7 +368,10 @@ fn wireguard_port_in_use_is_refused_at_init_and_join_and_rotation_is_changeable(
 
     // The rotation interval changes after init; bad values change nothing.
     let info = lab.weft("w1", &["info"]);
-    assert!(!info.is_empty());
+    assert!(
+        info.contains(&lab.addr("m1")),
+        "w1 knows its manager: {info}"
+    );
     assert!(
         lab.weft("m1", &["info"])
             .contains("WireGuard key rotation: 86400s")

@@ -1057,6 +1057,19 @@ fn overlaps(a: IpNetwork, b: IpNetwork) -> bool {
 }
 
 /// Checks `desired` on its own and against the daemon's routes.
+/// The first route of `routes` that overlaps `subnet`, ignoring default
+/// routes and routes through devices `own` claims (the subnet's own bridge,
+/// or weft's devices).
+pub fn colliding_route(
+    subnet: IpNetwork,
+    routes: &[HostRoute],
+    own: impl Fn(&str) -> bool,
+) -> Option<&HostRoute> {
+    routes.iter().find(|r| {
+        r.dest.prefix() != 0 && !r.dev.as_deref().is_some_and(&own) && overlaps(r.dest, subnet)
+    })
+}
+
 pub fn validate(observed: &Observed, desired: &DesiredNode) -> Result<(), PlanError> {
     let mut vnis: BTreeMap<u32, &NetworkId> = BTreeMap::new();
     for (id, net) in &desired.networks {
@@ -1111,17 +1124,13 @@ pub fn validate(observed: &Observed, desired: &DesiredNode) -> Result<(), PlanEr
     }
     if let Some(gw) = &desired.gateway {
         in_subnet(|| "gateway bridge".to_owned(), gw.gateway, gw.subnet)?;
-        for r in &observed.host_routes {
-            if r.dest.prefix() == 0 || r.dev.as_deref() == Some(GATEWAY_BRIDGE) {
-                continue;
-            }
-            if overlaps(r.dest, gw.subnet) {
-                return Err(PlanError::GatewaySubnetCollision {
-                    subnet: gw.subnet,
-                    route: r.dest,
-                    dev: r.dev.clone(),
-                });
-            }
+        if let Some(r) = colliding_route(gw.subnet, &observed.host_routes, |d| d == GATEWAY_BRIDGE)
+        {
+            return Err(PlanError::GatewaySubnetCollision {
+                subnet: gw.subnet,
+                route: r.dest,
+                dev: r.dev.clone(),
+            });
         }
     }
     if let Some(ing) = &desired.ingress {

@@ -168,17 +168,15 @@ impl DispatcherService {
             .map(crate::convert::port_from_wire)
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(Error::InvalidInput)?;
-        let mut refs = r.networks.clone();
-        if mode == NetworkMode::Attached && refs.is_empty() {
+        let refs = match mode {
+            NetworkMode::Host | NetworkMode::None => Vec::new(),
             // `weft run` without --network: the node's default bridge.
-            refs.push(pb::NetworkRef {
+            NetworkMode::Attached if r.networks.is_empty() => vec![pb::NetworkRef {
                 network: crate::store::DEFAULT_BRIDGE.into(),
                 ip: String::new(),
-            });
-        }
-        if mode != NetworkMode::Attached {
-            refs.clear();
-        }
+            }],
+            NetworkMode::Attached => r.networks.clone(),
+        };
         let mut networks = Vec::new();
         for n in &refs {
             let net = self.core.read(|s| {

@@ -28,7 +28,7 @@ use nftables::batch::Batch;
 use nftables::expr::{
     BinaryOperation, Expression, Meta, MetaKey, NamedExpression, Payload, PayloadField, Prefix,
 };
-use nftables::schema::{Chain, NfListObject, NfObject, Rule, Table};
+use nftables::schema::{Chain, NfListObject, Rule, Table};
 use nftables::stmt::{Match, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
@@ -176,23 +176,18 @@ impl LinuxDataplane {
         }
     }
 
+    /// The main-table routes of the daemon's namespace (what a new subnet
+    /// must not collide with); far cheaper than a whole [`observe`](Self::observe).
+    pub async fn host_routes(&self) -> LResult<Vec<HostRoute>> {
+        routes_of(&Netlink::open(&self.host)?).await
+    }
+
     /// Reads what exists in the kernel. Must run inside a tokio runtime.
     pub async fn observe(&self) -> LResult<Observed> {
         let host_nl = Netlink::open(&self.host)?;
-        let all = host_nl.list_links(None).await?;
-        let by_index: BTreeMap<u32, String> =
-            all.iter().map(|l| (l.index, l.name.clone())).collect();
         let mut host = observe_ns(&host_nl, Some(names::WEFT_PREFIX), false).await?;
         host.default_routes.clear();
-        let host_routes = host_nl
-            .list_routes()
-            .await?
-            .into_iter()
-            .map(|r| HostRoute {
-                dest: r.dest,
-                dev: r.oif.and_then(|i| by_index.get(&i).cloned()),
-            })
-            .collect();
+        let host_routes = routes_of(&host_nl).await?;
         let ipv4_forwarding = self
             .host
             .run_in(|| std::fs::read_to_string(IP_FORWARD))?
@@ -329,6 +324,25 @@ impl LinuxDataplane {
 /// Reads one namespace: links (only those starting with `prefix`, if
 /// given), their addresses, FDB and neighbour entries of VXLAN links (for
 /// network namespaces) and default routes.
+/// The main-table routes of the namespace `nl` is in, with device names.
+async fn routes_of(nl: &Netlink) -> LResult<Vec<HostRoute>> {
+    let by_index: BTreeMap<u32, String> = nl
+        .list_links(None)
+        .await?
+        .into_iter()
+        .map(|l| (l.index, l.name))
+        .collect();
+    Ok(nl
+        .list_routes()
+        .await?
+        .into_iter()
+        .map(|r| HostRoute {
+            dest: r.dest,
+            dev: r.oif.and_then(|i| by_index.get(&i).cloned()),
+        })
+        .collect())
+}
+
 async fn observe_ns(nl: &Netlink, prefix: Option<&str>, vxlan_tables: bool) -> LResult<ObservedNs> {
     let all = nl.list_links(None).await?;
     let by_index: BTreeMap<u32, String> = all.iter().map(|l| (l.index, l.name.clone())).collect();
@@ -429,25 +443,9 @@ fn observed_link(
 
 /// Rule comments of the `weft` tables, `None` if neither exists.
 fn nat_of(rs: &nftables::schema::Nftables<'_>) -> Option<BTreeSet<String>> {
-    let ours = |family: &NfFamily, table: &str| {
-        table == NFT_TABLE && matches!(family, NfFamily::INet | NfFamily::Bridge)
-    };
-    let mut found = false;
-    let mut comments = BTreeSet::new();
-    for o in rs.objects.iter() {
-        match o {
-            NfObject::ListObject(NfListObject::Table(t)) if ours(&t.family, &t.name) => {
-                found = true;
-            }
-            NfObject::ListObject(NfListObject::Rule(r)) if ours(&r.family, &r.table) => {
-                if let Some(c) = &r.comment {
-                    comments.insert(c.to_string());
-                }
-            }
-            _ => {}
-        }
-    }
-    found.then_some(comments)
+    nft::table_comments(rs, NFT_TABLE, |f| {
+        matches!(f, NfFamily::INet | NfFamily::Bridge)
+    })
 }
 
 /// The nftables transaction of [`Op::ApplyNat`]: both tables re-created
@@ -1080,6 +1078,7 @@ pub fn task_netns_path(exec_root: &Path, task: &TaskId) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nftables::schema::NfObject;
 
     #[test]
     fn nat_batch_round_trips_through_the_comment_check() {

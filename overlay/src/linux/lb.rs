@@ -23,7 +23,7 @@ use nftables::batch::Batch;
 use nftables::expr::{
     Expression, Map, NamedExpression, NgMode, Numgen, Payload, PayloadField, SetItem,
 };
-use nftables::schema::{Chain, NfListObject, NfObject, Nftables, Rule, Table};
+use nftables::schema::{Chain, NfListObject, Nftables, Rule, Table};
 use nftables::stmt::{Match, NAT, NATFamily, Operator, Statement};
 use nftables::types::{NfChainPolicy, NfChainType, NfFamily, NfHook};
 
@@ -136,29 +136,14 @@ pub fn delete_lb_batch() -> Nftables<'static> {
 /// The rule comments of the table in a listing; `None` when it does not
 /// exist.
 pub fn lb_of(rs: &Nftables<'_>) -> Option<BTreeSet<String>> {
-    let ours = |family: &NfFamily, t: &str| *family == NfFamily::INet && t == NFT_LB_TABLE;
-    let mut found = false;
-    let mut comments = BTreeSet::new();
-    for o in rs.objects.iter() {
-        match o {
-            NfObject::ListObject(NfListObject::Table(t)) if ours(&t.family, &t.name) => {
-                found = true;
-            }
-            NfObject::ListObject(NfListObject::Rule(r)) if ours(&r.family, &r.table) => {
-                if let Some(c) = &r.comment {
-                    comments.insert(c.to_string());
-                }
-            }
-            _ => {}
-        }
-    }
-    found.then_some(comments)
+    super::nft::table_comments(rs, NFT_LB_TABLE, |f| *f == NfFamily::INet)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::plan::lb_comments;
+    use nftables::schema::NfObject;
 
     #[test]
     fn batch_shape_and_comments_round_trip() {

@@ -10,7 +10,10 @@
 use std::path::PathBuf;
 
 use nftables::helper::{self, NftablesError};
-use nftables::schema::Nftables;
+use std::collections::BTreeSet;
+
+use nftables::schema::{NfListObject, NfObject, Nftables};
+use nftables::types::NfFamily;
 
 use super::error::{Error, Result};
 use super::netns::Netns;
@@ -72,4 +75,31 @@ pub async fn list_ruleset_async(ns: &Netns) -> Result<Nftables<'static>> {
     tokio::task::spawn_blocking(move || list_ruleset(&ns))
         .await
         .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
+}
+
+/// The rule comments of the tables named `table` in the families `ours`
+/// accepts, in a listing; `None` when no such table exists. weft's tables
+/// mark every rule with a comment that says what it is for, so comparing
+/// these sets is how drift is found.
+pub fn table_comments(
+    rs: &Nftables<'_>,
+    table: &str,
+    ours: impl Fn(&NfFamily) -> bool,
+) -> Option<BTreeSet<String>> {
+    let mut found = false;
+    let mut comments = BTreeSet::new();
+    for o in rs.objects.iter() {
+        match o {
+            NfObject::ListObject(NfListObject::Table(t)) if t.name == table && ours(&t.family) => {
+                found = true;
+            }
+            NfObject::ListObject(NfListObject::Rule(r)) if r.table == table && ours(&r.family) => {
+                if let Some(c) = &r.comment {
+                    comments.insert(c.to_string());
+                }
+            }
+            _ => {}
+        }
+    }
+    found.then_some(comments)
 }

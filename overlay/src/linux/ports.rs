@@ -368,23 +368,7 @@ pub fn user_chain_batch() -> Nftables<'static> {
 /// The rule comments of the ports table in a listing; `None` when it does
 /// not exist.
 pub fn ports_of(rs: &Nftables<'_>) -> Option<BTreeSet<String>> {
-    let ours = |family: &NfFamily, t: &str| *family == NfFamily::INet && t == NFT_PORTS_TABLE;
-    let mut found = false;
-    let mut comments = BTreeSet::new();
-    for o in rs.objects.iter() {
-        match o {
-            NfObject::ListObject(NfListObject::Table(t)) if ours(&t.family, &t.name) => {
-                found = true;
-            }
-            NfObject::ListObject(NfListObject::Rule(r)) if ours(&r.family, &r.table) => {
-                if let Some(c) = &r.comment {
-                    comments.insert(c.to_string());
-                }
-            }
-            _ => {}
-        }
-    }
-    found.then_some(comments)
+    super::nft::table_comments(rs, NFT_PORTS_TABLE, |f| *f == NfFamily::INet)
 }
 
 /// Whether the operator's chain exists in a listing.

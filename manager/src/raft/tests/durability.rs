@@ -24,8 +24,8 @@ fn entry(term: u64, leader: NodeId, index: u64) -> Entry<TypeConfig> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn followers_append_durably_and_leaders_apply_only_durable_entries() {
     let dir = tempfile::tempdir().expect("tempdir");
-    {
-        let (db, _closed) = open_db(dir.path()).expect("open redb");
+    let closed = {
+        let (db, closed) = open_db(dir.path()).expect("open redb");
         let mut log = LogStore::open(db, dir.path(), ME).expect("open log");
         let shared = log.shared();
 
@@ -61,15 +61,13 @@ async fn followers_append_durably_and_leaders_apply_only_durable_entries() {
         log.truncate(entry(2, ME, 39).log_id)
             .await
             .expect("truncate");
-    }
-    // Everything but the hints was fsynced; the hints were written at close.
-    let (db, _closed) = loop {
-        // The previous writer thread releases the database as it ends.
-        match open_db(dir.path()) {
-            Ok(v) => break v,
-            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
-        }
+        closed
     };
+    // The writer thread releases the database (and the log file) as it
+    // ends, after the last store is dropped: wait for exactly that.
+    let _ = closed.await;
+    // Everything but the hints was fsynced; the hints were written at close.
+    let (db, _closed) = open_db(dir.path()).expect("reopen redb");
     let mut log = LogStore::open(db, dir.path(), ME).expect("reopen log");
     let state = log.get_log_state().await.expect("state");
     assert_eq!(state.last_purged_log_id, Some(entry(1, OTHER, 1).log_id));
