@@ -126,8 +126,8 @@ impl ControlService {
         if self.caller != Caller::Remote {
             return Ok(());
         }
-        let cluster = self.core.cluster().map_err(Status::from)?;
-        weft_proto::tls::require_manager(req, &cluster.id).map(|_| ())
+        let cluster_id = self.core.cluster_id().map_err(Status::from)?;
+        weft_proto::tls::require_manager(req, &cluster_id).map(|_| ())
     }
 
     /// The node whose local networks this caller sees: this manager's own

@@ -136,7 +136,11 @@ pub fn node_to_wire(n: &Node, manager_status: pb::ManagerStatus, raft_voter: boo
         hostname: n.hostname.clone(),
         role: pb::NodeRole::from(n.role) as i32,
         availability: pb::Availability::from(n.availability) as i32,
-        labels: n.labels.clone().into_iter().collect(),
+        labels: n
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         state: pb::NodeState::from(n.state) as i32,
         state_message: n.state_message.clone(),
         addr: n.addr.clone(),

@@ -106,6 +106,12 @@ impl Core {
         self.read(|s| s.cluster.clone()).ok_or(Error::NotReady)
     }
 
+    /// The cluster's ID (without cloning the whole record), or `NotReady`.
+    pub fn cluster_id(&self) -> Result<String> {
+        self.read(|s| s.cluster.as_ref().map(|c| c.id.clone()))
+            .ok_or(Error::NotReady)
+    }
+
     /// Proposes a command through Raft (forwarded to the leader if needed)
     /// and returns what applying it produced.
     pub async fn propose(&self, cmd: Command) -> Result<Applied> {
@@ -130,12 +136,11 @@ impl Core {
 
     /// Manager status as `node ls` shows it.
     pub fn manager_status(&self, n: &Node) -> (pb::ManagerStatus, bool) {
-        let m = self.inner.raft.metrics();
-        let voter = m.voters.contains_key(&n.id);
+        let (leader, voter) = self.inner.raft.leader_and_voter(n.id);
         if n.role != Role::Manager && !voter {
             return (pb::ManagerStatus::Unspecified, false);
         }
-        let status = if m.leader == Some(n.id) {
+        let status = if leader == Some(n.id) {
             pb::ManagerStatus::Leader
         } else if n.state == NodeState::Ready {
             pb::ManagerStatus::Reachable

@@ -42,8 +42,8 @@ impl DispatcherService {
 
     /// Authenticates the caller as `claimed` and returns its store record.
     fn authorize<T>(&self, req: &Request<T>, claimed: &str) -> Result<Node, Status> {
-        let cluster = self.core.cluster()?;
-        weft_proto::tls::require_node(req, &cluster.id, claimed)?;
+        let cluster_id = self.core.cluster_id()?;
+        weft_proto::tls::require_node(req, &cluster_id, claimed)?;
         let id: NodeId = claimed
             .parse()
             .map_err(|e| Status::invalid_argument(format!("{e}")))?;

@@ -261,6 +261,19 @@ impl RaftHandle {
         RaftMetricsView::from_metrics(&self.inner.raft.metrics().borrow())
     }
 
+    /// The leader this node knows of, and whether `node` is a voter: what a
+    /// node's manager status needs, without copying the membership.
+    pub fn leader_and_voter(&self, node: NodeId) -> (Option<NodeId>, bool) {
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        let voter = m
+            .membership_config
+            .membership()
+            .voter_ids()
+            .any(|v| v == node);
+        (m.current_leader, voter)
+    }
+
     /// openraft's metrics channel, to wait for a condition.
     pub fn metrics_watch(&self) -> watch::Receiver<RaftMetrics<NodeId, RaftNode>> {
         self.inner.raft.metrics()
