@@ -12,6 +12,12 @@ use clap::{CommandFactory, Parser};
 
 use cli::{Cli, Command};
 
+/// mimalloc instead of glibc's malloc: the daemon's request and Raft paths
+/// allocate many small short-lived buffers, and glibc's allocator was a
+/// fifth of a manager's CPU under write load (BENCHMARKS.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     if !matches!(cli.command, Command::Daemon(_) | Command::TaskShim(_)) {

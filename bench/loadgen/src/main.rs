@@ -23,6 +23,11 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+/// The same allocator as the `weft` binary, so the load generator takes as
+/// little of the shared CPUs as it can, for both systems alike.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Command line of the load generator.
 #[derive(Parser)]
 #[command(name = "weft-bench", version, about)]
