@@ -287,7 +287,7 @@ impl ControlService {
         Ok(())
     }
 
-    async fn update(&self, r: pb::UpdateNodeRequest) -> Result<pb::Node> {
+    async fn update(&self, r: pb::UpdateNodeRequest) -> Result<pb::UpdateNodeResponse> {
         // Only what the checks need: cloning the whole node (labels and
         // all) on every write showed up in the control-plane profile.
         let what = if r.node == "self" {
@@ -345,6 +345,11 @@ impl ControlService {
         // The store answers with Done (no node clone on every manager);
         // the reply is read here once this manager has applied the write
         // (at once on the leader, a moment later on a follower).
+        let reply = |n: &Node| pb::UpdateNodeResponse {
+            id: n.id.to_string(),
+            hostname: n.hostname.clone(),
+            updated_at_ms: n.updated_at_ms,
+        };
         let seen = self
             .read_after_write(|s| {
                 s.nodes
@@ -354,14 +359,18 @@ impl ControlService {
                             && added.iter().all(|(k, v)| n.labels.get(k) == Some(v))
                             && removed.iter().all(|k| !n.labels.contains_key(k))
                     })
-                    .map(|n| self.wire(n))
+                    .map(reply)
             })
             .await;
         match seen {
             Ok(n) => Ok(n),
             // A concurrent write changed the same fields again: the write
             // was applied; answer with the node as it stands.
-            Err(Error::NotReady) => Ok(self.wire(&self.resolve(&id.to_string())?)),
+            Err(Error::NotReady) => Ok(self.core.read(|s| {
+                s.nodes.get(&id).map(reply).ok_or_else(|| {
+                    Error::from(crate::store::StoreError::NodeNotFound(id.to_string()))
+                })
+            })?),
             Err(e) => Err(e),
         }
     }
@@ -1040,7 +1049,7 @@ impl Control for ControlService {
     async fn update_node(
         &self,
         req: Request<pb::UpdateNodeRequest>,
-    ) -> std::result::Result<Response<pb::Node>, Status> {
+    ) -> std::result::Result<Response<pb::UpdateNodeResponse>, Status> {
         self.authorize(&req)?;
         Ok(Response::new(self.update(req.into_inner()).await?))
     }
@@ -1343,7 +1352,7 @@ impl Control for LocalControl {
     async fn update_node(
         &self,
         req: Request<pb::UpdateNodeRequest>,
-    ) -> std::result::Result<Response<pb::Node>, Status> {
+    ) -> std::result::Result<Response<pb::UpdateNodeResponse>, Status> {
         Control::update_node(&self.inner()?, req).await
     }
 
