@@ -82,6 +82,10 @@ fn builtin_and_user_networks_connect_disconnect_and_bad_input() {
     lab.start_all();
     let (wt, _) = lab.init("m1", &["--heartbeat-period", "500ms"]);
     lab.join("w1", &wt, "m1");
+    // At once after the join, when the new node may not have reported its
+    // bridge subnet yet: a task on the default bridge waits for it instead
+    // of failing (it is checked on the bridge further down).
+    let a1 = lab.run_task("w1", &["--name", "a1", "-d", "--", "sleep", "3600"]);
     wait_bridge(&lab, "w1");
 
     // Every node lists the built-in networks, workers included.
@@ -140,7 +144,6 @@ fn builtin_and_user_networks_connect_disconnect_and_bad_input() {
     });
 
     // The default bridge: reachable by IP, not by name (as on docker0).
-    let a1 = lab.run_task("w1", &["--name", "a1", "-d", "--", "sleep", "3600"]);
     let a2 = lab.run_task("w1", &["--name", "a2", "-d", "--", "sleep", "3600"]);
     wait_running(&lab, "w1", "a1");
     wait_running(&lab, "w1", "a2");

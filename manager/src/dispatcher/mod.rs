@@ -25,6 +25,9 @@ use crate::error::Error;
 use crate::quorum;
 use crate::store::{Command, Node, NodeId, Role};
 
+/// How long a task start waits for a just-joined node's default bridge.
+const BRIDGE_WAIT: Duration = Duration::from_secs(5);
+
 /// Metadata key carrying the leader's address on a redirect.
 pub const LEADER_METADATA: &str = "weft-leader";
 
@@ -177,13 +180,19 @@ impl DispatcherService {
             }],
             NetworkMode::Attached => r.networks.clone(),
         };
+        if refs
+            .iter()
+            .any(|n| n.network == crate::store::DEFAULT_BRIDGE)
+        {
+            self.await_default_bridge(node.id).await;
+        }
         let mut networks = Vec::new();
         for n in &refs {
             let net = self.core.read(|s| {
                 s.resolve_network_on(&n.network, node.id).cloned().map_err(|e| {
                     if n.network == crate::store::DEFAULT_BRIDGE {
                         Error::InvalidInput(
-                            "this node's default bridge network is not set up yet (its daemon reports it when it connects); try again in a moment"
+                            "this node has no default bridge network: its daemon reports its --bridge-subnet when it connects, and none arrived within 5 s (see `weft node ls` and the daemon's log), or run with --network NAME"
                                 .into(),
                         )
                     } else {
@@ -233,6 +242,23 @@ impl DispatcherService {
 }
 
 impl DispatcherService {
+    /// Waits (up to [`BRIDGE_WAIT`]) until `node` has its default bridge. A
+    /// daemon reports its bridge subnet when its session starts, a moment
+    /// after `weft join` returns; a `weft run` right after the join waits for
+    /// that instead of failing. Returns at once when the bridge exists.
+    async fn await_default_bridge(&self, node: NodeId) {
+        let mut applied = self.core.store().subscribe();
+        let deadline = tokio::time::Instant::now() + BRIDGE_WAIT;
+        while self.core.read(|s| s.default_bridge(node).is_none()) {
+            if !matches!(
+                tokio::time::timeout_at(deadline, applied.changed()).await,
+                Ok(Ok(()))
+            ) {
+                return;
+            }
+        }
+    }
+
     /// Creates or re-addresses the node's default bridge after its daemon
     /// reported its `--bridge-subnet`. A refusal (tasks still on the old
     /// subnet) is logged: the node keeps the old one until they are gone.
