@@ -46,7 +46,8 @@ use crate::dataplane::{ApplyReport, Dataplane, Error, OpFailure, Result, Teardow
 use crate::dns::listener::DnsServer;
 use crate::dns::{DnsView, TASK_RESOLV_CONF};
 use crate::model::names::{
-    self, GATEWAY_BRIDGE, INGRESS_IF, NFT_GUARD_TABLE, NFT_PORTS_TABLE, NFT_TABLE, WG_DEVICE,
+    self, GATEWAY_BRIDGE, INGRESS_IF, NFT_GUARD_TABLE, NFT_PORTS_TABLE, NFT_TABLE, NFT_USER_TABLE,
+    WG_DEVICE,
 };
 use crate::model::{DesiredNode, NetworkId, TaskId};
 use crate::plan::{
@@ -197,18 +198,19 @@ impl LinuxDataplane {
                 path: IP_FORWARD.into(),
                 source,
             })?;
-        let (nat, guard, ports, user_chain) = match nft::list_ruleset_async(&self.host).await {
-            Ok(rs) => (
-                nat_of(&rs),
-                guard_of(&rs),
-                ports_of(&rs),
-                user_chain_of(&rs),
-            ),
-            // Without nft there are no tables to see; a desired gateway
-            // then fails at ApplyNat with the install hint.
-            Err(LinuxError::NftMissing) => (None, None, None, false),
-            Err(e) => return Err(e),
-        };
+        let (nat, guard, ports, user_chain) =
+            match nft::list_tables_async(&self.host, HOST_TABLES).await {
+                Ok(rs) => (
+                    nat_of(&rs),
+                    guard_of(&rs),
+                    ports_of(&rs),
+                    user_chain_of(&rs),
+                ),
+                // Without nft there are no tables to see; a desired gateway
+                // then fails at ApplyNat with the install hint.
+                Err(LinuxError::NftMissing) => (None, None, None, false),
+                Err(e) => return Err(e),
+            };
         let wg = self.wg_state().map(|st| ObservedWg {
             public_key: st.public_key,
             listen_port: st.listen_port,
@@ -442,6 +444,16 @@ fn observed_link(
 }
 
 /// Rule comments of the `weft` tables, `None` if neither exists.
+/// The host's nftables tables that are weft's (and the operator's
+/// `weft_user`): all that observing the host lists, never the whole ruleset.
+const HOST_TABLES: &[(NfFamily, &str)] = &[
+    (NfFamily::INet, NFT_TABLE),
+    (NfFamily::Bridge, NFT_TABLE),
+    (NfFamily::INet, NFT_GUARD_TABLE),
+    (NfFamily::INet, NFT_PORTS_TABLE),
+    (NfFamily::INet, NFT_USER_TABLE),
+];
+
 fn nat_of(rs: &nftables::schema::Nftables<'_>) -> Option<BTreeSet<String>> {
     nft::table_comments(rs, NFT_TABLE, |f| {
         matches!(f, NfFamily::INet | NfFamily::Bridge)
@@ -959,7 +971,7 @@ impl Dataplane for LinuxDataplane {
             }
             Err(e) => report.errors.push(e.into()),
         }
-        match nft::list_ruleset_async(&self.host).await {
+        match nft::list_tables_async(&self.host, HOST_TABLES).await {
             Ok(rs) => {
                 if nat_of(&rs).is_some() {
                     match nft::apply_async(&self.host, delete_nat_batch()).await {

@@ -124,3 +124,67 @@ async fn async_wrappers() {
     );
     assert!(has_table(&nft_ruleset(ns.path()), &table));
 }
+
+#[test]
+fn list_tables_reads_only_the_named_tables() {
+    require_root!();
+    let run = RunDir::new();
+    let ns = run.netns("nftl");
+    let ours = unique("weft-l");
+    let other = unique("weft-o");
+    nft::apply(&ns, &table_batch(&ours)).unwrap();
+    nft::apply(&ns, &table_batch(&other)).unwrap();
+    // Someone else's table in another family, as kube-proxy's or Docker's.
+    let foreign = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", ns.path().display()))
+        .args([
+            "nft",
+            "add table ip foreign; add chain ip foreign c; add rule ip foreign c accept",
+        ])
+        .status()
+        .unwrap();
+    assert!(foreign.success());
+
+    let tables = |rs: &nftables::schema::Nftables<'_>| -> Vec<String> {
+        rs.objects
+            .iter()
+            .filter_map(|o| match o {
+                NfObject::ListObject(NfListObject::Table(t)) => Some(t.name.to_string()),
+                _ => None,
+            })
+            .collect()
+    };
+    // One named table with its chain and rule; an absent one (wrong family,
+    // or no such name) is left out, not an error.
+    let listed = nft::list_tables(
+        &ns,
+        &[
+            (NfFamily::INet, ours.as_str()),
+            (NfFamily::Bridge, ours.as_str()),
+            (NfFamily::INet, "weft-none"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(tables(&listed), vec![ours.clone()]);
+    let rules = listed
+        .objects
+        .iter()
+        .filter(|o| matches!(o, NfObject::ListObject(NfListObject::Rule(r)) if r.table == ours))
+        .count();
+    assert_eq!(rules, 1);
+    assert_eq!(
+        tables(&nft::list_tables(&ns, &[(NfFamily::INet, "weft-none")]).unwrap()),
+        Vec::<String>::new()
+    );
+    // Two tables in one listing, and not the foreign one (a full listing has it).
+    let both = nft::list_tables(
+        &ns,
+        &[
+            (NfFamily::INet, ours.as_str()),
+            (NfFamily::INet, other.as_str()),
+        ],
+    )
+    .unwrap();
+    assert_eq!(tables(&both), vec![ours.clone(), other.clone()]);
+    assert!(tables(&nft::list_ruleset(&ns).unwrap()).contains(&"foreign".to_string()));
+}
