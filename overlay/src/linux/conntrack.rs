@@ -41,6 +41,9 @@ const CTA_IP_V4_SRC: u16 = 1;
 const CTA_IP_V4_DST: u16 = 2;
 const CTA_IP_V6_SRC: u16 = 3;
 const CTA_IP_V6_DST: u16 = 4;
+const CTA_TUPLE_PROTO: u16 = 2;
+const CTA_PROTO_NUM: u16 = 1;
+const CTA_PROTO_DST_PORT: u16 = 3;
 const NLA_TYPE_MASK: u16 = 0x3fff;
 
 /// One conntrack entry, as much of it as deciding and deleting needs.
@@ -50,6 +53,9 @@ struct Entry {
     orig_dst: IpAddr,
     /// Source of the reply direction (the backend for a DNATed flow).
     reply_src: IpAddr,
+    /// IP protocol and destination port of the original direction (TCP
+    /// and UDP; `None` for protocols without ports).
+    orig_port: Option<(u8, u16)>,
     /// The raw `CTA_TUPLE_ORIG` attribute (header included), sent back as
     /// is to name the entry.
     orig_tuple: Vec<u8>,
@@ -97,6 +103,14 @@ fn tuple_ip(tuple: &[u8], v4: u16, v6: u16) -> Option<IpAddr> {
     Some(IpAddr::V6(Ipv6Addr::from(b)))
 }
 
+/// The (protocol, destination port) of a tuple, when it has ports.
+fn tuple_port(tuple: &[u8]) -> Option<(u8, u16)> {
+    let (proto, _) = attr(tuple, CTA_TUPLE_PROTO)?;
+    let (num, _) = attr(proto, CTA_PROTO_NUM)?;
+    let (port, _) = attr(proto, CTA_PROTO_DST_PORT)?;
+    Some((*num.first()?, u16::from_be_bytes(port.try_into().ok()?)))
+}
+
 /// Parses the payload (after the nfgenmsg) of one `IPCTNL_MSG_CT_NEW`.
 fn parse_entry(body: &[u8]) -> Option<Entry> {
     let (orig, orig_raw) = attr(body, CTA_TUPLE_ORIG)?;
@@ -104,6 +118,7 @@ fn parse_entry(body: &[u8]) -> Option<Entry> {
     Some(Entry {
         orig_dst: tuple_ip(orig, CTA_IP_V4_DST, CTA_IP_V6_DST)?,
         reply_src: tuple_ip(reply, CTA_IP_V4_SRC, CTA_IP_V6_SRC)?,
+        orig_port: tuple_port(orig),
         orig_tuple: orig_raw.to_vec(),
         zone: attr(body, CTA_ZONE).map(|(_, w)| w.to_vec()),
     })
@@ -176,6 +191,16 @@ fn stale(e: &Entry, keep: &BTreeMap<IpAddr, BTreeSet<IpAddr>>) -> bool {
         .is_some_and(|backends| !backends.contains(&e.reply_src))
 }
 
+/// Whether an entry is a stale published-port flow: DNATed (its reply does
+/// not come from where it was sent) on a (protocol, port) of `keep`, to an
+/// address that is no longer one of that port's backends.
+fn stale_port(e: &Entry, keep: &BTreeMap<(u8, u16), BTreeSet<IpAddr>>) -> bool {
+    e.reply_src != e.orig_dst
+        && e.orig_port
+            .and_then(|p| keep.get(&p))
+            .is_some_and(|backends| !backends.contains(&e.reply_src))
+}
+
 /// Deletes, inside `ns`, every conntrack entry whose original destination
 /// is a VIP of `keep` and whose reply source is not one of that VIP's
 /// backends (an empty set: every entry to it). Returns how many went.
@@ -184,21 +209,48 @@ pub fn delete_stale(ns: &Netns, keep: &BTreeMap<IpAddr, BTreeSet<IpAddr>>) -> Re
     if keep.is_empty() {
         return Ok(0);
     }
+    let families: BTreeSet<u8> = keep.keys().map(|v| family_of(*v)).collect();
+    delete_where(ns, &families, |e| stale(e, keep))
+}
+
+/// Deletes, inside `ns` (a node's own namespace), the IPv4 conntrack
+/// entries of published ports that were DNATed to an address that is no
+/// longer among the port's backends: `keep` maps (IP protocol number,
+/// published port) to the current backends. Without this a UDP flow (or a
+/// TCP connection) keeps going to a backend that left until its entry times
+/// out, minutes for an active UDP flow. Returns how many went. Blocking.
+pub fn delete_stale_ports(
+    ns: &Netns,
+    keep: &BTreeMap<(u8, u16), BTreeSet<IpAddr>>,
+) -> Result<usize> {
+    if keep.is_empty() {
+        return Ok(0);
+    }
+    delete_where(ns, &BTreeSet::from([libc::AF_INET as u8]), |e| {
+        stale_port(e, keep)
+    })
+}
+
+fn family_of(ip: IpAddr) -> u8 {
+    if ip.is_ipv4() {
+        libc::AF_INET as u8
+    } else {
+        libc::AF_INET6 as u8
+    }
+}
+
+/// Dumps the conntrack table of `families` inside `ns` and deletes every
+/// entry `pick` selects; how many went.
+fn delete_where(
+    ns: &Netns,
+    families: &BTreeSet<u8>,
+    pick: impl Fn(&Entry) -> bool + Sync,
+) -> Result<usize> {
     let io_err = |op, source| Error::Io {
         op,
         path: ns.path().to_owned(),
         source,
     };
-    let families: BTreeSet<u8> = keep
-        .keys()
-        .map(|v| {
-            if v.is_ipv4() {
-                libc::AF_INET as u8
-            } else {
-                libc::AF_INET6 as u8
-            }
-        })
-        .collect();
     ns.run_in(|| -> Result<usize> {
         let mut sock =
             Socket::new(NETLINK_NETFILTER).map_err(|e| io_err("open ctnetlink socket in", e))?;
@@ -206,7 +258,7 @@ pub fn delete_stale(ns: &Netns, keep: &BTreeMap<IpAddr, BTreeSet<IpAddr>>) -> Re
             .map_err(|e| io_err("bind ctnetlink socket in", e))?;
         let mut seq = 0u32;
         let mut deleted = 0;
-        for family in families {
+        for &family in families {
             seq += 1;
             let dump = message(
                 IPCTNL_MSG_CT_GET,
@@ -223,7 +275,7 @@ pub fn delete_stale(ns: &Netns, keep: &BTreeMap<IpAddr, BTreeSet<IpAddr>>) -> Re
                     .recv_from_full()
                     .map_err(|e| io_err("receive conntrack dump in", e))?;
                 let b = parse_datagram(&buf, seq);
-                victims.extend(b.entries.into_iter().filter(|e| stale(e, keep)));
+                victims.extend(b.entries.into_iter().filter(|e| pick(e)));
                 if let Some(code) = b.error.filter(|c| *c != 0) {
                     return Err(io_err(
                         "dump conntrack in",
@@ -371,6 +423,27 @@ mod tests {
         for n in 0..dgram.len() {
             let _ = parse_datagram(&dgram[..n], 7);
             let _ = parse_entry(&dgram[n..]);
+        }
+    }
+
+    #[test]
+    fn stale_published_port_flows_are_picked() {
+        // tuple() makes TCP flows to port 80.
+        let mut dgram = entry_msg(5, [1, 1, 1, 1], [198, 18, 0, 2], [172, 18, 0, 2]);
+        dgram.extend(entry_msg(5, [1, 1, 1, 2], [198, 18, 0, 2], [172, 18, 0, 3]));
+        // Not DNATed: the node's own service on that port.
+        dgram.extend(entry_msg(5, [1, 1, 1, 3], [198, 18, 0, 2], [198, 18, 0, 2]));
+        let b = parse_datagram(&dgram, 5);
+        assert_eq!(b.entries.len(), 3);
+        assert_eq!(b.entries[0].orig_port, Some((6, 80)));
+        let keep = BTreeMap::from([((6, 80), BTreeSet::from([IpAddr::from([172, 18, 0, 3])]))]);
+        let picked: Vec<_> = b.entries.iter().filter(|e| stale_port(e, &keep)).collect();
+        assert_eq!(picked.len(), 1);
+        assert_eq!(picked[0].reply_src, IpAddr::from([172, 18, 0, 2]));
+        // Another protocol or port is left alone.
+        for other in [(17, 80), (6, 81)] {
+            let keep = BTreeMap::from([(other, BTreeSet::new())]);
+            assert!(b.entries.iter().all(|e| !stale_port(e, &keep)));
         }
     }
 

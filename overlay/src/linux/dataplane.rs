@@ -49,7 +49,7 @@ use crate::model::names::{
     self, GATEWAY_BRIDGE, INGRESS_IF, NFT_GUARD_TABLE, NFT_PORTS_TABLE, NFT_TABLE, NFT_USER_TABLE,
     WG_DEVICE,
 };
-use crate::model::{DesiredNode, NetworkId, TaskId};
+use crate::model::{DesiredNode, NetworkId, Proto, TaskId};
 use crate::plan::{
     HAIRPIN_MARK, HostRoute, NsRef, Observed, ObservedFdb, ObservedKind, ObservedLink,
     ObservedNeigh, ObservedNs, ObservedRoute, ObservedVxlan, ObservedWg, ObservedWgPeer, Op, plan,
@@ -851,7 +851,33 @@ impl Executor<'_> {
             Op::DeleteGuard => nft::apply_async(&self.dp.host, delete_guard_batch()).await,
             Op::ApplyPorts { table } => {
                 nft::check_nft()?;
-                nft::apply_async(&self.dp.host, ports_batch(table)).await
+                nft::apply_async(&self.dp.host, ports_batch(table)).await?;
+                // Flows DNATed to a backend that is no longer one go to the
+                // current ones from their next packet on.
+                let keep = table
+                    .rules
+                    .iter()
+                    .map(|r| {
+                        let proto = match r.proto {
+                            Proto::Tcp => libc::IPPROTO_TCP as u8,
+                            Proto::Udp => libc::IPPROTO_UDP as u8,
+                        };
+                        ((proto, r.port), r.backends.iter().copied().collect())
+                    })
+                    .collect();
+                let host = self.dp.host.clone();
+                let n = tokio::task::spawn_blocking(move || {
+                    conntrack::delete_stale_ports(&host, &keep)
+                })
+                .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+                if n > 0 {
+                    tracing::debug!(
+                        entries = n,
+                        "deleted stale published-port conntrack entries"
+                    );
+                }
+                Ok(())
             }
             Op::DeletePorts => nft::apply_async(&self.dp.host, delete_ports_batch()).await,
             Op::EnsureUserChain => {

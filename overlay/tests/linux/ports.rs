@@ -8,7 +8,8 @@
 //! and a re-apply restores it (and writes nothing when nothing drifted); a
 //! drop rule in `weft-user` blocks forwarded connections and survives
 //! re-applies and teardown; a node without a replica forwards over a real
-//! VXLAN ingress network to a replica on another node.
+//! VXLAN ingress network to a replica on another node; a UDP flow whose
+//! backend left moves to the new backend at its next datagram (conntrack).
 
 use std::collections::BTreeMap;
 use std::io::{ErrorKind, Read, Write};
@@ -557,4 +558,98 @@ async fn monitor_counts_weft_transactions_and_stops_on_drop() {
     // gone.
     drop(mon);
     assert!(rx.has_changed().is_err());
+}
+
+/// A UDP server in `ns` on [`TARGET`] answering every datagram with `tag`;
+/// stopped with `stop`.
+fn udp_tagger(ns: &Netns, tag: &'static str, stop: Arc<AtomicBool>) -> JoinHandle<()> {
+    let udp = ns
+        .run_in(|| UdpSocket::bind(("0.0.0.0", TARGET)).unwrap())
+        .unwrap();
+    udp.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok((_, peer)) = udp.recv_from(&mut buf) {
+                let _ = udp.send_to(tag.as_bytes(), peer);
+            }
+        }
+    })
+}
+
+/// One exchange on an already connected UDP socket (a few tries: the first
+/// datagram may wait for ARP); the answer.
+fn ask(s: &UdpSocket) -> String {
+    let mut buf = [0u8; 64];
+    for _ in 0..5 {
+        s.send(b"hi").unwrap();
+        if let Ok(n) = s.recv(&mut buf) {
+            return String::from_utf8_lossy(&buf[..n]).into_owned();
+        }
+    }
+    panic!("no UDP answer");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn udp_flow_moves_to_the_new_backend_when_its_backend_leaves() {
+    require_root!();
+    let run = RunDir::new();
+    let u = Underlay::create(
+        run.path(),
+        "pc",
+        "198.18.47.0/24".parse().unwrap(),
+        &["node", "client"],
+    )
+    .await
+    .unwrap();
+    let (node, client) = (u.host("node").unwrap(), u.host("client").unwrap());
+    let node_ip = IpAddr::V4(node.addr());
+    let dp = LinuxDataplane::new(run.path().join("node"), node.netns().clone());
+
+    let mut d = DesiredNode::new(node_ip);
+    d.gateway = Some(GatewayBridge::default());
+    d.networks
+        .insert("br".into(), network(0, "10.47.0.0/24", "10.47.0.1", true));
+    d.tasks
+        .insert("a".into(), task("br", "10.47.0.2/24", 2, "172.18.0.2"));
+    d.tasks
+        .insert("b".into(), task("br", "10.47.0.3/24", 3, "172.18.0.3"));
+    d.ports = vec![published(Proto::Udp, UDP_PORT, &["172.18.0.2"], &[])];
+    apply(&dp, &d).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let servers = ["a", "b"].map(|t| {
+        let ns = Netns::open(dp.task_netns(&TaskId::from(t))).unwrap();
+        udp_tagger(&ns, t, stop.clone())
+    });
+    // One client socket, so every datagram is the same flow (5-tuple).
+    let sock = client
+        .netns()
+        .run_in(|| {
+            let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+            s.connect(SocketAddr::new(node_ip, UDP_PORT)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+            s
+        })
+        .unwrap();
+    assert_eq!(ask(&sock), "a");
+
+    // a stops being a backend (it still answers, as a replica that is
+    // shutting down would): the flow's next datagram goes to b, not to a
+    // for as long as its conntrack entry would live.
+    d.ports = vec![published(Proto::Udp, UDP_PORT, &["172.18.0.3"], &[])];
+    let ops = apply(&dp, &d).await;
+    assert!(
+        ops.iter().any(|o| matches!(o, Op::ApplyPorts { .. })),
+        "{ops:?}"
+    );
+    assert_eq!(ask(&sock), "b");
+    assert_eq!(ask(&sock), "b");
+
+    stop.store(true, Ordering::Relaxed);
+    for t in servers {
+        t.join().unwrap();
+    }
+    assert!(dp.teardown_all().await.unwrap().is_clean());
 }
