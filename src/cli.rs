@@ -182,6 +182,10 @@ pub struct InitArgs {
     /// UDP port of WireGuard for encrypted networks (default 51820).
     #[arg(long)]
     pub wg_port: Option<u32>,
+    /// Subnet of the ingress network, the routing mesh of published ports
+    /// (default 10.255.0.0/16; IPv4, /8 to /24).
+    #[arg(long)]
+    pub ingress_subnet: Option<String>,
 }
 
 /// `weft join`.
@@ -384,6 +388,10 @@ pub enum ClusterCommand {
         /// Lifetime of certificates issued from now on, e.g. 90d (at least 1h).
         #[arg(long, value_parser = parse_duration)]
         cert_expiry: Option<Duration>,
+        /// Move the ingress network (routing mesh) to this subnet; refused
+        /// while a service publishes a port through it.
+        #[arg(long)]
+        ingress_subnet: Option<String>,
     },
 }
 

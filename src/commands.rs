@@ -136,6 +136,7 @@ pub async fn init(c: &Client, a: InitArgs) -> anyhow::Result<()> {
             force: false,
             wg_key_rotation_secs: a.wg_key_rotation.map(|d| d.as_secs().max(1)).unwrap_or(0),
             wg_port: a.wg_port.unwrap_or(0),
+            ingress_subnet: a.ingress_subnet.unwrap_or_default(),
         })
         .await
         .map_err(rpc)?
@@ -305,6 +306,7 @@ pub async fn info(c: &Client) -> anyhow::Result<()> {
                 }
             );
             println!(" Data path port: {}", cl.data_path_port);
+            println!(" Ingress subnet: {}", cl.ingress_subnet);
             println!(
                 " Default address pools: {} (mask length {})",
                 cl.default_addr_pools.join(", "),
@@ -708,6 +710,7 @@ pub async fn cluster(c: &Client, cmd: crate::cli::ClusterCommand) -> anyhow::Res
         C::Update {
             wg_key_rotation,
             cert_expiry,
+            ingress_subnet,
         } => {
             let s = c
                 .control()
@@ -716,6 +719,7 @@ pub async fn cluster(c: &Client, cmd: crate::cli::ClusterCommand) -> anyhow::Res
                     wg_key_rotation_secs: wg_key_rotation.map(|d| d.as_secs()).unwrap_or(0),
                     set_cert_expiry: cert_expiry.is_some(),
                     cert_expiry_secs: cert_expiry.map(|d| d.as_secs()).unwrap_or(0),
+                    ingress_subnet: ingress_subnet.unwrap_or_default(),
                 })
                 .await
                 .map_err(rpc)?
@@ -729,6 +733,7 @@ pub async fn cluster(c: &Client, cmd: crate::cli::ClusterCommand) -> anyhow::Res
                 }
             );
             println!("Certificate expiry: {}h", s.cert_expiry_secs / 3600);
+            println!("Ingress subnet: {}", s.ingress_subnet);
         }
     }
     Ok(())

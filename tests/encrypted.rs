@@ -388,6 +388,14 @@ fn wireguard_port_in_use_is_refused_at_init_and_join_and_rotation_is_changeable(
             "at least 1h",
         ),
         (vec!["cluster", "update"], "nothing to change"),
+        (
+            vec!["cluster", "update", "--ingress-subnet", "10.0.0.0/8x"],
+            "invalid --ingress-subnet",
+        ),
+        (
+            vec!["cluster", "update", "--ingress-subnet", "172.18.0.0/24"],
+            "overlaps the gateway bridge subnet",
+        ),
     ] {
         let err = lab.weft_err("m1", &args);
         assert!(err.contains(want), "{args:?}: {err}");
@@ -396,6 +404,12 @@ fn wireguard_port_in_use_is_refused_at_init_and_join_and_rotation_is_changeable(
         lab.weft("m1", &["info"])
             .contains("WireGuard key rotation: 43200s")
     );
+    // Nothing publishes through the routing mesh yet: it may move.
+    let out = lab.weft(
+        "m1",
+        &["cluster", "update", "--ingress-subnet", "10.99.0.0/24"],
+    );
+    assert!(out.contains("Ingress subnet: 10.99.0.0/24"), "{out}");
     lab.weft("m1", &["cluster", "update", "--wg-key-rotation", "0s"]);
     assert!(
         lab.weft("m1", &["info"])

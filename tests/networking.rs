@@ -380,7 +380,19 @@ fn published_ports_ingress_user_chain_and_proxies() {
     ];
     lab.start_with("w1", &proxy);
     lab.start("w2");
-    let (wt, _) = lab.init("m1", &["--heartbeat-period", "500ms"]);
+    let (wt, _) = lab.init(
+        "m1",
+        &[
+            "--heartbeat-period",
+            "500ms",
+            "--ingress-subnet",
+            "10.77.0.0/24",
+        ],
+    );
+    assert!(
+        lab.weft("m1", &["info"])
+            .contains("Ingress subnet: 10.77.0.0/24")
+    );
     lab.join("w1", &wt, "m1");
     lab.join("w2", &wt, "m1");
     wait_bridge(&lab, "w1");
@@ -598,4 +610,20 @@ fn published_ports_ingress_user_chain_and_proxies() {
     );
     assert!(err.contains("virtual IP"), "{err}");
     assert!(!lab.weft("m1", &["service", "ls"]).contains("dup"));
+    // The routing mesh is on the subnet chosen at init, and stays there
+    // while a service publishes through it.
+    let ingress = lab.weft("m1", &["network", "inspect", "ingress"]);
+    assert!(ingress.contains("10.77.0.0/24"), "{ingress}");
+    let err = lab.weft_err(
+        "m1",
+        &["cluster", "update", "--ingress-subnet", "10.78.0.0/24"],
+    );
+    assert!(
+        err.contains("service ing publishes ports through the ingress network"),
+        "{err}"
+    );
+    assert!(
+        lab.weft("m1", &["info"])
+            .contains("Ingress subnet: 10.77.0.0/24")
+    );
 }

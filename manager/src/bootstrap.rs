@@ -153,6 +153,16 @@ pub fn validate_init(r: &pb::InitRequest) -> Result<InitParams> {
         }
         settings.wg_port = p;
     }
+    if !r.ingress_subnet.is_empty() {
+        let net: IpNetwork = r.ingress_subnet.parse().map_err(|_| {
+            bad(format!(
+                "invalid --ingress-subnet {:?}: give a CIDR such as 10.255.0.0/16",
+                r.ingress_subnet
+            ))
+        })?;
+        crate::store::check_ingress_subnet(&net, &settings).map_err(bad)?;
+        settings.ingress_subnet = net;
+    }
     Ok(InitParams {
         advertise_addr,
         listen_addr,
@@ -288,11 +298,51 @@ mod tests {
                 },
                 "cert-expiry",
             ),
+            (
+                pb::InitRequest {
+                    ingress_subnet: "10.255/sixteen".into(),
+                    ..req("198.18.0.1")
+                },
+                "invalid --ingress-subnet",
+            ),
+            (
+                pb::InitRequest {
+                    ingress_subnet: "10.255.0.1/16".into(),
+                    ..req("198.18.0.1")
+                },
+                "host bits",
+            ),
+            (
+                pb::InitRequest {
+                    ingress_subnet: "10.9.0.0/26".into(),
+                    ..req("198.18.0.1")
+                },
+                "/8 to /24",
+            ),
+            (
+                pb::InitRequest {
+                    ingress_subnet: "172.18.0.0/24".into(),
+                    ..req("198.18.0.1")
+                },
+                "gateway bridge",
+            ),
         ];
         for (r, want) in cases {
             let e = validate_init(&r).unwrap_err().to_string();
             assert!(e.contains(want), "{r:?}: {e}");
         }
+    }
+
+    #[test]
+    fn ingress_subnet_is_taken_from_init() {
+        let default = validate_init(&req("198.18.0.1")).unwrap();
+        assert_eq!(default.settings.ingress_subnet.to_string(), "10.255.0.0/16");
+        let p = validate_init(&pb::InitRequest {
+            ingress_subnet: "10.11.0.0/24".into(),
+            ..req("198.18.0.1")
+        })
+        .unwrap();
+        assert_eq!(p.settings.ingress_subnet.to_string(), "10.11.0.0/24");
     }
 
     #[test]

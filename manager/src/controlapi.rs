@@ -224,6 +224,7 @@ impl ControlService {
             nodes_total: nodes_total as u32,
             wg_key_rotation_secs: c.settings.wg_key_rotation_secs,
             wg_port: u32::from(c.settings.wg_port),
+            ingress_subnet: c.settings.ingress_subnet.to_string(),
         })
     }
 
@@ -982,12 +983,34 @@ impl Control for ControlService {
     ) -> std::result::Result<Response<pb::ClusterSummary>, Status> {
         self.authorize(&req)?;
         let r = req.into_inner();
-        if !r.set_wg_key_rotation && !r.set_cert_expiry {
+        if !r.set_wg_key_rotation && !r.set_cert_expiry && r.ingress_subnet.is_empty() {
             return Err(Error::InvalidInput(
-                "nothing to change: give --wg-key-rotation and/or --cert-expiry".into(),
+                "nothing to change: give --wg-key-rotation, --cert-expiry and/or --ingress-subnet"
+                    .into(),
             )
             .into());
         }
+        let ingress = if r.ingress_subnet.is_empty() {
+            None
+        } else {
+            let subnet: ipnetwork::IpNetwork = r.ingress_subnet.parse().map_err(|_| {
+                Error::InvalidInput(format!(
+                    "invalid --ingress-subnet {:?}: give a CIDR such as 10.255.0.0/16",
+                    r.ingress_subnet
+                ))
+            })?;
+            // At the edge, and again where it is applied (with what the
+            // store holds then).
+            self.core
+                .read(|s| {
+                    s.cluster
+                        .as_ref()
+                        .map(|c| crate::store::check_ingress_subnet(&subnet, &c.settings))
+                })
+                .ok_or(Error::NotReady)?
+                .map_err(Error::InvalidInput)?;
+            Some(subnet)
+        };
         let rotation = if r.set_wg_key_rotation {
             if r.wg_key_rotation_secs != 0 && r.wg_key_rotation_secs < 60 {
                 return Err(Error::InvalidInput(
@@ -1012,12 +1035,14 @@ impl Control for ControlService {
             .propose(Command::UpdateClusterSettings {
                 wg_key_rotation_secs: rotation,
                 cert_expiry_secs: expiry,
+                ingress_subnet: ingress,
             })
             .await?;
         self.read_after_write(|s| {
             let c = &s.cluster.as_ref()?.settings;
             (rotation.is_none_or(|v| v == c.wg_key_rotation_secs)
-                && expiry.is_none_or(|v| v == c.cert_expiry_secs))
+                && expiry.is_none_or(|v| v == c.cert_expiry_secs)
+                && ingress.is_none_or(|v| v == c.ingress_subnet))
             .then_some(())
         })
         .await?;

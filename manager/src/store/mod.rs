@@ -16,7 +16,8 @@ mod types;
 mod tests;
 
 pub use netmodel::{
-    DEFAULT_BRIDGE, INGRESS_NETWORK, PUBLISHED_PORT_RANGE, RESERVED_NETWORK_NAMES, next_ifname,
+    DEFAULT_BRIDGE, INGRESS_NETWORK, PUBLISHED_PORT_RANGE, RESERVED_NETWORK_NAMES,
+    check_ingress_subnet, next_ifname,
 };
 pub use types::*;
 
@@ -261,6 +262,9 @@ pub enum Command {
         wg_key_rotation_secs: Option<u64>,
         /// New lifetime of certificates issued from now on.
         cert_expiry_secs: Option<u64>,
+        /// New subnet of the ingress network (absent in older log entries).
+        #[serde(default)]
+        ingress_subnet: Option<IpNetwork>,
     },
     /// Replaces the join-token secret of one role.
     RotateToken {
@@ -783,7 +787,13 @@ impl State {
             Command::UpdateClusterSettings {
                 wg_key_rotation_secs,
                 cert_expiry_secs,
+                ingress_subnet,
             } => {
+                // First the part that can be refused, so a refusal changes nothing.
+                if let Some(subnet) = ingress_subnet {
+                    self.set_ingress_subnet(*subnet)?;
+                }
+                let cluster = self.cluster.as_mut().ok_or(StoreError::NotInitialised)?;
                 if let Some(v) = wg_key_rotation_secs {
                     cluster.settings.wg_key_rotation_secs = *v;
                 }
@@ -942,12 +952,19 @@ impl State {
         // Subnets must not overlap where they could meet in one task:
         // a local network against swarm networks and its node's other
         // local networks; a swarm network against everything.
-        let taken: Vec<IpNetwork> = self
+        let mut taken: Vec<IpNetwork> = self
             .networks
             .values()
             .filter(|n| clash(n))
             .map(|n| n.subnet)
             .collect();
+        // The ingress subnet is kept free before the ingress network exists,
+        // so the first published port never finds it taken.
+        let ingress_reserved = self
+            .ingress_network()
+            .is_none()
+            .then_some(settings.ingress_subnet);
+        taken.extend(ingress_reserved);
         let subnet = match spec.subnet {
             Some(s) => {
                 if let Some(o) = self
@@ -961,6 +978,13 @@ impl State {
                         other: o.subnet.to_string(),
                         network: o.name.clone(),
                     });
+                }
+                if let Some(r) = ingress_reserved.filter(|r| ipam::overlaps(r, &s)) {
+                    return Err(StoreError::InvalidNetwork(format!(
+                        "subnet {s} overlaps the ingress subnet {r}, kept for the routing mesh of \
+                         published ports; choose another subnet, or move the ingress subnet with \
+                         `weft cluster update --ingress-subnet CIDR`"
+                    )));
                 }
                 s
             }

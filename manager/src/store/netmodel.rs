@@ -23,7 +23,8 @@ pub const DEFAULT_BRIDGE: &str = "bridge";
 /// The name of the routing-mesh network.
 pub const INGRESS_NETWORK: &str = "ingress";
 
-/// The subnet of the routing-mesh network (Docker's, too).
+/// The default subnet of the routing-mesh network (`weft init
+/// --ingress-subnet` and `weft cluster update --ingress-subnet` pick another).
 pub const INGRESS_SUBNET: &str = "10.255.0.0/16";
 
 /// Ports handed out when a publish names no port (`-p 80`,
@@ -181,7 +182,7 @@ impl State {
         }
         let cluster = self.cluster.as_ref().ok_or(StoreError::NotInitialised)?;
         let id = ingress_network_id(&cluster.id);
-        let subnet: IpNetwork = INGRESS_SUBNET.parse().expect("valid literal");
+        let subnet = cluster.settings.ingress_subnet;
         if let Some(o) = self
             .networks
             .values()
@@ -198,7 +199,9 @@ impl State {
         }
         let used: BTreeSet<u32> = self.networks.values().map(|n| n.vni).collect();
         let vni = ipam::next_vni(&used).ok_or(StoreError::VniExhausted)?;
-        let gateway = ipam::first_host(&subnet).expect("a /16 has hosts");
+        let gateway = ipam::first_host(&subnet).ok_or_else(|| {
+            StoreError::InvalidNetwork(format!("ingress subnet {subnet} has no host addresses"))
+        })?;
         self.networks.insert(
             id.clone(),
             Network {
@@ -225,6 +228,58 @@ impl State {
             self.add_ingress_endpoint(n)?;
         }
         Ok(id)
+    }
+
+    /// Moves the ingress subnet (`weft cluster update --ingress-subnet`).
+    /// Refused while a service publishes a port through the routing mesh;
+    /// an unused ingress network is dropped and comes back on the new subnet
+    /// with the next ingress publish.
+    pub(crate) fn set_ingress_subnet(&mut self, subnet: IpNetwork) -> Result<(), StoreError> {
+        let settings = &self
+            .cluster
+            .as_ref()
+            .ok_or(StoreError::NotInitialised)?
+            .settings;
+        check_ingress_subnet(&subnet, settings).map_err(StoreError::InvalidNetwork)?;
+        if let Some(s) = self
+            .services
+            .values()
+            .find(|s| s.ports.iter().any(|p| p.mode == PublishMode::Ingress))
+        {
+            return Err(StoreError::InvalidNetwork(format!(
+                "service {} publishes ports through the ingress network; remove its ingress ports \
+                 (or the service) before moving the ingress subnet",
+                s.spec.name
+            )));
+        }
+        if let Some(net) = self.ingress_network()
+            && let Some(t) = self
+                .tasks
+                .values()
+                .find(|t| t.attachments.iter().any(|a| a.network == net.id))
+        {
+            return Err(StoreError::InvalidNetwork(format!(
+                "task {} is still on the ingress network; move the ingress subnet once it has \
+                 stopped",
+                t.name
+            )));
+        }
+        if let Some(o) = self
+            .networks
+            .values()
+            .find(|n| !n.ingress && ipam::overlaps(&n.subnet, &subnet))
+        {
+            return Err(StoreError::SubnetOverlap {
+                subnet: subnet.to_string(),
+                other: o.subnet.to_string(),
+                network: o.name.clone(),
+            });
+        }
+        self.networks.retain(|_, n| !n.ingress);
+        if let Some(c) = self.cluster.as_mut() {
+            c.settings.ingress_subnet = subnet;
+        }
+        Ok(())
     }
 
     /// Gives `node` its address on the ingress network, if there is one.
@@ -546,6 +601,40 @@ impl State {
         ipam::next_ip(&gw_subnet, None, &taken)
             .ok_or_else(|| StoreError::NetworkFull("the gateway bridge".into()))
     }
+}
+
+/// What an ingress subnet must be: an IPv4 network address with room for
+/// a gateway and one address per node (/8 to /24), clear of the node-local
+/// subnets of `settings`. The reason when not.
+pub fn check_ingress_subnet(subnet: &IpNetwork, settings: &ClusterSettings) -> Result<(), String> {
+    if !subnet.is_ipv4() {
+        return Err(format!(
+            "ingress subnet {subnet} is not IPv4; the routing mesh is IPv4"
+        ));
+    }
+    if subnet.network() != subnet.ip() {
+        return Err(format!(
+            "ingress subnet {subnet} has host bits set; did you mean {}/{}?",
+            subnet.network(),
+            subnet.prefix()
+        ));
+    }
+    if !(8..=24).contains(&subnet.prefix()) {
+        return Err(format!(
+            "ingress subnet {subnet} is out of range: use a /8 to /24 (default {INGRESS_SUBNET})"
+        ));
+    }
+    for (what, other) in [
+        ("gateway bridge", settings.gateway_subnet),
+        ("WireGuard tunnel", settings.tunnel_subnet),
+    ] {
+        if ipam::overlaps(&other, subnet) {
+            return Err(format!(
+                "ingress subnet {subnet} overlaps the {what} subnet {other}; choose another"
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -704,3 +704,108 @@ fn published_ports_are_unique_per_node_and_picked_from_the_range() {
     .unwrap_err();
     assert!(e.to_string().contains("service web"), "{e}");
 }
+
+#[test]
+fn ingress_subnet_is_kept_free_and_moves_only_while_unused() {
+    let mut s = with_bridges();
+    let move_to = |subnet: &str| Command::UpdateClusterSettings {
+        wg_key_rotation_secs: None,
+        cert_expiry_secs: None,
+        ingress_subnet: Some(subnet.parse().unwrap()),
+    };
+    let create = |id: &str, subnet: &str| Command::CreateNetwork {
+        spec: net_spec(id, id, Some(subnet)),
+    };
+    let publish = |id: &str| Command::CreateService {
+        id: id.into(),
+        spec: ServiceSpec {
+            name: format!("web-{id}"),
+            mode: ServiceMode::Replicated { replicas: 1 },
+            task: TaskSpec::default(),
+            networks: vec![],
+            endpoint_mode: EndpointMode::Vip,
+            constraints: vec![],
+            restart: RestartCondition::Any,
+            ports: vec![PortRequest {
+                mode: PublishMode::Ingress,
+                ..tcp(9090, 80)
+            }],
+        },
+        now_ms: 4,
+    };
+
+    // Before the first ingress publish its subnet is kept free, with a hint.
+    let before = s.clone();
+    let e = s.apply(&create("n1", "10.255.3.0/24")).unwrap_err();
+    assert!(
+        e.to_string().contains("ingress subnet 10.255.0.0/16")
+            && e.to_string().contains("--ingress-subnet"),
+        "{e}"
+    );
+    assert_eq!(s, before);
+
+    // Moving it: what is not a usable subnet is refused and changes nothing.
+    s.apply(&create("n2", "10.60.0.0/24")).unwrap();
+    let before = s.clone();
+    for (bad, why) in [
+        ("10.0.0.0/28", "out of range"),
+        ("fd00::/64", "not IPv4"),
+        ("172.18.0.0/16", "gateway bridge"),
+        ("100.64.0.0/24", "WireGuard tunnel"),
+        ("10.60.0.0/16", "10.60.0.0/24"),
+    ] {
+        let e = s.apply(&move_to(bad)).unwrap_err();
+        assert!(e.to_string().contains(why), "{bad}: {e}");
+        assert_eq!(s, before, "{bad}");
+    }
+
+    // Moved: the old range is free, and the first publish uses the new one.
+    s.apply(&move_to("10.77.0.0/24")).unwrap();
+    s.apply(&create("n1", "10.255.3.0/24")).unwrap();
+    assert!(s.apply(&create("n3", "10.77.0.128/25")).is_err());
+    s.apply(&publish("s1")).unwrap();
+    let net = s.ingress_network().unwrap().clone();
+    assert_eq!(net.subnet.to_string(), "10.77.0.0/24");
+    assert!(
+        net.node_endpoints
+            .values()
+            .all(|ip| net.subnet.contains(*ip))
+    );
+
+    // In use by a service's port, or by a task still on it: refused.
+    let before = s.clone();
+    let e = s.apply(&move_to("10.78.0.0/24")).unwrap_err();
+    assert!(e.to_string().contains("web-s1"), "{e}");
+    assert_eq!(s, before);
+    s.apply(&Command::CreateServiceTask {
+        id: "r1".into(),
+        service: "s1".into(),
+        slot: 1,
+        node: NodeId(2),
+        now_ms: 5,
+    })
+    .unwrap();
+    let r1 = s.tasks["r1"].clone();
+    s.apply(&Command::RemoveService { id: "s1".into() })
+        .unwrap();
+    // (Removing a service removes its tasks; a task record still on the
+    // ingress network is put back by hand to check the guard.)
+    s.tasks.insert("r1".into(), r1);
+    let before = s.clone();
+    let e = s.apply(&move_to("10.78.0.0/24")).unwrap_err();
+    assert!(
+        e.to_string().contains("still on the ingress network"),
+        "{e}"
+    );
+    assert_eq!(s, before);
+    s.tasks.remove("r1");
+
+    // Unused: the ingress network goes and comes back on the new subnet.
+    s.apply(&move_to("10.78.0.0/24")).unwrap();
+    assert!(s.ingress_network().is_none());
+    s.apply(&publish("s2")).unwrap();
+    assert_eq!(
+        s.ingress_network().unwrap().subnet.to_string(),
+        "10.78.0.0/24"
+    );
+}

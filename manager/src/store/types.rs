@@ -188,6 +188,16 @@ pub struct ClusterSettings {
     /// Automatic WireGuard key rotation interval (0 = never).
     #[serde(default = "default_wg_rotation")]
     pub wg_key_rotation_secs: u64,
+    /// Subnet of the ingress network (the routing mesh of published ports),
+    /// reserved from the first network on, created on the first publish.
+    #[serde(default = "default_ingress_subnet")]
+    pub ingress_subnet: IpNetwork,
+}
+
+fn default_ingress_subnet() -> IpNetwork {
+    super::netmodel::INGRESS_SUBNET
+        .parse()
+        .expect("valid literal")
 }
 
 fn default_wg_port() -> u16 {
@@ -218,6 +228,7 @@ impl Default for ClusterSettings {
             wg_port: default_wg_port(),
             tunnel_subnet: default_tunnel_subnet(),
             wg_key_rotation_secs: default_wg_rotation(),
+            ingress_subnet: default_ingress_subnet(),
         }
     }
 }
