@@ -240,6 +240,9 @@ impl State {
             .as_ref()
             .ok_or(StoreError::NotInitialised)?
             .settings;
+        if settings.ingress_subnet == subnet {
+            return Ok(());
+        }
         check_ingress_subnet(&subnet, settings).map_err(StoreError::InvalidNetwork)?;
         if let Some(s) = self
             .services
