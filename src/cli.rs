@@ -389,7 +389,9 @@ pub enum ClusterCommand {
         #[arg(long, value_parser = parse_duration)]
         cert_expiry: Option<Duration>,
         /// Move the ingress network (routing mesh) to this subnet; refused
-        /// while a service publishes a port through it.
+        /// while a service publishes a port through it or a task is still on
+        /// it (an unused ingress network comes back on the new subnet with the
+        /// next ingress publish).
         #[arg(long)]
         ingress_subnet: Option<String>,
     },

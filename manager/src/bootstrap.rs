@@ -161,7 +161,7 @@ pub fn validate_init(r: &pb::InitRequest) -> Result<InitParams> {
             ))
         })?;
         crate::store::check_ingress_subnet(&net, &settings).map_err(bad)?;
-        settings.ingress_subnet = net;
+        settings.ingress_subnet = Some(net);
     }
     Ok(InitParams {
         advertise_addr,
@@ -336,13 +336,19 @@ mod tests {
     #[test]
     fn ingress_subnet_is_taken_from_init() {
         let default = validate_init(&req("198.18.0.1")).unwrap();
-        assert_eq!(default.settings.ingress_subnet.to_string(), "10.255.0.0/16");
+        assert_eq!(
+            default.settings.ingress_subnet(),
+            "10.255.0.0/16".parse().unwrap()
+        );
         let p = validate_init(&pb::InitRequest {
             ingress_subnet: "10.11.0.0/24".into(),
             ..req("198.18.0.1")
         })
         .unwrap();
-        assert_eq!(p.settings.ingress_subnet.to_string(), "10.11.0.0/24");
+        assert_eq!(
+            p.settings.ingress_subnet,
+            Some("10.11.0.0/24".parse().unwrap())
+        );
     }
 
     #[test]

@@ -224,7 +224,7 @@ impl ControlService {
             nodes_total: nodes_total as u32,
             wg_key_rotation_secs: c.settings.wg_key_rotation_secs,
             wg_port: u32::from(c.settings.wg_port),
-            ingress_subnet: c.settings.ingress_subnet.to_string(),
+            ingress_subnet: c.settings.ingress_subnet().to_string(),
         })
     }
 
@@ -1042,7 +1042,7 @@ impl Control for ControlService {
             let c = &s.cluster.as_ref()?.settings;
             (rotation.is_none_or(|v| v == c.wg_key_rotation_secs)
                 && expiry.is_none_or(|v| v == c.cert_expiry_secs)
-                && ingress.is_none_or(|v| v == c.ingress_subnet))
+                && ingress.is_none_or(|v| Some(v) == c.ingress_subnet))
             .then_some(())
         })
         .await?;

@@ -959,11 +959,11 @@ impl State {
             .map(|n| n.subnet)
             .collect();
         // The ingress subnet is kept free before the ingress network exists,
-        // so the first published port never finds it taken.
-        let ingress_reserved = self
-            .ingress_network()
-            .is_none()
-            .then_some(settings.ingress_subnet);
+        // so the first published port never finds it taken (not in clusters
+        // from before the setting: their logs must replay as they applied).
+        let ingress_reserved = settings
+            .ingress_subnet
+            .filter(|_| self.ingress_network().is_none());
         taken.extend(ingress_reserved);
         let subnet = match spec.subnet {
             Some(s) => {

@@ -182,7 +182,7 @@ impl State {
         }
         let cluster = self.cluster.as_ref().ok_or(StoreError::NotInitialised)?;
         let id = ingress_network_id(&cluster.id);
-        let subnet = cluster.settings.ingress_subnet;
+        let subnet = cluster.settings.ingress_subnet();
         if let Some(o) = self
             .networks
             .values()
@@ -240,7 +240,10 @@ impl State {
             .as_ref()
             .ok_or(StoreError::NotInitialised)?
             .settings;
-        if settings.ingress_subnet == subnet {
+        if settings.ingress_subnet() == subnet {
+            if let Some(c) = self.cluster.as_mut() {
+                c.settings.ingress_subnet = Some(subnet);
+            }
             return Ok(());
         }
         check_ingress_subnet(&subnet, settings).map_err(StoreError::InvalidNetwork)?;
@@ -280,7 +283,7 @@ impl State {
         }
         self.networks.retain(|_, n| !n.ingress);
         if let Some(c) = self.cluster.as_mut() {
-            c.settings.ingress_subnet = subnet;
+            c.settings.ingress_subnet = Some(subnet);
         }
         Ok(())
     }

@@ -812,3 +812,34 @@ fn ingress_subnet_is_kept_free_and_moves_only_while_unused() {
         "10.78.0.0/24"
     );
 }
+
+#[test]
+fn clusters_from_before_the_ingress_setting_replay_as_they_applied() {
+    // Settings written before the field existed read back without it ...
+    let mut json = serde_json::to_value(ClusterSettings::default()).unwrap();
+    json.as_object_mut().unwrap().remove("ingress_subnet");
+    let old: ClusterSettings = serde_json::from_value(json).unwrap();
+    assert_eq!(old.ingress_subnet, None);
+    assert_eq!(old.ingress_subnet(), "10.255.0.0/16".parse().unwrap());
+    // ... and such a cluster keeps nothing free: a network its log created
+    // inside the default ingress subnet is created again on replay.
+    let mut s = initialised();
+    s.cluster.as_mut().unwrap().settings = old;
+    s.apply(&Command::CreateNetwork {
+        spec: net_spec("n1", "n1", Some("10.255.3.0/24")),
+    })
+    .unwrap();
+    // Setting the subnet opts in to keeping it free.
+    s.apply(&Command::UpdateClusterSettings {
+        wg_key_rotation_secs: None,
+        cert_expiry_secs: None,
+        ingress_subnet: Some("10.80.0.0/24".parse().unwrap()),
+    })
+    .unwrap();
+    assert!(
+        s.apply(&Command::CreateNetwork {
+            spec: net_spec("n2", "n2", Some("10.80.0.0/25")),
+        })
+        .is_err()
+    );
+}

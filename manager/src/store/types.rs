@@ -189,9 +189,18 @@ pub struct ClusterSettings {
     #[serde(default = "default_wg_rotation")]
     pub wg_key_rotation_secs: u64,
     /// Subnet of the ingress network (the routing mesh of published ports),
-    /// reserved from the first network on, created on the first publish.
-    #[serde(default = "default_ingress_subnet")]
-    pub ingress_subnet: IpNetwork,
+    /// kept free from the first network on, created on the first publish.
+    /// `None` in clusters initialised before it was a setting: they use the
+    /// default subnet and keep nothing free, so their logs replay as before.
+    #[serde(default)]
+    pub ingress_subnet: Option<IpNetwork>,
+}
+
+impl ClusterSettings {
+    /// The subnet the ingress network is (or will be) created on.
+    pub fn ingress_subnet(&self) -> IpNetwork {
+        self.ingress_subnet.unwrap_or_else(default_ingress_subnet)
+    }
 }
 
 fn default_ingress_subnet() -> IpNetwork {
@@ -228,7 +237,7 @@ impl Default for ClusterSettings {
             wg_port: default_wg_port(),
             tunnel_subnet: default_tunnel_subnet(),
             wg_key_rotation_secs: default_wg_rotation(),
-            ingress_subnet: default_ingress_subnet(),
+            ingress_subnet: Some(default_ingress_subnet()),
         }
     }
 }

@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use ipnetwork::IpNetwork;
 use netlink_sys::{Socket, protocols::NETLINK_NETFILTER};
 
 use super::error::{Error, Result};
@@ -193,9 +194,10 @@ fn stale(e: &Entry, keep: &BTreeMap<IpAddr, BTreeSet<IpAddr>>) -> bool {
 
 /// Whether an entry is a stale published-port flow: DNATed (its reply does
 /// not come from where it was sent) on a (protocol, port) of `keep`, to an
-/// address that is no longer one of that port's backends.
-fn stale_port(e: &Entry, keep: &BTreeMap<(u8, u16), BTreeSet<IpAddr>>) -> bool {
+/// address in `ours` that is no longer one of that port's backends.
+fn stale_port(e: &Entry, keep: &BTreeMap<(u8, u16), BTreeSet<IpAddr>>, ours: &[IpNetwork]) -> bool {
     e.reply_src != e.orig_dst
+        && ours.iter().any(|n| n.contains(e.reply_src))
         && e.orig_port
             .and_then(|p| keep.get(&p))
             .is_some_and(|backends| !backends.contains(&e.reply_src))
@@ -214,20 +216,22 @@ pub fn delete_stale(ns: &Netns, keep: &BTreeMap<IpAddr, BTreeSet<IpAddr>>) -> Re
 }
 
 /// Deletes, inside `ns` (a node's own namespace), the IPv4 conntrack
-/// entries of published ports that were DNATed to an address that is no
-/// longer among the port's backends: `keep` maps (IP protocol number,
-/// published port) to the current backends. Without this a UDP flow (or a
-/// TCP connection) keeps going to a backend that left until its entry times
-/// out, minutes for an active UDP flow. Returns how many went. Blocking.
+/// entries of published ports that were DNATed to an address of `ours`
+/// (weft's backend subnets) that is no longer among the port's backends:
+/// `keep` maps (IP protocol number, published port) to the live backends.
+/// Without this a UDP flow (or a TCP connection) keeps going to a backend
+/// that left until its entry times out, minutes for an active UDP flow.
+/// Returns how many went. Blocking.
 pub fn delete_stale_ports(
     ns: &Netns,
     keep: &BTreeMap<(u8, u16), BTreeSet<IpAddr>>,
+    ours: &[IpNetwork],
 ) -> Result<usize> {
-    if keep.is_empty() {
+    if keep.is_empty() || ours.is_empty() {
         return Ok(0);
     }
     delete_where(ns, &BTreeSet::from([libc::AF_INET as u8]), |e| {
-        stale_port(e, keep)
+        stale_port(e, keep, ours)
     })
 }
 
@@ -437,14 +441,22 @@ mod tests {
         assert_eq!(b.entries.len(), 3);
         assert_eq!(b.entries[0].orig_port, Some((6, 80)));
         let keep = BTreeMap::from([((6, 80), BTreeSet::from([IpAddr::from([172, 18, 0, 3])]))]);
-        let picked: Vec<_> = b.entries.iter().filter(|e| stale_port(e, &keep)).collect();
+        let ours = ["172.18.0.0/16".parse().unwrap()];
+        let picked: Vec<_> = b
+            .entries
+            .iter()
+            .filter(|e| stale_port(e, &keep, &ours))
+            .collect();
         assert_eq!(picked.len(), 1);
         assert_eq!(picked[0].reply_src, IpAddr::from([172, 18, 0, 2]));
-        // Another protocol or port is left alone.
+        // Another protocol or port is left alone, and so is a flow DNATed
+        // by someone else to an address outside weft's subnets.
         for other in [(17, 80), (6, 81)] {
             let keep = BTreeMap::from([(other, BTreeSet::new())]);
-            assert!(b.entries.iter().all(|e| !stale_port(e, &keep)));
+            assert!(b.entries.iter().all(|e| !stale_port(e, &keep, &ours)));
         }
+        let elsewhere = ["10.96.0.0/12".parse().unwrap()];
+        assert!(b.entries.iter().all(|e| !stale_port(e, &keep, &elsewhere)));
     }
 
     #[test]

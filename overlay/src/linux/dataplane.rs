@@ -443,7 +443,6 @@ fn observed_link(
     }
 }
 
-/// Rule comments of the `weft` tables, `None` if neither exists.
 /// The host's nftables tables that are weft's (and the operator's
 /// `weft_user`): all that observing the host lists, never the whole ruleset.
 const HOST_TABLES: &[(NfFamily, &str)] = &[
@@ -454,6 +453,7 @@ const HOST_TABLES: &[(NfFamily, &str)] = &[
     (NfFamily::INet, NFT_USER_TABLE),
 ];
 
+/// Rule comments of the `weft` tables, `None` if neither exists.
 fn nat_of(rs: &nftables::schema::Nftables<'_>) -> Option<BTreeSet<String>> {
     nft::table_comments(rs, NFT_TABLE, |f| {
         matches!(f, NfFamily::INet | NfFamily::Bridge)
@@ -851,33 +851,7 @@ impl Executor<'_> {
             Op::DeleteGuard => nft::apply_async(&self.dp.host, delete_guard_batch()).await,
             Op::ApplyPorts { table } => {
                 nft::check_nft()?;
-                nft::apply_async(&self.dp.host, ports_batch(table)).await?;
-                // Flows DNATed to a backend that is no longer one go to the
-                // current ones from their next packet on.
-                let keep = table
-                    .rules
-                    .iter()
-                    .map(|r| {
-                        let proto = match r.proto {
-                            Proto::Tcp => libc::IPPROTO_TCP as u8,
-                            Proto::Udp => libc::IPPROTO_UDP as u8,
-                        };
-                        ((proto, r.port), r.backends.iter().copied().collect())
-                    })
-                    .collect();
-                let host = self.dp.host.clone();
-                let n = tokio::task::spawn_blocking(move || {
-                    conntrack::delete_stale_ports(&host, &keep)
-                })
-                .await
-                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
-                if n > 0 {
-                    tracing::debug!(
-                        entries = n,
-                        "deleted stale published-port conntrack entries"
-                    );
-                }
-                Ok(())
+                nft::apply_async(&self.dp.host, ports_batch(table)).await
             }
             Op::DeletePorts => nft::apply_async(&self.dp.host, delete_ports_batch()).await,
             Op::EnsureUserChain => {
@@ -904,7 +878,11 @@ impl Dataplane for LinuxDataplane {
         if !ops.is_empty() {
             tracing::debug!(ops = ops.len(), "applying data plane changes");
         }
+        let ports_changed = ops.iter().any(|o| matches!(o, Op::ApplyPorts { .. }));
         let report = self.execute(ops).await;
+        if ports_changed {
+            self.flush_stale_ports(desired).await;
+        }
         // Names follow the desired state once its VIP tables are in (a
         // connection to a VIP made before its DNAT rule would be tracked
         // un-NATed for its whole life).
@@ -1070,6 +1048,52 @@ impl Dataplane for LinuxDataplane {
         // Only an empty directory goes; anything else there is not ours.
         let _ = std::fs::remove_dir(self.netns_dir());
         Ok(report)
+    }
+}
+
+impl LinuxDataplane {
+    /// After the published-ports table changed: deletes the node's conntrack
+    /// entries of published ports DNATed to an address that is no longer
+    /// among the port's live backends (local and remote, whichever the table
+    /// picked), so their flows go to the current ones from their next packet
+    /// on. Only entries whose backend is in weft's own subnets (gateway
+    /// bridge, ingress network) are candidates: other software's DNATed flows
+    /// on the same port numbers are not touched. A failure is logged; the
+    /// entries then time out on their own.
+    async fn flush_stale_ports(&self, desired: &DesiredNode) {
+        let keep: BTreeMap<(u8, u16), BTreeSet<IpAddr>> = desired
+            .ports
+            .iter()
+            .map(|p| {
+                let proto = match p.proto {
+                    Proto::Tcp => libc::IPPROTO_TCP as u8,
+                    Proto::Udp => libc::IPPROTO_UDP as u8,
+                };
+                let live = p.local.iter().chain(&p.remote).copied().collect();
+                ((proto, p.port), live)
+            })
+            .collect();
+        let ours: Vec<IpNetwork> = desired
+            .gateway
+            .iter()
+            .map(|g| g.subnet)
+            .chain(desired.ingress.iter().map(|i| i.ip))
+            .collect();
+        let host = self.host.clone();
+        let flushed =
+            tokio::task::spawn_blocking(move || conntrack::delete_stale_ports(&host, &keep, &ours))
+                .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        match flushed {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(
+                entries = n,
+                "deleted stale published-port conntrack entries"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not delete stale published-port conntrack entries")
+            }
+        }
     }
 }
 
