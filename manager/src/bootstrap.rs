@@ -163,6 +163,18 @@ pub fn validate_init(r: &pb::InitRequest) -> Result<InitParams> {
         crate::store::check_ingress_subnet(&net, &settings).map_err(bad)?;
         settings.ingress_subnet = Some(net);
     }
+    // The ingress subnet is kept free, so a pool inside it has nothing to give.
+    let ingress = settings.ingress_subnet();
+    if let Some(p) = settings
+        .default_addr_pools
+        .iter()
+        .find(|p| p.prefix() >= ingress.prefix() && ingress.contains(p.network()))
+    {
+        return Err(bad(format!(
+            "--default-addr-pool {p} lies inside the ingress subnet {ingress}, which is kept free \
+             for published ports; choose another pool or --ingress-subnet"
+        )));
+    }
     Ok(InitParams {
         advertise_addr,
         listen_addr,
@@ -325,6 +337,13 @@ mod tests {
                     ..req("198.18.0.1")
                 },
                 "gateway bridge",
+            ),
+            (
+                pb::InitRequest {
+                    default_addr_pools: vec!["10.255.8.0/21".into()],
+                    ..req("198.18.0.1")
+                },
+                "inside the ingress subnet 10.255.0.0/16",
             ),
         ];
         for (r, want) in cases {
