@@ -626,4 +626,45 @@ fn published_ports_ingress_user_chain_and_proxies() {
         lab.weft("m1", &["info"])
             .contains("Ingress subnet: 10.77.0.0/24")
     );
+    // Once nothing publishes through it, it moves, and the routing mesh
+    // comes back on the new subnet on every node (w2 and m1 forward to the
+    // replica on w1 over it).
+    lab.weft("m1", &["service", "rm", "ing"]);
+    wait_for("ing's replica gone", T, || {
+        !lab.weft("w1", &["ps", "-a"]).contains("ing.")
+    });
+    let out = lab.weft(
+        "m1",
+        &["cluster", "update", "--ingress-subnet", "10.78.0.0/24"],
+    );
+    assert!(out.contains("Ingress subnet: 10.78.0.0/24"), "{out}");
+    lab.weft(
+        "m1",
+        &[
+            "service",
+            "create",
+            "--name",
+            "ing2",
+            "--replicas",
+            "1",
+            "--constraint",
+            "node.hostname==w1",
+            "--publish",
+            "published=9191,target=80",
+            "--",
+            "sh",
+            "-c",
+            &httpd("hello-moved", 80),
+        ],
+    );
+    for node in [&w2, &m1, &w1] {
+        wait_for(&format!("moved ingress via {node}"), T, || {
+            get(&m1_ns, &format!("http://{node}:9191/")) == "hello-moved"
+        });
+    }
+    let ingress = lab.weft("m1", &["network", "inspect", "ingress"]);
+    assert!(
+        ingress.contains("10.78.0.0/24") && !ingress.contains("10.77.0.0/24"),
+        "{ingress}"
+    );
 }
