@@ -382,7 +382,8 @@ pub enum NetworkCommand {
 pub enum ClusterCommand {
     /// Change settings that may change after init (`weft info` shows them).
     Update {
-        /// Interval of automatic WireGuard key rotation, e.g. 12h (0s: off).
+        /// Interval of automatic WireGuard key rotation, e.g. 12h (at least
+        /// 1m; 0s: off).
         #[arg(long, value_parser = parse_duration)]
         wg_key_rotation: Option<Duration>,
         /// Lifetime of certificates issued from now on, e.g. 90d (at least 1h).

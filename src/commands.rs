@@ -299,11 +299,7 @@ pub async fn info(c: &Client) -> anyhow::Result<()> {
             println!(" WireGuard port: {}", cl.wg_port);
             println!(
                 " WireGuard key rotation: {}",
-                if cl.wg_key_rotation_secs == 0 {
-                    "off".to_string()
-                } else {
-                    format!("{}s", cl.wg_key_rotation_secs)
-                }
+                rotation_text(cl.wg_key_rotation_secs)
             );
             println!(" Data path port: {}", cl.data_path_port);
             println!(" Ingress subnet: {}", cl.ingress_subnet);
@@ -703,6 +699,15 @@ fn network_json(d: &pb::NetworkDetail) -> serde_json::Value {
     v
 }
 
+/// The WireGuard key rotation interval as `weft info` shows it.
+fn rotation_text(secs: u64) -> String {
+    if secs == 0 {
+        "off".to_string()
+    } else {
+        format!("{secs}s")
+    }
+}
+
 /// `weft cluster …`.
 pub async fn cluster(c: &Client, cmd: crate::cli::ClusterCommand) -> anyhow::Result<()> {
     use crate::cli::ClusterCommand as C;
@@ -726,11 +731,7 @@ pub async fn cluster(c: &Client, cmd: crate::cli::ClusterCommand) -> anyhow::Res
                 .into_inner();
             println!(
                 "WireGuard key rotation: {}",
-                if s.wg_key_rotation_secs == 0 {
-                    "off".to_string()
-                } else {
-                    format!("{}s", s.wg_key_rotation_secs)
-                }
+                rotation_text(s.wg_key_rotation_secs)
             );
             println!("Certificate expiry: {}h", s.cert_expiry_secs / 3600);
             println!("Ingress subnet: {}", s.ingress_subnet);

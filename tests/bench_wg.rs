@@ -104,19 +104,7 @@ fn encrypted_cluster(name: &str, device: Option<&str>) -> (Lab, PathBuf, PathBuf
         let rows = lab.node_ls("a");
         rows.len() == 2 && rows.iter().all(|r| r.status == "Ready")
     });
-    lab.weft(
-        "a",
-        &[
-            "network",
-            "create",
-            "--attachable",
-            "-o",
-            "encrypted",
-            "--subnet",
-            "10.0.9.0/24",
-            "secure",
-        ],
-    );
+    lab.encrypted_network("a", "10.0.9.0/24", "secure");
     let run = |host: &str, ip: &str| {
         lab.run_task(
             host,

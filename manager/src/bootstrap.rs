@@ -115,7 +115,7 @@ pub fn validate_init(r: &pb::InitRequest) -> Result<InitParams> {
         settings.default_addr_pool_mask_length = m as u8;
     }
     if r.cert_expiry_secs != 0 {
-        if r.cert_expiry_secs < 3600 {
+        if r.cert_expiry_secs < crate::store::MIN_CERT_EXPIRY_SECS {
             return Err(bad("--cert-expiry must be at least 1h (default 90d)".into()));
         }
         settings.cert_expiry_secs = r.cert_expiry_secs;
@@ -129,7 +129,7 @@ pub fn validate_init(r: &pb::InitRequest) -> Result<InitParams> {
         settings.heartbeat_period_ms = r.heartbeat_period_ms;
     }
     if r.wg_key_rotation_secs != 0 {
-        if r.wg_key_rotation_secs < 60 {
+        if r.wg_key_rotation_secs < crate::store::MIN_WG_KEY_ROTATION_SECS {
             return Err(bad(
                 "--wg-key-rotation must be at least 1m (default 24h)".into()
             ));
@@ -154,13 +154,7 @@ pub fn validate_init(r: &pb::InitRequest) -> Result<InitParams> {
         settings.wg_port = p;
     }
     if !r.ingress_subnet.is_empty() {
-        let net: IpNetwork = r.ingress_subnet.parse().map_err(|_| {
-            bad(format!(
-                "invalid --ingress-subnet {:?}: give a CIDR such as 10.255.0.0/16",
-                r.ingress_subnet
-            ))
-        })?;
-        crate::store::check_ingress_subnet(&net, &settings).map_err(bad)?;
+        let net = crate::store::parse_ingress_subnet(&r.ingress_subnet, &settings).map_err(bad)?;
         settings.ingress_subnet = Some(net);
     }
     // The ingress subnet is kept free, so a pool inside it has nothing to give.

@@ -993,26 +993,23 @@ impl Control for ControlService {
         let ingress = if r.ingress_subnet.is_empty() {
             None
         } else {
-            let subnet: ipnetwork::IpNetwork = r.ingress_subnet.parse().map_err(|_| {
-                Error::InvalidInput(format!(
-                    "invalid --ingress-subnet {:?}: give a CIDR such as 10.255.0.0/16",
-                    r.ingress_subnet
-                ))
-            })?;
             // At the edge, and again where it is applied (with what the
             // store holds then).
-            self.core
+            let subnet = self
+                .core
                 .read(|s| {
                     s.cluster
                         .as_ref()
-                        .map(|c| crate::store::check_ingress_subnet(&subnet, &c.settings))
+                        .map(|c| crate::store::parse_ingress_subnet(&r.ingress_subnet, &c.settings))
                 })
                 .ok_or(Error::NotReady)?
                 .map_err(Error::InvalidInput)?;
             Some(subnet)
         };
         let rotation = if r.set_wg_key_rotation {
-            if r.wg_key_rotation_secs != 0 && r.wg_key_rotation_secs < 60 {
+            if r.wg_key_rotation_secs != 0
+                && r.wg_key_rotation_secs < crate::store::MIN_WG_KEY_ROTATION_SECS
+            {
                 return Err(Error::InvalidInput(
                     "--wg-key-rotation must be at least 1m, or 0 to turn automatic rotation off"
                         .into(),
@@ -1024,7 +1021,7 @@ impl Control for ControlService {
             None
         };
         let expiry = if r.set_cert_expiry {
-            if r.cert_expiry_secs < 3600 {
+            if r.cert_expiry_secs < crate::store::MIN_CERT_EXPIRY_SECS {
                 return Err(Error::InvalidInput("--cert-expiry must be at least 1h".into()).into());
             }
             Some(r.cert_expiry_secs)
@@ -1038,14 +1035,21 @@ impl Control for ControlService {
                 ingress_subnet: ingress,
             })
             .await?;
-        self.read_after_write(|s| {
-            let c = &s.cluster.as_ref()?.settings;
-            (rotation.is_none_or(|v| v == c.wg_key_rotation_secs)
-                && expiry.is_none_or(|v| v == c.cert_expiry_secs)
-                && ingress.is_none_or(|v| Some(v) == c.ingress_subnet))
-            .then_some(())
-        })
-        .await?;
+        match self
+            .read_after_write(|s| {
+                let c = &s.cluster.as_ref()?.settings;
+                (rotation.is_none_or(|v| v == c.wg_key_rotation_secs)
+                    && expiry.is_none_or(|v| v == c.cert_expiry_secs)
+                    && ingress.is_none_or(|v| Some(v) == c.ingress_subnet))
+                .then_some(())
+            })
+            .await
+        {
+            // Applied; a concurrent update changed the same setting again:
+            // answer with the settings as they stand.
+            Ok(()) | Err(Error::NotReady) => {}
+            Err(e) => return Err(e.into()),
+        }
         Ok(Response::new(self.summary()?))
     }
 

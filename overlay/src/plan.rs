@@ -1056,7 +1056,6 @@ fn overlaps(a: IpNetwork, b: IpNetwork) -> bool {
     a.is_ipv4() == b.is_ipv4() && (a.contains(b.network()) || b.contains(a.network()))
 }
 
-/// Checks `desired` on its own and against the daemon's routes.
 /// The first route of `routes` that overlaps `subnet`, ignoring default
 /// routes and routes through devices `own` claims (the subnet's own bridge,
 /// or weft's devices).
@@ -1070,6 +1069,7 @@ pub fn colliding_route(
     })
 }
 
+/// Checks `desired` on its own and against the daemon's routes.
 pub fn validate(observed: &Observed, desired: &DesiredNode) -> Result<(), PlanError> {
     let mut vnis: BTreeMap<u32, &NetworkId> = BTreeMap::new();
     for (id, net) in &desired.networks {

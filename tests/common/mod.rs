@@ -262,6 +262,22 @@ impl Lab {
     pub fn switch_netns(&self) -> PathBuf {
         self.dir.path().join("u/netns/switch")
     }
+    /// Creates the attachable encrypted overlay `name` on `subnet` from `host`.
+    pub fn encrypted_network(&self, host: &str, subnet: &str, name: &str) {
+        self.weft(
+            host,
+            &[
+                "network",
+                "create",
+                "--attachable",
+                "-o",
+                "encrypted",
+                "--subnet",
+                subnet,
+                name,
+            ],
+        );
+    }
 
     /// `weft run ARGS` on `host`; returns the task ID.
     pub fn run_task(&self, host: &str, args: &[&str]) -> String {

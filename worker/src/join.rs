@@ -55,16 +55,17 @@ pub async fn join(remote: &str, token_text: &str, params: JoinParams) -> Result<
     let ca_pem = tls::fetch_trusted_ca(remote, &token).await?;
     let key = NodeKey::generate()?;
     let channel = tls::channel_to_manager(remote, &ca_pem, None).await?;
+    let rpc = |status| Error::Rpc {
+        addr: remote.to_string(),
+        status,
+    };
     // Before the token goes out (and the cluster counts this node): the
     // cluster's WireGuard port must be free here, or encrypted networks
     // could never reach this node.
     let info = JoinClient::new(channel.clone())
         .get_ca_cert(pb::GetCaCertRequest {})
         .await
-        .map_err(|status| Error::Rpc {
-            addr: remote.to_string(),
-            status,
-        })?
+        .map_err(rpc)?
         .into_inner();
     if let Ok(port) = u16::try_from(info.wg_port)
         && port != 0
@@ -81,10 +82,7 @@ pub async fn join(remote: &str, token_text: &str, params: JoinParams) -> Result<
             underlay_mtu: params.underlay_mtu,
         })
         .await
-        .map_err(|status| Error::Rpc {
-            addr: remote.to_string(),
-            status,
-        })?
+        .map_err(rpc)?
         .into_inner();
     let role = pb::NodeRole::try_from(resp.role).unwrap_or(pb::NodeRole::Unspecified);
     if role == pb::NodeRole::Unspecified || resp.node_id.is_empty() || resp.cert_pem.is_empty() {

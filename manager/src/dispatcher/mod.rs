@@ -188,18 +188,21 @@ impl DispatcherService {
         }
         let mut networks = Vec::new();
         for n in &refs {
-            let net = self.core.read(|s| {
-                s.resolve_network_on(&n.network, node.id).cloned().map_err(|e| {
+            let net =
+                self.core.read(|s| {
+                    s.resolve_network_on(&n.network, node.id).cloned().map_err(|e| {
                     if n.network == crate::store::DEFAULT_BRIDGE {
-                        Error::InvalidInput(
-                            "this node has no default bridge network: its daemon reports its --bridge-subnet when it connects, and none arrived within 5 s (see `weft node ls` and the daemon's log), or run with --network NAME"
-                                .into(),
-                        )
+                        Error::InvalidInput(format!(
+                            "this node has no default bridge network: its daemon reports its \
+                             --bridge-subnet when it connects, and none arrived within {} s (see \
+                             `weft node ls` and the daemon's log), or run with --network NAME",
+                            BRIDGE_WAIT.as_secs()
+                        ))
                     } else {
                         Error::from(e)
                     }
                 })
-            })?;
+                })?;
             if networks
                 .iter()
                 .any(|(id, _): &(String, Option<std::net::IpAddr>)| *id == net.id)

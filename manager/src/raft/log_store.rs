@@ -404,6 +404,10 @@ fn run_writer(
     mut next_index: u64,
 ) {
     let mut deferred: Vec<RecOut<'static>> = Vec::new();
+    // After a failed write the file may end in a torn record that replay
+    // cuts off, with everything after it: nothing more is written, and
+    // every later operation fails with the first error.
+    let mut failed: Option<String> = None;
     while let Ok(first) = rx.recv() {
         let mut ops = vec![first];
         while ops.len() < MAX_GROUP {
@@ -426,7 +430,10 @@ fn run_writer(
                 Op::Purge(p) => RecOut::Purge(*p),
             });
         }
-        let res = wal.write(&recs, true);
+        let res = match &failed {
+            Some(e) => Err(e.clone()),
+            None => wal.write(&recs, true).map_err(|e| e.to_string()),
+        };
         drop(recs);
         // Durable progress first, then the callbacks: whoever is woken by a
         // callback may look at it.
@@ -449,11 +456,14 @@ fn run_writer(
                 });
             }
             Err(e) => {
-                tracing::error!(error = %e, "Raft log write failed; Raft will stop");
+                if failed.is_none() {
+                    tracing::error!(error = %e, "Raft log write failed; Raft will stop");
+                    failed = Some(e.clone());
+                }
                 durable.send_modify(|d| d.failed = true);
             }
         }
-        let outcome = || res.as_ref().map(|_| ()).map_err(|e| e.to_string());
+        let outcome = || res.clone();
         for op in ops {
             match op {
                 Op::Append {
@@ -467,7 +477,8 @@ fn run_writer(
         }
     }
     // Shutting down: keep the hints too (no fsync needed).
-    if !deferred.is_empty()
+    if failed.is_none()
+        && !deferred.is_empty()
         && let Err(e) = wal.write(&deferred, false)
     {
         tracing::warn!(error = %e, "cannot write the last Raft log hints");

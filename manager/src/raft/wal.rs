@@ -136,6 +136,10 @@ pub enum WalError {
     /// A record could not be encoded.
     #[error("cannot encode a Raft log record: {0}")]
     Encode(serde_json::Error),
+    /// A record larger than replay accepts ([`MAX_RECORD`]): written, it
+    /// would read back as a torn tail and take every later record with it.
+    #[error("Raft log record of {0} bytes is larger than the {MAX_RECORD}-byte limit")]
+    TooLarge(usize),
     /// A record with a valid checksum did not decode: not a torn write but
     /// a format mismatch, so refuse rather than drop the rest of the log.
     #[error("Raft log file {path}: record at byte {offset} does not decode: {source}")]
@@ -294,7 +298,14 @@ fn encode(buf: &mut Vec<u8>, rec: &RecOut<'_>) -> Result<(), WalError> {
     buf.extend_from_slice(&[0; 8]);
     serde_json::to_writer(&mut *buf, rec).map_err(WalError::Encode)?;
     let body = &buf[start + 8..];
-    let len = u32::try_from(body.len()).unwrap_or(u32::MAX);
+    let len = match u32::try_from(body.len()) {
+        Ok(len) if len <= MAX_RECORD => len,
+        _ => {
+            let size = body.len();
+            buf.truncate(start);
+            return Err(WalError::TooLarge(size));
+        }
+    };
     let crc = crc32(body);
     buf[start..start + 4].copy_from_slice(&len.to_le_bytes());
     buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());

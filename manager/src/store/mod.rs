@@ -17,7 +17,7 @@ mod tests;
 
 pub use netmodel::{
     DEFAULT_BRIDGE, INGRESS_NETWORK, PUBLISHED_PORT_RANGE, RESERVED_NETWORK_NAMES,
-    check_ingress_subnet, next_ifname,
+    check_ingress_subnet, next_ifname, parse_ingress_subnet,
 };
 pub use types::*;
 

@@ -609,6 +609,16 @@ impl State {
     }
 }
 
+/// `--ingress-subnet TEXT` (of `init` and `cluster update`) parsed and
+/// checked with [`check_ingress_subnet`]; the reason when refused.
+pub fn parse_ingress_subnet(text: &str, settings: &ClusterSettings) -> Result<IpNetwork, String> {
+    let subnet: IpNetwork = text.parse().map_err(|_| {
+        format!("invalid --ingress-subnet {text:?}: give a CIDR such as {INGRESS_SUBNET}")
+    })?;
+    check_ingress_subnet(&subnet, settings)?;
+    Ok(subnet)
+}
+
 /// What an ingress subnet must be: an IPv4 network address with room for
 /// a gateway and one address per node (/8 to /24), clear of the node-local
 /// subnets of `settings`. The reason when not.

@@ -788,12 +788,21 @@ fn ingress_subnet_is_kept_free_and_moves_only_while_unused() {
         now_ms: 5,
     })
     .unwrap();
-    let r1 = s.tasks["r1"].clone();
-    s.apply(&Command::RemoveService { id: "s1".into() })
-        .unwrap();
-    // (Removing a service removes its tasks; a task record still on the
-    // ingress network is put back by hand to check the guard.)
-    s.tasks.insert("r1".into(), r1);
+    // The port dropped while the replica still runs on the ingress network.
+    let Command::CreateService { spec, .. } = publish("s1") else {
+        unreachable!()
+    };
+    s.apply(&Command::UpdateService {
+        id: "s1".into(),
+        spec: ServiceSpec {
+            ports: vec![],
+            ..spec
+        },
+        force: false,
+        now_ms: 6,
+    })
+    .unwrap();
+    assert!(s.tasks.contains_key("r1"));
     let before = s.clone();
     let e = s.apply(&move_to("10.78.0.0/24")).unwrap_err();
     assert!(
@@ -801,7 +810,8 @@ fn ingress_subnet_is_kept_free_and_moves_only_while_unused() {
         "{e}"
     );
     assert_eq!(s, before);
-    s.tasks.remove("r1");
+    s.apply(&Command::RemoveService { id: "s1".into() })
+        .unwrap();
 
     // Unused: the ingress network goes and comes back on the new subnet.
     s.apply(&move_to("10.78.0.0/24")).unwrap();

@@ -323,9 +323,6 @@ impl LinuxDataplane {
     }
 }
 
-/// Reads one namespace: links (only those starting with `prefix`, if
-/// given), their addresses, FDB and neighbour entries of VXLAN links (for
-/// network namespaces) and default routes.
 /// The main-table routes of the namespace `nl` is in, with device names.
 async fn routes_of(nl: &Netlink) -> LResult<Vec<HostRoute>> {
     let by_index: BTreeMap<u32, String> = nl
@@ -345,6 +342,9 @@ async fn routes_of(nl: &Netlink) -> LResult<Vec<HostRoute>> {
         .collect())
 }
 
+/// Reads one namespace: links (only those starting with `prefix`, if
+/// given), their addresses, FDB and neighbour entries of VXLAN links (for
+/// network namespaces) and default routes.
 async fn observe_ns(nl: &Netlink, prefix: Option<&str>, vxlan_tables: bool) -> LResult<ObservedNs> {
     let all = nl.list_links(None).await?;
     let by_index: BTreeMap<u32, String> = all.iter().map(|l| (l.index, l.name.clone())).collect();

@@ -14,8 +14,8 @@
 //!
 //! Owns the TAP, the socket and three threads. Control calls (the
 //! [`WgDevice`] methods) take the peer table's write lock briefly; the data
-//! threads take its read lock per batch and each peer's mutex per packet
-//! run. Dropping the device stops and joins the threads, then closes the
+//! threads take its read lock per batch and a peer's mutex per packet run
+//! when sending, per datagram when receiving. Dropping the device stops and joins the threads, then closes the
 //! fds, which removes the interface.
 //!
 //! It creates the TAP and sockets in the namespace given at creation, and,
@@ -222,7 +222,6 @@ fn poll_in(fds: &[BorrowedFd<'_>], timeout: Option<Duration>) -> [bool; 3] {
 
 /// A running batched WireGuard device.
 pub struct BatchedDevice {
-    name: String,
     ns: Netns,
     shared: Arc<Shared>,
     threads: Vec<JoinHandle<()>>,
@@ -231,7 +230,7 @@ pub struct BatchedDevice {
 impl std::fmt::Debug for BatchedDevice {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BatchedDevice")
-            .field("name", &self.name)
+            .field("name", &self.shared.name)
             .field(
                 "offloads",
                 &format_args!("{:#x}", self.shared.tap.offloads()),
@@ -288,7 +287,6 @@ impl BatchedDevice {
             stats: Default::default(),
         });
         let mut dev = BatchedDevice {
-            name: name.to_owned(),
             ns: ns.clone(),
             shared: shared.clone(),
             threads: Vec::new(),
@@ -300,10 +298,18 @@ impl BatchedDevice {
             let h = std::thread::Builder::new()
                 .name(format!("wg-{what}"))
                 .spawn(move || {
-                    f(&s);
-                    if !s.stopping() {
-                        s.died.store(true, Ordering::Relaxed);
+                    // Marks the device dead when the loop ends (returns or
+                    // panics) while nobody asked it to stop.
+                    struct Watch(Arc<Shared>);
+                    impl Drop for Watch {
+                        fn drop(&mut self) {
+                            if !self.0.stopping() {
+                                self.0.died.store(true, Ordering::Relaxed);
+                            }
+                        }
                     }
+                    let watch = Watch(s);
+                    f(&watch.0);
                 })
                 .map_err(|e| create_err(e.to_string()))?;
             // On an early return, Drop stops the threads spawned so far.
@@ -340,7 +346,7 @@ impl BatchedDevice {
     fn check_alive(&self, op: &'static str) -> Result<()> {
         if self.shared.died.load(Ordering::Relaxed) {
             return Err(WgError::Device {
-                name: self.name.clone(),
+                name: self.shared.name.clone(),
                 op,
                 source: io::Error::other("device threads exited"),
             });
@@ -351,7 +357,7 @@ impl BatchedDevice {
 
 impl WgDevice for BatchedDevice {
     fn name(&self) -> &str {
-        &self.name
+        &self.shared.name
     }
 
     fn set_private_key(&mut self, key: &PrivateKey) -> Result<()> {
@@ -394,11 +400,11 @@ impl WgDevice for BatchedDevice {
             .ns
             .run_in(move || UdpSock::bind(port))
             .map_err(|e| WgError::Create {
-                name: self.name.clone(),
+                name: self.shared.name.clone(),
                 reason: e.to_string(),
             })?
             .map_err(|e| WgError::Refused {
-                name: self.name.clone(),
+                name: self.shared.name.clone(),
                 request: format!("listen_port={port}"),
                 errno: e.raw_os_error().unwrap_or(libc::EIO),
             })?;

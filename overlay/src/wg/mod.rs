@@ -74,7 +74,8 @@ pub enum WgError {
     Create {
         /// The interface name.
         name: String,
-        /// boringtun's error, rendered (its error type is not `std::error::Error`).
+        /// Why, rendered (boringtun's error type is not `std::error::Error`;
+        /// the batched device's are io errors).
         reason: String,
     },
     /// Talking UAPI to the device failed (it may have died).
@@ -164,9 +165,11 @@ pub struct DeviceState {
     pub peers: BTreeMap<String, PeerState>,
 }
 
-/// A running WireGuard device. Implementations: [`boringtun::BoringtunDevice`];
-/// a fork of boringtun or an own loop over `boringtun::noise::Tunn` can
-/// take its place. Dropping it stops the device and removes its interface.
+/// A running WireGuard device. Implementations: [`batched::BatchedDevice`]
+/// (the default, an own batched loop over `boringtun::noise::Tunn`) and
+/// [`boringtun::BoringtunDevice`] (boringtun's stock device,
+/// `WEFT_WG_DEVICE=stock`). Dropping it stops the device and removes its
+/// interface.
 pub trait WgDevice: Send + std::fmt::Debug {
     /// The interface name.
     fn name(&self) -> &str;

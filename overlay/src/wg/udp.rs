@@ -33,8 +33,8 @@ pub struct UdpSock {
     gso: std::sync::atomic::AtomicBool,
 }
 
-/// One message to send: `count` datagrams of `size` bytes (the last may be
-/// shorter) at `buf[off..off + len]`, to `to`.
+/// One message to send: `buf[off..off + len]` to `to`, as datagrams of
+/// `size` bytes (the last may be shorter).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OutMsg {
     /// Where to.
@@ -174,9 +174,16 @@ impl UdpSock {
     /// drop the offending message (UDP is lossy anyway); the first such
     /// error is returned after the rest went out.
     pub fn send(&self, buf: &[u8], msgs: &[OutMsg]) -> io::Result<()> {
-        if !self.gso.load(std::sync::atomic::Ordering::Relaxed) {
-            return self.send_split(buf, msgs);
+        if self.gso.load(std::sync::atomic::Ordering::Relaxed) {
+            self.send_mmsg(buf, msgs)
+        } else {
+            self.send_split(buf, msgs)
         }
+    }
+
+    /// [`UdpSock::send`] through `sendmmsg`, with a segment size on the
+    /// messages that hold more than one datagram.
+    fn send_mmsg(&self, buf: &[u8], msgs: &[OutMsg]) -> io::Result<()> {
         const BATCH: usize = 64;
         let mut first_err = None;
         let mut done = 0;
@@ -262,7 +269,9 @@ impl UdpSock {
                 off += len;
             }
         }
-        self.send(buf, &single)
+        // Single datagrams carry no segment size, so this never comes back
+        // here through the GSO fallback.
+        self.send_mmsg(buf, &single)
     }
 
     /// Receives up to `bufs.len()` messages without blocking; fills
@@ -363,8 +372,17 @@ mod tests {
 
     #[test]
     fn gso_send_arrives_as_separate_datagrams_or_one_gro_run() {
+        // With segmentation offload, and as after the fallback without it
+        // (datagram by datagram).
+        for gso in [true, false] {
+            send_and_receive_in_segments(gso);
+        }
+    }
+
+    fn send_and_receive_in_segments(gso: bool) {
         let rx = UdpSock::bind(0).unwrap();
         let tx = UdpSock::bind(0).unwrap();
+        tx.gso.store(gso, std::sync::atomic::Ordering::Relaxed);
         let to: SocketAddr = format!("127.0.0.1:{}", rx.port()).parse().unwrap();
         let buf: Vec<u8> = (0..2500u32).map(|i| i as u8).collect();
         tx.send(

@@ -234,7 +234,7 @@ fn batched_devices_carry_tcp_both_ways_and_clean_up() {
     }
     assert_eq!(a.dev.state().unwrap().listen_port, PORT);
 
-    // Removing the peer stops traffic to it.
+    // Removing the peer takes it out of the device's table.
     b.dev.remove_peer(&a.key.public_key()).unwrap();
     assert!(b.dev.state().unwrap().peers.is_empty());
 
