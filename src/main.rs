@@ -40,13 +40,36 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    let remote = cli.host.starts_with("tcp://");
     match rt.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
+            if remote && connection_closed(&e) {
+                // TLS 1.3 clients finish the handshake before the server has
+                // checked their certificate, so a refusal arrives as a
+                // closed connection with no reason attached.
+                eprintln!(
+                    "hint: the manager closed the connection; if that happened in the TLS \
+                     handshake it refused the client certificate (another cluster's, expired, \
+                     or a node removed from the cluster): see the manager's log"
+                );
+            }
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Whether `e` is a gRPC call that failed because the connection closed.
+fn connection_closed(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<tonic::Status>())
+        .any(|s| {
+            matches!(
+                s.code(),
+                tonic::Code::Cancelled | tonic::Code::Unknown | tonic::Code::Unavailable
+            ) && std::error::Error::source(s).is_some()
+        })
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

@@ -126,8 +126,10 @@ impl ControlService {
         if self.caller != Caller::Remote {
             return Ok(());
         }
-        let cluster_id = self.core.cluster_id().map_err(Status::from)?;
-        weft_proto::tls::require_manager(req, &cluster_id).map(|_| ())
+        // The manager port checks this before the body is read too
+        // (server::limits); repeating it here keeps the service safe
+        // wherever it is mounted.
+        self.core.authorize_manager(req).map(|_| ())
     }
 
     /// The node whose local networks this caller sees: this manager's own

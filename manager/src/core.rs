@@ -112,6 +112,59 @@ impl Core {
             .ok_or(Error::NotReady)
     }
 
+    /// Authorizes a call that needs a manager: a manager certificate of
+    /// this cluster whose node is a manager in the store now (see
+    /// [`crate::authz`]).
+    pub fn authorize_manager<T>(&self, req: &tonic::Request<T>) -> Result<NodeId, tonic::Status> {
+        let id = weft_proto::tls::require_manager(req, &self.cluster_id()?)?;
+        self.read(|s| crate::authz::manager(s, &id).map(|n| n.id))
+    }
+
+    /// Authorizes a Raft RPC from a peer manager (see [`crate::authz`]).
+    /// Before this manager has any state it cannot know the cluster ID, so
+    /// the TLS layer's chain check and the certificate's role stand alone.
+    pub fn authorize_raft_peer<T>(&self, req: &tonic::Request<T>) -> Result<(), tonic::Status> {
+        let cluster = self.read(|s| s.cluster.as_ref().map(|c| c.id.clone()));
+        let id = match cluster {
+            Some(cluster_id) => weft_proto::tls::require_manager(req, &cluster_id)?,
+            None => {
+                let id = weft_proto::tls::peer_identity(req).ok_or_else(|| {
+                    tonic::Status::unauthenticated("Raft calls need a manager certificate")
+                })?;
+                weft_proto::tls::require_manager(req, &id.cluster_id)?
+            }
+        };
+        let in_group = id
+            .node_id
+            .parse()
+            .is_ok_and(|n: NodeId| self.inner.raft.is_member(n));
+        self.read(|s| crate::authz::raft_peer(s, &id, in_group))
+    }
+
+    /// Authorizes a node speaking for `claimed` (dispatcher): its own
+    /// certificate, and a member now. Returns its store record.
+    pub fn authorize_node<T>(
+        &self,
+        req: &tonic::Request<T>,
+        claimed: &str,
+    ) -> Result<Node, tonic::Status> {
+        let id = weft_proto::tls::require_node(req, &self.cluster_id()?, claimed)?;
+        self.read(|s| crate::authz::member(s, &id).cloned())
+    }
+
+    /// Authorizes any member's certificate (before a request body is read,
+    /// when the node it speaks for is not known yet).
+    pub fn authorize_member<T>(&self, req: &tonic::Request<T>) -> Result<(), tonic::Status> {
+        let id = weft_proto::tls::require_cluster_member(req, &self.cluster_id()?)?;
+        self.read(|s| crate::authz::member(s, &id).map(|_| ()))
+    }
+
+    /// Whether a certificate's node was removed (the TLS layer's
+    /// revocation check).
+    pub fn is_revoked(&self, id: &weft_proto::identity::PeerIdentity) -> bool {
+        self.read(|s| crate::authz::is_revoked(s, id))
+    }
+
     /// Proposes a command through Raft (forwarded to the leader if needed)
     /// and returns what applying it produced.
     pub async fn propose(&self, cmd: Command) -> Result<Applied> {

@@ -8,6 +8,7 @@
 //! Must not: touch the kernel network stack or depend on `weft-overlay`,
 //! `weft-worker`, rtnetlink, nftables or boringtun.
 
+pub mod authz;
 pub mod bootstrap;
 pub mod ca;
 pub mod controlapi;

@@ -8,6 +8,12 @@
 //!     Dispatcher  any node certificate, for itself only                      │
 //!     Control     manager certificates                                       ┘
 //! ```
+//!
+//! Who may call what, and why the store is asked as well as the
+//! certificate: [`crate::authz`]. How much a caller can make the server
+//! hold before it is authenticated: [`limits`].
+
+mod limits;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -16,9 +22,6 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use weft_proto::tls::{self, ReloadableCert};
-use weft_proto::v1::control_server::ControlServer;
-use weft_proto::v1::dispatcher_server::DispatcherServer;
-use weft_proto::v1::join_server::JoinServer;
 
 use crate::controlapi::{Caller, ControlService};
 use crate::core::Core;
@@ -26,7 +29,7 @@ use crate::dispatcher::DispatcherService;
 use crate::error::{Error, Result};
 use crate::join::JoinService;
 use crate::leader;
-use crate::raft::{Authorize, ChannelFactory, RaftHandle, RaftSettings};
+use crate::raft::{Authorize, ChannelFactory, RaftCall, RaftHandle, RaftSettings};
 use crate::store::{Cluster, Command, Node, NodeId};
 
 /// What a manager needs to start.
@@ -101,7 +104,6 @@ impl Manager {
                 source,
             })?;
         let cert = ReloadableCert::from_pem(&cfg.cert_pem, &cfg.key_pem)?;
-        let server_tls = tls::server_config(&cfg.ca_pem, &cert)?;
 
         let identity = Arc::new(RwLock::new((cfg.cert_pem.clone(), cfg.key_pem.clone())));
         let channels: ChannelFactory = {
@@ -125,19 +127,33 @@ impl Manager {
         .await?;
         let core = Core::with_channels(cfg.node_id, raft.clone(), channels);
 
-        let cluster_id = cfg.cluster_id.clone();
-        let authorize: Authorize =
-            Arc::new(move |req| tls::require_manager(req, &cluster_id).map(|_| ()));
+        // Removed nodes are refused in the handshake, from the store as it
+        // stands at that moment (see crate::authz).
+        let is_revoked: tls::IsRevoked = {
+            let core = core.clone();
+            Arc::new(move |id| core.is_revoked(id))
+        };
+        let server_tls = tls::server_config(&cfg.ca_pem, &cert, is_revoked)?;
+        let authorize: Authorize = {
+            let core = core.clone();
+            Arc::new(move |req, call| match call {
+                RaftCall::Peer => core.authorize_raft_peer(req),
+                RaftCall::Propose => core.authorize_manager(req).map(|_| ()),
+            })
+        };
         let (stop_tx, stop_rx) = watch::channel(false);
         let mut shutdown = stop_rx.clone();
-        let router = tonic::transport::Server::builder()
-            .add_service(JoinServer::new(JoinService::new(core.clone())))
+        let router = limits::server_builder()
+            .add_service(limits::join(JoinService::new(core.clone())))
             .add_service(raft.grpc(authorize).into_server())
-            .add_service(DispatcherServer::new(DispatcherService::new(core.clone())))
-            .add_service(ControlServer::new(ControlService::new(
+            .add_service(limits::dispatcher(
+                DispatcherService::new(core.clone()),
                 core.clone(),
-                Caller::Remote,
-            )));
+            ))
+            .add_service(limits::control(
+                ControlService::new(core.clone(), Caller::Remote),
+                core.clone(),
+            ));
         let incoming = tls::tls_incoming(listener, server_tls);
         let server = tokio::spawn(async move {
             let signal = async move {

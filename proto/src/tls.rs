@@ -41,7 +41,7 @@ pub use client::{
 };
 pub use local::{bind_unix, connect_unix, serve_unix, unix_incoming};
 pub use server::{
-    MAX_PENDING_HANDSHAKES, ReloadableCert, TlsIncoming, server_config, tls_incoming,
+    IsRevoked, MAX_PENDING_HANDSHAKES, ReloadableCert, TlsIncoming, server_config, tls_incoming,
 };
 
 use crate::identity::IdentityError;

@@ -381,6 +381,7 @@ impl Run {
         .await
         {
             Ok(ch) => ch,
+            Err(e) if revoked(&e) => return End::Removed(REVOKED.into()),
             Err(e) => return End::Failed(e.to_string()),
         };
         let mut client = DispatcherClient::new(ch);
@@ -457,6 +458,7 @@ impl Run {
             Code::PermissionDenied if st.message().contains("removed") => {
                 End::Removed(st.message().to_string())
             }
+            _ if revoked(&st) => End::Removed(REVOKED.into()),
             _ => End::Failed(st.message().to_string()),
         }
     }
@@ -564,4 +566,22 @@ impl Run {
         tracing::info!(role = peer.role.as_str(), "new node certificate installed");
         Ok(())
     }
+}
+
+/// What a node is told when managers refuse its certificate in the
+/// handshake: they do that only for removed nodes.
+const REVOKED: &str = "this node was removed from the cluster (the managers refuse its \
+                       certificate); run `weft leave --force`, then join again with a fresh token";
+
+/// Whether `e` (or what caused it) is a manager's TLS alert saying this
+/// node's certificate is revoked.
+fn revoked(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(e) = cur {
+        if e.to_string().contains("CertificateRevoked") {
+            return true;
+        }
+        cur = e.source();
+    }
+    false
 }

@@ -43,23 +43,10 @@ impl DispatcherService {
         DispatcherService { core }
     }
 
-    /// Authenticates the caller as `claimed` and returns its store record.
+    /// Authenticates the caller as `claimed` and returns its store record
+    /// (see [`crate::authz`]).
     fn authorize<T>(&self, req: &Request<T>, claimed: &str) -> Result<Node, Status> {
-        let cluster_id = self.core.cluster_id()?;
-        weft_proto::tls::require_node(req, &cluster_id, claimed)?;
-        let id: NodeId = claimed
-            .parse()
-            .map_err(|e| Status::invalid_argument(format!("{e}")))?;
-        self.core.read(|s| {
-            if s.removed.contains(&id) {
-                return Err(Status::permission_denied(format!(
-                    "node {id} was removed from the cluster; run `weft leave --force` on it, then join again with a fresh token"
-                )));
-            }
-            s.nodes.get(&id).cloned().ok_or_else(|| {
-                Status::permission_denied(format!("node {id} is not a member of this cluster"))
-            })
-        })
+        self.core.authorize_node(req, claimed)
     }
 
     fn require_leader(&self) -> Result<(), Status> {

@@ -1,8 +1,11 @@
 //! The server side of the Raft transport: the `weft.v1.Raft` gRPC service.
 //!
-//! Who may call: other managers of this cluster only. The check itself (the
-//! caller's certificate role) is the daemon's [`Authorize`] hook, run first
-//! on every RPC.
+//! Who may call: other managers of this cluster only. The check itself is
+//! the daemon's [`Authorize`] hook: [`RaftCall::Peer`] runs on every RPC
+//! *before its body is read* (a tonic interceptor sees only the headers and
+//! the connection's certificate), so an unauthenticated client cannot make
+//! a manager buffer up to [`MAX_MESSAGE_BYTES`]; `Propose`, which writes on
+//! the caller's behalf, is checked again as [`RaftCall::Propose`].
 
 use std::sync::Arc;
 
@@ -20,9 +23,34 @@ use crate::store::{Command, NodeId};
 /// Largest Raft message accepted or sent (log batches and snapshot chunks).
 pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 
+/// Which kind of Raft call is being authorized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RaftCall {
+    /// Replication, votes, snapshots, pings: any peer of the Raft group.
+    Peer,
+    /// A command forwarded for the leader to write: a manager now.
+    Propose,
+}
+
 /// Decides whether a Raft RPC may proceed (e.g. "the peer certificate is a
-/// manager's of this cluster"). Returning an error rejects the call with it.
-pub type Authorize = Arc<dyn Fn(&Request<RaftPayload>) -> Result<(), Status> + Send + Sync>;
+/// manager's of this cluster"), from the request's headers and connection
+/// only. Returning an error rejects the call with it.
+pub type Authorize = Arc<dyn Fn(&Request<()>, RaftCall) -> Result<(), Status> + Send + Sync>;
+
+/// The Raft server as served: every call passes the [`RaftCall::Peer`]
+/// check before its body is decoded.
+pub type RaftServerWithAuth =
+    tonic::service::interceptor::InterceptedService<RaftServer<RaftGrpc>, PeerCheck>;
+
+/// The interceptor running [`RaftCall::Peer`] on every Raft call.
+#[derive(Clone)]
+pub struct PeerCheck(Authorize);
+
+impl tonic::service::Interceptor for PeerCheck {
+    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+        (self.0)(&req, RaftCall::Peer).map(|()| req)
+    }
+}
 
 /// The body of a `Ping` request (an empty payload is accepted too).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -56,15 +84,19 @@ impl RaftGrpc {
         RaftGrpc { handle, authorize }
     }
 
-    /// The tonic service with message limits large enough for log batches.
-    pub fn into_server(self) -> RaftServer<RaftGrpc> {
-        RaftServer::new(self)
+    /// The tonic service with message limits large enough for log batches,
+    /// behind the peer check.
+    pub fn into_server(self) -> RaftServerWithAuth {
+        let check = PeerCheck(self.authorize.clone());
+        let server = RaftServer::new(self)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        tonic::service::interceptor::InterceptedService::new(server, check)
     }
 
+    /// The payload of `req`, decoded (its caller passed the peer check in
+    /// the interceptor already).
     fn decode<T: DeserializeOwned>(&self, req: Request<RaftPayload>) -> Result<T, Status> {
-        (self.authorize)(&req)?;
         serde_json::from_slice(&req.into_inner().json)
             .map_err(|e| Status::invalid_argument(format!("malformed Raft payload: {e}")))
     }
@@ -106,7 +138,9 @@ impl Raft for RaftGrpc {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let cmd: Command = self.decode(request)?;
+        let (meta, ext, payload) = request.into_parts();
+        (self.authorize)(&Request::from_parts(meta, ext, ()), RaftCall::Propose)?;
+        let cmd: Command = self.decode(Request::new(payload))?;
         match self.handle.submit_local(cmd, None).await {
             Ok(result) => reply(&result),
             Err(LocalError::NotLeader { leader }) => {
@@ -122,8 +156,7 @@ impl Raft for RaftGrpc {
         }
     }
 
-    async fn ping(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
-        (self.authorize)(&request)?;
+    async fn ping(&self, _request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {
         let m = self.handle.raft().metrics().borrow().clone();
         reply(&PingResponse {
             id: m.id,

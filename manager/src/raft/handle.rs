@@ -274,6 +274,14 @@ impl RaftHandle {
         (m.current_leader, voter)
     }
 
+    /// Whether `node` is a voter or learner in this node's current Raft
+    /// membership (the latest one in its log, committed or not).
+    pub fn is_member(&self, node: NodeId) -> bool {
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        m.membership_config.membership().get_node(&node).is_some()
+    }
+
     /// openraft's metrics channel, to wait for a condition.
     pub fn metrics_watch(&self) -> watch::Receiver<RaftMetrics<NodeId, RaftNode>> {
         self.inner.raft.metrics()

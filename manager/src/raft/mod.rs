@@ -41,7 +41,9 @@ use serde::{Deserialize, Serialize};
 use crate::store::{Command, CommandResult, NodeId};
 
 pub use error::{Error, ProposeError};
-pub use grpc::{Authorize, MAX_MESSAGE_BYTES, PingRequest, PingResponse, RaftGrpc};
+pub use grpc::{
+    Authorize, MAX_MESSAGE_BYTES, PingRequest, PingResponse, RaftCall, RaftGrpc, RaftServerWithAuth,
+};
 pub use handle::{RaftHandle, RaftMetricsView, RaftSettings};
 pub use log_store::{DB_FILE, LogStore};
 pub use network::{ChannelFactory, Network, NetworkFactory, plaintext_channel_factory};

@@ -13,7 +13,7 @@ pub mod netmodel;
 mod types;
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 pub use netmodel::{
     DEFAULT_BRIDGE, INGRESS_NETWORK, PUBLISHED_PORT_RANGE, RESERVED_NETWORK_NAMES,

@@ -1,6 +1,7 @@
 use super::*;
 
-fn cluster() -> Cluster {
+/// A cluster record for tests.
+pub(crate) fn cluster() -> Cluster {
     Cluster {
         id: "c1".into(),
         ca_cert_pem: String::new(),

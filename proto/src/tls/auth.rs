@@ -25,7 +25,7 @@ const IDENTITY_CACHE_MAX: usize = 4096;
 static IDENTITIES: Mutex<Option<HashMap<Arc<[u8]>, PeerIdentity>>> = Mutex::new(None);
 
 /// The identity of the certificate `der`, parsed once per certificate.
-fn identity_of(der: &[u8]) -> Result<PeerIdentity, IdentityError> {
+pub(super) fn identity_of(der: &[u8]) -> Result<PeerIdentity, IdentityError> {
     let lock = || IDENTITIES.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(id) = lock().as_ref().and_then(|m| m.get(der)) {
         return Ok(id.clone());

@@ -16,11 +16,15 @@ use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use rustls::RootCertStore;
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, ResolvesServerCert, ServerConfig, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
+};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
@@ -28,7 +32,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 
 use super::{TlsError, provider};
-use crate::identity::certs_from_pem;
+use crate::identity::{PeerIdentity, certs_from_pem};
 
 /// How long a client may take to complete the TLS handshake.
 const SERVER_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -100,10 +104,93 @@ pub(crate) fn certified_key(cert_pem: &str, key_pem: &str) -> Result<CertifiedKe
     })
 }
 
+/// Says whether a certificate's node has been revoked (removed from the
+/// cluster). Asked during every handshake that presents a client
+/// certificate, after the chain has been verified; the manager answers from
+/// its store, so a removal counts from the moment it is applied.
+pub type IsRevoked = Arc<dyn Fn(&PeerIdentity) -> bool + Send + Sync>;
+
+/// rustls' WebPKI client verifier, plus the cluster's revocation list.
+///
+/// Why not a CRL: revocations are replicated through Raft like every other
+/// piece of membership, so each manager already holds the current list;
+/// minting and distributing CRL files would add a second, slower copy of it.
+struct RevocationVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+    is_revoked: IsRevoked,
+}
+
+impl std::fmt::Debug for RevocationVerifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RevocationVerifier").finish_non_exhaustive()
+    }
+}
+
+impl ClientCertVerifier for RevocationVerifier {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        // A chain-valid certificate that is not a weft node certificate is
+        // left to the per-call checks, which refuse it with a clear message.
+        if let Ok(id) = super::auth::identity_of(end_entity)
+            && (self.is_revoked)(&id)
+        {
+            tracing::warn!(node = %id.node_id, "refused the certificate of a removed node");
+            return Err(rustls::Error::InvalidCertificate(CertificateError::Revoked));
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
 /// The rustls config for the manager port: TLS 1.3 only, ALPN `h2`, client
 /// certificates verified against `ca_pem` (a PEM bundle during CA rotation)
-/// but optional, and `cert` as the (hot-swappable) server certificate.
-pub fn server_config(ca_pem: &str, cert: &ReloadableCert) -> Result<Arc<ServerConfig>, TlsError> {
+/// but optional, refused during the handshake when `is_revoked` says their
+/// node was removed, and `cert` as the (hot-swappable) server certificate.
+pub fn server_config(
+    ca_pem: &str,
+    cert: &ReloadableCert,
+    is_revoked: IsRevoked,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = provider();
     let mut roots = RootCertStore::empty();
     for ca in certs_from_pem(ca_pem, "the cluster CA certificate")? {
@@ -112,9 +199,13 @@ pub fn server_config(ca_pem: &str, cert: &ReloadableCert) -> Result<Arc<ServerCo
             source,
         })?;
     }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+    let webpki = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
         .allow_unauthenticated()
         .build()?;
+    let verifier = Arc::new(RevocationVerifier {
+        inner: webpki,
+        is_revoked,
+    });
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|source| TlsError::Rustls {

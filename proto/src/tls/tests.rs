@@ -144,10 +144,18 @@ impl Drop for TestServer {
 }
 
 async fn start_server(ca: &TestCa, cert: &ReloadableCert) -> TestServer {
+    start_server_revoking(ca, cert, std::sync::Arc::new(|_| false)).await
+}
+
+async fn start_server_revoking(
+    ca: &TestCa,
+    cert: &ReloadableCert,
+    is_revoked: IsRevoked,
+) -> TestServer {
     install_crypto_provider();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr: SocketAddr = listener.local_addr().unwrap();
-    let incoming = tls_incoming(listener, server_config(&ca.pem, cert).unwrap());
+    let incoming = tls_incoming(listener, server_config(&ca.pem, cert, is_revoked).unwrap());
     let (stop, stopped) = oneshot::channel::<()>();
     let svc = JoinServer::new(TestJoin {
         ca_pem: ca.pem.clone(),
@@ -185,6 +193,40 @@ async fn call_join(
         .join(join_req(hostname))
         .await
         .map(Response::into_inner)
+}
+
+#[tokio::test]
+async fn revoked_nodes_are_refused_at_the_handshake() {
+    let ca = TestCa::new(CLUSTER);
+    let (scert, skey) = ca.manager("m0", CLUSTER);
+    let revoked = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let list = revoked.clone();
+    let server = start_server_revoking(
+        &ca,
+        &ReloadableCert::from_pem(&scert, &skey).unwrap(),
+        std::sync::Arc::new(move |id| list.lock().unwrap().contains(&id.node_id)),
+    )
+    .await;
+    let addr = server.addr.as_str();
+    let (mc, mk) = ca.manager("m1", CLUSTER);
+    let (wc, wk) = ca.worker("w1", CLUSTER);
+    call_join(addr, &ca.pem, Some((&mc, &mk)), "manager")
+        .await
+        .expect("m1 is not revoked yet");
+
+    // Revoked from now on: every new connection with m1's certificate fails
+    // in the handshake, before any request is read; others are unaffected.
+    revoked.lock().unwrap().push("m1".into());
+    let err = call_join(addr, &ca.pem, Some((&mc, &mk)), "manager")
+        .await
+        .expect_err("a revoked certificate must not get through");
+    assert_ne!(err.code(), Code::Ok);
+    call_join(addr, &ca.pem, Some((&wc, &wk)), "w1")
+        .await
+        .expect("w1 is not revoked");
+    // Callers without a certificate (joining nodes) still reach Join.
+    let none = call_join(addr, &ca.pem, None, "manager").await.unwrap_err();
+    assert_eq!(none.code(), Code::Unauthenticated);
 }
 
 #[tokio::test]

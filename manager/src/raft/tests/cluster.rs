@@ -18,7 +18,7 @@ use crate::store::{Applied, Cluster, ClusterSettings, Command, Node, NodeId, Rol
 const WAIT: Duration = Duration::from_secs(20);
 
 fn allow_all() -> Authorize {
-    Arc::new(|_| Ok(()))
+    Arc::new(|_, _| Ok(()))
 }
 
 fn settings() -> RaftSettings {
