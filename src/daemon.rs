@@ -36,12 +36,29 @@ use weft_worker::runtime::{ProcessRuntime, ShimCommand, TaskRuntime, TaskState};
 
 use crate::cli::DaemonArgs;
 
+/// What the daemon creates is for root alone, whoever started it and with
+/// whatever umask: the data directory holds the node's private key and, on
+/// a manager, the Raft log with the CA key and join secrets; the exec root
+/// holds task specs with their environment. New files are 0600 and new
+/// directories 0700 (umask 077, set before any thread exists that could
+/// create one); the two roots are made 0700 even if an older version or an
+/// operator created them wider. Tasks get the conventional umask 022 back
+/// (the shim sets it for the task's process).
+fn private_dirs(args: &DaemonArgs) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    for (dir, what) in [(&args.data_dir, "data dir"), (&args.exec_root, "exec root")] {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create {what} {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make {what} {} private (0700)", dir.display()))?;
+    }
+    Ok(())
+}
+
 /// Runs the daemon until SIGINT/SIGTERM.
 pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.data_dir)
-        .with_context(|| format!("cannot create data dir {}", args.data_dir.display()))?;
-    std::fs::create_dir_all(&args.exec_root)
-        .with_context(|| format!("cannot create exec root {}", args.exec_root.display()))?;
+    private_dirs(&args)?;
     let hostname = match &args.hostname {
         Some(h) => h.clone(),
         None => nix::unistd::gethostname()

@@ -652,3 +652,81 @@ fn authorization_matrix() {
     );
     let _ = wt;
 }
+
+/// Files under `dir` (recursively, not crossing into other filesystems)
+/// whose mode gives the group or others any access.
+fn open_to_others(dir: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let root_dev = std::fs::metadata(dir).expect("dir").dev();
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue; // gone meanwhile (a temporary file renamed)
+        };
+        if meta.dev() != root_dev || meta.file_type().is_symlink() {
+            continue;
+        }
+        if meta.mode() & 0o077 != 0 {
+            out.push(format!("{} {:o}", p.display(), meta.mode() & 0o7777));
+        }
+        if meta.is_dir() {
+            for e in std::fs::read_dir(&p).expect("read dir").flatten() {
+                stack.push(e.path());
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn a_daemon_started_with_umask_022_keeps_its_files_private() {
+    // As a daemon started by hand from a login shell would be.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+    let mut lab = Lab::new("modes", &["m1", "w1"]);
+    lab.start_all();
+    let (wt, _) = lab.init("m1", &[]);
+    lab.join("w1", &wt, "m1");
+    lab.weft(
+        "m1",
+        &[
+            "service",
+            "create",
+            "--name",
+            "s",
+            "--replicas",
+            "2",
+            "-e",
+            "SECRET=x",
+            "--",
+            "sleep",
+            "300",
+        ],
+    );
+    let id = lab.run_task("w1", &["-e", "TOKEN=y", "--", "sleep", "300"]);
+    wait_for("tasks running", Duration::from_secs(20), || {
+        lab.weft("w1", &["ps"]).matches("running").count() >= 2
+    });
+    for host in ["m1", "w1"] {
+        let data = lab.data_dir(host);
+        assert!(data.join("certs/node-key.pem").exists());
+        let open = open_to_others(&data);
+        assert!(open.is_empty(), "{host}: readable by others: {open:?}");
+        let tasks = lab.host_dir(host).join("run/tasks");
+        let open = open_to_others(&tasks);
+        assert!(
+            open.is_empty(),
+            "{host}: task files readable by others: {open:?}"
+        );
+    }
+    let spec = lab
+        .host_dir("w1")
+        .join("run/tasks")
+        .join(&id)
+        .join("spec.json");
+    assert!(
+        std::fs::read_to_string(&spec).is_ok_and(|s| s.contains("TOKEN")),
+        "the task spec {} holds the environment",
+        spec.display()
+    );
+}

@@ -854,3 +854,28 @@ fn clusters_from_before_the_ingress_setting_replay_as_they_applied() {
         .is_err()
     );
 }
+
+#[test]
+fn debug_output_has_no_secrets() {
+    let mut c = cluster();
+    c.ca_key_pem = "-----BEGIN PRIVATE KEY-----\nsecretkey".into();
+    c.worker_secret = "wsecret123".into();
+    c.manager_secret = "msecret456".into();
+    let cmd = Command::InitCluster {
+        cluster: c.clone(),
+        node: node(1, Role::Manager, "m1"),
+    };
+    let mut s = State::default();
+    s.apply(&cmd).expect("init");
+    for text in [
+        format!("{c:?}"),
+        format!("{cmd:?}"),
+        format!("{s:?}"),
+        format!("{s:#?}"),
+    ] {
+        for secret in ["secretkey", "PRIVATE KEY", "wsecret123", "msecret456"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert!(text.contains("<redacted>"));
+    }
+}

@@ -147,7 +147,9 @@ pub struct Node {
 }
 
 /// Cluster identity and settings, fixed at `init` unless noted.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+// Debug is written by hand: the CA key and the join secrets must never
+// reach a log line.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 pub struct Cluster {
     /// Random ID, also in every node certificate.
     pub id: String,
@@ -161,6 +163,19 @@ pub struct Cluster {
     pub manager_secret: String,
     /// Tunables.
     pub settings: ClusterSettings,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("id", &self.id)
+            .field("ca_cert_pem", &self.ca_cert_pem)
+            .field("ca_key_pem", &"<redacted>")
+            .field("worker_secret", &"<redacted>")
+            .field("manager_secret", &"<redacted>")
+            .field("settings", &self.settings)
+            .finish()
+    }
 }
 
 /// Cluster-wide tunables.

@@ -166,6 +166,10 @@ impl LinuxDataplane {
         // Replace atomically: a task starting now sees the old or the new file.
         let tmp = path.with_extension("tmp");
         std::fs::write(&tmp, TASK_RESOLV_CONF).map_err(|e| io("write", e))?;
+        // Bound into tasks, where any user may read it (the daemon's umask
+        // makes its files 0600).
+        std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .map_err(|e| io("chmod", e))?;
         std::fs::rename(&tmp, &path).map_err(|e| io("rename into place", e))
     }
 

@@ -13,6 +13,7 @@
 //! once (the daemon may be gone later); its stderr is `shim.log`.
 
 use std::io::Write;
+use std::os::unix::process::CommandExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -169,6 +170,15 @@ fn spawn_task(dir: &Path) -> Result<(std::process::Child, i32)> {
         .stderr(log_err);
     if let Some(h) = &spec.hostname {
         cmd.env("HOSTNAME", h);
+    }
+    // The daemon (and so this shim) runs with umask 077 to keep its own
+    // files private; the workload gets the usual 022, as under Docker.
+    // SAFETY: umask(2) is async-signal-safe and touches only this process.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o022));
+            Ok(())
+        });
     }
     ns.apply(&mut cmd)?;
     let mut child = cmd.spawn().map_err(|source| Error::Io {
