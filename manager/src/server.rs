@@ -205,6 +205,10 @@ impl Manager {
         self.cert.replace(cert_pem, key_pem)?;
         *self.identity.write().expect("identity lock") =
             (cert_pem.to_string(), key_pem.to_string());
+        // Cached Raft channels would go on presenting the old certificate
+        // (tonic reconnects a channel with the TLS config it was built
+        // with) until it expired.
+        self.core.raft().reset_channels();
         Ok(())
     }
 

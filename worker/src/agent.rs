@@ -7,8 +7,12 @@
 //!        │ stream of SessionMessage                                            │
 //!        ├─▶ remember managers (persisted), leader                             │
 //!        ├─▶ role in store ≠ role in certificate ─▶ RenewCertificate ──────────┤
+//!        ├─▶ renewal time reached (crate::renewal) ─▶ RenewCertificate ────────┤
 //!        └─▶ Heartbeat every period ── error / stream ends ────────────────────┘
 //! ```
+//!
+//! Renewal runs on its own timer, whatever the session carries: an idle
+//! cluster sends no message that would otherwise prompt it.
 //!
 //! The agent never tears anything down because a manager is unreachable: it
 //! only keeps trying, and reports what it sees through [`AgentStatus`].
@@ -25,6 +29,7 @@ use weft_proto::v1::dispatcher_client::DispatcherClient;
 
 use crate::error::{Error, Result};
 use crate::node_files::{Certs, NodeFiles, NodeRecord};
+use crate::renewal;
 
 /// Metadata key a follower uses to point at the leader.
 pub const LEADER_METADATA: &str = "weft-leader";
@@ -76,6 +81,10 @@ struct Run {
     report: watch::Receiver<Option<pb::StatusReport>>,
     logs: LogReader,
     stop: watch::Receiver<bool>,
+    /// When the certificate in use is to be renewed next.
+    renew_at: time::OffsetDateTime,
+    /// Renewals that failed in a row.
+    renew_failures: u32,
 }
 
 enum End {
@@ -112,7 +121,11 @@ impl Agent {
             report: report_rx,
             logs,
             stop: stop_rx,
+            renew_at: time::OffsetDateTime::now_utc(),
+            renew_failures: 0,
         };
+        let mut run = run;
+        run.schedule_renewal();
         let node_id = run.node_id.clone();
         let task = tokio::spawn(run.main());
         Agent {
@@ -406,6 +419,7 @@ impl Run {
         let mut hb = tokio::time::interval(period);
         hb.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let renewal = tokio::time::sleep(self.until_renewal());
             tokio::select! {
                 _ = self.stop.changed() => return End::Stopped,
                 msg = stream.message() => match msg {
@@ -431,6 +445,12 @@ impl Run {
                         && let Err(st) = client.report_status(report).await
                     {
                         return self.classify(st);
+                    }
+                }
+                _ = renewal => {
+                    match self.renew(&mut client).await {
+                        Ok(()) => return End::Renewed,
+                        Err(e) => self.renewal_failed(&e),
                     }
                 }
                 _ = hb.tick() => {
@@ -512,27 +532,57 @@ impl Run {
             Some(pb::NodeRole::Worker) => "worker",
             _ => return None,
         };
-        let half_life = self.past_half_life();
-        if want != cert_role || half_life {
+        if want != cert_role {
             match self.renew(client).await {
                 Ok(()) => return Some(End::Renewed),
-                Err(e) => {
-                    tracing::warn!(error = %e, "certificate renewal failed");
-                    self.set_error(format!("certificate renewal failed: {e}"));
-                }
+                Err(e) => self.renewal_failed(&e),
             }
         }
         None
     }
 
-    fn past_half_life(&self) -> bool {
+    /// The validity of the certificate in use.
+    fn validity(&self) -> Option<(time::OffsetDateTime, time::OffsetDateTime)> {
         let certs = self.certs.read().expect("certs lock");
-        let Ok(p) = PeerIdentity::from_pem(&certs.cert_pem) else {
-            return false;
-        };
+        let p = PeerIdentity::from_pem(&certs.cert_pem).ok()?;
+        Some((p.not_before, p.not_after))
+    }
+
+    /// Picks the next renewal time for the certificate in use.
+    fn schedule_renewal(&mut self) {
+        self.renew_failures = 0;
+        if let Some((from, to)) = self.validity() {
+            self.renew_at = renewal::renew_at(from, to, renewal::random_fraction());
+            tracing::debug!(at = %self.renew_at, expires = %to, "certificate renewal scheduled");
+        }
+    }
+
+    /// How long until the scheduled renewal.
+    fn until_renewal(&self) -> Duration {
+        renewal::until(time::OffsetDateTime::now_utc(), self.renew_at)
+    }
+
+    /// Schedules a retry after a failed renewal, louder as expiry nears.
+    fn renewal_failed(&mut self, e: &Error) {
+        self.renew_failures = self.renew_failures.saturating_add(1);
         let now = time::OffsetDateTime::now_utc();
-        let total = p.not_after - p.not_before;
-        now > p.not_before + total / 2
+        let Some((from, to)) = self.validity() else {
+            return;
+        };
+        let wait = renewal::retry_after(self.renew_failures, now, to);
+        self.renew_at = now + wait;
+        if renewal::nearly_expired(now, from, to) {
+            tracing::error!(
+                error = %e,
+                expires = %to,
+                retry_in_s = wait.as_secs(),
+                "certificate renewal failed and the certificate expires soon: \
+                 this node loses the cluster when it does"
+            );
+        } else {
+            tracing::warn!(error = %e, retry_in_s = wait.as_secs(), "certificate renewal failed");
+        }
+        self.set_error(format!("certificate renewal failed: {e}"));
     }
 
     async fn renew(
@@ -563,7 +613,12 @@ impl Run {
             s.cert_role = peer.role.as_str().to_string();
             s.cert_generation += 1;
         });
-        tracing::info!(role = peer.role.as_str(), "new node certificate installed");
+        self.schedule_renewal();
+        tracing::info!(
+            role = peer.role.as_str(),
+            expires = %peer.not_after,
+            "new node certificate installed"
+        );
         Ok(())
     }
 }

@@ -12,4 +12,5 @@ pub mod error;
 pub mod join;
 pub mod node_files;
 pub mod reconcile;
+pub mod renewal;
 pub mod runtime;

@@ -274,6 +274,12 @@ impl RaftHandle {
         (m.current_leader, voter)
     }
 
+    /// Drops the cached channels to other managers, so the next calls
+    /// present the identity the channel factory hands out now.
+    pub fn reset_channels(&self) {
+        self.inner.clients.reset();
+    }
+
     /// Whether `node` is a voter or learner in this node's current Raft
     /// membership (the latest one in its log, committed or not).
     pub fn is_member(&self, node: NodeId) -> bool {

@@ -73,6 +73,13 @@ impl Clients {
         }
     }
 
+    /// Forgets every cached client: the next call builds its channel anew
+    /// from the factory (after a certificate renewal, so peers see the new
+    /// certificate instead of the old one until it expires).
+    pub(super) fn reset(&self) {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
     /// The cached client for `addr`, building the channel on first use.
     pub(super) fn get(&self, addr: &str) -> Result<RaftClient<Channel>, TlsError> {
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
