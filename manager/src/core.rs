@@ -28,13 +28,15 @@ struct Inner {
     sessions: Mutex<HashMap<NodeId, tokio::sync::mpsc::UnboundedSender<pb::LogRequest>>>,
     /// Log requests waiting for their node's answer.
     log_waiters: Mutex<HashMap<u64, LogWaiter>>,
-    next_request: std::sync::atomic::AtomicU64,
     /// Channels to other managers (authenticated as this manager).
     channels: Option<crate::raft::ChannelFactory>,
 }
 
-/// Where a node's answer to a log request goes.
-type LogWaiter = tokio::sync::oneshot::Sender<Result<Vec<u8>, String>>;
+/// Which node a log request went to, and where its answer goes.
+type LogWaiter = (
+    NodeId,
+    tokio::sync::oneshot::Sender<Result<Vec<u8>, String>>,
+);
 
 /// What the leader knows of one node's config: the latest version pushed
 /// and the version the node reported applied.
@@ -74,7 +76,6 @@ impl Core {
                 configs: Mutex::new(HashMap::new()),
                 sessions: Mutex::new(HashMap::new()),
                 log_waiters: Mutex::new(HashMap::new()),
-                next_request: std::sync::atomic::AtomicU64::new(1),
                 channels: None,
             }),
         }
@@ -312,16 +313,15 @@ impl Core {
     /// Asks node `id` (through its session on this manager) for the output
     /// of one of its tasks.
     pub async fn fetch_logs(&self, id: NodeId, task: &str, tail: u64) -> Result<Vec<u8>, String> {
-        let rid = self
-            .inner
-            .next_request
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Random, not a counter: a node must not be able to answer (and so
+        // forge) a request made of another node.
+        let rid = rand::random::<u64>();
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.inner
             .log_waiters
             .lock()
             .expect("waiters")
-            .insert(rid, tx);
+            .insert(rid, (id, tx));
         let sent = self
             .inner
             .sessions
@@ -351,16 +351,25 @@ impl Core {
         result
     }
 
-    /// Delivers a node's answer to a log request.
-    pub(crate) fn logs_arrived(&self, request_id: u64, data: Result<Vec<u8>, String>) {
-        if let Some(tx) = self
-            .inner
-            .log_waiters
-            .lock()
-            .expect("waiters")
-            .remove(&request_id)
-        {
-            let _ = tx.send(data);
+    /// Delivers a node's answer to a log request, if the request was made
+    /// of that node (an answer from any other node is dropped).
+    pub(crate) fn logs_arrived(
+        &self,
+        from: NodeId,
+        request_id: u64,
+        data: Result<Vec<u8>, String>,
+    ) {
+        let mut waiters = self.inner.log_waiters.lock().expect("waiters");
+        match waiters.get(&request_id) {
+            Some((asked, _)) if *asked == from => {
+                if let Some((_, tx)) = waiters.remove(&request_id) {
+                    let _ = tx.send(data);
+                }
+            }
+            Some((asked, _)) => {
+                tracing::warn!(%from, %asked, "dropping a log reply from a node that was not asked");
+            }
+            None => {}
         }
     }
 

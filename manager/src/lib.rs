@@ -21,6 +21,7 @@ pub mod leader;
 pub mod membership;
 pub mod quorum;
 pub mod raft;
+pub mod reports;
 pub mod server;
 pub mod store;
 

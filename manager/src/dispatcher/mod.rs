@@ -253,9 +253,12 @@ impl DispatcherService {
     /// reported its `--bridge-subnet`. A refusal (tasks still on the old
     /// subnet) is logged: the node keeps the old one until they are gone.
     async fn ensure_bridge(&self, node: &Node, subnet: &str) {
-        let Ok(subnet) = subnet.parse::<ipnetwork::IpNetwork>() else {
-            tracing::warn!(node = %node.id, subnet, "ignoring an invalid bridge subnet report");
-            return;
+        let subnet = match crate::reports::bridge_subnet(subnet) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(node = %node.id, error = %e, "ignoring a bridge subnet report");
+                return;
+            }
         };
         let same = self.core.read(|s| {
             s.default_bridge(node.id)
@@ -475,7 +478,16 @@ impl Dispatcher for DispatcherService {
         if !r.bridge_subnet.is_empty() {
             self.ensure_bridge(&node, &r.bridge_subnet).await;
         }
-        if !r.wg_public_key.is_empty()
+        let key_ok = r.wg_public_key.is_empty()
+            || self
+                .core
+                .read(|s| crate::reports::wg_public_key(s, node.id, &r.wg_public_key))
+                .inspect_err(|e| {
+                    tracing::warn!(node = %node.id, error = %e, "ignoring a WireGuard key report");
+                })
+                .is_ok();
+        if key_ok
+            && !r.wg_public_key.is_empty()
             && (r.wg_public_key != node.wg_public_key || node.tunnel_ip.is_none())
         {
             self.core
@@ -603,14 +615,14 @@ impl Dispatcher for DispatcherService {
         &self,
         req: Request<pb::PublishLogsRequest>,
     ) -> Result<Response<pb::PublishLogsResponse>, Status> {
-        self.authorize(&req, &req.get_ref().node_id)?;
+        let node = self.authorize(&req, &req.get_ref().node_id)?;
         let r = req.into_inner();
         let data = if r.error.is_empty() {
             Ok(r.data)
         } else {
             Err(r.error)
         };
-        self.core.logs_arrived(r.request_id, data);
+        self.core.logs_arrived(node.id, r.request_id, data);
         Ok(Response::new(pb::PublishLogsResponse {}))
     }
 }
