@@ -45,6 +45,13 @@ const COMPACT_AT: u64 = 32 << 20;
 /// corrupt header).
 const MAX_RECORD: u32 = 256 << 20;
 
+/// What to do about a damaged or missing log, for the messages that refuse
+/// to open one.
+pub(super) const REMEDY: &str = "Leave the data directory as it is and restore it from a \
+     backup, or rejoin this host as a fresh manager: on a healthy manager run `weft node \
+     demote` and then `weft node rm` for this node, then empty this node's data directory \
+     and `weft join` it again";
+
 /// One record, as written: borrows what it stores.
 #[derive(Serialize)]
 #[serde(rename = "Rec")]
@@ -167,21 +174,16 @@ pub(super) struct Wal {
 }
 
 impl Wal {
-    /// Opens the log in `dir`, replaying it. Without a log file, `initial`
-    /// (e.g. a log kept by an earlier version elsewhere) becomes its first
-    /// content.
-    pub(super) fn open(
-        dir: &Path,
-        initial: impl FnOnce() -> LogImage,
-    ) -> Result<(Wal, LogImage), WalError> {
+    /// Opens the log in `dir`, replaying it; creates an empty one if there
+    /// is none (whether that is fine is for the caller to say).
+    pub(super) fn open(dir: &Path) -> Result<(Wal, LogImage), WalError> {
         let path = dir.join(WAL_FILE);
         let io = |source| WalError::Io {
             path: path.clone(),
             source,
         };
-        if !path.exists() {
-            let image = initial();
-            write_image(dir, &image)?;
+        if !path.try_exists().map_err(io)? {
+            write_image(dir, &LogImage::default())?;
         }
         let mut file = OpenOptions::new()
             .read(true)
@@ -385,7 +387,7 @@ mod tests {
     #[test]
     fn replays_records_and_cuts_a_torn_tail() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (mut wal, image) = Wal::open(dir.path(), LogImage::default).expect("open");
+        let (mut wal, image) = Wal::open(dir.path()).expect("open");
         assert!(image.log.is_empty());
         let es = [entry(1, 1), entry(1, 2), entry(1, 3)];
         let vote = Vote::new(1, NodeId(1));
@@ -407,7 +409,7 @@ mod tests {
         drop(f);
         let len_with_tail = std::fs::metadata(&path).expect("meta").len();
 
-        let (_wal, image) = Wal::open(dir.path(), LogImage::default).expect("reopen");
+        let (_wal, image) = Wal::open(dir.path()).expect("reopen");
         assert_eq!(image.log.keys().copied().collect::<Vec<_>>(), vec![2]);
         assert_eq!(image.vote, Some(vote));
         assert_eq!(image.committed, Some(es[1].log_id));
@@ -422,7 +424,7 @@ mod tests {
     #[test]
     fn compaction_keeps_the_state() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (mut wal, _) = Wal::open(dir.path(), LogImage::default).expect("open");
+        let (mut wal, _) = Wal::open(dir.path()).expect("open");
         let es: Vec<_> = (1..=10).map(|i| entry(2, i)).collect();
         wal.write(&[RecOut::Entries(&es)], true).expect("write");
         wal.write(&[RecOut::Purge(es[4].log_id)], true)
@@ -431,7 +433,7 @@ mod tests {
         wal.write(&[RecOut::Entries(&[entry(2, 11)])], true)
             .expect("write");
         drop(wal);
-        let (_wal, image) = Wal::open(dir.path(), LogImage::default).expect("reopen");
+        let (_wal, image) = Wal::open(dir.path()).expect("reopen");
         assert_eq!(
             image.log.keys().copied().collect::<Vec<_>>(),
             (6..=11).collect::<Vec<_>>()
