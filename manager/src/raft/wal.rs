@@ -66,7 +66,10 @@
 //! current state at the next purge (when that state is smallest: the log
 //! kept behind a fresh snapshot): write a temporary file, fsync, rename,
 //! fsync the directory, so a crash at any point leaves either the old or
-//! the new file whole.
+//! the new file whole. Compaction is skipped, with a warning, when the
+//! file system lacks room for the copy plus [`COMPACT_HEADROOM`], or when
+//! writing the copy fails; the temporary file never stays behind (one left
+//! by a crash is removed at open).
 //!
 //! Must not: be used by more than one writer at a time (the log writer
 //! thread owns it; the redb file lock in the same directory keeps a second
@@ -74,7 +77,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 
 use openraft::{Entry, LogId, Vote};
@@ -101,6 +104,11 @@ const RECORD_HEADER: usize = 12;
 /// Compact no earlier than this size.
 const COMPACT_AT: u64 = 32 << 20;
 
+/// Free space a compaction leaves besides its copy of the log: the copy
+/// must not be what fills the disk under the appends that go on meanwhile
+/// and under redb's next snapshot.
+const COMPACT_HEADROOM: u64 = 16 << 20;
+
 /// Largest record accepted when replaying (a bigger length is a torn or
 /// corrupt header).
 const MAX_RECORD: u32 = 256 << 20;
@@ -111,6 +119,9 @@ pub(super) const REMEDY: &str = "Leave the data directory as it is and restore i
      backup, or rejoin this host as a fresh manager: on a healthy manager run `weft node \
      demote` and then `weft node rm` for this node, then empty this node's data directory \
      and `weft join` it again";
+
+/// Bytes free for an unprivileged writer on the file system holding a path.
+pub(super) type FreeSpace = fn(&Path) -> std::io::Result<u64>;
 
 /// One record, as written: borrows what it stores.
 #[derive(Serialize)]
@@ -258,6 +269,24 @@ pub enum WalError {
     },
 }
 
+/// Why writing a whole new log file failed.
+enum ReplaceError {
+    /// Before the rename: the file in place (if any) is untouched and the
+    /// temporary copy is gone.
+    Before(WalError),
+    /// After the rename: the new file is in place, but whether the rename
+    /// survives a crash is unknown.
+    After(WalError),
+}
+
+impl ReplaceError {
+    fn into_inner(self) -> WalError {
+        match self {
+            ReplaceError::Before(e) | ReplaceError::After(e) => e,
+        }
+    }
+}
+
 /// The open log file (owned by the log writer thread).
 pub(super) struct Wal {
     dir: PathBuf,
@@ -271,6 +300,8 @@ pub(super) struct Wal {
     /// The file's content, for compaction.
     image: LogImage,
     buf: Vec<u8>,
+    /// Asked before a compaction; tests replace it to act out a full disk.
+    free_space: FreeSpace,
 }
 
 impl Wal {
@@ -283,9 +314,15 @@ impl Wal {
             let p = p.to_path_buf();
             move |source| WalError::Io { path: p, source }
         };
+        if remove_tmp(dir)? {
+            tracing::info!(
+                path = %dir.join(WAL_TMP).display(),
+                "removed the copy of a Raft log compaction cut short"
+            );
+        }
         if !path.try_exists().map_err(io(&path))? {
             let (bytes, _) = encode_image(&LogImage::default())?;
-            replace_file(dir, &bytes)?;
+            replace_file(dir, &bytes).map_err(ReplaceError::into_inner)?;
         }
         let mut bytes = std::fs::read(&path).map_err(io(&path))?;
         let salt = match read_header(&path, &bytes)? {
@@ -322,6 +359,7 @@ impl Wal {
             base: valid as u64,
             image: image.clone(),
             buf: Vec::new(),
+            free_space: statvfs_free,
         };
         Ok((wal, image))
     }
@@ -355,10 +393,46 @@ impl Wal {
         Ok(())
     }
 
-    /// Rewrites the file with only the current state.
-    fn compact(&mut self) -> Result<(), WalError> {
-        let (bytes, salt) = encode_image(&self.image)?;
-        replace_file(&self.dir, &bytes)?;
+    /// Rewrites the file with only the current state; returns whether it
+    /// did. Skipped (with a warning, the old file in place) when the disk
+    /// lacks room or the copy cannot be written; an error only when the
+    /// new file is in place but not known to be durable, or cannot be
+    /// reopened: appending to the old, replaced file would lose records.
+    fn compact(&mut self) -> Result<bool, WalError> {
+        let skip = |why: &dyn std::fmt::Display| {
+            tracing::warn!(
+                path = %self.path.display(),
+                size = self.size,
+                "not compacting the Raft log file: {why}; it keeps growing until a later purge"
+            );
+        };
+        let (bytes, salt) = match encode_image(&self.image) {
+            Ok(encoded) => encoded,
+            Err(e) => {
+                skip(&e);
+                return Ok(false);
+            }
+        };
+        let need = bytes.len() as u64 + COMPACT_HEADROOM;
+        match (self.free_space)(&self.dir) {
+            Ok(free) if free >= need => {}
+            Ok(free) => {
+                skip(&format_args!("{free} bytes free, {need} needed"));
+                return Ok(false);
+            }
+            Err(e) => {
+                skip(&format_args!("cannot tell the free space: {e}"));
+                return Ok(false);
+            }
+        }
+        match replace_file(&self.dir, &bytes) {
+            Ok(()) => {}
+            Err(ReplaceError::Before(e)) => {
+                skip(&e);
+                return Ok(false);
+            }
+            Err(ReplaceError::After(e)) => return Err(e),
+        }
         self.file = OpenOptions::new()
             .append(true)
             .open(&self.path)
@@ -374,8 +448,15 @@ impl Wal {
         self.salt = salt;
         self.size = bytes.len() as u64;
         self.base = self.size;
-        Ok(())
+        Ok(true)
     }
+}
+
+/// Free space via `statvfs`: the blocks available to unprivileged writers,
+/// so the reserve kept for root is not counted on.
+fn statvfs_free(dir: &Path) -> std::io::Result<u64> {
+    let st = nix::sys::statvfs::statvfs(dir).map_err(std::io::Error::from)?;
+    Ok(st.blocks_available().saturating_mul(st.fragment_size()))
 }
 
 /// A salt for a new file: random, so no two files share one, and never 0.
@@ -407,19 +488,49 @@ fn encode_image(image: &LogImage) -> Result<(Vec<u8>, u32), WalError> {
 
 /// Makes `bytes` the log file in `dir`: a temporary file, fsync, rename,
 /// fsync of the directory.
-fn replace_file(dir: &Path, bytes: &[u8]) -> Result<(), WalError> {
+fn replace_file(dir: &Path, bytes: &[u8]) -> Result<(), ReplaceError> {
     let tmp = dir.join(WAL_TMP);
     let path = dir.join(WAL_FILE);
-    let io = |p: &Path| {
-        let p = p.to_path_buf();
-        move |source| WalError::Io { path: p, source }
-    };
-    let mut f = File::create(&tmp).map_err(io(&tmp))?;
-    f.write_all(bytes).map_err(io(&tmp))?;
-    f.sync_all().map_err(io(&tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, &path).map_err(io(&path))?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+    let copied = File::create(&tmp)
+        .and_then(|mut f| {
+            f.write_all(bytes)?;
+            f.sync_all()
+        })
+        .map_err(|source| WalError::Io {
+            path: tmp.clone(),
+            source,
+        })
+        .and_then(|()| {
+            std::fs::rename(&tmp, &path).map_err(|source| WalError::Io {
+                path: path.clone(),
+                source,
+            })
+        });
+    if let Err(e) = copied {
+        // rename(2) is atomic: the old file stands, only the copy is left.
+        if let Err(rm) = remove_tmp(dir) {
+            tracing::warn!(error = %rm, "cannot remove the Raft log's temporary copy");
+        }
+        return Err(ReplaceError::Before(e));
+    }
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| {
+            ReplaceError::After(WalError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })
+        })
+}
+
+/// Removes the temporary copy in `dir`; returns whether there was one.
+fn remove_tmp(dir: &Path) -> Result<bool, WalError> {
+    let tmp = dir.join(WAL_TMP);
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+        Err(source) => Err(WalError::Io { path: tmp, source }),
+    }
 }
 
 fn le_u32(b: &[u8]) -> u32 {
@@ -559,7 +670,7 @@ fn rewrite_v0(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), WalError> {
         });
     }
     let (new, _) = encode_image(&image)?;
-    replace_file(dir, &new)?;
+    replace_file(dir, &new).map_err(ReplaceError::into_inner)?;
     tracing::info!(
         path = %path.display(),
         cut = bytes.len() - at,
@@ -851,6 +962,19 @@ mod tests {
         }
     }
 
+    #[test]
+    fn stale_temporary_copy_is_removed_at_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tmp = dir.path().join(WAL_TMP);
+        // Beside no log (a first open cut short) and beside one.
+        std::fs::write(&tmp, b"half a compaction").expect("write");
+        drop(Wal::open(dir.path()).expect("open"));
+        assert!(!tmp.exists());
+        std::fs::write(&tmp, b"half a compaction").expect("write");
+        drop(Wal::open(dir.path()).expect("reopen"));
+        assert!(!tmp.exists());
+    }
+
     /// A log of entries 1..=10 with 1..=5 purged, not yet compacted.
     fn purged_log(dir: &tempfile::TempDir) -> (Wal, Vec<Entry<TypeConfig>>) {
         let (mut wal, _) = Wal::open(dir.path()).expect("open");
@@ -876,11 +1000,41 @@ mod tests {
     fn compaction_keeps_the_state() {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut wal, es) = purged_log(&dir);
+        wal.free_space = |_| Ok(u64::MAX);
         let before = wal.size;
-        wal.compact().expect("compact");
+        assert!(wal.compact().expect("compact"), "compacted");
         assert!(wal.size < before);
         assert_eq!(read(&dir).len() as u64, wal.size);
         assert!(!dir.path().join(WAL_TMP).exists());
         assert_appends_and_reopens(wal, &dir, &es);
+    }
+
+    #[test]
+    fn compaction_is_skipped_not_failed_when_space_is_short() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut wal, es) = purged_log(&dir);
+        let before = read(&dir);
+        // Room for the copy but not the headroom; then no answer at all.
+        wal.free_space = |_| Ok(1024);
+        assert!(!wal.compact().expect("skipped, not failed"));
+        wal.free_space = |_| Err(std::io::Error::other("statvfs failed"));
+        assert!(!wal.compact().expect("skipped, not failed"));
+        assert_eq!(read(&dir), before, "the file is untouched");
+        assert!(!dir.path().join(WAL_TMP).exists());
+        assert_appends_and_reopens(wal, &dir, &es);
+    }
+
+    #[test]
+    fn compaction_that_cannot_rename_leaves_no_temporary_copy() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut wal, _) = purged_log(&dir);
+        wal.free_space = |_| Ok(u64::MAX);
+        // The log's name now holds a non-empty directory: the copy is
+        // written but cannot be renamed over it.
+        std::fs::remove_file(wal_path(&dir)).expect("rm");
+        std::fs::create_dir(wal_path(&dir)).expect("mkdir");
+        std::fs::write(wal_path(&dir).join("x"), b"x").expect("write");
+        assert!(!wal.compact().expect("skipped, not failed"));
+        assert!(!dir.path().join(WAL_TMP).exists());
     }
 }
