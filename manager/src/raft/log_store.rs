@@ -390,9 +390,10 @@ fn run_writer(
     mut next_index: u64,
 ) {
     let mut deferred: Vec<RecOut<'static>> = Vec::new();
-    // After a failed write the file may end in a torn record that replay
-    // cuts off, with everything after it: nothing more is written, and
-    // every later operation fails with the first error.
+    // `Wal::write` has already retried a failed write once, on a file
+    // rewritten from memory; a failure that survives that leaves the file
+    // in an unknown state: nothing more is written, and every later
+    // operation fails with the first error.
     let mut failed: Option<String> = None;
     while let Ok(first) = rx.recv() {
         let mut ops = vec![first];

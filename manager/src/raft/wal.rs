@@ -71,6 +71,10 @@
 //! writing the copy fails; the temporary file never stays behind (one left
 //! by a crash is removed at open).
 //!
+//! A write or fsync that fails is retried once on a file rewritten from
+//! memory, from what earlier writes fsynced (see [`Wal::write`] for why not
+//! on the file as it is); only a failure that survives that is an error.
+//!
 //! Must not: be used by more than one writer at a time (the log writer
 //! thread owns it; the redb file lock in the same directory keeps a second
 //! process out).
@@ -364,8 +368,42 @@ impl Wal {
         Ok((wal, image))
     }
 
-    /// Appends `recs` in one write, then `fdatasync`s if `sync`.
+    /// Appends `recs` in one write, then `fdatasync`s if `sync`. Returns
+    /// `Ok` only once they are written (and fsynced, if `sync`).
+    ///
+    /// A failed write or fsync leaves the file in an unknown state: perhaps
+    /// a torn record, which a retry appended after it would turn into
+    /// damage, and after a failed fsync the page cache may hold bytes that
+    /// never reached the disk (so re-reading the file proves nothing). The
+    /// file is therefore rewritten from memory, from what earlier writes
+    /// fsynced, and `recs` are appended to that once more; only if that
+    /// fails too is the error returned.
     pub(super) fn write(&mut self, recs: &[RecOut<'_>], sync: bool) -> Result<(), WalError> {
+        if let Err(e) = self.append(recs, sync) {
+            tracing::warn!(
+                path = %self.path.display(),
+                error = %e,
+                "Raft log write failed; rewriting the file from what was fsynced and retrying"
+            );
+            let (bytes, salt) = encode_image(&self.image)?;
+            replace_file(&self.dir, &bytes).map_err(ReplaceError::into_inner)?;
+            self.install(bytes.len(), salt)?;
+            self.append(recs, sync)?;
+        }
+        for rec in recs {
+            self.image.apply_out(rec);
+        }
+        // Right after a purge the live log is at its shortest (what is kept
+        // behind a snapshot), so rewriting it stalls appends the least.
+        let purged = recs.iter().any(|r| matches!(r, RecOut::Purge(_)));
+        if sync && purged && self.size > COMPACT_AT && self.size > 2 * self.base {
+            self.compact()?;
+        }
+        Ok(())
+    }
+
+    /// Appends `recs` to the file as it is.
+    fn append(&mut self, recs: &[RecOut<'_>], sync: bool) -> Result<(), WalError> {
         self.buf.clear();
         for rec in recs {
             encode(&mut self.buf, rec, self.salt)?;
@@ -381,15 +419,21 @@ impl Wal {
         if sync {
             self.file.sync_data().map_err(io)?;
         }
-        for rec in recs {
-            self.image.apply_out(rec);
-        }
-        // Right after a purge the live log is at its shortest (what is kept
-        // behind a snapshot), so rewriting it stalls appends the least.
-        let purged = recs.iter().any(|r| matches!(r, RecOut::Purge(_)));
-        if sync && purged && self.size > COMPACT_AT && self.size > 2 * self.base {
-            self.compact()?;
-        }
+        Ok(())
+    }
+
+    /// Switches to the file just put in place, of `size` bytes and `salt`.
+    fn install(&mut self, size: usize, salt: u32) -> Result<(), WalError> {
+        self.file = OpenOptions::new()
+            .append(true)
+            .open(&self.path)
+            .map_err(|source| WalError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        self.salt = salt;
+        self.size = size as u64;
+        self.base = self.size;
         Ok(())
     }
 
@@ -433,21 +477,12 @@ impl Wal {
             }
             Err(ReplaceError::After(e)) => return Err(e),
         }
-        self.file = OpenOptions::new()
-            .append(true)
-            .open(&self.path)
-            .map_err(|source| WalError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
         tracing::debug!(
             from = self.size,
             to = bytes.len(),
             "compacted the Raft log file"
         );
-        self.salt = salt;
-        self.size = bytes.len() as u64;
-        self.base = self.size;
+        self.install(bytes.len(), salt)?;
         Ok(true)
     }
 }
@@ -986,14 +1021,27 @@ mod tests {
     }
 
     /// Appends entry 11 to a [`purged_log`], closes it, and checks that it
-    /// reopens with entries 6..=11.
-    fn assert_appends_and_reopens(mut wal: Wal, dir: &tempfile::TempDir, es: &[Entry<TypeConfig>]) {
+    /// reopens with entries 6..=11; returns what it reopened with.
+    fn assert_appends_and_reopens(
+        mut wal: Wal,
+        dir: &tempfile::TempDir,
+        es: &[Entry<TypeConfig>],
+    ) -> LogImage {
         wal.write(&[RecOut::Entries(&[entry(2, 11)])], true)
             .expect("write");
         drop(wal);
         let (_wal, image) = Wal::open(dir.path()).expect("reopen");
         assert_eq!(indexes(&image), (6..=11).collect::<Vec<_>>());
         assert_eq!(image.last_purged, Some(es[4].log_id));
+        image
+    }
+
+    /// Puts a non-empty directory where the log file was, so that nothing
+    /// can be renamed over it.
+    fn block_the_log_name(dir: &tempfile::TempDir) {
+        std::fs::remove_file(wal_path(dir)).expect("rm");
+        std::fs::create_dir(wal_path(dir)).expect("mkdir");
+        std::fs::write(wal_path(dir).join("x"), b"x").expect("write");
     }
 
     #[test]
@@ -1029,12 +1077,42 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (mut wal, _) = purged_log(&dir);
         wal.free_space = |_| Ok(u64::MAX);
-        // The log's name now holds a non-empty directory: the copy is
-        // written but cannot be renamed over it.
-        std::fs::remove_file(wal_path(&dir)).expect("rm");
-        std::fs::create_dir(wal_path(&dir)).expect("mkdir");
-        std::fs::write(wal_path(&dir).join("x"), b"x").expect("write");
+        // The copy is written but cannot be renamed over the log.
+        block_the_log_name(&dir);
         assert!(!wal.compact().expect("skipped, not failed"));
+        assert!(!dir.path().join(WAL_TMP).exists());
+    }
+
+    /// Makes the log's handle refuse writes, as a failing disk would.
+    fn break_handle(wal: &mut Wal) {
+        wal.file = File::open(&wal.path).expect("read-only handle");
+    }
+
+    #[test]
+    fn failed_write_is_retried_on_a_file_rewritten_from_memory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut wal, es) = purged_log(&dir);
+        // The failed write left a torn record: appending after it would
+        // make it damage, refused at the next open.
+        append_bytes(&dir, &RECORD_MAGIC);
+        break_handle(&mut wal);
+        wal.write(&[RecOut::Vote(vote())], true)
+            .expect("healed by the rewrite");
+        assert_eq!(read(&dir).len() as u64, wal.size, "the torn record is gone");
+        assert!(!dir.path().join(WAL_TMP).exists());
+        let image = assert_appends_and_reopens(wal, &dir, &es);
+        assert_eq!(image.vote, Some(vote()));
+    }
+
+    #[test]
+    fn write_that_fails_after_the_rewrite_too_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut wal, _) = purged_log(&dir);
+        break_handle(&mut wal);
+        // Nor can the log be replaced.
+        block_the_log_name(&dir);
+        assert!(wal.write(&[RecOut::Vote(vote())], true).is_err());
+        assert_eq!(wal.image.vote, None, "what failed is not taken as written");
         assert!(!dir.path().join(WAL_TMP).exists());
     }
 }
