@@ -32,9 +32,30 @@ pub enum Error {
         /// Why.
         source: redb::Error,
     },
-    /// The stored Raft log could not be read back.
-    #[error("cannot load the Raft log: {0}")]
-    LoadLog(Box<openraft::StorageError<NodeId>>),
+    /// The redb file could not be read.
+    #[error("cannot read Raft database {path}: {source}")]
+    ReadDb {
+        /// Which file.
+        path: PathBuf,
+        /// Why.
+        source: redb::Error,
+    },
+    /// The log file is missing beside a database that holds Raft state:
+    /// starting with an empty log would forget the vote and the log.
+    #[error(
+        "the Raft log file {log} is missing, but {db} holds Raft state (its table \
+         `{table}` is not empty: a snapshot, or a log or vote of an earlier build); \
+         an empty log would forget this manager's vote and acknowledged entries. {remedy}",
+        remedy = super::wal::REMEDY
+    )]
+    LogMissing {
+        /// The missing log file.
+        log: PathBuf,
+        /// The database file.
+        db: PathBuf,
+        /// A table of the database that is not empty.
+        table: String,
+    },
     /// The log file could not be opened or replayed.
     #[error(transparent)]
     Wal(super::wal::WalError),

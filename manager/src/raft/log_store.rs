@@ -37,7 +37,6 @@
 // openraft's storage traits fix the (large) error type of every call here.
 #![allow(clippy::result_large_err)]
 
-use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::Path;
@@ -46,27 +45,19 @@ use std::sync::{Arc, Mutex, MutexGuard, mpsc as std_mpsc};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
 use openraft::{AnyError, Entry, LogId, LogState, RaftLogReader, StorageIOError, Vote};
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTableMetadata, TableDefinition, TableHandle};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{oneshot, watch};
 
 use super::error::Error;
-use super::wal::{LogImage, RecOut, WAL_FILE, Wal};
+use super::wal::{LogImage, RecOut, WAL_FILE, Wal, WalError};
 use super::{StorageError, TypeConfig};
 use crate::store::NodeId;
 
-/// Log entries by index (serde_json of `Entry<TypeConfig>`), as kept by
-/// earlier versions: only read, to move them into the log file.
-const LOGS: TableDefinition<u64, &[u8]> = TableDefinition::new("raft_log");
-/// Small records by name; values are serde_json.
-pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_meta");
 /// The current snapshot: [`SNAPSHOT_META_KEY`] and [`SNAPSHOT_DATA_KEY`].
 pub(super) const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_snapshot");
 
-const VOTE_KEY: &str = "vote";
-const COMMITTED_KEY: &str = "committed";
-const PURGED_KEY: &str = "last_purged";
 pub(super) const SNAPSHOT_META_KEY: &str = "meta";
 pub(super) const SNAPSHOT_DATA_KEY: &str = "data";
 
@@ -110,8 +101,6 @@ pub(super) fn open_db(dir: &Path) -> Result<(Arc<Db>, DbClosed), Error> {
     })?;
     let init = || -> Result<(), redb::Error> {
         let tx = db.begin_write()?;
-        tx.open_table(LOGS)?;
-        tx.open_table(META)?;
         tx.open_table(SNAPSHOT)?;
         tx.commit()?;
         Ok(())
@@ -143,19 +132,17 @@ pub(super) fn from_json<T: DeserializeOwned>(b: &[u8]) -> Result<T, serde_json::
     serde_json::from_slice(b)
 }
 
-fn any<E: std::error::Error + 'static>(e: E) -> AnyError {
-    AnyError::new(&e)
-}
-
-/// Reads one META record.
-fn read_meta<T: DeserializeOwned>(
-    t: &impl ReadableTable<&'static str, &'static [u8]>,
-    key: &str,
-) -> Result<Option<T>, AnyError> {
-    let Some(v) = t.get(key).map_err(any)? else {
-        return Ok(None);
-    };
-    from_json(v.value()).map(Some).map_err(any)
+/// The name of a table in `db` that holds anything: `None` for a database
+/// as [`open_db`] creates it, with every table empty.
+fn filled_table(db: &Database) -> Result<Option<String>, redb::Error> {
+    let tx = db.begin_read()?;
+    for table in tx.list_tables()? {
+        let name = table.name().to_string();
+        if tx.open_untyped_table(table)?.len()? > 0 {
+            return Ok(Some(name));
+        }
+    }
+    Ok(None)
 }
 
 /// How far this node's log is on disk. Sent by the log writer after each
@@ -309,15 +296,35 @@ impl LogStore {
     /// Loads the log from its file in `dir` and starts the log writer
     /// thread, which ends once every clone of the store is dropped; only
     /// then does it release its reference to `db`, so [`DbClosed`] also
-    /// means "the log file is closed". `id` is this node. A log kept in
-    /// `db` by an earlier version is moved to the log file on first open.
+    /// means "the log file is closed". `id` is this node.
+    ///
+    /// Without a log file, a new one is created only if `db` holds nothing
+    /// either: beside a snapshot (or a log or vote kept in redb by an
+    /// earlier build), an empty log would forget this node's vote and
+    /// acknowledged entries, so that is refused ([`Error::LogMissing`]).
     pub(super) fn open(db: Arc<Db>, dir: &Path, id: NodeId) -> Result<Self, Error> {
-        let legacy = if dir.join(WAL_FILE).exists() {
-            Mem::default()
-        } else {
-            load_legacy(&db).map_err(|e| Error::LoadLog(Box::new(e)))?
-        };
-        let (wal, mem) = Wal::open(dir, move || legacy).map_err(Error::Wal)?;
+        let log = dir.join(WAL_FILE);
+        let exists = log.try_exists().map_err(|source| {
+            Error::Wal(WalError::Io {
+                path: log.clone(),
+                source,
+            })
+        })?;
+        if !exists {
+            let db_path = dir.join(DB_FILE);
+            let filled = filled_table(&db).map_err(|source| Error::ReadDb {
+                path: db_path.clone(),
+                source,
+            })?;
+            if let Some(table) = filled {
+                return Err(Error::LogMissing {
+                    log,
+                    db: db_path,
+                    table,
+                });
+            }
+        }
+        let (wal, mem) = Wal::open(dir).map_err(Error::Wal)?;
         let next_index = match mem.log.last_key_value() {
             Some((i, _)) => i + 1,
             None => mem.last_purged.map_or(0, |p| p.index + 1),
@@ -373,27 +380,6 @@ impl LogStore {
     }
 }
 
-/// Reads a log that an earlier version kept in redb (empty if none).
-fn load_legacy(db: &Database) -> Result<Mem, StorageError> {
-    let read = || -> Result<Mem, AnyError> {
-        let tx = db.begin_read().map_err(any)?;
-        let meta = tx.open_table(META).map_err(any)?;
-        let logs = tx.open_table(LOGS).map_err(any)?;
-        let mut log = BTreeMap::new();
-        for item in logs.iter().map_err(any)? {
-            let (k, v) = item.map_err(any)?;
-            log.insert(k.value(), from_json(v.value()).map_err(any)?);
-        }
-        Ok(Mem {
-            log,
-            last_purged: read_meta(&meta, PURGED_KEY)?,
-            vote: read_meta(&meta, VOTE_KEY)?,
-            committed: read_meta::<Option<LogId<NodeId>>>(&meta, COMMITTED_KEY)?.flatten(),
-        })
-    };
-    read().map_err(|e| StorageIOError::read_logs(e).into())
-}
-
 /// The log writer: writes whatever is queued as one append to the log file,
 /// fsyncs it if any op needs that, then reports completion in order. Hints
 /// alone (committed id, purge) are not written until something durable is.
@@ -404,9 +390,10 @@ fn run_writer(
     mut next_index: u64,
 ) {
     let mut deferred: Vec<RecOut<'static>> = Vec::new();
-    // After a failed write the file may end in a torn record that replay
-    // cuts off, with everything after it: nothing more is written, and
-    // every later operation fails with the first error.
+    // `Wal::write` has already retried a failed write once, on a file
+    // rewritten from memory; a failure that survives that leaves the file
+    // in an unknown state: nothing more is written, and every later
+    // operation fails with the first error.
     let mut failed: Option<String> = None;
     while let Ok(first) = rx.recv() {
         let mut ops = vec![first];

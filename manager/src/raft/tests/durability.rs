@@ -2,13 +2,15 @@
 //! `LogFlushed` (see `log_store`'s module docs): entries of other leaders
 //! are on disk before their append completes; the leader's own may not be,
 //! but nothing is applied, and no commit index beyond them is announced,
-//! until they are. Also: the log survives a reopen.
+//! until they are. Also: the log survives a reopen, and a missing log file
+//! is refused beside a database that holds Raft state.
 
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt};
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, RaftLogReader, Vote};
+use redb::TableDefinition;
 
-use crate::raft::log_store::open_db;
-use crate::raft::{Batch, LogStore, TypeConfig};
+use crate::raft::log_store::{SNAPSHOT, SNAPSHOT_META_KEY, open_db};
+use crate::raft::{Batch, Error, LogStore, TypeConfig, WAL_FILE};
 use crate::store::NodeId;
 
 const ME: NodeId = NodeId(7);
@@ -82,4 +84,64 @@ async fn followers_append_durably_and_leaders_apply_only_durable_entries() {
         log.read_committed().await.expect("committed"),
         Some(entry(2, ME, 30).log_id)
     );
+}
+
+/// Writes one row into `table` of a fresh database in `dir`, closes it,
+/// and opens the log store there (with no log file).
+async fn open_beside(
+    dir: &std::path::Path,
+    table: TableDefinition<'static, &'static str, &'static [u8]>,
+    key: &str,
+) -> Result<LogStore, Error> {
+    let (db, closed) = open_db(dir).expect("open redb");
+    let tx = db.begin_write().expect("begin");
+    tx.open_table(table)
+        .expect("table")
+        .insert(key, b"{}".as_slice())
+        .expect("insert");
+    tx.commit().expect("commit");
+    drop(db);
+    let _ = closed.await;
+    let (db, _closed) = open_db(dir).expect("reopen redb");
+    LogStore::open(db, dir, ME)
+}
+
+fn assert_refused_missing(res: Result<LogStore, Error>, dir: &std::path::Path, table: &str) {
+    let err = match res {
+        Err(e @ Error::LogMissing { .. }) => e,
+        Err(e) => panic!("expected LogMissing, got {e}"),
+        Ok(_) => panic!("a missing log beside Raft state was replaced by an empty one"),
+    };
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&dir.join(WAL_FILE).display().to_string()),
+        "{msg}"
+    );
+    assert!(msg.contains(table), "{msg}");
+    assert!(!dir.join(WAL_FILE).exists(), "no empty log was created");
+}
+
+#[tokio::test]
+async fn missing_log_beside_a_snapshot_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let res = open_beside(dir.path(), SNAPSHOT, SNAPSHOT_META_KEY).await;
+    assert_refused_missing(res, dir.path(), "raft_snapshot");
+}
+
+#[tokio::test]
+async fn missing_log_beside_a_vote_of_an_earlier_build_is_refused() {
+    // Earlier builds kept the vote in redb, in this table.
+    let meta = TableDefinition::new("raft_meta");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let res = open_beside(dir.path(), meta, "vote").await;
+    assert_refused_missing(res, dir.path(), "raft_meta");
+}
+
+#[tokio::test]
+async fn fresh_directory_gets_a_new_log() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (db, _closed) = open_db(dir.path()).expect("open redb");
+    let mut log = LogStore::open(db, dir.path(), ME).expect("open log");
+    assert!(dir.path().join(WAL_FILE).exists());
+    assert_eq!(log.read_vote().await.expect("vote"), None);
 }
