@@ -96,6 +96,35 @@ impl Lab {
     pub fn start_with(&mut self, host: &str, extra: &[&str]) {
         let i = self.idx(host);
         assert!(self.daemons[i].is_none(), "{host} already running");
+        let child = self.spawn_daemon(host, extra);
+        self.daemons[i] = Some(child);
+        let sock = self.socket(host);
+        wait_for(
+            &format!("{host}'s daemon socket"),
+            Duration::from_secs(20),
+            || sock.exists() && self.try_weft(host, &["info"]).status.success(),
+        );
+    }
+
+    /// Starts the daemon of `host` expecting it to refuse to run: waits for
+    /// it to exit and returns its exit status and the end of its log.
+    pub fn start_expecting_exit(&mut self, host: &str) -> (std::process::ExitStatus, String) {
+        let i = self.idx(host);
+        assert!(self.daemons[i].is_none(), "{host} already running");
+        let mut child = self.spawn_daemon(host, &[]);
+        let mut status = None;
+        wait_for(
+            &format!("{host}'s daemon to exit"),
+            Duration::from_secs(20),
+            || {
+                status = child.try_wait().expect("wait");
+                status.is_some()
+            },
+        );
+        (status.expect("exited"), self.log_tail(host))
+    }
+
+    fn spawn_daemon(&self, host: &str, extra: &[&str]) -> Child {
         let hd = self.host_dir(host);
         std::fs::create_dir_all(&hd).expect("host dir");
         let log = std::fs::OpenOptions::new()
@@ -125,14 +154,7 @@ impl Lab {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log);
-        let child = cmd.spawn().expect("spawn daemon");
-        self.daemons[i] = Some(child);
-        let sock = self.socket(host);
-        wait_for(
-            &format!("{host}'s daemon socket"),
-            Duration::from_secs(20),
-            || sock.exists() && self.try_weft(host, &["info"]).status.success(),
-        );
+        cmd.spawn().expect("spawn daemon")
     }
 
     /// Starts every host's daemon.
