@@ -704,9 +704,17 @@ fn a_daemon_started_with_umask_022_keeps_its_files_private() {
         ],
     );
     let id = lab.run_task("w1", &["-e", "TOKEN=y", "--", "sleep", "300"]);
-    wait_for("tasks running", Duration::from_secs(20), || {
-        lab.weft("w1", &["ps"]).matches("running").count() >= 2
-    });
+    // Where the replicas land depends on when w1 turns Ready; each host
+    // runs at least one task either way (w1 its standalone one).
+    wait_for(
+        "tasks running on both hosts",
+        Duration::from_secs(20),
+        || {
+            ["m1", "w1"]
+                .iter()
+                .all(|h| lab.weft(h, &["ps"]).contains("running"))
+        },
+    );
     for host in ["m1", "w1"] {
         let data = lab.data_dir(host);
         assert!(data.join("certs/node-key.pem").exists());
