@@ -98,6 +98,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir.clone(),
         exec_root: args.exec_root.clone(),
         slot: Arc::new(RwLock::new(None)),
+        manager_problem: Arc::new(RwLock::new(String::new())),
         active: Arc::new(Mutex::new(None)),
         runtime,
         dataplane,
@@ -151,6 +152,9 @@ struct NodeService {
     linux: Arc<LinuxDataplane>,
     /// Node-local settings (bridge subnet, proxies).
     settings: crate::settings::Settings,
+    /// Why this node's manager is not running although it should be (Raft
+    /// stopped on a disk error and is being restarted); shown by `weft info`.
+    manager_problem: Arc<RwLock<String>>,
 }
 
 struct Active {
@@ -158,6 +162,7 @@ struct Active {
     agent: Agent,
     manager: Arc<Mutex<Option<Manager>>>,
     watcher: tokio::task::JoinHandle<()>,
+    supervisor: tokio::task::JoinHandle<()>,
     reconcile_stop: tokio::sync::watch::Sender<bool>,
     reconciler: tokio::task::JoinHandle<()>,
 }
@@ -167,6 +172,7 @@ impl Active {
     /// state: the data plane survives the control plane).
     async fn stop_loops(self) -> Arc<Mutex<Option<Manager>>> {
         self.watcher.abort();
+        self.supervisor.abort();
         let _ = self.reconcile_stop.send(true);
         let _ = self.reconciler.await;
         self.agent.stop().await;
@@ -234,6 +240,12 @@ impl NodeService {
             record.clone(),
             self.files.clone(),
         ));
+        let supervisor = tokio::spawn(raft_supervisor(
+            manager.clone(),
+            self.slot.clone(),
+            self.files.clone(),
+            self.manager_problem.clone(),
+        ));
         let (reconcile_stop, stop_rx) = tokio::sync::watch::channel(false);
         let reporter = agent.report_handle();
         let reconciler = tokio::spawn(
@@ -258,6 +270,7 @@ impl NodeService {
             agent,
             manager,
             watcher,
+            supervisor,
             reconcile_stop,
             reconciler,
         }
@@ -562,6 +575,10 @@ impl NodeService {
             .map(|p| weft_manager::core::rfc3339(p.not_after))
             .unwrap_or_default();
         resp.error = st.last_error.clone();
+        let problem = self.manager_problem.read().expect("problem").clone();
+        if !problem.is_empty() {
+            resp.error = problem;
+        }
         drop(guard);
         let core = self.slot.read().expect("slot").clone();
         if let Some(core) = core {
@@ -576,6 +593,78 @@ impl NodeService {
             }
         }
         resp
+    }
+}
+
+/// How often the supervisor checks Raft, and retries a manager that
+/// stopped.
+const SUPERVISE_EVERY: Duration = Duration::from_secs(1);
+const RESTART_EVERY: Duration = Duration::from_secs(5);
+
+/// Restarts this node's manager when Raft stopped under it (a log write or
+/// fsync that failed even after the log file was rewritten, as on a full or
+/// failing disk). A stopped Raft acknowledges nothing, so the other managers
+/// elect a leader without it; reopening the directory replays what is
+/// durable, so once the disk works again the manager rejoins by itself.
+/// Until then `weft info` says why it is down.
+async fn raft_supervisor(
+    manager: Arc<Mutex<Option<Manager>>>,
+    slot: CoreSlot,
+    files: NodeFiles,
+    problem: Arc<RwLock<String>>,
+) {
+    let set_problem = |p: String| *problem.write().expect("problem") = p;
+    let mut pending: Option<ManagerConfig> = None;
+    loop {
+        tokio::time::sleep(if pending.is_some() {
+            RESTART_EVERY
+        } else {
+            SUPERVISE_EVERY
+        })
+        .await;
+        let mut m = manager.lock().await;
+        if let Some(why) = m.as_ref().and_then(|cur| cur.core().raft().stopped()) {
+            tracing::error!(
+                error = %why,
+                "Raft stopped on this manager; restarting it from what is on disk"
+            );
+            set_problem(format!(
+                "manager stopped: {why}; restarting it every {} s (check the disk under {})",
+                RESTART_EVERY.as_secs(),
+                files.raft_dir().display()
+            ));
+            *slot.write().expect("slot") = None;
+            if let Some(old) = m.take() {
+                pending = Some(old.config().clone());
+                old.stop().await;
+            }
+            continue;
+        }
+        let Some(cfg) = pending.clone() else {
+            continue;
+        };
+        // Demoted or removed meanwhile: nothing to restart.
+        if m.is_some() || !files.load().is_ok_and(|(r, _)| r.role == "manager") {
+            pending = None;
+            set_problem(String::new());
+            continue;
+        }
+        match Manager::start(cfg).await {
+            Ok(started) => {
+                tracing::info!("manager restarted after Raft stopped");
+                *slot.write().expect("slot") = Some(started.core().clone());
+                *m = Some(started);
+                pending = None;
+                set_problem(String::new());
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "manager restart failed; retrying");
+                set_problem(format!(
+                    "manager stopped and cannot start again: {e}; retrying every {} s",
+                    RESTART_EVERY.as_secs()
+                ));
+            }
+        }
     }
 }
 
@@ -606,7 +695,7 @@ async fn role_watcher(
         match (st.cert_role.as_str(), m.is_some()) {
             ("manager", true) => {
                 if let Err(e) = m
-                    .as_ref()
+                    .as_mut()
                     .expect("checked")
                     .update_identity(&certs.cert_pem, &certs.key_pem)
                 {

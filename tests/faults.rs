@@ -78,3 +78,89 @@ fn damage_before_the_last_record_is_refused_naming_the_file_and_offset() {
         "a refused log is left as it was, for inspection"
     );
 }
+
+/// A size-limited filesystem (tmpfs) mounted at `at` for one test, lazily
+/// unmounted when dropped (also when the test fails).
+struct SmallDisk(PathBuf);
+
+impl SmallDisk {
+    fn mount(at: PathBuf, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(&at).expect("mount point");
+        nix::mount::mount(
+            Some("tmpfs"),
+            &at,
+            Some("tmpfs"),
+            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+            Some(format!("size={size},mode=0700").as_str()),
+        )
+        .expect("mount tmpfs");
+        SmallDisk(at)
+    }
+
+    /// Fills the filesystem with `filler` until it is full.
+    fn fill(&self) -> PathBuf {
+        let path = self.0.join("filler");
+        let mut f = std::fs::File::create(&path).expect("filler");
+        let chunk = vec![0xAAu8; 64 * 1024];
+        while f.write_all(&chunk).is_ok() {}
+        let byte = [0xAAu8];
+        while f.write_all(&byte).is_ok() {}
+        path
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+#[test]
+fn a_full_disk_stops_the_manager_loudly_and_it_heals_when_space_is_freed() {
+    let mut lab = Lab::new("fulldisk", &["m1"]);
+    let disk = SmallDisk::mount(lab.data_dir("m1").join("raft"), "24m");
+    lab.start_all();
+    lab.init("m1", &[]);
+    let label = |i: usize| format!("k{i}=v{i}");
+    for i in 0..5 {
+        lab.weft("m1", &["node", "update", "--label-add", &label(i), "m1"]);
+    }
+    let filler = disk.fill();
+    // Writes need the disk now: one of them fails, Raft stops, and the
+    // daemon says why instead of running on as if healthy.
+    wait_for(
+        "a write refused on the full disk",
+        Duration::from_secs(30),
+        || {
+            !lab.try_weft("m1", &["node", "update", "--label-add", "full=1", "m1"])
+                .status
+                .success()
+        },
+    );
+    wait_for("weft info names the stop", Duration::from_secs(30), || {
+        let out = lab.try_weft("m1", &["info"]);
+        String::from_utf8_lossy(&out.stdout).contains("manager stopped")
+            || String::from_utf8_lossy(&out.stderr).contains("manager stopped")
+    });
+    // Space comes back: the manager restarts from what is on disk by itself.
+    std::fs::remove_file(&filler).expect("free space");
+    wait_for("writes succeed again", Duration::from_secs(60), || {
+        lab.try_weft("m1", &["node", "update", "--label-add", "healed=1", "m1"])
+            .status
+            .success()
+    });
+    let node: serde_json::Value =
+        serde_json::from_str(&lab.weft("m1", &["node", "inspect", "m1"])).expect("json");
+    for i in 0..5 {
+        assert_eq!(
+            node[0]["Labels"][format!("k{i}")],
+            format!("v{i}"),
+            "acknowledged write {i} kept: {node}"
+        );
+    }
+    assert_eq!(node[0]["Labels"]["healed"], "1");
+    assert!(!lab.weft("m1", &["info"]).contains("manager stopped"));
+    eprintln!("{}", lab.log_tail("m1"));
+    // `disk` drops before `lab` (reverse order of declaration): unmounted
+    // before the lab's directory is removed, on success and on failure.
+}

@@ -55,6 +55,9 @@ pub struct ManagerConfig {
 
 /// A running manager.
 pub struct Manager {
+    /// What it was started with (its certificate kept current), to start it
+    /// again after Raft stopped.
+    config: ManagerConfig,
     core: Core,
     cert: ReloadableCert,
     identity: Arc<RwLock<(String, String)>>,
@@ -171,6 +174,7 @@ impl Manager {
         ];
         tracing::info!(node = %cfg.node_id, listen = %cfg.listen_addr, "manager started");
         Ok(Manager {
+            config: cfg,
             core,
             cert,
             identity,
@@ -201,7 +205,7 @@ impl Manager {
 
     /// Installs a renewed certificate for new connections, both served
     /// (manager port) and made (Raft peers).
-    pub fn update_identity(&self, cert_pem: &str, key_pem: &str) -> Result<(), StartError> {
+    pub fn update_identity(&mut self, cert_pem: &str, key_pem: &str) -> Result<(), StartError> {
         self.cert.replace(cert_pem, key_pem)?;
         *self.identity.write().expect("identity lock") =
             (cert_pem.to_string(), key_pem.to_string());
@@ -209,7 +213,14 @@ impl Manager {
         // (tonic reconnects a channel with the TLS config it was built
         // with) until it expired.
         self.core.raft().reset_channels();
+        self.config.cert_pem = cert_pem.to_string();
+        self.config.key_pem = key_pem.to_string();
         Ok(())
+    }
+
+    /// What this manager was started with, with its current certificate.
+    pub fn config(&self) -> &ManagerConfig {
+        &self.config
     }
 
     /// Stops serving and shuts Raft down.

@@ -274,6 +274,16 @@ impl RaftHandle {
         (m.current_leader, voter)
     }
 
+    /// Why Raft stopped on this node, if it did: a fatal error, such as a
+    /// log write or fsync that failed even after the log file was rewritten.
+    /// A stopped instance acknowledges nothing more; reopening the directory
+    /// starts again from what is on disk.
+    pub fn stopped(&self) -> Option<String> {
+        let m = self.inner.raft.metrics();
+        let m = m.borrow();
+        m.running_state.as_ref().err().map(|e| e.to_string())
+    }
+
     /// Drops the cached channels to other managers, so the next calls
     /// present the identity the channel factory hands out now.
     pub fn reset_channels(&self) {
