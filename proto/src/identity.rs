@@ -20,6 +20,11 @@ use rustls_pki_types::pem::PemObject;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 
+/// How far the CA backdates a certificate's `not_before`, so that a node
+/// whose clock is a little behind the issuer's accepts it at once. Not part
+/// of the certificate's life: renewal counts from `not_before` plus this.
+pub const CERT_BACKDATE: time::Duration = time::Duration::minutes(5);
+
 /// The SAN every manager certificate carries; clients verify managers by it.
 pub const MANAGER_SAN: &str = "manager.weft";
 /// DNS suffix of the per-node SAN `<node id>.nodes.weft`.

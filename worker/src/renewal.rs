@@ -15,6 +15,7 @@
 use std::time::Duration;
 
 use time::OffsetDateTime;
+use weft_proto::identity::CERT_BACKDATE;
 
 /// Earliest point of the renewal window, as a fraction of the life.
 pub const WINDOW_START: f64 = 0.5;
@@ -32,14 +33,28 @@ pub fn random_fraction() -> f64 {
     WINDOW_START + rand::random::<f64>() * (WINDOW_END - WINDOW_START)
 }
 
-/// The instant `fraction` of the way through the certificate's life.
+/// When the certificate's life began: its `not_before` without the CA's
+/// backdating ([`CERT_BACKDATE`]), unless the whole validity is shorter
+/// than that (not one of weft's). Counting the backdating as life would put
+/// the window of a short-lived certificate before it was even issued.
+pub fn issued(not_before: OffsetDateTime, not_after: OffsetDateTime) -> OffsetDateTime {
+    if not_after - not_before > CERT_BACKDATE {
+        not_before + CERT_BACKDATE
+    } else {
+        not_before
+    }
+}
+
+/// The instant `fraction` of the way through the certificate's life
+/// (from [`issued`]).
 pub fn renew_at(
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
     fraction: f64,
 ) -> OffsetDateTime {
-    let life = (not_after - not_before).max(time::Duration::ZERO);
-    not_before + life * fraction.clamp(0.0, 1.0)
+    let start = issued(not_before, not_after);
+    let life = (not_after - start).max(time::Duration::ZERO);
+    start + life * fraction.clamp(0.0, 1.0)
 }
 
 /// How long to wait after the `failures`-th failed renewal in a row
@@ -57,7 +72,7 @@ pub fn nearly_expired(
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
 ) -> bool {
-    let life = not_after - not_before;
+    let life = not_after - issued(not_before, not_after);
     not_after - now < life * LOUD_BELOW
 }
 
@@ -79,12 +94,26 @@ mod tests {
         for _ in 0..1000 {
             let f = random_fraction();
             assert!((WINDOW_START..=WINDOW_END).contains(&f), "{f}");
-            let at = renew_at(t(0), t(1000), f);
+            // Issued at 0, backdated as weft's CA does.
+            let at = renew_at(t(-CERT_BACKDATE.whole_seconds()), t(1000), f);
             assert!(at >= t(500) && at <= t(800), "{at}");
         }
-        assert_eq!(renew_at(t(100), t(1100), 0.5), t(600));
+        assert_eq!(renew_at(t(-200), t(1100), 0.5), t(600));
         // A certificate with no life left renews at once.
         assert_eq!(renew_at(t(10), t(5), 0.7), t(10));
+    }
+
+    #[test]
+    fn the_backdating_is_not_life() {
+        let backdate = CERT_BACKDATE.whole_seconds();
+        // A 1 h certificate issued at 0 (valid from -5 min): 50% is 30 min.
+        assert_eq!(renew_at(t(-backdate), t(3600), 0.5), t(1800));
+        // A 30 s one (tests): the window is 15-24 s after issue, not in
+        // the past.
+        assert_eq!(renew_at(t(-backdate), t(30), 0.5), t(15));
+        assert_eq!(renew_at(t(-backdate), t(30), 0.8), t(24));
+        assert!(nearly_expired(t(3300), t(-backdate), t(3600)));
+        assert!(!nearly_expired(t(3200), t(-backdate), t(3600)));
     }
 
     #[test]
@@ -103,9 +132,10 @@ mod tests {
 
     #[test]
     fn loud_in_the_last_tenth() {
-        assert!(!nearly_expired(t(899), t(0), t(1000)));
-        assert!(nearly_expired(t(901), t(0), t(1000)));
-        assert!(nearly_expired(t(2000), t(0), t(1000)));
+        let from = t(-CERT_BACKDATE.whole_seconds());
+        assert!(!nearly_expired(t(899), from, t(1000)));
+        assert!(nearly_expired(t(901), from, t(1000)));
+        assert!(nearly_expired(t(2000), from, t(1000)));
         assert_eq!(until(t(5), t(3)), Duration::ZERO);
         assert_eq!(until(t(3), t(5)), Duration::from_secs(2));
     }
