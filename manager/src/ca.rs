@@ -127,7 +127,7 @@ impl ClusterCa {
             KeyUsagePurpose::DigitalSignature,
         ];
         params.not_before = now - CLOCK_SKEW;
-        params.not_after = now + to_time(CA_VALIDITY)?;
+        params.not_after = not_after(now, CA_VALIDITY)?;
         params.serial_number = Some(random_serial());
         let cert = params
             .self_signed(&key)
@@ -227,7 +227,7 @@ impl ClusterCa {
         ];
         params.use_authority_key_identifier_extension = true;
         params.not_before = now - CLOCK_SKEW;
-        params.not_after = now + to_time(validity)?;
+        params.not_after = not_after(now, validity)?;
         params.serial_number = Some(random_serial());
 
         let cert = params
@@ -255,8 +255,14 @@ impl ClusterCa {
     }
 }
 
-fn to_time(d: Duration) -> Result<time::Duration> {
-    time::Duration::try_from(d).map_err(|_| CaError::BadValidity(d))
+/// `now + validity`, refused instead of overflowing: `OffsetDateTime +
+/// Duration` panics past the year 9999, which a lifetime of a few hundred
+/// billion seconds reaches.
+fn not_after(now: OffsetDateTime, validity: Duration) -> Result<OffsetDateTime> {
+    time::Duration::try_from(validity)
+        .ok()
+        .and_then(|d| now.checked_add(d))
+        .ok_or(CaError::BadValidity(validity))
 }
 
 #[cfg(test)]
@@ -419,6 +425,17 @@ mod tests {
         let (_, ac) = x509_parser::parse_x509_certificate(&ad).unwrap();
         let (_, bc) = x509_parser::parse_x509_certificate(&bd).unwrap();
         assert_ne!(ac.raw_serial(), bc.raw_serial());
+    }
+
+    #[test]
+    fn lifetimes_past_the_year_9999_are_refused_without_a_panic() {
+        let ca = ClusterCa::generate("c1").unwrap();
+        let csr = NodeKey::generate().unwrap().csr_pem().unwrap();
+        // `now + validity` used to panic for these (join and renewal).
+        for secs in [u64::MAX, i64::MAX as u64, 1 << 40, 8000 * 365 * 86_400] {
+            let r = ca.sign_csr(&csr, "n1", Role::Worker, "c1", Duration::from_secs(secs));
+            assert!(matches!(r, Err(CaError::BadValidity(_))), "{secs}: {r:?}");
+        }
     }
 
     #[test]
