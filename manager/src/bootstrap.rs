@@ -5,7 +5,6 @@
 //! deterministic.
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
 
 use ipnetwork::IpNetwork;
 use weft_proto::identity::NodeKey;
@@ -16,6 +15,7 @@ use crate::ca::ClusterCa;
 use crate::core::{now_ms, rfc3339};
 use crate::error::{Error, Result};
 use crate::join::{DEFAULT_PORT, parse_host_port};
+use crate::limits;
 use crate::store::ipam::overlaps;
 use crate::store::{Cluster, ClusterSettings, Node, NodeId, NodeState, Role};
 
@@ -78,6 +78,12 @@ pub fn validate_init(r: &pb::InitRequest) -> Result<InitParams> {
         settings.data_path_port = r.data_path_port as u16;
     }
     if !r.default_addr_pools.is_empty() {
+        limits::at_most(
+            "--default-addr-pool",
+            r.default_addr_pools.len(),
+            limits::MAX_ADDR_POOLS,
+            "pools",
+        )?;
         let mut pools: Vec<IpNetwork> = Vec::new();
         for p in &r.default_addr_pools {
             let net: IpNetwork = p.parse().map_err(|_| {
@@ -115,25 +121,15 @@ pub fn validate_init(r: &pb::InitRequest) -> Result<InitParams> {
         settings.default_addr_pool_mask_length = m as u8;
     }
     if r.cert_expiry_secs != 0 {
-        if r.cert_expiry_secs < crate::store::MIN_CERT_EXPIRY_SECS {
-            return Err(bad("--cert-expiry must be at least 1h (default 90d)".into()));
-        }
+        limits::cert_expiry(r.cert_expiry_secs)?;
         settings.cert_expiry_secs = r.cert_expiry_secs;
     }
     if r.heartbeat_period_ms != 0 {
-        if !(100..=60_000).contains(&r.heartbeat_period_ms) {
-            return Err(bad(
-                "--heartbeat-period must be between 100ms and 60s (default 1s)".into(),
-            ));
-        }
+        limits::heartbeat_ms(r.heartbeat_period_ms)?;
         settings.heartbeat_period_ms = r.heartbeat_period_ms;
     }
     if r.wg_key_rotation_secs != 0 {
-        if r.wg_key_rotation_secs < crate::store::MIN_WG_KEY_ROTATION_SECS {
-            return Err(bad(
-                "--wg-key-rotation must be at least 1m (default 24h)".into()
-            ));
-        }
+        limits::wg_key_rotation(r.wg_key_rotation_secs)?;
         settings.wg_key_rotation_secs = r.wg_key_rotation_secs;
     }
     if r.wg_port != 0 {
@@ -202,7 +198,7 @@ pub fn new_cluster(p: &InitParams, hostname: &str, underlay_mtu: u32) -> Result<
         &id.to_string(),
         weft_proto::identity::Role::Manager,
         &cluster_id,
-        Duration::from_secs(p.settings.cert_expiry_secs),
+        limits::cert_validity(p.settings.cert_expiry_secs),
     )?;
     let now = now_ms();
     let node = Node {
@@ -303,6 +299,34 @@ mod tests {
                     ..req("198.18.0.1")
                 },
                 "cert-expiry",
+            ),
+            (
+                pb::InitRequest {
+                    cert_expiry_secs: u64::MAX,
+                    ..req("198.18.0.1")
+                },
+                "--cert-expiry 18446744073709551615s is over the limit of 3650d",
+            ),
+            (
+                pb::InitRequest {
+                    heartbeat_period_ms: 60_001,
+                    ..req("198.18.0.1")
+                },
+                "--heartbeat-period 60001ms is outside the limits of 100ms to 60s",
+            ),
+            (
+                pb::InitRequest {
+                    wg_key_rotation_secs: 366 * 86_400,
+                    ..req("198.18.0.1")
+                },
+                "--wg-key-rotation 366d is over the limit of 365d",
+            ),
+            (
+                pb::InitRequest {
+                    default_addr_pools: (0..17).map(|i| format!("10.{i}.0.0/16")).collect(),
+                    ..req("198.18.0.1")
+                },
+                "--default-addr-pool: 17 pools is over the limit of 16 pools",
             ),
             (
                 pb::InitRequest {

@@ -436,6 +436,13 @@ mod tests {
             let r = ca.sign_csr(&csr, "n1", Role::Worker, "c1", Duration::from_secs(secs));
             assert!(matches!(r, Err(CaError::BadValidity(_))), "{secs}: {r:?}");
         }
+        // What the limits let through is issued as asked.
+        let longest = crate::limits::cert_validity(u64::MAX);
+        let issued = ca
+            .sign_csr(&csr, "n1", Role::Worker, "c1", longest)
+            .unwrap();
+        let days = (issued.not_after - OffsetDateTime::now_utc()).whole_days();
+        assert!((3649..=3650).contains(&days), "{days}");
     }
 
     #[test]

@@ -18,6 +18,7 @@ use weft_proto::v1::control_server::Control;
 use crate::convert::{availability_from_wire, node_to_wire, role_from_wire};
 use crate::core::{Core, now_ms};
 use crate::error::{Error, Result};
+use crate::limits;
 use crate::quorum;
 use crate::store::{Applied, Command, Node, NodeState, Role, State};
 
@@ -298,23 +299,15 @@ impl ControlService {
         } else {
             r.node.clone()
         };
-        let (id, hostname, missing) = self.core.read(|s| {
-            s.resolve_node(&what).map(|n| {
-                let missing: Vec<String> = r
-                    .label_rm
-                    .iter()
-                    .filter(|k| !n.labels.contains_key(*k))
-                    .cloned()
-                    .collect();
-                (n.id, n.hostname.clone(), missing)
-            })
-        })?;
         let availability = match r.availability {
             0 => None,
             a => Some(availability_from_wire(a).ok_or_else(|| {
                 Error::InvalidInput("availability must be active, pause or drain".into())
             })?),
         };
+        // The request's own size first, before anything is looked up.
+        limits::at_most("--label-rm", r.label_rm.len(), limits::MAX_LABELS, "labels")?;
+        limits::labels("this update", r.label_add.len(), &r.label_add)?;
         let mut label_add = BTreeMap::new();
         for (k, v) in r.label_add {
             validate_label_key(&k)?;
@@ -322,12 +315,50 @@ impl ControlService {
         }
         for k in &r.label_rm {
             validate_label_key(k)?;
+        }
+        let (id, hostname, missing, before, after) = self.core.read(|s| {
+            s.resolve_node(&what).map(|n| {
+                let missing: Vec<String> = r
+                    .label_rm
+                    .iter()
+                    .filter(|k| !n.labels.contains_key(*k))
+                    .cloned()
+                    .collect();
+                // Counted without copying the labels (this is the write
+                // path the control-plane benchmark measures).
+                let added = label_add
+                    .keys()
+                    .filter(|k| !n.labels.contains_key(*k))
+                    .count();
+                let removed = r
+                    .label_rm
+                    .iter()
+                    .filter(|k| n.labels.contains_key(*k) && !label_add.contains_key(*k))
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .len();
+                (
+                    n.id,
+                    n.hostname.clone(),
+                    missing,
+                    n.labels.len(),
+                    n.labels.len() + added - removed,
+                )
+            })
+        })?;
+        for k in &r.label_rm {
             if missing.contains(k) && !label_add.contains_key(k) {
                 return Err(Error::InvalidInput(format!(
                     "node {hostname} has no label {k:?} to remove"
                 )));
             }
         }
+        limits::growth_at_most(
+            format_args!("labels of node {hostname}"),
+            before,
+            after,
+            limits::MAX_LABELS,
+            "labels",
+        )?;
         let now = now_ms();
         let added = label_add.clone();
         let removed: Vec<String> = r
@@ -502,29 +533,34 @@ impl ControlService {
                 )));
             }
         };
+        limits::labels(
+            format_args!("network {}", r.name),
+            r.labels.len(),
+            &r.labels,
+        )?;
         for k in r.labels.keys() {
             validate_label_key(k)?;
         }
         let id = crate::validate::random_id();
-        self.core
-            .propose(Command::CreateNetwork {
-                spec: crate::store::NetworkSpec {
-                    id: id.clone(),
-                    name: r.name,
-                    subnet,
-                    gateway,
-                    ip_range,
-                    internal: r.internal,
-                    attachable: r.attachable,
-                    mtu,
-                    labels: r.labels.into_iter().collect(),
-                    now_ms: now_ms(),
-                    encrypted,
-                    driver: if local.is_some() { "bridge" } else { "overlay" }.into(),
-                    node: local,
-                },
-            })
-            .await?;
+        let cmd = Command::CreateNetwork {
+            spec: crate::store::NetworkSpec {
+                id: id.clone(),
+                name: r.name,
+                subnet,
+                gateway,
+                ip_range,
+                internal: r.internal,
+                attachable: r.attachable,
+                mtu,
+                labels: r.labels.into_iter().collect(),
+                now_ms: now_ms(),
+                encrypted,
+                driver: if local.is_some() { "bridge" } else { "overlay" }.into(),
+                node: local,
+            },
+        };
+        self.core.read(|s| limits::admit(s, &cmd))?;
+        self.core.propose(cmd).await?;
         self.read_after_write(|s| s.networks.get(&id).map(|n| self.network_wire(s, n)))
             .await
     }
@@ -558,11 +594,19 @@ impl ControlService {
             })?)
         };
         let cmd = if attach {
-            Command::ConnectTask {
+            limits::at_most(
+                format_args!("networks of task {}", task.name),
+                task.attachments.len() + 1,
+                limits::MAX_NETWORKS_PER_TASK,
+                "networks",
+            )?;
+            let cmd = Command::ConnectTask {
                 task: task.id.clone(),
                 network: net.id.clone(),
                 ip,
-            }
+            };
+            self.core.read(|s| limits::admit(s, &cmd))?;
+            cmd
         } else {
             Command::DisconnectTask {
                 task: task.id.clone(),
@@ -684,7 +728,7 @@ impl ControlService {
     }
 
     fn service_spec(&self, m: pb::ServiceSpecMsg) -> Result<crate::store::ServiceSpec> {
-        use crate::store::{Constraint, EndpointMode, RestartCondition, ServiceMode, TaskSpec};
+        use crate::store::{EndpointMode, RestartCondition, ServiceMode, TaskSpec};
         crate::validate::object_name("service", &m.name)?;
         let mode = match m.mode.as_str() {
             "" | "replicated" => ServiceMode::Replicated {
@@ -708,18 +752,22 @@ impl ControlService {
                 )));
             }
         };
+        if let ServiceMode::Replicated { replicas } = mode {
+            limits::replicas(replicas)?;
+        }
         if m.command.is_empty() || m.command[0].is_empty() {
             return Err(Error::InvalidInput(
                 "no command given: `weft service create [OPTIONS] -- CMD ARGS...`".into(),
             ));
         }
-        for k in m.env.keys() {
-            if k.is_empty() || k.contains('=') {
-                return Err(Error::InvalidInput(format!(
-                    "invalid environment variable name {k:?}"
-                )));
-            }
-        }
+        let env: BTreeMap<String, String> = m.env.into_iter().collect();
+        limits::task_request(&m.command, &env, m.networks.len(), m.ports.len())?;
+        limits::at_most(
+            "--constraint",
+            m.constraints.len(),
+            limits::MAX_CONSTRAINTS,
+            "constraints",
+        )?;
         let endpoint_mode = match m.endpoint_mode.as_str() {
             "" | "vip" => EndpointMode::Vip,
             "dnsrr" => EndpointMode::Dnsrr,
@@ -742,9 +790,8 @@ impl ControlService {
         let constraints = m
             .constraints
             .iter()
-            .map(|c| c.parse::<Constraint>())
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| Error::InvalidInput(e.to_string()))?;
+            .map(|c| parse_constraint(c))
+            .collect::<Result<Vec<_>>>()?;
         let ports = m
             .ports
             .iter()
@@ -757,7 +804,7 @@ impl ControlService {
             mode,
             task: TaskSpec {
                 command: m.command,
-                env: m.env.into_iter().collect(),
+                env,
             },
             networks: self.resolve_networks(&m.networks)?,
             endpoint_mode,
@@ -769,13 +816,13 @@ impl ControlService {
     async fn create_service(&self, r: pb::CreateServiceRequest) -> Result<pb::Service> {
         let spec = self.service_spec(r.spec.unwrap_or_default())?;
         let id = crate::validate::random_id();
-        self.core
-            .propose(Command::CreateService {
-                id: id.clone(),
-                spec,
-                now_ms: now_ms(),
-            })
-            .await?;
+        let cmd = Command::CreateService {
+            id: id.clone(),
+            spec,
+            now_ms: now_ms(),
+        };
+        self.core.read(|s| limits::admit(s, &cmd))?;
+        self.core.propose(cmd).await?;
         self.read_after_write(|s| {
             s.services
                 .get(&id)
@@ -785,7 +832,19 @@ impl ControlService {
     }
 
     async fn update_service(&self, r: pb::UpdateServiceRequest) -> Result<pb::Service> {
-        use crate::store::{Constraint, ServiceMode};
+        use crate::store::ServiceMode;
+        // The request's own lists first: each entry costs a lookup.
+        let networks =
+            |flag, n| limits::at_most(flag, n, limits::MAX_NETWORKS_PER_TASK, "networks");
+        let env = |flag, n| limits::at_most(flag, n, limits::MAX_ENV_VARS, "variables");
+        let constraints =
+            |flag, n| limits::at_most(flag, n, limits::MAX_CONSTRAINTS, "constraints");
+        networks("--network-add", r.network_add.len())?;
+        networks("--network-rm", r.network_rm.len())?;
+        env("--env-add", r.env_add.len())?;
+        env("--env-rm", r.env_rm.len())?;
+        constraints("--constraint-add", r.constraint_add.len())?;
+        constraints("--constraint-rm", r.constraint_rm.len())?;
         let svc = self.core.read(|s| s.resolve_service(&r.service).cloned())?;
         let mut spec = svc.spec.clone();
         if r.set_replicas {
@@ -797,6 +856,7 @@ impl ControlService {
                     )));
                 }
                 ServiceMode::Replicated { .. } => {
+                    limits::replicas(r.replicas)?;
                     spec.mode = ServiceMode::Replicated {
                         replicas: r.replicas,
                     }
@@ -824,36 +884,45 @@ impl ControlService {
         for k in &r.env_rm {
             spec.task.env.remove(k);
         }
-        for (k, v) in r.env_add {
-            if k.is_empty() || k.contains('=') {
-                return Err(Error::InvalidInput(format!(
-                    "invalid environment variable name {k:?}"
-                )));
-            }
-            spec.task.env.insert(k, v);
+        if !r.env_add.is_empty() {
+            spec.task.env.extend(r.env_add);
+            limits::env(&spec.task.env)?;
         }
         for c in &r.constraint_rm {
-            let c: Constraint = c.parse().map_err(|e: crate::store::ParseConstraintError| {
-                Error::InvalidInput(e.to_string())
-            })?;
+            let c = parse_constraint(c)?;
             spec.constraints.retain(|x| *x != c);
         }
         for c in &r.constraint_add {
-            let c: Constraint = c.parse().map_err(|e: crate::store::ParseConstraintError| {
-                Error::InvalidInput(e.to_string())
-            })?;
+            let c = parse_constraint(c)?;
             if !spec.constraints.contains(&c) {
                 spec.constraints.push(c);
             }
         }
-        self.core
-            .propose(Command::UpdateService {
-                id: svc.id.clone(),
-                spec: spec.clone(),
-                force: r.force,
-                now_ms: now_ms(),
-            })
-            .await?;
+        for (unit, before, after, max) in [
+            (
+                "networks",
+                svc.spec.networks.len(),
+                spec.networks.len(),
+                limits::MAX_NETWORKS_PER_TASK,
+            ),
+            (
+                "constraints",
+                svc.spec.constraints.len(),
+                spec.constraints.len(),
+                limits::MAX_CONSTRAINTS,
+            ),
+        ] {
+            let what = format_args!("{unit} of service {}", spec.name);
+            limits::growth_at_most(what, before, after, max, unit)?;
+        }
+        let cmd = Command::UpdateService {
+            id: svc.id.clone(),
+            spec: spec.clone(),
+            force: r.force,
+            now_ms: now_ms(),
+        };
+        self.core.read(|s| limits::admit(s, &cmd))?;
+        self.core.propose(cmd).await?;
         let id = svc.id.clone();
         self.read_after_write(|s| {
             s.services
@@ -950,17 +1019,27 @@ impl ControlService {
 }
 
 fn validate_label_key(k: &str) -> Result<()> {
+    limits::at_most("label key", k.len(), limits::MAX_LABEL_KEY_BYTES, "bytes")?;
     let ok = !k.is_empty()
-        && k.len() <= 128
         && k.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '/'));
     if ok {
         Ok(())
     } else {
         Err(Error::InvalidInput(format!(
-            "invalid label key {k:?}: use 1-128 characters of letters, digits, '.', '-', '_' or '/'"
+            "invalid label key {k:?}: use 1-{} characters of letters, digits, '.', '-', '_' or '/'",
+            limits::MAX_LABEL_KEY_BYTES
         )))
     }
+}
+
+/// A placement constraint as the operator wrote it, within the limits.
+fn parse_constraint(c: &str) -> Result<crate::store::Constraint> {
+    let c: crate::store::Constraint = c
+        .parse()
+        .map_err(|e: crate::store::ParseConstraintError| Error::InvalidInput(e.to_string()))?;
+    limits::constraint(&c)?;
+    Ok(c)
 }
 
 fn hex_fp(ca_pem: &str) -> String {
@@ -1009,23 +1088,13 @@ impl Control for ControlService {
             Some(subnet)
         };
         let rotation = if r.set_wg_key_rotation {
-            if r.wg_key_rotation_secs != 0
-                && r.wg_key_rotation_secs < crate::store::MIN_WG_KEY_ROTATION_SECS
-            {
-                return Err(Error::InvalidInput(
-                    "--wg-key-rotation must be at least 1m, or 0 to turn automatic rotation off"
-                        .into(),
-                )
-                .into());
-            }
+            limits::wg_key_rotation(r.wg_key_rotation_secs)?;
             Some(r.wg_key_rotation_secs)
         } else {
             None
         };
         let expiry = if r.set_cert_expiry {
-            if r.cert_expiry_secs < crate::store::MIN_CERT_EXPIRY_SECS {
-                return Err(Error::InvalidInput("--cert-expiry must be at least 1h".into()).into());
-            }
+            limits::cert_expiry(r.cert_expiry_secs)?;
             Some(r.cert_expiry_secs)
         } else {
             None
@@ -1565,15 +1634,4 @@ impl Control for LocalControl {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn label_keys() {
-        assert!(validate_label_key("zone").is_ok());
-        assert!(validate_label_key("example.com/disk-type_2").is_ok());
-        assert!(validate_label_key("").is_err());
-        assert!(validate_label_key("a b").is_err());
-        assert!(validate_label_key("k=v").is_err());
-    }
-}
+mod tests;

@@ -12,6 +12,10 @@ pub enum Error {
     /// Input failed validation at the API edge.
     #[error("{0}")]
     InvalidInput(String),
+    /// The request would take the cluster over a cluster-wide limit (see
+    /// [`crate::limits`]).
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// The state machine rejected the command.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -43,6 +47,7 @@ impl From<Error> for Status {
         let msg = e.to_string();
         match e {
             Error::InvalidInput(_) => Status::invalid_argument(msg),
+            Error::ResourceExhausted(_) => Status::resource_exhausted(msg),
             Error::Store(StoreError::NodeNotFound(_))
             | Error::Resolve(ResolveError::NotFound(_)) => Status::not_found(msg),
             Error::Store(StoreError::DuplicateNode(_)) => Status::already_exists(msg),

@@ -11,7 +11,6 @@
 //! ```
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
 
 use tonic::{Request, Response, Status};
 use weft_proto::token::JoinToken;
@@ -21,6 +20,7 @@ use weft_proto::v1::join_server::Join;
 use crate::ca::ClusterCa;
 use crate::core::{Core, now_ms};
 use crate::error::{Error, Result};
+use crate::limits;
 use crate::store::{Command, Node, NodeId, NodeState, Role};
 
 /// Default manager port.
@@ -39,6 +39,12 @@ impl JoinService {
     }
 
     async fn join(&self, r: pb::JoinRequest, peer: Option<SocketAddr>) -> Result<pb::JoinResponse> {
+        limits::at_most(
+            "certificate signing request",
+            r.csr_pem.len(),
+            limits::MAX_CSR_BYTES,
+            "bytes",
+        )?;
         let cluster = self.core.cluster()?;
         let token: JoinToken = r
             .token
@@ -67,10 +73,26 @@ impl JoinService {
             }
         };
         let hostname = r.hostname.trim().to_string();
-        if hostname.is_empty() || hostname.len() > 253 {
-            return Err(Error::InvalidInput(
-                "hostname must be 1-253 characters".into(),
-            ));
+        limits::at_most(
+            "hostname",
+            hostname.len(),
+            limits::MAX_HOSTNAME_BYTES,
+            "bytes",
+        )?;
+        if hostname.is_empty() || hostname.chars().any(char::is_control) {
+            return Err(Error::InvalidInput(format!(
+                "invalid hostname {hostname:?}: give 1-{} characters, no control characters",
+                limits::MAX_HOSTNAME_BYTES
+            )));
+        }
+        // 0: the node could not tell (the default is assumed).
+        if r.underlay_mtu != 0 && !limits::UNDERLAY_MTU_RANGE.contains(&r.underlay_mtu) {
+            return Err(Error::InvalidInput(format!(
+                "underlay MTU {} is outside the limits of {} to {}",
+                r.underlay_mtu,
+                limits::UNDERLAY_MTU_RANGE.start(),
+                limits::UNDERLAY_MTU_RANGE.end()
+            )));
         }
         let addr = advertise_addr(&r.advertise_addr, peer)?;
         let data_path_addr = if r.data_path_addr.is_empty() {
@@ -98,16 +120,8 @@ impl JoinService {
         }
 
         let id = NodeId::random();
-        let validity = Duration::from_secs(cluster.settings.cert_expiry_secs);
-        let issued = ca.sign_csr(
-            &r.csr_pem,
-            &id.to_string(),
-            role.into(),
-            &cluster.id,
-            validity,
-        )?;
         let now = now_ms();
-        let node = Node {
+        let mut node = Node {
             id,
             hostname,
             role,
@@ -117,10 +131,20 @@ impl JoinService {
             underlay_mtu: u32::try_from(r.underlay_mtu).unwrap_or(1500),
             created_at_ms: now,
             updated_at_ms: now,
-            cert_expiry: crate::core::rfc3339(issued.not_after),
             cert_role: role,
             ..Default::default()
         };
+        // Before anything is signed: a refused node gets no certificate.
+        self.core
+            .read(|s| limits::admit(s, &Command::AddNode { node: node.clone() }))?;
+        let issued = ca.sign_csr(
+            &r.csr_pem,
+            &id.to_string(),
+            role.into(),
+            &cluster.id,
+            limits::cert_validity(cluster.settings.cert_expiry_secs),
+        )?;
+        node.cert_expiry = crate::core::rfc3339(issued.not_after);
         self.core.propose(Command::AddNode { node }).await?;
         let manager_addrs = self
             .core

@@ -18,12 +18,15 @@ pub mod dispatcher;
 pub mod error;
 pub mod join;
 pub mod leader;
+pub mod limits;
 pub mod membership;
 pub mod quorum;
 pub mod raft;
 pub mod reports;
 pub mod server;
 pub mod store;
+#[cfg(test)]
+pub(crate) mod testing;
 
 pub use server::{Manager, ManagerConfig, StartError};
 pub mod orchestrator;

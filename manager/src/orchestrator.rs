@@ -176,21 +176,12 @@ pub fn plan(state: &State, now_ms: u64, mut new_id: impl FnMut() -> String) -> V
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{
-        Cluster, ClusterSettings, Constraint, EndpointMode, Role, ServiceSpec, TaskSpec, TaskStatus,
-    };
+    use crate::store::{Constraint, EndpointMode, Role, ServiceSpec, TaskSpec, TaskStatus};
 
     fn state(nodes: u64) -> State {
         let mut s = State::default();
         s.apply(&Command::InitCluster {
-            cluster: Cluster {
-                id: "c".into(),
-                ca_cert_pem: String::new(),
-                ca_key_pem: String::new(),
-                worker_secret: String::new(),
-                manager_secret: String::new(),
-                settings: ClusterSettings::default(),
-            },
+            cluster: crate::testing::cluster_record(),
             node: node(1),
         })
         .unwrap();

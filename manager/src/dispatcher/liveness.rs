@@ -87,18 +87,11 @@ impl Liveness {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Cluster, ClusterSettings, Node, Role};
+    use crate::store::{Node, Role};
 
     fn state(ids: &[(u64, NodeState)]) -> State {
         let mut s = State {
-            cluster: Some(Cluster {
-                id: "c".into(),
-                ca_cert_pem: String::new(),
-                ca_key_pem: String::new(),
-                worker_secret: String::new(),
-                manager_secret: String::new(),
-                settings: ClusterSettings::default(),
-            }),
+            cluster: Some(crate::testing::cluster_record()),
             ..Default::default()
         };
         for (id, st) in ids {

@@ -22,6 +22,7 @@ use weft_proto::v1::dispatcher_server::Dispatcher;
 use crate::ca::ClusterCa;
 use crate::core::Core;
 use crate::error::Error;
+use crate::limits;
 use crate::quorum;
 use crate::store::{Command, Node, NodeId, Role};
 
@@ -122,13 +123,8 @@ impl DispatcherService {
             crate::validate::object_name("task", &r.name)?;
             r.name.clone()
         };
-        for k in r.env.keys() {
-            if k.is_empty() || k.contains('=') {
-                return Err(Error::InvalidInput(format!(
-                    "invalid environment variable name {k:?}"
-                )));
-            }
-        }
+        let env: std::collections::BTreeMap<String, String> = r.env.into_iter().collect();
+        limits::task_request(&r.command, &env, r.networks.len(), r.ports.len())?;
         use crate::store::NetworkMode;
         let mode = match r
             .networks
@@ -209,22 +205,22 @@ impl DispatcherService {
             networks.push((net.id.clone(), ip));
         }
         let id = crate::validate::random_id();
-        self.core
-            .propose(Command::CreateTask {
-                id: id.clone(),
-                name,
-                node: node.id,
-                spec: crate::store::TaskSpec {
-                    command: r.command,
-                    env: r.env.into_iter().collect(),
-                },
-                networks,
-                standalone: true,
-                now_ms: crate::core::now_ms(),
-                network_mode: mode,
-                ports,
-            })
-            .await?;
+        let cmd = Command::CreateTask {
+            id: id.clone(),
+            name,
+            node: node.id,
+            spec: crate::store::TaskSpec {
+                command: r.command,
+                env,
+            },
+            networks,
+            standalone: true,
+            now_ms: crate::core::now_ms(),
+            network_mode: mode,
+            ports,
+        };
+        self.core.read(|s| limits::admit(s, &cmd))?;
+        self.core.propose(cmd).await?;
         self.core
             .read(|s| s.tasks.get(&id).map(|t| crate::convert::task_to_wire(s, t)))
             .ok_or(Error::NotReady)
@@ -412,6 +408,12 @@ impl Dispatcher for DispatcherService {
         req: Request<pb::RenewCertificateRequest>,
     ) -> Result<Response<pb::RenewCertificateResponse>, Status> {
         let node = self.authorize(&req, &req.get_ref().node_id)?;
+        limits::at_most(
+            "certificate signing request",
+            req.get_ref().csr_pem.len(),
+            limits::MAX_CSR_BYTES,
+            "bytes",
+        )?;
         let cluster = self.core.cluster()?;
         let ca =
             ClusterCa::from_pem(&cluster.ca_cert_pem, &cluster.ca_key_pem).map_err(Error::from)?;
@@ -421,7 +423,7 @@ impl Dispatcher for DispatcherService {
                 &node.id.to_string(),
                 node.role.into(),
                 &cluster.id,
-                Duration::from_secs(cluster.settings.cert_expiry_secs),
+                limits::cert_validity(cluster.settings.cert_expiry_secs),
             )
             .map_err(Error::from)?;
         self.core
@@ -466,12 +468,19 @@ impl Dispatcher for DispatcherService {
     ) -> Result<Response<pb::StatusAck>, Status> {
         let node = self.authorize(&req, &req.get_ref().node_id)?;
         let r = req.into_inner();
-        self.core
-            .config_applied(node.id, r.applied_version, r.apply_error.clone());
+        self.core.config_applied(
+            node.id,
+            r.applied_version,
+            limits::cut_report(r.apply_error.clone()),
+        );
+        // One handshake per peer node; keys of the wrong length are no
+        // peer's and are dropped.
         self.core.handshakes_seen(
             node.id,
             r.handshakes
                 .iter()
+                .filter(|h| h.public_key.len() == limits::WG_PUBLIC_KEY_BYTES)
+                .take(limits::MAX_NODES)
                 .map(|h| (h.public_key.clone(), h.last_handshake_ms))
                 .collect(),
         );
@@ -498,18 +507,20 @@ impl Dispatcher for DispatcherService {
                 })
                 .await?;
         }
-        // Only changes become Raft writes.
+        // Only changes become Raft writes; no node has more tasks than the
+        // cluster may, so entries past that are dropped unread.
         let changes: Vec<Command> = self.core.read(|s| {
             r.tasks
                 .iter()
+                .take(limits::MAX_TASKS as usize)
                 .filter_map(|ts| {
                     let t = s.tasks.get(&ts.task_id)?;
                     if t.node != node.id {
                         return None;
                     }
                     let status = crate::store::TaskStatus {
-                        state: ts.state.clone(),
-                        message: ts.message.clone(),
+                        state: limits::cut_report(ts.state.clone()),
+                        message: limits::cut_report(ts.message.clone()),
                         exit_code: ts.has_exit_code.then_some(ts.exit_code),
                         updated_at_ms: crate::core::now_ms(),
                     };

@@ -437,10 +437,8 @@ pub fn same_content(a: &pb::NodeConfig, b: &pb::NodeConfig) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
-    use crate::store::{Cluster, ClusterSettings, Command, NetworkSpec, Node, Role, TaskSpec};
+    use crate::store::{Command, NetworkSpec, Node, Role, TaskSpec};
 
     fn state() -> State {
         let mut s = State::default();
@@ -454,14 +452,7 @@ mod tests {
             ..Default::default()
         };
         s.apply(&Command::InitCluster {
-            cluster: Cluster {
-                id: "c".into(),
-                ca_cert_pem: String::new(),
-                ca_key_pem: String::new(),
-                worker_secret: String::new(),
-                manager_secret: String::new(),
-                settings: ClusterSettings::default(),
-            },
+            cluster: crate::testing::cluster_record(),
             node: node(1, "a", 1500),
         })
         .unwrap();
@@ -474,19 +465,8 @@ mod tests {
         for (id, name, subnet) in [("n1", "app", "10.0.9.0/24"), ("n2", "db", "10.0.10.0/24")] {
             s.apply(&Command::CreateNetwork {
                 spec: NetworkSpec {
-                    id: id.into(),
-                    name: name.into(),
                     subnet: Some(subnet.parse().unwrap()),
-                    gateway: None,
-                    ip_range: None,
-                    internal: false,
-                    attachable: true,
-                    mtu: None,
-                    labels: BTreeMap::new(),
-                    now_ms: 0,
-                    encrypted: false,
-                    driver: String::new(),
-                    node: None,
+                    ..crate::testing::network_spec(id, name)
                 },
             })
             .unwrap();

@@ -193,19 +193,9 @@ fn node_id_text_form() {
 
 fn net_spec(id: &str, name: &str, subnet: Option<&str>) -> NetworkSpec {
     NetworkSpec {
-        id: id.into(),
-        name: name.into(),
         subnet: subnet.map(|s| s.parse().unwrap()),
-        gateway: None,
-        ip_range: None,
-        internal: false,
-        attachable: true,
-        mtu: None,
-        labels: BTreeMap::new(),
         now_ms: 1,
-        encrypted: false,
-        driver: String::new(),
-        node: None,
+        ..crate::testing::network_spec(id, name)
     }
 }
 

@@ -224,11 +224,6 @@ fn default_ingress_subnet() -> IpNetwork {
         .expect("valid literal")
 }
 
-/// Shortest certificate lifetime `init` and `cluster update` accept.
-pub const MIN_CERT_EXPIRY_SECS: u64 = 3600;
-/// Shortest automatic WireGuard key rotation interval (0 turns it off).
-pub const MIN_WG_KEY_ROTATION_SECS: u64 = 60;
-
 fn default_wg_port() -> u16 {
     51820
 }

@@ -1,0 +1,325 @@
+//! The operator API's input checks, against a real one-manager Raft group:
+//! at each limit a request is accepted, over it refused with the right
+//! code and a message naming the limit, and a refused request changes
+//! nothing in the store.
+
+use tonic::Code;
+
+use super::*;
+use crate::limits;
+use crate::store::NodeId;
+use crate::testing as fixtures;
+
+#[test]
+fn label_keys() {
+    assert!(validate_label_key("zone").is_ok());
+    assert!(validate_label_key("example.com/disk-type_2").is_ok());
+    assert!(validate_label_key(&"k".repeat(limits::MAX_LABEL_KEY_BYTES)).is_ok());
+    assert!(validate_label_key("").is_err());
+    assert!(validate_label_key("a b").is_err());
+    assert!(validate_label_key("k=v").is_err());
+    assert_eq!(
+        validate_label_key(&"k".repeat(limits::MAX_LABEL_KEY_BYTES + 1))
+            .unwrap_err()
+            .to_string(),
+        "label key: 129 bytes is over the limit of 128 bytes"
+    );
+}
+
+/// A manager's control API on the local socket.
+struct Fixture {
+    control: ControlService,
+    core: Core,
+    _dir: tempfile::TempDir,
+}
+
+async fn manager() -> Fixture {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let raft = fixtures::single_manager(dir.path()).await;
+    let core = Core::new(NodeId(1), raft);
+    Fixture {
+        control: ControlService::new(core.clone(), Caller::Local),
+        core,
+        _dir: dir,
+    }
+}
+
+/// `weft service create --name NAME --replicas N -- sleep 1d`.
+fn service(name: &str, replicas: u64) -> pb::ServiceSpecMsg {
+    pb::ServiceSpecMsg {
+        name: name.into(),
+        replicas,
+        command: vec!["sleep".into(), "1d".into()],
+        ..Default::default()
+    }
+}
+
+fn labels(n: usize, value: usize) -> std::collections::HashMap<String, String> {
+    (0..n)
+        .map(|i| (format!("k{i}"), "v".repeat(value)))
+        .collect()
+}
+
+async fn create_service(c: &ControlService, spec: pb::ServiceSpecMsg) -> Result<(), Status> {
+    Control::create_service(
+        c,
+        Request::new(pb::CreateServiceRequest { spec: Some(spec) }),
+    )
+    .await
+    .map(drop)
+}
+
+async fn update_service(c: &ControlService, r: pb::UpdateServiceRequest) -> Result<(), Status> {
+    Control::update_service(c, Request::new(r)).await.map(drop)
+}
+
+async fn create_network(c: &ControlService, r: pb::CreateNetworkRequest) -> Result<(), Status> {
+    Control::create_network(c, Request::new(r)).await.map(drop)
+}
+
+async fn update_node(c: &ControlService, r: pb::UpdateNodeRequest) -> Result<(), Status> {
+    Control::update_node(c, Request::new(r)).await.map(drop)
+}
+
+async fn set_cert_expiry(c: &ControlService, secs: u64) -> Result<(), Status> {
+    let r = pb::UpdateClusterRequest {
+        set_cert_expiry: true,
+        cert_expiry_secs: secs,
+        ..Default::default()
+    };
+    Control::update_cluster(c, Request::new(r)).await.map(drop)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_limits_accepted_over_them_refused_and_nothing_changes() {
+    let f = manager().await;
+    let c = &f.control;
+
+    // At the limits: accepted.
+    create_service(c, service("wide", limits::MAX_REPLICAS))
+        .await
+        .expect("10000 replicas");
+    create_network(
+        c,
+        pb::CreateNetworkRequest {
+            name: "app".into(),
+            labels: labels(limits::MAX_LABELS, limits::MAX_LABEL_VALUE_BYTES),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("128 labels of 1024 bytes");
+    update_node(
+        c,
+        pb::UpdateNodeRequest {
+            node: "self".into(),
+            label_add: labels(limits::MAX_LABELS, 1),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("128 node labels");
+    set_cert_expiry(c, limits::MAX_CERT_EXPIRY_SECS)
+        .await
+        .expect("10 years");
+
+    // Over them: refused, and the store stays as it is.
+    let before = f.core.read(|s| s.clone());
+    let with = |edit: &dyn Fn(&mut pb::ServiceSpecMsg)| {
+        let mut m = service("web", 1);
+        edit(&mut m);
+        m
+    };
+    let invalid = Code::InvalidArgument;
+    let cases: Vec<(Result<(), Status>, Code, &str)> = vec![
+        (
+            create_service(c, service("web", 100_000_000)).await,
+            invalid,
+            "--replicas 100000000 is over the limit of 10000 replicas per service",
+        ),
+        (
+            create_service(c, service(&"w".repeat(64), 1)).await,
+            invalid,
+            "service name: 64 bytes is over the limit of 63 bytes",
+        ),
+        (
+            create_service(
+                c,
+                with(&|m| m.env = (0..257).map(|i| (format!("V{i}"), "x".into())).collect()),
+            )
+            .await,
+            invalid,
+            "environment: 257 variables is over the limit of 256 variables",
+        ),
+        (
+            create_service(
+                c,
+                with(&|m| {
+                    m.env = [("PEM".to_string(), "x".repeat(32 * 1024 + 1))].into();
+                }),
+            )
+            .await,
+            invalid,
+            "value of environment variable PEM: 32769 bytes is over the limit of 32768 bytes",
+        ),
+        (
+            create_service(c, with(&|m| m.command = vec!["a".into(); 1025])).await,
+            invalid,
+            "command: 1025 arguments is over the limit of 1024 arguments",
+        ),
+        (
+            create_service(c, with(&|m| m.networks = vec!["app".into(); 17])).await,
+            invalid,
+            "--network: 17 networks is over the limit of 16 networks",
+        ),
+        (
+            create_service(
+                c,
+                with(&|m| m.constraints = vec!["node.role==worker".into(); 33]),
+            )
+            .await,
+            invalid,
+            "--constraint: 33 constraints is over the limit of 32 constraints",
+        ),
+        (
+            create_service(
+                c,
+                with(&|m| m.constraints = vec![format!("node.labels.zone=={}", "a".repeat(1025))]),
+            )
+            .await,
+            invalid,
+            "value of constraint on node.labels.zone: 1025 bytes is over the limit of 1024 bytes",
+        ),
+        (
+            create_service(
+                c,
+                with(&|m| {
+                    m.ports = vec![
+                        pb::PortMapping {
+                            target: 80,
+                            ..Default::default()
+                        };
+                        65
+                    ]
+                }),
+            )
+            .await,
+            invalid,
+            "--publish: 65 ports is over the limit of 64 ports",
+        ),
+        (
+            update_service(
+                c,
+                pb::UpdateServiceRequest {
+                    service: "wide".into(),
+                    set_replicas: true,
+                    replicas: limits::MAX_REPLICAS + 1,
+                    ..Default::default()
+                },
+            )
+            .await,
+            invalid,
+            "--replicas 10001 is over the limit of 10000 replicas per service",
+        ),
+        (
+            update_service(
+                c,
+                pb::UpdateServiceRequest {
+                    service: "wide".into(),
+                    network_add: vec!["app".into(); 17],
+                    ..Default::default()
+                },
+            )
+            .await,
+            invalid,
+            "--network-add: 17 networks is over the limit of 16 networks",
+        ),
+        (
+            update_service(
+                c,
+                pb::UpdateServiceRequest {
+                    service: "wide".into(),
+                    env_add: (0..200)
+                        .map(|i| (format!("V{i:03}"), "x".repeat(400)))
+                        .collect(),
+                    ..Default::default()
+                },
+            )
+            .await,
+            invalid,
+            "environment (KEY=VALUE strings): 81200 bytes is over the limit of 65536 bytes",
+        ),
+        (
+            create_network(
+                c,
+                pb::CreateNetworkRequest {
+                    name: "db".into(),
+                    labels: labels(limits::MAX_LABELS + 1, 1),
+                    ..Default::default()
+                },
+            )
+            .await,
+            invalid,
+            "labels of network db: 129 labels is over the limit of 128 labels",
+        ),
+        (
+            create_network(
+                c,
+                pb::CreateNetworkRequest {
+                    name: "db".into(),
+                    labels: [("zone".to_string(), "v".repeat(10 << 20))].into(),
+                    ..Default::default()
+                },
+            )
+            .await,
+            invalid,
+            "value of label \"zone\": 10485760 bytes is over the limit of 1024 bytes",
+        ),
+        (
+            update_node(
+                c,
+                pb::UpdateNodeRequest {
+                    node: "self".into(),
+                    label_add: [("one-more".to_string(), "v".into())].into(),
+                    ..Default::default()
+                },
+            )
+            .await,
+            invalid,
+            "labels of node host-1: 129 labels is over the limit of 128 labels",
+        ),
+        (
+            set_cert_expiry(c, 1_000_000 * 3600).await,
+            invalid,
+            "--cert-expiry 1000000h is over the limit of 3650d",
+        ),
+        (
+            set_cert_expiry(c, u64::MAX).await,
+            invalid,
+            "--cert-expiry 18446744073709551615s is over the limit of 3650d",
+        ),
+        (
+            Control::update_cluster(
+                c,
+                Request::new(pb::UpdateClusterRequest {
+                    set_wg_key_rotation: true,
+                    wg_key_rotation_secs: 366 * 86_400,
+                    ..Default::default()
+                }),
+            )
+            .await
+            .map(drop),
+            invalid,
+            "--wg-key-rotation 366d is over the limit of 365d",
+        ),
+    ];
+    for (got, code, want) in cases {
+        let st = got.expect_err(want);
+        assert_eq!(st.code(), code, "{want}: {st:?}");
+        assert!(st.message().contains(want), "want {want:?}, got {st:?}");
+    }
+    assert!(
+        f.core.read(|s| *s == before),
+        "a refused request changed the store"
+    );
+}
