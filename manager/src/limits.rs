@@ -9,8 +9,22 @@
 //!
 //! Per-object bounds (a name, a label, a command, a spec) are
 //! `INVALID_ARGUMENT`; cluster-wide ones (how many nodes, networks,
-//! services, tasks) are `RESOURCE_EXHAUSTED`. Every message names the
-//! field, the value given and the limit.
+//! services, tasks; how large a node's config can get) are
+//! `RESOURCE_EXHAUSTED`. Every message names the field, the value given and
+//! the limit.
+//!
+//! Node configs: the dispatcher sends each node its whole projected
+//! `NodeConfig` and the node decodes at most
+//! [`weft_proto::SESSION_RECEIVE_LIMIT_BYTES`]. No choice of per-object
+//! limits keeps every projection under that (10,000 replicas of a small
+//! task on one overlay network come to ~3 MB in the config of the node
+//! running them), so a command is refused when it would let some node's
+//! config exceed [`MAX_NODE_CONFIG_BYTES`]: [`admit`] applies the command
+//! to a copy of the state and computes
+//! [`config_bound`](crate::dispatcher::bound::config_bound), an upper bound
+//! over every node *and every placement* of the desired tasks (all replicas
+//! of a service may end up on one node when the others are down or
+//! drained).
 
 use std::collections::BTreeMap;
 use std::fmt::Display;
@@ -55,7 +69,7 @@ pub const MAX_ENV_KEY_BYTES: usize = 256;
 pub const MAX_ENV_VALUE_BYTES: usize = 32 * 1024;
 
 /// All of a task's environment, as `KEY=VALUE\0` strings. Every task's
-/// environment travels in its node's config.
+/// environment travels in its node's config; see [`MAX_NODE_CONFIG_BYTES`].
 pub const MAX_ENV_BYTES: usize = 64 * 1024;
 
 /// Arguments of a task's command line, the program included.
@@ -125,6 +139,11 @@ pub const MAX_SERVICES: usize = 1000;
 /// per node for global ones, and standalone tasks. Every task is a record
 /// in every manager's store.
 pub const MAX_TASKS: u64 = 20_000;
+
+/// Largest config a node is sent, a quarter below what it can receive
+/// ([`weft_proto::SESSION_RECEIVE_LIMIT_BYTES`]): the margin covers commands
+/// admitted concurrently against the same state.
+pub const MAX_NODE_CONFIG_BYTES: usize = weft_proto::SESSION_RECEIVE_LIMIT_BYTES / 4 * 3;
 
 // ---------------------------------------------------------------------------
 // What nodes report
@@ -390,9 +409,9 @@ struct Measure {
 }
 
 /// Refuses `cmd` if applying it to `current` would break a cluster-wide
-/// limit: too many nodes, networks, services or tasks. A command that does
-/// not grow a measure already over its limit (scaling down, removing)
-/// passes.
+/// limit: too many nodes, networks, services or tasks, or a node config
+/// that could exceed [`MAX_NODE_CONFIG_BYTES`]. A command that does not
+/// grow a measure already over its limit (scaling down, removing) passes.
 ///
 /// The command is applied to a copy: a command the store would refuse
 /// fails here with the same error, before anything is proposed.
@@ -441,6 +460,16 @@ pub fn admit(current: &State, cmd: &Command) -> Result<()> {
                 m.next, m.what, m.max, m.what
             )));
         }
+    }
+    let bound = crate::dispatcher::bound::config_bound(&next);
+    if bound > MAX_NODE_CONFIG_BYTES && bound > crate::dispatcher::bound::config_bound(current) {
+        return Err(Error::ResourceExhausted(format!(
+            "this would let the configuration sent to one node reach {bound} bytes (if every \
+             replica ran on it), over the limit of {MAX_NODE_CONFIG_BYTES} bytes per node \
+             config (nodes accept {} bytes); use fewer replicas, networks or ports, or a \
+             smaller command or environment",
+            weft_proto::SESSION_RECEIVE_LIMIT_BYTES
+        )));
     }
     Ok(())
 }

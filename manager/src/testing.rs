@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 
 use crate::store::{
     Cluster, ClusterSettings, Command, EndpointMode, NetworkSpec, Node, NodeId, NodeState,
-    RestartCondition, Role, ServiceMode, ServiceSpec, State, TaskSpec,
+    PortProto, PortRequest, PublishMode, RestartCondition, Role, ServiceMode, ServiceSpec, State,
+    TaskSpec, TaskStatus,
 };
 
 /// A ready node with an underlay address and an MTU.
@@ -130,6 +131,50 @@ pub fn spec(name: &str, replicas: u64, networks: &[&str]) -> ServiceSpec {
         restart: RestartCondition::Any,
         ports: Vec::new(),
     }
+}
+
+/// A TCP port to publish.
+pub fn port(published: u16, mode: PublishMode) -> PortRequest {
+    PortRequest {
+        proto: PortProto::Tcp,
+        published,
+        target: 80,
+        mode,
+    }
+}
+
+/// Creates `count` tasks of `service` in slots `first..` on `node`, each
+/// reported running.
+pub fn place(s: &mut State, service: &str, first: u64, count: u64, node: u64) {
+    for slot in first..first + count {
+        let id = format!("{service}-{slot:06}-{node:04}");
+        apply(
+            s,
+            Command::CreateServiceTask {
+                id: id.clone(),
+                service: service.into(),
+                slot,
+                node: NodeId(node),
+                now_ms: 0,
+            },
+        );
+        running(s, &id, node);
+    }
+}
+
+/// Reports task `id` running on `node`.
+pub fn running(s: &mut State, id: &str, node: u64) {
+    apply(
+        s,
+        Command::SetTaskStatus {
+            id: id.into(),
+            node: NodeId(node),
+            status: TaskStatus {
+                state: "running".into(),
+                ..Default::default()
+            },
+        },
+    );
 }
 
 /// A one-manager Raft group in `dir` holding [`init`]'s cluster: the write

@@ -18,3 +18,10 @@ pub mod v1 {
 pub mod identity;
 pub mod tls;
 pub mod token;
+
+/// Largest `SessionMessage` (and so `NodeConfig`) a node decodes on its
+/// dispatcher session: tonic's default receive limit, stated here so the
+/// node sets it explicitly and the manager can keep every config it sends
+/// below it. A larger message would fail to decode on every reconnect and
+/// cut the node off for good.
+pub const SESSION_RECEIVE_LIMIT_BYTES: usize = 4 * 1024 * 1024;

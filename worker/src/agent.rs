@@ -397,7 +397,8 @@ impl Run {
             Err(e) if revoked(&e) => return End::Removed(REVOKED.into()),
             Err(e) => return End::Failed(e.to_string()),
         };
-        let mut client = DispatcherClient::new(ch);
+        let mut client = DispatcherClient::new(ch)
+            .max_decoding_message_size(weft_proto::SESSION_RECEIVE_LIMIT_BYTES);
         let mut stream = match client
             .session(pb::SessionRequest {
                 node_id: self.node_id.clone(),

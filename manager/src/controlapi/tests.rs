@@ -208,6 +208,20 @@ async fn at_the_limits_accepted_over_them_refused_and_nothing_changes() {
             "--publish: 65 ports is over the limit of 64 ports",
         ),
         (
+            // Every replica of it could end up on one node, whose config
+            // would then be over the limit.
+            create_service(
+                c,
+                with(&|m| {
+                    m.replicas = limits::MAX_REPLICAS;
+                    m.networks = vec!["app".into()];
+                }),
+            )
+            .await,
+            Code::ResourceExhausted,
+            "over the limit of 3145728 bytes per node config",
+        ),
+        (
             update_service(
                 c,
                 pb::UpdateServiceRequest {

@@ -7,6 +7,7 @@
 //! A node speaks only for the node ID in its own certificate, and a removed
 //! node is refused.
 
+pub mod bound;
 pub mod liveness;
 pub mod projection;
 
@@ -81,6 +82,19 @@ impl DispatcherService {
             })?;
         let changed = last.is_none_or(|l| !projection::same_content(l, &config));
         if changed {
+            // Admission keeps every config under this (see `limits`); if
+            // one still gets past it, say so here rather than leave the node
+            // failing to decode it on every reconnect without a word.
+            let bytes = prost::Message::encoded_len(&config);
+            if bytes > limits::MAX_NODE_CONFIG_BYTES {
+                tracing::error!(
+                    node = %id,
+                    bytes,
+                    limit = limits::MAX_NODE_CONFIG_BYTES,
+                    receive_limit = weft_proto::SESSION_RECEIVE_LIMIT_BYTES,
+                    "a node's config is over the size limit; the node may fail to decode it"
+                );
+            }
             msg.config = Some(config.clone());
             self.core.config_pushed(id, config.version);
             Ok((msg, config))
