@@ -47,7 +47,10 @@ impl From<Error> for Status {
         let msg = e.to_string();
         match e {
             Error::InvalidInput(_) => Status::invalid_argument(msg),
-            Error::ResourceExhausted(_) => Status::resource_exhausted(msg),
+            Error::ResourceExhausted(_)
+            | Error::Raft(crate::raft::ProposeError::TooLarge { .. }) => {
+                Status::resource_exhausted(msg)
+            }
             Error::Store(StoreError::NodeNotFound(_))
             | Error::Resolve(ResolveError::NotFound(_)) => Status::not_found(msg),
             Error::Store(StoreError::DuplicateNode(_)) => Status::already_exists(msg),

@@ -25,6 +25,10 @@
 //! over every node *and every placement* of the desired tasks (all replicas
 //! of a service may end up on one node when the others are down or
 //! drained).
+//!
+//! Raft: every command is at most [`MAX_RAFT_ENTRY_BYTES`] serialized,
+//! checked where it is proposed ([`crate::raft::RaftHandle::propose`]),
+//! before it reaches Raft.
 
 use std::collections::BTreeMap;
 use std::fmt::Display;
@@ -144,6 +148,12 @@ pub const MAX_TASKS: u64 = 20_000;
 /// ([`weft_proto::SESSION_RECEIVE_LIMIT_BYTES`]): the margin covers commands
 /// admitted concurrently against the same state.
 pub const MAX_NODE_CONFIG_BYTES: usize = weft_proto::SESSION_RECEIVE_LIMIT_BYTES / 4 * 3;
+
+/// Largest Raft command, and largest batch of commands in one log entry,
+/// as serialized. Far below the Raft transport's 64 MiB message limit, so
+/// a full AppendEntries of such entries always fits: an entry over the
+/// message limit could never be replicated and would be retried forever.
+pub const MAX_RAFT_ENTRY_BYTES: usize = 1024 * 1024;
 
 // ---------------------------------------------------------------------------
 // What nodes report

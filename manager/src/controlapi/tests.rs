@@ -337,3 +337,60 @@ async fn at_the_limits_accepted_over_them_refused_and_nothing_changes() {
         "a refused request changed the store"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_over_the_raft_entry_cap_is_refused_before_raft() {
+    let f = manager().await;
+    let before = f.core.read(|s| s.clone());
+    let index = f.core.raft().metrics().last_log_index;
+    let e = f
+        .core
+        .propose(Command::UpdateNode {
+            id: NodeId(1),
+            availability: None,
+            label_add: [("big".to_string(), "v".repeat(limits::MAX_RAFT_ENTRY_BYTES))].into(),
+            label_rm: Vec::new(),
+            now_ms: 0,
+        })
+        .await
+        .unwrap_err();
+    let st = Status::from(e);
+    assert_eq!(st.code(), Code::ResourceExhausted, "{st:?}");
+    assert!(
+        st.message()
+            .contains("bytes as a Raft command, over the limit of 1048576 bytes per command"),
+        "{st:?}"
+    );
+    assert_eq!(
+        f.core.raft().metrics().last_log_index,
+        index,
+        "nothing logged"
+    );
+    assert!(f.core.read(|s| *s == before));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_commands_are_batched_under_the_entry_cap() {
+    let f = manager().await;
+    let index = f.core.raft().metrics().last_log_index.unwrap_or(0);
+    // Four commands of 600 KB proposed at once: one log entry each (two
+    // would exceed the cap), all applied.
+    let writes = (0..4).map(|i| {
+        f.core.propose(Command::UpdateNode {
+            id: NodeId(1),
+            availability: None,
+            label_add: [(format!("k{i}"), "v".repeat(600_000))].into(),
+            label_rm: Vec::new(),
+            now_ms: 0,
+        })
+    });
+    for r in futures::future::join_all(writes).await {
+        r.expect("applied");
+    }
+    assert_eq!(
+        f.core.raft().metrics().last_log_index,
+        Some(index + 4),
+        "one entry per command"
+    );
+    assert_eq!(f.core.read(|s| s.nodes[&NodeId(1)].labels.len()), 4);
+}

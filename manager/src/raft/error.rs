@@ -142,4 +142,15 @@ pub enum ProposeError {
     /// This node's Raft stopped.
     #[error("Raft is shut down")]
     Shutdown,
+    /// The command is larger than one log entry may be
+    /// ([`crate::limits::MAX_RAFT_ENTRY_BYTES`]); nothing was written.
+    #[error(
+        "the change is {bytes} bytes as a Raft command, over the limit of {limit} bytes per command"
+    )]
+    TooLarge {
+        /// Its serialized size.
+        bytes: usize,
+        /// The limit.
+        limit: usize,
+    },
 }

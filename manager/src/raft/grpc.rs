@@ -140,8 +140,12 @@ impl Raft for RaftGrpc {
     ) -> Result<Response<RaftPayload>, Status> {
         let (meta, ext, payload) = request.into_parts();
         (self.authorize)(&Request::from_parts(meta, ext, ()), RaftCall::Propose)?;
+        // The proposer checked this before sending; a leader does not trust
+        // it, and does not decode an oversized command.
+        let bytes = payload.json.len();
+        super::handle::check_size(bytes).map_err(|e| Status::resource_exhausted(e.to_string()))?;
         let cmd: Command = self.decode(Request::new(payload))?;
-        match self.handle.submit_local(cmd, None).await {
+        match self.handle.submit_local(cmd, bytes, None).await {
             Ok(result) => reply(&result),
             Err(LocalError::NotLeader { leader }) => {
                 Err(Status::failed_precondition(match leader {

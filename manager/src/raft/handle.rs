@@ -22,11 +22,12 @@ use tokio::time::Instant;
 use weft_proto::v1::RaftPayload;
 
 use super::error::{Error, ProposeError};
-use super::grpc::{Authorize, PingRequest, PingResponse, RaftGrpc};
+use super::grpc::{Authorize, MAX_MESSAGE_BYTES, PingRequest, PingResponse, RaftGrpc};
 use super::log_store::{DbClosed, LogShared, LogStore, open_db};
 use super::network::{ChannelFactory, Clients, NetworkFactory};
 use super::state_machine::{StateMachine, StoreHandle};
 use super::{Batch, RaftNode, TypeConfig};
+use crate::limits::MAX_RAFT_ENTRY_BYTES;
 use crate::store::{Command, CommandResult, NodeId};
 
 /// Timing and batching knobs. The defaults suit a control plane on a busy
@@ -87,7 +88,7 @@ impl RaftSettings {
             // A whole snapshot chunk must arrive within this on a slow link.
             install_snapshot_timeout: 5000,
             // Entries are batches of up to `max_batch` commands already.
-            max_payload_entries: 64,
+            max_payload_entries: MAX_PAYLOAD_ENTRIES,
             snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_every),
             max_in_snapshot_log_to_keep: self.keep_logs_after_snapshot,
             ..Config::default()
@@ -111,6 +112,53 @@ pub(super) enum LocalError {
 }
 
 type Reply = oneshot::Sender<Result<CommandResult, LocalError>>;
+
+/// A command on its way to the batcher, with its serialized size.
+type Queued = (Command, usize, Reply);
+
+/// Most log entries in one AppendEntries. With entries of at most
+/// [`MAX_RAFT_ENTRY_BYTES`] (plus their framing) a full AppendEntries stays
+/// far under the transport's [`MAX_MESSAGE_BYTES`]: a message over it
+/// could never be delivered and would be retried forever.
+const MAX_PAYLOAD_ENTRIES: u64 = 32;
+
+/// What an entry adds to the bytes of its commands, at most: its log ID and
+/// JSON framing (~200 bytes) and a separator per command (a command is at
+/// least 20 bytes of JSON, so at most a twentieth of the entry).
+const ENTRY_FRAMING_BYTES: usize = 64 * 1024;
+
+const _: () = assert!(
+    MAX_PAYLOAD_ENTRIES as usize * (MAX_RAFT_ENTRY_BYTES + ENTRY_FRAMING_BYTES)
+        <= MAX_MESSAGE_BYTES * 3 / 4
+);
+
+/// The serialized size of `cmd`, without keeping the bytes.
+fn json_len(cmd: &Command) -> Result<usize, serde_json::Error> {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    serde_json::to_writer(&mut c, cmd)?;
+    Ok(c.0)
+}
+
+/// Refuses a command of `bytes` over [`MAX_RAFT_ENTRY_BYTES`].
+pub(super) fn check_size(bytes: usize) -> Result<(), ProposeError> {
+    if bytes > MAX_RAFT_ENTRY_BYTES {
+        return Err(ProposeError::TooLarge {
+            bytes,
+            limit: MAX_RAFT_ENTRY_BYTES,
+        });
+    }
+    Ok(())
+}
 
 /// A summary of this node's view of the group.
 #[derive(Debug, Clone, PartialEq)]
@@ -169,7 +217,7 @@ struct Inner {
     raft: openraft::Raft<TypeConfig>,
     store: StoreHandle,
     clients: Clients,
-    batcher: mpsc::Sender<(Command, Reply)>,
+    batcher: mpsc::Sender<Queued>,
     settings: RaftSettings,
     /// Fires when every storage task has let go of the database file.
     db_closed: tokio::sync::Mutex<Option<DbClosed>>,
@@ -351,7 +399,12 @@ impl RaftHandle {
     /// no leader (an election) it waits and retries, up to
     /// [`RaftSettings::propose_timeout`]; then it fails with
     /// [`ProposeError::NoLeader`], counting the reachable managers.
+    ///
+    /// A command over [`MAX_RAFT_ENTRY_BYTES`] serialized is refused with
+    /// [`ProposeError::TooLarge`] before it reaches Raft.
     pub async fn propose(&self, cmd: Command) -> Result<CommandResult, ProposeError> {
+        let bytes = json_len(&cmd)?;
+        check_size(bytes)?;
         let deadline = Instant::now() + self.inner.settings.propose_timeout;
         let mut metrics = self.inner.raft.metrics();
         let mut last_forward: Option<(NodeId, String, tonic::Status)> = None;
@@ -368,7 +421,7 @@ impl RaftHandle {
             }
             match (leader, addr) {
                 (Some(l), _) if l == self.inner.id => {
-                    match self.submit_local(cmd.clone(), Some(deadline)).await {
+                    match self.submit_local(cmd.clone(), bytes, Some(deadline)).await {
                         Ok(r) => return Ok(r),
                         Err(LocalError::NotLeader { .. }) => {}
                         Err(LocalError::Shutdown) => return Err(ProposeError::Shutdown),
@@ -402,18 +455,20 @@ impl RaftHandle {
         Err(ProposeError::NoLeader { reachable, total })
     }
 
-    /// Submits `cmd` to this node's Raft (it must be the leader), batched
-    /// with other concurrent commands. Used by `propose` and by the leader's
-    /// `Propose` RPC.
+    /// Submits `cmd` (`bytes` serialized, at most [`MAX_RAFT_ENTRY_BYTES`])
+    /// to this node's Raft (it must be the leader), batched with other
+    /// concurrent commands. Used by `propose` and by the leader's `Propose`
+    /// RPC.
     pub(super) async fn submit_local(
         &self,
         cmd: Command,
+        bytes: usize,
         deadline: Option<Instant>,
     ) -> Result<CommandResult, LocalError> {
         let (tx, rx) = oneshot::channel();
         self.inner
             .batcher
-            .send((cmd, tx))
+            .send((cmd, bytes, tx))
             .await
             .map_err(|_| LocalError::Shutdown)?;
         let res = match deadline {
@@ -515,28 +570,31 @@ fn map_write(
 }
 
 /// Groups queued commands into one log entry each time Raft can take more,
-/// so one fsync covers many commands. Batches are submitted in arrival order.
+/// so one fsync covers many commands. Batches are submitted in arrival order
+/// and hold at most `max_batch` commands and [`MAX_RAFT_ENTRY_BYTES`] (a
+/// single command of that size goes alone).
 async fn run_batcher(
     raft: openraft::Raft<TypeConfig>,
-    mut rx: mpsc::Receiver<(Command, Reply)>,
+    mut rx: mpsc::Receiver<Queued>,
     max_batch: usize,
     max_inflight: usize,
 ) {
     let inflight = Arc::new(Semaphore::new(max_inflight.max(1)));
-    while let Some(first) = rx.recv().await {
+    // A command that did not fit the last batch opens the next one.
+    let mut held: Option<Queued> = None;
+    loop {
+        let first = match held.take() {
+            Some(q) => q,
+            None => match rx.recv().await {
+                Some(q) => q,
+                None => return,
+            },
+        };
         let Ok(permit) = inflight.clone().acquire_owned().await else {
             return;
         };
-        let (mut cmds, mut replies) = (vec![first.0], vec![first.1]);
-        while cmds.len() < max_batch.max(1) {
-            match rx.try_recv() {
-                Ok((c, r)) => {
-                    cmds.push(c);
-                    replies.push(r);
-                }
-                Err(_) => break,
-            }
-        }
+        let (cmds, replies, next) = fill_batch(first, &mut rx, max_batch);
+        held = next;
         let pending = match raft.client_write_ff(Batch::new(cmds)).await {
             Ok(p) => p,
             Err(_) => {
@@ -572,6 +630,30 @@ async fn run_batcher(
     }
 }
 
+/// `first` and the commands queued behind it, as many as fit in one batch
+/// (`max_batch` commands, [`MAX_RAFT_ENTRY_BYTES`]); the first that does not
+/// fit comes back to open the next batch.
+fn fill_batch(
+    first: Queued,
+    rx: &mut mpsc::Receiver<Queued>,
+    max_batch: usize,
+) -> (Vec<Command>, Vec<Reply>, Option<Queued>) {
+    let mut bytes = first.1;
+    let (mut cmds, mut replies) = (vec![first.0], vec![first.2]);
+    while cmds.len() < max_batch.max(1) {
+        match rx.try_recv() {
+            Ok(q) if bytes + q.1 > MAX_RAFT_ENTRY_BYTES => return (cmds, replies, Some(q)),
+            Ok((c, n, r)) => {
+                bytes += n;
+                cmds.push(c);
+                replies.push(r);
+            }
+            Err(_) => break,
+        }
+    }
+    (cmds, replies, None)
+}
+
 /// When the network held back a commit index because the leader's own copy
 /// was not on disk yet, re-announce it (a heartbeat carries the commit
 /// index) once the log writer made progress, so followers do not wait for
@@ -589,5 +671,66 @@ async fn reannounce_commit(raft: openraft::Raft<TypeConfig>, log: Arc<LogShared>
         if log.take_clamped() && raft.trigger().heartbeat().await.is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queued(bytes: usize) -> Queued {
+        let cmd = Command::RemoveTask {
+            id: bytes.to_string(),
+        };
+        (cmd, bytes, oneshot::channel().0)
+    }
+
+    fn ids(cmds: &[Command]) -> Vec<String> {
+        cmds.iter()
+            .map(|c| match c {
+                Command::RemoveTask { id } => id.clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn batches_stop_at_the_entry_cap_and_keep_the_order() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let mb = MAX_RAFT_ENTRY_BYTES;
+        for q in [mb / 2 + 1, mb / 2, 10, mb, 1] {
+            tx.try_send(queued(q)).expect("room");
+        }
+        let (b1, _, held) = fill_batch(queued(mb / 2), &mut rx, 256);
+        assert_eq!(
+            ids(&b1),
+            [(mb / 2).to_string()],
+            "the next one does not fit"
+        );
+        let (b2, _, held) = fill_batch(held.expect("held"), &mut rx, 256);
+        assert_eq!(ids(&b2), [(mb / 2 + 1).to_string()]);
+        let (b3, _, held) = fill_batch(held.expect("held"), &mut rx, 256);
+        assert_eq!(ids(&b3), [(mb / 2).to_string(), "10".to_string()]);
+        let (b4, _, held) = fill_batch(held.expect("held"), &mut rx, 256);
+        assert_eq!(
+            ids(&b4),
+            [mb.to_string()],
+            "a command at the cap goes alone"
+        );
+        let (b5, _, held) = fill_batch(held.expect("held"), &mut rx, 256);
+        assert_eq!(ids(&b5), ["1".to_string()]);
+        assert!(held.is_none());
+    }
+
+    #[test]
+    fn batches_stop_at_max_batch() {
+        let (tx, mut rx) = mpsc::channel(16);
+        for _ in 0..5 {
+            tx.try_send(queued(1)).expect("room");
+        }
+        let (b, _, held) = fill_batch(queued(1), &mut rx, 4);
+        assert_eq!(b.len(), 4);
+        assert!(held.is_none(), "the rest stays queued");
+        assert_eq!(rx.len(), 2);
     }
 }
