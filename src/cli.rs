@@ -164,19 +164,23 @@ pub struct InitArgs {
     /// UDP port for VXLAN, 1024-49151 (default 4789). Fixed for the cluster's life.
     #[arg(long)]
     pub data_path_port: Option<u32>,
-    /// Address pool overlay subnets are taken from (repeatable; default 10.0.0.0/8).
+    /// Address pool overlay subnets are taken from (repeatable, at most 16;
+    /// default 10.0.0.0/8).
     #[arg(long = "default-addr-pool")]
     pub default_addr_pool: Vec<String>,
     /// Prefix length of a subnet taken from the pools (default 24).
     #[arg(long)]
     pub default_addr_pool_mask_length: Option<u32>,
-    /// Lifetime of node certificates, e.g. 2160h or 90d (default 90d).
+    /// Lifetime of node certificates, e.g. 2160h or 90d (default 90d; 1h to
+    /// 3650d).
     #[arg(long, value_parser = parse_duration)]
     pub cert_expiry: Option<Duration>,
-    /// Heartbeat period of the nodes, e.g. 1s or 500ms (default 1s).
+    /// Heartbeat period of the nodes, e.g. 1s or 500ms (default 1s; 100ms to
+    /// 60s).
     #[arg(long, value_parser = parse_duration)]
     pub heartbeat_period: Option<Duration>,
-    /// Interval of automatic WireGuard key rotation, e.g. 24h (default 24h).
+    /// Interval of automatic WireGuard key rotation, e.g. 24h (default 24h;
+    /// 1m to 365d).
     #[arg(long, value_parser = parse_duration)]
     pub wg_key_rotation: Option<Duration>,
     /// UDP port of WireGuard for encrypted networks (default 51820).
@@ -282,7 +286,8 @@ pub enum NodeCommand {
         /// active, pause or drain.
         #[arg(long, value_enum)]
         availability: Option<AvailabilityArg>,
-        /// Add or replace a label, key=value (repeatable).
+        /// Add or replace a label, key=value (repeatable; a node has at most
+        /// 128 labels, keys of up to 128 bytes, values of up to 1024).
         #[arg(long = "label-add")]
         label_add: Vec<String>,
         /// Remove a label by key (repeatable).
@@ -382,11 +387,11 @@ pub enum NetworkCommand {
 pub enum ClusterCommand {
     /// Change settings that may change after init (`weft info` shows them).
     Update {
-        /// Interval of automatic WireGuard key rotation, e.g. 12h (at least
-        /// 1m; 0s: off).
+        /// Interval of automatic WireGuard key rotation, e.g. 12h (1m to 365d;
+        /// 0s: off).
         #[arg(long, value_parser = parse_duration)]
         wg_key_rotation: Option<Duration>,
-        /// Lifetime of certificates issued from now on, e.g. 90d (at least 1h).
+        /// Lifetime of certificates issued from now on, e.g. 90d (1h to 3650d).
         #[arg(long, value_parser = parse_duration)]
         cert_expiry: Option<Duration>,
         /// Move the ingress network (routing mesh) to this subnet; refused
@@ -422,13 +427,14 @@ pub struct NetworkCreateArgs {
     /// MTU (default: the smallest underlay MTU of the member nodes minus 50).
     #[arg(long)]
     pub mtu: Option<u32>,
-    /// Label key=value (repeatable).
+    /// Label key=value (repeatable; at most 128 labels, keys of up to 128
+    /// bytes, values of up to 1024).
     #[arg(long = "label")]
     pub labels: Vec<String>,
     /// Driver option key[=value] (repeatable), e.g. `encrypted`.
     #[arg(short = 'o', long = "opt")]
     pub opts: Vec<String>,
-    /// Network name.
+    /// Network name (1-63 characters).
     pub name: String,
 }
 
@@ -489,7 +495,7 @@ pub enum ServiceCommand {
         /// Return at once instead of waiting for convergence.
         #[arg(short, long)]
         detach: bool,
-        /// SERVICE=REPLICAS pairs.
+        /// SERVICE=REPLICAS pairs (at most 10000 replicas per service).
         #[arg(required = true)]
         pairs: Vec<String>,
     },
@@ -515,38 +521,40 @@ pub enum ServiceCommand {
 /// `weft service create`.
 #[derive(Debug, Args)]
 pub struct ServiceCreateArgs {
-    /// Service name (also its DNS name).
+    /// Service name (also its DNS name; 1-63 characters).
     #[arg(long)]
     pub name: String,
-    /// Number of replicas (replicated mode; default 1).
+    /// Number of replicas (replicated mode; default 1, at most 10000).
     #[arg(long)]
     pub replicas: Option<u64>,
     /// replicated or global.
     #[arg(long, value_enum)]
     pub mode: Option<ModeArg>,
-    /// Network to attach (repeatable).
+    /// Network to attach (repeatable, at most 16).
     #[arg(long = "network")]
     pub networks: Vec<String>,
     /// vip (default) or dnsrr.
     #[arg(long, value_enum)]
     pub endpoint_mode: Option<EndpointModeArg>,
-    /// Environment variable KEY=VALUE (repeatable).
+    /// Environment variable KEY=VALUE (repeatable; at most 256 variables and
+    /// 64 KiB in all, values of up to 32 KiB).
     #[arg(short, long = "env")]
     pub env: Vec<String>,
-    /// Placement constraint, e.g. node.role==manager, node.labels.zone==a (repeatable).
+    /// Placement constraint, e.g. node.role==manager, node.labels.zone==a
+    /// (repeatable, at most 32).
     #[arg(long = "constraint")]
     pub constraints: Vec<String>,
     /// When finished tasks are replaced.
     #[arg(long, value_enum)]
     pub restart_condition: Option<RestartArg>,
     /// Publish a port: published=8080,target=80[,protocol=tcp|udp][,mode=ingress|host],
-    /// or 8080:80[/udp] (repeatable). ingress (default) answers on every node.
+    /// or 8080:80[/udp] (repeatable, at most 64). ingress (default) answers on every node.
     #[arg(short, long = "publish")]
     pub publish: Vec<String>,
     /// Return at once instead of waiting for convergence.
     #[arg(short, long)]
     pub detach: bool,
-    /// The command and its arguments.
+    /// The command and its arguments (at most 1024 arguments, 64 KiB).
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
 }
@@ -554,22 +562,23 @@ pub struct ServiceCreateArgs {
 /// `weft service update`.
 #[derive(Debug, Args)]
 pub struct ServiceUpdateArgs {
-    /// New number of replicas.
+    /// New number of replicas (at most 10000).
     #[arg(long)]
     pub replicas: Option<u64>,
-    /// Attach a network (repeatable).
+    /// Attach a network (repeatable; a service has at most 16).
     #[arg(long = "network-add")]
     pub network_add: Vec<String>,
     /// Detach a network (repeatable).
     #[arg(long = "network-rm")]
     pub network_rm: Vec<String>,
-    /// Add or change an environment variable KEY=VALUE (repeatable).
+    /// Add or change an environment variable KEY=VALUE (repeatable; at most
+    /// 256 variables and 64 KiB in all, values of up to 32 KiB).
     #[arg(long = "env-add")]
     pub env_add: Vec<String>,
     /// Remove an environment variable (repeatable).
     #[arg(long = "env-rm")]
     pub env_rm: Vec<String>,
-    /// Add a placement constraint (repeatable).
+    /// Add a placement constraint (repeatable; a service has at most 32).
     #[arg(long = "constraint-add")]
     pub constraint_add: Vec<String>,
     /// Remove a placement constraint (repeatable).
@@ -588,27 +597,28 @@ pub struct ServiceUpdateArgs {
 /// `weft run`.
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Task name (default: generated).
+    /// Task name (default: generated; 1-63 characters).
     #[arg(long)]
     pub name: Option<String>,
-    /// Network to attach (repeatable): `bridge` (the default), `host`, `none`,
-    /// a bridge network of this node, or an attachable overlay.
+    /// Network to attach (repeatable, at most 16): `bridge` (the default),
+    /// `host`, `none`, a bridge network of this node, or an attachable overlay.
     #[arg(long = "network")]
     pub networks: Vec<String>,
     /// Address on the (first) network.
     #[arg(long)]
     pub ip: Option<String>,
-    /// Publish a port on this node: [HOSTPORT:]PORT[/tcp|/udp] (repeatable);
-    /// without HOSTPORT a free port in 30000-32767 is picked.
+    /// Publish a port on this node: [HOSTPORT:]PORT[/tcp|/udp] (repeatable,
+    /// at most 64); without HOSTPORT a free port in 30000-32767 is picked.
     #[arg(short, long = "publish")]
     pub publish: Vec<String>,
-    /// Environment variable KEY=VALUE (repeatable).
+    /// Environment variable KEY=VALUE (repeatable; at most 256 variables and
+    /// 64 KiB in all, values of up to 32 KiB).
     #[arg(short, long = "env")]
     pub env: Vec<String>,
     /// Return at once instead of waiting for the task to run.
     #[arg(short, long)]
     pub detach: bool,
-    /// The command and its arguments.
+    /// The command and its arguments (at most 1024 arguments, 64 KiB).
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
 }
@@ -663,6 +673,97 @@ mod tests {
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
         for bad in ["", "10", "s", "1x", "-1s", "1.5s"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// The `--help` of every flag with a limit states the limit the
+    /// manager enforces.
+    #[test]
+    fn help_states_the_limits() {
+        use clap::CommandFactory;
+        use weft_manager::limits as l;
+        let kib = |b: usize| format!("{} KiB", b / 1024);
+        let days = |s: u64| format!("{}d", s / 86_400);
+        let env = vec![
+            l::MAX_ENV_VARS.to_string(),
+            kib(l::MAX_ENV_BYTES),
+            kib(l::MAX_ENV_VALUE_BYTES),
+        ];
+        let labels = vec![
+            l::MAX_LABELS.to_string(),
+            l::MAX_LABEL_KEY_BYTES.to_string(),
+            l::MAX_LABEL_VALUE_BYTES.to_string(),
+        ];
+        let command = vec![l::MAX_COMMAND_ARGS.to_string(), kib(l::MAX_COMMAND_BYTES)];
+        let name = vec![format!("1-{}", l::MAX_NAME_BYTES)];
+        let n = |v: usize| vec![v.to_string()];
+        let cert = vec![format!("1h to {}", days(l::MAX_CERT_EXPIRY_SECS))];
+        let wg = vec![format!("1m to {}", days(l::MAX_WG_KEY_ROTATION_SECS))];
+        let cases: Vec<(&[&str], &str, Vec<String>)> = vec![
+            (&["init"], "cert_expiry", cert.clone()),
+            (&["init"], "heartbeat_period", vec!["100ms to 60s".into()]),
+            (&["init"], "wg_key_rotation", wg.clone()),
+            (&["init"], "default_addr_pool", n(l::MAX_ADDR_POOLS)),
+            (&["cluster", "update"], "cert_expiry", cert),
+            (&["cluster", "update"], "wg_key_rotation", wg),
+            (&["node", "update"], "label_add", labels.clone()),
+            (&["network", "create"], "labels", labels),
+            (&["network", "create"], "name", name.clone()),
+            (&["service", "create"], "name", name.clone()),
+            (
+                &["service", "create"],
+                "replicas",
+                n(l::MAX_REPLICAS as usize),
+            ),
+            (
+                &["service", "create"],
+                "networks",
+                n(l::MAX_NETWORKS_PER_TASK),
+            ),
+            (&["service", "create"], "env", env.clone()),
+            (&["service", "create"], "constraints", n(l::MAX_CONSTRAINTS)),
+            (&["service", "create"], "publish", n(l::MAX_PORTS)),
+            (&["service", "create"], "command", command.clone()),
+            (
+                &["service", "update"],
+                "replicas",
+                n(l::MAX_REPLICAS as usize),
+            ),
+            (
+                &["service", "update"],
+                "network_add",
+                n(l::MAX_NETWORKS_PER_TASK),
+            ),
+            (&["service", "update"], "env_add", env.clone()),
+            (
+                &["service", "update"],
+                "constraint_add",
+                n(l::MAX_CONSTRAINTS),
+            ),
+            (&["service", "scale"], "pairs", n(l::MAX_REPLICAS as usize)),
+            (&["run"], "name", name),
+            (&["run"], "networks", n(l::MAX_NETWORKS_PER_TASK)),
+            (&["run"], "publish", n(l::MAX_PORTS)),
+            (&["run"], "env", env),
+            (&["run"], "command", command),
+        ];
+        for (path, arg, wants) in cases {
+            let mut cmd = Cli::command();
+            for p in path {
+                cmd = cmd.find_subcommand(p).expect("subcommand").clone();
+            }
+            let help = cmd
+                .get_arguments()
+                .find(|a| a.get_id() == arg)
+                .and_then(|a| a.get_help())
+                .unwrap_or_else(|| panic!("{path:?} {arg}: no help"))
+                .to_string();
+            for want in wants {
+                assert!(
+                    help.contains(&want),
+                    "{path:?} --{arg}: {help:?} lacks {want:?}"
+                );
+            }
         }
     }
 

@@ -73,7 +73,7 @@ impl Client {
     }
 
     fn daemon(&self) -> DaemonClient<Channel> {
-        DaemonClient::new(self.channel.clone())
+        DaemonClient::new(self.channel.clone()).max_decoding_message_size(CLI_RECEIVE_LIMIT_BYTES)
     }
 
     /// This node's ID, or empty when talking to a remote manager.
@@ -99,9 +99,15 @@ impl Client {
     }
 
     fn control(&self) -> ControlClient<Channel> {
-        ControlClient::new(self.channel.clone())
+        ControlClient::new(self.channel.clone()).max_decoding_message_size(CLI_RECEIVE_LIMIT_BYTES)
     }
 }
+
+/// Largest answer the CLI reads. Answers about the whole cluster (`service
+/// ls` lists every task, with its command) outgrow tonic's 4 MiB default
+/// well within the cluster's limits; the CLI asks its own daemon or a
+/// manager it trusts, so it can take as much as the Raft transport does.
+const CLI_RECEIVE_LIMIT_BYTES: usize = 64 * 1024 * 1024;
 
 /// `unix:///path` → `/path`.
 pub fn socket_path(host: &str) -> anyhow::Result<PathBuf> {
