@@ -344,12 +344,27 @@ fn secs_between(flag: &str, secs: u64, min: u64, max: u64, hint: &str) -> Result
     Ok(())
 }
 
+/// Environment variable that lowers [`MIN_CERT_EXPIRY_SECS`] for tests
+/// only: the renewal end-to-end test runs a cluster through several
+/// certificate lifetimes in a couple of minutes. Never set it in
+/// production: renewals would become a steady load on the leader.
+pub const TEST_MIN_CERT_EXPIRY_ENV: &str = "WEFT_TEST_MIN_CERT_EXPIRY_SECS";
+
+/// The shortest certificate lifetime accepted: [`MIN_CERT_EXPIRY_SECS`],
+/// or what [`TEST_MIN_CERT_EXPIRY_ENV`] says (at least 10 s).
+fn min_cert_expiry_secs() -> u64 {
+    std::env::var(TEST_MIN_CERT_EXPIRY_ENV)
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map_or(MIN_CERT_EXPIRY_SECS, |v| v.clamp(10, MIN_CERT_EXPIRY_SECS))
+}
+
 /// `--cert-expiry`, in seconds.
 pub fn cert_expiry(secs: u64) -> Result<()> {
     secs_between(
         "--cert-expiry",
         secs,
-        MIN_CERT_EXPIRY_SECS,
+        min_cert_expiry_secs(),
         MAX_CERT_EXPIRY_SECS,
         "",
     )
