@@ -6,13 +6,16 @@
 //! ([`linux::LinuxDataplane`]: netlink, network namespaces, nftables) and an
 //! in-memory fake ([`fake::FakeDataplane`]) for tests of the logic above it,
 //! the embedded DNS resolver of the tasks ([`dns`]) and WireGuard for
-//! encrypted networks ([`wg`]: keys, the device trait and boringtun).
+//! encrypted networks ([`wg`]: keys, the device trait and boringtun). Also
+//! the crash-safe file write ([`durable`]) the worker uses too: this is the
+//! one crate both depend on.
 //!
 //! Must not: speak gRPC, know about Raft, or depend on `weft-proto` or
 //! `weft-manager`.
 
 pub mod dataplane;
 pub mod dns;
+pub mod durable;
 pub mod fake;
 #[cfg(target_os = "linux")]
 pub mod linux;

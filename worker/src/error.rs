@@ -23,6 +23,29 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// A file of the node's identity could not be written (which step,
+    /// which file).
+    #[error(transparent)]
+    Write(#[from] weft_overlay::durable::WriteError),
+    /// The node certificate and key on disk cannot be used: they do not
+    /// belong together, or one of them does not parse.
+    #[error(
+        "cannot use the node certificate {} with the key {}: {source}; put back a certificate and \
+         key that were issued together or, if there are none, move this node's data dir aside, \
+         start the daemon, join the cluster again and remove the old node with `weft node rm` on \
+         a manager",
+        cert.display(),
+        key.display()
+    )]
+    BadCertPair {
+        /// The certificate file read.
+        cert: PathBuf,
+        /// The key file read.
+        key: PathBuf,
+        /// What is wrong with them (boxed: it is large and rare).
+        #[source]
+        source: Box<weft_proto::tls::TlsError>,
+    },
     /// The join token could not be parsed.
     #[error(transparent)]
     Token(#[from] weft_proto::token::TokenError),

@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +28,7 @@ use weft_overlay::model::{
     NetworkId, OverlayNet, Proto, PublishedPort, RemoteEndpoint, ServiceEntry, TaskId, TaskNet,
     WgConfig, WgPeer,
 };
-use weft_overlay::{Dataplane, MacAddr};
+use weft_overlay::{Dataplane, MacAddr, durable};
 use weft_proto::v1 as pb;
 
 use crate::runtime::{TaskRuntime, TaskSpec, TaskState};
@@ -331,15 +331,11 @@ impl Reconciler {
     }
 
     fn load(&self) -> Option<Arc<pb::NodeConfig>> {
-        let bytes = std::fs::read(&self.state_file).ok()?;
-        pb::NodeConfig::decode(bytes.as_slice()).ok().map(Arc::new)
+        load_config(&self.state_file).map(Arc::new)
     }
 
     fn save(&self, c: &pb::NodeConfig) {
-        let tmp = self.state_file.with_extension("tmp");
-        let r = std::fs::write(&tmp, c.encode_to_vec())
-            .and_then(|()| std::fs::rename(&tmp, &self.state_file));
-        if let Err(e) = r {
+        if let Err(e) = save_config(&self.state_file, c) {
             tracing::warn!(error = %e, "could not persist the node config");
         }
     }
@@ -459,7 +455,12 @@ impl Reconciler {
         let key = if generation > have || !self.wg_key.exists() {
             let key = keys::generate();
             keys::write_private_key(&self.wg_key, &key)?;
-            if let Err(e) = std::fs::write(&gen_file, generation.to_string()) {
+            // After the key: a crash between the two leaves the new key
+            // with the old generation, and the next pass makes one more
+            // key, which is harmless; the other order could keep an old
+            // key the cluster asked to replace.
+            let written = generation.to_string();
+            if let Err(e) = durable::write_atomic(&gen_file, written.as_bytes(), 0o600) {
                 tracing::warn!(error = %e, "could not record the key generation");
             }
             if generation > have {
@@ -471,6 +472,32 @@ impl Reconciler {
         };
         Ok(key.public_key())
     }
+}
+
+/// The node config last saved at `path`; `None` if there is none or it
+/// does not decode (the managers send a fresh one).
+pub fn load_config(path: &Path) -> Option<pb::NodeConfig> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read the saved node config");
+            return None;
+        }
+    };
+    match pb::NodeConfig::decode(bytes.as_slice()) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "the saved node config does not decode; waiting for the managers");
+            None
+        }
+    }
+}
+
+/// Saves `c` at `path`, crash-safe: a restart finds this config or the
+/// one before, whole.
+pub fn save_config(path: &Path, c: &pb::NodeConfig) -> Result<(), durable::WriteError> {
+    durable::write_atomic(path, &c.encode_to_vec(), 0o600)
 }
 
 fn task_state(id: &str, s: &TaskState) -> pb::TaskState {
@@ -569,6 +596,72 @@ mod tests {
                 .gateway,
             None
         );
+    }
+
+    /// What a crash while saving a newer config leaves (a torn temporary
+    /// file) is not read; the config before it is, and the next save
+    /// replaces the leftover.
+    #[test]
+    fn a_torn_config_save_leaves_the_previous_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node-config.pb");
+        assert_eq!(load_config(&path), None);
+        let first = config();
+        save_config(&path, &first).unwrap();
+        let mut second = config();
+        second.version = 10;
+        let bytes = second.encode_to_vec();
+        let tmp = durable::temp_path(&path);
+        std::fs::write(&tmp, &bytes[..bytes.len() / 2]).unwrap();
+        assert_eq!(load_config(&path), Some(first));
+        save_config(&path, &second).unwrap();
+        assert_eq!(load_config(&path), Some(second));
+        assert!(!tmp.exists());
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "task environments are in it");
+        // A file that does not decode is no config, not a panic.
+        std::fs::write(&path, b"\xff\xff\xff").unwrap();
+        assert_eq!(load_config(&path), None);
+    }
+
+    fn reconciler(dir: &Path) -> Reconciler {
+        Reconciler {
+            node_id: "n".into(),
+            config: watch::channel(None).1,
+            state_file: dir.join("node-config.pb"),
+            dataplane: Arc::new(weft_overlay::FakeDataplane::new(dir.join("run"))),
+            runtime: Arc::new(crate::runtime::fake::FakeRuntime::new()),
+            report: Box::new(|_| {}),
+            dns_upstreams: Vec::new(),
+            wg_key: dir.join("wg.key"),
+            proxy: BTreeMap::new(),
+            bridge_subnet: String::new(),
+        }
+    }
+
+    /// wg.generation goes through the crash-safe write after the key: a
+    /// torn temporary file is ignored, and a crash between the key and
+    /// its generation costs one more new key, never an old key kept.
+    #[test]
+    fn the_wireguard_key_generation_survives_crashes() {
+        use weft_overlay::wg::keys;
+        let dir = tempfile::tempdir().unwrap();
+        let r = reconciler(dir.path());
+        let gen_file = dir.path().join("wg.generation");
+        let first = r.ensure_wg_key(1).unwrap();
+        assert_eq!(std::fs::read_to_string(&gen_file).unwrap(), "1");
+        std::fs::write(durable::temp_path(&gen_file), "").unwrap();
+        assert_eq!(r.ensure_wg_key(1).unwrap(), first, "a leftover is not read");
+        // The crash: generation 2's key written, its generation not.
+        let orphan = keys::generate();
+        keys::write_private_key(&r.wg_key, &orphan).unwrap();
+        let second = r.ensure_wg_key(2).unwrap();
+        assert_ne!(second, orphan.public_key());
+        assert_ne!(second, first);
+        assert_eq!(std::fs::read_to_string(&gen_file).unwrap(), "2");
+        assert_eq!(r.ensure_wg_key(2).unwrap(), second);
+        assert!(!durable::temp_path(&gen_file).exists());
     }
 
     #[test]

@@ -153,24 +153,12 @@ impl LinuxDataplane {
 
     /// Writes the tasks' resolv.conf unless it already says the right thing.
     fn write_resolv_conf(&self) -> LResult<()> {
-        let path = self.resolv_conf_path();
-        if std::fs::read_to_string(&path).is_ok_and(|c| c == TASK_RESOLV_CONF) {
-            return Ok(());
-        }
-        let io = |op, source| LinuxError::Io {
-            op,
-            path: path.clone(),
+        std::fs::create_dir_all(&self.exec_root).map_err(|source| LinuxError::Io {
+            op: "create exec root for",
+            path: self.resolv_conf_path(),
             source,
-        };
-        std::fs::create_dir_all(&self.exec_root).map_err(|e| io("create exec root for", e))?;
-        // Replace atomically: a task starting now sees the old or the new file.
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, TASK_RESOLV_CONF).map_err(|e| io("write", e))?;
-        // Bound into tasks, where any user may read it (the daemon's umask
-        // makes its files 0600).
-        std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o644))
-            .map_err(|e| io("chmod", e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| io("rename into place", e))
+        })?;
+        write_task_resolv_conf(&self.resolv_conf_path())
     }
 
     fn pin(&self, ns: &NsRef) -> PathBuf {
@@ -1141,10 +1129,46 @@ pub fn task_netns_path(exec_root: &Path, task: &TaskId) -> PathBuf {
     exec_root.join("netns").join(names::task_ns(task))
 }
 
+/// Writes [`TASK_RESOLV_CONF`] to `path` unless it already holds it.
+/// Crash-safe: tasks bind-mount it, and one started now or after a crash
+/// must see all of a file, the old one or the new.
+fn write_task_resolv_conf(path: &Path) -> LResult<()> {
+    if std::fs::read_to_string(path).is_ok_and(|c| c == TASK_RESOLV_CONF) {
+        return Ok(());
+    }
+    // 0644: bound into tasks, where any user may read it (the daemon's
+    // umask would make it 0600).
+    crate::durable::write_atomic(path, TASK_RESOLV_CONF.as_bytes(), 0o644).map_err(|e| {
+        LinuxError::Io {
+            op: e.step.as_str(),
+            path: e.path,
+            source: e.source,
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use nftables::schema::NfObject;
+
+    #[test]
+    fn task_resolv_conf_is_rewritten_whole_and_readable_by_tasks() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("resolv.conf");
+        // A crash while writing an earlier version left a torn temporary
+        // file and an old resolv.conf: the old one stays until replaced.
+        std::fs::write(&path, "nameserver 198.18.0.53\n").unwrap();
+        std::fs::write(crate::durable::temp_path(&path), "names").unwrap();
+        write_task_resolv_conf(&path).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), TASK_RESOLV_CONF);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o644);
+        assert!(!crate::durable::temp_path(&path).exists());
+        write_task_resolv_conf(&path).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), TASK_RESOLV_CONF);
+    }
 
     #[test]
     fn nat_batch_round_trips_through_the_comment_check() {

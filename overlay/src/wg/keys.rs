@@ -5,16 +5,15 @@
 //! public key ([`PrivateKey::public_key`], base64 as `wg` prints it) goes
 //! to the managers.
 
-use std::fs::OpenOptions;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use boringtun::x25519::{PublicKey, StaticSecret};
 
 use super::{Result, WgError};
+use crate::durable;
 
 /// A WireGuard private key (x25519). Zeroed when dropped; `Debug` does not
 /// print it.
@@ -77,42 +76,22 @@ pub fn normalize_public_key(text: &str) -> Result<String> {
 }
 
 /// Writes `key` to `path` (base64 and a newline, like `wg genkey`) with
-/// mode 0600: into a 0600 temporary file next to it, synced, then renamed
-/// over `path`, and the directory synced.
+/// mode 0600, crash-safe ([`crate::durable::write_atomic`]: a crash leaves
+/// the old key or the new one, never half a key).
 pub fn write_private_key(path: &Path, key: &PrivateKey) -> Result<()> {
-    let io = |op, source| WgError::KeyIo {
-        op,
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|source| WgError::KeyIo {
+        op: "create directory of",
         path: path.to_owned(),
         source,
-    };
-    let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| io("create directory of", e))?;
-    let tmp = tmp_path(path);
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(|e| io("create temporary", e))?;
-    let written = f
-        .write_all(format!("{}\n", key.to_base64()).as_bytes())
-        .and_then(|()| f.sync_all());
-    drop(f);
-    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(io("write", e));
-    }
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
-}
-
-fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_owned();
-    name.push(".tmp");
-    path.with_file_name(name)
+    })?;
+    durable::write_atomic(path, format!("{}\n", key.to_base64()).as_bytes(), 0o600).map_err(|e| {
+        WgError::KeyIo {
+            op: e.step.as_str(),
+            path: e.path,
+            source: e.source,
+        }
+    })
 }
 
 /// Reads the private key at `path`; refuses a file that group or others
@@ -181,6 +160,28 @@ mod tests {
         let loaded = load_private_key(&path).unwrap();
         assert_eq!(loaded.public_key(), b.public_key());
         assert_ne!(a.public_key(), b.public_key());
+    }
+
+    /// What a crash in the middle of a rotation leaves: the old key stays
+    /// the one in use, and the next write replaces the half-written one.
+    #[test]
+    fn a_half_written_rotation_leaves_the_old_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wg.key");
+        let old = load_or_generate(&path).unwrap();
+        let tmp = durable::temp_path(&path);
+        std::fs::write(&tmp, &generate().to_base64()[..10]).unwrap();
+        assert_eq!(
+            load_or_generate(&path).unwrap().public_key(),
+            old.public_key()
+        );
+        let new = generate();
+        write_private_key(&path, &new).unwrap();
+        assert_eq!(
+            load_private_key(&path).unwrap().public_key(),
+            new.public_key()
+        );
+        assert!(!tmp.exists());
     }
 
     #[test]

@@ -8,12 +8,12 @@
 //!                    shim.log    the shim's own stderr
 //! ```
 //!
-//! `pid` and `exit` are written to a temporary name and renamed, so a reader
-//! sees all of a file or none of it. A pid is only trusted together with the
+//! `spec.json`, `pid` and `exit` are written crash-safe (temporary name,
+//! fsync, rename, fsync of the directory), so a reader sees all of a file
+//! or none of it, after a crash too. A pid is only trusted together with the
 //! process start time recorded next to it (pids are reused).
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
@@ -94,30 +94,19 @@ pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
         })
 }
 
-/// Writes a JSON file atomically (temporary file, fsync, rename).
+/// Writes a JSON file crash-safe and root-only
+/// ([`weft_overlay::durable::write_atomic`]): the spec holds the task's
+/// environment, and a restarted daemon adopts tasks by these files.
 pub(crate) fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
-    let io = |op| {
-        move |source| Error::Io {
-            op,
-            path: path.to_owned(),
-            source,
-        }
-    };
     let bytes = serde_json::to_vec_pretty(value).map_err(|source| Error::Corrupt {
         path: path.to_owned(),
         source,
     })?;
-    let tmp = tmp_path(path);
-    let mut f = std::fs::File::create(&tmp).map_err(io("create"))?;
-    f.write_all(&bytes).map_err(io("write"))?;
-    f.sync_all().map_err(io("fsync"))?;
-    std::fs::rename(&tmp, path).map_err(io("rename"))
-}
-
-fn tmp_path(path: &Path) -> PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(".tmp");
-    path.with_file_name(name)
+    weft_overlay::durable::write_atomic(path, &bytes, 0o600).map_err(|e| Error::Io {
+        op: e.step.as_str(),
+        path: e.path,
+        source: e.source,
+    })
 }
 
 /// Field 22 (`starttime`, clock ticks since boot) of `/proc/<pid>/stat`,

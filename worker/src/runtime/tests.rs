@@ -583,6 +583,16 @@ fn observe_reads_task_files() {
         }
     );
     assert_eq!(s.started_at, Some(pid.started_at));
+    // A shim that crashed while writing a newer exit file left a torn
+    // temporary one: not read, and replaced by the next write.
+    let tmp = weft_overlay::durable::temp_path(&dir.join(files::EXIT));
+    std::fs::write(&tmp, "{\"code\":").unwrap();
+    assert!(matches!(
+        files::observe("x", dir, None).unwrap(),
+        files::Observed::Finished(_)
+    ));
+    files::write_json(&dir.join(files::EXIT), &exit).unwrap();
+    assert!(!tmp.exists());
     std::fs::write(dir.join(files::EXIT), "{").unwrap();
     assert!(matches!(
         files::observe("x", dir, None),
