@@ -511,7 +511,16 @@ impl NodeService {
             Err(e) => tracing::warn!(error = %e, "could not tear down the data plane"),
             Ok(_) => {}
         }
-        for f in ["node-config.pb", "wg.key", "wg.generation"] {
+        // The temporary names too: a crash mid-write leaves them, and
+        // `wg.key.tmp` can hold a private key.
+        for f in [
+            "node-config.pb",
+            "wg.key",
+            "wg.generation",
+            "node-config.pb.tmp",
+            "wg.key.tmp",
+            "wg.generation.tmp",
+        ] {
             let _ = std::fs::remove_file(self.data_dir.join(f));
         }
         self.files

@@ -73,8 +73,8 @@ pub struct NodeRecord {
     pub manager_addrs: Vec<String>,
 }
 
-/// Certificate material.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Certificate material. `Debug` leaves the private key out.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Certs {
     /// Cluster CA, PEM.
     pub ca_pem: String,
@@ -82,6 +82,16 @@ pub struct Certs {
     pub cert_pem: String,
     /// Node private key, PKCS#8 PEM.
     pub key_pem: String,
+}
+
+impl std::fmt::Debug for Certs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Certs")
+            .field("ca_pem", &self.ca_pem)
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
 }
 
 const CA: &str = "ca.pem";
