@@ -379,8 +379,8 @@ pub async fn node(c: &Client, cmd: NodeCommand) -> anyhow::Result<()> {
                 return Ok(());
             }
             println!(
-                "{:<19} {:<20} {:<8} {:<13} MANAGER STATUS",
-                "ID", "HOSTNAME", "STATUS", "AVAILABILITY"
+                "{:<19} {:<20} {:<8} {:<13} {:<21} MANAGER STATUS",
+                "ID", "HOSTNAME", "STATUS", "AVAILABILITY", "CERT EXPIRY"
             );
             for n in nodes {
                 let id = if n.id == me {
@@ -388,12 +388,18 @@ pub async fn node(c: &Client, cmd: NodeCommand) -> anyhow::Result<()> {
                 } else {
                     n.id.clone()
                 };
+                let expiry = if n.cert_expiry.is_empty() {
+                    "-"
+                } else {
+                    n.cert_expiry.as_str()
+                };
                 println!(
-                    "{:<19} {:<20} {:<8} {:<13} {}",
+                    "{:<19} {:<20} {:<8} {:<13} {:<21} {}",
                     id,
                     n.hostname,
                     state_text(n.state),
                     availability_text(n.availability),
+                    expiry,
                     manager_status_text(n.manager_status)
                 );
             }

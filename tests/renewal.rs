@@ -36,6 +36,23 @@ fn an_idle_cluster_outlives_its_certificates() {
         rows.len() == 4 && rows.iter().all(|r| r.status == "Ready")
     });
     let first: Vec<_> = HOSTS.iter().map(|h| not_after(&lab, h)).collect();
+    let listed = |m: &str| -> Vec<String> {
+        let rows = lab.node_ls(m);
+        HOSTS
+            .iter()
+            .map(|h| {
+                rows.iter()
+                    .find(|r| r.hostname == *h)
+                    .map(|r| r.cert_expiry.clone())
+                    .unwrap_or_default()
+            })
+            .collect()
+    };
+    let listed_first = listed("m1");
+    assert!(
+        listed_first.iter().all(|e| e.ends_with('Z')),
+        "{listed_first:?}"
+    );
     // A copy of m2's first (manager) certificate: expired by the end.
     let old = tempfile::tempdir().expect("dir");
     for f in ["ca.pem", "node.pem", "node-key.pem"] {
@@ -78,6 +95,11 @@ fn an_idle_cluster_outlives_its_certificates() {
             m,
             &["node", "update", "--label-add", &format!("by={m}"), "w1"],
         );
+    }
+    // `node ls` shows the renewed expiries.
+    let now_listed = listed("m2");
+    for (h, (a, b)) in HOSTS.iter().zip(listed_first.iter().zip(&now_listed)) {
+        assert!(b > a, "{h}: node ls still shows {a} (now {b})");
     }
     let log_of =
         |h: &str| std::fs::read_to_string(lab.host_dir(h).join("daemon.log")).unwrap_or_default();

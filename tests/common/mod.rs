@@ -362,6 +362,8 @@ pub struct NodeRow {
     pub status: String,
     /// Active / Pause / Drain.
     pub availability: String,
+    /// When the node's certificate expires (RFC 3339), or "-".
+    pub cert_expiry: String,
     /// Leader / Reachable / Unreachable / "".
     pub manager: String,
 }
@@ -383,7 +385,8 @@ pub fn parse_node_ls(out: &str) -> Vec<NodeRow> {
                 hostname: f[1].to_string(),
                 status: f[2].to_string(),
                 availability: f[3].to_string(),
-                manager: f.get(4).map(|s| s.to_string()).unwrap_or_default(),
+                cert_expiry: f[4].to_string(),
+                manager: f.get(5).map(|s| s.to_string()).unwrap_or_default(),
             }
         })
         .collect()
