@@ -308,6 +308,7 @@ impl NodeService {
             listen_addr: params.listen_addr.to_string(),
             data_path_addr: params.data_path_addr.to_string(),
             manager_addrs: vec![params.advertise_addr.to_string()],
+            removed_node_ids: Vec::new(),
         };
         let certs = Certs {
             ca_pem: new.ca_pem.clone(),
@@ -407,6 +408,7 @@ impl NodeService {
             } else {
                 joined.manager_addrs.clone()
             },
+            removed_node_ids: Vec::new(),
         };
         self.files
             .save_certs(&joined.certs)

@@ -584,6 +584,12 @@ fn authorization_matrix() {
         ),
         "the leader refuses m3's certificate in the handshake"
     );
+    // Nodes learn the removal too, and keep it across restarts: their own
+    // client check refuses m3's certificate if it ever poses as a manager.
+    wait_for("w1 records m3 as removed", Duration::from_secs(10), || {
+        std::fs::read_to_string(lab.data_dir("w1").join("node.json"))
+            .is_ok_and(|r| r.contains("removed_node_ids") && r.contains(&m3_id))
+    });
     // The reproduction, through the CLI, on every manager.
     for m in ["m1", "m2"] {
         let out = cli_with(&lab, "x1", m, &stolen, CREATE_GLOBAL);

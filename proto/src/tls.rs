@@ -35,9 +35,9 @@ use std::path::PathBuf;
 
 pub use auth::{is_local, peer_identity, require_cluster_member, require_manager, require_node};
 pub use client::{
-    CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, channel_to_manager,
-    channel_to_manager_lazy, fetch_ca_insecure, fetch_trusted_ca, manager_endpoint,
-    verify_ca_against_token,
+    CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, IsRevokedManager, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT,
+    channel_to_manager, channel_to_manager_checked, channel_to_manager_lazy, fetch_ca_insecure,
+    fetch_trusted_ca, manager_endpoint, verify_ca_against_token,
 };
 pub use local::{bind_unix, connect_unix, serve_unix, unix_incoming};
 pub use server::{

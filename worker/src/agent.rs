@@ -386,10 +386,14 @@ impl Run {
 
     async fn session(&mut self, addr: &str) -> End {
         let certs = self.certs.read().expect("certs lock").clone();
-        let ch = match tls::channel_to_manager(
+        let removed: std::collections::BTreeSet<String> =
+            self.record.removed_node_ids.iter().cloned().collect();
+        let is_revoked: tls::IsRevokedManager = Arc::new(move |id| removed.contains(&id.node_id));
+        let ch = match tls::channel_to_manager_checked(
             addr,
             &certs.ca_pem,
-            Some((&certs.cert_pem, &certs.key_pem)),
+            (&certs.cert_pem, &certs.key_pem),
+            is_revoked,
         )
         .await
         {
@@ -515,11 +519,21 @@ impl Run {
         if let Some(config) = m.config.clone() {
             self.config.send_replace(Some(Arc::new(config)));
         }
-        if !m.manager_addrs.is_empty() && m.manager_addrs != self.record.manager_addrs {
+        let managers_changed =
+            !m.manager_addrs.is_empty() && m.manager_addrs != self.record.manager_addrs;
+        // The removed set only grows; an empty list is an older manager's.
+        let removed_changed =
+            !m.removed_node_ids.is_empty() && m.removed_node_ids != self.record.removed_node_ids;
+        if managers_changed {
             self.record.manager_addrs = m.manager_addrs.clone();
-            if let Err(e) = self.files.save_record(&self.record) {
-                tracing::warn!(error = %e, "could not persist the manager list");
-            }
+        }
+        if removed_changed {
+            self.record.removed_node_ids = m.removed_node_ids.clone();
+        }
+        if (managers_changed || removed_changed)
+            && let Err(e) = self.files.save_record(&self.record)
+        {
+            tracing::warn!(error = %e, "could not persist the manager list");
         }
         self.status.send_modify(|s| {
             s.leader_addr = m.leader_addr.clone();

@@ -71,6 +71,11 @@ pub struct NodeRecord {
     pub data_path_addr: String,
     /// Managers last heard of, for reconnecting after a restart.
     pub manager_addrs: Vec<String>,
+    /// Nodes removed from the cluster, as last heard: a manager certificate
+    /// of one of them is refused (kept across restarts, so a stolen one
+    /// cannot pose as a manager before the first session).
+    #[serde(default)]
+    pub removed_node_ids: Vec<String>,
 }
 
 /// Certificate material. `Debug` leaves the private key out.

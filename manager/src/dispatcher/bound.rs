@@ -214,8 +214,9 @@ pub fn config_bound(state: &State) -> usize {
         .map(|n| n.addr.len())
         .max()
         .unwrap_or(0);
-    // SessionMessage: manager list, leader, role, heartbeat period, config.
-    nodes * ld(addr) + ld(addr) + VARINT + VARINT + ld(config)
+    // SessionMessage: manager list, leader, role, heartbeat period, config,
+    // removed node IDs (16 hex digits each).
+    nodes * ld(addr) + ld(addr) + VARINT + VARINT + ld(config) + state.removed.len() * ld(16)
 }
 
 /// Tasks counted for a service: what it asks for, or what it has if more.

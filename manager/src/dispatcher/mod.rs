@@ -105,10 +105,11 @@ impl DispatcherService {
 
     fn session_message(&self, id: NodeId) -> Result<pb::SessionMessage, Status> {
         let cluster = self.core.cluster()?;
-        let (role, managers) = self.core.read(|s| {
+        let (role, managers, removed) = self.core.read(|s| {
             (
                 s.nodes.get(&id).map(|n| n.role),
                 s.managers().map(|m| m.addr.clone()).collect::<Vec<_>>(),
+                s.removed.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
             )
         });
         let role = role.ok_or_else(|| {
@@ -121,6 +122,7 @@ impl DispatcherService {
             heartbeat_period_ms: cluster.settings.heartbeat_period_ms,
             config: None,
             log_requests: Vec::new(),
+            removed_node_ids: removed,
         })
     }
 
@@ -326,6 +328,7 @@ fn same_header(a: &pb::SessionMessage, b: &pb::SessionMessage) -> bool {
         && a.leader_addr == b.leader_addr
         && a.role == b.role
         && a.heartbeat_period_ms == b.heartbeat_period_ms
+        && a.removed_node_ids == b.removed_node_ids
 }
 
 type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::SessionMessage, Status>> + Send>>;

@@ -20,7 +20,7 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use super::{TlsError, provider, server::certified_key};
-use crate::identity::{MANAGER_SAN, ca_fingerprint, certs_from_pem};
+use crate::identity::{MANAGER_SAN, PeerIdentity, ca_fingerprint, certs_from_pem};
 use crate::token::JoinToken;
 use crate::v1::GetCaCertRequest;
 use crate::v1::join_client::JoinClient;
@@ -75,6 +75,126 @@ pub fn manager_endpoint(
     base_endpoint(addr)?
         .tls_config(tls)
         .map_err(|source| TlsError::ClientTls {
+            addr: addr.to_owned(),
+            source,
+        })
+}
+
+/// Says whether a manager's certificate belongs to a node removed from the
+/// cluster (a node learns the removed set from its session).
+pub type IsRevokedManager = Arc<dyn Fn(&PeerIdentity) -> bool + Send + Sync>;
+
+/// rustls' WebPKI server verifier (chain to the cluster CA, SAN
+/// `manager.weft`), plus the node's list of removed nodes: a removed
+/// manager's stolen certificate chains and names a manager, but must not be
+/// able to pose as one to the nodes of its former cluster.
+#[derive(Debug)]
+struct ManagerVerifier {
+    inner: Arc<rustls::client::WebPkiServerVerifier>,
+    is_revoked: RevokedFn,
+}
+
+/// [`IsRevokedManager`] with a `Debug` impl, for the verifier.
+#[derive(Clone)]
+struct RevokedFn(IsRevokedManager);
+
+impl std::fmt::Debug for RevokedFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("IsRevokedManager")
+    }
+}
+
+impl ServerCertVerifier for ManagerVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        if let Ok(id) = PeerIdentity::from_der(end_entity)
+            && (self.is_revoked.0)(&id)
+        {
+            tracing::warn!(node = %id.node_id, "refused a manager certificate of a removed node");
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::Revoked,
+            ));
+        }
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// As [`channel_to_manager`], refusing (in the handshake) a manager whose
+/// node `is_revoked` says was removed from the cluster.
+pub async fn channel_to_manager_checked(
+    addr: &str,
+    ca_pem: &str,
+    identity: (&str, &str),
+    is_revoked: IsRevokedManager,
+) -> Result<Channel, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in certs_from_pem(ca_pem, "the cluster CA certificate")? {
+        roots.add(ca).map_err(|source| TlsError::Rustls {
+            what: "the cluster CA certificate is not usable as a trust anchor",
+            source,
+        })?;
+    }
+    let webpki =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| TlsError::Rustls {
+                what: "cannot build the manager certificate verifier",
+                source: rustls::Error::General(e.to_string()),
+            })?;
+    let verifier = ManagerVerifier {
+        inner: webpki,
+        is_revoked: RevokedFn(is_revoked),
+    };
+    let (cert_pem, key_pem) = identity;
+    certified_key(cert_pem, key_pem)?;
+    let tls = ClientTlsConfig::new()
+        .domain_name(MANAGER_SAN)
+        .timeout(HANDSHAKE_TIMEOUT)
+        .identity(Identity::from_pem(cert_pem, key_pem));
+    base_endpoint(addr)?
+        .tls_config_with_verifier(tls, Arc::new(verifier))
+        .map_err(|source| TlsError::ClientTls {
+            addr: addr.to_owned(),
+            source,
+        })?
+        .connect()
+        .await
+        .map_err(|source| TlsError::Connect {
             addr: addr.to_owned(),
             source,
         })

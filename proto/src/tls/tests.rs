@@ -230,6 +230,42 @@ async fn revoked_nodes_are_refused_at_the_handshake() {
 }
 
 #[tokio::test]
+async fn nodes_refuse_a_removed_managers_certificate() {
+    let ca = TestCa::new(CLUSTER);
+    // A removed manager's stolen certificate, serving as if it were one.
+    let (scert, skey) = ca.manager("m2", CLUSTER);
+    let server = start_server(&ca, &ReloadableCert::from_pem(&scert, &skey).unwrap()).await;
+    let (wc, wk) = ca.worker("w1", CLUSTER);
+    let call = |removed: Vec<&'static str>| {
+        let (addr, ca_pem, wc, wk) = (server.addr.clone(), ca.pem.clone(), wc.clone(), wk.clone());
+        async move {
+            let is_revoked: IsRevokedManager =
+                std::sync::Arc::new(move |id| removed.contains(&id.node_id.as_str()));
+            let ch = channel_to_manager_checked(&addr, &ca_pem, (&wc, &wk), is_revoked).await?;
+            JoinClient::new(ch)
+                .join(join_req("w1"))
+                .await
+                .map_err(|st| TlsError::Rpc {
+                    addr,
+                    rpc: "Join",
+                    status: Box::new(st),
+                })
+        }
+    };
+    call(vec!["m9"])
+        .await
+        .expect("m2 is not removed: the session opens");
+    let err = call(vec!["m2"])
+        .await
+        .expect_err("a removed manager must be refused");
+    assert!(
+        chain(&err).contains("revoked") || chain(&err).contains("Revoked"),
+        "{}",
+        chain(&err)
+    );
+}
+
+#[tokio::test]
 async fn mtls_roles_are_enforced() {
     let ca = TestCa::new(CLUSTER);
     let (scert, skey) = ca.manager("m0", CLUSTER);

@@ -38,6 +38,7 @@ fn record(role: &str) -> NodeRecord {
         listen_addr: "0.0.0.0:4377".into(),
         data_path_addr: "198.18.0.2".into(),
         manager_addrs: vec!["198.18.0.1:4377".into()],
+        removed_node_ids: Vec::new(),
     }
 }
 

@@ -31,6 +31,7 @@ fn session_len(s: &State, node: NodeId) -> usize {
         heartbeat_period_ms: u64::MAX,
         config: Some(config),
         log_requests: Vec::new(),
+        removed_node_ids: s.removed.iter().map(|n| n.to_string()).collect(),
     }
     .encoded_len()
 }
