@@ -98,6 +98,10 @@ pub enum Command {
     /// Run a whole cluster on this machine, each node in its own namespaces.
     #[command(subcommand)]
     Lab(crate::lab::LabCommand),
+    /// Check this node's state on disk, offline, and say what is wrong
+    /// (changes nothing; needs no daemon).
+    #[command(subcommand)]
+    Doctor(DoctorCommand),
     /// Internal: the per-task supervisor process the worker starts.
     #[command(hide = true)]
     TaskShim(weft_worker::runtime::shim::ShimArgs),
@@ -105,6 +109,19 @@ pub enum Command {
     Completion {
         /// Which shell.
         shell: clap_complete::Shell,
+    },
+}
+
+/// `weft doctor`.
+#[derive(Debug, Subcommand)]
+pub enum DoctorCommand {
+    /// Check a manager's Raft log and snapshot: what the next start would
+    /// do with them (run, cut a torn tail, or refuse and why). Stop the
+    /// daemon first to have the snapshot checked too.
+    Raft {
+        /// The node's data directory (as given to `weft daemon`).
+        #[arg(long, default_value = "/var/lib/weft")]
+        data_dir: PathBuf,
     },
 }
 

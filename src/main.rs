@@ -4,6 +4,7 @@
 mod cli;
 mod commands;
 mod daemon;
+mod doctor;
 mod lab;
 mod publish;
 mod settings;
@@ -79,6 +80,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             daemon::run(args).await
         }
         Command::Lab(cmd) => lab::run(cmd).await,
+        Command::Doctor(cmd) => doctor::run(cmd),
         Command::TaskShim(args) => weft_worker::runtime::shim::run(args).map_err(Into::into),
         Command::Completion { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "weft", &mut std::io::stdout());
@@ -136,6 +138,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Daemon(_)
                 | Command::Completion { .. }
                 | Command::Lab(_)
+                | Command::Doctor(_)
                 | Command::TaskShim(_) => unreachable!("handled above"),
             }
         }

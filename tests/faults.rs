@@ -14,6 +14,22 @@ fn wal(lab: &Lab, host: &str) -> PathBuf {
     lab.data_dir(host).join("raft").join("raft-log.wal")
 }
 
+/// `weft doctor raft` on `host`'s data directory: whether it exited 0,
+/// and what it printed.
+fn doctor(lab: &Lab, host: &str) -> (bool, String) {
+    let out = std::process::Command::new(common::WEFT)
+        .args(["doctor", "raft", "--data-dir"])
+        .arg(lab.data_dir(host))
+        .output()
+        .expect("run weft doctor");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 /// A one-manager cluster holding a few networks (several log records).
 fn manager_with_state(test: &str) -> Lab {
     let mut lab = Lab::new(test, &["m1"]);
@@ -37,6 +53,9 @@ fn a_zero_filled_log_tail_is_cut_and_the_manager_comes_back() {
         .expect("open log");
     f.write_all(&[0u8; 4096]).expect("zeros");
     drop(f);
+    // The offline check says what the start will do, and changes nothing.
+    let (ok, out) = doctor(&lab, "m1");
+    assert!(ok && out.contains("torn write of 4096 bytes"), "{out}");
     lab.start("m1");
     wait_for("the manager back", Duration::from_secs(20), || {
         lab.try_weft("m1", &["network", "ls"]).status.success()
@@ -63,6 +82,8 @@ fn damage_before_the_last_record_is_refused_naming_the_file_and_offset() {
     let at = bytes.len() / 3;
     bytes[at] ^= 0x55;
     std::fs::write(&path, &bytes).expect("write log");
+    let (ok, out) = doctor(&lab, "m1");
+    assert!(!ok && out.contains("is damaged at byte"), "{out}");
     let (status, log) = lab.start_expecting_exit("m1");
     assert!(
         !status.success(),

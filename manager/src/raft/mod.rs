@@ -22,6 +22,7 @@
 //! Must not: know about TLS or certificates (the caller passes a
 //! [`ChannelFactory`] and an [`Authorize`] hook).
 
+pub mod doctor;
 mod error;
 mod grpc;
 mod handle;

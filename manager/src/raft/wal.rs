@@ -119,7 +119,8 @@ const MAX_RECORD: u32 = 256 << 20;
 
 /// What to do about a damaged or missing log, for the messages that refuse
 /// to open one.
-pub(super) const REMEDY: &str = "Leave the data directory as it is and restore it from a \
+pub(super) const REMEDY: &str = "`weft doctor raft --data-dir DIR` describes the damage \
+     without changing anything. Leave the data directory as it is and restore it from a \
      backup, or rejoin this host as a fresh manager: on a healthy manager run `weft node \
      demote` and then `weft node rm` for this node, then empty this node's data directory \
      and `weft join` it again";
@@ -675,6 +676,17 @@ fn replay(path: &Path, bytes: &[u8], salt: u32) -> Result<(LogImage, usize), Wal
         at = end;
     }
     Ok((image, at))
+}
+
+/// Reads a log file's bytes as [`Wal::open`] would, changing nothing:
+/// the image and how many bytes a start would keep (less than all: a torn
+/// tail it would cut). A file of the header-less format of earlier builds
+/// (which a start rewrites) is reported as having no header.
+pub(super) fn inspect(path: &Path, bytes: &[u8]) -> Result<(LogImage, usize), WalError> {
+    let salt = read_header(path, bytes)?.ok_or_else(|| WalError::BadHeader {
+        path: path.to_path_buf(),
+    })?;
+    replay(path, bytes, salt)
 }
 
 /// Rewrites a file of the header-less format of earlier builds
