@@ -171,8 +171,13 @@ impl Active {
     /// Stops the agent and the local loop (not the tasks or the kernel
     /// state: the data plane survives the control plane).
     async fn stop_loops(self) -> Arc<Mutex<Option<Manager>>> {
-        self.watcher.abort();
-        self.supervisor.abort();
+        {
+            // Neither loop may be halfway through starting or stopping the
+            // manager when it is aborted: both do that holding this lock.
+            let _held = self.manager.lock().await;
+            self.watcher.abort();
+            self.supervisor.abort();
+        }
         let _ = self.reconcile_stop.send(true);
         let _ = self.reconciler.await;
         self.agent.stop().await;
@@ -654,11 +659,33 @@ async fn raft_supervisor(
         let Some(cfg) = pending.clone() else {
             continue;
         };
-        // Demoted or removed meanwhile: nothing to restart.
-        if m.is_some() || !files.load().is_ok_and(|(r, _)| r.role == "manager") {
+        if m.is_some() {
+            // The role watcher started it meanwhile (a renewal).
             pending = None;
             set_problem(String::new());
             continue;
+        }
+        let mut cfg = cfg;
+        match files.load() {
+            Ok((r, certs)) if r.role == "manager" => {
+                // The certificate may have been renewed while it was down.
+                cfg.ca_pem = certs.ca_pem;
+                cfg.cert_pem = certs.cert_pem;
+                cfg.key_pem = certs.key_pem;
+            }
+            _ => {
+                // Demoted (or gone) meanwhile: nothing to restart, and the
+                // Raft state (CA key, join secrets) goes, as on a demotion
+                // of a running manager.
+                pending = None;
+                set_problem(String::new());
+                if let Err(e) = std::fs::remove_dir_all(files.raft_dir())
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::warn!(error = %e, "cannot remove the old Raft log");
+                }
+                continue;
+            }
         }
         match Manager::start(cfg).await {
             Ok(started) => {

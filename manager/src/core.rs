@@ -121,20 +121,15 @@ impl Core {
         self.read(|s| crate::authz::manager(s, &id).map(|n| n.id))
     }
 
-    /// Authorizes a Raft RPC from a peer manager (see [`crate::authz`]).
-    /// Before this manager has any state it cannot know the cluster ID, so
-    /// the TLS layer's chain check and the certificate's role stand alone.
-    pub fn authorize_raft_peer<T>(&self, req: &tonic::Request<T>) -> Result<(), tonic::Status> {
-        let cluster = self.read(|s| s.cluster.as_ref().map(|c| c.id.clone()));
-        let id = match cluster {
-            Some(cluster_id) => weft_proto::tls::require_manager(req, &cluster_id)?,
-            None => {
-                let id = weft_proto::tls::peer_identity(req).ok_or_else(|| {
-                    tonic::Status::unauthenticated("Raft calls need a manager certificate")
-                })?;
-                weft_proto::tls::require_manager(req, &id.cluster_id)?
-            }
-        };
+    /// Authorizes a Raft RPC from a peer manager (see [`crate::authz`]),
+    /// of cluster `cluster_id` (this manager's, known from its own
+    /// certificate even before its store has any state).
+    pub fn authorize_raft_peer<T>(
+        &self,
+        req: &tonic::Request<T>,
+        cluster_id: &str,
+    ) -> Result<(), tonic::Status> {
+        let id = weft_proto::tls::require_manager(req, cluster_id)?;
         let in_group = id
             .node_id
             .parse()

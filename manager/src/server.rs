@@ -139,8 +139,9 @@ impl Manager {
         let server_tls = tls::server_config(&cfg.ca_pem, &cert, is_revoked)?;
         let authorize: Authorize = {
             let core = core.clone();
+            let cluster_id = cfg.cluster_id.clone();
             Arc::new(move |req, call| match call {
-                RaftCall::Peer => core.authorize_raft_peer(req),
+                RaftCall::Peer => core.authorize_raft_peer(req, &cluster_id),
                 RaftCall::Propose => core.authorize_manager(req).map(|_| ()),
             })
         };

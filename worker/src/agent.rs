@@ -31,6 +31,9 @@ use crate::error::{Error, Result};
 use crate::node_files::{Certs, NodeFiles, NodeRecord};
 use crate::renewal;
 
+/// How long a certificate renewal may take before it counts as failed.
+const RENEW_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Metadata key a follower uses to point at the leader.
 pub const LEADER_METADATA: &str = "weft-leader";
 
@@ -567,7 +570,10 @@ impl Run {
     fn schedule_renewal(&mut self) {
         self.renew_failures = 0;
         if let Some((from, to)) = self.validity() {
-            self.renew_at = renewal::renew_at(from, to, renewal::random_fraction());
+            // Never sooner than the first retry delay: a clock far ahead of
+            // the CA's would make every new certificate due at once.
+            let earliest = time::OffsetDateTime::now_utc() + renewal::RETRY_MIN;
+            self.renew_at = renewal::renew_at(from, to, renewal::random_fraction()).max(earliest);
             tracing::debug!(at = %self.renew_at, expires = %to, "certificate renewal scheduled");
         }
     }
@@ -605,16 +611,20 @@ impl Run {
         client: &mut DispatcherClient<tonic::transport::Channel>,
     ) -> Result<()> {
         let key = NodeKey::generate()?;
-        let resp = client
-            .renew_certificate(pb::RenewCertificateRequest {
-                node_id: self.node_id.clone(),
-                csr_pem: key.csr_pem()?,
-            })
+        let req = pb::RenewCertificateRequest {
+            node_id: self.node_id.clone(),
+            csr_pem: key.csr_pem()?,
+        };
+        // Heartbeats wait while this runs: do not let a stuck leader hold
+        // them for the server's whole deadline.
+        let rpc_error = |status| Error::Rpc {
+            addr: "dispatcher".into(),
+            status,
+        };
+        let resp = tokio::time::timeout(RENEW_TIMEOUT, client.renew_certificate(req))
             .await
-            .map_err(|status| Error::Rpc {
-                addr: "dispatcher".into(),
-                status,
-            })?
+            .map_err(|_| rpc_error(tonic::Status::deadline_exceeded("renewal timed out")))?
+            .map_err(rpc_error)?
             .into_inner();
         let peer = PeerIdentity::from_pem(&resp.cert_pem)?;
         let mut certs = self.certs.read().expect("certs lock").clone();

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 use openraft::{LogId, Vote};
-use redb::{Database, ReadableDatabase};
+use redb::{ReadOnlyDatabase, ReadableDatabase};
 
 use super::RaftNode;
 use super::log_store::{DB_FILE, SNAPSHOT, SNAPSHOT_META_KEY, from_json};
@@ -171,8 +171,16 @@ pub fn check(dir: &Path) -> Report {
 
 /// The last log id of the snapshot in `raft.redb`, read-only.
 fn read_snapshot(path: &Path) -> Result<Option<LogId<NodeId>>, String> {
-    let db = Database::open(path).map_err(|e| {
-        format!("{e} (a running weft daemon holds this file: stop it to check the snapshot)")
+    // Read-only: `Database::open` writes the header, and after a crash
+    // repairs the file, which a checker must never do.
+    let db = ReadOnlyDatabase::open(path).map_err(|e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => {
+            "a running weft daemon holds this file: stop it to check the snapshot".to_string()
+        }
+        redb::DatabaseError::RepairAborted => {
+            "the file was not shut down cleanly; the next start repairs it".to_string()
+        }
+        e => e.to_string(),
     })?;
     let tx = db.begin_read().map_err(|e| e.to_string())?;
     let table = match tx.open_table(SNAPSHOT) {
@@ -226,6 +234,22 @@ mod tests {
         assert_eq!(r.last.map(|l| l.index), Some(5));
         assert_eq!(r.committed.map(|l| l.index), Some(4));
         assert_eq!(r.vote, Some(Vote::new(3, NodeId(1))));
+    }
+
+    #[test]
+    fn the_snapshot_database_is_read_without_a_write() {
+        let d = tempfile::tempdir().expect("dir");
+        log_with_entries(d.path());
+        drop(crate::raft::log_store::open_db(d.path()).expect("db"));
+        let db = d.path().join(DB_FILE);
+        let before = std::fs::read(&db).expect("read");
+        let r = check(d.path());
+        assert!(r.snapshot_error.is_none(), "{r:?}");
+        assert_eq!(
+            std::fs::read(&db).expect("read"),
+            before,
+            "raft.redb untouched"
+        );
     }
 
     #[test]

@@ -5,8 +5,12 @@
 //! so a check in the handler comes after the buffering. Each service here
 //! is wrapped in an interceptor that sees only the headers and the TLS
 //! connection's certificate and refuses *before* the body is read; HTTP/2
-//! flow control then keeps an unread body to one window (64 KiB) per
-//! connection. Each service also gets a body limit sized to its need.
+//! flow control then keeps an unread body to one flow-control window
+//! (hyper's default, about 1 MiB per connection). Each service also gets a
+//! body limit sized to its need. One exception: `Raft.Propose` needs a
+//! manager *now*, which is checked after its body is read; before it, the
+//! interceptor has already required a manager certificate of this cluster
+//! whose node is a manager or a member of the Raft group.
 //!
 //! | service    | checked before the body                       | largest body |
 //! |------------|-----------------------------------------------|--------------|

@@ -215,6 +215,12 @@ pub fn server_config(
         .with_client_cert_verifier(verifier)
         .with_cert_resolver(Arc::new(cert.clone()));
     config.alpn_protocols = vec![b"h2".to_vec()];
+    // No session resumption: a resumed session skips `verify_client_cert`,
+    // so a removed node's cached channel would reconnect without meeting
+    // the revocation check. Connections are long-lived; a full handshake
+    // per connection costs nothing that matters.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
 
