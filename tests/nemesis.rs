@@ -791,8 +791,8 @@ fn median(v: &[Duration]) -> Duration {
 }
 
 /// The five hosts, m1 initialising and every other host joining.
-fn cluster() -> Lab {
-    let mut lab = Lab::new("nemesis", &["m1", "m2", "m3", "w1", "w2"]);
+fn cluster(test: &str) -> Lab {
+    let mut lab = Lab::new(test, &["m1", "m2", "m3", "w1", "w2"]);
     lab.start_all();
     let (wt, mt) = lab.init("m1", &[]);
     for (host, token, via) in [
@@ -1021,7 +1021,7 @@ fn clients_see_a_linearizable_register_through_crashes_pauses_and_partitions() {
     let full = std::env::var("WEFT_FAULTS_FULL").is_ok_and(|v| v == "1");
     let (rounds_per_fault, dwell_ops) = if full { (6, 300) } else { (2, 100) };
     let started = Instant::now();
-    let mut lab = cluster();
+    let mut lab = cluster("nemesis");
     let shared = Shared {
         epoch: Instant::now(),
         round: AtomicUsize::new(0),
@@ -1071,4 +1071,95 @@ fn clients_see_a_linearizable_register_through_crashes_pauses_and_partitions() {
         eprintln!("{n:>5} x {e}");
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// The data plane does not need the managers: a task on w1 keeps reaching
+/// a service's VIP, whose one replica runs on w2, by address and by name,
+/// while every manager is down, and after they come back.
+#[test]
+fn a_vip_flow_between_workers_keeps_working_while_every_manager_is_down() {
+    let mut lab = cluster("vipnomgr");
+    let appnet = "network create --attachable --subnet 10.0.9.0/24 appnet";
+    lab.weft("m1", &appnet.split(' ').collect::<Vec<_>>());
+    let site = "mkdir -p /tmp/www; hostname > /tmp/www/index.html; \
+                exec busybox httpd -f -p 80 -h /tmp/www";
+    lab.weft(
+        "m1",
+        &[
+            "service",
+            "create",
+            "--name",
+            "web",
+            "--network",
+            "appnet",
+            "--constraint",
+            "node.hostname==w2",
+            "--",
+            "sh",
+            "-c",
+            site,
+        ],
+    );
+    let client = lab.run_task("w1", &["--network", "appnet", "--", "sleep", "3600"]);
+    let pin = lab.task_netns("w1", &client);
+    let web: serde_json::Value =
+        serde_json::from_str(&lab.weft("m1", &["service", "inspect", "web"])).expect("json");
+    let vip = web[0]["Endpoint"]["VirtualIPs"][0]["Addr"]
+        .as_str()
+        .expect("a VIP")
+        .to_string();
+    let url = format!("http://{vip}/");
+    // busybox wget -T crashes on Debian 12's busybox; bounded with timeout.
+    let answers = || {
+        common::nsenter_stdout(&pin, &["timeout", "3", "busybox", "wget", "-qO-", &url])
+            .starts_with("web.")
+    };
+    let resolves = || {
+        common::nsenter_stdout(&pin, &["busybox", "nslookup", "web", "127.0.0.11"]).contains(&vip)
+    };
+    wait_for("w1 reaches the VIP", Duration::from_secs(30), || {
+        answers() && resolves()
+    });
+
+    for m in MANAGERS {
+        lab.kill9(m);
+    }
+    let orphaned = || {
+        WORKERS
+            .into_iter()
+            .all(|w| lab.weft(w, &["info"]).contains("Cluster: pending"))
+    };
+    wait_for(
+        "the workers see their managers gone",
+        Duration::from_secs(20),
+        orphaned,
+    );
+    // Watched for 30 s: 30 heartbeat periods, and well past the workers'
+    // longest pause between reconnection attempts (2 s), so a worker that
+    // dropped its data plane on losing its managers would show it.
+    let down = Instant::now();
+    let (mut answered, mut failed) = (0, Vec::new());
+    while down.elapsed() < Duration::from_secs(30) {
+        if answers() && resolves() {
+            answered += 1;
+        } else {
+            failed.push(down.elapsed());
+        }
+    }
+    eprintln!("every manager down: {answered} requests answered, failures at {failed:?}");
+    assert!(
+        failed.is_empty(),
+        "failed at {failed:?} after the managers went down"
+    );
+    assert!(answered > 0);
+    assert!(orphaned(), "the workers are still without managers");
+
+    for m in MANAGERS {
+        lab.start(m);
+    }
+    wait_healthy(&lab, "the managers back");
+    assert!(
+        answers() && resolves(),
+        "the VIP after the managers came back"
+    );
 }
