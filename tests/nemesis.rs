@@ -716,6 +716,8 @@ struct Figures {
     lost: usize,
     violations: usize,
     stale_local_keys: usize,
+    /// How long acknowledged writes took.
+    latencies: Vec<Duration>,
     unavailable: Vec<Duration>,
     elected: Vec<Duration>,
 }
@@ -745,7 +747,7 @@ fn lost_writes(history: &[Operation<String, String>], key: &str, last: Option<&S
 
 fn print_table(figures: &BTreeMap<Fault, Figures>) {
     eprintln!(
-        "{:<17} {:>6} {:>5} {:>5} {:>4} {:>4} {:>4} {:>10} {:>13} {:>13} {:>10}",
+        "{:<17} {:>6} {:>5} {:>5} {:>4} {:>4} {:>4} {:>10} {:>15} {:>15} {:>14} {:>10}",
         "fault",
         "rounds",
         "ops",
@@ -754,6 +756,7 @@ fn print_table(figures: &BTreeMap<Fault, Figures>) {
         "fail",
         "lost",
         "violations",
+        "ack p50/max",
         "unavail p50/max",
         "leader p50/max",
         "stale keys"
@@ -764,7 +767,7 @@ fn print_table(figures: &BTreeMap<Fault, Figures>) {
     };
     for (fault, f) in figures {
         eprintln!(
-            "{:<17} {:>6} {:>5} {:>5} {:>4} {:>4} {:>4} {:>10} {:>15} {:>14} {:>10}",
+            "{:<17} {:>6} {:>5} {:>5} {:>4} {:>4} {:>4} {:>10} {:>15} {:>15} {:>14} {:>10}",
             fault.name(),
             f.rounds,
             f.operations,
@@ -773,9 +776,36 @@ fn print_table(figures: &BTreeMap<Fault, Figures>) {
             f.fail,
             f.lost,
             f.violations,
+            p50_max(&f.latencies),
             p50_max(&f.unavailable),
             p50_max(&f.elected),
             f.stale_local_keys,
+        );
+    }
+}
+
+/// Acknowledged writes that took longer than the managers' 5 s
+/// read-after-write wait (`UpdateNode` answers once the asked manager shows
+/// the value written, or after 5 s as it stands), with what else wrote
+/// their label meanwhile and what the nemesis last did to their manager.
+fn print_slow_writes(records: &[Record], shared: &Shared) {
+    let slow = records.iter().filter(|r| {
+        r.kind == Kind::Write
+            && r.op.outcome == Outcome::Ok
+            && r.op.complete_ns - r.op.invoke_ns >= 4_900_000_000
+    });
+    for r in slow {
+        let overlapping = records
+            .iter()
+            .filter(|o| o.kind == Kind::Write && o.op.outcome != Outcome::Fail)
+            .filter(|o| o.op.action.key() == r.op.action.key() && o.op != r.op)
+            .filter(|o| o.op.invoke_ns < r.op.complete_ns && o.op.complete_ns > r.op.invoke_ns)
+            .map(|o| format!("{} via {}", o.op, o.manager))
+            .collect::<Vec<_>>();
+        let event = shared.last_event(r.manager, r.op.invoke_ns);
+        eprintln!(
+            "slow write via {} ({event:?}): {}; overlapping writes of its label: {overlapping:?}",
+            r.manager, r.op
         );
     }
 }
@@ -957,7 +987,11 @@ fn judge(
         f.operations += 1;
         if r.kind == Kind::Write {
             match r.op.outcome {
-                Outcome::Ok => f.acknowledged += 1,
+                Outcome::Ok => {
+                    f.acknowledged += 1;
+                    f.latencies
+                        .push(Duration::from_nanos(r.op.complete_ns - r.op.invoke_ns));
+                }
                 Outcome::Info => f.info += 1,
                 Outcome::Fail => f.fail += 1,
             }
@@ -1070,6 +1104,7 @@ fn clients_see_a_linearizable_register_through_crashes_pauses_and_partitions() {
     for (e, n) in &errors {
         eprintln!("{n:>5} x {e}");
     }
+    print_slow_writes(&records, &shared);
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
