@@ -795,17 +795,25 @@ fn print_slow_writes(records: &[Record], shared: &Shared) {
             && r.op.complete_ns - r.op.invoke_ns >= 4_900_000_000
     });
     for r in slow {
-        let overlapping = records
+        let overlapping: Vec<_> = records
             .iter()
             .filter(|o| o.kind == Kind::Write && o.op.outcome != Outcome::Fail)
             .filter(|o| o.op.action.key() == r.op.action.key() && o.op != r.op)
             .filter(|o| o.op.invoke_ns < r.op.complete_ns && o.op.complete_ns > r.op.invoke_ns)
-            .map(|o| format!("{} via {}", o.op, o.manager))
-            .collect::<Vec<_>>();
-        let event = shared.last_event(r.manager, r.op.invoke_ns);
+            .collect();
+        let first = overlapping
+            .first()
+            .map(|o| format!(", the first {} via {}", o.op, o.manager))
+            .unwrap_or_default();
+        let event = shared
+            .last_event(r.manager, r.op.invoke_ns)
+            .map(|(what, before)| format!(" ({} {what} {before:?} before)", r.manager))
+            .unwrap_or_default();
         eprintln!(
-            "slow write via {} ({event:?}): {}; overlapping writes of its label: {overlapping:?}",
-            r.manager, r.op
+            "slow write via {}{event}: {}; {} overlapping writes of its label{first}",
+            r.manager,
+            r.op,
+            overlapping.len()
         );
     }
 }
