@@ -317,6 +317,18 @@ impl Lab {
     pub fn dir(&self) -> &Path {
         self.dir.path()
     }
+
+    /// The daemon socket of `host`, for client threads that call daemons
+    /// while the test thread restarts them (and so holds the lab mutably).
+    pub fn socket_path(&self, host: &str) -> PathBuf {
+        self.socket(host)
+    }
+
+    /// The process ID of `host`'s running daemon (the process the lab
+    /// spawned, not a wrapper), to signal it; `None` when it is not running.
+    pub fn pid(&self, host: &str) -> Option<u32> {
+        self.daemons[self.idx(host)].as_ref().map(Child::id)
+    }
 }
 
 impl Drop for Lab {
