@@ -14,5 +14,7 @@ forbid weft-manager weft-overlay weft-worker rtnetlink nftables boringtun netlin
 forbid weft-overlay weft-proto weft-manager weft-worker tonic openraft
 forbid weft-proto weft-manager weft-worker weft-overlay openraft rtnetlink
 forbid weft-worker weft-manager openraft
+# The fault checker judges histories; it must not share code with what it judges.
+forbid weft-faults weft-manager weft-worker weft-proto weft-overlay openraft
 if [ $fail = 0 ]; then echo "dependency direction: ok"; fi
 exit $fail
