@@ -10,6 +10,12 @@
 //! ```
 //!
 //! [`plan`] decides the next step purely; the leader's loop executes it.
+//!
+//! A learner becomes a voter only once it has shown that it holds the log
+//! ([`caught_up`]). A manager that never answers (one that is down, such as
+//! the lost managers a forced recovery leaves in the store) stays a learner:
+//! made a voter, it would be needed for every commit, and a group of one
+//! live manager and one dead voter commits nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -27,6 +33,21 @@ pub enum MembershipOp {
     },
     /// Make exactly these nodes the voters (learners not listed are dropped).
     SetVoters(BTreeSet<NodeId>),
+}
+
+/// How many entries a learner may be behind the leader's last entry and
+/// still count as caught up: a few AppendEntries of a busy leader.
+pub const CAUGHT_UP_LAG: u64 = 100;
+
+/// Whether a learner that acknowledged the log up to `matched` (`None`:
+/// it has not answered this leader) holds the log closely enough to become
+/// a voter without stalling commits; `last` is the leader's last index.
+pub fn caught_up(matched: Option<u64>, last: Option<u64>) -> bool {
+    match (matched, last) {
+        (Some(m), Some(l)) => l.saturating_sub(m) <= CAUGHT_UP_LAG,
+        (Some(_), None) => true,
+        (None, _) => false,
+    }
 }
 
 /// The next membership change, if any. `voters` and `learners` are the
@@ -155,6 +176,38 @@ mod tests {
             plan(&s, &ids(&[1, 2, 3]), &BTreeMap::new(), |_| true),
             Some(MembershipOp::SetVoters(ids(&[1])))
         );
+    }
+
+    #[test]
+    fn learner_that_never_answered_stays_a_learner() {
+        // A forced recovery: this manager alone, two managers of the store
+        // down. They may be learners, never voters, until they answer.
+        let s = state(&[(1, Role::Manager), (2, Role::Manager), (3, Role::Manager)]);
+        let learners: BTreeMap<_, _> = [
+            (NodeId(2), "198.18.0.2:4377".to_string()),
+            (NodeId(3), "198.18.0.3:4377".to_string()),
+        ]
+        .into();
+        let matched: BTreeMap<NodeId, Option<u64>> =
+            [(NodeId(2), None), (NodeId(3), Some(3))].into();
+        let up = |id: NodeId| caught_up(matched.get(&id).copied().flatten(), Some(500));
+        assert_eq!(plan(&s, &ids(&[1]), &learners, up), None);
+        // Once one answers with the log, it becomes a voter.
+        let matched: BTreeMap<NodeId, Option<u64>> = [(NodeId(2), Some(450))].into();
+        let up = |id: NodeId| caught_up(matched.get(&id).copied().flatten(), Some(500));
+        assert_eq!(
+            plan(&s, &ids(&[1]), &learners, up),
+            Some(MembershipOp::SetVoters(ids(&[1, 2])))
+        );
+    }
+
+    #[test]
+    fn caught_up_means_answered_and_close_to_the_leader() {
+        assert!(!caught_up(None, Some(10)));
+        assert!(!caught_up(None, None));
+        assert!(caught_up(Some(10), Some(10)));
+        assert!(caught_up(Some(10), Some(10 + CAUGHT_UP_LAG)));
+        assert!(!caught_up(Some(10), Some(11 + CAUGHT_UP_LAG)));
     }
 
     #[test]

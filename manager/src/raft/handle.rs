@@ -181,6 +181,10 @@ pub struct RaftMetricsView {
     pub voters: BTreeMap<NodeId, String>,
     /// Learners and their addresses.
     pub learners: BTreeMap<NodeId, String>,
+    /// On the leader: the last log index each other member is known to
+    /// hold (`None`: it has not answered since this node became leader).
+    /// Empty on other nodes.
+    pub matched: BTreeMap<NodeId, Option<u64>>,
 }
 
 impl RaftMetricsView {
@@ -202,6 +206,12 @@ impl RaftMetricsView {
             snapshot_index: m.snapshot.map(|l| l.index),
             voters: membership.voter_ids().map(|id| (id, addr(&id))).collect(),
             learners: membership.learner_ids().map(|id| (id, addr(&id))).collect(),
+            matched: m
+                .replication
+                .iter()
+                .flatten()
+                .map(|(id, l)| (*id, l.map(|l| l.index)))
+                .collect(),
         }
     }
 }
