@@ -87,6 +87,11 @@ pub async fn membership_loop(core: Core, mut stop: watch::Receiver<bool>) {
                 .change_membership(voters.clone())
                 .await
                 .map_err(|e| e.to_string()),
+            MembershipOp::RemoveLearners(learners) => core
+                .raft()
+                .remove_learners(learners.clone())
+                .await
+                .map_err(|e| e.to_string()),
         };
         if let Err(e) = result {
             tracing::warn!(?op, error = %e, "membership change failed; will retry");

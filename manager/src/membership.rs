@@ -7,6 +7,7 @@
 //! ```text
 //!  store: role=manager, not in Raft ──▶ AddLearner ──(caught up)──▶ SetVoters(+id)
 //!  store: role=worker or removed, voter ──────────────────────────▶ SetVoters(-id)
+//!  store: role=worker or removed, learner ────────────────────────▶ RemoveLearners(id)
 //! ```
 //!
 //! [`plan`] decides the next step purely; the leader's loop executes it.
@@ -31,8 +32,11 @@ pub enum MembershipOp {
         /// Its Raft (manager-port) address.
         addr: String,
     },
-    /// Make exactly these nodes the voters (learners not listed are dropped).
+    /// Make exactly these nodes the voters (voters not listed leave the
+    /// group; learners stay).
     SetVoters(BTreeSet<NodeId>),
+    /// Stop replicating to these learners and drop them from the group.
+    RemoveLearners(BTreeSet<NodeId>),
 }
 
 /// How many entries a learner may be behind the leader's last entry and
@@ -77,12 +81,21 @@ pub fn plan(
     // Shrink first: a demoted or removed voter leaves before anyone joins,
     // so the voter set never grows past what the store asks for.
     let stale: BTreeSet<NodeId> = voters.difference(&wanted).copied().collect();
-    let stale_learners = learners.keys().any(|l| !wanted.contains(l));
-    if !stale.is_empty() || stale_learners {
+    if !stale.is_empty() {
         let keep: BTreeSet<NodeId> = voters.intersection(&wanted).copied().collect();
         if !keep.is_empty() {
             return Some(MembershipOp::SetVoters(keep));
         }
+    }
+    // Then demoted or removed learners (openraft keeps learners through a
+    // change of the voters: they need a change of their own).
+    let stale_learners: BTreeSet<NodeId> = learners
+        .keys()
+        .filter(|l| !wanted.contains(l))
+        .copied()
+        .collect();
+    if !stale_learners.is_empty() {
+        return Some(MembershipOp::RemoveLearners(stale_learners));
     }
 
     for id in ready.difference(voters) {
@@ -216,7 +229,30 @@ mod tests {
         let learners: BTreeMap<_, _> = [(NodeId(2), "x".to_string())].into();
         assert_eq!(
             plan(&s, &ids(&[1]), &learners, |_| true),
-            Some(MembershipOp::SetVoters(ids(&[1])))
+            Some(MembershipOp::RemoveLearners(ids(&[2])))
+        );
+    }
+
+    #[test]
+    fn removed_learners_go_before_a_new_manager_is_added() {
+        // After a forced recovery: the lost managers (learners) were demoted
+        // and removed, a fresh manager joins.
+        let s = state(&[(1, Role::Manager), (4, Role::Manager)]);
+        let learners: BTreeMap<_, _> = [
+            (NodeId(2), "198.18.0.2:4377".to_string()),
+            (NodeId(3), "198.18.0.3:4377".to_string()),
+        ]
+        .into();
+        assert_eq!(
+            plan(&s, &ids(&[1]), &learners, |_| true),
+            Some(MembershipOp::RemoveLearners(ids(&[2, 3])))
+        );
+        assert_eq!(
+            plan(&s, &ids(&[1]), &BTreeMap::new(), |_| true),
+            Some(MembershipOp::AddLearner {
+                id: NodeId(4),
+                addr: "198.18.0.4:4377".into()
+            })
         );
     }
 }

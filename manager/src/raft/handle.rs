@@ -303,6 +303,17 @@ impl RaftHandle {
         map_write(self.inner.raft.add_learner(id, node, blocking).await)
     }
 
+    /// Drops `learners` from the group (leader only); a voter among them
+    /// is refused.
+    pub async fn remove_learners(&self, learners: BTreeSet<NodeId>) -> Result<(), Error> {
+        map_write(
+            self.inner
+                .raft
+                .change_membership(openraft::ChangeMembers::RemoveNodes(learners), false)
+                .await,
+        )
+    }
+
     /// Makes `voters` the voting members (leader only). Voters not listed
     /// leave the group entirely; listed nodes must already be learners.
     pub async fn change_membership(&self, voters: BTreeSet<NodeId>) -> Result<(), Error> {
