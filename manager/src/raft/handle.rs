@@ -472,7 +472,7 @@ impl RaftHandle {
         if let Some((leader, addr, status)) = last_forward {
             tracing::debug!(%leader, %addr, %status, "last forward attempt before giving up");
         }
-        let (reachable, total) = self.count_reachable().await;
+        let (reachable, total) = self.reachable_voters().await;
         Err(ProposeError::NoLeader { reachable, total })
     }
 
@@ -534,9 +534,10 @@ impl RaftHandle {
         }
     }
 
-    /// Pings every voter (this node counts as reachable); returns
-    /// (reachable, total voters).
-    async fn count_reachable(&self) -> (usize, usize) {
+    /// Pings every voter over the Raft transport (this node counts as
+    /// reachable; a voter counts if its Raft is running); returns
+    /// (reachable, total voters). Takes at most about a second.
+    pub async fn reachable_voters(&self) -> (usize, usize) {
         let view = self.metrics();
         let total = view.voters.len();
         let mut pings = Vec::new();
