@@ -43,7 +43,8 @@ pub struct Cli {
 pub enum Command {
     /// Run the node daemon (every node runs one).
     Daemon(DaemonArgs),
-    /// Create a cluster with this node as its first manager.
+    /// Create a cluster with this node as its first manager (or, with
+    /// --force-new-cluster, recover one that lost a majority of its managers).
     Init(InitArgs),
     /// Join this node to a cluster as a worker or a manager (the token decides).
     Join(JoinArgs),
@@ -170,8 +171,38 @@ pub struct DaemonArgs {
 #[derive(Debug, Args)]
 pub struct InitArgs {
     /// Address other nodes reach this manager at: IP[:PORT] (default port 4377).
-    #[arg(long)]
-    pub advertise_addr: String,
+    #[arg(long, required_unless_present = "force_new_cluster")]
+    pub advertise_addr: Option<String>,
+    /// Recover a cluster that lost a majority of its managers for good: this
+    /// manager becomes its only manager, with all its state.
+    ///
+    /// The cluster needs a majority of its managers (2 of 3, 3 of 5) to
+    /// change anything; without one, every change fails. Run this on a
+    /// surviving manager whose daemon is running: it becomes the only manager
+    /// and leader, keeping the nodes, networks, services and join tokens,
+    /// and workers go on as before. Pick the survivor with the most recent
+    /// state: changes that only the lost managers received are gone. Refused
+    /// on a worker, and while a majority of the managers still answers this
+    /// one. Do not use it when the others are only cut off from this
+    /// manager: if they still form a majority among themselves there would
+    /// be two clusters.
+    ///
+    /// WARNING: a lost manager that starts again with its old data can,
+    /// together with another, elect a leader of the old cluster (split
+    /// brain). Before any of them runs again: demote and remove each one from
+    /// the new cluster (`weft node demote ID`, then `weft node rm --force
+    /// ID`), and wipe it (`weft leave --force` on it, or delete its data
+    /// directory). Then add managers with a fresh token (`weft join-token
+    /// manager`).
+    #[arg(
+        long,
+        conflicts_with_all = [
+            "advertise_addr", "listen_addr", "data_path_addr", "data_path_port",
+            "default_addr_pool", "default_addr_pool_mask_length", "cert_expiry",
+            "heartbeat_period", "wg_key_rotation", "wg_port", "ingress_subnet",
+        ]
+    )]
+    pub force_new_cluster: bool,
     /// Address to listen on for the manager port: ADDR[:PORT] (default 0.0.0.0:4377).
     #[arg(long)]
     pub listen_addr: Option<String>,

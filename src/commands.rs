@@ -128,10 +128,13 @@ fn ms(d: std::time::Duration) -> u64 {
 
 /// `weft init`.
 pub async fn init(c: &Client, a: InitArgs) -> anyhow::Result<()> {
+    if a.force_new_cluster {
+        return force_new_cluster(c).await;
+    }
     let resp = c
         .daemon()
         .init(pb::InitRequest {
-            advertise_addr: a.advertise_addr,
+            advertise_addr: a.advertise_addr.unwrap_or_default(),
             listen_addr: a.listen_addr.unwrap_or_default(),
             data_path_addr: a.data_path_addr.unwrap_or_default(),
             data_path_port: a.data_path_port.unwrap_or(0),
@@ -139,7 +142,7 @@ pub async fn init(c: &Client, a: InitArgs) -> anyhow::Result<()> {
             default_addr_pool_mask_length: a.default_addr_pool_mask_length.unwrap_or(0),
             cert_expiry_secs: a.cert_expiry.map(|d| d.as_secs().max(1)).unwrap_or(0),
             heartbeat_period_ms: a.heartbeat_period.map(|d| ms(d).max(1)).unwrap_or(0),
-            force: false,
+            force_new_cluster: false,
             wg_key_rotation_secs: a.wg_key_rotation.map(|d| d.as_secs().max(1)).unwrap_or(0),
             wg_port: a.wg_port.unwrap_or(0),
             ingress_subnet: a.ingress_subnet.unwrap_or_default(),
@@ -160,6 +163,37 @@ pub async fn init(c: &Client, a: InitArgs) -> anyhow::Result<()> {
     println!(
         "To add a manager to this cluster, run 'weft join-token manager' and follow the instructions."
     );
+    Ok(())
+}
+
+/// `weft init --force-new-cluster`: what to do next is part of the answer,
+/// since the lost managers are dangerous until removed and wiped.
+async fn force_new_cluster(c: &Client) -> anyhow::Result<()> {
+    let resp = c
+        .daemon()
+        .init(pb::InitRequest {
+            force_new_cluster: true,
+            ..Default::default()
+        })
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    println!(
+        "Cluster {} recovered: this node ({}) is now its only manager, with its state kept.\n",
+        resp.cluster_id, resp.node_id
+    );
+    if resp.lost_manager_ids.is_empty() {
+        return Ok(());
+    }
+    let lost = resp.lost_manager_ids.join(" ");
+    println!("The lost managers are still listed as managers. Before any of them runs again:\n");
+    println!("    weft node demote {lost}");
+    println!("    weft node rm --force {lost}\n");
+    println!(
+        "and wipe each of them: `weft leave --force` on it, or delete its data directory.\n\
+         Started with its old data, a lost manager could form the old cluster again with another."
+    );
+    println!("Then add managers with the token that `weft join-token manager` prints.");
     Ok(())
 }
 

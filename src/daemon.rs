@@ -292,6 +292,9 @@ impl NodeService {
     }
 
     async fn init(&self, r: pb::InitRequest) -> Result<pb::InitResponse, Status> {
+        if r.force_new_cluster {
+            return self.force_new_cluster(&r).await;
+        }
         let mut guard = self.active.lock().await;
         if guard.is_some() {
             return Err(Status::already_exists(
@@ -345,7 +348,7 @@ impl NodeService {
                 tonic::Code::Internal,
             ));
         }
-        let tokens = tokens_of(&manager).await?;
+        let tokens = tokens_of(manager.core()).await?;
         *guard = Some(self.activate(record.clone(), certs, Some(manager)));
         tracing::info!(node = %record.node_id, cluster = %record.cluster_id, "cluster initialised");
         Ok(pb::InitResponse {
@@ -353,6 +356,120 @@ impl NodeService {
             cluster_id: record.cluster_id,
             tokens: Some(tokens),
             advertise_addr: record.advertise_addr,
+            lost_manager_ids: Vec::new(),
+        })
+    }
+
+    /// `weft init --force-new-cluster`: makes this node's running manager the
+    /// only voter of its group, keeping its state (see
+    /// `weft_manager::raft::force_single_voter` for the rewrite and why
+    /// openraft accepts it):
+    ///
+    /// ```text
+    ///  checks (nothing changed if one fails): an active node, a running
+    ///    manager, a voter, and fewer than a majority of voters answering
+    ///  stop the manager ─▶ rewrite its Raft storage ─▶ start it again
+    ///    (started again also when the rewrite fails: it changed nothing then)
+    ///  wait until it leads and has committed the new membership
+    /// ```
+    async fn force_new_cluster(&self, r: &pb::InitRequest) -> Result<pb::InitResponse, Status> {
+        if let Some(flag) = init_settings_given(r) {
+            return Err(Status::invalid_argument(format!(
+                "--force-new-cluster keeps this manager's addresses and the cluster's settings; \
+                 run it without {flag} (settings can be changed afterwards with `weft cluster update`)"
+            )));
+        }
+        let guard = self.active.lock().await;
+        let Some(active) = guard.as_ref() else {
+            return Err(Status::failed_precondition(
+                "this node is not part of a cluster: --force-new-cluster recovers a cluster on \
+                 one of its surviving managers (to create a new cluster, run `weft init` without it)",
+            ));
+        };
+        let mut slot = active.manager.lock().await;
+        let Some(manager) = slot.as_ref() else {
+            return Err(Status::failed_precondition(
+                "this node runs no manager (it is a worker, or its manager is stopped: see \
+                 `weft info`): run --force-new-cluster on a surviving manager",
+            ));
+        };
+        let core = manager.core().clone();
+        let me = core.node_id();
+        let view = core.raft().metrics();
+        let Some(addr) = view.voters.get(&me).cloned() else {
+            return Err(Status::failed_precondition(format!(
+                "this manager ({me}) is not a voter of the Raft group yet, so its state may lack \
+                 committed changes: run --force-new-cluster on a manager that is"
+            )));
+        };
+        let (reachable, total) = core.raft().reachable_voters().await;
+        let needed = weft_manager::quorum::majority(total);
+        if reachable >= needed {
+            return Err(Status::failed_precondition(format!(
+                "{reachable} of {total} managers answer this one, and a quorum needs {needed}: \
+                 the cluster has a working quorum and needs no recovery. --force-new-cluster is \
+                 only for a cluster that lost a majority of its managers for good"
+            )));
+        }
+        let lost: Vec<String> = view
+            .voters
+            .keys()
+            .filter(|id| **id != me)
+            .map(|id| id.to_string())
+            .collect();
+        tracing::warn!(
+            node = %me, reachable, total, ?lost,
+            "forcing a new cluster: this manager becomes the only voter"
+        );
+        *self.slot.write().expect("slot") = None;
+        let old = slot.take().expect("checked above");
+        let config = old.config().clone();
+        old.stop().await;
+        let dir = config.raft_dir.clone();
+        let forced = tokio::task::spawn_blocking(move || {
+            weft_manager::raft::force_single_voter(&dir, me, &addr)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("the Raft rewrite did not finish: {e}")))
+        .and_then(|r| r.map_err(|e| Status::failed_precondition(e.to_string())));
+        let started = Manager::start(config).await.map_err(|e| {
+            Status::internal(format!(
+                "the manager could not start again: {e}; restart the daemon (its Raft storage \
+                 is {})",
+                if forced.is_ok() {
+                    "rewritten"
+                } else {
+                    "as it was"
+                }
+            ))
+        })?;
+        let core = started.core().clone();
+        *self.slot.write().expect("slot") = Some(core.clone());
+        *slot = Some(started);
+        drop(slot);
+        let forced = forced?;
+        // Leading and having applied the new membership: every write from
+        // now on commits on this manager alone.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while !(core.is_leader() && core.store().applied_index() >= forced.log_id.index) {
+            if tokio::time::Instant::now() > deadline {
+                return Err(Status::deadline_exceeded(
+                    "the Raft storage was rewritten, but this manager has not become the leader \
+                     within 20 s; see the daemon's log",
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let record = active.record.clone();
+        drop(guard);
+        let tokens = tokens_of(&core).await?;
+        tracing::warn!(node = %me, membership = %forced.log_id, "new cluster forced: this manager is its only voter");
+        Ok(pb::InitResponse {
+            node_id: record.node_id,
+            cluster_id: record.cluster_id,
+            tokens: Some(tokens),
+            advertise_addr: record.advertise_addr,
+            lost_manager_ids: lost,
         })
     }
 
@@ -787,6 +904,29 @@ async fn role_watcher(
     }
 }
 
+/// The first `weft init` flag set in `r` besides --force-new-cluster, which
+/// keeps everything as it is.
+fn init_settings_given(r: &pb::InitRequest) -> Option<&'static str> {
+    [
+        (!r.advertise_addr.is_empty(), "--advertise-addr"),
+        (!r.listen_addr.is_empty(), "--listen-addr"),
+        (!r.data_path_addr.is_empty(), "--data-path-addr"),
+        (r.data_path_port != 0, "--data-path-port"),
+        (!r.default_addr_pools.is_empty(), "--default-addr-pool"),
+        (
+            r.default_addr_pool_mask_length != 0,
+            "--default-addr-pool-mask-length",
+        ),
+        (r.cert_expiry_secs != 0, "--cert-expiry"),
+        (r.heartbeat_period_ms != 0, "--heartbeat-period"),
+        (r.wg_key_rotation_secs != 0, "--wg-key-rotation"),
+        (r.wg_port != 0, "--wg-port"),
+        (!r.ingress_subnet.is_empty(), "--ingress-subnet"),
+    ]
+    .into_iter()
+    .find_map(|(given, flag)| given.then_some(flag))
+}
+
 fn validate_remote(s: &str) -> Result<String, Status> {
     let s = s.trim();
     let ok = match s.rsplit_once(':') {
@@ -815,10 +955,10 @@ fn join_error(e: weft_worker::error::Error) -> Status {
     }
 }
 
-async fn tokens_of(m: &Manager) -> Result<pb::JoinTokens, Status> {
+async fn tokens_of(core: &weft_manager::core::Core) -> Result<pb::JoinTokens, Status> {
     use weft_proto::v1::control_server::Control;
     let svc = weft_manager::controlapi::ControlService::new(
-        m.core().clone(),
+        core.clone(),
         weft_manager::controlapi::Caller::Local,
     );
     Ok(svc

@@ -65,7 +65,9 @@ pub async fn membership_loop(core: Core, mut stop: watch::Receiver<bool>) {
         }
         let m = core.raft().metrics();
         let voters = m.voters.keys().copied().collect();
-        let op = core.read(|s| membership::plan(s, &voters, &m.learners, |_| true));
+        let up =
+            |id| membership::caught_up(m.matched.get(&id).copied().flatten(), m.last_log_index);
+        let op = core.read(|s| membership::plan(s, &voters, &m.learners, up));
         let Some(op) = op else { continue };
         tracing::info!(?op, "changing Raft membership");
         let result = match &op {
@@ -83,6 +85,11 @@ pub async fn membership_loop(core: Core, mut stop: watch::Receiver<bool>) {
             MembershipOp::SetVoters(voters) => core
                 .raft()
                 .change_membership(voters.clone())
+                .await
+                .map_err(|e| e.to_string()),
+            MembershipOp::RemoveLearners(learners) => core
+                .raft()
+                .remove_learners(learners.clone())
                 .await
                 .map_err(|e| e.to_string()),
         };

@@ -74,9 +74,38 @@ pub enum Error {
     /// `initialize` on a node that is already part of a group.
     #[error("cannot initialise Raft: {0}")]
     Initialize(Box<openraft::error::InitializeError<NodeId, super::RaftNode>>),
+    /// A forced recovery found no Raft group in the directory.
+    #[error(
+        "{} holds no Raft group: this node was never a manager with state, so there is \
+         nothing to recover from it",
+        dir.display()
+    )]
+    NotInitialized {
+        /// The Raft directory.
+        dir: PathBuf,
+    },
+    /// A forced recovery on a node that is not a voter of its group: as a
+    /// learner it may lack entries the voters committed.
+    #[error(
+        "manager {node} is not a voter of its Raft group (voters: {}), so its state may \
+         lack committed changes; recover on one of the voters instead",
+        ids(voters)
+    )]
+    NotVoter {
+        /// This node.
+        node: NodeId,
+        /// The voters of the membership in effect.
+        voters: Vec<NodeId>,
+    },
     /// A membership change was refused (not leader, change in progress, learner lagging...).
     #[error("membership change refused: {0}")]
     Membership(Box<openraft::error::ClientWriteError<NodeId, super::RaftNode>>),
+}
+
+/// `a, b, c` of node IDs, for messages.
+fn ids(v: &[NodeId]) -> String {
+    let v: Vec<String> = v.iter().map(|id| id.to_string()).collect();
+    v.join(", ")
 }
 
 // openraft's errors are large; they are boxed so `Result<_, Error>` stays small.

@@ -181,6 +181,10 @@ pub struct RaftMetricsView {
     pub voters: BTreeMap<NodeId, String>,
     /// Learners and their addresses.
     pub learners: BTreeMap<NodeId, String>,
+    /// On the leader: the last log index each other member is known to
+    /// hold (`None`: it has not answered since this node became leader).
+    /// Empty on other nodes.
+    pub matched: BTreeMap<NodeId, Option<u64>>,
 }
 
 impl RaftMetricsView {
@@ -202,6 +206,12 @@ impl RaftMetricsView {
             snapshot_index: m.snapshot.map(|l| l.index),
             voters: membership.voter_ids().map(|id| (id, addr(&id))).collect(),
             learners: membership.learner_ids().map(|id| (id, addr(&id))).collect(),
+            matched: m
+                .replication
+                .iter()
+                .flatten()
+                .map(|(id, l)| (*id, l.map(|l| l.index)))
+                .collect(),
         }
     }
 }
@@ -291,6 +301,17 @@ impl RaftHandle {
             addr: addr.to_string(),
         };
         map_write(self.inner.raft.add_learner(id, node, blocking).await)
+    }
+
+    /// Drops `learners` from the group (leader only); a voter among them
+    /// is refused.
+    pub async fn remove_learners(&self, learners: BTreeSet<NodeId>) -> Result<(), Error> {
+        map_write(
+            self.inner
+                .raft
+                .change_membership(openraft::ChangeMembers::RemoveNodes(learners), false)
+                .await,
+        )
     }
 
     /// Makes `voters` the voting members (leader only). Voters not listed
@@ -451,7 +472,7 @@ impl RaftHandle {
         if let Some((leader, addr, status)) = last_forward {
             tracing::debug!(%leader, %addr, %status, "last forward attempt before giving up");
         }
-        let (reachable, total) = self.count_reachable().await;
+        let (reachable, total) = self.reachable_voters().await;
         Err(ProposeError::NoLeader { reachable, total })
     }
 
@@ -513,9 +534,10 @@ impl RaftHandle {
         }
     }
 
-    /// Pings every voter (this node counts as reachable); returns
-    /// (reachable, total voters).
-    async fn count_reachable(&self) -> (usize, usize) {
+    /// Pings every voter over the Raft transport (this node counts as
+    /// reachable; a voter counts if its Raft is running); returns
+    /// (reachable, total voters). Takes at most about a second.
+    pub async fn reachable_voters(&self) -> (usize, usize) {
         let view = self.metrics();
         let total = view.voters.len();
         let mut pings = Vec::new();

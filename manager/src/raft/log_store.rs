@@ -145,6 +145,35 @@ fn filled_table(db: &Database) -> Result<Option<String>, redb::Error> {
     Ok(None)
 }
 
+/// Refuses a log file missing from `dir` beside a database `db` that holds
+/// anything ([`Error::LogMissing`]): an empty log created there would forget
+/// this node's vote and acknowledged entries.
+pub(super) fn check_log_present(db: &Database, dir: &Path) -> Result<(), Error> {
+    let log = dir.join(WAL_FILE);
+    let exists = log.try_exists().map_err(|source| {
+        Error::Wal(WalError::Io {
+            path: log.clone(),
+            source,
+        })
+    })?;
+    if exists {
+        return Ok(());
+    }
+    let db_path = dir.join(DB_FILE);
+    let filled = filled_table(db).map_err(|source| Error::ReadDb {
+        path: db_path.clone(),
+        source,
+    })?;
+    match filled {
+        Some(table) => Err(Error::LogMissing {
+            log,
+            db: db_path,
+            table,
+        }),
+        None => Ok(()),
+    }
+}
+
 /// How far this node's log is on disk. Sent by the log writer after each
 /// transaction; the state machine and the network wait on / clamp to it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -303,27 +332,7 @@ impl LogStore {
     /// earlier build), an empty log would forget this node's vote and
     /// acknowledged entries, so that is refused ([`Error::LogMissing`]).
     pub(super) fn open(db: Arc<Db>, dir: &Path, id: NodeId) -> Result<Self, Error> {
-        let log = dir.join(WAL_FILE);
-        let exists = log.try_exists().map_err(|source| {
-            Error::Wal(WalError::Io {
-                path: log.clone(),
-                source,
-            })
-        })?;
-        if !exists {
-            let db_path = dir.join(DB_FILE);
-            let filled = filled_table(&db).map_err(|source| Error::ReadDb {
-                path: db_path.clone(),
-                source,
-            })?;
-            if let Some(table) = filled {
-                return Err(Error::LogMissing {
-                    log,
-                    db: db_path,
-                    table,
-                });
-            }
-        }
+        check_log_present(&db, dir)?;
         let (wal, mem) = Wal::open(dir).map_err(Error::Wal)?;
         let next_index = match mem.log.last_key_value() {
             Some((i, _)) => i + 1,

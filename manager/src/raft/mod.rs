@@ -19,6 +19,10 @@
 //! round covers all of them; the result of each command is returned to its
 //! own proposer.
 //!
+//! Recovery from the loss of a majority ([`force_single_voter`], used by
+//! `weft init --force-new-cluster`) rewrites the stopped storage so that one
+//! manager is the only voter; see `recover` for how openraft takes that.
+//!
 //! Must not: know about TLS or certificates (the caller passes a
 //! [`ChannelFactory`] and an [`Authorize`] hook).
 
@@ -28,6 +32,7 @@ mod grpc;
 mod handle;
 mod log_store;
 mod network;
+mod recover;
 mod state_machine;
 mod wal;
 
@@ -48,6 +53,7 @@ pub use grpc::{
 pub use handle::{RaftHandle, RaftMetricsView, RaftSettings};
 pub use log_store::{DB_FILE, LogStore};
 pub use network::{ChannelFactory, Network, NetworkFactory, plaintext_channel_factory};
+pub use recover::{ForcedMembership, force_single_voter};
 pub use state_machine::{StateMachine, StoreHandle};
 pub use wal::{WAL_FILE, WalError};
 

@@ -110,7 +110,7 @@ pub struct StateMachine {
 }
 
 /// Reads the stored snapshot, if any.
-fn read_snapshot(db: &Database) -> Result<Option<(Meta, Vec<u8>)>, StorageError> {
+pub(super) fn read_snapshot(db: &Database) -> Result<Option<(Meta, Vec<u8>)>, StorageError> {
     let read = || -> Result<Option<(Meta, Vec<u8>)>, AnyError> {
         let tx = db.begin_read().map_err(|e| AnyError::new(&e))?;
         let t = tx.open_table(SNAPSHOT).map_err(|e| AnyError::new(&e))?;

@@ -15,13 +15,13 @@ use crate::raft::{Authorize, ProposeError, RaftHandle, RaftSettings, plaintext_c
 use crate::store::{Applied, Cluster, ClusterSettings, Command, Node, NodeId, Role, State};
 
 /// Generous bound for conditions on a loaded 2-core machine.
-const WAIT: Duration = Duration::from_secs(20);
+pub(super) const WAIT: Duration = Duration::from_secs(20);
 
 fn allow_all() -> Authorize {
     Arc::new(|_, _| Ok(()))
 }
 
-fn settings() -> RaftSettings {
+pub(super) fn settings() -> RaftSettings {
     RaftSettings {
         propose_timeout: Duration::from_secs(10),
         ..RaftSettings::default()
@@ -29,18 +29,23 @@ fn settings() -> RaftSettings {
 }
 
 /// One running manager: Raft plus its gRPC server.
-struct TestNode {
-    id: NodeId,
-    addr: String,
+pub(super) struct TestNode {
+    pub(super) id: NodeId,
+    pub(super) addr: String,
     dir: PathBuf,
-    raft: RaftHandle,
+    pub(super) raft: RaftHandle,
     stop_server: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<()>>,
 }
 
 impl TestNode {
     /// Starts a node on `dir`; `addr` reuses a port (restart) or `None` picks one.
-    async fn start(id: NodeId, dir: &Path, addr: Option<&str>, settings: RaftSettings) -> TestNode {
+    pub(super) async fn start(
+        id: NodeId,
+        dir: &Path,
+        addr: Option<&str>,
+        settings: RaftSettings,
+    ) -> TestNode {
         let listener = TcpListener::bind(addr.unwrap_or("127.0.0.1:0"))
             .await
             .expect("bind");
@@ -74,7 +79,7 @@ impl TestNode {
 
     /// Stops Raft and the server, as a crash would (nothing is flushed
     /// beyond what every commit already made durable).
-    async fn stop(&mut self) {
+    pub(super) async fn stop(&mut self) {
         self.raft.shutdown().await.expect("shutdown");
         if let Some(tx) = self.stop_server.take() {
             let _ = tx.send(());
@@ -84,7 +89,7 @@ impl TestNode {
         }
     }
 
-    async fn wait_leader(&self, msg: &str) -> NodeId {
+    pub(super) async fn wait_leader(&self, msg: &str) -> NodeId {
         let m = self
             .raft
             .raft()
@@ -96,7 +101,7 @@ impl TestNode {
     }
 
     /// Waits until this node's store satisfies `f`.
-    async fn wait_store(&self, msg: &str, f: impl Fn(&State) -> bool) {
+    pub(super) async fn wait_store(&self, msg: &str, f: impl Fn(&State) -> bool) {
         let store = self.raft.store();
         let mut rx = store.subscribe();
         let res = tokio::time::timeout(WAIT, async {
@@ -135,7 +140,7 @@ fn init_cluster(first: NodeId) -> Command {
     }
 }
 
-fn worker(id: u64, name: &str) -> Command {
+pub(super) fn worker(id: u64, name: &str) -> Command {
     Command::AddNode {
         node: Node {
             id: NodeId(id),
@@ -146,7 +151,10 @@ fn worker(id: u64, name: &str) -> Command {
 }
 
 /// Starts three managers and forms a 3-voter group led by the first.
-async fn three_node_cluster(dirs: &[TempDir; 3], settings: RaftSettings) -> Vec<TestNode> {
+pub(super) async fn three_node_cluster(
+    dirs: &[TempDir; 3],
+    settings: RaftSettings,
+) -> Vec<TestNode> {
     let ids = [NodeId(0xa1), NodeId(0xa2), NodeId(0xa3)];
     let mut nodes = Vec::new();
     for (id, dir) in ids.iter().zip(dirs) {

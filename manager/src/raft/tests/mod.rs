@@ -1,7 +1,9 @@
 //! Tests of the Raft layer: openraft's storage suite, the log store's
 //! durability contract, a 3-node cluster over
-//! real gRPC on 127.0.0.1, and restart from disk.
+//! real gRPC on 127.0.0.1, restart from disk, and the forced recovery of a
+//! survivor as the only voter.
 
 mod cluster;
 mod durability;
+mod recover;
 mod suite;
