@@ -28,6 +28,7 @@ fn five_node_cluster(test: &str, init_extra: &[&str]) -> Lab {
             },
         );
     }
+    common::wait_voters(&lab, "m1", &["m1", "m2", "m3"]);
     lab
 }
 
@@ -228,6 +229,8 @@ fn promote_demote_remove_and_leave() {
             Duration::from_secs(20),
             || lab.try_weft(n, &["node", "ls"]).status.success(),
         );
+        // Until it is a voter, the cluster's quorum is the old one.
+        common::wait_voters(&lab, "m1", &[n]);
     }
     // Three managers, one down: demoting a healthy one would lose quorum.
     lab.kill9("n3");

@@ -380,6 +380,19 @@ pub struct NodeRow {
     pub manager: String,
 }
 
+/// Waits until each of `managers` is a Raft voter, as `asking` sees it. A
+/// joined or promoted manager becomes one only once it holds the log; a
+/// test that kills a manager before then may take the quorum with it.
+pub fn wait_voters(lab: &Lab, asking: &str, managers: &[&str]) {
+    for m in managers {
+        wait_for(&format!("{m} a voter"), Duration::from_secs(30), || {
+            let v: serde_json::Value =
+                serde_json::from_str(&lab.weft(asking, &["node", "inspect", m])).expect("json");
+            v[0]["ManagerStatus"]["Voter"] == true
+        });
+    }
+}
+
 /// Parses `weft node ls` output.
 pub fn parse_node_ls(out: &str) -> Vec<NodeRow> {
     out.lines()

@@ -51,8 +51,16 @@ async fn lose_two_of_three(
 
 /// Makes `node` build a snapshot of its whole log; returns its last index.
 async fn snapshot_everything(node: &TestNode) -> u64 {
-    let last = node.raft.metrics().last_log_index.expect("a log");
     let raft = node.raft.raft();
+    // A restarted node reports its log in its metrics a moment after it
+    // has re-applied it: wait for that instead of reading them at once.
+    let last = raft
+        .wait(Some(WAIT))
+        .metrics(|m| m.last_log_index.is_some(), "a log in the metrics")
+        .await
+        .expect("a log")
+        .last_log_index
+        .expect("a log");
     raft.trigger().snapshot().await.expect("snapshot");
     raft.wait(Some(WAIT))
         .metrics(|m| m.snapshot.is_some_and(|s| s.index >= last), "snapshot")
