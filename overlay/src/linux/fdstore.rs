@@ -38,6 +38,7 @@ use std::collections::BTreeMap;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -65,6 +66,10 @@ const MAX_MESSAGE: usize = 3 + MAX_ENTRIES * (2 + MAX_KEY);
 const SCM_MAX_FD: usize = 253;
 /// The store keeps at most this many fds open: raise RLIMIT_NOFILE to it.
 const WANT_NOFILE: u64 = (MAX_ENTRIES * MAX_FDS + 64) as u64;
+
+/// Builds the command that runs a store on the given socket path (for
+/// [`ensure_running`]); the daemon's is `weft fd-store --socket PATH`.
+pub type Launcher = Arc<dyn Fn(&Path) -> std::process::Command + Send + Sync>;
 
 /// What can go wrong talking to or running the store.
 #[derive(Debug, thiserror::Error)]
@@ -710,8 +715,10 @@ pub fn ensure_running(path: &Path, mut cmd: std::process::Command) -> Result<boo
     if client.list().is_ok() {
         return Ok(false);
     }
+    // Not holding the caller's working directory (a mount) busy.
     cmd.stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null());
+        .stdout(std::process::Stdio::null())
+        .current_dir("/");
     // SAFETY: setsid(2) is async-signal-safe and touches only the child.
     unsafe {
         cmd.pre_exec(|| nix::unistd::setsid().map(drop).map_err(io::Error::from));
