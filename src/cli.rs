@@ -111,6 +111,14 @@ pub enum Command {
         /// Which shell.
         shell: clap_complete::Shell,
     },
+    /// Internal: the node's fd store the daemon starts (keeps the DNS
+    /// resolver's sockets across daemon restarts).
+    #[command(hide = true)]
+    FdStore {
+        /// The store's socket (`<exec-root>/fd-store.sock`).
+        #[arg(long)]
+        socket: PathBuf,
+    },
 }
 
 /// `weft doctor`.

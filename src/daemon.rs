@@ -76,7 +76,16 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     ));
     let host_ns = weft_overlay::linux::Netns::current()
         .context("cannot open this daemon's network namespace")?;
-    let linux = Arc::new(LinuxDataplane::new(args.exec_root.clone(), host_ns));
+    // The resolver's sockets outlive this daemon in `weft fd-store`.
+    let linux = Arc::new(
+        LinuxDataplane::new(args.exec_root.clone(), host_ns).with_fd_store_launcher(Arc::new(
+            |socket: &std::path::Path| {
+                let mut c = std::process::Command::new("/proc/self/exe");
+                c.arg("fd-store").arg("--socket").arg(socket);
+                c
+            },
+        )),
+    );
     // The default bridge must not shadow a route of this host (it would
     // also be unreachable from tasks that need that route).
     let routes = linux

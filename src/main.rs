@@ -21,6 +21,9 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Command::FdStore { socket } = &cli.command {
+        return fd_store(socket);
+    }
     if !matches!(cli.command, Command::Daemon(_) | Command::TaskShim(_)) {
         // A CLI writing into a closed pipe (`weft node ls | head -1`) should
         // end quietly like any Unix tool, not panic in println!.
@@ -139,8 +142,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 | Command::Completion { .. }
                 | Command::Lab(_)
                 | Command::Doctor(_)
-                | Command::TaskShim(_) => unreachable!("handled above"),
+                | Command::TaskShim(_)
+                | Command::FdStore { .. } => unreachable!("handled above"),
             }
+        }
+    }
+}
+
+/// `weft fd-store`: serves the node's fd store until it is told to stop
+/// (no async runtime: the store is one blocking loop); a store already
+/// answering on `socket` is success.
+fn fd_store(socket: &std::path::Path) -> std::process::ExitCode {
+    init_tracing("info");
+    let served = weft_overlay::linux::fdstore::Server::bind(socket).and_then(|s| match s {
+        Some(server) => {
+            tracing::info!(socket = %socket.display(), "fd store ready");
+            server.serve()
+        }
+        None => Ok(()),
+    });
+    match served {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
         }
     }
 }

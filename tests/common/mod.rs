@@ -301,6 +301,21 @@ impl Lab {
         );
     }
 
+    /// Creates the attachable overlay `name` on `subnet` from `host`.
+    pub fn attachable_network(&self, host: &str, subnet: &str, name: &str) {
+        self.weft(
+            host,
+            &[
+                "network",
+                "create",
+                "--attachable",
+                "--subnet",
+                subnet,
+                name,
+            ],
+        );
+    }
+
     /// `weft run ARGS` on `host`; returns the task ID.
     pub fn run_task(&self, host: &str, args: &[&str]) -> String {
         let mut full = vec!["run"];

@@ -18,10 +18,25 @@
 //!
 //! A listener holds a reference to its namespace (its sockets), so it is
 //! stopped before the namespace is deleted.
+//!
+//! The sockets outlive the daemon: after binding them, the server hands
+//! duplicates to the node's fd store ([`crate::linux::fdstore`], key
+//! `dns/<task>`), and a listener started for a task first adopts the
+//! store's sockets if they are bound in the task's namespace now. While a
+//! daemon restarts, queries wait in the sockets' buffers (and TCP clients
+//! in the backlog) instead of meeting a closed port, and the next daemon
+//! answers them. Stopping a task's listener drops the store's copies;
+//! stopping them all (a daemon going away) keeps them.
+//!
+//! ```text
+//!  start(task, ns) ─▶ store get dns/<task> ─┬─ UDP + TCP bound at 127.0.0.11:53 in ns ─▶ adopt
+//!                                           └─ none or not these ─▶ bind in ns ─▶ store put
+//! ```
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -31,6 +46,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use super::message::{self, Handled, Transport};
 use super::resolv::RESOLVER_ADDR;
 use super::view::{DnsView, TaskView};
+use crate::linux::fdstore::{self, Client as FdStore};
 use crate::linux::{Error as LinuxError, Netns};
 use crate::model::TaskId;
 
@@ -53,6 +69,10 @@ type SocketReply = tokio::sync::oneshot::Sender<io::Result<std::net::UdpSocket>>
 pub struct DnsServer {
     shared: Arc<Shared>,
     listeners: Mutex<BTreeMap<TaskId, Listener>>,
+    /// Where the sockets are kept across daemon restarts; `None`: nowhere.
+    store: Option<FdStore>,
+    /// Starts a store when none answers; `None`: never started from here.
+    launcher: Option<fdstore::Launcher>,
 }
 
 impl std::fmt::Debug for DnsServer {
@@ -65,6 +85,12 @@ impl std::fmt::Debug for DnsServer {
 
 struct Shared {
     view: RwLock<DnsView>,
+    /// Bumped by every [`DnsServer::set_view`]: a listener serves only once
+    /// the view has been set after it started. An adopted socket holds
+    /// queries that waited through a daemon restart, and the view of a
+    /// fresh daemon is empty until its first apply ends; answered at once,
+    /// those queries would get "no such name".
+    view_gen: tokio::sync::watch::Sender<u64>,
     /// Requests for a fresh unconnected UDP socket in the daemon's
     /// namespace (`true`: IPv6).
     sockets: Mutex<std::sync::mpsc::Sender<(bool, SocketReply)>>,
@@ -118,10 +144,28 @@ impl DnsServer {
         DnsServer {
             shared: Arc::new(Shared {
                 view: RwLock::new(DnsView::default()),
+                view_gen: tokio::sync::watch::Sender::new(0),
                 sockets: Mutex::new(tx),
             }),
             listeners: Mutex::new(BTreeMap::new()),
+            store: None,
+            launcher: None,
         }
+    }
+
+    /// Keeps the listeners' sockets in the fd store at `store` too, and
+    /// adopts the sockets kept there (see the module header). A store that
+    /// does not answer only costs the keeping: sockets are bound as before.
+    pub fn with_fd_store(mut self, store: FdStore) -> DnsServer {
+        self.store = Some(store);
+        self
+    }
+
+    /// Starts the fd store with `launcher` when sockets are to be kept and
+    /// none answers (the first task after a node starts or joins again).
+    pub fn with_fd_store_launcher(mut self, launcher: fdstore::Launcher) -> DnsServer {
+        self.launcher = Some(launcher);
+        self
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<TaskId, Listener>> {
@@ -131,6 +175,7 @@ impl DnsServer {
     /// Replaces what the resolver answers (takes effect for the next query).
     pub fn set_view(&self, view: DnsView) {
         *self.shared.view.write().unwrap_or_else(|p| p.into_inner()) = view;
+        self.shared.view_gen.send_modify(|g| *g += 1);
     }
 
     /// What the resolver answers now.
@@ -152,50 +197,217 @@ impl DnsServer {
     }
 
     /// Starts (or restarts) `task`'s listeners inside `ns`, whose `lo` must
-    /// be up. Must run inside a tokio runtime.
+    /// be up, on the sockets the fd store keeps for `task` if they live in
+    /// `ns`, else on new ones (then kept in the store). Must run inside a
+    /// tokio runtime.
     pub fn start(&self, task: &TaskId, ns: &Netns) -> Result<(), LinuxError> {
-        // The old sockets (same address, maybe the same namespace) go first.
-        self.stop(task);
+        // The old loops go first; their sockets stay in the store if they
+        // are the ones to adopt.
+        drop(self.lock().remove(task));
         let addr = SocketAddr::new(IpAddr::V4(RESOLVER_ADDR), DNS_PORT);
         let io_err = |source| LinuxError::Io {
             op: "bind the DNS resolver to 127.0.0.11:53 in",
             path: ns.path().to_owned(),
             source,
         };
-        let (udp, tcp) = ns
-            .run_in(|| -> io::Result<_> {
-                let udp = std::net::UdpSocket::bind(addr)?;
-                udp.set_nonblocking(true)?;
-                let tcp = std::net::TcpListener::bind(addr)?;
-                tcp.set_nonblocking(true)?;
-                Ok((udp, tcp))
-            })?
-            .map_err(io_err)?;
+        let (udp, tcp) = match self.adopt(task, ns, addr) {
+            Some(kept) => kept,
+            None => {
+                let (udp, tcp) = ns
+                    .run_in(|| -> io::Result<_> {
+                        let udp = std::net::UdpSocket::bind(addr)?;
+                        let tcp = std::net::TcpListener::bind(addr)?;
+                        Ok((udp, tcp))
+                    })?
+                    .map_err(io_err)?;
+                self.keep(task, &[udp.as_fd(), tcp.as_fd()]);
+                (udp, tcp)
+            }
+        };
+        udp.set_nonblocking(true).map_err(io_err)?;
+        tcp.set_nonblocking(true).map_err(io_err)?;
         let udp = tokio::net::UdpSocket::from_std(udp).map_err(io_err)?;
         let tcp = tokio::net::TcpListener::from_std(tcp).map_err(io_err)?;
+        // Queries wait in the sockets until the view is set after this
+        // start (the end of the apply that started it).
+        let ready = *self.shared.view_gen.borrow() + 1;
+        let (shared, t) = (self.shared.clone(), task.clone());
+        let udp = async move {
+            shared.view_set(ready).await;
+            serve_udp(shared, t, udp).await
+        };
+        let (shared, t) = (self.shared.clone(), task.clone());
+        let tcp = async move {
+            shared.view_set(ready).await;
+            serve_tcp(shared, t, tcp).await
+        };
         let listener = Listener {
             ino: ns.inode(),
-            udp: tokio::spawn(serve_udp(self.shared.clone(), task.clone(), udp)),
-            tcp: tokio::spawn(serve_tcp(self.shared.clone(), task.clone(), tcp)),
+            udp: tokio::spawn(udp),
+            tcp: tokio::spawn(tcp),
         };
         self.lock().insert(task.clone(), listener);
         Ok(())
     }
 
-    /// Stops `task`'s listeners (closing their sockets); absent is fine.
+    /// The sockets the store keeps for `task` if they are a UDP socket and
+    /// a TCP listener bound to `addr` in `ns`; sockets that are not (the
+    /// namespace was made anew) are dropped from the store.
+    fn adopt(
+        &self,
+        task: &TaskId,
+        ns: &Netns,
+        addr: SocketAddr,
+    ) -> Option<(std::net::UdpSocket, std::net::TcpListener)> {
+        let store = self.store.as_ref()?;
+        let key = store_key(task);
+        let fds = match store.get(&key) {
+            Ok(Some(fds)) => fds,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::debug!(%task, error = %e, "DNS sockets not adopted from the fd store");
+                return None;
+            }
+        };
+        match adoptable(fds, ns, addr) {
+            Ok(kept) => {
+                tracing::debug!(%task, "DNS sockets adopted from the fd store");
+                Some(kept)
+            }
+            Err(why) => {
+                tracing::info!(%task, why, "the fd store's DNS sockets are not this namespace's; binding new ones");
+                self.forget(task);
+                None
+            }
+        }
+    }
+
+    /// Hands duplicates of `task`'s sockets to the store, starting one if
+    /// none answers and a launcher is set.
+    fn keep(&self, task: &TaskId, fds: &[BorrowedFd<'_>]) {
+        let Some(store) = &self.store else { return };
+        let key = store_key(task);
+        let mut kept = store.put(&key, fds);
+        if let (
+            Err(fdstore::Error::Sys {
+                op: "connect to", ..
+            }),
+            Some(launch),
+        ) = (&kept, &self.launcher)
+        {
+            kept = fdstore::ensure_running(store.path(), launch(store.path()))
+                .and_then(|_| store.put(&key, fds));
+        }
+        if let Err(e) = kept {
+            tracing::warn!(%task, error = %e, "DNS sockets not kept in the fd store; this task's resolver will be down while the daemon restarts");
+        }
+    }
+
+    /// Drops the store's copies of `task`'s sockets.
+    fn forget(&self, task: &TaskId) {
+        if let Some(store) = &self.store
+            && let Err(e) = store.drop_key(&store_key(task))
+        {
+            tracing::debug!(%task, error = %e, "DNS sockets not dropped from the fd store");
+        }
+    }
+
+    /// Stops `task`'s listeners and closes their sockets, the store's
+    /// copies too; absent is fine.
     pub fn stop(&self, task: &TaskId) {
         let gone = self.lock().remove(task);
         drop(gone);
+        self.forget(task);
     }
 
-    /// Stops every listener.
+    /// Stops every listener; the store keeps its copies of their sockets
+    /// (see [`DnsServer::shutdown_store`]).
     pub fn stop_all(&self) {
         let all = std::mem::take(&mut *self.lock());
         drop(all);
     }
+
+    /// Tells the fd store to close everything it keeps and exit (the node
+    /// leaves); a store that is not running is fine.
+    pub fn shutdown_store(&self) {
+        let Some(store) = &self.store else { return };
+        match store.shutdown() {
+            Ok(()) => tracing::info!(socket = %store.path().display(), "fd store stopped"),
+            Err(fdstore::Error::Sys {
+                op: "connect to", ..
+            }) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot stop the fd store"),
+        }
+    }
+}
+
+/// The store key of `task`'s resolver sockets.
+fn store_key(task: &TaskId) -> String {
+    format!("dns/{task}")
+}
+
+/// `fds` as (UDP socket, TCP listener) if they are exactly those, bound to
+/// `addr` in namespace `ns`; else why not.
+fn adoptable(
+    fds: Vec<OwnedFd>,
+    ns: &Netns,
+    addr: SocketAddr,
+) -> Result<(std::net::UdpSocket, std::net::TcpListener), String> {
+    use nix::sys::socket::{SockType, getsockopt, sockopt};
+    let [udp, tcp]: [OwnedFd; 2] = fds
+        .try_into()
+        .map_err(|fds: Vec<OwnedFd>| format!("{} fds, not 2", fds.len()))?;
+    for (fd, want, what) in [
+        (&udp, SockType::Datagram, "udp"),
+        (&tcp, SockType::Stream, "tcp"),
+    ] {
+        match getsockopt(fd, sockopt::SockType) {
+            Ok(t) if t == want => {}
+            Ok(t) => return Err(format!("{what}: a socket of type {t:?}")),
+            Err(e) => return Err(format!("{what}: not a socket: {e}")),
+        }
+        let netns = socket_netns_inode(fd.as_fd()).map_err(|e| format!("{what}: {e}"))?;
+        if netns != ns.inode() {
+            return Err(format!("{what}: in namespace {netns}, not {}", ns.inode()));
+        }
+    }
+    if !getsockopt(&tcp, sockopt::AcceptConn).unwrap_or(false) {
+        return Err("tcp: not listening".into());
+    }
+    let udp = std::net::UdpSocket::from(udp);
+    let tcp = std::net::TcpListener::from(tcp);
+    for (what, local) in [("udp", udp.local_addr()), ("tcp", tcp.local_addr())] {
+        match local {
+            Ok(a) if a == addr => {}
+            Ok(a) => return Err(format!("{what}: bound to {a}")),
+            Err(e) => return Err(format!("{what}: {e}")),
+        }
+    }
+    Ok((udp, tcp))
+}
+
+/// The inode of the network namespace socket `fd` lives in.
+fn socket_netns_inode(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: SIOCGSKNS takes no argument and returns a new fd (or -1); the
+    // socket fd is valid for the call (borrowed).
+    let raw = unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGSKNS) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the ioctl just returned this fd to us and nothing else owns it.
+    let nsfd = unsafe { OwnedFd::from_raw_fd(raw) };
+    Ok(std::fs::File::from(nsfd).metadata()?.ino())
 }
 
 impl Shared {
+    /// Returns once the view has been set `generation` times.
+    async fn view_set(&self, generation: u64) {
+        let mut rx = self.view_gen.subscribe();
+        // The sender lives in `self`: waiting cannot fail.
+        let _ = rx.wait_for(|g| *g >= generation).await;
+    }
+
     fn task_view(&self, task: &TaskId) -> (Option<Arc<TaskView>>, Vec<SocketAddr>) {
         let v = self.view.read().unwrap_or_else(|p| p.into_inner());
         (v.task(task), v.upstreams.clone())

@@ -5,7 +5,10 @@
 //! planner for the ops and executes them with the primitives of this module
 //! tree. It also runs the embedded DNS resolver of its tasks
 //! ([`DnsServer`]): the view is replaced after every apply, the listeners
-//! are started by [`Op::StartDns`] and stopped with their namespace.
+//! are started by [`Op::StartDns`] and stopped with their namespace; their
+//! sockets are kept in the fd store at `<exec_root>/fd-store.sock`
+//! ([`crate::linux::fdstore`]) if one runs there, so they outlive the
+//! daemon, and the teardown of a leaving node stops that store.
 //!
 //! The daemon's own namespace is a [`Netns`] handle given at construction,
 //! not the calling thread's: the daemon passes [`Netns::current`], tests and
@@ -45,6 +48,7 @@ use super::topology::teardown_pins;
 use crate::dataplane::{ApplyReport, Dataplane, Error, OpFailure, Result, TeardownReport};
 use crate::dns::listener::DnsServer;
 use crate::dns::{DnsView, TASK_RESOLV_CONF};
+use crate::linux::fdstore;
 use crate::model::names::{
     self, GATEWAY_BRIDGE, INGRESS_IF, NFT_GUARD_TABLE, NFT_PORTS_TABLE, NFT_TABLE, NFT_USER_TABLE,
     WG_DEVICE,
@@ -85,16 +89,27 @@ pub struct LinuxDataplane {
 impl LinuxDataplane {
     /// A data plane whose namespaces are pinned under `<exec_root>/netns`
     /// and whose "own" namespace (underlay, gateway bridge, nftables) is
-    /// `host`.
+    /// `host`. The resolver keeps its sockets in the fd store at
+    /// `<exec_root>/fd-store.sock` when one answers there.
     pub fn new(exec_root: impl Into<PathBuf>, host: Netns) -> LinuxDataplane {
+        let exec_root = exec_root.into();
+        let store = fdstore::Client::new(exec_root.join(fdstore::SOCKET_NAME));
         LinuxDataplane {
-            exec_root: exec_root.into(),
-            dns: DnsServer::new(&host),
+            dns: DnsServer::new(&host).with_fd_store(store),
+            exec_root,
             host,
             lock: tokio::sync::Mutex::new(()),
             wg: std::sync::Mutex::new(None),
             monitor: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Starts the node's fd store with `launcher` when the resolver has
+    /// sockets to keep and none answers (without it, sockets are kept only
+    /// in a store someone else started).
+    pub fn with_fd_store_launcher(mut self, launcher: fdstore::Launcher) -> LinuxDataplane {
+        self.dns = self.dns.with_fd_store_launcher(launcher);
+        self
     }
 
     /// A data plane working in the calling thread's namespace (for the
@@ -921,8 +936,10 @@ impl Dataplane for LinuxDataplane {
     async fn teardown_all(&self) -> Result<TeardownReport> {
         let _guard = self.lock.lock().await;
         let mut report = TeardownReport::default();
-        // The resolver's sockets would keep task namespaces alive.
+        // The resolver's sockets would keep task namespaces alive, here and
+        // in the fd store.
         self.dns.stop_all();
+        self.dns.shutdown_store();
         self.dns.set_view(DnsView::default());
         match std::fs::remove_file(self.resolv_conf_path()) {
             Ok(()) => report

@@ -8,7 +8,8 @@
 //! firewall chain ([`ports`]), a watcher of nftables changes
 //! ([`monitor`]), stale conntrack entries deleted over
 //! ctnetlink ([`conntrack`]), commands started inside namespaces
-//! ([`process`]) and the underlay topology used by the tests and
+//! ([`process`]), the fd store that keeps the resolver's sockets across
+//! daemon restarts ([`fdstore`]) and the underlay topology used by the tests and
 //! `weft lab` ([`topology`]).
 //!
 //! Must not: shell out to `ip`, `bridge` or `wg` (netlink only; `nft` through
@@ -17,6 +18,7 @@
 
 pub mod conntrack;
 pub mod dataplane;
+pub mod fdstore;
 pub mod guard;
 pub mod lb;
 pub mod monitor;

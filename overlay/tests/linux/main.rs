@@ -5,6 +5,7 @@
 
 mod common;
 mod dataplane;
+mod dns_store;
 mod netlink;
 mod netns;
 mod nft;
