@@ -62,3 +62,4 @@ faults: deps build
 	@if [ "$$(id -u)" != 0 ]; then echo "error: the fault suite needs root (network namespaces)" >&2; exit 1; fi
 	$(CARGO) test -p weft-faults
 	WEFT_FAULTS_FULL=1 $(CARGO) test --test nemesis --test faults -- --nocapture --test-threads=1
+	$(CARGO) test --test dns_restart -- --include-ignored --nocapture
