@@ -19,7 +19,7 @@ use rustls::crypto::{WebPkiSupportedAlgorithms, verify_tls12_signature, verify_t
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-use super::{TlsError, provider, server::certified_key};
+use super::{TlsError, provider, server::certified_key, server::cluster_roots};
 use crate::identity::{MANAGER_SAN, PeerIdentity, ca_fingerprint, certs_from_pem};
 use crate::token::JoinToken;
 use crate::v1::GetCaCertRequest;
@@ -162,20 +162,15 @@ pub async fn channel_to_manager_checked(
     identity: (&str, &str),
     is_revoked: IsRevokedManager,
 ) -> Result<Channel, TlsError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in certs_from_pem(ca_pem, "the cluster CA certificate")? {
-        roots.add(ca).map_err(|source| TlsError::Rustls {
-            what: "the cluster CA certificate is not usable as a trust anchor",
-            source,
-        })?;
-    }
-    let webpki =
-        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider())
-            .build()
-            .map_err(|e| TlsError::Rustls {
-                what: "cannot build the manager certificate verifier",
-                source: rustls::Error::General(e.to_string()),
-            })?;
+    let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        cluster_roots(ca_pem)?,
+        provider(),
+    )
+    .build()
+    .map_err(|e| TlsError::Rustls {
+        what: "cannot build the manager certificate verifier",
+        source: rustls::Error::General(e.to_string()),
+    })?;
     let verifier = ManagerVerifier {
         inner: webpki,
         is_revoked: RevokedFn(is_revoked),

@@ -192,16 +192,10 @@ pub fn server_config(
     is_revoked: IsRevoked,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = provider();
-    let mut roots = RootCertStore::empty();
-    for ca in certs_from_pem(ca_pem, "the cluster CA certificate")? {
-        roots.add(ca).map_err(|source| TlsError::Rustls {
-            what: "the cluster CA certificate is not usable as a trust anchor",
-            source,
-        })?;
-    }
-    let webpki = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .allow_unauthenticated()
-        .build()?;
+    let webpki =
+        WebPkiClientVerifier::builder_with_provider(cluster_roots(ca_pem)?, provider.clone())
+            .allow_unauthenticated()
+            .build()?;
     let verifier = Arc::new(RevocationVerifier {
         inner: webpki,
         is_revoked,
@@ -222,6 +216,19 @@ pub fn server_config(
     config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
+}
+
+/// The trust anchors of a cluster: its CA certificate(s) from `ca_pem` (a
+/// bundle during CA rotation). Both ends of a connection verify with these.
+pub(crate) fn cluster_roots(ca_pem: &str) -> Result<Arc<RootCertStore>, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for ca in certs_from_pem(ca_pem, "the cluster CA certificate")? {
+        roots.add(ca).map_err(|source| TlsError::Rustls {
+            what: "the cluster CA certificate is not usable as a trust anchor",
+            source,
+        })?;
+    }
+    Ok(Arc::new(roots))
 }
 
 /// Accepts TCP connections on `listener` and yields completed TLS streams,
