@@ -127,9 +127,17 @@ impl ControlService {
         if self.caller != Caller::Remote {
             return Ok(());
         }
-        // The manager port checks this before the body is read too
-        // (server::limits); repeating it here keeps the service safe
-        // wherever it is mounted.
+        // The manager port checks this before the body is read
+        // (server::limits) and marks the request; checking here only when
+        // the mark is missing keeps the service safe wherever it is
+        // mounted without doing the check twice per call.
+        if req
+            .extensions()
+            .get::<crate::server::ManagerChecked>()
+            .is_some()
+        {
+            return Ok(());
+        }
         self.core.authorize_manager(req).map(|_| ())
     }
 

@@ -15,6 +15,8 @@
 
 mod limits;
 
+pub use limits::ManagerChecked;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};

@@ -88,14 +88,24 @@ enum Need {
 }
 
 impl Interceptor for Check {
-    fn call(&mut self, req: Request<()>) -> Result<Request<()>, Status> {
+    fn call(&mut self, mut req: Request<()>) -> Result<Request<()>, Status> {
         match self.need {
-            Need::Manager => self.core.authorize_manager(&req).map(|_| ()),
-            Need::Member => self.core.authorize_member(&req),
-        }?;
+            Need::Manager => {
+                self.core.authorize_manager(&req)?;
+                // Tells the handler the check is done (a client cannot set
+                // request extensions; only server-side layers can).
+                req.extensions_mut().insert(ManagerChecked);
+            }
+            Need::Member => self.core.authorize_member(&req)?,
+        }
         Ok(req)
     }
 }
+
+/// Marks a request whose caller [`Check`] found to be a manager now, so the
+/// control API's handler does not check it a second time on every call.
+#[derive(Debug, Clone, Copy)]
+pub struct ManagerChecked;
 
 /// The control API behind the manager check, with its body limit.
 pub fn control(
