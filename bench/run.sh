@@ -15,6 +15,8 @@
 # (10 s), BENCH_CLIENTS ("1 64"), BENCH_CHANNELS (4 HTTP/2 connections shared
 # by the clients), BENCH_TARGET (leader | all), BENCH_TMPDIR (/var/tmp; must
 # be a real disk, not tmpfs), BENCH_OUT (BENCHMARKS.md; "-" prints instead),
+# BENCH_LOG_AB (1: also a weft group with its Raft log in redb, the log
+# backend A/B; 0 skips it),
 # BENCH_KEEP=1 keeps the work directory and its logs, BENCH_SKIP_BUILD=1 uses
 # the release binaries already built.
 set -euo pipefail
@@ -31,8 +33,10 @@ TARGET=${BENCH_TARGET:-leader}
 TMPBASE=${BENCH_TMPDIR:-/var/tmp}
 OUT=${BENCH_OUT:-$ROOT/BENCHMARKS.md}
 KEEP=${BENCH_KEEP:-0}
+LOG_AB=${BENCH_LOG_AB:-1}
 
 WEFT_IPS=(127.0.0.1 127.0.0.2 127.0.0.3)
+REDB_IPS=(127.0.0.4 127.0.0.5 127.0.0.6)
 WEFT_PORT=47377
 ETCD_IPS=(127.0.0.11 127.0.0.12 127.0.0.13)
 ETCD_CLIENT_PORT=47379
@@ -113,28 +117,48 @@ wait_for() {
   done
 }
 
-# --- weft: 3 managers -------------------------------------------------------
+# --- weft: 3 managers (and 3 more with the Raft log in redb) ----------------
+# Group "weft" keeps its Raft log in weft's log file (the default); group
+# "weft-redb" is the same binary with WEFT_RAFT_LOG=redb (the log in a redb
+# database behind the same writer thread): the log backend A/B of issue #13.
 weft_sock() { echo "$WORK/weft$1/weft.sock"; }
 weft_cli() { local i=$1; shift; "$WEFT" -H "unix://$(weft_sock "$i")" "$@"; }
 
-for i in 1 2 3; do
-  mkdir -p "$WORK/weft$i"
-  WEFT_LOG=warn "$WEFT" daemon --hostname "bench-m$i" \
-    --data-dir "$WORK/weft$i/data" --exec-root "$WORK/weft$i/run" \
-    --socket "$(weft_sock "$i")" </dev/null >"$WORK/weft$i.log" 2>&1 &
-  PIDS+=("$!")
-done
-for i in 1 2 3; do wait_for 30 "weft daemon $i" weft_cli "$i" info; done
+# start_weft_group FIRST LOG_BACKEND IP... : daemons FIRST.. on those IPs, one
+# group; sets GROUP_ADDRS to the comma-separated manager addresses. (Not run
+# in a subshell: PIDS must reach the cleanup.)
+start_weft_group() {
+  local first=$1 backend=$2; shift 2
+  local ips=("$@") i n=0 a addrs=""
+  for ip in "${ips[@]}"; do
+    i=$((first + n)); n=$((n + 1))
+    mkdir -p "$WORK/weft$i"
+    WEFT_LOG=warn WEFT_RAFT_LOG=$backend "$WEFT" daemon --hostname "bench-m$i" \
+      --data-dir "$WORK/weft$i/data" --exec-root "$WORK/weft$i/run" \
+      --socket "$(weft_sock "$i")" </dev/null >"$WORK/weft$i.log" 2>&1 &
+    PIDS+=("$!")
+  done
+  for ((i = first; i < first + n; i++)); do wait_for 30 "weft daemon $i" weft_cli "$i" info; done
+  log "forming the weft manager group $first-$((first + n - 1)) (Raft log: $backend)"
+  local lead=${ips[0]}:$WEFT_PORT token
+  weft_cli "$first" init --advertise-addr "$lead" --listen-addr "$lead" >/dev/null
+  token=$(weft_cli "$first" join-token -q manager)
+  for ((i = 1; i < n; i++)); do
+    a=${ips[$i]}:$WEFT_PORT
+    weft_cli "$((first + i))" join --token "$token" --advertise-addr "$a" --listen-addr "$a" "$lead" >/dev/null
+  done
+  for ip in "${ips[@]}"; do addrs+="$ip:$WEFT_PORT,"; done
+  GROUP_ADDRS=${addrs%,}
+}
 
-log "forming the weft manager group"
-W1=${WEFT_IPS[0]}:$WEFT_PORT
-weft_cli 1 init --advertise-addr "$W1" --listen-addr "$W1" >/dev/null
-TOKEN=$(weft_cli 1 join-token -q manager)
-for i in 2 3; do
-  a=${WEFT_IPS[$((i - 1))]}:$WEFT_PORT
-  weft_cli "$i" join --token "$TOKEN" --advertise-addr "$a" --listen-addr "$a" "$W1" >/dev/null
-done
-WEFT_ADDRS=$(printf "%s:$WEFT_PORT," "${WEFT_IPS[@]}"); WEFT_ADDRS=${WEFT_ADDRS%,}
+start_weft_group 1 file "${WEFT_IPS[@]}"
+WEFT_ADDRS=$GROUP_ADDRS
+SYSTEMS=(weft etcd)
+if [ "$LOG_AB" = 1 ]; then
+  start_weft_group 4 redb "${REDB_IPS[@]}"
+  REDB_ADDRS=$GROUP_ADDRS
+  SYSTEMS=(weft weft-redb etcd)
+fi
 
 # --- etcd: 3 members --------------------------------------------------------
 CLUSTER=""
@@ -163,6 +187,8 @@ run_one() { # system clients round
     --duration "$DURATION" --target "$TARGET" --round "$r")
   case $sys in
     weft) line=$("$LOADGEN" weft --addrs "$WEFT_ADDRS" --certs "$WORK/weft1/data/certs" "${common[@]}") ;;
+    weft-redb) line=$("$LOADGEN" weft --system weft-redb --addrs "$REDB_ADDRS" \
+      --certs "$WORK/weft4/data/certs" "${common[@]}") ;;
     etcd) line=$("$LOADGEN" etcd --endpoints "$ETCD_EPS" "${common[@]}") ;;
   esac
   echo "$line" >>"$RESULTS"
@@ -170,8 +196,11 @@ run_one() { # system clients round
 }
 
 for r in $(seq "$ROUNDS"); do
-  # Alternate which system goes first, so drift on a shared machine hits both.
-  if [ $((r % 2)) = 1 ]; then order="weft etcd"; else order="etcd weft"; fi
+  # Rotate which system goes first, so drift on a shared machine hits all.
+  order=""
+  for ((k = 0; k < ${#SYSTEMS[@]}; k++)); do
+    order+=" ${SYSTEMS[$(((r + k) % ${#SYSTEMS[@]}))]}"
+  done
   for c in $CLIENTS; do
     for sys in $order; do
       log "round $r/$ROUNDS: $sys, $c client(s)"
@@ -188,7 +217,7 @@ if [ -n "$(git -C "$ROOT" status --porcelain 2>/dev/null)" ]; then REV+=" + loca
 MACHINE="Run of $(date -u '+%Y-%m-%d %H:%M UTC') on $(nproc) vCPU ($CPU), kernel $(uname -r), \
 data dirs on $(df --output=source "$WORK" | tail -n 1) ($FSTYPE; fdatasync of a 4 KiB overwrite before the run: p50 ${FSYNC_P50} µs, p99 ${FSYNC_P99} µs). \
 weft $REV (release build), $(etcd --version | sed -n '1s/Version: //p'). \
-3 members each on loopback, fsync on for both; $ROUNDS rounds, each run ${WARMUP} s warm-up + ${DURATION} s measured, \
+3 members each on loopback, fsync on for all; $ROUNDS rounds, each run ${WARMUP} s warm-up + ${DURATION} s measured, \
 systems alternating. Clients share $CHANNELS HTTP/2 connections (1 for 1 client), all to the $TARGET. \
 weft: \`Control.UpdateNode\` label writes over mutual TLS; etcd: \`KV.Put\` over plain gRPC; \
 the same keys (one per client) and values (a counter)."

@@ -50,6 +50,11 @@ enum Cmd {
         /// of the RPC path alone, for diagnosis.
         #[arg(long, value_enum, default_value_t = WeftOp::Write)]
         op: WeftOp,
+        /// Label of the result line for writes (`weft` by default;
+        /// `weft-redb` for the group whose Raft log is in redb, the log
+        /// backend A/B of bench/run.sh).
+        #[arg(long, default_value = "weft")]
+        system: String,
         #[command(flatten)]
         load: LoadArgs,
     },
@@ -177,12 +182,13 @@ async fn main() -> Result<()> {
             addrs,
             certs,
             op,
+            system,
             load,
         } => {
             let shape = load.shape()?;
             let writers = targets::weft(&addrs, &certs, &shape, op).await?;
             let system = match op {
-                WeftOp::Write => "weft",
+                WeftOp::Write => system.as_str(),
                 WeftOp::Read => "weft-read",
             };
             print_record(&load::run(system, &shape, writers).await)

@@ -161,11 +161,7 @@ pub fn markdown(records: &[Record], machine: &str) -> String {
     for c in &clients {
         let e = cells.get(&(*c, "etcd".to_string()));
         let w = cells.get(&(*c, "weft".to_string()));
-        let f = |x: Option<f64>, prec: usize| x.map_or("–".into(), |v| format!("{v:.prec$}"));
-        let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
-            _ => None,
-        };
+        let f = opt;
         let tput = ratio(w.map(|x| x.writes_per_s), e.map(|x| x.writes_per_s));
         let p99 = ratio(w.map(|x| x.p99_ms), e.map(|x| x.p99_ms));
         s += &format!(
@@ -200,6 +196,7 @@ pub fn markdown(records: &[Record], machine: &str) -> String {
         ),
         None => "Target at 64 clients: no 64-client results for both systems.\n".into(),
     };
+    s += &log_backend_ab(&cells);
     s += "\n<details><summary>Every run</summary>\n\n";
     s += "| round | system | clients | channels | target | writes | errors | writes/s | p50 ms | p99 ms | max ms |\n";
     s += "|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---:|\n";
@@ -222,6 +219,63 @@ pub fn markdown(records: &[Record], machine: &str) -> String {
     s += "\n</details>\n";
     s += END;
     s += "\n";
+    s
+}
+
+/// `x` with `prec` decimals, or a dash.
+fn opt(x: Option<f64>, prec: usize) -> String {
+    x.map_or("–".into(), |v| format!("{v:.prec$}"))
+}
+
+/// `a / b` when both are known and `b` is positive.
+fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
+/// System label of the weft group whose Raft log is in redb.
+pub const REDB_SYSTEM: &str = "weft-redb";
+
+/// The log backend A/B (issue #13): weft with its log file against weft
+/// with the log in redb, same build and writer thread; empty without
+/// `weft-redb` results.
+fn log_backend_ab(cells: &BTreeMap<(usize, String), Cell>) -> String {
+    let clients: std::collections::BTreeSet<usize> = cells
+        .keys()
+        .filter(|(_, sys)| sys == REDB_SYSTEM)
+        .map(|(c, _)| *c)
+        .collect();
+    if clients.is_empty() {
+        return String::new();
+    }
+    let mut s = "\n### Raft log backend: log file against redb\n\n".to_string();
+    s += "The same weft build twice, the Raft log in its own file (`weft`, the default) and in a \
+          redb database (`weft-redb`, `WEFT_RAFT_LOG=redb`), behind the same group-committing \
+          writer thread. Ratios are file/redb.\n\n";
+    s += "| clients | file writes/s | redb writes/s | ratio | file p50 ms | redb p50 ms \
+          | file p99 ms | redb p99 ms | p99 ratio |\n";
+    s += "|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
+    for c in &clients {
+        let w = cells.get(&(*c, "weft".to_string()));
+        let r = cells.get(&(*c, REDB_SYSTEM.to_string()));
+        let f = opt;
+        s += &format!(
+            "| {c} | {} | {} | {}× | {} | {} | {} | {} | {}× |\n",
+            f(w.map(|x| x.writes_per_s), 0),
+            f(r.map(|x| x.writes_per_s), 0),
+            f(
+                ratio(w.map(|x| x.writes_per_s), r.map(|x| x.writes_per_s)),
+                2
+            ),
+            f(w.map(|x| x.p50_ms), 2),
+            f(r.map(|x| x.p50_ms), 2),
+            f(w.map(|x| x.p99_ms), 2),
+            f(r.map(|x| x.p99_ms), 2),
+            f(ratio(w.map(|x| x.p99_ms), r.map(|x| x.p99_ms)), 2),
+        );
+    }
     s
 }
 
@@ -305,6 +359,19 @@ mod tests {
         let md = markdown(&rs, "machine X");
         assert!(md.contains("| 64 | 200 | 250 | 1.25× |"), "{md}");
         assert!(md.contains("**met**"), "{md}");
+        assert!(!md.contains("Raft log backend"), "{md}");
+    }
+
+    #[test]
+    fn log_backend_ab_compares_file_with_redb() {
+        let rs = vec![
+            rec("weft", 64, 1, 300.0, 6.0),
+            rec(REDB_SYSTEM, 64, 1, 200.0, 12.0),
+            rec("etcd", 64, 1, 250.0, 10.0),
+        ];
+        let md = markdown(&rs, "");
+        assert!(md.contains("| 64 | 300 | 200 | 1.50× |"), "{md}");
+        assert!(md.contains("| 6.00 | 12.00 | 0.50× |"), "{md}");
     }
 
     #[test]

@@ -59,6 +59,11 @@ pub enum Error {
     /// The log file could not be opened or replayed.
     #[error(transparent)]
     Wal(super::wal::WalError),
+    /// The redb log of the A/B benchmark could not be opened, or the
+    /// backend asked for does not match the directory
+    /// ([`super::redb_log`]).
+    #[error(transparent)]
+    LogBackend(super::redb_log::LogFileError),
     /// The log writer thread could not be started.
     #[error("cannot start the Raft log writer thread: {0}")]
     Spawn(std::io::Error),

@@ -51,6 +51,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{oneshot, watch};
 
 use super::error::Error;
+use super::redb_log::{Backend, LogFile, RedbLog};
 use super::wal::{LogImage, RecOut, WAL_FILE, Wal, WalError};
 use super::{StorageError, TypeConfig};
 use crate::store::NodeId;
@@ -149,7 +150,12 @@ fn filled_table(db: &Database) -> Result<Option<String>, redb::Error> {
 /// anything ([`Error::LogMissing`]): an empty log created there would forget
 /// this node's vote and acknowledged entries.
 pub(super) fn check_log_present(db: &Database, dir: &Path) -> Result<(), Error> {
-    let log = dir.join(WAL_FILE);
+    check_log_file_present(db, dir, WAL_FILE)
+}
+
+/// [`check_log_present`] for the log kept in `file` (one per backend).
+fn check_log_file_present(db: &Database, dir: &Path, file: &str) -> Result<(), Error> {
+    let log = dir.join(file);
     let exists = log.try_exists().map_err(|source| {
         Error::Wal(WalError::Io {
             path: log.clone(),
@@ -331,9 +337,23 @@ impl LogStore {
     /// either: beside a snapshot (or a log or vote kept in redb by an
     /// earlier build), an empty log would forget this node's vote and
     /// acknowledged entries, so that is refused ([`Error::LogMissing`]).
+    ///
+    /// The log lives in the log file unless `WEFT_RAFT_LOG=redb` asks for
+    /// the redb log of the A/B benchmark ([`super::redb_log`]).
     pub(super) fn open(db: Arc<Db>, dir: &Path, id: NodeId) -> Result<Self, Error> {
-        check_log_present(&db, dir)?;
-        let (wal, mem) = Wal::open(dir).map_err(Error::Wal)?;
+        let backend = Backend::from_env().map_err(Error::LogBackend)?;
+        backend.check_dir(dir).map_err(Error::LogBackend)?;
+        check_log_file_present(&db, dir, backend.file_name())?;
+        let (file, mem): (Box<dyn LogFile>, LogImage) = match backend {
+            Backend::File => {
+                let (wal, mem) = Wal::open(dir).map_err(Error::Wal)?;
+                (Box::new(wal), mem)
+            }
+            Backend::Redb => {
+                let (log, mem) = RedbLog::open(dir).map_err(Error::LogBackend)?;
+                (Box::new(log), mem)
+            }
+        };
         let next_index = match mem.log.last_key_value() {
             Some((i, _)) => i + 1,
             None => mem.last_purged.map_or(0, |p| p.index + 1),
@@ -346,7 +366,7 @@ impl LogStore {
         std::thread::Builder::new()
             .name("raft-log-writer".to_string())
             .spawn(move || {
-                run_writer(wal, rx, durable_tx, next_index);
+                run_writer(file, rx, durable_tx, next_index);
                 drop(db);
             })
             .map_err(Error::Spawn)?;
@@ -393,7 +413,7 @@ impl LogStore {
 /// fsyncs it if any op needs that, then reports completion in order. Hints
 /// alone (committed id, purge) are not written until something durable is.
 fn run_writer(
-    mut wal: Wal,
+    mut wal: Box<dyn LogFile>,
     rx: std_mpsc::Receiver<Op>,
     durable: watch::Sender<Durable>,
     mut next_index: u64,

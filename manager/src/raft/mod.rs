@@ -33,6 +33,7 @@ mod handle;
 mod log_store;
 mod network;
 mod recover;
+mod redb_log;
 mod state_machine;
 mod wal;
 
@@ -54,6 +55,7 @@ pub use handle::{RaftHandle, RaftMetricsView, RaftSettings};
 pub use log_store::{DB_FILE, LogStore};
 pub use network::{ChannelFactory, Network, NetworkFactory, plaintext_channel_factory};
 pub use recover::{ForcedMembership, force_single_voter};
+pub use redb_log::{BACKEND_ENV, Backend, LogFileError, REDB_LOG_FILE};
 pub use state_machine::{StateMachine, StoreHandle};
 pub use wal::{WAL_FILE, WalError};
 

@@ -727,12 +727,13 @@ fn rewrite_v0(dir: &Path, path: &Path, bytes: &[u8]) -> Result<(), WalError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use openraft::{CommittedLeaderId, EntryPayload};
     use rand::{Rng, SeedableRng};
 
-    fn entry(term: u64, index: u64) -> Entry<TypeConfig> {
+    /// A blank entry of `term` (leader node 1) at `index`.
+    pub(in crate::raft) fn entry(term: u64, index: u64) -> Entry<TypeConfig> {
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(term, NodeId(1)), index),
             payload: EntryPayload::Blank,
