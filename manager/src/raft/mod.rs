@@ -35,6 +35,7 @@ mod network;
 mod recover;
 mod state_machine;
 mod wal;
+pub mod wal_failpoint;
 
 #[cfg(test)]
 mod tests;
