@@ -8,6 +8,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use common::disk::SmallDisk;
 use common::{Lab, wait_for};
 
 fn wal(lab: &Lab, host: &str) -> PathBuf {
@@ -98,42 +99,6 @@ fn damage_before_the_last_record_is_refused_naming_the_file_and_offset() {
         bytes,
         "a refused log is left as it was, for inspection"
     );
-}
-
-/// A size-limited filesystem (tmpfs) mounted at `at` for one test, lazily
-/// unmounted when dropped (also when the test fails).
-struct SmallDisk(PathBuf);
-
-impl SmallDisk {
-    fn mount(at: PathBuf, size: &str) -> SmallDisk {
-        std::fs::create_dir_all(&at).expect("mount point");
-        nix::mount::mount(
-            Some("tmpfs"),
-            &at,
-            Some("tmpfs"),
-            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
-            Some(format!("size={size},mode=0700").as_str()),
-        )
-        .expect("mount tmpfs");
-        SmallDisk(at)
-    }
-
-    /// Fills the filesystem with `filler` until it is full.
-    fn fill(&self) -> PathBuf {
-        let path = self.0.join("filler");
-        let mut f = std::fs::File::create(&path).expect("filler");
-        let chunk = vec![0xAAu8; 64 * 1024];
-        while f.write_all(&chunk).is_ok() {}
-        let byte = [0xAAu8];
-        while f.write_all(&byte).is_ok() {}
-        path
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
-    }
 }
 
 #[test]
