@@ -57,7 +57,8 @@
 //!
 //! Whether local reads would pass as linearizable is reported, not asserted.
 //! `WEFT_FAULTS_FULL=1` (`make faults`) runs more rounds, and every fault
-//! with 5 managers too; `WEFT_FAULTS_ROUNDS=N` sets the rounds per fault.
+//! with 5 managers too; `WEFT_FAULTS_ROUNDS=N` sets the rounds per fault,
+//! `WEFT_FAULTS_ONLY=KillLeader,CrashMidAppend` picks faults (by variant).
 
 mod client;
 #[path = "../common/mod.rs"]
@@ -307,17 +308,7 @@ fn read_final_state(lab: &Lab, shared: &Shared, rounds: usize) {
     let managers = &shared.managers;
     let leader = wait_healthy(lab, managers, "a healthy cluster at the end");
     for node in WORKERS {
-        wait_for(
-            &format!("every manager shows the same labels of {node}"),
-            Duration::from_secs(30),
-            || {
-                let seen: BTreeSet<_> = managers
-                    .iter()
-                    .map(|m| labels_of(&lab.weft(m, &["node", "inspect", node])))
-                    .collect();
-                seen.len() == 1
-            },
-        );
+        same_labels_everywhere(lab, managers, node);
         let invoke = shared.now();
         let probe = ["node", "update", "--label-add", "probe-final=1", node];
         lab.weft(leader, &probe);
@@ -337,6 +328,44 @@ fn read_final_state(lab: &Lab, shared: &Shared, rounds: usize) {
                 });
             }
         }
+    }
+}
+
+/// Waits until every manager shows the same labels of `node`; if they
+/// still differ after 30 s, fails naming the labels that differ and what
+/// each manager says of its Raft state.
+fn same_labels_everywhere(lab: &Lab, managers: &[&'static str], node: &str) {
+    let started = Instant::now();
+    loop {
+        let seen: BTreeMap<&str, BTreeMap<String, String>> = managers
+            .iter()
+            .map(|m| (*m, labels_of(&lab.weft(m, &["node", "inspect", node]))))
+            .collect();
+        let distinct: BTreeSet<_> = seen.values().collect();
+        if distinct.len() == 1 {
+            return;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            let keys: BTreeSet<&String> = seen.values().flat_map(|l| l.keys()).collect();
+            let mut report =
+                format!("the managers still disagree on {node}'s labels after 30 s:\n");
+            for key in keys {
+                let values: Vec<_> = seen.iter().map(|(m, l)| (m, l.get(key))).collect();
+                if values.iter().any(|(_, v)| *v != values[0].1) {
+                    report += &format!("  {key}: {values:?}\n");
+                }
+            }
+            for m in managers {
+                let info = lab.weft(m, &["info"]);
+                let raft: Vec<&str> = info
+                    .lines()
+                    .filter(|l| l.contains("ndex") || l.contains("eader") || l.contains("erm"))
+                    .collect();
+                report += &format!("  {m}: {raft:?}\n");
+            }
+            panic!("{report}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 
@@ -376,9 +405,16 @@ fn nemesis(test: &str, managers: &[&'static str], faults: &[Fault], rounds: usiz
         unseen_barriers: AtomicUsize::new(0),
         events: Mutex::new(Vec::new()),
     };
+    // `WEFT_FAULTS_ONLY=KillLeader,DiskFullTwo` runs only those faults.
+    let only = std::env::var("WEFT_FAULTS_ONLY").unwrap_or_default();
+    let faults: Vec<Fault> = faults
+        .iter()
+        .copied()
+        .filter(|f| only.is_empty() || only.split(',').any(|o| o == format!("{f:?}")))
+        .collect();
     let mut schedule = vec![Fault::None];
     for _ in 0..rounds {
-        schedule.extend(faults);
+        schedule.extend(&faults);
     }
     let rounds = run_rounds(&mut lab, &shared, &schedule, dwell);
     read_final_state(&lab, &shared, schedule.len());
