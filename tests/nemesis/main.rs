@@ -363,10 +363,24 @@ fn same_labels_everywhere(lab: &Lab, managers: &[&'static str], node: &str) {
                     .collect();
                 report += &format!("  {m}: {raft:?}\n");
             }
+            keep_logs(lab, managers);
             panic!("{report}");
         }
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Copies the daemons' logs out of the lab (which removes its directory)
+/// into a directory of their own under the system's temporary directory,
+/// for the failure to be looked into.
+fn keep_logs(lab: &Lab, managers: &[&'static str]) {
+    let dir = std::env::temp_dir().join(format!("weft-nemesis-logs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("log dir");
+    for host in managers.iter().chain(&WORKERS) {
+        let log = lab.host_dir(host).join("daemon.log");
+        let _ = std::fs::copy(&log, dir.join(format!("{host}.log")));
+    }
+    eprintln!("daemon logs kept in {}", dir.display());
 }
 
 /// Whether the full form runs (`WEFT_FAULTS_FULL=1`, `make faults`).
@@ -449,6 +463,9 @@ fn nemesis(test: &str, managers: &[&'static str], faults: &[Fault], rounds: usiz
         eprintln!("{n:>5} x {e}");
     }
     print_slow_writes(&records, &shared);
+    if !problems.is_empty() {
+        keep_logs(&lab, managers);
+    }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
