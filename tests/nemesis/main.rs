@@ -182,6 +182,10 @@ fn cluster(test: &str, managers: &[&'static str]) -> (Lab, BTreeMap<&'static str
     let mut lab = Lab::new(test, &hosts);
     let disks = raft_disks(&lab, managers);
     lab.set_daemon_env(weft_manager::raft::wal_failpoint::ENV, "1");
+    // The daemons' log filter, to look into a failure.
+    if let Ok(filter) = std::env::var("WEFT_NEMESIS_DAEMON_LOG") {
+        lab.set_daemon_env("WEFT_LOG", &filter);
+    }
     lab.start_all();
     let (wt, mt) = lab.init("m1", &[]);
     for pair in managers.windows(2) {
