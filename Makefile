@@ -55,8 +55,9 @@ clean:
 	$(CARGO) clean
 
 # The fault suite (issue #13): the linearizability checker's own tests, then
-# the end-to-end fault tests, the nemesis with 6 rounds a fault (a table of
-# figures on stderr). One test at a time: the nemesis measures recovery times.
+# the end-to-end fault tests, the nemesis with 4 rounds of every fault against
+# 3 and against 5 managers (WEFT_FAULTS_ROUNDS=N for more; tables of figures on
+# stderr). One test at a time: the nemesis measures recovery times.
 .PHONY: faults
 faults: deps build
 	@if [ "$$(id -u)" != 0 ]; then echo "error: the fault suite needs root (network namespaces)" >&2; exit 1; fi

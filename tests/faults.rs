@@ -8,6 +8,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use common::disk::SmallDisk;
 use common::{Lab, wait_for};
 
 fn wal(lab: &Lab, host: &str) -> PathBuf {
@@ -100,42 +101,6 @@ fn damage_before_the_last_record_is_refused_naming_the_file_and_offset() {
     );
 }
 
-/// A size-limited filesystem (tmpfs) mounted at `at` for one test, lazily
-/// unmounted when dropped (also when the test fails).
-struct SmallDisk(PathBuf);
-
-impl SmallDisk {
-    fn mount(at: PathBuf, size: &str) -> SmallDisk {
-        std::fs::create_dir_all(&at).expect("mount point");
-        nix::mount::mount(
-            Some("tmpfs"),
-            &at,
-            Some("tmpfs"),
-            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
-            Some(format!("size={size},mode=0700").as_str()),
-        )
-        .expect("mount tmpfs");
-        SmallDisk(at)
-    }
-
-    /// Fills the filesystem with `filler` until it is full.
-    fn fill(&self) -> PathBuf {
-        let path = self.0.join("filler");
-        let mut f = std::fs::File::create(&path).expect("filler");
-        let chunk = vec![0xAAu8; 64 * 1024];
-        while f.write_all(&chunk).is_ok() {}
-        let byte = [0xAAu8];
-        while f.write_all(&byte).is_ok() {}
-        path
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
-    }
-}
-
 #[test]
 fn a_full_disk_stops_the_manager_loudly_and_it_heals_when_space_is_freed() {
     let mut lab = Lab::new("fulldisk", &["m1"]);
@@ -184,4 +149,97 @@ fn a_full_disk_stops_the_manager_loudly_and_it_heals_when_space_is_freed() {
     eprintln!("{}", lab.log_tail("m1"));
     // `disk` drops before `lab` (reverse order of declaration): unmounted
     // before the lab's directory is removed, on success and on failure.
+}
+
+/// A live follower's log writer stopped between a write and its fsync (the
+/// test-only failpoint), the daemon killed there, and the unsynced bytes
+/// half lost, as the page cache would be in a power cut: the follower cuts
+/// the torn tail, rejoins, and holds every write the cluster acknowledged,
+/// those made while it was stuck included.
+#[test]
+fn a_follower_killed_between_write_and_fsync_rejoins_with_every_acknowledged_write() {
+    use weft_manager::raft::{WAL_FILE, wal_failpoint};
+    let mut lab = Lab::new("midappend", &["m1", "m2", "m3"]);
+    lab.set_daemon_env(wal_failpoint::ENV, "1");
+    lab.start_all();
+    let (_, mt) = lab.init("m1", &[]);
+    lab.join("m2", &mt, "m1");
+    lab.join("m3", &mt, "m2");
+    common::wait_voters(&lab, "m1", &["m1", "m2", "m3"]);
+    let leader = lab
+        .node_ls("m1")
+        .into_iter()
+        .find(|r| r.manager == "Leader")
+        .expect("a leader")
+        .hostname;
+    let follower = ["m1", "m2", "m3"]
+        .into_iter()
+        .find(|m| *m != leader)
+        .expect("a follower");
+    let label = |i: usize| format!("k{i}=v{i}");
+    for i in 0..3 {
+        lab.weft(&leader, &["node", "update", "--label-add", &label(i), "m1"]);
+    }
+    let raft = lab.data_dir(follower).join("raft");
+    std::fs::write(raft.join(wal_failpoint::ARM_FILE), b"").expect("arm");
+    // The next write reaches the follower's log and holds its writer; the
+    // leader and the other follower acknowledge it and the ones after.
+    for i in 3..8 {
+        lab.weft(&leader, &["node", "update", "--label-add", &label(i), "m1"]);
+    }
+    let held = raft.join(wal_failpoint::HELD_FILE);
+    wait_for(
+        "the follower held before an fsync",
+        Duration::from_secs(20),
+        || held.exists(),
+    );
+    lab.kill9(follower);
+    let sizes = std::fs::read_to_string(&held).expect("sizes");
+    let sizes: Vec<u64> = sizes
+        .split_whitespace()
+        .map(|n| n.parse().expect("size"))
+        .collect();
+    let (fsynced, written) = (sizes[0], sizes[1]);
+    assert!(written > fsynced, "a write was held: {sizes:?}");
+    std::fs::remove_file(raft.join(wal_failpoint::ARM_FILE)).expect("disarm");
+    std::fs::remove_file(&held).expect("held");
+    let wal = raft.join(WAL_FILE);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&wal)
+        .expect("log")
+        .set_len(fsynced + (written - fsynced) / 2)
+        .expect("lose half the unsynced write");
+    let (ok, out) = doctor(&lab, follower);
+    assert!(ok && out.contains("torn write"), "{out}");
+    lab.start(follower);
+    wait_for(
+        "the follower back with every acknowledged write",
+        Duration::from_secs(30),
+        || {
+            let out = lab.try_weft(follower, &["node", "inspect", "m1"]);
+            out.status.success() && {
+                let node: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+                (0..8).all(|i| node[0]["Labels"][format!("k{i}")] == format!("v{i}"))
+            }
+        },
+    );
+    assert!(
+        lab.log_tail(follower).contains("torn write"),
+        "the cut is logged: {}",
+        lab.log_tail(follower)
+    );
+    // It takes part again: a write through it is acknowledged and every
+    // manager is reachable from it.
+    lab.weft(
+        follower,
+        &["node", "update", "--label-add", "after=1", "m1"],
+    );
+    wait_for("three managers reachable", Duration::from_secs(30), || {
+        lab.node_ls(follower)
+            .iter()
+            .filter(|r| r.manager == "Leader" || r.manager == "Reachable")
+            .count()
+            == 3
+    });
 }

@@ -8,6 +8,8 @@
 
 #![allow(dead_code)]
 
+pub mod disk;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -24,6 +26,8 @@ pub struct Lab {
     underlay: Option<Underlay>,
     daemons: Vec<Option<Child>>,
     names: Vec<String>,
+    /// Environment variables every daemon started from now on gets.
+    daemon_env: Vec<(String, String)>,
 }
 
 impl Lab {
@@ -52,6 +56,7 @@ impl Lab {
             underlay: Some(underlay),
             daemons: names.iter().map(|_| None).collect(),
             names: names.iter().map(|s| s.to_string()).collect(),
+            daemon_env: Vec::new(),
         }
     }
 
@@ -151,10 +156,17 @@ impl Lab {
             .arg(self.socket(host))
             .args(extra)
             .env("WEFT_LOG", "info,openraft=warn")
+            .envs(self.daemon_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log);
         cmd.spawn().expect("spawn daemon")
+    }
+
+    /// Sets `key=value` in the environment of every daemon started from
+    /// now on (a test-only switch such as a failpoint).
+    pub fn set_daemon_env(&mut self, key: &str, value: &str) {
+        self.daemon_env.push((key.to_string(), value.to_string()));
     }
 
     /// Starts every host's daemon.

@@ -170,6 +170,21 @@ pub enum ProposeError {
         /// The gRPC status of the forward.
         status: tonic::Status,
     },
+    /// The write was forwarded to the leader `old`, which had not answered
+    /// when this node learned that `new` was elected. It was abandoned
+    /// there, not sent again (it may have reached `old` and be committed by
+    /// `new`): it may or may not have been applied.
+    #[error(
+        "outcome of the write forwarded to the Raft leader {old} is unknown: it had not \
+         answered when {new} was elected leader; check whether the change was made \
+         before retrying it"
+    )]
+    ForwardAbandoned {
+        /// The leader the write was forwarded to.
+        old: NodeId,
+        /// The leader elected meanwhile.
+        new: NodeId,
+    },
     /// The leader answered with bytes that are not a command result.
     #[error("malformed answer from the Raft leader: {0}")]
     Decode(#[from] serde_json::Error),

@@ -449,7 +449,7 @@ impl RaftHandle {
                         Err(LocalError::Unknown) => return Err(ProposeError::Unknown),
                     }
                 }
-                (Some(l), Some(node)) => match self.forward(&node.addr, &cmd, deadline).await {
+                (Some(l), Some(node)) => match self.forward(l, &node.addr, &cmd, deadline).await {
                     Ok(r) => return Ok(r),
                     Err(Forwarded::Retry(status)) => last_forward = Some((l, node.addr, status)),
                     Err(Forwarded::Failed(e)) => return Err(e),
@@ -502,8 +502,18 @@ impl RaftHandle {
         res.unwrap_or(Err(LocalError::Unknown))
     }
 
+    /// Forwards `cmd` to `leader` at `addr`. The call is abandoned as soon
+    /// as this node learns of another leader: a leader that went silent
+    /// (paused, cut off) would otherwise hold the write until the deadline,
+    /// long after the others elected a new one. An abandoned write is not
+    /// sent again: the old leader may have received it and replicated it to
+    /// nodes that elect its successor, which would then commit it (Raft
+    /// keeps what a majority holds), and a command sent twice would be
+    /// applied twice. So its outcome is unknown
+    /// ([`ProposeError::ForwardAbandoned`]) and the caller decides.
     async fn forward(
         &self,
+        leader: NodeId,
         addr: &str,
         cmd: &Command,
         deadline: Instant,
@@ -514,10 +524,30 @@ impl RaftHandle {
             .clients
             .get(addr)
             .map_err(|e| Forwarded::Retry(tonic::Status::unavailable(e.to_string())))?;
+        let mut metrics = self.inner.raft.metrics();
+        if other_leader(&mut metrics, leader).is_some() {
+            // Changed since `propose` looked; nothing was sent yet.
+            return Err(Forwarded::Retry(tonic::Status::unavailable(
+                "the Raft leader changed",
+            )));
+        }
         let mut req = tonic::Request::new(RaftPayload { json });
         let remaining = deadline.saturating_duration_since(Instant::now());
         req.set_timeout(remaining.max(Duration::from_millis(100)));
-        match client.propose(req).await {
+        let answer = tokio::select! {
+            answer = client.propose(req) => answer,
+            new_leader = leader_replaced(metrics, leader) => {
+                tracing::info!(
+                    old = %leader, new = %new_leader,
+                    "abandoned a write forwarded to the old Raft leader: a new one was elected"
+                );
+                return Err(Forwarded::Failed(ProposeError::ForwardAbandoned {
+                    old: leader,
+                    new: new_leader,
+                }));
+            }
+        };
+        match answer {
             Ok(resp) => serde_json::from_slice(&resp.into_inner().json)
                 .map_err(|e| Forwarded::Failed(e.into())),
             // Not written: the peer is not (or no longer) the leader, or we
@@ -567,6 +597,33 @@ impl RaftHandle {
             .count();
         let me = usize::from(view.voters.contains_key(&self.inner.id));
         (others + me, total)
+    }
+}
+
+/// The leader `metrics` names now, if it is one other than `old`.
+fn other_leader(
+    metrics: &mut watch::Receiver<RaftMetrics<NodeId, RaftNode>>,
+    old: NodeId,
+) -> Option<NodeId> {
+    metrics
+        .borrow_and_update()
+        .current_leader
+        .filter(|l| *l != old)
+}
+
+/// Resolves once `metrics` names a leader other than `old`; never if Raft
+/// stops first (the forward's own deadline ends the wait then).
+async fn leader_replaced(
+    mut metrics: watch::Receiver<RaftMetrics<NodeId, RaftNode>>,
+    old: NodeId,
+) -> NodeId {
+    loop {
+        if let Some(new) = other_leader(&mut metrics, old) {
+            return new;
+        }
+        if metrics.changed().await.is_err() {
+            return std::future::pending().await;
+        }
     }
 }
 

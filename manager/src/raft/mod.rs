@@ -36,6 +36,7 @@ mod recover;
 mod redb_log;
 mod state_machine;
 mod wal;
+pub mod wal_failpoint;
 
 #[cfg(test)]
 mod tests;

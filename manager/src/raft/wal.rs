@@ -88,6 +88,7 @@ use openraft::{Entry, LogId, Vote};
 use serde::{Deserialize, Serialize};
 
 use super::TypeConfig;
+use super::wal_failpoint::HoldBeforeFsync;
 use crate::store::NodeId;
 
 /// File name of the log inside the manager's raft directory.
@@ -307,6 +308,8 @@ pub(super) struct Wal {
     buf: Vec<u8>,
     /// Asked before a compaction; tests replace it to act out a full disk.
     free_space: FreeSpace,
+    /// The end-to-end tests' stop between a write and its fsync.
+    hold: Option<HoldBeforeFsync>,
 }
 
 impl Wal {
@@ -365,6 +368,7 @@ impl Wal {
             image: image.clone(),
             buf: Vec::new(),
             free_space: statvfs_free,
+            hold: HoldBeforeFsync::from_env(dir),
         };
         Ok((wal, image))
     }
@@ -413,9 +417,13 @@ impl Wal {
             path: self.path.clone(),
             source,
         };
+        let fsynced = self.size;
         if !self.buf.is_empty() {
             self.file.write_all(&self.buf).map_err(io)?;
             self.size += self.buf.len() as u64;
+        }
+        if sync && let Some(hold) = &self.hold {
+            hold.check(fsynced, self.size);
         }
         if sync {
             self.file.sync_data().map_err(io)?;

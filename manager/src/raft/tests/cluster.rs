@@ -155,6 +155,17 @@ pub(super) async fn three_node_cluster(
     dirs: &[TempDir; 3],
     settings: RaftSettings,
 ) -> Vec<TestNode> {
+    three_node_cluster_with(dirs, settings, |addr| addr.to_string()).await
+}
+
+/// As [`three_node_cluster`], the first node known to the others by the
+/// address `first_addr` maps its listening address to (a proxy in front
+/// of it, say).
+pub(super) async fn three_node_cluster_with(
+    dirs: &[TempDir; 3],
+    settings: RaftSettings,
+    first_addr: impl FnOnce(&str) -> String,
+) -> Vec<TestNode> {
     let ids = [NodeId(0xa1), NodeId(0xa2), NodeId(0xa3)];
     let mut nodes = Vec::new();
     for (id, dir) in ids.iter().zip(dirs) {
@@ -162,7 +173,7 @@ pub(super) async fn three_node_cluster(
     }
     nodes[0]
         .raft
-        .initialize_single(&nodes[0].addr)
+        .initialize_single(&first_addr(&nodes[0].addr))
         .await
         .expect("initialize");
     assert_eq!(nodes[0].wait_leader("first leader").await, ids[0]);

@@ -1,9 +1,10 @@
 //! Tests of the Raft layer: openraft's storage suite, the log store's
 //! durability contract, a 3-node cluster over
-//! real gRPC on 127.0.0.1, restart from disk, and the forced recovery of a
-//! survivor as the only voter.
+//! real gRPC on 127.0.0.1, restart from disk, the forced recovery of a
+//! survivor as the only voter, and a write forwarded to a leader gone silent.
 
 mod cluster;
 mod durability;
 mod recover;
+mod silent_leader;
 mod suite;
