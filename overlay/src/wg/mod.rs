@@ -110,6 +110,15 @@ pub enum WgError {
         #[source]
         source: std::io::Error,
     },
+    /// Descriptors kept across a daemon restart are not the device's (see
+    /// [`batched::BatchedDevice::adopt`]); a new device is made instead.
+    #[error("WireGuard device {name}: kept descriptors not adopted: {reason}")]
+    NotAdoptable {
+        /// The interface name.
+        name: String,
+        /// What they are instead.
+        reason: String,
+    },
     /// The device's answer could not be parsed.
     #[error("WireGuard device {name}: bad UAPI answer line {line:?}")]
     BadAnswer {
@@ -236,6 +245,37 @@ impl NodeDevice {
             DeviceKind::Stock => {
                 boringtun::BoringtunDevice::create(name, ns, threads).map(NodeDevice::Stock)
             }
+        }
+    }
+
+    /// Takes over a batched device's TAP and socket kept across a daemon
+    /// restart ([`batched::BatchedDevice::adopt`]); the stock device has
+    /// nothing to keep, so its kind adopts nothing.
+    pub fn adopt(
+        name: &str,
+        ns: &crate::linux::Netns,
+        fds: Vec<std::os::fd::OwnedFd>,
+        port: u16,
+    ) -> Result<NodeDevice> {
+        let v = std::env::var(DeviceKind::ENV).ok();
+        match DeviceKind::from_env_value(v.as_deref()) {
+            DeviceKind::Batched => {
+                batched::BatchedDevice::adopt(name, ns, fds, port).map(NodeDevice::Batched)
+            }
+            DeviceKind::Stock => Err(WgError::NotAdoptable {
+                name: name.to_owned(),
+                reason: "the stock device keeps nothing across restarts".into(),
+            }),
+        }
+    }
+
+    /// The descriptors that keep the device alive without this process
+    /// (TAP, then socket), to hand to the fd store; `None` for the stock
+    /// device, which owns its descriptors inside boringtun.
+    pub fn keepable_fds(&self) -> Option<[std::os::fd::BorrowedFd<'_>; 2]> {
+        match self {
+            NodeDevice::Batched(d) => Some(d.keepable_fds()),
+            NodeDevice::Stock(_) => None,
         }
     }
 
