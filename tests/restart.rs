@@ -4,7 +4,8 @@
 //! `wb`, while `wa`'s daemon is killed with SIGKILL and started again,
 //! stopped with SIGTERM (what `systemctl restart` sends) and started
 //! again, and replaced by a copy of its binary from another file (an
-//! upgrade). The resolver's sockets and the WireGuard device's TAP and
+//! upgrade), and killed and started 2 s later (systemd's RestartSec after a
+//! crash). The resolver's sockets and the WireGuard device's TAP and
 //! socket live in the node's fd store meanwhile; the next daemon adopts
 //! them.
 //!
@@ -164,6 +165,14 @@ impl Node {
     fn restart(&mut self, kind: &'static str) -> Figures {
         let stopped = now_ms();
         match kind {
+            "crash" => {
+                // What systemd does after a crash: the unit's RestartSec=2s
+                // before the next start. The pause is the scenario (the
+                // outage to measure), not a wait for a condition.
+                self.lab.kill9("wa");
+                std::thread::sleep(Duration::from_secs(2));
+                self.lab.start("wa");
+            }
             "kill -9" => {
                 self.lab.kill9("wa");
                 self.lab.start("wa");
@@ -241,6 +250,11 @@ fn strip_ansi(s: &str) -> String {
     out
 }
 
+/// The restarts, in the order each round runs them: a crash that systemd
+/// restarts after its 2 s pause, an immediate restart after kill -9,
+/// `systemctl restart`, and an upgrade.
+const KINDS: [&str; 4] = ["crash", "kill -9", "SIGTERM", "upgrade"];
+
 fn median(mut v: Vec<u64>) -> u64 {
     v.sort_unstable();
     v.get(v.len() / 2).copied().unwrap_or(0)
@@ -258,7 +272,7 @@ fn restarts_and_upgrades_lose_no_lookup_and_reset_no_flow() {
     assert_eq!(store.len(), 1, "one fd store on wa: {store:?}");
     let mut all = Vec::new();
     for round in 0..rounds {
-        for kind in ["kill -9", "SIGTERM", "upgrade"] {
+        for kind in KINDS {
             let f = node.restart(kind);
             println!(
                 "round {round} {:<8} down {:>5} ms; lookups {} tried, {} failed; \
@@ -272,12 +286,17 @@ fn restarts_and_upgrades_lose_no_lookup_and_reset_no_flow() {
                 store,
                 "the fd store outlives the daemons"
             );
-            assert_eq!(f.failed, 0, "{f:?}");
+            // After a crash, a lookup sent at once waits out the 2 s pause
+            // and the start in its 3 s: reported, not asserted (a loaded
+            // machine can take that last second).
+            if kind != "crash" {
+                assert_eq!(f.failed, 0, "{f:?}");
+            }
             assert!(f.dns_gap_ms < 5000 && f.flow_gap_ms < 5000, "{f:?}");
             all.push(f);
         }
     }
-    for kind in ["kill -9", "SIGTERM", "upgrade"] {
+    for kind in KINDS {
         let of: Vec<&Figures> = all.iter().filter(|f| f.kind == kind).collect();
         let m = |g: fn(&Figures) -> u64| median(of.iter().map(|f| g(f)).collect());
         println!(

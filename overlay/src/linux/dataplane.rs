@@ -889,6 +889,7 @@ impl Executor<'_> {
 impl Dataplane for LinuxDataplane {
     async fn apply(&self, desired: &DesiredNode) -> Result<ApplyReport> {
         let _guard = self.lock.lock().await;
+        self.resume_wg(desired).await;
         let mut observed = self.observe().await.map_err(Error::Observe)?;
         // The key file is observed state too: a device holding another key
         // is re-keyed (rotation). Unreadable: CreateWg reports why.
@@ -903,6 +904,11 @@ impl Dataplane for LinuxDataplane {
         }
         let ports_changed = ops.iter().any(|o| matches!(o, Op::ApplyPorts { .. }));
         let report = self.execute(ops).await;
+        // A device adopted by this pass's CreateWg has its peers now (or
+        // the pass failed, and holding its traffic longer helps nobody).
+        if let Some(dev) = self.wg_device().as_mut() {
+            dev.release();
+        }
         if ports_changed {
             self.flush_stale_ports(desired).await;
         }

@@ -152,6 +152,13 @@ struct Shared {
     /// Readable when a peer wants a handshake now: the timer thread runs
     /// at once instead of at its next tick.
     kick_fd: OwnedFd,
+    /// Set while an adopted device waits for its key and peers: the tx
+    /// thread leaves the frames that queued up while no daemon ran in the
+    /// TAP (read now, with no peer to route them to, they would be
+    /// dropped, and TCP would wait out its backed-off retransmission).
+    held: AtomicBool,
+    /// Readable once `held` is cleared (never read, so it stays readable).
+    release_fd: OwnedFd,
     /// Set when a thread ended on its own (the device is broken).
     died: AtomicBool,
     /// Counters for tests and benchmarks: (frames read, datagrams sent,
@@ -275,7 +282,7 @@ impl BatchedDevice {
             })
             .map_err(|e| create_err(e.to_string()))?
             .map_err(|e| create_err(e.to_string()))?;
-        Self::start(name, ns, tap, sock)
+        Self::start(name, ns, tap, sock, false)
     }
 
     /// Takes over the TAP and socket of a device that ran in an earlier
@@ -318,7 +325,7 @@ impl BatchedDevice {
                 ns.inode()
             )));
         }
-        Self::start(name, ns, tap, sock)
+        Self::start(name, ns, tap, sock, true)
     }
 
     /// The TAP and the socket (in that order): duplicates kept by the fd
@@ -335,8 +342,9 @@ impl BatchedDevice {
         [self.shared.tap.as_fd(), sock_fd]
     }
 
-    /// Runs the device's threads on `tap` and `sock`.
-    fn start(name: &str, ns: &Netns, tap: Tap, sock: UdpSock) -> Result<BatchedDevice> {
+    /// Runs the device's threads on `tap` and `sock`; `held`: the tx
+    /// thread waits for [`WgDevice::release`].
+    fn start(name: &str, ns: &Netns, tap: Tap, sock: UdpSock, held: bool) -> Result<BatchedDevice> {
         let create_err = |reason: String| WgError::Create {
             name: name.to_owned(),
             reason,
@@ -353,6 +361,8 @@ impl BatchedDevice {
             stop_fd: eventfd().map_err(|e| create_err(e.to_string()))?,
             reload_fd: eventfd().map_err(|e| create_err(e.to_string()))?,
             kick_fd: eventfd().map_err(|e| create_err(e.to_string()))?,
+            held: AtomicBool::new(held),
+            release_fd: eventfd().map_err(|e| create_err(e.to_string()))?,
             died: AtomicBool::new(false),
             stats: Default::default(),
         });
@@ -523,6 +533,12 @@ impl WgDevice for BatchedDevice {
         Ok(())
     }
 
+    fn release(&mut self) {
+        if self.shared.held.swap(false, Ordering::AcqRel) {
+            signal(&self.shared.release_fd);
+        }
+    }
+
     fn state(&mut self) -> Result<DeviceState> {
         self.check_alive("get")?;
         use base64::Engine;
@@ -654,6 +670,13 @@ fn tx_loop(sh: &Shared) {
     let mut out = Outbox::new();
     let mut scratch = Vec::with_capacity(FRAME_MAX);
     loop {
+        if sh.held.load(Ordering::Acquire) {
+            let ready = poll_in(&[sh.stop_fd.as_fd(), sh.release_fd.as_fd()], None);
+            if ready[0] || sh.stopping() {
+                return;
+            }
+            continue;
+        }
         let ready = poll_in(&[sh.tap.as_fd(), sh.stop_fd.as_fd()], None);
         if ready[1] || sh.stopping() {
             return;

@@ -194,6 +194,10 @@ pub trait WgDevice: Send + std::fmt::Debug {
     fn remove_peer(&mut self, public_key: &str) -> Result<()>;
     /// What the device holds; an error means the device is gone.
     fn state(&mut self) -> Result<DeviceState>;
+    /// Starts sending what waits on the interface, for a device adopted
+    /// held ([`batched::BatchedDevice::adopt`]) once its key and peers are
+    /// set; a no-op for any other device.
+    fn release(&mut self) {}
 }
 
 /// Which [`WgDevice`] implementation the data plane runs.
@@ -314,6 +318,10 @@ impl WgDevice for NodeDevice {
 
     fn state(&mut self) -> Result<DeviceState> {
         self.inner().state()
+    }
+
+    fn release(&mut self) {
+        self.inner().release()
     }
 }
 

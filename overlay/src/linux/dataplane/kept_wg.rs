@@ -4,12 +4,20 @@
 //! the next daemon's [`Op::CreateWg`](crate::plan::Op::CreateWg) adopts
 //! them after checking what they are, instead of making a new device.
 //!
+//! An adopted device holds the frames that waited in the TAP until its key
+//! and peers are set (then [`WgDevice::release`]): read earlier, with no
+//! peer to route them to, they would be dropped.
+//!
 //! ```text
 //!  CreateWg ─▶ store get wg/weft-wg0 ─┬─ TAP of weft-wg0 + UDP :port, both in the host ns ─▶ adopt
 //!                                     └─ none / not these ─▶ drop them ─▶ delete link ─▶ create
 //!           ─▶ key, port, peers (each handshakes at once) ─▶ store put wg/weft-wg0
 //!  DeleteWg ─▶ stop ─▶ store drop wg/weft-wg0 ─▶ delete link
 //! ```
+//!
+//! The first pass after a restart adopts the device before it observes
+//! the kernel ([`LinuxDataplane::resume_wg`]): observing every namespace
+//! comes before the plan's `CreateWg`, and the device would wait for it.
 //!
 //! While no daemon runs, frames the kernel routes into the interface wait
 //! in the TAP's queue and datagrams from peers in the socket's buffer;
@@ -18,8 +26,9 @@
 //! device handshakes with every peer as soon as it is added.
 
 use crate::linux::fdstore;
+use crate::model::DesiredNode;
 use crate::model::names::WG_DEVICE;
-use crate::wg::NodeDevice;
+use crate::wg::{NodeDevice, PeerConfig, WgDevice, keys};
 
 use super::LinuxDataplane;
 
@@ -58,6 +67,51 @@ impl LinuxDataplane {
                 tracing::info!(error = %e, "making a new WireGuard device");
                 self.forget_wg();
                 None
+            }
+        }
+    }
+
+    /// The first pass after a restart, before it observes the kernel (which
+    /// takes tens of milliseconds per namespace): adopts the kept device,
+    /// sets the key and adds the wanted peers ([`crate::plan::wg_peers`]),
+    /// so handshakes start at once. The plan that follows sees a device
+    /// with its peers and changes only what differs; anything that fails
+    /// here is left to it (`CreateWg` adopts or creates the device then).
+    pub(super) async fn resume_wg(&self, desired: &DesiredNode) {
+        let Some(cfg) = &desired.wireguard else {
+            return;
+        };
+        if self.wg_device().is_some() {
+            return;
+        }
+        let (Ok(key), Ok(peers)) = (
+            keys::load_private_key(&cfg.private_key_path),
+            crate::plan::wg_peers(desired),
+        ) else {
+            return;
+        };
+        let Some(mut dev) = self.adopt_wg(cfg.listen_port).await else {
+            return;
+        };
+        let mut resumed = dev.set_private_key(&key);
+        for (public_key, p) in peers {
+            let Some(endpoint) = p.endpoint else { continue };
+            resumed = resumed.and_then(|()| {
+                dev.add_peer(&PeerConfig {
+                    public_key,
+                    endpoint,
+                    allowed_ips: p.allowed_ips.into_iter().collect(),
+                    keepalive: p.keepalive,
+                })
+            });
+        }
+        match resumed {
+            Ok(()) => {
+                dev.release();
+                *self.wg_device() = Some(Box::new(dev));
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "WireGuard device not resumed early; the plan sets it up")
             }
         }
     }

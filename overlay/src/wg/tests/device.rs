@@ -246,6 +246,18 @@ fn batched_devices_carry_tcp_both_ways_and_clean_up() {
     assert!(link(&pin, "wgt0").is_none(), "interface left behind");
 }
 
+/// TCP segments retransmitted in namespace `pin` (/proc/net/snmp there).
+fn retransmitted(pin: &Path) -> u64 {
+    let snmp = sh(pin, "cat /proc/net/snmp");
+    let tcp: Vec<Vec<&str>> = snmp
+        .lines()
+        .filter(|l| l.starts_with("Tcp:"))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let at = tcp[0].iter().position(|f| *f == "RetransSegs").unwrap();
+    tcp[1][at].parse().unwrap()
+}
+
 /// A daemon restart as the data plane lives it: the fd store keeps
 /// duplicates of the TAP and the socket, the device (its threads, its
 /// sessions) goes away, bytes written meanwhile wait in the TAP, and a new
@@ -279,7 +291,9 @@ fn an_adopted_device_resumes_a_stream_after_its_old_self_went_away() {
         "interface gone with its device"
     );
     assert!(sh(&pin, "ip -o addr show dev wgt0").contains("100.64.73.1/24"));
-    // Written while no device runs: waits in the TAP's queue.
+    // Written while no device runs: waits in the TAP's queue (and is not
+    // retransmitted: the adopted device sends what waited).
+    let retrans_before = retransmitted(&pin);
     let waiting = data(64 << 10);
     c.write_all(&waiting).unwrap();
 
@@ -316,10 +330,16 @@ fn an_adopted_device_resumes_a_stream_after_its_old_self_went_away() {
     dev.set_private_key(&key).unwrap();
     let mut a = Side { ns, pin, dev, key };
     peer(&mut a, &b, 73, 2);
+    a.dev.release();
     let mut got = vec![0u8; waiting.len()];
     s.read_exact(&mut got).unwrap();
     assert!(got == waiting, "bytes written while down corrupted");
     let resumed = started.elapsed();
+    assert_eq!(
+        retransmitted(&a.pin),
+        retrans_before,
+        "what waited in the TAP was sent, not retransmitted"
+    );
     transfer(&mut c, &mut s, &data(1 << 20));
     transfer(&mut s, &mut c, &data(1 << 20));
     eprintln!("stream resumed {resumed:?} after the adoption");
