@@ -57,10 +57,11 @@ clean:
 # The fault suite (issue #13): the linearizability checker's own tests, then
 # the end-to-end fault tests, the nemesis with 4 rounds of every fault against
 # 3 and against 5 managers (WEFT_FAULTS_ROUNDS=N for more; tables of figures on
-# stderr). One test at a time: the nemesis measures recovery times.
+# stderr), then DNS and encrypted flows across 5 rounds of daemon restarts and
+# upgrades (medians on stdout). One test at a time: they measure recovery times.
 .PHONY: faults
 faults: deps build
 	@if [ "$$(id -u)" != 0 ]; then echo "error: the fault suite needs root (network namespaces)" >&2; exit 1; fi
 	$(CARGO) test -p weft-faults
 	WEFT_FAULTS_FULL=1 $(CARGO) test --test nemesis --test faults -- --nocapture --test-threads=1
-	$(CARGO) test --test dns_restart -- --include-ignored --nocapture
+	WEFT_RESTART_ROUNDS=5 $(CARGO) test --test dns_restart --test restart -- --nocapture --test-threads=1

@@ -1612,9 +1612,13 @@ pub fn plan(observed: &Observed, desired: &DesiredNode) -> Result<Vec<Op>, PlanE
         }
         _ => false,
     };
-    // A `weft-wg0` link without our device is not ours to delete (a crash
-    // takes the TUN with the process); CreateWg replaces it if we want one.
-    if !wg_ok && observed.wg.is_some() {
+    // A `weft-wg0` TUN/TAP link without our device is the one an earlier
+    // daemon left in the fd store: CreateWg adopts it if we want one, else
+    // it goes (DeleteWg drops the store's copy too). A link of another
+    // kind is not ours.
+    let stray_wg = desired.wireguard.is_none()
+        && wg_link.is_some_and(|l| l.kind == ObservedKind::Other("tun".into()));
+    if !wg_ok && (observed.wg.is_some() || stray_wg) {
         ops.push(Op::DeleteWg);
     }
     if desired.wireguard.is_some() && !wg_ok {

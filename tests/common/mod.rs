@@ -9,6 +9,7 @@
 #![allow(dead_code)]
 
 pub mod disk;
+pub mod lookups;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -99,9 +100,15 @@ impl Lab {
 
     /// As [`Lab::start`], with extra `weft daemon` flags.
     pub fn start_with(&mut self, host: &str, extra: &[&str]) {
+        self.start_exe(host, Path::new(WEFT), extra);
+    }
+
+    /// As [`Lab::start_with`], running the binary at `exe` (a copy of
+    /// [`WEFT`] elsewhere is what an upgrade looks like to the node).
+    pub fn start_exe(&mut self, host: &str, exe: &Path, extra: &[&str]) {
         let i = self.idx(host);
         assert!(self.daemons[i].is_none(), "{host} already running");
-        let child = self.spawn_daemon(host, extra);
+        let child = self.spawn_daemon_exe(host, exe, extra);
         self.daemons[i] = Some(child);
         let sock = self.socket(host);
         wait_for(
@@ -130,6 +137,10 @@ impl Lab {
     }
 
     fn spawn_daemon(&self, host: &str, extra: &[&str]) -> Child {
+        self.spawn_daemon_exe(host, Path::new(WEFT), extra)
+    }
+
+    fn spawn_daemon_exe(&self, host: &str, exe: &Path, extra: &[&str]) -> Child {
         let hd = self.host_dir(host);
         std::fs::create_dir_all(&hd).expect("host dir");
         let log = std::fs::OpenOptions::new()
@@ -145,7 +156,7 @@ impl Lab {
             .expect("host")
             .ns_command()
             .parent_death_signal(nix::sys::signal::Signal::SIGKILL)
-            .command(WEFT)
+            .command(exe)
             .expect("command");
         cmd.args(["daemon", "--hostname", host])
             .arg("--data-dir")
@@ -184,6 +195,26 @@ impl Lab {
             let _ = c.wait();
         }
         let _ = std::fs::remove_file(self.socket(host));
+    }
+
+    /// Stops the daemon of `host` as `systemctl stop` does (SIGTERM, then
+    /// waits for it to exit; SIGKILL after 20 s); returns how long it took.
+    pub fn sigterm(&mut self, host: &str) -> Duration {
+        let i = self.idx(host);
+        let started = Instant::now();
+        if let Some(mut c) = self.daemons[i].take() {
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            while c.try_wait().expect("wait").is_none() {
+                if started.elapsed() > Duration::from_secs(20) {
+                    eprintln!("{host}'s daemon ignored SIGTERM for 20 s: killed");
+                    let _ = c.kill();
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        let _ = std::fs::remove_file(self.socket(host));
+        started.elapsed()
     }
 
     /// Runs `weft ARGS` against `host`'s daemon; returns the raw output.

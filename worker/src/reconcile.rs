@@ -303,6 +303,10 @@ impl Reconciler {
         // `nft flush ruleset`) wakes the loop, which puts them back.
         let mut nft = self.dataplane.nft_changes();
         let mut current: Option<Arc<pb::NodeConfig>> = self.load();
+        // The first pass after a restart runs on the saved config, before
+        // any manager answers: how long it takes is how long the node's
+        // tasks wait for names and encrypted traffic.
+        let mut first_pass = Some((std::time::Instant::now(), current.is_some()));
         loop {
             let pushed = self.config.borrow_and_update().clone();
             if let Some(c) = pushed
@@ -313,6 +317,14 @@ impl Reconciler {
             }
             if let Some(c) = current.clone() {
                 let report = self.converge(&c).await;
+                if let Some((started, saved)) = first_pass.take() {
+                    tracing::info!(
+                        ms = started.elapsed().as_millis() as u64,
+                        from_saved_config = saved,
+                        ok = report.apply_error.is_empty(),
+                        "first data plane pass done"
+                    );
+                }
                 (self.report)(report);
             }
             tokio::select! {

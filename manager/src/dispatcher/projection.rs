@@ -29,6 +29,19 @@ fn live(state: &State, t: &Task) -> bool {
             .is_some_and(|n| n.state != NodeState::Down)
 }
 
+/// Whether `viewer` should see `t` as live: its own tasks always are (it
+/// runs them), whatever the store says of its own liveness. A node that
+/// was marked down while its daemon restarted gets its config before the
+/// heartbeat that marks it ready again; leaving its own tasks out of that
+/// config made its resolver answer "no such name" for them for a moment.
+fn live_for(state: &State, viewer: NodeId, t: &Task) -> bool {
+    if t.node == viewer {
+        t.desired == DesiredTaskState::Running
+    } else {
+        live(state, t)
+    }
+}
+
 /// Nodes with a task on `net`.
 fn members<'a>(state: &'a State, net: &'a Network) -> impl Iterator<Item = NodeId> + 'a {
     state
@@ -164,11 +177,11 @@ pub fn project(state: &State, node: NodeId, version: u64) -> Option<pb::NodeConf
                 mtu: network_mtu(state, net).0,
                 internal: net.internal,
                 remote,
-                services: services_on(state, net),
+                services: services_on(state, net, node),
                 names: if default_bridge {
                     Vec::new()
                 } else {
-                    names_on(state, net)
+                    names_on(state, net, node)
                 },
                 encrypted: net.encrypted,
             }
@@ -279,7 +292,7 @@ fn published_ports(state: &State, node: NodeId, mine: &[&Task]) -> Vec<pb::Publi
             .filter(|t| {
                 t.service.as_ref().is_some_and(|r| r.service == svc.id)
                     && t.status.state == "running"
-                    && live(state, t)
+                    && live_for(state, node, t)
             })
             .collect();
         let mut local: Vec<String> = replicas
@@ -383,7 +396,7 @@ fn addr_on(t: &Task, net: &Network) -> Option<IpAddr> {
 
 /// The services on `net` with their VIP and their running tasks'
 /// addresses: what VIP tables and DNS answers are made of.
-fn services_on(state: &State, net: &Network) -> Vec<pb::ServiceEndpoint> {
+fn services_on(state: &State, net: &Network, viewer: NodeId) -> Vec<pb::ServiceEndpoint> {
     state
         .services
         .values()
@@ -395,7 +408,7 @@ fn services_on(state: &State, net: &Network) -> Vec<pb::ServiceEndpoint> {
                 .filter(|t| {
                     t.service.as_ref().is_some_and(|r| r.service == svc.id)
                         && t.status.state == "running"
-                        && live(state, t)
+                        && live_for(state, viewer, t)
                 })
                 .filter_map(|t| addr_on(t, net))
                 .collect();
@@ -413,12 +426,12 @@ fn services_on(state: &State, net: &Network) -> Vec<pb::ServiceEndpoint> {
         .collect()
 }
 
-/// Task names on `net` (live tasks only).
-fn names_on(state: &State, net: &Network) -> Vec<pb::NameRecord> {
+/// Task names on `net` as `viewer` sees them (live tasks only).
+fn names_on(state: &State, net: &Network, viewer: NodeId) -> Vec<pb::NameRecord> {
     state
         .tasks
         .values()
-        .filter(|t| live(state, t))
+        .filter(|t| live_for(state, viewer, t))
         .filter_map(|t| {
             addr_on(t, net).map(|ip| pb::NameRecord {
                 name: t.name.clone(),
@@ -523,18 +536,41 @@ mod tests {
         assert_eq!(network_mtu(&s, &s.networks["n2"]).0, 1450);
     }
 
-    #[test]
-    fn endpoints_of_down_nodes_leave_peer_configs() {
-        let mut s = state();
+    fn mark_down(s: &mut State, id: u64) {
         s.apply(&Command::SetNodeState {
-            id: NodeId(2),
+            id: NodeId(id),
             state: NodeState::Down,
             message: String::new(),
             now_ms: 0,
         })
         .unwrap();
+    }
+
+    #[test]
+    fn endpoints_of_down_nodes_leave_peer_configs() {
+        let mut s = state();
+        mark_down(&mut s, 2);
         let c = project(&s, NodeId(1), 2).unwrap();
         assert!(c.networks[0].remote.is_empty());
+    }
+
+    /// A node marked down (its daemon restarted for longer than three
+    /// heartbeats) still resolves its own tasks' names in the config it
+    /// gets on reconnecting, before the heartbeat that marks it ready;
+    /// its peers no longer see them.
+    #[test]
+    fn a_node_marked_down_keeps_its_own_names() {
+        let mut s = state();
+        let names = |c: &pb::NodeConfig| -> Vec<String> {
+            c.networks[0].names.iter().map(|r| r.name.clone()).collect()
+        };
+        let before = project(&s, NodeId(2), 1).unwrap();
+        assert_eq!(names(&before), ["t1", "t2"]);
+        mark_down(&mut s, 2);
+        let own = project(&s, NodeId(2), 2).unwrap();
+        assert_eq!(names(&own), ["t1", "t2"], "its own task stays");
+        let peer = project(&s, NodeId(1), 2).unwrap();
+        assert_eq!(names(&peer), ["t1"], "peers drop it");
     }
 
     #[test]

@@ -36,7 +36,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -286,18 +286,7 @@ impl DnsServer {
     /// none answers and a launcher is set.
     fn keep(&self, task: &TaskId, fds: &[BorrowedFd<'_>]) {
         let Some(store) = &self.store else { return };
-        let key = store_key(task);
-        let mut kept = store.put(&key, fds);
-        if let (
-            Err(fdstore::Error::Sys {
-                op: "connect to", ..
-            }),
-            Some(launch),
-        ) = (&kept, &self.launcher)
-        {
-            kept = fdstore::ensure_running(store.path(), launch(store.path()))
-                .and_then(|_| store.put(&key, fds));
-        }
+        let kept = fdstore::put_starting(store, self.launcher.as_ref(), &store_key(task), fds);
         if let Err(e) = kept {
             tracing::warn!(%task, error = %e, "DNS sockets not kept in the fd store; this task's resolver will be down while the daemon restarts");
         }
@@ -366,7 +355,8 @@ fn adoptable(
             Ok(t) => return Err(format!("{what}: a socket of type {t:?}")),
             Err(e) => return Err(format!("{what}: not a socket: {e}")),
         }
-        let netns = socket_netns_inode(fd.as_fd()).map_err(|e| format!("{what}: {e}"))?;
+        let netns = crate::linux::netns::socket_netns_inode(fd.as_fd())
+            .map_err(|e| format!("{what}: {e}"))?;
         if netns != ns.inode() {
             return Err(format!("{what}: in namespace {netns}, not {}", ns.inode()));
         }
@@ -384,20 +374,6 @@ fn adoptable(
         }
     }
     Ok((udp, tcp))
-}
-
-/// The inode of the network namespace socket `fd` lives in.
-fn socket_netns_inode(fd: BorrowedFd<'_>) -> io::Result<u64> {
-    use std::os::unix::fs::MetadataExt;
-    // SAFETY: SIOCGSKNS takes no argument and returns a new fd (or -1); the
-    // socket fd is valid for the call (borrowed).
-    let raw = unsafe { libc::ioctl(fd.as_raw_fd(), libc::SIOCGSKNS) };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: the ioctl just returned this fd to us and nothing else owns it.
-    let nsfd = unsafe { OwnedFd::from_raw_fd(raw) };
-    Ok(std::fs::File::from(nsfd).metadata()?.ino())
 }
 
 impl Shared {

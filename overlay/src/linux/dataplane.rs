@@ -6,7 +6,8 @@
 //! tree. It also runs the embedded DNS resolver of its tasks
 //! ([`DnsServer`]): the view is replaced after every apply, the listeners
 //! are started by [`Op::StartDns`] and stopped with their namespace; their
-//! sockets are kept in the fd store at `<exec_root>/fd-store.sock`
+//! sockets, and the WireGuard device's TAP and socket ([`kept_wg`]), are
+//! kept in the fd store at `<exec_root>/fd-store.sock`
 //! ([`crate::linux::fdstore`]) if one runs there, so they outlive the
 //! daemon, and the teardown of a leaving node stops that store.
 //!
@@ -65,6 +66,8 @@ use crate::wg::{DeviceState, PeerConfig, WgDevice, keys};
 /// stock boringtun loop moves one packet per syscall either way).
 const WG_THREADS: usize = 2;
 
+mod kept_wg;
+
 type LResult<T> = std::result::Result<T, LinuxError>;
 
 const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
@@ -76,10 +79,12 @@ pub struct LinuxDataplane {
     host: Netns,
     lock: tokio::sync::Mutex<()>,
     dns: DnsServer,
-    /// The node-wide WireGuard device, while one runs (it lives in this
-    /// process: it goes when the daemon does, and the next apply after a
-    /// restart creates it again).
+    /// The node-wide WireGuard device, while one runs. Its threads live in
+    /// this process; its TAP and socket are kept in the fd store too
+    /// ([`kept_wg`]), and the next daemon adopts them.
     wg: std::sync::Mutex<Option<Box<dyn WgDevice>>>,
+    /// The fd store, for the WireGuard device's descriptors.
+    keeper: fdstore::Keeper,
     /// The watcher of the daemon namespace's nftables ruleset, started by
     /// the first [`Dataplane::nft_changes`] call; its thread stops when
     /// the data plane is dropped.
@@ -96,6 +101,7 @@ impl LinuxDataplane {
         let store = fdstore::Client::new(exec_root.join(fdstore::SOCKET_NAME));
         LinuxDataplane {
             dns: DnsServer::new(&host).with_fd_store(store),
+            keeper: kept_wg::keeper(&exec_root, None),
             exec_root,
             host,
             lock: tokio::sync::Mutex::new(()),
@@ -108,6 +114,7 @@ impl LinuxDataplane {
     /// sockets to keep and none answers (without it, sockets are kept only
     /// in a store someone else started).
     pub fn with_fd_store_launcher(mut self, launcher: fdstore::Launcher) -> LinuxDataplane {
+        self.keeper = kept_wg::keeper(&self.exec_root, Some(launcher.clone()));
         self.dns = self.dns.with_fd_store_launcher(launcher);
         self
     }
@@ -156,7 +163,8 @@ impl LinuxDataplane {
         self.wg.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Stops the WireGuard device, if one runs (its interface goes with it).
+    /// Stops the WireGuard device, if one runs (its interface goes with it
+    /// unless the fd store keeps its TAP: see [`kept_wg`]).
     fn stop_wg(&self) -> bool {
         let dev = self.wg_device().take();
         dev.is_some()
@@ -811,21 +819,29 @@ impl Executor<'_> {
             } => {
                 let key = keys::load_private_key(private_key_path)?;
                 self.dp.stop_wg();
-                // A link left by someone else would make the TUN attach to it.
-                self.nl(&NsRef::Host)?.delete_link(WG_DEVICE).await?;
-                let host = self.dp.host.clone();
-                let mut dev = tokio::task::spawn_blocking(move || {
-                    NodeDevice::create(WG_DEVICE, &host, WG_THREADS)
-                })
-                .await
-                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+                let mut dev = match self.dp.adopt_wg(*listen_port).await {
+                    Some(dev) => dev,
+                    None => {
+                        // A link left by someone else would make the TUN
+                        // attach to it.
+                        self.nl(&NsRef::Host)?.delete_link(WG_DEVICE).await?;
+                        let host = self.dp.host.clone();
+                        tokio::task::spawn_blocking(move || {
+                            NodeDevice::create(WG_DEVICE, &host, WG_THREADS)
+                        })
+                        .await
+                        .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?
+                    }
+                };
                 dev.set_private_key(&key)?;
                 dev.set_listen_port(*listen_port)?;
+                self.dp.keep_wg(&dev);
                 *self.dp.wg_device() = Some(Box::new(dev));
                 self.nl(&NsRef::Host)?.set_mtu(WG_DEVICE, *mtu).await
             }
             Op::DeleteWg => {
                 self.dp.stop_wg();
+                self.dp.forget_wg();
                 self.nl(&NsRef::Host)?.delete_link(WG_DEVICE).await
             }
             Op::SetWgKey { private_key_path } => {
@@ -873,6 +889,7 @@ impl Executor<'_> {
 impl Dataplane for LinuxDataplane {
     async fn apply(&self, desired: &DesiredNode) -> Result<ApplyReport> {
         let _guard = self.lock.lock().await;
+        self.resume_wg(desired).await;
         let mut observed = self.observe().await.map_err(Error::Observe)?;
         // The key file is observed state too: a device holding another key
         // is re-keyed (rotation). Unreadable: CreateWg reports why.
@@ -887,6 +904,11 @@ impl Dataplane for LinuxDataplane {
         }
         let ports_changed = ops.iter().any(|o| matches!(o, Op::ApplyPorts { .. }));
         let report = self.execute(ops).await;
+        // A device adopted by this pass's CreateWg has its peers now (or
+        // the pass failed, and holding its traffic longer helps nobody).
+        if let Some(dev) = self.wg_device().as_mut() {
+            dev.release();
+        }
         if ports_changed {
             self.flush_stale_ports(desired).await;
         }

@@ -705,6 +705,81 @@ fn raise_nofile() {
     }
 }
 
+/// Keeps duplicates of `fds` under `key` in the store `client` talks to,
+/// starting one with `launcher` first when none answers (the first thing
+/// a node keeps after it starts or joins again).
+pub fn put_starting(
+    client: &Client,
+    launcher: Option<&Launcher>,
+    key: &str,
+    fds: &[BorrowedFd<'_>],
+) -> Result<(), Error> {
+    match (client.put(key, fds), launcher) {
+        (
+            Err(Error::Sys {
+                op: "connect to", ..
+            }),
+            Some(launch),
+        ) => {
+            ensure_running(client.path(), launch(client.path()))?;
+            client.put(key, fds)
+        }
+        (kept, _) => kept,
+    }
+}
+
+/// The store as one owner of kept descriptors sees it: a client, and the
+/// launcher that starts a store when none answers.
+#[derive(Clone)]
+pub struct Keeper {
+    client: Client,
+    launcher: Option<Launcher>,
+}
+
+impl std::fmt::Debug for Keeper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keeper")
+            .field("socket", &self.client.path())
+            .field("launches", &self.launcher.is_some())
+            .finish()
+    }
+}
+
+impl Keeper {
+    /// Keeps descriptors in the store at `client`'s socket, starting one
+    /// with `launcher` when none answers (`None`: only in a store someone
+    /// else started).
+    pub fn new(client: Client, launcher: Option<Launcher>) -> Keeper {
+        Keeper { client, launcher }
+    }
+
+    /// Keeps duplicates of `fds` under `key` (see [`put_starting`]).
+    pub fn keep(&self, key: &str, fds: &[BorrowedFd<'_>]) -> Result<(), Error> {
+        put_starting(&self.client, self.launcher.as_ref(), key, fds)
+    }
+
+    /// Duplicates of what is kept under `key`; `None`: nothing, or no
+    /// store runs.
+    pub fn kept(&self, key: &str) -> Result<Option<Vec<OwnedFd>>, Error> {
+        match self.client.get(key) {
+            Err(Error::Sys {
+                op: "connect to", ..
+            }) => Ok(None),
+            r => r,
+        }
+    }
+
+    /// Closes the store's copies under `key`; absent, or no store, is fine.
+    pub fn forget(&self, key: &str) -> Result<(), Error> {
+        match self.client.drop_key(key) {
+            Err(Error::Sys {
+                op: "connect to", ..
+            }) => Ok(()),
+            r => r,
+        }
+    }
+}
+
 /// Makes sure a store answers at `path`: if none does, starts `cmd` (which
 /// must run [`Server::bind`] and [`Server::serve`] on `path`) in a session
 /// of its own, so it outlives the caller and its signals, and waits until

@@ -20,7 +20,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, RawFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -305,4 +305,24 @@ impl AsRawFd for Netns {
 /// True if `path` is a file on nsfs (i.e. a pinned namespace).
 pub(crate) fn is_nsfs(path: &Path) -> bool {
     statfs(path).is_ok_and(|s| s.filesystem_type() == NSFS_MAGIC)
+}
+
+/// The inode of the network namespace socket `fd` lives in.
+pub fn socket_netns_inode(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    netns_inode_by_ioctl(fd, libc::SIOCGSKNS as libc::c_ulong)
+}
+
+/// The inode of the network namespace that `request`, an ioctl taking no
+/// argument and returning a namespace fd (SIOCGSKNS on a socket,
+/// TUNGETDEVNETNS on a TUN/TAP), names for `fd`.
+pub fn netns_inode_by_ioctl(fd: BorrowedFd<'_>, request: libc::c_ulong) -> io::Result<u64> {
+    // SAFETY: the request takes no argument and returns a new fd (or -1);
+    // `fd` is valid for the call (borrowed).
+    let raw = unsafe { libc::ioctl(fd.as_raw_fd(), request as _) };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the ioctl just returned this fd to us and nothing else owns it.
+    let nsfd = unsafe { std::os::fd::OwnedFd::from_raw_fd(raw) };
+    Ok(File::from(nsfd).metadata()?.ino())
 }

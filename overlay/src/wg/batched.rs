@@ -78,8 +78,8 @@ struct PeerInner {
     tunn: Option<Tunn>,
     /// Where to send; follows the peer when it roams.
     endpoint: SocketAddr,
-    /// Start a handshake at the next timer tick instead of waiting for
-    /// traffic: set for a new peer and after a key change. After this
+    /// Start a handshake now (the timer thread is woken) instead of
+    /// waiting for traffic: set for a new peer and after a key change. After this
     /// node's daemon restarts, the other side still holds a session this
     /// device never knew and keeps sending into it; only a fresh handshake
     /// from here replaces it (otherwise traffic stops until a keepalive).
@@ -149,6 +149,16 @@ struct Shared {
     stop_fd: OwnedFd,
     /// Readable when the rx thread must pick up a new socket.
     reload_fd: OwnedFd,
+    /// Readable when a peer wants a handshake now: the timer thread runs
+    /// at once instead of at its next tick.
+    kick_fd: OwnedFd,
+    /// Set while an adopted device waits for its key and peers: the tx
+    /// thread leaves the frames that queued up while no daemon ran in the
+    /// TAP (read now, with no peer to route them to, they would be
+    /// dropped, and TCP would wait out its backed-off retransmission).
+    held: AtomicBool,
+    /// Readable once `held` is cleared (never read, so it stays readable).
+    release_fd: OwnedFd,
     /// Set when a thread ended on its own (the device is broken).
     died: AtomicBool,
     /// Counters for tests and benchmarks: (frames read, datagrams sent,
@@ -272,6 +282,73 @@ impl BatchedDevice {
             })
             .map_err(|e| create_err(e.to_string()))?
             .map_err(|e| create_err(e.to_string()))?;
+        Self::start(name, ns, tap, sock, false)
+    }
+
+    /// Takes over the TAP and socket of a device that ran in an earlier
+    /// daemon (`fds`: TAP, then socket, as [`BatchedDevice::keepable_fds`]
+    /// gave them to the fd store), after checking they are what they
+    /// claim: a TAP attached to `name` in `ns`, and a UDP socket of `ns`
+    /// bound to `port`. Frames the kernel queued in the TAP and datagrams
+    /// queued in the socket while no daemon ran are still there.
+    ///
+    /// boringtun sessions cannot be carried over (their keys lived in the
+    /// old process): every peer added afterwards handshakes at once (see
+    /// `kick`), and the peers accept it because its TAI64N timestamp, from
+    /// the wall clock, is later than the old process's.
+    pub fn adopt(name: &str, ns: &Netns, fds: Vec<OwnedFd>, port: u16) -> Result<BatchedDevice> {
+        let not = |reason: String| WgError::NotAdoptable {
+            name: name.to_owned(),
+            reason,
+        };
+        let [tap, sock]: [OwnedFd; 2] = fds
+            .try_into()
+            .map_err(|f: Vec<OwnedFd>| not(format!("{} descriptors, not 2", f.len())))?;
+        let sock_ns = crate::linux::netns::socket_netns_inode(sock.as_fd())
+            .map_err(|e| not(format!("socket: {e}")))?;
+        if sock_ns != ns.inode() {
+            return Err(not(format!(
+                "socket in namespace {sock_ns}, not {}",
+                ns.inode()
+            )));
+        }
+        let sock = UdpSock::adopt(sock, port).map_err(|e| not(format!("socket: {e}")))?;
+        let owned = name.to_owned();
+        let tap = ns
+            .run_in(move || Tap::adopt(tap, &owned))
+            .map_err(|e| not(e.to_string()))?
+            .map_err(|e| not(format!("tap: {e}")))?;
+        let tap_ns = tap.netns_inode().map_err(|e| not(format!("tap: {e}")))?;
+        if tap_ns != ns.inode() {
+            return Err(not(format!(
+                "tap in namespace {tap_ns}, not {}",
+                ns.inode()
+            )));
+        }
+        Self::start(name, ns, tap, sock, true)
+    }
+
+    /// The TAP and the socket (in that order): duplicates kept by the fd
+    /// store keep the interface, its addresses and routes, and the bound
+    /// port alive while no daemon runs.
+    pub fn keepable_fds(&self) -> [BorrowedFd<'_>; 2] {
+        // The socket only changes through `set_listen_port`, which takes
+        // `&mut self`: the borrow of `self` keeps this one alive.
+        let sock = self.shared.sock.read().unwrap_or_else(|p| p.into_inner());
+        // SAFETY: the fd belongs to an `Arc<UdpSock>` in `self.shared`,
+        // replaced only through `&mut self`, so it stays open for the
+        // lifetime of this borrow of `self`.
+        let sock_fd = unsafe { BorrowedFd::borrow_raw(sock.as_fd().as_raw_fd()) };
+        [self.shared.tap.as_fd(), sock_fd]
+    }
+
+    /// Runs the device's threads on `tap` and `sock`; `held`: the tx
+    /// thread waits for [`WgDevice::release`].
+    fn start(name: &str, ns: &Netns, tap: Tap, sock: UdpSock, held: bool) -> Result<BatchedDevice> {
+        let create_err = |reason: String| WgError::Create {
+            name: name.to_owned(),
+            reason,
+        };
         let shared = Arc::new(Shared {
             name: name.to_owned(),
             tap,
@@ -283,6 +360,9 @@ impl BatchedDevice {
             stop: AtomicBool::new(false),
             stop_fd: eventfd().map_err(|e| create_err(e.to_string()))?,
             reload_fd: eventfd().map_err(|e| create_err(e.to_string()))?,
+            kick_fd: eventfd().map_err(|e| create_err(e.to_string()))?,
+            held: AtomicBool::new(held),
+            release_fd: eventfd().map_err(|e| create_err(e.to_string()))?,
             died: AtomicBool::new(false),
             stats: Default::default(),
         });
@@ -388,6 +468,8 @@ impl WgDevice for BatchedDevice {
             }
         }
         peers.keys = Some(keys);
+        drop(peers);
+        signal(&self.shared.kick_fd);
         Ok(())
     }
 
@@ -438,6 +520,8 @@ impl WgDevice for BatchedDevice {
         peers.by_key.insert(public, peer.clone());
         peers.by_index.insert(index, peer);
         peers.rebuild_routes();
+        drop(peers);
+        signal(&self.shared.kick_fd);
         Ok(())
     }
 
@@ -447,6 +531,12 @@ impl WgDevice for BatchedDevice {
         let mut peers = self.write_peers();
         remove(&mut peers, &public);
         Ok(())
+    }
+
+    fn release(&mut self) {
+        if self.shared.held.swap(false, Ordering::AcqRel) {
+            signal(&self.shared.release_fd);
+        }
     }
 
     fn state(&mut self) -> Result<DeviceState> {
@@ -580,6 +670,13 @@ fn tx_loop(sh: &Shared) {
     let mut out = Outbox::new();
     let mut scratch = Vec::with_capacity(FRAME_MAX);
     loop {
+        if sh.held.load(Ordering::Acquire) {
+            let ready = poll_in(&[sh.stop_fd.as_fd(), sh.release_fd.as_fd()], None);
+            if ready[0] || sh.stopping() {
+                return;
+            }
+            continue;
+        }
         let ready = poll_in(&[sh.tap.as_fd(), sh.stop_fd.as_fd()], None);
         if ready[1] || sh.stopping() {
             return;
@@ -817,9 +914,12 @@ fn timer_loop(sh: &Shared) {
     let mut last_reset = Instant::now();
     let mut out = Outbox::new();
     loop {
-        let ready = poll_in(&[sh.stop_fd.as_fd()], Some(TIMER_TICK));
+        let ready = poll_in(&[sh.stop_fd.as_fd(), sh.kick_fd.as_fd()], Some(TIMER_TICK));
         if ready[0] || sh.stopping() {
             return;
+        }
+        if ready[1] {
+            drain(&sh.kick_fd);
         }
         {
             let peers = sh.peers();

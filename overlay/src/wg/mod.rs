@@ -110,6 +110,15 @@ pub enum WgError {
         #[source]
         source: std::io::Error,
     },
+    /// Descriptors kept across a daemon restart are not the device's (see
+    /// [`batched::BatchedDevice::adopt`]); a new device is made instead.
+    #[error("WireGuard device {name}: kept descriptors not adopted: {reason}")]
+    NotAdoptable {
+        /// The interface name.
+        name: String,
+        /// What they are instead.
+        reason: String,
+    },
     /// The device's answer could not be parsed.
     #[error("WireGuard device {name}: bad UAPI answer line {line:?}")]
     BadAnswer {
@@ -185,6 +194,10 @@ pub trait WgDevice: Send + std::fmt::Debug {
     fn remove_peer(&mut self, public_key: &str) -> Result<()>;
     /// What the device holds; an error means the device is gone.
     fn state(&mut self) -> Result<DeviceState>;
+    /// Starts sending what waits on the interface, for a device adopted
+    /// held ([`batched::BatchedDevice::adopt`]) once its key and peers are
+    /// set; a no-op for any other device.
+    fn release(&mut self) {}
 }
 
 /// Which [`WgDevice`] implementation the data plane runs.
@@ -239,6 +252,37 @@ impl NodeDevice {
         }
     }
 
+    /// Takes over a batched device's TAP and socket kept across a daemon
+    /// restart ([`batched::BatchedDevice::adopt`]); the stock device has
+    /// nothing to keep, so its kind adopts nothing.
+    pub fn adopt(
+        name: &str,
+        ns: &crate::linux::Netns,
+        fds: Vec<std::os::fd::OwnedFd>,
+        port: u16,
+    ) -> Result<NodeDevice> {
+        let v = std::env::var(DeviceKind::ENV).ok();
+        match DeviceKind::from_env_value(v.as_deref()) {
+            DeviceKind::Batched => {
+                batched::BatchedDevice::adopt(name, ns, fds, port).map(NodeDevice::Batched)
+            }
+            DeviceKind::Stock => Err(WgError::NotAdoptable {
+                name: name.to_owned(),
+                reason: "the stock device keeps nothing across restarts".into(),
+            }),
+        }
+    }
+
+    /// The descriptors that keep the device alive without this process
+    /// (TAP, then socket), to hand to the fd store; `None` for the stock
+    /// device, which owns its descriptors inside boringtun.
+    pub fn keepable_fds(&self) -> Option<[std::os::fd::BorrowedFd<'_>; 2]> {
+        match self {
+            NodeDevice::Batched(d) => Some(d.keepable_fds()),
+            NodeDevice::Stock(_) => None,
+        }
+    }
+
     fn inner(&mut self) -> &mut dyn WgDevice {
         match self {
             NodeDevice::Batched(d) => d,
@@ -274,6 +318,10 @@ impl WgDevice for NodeDevice {
 
     fn state(&mut self) -> Result<DeviceState> {
         self.inner().state()
+    }
+
+    fn release(&mut self) {
+        self.inner().release()
     }
 }
 

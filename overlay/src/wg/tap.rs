@@ -16,6 +16,9 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use super::packet::VNET_HDR_LEN;
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
+/// `_IO('T', 227)`: a fd of the namespace the device lives in (Linux 5.2).
+pub(crate) const TUNGETDEVNETNS: libc::c_ulong = 0x54e3;
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
 const IFF_TAP: libc::c_short = 0x0002;
@@ -107,6 +110,54 @@ impl Tap {
         };
         // SAFETY: TUNSETIFF reads and writes an ifreq, which req is.
         cvt(unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETIFF, &mut req) })?;
+        Self::configure(fd, &n)
+    }
+
+    /// Takes over `fd`, an open TAP kept across a daemon restart (the fd
+    /// store's copy), in the calling thread's namespace: it must be
+    /// attached to the interface `name` with the flags [`Tap::create`]
+    /// sets, else `InvalidData` says what it is. Offloads and NOARP are
+    /// set again (idempotent); queued frames stay queued.
+    pub fn adopt(fd: OwnedFd, name: &str) -> io::Result<Tap> {
+        let n = ifname(name)?;
+        let mut req = IfReqFlags {
+            name: [0; libc::IFNAMSIZ],
+            flags: 0,
+            _pad: [0; 22],
+        };
+        // SAFETY: TUNGETIFF fills an ifreq, which req is. A detached fd
+        // (its interface deleted) fails with EBADFD.
+        cvt(unsafe { libc::ioctl(fd.as_raw_fd(), TUNGETIFF, &mut req) })?;
+        let bad = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
+        if req.name != n {
+            let got = String::from_utf8_lossy(&req.name);
+            return Err(bad(format!(
+                "attached to {:?}, not {name}",
+                got.trim_end_matches('\0')
+            )));
+        }
+        let want = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR;
+        if req.flags & want != want {
+            return Err(bad(format!(
+                "flags {:#x}, not a TAP with virtio headers",
+                req.flags
+            )));
+        }
+        // SAFETY: F_GETFL/F_SETFL on a valid fd; O_NONBLOCK is what the
+        // loops expect (the store's copy shares the file status flags).
+        unsafe {
+            let fl = libc::fcntl(fd.as_raw_fd(), libc::F_GETFL);
+            cvt(libc::fcntl(
+                fd.as_raw_fd(),
+                libc::F_SETFL,
+                fl | libc::O_NONBLOCK,
+            ))?;
+        }
+        Self::configure(fd, &n)
+    }
+
+    /// Virtio header size, the best offloads and NOARP on an attached TAP.
+    fn configure(fd: OwnedFd, n: &[u8; libc::IFNAMSIZ]) -> io::Result<Tap> {
         let sz: libc::c_int = VNET_HDR_LEN as libc::c_int;
         // SAFETY: TUNSETVNETHDRSZ reads one int.
         cvt(unsafe { libc::ioctl(fd.as_raw_fd(), TUNSETVNETHDRSZ, &sz) })?;
@@ -118,8 +169,13 @@ impl Tap {
                 break;
             }
         }
-        let mac = set_noarp_and_get_mac(&n)?;
+        let mac = set_noarp_and_get_mac(n)?;
         Ok(Tap { fd, offloads, mac })
+    }
+
+    /// The inode of the namespace the interface lives in.
+    pub fn netns_inode(&self) -> io::Result<u64> {
+        crate::linux::netns::netns_inode_by_ioctl(self.fd.as_fd(), TUNGETDEVNETNS)
     }
 
     /// Whether the kernel takes and gives UDP-tunnel (VXLAN) GSO frames.

@@ -199,6 +199,31 @@ fn lost_device_is_recreated_with_its_peers() {
     ));
 }
 
+/// After a daemon restart the interface is still there (the fd store kept
+/// its TAP) but no device runs in this process: CreateWg (which adopts
+/// it) and the peers, nothing torn down; unwanted by then, it goes.
+#[test]
+fn kept_device_is_adopted_or_deleted_after_a_restart() {
+    let d = desired();
+    let mut k = kernel();
+    converge(&mut k, &d);
+    k.wg = None;
+    let ops = plan(&k, &d).unwrap();
+    assert!(matches!(ops[0], Op::CreateWg { .. }), "{ops:#?}");
+    assert!(ops.iter().any(|o| matches!(o, Op::AddWgPeer { .. })));
+    assert!(
+        !ops.iter().any(|o| matches!(
+            o,
+            Op::DeleteWg | Op::DeleteLink { .. } | Op::CreateVxlan { .. }
+        )),
+        "{ops:#?}"
+    );
+    let mut gone = d.clone();
+    gone.wireguard = None;
+    let ops = plan(&k, &gone).unwrap();
+    assert!(ops.contains(&Op::DeleteWg), "{ops:#?}");
+}
+
 #[test]
 fn unwanted_device_and_guard_go_and_vteps_return_to_underlay() {
     let mut d = desired();

@@ -81,6 +81,22 @@ fn setopt(fd: &OwnedFd, level: libc::c_int, opt: libc::c_int, v: libc::c_int) ->
     .map(drop)
 }
 
+fn getopt(fd: &OwnedFd, level: libc::c_int, opt: libc::c_int) -> io::Result<libc::c_int> {
+    let mut v: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most len bytes into a valid int.
+    cvt(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            opt,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    })?;
+    Ok(v)
+}
+
 fn to_sockaddr(a: &SocketAddr) -> (libc::sockaddr_in6, libc::socklen_t) {
     // The socket is IPv6 dual stack: IPv4 peers go as v4-mapped addresses.
     let (ip, port, flow, scope) = match a {
@@ -160,6 +176,51 @@ impl UdpSock {
         Ok(UdpSock {
             fd,
             port: u16::from_be(got.sin6_port),
+            gso: std::sync::atomic::AtomicBool::new(true),
+        })
+    }
+
+    /// Takes over `fd`, the device's socket kept across a daemon restart
+    /// (the fd store's copy): it must be a dual-stack IPv6 UDP socket
+    /// bound to `port`, else `InvalidData` says what it is. Datagrams
+    /// queued in it stay queued.
+    pub fn adopt(fd: OwnedFd, port: u16) -> io::Result<UdpSock> {
+        let bad = |what: String| io::Error::new(io::ErrorKind::InvalidData, what);
+        let (ty, proto) = (
+            getopt(&fd, libc::SOL_SOCKET, libc::SO_TYPE)?,
+            getopt(&fd, libc::SOL_SOCKET, libc::SO_PROTOCOL)?,
+        );
+        if ty != libc::SOCK_DGRAM || proto != libc::IPPROTO_UDP {
+            return Err(bad(format!(
+                "a socket of type {ty} and protocol {proto}, not UDP"
+            )));
+        }
+        // SAFETY: all-zero is a valid sockaddr_storage; getsockname fills it.
+        let mut got: libc::sockaddr_storage = unsafe { zeroed() };
+        let mut glen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        // SAFETY: got is valid for glen bytes.
+        cvt(unsafe {
+            libc::getsockname(
+                fd.as_raw_fd(),
+                (&mut got as *mut libc::sockaddr_storage).cast(),
+                &mut glen,
+            )
+        })?;
+        if i32::from(got.ss_family) != libc::AF_INET6 {
+            return Err(bad(format!("address family {}, not IPv6", got.ss_family)));
+        }
+        // SAFETY: an AF_INET6 address is a sockaddr_in6, which fits in the
+        // storage.
+        let v6 = unsafe { &*(&got as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+        let bound = from_sockaddr(v6).port();
+        if bound != port {
+            return Err(bad(format!("bound to port {bound}, not {port}")));
+        }
+        // Set again in case the kept socket predates them (idempotent).
+        let _ = setopt(&fd, SOL_UDP, UDP_GRO, 1);
+        Ok(UdpSock {
+            fd,
+            port,
             gso: std::sync::atomic::AtomicBool::new(true),
         })
     }

@@ -246,6 +246,116 @@ fn batched_devices_carry_tcp_both_ways_and_clean_up() {
     assert!(link(&pin, "wgt0").is_none(), "interface left behind");
 }
 
+/// TCP segments retransmitted in namespace `pin` (/proc/net/snmp there).
+fn retransmitted(pin: &Path) -> u64 {
+    let snmp = sh(pin, "cat /proc/net/snmp");
+    let tcp: Vec<Vec<&str>> = snmp
+        .lines()
+        .filter(|l| l.starts_with("Tcp:"))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let at = tcp[0].iter().position(|f| *f == "RetransSegs").unwrap();
+    tcp[1][at].parse().unwrap()
+}
+
+/// A daemon restart as the data plane lives it: the fd store keeps
+/// duplicates of the TAP and the socket, the device (its threads, its
+/// sessions) goes away, bytes written meanwhile wait in the TAP, and a new
+/// device adopts the fds with a fresh `Tunn` per peer. It handshakes at
+/// once; the peer, whose session it never knew, accepts it (a later
+/// TAI64N timestamp from the same static key), and the TCP stream goes on
+/// without a byte lost or a reset. Fds that are not the device's are
+/// refused.
+#[test]
+fn an_adopted_device_resumes_a_stream_after_its_old_self_went_away() {
+    if !is_root() {
+        eprintln!("skipping: needs root");
+        return;
+    }
+    let run = Run::new();
+    let (a, b) = pair(&run, 73);
+    let (mut c, mut s) = connect(&a.ns, &b.ns, "100.64.73.2");
+    transfer(&mut c, &mut s, &data(1 << 20));
+    let dup = |dev: &BatchedDevice| -> Vec<std::os::fd::OwnedFd> {
+        dev.keepable_fds()
+            .iter()
+            .map(|f| f.try_clone_to_owned().unwrap())
+            .collect()
+    };
+    let kept = dup(&a.dev);
+    let Side { ns, pin, dev, key } = a;
+    drop(dev);
+    // The kept TAP keeps the interface and its address.
+    assert!(
+        link(&pin, "wgt0").is_some(),
+        "interface gone with its device"
+    );
+    assert!(sh(&pin, "ip -o addr show dev wgt0").contains("100.64.73.1/24"));
+    // Written while no device runs: waits in the TAP's queue (and is not
+    // retransmitted: the adopted device sends what waited).
+    let retrans_before = retransmitted(&pin);
+    let waiting = data(64 << 10);
+    c.write_all(&waiting).unwrap();
+
+    // Not adoptable: the wrong port, the other namespace's fds, too few.
+    let b_fds = dup(&b.dev);
+    let again = |fds: Vec<std::os::fd::OwnedFd>, port| BatchedDevice::adopt("wgt0", &ns, fds, port);
+    let clones = || {
+        kept.iter()
+            .map(|f| f.try_clone().unwrap())
+            .collect::<Vec<_>>()
+    };
+    for (fds, port, why) in [
+        (clones(), PORT + 1, "port"),
+        (b_fds, PORT, "namespace"),
+        (
+            clones()[..1]
+                .iter()
+                .map(|f| f.try_clone().unwrap())
+                .collect(),
+            PORT,
+            "descriptors",
+        ),
+    ] {
+        match again(fds, port) {
+            Err(WgError::NotAdoptable { reason, .. }) => assert!(reason.contains(why), "{reason}"),
+            other => panic!("{why}: {other:?}"),
+        }
+    }
+    // Nothing changed by the refusals.
+    assert!(link(&pin, "wgt0").is_some());
+
+    let started = Instant::now();
+    let mut dev = BatchedDevice::adopt("wgt0", &ns, kept, PORT).unwrap();
+    dev.set_private_key(&key).unwrap();
+    let mut a = Side { ns, pin, dev, key };
+    peer(&mut a, &b, 73, 2);
+    a.dev.release();
+    let mut got = vec![0u8; waiting.len()];
+    s.read_exact(&mut got).unwrap();
+    assert!(got == waiting, "bytes written while down corrupted");
+    let resumed = started.elapsed();
+    assert_eq!(
+        retransmitted(&a.pin),
+        retrans_before,
+        "what waited in the TAP was sent, not retransmitted"
+    );
+    transfer(&mut c, &mut s, &data(1 << 20));
+    transfer(&mut s, &mut c, &data(1 << 20));
+    eprintln!("stream resumed {resumed:?} after the adoption");
+    assert!(resumed < Duration::from_secs(5), "{resumed:?}");
+    assert!(
+        a.dev.state().unwrap().peers[&b.key.public_key()]
+            .last_handshake
+            .is_some()
+    );
+    drop(c);
+    drop(s);
+    let Side { dev, pin, .. } = a;
+    drop(dev);
+    assert!(link(&pin, "wgt0").is_none(), "interface left behind");
+}
+
 #[test]
 fn vxlan_over_batched_devices_survives_key_rotation() {
     if !is_root() {
