@@ -105,10 +105,12 @@ impl DispatcherService {
 
     fn session_message(&self, id: NodeId) -> Result<pb::SessionMessage, Status> {
         let cluster = self.core.cluster()?;
-        let (role, managers, removed) = self.core.read(|s| {
+        let (role, (managers, manager_ids), removed) = self.core.read(|s| {
             (
                 s.nodes.get(&id).map(|n| n.role),
-                s.managers().map(|m| m.addr.clone()).collect::<Vec<_>>(),
+                s.managers()
+                    .map(|m| (m.addr.clone(), m.id.to_string()))
+                    .unzip::<_, _, Vec<_>, Vec<_>>(),
                 s.removed.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
             )
         });
@@ -123,6 +125,7 @@ impl DispatcherService {
             config: None,
             log_requests: Vec::new(),
             removed_node_ids: removed,
+            manager_node_ids: manager_ids,
         })
     }
 
@@ -329,6 +332,7 @@ fn same_header(a: &pb::SessionMessage, b: &pb::SessionMessage) -> bool {
         && a.role == b.role
         && a.heartbeat_period_ms == b.heartbeat_period_ms
         && a.removed_node_ids == b.removed_node_ids
+        && a.manager_node_ids == b.manager_node_ids
 }
 
 type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::SessionMessage, Status>> + Send>>;
@@ -434,22 +438,8 @@ impl Dispatcher for DispatcherService {
         let cluster = self.core.cluster()?;
         let ca =
             ClusterCa::from_pem(&cluster.ca_cert_pem, &cluster.ca_key_pem).map_err(Error::from)?;
-        let issued = ca
-            .sign_csr(
-                &req.get_ref().csr_pem,
-                &node.id.to_string(),
-                node.role.into(),
-                &cluster.id,
-                limits::cert_validity(cluster.settings.cert_expiry_secs),
-            )
-            .map_err(Error::from)?;
-        self.core
-            .propose(Command::SetCertExpiry {
-                id: node.id,
-                expiry: crate::core::rfc3339(issued.not_after),
-                role: node.role,
-            })
-            .await?;
+        let issued =
+            crate::join::reissue(&self.core, &cluster, &ca, &node, &req.get_ref().csr_pem).await?;
         tracing::info!(node = %node.id, role = node.role.as_str(), "certificate renewed");
         Ok(Response::new(pb::RenewCertificateResponse {
             cert_pem: issued.cert_pem,
