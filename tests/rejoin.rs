@@ -296,3 +296,137 @@ fn a_worker_whose_certificate_expired_offline_rejoins_as_itself() {
     );
     eprintln!("{refused} refusals, membership unchanged after each; w1 rejoined as {w1_id}");
 }
+
+/// `host`'s node.json.
+fn record_of(lab: &Lab, host: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(lab.data_dir(host).join("node.json")).expect("node.json");
+    serde_json::from_str(&text).expect("json")
+}
+
+/// Serves TLS on `addr` in the namespace pinned at `pin` with the manager
+/// certificate `(cert, key)` of the cluster `ca`, as an attacker holding a
+/// demoted manager's certificate would, until `stop` fires.
+fn pose_as_manager(
+    pin: std::path::PathBuf,
+    addr: String,
+    ca: String,
+    (cert, key): (String, String),
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        common::in_netns(pin, async move || {
+            let listener = tokio::net::TcpListener::bind(&addr).await.expect("bind");
+            let cert = weft_proto::tls::ReloadableCert::from_pem(&cert, &key).expect("cert");
+            let config = weft_proto::tls::server_config(&ca, &cert, std::sync::Arc::new(|_| false))
+                .expect("config");
+            let _incoming = weft_proto::tls::tls_incoming(listener, config);
+            let _ = tokio::time::timeout(Duration::from_secs(60), stop).await;
+        })
+    })
+}
+
+#[test]
+fn managers_rejoin_and_nodes_refuse_a_demoted_manager() {
+    // SAFETY: as above; nextest runs this test in a process of its own.
+    unsafe { std::env::set_var("WEFT_TEST_MIN_CERT_EXPIRY_SECS", "10") };
+    let mut lab = Lab::new("rejoin-mgr", &["m1", "m2", "m3", "w1"]);
+    lab.start_all();
+    let (wt, mt) = lab.init("m1", &["--cert-expiry", "20s"]);
+    lab.join("m2", &mt, "m1");
+    lab.join("m3", &mt, "m1");
+    lab.join("w1", &wt, "m1");
+    common::wait_voters(&lab, "m1", &["m1", "m2", "m3"]);
+    let remote = format!("{}:4377", lab.addr("m1"));
+
+    // A manager offline past its certificate's life: it is still a voter
+    // of the Raft group, and rejoins with the manager token as itself.
+    let m3_id = cert_of(&lab, "m3").node_id;
+    lab.kill9("m3");
+    wait_expired(&lab, "m3");
+    lab.start("m3");
+    wait_for("m3 says it must rejoin", Duration::from_secs(20), || {
+        lab.weft("m3", &["info"]).contains("weft join --token")
+    });
+    let err = lab.weft_err("m3", &["join", "--token", &wt, &remote]);
+    assert!(err.contains("manager join token"), "{err}");
+    let out = lab.weft("m3", &["join", "--token", &mt, &remote]);
+    assert!(out.contains("rejoined"), "{out}");
+    assert_eq!(cert_of(&lab, "m3").node_id, m3_id);
+    assert!(!cert_of(&lab, "m3").expired());
+    // Whole again: m3 is a reachable voter, serves the control API from
+    // its store, and its writes commit.
+    wait_for("m3 back in the cluster", Duration::from_secs(30), || {
+        lab.node_ls("m1")
+            .iter()
+            .any(|r| r.id == m3_id && r.status == "Ready" && !r.manager.is_empty())
+            && lab.try_weft("m3", &["node", "ls"]).status.success()
+    });
+    common::wait_voters(&lab, "m1", &["m3"]);
+    lab.weft("m3", &["node", "update", "--label-add", "by=m3", "w1"]);
+    wait_for("m3's write on m1", Duration::from_secs(10), || {
+        lab.weft("m1", &["node", "inspect", "w1"])
+            .contains("\"by\"")
+    });
+    eprintln!("m3 rejoined as {m3_id} and its writes commit");
+
+    // m2 is demoted; its manager certificate (still valid for a while, as
+    // a node that has not renewed yet holds it) is copied first.
+    let m2_id = cert_of(&lab, "m2").node_id;
+    // Copied right after a renewal, so it is still valid when served:
+    // only its node's demotion may be what refuses it.
+    let old = cert_of(&lab, "m2").not_after;
+    wait_for("m2 renews", Duration::from_secs(30), || {
+        cert_of(&lab, "m2").not_after > old
+    });
+    let stolen = read_cert_files(&lab, "m2");
+    let ca = std::fs::read_to_string(lab.data_dir("m1").join("certs/ca.pem")).expect("ca");
+    let leader = lab
+        .node_ls("m1")
+        .into_iter()
+        .find(|r| r.manager == "Leader")
+        .expect("a leader");
+    assert_ne!(leader.id, m2_id, "m2 leads; the test demotes a follower");
+    lab.weft("m1", &["node", "demote", "m2"]);
+    wait_for("w1 learns the managers", Duration::from_secs(20), || {
+        let ids = record_of(&lab, "w1")["manager_node_ids"].clone();
+        ids.as_array()
+            .is_some_and(|a| a.len() == 2 && !a.iter().any(|v| v == m2_id.as_str()))
+    });
+    wait_for("m2's manager stopped", Duration::from_secs(30), || {
+        lab.weft("m2", &["info"]).contains("Role: worker")
+    });
+    // w1 is pointed at m2's address (an attacker who can redirect it
+    // there), where the stolen certificate is served.
+    lab.kill9("w1");
+    let mut rec = record_of(&lab, "w1");
+    let m2_addr = format!("{}:4377", lab.addr("m2"));
+    rec["manager_addrs"] = serde_json::json!([m2_addr]);
+    std::fs::write(
+        lab.data_dir("w1").join("node.json"),
+        serde_json::to_string(&rec).unwrap(),
+    )
+    .expect("node.json");
+    let (stop, stopped) = tokio::sync::oneshot::channel();
+    let server = pose_as_manager(lab.host_netns("m2"), m2_addr, ca, stolen, stopped);
+    lab.start("w1");
+    wait_for(
+        "w1 refuses m2 as a manager",
+        Duration::from_secs(20),
+        || {
+            log_of(&lab, "w1").contains(&format!(
+            "node {m2_id} presents a manager certificate but is not a manager of the cluster now"
+        ))
+        },
+    );
+    wait_for("w1's info says why", Duration::from_secs(10), || {
+        lab.weft("w1", &["info"])
+            .contains("is not a manager of the cluster now")
+    });
+    assert!(
+        !lab.weft("w1", &["info"]).contains("Cluster: active"),
+        "w1 opened a session with the demoted manager"
+    );
+    let _ = stop.send(());
+    server.join().expect("server thread");
+    eprintln!("w1 refused demoted m2 ({m2_id}) as its session manager");
+}

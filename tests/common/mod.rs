@@ -439,7 +439,12 @@ pub fn in_host<T: Send + 'static>(
     host: &str,
     f: impl AsyncFnOnce() -> T + Send + 'static,
 ) -> T {
-    let pin = lab.host_netns(host);
+    in_netns(lab.host_netns(host), f)
+}
+
+/// As [`in_host`], for the namespace pinned at `pin` (usable from a thread
+/// that has no `Lab`).
+pub fn in_netns<T: Send + 'static>(pin: PathBuf, f: impl AsyncFnOnce() -> T + Send + 'static) -> T {
     std::thread::spawn(move || {
         let ns = std::fs::File::open(&pin).expect("netns pin");
         nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");

@@ -102,7 +102,7 @@ pub struct ManagerTrust {
 }
 
 /// Why a node refused a manager's certificate.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ManagerRefused {
     /// The certificate's node was removed from the cluster.
     #[error("node {0} was removed from the cluster: its certificate is no manager's")]
@@ -113,6 +113,14 @@ pub enum ManagerRefused {
          (demoted?); refusing it as a manager"
     )]
     NotAManager(String),
+}
+
+/// As `Display`: rustls shows the reason of a refused certificate with
+/// `Debug`, and this is what the node's log and `weft info` then say.
+impl std::fmt::Debug for ManagerRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
 }
 
 impl ManagerTrust {
