@@ -295,6 +295,50 @@ fn a_worker_whose_certificate_expired_offline_rejoins_as_itself() {
         "m1 logs the rejoin"
     );
     eprintln!("{refused} refusals, membership unchanged after each; w1 rejoined as {w1_id}");
+
+    // A session stays open no longer than the certificate it was opened
+    // with: one opened by hand with w1's current certificate (which w1
+    // itself renews meanwhile) is ended by the manager at its expiry.
+    let (cert, key) = read_cert_files(&lab, "w1");
+    let not_after = PeerIdentity::from_pem(&cert).unwrap().not_after;
+    let ca = std::fs::read_to_string(lab.data_dir("w1").join("certs/ca.pem")).expect("ca");
+    let addr = remote.clone();
+    let node_id = w1_id.clone();
+    let ended = in_host(&lab, "w1", async move || {
+        let ch = weft_proto::tls::channel_to_manager(&addr, &ca, Some((&cert, &key)))
+            .await
+            .expect("channel");
+        let mut stream = pb::dispatcher_client::DispatcherClient::new(ch)
+            .session(pb::SessionRequest { node_id })
+            .await
+            .expect("a session with a valid certificate")
+            .into_inner();
+        let mut messages = 0;
+        let end = tokio::time::timeout(Duration::from_secs(60), async {
+            loop {
+                match stream.message().await {
+                    Ok(Some(_)) => messages += 1,
+                    Ok(None) => return Err("the stream ended without an error".to_string()),
+                    Err(st) => return Ok(st),
+                }
+            }
+        })
+        .await
+        .expect("the session ends within a minute");
+        (end, messages, time::OffsetDateTime::now_utc())
+    });
+    let (end, messages, at) = ended;
+    let st = end.expect("an error status");
+    assert_eq!(st.code(), Code::Unauthenticated, "{st:?}");
+    assert!(st.message().contains("expired"), "{st:?}");
+    assert!(messages >= 1, "the session was open");
+    assert!(
+        at >= not_after,
+        "ended at {at}, before the expiry {not_after}"
+    );
+    eprintln!(
+        "a session opened with a certificate expiring at {not_after} was ended at {at} ({messages} messages before)"
+    );
 }
 
 /// `host`'s node.json.

@@ -325,6 +325,15 @@ impl Drop for SessionGuard {
     }
 }
 
+/// The end of a session whose certificate expired while it was open.
+fn expired_session(node: NodeId, at: Option<time::OffsetDateTime>) -> Status {
+    let at = at.map(crate::core::rfc3339).unwrap_or_default();
+    Status::unauthenticated(format!(
+        "the certificate of node {node} expired at {at} while its session was open; reconnect \
+         with the renewed certificate, or rejoin the cluster (`weft join --token ...`)"
+    ))
+}
+
 /// Whether two session messages agree apart from the config.
 fn same_header(a: &pb::SessionMessage, b: &pb::SessionMessage) -> bool {
     a.manager_addrs == b.manager_addrs
@@ -353,6 +362,13 @@ impl Dispatcher for DispatcherService {
         let this = self.clone();
         let mut changes = self.core.store().subscribe();
         let (log_tx, mut log_rx) = tokio::sync::mpsc::unbounded_channel();
+        // Each call checks the caller's certificate, but this stream is one
+        // call: it ends when the certificate it was opened with expires (a
+        // renewing node has reopened it with the new one well before).
+        let cert_end = weft_proto::tls::peer_identity(&req).map(|p| p.not_after);
+        let cert_left = cert_end
+            .and_then(|t| Duration::try_from(t - time::OffsetDateTime::now_utc()).ok())
+            .unwrap_or(Duration::ZERO);
         self.core.session_opened(node.id, log_tx.clone());
         tokio::spawn(async move {
             let _registration = SessionGuard {
@@ -369,9 +385,15 @@ impl Dispatcher for DispatcherService {
             // term, membership) — the latter end the session when this
             // manager stops leading. Nothing polls.
             let mut server = this.core.raft().raft().server_metrics();
+            let expired = tokio::time::sleep(cert_left);
+            tokio::pin!(expired);
             loop {
                 tokio::select! {
                     _ = tx.closed() => return,
+                    () = &mut expired => {
+                        let _ = tx.send(Err(expired_session(node.id, cert_end))).await;
+                        return;
+                    }
                     r = changes.changed() => if r.is_err() { return },
                     r = server.changed() => if r.is_err() { return },
                     Some(req) = log_rx.recv() => {
