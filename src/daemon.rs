@@ -204,9 +204,16 @@ impl NodeService {
     /// Restarts the components of a node that was a member before.
     async fn resume(&self) -> anyhow::Result<()> {
         let (record, certs) = self.files.load()?;
-        let manager = if record.role == "manager" {
+        let manager = if record.role == "manager" && !rejoin::cert_expired(&certs) {
             Some(self.start_manager(&record, &certs).await?)
         } else {
+            if record.role == "manager" {
+                // Its peers would refuse every Raft call, and its elections
+                // would only raise its term; the rejoin starts it.
+                tracing::error!(
+                    "this manager's certificate has expired: its manager stays stopped until the node rejoins"
+                );
+            }
             None
         };
         tracing::info!(node = %record.node_id, role = %record.role, "resuming cluster membership");

@@ -391,6 +391,10 @@ fn managers_rejoin_and_nodes_refuse_a_demoted_manager() {
     wait_for("m3 says it must rejoin", Duration::from_secs(20), || {
         lab.weft("m3", &["info"]).contains("weft join --token")
     });
+    assert!(
+        log_of(&lab, "m3").contains("its manager stays stopped until the node rejoins"),
+        "m3 does not run Raft on an expired certificate"
+    );
     let err = lab.weft_err("m3", &["join", "--token", &wt, &remote]);
     assert!(err.contains("manager join token"), "{err}");
     let out = lab.weft("m3", &["join", "--token", &mt, &remote]);
