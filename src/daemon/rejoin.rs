@@ -9,6 +9,8 @@
 //!        │ new certificate for the same node ID
 //!  save certificate, then record ─▶ stop agent/manager loops (tasks and kernel
 //!  state stay) ─▶ start them again with the new certificate, as at a restart
+//!  (a manager demoted while it was offline rejoins as a worker: its Raft
+//!  state is removed, as at a demotion)
 //! ```
 
 use tokio::sync::MutexGuard;
@@ -101,6 +103,15 @@ impl NodeService {
         *self.slot.write().expect("slot") = None;
         if let Some(m) = manager.lock().await.take() {
             m.stop().await;
+        }
+        if record.role != "manager" {
+            // Demoted while it was offline: its Raft state (the CA key, the
+            // join secrets) goes, as on the demotion of a running manager.
+            if let Err(e) = std::fs::remove_dir_all(self.files.raft_dir())
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(error = %e, "cannot remove the old Raft log");
+            }
         }
         let manager = if record.role == "manager" {
             Some(
