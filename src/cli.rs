@@ -46,7 +46,9 @@ pub enum Command {
     /// Create a cluster with this node as its first manager (or, with
     /// --force-new-cluster, recover one that lost a majority of its managers).
     Init(InitArgs),
-    /// Join this node to a cluster as a worker or a manager (the token decides).
+    /// Join this node to a cluster as a worker or a manager (the token decides);
+    /// on a node whose certificate expired while it was offline, rejoin with
+    /// the same node ID, tasks and networks (with the token of its role).
     Join(JoinArgs),
     /// Show or rotate the join tokens.
     JoinToken(JoinTokenArgs),

@@ -216,7 +216,14 @@ pub async fn join(c: &Client, a: JoinArgs) -> anyhow::Result<()> {
     } else {
         "worker"
     };
-    println!("This node joined a cluster as a {role}.");
+    if resp.rejoined {
+        println!(
+            "This node rejoined its cluster as the same node ({}), a {role}.",
+            resp.node_id
+        );
+    } else {
+        println!("This node joined a cluster as a {role}.");
+    }
     Ok(())
 }
 

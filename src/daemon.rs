@@ -36,6 +36,8 @@ use weft_worker::runtime::{ProcessRuntime, ShimCommand, TaskRuntime, TaskState};
 
 use crate::cli::DaemonArgs;
 
+mod rejoin;
+
 /// What the daemon creates is for root alone, whoever started it and with
 /// whatever umask: the data directory holds the node's private key and, on
 /// a manager, the Raft log with the CA key and join secrets; the exec root
@@ -202,9 +204,16 @@ impl NodeService {
     /// Restarts the components of a node that was a member before.
     async fn resume(&self) -> anyhow::Result<()> {
         let (record, certs) = self.files.load()?;
-        let manager = if record.role == "manager" {
+        let manager = if record.role == "manager" && !rejoin::cert_expired(&certs) {
             Some(self.start_manager(&record, &certs).await?)
         } else {
+            if record.role == "manager" {
+                // Its peers would refuse every Raft call, and its elections
+                // would only raise its term; the rejoin starts it.
+                tracing::error!(
+                    "this manager's certificate has expired: its manager stays stopped until the node rejoins"
+                );
+            }
             None
         };
         tracing::info!(node = %record.node_id, role = %record.role, "resuming cluster membership");
@@ -326,6 +335,7 @@ impl NodeService {
             data_path_addr: params.data_path_addr.to_string(),
             manager_addrs: vec![params.advertise_addr.to_string()],
             removed_node_ids: Vec::new(),
+            manager_node_ids: vec![new.node.id.to_string()],
         };
         let certs = Certs {
             ca_pem: new.ca_pem.clone(),
@@ -484,7 +494,10 @@ impl NodeService {
 
     async fn join(&self, r: pb::DaemonJoinRequest) -> Result<pb::DaemonJoinResponse, Status> {
         let mut guard = self.active.lock().await;
-        if guard.is_some() {
+        if let Some(active) = guard.as_ref() {
+            if rejoin::cert_expired(&active.agent.certs()) {
+                return self.rejoin(&mut guard, r).await;
+            }
             return Err(Status::already_exists(
                 "this node is already part of a cluster; leave it first with `weft leave`",
             ));
@@ -540,6 +553,7 @@ impl NodeService {
                 joined.manager_addrs.clone()
             },
             removed_node_ids: Vec::new(),
+            manager_node_ids: joined.manager_node_ids.clone(),
         };
         self.files
             .save_certs(&joined.certs)
@@ -553,6 +567,7 @@ impl NodeService {
                     if let Err(undo) = weft_worker::agent::leave(
                         &record.node_id,
                         &joined.certs,
+                        &record.manager_trust(),
                         &record.manager_addrs,
                         true,
                     )
@@ -591,6 +606,7 @@ impl NodeService {
             node_id: joined.node_id,
             role: joined.role as i32,
             cluster_id: joined.cluster_id,
+            rejoined: false,
         })
     }
 

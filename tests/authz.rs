@@ -13,7 +13,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Lab, wait_for};
+use common::{Lab, in_host, wait_for};
 use tonic::transport::Channel;
 use tonic::{Code, Status};
 use weft_proto::v1 as pb;
@@ -58,27 +58,6 @@ impl Creds {
             .expect("node certificate")
             .node_id
     }
-}
-
-/// Runs `f` on a thread inside `host`'s network namespace, with a tokio
-/// runtime of its own (the manager port is reachable only there).
-fn in_host<T: Send + 'static>(
-    lab: &Lab,
-    host: &str,
-    f: impl AsyncFnOnce() -> T + Send + 'static,
-) -> T {
-    let pin = lab.host_netns(host);
-    std::thread::spawn(move || {
-        let ns = std::fs::File::open(&pin).expect("netns pin");
-        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-            .block_on(f())
-    })
-    .join()
-    .expect("probe thread")
 }
 
 /// Which calls to make.

@@ -37,6 +37,9 @@ pub enum Error {
     /// Certificate handling failed.
     #[error(transparent)]
     Ca(#[from] crate::ca::CaError),
+    /// A rejoin was refused (see [`crate::rejoin`]).
+    #[error(transparent)]
+    Rejoin(#[from] crate::rejoin::RejoinRefused),
     /// The store has no cluster yet (this manager is still catching up).
     #[error("this manager has not caught up with the cluster yet; try again in a moment")]
     NotReady,
@@ -61,7 +64,29 @@ impl From<Error> for Status {
             Error::Raft(_) | Error::NotReady => Status::unavailable(msg),
             Error::BadToken(_) => Status::permission_denied(msg),
             Error::Ca(_) => Status::internal(msg),
+            Error::Rejoin(r) => rejoin_status(&r, msg),
         }
+    }
+}
+
+/// Malformed input is INVALID_ARGUMENT, an unknown node NOT_FOUND, every
+/// other refusal (a proof that fails, another cluster, a removed node, the
+/// wrong token) PERMISSION_DENIED.
+fn rejoin_status(r: &crate::rejoin::RejoinRefused, msg: String) -> Status {
+    use crate::rejoin::RejoinRefused as R;
+    use weft_proto::tls::RejoinError as P;
+    match r {
+        R::Incomplete
+        | R::BadNodeId(_)
+        | R::Proof(P::TooLarge { .. } | P::NotACertificate(_) | P::NotANode(_)) => {
+            Status::invalid_argument(msg)
+        }
+        R::Proof(P::Tls(_)) => Status::internal(msg),
+        R::Unknown(_) => Status::not_found(msg),
+        R::Proof(P::NotThisCluster(_) | P::BadProof(_))
+        | R::OtherCluster { .. }
+        | R::Removed(_)
+        | R::RoleMismatch { .. } => Status::permission_denied(msg),
     }
 }
 

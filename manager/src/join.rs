@@ -9,6 +9,11 @@
 //!    │            sign CSR (manager-chosen subject) ─▶ propose AddNode
 //!    ◀─ node ID, certificate, CA, manager list
 //! ```
+//!
+//! A rejoin (the request carries the node's expired certificate and a proof
+//! by its key, see [`crate::rejoin`]) goes the same way up to the token,
+//! then issues a certificate for the node ID it proved, with its role in
+//! the store, and changes nothing else about the node.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -21,7 +26,8 @@ use crate::ca::ClusterCa;
 use crate::core::{Core, now_ms};
 use crate::error::{Error, Result};
 use crate::limits;
-use crate::store::{Command, Node, NodeId, NodeState, Role};
+use crate::rejoin::{self, RejoinRefused};
+use crate::store::{Cluster, Command, Node, NodeId, NodeState, Role};
 
 /// Default manager port.
 pub const DEFAULT_PORT: u16 = 4377;
@@ -72,6 +78,9 @@ impl JoinService {
                 ));
             }
         };
+        if !r.rejoin_cert_pem.is_empty() || !r.rejoin_proof.is_empty() {
+            return self.rejoin(&r, role, &cluster, &ca).await;
+        }
         let hostname = r.hostname.trim().to_string();
         limits::at_most(
             "hostname",
@@ -146,19 +155,90 @@ impl JoinService {
         )?;
         node.cert_expiry = crate::core::rfc3339(issued.not_after);
         self.core.propose(Command::AddNode { node }).await?;
-        let manager_addrs = self
-            .core
-            .read(|s| s.managers().map(|m| m.addr.clone()).collect());
         tracing::info!(node = %id, role = role.as_str(), "node joined");
-        Ok(pb::JoinResponse {
+        Ok(self.answer(id, role, issued.cert_pem, cluster))
+    }
+
+    /// A node proving its old identity gets a new certificate for the same
+    /// node ID (see [`crate::rejoin`]); nothing else about it changes.
+    async fn rejoin(
+        &self,
+        r: &pb::JoinRequest,
+        token_role: Role,
+        cluster: &Cluster,
+        ca: &ClusterCa,
+    ) -> Result<pb::JoinResponse> {
+        if r.rejoin_cert_pem.is_empty() || r.rejoin_proof.is_empty() {
+            return Err(RejoinRefused::Incomplete.into());
+        }
+        let old = weft_proto::tls::verify_proof(
+            &cluster.ca_cert_pem,
+            &r.rejoin_cert_pem,
+            &r.csr_pem,
+            &r.rejoin_proof,
+        )
+        .map_err(RejoinRefused::from)?;
+        let node = self
+            .core
+            .read(|s| rejoin::check(s, &cluster.id, &old, token_role))?;
+        let issued = reissue(&self.core, cluster, ca, &node, &r.csr_pem).await?;
+        tracing::info!(
+            node = %node.id,
+            role = node.role.as_str(),
+            old_expiry = %old.not_after,
+            "node rejoined with its own node ID"
+        );
+        Ok(self.answer(node.id, node.role, issued.cert_pem, cluster.clone()))
+    }
+
+    /// The answer to a (re)join: the node's certificate and the managers.
+    fn answer(
+        &self,
+        id: NodeId,
+        role: Role,
+        cert_pem: String,
+        cluster: Cluster,
+    ) -> pb::JoinResponse {
+        let (manager_addrs, manager_node_ids) = self.core.read(|s| {
+            s.managers()
+                .map(|m| (m.addr.clone(), m.id.to_string()))
+                .unzip()
+        });
+        pb::JoinResponse {
             node_id: id.to_string(),
             role: pb::NodeRole::from(role) as i32,
-            cert_pem: issued.cert_pem,
+            cert_pem,
             ca_pem: cluster.ca_cert_pem,
             cluster_id: cluster.id,
             manager_addrs,
-        })
+            manager_node_ids,
+        }
     }
+}
+
+/// A new certificate for member `node` (the key of `csr_pem`, its role in
+/// the store), with its expiry recorded in the store: renewal and rejoin.
+pub(crate) async fn reissue(
+    core: &Core,
+    cluster: &Cluster,
+    ca: &ClusterCa,
+    node: &Node,
+    csr_pem: &str,
+) -> Result<crate::ca::IssuedCert> {
+    let issued = ca.sign_csr(
+        csr_pem,
+        &node.id.to_string(),
+        node.role.into(),
+        &cluster.id,
+        limits::cert_validity(cluster.settings.cert_expiry_secs),
+    )?;
+    core.propose(Command::SetCertExpiry {
+        id: node.id,
+        expiry: crate::core::rfc3339(issued.not_after),
+        role: node.role,
+    })
+    .await?;
+    Ok(issued)
 }
 
 /// `IP[:PORT]` as the joiner advertised it, or the address it connected

@@ -22,6 +22,7 @@ pub mod limits;
 pub mod membership;
 pub mod quorum;
 pub mod raft;
+pub mod rejoin;
 pub mod reports;
 pub mod server;
 pub mod store;

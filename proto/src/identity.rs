@@ -293,6 +293,11 @@ impl PeerIdentity {
         })
     }
 
+    /// Whether the certificate's validity has ended, by this machine's clock.
+    pub fn expired(&self) -> bool {
+        self.not_after <= OffsetDateTime::now_utc()
+    }
+
     /// Reads the identity from the first certificate in a PEM string.
     pub fn from_pem(pem: &str) -> Result<Self> {
         let certs = certs_from_pem(pem, "the node certificate")?;

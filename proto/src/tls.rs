@@ -27,6 +27,7 @@
 mod auth;
 mod client;
 mod local;
+mod rejoin;
 mod server;
 #[cfg(test)]
 mod tests;
@@ -35,11 +36,15 @@ use std::path::PathBuf;
 
 pub use auth::{is_local, peer_identity, require_cluster_member, require_manager, require_node};
 pub use client::{
-    CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, IsRevokedManager, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT,
-    channel_to_manager, channel_to_manager_checked, channel_to_manager_lazy, fetch_ca_insecure,
-    fetch_trusted_ca, manager_endpoint, verify_ca_against_token,
+    CONNECT_TIMEOUT, HANDSHAKE_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, ManagerRefused,
+    ManagerTrust, channel_to_manager, channel_to_manager_checked, channel_to_manager_lazy,
+    fetch_ca_insecure, fetch_trusted_ca, manager_endpoint, verify_ca_against_token,
 };
 pub use local::{bind_unix, connect_unix, serve_unix, unix_incoming};
+pub use rejoin::{
+    MAX_PROOF_BYTES, MAX_REJOIN_CERT_BYTES, PROOF_CONTEXT, RejoinError, proof_message, sign_proof,
+    verify_proof,
+};
 pub use server::{
     IsRevoked, MAX_PENDING_HANDSHAKES, ReloadableCert, TlsIncoming, server_config, tls_incoming,
 };

@@ -475,6 +475,32 @@ pub fn parse_node_ls(out: &str) -> Vec<NodeRow> {
         .collect()
 }
 
+/// Runs `f` on a thread inside `host`'s network namespace, with a tokio
+/// runtime of its own (the manager port is reachable only there).
+pub fn in_host<T: Send + 'static>(
+    lab: &Lab,
+    host: &str,
+    f: impl AsyncFnOnce() -> T + Send + 'static,
+) -> T {
+    in_netns(lab.host_netns(host), f)
+}
+
+/// As [`in_host`], for the namespace pinned at `pin` (usable from a thread
+/// that has no `Lab`).
+pub fn in_netns<T: Send + 'static>(pin: PathBuf, f: impl AsyncFnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&pin).expect("netns pin");
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(f())
+    })
+    .join()
+    .expect("probe thread")
+}
+
 /// Runs `cmd` inside the pinned network namespace `pin` (the test's own
 /// view of the kernel, not weft's).
 pub fn nsenter(pin: &Path, cmd: &[&str]) -> Output {

@@ -12,7 +12,13 @@
 //! ```
 //!
 //! Renewal runs on its own timer, whatever the session carries: an idle
-//! cluster sends no message that would otherwise prompt it.
+//! cluster sends no message that would otherwise prompt it. A certificate
+//! that expired (the node was offline past its life) cannot be renewed:
+//! the agent then stops trying managers and says to rejoin.
+//!
+//! Every channel to a manager (the session, [`Agent::call`],
+//! [`Agent::leave`]) accepts only the managers the cluster last named
+//! (`tls::ManagerTrust`, from the session's manager and removed node IDs).
 //!
 //! The agent never tears anything down because a manager is unreachable: it
 //! only keeps trying, and reports what it sees through [`AgentStatus`].
@@ -67,6 +73,7 @@ pub type LogReader = Arc<dyn Fn(&str, u64) -> std::result::Result<Vec<u8>, Strin
 pub struct Agent {
     node_id: String,
     certs: Arc<RwLock<Certs>>,
+    trust: Arc<RwLock<tls::ManagerTrust>>,
     status: watch::Receiver<AgentStatus>,
     config: watch::Receiver<Option<Arc<pb::NodeConfig>>>,
     report: watch::Sender<Option<pb::StatusReport>>,
@@ -79,6 +86,11 @@ struct Run {
     files: NodeFiles,
     record: NodeRecord,
     certs: Arc<RwLock<Certs>>,
+    /// The managers this node accepts, from `record`; shared with
+    /// [`Agent::call`] and [`Agent::leave`].
+    trust: Arc<RwLock<tls::ManagerTrust>>,
+    /// The expiry of the certificate in use was already reported.
+    expiry_reported: bool,
     status: watch::Sender<AgentStatus>,
     config: watch::Sender<Option<Arc<pb::NodeConfig>>>,
     report: watch::Receiver<Option<pb::StatusReport>>,
@@ -114,11 +126,14 @@ impl Agent {
         let (config_tx, config_rx) = watch::channel(None);
         let (report_tx, report_rx) = watch::channel(None);
         let certs = Arc::new(RwLock::new(certs));
+        let trust = Arc::new(RwLock::new(record.manager_trust()));
         let run = Run {
             node_id: record.node_id.clone(),
             files,
             record,
             certs: certs.clone(),
+            trust: trust.clone(),
+            expiry_reported: false,
             status: status_tx,
             config: config_tx,
             report: report_rx,
@@ -134,6 +149,7 @@ impl Agent {
         Agent {
             node_id,
             certs,
+            trust,
             status: status_rx,
             config: config_rx,
             report: report_tx,
@@ -187,16 +203,18 @@ impl Agent {
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
         let certs = self.certs();
+        let trust = self.manager_trust();
         let mut addrs = self.manager_candidates();
         let mut last = None;
         let mut i = 0;
         while i < addrs.len() {
             let addr = addrs[i].clone();
             i += 1;
-            let ch = match tls::channel_to_manager(
+            let ch = match tls::channel_to_manager_checked(
                 &addr,
                 &certs.ca_pem,
-                Some((&certs.cert_pem, &certs.key_pem)),
+                (&certs.cert_pem, &certs.key_pem),
+                trust.clone(),
             )
             .await
             {
@@ -242,6 +260,11 @@ impl Agent {
         self.certs.read().expect("certs lock").clone()
     }
 
+    /// The managers this node accepts now.
+    pub fn manager_trust(&self) -> tls::ManagerTrust {
+        self.trust.read().expect("trust lock").clone()
+    }
+
     /// Asks the cluster to remove this node. Tries the known leader first,
     /// then every manager.
     pub async fn leave(&self, force: bool) -> Result<()> {
@@ -251,7 +274,14 @@ impl Agent {
             addrs.push(st.leader_addr.clone());
         }
         addrs.extend(st.manager_addrs.iter().cloned());
-        leave(&self.node_id, &self.certs(), &addrs, force).await
+        leave(
+            &self.node_id,
+            &self.certs(),
+            &self.manager_trust(),
+            &addrs,
+            force,
+        )
+        .await
     }
 
     /// Stops the session loop.
@@ -261,14 +291,22 @@ impl Agent {
     }
 }
 
-/// Asks the managers at `addrs`, in order, to remove node `node_id`.
-pub async fn leave(node_id: &str, certs: &Certs, addrs: &[String], force: bool) -> Result<()> {
+/// Asks the managers at `addrs`, in order, to remove node `node_id`,
+/// talking only to those `trust` accepts.
+pub async fn leave(
+    node_id: &str,
+    certs: &Certs,
+    trust: &tls::ManagerTrust,
+    addrs: &[String],
+    force: bool,
+) -> Result<()> {
     let mut last = None;
     for addr in addrs {
-        let ch = match tls::channel_to_manager(
+        let ch = match tls::channel_to_manager_checked(
             addr,
             &certs.ca_pem,
-            Some((&certs.cert_pem, &certs.key_pem)),
+            (&certs.cert_pem, &certs.key_pem),
+            trust.clone(),
         )
         .await
         {
@@ -319,6 +357,12 @@ impl Run {
         loop {
             if *self.stop.borrow() {
                 return;
+            }
+            if self.expired() {
+                if self.pause(EXPIRED_RECHECK).await {
+                    return;
+                }
+                continue;
             }
             let addr = match hint.take() {
                 Some(a) => a,
@@ -389,14 +433,12 @@ impl Run {
 
     async fn session(&mut self, addr: &str) -> End {
         let certs = self.certs.read().expect("certs lock").clone();
-        let removed: std::collections::BTreeSet<String> =
-            self.record.removed_node_ids.iter().cloned().collect();
-        let is_revoked: tls::IsRevokedManager = Arc::new(move |id| removed.contains(&id.node_id));
+        let trust = self.trust.read().expect("trust lock").clone();
         let ch = match tls::channel_to_manager_checked(
             addr,
             &certs.ca_pem,
             (&certs.cert_pem, &certs.key_pem),
-            is_revoked,
+            trust,
         )
         .await
         {
@@ -533,7 +575,17 @@ impl Run {
         if removed_changed {
             self.record.removed_node_ids = m.removed_node_ids.clone();
         }
-        if (managers_changed || removed_changed)
+        // Never empty in a cluster (it has a manager); empty is an older
+        // manager's message, which says nothing about the set.
+        let manager_ids_changed =
+            !m.manager_node_ids.is_empty() && m.manager_node_ids != self.record.manager_node_ids;
+        if manager_ids_changed {
+            self.record.manager_node_ids = m.manager_node_ids.clone();
+        }
+        if removed_changed || manager_ids_changed {
+            *self.trust.write().expect("trust lock") = self.record.manager_trust();
+        }
+        if (managers_changed || removed_changed || manager_ids_changed)
             && let Err(e) = self.files.save_record(&self.record)
         {
             tracing::warn!(error = %e, "could not persist the manager list");
@@ -564,6 +616,29 @@ impl Run {
         let certs = self.certs.read().expect("certs lock");
         let p = PeerIdentity::from_pem(&certs.cert_pem).ok()?;
         Some((p.not_before, p.not_after))
+    }
+
+    /// Whether the certificate in use has expired: then no manager accepts
+    /// it, renewal cannot work, and only a rejoin helps. Says so (loudly
+    /// once, and in `weft info`) instead of knocking on every manager.
+    fn expired(&mut self) -> bool {
+        let Some((_, not_after)) = self.validity() else {
+            return false;
+        };
+        if not_after > time::OffsetDateTime::now_utc() {
+            self.expiry_reported = false;
+            return false;
+        }
+        let msg = expired_message(&self.node_id, not_after);
+        if !self.expiry_reported {
+            tracing::error!("{msg}");
+            self.expiry_reported = true;
+        }
+        self.status.send_modify(|s| {
+            s.connected_to = None;
+            s.last_error = msg;
+        });
+        true
     }
 
     /// Picks the next renewal time for the certificate in use.
@@ -646,6 +721,20 @@ impl Run {
         );
         Ok(())
     }
+}
+
+/// How often an agent whose certificate has expired looks again (a rejoin
+/// restarts the agent, so this only matters for a clock that was wrong).
+const EXPIRED_RECHECK: Duration = Duration::from_secs(5);
+
+/// What to do about a certificate that expired while the node was offline.
+pub fn expired_message(node_id: &str, not_after: time::OffsetDateTime) -> String {
+    format!(
+        "the certificate of node {node_id} expired at {not_after}: no manager accepts it and it \
+         cannot be renewed. Rejoin with the same node ID, keeping its tasks and networks: run \
+         `weft join --token TOKEN MANAGER:4377` on this node with the join token of its role \
+         (`weft join-token worker` or `manager` on a manager)"
+    )
 }
 
 /// What a node is told when managers refuse its certificate in the

@@ -71,6 +71,16 @@ pub enum Error {
         /// What was wrong with it.
         what: String,
     },
+    /// A rejoin's token is of another cluster than the node's certificate.
+    #[error(
+        "the join token is of another cluster than this node's certificate (the CA the manager at \
+         {addr} presented is not this node's): rejoin with a token of this node's cluster, or \
+         `weft leave --force` and join the other cluster as a new node"
+    )]
+    OtherCluster {
+        /// The manager asked.
+        addr: String,
+    },
     /// A UDP port the cluster needs on this node is taken.
     #[error(
         "UDP port {port} ({what}) is already in use on this node: {source}; stop what uses it, or use a cluster with another port"

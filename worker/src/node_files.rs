@@ -76,6 +76,21 @@ pub struct NodeRecord {
     /// cannot pose as a manager before the first session).
     #[serde(default)]
     pub removed_node_ids: Vec<String>,
+    /// The managers' node IDs, as last heard: a manager certificate of any
+    /// other node is refused (see `weft_proto::tls::ManagerTrust`). Empty
+    /// until the join answer, and in a `node.json` of an older version.
+    #[serde(default)]
+    pub manager_node_ids: Vec<String>,
+}
+
+impl NodeRecord {
+    /// The managers this node accepts, from what it last heard.
+    pub fn manager_trust(&self) -> weft_proto::tls::ManagerTrust {
+        weft_proto::tls::ManagerTrust::new(
+            self.manager_node_ids.iter().cloned(),
+            self.removed_node_ids.iter().cloned(),
+        )
+    }
 }
 
 /// Certificate material. `Debug` leaves the private key out.

@@ -215,8 +215,14 @@ pub fn config_bound(state: &State) -> usize {
         .max()
         .unwrap_or(0);
     // SessionMessage: manager list, leader, role, heartbeat period, config,
-    // removed node IDs (16 hex digits each).
-    nodes * ld(addr) + ld(addr) + VARINT + VARINT + ld(config) + state.removed.len() * ld(16)
+    // removed node IDs and manager node IDs (16 hex digits each).
+    nodes * ld(addr)
+        + ld(addr)
+        + VARINT
+        + VARINT
+        + ld(config)
+        + state.removed.len() * ld(16)
+        + nodes * ld(16)
 }
 
 /// Tasks counted for a service: what it asks for, or what it has if more.

@@ -105,10 +105,12 @@ impl DispatcherService {
 
     fn session_message(&self, id: NodeId) -> Result<pb::SessionMessage, Status> {
         let cluster = self.core.cluster()?;
-        let (role, managers, removed) = self.core.read(|s| {
+        let (role, (managers, manager_ids), removed) = self.core.read(|s| {
             (
                 s.nodes.get(&id).map(|n| n.role),
-                s.managers().map(|m| m.addr.clone()).collect::<Vec<_>>(),
+                s.managers()
+                    .map(|m| (m.addr.clone(), m.id.to_string()))
+                    .unzip::<_, _, Vec<_>, Vec<_>>(),
                 s.removed.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
             )
         });
@@ -123,6 +125,7 @@ impl DispatcherService {
             config: None,
             log_requests: Vec::new(),
             removed_node_ids: removed,
+            manager_node_ids: manager_ids,
         })
     }
 
@@ -322,6 +325,15 @@ impl Drop for SessionGuard {
     }
 }
 
+/// The end of a session whose certificate expired while it was open.
+fn expired_session(node: NodeId, at: Option<time::OffsetDateTime>) -> Status {
+    let at = at.map(crate::core::rfc3339).unwrap_or_default();
+    Status::unauthenticated(format!(
+        "the certificate of node {node} expired at {at} while its session was open; reconnect \
+         with the renewed certificate, or rejoin the cluster (`weft join --token ...`)"
+    ))
+}
+
 /// Whether two session messages agree apart from the config.
 fn same_header(a: &pb::SessionMessage, b: &pb::SessionMessage) -> bool {
     a.manager_addrs == b.manager_addrs
@@ -329,6 +341,7 @@ fn same_header(a: &pb::SessionMessage, b: &pb::SessionMessage) -> bool {
         && a.role == b.role
         && a.heartbeat_period_ms == b.heartbeat_period_ms
         && a.removed_node_ids == b.removed_node_ids
+        && a.manager_node_ids == b.manager_node_ids
 }
 
 type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::SessionMessage, Status>> + Send>>;
@@ -349,6 +362,13 @@ impl Dispatcher for DispatcherService {
         let this = self.clone();
         let mut changes = self.core.store().subscribe();
         let (log_tx, mut log_rx) = tokio::sync::mpsc::unbounded_channel();
+        // Each call checks the caller's certificate, but this stream is one
+        // call: it ends when the certificate it was opened with expires (a
+        // renewing node has reopened it with the new one well before).
+        let cert_end = weft_proto::tls::peer_identity(&req).map(|p| p.not_after);
+        let cert_left = cert_end
+            .and_then(|t| Duration::try_from(t - time::OffsetDateTime::now_utc()).ok())
+            .unwrap_or(Duration::ZERO);
         self.core.session_opened(node.id, log_tx.clone());
         tokio::spawn(async move {
             let _registration = SessionGuard {
@@ -365,9 +385,15 @@ impl Dispatcher for DispatcherService {
             // term, membership) — the latter end the session when this
             // manager stops leading. Nothing polls.
             let mut server = this.core.raft().raft().server_metrics();
+            let expired = tokio::time::sleep(cert_left);
+            tokio::pin!(expired);
             loop {
                 tokio::select! {
                     _ = tx.closed() => return,
+                    () = &mut expired => {
+                        let _ = tx.send(Err(expired_session(node.id, cert_end))).await;
+                        return;
+                    }
                     r = changes.changed() => if r.is_err() { return },
                     r = server.changed() => if r.is_err() { return },
                     Some(req) = log_rx.recv() => {
@@ -434,22 +460,8 @@ impl Dispatcher for DispatcherService {
         let cluster = self.core.cluster()?;
         let ca =
             ClusterCa::from_pem(&cluster.ca_cert_pem, &cluster.ca_key_pem).map_err(Error::from)?;
-        let issued = ca
-            .sign_csr(
-                &req.get_ref().csr_pem,
-                &node.id.to_string(),
-                node.role.into(),
-                &cluster.id,
-                limits::cert_validity(cluster.settings.cert_expiry_secs),
-            )
-            .map_err(Error::from)?;
-        self.core
-            .propose(Command::SetCertExpiry {
-                id: node.id,
-                expiry: crate::core::rfc3339(issued.not_after),
-                role: node.role,
-            })
-            .await?;
+        let issued =
+            crate::join::reissue(&self.core, &cluster, &ca, &node, &req.get_ref().csr_pem).await?;
         tracing::info!(node = %node.id, role = node.role.as_str(), "certificate renewed");
         Ok(Response::new(pb::RenewCertificateResponse {
             cert_pem: issued.cert_pem,

@@ -10,6 +10,7 @@
 //! compares the fingerprint ([`verify_ca_against_token`]). Only then does it
 //! open a verified channel and send the token.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,28 +81,87 @@ pub fn manager_endpoint(
         })
 }
 
-/// Says whether a manager's certificate belongs to a node removed from the
-/// cluster (a node learns the removed set from its session).
-pub type IsRevokedManager = Arc<dyn Fn(&PeerIdentity) -> bool + Send + Sync>;
+/// Which nodes this node accepts as managers, as the cluster last told it
+/// (its session and its join answer; kept in `node.json` across restarts).
+///
+/// One check for every channel a node opens to a manager: a certificate
+/// that chains to the cluster CA and names a manager (SAN `manager.weft`)
+/// is a claim frozen when it was issued; a demoted manager keeps one until
+/// it renews, and a removed one's stays valid until it expires. So, on top
+/// of the chain:
+///
+/// - a removed node is never a manager;
+/// - when the node knows the current managers, only they are. It knows
+///   none before its first join answer (and with a `node.json` written
+///   by an older version): then only the chain, the SAN and the removed
+///   list decide, and the first session message fills the list in.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ManagerTrust {
+    managers: BTreeSet<String>,
+    removed: BTreeSet<String>,
+}
+
+/// Why a node refused a manager's certificate.
+#[derive(Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ManagerRefused {
+    /// The certificate's node was removed from the cluster.
+    #[error("node {0} was removed from the cluster: its certificate is no manager's")]
+    Removed(String),
+    /// The certificate's node is not a manager now (demoted, or never one).
+    #[error(
+        "node {0} presents a manager certificate but is not a manager of the cluster now \
+         (demoted?); refusing it as a manager"
+    )]
+    NotAManager(String),
+}
+
+/// As `Display`: rustls shows the reason of a refused certificate with
+/// `Debug`, and this is what the node's log and `weft info` then say.
+impl std::fmt::Debug for ManagerRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+impl ManagerTrust {
+    /// Trust built from the managers' node IDs (empty: not known yet) and
+    /// the removed node IDs.
+    pub fn new(
+        managers: impl IntoIterator<Item = String>,
+        removed: impl IntoIterator<Item = String>,
+    ) -> Self {
+        Self {
+            managers: managers.into_iter().collect(),
+            removed: removed.into_iter().collect(),
+        }
+    }
+
+    /// Whether this node knows the current managers' IDs.
+    pub fn knows_managers(&self) -> bool {
+        !self.managers.is_empty()
+    }
+
+    /// Accepts or refuses `id` as a manager (its chain and SAN already
+    /// verified).
+    pub fn check(&self, id: &PeerIdentity) -> Result<(), ManagerRefused> {
+        if self.removed.contains(&id.node_id) {
+            return Err(ManagerRefused::Removed(id.node_id.clone()));
+        }
+        if self.knows_managers() && !self.managers.contains(&id.node_id) {
+            return Err(ManagerRefused::NotAManager(id.node_id.clone()));
+        }
+        Ok(())
+    }
+}
 
 /// rustls' WebPKI server verifier (chain to the cluster CA, SAN
-/// `manager.weft`), plus the node's list of removed nodes: a removed
-/// manager's stolen certificate chains and names a manager, but must not be
-/// able to pose as one to the nodes of its former cluster.
+/// `manager.weft`), plus the node's [`ManagerTrust`]: a removed or demoted
+/// manager's certificate chains and names a manager, but must not be able
+/// to pose as one to the nodes of its cluster.
 #[derive(Debug)]
 struct ManagerVerifier {
     inner: Arc<rustls::client::WebPkiServerVerifier>,
-    is_revoked: RevokedFn,
-}
-
-/// [`IsRevokedManager`] with a `Debug` impl, for the verifier.
-#[derive(Clone)]
-struct RevokedFn(IsRevokedManager);
-
-impl std::fmt::Debug for RevokedFn {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("IsRevokedManager")
-    }
+    trust: ManagerTrust,
 }
 
 impl ServerCertVerifier for ManagerVerifier {
@@ -120,15 +180,23 @@ impl ServerCertVerifier for ManagerVerifier {
             ocsp_response,
             now,
         )?;
-        if let Ok(id) = PeerIdentity::from_der(end_entity)
-            && (self.is_revoked.0)(&id)
-        {
-            tracing::warn!(node = %id.node_id, "refused a manager certificate of a removed node");
-            return Err(rustls::Error::InvalidCertificate(
-                rustls::CertificateError::Revoked,
-            ));
+        let id = PeerIdentity::from_der(end_entity).map_err(|e| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+                Arc::new(e),
+            )))
+        })?;
+        match self.trust.check(&id) {
+            Ok(()) => Ok(verified),
+            Err(refused) => {
+                tracing::warn!(node = %id.node_id, "refused a manager certificate: {refused}");
+                Err(rustls::Error::InvalidCertificate(match refused {
+                    ManagerRefused::Removed(_) => rustls::CertificateError::Revoked,
+                    ManagerRefused::NotAManager(_) => {
+                        rustls::CertificateError::Other(rustls::OtherError(Arc::new(refused)))
+                    }
+                }))
+            }
         }
-        Ok(verified)
     }
 
     fn verify_tls12_signature(
@@ -154,13 +222,13 @@ impl ServerCertVerifier for ManagerVerifier {
     }
 }
 
-/// As [`channel_to_manager`], refusing (in the handshake) a manager whose
-/// node `is_revoked` says was removed from the cluster.
+/// As [`channel_to_manager`], refusing (in the handshake) a manager that
+/// `trust` does not accept (see [`ManagerTrust`]).
 pub async fn channel_to_manager_checked(
     addr: &str,
     ca_pem: &str,
     identity: (&str, &str),
-    is_revoked: IsRevokedManager,
+    trust: ManagerTrust,
 ) -> Result<Channel, TlsError> {
     let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(
         cluster_roots(ca_pem)?,
@@ -173,7 +241,7 @@ pub async fn channel_to_manager_checked(
     })?;
     let verifier = ManagerVerifier {
         inner: webpki,
-        is_revoked: RevokedFn(is_revoked),
+        trust,
     };
     let (cert_pem, key_pem) = identity;
     certified_key(cert_pem, key_pem)?;

@@ -23,13 +23,13 @@ use crate::v1::{GetCaCertRequest, GetCaCertResponse, JoinRequest, JoinResponse, 
 
 /// A stand-in for the cluster CA (the real one is in weft-manager, which
 /// depends on this crate): same subject layout, SANs chosen by the test.
-struct TestCa {
+pub(super) struct TestCa {
     issuer: Issuer<'static, KeyPair>,
-    pem: String,
+    pub(super) pem: String,
 }
 
 impl TestCa {
-    fn new(cluster: &str) -> Self {
+    pub(super) fn new(cluster: &str) -> Self {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
@@ -50,6 +50,32 @@ impl TestCa {
 
     /// (cert_pem, key_pem) for `node` with the given role, cluster and SANs.
     fn issue(&self, node: &str, role: Role, cluster: &str, sans: &[&str]) -> (String, String) {
+        self.issue_with(node, role, cluster, sans, |_| {})
+    }
+
+    /// As [`TestCa::worker`] or `manager` (by `role`), valid for an hour
+    /// that ended an hour ago.
+    pub(super) fn issue_expired(&self, node: &str, role: Role, cluster: &str) -> (String, String) {
+        let own = format!("{node}.nodes.weft");
+        let mut sans = vec![own.as_str()];
+        if role == Role::Manager {
+            sans.push("manager.weft");
+        }
+        self.issue_with(node, role, cluster, &sans, |p| {
+            let now = time::OffsetDateTime::now_utc();
+            p.not_before = now - time::Duration::hours(2);
+            p.not_after = now - time::Duration::hours(1);
+        })
+    }
+
+    fn issue_with(
+        &self,
+        node: &str,
+        role: Role,
+        cluster: &str,
+        sans: &[&str],
+        adjust: impl FnOnce(&mut CertificateParams),
+    ) -> (String, String) {
         let key = NodeKey::generate().unwrap();
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
@@ -70,22 +96,23 @@ impl TestCa {
             ExtendedKeyUsagePurpose::ServerAuth,
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
+        adjust(&mut params);
         let cert = params.signed_by(key.key_pair(), &self.issuer).unwrap();
         (cert.pem(), key.to_pem())
     }
 
-    fn manager(&self, node: &str, cluster: &str) -> (String, String) {
+    pub(super) fn manager(&self, node: &str, cluster: &str) -> (String, String) {
         let own = format!("{node}.nodes.weft");
         self.issue(node, Role::Manager, cluster, &[&own, "manager.weft"])
     }
 
-    fn worker(&self, node: &str, cluster: &str) -> (String, String) {
+    pub(super) fn worker(&self, node: &str, cluster: &str) -> (String, String) {
         let own = format!("{node}.nodes.weft");
         self.issue(node, Role::Worker, cluster, &[&own])
     }
 }
 
-const CLUSTER: &str = "c1";
+pub(super) const CLUSTER: &str = "c1";
 
 /// Join service whose `join` runs the authorization helpers:
 /// hostname `manager` → `require_manager`, `is-local` → reports
@@ -230,18 +257,17 @@ async fn revoked_nodes_are_refused_at_the_handshake() {
 }
 
 #[tokio::test]
-async fn nodes_refuse_a_removed_managers_certificate() {
+async fn nodes_refuse_a_removed_or_demoted_managers_certificate() {
     let ca = TestCa::new(CLUSTER);
-    // A removed manager's stolen certificate, serving as if it were one.
+    // m2's manager certificate, serving as if m2 still were a manager.
     let (scert, skey) = ca.manager("m2", CLUSTER);
     let server = start_server(&ca, &ReloadableCert::from_pem(&scert, &skey).unwrap()).await;
     let (wc, wk) = ca.worker("w1", CLUSTER);
-    let call = |removed: Vec<&'static str>| {
+    let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let call = |trust: ManagerTrust| {
         let (addr, ca_pem, wc, wk) = (server.addr.clone(), ca.pem.clone(), wc.clone(), wk.clone());
         async move {
-            let is_revoked: IsRevokedManager =
-                std::sync::Arc::new(move |id| removed.contains(&id.node_id.as_str()));
-            let ch = channel_to_manager_checked(&addr, &ca_pem, (&wc, &wk), is_revoked).await?;
+            let ch = channel_to_manager_checked(&addr, &ca_pem, (&wc, &wk), trust).await?;
             JoinClient::new(ch)
                 .join(join_req("w1"))
                 .await
@@ -252,14 +278,29 @@ async fn nodes_refuse_a_removed_managers_certificate() {
                 })
         }
     };
-    call(vec!["m9"])
+    // A manager now: the session opens. Managers not known yet (first
+    // join, an old node.json): the chain and the SAN decide.
+    call(ManagerTrust::new(ids(&["m1", "m2"]), ids(&["m9"])))
         .await
-        .expect("m2 is not removed: the session opens");
-    let err = call(vec!["m2"])
+        .expect("m2 is a manager: the session opens");
+    call(ManagerTrust::default())
+        .await
+        .expect("no manager list yet: the chain decides");
+    // Removed: refused, whatever the manager list says.
+    let err = call(ManagerTrust::new(ids(&["m2"]), ids(&["m2"])))
         .await
         .expect_err("a removed manager must be refused");
+    assert!(chain(&err).contains("Revoked"), "{}", chain(&err));
+    let err = call(ManagerTrust::new(vec![], ids(&["m2"])))
+        .await
+        .expect_err("a removed manager must be refused");
+    assert!(chain(&err).contains("Revoked"), "{}", chain(&err));
+    // Demoted (not a manager now, not removed): refused too.
+    let err = call(ManagerTrust::new(ids(&["m1", "m3"]), vec![]))
+        .await
+        .expect_err("a demoted manager must be refused");
     assert!(
-        chain(&err).contains("revoked") || chain(&err).contains("Revoked"),
+        chain(&err).contains("is not a manager of the cluster now"),
         "{}",
         chain(&err)
     );

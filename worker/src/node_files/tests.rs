@@ -39,6 +39,7 @@ fn record(role: &str) -> NodeRecord {
         data_path_addr: "198.18.0.2".into(),
         manager_addrs: vec!["198.18.0.1:4377".into()],
         removed_node_ids: Vec::new(),
+        manager_node_ids: Vec::new(),
     }
 }
 

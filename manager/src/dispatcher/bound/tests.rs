@@ -32,6 +32,7 @@ fn session_len(s: &State, node: NodeId) -> usize {
         config: Some(config),
         log_requests: Vec::new(),
         removed_node_ids: s.removed.iter().map(|n| n.to_string()).collect(),
+        manager_node_ids: s.managers().map(|m| m.id.to_string()).collect(),
     }
     .encoded_len()
 }
