@@ -187,17 +187,18 @@ impl ControlService {
     /// The tokens, with `rotated` standing in for the secret of one role just
     /// proposed (this manager may be a follower that has not applied it yet).
     fn tokens_with(&self, rotated: Option<(Role, &str)>) -> Result<pb::JoinTokens> {
-        let mut c = self.core.cluster()?;
+        let c = self.core.cluster()?;
+        let mut secrets = self.core.secrets()?;
         match rotated {
-            Some((Role::Worker, s)) => c.worker_secret = s.to_string(),
-            Some((Role::Manager, s)) => c.manager_secret = s.to_string(),
+            Some((Role::Worker, s)) => secrets.worker_secret = s.to_string(),
+            Some((Role::Manager, s)) => secrets.manager_secret = s.to_string(),
             None => {}
         }
         let fp = weft_proto::identity::ca_fingerprint(&c.ca_cert_pem)
             .map_err(|e| Error::FailedPrecondition(format!("cluster CA is unreadable: {e}")))?;
         Ok(pb::JoinTokens {
-            worker: JoinToken::new(fp, c.worker_secret.clone()).to_string(),
-            manager: JoinToken::new(fp, c.manager_secret.clone()).to_string(),
+            worker: JoinToken::new(fp, secrets.worker_secret.clone()).to_string(),
+            manager: JoinToken::new(fp, secrets.manager_secret.clone()).to_string(),
         })
     }
 
@@ -236,6 +237,8 @@ impl ControlService {
             wg_key_rotation_secs: c.settings.wg_key_rotation_secs,
             wg_port: u32::from(c.settings.wg_port),
             ingress_subnet: c.settings.ingress_subnet().to_string(),
+            autolock: c.autolock(),
+            unlock_key: String::new(),
         })
     }
 
@@ -1072,9 +1075,25 @@ impl Control for ControlService {
     ) -> std::result::Result<Response<pb::ClusterSummary>, Status> {
         self.authorize(&req)?;
         let r = req.into_inner();
+        if r.set_autolock {
+            if r.set_wg_key_rotation || r.set_cert_expiry || !r.ingress_subnet.is_empty() {
+                return Err(Error::InvalidInput(
+                    "--autolock is changed on its own: give the other settings in another \
+                     `weft cluster update`"
+                        .into(),
+                )
+                .into());
+            }
+            let key = self.set_autolock(r.autolock).await?;
+            let mut summary = self.summary()?;
+            summary.autolock = r.autolock;
+            summary.unlock_key = key.map(|k| k.reveal().to_string()).unwrap_or_default();
+            return Ok(Response::new(summary));
+        }
         if !r.set_wg_key_rotation && !r.set_cert_expiry && r.ingress_subnet.is_empty() {
             return Err(Error::InvalidInput(
-                "nothing to change: give --wg-key-rotation, --cert-expiry and/or --ingress-subnet"
+                "nothing to change: give --wg-key-rotation, --cert-expiry, --ingress-subnet \
+                 and/or --autolock"
                     .into(),
             )
             .into());
@@ -1195,13 +1214,27 @@ impl Control for ControlService {
         let role = role_from_wire(req.get_ref().role)
             .ok_or_else(|| Error::InvalidInput("role must be worker or manager".into()))?;
         let secret = random_secret();
-        self.core
-            .propose(Command::RotateToken {
-                role,
-                secret: secret.clone(),
-            })
-            .await?;
+        if self.core.cluster()?.autolock() {
+            self.rotate_sealed_secret(role, &secret).await?;
+        } else {
+            self.core
+                .propose(Command::RotateToken {
+                    role,
+                    secret: secret.clone(),
+                })
+                .await?;
+        }
         Ok(Response::new(self.tokens_with(Some((role, &secret)))?))
+    }
+
+    async fn unlock_key(
+        &self,
+        req: Request<pb::UnlockKeyRequest>,
+    ) -> std::result::Result<Response<pb::UnlockKeyResponse>, Status> {
+        self.authorize(&req)?;
+        Ok(Response::new(
+            ControlService::unlock_key(self, req.get_ref().rotate).await?,
+        ))
     }
 
     async fn create_network(
@@ -1436,6 +1469,13 @@ impl Control for LocalControl {
         Control::update_cluster(&self.inner()?, req).await
     }
 
+    async fn unlock_key(
+        &self,
+        req: Request<pb::UnlockKeyRequest>,
+    ) -> std::result::Result<Response<pb::UnlockKeyResponse>, Status> {
+        Control::unlock_key(&self.inner()?, req).await
+    }
+
     async fn get_cluster(
         &self,
         req: Request<pb::GetClusterRequest>,
@@ -1643,3 +1683,5 @@ impl Control for LocalControl {
 
 #[cfg(test)]
 mod tests;
+
+mod autolock;

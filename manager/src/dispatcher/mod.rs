@@ -432,8 +432,8 @@ impl Dispatcher for DispatcherService {
             "bytes",
         )?;
         let cluster = self.core.cluster()?;
-        let ca =
-            ClusterCa::from_pem(&cluster.ca_cert_pem, &cluster.ca_key_pem).map_err(Error::from)?;
+        let ca = ClusterCa::from_pem(&cluster.ca_cert_pem, &self.core.secrets()?.ca_key_pem)
+            .map_err(Error::from)?;
         let issued = ca
             .sign_csr(
                 &req.get_ref().csr_pem,

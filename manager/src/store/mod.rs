@@ -273,6 +273,15 @@ pub enum Command {
         /// The new secret.
         secret: String,
     },
+    /// Replaces the cluster's secrets whole: sealed under the unlock key
+    /// (autolock on: `secrets` empty) or in the clear (`sealed` none). The
+    /// proposer seals; applying only stores.
+    SetSecrets {
+        /// The secrets in the clear; all empty when sealed.
+        secrets: Secrets,
+        /// The secrets sealed under the unlock key.
+        sealed: Option<weft_proto::seal::Sealed>,
+    },
 }
 
 /// What applying a command produced.
@@ -800,6 +809,13 @@ impl State {
                 if let Some(v) = cert_expiry_secs {
                     cluster.settings.cert_expiry_secs = *v;
                 }
+                Ok(Applied::Done)
+            }
+            Command::SetSecrets { secrets, sealed } => {
+                cluster.ca_key_pem = secrets.ca_key_pem.clone();
+                cluster.worker_secret = secrets.worker_secret.clone();
+                cluster.manager_secret = secrets.manager_secret.clone();
+                cluster.sealed = sealed.clone();
                 Ok(Applied::Done)
             }
             Command::RotateToken { role, secret } => {

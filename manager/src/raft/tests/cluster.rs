@@ -135,6 +135,7 @@ fn init_cluster(first: NodeId) -> Command {
             worker_secret: "w".into(),
             manager_secret: "m".into(),
             settings: ClusterSettings::default(),
+            sealed: None,
         },
         node: manager(first, "m1"),
     }
