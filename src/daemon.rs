@@ -731,6 +731,8 @@ impl NodeService {
         self.files
             .wipe()
             .map_err(|e| status_of(e, tonic::Code::Internal))?;
+        // The next cluster this node joins has its own key, or none.
+        self.files.unlock_holder().set(None);
         tracing::info!("left the cluster");
         Ok(())
     }
