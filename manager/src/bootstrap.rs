@@ -229,6 +229,7 @@ pub fn new_cluster(p: &InitParams, hostname: &str, underlay_mtu: u32) -> Result<
         manager_secret: random_secret(),
         settings: p.settings.clone(),
         sealed: None,
+        secrets_generation: 0,
     };
     let unlock_key = if p.autolock {
         let key = weft_proto::seal::UnlockKey::generate()

@@ -117,10 +117,19 @@ impl Core {
     /// The cluster's secrets in the clear (opened with the unlock key when
     /// autolock is on); `NoUnlockKey` while this manager lacks that key.
     pub fn secrets(&self) -> Result<crate::store::Secrets> {
+        self.secrets_at().map(|(s, _)| s)
+    }
+
+    /// As [`Core::secrets`], with the record's `secrets_generation` read
+    /// at the same time (for a change of them).
+    pub fn secrets_at(&self) -> Result<(crate::store::Secrets, u64)> {
         let key = self.inner.unlock.get();
         self.read(|s| {
             let c = s.cluster.as_ref().ok_or(Error::NotReady)?;
-            crate::autolock::secrets(c, key.as_ref())
+            Ok((
+                crate::autolock::secrets(c, key.as_ref())?,
+                c.secrets_generation,
+            ))
         })
     }
 

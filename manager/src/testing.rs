@@ -34,6 +34,7 @@ pub fn cluster_record() -> Cluster {
         manager_secret: String::new(),
         settings: ClusterSettings::default(),
         sealed: None,
+        secrets_generation: 0,
     }
 }
 

@@ -35,10 +35,10 @@ impl ControlService {
             return Err(autolock_off());
         }
         // Checks that the key held opens the record now.
-        let secrets = self.core.secrets()?;
+        let read = self.core.secrets_at()?;
         let key = if rotate {
             let key = new_key()?;
-            self.propose_sealed(&secrets, Some(&key)).await?;
+            self.propose_sealed(read, Some(&key)).await?;
             key
         } else {
             self.core.unlock_holder().get().ok_or(Error::NoUnlockKey)?
@@ -61,12 +61,12 @@ impl ControlService {
             (false, false) => Err(Error::FailedPrecondition("autolock is already off".into())),
             (false, true) => {
                 let key = new_key()?;
-                self.propose_sealed(&self.core.secrets()?, Some(&key))
+                self.propose_sealed(self.core.secrets_at()?, Some(&key))
                     .await?;
                 Ok(Some(key))
             }
             (true, false) => {
-                self.propose_sealed(&self.core.secrets()?, None).await?;
+                self.propose_sealed(self.core.secrets_at()?, None).await?;
                 Ok(None)
             }
         }
@@ -74,33 +74,38 @@ impl ControlService {
 
     /// Replaces one join secret while the secrets are sealed.
     pub(super) async fn rotate_sealed_secret(&self, role: Role, secret: &str) -> Result<()> {
-        let mut secrets = self.core.secrets()?;
+        let (mut secrets, generation) = self.core.secrets_at()?;
         match role {
             Role::Worker => secrets.worker_secret = secret.to_owned(),
             Role::Manager => secrets.manager_secret = secret.to_owned(),
         }
         let key = self.core.unlock_holder().get().ok_or(Error::NoUnlockKey)?;
-        self.propose_sealed(&secrets, Some(&key)).await
+        self.propose_sealed((secrets, generation), Some(&key)).await
     }
 
-    /// Proposes `secrets` sealed under `key` (or in the clear), waits until
-    /// this manager has applied it, then holds `key`.
-    async fn propose_sealed(&self, secrets: &Secrets, key: Option<&UnlockKey>) -> Result<()> {
+    /// Proposes `secrets` (read at `generation`) sealed under `key` (or in
+    /// the clear), waits until this manager has applied it, then holds
+    /// `key`. Refused by the store if the secrets changed since the read.
+    async fn propose_sealed(
+        &self,
+        (secrets, generation): (Secrets, u64),
+        key: Option<&UnlockKey>,
+    ) -> Result<()> {
         let cmd = match key {
             Some(k) => Command::SetSecrets {
                 secrets: Secrets::default(),
-                sealed: Some(seal_secrets(k, secrets)?),
+                sealed: Some(seal_secrets(k, &secrets)?),
+                generation,
             },
             None => Command::SetSecrets {
                 secrets: secrets.clone(),
                 sealed: None,
+                generation,
             },
         };
         self.core.propose(cmd).await?;
-        let want = key.map(|k| k.id().to_owned());
         self.read_after_write(|s| {
-            let c = s.cluster.as_ref()?;
-            (c.sealed.as_ref().map(|x| x.key_id().to_owned()) == want).then_some(())
+            (s.cluster.as_ref()?.secrets_generation > generation).then_some(())
         })
         .await?;
         self.core.unlock_holder().set(key.cloned());

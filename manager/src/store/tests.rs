@@ -10,6 +10,7 @@ pub(crate) fn cluster() -> Cluster {
         manager_secret: "m".into(),
         settings: ClusterSettings::default(),
         sealed: None,
+        secrets_generation: 0,
     }
 }
 
@@ -889,8 +890,18 @@ fn set_secrets_replaces_them_whole_and_debug_hides_them() {
     let on = Command::SetSecrets {
         secrets: Secrets::default(),
         sealed: Some(sealed.clone()),
+        generation: 0,
     };
     s.apply(&on).expect("seal");
+    // Read before the change above: refused, nothing changes.
+    let before = format!("{s:?}");
+    let stale = Command::SetSecrets {
+        secrets: plain.clone(),
+        sealed: None,
+        generation: 0,
+    };
+    assert!(matches!(s.apply(&stale), Err(StoreError::SecretsChanged)));
+    assert_eq!(format!("{s:?}"), before);
     let c = s.cluster.clone().unwrap();
     assert!(c.ca_key_pem.is_empty() && c.worker_secret.is_empty() && c.manager_secret.is_empty());
     assert_eq!(c.sealed, Some(sealed));
@@ -898,6 +909,7 @@ fn set_secrets_replaces_them_whole_and_debug_hides_them() {
     let off = Command::SetSecrets {
         secrets: plain.clone(),
         sealed: None,
+        generation: 1,
     };
     for text in [format!("{off:?}"), format!("{on:?}"), format!("{s:?}")] {
         for secret in ["secretkey", "PRIVATE KEY", "wsecret123", "msecret456"] {
@@ -908,4 +920,11 @@ fn set_secrets_replaces_them_whole_and_debug_hides_them() {
     let c = s.cluster.clone().unwrap();
     assert_eq!(c.plain_secrets(), plain);
     assert!(!c.autolock());
+    // A plain token rotation moves the generation too.
+    s.apply(&Command::RotateToken {
+        role: Role::Worker,
+        secret: "new".into(),
+    })
+    .expect("rotate");
+    assert_eq!(s.cluster.as_ref().unwrap().secrets_generation, 3);
 }

@@ -168,6 +168,10 @@ pub struct Cluster {
     /// above are then empty.
     #[serde(default)]
     pub sealed: Option<weft_proto::seal::Sealed>,
+    /// Bumped by every change of the secrets, so a read-modify-write of
+    /// them (`SetSecrets`) can be refused when another came between.
+    #[serde(default)]
+    pub secrets_generation: u64,
 }
 
 impl Cluster {
@@ -223,6 +227,7 @@ impl std::fmt::Debug for Cluster {
             .field("manager_secret", &"<redacted>")
             .field("settings", &self.settings)
             .field("sealed", &self.sealed)
+            .field("secrets_generation", &self.secrets_generation)
             .finish()
     }
 }

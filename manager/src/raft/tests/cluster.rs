@@ -136,6 +136,7 @@ fn init_cluster(first: NodeId) -> Command {
             manager_secret: "m".into(),
             settings: ClusterSettings::default(),
             sealed: None,
+            secrets_generation: 0,
         },
         node: manager(first, "m1"),
     }
