@@ -39,16 +39,36 @@ pub async fn unlock_key(c: &Client, rotate: bool, quiet: bool) -> anyhow::Result
     Ok(())
 }
 
+/// One line of stdin; on a terminal, asked for with echo off.
+fn read_key() -> anyhow::Result<zeroize::Zeroizing<String>> {
+    use nix::sys::termios::{LocalFlags, SetArg, tcgetattr, tcsetattr};
+    let stdin = std::io::stdin();
+    let mut line = zeroize::Zeroizing::new(String::new());
+    if !stdin.is_terminal() {
+        stdin.lock().read_line(&mut line)?;
+        return Ok(line);
+    }
+    eprint!("Enter unlock key: ");
+    let _ = std::io::stderr().flush();
+    let saved = tcgetattr(&stdin).ok();
+    if let Some(t) = &saved {
+        let mut quiet = t.clone();
+        quiet.local_flags.remove(LocalFlags::ECHO);
+        let _ = tcsetattr(&stdin, SetArg::TCSANOW, &quiet);
+    }
+    let read = stdin.lock().read_line(&mut line);
+    if let Some(t) = &saved {
+        let _ = tcsetattr(&stdin, SetArg::TCSANOW, t);
+    }
+    eprintln!();
+    read?;
+    Ok(line)
+}
+
 /// `weft unlock`: the key from stdin (asked for on a terminal), to the
 /// local daemon.
 pub async fn unlock(c: &Client) -> anyhow::Result<()> {
-    let stdin = std::io::stdin();
-    if stdin.is_terminal() {
-        eprint!("Enter unlock key: ");
-        let _ = std::io::stderr().flush();
-    }
-    let mut line = zeroize::Zeroizing::new(String::new());
-    stdin.lock().read_line(&mut line)?;
+    let line = read_key()?;
     let key = line.trim();
     if key.is_empty() {
         anyhow::bail!("no unlock key given: pipe it in (`weft unlock < keyfile`) or type it");
