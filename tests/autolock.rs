@@ -284,6 +284,40 @@ fn enabling_on_an_existing_cluster_seals_what_it_can() {
     let (_wt, mt) = lab.init("m1", &[]);
     lab.join("m2", &mt, "m1");
     wait_voters(&lab, "m1", &["m1", "m2"]);
+    // Bad input first: each refused, autolock stays off.
+    for (args, says) in [
+        (
+            &[
+                "cluster",
+                "update",
+                "--autolock=true",
+                "--cert-expiry",
+                "2h",
+            ][..],
+            "on its own",
+        ),
+        (
+            &["cluster", "update", "--autolock=false"][..],
+            "already off",
+        ),
+        (
+            &["cluster", "update", "--autolock=maybe"][..],
+            "invalid value",
+        ),
+        (&["unlock-key"][..], "autolock is off"),
+        (&["unlock-key", "--rotate"][..], "autolock is off"),
+    ] {
+        let err = lab.weft_err("m1", args);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    let (ok, err) = unlock(
+        &lab,
+        "m1",
+        "WEFTKEY-1-AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    );
+    assert!(!ok && err.contains("not locked"), "{err}");
+    assert!(lab.weft("m1", &["info"]).contains("Autolock: off"));
+    assert!(node_key(&lab, "m1").contains("PRIVATE KEY"));
     let out = lab.weft("m1", &["cluster", "update", "--autolock=true"]);
     assert!(out.contains("Autolock: on"), "{out}");
     let key = key_in(&out);

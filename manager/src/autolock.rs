@@ -92,7 +92,9 @@ pub async fn keeper(core: Core, mut stop: watch::Receiver<bool>) {
             // before it may hold the secrets in the clear (the check cannot
             // see the log's past, so it does not try to).
             Some(true) if !compacted => {
-                compact_log(&core).await;
+                // Beside the loop: a slow snapshot must not hold up
+                // learning the key.
+                tokio::spawn(compact_log(core.clone()));
                 compacted = true;
             }
             Some(false) => compacted = false,
@@ -140,7 +142,7 @@ pub async fn keeper(core: Core, mut stop: watch::Receiver<bool>) {
 /// live log and its stored snapshot. Best effort: the bytes stay in the
 /// log file until it is next compacted, and in free database pages (see
 /// SECURITY.md).
-async fn compact_log(core: &Core) {
+async fn compact_log(core: Core) {
     let target = core.raft().metrics().applied_index;
     let raft = core.raft().raft();
     if let Err(e) = raft.trigger().snapshot().await {
