@@ -52,29 +52,42 @@ impl Locked {
 }
 
 /// Keeps the TLS key file sealed under the key `files` holds, for the
-/// daemon's lifetime: on every change, reseals it, opening it with the
-/// key held before.
+/// daemon's lifetime: on every change of the key, and every 30 s besides
+/// (a reseal that failed, say racing a renewal's save, is tried again),
+/// reseals it when it is not in step, opening it with the key held before
+/// the last change.
 pub async fn reseal_loop(files: NodeFiles) {
     let mut rx = files.unlock_holder().subscribe();
-    let mut previous = rx.borrow_and_update().clone();
-    while rx.changed().await.is_ok() {
-        let now = rx.borrow_and_update().clone();
-        if files.exists() {
-            let f = files.clone();
-            let prev = previous.clone();
-            let done = tokio::task::spawn_blocking(move || f.reseal(prev.as_ref())).await;
-            match done {
-                Ok(Ok(true)) => match &now {
-                    Some(k) => {
-                        tracing::info!(key_id = %k.id(), "TLS key file sealed under the unlock key")
-                    }
-                    None => tracing::info!("autolock off: TLS key file written in the clear"),
-                },
-                Ok(Ok(false)) => {}
-                Ok(Err(e)) => tracing::error!(error = %e, "cannot reseal the TLS key file"),
-                Err(e) => tracing::error!(error = %e, "reseal task failed"),
+    let mut held = rx.borrow_and_update().clone();
+    let mut previous = held.clone();
+    loop {
+        tokio::select! {
+            changed = rx.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                previous = held;
+                held = rx.borrow_and_update().clone();
             }
+            _ = tokio::time::sleep(std::time::Duration::from_secs(30)) => {}
         }
-        previous = now;
+        if !files.exists() {
+            continue;
+        }
+        let f = files.clone();
+        let prev = previous.clone();
+        match tokio::task::spawn_blocking(move || f.reseal(prev.as_ref())).await {
+            Ok(Ok(true)) => match &held {
+                Some(k) => {
+                    tracing::info!(key_id = %k.id(), "TLS key file sealed under the unlock key")
+                }
+                None => tracing::info!("autolock off: TLS key file written in the clear"),
+            },
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "cannot reseal the TLS key file; retrying in 30 s")
+            }
+            Err(e) => tracing::error!(error = %e, "reseal task failed"),
+        }
     }
 }

@@ -295,6 +295,7 @@ fn with_autolock_the_key_file_is_sealed_and_a_restart_is_locked() {
     let restarted = NodeFiles::new(dir.path());
     let e = restarted.load().unwrap_err();
     assert!(matches!(e, Error::Locked { .. }), "{e}");
+    assert!(!restarted.reseal(None).unwrap(), "locked: nothing to do");
     assert!(e.to_string().contains("weft unlock"));
     // A wrong key says so; the right one opens it.
     let wrong = UnlockKey::generate().unwrap();
