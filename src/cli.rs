@@ -56,6 +56,24 @@ pub enum Command {
     Leave(LeaveArgs),
     /// Show cluster and node information.
     Info,
+    /// Unlock a manager restarted while autolock is on: reads the unlock key
+    /// from stdin (or asks for it on a terminal) and sends it to the local
+    /// daemon, which checks it, keeps it in memory only and starts serving.
+    Unlock,
+    /// Show the autolock unlock key (or replace it with --rotate).
+    ///
+    /// With --rotate, the CA key and join secrets are sealed again under a
+    /// new key and every running manager reseals its TLS key with it. A
+    /// manager that was down during the rotation is unlocked with the
+    /// previous key; keep it until every manager has run since.
+    UnlockKey {
+        /// Replace the key with a new one.
+        #[arg(long)]
+        rotate: bool,
+        /// Only print the key.
+        #[arg(short, long)]
+        quiet: bool,
+    },
     /// Change cluster settings after init.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -209,13 +227,18 @@ pub struct InitArgs {
         conflicts_with_all = [
             "advertise_addr", "listen_addr", "data_path_addr", "data_path_port",
             "default_addr_pool", "default_addr_pool_mask_length", "cert_expiry",
-            "heartbeat_period", "wg_key_rotation", "wg_port", "ingress_subnet",
+            "heartbeat_period", "wg_key_rotation", "wg_port", "ingress_subnet", "autolock",
         ]
     )]
     pub force_new_cluster: bool,
     /// Address to listen on for the manager port: ADDR[:PORT] (default 0.0.0.0:4377).
     #[arg(long)]
     pub listen_addr: Option<String>,
+    /// Seal the CA key and the join secrets under an unlock key that is
+    /// printed once and stored nowhere: a manager that restarts then serves
+    /// nothing until `weft unlock` gives it that key.
+    #[arg(long)]
+    pub autolock: bool,
     /// Underlay address for VXLAN traffic (default: the advertise address).
     #[arg(long)]
     pub data_path_addr: Option<String>,
@@ -458,6 +481,11 @@ pub enum ClusterCommand {
         /// next ingress publish).
         #[arg(long)]
         ingress_subnet: Option<String>,
+        /// Turn autolock on (prints the new unlock key once) or off
+        /// (`--autolock=false`: the secrets are stored in the clear again and
+        /// restarted managers need no unlock). Given on its own.
+        #[arg(long, value_name = "true|false")]
+        autolock: Option<bool>,
     },
 }
 

@@ -72,7 +72,7 @@ impl Client {
         })
     }
 
-    fn daemon(&self) -> DaemonClient<Channel> {
+    pub(crate) fn daemon(&self) -> DaemonClient<Channel> {
         DaemonClient::new(self.channel.clone()).max_decoding_message_size(CLI_RECEIVE_LIMIT_BYTES)
     }
 
@@ -98,7 +98,7 @@ impl Client {
         Ok(())
     }
 
-    fn control(&self) -> ControlClient<Channel> {
+    pub(crate) fn control(&self) -> ControlClient<Channel> {
         ControlClient::new(self.channel.clone()).max_decoding_message_size(CLI_RECEIVE_LIMIT_BYTES)
     }
 }
@@ -146,6 +146,7 @@ pub async fn init(c: &Client, a: InitArgs) -> anyhow::Result<()> {
             wg_key_rotation_secs: a.wg_key_rotation.map(|d| d.as_secs().max(1)).unwrap_or(0),
             wg_port: a.wg_port.unwrap_or(0),
             ingress_subnet: a.ingress_subnet.unwrap_or_default(),
+            autolock: a.autolock,
         })
         .await
         .map_err(rpc)?
@@ -163,6 +164,10 @@ pub async fn init(c: &Client, a: InitArgs) -> anyhow::Result<()> {
     println!(
         "To add a manager to this cluster, run 'weft join-token manager' and follow the instructions."
     );
+    if !resp.unlock_key.is_empty() {
+        println!();
+        crate::unlock::print_key(&resp.unlock_key);
+    }
     Ok(())
 }
 
@@ -313,6 +318,11 @@ pub async fn info(c: &Client) -> anyhow::Result<()> {
     if i.state == "inactive" {
         return Ok(());
     }
+    if i.locked {
+        println!(" Autolock: on, locked");
+        println!(" Error: {}", i.error);
+        return Ok(());
+    }
     println!(" NodeID: {}", i.node_id);
     println!(" ClusterID: {}", i.cluster_id);
     println!(" Role: {}", role_text(i.role));
@@ -326,6 +336,10 @@ pub async fn info(c: &Client) -> anyhow::Result<()> {
     match &i.cluster {
         Some(cl) => {
             println!(" Leader: {} ({})", cl.leader_id, cl.leader_addr);
+            println!(
+                " Autolock: {}",
+                if cl.autolock { "on, unlocked" } else { "off" }
+            );
             println!(" Managers: {}", cl.managers_total);
             for m in &cl.managers {
                 println!(
@@ -769,10 +783,13 @@ pub async fn cluster(c: &Client, cmd: crate::cli::ClusterCommand) -> anyhow::Res
             wg_key_rotation,
             cert_expiry,
             ingress_subnet,
+            autolock,
         } => {
             let s = c
                 .control()
                 .update_cluster(pb::UpdateClusterRequest {
+                    set_autolock: autolock.is_some(),
+                    autolock: autolock.unwrap_or(false),
                     set_wg_key_rotation: wg_key_rotation.is_some(),
                     wg_key_rotation_secs: wg_key_rotation.map(|d| d.as_secs()).unwrap_or(0),
                     set_cert_expiry: cert_expiry.is_some(),
@@ -788,6 +805,11 @@ pub async fn cluster(c: &Client, cmd: crate::cli::ClusterCommand) -> anyhow::Res
             );
             println!("Certificate expiry: {}h", s.cert_expiry_secs / 3600);
             println!("Ingress subnet: {}", s.ingress_subnet);
+            println!("Autolock: {}", if s.autolock { "on" } else { "off" });
+            if !s.unlock_key.is_empty() {
+                println!();
+                crate::unlock::print_key(&s.unlock_key);
+            }
         }
     }
     Ok(())

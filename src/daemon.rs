@@ -34,6 +34,7 @@ use weft_worker::node_files::{Certs, NodeFiles, NodeRecord};
 use weft_worker::reconcile::Reconciler;
 use weft_worker::runtime::{ProcessRuntime, ShimCommand, TaskRuntime, TaskState};
 
+use crate::autolock::Locked;
 use crate::cli::DaemonArgs;
 
 mod rejoin;
@@ -103,8 +104,10 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         );
     }
     let dataplane: Arc<dyn Dataplane> = linux.clone();
+    let unlock = weft_proto::seal::KeyHolder::default();
     let node = Arc::new(NodeService {
-        files: NodeFiles::new(&args.data_dir),
+        files: NodeFiles::with_unlock(&args.data_dir, unlock),
+        locked: Locked::default(),
         hostname,
         data_dir: args.data_dir.clone(),
         exec_root: args.exec_root.clone(),
@@ -117,17 +120,27 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         settings,
     });
     if node.files.exists() {
-        node.resume()
-            .await
-            .context("cannot resume this node's cluster membership")?;
+        match node.resume().await {
+            Err(e)
+                if matches!(
+                    e.downcast_ref::<weft_worker::error::Error>(),
+                    Some(weft_worker::error::Error::Locked { .. })
+                ) =>
+            {
+                tracing::warn!("{e}");
+                node.locked.set(true);
+            }
+            r => r.context("cannot resume this node's cluster membership")?,
+        }
     }
+    let resealer = tokio::spawn(crate::autolock::reseal_loop(node.files.clone()));
 
     let router = tonic::transport::Server::builder()
         .add_service(DaemonServer::from_arc(node.clone()))
-        .add_service(ControlServer::new(LocalControl::with_node(
-            node.slot.clone(),
-            Arc::new(NodeNets(node.clone())),
-        )));
+        .add_service(ControlServer::with_interceptor(
+            LocalControl::with_node(node.slot.clone(), Arc::new(NodeNets(node.clone()))),
+            node.locked.gate(),
+        ));
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM handler");
@@ -142,13 +155,18 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("local API on {}", args.socket.display()))?;
     node.stop_components().await;
+    resealer.abort();
     Ok(())
 }
 
 /// The node's lifecycle: inactive, or a member with an agent and maybe a
 /// manager.
 struct NodeService {
+    /// The node's files; their unlock-key holder is the one the manager
+    /// shares.
     files: NodeFiles,
+    /// Restarted with a sealed TLS key: waiting for `weft unlock`.
+    locked: Locked,
     hostname: String,
     data_dir: PathBuf,
     exec_root: PathBuf,
@@ -236,6 +254,7 @@ impl NodeService {
             cert_pem: certs.cert_pem.clone(),
             key_pem: certs.key_pem.clone(),
             raft: RaftSettings::default(),
+            unlock: self.files.unlock_holder().clone(),
         })
         .await?;
         *self.slot.write().expect("slot") = Some(manager.core().clone());
@@ -326,6 +345,9 @@ impl NodeService {
             ))
         })?;
         let new = bootstrap::new_cluster(&params, &self.hostname, 1500).map_err(Status::from)?;
+        // Held before anything is written: the TLS key file is sealed at
+        // its first save, and the manager opens the secrets with it.
+        self.files.unlock_holder().set(new.unlock_key.clone());
         let record = NodeRecord {
             node_id: new.node.id.to_string(),
             cluster_id: new.cluster.id.clone(),
@@ -362,6 +384,7 @@ impl NodeService {
             *self.slot.write().expect("slot") = None;
             manager.stop().await;
             let _ = self.files.wipe();
+            self.files.unlock_holder().set(None);
             return Err(status_of(
                 format!("init failed: {e:#}"),
                 tonic::Code::Internal,
@@ -376,7 +399,55 @@ impl NodeService {
             tokens: Some(tokens),
             advertise_addr: record.advertise_addr,
             lost_manager_ids: Vec::new(),
+            unlock_key: new
+                .unlock_key
+                .map(|k| k.reveal().to_string())
+                .unwrap_or_default(),
         })
+    }
+
+    /// `weft unlock`: a locked manager checks the key against its sealed
+    /// TLS key file, holds it and starts. Nothing changes on a wrong key.
+    async fn unlock(&self, r: pb::UnlockRequest) -> Result<(), Status> {
+        let mut guard = self.active.lock().await;
+        if !self.locked.get() || guard.is_some() {
+            return Err(Status::failed_precondition(
+                "this node is not locked: `weft unlock` is for a manager restarted while \
+                 autolock is on",
+            ));
+        }
+        let key: weft_proto::seal::UnlockKey = r
+            .unlock_key
+            .parse()
+            .map_err(|e: weft_proto::seal::SealError| Status::invalid_argument(e.to_string()))?;
+        let (record, certs) =
+            self.files
+                .load_with(std::slice::from_ref(&key))
+                .map_err(|e| match e {
+                    weft_worker::error::Error::Seal { .. } => {
+                        Status::invalid_argument(e.to_string())
+                    }
+                    e => Status::internal(e.to_string()),
+                })?;
+        self.files.unlock_holder().set(Some(key));
+        let manager = if record.role == "manager" {
+            match self.start_manager(&record, &certs).await {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    self.files.unlock_holder().set(None);
+                    return Err(status_of(
+                        format!("unlocked, but the manager cannot start: {e:#}"),
+                        tonic::Code::Internal,
+                    ));
+                }
+            }
+        } else {
+            None
+        };
+        tracing::info!(node = %record.node_id, "unlocked: resuming cluster membership");
+        *guard = Some(self.activate(record, certs, manager));
+        self.locked.set(false);
+        Ok(())
     }
 
     /// `weft init --force-new-cluster`: makes this node's running manager the
@@ -489,6 +560,7 @@ impl NodeService {
             tokens: Some(tokens),
             advertise_addr: record.advertise_addr,
             lost_manager_ids: lost,
+            unlock_key: String::new(),
         })
     }
 
@@ -675,6 +747,8 @@ impl NodeService {
         self.files
             .wipe()
             .map_err(|e| status_of(e, tonic::Code::Internal))?;
+        // The next cluster this node joins has its own key, or none.
+        self.files.unlock_holder().set(None);
         tracing::info!("left the cluster");
         Ok(())
     }
@@ -709,6 +783,17 @@ impl NodeService {
             ..Default::default()
         };
         let Some(a) = guard.as_ref() else {
+            if self.locked.get() {
+                resp.state = "locked".into();
+                resp.locked = true;
+                resp.role = pb::NodeRole::Manager as i32;
+                resp.error = self
+                    .locked
+                    .refuse()
+                    .err()
+                    .map(|s| s.message().to_owned())
+                    .unwrap_or_default();
+            }
             return resp;
         };
         let st = a.agent.status().borrow().clone();
@@ -903,6 +988,7 @@ async fn role_watcher(
                     cert_pem: certs.cert_pem.clone(),
                     key_pem: certs.key_pem.clone(),
                     raft: RaftSettings::default(),
+                    unlock: files.unlock_holder().clone(),
                 })
                 .await
                 {
@@ -920,6 +1006,9 @@ async fn role_watcher(
                 if let Some(old) = m.take() {
                     old.stop().await;
                 }
+                // Workers are never locked: the key file goes back to the
+                // clear (see crate::autolock).
+                files.unlock_holder().set(None);
                 if let Err(e) = std::fs::remove_dir_all(files.raft_dir()) {
                     tracing::warn!(error = %e, "cannot remove the old Raft log");
                 }
@@ -998,6 +1087,7 @@ impl Daemon for NodeService {
         &self,
         req: Request<pb::InitRequest>,
     ) -> Result<Response<pb::InitResponse>, Status> {
+        self.locked.refuse()?;
         Ok(Response::new(
             NodeService::init(self, req.into_inner()).await?,
         ))
@@ -1007,6 +1097,7 @@ impl Daemon for NodeService {
         &self,
         req: Request<pb::DaemonJoinRequest>,
     ) -> Result<Response<pb::DaemonJoinResponse>, Status> {
+        self.locked.refuse()?;
         Ok(Response::new(
             NodeService::join(self, req.into_inner()).await?,
         ))
@@ -1016,6 +1107,7 @@ impl Daemon for NodeService {
         &self,
         req: Request<pb::DaemonLeaveRequest>,
     ) -> Result<Response<pb::DaemonLeaveResponse>, Status> {
+        self.locked.refuse()?;
         NodeService::leave(self, req.into_inner().force).await?;
         Ok(Response::new(pb::DaemonLeaveResponse {}))
     }
@@ -1027,7 +1119,16 @@ impl Daemon for NodeService {
         Ok(Response::new(NodeService::info(self).await))
     }
 
+    async fn unlock(
+        &self,
+        req: Request<pb::UnlockRequest>,
+    ) -> Result<Response<pb::UnlockResponse>, Status> {
+        NodeService::unlock(self, req.into_inner()).await?;
+        Ok(Response::new(pb::UnlockResponse {}))
+    }
+
     async fn run(&self, req: Request<pb::RunTaskRequest>) -> Result<Response<pb::Task>, Status> {
+        self.locked.refuse()?;
         let mut r = req.into_inner();
         let guard = self.active.lock().await;
         let a = guard.as_ref().ok_or_else(not_member)?;
@@ -1047,6 +1148,7 @@ impl Daemon for NodeService {
         &self,
         req: Request<pb::PsRequest>,
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
+        self.locked.refuse()?;
         let all = req.get_ref().all;
         let guard = self.active.lock().await;
         let a = guard.as_ref().ok_or_else(not_member)?;
@@ -1112,6 +1214,7 @@ impl Daemon for NodeService {
         &self,
         req: Request<pb::LogsRequest>,
     ) -> Result<Response<pb::LogsResponse>, Status> {
+        self.locked.refuse()?;
         let id = self.local_task(&req.get_ref().task).await?;
         let data = std::fs::read(self.runtime.log_path(&id)).map_err(|e| {
             Status::not_found(format!("no log for task {}: {e}", req.get_ref().task))
@@ -1123,6 +1226,7 @@ impl Daemon for NodeService {
         &self,
         req: Request<pb::RmRequest>,
     ) -> Result<Response<pb::RemoveTaskResponse>, Status> {
+        self.locked.refuse()?;
         let r = req.into_inner();
         let id = self.local_task(&r.task).await?;
         if !r.force

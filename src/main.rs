@@ -1,6 +1,7 @@
 //! The `weft` binary: parses arguments, wires components, prints. No
 //! cluster logic lives here (DESIGN.md §1).
 
+mod autolock;
 mod cli;
 mod commands;
 mod daemon;
@@ -8,6 +9,7 @@ mod doctor;
 mod lab;
 mod publish;
 mod settings;
+mod unlock;
 
 use clap::{CommandFactory, Parser};
 
@@ -114,6 +116,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     c.require_local("info")?;
                     commands::info(&c).await
                 }
+                Command::Unlock => {
+                    c.require_local("unlock")?;
+                    unlock::unlock(&c).await
+                }
+                Command::UnlockKey { rotate, quiet } => unlock::unlock_key(&c, rotate, quiet).await,
                 Command::Node(n) => commands::node(&c, n).await,
                 Command::Cluster(n) => commands::cluster(&c, n).await,
                 Command::Network(n) => commands::network(&c, n).await,

@@ -181,6 +181,7 @@ async fn control_calls(ch: Channel, set: Set) -> Vec<Outcome> {
     );
     call!(out, c.service_logs(pb::ServiceLogsRequest::default()));
     call!(out, c.rotate_node_key(pb::RotateNodeKeyRequest::default()));
+    call!(out, c.unlock_key(pb::UnlockKeyRequest { rotate: true }));
     out
 }
 

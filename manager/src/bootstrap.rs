@@ -30,6 +30,8 @@ pub struct InitParams {
     pub data_path_addr: IpAddr,
     /// Cluster settings.
     pub settings: ClusterSettings,
+    /// Seal the secrets under a new unlock key (`--autolock`).
+    pub autolock: bool,
 }
 
 /// Checks an `InitRequest`; every error says what to fix.
@@ -170,6 +172,7 @@ pub fn validate_init(r: &pb::InitRequest) -> Result<InitParams> {
         listen_addr,
         data_path_addr,
         settings,
+        autolock: r.autolock,
     })
 }
 
@@ -185,6 +188,9 @@ pub struct NewCluster {
     pub cert_pem: String,
     /// Its private key, PEM (stays on this node).
     pub key_pem: String,
+    /// With `--autolock`: the unlock key the secrets are sealed under, to
+    /// show once.
+    pub unlock_key: Option<weft_proto::seal::UnlockKey>,
 }
 
 /// Creates the CA and the first manager's identity.
@@ -215,13 +221,29 @@ pub fn new_cluster(p: &InitParams, hostname: &str, underlay_mtu: u32) -> Result<
         cert_role: Role::Manager,
         ..Default::default()
     };
-    let cluster = Cluster {
+    let mut cluster = Cluster {
         id: cluster_id,
         ca_cert_pem: ca.cert_pem().to_string(),
         ca_key_pem: ca.key_pem().to_string(),
         worker_secret: random_secret(),
         manager_secret: random_secret(),
         settings: p.settings.clone(),
+        sealed: None,
+        secrets_generation: 0,
+    };
+    let unlock_key = if p.autolock {
+        let key = weft_proto::seal::UnlockKey::generate()
+            .map_err(|e| Error::FailedPrecondition(format!("cannot make an unlock key: {e}")))?;
+        cluster.sealed = Some(crate::autolock::seal_secrets(
+            &key,
+            &cluster.plain_secrets(),
+        )?);
+        cluster.ca_key_pem.clear();
+        cluster.worker_secret.clear();
+        cluster.manager_secret.clear();
+        Some(key)
+    } else {
+        None
     };
     Ok(NewCluster {
         ca_pem: cluster.ca_cert_pem.clone(),
@@ -229,6 +251,7 @@ pub fn new_cluster(p: &InitParams, hostname: &str, underlay_mtu: u32) -> Result<
         node,
         cert_pem: issued.cert_pem,
         key_pem: key.to_pem(),
+        unlock_key,
     })
 }
 

@@ -187,17 +187,18 @@ impl ControlService {
     /// The tokens, with `rotated` standing in for the secret of one role just
     /// proposed (this manager may be a follower that has not applied it yet).
     fn tokens_with(&self, rotated: Option<(Role, &str)>) -> Result<pb::JoinTokens> {
-        let mut c = self.core.cluster()?;
+        let c = self.core.cluster()?;
+        let mut secrets = self.core.secrets()?;
         match rotated {
-            Some((Role::Worker, s)) => c.worker_secret = s.to_string(),
-            Some((Role::Manager, s)) => c.manager_secret = s.to_string(),
+            Some((Role::Worker, s)) => secrets.worker_secret = s.to_string(),
+            Some((Role::Manager, s)) => secrets.manager_secret = s.to_string(),
             None => {}
         }
         let fp = weft_proto::identity::ca_fingerprint(&c.ca_cert_pem)
             .map_err(|e| Error::FailedPrecondition(format!("cluster CA is unreadable: {e}")))?;
         Ok(pb::JoinTokens {
-            worker: JoinToken::new(fp, c.worker_secret.clone()).to_string(),
-            manager: JoinToken::new(fp, c.manager_secret.clone()).to_string(),
+            worker: JoinToken::new(fp, secrets.worker_secret.clone()).to_string(),
+            manager: JoinToken::new(fp, secrets.manager_secret.clone()).to_string(),
         })
     }
 
@@ -236,6 +237,8 @@ impl ControlService {
             wg_key_rotation_secs: c.settings.wg_key_rotation_secs,
             wg_port: u32::from(c.settings.wg_port),
             ingress_subnet: c.settings.ingress_subnet().to_string(),
+            autolock: c.autolock(),
+            unlock_key: String::new(),
         })
     }
 
@@ -1072,9 +1075,25 @@ impl Control for ControlService {
     ) -> std::result::Result<Response<pb::ClusterSummary>, Status> {
         self.authorize(&req)?;
         let r = req.into_inner();
+        if r.set_autolock {
+            if r.set_wg_key_rotation || r.set_cert_expiry || !r.ingress_subnet.is_empty() {
+                return Err(Error::InvalidInput(
+                    "--autolock is changed on its own: give the other settings in another \
+                     `weft cluster update`"
+                        .into(),
+                )
+                .into());
+            }
+            let key = self.set_autolock(r.autolock).await?;
+            let mut summary = self.summary()?;
+            summary.autolock = r.autolock;
+            summary.unlock_key = key.map(|k| k.reveal().to_string()).unwrap_or_default();
+            return Ok(Response::new(summary));
+        }
         if !r.set_wg_key_rotation && !r.set_cert_expiry && r.ingress_subnet.is_empty() {
             return Err(Error::InvalidInput(
-                "nothing to change: give --wg-key-rotation, --cert-expiry and/or --ingress-subnet"
+                "nothing to change: give --wg-key-rotation, --cert-expiry, --ingress-subnet \
+                 and/or --autolock"
                     .into(),
             )
             .into());
@@ -1195,13 +1214,27 @@ impl Control for ControlService {
         let role = role_from_wire(req.get_ref().role)
             .ok_or_else(|| Error::InvalidInput("role must be worker or manager".into()))?;
         let secret = random_secret();
-        self.core
-            .propose(Command::RotateToken {
-                role,
-                secret: secret.clone(),
-            })
-            .await?;
+        if self.core.cluster()?.autolock() {
+            self.rotate_sealed_secret(role, &secret).await?;
+        } else {
+            self.core
+                .propose(Command::RotateToken {
+                    role,
+                    secret: secret.clone(),
+                })
+                .await?;
+        }
         Ok(Response::new(self.tokens_with(Some((role, &secret)))?))
+    }
+
+    async fn unlock_key(
+        &self,
+        req: Request<pb::UnlockKeyRequest>,
+    ) -> std::result::Result<Response<pb::UnlockKeyResponse>, Status> {
+        self.authorize(&req)?;
+        Ok(Response::new(
+            ControlService::unlock_key(self, req.get_ref().rotate).await?,
+        ))
     }
 
     async fn create_network(
@@ -1427,219 +1460,8 @@ impl Control for ControlService {
     }
 }
 
-#[tonic::async_trait]
-impl Control for LocalControl {
-    async fn update_cluster(
-        &self,
-        req: Request<pb::UpdateClusterRequest>,
-    ) -> std::result::Result<Response<pb::ClusterSummary>, Status> {
-        Control::update_cluster(&self.inner()?, req).await
-    }
-
-    async fn get_cluster(
-        &self,
-        req: Request<pb::GetClusterRequest>,
-    ) -> std::result::Result<Response<pb::ClusterSummary>, Status> {
-        Control::get_cluster(&self.inner()?, req).await
-    }
-
-    async fn list_nodes(
-        &self,
-        req: Request<pb::ListNodesRequest>,
-    ) -> std::result::Result<Response<pb::ListNodesResponse>, Status> {
-        Control::list_nodes(&self.inner()?, req).await
-    }
-
-    async fn get_node(
-        &self,
-        req: Request<pb::GetNodeRequest>,
-    ) -> std::result::Result<Response<pb::Node>, Status> {
-        Control::get_node(&self.inner()?, req).await
-    }
-
-    async fn update_node(
-        &self,
-        req: Request<pb::UpdateNodeRequest>,
-    ) -> std::result::Result<Response<pb::UpdateNodeResponse>, Status> {
-        Control::update_node(&self.inner()?, req).await
-    }
-
-    async fn set_node_role(
-        &self,
-        req: Request<pb::SetNodeRoleRequest>,
-    ) -> std::result::Result<Response<pb::Node>, Status> {
-        Control::set_node_role(&self.inner()?, req).await
-    }
-
-    async fn remove_node(
-        &self,
-        req: Request<pb::RemoveNodeRequest>,
-    ) -> std::result::Result<Response<pb::RemoveNodeResponse>, Status> {
-        Control::remove_node(&self.inner()?, req).await
-    }
-
-    async fn get_join_tokens(
-        &self,
-        req: Request<pb::GetJoinTokensRequest>,
-    ) -> std::result::Result<Response<pb::JoinTokens>, Status> {
-        Control::get_join_tokens(&self.inner()?, req).await
-    }
-
-    async fn rotate_join_token(
-        &self,
-        req: Request<pb::RotateJoinTokenRequest>,
-    ) -> std::result::Result<Response<pb::JoinTokens>, Status> {
-        Control::rotate_join_token(&self.inner()?, req).await
-    }
-
-    async fn create_network(
-        &self,
-        req: Request<pb::CreateNetworkRequest>,
-    ) -> std::result::Result<Response<pb::Network>, Status> {
-        let r = req.get_ref();
-        if r.driver == "bridge"
-            && !r.subnet.is_empty()
-            && let Some(n) = &self.node
-        {
-            n.check_bridge_subnet(&r.subnet).await?;
-        }
-        match self.route()? {
-            Ok(c) => Control::create_network(&c, req).await,
-            Err(n) => Ok(Response::new(n.create(req.into_inner()).await?)),
-        }
-    }
-
-    async fn list_networks(
-        &self,
-        req: Request<pb::ListNetworksRequest>,
-    ) -> std::result::Result<Response<pb::ListNetworksResponse>, Status> {
-        match self.route()? {
-            Ok(c) => Control::list_networks(&c, req).await,
-            Err(n) => Ok(Response::new(n.list().await?)),
-        }
-    }
-
-    async fn get_network(
-        &self,
-        req: Request<pb::GetNetworkRequest>,
-    ) -> std::result::Result<Response<pb::NetworkDetail>, Status> {
-        match self.route()? {
-            Ok(c) => Control::get_network(&c, req).await,
-            Err(n) => Ok(Response::new(n.get(req.into_inner()).await?)),
-        }
-    }
-
-    async fn remove_network(
-        &self,
-        req: Request<pb::RemoveNetworkRequest>,
-    ) -> std::result::Result<Response<pb::RemoveNetworkResponse>, Status> {
-        match self.route()? {
-            Ok(c) => Control::remove_network(&c, req).await,
-            Err(n) => {
-                n.remove(req.into_inner()).await?;
-                Ok(Response::new(pb::RemoveNetworkResponse {}))
-            }
-        }
-    }
-
-    async fn connect_network(
-        &self,
-        req: Request<pb::ConnectNetworkRequest>,
-    ) -> std::result::Result<Response<pb::ConnectNetworkResponse>, Status> {
-        match self.route()? {
-            Ok(c) => Control::connect_network(&c, req).await,
-            Err(n) => {
-                n.connect(req.into_inner(), true).await?;
-                Ok(Response::new(pb::ConnectNetworkResponse {}))
-            }
-        }
-    }
-
-    async fn disconnect_network(
-        &self,
-        req: Request<pb::DisconnectNetworkRequest>,
-    ) -> std::result::Result<Response<pb::ConnectNetworkResponse>, Status> {
-        match self.route()? {
-            Ok(c) => Control::disconnect_network(&c, req).await,
-            Err(n) => {
-                let r = req.into_inner();
-                n.connect(
-                    pb::ConnectNetworkRequest {
-                        network: r.network,
-                        task: r.task,
-                        ip: String::new(),
-                    },
-                    false,
-                )
-                .await?;
-                Ok(Response::new(pb::ConnectNetworkResponse {}))
-            }
-        }
-    }
-
-    async fn list_tasks(
-        &self,
-        req: Request<pb::ListTasksRequest>,
-    ) -> std::result::Result<Response<pb::ListTasksResponse>, Status> {
-        Control::list_tasks(&self.inner()?, req).await
-    }
-
-    async fn remove_task(
-        &self,
-        req: Request<pb::RemoveTaskRequest>,
-    ) -> std::result::Result<Response<pb::RemoveTaskResponse>, Status> {
-        Control::remove_task(&self.inner()?, req).await
-    }
-
-    async fn create_service(
-        &self,
-        req: Request<pb::CreateServiceRequest>,
-    ) -> std::result::Result<Response<pb::Service>, Status> {
-        Control::create_service(&self.inner()?, req).await
-    }
-
-    async fn update_service(
-        &self,
-        req: Request<pb::UpdateServiceRequest>,
-    ) -> std::result::Result<Response<pb::Service>, Status> {
-        Control::update_service(&self.inner()?, req).await
-    }
-
-    async fn list_services(
-        &self,
-        req: Request<pb::ListServicesRequest>,
-    ) -> std::result::Result<Response<pb::ListServicesResponse>, Status> {
-        Control::list_services(&self.inner()?, req).await
-    }
-
-    async fn get_service(
-        &self,
-        req: Request<pb::GetServiceRequest>,
-    ) -> std::result::Result<Response<pb::Service>, Status> {
-        Control::get_service(&self.inner()?, req).await
-    }
-
-    async fn remove_service(
-        &self,
-        req: Request<pb::RemoveServiceRequest>,
-    ) -> std::result::Result<Response<pb::RemoveServiceResponse>, Status> {
-        Control::remove_service(&self.inner()?, req).await
-    }
-
-    async fn service_logs(
-        &self,
-        req: Request<pb::ServiceLogsRequest>,
-    ) -> std::result::Result<Response<pb::ServiceLogsResponse>, Status> {
-        Control::service_logs(&self.inner()?, req).await
-    }
-
-    async fn rotate_node_key(
-        &self,
-        req: Request<pb::RotateNodeKeyRequest>,
-    ) -> std::result::Result<Response<pb::RotateNodeKeyResponse>, Status> {
-        Control::rotate_node_key(&self.inner()?, req).await
-    }
-}
-
 #[cfg(test)]
 mod tests;
+
+mod autolock;
+mod local;

@@ -30,6 +30,8 @@ struct Inner {
     log_waiters: Mutex<HashMap<u64, LogWaiter>>,
     /// Channels to other managers (authenticated as this manager).
     channels: Option<crate::raft::ChannelFactory>,
+    /// The autolock unlock key, in memory only (see [`crate::autolock`]).
+    unlock: weft_proto::seal::KeyHolder,
 }
 
 /// Which node a log request went to, and where its answer goes.
@@ -54,13 +56,17 @@ pub struct ConfigStatus {
 
 impl Core {
     /// Wraps a running Raft instance; `channels` reach other managers.
+    /// and `unlock` holds the autolock key (shared with the node).
     pub fn with_channels(
         node_id: NodeId,
         raft: RaftHandle,
         channels: crate::raft::ChannelFactory,
+        unlock: weft_proto::seal::KeyHolder,
     ) -> Self {
         let mut c = Core::new(node_id, raft);
-        Arc::get_mut(&mut c.inner).expect("fresh core").channels = Some(channels);
+        let inner = Arc::get_mut(&mut c.inner).expect("fresh core");
+        inner.channels = Some(channels);
+        inner.unlock = unlock;
         c
     }
 
@@ -77,6 +83,7 @@ impl Core {
                 sessions: Mutex::new(HashMap::new()),
                 log_waiters: Mutex::new(HashMap::new()),
                 channels: None,
+                unlock: weft_proto::seal::KeyHolder::default(),
             }),
         }
     }
@@ -105,6 +112,30 @@ impl Core {
     /// The cluster record, or `NotReady` while this manager has not caught up.
     pub fn cluster(&self) -> Result<Cluster> {
         self.read(|s| s.cluster.clone()).ok_or(Error::NotReady)
+    }
+
+    /// The cluster's secrets in the clear (opened with the unlock key when
+    /// autolock is on); `NoUnlockKey` while this manager lacks that key.
+    pub fn secrets(&self) -> Result<crate::store::Secrets> {
+        self.secrets_at().map(|(s, _)| s)
+    }
+
+    /// As [`Core::secrets`], with the record's `secrets_generation` read
+    /// at the same time (for a change of them).
+    pub fn secrets_at(&self) -> Result<(crate::store::Secrets, u64)> {
+        let key = self.inner.unlock.get();
+        self.read(|s| {
+            let c = s.cluster.as_ref().ok_or(Error::NotReady)?;
+            Ok((
+                crate::autolock::secrets(c, key.as_ref())?,
+                c.secrets_generation,
+            ))
+        })
+    }
+
+    /// The autolock unlock key this manager holds (in memory only).
+    pub fn unlock_holder(&self) -> &weft_proto::seal::KeyHolder {
+        &self.inner.unlock
     }
 
     /// The cluster's ID (without cloning the whole record), or `NotReady`.
@@ -373,6 +404,12 @@ impl Core {
         let addr = self.leader_addr()?;
         let f = self.inner.channels.as_ref()?;
         f(&addr).ok()
+    }
+
+    /// A channel to the manager at `addr`, authenticated as this manager.
+    pub fn channel_to(&self, addr: &str) -> Option<tonic::transport::Channel> {
+        let f = self.inner.channels.as_ref()?;
+        f(addr).ok()
     }
 
     /// Whether a node is heartbeating, as far as the store knows.

@@ -40,6 +40,13 @@ pub enum Error {
     /// A rejoin was refused (see [`crate::rejoin`]).
     #[error(transparent)]
     Rejoin(#[from] crate::rejoin::RejoinRefused),
+    /// Autolock is on and this manager does not hold the unlock key (yet):
+    /// it learns it from another manager, or after `weft unlock`.
+    #[error(
+        "this manager does not hold the cluster's unlock key yet (autolock is on); it learns it \
+         from another manager within seconds, or give it with `weft unlock`"
+    )]
+    NoUnlockKey,
     /// The store has no cluster yet (this manager is still catching up).
     #[error("this manager has not caught up with the cluster yet; try again in a moment")]
     NotReady,
@@ -61,7 +68,7 @@ impl From<Error> for Status {
                 Status::failed_precondition(msg)
             }
             Error::Resolve(ResolveError::Ambiguous(_)) => Status::invalid_argument(msg),
-            Error::Raft(_) | Error::NotReady => Status::unavailable(msg),
+            Error::Raft(_) | Error::NotReady | Error::NoUnlockKey => Status::unavailable(msg),
             Error::BadToken(_) => Status::permission_denied(msg),
             Error::Ca(_) => Status::internal(msg),
             Error::Rejoin(r) => rejoin_status(&r, msg),

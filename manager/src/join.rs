@@ -56,7 +56,8 @@ impl JoinService {
             .token
             .parse()
             .map_err(|e: weft_proto::token::TokenError| Error::BadToken(e.to_string()))?;
-        let ca = ClusterCa::from_pem(&cluster.ca_cert_pem, &cluster.ca_key_pem)?;
+        let secrets = self.core.secrets()?;
+        let ca = ClusterCa::from_pem(&cluster.ca_cert_pem, &secrets.ca_key_pem)?;
         if token.ca_fingerprint != ca.fingerprint() {
             return Err(Error::BadToken(
                 "this join token belongs to a different cluster (its CA fingerprint does not match); \
@@ -65,8 +66,8 @@ impl JoinService {
             ));
         }
         // Check both secrets without short-circuiting on the first.
-        let is_manager = token.secret_matches(&cluster.manager_secret);
-        let is_worker = token.secret_matches(&cluster.worker_secret);
+        let is_manager = token.secret_matches(&secrets.manager_secret);
+        let is_worker = token.secret_matches(&secrets.worker_secret);
         let role = match (is_manager, is_worker) {
             (true, _) => Role::Manager,
             (false, true) => Role::Worker,

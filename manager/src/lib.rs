@@ -9,6 +9,7 @@
 //! `weft-worker`, rtnetlink, nftables or boringtun.
 
 pub mod authz;
+pub mod autolock;
 pub mod bootstrap;
 pub mod ca;
 pub mod controlapi;

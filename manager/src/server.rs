@@ -53,6 +53,9 @@ pub struct ManagerConfig {
     pub key_pem: String,
     /// Raft timing.
     pub raft: RaftSettings,
+    /// The autolock unlock key, shared with the node (which seals its own
+    /// TLS key file with it).
+    pub unlock: weft_proto::seal::KeyHolder,
 }
 
 /// A running manager.
@@ -130,7 +133,7 @@ impl Manager {
             channels.clone(),
         )
         .await?;
-        let core = Core::with_channels(cfg.node_id, raft.clone(), channels);
+        let core = Core::with_channels(cfg.node_id, raft.clone(), channels, cfg.unlock.clone());
 
         // Removed nodes are refused in the handshake, from the store as it
         // stands at that moment (see crate::authz).
@@ -173,7 +176,8 @@ impl Manager {
             server,
             tokio::spawn(leader::liveness_loop(core.clone(), stop_rx.clone())),
             tokio::spawn(leader::membership_loop(core.clone(), stop_rx.clone())),
-            tokio::spawn(leader::orchestrator_loop(core.clone(), stop_rx)),
+            tokio::spawn(leader::orchestrator_loop(core.clone(), stop_rx.clone())),
+            tokio::spawn(crate::autolock::keeper(core.clone(), stop_rx)),
         ];
         tracing::info!(node = %cfg.node_id, listen = %cfg.listen_addr, "manager started");
         Ok(Manager {

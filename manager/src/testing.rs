@@ -33,6 +33,8 @@ pub fn cluster_record() -> Cluster {
         worker_secret: String::new(),
         manager_secret: String::new(),
         settings: ClusterSettings::default(),
+        sealed: None,
+        secrets_generation: 0,
     }
 }
 

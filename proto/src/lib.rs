@@ -16,6 +16,7 @@ pub mod v1 {
 }
 
 pub mod identity;
+pub mod seal;
 pub mod tls;
 pub mod token;
 

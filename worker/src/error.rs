@@ -46,6 +46,29 @@ pub enum Error {
         #[source]
         source: Box<weft_proto::tls::TlsError>,
     },
+    /// The node's TLS key file is sealed under the autolock unlock key and
+    /// the key is not held: the node waits for `weft unlock`.
+    #[error(
+        "this manager is locked: its TLS key {} is sealed under the cluster's unlock key \
+         (key id {key_id}); run `weft unlock` and give the key printed by `weft init --autolock` \
+         or `weft unlock-key`",
+        path.display()
+    )]
+    Locked {
+        /// The sealed key file.
+        path: PathBuf,
+        /// Id of the key that opens it.
+        key_id: String,
+    },
+    /// The sealed TLS key file could not be opened with the key given.
+    #[error("{}: {source}", path.display())]
+    Seal {
+        /// The sealed key file.
+        path: PathBuf,
+        /// Wrong key, altered or garbled file.
+        #[source]
+        source: weft_proto::seal::SealError,
+    },
     /// The join token could not be parsed.
     #[error(transparent)]
     Token(#[from] weft_proto::token::TokenError),

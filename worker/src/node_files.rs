@@ -14,6 +14,13 @@
 //!
 //! `node.json` is replaced with [`weft_overlay::durable::write_atomic`].
 //!
+//! With autolock on, a manager's `node-key.pem` holds the key sealed under
+//! the cluster's unlock key (`weft-sealed-1:…`, see [`weft_proto::seal`])
+//! instead of a PEM: every save seals with the key the node's
+//! [`KeyHolder`] holds, and a load without that key fails with
+//! [`Error::Locked`] until `weft unlock`. [`NodeFiles::reseal`] brings the
+//! file in step when the held key changes (autolock on or off, rotation).
+//!
 //! The certificate and its key must change together, and a rename replaces
 //! one name: with one file each, a crash between the two renames left a
 //! certificate and a key that do not belong together and a daemon that
@@ -50,6 +57,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use weft_overlay::durable;
 use weft_proto::identity::{PeerIdentity, Role};
+use weft_proto::seal::{KeyHolder, PURPOSE_NODE_KEY, SealError, Sealed, UnlockKey};
 use weft_proto::tls::ReloadableCert;
 
 use crate::error::{Error, Result};
@@ -128,14 +136,29 @@ const PAIR: &str = "pair.";
 #[derive(Debug, Clone)]
 pub struct NodeFiles {
     dir: PathBuf,
+    /// The autolock unlock key, when this node (a manager) holds one: the
+    /// TLS key file is sealed under it.
+    unlock: KeyHolder,
 }
 
 impl NodeFiles {
-    /// The identity files under `data_dir`.
+    /// The identity files under `data_dir`, with no unlock key.
     pub fn new(data_dir: &Path) -> Self {
+        NodeFiles::with_unlock(data_dir, KeyHolder::default())
+    }
+
+    /// The identity files under `data_dir`; the TLS key file is sealed
+    /// under whatever key `unlock` holds.
+    pub fn with_unlock(data_dir: &Path, unlock: KeyHolder) -> Self {
         NodeFiles {
             dir: data_dir.to_path_buf(),
+            unlock,
         }
+    }
+
+    /// The unlock key this node holds.
+    pub fn unlock_holder(&self) -> &KeyHolder {
+        &self.unlock
     }
 
     /// The data dir.
@@ -165,13 +188,20 @@ impl NodeFiles {
     /// certificate and key do not belong together; the record's role is
     /// the certificate's.
     pub fn load(&self) -> Result<(NodeRecord, Certs)> {
+        let keys: Vec<UnlockKey> = self.unlock.get().into_iter().collect();
+        self.load_with(&keys)
+    }
+
+    /// Loads as [`NodeFiles::load`], opening a sealed TLS key with one of
+    /// `keys` (`weft unlock` checks the key it was given this way).
+    pub fn load_with(&self, keys: &[UnlockKey]) -> Result<(NodeRecord, Certs)> {
         let raw = read(&self.record_path())?;
         let mut record: NodeRecord =
             serde_json::from_str(&raw).map_err(|source| Error::Corrupt {
                 path: self.record_path(),
                 source,
             })?;
-        let (certs, role) = self.load_certs()?;
+        let (certs, role) = self.load_certs(keys)?;
         if record.role != role.as_str() {
             tracing::warn!(
                 record = %record.role,
@@ -186,7 +216,7 @@ impl NodeFiles {
 
     /// The set `current` names (or the three plain files of the old
     /// layout), checked to belong together, and the certificate's role.
-    fn load_certs(&self) -> Result<(Certs, Role)> {
+    fn load_certs(&self, keys: &[UnlockKey]) -> Result<(Certs, Role)> {
         let dir = self.certs_dir();
         let mut tries = 0;
         loop {
@@ -195,7 +225,7 @@ impl NodeFiles {
                 Ok(Certs {
                     ca_pem: read(&set.join(CA))?,
                     cert_pem: read(&set.join(CERT))?,
-                    key_pem: read(&set.join(KEY))?,
+                    key_pem: open_key(&set.join(KEY), read(&set.join(KEY))?, keys)?,
                 })
             };
             match read_all() {
@@ -225,6 +255,30 @@ impl NodeFiles {
         }
     }
 
+    /// Re-writes the certificate set so that the TLS key file is sealed
+    /// under the key held now (or in the clear when none is), opening it
+    /// with that key or `previous`. Returns whether anything was written.
+    pub fn reseal(&self, previous: Option<&UnlockKey>) -> Result<bool> {
+        let held = self.unlock.get();
+        let path = self.certs_dir().join(KEY);
+        let text = read(&path)?;
+        let sealed_under = Sealed::looks_sealed(&text)
+            .then(|| text.parse::<Sealed>().ok().map(|s| s.key_id().to_owned()))
+            .flatten();
+        if sealed_under.as_deref() == held.as_ref().map(|k| k.id()) {
+            return Ok(false);
+        }
+        let keys: Vec<UnlockKey> = held.into_iter().chain(previous.cloned()).collect();
+        if keys.is_empty() {
+            // Sealed, and no key at hand: a locked node waits for `weft
+            // unlock`, which is not this function's to ask for.
+            return Ok(false);
+        }
+        let (certs, _) = self.load_certs(&keys)?;
+        self.save_certs(&certs)?;
+        Ok(true)
+    }
+
     /// Saves the record.
     pub fn save_record(&self, record: &NodeRecord) -> Result<()> {
         let json = serde_json::to_vec_pretty(record).expect("record serialises");
@@ -241,6 +295,23 @@ impl NodeFiles {
             // An older version or an operator may have made it wider.
             let _ = fs::set_permissions(&dir, fs::Permissions::from_mode(0o700));
         }
+        let stored;
+        let certs = match self.unlock.get() {
+            None => certs,
+            Some(k) => {
+                let sealed =
+                    k.seal(PURPOSE_NODE_KEY, certs.key_pem.as_bytes())
+                        .map_err(|source| Error::Seal {
+                            path: dir.join(KEY),
+                            source,
+                        })?;
+                stored = Certs {
+                    key_pem: format!("{sealed}\n"),
+                    ..certs.clone()
+                };
+                &stored
+            }
+        };
         for op in plan_save(&dir, &seen, certs) {
             op.run()?;
         }
@@ -289,6 +360,31 @@ fn current_set(dir: &Path) -> Result<PathBuf> {
             source,
         }),
     }
+}
+
+/// The PEM of a TLS key file: as read, or opened with one of `keys` when
+/// sealed.
+fn open_key(path: &Path, text: String, keys: &[UnlockKey]) -> Result<String> {
+    if !Sealed::looks_sealed(&text) {
+        return Ok(text);
+    }
+    let seal_err = |source| Error::Seal {
+        path: path.to_path_buf(),
+        source,
+    };
+    let sealed: Sealed = text.parse().map_err(seal_err)?;
+    let Some(first) = keys.first() else {
+        return Err(Error::Locked {
+            path: path.to_path_buf(),
+            key_id: sealed.key_id().to_owned(),
+        });
+    };
+    let key = keys
+        .iter()
+        .find(|k| k.id() == sealed.key_id())
+        .unwrap_or(first);
+    let pem = key.open(PURPOSE_NODE_KEY, &sealed).map_err(seal_err)?;
+    String::from_utf8(pem.to_vec()).map_err(|_| seal_err(SealError::Garbled("not UTF-8")))
 }
 
 fn read(path: &Path) -> Result<String> {

@@ -458,8 +458,8 @@ impl Dispatcher for DispatcherService {
             "bytes",
         )?;
         let cluster = self.core.cluster()?;
-        let ca =
-            ClusterCa::from_pem(&cluster.ca_cert_pem, &cluster.ca_key_pem).map_err(Error::from)?;
+        let ca = ClusterCa::from_pem(&cluster.ca_cert_pem, &self.core.secrets()?.ca_key_pem)
+            .map_err(Error::from)?;
         let issued =
             crate::join::reissue(&self.core, &cluster, &ca, &node, &req.get_ref().csr_pem).await?;
         tracing::info!(node = %node.id, role = node.role.as_str(), "certificate renewed");

@@ -273,6 +273,18 @@ pub enum Command {
         /// The new secret.
         secret: String,
     },
+    /// Replaces the cluster's secrets whole: sealed under the unlock key
+    /// (autolock on: `secrets` empty) or in the clear (`sealed` none). The
+    /// proposer seals; applying only stores.
+    SetSecrets {
+        /// The secrets in the clear; all empty when sealed.
+        secrets: Secrets,
+        /// The secrets sealed under the unlock key.
+        sealed: Option<weft_proto::seal::Sealed>,
+        /// The record's `secrets_generation` the proposer read them at:
+        /// refused if they changed since (no lost update).
+        generation: u64,
+    },
 }
 
 /// What applying a command produced.
@@ -297,6 +309,12 @@ pub enum StoreError {
     /// Any other command before `InitCluster`.
     #[error("the cluster is not initialised")]
     NotInitialised,
+    /// `SetSecrets` proposed from secrets that changed since they were read.
+    #[error(
+        "the cluster's secrets changed while this command ran (another join-token or unlock-key \
+         rotation, or an autolock change); run it again"
+    )]
+    SecretsChanged,
     /// Unknown node ID.
     #[error("node {0} not found")]
     NodeNotFound(String),
@@ -802,7 +820,23 @@ impl State {
                 }
                 Ok(Applied::Done)
             }
+            Command::SetSecrets {
+                secrets,
+                sealed,
+                generation,
+            } => {
+                if *generation != cluster.secrets_generation {
+                    return Err(StoreError::SecretsChanged);
+                }
+                cluster.secrets_generation += 1;
+                cluster.ca_key_pem = secrets.ca_key_pem.clone();
+                cluster.worker_secret = secrets.worker_secret.clone();
+                cluster.manager_secret = secrets.manager_secret.clone();
+                cluster.sealed = sealed.clone();
+                Ok(Applied::Done)
+            }
             Command::RotateToken { role, secret } => {
+                cluster.secrets_generation += 1;
                 match role {
                     Role::Worker => cluster.worker_secret = secret.clone(),
                     Role::Manager => cluster.manager_secret = secret.clone(),

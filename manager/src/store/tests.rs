@@ -9,6 +9,8 @@ pub(crate) fn cluster() -> Cluster {
         worker_secret: "w".into(),
         manager_secret: "m".into(),
         settings: ClusterSettings::default(),
+        sealed: None,
+        secrets_generation: 0,
     }
 }
 
@@ -868,4 +870,61 @@ fn debug_output_has_no_secrets() {
         }
         assert!(text.contains("<redacted>"));
     }
+}
+
+#[test]
+fn set_secrets_replaces_them_whole_and_debug_hides_them() {
+    let mut s = State::default();
+    s.apply(&Command::InitCluster {
+        cluster: cluster(),
+        node: node(1, Role::Manager, "m1"),
+    })
+    .expect("init");
+    let key = weft_proto::seal::UnlockKey::generate().unwrap();
+    let plain = Secrets {
+        ca_key_pem: "-----BEGIN PRIVATE KEY-----\nsecretkey".into(),
+        worker_secret: "wsecret123".into(),
+        manager_secret: "msecret456".into(),
+    };
+    let sealed = crate::autolock::seal_secrets(&key, &plain).unwrap();
+    let on = Command::SetSecrets {
+        secrets: Secrets::default(),
+        sealed: Some(sealed.clone()),
+        generation: 0,
+    };
+    s.apply(&on).expect("seal");
+    // Read before the change above: refused, nothing changes.
+    let before = format!("{s:?}");
+    let stale = Command::SetSecrets {
+        secrets: plain.clone(),
+        sealed: None,
+        generation: 0,
+    };
+    assert!(matches!(s.apply(&stale), Err(StoreError::SecretsChanged)));
+    assert_eq!(format!("{s:?}"), before);
+    let c = s.cluster.clone().unwrap();
+    assert!(c.ca_key_pem.is_empty() && c.worker_secret.is_empty() && c.manager_secret.is_empty());
+    assert_eq!(c.sealed, Some(sealed));
+    assert_eq!(crate::autolock::secrets(&c, Some(&key)).unwrap(), plain);
+    let off = Command::SetSecrets {
+        secrets: plain.clone(),
+        sealed: None,
+        generation: 1,
+    };
+    for text in [format!("{off:?}"), format!("{on:?}"), format!("{s:?}")] {
+        for secret in ["secretkey", "PRIVATE KEY", "wsecret123", "msecret456"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+    }
+    s.apply(&off).expect("unseal");
+    let c = s.cluster.clone().unwrap();
+    assert_eq!(c.plain_secrets(), plain);
+    assert!(!c.autolock());
+    // A plain token rotation moves the generation too.
+    s.apply(&Command::RotateToken {
+        role: Role::Worker,
+        secret: "new".into(),
+    })
+    .expect("rotate");
+    assert_eq!(s.cluster.as_ref().unwrap().secrets_generation, 3);
 }

@@ -163,6 +163,58 @@ pub struct Cluster {
     pub manager_secret: String,
     /// Tunables.
     pub settings: ClusterSettings,
+    /// With autolock on: the CA key and both join secrets, sealed under the
+    /// cluster's unlock key (see `crate::autolock`); the three plain fields
+    /// above are then empty.
+    #[serde(default)]
+    pub sealed: Option<weft_proto::seal::Sealed>,
+    /// Bumped by every change of the secrets, so a read-modify-write of
+    /// them (`SetSecrets`) can be refused when another came between.
+    #[serde(default)]
+    pub secrets_generation: u64,
+}
+
+impl Cluster {
+    /// The secrets as held in the clear: all empty while autolock is on.
+    pub fn plain_secrets(&self) -> Secrets {
+        Secrets {
+            ca_key_pem: self.ca_key_pem.clone(),
+            worker_secret: self.worker_secret.clone(),
+            manager_secret: self.manager_secret.clone(),
+        }
+    }
+
+    /// Whether the secrets are sealed (autolock on).
+    pub fn autolock(&self) -> bool {
+        self.sealed.is_some()
+    }
+}
+
+/// The cluster's secrets: what autolock seals. Zeroed on drop; `Debug`
+/// prints none of them.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Secrets {
+    /// The CA private key, PEM.
+    pub ca_key_pem: String,
+    /// Secret half of the worker join token.
+    pub worker_secret: String,
+    /// Secret half of the manager join token.
+    pub manager_secret: String,
+}
+
+impl Drop for Secrets {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        self.ca_key_pem.zeroize();
+        self.worker_secret.zeroize();
+        self.manager_secret.zeroize();
+    }
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secrets(<redacted>)")
+    }
 }
 
 impl std::fmt::Debug for Cluster {
@@ -174,6 +226,8 @@ impl std::fmt::Debug for Cluster {
             .field("worker_secret", &"<redacted>")
             .field("manager_secret", &"<redacted>")
             .field("settings", &self.settings)
+            .field("sealed", &self.sealed)
+            .field("secrets_generation", &self.secrets_generation)
             .finish()
     }
 }

@@ -110,7 +110,7 @@ fn crash_after_every_step(prepare: impl Fn(&NodeFiles) -> Option<Certs>) {
         for op in &plan[..k] {
             op.run().unwrap();
         }
-        let seen = match files.load_certs() {
+        let seen = match files.load_certs(&[]) {
             Ok((c, _)) => Some(c),
             // A first save that got nowhere yet: no set at all.
             Err(Error::Io { source, .. }) if source.kind() == ErrorKind::NotFound => None,
@@ -137,7 +137,11 @@ fn crash_after_every_step(prepare: impl Fn(&NodeFiles) -> Option<Certs>) {
         }
         let then = certs("manager");
         files.save_certs(&then).unwrap();
-        assert_eq!(files.load_certs().unwrap().0, then, "save after {k} steps");
+        assert_eq!(
+            files.load_certs(&[]).unwrap().0,
+            then,
+            "save after {k} steps"
+        );
         assert_eq!(via_fixed_paths(&files), Some(then));
         let names = listing(&files);
         assert_eq!(names.len(), 5, "leftovers after {k} steps: {names:?}");
@@ -269,4 +273,87 @@ fn a_torn_record_write_leaves_the_previous_record() {
     files.save_record(&moved).unwrap();
     assert_eq!(files.load().unwrap().0, moved);
     assert!(!tmp.exists());
+}
+
+#[test]
+fn with_autolock_the_key_file_is_sealed_and_a_restart_is_locked() {
+    let set = certs("manager");
+    let dir = tempfile::tempdir().unwrap();
+    let holder = KeyHolder::default();
+    let files = NodeFiles::with_unlock(dir.path(), holder.clone());
+    files.save_record(&record("manager")).unwrap();
+    files.save_certs(&set).unwrap();
+    let k = UnlockKey::generate().unwrap();
+    holder.set(Some(k.clone()));
+    assert!(files.reseal(None).unwrap());
+    assert!(!files.reseal(None).unwrap(), "in step: nothing to write");
+    // Nothing under the data dir holds the PEM key any more.
+    let on_disk = fs::read_to_string(files.certs_dir().join(KEY)).unwrap();
+    assert!(Sealed::looks_sealed(&on_disk) && !on_disk.contains("PRIVATE KEY"));
+    assert_eq!(files.load().unwrap().1, set);
+
+    // A restarted daemon holds no key: locked, naming `weft unlock`.
+    let restarted = NodeFiles::new(dir.path());
+    let e = restarted.load().unwrap_err();
+    assert!(matches!(e, Error::Locked { .. }), "{e}");
+    assert!(!restarted.reseal(None).unwrap(), "locked: nothing to do");
+    assert!(e.to_string().contains("weft unlock"));
+    // A wrong key says so; the right one opens it.
+    let wrong = UnlockKey::generate().unwrap();
+    let e = restarted
+        .load_with(std::slice::from_ref(&wrong))
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("not the cluster's unlock key"),
+        "{e}"
+    );
+    assert_eq!(
+        restarted.load_with(std::slice::from_ref(&k)).unwrap().1,
+        set
+    );
+
+    // Rotation: resealed under the new key, opened with the previous one.
+    let k2 = UnlockKey::generate().unwrap();
+    holder.set(Some(k2.clone()));
+    assert!(files.reseal(Some(&k)).unwrap());
+    assert_eq!(restarted.load_with(&[k2]).unwrap().1, set);
+    // Autolock off: back to a plain PEM that loads without a key.
+    holder.set(None);
+    assert!(files.reseal(Some(&k)).is_err(), "k no longer opens it");
+}
+
+#[test]
+fn autolock_off_writes_the_key_back_in_the_clear() {
+    let set = certs("manager");
+    let dir = tempfile::tempdir().unwrap();
+    let holder = KeyHolder::default();
+    let files = NodeFiles::with_unlock(dir.path(), holder.clone());
+    files.save_record(&record("manager")).unwrap();
+    let k = UnlockKey::generate().unwrap();
+    holder.set(Some(k.clone()));
+    files.save_certs(&set).unwrap();
+    holder.set(None);
+    assert!(files.reseal(Some(&k)).unwrap());
+    assert_eq!(NodeFiles::new(dir.path()).load().unwrap().1, set);
+}
+
+#[test]
+fn an_altered_sealed_key_file_is_refused() {
+    let set = certs("manager");
+    let dir = tempfile::tempdir().unwrap();
+    let holder = KeyHolder::default();
+    let k = UnlockKey::generate().unwrap();
+    holder.set(Some(k.clone()));
+    let files = NodeFiles::with_unlock(dir.path(), holder);
+    files.save_record(&record("manager")).unwrap();
+    files.save_certs(&set).unwrap();
+    let path = files.certs_dir().join(KEY);
+    let text = fs::read_to_string(&path).unwrap();
+    let target = fs::canonicalize(&path).unwrap();
+    let mut bytes = text.into_bytes();
+    let i = bytes.len() - 5;
+    bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+    fs::write(&target, bytes).unwrap();
+    let e = files.load().unwrap_err();
+    assert!(matches!(e, Error::Seal { .. }), "{e}");
 }

@@ -135,6 +135,8 @@ fn init_cluster(first: NodeId) -> Command {
             worker_secret: "w".into(),
             manager_secret: "m".into(),
             settings: ClusterSettings::default(),
+            sealed: None,
+            secrets_generation: 0,
         },
         node: manager(first, "m1"),
     }
