@@ -138,7 +138,8 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let router = tonic::transport::Server::builder()
         .add_service(DaemonServer::from_arc(node.clone()))
         .add_service(ControlServer::with_interceptor(
-            LocalControl::with_node(node.slot.clone(), Arc::new(NodeNets(node.clone()))),
+            LocalControl::with_node(node.slot.clone(), Arc::new(NodeNets(node.clone())))
+                .with_down_reason(node.manager_problem.clone()),
             node.locked.gate(),
         ));
     let shutdown = async {

@@ -137,13 +137,14 @@ pub async fn keeper(core: Core, mut stop: watch::Receiver<bool>) {
     }
 }
 
-/// Builds a snapshot now and purges the log behind it, so that entries
-/// from before autolock (the secrets in the clear) leave this manager's
-/// live log and its stored snapshot. Best effort: the bytes stay in the
-/// log file until it is next compacted, and in free database pages (see
-/// SECURITY.md).
+/// Builds a snapshot now and purges the log behind it, compacting the log
+/// file at that purge, so that entries from before autolock (the secrets in
+/// the clear) leave this manager's live log, its log file and its stored
+/// snapshot. Best effort: the bytes may stay in free database pages and in
+/// the disk blocks the old log file used (see SECURITY.md).
 async fn compact_log(core: Core) {
     let target = core.raft().metrics().applied_index;
+    core.raft().compact_log_file_at_next_purge();
     let raft = core.raft().raft();
     if let Err(e) = raft.trigger().snapshot().await {
         tracing::warn!(error = %e, "autolock on: cannot build a snapshot");

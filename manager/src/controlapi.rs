@@ -51,6 +51,10 @@ pub struct ControlService {
 pub struct LocalControl {
     slot: CoreSlot,
     node: Option<Arc<dyn NodeNetworks>>,
+    /// Why this node's manager is not running though the node is one (its
+    /// Raft stopped on a disk error, say); empty when it runs or the node
+    /// is no manager.
+    down: Option<Arc<std::sync::RwLock<String>>>,
 }
 
 /// What the local socket needs from the node itself for `weft network`:
@@ -81,7 +85,11 @@ pub trait NodeNetworks: Send + Sync + 'static {
 impl LocalControl {
     /// A local control service over `slot`.
     pub fn new(slot: CoreSlot) -> Self {
-        LocalControl { slot, node: None }
+        LocalControl {
+            slot,
+            node: None,
+            down: None,
+        }
     }
 
     /// A local control service that can also serve `weft network` on a
@@ -90,7 +98,15 @@ impl LocalControl {
         LocalControl {
             slot,
             node: Some(node),
+            down: None,
         }
+    }
+
+    /// Says `down` (when not empty) instead of "not a manager" while the
+    /// slot is empty: the node is a manager whose manager is not running.
+    pub fn with_down_reason(mut self, down: Arc<std::sync::RwLock<String>>) -> Self {
+        self.down = Some(down);
+        self
     }
 
     /// The manager if this node is one, else the node forwarder.
@@ -107,12 +123,20 @@ impl LocalControl {
 
     fn inner(&self) -> std::result::Result<ControlService, Status> {
         let core = self.slot.read().expect("core slot").clone();
+        let down = self
+            .down
+            .as_ref()
+            .map(|d| d.read().expect("down reason").clone())
+            .filter(|d| !d.is_empty());
         core.map(|c| ControlService::new(c, Caller::Local))
-            .ok_or_else(|| {
-                Status::failed_precondition(
+            .ok_or_else(|| match down {
+                Some(why) => Status::unavailable(format!(
+                    "this node is a manager, but its manager is not running: {why}"
+                )),
+                None => Status::failed_precondition(
                     "this node is not a manager: run the command on a manager node \
                      (or point -H at a manager's daemon socket)",
-                )
+                ),
             })
     }
 }

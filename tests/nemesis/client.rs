@@ -28,12 +28,14 @@ pub(crate) const CALL_LIMIT: Duration = Duration::from_secs(12);
 /// Messages of refusals that happen before anything is proposed: the CLI
 /// could not connect to the daemon's socket at all (it adds this hint to
 /// every such error, and only to those), or the control API refused before
-/// `propose` (`Error::NotReady`, no manager on this node). Every other
+/// `propose` (`Error::NotReady`, no manager on this node, or the node's
+/// manager stopped, as on a full disk, and not restarted yet). Every other
 /// failure of a write may have been proposed, so it is recorded as `Info`.
 pub(crate) const REFUSED_BEFORE_PROPOSING: &[&str] = &[
     "Is the weft daemon running?",
     "has not caught up with the cluster yet",
     "this node is not a manager",
+    "but its manager is not running",
 ];
 
 /// How a recorded operation was made.

@@ -229,6 +229,8 @@ struct Inner {
     clients: Clients,
     batcher: mpsc::Sender<Queued>,
     settings: RaftSettings,
+    /// The log store's shared part.
+    log: Arc<LogShared>,
     /// Fires when every storage task has let go of the database file.
     db_closed: tokio::sync::Mutex<Option<DbClosed>>,
 }
@@ -248,11 +250,12 @@ impl RaftHandle {
         let log = LogStore::open(db.clone(), dir, node_id)?;
         let shared = log.shared();
         let sm = StateMachine::open(db, shared.clone())?;
+        log.restart_as_follower(sm.snapshot_membership());
         let store = sm.store();
         let clients = Clients::new(channels);
         let network = NetworkFactory::new(node_id, clients.clone(), shared.clone());
         let raft = openraft::Raft::new(node_id, config, network, log, sm).await?;
-        tokio::spawn(reannounce_commit(raft.clone(), shared));
+        tokio::spawn(reannounce_commit(raft.clone(), shared.clone()));
         let (tx, rx) = mpsc::channel(settings.max_batch * settings.max_inflight.max(1) * 4);
         tokio::spawn(run_batcher(
             raft.clone(),
@@ -268,6 +271,7 @@ impl RaftHandle {
                 clients,
                 batcher: tx,
                 settings,
+                log: shared,
                 db_closed: tokio::sync::Mutex::new(Some(db_closed)),
             }),
         })
@@ -365,6 +369,13 @@ impl RaftHandle {
         let m = self.inner.raft.metrics();
         let m = m.borrow();
         m.membership_config.membership().get_node(&node).is_some()
+    }
+
+    /// Makes the next log purge also compact the log file whatever its
+    /// size, so that the purged entries leave the file itself (autolock
+    /// turned on: the entries before it hold the secrets in the clear).
+    pub fn compact_log_file_at_next_purge(&self) {
+        self.inner.log.compact_at_next_purge();
     }
 
     /// openraft's metrics channel, to wait for a condition.

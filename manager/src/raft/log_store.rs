@@ -44,7 +44,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc as std_mpsc};
 
 use openraft::storage::{LogFlushed, RaftLogStorage};
-use openraft::{AnyError, Entry, LogId, LogState, RaftLogReader, StorageIOError, Vote};
+use openraft::{
+    AnyError, Entry, EntryPayload, LogId, LogState, RaftLogReader, StorageIOError,
+    StoredMembership, Vote,
+};
 use redb::{Database, ReadableDatabase, ReadableTableMetadata, TableDefinition, TableHandle};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -53,7 +56,7 @@ use tokio::sync::{oneshot, watch};
 use super::error::Error;
 use super::redb_log::{Backend, LogFile, RedbLog};
 use super::wal::{LogImage, RecOut, WAL_FILE, Wal, WalError};
-use super::{StorageError, TypeConfig};
+use super::{RaftNode, StorageError, TypeConfig};
 use crate::store::NodeId;
 
 /// The current snapshot: [`SNAPSHOT_META_KEY`] and [`SNAPSHOT_DATA_KEY`].
@@ -216,6 +219,8 @@ pub(super) struct LogShared {
     /// (0: none). Only entries below it can be in memory but not on disk
     /// when openraft wants them applied.
     early_next: AtomicU64,
+    /// Set by [`LogShared::compact_at_next_purge`], taken by the writer.
+    compact_next_purge: Arc<AtomicBool>,
 }
 
 impl LogShared {
@@ -225,6 +230,12 @@ impl LogShared {
     }
 
     /// A receiver of this node's durable progress.
+    /// Makes the log file drop what the next purge removes from the file
+    /// itself, by compacting it then whatever its size.
+    pub(super) fn compact_at_next_purge(&self) {
+        self.compact_next_purge.store(true, Ordering::SeqCst);
+    }
+
     pub(super) fn durable(&self) -> watch::Receiver<Durable> {
         self.durable.clone()
     }
@@ -363,10 +374,12 @@ impl LogStore {
             failed: false,
         });
         let (tx, rx) = std_mpsc::channel();
+        let compact_next_purge = Arc::new(AtomicBool::new(false));
+        let compact = compact_next_purge.clone();
         std::thread::Builder::new()
             .name("raft-log-writer".to_string())
             .spawn(move || {
-                run_writer(file, rx, durable_tx, next_index);
+                run_writer(file, rx, durable_tx, next_index, compact);
                 drop(db);
             })
             .map_err(Error::Spawn)?;
@@ -377,9 +390,53 @@ impl LogStore {
                 durable: durable_rx,
                 clamped: AtomicBool::new(false),
                 early_next: AtomicU64::new(0),
+                compact_next_purge,
             }),
             writer: tx,
         })
+    }
+
+    /// Makes a node that led before it stopped start as a follower, unless
+    /// it is the only voter: its committed vote for itself is loaded as a
+    /// plain vote for itself in that term (it still votes for nobody else in
+    /// it), so it must win an election in a later term before it leads again.
+    ///
+    /// Why: openraft 0.9 restores a node whose stored vote is committed for
+    /// itself as leader of that same term at once. A leader sends its new
+    /// entries out before they are on its own disk (see the module docs), so
+    /// it can come back without entries its followers hold: after a failed
+    /// write (the log file is rewritten from what was fsynced) or a power
+    /// loss. Leading the same term again, it would write different entries
+    /// at those indexes under the same log ids, followers would take them for
+    /// the ones they have, and the managers' states would diverge (the fault
+    /// suite's full-disk rounds found this). A new term cannot collide.
+    ///
+    /// `snapshot` is the membership of the stored snapshot; a membership
+    /// entry in the log overrides it. A sole voter has no followers to
+    /// diverge from, and keeps leading at once.
+    pub(super) fn restart_as_follower(&self, snapshot: &StoredMembership<NodeId, RaftNode>) {
+        let mut mem = self.shared.mem();
+        let Some(vote) = mem
+            .vote
+            .filter(|v| v.committed && v.leader_id.node_id == self.shared.id)
+        else {
+            return;
+        };
+        let from_log = mem.log.values().rev().find_map(|e| match &e.payload {
+            EntryPayload::Membership(m) => Some(m.clone()),
+            _ => None,
+        });
+        let membership = from_log.unwrap_or_else(|| snapshot.membership().clone());
+        let mut voters = membership.voter_ids();
+        if voters.next() == Some(self.shared.id) && voters.next().is_none() {
+            return;
+        }
+        tracing::info!(
+            term = vote.leader_id.term,
+            "this manager led before it stopped; it starts as a follower and leads again only \
+             after winning an election in a later term"
+        );
+        mem.vote = Some(Vote::new(vote.leader_id.term, self.shared.id));
     }
 
     /// What the network and the state machine need from the log store.
@@ -417,8 +474,10 @@ fn run_writer(
     rx: std_mpsc::Receiver<Op>,
     durable: watch::Sender<Durable>,
     mut next_index: u64,
+    compact_next_purge: Arc<AtomicBool>,
 ) {
     let mut deferred: Vec<RecOut<'static>> = Vec::new();
+    let mut compact_pending = false;
     // `Wal::write` has already retried a failed write once, on a file
     // rewritten from memory; a failure that survives that leaves the file
     // in an unknown state: nothing more is written, and every later
@@ -432,9 +491,20 @@ fn run_writer(
                 Err(_) => break,
             }
         }
-        if !ops.iter().any(Op::needs_sync) {
+        if compact_next_purge.swap(false, Ordering::SeqCst) {
+            wal.compact_at_next_purge();
+            compact_pending = true;
+        }
+        // A purge that must compact the file is written (and fsynced) at
+        // once: an idle cluster may not write anything else for a while.
+        let purges = ops.iter().any(|op| matches!(op, Op::Purge(_)));
+        let must_write = ops.iter().any(Op::needs_sync) || (compact_pending && purges);
+        if !must_write {
             deferred.extend(ops.iter().filter_map(Op::hint));
             continue;
+        }
+        if purges {
+            compact_pending = false;
         }
         let mut recs: Vec<RecOut<'_>> = std::mem::take(&mut deferred);
         for op in &ops {

@@ -145,11 +145,19 @@ pub(super) trait LogFile: Send + 'static {
     /// Writes `recs` in order as one unit; durable before returning when
     /// `sync`.
     fn write(&mut self, recs: &[RecOut<'_>], sync: bool) -> Result<(), LogFileError>;
+
+    /// Makes the next purge drop the purged entries from the file itself
+    /// (the log file compacts; redb frees their pages anyway).
+    fn compact_at_next_purge(&mut self) {}
 }
 
 impl LogFile for Wal {
     fn write(&mut self, recs: &[RecOut<'_>], sync: bool) -> Result<(), LogFileError> {
         Wal::write(self, recs, sync).map_err(LogFileError::from)
+    }
+
+    fn compact_at_next_purge(&mut self) {
+        Wal::compact_at_next_purge(self)
     }
 }
 

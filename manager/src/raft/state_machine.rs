@@ -177,6 +177,11 @@ impl StateMachine {
         })
     }
 
+    /// The membership of the stored snapshot (what was applied up to it).
+    pub(super) fn snapshot_membership(&self) -> &Membership {
+        &self.last_membership
+    }
+
     /// The read handle the rest of the manager uses.
     pub fn store(&self) -> StoreHandle {
         self.store.clone()

@@ -310,6 +310,9 @@ pub(super) struct Wal {
     free_space: FreeSpace,
     /// The end-to-end tests' stop between a write and its fsync.
     hold: Option<HoldBeforeFsync>,
+    /// Compact at the next purge whatever the size (autolock turned on:
+    /// the entries before it, secrets in the clear, must leave the file).
+    compact_next_purge: bool,
 }
 
 impl Wal {
@@ -369,6 +372,7 @@ impl Wal {
             buf: Vec::new(),
             free_space: statvfs_free,
             hold: HoldBeforeFsync::from_env(dir),
+            compact_next_purge: false,
         };
         Ok((wal, image))
     }
@@ -401,10 +405,17 @@ impl Wal {
         // Right after a purge the live log is at its shortest (what is kept
         // behind a snapshot), so rewriting it stalls appends the least.
         let purged = recs.iter().any(|r| matches!(r, RecOut::Purge(_)));
-        if sync && purged && self.size > COMPACT_AT && self.size > 2 * self.base {
-            self.compact()?;
+        let grown = self.size > COMPACT_AT && self.size > 2 * self.base;
+        if sync && purged && (grown || self.compact_next_purge) && self.compact()? {
+            self.compact_next_purge = false;
         }
         Ok(())
+    }
+
+    /// Makes the next purge compact the file whatever its size, so that
+    /// what the purge drops leaves the file (not only the live log).
+    pub(super) fn compact_at_next_purge(&mut self) {
+        self.compact_next_purge = true;
     }
 
     /// Appends `recs` to the file as it is.

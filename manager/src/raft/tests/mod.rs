@@ -6,5 +6,6 @@
 mod cluster;
 mod durability;
 mod recover;
+mod restarted_leader;
 mod silent_leader;
 mod suite;
