@@ -21,9 +21,7 @@
 
 use std::path::{Path, PathBuf};
 
-use redb::{
-    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
-};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use super::log_store::{from_json, to_json};
 use super::wal::{LogImage, RecOut, WAL_FILE, Wal, WalError};
@@ -193,15 +191,12 @@ impl RedbLog {
             Err(e) => return Err(Read::redb(e)),
         };
         if let Some(t) = entries {
-            let mut n = 0u64;
             for row in t.iter().map_err(Read::redb)? {
                 let (k, v) = row.map_err(Read::redb)?;
                 let entry = from_json(v.value())
                     .map_err(|e| Read::Json(format!("entry {}", k.value()), e))?;
                 image.log.insert(k.value(), entry);
-                n += 1;
             }
-            debug_assert_eq!(n, t.len().map_err(Read::redb)?);
         }
         let meta = match tx.open_table(META) {
             Ok(t) => t,

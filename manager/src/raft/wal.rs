@@ -62,7 +62,9 @@
 //! cut as before, and rewritten in this format.
 //!
 //! The file only grows; once it is both larger than [`COMPACT_AT`] and
-//! twice its size after the last compaction, it is rewritten with just the
+//! twice its size after the last compaction (or whatever its size, when
+//! [`Wal::compact_at_next_purge`] asked: autolock turned on, so that the
+//! secrets in the clear leave the file), it is rewritten with just the
 //! current state at the next purge (when that state is smallest: the log
 //! kept behind a fresh snapshot): write a temporary file, fsync, rename,
 //! fsync the directory, so a crash at any point leaves either the old or
