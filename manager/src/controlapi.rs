@@ -165,6 +165,16 @@ impl ControlService {
         self.core.authorize_manager(req).map(|_| ())
     }
 
+    /// Authorizes the call, then brings this manager's store up to date
+    /// with the cluster (a read index, see [`Core::linearize`]): every call
+    /// but `GetCluster` (`weft info`, which says what this manager itself
+    /// holds) reads and validates against a linearizable view, never a
+    /// stale one.
+    async fn admit<T>(&self, req: &Request<T>) -> std::result::Result<(), Status> {
+        self.authorize(req)?;
+        self.core.linearize().await.map_err(Status::from)
+    }
+
     /// The node whose local networks this caller sees: this manager's own
     /// node on the local socket, the forwarding node for a node, none for a
     /// remote operator.
@@ -1097,7 +1107,7 @@ impl Control for ControlService {
         &self,
         req: Request<pb::UpdateClusterRequest>,
     ) -> std::result::Result<Response<pb::ClusterSummary>, Status> {
-        self.authorize(&req)?;
+        self.admit(&req).await?;
         let r = req.into_inner();
         if r.set_autolock {
             if r.set_wg_key_rotation || r.set_cert_expiry || !r.ingress_subnet.is_empty() {
@@ -1179,7 +1189,7 @@ impl Control for ControlService {
         &self,
         req: Request<pb::ListNodesRequest>,
     ) -> std::result::Result<Response<pb::ListNodesResponse>, Status> {
-        self.authorize(&req)?;
+        self.admit(&req).await?;
         self.core.cluster()?;
         let nodes = self
             .core
@@ -1192,7 +1202,7 @@ impl Control for ControlService {
         &self,
         req: Request<pb::GetNodeRequest>,
     ) -> std::result::Result<Response<pb::Node>, Status> {
-        self.authorize(&req)?;
+        self.admit(&req).await?;
         let node = self.resolve(&req.get_ref().node)?;
         Ok(Response::new(self.wire(&node)))
     }
@@ -1201,7 +1211,7 @@ impl Control for ControlService {
         &self,
         req: Request<pb::UpdateNodeRequest>,
     ) -> std::result::Result<Response<pb::UpdateNodeResponse>, Status> {
-        self.authorize(&req)?;
+        self.admit(&req).await?;
         Ok(Response::new(self.update(req.into_inner()).await?))
     }
 
@@ -1209,7 +1219,7 @@ impl Control for ControlService {
         &self,
         req: Request<pb::SetNodeRoleRequest>,
     ) -> std::result::Result<Response<pb::Node>, Status> {
-        self.authorize(&req)?;
+        self.admit(&req).await?;
         Ok(Response::new(self.set_role(req.into_inner()).await?))
     }
 
@@ -1217,7 +1227,7 @@ impl Control for ControlService {
         &self,
         req: Request<pb::RemoveNodeRequest>,
     ) -> std::result::Result<Response<pb::RemoveNodeResponse>, Status> {
-        self.authorize(&req)?;
+        self.admit(&req).await?;
         self.remove(req.into_inner()).await?;
         Ok(Response::new(pb::RemoveNodeResponse {}))
     }
@@ -1226,7 +1236,7 @@ impl Control for ControlService {
         &self,
         req: Request<pb::GetJoinTokensRequest>,
     ) -> std::result::Result<Response<pb::JoinTokens>, Status> {
-        self.authorize(&req)?;
+        self.admit(&req).await?;
         Ok(Response::new(self.tokens()?))
     }
 
@@ -1234,7 +1244,7 @@ impl Control for ControlService {
         &self,
         req: Request<pb::RotateJoinTokenRequest>,
     ) -> std::result::Result<Response<pb::JoinTokens>, Status> {
-        self.authorize(&req)?;
+        self.admit(&req).await?;
         let role = role_from_wire(req.get_ref().role)
             .ok_or_else(|| Error::InvalidInput("role must be worker or manager".into()))?;
         let secret = random_secret();
@@ -1255,7 +1265,7 @@ impl Control for ControlService {
         &self,
         req: Request<pb::UnlockKeyRequest>,
     ) -> std::result::Result<Response<pb::UnlockKeyResponse>, Status> {
-        self.authorize(&req)?;
+        self.admit(&req).await?;
         Ok(Response::new(
             ControlService::unlock_key(self, req.get_ref().rotate).await?,
         ))
@@ -1265,7 +1275,7 @@ impl Control for ControlService {
         &self,
         req: Request<pb::CreateNetworkRequest>,
     ) -> std::result::Result<Response<pb::Network>, Status> {
-        self.authorize(&req)?;
+        self.admit(&req).await?;
         Ok(Response::new(
             ControlService::create_network(self, req.into_inner()).await?,
         ))
@@ -1275,7 +1285,7 @@ impl Control for ControlService {
         &self,
         req: Request<pb::ListNetworksRequest>,
     ) -> std::result::Result<Response<pb::ListNetworksResponse>, Status> {
-        self.authorize(&req)?;
+        self.admit(&req).await?;
         self.core.cluster()?;
         let scope = self.scope();
         let networks = self.core.read(|s| {
@@ -1296,7 +1306,7 @@ impl Control for ControlService {
         &self,
         req: Request<pb::GetNetworkRequest>,
     ) -> std::result::Result<Response<pb::NetworkDetail>, Status> {
-        self.authorize(&req)?;
+        self.admit(&req).await?;
         let r = req.into_inner();
         // Which config version each node applied is known where the
         // sessions are: on the leader. A follower asks it.
@@ -1319,7 +1329,7 @@ impl Control for ControlService {
         &self,
         req: Request<pb::RemoveNetworkRequest>,
     ) -> std::result::Result<Response<pb::RemoveNetworkResponse>, Status> {
-        self.authorize(&req)?;
+        self.admit(&req).await?;
         let what = req.get_ref().network.clone();
         if matches!(what.as_str(), "host" | "none") {
             return Err(Error::from(crate::store::StoreError::BuiltIn(what)).into());
@@ -1341,7 +1351,7 @@ impl Control for ControlService {
         &self,
         req: Request<pb::ConnectNetworkRequest>,
     ) -> std::result::Result<Response<pb::ConnectNetworkResponse>, Status> {
-        self.authorize(&req)?;
+        self.admit(&req).await?;
         ControlService::connect(self, req.into_inner(), true).await?;
         Ok(Response::new(pb::ConnectNetworkResponse {}))
     }
@@ -1350,7 +1360,7 @@ impl Control for ControlService {
         &self,
         req: Request<pb::DisconnectNetworkRequest>,
     ) -> std::result::Result<Response<pb::ConnectNetworkResponse>, Status> {
-        self.authorize(&req)?;
+        self.admit(&req).await?;
         let r = req.into_inner();
         ControlService::connect(
             self,
@@ -1369,7 +1379,7 @@ impl Control for ControlService {
         &self,
         req: Request<pb::ListTasksRequest>,
     ) -> std::result::Result<Response<pb::ListTasksResponse>, Status> {
-        self.authorize(&req)?;
+        self.admit(&req).await?;
         let node = if req.get_ref().node.is_empty() {
             None
         } else {
@@ -1389,7 +1399,7 @@ impl Control for ControlService {
         &self,
         req: Request<pb::RemoveTaskRequest>,
     ) -> std::result::Result<Response<pb::RemoveTaskResponse>, Status> {
-        self.authorize(&req)?;
+        self.admit(&req).await?;
         let id = self
             .core
             .read(|s| s.resolve_task(&req.get_ref().task).map(|t| t.id.clone()))
@@ -1402,7 +1412,7 @@ impl Control for ControlService {
         &self,
         req: Request<pb::CreateServiceRequest>,
     ) -> std::result::Result<Response<pb::Service>, Status> {
-        self.authorize(&req)?;
+        self.admit(&req).await?;
         Ok(Response::new(
             ControlService::create_service(self, req.into_inner()).await?,
         ))
@@ -1412,7 +1422,7 @@ impl Control for ControlService {
         &self,
         req: Request<pb::UpdateServiceRequest>,
     ) -> std::result::Result<Response<pb::Service>, Status> {
-        self.authorize(&req)?;
+        self.admit(&req).await?;
         Ok(Response::new(
             ControlService::update_service(self, req.into_inner()).await?,
         ))
@@ -1422,7 +1432,7 @@ impl Control for ControlService {
         &self,
         req: Request<pb::ListServicesRequest>,
     ) -> std::result::Result<Response<pb::ListServicesResponse>, Status> {
-        self.authorize(&req)?;
+        self.admit(&req).await?;
         self.core.cluster()?;
         let services = self.core.read(|s| {
             s.services
@@ -1437,7 +1447,7 @@ impl Control for ControlService {
         &self,
         req: Request<pb::GetServiceRequest>,
     ) -> std::result::Result<Response<pb::Service>, Status> {
-        self.authorize(&req)?;
+        self.admit(&req).await?;
         let svc = self
             .core
             .read(|s| {
@@ -1452,7 +1462,7 @@ impl Control for ControlService {
         &self,
         req: Request<pb::RemoveServiceRequest>,
     ) -> std::result::Result<Response<pb::RemoveServiceResponse>, Status> {
-        self.authorize(&req)?;
+        self.admit(&req).await?;
         let id = self
             .core
             .read(|s| {
@@ -1468,7 +1478,7 @@ impl Control for ControlService {
         &self,
         req: Request<pb::RotateNodeKeyRequest>,
     ) -> std::result::Result<Response<pb::RotateNodeKeyResponse>, Status> {
-        self.authorize(&req)?;
+        self.admit(&req).await?;
         let rotated = ControlService::rotate_node_key(self, req.into_inner()).await?;
         Ok(Response::new(pb::RotateNodeKeyResponse { rotated }))
     }
@@ -1477,7 +1487,7 @@ impl Control for ControlService {
         &self,
         req: Request<pb::ServiceLogsRequest>,
     ) -> std::result::Result<Response<pb::ServiceLogsResponse>, Status> {
-        self.authorize(&req)?;
+        self.admit(&req).await?;
         Ok(Response::new(
             ControlService::service_logs(self, req.into_inner()).await?,
         ))

@@ -198,6 +198,15 @@ impl Core {
         Ok(self.inner.raft.propose(cmd).await??)
     }
 
+    /// Waits until this manager's store holds every write committed before
+    /// the call (a read index from the leader, see
+    /// [`crate::raft::RaftHandle::linearize`]): what is read next is not
+    /// stale, on a follower, a restarted manager or a deposed leader alike.
+    pub async fn linearize(&self) -> Result<()> {
+        self.inner.raft.linearize().await?;
+        Ok(())
+    }
+
     /// Whether this manager is the Raft leader right now.
     pub fn is_leader(&self) -> bool {
         self.inner.raft.is_leader()

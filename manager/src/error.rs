@@ -31,6 +31,11 @@ pub enum Error {
     /// Raft could not commit the change.
     #[error(transparent)]
     Raft(#[from] crate::raft::ProposeError),
+    /// A read could not be made linearizable (no leader, or this manager
+    /// is behind it): it is refused rather than answered from a store that
+    /// may be stale.
+    #[error(transparent)]
+    Read(#[from] crate::raft::ReadError),
     /// The join token was wrong.
     #[error("{0}")]
     BadToken(String),
@@ -68,7 +73,9 @@ impl From<Error> for Status {
                 Status::failed_precondition(msg)
             }
             Error::Resolve(ResolveError::Ambiguous(_)) => Status::invalid_argument(msg),
-            Error::Raft(_) | Error::NotReady | Error::NoUnlockKey => Status::unavailable(msg),
+            Error::Raft(_) | Error::Read(_) | Error::NotReady | Error::NoUnlockKey => {
+                Status::unavailable(msg)
+            }
             Error::BadToken(_) => Status::permission_denied(msg),
             Error::Ca(_) => Status::internal(msg),
             Error::Rejoin(r) => rejoin_status(&r, msg),

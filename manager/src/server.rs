@@ -147,7 +147,7 @@ impl Manager {
             let cluster_id = cfg.cluster_id.clone();
             Arc::new(move |req, call| match call {
                 RaftCall::Peer => core.authorize_raft_peer(req, &cluster_id),
-                RaftCall::Propose => core.authorize_manager(req).map(|_| ()),
+                RaftCall::Propose | RaftCall::ReadIndex => core.authorize_manager(req).map(|_| ()),
             })
         };
         let (stop_tx, stop_rx) = watch::channel(false);

@@ -1,6 +1,6 @@
-//! Judging a nemesis run: the histories given to `weft-faults` (writes and
-//! barrier reads strictly, plain reads as possibly stale), acknowledged
-//! writes lost, and the per-fault figures printed as a table.
+//! Judging a nemesis run: the history given to `weft-faults` (every write
+//! and read strictly), acknowledged writes lost, and the per-fault figures
+//! printed as a table.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -24,36 +24,13 @@ pub(crate) struct Round {
     pub(crate) elected: Option<Duration>,
 }
 
-/// Which local reads go into a history, and how.
-#[derive(Clone, Copy)]
-pub(crate) enum LocalReads {
-    LeftOut,
-    /// With their invocation moved to the start: they may take effect at
-    /// any time before they completed.
-    StaleAllowed,
-    AsRecorded,
-}
-
-/// The writes, barrier reads and final reads of `records`, and the local
-/// reads as `local` says; with, per operation, the index of its record.
-pub(crate) fn history(
-    records: &[Record],
-    local: LocalReads,
-) -> (Vec<Operation<String, String>>, Vec<usize>) {
+/// Every operation of `records` as a history; with, per operation, the
+/// index of its record.
+pub(crate) fn history(records: &[Record]) -> (Vec<Operation<String, String>>, Vec<usize>) {
     records
         .iter()
         .enumerate()
-        .filter_map(|(i, r)| match (r.kind, local) {
-            (Kind::LocalRead, LocalReads::LeftOut) => None,
-            (Kind::LocalRead, LocalReads::StaleAllowed) => Some((
-                Operation {
-                    invoke_ns: 0,
-                    ..r.op.clone()
-                },
-                i,
-            )),
-            _ => Some((r.op.clone(), i)),
-        })
+        .map(|(i, r)| (r.op.clone(), i))
         .unzip()
 }
 
@@ -91,7 +68,6 @@ pub(crate) struct Figures {
     pub(crate) fail: usize,
     pub(crate) lost: usize,
     pub(crate) violations: usize,
-    pub(crate) stale_local_keys: usize,
     /// How long acknowledged writes took.
     pub(crate) latencies: Vec<Duration>,
     pub(crate) unavailable: Vec<Duration>,
@@ -132,7 +108,7 @@ pub(crate) fn lost_writes(
 pub(crate) fn print_table(managers: usize, figures: &BTreeMap<Fault, Figures>) {
     eprintln!("{managers} managers:");
     eprintln!(
-        "{:<19} {:>6} {:>5} {:>5} {:>4} {:>4} {:>4} {:>10} {:>15} {:>22} {:>14} {:>10}",
+        "{:<19} {:>6} {:>5} {:>5} {:>4} {:>4} {:>4} {:>10} {:>15} {:>22} {:>14}",
         "fault",
         "rounds",
         "ops",
@@ -144,7 +120,6 @@ pub(crate) fn print_table(managers: usize, figures: &BTreeMap<Fault, Figures>) {
         "ack p50/max",
         "unavail p50/max",
         "leader p50/max",
-        "stale keys"
     );
     let p50_max = |v: &[Duration]| match v.iter().max() {
         Some(max) => format!("{:.2}/{:.2}s", median(v).as_secs_f64(), max.as_secs_f64()),
@@ -153,7 +128,7 @@ pub(crate) fn print_table(managers: usize, figures: &BTreeMap<Fault, Figures>) {
     for (fault, f) in figures {
         let from = if f.from_heal { " (heal)" } else { "" };
         eprintln!(
-            "{:<19} {:>6} {:>5} {:>5} {:>4} {:>4} {:>4} {:>10} {:>15} {:>22} {:>14} {:>10}",
+            "{:<19} {:>6} {:>5} {:>5} {:>4} {:>4} {:>4} {:>10} {:>15} {:>22} {:>14}",
             fault.name(),
             f.rounds,
             f.operations,
@@ -165,7 +140,6 @@ pub(crate) fn print_table(managers: usize, figures: &BTreeMap<Fault, Figures>) {
             p50_max(&f.latencies),
             format!("{}{from}", p50_max(&f.unavailable)),
             p50_max(&f.elected),
-            f.stale_local_keys,
         );
     }
 }
@@ -225,14 +199,8 @@ pub(crate) fn judge(
         .iter()
         .map(|r| (r.op.action.key().clone(), r.round))
         .collect();
-    let check = |local| {
-        let (history, origin) = history(records, local);
-        let verdicts = check_keys(&history, Budget::default()).expect("valid history");
-        (history, origin, verdicts)
-    };
-    let (strict, strict_origin, strict_verdicts) = check(LocalReads::LeftOut);
-    let (_, relaxed_origin, relaxed_verdicts) = check(LocalReads::StaleAllowed);
-    let (_, as_is_origin, as_is_verdicts) = check(LocalReads::AsRecorded);
+    let (strict, strict_origin) = history(records);
+    let strict_verdicts = check_keys(&strict, Budget::default()).expect("valid history");
 
     let mut figures: BTreeMap<Fault, Figures> = BTreeMap::new();
     for r in rounds {
@@ -270,41 +238,21 @@ pub(crate) fn judge(
             ));
         }
     }
-    for (what, origin, verdicts) in [
-        ("writes and barrier reads", &strict_origin, &strict_verdicts),
-        (
-            "local reads (stale allowed)",
-            &relaxed_origin,
-            &relaxed_verdicts,
-        ),
-    ] {
-        for (key, v) in verdicts {
-            let fault = schedule[round_of[key]];
-            match v {
-                KeyVerdict::Linearizable => {}
-                KeyVerdict::NotLinearizable(w) => {
-                    figures.get_mut(&fault).expect("fault").violations += 1;
-                    problems.push(format!(
-                        "{what}, {}: {}",
-                        fault.name(),
-                        explain(w, origin, records, shared)
-                    ));
-                }
-                KeyVerdict::Unknown { steps } => {
-                    problems.push(format!("{what}: {key}: unknown after {steps} steps"))
-                }
+    for (key, v) in &strict_verdicts {
+        let fault = schedule[round_of[key]];
+        match v {
+            KeyVerdict::Linearizable => {}
+            KeyVerdict::NotLinearizable(w) => {
+                figures.get_mut(&fault).expect("fault").violations += 1;
+                problems.push(format!(
+                    "{}: {}",
+                    fault.name(),
+                    explain(w, &strict_origin, records, shared)
+                ));
             }
-        }
-    }
-    for (key, v) in &as_is_verdicts {
-        if let KeyVerdict::NotLinearizable(w) = v {
-            let fault = schedule[round_of[key]];
-            figures.get_mut(&fault).expect("fault").stale_local_keys += 1;
-            eprintln!(
-                "local reads as they are, {}: {}",
-                fault.name(),
-                explain(w, &as_is_origin, records, shared)
-            );
+            KeyVerdict::Unknown { steps } => {
+                problems.push(format!("{key}: unknown after {steps} steps"))
+            }
         }
     }
     (figures, problems)

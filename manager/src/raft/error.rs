@@ -143,6 +143,38 @@ impl Error {
     }
 }
 
+/// A linearizable read could not be served (see [`super::RaftHandle::linearize`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// No leader confirmed its leadership before the deadline: none was
+    /// elected, or this node cannot reach it.
+    #[error(
+        "no Raft leader to confirm the read against: quorum lost? {reachable} of {total} \
+         managers reachable (a majority of {total} is needed); this manager serves no reads \
+         that could be stale"
+    )]
+    NoLeader {
+        /// Managers (voters) that answered a ping, this one included.
+        reachable: usize,
+        /// Voters in the current membership.
+        total: usize,
+    },
+    /// The leader answered, but this node did not apply that far in time.
+    #[error(
+        "this manager is behind the Raft leader (applied {applied:?}, the read needs {index}); \
+         try again in a moment"
+    )]
+    Behind {
+        /// The read index.
+        index: u64,
+        /// What this node has applied.
+        applied: Option<u64>,
+    },
+    /// This node's Raft stopped.
+    #[error("Raft is shut down")]
+    Shutdown,
+}
+
 /// A proposed command was not (known to be) applied.
 #[derive(Debug, thiserror::Error)]
 pub enum ProposeError {

@@ -5,7 +5,9 @@
 //! *before its body is read* (a tonic interceptor sees only the headers and
 //! the connection's certificate), so an unauthenticated client cannot make
 //! a manager buffer up to [`MAX_MESSAGE_BYTES`]; `Propose`, which writes on
-//! the caller's behalf, is checked again as [`RaftCall::Propose`].
+//! the caller's behalf, is checked again as [`RaftCall::Propose`], and
+//! `ReadIndex`, whose answer lets the caller serve the cluster's state, as
+//! [`RaftCall::ReadIndex`].
 
 use std::sync::Arc;
 
@@ -18,6 +20,7 @@ use weft_proto::v1::raft_server::{Raft, RaftServer};
 
 use super::TypeConfig;
 use super::handle::{LocalError, RaftHandle};
+use super::read::RoundError;
 use crate::store::{Command, NodeId};
 
 /// Largest Raft message accepted or sent (log batches and snapshot chunks).
@@ -30,6 +33,9 @@ pub enum RaftCall {
     Peer,
     /// A command forwarded for the leader to write: a manager now.
     Propose,
+    /// A follower asking the leader for a read index: a manager now (what
+    /// it reads next is the cluster's state).
+    ReadIndex,
 }
 
 /// Decides whether a Raft RPC may proceed (e.g. "the peer certificate is a
@@ -157,6 +163,26 @@ impl Raft for RaftGrpc {
             Err(LocalError::Unknown) => Err(Status::aborted(
                 "the write was submitted but its outcome is unknown (leadership changed)",
             )),
+        }
+    }
+
+    /// A follower asks for a read index; only the leader answers one.
+    /// Not being the leader is FAILED_PRECONDITION, a leader that cannot
+    /// confirm it still leads is UNAVAILABLE.
+    async fn read_index(
+        &self,
+        request: Request<RaftPayload>,
+    ) -> Result<Response<RaftPayload>, Status> {
+        let (meta, ext, payload) = request.into_parts();
+        (self.authorize)(&Request::from_parts(meta, ext, ()), RaftCall::ReadIndex)?;
+        let _: super::ReadIndexRequest = self.decode(Request::new(payload))?;
+        match self.handle.leader_round().await {
+            Ok(index) => reply(&super::ReadIndexResponse { index }),
+            Err(RoundError::NotLeader) => Err(Status::failed_precondition("not the Raft leader")),
+            Err(RoundError::Unreachable(why)) => Err(Status::unavailable(format!(
+                "the Raft leader could not confirm it leads: {why}"
+            ))),
+            Err(RoundError::Shutdown) => Err(Status::unavailable("Raft is shut down")),
         }
     }
 

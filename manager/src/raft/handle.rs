@@ -25,6 +25,7 @@ use super::error::{Error, ProposeError};
 use super::grpc::{Authorize, MAX_MESSAGE_BYTES, PingRequest, PingResponse, RaftGrpc};
 use super::log_store::{DbClosed, LogShared, LogStore, open_db};
 use super::network::{ChannelFactory, Clients, NetworkFactory};
+use super::read::Rounds;
 use super::state_machine::{StateMachine, StoreHandle};
 use super::{Batch, RaftNode, TypeConfig};
 use crate::limits::MAX_RAFT_ENTRY_BYTES;
@@ -233,6 +234,8 @@ struct Inner {
     log: Arc<LogShared>,
     /// Fires when every storage task has let go of the database file.
     db_closed: tokio::sync::Mutex<Option<DbClosed>>,
+    /// Read-index rounds shared by concurrent linearizable reads.
+    rounds: Rounds,
 }
 
 impl RaftHandle {
@@ -273,6 +276,7 @@ impl RaftHandle {
                 settings,
                 log: shared,
                 db_closed: tokio::sync::Mutex::new(Some(db_closed)),
+                rounds: Rounds::default(),
             }),
         })
     }
@@ -441,13 +445,7 @@ impl RaftHandle {
         let mut metrics = self.inner.raft.metrics();
         let mut last_forward: Option<(NodeId, String, tonic::Status)> = None;
         loop {
-            let (state, leader, addr) = {
-                let m = metrics.borrow_and_update();
-                let addr = m
-                    .current_leader
-                    .and_then(|l| m.membership_config.membership().get_node(&l).cloned());
-                (m.state, m.current_leader, addr)
-            };
+            let (state, leader, addr) = leader_view(&mut metrics);
             if state == ServerState::Shutdown {
                 return Err(ProposeError::Shutdown);
             }
@@ -467,18 +465,9 @@ impl RaftHandle {
                 },
                 _ => {}
             }
-            let now = Instant::now();
-            if now >= deadline {
+            if !pause_for_leader(&mut metrics, deadline).await {
                 break;
             }
-            // Wake on a leader change, or retry after a short pause.
-            let pause = (deadline - now).min(Duration::from_millis(200));
-            tokio::select! {
-                _ = metrics.changed() => {}
-                _ = tokio::time::sleep(pause) => {}
-            }
-            // Metrics change on every apply; do not spin on them.
-            tokio::time::sleep(Duration::from_millis(20).min(deadline - now)).await;
         }
         if let Some((leader, addr, status)) = last_forward {
             tracing::debug!(%leader, %addr, %status, "last forward attempt before giving up");
@@ -575,6 +564,21 @@ impl RaftHandle {
         }
     }
 
+    /// The timing knobs this instance runs with.
+    pub(super) fn settings(&self) -> &RaftSettings {
+        &self.inner.settings
+    }
+
+    /// The gRPC clients to the other managers.
+    pub(super) fn clients(&self) -> &Clients {
+        &self.inner.clients
+    }
+
+    /// The read-index rounds (see `read`).
+    pub(super) fn rounds(&self) -> &Rounds {
+        &self.inner.rounds
+    }
+
     /// Pings every voter over the Raft transport (this node counts as
     /// reachable; a voter counts if its Raft is running); returns
     /// (reachable, total voters). Takes at most about a second.
@@ -612,6 +616,38 @@ impl RaftHandle {
 }
 
 /// The leader `metrics` names now, if it is one other than `old`.
+/// This node's state, the leader it knows of and that leader's address.
+pub(super) fn leader_view(
+    metrics: &mut watch::Receiver<RaftMetrics<NodeId, RaftNode>>,
+) -> (ServerState, Option<NodeId>, Option<RaftNode>) {
+    let m = metrics.borrow_and_update();
+    let addr = m
+        .current_leader
+        .and_then(|l| m.membership_config.membership().get_node(&l).cloned());
+    (m.state, m.current_leader, addr)
+}
+
+/// Waits for a leader change or a short pause before the next try; false
+/// once `deadline` has passed.
+pub(super) async fn pause_for_leader(
+    metrics: &mut watch::Receiver<RaftMetrics<NodeId, RaftNode>>,
+    deadline: Instant,
+) -> bool {
+    let now = Instant::now();
+    if now >= deadline {
+        return false;
+    }
+    // Wake on a leader change, or retry after a short pause.
+    let pause = (deadline - now).min(Duration::from_millis(200));
+    tokio::select! {
+        _ = metrics.changed() => {}
+        _ = tokio::time::sleep(pause) => {}
+    }
+    // Metrics change on every apply; do not spin on them.
+    tokio::time::sleep(Duration::from_millis(20).min(deadline - now)).await;
+    true
+}
+
 fn other_leader(
     metrics: &mut watch::Receiver<RaftMetrics<NodeId, RaftNode>>,
     old: NodeId,
@@ -624,7 +660,7 @@ fn other_leader(
 
 /// Resolves once `metrics` names a leader other than `old`; never if Raft
 /// stops first (the forward's own deadline ends the wait then).
-async fn leader_replaced(
+pub(super) async fn leader_replaced(
     mut metrics: watch::Receiver<RaftMetrics<NodeId, RaftNode>>,
     old: NodeId,
 ) -> NodeId {

@@ -32,6 +32,7 @@ mod grpc;
 mod handle;
 mod log_store;
 mod network;
+mod read;
 mod recover;
 mod redb_log;
 mod state_machine;
@@ -48,13 +49,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::store::{Command, CommandResult, NodeId};
 
-pub use error::{Error, ProposeError};
+pub use error::{Error, ProposeError, ReadError};
 pub use grpc::{
     Authorize, MAX_MESSAGE_BYTES, PingRequest, PingResponse, RaftCall, RaftGrpc, RaftServerWithAuth,
 };
 pub use handle::{RaftHandle, RaftMetricsView, RaftSettings};
 pub use log_store::{DB_FILE, LogStore};
 pub use network::{ChannelFactory, Network, NetworkFactory, plaintext_channel_factory};
+pub use read::{ReadIndexRequest, ReadIndexResponse};
 pub use recover::{ForcedMembership, force_single_voter};
 pub use redb_log::{BACKEND_ENV, Backend, LogFileError, REDB_LOG_FILE};
 pub use state_machine::{StateMachine, StoreHandle};

@@ -21,15 +21,15 @@ use crate::store::NodeId;
 /// A TCP proxy in front of a node that can be frozen: frozen, it accepts
 /// and reads but passes nothing on, in either direction, as a partition
 /// that drops packets would look to both ends.
-struct FreezableProxy {
-    addr: String,
+pub(super) struct FreezableProxy {
+    pub(super) addr: String,
     /// Where it forwards to, set once the node listens.
-    target: Arc<OnceLock<String>>,
-    frozen: watch::Sender<bool>,
+    pub(super) target: Arc<OnceLock<String>>,
+    pub(super) frozen: watch::Sender<bool>,
 }
 
 impl FreezableProxy {
-    async fn start() -> FreezableProxy {
+    pub(super) async fn start() -> FreezableProxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy addr").to_string();
         let target = Arc::new(OnceLock::<String>::new());
@@ -57,7 +57,7 @@ impl FreezableProxy {
         }
     }
 
-    fn freeze(&self) {
+    pub(super) fn freeze(&self) {
         self.frozen.send_replace(true);
     }
 }
