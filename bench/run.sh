@@ -16,7 +16,9 @@
 # by the clients), BENCH_TARGET (leader | all), BENCH_TMPDIR (/var/tmp; must
 # be a real disk, not tmpfs), BENCH_OUT (BENCHMARKS.md; "-" prints instead),
 # BENCH_LOG_AB (1: also a weft group with its Raft log in redb, the log
-# backend A/B; 0 skips it),
+# backend A/B; 0 skips it), BENCH_READS (1: also linearizable reads, weft
+# `GetNode` against etcd `KV.Range`, clients spread over all members; 0
+# skips them),
 # BENCH_KEEP=1 keeps the work directory and its logs, BENCH_SKIP_BUILD=1 uses
 # the release binaries already built.
 set -euo pipefail
@@ -34,6 +36,7 @@ TMPBASE=${BENCH_TMPDIR:-/var/tmp}
 OUT=${BENCH_OUT:-$ROOT/BENCHMARKS.md}
 KEEP=${BENCH_KEEP:-0}
 LOG_AB=${BENCH_LOG_AB:-1}
+READS=${BENCH_READS:-1}
 
 WEFT_IPS=(127.0.0.1 127.0.0.2 127.0.0.3)
 REDB_IPS=(127.0.0.4 127.0.0.5 127.0.0.6)
@@ -159,6 +162,7 @@ if [ "$LOG_AB" = 1 ]; then
   REDB_ADDRS=$GROUP_ADDRS
   SYSTEMS=(weft weft-redb etcd)
 fi
+if [ "$READS" = 1 ]; then SYSTEMS+=(weft-read etcd-read); fi
 
 # --- etcd: 3 members --------------------------------------------------------
 CLUSTER=""
@@ -182,14 +186,20 @@ ETCD_EPS=$(printf "%s:$ETCD_CLIENT_PORT," "${ETCD_IPS[@]}"); ETCD_EPS=${ETCD_EPS
 RESULTS=$WORK/results.jsonl
 : >"$RESULTS"
 run_one() { # system clients round
-  local sys=$1 c=$2 r=$3 line
+  local sys=$1 c=$2 r=$3 line target=$TARGET
+  # Reads go to every member, so followers take their read index from the
+  # leader, as for clients spread over the managers.
+  case $sys in *-read) target=all ;; esac
   local common=(--clients "$c" --channels "$CHANNELS" --warmup "$WARMUP"
-    --duration "$DURATION" --target "$TARGET" --round "$r")
+    --duration "$DURATION" --target "$target" --round "$r")
   case $sys in
     weft) line=$("$LOADGEN" weft --addrs "$WEFT_ADDRS" --certs "$WORK/weft1/data/certs" "${common[@]}") ;;
     weft-redb) line=$("$LOADGEN" weft --system weft-redb --addrs "$REDB_ADDRS" \
       --certs "$WORK/weft4/data/certs" "${common[@]}") ;;
     etcd) line=$("$LOADGEN" etcd --endpoints "$ETCD_EPS" "${common[@]}") ;;
+    weft-read) line=$("$LOADGEN" weft --op read --addrs "$WEFT_ADDRS" \
+      --certs "$WORK/weft1/data/certs" "${common[@]}") ;;
+    etcd-read) line=$("$LOADGEN" etcd --op read --endpoints "$ETCD_EPS" "${common[@]}") ;;
   esac
   echo "$line" >>"$RESULTS"
   log "$line"
@@ -220,7 +230,8 @@ weft $REV (release build), $(etcd --version | sed -n '1s/Version: //p'). \
 3 members each on loopback, fsync on for all; $ROUNDS rounds, each run ${WARMUP} s warm-up + ${DURATION} s measured, \
 systems alternating. Clients share $CHANNELS HTTP/2 connections (1 for 1 client), all to the $TARGET. \
 weft: \`Control.UpdateNode\` label writes over mutual TLS; etcd: \`KV.Put\` over plain gRPC; \
-the same keys (one per client) and values (a counter)."
+the same keys (one per client) and values (a counter). Reads: weft \`Control.GetNode\`, etcd a \
+linearizable \`KV.Range\`, clients spread over all three members."
 
 if [ "$OUT" = - ]; then
   "$LOADGEN" report "$RESULTS" --machine "$MACHINE"

@@ -1,5 +1,7 @@
 //! Daemon restarts and binary upgrades as a node's tasks see them (issue
-//! #13): a task on `wa` resolves a service name in a loop and streams a
+//! #13), on a worker and on a manager (one of three, whose daemon also
+//! opens its Raft storage and rejoins the group as it starts): a task on
+//! `wa` resolves a service name in a loop and streams a
 //! counter over an encrypted overlay (VXLAN inside WireGuard) to a task on
 //! `wb`, while `wa`'s daemon is killed with SIGKILL and started again,
 //! stopped with SIGTERM (what `systemctl restart` sends) and started
@@ -92,12 +94,30 @@ struct Node {
     upgrade: PathBuf,
 }
 
+/// What `wa` is in the cluster.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// A worker, with one manager `m1`.
+    Worker,
+    /// One of three managers (`m1`, `m2`, `wa`).
+    Manager,
+}
+
 impl Node {
-    fn setup() -> Node {
-        let mut lab = Lab::new("restart", &["m1", "wa", "wb"]);
+    fn setup(role: Role) -> Node {
+        let mut lab = match role {
+            Role::Worker => Lab::new("restart", &["m1", "wa", "wb"]),
+            Role::Manager => Lab::new("restart-mgr", &["m1", "m2", "wa", "wb"]),
+        };
         lab.start_all();
-        let (wt, _) = lab.init("m1", &[]);
-        lab.join("wa", &wt, "m1");
+        let (wt, mt) = lab.init("m1", &[]);
+        if role == Role::Manager {
+            lab.join("m2", &mt, "m1");
+            lab.join("wa", &mt, "m1");
+            common::wait_voters(&lab, "m1", &["m1", "m2", "wa"]);
+        } else {
+            lab.join("wa", &wt, "m1");
+        }
         lab.join("wb", &wt, "m1");
         lab.encrypted_network("m1", "10.0.9.0/24", "secure");
         let web = "service create --name web --network secure \
@@ -262,11 +282,25 @@ fn median(mut v: Vec<u64>) -> u64 {
 
 #[test]
 fn restarts_and_upgrades_lose_no_lookup_and_reset_no_flow() {
+    restarts_and_upgrades(Role::Worker);
+}
+
+#[test]
+fn a_manager_node_restarts_and_upgrades_losing_no_lookup_and_resetting_no_flow() {
+    restarts_and_upgrades(Role::Manager);
+}
+
+/// Every restart kind on `wa` as `role`, `WEFT_RESTART_ROUNDS` times.
+fn restarts_and_upgrades(role: Role) {
     let rounds: usize = std::env::var("WEFT_RESTART_ROUNDS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1);
-    let mut node = Node::setup();
+    let what = match role {
+        Role::Worker => "worker",
+        Role::Manager => "manager",
+    };
+    let mut node = Node::setup(role);
     let ifindex = wg_ifindex(&node.lab);
     let store = fd_stores(&node.lab.host_dir("wa").join("run"));
     assert_eq!(store.len(), 1, "one fd store on wa: {store:?}");
@@ -275,7 +309,7 @@ fn restarts_and_upgrades_lose_no_lookup_and_reset_no_flow() {
         for kind in KINDS {
             let f = node.restart(kind);
             println!(
-                "round {round} {:<8} down {:>5} ms; lookups {} tried, {} failed; \
+                "{what} round {round} {:<8} down {:>5} ms; lookups {} tried, {} failed; \
                  longest DNS gap {:>5} ms; longest flow gap {:>5} ms",
                 f.kind, f.down_ms, f.tried, f.failed, f.dns_gap_ms, f.flow_gap_ms
             );
@@ -300,8 +334,8 @@ fn restarts_and_upgrades_lose_no_lookup_and_reset_no_flow() {
         let of: Vec<&Figures> = all.iter().filter(|f| f.kind == kind).collect();
         let m = |g: fn(&Figures) -> u64| median(of.iter().map(|f| g(f)).collect());
         println!(
-            "median of {} {kind:<8}: down {} ms, longest DNS gap {} ms, longest flow gap {} ms; \
-             {} lookups tried, {} failed, flow reset: no",
+            "{what}: median of {} {kind:<8}: down {} ms, longest DNS gap {} ms, longest flow gap \
+             {} ms; {} lookups tried, {} failed, flow reset: no",
             of.len(),
             m(|f| f.down_ms),
             m(|f| f.dns_gap_ms),
@@ -324,7 +358,7 @@ fn restarts_and_upgrades_lose_no_lookup_and_reset_no_flow() {
         .iter()
         .any(|m| l.contains(m))
     }) {
-        println!("wa: {}", strip_ansi(l));
+        println!("wa ({what}): {}", strip_ansi(l));
     }
     // The upgraded daemon is the copy, and it kept the same fd store.
     let pid = node.lab.pid("wa").expect("wa runs");

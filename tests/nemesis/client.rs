@@ -34,7 +34,7 @@ pub(crate) const CALL_LIMIT: Duration = Duration::from_secs(12);
 pub(crate) const REFUSED_BEFORE_PROPOSING: &[&str] = &[
     "Is the weft daemon running?",
     // The read index every call takes before it proposes anything.
-    "no Raft leader to confirm the read against",
+    "no Raft leader to check this call against",
     "this manager is behind the Raft leader",
     "has not caught up with the cluster yet",
     "this node is not a manager",

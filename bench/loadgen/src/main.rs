@@ -46,10 +46,10 @@ enum Cmd {
         /// A manager's certificate directory: ca.pem, node.pem, node-key.pem.
         #[arg(long)]
         certs: PathBuf,
-        /// `read` issues `Control.GetNode` instead (no Raft write): the cost
-        /// of the RPC path alone, for diagnosis.
-        #[arg(long, value_enum, default_value_t = WeftOp::Write)]
-        op: WeftOp,
+        /// `read` issues `Control.GetNode` instead: a linearizable read
+        /// (a read index from the leader, no Raft write); system `weft-read`.
+        #[arg(long, value_enum, default_value_t = Op::Write)]
+        op: Op,
         /// Label of the result line for writes (`weft` by default;
         /// `weft-redb` for the group whose Raft log is in redb, the log
         /// backend A/B of bench/run.sh).
@@ -63,6 +63,10 @@ enum Cmd {
         /// Client endpoints, IP:PORT, comma-separated.
         #[arg(long, value_delimiter = ',', required = true)]
         endpoints: Vec<String>,
+        /// `read` issues a linearizable `KV/Range` of the key instead
+        /// (etcd's default read: a ReadIndex); system `etcd-read`.
+        #[arg(long, value_enum, default_value_t = Op::Write)]
+        op: Op,
         #[command(flatten)]
         load: LoadArgs,
     },
@@ -120,12 +124,13 @@ struct LoadArgs {
     keys: usize,
 }
 
-/// What each weft request does.
+/// What each request does.
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-pub enum WeftOp {
-    /// `Control.UpdateNode` adding a label: a committed Raft write.
+pub enum Op {
+    /// A committed write: `Control.UpdateNode` adding a label, `KV.Put`.
     Write,
-    /// `Control.GetNode` of the same node: served locally, no Raft.
+    /// A linearizable read of the same: `Control.GetNode` (a read index
+    /// from the leader), `KV.Range` (etcd's ReadIndex).
     Read,
 }
 
@@ -188,15 +193,23 @@ async fn main() -> Result<()> {
             let shape = load.shape()?;
             let writers = targets::weft(&addrs, &certs, &shape, op).await?;
             let system = match op {
-                WeftOp::Write => system.as_str(),
-                WeftOp::Read => "weft-read",
+                Op::Write => system.as_str(),
+                Op::Read => "weft-read",
             };
             print_record(&load::run(system, &shape, writers).await)
         }
-        Cmd::Etcd { endpoints, load } => {
+        Cmd::Etcd {
+            endpoints,
+            op,
+            load,
+        } => {
             let shape = load.shape()?;
-            let writers = targets::etcd(&endpoints, &shape).await?;
-            print_record(&load::run("etcd", &shape, writers).await)
+            let writers = targets::etcd(&endpoints, &shape, op).await?;
+            let system = match op {
+                Op::Write => "etcd",
+                Op::Read => "etcd-read",
+            };
+            print_record(&load::run(system, &shape, writers).await)
         }
         Cmd::FsyncProbe { dir, count } => {
             let (p50, p99) = fsync_probe(&dir, count.max(1))?;

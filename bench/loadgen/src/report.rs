@@ -197,6 +197,7 @@ pub fn markdown(records: &[Record], machine: &str) -> String {
         None => "Target at 64 clients: no 64-client results for both systems.\n".into(),
     };
     s += &log_backend_ab(&cells);
+    s += &linearizable_reads(&cells);
     s += "\n<details><summary>Every run</summary>\n\n";
     s += "| round | system | clients | channels | target | writes | errors | writes/s | p50 ms | p99 ms | max ms |\n";
     s += "|---:|---|---:|---:|---|---:|---:|---:|---:|---:|---:|\n";
@@ -238,42 +239,89 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
 /// System label of the weft group whose Raft log is in redb.
 pub const REDB_SYSTEM: &str = "weft-redb";
 
+/// System label of weft's linearizable reads (`GetNode`).
+pub const WEFT_READ_SYSTEM: &str = "weft-read";
+/// System label of etcd's linearizable reads (`KV.Range`).
+pub const ETCD_READ_SYSTEM: &str = "etcd-read";
+
 /// The log backend A/B (issue #13): weft with its log file against weft
 /// with the log in redb, same build and writer thread; empty without
 /// `weft-redb` results.
 fn log_backend_ab(cells: &BTreeMap<(usize, String), Cell>) -> String {
-    let clients: std::collections::BTreeSet<usize> = cells
-        .keys()
-        .filter(|(_, sys)| sys == REDB_SYSTEM)
-        .map(|(c, _)| *c)
-        .collect();
+    pair_table(
+        cells,
+        "Raft log backend: log file against redb",
+        "The same weft build twice, the Raft log in its own file (`weft`, the default) and in a \
+         redb database (`weft-redb`, `WEFT_RAFT_LOG=redb`), behind the same group-committing \
+         writer thread. Ratios are file/redb.",
+        ("weft", "file"),
+        (REDB_SYSTEM, "redb"),
+        "writes/s",
+    )
+}
+
+/// Linearizable reads: weft's `GetNode` (a read index from the leader)
+/// against etcd's `KV.Range` (its ReadIndex); empty without both.
+fn linearizable_reads(cells: &BTreeMap<(usize, String), Cell>) -> String {
+    pair_table(
+        cells,
+        "Control plane: linearizable reads",
+        "weft `Control.GetNode` of one node (every control call takes a read index: the leader \
+         confirms it leads with a heartbeat round to a quorum, a follower asks the leader, and \
+         the read waits until that index is applied; concurrent calls share rounds) against a \
+         linearizable etcd `KV.Range` of one key (etcd's default read, its ReadIndex). Same \
+         clients, connections and targets as the writes. Ratios are weft/etcd.",
+        (WEFT_READ_SYSTEM, "weft"),
+        (ETCD_READ_SYSTEM, "etcd"),
+        "reads/s",
+    )
+}
+
+/// A table of system `a` against system `b` for the client counts both
+/// have results for (ratios a/b), titled `title`; empty without any.
+/// Each is (system, label).
+fn pair_table(
+    cells: &BTreeMap<(usize, String), Cell>,
+    title: &str,
+    intro: &str,
+    (a_sys, a): (&str, &str),
+    (b_sys, b): (&str, &str),
+    unit: &str,
+) -> String {
+    let has = |sys: &str| -> std::collections::BTreeSet<usize> {
+        cells
+            .keys()
+            .filter(|(_, s)| s == sys)
+            .map(|(c, _)| *c)
+            .collect()
+    };
+    let clients: Vec<usize> = has(a_sys).intersection(&has(b_sys)).copied().collect();
     if clients.is_empty() {
         return String::new();
     }
-    let mut s = "\n### Raft log backend: log file against redb\n\n".to_string();
-    s += "The same weft build twice, the Raft log in its own file (`weft`, the default) and in a \
-          redb database (`weft-redb`, `WEFT_RAFT_LOG=redb`), behind the same group-committing \
-          writer thread. Ratios are file/redb.\n\n";
-    s += "| clients | file writes/s | redb writes/s | ratio | file p50 ms | redb p50 ms \
-          | file p99 ms | redb p99 ms | p99 ratio |\n";
+    let mut s = format!("\n### {title}\n\n{intro}\n\n");
+    s += &format!(
+        "| clients | {a} {unit} | {b} {unit} | ratio | {a} p50 ms | {b} p50 ms \
+         | {a} p99 ms | {b} p99 ms | p99 ratio |\n"
+    );
     s += "|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
     for c in &clients {
-        let w = cells.get(&(*c, "weft".to_string()));
-        let r = cells.get(&(*c, REDB_SYSTEM.to_string()));
+        let x = cells.get(&(*c, a_sys.to_string()));
+        let y = cells.get(&(*c, b_sys.to_string()));
         let f = opt;
         s += &format!(
             "| {c} | {} | {} | {}× | {} | {} | {} | {} | {}× |\n",
-            f(w.map(|x| x.writes_per_s), 0),
-            f(r.map(|x| x.writes_per_s), 0),
+            f(x.map(|v| v.writes_per_s), 0),
+            f(y.map(|v| v.writes_per_s), 0),
             f(
-                ratio(w.map(|x| x.writes_per_s), r.map(|x| x.writes_per_s)),
+                ratio(x.map(|v| v.writes_per_s), y.map(|v| v.writes_per_s)),
                 2
             ),
-            f(w.map(|x| x.p50_ms), 2),
-            f(r.map(|x| x.p50_ms), 2),
-            f(w.map(|x| x.p99_ms), 2),
-            f(r.map(|x| x.p99_ms), 2),
-            f(ratio(w.map(|x| x.p99_ms), r.map(|x| x.p99_ms)), 2),
+            f(x.map(|v| v.p50_ms), 2),
+            f(y.map(|v| v.p50_ms), 2),
+            f(x.map(|v| v.p99_ms), 2),
+            f(y.map(|v| v.p99_ms), 2),
+            f(ratio(x.map(|v| v.p99_ms), y.map(|v| v.p99_ms)), 2),
         );
     }
     s
@@ -372,6 +420,20 @@ mod tests {
         let md = markdown(&rs, "");
         assert!(md.contains("| 64 | 300 | 200 | 1.50× |"), "{md}");
         assert!(md.contains("| 6.00 | 12.00 | 0.50× |"), "{md}");
+    }
+
+    #[test]
+    fn linearizable_reads_compare_weft_with_etcd() {
+        let rs = vec![
+            rec("weft", 1, 1, 300.0, 6.0),
+            rec(WEFT_READ_SYSTEM, 1, 1, 900.0, 2.0),
+            rec(ETCD_READ_SYSTEM, 1, 1, 1200.0, 4.0),
+        ];
+        let md = markdown(&rs, "");
+        assert!(md.contains("### Control plane: linearizable reads"), "{md}");
+        assert!(md.contains("| weft reads/s | etcd reads/s |"), "{md}");
+        assert!(md.contains("| 1 | 900 | 1200 | 0.75× |"), "{md}");
+        assert!(!md.contains("Raft log backend"), "{md}");
     }
 
     #[test]

@@ -46,6 +46,8 @@ pub enum Writer {
         client: KvClient<Channel>,
         /// This client's key.
         key: Vec<u8>,
+        /// A linearizable `KV.Range` of the key instead of a write.
+        read: bool,
     },
 }
 
@@ -73,7 +75,18 @@ impl Writer {
                 };
                 client.update_node(req).await.map(drop)
             }
-            Writer::Etcd { client, key } => {
+            Writer::Etcd {
+                client,
+                key,
+                read: true,
+            } => {
+                let req = etcdpb::RangeRequest {
+                    key: key.clone(),
+                    serializable: false,
+                };
+                client.range(req).await.map(drop)
+            }
+            Writer::Etcd { client, key, .. } => {
                 let req = etcdpb::PutRequest {
                     key: key.clone(),
                     value: seq.to_string().into_bytes(),
@@ -124,7 +137,7 @@ pub async fn weft(
     addrs: &[String],
     certs: &Path,
     shape: &Shape,
-    op: crate::WeftOp,
+    op: crate::Op,
 ) -> Result<Vec<Writer>> {
     let read = |f: &str| {
         std::fs::read_to_string(certs.join(f))
@@ -177,7 +190,7 @@ pub async fn weft(
             client: ControlClient::new(channels[i % channels.len()].clone()),
             node: leader_id.clone(),
             key: client_key(i % shape.keys),
-            read: op == crate::WeftOp::Read,
+            read: op == crate::Op::Read,
         })
         .collect())
 }
@@ -194,7 +207,7 @@ async fn etcd_channel(addr: &str) -> Result<Channel> {
 /// Connects `shape.channels` plain gRPC channels to the etcd members at
 /// `endpoints` and returns one writer per client. The leader is the member
 /// whose own ID equals the leader ID in its `Maintenance.Status`.
-pub async fn etcd(endpoints: &[String], shape: &Shape) -> Result<Vec<Writer>> {
+pub async fn etcd(endpoints: &[String], shape: &Shape, op: crate::Op) -> Result<Vec<Writer>> {
     let leader = until_ready("etcd leader", shape.ready_timeout, || async {
         for ep in endpoints {
             let Ok(ch) = etcd_channel(ep).await else {
@@ -221,6 +234,7 @@ pub async fn etcd(endpoints: &[String], shape: &Shape) -> Result<Vec<Writer>> {
     let probe = Writer::Etcd {
         client: KvClient::new(channels[0].clone()),
         key: b"bench/probe".to_vec(),
+        read: false,
     };
     until_ready("etcd write path", shape.ready_timeout, || {
         let mut p = probe.clone();
@@ -231,6 +245,7 @@ pub async fn etcd(endpoints: &[String], shape: &Shape) -> Result<Vec<Writer>> {
         .map(|i| Writer::Etcd {
             client: KvClient::new(channels[i % channels.len()].clone()),
             key: client_key(i % shape.keys).into_bytes(),
+            read: op == crate::Op::Read,
         })
         .collect())
 }

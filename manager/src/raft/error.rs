@@ -149,9 +149,8 @@ pub enum ReadError {
     /// No leader confirmed its leadership before the deadline: none was
     /// elected, or this node cannot reach it.
     #[error(
-        "no Raft leader to confirm the read against: quorum lost? {reachable} of {total} \
-         managers reachable (a majority of {total} is needed); this manager serves no reads \
-         that could be stale"
+        "no Raft leader to check this call against: quorum lost? {reachable} of {total} \
+         managers reachable (a majority of {total} is needed); nothing was read or changed"
     )]
     NoLeader {
         /// Managers (voters) that answered a ping, this one included.
@@ -161,8 +160,9 @@ pub enum ReadError {
     },
     /// The leader answered, but this node did not apply that far in time.
     #[error(
-        "this manager is behind the Raft leader (applied {applied:?}, the read needs {index}); \
-         try again in a moment"
+        "this manager is behind the Raft leader (applied up to {}, the call needs {index}); \
+         nothing was read or changed: try again in a moment",
+        applied.map_or("nothing".to_string(), |a| a.to_string())
     )]
     Behind {
         /// The read index.

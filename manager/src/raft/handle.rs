@@ -552,10 +552,8 @@ impl RaftHandle {
                 .map_err(|e| Forwarded::Failed(e.into())),
             // Not written: the peer is not (or no longer) the leader, or we
             // could not reach it at all.
-            Err(s)
-                if s.code() == tonic::Code::FailedPrecondition
-                    || s.code() == tonic::Code::Unavailable =>
-            {
+            Err(s) if s.code() == tonic::Code::FailedPrecondition => Err(Forwarded::Retry(s)),
+            Err(s) if s.code() == tonic::Code::Unavailable && never_sent(&s) => {
                 Err(Forwarded::Retry(s))
             }
             Err(s) => Err(Forwarded::Failed(ProposeError::ForwardUnknown {
@@ -616,6 +614,26 @@ impl RaftHandle {
 }
 
 /// The leader `metrics` names now, if it is one other than `old`.
+/// Whether an UNAVAILABLE answer to a forwarded write proves the leader
+/// never took it: a status the leader sent itself (its `Propose` answers
+/// UNAVAILABLE only before doing anything), or a connection that was never
+/// made (tonic's `ConnectError`: TCP or TLS). An UNAVAILABLE the transport
+/// raises mid-call (an HTTP/2 keep-alive ping unanswered, after the
+/// request went out) proves nothing: sending it again could apply it twice.
+pub(super) fn never_sent(status: &tonic::Status) -> bool {
+    let mut cause = std::error::Error::source(status);
+    if cause.is_none() {
+        return true;
+    }
+    while let Some(e) = cause {
+        if e.downcast_ref::<tonic::ConnectError>().is_some() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
 /// This node's state, the leader it knows of and that leader's address.
 pub(super) fn leader_view(
     metrics: &mut watch::Receiver<RaftMetrics<NodeId, RaftNode>>,
@@ -803,6 +821,24 @@ async fn reannounce_commit(raft: openraft::Raft<TypeConfig>, log: Arc<LogShared>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only an answer that proves the leader never took the write lets a
+    /// follower send it again.
+    #[test]
+    fn unavailable_is_retried_only_when_the_write_was_never_sent() {
+        // The leader's own refusal (sent before it did anything).
+        assert!(never_sent(&tonic::Status::unavailable("Raft is shut down")));
+        // No connection: refused, or the TLS handshake failed.
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let connect = tonic::Status::from_error(Box::new(tonic::ConnectError(Box::new(refused))));
+        assert_eq!(connect.code(), tonic::Code::Unavailable);
+        assert!(never_sent(&connect));
+        // The transport gave up mid-call (a keep-alive ping unanswered):
+        // the request may have reached the leader.
+        let mut mid_call = tonic::Status::unavailable("keep-alive timed out");
+        mid_call.set_source(Arc::new(std::io::Error::other("keep-alive timed out")));
+        assert!(!never_sent(&mid_call));
+    }
 
     fn queued(bytes: usize) -> Queued {
         let cmd = Command::RemoveTask {
