@@ -336,6 +336,59 @@ impl ControlService {
         Ok(())
     }
 
+    /// The checks of a node update against this manager's store: the node
+    /// `what` resolves, every label removed exists (or is added again), and
+    /// the labels stay within their limit. Returns the node's ID.
+    fn check_node_update(
+        &self,
+        what: &str,
+        label_add: &BTreeMap<String, String>,
+        label_rm: &[String],
+    ) -> Result<crate::store::NodeId> {
+        let (id, hostname, missing, before, after) = self.core.read(|s| {
+            s.resolve_node(what).map(|n| {
+                let missing: Vec<String> = label_rm
+                    .iter()
+                    .filter(|k| !n.labels.contains_key(*k))
+                    .cloned()
+                    .collect();
+                // Counted without copying the labels (this is the write
+                // path the control-plane benchmark measures).
+                let added = label_add
+                    .keys()
+                    .filter(|k| !n.labels.contains_key(*k))
+                    .count();
+                let removed = label_rm
+                    .iter()
+                    .filter(|k| n.labels.contains_key(*k) && !label_add.contains_key(*k))
+                    .collect::<std::collections::BTreeSet<_>>()
+                    .len();
+                (
+                    n.id,
+                    n.hostname.clone(),
+                    missing,
+                    n.labels.len(),
+                    n.labels.len() + added - removed,
+                )
+            })
+        })?;
+        for k in label_rm {
+            if missing.contains(k) && !label_add.contains_key(k) {
+                return Err(Error::InvalidInput(format!(
+                    "node {hostname} has no label {k:?} to remove"
+                )));
+            }
+        }
+        limits::growth_at_most(
+            format_args!("labels of node {hostname}"),
+            before,
+            after,
+            limits::MAX_LABELS,
+            "labels",
+        )?;
+        Ok(id)
+    }
+
     async fn update(&self, r: pb::UpdateNodeRequest) -> Result<pb::UpdateNodeResponse> {
         // Only what the checks need: cloning the whole node (labels and
         // all) on every write showed up in the control-plane profile.
@@ -361,66 +414,46 @@ impl ControlService {
         for k in &r.label_rm {
             validate_label_key(k)?;
         }
-        let (id, hostname, missing, before, after) = self.core.read(|s| {
-            s.resolve_node(&what).map(|n| {
-                let missing: Vec<String> = r
-                    .label_rm
-                    .iter()
-                    .filter(|k| !n.labels.contains_key(*k))
-                    .cloned()
-                    .collect();
-                // Counted without copying the labels (this is the write
-                // path the control-plane benchmark measures).
-                let added = label_add
-                    .keys()
-                    .filter(|k| !n.labels.contains_key(*k))
-                    .count();
-                let removed = r
-                    .label_rm
-                    .iter()
-                    .filter(|k| n.labels.contains_key(*k) && !label_add.contains_key(*k))
-                    .collect::<std::collections::BTreeSet<_>>()
-                    .len();
-                (
-                    n.id,
-                    n.hostname.clone(),
-                    missing,
-                    n.labels.len(),
-                    n.labels.len() + added - removed,
-                )
-            })
-        })?;
-        for k in &r.label_rm {
-            if missing.contains(k) && !label_add.contains_key(k) {
-                return Err(Error::InvalidInput(format!(
-                    "node {hostname} has no label {k:?} to remove"
-                )));
+        // A blind change (labels added or removed, an availability), which
+        // the store checks again where it is applied: checked first against
+        // this manager's store as it stands, without a read index. A refusal
+        // must not come from a stale store, so before refusing the checks
+        // run again after a read index; and so does the write, when the
+        // node it named was not found where it was applied.
+        let id = match self.check_node_update(&what, &label_add, &r.label_rm) {
+            Ok(id) => id,
+            Err(_) => {
+                self.core.linearize().await?;
+                self.check_node_update(&what, &label_add, &r.label_rm)?
             }
-        }
-        limits::growth_at_most(
-            format_args!("labels of node {hostname}"),
-            before,
-            after,
-            limits::MAX_LABELS,
-            "labels",
-        )?;
+        };
         let now = now_ms();
-        let added = label_add.clone();
+        let added = &label_add;
         let removed: Vec<String> = r
             .label_rm
             .iter()
             .filter(|k| !added.contains_key(*k))
             .cloned()
             .collect();
-        self.core
-            .propose(Command::UpdateNode {
-                id,
-                availability,
-                label_add,
-                label_rm: r.label_rm,
-                now_ms: now,
-            })
-            .await?;
+        let command = |id| Command::UpdateNode {
+            id,
+            availability,
+            label_add: label_add.clone(),
+            label_rm: r.label_rm.clone(),
+            now_ms: now,
+        };
+        let id = match self.core.propose(command(id)).await {
+            Ok(_) => id,
+            Err(Error::Store(crate::store::StoreError::NodeNotFound(_))) => {
+                // Resolved from a stale store (the name now another
+                // node's?): resolve again after a read index, once.
+                self.core.linearize().await?;
+                let id = self.check_node_update(&what, &label_add, &r.label_rm)?;
+                self.core.propose(command(id)).await?;
+                id
+            }
+            Err(e) => return Err(e),
+        };
         // The store answers with Done (no node clone on every manager);
         // the reply is read here once this manager has applied the write
         // (at once on the leader, a moment later on a follower).
@@ -1211,7 +1244,9 @@ impl Control for ControlService {
         &self,
         req: Request<pb::UpdateNodeRequest>,
     ) -> std::result::Result<Response<pb::UpdateNodeResponse>, Status> {
-        self.admit(&req).await?;
+        // No read index up front: `update` takes one only before it would
+        // refuse (see there).
+        self.authorize(&req)?;
         Ok(Response::new(self.update(req.into_inner()).await?))
     }
 

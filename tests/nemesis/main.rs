@@ -34,8 +34,9 @@
 //!
 //! A register is a node label (`w1`/`w2`, a label key per round): a write is
 //! `weft node update --label-add k=<unique value>`, a read `weft node
-//! inspect`. Every control call but `weft info` first takes a read index
-//! from the leader (`ControlService::admit` in `manager/src/controlapi.rs`):
+//! inspect`. Every control call but `weft info` takes a read index from
+//! the leader (`ControlService::admit` in `manager/src/controlapi.rs`;
+//! `node update` only before it would refuse, as a blind write):
 //! a follower, a restarted manager or a leader deposed without knowing it
 //! answers only once it holds every write committed before the call, or
 //! refuses. So a *plain read* through any manager must be linearizable. A
