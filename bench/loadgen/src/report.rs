@@ -266,9 +266,10 @@ fn linearizable_reads(cells: &BTreeMap<(usize, String), Cell>) -> String {
     pair_table(
         cells,
         "Control plane: linearizable reads",
-        "weft `Control.GetNode` of one node (every control call takes a read index: the leader \
-         confirms it leads with a heartbeat round to a quorum, a follower asks the leader, and \
-         the read waits until that index is applied; concurrent calls share rounds) against a \
+        "weft `Control.GetNode` of one node (it takes a read index, as every control call but \
+         `GetCluster` and `UpdateNode` does: the leader confirms it leads with a heartbeat round \
+         to a quorum, a follower asks the leader, and the read waits until that index is \
+         applied; concurrent calls share rounds) against a \
          linearizable etcd `KV.Range` of one key (etcd's default read, its ReadIndex). Same \
          clients, connections and targets as the writes. Ratios are weft/etcd.",
         (WEFT_READ_SYSTEM, "weft"),
