@@ -4,8 +4,13 @@
 CARGO ?= cargo
 WEFT  := target/debug/weft
 # Host tools: nft (the data plane's one host tool), nsenter (tests, util-linux),
-# tcpdump (tests check packets on the underlay), iproute2 (tests read the kernel independently).
-HOST_TOOLS := nft:nftables nsenter:util-linux tcpdump:tcpdump ip:iproute2 busybox:busybox
+# tcpdump (tests check packets on the underlay), iproute2 (tests read the kernel independently),
+# containerd (with ctr and its runc shim) and runc (issue #14: tasks as OCI containers).
+HOST_TOOLS := nft:nftables nsenter:util-linux tcpdump:tcpdump ip:iproute2 containerd:containerd runc:runc
+# Packages checked by name, not by command: busybox-static (tests' busybox, and the only binary
+# of the test image, so it must be static) is told apart from an unowned or dynamic busybox
+# that would also answer `command -v busybox`. It replaces Debian's `busybox` package.
+HOST_PACKAGES := busybox-static
 
 .PHONY: all build deps demo demo-down test test-unit lint check-deps bench clean
 
@@ -15,6 +20,9 @@ deps:
 	@missing=""; for t in $(HOST_TOOLS); do \
 	  bin=$${t%%:*}; pkg=$${t##*:}; \
 	  command -v $$bin >/dev/null 2>&1 || [ -x /usr/sbin/$$bin ] || missing="$$missing $$pkg"; \
+	done; \
+	for pkg in $(HOST_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q 'install ok installed' || missing="$$missing $$pkg"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing host packages:$$missing"; \

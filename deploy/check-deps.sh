@@ -10,9 +10,12 @@ forbid() { # crate, forbidden deps...
     if grep -qE "^$dep v" <<<"$tree"; then echo "forbidden dependency: $crate -> $dep"; fail=1; fi
   done
 }
-forbid weft-manager weft-overlay weft-worker rtnetlink nftables boringtun netlink-packet-route
+# containerd's API is the worker's business: the manager and the wire format never compile it.
+forbid weft-manager weft-overlay weft-worker rtnetlink nftables boringtun netlink-packet-route weft-containerd-api
 forbid weft-overlay weft-proto weft-manager weft-worker tonic openraft
-forbid weft-proto weft-manager weft-worker weft-overlay openraft rtnetlink
+forbid weft-proto weft-manager weft-worker weft-overlay openraft rtnetlink weft-containerd-api
+# A leaf: containerd's API knows nothing of weft.
+forbid weft-containerd-api weft-proto weft-manager weft-worker weft-overlay openraft
 forbid weft-worker weft-manager openraft
 # The fault checker judges histories; it must not share code with what it judges.
 forbid weft-faults weft-manager weft-worker weft-proto weft-overlay openraft
