@@ -162,11 +162,11 @@ fn restart_every_daemon_keeps_ids_and_state() {
     let w2: serde_json::Value =
         serde_json::from_str(&lab.weft("m3", &["node", "inspect", "w2"])).expect("json");
     assert_eq!(w2[0]["Labels"]["disk"], "ssd");
-    // A manager answers from its own store, and right after a restart of
-    // every manager that store can lack the last committed writes until a
-    // leader is elected and tells it the commit index (a leader restarted
-    // no longer leads its old term at once: see `restart_as_follower`).
-    // Plain reads are not linearizable (RELIABILITY.md, "What is checked").
+    // Right after every manager restarted, no leader leads yet (a leader
+    // restarted no longer leads its old term at once: see
+    // `restart_as_follower`), and a read waits for the election before it
+    // takes its read index (RELIABILITY.md, "What is checked"), or fails
+    // UNAVAILABLE if none comes within the propose timeout: awaited.
     wait_for("m1 shows w1 drained", Duration::from_secs(15), || {
         lab.node_ls("m1")
             .iter()

@@ -100,6 +100,18 @@ impl RaftGrpc {
         tonic::service::interceptor::InterceptedService::new(server, check)
     }
 
+    /// The payload of `request` once its caller passed the check for
+    /// `call` too (beyond the interceptor's peer check).
+    fn checked(
+        &self,
+        request: Request<RaftPayload>,
+        call: RaftCall,
+    ) -> Result<RaftPayload, Status> {
+        let (meta, ext, payload) = request.into_parts();
+        (self.authorize)(&Request::from_parts(meta, ext, ()), call)?;
+        Ok(payload)
+    }
+
     /// The payload of `req`, decoded (its caller passed the peer check in
     /// the interceptor already).
     fn decode<T: DeserializeOwned>(&self, req: Request<RaftPayload>) -> Result<T, Status> {
@@ -144,8 +156,7 @@ impl Raft for RaftGrpc {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let (meta, ext, payload) = request.into_parts();
-        (self.authorize)(&Request::from_parts(meta, ext, ()), RaftCall::Propose)?;
+        let payload = self.checked(request, RaftCall::Propose)?;
         // The proposer checked this before sending; a leader does not trust
         // it, and does not decode an oversized command.
         let bytes = payload.json.len();
@@ -173,8 +184,7 @@ impl Raft for RaftGrpc {
         &self,
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
-        let (meta, ext, payload) = request.into_parts();
-        (self.authorize)(&Request::from_parts(meta, ext, ()), RaftCall::ReadIndex)?;
+        let payload = self.checked(request, RaftCall::ReadIndex)?;
         let _: super::ReadIndexRequest = self.decode(Request::new(payload))?;
         match self.handle.leader_round().await {
             Ok(index) => reply(&super::ReadIndexResponse { index }),

@@ -613,7 +613,6 @@ impl RaftHandle {
     }
 }
 
-/// The leader `metrics` names now, if it is one other than `old`.
 /// Whether an UNAVAILABLE answer to a forwarded write proves the leader
 /// never took it: a status the leader sent itself (its `Propose` answers
 /// UNAVAILABLE only before doing anything), or a connection that was never
@@ -666,6 +665,7 @@ pub(super) async fn pause_for_leader(
     true
 }
 
+/// The leader `metrics` names now, if it is one other than `old`.
 fn other_leader(
     metrics: &mut watch::Receiver<RaftMetrics<NodeId, RaftNode>>,
     old: NodeId,

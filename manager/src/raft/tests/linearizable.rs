@@ -10,8 +10,8 @@
 
 use std::time::Duration;
 
-use super::cluster::{TestNode, settings, three_node_cluster, three_node_cluster_with, worker};
-use super::silent_leader::FreezableProxy;
+use super::cluster::{TestNode, settings, three_node_cluster, worker};
+use super::silent_leader::{cluster_behind_proxy, silence_leader, stop_behind_proxy};
 use crate::raft::ReadError;
 use crate::store::NodeId;
 
@@ -53,19 +53,13 @@ async fn a_deposed_leader_refuses_reads_instead_of_answering_stale() {
     let dirs = [(); 3].map(|_| tempfile::tempdir().expect("tempdir"));
     let mut quick = settings();
     quick.propose_timeout = Duration::from_secs(6);
-    let proxy = FreezableProxy::start().await;
-    let mut nodes = three_node_cluster_with(&dirs, quick, |addr| {
-        proxy.target.set(addr.to_string()).expect("set once");
-        proxy.addr.clone()
-    })
-    .await;
+    let (proxy, nodes) = cluster_behind_proxy(&dirs, quick).await;
     let old = nodes[0].id;
     nodes[0].raft.linearize().await.expect("the leader reads");
 
     // The leader is cut off from what the others send it, and stops its
     // heartbeats: they elect another leader and commit w2 without it.
-    proxy.freeze();
-    nodes[0].raft.raft().runtime_config().heartbeat(false);
+    silence_leader(&proxy, &nodes);
     let new = nodes[1]
         .raft
         .raft()
@@ -84,14 +78,7 @@ async fn a_deposed_leader_refuses_reads_instead_of_answering_stale() {
         .linearize()
         .await
         .expect("a member of the majority reads");
-    assert!(
-        nodes[1]
-            .raft
-            .store()
-            .read()
-            .nodes
-            .contains_key(&NodeId(0xd2))
-    );
+    assert!(has_w2(&nodes[1]));
 
     // The old leader's store lacks w2: a plain read there is stale. A
     // linearizable one is refused.
@@ -104,9 +91,5 @@ async fn a_deposed_leader_refuses_reads_instead_of_answering_stale() {
     }
     assert!(!has_w2(&nodes[0]), "the old leader cannot have w2");
 
-    for n in &mut nodes[1..] {
-        n.stop().await;
-    }
-    proxy.frozen.send_replace(false);
-    nodes[0].stop().await;
+    stop_behind_proxy(proxy, nodes).await;
 }

@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use super::cluster::{settings, three_node_cluster_with, worker};
+use super::cluster::{TestNode, settings, three_node_cluster_with, worker};
 use crate::raft::ProposeError;
 use crate::store::NodeId;
 
@@ -80,28 +80,53 @@ async fn pipe(
     }
 }
 
+/// Three managers led by the first, which the others know only by a
+/// [`FreezableProxy`] in front of it.
+pub(super) async fn cluster_behind_proxy(
+    dirs: &[tempfile::TempDir; 3],
+    settings: crate::raft::RaftSettings,
+) -> (FreezableProxy, Vec<TestNode>) {
+    let proxy = FreezableProxy::start().await;
+    let nodes = three_node_cluster_with(dirs, settings, |addr| {
+        proxy.target.set(addr.to_string()).expect("set once");
+        proxy.addr.clone()
+    })
+    .await;
+    (proxy, nodes)
+}
+
+/// The leader goes silent: nothing reaches it or comes back from it
+/// through the proxy, and it sends no more heartbeats (its own connections
+/// to the followers are direct), so they elect another.
+pub(super) fn silence_leader(proxy: &FreezableProxy, nodes: &[TestNode]) {
+    proxy.freeze();
+    nodes[0].raft.raft().runtime_config().heartbeat(false);
+}
+
+/// Stops every node. The old leader's server shuts down gracefully, so it
+/// waits for the connections through the proxy: they are let go once the
+/// others stopped (nothing can be committed then).
+pub(super) async fn stop_behind_proxy(proxy: FreezableProxy, mut nodes: Vec<TestNode>) {
+    for n in &mut nodes[1..] {
+        n.stop().await;
+    }
+    proxy.frozen.send_replace(false);
+    nodes[0].stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_forwarded_to_a_silent_leader_is_abandoned_when_another_is_elected() {
     let dirs = [(); 3].map(|_| tempfile::tempdir().expect("tempdir"));
     let mut patient = settings();
     // Far above an election (3-4 s): a forward held to the deadline shows.
     patient.propose_timeout = Duration::from_secs(30);
-    let proxy = FreezableProxy::start().await;
     // The first node leads, and the others know it only through the proxy.
-    let mut nodes = three_node_cluster_with(&dirs, patient, |addr| {
-        proxy.target.set(addr.to_string()).expect("set once");
-        proxy.addr.clone()
-    })
-    .await;
+    let (proxy, nodes) = cluster_behind_proxy(&dirs, patient).await;
     let old = nodes[0].id;
     let r = nodes[2].raft.propose(worker(0xb1, "w1")).await;
     assert!(matches!(r, Ok(Ok(_))), "forwarded through the proxy: {r:?}");
 
-    // The leader goes silent: nothing reaches it or comes back from it
-    // through the proxy, and it sends no more heartbeats (its own
-    // connections to the followers are direct), so they elect another.
-    proxy.freeze();
-    nodes[0].raft.raft().runtime_config().heartbeat(false);
+    silence_leader(&proxy, &nodes);
     let silent = Instant::now();
     let err = nodes[2]
         .raft
@@ -138,12 +163,5 @@ async fn a_write_forwarded_to_a_silent_leader_is_abandoned_when_another_is_elect
             n.id
         );
     }
-    // The old leader's server shuts down gracefully, so it waits for the
-    // connections through the proxy: let them go once the others stopped
-    // (nothing can be committed then).
-    for n in &mut nodes[1..] {
-        n.stop().await;
-    }
-    proxy.frozen.send_replace(false);
-    nodes[0].stop().await;
+    stop_behind_proxy(proxy, nodes).await;
 }
