@@ -11,9 +11,9 @@ forbid() { # crate, forbidden deps...
   done
 }
 # containerd's API is the worker's business: the manager and the wire format never compile it.
-forbid weft-manager weft-overlay weft-worker rtnetlink nftables boringtun netlink-packet-route weft-containerd-api
+forbid weft-manager weft-overlay weft-worker rtnetlink nftables boringtun netlink-packet-route weft-containerd-api oci-spec
 forbid weft-overlay weft-proto weft-manager weft-worker tonic openraft
-forbid weft-proto weft-manager weft-worker weft-overlay openraft rtnetlink weft-containerd-api
+forbid weft-proto weft-manager weft-worker weft-overlay openraft rtnetlink weft-containerd-api oci-spec
 # A leaf: containerd's API knows nothing of weft.
 forbid weft-containerd-api weft-proto weft-manager weft-worker weft-overlay openraft
 forbid weft-worker weft-manager openraft

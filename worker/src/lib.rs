@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod error;
+pub mod image;
 pub mod join;
 pub mod node_files;
 pub mod reconcile;
