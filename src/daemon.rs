@@ -223,21 +223,46 @@ impl NodeService {
     /// Restarts the components of a node that was a member before.
     async fn resume(&self) -> anyhow::Result<()> {
         let (record, certs) = self.files.load()?;
-        let manager = if record.role == "manager" && !rejoin::cert_expired(&certs) {
-            Some(self.start_manager(&record, &certs).await?)
-        } else {
-            if record.role == "manager" {
-                // Its peers would refuse every Raft call, and its elections
-                // would only raise its term; the rejoin starts it.
-                tracing::error!(
-                    "this manager's certificate has expired: its manager stays stopped until the node rejoins"
-                );
-            }
-            None
-        };
+        let (certs, manager) = self.manager_for(&record, certs).await?;
         tracing::info!(node = %record.node_id, role = %record.role, "resuming cluster membership");
         *self.active.lock().await = Some(self.activate(record, certs, manager));
         Ok(())
+    }
+
+    /// The manager a member node starts with: none on a worker; on a
+    /// manager whose certificate expired offline, one only if it is the
+    /// only voter and signs itself a new certificate (`renew_alone`, which
+    /// also returns the certificates to use).
+    async fn manager_for(
+        &self,
+        record: &NodeRecord,
+        mut certs: Certs,
+    ) -> anyhow::Result<(Certs, Option<Manager>)> {
+        let manager = if record.role != "manager" {
+            None
+        } else if !rejoin::cert_expired(&certs) {
+            Some(self.start_manager(record, &certs).await?)
+        } else {
+            match self.renew_alone(record, &certs).await {
+                Ok(Some((renewed, manager))) => {
+                    certs = renewed;
+                    Some(manager)
+                }
+                outcome => {
+                    if let Err(e) = outcome {
+                        tracing::error!(error = %format!("{e:#}"), "this manager could not sign itself a new certificate");
+                    }
+                    // Its peers would refuse every Raft call, and its
+                    // elections would only raise its term; the rejoin
+                    // starts it.
+                    tracing::error!(
+                        "this manager's certificate has expired: its manager stays stopped until the node rejoins"
+                    );
+                    None
+                }
+            }
+        };
+        Ok((certs, manager))
     }
 
     async fn start_manager(&self, record: &NodeRecord, certs: &Certs) -> anyhow::Result<Manager> {
@@ -431,19 +456,15 @@ impl NodeService {
                     e => Status::internal(e.to_string()),
                 })?;
         self.files.unlock_holder().set(Some(key));
-        let manager = if record.role == "manager" {
-            match self.start_manager(&record, &certs).await {
-                Ok(m) => Some(m),
-                Err(e) => {
-                    self.files.unlock_holder().set(None);
-                    return Err(status_of(
-                        format!("unlocked, but the manager cannot start: {e:#}"),
-                        tonic::Code::Internal,
-                    ));
-                }
+        let (certs, manager) = match self.manager_for(&record, certs).await {
+            Ok(started) => started,
+            Err(e) => {
+                self.files.unlock_holder().set(None);
+                return Err(status_of(
+                    format!("unlocked, but the manager cannot start: {e:#}"),
+                    tonic::Code::Internal,
+                ));
             }
-        } else {
-            None
         };
         tracing::info!(node = %record.node_id, "unlocked: resuming cluster membership");
         *guard = Some(self.activate(record, certs, manager));

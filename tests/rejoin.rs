@@ -478,3 +478,66 @@ fn managers_rejoin_and_nodes_refuse_a_demoted_manager() {
     server.join().expect("server thread");
     eprintln!("w1 refused demoted m2 ({m2_id}) as its session manager");
 }
+
+#[test]
+fn a_lone_manager_offline_past_its_certificate_signs_itself_a_new_one() {
+    // SAFETY: as above; nextest runs this test in a process of its own.
+    unsafe { std::env::set_var("WEFT_TEST_MIN_CERT_EXPIRY_SECS", "10") };
+    let mut lab = Lab::new("rejoin-alone", &["m1", "w1"]);
+    lab.start_all();
+    let (wt, _) = lab.init("m1", &["--cert-expiry", "20s"]);
+    lab.join("w1", &wt, "m1");
+    wait_for("both nodes ready", Duration::from_secs(30), || {
+        let rows = lab.node_ls("m1");
+        rows.len() == 2 && rows.iter().all(|r| r.status == "Ready")
+    });
+    let m1_id = cert_of(&lab, "m1").node_id;
+    let w1_id = cert_of(&lab, "w1").node_id;
+    let expiry_of = |lab: &Lab| {
+        lab.node_ls("m1")
+            .into_iter()
+            .find(|r| r.id == m1_id)
+            .expect("m1 listed")
+    };
+    let before = expiry_of(&lab).cert_expiry;
+
+    // The whole cluster is off for longer than a certificate lives: there
+    // is no other manager to rejoin through.
+    lab.kill9("w1");
+    lab.kill9("m1");
+    wait_expired(&lab, "m1");
+    wait_expired(&lab, "w1");
+    lab.start("m1");
+    wait_for(
+        "m1 serves again on a certificate it signed itself",
+        Duration::from_secs(30),
+        || !cert_of(&lab, "m1").expired() && lab.try_weft("m1", &["node", "ls"]).status.success(),
+    );
+    assert_eq!(cert_of(&lab, "m1").node_id, m1_id, "the same node ID");
+    assert!(
+        log_of(&lab, "m1").contains("signed itself a new certificate"),
+        "{}",
+        log_of(&lab, "m1")
+    );
+    let me = expiry_of(&lab);
+    assert_eq!(me.manager, "Leader");
+    assert_ne!(me.cert_expiry, before, "node ls shows the new expiry");
+
+    // The worker, offline as long, rejoins through it with the worker token
+    // and keeps its ID.
+    lab.start("w1");
+    wait_for("w1 says it must rejoin", Duration::from_secs(20), || {
+        lab.weft("w1", &["info"]).contains("weft join --token")
+    });
+    let remote = format!("{}:4377", lab.addr("m1"));
+    let out = lab.weft("w1", &["join", "--token", &wt, &remote]);
+    assert!(out.contains("rejoined"), "{out}");
+    assert_eq!(cert_of(&lab, "w1").node_id, w1_id);
+    wait_for("w1 ready again", Duration::from_secs(30), || {
+        lab.node_ls("m1")
+            .iter()
+            .any(|r| r.id == w1_id && r.status == "Ready")
+    });
+    // And the cluster takes writes.
+    lab.weft("m1", &["node", "update", "--label-add", "back=1", "w1"]);
+}

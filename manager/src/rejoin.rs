@@ -16,9 +16,12 @@
 //! on top, and refusing it would only make a node whose clock runs ahead of
 //! the managers' wait until theirs agrees that it has expired.
 
-use weft_proto::identity::PeerIdentity;
+use weft_proto::identity::{NodeKey, PeerIdentity};
 use weft_proto::tls::RejoinError;
 
+use crate::ca::{ClusterCa, IssuedCert};
+use crate::core::Core;
+use crate::error::{Error, Result};
 use crate::store::{Node, NodeId, Role, State};
 
 /// Why a rejoin was refused. Messages say what to do instead.
@@ -104,6 +107,38 @@ pub fn check(
         });
     }
     Ok(node.clone())
+}
+
+/// A new certificate for this manager, signed here with the CA key it
+/// holds: for the only voter of its group whose certificate expired while
+/// it was offline, when nobody else is left to rejoin with. The caller waits
+/// until this manager leads and has applied its log. Checked as a rejoin is
+/// (the node `expired_cert_pem` names is this one, of this cluster, a
+/// manager in the store and not removed), and refused unless this manager
+/// is still the only voter.
+pub async fn reissue_own(core: &Core, expired_cert_pem: &str) -> Result<(NodeKey, IssuedCert)> {
+    let me = core.node_id();
+    let id = PeerIdentity::from_pem(expired_cert_pem).map_err(crate::ca::CaError::from)?;
+    if id.node_id != me.to_string() {
+        return Err(Error::FailedPrecondition(format!(
+            "the certificate on disk names node {}, not this manager ({me})",
+            id.node_id
+        )));
+    }
+    let voters = core.voters();
+    if voters.len() != 1 || !voters.contains(&me) {
+        return Err(Error::FailedPrecondition(format!(
+            "this manager is not the only voter ({voters:?}): it rejoins through another \
+             manager with `weft join --token`"
+        )));
+    }
+    let cluster = core.cluster()?;
+    let node = core.read(|s| check(s, &cluster.id, &id, Role::Manager))?;
+    let ca = ClusterCa::from_pem(&cluster.ca_cert_pem, &core.secrets()?.ca_key_pem)?;
+    let key = NodeKey::generate().map_err(crate::ca::CaError::from)?;
+    let csr = key.csr_pem().map_err(crate::ca::CaError::from)?;
+    let issued = crate::join::reissue(core, &cluster, &ca, &node, &csr).await?;
+    Ok((key, issued))
 }
 
 #[cfg(test)]

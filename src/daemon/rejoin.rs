@@ -13,13 +13,23 @@
 //!  state is removed, as at a demotion)
 //! ```
 
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use anyhow::Context;
 use tokio::sync::MutexGuard;
 use tonic::Status;
+use weft_manager::Manager;
+use weft_manager::store::NodeId;
 use weft_proto::identity::PeerIdentity;
 use weft_proto::v1 as pb;
-use weft_worker::node_files::Certs;
+use weft_worker::node_files::{Certs, NodeRecord};
 
 use super::{Active, NodeService, join_error, status_of, validate_remote};
+
+/// How long a lone manager restarted with an expired certificate may take
+/// to lead and apply its log before it gives up renewing itself.
+const RENEW_ALONE_WITHIN: Duration = Duration::from_secs(20);
 
 /// Whether the certificate in `certs` has expired (false when it cannot be
 /// read: a rejoin would not fix that, see `NodeFiles::load`).
@@ -30,6 +40,68 @@ pub(super) fn cert_expired(certs: &Certs) -> bool {
 }
 
 impl NodeService {
+    /// A manager whose certificate expired while it was offline, and that
+    /// is the only voter of its group, signs itself a new certificate:
+    /// nobody else could (a rejoin goes through another manager). Its Raft
+    /// needs no peer, so it starts on the expired certificate, leads, and
+    /// once its log is applied it checks itself in the store as a rejoin
+    /// would (`weft_manager::rejoin::reissue_own`), saves the new
+    /// certificate and serves it. `None` when it is not the only voter: then
+    /// the node rejoins through another manager, as before.
+    pub(super) async fn renew_alone(
+        &self,
+        record: &NodeRecord,
+        certs: &Certs,
+    ) -> anyhow::Result<Option<(Certs, Manager)>> {
+        let me: NodeId = record.node_id.parse()?;
+        let dir = self.files.raft_dir();
+        let voters = tokio::task::spawn_blocking(move || weft_manager::raft::voters_on_disk(&dir))
+            .await?
+            .context("reading the Raft membership")?;
+        if voters != BTreeSet::from([me]) {
+            return Ok(None);
+        }
+        tracing::warn!(
+            node = %me,
+            "this manager's certificate expired while it was offline and it is the only voter: \
+             it signs itself a new certificate"
+        );
+        let mut manager = self.start_manager(record, certs).await?;
+        let core = manager.core().clone();
+        let deadline = tokio::time::Instant::now() + RENEW_ALONE_WITHIN;
+        let renewed = async {
+            // Leading, with a read index taken: its whole log is applied.
+            while !(core.is_leader() && core.linearize().await.is_ok()) {
+                if tokio::time::Instant::now() > deadline {
+                    anyhow::bail!(
+                        "it did not lead within {}s (see the Raft messages above)",
+                        RENEW_ALONE_WITHIN.as_secs()
+                    );
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let (key, issued) = weft_manager::rejoin::reissue_own(&core, &certs.cert_pem).await?;
+            let renewed = Certs {
+                ca_pem: certs.ca_pem.clone(),
+                cert_pem: issued.cert_pem,
+                key_pem: key.to_pem(),
+            };
+            self.files.save_certs(&renewed)?;
+            manager.update_identity(&renewed.cert_pem, &renewed.key_pem)?;
+            tracing::info!(node = %me, not_after = %issued.not_after, "signed itself a new certificate");
+            Ok(renewed)
+        }
+        .await;
+        match renewed {
+            Ok(renewed) => Ok(Some((renewed, manager))),
+            Err(e) => {
+                *self.slot.write().expect("slot") = None;
+                manager.stop().await;
+                Err(e)
+            }
+        }
+    }
+
     /// Rejoins the active node in `guard`, whose certificate has expired.
     pub(super) async fn rejoin(
         &self,

@@ -57,7 +57,7 @@ pub use handle::{RaftHandle, RaftMetricsView, RaftSettings};
 pub use log_store::{DB_FILE, LogStore};
 pub use network::{ChannelFactory, Network, NetworkFactory, plaintext_channel_factory};
 pub use read::{ReadIndexRequest, ReadIndexResponse};
-pub use recover::{ForcedMembership, force_single_voter};
+pub use recover::{ForcedMembership, force_single_voter, voters_on_disk};
 pub use redb_log::{BACKEND_ENV, Backend, LogFileError, REDB_LOG_FILE};
 pub use state_machine::{StateMachine, StoreHandle};
 pub use wal::{WAL_FILE, WalError};

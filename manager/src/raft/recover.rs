@@ -40,13 +40,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
+use std::sync::Arc;
 
 use openraft::{CommittedLeaderId, Entry, EntryPayload, LogId, Membership, Vote};
 
 use super::error::Error;
-use super::log_store::{check_log_present, open_db};
+use super::log_store::{Db, check_log_present, open_db};
 use super::state_machine::read_snapshot;
-use super::wal::{RecOut, Wal};
+use super::wal::{LogImage, RecOut, Wal};
 use super::{RaftNode, TypeConfig};
 use crate::store::NodeId;
 
@@ -74,26 +75,7 @@ pub fn force_single_voter(
     node_id: NodeId,
     addr: &str,
 ) -> Result<ForcedMembership, Error> {
-    if !dir
-        .join(super::DB_FILE)
-        .try_exists()
-        .map_err(|source| Error::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?
-    {
-        return Err(Error::NotInitialized {
-            dir: dir.to_path_buf(),
-        });
-    }
-    let (db, _closed) = open_db(dir)?;
-    // Refuses a log file missing beside a snapshot, as opening Raft does.
-    check_log_present(&db, dir)?;
-    let snapshot = read_snapshot(&db)
-        .map_err(|e| Error::Snapshot(Box::new(e)))?
-        .map(|(meta, _)| meta);
-    let (mut wal, image) = Wal::open(dir).map_err(Error::Wal)?;
-
+    let (_db, snapshot, mut wal, image) = open_stopped(dir)?;
     let snapshot_last = snapshot.as_ref().and_then(|m| m.last_log_id);
     let log_last = image.log.last_key_value().map(|(_, e)| e.log_id);
     let last = [log_last, image.last_purged, snapshot_last]
@@ -106,22 +88,7 @@ pub fn force_single_voter(
         });
     };
 
-    // The membership in effect: the later of the last one in the log and
-    // the snapshot's.
-    let in_log = image.log.values().rev().find_map(|e| match &e.payload {
-        EntryPayload::Membership(m) => Some((Some(e.log_id), m)),
-        _ => None,
-    });
-    let in_snapshot = snapshot
-        .as_ref()
-        .map(|m| (*m.last_membership.log_id(), m.last_membership.membership()));
-    let effective = [in_log, in_snapshot]
-        .into_iter()
-        .flatten()
-        .max_by_key(|(log_id, _)| *log_id);
-    let previous_voters: BTreeSet<NodeId> = effective
-        .map(|(_, m)| m.voter_ids().collect())
-        .unwrap_or_default();
+    let previous_voters = effective_voters(&image, snapshot.as_ref());
     if !previous_voters.contains(&node_id) {
         return Err(Error::NotVoter {
             node: node_id,
@@ -173,4 +140,62 @@ pub fn force_single_voter(
         log_id,
         purged_to_snapshot: purge_to.is_some(),
     })
+}
+
+/// The voters of the membership in effect in the stopped Raft storage in
+/// `dir` (the later of the last one in the log and the snapshot's), read
+/// as they are. A daemon asks this before it starts a manager
+/// whose certificate expired offline: a manager that is the only voter can
+/// sign a new certificate for itself, as nobody else could.
+///
+/// Refused as [`force_single_voter`] is, when the directory holds no group
+/// or is open.
+pub fn voters_on_disk(dir: &Path) -> Result<BTreeSet<NodeId>, Error> {
+    let (_db, snapshot, _wal, image) = open_stopped(dir)?;
+    Ok(effective_voters(&image, snapshot.as_ref()))
+}
+
+type SnapshotMeta = openraft::SnapshotMeta<NodeId, RaftNode>;
+
+/// Opens the stopped storage in `dir`: redb (its file lock held while the
+/// returned handle lives), the snapshot's metadata, and the log file.
+fn open_stopped(dir: &Path) -> Result<(Arc<Db>, Option<SnapshotMeta>, Wal, LogImage), Error> {
+    if !dir
+        .join(super::DB_FILE)
+        .try_exists()
+        .map_err(|source| Error::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?
+    {
+        return Err(Error::NotInitialized {
+            dir: dir.to_path_buf(),
+        });
+    }
+    let (db, _closed) = open_db(dir)?;
+    // Refuses a log file missing beside a snapshot, as opening Raft does.
+    check_log_present(&db, dir)?;
+    let snapshot = read_snapshot(&db)
+        .map_err(|e| Error::Snapshot(Box::new(e)))?
+        .map(|(meta, _)| meta);
+    let (wal, image) = Wal::open(dir).map_err(Error::Wal)?;
+    Ok((db, snapshot, wal, image))
+}
+
+/// The voters of the effective membership: the later of the last one in the
+/// log and the snapshot's.
+fn effective_voters(image: &LogImage, snapshot: Option<&SnapshotMeta>) -> BTreeSet<NodeId> {
+    let in_log = image.log.values().rev().find_map(|e| match &e.payload {
+        EntryPayload::Membership(m) => Some((Some(e.log_id), m)),
+        _ => None,
+    });
+    let in_snapshot =
+        snapshot.map(|m| (*m.last_membership.log_id(), m.last_membership.membership()));
+    let effective = [in_log, in_snapshot]
+        .into_iter()
+        .flatten()
+        .max_by_key(|(log_id, _)| *log_id);
+    effective
+        .map(|(_, m)| m.voter_ids().collect())
+        .unwrap_or_default()
 }

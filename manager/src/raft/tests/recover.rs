@@ -12,7 +12,7 @@ use tempfile::TempDir;
 use super::cluster::{TestNode, WAIT, settings as base_settings, three_node_cluster, worker};
 use crate::raft::error::Error;
 use crate::raft::wal::{RecOut, Wal};
-use crate::raft::{RaftSettings, force_single_voter};
+use crate::raft::{RaftSettings, force_single_voter, voters_on_disk};
 use crate::store::{NodeId, State};
 
 /// A three-manager group with two workers written; every manager stopped.
@@ -107,8 +107,14 @@ async fn survivor_of_three_becomes_the_only_voter_with_its_state() {
         .expect("a log");
     let old_term = before.vote.expect("a vote").leader_id().term;
 
+    assert_eq!(voters_on_disk(dirs[2].path()).expect("voters"), voters);
     let forced = force_single_voter(dirs[2].path(), id, &addr).expect("force");
     assert_eq!(forced.previous_voters, voters);
+    assert_eq!(
+        voters_on_disk(dirs[2].path()).expect("voters"),
+        BTreeSet::from([id]),
+        "the only voter, as a daemon reads it before starting the manager"
+    );
     assert!(!forced.purged_to_snapshot);
     assert_eq!(forced.log_id.index, old_last.index + 1);
     assert!(forced.log_id.leader_id.term > old_term.max(old_last.leader_id.term));
