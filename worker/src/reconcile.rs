@@ -412,6 +412,7 @@ impl Reconciler {
                             self.dataplane.resolv_conf()
                         },
                         hostname: if host { None } else { Some(t.name.clone()) },
+                        container: None,
                     };
                     match self.runtime.start(&spec).await {
                         Ok(s) => Some(s),

@@ -20,6 +20,7 @@
 //!     └──────────────── <root>/tasks/<id>/{spec.json,pid,log,exit} ◀─ writes exit when the task ends
 //! ```
 
+pub mod containerd;
 pub mod fake;
 mod files;
 pub mod process;
@@ -55,6 +56,31 @@ pub struct TaskSpec {
     pub resolv_conf: Option<PathBuf>,
     /// The task's hostname, in its own UTS namespace.
     pub hostname: Option<String>,
+    /// Run as a container from an image (the containerd runtime); `None`
+    /// runs a host process (the process runtime).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<Box<ContainerSpec>>,
+}
+
+/// What makes a task a container: its image and Docker's per-container
+/// overrides of the image's defaults.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerSpec {
+    /// The image: a name, `name@sha256:…` (what services pin) or a bare
+    /// digest, as the node's image store resolves it.
+    pub image: String,
+    /// `--entrypoint`: replaces the image's entrypoint and drops its `Cmd`.
+    #[serde(default)]
+    pub entrypoint: Option<Vec<String>>,
+    /// `-w`: the working directory.
+    #[serde(default)]
+    pub workdir: Option<String>,
+    /// `-u`: `uid[:gid]` or `root`.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// `--read-only`: the root filesystem is mounted read-only.
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 /// Where a task is in its life.
@@ -180,6 +206,9 @@ pub enum Error {
     /// A namespace operation of the shim failed.
     #[error(transparent)]
     Netns(#[from] weft_overlay::linux::Error),
+    /// A call to containerd failed.
+    #[error(transparent)]
+    Containerd(#[from] weft_containerd_api::Error),
 }
 
 /// Shorthand.
@@ -240,7 +269,8 @@ pub(crate) fn validate(spec: &TaskSpec) -> Result<()> {
         })
     };
     validate_id(&spec.id)?;
-    if spec.command.is_empty() || spec.command[0].is_empty() {
+    // A container may take its command from its image.
+    if spec.container.is_none() && (spec.command.is_empty() || spec.command[0].is_empty()) {
         return bad("empty command");
     }
     if spec

@@ -47,6 +47,7 @@ fn spec(id: &str, netns: &Path, script: &str) -> TaskSpec {
         netns: netns.to_owned(),
         resolv_conf: None,
         hostname: None,
+        container: None,
     }
 }
 

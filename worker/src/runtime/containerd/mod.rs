@@ -1,0 +1,637 @@
+//! The containerd runtime: each task a container, started from an image in
+//! the node's containerd (its own namespace, `weft` by default), inside the
+//! network namespace the data plane made for it (docs/plans/14-containerd.md
+//! §2.4–2.7).
+//!
+//! ```text
+//!  start:  images.get(ref) ─▶ Snapshots.Prepare(key = task id, parent = image top chain id)
+//!          ─▶ Containers.Create(spec JSON, runc options, labels weft.task/weft.image)
+//!          ─▶ Tasks.Create(rootfs mounts, stdout/stderr = file://<task dir>/log) ─▶ Tasks.Start
+//!          ─▶ a Tasks.Wait per task, in the background: its exit updates the status
+//!  stop:   Tasks.Kill(SIGTERM) ─ grace ─▶ Tasks.Kill(SIGKILL, all) ─▶ the waiter sees the exit
+//!  remove: stop ─▶ Tasks.Delete ─▶ Containers.Delete ─▶ Snapshots.Remove ─▶ task dir
+//!  adopt:  Containers.List(label weft.task) ─▶ Tasks.Get: running → tracked and waited on,
+//!          stopped → reported exited, created or missing → cleaned up (never started)
+//! ```
+//!
+//! The shim (containerd-shim-runc-v2) is the container's parent and keeps
+//! its exit status until `Tasks.Delete`, and it writes the output straight
+//! to the log file: a daemon restart loses nothing and stalls nothing.
+//!
+//! Not here yet (issue #14's later stages): seccomp, resources, health
+//! checks, OOM reporting, streamed logs with rotation, exec.
+
+pub mod spec;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use prost::Message;
+use tokio::sync::broadcast;
+use weft_containerd_api::Client;
+use weft_containerd_api::containerd::runc::v1::Options as RuncOptions;
+use weft_containerd_api::containerd::services::containers::v1 as containers;
+use weft_containerd_api::containerd::services::snapshots::v1 as snapshots;
+use weft_containerd_api::containerd::services::tasks::v1 as tasks;
+use weft_containerd_api::containerd::types::Mount;
+use weft_containerd_api::containerd::v1::types::Status as ProcStatus;
+
+use super::{Error, Result, TaskRuntime, TaskSpec, TaskState, TaskStatus, validate, validate_id};
+use crate::image::LocalImage;
+
+/// The snapshotter every container's root filesystem comes from.
+pub const SNAPSHOTTER: &str = "overlayfs";
+/// containerd's runtime for runc, one shim per container.
+const RUNTIME: &str = "io.containerd.runc.v2";
+/// The label that marks a container as a weft task (its value: the task id).
+pub const TASK_LABEL: &str = "weft.task";
+/// The label naming the image digest a container runs.
+pub const IMAGE_LABEL: &str = "weft.image";
+const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
+const RUNC_OPTIONS_TYPE_URL: &str = "containerd.runc.v1.Options";
+/// How long a task may take to exit after SIGKILL before stop gives up.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// Where a container's image comes from: the node's image store.
+#[async_trait::async_trait]
+pub trait ImageSource: Send + Sync {
+    /// The local, unpacked image `reference` names, or why there is none
+    /// (the message is shown to the user as the task's error).
+    async fn get(&self, reference: &str) -> std::result::Result<LocalImage, String>;
+}
+
+/// How the runtime reaches containerd and lays out its files.
+#[derive(Clone, Debug)]
+pub struct ContainerdConfig {
+    /// `<exec-root>/tasks`: per-task files (log, hosts, hostname).
+    pub tasks_dir: PathBuf,
+    /// runc's state directory (`None`: containerd's default,
+    /// `/run/containerd/runc`).
+    pub runc_root: Option<PathBuf>,
+    /// The cgroup parent of every container (`/weft` by default).
+    pub cgroup_parent: PathBuf,
+}
+
+/// Tasks as containers in containerd. Cheap to clone.
+#[derive(Clone)]
+pub struct ContainerdRuntime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    images: Arc<dyn ImageSource>,
+    cfg: ContainerdConfig,
+    tasks: Mutex<BTreeMap<String, Tracked>>,
+    events: broadcast::Sender<TaskStatus>,
+}
+
+struct Tracked {
+    spec: Option<TaskSpec>,
+    status: TaskStatus,
+}
+
+impl ContainerdRuntime {
+    /// A runtime on `client` (already in its namespace).
+    pub fn new(client: Client, images: Arc<dyn ImageSource>, cfg: ContainerdConfig) -> Self {
+        let (events, _) = broadcast::channel(1024);
+        Self {
+            inner: Arc::new(Inner {
+                client,
+                images,
+                cfg,
+                tasks: Mutex::new(BTreeMap::new()),
+                events,
+            }),
+        }
+    }
+
+    fn task_dir(&self, id: &str) -> PathBuf {
+        self.inner.cfg.tasks_dir.join(id)
+    }
+
+    fn tasks(&self) -> tasks::tasks_client::TasksClient<weft_containerd_api::ApiChannel> {
+        tasks::tasks_client::TasksClient::new(self.inner.client.channel())
+    }
+
+    fn containers(
+        &self,
+    ) -> containers::containers_client::ContainersClient<weft_containerd_api::ApiChannel> {
+        containers::containers_client::ContainersClient::new(self.inner.client.channel())
+    }
+
+    fn snapshots(
+        &self,
+    ) -> snapshots::snapshots_client::SnapshotsClient<weft_containerd_api::ApiChannel> {
+        snapshots::snapshots_client::SnapshotsClient::new(self.inner.client.channel())
+    }
+
+    fn err(&self, call: &'static str, status: tonic::Status) -> Error {
+        Error::Containerd(self.inner.client.error(call, status))
+    }
+
+    /// Records `status` and tells subscribers.
+    fn set(&self, status: TaskStatus, spec: Option<TaskSpec>) {
+        let mut tasks = self.inner.tasks.lock().expect("tasks");
+        let entry = tasks.entry(status.id.clone()).or_insert(Tracked {
+            spec: None,
+            status: status.clone(),
+        });
+        if spec.is_some() {
+            entry.spec = spec;
+        }
+        entry.status = status.clone();
+        drop(tasks);
+        let _ = self.inner.events.send(status);
+    }
+
+    fn runc_options(&self) -> prost_types::Any {
+        let opts = RuncOptions {
+            root: self
+                .inner
+                .cfg
+                .runc_root
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            systemd_cgroup: false,
+            ..Default::default()
+        };
+        prost_types::Any {
+            type_url: RUNC_OPTIONS_TYPE_URL.into(),
+            value: opts.encode_to_vec(),
+        }
+    }
+
+    /// Waits, in the background, for the task's exit and records it. The
+    /// shim keeps the exit status until the task is deleted, so this also
+    /// works for a task that exited while the daemon was down.
+    fn watch(&self, id: &str, started_at: Option<SystemTime>) {
+        let rt = self.clone();
+        let id = id.to_owned();
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(200);
+            loop {
+                let r = rt
+                    .tasks()
+                    .wait(tasks::WaitRequest {
+                        container_id: id.clone(),
+                        exec_id: String::new(),
+                    })
+                    .await;
+                let state = match r {
+                    Ok(w) => {
+                        let w = w.into_inner();
+                        TaskState::Exited {
+                            code: Some(w.exit_status as i32),
+                            signal: None,
+                        }
+                    }
+                    // Deleted (removed) meanwhile: nothing to report.
+                    Err(s) if s.code() == tonic::Code::NotFound => return,
+                    Err(s) => {
+                        tracing::warn!(task = %id, error = %s, "waiting for the container's exit failed; trying again");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                        continue;
+                    }
+                };
+                // Still ours (not removed while waiting)?
+                if rt.status(&id).is_none() {
+                    return;
+                }
+                rt.set(
+                    TaskStatus {
+                        id: id.clone(),
+                        state,
+                        started_at,
+                        finished_at: Some(SystemTime::now()),
+                    },
+                    None,
+                );
+                return;
+            }
+        });
+    }
+
+    /// The image's rootfs snapshot for the task: prepared, or the one a
+    /// previous attempt left.
+    async fn rootfs(&self, id: &str, image: &LocalImage) -> Result<Vec<Mount>> {
+        let r = self
+            .snapshots()
+            .prepare(snapshots::PrepareSnapshotRequest {
+                snapshotter: SNAPSHOTTER.into(),
+                key: id.to_owned(),
+                parent: image.top_chain_id.clone(),
+                labels: HashMap::from([(TASK_LABEL.to_owned(), id.to_owned())]),
+            })
+            .await;
+        match r {
+            Ok(r) => Ok(r.into_inner().mounts),
+            Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(self
+                .snapshots()
+                .mounts(snapshots::MountsRequest {
+                    snapshotter: SNAPSHOTTER.into(),
+                    key: id.to_owned(),
+                })
+                .await
+                .map_err(|s| self.err("Snapshots.Mounts", s))?
+                .into_inner()
+                .mounts),
+            Err(s) => Err(self.err("Snapshots.Prepare", s)),
+        }
+    }
+
+    /// Everything `start` needs before the process runs; any failure here
+    /// leaves nothing behind (`cleanup` runs on it).
+    async fn create(&self, spec: &TaskSpec) -> Result<u32, String> {
+        let c = spec.container.as_ref().ok_or("not a container task")?;
+        let image = self.inner.images.get(&c.image).await?;
+        let dir = self.task_dir(&spec.id);
+        let files = write_task_files(&dir, &spec::hostname(spec)).map_err(|e| e.to_string())?;
+        let oci = spec::build(
+            spec,
+            c,
+            &image.config,
+            &files,
+            &self.inner.cfg.cgroup_parent.join(&spec.id),
+        )
+        .map_err(|e| e.to_string())?;
+        let json = serde_json::to_vec(&oci).map_err(|e| e.to_string())?;
+        let mounts = self
+            .rootfs(&spec.id, &image)
+            .await
+            .map_err(|e| e.to_string())?;
+        // A container left by an attempt that died half-way goes first.
+        self.delete_container(&spec.id)
+            .await
+            .map_err(|e| e.to_string())?;
+        self.containers()
+            .create(containers::CreateContainerRequest {
+                container: Some(containers::Container {
+                    id: spec.id.clone(),
+                    labels: HashMap::from([
+                        (TASK_LABEL.to_owned(), spec.id.clone()),
+                        (IMAGE_LABEL.to_owned(), image.digest.clone()),
+                    ]),
+                    image: image.name.clone(),
+                    runtime: Some(containers::container::Runtime {
+                        name: RUNTIME.into(),
+                        options: Some(self.runc_options()),
+                    }),
+                    spec: Some(prost_types::Any {
+                        type_url: SPEC_TYPE_URL.into(),
+                        value: json,
+                    }),
+                    snapshotter: SNAPSHOTTER.into(),
+                    snapshot_key: spec.id.clone(),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .map_err(|s| self.err("Containers.Create", s).to_string())?;
+        let log = format!("file://{}", dir.join("log").display());
+        self.tasks()
+            .create(tasks::CreateTaskRequest {
+                container_id: spec.id.clone(),
+                rootfs: mounts,
+                stdout: log.clone(),
+                stderr: log,
+                options: Some(self.runc_options()),
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| self.err("Tasks.Create", s).to_string())?;
+        let started = self
+            .tasks()
+            .start(tasks::StartRequest {
+                container_id: spec.id.clone(),
+                exec_id: String::new(),
+            })
+            .await
+            .map_err(|s| self.err("Tasks.Start", s).to_string())?;
+        Ok(started.into_inner().pid)
+    }
+
+    /// Deletes the task's process; a missing one is fine.
+    async fn delete_task(&self, id: &str) -> std::result::Result<(), tonic::Status> {
+        let r = self
+            .tasks()
+            .delete(tasks::DeleteTaskRequest {
+                container_id: id.to_owned(),
+            })
+            .await;
+        match r {
+            Err(s) if s.code() != tonic::Code::NotFound => Err(s),
+            _ => Ok(()),
+        }
+    }
+
+    /// Deletes the task's process (if any) and its container record;
+    /// missing ones are fine.
+    async fn delete_container(&self, id: &str) -> Result<()> {
+        match self.delete_task(id).await {
+            Ok(()) => {}
+            // A process still running: kill it, then delete.
+            Err(s) if s.code() == tonic::Code::FailedPrecondition => {
+                self.kill(id, libc::SIGKILL as u32, true).await?;
+                self.wait_exit(id, KILL_WAIT).await?;
+                self.delete_task(id)
+                    .await
+                    .map_err(|s| self.err("Tasks.Delete", s))?;
+            }
+            Err(s) => return Err(self.err("Tasks.Delete", s)),
+        }
+        match self
+            .containers()
+            .delete(containers::DeleteContainerRequest { id: id.to_owned() })
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+            Err(s) => Err(self.err("Containers.Delete", s)),
+        }
+    }
+
+    /// Removes the task's process, container, snapshot and files.
+    async fn cleanup(&self, id: &str) -> Result<()> {
+        self.delete_container(id).await?;
+        match self
+            .snapshots()
+            .remove(snapshots::RemoveSnapshotRequest {
+                snapshotter: SNAPSHOTTER.into(),
+                key: id.to_owned(),
+            })
+            .await
+        {
+            Ok(_) => {}
+            Err(s) if s.code() == tonic::Code::NotFound => {}
+            Err(s) => return Err(self.err("Snapshots.Remove", s)),
+        }
+        let dir = self.task_dir(id);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(Error::Io {
+                op: "remove",
+                path: dir,
+                source,
+            }),
+        }
+    }
+
+    async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<()> {
+        match self
+            .tasks()
+            .kill(tasks::KillRequest {
+                container_id: id.to_owned(),
+                exec_id: String::new(),
+                signal,
+                all,
+            })
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Gone, or already stopped.
+            Err(s)
+                if matches!(
+                    s.code(),
+                    tonic::Code::NotFound | tonic::Code::FailedPrecondition
+                ) =>
+            {
+                Ok(())
+            }
+            Err(s) => Err(self.err("Tasks.Kill", s)),
+        }
+    }
+
+    /// Waits up to `limit` for the task's process to end; true if it did.
+    async fn wait_exit(&self, id: &str, limit: Duration) -> Result<bool> {
+        let mut client = self.tasks();
+        let wait = client.wait(tasks::WaitRequest {
+            container_id: id.to_owned(),
+            exec_id: String::new(),
+        });
+        match tokio::time::timeout(limit, wait).await {
+            Err(_) => Ok(false),
+            Ok(Ok(_)) => Ok(true),
+            Ok(Err(s)) if s.code() == tonic::Code::NotFound => Ok(true),
+            Ok(Err(s)) => Err(self.err("Tasks.Wait", s)),
+        }
+    }
+}
+
+/// Writes `/etc/hosts` and `/etc/hostname` for the container, and makes
+/// sure the log file exists.
+fn write_task_files(dir: &Path, hostname: &str) -> std::io::Result<spec::TaskFiles> {
+    std::fs::create_dir_all(dir)?;
+    let hosts = dir.join("hosts");
+    std::fs::write(
+        &hosts,
+        format!(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{hostname}\n"
+        ),
+    )?;
+    let name = dir.join("hostname");
+    std::fs::write(&name, format!("{hostname}\n"))?;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("log"))?;
+    Ok(spec::TaskFiles {
+        hosts: Some(hosts),
+        hostname: Some(name),
+    })
+}
+
+#[async_trait::async_trait]
+impl TaskRuntime for ContainerdRuntime {
+    async fn adopt(&self) -> Result<Vec<TaskStatus>> {
+        let list = self
+            .containers()
+            .list(containers::ListContainersRequest {
+                filters: vec![format!("labels.\"{TASK_LABEL}\"")],
+            })
+            .await
+            .map_err(|s| self.err("Containers.List", s))?
+            .into_inner()
+            .containers;
+        let mut out = Vec::new();
+        for c in list {
+            let id = c.id.clone();
+            if validate_id(&id).is_err() {
+                continue;
+            }
+            let got = self
+                .tasks()
+                .get(tasks::GetRequest {
+                    container_id: id.clone(),
+                    exec_id: String::new(),
+                })
+                .await;
+            let process = match got {
+                Ok(r) => r.into_inner().process,
+                Err(s) if s.code() == tonic::Code::NotFound => None,
+                Err(s) => return Err(self.err("Tasks.Get", s)),
+            };
+            let status = match process.map(|p| (ProcStatus::try_from(p.status), p)) {
+                Some((Ok(ProcStatus::Running | ProcStatus::Paused | ProcStatus::Pausing), p)) => {
+                    TaskStatus {
+                        id: id.clone(),
+                        state: TaskState::Running { pid: p.pid as i32 },
+                        started_at: None,
+                        finished_at: None,
+                    }
+                }
+                Some((Ok(ProcStatus::Stopped), p)) => TaskStatus {
+                    id: id.clone(),
+                    state: TaskState::Exited {
+                        code: Some(p.exit_status as i32),
+                        signal: None,
+                    },
+                    started_at: None,
+                    finished_at: p.exited_at.and_then(|t| SystemTime::try_from(t).ok()),
+                },
+                // Created but never started (the daemon died between the
+                // two), or no process at all: never start anything here.
+                _ => {
+                    tracing::info!(task = %id, "removing a container that never started");
+                    self.cleanup(&id).await?;
+                    continue;
+                }
+            };
+            let running = !status.state.is_terminal();
+            self.set(status.clone(), None);
+            if running {
+                self.watch(&id, None);
+            }
+            out.push(status);
+        }
+        Ok(out)
+    }
+
+    async fn start(&self, spec: &TaskSpec) -> Result<TaskStatus> {
+        validate(spec)?;
+        if spec.container.is_none() {
+            return Err(Error::InvalidSpec {
+                id: spec.id.clone(),
+                reason: "the containerd runtime runs containers only (the task has no image)",
+            });
+        }
+        if let Some((known, status)) = self
+            .inner
+            .tasks
+            .lock()
+            .expect("tasks")
+            .get(&spec.id)
+            .map(|t| (t.spec.clone(), t.status.clone()))
+        {
+            let same = known.as_ref().is_none_or(|k| k == spec);
+            if !status.state.is_terminal() && same {
+                return Ok(status);
+            }
+            return Err(Error::AlreadyExists {
+                id: spec.id.clone(),
+            });
+        }
+        let status = match self.create(spec).await {
+            Ok(pid) => TaskStatus {
+                id: spec.id.clone(),
+                state: TaskState::Running { pid: pid as i32 },
+                started_at: Some(SystemTime::now()),
+                finished_at: None,
+            },
+            Err(error) => {
+                if let Err(e) = self.cleanup(&spec.id).await {
+                    tracing::warn!(task = %spec.id, error = %e, "cleaning up after a failed start");
+                }
+                TaskStatus {
+                    id: spec.id.clone(),
+                    state: TaskState::Failed { error },
+                    started_at: None,
+                    finished_at: Some(SystemTime::now()),
+                }
+            }
+        };
+        let running = !status.state.is_terminal();
+        self.set(status.clone(), Some(spec.clone()));
+        if running {
+            self.watch(&spec.id, status.started_at);
+        }
+        Ok(status)
+    }
+
+    async fn stop(&self, id: &str, grace: Duration) -> Result<()> {
+        let running = self.status(id).is_some_and(|s| !s.state.is_terminal());
+        if !running {
+            return Ok(());
+        }
+        self.kill(id, libc::SIGTERM as u32, false).await?;
+        if self.wait_exit(id, grace).await? {
+            return Ok(());
+        }
+        self.kill(id, libc::SIGKILL as u32, true).await?;
+        if self.wait_exit(id, KILL_WAIT).await? {
+            Ok(())
+        } else {
+            Err(Error::StopTimeout {
+                id: id.to_owned(),
+                waited: KILL_WAIT,
+            })
+        }
+    }
+
+    async fn remove(&self, id: &str) -> Result<()> {
+        validate_id(id)?;
+        self.inner.tasks.lock().expect("tasks").remove(id);
+        self.cleanup(id).await
+    }
+
+    async fn wait(&self, id: &str) -> Result<TaskStatus> {
+        let mut rx = self.inner.events.subscribe();
+        loop {
+            match self.status(id) {
+                None => {
+                    return Err(Error::NotFound { id: id.to_owned() });
+                }
+                Some(s) if s.state.is_terminal() => return Ok(s),
+                Some(_) => {}
+            }
+            match rx.recv().await {
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => {
+                    return Err(Error::NotFound { id: id.to_owned() });
+                }
+            }
+        }
+    }
+
+    fn status(&self, id: &str) -> Option<TaskStatus> {
+        self.inner
+            .tasks
+            .lock()
+            .expect("tasks")
+            .get(id)
+            .map(|t| t.status.clone())
+    }
+
+    fn list(&self) -> Vec<TaskStatus> {
+        self.inner
+            .tasks
+            .lock()
+            .expect("tasks")
+            .values()
+            .map(|t| t.status.clone())
+            .collect()
+    }
+
+    fn log_path(&self, id: &str) -> PathBuf {
+        self.task_dir(id).join("log")
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<TaskStatus> {
+        self.inner.events.subscribe()
+    }
+}

@@ -1,0 +1,420 @@
+//! The OCI runtime spec of a task's container, built purely from the task,
+//! its container options and its image's configuration, with Docker's
+//! defaults (moby `oci/defaults.go`, `oci/caps/defaults.go`; read for
+//! their meaning, not copied) and Docker's rules for merging the image's
+//! entrypoint, command, environment, working directory and user with what
+//! the operator gave.
+//!
+//! ```text
+//!  TaskSpec (id, command, env, netns pin, resolv.conf, hostname)
+//!  ContainerSpec (image, --entrypoint, -w, -u, --read-only, files)  ──▶ build() ──▶ oci_spec::runtime::Spec
+//!  ImageConfig (Entrypoint, Cmd, Env, WorkingDir, User)
+//! ```
+//!
+//! Not here yet (issue #14's later stages): the seccomp profile, cap
+//! add/drop, user names (only numeric `uid[:gid]` and `root`), mounts,
+//! resource limits.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{
+    Capability, LinuxBuilder, LinuxDeviceCgroupBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
+    LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
+    UserBuilder,
+};
+
+use super::super::{ContainerSpec, TaskSpec};
+use crate::image::ImageConfig;
+
+/// Docker's default capability set: bounding, effective and permitted
+/// (inheritable and ambient stay empty, as moby ≥ 23 has them).
+pub const DEFAULT_CAPABILITIES: [Capability; 14] = [
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::Fsetid,
+    Capability::Fowner,
+    Capability::Mknod,
+    Capability::NetRaw,
+    Capability::Setgid,
+    Capability::Setuid,
+    Capability::Setfcap,
+    Capability::Setpcap,
+    Capability::NetBindService,
+    Capability::SysChroot,
+    Capability::Kill,
+    Capability::AuditWrite,
+];
+
+/// The `PATH` a container gets when neither the image nor the operator
+/// sets one (Docker's).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Paths of /proc and /sys a container cannot read (Docker's list).
+const MASKED_PATHS: [&str; 11] = [
+    "/proc/asound",
+    "/proc/acpi",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+];
+
+/// Paths of /proc a container cannot write (Docker's list).
+const READONLY_PATHS: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// Why a container cannot be specified.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    /// Neither the operator nor the image names a program.
+    #[error("no command: the image has no entrypoint or command, and none was given")]
+    NoCommand,
+    /// The working directory is not absolute.
+    #[error("the working directory {0:?} is not an absolute path")]
+    RelativeWorkdir(String),
+    /// A user that is not `root`, `uid` or `uid:gid`.
+    #[error(
+        "user {0:?}: only `root`, a numeric `uid` or `uid:gid` can be used yet (names are \
+         looked up in the image in a later version)"
+    )]
+    UnsupportedUser(String),
+    /// An image environment entry without `=`.
+    #[error("the image's environment entry {0:?} is not NAME=value")]
+    BadImageEnv(String),
+    /// oci-spec refused what was built (a bug here).
+    #[error("cannot build the OCI spec: {0}")]
+    Build(String),
+}
+
+/// Where the per-task files live that are bind-mounted into the container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskFiles {
+    /// Mounted over `/etc/hosts`.
+    pub hosts: Option<PathBuf>,
+    /// Mounted over `/etc/hostname`.
+    pub hostname: Option<PathBuf>,
+}
+
+/// The process a container runs: Docker's merge of the image's defaults
+/// with what the operator gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessPlan {
+    /// Program and arguments.
+    pub args: Vec<String>,
+    /// `NAME=value`, in a stable order (the image's first, then the
+    /// operator's, later names replacing earlier ones in place).
+    pub env: Vec<String>,
+    /// Absolute working directory.
+    pub cwd: String,
+    /// Numeric user and group.
+    pub uid: u32,
+    /// Numeric group.
+    pub gid: u32,
+}
+
+/// Docker's rules:
+/// - `--entrypoint` replaces the image's entrypoint *and* drops its `Cmd`;
+///   an empty `--entrypoint ""` clears it.
+/// - Otherwise the image's entrypoint stays, and a given command replaces
+///   the image's `Cmd`.
+/// - The environment is the image's, overridden by the operator's, with a
+///   default `PATH` and `HOSTNAME`.
+/// - The working directory and user come from the operator, else the
+///   image, else `/` and root.
+pub fn plan_process(
+    task: &TaskSpec,
+    container: &ContainerSpec,
+    image: &ImageConfig,
+    hostname: &str,
+) -> Result<ProcessPlan, SpecError> {
+    let run = &image.config;
+    let args: Vec<String> = match &container.entrypoint {
+        Some(ep) => ep
+            .iter()
+            .filter(|s| !s.is_empty())
+            .chain(task.command.iter())
+            .cloned()
+            .collect(),
+        None => {
+            let cmd = if task.command.is_empty() {
+                &run.cmd
+            } else {
+                &task.command
+            };
+            run.entrypoint.iter().chain(cmd.iter()).cloned().collect()
+        }
+    };
+    if args.is_empty() {
+        return Err(SpecError::NoCommand);
+    }
+
+    let mut env: Vec<(String, String)> = Vec::new();
+    for e in &run.env {
+        let (k, v) = e
+            .split_once('=')
+            .ok_or_else(|| SpecError::BadImageEnv(e.clone()))?;
+        set_env(&mut env, k, v);
+    }
+    for (k, v) in &task.env {
+        set_env(&mut env, k, v);
+    }
+    if !env.iter().any(|(k, _)| k == "PATH") {
+        env.insert(0, ("PATH".into(), DEFAULT_PATH.into()));
+    }
+    if !env.iter().any(|(k, _)| k == "HOSTNAME") {
+        env.insert(1, ("HOSTNAME".into(), hostname.into()));
+    }
+
+    let cwd = container
+        .workdir
+        .clone()
+        .filter(|w| !w.is_empty())
+        .or_else(|| Some(run.working_dir.clone()).filter(|w| !w.is_empty()))
+        .unwrap_or_else(|| "/".into());
+    if !cwd.starts_with('/') {
+        return Err(SpecError::RelativeWorkdir(cwd));
+    }
+    let user = container
+        .user
+        .clone()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| run.user.clone());
+    let (uid, gid) = numeric_user(&user)?;
+    Ok(ProcessPlan {
+        args,
+        env: env.into_iter().map(|(k, v)| format!("{k}={v}")).collect(),
+        cwd,
+        uid,
+        gid,
+    })
+}
+
+/// Sets `k` in place, or appends it.
+fn set_env(env: &mut Vec<(String, String)>, k: &str, v: &str) {
+    match env.iter_mut().find(|(n, _)| n == k) {
+        Some(slot) => slot.1 = v.to_owned(),
+        None => env.push((k.to_owned(), v.to_owned())),
+    }
+}
+
+/// `""` and `root` → 0:0; `uid` → uid:0 (Docker's group for a uid the
+/// image's /etc/passwd does not list); `uid:gid` → both.
+fn numeric_user(user: &str) -> Result<(u32, u32), SpecError> {
+    let bad = || SpecError::UnsupportedUser(user.to_owned());
+    match user.split_once(':') {
+        None if user.is_empty() || user == "root" => Ok((0, 0)),
+        None => Ok((user.parse().map_err(|_| bad())?, 0)),
+        Some((u, g)) => {
+            let uid = if u == "root" {
+                0
+            } else {
+                u.parse().map_err(|_| bad())?
+            };
+            let gid = if g == "root" {
+                0
+            } else {
+                g.parse().map_err(|_| bad())?
+            };
+            Ok((uid, gid))
+        }
+    }
+}
+
+/// The hostname a container gets: the task's, else the first 12
+/// characters of its id (as Docker's container hostname).
+pub fn hostname(task: &TaskSpec) -> String {
+    task.hostname
+        .clone()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| task.id.chars().take(12).collect())
+}
+
+/// Builds the whole spec. `cgroups_path` is where runc makes the
+/// container's cgroup (`/weft/<id>` by default).
+pub fn build(
+    task: &TaskSpec,
+    container: &ContainerSpec,
+    image: &ImageConfig,
+    files: &TaskFiles,
+    cgroups_path: &Path,
+) -> Result<Spec, SpecError> {
+    let host = hostname(task);
+    let plan = plan_process(task, container, image, &host)?;
+    let caps: HashSet<Capability> = DEFAULT_CAPABILITIES.into_iter().collect();
+    let b = |e: oci_spec::OciSpecError| SpecError::Build(e.to_string());
+
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .args(plan.args)
+        .env(plan.env)
+        .cwd(plan.cwd)
+        .user(
+            UserBuilder::default()
+                .uid(plan.uid)
+                .gid(plan.gid)
+                .build()
+                .map_err(b)?,
+        )
+        .capabilities(
+            oci_spec::runtime::LinuxCapabilitiesBuilder::default()
+                .bounding(caps.clone())
+                .effective(caps.clone())
+                .permitted(caps)
+                .inheritable(HashSet::new())
+                .ambient(HashSet::new())
+                .build()
+                .map_err(b)?,
+        )
+        .no_new_privileges(false)
+        .rlimits(vec![])
+        .build()
+        .map_err(b)?;
+
+    let mut mounts = default_mounts().map_err(b)?;
+    for (dest, file) in [
+        ("/etc/resolv.conf", task.resolv_conf.as_ref()),
+        ("/etc/hosts", files.hosts.as_ref()),
+        ("/etc/hostname", files.hostname.as_ref()),
+    ] {
+        if let Some(file) = file {
+            mounts.push(
+                MountBuilder::default()
+                    .destination(dest)
+                    .typ("bind")
+                    .source(file)
+                    .options(vec!["rbind".into(), "rprivate".into()])
+                    .build()
+                    .map_err(b)?,
+            );
+        }
+    }
+
+    let ns = |t: LinuxNamespaceType, path: Option<&Path>| {
+        let mut n = LinuxNamespaceBuilder::default().typ(t);
+        if let Some(p) = path {
+            n = n.path(p);
+        }
+        n.build()
+    };
+    let namespaces = vec![
+        ns(LinuxNamespaceType::Pid, None).map_err(b)?,
+        ns(LinuxNamespaceType::Ipc, None).map_err(b)?,
+        ns(LinuxNamespaceType::Uts, None).map_err(b)?,
+        ns(LinuxNamespaceType::Mount, None).map_err(b)?,
+        ns(LinuxNamespaceType::Network, Some(&task.netns)).map_err(b)?,
+    ];
+    let deny_all = LinuxDeviceCgroupBuilder::default()
+        .allow(false)
+        .access("rwm")
+        .build()
+        .map_err(b)?;
+    let sysctl: HashMap<String, String> = BTreeMap::from([
+        ("net.ipv4.ip_unprivileged_port_start", "0"),
+        ("net.ipv4.ping_group_range", "0 2147483647"),
+    ])
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let linux = LinuxBuilder::default()
+        .namespaces(namespaces)
+        .masked_paths(MASKED_PATHS.map(String::from).to_vec())
+        .readonly_paths(READONLY_PATHS.map(String::from).to_vec())
+        .resources(
+            LinuxResourcesBuilder::default()
+                .devices(vec![deny_all])
+                .build()
+                .map_err(b)?,
+        )
+        .cgroups_path(cgroups_path)
+        .sysctl(sysctl)
+        .build()
+        .map_err(b)?;
+
+    SpecBuilder::default()
+        .version("1.0.2")
+        .hostname(host)
+        .process(process)
+        .root(
+            RootBuilder::default()
+                .path("rootfs")
+                .readonly(container.read_only)
+                .build()
+                .map_err(b)?,
+        )
+        .mounts(mounts)
+        .linux(linux)
+        .build()
+        .map_err(b)
+}
+
+/// Docker's default mounts.
+fn default_mounts() -> Result<Vec<Mount>, oci_spec::OciSpecError> {
+    let m = |dest: &str, typ: &str, src: &str, opts: &[&str]| {
+        MountBuilder::default()
+            .destination(dest)
+            .typ(typ)
+            .source(src)
+            .options(opts.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+            .build()
+    };
+    Ok(vec![
+        m("/proc", "proc", "proc", &["nosuid", "noexec", "nodev"])?,
+        m(
+            "/dev",
+            "tmpfs",
+            "tmpfs",
+            &["nosuid", "strictatime", "mode=755", "size=65536k"],
+        )?,
+        m(
+            "/dev/pts",
+            "devpts",
+            "devpts",
+            &[
+                "nosuid",
+                "noexec",
+                "newinstance",
+                "ptmxmode=0666",
+                "mode=0620",
+                "gid=5",
+            ],
+        )?,
+        m(
+            "/sys",
+            "sysfs",
+            "sysfs",
+            &["nosuid", "noexec", "nodev", "ro"],
+        )?,
+        m(
+            "/sys/fs/cgroup",
+            "cgroup",
+            "cgroup",
+            &["ro", "nosuid", "noexec", "nodev"],
+        )?,
+        m(
+            "/dev/mqueue",
+            "mqueue",
+            "mqueue",
+            &["nosuid", "noexec", "nodev"],
+        )?,
+        m(
+            "/dev/shm",
+            "tmpfs",
+            "shm",
+            &["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        )?,
+    ])
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,364 @@
+//! The containerd runtime against a real, private containerd and runc:
+//! containers start from an image in weft's network namespace, isolated,
+//! stop gracefully, report exit codes, are adopted after a restart of the
+//! runtime, and leave nothing behind when removed. `ctr` and /proc are the
+//! independent views.
+//!
+//! The image is built here, in code: one layer with busybox-static (`make
+//! deps` installs it) and an OCI layout, imported with `ctr images import`
+//! (containerd's own importer and unpacker, not weft's).
+
+#[path = "../../proto/containerd/tests/common/containerd.rs"]
+#[allow(dead_code)]
+mod containerd_harness;
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use containerd_harness::PrivateContainerd;
+use sha2::{Digest, Sha256};
+use weft_containerd_api::Client;
+use weft_overlay::linux::Netns;
+use weft_worker::image::{ImageConfig, LocalImage};
+use weft_worker::runtime::containerd::{ContainerdConfig, ContainerdRuntime, ImageSource};
+use weft_worker::runtime::{ContainerSpec, TaskRuntime, TaskSpec, TaskState};
+
+const NS: &str = "weft";
+const IMAGE: &str = "docker.io/weft-test/busybox:latest";
+
+fn sha(b: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(b)))
+}
+
+/// An OCI layout archive of one busybox-static layer; returns the archive
+/// and the image as the node's image store would describe it.
+fn busybox_image(dir: &Path) -> (PathBuf, LocalImage) {
+    let busybox = std::fs::read("/bin/busybox").expect(
+        "/bin/busybox (busybox-static) is missing: run `make deps`; this test is not skipped",
+    );
+    let mut layer = tar::Builder::new(Vec::new());
+    let mut add = |path: &str, data: &[u8], mode: u32| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(mode);
+        h.set_mtime(0);
+        h.set_entry_type(tar::EntryType::Regular);
+        layer.append_data(&mut h, path, data).expect("tar");
+    };
+    add("bin/busybox", &busybox, 0o755);
+    add(
+        "etc/passwd",
+        b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+        0o644,
+    );
+    let mut layer = layer;
+    for dir in ["tmp", "proc", "sys", "dev", "etc", "var"] {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(if dir == "tmp" { 0o1777 } else { 0o755 });
+        h.set_size(0);
+        h.set_mtime(0);
+        layer.append_data(&mut h, dir, &[][..]).expect("tar dir");
+    }
+    for app in [
+        "sh", "echo", "sleep", "cat", "ls", "id", "hostname", "ps", "readlink", "touch", "true",
+    ] {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_mode(0o777);
+        h.set_size(0);
+        h.set_mtime(0);
+        layer
+            .append_link(&mut h, format!("bin/{app}"), "busybox")
+            .expect("tar link");
+    }
+    let layer = layer.into_inner().expect("layer");
+    let diff_id = sha(&layer);
+    let config_json = serde_json::json!({
+        "architecture": "amd64", "os": "linux",
+        "config": {"Env": ["PATH=/bin"], "Cmd": ["sh"], "WorkingDir": "/"},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+    });
+    let config = serde_json::to_vec(&config_json).unwrap();
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                   "digest": sha(&config), "size": config.len()},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                    "digest": diff_id, "size": layer.len()}],
+    }))
+    .unwrap();
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+                       "digest": sha(&manifest), "size": manifest.len(),
+                       "annotations": {"io.containerd.image.name": IMAGE,
+                                       "org.opencontainers.image.ref.name": "latest"}}],
+    }))
+    .unwrap();
+    let mut out = tar::Builder::new(Vec::new());
+    let mut put = |path: &str, data: &[u8]| {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(0);
+        out.append_data(&mut h, path, data).expect("tar");
+    };
+    put("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#);
+    put("index.json", &index);
+    for blob in [&layer, &config, &manifest] {
+        put(
+            &format!("blobs/sha256/{}", &sha(blob)["sha256:".len()..]),
+            blob,
+        );
+    }
+    let path = dir.join("busybox-oci.tar");
+    std::fs::File::create(&path)
+        .and_then(|mut f| f.write_all(&out.into_inner().expect("archive")))
+        .expect("write archive");
+    let config = ImageConfig::parse(&config).expect("config");
+    let top = config.chain_ids().last().cloned().expect("a layer");
+    (
+        path,
+        LocalImage {
+            name: IMAGE.into(),
+            digest: sha(&manifest),
+            config,
+            top_chain_id: top,
+        },
+    )
+}
+
+/// The one image this test knows; anything else is missing.
+struct OneImage(LocalImage);
+
+#[async_trait::async_trait]
+impl ImageSource for OneImage {
+    async fn get(&self, reference: &str) -> Result<LocalImage, String> {
+        if reference == self.0.name || reference == "busybox-test" {
+            Ok(self.0.clone())
+        } else {
+            Err(format!("no such image: {reference} on this node"))
+        }
+    }
+}
+
+fn spec(id: &str, netns: &Path, script: &str) -> TaskSpec {
+    TaskSpec {
+        id: id.into(),
+        name: format!("{id}.1"),
+        command: vec!["sh".into(), "-c".into(), script.into()],
+        env: BTreeMap::from([("GREETING".into(), "hello".into())]),
+        netns: netns.to_owned(),
+        resolv_conf: None,
+        hostname: Some(format!("{id}-host")),
+        container: Some(Box::new(ContainerSpec {
+            image: "busybox-test".into(),
+            ..ContainerSpec::default()
+        })),
+    }
+}
+
+async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn log_of(rt: &ContainerdRuntime, id: &str) -> String {
+    std::fs::read_to_string(rt.log_path(id)).unwrap_or_default()
+}
+
+fn inode(path: &Path) -> u64 {
+    std::fs::metadata(path).expect("stat").ino()
+}
+
+struct Pin(PathBuf);
+impl Drop for Pin {
+    fn drop(&mut self) {
+        let _ = Netns::delete(&self.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn containers_run_isolated_in_weft_s_netns_stop_gracefully_and_are_adopted() {
+    let ctrd = PrivateContainerd::start("runtime");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (archive, image) = busybox_image(tmp.path());
+    ctrd.ctr_ok(NS, &["images", "import", archive.to_str().unwrap()]);
+    let client = Client::connect(ctrd.socket())
+        .await
+        .expect("connect")
+        .with_namespace(NS)
+        .expect("namespace");
+    let cfg = ContainerdConfig {
+        tasks_dir: tmp.path().join("tasks"),
+        runc_root: Some(ctrd.runc_root()),
+        cgroup_parent: PathBuf::from(ctrd.cgroup_parent()),
+    };
+    let images: Arc<dyn ImageSource> = Arc::new(OneImage(image));
+    let rt = ContainerdRuntime::new(client.clone(), images.clone(), cfg.clone());
+
+    let pin = Pin(tmp.path().join("netns").join("t1"));
+    let netns = Netns::create(&pin.0).expect("netns");
+    netns.lo_up().expect("lo up");
+
+    // A container in weft's netns, isolated from the host.
+    let script = "echo $GREETING; hostname; id -u; ls /var/lib/weft 2>&1; \
+                  readlink /proc/1/exe; ps | wc -l; \
+                  trap 'echo stopping; sleep 0.3; echo bye; exit 0' TERM; \
+                  while true; do sleep 0.1; done";
+    let t1 = spec("t1", &pin.0, script);
+    let st = rt.start(&t1).await.expect("start");
+    let TaskState::Running { pid } = st.state else {
+        panic!("not running: {st:?}\n{}", ctrd.log());
+    };
+    wait_until("t1's output", Duration::from_secs(10), || {
+        log_of(&rt, "t1").contains("/bin/busybox")
+    })
+    .await;
+    let log = log_of(&rt, "t1");
+    eprintln!("t1 log:\n{log}");
+    assert!(log.contains("hello"), "env from the task: {log}");
+    assert!(log.contains("t1-host"), "its own hostname: {log}");
+    assert!(
+        log.contains("/var/lib/weft: No such file or directory"),
+        "the host's filesystem is not visible: {log}"
+    );
+    let proc_ns = |p: i32, ns: &str| inode(&PathBuf::from(format!("/proc/{p}/ns/{ns}")));
+    assert_eq!(
+        proc_ns(pid, "net"),
+        inode(&pin.0),
+        "the container runs in the netns weft pinned"
+    );
+    let me = std::process::id() as i32;
+    for ns in ["pid", "mnt", "uts", "ipc"] {
+        assert_ne!(proc_ns(pid, ns), proc_ns(me, ns), "own {ns} namespace");
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    assert!(
+        status.contains("CapEff:\t00000000a80425fb"),
+        "Docker's default capabilities:\n{status}"
+    );
+    assert!(
+        ctrd.ctr_ok(NS, &["tasks", "ls"]).contains("t1"),
+        "containerd lists the task"
+    );
+    // Starting it again with the same spec changes nothing.
+    assert_eq!(rt.start(&t1).await.expect("again").state, st.state);
+
+    // Graceful stop: the trapped SIGTERM finishes within the grace period.
+    let t = Instant::now();
+    rt.stop("t1", Duration::from_secs(5)).await.expect("stop");
+    let took = t.elapsed();
+    let done = rt.wait("t1").await.expect("wait");
+    assert_eq!(
+        done.state,
+        TaskState::Exited {
+            code: Some(0),
+            signal: None
+        }
+    );
+    assert!(log_of(&rt, "t1").contains("bye"), "{}", log_of(&rt, "t1"));
+    assert!(took < Duration::from_secs(5), "stopped in {took:?}");
+
+    // An exit code comes back.
+    let t2 = spec("t2", &pin.0, "exit 3");
+    rt.start(&t2).await.expect("start t2");
+    let done = rt.wait("t2").await.expect("wait t2");
+    assert_eq!(
+        done.state,
+        TaskState::Exited {
+            code: Some(3),
+            signal: None
+        }
+    );
+
+    // A task that ignores SIGTERM is killed after the grace period.
+    let t3 = spec("t3", &pin.0, "trap '' TERM; while true; do sleep 0.1; done");
+    rt.start(&t3).await.expect("start t3");
+    let t = Instant::now();
+    rt.stop("t3", Duration::from_millis(500))
+        .await
+        .expect("stop t3");
+    assert!(t.elapsed() >= Duration::from_millis(500));
+    let done = rt.wait("t3").await.expect("wait t3");
+    assert_eq!(
+        done.state,
+        TaskState::Exited {
+            code: Some(137),
+            signal: None
+        }
+    );
+
+    // A missing image fails the start and leaves nothing.
+    let mut bad = spec("t4", &pin.0, "true");
+    bad.container.as_mut().unwrap().image = "nope:latest".into();
+    let st = rt.start(&bad).await.expect("start t4");
+    match &st.state {
+        TaskState::Failed { error } => assert!(error.contains("no such image: nope"), "{error}"),
+        other => panic!("not failed: {other:?}"),
+    }
+    assert!(!ctrd.ctr_ok(NS, &["containers", "ls"]).contains("t4"));
+
+    // Adoption: a runtime started afresh (the daemon restarted) finds the
+    // running container with the same pid, and the exited one with its code.
+    let t5 = spec("t5", &pin.0, "while true; do sleep 0.1; done");
+    let TaskState::Running { pid: pid5 } = rt.start(&t5).await.expect("t5").state else {
+        panic!("t5 not running");
+    };
+    drop(rt);
+    let rt = ContainerdRuntime::new(client.clone(), images.clone(), cfg.clone());
+    let adopted: BTreeMap<String, TaskState> = rt
+        .adopt()
+        .await
+        .expect("adopt")
+        .into_iter()
+        .map(|s| (s.id, s.state))
+        .collect();
+    assert_eq!(adopted.get("t5"), Some(&TaskState::Running { pid: pid5 }));
+    assert_eq!(
+        adopted.get("t2"),
+        Some(&TaskState::Exited {
+            code: Some(3),
+            signal: None
+        })
+    );
+    // Its exit is still noticed after the adoption.
+    ctrd.ctr_ok(NS, &["tasks", "kill", "-s", "SIGKILL", "t5"]);
+    let done = rt.wait("t5").await.expect("wait t5");
+    assert_eq!(
+        done.state,
+        TaskState::Exited {
+            code: Some(137),
+            signal: None
+        }
+    );
+
+    // Removing leaves no container, task, snapshot or file behind.
+    for id in ["t1", "t2", "t3", "t5"] {
+        rt.remove(id).await.expect("remove");
+        assert!(!rt.log_path(id).exists(), "{id}'s files are gone");
+    }
+    let left = ctrd.ctr_ok(NS, &["containers", "ls", "-q"]);
+    assert!(left.trim().is_empty(), "containers left: {left}");
+    let snaps = ctrd.ctr_ok(NS, &["snapshots", "ls"]);
+    for id in ["t1", "t2", "t3", "t5"] {
+        assert!(
+            !snaps
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(id)),
+            "{id}'s snapshot left:\n{snaps}"
+        );
+    }
+    // Removing twice is fine.
+    rt.remove("t1").await.expect("remove again");
+    drop(netns);
+}
