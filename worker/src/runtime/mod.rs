@@ -24,6 +24,7 @@ pub mod containerd;
 pub mod fake;
 mod files;
 pub mod process;
+pub mod routed;
 pub mod shim;
 
 use std::collections::BTreeMap;
@@ -35,6 +36,7 @@ use tokio::sync::broadcast;
 
 pub use fake::{FakeCall, FakeRuntime};
 pub use process::{ProcessRuntime, ShimCommand};
+pub use routed::RoutedRuntime;
 
 /// What to run for one task. Written to `<root>/tasks/<id>/spec.json`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
