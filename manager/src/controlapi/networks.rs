@@ -1,0 +1,282 @@
+//! Networks through the control API: create, list, inspect, remove, and
+//! connecting tasks to them.
+
+use super::*;
+
+impl ControlService {
+    pub(super) fn network_wire(&self, s: &State, n: &crate::store::Network) -> pb::Network {
+        let (mtu, limited_by) = crate::dispatcher::projection::network_mtu(s, n);
+        pb::Network {
+            id: n.id.clone(),
+            name: n.name.clone(),
+            driver: n.driver.clone(),
+            subnet: n.subnet.to_string(),
+            gateway: n.gateway.to_string(),
+            ip_range: n.ip_range.map(|r| r.to_string()).unwrap_or_default(),
+            vni: n.vni,
+            internal: n.internal,
+            attachable: n.attachable,
+            mtu,
+            mtu_limited_by: limited_by,
+            labels: n.labels.clone().into_iter().collect(),
+            created_at_ms: n.created_at_ms,
+            encrypted: n.encrypted,
+            scope: n.scope().into(),
+            node_id: n.node.map(|x| x.to_string()).unwrap_or_default(),
+            ingress: n.ingress,
+        }
+    }
+
+    pub(super) async fn create_network(&self, r: pb::CreateNetworkRequest) -> Result<pb::Network> {
+        crate::validate::object_name("network", &r.name)?;
+        let local = match r.driver.as_str() {
+            "" | "overlay" => {
+                if matches!(self.caller, Caller::Node(_)) {
+                    return Err(Error::InvalidInput(
+                        "overlay networks are created on a manager; this node can create --driver bridge networks"
+                            .into(),
+                    ));
+                }
+                None
+            }
+            "bridge" => Some(self.scope().ok_or_else(|| {
+                Error::InvalidInput(
+                    "a bridge network is local to one node: create it with that node's daemon (-H unix://…)"
+                        .into(),
+                )
+            })?),
+            "host" | "null" | "none" => {
+                return Err(Error::InvalidInput(format!(
+                    "the {} network is built in; there is nothing to create",
+                    r.driver
+                )));
+            }
+            other => {
+                return Err(Error::InvalidInput(format!(
+                    "unsupported driver {other:?}: use overlay (cluster-wide) or bridge (this node)"
+                )));
+            }
+        };
+        let mut encrypted = false;
+        for (k, v) in &r.options {
+            match (k.as_str(), v.as_str()) {
+                ("encrypted", "" | "true") => encrypted = true,
+                ("encrypted", "false") => {}
+                ("encrypted", _) => {
+                    return Err(Error::InvalidInput(format!(
+                        "invalid value {v:?} for option encrypted: use `-o encrypted` or `-o encrypted=false`"
+                    )));
+                }
+                _ => {
+                    return Err(Error::InvalidInput(format!(
+                        "unknown network option {k:?}: the overlay driver knows `encrypted`"
+                    )));
+                }
+            }
+        }
+        let cidr = |what: &str, v: &str| -> Result<Option<ipnetwork::IpNetwork>> {
+            if v.is_empty() {
+                return Ok(None);
+            }
+            let n: ipnetwork::IpNetwork = v.parse().map_err(|_| {
+                Error::InvalidInput(format!(
+                    "invalid {what} {v:?}: give a CIDR such as 10.0.9.0/24"
+                ))
+            })?;
+            if n.network() != n.ip() {
+                return Err(Error::InvalidInput(format!(
+                    "{what} {v} has host bits set; did you mean {}/{}?",
+                    n.network(),
+                    n.prefix()
+                )));
+            }
+            Ok(Some(n))
+        };
+        let subnet = cidr("subnet", &r.subnet)?;
+        let ip_range = cidr("ip range", &r.ip_range)?;
+        if ip_range.is_some() && subnet.is_none() {
+            return Err(Error::InvalidInput("--ip-range needs --subnet".into()));
+        }
+        if let Some(sn) = subnet
+            && !sn.is_ipv4()
+        {
+            return Err(Error::InvalidInput(
+                "IPv6 overlay subnets are not supported yet; give an IPv4 subnet".into(),
+            ));
+        }
+        let gateway = if r.gateway.is_empty() {
+            None
+        } else {
+            if subnet.is_none() {
+                return Err(Error::InvalidInput("--gateway needs --subnet".into()));
+            }
+            Some(r.gateway.parse().map_err(|_| {
+                Error::InvalidInput(format!(
+                    "invalid gateway {:?}: give an IP address",
+                    r.gateway
+                ))
+            })?)
+        };
+        let mtu = match r.mtu {
+            0 => None,
+            m if (576..=9000).contains(&m) => Some(m),
+            m => {
+                return Err(Error::InvalidInput(format!(
+                    "MTU {m} is out of range: use 576-9000 (or leave it out to derive it from the underlay)"
+                )));
+            }
+        };
+        limits::labels(
+            format_args!("network {}", r.name),
+            r.labels.len(),
+            &r.labels,
+        )?;
+        for k in r.labels.keys() {
+            validate_label_key(k)?;
+        }
+        let id = crate::validate::random_id();
+        let cmd = Command::CreateNetwork {
+            spec: crate::store::NetworkSpec {
+                id: id.clone(),
+                name: r.name,
+                subnet,
+                gateway,
+                ip_range,
+                internal: r.internal,
+                attachable: r.attachable,
+                mtu,
+                labels: r.labels.into_iter().collect(),
+                now_ms: now_ms(),
+                encrypted,
+                driver: if local.is_some() { "bridge" } else { "overlay" }.into(),
+                node: local,
+            },
+        };
+        self.core.read(|s| limits::admit(s, &cmd))?;
+        self.core.propose(cmd).await?;
+        self.read_after_write(|s| s.networks.get(&id).map(|n| self.network_wire(s, n)))
+            .await
+    }
+
+    /// `weft network connect` (`attach`) and `disconnect`.
+    pub async fn connect(&self, r: pb::ConnectNetworkRequest, attach: bool) -> Result<()> {
+        let (task, net) = self.core.read(|s| -> Result<_> {
+            let t = s.resolve_task(&r.task)?.clone();
+            if let Caller::Node(n) = self.caller
+                && t.node != n
+            {
+                return Err(crate::store::StoreError::TaskNotFound(r.task.clone()).into());
+            }
+            if matches!(r.network.as_str(), "host" | "none") {
+                return Err(Error::InvalidInput(format!(
+                    "--network {} is chosen when a task starts (`weft run --network {}`); it cannot be connected to a running task",
+                    r.network, r.network
+                )));
+            }
+            let net = s.resolve_network_on(&r.network, t.node)?.clone();
+            Ok((t, net))
+        })?;
+        let ip = if r.ip.is_empty() {
+            None
+        } else {
+            if !attach {
+                return Err(Error::InvalidInput("--ip is for connect".into()));
+            }
+            Some(r.ip.parse().map_err(|_| {
+                Error::InvalidInput(format!("invalid --ip {:?}: give an IP address", r.ip))
+            })?)
+        };
+        let cmd = if attach {
+            limits::at_most(
+                format_args!("networks of task {}", task.name),
+                task.attachments.len() + 1,
+                limits::MAX_NETWORKS_PER_TASK,
+                "networks",
+            )?;
+            let cmd = Command::ConnectTask {
+                task: task.id.clone(),
+                network: net.id.clone(),
+                ip,
+            };
+            self.core.read(|s| limits::admit(s, &cmd))?;
+            cmd
+        } else {
+            Command::DisconnectTask {
+                task: task.id.clone(),
+                network: net.id.clone(),
+            }
+        };
+        self.core.propose(cmd).await?;
+        Ok(())
+    }
+
+    pub(super) fn network_detail(&self, what: &str, verbose: bool) -> Result<pb::NetworkDetail> {
+        self.core.read(|s| {
+            let n = &self.resolve_visible(s, what)?;
+            let mut detail = pb::NetworkDetail {
+                network: Some(self.network_wire(s, n)),
+                ..Default::default()
+            };
+            // Docker lists a network's containers on every inspect; the
+            // peers (with their config versions) only verbosely.
+            if !verbose {
+                for t in s.tasks.values() {
+                    for a in t.attachments.iter().filter(|a| a.network == n.id) {
+                        detail.endpoints.push(pb::EndpointInfo {
+                            task_id: t.id.clone(),
+                            task_name: t.name.clone(),
+                            node_id: t.node.to_string(),
+                            hostname: s
+                                .nodes
+                                .get(&t.node)
+                                .map(|h| h.hostname.clone())
+                                .unwrap_or_default(),
+                            ip: a.ip.to_string(),
+                            mac: crate::store::ipam::mac_text(crate::store::ipam::mac_for(a.ip)),
+                        });
+                    }
+                }
+            }
+            if verbose {
+                let mut peers = std::collections::BTreeSet::new();
+                for t in s.tasks.values() {
+                    for a in t.attachments.iter().filter(|a| a.network == n.id) {
+                        let host = s.nodes.get(&t.node);
+                        detail.endpoints.push(pb::EndpointInfo {
+                            task_id: t.id.clone(),
+                            task_name: t.name.clone(),
+                            node_id: t.node.to_string(),
+                            hostname: host.map(|h| h.hostname.clone()).unwrap_or_default(),
+                            ip: a.ip.to_string(),
+                            mac: crate::store::ipam::mac_text(crate::store::ipam::mac_for(a.ip)),
+                        });
+                        peers.insert(t.node);
+                    }
+                }
+                for id in peers {
+                    let Some(node) = s.nodes.get(&id) else {
+                        continue;
+                    };
+                    let c = self.core.config_status(id);
+                    detail.peers.push(pb::PeerInfo {
+                        node_id: id.to_string(),
+                        hostname: node.hostname.clone(),
+                        vtep: node.data_path_addr.clone(),
+                        config_version: c.pushed,
+                        applied_version: c.applied,
+                        behind: c.pushed.saturating_sub(c.applied),
+                        apply_error: c.error,
+                        tunnel_ip: node.tunnel_ip.map(|t| t.to_string()).unwrap_or_default(),
+                        last_handshake_ms: if n.encrypted {
+                            self.core.last_handshake_with(&node.wg_public_key)
+                        } else {
+                            0
+                        },
+                        wg_public_key: node.wg_public_key.clone(),
+                    });
+                }
+            }
+            Ok(detail)
+        })
+    }
+}

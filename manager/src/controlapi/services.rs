@@ -1,0 +1,232 @@
+//! Services through the control API: building a service spec from a
+//! request, create and update.
+
+use super::*;
+
+impl ControlService {
+    pub(super) fn resolve_networks(&self, names: &[String]) -> Result<Vec<String>> {
+        let mut ids: Vec<String> = Vec::new();
+        for n in names {
+            let id = self.core.read(|s| {
+                let net = s.resolve_network(n)?;
+                if net.node.is_some() || net.ingress {
+                    return Err(Error::InvalidInput(format!(
+                        "network {n:?} is not a swarm overlay network: services attach to overlay networks (`weft network create --driver overlay`)"
+                    )));
+                }
+                Ok(net.id.clone())
+            })?;
+            if ids.contains(&id) {
+                return Err(Error::InvalidInput(format!("network {n:?} is given twice")));
+            }
+            ids.push(id);
+        }
+        Ok(ids)
+    }
+
+    pub(super) fn service_spec(&self, m: pb::ServiceSpecMsg) -> Result<crate::store::ServiceSpec> {
+        use crate::store::{EndpointMode, RestartCondition, ServiceMode, TaskSpec};
+        crate::validate::object_name("service", &m.name)?;
+        let mode = match m.mode.as_str() {
+            "" | "replicated" => ServiceMode::Replicated {
+                replicas: if m.replicas == 0 && m.mode.is_empty() {
+                    1
+                } else {
+                    m.replicas
+                },
+            },
+            "global" => {
+                if m.replicas != 0 {
+                    return Err(Error::InvalidInput(
+                        "--replicas cannot be combined with --mode global".into(),
+                    ));
+                }
+                ServiceMode::Global
+            }
+            other => {
+                return Err(Error::InvalidInput(format!(
+                    "invalid mode {other:?}: use replicated or global"
+                )));
+            }
+        };
+        if let ServiceMode::Replicated { replicas } = mode {
+            limits::replicas(replicas)?;
+        }
+        if m.command.is_empty() || m.command[0].is_empty() {
+            return Err(Error::InvalidInput(
+                "no command given: `weft service create [OPTIONS] -- CMD ARGS...`".into(),
+            ));
+        }
+        let env: BTreeMap<String, String> = m.env.into_iter().collect();
+        limits::task_request(&m.command, &env, m.networks.len(), m.ports.len())?;
+        limits::at_most(
+            "--constraint",
+            m.constraints.len(),
+            limits::MAX_CONSTRAINTS,
+            "constraints",
+        )?;
+        let endpoint_mode = match m.endpoint_mode.as_str() {
+            "" | "vip" => EndpointMode::Vip,
+            "dnsrr" => EndpointMode::Dnsrr,
+            other => {
+                return Err(Error::InvalidInput(format!(
+                    "invalid endpoint mode {other:?}: use vip or dnsrr"
+                )));
+            }
+        };
+        let restart = match m.restart_condition.as_str() {
+            "" | "any" => RestartCondition::Any,
+            "on-failure" => RestartCondition::OnFailure,
+            "none" => RestartCondition::None,
+            other => {
+                return Err(Error::InvalidInput(format!(
+                    "invalid restart condition {other:?}: use any, on-failure or none"
+                )));
+            }
+        };
+        let constraints = m
+            .constraints
+            .iter()
+            .map(|c| parse_constraint(c))
+            .collect::<Result<Vec<_>>>()?;
+        let ports = m
+            .ports
+            .iter()
+            .map(crate::convert::port_from_wire)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(Error::InvalidInput)?;
+        Ok(crate::store::ServiceSpec {
+            ports,
+            name: m.name,
+            mode,
+            task: TaskSpec {
+                command: m.command,
+                env,
+            },
+            networks: self.resolve_networks(&m.networks)?,
+            endpoint_mode,
+            constraints,
+            restart,
+        })
+    }
+
+    pub(super) async fn create_service(&self, r: pb::CreateServiceRequest) -> Result<pb::Service> {
+        let spec = self.service_spec(r.spec.unwrap_or_default())?;
+        let id = crate::validate::random_id();
+        let cmd = Command::CreateService {
+            id: id.clone(),
+            spec,
+            now_ms: now_ms(),
+        };
+        self.core.read(|s| limits::admit(s, &cmd))?;
+        self.core.propose(cmd).await?;
+        self.read_after_write(|s| {
+            s.services
+                .get(&id)
+                .map(|x| crate::convert::service_to_wire(s, x))
+        })
+        .await
+    }
+
+    pub(super) async fn update_service(&self, r: pb::UpdateServiceRequest) -> Result<pb::Service> {
+        use crate::store::ServiceMode;
+        // The request's own lists first: each entry costs a lookup.
+        let networks =
+            |flag, n| limits::at_most(flag, n, limits::MAX_NETWORKS_PER_TASK, "networks");
+        let env = |flag, n| limits::at_most(flag, n, limits::MAX_ENV_VARS, "variables");
+        let constraints =
+            |flag, n| limits::at_most(flag, n, limits::MAX_CONSTRAINTS, "constraints");
+        networks("--network-add", r.network_add.len())?;
+        networks("--network-rm", r.network_rm.len())?;
+        env("--env-add", r.env_add.len())?;
+        env("--env-rm", r.env_rm.len())?;
+        constraints("--constraint-add", r.constraint_add.len())?;
+        constraints("--constraint-rm", r.constraint_rm.len())?;
+        let svc = self.core.read(|s| s.resolve_service(&r.service).cloned())?;
+        let mut spec = svc.spec.clone();
+        if r.set_replicas {
+            match spec.mode {
+                ServiceMode::Global => {
+                    return Err(Error::InvalidInput(format!(
+                        "service {} is global: it runs one task per eligible node and cannot be scaled",
+                        spec.name
+                    )));
+                }
+                ServiceMode::Replicated { .. } => {
+                    limits::replicas(r.replicas)?;
+                    spec.mode = ServiceMode::Replicated {
+                        replicas: r.replicas,
+                    }
+                }
+            }
+        }
+        for id in self.resolve_networks(&r.network_rm)? {
+            if !spec.networks.contains(&id) {
+                return Err(Error::InvalidInput(format!(
+                    "service {} is not on network {id}",
+                    spec.name
+                )));
+            }
+            spec.networks.retain(|n| *n != id);
+        }
+        for id in self.resolve_networks(&r.network_add)? {
+            if spec.networks.contains(&id) {
+                return Err(Error::InvalidInput(format!(
+                    "service {} is already on network {id}",
+                    spec.name
+                )));
+            }
+            spec.networks.push(id);
+        }
+        for k in &r.env_rm {
+            spec.task.env.remove(k);
+        }
+        if !r.env_add.is_empty() {
+            spec.task.env.extend(r.env_add);
+            limits::env(&spec.task.env)?;
+        }
+        for c in &r.constraint_rm {
+            let c = parse_constraint(c)?;
+            spec.constraints.retain(|x| *x != c);
+        }
+        for c in &r.constraint_add {
+            let c = parse_constraint(c)?;
+            if !spec.constraints.contains(&c) {
+                spec.constraints.push(c);
+            }
+        }
+        for (unit, before, after, max) in [
+            (
+                "networks",
+                svc.spec.networks.len(),
+                spec.networks.len(),
+                limits::MAX_NETWORKS_PER_TASK,
+            ),
+            (
+                "constraints",
+                svc.spec.constraints.len(),
+                spec.constraints.len(),
+                limits::MAX_CONSTRAINTS,
+            ),
+        ] {
+            let what = format_args!("{unit} of service {}", spec.name);
+            limits::growth_at_most(what, before, after, max, unit)?;
+        }
+        let cmd = Command::UpdateService {
+            id: svc.id.clone(),
+            spec: spec.clone(),
+            force: r.force,
+            now_ms: now_ms(),
+        };
+        self.core.read(|s| limits::admit(s, &cmd))?;
+        self.core.propose(cmd).await?;
+        let id = svc.id.clone();
+        self.read_after_write(|s| {
+            s.services
+                .get(&id)
+                .filter(|x| x.spec == spec)
+                .map(|x| crate::convert::service_to_wire(s, x))
+        })
+        .await
+    }
+}
