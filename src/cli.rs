@@ -640,8 +640,37 @@ pub struct ServiceCreateArgs {
     /// Return at once instead of waiting for convergence.
     #[arg(short, long)]
     pub detach: bool,
-    /// The command and its arguments (at most 1024 arguments, 64 KiB).
-    #[arg(last = true, required = true)]
+    #[command(flatten)]
+    pub container: ContainerArgs,
+}
+
+/// What a task runs, as `docker run` and `docker service create` take it:
+/// `IMAGE [COMMAND [ARG...]]` runs a container; `-- CMD [ARG...]` runs a
+/// host process instead (unisolated: the daemon's root user on the host's
+/// filesystem; for tests and trusted tools).
+#[derive(Debug, Args)]
+pub struct ContainerArgs {
+    /// Replace the image's entrypoint (`""` clears it; the image's CMD is
+    /// then not used either).
+    #[arg(long)]
+    pub entrypoint: Option<String>,
+    /// Working directory in the container (absolute).
+    #[arg(short = 'w', long)]
+    pub workdir: Option<String>,
+    /// User in the container: UID[:GID] or root.
+    #[arg(short = 'u', long)]
+    pub user: Option<String>,
+    /// Mount the container's root filesystem read-only.
+    #[arg(long)]
+    pub read_only: bool,
+    /// The image (NAME[:TAG], NAME@sha256:DIGEST or sha256:DIGEST), then the
+    /// command and its arguments, which replace the image's CMD (at most
+    /// 1024 arguments, 64 KiB). Everything after the image is the command's.
+    #[arg(value_name = "IMAGE [COMMAND [ARG...]]", num_args = 0.., allow_hyphen_values = true)]
+    pub image_and_command: Vec<String>,
+    /// A host process instead of a container: `-- CMD [ARG...]` (at most
+    /// 1024 arguments, 64 KiB).
+    #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
 }
 
@@ -704,9 +733,8 @@ pub struct RunArgs {
     /// Return at once instead of waiting for the task to run.
     #[arg(short, long)]
     pub detach: bool,
-    /// The command and its arguments (at most 1024 arguments, 64 KiB).
-    #[arg(last = true, required = true)]
-    pub command: Vec<String>,
+    #[command(flatten)]
+    pub container: ContainerArgs,
 }
 
 /// Parses `1h30m`, `90d`, `500ms`, `2160h0m0s`, `10s`.

@@ -996,15 +996,17 @@ pub async fn run_task(c: &Client, a: crate::cli::RunArgs) -> anyhow::Result<()> 
         .iter()
         .map(|p| crate::publish::run_publish(p))
         .collect::<anyhow::Result<_>>()?;
+    let (command, container) = crate::workload::from_args(a.container)?;
     let task = c
         .daemon()
         .run(pb::RunTaskRequest {
             node_id: String::new(),
             name: a.name.unwrap_or_default(),
-            command: a.command,
+            command,
             env,
             networks,
             ports,
+            container,
         })
         .await
         .map_err(rpc)?
@@ -1240,11 +1242,13 @@ pub async fn service(c: &Client, cmd: crate::cli::ServiceCommand) -> anyhow::Res
             if matches!(a.mode, Some(ModeArg::Global)) && a.replicas.is_some() {
                 bail!("--replicas cannot be combined with --mode global");
             }
+            let (command, container) = crate::workload::from_args(a.container)?;
             let spec = pb::ServiceSpecMsg {
                 name: a.name.clone(),
                 mode: mode.into(),
                 replicas: a.replicas.unwrap_or(if mode == "global" { 0 } else { 1 }),
-                command: a.command,
+                command,
+                container,
                 env: kv(&a.env, "--env")?,
                 networks: a.networks,
                 endpoint_mode: match a.endpoint_mode {

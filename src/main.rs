@@ -10,6 +10,7 @@ mod lab;
 mod publish;
 mod settings;
 mod unlock;
+mod workload;
 
 use clap::{CommandFactory, Parser};
 

@@ -389,7 +389,10 @@ fn bad_service_input_is_refused_and_changes_nothing() {
             ],
             "invalid service name",
         ),
-        (&["service", "create", "--name", "x", "--"], "<COMMAND>"),
+        (
+            &["service", "create", "--name", "x", "--"],
+            "nothing to run",
+        ),
     ];
     for (args, want) in cases {
         let err = lab.weft_err("m1", args);

@@ -230,6 +230,7 @@ pub fn service_to_wire(state: &State, svc: &crate::store::Service) -> pb::Servic
             replicas,
             command: svc.spec.task.command.clone(),
             env: svc.spec.task.env.clone().into_iter().collect(),
+            container: container_to_wire(&svc.spec.task.container),
             networks: svc.spec.networks.iter().map(net_name).collect(),
             endpoint_mode: match svc.spec.endpoint_mode {
                 EndpointMode::Vip => "vip".into(),
@@ -271,4 +272,36 @@ pub fn service_to_wire(state: &State, svc: &crate::store::Service) -> pb::Servic
         updated_at_ms: svc.updated_at_ms,
         tasks,
     }
+}
+
+/// A request's container options, checked (see
+/// [`crate::validate::container`]); `None` when the task is a host process.
+pub fn container_from_wire(
+    c: Option<pb::ContainerConfig>,
+    command: &[String],
+) -> crate::error::Result<Option<crate::store::ContainerOpts>> {
+    let Some(c) = c else {
+        return Ok(None);
+    };
+    let opts = crate::store::ContainerOpts {
+        image: c.image,
+        entrypoint: c.has_entrypoint.then_some(c.entrypoint),
+        workdir: Some(c.workdir).filter(|w| !w.is_empty()),
+        user: Some(c.user).filter(|u| !u.is_empty()),
+        read_only: c.read_only,
+    };
+    crate::validate::container(&opts, command)?;
+    Ok(Some(opts))
+}
+
+/// The wire form of a task's container options.
+pub fn container_to_wire(c: &Option<crate::store::ContainerOpts>) -> Option<pb::ContainerConfig> {
+    c.as_ref().map(|c| pb::ContainerConfig {
+        image: c.image.clone(),
+        has_entrypoint: c.entrypoint.is_some(),
+        entrypoint: c.entrypoint.clone().unwrap_or_default(),
+        workdir: c.workdir.clone().unwrap_or_default(),
+        user: c.user.clone().unwrap_or_default(),
+        read_only: c.read_only,
+    })
 }

@@ -126,6 +126,7 @@ pub fn spec(name: &str, replicas: u64, networks: &[&str]) -> ServiceSpec {
         task: TaskSpec {
             command: vec!["sleep".into(), "1d".into()],
             env: BTreeMap::new(),
+            container: None,
         },
         networks: networks.iter().map(|n| n.to_string()).collect(),
         endpoint_mode: EndpointMode::Vip,

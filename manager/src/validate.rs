@@ -20,6 +20,67 @@ pub fn object_name(kind: &str, name: &str) -> Result<()> {
     }
 }
 
+/// Longest image reference accepted (Docker's name limit is 255; a tag
+/// adds up to 128 and a digest 71).
+pub const MAX_IMAGE_REF_BYTES: usize = 512;
+/// Longest `-u` value.
+pub const MAX_USER_BYTES: usize = 64;
+/// Longest `-w` value.
+pub const MAX_WORKDIR_BYTES: usize = 4096;
+
+/// A container's options as a request gave them, checked at the edge; the
+/// node parses the image reference fully when it resolves it. The command
+/// may be empty (the image's `Cmd` runs), but not with an `--entrypoint ""`
+/// that clears the image's program too.
+pub fn container(c: &crate::store::ContainerOpts, command: &[String]) -> Result<()> {
+    let bad = |m: String| Err(Error::InvalidInput(m));
+    let r = &c.image;
+    let ref_ok = !r.is_empty()
+        && r.len() <= MAX_IMAGE_REF_BYTES
+        && !r.starts_with(['-', '.', '/', ':', '@'])
+        && r.chars().all(|ch| {
+            ch.is_ascii_alphanumeric() || matches!(ch, '.' | '_' | '-' | '/' | ':' | '@')
+        });
+    if !ref_ok {
+        return bad(format!(
+            "invalid image reference {r:?}: use NAME[:TAG][@sha256:DIGEST] (letters, digits,              '.', '_', '-', '/', ':' and '@'; at most {MAX_IMAGE_REF_BYTES} bytes)"
+        ));
+    }
+    if let Some(ep) = &c.entrypoint {
+        // The entrypoint and the command share the command line's budget.
+        let line: Vec<String> = ep.iter().chain(command).cloned().collect();
+        crate::limits::command(&line)?;
+        if ep.iter().any(|a| a.contains('\0')) {
+            return bad("--entrypoint contains a NUL byte".into());
+        }
+        if ep.iter().all(String::is_empty) && command.is_empty() {
+            return bad(
+                "--entrypoint \"\" clears the image's program: give a command after the image"
+                    .into(),
+            );
+        }
+    }
+    if let Some(w) = &c.workdir {
+        crate::limits::at_most("--workdir", w.len(), MAX_WORKDIR_BYTES, "bytes")?;
+        if !w.starts_with('/') || w.contains('\0') {
+            return bad(format!("--workdir {w:?} is not an absolute path"));
+        }
+    }
+    if let Some(u) = &c.user {
+        crate::limits::at_most("--user", u.len(), MAX_USER_BYTES, "bytes")?;
+        let ok = !u.is_empty()
+            && u.split(':').count() <= 2
+            && u.chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || matches!(ch, '_' | '.' | '-' | ':'));
+        if !ok {
+            return bad(format!(
+                "invalid --user {u:?}: use USER, UID, USER:GROUP or UID:GID"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A random 16-hex-digit object ID.
 pub fn random_id() -> String {
     format!("{:016x}", rand::random::<u64>())
@@ -28,6 +89,49 @@ pub fn random_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::ContainerOpts;
+
+    #[test]
+    fn container_options() {
+        let c = |image: &str| ContainerOpts {
+            image: image.into(),
+            ..ContainerOpts::default()
+        };
+        for good in [
+            "busybox",
+            "docker.io/library/busybox:1.36",
+            "localhost:5000/weft-test/busybox:latest",
+            "busybox@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        ] {
+            container(&c(good), &[]).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        for bad in ["", "-rm", "a b", "x;rm", "../x", &"a".repeat(513), "bü"] {
+            let e = container(&c(bad), &[]).unwrap_err().to_string();
+            assert!(
+                e.contains("image reference") || e.contains("over"),
+                "{bad}: {e}"
+            );
+        }
+        let with = |f: fn(&mut ContainerOpts)| {
+            let mut o = c("busybox");
+            f(&mut o);
+            o
+        };
+        assert!(container(&with(|o| o.workdir = Some("srv".into())), &[]).is_err());
+        assert!(container(&with(|o| o.workdir = Some("/srv".into())), &[]).is_ok());
+        assert!(container(&with(|o| o.user = Some("1000:100".into())), &[]).is_ok());
+        assert!(container(&with(|o| o.user = Some("a:b:c".into())), &[]).is_err());
+        assert!(container(&with(|o| o.user = Some("x y".into())), &[]).is_err());
+        let cleared = with(|o| o.entrypoint = Some(vec![String::new()]));
+        assert!(
+            container(&cleared, &[])
+                .unwrap_err()
+                .to_string()
+                .contains("clears")
+        );
+        assert!(container(&cleared, &["ls".into()]).is_ok());
+    }
 
     #[test]
     fn names() {

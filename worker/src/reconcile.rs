@@ -31,7 +31,7 @@ use weft_overlay::model::{
 use weft_overlay::{Dataplane, MacAddr, durable};
 use weft_proto::v1 as pb;
 
-use crate::runtime::{TaskRuntime, TaskSpec, TaskState};
+use crate::runtime::{ContainerSpec, TaskRuntime, TaskSpec, TaskState};
 
 /// How often the loop re-checks the kernel for drift without a change.
 pub const RECHECK: Duration = Duration::from_secs(5);
@@ -412,7 +412,15 @@ impl Reconciler {
                             self.dataplane.resolv_conf()
                         },
                         hostname: if host { None } else { Some(t.name.clone()) },
-                        container: None,
+                        container: t.container.as_ref().map(|c| {
+                            Box::new(ContainerSpec {
+                                image: c.image.clone(),
+                                entrypoint: c.has_entrypoint.then(|| c.entrypoint.clone()),
+                                workdir: Some(c.workdir.clone()).filter(|w| !w.is_empty()),
+                                user: Some(c.user.clone()).filter(|u| !u.is_empty()),
+                                read_only: c.read_only,
+                            })
+                        }),
                     };
                     match self.runtime.start(&spec).await {
                         Ok(s) => Some(s),

@@ -24,7 +24,10 @@ impl ControlService {
         Ok(ids)
     }
 
-    pub(super) fn service_spec(&self, m: pb::ServiceSpecMsg) -> Result<crate::store::ServiceSpec> {
+    pub(super) fn service_spec(
+        &self,
+        mut m: pb::ServiceSpecMsg,
+    ) -> Result<crate::store::ServiceSpec> {
         use crate::store::{EndpointMode, RestartCondition, ServiceMode, TaskSpec};
         crate::validate::object_name("service", &m.name)?;
         let mode = match m.mode.as_str() {
@@ -52,9 +55,12 @@ impl ControlService {
         if let ServiceMode::Replicated { replicas } = mode {
             limits::replicas(replicas)?;
         }
-        if m.command.is_empty() || m.command[0].is_empty() {
+        let container = crate::convert::container_from_wire(m.container.take(), &m.command)?;
+        if container.is_none() && (m.command.is_empty() || m.command[0].is_empty()) {
             return Err(Error::InvalidInput(
-                "no command given: `weft service create [OPTIONS] -- CMD ARGS...`".into(),
+                "no image or command given: `weft service create [OPTIONS] IMAGE [COMMAND...]` \
+                 (or `-- CMD ARGS...` for a host process)"
+                    .into(),
             ));
         }
         let env: BTreeMap<String, String> = m.env.into_iter().collect();
@@ -102,6 +108,7 @@ impl ControlService {
             task: TaskSpec {
                 command: m.command,
                 env,
+                container,
             },
             networks: self.resolve_networks(&m.networks)?,
             endpoint_mode,

@@ -129,11 +129,18 @@ impl DispatcherService {
         })
     }
 
-    async fn run_task(&self, node: &Node, r: pb::RunTaskRequest) -> crate::error::Result<pb::Task> {
+    async fn run_task(
+        &self,
+        node: &Node,
+        mut r: pb::RunTaskRequest,
+    ) -> crate::error::Result<pb::Task> {
         use crate::error::Error;
-        if r.command.is_empty() || r.command[0].is_empty() {
+        let container = crate::convert::container_from_wire(r.container.take(), &r.command)?;
+        if container.is_none() && (r.command.is_empty() || r.command[0].is_empty()) {
             return Err(Error::InvalidInput(
-                "no command given: `weft run [OPTIONS] -- CMD ARGS...`".into(),
+                "no image or command given: `weft run [OPTIONS] IMAGE [COMMAND...]` (or \
+                 `-- CMD ARGS...` for a host process)"
+                    .into(),
             ));
         }
         let name = if r.name.is_empty() {
@@ -231,6 +238,7 @@ impl DispatcherService {
             spec: crate::store::TaskSpec {
                 command: r.command,
                 env,
+                container,
             },
             networks,
             standalone: true,

@@ -195,6 +195,7 @@ pub fn project(state: &State, node: NodeId, version: u64) -> Option<pb::NodeConf
             name: t.name.clone(),
             command: t.spec.command.clone(),
             env: t.spec.env.clone().into_iter().collect(),
+            container: crate::convert::container_to_wire(&t.spec.container),
             attachments: t
                 .attachments
                 .iter()

@@ -448,10 +448,34 @@ pub struct PortMapping {
 /// What a task runs.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct TaskSpec {
-    /// Program and arguments.
+    /// Program and arguments (for a container: replaces the image's `Cmd`;
+    /// may be empty).
     pub command: Vec<String>,
     /// Environment.
     pub env: BTreeMap<String, String>,
+    /// Run as a container from an image; `None`: a host process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerOpts>,
+}
+
+/// What makes a task a container: its image and Docker's overrides of the
+/// image's defaults. The node resolves and checks the image itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerOpts {
+    /// A name, `name@sha256:…` or a bare digest.
+    pub image: String,
+    /// `--entrypoint` (an empty list clears the image's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<Vec<String>>,
+    /// `-w`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workdir: Option<String>,
+    /// `-u`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// `--read-only`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub read_only: bool,
 }
 
 /// A task's address on one network.

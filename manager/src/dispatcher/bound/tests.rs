@@ -199,6 +199,18 @@ fn at_every_limit_at_once_admitted_configs_stay_under_the_receive_limit() {
                 (format!("K{i:03}"), "v".repeat(v))
             })
             .collect(),
+        // Container options at their limits too (an entrypoint shares the
+        // command's budget).
+        container: Some(crate::store::ContainerOpts {
+            image: "i".repeat(crate::validate::MAX_IMAGE_REF_BYTES),
+            entrypoint: Some(vec![]),
+            workdir: Some(format!(
+                "/{}",
+                "w".repeat(crate::validate::MAX_WORKDIR_BYTES - 1)
+            )),
+            user: Some("u".repeat(crate::validate::MAX_USER_BYTES)),
+            read_only: true,
+        }),
     };
     limits::command(&task.command).unwrap();
     limits::env(&task.env).unwrap();

@@ -1,0 +1,82 @@
+//! What `weft run` and `weft service create` run, from their arguments:
+//! `IMAGE [COMMAND [ARG...]]` (a container) or `-- CMD [ARG...]` (a host
+//! process), with the container options.
+
+use anyhow::bail;
+use weft_proto::v1 as pb;
+
+use crate::cli::ContainerArgs;
+
+/// The command, and the container options when the task is a container.
+pub fn from_args(a: ContainerArgs) -> anyhow::Result<(Vec<String>, Option<pb::ContainerConfig>)> {
+    let has_container_flag =
+        a.entrypoint.is_some() || a.workdir.is_some() || a.user.is_some() || a.read_only;
+    match (a.image_and_command.split_first(), a.command.is_empty()) {
+        (Some(_), false) => bail!(
+            "give either IMAGE [COMMAND...] (a container) or -- CMD [ARG...] (a host process), \
+             not both"
+        ),
+        (None, true) => bail!(
+            "nothing to run: give IMAGE [COMMAND...] (a container) or -- CMD [ARG...] (a host \
+             process)"
+        ),
+        (None, false) => {
+            if has_container_flag {
+                bail!(
+                    "--entrypoint, --workdir, --user and --read-only are for containers: give an \
+                     IMAGE instead of -- CMD"
+                );
+            }
+            Ok((a.command, None))
+        }
+        (Some((image, command)), true) => Ok((
+            command.to_vec(),
+            Some(pb::ContainerConfig {
+                image: image.clone(),
+                has_entrypoint: a.entrypoint.is_some(),
+                entrypoint: a
+                    .entrypoint
+                    .map(|e| if e.is_empty() { vec![] } else { vec![e] })
+                    .unwrap_or_default(),
+                workdir: a.workdir.unwrap_or_default(),
+                user: a.user.unwrap_or_default(),
+                read_only: a.read_only,
+            }),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(image_and_command: &[&str], command: &[&str]) -> ContainerArgs {
+        ContainerArgs {
+            entrypoint: None,
+            workdir: None,
+            user: None,
+            read_only: false,
+            image_and_command: image_and_command.iter().map(|s| s.to_string()).collect(),
+            command: command.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn image_or_host_command() {
+        let (cmd, c) = from_args(args(&["busybox", "sh", "-c", "x"], &[])).unwrap();
+        assert_eq!(cmd, ["sh", "-c", "x"]);
+        assert_eq!(c.unwrap().image, "busybox");
+        let (cmd, c) = from_args(args(&[], &["sleep", "1"])).unwrap();
+        assert_eq!(cmd, ["sleep", "1"]);
+        assert!(c.is_none());
+        assert!(from_args(args(&["busybox"], &["sleep"])).is_err());
+        assert!(from_args(args(&[], &[])).is_err());
+        let mut host_ro = args(&[], &["sleep", "1"]);
+        host_ro.read_only = true;
+        assert!(from_args(host_ro).is_err());
+        let mut cleared = args(&["busybox", "ls"], &[]);
+        cleared.entrypoint = Some(String::new());
+        let c = from_args(cleared).unwrap().1.unwrap();
+        assert!(c.has_entrypoint && c.entrypoint.is_empty());
+    }
+}
