@@ -13,6 +13,7 @@ use weft_proto::v1::daemon_client::DaemonClient;
 use crate::cli::{
     AvailabilityArg, Format, InitArgs, JoinArgs, JoinTokenArgs, LeaveArgs, NodeCommand, RoleArg,
 };
+use crate::task_text;
 
 /// Connection to the local daemon, or to a manager's control API.
 pub struct Client {
@@ -1021,15 +1022,14 @@ pub async fn run_task(c: &Client, a: crate::cli::RunArgs) -> anyhow::Result<()> 
                 .map_err(rpc)?
                 .into_inner()
                 .tasks;
-            match tasks
-                .iter()
-                .find(|t| t.id == task.id)
-                .map(|t| t.state.as_str())
-            {
-                Some("running") | Some("exited") => break,
-                Some("failed") => {
-                    let t = tasks.iter().find(|t| t.id == task.id).expect("found");
-                    bail!("task {} failed to start: {}", task.name, t.message);
+            let t = tasks.iter().find(|t| t.id == task.id);
+            match t.map(task_text::state) {
+                Some(pb::TaskState::Running | pb::TaskState::Exited | pb::TaskState::Shutdown) => {
+                    break;
+                }
+                Some(s) if task_text::is_failed(s) => {
+                    let error = t.map(task_text::error).unwrap_or_default();
+                    bail!("task {} failed to start: {error}", task.name);
                 }
                 _ if std::time::Instant::now() > deadline => {
                     bail!(
@@ -1070,11 +1070,7 @@ pub async fn ps(c: &Client, all: bool, quiet: bool) -> anyhow::Result<()> {
             .iter()
             .map(|a| format!("{}={}", a.network, a.ip))
             .collect();
-        let state = if t.has_exit_code {
-            format!("{} ({})", t.state, t.exit_code)
-        } else {
-            t.state.clone()
-        };
+        let state = task_text::current(&t);
         let mut addrs = addrs.join(",");
         if !t.network_mode.is_empty() {
             addrs = t.network_mode.clone();
@@ -1167,8 +1163,8 @@ async fn converge(c: &Client, service: &str) -> anyhow::Result<()> {
         let current = s
             .tasks
             .iter()
-            .filter(|t| t.state == "running")
-            .filter(|t| t.desired_state == "running")
+            .filter(|t| task_text::state(t) == pb::TaskState::Running)
+            .filter(|t| t.desired_state() == pb::TaskState::Running)
             .count() as u64;
         let line = format!(
             "{}: {}/{} running",
@@ -1180,7 +1176,11 @@ async fn converge(c: &Client, service: &str) -> anyhow::Result<()> {
             eprintln!("{line}");
             last = line;
         }
-        let failed: Vec<&pb::Task> = s.tasks.iter().filter(|t| t.state == "failed").collect();
+        let failed: Vec<&pb::Task> = s
+            .tasks
+            .iter()
+            .filter(|t| task_text::is_failed(task_text::state(t)))
+            .collect();
         if current == s.desired && s.tasks.len() as u64 == s.desired {
             eprintln!("verify: service converged");
             return Ok(());
@@ -1188,7 +1188,7 @@ async fn converge(c: &Client, service: &str) -> anyhow::Result<()> {
         if let Some(t) = failed.first()
             && std::time::Instant::now() > deadline
         {
-            bail!("task {} failed: {}", t.name, t.message);
+            bail!("task {} failed: {}", t.name, task_text::error(t));
         }
         if std::time::Instant::now() > deadline {
             bail!(
@@ -1328,20 +1328,16 @@ pub async fn service(c: &Client, cmd: crate::cli::ServiceCommand) -> anyhow::Res
                     .iter()
                     .map(|a| format!("{}={}", a.network, a.ip))
                     .collect();
-                let current = if t.has_exit_code {
-                    format!("{} ({})", t.state, t.exit_code)
-                } else {
-                    t.state.clone()
-                };
+                let current = task_text::current(&t);
                 println!(
                     "{:<17} {:<40} {:<20} {:<8} {:<10} {:<22} {}",
                     t.id,
                     t.name,
                     t.hostname,
-                    t.desired_state,
+                    task_text::word(t.desired_state()),
                     current,
                     addrs.join(","),
-                    t.message
+                    task_text::error(&t)
                 );
             }
         }

@@ -1183,20 +1183,15 @@ impl Daemon for NodeService {
                 .map(|n| (n.id.as_str(), n.name.as_str()))
                 .collect();
             for t in &c.tasks {
-                let st = self.runtime.status(&t.id);
-                let (state, code, message) = match st.map(|s| s.state) {
-                    Some(TaskState::Running { .. }) => ("running", None, String::new()),
-                    Some(TaskState::Exited { code, signal }) => (
-                        "exited",
-                        code,
-                        signal
-                            .map(|s| format!("killed by signal {s}"))
-                            .unwrap_or_default(),
-                    ),
-                    Some(TaskState::Failed { error }) => ("failed", None, error),
-                    None => ("pending", None, String::new()),
+                // In the config but not in the runtime yet: pending.
+                let status = match self.runtime.status(&t.id) {
+                    Some(s) => weft_worker::reconcile::task_status(&s.state),
+                    None => pb::TaskStatus {
+                        state: pb::TaskState::Pending.into(),
+                        ..Default::default()
+                    },
                 };
-                if !all && state != "running" && state != "pending" {
+                if !all && crate::task_text::is_terminal(status.state()) {
                     continue;
                 }
                 tasks.push(pb::Task {
@@ -1218,11 +1213,8 @@ impl Daemon for NodeService {
                             mac: at.mac.clone(),
                         })
                         .collect(),
-                    desired_state: "running".into(),
-                    state: state.into(),
-                    message,
-                    has_exit_code: code.is_some(),
-                    exit_code: code.unwrap_or(0),
+                    desired_state: pb::TaskState::Running.into(),
+                    status: Some(status),
                     ports: t.ports.clone(),
                     network_mode: t.network_mode.clone(),
                     ..Default::default()

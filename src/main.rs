@@ -9,6 +9,7 @@ mod doctor;
 mod lab;
 mod publish;
 mod settings;
+mod task_text;
 mod unlock;
 mod workload;
 

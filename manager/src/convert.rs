@@ -5,8 +5,8 @@ use weft_proto::v1 as pb;
 
 use crate::store::ipam::{mac_for, mac_text};
 use crate::store::{
-    Availability, NetworkMode, Node, NodeState, PortMapping, PortProto, PortRequest, PublishMode,
-    Role, State, Task,
+    Availability, DesiredTaskState, NetworkMode, Node, NodeState, PortMapping, PortProto,
+    PortRequest, PublishMode, Role, State, Task, TaskHealth, TaskState, TaskStatus,
 };
 
 /// A published port on the wire.
@@ -180,13 +180,11 @@ pub fn task_to_wire(state: &State, t: &Task) -> pb::Task {
             })
             .collect(),
         desired_state: match t.desired {
-            crate::store::DesiredTaskState::Running => "running".into(),
-            crate::store::DesiredTaskState::Shutdown => "shutdown".into(),
-        },
-        state: t.status.state.clone(),
-        message: t.status.message.clone(),
-        has_exit_code: t.status.exit_code.is_some(),
-        exit_code: t.status.exit_code.unwrap_or(0),
+            DesiredTaskState::Running => pb::TaskState::Running,
+            DesiredTaskState::Shutdown => pb::TaskState::Shutdown,
+        }
+        .into(),
+        status: Some(task_status_to_wire(&t.status)),
         created_at_ms: t.created_at_ms,
         updated_at_ms: t.status.updated_at_ms,
         ports: t.ports.iter().map(port_to_wire).collect(),
@@ -194,16 +192,91 @@ pub fn task_to_wire(state: &State, t: &Task) -> pb::Task {
     }
 }
 
+/// A task's observed state on the wire.
+pub fn task_status_to_wire(s: &TaskStatus) -> pb::TaskStatus {
+    let mut out = pb::TaskStatus {
+        message: s.message.clone(),
+        ..Default::default()
+    };
+    let state = match &s.state {
+        TaskState::New => pb::TaskState::New,
+        TaskState::Pending { reason } => {
+            out.reason = reason.clone();
+            pb::TaskState::Pending
+        }
+        TaskState::Pulling => pb::TaskState::Pulling,
+        TaskState::Starting => pb::TaskState::Starting,
+        TaskState::Running { health } => {
+            out.set_health(match health {
+                TaskHealth::None => pb::TaskHealth::Unspecified,
+                TaskHealth::Starting => pb::TaskHealth::Starting,
+                TaskHealth::Healthy => pb::TaskHealth::Healthy,
+                TaskHealth::Unhealthy => pb::TaskHealth::Unhealthy,
+            });
+            pb::TaskState::Running
+        }
+        TaskState::Exited { code, oom } => {
+            out.has_exit_code = code.is_some();
+            out.exit_code = code.unwrap_or(0);
+            out.oom_killed = *oom;
+            pb::TaskState::Exited
+        }
+        TaskState::Failed => pb::TaskState::Failed,
+        TaskState::Rejected => pb::TaskState::Rejected,
+        TaskState::Shutdown => pb::TaskState::Shutdown,
+    };
+    out.set_state(state);
+    out
+}
+
+/// A node's report of a task's state from the wire, checked: a known state
+/// and health; texts cut to the report bound. Stamped `now_ms`.
+pub fn task_status_from_wire(s: &pb::TaskStatus, now_ms: u64) -> Result<TaskStatus, String> {
+    let cut = |t: &str| crate::limits::cut_report(t.to_string());
+    let state = match pb::TaskState::try_from(s.state) {
+        Ok(pb::TaskState::New) => TaskState::New,
+        Ok(pb::TaskState::Pending) => TaskState::Pending {
+            reason: cut(&s.reason),
+        },
+        Ok(pb::TaskState::Pulling) => TaskState::Pulling,
+        Ok(pb::TaskState::Starting) => TaskState::Starting,
+        Ok(pb::TaskState::Running) => TaskState::Running {
+            health: match pb::TaskHealth::try_from(s.health) {
+                Ok(pb::TaskHealth::Unspecified) => TaskHealth::None,
+                Ok(pb::TaskHealth::Starting) => TaskHealth::Starting,
+                Ok(pb::TaskHealth::Healthy) => TaskHealth::Healthy,
+                Ok(pb::TaskHealth::Unhealthy) => TaskHealth::Unhealthy,
+                Err(_) => return Err(format!("unknown task health {}", s.health)),
+            },
+        },
+        Ok(pb::TaskState::Exited) => TaskState::Exited {
+            code: s.has_exit_code.then_some(s.exit_code),
+            oom: s.oom_killed,
+        },
+        Ok(pb::TaskState::Failed) => TaskState::Failed,
+        Ok(pb::TaskState::Rejected) => TaskState::Rejected,
+        Ok(pb::TaskState::Shutdown) => TaskState::Shutdown,
+        Ok(pb::TaskState::Unspecified) | Err(_) => {
+            return Err(format!("unknown task state {}", s.state));
+        }
+    };
+    Ok(TaskStatus {
+        state,
+        message: cut(&s.message),
+        updated_at_ms: now_ms,
+    })
+}
+
 /// A store service on the wire, with its tasks and VIPs.
 pub fn service_to_wire(state: &State, svc: &crate::store::Service) -> pb::Service {
     use crate::store::{EndpointMode, RestartCondition, ServiceMode};
-    let tasks: Vec<pb::Task> = state
+    let mine: Vec<&Task> = state
         .tasks
         .values()
         .filter(|t| t.service.as_ref().is_some_and(|r| r.service == svc.id))
-        .map(|t| task_to_wire(state, t))
         .collect();
-    let running = tasks.iter().filter(|t| t.state == "running").count() as u64;
+    let running = mine.iter().filter(|t| t.status.state.is_running()).count() as u64;
+    let tasks: Vec<pb::Task> = mine.iter().map(|t| task_to_wire(state, t)).collect();
     let (mode, replicas, desired) = match svc.spec.mode {
         ServiceMode::Replicated { replicas } => ("replicated", replicas, replicas),
         ServiceMode::Global => {
@@ -304,4 +377,60 @@ pub fn container_to_wire(c: &Option<crate::store::ContainerOpts>) -> Option<pb::
         user: c.user.clone().unwrap_or_default(),
         read_only: c.read_only,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn task_states_cross_the_wire_and_back() {
+        for state in crate::testing::task_states() {
+            let s = TaskStatus {
+                state,
+                message: "details".into(),
+                updated_at_ms: 3,
+            };
+            let wire = task_status_to_wire(&s);
+            assert_eq!(task_status_from_wire(&wire, 3), Ok(s));
+        }
+    }
+
+    #[test]
+    fn task_reports_with_unknown_states_are_refused() {
+        for bad in [
+            pb::TaskStatus::default(),
+            pb::TaskStatus {
+                state: 99,
+                ..Default::default()
+            },
+            pb::TaskStatus {
+                state: pb::TaskState::Running.into(),
+                health: 99,
+                ..Default::default()
+            },
+        ] {
+            assert!(task_status_from_wire(&bad, 0).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn task_report_texts_are_cut() {
+        let long = "x".repeat(crate::limits::MAX_REPORT_MESSAGE_BYTES + 10);
+        let s = task_status_from_wire(
+            &pb::TaskStatus {
+                state: pb::TaskState::Pending.into(),
+                reason: long.clone(),
+                message: long,
+                ..Default::default()
+            },
+            0,
+        )
+        .unwrap();
+        let TaskState::Pending { reason } = &s.state else {
+            panic!("{s:?}");
+        };
+        assert_eq!(reason.len(), crate::limits::MAX_REPORT_MESSAGE_BYTES);
+        assert_eq!(s.message.len(), crate::limits::MAX_REPORT_MESSAGE_BYTES);
+    }
 }

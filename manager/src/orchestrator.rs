@@ -39,17 +39,11 @@ fn must_leave(state: &State, svc: &Service, t: &Task) -> bool {
     }
 }
 
-fn finished(t: &Task) -> bool {
-    matches!(t.status.state.as_str(), "exited" | "failed")
-}
-
 /// Whether a finished task is to be replaced under the restart policy.
 fn due_for_restart(svc: &Service, t: &Task, now_ms: u64) -> bool {
     let wants = match svc.spec.restart {
         RestartCondition::Any => true,
-        RestartCondition::OnFailure => {
-            t.status.state == "failed" || t.status.exit_code.is_some_and(|c| c != 0)
-        }
+        RestartCondition::OnFailure => t.status.state.is_failure(),
         RestartCondition::None => false,
     };
     wants && now_ms.saturating_sub(t.status.updated_at_ms) >= RESTART_DELAY_MS
@@ -90,8 +84,8 @@ pub fn plan(state: &State, now_ms: u64, mut new_id: impl FnMut() -> String) -> V
             .collect();
         let mut kept: Vec<&Task> = Vec::new();
         for t in &tasks {
-            let gone =
-                must_leave(state, svc, t) || (finished(t) && due_for_restart(svc, t, now_ms));
+            let gone = must_leave(state, svc, t)
+                || (t.status.state.is_terminal() && due_for_restart(svc, t, now_ms));
             if gone {
                 out.push(Command::RemoveTask { id: t.id.clone() });
                 if let Some(c) = total.get_mut(&t.node) {
@@ -160,7 +154,7 @@ pub fn plan(state: &State, now_ms: u64, mut new_id: impl FnMut() -> String) -> V
         }
         // Rolling update: one outdated task at a time, and only while the
         // rest of the service is up.
-        let settled = !created && kept.iter().all(|t| t.status.state == "running");
+        let settled = !created && kept.iter().all(|t| t.status.state.is_running());
         if settled
             && let Some(old) = kept
                 .iter()
@@ -176,7 +170,9 @@ pub fn plan(state: &State, now_ms: u64, mut new_id: impl FnMut() -> String) -> V
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{Constraint, EndpointMode, Role, ServiceSpec, TaskSpec, TaskStatus};
+    use crate::store::{
+        Constraint, EndpointMode, Role, ServiceSpec, TaskHealth, TaskSpec, TaskState, TaskStatus,
+    };
 
     fn state(nodes: u64) -> State {
         let mut s = State::default();
@@ -240,11 +236,8 @@ mod tests {
                 s.apply(&c).unwrap();
             }
             for t in s.tasks.values_mut() {
-                if t.status.state == "pending" {
-                    t.status = TaskStatus {
-                        state: "running".into(),
-                        ..Default::default()
-                    };
+                if t.status.state == TaskState::pending() {
+                    t.status = TaskStatus::new(TaskState::RUNNING, 0);
                 }
             }
         }
@@ -351,12 +344,13 @@ mod tests {
         service(&mut s, ServiceMode::Replicated { replicas: 1 }, vec![]);
         converge(&mut s, 0);
         let id = s.tasks.keys().next().unwrap().clone();
-        s.tasks.get_mut(&id).unwrap().status = TaskStatus {
-            state: "exited".into(),
-            exit_code: Some(0),
-            updated_at_ms: 10_000,
-            ..Default::default()
-        };
+        s.tasks.get_mut(&id).unwrap().status = TaskStatus::new(
+            TaskState::Exited {
+                code: Some(0),
+                oom: false,
+            },
+            10_000,
+        );
         assert!(plan(&s, 10_500, || "x".into()).is_empty(), "restart delay");
         let cmds = plan(&s, 11_000, || "0000000000000099".into());
         assert!(matches!(cmds[0], Command::RemoveTask { .. }));
@@ -369,6 +363,61 @@ mod tests {
         spec.restart = RestartCondition::OnFailure;
         s.services.get_mut("svc").unwrap().spec = spec;
         assert!(plan(&s, 20_000, || "x".into()).is_empty());
+    }
+
+    /// Which observed states get a task replaced, under `any` and under
+    /// `on-failure`, once the restart delay has passed.
+    #[test]
+    fn restarts_follow_the_task_state() {
+        let exited = |code, oom| TaskState::Exited { code, oom };
+        let cases = [
+            // (state, replaced under any, replaced under on-failure)
+            (TaskState::New, false, false),
+            (TaskState::pending(), false, false),
+            (
+                TaskState::Pending {
+                    reason: "no suitable node".into(),
+                },
+                false,
+                false,
+            ),
+            (TaskState::Pulling, false, false),
+            (TaskState::Starting, false, false),
+            (TaskState::RUNNING, false, false),
+            (
+                TaskState::Running {
+                    health: TaskHealth::Unhealthy,
+                },
+                false,
+                false,
+            ),
+            (exited(Some(0), false), true, false),
+            (exited(Some(2), false), true, true),
+            (exited(Some(0), true), true, true),
+            (exited(None, false), true, false),
+            (TaskState::Failed, true, true),
+            (TaskState::Rejected, true, true),
+            (TaskState::Shutdown, true, false),
+        ];
+        for (state, any, on_failure) in cases {
+            for (restart, want) in [
+                (RestartCondition::Any, any),
+                (RestartCondition::OnFailure, on_failure),
+                (RestartCondition::None, false),
+            ] {
+                let mut s = self::state(1);
+                service(&mut s, ServiceMode::Replicated { replicas: 1 }, vec![]);
+                converge(&mut s, 0);
+                s.services.get_mut("svc").unwrap().spec.restart = restart;
+                let id = s.tasks.keys().next().unwrap().clone();
+                s.tasks.get_mut(&id).unwrap().status = TaskStatus::new(state.clone(), 10_000);
+                let cmds = plan(&s, 20_000, || "0000000000000099".into());
+                let replaced = cmds
+                    .iter()
+                    .any(|c| matches!(c, Command::RemoveTask { id: x } if *x == id));
+                assert_eq!(replaced, want, "{state:?} under {restart:?}: {cmds:?}");
+            }
+        }
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use crate::store::{
     Cluster, ClusterSettings, Command, EndpointMode, NetworkSpec, Node, NodeId, NodeState,
     PortProto, PortRequest, PublishMode, RestartCondition, Role, ServiceMode, ServiceSpec, State,
-    TaskSpec, TaskStatus,
+    TaskHealth, TaskSpec, TaskState, TaskStatus,
 };
 
 /// A ready node with an underlay address and an MTU.
@@ -172,12 +172,47 @@ pub fn running(s: &mut State, id: &str, node: u64) {
         Command::SetTaskStatus {
             id: id.into(),
             node: NodeId(node),
-            status: TaskStatus {
-                state: "running".into(),
-                ..Default::default()
-            },
+            status: TaskStatus::new(TaskState::RUNNING, 0),
         },
     );
+}
+
+/// One task state of each kind, with and without its details.
+pub fn task_states() -> Vec<TaskState> {
+    vec![
+        TaskState::New,
+        TaskState::pending(),
+        TaskState::Pending {
+            reason: "no suitable node".into(),
+        },
+        TaskState::Pulling,
+        TaskState::Starting,
+        TaskState::RUNNING,
+        TaskState::Running {
+            health: TaskHealth::Starting,
+        },
+        TaskState::Running {
+            health: TaskHealth::Healthy,
+        },
+        TaskState::Running {
+            health: TaskHealth::Unhealthy,
+        },
+        TaskState::Exited {
+            code: Some(3),
+            oom: false,
+        },
+        TaskState::Exited {
+            code: None,
+            oom: false,
+        },
+        TaskState::Exited {
+            code: Some(137),
+            oom: true,
+        },
+        TaskState::Failed,
+        TaskState::Rejected,
+        TaskState::Shutdown,
+    ]
 }
 
 /// A one-manager Raft group in `dir` holding [`init`]'s cluster: the write

@@ -425,12 +425,12 @@ impl Reconciler {
                     match self.runtime.start(&spec).await {
                         Ok(s) => Some(s),
                         Err(e) => {
-                            tasks.push(pb::TaskState {
-                                task_id: t.id.clone(),
-                                state: "failed".into(),
-                                message: e.to_string(),
-                                ..Default::default()
-                            });
+                            tasks.push(task_report(
+                                &t.id,
+                                &TaskState::Failed {
+                                    error: e.to_string(),
+                                },
+                            ));
                             None
                         }
                     }
@@ -438,7 +438,7 @@ impl Reconciler {
                 None => None,
             };
             if let Some(s) = status {
-                tasks.push(task_state(&s.id, &s.state));
+                tasks.push(task_report(&s.id, &s.state));
             }
         }
         let handshakes = self
@@ -521,29 +521,35 @@ pub fn save_config(path: &Path, c: &pb::NodeConfig) -> Result<(), durable::Write
     durable::write_atomic(path, &c.encode_to_vec(), 0o600)
 }
 
-fn task_state(id: &str, s: &TaskState) -> pb::TaskState {
-    match s {
-        TaskState::Running { .. } => pb::TaskState {
-            task_id: id.to_string(),
-            state: "running".into(),
-            ..Default::default()
-        },
-        TaskState::Exited { code, signal } => pb::TaskState {
-            task_id: id.to_string(),
-            state: "exited".into(),
-            has_exit_code: code.is_some(),
-            exit_code: code.unwrap_or(0),
-            message: signal
-                .map(|s| format!("killed by signal {s}"))
-                .unwrap_or_default(),
-        },
-        TaskState::Failed { error } => pb::TaskState {
-            task_id: id.to_string(),
-            state: "failed".into(),
-            message: error.clone(),
-            ..Default::default()
-        },
+fn task_report(id: &str, s: &TaskState) -> pb::TaskReport {
+    pb::TaskReport {
+        task_id: id.to_string(),
+        status: Some(task_status(s)),
     }
+}
+
+/// What the runtime says of a task, as the wire says it: running, exited
+/// (with its code, or with no code and the signal in the message when a
+/// signal ended it) or failed (the error in the message).
+pub fn task_status(s: &TaskState) -> pb::TaskStatus {
+    let mut out = pb::TaskStatus::default();
+    let state = match s {
+        TaskState::Running { .. } => pb::TaskState::Running,
+        TaskState::Exited { code, signal } => {
+            out.has_exit_code = code.is_some();
+            out.exit_code = code.unwrap_or(0);
+            out.message = signal
+                .map(|s| format!("killed by signal {s}"))
+                .unwrap_or_default();
+            pb::TaskState::Exited
+        }
+        TaskState::Failed { error } => {
+            out.message = error.clone();
+            pb::TaskState::Failed
+        }
+    };
+    out.set_state(state);
+    out
 }
 
 #[cfg(test)]
@@ -691,5 +697,35 @@ mod tests {
         c.networks[0].remote[0].mac = "zz".into();
         let e = desired_from_config(&c, std::path::Path::new("/k")).unwrap_err();
         assert_eq!(e.what, "remote mac");
+    }
+
+    #[test]
+    fn runtime_states_on_the_wire() {
+        let running = task_status(&TaskState::Running { pid: 42 });
+        assert_eq!(running.state(), pb::TaskState::Running);
+        assert_eq!(running.health(), pb::TaskHealth::Unspecified);
+        assert!(!running.has_exit_code);
+        let exited = task_status(&TaskState::Exited {
+            code: Some(3),
+            signal: None,
+        });
+        assert_eq!(exited.state(), pb::TaskState::Exited);
+        assert!(exited.has_exit_code);
+        assert_eq!(exited.exit_code, 3);
+        assert!(exited.message.is_empty());
+        assert!(!exited.oom_killed);
+        // A signal: exited with no code, the signal in the message.
+        let killed = task_status(&TaskState::Exited {
+            code: None,
+            signal: Some(9),
+        });
+        assert_eq!(killed.state(), pb::TaskState::Exited);
+        assert!(!killed.has_exit_code);
+        assert_eq!(killed.message, "killed by signal 9");
+        let failed = task_status(&TaskState::Failed {
+            error: "no such file".into(),
+        });
+        assert_eq!(failed.state(), pb::TaskState::Failed);
+        assert_eq!(failed.message, "no such file");
     }
 }

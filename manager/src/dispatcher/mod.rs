@@ -555,15 +555,19 @@ impl Dispatcher for DispatcherService {
                     if t.node != node.id {
                         return None;
                     }
-                    let status = crate::store::TaskStatus {
-                        state: limits::cut_report(ts.state.clone()),
-                        message: limits::cut_report(ts.message.clone()),
-                        exit_code: ts.has_exit_code.then_some(ts.exit_code),
-                        updated_at_ms: crate::core::now_ms(),
-                    };
-                    let same = t.status.state == status.state
-                        && t.status.message == status.message
-                        && t.status.exit_code == status.exit_code;
+                    let status = ts
+                        .status
+                        .as_ref()
+                        .ok_or_else(|| "no status".to_string())
+                        .and_then(|st| {
+                            crate::convert::task_status_from_wire(st, crate::core::now_ms())
+                        })
+                        .inspect_err(|e| {
+                            tracing::warn!(node = %node.id, task = %t.id, error = %e, "bad task report");
+                        })
+                        .ok()?;
+                    let same =
+                        t.status.state == status.state && t.status.message == status.message;
                     (!same).then(|| Command::SetTaskStatus {
                         id: t.id.clone(),
                         node: node.id,

@@ -292,7 +292,7 @@ fn published_ports(state: &State, node: NodeId, mine: &[&Task]) -> Vec<pb::Publi
             .values()
             .filter(|t| {
                 t.service.as_ref().is_some_and(|r| r.service == svc.id)
-                    && t.status.state == "running"
+                    && t.status.state.is_running()
                     && live_for(state, node, t)
             })
             .collect();
@@ -408,7 +408,7 @@ fn services_on(state: &State, net: &Network, viewer: NodeId) -> Vec<pb::ServiceE
                 .values()
                 .filter(|t| {
                     t.service.as_ref().is_some_and(|r| r.service == svc.id)
-                        && t.status.state == "running"
+                        && t.status.state.is_running()
                         && live_for(state, viewer, t)
                 })
                 .filter_map(|t| addr_on(t, net))
@@ -603,7 +603,7 @@ mod tests {
     fn ingress_ports_everywhere_local_replicas_first_host_ports_only_where_replicas_run() {
         use crate::store::{
             EndpointMode, PortProto, PortRequest, RestartCondition, ServiceMode, ServiceSpec,
-            TaskStatus,
+            TaskState, TaskStatus,
         };
         let mut s = state();
         let port = |published, mode| PortRequest {
@@ -642,10 +642,7 @@ mod tests {
             s.apply(&Command::SetTaskStatus {
                 id: id.into(),
                 node: NodeId(node),
-                status: TaskStatus {
-                    state: "running".into(),
-                    ..Default::default()
-                },
+                status: TaskStatus::new(TaskState::RUNNING, 0),
             })
             .unwrap();
         }

@@ -10,6 +10,7 @@
 
 pub mod ipam;
 pub mod netmodel;
+mod task_state;
 mod types;
 
 #[cfg(test)]
@@ -19,6 +20,7 @@ pub use netmodel::{
     DEFAULT_BRIDGE, INGRESS_NETWORK, PUBLISHED_PORT_RANGE, RESERVED_NETWORK_NAMES,
     check_ingress_subnet, next_ifname, parse_ingress_subnet,
 };
+pub use task_state::{TaskHealth, TaskState, TaskStatus};
 pub use types::*;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -1144,11 +1146,7 @@ impl State {
             attachments,
             gateway_ip,
             desired: DesiredTaskState::Running,
-            status: TaskStatus {
-                state: "pending".into(),
-                updated_at_ms: now_ms,
-                ..Default::default()
-            },
+            status: TaskStatus::new(TaskState::pending(), now_ms),
             created_at_ms: now_ms,
             service: None,
             network_mode: NetworkMode::Attached,

@@ -8,6 +8,8 @@ use std::str::FromStr;
 use ipnetwork::IpNetwork;
 use serde::{Deserialize, Serialize};
 
+use super::task_state::TaskStatus;
+
 /// A node's identity: a random 64-bit number, shown as 16 lower-case hex
 /// digits. It is also the node's Raft ID when it is a manager.
 #[derive(
@@ -500,19 +502,6 @@ pub enum DesiredTaskState {
     Running,
     /// Should be stopped (removal pending).
     Shutdown,
-}
-
-/// Observed state of a task, as its node reported it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct TaskStatus {
-    /// `pending`, `starting`, `running`, `exited`, `failed`.
-    pub state: String,
-    /// Details (error text).
-    pub message: String,
-    /// Exit code once exited.
-    pub exit_code: Option<i32>,
-    /// Unix ms of the report.
-    pub updated_at_ms: u64,
 }
 
 /// One unit of work on one node.
