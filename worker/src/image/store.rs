@@ -264,7 +264,25 @@ impl ImageStore {
         let mut out = Vec::new();
         let mut sizes: HashMap<String, u64> = HashMap::new();
         for record in self.records(&client).await? {
-            let r = self.resolve(&client, record).await?;
+            let name = record.name.clone();
+            let r = match self.resolve(&client, record.clone()).await {
+                Err(e) if unusable(&e) => {
+                    // Listed all the same (it can be removed), without an ID.
+                    tracing::warn!(image = %name, "{e}");
+                    let (repository, tag) = reference::repo_and_tag(&name);
+                    out.push(ImageSummary {
+                        name,
+                        repository,
+                        tag,
+                        id: String::new(),
+                        digest: target_of(&record),
+                        created: None,
+                        size: 0,
+                    });
+                    continue;
+                }
+                r => r?,
+            };
             let size = match sizes.get(&r.config_digest) {
                 Some(s) => *s,
                 None => {
@@ -296,8 +314,7 @@ impl ImageStore {
         // Every name of the image: records of its config (Docker's ID).
         let mut repo_tags = Vec::new();
         let mut repo_digests = Vec::new();
-        for record in self.records(&client).await? {
-            let other = self.resolve(&client, record).await?;
+        for other in self.resolve_all(&client).await? {
             if other.config_digest != r.config_digest {
                 continue;
             }
@@ -533,34 +550,39 @@ impl ImageStore {
                 }
                 Ok(out)
             }
-            Query::Digest(d) => {
-                let mut out = Vec::new();
-                for record in self.records(client).await? {
-                    if &target_of(&record) == d {
-                        out.push(self.resolve(client, record).await?);
-                    } else {
-                        let r = self.resolve(client, record).await?;
-                        if &r.config_digest == d {
-                            out.push(r);
-                        }
-                    }
-                }
-                Ok(out)
-            }
-            Query::IdPrefix(p) => {
-                let mut out = Vec::new();
-                for record in self.records(client).await? {
-                    let r = self.resolve(client, record).await?;
-                    if r.config_digest
+            Query::Digest(d) => Ok(self
+                .resolve_all(client)
+                .await?
+                .into_iter()
+                .filter(|r| &r.target == d || &r.config_digest == d)
+                .collect()),
+            Query::IdPrefix(p) => Ok(self
+                .resolve_all(client)
+                .await?
+                .into_iter()
+                .filter(|r| {
+                    r.config_digest
                         .strip_prefix("sha256:")
                         .is_some_and(|h| h.starts_with(p.as_str()))
-                    {
-                        out.push(r);
-                    }
-                }
-                Ok(out)
+                })
+                .collect()),
+        }
+    }
+
+    /// Every record that resolves; one whose blobs are missing or unreadable
+    /// (another client's partial pull, say) is skipped with a warning
+    /// rather than hiding every other image.
+    async fn resolve_all(&self, client: &Client) -> Result<Vec<Resolved>, ImageError> {
+        let mut out = Vec::new();
+        for record in self.records(client).await? {
+            let name = record.name.clone();
+            match self.resolve(client, record).await {
+                Ok(r) => out.push(r),
+                Err(e) if unusable(&e) => tracing::warn!(image = %name, "{e}"),
+                Err(e) => return Err(e),
             }
         }
+        Ok(out)
     }
 
     /// Reads a record's target down to this node's manifest and config.
@@ -637,6 +659,15 @@ impl ImageStore {
             .into_inner();
         Ok(list.containers.into_iter().map(|c| c.id).collect())
     }
+}
+
+/// An error about one image's own content (not about containerd).
+fn unusable(e: &ImageError) -> bool {
+    matches!(
+        e,
+        ImageError::Corrupt { .. }
+            | ImageError::Containerd(weft_containerd_api::Error::NotFound { .. })
+    )
 }
 
 fn target_of(image: &Image) -> String {
