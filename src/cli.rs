@@ -86,6 +86,9 @@ pub enum Command {
     /// Manage services.
     #[command(subcommand)]
     Service(ServiceCommand),
+    /// Manage the images on this node (in its containerd).
+    #[command(subcommand)]
+    Image(crate::image_cmd::ImageCommand),
     /// Start a standalone task on this node (default network: this node's `bridge`).
     Run(RunArgs),
     /// Show a task's published ports.
@@ -193,6 +196,13 @@ pub struct DaemonArgs {
     /// Hosts that bypass the proxies, handed to every task as NO_PROXY/no_proxy.
     #[arg(long)]
     pub no_proxy: Option<String>,
+    /// containerd's socket, where this node keeps its images. The daemon
+    /// runs without containerd; image commands then fail saying so.
+    #[arg(long, default_value = "/run/containerd/containerd.sock")]
+    pub containerd_socket: PathBuf,
+    /// The containerd namespace of weft's images (and, later, containers).
+    #[arg(long, default_value = "weft")]
+    pub containerd_namespace: String,
 }
 
 /// `weft init`.

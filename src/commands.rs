@@ -99,6 +99,11 @@ impl Client {
         Ok(())
     }
 
+    pub(crate) fn images(&self) -> weft_proto::v1::images_client::ImagesClient<Channel> {
+        weft_proto::v1::images_client::ImagesClient::new(self.channel.clone())
+            .max_decoding_message_size(CLI_RECEIVE_LIMIT_BYTES)
+    }
+
     pub(crate) fn control(&self) -> ControlClient<Channel> {
         ControlClient::new(self.channel.clone()).max_decoding_message_size(CLI_RECEIVE_LIMIT_BYTES)
     }

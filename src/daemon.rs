@@ -37,6 +37,7 @@ use weft_worker::runtime::{ProcessRuntime, ShimCommand, TaskRuntime, TaskState};
 use crate::autolock::Locked;
 use crate::cli::DaemonArgs;
 
+mod images;
 mod rejoin;
 
 /// What the daemon creates is for root alone, whoever started it and with
@@ -73,6 +74,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         tracing::warn!("{e}: overlay networks need it");
     }
     let settings = crate::settings::resolve(&args)?;
+    let images = images::server(&args)?;
     let runtime = Arc::new(ProcessRuntime::new(
         &args.exec_root,
         ShimCommand::current_exe(),
@@ -137,6 +139,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
 
     let router = tonic::transport::Server::builder()
         .add_service(DaemonServer::from_arc(node.clone()))
+        .add_service(images)
         .add_service(ControlServer::with_interceptor(
             LocalControl::with_node(node.slot.clone(), Arc::new(NodeNets(node.clone())))
                 .with_down_reason(node.manager_problem.clone()),

@@ -6,6 +6,7 @@ mod cli;
 mod commands;
 mod daemon;
 mod doctor;
+mod image_cmd;
 mod lab;
 mod publish;
 mod settings;
@@ -127,6 +128,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Cluster(n) => commands::cluster(&c, n).await,
                 Command::Network(n) => commands::network(&c, n).await,
                 Command::Service(n) => commands::service(&c, n).await,
+                Command::Image(i) => {
+                    c.require_local("image")?;
+                    image_cmd::run(&c, i).await
+                }
                 Command::Run(a) => {
                     c.require_local("run")?;
                     commands::run_task(&c, a).await

@@ -8,7 +8,11 @@
 
 #![allow(dead_code)]
 
+// The private containerd of weft-containerd-api's tests, shared rather than copied.
+#[path = "../../proto/containerd/tests/common/containerd.rs"]
+pub mod containerd;
 pub mod disk;
+pub mod image;
 pub mod lookups;
 
 use std::path::{Path, PathBuf};

@@ -10,8 +10,8 @@ use tonic::{Code, Status};
 pub enum Error {
     /// Nothing listens on the socket: no file there, or a stale one.
     #[error(
-        "containerd is not running: cannot connect to {} (`make deps` installs containerd; \
-         start it with `systemctl start containerd`)",
+        "containerd is not running: cannot connect to {} (`make deps` installs it; \
+         start it with `containerd &` or `systemctl start containerd`)",
         path.display()
     )]
     NoDaemon {

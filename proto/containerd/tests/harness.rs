@@ -6,20 +6,16 @@ mod common;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::containerd::{PrivateContainerd, SHIM_SOCKET_DIR, is_gone, mounts_under};
+use common::containerd::{
+    PrivateContainerd, SHIM_SOCKET_DIR, busybox_static_installed, is_gone, mounts_under,
+};
 
 /// A root filesystem holding only the static busybox.
 fn busybox_rootfs(dir: &Path) -> String {
-    let installed = Command::new("dpkg-query")
-        .args(["-W", "-f=${Status}", "busybox-static"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
-        .unwrap_or(false);
     assert!(
-        installed,
+        busybox_static_installed(),
         "busybox-static is not installed: run `make deps` (a container's rootfs needs a static busybox)"
     );
     let rootfs = dir.join("rootfs");

@@ -7,10 +7,33 @@
 //!
 //! Must not: start containers (the runtime does, from a [`LocalImage`]) or
 //! talk to the manager.
+//!
+//! ```text
+//!   archive.rs  tar index, limits, format detection        (pure)
+//!   plan.rs     what a load writes: blobs, names, images    (pure)
+//!   reference.rs  names, digests, ID prefixes               (pure)
+//!   import.rs   spool, gunzip, execute a plan               (containerd)
+//!   unpack.rs   layers -> snapshots by chain id             (containerd)
+//!   content.rs  Content.Write/Read/Update, leases           (containerd)
+//!   store.rs    ImageStore: load, list, inspect, remove, get
+//! ```
 
+pub mod archive;
 pub mod config;
+pub mod content;
+pub mod error;
+pub mod import;
+pub mod plan;
+pub mod reference;
+pub mod store;
+pub mod unpack;
 
 pub use config::{Healthcheck, ImageConfig, RunConfig};
+pub use error::ImageError;
+pub use import::{LoadedImage, Spool, SpoolFile};
+pub use store::{
+    FakeImageSource, ImageDetails, ImageSource, ImageStore, ImageSummary, Removed, StoreConfig,
+};
 
 /// An image present on this node, ready to start containers from.
 #[derive(Clone, Debug, PartialEq, Eq)]

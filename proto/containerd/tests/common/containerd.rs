@@ -437,6 +437,17 @@ disabled_plugins = ["io.containerd.grpc.v1.cri", "io.containerd.snapshotter.v1.a
     )
 }
 
+/// Whether Debian's busybox-static is installed: a container's rootfs needs
+/// a static busybox, and an unowned or dynamic one also answers
+/// `command -v busybox`, so the package is asked for by name.
+pub fn busybox_static_installed() -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", "busybox-static"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
 /// `tool` in PATH (or /usr/sbin, where Debian puts some daemons).
 pub fn find_on_path(tool: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH").unwrap_or_default();

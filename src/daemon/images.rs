@@ -1,0 +1,162 @@
+//! The `Images` service on the daemon's local socket: `weft image
+//! load|ls|inspect|rm`, served from the node's [`ImageStore`] (containerd).
+//! Only wiring and the mapping of errors to statuses live here; the image
+//! logic is `weft_worker::image`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tonic::{Code, Request, Response, Status, Streaming};
+use weft_proto::v1 as pb;
+use weft_proto::v1::images_server::{Images, ImagesServer};
+use weft_worker::image::{ImageError, ImageStore, Spool, StoreConfig};
+
+use crate::cli::DaemonArgs;
+
+/// The most data one Load message may carry (the CLI sends 1 MiB chunks).
+const MAX_CHUNK: usize = 1 << 20;
+
+/// The node's images, as the local API serves them.
+pub(super) struct NodeImages {
+    store: Arc<ImageStore>,
+}
+
+/// The service for the daemon's router; refuses a containerd namespace
+/// containerd would refuse. Nothing connects to containerd until the first
+/// image command.
+pub(super) fn server(args: &DaemonArgs) -> anyhow::Result<ImagesServer<NodeImages>> {
+    let mut config = StoreConfig::new(&args.exec_root);
+    config.socket = args.containerd_socket.clone();
+    config.namespace = args.containerd_namespace.clone();
+    config.validate()?;
+    let store = Arc::new(ImageStore::new(config));
+    Ok(ImagesServer::new(NodeImages { store }))
+}
+
+fn status(e: ImageError) -> Status {
+    use weft_containerd_api::Error as C;
+    let code = match &e {
+        ImageError::Containerd(c) => match c {
+            C::NoDaemon { .. } | C::Connect { .. } | C::Unavailable { .. } => Code::Unavailable,
+            C::SocketPermission { .. } => Code::PermissionDenied,
+            C::NotFound { .. } => Code::NotFound,
+            C::AlreadyExists { .. } => Code::AlreadyExists,
+            C::InvalidIdentifier { .. } => Code::InvalidArgument,
+            C::TooOld { .. } | C::UnparsableVersion { .. } => Code::FailedPrecondition,
+            _ => Code::Internal,
+        },
+        ImageError::Archive(_) | ImageError::DiffIdMismatch { .. } => Code::InvalidArgument,
+        ImageError::InvalidReference { .. } | ImageError::Ambiguous { .. } => Code::InvalidArgument,
+        ImageError::NotFound { .. } => Code::NotFound,
+        ImageError::InUse { .. } | ImageError::SeveralNames { .. } => Code::FailedPrecondition,
+        ImageError::TooLarge { .. } => Code::ResourceExhausted,
+        ImageError::Corrupt { .. } => Code::DataLoss,
+        ImageError::Io { .. } => Code::Internal,
+    };
+    Status::new(code, e.to_string())
+}
+
+#[tonic::async_trait]
+impl Images for NodeImages {
+    async fn load(
+        &self,
+        req: Request<Streaming<pb::LoadImageRequest>>,
+    ) -> Result<Response<pb::LoadImageResponse>, Status> {
+        // Fail before taking gigabytes when containerd is not there.
+        self.store.check().await.map_err(status)?;
+        let config = self.store.config();
+        let mut stream = req.into_inner();
+        let mut spool = Spool::create(&config.spool_dir, config.max_archive)
+            .await
+            .map_err(status)?;
+        let mut tag = None;
+        let mut first = true;
+        while let Some(msg) = stream.message().await? {
+            if msg.data.len() > MAX_CHUNK {
+                return Err(Status::invalid_argument(format!(
+                    "image upload chunks may hold at most {MAX_CHUNK} bytes"
+                )));
+            }
+            if !msg.tag.is_empty() {
+                if !first {
+                    return Err(Status::invalid_argument(
+                        "the tag goes in the first message of an upload",
+                    ));
+                }
+                tag = Some(msg.tag);
+            }
+            first = false;
+            spool.write(&msg.data).await.map_err(status)?;
+        }
+        if spool.is_empty() {
+            return Err(Status::invalid_argument("the image archive is empty"));
+        }
+        let size = spool.len();
+        let file = spool.finish().await.map_err(status)?;
+        let started = Instant::now();
+        let loaded = self.store.load(file, tag).await.map_err(status)?;
+        tracing::info!(
+            bytes = size,
+            images = loaded.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "image archive loaded"
+        );
+        Ok(Response::new(pb::LoadImageResponse {
+            images: loaded
+                .into_iter()
+                .map(|l| pb::LoadedImage {
+                    name: l.name,
+                    digest: l.digest,
+                    id: l.id,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn list(
+        &self,
+        _: Request<pb::ListImagesRequest>,
+    ) -> Result<Response<pb::ListImagesResponse>, Status> {
+        let images = self.store.list().await.map_err(status)?;
+        Ok(Response::new(pb::ListImagesResponse {
+            images: images
+                .into_iter()
+                .map(|i| pb::ImageSummary {
+                    name: i.name,
+                    repository: i.repository,
+                    tag: i.tag,
+                    id: i.id,
+                    digest: i.digest,
+                    created: i.created.unwrap_or_default(),
+                    size: i.size,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn inspect(
+        &self,
+        req: Request<pb::InspectImageRequest>,
+    ) -> Result<Response<pb::InspectImageResponse>, Status> {
+        let details = self
+            .store
+            .inspect(&req.into_inner().image)
+            .await
+            .map_err(status)?;
+        let json = serde_json::to_string(&details)
+            .map_err(|e| Status::internal(format!("cannot encode the image details: {e}")))?;
+        Ok(Response::new(pb::InspectImageResponse { json }))
+    }
+
+    async fn remove(
+        &self,
+        req: Request<pb::RemoveImageRequest>,
+    ) -> Result<Response<pb::RemoveImageResponse>, Status> {
+        let r = req.into_inner();
+        let removed = self.store.remove(&r.image, r.force).await.map_err(status)?;
+        Ok(Response::new(pb::RemoveImageResponse {
+            untagged: removed.untagged,
+            deleted: removed.deleted,
+        }))
+    }
+}

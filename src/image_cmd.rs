@@ -1,0 +1,345 @@
+//! `weft image load|ls|inspect|rm`: the images in this node's containerd,
+//! through the local daemon's `Images` service.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use tokio::io::AsyncReadExt;
+use tokio_stream::wrappers::ReceiverStream;
+use weft_proto::v1 as pb;
+use weft_worker::image::reference;
+
+use crate::commands::Client;
+
+/// Bytes per upload message (the daemon refuses more).
+const CHUNK: usize = 1 << 20;
+
+/// `weft image …`.
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Load images from an archive into this node's containerd.
+    ///
+    /// Reads `docker save` archives and OCI image layouts (as written by
+    /// umoci, skopeo or `docker save` since Docker 25), as tar or tar.gz, from
+    /// FILE or from stdin. The layers are unpacked, so containers can start
+    /// from the image at once. Images named in the archive keep their names
+    /// (normalized: `busybox` is `docker.io/library/busybox:latest`); an
+    /// unnamed image is listed as <none> and found by its ID or digest.
+    /// Archives are checked before anything is stored (digests, paths,
+    /// sizes); a refused archive leaves no image behind.
+    Load {
+        /// The archive (default: stdin).
+        #[arg(short, long, value_name = "FILE")]
+        input: Option<PathBuf>,
+        /// Also name the archive's image REF (the archive must hold one image).
+        #[arg(long, value_name = "REF")]
+        tag: Option<String>,
+        /// Print only the loaded images' IDs.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// List the images on this node.
+    #[command(alias = "list")]
+    Ls {
+        /// Only print image IDs.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Show full image IDs.
+        #[arg(long)]
+        no_trunc: bool,
+    },
+    /// Show images in detail (JSON, in the shape of `docker image inspect`).
+    Inspect {
+        /// Name, name@digest, digest or image ID.
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Remove images from this node.
+    ///
+    /// By name, removes that name; by ID or digest, the image (with all its
+    /// names only with --force). Refused while a container uses an image.
+    /// Its content and snapshots are then freed by containerd's garbage
+    /// collection, unless another image shares them.
+    #[command(alias = "remove")]
+    Rm {
+        /// Remove every name of an image given by ID or digest.
+        #[arg(short, long)]
+        force: bool,
+        /// Name, name@digest, digest or image ID.
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+}
+
+/// Runs an image command against the local daemon.
+pub async fn run(c: &Client, cmd: ImageCommand) -> anyhow::Result<()> {
+    match cmd {
+        ImageCommand::Load { input, tag, quiet } => load(c, input, tag, quiet).await,
+        ImageCommand::Ls { quiet, no_trunc } => ls(c, quiet, no_trunc).await,
+        ImageCommand::Inspect { images } => inspect(c, images).await,
+        ImageCommand::Rm { force, images } => rm(c, force, images).await,
+    }
+}
+
+fn rpc(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}", status.message())
+}
+
+async fn load(
+    c: &Client,
+    input: Option<PathBuf>,
+    tag: Option<String>,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    let mut reader: Box<dyn tokio::io::AsyncRead + Unpin + Send> = match &input {
+        Some(path) => Box::new(
+            tokio::fs::File::open(path)
+                .await
+                .with_context(|| format!("cannot open {}", path.display()))?,
+        ),
+        None => {
+            if std::io::stdin().is_terminal() {
+                bail!("no archive given: use -i FILE, or pipe one into stdin");
+            }
+            Box::new(tokio::io::stdin())
+        }
+    };
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let send = async move {
+        let mut tag = tag.unwrap_or_default();
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = reader
+                .read(&mut buf)
+                .await
+                .context("cannot read the archive")?;
+            if n == 0 {
+                break;
+            }
+            let msg = pb::LoadImageRequest {
+                data: buf[..n].to_vec(),
+                tag: std::mem::take(&mut tag),
+            };
+            if tx.send(msg).await.is_err() {
+                // The daemon ended the call; its answer says why.
+                break;
+            }
+        }
+        Ok::<(), anyhow::Error>(())
+    };
+    let call = async {
+        c.images()
+            .load(ReceiverStream::new(rx))
+            .await
+            .map_err(rpc)
+            .map(tonic::Response::into_inner)
+    };
+    // A read error drops the call (the daemon discards the upload); a refusal
+    // by the daemon stops the reading.
+    let ((), resp) = tokio::try_join!(send, call)?;
+    for image in resp.images {
+        if quiet {
+            println!("{}", image.id);
+        } else if image.name.starts_with("sha256:") {
+            println!("Loaded image ID: {}", image.id);
+        } else {
+            let (repo, tag) = reference::repo_and_tag(&image.name);
+            println!("Loaded image: {repo}:{tag}");
+        }
+    }
+    Ok(())
+}
+
+async fn ls(c: &Client, quiet: bool, no_trunc: bool) -> anyhow::Result<()> {
+    let images = c
+        .images()
+        .list(pb::ListImagesRequest {})
+        .await
+        .map_err(rpc)?
+        .into_inner()
+        .images;
+    let id = |i: &pb::ImageSummary| {
+        if no_trunc {
+            i.id.clone()
+        } else {
+            short_id(&i.id)
+        }
+    };
+    if quiet {
+        let mut seen = Vec::new();
+        for i in &images {
+            let id = id(i);
+            if !seen.contains(&id) {
+                println!("{id}");
+                seen.push(id);
+            }
+        }
+        return Ok(());
+    }
+    let now = time::OffsetDateTime::now_utc();
+    let rows: Vec<[String; 5]> = images
+        .iter()
+        .map(|i| {
+            [
+                i.repository.clone(),
+                i.tag.clone(),
+                id(i),
+                created(&i.created, now),
+                human_size(i.size),
+            ]
+        })
+        .collect();
+    let header = ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"];
+    let mut widths = header.map(str::len);
+    for r in &rows {
+        for (w, cell) in widths.iter_mut().zip(r) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: [&str; 5]| {
+        let mut out = String::new();
+        for (i, cell) in cells.iter().enumerate() {
+            if i == 4 {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}   ", w = widths[i]));
+            }
+        }
+        println!("{out}");
+    };
+    line(header);
+    for r in &rows {
+        line([&r[0], &r[1], &r[2], &r[3], &r[4]]);
+    }
+    Ok(())
+}
+
+async fn inspect(c: &Client, images: Vec<String>) -> anyhow::Result<()> {
+    let mut found = Vec::new();
+    let mut errors = Vec::new();
+    for image in images {
+        match c.images().inspect(pb::InspectImageRequest { image }).await {
+            Ok(r) => found.push(
+                serde_json::from_str::<serde_json::Value>(&r.into_inner().json)
+                    .context("the daemon sent invalid JSON")?,
+            ),
+            Err(s) => errors.push(s.message().to_owned()),
+        }
+    }
+    println!("{}", serde_json::to_string_pretty(&found)?);
+    if !errors.is_empty() {
+        bail!("{}", errors.join("\n"));
+    }
+    Ok(())
+}
+
+async fn rm(c: &Client, force: bool, images: Vec<String>) -> anyhow::Result<()> {
+    let mut errors = Vec::new();
+    for image in images {
+        match c
+            .images()
+            .remove(pb::RemoveImageRequest { image, force })
+            .await
+        {
+            Ok(r) => {
+                let r = r.into_inner();
+                for name in r.untagged {
+                    if name.starts_with("sha256:") {
+                        println!("Untagged: {name}");
+                    } else {
+                        let (repo, tag) = reference::repo_and_tag(&name);
+                        println!("Untagged: {repo}:{tag}");
+                    }
+                }
+                for id in r.deleted {
+                    println!("Deleted: {id}");
+                }
+            }
+            Err(s) => errors.push(s.message().to_owned()),
+        }
+    }
+    if !errors.is_empty() {
+        bail!("{}", errors.join("\n"));
+    }
+    Ok(())
+}
+
+/// The 12 hex digits Docker shows of an image ID.
+fn short_id(id: &str) -> String {
+    id.trim_start_matches("sha256:").chars().take(12).collect()
+}
+
+/// `2 weeks ago`, as `docker image ls` says it; `N/A` without a time.
+fn created(rfc3339: &str, now: time::OffsetDateTime) -> String {
+    let Ok(t) =
+        time::OffsetDateTime::parse(rfc3339, &time::format_description::well_known::Rfc3339)
+    else {
+        return "N/A".into();
+    };
+    let secs = (now - t).whole_seconds().max(0);
+    format!("{} ago", human_duration(secs))
+}
+
+/// Docker's `units.HumanDuration`.
+fn human_duration(secs: i64) -> String {
+    let (m, h, d) = (secs / 60, secs / 3600, secs / 86400);
+    match secs {
+        s if s < 1 => "Less than a second".into(),
+        1 => "1 second".into(),
+        s if s < 60 => format!("{s} seconds"),
+        _ if m == 1 => "About a minute".into(),
+        _ if m < 60 => format!("{m} minutes"),
+        _ if h == 1 => "About an hour".into(),
+        _ if h < 48 => format!("{h} hours"),
+        _ if h < 24 * 7 * 2 => format!("{d} days"),
+        _ if h < 24 * 30 * 2 => format!("{} weeks", d / 7),
+        _ if h < 24 * 365 * 2 => format!("{} months", d / 30),
+        _ => format!("{} years", d / 365),
+    }
+}
+
+/// Docker's `units.HumanSizeWithPrecision(size, 3)`: decimal units, three
+/// significant digits (`4.26MB`, `512B`).
+fn human_size(bytes: u64) -> String {
+    const UNITS: [&str; 7] = ["B", "kB", "MB", "GB", "TB", "PB", "EB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1000.0 && unit < UNITS.len() - 1 {
+        value /= 1000.0;
+        unit += 1;
+    }
+    let decimals = if value >= 100.0 {
+        0
+    } else if value >= 10.0 {
+        1
+    } else {
+        2
+    };
+    let mut s = format!("{value:.decimals$}");
+    if s.contains('.') {
+        s = s.trim_end_matches('0').trim_end_matches('.').to_owned();
+    }
+    format!("{s}{}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_ages_read_like_docker() {
+        assert_eq!(human_size(0), "0B");
+        assert_eq!(human_size(512), "512B");
+        assert_eq!(human_size(4_260_000), "4.26MB");
+        assert_eq!(human_size(1_200), "1.2kB");
+        assert_eq!(human_size(123_456_789), "123MB");
+        assert_eq!(human_duration(0), "Less than a second");
+        assert_eq!(human_duration(90), "About a minute");
+        assert_eq!(human_duration(3 * 3600), "3 hours");
+        assert_eq!(human_duration(15 * 86400), "2 weeks");
+        assert_eq!(short_id("sha256:0123456789abcdef"), "0123456789ab");
+        assert_eq!(created("garbage", time::OffsetDateTime::now_utc()), "N/A");
+    }
+}

@@ -1,0 +1,214 @@
+//! Test images, built offline (docs/plans/14-containerd.md §4.2): umoci
+//! makes an OCI image layout holding only the static busybox, skopeo turns
+//! it into a docker-save archive. Both are independent implementations of
+//! the formats weft reads.
+//!
+//! Built once and kept under cargo's per-target test dir
+//! (`$CARGO_TARGET_TMPDIR/weft-test-images-v1`): nextest runs each test in
+//! its own process, so a per-process cache would rebuild for every test.
+//! The build happens in a temp dir that is renamed into place, so
+//! concurrent tests never see half an image; the temp dir goes on failure
+//! too.
+//!
+//! Missing tools fail the test with `make deps`; nothing is skipped.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Bump when the recipe changes.
+const VERSION: &str = "v1";
+
+/// The two archives of the busybox test image.
+#[derive(Clone, Debug)]
+pub struct TestImages {
+    /// OCI image layout tar; its index names the manifest `latest` only
+    /// (a bare tag), so it loads unnamed unless given `--tag`.
+    pub oci: PathBuf,
+    /// docker-save archive tagged `weft-test/busybox:latest`.
+    pub docker: PathBuf,
+}
+
+/// The busybox test image's archives, built on first use.
+pub fn busybox() -> TestImages {
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("weft-test-images-{VERSION}"));
+    let images = TestImages {
+        oci: root.join("busybox-oci.tar"),
+        docker: root.join("busybox-docker.tar"),
+    };
+    if images.oci.is_file() && images.docker.is_file() {
+        return images;
+    }
+    for tool in ["umoci", "skopeo"] {
+        assert!(
+            super::containerd::find_on_path(tool).is_some(),
+            "{tool} is not installed: run `make deps` (the image tests build their image with \
+             umoci and skopeo); these tests are not skipped"
+        );
+    }
+    assert!(
+        super::containerd::busybox_static_installed(),
+        "busybox-static is not installed: run `make deps` (the test image's only binary)"
+    );
+    let parent = root.parent().expect("parent");
+    std::fs::create_dir_all(parent).expect("target tmp dir");
+    let work = tempfile::Builder::new()
+        .prefix("weft-test-images-build-")
+        .tempdir_in(parent)
+        .expect("temp dir");
+    let t = work.path();
+    let out = t.join("out");
+    std::fs::create_dir(&out).expect("mkdir");
+    let layout = t.join("layout");
+    let bundle = t.join("bundle");
+    let l = format!("{}:latest", layout.display());
+    run(
+        "umoci",
+        &["init", "--layout", &layout.display().to_string()],
+    );
+    run("umoci", &["new", "--image", &l]);
+    run(
+        "umoci",
+        &["unpack", "--image", &l, &bundle.display().to_string()],
+    );
+    let rootfs = bundle.join("rootfs");
+    for dir in ["bin", "etc", "tmp", "var/www", "proc", "sys", "dev"] {
+        std::fs::create_dir_all(rootfs.join(dir)).expect("mkdir");
+    }
+    std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).expect("copy busybox");
+    for applet in [
+        "sh", "ls", "cat", "echo", "sleep", "httpd", "wget", "ps", "id", "kill", "nc", "mount",
+        "grep", "head", "seq", "yes", "dd", "true", "false",
+    ] {
+        std::os::unix::fs::symlink("busybox", rootfs.join("bin").join(applet)).expect("symlink");
+    }
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(rootfs.join("tmp"), std::fs::Permissions::from_mode(0o1777))
+        .expect("chmod");
+    std::fs::write(
+        rootfs.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+    )
+    .expect("passwd");
+    std::fs::write(rootfs.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").expect("group");
+    run(
+        "umoci",
+        &["repack", "--image", &l, &bundle.display().to_string()],
+    );
+    run(
+        "umoci",
+        &[
+            "config",
+            "--image",
+            &l,
+            "--os",
+            "linux",
+            "--architecture",
+            "amd64",
+            "--config.env",
+            "PATH=/bin",
+            "--config.workingdir",
+            "/",
+            "--config.cmd",
+            "/bin/sh",
+        ],
+    );
+    run(
+        "tar",
+        &[
+            "-C",
+            &layout.display().to_string(),
+            "-cf",
+            &out.join("busybox-oci.tar").display().to_string(),
+            ".",
+        ],
+    );
+    let policy = t.join("policy.json");
+    std::fs::write(
+        &policy,
+        r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
+    )
+    .expect("policy");
+    let status = Command::new("skopeo")
+        .env("TMPDIR", t)
+        .arg("--policy")
+        .arg(&policy)
+        .arg("copy")
+        .arg(format!("oci:{l}"))
+        .arg(format!(
+            "docker-archive:{}:weft-test/busybox:latest",
+            out.join("busybox-docker.tar").display()
+        ))
+        .output()
+        .expect("run skopeo");
+    assert!(
+        status.status.success(),
+        "skopeo copy failed: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    // Another test may have won the race: its archives are as good.
+    if std::fs::rename(&out, &root).is_err() {
+        assert!(
+            images.oci.is_file() && images.docker.is_file(),
+            "cannot place {}",
+            root.display()
+        );
+    }
+    images
+}
+
+fn run(tool: &str, args: &[&str]) {
+    let out = Command::new(tool).args(args).output().expect(tool);
+    assert!(
+        out.status.success(),
+        "{tool} {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The files of a tar, in order: (name, data, symlink target).
+pub fn tar_entries(archive: &Path) -> Vec<(String, Vec<u8>, Option<String>)> {
+    let bytes = std::fs::read(archive).expect("read archive");
+    let mut a = tar::Archive::new(&bytes[..]);
+    let mut out = Vec::new();
+    for e in a.entries().expect("tar") {
+        let mut e = e.expect("entry");
+        let name = String::from_utf8_lossy(&e.path_bytes()).into_owned();
+        let kind = e.header().entry_type();
+        if kind.is_dir() {
+            continue;
+        }
+        let link = kind.is_symlink().then(|| {
+            e.link_name()
+                .expect("link")
+                .expect("link")
+                .display()
+                .to_string()
+        });
+        let mut data = Vec::new();
+        std::io::Read::read_to_end(&mut e, &mut data).expect("data");
+        out.push((name, data, link));
+    }
+    out
+}
+
+/// Writes a tar of `entries` (as [`tar_entries`] returns them) to `path`.
+pub fn write_tar(path: &Path, entries: &[(String, Vec<u8>, Option<String>)]) {
+    let mut b = tar::Builder::new(Vec::new());
+    for (name, data, link) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o644);
+        match link {
+            Some(target) => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_size(0);
+                b.append_link(&mut h, name, target).expect("link");
+            }
+            None => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_size(data.len() as u64);
+                b.append_data(&mut h, name, &data[..]).expect("file");
+            }
+        }
+    }
+    std::fs::write(path, b.into_inner().expect("tar")).expect("write tar");
+}
