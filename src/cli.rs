@@ -196,13 +196,21 @@ pub struct DaemonArgs {
     /// Hosts that bypass the proxies, handed to every task as NO_PROXY/no_proxy.
     #[arg(long)]
     pub no_proxy: Option<String>,
-    /// containerd's socket, where this node keeps its images. The daemon
-    /// runs without containerd; image commands then fail saying so.
+    /// containerd's socket, where this node keeps its images and runs its
+    /// containers. The daemon runs without containerd; image commands and
+    /// container tasks then fail saying so.
     #[arg(long, default_value = "/run/containerd/containerd.sock")]
     pub containerd_socket: PathBuf,
-    /// The containerd namespace of weft's images (and, later, containers).
+    /// The containerd namespace of weft's images and containers.
     #[arg(long, default_value = "weft")]
     pub containerd_namespace: String,
+    /// runc's state directory for weft's containers (default: containerd's,
+    /// /run/containerd/runc).
+    #[arg(long)]
+    pub runc_root: Option<PathBuf>,
+    /// The cgroup every container's cgroup is made under.
+    #[arg(long, default_value = "/weft")]
+    pub cgroup_parent: PathBuf,
 }
 
 /// `weft init`.

@@ -32,7 +32,8 @@ use weft_worker::agent::{Agent, LogReader};
 use weft_worker::join::JoinParams;
 use weft_worker::node_files::{Certs, NodeFiles, NodeRecord};
 use weft_worker::reconcile::Reconciler;
-use weft_worker::runtime::{ProcessRuntime, ShimCommand, TaskRuntime, TaskState};
+use weft_worker::runtime::containerd::{ContainerdConfig, ContainerdRuntime};
+use weft_worker::runtime::{ProcessRuntime, RoutedRuntime, ShimCommand, TaskRuntime, TaskState};
 
 use crate::autolock::Locked;
 use crate::cli::DaemonArgs;
@@ -60,6 +61,52 @@ fn private_dirs(args: &DaemonArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The node's task runtime: host processes through weft's own shim, and
+/// containers through containerd, connected on first use (the daemon runs
+/// without it). Containers keep their files under `<exec-root>/containers`.
+fn task_runtime(
+    args: &DaemonArgs,
+    images: Arc<weft_worker::image::ImageStore>,
+) -> Arc<RoutedRuntime> {
+    let process = Arc::new(ProcessRuntime::new(
+        &args.exec_root,
+        ShimCommand::current_exe(),
+    ));
+    let socket = args.containerd_socket.clone();
+    let namespace = args.containerd_namespace.clone();
+    let cfg = ContainerdConfig {
+        tasks_dir: args.exec_root.join("containers"),
+        runc_root: args.runc_root.clone(),
+        cgroup_parent: args.cgroup_parent.clone(),
+    };
+    let connect: weft_worker::runtime::routed::Connect = {
+        let socket = socket.clone();
+        Arc::new(move || {
+            let (socket, namespace, cfg, images) = (
+                socket.clone(),
+                namespace.clone(),
+                cfg.clone(),
+                images.clone(),
+            );
+            Box::pin(async move {
+                let client = async {
+                    let c = weft_containerd_api::Client::connect(&socket)
+                        .await?
+                        .with_namespace(&namespace)?;
+                    c.version().await?.ensure_supported()?;
+                    c.ensure_namespace().await?;
+                    Ok::<_, weft_containerd_api::Error>(c)
+                }
+                .await
+                .map_err(|e| e.to_string())?;
+                tracing::info!(socket = %socket.display(), %namespace, "connected to containerd");
+                Ok(ContainerdRuntime::new(client, images, cfg))
+            })
+        })
+    };
+    RoutedRuntime::new(process, socket, connect)
+}
+
 /// Runs the daemon until SIGINT/SIGTERM.
 pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     private_dirs(&args)?;
@@ -74,11 +121,9 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         tracing::warn!("{e}: overlay networks need it");
     }
     let settings = crate::settings::resolve(&args)?;
-    let images = images::server(&args)?;
-    let runtime = Arc::new(ProcessRuntime::new(
-        &args.exec_root,
-        ShimCommand::current_exe(),
-    ));
+    let image_store = images::store(&args)?;
+    let runtime = task_runtime(&args, image_store.clone());
+    let images = images::server(image_store);
     let host_ns = weft_overlay::linux::Netns::current()
         .context("cannot open this daemon's network namespace")?;
     // The resolver's sockets outlive this daemon in `weft fd-store`.
@@ -178,7 +223,7 @@ struct NodeService {
     /// Serialises init/join/leave and holds the running components.
     active: Arc<Mutex<Option<Active>>>,
     /// Task processes.
-    runtime: Arc<ProcessRuntime>,
+    runtime: Arc<RoutedRuntime>,
     /// Kernel effects.
     dataplane: Arc<dyn Dataplane>,
     /// The same data plane, for reads of the host's kernel state.

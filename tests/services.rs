@@ -5,10 +5,10 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{Lab, nsenter_stdout, wait_for};
+use common::{Lab, resolve, wait_for};
 
 /// m1 (manager, runs the client) and three workers for the replicas.
 fn cluster(test: &str) -> Lab {
@@ -53,22 +53,6 @@ fn create_web(lab: &Lab, replicas: &str, extra: &[&str]) {
     lab.weft("m1", &args);
 }
 
-/// Addresses `name` resolves to, asking the embedded resolver from inside
-/// the task namespace `pin`.
-fn resolve(pin: &Path, name: &str) -> BTreeSet<String> {
-    let out = nsenter_stdout(pin, &["busybox", "nslookup", name, "127.0.0.11"]);
-    out.split("Name:")
-        .skip(1)
-        .flat_map(|block| {
-            block
-                .lines()
-                .filter_map(|l| l.trim().strip_prefix("Address:"))
-                .map(|a| a.trim().to_string())
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
 /// The running task addresses of `service` on appnet, per the manager.
 fn task_ips(lab: &Lab, service: &str) -> BTreeSet<String> {
     task_ips_on(lab, service, "appnet")
@@ -87,23 +71,7 @@ fn task_ips_on(lab: &Lab, service: &str, network: &str) -> BTreeSet<String> {
 
 /// A client task on m1 (attachable network), sleeping, for probes.
 fn client(lab: &Lab) -> PathBuf {
-    let id = lab
-        .weft(
-            "m1",
-            &[
-                "run",
-                "--name",
-                "client",
-                "--network",
-                "appnet",
-                "--",
-                "sleep",
-                "3600",
-            ],
-        )
-        .trim()
-        .to_string();
-    lab.task_netns("m1", &id)
+    common::sleeper(lab, "m1", "client", "appnet")
 }
 
 #[test]
@@ -116,12 +84,7 @@ fn vip_balances_over_replicas_on_three_hosts_and_dns_answers() {
         assert!(ps.contains(&format!(" {w} ")), "a replica on {w}: {ps}");
     }
     let pin = client(&lab);
-    let v: serde_json::Value =
-        serde_json::from_str(&lab.weft("m1", &["service", "inspect", "web"])).unwrap();
-    let vip = v[0]["Endpoint"]["VirtualIPs"][0]["Addr"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let vip = common::vip_of(&lab, "m1", "web");
     // `web` resolves to the VIP; `tasks.web` to exactly the running tasks.
     wait_for("web resolves to its VIP", Duration::from_secs(15), || {
         resolve(&pin, "web") == BTreeSet::from([vip.clone()])
@@ -133,29 +96,7 @@ fn vip_balances_over_replicas_on_three_hosts_and_dns_answers() {
     );
     assert_eq!(task_ips(&lab, "web").len(), 3);
     // Many requests through http://web/ reach every replica.
-    let mut seen = BTreeSet::new();
-    wait_for(
-        "every replica answered through the VIP",
-        Duration::from_secs(30),
-        || {
-            let body = nsenter_stdout(
-                &pin,
-                // busybox wget -T crashes on Debian 12's busybox; bound it with timeout.
-                &[
-                    "timeout",
-                    "3",
-                    "busybox",
-                    "wget",
-                    "-qO-",
-                    &format!("http://{vip}/"),
-                ],
-            );
-            if let Some(name) = body.lines().next().filter(|l| l.starts_with("web.")) {
-                seen.insert(name.to_string());
-            }
-            seen.len() == 3
-        },
-    );
+    common::replicas_behind_vip(&pin, &vip, "web.", 3);
     // By name, from inside a real task (its /etc/resolv.conf points at 127.0.0.11).
     let probe = lab
         .weft("m1", &[

@@ -21,16 +21,20 @@ pub(super) struct NodeImages {
     store: Arc<ImageStore>,
 }
 
-/// The service for the daemon's router; refuses a containerd namespace
-/// containerd would refuse. Nothing connects to containerd until the first
-/// image command.
-pub(super) fn server(args: &DaemonArgs) -> anyhow::Result<ImagesServer<NodeImages>> {
+/// The node's image store; refuses a containerd namespace containerd
+/// would refuse. Nothing connects to containerd until the first image
+/// command or container.
+pub(super) fn store(args: &DaemonArgs) -> anyhow::Result<Arc<ImageStore>> {
     let mut config = StoreConfig::new(&args.exec_root);
     config.socket = args.containerd_socket.clone();
     config.namespace = args.containerd_namespace.clone();
     config.validate()?;
-    let store = Arc::new(ImageStore::new(config));
-    Ok(ImagesServer::new(NodeImages { store }))
+    Ok(Arc::new(ImageStore::new(config)))
+}
+
+/// The service for the daemon's router.
+pub(super) fn server(store: Arc<ImageStore>) -> ImagesServer<NodeImages> {
+    ImagesServer::new(NodeImages { store })
 }
 
 fn status(e: ImageError) -> Status {

@@ -528,6 +528,88 @@ pub fn nsenter_stdout(pin: &Path, cmd: &[&str]) -> String {
     String::from_utf8_lossy(&nsenter(pin, cmd).stdout).into_owned()
 }
 
+/// Addresses `name` resolves to, asking the embedded resolver from inside
+/// the task namespace `pin`.
+pub fn resolve(pin: &Path, name: &str) -> std::collections::BTreeSet<String> {
+    let out = nsenter_stdout(pin, &["busybox", "nslookup", name, "127.0.0.11"]);
+    out.split("Name:")
+        .skip(1)
+        .flat_map(|block| {
+            block
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("Address:"))
+                .map(|a| a.trim().to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// A sleeping host-process task named `name` on `host`, attached to
+/// `network`, for probes; returns its network namespace's pin.
+pub fn sleeper(lab: &Lab, host: &str, name: &str, network: &str) -> PathBuf {
+    let id = lab
+        .weft(
+            host,
+            &[
+                "run",
+                "--name",
+                name,
+                "--network",
+                network,
+                "--",
+                "sleep",
+                "3600",
+            ],
+        )
+        .trim()
+        .to_string();
+    lab.task_netns(host, &id)
+}
+
+/// The first VIP of `service`, as `service inspect` on `host` shows it.
+pub fn vip_of(lab: &Lab, host: &str, service: &str) -> String {
+    let v: serde_json::Value =
+        serde_json::from_str(&lab.weft(host, &["service", "inspect", service])).expect("json");
+    v[0]["Endpoint"]["VirtualIPs"][0]["Addr"]
+        .as_str()
+        .expect("a VIP")
+        .to_string()
+}
+
+/// Asks `http://VIP/` from the namespace `pin` until `n` different replicas
+/// (first lines starting with `prefix`) have answered; returns them.
+pub fn replicas_behind_vip(
+    pin: &Path,
+    vip: &str,
+    prefix: &str,
+    n: usize,
+) -> std::collections::BTreeSet<String> {
+    let mut seen = std::collections::BTreeSet::new();
+    wait_for(
+        &format!("{n} replicas answering through {vip}"),
+        Duration::from_secs(30),
+        || {
+            let body = nsenter_stdout(
+                pin,
+                // busybox wget -T crashes on Debian 12's busybox; bound it with timeout.
+                &[
+                    "timeout",
+                    "3",
+                    "busybox",
+                    "wget",
+                    "-qO-",
+                    &format!("http://{vip}/"),
+                ],
+            );
+            if let Some(name) = body.lines().next().filter(|l| l.starts_with(prefix)) {
+                seen.insert(name.to_string());
+            }
+            seen.len() == n
+        },
+    );
+    seen
+}
+
 /// Polls `cond` every 100 ms until it holds; panics after `timeout`.
 pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();

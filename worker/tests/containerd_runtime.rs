@@ -23,8 +23,8 @@ use containerd_harness::PrivateContainerd;
 use sha2::{Digest, Sha256};
 use weft_containerd_api::Client;
 use weft_overlay::linux::Netns;
-use weft_worker::image::{ImageConfig, LocalImage};
-use weft_worker::runtime::containerd::{ContainerdConfig, ContainerdRuntime, ImageSource};
+use weft_worker::image::{FakeImageSource, ImageConfig, ImageSource, LocalImage};
+use weft_worker::runtime::containerd::{ContainerdConfig, ContainerdRuntime};
 use weft_worker::runtime::{ContainerSpec, TaskRuntime, TaskSpec, TaskState};
 
 const NS: &str = "weft";
@@ -134,20 +134,6 @@ fn busybox_image(dir: &Path) -> (PathBuf, LocalImage) {
     )
 }
 
-/// The one image this test knows; anything else is missing.
-struct OneImage(LocalImage);
-
-#[async_trait::async_trait]
-impl ImageSource for OneImage {
-    async fn get(&self, reference: &str) -> Result<LocalImage, String> {
-        if reference == self.0.name || reference == "busybox-test" {
-            Ok(self.0.clone())
-        } else {
-            Err(format!("no such image: {reference} on this node"))
-        }
-    }
-}
-
 fn spec(id: &str, netns: &Path, script: &str) -> TaskSpec {
     TaskSpec {
         id: id.into(),
@@ -203,7 +189,9 @@ async fn containers_run_isolated_in_weft_s_netns_stop_gracefully_and_are_adopted
         runc_root: Some(ctrd.runc_root()),
         cgroup_parent: PathBuf::from(ctrd.cgroup_parent()),
     };
-    let images: Arc<dyn ImageSource> = Arc::new(OneImage(image));
+    let images: Arc<dyn ImageSource> = Arc::new(FakeImageSource {
+        images: BTreeMap::from([("busybox-test".to_string(), image)]),
+    });
     let rt = ContainerdRuntime::new(client.clone(), images.clone(), cfg.clone());
 
     let pin = Pin(tmp.path().join("netns").join("t1"));
@@ -342,15 +330,24 @@ async fn containers_run_isolated_in_weft_s_netns_stop_gracefully_and_are_adopted
         }
     );
 
-    // Removing leaves no container, task, snapshot or file behind.
-    for id in ["t1", "t2", "t3", "t5"] {
+    // Removing leaves no container, task, snapshot or file behind; a task
+    // still running is killed first.
+    let t6 = spec("t6", &pin.0, "while true; do sleep 0.1; done");
+    let TaskState::Running { pid: pid6 } = rt.start(&t6).await.expect("t6").state else {
+        panic!("t6 not running");
+    };
+    for id in ["t1", "t2", "t3", "t5", "t6"] {
         rt.remove(id).await.expect("remove");
         assert!(!rt.log_path(id).exists(), "{id}'s files are gone");
     }
     let left = ctrd.ctr_ok(NS, &["containers", "ls", "-q"]);
     assert!(left.trim().is_empty(), "containers left: {left}");
     let snaps = ctrd.ctr_ok(NS, &["snapshots", "ls"]);
-    for id in ["t1", "t2", "t3", "t5"] {
+    assert!(
+        !PathBuf::from(format!("/proc/{pid6}")).exists(),
+        "the running task was killed"
+    );
+    for id in ["t1", "t2", "t3", "t5", "t6"] {
         assert!(
             !snaps
                 .lines()

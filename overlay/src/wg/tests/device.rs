@@ -274,6 +274,18 @@ fn an_adopted_device_resumes_a_stream_after_its_old_self_went_away() {
     }
     let run = Run::new();
     let (a, b) = pair(&run, 73);
+    // TCP would resend what waits in the TAP on its own while no ACK comes
+    // back: a tail loss probe after about two round trips (microseconds
+    // here, so the probe fired in about one run in three), and an RTO after
+    // 200 ms at least. Without the probe (tcp_early_retrans 0, per
+    // namespace) and with a 5 s floor on the RTO toward the peer, an
+    // unchanged retransmit count means the adopted device sent what waited
+    // (the resume is asserted to take under 5 s).
+    sh(&a.pin, "sysctl -qw net.ipv4.tcp_early_retrans=0");
+    sh(
+        &a.pin,
+        "ip route replace 100.64.73.0/24 dev wgt0 src 100.64.73.1 rto_min 5s",
+    );
     let (mut c, mut s) = connect(&a.ns, &b.ns, "100.64.73.2");
     transfer(&mut c, &mut s, &data(1 << 20));
     let dup = |dev: &BatchedDevice| -> Vec<std::os::fd::OwnedFd> {

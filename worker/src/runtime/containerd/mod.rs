@@ -39,7 +39,7 @@ use weft_containerd_api::containerd::types::Mount;
 use weft_containerd_api::containerd::v1::types::Status as ProcStatus;
 
 use super::{Error, Result, TaskRuntime, TaskSpec, TaskState, TaskStatus, validate, validate_id};
-use crate::image::LocalImage;
+use crate::image::{ImageSource, LocalImage};
 
 /// The snapshotter every container's root filesystem comes from.
 pub const SNAPSHOTTER: &str = "overlayfs";
@@ -53,14 +53,6 @@ const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/S
 const RUNC_OPTIONS_TYPE_URL: &str = "containerd.runc.v1.Options";
 /// How long a task may take to exit after SIGKILL before stop gives up.
 const KILL_WAIT: Duration = Duration::from_secs(10);
-
-/// Where a container's image comes from: the node's image store.
-#[async_trait::async_trait]
-pub trait ImageSource: Send + Sync {
-    /// The local, unpacked image `reference` names, or why there is none
-    /// (the message is shown to the user as the task's error).
-    async fn get(&self, reference: &str) -> std::result::Result<LocalImage, String>;
-}
 
 /// How the runtime reaches containerd and lays out its files.
 #[derive(Clone, Debug)]
@@ -248,7 +240,12 @@ impl ContainerdRuntime {
     /// leaves nothing behind (`cleanup` runs on it).
     async fn create(&self, spec: &TaskSpec) -> Result<u32, String> {
         let c = spec.container.as_ref().ok_or("not a container task")?;
-        let image = self.inner.images.get(&c.image).await?;
+        let image = self
+            .inner
+            .images
+            .get(&c.image)
+            .await
+            .map_err(|e| e.to_string())?;
         let dir = self.task_dir(&spec.id);
         let files = write_task_files(&dir, &spec::hostname(spec)).map_err(|e| e.to_string())?;
         let oci = spec::build(
@@ -329,21 +326,43 @@ impl ContainerdRuntime {
         }
     }
 
-    /// Deletes the task's process (if any) and its container record;
-    /// missing ones are fine.
-    async fn delete_container(&self, id: &str) -> Result<()> {
-        match self.delete_task(id).await {
-            Ok(()) => {}
-            // A process still running: kill it, then delete.
-            Err(s) if s.code() == tonic::Code::FailedPrecondition => {
-                self.kill(id, libc::SIGKILL as u32, true).await?;
-                self.wait_exit(id, KILL_WAIT).await?;
-                self.delete_task(id)
-                    .await
-                    .map_err(|s| self.err("Tasks.Delete", s))?;
-            }
-            Err(s) => return Err(self.err("Tasks.Delete", s)),
+    /// Whether the task's process exists and has not exited (created,
+    /// running or paused).
+    async fn process_alive(&self, id: &str) -> Result<bool> {
+        let got = self
+            .tasks()
+            .get(tasks::GetRequest {
+                container_id: id.to_owned(),
+                exec_id: String::new(),
+            })
+            .await;
+        match got {
+            Ok(r) => Ok(r
+                .into_inner()
+                .process
+                .is_some_and(|p| p.status != ProcStatus::Stopped as i32)),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(false),
+            Err(s) => Err(self.err("Tasks.Get", s)),
         }
+    }
+
+    /// Deletes the task's process (killing it first if it still runs) and
+    /// its container record; missing ones are fine. containerd 1.6 refuses
+    /// to delete a running process with an `Unknown` code, so the state is
+    /// asked first rather than read from that error.
+    async fn delete_container(&self, id: &str) -> Result<()> {
+        if self.process_alive(id).await? {
+            self.kill(id, libc::SIGKILL as u32, true).await?;
+            if !self.wait_exit(id, KILL_WAIT).await? {
+                return Err(Error::StopTimeout {
+                    id: id.to_owned(),
+                    waited: KILL_WAIT,
+                });
+            }
+        }
+        self.delete_task(id)
+            .await
+            .map_err(|s| self.err("Tasks.Delete", s))?;
         match self
             .containers()
             .delete(containers::DeleteContainerRequest { id: id.to_owned() })
