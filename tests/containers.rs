@@ -196,6 +196,48 @@ fn a_service_of_containers_answers_through_its_vip_and_by_name() {
         std::thread::sleep(Duration::from_millis(100));
     }
 
+    // An image no node has: the failure shows in `service ps`, and the
+    // replacements back off (1 s, 2 s, 4 s, 8 s …) instead of one a second.
+    lab.weft(
+        "m1",
+        &[
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            "bad",
+            "--constraint",
+            "node.role==worker",
+            "nope:latest",
+        ],
+    );
+    let mut ids = BTreeSet::new();
+    let mut shown = String::new();
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_secs(12) {
+        let ps = lab.weft("m1", &["service", "ps", "bad"]);
+        for l in ps.lines().skip(1) {
+            if let Some(id) = l.split_whitespace().next() {
+                ids.insert(id.to_string());
+            }
+            if l.contains("no such image") {
+                shown = l.to_string();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        shown.contains("failed") && shown.contains("no such image: nope:latest"),
+        "service ps shows why: {shown:?}"
+    );
+    assert!(
+        ids.len() <= 5,
+        "{} tasks in 12 s: the restarts do not back off ({ids:?})",
+        ids.len()
+    );
+    eprintln!("a missing image: {} tasks in 12 s", ids.len());
+    lab.weft("m1", &["service", "rm", "bad"]);
+
     // Scaling down removes a container; removing the service, the rest.
     lab.weft("m1", &["service", "scale", "web=1"]);
     wait_for("one container left", Duration::from_secs(30), || {

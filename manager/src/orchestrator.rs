@@ -19,6 +19,34 @@ use crate::store::{
 /// so a crashing command does not spin.
 pub const RESTART_DELAY_MS: u64 = 1000;
 
+/// The longest wait before a task that keeps failing is replaced: the
+/// delay doubles with each failure in a row (1 s, 2 s, 4 s … 32 s, then
+/// 60 s), so a missing image or a crashing command costs a few Raft writes
+/// a minute, not one a second.
+pub const MAX_RESTART_DELAY_MS: u64 = 60_000;
+
+/// A task that failed at least this long after it was made counts as
+/// having run: its replacement starts the backoff again.
+pub const RAN_MS: u64 = 10_000;
+
+/// How long after it finished `t` may be replaced.
+pub fn restart_delay_ms(t: &Task) -> u64 {
+    RESTART_DELAY_MS
+        .saturating_mul(1 << t.restarts.min(6))
+        .min(MAX_RESTART_DELAY_MS)
+}
+
+/// The failure count the replacement of the finished task `t` carries:
+/// one more when `t` failed soon after it was made, else none.
+pub fn restarts_after(t: &Task) -> u32 {
+    let ran = t.status.updated_at_ms.saturating_sub(t.created_at_ms);
+    if t.status.state.is_failure() && ran < RAN_MS {
+        t.restarts.saturating_add(1)
+    } else {
+        0
+    }
+}
+
 /// Whether `node` may receive new tasks of `svc`.
 pub fn eligible(node: &Node, svc: &Service) -> bool {
     node.state == NodeState::Ready
@@ -46,7 +74,7 @@ fn due_for_restart(svc: &Service, t: &Task, now_ms: u64) -> bool {
         RestartCondition::OnFailure => t.status.state.is_failure(),
         RestartCondition::None => false,
     };
-    wants && now_ms.saturating_sub(t.status.updated_at_ms) >= RESTART_DELAY_MS
+    wants && now_ms.saturating_sub(t.status.updated_at_ms) >= restart_delay_ms(t)
 }
 
 /// The node for one more task of `svc`: eligible, fewest tasks of this
@@ -83,9 +111,18 @@ pub fn plan(state: &State, now_ms: u64, mut new_id: impl FnMut() -> String) -> V
             .filter(|t| t.service.as_ref().is_some_and(|r| r.service == svc.id))
             .collect();
         let mut kept: Vec<&Task> = Vec::new();
+        // The backoff a replacement inherits, by (slot, node for global).
+        let mut carry: BTreeMap<(u64, Option<NodeId>), u32> = BTreeMap::new();
         for t in &tasks {
-            let gone = must_leave(state, svc, t)
-                || (t.status.state.is_terminal() && due_for_restart(svc, t, now_ms));
+            let restart = t.status.state.is_terminal() && due_for_restart(svc, t, now_ms);
+            let gone = must_leave(state, svc, t) || restart;
+            if restart && let Some(r) = &t.service {
+                let key = match svc.spec.mode {
+                    ServiceMode::Global => (0, Some(t.node)),
+                    ServiceMode::Replicated { .. } => (r.slot, None),
+                };
+                carry.insert(key, restarts_after(t));
+            }
             if gone {
                 out.push(Command::RemoveTask { id: t.id.clone() });
                 if let Some(c) = total.get_mut(&t.node) {
@@ -104,12 +141,18 @@ pub fn plan(state: &State, now_ms: u64, mut new_id: impl FnMut() -> String) -> V
                          load: &mut BTreeMap<NodeId, (usize, usize)>,
                          slot: u64,
                          node: NodeId| {
+            let key = if slot == 0 {
+                (0, Some(node))
+            } else {
+                (slot, None)
+            };
             out.push(Command::CreateServiceTask {
                 id: new_id(),
                 service: svc.id.clone(),
                 slot,
                 node,
                 now_ms,
+                restarts: carry.get(&key).copied().unwrap_or(0),
             });
             let e = load.entry(node).or_default();
             e.0 += 1;
@@ -363,6 +406,41 @@ mod tests {
         spec.restart = RestartCondition::OnFailure;
         s.services.get_mut("svc").unwrap().spec = spec;
         assert!(plan(&s, 20_000, || "x".into()).is_empty());
+    }
+
+    /// A task that keeps failing right after it is made (a missing image,
+    /// a command that crashes) is replaced after 1, 2, 4 … seconds, at
+    /// most a minute; one that ran a while starts over at 1 s.
+    #[test]
+    fn failing_tasks_back_off() {
+        let mut s = state(1);
+        service(&mut s, ServiceMode::Replicated { replicas: 1 }, vec![]);
+        let mut now = 0;
+        converge(&mut s, now);
+        let mut delays = Vec::new();
+        for round in 0..9 {
+            let id = s.tasks.keys().next().unwrap().clone();
+            let t = s.tasks.get_mut(&id).unwrap();
+            // Fails 100 ms after it was made (the last one after a long run).
+            let ran = if round == 8 { RAN_MS } else { 100 };
+            let failed_at = t.created_at_ms + ran;
+            t.status = TaskStatus::new(TaskState::Failed, failed_at);
+            let delay = restart_delay_ms(&s.tasks[&id]);
+            assert!(
+                plan(&s, failed_at + delay - 1, || "x".into()).is_empty(),
+                "not before its delay"
+            );
+            now = failed_at + delay;
+            for c in plan(&s, now, || format!("{:016x}", 100 + round)) {
+                s.apply(&c).unwrap();
+            }
+            assert!(!s.tasks.contains_key(&id), "replaced at its delay");
+            delays.push(delay / 1000);
+        }
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        // The one that ran RAN_MS before failing started the count again.
+        assert_eq!(s.tasks.values().next().unwrap().restarts, 0);
+        let _ = now;
     }
 
     /// Which observed states get a task replaced, under `any` and under

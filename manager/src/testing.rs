@@ -159,6 +159,7 @@ pub fn place(s: &mut State, service: &str, first: u64, count: u64, node: u64) {
                 slot,
                 node: NodeId(node),
                 now_ms: 0,
+                restarts: 0,
             },
         );
         running(s, &id, node);

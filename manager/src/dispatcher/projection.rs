@@ -637,6 +637,7 @@ mod tests {
                 slot: 1,
                 node: NodeId(node),
                 now_ms: 2,
+                restarts: 0,
             })
             .unwrap();
             s.apply(&Command::SetTaskStatus {

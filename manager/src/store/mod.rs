@@ -240,6 +240,9 @@ pub enum Command {
         node: NodeId,
         /// Proposer's clock, unix ms.
         now_ms: u64,
+        /// Failures in a row of the slot's previous tasks (the backoff).
+        #[serde(default)]
+        restarts: u32,
     },
     /// A node reported its WireGuard public key; a tunnel address is
     /// allocated with its first one.
@@ -735,6 +738,7 @@ impl State {
                 slot,
                 node,
                 now_ms,
+                restarts,
             } => {
                 let svc = self
                     .services
@@ -767,6 +771,7 @@ impl State {
                 let mut task =
                     self.allocate_task(id, &name, *node, &spec, &networks, false, *now_ms)?;
                 task.service = Some(sref);
+                task.restarts = *restarts;
                 self.tasks.insert(task.id.clone(), task);
                 Ok(Applied::Done)
             }
@@ -1151,6 +1156,7 @@ impl State {
             service: None,
             network_mode: NetworkMode::Attached,
             ports: Vec::new(),
+            restarts: 0,
         })
     }
 

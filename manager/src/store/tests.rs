@@ -666,6 +666,7 @@ fn published_ports_are_unique_per_node_and_picked_from_the_range() {
         slot: 1,
         node: NodeId(2),
         now_ms: 5,
+        restarts: 0,
     })
     .unwrap();
     let r1 = &s.tasks["r1"];
@@ -780,6 +781,7 @@ fn ingress_subnet_is_kept_free_and_moves_only_while_unused() {
         slot: 1,
         node: NodeId(2),
         now_ms: 5,
+        restarts: 0,
     })
     .unwrap();
     // The port dropped while the replica still runs on the ingress network.

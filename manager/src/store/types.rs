@@ -534,6 +534,14 @@ pub struct Task {
     /// Ports published on its node for it (`weft run -p`).
     #[serde(default)]
     pub ports: Vec<PortMapping>,
+    /// How many tasks of its service slot failed in a row, each soon after
+    /// it was made, before this one: the restart backoff (0 in old records).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub restarts: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// A network as requested by the operator, before allocation.

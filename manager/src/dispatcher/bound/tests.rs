@@ -111,6 +111,7 @@ fn covers_every_node_of_a_mixed_cluster() {
                 slot: 0,
                 node: NodeId(n),
                 now_ms: 0,
+                restarts: 0,
             },
         );
         running(&mut s, &format!("g{n}"), n);
