@@ -1225,6 +1225,16 @@ fn service_json(s: &pb::Service) -> serde_json::Value {
             "EndpointMode": spec.endpoint_mode,
             "Constraints": spec.constraints,
             "RestartCondition": spec.restart_condition,
+            "TaskTemplate": {
+                "ContainerSpec": spec.container.as_ref().map(|c| serde_json::json!({
+                    "Image": c.image,
+                    "Command": c.has_entrypoint.then_some(&c.entrypoint),
+                    "Args": spec.command,
+                    "Dir": c.workdir,
+                    "User": c.user,
+                    "ReadOnly": c.read_only,
+                })),
+            },
         },
         "Endpoint": {
             "VirtualIPs": s.vips.iter().map(|v| serde_json::json!({"Network": v.network, "Addr": v.vip})).collect::<Vec<_>>(),

@@ -147,6 +147,11 @@ fn a_service_of_containers_answers_through_its_vip_and_by_name() {
     // A host-process client on m1 reaches both through the VIP and by name.
     let pin: PathBuf = common::sleeper(lab, "m1", "client", "appnet");
     let vip = common::vip_of(lab, "m1", "web");
+    let inspect: serde_json::Value =
+        serde_json::from_str(&lab.weft("m1", &["service", "inspect", "web"])).expect("json");
+    let cs = &inspect[0]["Spec"]["TaskTemplate"]["ContainerSpec"];
+    assert_eq!(cs["Image"], IMAGE, "{inspect}");
+    assert_eq!(cs["Args"][0], "sh", "{inspect}");
     wait_for("web resolves to its VIP", Duration::from_secs(15), || {
         resolve(&pin, "web") == BTreeSet::from([vip.clone()])
     });
