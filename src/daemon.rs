@@ -78,6 +78,7 @@ fn task_runtime(
         tasks_dir: args.exec_root.join("containers"),
         runc_root: args.runc_root.clone(),
         cgroup_parent: args.cgroup_parent.clone(),
+        owner: args.exec_root.display().to_string(),
     };
     let connect: weft_worker::runtime::routed::Connect = {
         let socket = socket.clone();

@@ -188,6 +188,7 @@ async fn containers_run_isolated_in_weft_s_netns_stop_gracefully_and_are_adopted
         tasks_dir: tmp.path().join("tasks"),
         runc_root: Some(ctrd.runc_root()),
         cgroup_parent: PathBuf::from(ctrd.cgroup_parent()),
+        owner: tmp.path().display().to_string(),
     };
     let images: Arc<dyn ImageSource> = Arc::new(FakeImageSource {
         images: BTreeMap::from([("busybox-test".to_string(), image)]),
@@ -303,6 +304,17 @@ async fn containers_run_isolated_in_weft_s_netns_stop_gracefully_and_are_adopted
         panic!("t5 not running");
     };
     drop(rt);
+    // Another daemon on the same containerd namespace sees none of them.
+    let other = ContainerdRuntime::new(
+        client.clone(),
+        images.clone(),
+        ContainerdConfig {
+            owner: "/elsewhere".into(),
+            ..cfg.clone()
+        },
+    );
+    assert!(other.adopt().await.expect("adopt").is_empty());
+    assert!(ctrd.ctr_ok(NS, &["tasks", "ls"]).contains("t5"));
     let rt = ContainerdRuntime::new(client.clone(), images.clone(), cfg.clone());
     let adopted: BTreeMap<String, TaskState> = rt
         .adopt()

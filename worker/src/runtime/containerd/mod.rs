@@ -49,6 +49,10 @@ const RUNTIME: &str = "io.containerd.runc.v2";
 pub const TASK_LABEL: &str = "weft.task";
 /// The label naming the image digest a container runs.
 pub const IMAGE_LABEL: &str = "weft.image";
+/// The label naming the daemon a container belongs to (its exec root):
+/// two daemons sharing a containerd namespace (a `weft lab` on a host with
+/// containerd) never adopt, or remove, each other's containers.
+pub const OWNER_LABEL: &str = "weft.owner";
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 const RUNC_OPTIONS_TYPE_URL: &str = "containerd.runc.v1.Options";
 /// How long a task may take to exit after SIGKILL before stop gives up.
@@ -64,6 +68,8 @@ pub struct ContainerdConfig {
     pub runc_root: Option<PathBuf>,
     /// The cgroup parent of every container (`/weft` by default).
     pub cgroup_parent: PathBuf,
+    /// This daemon's mark on its containers ([`OWNER_LABEL`]): its exec root.
+    pub owner: String,
 }
 
 /// Tasks as containers in containerd. Cheap to clone.
@@ -272,6 +278,7 @@ impl ContainerdRuntime {
                     labels: HashMap::from([
                         (TASK_LABEL.to_owned(), spec.id.clone()),
                         (IMAGE_LABEL.to_owned(), image.digest.clone()),
+                        (OWNER_LABEL.to_owned(), self.inner.cfg.owner.clone()),
                     ]),
                     image: image.name.clone(),
                     runtime: Some(containers::container::Runtime {
@@ -481,6 +488,10 @@ impl TaskRuntime for ContainerdRuntime {
         for c in list {
             let id = c.id.clone();
             if validate_id(&id).is_err() {
+                continue;
+            }
+            if c.labels.get(OWNER_LABEL) != Some(&self.inner.cfg.owner) {
+                tracing::debug!(task = %id, owner = ?c.labels.get(OWNER_LABEL), "another daemon's container: left alone");
                 continue;
             }
             let got = self
