@@ -73,38 +73,22 @@ fn task_runtime(
         ShimCommand::current_exe(),
     ));
     let socket = args.containerd_socket.clone();
-    let namespace = args.containerd_namespace.clone();
     let cfg = ContainerdConfig {
         tasks_dir: args.exec_root.join("containers"),
         runc_root: args.runc_root.clone(),
         cgroup_parent: args.cgroup_parent.clone(),
         owner: args.exec_root.display().to_string(),
     };
-    let connect: weft_worker::runtime::routed::Connect = {
-        let socket = socket.clone();
-        Arc::new(move || {
-            let (socket, namespace, cfg, images) = (
-                socket.clone(),
-                namespace.clone(),
-                cfg.clone(),
-                images.clone(),
-            );
-            Box::pin(async move {
-                let client = async {
-                    let c = weft_containerd_api::Client::connect(&socket)
-                        .await?
-                        .with_namespace(&namespace)?;
-                    c.version().await?.ensure_supported()?;
-                    c.ensure_namespace().await?;
-                    Ok::<_, weft_containerd_api::Error>(c)
-                }
-                .await
-                .map_err(|e| e.to_string())?;
-                tracing::info!(socket = %socket.display(), %namespace, "connected to containerd");
-                Ok(ContainerdRuntime::new(client, images, cfg))
-            })
+    // The image store's connection (version and namespace checked there),
+    // shared with the runtime.
+    let connect: weft_worker::runtime::routed::Connect = Arc::new(move || {
+        let (cfg, images) = (cfg.clone(), images.clone());
+        Box::pin(async move {
+            let client = images.client().await.map_err(|e| e.to_string())?;
+            tracing::info!(socket = %client.socket().display(), namespace = %client.namespace(), "containers: connected to containerd");
+            Ok(ContainerdRuntime::new(client, images, cfg))
         })
-    };
+    });
     RoutedRuntime::new(process, socket, connect)
 }
 

@@ -224,7 +224,7 @@ impl ImageStore {
 
     /// The connection, made (version checked, namespace created) on first
     /// use. A failed attempt is retried by the next call.
-    async fn client(&self) -> Result<Client, ImageError> {
+    pub async fn client(&self) -> Result<Client, ImageError> {
         let mut slot = self.client.lock().await;
         if let Some(c) = slot.as_ref() {
             return Ok(c.clone());

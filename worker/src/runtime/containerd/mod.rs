@@ -47,8 +47,9 @@ pub const SNAPSHOTTER: &str = "overlayfs";
 const RUNTIME: &str = "io.containerd.runc.v2";
 /// The label that marks a container as a weft task (its value: the task id).
 pub const TASK_LABEL: &str = "weft.task";
-/// The label naming the image digest a container runs.
-pub const IMAGE_LABEL: &str = "weft.image";
+/// The label naming the image digest a container runs (`image rm` looks
+/// for it).
+pub use crate::image::store::CONTAINER_IMAGE_LABEL as IMAGE_LABEL;
 /// The label naming the daemon a container belongs to (its exec root):
 /// two daemons sharing a containerd namespace (a `weft lab` on a host with
 /// containerd) never adopt, or remove, each other's containers.
