@@ -659,6 +659,8 @@ pub struct ServiceCreateArgs {
     #[arg(short, long)]
     pub detach: bool,
     #[command(flatten)]
+    pub stop: StopArgs,
+    #[command(flatten)]
     pub container: ContainerArgs,
 }
 
@@ -690,6 +692,23 @@ pub struct ContainerArgs {
     /// 1024 arguments, 64 KiB).
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+/// How a task is stopped when it is removed, scaled away or replaced.
+#[derive(Debug, Args)]
+pub struct StopArgs {
+    /// Signal that asks the task to stop: a name (SIGTERM, INT, SIGRTMIN+3)
+    /// or a number [default: SIGTERM].
+    #[arg(long, value_parser = parse_signal)]
+    pub stop_signal: Option<i32>,
+    /// How long the task has to exit after the stop signal before it is
+    /// killed (SIGKILL), e.g. 30s, 2m; at most 1h [default: 10s].
+    #[arg(long, value_parser = parse_duration)]
+    pub stop_grace_period: Option<Duration>,
+}
+
+fn parse_signal(s: &str) -> Result<i32, String> {
+    weft_proto::signal::parse(s).map_err(|e| e.to_string())
 }
 
 /// `weft service update`.
@@ -751,6 +770,8 @@ pub struct RunArgs {
     /// Return at once instead of waiting for the task to run.
     #[arg(short, long)]
     pub detach: bool,
+    #[command(flatten)]
+    pub stop: StopArgs,
     #[command(flatten)]
     pub container: ContainerArgs,
 }

@@ -1002,6 +1002,7 @@ pub async fn run_task(c: &Client, a: crate::cli::RunArgs) -> anyhow::Result<()> 
         .iter()
         .map(|p| crate::publish::run_publish(p))
         .collect::<anyhow::Result<_>>()?;
+    let stop = crate::workload::stop_from_args(&a.stop)?;
     let (command, container) = crate::workload::from_args(a.container)?;
     let task = c
         .daemon()
@@ -1013,6 +1014,7 @@ pub async fn run_task(c: &Client, a: crate::cli::RunArgs) -> anyhow::Result<()> 
             networks,
             ports,
             container,
+            stop,
         })
         .await
         .map_err(rpc)?
@@ -1234,6 +1236,10 @@ fn service_json(s: &pb::Service) -> serde_json::Value {
                     "User": c.user,
                     "ReadOnly": c.read_only,
                 })),
+                "StopSignal": weft_proto::signal::name(
+                    spec.stop.as_ref().map(|p| p.signal).filter(|s| *s != 0).unwrap_or(weft_proto::signal::SIGTERM)
+                ),
+                "StopGracePeriod": spec.stop.as_ref().filter(|p| p.has_grace).map(|p| p.grace_ms * 1_000_000).unwrap_or(10_000_000_000),
             },
         },
         "Endpoint": {
@@ -1257,6 +1263,7 @@ pub async fn service(c: &Client, cmd: crate::cli::ServiceCommand) -> anyhow::Res
             if matches!(a.mode, Some(ModeArg::Global)) && a.replicas.is_some() {
                 bail!("--replicas cannot be combined with --mode global");
             }
+            let stop = crate::workload::stop_from_args(&a.stop)?;
             let (command, container) = crate::workload::from_args(a.container)?;
             let spec = pb::ServiceSpecMsg {
                 name: a.name.clone(),
@@ -1264,6 +1271,7 @@ pub async fn service(c: &Client, cmd: crate::cli::ServiceCommand) -> anyhow::Res
                 replicas: a.replicas.unwrap_or(if mode == "global" { 0 } else { 1 }),
                 command,
                 container,
+                stop,
                 env: kv(&a.env, "--env")?,
                 networks: a.networks,
                 endpoint_mode: match a.endpoint_mode {

@@ -773,10 +773,13 @@ impl NodeService {
         if let Some(m) = manager.lock().await.take() {
             m.stop().await;
         }
-        // Leaving removes everything this node made: tasks, then every
-        // kernel object.
-        for t in self.runtime.list() {
-            if let Err(e) = self.runtime.remove(&t.id).await {
+        // Leaving removes everything this node made: tasks (stopped
+        // gracefully, all at once), then every kernel object.
+        let tasks = self.runtime.list();
+        let removed =
+            futures::future::join_all(tasks.iter().map(|t| self.runtime.remove(&t.id))).await;
+        for (t, r) in tasks.iter().zip(removed) {
+            if let Err(e) = r {
                 tracing::warn!(task = %t.id, error = %e, "could not remove task");
             }
         }

@@ -5,7 +5,25 @@
 use anyhow::bail;
 use weft_proto::v1 as pb;
 
-use crate::cli::ContainerArgs;
+use crate::cli::{ContainerArgs, StopArgs};
+
+/// The stop policy the flags ask for (`None`: the node's defaults).
+pub fn stop_from_args(a: &StopArgs) -> anyhow::Result<Option<pb::StopPolicy>> {
+    if a.stop_signal.is_none() && a.stop_grace_period.is_none() {
+        return Ok(None);
+    }
+    let grace_ms = a
+        .stop_grace_period
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    if grace_ms.is_some_and(|ms| ms > 3_600_000) {
+        bail!("--stop-grace-period is too long: at most 1h");
+    }
+    Ok(Some(pb::StopPolicy {
+        signal: a.stop_signal.unwrap_or(0),
+        has_grace: grace_ms.is_some(),
+        grace_ms: grace_ms.unwrap_or(0),
+    }))
+}
 
 /// The command, and the container options when the task is a container.
 pub fn from_args(a: ContainerArgs) -> anyhow::Result<(Vec<String>, Option<pb::ContainerConfig>)> {

@@ -304,6 +304,7 @@ pub fn service_to_wire(state: &State, svc: &crate::store::Service) -> pb::Servic
             command: svc.spec.task.command.clone(),
             env: svc.spec.task.env.clone().into_iter().collect(),
             container: container_to_wire(&svc.spec.task.container),
+            stop: stop_to_wire(&svc.spec.task.stop),
             networks: svc.spec.networks.iter().map(net_name).collect(),
             endpoint_mode: match svc.spec.endpoint_mode {
                 EndpointMode::Vip => "vip".into(),
@@ -365,6 +366,28 @@ pub fn container_from_wire(
     };
     crate::validate::container(&opts, command)?;
     Ok(Some(opts))
+}
+
+/// A stop policy from the wire, checked.
+pub fn stop_from_wire(p: Option<pb::StopPolicy>) -> crate::error::Result<crate::store::StopPolicy> {
+    let Some(p) = p else {
+        return Ok(crate::store::StopPolicy::default());
+    };
+    let out = crate::store::StopPolicy {
+        signal: (p.signal != 0).then_some(p.signal),
+        grace_ms: p.has_grace.then_some(p.grace_ms),
+    };
+    crate::validate::stop_policy(&out)?;
+    Ok(out)
+}
+
+/// The wire form of a stop policy (`None` when it is the default).
+pub fn stop_to_wire(p: &crate::store::StopPolicy) -> Option<pb::StopPolicy> {
+    (!p.is_default()).then(|| pb::StopPolicy {
+        signal: p.signal.unwrap_or(0),
+        has_grace: p.grace_ms.is_some(),
+        grace_ms: p.grace_ms.unwrap_or(0),
+    })
 }
 
 /// The wire form of a task's container options.

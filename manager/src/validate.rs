@@ -27,6 +27,9 @@ pub const MAX_IMAGE_REF_BYTES: usize = 512;
 pub const MAX_USER_BYTES: usize = 64;
 /// Longest `-w` value.
 pub const MAX_WORKDIR_BYTES: usize = 4096;
+/// Longest `--stop-grace-period`: an hour (a node draining longer than
+/// that is stuck, not graceful).
+pub const MAX_STOP_GRACE_MS: u64 = 3600 * 1000;
 
 /// A container's options as a request gave them, checked at the edge; the
 /// node parses the image reference fully when it resolves it. The command
@@ -77,6 +80,25 @@ pub fn container(c: &crate::store::ContainerOpts, command: &[String]) -> Result<
                 "invalid --user {u:?}: use USER, UID, USER:GROUP or UID:GID"
             ));
         }
+    }
+    Ok(())
+}
+
+/// A stop policy as a request gave it: a real signal, a bounded grace.
+pub fn stop_policy(p: &crate::store::StopPolicy) -> Result<()> {
+    if let Some(sig) = p.signal
+        && !weft_proto::signal::valid(sig)
+    {
+        return Err(Error::InvalidInput(
+            weft_proto::signal::BadSignal(sig.to_string()).to_string(),
+        ));
+    }
+    if let Some(ms) = p.grace_ms
+        && ms > MAX_STOP_GRACE_MS
+    {
+        return Err(Error::InvalidInput(format!(
+            "--stop-grace-period of {ms} ms is too long: at most 1h"
+        )));
     }
     Ok(())
 }

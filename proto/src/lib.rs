@@ -17,6 +17,7 @@ pub mod v1 {
 
 pub mod identity;
 pub mod seal;
+pub mod signal;
 pub mod tls;
 pub mod token;
 

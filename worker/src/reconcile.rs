@@ -13,6 +13,11 @@
 //!
 //! The last config is persisted, so a restarted daemon with no manager in
 //! reach converges to it anyway: the data plane survives the control plane.
+//!
+//! Starting and removing a task run in the background ([`jobs`]): a task's
+//! grace period never holds up the others.
+
+mod jobs;
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -31,7 +36,7 @@ use weft_overlay::model::{
 use weft_overlay::{Dataplane, MacAddr, durable};
 use weft_proto::v1 as pb;
 
-use crate::runtime::{ContainerSpec, TaskRuntime, TaskSpec, TaskState};
+use crate::runtime::{ContainerSpec, StopPolicy, TaskRuntime, TaskSpec, TaskState};
 
 /// How often the loop re-checks the kernel for drift without a change.
 pub const RECHECK: Duration = Duration::from_secs(5);
@@ -299,6 +304,7 @@ impl Reconciler {
             tracing::warn!(error = %e, "could not adopt existing tasks");
         }
         let mut events = self.runtime.subscribe();
+        let mut inflight = jobs::Inflight::new();
         // Someone else changing weft's nftables tables (a firewall reload,
         // `nft flush ruleset`) wakes the loop, which puts them back.
         let mut nft = self.dataplane.nft_changes();
@@ -316,7 +322,7 @@ impl Reconciler {
                 current = Some(c);
             }
             if let Some(c) = current.clone() {
-                let report = self.converge(&c).await;
+                let report = self.converge(&c, &mut inflight).await;
                 if let Some((started, saved)) = first_pass.take() {
                     tracing::info!(
                         ms = started.elapsed().as_millis() as u64,
@@ -328,9 +334,10 @@ impl Reconciler {
                 (self.report)(report);
             }
             tokio::select! {
-                _ = stop.changed() => return,
-                r = self.config.changed() => if r.is_err() { return },
+                _ = stop.changed() => break,
+                r = self.config.changed() => if r.is_err() { break },
                 _ = events.recv() => {},
+                _ = inflight.next() => {},
                 r = async {
                     match nft.as_mut() {
                         Some(rx) => rx.changed().await,
@@ -340,6 +347,7 @@ impl Reconciler {
                 _ = tokio::time::sleep(RECHECK) => {},
             }
         }
+        inflight.shutdown().await;
     }
 
     fn load(&self) -> Option<Arc<pb::NodeConfig>> {
@@ -352,17 +360,22 @@ impl Reconciler {
         }
     }
 
-    /// One pass: stop unwanted tasks, converge the kernel, start missing
-    /// tasks; returns the report.
-    async fn converge(&self, c: &pb::NodeConfig) -> pb::StatusReport {
+    /// One pass: set removals going for tasks no longer wanted, converge
+    /// the kernel, set starts going for tasks not yet known; returns the
+    /// report.
+    async fn converge(
+        &self,
+        c: &pb::NodeConfig,
+        inflight: &mut jobs::Inflight,
+    ) -> pb::StatusReport {
+        let known = self.runtime.list();
+        inflight.observe(c, &known);
         let wanted: BTreeMap<&str, &pb::TaskConfig> =
             c.tasks.iter().map(|t| (t.id.as_str(), t)).collect();
-        for st in self.runtime.list() {
-            if !wanted.contains_key(st.id.as_str()) {
+        for st in known {
+            if !wanted.contains_key(st.id.as_str()) && !inflight.is_removing(&st.id) {
                 tracing::info!(task = %st.id, "removing task no longer assigned here");
-                if let Err(e) = self.runtime.remove(&st.id).await {
-                    tracing::warn!(task = %st.id, error = %e, "could not remove task");
-                }
+                inflight.remove(self.runtime.clone(), &st.id);
             }
         }
         let mut error = String::new();
@@ -373,7 +386,7 @@ impl Reconciler {
                 String::new()
             }
         };
-        match desired_from_config(c, &self.wg_key) {
+        match desired_from_config(&inflight.plane_config(c), &self.wg_key) {
             Ok(mut d) => {
                 d.dns_upstreams = self.dns_upstreams.clone();
                 if let Err(e) = self.dataplane.apply(&d).await {
@@ -387,58 +400,20 @@ impl Reconciler {
         }
         let mut tasks = Vec::new();
         for t in &c.tasks {
-            let status = match self.runtime.status(&t.id) {
-                Some(s) => Some(s),
-                None if error.is_empty() => {
-                    let host = t.network_mode == "host";
-                    let own: BTreeMap<String, String> = t.env.clone().into_iter().collect();
-                    let mut env = proxy_env(&self.proxy, &own);
-                    env.extend(own);
-                    let spec = TaskSpec {
-                        id: t.id.clone(),
-                        name: t.name.clone(),
-                        command: t.command.clone(),
-                        env,
-                        // Host mode: the daemon's own namespace (the shim
-                        // opens it while the daemon is alive to start it).
-                        netns: if host {
-                            PathBuf::from(format!("/proc/{}/ns/net", std::process::id()))
-                        } else {
-                            self.dataplane.task_netns(&TaskId(t.id.clone()))
-                        },
-                        resolv_conf: if host {
-                            None
-                        } else {
-                            self.dataplane.resolv_conf()
-                        },
-                        hostname: if host { None } else { Some(t.name.clone()) },
-                        container: t.container.as_ref().map(|c| {
-                            Box::new(ContainerSpec {
-                                image: c.image.clone(),
-                                entrypoint: c.has_entrypoint.then(|| c.entrypoint.clone()),
-                                workdir: Some(c.workdir.clone()).filter(|w| !w.is_empty()),
-                                user: Some(c.user.clone()).filter(|u| !u.is_empty()),
-                                read_only: c.read_only,
-                            })
-                        }),
-                    };
-                    match self.runtime.start(&spec).await {
-                        Ok(s) => Some(s),
-                        Err(e) => {
-                            tasks.push(task_report(
-                                &t.id,
-                                &TaskState::Failed {
-                                    error: e.to_string(),
-                                },
-                            ));
-                            None
-                        }
-                    }
-                }
-                None => None,
-            };
-            if let Some(s) = status {
+            if let Some(s) = self.runtime.status(&t.id) {
                 tasks.push(task_report(&s.id, &s.state));
+            } else if let Some(e) = inflight.refused(&t.id) {
+                tasks.push(task_report(
+                    &t.id,
+                    &TaskState::Failed {
+                        error: e.to_string(),
+                    },
+                ));
+            } else if inflight.is_starting(&t.id) {
+                tasks.push(starting(&t.id));
+            } else if error.is_empty() && !inflight.is_removing(&t.id) {
+                inflight.start(self.runtime.clone(), self.task_spec(t));
+                tasks.push(starting(&t.id));
             }
         }
         let handshakes = self
@@ -461,6 +436,43 @@ impl Reconciler {
             wg_public_key,
             handshakes,
             bridge_subnet: self.bridge_subnet.clone(),
+        }
+    }
+
+    /// What the runtime runs for the assigned task `t`.
+    fn task_spec(&self, t: &pb::TaskConfig) -> TaskSpec {
+        let host = t.network_mode == "host";
+        let own: BTreeMap<String, String> = t.env.clone().into_iter().collect();
+        let mut env = proxy_env(&self.proxy, &own);
+        env.extend(own);
+        TaskSpec {
+            id: t.id.clone(),
+            name: t.name.clone(),
+            command: t.command.clone(),
+            env,
+            // Host mode: the daemon's own namespace (the shim opens it
+            // while the daemon is alive to start it).
+            netns: if host {
+                PathBuf::from(format!("/proc/{}/ns/net", std::process::id()))
+            } else {
+                self.dataplane.task_netns(&TaskId(t.id.clone()))
+            },
+            resolv_conf: if host {
+                None
+            } else {
+                self.dataplane.resolv_conf()
+            },
+            hostname: if host { None } else { Some(t.name.clone()) },
+            container: t.container.as_ref().map(|c| {
+                Box::new(ContainerSpec {
+                    image: c.image.clone(),
+                    entrypoint: c.has_entrypoint.then(|| c.entrypoint.clone()),
+                    workdir: Some(c.workdir.clone()).filter(|w| !w.is_empty()),
+                    user: Some(c.user.clone()).filter(|u| !u.is_empty()),
+                    read_only: c.read_only,
+                })
+            }),
+            stop: stop_policy(t.stop.as_ref()),
         }
     }
 
@@ -519,6 +531,34 @@ pub fn load_config(path: &Path) -> Option<pb::NodeConfig> {
 /// one before, whole.
 pub fn save_config(path: &Path, c: &pb::NodeConfig) -> Result<(), durable::WriteError> {
     durable::write_atomic(path, &c.encode_to_vec(), 0o600)
+}
+
+/// The stop policy a task config asks for; what it leaves out (or cannot
+/// be, such as a signal that does not exist: the manager checks, this is
+/// the node's own check) takes the defaults.
+fn stop_policy(p: Option<&pb::StopPolicy>) -> StopPolicy {
+    let default = StopPolicy::default();
+    let Some(p) = p else { return default };
+    StopPolicy {
+        signal: Some(p.signal)
+            .filter(|s| weft_proto::signal::valid(*s))
+            .unwrap_or(default.signal),
+        grace: if p.has_grace {
+            Duration::from_millis(p.grace_ms)
+        } else {
+            default.grace
+        },
+    }
+}
+
+/// A task being started, as the wire says it.
+fn starting(id: &str) -> pb::TaskReport {
+    let mut status = pb::TaskStatus::default();
+    status.set_state(pb::TaskState::Starting);
+    pb::TaskReport {
+        task_id: id.to_string(),
+        status: Some(status),
+    }
 }
 
 fn task_report(id: &str, s: &TaskState) -> pb::TaskReport {

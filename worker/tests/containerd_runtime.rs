@@ -25,7 +25,7 @@ use weft_containerd_api::Client;
 use weft_overlay::linux::Netns;
 use weft_worker::image::{FakeImageSource, ImageConfig, ImageSource, LocalImage};
 use weft_worker::runtime::containerd::{ContainerdConfig, ContainerdRuntime};
-use weft_worker::runtime::{ContainerSpec, TaskRuntime, TaskSpec, TaskState};
+use weft_worker::runtime::{ContainerSpec, StopPolicy, TaskRuntime, TaskSpec, TaskState};
 
 const NS: &str = "weft";
 const IMAGE: &str = "docker.io/weft-test/busybox:latest";
@@ -147,6 +147,7 @@ fn spec(id: &str, netns: &Path, script: &str) -> TaskSpec {
             image: "busybox-test".into(),
             ..ContainerSpec::default()
         })),
+        stop: Default::default(),
     }
 }
 
@@ -245,7 +246,9 @@ async fn containers_run_isolated_in_weft_s_netns_stop_gracefully_and_are_adopted
 
     // Graceful stop: the trapped SIGTERM finishes within the grace period.
     let t = Instant::now();
-    rt.stop("t1", Duration::from_secs(5)).await.expect("stop");
+    rt.stop("t1", Some(Duration::from_secs(5)))
+        .await
+        .expect("stop");
     let took = t.elapsed();
     let done = rt.wait("t1").await.expect("wait");
     assert_eq!(
@@ -274,7 +277,7 @@ async fn containers_run_isolated_in_weft_s_netns_stop_gracefully_and_are_adopted
     let t3 = spec("t3", &pin.0, "trap '' TERM; while true; do sleep 0.1; done");
     rt.start(&t3).await.expect("start t3");
     let t = Instant::now();
-    rt.stop("t3", Duration::from_millis(500))
+    rt.stop("t3", Some(Duration::from_millis(500)))
         .await
         .expect("stop t3");
     assert!(t.elapsed() >= Duration::from_millis(500));
@@ -299,7 +302,16 @@ async fn containers_run_isolated_in_weft_s_netns_stop_gracefully_and_are_adopted
 
     // Adoption: a runtime started afresh (the daemon restarted) finds the
     // running container with the same pid, and the exited one with its code.
-    let t5 = spec("t5", &pin.0, "while true; do sleep 0.1; done");
+    // Its stop policy (SIGUSR1, which it traps) is kept with it.
+    let mut t5 = spec(
+        "t5",
+        &pin.0,
+        "trap 'exit 0' USR1; while true; do sleep 0.1; done",
+    );
+    t5.stop = StopPolicy {
+        signal: libc::SIGUSR1,
+        grace: Duration::from_secs(5),
+    };
     let TaskState::Running { pid: pid5 } = rt.start(&t5).await.expect("t5").state else {
         panic!("t5 not running");
     };
@@ -331,25 +343,39 @@ async fn containers_run_isolated_in_weft_s_netns_stop_gracefully_and_are_adopted
             signal: None
         })
     );
-    // Its exit is still noticed after the adoption.
-    ctrd.ctr_ok(NS, &["tasks", "kill", "-s", "SIGKILL", "t5"]);
+    // The adopted container is stopped with its own signal (exit 0 from
+    // its trap: SIGTERM would be ignored by a PID 1 shell, and SIGKILL
+    // after the grace period would give 137), and its exit is noticed.
+    let t = Instant::now();
+    rt.stop("t5", None).await.expect("stop t5");
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
     let done = rt.wait("t5").await.expect("wait t5");
     assert_eq!(
         done.state,
         TaskState::Exited {
-            code: Some(137),
+            code: Some(0),
             signal: None
         }
     );
 
     // Removing leaves no container, task, snapshot or file behind; a task
-    // still running is killed first.
-    let t6 = spec("t6", &pin.0, "while true; do sleep 0.1; done");
+    // still running is stopped first: its signal (SIGTERM, which a PID 1
+    // shell ignores), then SIGKILL after its grace period.
+    let mut t6 = spec("t6", &pin.0, "while true; do sleep 0.1; done");
+    t6.stop.grace = Duration::from_millis(300);
     let TaskState::Running { pid: pid6 } = rt.start(&t6).await.expect("t6").state else {
         panic!("t6 not running");
     };
     for id in ["t1", "t2", "t3", "t5", "t6"] {
+        let t = Instant::now();
         rt.remove(id).await.expect("remove");
+        if id == "t6" {
+            assert!(
+                t.elapsed() >= Duration::from_millis(300) && t.elapsed() < Duration::from_secs(5),
+                "removed after its grace period: {:?}",
+                t.elapsed()
+            );
+        }
         assert!(!rt.log_path(id).exists(), "{id}'s files are gone");
     }
     let left = ctrd.ctr_ok(NS, &["containers", "ls", "-q"]);

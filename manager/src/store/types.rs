@@ -458,6 +458,29 @@ pub struct TaskSpec {
     /// Run as a container from an image; `None`: a host process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<ContainerOpts>,
+    /// How the task is stopped (`--stop-signal`, `--stop-grace-period`).
+    #[serde(default, skip_serializing_if = "StopPolicy::is_default")]
+    pub stop: StopPolicy,
+}
+
+/// How a task is stopped: `signal`, then SIGKILL once `grace_ms` is over.
+/// `None` fields take the defaults the node applies (SIGTERM, 10 s), so
+/// old records and specs that say nothing keep meaning "the default".
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopPolicy {
+    /// The signal's number (1–31, 34–64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// The grace period in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grace_ms: Option<u64>,
+}
+
+impl StopPolicy {
+    /// True when nothing was asked for.
+    pub fn is_default(&self) -> bool {
+        *self == StopPolicy::default()
+    }
 }
 
 /// What makes a task a container: its image and Docker's overrides of the

@@ -20,7 +20,7 @@ pub enum FakeCall {
     /// `start(spec)`.
     Start(TaskSpec),
     /// `stop(id, grace)`.
-    Stop(String, Duration),
+    Stop(String, Option<Duration>),
     /// `remove(id)`.
     Remove(String),
 }
@@ -178,7 +178,7 @@ impl TaskRuntime for FakeRuntime {
         Ok(status)
     }
 
-    async fn stop(&self, id: &str, grace: Duration) -> Result<()> {
+    async fn stop(&self, id: &str, grace: Option<Duration>) -> Result<()> {
         {
             let mut st = self.lock();
             st.calls.push(FakeCall::Stop(id.to_owned(), grace));

@@ -62,6 +62,31 @@ pub struct TaskSpec {
     /// runs a host process (the process runtime).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<Box<ContainerSpec>>,
+    /// How the task is asked to stop.
+    #[serde(default)]
+    pub stop: StopPolicy,
+}
+
+/// How a task is stopped: `signal` to its processes, then SIGKILL to all
+/// of them once `grace` is over (`--stop-signal`, `--stop-grace-period`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StopPolicy {
+    /// The signal's number.
+    pub signal: i32,
+    /// How long the task may take to exit after it.
+    pub grace: Duration,
+}
+
+/// The grace period a task gets unless it asks for another (Docker's).
+pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
+
+impl Default for StopPolicy {
+    fn default() -> Self {
+        Self {
+            signal: libc::SIGTERM,
+            grace: DEFAULT_STOP_GRACE,
+        }
+    }
 }
 
 /// What makes a task a container: its image and Docker's per-container
@@ -236,13 +261,16 @@ pub trait TaskRuntime: Send + Sync {
     /// returns its status and starts nothing.
     async fn start(&self, spec: &TaskSpec) -> Result<TaskStatus>;
 
-    /// Sends SIGTERM to the task's process group, then SIGKILL after
-    /// `grace`, and returns once it has ended. A task that already ended is
-    /// fine (idempotent).
-    async fn stop(&self, id: &str, grace: Duration) -> Result<()>;
+    /// Sends the task's stop signal (its [`StopPolicy`]) to its processes,
+    /// then SIGKILL to all of them after `grace` (`None`: the task's own
+    /// grace period), and returns once it has ended. A task that already
+    /// ended is fine (idempotent).
+    async fn stop(&self, id: &str, grace: Option<Duration>) -> Result<()>;
 
-    /// Kills the task if it still runs and deletes its files. Unknown ids
-    /// are fine (idempotent).
+    /// Stops the task as [`stop`](TaskRuntime::stop) does with its own
+    /// grace period if it still runs, then deletes it and its files.
+    /// Unknown ids are fine (idempotent). May take the whole grace period:
+    /// callers that must not wait run it in the background.
     async fn remove(&self, id: &str) -> Result<()>;
 
     /// Waits until the task has ended and returns its final status.

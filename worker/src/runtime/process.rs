@@ -17,7 +17,6 @@ use std::process::Stdio;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use nix::sys::signal::Signal;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{broadcast, watch};
 use tokio::task::AbortHandle;
@@ -350,10 +349,18 @@ impl TaskRuntime for ProcessRuntime {
         Ok(self.track(id, observed))
     }
 
-    async fn stop(&self, id: &str, grace: Duration) -> Result<()> {
+    async fn stop(&self, id: &str, grace: Option<Duration>) -> Result<()> {
         if self.known(id)?.is_none() {
             return Err(Error::NotFound { id: id.to_owned() });
         }
+        // The policy the task was started with (an unreadable spec: the
+        // defaults, so a task can always be stopped).
+        let policy = files::read_json::<TaskSpec>(&self.task_dir(id).join(files::SPEC))
+            .ok()
+            .flatten()
+            .map(|s| s.stop)
+            .unwrap_or_default();
+        let grace = grace.unwrap_or(policy.grace);
         let (rx, pid) = {
             let tasks = self.lock();
             let Some(e) = tasks.get(id) else {
@@ -365,14 +372,14 @@ impl TaskRuntime for ProcessRuntime {
         if rx.borrow().state.is_terminal() {
             return Ok(());
         }
-        signal(id, &pid, Signal::SIGTERM)?;
+        signal(id, &pid, policy.signal)?;
         if tokio::time::timeout(grace, wait_terminal(rx.clone()))
             .await
             .is_ok()
         {
             return Ok(());
         }
-        signal(id, &pid, Signal::SIGKILL)?;
+        signal(id, &pid, libc::SIGKILL)?;
         tokio::time::timeout(KILL_WAIT, wait_terminal(rx))
             .await
             .map(|_| ())
@@ -387,7 +394,7 @@ impl TaskRuntime for ProcessRuntime {
         if self.known(id)?.is_none() {
             return Ok(());
         }
-        self.stop(id, Duration::ZERO).await?;
+        self.stop(id, None).await?;
         if let Some(w) = self.lock().remove(id).and_then(|e| e.watcher) {
             w.abort();
         }
@@ -457,16 +464,22 @@ async fn wait_terminal(mut rx: watch::Receiver<TaskStatus>) -> TaskStatus {
 
 /// Signals the task's process group, if the task's process is still the one
 /// we started (pid plus start time).
-fn signal(id: &str, pid: &PidFile, sig: Signal) -> Result<()> {
+/// Sends signal number `sig` to the task's process group. A number, not
+/// nix's `Signal`: a stop signal may be a real-time one, which nix's enum
+/// does not have.
+fn signal(id: &str, pid: &PidFile, sig: i32) -> Result<()> {
     if !pid.task_alive() {
         return Ok(());
     }
-    match nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid.pid), sig) {
-        Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+    // SAFETY: killpg(2) takes a process group id and a signal number and
+    // touches no memory of ours.
+    let r = unsafe { libc::killpg(pid.pid, sig) };
+    match nix::errno::Errno::result(r) {
+        Ok(_) | Err(nix::errno::Errno::ESRCH) => Ok(()),
         Err(source) => Err(Error::Signal {
             id: id.to_owned(),
             pid: pid.pid,
-            signal: sig as i32,
+            signal: sig,
             source,
         }),
     }

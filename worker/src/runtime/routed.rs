@@ -135,7 +135,7 @@ impl TaskRuntime for RoutedRuntime {
         }
     }
 
-    async fn stop(&self, id: &str, grace: Duration) -> Result<()> {
+    async fn stop(&self, id: &str, grace: Option<Duration>) -> Result<()> {
         self.owner(id).stop(id, grace).await
     }
 
@@ -200,6 +200,7 @@ mod tests {
                     ..ContainerSpec::default()
                 })
             }),
+            stop: Default::default(),
         }
     }
 

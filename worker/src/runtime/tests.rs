@@ -48,6 +48,7 @@ fn spec(id: &str, netns: &Path, script: &str) -> TaskSpec {
         resolv_conf: None,
         hostname: None,
         container: None,
+        stop: Default::default(),
     }
 }
 
@@ -207,7 +208,9 @@ async fn process_task_runs_in_netns_survives_restart_and_stops() {
 
     // Stop the adopted task: SIGTERM to its group.
     let mut events = rt.subscribe();
-    rt.stop("t1", Duration::from_secs(5)).await.expect("stop");
+    rt.stop("t1", Some(Duration::from_secs(5)))
+        .await
+        .expect("stop");
     let st = rt.status("t1").unwrap();
     assert_eq!(
         st.state,
@@ -227,7 +230,7 @@ async fn process_task_runs_in_netns_survives_restart_and_stops() {
     })
     .await;
     // Idempotent.
-    rt.stop("t1", Duration::from_secs(5))
+    rt.stop("t1", Some(Duration::from_secs(5)))
         .await
         .expect("stop again");
 
@@ -301,7 +304,7 @@ async fn process_stop_escalates_to_sigkill() {
         rig.log("stubborn").contains("ready")
     })
     .await;
-    rt.stop("stubborn", Duration::from_millis(300))
+    rt.stop("stubborn", Some(Duration::from_millis(300)))
         .await
         .expect("stop");
     assert_eq!(
@@ -361,7 +364,7 @@ async fn process_task_outlives_its_shim_and_is_then_failed() {
         rt2.adopt().await.unwrap()[0].state,
         TaskState::Running { pid }
     );
-    rt2.stop("orphan", Duration::from_secs(5))
+    rt2.stop("orphan", Some(Duration::from_secs(5)))
         .await
         .expect("stop");
     let st = rt2.status("orphan").unwrap();
@@ -482,7 +485,9 @@ async fn process_task_survives_daemon_kill9() {
     assert_eq!(again.state, TaskState::Running { pid });
     assert_eq!(pids_in_netns(&rig.netns), vec![pid]);
 
-    rt.stop("k9", Duration::from_secs(5)).await.expect("stop");
+    rt.stop("k9", Some(Duration::from_secs(5)))
+        .await
+        .expect("stop");
     assert_eq!(
         rt.status("k9").unwrap().state,
         TaskState::Exited {
@@ -665,7 +670,7 @@ async fn fake_runtime_records_and_reports() {
 
     let s3 = spec("f3", Path::new("/run/x"), "true");
     rt.start(&s3).await.unwrap();
-    rt.stop("f3", Duration::from_secs(1)).await.unwrap();
+    rt.stop("f3", Some(Duration::from_secs(1))).await.unwrap();
     assert_eq!(
         rt.status("f3").unwrap().state,
         TaskState::Exited {
@@ -674,7 +679,7 @@ async fn fake_runtime_records_and_reports() {
         }
     );
     assert!(matches!(
-        rt.stop("nope", Duration::ZERO).await,
+        rt.stop("nope", Some(Duration::ZERO)).await,
         Err(Error::NotFound { .. })
     ));
     rt.remove("f3").await.unwrap();

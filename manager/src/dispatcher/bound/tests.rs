@@ -212,6 +212,7 @@ fn at_every_limit_at_once_admitted_configs_stay_under_the_receive_limit() {
             user: Some("u".repeat(crate::validate::MAX_USER_BYTES)),
             read_only: true,
         }),
+        stop: Default::default(),
     };
     limits::command(&task.command).unwrap();
     limits::env(&task.env).unwrap();

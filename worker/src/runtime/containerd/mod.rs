@@ -38,7 +38,9 @@ use weft_containerd_api::containerd::services::tasks::v1 as tasks;
 use weft_containerd_api::containerd::types::Mount;
 use weft_containerd_api::containerd::v1::types::Status as ProcStatus;
 
-use super::{Error, Result, TaskRuntime, TaskSpec, TaskState, TaskStatus, validate, validate_id};
+use super::{
+    Error, Result, StopPolicy, TaskRuntime, TaskSpec, TaskState, TaskStatus, validate, validate_id,
+};
 use crate::image::{ImageSource, LocalImage};
 
 /// The snapshotter every container's root filesystem comes from.
@@ -54,6 +56,10 @@ pub use crate::image::store::CONTAINER_IMAGE_LABEL as IMAGE_LABEL;
 /// two daemons sharing a containerd namespace (a `weft lab` on a host with
 /// containerd) never adopt, or remove, each other's containers.
 pub const OWNER_LABEL: &str = "weft.owner";
+/// The labels keeping a container's stop policy (signal number, grace in
+/// ms), so a restarted daemon stops an adopted container as asked.
+const STOP_SIGNAL_LABEL: &str = "weft.stop-signal";
+const STOP_GRACE_LABEL: &str = "weft.stop-grace-ms";
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 const RUNC_OPTIONS_TYPE_URL: &str = "containerd.runc.v1.Options";
 /// How long a task may take to exit after SIGKILL before stop gives up.
@@ -90,6 +96,7 @@ struct Inner {
 struct Tracked {
     spec: Option<TaskSpec>,
     status: TaskStatus,
+    stop: StopPolicy,
 }
 
 impl ContainerdRuntime {
@@ -131,13 +138,18 @@ impl ContainerdRuntime {
         Error::Containerd(self.inner.client.error(call, status))
     }
 
-    /// Records `status` and tells subscribers.
-    fn set(&self, status: TaskStatus, spec: Option<TaskSpec>) {
+    /// Records `status` (and the spec or stop policy when given) and tells
+    /// subscribers.
+    fn set(&self, status: TaskStatus, spec: Option<TaskSpec>, stop: Option<StopPolicy>) {
         let mut tasks = self.inner.tasks.lock().expect("tasks");
         let entry = tasks.entry(status.id.clone()).or_insert(Tracked {
             spec: None,
             status: status.clone(),
+            stop: StopPolicy::default(),
         });
+        if let Some(stop) = stop.or(spec.as_ref().map(|s| s.stop)) {
+            entry.stop = stop;
+        }
         if spec.is_some() {
             entry.spec = spec;
         }
@@ -208,6 +220,7 @@ impl ContainerdRuntime {
                         started_at,
                         finished_at: Some(SystemTime::now()),
                     },
+                    None,
                     None,
                 );
                 return;
@@ -280,6 +293,11 @@ impl ContainerdRuntime {
                         (TASK_LABEL.to_owned(), spec.id.clone()),
                         (IMAGE_LABEL.to_owned(), image.digest.clone()),
                         (OWNER_LABEL.to_owned(), self.inner.cfg.owner.clone()),
+                        (STOP_SIGNAL_LABEL.to_owned(), spec.stop.signal.to_string()),
+                        (
+                            STOP_GRACE_LABEL.to_owned(),
+                            spec.stop.grace.as_millis().to_string(),
+                        ),
                     ]),
                     image: image.name.clone(),
                     runtime: Some(containers::container::Runtime {
@@ -450,6 +468,24 @@ impl ContainerdRuntime {
     }
 }
 
+/// The stop policy a container's labels keep (the defaults for what is
+/// missing or does not parse: a container can always be stopped).
+fn stop_policy_of(labels: &HashMap<String, String>) -> StopPolicy {
+    let default = StopPolicy::default();
+    StopPolicy {
+        signal: labels
+            .get(STOP_SIGNAL_LABEL)
+            .and_then(|s| s.parse().ok())
+            .filter(|s| weft_proto::signal::valid(*s))
+            .unwrap_or(default.signal),
+        grace: labels
+            .get(STOP_GRACE_LABEL)
+            .and_then(|s| s.parse().ok())
+            .map(Duration::from_millis)
+            .unwrap_or(default.grace),
+    }
+}
+
 /// Writes `/etc/hosts` and `/etc/hostname` for the container, and makes
 /// sure the log file exists.
 fn write_task_files(dir: &Path, hostname: &str) -> std::io::Result<spec::TaskFiles> {
@@ -534,7 +570,7 @@ impl TaskRuntime for ContainerdRuntime {
                 }
             };
             let running = !status.state.is_terminal();
-            self.set(status.clone(), None);
+            self.set(status.clone(), None, Some(stop_policy_of(&c.labels)));
             if running {
                 self.watch(&id, None);
             }
@@ -587,19 +623,31 @@ impl TaskRuntime for ContainerdRuntime {
             }
         };
         let running = !status.state.is_terminal();
-        self.set(status.clone(), Some(spec.clone()));
+        self.set(status.clone(), Some(spec.clone()), None);
         if running {
             self.watch(&spec.id, status.started_at);
         }
         Ok(status)
     }
 
-    async fn stop(&self, id: &str, grace: Duration) -> Result<()> {
-        let running = self.status(id).is_some_and(|s| !s.state.is_terminal());
-        if !running {
+    async fn stop(&self, id: &str, grace: Option<Duration>) -> Result<()> {
+        let Some((status, policy)) = self
+            .inner
+            .tasks
+            .lock()
+            .expect("tasks")
+            .get(id)
+            .map(|t| (t.status.clone(), t.stop))
+        else {
+            return Ok(());
+        };
+        if status.state.is_terminal() {
             return Ok(());
         }
-        self.kill(id, libc::SIGTERM as u32, false).await?;
+        let grace = grace.unwrap_or(policy.grace);
+        // The stop signal goes to the container's first process, as
+        // Docker's does; SIGKILL then goes to every process in it.
+        self.kill(id, policy.signal as u32, false).await?;
         if self.wait_exit(id, grace).await? {
             return Ok(());
         }
@@ -616,6 +664,7 @@ impl TaskRuntime for ContainerdRuntime {
 
     async fn remove(&self, id: &str) -> Result<()> {
         validate_id(id)?;
+        self.stop(id, None).await?;
         self.inner.tasks.lock().expect("tasks").remove(id);
         self.cleanup(id).await
     }
