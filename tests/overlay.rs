@@ -75,7 +75,7 @@ fn tasks_on_two_hosts_talk_over_the_overlay_and_it_is_vxlan_on_the_underlay() {
             "7000",
         ],
     );
-    lab.run_task("w2",
+    let client = lab.run_task("w2",
         &[
             "--name",
             "client",
@@ -89,11 +89,25 @@ fn tasks_on_two_hosts_talk_over_the_overlay_and_it_is_vxlan_on_the_underlay() {
             "for i in 1 2 3 4 5 6 7 8 9 10; do echo hello-over-vxlan | busybox nc -w 2 10.0.9.10 7000 && exit 0; sleep 0.5; done; exit 1",
         ],
     );
-    wait_for(
-        "the server received the client's line",
-        Duration::from_secs(20),
-        || logs(&lab, "w1", "server").contains("hello-over-vxlan"),
-    );
+    let start = std::time::Instant::now();
+    while !logs(&lab, "w1", "server").contains("hello-over-vxlan") {
+        // A rare failure under load: show what each side saw.
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "the server never received the client's line.\nserver log: {:?}\nclient log: \
+             {:?}\nw1 ps: {}\nw2 ps: {}\nw2 neighbours: {}\n{}\n{}",
+            logs(&lab, "w1", "server"),
+            logs(&lab, "w2", "client"),
+            lab.weft("w1", &["ps", "--all"]),
+            lab.weft("w2", &["ps", "--all"]),
+            String::from_utf8_lossy(
+                &nsenter(&lab.task_netns("w2", &client), &["ip", "neigh"]).stdout
+            ),
+            lab.log_tail("w1"),
+            lab.log_tail("w2"),
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     assert!(!server.is_empty());
     let out = nsenter(
         &switch,
