@@ -659,6 +659,8 @@ pub struct ServiceCreateArgs {
     #[arg(short, long)]
     pub detach: bool,
     #[command(flatten)]
+    pub resources: crate::resources::ResourceArgs,
+    #[command(flatten)]
     pub container: ContainerArgs,
 }
 
@@ -751,6 +753,8 @@ pub struct RunArgs {
     /// Return at once instead of waiting for the task to run.
     #[arg(short, long)]
     pub detach: bool,
+    #[command(flatten)]
+    pub resources: crate::resources::ResourceArgs,
     #[command(flatten)]
     pub container: ContainerArgs,
 }

@@ -626,6 +626,7 @@ fn node_json(n: &pb::Node) -> serde_json::Value {
             serde_json::Value::Null
         },
         "CertificateExpiry": n.cert_expiry,
+        "Description": crate::resources::node_json(n.resources.as_ref()),
         "CreatedAtMs": n.created_at_ms,
         "UpdatedAtMs": n.updated_at_ms,
     })
@@ -1003,6 +1004,7 @@ pub async fn run_task(c: &Client, a: crate::cli::RunArgs) -> anyhow::Result<()> 
         .map(|p| crate::publish::run_publish(p))
         .collect::<anyhow::Result<_>>()?;
     let (command, container) = crate::workload::from_args(a.container)?;
+    crate::workload::check_resources(&a.resources, container.is_some())?;
     let task = c
         .daemon()
         .run(pb::RunTaskRequest {
@@ -1013,6 +1015,7 @@ pub async fn run_task(c: &Client, a: crate::cli::RunArgs) -> anyhow::Result<()> 
             networks,
             ports,
             container,
+            resources: a.resources.to_wire(),
         })
         .await
         .map_err(rpc)?
@@ -1234,6 +1237,7 @@ fn service_json(s: &pb::Service) -> serde_json::Value {
                     "User": c.user,
                     "ReadOnly": c.read_only,
                 })),
+                "Resources": crate::resources::task_json(spec.resources.as_ref()),
             },
         },
         "Endpoint": {
@@ -1258,7 +1262,9 @@ pub async fn service(c: &Client, cmd: crate::cli::ServiceCommand) -> anyhow::Res
                 bail!("--replicas cannot be combined with --mode global");
             }
             let (command, container) = crate::workload::from_args(a.container)?;
+            crate::workload::check_resources(&a.resources, container.is_some())?;
             let spec = pb::ServiceSpecMsg {
+                resources: a.resources.to_wire(),
                 name: a.name.clone(),
                 mode: mode.into(),
                 replicas: a.replicas.unwrap_or(if mode == "global" { 0 } else { 1 }),

@@ -151,6 +151,10 @@ pub fn node_to_wire(n: &Node, manager_status: pb::ManagerStatus, raft_voter: boo
         updated_at_ms: n.updated_at_ms,
         cert_expiry: n.cert_expiry.clone(),
         underlay_mtu: u64::from(n.underlay_mtu),
+        resources: Some(pb::NodeResources {
+            nano_cpus: n.resources.nano_cpus,
+            memory_bytes: n.resources.memory_bytes,
+        }),
     }
 }
 
@@ -189,6 +193,34 @@ pub fn task_to_wire(state: &State, t: &Task) -> pb::Task {
         updated_at_ms: t.status.updated_at_ms,
         ports: t.ports.iter().map(port_to_wire).collect(),
         network_mode: network_mode_text(t.network_mode).into(),
+    }
+}
+
+/// A task the scheduler could place nowhere, as `service ps` shows it: no
+/// ID (it is not in the store), its slot's name, pending with the reason.
+fn unplaced_task_to_wire(
+    state: &State,
+    svc: &crate::store::Service,
+    slot: u64,
+    node: Option<crate::store::NodeId>,
+    why: String,
+) -> pb::Task {
+    let host = node.and_then(|n| state.nodes.get(&n));
+    pb::Task {
+        name: match host {
+            Some(n) => format!("{}.{}", svc.spec.name, &n.id.to_string()[..8]),
+            None => format!("{}.{slot}", svc.spec.name),
+        },
+        node_id: node.map(|n| n.to_string()).unwrap_or_default(),
+        hostname: host.map(|n| n.hostname.clone()).unwrap_or_default(),
+        command: svc.spec.task.command.clone(),
+        desired_state: pb::TaskState::Running.into(),
+        status: Some(pb::TaskStatus {
+            state: pb::TaskState::Pending.into(),
+            reason: why,
+            ..Default::default()
+        }),
+        ..Default::default()
     }
 }
 
@@ -276,7 +308,12 @@ pub fn service_to_wire(state: &State, svc: &crate::store::Service) -> pb::Servic
         .filter(|t| t.service.as_ref().is_some_and(|r| r.service == svc.id))
         .collect();
     let running = mine.iter().filter(|t| t.status.state.is_running()).count() as u64;
-    let tasks: Vec<pb::Task> = mine.iter().map(|t| task_to_wire(state, t)).collect();
+    let mut tasks: Vec<pb::Task> = mine.iter().map(|t| task_to_wire(state, t)).collect();
+    tasks.extend(
+        crate::orchestrator::unplaced(state, svc)
+            .into_iter()
+            .map(|(slot, node, why)| unplaced_task_to_wire(state, svc, slot, node, why)),
+    );
     let (mode, replicas, desired) = match svc.spec.mode {
         ServiceMode::Replicated { replicas } => ("replicated", replicas, replicas),
         ServiceMode::Global => {
@@ -304,6 +341,7 @@ pub fn service_to_wire(state: &State, svc: &crate::store::Service) -> pb::Servic
             command: svc.spec.task.command.clone(),
             env: svc.spec.task.env.clone().into_iter().collect(),
             container: container_to_wire(&svc.spec.task.container),
+            resources: resources_to_wire(&svc.spec.task.resources),
             networks: svc.spec.networks.iter().map(net_name).collect(),
             endpoint_mode: match svc.spec.endpoint_mode {
                 EndpointMode::Vip => "vip".into(),
@@ -365,6 +403,35 @@ pub fn container_from_wire(
     };
     crate::validate::container(&opts, command)?;
     Ok(Some(opts))
+}
+
+/// A request's limits and reservations, checked (see
+/// [`crate::validate::resources`]); absent is none.
+pub fn resources_from_wire(
+    r: Option<pb::Resources>,
+    container: bool,
+) -> crate::error::Result<crate::store::Resources> {
+    let r = r.unwrap_or_default();
+    let res = crate::store::Resources {
+        limit_nano_cpus: r.limit_nano_cpus,
+        limit_memory_bytes: r.limit_memory_bytes,
+        limit_pids: r.limit_pids,
+        reserve_nano_cpus: r.reserve_nano_cpus,
+        reserve_memory_bytes: r.reserve_memory_bytes,
+    };
+    crate::validate::resources(&res, container)?;
+    Ok(res)
+}
+
+/// The wire form of a task's resources; absent when there are none.
+pub fn resources_to_wire(r: &crate::store::Resources) -> Option<pb::Resources> {
+    (!r.is_none()).then_some(pb::Resources {
+        limit_nano_cpus: r.limit_nano_cpus,
+        limit_memory_bytes: r.limit_memory_bytes,
+        limit_pids: r.limit_pids,
+        reserve_nano_cpus: r.reserve_nano_cpus,
+        reserve_memory_bytes: r.reserve_memory_bytes,
+    })
 }
 
 /// The wire form of a task's container options.

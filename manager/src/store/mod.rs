@@ -115,6 +115,13 @@ pub enum Command {
         /// Underlay address.
         data_path_addr: String,
     },
+    /// The CPUs and memory a node reported (only changes are proposed).
+    SetNodeResources {
+        /// Which node.
+        id: NodeId,
+        /// What it has.
+        resources: NodeResources,
+    },
     /// A certificate was issued to a node.
     SetCertExpiry {
         /// Which node.
@@ -531,6 +538,11 @@ impl State {
                 let node = self.node_mut(*id)?;
                 node.addr = addr.clone();
                 node.data_path_addr = data_path_addr.clone();
+                Ok(Applied::Node(Box::new(node.clone())))
+            }
+            Command::SetNodeResources { id, resources } => {
+                let node = self.node_mut(*id)?;
+                node.resources = *resources;
                 Ok(Applied::Node(Box::new(node.clone())))
             }
             Command::SetCertExpiry { id, expiry, role } => {

@@ -146,6 +146,9 @@ pub struct Node {
     /// Unix ms when its current key was reported.
     #[serde(default)]
     pub wg_key_since_ms: u64,
+    /// Its CPUs and memory, as it reports them (absent in old records).
+    #[serde(default)]
+    pub resources: NodeResources,
 }
 
 /// Cluster identity and settings, fixed at `init` unless noted.
@@ -458,6 +461,59 @@ pub struct TaskSpec {
     /// Run as a container from an image; `None`: a host process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<ContainerOpts>,
+    /// Limits (containers only) and reservations (absent in old records).
+    #[serde(default, skip_serializing_if = "Resources::is_none")]
+    pub resources: Resources,
+}
+
+/// A task's resources (`--limit-*`, `--reserve-*`); 0 is "none". Limits
+/// are enforced by the kernel on a container's cgroup; reservations are
+/// what the scheduler sets aside on the task's node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    /// `--limit-cpu`, in billionths of a CPU (CFS quota over period).
+    #[serde(default, skip_serializing_if = "is_zero64")]
+    pub limit_nano_cpus: u64,
+    /// `--limit-memory`, bytes (swap included: the same figure).
+    #[serde(default, skip_serializing_if = "is_zero64")]
+    pub limit_memory_bytes: u64,
+    /// `--limit-pids`: processes and threads.
+    #[serde(default, skip_serializing_if = "is_zero64")]
+    pub limit_pids: u64,
+    /// `--reserve-cpu`, in billionths of a CPU.
+    #[serde(default, skip_serializing_if = "is_zero64")]
+    pub reserve_nano_cpus: u64,
+    /// `--reserve-memory`, bytes.
+    #[serde(default, skip_serializing_if = "is_zero64")]
+    pub reserve_memory_bytes: u64,
+}
+
+impl Resources {
+    /// Nothing limited, nothing reserved.
+    pub fn is_none(&self) -> bool {
+        *self == Resources::default()
+    }
+
+    /// Whether any limit is set (only containers can be limited).
+    pub fn has_limits(&self) -> bool {
+        self.limit_nano_cpus != 0 || self.limit_memory_bytes != 0 || self.limit_pids != 0
+    }
+}
+
+/// What a node offers the scheduler, as it reports it: its CPUs and
+/// memory. 0 is "not reported" (an older daemon): not checked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeResources {
+    /// Online CPUs, in billionths.
+    #[serde(default)]
+    pub nano_cpus: u64,
+    /// Physical memory, bytes.
+    #[serde(default)]
+    pub memory_bytes: u64,
+}
+
+fn is_zero64(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What makes a task a container: its image and Docker's overrides of the

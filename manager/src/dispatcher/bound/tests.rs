@@ -212,6 +212,14 @@ fn at_every_limit_at_once_admitted_configs_stay_under_the_receive_limit() {
             user: Some("u".repeat(crate::validate::MAX_USER_BYTES)),
             read_only: true,
         }),
+        // Every limit and reservation at its widest (no reservation, so
+        // the scheduler still places it).
+        resources: crate::store::Resources {
+            limit_nano_cpus: crate::validate::MAX_NANO_CPUS,
+            limit_memory_bytes: crate::validate::MAX_MEMORY_BYTES,
+            limit_pids: crate::validate::MAX_LIMIT_PIDS,
+            ..Default::default()
+        },
     };
     limits::command(&task.command).unwrap();
     limits::env(&task.env).unwrap();
