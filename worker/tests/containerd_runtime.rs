@@ -406,19 +406,6 @@ async fn containers_run_isolated_in_weft_s_netns_stop_gracefully_and_are_adopted
     drop(netns);
 }
 
-/// A cgroup v1 file of the container `id` under the test's cgroup parent.
-fn cgroup_file(ctrd: &PrivateContainerd, controller: &str, id: &str, file: &str) -> String {
-    let path = Path::new("/sys/fs/cgroup")
-        .join(controller)
-        .join(ctrd.cgroup_parent().trim_start_matches('/'))
-        .join(id)
-        .join(file);
-    std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-        .trim()
-        .to_string()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_reach_the_cgroup_and_an_oom_kill_is_reported_as_such() {
     // This machine runs cgroup v1 (hybrid); runc writes v2 files itself
@@ -453,15 +440,18 @@ async fn limits_reach_the_cgroup_and_an_oom_kill_is_reported_as_such() {
         rt.start(&l1).await.expect("start l1").state,
         TaskState::Running { .. }
     ));
-    let mem = |f| cgroup_file(&ctrd, "memory", "l1", f);
+    let mem = |f| ctrd.cgroup_v1_file("memory", "l1", f);
     assert_eq!(mem("memory.limit_in_bytes"), "33554432");
     assert_eq!(mem("memory.memsw.limit_in_bytes"), "33554432", "no swap");
-    assert_eq!(cgroup_file(&ctrd, "cpu", "l1", "cpu.cfs_quota_us"), "50000");
     assert_eq!(
-        cgroup_file(&ctrd, "cpu", "l1", "cpu.cfs_period_us"),
+        ctrd.cgroup_v1_file("cpu", "l1", "cpu.cfs_quota_us"),
+        "50000"
+    );
+    assert_eq!(
+        ctrd.cgroup_v1_file("cpu", "l1", "cpu.cfs_period_us"),
         "100000"
     );
-    assert_eq!(cgroup_file(&ctrd, "pids", "l1", "pids.max"), "64");
+    assert_eq!(ctrd.cgroup_v1_file("pids", "l1", "pids.max"), "64");
     rt.stop("l1", Duration::from_millis(200))
         .await
         .expect("stop");
