@@ -575,7 +575,7 @@ pub enum RestartArg {
 #[derive(Debug, Subcommand)]
 pub enum ServiceCommand {
     /// Create a service.
-    Create(ServiceCreateArgs),
+    Create(Box<ServiceCreateArgs>),
     /// List services.
     #[command(alias = "list")]
     Ls {
@@ -651,6 +651,18 @@ pub struct ServiceCreateArgs {
     /// When finished tasks are replaced.
     #[arg(long, value_enum)]
     pub restart_condition: Option<RestartArg>,
+    /// Wait this long before replacing a finished task, e.g. 5s (default:
+    /// 1 s, doubling with each quick failure in a row up to 60 s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub restart_delay: Option<Duration>,
+    /// Restart each replica at most this many times (default 0: no limit),
+    /// counted within --restart-window.
+    #[arg(long, value_name = "N")]
+    pub restart_max_attempts: Option<u64>,
+    /// How far back restarts count towards --restart-max-attempts, e.g. 1m
+    /// (default: all of them).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub restart_window: Option<Duration>,
     /// Publish a port: published=8080,target=80[,protocol=tcp|udp][,mode=ingress|host],
     /// or 8080:80[/udp] (repeatable, at most 64). ingress (default) answers on every node.
     #[arg(short, long = "publish")]

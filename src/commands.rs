@@ -1228,6 +1228,11 @@ fn service_json(s: &pb::Service) -> serde_json::Value {
             "EndpointMode": spec.endpoint_mode,
             "Constraints": spec.constraints,
             "RestartCondition": spec.restart_condition,
+            "RestartPolicy": spec.restart_policy.map(|p| serde_json::json!({
+                "Delay": p.has_delay.then_some(p.delay_ms * 1_000_000),
+                "MaxAttempts": p.max_attempts,
+                "Window": p.window_ms * 1_000_000,
+            })),
             "TaskTemplate": {
                 "ContainerSpec": spec.container.as_ref().map(|c| serde_json::json!({
                     "Image": c.image,
@@ -1263,7 +1268,17 @@ pub async fn service(c: &Client, cmd: crate::cli::ServiceCommand) -> anyhow::Res
             }
             let (command, container) = crate::workload::from_args(a.container)?;
             crate::workload::check_resources(&a.resources, container.is_some())?;
+            let restart_policy = (a.restart_delay.is_some()
+                || a.restart_max_attempts.is_some()
+                || a.restart_window.is_some())
+            .then(|| pb::RestartPolicy {
+                has_delay: a.restart_delay.is_some(),
+                delay_ms: a.restart_delay.map_or(0, |d| d.as_millis() as u64),
+                max_attempts: a.restart_max_attempts.unwrap_or(0),
+                window_ms: a.restart_window.map_or(0, |d| d.as_millis() as u64),
+            });
             let spec = pb::ServiceSpecMsg {
+                restart_policy,
                 resources: a.resources.to_wire(),
                 name: a.name.clone(),
                 mode: mode.into(),

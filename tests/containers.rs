@@ -3,6 +3,9 @@
 //! image loaded on each node with `weft image load`, replicas reached
 //! through their VIP and by name exactly as host-process tasks are.
 //! `ctr` is the independent view of what runs on each node.
+//! Resources (issue #14 stage 6): limits in the containers' cgroups (read
+//! from cgroupfs, v1 here), OOM kills shown and restarted, reservations
+//! honoured by the scheduler, and the restart delay and attempt limit.
 
 mod common;
 
@@ -520,4 +523,67 @@ fn limits_reach_the_cgroup_oom_kills_show_and_reservations_are_honoured() {
     );
     assert!(ps_rows(lab, "second", "pending").is_empty());
     eprintln!("{}", lab.weft("m1", &["service", "ps", "second"]));
+}
+
+#[test]
+fn restart_delay_and_max_attempts_bound_the_restarts() {
+    let mut lab = Lab::new("restart-policy", &["m1"]);
+    lab.start_all();
+    lab.init("m1", &["--heartbeat-period", "500ms"]);
+    for (flag, value, says) in [
+        (
+            "--restart-max-attempts",
+            "5000",
+            "give 0 (no limit) to 1000",
+        ),
+        ("--restart-delay", "soon", "invalid duration"),
+        ("--restart-window", "31d", "give at most 30d"),
+    ] {
+        let err = lab.weft_err(
+            "m1",
+            &[
+                "service", "create", "--name", "x", flag, value, "--", "true",
+            ],
+        );
+        assert!(err.contains(says), "{flag} {value}: {err}");
+    }
+    assert!(lab.weft("m1", &["service", "ls", "-q"]).trim().is_empty());
+
+    // Exits 3 at once: restarted twice, 300 ms apart, then left exited.
+    lab.weft(
+        "m1",
+        &[
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            "flaky",
+            "--restart-condition",
+            "on-failure",
+            "--restart-max-attempts",
+            "2",
+            "--restart-delay",
+            "300ms",
+            "--",
+            "sh",
+            "-c",
+            "exit 3",
+        ],
+    );
+    let (ids, _) = watch_ps(
+        &lab,
+        "flaky",
+        "exited (3)",
+        Duration::from_secs(6),
+        |_, _| false,
+    );
+    assert_eq!(ids.len(), 3, "the first task and two restarts: {ids:?}");
+    let rows = ps_rows(&lab, "flaky", "");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(rows[0].contains("exited (3)"), "{rows:?}");
+    let inspect: serde_json::Value =
+        serde_json::from_str(&lab.weft("m1", &["service", "inspect", "flaky"])).expect("json");
+    let p = &inspect[0]["Spec"]["RestartPolicy"];
+    assert_eq!(p["MaxAttempts"], 2, "{inspect}");
+    assert_eq!(p["Delay"], 300_000_000u64, "{inspect}");
 }

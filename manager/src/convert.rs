@@ -342,6 +342,7 @@ pub fn service_to_wire(state: &State, svc: &crate::store::Service) -> pb::Servic
             env: svc.spec.task.env.clone().into_iter().collect(),
             container: container_to_wire(&svc.spec.task.container),
             resources: resources_to_wire(&svc.spec.task.resources),
+            restart_policy: restart_policy_to_wire(&svc.spec.restart_policy),
             networks: svc.spec.networks.iter().map(net_name).collect(),
             endpoint_mode: match svc.spec.endpoint_mode {
                 EndpointMode::Vip => "vip".into(),
@@ -431,6 +432,31 @@ pub fn resources_to_wire(r: &crate::store::Resources) -> Option<pb::Resources> {
         limit_pids: r.limit_pids,
         reserve_nano_cpus: r.reserve_nano_cpus,
         reserve_memory_bytes: r.reserve_memory_bytes,
+    })
+}
+
+/// A request's restart delay, attempts and window, checked (see
+/// [`crate::validate::restart_policy`]); absent is the default.
+pub fn restart_policy_from_wire(
+    p: Option<pb::RestartPolicy>,
+) -> crate::error::Result<crate::store::RestartPolicy> {
+    let p = p.unwrap_or_default();
+    let policy = crate::store::RestartPolicy {
+        delay_ms: p.has_delay.then_some(p.delay_ms),
+        max_attempts: p.max_attempts,
+        window_ms: p.window_ms,
+    };
+    crate::validate::restart_policy(&policy)?;
+    Ok(policy)
+}
+
+/// The wire form of a service's restart policy; absent when default.
+pub fn restart_policy_to_wire(p: &crate::store::RestartPolicy) -> Option<pb::RestartPolicy> {
+    (!p.is_default()).then_some(pb::RestartPolicy {
+        has_delay: p.delay_ms.is_some(),
+        delay_ms: p.delay_ms.unwrap_or(0),
+        max_attempts: p.max_attempts,
+        window_ms: p.window_ms,
     })
 }
 

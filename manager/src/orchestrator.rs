@@ -14,6 +14,12 @@
 //! reported. A slot that fits nowhere stays empty; [`unplaced`] says why,
 //! and `service ps` shows it as a pending task. It is placed by a later
 //! plan, once capacity frees.
+//!
+//! Restarts follow the service's condition (any, on-failure, none), after
+//! its `--restart-delay` or else the backoff ([`restart_delay_ms`]), and
+//! at most `--restart-max-attempts` times within `--restart-window`: each
+//! task carries its slot's restart times ([`Task::restart_history`]), so
+//! the limit is decided from the store alone, the same on every manager.
 
 use std::collections::BTreeMap;
 
@@ -36,11 +42,53 @@ pub const MAX_RESTART_DELAY_MS: u64 = 60_000;
 /// having run: its replacement starts the backoff again.
 pub const RAN_MS: u64 = 10_000;
 
-/// How long after it finished `t` may be replaced.
-pub fn restart_delay_ms(t: &Task) -> u64 {
-    RESTART_DELAY_MS
-        .saturating_mul(1 << t.restarts.min(6))
-        .min(MAX_RESTART_DELAY_MS)
+/// How long after it finished `t` may be replaced: the service's
+/// `--restart-delay` when given (as Swarm does), else the backoff.
+pub fn restart_delay_ms(svc: &Service, t: &Task) -> u64 {
+    svc.spec.restart_policy.delay_ms.unwrap_or_else(|| {
+        RESTART_DELAY_MS
+            .saturating_mul(1 << t.restarts.min(6))
+            .min(MAX_RESTART_DELAY_MS)
+    })
+}
+
+/// The restarts of `t`'s slot that count against `--restart-max-attempts`
+/// when `t` finished: those within the window before its end (all of them
+/// without a window). Judged at its end, not now, so a task refused a
+/// restart stays refused.
+fn recent_restarts(svc: &Service, t: &Task) -> usize {
+    let window = svc.spec.restart_policy.window_ms;
+    let end = t.status.updated_at_ms;
+    t.restart_history
+        .iter()
+        .filter(|at| window == 0 || at.saturating_add(window) >= end)
+        .count()
+}
+
+/// Whether `t`'s slot may be restarted once more.
+fn attempts_left(svc: &Service, t: &Task) -> bool {
+    let max = svc.spec.restart_policy.max_attempts;
+    max == 0 || (recent_restarts(svc, t) as u64) < max
+}
+
+/// The restart history the replacement of `t`, made at `now_ms`, carries:
+/// `t`'s, plus this restart, cut to what the attempt limit can count
+/// (nothing without a limit).
+fn history_after(svc: &Service, t: &Task, now_ms: u64) -> Vec<u64> {
+    let p = svc.spec.restart_policy;
+    if p.max_attempts == 0 {
+        return Vec::new();
+    }
+    let mut h: Vec<u64> = t
+        .restart_history
+        .iter()
+        .copied()
+        .filter(|at| p.window_ms == 0 || at.saturating_add(p.window_ms) >= now_ms)
+        .collect();
+    h.push(now_ms);
+    let keep = usize::try_from(p.max_attempts).unwrap_or(usize::MAX);
+    let cut = h.len().saturating_sub(keep);
+    h.split_off(cut)
 }
 
 /// The failure count the replacement of the finished task `t` carries:
@@ -81,7 +129,9 @@ fn due_for_restart(svc: &Service, t: &Task, now_ms: u64) -> bool {
         RestartCondition::OnFailure => t.status.state.is_failure(),
         RestartCondition::None => false,
     };
-    wants && now_ms.saturating_sub(t.status.updated_at_ms) >= restart_delay_ms(t)
+    wants
+        && attempts_left(svc, t)
+        && now_ms.saturating_sub(t.status.updated_at_ms) >= restart_delay_ms(svc, t)
 }
 
 /// What the tasks on one node have reserved.
@@ -300,8 +350,9 @@ pub fn plan(state: &State, now_ms: u64, mut new_id: impl FnMut() -> String) -> V
             .filter(|t| t.service.as_ref().is_some_and(|r| r.service == svc.id))
             .collect();
         let mut kept: Vec<&Task> = Vec::new();
-        // The backoff a replacement inherits, by (slot, node for global).
-        let mut carry: BTreeMap<(u64, Option<NodeId>), u32> = BTreeMap::new();
+        // The backoff and restart history a replacement inherits, by
+        // (slot, node for global).
+        let mut carry: BTreeMap<(u64, Option<NodeId>), (u32, Vec<u64>)> = BTreeMap::new();
         for t in &tasks {
             let restart = t.status.state.is_terminal() && due_for_restart(svc, t, now_ms);
             let gone = must_leave(state, svc, t) || restart;
@@ -310,7 +361,7 @@ pub fn plan(state: &State, now_ms: u64, mut new_id: impl FnMut() -> String) -> V
                     ServiceMode::Global => (0, Some(t.node)),
                     ServiceMode::Replicated { .. } => (r.slot, None),
                 };
-                carry.insert(key, restarts_after(t));
+                carry.insert(key, (restarts_after(t), history_after(svc, t, now_ms)));
             }
             if gone {
                 out.push(Command::RemoveTask { id: t.id.clone() });
@@ -341,13 +392,15 @@ pub fn plan(state: &State, now_ms: u64, mut new_id: impl FnMut() -> String) -> V
             } else {
                 (slot, None)
             };
+            let (restarts, restart_history) = carry.get(&key).cloned().unwrap_or_default();
             out.push(Command::CreateServiceTask {
                 id: new_id(),
                 service: svc.id.clone(),
                 slot,
                 node,
                 now_ms,
-                restarts: carry.get(&key).copied().unwrap_or(0),
+                restarts,
+                restart_history,
             });
             let e = load.entry(node).or_default();
             e.0 += 1;
@@ -445,6 +498,7 @@ mod tests {
         s.apply(&Command::CreateService {
             id: "svc".into(),
             spec: ServiceSpec {
+                restart_policy: Default::default(),
                 name: "web".into(),
                 mode,
                 task: TaskSpec {
@@ -626,7 +680,7 @@ mod tests {
             let ran = if round == 8 { RAN_MS } else { 100 };
             let failed_at = t.created_at_ms + ran;
             t.status = TaskStatus::new(TaskState::Failed, failed_at);
-            let delay = restart_delay_ms(&s.tasks[&id]);
+            let delay = restart_delay_ms(&s.services["svc"], &s.tasks[&id]);
             assert!(
                 plan(&s, failed_at + delay - 1, || "x".into()).is_empty(),
                 "not before its delay"
@@ -745,6 +799,7 @@ mod tests {
         s.apply(&Command::CreateService {
             id: id.into(),
             spec: ServiceSpec {
+                restart_policy: Default::default(),
                 name: id.into(),
                 mode: mode.unwrap_or(ServiceMode::Replicated { replicas }),
                 task: TaskSpec {
@@ -901,6 +956,104 @@ mod tests {
             fits(&s, NodeId(1), &cpus)
                 .unwrap_err()
                 .contains("insufficient CPUs")
+        );
+    }
+
+    /// Fails the one task of the service at `at`, then applies the plan
+    /// made `after` ms later; returns whether it was replaced.
+    fn fail_and_plan(s: &mut State, at: u64, after: u64) -> bool {
+        let id = s.tasks.keys().next().unwrap().clone();
+        s.tasks.get_mut(&id).unwrap().status = TaskStatus::new(
+            TaskState::Exited {
+                code: Some(137),
+                oom: true,
+            },
+            at,
+        );
+        static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1 << 40);
+        for c in plan(s, at + after, || {
+            format!(
+                "{:016x}",
+                IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            )
+        }) {
+            s.apply(&c).unwrap();
+        }
+        !s.tasks.contains_key(&id)
+    }
+
+    /// One node, one running replica of `svc` restarted on failure under
+    /// `p`.
+    fn one_replica_with(p: crate::store::RestartPolicy) -> State {
+        let mut s = state(1);
+        service(&mut s, ServiceMode::Replicated { replicas: 1 }, vec![]);
+        converge(&mut s, 0);
+        let svc = s.services.get_mut("svc").unwrap();
+        svc.spec.restart = RestartCondition::OnFailure;
+        svc.spec.restart_policy = p;
+        s
+    }
+
+    #[test]
+    fn an_explicit_restart_delay_replaces_the_backoff() {
+        let mut s = one_replica_with(crate::store::RestartPolicy {
+            delay_ms: Some(5_000),
+            ..Default::default()
+        });
+        // Quick failures in a row: 5 s each time, never doubling.
+        let mut at = 1_000;
+        for _ in 0..4 {
+            assert!(!fail_and_plan(&mut s, at, 4_999), "not before 5 s");
+            assert!(fail_and_plan(&mut s, at, 5_000), "at 5 s");
+            at += 6_000;
+        }
+        // --restart-delay 0: at once.
+        s.services
+            .get_mut("svc")
+            .unwrap()
+            .spec
+            .restart_policy
+            .delay_ms = Some(0);
+        assert!(fail_and_plan(&mut s, at, 0));
+    }
+
+    #[test]
+    fn max_attempts_stop_restarts_within_the_window() {
+        let mut s = one_replica_with(crate::store::RestartPolicy {
+            delay_ms: Some(0),
+            max_attempts: 2,
+            window_ms: 0,
+        });
+        assert!(fail_and_plan(&mut s, 100, 0), "restart 1");
+        assert!(fail_and_plan(&mut s, 200, 0), "restart 2");
+        assert!(!fail_and_plan(&mut s, 300, 0), "no third");
+        // Refused for good: the task stays, finished, even much later.
+        assert!(plan(&s, 10_000_000, || "x".into()).is_empty());
+        let t = s.tasks.values().next().unwrap();
+        assert!(t.status.state.is_terminal());
+        assert_eq!(t.restart_history, vec![100, 200]);
+
+        // With a window, only the restarts within it count.
+        let mut s = one_replica_with(crate::store::RestartPolicy {
+            delay_ms: Some(0),
+            max_attempts: 2,
+            window_ms: 60_000,
+        });
+        assert!(fail_and_plan(&mut s, 1_000, 0));
+        assert!(fail_and_plan(&mut s, 2_000, 0));
+        assert!(!fail_and_plan(&mut s, 3_000, 0), "two within a minute");
+        // A slot whose restarts are older than the window restarts again.
+        let mut s2 = one_replica_with(s.services["svc"].spec.restart_policy);
+        assert!(fail_and_plan(&mut s2, 1_000, 0));
+        assert!(fail_and_plan(&mut s2, 2_000, 0));
+        assert!(
+            fail_and_plan(&mut s2, 70_000, 0),
+            "the first two are out of the window"
+        );
+        assert_eq!(
+            s2.tasks.values().next().unwrap().restart_history,
+            vec![70_000],
+            "only what the limit can count is carried"
         );
     }
 

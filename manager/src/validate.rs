@@ -151,6 +151,34 @@ pub fn resources(r: &crate::store::Resources, container: bool) -> Result<()> {
     Ok(())
 }
 
+/// Longest `--restart-delay`.
+pub const MAX_RESTART_DELAY_MS: u64 = 24 * 3600 * 1000;
+/// Longest `--restart-window`.
+pub const MAX_RESTART_WINDOW_MS: u64 = 30 * 24 * 3600 * 1000;
+/// Most `--restart-max-attempts` (the history a task carries is as long).
+pub const MAX_RESTART_ATTEMPTS: u64 = 1000;
+
+/// A service's restart delay, attempts and window, within their bounds.
+pub fn restart_policy(p: &crate::store::RestartPolicy) -> Result<()> {
+    if p.delay_ms.is_some_and(|d| d > MAX_RESTART_DELAY_MS) {
+        return Err(Error::InvalidInput(
+            "--restart-delay: give at most 24h".into(),
+        ));
+    }
+    if p.max_attempts > MAX_RESTART_ATTEMPTS {
+        return Err(Error::InvalidInput(format!(
+            "--restart-max-attempts {}: give 0 (no limit) to {MAX_RESTART_ATTEMPTS}",
+            p.max_attempts
+        )));
+    }
+    if p.window_ms > MAX_RESTART_WINDOW_MS {
+        return Err(Error::InvalidInput(
+            "--restart-window: give at most 30d".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// A random 16-hex-digit object ID.
 pub fn random_id() -> String {
     format!("{:016x}", rand::random::<u64>())
@@ -160,6 +188,34 @@ pub fn random_id() -> String {
 mod tests {
     use super::*;
     use crate::store::{ContainerOpts, Resources};
+
+    #[test]
+    fn restart_policy_bounds() {
+        use crate::store::RestartPolicy;
+        let ok = RestartPolicy {
+            delay_ms: Some(0),
+            max_attempts: 3,
+            window_ms: 60_000,
+        };
+        restart_policy(&ok).unwrap();
+        for bad in [
+            RestartPolicy {
+                delay_ms: Some(MAX_RESTART_DELAY_MS + 1),
+                ..ok
+            },
+            RestartPolicy {
+                max_attempts: MAX_RESTART_ATTEMPTS + 1,
+                ..ok
+            },
+            RestartPolicy {
+                window_ms: MAX_RESTART_WINDOW_MS + 1,
+                ..ok
+            },
+        ] {
+            let e = restart_policy(&bad).unwrap_err().to_string();
+            assert!(e.contains("--restart-"), "{bad:?}: {e}");
+        }
+    }
 
     #[test]
     fn resource_bounds() {

@@ -57,6 +57,7 @@ impl ControlService {
         }
         let container = crate::convert::container_from_wire(m.container.take(), &m.command)?;
         let resources = crate::convert::resources_from_wire(m.resources, container.is_some())?;
+        let restart_policy = crate::convert::restart_policy_from_wire(m.restart_policy)?;
         if container.is_none() && (m.command.is_empty() || m.command[0].is_empty()) {
             return Err(Error::InvalidInput(
                 "no image or command given: `weft service create [OPTIONS] IMAGE [COMMAND...]` \
@@ -116,6 +117,7 @@ impl ControlService {
             endpoint_mode,
             constraints,
             restart,
+            restart_policy,
         })
     }
 

@@ -616,6 +616,7 @@ mod tests {
         s.apply(&Command::CreateService {
             id: "s1".into(),
             spec: ServiceSpec {
+                restart_policy: Default::default(),
                 name: "web".into(),
                 mode: ServiceMode::Replicated { replicas: 2 },
                 task: TaskSpec::default(),
@@ -633,6 +634,7 @@ mod tests {
         .unwrap();
         for (id, node) in [("r1", 1), ("r2", 2)] {
             s.apply(&Command::CreateServiceTask {
+                restart_history: Vec::new(),
                 id: id.into(),
                 service: "s1".into(),
                 slot: 1,

@@ -250,6 +250,9 @@ pub enum Command {
         /// Failures in a row of the slot's previous tasks (the backoff).
         #[serde(default)]
         restarts: u32,
+        /// When the slot's tasks were restarted (for the attempt limit).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        restart_history: Vec<u64>,
     },
     /// A node reported its WireGuard public key; a tunnel address is
     /// allocated with its first one.
@@ -751,6 +754,7 @@ impl State {
                 node,
                 now_ms,
                 restarts,
+                restart_history,
             } => {
                 let svc = self
                     .services
@@ -784,6 +788,7 @@ impl State {
                     self.allocate_task(id, &name, *node, &spec, &networks, false, *now_ms)?;
                 task.service = Some(sref);
                 task.restarts = *restarts;
+                task.restart_history = restart_history.clone();
                 self.tasks.insert(task.id.clone(), task);
                 Ok(Applied::Done)
             }
@@ -1169,6 +1174,7 @@ impl State {
             network_mode: NetworkMode::Attached,
             ports: Vec::new(),
             restarts: 0,
+            restart_history: Vec::new(),
         })
     }
 

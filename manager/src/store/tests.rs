@@ -617,6 +617,7 @@ fn published_ports_are_unique_per_node_and_picked_from_the_range() {
     .unwrap_err();
     assert!(e.to_string().contains("outside"), "{e}");
     let svc = |ports: Vec<PortRequest>, mode| ServiceSpec {
+        restart_policy: Default::default(),
         name: "web".into(),
         mode: ServiceMode::Replicated { replicas: 1 },
         task: TaskSpec::default(),
@@ -662,6 +663,7 @@ fn published_ports_are_unique_per_node_and_picked_from_the_range() {
     assert_eq!(net.subnet.to_string(), "10.255.0.0/16");
     assert_eq!(net.node_endpoints.len(), 2);
     s.apply(&Command::CreateServiceTask {
+        restart_history: Vec::new(),
         id: "r1".into(),
         service: "s1".into(),
         slot: 1,
@@ -715,6 +717,7 @@ fn ingress_subnet_is_kept_free_and_moves_only_while_unused() {
     let publish = |id: &str| Command::CreateService {
         id: id.into(),
         spec: ServiceSpec {
+            restart_policy: Default::default(),
             name: format!("web-{id}"),
             mode: ServiceMode::Replicated { replicas: 1 },
             task: TaskSpec::default(),
@@ -777,6 +780,7 @@ fn ingress_subnet_is_kept_free_and_moves_only_while_unused() {
     assert!(e.to_string().contains("web-s1"), "{e}");
     assert_eq!(s, before);
     s.apply(&Command::CreateServiceTask {
+        restart_history: Vec::new(),
         id: "r1".into(),
         service: "s1".into(),
         slot: 1,

@@ -594,6 +594,10 @@ pub struct Task {
     /// it was made, before this one: the restart backoff (0 in old records).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub restarts: u32,
+    /// When its slot's tasks were restarted before it (unix ms, oldest
+    /// first), as far as `--restart-max-attempts` needs to count them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restart_history: Vec<u64>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -777,6 +781,35 @@ pub struct ServiceSpec {
     /// Published ports.
     #[serde(default)]
     pub ports: Vec<PortRequest>,
+    /// `--restart-delay`, `--restart-max-attempts`, `--restart-window`
+    /// (absent in old records: the automatic backoff, no limit).
+    #[serde(default, skip_serializing_if = "RestartPolicy::is_default")]
+    pub restart_policy: RestartPolicy,
+}
+
+/// How often, and how soon, finished tasks are replaced (beside the
+/// condition, [`RestartCondition`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartPolicy {
+    /// `--restart-delay`: a fixed wait before a replacement, instead of
+    /// the automatic backoff (1 s doubling to 60 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
+    /// `--restart-max-attempts`: at most this many restarts of a slot (0:
+    /// no limit), counted within the window.
+    #[serde(default, skip_serializing_if = "is_zero64")]
+    pub max_attempts: u64,
+    /// `--restart-window`: how far back restarts count towards the limit
+    /// (0: all of them).
+    #[serde(default, skip_serializing_if = "is_zero64")]
+    pub window_ms: u64,
+}
+
+impl RestartPolicy {
+    /// No delay, no limit: the automatic backoff.
+    pub fn is_default(&self) -> bool {
+        *self == RestartPolicy::default()
+    }
 }
 
 /// A service.

@@ -106,6 +106,7 @@ fn covers_every_node_of_a_mixed_cluster() {
         apply(
             &mut s,
             Command::CreateServiceTask {
+                restart_history: Vec::new(),
                 id: format!("g{n}"),
                 service: "s2".into(),
                 slot: 0,
