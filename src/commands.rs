@@ -1268,17 +1268,8 @@ pub async fn service(c: &Client, cmd: crate::cli::ServiceCommand) -> anyhow::Res
             }
             let (command, container) = crate::workload::from_args(a.container)?;
             crate::workload::check_resources(&a.resources, container.is_some())?;
-            let restart_policy = (a.restart_delay.is_some()
-                || a.restart_max_attempts.is_some()
-                || a.restart_window.is_some())
-            .then(|| pb::RestartPolicy {
-                has_delay: a.restart_delay.is_some(),
-                delay_ms: a.restart_delay.map_or(0, |d| d.as_millis() as u64),
-                max_attempts: a.restart_max_attempts.unwrap_or(0),
-                window_ms: a.restart_window.map_or(0, |d| d.as_millis() as u64),
-            });
             let spec = pb::ServiceSpecMsg {
-                restart_policy,
+                restart_policy: crate::resources::restart_policy(&a.restart),
                 resources: a.resources.to_wire(),
                 name: a.name.clone(),
                 mode: mode.into(),
@@ -1431,6 +1422,8 @@ pub async fn service(c: &Client, cmd: crate::cli::ServiceCommand) -> anyhow::Res
                     constraint_add: a.constraint_add,
                     constraint_rm: a.constraint_rm,
                     force: a.force,
+                    resources: a.resources.to_wire(),
+                    restart_policy: crate::resources::restart_update(&a.restart),
                 })
                 .await
                 .map_err(rpc)?

@@ -50,6 +50,73 @@ impl ResourceArgs {
     }
 }
 
+/// `service update`'s resource flags: each given replaces the service's;
+/// `0` removes it.
+#[derive(Debug, Args, Default)]
+pub struct ResourceUpdateArgs {
+    /// New CPU limit, e.g. 0.5 (0: none).
+    #[arg(long, value_name = "CPUS", value_parser = zero_or(parse_nano_cpus))]
+    pub limit_cpu: Option<u64>,
+    /// New memory limit, e.g. 64m (0: none).
+    #[arg(long, value_name = "BYTES", value_parser = zero_or(parse_memory))]
+    pub limit_memory: Option<u64>,
+    /// New process limit (0: none).
+    #[arg(long, value_name = "N", value_parser = zero_or(parse_pids))]
+    pub limit_pids: Option<u64>,
+    /// New CPU reservation (0: none).
+    #[arg(long, value_name = "CPUS", value_parser = zero_or(parse_nano_cpus))]
+    pub reserve_cpu: Option<u64>,
+    /// New memory reservation (0: none).
+    #[arg(long, value_name = "BYTES", value_parser = zero_or(parse_memory))]
+    pub reserve_memory: Option<u64>,
+}
+
+impl ResourceUpdateArgs {
+    /// The wire form; absent when nothing was given.
+    pub fn to_wire(&self) -> Option<pb::ResourcesUpdate> {
+        let u = pb::ResourcesUpdate {
+            limit_nano_cpus: self.limit_cpu,
+            limit_memory_bytes: self.limit_memory,
+            limit_pids: self.limit_pids,
+            reserve_nano_cpus: self.reserve_cpu,
+            reserve_memory_bytes: self.reserve_memory,
+        };
+        (u != pb::ResourcesUpdate::default()).then_some(u)
+    }
+}
+
+/// A parser that also takes `0` (none), for `service update`.
+fn zero_or(
+    parse: fn(&str) -> Result<u64, String>,
+) -> impl Fn(&str) -> Result<u64, String> + Clone + Send + Sync + 'static {
+    move |s: &str| if s == "0" { Ok(0) } else { parse(s) }
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// `service create`'s restart policy; absent when no flag was given.
+pub fn restart_policy(a: &crate::cli::RestartArgs) -> Option<pb::RestartPolicy> {
+    let u = restart_update(a)?;
+    Some(pb::RestartPolicy {
+        has_delay: u.delay_ms.is_some(),
+        delay_ms: u.delay_ms.unwrap_or(0),
+        max_attempts: u.max_attempts.unwrap_or(0),
+        window_ms: u.window_ms.unwrap_or(0),
+    })
+}
+
+/// `service update`'s restart-policy changes; absent when none.
+pub fn restart_update(a: &crate::cli::RestartArgs) -> Option<pb::RestartPolicyUpdate> {
+    let u = pb::RestartPolicyUpdate {
+        delay_ms: a.restart_delay.map(millis),
+        max_attempts: a.restart_max_attempts,
+        window_ms: a.restart_window.map(millis),
+    };
+    (u != pb::RestartPolicyUpdate::default()).then_some(u)
+}
+
 /// `0.5` → 500000000 billionths of a CPU (Docker's `--cpus`).
 pub fn parse_nano_cpus(s: &str) -> Result<u64, String> {
     let err = || format!("invalid CPUs {s:?}: give a number such as 0.5, 1 or 2.25");

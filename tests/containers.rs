@@ -405,6 +405,49 @@ fn limits_reach_the_cgroup_oom_kills_show_and_reservations_are_honoured() {
     let res = &inspect[0]["Spec"]["TaskTemplate"]["Resources"];
     assert_eq!(res["Limits"]["MemoryBytes"], 33554432, "{inspect}");
     assert_eq!(res["Limits"]["NanoCPUs"], 500000000, "{inspect}");
+    // service update changes a limit (the task is replaced) and removes
+    // another with 0; a limit it cannot take changes nothing.
+    let err = lab.weft_err(
+        "m1",
+        &["service", "update", "--limit-memory", "1k", "limited"],
+    );
+    assert!(err.contains("give 6m"), "{err}");
+    lab.weft(
+        "m1",
+        &[
+            "service",
+            "update",
+            "--limit-memory",
+            "48m",
+            "--limit-pids",
+            "0",
+            "limited",
+        ],
+    );
+    wait_for(
+        "a container with the new limit",
+        Duration::from_secs(30),
+        || {
+            rig.running("w1").into_iter().any(|c| {
+                c != id
+                    && rig
+                        .ctrd("w1")
+                        .cgroup_v1_file("memory", &c, "memory.limit_in_bytes")
+                        == "50331648"
+            })
+        },
+    );
+    let new = rig.running("w1").into_iter().find(|c| *c != id).unwrap();
+    assert_eq!(
+        rig.ctrd("w1").cgroup_v1_file("pids", &new, "pids.max"),
+        "max"
+    );
+    assert_eq!(
+        rig.ctrd("w1")
+            .cgroup_v1_file("cpu", &new, "cpu.cfs_quota_us"),
+        "50000",
+        "the CPU limit stays"
+    );
     lab.weft("m1", &["service", "rm", "limited"]);
 
     // A container that outgrows --limit-memory is OOM-killed, shown as

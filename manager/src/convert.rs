@@ -460,6 +460,40 @@ pub fn restart_policy_to_wire(p: &crate::store::RestartPolicy) -> Option<pb::Res
     })
 }
 
+/// Applies `service update`'s resource changes to `r` (fields given
+/// replace, 0 is none) and checks the result.
+pub fn update_resources(
+    r: &mut crate::store::Resources,
+    u: &pb::ResourcesUpdate,
+    container: bool,
+) -> crate::error::Result<()> {
+    let set = |field: &mut u64, v: Option<u64>| {
+        if let Some(v) = v {
+            *field = v;
+        }
+    };
+    set(&mut r.limit_nano_cpus, u.limit_nano_cpus);
+    set(&mut r.limit_memory_bytes, u.limit_memory_bytes);
+    set(&mut r.limit_pids, u.limit_pids);
+    set(&mut r.reserve_nano_cpus, u.reserve_nano_cpus);
+    set(&mut r.reserve_memory_bytes, u.reserve_memory_bytes);
+    crate::validate::resources(r, container)
+}
+
+/// Applies `service update`'s restart-policy changes to `p` and checks
+/// the result.
+pub fn update_restart_policy(
+    p: &mut crate::store::RestartPolicy,
+    u: &pb::RestartPolicyUpdate,
+) -> crate::error::Result<()> {
+    if let Some(d) = u.delay_ms {
+        p.delay_ms = Some(d);
+    }
+    p.max_attempts = u.max_attempts.unwrap_or(p.max_attempts);
+    p.window_ms = u.window_ms.unwrap_or(p.window_ms);
+    crate::validate::restart_policy(p)
+}
+
 /// The wire form of a task's container options.
 pub fn container_to_wire(c: &Option<crate::store::ContainerOpts>) -> Option<pb::ContainerConfig> {
     c.as_ref().map(|c| pb::ContainerConfig {
@@ -505,6 +539,43 @@ mod tests {
         ] {
             assert!(task_status_from_wire(&bad, 0).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn service_updates_change_only_the_resources_given() {
+        let mut r = crate::store::Resources {
+            limit_nano_cpus: 500_000_000,
+            limit_memory_bytes: 64 << 20,
+            limit_pids: 10,
+            ..Default::default()
+        };
+        let u = pb::ResourcesUpdate {
+            limit_memory_bytes: Some(128 << 20),
+            limit_pids: Some(0),
+            ..Default::default()
+        };
+        update_resources(&mut r, &u, true).unwrap();
+        assert_eq!(
+            r,
+            crate::store::Resources {
+                limit_nano_cpus: 500_000_000,
+                limit_memory_bytes: 128 << 20,
+                ..Default::default()
+            }
+        );
+        let mut host = crate::store::Resources::default();
+        assert!(
+            update_resources(&mut host, &u, false).is_err(),
+            "limits on a host process"
+        );
+        let mut p = crate::store::RestartPolicy::default();
+        let u = pb::RestartPolicyUpdate {
+            max_attempts: Some(3),
+            ..Default::default()
+        };
+        update_restart_policy(&mut p, &u).unwrap();
+        assert_eq!(p.max_attempts, 3);
+        assert_eq!(p.delay_ms, None, "the backoff stays");
     }
 
     #[test]

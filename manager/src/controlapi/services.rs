@@ -206,6 +206,13 @@ impl ControlService {
                 spec.constraints.push(c);
             }
         }
+        if let Some(u) = &r.resources {
+            let container = spec.task.container.is_some();
+            crate::convert::update_resources(&mut spec.task.resources, u, container)?;
+        }
+        if let Some(u) = &r.restart_policy {
+            crate::convert::update_restart_policy(&mut spec.restart_policy, u)?;
+        }
         for (unit, before, after, max) in [
             (
                 "networks",
