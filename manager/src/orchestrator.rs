@@ -298,38 +298,47 @@ pub fn schedule(
 /// eligible nodes without room for one (slot 0, the node's reason). Empty
 /// while every wanted task exists (or the next plan will create it).
 pub fn unplaced(state: &State, svc: &Service) -> Vec<(u64, Option<NodeId>, String)> {
-    let mine: Vec<&Task> = state
+    use std::collections::BTreeSet;
+    let mine = state
         .tasks
         .values()
-        .filter(|t| t.service.as_ref().is_some_and(|r| r.service == svc.id))
-        .collect();
-    let used = reserved(state);
+        .filter_map(|t| Some((t, t.service.as_ref()?)))
+        .filter(|(_, r)| r.service == svc.id);
     match svc.spec.mode {
         ServiceMode::Replicated { replicas } => {
-            let missing = (1..=replicas).filter(|slot| {
-                !mine
-                    .iter()
-                    .any(|t| t.service.as_ref().is_some_and(|r| r.slot == *slot))
-            });
-            let mut out = Vec::new();
-            for slot in missing {
-                match schedule(state, svc, &BTreeMap::new(), &used) {
-                    Ok(_) => break,
-                    Err(why) => out.push((slot, None, why)),
-                }
+            let slots: BTreeSet<u64> = mine.map(|(_, r)| r.slot).collect();
+            // The first empty slot decides: every later one waits for the
+            // same reason, and while one can be placed the next plan does.
+            let Some(first) = (1..=replicas).find(|s| !slots.contains(s)) else {
+                return Vec::new();
+            };
+            match schedule(state, svc, &BTreeMap::new(), &reserved(state)) {
+                Ok(_) => Vec::new(),
+                Err(why) => (first..=replicas)
+                    .filter(|s| !slots.contains(s))
+                    .map(|s| (s, None, why.clone()))
+                    .collect(),
             }
-            out
         }
-        ServiceMode::Global => state
-            .nodes
-            .values()
-            .filter(|n| eligible(n, svc) && !mine.iter().any(|t| t.node == n.id))
-            .filter_map(|n| {
-                fit(n, svc, &used)
-                    .err()
-                    .map(|u| (0, Some(n.id), no_node(&[u])))
-            })
-            .collect(),
+        ServiceMode::Global => {
+            let nodes: BTreeSet<NodeId> = mine.map(|(t, _)| t.node).collect();
+            let mut empty = state
+                .nodes
+                .values()
+                .filter(|n| eligible(n, svc) && !nodes.contains(&n.id))
+                .peekable();
+            if empty.peek().is_none() {
+                return Vec::new();
+            }
+            let used = reserved(state);
+            empty
+                .filter_map(|n| {
+                    fit(n, svc, &used)
+                        .err()
+                        .map(|u| (0, Some(n.id), no_node(&[u])))
+                })
+                .collect()
+        }
     }
 }
 
