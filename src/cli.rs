@@ -709,7 +709,7 @@ pub struct RestartArgs {
     #[arg(long, value_name = "N")]
     pub restart_max_attempts: Option<u64>,
     /// How far back restarts count towards --restart-max-attempts, e.g. 1m
-    /// (0: all of them, the default).
+    /// (0s: all of them, the default).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub restart_window: Option<Duration>,
 }

@@ -25,8 +25,9 @@ pub struct ResourceArgs {
     /// CPUs to reserve on the task's node, e.g. 0.25.
     #[arg(long, value_name = "CPUS", value_parser = parse_nano_cpus)]
     pub reserve_cpu: Option<u64>,
-    /// Memory to reserve on the task's node, e.g. 128m; a task that fits
-    /// on no node stays pending (the reason shows in `service ps`).
+    /// Memory to reserve on the task's node, e.g. 128m; a replica that
+    /// fits on no node stays pending (the reason shows in `service ps`),
+    /// and `weft run` refuses a task its node has no room for.
     #[arg(long, value_name = "BYTES", value_parser = parse_memory)]
     pub reserve_memory: Option<u64>,
 }
