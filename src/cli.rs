@@ -575,7 +575,7 @@ pub enum RestartArg {
 #[derive(Debug, Subcommand)]
 pub enum ServiceCommand {
     /// Create a service.
-    Create(ServiceCreateArgs),
+    Create(Box<ServiceCreateArgs>),
     /// List services.
     #[command(alias = "list")]
     Ls {
@@ -604,7 +604,7 @@ pub enum ServiceCommand {
         pairs: Vec<String>,
     },
     /// Change a service; tasks are replaced one at a time.
-    Update(ServiceUpdateArgs),
+    Update(Box<ServiceUpdateArgs>),
     /// Remove services and their tasks.
     #[command(alias = "remove")]
     Rm {
@@ -651,6 +651,8 @@ pub struct ServiceCreateArgs {
     /// When finished tasks are replaced.
     #[arg(long, value_enum)]
     pub restart_condition: Option<RestartArg>,
+    #[command(flatten)]
+    pub restart: RestartArgs,
     /// Publish a port: published=8080,target=80[,protocol=tcp|udp][,mode=ingress|host],
     /// or 8080:80[/udp] (repeatable, at most 64). ingress (default) answers on every node.
     #[arg(short, long = "publish")]
@@ -660,6 +662,8 @@ pub struct ServiceCreateArgs {
     pub detach: bool,
     #[command(flatten)]
     pub stop: StopArgs,
+    #[command(flatten)]
+    pub resources: crate::resources::ResourceArgs,
     #[command(flatten)]
     pub container: ContainerArgs,
 }
@@ -711,6 +715,24 @@ fn parse_signal(s: &str) -> Result<i32, String> {
     weft_proto::signal::parse(s).map_err(|e| e.to_string())
 }
 
+/// How often and how soon finished tasks are replaced (`service create`
+/// and `service update`).
+#[derive(Debug, Args)]
+pub struct RestartArgs {
+    /// Wait this long before replacing a finished task, e.g. 5s (default:
+    /// 1 s, doubling with each quick failure in a row up to 60 s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub restart_delay: Option<Duration>,
+    /// Restart each replica at most this many times (0: no limit, the
+    /// default), counted within --restart-window.
+    #[arg(long, value_name = "N")]
+    pub restart_max_attempts: Option<u64>,
+    /// How far back restarts count towards --restart-max-attempts, e.g. 1m
+    /// (0s: all of them, the default).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub restart_window: Option<Duration>,
+}
+
 /// `weft service update`.
 #[derive(Debug, Args)]
 pub struct ServiceUpdateArgs {
@@ -739,6 +761,10 @@ pub struct ServiceUpdateArgs {
     /// Replace every task even if nothing changed.
     #[arg(long)]
     pub force: bool,
+    #[command(flatten)]
+    pub resources: crate::resources::ResourceUpdateArgs,
+    #[command(flatten)]
+    pub restart: RestartArgs,
     /// Return at once instead of waiting for convergence.
     #[arg(short, long)]
     pub detach: bool,
@@ -772,6 +798,8 @@ pub struct RunArgs {
     pub detach: bool,
     #[command(flatten)]
     pub stop: StopArgs,
+    #[command(flatten)]
+    pub resources: crate::resources::ResourceArgs,
     #[command(flatten)]
     pub container: ContainerArgs,
 }

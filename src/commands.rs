@@ -626,6 +626,7 @@ fn node_json(n: &pb::Node) -> serde_json::Value {
             serde_json::Value::Null
         },
         "CertificateExpiry": n.cert_expiry,
+        "Description": crate::resources::node_json(n.resources.as_ref()),
         "CreatedAtMs": n.created_at_ms,
         "UpdatedAtMs": n.updated_at_ms,
     })
@@ -1004,6 +1005,7 @@ pub async fn run_task(c: &Client, a: crate::cli::RunArgs) -> anyhow::Result<()> 
         .collect::<anyhow::Result<_>>()?;
     let stop = crate::workload::stop_from_args(&a.stop)?;
     let (command, container) = crate::workload::from_args(a.container)?;
+    crate::workload::check_resources(&a.resources, container.is_some())?;
     let task = c
         .daemon()
         .run(pb::RunTaskRequest {
@@ -1015,6 +1017,7 @@ pub async fn run_task(c: &Client, a: crate::cli::RunArgs) -> anyhow::Result<()> 
             ports,
             container,
             stop,
+            resources: a.resources.to_wire(),
         })
         .await
         .map_err(rpc)?
@@ -1227,6 +1230,11 @@ fn service_json(s: &pb::Service) -> serde_json::Value {
             "EndpointMode": spec.endpoint_mode,
             "Constraints": spec.constraints,
             "RestartCondition": spec.restart_condition,
+            "RestartPolicy": spec.restart_policy.map(|p| serde_json::json!({
+                "Delay": p.has_delay.then_some(p.delay_ms * 1_000_000),
+                "MaxAttempts": p.max_attempts,
+                "Window": p.window_ms * 1_000_000,
+            })),
             "TaskTemplate": {
                 "ContainerSpec": spec.container.as_ref().map(|c| serde_json::json!({
                     "Image": c.image,
@@ -1240,6 +1248,7 @@ fn service_json(s: &pb::Service) -> serde_json::Value {
                     spec.stop.as_ref().map(|p| p.signal).filter(|s| *s != 0).unwrap_or(weft_proto::signal::SIGTERM)
                 ),
                 "StopGracePeriod": spec.stop.as_ref().filter(|p| p.has_grace).map(|p| p.grace_ms * 1_000_000).unwrap_or(10_000_000_000),
+                "Resources": crate::resources::task_json(spec.resources.as_ref()),
             },
         },
         "Endpoint": {
@@ -1265,7 +1274,10 @@ pub async fn service(c: &Client, cmd: crate::cli::ServiceCommand) -> anyhow::Res
             }
             let stop = crate::workload::stop_from_args(&a.stop)?;
             let (command, container) = crate::workload::from_args(a.container)?;
+            crate::workload::check_resources(&a.resources, container.is_some())?;
             let spec = pb::ServiceSpecMsg {
+                restart_policy: crate::resources::restart_policy(&a.restart),
+                resources: a.resources.to_wire(),
                 name: a.name.clone(),
                 mode: mode.into(),
                 replicas: a.replicas.unwrap_or(if mode == "global" { 0 } else { 1 }),
@@ -1418,6 +1430,8 @@ pub async fn service(c: &Client, cmd: crate::cli::ServiceCommand) -> anyhow::Res
                     constraint_add: a.constraint_add,
                     constraint_rm: a.constraint_rm,
                     force: a.force,
+                    resources: a.resources.to_wire(),
+                    restart_policy: crate::resources::restart_update(&a.restart),
                 })
                 .await
                 .map_err(rpc)?

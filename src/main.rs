@@ -9,6 +9,7 @@ mod doctor;
 mod image_cmd;
 mod lab;
 mod publish;
+mod resources;
 mod settings;
 mod task_text;
 mod unlock;

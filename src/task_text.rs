@@ -29,7 +29,7 @@ pub fn state(t: &pb::Task) -> pb::TaskState {
 
 /// The state column: the word, with a running task's health
 /// (`running (healthy)`) or an exited task's code and the OOM killer
-/// (`exited (0)`, `exited (137, oom)`, `exited (oom)`).
+/// (`exited (0)`, `exited (137, OOM killed)`, `exited (OOM killed)`).
 pub fn current(t: &pb::Task) -> String {
     let Some(s) = &t.status else {
         return word(pb::TaskState::Unspecified).into();
@@ -43,8 +43,8 @@ pub fn current(t: &pb::Task) -> String {
         },
         pb::TaskState::Exited => match (s.has_exit_code, s.oom_killed) {
             (true, false) => Some(s.exit_code.to_string()),
-            (true, true) => Some(format!("{}, oom", s.exit_code)),
-            (false, true) => Some("oom".to_string()),
+            (true, true) => Some(format!("{}, OOM killed", s.exit_code)),
+            (false, true) => Some("OOM killed".to_string()),
             (false, false) => None,
         },
         _ => None,
@@ -141,14 +141,14 @@ mod tests {
                     oom_killed: true,
                     ..status(pb::TaskState::Exited)
                 },
-                "exited (137, oom)",
+                "exited (137, OOM killed)",
             ),
             (
                 pb::TaskStatus {
                     oom_killed: true,
                     ..status(pb::TaskState::Exited)
                 },
-                "exited (oom)",
+                "exited (OOM killed)",
             ),
             (status(pb::TaskState::Exited), "exited"),
             (status(pb::TaskState::New), "new"),

@@ -64,6 +64,18 @@ pub fn from_args(a: ContainerArgs) -> anyhow::Result<(Vec<String>, Option<pb::Co
     }
 }
 
+/// Limits are for containers: a host process runs unisolated in the
+/// daemon's cgroup, which weft does not split (the managers refuse it too).
+pub fn check_resources(r: &crate::resources::ResourceArgs, container: bool) -> anyhow::Result<()> {
+    if r.has_limits() && !container {
+        bail!(
+            "--limit-cpu, --limit-memory and --limit-pids are for containers: a host process \
+             (-- CMD) runs unisolated in the daemon's cgroup; give an IMAGE"
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

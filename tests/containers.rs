@@ -3,6 +3,9 @@
 //! image loaded on each node with `weft image load`, replicas reached
 //! through their VIP and by name exactly as host-process tasks are.
 //! `ctr` is the independent view of what runs on each node.
+//! Resources (issue #14 stage 6): limits in the containers' cgroups (read
+//! from cgroupfs, v1 here), OOM kills shown and restarted, reservations
+//! honoured by the scheduler, and the restart delay and attempt limit.
 
 mod common;
 
@@ -82,6 +85,32 @@ fn running_rows(lab: &Lab, service: &str) -> Vec<String> {
         .filter(|l| l.contains(" running"))
         .map(str::to_owned)
         .collect()
+}
+
+/// Watches `service ps SERVICE` for up to `limit` (or until `done` says
+/// so): every task ID seen, and the last row containing `needle`.
+fn watch_ps(
+    lab: &Lab,
+    service: &str,
+    needle: &str,
+    limit: Duration,
+    done: impl Fn(&BTreeSet<String>, &str) -> bool,
+) -> (BTreeSet<String>, String) {
+    let mut ids = BTreeSet::new();
+    let mut row = String::new();
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit && !done(&ids, &row) {
+        for l in lab.weft("m1", &["service", "ps", service]).lines().skip(1) {
+            if let Some(id) = l.split_whitespace().next() {
+                ids.insert(id.to_string());
+            }
+            if l.contains(needle) {
+                row = l.to_string();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (ids, row)
 }
 
 #[test]
@@ -189,21 +218,13 @@ fn a_service_of_containers_answers_through_its_vip_and_by_name() {
             "nope:latest",
         ],
     );
-    let mut ids = BTreeSet::new();
-    let mut shown = String::new();
-    let start = std::time::Instant::now();
-    while start.elapsed() < Duration::from_secs(12) {
-        let ps = lab.weft("m1", &["service", "ps", "bad"]);
-        for l in ps.lines().skip(1) {
-            if let Some(id) = l.split_whitespace().next() {
-                ids.insert(id.to_string());
-            }
-            if l.contains("no such image") {
-                shown = l.to_string();
-            }
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let (ids, shown) = watch_ps(
+        lab,
+        "bad",
+        "no such image",
+        Duration::from_secs(12),
+        |_, _| false,
+    );
     assert!(
         shown.contains("failed") && shown.contains("no such image: nope:latest"),
         "service ps shows why: {shown:?}"
@@ -225,6 +246,379 @@ fn a_service_of_containers_answers_through_its_vip_and_by_name() {
     wait_for("no web containers", Duration::from_secs(30), || {
         rig.containers("w1").is_empty() && rig.containers("w2").is_empty()
     });
+}
+
+/// Rows of `service ps SERVICE` that contain `needle`.
+fn ps_rows(lab: &Lab, service: &str, needle: &str) -> Vec<String> {
+    lab.weft("m1", &["service", "ps", service])
+        .lines()
+        .skip(1)
+        .filter(|l| l.contains(needle))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Rows of `service ps SERVICE` whose CURRENT state is running (the
+/// DESIRED column says running for pending tasks too).
+fn current_running(lab: &Lab, service: &str) -> Vec<String> {
+    let out = lab.weft("m1", &["service", "ps", service]);
+    let mut lines = out.lines();
+    let at = lines
+        .next()
+        .and_then(|h| h.find("CURRENT"))
+        .expect("a CURRENT column");
+    lines
+        .filter(|l| l.get(at..).is_some_and(|c| c.starts_with("running")))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn limits_reach_the_cgroup_oom_kills_show_and_reservations_are_honoured() {
+    // cgroup v1 here (hybrid); v2 is runc's mapping of the same OCI fields,
+    // unproven on this machine.
+    assert!(
+        PathBuf::from("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists(),
+        "no cgroup v1 memory hierarchy: this test reads v1 files and is not skipped"
+    );
+    let rig = Rig::new("ctr-res", &["m1", "w1"]);
+    let lab = &rig.lab;
+    let (wt, _) = lab.init("m1", &["--heartbeat-period", "500ms"]);
+    lab.join("w1", &wt, "m1");
+    let images = common::image::busybox();
+    for h in ["m1", "w1"] {
+        lab.weft(h, &["image", "load", "-i", images.docker.to_str().unwrap()]);
+    }
+
+    // Limits that do not parse, or are out of bounds, or are for a host
+    // process: refused with what to fix, and nothing is created.
+    for (args, says) in [
+        (vec!["--limit-memory", "12q"], "invalid size \"12q\""),
+        (vec!["--limit-cpu", "half"], "invalid CPUs \"half\""),
+        (vec!["--limit-pids", "0"], "invalid process count"),
+        (vec!["--limit-memory", "1m"], "give 6m"),
+        (vec!["--limit-cpu", "0.0001"], "give 0.001 to 1024 CPUs"),
+        (
+            vec!["--limit-memory", "64m", "--reserve-memory", "128m"],
+            "more than the limit",
+        ),
+    ] {
+        let mut create = vec!["service", "create", "--detach", "--name", "bad"];
+        create.extend(args.iter());
+        create.extend([IMAGE, "sleep", "1000"]);
+        let err = lab.weft_err("m1", &create);
+        assert!(err.contains(says), "{args:?}: {err}");
+        let mut run = vec!["run", "--detach"];
+        run.extend(args.iter());
+        run.extend([IMAGE, "sleep", "1000"]);
+        let err = lab.weft_err("m1", &run);
+        assert!(err.contains(says), "run {args:?}: {err}");
+    }
+    let err = lab.weft_err(
+        "m1",
+        &[
+            "service",
+            "create",
+            "--name",
+            "bad",
+            "--limit-memory",
+            "64m",
+            "--",
+            "sleep",
+            "1000",
+        ],
+    );
+    assert!(err.contains("are for containers"), "{err}");
+    assert!(
+        lab.weft("m1", &["service", "ls", "-q"]).trim().is_empty(),
+        "nothing was created"
+    );
+    assert!(
+        lab.weft("m1", &["ps", "-q", "--all"]).trim().is_empty(),
+        "no task was created"
+    );
+
+    // Nodes report what they have.
+    let node: serde_json::Value =
+        serde_json::from_str(&lab.weft("m1", &["node", "inspect", "w1"])).expect("json");
+    let mem = node[0]["Description"]["Resources"]["MemoryBytes"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(mem > 0, "w1 reports its memory: {node}");
+
+    // The limits reach the container's cgroup (memory = memory + swap).
+    lab.weft(
+        "m1",
+        &[
+            "service",
+            "create",
+            "--name",
+            "limited",
+            "--constraint",
+            "node.hostname==w1",
+            "--limit-memory",
+            "32m",
+            "--limit-cpu",
+            "0.5",
+            "--limit-pids",
+            "64",
+            IMAGE,
+            "sh",
+            "-c",
+            "while true; do sleep 0.1; done",
+        ],
+    );
+    wait_for(
+        "the limited container runs",
+        Duration::from_secs(30),
+        || rig.running("w1").len() == 1,
+    );
+    let id = rig.running("w1").into_iter().next().unwrap();
+    assert_eq!(
+        rig.ctrd("w1")
+            .cgroup_v1_file("memory", &id, "memory.limit_in_bytes"),
+        "33554432"
+    );
+    assert_eq!(
+        rig.ctrd("w1")
+            .cgroup_v1_file("memory", &id, "memory.memsw.limit_in_bytes"),
+        "33554432"
+    );
+    assert_eq!(
+        rig.ctrd("w1")
+            .cgroup_v1_file("cpu", &id, "cpu.cfs_quota_us"),
+        "50000"
+    );
+    assert_eq!(rig.ctrd("w1").cgroup_v1_file("pids", &id, "pids.max"), "64");
+    let inspect: serde_json::Value =
+        serde_json::from_str(&lab.weft("m1", &["service", "inspect", "limited"])).expect("json");
+    let res = &inspect[0]["Spec"]["TaskTemplate"]["Resources"];
+    assert_eq!(res["Limits"]["MemoryBytes"], 33554432, "{inspect}");
+    assert_eq!(res["Limits"]["NanoCPUs"], 500000000, "{inspect}");
+    // service update changes a limit (the task is replaced) and removes
+    // another with 0; a limit it cannot take changes nothing.
+    let err = lab.weft_err(
+        "m1",
+        &["service", "update", "--limit-memory", "1k", "limited"],
+    );
+    assert!(err.contains("give 6m"), "{err}");
+    lab.weft(
+        "m1",
+        &[
+            "service",
+            "update",
+            "--limit-memory",
+            "48m",
+            "--limit-pids",
+            "0",
+            "limited",
+        ],
+    );
+    wait_for(
+        "a container with the new limit",
+        Duration::from_secs(30),
+        || {
+            rig.running("w1").into_iter().any(|c| {
+                c != id
+                    && rig
+                        .ctrd("w1")
+                        .cgroup_v1_file("memory", &c, "memory.limit_in_bytes")
+                        == "50331648"
+            })
+        },
+    );
+    let new = rig.running("w1").into_iter().find(|c| *c != id).unwrap();
+    assert_eq!(
+        rig.ctrd("w1").cgroup_v1_file("pids", &new, "pids.max"),
+        "max"
+    );
+    assert_eq!(
+        rig.ctrd("w1")
+            .cgroup_v1_file("cpu", &new, "cpu.cfs_quota_us"),
+        "50000",
+        "the CPU limit stays"
+    );
+    lab.weft("m1", &["service", "rm", "limited"]);
+
+    // A container that outgrows --limit-memory is OOM-killed, shown as
+    // such, and restarted under --restart-condition on-failure.
+    lab.weft(
+        "m1",
+        &[
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            "hog",
+            "--restart-condition",
+            "on-failure",
+            "--constraint",
+            "node.hostname==w1",
+            "--limit-memory",
+            "32m",
+            IMAGE,
+            "sh",
+            "-c",
+            "a=aaaaaaaaaaaaaaaa; while true; do a=$a$a; done",
+        ],
+    );
+    let (ids, oom_row) = watch_ps(
+        lab,
+        "hog",
+        "exited (137, OOM killed)",
+        Duration::from_secs(40),
+        |ids, row| !row.is_empty() && ids.len() >= 2,
+    );
+    assert!(
+        !oom_row.is_empty(),
+        "service ps shows the OOM kill; saw tasks {ids:?}\n{}",
+        lab.log_tail("w1")
+    );
+    assert!(ids.len() >= 2, "the OOM-killed task was replaced: {ids:?}");
+    eprintln!("an OOM kill in service ps: {oom_row}");
+    lab.weft("m1", &["service", "rm", "hog"]);
+
+    // More memory reserved than any node has: pending, with the reason.
+    lab.weft(
+        "m1",
+        &[
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            "huge",
+            "--reserve-memory",
+            "100t",
+            "--",
+            "sleep",
+            "1000",
+        ],
+    );
+    wait_for(
+        "huge is pending with the reason",
+        Duration::from_secs(10),
+        || {
+            ps_rows(lab, "huge", "pending")
+                .iter()
+                .any(|l| l.contains("no suitable node (insufficient memory on 2 nodes)"))
+        },
+    );
+    eprintln!("{}", lab.weft("m1", &["service", "ps", "huge"]));
+    let err = lab.weft_err(
+        "m1",
+        &["run", "--reserve-memory", "100t", "--", "sleep", "1000"],
+    );
+    eprintln!("{err}");
+    assert!(err.contains("insufficient memory on this node"), "{err}");
+    lab.weft("m1", &["service", "rm", "huge"]);
+
+    // Two thirds of a node's memory each: one such task per node. A third
+    // waits until one of the first two goes.
+    let share = format!("{}", mem / 3 * 2);
+    let create = |name: &str, replicas: &str| {
+        lab.weft(
+            "m1",
+            &[
+                "service",
+                "create",
+                "--detach",
+                "--name",
+                name,
+                "--replicas",
+                replicas,
+                "--reserve-memory",
+                &share,
+                "--",
+                "sleep",
+                "1000",
+            ],
+        );
+    };
+    create("first", "2");
+    wait_for(
+        "both replicas of first run",
+        Duration::from_secs(30),
+        || current_running(lab, "first").len() == 2,
+    );
+    create("second", "1");
+    wait_for("second is pending", Duration::from_secs(10), || {
+        ps_rows(lab, "second", "insufficient memory on 2 nodes").len() == 1
+    });
+    assert!(
+        current_running(lab, "second").is_empty(),
+        "no node is over-committed"
+    );
+    lab.weft("m1", &["service", "scale", "first=1"]);
+    wait_for(
+        "second is placed once memory frees",
+        Duration::from_secs(30),
+        || current_running(lab, "second").len() == 1,
+    );
+    assert!(ps_rows(lab, "second", "pending").is_empty());
+    eprintln!("{}", lab.weft("m1", &["service", "ps", "second"]));
+}
+
+#[test]
+fn restart_delay_and_max_attempts_bound_the_restarts() {
+    let mut lab = Lab::new("restart-policy", &["m1"]);
+    lab.start_all();
+    lab.init("m1", &["--heartbeat-period", "500ms"]);
+    for (flag, value, says) in [
+        (
+            "--restart-max-attempts",
+            "5000",
+            "give 0 (no limit) to 1000",
+        ),
+        ("--restart-delay", "soon", "invalid duration"),
+        ("--restart-window", "31d", "give at most 30d"),
+    ] {
+        let err = lab.weft_err(
+            "m1",
+            &[
+                "service", "create", "--name", "x", flag, value, "--", "true",
+            ],
+        );
+        assert!(err.contains(says), "{flag} {value}: {err}");
+    }
+    assert!(lab.weft("m1", &["service", "ls", "-q"]).trim().is_empty());
+
+    // Exits 3 at once: restarted twice, 300 ms apart, then left exited.
+    lab.weft(
+        "m1",
+        &[
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            "flaky",
+            "--restart-condition",
+            "on-failure",
+            "--restart-max-attempts",
+            "2",
+            "--restart-delay",
+            "300ms",
+            "--",
+            "sh",
+            "-c",
+            "exit 3",
+        ],
+    );
+    let (ids, _) = watch_ps(
+        &lab,
+        "flaky",
+        "exited (3)",
+        Duration::from_secs(6),
+        |_, _| false,
+    );
+    assert_eq!(ids.len(), 3, "the first task and two restarts: {ids:?}");
+    let rows = ps_rows(&lab, "flaky", "");
+    assert_eq!(rows.len(), 1, "{rows:?}");
+    assert!(rows[0].contains("exited (3)"), "{rows:?}");
+    let inspect: serde_json::Value =
+        serde_json::from_str(&lab.weft("m1", &["service", "inspect", "flaky"])).expect("json");
+    let p = &inspect[0]["Spec"]["RestartPolicy"];
+    assert_eq!(p["MaxAttempts"], 2, "{inspect}");
+    assert_eq!(p["Delay"], 300_000_000u64, "{inspect}");
 }
 
 /// `--stop-signal` and `--stop-grace-period`: a container removed by a

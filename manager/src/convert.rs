@@ -151,6 +151,10 @@ pub fn node_to_wire(n: &Node, manager_status: pb::ManagerStatus, raft_voter: boo
         updated_at_ms: n.updated_at_ms,
         cert_expiry: n.cert_expiry.clone(),
         underlay_mtu: u64::from(n.underlay_mtu),
+        resources: Some(pb::NodeResources {
+            nano_cpus: n.resources.nano_cpus,
+            memory_bytes: n.resources.memory_bytes,
+        }),
     }
 }
 
@@ -189,6 +193,34 @@ pub fn task_to_wire(state: &State, t: &Task) -> pb::Task {
         updated_at_ms: t.status.updated_at_ms,
         ports: t.ports.iter().map(port_to_wire).collect(),
         network_mode: network_mode_text(t.network_mode).into(),
+    }
+}
+
+/// A task the scheduler could place nowhere, as `service ps` shows it: no
+/// ID (it is not in the store), its slot's name, pending with the reason.
+fn unplaced_task_to_wire(
+    state: &State,
+    svc: &crate::store::Service,
+    slot: u64,
+    node: Option<crate::store::NodeId>,
+    why: String,
+) -> pb::Task {
+    let host = node.and_then(|n| state.nodes.get(&n));
+    pb::Task {
+        name: match host {
+            Some(n) => format!("{}.{}", svc.spec.name, &n.id.to_string()[..8]),
+            None => format!("{}.{slot}", svc.spec.name),
+        },
+        node_id: node.map(|n| n.to_string()).unwrap_or_default(),
+        hostname: host.map(|n| n.hostname.clone()).unwrap_or_default(),
+        command: svc.spec.task.command.clone(),
+        desired_state: pb::TaskState::Running.into(),
+        status: Some(pb::TaskStatus {
+            state: pb::TaskState::Pending.into(),
+            reason: why,
+            ..Default::default()
+        }),
+        ..Default::default()
     }
 }
 
@@ -276,7 +308,12 @@ pub fn service_to_wire(state: &State, svc: &crate::store::Service) -> pb::Servic
         .filter(|t| t.service.as_ref().is_some_and(|r| r.service == svc.id))
         .collect();
     let running = mine.iter().filter(|t| t.status.state.is_running()).count() as u64;
-    let tasks: Vec<pb::Task> = mine.iter().map(|t| task_to_wire(state, t)).collect();
+    let mut tasks: Vec<pb::Task> = mine.iter().map(|t| task_to_wire(state, t)).collect();
+    tasks.extend(
+        crate::orchestrator::unplaced(state, svc)
+            .into_iter()
+            .map(|(slot, node, why)| unplaced_task_to_wire(state, svc, slot, node, why)),
+    );
     let (mode, replicas, desired) = match svc.spec.mode {
         ServiceMode::Replicated { replicas } => ("replicated", replicas, replicas),
         ServiceMode::Global => {
@@ -305,6 +342,8 @@ pub fn service_to_wire(state: &State, svc: &crate::store::Service) -> pb::Servic
             env: svc.spec.task.env.clone().into_iter().collect(),
             container: container_to_wire(&svc.spec.task.container),
             stop: stop_to_wire(&svc.spec.task.stop),
+            resources: resources_to_wire(&svc.spec.task.resources),
+            restart_policy: restart_policy_to_wire(&svc.spec.restart_policy),
             networks: svc.spec.networks.iter().map(net_name).collect(),
             endpoint_mode: match svc.spec.endpoint_mode {
                 EndpointMode::Vip => "vip".into(),
@@ -390,6 +429,94 @@ pub fn stop_to_wire(p: &crate::store::StopPolicy) -> Option<pb::StopPolicy> {
     })
 }
 
+/// A request's limits and reservations, checked (see
+/// [`crate::validate::resources`]); absent is none.
+pub fn resources_from_wire(
+    r: Option<pb::Resources>,
+    container: bool,
+) -> crate::error::Result<crate::store::Resources> {
+    let r = r.unwrap_or_default();
+    let res = crate::store::Resources {
+        limit_nano_cpus: r.limit_nano_cpus,
+        limit_memory_bytes: r.limit_memory_bytes,
+        limit_pids: r.limit_pids,
+        reserve_nano_cpus: r.reserve_nano_cpus,
+        reserve_memory_bytes: r.reserve_memory_bytes,
+    };
+    crate::validate::resources(&res, container)?;
+    Ok(res)
+}
+
+/// The wire form of a task's resources; absent when there are none.
+pub fn resources_to_wire(r: &crate::store::Resources) -> Option<pb::Resources> {
+    (!r.is_none()).then_some(pb::Resources {
+        limit_nano_cpus: r.limit_nano_cpus,
+        limit_memory_bytes: r.limit_memory_bytes,
+        limit_pids: r.limit_pids,
+        reserve_nano_cpus: r.reserve_nano_cpus,
+        reserve_memory_bytes: r.reserve_memory_bytes,
+    })
+}
+
+/// A request's restart delay, attempts and window, checked (see
+/// [`crate::validate::restart_policy`]); absent is the default.
+pub fn restart_policy_from_wire(
+    p: Option<pb::RestartPolicy>,
+) -> crate::error::Result<crate::store::RestartPolicy> {
+    let p = p.unwrap_or_default();
+    let policy = crate::store::RestartPolicy {
+        delay_ms: p.has_delay.then_some(p.delay_ms),
+        max_attempts: p.max_attempts,
+        window_ms: p.window_ms,
+    };
+    crate::validate::restart_policy(&policy)?;
+    Ok(policy)
+}
+
+/// The wire form of a service's restart policy; absent when default.
+pub fn restart_policy_to_wire(p: &crate::store::RestartPolicy) -> Option<pb::RestartPolicy> {
+    (!p.is_default()).then_some(pb::RestartPolicy {
+        has_delay: p.delay_ms.is_some(),
+        delay_ms: p.delay_ms.unwrap_or(0),
+        max_attempts: p.max_attempts,
+        window_ms: p.window_ms,
+    })
+}
+
+/// Applies `service update`'s resource changes to `r` (fields given
+/// replace, 0 is none) and checks the result.
+pub fn update_resources(
+    r: &mut crate::store::Resources,
+    u: &pb::ResourcesUpdate,
+    container: bool,
+) -> crate::error::Result<()> {
+    let set = |field: &mut u64, v: Option<u64>| {
+        if let Some(v) = v {
+            *field = v;
+        }
+    };
+    set(&mut r.limit_nano_cpus, u.limit_nano_cpus);
+    set(&mut r.limit_memory_bytes, u.limit_memory_bytes);
+    set(&mut r.limit_pids, u.limit_pids);
+    set(&mut r.reserve_nano_cpus, u.reserve_nano_cpus);
+    set(&mut r.reserve_memory_bytes, u.reserve_memory_bytes);
+    crate::validate::resources(r, container)
+}
+
+/// Applies `service update`'s restart-policy changes to `p` and checks
+/// the result.
+pub fn update_restart_policy(
+    p: &mut crate::store::RestartPolicy,
+    u: &pb::RestartPolicyUpdate,
+) -> crate::error::Result<()> {
+    if let Some(d) = u.delay_ms {
+        p.delay_ms = Some(d);
+    }
+    p.max_attempts = u.max_attempts.unwrap_or(p.max_attempts);
+    p.window_ms = u.window_ms.unwrap_or(p.window_ms);
+    crate::validate::restart_policy(p)
+}
+
 /// The wire form of a task's container options.
 pub fn container_to_wire(c: &Option<crate::store::ContainerOpts>) -> Option<pb::ContainerConfig> {
     c.as_ref().map(|c| pb::ContainerConfig {
@@ -435,6 +562,43 @@ mod tests {
         ] {
             assert!(task_status_from_wire(&bad, 0).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn service_updates_change_only_the_resources_given() {
+        let mut r = crate::store::Resources {
+            limit_nano_cpus: 500_000_000,
+            limit_memory_bytes: 64 << 20,
+            limit_pids: 10,
+            ..Default::default()
+        };
+        let u = pb::ResourcesUpdate {
+            limit_memory_bytes: Some(128 << 20),
+            limit_pids: Some(0),
+            ..Default::default()
+        };
+        update_resources(&mut r, &u, true).unwrap();
+        assert_eq!(
+            r,
+            crate::store::Resources {
+                limit_nano_cpus: 500_000_000,
+                limit_memory_bytes: 128 << 20,
+                ..Default::default()
+            }
+        );
+        let mut host = crate::store::Resources::default();
+        assert!(
+            update_resources(&mut host, &u, false).is_err(),
+            "limits on a host process"
+        );
+        let mut p = crate::store::RestartPolicy::default();
+        let u = pb::RestartPolicyUpdate {
+            max_attempts: Some(3),
+            ..Default::default()
+        };
+        update_restart_policy(&mut p, &u).unwrap();
+        assert_eq!(p.max_attempts, 3);
+        assert_eq!(p.delay_ms, None, "the backoff stays");
     }
 
     #[test]

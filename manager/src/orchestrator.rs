@@ -7,12 +7,25 @@
 //! replace tasks of an older service version one at a time (rolling
 //! update). The leader proposes the commands; the next store change runs
 //! the plan again, so everything converges step by step.
+//!
+//! Reservations (`--reserve-cpu`, `--reserve-memory`) are honoured: a node
+//! takes a task only while the reservations of the tasks it holds (all
+//! but finished ones) plus the new one fit in the CPUs and memory it
+//! reported. A slot that fits nowhere stays empty; [`unplaced`] says why,
+//! and `service ps` shows it as a pending task. It is placed by a later
+//! plan, once capacity frees.
+//!
+//! Restarts follow the service's condition (any, on-failure, none), after
+//! its `--restart-delay` or else the backoff ([`restart_delay_ms`]), and
+//! at most `--restart-max-attempts` times within `--restart-window`: each
+//! task carries its slot's restart times ([`Task::restart_history`]), so
+//! the limit is decided from the store alone, the same on every manager.
 
 use std::collections::BTreeMap;
 
 use crate::store::{
-    Availability, Command, Node, NodeId, NodeState, RestartCondition, Service, ServiceMode, State,
-    Task,
+    Availability, Command, Node, NodeId, NodeState, Resources, RestartCondition, Service,
+    ServiceMode, State, Task,
 };
 
 /// Finished tasks are replaced no sooner than this after they finished,
@@ -29,11 +42,53 @@ pub const MAX_RESTART_DELAY_MS: u64 = 60_000;
 /// having run: its replacement starts the backoff again.
 pub const RAN_MS: u64 = 10_000;
 
-/// How long after it finished `t` may be replaced.
-pub fn restart_delay_ms(t: &Task) -> u64 {
-    RESTART_DELAY_MS
-        .saturating_mul(1 << t.restarts.min(6))
-        .min(MAX_RESTART_DELAY_MS)
+/// How long after it finished `t` may be replaced: the service's
+/// `--restart-delay` when given (as Swarm does), else the backoff.
+pub fn restart_delay_ms(svc: &Service, t: &Task) -> u64 {
+    svc.spec.restart_policy.delay_ms.unwrap_or_else(|| {
+        RESTART_DELAY_MS
+            .saturating_mul(1 << t.restarts.min(6))
+            .min(MAX_RESTART_DELAY_MS)
+    })
+}
+
+/// The restarts of `t`'s slot that count against `--restart-max-attempts`
+/// when `t` finished: those within the window before its end (all of them
+/// without a window). Judged at its end, not now, so a task refused a
+/// restart stays refused.
+fn recent_restarts(svc: &Service, t: &Task) -> usize {
+    let window = svc.spec.restart_policy.window_ms;
+    let end = t.status.updated_at_ms;
+    t.restart_history
+        .iter()
+        .filter(|at| window == 0 || at.saturating_add(window) >= end)
+        .count()
+}
+
+/// Whether `t`'s slot may be restarted once more.
+fn attempts_left(svc: &Service, t: &Task) -> bool {
+    let max = svc.spec.restart_policy.max_attempts;
+    max == 0 || (recent_restarts(svc, t) as u64) < max
+}
+
+/// The restart history the replacement of `t`, made at `now_ms`, carries:
+/// `t`'s, plus this restart, cut to what the attempt limit can count
+/// (nothing without a limit).
+fn history_after(svc: &Service, t: &Task, now_ms: u64) -> Vec<u64> {
+    let p = svc.spec.restart_policy;
+    if p.max_attempts == 0 {
+        return Vec::new();
+    }
+    let mut h: Vec<u64> = t
+        .restart_history
+        .iter()
+        .copied()
+        .filter(|at| p.window_ms == 0 || at.saturating_add(p.window_ms) >= now_ms)
+        .collect();
+    h.push(now_ms);
+    let keep = usize::try_from(p.max_attempts).unwrap_or(usize::MAX);
+    let cut = h.len().saturating_sub(keep);
+    h.split_off(cut)
 }
 
 /// The failure count the replacement of the finished task `t` carries:
@@ -74,26 +129,217 @@ fn due_for_restart(svc: &Service, t: &Task, now_ms: u64) -> bool {
         RestartCondition::OnFailure => t.status.state.is_failure(),
         RestartCondition::None => false,
     };
-    wants && now_ms.saturating_sub(t.status.updated_at_ms) >= restart_delay_ms(t)
+    wants
+        && attempts_left(svc, t)
+        && now_ms.saturating_sub(t.status.updated_at_ms) >= restart_delay_ms(svc, t)
 }
 
-/// The node for one more task of `svc`: eligible, fewest tasks of this
-/// service, then fewest tasks overall, then lowest ID (deterministic).
-/// `load` holds (tasks of this service, all tasks) per node.
+/// What the tasks on one node have reserved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reserved {
+    /// CPUs, in billionths.
+    pub nano_cpus: u64,
+    /// Memory, bytes.
+    pub memory_bytes: u64,
+}
+
+impl Reserved {
+    fn add(&mut self, r: &Resources) {
+        self.nano_cpus = self.nano_cpus.saturating_add(r.reserve_nano_cpus);
+        self.memory_bytes = self.memory_bytes.saturating_add(r.reserve_memory_bytes);
+    }
+
+    fn sub(&mut self, r: &Resources) {
+        self.nano_cpus = self.nano_cpus.saturating_sub(r.reserve_nano_cpus);
+        self.memory_bytes = self.memory_bytes.saturating_sub(r.reserve_memory_bytes);
+    }
+}
+
+/// The reservations per node of every task that holds its share: all but
+/// finished ones (a finished task's container is gone).
+pub fn reserved(state: &State) -> BTreeMap<NodeId, Reserved> {
+    let mut out: BTreeMap<NodeId, Reserved> = BTreeMap::new();
+    for t in state.tasks.values() {
+        if !t.status.state.is_terminal() {
+            out.entry(t.node).or_default().add(&t.spec.resources);
+        }
+    }
+    out
+}
+
+/// Why a node cannot take a task, counted per cause in the pending reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Unfit {
+    /// Down, or not active (paused, drained).
+    NotAvailable,
+    /// It fails the service's constraints.
+    Constraints,
+    /// Its memory is reserved already.
+    Memory,
+    /// Its CPUs are reserved already.
+    Cpu,
+}
+
+impl Unfit {
+    fn text(self, nodes: usize) -> String {
+        let n = if nodes == 1 {
+            "1 node".to_string()
+        } else {
+            format!("{nodes} nodes")
+        };
+        match self {
+            Unfit::NotAvailable => format!("{n} not available for new tasks"),
+            Unfit::Constraints => format!("scheduling constraints not satisfied on {n}"),
+            Unfit::Memory => format!("insufficient memory on {n}"),
+            Unfit::Cpu => format!("insufficient CPUs on {n}"),
+        }
+    }
+}
+
+/// Whether `node`, with `used` reserved already, has room for `res`. A
+/// node that reported no capacity (an older daemon) is not checked.
+fn room(node: &Node, used: Reserved, res: &Resources) -> Result<(), Unfit> {
+    let cap = node.resources;
+    let over =
+        |cap: u64, used: u64, want: u64| want != 0 && cap != 0 && used.saturating_add(want) > cap;
+    if over(
+        cap.memory_bytes,
+        used.memory_bytes,
+        res.reserve_memory_bytes,
+    ) {
+        return Err(Unfit::Memory);
+    }
+    if over(cap.nano_cpus, used.nano_cpus, res.reserve_nano_cpus) {
+        return Err(Unfit::Cpu);
+    }
+    Ok(())
+}
+
+/// Whether `node` may take one more task of `svc`, given what its tasks
+/// have reserved.
+fn fit(node: &Node, svc: &Service, used: &BTreeMap<NodeId, Reserved>) -> Result<(), Unfit> {
+    if node.state != NodeState::Ready || node.availability != Availability::Active {
+        return Err(Unfit::NotAvailable);
+    }
+    if !svc.spec.constraints.iter().all(|c| c.matches(node)) {
+        return Err(Unfit::Constraints);
+    }
+    let used = used.get(&node.id).copied().unwrap_or_default();
+    room(node, used, &svc.spec.task.resources)
+}
+
+/// The pending reason when no node fits: `no suitable node (…)` with the
+/// number of nodes per cause, as Swarm words it.
+fn no_node(why: &[Unfit]) -> String {
+    if why.is_empty() {
+        return "no suitable node (the cluster has no nodes)".into();
+    }
+    let mut counts: BTreeMap<Unfit, usize> = BTreeMap::new();
+    for u in why {
+        *counts.entry(*u).or_default() += 1;
+    }
+    let parts: Vec<String> = counts.iter().map(|(u, n)| u.text(*n)).collect();
+    format!("no suitable node ({})", parts.join("; "))
+}
+
+/// Whether a standalone task with `res` fits on `node` now; `Err` says why
+/// not (`weft run` places on the node it was asked on, or refuses).
+pub fn fits(state: &State, node: NodeId, res: &Resources) -> Result<(), String> {
+    let Some(n) = state.nodes.get(&node) else {
+        return Ok(());
+    };
+    let used = reserved(state).get(&node).copied().unwrap_or_default();
+    room(n, used, res).map_err(|u| match u {
+        Unfit::Cpu => format!(
+            "insufficient CPUs on this node ({:.3} of {:.3} reserved, {:.3} asked)",
+            used.nano_cpus as f64 / 1e9,
+            n.resources.nano_cpus as f64 / 1e9,
+            res.reserve_nano_cpus as f64 / 1e9
+        ),
+        _ => format!(
+            "insufficient memory on this node ({} of {} bytes reserved, {} asked)",
+            used.memory_bytes, n.resources.memory_bytes, res.reserve_memory_bytes
+        ),
+    })
+}
+
+/// The node for one more task of `svc`: eligible with room for its
+/// reservations, fewest tasks of this service, then fewest tasks overall,
+/// then lowest ID (deterministic). `load` holds (tasks of this service,
+/// all tasks) per node, `used` the reservations per node. `Err`: the
+/// pending reason.
 pub fn schedule(
     state: &State,
     svc: &Service,
     load: &BTreeMap<NodeId, (usize, usize)>,
-) -> Option<NodeId> {
+    used: &BTreeMap<NodeId, Reserved>,
+) -> Result<NodeId, String> {
+    let mut why = Vec::new();
     state
         .nodes
         .values()
-        .filter(|n| eligible(n, svc))
+        .filter(|n| match fit(n, svc, used) {
+            Ok(()) => true,
+            Err(u) => {
+                why.push(u);
+                false
+            }
+        })
         .min_by_key(|n| {
             let (mine, all) = load.get(&n.id).copied().unwrap_or((0, 0));
             (mine, all, n.id)
         })
         .map(|n| n.id)
+        .ok_or_else(|| no_node(&why))
+}
+
+/// The tasks of `svc` that are wanted but placed nowhere, as (slot, why):
+/// replica slots without a task (slot 1…), and for a global service the
+/// eligible nodes without room for one (slot 0, the node's reason). Empty
+/// while every wanted task exists (or the next plan will create it).
+pub fn unplaced(state: &State, svc: &Service) -> Vec<(u64, Option<NodeId>, String)> {
+    use std::collections::BTreeSet;
+    let mine = state
+        .tasks
+        .values()
+        .filter_map(|t| Some((t, t.service.as_ref()?)))
+        .filter(|(_, r)| r.service == svc.id);
+    match svc.spec.mode {
+        ServiceMode::Replicated { replicas } => {
+            let slots: BTreeSet<u64> = mine.map(|(_, r)| r.slot).collect();
+            // The first empty slot decides: every later one waits for the
+            // same reason, and while one can be placed the next plan does.
+            let Some(first) = (1..=replicas).find(|s| !slots.contains(s)) else {
+                return Vec::new();
+            };
+            match schedule(state, svc, &BTreeMap::new(), &reserved(state)) {
+                Ok(_) => Vec::new(),
+                Err(why) => (first..=replicas)
+                    .filter(|s| !slots.contains(s))
+                    .map(|s| (s, None, why.clone()))
+                    .collect(),
+            }
+        }
+        ServiceMode::Global => {
+            let nodes: BTreeSet<NodeId> = mine.map(|(t, _)| t.node).collect();
+            let mut empty = state
+                .nodes
+                .values()
+                .filter(|n| eligible(n, svc) && !nodes.contains(&n.id))
+                .peekable();
+            if empty.peek().is_none() {
+                return Vec::new();
+            }
+            let used = reserved(state);
+            empty
+                .filter_map(|n| {
+                    fit(n, svc, &used)
+                        .err()
+                        .map(|u| (0, Some(n.id), no_node(&[u])))
+                })
+                .collect()
+        }
+    }
 }
 
 /// The commands that move every service towards its spec.
@@ -104,6 +350,8 @@ pub fn plan(state: &State, now_ms: u64, mut new_id: impl FnMut() -> String) -> V
     for t in state.tasks.values() {
         *total.entry(t.node).or_default() += 1;
     }
+    // Reservations per node, updated as this plan removes and places.
+    let mut used = reserved(state);
     for svc in state.services.values() {
         let tasks: Vec<&Task> = state
             .tasks
@@ -111,8 +359,9 @@ pub fn plan(state: &State, now_ms: u64, mut new_id: impl FnMut() -> String) -> V
             .filter(|t| t.service.as_ref().is_some_and(|r| r.service == svc.id))
             .collect();
         let mut kept: Vec<&Task> = Vec::new();
-        // The backoff a replacement inherits, by (slot, node for global).
-        let mut carry: BTreeMap<(u64, Option<NodeId>), u32> = BTreeMap::new();
+        // The backoff and restart history a replacement inherits, by
+        // (slot, node for global).
+        let mut carry: BTreeMap<(u64, Option<NodeId>), (u32, Vec<u64>)> = BTreeMap::new();
         for t in &tasks {
             let restart = t.status.state.is_terminal() && due_for_restart(svc, t, now_ms);
             let gone = must_leave(state, svc, t) || restart;
@@ -121,12 +370,17 @@ pub fn plan(state: &State, now_ms: u64, mut new_id: impl FnMut() -> String) -> V
                     ServiceMode::Global => (0, Some(t.node)),
                     ServiceMode::Replicated { .. } => (r.slot, None),
                 };
-                carry.insert(key, restarts_after(t));
+                carry.insert(key, (restarts_after(t), history_after(svc, t, now_ms)));
             }
             if gone {
                 out.push(Command::RemoveTask { id: t.id.clone() });
                 if let Some(c) = total.get_mut(&t.node) {
                     *c = c.saturating_sub(1);
+                }
+                if !t.status.state.is_terminal()
+                    && let Some(u) = used.get_mut(&t.node)
+                {
+                    u.sub(&t.spec.resources);
                 }
             } else {
                 kept.push(t);
@@ -139,6 +393,7 @@ pub fn plan(state: &State, now_ms: u64, mut new_id: impl FnMut() -> String) -> V
         }
         let mut place = |out: &mut Vec<Command>,
                          load: &mut BTreeMap<NodeId, (usize, usize)>,
+                         used: &mut BTreeMap<NodeId, Reserved>,
                          slot: u64,
                          node: NodeId| {
             let key = if slot == 0 {
@@ -146,17 +401,20 @@ pub fn plan(state: &State, now_ms: u64, mut new_id: impl FnMut() -> String) -> V
             } else {
                 (slot, None)
             };
+            let (restarts, restart_history) = carry.get(&key).cloned().unwrap_or_default();
             out.push(Command::CreateServiceTask {
                 id: new_id(),
                 service: svc.id.clone(),
                 slot,
                 node,
                 now_ms,
-                restarts: carry.get(&key).copied().unwrap_or(0),
+                restarts,
+                restart_history,
             });
             let e = load.entry(node).or_default();
             e.0 += 1;
             e.1 += 1;
+            used.entry(node).or_default().add(&svc.spec.task.resources);
             *total.entry(node).or_default() += 1;
         };
         let mut created = false;
@@ -175,21 +433,26 @@ pub fn plan(state: &State, now_ms: u64, mut new_id: impl FnMut() -> String) -> V
                     };
                     for t in ts.iter().rev().take(surplus) {
                         out.push(Command::RemoveTask { id: t.id.clone() });
+                        if !t.status.state.is_terminal()
+                            && let Some(u) = used.get_mut(&t.node)
+                        {
+                            u.sub(&t.spec.resources);
+                        }
                     }
                 }
                 for slot in 1..=replicas {
                     if by_slot.get(&slot).is_none_or(|v| v.is_empty())
-                        && let Some(node) = schedule(state, svc, &load)
+                        && let Ok(node) = schedule(state, svc, &load, &used)
                     {
-                        place(&mut out, &mut load, slot, node);
+                        place(&mut out, &mut load, &mut used, slot, node);
                         created = true;
                     }
                 }
             }
             ServiceMode::Global => {
                 for node in state.nodes.values().filter(|n| eligible(n, svc)) {
-                    if !kept.iter().any(|t| t.node == node.id) {
-                        place(&mut out, &mut load, 0, node.id);
+                    if !kept.iter().any(|t| t.node == node.id) && fit(node, svc, &used).is_ok() {
+                        place(&mut out, &mut load, &mut used, 0, node.id);
                         created = true;
                     }
                 }
@@ -244,6 +507,7 @@ mod tests {
         s.apply(&Command::CreateService {
             id: "svc".into(),
             spec: ServiceSpec {
+                restart_policy: Default::default(),
                 name: "web".into(),
                 mode,
                 task: TaskSpec {
@@ -425,7 +689,7 @@ mod tests {
             let ran = if round == 8 { RAN_MS } else { 100 };
             let failed_at = t.created_at_ms + ran;
             t.status = TaskStatus::new(TaskState::Failed, failed_at);
-            let delay = restart_delay_ms(&s.tasks[&id]);
+            let delay = restart_delay_ms(&s.services["svc"], &s.tasks[&id]);
             assert!(
                 plan(&s, failed_at + delay - 1, || "x".into()).is_empty(),
                 "not before its delay"
@@ -529,6 +793,277 @@ mod tests {
         let c: Constraint = "node.labels.zone==nowhere".parse().unwrap();
         service(&mut s, ServiceMode::Replicated { replicas: 2 }, vec![c]);
         assert!(plan(&s, 0, || "x".into()).is_empty());
+    }
+
+    fn sized(s: &mut State, gib: u64) {
+        for n in s.nodes.values_mut() {
+            n.resources = crate::store::NodeResources {
+                nano_cpus: 2_000_000_000,
+                memory_bytes: gib << 30,
+            };
+        }
+    }
+
+    fn reserving(s: &mut State, id: &str, replicas: u64, mib: u64, mode: Option<ServiceMode>) {
+        s.apply(&Command::CreateService {
+            id: id.into(),
+            spec: ServiceSpec {
+                restart_policy: Default::default(),
+                name: id.into(),
+                mode: mode.unwrap_or(ServiceMode::Replicated { replicas }),
+                task: TaskSpec {
+                    command: vec!["httpd".into()],
+                    resources: Resources {
+                        reserve_memory_bytes: mib << 20,
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
+                networks: vec![],
+                endpoint_mode: EndpointMode::Vip,
+                constraints: vec![],
+                restart: RestartCondition::Any,
+                ports: Vec::new(),
+            },
+            now_ms: 0,
+        })
+        .unwrap();
+    }
+
+    fn count(s: &State, svc: &str) -> usize {
+        s.tasks
+            .values()
+            .filter(|t| t.service.as_ref().unwrap().service == svc)
+            .count()
+    }
+
+    #[test]
+    fn reservations_never_over_commit_a_node() {
+        let mut s = state(2);
+        sized(&mut s, 1);
+        // 400 MiB each: two fit in 1 GiB, a third does not.
+        reserving(&mut s, "a", 5, 400, None);
+        converge(&mut s, 0);
+        assert_eq!(count(&s, "a"), 4);
+        assert!(per_node(&s).values().all(|c| *c == 2), "{:?}", per_node(&s));
+        for (n, r) in reserved(&s) {
+            assert!(r.memory_bytes <= 1 << 30, "{n}: {r:?}");
+        }
+        let svc = &s.services["a"];
+        assert_eq!(
+            unplaced(&s, svc),
+            vec![(
+                5,
+                None,
+                "no suitable node (insufficient memory on 2 nodes)".to_string()
+            )]
+        );
+    }
+
+    #[test]
+    fn a_pending_task_is_placed_once_capacity_frees() {
+        let mut s = state(1);
+        sized(&mut s, 1);
+        reserving(&mut s, "big", 2, 512, None);
+        converge(&mut s, 0);
+        assert_eq!(count(&s, "big"), 2);
+        reserving(&mut s, "late", 1, 300, None);
+        converge(&mut s, 0);
+        assert_eq!(count(&s, "late"), 0);
+        assert_eq!(unplaced(&s, &s.services["late"]).len(), 1);
+        // Scaling the other service down frees 512 MiB.
+        let mut spec = s.services["big"].spec.clone();
+        spec.mode = ServiceMode::Replicated { replicas: 1 };
+        s.apply(&Command::UpdateService {
+            id: "big".into(),
+            spec,
+            force: false,
+            now_ms: 0,
+        })
+        .unwrap();
+        converge(&mut s, 0);
+        assert_eq!(count(&s, "big"), 1);
+        assert_eq!(count(&s, "late"), 1);
+        assert!(unplaced(&s, &s.services["late"]).is_empty());
+    }
+
+    #[test]
+    fn finished_tasks_hold_no_reservation() {
+        let mut s = state(1);
+        sized(&mut s, 1);
+        reserving(&mut s, "a", 1, 800, None);
+        converge(&mut s, 0);
+        assert_eq!(reserved(&s)[&NodeId(1)].memory_bytes, 800 << 20);
+        for t in s.tasks.values_mut() {
+            t.status = TaskStatus::new(
+                TaskState::Exited {
+                    code: Some(137),
+                    oom: true,
+                },
+                0,
+            );
+        }
+        assert!(
+            reserved(&s)
+                .get(&NodeId(1))
+                .is_none_or(|r| r.memory_bytes == 0)
+        );
+    }
+
+    #[test]
+    fn more_than_any_node_has_stays_pending_with_the_reason() {
+        let mut s = state(3);
+        sized(&mut s, 1);
+        s.nodes.get_mut(&NodeId(3)).unwrap().availability = Availability::Drain;
+        reserving(&mut s, "huge", 1, 4096, None);
+        assert!(plan(&s, 0, || "x".into()).is_empty());
+        assert_eq!(
+            unplaced(&s, &s.services["huge"]),
+            vec![(
+                1,
+                None,
+                "no suitable node (1 node not available for new tasks; insufficient memory on 2 nodes)"
+                    .to_string()
+            )]
+        );
+        // A global service: one pending entry per eligible node.
+        reserving(&mut s, "g", 0, 4096, Some(ServiceMode::Global));
+        let g = unplaced(&s, &s.services["g"]);
+        assert_eq!(g.len(), 2);
+        assert_eq!(g[0].2, "no suitable node (insufficient memory on 1 node)");
+    }
+
+    #[test]
+    fn nodes_that_report_no_capacity_are_not_checked() {
+        let mut s = state(1);
+        reserving(&mut s, "a", 2, 1 << 20, None);
+        converge(&mut s, 0);
+        assert_eq!(count(&s, "a"), 2);
+        assert_eq!(
+            fits(&s, NodeId(1), &s.services["a"].spec.task.resources),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn standalone_tasks_are_checked_against_their_node() {
+        let mut s = state(1);
+        sized(&mut s, 1);
+        reserving(&mut s, "a", 1, 900, None);
+        converge(&mut s, 0);
+        let want = Resources {
+            reserve_memory_bytes: 200 << 20,
+            ..Default::default()
+        };
+        let e = fits(&s, NodeId(1), &want).unwrap_err();
+        assert!(e.contains("insufficient memory on this node"), "{e}");
+        let cpus = Resources {
+            reserve_nano_cpus: 3_000_000_000,
+            ..Default::default()
+        };
+        assert!(
+            fits(&s, NodeId(1), &cpus)
+                .unwrap_err()
+                .contains("insufficient CPUs")
+        );
+    }
+
+    /// Fails the one task of the service at `at`, then applies the plan
+    /// made `after` ms later; returns whether it was replaced.
+    fn fail_and_plan(s: &mut State, at: u64, after: u64) -> bool {
+        let id = s.tasks.keys().next().unwrap().clone();
+        s.tasks.get_mut(&id).unwrap().status = TaskStatus::new(
+            TaskState::Exited {
+                code: Some(137),
+                oom: true,
+            },
+            at,
+        );
+        static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1 << 40);
+        for c in plan(s, at + after, || {
+            format!(
+                "{:016x}",
+                IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            )
+        }) {
+            s.apply(&c).unwrap();
+        }
+        !s.tasks.contains_key(&id)
+    }
+
+    /// One node, one running replica of `svc` restarted on failure under
+    /// `p`.
+    fn one_replica_with(p: crate::store::RestartPolicy) -> State {
+        let mut s = state(1);
+        service(&mut s, ServiceMode::Replicated { replicas: 1 }, vec![]);
+        converge(&mut s, 0);
+        let svc = s.services.get_mut("svc").unwrap();
+        svc.spec.restart = RestartCondition::OnFailure;
+        svc.spec.restart_policy = p;
+        s
+    }
+
+    #[test]
+    fn an_explicit_restart_delay_replaces_the_backoff() {
+        let mut s = one_replica_with(crate::store::RestartPolicy {
+            delay_ms: Some(5_000),
+            ..Default::default()
+        });
+        // Quick failures in a row: 5 s each time, never doubling.
+        let mut at = 1_000;
+        for _ in 0..4 {
+            assert!(!fail_and_plan(&mut s, at, 4_999), "not before 5 s");
+            assert!(fail_and_plan(&mut s, at, 5_000), "at 5 s");
+            at += 6_000;
+        }
+        // --restart-delay 0: at once.
+        s.services
+            .get_mut("svc")
+            .unwrap()
+            .spec
+            .restart_policy
+            .delay_ms = Some(0);
+        assert!(fail_and_plan(&mut s, at, 0));
+    }
+
+    #[test]
+    fn max_attempts_stop_restarts_within_the_window() {
+        let mut s = one_replica_with(crate::store::RestartPolicy {
+            delay_ms: Some(0),
+            max_attempts: 2,
+            window_ms: 0,
+        });
+        assert!(fail_and_plan(&mut s, 100, 0), "restart 1");
+        assert!(fail_and_plan(&mut s, 200, 0), "restart 2");
+        assert!(!fail_and_plan(&mut s, 300, 0), "no third");
+        // Refused for good: the task stays, finished, even much later.
+        assert!(plan(&s, 10_000_000, || "x".into()).is_empty());
+        let t = s.tasks.values().next().unwrap();
+        assert!(t.status.state.is_terminal());
+        assert_eq!(t.restart_history, vec![100, 200]);
+
+        // With a window, only the restarts within it count.
+        let mut s = one_replica_with(crate::store::RestartPolicy {
+            delay_ms: Some(0),
+            max_attempts: 2,
+            window_ms: 60_000,
+        });
+        assert!(fail_and_plan(&mut s, 1_000, 0));
+        assert!(fail_and_plan(&mut s, 2_000, 0));
+        assert!(!fail_and_plan(&mut s, 3_000, 0), "two within a minute");
+        // A slot whose restarts are older than the window restarts again.
+        let mut s2 = one_replica_with(s.services["svc"].spec.restart_policy);
+        assert!(fail_and_plan(&mut s2, 1_000, 0));
+        assert!(fail_and_plan(&mut s2, 2_000, 0));
+        assert!(
+            fail_and_plan(&mut s2, 70_000, 0),
+            "the first two are out of the window"
+        );
+        assert_eq!(
+            s2.tasks.values().next().unwrap().restart_history,
+            vec![70_000],
+            "only what the limit can count is carried"
+        );
     }
 
     #[test]

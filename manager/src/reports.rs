@@ -29,6 +29,32 @@ pub enum ReportError {
         /// The node that has it.
         owner: NodeId,
     },
+    /// CPUs or memory beyond what any machine has.
+    #[error("node resources out of range: {nano_cpus} nano-CPUs, {memory_bytes} bytes of memory")]
+    Resources {
+        /// Reported CPUs, billionths.
+        nano_cpus: u64,
+        /// Reported memory, bytes.
+        memory_bytes: u64,
+    },
+}
+
+/// The CPUs and memory a node may report: at most what a reservation may
+/// name (1024 CPUs, 1 PiB), so sums of reservations cannot overflow.
+pub fn node_resources(
+    r: &weft_proto::v1::NodeResources,
+) -> Result<crate::store::NodeResources, ReportError> {
+    use crate::validate::{MAX_MEMORY_BYTES, MAX_NANO_CPUS};
+    if r.nano_cpus > MAX_NANO_CPUS || r.memory_bytes > MAX_MEMORY_BYTES {
+        return Err(ReportError::Resources {
+            nano_cpus: r.nano_cpus,
+            memory_bytes: r.memory_bytes,
+        });
+    }
+    Ok(crate::store::NodeResources {
+        nano_cpus: r.nano_cpus,
+        memory_bytes: r.memory_bytes,
+    })
 }
 
 /// A default-bridge subnet a node may report.

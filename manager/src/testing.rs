@@ -121,6 +121,7 @@ pub fn network(id: &str, name: &str, encrypted: bool) -> Command {
 /// A replicated VIP service running `sleep 1d` on `networks`.
 pub fn spec(name: &str, replicas: u64, networks: &[&str]) -> ServiceSpec {
     ServiceSpec {
+        restart_policy: Default::default(),
         name: name.into(),
         mode: ServiceMode::Replicated { replicas },
         task: TaskSpec {
@@ -128,6 +129,7 @@ pub fn spec(name: &str, replicas: u64, networks: &[&str]) -> ServiceSpec {
             env: BTreeMap::new(),
             container: None,
             stop: Default::default(),
+            resources: Default::default(),
         },
         networks: networks.iter().map(|n| n.to_string()).collect(),
         endpoint_mode: EndpointMode::Vip,
@@ -155,6 +157,7 @@ pub fn place(s: &mut State, service: &str, first: u64, count: u64, node: u64) {
         apply(
             s,
             Command::CreateServiceTask {
+                restart_history: Vec::new(),
                 id: id.clone(),
                 service: service.into(),
                 slot,

@@ -103,6 +103,104 @@ pub fn stop_policy(p: &crate::store::StopPolicy) -> Result<()> {
     Ok(())
 }
 
+/// Fewest CPUs a limit or reservation may name (swarmkit's bound):
+/// below it the CFS quota is under a millisecond per period.
+pub const MIN_NANO_CPUS: u64 = 1_000_000;
+/// Most CPUs a limit or reservation may name.
+pub const MAX_NANO_CPUS: u64 = 1024 * 1_000_000_000;
+/// Least memory limit (Docker's): runc itself needs some to start a
+/// container.
+pub const MIN_LIMIT_MEMORY_BYTES: u64 = 6 * 1024 * 1024;
+/// Most memory a limit or reservation may name (1 PiB).
+pub const MAX_MEMORY_BYTES: u64 = 1 << 50;
+/// Most processes a `--limit-pids` may name (the kernel's PID_MAX_LIMIT).
+pub const MAX_LIMIT_PIDS: u64 = 4 * 1024 * 1024;
+
+/// A task's limits and reservations, checked at the edge: each within its
+/// bounds (0 is "none"), no reservation above its limit, and limits only
+/// for a container (a host process runs in the daemon's cgroup, which weft
+/// does not split).
+pub fn resources(r: &crate::store::Resources, container: bool) -> Result<()> {
+    let bad = |m: String| Err(Error::InvalidInput(m));
+    for (flag, v) in [
+        ("--limit-cpu", r.limit_nano_cpus),
+        ("--reserve-cpu", r.reserve_nano_cpus),
+    ] {
+        if v != 0 && !(MIN_NANO_CPUS..=MAX_NANO_CPUS).contains(&v) {
+            return bad(format!(
+                "{flag} {}: give 0.001 to {} CPUs",
+                v as f64 / 1e9,
+                MAX_NANO_CPUS / 1_000_000_000
+            ));
+        }
+    }
+    if r.limit_memory_bytes != 0
+        && !(MIN_LIMIT_MEMORY_BYTES..=MAX_MEMORY_BYTES).contains(&r.limit_memory_bytes)
+    {
+        return bad(format!(
+            "--limit-memory {} bytes: give 6m (6 MiB) to 1p",
+            r.limit_memory_bytes
+        ));
+    }
+    if r.reserve_memory_bytes > MAX_MEMORY_BYTES {
+        return bad(format!(
+            "--reserve-memory {} bytes: give at most 1p",
+            r.reserve_memory_bytes
+        ));
+    }
+    if r.limit_pids > MAX_LIMIT_PIDS {
+        return bad(format!(
+            "--limit-pids {}: give 1 to {MAX_LIMIT_PIDS}",
+            r.limit_pids
+        ));
+    }
+    for (what, reserve, limit) in [
+        ("CPUs", r.reserve_nano_cpus, r.limit_nano_cpus),
+        ("memory", r.reserve_memory_bytes, r.limit_memory_bytes),
+    ] {
+        if limit != 0 && reserve > limit {
+            return bad(format!(
+                "the {what} reservation ({reserve}) is more than the limit ({limit})"
+            ));
+        }
+    }
+    if !container && r.has_limits() {
+        return bad(
+            "--limit-cpu, --limit-memory and --limit-pids are for containers: a host process              (-- CMD) runs unisolated in the daemon's cgroup; give an IMAGE"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// Longest `--restart-delay`.
+pub const MAX_RESTART_DELAY_MS: u64 = 24 * 3600 * 1000;
+/// Longest `--restart-window`.
+pub const MAX_RESTART_WINDOW_MS: u64 = 30 * 24 * 3600 * 1000;
+/// Most `--restart-max-attempts` (the history a task carries is as long).
+pub const MAX_RESTART_ATTEMPTS: u64 = 1000;
+
+/// A service's restart delay, attempts and window, within their bounds.
+pub fn restart_policy(p: &crate::store::RestartPolicy) -> Result<()> {
+    if p.delay_ms.is_some_and(|d| d > MAX_RESTART_DELAY_MS) {
+        return Err(Error::InvalidInput(
+            "--restart-delay: give at most 24h".into(),
+        ));
+    }
+    if p.max_attempts > MAX_RESTART_ATTEMPTS {
+        return Err(Error::InvalidInput(format!(
+            "--restart-max-attempts {}: give 0 (no limit) to {MAX_RESTART_ATTEMPTS}",
+            p.max_attempts
+        )));
+    }
+    if p.window_ms > MAX_RESTART_WINDOW_MS {
+        return Err(Error::InvalidInput(
+            "--restart-window: give at most 30d".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// A random 16-hex-digit object ID.
 pub fn random_id() -> String {
     format!("{:016x}", rand::random::<u64>())
@@ -111,7 +209,110 @@ pub fn random_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::ContainerOpts;
+    use crate::store::{ContainerOpts, Resources};
+
+    #[test]
+    fn restart_policy_bounds() {
+        use crate::store::RestartPolicy;
+        let ok = RestartPolicy {
+            delay_ms: Some(0),
+            max_attempts: 3,
+            window_ms: 60_000,
+        };
+        restart_policy(&ok).unwrap();
+        for bad in [
+            RestartPolicy {
+                delay_ms: Some(MAX_RESTART_DELAY_MS + 1),
+                ..ok
+            },
+            RestartPolicy {
+                max_attempts: MAX_RESTART_ATTEMPTS + 1,
+                ..ok
+            },
+            RestartPolicy {
+                window_ms: MAX_RESTART_WINDOW_MS + 1,
+                ..ok
+            },
+        ] {
+            let e = restart_policy(&bad).unwrap_err().to_string();
+            assert!(e.contains("--restart-"), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn resource_bounds() {
+        let ok = Resources {
+            limit_nano_cpus: 500_000_000,
+            limit_memory_bytes: 64 << 20,
+            limit_pids: 100,
+            reserve_nano_cpus: 250_000_000,
+            reserve_memory_bytes: 32 << 20,
+        };
+        resources(&ok, true).unwrap();
+        resources(&Resources::default(), false).unwrap();
+        let reserve_only = Resources {
+            reserve_memory_bytes: 1 << 40,
+            ..Default::default()
+        };
+        resources(&reserve_only, false).unwrap();
+        for (bad, needle) in [
+            (
+                Resources {
+                    limit_nano_cpus: 1,
+                    ..ok
+                },
+                "--limit-cpu",
+            ),
+            (
+                Resources {
+                    reserve_nano_cpus: MAX_NANO_CPUS + 1,
+                    ..ok
+                },
+                "--reserve-cpu",
+            ),
+            (
+                Resources {
+                    limit_memory_bytes: 1 << 20,
+                    ..ok
+                },
+                "--limit-memory",
+            ),
+            (
+                Resources {
+                    reserve_memory_bytes: (1 << 50) + 1,
+                    limit_memory_bytes: 0,
+                    ..ok
+                },
+                "--reserve-memory",
+            ),
+            (
+                Resources {
+                    limit_pids: MAX_LIMIT_PIDS + 1,
+                    ..ok
+                },
+                "--limit-pids",
+            ),
+            (
+                Resources {
+                    reserve_memory_bytes: 128 << 20,
+                    ..ok
+                },
+                "memory reservation",
+            ),
+            (
+                Resources {
+                    reserve_nano_cpus: 1_000_000_000,
+                    ..ok
+                },
+                "CPUs reservation",
+            ),
+        ] {
+            let e = resources(&bad, true).unwrap_err().to_string();
+            assert!(e.contains(needle), "{bad:?}: {e}");
+        }
+        let e = resources(&ok, false).unwrap_err().to_string();
+        assert!(e.contains("for containers"), "{e}");
+    }
 
     #[test]
     fn container_options() {

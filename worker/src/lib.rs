@@ -8,6 +8,7 @@
 //! node's slice.
 
 pub mod agent;
+pub mod capacity;
 pub mod error;
 pub mod image;
 pub mod join;

@@ -436,6 +436,7 @@ impl Reconciler {
             wg_public_key,
             handshakes,
             bridge_subnet: self.bridge_subnet.clone(),
+            resources: Some(crate::capacity::node()),
         }
     }
 
@@ -470,6 +471,7 @@ impl Reconciler {
                     workdir: Some(c.workdir.clone()).filter(|w| !w.is_empty()),
                     user: Some(c.user.clone()).filter(|u| !u.is_empty()),
                     read_only: c.read_only,
+                    limits: crate::capacity::limits(t.resources.as_ref()),
                 })
             }),
             stop: stop_policy(t.stop.as_ref()),
@@ -575,7 +577,8 @@ pub fn task_status(s: &TaskState) -> pb::TaskStatus {
     let mut out = pb::TaskStatus::default();
     let state = match s {
         TaskState::Running { .. } => pb::TaskState::Running,
-        TaskState::Exited { code, signal } => {
+        TaskState::Exited { code, signal, oom } => {
+            out.oom_killed = *oom;
             out.has_exit_code = code.is_some();
             out.exit_code = code.unwrap_or(0);
             out.message = signal
@@ -748,6 +751,7 @@ mod tests {
         let exited = task_status(&TaskState::Exited {
             code: Some(3),
             signal: None,
+            oom: false,
         });
         assert_eq!(exited.state(), pb::TaskState::Exited);
         assert!(exited.has_exit_code);
@@ -758,6 +762,7 @@ mod tests {
         let killed = task_status(&TaskState::Exited {
             code: None,
             signal: Some(9),
+            oom: false,
         });
         assert_eq!(killed.state(), pb::TaskState::Exited);
         assert!(!killed.has_exit_code);

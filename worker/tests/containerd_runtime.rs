@@ -25,7 +25,7 @@ use weft_containerd_api::Client;
 use weft_overlay::linux::Netns;
 use weft_worker::image::{FakeImageSource, ImageConfig, ImageSource, LocalImage};
 use weft_worker::runtime::containerd::{ContainerdConfig, ContainerdRuntime};
-use weft_worker::runtime::{ContainerSpec, StopPolicy, TaskRuntime, TaskSpec, TaskState};
+use weft_worker::runtime::{ContainerSpec, Limits, StopPolicy, TaskRuntime, TaskSpec, TaskState};
 
 const NS: &str = "weft";
 const IMAGE: &str = "docker.io/weft-test/busybox:latest";
@@ -167,6 +167,46 @@ fn inode(path: &Path) -> u64 {
     std::fs::metadata(path).expect("stat").ino()
 }
 
+/// A private containerd with the busybox image imported, and what a
+/// runtime on it needs.
+struct Setup {
+    ctrd: PrivateContainerd,
+    tmp: tempfile::TempDir,
+    client: Client,
+    cfg: ContainerdConfig,
+    images: Arc<dyn ImageSource>,
+}
+
+impl Setup {
+    async fn new(name: &str) -> Self {
+        let ctrd = PrivateContainerd::start(name);
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (archive, image) = busybox_image(tmp.path());
+        ctrd.ctr_ok(NS, &["images", "import", archive.to_str().unwrap()]);
+        let client = Client::connect(ctrd.socket())
+            .await
+            .expect("connect")
+            .with_namespace(NS)
+            .expect("namespace");
+        let cfg = ContainerdConfig {
+            tasks_dir: tmp.path().join("tasks"),
+            runc_root: Some(ctrd.runc_root()),
+            cgroup_parent: PathBuf::from(ctrd.cgroup_parent()),
+            owner: tmp.path().display().to_string(),
+        };
+        let images: Arc<dyn ImageSource> = Arc::new(FakeImageSource {
+            images: BTreeMap::from([("busybox-test".to_string(), image)]),
+        });
+        Setup {
+            ctrd,
+            tmp,
+            client,
+            cfg,
+            images,
+        }
+    }
+}
+
 struct Pin(PathBuf);
 impl Drop for Pin {
     fn drop(&mut self) {
@@ -176,24 +216,13 @@ impl Drop for Pin {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn containers_run_isolated_in_weft_s_netns_stop_gracefully_and_are_adopted() {
-    let ctrd = PrivateContainerd::start("runtime");
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let (archive, image) = busybox_image(tmp.path());
-    ctrd.ctr_ok(NS, &["images", "import", archive.to_str().unwrap()]);
-    let client = Client::connect(ctrd.socket())
-        .await
-        .expect("connect")
-        .with_namespace(NS)
-        .expect("namespace");
-    let cfg = ContainerdConfig {
-        tasks_dir: tmp.path().join("tasks"),
-        runc_root: Some(ctrd.runc_root()),
-        cgroup_parent: PathBuf::from(ctrd.cgroup_parent()),
-        owner: tmp.path().display().to_string(),
-    };
-    let images: Arc<dyn ImageSource> = Arc::new(FakeImageSource {
-        images: BTreeMap::from([("busybox-test".to_string(), image)]),
-    });
+    let Setup {
+        ctrd,
+        tmp,
+        client,
+        cfg,
+        images,
+    } = Setup::new("runtime").await;
     let rt = ContainerdRuntime::new(client.clone(), images.clone(), cfg.clone());
 
     let pin = Pin(tmp.path().join("netns").join("t1"));
@@ -255,7 +284,8 @@ async fn containers_run_isolated_in_weft_s_netns_stop_gracefully_and_are_adopted
         done.state,
         TaskState::Exited {
             code: Some(0),
-            signal: None
+            signal: None,
+            oom: false,
         }
     );
     assert!(log_of(&rt, "t1").contains("bye"), "{}", log_of(&rt, "t1"));
@@ -269,7 +299,8 @@ async fn containers_run_isolated_in_weft_s_netns_stop_gracefully_and_are_adopted
         done.state,
         TaskState::Exited {
             code: Some(3),
-            signal: None
+            signal: None,
+            oom: false,
         }
     );
 
@@ -286,7 +317,8 @@ async fn containers_run_isolated_in_weft_s_netns_stop_gracefully_and_are_adopted
         done.state,
         TaskState::Exited {
             code: Some(137),
-            signal: None
+            signal: None,
+            oom: false,
         }
     );
 
@@ -340,7 +372,8 @@ async fn containers_run_isolated_in_weft_s_netns_stop_gracefully_and_are_adopted
         adopted.get("t2"),
         Some(&TaskState::Exited {
             code: Some(3),
-            signal: None
+            signal: None,
+            oom: false,
         })
     );
     // The adopted container is stopped with its own signal (exit 0 from
@@ -354,7 +387,8 @@ async fn containers_run_isolated_in_weft_s_netns_stop_gracefully_and_are_adopted
         done.state,
         TaskState::Exited {
             code: Some(0),
-            signal: None
+            signal: None,
+            oom: false,
         }
     );
 
@@ -395,5 +429,84 @@ async fn containers_run_isolated_in_weft_s_netns_stop_gracefully_and_are_adopted
     }
     // Removing twice is fine.
     rt.remove("t1").await.expect("remove again");
+    drop(netns);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_reach_the_cgroup_and_an_oom_kill_is_reported_as_such() {
+    // This machine runs cgroup v1 (hybrid); runc writes v2 files itself
+    // elsewhere, which this test cannot see here.
+    if !Path::new("/sys/fs/cgroup/memory/memory.limit_in_bytes").exists() {
+        panic!("no cgroup v1 memory hierarchy: this test reads v1 files and is not skipped");
+    }
+    let Setup {
+        ctrd,
+        tmp,
+        client,
+        cfg,
+        images,
+    } = Setup::new("limits").await;
+    let rt = ContainerdRuntime::new(client, images, cfg);
+    let pin = Pin(tmp.path().join("netns").join("l1"));
+    let netns = Netns::create(&pin.0).expect("netns");
+    netns.lo_up().expect("lo up");
+    let limited = |id: &str, script: &str| {
+        let mut s = spec(id, &pin.0, script);
+        s.container.as_mut().unwrap().limits = Limits {
+            nano_cpus: 500_000_000,
+            memory_bytes: 32 << 20,
+            pids: 64,
+        };
+        s
+    };
+
+    // The limits, as the kernel holds them (read from cgroupfs, not weft).
+    let l1 = limited("l1", "while true; do sleep 0.1; done");
+    assert!(matches!(
+        rt.start(&l1).await.expect("start l1").state,
+        TaskState::Running { .. }
+    ));
+    let mem = |f| ctrd.cgroup_v1_file("memory", "l1", f);
+    assert_eq!(mem("memory.limit_in_bytes"), "33554432");
+    assert_eq!(mem("memory.memsw.limit_in_bytes"), "33554432", "no swap");
+    assert_eq!(
+        ctrd.cgroup_v1_file("cpu", "l1", "cpu.cfs_quota_us"),
+        "50000"
+    );
+    assert_eq!(
+        ctrd.cgroup_v1_file("cpu", "l1", "cpu.cfs_period_us"),
+        "100000"
+    );
+    assert_eq!(ctrd.cgroup_v1_file("pids", "l1", "pids.max"), "64");
+    rt.stop("l1", Some(Duration::from_millis(200)))
+        .await
+        .expect("stop");
+    // Killed on request with 137: not an OOM kill.
+    assert!(matches!(
+        rt.wait("l1").await.expect("wait l1").state,
+        TaskState::Exited { oom: false, .. }
+    ));
+
+    // A shell that doubles a string until it is over 32 MiB meets the
+    // OOM killer, and the exit says so.
+    let l2 = limited("l2", "a=aaaaaaaaaaaaaaaa; while true; do a=$a$a; done");
+    rt.start(&l2).await.expect("start l2");
+    let done = tokio::time::timeout(Duration::from_secs(60), rt.wait("l2"))
+        .await
+        .expect("the OOM killer ends it within 60 s")
+        .expect("wait l2");
+    assert_eq!(
+        done.state,
+        TaskState::Exited {
+            code: Some(137),
+            signal: None,
+            oom: true,
+        },
+        "{}",
+        log_of(&rt, "l2")
+    );
+    for id in ["l1", "l2"] {
+        rt.remove(id).await.expect("remove");
+    }
     drop(netns);
 }

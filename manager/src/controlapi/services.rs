@@ -57,6 +57,8 @@ impl ControlService {
         }
         let container = crate::convert::container_from_wire(m.container.take(), &m.command)?;
         let stop = crate::convert::stop_from_wire(m.stop.take())?;
+        let resources = crate::convert::resources_from_wire(m.resources, container.is_some())?;
+        let restart_policy = crate::convert::restart_policy_from_wire(m.restart_policy)?;
         if container.is_none() && (m.command.is_empty() || m.command[0].is_empty()) {
             return Err(Error::InvalidInput(
                 "no image or command given: `weft service create [OPTIONS] IMAGE [COMMAND...]` \
@@ -111,11 +113,13 @@ impl ControlService {
                 env,
                 container,
                 stop,
+                resources,
             },
             networks: self.resolve_networks(&m.networks)?,
             endpoint_mode,
             constraints,
             restart,
+            restart_policy,
         })
     }
 
@@ -203,6 +207,13 @@ impl ControlService {
             if !spec.constraints.contains(&c) {
                 spec.constraints.push(c);
             }
+        }
+        if let Some(u) = &r.resources {
+            let container = spec.task.container.is_some();
+            crate::convert::update_resources(&mut spec.task.resources, u, container)?;
+        }
+        if let Some(u) = &r.restart_policy {
+            crate::convert::update_restart_policy(&mut spec.restart_policy, u)?;
         }
         for (unit, before, after, max) in [
             (

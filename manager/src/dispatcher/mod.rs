@@ -137,6 +137,7 @@ impl DispatcherService {
         use crate::error::Error;
         let container = crate::convert::container_from_wire(r.container.take(), &r.command)?;
         let stop = crate::convert::stop_from_wire(r.stop.take())?;
+        let resources = crate::convert::resources_from_wire(r.resources, container.is_some())?;
         if container.is_none() && (r.command.is_empty() || r.command[0].is_empty()) {
             return Err(Error::InvalidInput(
                 "no image or command given: `weft run [OPTIONS] IMAGE [COMMAND...]` (or \
@@ -241,6 +242,7 @@ impl DispatcherService {
                 env,
                 container,
                 stop,
+                resources,
             },
             networks,
             standalone: true,
@@ -249,6 +251,9 @@ impl DispatcherService {
             ports,
         };
         self.core.read(|s| limits::admit(s, &cmd))?;
+        self.core
+            .read(|s| crate::orchestrator::fits(s, node.id, &resources))
+            .map_err(|why| Error::ResourceExhausted(format!("cannot run here: {why}")))?;
         self.core.propose(cmd).await?;
         self.core
             .read(|s| s.tasks.get(&id).map(|t| crate::convert::task_to_wire(s, t)))
@@ -545,6 +550,22 @@ impl Dispatcher for DispatcherService {
                     now_ms: crate::core::now_ms(),
                 })
                 .await?;
+        }
+        if let Some(res) = &r.resources {
+            match crate::reports::node_resources(res) {
+                Ok(res) if res != node.resources => {
+                    self.core
+                        .propose(Command::SetNodeResources {
+                            id: node.id,
+                            resources: res,
+                        })
+                        .await?;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(node = %node.id, error = %e, "ignoring a resources report")
+                }
+            }
         }
         // Only changes become Raft writes; no node has more tasks than the
         // cluster may, so entries past that are dropped unread.

@@ -197,6 +197,7 @@ pub fn project(state: &State, node: NodeId, version: u64) -> Option<pb::NodeConf
             env: t.spec.env.clone().into_iter().collect(),
             container: crate::convert::container_to_wire(&t.spec.container),
             stop: crate::convert::stop_to_wire(&t.spec.stop),
+            resources: crate::convert::resources_to_wire(&t.spec.resources),
             attachments: t
                 .attachments
                 .iter()
@@ -616,6 +617,7 @@ mod tests {
         s.apply(&Command::CreateService {
             id: "s1".into(),
             spec: ServiceSpec {
+                restart_policy: Default::default(),
                 name: "web".into(),
                 mode: ServiceMode::Replicated { replicas: 2 },
                 task: TaskSpec::default(),
@@ -633,6 +635,7 @@ mod tests {
         .unwrap();
         for (id, node) in [("r1", 1), ("r2", 2)] {
             s.apply(&Command::CreateServiceTask {
+                restart_history: Vec::new(),
                 id: id.into(),
                 service: "s1".into(),
                 slot: 1,

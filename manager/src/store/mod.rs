@@ -115,6 +115,13 @@ pub enum Command {
         /// Underlay address.
         data_path_addr: String,
     },
+    /// The CPUs and memory a node reported (only changes are proposed).
+    SetNodeResources {
+        /// Which node.
+        id: NodeId,
+        /// What it has.
+        resources: NodeResources,
+    },
     /// A certificate was issued to a node.
     SetCertExpiry {
         /// Which node.
@@ -243,6 +250,9 @@ pub enum Command {
         /// Failures in a row of the slot's previous tasks (the backoff).
         #[serde(default)]
         restarts: u32,
+        /// When the slot's tasks were restarted (for the attempt limit).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        restart_history: Vec<u64>,
     },
     /// A node reported its WireGuard public key; a tunnel address is
     /// allocated with its first one.
@@ -533,6 +543,11 @@ impl State {
                 node.data_path_addr = data_path_addr.clone();
                 Ok(Applied::Node(Box::new(node.clone())))
             }
+            Command::SetNodeResources { id, resources } => {
+                let node = self.node_mut(*id)?;
+                node.resources = *resources;
+                Ok(Applied::Node(Box::new(node.clone())))
+            }
             Command::SetCertExpiry { id, expiry, role } => {
                 let node = self.node_mut(*id)?;
                 node.cert_expiry = expiry.clone();
@@ -739,6 +754,7 @@ impl State {
                 node,
                 now_ms,
                 restarts,
+                restart_history,
             } => {
                 let svc = self
                     .services
@@ -772,6 +788,7 @@ impl State {
                     self.allocate_task(id, &name, *node, &spec, &networks, false, *now_ms)?;
                 task.service = Some(sref);
                 task.restarts = *restarts;
+                task.restart_history = restart_history.clone();
                 self.tasks.insert(task.id.clone(), task);
                 Ok(Applied::Done)
             }
@@ -1157,6 +1174,7 @@ impl State {
             network_mode: NetworkMode::Attached,
             ports: Vec::new(),
             restarts: 0,
+            restart_history: Vec::new(),
         })
     }
 

@@ -211,6 +211,7 @@ fn create_task(s: &mut State, id: &str, node: u64, nets: &[&str]) -> CommandResu
             env: BTreeMap::new(),
             container: None,
             stop: Default::default(),
+            resources: Default::default(),
         },
         networks: nets.iter().map(|n| (n.to_string(), None)).collect(),
         standalone: true,
@@ -617,6 +618,7 @@ fn published_ports_are_unique_per_node_and_picked_from_the_range() {
     .unwrap_err();
     assert!(e.to_string().contains("outside"), "{e}");
     let svc = |ports: Vec<PortRequest>, mode| ServiceSpec {
+        restart_policy: Default::default(),
         name: "web".into(),
         mode: ServiceMode::Replicated { replicas: 1 },
         task: TaskSpec::default(),
@@ -662,6 +664,7 @@ fn published_ports_are_unique_per_node_and_picked_from_the_range() {
     assert_eq!(net.subnet.to_string(), "10.255.0.0/16");
     assert_eq!(net.node_endpoints.len(), 2);
     s.apply(&Command::CreateServiceTask {
+        restart_history: Vec::new(),
         id: "r1".into(),
         service: "s1".into(),
         slot: 1,
@@ -715,6 +718,7 @@ fn ingress_subnet_is_kept_free_and_moves_only_while_unused() {
     let publish = |id: &str| Command::CreateService {
         id: id.into(),
         spec: ServiceSpec {
+            restart_policy: Default::default(),
             name: format!("web-{id}"),
             mode: ServiceMode::Replicated { replicas: 1 },
             task: TaskSpec::default(),
@@ -777,6 +781,7 @@ fn ingress_subnet_is_kept_free_and_moves_only_while_unused() {
     assert!(e.to_string().contains("web-s1"), "{e}");
     assert_eq!(s, before);
     s.apply(&Command::CreateServiceTask {
+        restart_history: Vec::new(),
         id: "r1".into(),
         service: "s1".into(),
         slot: 1,
@@ -931,4 +936,43 @@ fn set_secrets_replaces_them_whole_and_debug_hides_them() {
     })
     .expect("rotate");
     assert_eq!(s.cluster.as_ref().unwrap().secrets_generation, 3);
+}
+
+#[test]
+fn resources_round_trip_and_old_records_read_without_them() {
+    // A task spec and a node written before resources existed.
+    let old_spec: TaskSpec = serde_json::from_str(r#"{"command":["sleep","1"],"env":{}}"#).unwrap();
+    assert_eq!(old_spec.resources, Resources::default());
+    let mut node = serde_json::to_value(Node::default()).unwrap();
+    node.as_object_mut().unwrap().remove("resources");
+    let old_node: Node = serde_json::from_value(node).unwrap();
+    assert_eq!(old_node.resources, NodeResources::default());
+    // A spec without resources is written as before (no new key).
+    let json = serde_json::to_value(&old_spec).unwrap();
+    assert!(json.get("resources").is_none(), "{json}");
+    // With them, they read back as written.
+    let spec = TaskSpec {
+        resources: Resources {
+            limit_nano_cpus: 500_000_000,
+            limit_memory_bytes: 32 << 20,
+            limit_pids: 64,
+            reserve_nano_cpus: 0,
+            reserve_memory_bytes: 16 << 20,
+        },
+        ..old_spec
+    };
+    let back: TaskSpec = serde_json::from_str(&serde_json::to_string(&spec).unwrap()).unwrap();
+    assert_eq!(back, spec);
+    // A node's reported capacity is one Raft command.
+    let mut s = initialised();
+    let id = *s.nodes.keys().next().unwrap();
+    let res = NodeResources {
+        nano_cpus: 2_000_000_000,
+        memory_bytes: 1 << 30,
+    };
+    s.apply(&Command::SetNodeResources { id, resources: res })
+        .unwrap();
+    assert_eq!(s.nodes[&id].resources, res);
+    let cmd = serde_json::to_string(&Command::SetNodeResources { id, resources: res }).unwrap();
+    let _: Command = serde_json::from_str(&cmd).unwrap();
 }

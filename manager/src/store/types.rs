@@ -146,6 +146,9 @@ pub struct Node {
     /// Unix ms when its current key was reported.
     #[serde(default)]
     pub wg_key_since_ms: u64,
+    /// Its CPUs and memory, as it reports them (absent in old records).
+    #[serde(default)]
+    pub resources: NodeResources,
 }
 
 /// Cluster identity and settings, fixed at `init` unless noted.
@@ -461,6 +464,9 @@ pub struct TaskSpec {
     /// How the task is stopped (`--stop-signal`, `--stop-grace-period`).
     #[serde(default, skip_serializing_if = "StopPolicy::is_default")]
     pub stop: StopPolicy,
+    /// Limits (containers only) and reservations (absent in old records).
+    #[serde(default, skip_serializing_if = "Resources::is_none")]
+    pub resources: Resources,
 }
 
 /// How a task is stopped: `signal`, then SIGKILL once `grace_ms` is over.
@@ -481,6 +487,56 @@ impl StopPolicy {
     pub fn is_default(&self) -> bool {
         *self == StopPolicy::default()
     }
+}
+
+/// A task's resources (`--limit-*`, `--reserve-*`); 0 is "none". Limits
+/// are enforced by the kernel on a container's cgroup; reservations are
+/// what the scheduler sets aside on the task's node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Resources {
+    /// `--limit-cpu`, in billionths of a CPU (CFS quota over period).
+    #[serde(default, skip_serializing_if = "is_zero64")]
+    pub limit_nano_cpus: u64,
+    /// `--limit-memory`, bytes (swap included: the same figure).
+    #[serde(default, skip_serializing_if = "is_zero64")]
+    pub limit_memory_bytes: u64,
+    /// `--limit-pids`: processes and threads.
+    #[serde(default, skip_serializing_if = "is_zero64")]
+    pub limit_pids: u64,
+    /// `--reserve-cpu`, in billionths of a CPU.
+    #[serde(default, skip_serializing_if = "is_zero64")]
+    pub reserve_nano_cpus: u64,
+    /// `--reserve-memory`, bytes.
+    #[serde(default, skip_serializing_if = "is_zero64")]
+    pub reserve_memory_bytes: u64,
+}
+
+impl Resources {
+    /// Nothing limited, nothing reserved.
+    pub fn is_none(&self) -> bool {
+        *self == Resources::default()
+    }
+
+    /// Whether any limit is set (only containers can be limited).
+    pub fn has_limits(&self) -> bool {
+        self.limit_nano_cpus != 0 || self.limit_memory_bytes != 0 || self.limit_pids != 0
+    }
+}
+
+/// What a node offers the scheduler, as it reports it: its CPUs and
+/// memory. 0 is "not reported" (an older daemon): not checked.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeResources {
+    /// Online CPUs, in billionths.
+    #[serde(default)]
+    pub nano_cpus: u64,
+    /// Physical memory, bytes.
+    #[serde(default)]
+    pub memory_bytes: u64,
+}
+
+fn is_zero64(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What makes a task a container: its image and Docker's overrides of the
@@ -561,6 +617,10 @@ pub struct Task {
     /// it was made, before this one: the restart backoff (0 in old records).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub restarts: u32,
+    /// When its slot's tasks were restarted before it (unix ms, oldest
+    /// first), as far as `--restart-max-attempts` needs to count them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub restart_history: Vec<u64>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -744,6 +804,35 @@ pub struct ServiceSpec {
     /// Published ports.
     #[serde(default)]
     pub ports: Vec<PortRequest>,
+    /// `--restart-delay`, `--restart-max-attempts`, `--restart-window`
+    /// (absent in old records: the automatic backoff, no limit).
+    #[serde(default, skip_serializing_if = "RestartPolicy::is_default")]
+    pub restart_policy: RestartPolicy,
+}
+
+/// How often, and how soon, finished tasks are replaced (beside the
+/// condition, [`RestartCondition`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestartPolicy {
+    /// `--restart-delay`: a fixed wait before a replacement, instead of
+    /// the automatic backoff (1 s doubling to 60 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
+    /// `--restart-max-attempts`: at most this many restarts of a slot (0:
+    /// no limit), counted within the window.
+    #[serde(default, skip_serializing_if = "is_zero64")]
+    pub max_attempts: u64,
+    /// `--restart-window`: how far back restarts count towards the limit
+    /// (0: all of them).
+    #[serde(default, skip_serializing_if = "is_zero64")]
+    pub window_ms: u64,
+}
+
+impl RestartPolicy {
+    /// No delay, no limit: the automatic backoff.
+    pub fn is_default(&self) -> bool {
+        *self == RestartPolicy::default()
+    }
 }
 
 /// A service.

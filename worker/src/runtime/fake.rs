@@ -100,6 +100,7 @@ impl FakeRuntime {
             TaskState::Exited {
                 code: Some(code),
                 signal: None,
+                oom: false,
             },
         );
     }
@@ -191,6 +192,7 @@ impl TaskRuntime for FakeRuntime {
             TaskState::Exited {
                 code: None,
                 signal: Some(libc::SIGTERM),
+                oom: false,
             },
         );
         Ok(())

@@ -68,6 +68,7 @@ impl ExitFile {
             None => TaskState::Exited {
                 code: self.code,
                 signal: self.signal,
+                oom: false,
             },
         }
     }

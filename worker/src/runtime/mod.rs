@@ -108,6 +108,25 @@ pub struct ContainerSpec {
     /// `--read-only`: the root filesystem is mounted read-only.
     #[serde(default)]
     pub read_only: bool,
+    /// `--limit-*`: what the container's cgroup allows.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// Limits on a container's cgroup (issue #14), 0 = none. runc writes them
+/// to cgroup v1 or v2 files itself from the OCI `linux.resources`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Limits {
+    /// `--limit-cpu`, billionths of a CPU.
+    #[serde(default)]
+    pub nano_cpus: u64,
+    /// `--limit-memory`, bytes; also memory + swap, so no swap is used and
+    /// an allocation past it meets the OOM killer at once.
+    #[serde(default)]
+    pub memory_bytes: u64,
+    /// `--limit-pids`.
+    #[serde(default)]
+    pub pids: u64,
 }
 
 /// Where a task is in its life.
@@ -125,6 +144,10 @@ pub enum TaskState {
         code: Option<i32>,
         /// The signal that killed it, if any.
         signal: Option<i32>,
+        /// The kernel's OOM killer killed a process of its cgroup (a
+        /// container over its `--limit-memory`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        oom: bool,
     },
     /// The task could not be started, or its supervision was lost (the shim
     /// died and the task's fate is unknown).

@@ -216,7 +216,8 @@ async fn process_task_runs_in_netns_survives_restart_and_stops() {
         st.state,
         TaskState::Exited {
             code: None,
-            signal: Some(libc::SIGTERM)
+            signal: Some(libc::SIGTERM),
+            oom: false,
         }
     );
     assert!(st.finished_at.is_some());
@@ -257,7 +258,8 @@ async fn process_task_exit_code_is_reported() {
         end.state,
         TaskState::Exited {
             code: Some(3),
-            signal: None
+            signal: None,
+            oom: false,
         }
     );
     // The last event is the exit.
@@ -311,7 +313,8 @@ async fn process_stop_escalates_to_sigkill() {
         rt.status("stubborn").unwrap().state,
         TaskState::Exited {
             code: None,
-            signal: Some(libc::SIGKILL)
+            signal: Some(libc::SIGKILL),
+            oom: false,
         }
     );
 }
@@ -334,7 +337,8 @@ async fn process_shim_forwards_sigterm() {
         end.state,
         TaskState::Exited {
             code: None,
-            signal: Some(libc::SIGTERM)
+            signal: Some(libc::SIGTERM),
+            oom: false,
         }
     );
 }
@@ -492,7 +496,8 @@ async fn process_task_survives_daemon_kill9() {
         rt.status("k9").unwrap().state,
         TaskState::Exited {
             code: None,
-            signal: Some(libc::SIGTERM)
+            signal: Some(libc::SIGTERM),
+            oom: false,
         }
     );
 }
@@ -585,7 +590,8 @@ fn observe_reads_task_files() {
         s.state,
         TaskState::Exited {
             code: Some(0),
-            signal: None
+            signal: None,
+            oom: false,
         }
     );
     assert_eq!(s.started_at, Some(pid.started_at));
@@ -613,6 +619,7 @@ fn status_serializes_with_a_state_tag() {
         state: TaskState::Exited {
             code: Some(3),
             signal: None,
+            oom: false,
         },
         started_at: None,
         finished_at: None,
@@ -645,14 +652,16 @@ async fn fake_runtime_records_and_reports() {
         rt.wait("f1").await.unwrap().state,
         TaskState::Exited {
             code: Some(3),
-            signal: None
+            signal: None,
+            oom: false,
         }
     );
     assert_eq!(
         events.recv().await.unwrap().state,
         TaskState::Exited {
             code: Some(3),
-            signal: None
+            signal: None,
+            oom: false,
         }
     );
 
@@ -675,7 +684,8 @@ async fn fake_runtime_records_and_reports() {
         rt.status("f3").unwrap().state,
         TaskState::Exited {
             code: None,
-            signal: Some(libc::SIGTERM)
+            signal: Some(libc::SIGTERM),
+            oom: false,
         }
     );
     assert!(matches!(

@@ -106,6 +106,7 @@ fn covers_every_node_of_a_mixed_cluster() {
         apply(
             &mut s,
             Command::CreateServiceTask {
+                restart_history: Vec::new(),
                 id: format!("g{n}"),
                 service: "s2".into(),
                 slot: 0,
@@ -213,6 +214,14 @@ fn at_every_limit_at_once_admitted_configs_stay_under_the_receive_limit() {
             read_only: true,
         }),
         stop: Default::default(),
+        // Every limit and reservation at its widest (no reservation, so
+        // the scheduler still places it).
+        resources: crate::store::Resources {
+            limit_nano_cpus: crate::validate::MAX_NANO_CPUS,
+            limit_memory_bytes: crate::validate::MAX_MEMORY_BYTES,
+            limit_pids: crate::validate::MAX_LIMIT_PIDS,
+            ..Default::default()
+        },
     };
     limits::command(&task.command).unwrap();
     limits::env(&task.env).unwrap();

@@ -247,6 +247,21 @@ impl PrivateContainerd {
             .collect()
     }
 
+    /// A cgroup v1 file of container `id` under this daemon's cgroup
+    /// parent (e.g. `memory`, `memory.limit_in_bytes`), trimmed: the
+    /// kernel's view of a container's limits. Panics when it is missing.
+    pub fn cgroup_v1_file(&self, controller: &str, id: &str, file: &str) -> String {
+        let path = Path::new(CGROUP_ROOT)
+            .join(controller)
+            .join(self.cgroup_parent.trim_start_matches('/'))
+            .join(id)
+            .join(file);
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .trim()
+            .to_string()
+    }
+
     /// Mount points at or below the temp dir, deepest first.
     pub fn mounts(&self) -> Vec<PathBuf> {
         mounts_under(self.dir())

@@ -18,8 +18,12 @@
 //! its exit status until `Tasks.Delete`, and it writes the output straight
 //! to the log file: a daemon restart loses nothing and stalls nothing.
 //!
-//! Not here yet (issue #14's later stages): seccomp, resources, health
-//! checks, OOM reporting, streamed logs with rotation, exec.
+//! An exit is marked OOM-killed when the container's memory cgroup counted
+//! an OOM kill ([`oom_killed`]): runc removes the cgroup only at
+//! `Tasks.Delete`, so it is still there when `Tasks.Wait` returns.
+//!
+//! Not here yet (issue #14's later stages): seccomp, health checks,
+//! streamed logs with rotation, exec.
 
 pub mod spec;
 
@@ -64,6 +68,35 @@ const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/S
 const RUNC_OPTIONS_TYPE_URL: &str = "containerd.runc.v1.Options";
 /// How long a task may take to exit after SIGKILL before stop gives up.
 const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// Where the cgroup hierarchies are mounted.
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// Whether the kernel's OOM killer killed a process in the container's
+/// cgroup (`cgroup`: the path runc was given): the `oom_kill` count of
+/// cgroup v1's `memory.oom_control` or, without a v1 memory hierarchy,
+/// cgroup v2's `memory.events`. A cgroup that is gone counts as no.
+pub fn oom_killed(cgroup: &Path) -> bool {
+    let rel = cgroup.strip_prefix("/").unwrap_or(cgroup);
+    let root = Path::new(CGROUP_ROOT);
+    let file = if root.join("memory").is_dir() {
+        root.join("memory").join(rel).join("memory.oom_control")
+    } else {
+        root.join(rel).join("memory.events")
+    };
+    std::fs::read_to_string(file)
+        .ok()
+        .and_then(|t| oom_kills(&t))
+        .is_some_and(|n| n > 0)
+}
+
+/// The `oom_kill` count of a `memory.oom_control` (v1) or `memory.events`
+/// (v2) text.
+fn oom_kills(text: &str) -> Option<u64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|n| n.trim().parse().ok())
+}
 
 /// How the runtime reaches containerd and lays out its files.
 #[derive(Clone, Debug)]
@@ -112,6 +145,12 @@ impl ContainerdRuntime {
                 events,
             }),
         }
+    }
+
+    /// The task's cgroup path (under the cgroup parent), as the spec
+    /// gives it to runc.
+    fn cgroup(&self, id: &str) -> PathBuf {
+        self.inner.cfg.cgroup_parent.join(id)
     }
 
     fn task_dir(&self, id: &str) -> PathBuf {
@@ -198,6 +237,7 @@ impl ContainerdRuntime {
                         TaskState::Exited {
                             code: Some(w.exit_status as i32),
                             signal: None,
+                            oom: oom_killed(&rt.cgroup(&id)),
                         }
                     }
                     // Deleted (removed) meanwhile: nothing to report.
@@ -268,14 +308,8 @@ impl ContainerdRuntime {
             .map_err(|e| e.to_string())?;
         let dir = self.task_dir(&spec.id);
         let files = write_task_files(&dir, &spec::hostname(spec)).map_err(|e| e.to_string())?;
-        let oci = spec::build(
-            spec,
-            c,
-            &image.config,
-            &files,
-            &self.inner.cfg.cgroup_parent.join(&spec.id),
-        )
-        .map_err(|e| e.to_string())?;
+        let oci = spec::build(spec, c, &image.config, &files, &self.cgroup(&spec.id))
+            .map_err(|e| e.to_string())?;
         let json = serde_json::to_vec(&oci).map_err(|e| e.to_string())?;
         let mounts = self
             .rootfs(&spec.id, &image)
@@ -557,6 +591,7 @@ impl TaskRuntime for ContainerdRuntime {
                     state: TaskState::Exited {
                         code: Some(p.exit_status as i32),
                         signal: None,
+                        oom: oom_killed(&self.cgroup(&id)),
                     },
                     started_at: None,
                     finished_at: p.exited_at.and_then(|t| SystemTime::try_from(t).ok()),
@@ -713,5 +748,20 @@ impl TaskRuntime for ContainerdRuntime {
 
     fn subscribe(&self) -> broadcast::Receiver<TaskStatus> {
         self.inner.events.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oom_kill_counts_of_v1_and_v2() {
+        let v1 = "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n";
+        let v2 = "low 0\nhigh 0\nmax 14\noom 1\noom_kill 1\noom_group_kill 0\n";
+        assert_eq!(oom_kills(v1), Some(2));
+        assert_eq!(oom_kills(v2), Some(1));
+        assert_eq!(oom_kills("oom_kill_disable 0\nunder_oom 0\n"), None);
+        assert!(!oom_killed(Path::new("/weft-no-such-cgroup/none")));
     }
 }

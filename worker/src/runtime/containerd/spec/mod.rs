@@ -11,20 +11,26 @@
 //!  ImageConfig (Entrypoint, Cmd, Env, WorkingDir, User)
 //! ```
 //!
+//! Limits (`--limit-cpu`, `--limit-memory`, `--limit-pids`) become
+//! `linux.resources`, which runc writes to cgroup v1 or v2 itself.
+//!
 //! Not here yet (issue #14's later stages): the seccomp profile, cap
-//! add/drop, user names (only numeric `uid[:gid]` and `root`), mounts,
-//! resource limits.
+//! add/drop, user names (only numeric `uid[:gid]` and `root`), mounts.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxDeviceCgroupBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
+    Capability, LinuxBuilder, LinuxCpuBuilder, LinuxDeviceCgroupBuilder, LinuxMemoryBuilder,
+    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResources,
     LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
     UserBuilder,
 };
 
-use super::super::{ContainerSpec, TaskSpec};
+use super::super::{ContainerSpec, Limits, TaskSpec};
+
+/// The CFS period a `--limit-cpu` is a quota of (Docker's: 100 ms).
+pub const CPU_PERIOD_US: u64 = 100_000;
 use crate::image::ImageConfig;
 
 /// Docker's default capability set: bounding, effective and permitted
@@ -330,12 +336,7 @@ pub fn build(
         .namespaces(namespaces)
         .masked_paths(MASKED_PATHS.map(String::from).to_vec())
         .readonly_paths(READONLY_PATHS.map(String::from).to_vec())
-        .resources(
-            LinuxResourcesBuilder::default()
-                .devices(vec![deny_all])
-                .build()
-                .map_err(b)?,
-        )
+        .resources(resources(&container.limits, deny_all).map_err(b)?)
         .cgroups_path(cgroups_path)
         .sysctl(sysctl)
         .build()
@@ -356,6 +357,44 @@ pub fn build(
         .linux(linux)
         .build()
         .map_err(b)
+}
+
+/// The container's cgroup settings: the device rules, and the limits as
+/// Docker sets them: memory and memory + swap both at `--limit-memory`
+/// (no swap, so an allocation past it meets the OOM killer at once), a
+/// CFS quota of `--limit-cpu` × 100 ms per 100 ms, `pids.max`.
+fn resources(
+    limits: &Limits,
+    devices: oci_spec::runtime::LinuxDeviceCgroup,
+) -> Result<LinuxResources, oci_spec::OciSpecError> {
+    let mut r = LinuxResourcesBuilder::default().devices(vec![devices]);
+    // Bounded at the edge (at most 1024 CPUs and 1 PiB); saturate anyway.
+    let signed = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+    if limits.memory_bytes != 0 {
+        r = r.memory(
+            LinuxMemoryBuilder::default()
+                .limit(signed(limits.memory_bytes))
+                .swap(signed(limits.memory_bytes))
+                .build()?,
+        );
+    }
+    if limits.nano_cpus != 0 {
+        let quota = u128::from(limits.nano_cpus) * u128::from(CPU_PERIOD_US) / 1_000_000_000;
+        r = r.cpu(
+            LinuxCpuBuilder::default()
+                .quota(i64::try_from(quota).unwrap_or(i64::MAX).max(1000))
+                .period(CPU_PERIOD_US)
+                .build()?,
+        );
+    }
+    if limits.pids != 0 {
+        r = r.pids(
+            LinuxPidsBuilder::default()
+                .limit(signed(limits.pids))
+                .build()?,
+        );
+    }
+    r.build()
 }
 
 /// Docker's default mounts.

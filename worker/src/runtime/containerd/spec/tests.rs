@@ -284,3 +284,57 @@ fn the_whole_spec_has_dockers_defaults_and_weft_s_network_namespace() {
     .unwrap();
     assert_eq!(spec.root().as_ref().unwrap().readonly(), Some(true));
 }
+
+#[test]
+fn limits_become_linux_resources_as_docker_sets_them() {
+    let t = task(&["sh"]);
+    let files = TaskFiles {
+        hosts: None,
+        hostname: None,
+    };
+    let resources = |limits: Limits| {
+        let c = ContainerSpec {
+            image: "busybox".into(),
+            limits,
+            ..ContainerSpec::default()
+        };
+        let spec = build(&t, &c, &image(&[], &["sh"]), &files, Path::new("/w/1")).unwrap();
+        serde_json::to_value(&spec).unwrap()["linux"]["resources"].clone()
+    };
+    // None: only the device rules, no cgroup limit at all.
+    assert_eq!(
+        resources(Limits::default()),
+        serde_json::json!({"devices": [{"allow": false, "access": "rwm"}]})
+    );
+    // --limit-cpu 0.5 --limit-memory 32m --limit-pids 64.
+    assert_eq!(
+        resources(Limits {
+            nano_cpus: 500_000_000,
+            memory_bytes: 32 << 20,
+            pids: 64,
+        }),
+        serde_json::json!({
+            "devices": [{"allow": false, "access": "rwm"}],
+            "memory": {"limit": 33554432, "swap": 33554432},
+            "cpu": {"quota": 50000, "period": 100000},
+            "pids": {"limit": 64},
+        })
+    );
+    // 1.5 CPUs: 150 ms per 100 ms; the smallest limit still gets the
+    // kernel's least quota (1 ms).
+    let cpu = |n| {
+        resources(Limits {
+            nano_cpus: n,
+            ..Limits::default()
+        })["cpu"]
+            .clone()
+    };
+    assert_eq!(
+        cpu(1_500_000_000),
+        serde_json::json!({"quota": 150000, "period": 100000})
+    );
+    assert_eq!(
+        cpu(1_000_000),
+        serde_json::json!({"quota": 1000, "period": 100000})
+    );
+}
