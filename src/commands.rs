@@ -124,7 +124,7 @@ pub fn socket_path(host: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// Turns a gRPC status into an error that reads like a sentence.
-fn rpc(status: tonic::Status) -> anyhow::Error {
+pub(crate) fn rpc(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}", status.message())
 }
 
@@ -1121,20 +1121,6 @@ pub async fn port(c: &Client, task: String) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `weft logs`.
-pub async fn logs(c: &Client, task: String) -> anyhow::Result<()> {
-    use std::io::Write;
-    let data = c
-        .daemon()
-        .logs(pb::LogsRequest { task })
-        .await
-        .map_err(rpc)?
-        .into_inner()
-        .data;
-    std::io::stdout().write_all(&data)?;
-    Ok(())
-}
-
 /// `weft rm`.
 pub async fn rm(c: &Client, force: bool, tasks: Vec<String>) -> anyhow::Result<()> {
     for t in tasks {
@@ -1419,27 +1405,8 @@ pub async fn service(c: &Client, cmd: crate::cli::ServiceCommand) -> anyhow::Res
                 converge(c, &a.service).await?;
             }
         }
-        S::Logs { tail, service } => {
-            use std::io::Write;
-            let logs = ctl
-                .service_logs(pb::ServiceLogsRequest {
-                    service,
-                    tail_bytes: tail.unwrap_or(0),
-                })
-                .await
-                .map_err(rpc)?
-                .into_inner()
-                .logs;
-            let mut out = std::io::stdout().lock();
-            for l in logs {
-                if !l.error.is_empty() {
-                    eprintln!("{}@{}: {}", l.task_name, l.hostname, l.error);
-                    continue;
-                }
-                for line in String::from_utf8_lossy(&l.data).lines() {
-                    writeln!(out, "{}@{}    | {line}", l.task_name, l.hostname)?;
-                }
-            }
+        S::Logs { flags, service } => {
+            crate::logs_cmd::service_logs(ctl.clone(), service, &flags).await?
         }
         S::Rm { services } => {
             for s in services {

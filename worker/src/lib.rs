@@ -11,6 +11,7 @@ pub mod agent;
 pub mod error;
 pub mod image;
 pub mod join;
+pub mod logs;
 pub mod node_files;
 pub mod reconcile;
 pub mod renewal;

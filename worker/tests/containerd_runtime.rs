@@ -159,7 +159,20 @@ async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> boo
 }
 
 fn log_of(rt: &ContainerdRuntime, id: &str) -> String {
-    std::fs::read_to_string(rt.log_path(id)).unwrap_or_default()
+    let mut out = String::new();
+    let _ = weft_worker::logs::reader::read(
+        &rt.log_path(id),
+        &Default::default(),
+        &|| true,
+        &mut |b| {
+            out.extend(
+                b.into_iter()
+                    .map(|e| String::from_utf8_lossy(&e.line).into_owned()),
+            );
+            true
+        },
+    );
+    out
 }
 
 fn inode(path: &Path) -> u64 {
@@ -189,6 +202,7 @@ async fn containers_run_isolated_in_weft_s_netns_stop_gracefully_and_are_adopted
         runc_root: Some(ctrd.runc_root()),
         cgroup_parent: PathBuf::from(ctrd.cgroup_parent()),
         owner: tmp.path().display().to_string(),
+        logger: PathBuf::from(env!("CARGO_BIN_EXE_weft-task-logger")),
     };
     let images: Arc<dyn ImageSource> = Arc::new(FakeImageSource {
         images: BTreeMap::from([("busybox-test".to_string(), image)]),

@@ -10,20 +10,25 @@
 //! error (so the runtime reports `Failed`) and still prints READY. SIGTERM,
 //! SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 sent to the shim are
 //! forwarded to the task's process group. The shim only writes to stdout
-//! once (the daemon may be gone later); its stderr is `shim.log`.
+//! once (the daemon may be gone later); its stderr is `shim.log`. The
+//! task's stdout and stderr go through pipes into its json log (`logs`),
+//! and the `exit` file is written only once that output is all in the log.
 
 use std::io::Write;
+use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::SystemTime;
 
 use weft_overlay::linux::{Netns, NsCommand};
 
 use super::files::{self, ExitFile, PidFile};
 use super::{Error, Result, TaskSpec};
+use crate::logs;
 
 /// Environment variable carrying the task directory; the runtime passes the
 /// directory this way so any shim program (the `weft` binary, a test binary)
@@ -73,12 +78,15 @@ pub fn run(args: ShimArgs) -> Result<(), ShimError> {
     let dir = args.dir;
     install_forwarding()?;
     match spawn_task(&dir) {
-        Ok((mut child, pid)) => {
+        Ok((mut child, pid, log)) => {
             announce_ready();
             let status = wait(&mut child);
             // Whatever the task left behind in its group goes with it.
             // SAFETY: kill(2) on a process group we created; ESRCH is fine.
             unsafe { libc::kill(-pid, libc::SIGKILL) };
+            // All output in the log before the exit is known: a reader
+            // after the reported exit sees everything.
+            log.finish();
             let exit = ExitFile {
                 code: status.as_ref().ok().and_then(|s| s.code()),
                 signal: status.as_ref().ok().and_then(|s| s.signal()),
@@ -125,7 +133,7 @@ fn install_forwarding() -> Result<()> {
 }
 
 /// Starts the task and records its pid; returns the child and its pid.
-fn spawn_task(dir: &Path) -> Result<(std::process::Child, i32)> {
+fn spawn_task(dir: &Path) -> Result<(std::process::Child, i32, TaskLog)> {
     let spec: TaskSpec = files::read_json(&dir.join(files::SPEC))?.ok_or_else(|| Error::Io {
         op: "read",
         path: dir.join(files::SPEC),
@@ -144,21 +152,7 @@ fn spawn_task(dir: &Path) -> Result<(std::process::Child, i32)> {
     if let Some(h) = &spec.hostname {
         ns = ns.hostname(h);
     }
-    let log_path = dir.join(files::LOG);
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|source| Error::Io {
-            op: "open task log",
-            path: log_path.clone(),
-            source,
-        })?;
-    let log_err = log.try_clone().map_err(|source| Error::Io {
-        op: "dup task log",
-        path: log_path.clone(),
-        source,
-    })?;
+    let (log, stdout, stderr) = TaskLog::start(dir)?;
     let mut cmd = Command::new(&spec.command[0]);
     cmd.args(&spec.command[1..])
         .env_clear()
@@ -166,8 +160,8 @@ fn spawn_task(dir: &Path) -> Result<(std::process::Child, i32)> {
         .envs(&spec.env)
         .current_dir("/")
         .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log_err);
+        .stdout(stdout)
+        .stderr(stderr);
     if let Some(h) = &spec.hostname {
         cmd.env("HOSTNAME", h);
     }
@@ -181,7 +175,11 @@ fn spawn_task(dir: &Path) -> Result<(std::process::Child, i32)> {
         });
     }
     ns.apply(&mut cmd)?;
-    let mut child = cmd.spawn().map_err(|source| Error::Io {
+    let spawned = cmd.spawn();
+    // Our copies of the pipes' write ends go: the pump sees the end of the
+    // output when the task's (and its children's) copies close.
+    drop(cmd);
+    let mut child = spawned.map_err(|source| Error::Io {
         op: "start task",
         path: spec.command[0].clone().into(),
         source,
@@ -209,7 +207,64 @@ fn spawn_task(dir: &Path) -> Result<(std::process::Child, i32)> {
         let _ = wait(&mut child);
         return Err(e);
     }
-    Ok((child, pid))
+    Ok((child, pid, log))
+}
+
+/// The task's output on its way into its json log: two pipes read by a
+/// pump thread ([`crate::logs::logger::pump`]) that holds the log's lock.
+struct TaskLog {
+    pump: std::thread::JoinHandle<()>,
+    stop: Arc<AtomicBool>,
+}
+
+impl TaskLog {
+    /// Opens the log and starts the pump; returns the write ends for the
+    /// task's stdout and stderr.
+    fn start(dir: &Path) -> Result<(Self, OwnedFd, OwnedFd)> {
+        let log_dir = logs::log_dir(dir);
+        let io_err = |op| {
+            let path = log_dir.clone();
+            move |e: logs::Error| Error::Io {
+                op,
+                path,
+                source: std::io::Error::other(e.to_string()),
+            }
+        };
+        let lock = logs::lock_writer(&log_dir).map_err(io_err("lock task log"))?;
+        let writer = logs::writer::RotatingWriter::open(&log_dir, logs::LogOptions::load(dir))
+            .map_err(io_err("open task log"))?;
+        let pipe = || {
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::Io {
+                op: "create output pipe",
+                path: log_dir.clone(),
+                source: e.into(),
+            })
+        };
+        let (out_r, out_w) = pipe()?;
+        let (err_r, err_w) = pipe()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let pump = std::thread::spawn(move || {
+            if let Err(e) = logs::logger::pump(out_r, err_r, writer, &flag) {
+                eprintln!("task shim: task log: {e}");
+            }
+            drop(lock);
+        });
+        Ok((Self { pump, stop }, out_w, err_w))
+    }
+
+    /// Waits for the pump to reach the end of the output; a process that
+    /// left the task's group may hold the pipes open, so after
+    /// [`PUMP_LINGER`](logs::logger::PUMP_LINGER) it drains what is there
+    /// and stops.
+    fn finish(self) {
+        let deadline = std::time::Instant::now() + logs::logger::PUMP_LINGER;
+        while !self.pump.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.pump.join();
+    }
 }
 
 fn wait(child: &mut std::process::Child) -> std::io::Result<std::process::ExitStatus> {

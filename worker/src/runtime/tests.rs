@@ -92,8 +92,20 @@ impl Rig {
     }
 
     fn log(&self, id: &str) -> String {
-        std::fs::read_to_string(self.root().join("tasks").join(id).join(files::LOG))
-            .unwrap_or_default()
+        let mut out = String::new();
+        let _ = crate::logs::reader::read(
+            &self.root().join("tasks").join(id).join(files::LOG),
+            &Default::default(),
+            &|| true,
+            &mut |b| {
+                out.extend(
+                    b.into_iter()
+                        .map(|e| String::from_utf8_lossy(&e.line).into_owned()),
+                );
+                true
+            },
+        );
+        out
     }
 }
 
