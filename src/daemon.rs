@@ -1316,6 +1316,7 @@ impl Daemon for NodeService {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let sink: weft_worker::logs::LogSink = Box::new(move |piece| {
             let chunk = match piece {
+                Ok(lines) if lines.is_empty() => return !tx.is_closed(),
                 Ok(lines) => Ok(pb::LogChunk {
                     lines,
                     ..Default::default()

@@ -33,7 +33,9 @@ fn parse_since_at(s: &str, now: SystemTime) -> Result<SystemTime, String> {
         return Ok(t);
     }
     let ago = parse_duration(s).ok_or_else(bad)?;
-    now.checked_sub(ago).ok_or_else(bad)
+    now.checked_sub(ago)
+        .filter(|t| *t >= SystemTime::UNIX_EPOCH)
+        .ok_or_else(bad)
 }
 
 /// `1h30m`, `10m`, `45s`, `500ms`, `2d`: one or more number-unit pairs.

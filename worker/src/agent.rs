@@ -573,8 +573,10 @@ impl Run {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let opts = crate::logs::read_options(req.query.as_ref());
         let sink_tx = tx.clone();
-        let sink: crate::logs::LogSink =
-            Box::new(move |r| sink_tx.blocking_send(publish_piece(r)).is_ok());
+        let sink: crate::logs::LogSink = Box::new(move |r| match r {
+            Ok(lines) if lines.is_empty() => !sink_tx.is_closed(),
+            r => sink_tx.blocking_send(publish_piece(r)).is_ok(),
+        });
         // The channel is empty: the first message (and an error after it)
         // always fit, ahead of anything the reader sends.
         let _ = tx.try_send(first);

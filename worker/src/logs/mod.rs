@@ -279,7 +279,8 @@ pub fn to_wire(e: format::Entry) -> weft_proto::v1::LogLine {
 /// Receives a reader's batches of wire lines (or its error) on the
 /// reader's blocking thread; returns false once nobody reads any more. Made
 /// of a bounded channel's `blocking_send`, it slows the reader to the pace
-/// of the receiver.
+/// of the receiver. An empty batch only asks whether anybody still reads
+/// (send nothing; answer from the channel's `is_closed`).
 pub type LogSink =
     Box<dyn FnMut(std::result::Result<Vec<weft_proto::v1::LogLine>, String>) -> bool + Send>;
 

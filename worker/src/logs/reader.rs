@@ -83,7 +83,8 @@ struct Source {
 
 /// Streams the log in `dir` to `sink`, in batches. `finished` says whether
 /// the writer is done (consulted only when following); `sink` returns false
-/// when nobody reads any more, which ends the read.
+/// when nobody reads any more, which ends the read. A follow with nothing
+/// new calls `sink` with an empty batch every poll: only a question.
 pub fn read(
     dir: &Path,
     opts: &ReadOptions,
@@ -196,6 +197,11 @@ pub fn read(
             return Ok(());
         }
         if done {
+            return Ok(());
+        }
+        // Nothing new: ask whether anybody still reads (an empty batch is
+        // that question), so a quiet follow ends with its client too.
+        if !sink(Vec::new()) {
             return Ok(());
         }
         std::thread::sleep(POLL);
