@@ -679,6 +679,11 @@ pub struct ServiceCreateArgs {
     /// Return at once instead of waiting for convergence.
     #[arg(short, long)]
     pub detach: bool,
+    /// Size cap and rotation of each task's log on its node:
+    /// max-size=SIZE (4k..1t, default 10m), max-file=N (1..100, default 3),
+    /// comma-separated or repeated.
+    #[arg(long = "log-opt", value_name = "KEY=VALUE")]
+    pub log_opt: Vec<String>,
     #[command(flatten)]
     pub container: ContainerArgs,
 }
@@ -772,6 +777,11 @@ pub struct RunArgs {
     /// Return at once instead of waiting for the task to run.
     #[arg(short, long)]
     pub detach: bool,
+    /// Size cap and rotation of each task's log on its node:
+    /// max-size=SIZE (4k..1t, default 10m), max-file=N (1..100, default 3),
+    /// comma-separated or repeated.
+    #[arg(long = "log-opt", value_name = "KEY=VALUE")]
+    pub log_opt: Vec<String>,
     #[command(flatten)]
     pub container: ContainerArgs,
 }

@@ -1002,6 +1002,7 @@ pub async fn run_task(c: &Client, a: crate::cli::RunArgs) -> anyhow::Result<()> 
         .iter()
         .map(|p| crate::publish::run_publish(p))
         .collect::<anyhow::Result<_>>()?;
+    let log = crate::logs_cmd::log_config(&a.log_opt)?;
     let (command, container) = crate::workload::from_args(a.container)?;
     let task = c
         .daemon()
@@ -1013,6 +1014,7 @@ pub async fn run_task(c: &Client, a: crate::cli::RunArgs) -> anyhow::Result<()> 
             networks,
             ports,
             container,
+            log,
         })
         .await
         .map_err(rpc)?
@@ -1243,8 +1245,10 @@ pub async fn service(c: &Client, cmd: crate::cli::ServiceCommand) -> anyhow::Res
             if matches!(a.mode, Some(ModeArg::Global)) && a.replicas.is_some() {
                 bail!("--replicas cannot be combined with --mode global");
             }
+            let log = crate::logs_cmd::log_config(&a.log_opt)?;
             let (command, container) = crate::workload::from_args(a.container)?;
             let spec = pb::ServiceSpecMsg {
+                log,
                 name: a.name.clone(),
                 mode: mode.into(),
                 replicas: a.replicas.unwrap_or(if mode == "global" { 0 } else { 1 }),

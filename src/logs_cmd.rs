@@ -32,43 +32,23 @@ fn parse_since_at(s: &str, now: SystemTime) -> Result<SystemTime, String> {
     if let Some(t) = weft_worker::logs::format::parse_rfc3339(s) {
         return Ok(t);
     }
-    let ago = parse_duration(s).ok_or_else(bad)?;
+    let ago = crate::cli::parse_duration(s).map_err(|_| bad())?;
     now.checked_sub(ago)
         .filter(|t| *t >= SystemTime::UNIX_EPOCH)
         .ok_or_else(bad)
 }
 
-/// `1h30m`, `10m`, `45s`, `500ms`, `2d`: one or more number-unit pairs.
-fn parse_duration(s: &str) -> Option<Duration> {
-    let mut total = Duration::ZERO;
-    let mut rest = s;
-    if rest.is_empty() {
-        return None;
+/// `--log-opt` values (each `KEY=VALUE[,KEY=VALUE]`), checked here so a
+/// bad one changes nothing; `None` when none was given.
+pub fn log_config(opts: &[String]) -> anyhow::Result<Option<pb::LogConfig>> {
+    if opts.is_empty() {
+        return Ok(None);
     }
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return None;
-        }
-        let n: u64 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
-        let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
-        let secs = match &rest[..unit_len] {
-            "ms" => {
-                total = total.checked_add(Duration::from_millis(n))?;
-                rest = &rest[unit_len..];
-                continue;
-            }
-            "s" => 1,
-            "m" => 60,
-            "h" => 3600,
-            "d" => 86400,
-            _ => return None,
-        };
-        total = total.checked_add(Duration::from_secs(n.checked_mul(secs)?))?;
-        rest = &rest[unit_len..];
-    }
-    Some(total)
+    let o = weft_worker::logs::LogOptions::parse(&opts.join(","))?;
+    Ok(Some(pb::LogConfig {
+        max_size: o.max_size,
+        max_file: o.max_file,
+    }))
 }
 
 fn query(f: &LogFlags) -> pb::LogQuery {

@@ -138,6 +138,25 @@ fn ended_readers(lab: &Lab, host: &str, task: &str) -> usize {
         .count()
 }
 
+/// The log files in `dir`: at most `max_file`, each within `max_size`.
+fn assert_capped(dir: &std::path::Path, max_size: u64, max_file: usize) {
+    let files: Vec<(String, u64)> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("task.log"))
+        .map(|e| {
+            (
+                e.file_name().into_string().unwrap(),
+                e.metadata().unwrap().len(),
+            )
+        })
+        .collect();
+    assert_eq!(files.len(), max_file, "{files:?}");
+    for (f, len) in &files {
+        assert!(*len <= max_size, "{f}: {len} > {max_size}");
+    }
+}
+
 #[test]
 fn host_process_logs_follow_tail_since_streams_and_rotation() {
     let mut lab = Lab::new("logs-proc", &["m1"]);
@@ -216,8 +235,58 @@ fn host_process_logs_follow_tail_since_streams_and_rotation() {
     wait_started(&lab, "m1", &long);
     follower_ends_when_killed(&lab, "m1", "m1", &["logs", "-f", &long], &long);
 
+    // --log-opt: the files on disk stay within max-size and max-file.
+    let capped = lab.run_task(
+        "m1",
+        &[
+            "--log-opt",
+            "max-size=64k",
+            "--log-opt",
+            "max-file=2",
+            "--",
+            "sh",
+            "-c",
+            "seq 1 100000",
+        ],
+    );
+    wait_for("the capped task exits", Duration::from_secs(30), || {
+        task_state(&lab, "m1", &capped).contains("exited (0)")
+    });
+    assert_capped(
+        &lab.host_dir("m1")
+            .join("run/tasks")
+            .join(&capped)
+            .join("log"),
+        64 * 1024,
+        2,
+    );
+    let (out, _) = weft2(&lab, "m1", &["logs", "--tail", "1", &capped]);
+    assert_eq!(out, "100000\n");
+
     // Bad input: a clear error, nothing run.
+    let before = lab.weft("m1", &["ps", "--all"]);
     for (args, want) in [
+        (
+            vec!["run", "--log-opt", "max-size=lots", "--", "true"],
+            "max-size=lots",
+        ),
+        (
+            vec!["run", "--log-opt", "max-file=0", "--", "true"],
+            "max-file",
+        ),
+        (
+            vec![
+                "service",
+                "create",
+                "--name",
+                "x",
+                "--log-opt",
+                "colour=red",
+                "--",
+                "true",
+            ],
+            "unknown option",
+        ),
         (vec!["logs", "--tail", "-3", &long], "number of lines"),
         (vec!["logs", "--since", "garbage", &long], "RFC 3339"),
         (
@@ -228,6 +297,15 @@ fn host_process_logs_follow_tail_since_streams_and_rotation() {
         let e = lab.weft_err("m1", &args);
         assert!(e.contains(want), "{args:?}: {e}");
     }
+    assert_eq!(
+        lab.weft("m1", &["ps", "--all"]),
+        before,
+        "bad input ran nothing"
+    );
+    assert!(
+        lab.weft("m1", &["service", "ls"]).lines().count() <= 1,
+        "no service made"
+    );
 }
 
 #[test]
@@ -284,13 +362,47 @@ fn service_logs_stream_from_the_nodes() {
     // last one (done-err) of stderr.
     let (out, err) = weft2(&lab, "m1", &["service", "logs", "--tail", "5", "big"]);
     assert_eq!((out.lines().count(), err.lines().count()), (4, 1), "{err}");
-    // -f through the manager: killing the client ends w1's reader.
-    let tasks_dir = lab.host_dir("w1").join("run/tasks");
-    let id = std::fs::read_dir(&tasks_dir)
+    // --log-opt travels with the service to the node.
+    lab.weft(
+        "m1",
+        &[
+            "service",
+            "create",
+            "--name",
+            "capped",
+            "--constraint",
+            "node.role==worker",
+            "--log-opt",
+            "max-size=64k,max-file=3",
+            "--",
+            "sh",
+            "-c",
+            "seq 1 100000; exec sleep 3600",
+        ],
+    );
+    wait_for("capped wrote its output", Duration::from_secs(30), || {
+        lab.weft("m1", &["service", "logs", "--tail", "1", "capped"])
+            .ends_with("| 100000\n")
+    });
+    let w1_tasks = lab.host_dir("w1").join("run/tasks");
+    let capped_dir = std::fs::read_dir(&w1_tasks)
         .expect("w1's tasks")
-        .map(|e| e.unwrap().file_name().into_string().unwrap())
-        .next()
-        .expect("one task dir");
+        .map(|e| e.unwrap().path().join("log"))
+        .find(|d| {
+            std::fs::read_to_string(d.join("../log-config.json")).is_ok_and(|c| c.contains("65536"))
+        })
+        .expect("the capped task's log on w1");
+    assert_capped(&capped_dir, 64 * 1024, 3);
+
+    // -f through the manager: killing the client ends w1's reader.
+    let id = std::fs::read_dir(&w1_tasks)
+        .expect("w1's tasks")
+        .map(|e| e.unwrap().path())
+        .find(|d| {
+            std::fs::read_to_string(d.join("log-config.json")).is_ok_and(|c| !c.contains("65536"))
+        })
+        .and_then(|d| d.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .expect("big's task dir");
     follower_ends_when_killed(
         &lab,
         "w1",

@@ -304,6 +304,7 @@ pub fn service_to_wire(state: &State, svc: &crate::store::Service) -> pb::Servic
             command: svc.spec.task.command.clone(),
             env: svc.spec.task.env.clone().into_iter().collect(),
             container: container_to_wire(&svc.spec.task.container),
+            log: log_to_wire(svc.spec.task.log),
             networks: svc.spec.networks.iter().map(net_name).collect(),
             endpoint_mode: match svc.spec.endpoint_mode {
                 EndpointMode::Vip => "vip".into(),
@@ -365,6 +366,27 @@ pub fn container_from_wire(
     };
     crate::validate::container(&opts, command)?;
     Ok(Some(opts))
+}
+
+/// A request's `--log-opt`, checked (see [`crate::validate::log`]).
+pub fn log_from_wire(
+    l: Option<pb::LogConfig>,
+) -> std::result::Result<Option<crate::store::LogOpts>, crate::error::Error> {
+    let Some(l) = l else { return Ok(None) };
+    let opts = crate::store::LogOpts {
+        max_size: l.max_size,
+        max_file: l.max_file,
+    };
+    crate::validate::log(&opts)?;
+    Ok(Some(opts))
+}
+
+/// The wire form of a task's `--log-opt`.
+pub fn log_to_wire(l: Option<crate::store::LogOpts>) -> Option<pb::LogConfig> {
+    l.map(|l| pb::LogConfig {
+        max_size: l.max_size,
+        max_file: l.max_file,
+    })
 }
 
 /// The wire form of a task's container options.

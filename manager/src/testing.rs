@@ -127,6 +127,7 @@ pub fn spec(name: &str, replicas: u64, networks: &[&str]) -> ServiceSpec {
             command: vec!["sleep".into(), "1d".into()],
             env: BTreeMap::new(),
             container: None,
+            log: None,
         },
         networks: networks.iter().map(|n| n.to_string()).collect(),
         endpoint_mode: EndpointMode::Vip,

@@ -421,6 +421,7 @@ impl Reconciler {
                                 read_only: c.read_only,
                             })
                         }),
+                        log: crate::logs::log_options(t.log.as_ref()),
                     };
                     match self.runtime.start(&spec).await {
                         Ok(s) => Some(s),

@@ -147,6 +147,7 @@ fn spec(id: &str, netns: &Path, script: &str) -> TaskSpec {
             image: "busybox-test".into(),
             ..ContainerSpec::default()
         })),
+        log: None,
     }
 }
 

@@ -56,6 +56,7 @@ impl ControlService {
             limits::replicas(replicas)?;
         }
         let container = crate::convert::container_from_wire(m.container.take(), &m.command)?;
+        let log = crate::convert::log_from_wire(m.log.take())?;
         if container.is_none() && (m.command.is_empty() || m.command[0].is_empty()) {
             return Err(Error::InvalidInput(
                 "no image or command given: `weft service create [OPTIONS] IMAGE [COMMAND...]` \
@@ -109,6 +110,7 @@ impl ControlService {
                 command: m.command,
                 env,
                 container,
+                log,
             },
             networks: self.resolve_networks(&m.networks)?,
             endpoint_mode,

@@ -136,6 +136,7 @@ impl DispatcherService {
     ) -> crate::error::Result<pb::Task> {
         use crate::error::Error;
         let container = crate::convert::container_from_wire(r.container.take(), &r.command)?;
+        let log = crate::convert::log_from_wire(r.log.take())?;
         if container.is_none() && (r.command.is_empty() || r.command[0].is_empty()) {
             return Err(Error::InvalidInput(
                 "no image or command given: `weft run [OPTIONS] IMAGE [COMMAND...]` (or \
@@ -239,6 +240,7 @@ impl DispatcherService {
                 command: r.command,
                 env,
                 container,
+                log,
             },
             networks,
             standalone: true,

@@ -196,6 +196,7 @@ pub fn project(state: &State, node: NodeId, version: u64) -> Option<pb::NodeConf
             command: t.spec.command.clone(),
             env: t.spec.env.clone().into_iter().collect(),
             container: crate::convert::container_to_wire(&t.spec.container),
+            log: crate::convert::log_to_wire(t.spec.log),
             attachments: t
                 .attachments
                 .iter()

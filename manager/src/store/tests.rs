@@ -210,6 +210,7 @@ fn create_task(s: &mut State, id: &str, node: u64, nets: &[&str]) -> CommandResu
             command: vec!["sleep".into(), "1".into()],
             env: BTreeMap::new(),
             container: None,
+            log: None,
         },
         networks: nets.iter().map(|n| (n.to_string(), None)).collect(),
         standalone: true,

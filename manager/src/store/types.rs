@@ -458,6 +458,19 @@ pub struct TaskSpec {
     /// Run as a container from an image; `None`: a host process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<ContainerOpts>,
+    /// `--log-opt`: the task's log size cap and rotation; `None`: the
+    /// node's defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<LogOpts>,
+}
+
+/// Size cap and rotation of a task's log on its node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogOpts {
+    /// Bytes per file before it rotates.
+    pub max_size: u64,
+    /// Files kept, the current one included.
+    pub max_file: u32,
 }
 
 /// What makes a task a container: its image and Docker's overrides of the

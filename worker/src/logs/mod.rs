@@ -247,6 +247,17 @@ pub async fn wait_writer_done(dir: &Path, limit: Duration) -> bool {
     }
 }
 
+/// A task's `--log-opt` from its wire form; `None` (the defaults) when
+/// absent or out of range (the manager checked it already).
+pub fn log_options(l: Option<&weft_proto::v1::LogConfig>) -> Option<LogOptions> {
+    let l = l?;
+    let o = LogOptions {
+        max_size: l.max_size,
+        max_file: l.max_file,
+    };
+    o.validate().is_ok().then_some(o)
+}
+
 /// What a log query asks for, from its wire form.
 pub fn read_options(q: Option<&weft_proto::v1::LogQuery>) -> reader::ReadOptions {
     let q = q.cloned().unwrap_or_default();

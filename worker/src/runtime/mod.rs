@@ -62,6 +62,10 @@ pub struct TaskSpec {
     /// runs a host process (the process runtime).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container: Option<Box<ContainerSpec>>,
+    /// `--log-opt`: the log's size cap and rotation; `None`: the defaults
+    /// (`crate::logs::LogOptions::default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<crate::logs::LogOptions>,
 }
 
 /// What makes a task a container: its image and Docker's per-container

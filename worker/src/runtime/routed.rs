@@ -200,6 +200,7 @@ mod tests {
                     ..ContainerSpec::default()
                 })
             }),
+            log: None,
         }
     }
 

@@ -48,6 +48,7 @@ fn spec(id: &str, netns: &Path, script: &str) -> TaskSpec {
         resolv_conf: None,
         hostname: None,
         container: None,
+        log: None,
     }
 }
 

@@ -212,6 +212,10 @@ fn at_every_limit_at_once_admitted_configs_stay_under_the_receive_limit() {
             user: Some("u".repeat(crate::validate::MAX_USER_BYTES)),
             read_only: true,
         }),
+        log: Some(crate::store::LogOpts {
+            max_size: crate::validate::MAX_LOG_MAX_SIZE,
+            max_file: crate::validate::MAX_LOG_MAX_FILE,
+        }),
     };
     limits::command(&task.command).unwrap();
     limits::env(&task.env).unwrap();

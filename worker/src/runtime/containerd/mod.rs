@@ -306,7 +306,8 @@ impl ContainerdRuntime {
             .map_err(|e| e.to_string())?;
         let dir = self.task_dir(&spec.id);
         let files = write_task_files(&dir, &spec::hostname(spec)).map_err(|e| e.to_string())?;
-        crate::logs::LogOptions::default()
+        spec.log
+            .unwrap_or_default()
             .store(&dir)
             .map_err(|e| e.to_string())?;
         let oci = spec::build(

@@ -13,6 +13,7 @@ fn task(command: &[&str]) -> TaskSpec {
             image: "busybox".into(),
             ..ContainerSpec::default()
         })),
+        log: None,
     }
 }
 
