@@ -10,7 +10,8 @@
 //!  tail N: count N newlines back from the end, newest file first
 //!       ▼
 //!  read to the end ─ follow? ─ poll 100 ms: new bytes, or task.log replaced
-//!                              (rotated: finish the old handle, open the new)
+//!                              (rotated: finish the old handle, then step to
+//!                              each newer file by inode, up to task.log)
 //!                              until `finished()` and nothing more to read
 //! ```
 
@@ -186,11 +187,46 @@ pub fn read(
                 return Ok(());
             }
         }
-        if replaced && let Ok(f) = File::open(&path) {
-            current = Some(Source {
-                file: f,
-                partial: Vec::new(),
-            });
+        if replaced {
+            match current.as_ref().and_then(|c| c.file.metadata().ok()) {
+                // Step from our (rotated, fully read) file to the next newer
+                // one until we hold task.log: no file is skipped however many
+                // rotations happened since the last look.
+                Some(mut ours) => {
+                    while let Some((f, is_current)) = next_file(dir, &ours) {
+                        let mut src = Source {
+                            file: f,
+                            partial: Vec::new(),
+                        };
+                        if is_current {
+                            current = Some(src);
+                            break;
+                        }
+                        if !drain(&mut src, &mut batch, sink, true)? {
+                            return Ok(());
+                        }
+                        ours = src.file.metadata().map_err(io("stat", &path))?;
+                    }
+                }
+                // The log began after the follow did: all of it is new.
+                None => {
+                    for f in rotated_oldest_first(dir) {
+                        let mut src = Source {
+                            file: f,
+                            partial: Vec::new(),
+                        };
+                        if !drain(&mut src, &mut batch, sink, true)? {
+                            return Ok(());
+                        }
+                    }
+                    if let Ok(f) = File::open(&path) {
+                        current = Some(Source {
+                            file: f,
+                            partial: Vec::new(),
+                        });
+                    }
+                }
+            }
             continue;
         }
         if !flush(&mut batch, sink) {
@@ -206,6 +242,62 @@ pub fn read(
         }
         std::thread::sleep(POLL);
     }
+}
+
+fn same_file(a: &std::fs::Metadata, b: &std::fs::Metadata) -> bool {
+    a.ino() == b.ino() && a.dev() == b.dev()
+}
+
+/// Where file `ours` is now in the rotation (1 = task.log.1), if it is
+/// still there.
+fn position(dir: &Path, ours: &std::fs::Metadata) -> Option<u32> {
+    // Ascending, as rotation moves files: a file moving up while we look
+    // is found at its new place.
+    (1..MAX_MAX_FILE)
+        .find(|&n| std::fs::metadata(file_path(dir, n)).is_ok_and(|m| same_file(&m, ours)))
+}
+
+/// The file just newer than `ours` (rotated and read to its end), and
+/// whether it is the current task.log; `None` if `ours` is still task.log.
+/// Checked after opening: a rotation in between moves `ours`, and then we
+/// look again (renames go oldest first, so `ours` still in place means the
+/// file opened was its successor).
+fn next_file(dir: &Path, ours: &std::fs::Metadata) -> Option<(File, bool)> {
+    for _ in 0..100 {
+        if std::fs::metadata(file_path(dir, 0)).is_ok_and(|m| same_file(&m, ours)) {
+            return None;
+        }
+        match position(dir, ours) {
+            Some(k) => {
+                let Ok(f) = File::open(file_path(dir, k - 1)) else {
+                    continue;
+                };
+                if position(dir, ours) == Some(k) {
+                    return Some((f, k == 1));
+                }
+            }
+            // Ours was dropped (the oldest beyond max-file): every file
+            // left is newer; the oldest of them comes next.
+            None => {
+                let oldest = (1..MAX_MAX_FILE)
+                    .take_while(|&n| file_path(dir, n).exists())
+                    .last()
+                    .unwrap_or(0);
+                let f = File::open(file_path(dir, oldest)).ok()?;
+                return Some((f, oldest == 0));
+            }
+        }
+    }
+    None
+}
+
+/// Every rotated file, oldest first.
+fn rotated_oldest_first(dir: &Path) -> Vec<File> {
+    let mut files: Vec<File> = (1..MAX_MAX_FILE)
+        .map_while(|n| File::open(file_path(dir, n)).ok())
+        .collect();
+    files.reverse();
+    files
 }
 
 /// Reads `src` to its end into `batch`, handing full batches to `sink`;
@@ -455,6 +547,55 @@ mod tests {
         .unwrap();
         writer.join().unwrap();
         let want: Vec<String> = (0..300).map(|i| format!("{i}\n")).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn follow_reads_every_file_when_it_rotates_many_times_between_looks() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().to_path_buf();
+        let opts = LogOptions {
+            max_size: 4096,
+            max_file: 60,
+        };
+        write(&dir, opts, 3, 0);
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let dir = dir.clone();
+            let done = done.clone();
+            std::thread::spawn(move || {
+                // Let the follower reach the end of what is there first.
+                std::thread::sleep(Duration::from_millis(50));
+                let mut w = RotatingWriter::open(&dir, opts).unwrap();
+                // ~40 rotations in one burst, far faster than the 100 ms poll.
+                for i in 3..3000u32 {
+                    w.write(&[Entry {
+                        stream: Stream::Stdout,
+                        time: SystemTime::UNIX_EPOCH,
+                        line: format!("{i}\n").into_bytes(),
+                    }])
+                    .unwrap();
+                }
+                done.store(true, std::sync::atomic::Ordering::SeqCst);
+            })
+        };
+        let mut got = Vec::new();
+        read(
+            &dir,
+            &ReadOptions {
+                follow: true,
+                ..Default::default()
+            },
+            &|| done.load(std::sync::atomic::Ordering::SeqCst),
+            &mut |b| {
+                got.extend(b.into_iter().map(|e| String::from_utf8(e.line).unwrap()));
+                true
+            },
+        )
+        .unwrap();
+        writer.join().unwrap();
+        let want: Vec<String> = (0..3000).map(|i| format!("{i}\n")).collect();
+        assert_eq!(got.len(), want.len());
         assert_eq!(got, want);
     }
 
