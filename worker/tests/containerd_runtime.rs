@@ -214,6 +214,33 @@ async fn containers_run_isolated_in_weft_s_netns_stop_gracefully_and_are_adopted
     let netns = Netns::create(&pin.0).expect("netns");
     netns.lo_up().expect("lo up");
 
+    // The exit of a container is reported only once its logger is done:
+    // no writer holds the log then, and every line is in it. (Without the
+    // delete-and-wait at the exit, the logger would still run here: the
+    // shim keeps its pipes open until Tasks.Delete.)
+    for i in 0..5 {
+        let id = format!("quick{i}");
+        rt.start(&spec(&id, &pin.0, "echo out; echo err >&2; exit 3"))
+            .await
+            .expect("start");
+        let st = rt.wait(&id).await.expect("wait");
+        let dir = rt.log_path(&id);
+        assert!(
+            !weft_worker::logs::writer_active(&dir),
+            "{id}: the logger still writes after the reported exit"
+        );
+        let log = log_of(&rt, &id);
+        assert!(
+            matches!(st.state, TaskState::Exited { code: Some(3), .. }),
+            "{id}: {st:?}"
+        );
+        assert!(
+            log.contains("out\n") && log.contains("err\n"),
+            "{id}: {log:?}"
+        );
+        rt.remove(&id).await.expect("remove");
+    }
+
     // A container in weft's netns, isolated from the host.
     let script = "echo $GREETING; hostname; id -u; ls /var/lib/weft 2>&1; \
                   readlink /proc/1/exe; ps | wc -l; \

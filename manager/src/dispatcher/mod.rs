@@ -669,12 +669,19 @@ impl Dispatcher for DispatcherService {
         &self,
         mut req: Request<tonic::Streaming<pb::PublishLogsRequest>>,
     ) -> Result<Response<pb::PublishLogsResponse>, Status> {
+        // Who calls, from the certificate, before reading anything.
+        let peer = self.authorize_peer(&req)?;
         let first = req
             .get_mut()
             .message()
             .await?
             .ok_or_else(|| Status::invalid_argument("an empty log stream"))?;
         let node = self.authorize(&req, &first.node_id)?;
+        if node.id != peer.id {
+            return Err(Status::permission_denied(
+                "a log stream must name the node of the calling certificate",
+            ));
+        }
         let tx = self
             .core
             .log_stream_opened(node.id, first.request_id)
