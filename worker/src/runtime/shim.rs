@@ -152,7 +152,7 @@ fn spawn_task(dir: &Path) -> Result<(std::process::Child, i32, TaskLog)> {
     if let Some(h) = &spec.hostname {
         ns = ns.hostname(h);
     }
-    let (log, stdout, stderr) = TaskLog::start(dir)?;
+    let (log, stdout, stderr) = OpenLog::open(dir)?;
     let mut cmd = Command::new(&spec.command[0]);
     cmd.args(&spec.command[1..])
         .env_clear()
@@ -184,6 +184,10 @@ fn spawn_task(dir: &Path) -> Result<(std::process::Child, i32, TaskLog)> {
         path: spec.command[0].clone().into(),
         source,
     })?;
+    // The pump thread starts after the fork: no thread of ours may hold a
+    // lock (the allocator's) while the child runs its pre-exec steps. The
+    // pipes hold the task's first 64 KiB until then.
+    let log = log.start();
     let pid = child.id() as i32;
     TASK_PGID.store(pid, Ordering::SeqCst);
     let pending = PENDING.swap(0, Ordering::SeqCst);
@@ -210,17 +214,19 @@ fn spawn_task(dir: &Path) -> Result<(std::process::Child, i32, TaskLog)> {
     Ok((child, pid, log))
 }
 
-/// The task's output on its way into its json log: two pipes read by a
-/// pump thread ([`crate::logs::logger::pump`]) that holds the log's lock.
-struct TaskLog {
-    pump: std::thread::JoinHandle<()>,
-    stop: Arc<AtomicBool>,
+/// The task's log, opened and locked, with the read ends of its output
+/// pipes: the pump is not running yet.
+struct OpenLog {
+    lock: nix::fcntl::Flock<std::fs::File>,
+    writer: logs::writer::RotatingWriter,
+    out: OwnedFd,
+    err: OwnedFd,
 }
 
-impl TaskLog {
-    /// Opens the log and starts the pump; returns the write ends for the
-    /// task's stdout and stderr.
-    fn start(dir: &Path) -> Result<(Self, OwnedFd, OwnedFd)> {
+impl OpenLog {
+    /// Opens the log; returns it and the write ends for the task's stdout
+    /// and stderr.
+    fn open(dir: &Path) -> Result<(Self, OwnedFd, OwnedFd)> {
         let log_dir = logs::log_dir(dir);
         let io_err = |op| {
             let path = log_dir.clone();
@@ -240,19 +246,48 @@ impl TaskLog {
                 source: e.into(),
             })
         };
-        let (out_r, out_w) = pipe()?;
-        let (err_r, err_w) = pipe()?;
+        let (out, out_w) = pipe()?;
+        let (err, err_w) = pipe()?;
+        Ok((
+            Self {
+                lock,
+                writer,
+                out,
+                err,
+            },
+            out_w,
+            err_w,
+        ))
+    }
+
+    /// Starts the pump thread ([`crate::logs::logger::pump`]), which holds
+    /// the log's lock until the output ends.
+    fn start(self) -> TaskLog {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
+        let Self {
+            lock,
+            writer,
+            out,
+            err,
+        } = self;
         let pump = std::thread::spawn(move || {
-            if let Err(e) = logs::logger::pump(out_r, err_r, writer, &flag) {
+            if let Err(e) = logs::logger::pump(out, err, writer, &flag) {
                 eprintln!("task shim: task log: {e}");
             }
             drop(lock);
         });
-        Ok((Self { pump, stop }, out_w, err_w))
+        TaskLog { pump, stop }
     }
+}
 
+/// The task's output on its way into its json log: the pump thread.
+struct TaskLog {
+    pump: std::thread::JoinHandle<()>,
+    stop: Arc<AtomicBool>,
+}
+
+impl TaskLog {
     /// Waits for the pump to reach the end of the output; a process that
     /// left the task's group may hold the pipes open, so after
     /// [`PUMP_LINGER`](logs::logger::PUMP_LINGER) it drains what is there
