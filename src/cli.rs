@@ -105,8 +105,11 @@ pub enum Command {
         #[arg(short, long)]
         quiet: bool,
     },
-    /// Print a task's output (tasks of this node).
+    /// Print a task's output (tasks of this node): stdout to stdout,
+    /// stderr to stderr.
     Logs {
+        #[command(flatten)]
+        flags: LogFlags,
         /// Task name or ID.
         task: String,
     },
@@ -612,14 +615,32 @@ pub enum ServiceCommand {
         #[arg(required = true)]
         services: Vec<String>,
     },
-    /// Print the output of a service's tasks, collected from their nodes.
+    /// Print the output of a service's tasks, streamed from their nodes
+    /// (stdout to stdout, stderr to stderr, each line prefixed TASK@NODE).
     Logs {
-        /// Only the last N bytes of each task's output.
-        #[arg(long)]
-        tail: Option<u64>,
+        #[command(flatten)]
+        flags: LogFlags,
         /// Service name or ID.
         service: String,
     },
+}
+
+/// Which output `weft logs` and `weft service logs` print.
+#[derive(Debug, Clone, clap::Args)]
+pub struct LogFlags {
+    /// Keep printing new output until the task ends (Ctrl-C stops).
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Only the last N lines (of each task).
+    #[arg(long, value_name = "N", allow_hyphen_values = true, value_parser = crate::logs_cmd::parse_tail)]
+    pub tail: Option<u64>,
+    /// Only output written since TIME: RFC 3339 (2026-12-03T10:00:00Z) or
+    /// a duration ago (30s, 10m, 1h30m, 2d).
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true, value_parser = crate::logs_cmd::parse_since)]
+    pub since: Option<std::time::SystemTime>,
+    /// Show when each line was written (RFC 3339, UTC, nanoseconds).
+    #[arg(short, long)]
+    pub timestamps: bool,
 }
 
 /// `weft service create`.
@@ -660,6 +681,11 @@ pub struct ServiceCreateArgs {
     /// Return at once instead of waiting for convergence.
     #[arg(short, long)]
     pub detach: bool,
+    /// Size cap and rotation of each task's log on its node:
+    /// max-size=SIZE (4k..1t, default 10m), max-file=N (1..100, default 3),
+    /// comma-separated or repeated.
+    #[arg(long = "log-opt", value_name = "KEY=VALUE")]
+    pub log_opt: Vec<String>,
     #[command(flatten)]
     pub stop: StopArgs,
     #[command(flatten)]
@@ -796,6 +822,11 @@ pub struct RunArgs {
     /// Return at once instead of waiting for the task to run.
     #[arg(short, long)]
     pub detach: bool,
+    /// Size cap and rotation of each task's log on its node:
+    /// max-size=SIZE (4k..1t, default 10m), max-file=N (1..100, default 3),
+    /// comma-separated or repeated.
+    #[arg(long = "log-opt", value_name = "KEY=VALUE")]
+    pub log_opt: Vec<String>,
     #[command(flatten)]
     pub stop: StopArgs,
     #[command(flatten)]

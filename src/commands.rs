@@ -124,7 +124,7 @@ pub fn socket_path(host: &str) -> anyhow::Result<PathBuf> {
 }
 
 /// Turns a gRPC status into an error that reads like a sentence.
-fn rpc(status: tonic::Status) -> anyhow::Error {
+pub(crate) fn rpc(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}", status.message())
 }
 
@@ -1004,6 +1004,7 @@ pub async fn run_task(c: &Client, a: crate::cli::RunArgs) -> anyhow::Result<()> 
         .map(|p| crate::publish::run_publish(p))
         .collect::<anyhow::Result<_>>()?;
     let stop = crate::workload::stop_from_args(&a.stop)?;
+    let log = crate::logs_cmd::log_config(&a.log_opt)?;
     let (command, container) = crate::workload::from_args(a.container)?;
     crate::workload::check_resources(&a.resources, container.is_some())?;
     let task = c
@@ -1018,6 +1019,7 @@ pub async fn run_task(c: &Client, a: crate::cli::RunArgs) -> anyhow::Result<()> 
             container,
             stop,
             resources: a.resources.to_wire(),
+            log,
         })
         .await
         .map_err(rpc)?
@@ -1123,20 +1125,6 @@ pub async fn port(c: &Client, task: String) -> anyhow::Result<()> {
     for p in &t.ports {
         println!("{}", crate::publish::describe(p));
     }
-    Ok(())
-}
-
-/// `weft logs`.
-pub async fn logs(c: &Client, task: String) -> anyhow::Result<()> {
-    use std::io::Write;
-    let data = c
-        .daemon()
-        .logs(pb::LogsRequest { task })
-        .await
-        .map_err(rpc)?
-        .into_inner()
-        .data;
-    std::io::stdout().write_all(&data)?;
     Ok(())
 }
 
@@ -1273,11 +1261,13 @@ pub async fn service(c: &Client, cmd: crate::cli::ServiceCommand) -> anyhow::Res
                 bail!("--replicas cannot be combined with --mode global");
             }
             let stop = crate::workload::stop_from_args(&a.stop)?;
+            let log = crate::logs_cmd::log_config(&a.log_opt)?;
             let (command, container) = crate::workload::from_args(a.container)?;
             crate::workload::check_resources(&a.resources, container.is_some())?;
             let spec = pb::ServiceSpecMsg {
                 restart_policy: crate::resources::restart_policy(&a.restart),
                 resources: a.resources.to_wire(),
+                log,
                 name: a.name.clone(),
                 mode: mode.into(),
                 replicas: a.replicas.unwrap_or(if mode == "global" { 0 } else { 1 }),
@@ -1441,27 +1431,8 @@ pub async fn service(c: &Client, cmd: crate::cli::ServiceCommand) -> anyhow::Res
                 converge(c, &a.service).await?;
             }
         }
-        S::Logs { tail, service } => {
-            use std::io::Write;
-            let logs = ctl
-                .service_logs(pb::ServiceLogsRequest {
-                    service,
-                    tail_bytes: tail.unwrap_or(0),
-                })
-                .await
-                .map_err(rpc)?
-                .into_inner()
-                .logs;
-            let mut out = std::io::stdout().lock();
-            for l in logs {
-                if !l.error.is_empty() {
-                    eprintln!("{}@{}: {}", l.task_name, l.hostname, l.error);
-                    continue;
-                }
-                for line in String::from_utf8_lossy(&l.data).lines() {
-                    writeln!(out, "{}@{}    | {line}", l.task_name, l.hostname)?;
-                }
-            }
+        S::Logs { flags, service } => {
+            crate::logs_cmd::service_logs(ctl.clone(), service, &flags).await?
         }
         S::Rm { services } => {
             for s in services {

@@ -61,12 +61,60 @@ fn private_dirs(args: &DaemonArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Makes `<exec-root>/bin/weft-task-logger`, a link to this binary, for
+/// containerd's shim to start as each container's logger (the shim cannot
+/// exec `/proc/self/exe`: it is not our child). Refuses a binary deleted
+/// since it started (an upgrade replaced it): the link would dangle.
+fn logger_link(exec_root: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()
+        .context("cannot find this program's path for the container logger")?;
+    if exe.to_string_lossy().ends_with(" (deleted)") {
+        anyhow::bail!(
+            "this program's file {} was deleted or replaced since it started; restart the daemon \
+             from the installed binary (containers' loggers are started from it)",
+            exe.display()
+        );
+    }
+    let dir = exec_root.join("bin");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let link = dir.join(weft_worker::logs::LOGGER_ARG);
+    let tmp = dir.join(format!(".{}.tmp", weft_worker::logs::LOGGER_ARG));
+    let _ = std::fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(&exe, &tmp)
+        .and_then(|()| std::fs::rename(&tmp, &link))
+        .with_context(|| format!("cannot link {} to {}", link.display(), exe.display()))?;
+    Ok(link)
+}
+
+/// Starts reading the log of local task `id` into `sink` (see
+/// `weft_worker::logs::spawn_read`); a follow ends once the runtime reports
+/// the task ended (its output is all written by then) or forgets it.
+fn read_task_log(
+    runtime: &Arc<RoutedRuntime>,
+    id: &str,
+    opts: weft_worker::logs::reader::ReadOptions,
+    sink: weft_worker::logs::LogSink,
+) -> Result<(), Status> {
+    let dir = runtime.log_path(id);
+    if !dir.is_dir() {
+        return Err(Status::not_found(format!(
+            "task {id} has no log on this node (it never started here, or was removed)"
+        )));
+    }
+    let rt = runtime.clone();
+    let task = id.to_string();
+    let finished = Box::new(move || rt.status(&task).is_none_or(|s| s.state.is_terminal()));
+    weft_worker::logs::spawn_read(id.to_string(), dir, opts, finished, sink);
+    Ok(())
+}
+
 /// The node's task runtime: host processes through weft's own shim, and
 /// containers through containerd, connected on first use (the daemon runs
 /// without it). Containers keep their files under `<exec-root>/containers`.
 fn task_runtime(
     args: &DaemonArgs,
     images: Arc<weft_worker::image::ImageStore>,
+    logger: std::path::PathBuf,
 ) -> Arc<RoutedRuntime> {
     let process = Arc::new(ProcessRuntime::new(
         &args.exec_root,
@@ -78,6 +126,7 @@ fn task_runtime(
         runc_root: args.runc_root.clone(),
         cgroup_parent: args.cgroup_parent.clone(),
         owner: args.exec_root.display().to_string(),
+        logger,
     };
     // The image store's connection (version and namespace checked there),
     // shared with the runtime.
@@ -107,7 +156,8 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     }
     let settings = crate::settings::resolve(&args)?;
     let image_store = images::store(&args)?;
-    let runtime = task_runtime(&args, image_store.clone());
+    let logger = logger_link(&args.exec_root)?;
+    let runtime = task_runtime(&args, image_store.clone(), logger);
     let images = images::server(image_store);
     let host_ns = weft_overlay::linux::Netns::current()
         .context("cannot open this daemon's network namespace")?;
@@ -323,14 +373,8 @@ impl NodeService {
     /// Starts the agent and the role watcher around an optional manager.
     fn activate(&self, record: NodeRecord, certs: Certs, manager: Option<Manager>) -> Active {
         let runtime = self.runtime.clone();
-        let logs: LogReader = Arc::new(move |task: &str, tail: u64| {
-            let data = std::fs::read(runtime.log_path(task)).map_err(|e| format!("no log: {e}"))?;
-            let tail = usize::try_from(tail).unwrap_or(usize::MAX);
-            Ok(if tail == 0 || data.len() <= tail {
-                data
-            } else {
-                data[data.len() - tail..].to_vec()
-            })
+        let logs: LogReader = Arc::new(move |task: &str, opts, sink| {
+            read_task_log(&runtime, task, opts, sink).map_err(|s| s.message().to_string())
         });
         let agent = Agent::start(self.files.clone(), record.clone(), certs, logs);
         let manager = Arc::new(Mutex::new(manager));
@@ -1260,16 +1304,39 @@ impl Daemon for NodeService {
         Ok(Response::new(pb::ListTasksResponse { tasks }))
     }
 
+    type LogsStream =
+        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::LogChunk, Status>> + Send>>;
+
     async fn logs(
         &self,
         req: Request<pb::LogsRequest>,
-    ) -> Result<Response<pb::LogsResponse>, Status> {
+    ) -> Result<Response<Self::LogsStream>, Status> {
         self.locked.refuse()?;
-        let id = self.local_task(&req.get_ref().task).await?;
-        let data = std::fs::read(self.runtime.log_path(&id)).map_err(|e| {
-            Status::not_found(format!("no log for task {}: {e}", req.get_ref().task))
-        })?;
-        Ok(Response::new(pb::LogsResponse { data }))
+        let r = req.into_inner();
+        let id = self.local_task(&r.task).await?;
+        // Bounded: the reader waits for the client; the client going away
+        // drops the receiver, which ends the reader.
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let sink: weft_worker::logs::LogSink = Box::new(move |piece| {
+            let chunk = match piece {
+                Ok(lines) if lines.is_empty() => return !tx.is_closed(),
+                Ok(lines) => Ok(pb::LogChunk {
+                    lines,
+                    ..Default::default()
+                }),
+                Err(e) => Err(Status::internal(format!("reading the task's log: {e}"))),
+            };
+            tx.blocking_send(chunk).is_ok()
+        });
+        read_task_log(
+            &self.runtime,
+            &id,
+            weft_worker::logs::read_options(r.query.as_ref()),
+            sink,
+        )?;
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn rm(

@@ -8,6 +8,7 @@ mod daemon;
 mod doctor;
 mod image_cmd;
 mod lab;
+mod logs_cmd;
 mod publish;
 mod resources;
 mod settings;
@@ -26,6 +27,15 @@ use cli::{Cli, Command};
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    // containerd's shim starts us as a container's logger
+    // (`binary://…?weft-task-logger=<task dir>`): not a clap command, the
+    // shim fixes the argument order.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().take(4).collect();
+    if let [_, mode, dir] = args.as_slice()
+        && mode == weft_worker::logs::LOGGER_ARG
+    {
+        return weft_worker::logs::logger::main(std::path::Path::new(dir));
+    }
     let cli = Cli::parse();
     if let Command::FdStore { socket } = &cli.command {
         return fd_store(socket);
@@ -145,9 +155,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     c.require_local("ps")?;
                     commands::ps(&c, all, quiet).await
                 }
-                Command::Logs { task } => {
+                Command::Logs { flags, task } => {
                     c.require_local("logs")?;
-                    commands::logs(&c, task).await
+                    logs_cmd::task_logs(&c, task, &flags).await
                 }
                 Command::Rm { force, tasks } => {
                     c.require_local("rm")?;

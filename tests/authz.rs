@@ -258,10 +258,10 @@ async fn dispatcher_calls(ch: Channel, node: &str, set: Set) -> Vec<Outcome> {
     );
     call!(
         out,
-        c.publish_logs(pb::PublishLogsRequest {
+        c.publish_log_stream(tokio_stream::iter(vec![pb::PublishLogsRequest {
             node_id: node_id.clone(),
             ..Default::default()
-        })
+        }]))
     );
     call!(
         out,

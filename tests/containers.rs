@@ -199,9 +199,8 @@ fn a_service_of_containers_answers_through_its_vip_and_by_name() {
             .any(|l| l.starts_with(&id[..12.min(id.len())]) && l.contains("exited (3)"))
     });
     // Exit 3, not 4: the host's /var/lib/weft is not in the container.
-    // (Its output is not checked here: in about one run in five on a loaded
-    // machine the log of a container that exits at once stays empty and its
-    // task is gone from containerd; an open bug, see the notes.)
+    // (tests/logs.rs checks that the output of containers that exit at once
+    // is all in their logs when the exit shows.)
 
     // An image no node has: the failure shows in `service ps`, and the
     // replacements back off (1 s, 2 s, 4 s, 8 s …) instead of one a second.

@@ -224,16 +224,16 @@ fn key_rotation_keeps_a_tcp_stream_and_removed_nodes_lose_their_peers() {
         ],
     );
     wait_for("stream started", Duration::from_secs(20), || {
-        lab.weft("w1", &["logs", "server"]).contains("line-5")
+        lab.logs("w1", "server").contains("line-5")
     });
     let keys_before = lab.weft("m1", &["network", "inspect", "-v", "secure"]);
     lab.weft("m1", &["node", "rotate-key", "--all"]);
     wait_for(
         "every line arrived over one connection",
         Duration::from_secs(30),
-        || lab.weft("w1", &["logs", "server"]).contains("line-80"),
+        || lab.logs("w1", "server").contains("line-80"),
     );
-    let log = lab.weft("w1", &["logs", "server"]);
+    let log = lab.logs("w1", "server");
     assert_eq!(
         log.lines().filter(|l| l.starts_with("line-")).count(),
         80,

@@ -414,10 +414,8 @@ fn published_ports_ingress_user_chain_and_proxies() {
             "env | sort",
         ],
     );
-    wait_for("px output", T, || {
-        lab.weft("w1", &["logs", "px"]).contains("NO_PROXY")
-    });
-    let env = lab.weft("w1", &["logs", "px"]);
+    wait_for("px output", T, || lab.logs("w1", "px").contains("NO_PROXY"));
+    let env = lab.logs("w1", "px");
     for want in [
         "HTTP_PROXY=http://proxy.example:3128",
         "http_proxy=http://proxy.example:3128",
@@ -427,9 +425,9 @@ fn published_ports_ingress_user_chain_and_proxies() {
         assert!(env.lines().any(|l| l == want), "{want} missing:\n{env}");
     }
     wait_for("own output", T, || {
-        lab.weft("w1", &["logs", "own"]).contains("no_proxy")
+        lab.logs("w1", "own").contains("no_proxy")
     });
-    let env = lab.weft("w1", &["logs", "own"]);
+    let env = lab.logs("w1", "own");
     assert!(
         env.lines().any(|l| l == "http_proxy=http://mine:1"),
         "{env}"
@@ -471,7 +469,7 @@ fn published_ports_ingress_user_chain_and_proxies() {
         get(&m1_ns, &format!("http://{w1}:8080/")) == "hello-web"
     });
     assert_eq!(get(&m1_ns, &format!("http://{w1}:{random}/")), "hello-web");
-    let log = lab.weft("w1", &["logs", "web"]);
+    let log = lab.logs("w1", "web");
     assert!(
         log.contains(&format!("{m1}]")),
         "the client address is kept:\n{log}"
@@ -574,7 +572,7 @@ fn published_ports_ingress_user_chain_and_proxies() {
                 .map(str::to_string)
         })
         .expect("the replica on w1");
-    let log = lab.weft("w1", &["logs", &replica]);
+    let log = lab.logs("w1", &replica);
     assert!(
         log.contains(&format!("{m1}]")),
         "served by the local replica, the client address is kept:\n{log}"

@@ -30,7 +30,7 @@ fn two_hosts(test: &str) -> Lab {
 }
 
 fn logs(lab: &Lab, host: &str, task: &str) -> String {
-    lab.weft(host, &["logs", task])
+    lab.logs(host, task)
 }
 
 #[test]

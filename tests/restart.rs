@@ -40,7 +40,7 @@ const SENDER: &str = "i=0; while :; do i=$((i+1)); echo $i; sleep 0.05; done \
 /// The sink's log: (line number, arrival ms) of every line, and whether
 /// the connection closed.
 fn read_stream(log: &Path) -> (Vec<(u64, u64)>, bool) {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let text = common::task_log_text(log);
     let mut lines = Vec::new();
     for l in text.lines() {
         let f: Vec<&str> = l.split_whitespace().collect();
@@ -244,7 +244,7 @@ impl Node {
     /// the connection close.
     fn check_stream(&self) {
         let (lines, closed) = read_stream(&self.sink_log);
-        let sender = std::fs::read_to_string(&self.sender_log).unwrap_or_default();
+        let sender = common::task_log_text(&self.sender_log);
         assert!(
             !closed && !sender.contains("sender-closed"),
             "the stream was reset or closed; sender log: {sender}"

@@ -108,7 +108,7 @@ fn vip_balances_over_replicas_on_three_hosts_and_dns_answers() {
     wait_for(
         "a task reaches http://web/ by name",
         Duration::from_secs(20),
-        || lab.weft("m1", &["logs", &probe]).contains("web."),
+        || lab.logs("m1", &probe).contains("web."),
     );
     // A name on a network the client is not on is not answered.
     lab.weft(

@@ -534,9 +534,10 @@ impl ControlService {
         Ok(ids.into_iter().map(|(_, h)| h).collect())
     }
 
-    async fn service_logs(&self, r: pb::ServiceLogsRequest) -> Result<pb::ServiceLogsResponse> {
+    async fn service_logs(&self, r: pb::ServiceLogsRequest) -> Result<LogStream> {
+        use futures::StreamExt;
         if !self.core.is_leader() {
-            // Sessions live on the leader: ask it.
+            // Sessions live on the leader: ask it, and pass its stream on.
             let ch = self.core.leader_channel().ok_or_else(|| {
                 Error::FailedPrecondition("no leader known; try again in a moment".into())
             })?;
@@ -544,8 +545,9 @@ impl ControlService {
                 .service_logs(r)
                 .await
                 .map_err(|s| Error::FailedPrecondition(format!("leader: {}", s.message())))?;
-            return Ok(resp.into_inner());
+            return Ok(resp.into_inner().boxed());
         }
+        let query = r.query.unwrap_or_default();
         let tasks = self.core.read(|s| {
             let svc = s.resolve_service(&r.service)?;
             Ok::<_, crate::store::StoreError>(
@@ -564,31 +566,31 @@ impl ControlService {
                     .collect::<Vec<_>>(),
             )
         })?;
-        let fetches = tasks
-            .iter()
-            .map(|(t, _)| self.core.fetch_logs(t.node, &t.id, r.tail_bytes));
-        let results = futures::future::join_all(fetches).await;
-        Ok(pb::ServiceLogsResponse {
-            logs: tasks
-                .into_iter()
-                .zip(results)
-                .map(|((t, host), res)| {
-                    let (data, error) = match res {
-                        Ok(d) => (d, String::new()),
-                        Err(e) => (Vec::new(), e),
-                    };
-                    pb::TaskLog {
-                        task_id: t.id,
-                        task_name: t.name,
-                        hostname: host,
-                        data,
-                        error,
-                    }
-                })
-                .collect(),
-        })
+        // One stream per task, merged as lines arrive; each is bounded, so
+        // a slow client slows the nodes, and dropping the merged stream (the
+        // client went away) ends every node's stream.
+        let streams = tasks.into_iter().map(|(t, host)| {
+            let rx = self.core.fetch_logs(t.node, &t.id, query);
+            tokio_stream::wrappers::ReceiverStream::new(rx).map(move |piece| {
+                let mut chunk = pb::LogChunk {
+                    task_id: t.id.clone(),
+                    task_name: t.name.clone(),
+                    hostname: host.clone(),
+                    ..Default::default()
+                };
+                match piece {
+                    Ok(lines) => chunk.lines = lines,
+                    Err(e) => chunk.error = e,
+                }
+                Ok(chunk)
+            })
+        });
+        Ok(futures::stream::select_all(streams).boxed())
     }
 }
+
+/// The stream of a service's logs to the client.
+pub type LogStream = futures::stream::BoxStream<'static, std::result::Result<pb::LogChunk, Status>>;
 
 fn validate_label_key(k: &str) -> Result<()> {
     limits::at_most("label key", k.len(), limits::MAX_LABEL_KEY_BYTES, "bytes")?;
@@ -1012,10 +1014,12 @@ impl Control for ControlService {
         Ok(Response::new(pb::RotateNodeKeyResponse { rotated }))
     }
 
+    type ServiceLogsStream = LogStream;
+
     async fn service_logs(
         &self,
         req: Request<pb::ServiceLogsRequest>,
-    ) -> std::result::Result<Response<pb::ServiceLogsResponse>, Status> {
+    ) -> std::result::Result<Response<LogStream>, Status> {
         self.admit(&req).await?;
         Ok(Response::new(
             ControlService::service_logs(self, req.into_inner()).await?,

@@ -344,6 +344,7 @@ pub fn service_to_wire(state: &State, svc: &crate::store::Service) -> pb::Servic
             stop: stop_to_wire(&svc.spec.task.stop),
             resources: resources_to_wire(&svc.spec.task.resources),
             restart_policy: restart_policy_to_wire(&svc.spec.restart_policy),
+            log: log_to_wire(svc.spec.task.log),
             networks: svc.spec.networks.iter().map(net_name).collect(),
             endpoint_mode: match svc.spec.endpoint_mode {
                 EndpointMode::Vip => "vip".into(),
@@ -515,6 +516,27 @@ pub fn update_restart_policy(
     p.max_attempts = u.max_attempts.unwrap_or(p.max_attempts);
     p.window_ms = u.window_ms.unwrap_or(p.window_ms);
     crate::validate::restart_policy(p)
+}
+
+/// A request's `--log-opt`, checked (see [`crate::validate::log`]).
+pub fn log_from_wire(
+    l: Option<pb::LogConfig>,
+) -> std::result::Result<Option<crate::store::LogOpts>, crate::error::Error> {
+    let Some(l) = l else { return Ok(None) };
+    let opts = crate::store::LogOpts {
+        max_size: l.max_size,
+        max_file: l.max_file,
+    };
+    crate::validate::log(&opts)?;
+    Ok(Some(opts))
+}
+
+/// The wire form of a task's `--log-opt`.
+pub fn log_to_wire(l: Option<crate::store::LogOpts>) -> Option<pb::LogConfig> {
+    l.map(|l| pb::LogConfig {
+        max_size: l.max_size,
+        max_file: l.max_file,
+    })
 }
 
 /// The wire form of a task's container options.

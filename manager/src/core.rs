@@ -34,11 +34,15 @@ struct Inner {
     unlock: weft_proto::seal::KeyHolder,
 }
 
-/// Which node a log request went to, and where its answer goes.
-type LogWaiter = (
-    NodeId,
-    tokio::sync::oneshot::Sender<Result<Vec<u8>, String>>,
-);
+/// Which node a log request went to, and where its stream goes.
+type LogWaiter = (NodeId, tokio::sync::mpsc::Sender<LogPiece>);
+
+/// A piece of one task's log as its node sends it: lines, or why the log
+/// cannot be read.
+pub type LogPiece = Result<Vec<pb::LogLine>, String>;
+
+/// How long a node has to open the stream of a log it was asked for.
+const LOG_ANSWER_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// What the leader knows of one node's config: the latest version pushed
 /// and the version the node reported applied.
@@ -345,13 +349,23 @@ impl Core {
         }
     }
 
-    /// Asks node `id` (through its session on this manager) for the output
-    /// of one of its tasks.
-    pub async fn fetch_logs(&self, id: NodeId, task: &str, tail: u64) -> Result<Vec<u8>, String> {
+    /// Asks node `id` (through its session on this manager) for the log of
+    /// one of its tasks: its pieces arrive on the returned channel, which is
+    /// bounded (the node's stream waits for the reader) and ends with the
+    /// log, or after one error. Dropping the receiver ends the node's
+    /// stream, and so its reader (a follow stops).
+    pub fn fetch_logs(
+        &self,
+        id: NodeId,
+        task: &str,
+        query: pb::LogQuery,
+    ) -> tokio::sync::mpsc::Receiver<LogPiece> {
         // Random, not a counter: a node must not be able to answer (and so
         // forge) a request made of another node.
         let rid = rand::random::<u64>();
-        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        // The waiter map holds the only sender until the node's stream
+        // takes it (or the timeout below does).
         self.inner
             .log_waiters
             .lock()
@@ -363,48 +377,48 @@ impl Core {
             .lock()
             .expect("sessions")
             .get(&id)
-            .map(|s| {
+            .is_some_and(|s| {
                 s.send(pb::LogRequest {
                     request_id: rid,
                     task_id: task.to_string(),
-                    tail_bytes: tail,
+                    query: Some(query),
                 })
                 .is_ok()
-            })
-            .unwrap_or(false);
-        let result = if !sent {
-            Err(format!(
-                "node {id} has no session with this manager (is it down?)"
-            ))
-        } else {
-            match tokio::time::timeout(Duration::from_secs(5), rx).await {
-                Ok(Ok(r)) => r,
-                _ => Err(format!("node {id} did not send the logs in time")),
+            });
+        let core = self.clone();
+        tokio::spawn(async move {
+            if sent {
+                tokio::time::sleep(LOG_ANSWER_TIMEOUT).await;
             }
-        };
-        self.inner.log_waiters.lock().expect("waiters").remove(&rid);
-        result
+            let waiter = core.inner.log_waiters.lock().expect("waiters").remove(&rid);
+            if let Some((_, tx)) = waiter {
+                let why = if sent {
+                    format!("node {id} did not send the log in time")
+                } else {
+                    format!("node {id} has no session with this manager (is it down?)")
+                };
+                let _ = tx.send(Err(why)).await;
+            }
+        });
+        rx
     }
 
-    /// Delivers a node's answer to a log request, if the request was made
-    /// of that node (an answer from any other node is dropped).
-    pub(crate) fn logs_arrived(
+    /// Where the log stream a node opens for `request_id` goes, if that
+    /// request was made of that node and is still waiting (a stream from
+    /// any other node gets nothing).
+    pub(crate) fn log_stream_opened(
         &self,
         from: NodeId,
         request_id: u64,
-        data: Result<Vec<u8>, String>,
-    ) {
+    ) -> Option<tokio::sync::mpsc::Sender<LogPiece>> {
         let mut waiters = self.inner.log_waiters.lock().expect("waiters");
         match waiters.get(&request_id) {
-            Some((asked, _)) if *asked == from => {
-                if let Some((_, tx)) = waiters.remove(&request_id) {
-                    let _ = tx.send(data);
-                }
-            }
+            Some((asked, _)) if *asked == from => waiters.remove(&request_id).map(|(_, tx)| tx),
             Some((asked, _)) => {
-                tracing::warn!(%from, %asked, "dropping a log reply from a node that was not asked");
+                tracing::warn!(%from, %asked, "dropping a log stream from a node that was not asked");
+                None
             }
-            None => {}
+            None => None,
         }
     }
 

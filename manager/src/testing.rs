@@ -130,6 +130,7 @@ pub fn spec(name: &str, replicas: u64, networks: &[&str]) -> ServiceSpec {
             container: None,
             stop: Default::default(),
             resources: Default::default(),
+            log: None,
         },
         networks: networks.iter().map(|n| n.to_string()).collect(),
         endpoint_mode: EndpointMode::Vip,

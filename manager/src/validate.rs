@@ -31,6 +31,31 @@ pub const MAX_WORKDIR_BYTES: usize = 4096;
 /// that is stuck, not graceful).
 pub const MAX_STOP_GRACE_MS: u64 = 3600 * 1000;
 
+/// Smallest `--log-opt max-size` (the node's writer needs room for a line).
+pub const MIN_LOG_MAX_SIZE: u64 = 4096;
+/// Largest `--log-opt max-size` (1 TiB).
+pub const MAX_LOG_MAX_SIZE: u64 = 1 << 40;
+/// Largest `--log-opt max-file`.
+pub const MAX_LOG_MAX_FILE: u32 = 100;
+
+/// A task's `--log-opt` as a request gave it (the same bounds as the
+/// node's writer, `weft_worker::logs::LogOptions::validate`).
+pub fn log(l: &crate::store::LogOpts) -> Result<()> {
+    if !(MIN_LOG_MAX_SIZE..=MAX_LOG_MAX_SIZE).contains(&l.max_size) {
+        return Err(Error::InvalidInput(format!(
+            "--log-opt max-size={}: must be between 4k and 1t bytes",
+            l.max_size
+        )));
+    }
+    if !(1..=MAX_LOG_MAX_FILE).contains(&l.max_file) {
+        return Err(Error::InvalidInput(format!(
+            "--log-opt max-file={}: must be between 1 and {MAX_LOG_MAX_FILE}",
+            l.max_file
+        )));
+    }
+    Ok(())
+}
+
 /// A container's options as a request gave them, checked at the edge; the
 /// node parses the image reference fully when it resolves it. The command
 /// may be empty (the image's `Cmd` runs), but not with an `--entrypoint ""`
@@ -312,6 +337,27 @@ mod tests {
         }
         let e = resources(&ok, false).unwrap_err().to_string();
         assert!(e.contains("for containers"), "{e}");
+    }
+
+    #[test]
+    fn log_options() {
+        let l = |max_size, max_file| crate::store::LogOpts { max_size, max_file };
+        assert!(log(&l(10 << 20, 3)).is_ok());
+        assert!(log(&l(4096, 1)).is_ok());
+        assert!(
+            log(&l(4095, 3))
+                .unwrap_err()
+                .to_string()
+                .contains("max-size")
+        );
+        assert!(
+            log(&l(10 << 20, 0))
+                .unwrap_err()
+                .to_string()
+                .contains("max-file")
+        );
+        assert!(log(&l(10 << 20, 101)).is_err());
+        assert!(log(&l(u64::MAX, 3)).is_err());
     }
 
     #[test]

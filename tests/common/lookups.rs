@@ -36,7 +36,7 @@ pub struct Lookup {
 
 /// The asker's log: lookups started (try lines) and finished.
 pub fn read_log(log: &Path) -> (Vec<u64>, Vec<Lookup>) {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let text = super::task_log_text(log);
     let (mut tries, mut done) = (Vec::new(), Vec::new());
     for l in text.lines() {
         let f: Vec<&str> = l.split_whitespace().collect();

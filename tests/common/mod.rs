@@ -262,6 +262,25 @@ impl Lab {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `weft logs TASK` on `host`: the task's stdout and then its stderr
+    /// (the CLI prints them apart), for tests that look for a line in
+    /// either.
+    pub fn logs(&self, host: &str, task: &str) -> String {
+        let out = self.try_weft(host, &["logs", task]);
+        if !out.status.success() {
+            panic!(
+                "weft logs {task} on {host} failed: {}\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                self.log_tail(host)
+            );
+        }
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
     /// Runs `weft ARGS` expecting failure; returns stderr.
     pub fn weft_err(&self, host: &str, args: &[&str]) -> String {
         let out = self.try_weft(host, args);
@@ -608,6 +627,20 @@ pub fn replicas_behind_vip(
         },
     );
     seen
+}
+
+/// The text of a task's log directory (`<exec-root>/tasks/<id>/log`, json
+/// lines), stdout and stderr together in order; empty if there is none.
+/// Read straight from the files: works while the daemon is down.
+pub fn task_log_text(dir: &Path) -> String {
+    let mut out = String::new();
+    let _ = weft_worker::logs::reader::read(dir, &Default::default(), &|| true, &mut |batch| {
+        for e in batch {
+            out.push_str(&String::from_utf8_lossy(&e.line));
+        }
+        true
+    });
+    out
 }
 
 /// Polls `cond` every 100 ms until it holds; panics after `timeout`.

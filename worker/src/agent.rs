@@ -66,8 +66,31 @@ pub struct AgentStatus {
     pub heartbeat_period_ms: u64,
 }
 
-/// Reads the last `tail` bytes (0 = all) of a local task's output.
-pub type LogReader = Arc<dyn Fn(&str, u64) -> std::result::Result<Vec<u8>, String> + Send + Sync>;
+/// Starts reading a local task's log (`crate::logs::spawn_read`) into the
+/// sink. `Err`: there is no such log.
+pub type LogReader = Arc<
+    dyn Fn(
+            &str,
+            crate::logs::reader::ReadOptions,
+            crate::logs::LogSink,
+        ) -> std::result::Result<(), String>
+        + Send
+        + Sync,
+>;
+
+/// One piece of a log stream to the manager.
+fn publish_piece(r: std::result::Result<Vec<pb::LogLine>, String>) -> pb::PublishLogsRequest {
+    match r {
+        Ok(lines) => pb::PublishLogsRequest {
+            lines,
+            ..Default::default()
+        },
+        Err(error) => pb::PublishLogsRequest {
+            error,
+            ..Default::default()
+        },
+    }
+}
 
 /// A running agent.
 pub struct Agent {
@@ -533,29 +556,52 @@ impl Run {
         }
     }
 
+    /// Answers a log request: streams the task's log to the manager until
+    /// it is all sent or the manager ends the call (nobody reads any more),
+    /// which drops the channel and so ends the reader.
+    fn publish_logs(
+        &self,
+        client: &DispatcherClient<tonic::transport::Channel>,
+        req: &pb::LogRequest,
+    ) {
+        let first = pb::PublishLogsRequest {
+            node_id: self.node_id.clone(),
+            request_id: req.request_id,
+            task_id: req.task_id.clone(),
+            ..Default::default()
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let opts = crate::logs::read_options(req.query.as_ref());
+        let sink_tx = tx.clone();
+        let sink: crate::logs::LogSink = Box::new(move |r| match r {
+            Ok(lines) if lines.is_empty() => !sink_tx.is_closed(),
+            r => sink_tx.blocking_send(publish_piece(r)).is_ok(),
+        });
+        // The channel is empty: the first message (and an error after it)
+        // always fit, ahead of anything the reader sends.
+        let _ = tx.try_send(first);
+        if let Err(error) = (self.logs)(&req.task_id, opts, sink) {
+            let _ = tx.try_send(publish_piece(Err(error)));
+        }
+        drop(tx);
+        let request = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let mut c = client.clone();
+        tokio::spawn(async move {
+            match c.publish_log_stream(request).await {
+                Ok(_) => {}
+                Err(s) if s.code() == Code::Cancelled => {}
+                Err(e) => tracing::warn!(error = %e, "could not send task logs"),
+            }
+        });
+    }
+
     async fn on_message(
         &mut self,
         client: &mut DispatcherClient<tonic::transport::Channel>,
         m: pb::SessionMessage,
     ) -> Option<End> {
         for req in &m.log_requests {
-            let (data, error) = match (self.logs)(&req.task_id, req.tail_bytes) {
-                Ok(d) => (d, String::new()),
-                Err(e) => (Vec::new(), e),
-            };
-            let mut c = client.clone();
-            let publish = pb::PublishLogsRequest {
-                node_id: self.node_id.clone(),
-                request_id: req.request_id,
-                task_id: req.task_id.clone(),
-                data,
-                error,
-            };
-            tokio::spawn(async move {
-                if let Err(e) = c.publish_logs(publish).await {
-                    tracing::warn!(error = %e, "could not send task logs");
-                }
-            });
+            self.publish_logs(client, req);
         }
         if !m.log_requests.is_empty() && m.config.is_none() {
             return None;

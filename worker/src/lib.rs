@@ -12,6 +12,7 @@ pub mod capacity;
 pub mod error;
 pub mod image;
 pub mod join;
+pub mod logs;
 pub mod node_files;
 pub mod reconcile;
 pub mod renewal;

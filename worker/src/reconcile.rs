@@ -475,6 +475,7 @@ impl Reconciler {
                 })
             }),
             stop: stop_policy(t.stop.as_ref()),
+            log: crate::logs::log_options(t.log.as_ref()),
         }
     }
 

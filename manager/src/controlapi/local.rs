@@ -214,10 +214,12 @@ impl Control for LocalControl {
         Control::remove_service(&self.inner()?, req).await
     }
 
+    type ServiceLogsStream = super::LogStream;
+
     async fn service_logs(
         &self,
         req: Request<pb::ServiceLogsRequest>,
-    ) -> std::result::Result<Response<pb::ServiceLogsResponse>, Status> {
+    ) -> std::result::Result<Response<super::LogStream>, Status> {
         Control::service_logs(&self.inner()?, req).await
     }
 

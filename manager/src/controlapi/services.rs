@@ -59,6 +59,7 @@ impl ControlService {
         let stop = crate::convert::stop_from_wire(m.stop.take())?;
         let resources = crate::convert::resources_from_wire(m.resources, container.is_some())?;
         let restart_policy = crate::convert::restart_policy_from_wire(m.restart_policy)?;
+        let log = crate::convert::log_from_wire(m.log.take())?;
         if container.is_none() && (m.command.is_empty() || m.command[0].is_empty()) {
             return Err(Error::InvalidInput(
                 "no image or command given: `weft service create [OPTIONS] IMAGE [COMMAND...]` \
@@ -114,6 +115,7 @@ impl ControlService {
                 container,
                 stop,
                 resources,
+                log,
             },
             networks: self.resolve_networks(&m.networks)?,
             endpoint_mode,

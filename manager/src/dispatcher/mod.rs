@@ -138,6 +138,7 @@ impl DispatcherService {
         let container = crate::convert::container_from_wire(r.container.take(), &r.command)?;
         let stop = crate::convert::stop_from_wire(r.stop.take())?;
         let resources = crate::convert::resources_from_wire(r.resources, container.is_some())?;
+        let log = crate::convert::log_from_wire(r.log.take())?;
         if container.is_none() && (r.command.is_empty() || r.command[0].is_empty()) {
             return Err(Error::InvalidInput(
                 "no image or command given: `weft run [OPTIONS] IMAGE [COMMAND...]` (or \
@@ -243,6 +244,7 @@ impl DispatcherService {
                 container,
                 stop,
                 resources,
+                log,
             },
             networks,
             standalone: true,
@@ -686,18 +688,59 @@ impl Dispatcher for DispatcherService {
             .await?;
         Ok(Response::new(pb::RemoveTaskResponse {}))
     }
-    async fn publish_logs(
+    async fn publish_log_stream(
         &self,
-        req: Request<pb::PublishLogsRequest>,
+        mut req: Request<tonic::Streaming<pb::PublishLogsRequest>>,
     ) -> Result<Response<pb::PublishLogsResponse>, Status> {
-        let node = self.authorize(&req, &req.get_ref().node_id)?;
-        let r = req.into_inner();
-        let data = if r.error.is_empty() {
-            Ok(r.data)
-        } else {
-            Err(r.error)
-        };
-        self.core.logs_arrived(node.id, r.request_id, data);
-        Ok(Response::new(pb::PublishLogsResponse {}))
+        // Who calls, from the certificate, before reading anything.
+        let peer = self.authorize_peer(&req)?;
+        let first = req
+            .get_mut()
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("an empty log stream"))?;
+        let node = self.authorize(&req, &first.node_id)?;
+        if node.id != peer.id {
+            return Err(Status::permission_denied(
+                "a log stream must name the node of the calling certificate",
+            ));
+        }
+        let tx = self
+            .core
+            .log_stream_opened(node.id, first.request_id)
+            .ok_or_else(|| {
+                Status::not_found("no such log request from this manager (it timed out, or was made of another node)")
+            })?;
+        let mut stream = req.into_inner();
+        let mut next = Some(first);
+        loop {
+            if let Some(m) = next.take() {
+                let piece = if m.error.is_empty() {
+                    Ok(m.lines)
+                } else {
+                    Err(m.error)
+                };
+                let failed = piece.is_err();
+                let empty = piece.as_ref().is_ok_and(Vec::is_empty);
+                // Waits while the reader is slow: the node's stream waits too.
+                if !empty && tx.send(piece).await.is_err() {
+                    return Err(Status::cancelled("nobody reads this log any more"));
+                }
+                if failed {
+                    return Ok(Response::new(pb::PublishLogsResponse {}));
+                }
+            }
+            tokio::select! {
+                () = tx.closed() => return Err(Status::cancelled("nobody reads this log any more")),
+                m = stream.message() => match m {
+                    Ok(Some(m)) => next = Some(m),
+                    Ok(None) => return Ok(Response::new(pb::PublishLogsResponse {})),
+                    Err(s) => {
+                        let _ = tx.send(Err(format!("the node's log stream broke: {}", s.message()))).await;
+                        return Err(s);
+                    }
+                },
+            }
+        }
     }
 }

@@ -198,6 +198,7 @@ pub fn project(state: &State, node: NodeId, version: u64) -> Option<pb::NodeConf
             container: crate::convert::container_to_wire(&t.spec.container),
             stop: crate::convert::stop_to_wire(&t.spec.stop),
             resources: crate::convert::resources_to_wire(&t.spec.resources),
+            log: crate::convert::log_to_wire(t.spec.log),
             attachments: t
                 .attachments
                 .iter()

@@ -212,6 +212,7 @@ fn create_task(s: &mut State, id: &str, node: u64, nets: &[&str]) -> CommandResu
             container: None,
             stop: Default::default(),
             resources: Default::default(),
+            log: None,
         },
         networks: nets.iter().map(|n| (n.to_string(), None)).collect(),
         standalone: true,

@@ -467,6 +467,10 @@ pub struct TaskSpec {
     /// Limits (containers only) and reservations (absent in old records).
     #[serde(default, skip_serializing_if = "Resources::is_none")]
     pub resources: Resources,
+    /// `--log-opt`: the task's log size cap and rotation; `None`: the
+    /// node's defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<LogOpts>,
 }
 
 /// How a task is stopped: `signal`, then SIGKILL once `grace_ms` is over.
@@ -537,6 +541,15 @@ pub struct NodeResources {
 
 fn is_zero64(n: &u64) -> bool {
     *n == 0
+}
+
+/// Size cap and rotation of a task's log on its node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogOpts {
+    /// Bytes per file before it rotates.
+    pub max_size: u64,
+    /// Files kept, the current one included.
+    pub max_file: u32,
 }
 
 /// What makes a task a container: its image and Docker's overrides of the

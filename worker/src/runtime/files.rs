@@ -57,6 +57,10 @@ pub(crate) struct ExitFile {
     pub error: Option<String>,
     /// Wall-clock end.
     pub finished_at: SystemTime,
+    /// Killed for want of memory (a container whose cgroup counted an
+    /// OOM kill); absent in files from before.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub oom: bool,
 }
 
 impl ExitFile {
@@ -68,7 +72,7 @@ impl ExitFile {
             None => TaskState::Exited {
                 code: self.code,
                 signal: self.signal,
-                oom: false,
+                oom: self.oom,
             },
         }
     }

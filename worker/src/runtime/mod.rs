@@ -65,6 +65,10 @@ pub struct TaskSpec {
     /// How the task is asked to stop.
     #[serde(default)]
     pub stop: StopPolicy,
+    /// `--log-opt`: the log's size cap and rotation; `None`: the defaults
+    /// (`crate::logs::LogOptions::default`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log: Option<crate::logs::LogOptions>,
 }
 
 /// How a task is stopped: `signal` to its processes, then SIGKILL to all

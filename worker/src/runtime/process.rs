@@ -327,6 +327,15 @@ impl TaskRuntime for ProcessRuntime {
         })?;
         let prepared = async {
             files::write_json(&dir.join(files::SPEC), spec)?;
+            // Read by the shim's log writer.
+            spec.log
+                .unwrap_or_default()
+                .store(&dir)
+                .map_err(|e| Error::Io {
+                    op: "write log options",
+                    path: dir.join(crate::logs::CONFIG_FILE),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
             self.spawn_shim(id, &dir).await
         };
         if let Err(e) = prepared.await {
@@ -342,6 +351,7 @@ impl TaskRuntime for ProcessRuntime {
                 signal: None,
                 error: Some("the shim exited without starting the task (see shim.log)".into()),
                 finished_at: SystemTime::now(),
+                oom: false,
             };
             files::write_json(&dir.join(files::EXIT), &exit)?;
             return Ok(self.track(id, files::observe(id, &dir, None)?));

@@ -201,6 +201,7 @@ mod tests {
                 })
             }),
             stop: Default::default(),
+            log: None,
         }
     }
 

@@ -10,20 +10,25 @@
 //! error (so the runtime reports `Failed`) and still prints READY. SIGTERM,
 //! SIGINT, SIGHUP, SIGQUIT, SIGUSR1 and SIGUSR2 sent to the shim are
 //! forwarded to the task's process group. The shim only writes to stdout
-//! once (the daemon may be gone later); its stderr is `shim.log`.
+//! once (the daemon may be gone later); its stderr is `shim.log`. The
+//! task's stdout and stderr go through pipes into its json log (`logs`),
+//! and the `exit` file is written only once that output is all in the log.
 
 use std::io::Write;
+use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::SystemTime;
 
 use weft_overlay::linux::{Netns, NsCommand};
 
 use super::files::{self, ExitFile, PidFile};
 use super::{Error, Result, TaskSpec};
+use crate::logs;
 
 /// Environment variable carrying the task directory; the runtime passes the
 /// directory this way so any shim program (the `weft` binary, a test binary)
@@ -73,12 +78,15 @@ pub fn run(args: ShimArgs) -> Result<(), ShimError> {
     let dir = args.dir;
     install_forwarding()?;
     match spawn_task(&dir) {
-        Ok((mut child, pid)) => {
+        Ok((mut child, pid, log)) => {
             announce_ready();
             let status = wait(&mut child);
             // Whatever the task left behind in its group goes with it.
             // SAFETY: kill(2) on a process group we created; ESRCH is fine.
             unsafe { libc::kill(-pid, libc::SIGKILL) };
+            // All output in the log before the exit is known: a reader
+            // after the reported exit sees everything.
+            log.finish();
             let exit = ExitFile {
                 code: status.as_ref().ok().and_then(|s| s.code()),
                 signal: status.as_ref().ok().and_then(|s| s.signal()),
@@ -87,6 +95,7 @@ pub fn run(args: ShimArgs) -> Result<(), ShimError> {
                     .err()
                     .map(|e| format!("waiting for the task: {e}")),
                 finished_at: SystemTime::now(),
+                oom: false,
             };
             files::write_json(&dir.join(files::EXIT), &exit)
         }
@@ -97,6 +106,7 @@ pub fn run(args: ShimArgs) -> Result<(), ShimError> {
                 signal: None,
                 error: Some(e.to_string()),
                 finished_at: SystemTime::now(),
+                oom: false,
             };
             let written = files::write_json(&dir.join(files::EXIT), &exit);
             announce_ready();
@@ -125,7 +135,7 @@ fn install_forwarding() -> Result<()> {
 }
 
 /// Starts the task and records its pid; returns the child and its pid.
-fn spawn_task(dir: &Path) -> Result<(std::process::Child, i32)> {
+fn spawn_task(dir: &Path) -> Result<(std::process::Child, i32, TaskLog)> {
     let spec: TaskSpec = files::read_json(&dir.join(files::SPEC))?.ok_or_else(|| Error::Io {
         op: "read",
         path: dir.join(files::SPEC),
@@ -144,21 +154,7 @@ fn spawn_task(dir: &Path) -> Result<(std::process::Child, i32)> {
     if let Some(h) = &spec.hostname {
         ns = ns.hostname(h);
     }
-    let log_path = dir.join(files::LOG);
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|source| Error::Io {
-            op: "open task log",
-            path: log_path.clone(),
-            source,
-        })?;
-    let log_err = log.try_clone().map_err(|source| Error::Io {
-        op: "dup task log",
-        path: log_path.clone(),
-        source,
-    })?;
+    let (log, stdout, stderr) = OpenLog::open(dir)?;
     let mut cmd = Command::new(&spec.command[0]);
     cmd.args(&spec.command[1..])
         .env_clear()
@@ -166,8 +162,8 @@ fn spawn_task(dir: &Path) -> Result<(std::process::Child, i32)> {
         .envs(&spec.env)
         .current_dir("/")
         .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log_err);
+        .stdout(stdout)
+        .stderr(stderr);
     if let Some(h) = &spec.hostname {
         cmd.env("HOSTNAME", h);
     }
@@ -181,11 +177,19 @@ fn spawn_task(dir: &Path) -> Result<(std::process::Child, i32)> {
         });
     }
     ns.apply(&mut cmd)?;
-    let mut child = cmd.spawn().map_err(|source| Error::Io {
+    let spawned = cmd.spawn();
+    // Our copies of the pipes' write ends go: the pump sees the end of the
+    // output when the task's (and its children's) copies close.
+    drop(cmd);
+    let mut child = spawned.map_err(|source| Error::Io {
         op: "start task",
         path: spec.command[0].clone().into(),
         source,
     })?;
+    // The pump thread starts after the fork: no thread of ours may hold a
+    // lock (the allocator's) while the child runs its pre-exec steps. The
+    // pipes hold the task's first 64 KiB until then.
+    let log = log.start();
     let pid = child.id() as i32;
     TASK_PGID.store(pid, Ordering::SeqCst);
     let pending = PENDING.swap(0, Ordering::SeqCst);
@@ -209,7 +213,95 @@ fn spawn_task(dir: &Path) -> Result<(std::process::Child, i32)> {
         let _ = wait(&mut child);
         return Err(e);
     }
-    Ok((child, pid))
+    Ok((child, pid, log))
+}
+
+/// The task's log, opened and locked, with the read ends of its output
+/// pipes: the pump is not running yet.
+struct OpenLog {
+    lock: nix::fcntl::Flock<std::fs::File>,
+    writer: logs::writer::RotatingWriter,
+    out: OwnedFd,
+    err: OwnedFd,
+}
+
+impl OpenLog {
+    /// Opens the log; returns it and the write ends for the task's stdout
+    /// and stderr.
+    fn open(dir: &Path) -> Result<(Self, OwnedFd, OwnedFd)> {
+        let log_dir = logs::log_dir(dir);
+        let io_err = |op| {
+            let path = log_dir.clone();
+            move |e: logs::Error| Error::Io {
+                op,
+                path,
+                source: std::io::Error::other(e.to_string()),
+            }
+        };
+        let lock = logs::lock_writer(&log_dir).map_err(io_err("lock task log"))?;
+        let writer = logs::writer::RotatingWriter::open(&log_dir, logs::LogOptions::load(dir))
+            .map_err(io_err("open task log"))?;
+        let pipe = || {
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::Io {
+                op: "create output pipe",
+                path: log_dir.clone(),
+                source: e.into(),
+            })
+        };
+        let (out, out_w) = pipe()?;
+        let (err, err_w) = pipe()?;
+        Ok((
+            Self {
+                lock,
+                writer,
+                out,
+                err,
+            },
+            out_w,
+            err_w,
+        ))
+    }
+
+    /// Starts the pump thread ([`crate::logs::logger::pump`]), which holds
+    /// the log's lock until the output ends.
+    fn start(self) -> TaskLog {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let Self {
+            lock,
+            writer,
+            out,
+            err,
+        } = self;
+        let pump = std::thread::spawn(move || {
+            if let Err(e) = logs::logger::pump(out, err, writer, &flag) {
+                eprintln!("task shim: task log: {e}");
+            }
+            drop(lock);
+        });
+        TaskLog { pump, stop }
+    }
+}
+
+/// The task's output on its way into its json log: the pump thread.
+struct TaskLog {
+    pump: std::thread::JoinHandle<()>,
+    stop: Arc<AtomicBool>,
+}
+
+impl TaskLog {
+    /// Waits for the pump to reach the end of the output; a process that
+    /// left the task's group may hold the pipes open, so after
+    /// [`PUMP_LINGER`](logs::logger::PUMP_LINGER) it drains what is there
+    /// and stops.
+    fn finish(self) {
+        let deadline = std::time::Instant::now() + logs::logger::PUMP_LINGER;
+        while !self.pump.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = self.pump.join();
+    }
 }
 
 fn wait(child: &mut std::process::Child) -> std::io::Result<std::process::ExitStatus> {

@@ -49,6 +49,7 @@ fn spec(id: &str, netns: &Path, script: &str) -> TaskSpec {
         hostname: None,
         container: None,
         stop: Default::default(),
+        log: None,
     }
 }
 
@@ -93,8 +94,20 @@ impl Rig {
     }
 
     fn log(&self, id: &str) -> String {
-        std::fs::read_to_string(self.root().join("tasks").join(id).join(files::LOG))
-            .unwrap_or_default()
+        let mut out = String::new();
+        let _ = crate::logs::reader::read(
+            &self.root().join("tasks").join(id).join(files::LOG),
+            &Default::default(),
+            &|| true,
+            &mut |b| {
+                out.extend(
+                    b.into_iter()
+                        .map(|e| String::from_utf8_lossy(&e.line).into_owned()),
+                );
+                true
+            },
+        );
+        out
     }
 }
 
@@ -581,6 +594,7 @@ fn observe_reads_task_files() {
         signal: None,
         error: None,
         finished_at: std::time::SystemTime::now(),
+        oom: false,
     };
     files::write_json(&dir.join(files::EXIT), &exit).unwrap();
     let files::Observed::Finished(s) = files::observe("x", dir, None).unwrap() else {

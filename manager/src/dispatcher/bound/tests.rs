@@ -222,6 +222,10 @@ fn at_every_limit_at_once_admitted_configs_stay_under_the_receive_limit() {
             limit_pids: crate::validate::MAX_LIMIT_PIDS,
             ..Default::default()
         },
+        log: Some(crate::store::LogOpts {
+            max_size: crate::validate::MAX_LOG_MAX_SIZE,
+            max_file: crate::validate::MAX_LOG_MAX_FILE,
+        }),
     };
     limits::command(&task.command).unwrap();
     limits::env(&task.env).unwrap();

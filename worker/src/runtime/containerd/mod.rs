@@ -6,8 +6,11 @@
 //! ```text
 //!  start:  images.get(ref) ─▶ Snapshots.Prepare(key = task id, parent = image top chain id)
 //!          ─▶ Containers.Create(spec JSON, runc options, labels weft.task/weft.image)
-//!          ─▶ Tasks.Create(rootfs mounts, stdout/stderr = file://<task dir>/log) ─▶ Tasks.Start
-//!          ─▶ a Tasks.Wait per task, in the background: its exit updates the status
+//!          ─▶ Tasks.Create(rootfs mounts, stdout/stderr = binary://<logger>?weft-task-logger=<task dir>)
+//!          ─▶ Tasks.Start ─▶ a Tasks.Wait per task, in the background
+//!  exit:   Tasks.Wait returns ─▶ write <task dir>/exit ─▶ Tasks.Delete (the shim closes the
+//!          output pipes, the logger writes the rest and exits) ─▶ wait for the logger's
+//!          lock (bounded) ─▶ report Exited: a reader after the exit sees all output
 //!  stop:   Tasks.Kill(SIGTERM) ─ grace ─▶ Tasks.Kill(SIGKILL, all) ─▶ the waiter sees the exit
 //!  remove: stop ─▶ Tasks.Delete ─▶ Containers.Delete ─▶ Snapshots.Remove ─▶ task dir
 //!  adopt:  Containers.List(label weft.task) ─▶ Tasks.Get: running → tracked and waited on,
@@ -15,15 +18,20 @@
 //! ```
 //!
 //! The shim (containerd-shim-runc-v2) is the container's parent and keeps
-//! its exit status until `Tasks.Delete`, and it writes the output straight
-//! to the log file: a daemon restart loses nothing and stalls nothing.
+//! its exit status until `Tasks.Delete`, and its child the logger (the
+//! `weft` binary in logger mode, `crate::logs::logger`) writes the output
+//! as json lines with rotation: a daemon restart loses nothing and stalls
+//! nothing. The shim keeps the output pipes open until `Tasks.Delete`, so
+//! the logger cannot see the end of a container's output before that: the
+//! exit is therefore reported only after the delete and the logger's end
+//! (`<task dir>/exit` keeps the code for a daemon restarted afterwards).
 //!
 //! An exit is marked OOM-killed when the container's memory cgroup counted
 //! an OOM kill ([`oom_killed`]): runc removes the cgroup only at
-//! `Tasks.Delete`, so it is still there when `Tasks.Wait` returns.
+//! `Tasks.Delete`, so it is still there when `Tasks.Wait` returns (and is
+//! read before the exited task is deleted for its logger's sake).
 //!
-//! Not here yet (issue #14's later stages): seccomp, health checks,
-//! streamed logs with rotation, exec.
+//! Not here yet (issue #14's later stages): seccomp, health checks, exec.
 
 pub mod spec;
 
@@ -66,6 +74,9 @@ const STOP_SIGNAL_LABEL: &str = "weft.stop-signal";
 const STOP_GRACE_LABEL: &str = "weft.stop-grace-ms";
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 const RUNC_OPTIONS_TYPE_URL: &str = "containerd.runc.v1.Options";
+/// How long the exit waits for a container's logger to write the rest of
+/// its output (containerd kills a logger 12 s after the delete).
+const LOGGER_WAIT: Duration = Duration::from_secs(5);
 /// How long a task may take to exit after SIGKILL before stop gives up.
 const KILL_WAIT: Duration = Duration::from_secs(10);
 
@@ -110,6 +121,10 @@ pub struct ContainerdConfig {
     pub cgroup_parent: PathBuf,
     /// This daemon's mark on its containers ([`OWNER_LABEL`]): its exec root.
     pub owner: String,
+    /// The logger program the shim starts for each container's output
+    /// (`<exec-root>/bin/weft-task-logger`, a link to the `weft` binary; it
+    /// must understand `weft-task-logger <task dir>`).
+    pub logger: PathBuf,
 }
 
 /// Tasks as containers in containerd. Cheap to clone.
@@ -224,6 +239,9 @@ impl ContainerdRuntime {
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(200);
             loop {
+                if rt.status(&id).is_none() {
+                    return;
+                }
                 let r = rt
                     .tasks()
                     .wait(tasks::WaitRequest {
@@ -253,12 +271,19 @@ impl ContainerdRuntime {
                 if rt.status(&id).is_none() {
                     return;
                 }
+                let finished_at = SystemTime::now();
+                if let TaskState::Exited { code, oom, .. } = &state {
+                    rt.finish(&id, *code, *oom, finished_at).await;
+                }
+                if rt.status(&id).is_none() {
+                    return;
+                }
                 rt.set(
                     TaskStatus {
                         id: id.clone(),
                         state,
                         started_at,
-                        finished_at: Some(SystemTime::now()),
+                        finished_at: Some(finished_at),
                     },
                     None,
                     None,
@@ -266,6 +291,33 @@ impl ContainerdRuntime {
                 return;
             }
         });
+    }
+
+    /// After the container's exit: records the exit code in the task dir,
+    /// deletes the task in containerd (so its shim closes the output pipes
+    /// and stops the logger), and waits, bounded, for the logger to finish
+    /// writing. Failures are logged: the exit is reported regardless.
+    async fn finish(&self, id: &str, code: Option<i32>, oom: bool, finished_at: SystemTime) {
+        let dir = self.task_dir(id);
+        let exit = super::files::ExitFile {
+            code,
+            signal: None,
+            error: None,
+            finished_at,
+            oom,
+        };
+        if dir.is_dir()
+            && let Err(e) = super::files::write_json(&dir.join(super::files::EXIT), &exit)
+        {
+            tracing::warn!(task = %id, error = %e, "recording the container's exit");
+        }
+        if let Err(s) = self.delete_task(id).await {
+            tracing::warn!(task = %id, error = %s, "deleting the exited container's task; its log may still be written after the exit is reported");
+            return;
+        }
+        if !crate::logs::wait_writer_done(&crate::logs::log_dir(&dir), LOGGER_WAIT).await {
+            tracing::warn!(task = %id, "the container's logger did not finish within {LOGGER_WAIT:?}");
+        }
     }
 
     /// The image's rootfs snapshot for the task: prepared, or the one a
@@ -308,6 +360,10 @@ impl ContainerdRuntime {
             .map_err(|e| e.to_string())?;
         let dir = self.task_dir(&spec.id);
         let files = write_task_files(&dir, &spec::hostname(spec)).map_err(|e| e.to_string())?;
+        spec.log
+            .unwrap_or_default()
+            .store(&dir)
+            .map_err(|e| e.to_string())?;
         let oci = spec::build(spec, c, &image.config, &files, &self.cgroup(&spec.id))
             .map_err(|e| e.to_string())?;
         let json = serde_json::to_vec(&oci).map_err(|e| e.to_string())?;
@@ -349,7 +405,7 @@ impl ContainerdRuntime {
             })
             .await
             .map_err(|s| self.err("Containers.Create", s).to_string())?;
-        let log = format!("file://{}", dir.join("log").display());
+        let log = logger_uri(&self.inner.cfg.logger, &dir)?;
         self.tasks()
             .create(tasks::CreateTaskRequest {
                 container_id: spec.id.clone(),
@@ -520,8 +576,35 @@ fn stop_policy_of(labels: &HashMap<String, String>) -> StopPolicy {
     }
 }
 
+/// The `binary://` URI that makes the shim start `logger` for the task in
+/// `task_dir`. Exactly one query parameter: the shim turns the query into
+/// arguments in map order, so `weft-task-logger <task dir>` comes out
+/// whole. Both are percent-encoded, as the shim's URL parser expects.
+fn logger_uri(logger: &Path, task_dir: &Path) -> Result<String, String> {
+    let enc = |p: &Path| {
+        let s = p
+            .to_str()
+            .ok_or_else(|| format!("{} is not UTF-8", p.display()))?;
+        let mut out = String::new();
+        for b in s.bytes() {
+            if b.is_ascii_alphanumeric() || b"/-_.~".contains(&b) {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+        Ok::<_, String>(out)
+    };
+    Ok(format!(
+        "binary://{}?{}={}",
+        enc(logger)?,
+        crate::logs::LOGGER_ARG,
+        enc(task_dir)?
+    ))
+}
+
 /// Writes `/etc/hosts` and `/etc/hostname` for the container, and makes
-/// sure the log file exists.
+/// its log directory.
 fn write_task_files(dir: &Path, hostname: &str) -> std::io::Result<spec::TaskFiles> {
     std::fs::create_dir_all(dir)?;
     let hosts = dir.join("hosts");
@@ -533,10 +616,7 @@ fn write_task_files(dir: &Path, hostname: &str) -> std::io::Result<spec::TaskFil
     )?;
     let name = dir.join("hostname");
     std::fs::write(&name, format!("{hostname}\n"))?;
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("log"))?;
+    std::fs::create_dir_all(crate::logs::log_dir(dir))?;
     Ok(spec::TaskFiles {
         hosts: Some(hosts),
         hostname: Some(name),
@@ -577,6 +657,11 @@ impl TaskRuntime for ContainerdRuntime {
                 Err(s) if s.code() == tonic::Code::NotFound => None,
                 Err(s) => return Err(self.err("Tasks.Get", s)),
             };
+            let recorded = super::files::read_json::<super::files::ExitFile>(
+                &self.task_dir(&id).join(super::files::EXIT),
+            )
+            .ok()
+            .flatten();
             let status = match process.map(|p| (ProcStatus::try_from(p.status), p)) {
                 Some((Ok(ProcStatus::Running | ProcStatus::Paused | ProcStatus::Pausing), p)) => {
                     TaskStatus {
@@ -586,16 +671,36 @@ impl TaskRuntime for ContainerdRuntime {
                         finished_at: None,
                     }
                 }
-                Some((Ok(ProcStatus::Stopped), p)) => TaskStatus {
-                    id: id.clone(),
-                    state: TaskState::Exited {
-                        code: Some(p.exit_status as i32),
-                        signal: None,
-                        oom: oom_killed(&self.cgroup(&id)),
-                    },
-                    started_at: None,
-                    finished_at: p.exited_at.and_then(|t| SystemTime::try_from(t).ok()),
-                },
+                Some((Ok(ProcStatus::Stopped), p)) => {
+                    let code = Some(p.exit_status as i32);
+                    // Before `finish` deletes the task, and its cgroup.
+                    let oom = oom_killed(&self.cgroup(&id));
+                    let at = p
+                        .exited_at
+                        .and_then(|t| SystemTime::try_from(t).ok())
+                        .unwrap_or_else(SystemTime::now);
+                    self.finish(&id, code, oom, at).await;
+                    TaskStatus {
+                        id: id.clone(),
+                        state: TaskState::Exited {
+                            code,
+                            signal: None,
+                            oom,
+                        },
+                        started_at: None,
+                        finished_at: Some(at),
+                    }
+                }
+                // Exited and deleted by an earlier run of the daemon.
+                None if recorded.is_some() => {
+                    let exit: super::files::ExitFile = recorded.expect("checked");
+                    TaskStatus {
+                        id: id.clone(),
+                        state: exit.state(),
+                        started_at: None,
+                        finished_at: Some(exit.finished_at),
+                    }
+                }
                 // Created but never started (the daemon died between the
                 // two), or no process at all: never start anything here.
                 _ => {
@@ -743,7 +848,7 @@ impl TaskRuntime for ContainerdRuntime {
     }
 
     fn log_path(&self, id: &str) -> PathBuf {
-        self.task_dir(id).join("log")
+        crate::logs::log_dir(&self.task_dir(id))
     }
 
     fn subscribe(&self) -> broadcast::Receiver<TaskStatus> {

@@ -14,6 +14,7 @@ fn task(command: &[&str]) -> TaskSpec {
             ..ContainerSpec::default()
         })),
         stop: Default::default(),
+        log: None,
     }
 }
 
