@@ -270,11 +270,24 @@ async fn containers_run_isolated_in_weft_s_netns_stop_gracefully_and_are_adopted
     // no writer holds the log then, and every line is in it. (Without the
     // delete-and-wait at the exit, the logger would still run here: the
     // shim keeps its pipes open until Tasks.Delete.)
-    for i in 0..5 {
+    // Each start runs beside the removal of the one before: a removal sets
+    // off containerd's garbage collector, which must not take the snapshot
+    // prepared for the next container before that container's record
+    // exists (the runtime holds a lease over that gap; without it this
+    // failed with `failed to mount rootfs …: no such file or directory`).
+    for i in 0..8 {
         let id = format!("quick{i}");
-        rt.start(&spec(&id, &pin.0, "echo out; echo err >&2; exit 3"))
-            .await
-            .expect("start");
+        let next = spec(&id, &pin.0, "echo out; echo err >&2; exit 3");
+        let prev = format!("quick{}", i.max(1) - 1);
+        let (started, removed) = tokio::join!(rt.start(&next), async {
+            if i > 0 {
+                rt.remove(&prev).await
+            } else {
+                Ok(())
+            }
+        });
+        started.expect("start");
+        removed.expect("remove");
         let st = rt.wait(&id).await.expect("wait");
         let dir = rt.log_path(&id);
         assert!(
@@ -291,14 +304,7 @@ async fn containers_run_isolated_in_weft_s_netns_stop_gracefully_and_are_adopted
             "{id}: {log:?}"
         );
     }
-    // Removed after the loop, not between starts: a removal lets
-    // containerd's GC run, and it can take a snapshot prepared for the next
-    // container before that container's record exists (no lease: an open
-    // bug of the runtime, seen as `failed to mount rootfs …: no such file
-    // or directory`).
-    for i in 0..5 {
-        rt.remove(&format!("quick{i}")).await.expect("remove");
-    }
+    rt.remove("quick7").await.expect("remove");
 
     let proc_ns = |p: i32, ns: &str| inode(&PathBuf::from(format!("/proc/{p}/ns/{ns}")));
     assert_eq!(

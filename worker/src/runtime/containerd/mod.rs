@@ -53,6 +53,7 @@ use weft_containerd_api::containerd::v1::types::Status as ProcStatus;
 use super::{
     Error, Result, StopPolicy, TaskRuntime, TaskSpec, TaskState, TaskStatus, validate, validate_id,
 };
+use crate::image::content::Lease;
 use crate::image::{ImageSource, LocalImage};
 
 /// The snapshotter every container's root filesystem comes from.
@@ -322,9 +323,9 @@ impl ContainerdRuntime {
 
     /// The image's rootfs snapshot for the task: prepared, or the one a
     /// previous attempt left.
-    async fn rootfs(&self, id: &str, image: &LocalImage) -> Result<Vec<Mount>> {
-        let r = self
-            .snapshots()
+    async fn rootfs(&self, client: &Client, id: &str, image: &LocalImage) -> Result<Vec<Mount>> {
+        let mut snapshots = snapshots::snapshots_client::SnapshotsClient::new(client.channel());
+        let r = snapshots
             .prepare(snapshots::PrepareSnapshotRequest {
                 snapshotter: SNAPSHOTTER.into(),
                 key: id.to_owned(),
@@ -334,8 +335,7 @@ impl ContainerdRuntime {
             .await;
         match r {
             Ok(r) => Ok(r.into_inner().mounts),
-            Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(self
-                .snapshots()
+            Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(snapshots
                 .mounts(snapshots::MountsRequest {
                     snapshotter: SNAPSHOTTER.into(),
                     key: id.to_owned(),
@@ -367,15 +367,59 @@ impl ContainerdRuntime {
         let oci = spec::build(spec, c, &image.config, &files, &self.cgroup(&spec.id))
             .map_err(|e| e.to_string())?;
         let json = serde_json::to_vec(&oci).map_err(|e| e.to_string())?;
+        // The new snapshot is referenced by nothing until the container
+        // record exists: a lease keeps containerd's garbage collector (set
+        // off by any removal meanwhile) from taking it in between.
+        let lease = Lease::create(&self.inner.client, "create")
+            .await
+            .map_err(|e| e.to_string())?;
+        let leased = lease
+            .client(&self.inner.client)
+            .map_err(|e| e.to_string())?;
+        let made = self.create_container(&leased, spec, &image, json).await;
+        lease.delete(&self.inner.client).await;
+        let mounts = made?;
+        let log = logger_uri(&self.inner.cfg.logger, &dir)?;
+        self.tasks()
+            .create(tasks::CreateTaskRequest {
+                container_id: spec.id.clone(),
+                rootfs: mounts,
+                stdout: log.clone(),
+                stderr: log,
+                options: Some(self.runc_options()),
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| self.err("Tasks.Create", s).to_string())?;
+        let started = self
+            .tasks()
+            .start(tasks::StartRequest {
+                container_id: spec.id.clone(),
+                exec_id: String::new(),
+            })
+            .await
+            .map_err(|s| self.err("Tasks.Start", s).to_string())?;
+        Ok(started.into_inner().pid)
+    }
+
+    /// The task's rootfs snapshot and container record, made through
+    /// `client` (under a lease); returns the rootfs mounts.
+    async fn create_container(
+        &self,
+        client: &Client,
+        spec: &TaskSpec,
+        image: &LocalImage,
+        json: Vec<u8>,
+    ) -> Result<Vec<Mount>, String> {
         let mounts = self
-            .rootfs(&spec.id, &image)
+            .rootfs(client, &spec.id, image)
             .await
             .map_err(|e| e.to_string())?;
         // A container left by an attempt that died half-way goes first.
         self.delete_container(&spec.id)
             .await
             .map_err(|e| e.to_string())?;
-        self.containers()
+        containers::containers_client::ContainersClient::new(client.channel())
             .create(containers::CreateContainerRequest {
                 container: Some(containers::Container {
                     id: spec.id.clone(),
@@ -405,40 +449,46 @@ impl ContainerdRuntime {
             })
             .await
             .map_err(|s| self.err("Containers.Create", s).to_string())?;
-        let log = logger_uri(&self.inner.cfg.logger, &dir)?;
-        self.tasks()
-            .create(tasks::CreateTaskRequest {
-                container_id: spec.id.clone(),
-                rootfs: mounts,
-                stdout: log.clone(),
-                stderr: log,
-                options: Some(self.runc_options()),
-                ..Default::default()
-            })
-            .await
-            .map_err(|s| self.err("Tasks.Create", s).to_string())?;
-        let started = self
-            .tasks()
-            .start(tasks::StartRequest {
-                container_id: spec.id.clone(),
-                exec_id: String::new(),
-            })
-            .await
-            .map_err(|s| self.err("Tasks.Start", s).to_string())?;
-        Ok(started.into_inner().pid)
+        Ok(mounts)
     }
 
     /// Deletes the task's process; a missing one is fine.
+    ///
+    /// Two deletes can meet: the exit watcher deletes an exited task for
+    /// its logger's sake while a removal deletes it too. The second then
+    /// fails with an `Unknown` "ttrpc: closed" as the shim goes away; the
+    /// task is asked for again, and gone is success.
     async fn delete_task(&self, id: &str) -> std::result::Result<(), tonic::Status> {
-        let r = self
-            .tasks()
-            .delete(tasks::DeleteTaskRequest {
-                container_id: id.to_owned(),
-            })
-            .await;
-        match r {
-            Err(s) if s.code() != tonic::Code::NotFound => Err(s),
-            _ => Ok(()),
+        let mut tries = 0;
+        loop {
+            let r = self
+                .tasks()
+                .delete(tasks::DeleteTaskRequest {
+                    container_id: id.to_owned(),
+                })
+                .await;
+            let status = match r {
+                Ok(_) => return Ok(()),
+                Err(s) if s.code() == tonic::Code::NotFound => return Ok(()),
+                Err(s) => s,
+            };
+            let gone = matches!(
+                self.tasks()
+                    .get(tasks::GetRequest {
+                        container_id: id.to_owned(),
+                        exec_id: String::new(),
+                    })
+                    .await,
+                Err(ref s) if s.code() == tonic::Code::NotFound
+            );
+            if gone {
+                return Ok(());
+            }
+            tries += 1;
+            if tries == 3 {
+                return Err(status);
+            }
+            tokio::time::sleep(Duration::from_millis(100 * tries)).await;
         }
     }
 
