@@ -204,6 +204,11 @@ pub struct DaemonArgs {
     /// The containerd namespace of weft's images and containers.
     #[arg(long, default_value = "weft")]
     pub containerd_namespace: String,
+    /// A registry (HOST:PORT) this node pulls images from over plain HTTP;
+    /// repeatable. Registries on loopback (127.0.0.0/8, ::1, localhost) are
+    /// always allowed plain HTTP, as Docker does.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    pub insecure_registries: Vec<String>,
     /// runc's state directory for weft's containers (default: containerd's,
     /// /run/containerd/runc).
     #[arg(long)]

@@ -189,31 +189,7 @@ fn a_service_of_containers_answers_through_its_vip_and_by_name() {
             "nope:latest",
         ],
     );
-    let mut ids = BTreeSet::new();
-    let mut shown = String::new();
-    let start = std::time::Instant::now();
-    while start.elapsed() < Duration::from_secs(12) {
-        let ps = lab.weft("m1", &["service", "ps", "bad"]);
-        for l in ps.lines().skip(1) {
-            if let Some(id) = l.split_whitespace().next() {
-                ids.insert(id.to_string());
-            }
-            if l.contains("no such image") {
-                shown = l.to_string();
-            }
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert!(
-        shown.contains("failed") && shown.contains("no such image: nope:latest"),
-        "service ps shows why: {shown:?}"
-    );
-    assert!(
-        ids.len() <= 5,
-        "{} tasks in 12 s: the restarts do not back off ({ids:?})",
-        ids.len()
-    );
-    eprintln!("a missing image: {} tasks in 12 s", ids.len());
+    common::image::assert_fails_and_backs_off(lab, "m1", "bad", "no such image: nope:latest");
     lab.weft("m1", &["service", "rm", "bad"]);
 
     // Scaling down removes a container; removing the service, the rest.
