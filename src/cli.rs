@@ -663,6 +663,12 @@ pub struct ServiceCreateArgs {
     /// Return at once instead of waiting for convergence.
     #[arg(short, long)]
     pub detach: bool,
+    /// Keep the image's tag instead of pinning the digest it stands for in
+    /// its registry now (by default the local daemon asks the registry, so
+    /// every node runs the same image; a registry it cannot reach leaves the
+    /// tag, with a warning).
+    #[arg(long)]
+    pub no_resolve_image: bool,
     #[command(flatten)]
     pub stop: StopArgs,
     #[command(flatten)]

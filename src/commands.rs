@@ -1264,7 +1264,10 @@ pub async fn service(c: &Client, cmd: crate::cli::ServiceCommand) -> anyhow::Res
                 bail!("--replicas cannot be combined with --mode global");
             }
             let stop = crate::workload::stop_from_args(&a.stop)?;
-            let (command, container) = crate::workload::from_args(a.container)?;
+            let (command, mut container) = crate::workload::from_args(a.container)?;
+            if let Some(ct) = container.as_mut().filter(|_| !a.no_resolve_image) {
+                ct.image = crate::image_cmd::pin_digest(c, &ct.image).await;
+            }
             let spec = pb::ServiceSpecMsg {
                 name: a.name.clone(),
                 mode: mode.into(),

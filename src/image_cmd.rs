@@ -198,6 +198,37 @@ async fn pull(c: &Client, image: String, insecure: bool, quiet: bool) -> anyhow:
     Ok(())
 }
 
+/// `service create`'s image, pinned to the digest its tag stands for in its
+/// registry now (`NAME:TAG@sha256:…`, as Docker's CLI sends it), so every
+/// node runs the same image; the local daemon asks the registry. What is
+/// not a name with a tag (a digest, an ID), or cannot be resolved (no
+/// registry reachable from this node, an image only loaded here), is kept
+/// as given, with Docker's warning.
+pub async fn pin_digest(c: &Client, image: &str) -> String {
+    if image.contains('@') || weft_worker::image::pull::parse(image).is_err() {
+        return image.to_owned();
+    }
+    let asked = c
+        .images()
+        .resolve(pb::ResolveImageRequest {
+            image: image.to_owned(),
+            insecure: false,
+        })
+        .await;
+    match asked {
+        Ok(r) => r.into_inner().image,
+        Err(s) => {
+            eprintln!(
+                "image {image} could not be accessed on a registry to record its digest ({}). \
+                 Each node will access {image} independently, possibly leading to different \
+                 nodes running different versions of the image.",
+                s.message()
+            );
+            image.to_owned()
+        }
+    }
+}
+
 async fn ls(c: &Client, quiet: bool, no_trunc: bool) -> anyhow::Result<()> {
     let images = c
         .images()

@@ -756,12 +756,48 @@ fn a_service_pulled_from_a_registry_runs_on_three_hosts() {
             script,
         ],
     );
+    // The CLI pinned the tag's digest once, through its local daemon.
+    let inspect: serde_json::Value =
+        serde_json::from_str(&lab.weft("m1", &["service", "inspect", "web"])).expect("json");
+    let pinned = inspect[0]["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{inspect}"))
+        .to_owned();
+    let digest = pinned
+        .strip_prefix(&format!("{reference}@"))
+        .unwrap_or_else(|| panic!("pinned {pinned:?}"))
+        .to_owned();
+    assert!(
+        digest.starts_with("sha256:") && digest.len() == 71,
+        "{pinned}"
+    );
     wait_for_each_host(&rig, &hosts, &registry);
-    // Every node pulled the image itself: it is in each host's containerd.
+    // Every node pulled that digest itself: it is in each host's containerd.
+    let by_digest = format!("{registry_addr}/weft-test/busybox@{digest}");
     for (h, c) in &rig.ctrd {
-        let names: Vec<String> = ctr_images(c).into_iter().map(|(n, _)| n).collect();
-        assert!(names.contains(&reference), "{h}: {names:?}");
+        let images = ctr_images(c);
+        assert!(
+            images.contains(&(by_digest.clone(), digest.clone())),
+            "{h}: {images:?}"
+        );
     }
+    // --no-resolve-image keeps the tag.
+    lab.weft(
+        "m1",
+        &[
+            "service",
+            "create",
+            "--detach",
+            "--no-resolve-image",
+            "--name",
+            "tagged",
+            "--replicas",
+            "0",
+            &reference,
+        ],
+    );
+    let inspect = lab.weft("m1", &["service", "inspect", "tagged"]);
+    assert!(inspect.contains(&format!("\"{reference}\"")), "{inspect}");
     let pin = common::sleeper(lab, "m1", "client", "appnet");
     let vip = common::vip_of(lab, "m1", "web");
     common::wait_for("web resolves to its VIP", Duration::from_secs(15), || {
@@ -783,7 +819,7 @@ fn a_service_pulled_from_a_registry_runs_on_three_hosts() {
     // A malformed reference is refused before anything is stored.
     let err = lab.weft_err("m1", &["service", "create", "--name", "worse", "not a ref"]);
     assert!(err.contains("invalid image reference"), "{err}");
-    lab.weft("m1", &["service", "rm", "bad", "web"]);
+    lab.weft("m1", &["service", "rm", "bad", "web", "tagged"]);
 }
 
 fn wait_for_each_host(rig: &PullRig, hosts: &[&str], registry: &Registry) {

@@ -299,8 +299,8 @@ impl ImageStore {
     }
 
     /// The digest `reference`'s tag stands for in its registry now, as
-    /// `repo@sha256:…` (what `service create` pins); a reference with a
-    /// digest is returned as it is, normalized.
+    /// `repo:tag@sha256:…` (what `service create` pins, as Docker's CLI
+    /// does); a reference with a digest is returned as it is, normalized.
     pub async fn resolve_digest(
         &self,
         reference: &str,
@@ -311,7 +311,12 @@ impl ImageStore {
             return Ok(r.whole());
         }
         let digest = pull::resolve(&self.config.pull_settings(), &r, insecure).await?;
-        Ok(format!("{}/{}@{digest}", r.registry(), r.repository()))
+        Ok(format!(
+            "{}/{}:{}@{digest}",
+            r.registry(),
+            r.repository(),
+            r.tag().unwrap_or("latest")
+        ))
     }
 
     /// Waits for any pull of `name` in progress, and holds off others.
