@@ -68,7 +68,9 @@ fn code(e: &ImageError) -> Code {
 
 fn pull_code(e: &PullError) -> Code {
     match e {
-        PullError::InvalidReference { .. } => Code::InvalidArgument,
+        PullError::InvalidReference { .. } | PullError::InvalidRegistry { .. } => {
+            Code::InvalidArgument
+        }
         PullError::NotFound { .. } => Code::NotFound,
         PullError::Unauthorized { .. } => Code::PermissionDenied,
         PullError::Unreachable { .. } => Code::Unavailable,

@@ -80,6 +80,12 @@ pub enum PullError {
         /// Why it does not parse.
         reason: String,
     },
+    /// An `--insecure-registry` value that is not `host[:port]`.
+    #[error("--insecure-registry {registry:?}: expected HOST[:PORT] (no scheme, no path)")]
+    InvalidRegistry {
+        /// What was given.
+        registry: String,
+    },
     /// The registry does not have it (manifest or repository unknown).
     #[error("{reference}: not found in registry {registry} ({detail})")]
     NotFound {
@@ -199,9 +205,8 @@ pub fn plain_http(registry: &str, insecure: &[String]) -> bool {
 
 /// Refuses an `--insecure-registry` value that is not `host[:port]`.
 pub fn check_registry(registry: &str) -> Result<(), PullError> {
-    let bad = || PullError::InvalidReference {
-        reference: registry.to_owned(),
-        reason: "an insecure registry is HOST[:PORT] (no scheme, no path)".into(),
+    let bad = || PullError::InvalidRegistry {
+        registry: registry.to_owned(),
     };
     if registry.is_empty() || registry.contains('/') || registry.contains("://") {
         return Err(bad());
