@@ -208,6 +208,13 @@ pub async fn pin_digest(c: &Client, image: &str) -> String {
     if image.contains('@') || weft_worker::image::pull::parse(image).is_err() {
         return image.to_owned();
     }
+    if c.require_local("service create").is_err() {
+        eprintln!(
+            "image {image}: its digest is resolved by the local daemon, and this command talks \
+             to a manager over tcp://: the tag is kept, and each node resolves it independently"
+        );
+        return image.to_owned();
+    }
     let asked = c
         .images()
         .resolve(pb::ResolveImageRequest {
