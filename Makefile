@@ -6,8 +6,9 @@ WEFT  := target/debug/weft
 # Host tools: nft (the data plane's one host tool), nsenter (tests, util-linux),
 # tcpdump (tests check packets on the underlay), iproute2 (tests read the kernel independently),
 # containerd (with ctr and its runc shim) and runc (issue #14: tasks as OCI containers),
-# umoci and skopeo (the image tests build their busybox image offline with them).
-HOST_TOOLS := nft:nftables nsenter:util-linux tcpdump:tcpdump ip:iproute2 containerd:containerd runc:runc umoci:umoci skopeo:skopeo
+# umoci and skopeo (the image tests build their busybox image offline with them; skopeo
+# also pushes it), docker-registry (Distribution's registry: the pull tests run their own).
+HOST_TOOLS := nft:nftables nsenter:util-linux tcpdump:tcpdump ip:iproute2 containerd:containerd runc:runc umoci:umoci skopeo:skopeo docker-registry:docker-registry
 # Packages checked by name, not by command: busybox-static (tests' busybox, and the only binary
 # of the test image, so it must be static) is told apart from an unowned or dynamic busybox
 # that would also answer `command -v busybox`. It replaces Debian's `busybox` package.

@@ -207,6 +207,11 @@ pub struct DaemonArgs {
     /// The containerd namespace of weft's images and containers.
     #[arg(long, default_value = "weft")]
     pub containerd_namespace: String,
+    /// A registry (HOST:PORT) this node pulls images from over plain HTTP;
+    /// repeatable. Registries on loopback (127.0.0.0/8, ::1, localhost) are
+    /// always allowed plain HTTP, as Docker does.
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT")]
+    pub insecure_registries: Vec<String>,
     /// runc's state directory for weft's containers (default: containerd's,
     /// /run/containerd/runc).
     #[arg(long)]
@@ -686,6 +691,12 @@ pub struct ServiceCreateArgs {
     /// comma-separated or repeated.
     #[arg(long = "log-opt", value_name = "KEY=VALUE")]
     pub log_opt: Vec<String>,
+    /// Keep the image's tag instead of pinning the digest it stands for in
+    /// its registry now (by default the local daemon asks the registry, so
+    /// every node runs the same image; a registry it cannot reach leaves the
+    /// tag, with a warning).
+    #[arg(long)]
+    pub no_resolve_image: bool,
     #[command(flatten)]
     pub stop: StopArgs,
     #[command(flatten)]

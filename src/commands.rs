@@ -1262,8 +1262,11 @@ pub async fn service(c: &Client, cmd: crate::cli::ServiceCommand) -> anyhow::Res
             }
             let stop = crate::workload::stop_from_args(&a.stop)?;
             let log = crate::logs_cmd::log_config(&a.log_opt)?;
-            let (command, container) = crate::workload::from_args(a.container)?;
+            let (command, mut container) = crate::workload::from_args(a.container)?;
             crate::workload::check_resources(&a.resources, container.is_some())?;
+            if let Some(ct) = container.as_mut().filter(|_| !a.no_resolve_image) {
+                ct.image = crate::image_cmd::pin_digest(c, &ct.image).await;
+            }
             let spec = pb::ServiceSpecMsg {
                 restart_policy: crate::resources::restart_policy(&a.restart),
                 resources: a.resources.to_wire(),

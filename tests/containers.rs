@@ -217,23 +217,7 @@ fn a_service_of_containers_answers_through_its_vip_and_by_name() {
             "nope:latest",
         ],
     );
-    let (ids, shown) = watch_ps(
-        lab,
-        "bad",
-        "no such image",
-        Duration::from_secs(12),
-        |_, _| false,
-    );
-    assert!(
-        shown.contains("failed") && shown.contains("no such image: nope:latest"),
-        "service ps shows why: {shown:?}"
-    );
-    assert!(
-        ids.len() <= 5,
-        "{} tasks in 12 s: the restarts do not back off ({ids:?})",
-        ids.len()
-    );
-    eprintln!("a missing image: {} tasks in 12 s", ids.len());
+    common::image::assert_fails_and_backs_off(lab, "m1", "bad", "no such image: nope:latest");
     lab.weft("m1", &["service", "rm", "bad"]);
 
     // Scaling down removes a container; removing the service, the rest.

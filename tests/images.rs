@@ -1,15 +1,18 @@
-//! `weft image load|ls|inspect|rm` end to end: a real daemon (in its own
-//! network namespace) on a private containerd per test, with `ctr` as the
-//! independent view of what containerd holds (STYLE rule 9).
+//! `weft image load|pull|ls|inspect|rm` end to end: a real daemon (in its
+//! own network namespace) on a private containerd per test, with `ctr` as
+//! the independent view of what containerd holds (STYLE rule 9). Pulls are
+//! from a real registry (Distribution's `docker-registry`) the test starts
+//! in a lab host's namespace and pushes the test image into with skopeo.
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use common::Lab;
 use common::containerd::PrivateContainerd;
-use common::image::{busybox, tar_entries, write_tar};
+use common::image::{Registry, busybox, tar_entries, write_tar};
 
 const NS: &str = "weft";
 
@@ -526,9 +529,23 @@ async fn get_resolves_references_and_unpacks_lazily() {
         assert_eq!(other.digest, image.digest, "{reference}");
         assert_eq!(other.top_chain_id, image.top_chain_id, "{reference}");
     }
-    let err = store.get("nosuch").await.unwrap_err();
+    let missing = format!("sha256:{}", "0".repeat(64));
+    let err = store.get(&missing).await.unwrap_err();
     assert!(matches!(err, ImageError::NotFound { .. }), "{err:?}");
-    assert_eq!(err.to_string(), "no such image: nosuch on this node");
+    assert_eq!(
+        err.to_string(),
+        format!("no such image: {missing} on this node")
+    );
+    // A name that is not here is pulled; from a registry that is not there,
+    // that fails, saying both.
+    let err = store.get("127.0.0.1:9/nosuch").await.unwrap_err();
+    assert!(matches!(err, ImageError::PullFailed { .. }), "{err:?}");
+    assert!(
+        err.to_string().starts_with(
+            "no such image: 127.0.0.1:9/nosuch on this node; pulling it: cannot reach registry 127.0.0.1:9"
+        ),
+        "{err}"
+    );
 
     // Take the snapshot away behind the store's back: get() unpacks again.
     ctrd.ctr_ok(NS, &["snapshots", "rm", &image.top_chain_id]);
@@ -548,4 +565,276 @@ async fn get_resolves_references_and_unpacks_lazily() {
     );
     assert!(ctrd.ctr_ok(NS, &["leases", "ls", "-q"]).trim().is_empty());
     drop(store);
+}
+
+/// `ctr images ls` rows as (name, digest).
+fn ctr_images(ctrd: &PrivateContainerd) -> Vec<(String, String)> {
+    ctrd.ctr_ok(NS, &["images", "ls"])
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let mut cols = l.split_whitespace();
+            let name = cols.next()?.to_owned();
+            let digest = cols.find(|c| c.starts_with("sha256:"))?.to_owned();
+            Some((name, digest))
+        })
+        .collect()
+}
+
+#[test]
+fn pull_from_a_registry_on_loopback() {
+    let images = busybox();
+    let node = Node::start("img-pull");
+    // The registry listens on the host's loopback, inside its namespace:
+    // plain HTTP without any flag, as Docker allows for loopback.
+    let registry = Registry::start("img-pull", &node.lab.host_netns("n1"), "127.0.0.1:5000");
+    let reference = registry.push(&images.docker, "weft-test/busybox:latest");
+
+    let started = Instant::now();
+    let out = node.weft(&["image", "pull", &reference]);
+    eprintln!("pull: {} ms", started.elapsed().as_millis());
+    let mut lines = out.lines();
+    let digest = lines
+        .next()
+        .and_then(|l| l.strip_prefix("Digest: "))
+        .unwrap_or_else(|| panic!("{out}"))
+        .to_owned();
+    assert_eq!(lines.next(), Some(reference.as_str()), "{out}");
+    // containerd's view: the record, its target, and the unpacked layer.
+    assert!(
+        ctr_images(&node.ctrd).contains(&(reference.clone(), digest.clone())),
+        "{:?}",
+        ctr_images(&node.ctrd)
+    );
+    assert_eq!(node.snapshots().len(), 1, "{:?}", node.snapshots());
+    let ls = node.weft(&["image", "ls"]);
+    assert!(
+        ls.contains("127.0.0.1:5000/weft-test/busybox") && ls.contains("latest"),
+        "{ls}"
+    );
+
+    // Again: the same image, nothing new.
+    let again = node.weft(&["image", "pull", "-q", &reference]);
+    assert_eq!(again.trim(), reference);
+    assert_eq!(ctr_images(&node.ctrd).len(), 1);
+
+    // By digest: recorded as repo@digest, found by it.
+    let by_digest = format!("127.0.0.1:5000/weft-test/busybox@{digest}");
+    let out = node.weft(&["image", "pull", &by_digest]);
+    assert!(out.contains(&by_digest), "{out}");
+    assert!(
+        ctr_images(&node.ctrd).contains(&(by_digest.clone(), digest.clone())),
+        "{:?}",
+        ctr_images(&node.ctrd)
+    );
+    let inspect = node.weft(&["image", "inspect", &by_digest]);
+    assert!(inspect.contains(&digest), "{inspect}");
+
+    // Three pulls of a new tag at once: all succeed, one record.
+    let two = registry.push(&images.docker, "weft-test/busybox:two");
+    let outs: Vec<std::process::Output> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..3)
+            .map(|_| s.spawn(|| node.lab.try_weft("n1", &["image", "pull", "-q", &two])))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for o in &outs {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let names: Vec<String> = ctr_images(&node.ctrd).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(names.iter().filter(|n| **n == two).count(), 1, "{names:?}");
+    assert_eq!(node.snapshots().len(), 1, "the layer is shared");
+
+    // What cannot be pulled, said clearly; nothing recorded.
+    let before = ctr_images(&node.ctrd);
+    let err = node.weft_err(&["image", "pull", "127.0.0.1:5000/weft-test/nope:latest"]);
+    assert!(
+        err.contains("not found in registry 127.0.0.1:5000") && err.contains("manifest unknown"),
+        "{err}"
+    );
+    let err = node.weft_err(&["image", "pull", "127.0.0.1:5999/weft-test/busybox:latest"]);
+    assert!(
+        err.contains("cannot reach registry 127.0.0.1:5999"),
+        "{err}"
+    );
+    for bad in ["Weft-Test/BusyBox", "busybox@sha256:abc", "a b"] {
+        let err = node.weft_err(&["image", "pull", bad]);
+        assert!(err.contains("invalid image reference"), "{bad}: {err}");
+    }
+    assert_eq!(ctr_images(&node.ctrd), before);
+    assert!(node.spool_files().is_empty(), "{:?}", node.spool_files());
+    drop(registry);
+}
+
+/// Hosts each with a private containerd, allowed to pull over plain HTTP
+/// from the registry at port 5000 of the first host's underlay address
+/// (not loopback, hence the flag). Fields drop in order: daemons, then
+/// containerds.
+struct PullRig {
+    lab: Lab,
+    ctrd: Vec<(String, PrivateContainerd)>,
+    registry: String,
+}
+
+impl PullRig {
+    fn new(test: &str, hosts: &[&str]) -> PullRig {
+        let ctrd: Vec<_> = hosts
+            .iter()
+            .map(|h| {
+                (
+                    h.to_string(),
+                    PrivateContainerd::start(&format!("{test}-{h}")),
+                )
+            })
+            .collect();
+        let mut lab = Lab::new(test, hosts);
+        let registry = format!("{}:5000", lab.addr(hosts[0]));
+        let insecure = registry.as_str();
+        for (h, c) in &ctrd {
+            let flags = [
+                "--containerd-socket",
+                &c.socket().display().to_string(),
+                "--runc-root",
+                &c.runc_root().display().to_string(),
+                "--cgroup-parent",
+                c.cgroup_parent(),
+                "--insecure-registry",
+                insecure,
+            ]
+            .map(|f| f.to_owned());
+            let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+            lab.start_with(h, &flags);
+        }
+        PullRig {
+            lab,
+            ctrd,
+            registry,
+        }
+    }
+
+    fn running(&self, host: &str) -> usize {
+        let c = &self.ctrd.iter().find(|(h, _)| h == host).expect("host").1;
+        c.ctr_ok(NS, &["tasks", "ls"])
+            .lines()
+            .filter(|l| l.contains("RUNNING"))
+            .count()
+    }
+}
+
+#[test]
+fn a_service_pulled_from_a_registry_runs_on_three_hosts() {
+    let images = busybox();
+    let hosts = ["m1", "w1", "w2"];
+    // The registry runs in m1's namespace on its underlay address, so every
+    // host reaches it.
+    let rig = PullRig::new("pull-svc", &hosts);
+    let lab = &rig.lab;
+    let registry_addr = rig.registry.clone();
+    let registry = Registry::start("pull-svc", &lab.host_netns("m1"), &registry_addr);
+    let reference = registry.push(&images.docker, "weft-test/busybox:latest");
+
+    let (wt, _) = lab.init("m1", &["--heartbeat-period", "500ms"]);
+    lab.join("w1", &wt, "m1");
+    lab.join("w2", &wt, "m1");
+    lab.attachable_network("m1", "10.0.9.0/24", "appnet");
+    let script =
+        "busybox mkdir -p /www && echo $HOSTNAME > /www/index.html && exec httpd -f -p 80 -h /www";
+    lab.weft(
+        "m1",
+        &[
+            "service",
+            "create",
+            "--name",
+            "web",
+            "--replicas",
+            "3",
+            "--network",
+            "appnet",
+            &reference,
+            "sh",
+            "-c",
+            script,
+        ],
+    );
+    // The CLI pinned the tag's digest once, through its local daemon.
+    let inspect: serde_json::Value =
+        serde_json::from_str(&lab.weft("m1", &["service", "inspect", "web"])).expect("json");
+    let pinned = inspect[0]["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{inspect}"))
+        .to_owned();
+    let digest = pinned
+        .strip_prefix(&format!("{reference}@"))
+        .unwrap_or_else(|| panic!("pinned {pinned:?}"))
+        .to_owned();
+    assert!(
+        digest.starts_with("sha256:") && digest.len() == 71,
+        "{pinned}"
+    );
+    wait_for_each_host(&rig, &hosts, &registry);
+    // Every node pulled that digest itself: it is in each host's containerd.
+    let by_digest = format!("{registry_addr}/weft-test/busybox@{digest}");
+    for (h, c) in &rig.ctrd {
+        let images = ctr_images(c);
+        assert!(
+            images.contains(&(by_digest.clone(), digest.clone())),
+            "{h}: {images:?}"
+        );
+    }
+    // --no-resolve-image keeps the tag.
+    lab.weft(
+        "m1",
+        &[
+            "service",
+            "create",
+            "--detach",
+            "--no-resolve-image",
+            "--name",
+            "tagged",
+            "--replicas",
+            "0",
+            &reference,
+        ],
+    );
+    let inspect = lab.weft("m1", &["service", "inspect", "tagged"]);
+    assert!(inspect.contains(&format!("\"{reference}\"")), "{inspect}");
+    let pin = common::sleeper(lab, "m1", "client", "appnet");
+    let vip = common::vip_of(lab, "m1", "web");
+    common::wait_for("web resolves to its VIP", Duration::from_secs(15), || {
+        common::resolve(&pin, "web") == BTreeSet::from([vip.clone()])
+    });
+    common::replicas_behind_vip(&pin, &vip, "web.", 3);
+
+    // An image the registry does not have: `service ps` shows the
+    // registry's answer, and the replacements back off.
+    let missing = format!("{registry_addr}/weft-test/nope:latest");
+    lab.weft(
+        "m1",
+        &["service", "create", "--detach", "--name", "bad", &missing],
+    );
+    let shown =
+        common::image::assert_fails_and_backs_off(lab, "m1", "bad", "not found in registry");
+    assert!(shown.contains("manifest unknown"), "{shown}");
+
+    // A malformed reference is refused before anything is stored.
+    let err = lab.weft_err("m1", &["service", "create", "--name", "worse", "not a ref"]);
+    assert!(err.contains("invalid image reference"), "{err}");
+    lab.weft("m1", &["service", "rm", "bad", "web", "tagged"]);
+}
+
+fn wait_for_each_host(rig: &PullRig, hosts: &[&str], registry: &Registry) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(60) {
+        if hosts.iter().all(|h| rig.running(h) == 1) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!(
+        "one web replica per host: {:?}\nservice ps:\n{}\nregistry log:\n{}\nm1 log:\n{}",
+        hosts.iter().map(|h| rig.running(h)).collect::<Vec<_>>(),
+        rig.lab.weft("m1", &["service", "ps", "web"]),
+        registry.log(),
+        rig.lab.log_tail("w1"),
+    );
 }

@@ -1,5 +1,5 @@
 //! The `Images` service on the daemon's local socket: `weft image
-//! load|ls|inspect|rm`, served from the node's [`ImageStore`] (containerd).
+//! load|pull|ls|inspect|rm` and tag resolution for `service create`, served from the node's [`ImageStore`] (containerd).
 //! Only wiring and the mapping of errors to statuses live here; the image
 //! logic is `weft_worker::image`.
 
@@ -9,7 +9,7 @@ use std::time::Instant;
 use tonic::{Code, Request, Response, Status, Streaming};
 use weft_proto::v1 as pb;
 use weft_proto::v1::images_server::{Images, ImagesServer};
-use weft_worker::image::{ImageError, ImageStore, Spool, StoreConfig};
+use weft_worker::image::{ImageError, ImageStore, PullError, Spool, StoreConfig};
 
 use crate::cli::DaemonArgs;
 
@@ -28,6 +28,7 @@ pub(super) fn store(args: &DaemonArgs) -> anyhow::Result<Arc<ImageStore>> {
     let mut config = StoreConfig::new(&args.exec_root);
     config.socket = args.containerd_socket.clone();
     config.namespace = args.containerd_namespace.clone();
+    config.insecure_registries = args.insecure_registries.clone();
     config.validate()?;
     Ok(Arc::new(ImageStore::new(config)))
 }
@@ -38,8 +39,12 @@ pub(super) fn server(store: Arc<ImageStore>) -> ImagesServer<NodeImages> {
 }
 
 fn status(e: ImageError) -> Status {
+    Status::new(code(&e), e.to_string())
+}
+
+fn code(e: &ImageError) -> Code {
     use weft_containerd_api::Error as C;
-    let code = match &e {
+    match e {
         ImageError::Containerd(c) => match c {
             C::NoDaemon { .. } | C::Connect { .. } | C::Unavailable { .. } => Code::Unavailable,
             C::SocketPermission { .. } => Code::PermissionDenied,
@@ -56,12 +61,66 @@ fn status(e: ImageError) -> Status {
         ImageError::TooLarge { .. } => Code::ResourceExhausted,
         ImageError::Corrupt { .. } => Code::DataLoss,
         ImageError::Io { .. } => Code::Internal,
-    };
-    Status::new(code, e.to_string())
+        ImageError::Pull(p) => pull_code(p),
+        ImageError::PullFailed { source, .. } => code(source),
+    }
+}
+
+fn pull_code(e: &PullError) -> Code {
+    match e {
+        PullError::InvalidReference { .. } | PullError::InvalidRegistry { .. } => {
+            Code::InvalidArgument
+        }
+        PullError::NotFound { .. } => Code::NotFound,
+        PullError::Unauthorized { .. } => Code::PermissionDenied,
+        PullError::Unreachable { .. } => Code::Unavailable,
+        PullError::DigestMismatch { .. } => Code::DataLoss,
+        PullError::Refused { .. } => Code::FailedPrecondition,
+        PullError::Registry { .. } => Code::Unknown,
+    }
 }
 
 #[tonic::async_trait]
 impl Images for NodeImages {
+    async fn pull(
+        &self,
+        req: Request<pb::PullImageRequest>,
+    ) -> Result<Response<pb::PullImageResponse>, Status> {
+        let r = req.into_inner();
+        let started = Instant::now();
+        let image = self
+            .store
+            .pull(&r.image, r.insecure)
+            .await
+            .map_err(status)?;
+        tracing::info!(
+            image = %image.name,
+            digest = %image.digest,
+            ms = started.elapsed().as_millis() as u64,
+            "image pulled"
+        );
+        Ok(Response::new(pb::PullImageResponse {
+            image: Some(pb::LoadedImage {
+                name: image.name,
+                digest: image.digest,
+                id: image.id,
+            }),
+        }))
+    }
+
+    async fn resolve(
+        &self,
+        req: Request<pb::ResolveImageRequest>,
+    ) -> Result<Response<pb::ResolveImageResponse>, Status> {
+        let r = req.into_inner();
+        let pinned = self
+            .store
+            .resolve_digest(&r.image, r.insecure)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::ResolveImageResponse { image: pinned }))
+    }
+
     async fn load(
         &self,
         req: Request<Streaming<pb::LoadImageRequest>>,

@@ -122,16 +122,7 @@ pub fn busybox() -> TestImages {
             ".",
         ],
     );
-    let policy = t.join("policy.json");
-    std::fs::write(
-        &policy,
-        r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
-    )
-    .expect("policy");
-    let status = Command::new("skopeo")
-        .env("TMPDIR", t)
-        .arg("--policy")
-        .arg(&policy)
+    let status = skopeo(t)
         .arg("copy")
         .arg(format!("oci:{l}"))
         .arg(format!(
@@ -154,6 +145,20 @@ pub fn busybox() -> TestImages {
         );
     }
     images
+}
+
+/// `skopeo --policy P` with an accept-anything policy written to `dir`
+/// (the test image is unsigned) and its temp files under `dir`.
+fn skopeo(dir: &Path) -> Command {
+    let policy = dir.join("policy.json");
+    std::fs::write(
+        &policy,
+        r#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
+    )
+    .expect("policy");
+    let mut cmd = Command::new("skopeo");
+    cmd.env("TMPDIR", dir).arg("--policy").arg(policy);
+    cmd
 }
 
 fn run(tool: &str, args: &[&str]) {
@@ -211,4 +216,152 @@ pub fn write_tar(path: &Path, entries: &[(String, Vec<u8>, Option<String>)]) {
         }
     }
     std::fs::write(path, b.into_inner().expect("tar")).expect("write tar");
+}
+
+/// Distribution's registry (`docker-registry`, Debian's package), started
+/// for one test inside a lab host's network namespace (`pin`), listening
+/// on `addr` (`IP:PORT` of that namespace: its loopback, or its underlay
+/// address so that every lab host reaches it). Its storage and config live
+/// in a temp dir; dropping it kills the registry and removes both, also
+/// when the test fails.
+pub struct Registry {
+    child: std::process::Child,
+    pin: PathBuf,
+    dir: tempfile::TempDir,
+    /// `IP:PORT`, the registry part of references to its images.
+    pub addr: String,
+}
+
+impl Registry {
+    /// Starts the registry and waits until `GET /v2/` answers. Fails the
+    /// test (never skips it) when `docker-registry` is not installed.
+    pub fn start(test: &str, pin: &Path, addr: &str) -> Registry {
+        assert!(
+            super::containerd::find_on_path("docker-registry").is_some(),
+            "docker-registry is not installed: run `make deps` (the pull tests run their own \
+             registry); these tests are not skipped"
+        );
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("weft-registry-{test}-"))
+            .tempdir()
+            .expect("temp dir");
+        let config = dir.path().join("registry.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\n\
+                 log: {{level: warn, accesslog: {{disabled: true}}}}\n\
+                 storage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\n\
+                 http: {{addr: \"{addr}\"}}\n",
+                dir.path().join("storage").display()
+            ),
+        )
+        .expect("registry config");
+        let log = std::fs::File::create(dir.path().join("registry.log")).expect("log");
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", pin.display()))
+            .arg("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn docker-registry");
+        let registry = Registry {
+            child,
+            pin: pin.to_owned(),
+            dir,
+            addr: addr.to_owned(),
+        };
+        let url = format!("http://{addr}/v2/");
+        super::wait_for(
+            "the registry to answer",
+            std::time::Duration::from_secs(20),
+            || {
+                super::nsenter(pin, &["busybox", "wget", "-q", "-O", "/dev/null", &url])
+                    .status
+                    .success()
+            },
+        );
+        registry
+    }
+
+    /// Pushes the docker-save archive `archive` as `repo:tag` (skopeo, in
+    /// the registry's namespace); returns the full reference.
+    pub fn push(&self, archive: &Path, repo_tag: &str) -> String {
+        let reference = format!("{}/{repo_tag}", self.addr);
+        let cmd = skopeo(self.dir.path());
+        // skopeo, run by nsenter in the registry's namespace.
+        let args: Vec<_> = std::iter::once(cmd.get_program().to_owned())
+            .chain(cmd.get_args().map(ToOwned::to_owned))
+            .collect();
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", self.pin.display()))
+            .args(args)
+            .envs(cmd.get_envs().filter_map(|(k, v)| Some((k, v?))))
+            .arg("copy")
+            .arg("--dest-tls-verify=false")
+            .arg(format!("docker-archive:{}", archive.display()))
+            .arg(format!("docker://{reference}"))
+            .output()
+            .expect("run skopeo");
+        assert!(
+            out.status.success(),
+            "skopeo push to {reference} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        reference
+    }
+
+    /// The registry's own log (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("registry.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Watches `service ps SERVICE` on `host` for 12 s and asserts that a
+/// failed task's row says `why` (the failure's message) and that the
+/// replacements back off (at most 5 tasks: 1 s, 2 s, 4 s, 8 s … apart,
+/// not one a second). Returns that row.
+pub fn assert_fails_and_backs_off(
+    lab: &super::Lab,
+    host: &str,
+    service: &str,
+    why: &str,
+) -> String {
+    let window = std::time::Duration::from_secs(12);
+    let mut ids = std::collections::BTreeSet::new();
+    let mut shown = String::new();
+    let start = std::time::Instant::now();
+    while start.elapsed() < window {
+        let ps = lab.weft(host, &["service", "ps", service]);
+        for l in ps.lines().skip(1) {
+            if let Some(id) = l.split_whitespace().next() {
+                ids.insert(id.to_string());
+            }
+            if l.contains(why) {
+                shown = l.to_string();
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(
+        shown.contains("failed"),
+        "service ps shows why ({why:?}): {shown:?}"
+    );
+    assert!(
+        ids.len() <= 5,
+        "{} tasks in 12 s: the restarts do not back off ({ids:?})",
+        ids.len()
+    );
+    eprintln!("{service}: {} tasks in 12 s", ids.len());
+    shown
 }

@@ -15,6 +15,19 @@ pub enum ImageError {
     /// The archive was refused; nothing was recorded.
     #[error(transparent)]
     Archive(#[from] ArchiveError),
+    /// Pulling from a registry failed (not found, denied, unreachable,
+    /// a blob that does not match its digest, a bound).
+    #[error(transparent)]
+    Pull(#[from] super::pull::PullError),
+    /// A container's image is not on this node and pulling it failed.
+    #[error("no such image: {reference} on this node; pulling it: {source}")]
+    PullFailed {
+        /// The image the task names.
+        reference: String,
+        /// Why the pull failed.
+        #[source]
+        source: Box<ImageError>,
+    },
     /// No image answers to the reference.
     #[error("no such image: {reference} on this node")]
     NotFound {

@@ -29,7 +29,7 @@ use weft_containerd_api::containerd::services::images::v1::{
 use super::archive::{ArchiveIndex, Limits};
 use super::content::{self, Lease};
 use super::error::ImageError;
-use super::plan::{self, BlobSource, ImportPlan, Platform};
+use super::plan::{self, BlobSource, ImportPlan, PlannedImage, Platform};
 use super::unpack;
 
 /// Default cap on an uploaded archive (and on its decompressed size).
@@ -218,11 +218,27 @@ pub async fn execute(
     spool: &SpoolFile,
     plan: &ImportPlan,
 ) -> Result<Vec<LoadedImage>, ImageError> {
+    commit(client, snapshotter, &plan.images, async |leased| {
+        write_blobs(leased, spool, plan).await
+    })
+    .await
+}
+
+/// The one way images get into containerd, for loads and pulls alike:
+/// under a new lease, `write_blobs` writes every blob (children first,
+/// with their GC labels), then each image is unpacked, then its names are
+/// recorded; the lease goes on the way out, success or failure.
+pub(crate) async fn commit(
+    client: &Client,
+    snapshotter: &str,
+    images: &[PlannedImage],
+    write_blobs: impl AsyncFnOnce(&Client) -> Result<(), ImageError>,
+) -> Result<Vec<LoadedImage>, ImageError> {
     let lease = Lease::create(client, "import").await?;
     let result = async {
         let leased = lease.client(client)?;
-        write_blobs(&leased, spool, plan).await?;
-        for image in &plan.images {
+        write_blobs(&leased).await?;
+        for image in images {
             let steps = unpack::steps(&image.layers, &image.config);
             unpack::unpack(
                 &leased,
@@ -232,7 +248,7 @@ pub async fn execute(
             )
             .await?;
         }
-        record(client, plan).await
+        record(client, images).await
     }
     .await;
     lease.delete(client).await;
@@ -289,12 +305,12 @@ enum Undo {
 
 /// Creates (or points at the new target) every name of every image; on a
 /// failure undoes the records made so far.
-async fn record(client: &Client, plan: &ImportPlan) -> Result<Vec<LoadedImage>, ImageError> {
+async fn record(client: &Client, planned: &[PlannedImage]) -> Result<Vec<LoadedImage>, ImageError> {
     let mut images = ImagesClient::new(client.channel());
     let mut undo = Vec::new();
     let mut loaded = Vec::new();
     let result: Result<(), ImageError> = async {
-        for image in &plan.images {
+        for image in planned {
             let names = if image.names.is_empty() {
                 vec![image.target.digest.clone()]
             } else {

@@ -2,7 +2,7 @@
 //! archives, listing, inspecting, removing, and unpacking them into
 //! snapshots that containers start from (issue #14, docs/plans/14-containerd.md §2.1–2.3).
 //!
-//! Owns: reading image archives, writing their blobs to containerd's
+//! Owns: reading image archives, pulling from registries, writing their blobs to containerd's
 //! content store, image records, unpacking layers to overlayfs snapshots.
 //!
 //! Must not: start containers (the runtime does, from a [`LocalImage`]) or
@@ -13,6 +13,7 @@
 //!   plan.rs     what a load writes: blobs, names, images    (pure)
 //!   reference.rs  names, digests, ID prefixes               (pure)
 //!   import.rs   spool, gunzip, execute a plan               (containerd)
+//!   pull.rs     fetch from a registry, then import's path    (registry, containerd)
 //!   unpack.rs   layers -> snapshots by chain id             (containerd)
 //!   content.rs  Content.Write/Read/Update, leases           (containerd)
 //!   store.rs    ImageStore: load, list, inspect, remove, get
@@ -24,6 +25,7 @@ pub mod content;
 pub mod error;
 pub mod import;
 pub mod plan;
+pub mod pull;
 pub mod reference;
 pub mod store;
 pub mod unpack;
@@ -31,6 +33,7 @@ pub mod unpack;
 pub use config::{Healthcheck, ImageConfig, RunConfig};
 pub use error::ImageError;
 pub use import::{LoadedImage, Spool, SpoolFile};
+pub use pull::{PullError, PullSettings};
 pub use store::{
     FakeImageSource, ImageDetails, ImageSource, ImageStore, ImageSummary, Removed, StoreConfig,
 };

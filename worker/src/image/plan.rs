@@ -350,15 +350,10 @@ impl<R: Read + Seek> Planner<'_, R> {
             ))
         })?;
         let image = self.manifest(&chosen, d.clone(), names)?;
-        let mut labels = BTreeMap::new();
-        labels.insert(
-            "containerd.io/gc.ref.content.m.0".into(),
-            chosen.digest.clone(),
-        );
         self.push(BlobWrite {
             descriptor: d.clone(),
             source: BlobSource::Archive(file),
-            labels,
+            labels: index_labels(&chosen),
         });
         Ok(image)
     }
@@ -526,8 +521,18 @@ impl<R: Read + Seek> Planner<'_, R> {
     }
 }
 
+/// An index keeps the one manifest weft stores of it (this node's platform) alive.
+pub(crate) fn index_labels(manifest: &Descriptor) -> BTreeMap<String, String> {
+    let mut labels = BTreeMap::new();
+    labels.insert(
+        "containerd.io/gc.ref.content.m.0".into(),
+        manifest.digest.clone(),
+    );
+    labels
+}
+
 /// A manifest keeps its config and layers alive.
-fn manifest_labels(m: &Manifest) -> BTreeMap<String, String> {
+pub(crate) fn manifest_labels(m: &Manifest) -> BTreeMap<String, String> {
     let mut labels = BTreeMap::new();
     labels.insert(
         "containerd.io/gc.ref.content.config".into(),

@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::Serialize;
 use tokio::sync::Mutex;
@@ -27,6 +28,7 @@ use super::content::{self, Lease};
 use super::error::ImageError;
 use super::import::{self, LoadedImage, SpoolFile};
 use super::plan::{DOCKER_MANIFEST_LIST, Index, Manifest, OCI_INDEX, Platform};
+use super::pull::{self, PullSettings};
 use super::reference::{self, Query};
 use super::{ImageConfig, LocalImage, unpack};
 
@@ -47,20 +49,39 @@ pub struct StoreConfig {
     pub spool_dir: PathBuf,
     /// Cap on an upload and on its decompressed size.
     pub max_archive: u64,
-    /// Bounds on the archive's contents.
+    /// Bounds on the archive's contents, and on a pulled image's manifests,
+    /// config and layer count.
     pub limits: Limits,
+    /// Registries (`host:port`) pulled from over plain HTTP, besides
+    /// loopback ones (`--insecure-registry`).
+    pub insecure_registries: Vec<String>,
+    /// Cap on the sum of a pulled image's blob sizes.
+    pub max_pull: u64,
 }
 
 impl StoreConfig {
-    /// Refuses a namespace or snapshotter name containerd would refuse.
+    /// Refuses a namespace or snapshotter name containerd would refuse, and
+    /// an insecure registry that is not `host[:port]`.
     pub fn validate(&self) -> Result<(), ImageError> {
         weft_containerd_api::validate_identifier("namespace", &self.namespace)?;
         weft_containerd_api::validate_identifier("snapshotter", &self.snapshotter)?;
+        for r in &self.insecure_registries {
+            pull::check_registry(r)?;
+        }
         Ok(())
     }
 
+    fn pull_settings(&self) -> PullSettings {
+        PullSettings {
+            insecure: self.insecure_registries.clone(),
+            limits: self.limits,
+            max_bytes: self.max_pull,
+        }
+    }
+
     /// The defaults: `/run/containerd/containerd.sock`, namespace `weft`,
-    /// overlayfs, 8 GiB uploads spooled under `<exec_root>/images`.
+    /// overlayfs, 8 GiB uploads spooled under `<exec_root>/images`, 8 GiB
+    /// pulls, plain HTTP to loopback registries only.
     pub fn new(exec_root: &std::path::Path) -> Self {
         Self {
             socket: "/run/containerd/containerd.sock".into(),
@@ -69,6 +90,8 @@ impl StoreConfig {
             spool_dir: exec_root.join("images"),
             max_archive: import::DEFAULT_MAX_ARCHIVE,
             limits: Limits::default(),
+            insecure_registries: Vec::new(),
+            max_pull: import::DEFAULT_MAX_ARCHIVE,
         }
     }
 }
@@ -193,6 +216,10 @@ impl ImageSource for FakeImageSource {
 pub struct ImageStore {
     config: StoreConfig,
     client: Mutex<Option<Client>>,
+    /// One lock per reference being pulled: a second pull of it waits for
+    /// the first, then finds the image here (or, after a failure, asks the
+    /// registry itself).
+    pulls: std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
 
 #[async_trait::async_trait]
@@ -208,6 +235,7 @@ impl ImageStore {
         Self {
             config,
             client: Mutex::new(None),
+            pulls: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -256,6 +284,71 @@ impl ImageStore {
         .await
         .expect("archive planning panicked")?;
         import::execute(&client, &self.config.snapshotter, &spool, &plan).await
+    }
+
+    /// `image pull`: fetches `reference` from its registry (always: a tag
+    /// may have moved; blobs already here are not fetched again), then
+    /// unpacks and records it as `image load` does. `insecure` allows plain
+    /// HTTP to its registry.
+    pub async fn pull(&self, reference: &str, insecure: bool) -> Result<LoadedImage, ImageError> {
+        let r = pull::parse(reference)?;
+        let client = self.client().await?;
+        let _one = self.pull_lock(&pull::record_name(&r)).await;
+        let settings = self.config.pull_settings();
+        pull::pull(&client, &self.config.snapshotter, &settings, &r, insecure).await
+    }
+
+    /// The digest `reference`'s tag stands for in its registry now, as
+    /// `repo:tag@sha256:…` (what `service create` pins, as Docker's CLI
+    /// does); a reference with a digest is returned as it is, normalized.
+    pub async fn resolve_digest(
+        &self,
+        reference: &str,
+        insecure: bool,
+    ) -> Result<String, ImageError> {
+        let r = pull::parse(reference)?;
+        if r.digest().is_some() {
+            return Ok(r.whole());
+        }
+        let digest = pull::resolve(&self.config.pull_settings(), &r, insecure).await?;
+        Ok(format!(
+            "{}/{}:{}@{digest}",
+            r.registry(),
+            r.repository(),
+            r.tag().unwrap_or("latest")
+        ))
+    }
+
+    /// Waits for any pull of `name` in progress, and holds off others.
+    async fn pull_lock(&self, name: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = self
+            .pulls
+            .lock()
+            .expect("pulls")
+            .entry(name.to_owned())
+            .or_default()
+            .clone();
+        lock.lock_owned().await
+    }
+
+    /// Pulls a missing image for [`ImageStore::get`]: once per reference
+    /// however many tasks ask at once.
+    async fn pull_missing(&self, client: &Client, reference: &str) -> Result<(), ImageError> {
+        let r = pull::parse(reference)?;
+        let name = pull::record_name(&r);
+        let _one = self.pull_lock(&name).await;
+        // Another task's pull may have brought it while this one waited.
+        match self.find(client, reference).await {
+            Ok(_) => return Ok(()),
+            Err(ImageError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+        tracing::info!(image = %name, "pulling a missing image");
+        let started = std::time::Instant::now();
+        let settings = self.config.pull_settings();
+        let loaded = pull::pull(client, &self.config.snapshotter, &settings, &r, false).await?;
+        tracing::info!(image = %loaded.name, digest = %loaded.digest, ms = started.elapsed().as_millis() as u64, "image pulled");
+        Ok(())
     }
 
     /// Every image record, resolved (`image ls`), sorted by name.
@@ -450,10 +543,24 @@ impl ImageStore {
     /// from: a name (`busybox` is `docker.io/library/busybox:latest`), a
     /// `name@sha256:…`, a bare `sha256:…` (manifest digest or image ID), or
     /// an image ID prefix. An image whose snapshots are missing (GC'd, or
-    /// recorded by another client) is unpacked now.
+    /// recorded by another client) is unpacked now. A name (or
+    /// name@digest) that is not here is pulled from its registry first.
     pub async fn get(&self, reference: &str) -> Result<LocalImage, ImageError> {
         let client = self.client().await?;
-        let matches = self.find(&client, reference).await?;
+        let matches = match self.find(&client, reference).await {
+            Err(ImageError::NotFound { .. })
+                if matches!(Query::parse(reference), Some(Query::Name(_))) =>
+            {
+                self.pull_missing(&client, reference).await.map_err(|e| {
+                    ImageError::PullFailed {
+                        reference: reference.to_owned(),
+                        source: Box::new(e),
+                    }
+                })?;
+                self.find(&client, reference).await?
+            }
+            r => r?,
+        };
         let r = one_image(reference, matches)?;
         let steps = unpack::steps(&r.layers, &r.config);
         let top = steps.last().map(|s| s.chain_id.clone()).unwrap_or_default();
@@ -538,6 +645,23 @@ impl ImageStore {
                     .rsplit_once(':')
                     .filter(|(_, t)| !t.contains('/'))
                     .map_or(repo, |(r, _)| r);
+                // Pulled by digest: recorded as repo@digest.
+                let got = ImagesClient::new(client.channel())
+                    .get(GetImageRequest {
+                        name: format!("{repo}@{digest}"),
+                    })
+                    .await
+                    .map_err(|s| client.error("Images.Get", s));
+                match got {
+                    Ok(r) => {
+                        let record = r.into_inner().image.unwrap_or_default();
+                        if target_of(&record) == digest {
+                            return Ok(vec![self.resolve(client, record).await?]);
+                        }
+                    }
+                    Err(weft_containerd_api::Error::NotFound { .. }) => {}
+                    Err(e) => return Err(e.into()),
+                }
                 let mut out = Vec::new();
                 for record in self.records(client).await? {
                     let same_repo = record
