@@ -15,7 +15,7 @@ pub fn stop_from_args(a: &StopArgs) -> anyhow::Result<Option<pb::StopPolicy>> {
     let grace_ms = a
         .stop_grace_period
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-    if grace_ms.is_some_and(|ms| ms > 3_600_000) {
+    if grace_ms.is_some_and(|ms| ms > weft_manager::validate::MAX_STOP_GRACE_MS) {
         bail!("--stop-grace-period is too long: at most 1h");
     }
     Ok(Some(pb::StopPolicy {

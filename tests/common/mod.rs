@@ -633,14 +633,7 @@ pub fn replicas_behind_vip(
 /// lines), stdout and stderr together in order; empty if there is none.
 /// Read straight from the files: works while the daemon is down.
 pub fn task_log_text(dir: &Path) -> String {
-    let mut out = String::new();
-    let _ = weft_worker::logs::reader::read(dir, &Default::default(), &|| true, &mut |batch| {
-        for e in batch {
-            out.push_str(&String::from_utf8_lossy(&e.line));
-        }
-        true
-    });
-    out
+    weft_worker::logs::text(dir)
 }
 
 /// Polls `cond` every 100 ms until it holds; panics after `timeout`.

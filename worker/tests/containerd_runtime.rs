@@ -161,20 +161,7 @@ async fn wait_until(what: &str, timeout: Duration, mut cond: impl FnMut() -> boo
 }
 
 fn log_of(rt: &ContainerdRuntime, id: &str) -> String {
-    let mut out = String::new();
-    let _ = weft_worker::logs::reader::read(
-        &rt.log_path(id),
-        &Default::default(),
-        &|| true,
-        &mut |b| {
-            out.extend(
-                b.into_iter()
-                    .map(|e| String::from_utf8_lossy(&e.line).into_owned()),
-            );
-            true
-        },
-    );
-    out
+    weft_worker::logs::text(&rt.log_path(id))
 }
 
 fn inode(path: &Path) -> u64 {

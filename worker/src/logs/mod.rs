@@ -196,6 +196,20 @@ pub fn parse_size(s: &str) -> Option<u64> {
     num.parse::<u64>().ok()?.checked_mul(mult)
 }
 
+/// The whole log in `dir` as text, stdout and stderr together in order
+/// (rotated files first); empty if there is none or it cannot be read.
+/// Straight from the files: works while the daemon is down.
+pub fn text(dir: &Path) -> String {
+    let mut out = String::new();
+    let _ = reader::read(dir, &Default::default(), &|| true, &mut |batch| {
+        for e in batch {
+            out.push_str(&String::from_utf8_lossy(&e.line));
+        }
+        true
+    });
+    out
+}
+
 /// The log directory of the task whose directory is `task_dir`.
 pub fn log_dir(task_dir: &Path) -> PathBuf {
     task_dir.join(LOG_DIR)

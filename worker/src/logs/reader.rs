@@ -502,30 +502,35 @@ mod tests {
         );
     }
 
-    #[test]
-    fn follow_sees_lines_written_later_and_across_rotation() {
+    /// Follows the log in a fresh directory while a writer thread adds
+    /// lines `3..total` to the 3 already there: it starts after `first`,
+    /// and pauses `pause` after every tenth line when given. Returns every
+    /// line the follower read, until the writer was done.
+    fn follow_while_writing(
+        opts: LogOptions,
+        total: u32,
+        first: Duration,
+        pause: Option<Duration>,
+    ) -> Vec<String> {
         let d = tempfile::tempdir().unwrap();
         let dir = d.path().to_path_buf();
-        let opts = LogOptions {
-            max_size: 4096,
-            max_file: 2,
-        };
         write(&dir, opts, 3, 0);
         let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let writer = {
             let dir = dir.clone();
             let done = done.clone();
             std::thread::spawn(move || {
+                std::thread::sleep(first);
                 let mut w = RotatingWriter::open(&dir, opts).unwrap();
-                for i in 3..300u32 {
+                for i in 3..total {
                     w.write(&[Entry {
                         stream: Stream::Stdout,
                         time: SystemTime::UNIX_EPOCH,
                         line: format!("{i}\n").into_bytes(),
                     }])
                     .unwrap();
-                    if i % 10 == 0 {
-                        std::thread::sleep(Duration::from_millis(30));
+                    if let Some(p) = pause.filter(|_| i % 10 == 0) {
+                        std::thread::sleep(p);
                     }
                 }
                 done.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -546,54 +551,29 @@ mod tests {
         )
         .unwrap();
         writer.join().unwrap();
+        got
+    }
+
+    #[test]
+    fn follow_sees_lines_written_later_and_across_rotation() {
+        let opts = LogOptions {
+            max_size: 4096,
+            max_file: 2,
+        };
+        let got = follow_while_writing(opts, 300, Duration::ZERO, Some(Duration::from_millis(30)));
         let want: Vec<String> = (0..300).map(|i| format!("{i}\n")).collect();
         assert_eq!(got, want);
     }
 
     #[test]
     fn follow_reads_every_file_when_it_rotates_many_times_between_looks() {
-        let d = tempfile::tempdir().unwrap();
-        let dir = d.path().to_path_buf();
         let opts = LogOptions {
             max_size: 4096,
             max_file: 60,
         };
-        write(&dir, opts, 3, 0);
-        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let writer = {
-            let dir = dir.clone();
-            let done = done.clone();
-            std::thread::spawn(move || {
-                // Let the follower reach the end of what is there first.
-                std::thread::sleep(Duration::from_millis(50));
-                let mut w = RotatingWriter::open(&dir, opts).unwrap();
-                // ~40 rotations in one burst, far faster than the 100 ms poll.
-                for i in 3..3000u32 {
-                    w.write(&[Entry {
-                        stream: Stream::Stdout,
-                        time: SystemTime::UNIX_EPOCH,
-                        line: format!("{i}\n").into_bytes(),
-                    }])
-                    .unwrap();
-                }
-                done.store(true, std::sync::atomic::Ordering::SeqCst);
-            })
-        };
-        let mut got = Vec::new();
-        read(
-            &dir,
-            &ReadOptions {
-                follow: true,
-                ..Default::default()
-            },
-            &|| done.load(std::sync::atomic::Ordering::SeqCst),
-            &mut |b| {
-                got.extend(b.into_iter().map(|e| String::from_utf8(e.line).unwrap()));
-                true
-            },
-        )
-        .unwrap();
-        writer.join().unwrap();
+        // Let the follower reach the end of what is there first, then
+        // ~40 rotations in one burst, far faster than the 100 ms poll.
+        let got = follow_while_writing(opts, 3000, Duration::from_millis(50), None);
         let want: Vec<String> = (0..3000).map(|i| format!("{i}\n")).collect();
         assert_eq!(got.len(), want.len());
         assert_eq!(got, want);

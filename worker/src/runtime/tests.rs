@@ -94,20 +94,7 @@ impl Rig {
     }
 
     fn log(&self, id: &str) -> String {
-        let mut out = String::new();
-        let _ = crate::logs::reader::read(
-            &self.root().join("tasks").join(id).join(files::LOG),
-            &Default::default(),
-            &|| true,
-            &mut |b| {
-                out.extend(
-                    b.into_iter()
-                        .map(|e| String::from_utf8_lossy(&e.line).into_owned()),
-                );
-                true
-            },
-        );
-        out
+        crate::logs::text(&self.root().join("tasks").join(id).join(files::LOG))
     }
 }
 
