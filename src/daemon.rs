@@ -33,13 +33,18 @@ use weft_worker::join::JoinParams;
 use weft_worker::node_files::{Certs, NodeFiles, NodeRecord};
 use weft_worker::reconcile::Reconciler;
 use weft_worker::runtime::containerd::{ContainerdConfig, ContainerdRuntime};
-use weft_worker::runtime::{ProcessRuntime, RoutedRuntime, ShimCommand, TaskRuntime, TaskState};
+use weft_worker::runtime::{ProcessRuntime, RoutedRuntime, ShimCommand, TaskRuntime};
 
 use crate::autolock::Locked;
 use crate::cli::DaemonArgs;
 
 mod images;
+mod nets;
 mod rejoin;
+mod tasks;
+
+use nets::NodeNets;
+use tasks::read_task_log;
 
 /// What the daemon creates is for root alone, whoever started it and with
 /// whatever umask: the data directory holds the node's private key and, on
@@ -84,28 +89,6 @@ fn logger_link(exec_root: &std::path::Path) -> anyhow::Result<std::path::PathBuf
         .and_then(|()| std::fs::rename(&tmp, &link))
         .with_context(|| format!("cannot link {} to {}", link.display(), exe.display()))?;
     Ok(link)
-}
-
-/// Starts reading the log of local task `id` into `sink` (see
-/// `weft_worker::logs::spawn_read`); a follow ends once the runtime reports
-/// the task ended (its output is all written by then) or forgets it.
-fn read_task_log(
-    runtime: &Arc<RoutedRuntime>,
-    id: &str,
-    opts: weft_worker::logs::reader::ReadOptions,
-    sink: weft_worker::logs::LogSink,
-) -> Result<(), Status> {
-    let dir = runtime.log_path(id);
-    if !dir.is_dir() {
-        return Err(Status::not_found(format!(
-            "task {id} has no log on this node (it never started here, or was removed)"
-        )));
-    }
-    let rt = runtime.clone();
-    let task = id.to_string();
-    let finished = Box::new(move || rt.status(&task).is_none_or(|s| s.state.is_terminal()));
-    weft_worker::logs::spawn_read(id.to_string(), dir, opts, finished, sink);
-    Ok(())
 }
 
 /// The node's task runtime: host processes through weft's own shim, and
@@ -855,27 +838,6 @@ impl NodeService {
         Ok(())
     }
 
-    /// Resolves a task of this node by ID, ID prefix or name.
-    async fn local_task(&self, what: &str) -> Result<String, Status> {
-        let guard = self.active.lock().await;
-        let a = guard.as_ref().ok_or_else(not_member)?;
-        let config = a.agent.config().borrow().clone();
-        let found = config.and_then(|c| {
-            let hits: Vec<String> = c
-                .tasks
-                .iter()
-                .filter(|t| {
-                    t.id == what || t.name == what || (!what.is_empty() && t.id.starts_with(what))
-                })
-                .map(|t| t.id.clone())
-                .collect();
-            (hits.len() == 1).then(|| hits[0].clone())
-        });
-        found.ok_or_else(|| {
-            Status::not_found(format!("no task {what:?} on this node; see `weft ps -a`"))
-        })
-    }
-
     async fn info(&self) -> pb::InfoResponse {
         let guard = self.active.lock().await;
         let mut resp = pb::InfoResponse {
@@ -1230,236 +1192,30 @@ impl Daemon for NodeService {
     }
 
     async fn run(&self, req: Request<pb::RunTaskRequest>) -> Result<Response<pb::Task>, Status> {
-        self.locked.refuse()?;
-        let mut r = req.into_inner();
-        let guard = self.active.lock().await;
-        let a = guard.as_ref().ok_or_else(not_member)?;
-        r.node_id = a.agent.node_id().to_string();
-        let task = a
-            .agent
-            .call(|mut c| {
-                let r = r.clone();
-                async move { c.run_task(r).await }
-            })
-            .await
-            .map_err(worker_status)?;
-        Ok(Response::new(task))
+        self.run_task(req.into_inner()).await.map(Response::new)
     }
 
     async fn ps(
         &self,
         req: Request<pb::PsRequest>,
     ) -> Result<Response<pb::ListTasksResponse>, Status> {
-        self.locked.refuse()?;
-        let all = req.get_ref().all;
-        let guard = self.active.lock().await;
-        let a = guard.as_ref().ok_or_else(not_member)?;
-        let config = a.agent.config().borrow().clone();
-        let mut tasks = Vec::new();
-        if let Some(c) = config {
-            let names: std::collections::HashMap<&str, &str> = c
-                .networks
-                .iter()
-                .map(|n| (n.id.as_str(), n.name.as_str()))
-                .collect();
-            for t in &c.tasks {
-                // In the config but not in the runtime yet: pending.
-                let status = match self.runtime.status(&t.id) {
-                    Some(s) => weft_worker::reconcile::task_status(&s.state),
-                    None => pb::TaskStatus {
-                        state: pb::TaskState::Pending.into(),
-                        ..Default::default()
-                    },
-                };
-                if !all && crate::task_text::is_terminal(status.state()) {
-                    continue;
-                }
-                tasks.push(pb::Task {
-                    id: t.id.clone(),
-                    name: t.name.clone(),
-                    node_id: a.record.node_id.clone(),
-                    hostname: self.hostname.clone(),
-                    command: t.command.clone(),
-                    addresses: t
-                        .attachments
-                        .iter()
-                        .map(|at| pb::TaskAddress {
-                            network: names
-                                .get(at.network_id.as_str())
-                                .copied()
-                                .unwrap_or("?")
-                                .to_string(),
-                            ip: at.ip.clone(),
-                            mac: at.mac.clone(),
-                        })
-                        .collect(),
-                    desired_state: pb::TaskState::Running.into(),
-                    status: Some(status),
-                    ports: t.ports.clone(),
-                    network_mode: t.network_mode.clone(),
-                    ..Default::default()
-                });
-            }
-        }
-        Ok(Response::new(pb::ListTasksResponse { tasks }))
+        self.ps_tasks(req.get_ref().all).await.map(Response::new)
     }
 
-    type LogsStream =
-        std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::LogChunk, Status>> + Send>>;
+    type LogsStream = tasks::LogsStream;
 
     async fn logs(
         &self,
         req: Request<pb::LogsRequest>,
     ) -> Result<Response<Self::LogsStream>, Status> {
-        self.locked.refuse()?;
-        let r = req.into_inner();
-        let id = self.local_task(&r.task).await?;
-        // Bounded: the reader waits for the client; the client going away
-        // drops the receiver, which ends the reader.
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let sink: weft_worker::logs::LogSink = Box::new(move |piece| {
-            let chunk = match piece {
-                Ok(lines) if lines.is_empty() => return !tx.is_closed(),
-                Ok(lines) => Ok(pb::LogChunk {
-                    lines,
-                    ..Default::default()
-                }),
-                Err(e) => Err(Status::internal(format!("reading the task's log: {e}"))),
-            };
-            tx.blocking_send(chunk).is_ok()
-        });
-        read_task_log(
-            &self.runtime,
-            &id,
-            weft_worker::logs::read_options(r.query.as_ref()),
-            sink,
-        )?;
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
+        self.task_logs(req.into_inner()).await.map(Response::new)
     }
 
     async fn rm(
         &self,
         req: Request<pb::RmRequest>,
     ) -> Result<Response<pb::RemoveTaskResponse>, Status> {
-        self.locked.refuse()?;
-        let r = req.into_inner();
-        let id = self.local_task(&r.task).await?;
-        if !r.force
-            && matches!(
-                self.runtime.status(&id).map(|s| s.state),
-                Some(TaskState::Running { .. })
-            )
-        {
-            return Err(Status::failed_precondition(format!(
-                "task {} is running; remove it anyway with `weft rm -f {}`",
-                r.task, r.task
-            )));
-        }
-        let guard = self.active.lock().await;
-        let a = guard.as_ref().ok_or_else(not_member)?;
-        let node_id = a.agent.node_id().to_string();
-        a.agent
-            .call(|mut c| {
-                let req = pb::NodeRemoveTaskRequest {
-                    node_id: node_id.clone(),
-                    task: id.clone(),
-                };
-                async move { c.remove_task(req).await }
-            })
-            .await
-            .map_err(worker_status)?;
-        Ok(Response::new(pb::RemoveTaskResponse {}))
-    }
-}
-
-/// `weft network` on this node's socket when it is not a manager, and the
-/// checks against this node's kernel.
-struct NodeNets(Arc<NodeService>);
-
-impl NodeNets {
-    async fn call<T, F, Fut>(&self, f: F) -> Result<T, Status>
-    where
-        F: Fn(
-            weft_proto::v1::dispatcher_client::DispatcherClient<tonic::transport::Channel>,
-        ) -> Fut,
-        Fut: std::future::Future<Output = Result<Response<T>, Status>>,
-    {
-        let guard = self.0.active.lock().await;
-        let a = guard.as_ref().ok_or_else(not_member)?;
-        a.agent.call(f).await.map_err(worker_status)
-    }
-}
-
-#[tonic::async_trait]
-impl weft_manager::controlapi::NodeNetworks for NodeNets {
-    async fn check_bridge_subnet(&self, subnet: &str) -> Result<(), Status> {
-        let subnet = crate::settings::parse_bridge_subnet(subnet)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let routes = self
-            .0
-            .linux
-            .host_routes()
-            .await
-            .map_err(|e| Status::unavailable(format!("cannot read this host's routes: {e}")))?;
-        if let Some(r) = crate::settings::colliding_route(&subnet, &routes) {
-            return Err(Status::invalid_argument(format!(
-                "subnet {subnet} collides with the host route {} (dev {}) of this node; choose another --subnet",
-                r.dest,
-                r.dev.as_deref().unwrap_or("?")
-            )));
-        }
-        Ok(())
-    }
-
-    async fn create(&self, r: pb::CreateNetworkRequest) -> Result<pb::Network, Status> {
-        self.call(|mut c| {
-            let r = r.clone();
-            async move { c.create_local_network(r).await }
-        })
-        .await
-    }
-
-    async fn list(&self) -> Result<pb::ListNetworksResponse, Status> {
-        self.call(|mut c| async move { c.list_node_networks(pb::ListNetworksRequest {}).await })
-            .await
-    }
-
-    async fn get(&self, r: pb::GetNetworkRequest) -> Result<pb::NetworkDetail, Status> {
-        self.call(|mut c| {
-            let r = r.clone();
-            async move { c.get_node_network(r).await }
-        })
-        .await
-    }
-
-    async fn remove(&self, r: pb::RemoveNetworkRequest) -> Result<(), Status> {
-        self.call(|mut c| {
-            let r = r.clone();
-            async move { c.remove_local_network(r).await }
-        })
-        .await
-        .map(|_| ())
-    }
-
-    async fn connect(&self, r: pb::ConnectNetworkRequest, attach: bool) -> Result<(), Status> {
-        self.call(|mut c| {
-            let r = r.clone();
-            async move {
-                if attach {
-                    c.connect_task(r).await
-                } else {
-                    c.disconnect_task(pb::DisconnectNetworkRequest {
-                        network: r.network,
-                        task: r.task,
-                    })
-                    .await
-                }
-            }
-        })
-        .await
-        .map(|_| ())
+        self.rm_task(req.into_inner()).await.map(Response::new)
     }
 }
 

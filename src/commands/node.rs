@@ -1,0 +1,215 @@
+//! `weft node …`.
+
+use super::*;
+
+/// `weft node …`.
+pub async fn node(c: &Client, cmd: NodeCommand) -> anyhow::Result<()> {
+    let mut ctl = c.control();
+    match cmd {
+        NodeCommand::Ls { quiet } => {
+            let me = c.self_id().await?;
+            let mut nodes = ctl
+                .list_nodes(pb::ListNodesRequest {})
+                .await
+                .map_err(rpc)?
+                .into_inner()
+                .nodes;
+            nodes.sort_by(|a, b| a.hostname.cmp(&b.hostname).then(a.id.cmp(&b.id)));
+            if quiet {
+                for n in nodes {
+                    println!("{}", n.id);
+                }
+                return Ok(());
+            }
+            println!(
+                "{:<19} {:<20} {:<8} {:<13} {:<21} MANAGER STATUS",
+                "ID", "HOSTNAME", "STATUS", "AVAILABILITY", "CERT EXPIRY"
+            );
+            for n in nodes {
+                let id = if n.id == me {
+                    format!("{} *", n.id)
+                } else {
+                    n.id.clone()
+                };
+                let expiry = if n.cert_expiry.is_empty() {
+                    "-"
+                } else {
+                    n.cert_expiry.as_str()
+                };
+                println!(
+                    "{:<19} {:<20} {:<8} {:<13} {:<21} {}",
+                    id,
+                    n.hostname,
+                    state_text(n.state),
+                    availability_text(n.availability),
+                    expiry,
+                    manager_status_text(n.manager_status)
+                );
+            }
+        }
+        NodeCommand::Inspect { format, nodes } => {
+            let mut out = Vec::new();
+            for n in nodes {
+                let node = ctl
+                    .get_node(pb::GetNodeRequest { node: n })
+                    .await
+                    .map_err(rpc)?
+                    .into_inner();
+                out.push(node);
+            }
+            match format {
+                Format::Json => {
+                    let json: Vec<serde_json::Value> = out.iter().map(node_json).collect();
+                    println!("{}", serde_json::to_string_pretty(&json)?);
+                }
+                Format::Pretty => {
+                    for n in &out {
+                        println!("ID:             {}", n.id);
+                        println!("Hostname:       {}", n.hostname);
+                        println!("Role:           {}", role_text(n.role));
+                        println!("Status:         {}", state_text(n.state));
+                        if !n.state_message.is_empty() {
+                            println!("  Message:      {}", n.state_message);
+                        }
+                        println!("Availability:   {}", availability_text(n.availability));
+                        println!("Address:        {}", n.addr);
+                        println!("Data path addr: {}", n.data_path_addr);
+                        if n.role == pb::NodeRole::Manager as i32 || n.raft_voter {
+                            println!(
+                                "Manager status: {} (voter: {})",
+                                manager_status_text(n.manager_status),
+                                n.raft_voter
+                            );
+                        }
+                        println!("Cert expiry:    {}", n.cert_expiry);
+                        for (k, v) in &n.labels {
+                            println!("Label:          {k}={v}");
+                        }
+                        println!();
+                    }
+                }
+            }
+        }
+        NodeCommand::Update {
+            availability,
+            label_add,
+            label_rm,
+            node,
+        } => {
+            let mut adds = HashMap::new();
+            for l in label_add {
+                let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+                if k.is_empty() {
+                    bail!("invalid --label-add {l:?}: use key=value");
+                }
+                adds.insert(k.to_string(), v.to_string());
+            }
+            if availability.is_none() && adds.is_empty() && label_rm.is_empty() {
+                bail!("nothing to update: give --availability, --label-add or --label-rm");
+            }
+            let availability = match availability {
+                None => pb::Availability::Unspecified,
+                Some(AvailabilityArg::Active) => pb::Availability::Active,
+                Some(AvailabilityArg::Pause) => pb::Availability::Pause,
+                Some(AvailabilityArg::Drain) => pb::Availability::Drain,
+            };
+            let n = ctl
+                .update_node(pb::UpdateNodeRequest {
+                    node,
+                    availability: availability as i32,
+                    label_add: adds,
+                    label_rm,
+                })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            println!("{}", n.id);
+        }
+        NodeCommand::Promote { nodes } => {
+            for n in nodes {
+                let r = ctl
+                    .set_node_role(pb::SetNodeRoleRequest {
+                        node: n.clone(),
+                        role: pb::NodeRole::Manager as i32,
+                        force: false,
+                    })
+                    .await
+                    .map_err(rpc)
+                    .with_context(|| format!("promoting {n}"))?
+                    .into_inner();
+                println!("Node {} promoted to a manager in the cluster.", r.hostname);
+            }
+        }
+        NodeCommand::Demote { force, nodes } => {
+            for n in nodes {
+                let r = ctl
+                    .set_node_role(pb::SetNodeRoleRequest {
+                        node: n.clone(),
+                        role: pb::NodeRole::Worker as i32,
+                        force,
+                    })
+                    .await
+                    .map_err(rpc)
+                    .with_context(|| format!("demoting {n}"))?
+                    .into_inner();
+                println!("Manager {} demoted in the cluster.", r.hostname);
+            }
+        }
+        NodeCommand::RotateKey { all, node } => {
+            let r = ctl
+                .rotate_node_key(pb::RotateNodeKeyRequest {
+                    node: node.unwrap_or_default(),
+                    all,
+                })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            for n in r.rotated {
+                println!("{n}: new WireGuard key requested");
+            }
+        }
+        NodeCommand::Rm { force, nodes } => {
+            for n in nodes {
+                ctl.remove_node(pb::RemoveNodeRequest {
+                    node: n.clone(),
+                    force,
+                })
+                .await
+                .map_err(rpc)
+                .with_context(|| format!("removing {n}"))?;
+                println!("{n}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn node_json(n: &pb::Node) -> serde_json::Value {
+    serde_json::json!({
+        "ID": n.id,
+        "Hostname": n.hostname,
+        "Role": role_text(n.role),
+        "Availability": availability_text(n.availability).to_lowercase(),
+        "Labels": n.labels,
+        "Status": {
+            "State": state_text(n.state).to_lowercase(),
+            "Message": n.state_message,
+            "Addr": n.addr,
+            "DataPathAddr": n.data_path_addr,
+        },
+        "ManagerStatus": if n.role == pb::NodeRole::Manager as i32 || n.raft_voter {
+            serde_json::json!({
+                "Leader": n.manager_status == pb::ManagerStatus::Leader as i32,
+                "Reachability": manager_status_text(n.manager_status).to_lowercase(),
+                "Voter": n.raft_voter,
+                "Addr": n.addr,
+            })
+        } else {
+            serde_json::Value::Null
+        },
+        "CertificateExpiry": n.cert_expiry,
+        "Description": crate::resources::node_json(n.resources.as_ref()),
+        "CreatedAtMs": n.created_at_ms,
+        "UpdatedAtMs": n.updated_at_ms,
+    })
+}

@@ -1,0 +1,309 @@
+//! `weft service …`.
+
+use super::*;
+
+/// Waits until `service` runs all its desired tasks at its latest version,
+/// printing progress like `docker service create`.
+async fn converge(c: &Client, service: &str) -> anyhow::Result<()> {
+    let mut ctl = c.control();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut last = String::new();
+    loop {
+        let s = ctl
+            .get_service(pb::GetServiceRequest {
+                service: service.to_string(),
+            })
+            .await
+            .map_err(rpc)?
+            .into_inner();
+        let current = s
+            .tasks
+            .iter()
+            .filter(|t| task_text::state(t) == pb::TaskState::Running)
+            .filter(|t| t.desired_state() == pb::TaskState::Running)
+            .count() as u64;
+        let line = format!(
+            "{}: {}/{} running",
+            s.spec.as_ref().map(|x| x.name.as_str()).unwrap_or(service),
+            current,
+            s.desired
+        );
+        if line != last {
+            eprintln!("{line}");
+            last = line;
+        }
+        let failed: Vec<&pb::Task> = s
+            .tasks
+            .iter()
+            .filter(|t| task_text::is_failed(task_text::state(t)))
+            .collect();
+        if current == s.desired && s.tasks.len() as u64 == s.desired {
+            eprintln!("verify: service converged");
+            return Ok(());
+        }
+        if let Some(t) = failed.first()
+            && std::time::Instant::now() > deadline
+        {
+            bail!("task {} failed: {}", t.name, task_text::error(t));
+        }
+        if std::time::Instant::now() > deadline {
+            bail!(
+                "service {service} has not converged after 60s ({current}/{} running); see `weft service ps {service}`",
+                s.desired
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+fn service_json(s: &pb::Service) -> serde_json::Value {
+    let spec = s.spec.clone().unwrap_or_default();
+    serde_json::json!({
+        "ID": s.id,
+        "Version": s.version,
+        "CreatedAtMs": s.created_at_ms,
+        "UpdatedAtMs": s.updated_at_ms,
+        "Spec": {
+            "Name": spec.name,
+            "Mode": if spec.mode == "global" {
+                serde_json::json!({"Global": {}})
+            } else {
+                serde_json::json!({"Replicated": {"Replicas": spec.replicas}})
+            },
+            "Command": spec.command,
+            "Env": spec.env,
+            "Networks": spec.networks,
+            "EndpointMode": spec.endpoint_mode,
+            "Constraints": spec.constraints,
+            "RestartCondition": spec.restart_condition,
+            "RestartPolicy": spec.restart_policy.map(|p| serde_json::json!({
+                "Delay": p.has_delay.then_some(p.delay_ms * 1_000_000),
+                "MaxAttempts": p.max_attempts,
+                "Window": p.window_ms * 1_000_000,
+            })),
+            "TaskTemplate": {
+                "ContainerSpec": spec.container.as_ref().map(|c| serde_json::json!({
+                    "Image": c.image,
+                    "Command": c.has_entrypoint.then_some(&c.entrypoint),
+                    "Args": spec.command,
+                    "Dir": c.workdir,
+                    "User": c.user,
+                    "ReadOnly": c.read_only,
+                })),
+                "StopSignal": weft_proto::signal::name(
+                    spec.stop.as_ref().map(|p| p.signal).filter(|s| *s != 0).unwrap_or(weft_proto::signal::SIGTERM)
+                ),
+                "StopGracePeriod": spec.stop.as_ref().filter(|p| p.has_grace).map(|p| p.grace_ms * 1_000_000).unwrap_or(10_000_000_000),
+                "Resources": crate::resources::task_json(spec.resources.as_ref()),
+            },
+        },
+        "Endpoint": {
+            "VirtualIPs": s.vips.iter().map(|v| serde_json::json!({"Network": v.network, "Addr": v.vip})).collect::<Vec<_>>(),
+        },
+        "Running": s.running,
+        "Desired": s.desired,
+    })
+}
+
+/// `weft service …`.
+pub async fn service(c: &Client, cmd: crate::cli::ServiceCommand) -> anyhow::Result<()> {
+    use crate::cli::{EndpointModeArg, ModeArg, RestartArg, ServiceCommand as S};
+    let mut ctl = c.control();
+    match cmd {
+        S::Create(a) => {
+            let mode = match a.mode {
+                Some(ModeArg::Global) => "global",
+                _ => "replicated",
+            };
+            if matches!(a.mode, Some(ModeArg::Global)) && a.replicas.is_some() {
+                bail!("--replicas cannot be combined with --mode global");
+            }
+            let stop = crate::workload::stop_from_args(&a.stop)?;
+            let log = crate::logs_cmd::log_config(&a.log_opt)?;
+            let (command, mut container) = crate::workload::from_args(a.container)?;
+            crate::workload::check_resources(&a.resources, container.is_some())?;
+            if let Some(ct) = container.as_mut().filter(|_| !a.no_resolve_image) {
+                ct.image = crate::image_cmd::pin_digest(c, &ct.image).await;
+            }
+            let spec = pb::ServiceSpecMsg {
+                restart_policy: crate::resources::restart_policy(&a.restart),
+                resources: a.resources.to_wire(),
+                log,
+                name: a.name.clone(),
+                mode: mode.into(),
+                replicas: a.replicas.unwrap_or(if mode == "global" { 0 } else { 1 }),
+                command,
+                container,
+                stop,
+                env: kv(&a.env, "--env")?,
+                networks: a.networks,
+                endpoint_mode: match a.endpoint_mode {
+                    Some(EndpointModeArg::Dnsrr) => "dnsrr".into(),
+                    _ => "vip".into(),
+                },
+                constraints: a.constraints,
+                restart_condition: match a.restart_condition {
+                    Some(RestartArg::OnFailure) => "on-failure".into(),
+                    Some(RestartArg::None) => "none".into(),
+                    _ => "any".into(),
+                },
+                ports: a
+                    .publish
+                    .iter()
+                    .map(|p| crate::publish::service_publish(p))
+                    .collect::<anyhow::Result<_>>()?,
+            };
+            let s = ctl
+                .create_service(pb::CreateServiceRequest { spec: Some(spec) })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            println!("{}", s.id);
+            if !a.detach {
+                converge(c, &s.id).await?;
+            }
+        }
+        S::Ls { quiet } => {
+            let mut list = ctl
+                .list_services(pb::ListServicesRequest {})
+                .await
+                .map_err(rpc)?
+                .into_inner()
+                .services;
+            list.sort_by(|a, b| {
+                a.spec
+                    .as_ref()
+                    .map(|s| &s.name)
+                    .cmp(&b.spec.as_ref().map(|s| &s.name))
+            });
+            if quiet {
+                for s in list {
+                    println!("{}", s.id);
+                }
+                return Ok(());
+            }
+            println!(
+                "{:<17} {:<20} {:<11} {:<9} COMMAND",
+                "ID", "NAME", "MODE", "REPLICAS"
+            );
+            for s in list {
+                let spec = s.spec.clone().unwrap_or_default();
+                println!(
+                    "{:<17} {:<20} {:<11} {:<9} {}",
+                    s.id,
+                    spec.name,
+                    spec.mode,
+                    format!("{}/{}", s.running, s.desired),
+                    spec.command.join(" ")
+                );
+            }
+        }
+        S::Ps { service } => {
+            let s = ctl
+                .get_service(pb::GetServiceRequest { service })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            println!(
+                "{:<17} {:<40} {:<20} {:<8} {:<10} {:<22} ERROR",
+                "TASK ID", "NAME", "NODE", "DESIRED", "CURRENT", "ADDRESSES"
+            );
+            for t in s.tasks {
+                let addrs: Vec<String> = t
+                    .addresses
+                    .iter()
+                    .map(|a| format!("{}={}", a.network, a.ip))
+                    .collect();
+                let current = task_text::current(&t);
+                println!(
+                    "{:<17} {:<40} {:<20} {:<8} {:<10} {:<22} {}",
+                    t.id,
+                    t.name,
+                    t.hostname,
+                    task_text::word(t.desired_state()),
+                    current,
+                    addrs.join(","),
+                    task_text::error(&t)
+                );
+            }
+        }
+        S::Inspect { services } => {
+            let mut out = Vec::new();
+            for s in services {
+                let s = ctl
+                    .get_service(pb::GetServiceRequest { service: s })
+                    .await
+                    .map_err(rpc)?
+                    .into_inner();
+                out.push(service_json(&s));
+            }
+            println!("{}", serde_json::to_string_pretty(&out)?);
+        }
+        S::Scale { detach, pairs } => {
+            let mut parsed = Vec::new();
+            for p in &pairs {
+                let (name, n) = p
+                    .split_once('=')
+                    .ok_or_else(|| anyhow::anyhow!("invalid {p:?}: use SERVICE=REPLICAS"))?;
+                let n: u64 = n.parse().map_err(|_| {
+                    anyhow::anyhow!("invalid replica count in {p:?}: give a whole number >= 0")
+                })?;
+                parsed.push((name.to_string(), n));
+            }
+            for (name, n) in &parsed {
+                ctl.update_service(pb::UpdateServiceRequest {
+                    service: name.clone(),
+                    set_replicas: true,
+                    replicas: *n,
+                    ..Default::default()
+                })
+                .await
+                .map_err(rpc)
+                .with_context(|| format!("scaling {name}"))?;
+                println!("{name} scaled to {n}");
+            }
+            if !detach {
+                for (name, _) in &parsed {
+                    converge(c, name).await?;
+                }
+            }
+        }
+        S::Update(a) => {
+            let s = ctl
+                .update_service(pb::UpdateServiceRequest {
+                    service: a.service.clone(),
+                    set_replicas: a.replicas.is_some(),
+                    replicas: a.replicas.unwrap_or(0),
+                    network_add: a.network_add,
+                    network_rm: a.network_rm,
+                    env_add: kv(&a.env_add, "--env-add")?,
+                    env_rm: a.env_rm,
+                    constraint_add: a.constraint_add,
+                    constraint_rm: a.constraint_rm,
+                    force: a.force,
+                    resources: a.resources.to_wire(),
+                    restart_policy: crate::resources::restart_update(&a.restart),
+                })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            println!("{}", s.spec.map(|x| x.name).unwrap_or_default());
+            if !a.detach {
+                converge(c, &a.service).await?;
+            }
+        }
+        S::Logs { flags, service } => {
+            crate::logs_cmd::service_logs(ctl.clone(), service, &flags).await?
+        }
+        S::Rm { services } => {
+            for s in services {
+                ctl.remove_service(pb::RemoveServiceRequest { service: s.clone() })
+                    .await
+                    .map_err(rpc)
+                    .with_context(|| format!("removing service {s}"))?;
+                println!("{s}");
+            }
+        }
+    }
+    Ok(())
+}

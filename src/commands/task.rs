@@ -1,0 +1,168 @@
+//! `weft run`, `weft ps`, `weft port`, `weft rm`: the tasks of this node.
+
+use super::*;
+
+/// `weft run`.
+pub async fn run_task(c: &Client, a: crate::cli::RunArgs) -> anyhow::Result<()> {
+    if a.ip.is_some() && a.networks.is_empty() {
+        bail!("--ip needs --network");
+    }
+    let networks = a
+        .networks
+        .iter()
+        .enumerate()
+        .map(|(i, n)| pb::NetworkRef {
+            network: n.clone(),
+            ip: if i == 0 {
+                a.ip.clone().unwrap_or_default()
+            } else {
+                String::new()
+            },
+        })
+        .collect();
+    let env = kv(&a.env, "--env")?;
+    let ports = a
+        .publish
+        .iter()
+        .map(|p| crate::publish::run_publish(p))
+        .collect::<anyhow::Result<_>>()?;
+    let stop = crate::workload::stop_from_args(&a.stop)?;
+    let log = crate::logs_cmd::log_config(&a.log_opt)?;
+    let (command, container) = crate::workload::from_args(a.container)?;
+    crate::workload::check_resources(&a.resources, container.is_some())?;
+    let task = c
+        .daemon()
+        .run(pb::RunTaskRequest {
+            node_id: String::new(),
+            name: a.name.unwrap_or_default(),
+            command,
+            env,
+            networks,
+            ports,
+            container,
+            stop,
+            resources: a.resources.to_wire(),
+            log,
+        })
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    if !a.detach {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let tasks = c
+                .daemon()
+                .ps(pb::PsRequest { all: true })
+                .await
+                .map_err(rpc)?
+                .into_inner()
+                .tasks;
+            let t = tasks.iter().find(|t| t.id == task.id);
+            match t.map(task_text::state) {
+                Some(pb::TaskState::Running | pb::TaskState::Exited | pb::TaskState::Shutdown) => {
+                    break;
+                }
+                Some(s) if task_text::is_failed(s) => {
+                    let error = t.map(task_text::error).unwrap_or_default();
+                    bail!("task {} failed to start: {error}", task.name);
+                }
+                _ if std::time::Instant::now() > deadline => {
+                    bail!(
+                        "task {} was created but is not running after 30s; see `weft ps -a`",
+                        task.name
+                    )
+                }
+                _ => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            }
+        }
+    }
+    println!("{}", task.id);
+    Ok(())
+}
+
+/// `weft ps`.
+pub async fn ps(c: &Client, all: bool, quiet: bool) -> anyhow::Result<()> {
+    let tasks = c
+        .daemon()
+        .ps(pb::PsRequest { all })
+        .await
+        .map_err(rpc)?
+        .into_inner()
+        .tasks;
+    if quiet {
+        for t in tasks {
+            println!("{}", t.id);
+        }
+        return Ok(());
+    }
+    println!(
+        "{:<17} {:<20} {:<10} {:<30} {:<20} COMMAND",
+        "TASK ID", "NAME", "STATE", "ADDRESSES", "PORTS"
+    );
+    for t in tasks {
+        let addrs: Vec<String> = t
+            .addresses
+            .iter()
+            .map(|a| format!("{}={}", a.network, a.ip))
+            .collect();
+        let state = task_text::current(&t);
+        let mut addrs = addrs.join(",");
+        if !t.network_mode.is_empty() {
+            addrs = t.network_mode.clone();
+        }
+        let ports: Vec<String> = t
+            .ports
+            .iter()
+            .map(|p| format!("{}->{}/{}", p.published, p.target, p.protocol))
+            .collect();
+        println!(
+            "{:<17} {:<20} {:<10} {:<30} {:<20} {}",
+            t.id,
+            t.name,
+            state,
+            addrs,
+            ports.join(","),
+            t.command.join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// `weft port`: a local task's published ports.
+pub async fn port(c: &Client, task: String) -> anyhow::Result<()> {
+    let tasks = c
+        .daemon()
+        .ps(pb::PsRequest { all: true })
+        .await
+        .map_err(rpc)?
+        .into_inner()
+        .tasks;
+    let t = tasks
+        .iter()
+        .find(|t| t.id == task || t.name == task)
+        .or_else(|| {
+            let m: Vec<&pb::Task> = tasks.iter().filter(|t| t.id.starts_with(&task)).collect();
+            (m.len() == 1).then(|| m[0])
+        })
+        .with_context(|| format!("no task {task:?} on this node; see `weft ps -a`"))?;
+    for p in &t.ports {
+        println!("{}", crate::publish::describe(p));
+    }
+    Ok(())
+}
+
+/// `weft rm`.
+pub async fn rm(c: &Client, force: bool, tasks: Vec<String>) -> anyhow::Result<()> {
+    for t in tasks {
+        c.daemon()
+            .rm(pb::RmRequest {
+                task: t.clone(),
+                force,
+            })
+            .await
+            .map_err(rpc)
+            .with_context(|| format!("removing {t}"))?;
+        println!("{t}");
+    }
+    Ok(())
+}
