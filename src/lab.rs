@@ -9,6 +9,7 @@
 //! link plumbing is `weft_overlay::linux`'s; cluster formation goes through
 //! the real CLI and local API, exactly as a user would.
 
+mod containers;
 mod exec;
 mod procs;
 mod spec;
@@ -92,8 +93,30 @@ pub struct UpArgs {
     /// Seconds to wait for every node to be Ready.
     #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
     timeout: u64,
+    /// The containerd socket the daemons run containers through (default:
+    /// the daemon's, /run/containerd/containerd.sock).
+    #[arg(long, value_parser = absolute_path)]
+    containerd_socket: Option<PathBuf>,
+    /// runc's state directory for the daemons' containers (default: the
+    /// daemon's).
+    #[arg(long, value_parser = absolute_path)]
+    runc_root: Option<PathBuf>,
+    /// The cgroup the daemons' containers go under (default: the daemon's,
+    /// /weft).
+    #[arg(long, value_parser = absolute_path)]
+    cgroup_parent: Option<PathBuf>,
     #[command(flatten)]
     root: RootArg,
+}
+
+/// An absolute path (the daemons run from `/`).
+fn absolute_path(s: &str) -> Result<PathBuf, String> {
+    let p = PathBuf::from(s);
+    if p.is_absolute() {
+        Ok(p)
+    } else {
+        Err(format!("{s:?} is not an absolute path"))
+    }
 }
 
 /// `weft lab down`.
@@ -226,6 +249,11 @@ async fn cmd_up(a: UpArgs) -> anyhow::Result<()> {
     let opts = up::UpOptions {
         weft: self_exe()?,
         timeout: Duration::from_secs(a.timeout),
+        containerd: state::ContainerdSettings {
+            socket: a.containerd_socket,
+            runc_root: a.runc_root,
+            cgroup_parent: a.cgroup_parent,
+        },
     };
     println!(
         "Creating lab {}: {} manager(s), {} worker(s) on {} …",
@@ -428,7 +456,15 @@ async fn cmd_down(root: &Path, a: DownArgs) -> anyhow::Result<()> {
             failed.push(name);
             continue;
         }
-        let out = tokio::task::block_in_place(|| teardown::destroy(&layout));
+        // Read before the teardown removes it: the nodes whose containers go.
+        let recorded = state::LabState::load(&layout).ok().flatten();
+        let mut out = tokio::task::block_in_place(|| teardown::destroy(&layout));
+        let mut removed_containers = 0;
+        if let Some(st) = &recorded {
+            let (n, errors) = containers::purge(st).await;
+            removed_containers = n;
+            out.errors.extend(errors);
+        }
         if !out.existed && out.killed.is_empty() {
             if a.force || a.all {
                 println!("There is no lab {name}; nothing to do.");
@@ -438,9 +474,11 @@ async fn cmd_down(root: &Path, a: DownArgs) -> anyhow::Result<()> {
         }
         if out.errors.is_empty() {
             println!(
-                "Lab {name} is down (killed {} process(es), removed {} namespace(s)).",
+                "Lab {name} is down (killed {} process(es), removed {} namespace(s), {} \
+                 container(s)).",
                 out.killed.len(),
-                out.pins
+                out.pins,
+                removed_containers
             );
         } else {
             eprintln!("Lab {name}: teardown incomplete:");

@@ -5,15 +5,21 @@
 #
 # Brings up lab `demo` (3 managers, 2 workers, each a real `weft daemon` in
 # its own namespaces on the underlay 198.18.0.0/24), shows the cluster from
-# m1, and leaves it running to explore. Installs nothing (make does that).
-# Needs root. Each step is a function; later steps (overlay networks,
-# services) slot in at the end of main.
+# m1, runs a web service of containers from a small image it builds offline
+# (busybox-static, with umoci), and leaves it running to explore. Installs
+# nothing (make does that). Needs root and a containerd: the machine's
+# (started here when it is installed but not running), or the one
+# WEFT_DEMO_CONTAINERD_SOCKET names (with WEFT_DEMO_RUNC_ROOT and
+# WEFT_DEMO_CGROUP_PARENT, as the demo's test gives its private one). Each
+# step is a function; later steps slot in at the end of main.
 set -euo pipefail
 
 WEFT=${1:-target/debug/weft}
 LAB=${WEFT_DEMO_LAB:-demo}
 MANAGERS=${WEFT_DEMO_MANAGERS:-3}
 WORKERS=${WEFT_DEMO_WORKERS:-2}
+IMAGE=weft-demo/busybox:latest
+CONTAINERD_SOCKET=${WEFT_DEMO_CONTAINERD_SOCKET:-}
 
 if [ -t 1 ]; then B=$'\e[1m'; D=$'\e[2m'; R=$'\e[0m'; else B=; D=; R=; fi
 step() { printf '\n%s==> %s%s\n' "$B" "$*" "$R"; }
@@ -35,6 +41,66 @@ preflight() {
   # the absolute one.
   SHOW=$WEFT
   WEFT=$(cd "$(dirname "$WEFT")" && pwd)/$(basename "$WEFT")
+  IMAGE_DIR=${WEFT_DEMO_IMAGE_DIR:-$(dirname "$(dirname "$WEFT")")/demo-image}
+}
+
+# The machine's containerd answering on its socket, or the one given.
+containerd_up() {
+  if [ -n "$CONTAINERD_SOCKET" ]; then
+    ctr --address "$CONTAINERD_SOCKET" version >/dev/null
+    return
+  fi
+  if ctr version >/dev/null 2>&1; then return; fi
+  if ! command -v containerd >/dev/null; then
+    echo "error: containerd is not installed; run make deps (make demo does)" >&2
+    exit 1
+  fi
+  step "Starting containerd (installed, not running)"
+  if [ -d /run/systemd/system ]; then
+    run systemctl start containerd
+  else
+    # No systemd: run it as its unit would, in the background, logging to a file.
+    printf '%s$ containerd >/var/log/weft-demo-containerd.log 2>&1 &%s\n' "$D" "$R"
+    setsid containerd >/var/log/weft-demo-containerd.log 2>&1 < /dev/null &
+  fi
+  for _ in $(seq 1 100); do
+    ctr version >/dev/null 2>&1 && return
+    sleep 0.1
+  done
+  echo "error: containerd did not answer on /run/containerd/containerd.sock; see /var/log/weft-demo-containerd.log or journalctl -u containerd" >&2
+  exit 1
+}
+
+# An OCI image archive of busybox-static, built once with umoci (offline).
+build_image() {
+  ARCHIVE=$IMAGE_DIR/busybox-oci.tar
+  [ -s "$ARCHIVE" ] && return
+  step "Building the demo image $IMAGE from this machine's busybox-static (umoci, offline)"
+  local t
+  t=$(mktemp -d)
+  (
+    set -e
+    cd "$t"
+    umoci init --layout layout
+    umoci new --image layout:latest
+    umoci unpack --image layout:latest bundle
+    mkdir -p bundle/rootfs/bin bundle/rootfs/etc bundle/rootfs/tmp bundle/rootfs/proc \
+      bundle/rootfs/sys bundle/rootfs/dev bundle/rootfs/var/www
+    chmod 1777 bundle/rootfs/tmp
+    cp /bin/busybox bundle/rootfs/bin/busybox
+    for a in $(/bin/busybox --list); do
+      [ "$a" = busybox ] || ln -sf busybox "bundle/rootfs/bin/$a"
+    done
+    printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' > bundle/rootfs/etc/passwd
+    printf 'root:x:0:\nnogroup:x:65534:\n' > bundle/rootfs/etc/group
+    umoci repack --image layout:latest bundle
+    umoci config --image layout:latest --os linux --architecture amd64 \
+      --config.env PATH=/bin --config.workingdir / --config.cmd /bin/sh
+    tar -C layout -cf image.tar .
+  ) >/dev/null || { rm -rf "$t"; echo "error: building the demo image failed (umoci; make deps installs it)" >&2; exit 1; }
+  mkdir -p "$IMAGE_DIR"
+  mv "$t/image.tar" "$ARCHIVE"
+  rm -rf "$t"
 }
 
 fresh_lab() {
@@ -48,7 +114,13 @@ cluster_up() {
   step "Creating lab $LAB: $MANAGERS managers, $WORKERS workers, one weft daemon each"
   local t0 t1
   t0=$(now_ms)
-  run "$WEFT" lab up --name "$LAB" --managers "$MANAGERS" --workers "$WORKERS"
+  local ctrd=()
+  if [ -n "$CONTAINERD_SOCKET" ]; then
+    ctrd=(--containerd-socket "$CONTAINERD_SOCKET")
+    [ -n "${WEFT_DEMO_RUNC_ROOT:-}" ] && ctrd+=(--runc-root "$WEFT_DEMO_RUNC_ROOT")
+    [ -n "${WEFT_DEMO_CGROUP_PARENT:-}" ] && ctrd+=(--cgroup-parent "$WEFT_DEMO_CGROUP_PARENT")
+  fi
+  run "$WEFT" lab up --name "$LAB" --managers "$MANAGERS" --workers "$WORKERS" "${ctrd[@]}"
   t1=$(now_ms)
   FORMATION_MS=$((t1 - t0))
 }
@@ -62,15 +134,24 @@ show_cluster() {
   on w1 weft node ls || true
 }
 
+load_image() {
+  step "Loading the image on every node (as docker load; the nodes share this machine's containerd)"
+  local n
+  for n in $(seq 1 "$MANAGERS" | sed 's/^/m/') $(seq 1 "$WORKERS" | sed 's/^/w/'); do
+    on "$n" weft image load -i "$ARCHIVE" --tag "$IMAGE"
+  done
+}
+
 overlay_and_service() {
-  step "An encrypted, attachable overlay network (VXLAN inside WireGuard), and a web service with 3 replicas on it"
+  step "An encrypted, attachable overlay network (VXLAN inside WireGuard), and a web service of 3 containers on it"
   on m1 weft network create --driver overlay --opt encrypted --attachable --subnet 10.0.9.0/24 appnet
   local t0 t1
   t0=$(now_ms)
-  # Each replica serves a page with its own task name (every task has its own /tmp).
+  # Each replica serves a page with its hostname, its task's name.
+  # --no-resolve-image: the image is on the nodes, not in a registry.
   on m1 weft service create --name web --replicas 3 --network appnet \
-    --constraint node.role==worker -- \
-    sh -c 'mkdir -p /tmp/www; hostname > /tmp/www/index.html; exec busybox httpd -f -p 80 -h /tmp/www'
+    --constraint node.role==worker --no-resolve-image "$IMAGE" \
+    sh -c 'mkdir -p /tmp/www; hostname > /tmp/www/index.html; exec httpd -f -p 80 -h /tmp/www'
   t1=$(now_ms)
   SERVICE_MS=$((t1 - t0))
   on m1 weft service ps web
@@ -78,13 +159,13 @@ overlay_and_service() {
 
   step "From a client task on m1, 'web' resolves to the service's VIP (embedded DNS at 127.0.0.11)"
   local client
-  client=$("$WEFT" lab exec "$LAB" m1 -- weft run --name client --network appnet -- \
-    sh -c 'busybox nslookup web; busybox nslookup tasks.web; for i in $(seq 1 30); do timeout 3 busybox wget -qO- http://web/; done')
+  client=$("$WEFT" lab exec "$LAB" m1 -- weft run -d --name client --network appnet "$IMAGE" \
+    sh -c 'nslookup web; nslookup tasks.web; for i in $(seq 1 30); do timeout 3 wget -qO- http://web/; done')
   VIP=$("$WEFT" lab exec "$LAB" m1 -- weft service inspect web | sed -n 's/.*"Addr": "\([0-9.]*\)".*/\1/p' | head -1)
   local t2 replicas
   t2=$(now_ms)
   for _ in $(seq 1 100); do
-    replicas=$("$WEFT" lab exec "$LAB" m1 -- weft logs client | grep -c '^web\.' || true)
+    replicas=$("$WEFT" lab exec "$LAB" m1 -- weft logs client 2>/dev/null | grep -c '^web\.' || true)
     [ "${replicas:-0}" -ge 30 ] && break
     sleep 0.2
   done
@@ -100,8 +181,8 @@ summary() {
   step "Summary"
   printf '  lab %s: %s managers + %s workers, cluster formed in %d.%03ds (lab up, end to end)\n' \
     "$LAB" "$MANAGERS" "$WORKERS" $((FORMATION_MS / 1000)) $((FORMATION_MS % 1000))
-  printf '  service web: 3 replicas created and converged in %d.%03ds; VIP %s\n' \
-    $((SERVICE_MS / 1000)) $((SERVICE_MS % 1000)) "$VIP"
+  printf '  service web: 3 replicas (containers of %s) created and converged in %d.%03ds; VIP %s\n' \
+    "$IMAGE" $((SERVICE_MS / 1000)) $((SERVICE_MS % 1000)) "$VIP"
   printf '  a client on m1 reached %s distinct replicas through http://web/\n' "$SEEN"
   cat <<EOF
 
@@ -116,9 +197,12 @@ EOF
 
 main() {
   preflight
+  containerd_up
+  build_image
   fresh_lab
   cluster_up
   show_cluster
+  load_image
   overlay_and_service
   summary
 }

@@ -45,8 +45,44 @@ pub struct LabState {
     /// Milliseconds from `lab up` to every node Ready.
     #[serde(default)]
     pub formation_ms: Option<u64>,
+    /// The containerd the daemons run their containers through.
+    #[serde(default)]
+    pub containerd: ContainerdSettings,
     /// The nodes, managers first.
     pub nodes: Vec<NodeState>,
+}
+
+/// Where a lab's daemons find containerd (`weft lab up --containerd-*`);
+/// `None`: the daemon's default.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerdSettings {
+    /// `weft daemon --containerd-socket`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
+    /// `weft daemon --runc-root`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runc_root: Option<PathBuf>,
+    /// `weft daemon --cgroup-parent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup_parent: Option<PathBuf>,
+}
+
+impl ContainerdSettings {
+    /// The daemon flags that say so.
+    pub fn daemon_args(&self) -> Vec<std::ffi::OsString> {
+        let mut out = Vec::new();
+        for (flag, v) in [
+            ("--containerd-socket", &self.socket),
+            ("--runc-root", &self.runc_root),
+            ("--cgroup-parent", &self.cgroup_parent),
+        ] {
+            if let Some(v) = v {
+                out.push(flag.into());
+                out.push(v.clone().into_os_string());
+            }
+        }
+        out
+    }
 }
 
 /// One node of a lab.

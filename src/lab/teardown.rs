@@ -12,10 +12,13 @@
 //!  4. files  only when nothing is mounted there any more: rm -r the dir
 //! ```
 //!
-//! The daemons run in mount namespaces of their own, so their mounts
-//! (their namespace pins, task mounts) die with their processes; links die
-//! with the network namespaces. Every step runs even if an earlier one
-//! failed, and every error is reported.
+//! The daemons run in mount namespaces of their own that keep the lab
+//! directory a shared mount: their namespace pins are seen (and unmounted
+//! by step 2) in this namespace too; other mounts of theirs die with their
+//! processes, and links die with the network namespaces. Their containers
+//! are removed from containerd afterwards (`containers::purge`, by the
+//! caller, which reads the nodes before this removes the state). Every step
+//! runs even if an earlier one failed, and every error is reported.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

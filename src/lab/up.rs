@@ -28,6 +28,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use nix::mount::MsFlags;
+use weft_overlay::linux::MountPropagation;
 use weft_overlay::linux::topology::{Underlay, UnderlayHost};
 use weft_proto::v1 as pb;
 use weft_proto::v1::control_client::ControlClient;
@@ -35,7 +36,7 @@ use weft_proto::v1::daemon_client::DaemonClient;
 
 use super::procs;
 use super::spec::{LabSpec, Layout, MANAGER_PORT, Role};
-use super::state::{LabState, NodeState, Phase, STATE_VERSION};
+use super::state::{ContainerdSettings, LabState, NodeState, Phase, STATE_VERSION};
 use super::teardown;
 
 /// How long one daemon may take to open its socket.
@@ -50,6 +51,8 @@ pub struct UpOptions {
     pub weft: PathBuf,
     /// How long the whole cluster may take to become Ready.
     pub timeout: Duration,
+    /// The containerd the daemons use.
+    pub containerd: ContainerdSettings,
 }
 
 /// When each phase of a successful `up` ended, counted from its start.
@@ -139,6 +142,7 @@ async fn build(
             .unwrap_or(0),
         weft: opts.weft.clone(),
         formation_ms: None,
+        containerd: opts.containerd.clone(),
         nodes: Vec::new(),
     };
     state.save(layout)?;
@@ -185,7 +189,7 @@ async fn build(
     let mut children = Vec::new();
     for (i, node) in state.nodes.iter_mut().enumerate() {
         let host = &underlay.hosts()[i];
-        let child = spawn_daemon(layout, &opts.weft, host, node)?;
+        let child = spawn_daemon(layout, opts, host, node)?;
         node.pid = Some(child.id());
         children.push(child);
     }
@@ -224,12 +228,17 @@ async fn build(
 }
 
 /// Starts `weft daemon` for `node` inside its host: its network namespace,
-/// a new mount namespace (the daemon's own mounts stay private and die with
-/// it) and a UTS namespace with the node's name as hostname; detached in a
-/// session of its own so it outlives `lab up`.
+/// a new mount namespace and a UTS namespace with the node's name as
+/// hostname; detached in a session of its own so it outlives `lab up`.
+/// The mount namespace inherits propagation, so the lab directory (a
+/// shared mount) stays a peer of the host's: the namespace pins the daemon
+/// makes under its exec root are seen by containerd and runc, which run in
+/// the host's mount namespace and open a container's network namespace by
+/// its pin's path (as they do for a daemon run by systemd). Teardown
+/// unmounts every pin under the lab directory.
 fn spawn_daemon(
     layout: &Layout,
-    weft: &Path,
+    opts: &UpOptions,
     host: &UnderlayHost,
     node: &NodeState,
 ) -> anyhow::Result<Child> {
@@ -249,9 +258,10 @@ fn spawn_daemon(
     let mut cmd = host
         .ns_command()
         .new_mount_ns()
+        .propagation(MountPropagation::Inherit)
         .hostname(&node.name)
         .new_session()
-        .command(weft)?;
+        .command(&opts.weft)?;
     cmd.arg("daemon")
         .arg("--hostname")
         .arg(&node.name)
@@ -261,6 +271,7 @@ fn spawn_daemon(
         .arg(&node.exec_root)
         .arg("--socket")
         .arg(&node.socket)
+        .args(opts.containerd.daemon_args())
         .env_remove("WEFT_HOST")
         .current_dir("/")
         .stdin(Stdio::null())

@@ -41,6 +41,12 @@ pub enum MountPropagation {
     Slave,
     /// `mount --make-rprivate /`: no propagation in either direction.
     Private,
+    /// Each mount keeps the parent's propagation: a shared mount stays a
+    /// peer of the parent's, so what the child mounts under it (e.g. a
+    /// namespace pin) is seen by the host and by the host's other
+    /// processes (containerd and runc, which open the pin by path), and
+    /// private mounts stay private.
+    Inherit,
 }
 
 #[derive(Clone, Debug)]
@@ -208,8 +214,9 @@ impl NsCommand {
             netns: self.netns.clone(),
             mount_ns: self.mount_ns,
             propagation: match self.propagation {
-                MountPropagation::Slave => libc::MS_SLAVE,
-                MountPropagation::Private => libc::MS_PRIVATE,
+                MountPropagation::Slave => Some(libc::MS_SLAVE),
+                MountPropagation::Private => Some(libc::MS_PRIVATE),
+                MountPropagation::Inherit => None,
             },
             ops,
             hostname,
@@ -242,7 +249,7 @@ enum PreparedOp {
 struct Prepared {
     netns: Option<Netns>,
     mount_ns: bool,
-    propagation: libc::c_ulong,
+    propagation: Option<libc::c_ulong>,
     ops: Vec<PreparedOp>,
     hostname: Option<CString>,
     new_session: bool,
@@ -277,15 +284,17 @@ impl Prepared {
         }
         if self.mount_ns {
             check(unsafe { libc::unshare(libc::CLONE_NEWNS) })?;
-            check(unsafe {
-                libc::mount(
-                    null,
-                    c"/".as_ptr(),
-                    null,
-                    libc::MS_REC | self.propagation,
-                    std::ptr::null(),
-                )
-            })?;
+            if let Some(propagation) = self.propagation {
+                check(unsafe {
+                    libc::mount(
+                        null,
+                        c"/".as_ptr(),
+                        null,
+                        libc::MS_REC | propagation,
+                        std::ptr::null(),
+                    )
+                })?;
+            }
             for op in &self.ops {
                 match op {
                     PreparedOp::Bind { src, dst, readonly } => {

@@ -33,6 +33,7 @@
 //!
 //! Not here yet (issue #14's later stages): seccomp, health checks, exec.
 
+mod purge;
 pub mod spec;
 
 use std::collections::{BTreeMap, HashMap};
@@ -676,25 +677,9 @@ fn write_task_files(dir: &Path, hostname: &str) -> std::io::Result<spec::TaskFil
 #[async_trait::async_trait]
 impl TaskRuntime for ContainerdRuntime {
     async fn adopt(&self) -> Result<Vec<TaskStatus>> {
-        let list = self
-            .containers()
-            .list(containers::ListContainersRequest {
-                filters: vec![format!("labels.\"{TASK_LABEL}\"")],
-            })
-            .await
-            .map_err(|s| self.err("Containers.List", s))?
-            .into_inner()
-            .containers;
         let mut out = Vec::new();
-        for c in list {
+        for c in self.own_containers().await? {
             let id = c.id.clone();
-            if validate_id(&id).is_err() {
-                continue;
-            }
-            if c.labels.get(OWNER_LABEL) != Some(&self.inner.cfg.owner) {
-                tracing::debug!(task = %id, owner = ?c.labels.get(OWNER_LABEL), "another daemon's container: left alone");
-                continue;
-            }
             let got = self
                 .tasks()
                 .get(tasks::GetRequest {
