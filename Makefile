@@ -60,6 +60,7 @@ bench: deps
 	@bash bench/run.sh
 	@bash bench/overlay.sh
 	@bash bench/wg.sh
+	@bash bench/containers.sh
 
 clean:
 	$(CARGO) clean

@@ -736,7 +736,7 @@ mod tests {
             (exited(Some(0), false), true, false),
             (exited(Some(2), false), true, true),
             (exited(Some(0), true), true, true),
-            (exited(None, false), true, false),
+            (exited(None, false), true, true),
             (TaskState::Failed, true, true),
             (TaskState::Rejected, true, true),
             (TaskState::Shutdown, true, false),

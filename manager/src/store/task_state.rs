@@ -111,12 +111,14 @@ impl TaskState {
     }
 
     /// Whether it ended badly, which `--restart-condition on-failure`
-    /// restarts: failed, rejected, a non-zero exit or the OOM killer. An
-    /// exit by a signal (no code) is not counted, as before typed states.
+    /// restarts: failed, rejected, a non-zero exit, an end by a signal (no
+    /// code: Docker's 128+N, which it counts too) or the OOM killer. A task
+    /// its node stopped on request ends as shutdown, or is not restarted
+    /// because it is no longer desired.
     pub fn is_failure(&self) -> bool {
         match self {
             TaskState::Failed | TaskState::Rejected => true,
-            TaskState::Exited { code, oom } => *oom || code.is_some_and(|c| c != 0),
+            TaskState::Exited { code, oom } => *oom || *code != Some(0),
             _ => false,
         }
     }
@@ -386,10 +388,13 @@ mod tests {
             code: Some(0),
             oom: false
         }));
-        assert!(!failure(TaskState::Exited {
-            code: None,
-            oom: false
-        }));
+        assert!(
+            failure(TaskState::Exited {
+                code: None,
+                oom: false
+            }),
+            "killed by a signal, as Docker's 137 counts"
+        );
         assert!(!failure(TaskState::Shutdown), "stopped on request");
         assert!(!failure(TaskState::RUNNING));
         assert!(
