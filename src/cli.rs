@@ -703,6 +703,8 @@ pub struct ServiceCreateArgs {
     pub resources: crate::resources::ResourceArgs,
     #[command(flatten)]
     pub container: ContainerArgs,
+    #[command(flatten)]
+    pub health: crate::health_args::HealthArgs,
 }
 
 /// What a task runs, as `docker run` and `docker service create` take it:
@@ -807,6 +809,8 @@ pub struct ServiceUpdateArgs {
     pub detach: bool,
     /// Service name or ID.
     pub service: String,
+    #[command(flatten)]
+    pub health: crate::health_args::HealthArgs,
 }
 
 /// `weft run`.
@@ -844,6 +848,8 @@ pub struct RunArgs {
     pub resources: crate::resources::ResourceArgs,
     #[command(flatten)]
     pub container: ContainerArgs,
+    #[command(flatten)]
+    pub health: crate::health_args::HealthArgs,
 }
 
 /// Parses `1h30m`, `90d`, `500ms`, `2160h0m0s`, `10s`.

@@ -6,6 +6,7 @@ mod cli;
 mod commands;
 mod daemon;
 mod doctor;
+mod health_args;
 mod image_cmd;
 mod lab;
 mod logs_cmd;

@@ -770,3 +770,215 @@ fn removed_containers_finish_their_work_in_their_grace_period_and_block_nothing(
         || rig.running("m1") == BTreeSet::from([quick.clone()]),
     );
 }
+
+/// The row of `service ps SERVICE` naming `task` (a task ID prefix).
+fn ps_row_of(lab: &Lab, service: &str, task: &str) -> String {
+    ps_rows(lab, service, task).pop().unwrap_or_default()
+}
+
+/// Runs `args` in container `id` on `host` with `ctr` (the independent
+/// tool): how the test makes a replica's health check pass or fail.
+fn ctr_exec(rig: &Rig, host: &str, id: &str, exec: &str, args: &[&str]) {
+    let mut all = vec!["tasks", "exec", "--exec-id", exec, id];
+    all.extend_from_slice(args);
+    rig.ctrd(host).ctr_ok(NS, &all);
+}
+
+#[test]
+fn health_checks_gate_the_vip_and_dns_and_rolling_updates() {
+    let rig = Rig::new("ctr-health", &["m1", "w1", "w2"]);
+    let lab = &rig.lab;
+    let (wt, _) = lab.init("m1", &["--heartbeat-period", "500ms"]);
+    lab.join("w1", &wt, "m1");
+    lab.join("w2", &wt, "m1");
+    lab.attachable_network("m1", "10.0.12.0/24", "appnet");
+    let images = common::image::busybox();
+    for h in ["m1", "w1", "w2"] {
+        lab.weft(h, &["image", "load", "-i", images.docker.to_str().unwrap()]);
+    }
+
+    // Bad checks are refused with what to fix, and nothing is made.
+    for (args, says) in [
+        (
+            vec!["--health-retries", "0", "--health-cmd", "true"],
+            "--health-retries 0 is out of range",
+        ),
+        (
+            vec!["--health-interval", "0s", "--health-cmd", "true"],
+            "--health-interval of 0 ms is out of range",
+        ),
+        (
+            vec!["--health-cmd", &*"x".repeat(5000)],
+            "5000 bytes long: at most 4096",
+        ),
+        (
+            vec!["--no-healthcheck", "--health-cmd", "true"],
+            "--no-healthcheck cannot be combined",
+        ),
+    ] {
+        let mut all = vec!["service", "create", "--detach", "--name", "bad"];
+        all.extend(args.iter().copied());
+        all.push(IMAGE);
+        let err = lab.weft_err("m1", &all);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    let err = lab.weft_err("m1", &["run", "--health-cmd", "true", "--", "sleep", "1"]);
+    assert!(err.contains("need an image"), "{err}");
+    assert!(
+        !lab.weft("m1", &["service", "ls"]).contains("bad"),
+        "nothing was created"
+    );
+
+    // Each replica makes /tmp/ok 3 s after it starts: its check fails until
+    // then (within the start period, so it stays `starting`), then passes.
+    let script = "(sleep 3; busybox touch /tmp/ok) & busybox mkdir -p /www && \
+                  echo $HOSTNAME > /www/index.html && exec httpd -f -p 80 -h /www";
+    lab.weft(
+        "m1",
+        &[
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            "hweb",
+            "--replicas",
+            "2",
+            "--network",
+            "appnet",
+            "--constraint",
+            "node.role==worker",
+            "--health-cmd",
+            "test -e /tmp/ok",
+            "--health-interval",
+            "200ms",
+            "--health-timeout",
+            "5s",
+            "--health-retries",
+            "2",
+            "--health-start-period",
+            "30s",
+            IMAGE,
+            "sh",
+            "-c",
+            script,
+        ],
+    );
+    let (_, starting) = watch_ps(
+        lab,
+        "hweb",
+        "running (health: starting)",
+        Duration::from_secs(30),
+        |_, row| !row.is_empty(),
+    );
+    assert!(!starting.is_empty(), "never saw `health: starting`");
+    wait_for("two healthy replicas", Duration::from_secs(30), || {
+        ps_rows(lab, "hweb", "running (healthy)").len() == 2
+    });
+    let inspect: serde_json::Value =
+        serde_json::from_str(&lab.weft("m1", &["service", "inspect", "hweb"])).expect("json");
+    let hc = &inspect[0]["Spec"]["TaskTemplate"]["ContainerSpec"]["Healthcheck"];
+    assert_eq!(hc["Test"][1], "test -e /tmp/ok", "{inspect}");
+    assert_eq!(hc["Retries"], 2, "{inspect}");
+
+    let pin: PathBuf = common::sleeper(lab, "m1", "hclient", "appnet");
+    let vip = common::vip_of(lab, "m1", "hweb");
+    wait_for("hweb resolves to its VIP", Duration::from_secs(15), || {
+        resolve(&pin, "hweb") == BTreeSet::from([vip.clone()])
+    });
+    wait_for("tasks.hweb has both", Duration::from_secs(15), || {
+        resolve(&pin, "tasks.hweb").len() == 2
+    });
+    let both = common::replicas_behind_vip(&pin, &vip, "hweb.", 2);
+
+    // The replica on w1 fails its check: it is left running but leaves the
+    // VIP and DNS.
+    let sick = rig
+        .running("w1")
+        .into_iter()
+        .next()
+        .expect("a container on w1");
+    ctr_exec(&rig, "w1", &sick, "rm-ok", &["busybox", "rm", "/tmp/ok"]);
+    wait_for("w1's replica unhealthy", Duration::from_secs(30), || {
+        ps_row_of(lab, "hweb", &sick[..12]).contains("running (unhealthy)")
+    });
+    assert!(rig.running("w1").contains(&sick), "not killed");
+    wait_for("tasks.hweb without it", Duration::from_secs(15), || {
+        resolve(&pin, "tasks.hweb").len() == 1
+    });
+    let mut answers = BTreeSet::new();
+    for _ in 0..12 {
+        let body = common::nsenter_stdout(
+            &pin,
+            &[
+                "timeout",
+                "3",
+                "busybox",
+                "wget",
+                "-qO-",
+                &format!("http://{vip}/"),
+            ],
+        );
+        if let Some(l) = body.lines().next() {
+            answers.insert(l.to_string());
+        }
+    }
+    assert_eq!(
+        answers.len(),
+        1,
+        "only the healthy replica answers: {answers:?}"
+    );
+    assert!(both.is_superset(&answers));
+
+    // Healthy again: back in DNS and behind the VIP.
+    ctr_exec(
+        &rig,
+        "w1",
+        &sick,
+        "touch-ok",
+        &["busybox", "touch", "/tmp/ok"],
+    );
+    wait_for(
+        "w1's replica healthy again",
+        Duration::from_secs(30),
+        || ps_row_of(lab, "hweb", &sick[..12]).contains("running (healthy)"),
+    );
+    wait_for("tasks.hweb has both again", Duration::from_secs(15), || {
+        resolve(&pin, "tasks.hweb").len() == 2
+    });
+    assert_eq!(common::replicas_behind_vip(&pin, &vip, "hweb.", 2), both);
+
+    // An update whose check never passes stalls after its first new task,
+    // and says why; the other old replica keeps serving.
+    lab.weft(
+        "m1",
+        &[
+            "service",
+            "update",
+            "--detach",
+            "--health-cmd",
+            "test -e /tmp/never",
+            "--health-interval",
+            "200ms",
+            "--health-retries",
+            "2",
+            "hweb",
+        ],
+    );
+    wait_for("the update says it waits", Duration::from_secs(40), || {
+        let v: serde_json::Value =
+            serde_json::from_str(&lab.weft("m1", &["service", "inspect", "hweb"])).expect("json");
+        v[0]["UpdateStatus"]["Message"]
+            .as_str()
+            .is_some_and(|m| m.contains("waiting for task") && m.contains("unhealthy"))
+    });
+    wait_for(
+        "one old replica left, still serving",
+        Duration::from_secs(15),
+        || ps_rows(lab, "hweb", "running (healthy)").len() == 1,
+    );
+    assert_eq!(resolve(&pin, "tasks.hweb").len(), 1);
+    lab.weft("m1", &["service", "rm", "hweb"]);
+    wait_for("no hweb containers", Duration::from_secs(30), || {
+        rig.containers("w1").is_empty() && rig.containers("w2").is_empty()
+    });
+}

@@ -345,6 +345,7 @@ pub fn service_to_wire(state: &State, svc: &crate::store::Service) -> pb::Servic
             resources: resources_to_wire(&svc.spec.task.resources),
             restart_policy: restart_policy_to_wire(&svc.spec.restart_policy),
             log: log_to_wire(svc.spec.task.log),
+            health: health_to_wire(&svc.spec.task.health),
             networks: svc.spec.networks.iter().map(net_name).collect(),
             endpoint_mode: match svc.spec.endpoint_mode {
                 EndpointMode::Vip => "vip".into(),
@@ -371,6 +372,7 @@ pub fn service_to_wire(state: &State, svc: &crate::store::Service) -> pb::Servic
                 .collect(),
         }),
         ports: svc.ports.iter().map(port_to_wire).collect(),
+        update_status: crate::orchestrator::update_waits_on(state, svc).unwrap_or_default(),
         vips: svc
             .vips
             .iter()
@@ -536,6 +538,37 @@ pub fn log_to_wire(l: Option<crate::store::LogOpts>) -> Option<pb::LogConfig> {
     l.map(|l| pb::LogConfig {
         max_size: l.max_size,
         max_file: l.max_file,
+    })
+}
+
+/// A request's health check, checked (see [`crate::validate::health`]);
+/// `None`: the image's applies.
+pub fn health_from_wire(
+    h: Option<pb::HealthConfig>,
+    container: bool,
+) -> crate::error::Result<Option<crate::store::HealthOpts>> {
+    let Some(h) = h else { return Ok(None) };
+    let opts = crate::store::HealthOpts {
+        disable: h.disable,
+        cmd: Some(h.cmd).filter(|c| !c.is_empty()),
+        interval_ms: h.interval_ms,
+        timeout_ms: h.timeout_ms,
+        retries: h.retries,
+        start_period_ms: h.start_period_ms,
+    };
+    crate::validate::health(&opts, container)?;
+    Ok(Some(opts))
+}
+
+/// The wire form of a task's health check.
+pub fn health_to_wire(h: &Option<crate::store::HealthOpts>) -> Option<pb::HealthConfig> {
+    h.as_ref().map(|h| pb::HealthConfig {
+        disable: h.disable,
+        cmd: h.cmd.clone().unwrap_or_default(),
+        interval_ms: h.interval_ms,
+        timeout_ms: h.timeout_ms,
+        retries: h.retries,
+        start_period_ms: h.start_period_ms,
     })
 }
 

@@ -342,6 +342,48 @@ pub fn unplaced(state: &State, svc: &Service) -> Vec<(u64, Option<NodeId>, Strin
     }
 }
 
+/// The first task of `svc`'s current version among `tasks` that runs but
+/// has not passed its health check (starting or unhealthy): a rolling
+/// update waits for it before it replaces the next outdated task.
+fn unhealthy_updated<'a>(svc: &Service, tasks: &[&'a Task]) -> Option<&'a Task> {
+    tasks
+        .iter()
+        .filter(|t| t.service.as_ref().is_some_and(|r| r.version == svc.version))
+        .filter(|t| t.status.state.is_running() && !t.status.state.is_serving())
+        .min_by_key(|t| t.service.as_ref().map(|r| r.slot))
+        .copied()
+}
+
+/// Why `svc`'s rolling update waits, for `service ls`/`inspect`: an
+/// updated task that is not healthy yet while outdated tasks remain.
+/// `None` when no update is under way or nothing holds it.
+pub fn update_waits_on(state: &State, svc: &Service) -> Option<String> {
+    let tasks: Vec<&Task> = state
+        .tasks
+        .values()
+        .filter(|t| t.service.as_ref().is_some_and(|r| r.service == svc.id))
+        .filter(|t| !t.status.state.is_terminal())
+        .collect();
+    let outdated = tasks
+        .iter()
+        .filter(|t| t.service.as_ref().is_some_and(|r| r.version < svc.version))
+        .count();
+    if outdated == 0 {
+        return None;
+    }
+    let t = unhealthy_updated(svc, &tasks)?;
+    let health = match &t.status.state {
+        crate::store::TaskState::Running { health } => format!("{health:?}").to_lowercase(),
+        other => other.name().to_string(),
+    };
+    Some(format!(
+        "update paused: {outdated} task(s) still to replace; waiting for task {} ({}) to pass its \
+         health check (it is {health})",
+        t.name,
+        &t.id[..t.id.len().min(12)]
+    ))
+}
+
 /// The commands that move every service towards its spec.
 pub fn plan(state: &State, now_ms: u64, mut new_id: impl FnMut() -> String) -> Vec<Command> {
     let mut out = Vec::new();
@@ -459,8 +501,12 @@ pub fn plan(state: &State, now_ms: u64, mut new_id: impl FnMut() -> String) -> V
             }
         }
         // Rolling update: one outdated task at a time, and only while the
-        // rest of the service is up.
-        let settled = !created && kept.iter().all(|t| t.status.state.is_running());
+        // rest of the service is up and its updated tasks pass their
+        // health checks (a check that never passes stalls the update;
+        // `update_waits_on` says so).
+        let settled = !created
+            && kept.iter().all(|t| t.status.state.is_running())
+            && unhealthy_updated(svc, &kept).is_none();
         if settled
             && let Some(old) = kept
                 .iter()
@@ -762,11 +808,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn rolling_update_replaces_one_at_a_time() {
-        let mut s = state(3);
-        service(&mut s, ServiceMode::Replicated { replicas: 3 }, vec![]);
-        converge(&mut s, 0);
+    /// `service update --force` of the test service.
+    fn force_update(s: &mut State) {
         let spec = s.services["svc"].spec.clone();
         s.apply(&Command::UpdateService {
             id: "svc".into(),
@@ -775,6 +818,14 @@ mod tests {
             now_ms: 0,
         })
         .unwrap();
+    }
+
+    #[test]
+    fn rolling_update_replaces_one_at_a_time() {
+        let mut s = state(3);
+        service(&mut s, ServiceMode::Replicated { replicas: 3 }, vec![]);
+        converge(&mut s, 0);
+        force_update(&mut s);
         let cmds = plan(&s, 0, || "x".into());
         assert_eq!(cmds.len(), 1, "{cmds:?}");
         assert!(matches!(cmds[0], Command::RemoveTask { .. }));
@@ -785,6 +836,60 @@ mod tests {
                 .all(|t| t.service.as_ref().unwrap().version == 2)
         );
         assert_eq!(s.tasks.len(), 3);
+    }
+
+    /// A rolling update waits for each new task to pass its health check,
+    /// says on what it waits, and goes on once it does; an unhealthy old
+    /// task does not hold it.
+    #[test]
+    fn rolling_update_waits_for_new_tasks_to_be_healthy() {
+        let mut s = state(3);
+        service(&mut s, ServiceMode::Replicated { replicas: 3 }, vec![]);
+        converge(&mut s, 0);
+        let old_ids: Vec<String> = s.tasks.keys().cloned().collect();
+        // An old task is unhealthy: the update is not held by it.
+        s.tasks.get_mut(&old_ids[2]).unwrap().status = TaskStatus::new(
+            TaskState::Running {
+                health: TaskHealth::Unhealthy,
+            },
+            0,
+        );
+        force_update(&mut s);
+        assert_eq!(update_waits_on(&s, &s.services["svc"]), None);
+        // The first old task goes, its replacement is made.
+        for c in plan(&s, 0, || "0000000000000001".into()) {
+            s.apply(&c).unwrap();
+        }
+        for c in plan(&s, 0, || "0000000000000001".into()) {
+            s.apply(&c).unwrap();
+        }
+        let new = "0000000000000001".to_string();
+        assert!(s.tasks.contains_key(&new), "{:?}", s.tasks.keys());
+        for (health, waits) in [
+            (TaskHealth::Starting, true),
+            (TaskHealth::Unhealthy, true),
+            (TaskHealth::Healthy, false),
+        ] {
+            s.tasks.get_mut(&new).unwrap().status =
+                TaskStatus::new(TaskState::Running { health }, 0);
+            let cmds = plan(&s, 0, || "0000000000000002".into());
+            let why = update_waits_on(&s, &s.services["svc"]);
+            if waits {
+                assert!(cmds.is_empty(), "{health:?}: {cmds:?}");
+                let why = why.expect("a reason");
+                assert!(
+                    why.contains("waiting for task")
+                        && why.contains(&format!("{health:?}").to_lowercase()),
+                    "{why}"
+                );
+            } else {
+                assert!(
+                    matches!(&cmds[..], [Command::RemoveTask { id }] if old_ids.contains(id)),
+                    "{cmds:?}"
+                );
+                assert_eq!(why, None);
+            }
+        }
     }
 
     #[test]

@@ -131,6 +131,7 @@ pub fn spec(name: &str, replicas: u64, networks: &[&str]) -> ServiceSpec {
             stop: Default::default(),
             resources: Default::default(),
             log: None,
+            health: None,
         },
         networks: networks.iter().map(|n| n.to_string()).collect(),
         endpoint_mode: EndpointMode::Vip,

@@ -2,6 +2,9 @@
 
 use crate::error::{Error, Result};
 
+mod health;
+pub use health::*;
+
 /// Names of networks, tasks and services: 1-63 characters
 /// ([`crate::limits::MAX_NAME_BYTES`]), starting with a
 /// letter or digit, then letters, digits, `_`, `.` or `-` (DNS-friendly).

@@ -89,6 +89,7 @@ fn service_json(s: &pb::Service) -> serde_json::Value {
                     "Dir": c.workdir,
                     "User": c.user,
                     "ReadOnly": c.read_only,
+                    "Healthcheck": spec.health.as_ref().map(crate::health_args::inspect_json),
                 })),
                 "StopSignal": weft_proto::signal::name(
                     spec.stop.as_ref().map(|p| p.signal).filter(|s| *s != 0).unwrap_or(weft_proto::signal::SIGTERM)
@@ -102,6 +103,10 @@ fn service_json(s: &pb::Service) -> serde_json::Value {
         },
         "Running": s.running,
         "Desired": s.desired,
+        "UpdateStatus": (!s.update_status.is_empty()).then(|| serde_json::json!({
+            "State": "updating",
+            "Message": s.update_status,
+        })),
     })
 }
 
@@ -122,6 +127,7 @@ pub async fn service(c: &Client, cmd: crate::cli::ServiceCommand) -> anyhow::Res
             let log = crate::logs_cmd::log_config(&a.log_opt)?;
             let (command, mut container) = crate::workload::from_args(a.container)?;
             crate::workload::check_resources(&a.resources, container.is_some())?;
+            let health = a.health.to_wire(Some(container.is_some()))?;
             if let Some(ct) = container.as_mut().filter(|_| !a.no_resolve_image) {
                 ct.image = crate::image_cmd::pin_digest(c, &ct.image).await;
             }
@@ -129,6 +135,7 @@ pub async fn service(c: &Client, cmd: crate::cli::ServiceCommand) -> anyhow::Res
                 restart_policy: crate::resources::restart_policy(&a.restart),
                 resources: a.resources.to_wire(),
                 log,
+                health,
                 name: a.name.clone(),
                 mode: mode.into(),
                 replicas: a.replicas.unwrap_or(if mode == "global" { 0 } else { 1 }),
@@ -283,6 +290,7 @@ pub async fn service(c: &Client, cmd: crate::cli::ServiceCommand) -> anyhow::Res
                     force: a.force,
                     resources: a.resources.to_wire(),
                     restart_policy: crate::resources::restart_update(&a.restart),
+                    health: a.health.to_wire(None)?,
                 })
                 .await
                 .map_err(rpc)?

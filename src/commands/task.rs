@@ -30,6 +30,7 @@ pub async fn run_task(c: &Client, a: crate::cli::RunArgs) -> anyhow::Result<()> 
     let log = crate::logs_cmd::log_config(&a.log_opt)?;
     let (command, container) = crate::workload::from_args(a.container)?;
     crate::workload::check_resources(&a.resources, container.is_some())?;
+    let health = a.health.to_wire(Some(container.is_some()))?;
     let task = c
         .daemon()
         .run(pb::RunTaskRequest {
@@ -43,6 +44,7 @@ pub async fn run_task(c: &Client, a: crate::cli::RunArgs) -> anyhow::Result<()> 
             stop,
             resources: a.resources.to_wire(),
             log,
+            health,
         })
         .await
         .map_err(rpc)?

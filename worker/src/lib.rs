@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod capacity;
 pub mod error;
+pub mod health;
 pub mod image;
 pub mod join;
 pub mod logs;

@@ -36,6 +36,7 @@ use weft_overlay::model::{
 use weft_overlay::{Dataplane, MacAddr, durable};
 use weft_proto::v1 as pb;
 
+use crate::health::Health;
 use crate::runtime::{ContainerSpec, StopPolicy, TaskRuntime, TaskSpec, TaskState};
 
 /// How often the loop re-checks the kernel for drift without a change.
@@ -305,6 +306,7 @@ impl Reconciler {
         }
         let mut events = self.runtime.subscribe();
         let mut inflight = jobs::Inflight::new();
+        let probers = crate::health::Probers::new();
         // Someone else changing weft's nftables tables (a firewall reload,
         // `nft flush ruleset`) wakes the loop, which puts them back.
         let mut nft = self.dataplane.nft_changes();
@@ -322,7 +324,7 @@ impl Reconciler {
                 current = Some(c);
             }
             if let Some(c) = current.clone() {
-                let report = self.converge(&c, &mut inflight).await;
+                let report = self.converge(&c, &mut inflight, &probers).await;
                 if let Some((started, saved)) = first_pass.take() {
                     tracing::info!(
                         ms = started.elapsed().as_millis() as u64,
@@ -338,6 +340,7 @@ impl Reconciler {
                 r = self.config.changed() => if r.is_err() { break },
                 _ = events.recv() => {},
                 _ = inflight.next() => {},
+                () = probers.changed() => {},
                 r = async {
                     match nft.as_mut() {
                         Some(rx) => rx.changed().await,
@@ -367,6 +370,7 @@ impl Reconciler {
         &self,
         c: &pb::NodeConfig,
         inflight: &mut jobs::Inflight,
+        probers: &crate::health::Probers,
     ) -> pb::StatusReport {
         let known = self.runtime.list();
         inflight.observe(c, &known);
@@ -399,9 +403,22 @@ impl Reconciler {
             tracing::warn!(%error, version = c.version, "config not fully applied");
         }
         let mut tasks = Vec::new();
+        // Running tasks with a health check keep (or get) a prober; the
+        // rest lose theirs.
+        let mut checked = Vec::new();
         for t in &c.tasks {
             if let Some(s) = self.runtime.status(&t.id) {
-                tasks.push(task_report(&s.id, &s.state));
+                let mut report = task_report(&s.id, &s.state);
+                if matches!(s.state, TaskState::Running { .. })
+                    && let Some(check) = self.runtime.health_check(&s.id)
+                {
+                    checked.push((s.id.clone(), check));
+                    let health = probers.health(&s.id).unwrap_or(Health::Starting);
+                    if let Some(st) = report.status.as_mut() {
+                        st.set_health(health_to_wire(health));
+                    }
+                }
+                tasks.push(report);
             } else if let Some(e) = inflight.refused(&t.id) {
                 tasks.push(task_report(
                     &t.id,
@@ -416,6 +433,7 @@ impl Reconciler {
                 tasks.push(starting(&t.id));
             }
         }
+        probers.sync(&self.runtime, checked);
         let handshakes = self
             .dataplane
             .wg_handshakes()
@@ -472,6 +490,7 @@ impl Reconciler {
                     user: Some(c.user.clone()).filter(|u| !u.is_empty()),
                     read_only: c.read_only,
                     limits: crate::capacity::limits(t.resources.as_ref()),
+                    health: t.health.as_ref().map(crate::health::HealthOpts::from_wire),
                 })
             }),
             stop: stop_policy(t.stop.as_ref()),
@@ -561,6 +580,15 @@ fn starting(id: &str) -> pb::TaskReport {
     pb::TaskReport {
         task_id: id.to_string(),
         status: Some(status),
+    }
+}
+
+/// A health verdict as the wire says it.
+fn health_to_wire(h: Health) -> pb::TaskHealth {
+    match h {
+        Health::Starting => pb::TaskHealth::Starting,
+        Health::Healthy => pb::TaskHealth::Healthy,
+        Health::Unhealthy => pb::TaskHealth::Unhealthy,
     }
 }
 

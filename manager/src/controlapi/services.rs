@@ -60,6 +60,7 @@ impl ControlService {
         let resources = crate::convert::resources_from_wire(m.resources, container.is_some())?;
         let restart_policy = crate::convert::restart_policy_from_wire(m.restart_policy)?;
         let log = crate::convert::log_from_wire(m.log.take())?;
+        let health = crate::convert::health_from_wire(m.health.take(), container.is_some())?;
         if container.is_none() && (m.command.is_empty() || m.command[0].is_empty()) {
             return Err(Error::InvalidInput(
                 "no image or command given: `weft service create [OPTIONS] IMAGE [COMMAND...]` \
@@ -116,6 +117,7 @@ impl ControlService {
                 stop,
                 resources,
                 log,
+                health,
             },
             networks: self.resolve_networks(&m.networks)?,
             endpoint_mode,
@@ -216,6 +218,10 @@ impl ControlService {
         }
         if let Some(u) = &r.restart_policy {
             crate::convert::update_restart_policy(&mut spec.restart_policy, u)?;
+        }
+        if r.health.is_some() {
+            let container = spec.task.container.is_some();
+            spec.task.health = crate::convert::health_from_wire(r.health.clone(), container)?;
         }
         for (unit, before, after, max) in [
             (

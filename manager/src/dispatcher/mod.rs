@@ -139,6 +139,7 @@ impl DispatcherService {
         let stop = crate::convert::stop_from_wire(r.stop.take())?;
         let resources = crate::convert::resources_from_wire(r.resources, container.is_some())?;
         let log = crate::convert::log_from_wire(r.log.take())?;
+        let health = crate::convert::health_from_wire(r.health.take(), container.is_some())?;
         if container.is_none() && (r.command.is_empty() || r.command[0].is_empty()) {
             return Err(Error::InvalidInput(
                 "no image or command given: `weft run [OPTIONS] IMAGE [COMMAND...]` (or \
@@ -245,6 +246,7 @@ impl DispatcherService {
                 stop,
                 resources,
                 log,
+                health,
             },
             networks,
             standalone: true,

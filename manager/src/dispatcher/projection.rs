@@ -199,6 +199,7 @@ pub fn project(state: &State, node: NodeId, version: u64) -> Option<pb::NodeConf
             stop: crate::convert::stop_to_wire(&t.spec.stop),
             resources: crate::convert::resources_to_wire(&t.spec.resources),
             log: crate::convert::log_to_wire(t.spec.log),
+            health: crate::convert::health_to_wire(&t.spec.health),
             attachments: t
                 .attachments
                 .iter()
@@ -295,7 +296,7 @@ fn published_ports(state: &State, node: NodeId, mine: &[&Task]) -> Vec<pb::Publi
             .values()
             .filter(|t| {
                 t.service.as_ref().is_some_and(|r| r.service == svc.id)
-                    && t.status.state.is_running()
+                    && t.status.state.is_serving()
                     && live_for(state, node, t)
             })
             .collect();
@@ -411,7 +412,7 @@ fn services_on(state: &State, net: &Network, viewer: NodeId) -> Vec<pb::ServiceE
                 .values()
                 .filter(|t| {
                     t.service.as_ref().is_some_and(|r| r.service == svc.id)
-                        && t.status.state.is_running()
+                        && t.status.state.is_serving()
                         && live_for(state, viewer, t)
                 })
                 .filter_map(|t| addr_on(t, net))

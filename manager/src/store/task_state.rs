@@ -98,6 +98,19 @@ impl TaskState {
         matches!(self, TaskState::Running { .. })
     }
 
+    /// Whether it may take traffic: running with no health check or a
+    /// healthy one. Only these are VIP backends, ingress targets and DNS
+    /// answers of their service; a task whose check has not passed yet
+    /// (starting) or failed (unhealthy) is left out, not killed.
+    pub fn is_serving(&self) -> bool {
+        matches!(
+            self,
+            TaskState::Running {
+                health: TaskHealth::None | TaskHealth::Healthy
+            }
+        )
+    }
+
     /// Whether it has ended for good: nothing on its node will move it on,
     /// so the orchestrator may replace it.
     pub fn is_terminal(&self) -> bool {

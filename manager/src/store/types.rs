@@ -471,6 +471,35 @@ pub struct TaskSpec {
     /// node's defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log: Option<LogOpts>,
+    /// `--health-*`, `--no-healthcheck`; `None`: the image's HEALTHCHECK
+    /// (resolved on the node). Absent in records written before checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthOpts>,
+}
+
+/// A task's health check as the user gave it (Docker's semantics): a
+/// field left `None` takes the image's HEALTHCHECK value, else
+/// Docker's default; the node merges them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthOpts {
+    /// `--no-healthcheck`: no check at all, not even the image's.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disable: bool,
+    /// `--health-cmd`, run as `/bin/sh -c CMD` in the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cmd: Option<String>,
+    /// `--health-interval`, ms; `None`: the image's or 30 s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval_ms: Option<u64>,
+    /// `--health-timeout`, ms; `None`: the image's or 30 s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// `--health-retries`; `None`: the image's or 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    /// `--health-start-period`, ms; `None`: the image's or none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_period_ms: Option<u64>,
 }
 
 /// How a task is stopped: `signal`, then SIGKILL once `grace_ms` is over.

@@ -23,6 +23,8 @@ pub enum FakeCall {
     Stop(String, Option<Duration>),
     /// `remove(id)`.
     Remove(String),
+    /// `exec(id, req)`: the task and the command.
+    Exec(String, Vec<String>),
 }
 
 /// A recording task runtime; see the module docs.
@@ -38,6 +40,8 @@ struct State {
     tasks: BTreeMap<String, (TaskSpec, watch::Sender<TaskStatus>)>,
     /// Errors the next `start` calls report as `Failed`.
     start_failures: VecDeque<String>,
+    /// What the next `exec` calls return (then: exit 0).
+    exec_results: VecDeque<super::ExecOutput>,
     next_pid: i32,
 }
 
@@ -241,5 +245,37 @@ impl TaskRuntime for FakeRuntime {
 
     fn subscribe(&self) -> broadcast::Receiver<TaskStatus> {
         self.events.subscribe()
+    }
+
+    /// The check of the task's spec, with no image to merge.
+    fn health_check(&self, id: &str) -> Option<crate::health::HealthCheck> {
+        let st = self.state.lock().expect("state");
+        let (spec, _) = st.tasks.get(id)?;
+        let c = spec.container.as_ref()?;
+        crate::health::resolve(c.health.as_ref(), None)
+    }
+
+    async fn exec(&self, id: &str, req: &super::ExecRequest) -> Result<super::ExecOutput> {
+        let mut st = self.state.lock().expect("state");
+        st.calls
+            .push(FakeCall::Exec(id.to_owned(), req.args.clone()));
+        if !st.tasks.contains_key(id) {
+            return Err(Error::NotFound { id: id.to_owned() });
+        }
+        Ok(st.exec_results.pop_front().unwrap_or(super::ExecOutput {
+            exit_code: Some(0),
+            output: Vec::new(),
+        }))
+    }
+}
+
+impl FakeRuntime {
+    /// Makes the next `exec` return `out`.
+    pub fn push_exec_result(&self, out: super::ExecOutput) {
+        self.state
+            .lock()
+            .expect("state")
+            .exec_results
+            .push_back(out);
     }
 }

@@ -115,6 +115,36 @@ pub struct ContainerSpec {
     /// `--limit-*`: what the container's cgroup allows.
     #[serde(default)]
     pub limits: Limits,
+    /// `--health-*`/`--no-healthcheck`; `None`: the image's HEALTHCHECK.
+    /// Merged with the image's when the container is made
+    /// ([`crate::health::resolve`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::health::HealthOpts>,
+}
+
+/// A command to run in a task's running container, beside its own
+/// process (a health check; later `weft exec`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecRequest {
+    /// Program and arguments (the program is looked up in the container's
+    /// `PATH`). Environment, working directory and user are the
+    /// container's.
+    pub args: Vec<String>,
+    /// Killed (SIGKILL) when it runs longer.
+    pub timeout: Duration,
+    /// The first this many bytes of its output (stdout and stderr
+    /// together) are kept; the rest is read and dropped.
+    pub output_limit: usize,
+}
+
+/// How an [`ExecRequest`] ended.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// Its exit status (128 + n when signal n ended it); `None` when it
+    /// was killed at its timeout.
+    pub exit_code: Option<i32>,
+    /// The start of its output, at most the request's limit.
+    pub output: Vec<u8>,
 }
 
 /// Limits on a container's cgroup (issue #14), 0 = none. runc writes them
@@ -263,6 +293,15 @@ pub enum Error {
     /// A call to containerd failed.
     #[error(transparent)]
     Containerd(#[from] weft_containerd_api::Error),
+    /// The task's runtime cannot do this (a host process has no container
+    /// to run a command in).
+    #[error("task {id:?}: {what} needs a container task")]
+    Unsupported {
+        /// The task.
+        id: String,
+        /// What was asked.
+        what: &'static str,
+    },
 }
 
 /// Shorthand.
@@ -315,6 +354,23 @@ pub trait TaskRuntime: Send + Sync {
     /// Every status change (start, exit, failure) from now on. On
     /// `RecvError::Lagged`, re-read [`list`](TaskRuntime::list).
     fn subscribe(&self) -> broadcast::Receiver<TaskStatus>;
+
+    /// The health check the task's container runs, resolved when it was
+    /// made (kept across daemon restarts); `None`: none (or not a
+    /// container).
+    fn health_check(&self, _id: &str) -> Option<crate::health::HealthCheck> {
+        None
+    }
+
+    /// Runs a command in the task's running container and returns how it
+    /// ended (a non-zero exit or a timeout is an `Ok`). `Err`: it could
+    /// not be run (no such task, not a container, containerd failed).
+    async fn exec(&self, id: &str, _req: &ExecRequest) -> Result<ExecOutput> {
+        Err(Error::Unsupported {
+            id: id.to_owned(),
+            what: "running a command in it",
+        })
+    }
 }
 
 /// Checks what the runtime relies on before anything touches the disk.

@@ -178,6 +178,14 @@ impl TaskRuntime for RoutedRuntime {
     fn subscribe(&self) -> broadcast::Receiver<TaskStatus> {
         self.events.subscribe()
     }
+
+    fn health_check(&self, id: &str) -> Option<crate::health::HealthCheck> {
+        self.owner(id).health_check(id)
+    }
+
+    async fn exec(&self, id: &str, req: &super::ExecRequest) -> Result<super::ExecOutput> {
+        self.owner(id).exec(id, req).await
+    }
 }
 
 #[cfg(test)]

@@ -226,6 +226,14 @@ fn at_every_limit_at_once_admitted_configs_stay_under_the_receive_limit() {
             max_size: crate::validate::MAX_LOG_MAX_SIZE,
             max_file: crate::validate::MAX_LOG_MAX_FILE,
         }),
+        health: Some(crate::store::HealthOpts {
+            disable: false,
+            cmd: Some("h".repeat(crate::validate::MAX_HEALTH_CMD_BYTES)),
+            interval_ms: Some(u64::MAX),
+            timeout_ms: Some(u64::MAX),
+            retries: Some(u32::MAX),
+            start_period_ms: Some(u64::MAX),
+        }),
     };
     limits::command(&task.command).unwrap();
     limits::env(&task.env).unwrap();

@@ -31,8 +31,15 @@
 //! `Tasks.Delete`, so it is still there when `Tasks.Wait` returns (and is
 //! read before the exited task is deleted for its logger's sake).
 //!
-//! Not here yet (issue #14's later stages): seccomp, health checks, exec.
+//! A command runs in a running container through `Tasks.Exec`
+//! ([`exec`]): health checks use it. A container's health check is
+//! resolved when it is made (the task's `--health-*` over the image's
+//! HEALTHCHECK) and kept in its task dir ([`HEALTH_FILE`]), so an adopted
+//! container keeps its check.
+//!
+//! Not here yet (issue #14's later stages): seccomp.
 
+mod exec;
 mod purge;
 pub mod spec;
 
@@ -74,6 +81,10 @@ pub const OWNER_LABEL: &str = "weft.owner";
 /// ms), so a restarted daemon stops an adopted container as asked.
 const STOP_SIGNAL_LABEL: &str = "weft.stop-signal";
 const STOP_GRACE_LABEL: &str = "weft.stop-grace-ms";
+/// The file in a task dir keeping its container's resolved health check
+/// (JSON of [`crate::health::HealthCheck`]; not a label: a long command
+/// would pass containerd's 4 KiB label bound). Absent: none.
+pub const HEALTH_FILE: &str = "health.json";
 const SPEC_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";
 const RUNC_OPTIONS_TYPE_URL: &str = "containerd.runc.v1.Options";
 /// How long the exit waits for a container's logger to write the rest of
@@ -147,6 +158,7 @@ struct Tracked {
     spec: Option<TaskSpec>,
     status: TaskStatus,
     stop: StopPolicy,
+    health: Option<crate::health::HealthCheck>,
 }
 
 impl ContainerdRuntime {
@@ -202,6 +214,7 @@ impl ContainerdRuntime {
             spec: None,
             status: status.clone(),
             stop: StopPolicy::default(),
+            health: None,
         });
         if let Some(stop) = stop.or(spec.as_ref().map(|s| s.stop)) {
             entry.stop = stop;
@@ -212,6 +225,22 @@ impl ContainerdRuntime {
         entry.status = status.clone();
         drop(tasks);
         let _ = self.inner.events.send(status);
+    }
+
+    /// The health check an adopted container keeps in its task dir; a
+    /// file that does not parse is logged and means none.
+    fn health_of(&self, id: &str) -> Option<crate::health::HealthCheck> {
+        super::files::read_json(&self.task_dir(id).join(HEALTH_FILE))
+            .inspect_err(|e| tracing::warn!(task = %id, error = %e, "unreadable health check"))
+            .ok()
+            .flatten()
+    }
+
+    /// Records the task's resolved health check.
+    fn set_health(&self, id: &str, health: Option<crate::health::HealthCheck>) {
+        if let Some(t) = self.inner.tasks.lock().expect("tasks").get_mut(id) {
+            t.health = health;
+        }
     }
 
     fn runc_options(&self) -> prost_types::Any {
@@ -351,7 +380,10 @@ impl ContainerdRuntime {
 
     /// Everything `start` needs before the process runs; any failure here
     /// leaves nothing behind (`cleanup` runs on it).
-    async fn create(&self, spec: &TaskSpec) -> Result<u32, String> {
+    async fn create(
+        &self,
+        spec: &TaskSpec,
+    ) -> Result<(u32, Option<crate::health::HealthCheck>), String> {
         let c = spec.container.as_ref().ok_or("not a container task")?;
         let image = self
             .inner
@@ -368,6 +400,15 @@ impl ContainerdRuntime {
         let oci = spec::build(spec, c, &image.config, &files, &self.cgroup(&spec.id))
             .map_err(|e| e.to_string())?;
         let json = serde_json::to_vec(&oci).map_err(|e| e.to_string())?;
+        let health =
+            crate::health::resolve(c.health.as_ref(), image.config.config.healthcheck.as_ref());
+        let health_file = dir.join(HEALTH_FILE);
+        match &health {
+            Some(h) => super::files::write_json(&health_file, h).map_err(|e| e.to_string())?,
+            None => {
+                let _ = std::fs::remove_file(&health_file);
+            }
+        }
         // The new snapshot is referenced by nothing until the container
         // record exists: a lease keeps containerd's garbage collector (set
         // off by any removal meanwhile) from taking it in between.
@@ -400,7 +441,7 @@ impl ContainerdRuntime {
             })
             .await
             .map_err(|s| self.err("Tasks.Start", s).to_string())?;
-        Ok(started.into_inner().pid)
+        Ok((started.into_inner().pid, health))
     }
 
     /// The task's rootfs snapshot and container record, made through
@@ -412,6 +453,17 @@ impl ContainerdRuntime {
         image: &LocalImage,
         json: Vec<u8>,
     ) -> Result<Vec<Mount>, String> {
+        let labels = HashMap::from([
+            (TASK_LABEL.to_owned(), spec.id.clone()),
+            (IMAGE_LABEL.to_owned(), image.digest.clone()),
+            (OWNER_LABEL.to_owned(), self.inner.cfg.owner.clone()),
+            (STOP_SIGNAL_LABEL.to_owned(), spec.stop.signal.to_string()),
+            (
+                STOP_GRACE_LABEL.to_owned(),
+                spec.stop.grace.as_millis().to_string(),
+            ),
+        ]);
+
         let mounts = self
             .rootfs(client, &spec.id, image)
             .await
@@ -424,16 +476,7 @@ impl ContainerdRuntime {
             .create(containers::CreateContainerRequest {
                 container: Some(containers::Container {
                     id: spec.id.clone(),
-                    labels: HashMap::from([
-                        (TASK_LABEL.to_owned(), spec.id.clone()),
-                        (IMAGE_LABEL.to_owned(), image.digest.clone()),
-                        (OWNER_LABEL.to_owned(), self.inner.cfg.owner.clone()),
-                        (STOP_SIGNAL_LABEL.to_owned(), spec.stop.signal.to_string()),
-                        (
-                            STOP_GRACE_LABEL.to_owned(),
-                            spec.stop.grace.as_millis().to_string(),
-                        ),
-                    ]),
+                    labels,
                     image: image.name.clone(),
                     runtime: Some(containers::container::Runtime {
                         name: RUNTIME.into(),
@@ -746,6 +789,7 @@ impl TaskRuntime for ContainerdRuntime {
             };
             let running = !status.state.is_terminal();
             self.set(status.clone(), None, Some(stop_policy_of(&c.labels)));
+            self.set_health(&id, self.health_of(&id));
             if running {
                 self.watch(&id, None);
             }
@@ -778,13 +822,17 @@ impl TaskRuntime for ContainerdRuntime {
                 id: spec.id.clone(),
             });
         }
+        let mut health = None;
         let status = match self.create(spec).await {
-            Ok(pid) => TaskStatus {
-                id: spec.id.clone(),
-                state: TaskState::Running { pid: pid as i32 },
-                started_at: Some(SystemTime::now()),
-                finished_at: None,
-            },
+            Ok((pid, check)) => {
+                health = check;
+                TaskStatus {
+                    id: spec.id.clone(),
+                    state: TaskState::Running { pid: pid as i32 },
+                    started_at: Some(SystemTime::now()),
+                    finished_at: None,
+                }
+            }
             Err(error) => {
                 if let Err(e) = self.cleanup(&spec.id).await {
                     tracing::warn!(task = %spec.id, error = %e, "cleaning up after a failed start");
@@ -799,6 +847,7 @@ impl TaskRuntime for ContainerdRuntime {
         };
         let running = !status.state.is_terminal();
         self.set(status.clone(), Some(spec.clone()), None);
+        self.set_health(&spec.id, health);
         if running {
             self.watch(&spec.id, status.started_at);
         }
@@ -888,6 +937,19 @@ impl TaskRuntime for ContainerdRuntime {
 
     fn subscribe(&self) -> broadcast::Receiver<TaskStatus> {
         self.inner.events.subscribe()
+    }
+
+    fn health_check(&self, id: &str) -> Option<crate::health::HealthCheck> {
+        self.inner
+            .tasks
+            .lock()
+            .expect("tasks")
+            .get(id)
+            .and_then(|t| t.health.clone())
+    }
+
+    async fn exec(&self, id: &str, req: &super::ExecRequest) -> Result<super::ExecOutput> {
+        self.exec_in(id, req).await
     }
 }
 
