@@ -38,7 +38,9 @@ use weft_worker::runtime::{ProcessRuntime, RoutedRuntime, ShimCommand, TaskRunti
 use crate::autolock::Locked;
 use crate::cli::DaemonArgs;
 
+mod attach;
 mod images;
+mod lifecycle;
 mod nets;
 mod rejoin;
 mod tasks;
@@ -1216,6 +1218,36 @@ impl Daemon for NodeService {
         req: Request<pb::RmRequest>,
     ) -> Result<Response<pb::RemoveTaskResponse>, Status> {
         self.rm_task(req.into_inner()).await.map(Response::new)
+    }
+
+    type AttachStream = attach::AttachStream;
+
+    async fn attach(
+        &self,
+        req: Request<pb::AttachRequest>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        self.attach_task(req.into_inner()).await.map(Response::new)
+    }
+
+    async fn stop(
+        &self,
+        req: Request<pb::StopRequest>,
+    ) -> Result<Response<pb::StopResponse>, Status> {
+        self.stop_task(req.into_inner()).await.map(Response::new)
+    }
+
+    async fn start(
+        &self,
+        req: Request<pb::StartRequest>,
+    ) -> Result<Response<pb::StartResponse>, Status> {
+        self.start_task(req.into_inner()).await.map(Response::new)
+    }
+
+    async fn inspect(
+        &self,
+        req: Request<pb::InspectRequest>,
+    ) -> Result<Response<pb::InspectResponse>, Status> {
+        self.inspect_task(req.into_inner()).await.map(Response::new)
     }
 }
 

@@ -78,7 +78,7 @@ overlay_and_service() {
 
   step "From a client task on m1, 'web' resolves to the service's VIP (embedded DNS at 127.0.0.11)"
   local client
-  client=$("$WEFT" lab exec "$LAB" m1 -- weft run --name client --network appnet -- \
+  client=$("$WEFT" lab exec "$LAB" m1 -- weft run -d --name client --network appnet -- \
     sh -c 'busybox nslookup web; busybox nslookup tasks.web; for i in $(seq 1 30); do timeout 3 busybox wget -qO- http://web/; done')
   VIP=$("$WEFT" lab exec "$LAB" m1 -- weft service inspect web | sed -n 's/.*"Addr": "\([0-9.]*\)".*/\1/p' | head -1)
   local t2 replicas

@@ -131,6 +131,7 @@ pub fn spec(name: &str, replicas: u64, networks: &[&str]) -> ServiceSpec {
             stop: Default::default(),
             resources: Default::default(),
             log: None,
+            auto_remove: false,
         },
         networks: networks.iter().map(|n| n.to_string()).collect(),
         endpoint_mode: EndpointMode::Vip,

@@ -582,6 +582,7 @@ pub fn task_status(s: &TaskState) -> pb::TaskStatus {
             out.oom_killed = *oom;
             out.has_exit_code = code.is_some();
             out.exit_code = code.unwrap_or(0);
+            out.signal = signal.unwrap_or(0);
             out.message = signal
                 .map(|s| format!("killed by signal {s}"))
                 .unwrap_or_default();

@@ -116,6 +116,7 @@ impl ControlService {
                 stop,
                 resources,
                 log,
+                auto_remove: false,
             },
             networks: self.resolve_networks(&m.networks)?,
             endpoint_mode,

@@ -245,6 +245,7 @@ impl DispatcherService {
                 stop,
                 resources,
                 log,
+                auto_remove: r.auto_remove,
             },
             networks,
             standalone: true,

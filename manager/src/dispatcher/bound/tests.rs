@@ -226,6 +226,7 @@ fn at_every_limit_at_once_admitted_configs_stay_under_the_receive_limit() {
             max_size: crate::validate::MAX_LOG_MAX_SIZE,
             max_file: crate::validate::MAX_LOG_MAX_FILE,
         }),
+        auto_remove: true,
     };
     limits::command(&task.command).unwrap();
     limits::env(&task.env).unwrap();
