@@ -210,6 +210,20 @@ fn weft_run_streams_output_and_ends_with_the_exit_code() {
         "stderr: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // A host process (`-- CMD`) is attached the same way.
+    let out = lab.try_weft(
+        "m1",
+        &["run", "--", "sh", "-c", "echo host; echo oops >&2; exit 5"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(5),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "host\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "oops\n");
+
     // weft itself cannot run it (a malformed image reference, a bad flag
     // value): Docker's 125, a clear error, and nothing is created.
     let before = lab.weft("m1", &["ps", "-a"]);
