@@ -260,6 +260,19 @@ fn weft_run_streams_output_and_ends_with_the_exit_code() {
     assert_eq!(rig.containers(), containers_before, "no new container");
     assert_eq!(task_dirs(lab), dirs_before, "no new task directory");
 
+    // An attached `--rm` whose CLI dies: the task runs to its end and is
+    // removed all the same.
+    let mut child = rig.spawn(&["run", "--rm", "--name", "orphan", IMAGE, "sleep", "2"]);
+    wait_for("orphan runs", Duration::from_secs(30), || {
+        rig.row("orphan").is_some_and(|r| r.contains("running"))
+    });
+    child.kill().expect("kill weft run");
+    let _ = child.wait();
+    assert!(rig.row("orphan").unwrap().contains("running"));
+    wait_for("the orphan is removed", Duration::from_secs(30), || {
+        rig.row("orphan").is_none() && rig.containers() == containers_before
+    });
+
     // `-d --rm`: the ID at once, and removed once it has ended.
     let id = lab.weft("m1", &["run", "-d", "--rm", IMAGE, "sleep", "1"]);
     let id = id.trim();

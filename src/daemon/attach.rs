@@ -194,8 +194,9 @@ async fn follow(runtime: &Arc<RoutedRuntime>, id: &str, client: &mut Client) {
     }
     while let Some(piece) = lines_rx.recv().await {
         if client.gone {
-            // Nobody reads: the reader stops at its next batch.
-            continue;
+            // Nobody reads: dropping the receiver stops the reader at its
+            // next batch.
+            return;
         }
         let m = match piece {
             Ok(lines) => Ok(pb::AttachMessage { lines, exit: None }),
@@ -256,6 +257,13 @@ impl NodeService {
                 Ok(false) => return,
                 Ok(true) => {
                     follow(&runtime, &id, &mut client).await;
+                    if client.gone {
+                        if !remove {
+                            return;
+                        }
+                        // --rm without a client: only the end matters.
+                        let _ = runtime.wait(&id).await;
+                    }
                     if let Some(s) = runtime.status(&id) {
                         last.note(s);
                     }
