@@ -185,6 +185,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         dataplane,
         linux,
         settings,
+        wake: Arc::new(tokio::sync::Notify::new()),
     });
     if node.files.exists() {
         match node.resume().await {
@@ -253,6 +254,8 @@ struct NodeService {
     /// Why this node's manager is not running although it should be (Raft
     /// stopped on a disk error and is being restarted); shown by `weft info`.
     manager_problem: Arc<RwLock<String>>,
+    /// Wakes the node's loop for a pass now (`weft start`).
+    wake: Arc<tokio::sync::Notify>,
 }
 
 struct Active {
@@ -392,6 +395,7 @@ impl NodeService {
                 wg_key: self.data_dir.join("wg.key"),
                 proxy: self.settings.proxy.clone(),
                 bridge_subnet: self.settings.bridge_subnet.to_string(),
+                wake: self.wake.clone(),
             }
             .run(stop_rx),
         );

@@ -332,7 +332,11 @@ fn stop_start_restart_and_inspect_of_standalone_tasks() {
     assert!(rig.row("napper").unwrap().contains("exited"));
 
     // start: running again, same address.
+    let t = Instant::now();
     assert_eq!(lab.weft("m1", &["start", "napper"]).trim(), "napper");
+    // The node's loop is woken for it (not left to its periodic check).
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(3), "weft start took {took:?}");
     let row = rig.row("napper").unwrap();
     assert!(row.contains("running"), "{row}");
     let again = rig.inspect("napper");

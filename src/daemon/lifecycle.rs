@@ -109,6 +109,7 @@ impl NodeService {
             .remove(&t.id)
             .await
             .map_err(|e| Status::internal(format!("clearing task {}'s last run: {e}", t.name)))?;
+        self.wake.notify_one();
         let mut events = self.runtime.subscribe();
         let deadline = tokio::time::Instant::now() + START_WAIT;
         loop {

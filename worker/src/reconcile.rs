@@ -276,6 +276,10 @@ pub struct Reconciler {
     /// The daemon's `--bridge-subnet`, reported so the managers keep this
     /// node's default bridge network.
     pub bridge_subnet: String,
+    /// Wakes the loop for a pass now (the daemon, once it has cleared a
+    /// task's ended run for `weft start`, so the task starts at once
+    /// rather than at the next periodic check).
+    pub wake: Arc<tokio::sync::Notify>,
 }
 
 /// The proxy variables of `proxy` (upper-case names such as `HTTP_PROXY`)
@@ -338,6 +342,7 @@ impl Reconciler {
                 r = self.config.changed() => if r.is_err() { break },
                 _ = events.recv() => {},
                 _ = inflight.next() => {},
+                _ = self.wake.notified() => {},
                 r = async {
                     match nft.as_mut() {
                         Some(rx) => rx.changed().await,
@@ -709,6 +714,7 @@ mod tests {
             wg_key: dir.join("wg.key"),
             proxy: BTreeMap::new(),
             bridge_subnet: String::new(),
+            wake: Arc::new(tokio::sync::Notify::new()),
         }
     }
 
