@@ -89,7 +89,11 @@ pub enum Command {
     /// Manage the images on this node (in its containerd).
     #[command(subcommand)]
     Image(crate::image_cmd::ImageCommand),
-    /// Start a standalone task on this node (default network: this node's `bridge`).
+    /// Run a standalone task on this node (default network: this node's
+    /// `bridge`): stream its stdout and stderr and exit with its exit code
+    /// (128+N if signal N ended it, 137 if OOM-killed, 125 if weft could
+    /// not run it); `-d` prints its ID and returns at once. SIGINT/SIGTERM
+    /// stop the task gracefully; a second one leaves it running.
     Run(RunArgs),
     /// Show a task's published ports.
     Port {
@@ -145,6 +149,8 @@ pub enum Command {
         #[arg(long)]
         socket: PathBuf,
     },
+    #[command(flatten)]
+    Lifecycle(crate::commands::LifecycleCommand),
 }
 
 /// `weft doctor`.
@@ -834,7 +840,8 @@ pub struct RunArgs {
     /// 64 KiB in all, values of up to 32 KiB).
     #[arg(short, long = "env")]
     pub env: Vec<String>,
-    /// Return at once instead of waiting for the task to run.
+    /// Return at once and print the task's ID, instead of streaming its
+    /// output and ending with its exit code.
     #[arg(short, long)]
     pub detach: bool,
     /// Size cap and rotation of each task's log on its node:
@@ -850,6 +857,10 @@ pub struct RunArgs {
     pub container: ContainerArgs,
     #[command(flatten)]
     pub health: crate::health_args::HealthArgs,
+    /// Remove the task (its container, log and addresses) once it has
+    /// ended, with or without -d.
+    #[arg(long)]
+    pub rm: bool,
 }
 
 /// Parses `1h30m`, `90d`, `500ms`, `2160h0m0s`, `10s`.

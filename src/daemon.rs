@@ -38,7 +38,9 @@ use weft_worker::runtime::{ProcessRuntime, RoutedRuntime, ShimCommand, TaskRunti
 use crate::autolock::Locked;
 use crate::cli::DaemonArgs;
 
+mod attach;
 mod images;
+mod lifecycle;
 mod nets;
 mod rejoin;
 mod tasks;
@@ -183,6 +185,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         dataplane,
         linux,
         settings,
+        wake: Arc::new(tokio::sync::Notify::new()),
     });
     if node.files.exists() {
         match node.resume().await {
@@ -251,6 +254,8 @@ struct NodeService {
     /// Why this node's manager is not running although it should be (Raft
     /// stopped on a disk error and is being restarted); shown by `weft info`.
     manager_problem: Arc<RwLock<String>>,
+    /// Wakes the node's loop for a pass now (`weft start`).
+    wake: Arc<tokio::sync::Notify>,
 }
 
 struct Active {
@@ -390,6 +395,7 @@ impl NodeService {
                 wg_key: self.data_dir.join("wg.key"),
                 proxy: self.settings.proxy.clone(),
                 bridge_subnet: self.settings.bridge_subnet.to_string(),
+                wake: self.wake.clone(),
             }
             .run(stop_rx),
         );
@@ -1216,6 +1222,36 @@ impl Daemon for NodeService {
         req: Request<pb::RmRequest>,
     ) -> Result<Response<pb::RemoveTaskResponse>, Status> {
         self.rm_task(req.into_inner()).await.map(Response::new)
+    }
+
+    type AttachStream = attach::AttachStream;
+
+    async fn attach(
+        &self,
+        req: Request<pb::AttachRequest>,
+    ) -> Result<Response<Self::AttachStream>, Status> {
+        self.attach_task(req.into_inner()).await.map(Response::new)
+    }
+
+    async fn stop(
+        &self,
+        req: Request<pb::StopRequest>,
+    ) -> Result<Response<pb::StopResponse>, Status> {
+        self.stop_task(req.into_inner()).await.map(Response::new)
+    }
+
+    async fn start(
+        &self,
+        req: Request<pb::StartRequest>,
+    ) -> Result<Response<pb::StartResponse>, Status> {
+        self.start_task(req.into_inner()).await.map(Response::new)
+    }
+
+    async fn inspect(
+        &self,
+        req: Request<pb::InspectRequest>,
+    ) -> Result<Response<pb::InspectResponse>, Status> {
+        self.inspect_task(req.into_inner()).await.map(Response::new)
     }
 }
 

@@ -65,7 +65,7 @@ fn query(f: &LogFlags) -> pb::LogQuery {
 
 /// Prints lines: stdout ones to stdout, stderr ones to stderr, each after
 /// `prefix` and, with `-t`, its time.
-fn print(lines: &[pb::LogLine], prefix: &str, timestamps: bool) -> std::io::Result<()> {
+pub(crate) fn print(lines: &[pb::LogLine], prefix: &str, timestamps: bool) -> std::io::Result<()> {
     let mut out = std::io::stdout().lock();
     let mut err = std::io::stderr().lock();
     for l in lines {

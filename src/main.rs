@@ -37,7 +37,16 @@ fn main() -> std::process::ExitCode {
     {
         return weft_worker::logs::logger::main(std::path::Path::new(dir));
     }
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // `weft run` with bad flags ends with Docker's 125, as everything
+        // weft cannot run does; other commands keep clap's codes.
+        Err(e) if e.use_stderr() && subcommand_is_run() => {
+            let _ = e.print();
+            return std::process::ExitCode::from(commands::FAILED_TO_RUN);
+        }
+        Err(e) => e.exit(),
+    };
     if let Command::FdStore { socket } = &cli.command {
         return fd_store(socket);
     }
@@ -62,9 +71,15 @@ fn main() -> std::process::ExitCode {
         }
     };
     let remote = cli.host.starts_with("tcp://");
+    // `weft run` ends with the task's exit code, and with Docker's 125 when
+    // weft itself could not run it.
+    let is_run = matches!(cli.command, Command::Run(_));
     match rt.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
+            if let Some(commands::Exit(code)) = e.downcast_ref() {
+                return std::process::ExitCode::from(*code);
+            }
             eprintln!("error: {e:#}");
             if remote && connection_closed(&e) {
                 // TLS 1.3 clients finish the handshake before the server has
@@ -76,9 +91,29 @@ fn main() -> std::process::ExitCode {
                      or a node removed from the cluster): see the manager's log"
                 );
             }
-            std::process::ExitCode::FAILURE
+            if is_run {
+                std::process::ExitCode::from(commands::FAILED_TO_RUN)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
+}
+
+/// Whether the command line's subcommand is `run` (the first word that is
+/// neither a global option nor its value).
+fn subcommand_is_run() -> bool {
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "-H" | "--host" | "--tlscacert" | "--tlscert" | "--tlskey" => {
+                args.next();
+            }
+            _ if a.starts_with('-') => {}
+            _ => return a == "run",
+        }
+    }
+    false
 }
 
 /// Whether `e` is a gRPC call that failed because the connection closed.
@@ -163,6 +198,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Rm { force, tasks } => {
                     c.require_local("rm")?;
                     commands::rm(&c, force, tasks).await
+                }
+                Command::Lifecycle(l) => {
+                    c.require_local(l.name())?;
+                    commands::lifecycle(&c, l).await
                 }
                 Command::Daemon(_)
                 | Command::Completion { .. }

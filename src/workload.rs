@@ -47,6 +47,15 @@ pub fn from_args(a: ContainerArgs) -> anyhow::Result<(Vec<String>, Option<pb::Co
             }
             Ok((a.command, None))
         }
+        (Some((image, _)), true)
+            if weft_worker::image::reference::Query::parse(image).is_none() =>
+        {
+            bail!(
+                "invalid image reference {image:?}: give NAME[:TAG][@DIGEST] (such as \
+                 busybox:latest or registry:5000/team/app@sha256:...), sha256:DIGEST, or an image \
+                 ID prefix"
+            )
+        }
         (Some((image, command)), true) => Ok((
             command.to_vec(),
             Some(pb::ContainerConfig {

@@ -178,21 +178,17 @@ fn a_service_of_containers_answers_through_its_vip_and_by_name() {
 
     // A container task with `weft run`: isolated from the host, its exit
     // code reported.
-    let id = lab
-        .weft(
-            "m1",
-            &[
-                "run",
-                "--network",
-                "appnet",
-                IMAGE,
-                "sh",
-                "-c",
-                "test -e /var/lib/weft && exit 4; exit 3",
-            ],
-        )
-        .trim()
-        .to_string();
+    let id = lab.run_task(
+        "m1",
+        &[
+            "--network",
+            "appnet",
+            IMAGE,
+            "sh",
+            "-c",
+            "test -e /var/lib/weft && exit 4; exit 3",
+        ],
+    );
     wait_for("the container exits", Duration::from_secs(20), || {
         lab.weft("m1", &["ps", "--all"])
             .lines()

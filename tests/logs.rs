@@ -423,19 +423,7 @@ struct CtrRig {
 fn every_quick_container_s_output_is_in_its_log_at_the_reported_exit() {
     let ctrd = PrivateContainerd::start("logs-ctr-m1");
     let mut lab = Lab::new("logs-ctr", &["m1"]);
-    let socket = ctrd.socket().display().to_string();
-    let runc = ctrd.runc_root().display().to_string();
-    lab.start_with(
-        "m1",
-        &[
-            "--containerd-socket",
-            &socket,
-            "--runc-root",
-            &runc,
-            "--cgroup-parent",
-            ctrd.cgroup_parent(),
-        ],
-    );
+    lab.start_on_containerd("m1", &ctrd);
     let rig = CtrRig { lab, _ctrd: ctrd };
     let lab = &rig.lab;
     lab.init("m1", &[]);

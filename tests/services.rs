@@ -98,13 +98,10 @@ fn vip_balances_over_replicas_on_three_hosts_and_dns_answers() {
     // Many requests through http://web/ reach every replica.
     common::replicas_behind_vip(&pin, &vip, "web.", 3);
     // By name, from inside a real task (its /etc/resolv.conf points at 127.0.0.11).
-    let probe = lab
-        .weft("m1", &[
-            "run", "--name", "probe", "--network", "appnet", "--",
-            "sh", "-c", "for i in 1 2 3 4 5 6 7 8 9 10; do timeout 3 busybox wget -qO- http://web/ && break; sleep 0.5; done",
-        ])
-        .trim()
-        .to_string();
+    let probe = lab.run_task("m1", &[
+        "--name", "probe", "--network", "appnet", "--",
+        "sh", "-c", "for i in 1 2 3 4 5 6 7 8 9 10; do timeout 3 busybox wget -qO- http://web/ && break; sleep 0.5; done",
+    ]);
     wait_for(
         "a task reaches http://web/ by name",
         Duration::from_secs(20),

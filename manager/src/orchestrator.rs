@@ -394,6 +394,14 @@ pub fn plan(state: &State, now_ms: u64, mut new_id: impl FnMut() -> String) -> V
     }
     // Reservations per node, updated as this plan removes and places.
     let mut used = reserved(state);
+    // `weft run -d --rm`: a standalone task that has ended leaves the store.
+    out.extend(
+        state
+            .tasks
+            .values()
+            .filter(|t| t.service.is_none() && t.spec.auto_remove && t.status.state.is_terminal())
+            .map(|t| Command::RemoveTask { id: t.id.clone() }),
+    );
     for svc in state.services.values() {
         let tasks: Vec<&Task> = state
             .tasks
@@ -569,6 +577,41 @@ mod tests {
             now_ms: 0,
         })
         .unwrap();
+    }
+
+    #[test]
+    fn ended_standalone_tasks_run_with_rm_leave_the_store() {
+        let mut s = state(1);
+        for (id, auto_remove) in [("keep", false), ("gone", true), ("runs", true)] {
+            s.apply(&Command::CreateTask {
+                id: id.into(),
+                name: id.into(),
+                node: NodeId(1),
+                spec: TaskSpec {
+                    command: vec!["true".into()],
+                    auto_remove,
+                    ..Default::default()
+                },
+                networks: vec![],
+                standalone: true,
+                now_ms: 0,
+                network_mode: crate::store::NetworkMode::None,
+                ports: Vec::new(),
+            })
+            .unwrap();
+        }
+        let exited = TaskStatus::new(
+            TaskState::Exited {
+                code: Some(0),
+                oom: false,
+            },
+            1,
+        );
+        s.tasks.get_mut("keep").unwrap().status = exited.clone();
+        s.tasks.get_mut("gone").unwrap().status = exited;
+        s.tasks.get_mut("runs").unwrap().status = TaskStatus::new(TaskState::RUNNING, 1);
+        let cmds = plan(&s, 2, || unreachable!("nothing to place"));
+        assert_eq!(cmds, vec![Command::RemoveTask { id: "gone".into() }]);
     }
 
     /// Applies plans until nothing changes, marking new tasks running.

@@ -132,6 +132,7 @@ pub fn spec(name: &str, replicas: u64, networks: &[&str]) -> ServiceSpec {
             resources: Default::default(),
             log: None,
             health: None,
+            auto_remove: false,
         },
         networks: networks.iter().map(|n| n.to_string()).collect(),
         endpoint_mode: EndpointMode::Vip,

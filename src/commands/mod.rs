@@ -519,10 +519,16 @@ pub async fn cluster(c: &Client, cmd: crate::cli::ClusterCommand) -> anyhow::Res
 }
 
 /// `weft network …`.
+mod attach;
+mod inspect;
+mod lifecycle;
 mod network;
 mod node;
 mod service;
 mod task;
+
+pub use attach::{Exit, FAILED_TO_RUN};
+pub use lifecycle::{LifecycleCommand, lifecycle};
 
 pub use network::network;
 pub use node::node;

@@ -45,38 +45,17 @@ pub async fn run_task(c: &Client, a: crate::cli::RunArgs) -> anyhow::Result<()> 
             resources: a.resources.to_wire(),
             log,
             health,
+            // Attached, the daemon removes it (see AttachRequest.remove).
+            auto_remove: a.rm && a.detach,
         })
         .await
         .map_err(rpc)?
         .into_inner();
     if !a.detach {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        loop {
-            let tasks = c
-                .daemon()
-                .ps(pb::PsRequest { all: true })
-                .await
-                .map_err(rpc)?
-                .into_inner()
-                .tasks;
-            let t = tasks.iter().find(|t| t.id == task.id);
-            match t.map(task_text::state) {
-                Some(pb::TaskState::Running | pb::TaskState::Exited | pb::TaskState::Shutdown) => {
-                    break;
-                }
-                Some(s) if task_text::is_failed(s) => {
-                    let error = t.map(task_text::error).unwrap_or_default();
-                    bail!("task {} failed to start: {error}", task.name);
-                }
-                _ if std::time::Instant::now() > deadline => {
-                    bail!(
-                        "task {} was created but is not running after 30s; see `weft ps -a`",
-                        task.name
-                    )
-                }
-                _ => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
-            }
-        }
+        return match super::attach::attach(c, &task.id, a.rm).await? {
+            0 => Ok(()),
+            code => Err(super::Exit(code).into()),
+        };
     }
     println!("{}", task.id);
     Ok(())

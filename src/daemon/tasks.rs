@@ -171,19 +171,29 @@ impl NodeService {
                 r.task, r.task
             )));
         }
-        let guard = self.active.lock().await;
-        let a = guard.as_ref().ok_or_else(not_member)?;
-        let node_id = a.agent.node_id().to_string();
-        a.agent
-            .call(|mut c| {
-                let req = pb::NodeRemoveTaskRequest {
-                    node_id: node_id.clone(),
-                    task: id.clone(),
-                };
-                async move { c.remove_task(req).await }
-            })
-            .await
-            .map_err(worker_status)?;
+        remove_through_managers(&self.active, &id).await?;
         Ok(pb::RemoveTaskResponse {})
     }
+}
+
+/// Removes local task `id` through the managers (its node then stops it and
+/// removes its container, log and addresses).
+pub(super) async fn remove_through_managers(
+    active: &tokio::sync::Mutex<Option<super::Active>>,
+    id: &str,
+) -> Result<(), Status> {
+    let guard = active.lock().await;
+    let a = guard.as_ref().ok_or_else(not_member)?;
+    let node_id = a.agent.node_id().to_string();
+    a.agent
+        .call(|mut c| {
+            let req = pb::NodeRemoveTaskRequest {
+                node_id: node_id.clone(),
+                task: id.to_string(),
+            };
+            async move { c.remove_task(req).await }
+        })
+        .await
+        .map_err(worker_status)?;
+    Ok(())
 }

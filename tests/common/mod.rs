@@ -382,11 +382,51 @@ impl Lab {
         );
     }
 
-    /// `weft run ARGS` on `host`; returns the task ID.
+    /// Starts `host`'s daemon on the private containerd `ctrd` (its socket,
+    /// runc root and cgroup parent).
+    pub fn start_on_containerd(&mut self, host: &str, ctrd: &containerd::PrivateContainerd) {
+        let socket = ctrd.socket().display().to_string();
+        let runc = ctrd.runc_root().display().to_string();
+        self.start_with(
+            host,
+            &[
+                "--containerd-socket",
+                &socket,
+                "--runc-root",
+                &runc,
+                "--cgroup-parent",
+                ctrd.cgroup_parent(),
+            ],
+        );
+    }
+
+    /// `weft run -d ARGS` on `host`, then waits until the task has
+    /// started (running, or already ended); returns the task ID. Panics if
+    /// it failed to start.
     pub fn run_task(&self, host: &str, args: &[&str]) -> String {
         let mut full = vec!["run"];
+        if !args.contains(&"-d") && !args.contains(&"--detach") {
+            full.push("-d");
+        }
         full.extend_from_slice(args);
-        self.weft(host, &full).trim().to_string()
+        let id = self.weft(host, &full).trim().to_string();
+        let mut row = String::new();
+        wait_for("the task to start", Duration::from_secs(60), || {
+            row = self
+                .weft(host, &["ps", "-a"])
+                .lines()
+                .find(|l| l.starts_with(&id))
+                .unwrap_or_default()
+                .to_string();
+            let state = row.split_whitespace().nth(2).unwrap_or_default();
+            assert!(
+                !matches!(state, "failed" | "rejected"),
+                "task {id} failed to start: {row}\n{}",
+                self.log_tail(host)
+            );
+            matches!(state, "running" | "exited" | "shutdown")
+        });
+        id
     }
 
     /// The runtime the underlay was built with.
@@ -566,22 +606,10 @@ pub fn resolve(pin: &Path, name: &str) -> std::collections::BTreeSet<String> {
 /// A sleeping host-process task named `name` on `host`, attached to
 /// `network`, for probes; returns its network namespace's pin.
 pub fn sleeper(lab: &Lab, host: &str, name: &str, network: &str) -> PathBuf {
-    let id = lab
-        .weft(
-            host,
-            &[
-                "run",
-                "--name",
-                name,
-                "--network",
-                network,
-                "--",
-                "sleep",
-                "3600",
-            ],
-        )
-        .trim()
-        .to_string();
+    let id = lab.run_task(
+        host,
+        &["--name", name, "--network", network, "--", "sleep", "3600"],
+    );
     lab.task_netns(host, &id)
 }
 

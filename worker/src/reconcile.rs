@@ -277,6 +277,10 @@ pub struct Reconciler {
     /// The daemon's `--bridge-subnet`, reported so the managers keep this
     /// node's default bridge network.
     pub bridge_subnet: String,
+    /// Wakes the loop for a pass now (the daemon, once it has cleared a
+    /// task's ended run for `weft start`, so the task starts at once
+    /// rather than at the next periodic check).
+    pub wake: Arc<tokio::sync::Notify>,
 }
 
 /// The proxy variables of `proxy` (upper-case names such as `HTTP_PROXY`)
@@ -341,6 +345,7 @@ impl Reconciler {
                 _ = events.recv() => {},
                 _ = inflight.next() => {},
                 () = probers.changed() => {},
+                _ = self.wake.notified() => {},
                 r = async {
                     match nft.as_mut() {
                         Some(rx) => rx.changed().await,
@@ -610,6 +615,7 @@ pub fn task_status(s: &TaskState) -> pb::TaskStatus {
             out.oom_killed = *oom;
             out.has_exit_code = code.is_some();
             out.exit_code = code.unwrap_or(0);
+            out.signal = signal.unwrap_or(0);
             out.message = signal
                 .map(|s| format!("killed by signal {s}"))
                 .unwrap_or_default();
@@ -736,6 +742,7 @@ mod tests {
             wg_key: dir.join("wg.key"),
             proxy: BTreeMap::new(),
             bridge_subnet: String::new(),
+            wake: Arc::new(tokio::sync::Notify::new()),
         }
     }
 

@@ -118,6 +118,7 @@ impl ControlService {
                 resources,
                 log,
                 health,
+                auto_remove: false,
             },
             networks: self.resolve_networks(&m.networks)?,
             endpoint_mode,

@@ -247,6 +247,7 @@ impl DispatcherService {
                 resources,
                 log,
                 health,
+                auto_remove: r.auto_remove,
             },
             networks,
             standalone: true,

@@ -223,6 +223,17 @@ pub fn project(state: &State, node: NodeId, version: u64) -> Option<pb::NodeConf
                 .unwrap_or_default(),
             network_mode: crate::convert::network_mode_text(t.network_mode).into(),
             ports: t.ports.iter().map(crate::convert::port_to_wire).collect(),
+            service: t
+                .service
+                .as_ref()
+                .map(|r| {
+                    state
+                        .services
+                        .get(&r.service)
+                        .map_or_else(|| r.service.clone(), |s| s.spec.name.clone())
+                })
+                .unwrap_or_default(),
+            created_at_ms: t.created_at_ms,
         })
         .collect();
 

@@ -214,6 +214,7 @@ fn create_task(s: &mut State, id: &str, node: u64, nets: &[&str]) -> CommandResu
             resources: Default::default(),
             log: None,
             health: None,
+            auto_remove: false,
         },
         networks: nets.iter().map(|n| (n.to_string(), None)).collect(),
         standalone: true,

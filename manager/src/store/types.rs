@@ -471,6 +471,10 @@ pub struct TaskSpec {
     /// node's defaults.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log: Option<LogOpts>,
+    /// `weft run -d --rm`: the task leaves the store once it has ended
+    /// (standalone tasks only; false in old records).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub auto_remove: bool,
     /// `--health-*`, `--no-healthcheck`; `None`: the image's HEALTHCHECK
     /// (resolved on the node). Absent in records written before checks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
