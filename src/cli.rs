@@ -219,6 +219,14 @@ pub struct DaemonArgs {
     /// The cgroup every container's cgroup is made under.
     #[arg(long, default_value = "/weft")]
     pub cgroup_parent: PathBuf,
+    /// A host directory under which containers may bind-mount
+    /// (`--mount type=bind,source=…`); repeatable. None by default: bind
+    /// mounts are refused. weft's and containerd's state (--data-dir,
+    /// --exec-root, /var/lib/containerd, /run/containerd, runc's root),
+    /// /proc, /sys and /dev, and any directory holding them, are refused
+    /// whatever this allows.
+    #[arg(long = "allow-bind-root", value_name = "DIR")]
+    pub allow_bind_roots: Vec<PathBuf>,
 }
 
 /// `weft init`.
@@ -733,6 +741,8 @@ pub struct ContainerArgs {
     /// 1024 arguments, 64 KiB).
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
+    #[command(flatten)]
+    pub isolation: crate::isolation::IsolationArgs,
 }
 
 /// How a task is stopped when it is removed, scaled away or replaced.

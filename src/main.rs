@@ -7,6 +7,7 @@ mod commands;
 mod daemon;
 mod doctor;
 mod image_cmd;
+mod isolation;
 mod lab;
 mod logs_cmd;
 mod publish;

@@ -403,9 +403,22 @@ pub fn container_from_wire(
         workdir: Some(c.workdir).filter(|w| !w.is_empty()),
         user: Some(c.user).filter(|u| !u.is_empty()),
         read_only: c.read_only,
+        cap_add: caps("--cap-add", &c.cap_add)?,
+        cap_drop: caps("--cap-drop", &c.cap_drop)?,
+        seccomp_unconfined: c.seccomp_unconfined,
+        no_new_privileges: c.no_new_privileges,
+        mounts: weft_proto::isolation::mounts_from_wire(&c.mounts)
+            .map_err(|e| crate::error::Error::InvalidInput(e.to_string()))?,
+        hostname: Some(c.hostname).filter(|h| !h.is_empty()),
     };
     crate::validate::container(&opts, command)?;
     Ok(Some(opts))
+}
+
+/// A `--cap-add`/`--cap-drop` list from the wire, checked and canonical.
+fn caps(flag: &'static str, names: &[String]) -> crate::error::Result<Vec<String>> {
+    weft_proto::isolation::capabilities(flag, names)
+        .map_err(|e| crate::error::Error::InvalidInput(e.to_string()))
 }
 
 /// A stop policy from the wire, checked.
@@ -548,6 +561,12 @@ pub fn container_to_wire(c: &Option<crate::store::ContainerOpts>) -> Option<pb::
         workdir: c.workdir.clone().unwrap_or_default(),
         user: c.user.clone().unwrap_or_default(),
         read_only: c.read_only,
+        cap_add: c.cap_add.clone(),
+        cap_drop: c.cap_drop.clone(),
+        seccomp_unconfined: c.seccomp_unconfined,
+        no_new_privileges: c.no_new_privileges,
+        mounts: c.mounts.iter().map(pb::MountConfig::from).collect(),
+        hostname: c.hostname.clone().unwrap_or_default(),
     })
 }
 

@@ -120,6 +120,10 @@ pub async fn service(c: &Client, cmd: crate::cli::ServiceCommand) -> anyhow::Res
             }
             let stop = crate::workload::stop_from_args(&a.stop)?;
             let log = crate::logs_cmd::log_config(&a.log_opt)?;
+            let env = kv(
+                &crate::isolation::env_with_files(&a.container.isolation.env_file, &a.env)?,
+                "--env",
+            )?;
             let (command, mut container) = crate::workload::from_args(a.container)?;
             crate::workload::check_resources(&a.resources, container.is_some())?;
             if let Some(ct) = container.as_mut().filter(|_| !a.no_resolve_image) {
@@ -135,7 +139,7 @@ pub async fn service(c: &Client, cmd: crate::cli::ServiceCommand) -> anyhow::Res
                 command,
                 container,
                 stop,
-                env: kv(&a.env, "--env")?,
+                env,
                 networks: a.networks,
                 endpoint_mode: match a.endpoint_mode {
                     Some(EndpointModeArg::Dnsrr) => "dnsrr".into(),

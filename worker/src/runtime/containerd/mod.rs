@@ -33,6 +33,7 @@
 //!
 //! Not here yet (issue #14's later stages): seccomp, health checks, exec.
 
+pub mod mounts;
 pub mod spec;
 
 use std::collections::{BTreeMap, HashMap};
@@ -126,6 +127,8 @@ pub struct ContainerdConfig {
     /// (`<exec-root>/bin/weft-task-logger`, a link to the `weft` binary; it
     /// must understand `weft-task-logger <task dir>`).
     pub logger: PathBuf,
+    /// What the node lets containers mount (`--mount`).
+    pub mounts: mounts::MountPolicy,
 }
 
 /// Tasks as containers in containerd. Cheap to clone.
@@ -358,15 +361,22 @@ impl ContainerdRuntime {
             .get(&c.image)
             .await
             .map_err(|e| e.to_string())?;
+        if let Some(bad) = &c.bad_mounts {
+            return Err(format!("the task's mounts cannot be used: {bad}"));
+        }
+        let host_mounts = self
+            .inner
+            .cfg
+            .mounts
+            .resolve(&c.mounts)
+            .map_err(|e| e.to_string())?;
         let dir = self.task_dir(&spec.id);
-        let files = write_task_files(&dir, &spec::hostname(spec)).map_err(|e| e.to_string())?;
+        let mut files = write_task_files(&dir, &spec::hostname(spec)).map_err(|e| e.to_string())?;
+        files.mounts = host_mounts;
         spec.log
             .unwrap_or_default()
             .store(&dir)
             .map_err(|e| e.to_string())?;
-        let oci = spec::build(spec, c, &image.config, &files, &self.cgroup(&spec.id))
-            .map_err(|e| e.to_string())?;
-        let json = serde_json::to_vec(&oci).map_err(|e| e.to_string())?;
         // The new snapshot is referenced by nothing until the container
         // record exists: a lease keeps containerd's garbage collector (set
         // off by any removal meanwhile) from taking it in between.
@@ -376,7 +386,7 @@ impl ContainerdRuntime {
         let leased = lease
             .client(&self.inner.client)
             .map_err(|e| e.to_string())?;
-        let made = self.create_container(&leased, spec, &image, json).await;
+        let made = self.create_container(&leased, spec, &image, files).await;
         lease.delete(&self.inner.client).await;
         let mounts = made?;
         let log = logger_uri(&self.inner.cfg.logger, &dir)?;
@@ -409,12 +419,22 @@ impl ContainerdRuntime {
         client: &Client,
         spec: &TaskSpec,
         image: &LocalImage,
-        json: Vec<u8>,
+        mut files: spec::TaskFiles,
     ) -> Result<Vec<Mount>, String> {
         let mounts = self
             .rootfs(client, &spec.id, image)
             .await
             .map_err(|e| e.to_string())?;
+        // `-u NAME` is looked up in the image's own files, as the
+        // container will see them.
+        let c = spec.container.as_ref().ok_or("not a container task")?;
+        let user = spec::effective_user(c, &image.config);
+        let passwd = rootfs_file(&mounts, "etc/passwd");
+        let group = rootfs_file(&mounts, "etc/group");
+        files.user = Some(spec::users::resolve(&user, &passwd, &group).map_err(|e| e.to_string())?);
+        let oci = spec::build(spec, c, &image.config, &files, &self.cgroup(&spec.id))
+            .map_err(|e| e.to_string())?;
+        let json = serde_json::to_vec(&oci).map_err(|e| e.to_string())?;
         // A container left by an attempt that died half-way goes first.
         self.delete_container(&spec.id)
             .await
@@ -670,7 +690,44 @@ fn write_task_files(dir: &Path, hostname: &str) -> std::io::Result<spec::TaskFil
     Ok(spec::TaskFiles {
         hosts: Some(hosts),
         hostname: Some(name),
+        mounts: Vec::new(),
+        user: None,
     })
+}
+
+/// A file of the container's root filesystem, read from the snapshot's
+/// layer directories before anything is mounted: the upper directory, then
+/// the lower ones top-down (overlayfs), or a bind's source; empty when no
+/// layer has it (or it is over [`spec::users::MAX_DB_BYTES`]). Whiteouts are
+/// not followed: a file deleted by an upper layer is still found below it.
+fn rootfs_file(mounts: &[Mount], rel: &str) -> String {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for m in mounts {
+        if m.r#type == "bind" {
+            dirs.push(PathBuf::from(&m.source));
+        }
+        for o in &m.options {
+            if let Some(d) = o.strip_prefix("upperdir=") {
+                dirs.push(PathBuf::from(d));
+            }
+        }
+        for o in &m.options {
+            if let Some(l) = o.strip_prefix("lowerdir=") {
+                dirs.extend(l.split(':').map(PathBuf::from));
+            }
+        }
+    }
+    for d in dirs {
+        let p = d.join(rel);
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if !meta.is_file() || meta.len() > spec::users::MAX_DB_BYTES {
+            return String::new();
+        }
+        return std::fs::read_to_string(&p).unwrap_or_default();
+    }
+    String::new()
 }
 
 #[async_trait::async_trait]
