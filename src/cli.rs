@@ -726,7 +726,9 @@ pub struct ContainerArgs {
     /// Working directory in the container (absolute).
     #[arg(short = 'w', long)]
     pub workdir: Option<String>,
-    /// User in the container: UID[:GID] or root.
+    /// User in the container: NAME[:GROUP] (looked up in the image's
+    /// /etc/passwd and /etc/group, with the user's supplementary groups) or
+    /// UID[:GID].
     #[arg(short = 'u', long)]
     pub user: Option<String>,
     /// Mount the container's root filesystem read-only.
