@@ -891,4 +891,10 @@ fn isolation_options_reach_containers_and_binds_follow_the_node_policy() {
     wait_for("the refusal in service ps", Duration::from_secs(20), || {
         !ps_rows(lab, "bad", "allowed bind roots").is_empty()
     });
+    let inspect: serde_json::Value =
+        serde_json::from_str(&lab.weft("m1", &["service", "inspect", "bad"])).expect("json");
+    let c = &inspect[0]["Spec"]["TaskTemplate"]["ContainerSpec"];
+    assert_eq!(c["Mounts"][0]["Type"], "bind", "{c}");
+    assert_eq!(c["Mounts"][0]["Source"], "/etc", "{c}");
+    assert_eq!(c["Privileges"]["Seccomp"]["Mode"], "default", "{c}");
 }

@@ -411,6 +411,11 @@ pub fn container_from_wire(
             .map_err(|e| crate::error::Error::InvalidInput(e.to_string()))?,
         hostname: Some(c.hostname).filter(|h| !h.is_empty()),
     };
+    if let Some(both) = opts.cap_add.iter().find(|n| opts.cap_drop.contains(n)) {
+        return Err(crate::error::Error::InvalidInput(format!(
+            "{both} is both in --cap-add and --cap-drop: give it once"
+        )));
+    }
     crate::validate::container(&opts, command)?;
     Ok(Some(opts))
 }
@@ -573,6 +578,65 @@ pub fn container_to_wire(c: &Option<crate::store::ContainerOpts>) -> Option<pb::
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn isolation_options_are_checked_at_the_edge() {
+        let ok = pb::ContainerConfig {
+            image: "busybox".into(),
+            cap_add: vec!["net_admin".into()],
+            cap_drop: vec!["ALL".into()],
+            mounts: vec![pb::MountConfig {
+                kind: pb::MountKind::Tmpfs as i32,
+                target: "/t".into(),
+                ..Default::default()
+            }],
+            hostname: "web-1".into(),
+            ..Default::default()
+        };
+        let got = container_from_wire(Some(ok.clone()), &[]).unwrap().unwrap();
+        assert_eq!(got.cap_add, ["CAP_NET_ADMIN"]);
+        assert_eq!(got.mounts.len(), 1);
+        assert_eq!(
+            container_to_wire(&Some(got.clone())).unwrap().cap_add,
+            ["CAP_NET_ADMIN"]
+        );
+        for bad in [
+            pb::ContainerConfig {
+                cap_add: vec!["CAP_FLY".into()],
+                ..ok.clone()
+            },
+            pb::ContainerConfig {
+                cap_add: vec!["CHOWN".into()],
+                cap_drop: vec!["CAP_CHOWN".into()],
+                ..ok.clone()
+            },
+            pb::ContainerConfig {
+                mounts: vec![pb::MountConfig {
+                    kind: pb::MountKind::Bind as i32,
+                    source: "relative".into(),
+                    target: "/t".into(),
+                    ..Default::default()
+                }],
+                ..ok.clone()
+            },
+            pb::ContainerConfig {
+                mounts: vec![ok.mounts[0].clone(); weft_proto::isolation::MAX_MOUNTS + 1],
+                ..ok.clone()
+            },
+            pb::ContainerConfig {
+                hostname: "no spaces".into(),
+                ..ok.clone()
+            },
+        ] {
+            assert!(
+                matches!(
+                    container_from_wire(Some(bad.clone()), &[]),
+                    Err(crate::error::Error::InvalidInput(_))
+                ),
+                "{bad:?}"
+            );
+        }
+    }
 
     #[test]
     fn task_states_cross_the_wire_and_back() {

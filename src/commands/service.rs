@@ -89,6 +89,23 @@ fn service_json(s: &pb::Service) -> serde_json::Value {
                     "Dir": c.workdir,
                     "User": c.user,
                     "ReadOnly": c.read_only,
+                    "Hostname": c.hostname,
+                    "Mounts": c.mounts.iter().filter_map(|m| weft_proto::isolation::MountSpec::try_from(m).ok()).map(|m| serde_json::json!({
+                        "Type": m.kind.to_string(),
+                        "Source": m.source,
+                        "Target": m.target,
+                        "ReadOnly": m.readonly,
+                        "TmpfsOptions": (m.kind == weft_proto::isolation::MountKind::Tmpfs).then(|| serde_json::json!({
+                            "SizeBytes": m.tmpfs_size,
+                            "Mode": m.tmpfs_mode,
+                        })),
+                    })).collect::<Vec<_>>(),
+                    "CapabilityAdd": c.cap_add,
+                    "CapabilityDrop": c.cap_drop,
+                    "Privileges": {
+                        "NoNewPrivileges": c.no_new_privileges,
+                        "Seccomp": {"Mode": if c.seccomp_unconfined { "unconfined" } else { "default" }},
+                    },
                 })),
                 "StopSignal": weft_proto::signal::name(
                     spec.stop.as_ref().map(|p| p.signal).filter(|s| *s != 0).unwrap_or(weft_proto::signal::SIGTERM)
