@@ -699,7 +699,9 @@ fn write_task_files(dir: &Path, hostname: &str) -> std::io::Result<spec::TaskFil
 /// layer directories before anything is mounted: the upper directory, then
 /// the lower ones top-down (overlayfs), or a bind's source; empty when no
 /// layer has it (or it is over [`spec::users::MAX_DB_BYTES`]). Whiteouts are
-/// not followed: a file deleted by an upper layer is still found below it.
+/// not followed: a file deleted by an upper layer is still found below it;
+/// a link on the way (`etc -> …`) reads as nothing, so that names then
+/// fail to resolve rather than be looked up on the host.
 fn rootfs_file(mounts: &[Mount], rel: &str) -> String {
     let mut dirs: Vec<PathBuf> = Vec::new();
     for m in mounts {
@@ -719,6 +721,16 @@ fn rootfs_file(mounts: &[Mount], rel: &str) -> String {
     }
     for d in dirs {
         let p = d.join(rel);
+        // No component may be a link: an image's `etc -> /…` would
+        // otherwise resolve on the host.
+        let linked = p
+            .ancestors()
+            .take_while(|a| *a != d.as_path())
+            .skip(1)
+            .any(|a| std::fs::symlink_metadata(a).is_ok_and(|m| !m.is_dir()));
+        if linked {
+            return String::new();
+        }
         let Ok(meta) = std::fs::symlink_metadata(&p) else {
             continue;
         };
@@ -975,5 +987,51 @@ mod tests {
         assert_eq!(oom_kills(v2), Some(1));
         assert_eq!(oom_kills("oom_kill_disable 0\nunder_oom 0\n"), None);
         assert!(!oom_killed(Path::new("/weft-no-such-cgroup/none")));
+    }
+
+    #[test]
+    fn rootfs_files_come_from_the_top_layer_and_never_through_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let layer = |name: &str, passwd: Option<&str>| {
+            let d = dir.path().join(name);
+            std::fs::create_dir_all(d.join("etc")).unwrap();
+            if let Some(p) = passwd {
+                std::fs::write(d.join("etc/passwd"), p).unwrap();
+            }
+            d.display().to_string()
+        };
+        let (upper, top, bottom) = (
+            layer("u", None),
+            layer("l1", Some("top")),
+            layer("l2", Some("bottom")),
+        );
+        let overlay = |lower: String| Mount {
+            r#type: "overlay".into(),
+            source: "overlay".into(),
+            options: vec![format!("upperdir={upper}"), format!("lowerdir={lower}")],
+            ..Default::default()
+        };
+        assert_eq!(
+            rootfs_file(&[overlay(format!("{top}:{bottom}"))], "etc/passwd"),
+            "top"
+        );
+        assert_eq!(
+            rootfs_file(&[overlay(bottom.clone())], "etc/passwd"),
+            "bottom"
+        );
+        let linked = dir.path().join("l0");
+        std::fs::create_dir_all(&linked).unwrap();
+        std::os::unix::fs::symlink("/etc", linked.join("etc")).unwrap();
+        let linked = linked.display().to_string();
+        assert_eq!(
+            rootfs_file(&[overlay(format!("{linked}:{top}"))], "etc/passwd"),
+            ""
+        );
+        let bind = Mount {
+            r#type: "bind".into(),
+            source: bottom,
+            ..Default::default()
+        };
+        assert_eq!(rootfs_file(&[bind], "etc/passwd"), "bottom");
     }
 }
