@@ -42,7 +42,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the node daemon (every node runs one).
-    Daemon(DaemonArgs),
+    Daemon(Box<DaemonArgs>),
     /// Create a cluster with this node as its first manager (or, with
     /// --force-new-cluster, recover one that lost a majority of its managers).
     Init(InitArgs),
@@ -94,7 +94,7 @@ pub enum Command {
     /// (128+N if signal N ended it, 137 if OOM-killed, 125 if weft could
     /// not run it); `-d` prints its ID and returns at once. SIGINT/SIGTERM
     /// stop the task gracefully; a second one leaves it running.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show a task's published ports.
     Port {
         /// Task name or ID (tasks of this node).
@@ -225,6 +225,14 @@ pub struct DaemonArgs {
     /// The cgroup every container's cgroup is made under.
     #[arg(long, default_value = "/weft")]
     pub cgroup_parent: PathBuf,
+    /// A host directory under which containers may bind-mount
+    /// (`--mount type=bind,source=…`); repeatable. None by default: bind
+    /// mounts are refused. weft's and containerd's state (--data-dir,
+    /// --exec-root, /var/lib/containerd, /run/containerd, runc's root),
+    /// /proc, /sys and /dev, and any directory holding them, are refused
+    /// whatever this allows.
+    #[arg(long = "allow-bind-root", value_name = "DIR")]
+    pub allow_bind_roots: Vec<PathBuf>,
 }
 
 /// `weft init`.
@@ -726,7 +734,9 @@ pub struct ContainerArgs {
     /// Working directory in the container (absolute).
     #[arg(short = 'w', long)]
     pub workdir: Option<String>,
-    /// User in the container: UID[:GID] or root.
+    /// User in the container: NAME[:GROUP] (looked up in the image's
+    /// /etc/passwd and /etc/group, with the user's supplementary groups) or
+    /// UID[:GID].
     #[arg(short = 'u', long)]
     pub user: Option<String>,
     /// Mount the container's root filesystem read-only.
@@ -741,6 +751,8 @@ pub struct ContainerArgs {
     /// 1024 arguments, 64 KiB).
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
+    #[command(flatten)]
+    pub isolation: crate::isolation::IsolationArgs,
 }
 
 /// How a task is stopped when it is removed, scaled away or replaced.

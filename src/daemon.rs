@@ -11,7 +11,7 @@
 //! creation is `weft_manager::bootstrap`, the rest is the components'.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -112,6 +112,7 @@ fn task_runtime(
         cgroup_parent: args.cgroup_parent.clone(),
         owner: args.exec_root.display().to_string(),
         logger,
+        mounts: mount_policy(args),
     };
     // The image store's connection (version and namespace checked there),
     // shared with the runtime.
@@ -124,6 +125,28 @@ fn task_runtime(
         })
     });
     RoutedRuntime::new(process, socket, connect)
+}
+
+/// What this node lets containers mount: binds only under
+/// `--allow-bind-root`s, never weft's or containerd's state or the
+/// kernel's pseudo-filesystems; named volumes under `<data-dir>/volumes`.
+pub fn mount_policy(args: &DaemonArgs) -> weft_worker::runtime::containerd::mounts::MountPolicy {
+    let mut forbidden = vec![
+        args.data_dir.clone(),
+        args.exec_root.clone(),
+        "/var/lib/containerd".into(),
+        "/run/containerd".into(),
+        "/proc".into(),
+        "/sys".into(),
+        "/dev".into(),
+    ];
+    forbidden.extend(args.runc_root.clone());
+    forbidden.extend(args.containerd_socket.parent().map(Path::to_path_buf));
+    weft_worker::runtime::containerd::mounts::MountPolicy {
+        allowed_bind_roots: args.allow_bind_roots.clone(),
+        forbidden,
+        volumes_dir: args.data_dir.join("volumes"),
+    }
 }
 
 /// Runs the daemon until SIGINT/SIGTERM.
@@ -186,6 +209,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         linux,
         settings,
         wake: Arc::new(tokio::sync::Notify::new()),
+        mounts: mount_policy(&args),
     });
     if node.files.exists() {
         match node.resume().await {
@@ -256,6 +280,9 @@ struct NodeService {
     manager_problem: Arc<RwLock<String>>,
     /// Wakes the node's loop for a pass now (`weft start`).
     wake: Arc<tokio::sync::Notify>,
+    /// What this node lets containers mount (`weft run` checks binds
+    /// against it before asking the managers).
+    mounts: weft_worker::runtime::containerd::mounts::MountPolicy,
 }
 
 struct Active {

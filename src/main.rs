@@ -8,6 +8,7 @@ mod daemon;
 mod doctor;
 mod health_args;
 mod image_cmd;
+mod isolation;
 mod lab;
 mod logs_cmd;
 mod publish;
@@ -132,7 +133,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Daemon(args) => {
             init_tracing(&args.log_level);
-            daemon::run(args).await
+            daemon::run(*args).await
         }
         Command::Lab(cmd) => lab::run(cmd).await,
         Command::Doctor(cmd) => doctor::run(cmd),
@@ -181,7 +182,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 Command::Run(a) => {
                     c.require_local("run")?;
-                    commands::run_task(&c, a).await
+                    commands::run_task(&c, *a).await
                 }
                 Command::Port { task } => {
                     c.require_local("port")?;

@@ -27,8 +27,11 @@ pub fn stop_from_args(a: &StopArgs) -> anyhow::Result<Option<pb::StopPolicy>> {
 
 /// The command, and the container options when the task is a container.
 pub fn from_args(a: ContainerArgs) -> anyhow::Result<(Vec<String>, Option<pb::ContainerConfig>)> {
-    let has_container_flag =
-        a.entrypoint.is_some() || a.workdir.is_some() || a.user.is_some() || a.read_only;
+    let has_container_flag = a.entrypoint.is_some()
+        || a.workdir.is_some()
+        || a.user.is_some()
+        || a.read_only
+        || a.isolation.any_container_option();
     match (a.image_and_command.split_first(), a.command.is_empty()) {
         (Some(_), false) => bail!(
             "give either IMAGE [COMMAND...] (a container) or -- CMD [ARG...] (a host process), \
@@ -41,8 +44,9 @@ pub fn from_args(a: ContainerArgs) -> anyhow::Result<(Vec<String>, Option<pb::Co
         (None, false) => {
             if has_container_flag {
                 bail!(
-                    "--entrypoint, --workdir, --user and --read-only are for containers: give an \
-                     IMAGE instead of -- CMD"
+                    "--entrypoint, --workdir, --user, --read-only, --cap-add, --cap-drop, \
+                     --security-opt, --mount and --hostname are for containers: give an IMAGE \
+                     instead of -- CMD"
                 );
             }
             Ok((a.command, None))
@@ -56,9 +60,8 @@ pub fn from_args(a: ContainerArgs) -> anyhow::Result<(Vec<String>, Option<pb::Co
                  ID prefix"
             )
         }
-        (Some((image, command)), true) => Ok((
-            command.to_vec(),
-            Some(pb::ContainerConfig {
+        (Some((image, command)), true) => {
+            let mut c = pb::ContainerConfig {
                 image: image.clone(),
                 has_entrypoint: a.entrypoint.is_some(),
                 entrypoint: a
@@ -68,8 +71,11 @@ pub fn from_args(a: ContainerArgs) -> anyhow::Result<(Vec<String>, Option<pb::Co
                 workdir: a.workdir.unwrap_or_default(),
                 user: a.user.unwrap_or_default(),
                 read_only: a.read_only,
-            }),
-        )),
+                ..Default::default()
+            };
+            a.isolation.apply(&mut c)?;
+            Ok((command.to_vec(), Some(c)))
+        }
     }
 }
 
@@ -95,6 +101,7 @@ mod tests {
             workdir: None,
             user: None,
             read_only: false,
+            isolation: Default::default(),
             image_and_command: image_and_command.iter().map(|s| s.to_string()).collect(),
             command: command.iter().map(|s| s.to_string()).collect(),
         }

@@ -28,6 +28,11 @@ struct Rig {
 
 impl Rig {
     fn new(test: &str, hosts: &[&str]) -> Rig {
+        Rig::with_args(test, hosts, &[])
+    }
+
+    /// A rig whose daemons also get `extra` flags.
+    fn with_args(test: &str, hosts: &[&str], extra: &[&str]) -> Rig {
         let mut ctrd = Vec::new();
         for h in hosts {
             ctrd.push((
@@ -39,17 +44,16 @@ impl Rig {
         for (h, c) in &ctrd {
             let socket = c.socket().display().to_string();
             let runc = c.runc_root().display().to_string();
-            lab.start_with(
-                h,
-                &[
-                    "--containerd-socket",
-                    &socket,
-                    "--runc-root",
-                    &runc,
-                    "--cgroup-parent",
-                    c.cgroup_parent(),
-                ],
-            );
+            let mut args = vec![
+                "--containerd-socket",
+                &socket,
+                "--runc-root",
+                &runc,
+                "--cgroup-parent",
+                c.cgroup_parent(),
+            ];
+            args.extend_from_slice(extra);
+            lab.start_with(h, &args);
         }
         Rig { lab, ctrd }
     }
@@ -977,4 +981,128 @@ fn health_checks_gate_the_vip_and_dns_and_rolling_updates() {
     wait_for("no hweb containers", Duration::from_secs(30), || {
         rig.containers("w1").is_empty() && rig.containers("w2").is_empty()
     });
+}
+
+/// Isolation options end to end through the CLI: seccomp on by default,
+/// capabilities, a bind under the node's allowed root (read-only holds), a
+/// tmpfs, `--env-file`, `--hostname`, `-u nobody`; a bind outside the
+/// allowed roots refused by `weft run` before anything starts, and shown in
+/// `service ps` for a service.
+#[test]
+fn isolation_options_reach_containers_and_binds_follow_the_node_policy() {
+    let allowed = tempfile::tempdir().expect("tempdir");
+    let data = allowed.path().join("data");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    std::fs::write(data.join("in"), "from-the-host\n").expect("write");
+    let env_file = allowed.path().join("env");
+    std::fs::write(&env_file, "# test\nFROM_FILE=yes\n").expect("env file");
+    let root = allowed.path().display().to_string();
+    let rig = Rig::with_args("ctr-iso", &["m1"], &["--allow-bind-root", &root]);
+    let lab = &rig.lab;
+    lab.init("m1", &["--heartbeat-period", "500ms"]);
+    let images = common::image::busybox();
+    lab.weft(
+        "m1",
+        &["image", "load", "-i", images.docker.to_str().unwrap()],
+    );
+
+    let bind = format!("type=bind,source={},target=/data,readonly", data.display());
+    let script = "echo file=$FROM_FILE; echo host=$(busybox hostname); cat /data/in; \
+                  busybox touch /data/x 2>/dev/null && echo ro-broken || echo ro-holds; \
+                  busybox grep -E '^(Seccomp|CapEff):' /proc/self/status; \
+                  busybox grep ' /t ' /proc/mounts; echo uid=$(busybox id -u); echo done";
+    lab.run_task(
+        "m1",
+        &[
+            "-d",
+            "--name",
+            "iso1",
+            "--env-file",
+            env_file.to_str().unwrap(),
+            "--hostname",
+            "box1",
+            "--cap-drop",
+            "ALL",
+            "--cap-add",
+            "net_bind_service",
+            "--mount",
+            &bind,
+            "--mount",
+            "type=tmpfs,target=/t",
+            "-u",
+            "nobody",
+            IMAGE,
+            "sh",
+            "-c",
+            script,
+        ],
+    );
+    let mut log = String::new();
+    wait_for("iso1's output", Duration::from_secs(30), || {
+        let out = lab.try_weft("m1", &["logs", "iso1"]);
+        log = String::from_utf8_lossy(&out.stdout).into_owned();
+        log.contains("done")
+    });
+    eprintln!("iso1:\n{log}");
+    assert!(log.contains("file=yes"), "--env-file: {log}");
+    assert!(log.contains("host=box1"), "--hostname: {log}");
+    assert!(
+        log.contains("from-the-host") && log.contains("ro-holds"),
+        "{log}"
+    );
+    assert!(log.contains("Seccomp:\t2"), "seccomp by default: {log}");
+    // nobody has no capabilities in effect; the bounding set is asked for
+    // with --cap-drop ALL --cap-add NET_BIND_SERVICE (bit 10).
+    assert!(log.contains("CapEff:\t0000000000000000"), "{log}");
+    assert!(log.contains("tmpfs /t tmpfs"), "{log}");
+    assert!(log.contains("uid=65534"), "-u nobody: {log}");
+
+    // A bind outside the allowed root: refused up front, nothing started.
+    let before = rig.containers("m1").len();
+    let err = lab.weft_err(
+        "m1",
+        &[
+            "run",
+            "-d",
+            "--mount",
+            "type=bind,source=/etc,target=/host-etc",
+            IMAGE,
+            "true",
+        ],
+    );
+    assert!(
+        err.contains("outside this node's allowed bind roots"),
+        "{err}"
+    );
+    let err = lab.weft_err(
+        "m1",
+        &["run", "-d", "--mount", "type=bind,target=/x", IMAGE, "true"],
+    );
+    assert!(err.contains("needs a source"), "{err}");
+    assert_eq!(rig.containers("m1").len(), before, "nothing started");
+
+    // A service's task is refused on its node, with the reason shown.
+    lab.weft(
+        "m1",
+        &[
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            "bad",
+            "--mount",
+            "type=bind,source=/etc,target=/host-etc",
+            IMAGE,
+            "true",
+        ],
+    );
+    wait_for("the refusal in service ps", Duration::from_secs(20), || {
+        !ps_rows(lab, "bad", "allowed bind roots").is_empty()
+    });
+    let inspect: serde_json::Value =
+        serde_json::from_str(&lab.weft("m1", &["service", "inspect", "bad"])).expect("json");
+    let c = &inspect[0]["Spec"]["TaskTemplate"]["ContainerSpec"];
+    assert_eq!(c["Mounts"][0]["Type"], "bind", "{c}");
+    assert_eq!(c["Mounts"][0]["Source"], "/etc", "{c}");
+    assert_eq!(c["Privileges"]["Seccomp"]["Mode"], "default", "{c}");
 }

@@ -405,9 +405,27 @@ pub fn container_from_wire(
         workdir: Some(c.workdir).filter(|w| !w.is_empty()),
         user: Some(c.user).filter(|u| !u.is_empty()),
         read_only: c.read_only,
+        cap_add: caps("--cap-add", &c.cap_add)?,
+        cap_drop: caps("--cap-drop", &c.cap_drop)?,
+        seccomp_unconfined: c.seccomp_unconfined,
+        no_new_privileges: c.no_new_privileges,
+        mounts: weft_proto::isolation::mounts_from_wire(&c.mounts)
+            .map_err(|e| crate::error::Error::InvalidInput(e.to_string()))?,
+        hostname: Some(c.hostname).filter(|h| !h.is_empty()),
     };
+    if let Some(both) = opts.cap_add.iter().find(|n| opts.cap_drop.contains(n)) {
+        return Err(crate::error::Error::InvalidInput(format!(
+            "{both} is both in --cap-add and --cap-drop: give it once"
+        )));
+    }
     crate::validate::container(&opts, command)?;
     Ok(Some(opts))
+}
+
+/// A `--cap-add`/`--cap-drop` list from the wire, checked and canonical.
+fn caps(flag: &'static str, names: &[String]) -> crate::error::Result<Vec<String>> {
+    weft_proto::isolation::capabilities(flag, names)
+        .map_err(|e| crate::error::Error::InvalidInput(e.to_string()))
 }
 
 /// A stop policy from the wire, checked.
@@ -581,12 +599,77 @@ pub fn container_to_wire(c: &Option<crate::store::ContainerOpts>) -> Option<pb::
         workdir: c.workdir.clone().unwrap_or_default(),
         user: c.user.clone().unwrap_or_default(),
         read_only: c.read_only,
+        cap_add: c.cap_add.clone(),
+        cap_drop: c.cap_drop.clone(),
+        seccomp_unconfined: c.seccomp_unconfined,
+        no_new_privileges: c.no_new_privileges,
+        mounts: c.mounts.iter().map(pb::MountConfig::from).collect(),
+        hostname: c.hostname.clone().unwrap_or_default(),
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn isolation_options_are_checked_at_the_edge() {
+        let ok = pb::ContainerConfig {
+            image: "busybox".into(),
+            cap_add: vec!["net_admin".into()],
+            cap_drop: vec!["ALL".into()],
+            mounts: vec![pb::MountConfig {
+                kind: pb::MountKind::Tmpfs as i32,
+                target: "/t".into(),
+                ..Default::default()
+            }],
+            hostname: "web-1".into(),
+            ..Default::default()
+        };
+        let got = container_from_wire(Some(ok.clone()), &[]).unwrap().unwrap();
+        assert_eq!(got.cap_add, ["CAP_NET_ADMIN"]);
+        assert_eq!(got.mounts.len(), 1);
+        assert_eq!(
+            container_to_wire(&Some(got.clone())).unwrap().cap_add,
+            ["CAP_NET_ADMIN"]
+        );
+        for bad in [
+            pb::ContainerConfig {
+                cap_add: vec!["CAP_FLY".into()],
+                ..ok.clone()
+            },
+            pb::ContainerConfig {
+                cap_add: vec!["CHOWN".into()],
+                cap_drop: vec!["CAP_CHOWN".into()],
+                ..ok.clone()
+            },
+            pb::ContainerConfig {
+                mounts: vec![pb::MountConfig {
+                    kind: pb::MountKind::Bind as i32,
+                    source: "relative".into(),
+                    target: "/t".into(),
+                    ..Default::default()
+                }],
+                ..ok.clone()
+            },
+            pb::ContainerConfig {
+                mounts: vec![ok.mounts[0].clone(); weft_proto::isolation::MAX_MOUNTS + 1],
+                ..ok.clone()
+            },
+            pb::ContainerConfig {
+                hostname: "no spaces".into(),
+                ..ok.clone()
+            },
+        ] {
+            assert!(
+                matches!(
+                    container_from_wire(Some(bad.clone()), &[]),
+                    Err(crate::error::Error::InvalidInput(_))
+                ),
+                "{bad:?}"
+            );
+        }
+    }
 
     #[test]
     fn task_states_cross_the_wire_and_back() {

@@ -109,7 +109,31 @@ pub fn container(c: &crate::store::ContainerOpts, command: &[String]) -> Result<
             ));
         }
     }
+    if let Some(h) = &c.hostname {
+        hostname(h)?;
+    }
     Ok(())
+}
+
+/// Longest `--hostname` (the kernel's `HOST_NAME_MAX`).
+pub const MAX_HOSTNAME_BYTES: usize = 64;
+
+/// A `--hostname`: 1-64 letters, digits, `-` and `.`, as RFC 1123 names
+/// (and the kernel's UTS name) allow.
+pub fn hostname(h: &str) -> Result<()> {
+    let ok = !h.is_empty()
+        && h.len() <= MAX_HOSTNAME_BYTES
+        && !h.starts_with(['-', '.'])
+        && h.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidInput(format!(
+            "invalid --hostname {h:?}: use 1-{MAX_HOSTNAME_BYTES} letters, digits, '-' and '.', \
+             not starting with '-' or '.'"
+        )))
+    }
 }
 
 /// A stop policy as a request gave it: a real signal, a bounded grace.

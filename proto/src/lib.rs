@@ -16,6 +16,7 @@ pub mod v1 {
 }
 
 pub mod identity;
+pub mod isolation;
 pub mod seal;
 pub mod signal;
 pub mod tls;

@@ -90,6 +90,23 @@ fn service_json(s: &pb::Service) -> serde_json::Value {
                     "User": c.user,
                     "ReadOnly": c.read_only,
                     "Healthcheck": spec.health.as_ref().map(crate::health_args::inspect_json),
+                    "Hostname": c.hostname,
+                    "Mounts": c.mounts.iter().filter_map(|m| weft_proto::isolation::MountSpec::try_from(m).ok()).map(|m| serde_json::json!({
+                        "Type": m.kind.to_string(),
+                        "Source": m.source,
+                        "Target": m.target,
+                        "ReadOnly": m.readonly,
+                        "TmpfsOptions": (m.kind == weft_proto::isolation::MountKind::Tmpfs).then(|| serde_json::json!({
+                            "SizeBytes": m.tmpfs_size,
+                            "Mode": m.tmpfs_mode,
+                        })),
+                    })).collect::<Vec<_>>(),
+                    "CapabilityAdd": c.cap_add,
+                    "CapabilityDrop": c.cap_drop,
+                    "Privileges": {
+                        "NoNewPrivileges": c.no_new_privileges,
+                        "Seccomp": {"Mode": if c.seccomp_unconfined { "unconfined" } else { "default" }},
+                    },
                 })),
                 "StopSignal": weft_proto::signal::name(
                     spec.stop.as_ref().map(|p| p.signal).filter(|s| *s != 0).unwrap_or(weft_proto::signal::SIGTERM)
@@ -125,6 +142,10 @@ pub async fn service(c: &Client, cmd: crate::cli::ServiceCommand) -> anyhow::Res
             }
             let stop = crate::workload::stop_from_args(&a.stop)?;
             let log = crate::logs_cmd::log_config(&a.log_opt)?;
+            let env = kv(
+                &crate::isolation::env_with_files(&a.container.isolation.env_file, &a.env)?,
+                "--env",
+            )?;
             let (command, mut container) = crate::workload::from_args(a.container)?;
             crate::workload::check_resources(&a.resources, container.is_some())?;
             let health = a.health.to_wire(Some(container.is_some()))?;
@@ -142,7 +163,7 @@ pub async fn service(c: &Client, cmd: crate::cli::ServiceCommand) -> anyhow::Res
                 command,
                 container,
                 stop,
-                env: kv(&a.env, "--env")?,
+                env,
                 networks: a.networks,
                 endpoint_mode: match a.endpoint_mode {
                     Some(EndpointModeArg::Dnsrr) => "dnsrr".into(),

@@ -20,7 +20,10 @@ pub async fn run_task(c: &Client, a: crate::cli::RunArgs) -> anyhow::Result<()> 
             },
         })
         .collect();
-    let env = kv(&a.env, "--env")?;
+    let env = kv(
+        &crate::isolation::env_with_files(&a.container.isolation.env_file, &a.env)?,
+        "--env",
+    )?;
     let ports = a
         .publish
         .iter()

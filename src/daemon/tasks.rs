@@ -60,6 +60,7 @@ impl NodeService {
     /// `weft run`: the task goes to the managers as this node's.
     pub(super) async fn run_task(&self, mut r: pb::RunTaskRequest) -> Result<pb::Task, Status> {
         self.locked.refuse()?;
+        self.check_local_mounts(r.container.as_ref())?;
         let guard = self.active.lock().await;
         let a = guard.as_ref().ok_or_else(not_member)?;
         r.node_id = a.agent.node_id().to_string();
@@ -72,6 +73,28 @@ impl NodeService {
             .await
             .map_err(worker_status)?;
         Ok(task)
+    }
+
+    /// `weft run`'s mounts against this node's policy, before anything is
+    /// asked of the managers: a bind the node refuses (or a source that
+    /// does not exist) is refused up front, as Docker's `--mount` is.
+    fn check_local_mounts(&self, c: Option<&pb::ContainerConfig>) -> Result<(), Status> {
+        let Some(c) = c else { return Ok(()) };
+        let mounts = weft_proto::isolation::mounts_from_wire(&c.mounts)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        for m in mounts
+            .iter()
+            .filter(|m| m.kind == weft_proto::isolation::MountKind::Bind)
+        {
+            self.mounts.check_bind(&m.source).map_err(|e| {
+                use weft_worker::runtime::containerd::mounts::MountError;
+                match e {
+                    MountError::Missing { .. } => Status::not_found(e.to_string()),
+                    _ => Status::permission_denied(e.to_string()),
+                }
+            })?;
+        }
+        Ok(())
     }
 
     /// `weft ps`: this node's tasks as its runtime sees them.

@@ -50,6 +50,8 @@ async fn purge_node(settings: &ContainerdSettings, exec_root: &Path) -> Result<u
                 .unwrap_or_else(|| "/weft".into()),
             owner: exec_root.display().to_string(),
             logger: exec_root.join("bin/weft-task-logger"),
+            // Removing containers mounts nothing.
+            mounts: Default::default(),
         },
     );
     runtime

@@ -486,8 +486,18 @@ impl Reconciler {
             } else {
                 self.dataplane.resolv_conf()
             },
-            hostname: if host { None } else { Some(t.name.clone()) },
+            hostname: if host {
+                None
+            } else {
+                let given = t.container.as_ref().map(|c| c.hostname.clone());
+                Some(
+                    given
+                        .filter(|h| !h.is_empty())
+                        .unwrap_or_else(|| t.name.clone()),
+                )
+            },
             container: t.container.as_ref().map(|c| {
+                let mounts = weft_proto::isolation::mounts_from_wire(&c.mounts);
                 Box::new(ContainerSpec {
                     image: c.image.clone(),
                     entrypoint: c.has_entrypoint.then(|| c.entrypoint.clone()),
@@ -496,6 +506,12 @@ impl Reconciler {
                     read_only: c.read_only,
                     limits: crate::capacity::limits(t.resources.as_ref()),
                     health: t.health.as_ref().map(crate::health::HealthOpts::from_wire),
+                    cap_add: c.cap_add.clone(),
+                    cap_drop: c.cap_drop.clone(),
+                    seccomp_unconfined: c.seccomp_unconfined,
+                    no_new_privileges: c.no_new_privileges,
+                    bad_mounts: mounts.as_ref().err().map(ToString::to_string),
+                    mounts: mounts.unwrap_or_default(),
                 })
             }),
             stop: stop_policy(t.stop.as_ref()),

@@ -24,6 +24,7 @@ use sha2::{Digest, Sha256};
 use weft_containerd_api::Client;
 use weft_overlay::linux::Netns;
 use weft_worker::image::{FakeImageSource, ImageConfig, ImageSource, LocalImage};
+use weft_worker::runtime::containerd::mounts::MountPolicy;
 use weft_worker::runtime::containerd::{ContainerdConfig, ContainerdRuntime};
 use weft_worker::runtime::{ContainerSpec, Limits, StopPolicy, TaskRuntime, TaskSpec, TaskState};
 
@@ -55,6 +56,11 @@ fn busybox_image(dir: &Path) -> (PathBuf, LocalImage) {
         b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
         0o644,
     );
+    add(
+        "etc/group",
+        b"root:x:0:\nstaff:x:50:nobody\nnogroup:x:65534:\n",
+        0o644,
+    );
     let mut layer = layer;
     for dir in ["tmp", "proc", "sys", "dev", "etc", "var"] {
         let mut h = tar::Header::new_gnu();
@@ -66,6 +72,7 @@ fn busybox_image(dir: &Path) -> (PathBuf, LocalImage) {
     }
     for app in [
         "sh", "echo", "sleep", "cat", "ls", "id", "hostname", "ps", "readlink", "touch", "true",
+        "grep", "unshare",
     ] {
         let mut h = tar::Header::new_gnu();
         h.set_entry_type(tar::EntryType::Symlink);
@@ -195,6 +202,11 @@ impl Setup {
             cgroup_parent: PathBuf::from(ctrd.cgroup_parent()),
             owner: tmp.path().display().to_string(),
             logger: PathBuf::from(env!("CARGO_BIN_EXE_weft-task-logger")),
+            mounts: MountPolicy {
+                allowed_bind_roots: vec![tmp.path().join("binds")],
+                forbidden: vec![tmp.path().join("tasks")],
+                volumes_dir: tmp.path().join("volumes"),
+            },
         };
         let images: Arc<dyn ImageSource> = Arc::new(FakeImageSource {
             images: BTreeMap::from([("busybox-test".to_string(), image)]),
@@ -551,4 +563,203 @@ async fn limits_reach_the_cgroup_and_an_oom_kill_is_reported_as_such() {
         rt.remove(id).await.expect("remove");
     }
     drop(netns);
+}
+
+/// Runs `script` in a container of `c`'s options to its end; its state and
+/// its output.
+async fn run_to_end(
+    rt: &ContainerdRuntime,
+    id: &str,
+    netns: &Path,
+    script: &str,
+    c: ContainerSpec,
+) -> (TaskState, String) {
+    let mut t = spec(id, netns, script);
+    t.container = Some(Box::new(ContainerSpec {
+        image: "busybox-test".into(),
+        ..c
+    }));
+    let st = rt.start(&t).await.expect("start");
+    let st = if st.state.is_terminal() {
+        st
+    } else {
+        rt.wait(id).await.expect("wait")
+    };
+    (st.state, log_of(rt, id))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seccomp_capabilities_and_mounts_isolate_as_asked() {
+    use weft_proto::isolation::{MountKind, MountSpec};
+    let Setup {
+        ctrd,
+        tmp,
+        client,
+        cfg,
+        images,
+    } = Setup::new("isolation").await;
+    let rt = ContainerdRuntime::new(client.clone(), images.clone(), cfg.clone());
+    let pin = Pin(tmp.path().join("netns").join("iso"));
+    Netns::create(&pin.0)
+        .expect("netns")
+        .lo_up()
+        .expect("lo up");
+    let probe = "grep -E '^(Seccomp|CapEff):' /proc/self/status; \
+                 if unshare -U true; then echo unshare-ok; else echo unshare-refused; fi";
+
+    // weft's profile by default: seccomp mode 2, and unshare(CLONE_NEWUSER)
+    // refused; without it, allowed.
+    let (st, log) = run_to_end(&rt, "sc1", &pin.0, probe, ContainerSpec::default()).await;
+    eprintln!("default:\n{log}");
+    assert!(
+        matches!(st, TaskState::Exited { code: Some(0), .. }),
+        "{st:?}"
+    );
+    assert!(log.contains("Seccomp:\t2"), "filtered: {log}");
+    assert!(log.contains("unshare-refused"), "unshare refused: {log}");
+    assert!(
+        log.contains("CapEff:\t00000000a80425fb"),
+        "Docker's set: {log}"
+    );
+    let unconfined = ContainerSpec {
+        seccomp_unconfined: true,
+        ..ContainerSpec::default()
+    };
+    let (_, log) = run_to_end(&rt, "sc2", &pin.0, probe, unconfined).await;
+    eprintln!("unconfined:\n{log}");
+    assert!(log.contains("Seccomp:\t0"), "no filter: {log}");
+    assert!(log.contains("unshare-ok"), "unshare allowed: {log}");
+
+    // --cap-drop ALL --cap-add NET_ADMIN: CAP_NET_ADMIN (12) alone;
+    // --cap-drop CHOWN: the default set without bit 0.
+    let only_net_admin = ContainerSpec {
+        cap_drop: vec!["ALL".into()],
+        cap_add: vec!["CAP_NET_ADMIN".into()],
+        ..ContainerSpec::default()
+    };
+    let (_, log) = run_to_end(&rt, "cap1", &pin.0, probe, only_net_admin).await;
+    assert!(log.contains("CapEff:\t0000000000001000"), "{log}");
+    let no_chown = ContainerSpec {
+        cap_drop: vec!["CAP_CHOWN".into()],
+        ..ContainerSpec::default()
+    };
+    let (_, log) = run_to_end(&rt, "cap2", &pin.0, probe, no_chown).await;
+    assert!(log.contains("CapEff:\t00000000a80425fa"), "{log}");
+    // CAP_SYS_ADMIN lifts the namespace rules of the profile.
+    let sys_admin = ContainerSpec {
+        cap_add: vec!["CAP_SYS_ADMIN".into()],
+        ..ContainerSpec::default()
+    };
+    let (_, log) = run_to_end(&rt, "cap3", &pin.0, probe, sys_admin).await;
+    assert!(
+        log.contains("Seccomp:\t2") && log.contains("unshare-ok"),
+        "{log}"
+    );
+
+    // Mounts: a bind (read-write and read-only), a named volume that keeps
+    // its data across tasks, a tmpfs.
+    let data = tmp.path().join("binds").join("data");
+    std::fs::create_dir_all(&data).expect("mkdir");
+    std::fs::write(data.join("in"), "from-the-host\n").expect("write");
+    let m = |kind, source: &str, target: &str, readonly| MountSpec {
+        kind,
+        source: source.into(),
+        target: target.into(),
+        readonly,
+        tmpfs_size: 0,
+        tmpfs_mode: 0,
+    };
+    let src = data.display().to_string();
+    let mounted = ContainerSpec {
+        mounts: vec![
+            m(MountKind::Bind, &src, "/data", false),
+            m(MountKind::Bind, &src, "/ro", true),
+            m(MountKind::Volume, "vol1", "/vol", false),
+            MountSpec {
+                tmpfs_size: 1 << 20,
+                ..m(MountKind::Tmpfs, "", "/scratch", false)
+            },
+        ],
+        ..ContainerSpec::default()
+    };
+    let script = "cat /data/in; echo from-the-task > /data/out; \
+                  touch /ro/x 2>/dev/null && echo ro-broken || echo ro-holds; \
+                  echo kept > /vol/f; grep ' /scratch ' /proc/mounts";
+    let (st, log) = run_to_end(&rt, "mnt1", &pin.0, script, mounted).await;
+    eprintln!("mounts:\n{log}");
+    assert!(
+        matches!(st, TaskState::Exited { code: Some(0), .. }),
+        "{st:?}: {log}"
+    );
+    assert!(log.contains("from-the-host"), "{log}");
+    assert_eq!(
+        std::fs::read_to_string(data.join("out")).expect("out"),
+        "from-the-task\n"
+    );
+    assert!(log.contains("ro-holds"), "{log}");
+    assert!(!data.join("x").exists());
+    assert!(
+        log.contains("tmpfs /scratch tmpfs") && log.contains("size=1024k"),
+        "{log}"
+    );
+    rt.remove("mnt1").await.expect("remove");
+    let again = ContainerSpec {
+        mounts: vec![m(MountKind::Volume, "vol1", "/vol", true)],
+        ..ContainerSpec::default()
+    };
+    let (_, log) = run_to_end(&rt, "mnt2", &pin.0, "cat /vol/f", again).await;
+    assert!(log.contains("kept"), "the volume kept its data: {log}");
+    assert!(cfg.mounts.volume_dir("vol1").join("f").is_file());
+
+    // A bind outside the node's roots: the task fails saying why, and
+    // nothing is made for it.
+    let outside = ContainerSpec {
+        mounts: vec![m(MountKind::Bind, "/etc", "/host-etc", true)],
+        ..ContainerSpec::default()
+    };
+    let (st, _) = run_to_end(&rt, "mnt3", &pin.0, "true", outside).await;
+    let TaskState::Failed { error } = st else {
+        panic!("started: {st:?}");
+    };
+    assert!(
+        error.contains("outside this node's allowed bind roots"),
+        "{error}"
+    );
+    assert!(!ctrd.ctr_ok(NS, &["containers", "ls"]).contains("mnt3"));
+    let state = ContainerSpec {
+        mounts: vec![m(
+            MountKind::Bind,
+            &tmp.path().join("tasks").display().to_string(),
+            "/t",
+            true,
+        )],
+        ..ContainerSpec::default()
+    };
+    let (st, _) = run_to_end(&rt, "mnt4", &pin.0, "true", state).await;
+    assert!(matches!(st, TaskState::Failed { .. }), "{st:?}");
+    // -u NAME from the image's /etc/passwd, with its groups from
+    // /etc/group; a name the image lacks fails the task saying so.
+    let nobody = ContainerSpec {
+        user: Some("nobody".into()),
+        ..ContainerSpec::default()
+    };
+    let (_, log) = run_to_end(&rt, "usr1", &pin.0, "id", nobody).await;
+    assert!(
+        log.contains("uid=65534") && log.contains("gid=65534") && log.contains("50"),
+        "{log}"
+    );
+    let alice = ContainerSpec {
+        user: Some("alice".into()),
+        ..ContainerSpec::default()
+    };
+    let (st, _) = run_to_end(&rt, "usr2", &pin.0, "id", alice).await;
+    let TaskState::Failed { error } = st else {
+        panic!("started: {st:?}");
+    };
+    assert!(error.contains("unable to find user alice"), "{error}");
+    for id in [
+        "sc1", "sc2", "cap1", "cap2", "cap3", "mnt2", "mnt3", "mnt4", "usr1", "usr2",
+    ] {
+        rt.remove(id).await.expect("remove");
+    }
 }

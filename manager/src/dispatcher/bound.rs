@@ -280,9 +280,13 @@ impl Ctx<'_> {
             + ld(NETWORK_MODE_TEXT)
     }
 
-    /// Command and environment.
+    /// Command, environment and container options (exact: `--mount`s
+    /// alone may take 256 KiB a task).
     fn spec(&self, spec: &TaskSpec) -> usize {
-        spec.command.iter().map(|a| ld(a.len())).sum::<usize>()
+        let container = crate::convert::container_to_wire(&spec.container)
+            .map_or(0, |c| ld(prost::Message::encoded_len(&c)));
+        container
+            + spec.command.iter().map(|a| ld(a.len())).sum::<usize>()
             + spec
                 .env
                 .iter()

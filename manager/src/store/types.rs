@@ -603,6 +603,24 @@ pub struct ContainerOpts {
     /// `--read-only`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub read_only: bool,
+    /// `--cap-add`: canonical `CAP_*` names or `ALL`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_add: Vec<String>,
+    /// `--cap-drop`: canonical `CAP_*` names or `ALL`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cap_drop: Vec<String>,
+    /// `--security-opt seccomp=unconfined`: no seccomp filter.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub seccomp_unconfined: bool,
+    /// `--security-opt no-new-privileges`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_new_privileges: bool,
+    /// `--mount`s, checked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<weft_proto::isolation::MountSpec>,
+    /// `--hostname`; `None`: the task's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
 }
 
 /// A task's address on one network.

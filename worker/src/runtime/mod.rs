@@ -115,6 +115,26 @@ pub struct ContainerSpec {
     /// `--limit-*`: what the container's cgroup allows.
     #[serde(default)]
     pub limits: Limits,
+    /// `--cap-add`: canonical `CAP_*` names or `ALL`.
+    #[serde(default)]
+    pub cap_add: Vec<String>,
+    /// `--cap-drop`: canonical `CAP_*` names or `ALL`.
+    #[serde(default)]
+    pub cap_drop: Vec<String>,
+    /// `--security-opt seccomp=unconfined`: no seccomp filter.
+    #[serde(default)]
+    pub seccomp_unconfined: bool,
+    /// `--security-opt no-new-privileges`.
+    #[serde(default)]
+    pub no_new_privileges: bool,
+    /// `--mount`s, checked for shape; the node's policy applies at start.
+    #[serde(default)]
+    pub mounts: Vec<weft_proto::isolation::MountSpec>,
+    /// Set when the mounts the manager sent did not check out (a version
+    /// skew): the task then fails to start with this reason rather than
+    /// run without them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bad_mounts: Option<String>,
     /// `--health-*`/`--no-healthcheck`; `None`: the image's HEALTHCHECK.
     /// Merged with the image's when the container is made
     /// ([`crate::health::resolve`]).

@@ -212,6 +212,31 @@ fn at_every_limit_at_once_admitted_configs_stay_under_the_receive_limit() {
             )),
             user: Some("u".repeat(crate::validate::MAX_USER_BYTES)),
             read_only: true,
+            cap_add: weft_proto::isolation::CAPABILITIES
+                .map(String::from)
+                .to_vec(),
+            cap_drop: weft_proto::isolation::CAPABILITIES
+                .map(String::from)
+                .to_vec(),
+            seccomp_unconfined: true,
+            no_new_privileges: true,
+            mounts: (0..weft_proto::isolation::MAX_MOUNTS)
+                .map(|i| weft_proto::isolation::MountSpec {
+                    kind: weft_proto::isolation::MountKind::Bind,
+                    source: format!(
+                        "/{}",
+                        "s".repeat(weft_proto::isolation::MAX_MOUNT_PATH_BYTES - 1)
+                    ),
+                    target: format!(
+                        "/{i:02}{}",
+                        "t".repeat(weft_proto::isolation::MAX_MOUNT_PATH_BYTES - 3)
+                    ),
+                    readonly: true,
+                    tmpfs_size: 0,
+                    tmpfs_mode: 0,
+                })
+                .collect(),
+            hostname: Some("h".repeat(crate::validate::MAX_HOSTNAME_BYTES)),
         }),
         stop: Default::default(),
         // Every limit and reservation at its widest (no reservation, so

@@ -40,6 +40,7 @@
 //! Not here yet (issue #14's later stages): seccomp.
 
 mod exec;
+pub mod mounts;
 mod purge;
 pub mod spec;
 
@@ -138,6 +139,8 @@ pub struct ContainerdConfig {
     /// (`<exec-root>/bin/weft-task-logger`, a link to the `weft` binary; it
     /// must understand `weft-task-logger <task dir>`).
     pub logger: PathBuf,
+    /// What the node lets containers mount (`--mount`).
+    pub mounts: mounts::MountPolicy,
 }
 
 /// Tasks as containers in containerd. Cheap to clone.
@@ -391,15 +394,22 @@ impl ContainerdRuntime {
             .get(&c.image)
             .await
             .map_err(|e| e.to_string())?;
+        if let Some(bad) = &c.bad_mounts {
+            return Err(format!("the task's mounts cannot be used: {bad}"));
+        }
+        let host_mounts = self
+            .inner
+            .cfg
+            .mounts
+            .resolve(&c.mounts)
+            .map_err(|e| e.to_string())?;
         let dir = self.task_dir(&spec.id);
-        let files = write_task_files(&dir, &spec::hostname(spec)).map_err(|e| e.to_string())?;
+        let mut files = write_task_files(&dir, &spec::hostname(spec)).map_err(|e| e.to_string())?;
+        files.mounts = host_mounts;
         spec.log
             .unwrap_or_default()
             .store(&dir)
             .map_err(|e| e.to_string())?;
-        let oci = spec::build(spec, c, &image.config, &files, &self.cgroup(&spec.id))
-            .map_err(|e| e.to_string())?;
-        let json = serde_json::to_vec(&oci).map_err(|e| e.to_string())?;
         let health =
             crate::health::resolve(c.health.as_ref(), image.config.config.healthcheck.as_ref());
         let health_file = dir.join(HEALTH_FILE);
@@ -418,7 +428,7 @@ impl ContainerdRuntime {
         let leased = lease
             .client(&self.inner.client)
             .map_err(|e| e.to_string())?;
-        let made = self.create_container(&leased, spec, &image, json).await;
+        let made = self.create_container(&leased, spec, &image, files).await;
         lease.delete(&self.inner.client).await;
         let mounts = made?;
         let log = logger_uri(&self.inner.cfg.logger, &dir)?;
@@ -451,7 +461,7 @@ impl ContainerdRuntime {
         client: &Client,
         spec: &TaskSpec,
         image: &LocalImage,
-        json: Vec<u8>,
+        mut files: spec::TaskFiles,
     ) -> Result<Vec<Mount>, String> {
         let labels = HashMap::from([
             (TASK_LABEL.to_owned(), spec.id.clone()),
@@ -468,6 +478,16 @@ impl ContainerdRuntime {
             .rootfs(client, &spec.id, image)
             .await
             .map_err(|e| e.to_string())?;
+        // `-u NAME` is looked up in the image's own files, as the
+        // container will see them.
+        let c = spec.container.as_ref().ok_or("not a container task")?;
+        let user = spec::effective_user(c, &image.config);
+        let passwd = rootfs_file(&mounts, "etc/passwd");
+        let group = rootfs_file(&mounts, "etc/group");
+        files.user = Some(spec::users::resolve(&user, &passwd, &group).map_err(|e| e.to_string())?);
+        let oci = spec::build(spec, c, &image.config, &files, &self.cgroup(&spec.id))
+            .map_err(|e| e.to_string())?;
+        let json = serde_json::to_vec(&oci).map_err(|e| e.to_string())?;
         // A container left by an attempt that died half-way goes first.
         self.delete_container(&spec.id)
             .await
@@ -714,7 +734,56 @@ fn write_task_files(dir: &Path, hostname: &str) -> std::io::Result<spec::TaskFil
     Ok(spec::TaskFiles {
         hosts: Some(hosts),
         hostname: Some(name),
+        mounts: Vec::new(),
+        user: None,
     })
+}
+
+/// A file of the container's root filesystem, read from the snapshot's
+/// layer directories before anything is mounted: the upper directory, then
+/// the lower ones top-down (overlayfs), or a bind's source; empty when no
+/// layer has it (or it is over [`spec::users::MAX_DB_BYTES`]). Whiteouts are
+/// not followed: a file deleted by an upper layer is still found below it;
+/// a link on the way (`etc -> …`) reads as nothing, so that names then
+/// fail to resolve rather than be looked up on the host.
+fn rootfs_file(mounts: &[Mount], rel: &str) -> String {
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for m in mounts {
+        if m.r#type == "bind" {
+            dirs.push(PathBuf::from(&m.source));
+        }
+        for o in &m.options {
+            if let Some(d) = o.strip_prefix("upperdir=") {
+                dirs.push(PathBuf::from(d));
+            }
+        }
+        for o in &m.options {
+            if let Some(l) = o.strip_prefix("lowerdir=") {
+                dirs.extend(l.split(':').map(PathBuf::from));
+            }
+        }
+    }
+    for d in dirs {
+        let p = d.join(rel);
+        // No component may be a link: an image's `etc -> /…` would
+        // otherwise resolve on the host.
+        let linked = p
+            .ancestors()
+            .take_while(|a| *a != d.as_path())
+            .skip(1)
+            .any(|a| std::fs::symlink_metadata(a).is_ok_and(|m| !m.is_dir()));
+        if linked {
+            return String::new();
+        }
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if !meta.is_file() || meta.len() > spec::users::MAX_DB_BYTES {
+            return String::new();
+        }
+        return std::fs::read_to_string(&p).unwrap_or_default();
+    }
+    String::new()
 }
 
 #[async_trait::async_trait]
@@ -965,5 +1034,51 @@ mod tests {
         assert_eq!(oom_kills(v2), Some(1));
         assert_eq!(oom_kills("oom_kill_disable 0\nunder_oom 0\n"), None);
         assert!(!oom_killed(Path::new("/weft-no-such-cgroup/none")));
+    }
+
+    #[test]
+    fn rootfs_files_come_from_the_top_layer_and_never_through_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let layer = |name: &str, passwd: Option<&str>| {
+            let d = dir.path().join(name);
+            std::fs::create_dir_all(d.join("etc")).unwrap();
+            if let Some(p) = passwd {
+                std::fs::write(d.join("etc/passwd"), p).unwrap();
+            }
+            d.display().to_string()
+        };
+        let (upper, top, bottom) = (
+            layer("u", None),
+            layer("l1", Some("top")),
+            layer("l2", Some("bottom")),
+        );
+        let overlay = |lower: String| Mount {
+            r#type: "overlay".into(),
+            source: "overlay".into(),
+            options: vec![format!("upperdir={upper}"), format!("lowerdir={lower}")],
+            ..Default::default()
+        };
+        assert_eq!(
+            rootfs_file(&[overlay(format!("{top}:{bottom}"))], "etc/passwd"),
+            "top"
+        );
+        assert_eq!(
+            rootfs_file(&[overlay(bottom.clone())], "etc/passwd"),
+            "bottom"
+        );
+        let linked = dir.path().join("l0");
+        std::fs::create_dir_all(&linked).unwrap();
+        std::os::unix::fs::symlink("/etc", linked.join("etc")).unwrap();
+        let linked = linked.display().to_string();
+        assert_eq!(
+            rootfs_file(&[overlay(format!("{linked}:{top}"))], "etc/passwd"),
+            ""
+        );
+        let bind = Mount {
+            r#type: "bind".into(),
+            source: bottom,
+            ..Default::default()
+        };
+        assert_eq!(rootfs_file(&[bind], "etc/passwd"), "bottom");
     }
 }

@@ -14,8 +14,15 @@
 //! Limits (`--limit-cpu`, `--limit-memory`, `--limit-pids`) become
 //! `linux.resources`, which runc writes to cgroup v1 or v2 itself.
 //!
-//! Not here yet (issue #14's later stages): the seccomp profile, cap
-//! add/drop, user names (only numeric `uid[:gid]` and `root`), mounts.
+//! Isolation: Docker's default capabilities with `--cap-add`/`--cap-drop`
+//! applied ([`capabilities`]), weft's own default seccomp profile
+//! ([`seccomp`], off with `--security-opt seccomp=unconfined`),
+//! `no_new_privileges` when asked, and the task's `--mount`s as the node
+//! resolved them ([`super::mounts`]).
+//!
+//! `-u NAME[:GROUP]` is resolved by the node against the image's own
+//! `/etc/passwd` and `/etc/group` ([`users`]) and handed in as
+//! [`TaskFiles::user`]; without it only `root` and numeric ids are known.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -28,6 +35,11 @@ use oci_spec::runtime::{
 };
 
 use super::super::{ContainerSpec, Limits, TaskSpec};
+use super::mounts::HostMount;
+use weft_proto::isolation::{ALL_CAPABILITIES, CAPABILITIES, MountKind};
+
+pub mod seccomp;
+pub mod users;
 
 /// The CFS period a `--limit-cpu` is a quota of (Docker's: 100 ms).
 pub const CPU_PERIOD_US: u64 = 100_000;
@@ -98,6 +110,10 @@ pub enum SpecError {
     /// An image environment entry without `=`.
     #[error("the image's environment entry {0:?} is not NAME=value")]
     BadImageEnv(String),
+    /// A capability name oci-spec does not know (checked at the edge; a
+    /// version skew).
+    #[error("unknown capability {0:?}")]
+    UnknownCapability(String),
     /// oci-spec refused what was built (a bug here).
     #[error("cannot build the OCI spec: {0}")]
     Build(String),
@@ -110,6 +126,11 @@ pub struct TaskFiles {
     pub hosts: Option<PathBuf>,
     /// Mounted over `/etc/hostname`.
     pub hostname: Option<PathBuf>,
+    /// The task's `--mount`s, resolved on this node.
+    pub mounts: Vec<HostMount>,
+    /// The user, resolved against the image's `/etc/passwd` and
+    /// `/etc/group` (`None`: numeric ids and `root` only).
+    pub user: Option<users::Resolved>,
 }
 
 /// The process a container runs: Docker's merge of the image's defaults
@@ -127,6 +148,8 @@ pub struct ProcessPlan {
     pub uid: u32,
     /// Numeric group.
     pub gid: u32,
+    /// Supplementary groups.
+    pub additional_gids: Vec<u32>,
 }
 
 /// Docker's rules:
@@ -143,6 +166,17 @@ pub fn plan_process(
     container: &ContainerSpec,
     image: &ImageConfig,
     hostname: &str,
+) -> Result<ProcessPlan, SpecError> {
+    plan_process_as(task, container, image, hostname, None)
+}
+
+/// [`plan_process`] with the user already resolved by the node.
+pub fn plan_process_as(
+    task: &TaskSpec,
+    container: &ContainerSpec,
+    image: &ImageConfig,
+    hostname: &str,
+    resolved: Option<&users::Resolved>,
 ) -> Result<ProcessPlan, SpecError> {
     let run = &image.config;
     let args: Vec<String> = match &container.entrypoint {
@@ -191,19 +225,31 @@ pub fn plan_process(
     if !cwd.starts_with('/') {
         return Err(SpecError::RelativeWorkdir(cwd));
     }
-    let user = container
-        .user
-        .clone()
-        .filter(|u| !u.is_empty())
-        .unwrap_or_else(|| run.user.clone());
-    let (uid, gid) = numeric_user(&user)?;
+    let user = effective_user(container, image);
+    let (uid, gid, additional_gids) = match resolved {
+        Some(r) => (r.uid, r.gid, r.additional_gids.clone()),
+        None => {
+            let (uid, gid) = numeric_user(&user)?;
+            (uid, gid, Vec::new())
+        }
+    };
     Ok(ProcessPlan {
         args,
         env: env.into_iter().map(|(k, v)| format!("{k}={v}")).collect(),
         cwd,
         uid,
         gid,
+        additional_gids,
     })
+}
+
+/// The user the container runs as: `-u`, else the image's.
+pub fn effective_user(container: &ContainerSpec, image: &ImageConfig) -> String {
+    container
+        .user
+        .clone()
+        .filter(|u| !u.is_empty())
+        .unwrap_or_else(|| image.config.user.clone())
 }
 
 /// Sets `k` in place, or appends it.
@@ -256,9 +302,14 @@ pub fn build(
     cgroups_path: &Path,
 ) -> Result<Spec, SpecError> {
     let host = hostname(task);
-    let plan = plan_process(task, container, image, &host)?;
-    let caps: HashSet<Capability> = DEFAULT_CAPABILITIES.into_iter().collect();
+    let plan = plan_process_as(task, container, image, &host, files.user.as_ref())?;
+    let caps = capabilities(&container.cap_add, &container.cap_drop)?;
     let b = |e: oci_spec::OciSpecError| SpecError::Build(e.to_string());
+    let seccomp = if container.seccomp_unconfined {
+        None
+    } else {
+        Some(seccomp::profile(&caps).map_err(b)?)
+    };
 
     let process = ProcessBuilder::default()
         .terminal(false)
@@ -269,6 +320,7 @@ pub fn build(
             UserBuilder::default()
                 .uid(plan.uid)
                 .gid(plan.gid)
+                .additional_gids(plan.additional_gids)
                 .build()
                 .map_err(b)?,
         )
@@ -282,7 +334,7 @@ pub fn build(
                 .build()
                 .map_err(b)?,
         )
-        .no_new_privileges(false)
+        .no_new_privileges(container.no_new_privileges)
         .rlimits(vec![])
         .build()
         .map_err(b)?;
@@ -304,6 +356,10 @@ pub fn build(
                     .map_err(b)?,
             );
         }
+    }
+
+    for m in &files.mounts {
+        mounts.push(oci_mount(m).map_err(b)?);
     }
 
     let ns = |t: LinuxNamespaceType, path: Option<&Path>| {
@@ -332,7 +388,11 @@ pub fn build(
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect();
-    let linux = LinuxBuilder::default()
+    let mut linux = LinuxBuilder::default();
+    if let Some(seccomp) = seccomp {
+        linux = linux.seccomp(seccomp);
+    }
+    let linux = linux
         .namespaces(namespaces)
         .masked_paths(MASKED_PATHS.map(String::from).to_vec())
         .readonly_paths(READONLY_PATHS.map(String::from).to_vec())
@@ -357,6 +417,72 @@ pub fn build(
         .linux(linux)
         .build()
         .map_err(b)
+}
+
+/// Docker's rules for `--cap-add`/`--cap-drop` (canonical names, checked
+/// at the edge): `--cap-drop ALL` starts from nothing, otherwise from
+/// [`DEFAULT_CAPABILITIES`]; `--cap-add ALL` adds every capability; then
+/// the named ones are added, and the named drops removed.
+pub fn capabilities(add: &[String], drop: &[String]) -> Result<HashSet<Capability>, SpecError> {
+    let cap = |name: &str| {
+        serde_json::from_value::<Capability>(serde_json::Value::String(name.to_owned()))
+            .map_err(|_| SpecError::UnknownCapability(name.to_owned()))
+    };
+    let all = |n: &String| n == ALL_CAPABILITIES;
+    let mut caps: HashSet<Capability> = if drop.iter().any(all) {
+        HashSet::new()
+    } else {
+        DEFAULT_CAPABILITIES.into_iter().collect()
+    };
+    if add.iter().any(all) {
+        for name in CAPABILITIES {
+            caps.insert(cap(name)?);
+        }
+    }
+    for name in add.iter().filter(|n| !all(n)) {
+        caps.insert(cap(name)?);
+    }
+    for name in drop.iter().filter(|n| !all(n)) {
+        caps.remove(&cap(name)?);
+    }
+    Ok(caps)
+}
+
+/// A resolved `--mount` as an OCI mount: binds (a volume is a bind of its
+/// directory) are `rbind,rprivate`, never propagating; `nosuid,nodev` on
+/// tmpfs as Docker has them.
+fn oci_mount(m: &HostMount) -> Result<Mount, oci_spec::OciSpecError> {
+    let mut opts: Vec<String> = match m.kind {
+        MountKind::Bind | MountKind::Volume => vec!["rbind".into(), "rprivate".into()],
+        MountKind::Tmpfs => {
+            let mut o = vec!["nosuid".into(), "nodev".into()];
+            o.push(format!(
+                "mode={:o}",
+                if m.tmpfs_mode == 0 {
+                    0o1777
+                } else {
+                    m.tmpfs_mode
+                }
+            ));
+            if m.tmpfs_size != 0 {
+                o.push(format!("size={}", m.tmpfs_size));
+            }
+            o
+        }
+    };
+    if m.readonly {
+        opts.push("ro".into());
+    }
+    let (typ, source) = match m.kind {
+        MountKind::Tmpfs => ("tmpfs", PathBuf::from("tmpfs")),
+        _ => ("bind", m.source.clone()),
+    };
+    MountBuilder::default()
+        .destination(&m.target)
+        .typ(typ)
+        .source(source)
+        .options(opts)
+        .build()
 }
 
 /// The container's cgroup settings: the device rules, and the limits as

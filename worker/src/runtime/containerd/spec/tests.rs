@@ -163,6 +163,8 @@ fn the_whole_spec_has_dockers_defaults_and_weft_s_network_namespace() {
     let files = TaskFiles {
         hosts: Some("/x/hosts".into()),
         hostname: Some("/x/hostname".into()),
+        mounts: vec![],
+        user: None,
     };
     let t = task(&[]);
     let c = *t.container.clone().unwrap();
@@ -292,6 +294,8 @@ fn limits_become_linux_resources_as_docker_sets_them() {
     let files = TaskFiles {
         hosts: None,
         hostname: None,
+        mounts: vec![],
+        user: None,
     };
     let resources = |limits: Limits| {
         let c = ContainerSpec {

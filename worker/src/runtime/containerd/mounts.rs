@@ -1,0 +1,278 @@
+//! What a node lets a container mount: its `--mount`s checked against the
+//! node's policy and resolved to host paths.
+//!
+//! ```text
+//!  type=bind   source ──canonicalize──▶ must exist (no auto-create, as Docker's --mount)
+//!                                     ▶ must lie under an --allow-bind-root (none by default)
+//!                                     ▶ must not hold or lie in weft's or containerd's state
+//!  type=volume NAME ──▶ <data-dir>/volumes/NAME/_data, made on first use, kept after the task
+//!  type=tmpfs  ──▶ a tmpfs, nothing on the host
+//! ```
+//!
+//! The check canonicalises the source (symbolic links resolved) and hands
+//! the canonical path to runc. A container that can write inside an
+//! allowed root could still swap a path component for a link between the
+//! check and runc's mount; allowed roots should not be writable by tasks
+//! that are not trusted with everything reachable from them.
+
+use std::path::{Path, PathBuf};
+
+use weft_proto::isolation::{MountKind, MountSpec};
+
+/// The node's rules for `--mount`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MountPolicy {
+    /// Host directories under which bind sources may lie
+    /// (`weft daemon --allow-bind-root`); empty: no bind mounts.
+    pub allowed_bind_roots: Vec<PathBuf>,
+    /// weft's and containerd's state: never bound, nor any directory
+    /// holding them.
+    pub forbidden: Vec<PathBuf>,
+    /// Where named volumes live (`<data-dir>/volumes`).
+    pub volumes_dir: PathBuf,
+}
+
+/// A `--mount` resolved on this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostMount {
+    /// What it is.
+    pub kind: MountKind,
+    /// The host path (bind: canonical; volume: its data directory; tmpfs:
+    /// empty).
+    pub source: PathBuf,
+    /// Where in the container.
+    pub target: String,
+    /// Read-only.
+    pub readonly: bool,
+    /// tmpfs size in bytes (0: the kernel's default).
+    pub tmpfs_size: u64,
+    /// tmpfs mode (0: 1777).
+    pub tmpfs_mode: u32,
+}
+
+/// Why a mount is refused on this node.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    /// The node allows no bind mounts.
+    #[error(
+        "bind mount of {asked:?} refused: this node allows no bind mounts (its daemon has no \
+         --allow-bind-root)"
+    )]
+    NoBindRoots {
+        /// The source asked for.
+        asked: String,
+    },
+    /// The source is outside every allowed root.
+    #[error(
+        "bind mount of {asked:?} refused: it is outside this node's allowed bind roots ({roots})"
+    )]
+    OutsideRoots {
+        /// The source asked for.
+        asked: String,
+        /// The node's roots, comma-separated.
+        roots: String,
+    },
+    /// The source holds or lies in weft's or containerd's state.
+    #[error(
+        "bind mount of {asked:?} refused: it would expose {} (weft's or containerd's state)",
+        state.display()
+    )]
+    State {
+        /// The source asked for.
+        asked: String,
+        /// The state directory it overlaps.
+        state: PathBuf,
+    },
+    /// The source does not exist (or cannot be resolved).
+    #[error("bind source path does not exist: {asked:?} ({error})")]
+    Missing {
+        /// The source asked for.
+        asked: String,
+        /// Why it cannot be resolved.
+        error: std::io::Error,
+    },
+    /// A volume's directory cannot be made.
+    #[error("volume {name:?}: cannot create {}: {error}", path.display())]
+    Volume {
+        /// The volume's name.
+        name: String,
+        /// Its directory.
+        path: PathBuf,
+        /// The OS error.
+        error: std::io::Error,
+    },
+}
+
+impl MountPolicy {
+    /// The data directory of named volume `name`.
+    pub fn volume_dir(&self, name: &str) -> PathBuf {
+        self.volumes_dir.join(name).join("_data")
+    }
+
+    /// Checks a bind source against the policy without touching anything
+    /// but its path resolution; returns its canonical path.
+    pub fn check_bind(&self, source: &str) -> Result<PathBuf, MountError> {
+        if self.allowed_bind_roots.is_empty() {
+            return Err(MountError::NoBindRoots {
+                asked: source.to_owned(),
+            });
+        }
+        let real = std::fs::canonicalize(source).map_err(|error| MountError::Missing {
+            asked: source.to_owned(),
+            error,
+        })?;
+        let canon = |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+        for state in &self.forbidden {
+            let state = canon(state);
+            if real.starts_with(&state) || state.starts_with(&real) {
+                return Err(MountError::State {
+                    asked: source.to_owned(),
+                    state,
+                });
+            }
+        }
+        if !self
+            .allowed_bind_roots
+            .iter()
+            .any(|root| real.starts_with(canon(root)))
+        {
+            return Err(MountError::OutsideRoots {
+                asked: source.to_owned(),
+                roots: self
+                    .allowed_bind_roots
+                    .iter()
+                    .map(|r| r.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        Ok(real)
+    }
+
+    /// Resolves a task's mounts: checks every bind first, then makes the
+    /// volumes' directories (so a refused task makes nothing).
+    pub fn resolve(&self, mounts: &[MountSpec]) -> Result<Vec<HostMount>, MountError> {
+        let mut sources = Vec::with_capacity(mounts.len());
+        for m in mounts {
+            sources.push(match m.kind {
+                MountKind::Bind => self.check_bind(&m.source)?,
+                MountKind::Volume => self.volume_dir(&m.source),
+                MountKind::Tmpfs => PathBuf::new(),
+            });
+        }
+        for (m, path) in mounts.iter().zip(&sources) {
+            if m.kind == MountKind::Volume {
+                std::fs::create_dir_all(path).map_err(|error| MountError::Volume {
+                    name: m.source.clone(),
+                    path: path.clone(),
+                    error,
+                })?;
+            }
+        }
+        Ok(mounts
+            .iter()
+            .zip(sources)
+            .map(|(m, source)| HostMount {
+                kind: m.kind,
+                source,
+                target: m.target.clone(),
+                readonly: m.readonly,
+                tmpfs_size: m.tmpfs_size,
+                tmpfs_mode: m.tmpfs_mode,
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bind(source: &str) -> MountSpec {
+        MountSpec {
+            kind: MountKind::Bind,
+            source: source.into(),
+            target: "/data".into(),
+            readonly: false,
+            tmpfs_size: 0,
+            tmpfs_mode: 0,
+        }
+    }
+
+    #[test]
+    fn binds_follow_the_node_policy() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("allowed");
+        let state = root.join("state");
+        let data = root.join("data");
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::create_dir_all(&data).unwrap();
+        std::os::unix::fs::symlink(&state, root.join("link")).unwrap();
+        let policy = MountPolicy {
+            allowed_bind_roots: vec![root.clone()],
+            forbidden: vec![state.clone()],
+            volumes_dir: dir.path().join("volumes"),
+        };
+        let s = |p: &Path| p.display().to_string();
+        assert_eq!(
+            policy.check_bind(&s(&data)).unwrap(),
+            data.canonicalize().unwrap()
+        );
+        assert!(matches!(
+            policy.check_bind(&s(&state)),
+            Err(MountError::State { .. })
+        ));
+        // A directory holding the state, or a link into it.
+        assert!(matches!(
+            policy.check_bind(&s(&root)),
+            Err(MountError::State { .. })
+        ));
+        assert!(matches!(
+            policy.check_bind(&s(&root.join("link"))),
+            Err(MountError::State { .. })
+        ));
+        assert!(matches!(
+            policy.check_bind(&s(dir.path())),
+            Err(MountError::State { .. } | MountError::OutsideRoots { .. })
+        ));
+        assert!(matches!(
+            policy.check_bind("/etc"),
+            Err(MountError::OutsideRoots { .. })
+        ));
+        assert!(matches!(
+            policy.check_bind(&s(&data.join("missing"))),
+            Err(MountError::Missing { .. })
+        ));
+        let none = MountPolicy {
+            allowed_bind_roots: vec![],
+            ..policy.clone()
+        };
+        assert!(matches!(
+            none.check_bind(&s(&data)),
+            Err(MountError::NoBindRoots { .. })
+        ));
+    }
+
+    #[test]
+    fn volumes_are_made_and_a_refused_task_makes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let policy = MountPolicy {
+            allowed_bind_roots: vec![],
+            forbidden: vec![],
+            volumes_dir: dir.path().join("volumes"),
+        };
+        let vol = MountSpec {
+            kind: MountKind::Volume,
+            source: "cache".into(),
+            target: "/cache".into(),
+            readonly: false,
+            tmpfs_size: 0,
+            tmpfs_mode: 0,
+        };
+        assert!(policy.resolve(&[vol.clone(), bind("/etc")]).is_err());
+        assert!(!policy.volume_dir("cache").exists());
+        let got = policy.resolve(std::slice::from_ref(&vol)).unwrap();
+        assert_eq!(got[0].source, policy.volume_dir("cache"));
+        assert!(policy.volume_dir("cache").is_dir());
+    }
+}
