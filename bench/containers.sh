@@ -119,25 +119,21 @@ build_image() {
   cd "$REPO"
 }
 
-# Sum of the PSS (kB) of the given pids.
-pss() {
-  local p sum=0 v
+# mem FIELDS PIDS...: the sum (kB) of the smaps_rollup fields matching the
+# regex FIELDS over the given pids.
+mem() {
+  local fields=$1 p sum=0 v
+  shift
   for p in "$@"; do
-    v=$(awk '/^Pss:/ { print $2 }' "/proc/$p/smaps_rollup" 2>/dev/null || true)
+    v=$(awk -v f="^($fields):" '$0 ~ f { s += $2 } END { print s + 0 }' "/proc/$p/smaps_rollup" 2>/dev/null || true)
     sum=$((sum + ${v:-0}))
   done
   echo "$sum"
 }
-# Sum of the private memory (kB: Private_Clean + Private_Dirty, the USS) of
-# the given pids: what each costs alone, whatever it shares.
-uss() {
-  local p sum=0 v
-  for p in "$@"; do
-    v=$(awk '/^Private_(Clean|Dirty):/ { s += $2 } END { print s + 0 }' "/proc/$p/smaps_rollup" 2>/dev/null || true)
-    sum=$((sum + ${v:-0}))
-  done
-  echo "$sum"
-}
+# Proportional set size: shared pages split among their users.
+pss() { mem Pss "$@"; }
+# Private memory (USS): what each costs alone, whatever it shares.
+uss() { mem 'Private_Clean|Private_Dirty' "$@"; }
 shims() { pgrep -f "containerd-shim-runc-v2 -namespace $1 .*-address $SOCK\$" || true; }
 
 weft_pids() {
