@@ -68,10 +68,11 @@ fn private_dirs(args: &DaemonArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Makes `<exec-root>/bin/weft-task-logger`, a link to this binary, for
-/// containerd's shim to start as each container's logger (the shim cannot
-/// exec `/proc/self/exe`: it is not our child). Refuses a binary deleted
-/// since it started (an upgrade replaced it): the link would dangle.
+/// Makes `<exec-root>/bin/weft-task-logger`, a link to the logger program
+/// ([`logger_program`]), for containerd's shim to start as each container's
+/// logger (the shim cannot exec `/proc/self/exe`: it is not our child).
+/// Refuses a binary deleted since it started (an upgrade replaced it): the
+/// link would dangle.
 fn logger_link(exec_root: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
     let exe = std::env::current_exe()
         .context("cannot find this program's path for the container logger")?;
@@ -82,6 +83,8 @@ fn logger_link(exec_root: &std::path::Path) -> anyhow::Result<std::path::PathBuf
             exe.display()
         );
     }
+    let exe = logger_program(&exe);
+    tracing::info!(logger = %exe.display(), "containers: output through this logger");
     let dir = exec_root.join("bin");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let link = dir.join(weft_worker::logs::LOGGER_ARG);
@@ -91,6 +94,20 @@ fn logger_link(exec_root: &std::path::Path) -> anyhow::Result<std::path::PathBuf
         .and_then(|()| std::fs::rename(&tmp, &link))
         .with_context(|| format!("cannot link {} to {}", link.display(), exe.display()))?;
     Ok(link)
+}
+
+/// The program each container's logger runs: `weft-task-logger` beside
+/// this binary when it is installed there (a 2 MB program with only the
+/// logger's code: about 0.6 MB of private memory per container against 5-8
+/// MB for the whole `weft` in logger mode, BENCHMARKS.md), else this
+/// binary, which has a logger mode too.
+fn logger_program(exe: &std::path::Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let small = exe.with_file_name(weft_worker::logs::LOGGER_ARG);
+    match std::fs::metadata(&small) {
+        Ok(m) if m.is_file() && m.permissions().mode() & 0o111 != 0 => small,
+        _ => exe.to_path_buf(),
+    }
 }
 
 /// The node's task runtime: host processes through weft's own shim, and
@@ -1294,5 +1311,29 @@ fn worker_status(e: weft_worker::error::Error) -> Status {
             Status::new(status.code(), status.message())
         }
         _ => Status::unavailable(e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_small_logger_beside_the_binary_is_preferred() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().expect("tempdir");
+        let exe = d.path().join("weft");
+        std::fs::write(&exe, "").expect("write");
+        assert_eq!(
+            logger_program(&exe),
+            exe,
+            "none beside it: the binary itself"
+        );
+        let small = d.path().join(weft_worker::logs::LOGGER_ARG);
+        std::fs::write(&small, "").expect("write");
+        std::fs::set_permissions(&small, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        assert_eq!(logger_program(&exe), exe, "not executable: ignored");
+        std::fs::set_permissions(&small, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        assert_eq!(logger_program(&exe), small);
     }
 }

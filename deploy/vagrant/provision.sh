@@ -43,10 +43,15 @@ fi
 # --- weft and its unit ----------------------------------------------------
 src=/opt/weft/bin/$BIN
 if [ ! -x "$src" ]; then
-  echo "no weft binary at $src: build it on the host first (cargo build --release)" >&2
+  echo "no weft binary at $src: build it on the host first (cargo build --release -p weft -p weft-worker --bins)" >&2
   exit 1
 fi
 install -m 0755 "$src" /usr/local/bin/weft
+# The containers' log program (optional: without it weft logs in logger mode,
+# at about 5 MB more per container).
+if [ -x "$(dirname "$src")/weft-task-logger" ]; then
+  install -m 0755 "$(dirname "$src")/weft-task-logger" /usr/local/bin/weft-task-logger
+fi
 install -m 0644 /opt/weft/deploy/systemd/weft.service /etc/systemd/system/weft.service
 systemctl daemon-reload
 systemctl enable weft >/dev/null 2>&1
