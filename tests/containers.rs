@@ -63,6 +63,15 @@ impl Rig {
     }
 
     /// The ids of the running containers on `host`, as containerd says.
+    /// Loads the busybox test image on each of `hosts` with `weft image load`.
+    fn load_image(&self, hosts: &[&str]) {
+        let images = common::image::busybox();
+        for h in hosts {
+            self.lab
+                .weft(h, &["image", "load", "-i", images.docker.to_str().unwrap()]);
+        }
+    }
+
     fn running(&self, host: &str) -> BTreeSet<String> {
         self.ctrd(host)
             .ctr_ok(NS, &["tasks", "ls"])
@@ -268,10 +277,7 @@ fn limits_reach_the_cgroup_oom_kills_show_and_reservations_are_honoured() {
     let lab = &rig.lab;
     let (wt, _) = lab.init("m1", &["--heartbeat-period", "500ms"]);
     lab.join("w1", &wt, "m1");
-    let images = common::image::busybox();
-    for h in ["m1", "w1"] {
-        lab.weft(h, &["image", "load", "-i", images.docker.to_str().unwrap()]);
-    }
+    rig.load_image(&["m1", "w1"]);
 
     // Limits that do not parse, or are out of bounds, or are for a host
     // process: refused with what to fix, and nothing is created.
@@ -614,11 +620,7 @@ fn removed_containers_finish_their_work_in_their_grace_period_and_block_nothing(
     let lab = &rig.lab;
     lab.init("m1", &["--heartbeat-period", "500ms"]);
     lab.attachable_network("m1", "10.0.8.0/24", "appnet");
-    let images = common::image::busybox();
-    lab.weft(
-        "m1",
-        &["image", "load", "-i", images.docker.to_str().unwrap()],
-    );
+    rig.load_image(&["m1"]);
 
     // Bad stop options are refused and create nothing.
     for (flag, value, says) in [
@@ -792,10 +794,7 @@ fn health_checks_gate_the_vip_and_dns_and_rolling_updates() {
     lab.join("w1", &wt, "m1");
     lab.join("w2", &wt, "m1");
     lab.attachable_network("m1", "10.0.12.0/24", "appnet");
-    let images = common::image::busybox();
-    for h in ["m1", "w1", "w2"] {
-        lab.weft(h, &["image", "load", "-i", images.docker.to_str().unwrap()]);
-    }
+    rig.load_image(&["m1", "w1", "w2"]);
 
     // Bad checks are refused with what to fix, and nothing is made.
     for (args, says) in [
@@ -1000,11 +999,7 @@ fn isolation_options_reach_containers_and_binds_follow_the_node_policy() {
     let rig = Rig::with_args("ctr-iso", &["m1"], &["--allow-bind-root", &root]);
     let lab = &rig.lab;
     lab.init("m1", &["--heartbeat-period", "500ms"]);
-    let images = common::image::busybox();
-    lab.weft(
-        "m1",
-        &["image", "load", "-i", images.docker.to_str().unwrap()],
-    );
+    rig.load_image(&["m1"]);
 
     let bind = format!("type=bind,source={},target=/data,readonly", data.display());
     let script = "echo file=$FROM_FILE; echo host=$(busybox hostname); cat /data/in; \
