@@ -763,3 +763,60 @@ async fn seccomp_capabilities_and_mounts_isolate_as_asked() {
         rt.remove(id).await.expect("remove");
     }
 }
+
+/// A health check's exec whose caller goes away half way (its prober is
+/// dropped when the task is being removed) still runs to its end and is
+/// deleted: no exec process or FIFO is left in the shim. One left behind
+/// made `runc kill --all` take 20 s when the container was then stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exec_given_up_by_its_caller_still_ends_and_is_deleted() {
+    use weft_worker::runtime::ExecRequest;
+    let setup = Setup::new("exec-drop").await;
+    let rt = ContainerdRuntime::new(
+        setup.client.clone(),
+        setup.images.clone(),
+        setup.cfg.clone(),
+    );
+    let pin = Pin(setup.tmp.path().join("netns").join("e1"));
+    let netns = Netns::create(&pin.0).expect("netns");
+    let mut e1 = spec("e1", &pin.0, "while true; do sleep 0.1; done");
+    e1.stop.grace = Duration::from_millis(500);
+    let st = rt.start(&e1).await.expect("start");
+    assert!(matches!(st.state, TaskState::Running { .. }), "{st:?}");
+
+    let req = ExecRequest {
+        args: vec!["sh".into(), "-c".into(), "sleep 1; echo done".into()],
+        timeout: Duration::from_secs(10),
+        output_limit: 1024,
+    };
+    let out = rt.exec("e1", &req).await.expect("a whole exec");
+    assert_eq!(out.exit_code, Some(0));
+    assert_eq!(String::from_utf8_lossy(&out.output), "done\n");
+
+    let exec_dir = rt.log_path("e1").parent().expect("task dir").join("exec");
+    let execs_left = || std::fs::read_dir(&exec_dir).map_or(0, |d| d.count());
+    assert_eq!(execs_left(), 0, "a whole exec leaves no FIFO");
+    let pids = || {
+        setup
+            .ctrd
+            .ctr_ok(NS, &["tasks", "ps", "e1"])
+            .lines()
+            .skip(1)
+            .count()
+    };
+    let alone = pids();
+
+    // Given up while the command runs: it still ends, is deleted, and its
+    // FIFO goes.
+    let given_up = tokio::time::timeout(Duration::from_millis(300), rt.exec("e1", &req)).await;
+    assert!(given_up.is_err(), "the exec should still run at 300 ms");
+    wait_until(
+        "the exec given up is deleted",
+        Duration::from_secs(15),
+        || execs_left() == 0,
+    )
+    .await;
+    assert_eq!(pids(), alone, "no exec process is left in the container");
+    rt.remove("e1").await.expect("remove");
+    drop(netns);
+}
