@@ -9,7 +9,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::lookups::{Lookup, asker, fd_stores, now_ms, read_log};
+use common::lookups::{LOOKUP_TIMEOUT_S, Lookup, asker, fd_stores, now_ms, read_log};
 use common::{Lab, wait_for};
 
 /// The heartbeat period is short on purpose: the daemon stays down longer
@@ -116,11 +116,22 @@ fn dns_answers_every_lookup_across_a_killed_daemon() {
         longest_gap,
         slowest
     );
+    // A lookup can only fail when its client gave up before the next
+    // daemon was ready: the outage (kill to ready) was longer than the
+    // lookup's timeout. Said apart, so a loaded machine is not taken for a
+    // lost query.
+    let outage = up - killed;
     assert!(
         failed.is_empty(),
-        "{} of {} lookups failed across the restart: {failed:?}",
+        "{} of {} lookups failed across the restart: {failed:?} (w1 was down {outage} ms, \
+         kill to ready; a lookup waits {LOOKUP_TIMEOUT_S} s{})",
         failed.len(),
-        window.len()
+        window.len(),
+        if outage >= LOOKUP_TIMEOUT_S * 1000 {
+            ": the outage outlasted it, the machine is too loaded for this test"
+        } else {
+            ""
+        }
     );
     assert_eq!(stores.len(), 1, "one fd store runs for w1: {stores:?}");
     assert_eq!(

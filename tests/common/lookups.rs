@@ -4,13 +4,19 @@
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+/// How long the asker gives each lookup, in seconds: glibc's default
+/// (`options timeout:5`), what a workload's resolver waits for a first
+/// answer before it retries.
+pub const LOOKUP_TIMEOUT_S: u64 = 5;
+
 /// A shell loop that looks `name` up at 127.0.0.11 in turn, each lookup
-/// given 3 s, and logs `try START`, then `ok|fail START END` (milliseconds
-/// since the epoch); a lookup is ok when an answer contains `want`.
+/// given [`LOOKUP_TIMEOUT_S`], and logs `try START`, then `ok|fail START
+/// END` (milliseconds since the epoch); a lookup is ok when an answer
+/// contains `want`.
 pub fn asker(name: &str, want: &str) -> String {
     format!(
         "while :; do s=$(date +%s%3N); echo try $s; \
-         if timeout 3 busybox nslookup {name} 127.0.0.11 2>&1 | grep -q '{want}'; \
+         if timeout {LOOKUP_TIMEOUT_S} busybox nslookup {name} 127.0.0.11 2>&1 | grep -q '{want}'; \
          then r=ok; else r=fail; fi; echo $r $s $(date +%s%3N); sleep 0.1; done"
     )
 }
