@@ -15,6 +15,8 @@
 # processes share pages (weft's log process is the weft binary), so the
 # rows for single kinds of process give their private memory (USS) instead.
 # BENCH_ROUNDS (3) rounds; the medians go to bench/results-containers.md.
+# Then the time of service create and scale 3 → 6 with containers
+# (tests/bench_containers.rs, BENCH_CONVERGENCE=0 skips it).
 # Needs root, containerd, dockerd (docker.io), umoci and skopeo (installed
 # when missing) and a release build of weft (built unless BENCH_SKIP_BUILD=1).
 set -euo pipefail
@@ -32,7 +34,7 @@ IMAGE=weft-demo/busybox:latest
 bench_tools containerd:containerd dockerd:docker.io umoci:umoci skopeo:skopeo runc:runc
 if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
   log "building weft (release)"
-  (cd "$REPO" && cargo build --release -q --bin weft)
+  (cd "$REPO" && cargo build --release -q -p weft -p weft-worker --bins)
 fi
 WEFT=${WEFT:-$REPO/target/release/weft}
 [ -x "$WEFT" ] || die "no weft binary at $WEFT"
@@ -218,3 +220,15 @@ md=$(echo "${D[@]}" | median)
   echo
   echo "weft / Docker: $(awk -v a="$mw" -v b="$md" 'BEGIN { printf "%.2f", a / b }'). Every round (weft, Docker): $(paste -d, <(printf '%s\n' "${W[@]}") <(printf '%s\n' "${D[@]}") | tr '\n' ' ')"
 } | tee "$OUT"
+
+# Time, with the image already on every node: service create → all replicas
+# answer through the VIP, and scale 3 → 6 (tests/bench_containers.rs, the
+# probes of the process-task benchmark). BENCH_CONVERGENCE=0 skips it.
+if [ "${BENCH_CONVERGENCE:-1}" = 1 ]; then
+  log "service create and scale with containers (tests/bench_containers.rs)"
+  cd "$REPO"
+  bench_build bench_containers
+  WEFT_BENCH_OUT=$WORK/fragments cargo test --release -q --test bench_containers -- \
+    --ignored --test-threads=1 --nocapture >&2
+  { echo; cat "$WORK/fragments/containers-convergence.md"; } | tee -a "$OUT"
+fi

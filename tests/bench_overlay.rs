@@ -23,7 +23,6 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -31,70 +30,21 @@ use std::process::{Child, Command, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use common::bench::{env_num, fmt_s, median, met, target_row, write_fragment};
+use common::vip_probe::{HTTP_ATTEMPT, PROBE_EVERY, in_netns, vip_names};
 use common::{Lab, nsenter, wait_for};
 use weft_overlay::linux::Netns;
 use weft_overlay::linux::topology::{Underlay, pids_in_netns, teardown_pins};
 
-/// How often the convergence pollers probe (the brief asks for ≤ 20 ms).
-const PROBE_EVERY: Duration = Duration::from_millis(2);
 /// How often the VIP-table/DNS watchers look (each look forks an `nft`).
 const WATCH_EVERY: Duration = Duration::from_millis(10);
-/// One HTTP attempt through the VIP gives up after this long.
-const HTTP_ATTEMPT: Duration = Duration::from_millis(1000);
 /// The heartbeat period every benchmark cluster uses (weft's default).
 const HEARTBEAT: &str = "1s";
 
 // --- small helpers ------------------------------------------------------
 
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn out_dir() -> PathBuf {
-    let dir = std::env::var_os("WEFT_BENCH_OUT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| std::env::temp_dir().join("weft-bench-overlay"));
-    std::fs::create_dir_all(&dir).expect("bench output dir");
-    dir
-}
-
-fn write_fragment(file: &str, md: &str) {
-    let path = out_dir().join(file);
-    std::fs::write(&path, md).expect("write fragment");
-    eprintln!("{md}\n(written to {})", path.display());
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
-    if s.is_empty() {
-        return f64::NAN;
-    }
-    s.sort_by(|a, b| a.total_cmp(b));
-    let n = s.len();
-    if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    }
-}
-
 fn secs(d: Option<Duration>) -> f64 {
     d.map(|d| d.as_secs_f64()).unwrap_or(f64::NAN)
-}
-
-fn fmt_s(x: f64) -> String {
-    if x.is_finite() {
-        format!("{x:.3}")
-    } else {
-        "—".into()
-    }
-}
-
-fn met(ok: bool) -> &'static str {
-    if ok { "**met**" } else { "**not met**" }
 }
 
 /// Like [`ns_cmd`] but panics on failure; returns stdout.
@@ -107,20 +57,6 @@ fn ns_ok(pin: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Runs `f` on a new thread inside the namespace pinned at `pin`. Sockets
-/// it opens, and processes it forks, live in that namespace.
-fn in_netns<T, F>(pin: &Path, f: F) -> JoinHandle<T>
-where
-    T: Send + 'static,
-    F: FnOnce() -> T + Send + 'static,
-{
-    let file = File::open(pin).expect("open netns pin");
-    std::thread::spawn(move || {
-        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-        f()
-    })
 }
 
 /// Child processes killed (and reaped) on drop.
@@ -787,73 +723,6 @@ fn rand_u16() -> u16 {
     (t.subsec_nanos() ^ std::process::id()) as u16
 }
 
-/// `GET /` from `vip`; the first line of the body (the replica's name).
-async fn http_name(vip: Ipv4Addr) -> std::io::Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect((vip, 80)).await?;
-    s.write_all(b"GET / HTTP/1.0\r\n\r\n").await?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await?;
-    let text = String::from_utf8_lossy(&buf);
-    Ok(text
-        .split("\r\n\r\n")
-        .nth(1)
-        .and_then(|body| body.lines().next())
-        .unwrap_or("")
-        .trim()
-        .to_string())
-}
-
-/// From inside `pin`, opens a new HTTP connection to `vip` every
-/// [`PROBE_EVERY`] (each may take up to [`HTTP_ATTEMPT`]) until `want`
-/// different replica names answered, or `timeout` after `t0`. Returns when
-/// each name was first seen, relative to `t0`.
-fn vip_names(
-    pin: &Path,
-    vip: Ipv4Addr,
-    t0: Instant,
-    want: usize,
-    timeout: Duration,
-) -> JoinHandle<BTreeMap<String, Duration>> {
-    in_netns(pin, move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
-            let mut seen = BTreeMap::new();
-            let mut tick = tokio::time::interval(PROBE_EVERY);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let deadline = t0 + timeout;
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {
-                        if Instant::now() > deadline {
-                            break;
-                        }
-                        let tx = tx.clone();
-                        tokio::spawn(async move {
-                            if let Ok(Ok(name)) = tokio::time::timeout(HTTP_ATTEMPT, http_name(vip)).await
-                                && !name.is_empty()
-                            {
-                                let _ = tx.send((name, Instant::now()));
-                            }
-                        });
-                    }
-                    Some((name, at)) = rx.recv() => {
-                        seen.entry(name).or_insert(at.duration_since(t0));
-                        if seen.len() >= want {
-                            break;
-                        }
-                    }
-                }
-            }
-            seen
-        })
-    })
-}
-
 /// When a dead endpoint left one namespace's views (relative to the kill).
 #[derive(Clone, Debug, Default)]
 struct Gone {
@@ -1181,17 +1050,7 @@ struct SvcRound {
 fn service_round(r: u64, www: &Path) -> SvcRound {
     let mut out = SvcRound::default();
     let lab = cluster(&format!("svc{r}"), &["m1", "w1", "w2", "w3"]);
-    lab.weft(
-        "m1",
-        &[
-            "network",
-            "create",
-            "--attachable",
-            "--subnet",
-            "10.0.9.0/24",
-            "appnet",
-        ],
-    );
+    lab.attachable_network("m1", "10.0.9.0/24", "appnet");
     // The client: a task on m1, the one node with no replica.
     let cid = lab.run_task(
         "m1",
@@ -1237,11 +1096,7 @@ fn service_round(r: u64, www: &Path) -> SvcRound {
         ],
     );
     out.create_returned = t0.elapsed().as_secs_f64();
-    let v: serde_json::Value =
-        serde_json::from_str(&lab.weft("m1", &["service", "inspect", "web"])).expect("inspect");
-    let vip: Ipv4Addr = v[0]["Endpoint"]["VirtualIPs"][0]["Addr"]
-        .as_str()
-        .expect("VIP")
+    let vip: Ipv4Addr = common::vip_of(&lab, "m1", "web")
         .parse()
         .expect("VIP address");
     let seen = vip_names(&client, vip, t0, 3, Duration::from_secs(30))
@@ -1371,11 +1226,7 @@ fn service_convergence() {
         all.push(service_round(r, www.path()));
     }
     let col = |f: fn(&SvcRound) -> f64| all.iter().map(f).collect::<Vec<_>>();
-    let (create, scale, fail) = (
-        median(&col(|s| s.create_reach)),
-        median(&col(|s| s.scale_reach)),
-        median(&col(|s| s.fail_gone)),
-    );
+    let fail = median(&col(|s| s.fail_gone));
     let list = |f: fn(&SvcRound) -> f64| {
         col(f)
             .iter()
@@ -1401,17 +1252,15 @@ fn service_convergence() {
         WATCH_EVERY.as_millis()
     ));
     md.push_str("| what | median s | target | | every run |\n|---|---:|---:|---|---|\n");
-    md.push_str(&format!(
-        "| `service create --detach` (3 replicas) → all 3 answer through the VIP | {} | ≤ 0.4 | {} | {} |\n",
-        fmt_s(create),
-        met(create <= 0.4),
-        list(|s| s.create_reach)
+    md.push_str(&target_row(
+        "`service create --detach` (3 replicas) → all 3 answer through the VIP",
+        &col(|s| s.create_reach),
+        0.4,
     ));
-    md.push_str(&format!(
-        "| `service scale --detach web=6` → the 3 new answer through the VIP | {} | ≤ 0.3 | {} | {} |\n",
-        fmt_s(scale),
-        met(scale <= 0.3),
-        list(|s| s.scale_reach)
+    md.push_str(&target_row(
+        "`service scale --detach web=6` → the 3 new answer through the VIP",
+        &col(|s| s.scale_reach),
+        0.3,
     ));
     md.push_str(&format!(
         "| kill -9 of w2 (daemon and tasks) → its replicas gone from every VIP table and DNS | {} | ≤ 4 | {} | {} |\n\n",

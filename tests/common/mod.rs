@@ -9,11 +9,13 @@
 #![allow(dead_code)]
 
 // The private containerd of weft-containerd-api's tests, shared rather than copied.
+pub mod bench;
 #[path = "../../proto/containerd/tests/common/containerd.rs"]
 pub mod containerd;
 pub mod disk;
 pub mod image;
 pub mod lookups;
+pub mod vip_probe;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};

@@ -1,0 +1,186 @@
+//! Benchmark of services as containers (issue #14): with the image already
+//! on the nodes, `service create` until every replica answers through the
+//! VIP from another host, and `service scale` 3 → 6 until the new ones do.
+//! The same probes as the process-task benchmark (tests/bench_overlay.rs,
+//! `service_convergence`), on real daemons in namespace hosts, each with its
+//! own containerd and runc. Ignored by default: `bench/containers.sh` runs it
+//! in release mode and puts its Markdown fragment into
+//! `bench/results-containers.md`.
+//!
+//! Knobs (environment): `WEFT_BENCH_OUT` (directory for the fragment),
+//! `WEFT_BENCH_LAT_ROUNDS` (rounds, 5).
+
+mod common;
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use common::bench::{env_num, fmt_s, median, target_row, write_fragment};
+use common::containerd::PrivateContainerd;
+use common::vip_probe::{HTTP_ATTEMPT, PROBE_EVERY, vip_names};
+use common::{Lab, wait_for};
+
+const IMAGE: &str = "weft-test/busybox:latest";
+const HOSTS: [&str; 4] = ["m1", "w1", "w2", "w3"];
+
+/// One round's figures (seconds from the command's start).
+#[derive(Default)]
+struct Round {
+    create_returned: f64,
+    create_reach: f64,
+    scale_returned: f64,
+    scale_reach: f64,
+}
+
+/// A fresh cluster of four hosts, each on its own containerd, the image
+/// loaded on every node before anything is timed. Fields drop in order: the
+/// daemons go first, then their containerds.
+struct Rig {
+    lab: Lab,
+    _ctrd: Vec<PrivateContainerd>,
+}
+
+fn rig(r: u64) -> Rig {
+    let name = format!("bctr{r}");
+    let ctrd: Vec<PrivateContainerd> = HOSTS
+        .iter()
+        .map(|h| PrivateContainerd::start(&format!("{name}-{h}")))
+        .collect();
+    let mut lab = Lab::new(&name, &HOSTS);
+    for (h, c) in HOSTS.iter().zip(&ctrd) {
+        lab.start_on_containerd(h, c);
+    }
+    let (wt, _) = lab.init("m1", &["--heartbeat-period", "1s"]);
+    for h in &HOSTS[1..] {
+        lab.join(h, &wt, "m1");
+    }
+    wait_for("every node Ready", Duration::from_secs(30), || {
+        let rows = lab.node_ls("m1");
+        rows.len() == HOSTS.len() && rows.iter().all(|r| r.status == "Ready")
+    });
+    let images = common::image::busybox();
+    for h in HOSTS {
+        lab.weft(h, &["image", "load", "-i", images.docker.to_str().unwrap()]);
+    }
+    Rig { lab, _ctrd: ctrd }
+}
+
+fn round(r: u64) -> Round {
+    let rig = rig(r);
+    let lab = &rig.lab;
+    let mut out = Round::default();
+    lab.attachable_network("m1", "10.0.9.0/24", "appnet");
+    // The client: a task on m1, the one node with no replica.
+    let cid = lab.run_task(
+        "m1",
+        &[
+            "--name",
+            "client",
+            "--network",
+            "appnet",
+            IMAGE,
+            "sleep",
+            "36000",
+        ],
+    );
+    let client = lab.task_netns("m1", &cid);
+    wait_for("the client's namespace", Duration::from_secs(10), || {
+        client.exists()
+    });
+    // Each replica serves its own hostname (its task's) over HTTP.
+    let script = "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www";
+
+    let t0 = Instant::now();
+    lab.weft(
+        "m1",
+        &[
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            "web",
+            "--replicas",
+            "3",
+            "--network",
+            "appnet",
+            "--constraint",
+            "node.role==worker",
+            IMAGE,
+            "sh",
+            "-c",
+            script,
+        ],
+    );
+    out.create_returned = t0.elapsed().as_secs_f64();
+    let vip: Ipv4Addr = common::vip_of(lab, "m1", "web")
+        .parse()
+        .expect("VIP address");
+    let seen = vip_names(&client, vip, t0, 3, Duration::from_secs(30))
+        .join()
+        .expect("poller");
+    assert_eq!(seen.len(), 3, "three replicas answered: {seen:?}");
+    out.create_reach = seen.values().max().map_or(f64::NAN, Duration::as_secs_f64);
+    eprintln!("round {r}: create → {seen:?}");
+
+    let t1 = Instant::now();
+    lab.weft("m1", &["service", "scale", "--detach", "web=6"]);
+    out.scale_returned = t1.elapsed().as_secs_f64();
+    let seen6 = vip_names(&client, vip, t1, 6, Duration::from_secs(30))
+        .join()
+        .expect("poller");
+    assert_eq!(seen6.len(), 6, "six replicas answered: {seen6:?}");
+    out.scale_reach = seen6
+        .iter()
+        .filter(|(n, _)| !seen.contains_key(*n))
+        .map(|(_, d)| *d)
+        .max()
+        .map_or(f64::NAN, |d| d.as_secs_f64());
+    eprintln!("round {r}: scale → {seen6:?}");
+    out
+}
+
+#[test]
+#[ignore = "benchmark: bench/containers.sh"]
+fn service_convergence_containers() {
+    let rounds = env_num("WEFT_BENCH_LAT_ROUNDS", 5);
+    let all: Vec<Round> = (1..=rounds).map(round).collect();
+    let col = |f: fn(&Round) -> f64| all.iter().map(f).collect::<Vec<_>>();
+    let list = |f: fn(&Round) -> f64| {
+        col(f)
+            .iter()
+            .map(|x| fmt_s(*x))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut md =
+        String::from("## Services as containers: create and scale until the VIP answers\n\n");
+    md.push_str(&format!(
+        "Four nodes (m1 manager and client, w1–w3 workers; `--constraint node.role==worker`), each \
+         with its own containerd and runc, the busybox image loaded on every node first, {rounds} \
+         rounds, each on a fresh cluster. Replicas are containers running `busybox httpd`, each \
+         serving its own hostname. The client is a task on m1; it opens a new HTTP connection to \
+         the service VIP every {} ms (each attempt may take up to {} ms) and records which replica \
+         answered. Seconds from the start of the command.\n\n",
+        PROBE_EVERY.as_millis(),
+        HTTP_ATTEMPT.as_millis()
+    ));
+    md.push_str("| what | median s | target | | every run |\n|---|---:|---:|---|---|\n");
+    md.push_str(&target_row(
+        "`service create --detach IMAGE` (3 replicas) → all 3 answer through the VIP",
+        &col(|r| r.create_reach),
+        0.4,
+    ));
+    md.push_str(&target_row(
+        "`service scale --detach web=6` → the 3 new answer through the VIP",
+        &col(|r| r.scale_reach),
+        0.3,
+    ));
+    md.push_str(&format!(
+        "| (`service create` returned) | {} | | | {} |\n| (`service scale` returned) | {} | | | {} |\n",
+        fmt_s(median(&col(|r| r.create_returned))),
+        list(|r| r.create_returned),
+        fmt_s(median(&col(|r| r.scale_returned))),
+        list(|r| r.scale_returned)
+    ));
+    write_fragment("containers-convergence.md", &md);
+}
