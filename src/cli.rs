@@ -829,6 +829,8 @@ pub struct ServiceUpdateArgs {
     pub service: String,
     #[command(flatten)]
     pub health: crate::health_args::HealthArgs,
+    #[command(flatten)]
+    pub container: crate::update_args::ContainerUpdateArgs,
 }
 
 /// `weft run`.

@@ -16,6 +16,7 @@ mod resources;
 mod settings;
 mod task_text;
 mod unlock;
+mod update_args;
 mod workload;
 
 use clap::{CommandFactory, Parser};

@@ -1101,3 +1101,144 @@ fn isolation_options_reach_containers_and_binds_follow_the_node_policy() {
     assert_eq!(c["Mounts"][0]["Source"], "/etc", "{c}");
     assert_eq!(c["Privileges"]["Seccomp"]["Mode"], "default", "{c}");
 }
+
+/// `service update` changes a container service's image, user, working
+/// directory, hostname, mounts and stop policy: the task is replaced and
+/// its container runs what was asked (its own output, and containerd's
+/// record of its image, are the views). Bad changes are refused and leave
+/// the service as it was.
+#[test]
+fn service_update_changes_the_image_and_the_container_options() {
+    let rig = Rig::new("ctr-upd", &["m1"]);
+    let lab = &rig.lab;
+    lab.init("m1", &["--heartbeat-period", "500ms"]);
+    rig.load_image(&["m1"]);
+    let images = common::image::busybox();
+    let v2 = "weft-test/busybox:v2";
+    lab.weft(
+        "m1",
+        &["image", "load", "-i", images.docker_v2.to_str().unwrap()],
+    );
+    let script = "echo img=$WEFT_IMAGE user=$(id -u) wd=$(pwd) host=$(hostname); \
+                  grep ' /cache ' /proc/mounts || echo no-cache; exec sleep 600";
+    lab.weft(
+        "m1",
+        &[
+            "service",
+            "create",
+            "--name",
+            "up",
+            "--stop-grace-period",
+            "1s",
+            IMAGE,
+            "sh",
+            "-c",
+            script,
+        ],
+    );
+    let inspect = || -> serde_json::Value {
+        let v: serde_json::Value =
+            serde_json::from_str(&lab.weft("m1", &["service", "inspect", "up"])).expect("json");
+        v[0].clone()
+    };
+    let ids = || -> Vec<String> {
+        current_running(lab, "up")
+            .iter()
+            .filter_map(|r| r.split_whitespace().next().map(str::to_owned))
+            .collect()
+    };
+    let first = ids();
+    assert_eq!(first.len(), 1, "{first:?}");
+    let before = inspect();
+
+    lab.weft(
+        "m1",
+        &[
+            "service",
+            "update",
+            "--image",
+            v2,
+            "-u",
+            "nobody",
+            "-w",
+            "/tmp",
+            "--hostname",
+            "h2",
+            "--mount-add",
+            "type=tmpfs,target=/cache",
+            "--stop-signal",
+            "SIGINT",
+            "up",
+        ],
+    );
+    let after = inspect();
+    let c = &after["Spec"]["TaskTemplate"]["ContainerSpec"];
+    assert!(
+        c["Image"].as_str().unwrap().starts_with(v2),
+        "the new image: {c}"
+    );
+    assert_eq!(c["User"], "nobody", "{c}");
+    assert_eq!(c["Dir"], "/tmp", "{c}");
+    assert_eq!(c["Hostname"], "h2", "{c}");
+    assert_eq!(c["Mounts"][0]["Target"], "/cache", "{c}");
+    let tt = &after["Spec"]["TaskTemplate"];
+    assert_eq!(tt["StopSignal"], "SIGINT", "{tt}");
+    assert_eq!(tt["StopGracePeriod"], 1_000_000_000u64, "kept: {tt}");
+    let second = ids();
+    assert_eq!(second.len(), 1, "{second:?}");
+    assert_ne!(first, second, "the task was replaced");
+    let mut log = String::new();
+    wait_for("the new task's output", Duration::from_secs(20), || {
+        log = lab.weft("m1", &["service", "logs", "up"]);
+        log.contains("user=65534")
+    });
+    assert!(
+        log.contains("img=v2 user=65534 wd=/tmp host=h2") && log.contains("tmpfs /cache tmpfs"),
+        "{log}"
+    );
+    // The new task's container (the old one may still be going).
+    let new = rig
+        .containers("m1")
+        .into_iter()
+        .find(|c| c.starts_with(&second[0]))
+        .expect("the new task's container");
+    let info = rig.ctrd("m1").ctr_ok(NS, &["containers", "info", &new]);
+    assert!(
+        info.contains("weft-test/busybox:v2"),
+        "containerd runs the new image: {info}"
+    );
+
+    // Bad changes: a clear error, and the service unchanged.
+    let version = inspect()["Version"].clone();
+    for (args, says) in [
+        (&["--mount-rm", "/nowhere"][..], "no mount at"),
+        (&["--image=bad!ref"][..], "invalid image reference"),
+        (&["-w", "relative"][..], "not an absolute path"),
+        (&["--mount-add", "type=tmpfs,target=/"][..], "cannot be /"),
+        (&["--no-resolve-image"][..], "goes with --image"),
+        (&["--stop-signal", "SIGNOPE"][..], "signal"),
+    ] {
+        let mut full = vec!["service", "update"];
+        full.extend_from_slice(args);
+        full.push("up");
+        let err = lab.weft_err("m1", &full);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    assert_eq!(inspect()["Version"], version, "nothing changed");
+    assert_eq!(ids(), second);
+    // A host-process service has no container options.
+    lab.weft(
+        "m1",
+        &[
+            "service", "create", "--detach", "--name", "hp", "--", "sleep", "600",
+        ],
+    );
+    let err = lab.weft_err("m1", &["service", "update", "--image", v2, "hp"]);
+    assert!(err.contains("host processes"), "{err}");
+
+    // A mount goes by its target.
+    lab.weft("m1", &["service", "update", "--mount-rm", "/cache", "up"]);
+    let c = &inspect()["Spec"]["TaskTemplate"]["ContainerSpec"];
+    assert!(c["Mounts"].as_array().is_none_or(|m| m.is_empty()), "{c}");
+    assert_eq!(before["ID"], inspect()["ID"]);
+}

@@ -1033,4 +1033,5 @@ mod tests;
 mod autolock;
 mod local;
 mod networks;
+mod service_update;
 mod services;

@@ -312,6 +312,8 @@ pub async fn service(c: &Client, cmd: crate::cli::ServiceCommand) -> anyhow::Res
                     resources: a.resources.to_wire(),
                     restart_policy: crate::resources::restart_update(&a.restart),
                     health: a.health.to_wire(None)?,
+                    container: a.container.container(c).await?,
+                    stop: a.container.stop()?,
                 })
                 .await
                 .map_err(rpc)?

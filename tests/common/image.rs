@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Bump when the recipe changes.
-const VERSION: &str = "v1";
+const VERSION: &str = "v2";
 
 /// The two archives of the busybox test image.
 #[derive(Clone, Debug)]
@@ -26,6 +26,9 @@ pub struct TestImages {
     pub oci: PathBuf,
     /// docker-save archive tagged `weft-test/busybox:latest`.
     pub docker: PathBuf,
+    /// docker-save archive of a second image, `weft-test/busybox:v2`: the
+    /// same layer, with `WEFT_IMAGE=v2` in its environment (another digest).
+    pub docker_v2: PathBuf,
 }
 
 /// The busybox test image's archives, built on first use.
@@ -34,8 +37,9 @@ pub fn busybox() -> TestImages {
     let images = TestImages {
         oci: root.join("busybox-oci.tar"),
         docker: root.join("busybox-docker.tar"),
+        docker_v2: root.join("busybox-v2-docker.tar"),
     };
-    if images.oci.is_file() && images.docker.is_file() {
+    if images.oci.is_file() && images.docker.is_file() && images.docker_v2.is_file() {
         return images;
     }
     for tool in ["umoci", "skopeo"] {
@@ -122,24 +126,40 @@ pub fn busybox() -> TestImages {
             ".",
         ],
     );
-    let status = skopeo(t)
-        .arg("copy")
-        .arg(format!("oci:{l}"))
-        .arg(format!(
-            "docker-archive:{}:weft-test/busybox:latest",
-            out.join("busybox-docker.tar").display()
-        ))
-        .output()
-        .expect("run skopeo");
-    assert!(
-        status.status.success(),
-        "skopeo copy failed: {}",
-        String::from_utf8_lossy(&status.stderr)
+    let to_docker = |tag: &str, file: &str| {
+        let status = skopeo(t)
+            .arg("copy")
+            .arg(format!("oci:{}:{tag}", layout.display()))
+            .arg(format!(
+                "docker-archive:{}:weft-test/busybox:{tag}",
+                out.join(file).display()
+            ))
+            .output()
+            .expect("run skopeo");
+        assert!(
+            status.status.success(),
+            "skopeo copy of {tag} failed: {}",
+            String::from_utf8_lossy(&status.stderr)
+        );
+    };
+    to_docker("latest", "busybox-docker.tar");
+    run(
+        "umoci",
+        &[
+            "config",
+            "--image",
+            &l,
+            "--tag",
+            "v2",
+            "--config.env",
+            "WEFT_IMAGE=v2",
+        ],
     );
+    to_docker("v2", "busybox-v2-docker.tar");
     // Another test may have won the race: its archives are as good.
     if std::fs::rename(&out, &root).is_err() {
         assert!(
-            images.oci.is_file() && images.docker.is_file(),
+            images.oci.is_file() && images.docker.is_file() && images.docker_v2.is_file(),
             "cannot place {}",
             root.display()
         );

@@ -224,6 +224,12 @@ impl ControlService {
             let container = spec.task.container.is_some();
             spec.task.health = crate::convert::health_from_wire(r.health.clone(), container)?;
         }
+        super::service_update::apply(
+            &spec.name,
+            &mut spec.task,
+            r.container.as_ref(),
+            r.stop.as_ref(),
+        )?;
         for (unit, before, after, max) in [
             (
                 "networks",
