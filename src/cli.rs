@@ -95,6 +95,11 @@ pub enum Command {
     /// not run it); `-d` prints its ID and returns at once. SIGINT/SIGTERM
     /// stop the task gracefully; a second one leaves it running.
     Run(Box<RunArgs>),
+    /// Run a command in a running container task of this node, beside its
+    /// own process: stream its output (stdout and stderr apart unless -t)
+    /// and exit with its exit code (126/127 when it cannot be run or was
+    /// not found). -i forwards stdin, -t gives it a pseudo-terminal.
+    Exec(Box<crate::commands::ExecArgs>),
     /// Show a task's published ports.
     Port {
         /// Task name or ID (tasks of this node).
