@@ -653,6 +653,28 @@ fn weft_exec_runs_commands_in_a_running_container() {
         container_pids(&rig, &id) == 1 && no_fifos()
     });
 
+    // Also when it was sending more stdin than the command reads.
+    let mut child = spawn_with(
+        &rig,
+        &["exec", "-i", "box", "sleep", "1000"],
+        Stdio::piped(),
+    );
+    let mut stdin = child.stdin.take().expect("stdin");
+    let feeder = std::thread::spawn(move || {
+        use std::io::Write;
+        let chunk = vec![b'x'; 64 * 1024];
+        while stdin.write_all(&chunk).is_ok() {}
+    });
+    wait_for("the exec runs", Duration::from_secs(30), || {
+        container_pids(&rig, &id) == 2
+    });
+    child.kill().expect("kill weft exec");
+    let _ = child.wait();
+    feeder.join().expect("feeder");
+    wait_for("the exec is gone", Duration::from_secs(15), || {
+        container_pids(&rig, &id) == 1 && no_fifos()
+    });
+
     // Bad input: clear errors, non-zero exits, nothing changed.
     let host = lab.run_task("m1", &["--name", "hostproc", "--", "sleep", "1000"]);
     let before = lab.weft("m1", &["ps", "-a"]);

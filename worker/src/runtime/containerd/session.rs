@@ -38,6 +38,10 @@ use crate::runtime::{
     Error, ExecEvent, ExecInput, ExecSession, ExecSpec, Result, TaskRuntime, validate_id,
 };
 
+/// How often a write to a stdin the process does not read looks whether
+/// the client is still there.
+const CLIENT_CHECK: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// The FIFOs of one exec, removed when dropped (whatever happened).
 struct Fifos {
     stdin: Option<PathBuf>,
@@ -324,17 +328,37 @@ impl Job {
             exec_id: self.exec_id.clone(),
         });
         tokio::pin!(wait);
-        let status = loop {
+        let status = 'drive: loop {
             tokio::select! {
                 w = &mut wait => break w,
                 m = input.recv() => match m {
                     Some(ExecInput::Stdin(b)) => {
                         let Some(w) = stdin.as_mut() else { continue };
                         // A process that does not read its stdin must not
-                        // hold up the exit: write while waiting.
-                        tokio::select! {
-                            r = w.write_all(&b) => if r.is_err() { stdin = None },
-                            w = &mut wait => break w,
+                        // hold up its exit, nor outlive a client that left
+                        // meanwhile: write while waiting, and look at the
+                        // input now and then.
+                        let write = w.write_all(&b);
+                        tokio::pin!(write);
+                        let (failed, left) = loop {
+                            tokio::select! {
+                                r = &mut write => break (r.is_err(), false),
+                                w = &mut wait => break 'drive w,
+                                _ = tokio::time::sleep(CLIENT_CHECK) => {
+                                    if input.is_closed() {
+                                        break (false, true);
+                                    }
+                                }
+                            }
+                        };
+                        if failed {
+                            stdin = None;
+                        }
+                        if left {
+                            match self.kill_and_wait(&mut wait).await {
+                                Some(w) => break w,
+                                None => return 255,
+                            }
                         }
                     }
                     Some(ExecInput::CloseStdin) => {
@@ -347,16 +371,10 @@ impl Job {
                             self.resize(w, h).await;
                         }
                     }
-                    None => {
-                        self.kill().await;
-                        match tokio::time::timeout(KILL_WAIT, &mut wait).await {
-                            Ok(w) => break w,
-                            Err(_) => {
-                                tracing::warn!(task = %self.id, exec = %self.exec_id, "an exec did not end after SIGKILL");
-                                return 255;
-                            }
-                        }
-                    }
+                    None => match self.kill_and_wait(&mut wait).await {
+                        Some(w) => break w,
+                        None => return 255,
+                    },
                 },
             }
         };
@@ -367,6 +385,20 @@ impl Job {
                 255
             }
         }
+    }
+
+    /// Kills the process (its client left) and waits for its end,
+    /// bounded; `None`: it did not end.
+    async fn kill_and_wait<F: std::future::Future + Unpin>(
+        &self,
+        wait: &mut F,
+    ) -> Option<F::Output> {
+        self.kill().await;
+        let ended = tokio::time::timeout(KILL_WAIT, wait).await.ok();
+        if ended.is_none() {
+            tracing::warn!(task = %self.id, exec = %self.exec_id, "an exec did not end after SIGKILL");
+        }
+        ended
     }
 
     async fn close_stdin(&self) {
