@@ -487,6 +487,28 @@ impl OnPty {
         self.master.write_all(bytes).expect("type");
     }
 
+    /// Sets the terminal's size and tells the CLI, as a terminal emulator
+    /// does (the pty is not the child's controlling terminal, so the
+    /// kernel's SIGWINCH would not reach it).
+    fn resize(&self, rows: u16, cols: u16) {
+        use std::os::fd::AsRawFd;
+        nix::ioctl_write_ptr_bad!(tiocswinsz, libc::TIOCSWINSZ, libc::winsize);
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads one winsize from `ws`, which outlives
+        // the call; the fd is our open pty master.
+        unsafe { tiocswinsz(self.master.as_raw_fd(), &ws) }.expect("TIOCSWINSZ");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGWINCH,
+        )
+        .expect("SIGWINCH");
+    }
+
     /// Waits for the CLI's exit code (bounded), then for its output.
     fn finish(mut self) -> (Option<i32>, String) {
         let mut code = None;
@@ -631,6 +653,28 @@ fn weft_exec_runs_commands_in_a_running_container() {
     let (code, text) = pty.finish();
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("done"), "{text:?}");
+    // A resize of the client's terminal (SIGWINCH) reaches the command's.
+    let mut pty = OnPty::spawn(
+        &rig,
+        &[
+            "exec",
+            "-it",
+            "box",
+            "sh",
+            "-c",
+            "busybox stty size; read x; busybox stty size",
+        ],
+        24,
+        80,
+    );
+    wait_for("the first size", Duration::from_secs(30), || {
+        pty.text().contains("24 80")
+    });
+    pty.resize(40, 120);
+    pty.type_in(b"\r");
+    let (code, text) = pty.finish();
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("40 120"), "{text:?}");
     assert!(no_fifos(), "{:?}", leftovers(&fifos, "weft-exec"));
 
     // Docker's 127 and 126.
