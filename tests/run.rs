@@ -478,13 +478,23 @@ impl OnPty {
         }
     }
 
+    /// `weft exec -it TASK sh -c SCRIPT` on a 24×80 terminal.
+    fn shell(rig: &Rig, task: &str, script: &str) -> OnPty {
+        OnPty::spawn(rig, &["exec", "-it", task, "sh", "-c", script], 24, 80)
+    }
+
+    /// Waits until the terminal has shown `what`.
+    fn wait_text(&self, what: &str) {
+        wait_for(what, Duration::from_secs(30), || self.text().contains(what));
+    }
+
     fn text(&self) -> String {
         String::from_utf8_lossy(&self.seen.lock().unwrap()).into_owned()
     }
 
-    fn type_in(&mut self, bytes: &[u8]) {
+    fn type_in(&self, bytes: &[u8]) {
         use std::io::Write;
-        self.master.write_all(bytes).expect("type");
+        (&self.master).write_all(bytes).expect("type");
     }
 
     /// Sets the terminal's size and tells the CLI, as a terminal emulator
@@ -629,22 +639,8 @@ fn weft_exec_runs_commands_in_a_running_container() {
     assert_eq!(code, Some(0), "{text}");
     assert_eq!(text.trim(), "30 100");
     // -it: typed keys reach the command; ^D ends it.
-    let mut pty = OnPty::spawn(
-        &rig,
-        &[
-            "exec",
-            "-it",
-            "box",
-            "sh",
-            "-c",
-            "echo ready; cat; echo done",
-        ],
-        24,
-        80,
-    );
-    wait_for("the shell is ready", Duration::from_secs(30), || {
-        pty.text().contains("ready")
-    });
+    let pty = OnPty::shell(&rig, "box", "echo ready; cat; echo done");
+    pty.wait_text("ready");
     pty.type_in(b"hello\r");
     wait_for("hello echoed and catted", Duration::from_secs(30), || {
         pty.text().matches("hello").count() >= 2
@@ -654,27 +650,22 @@ fn weft_exec_runs_commands_in_a_running_container() {
     assert_eq!(code, Some(0), "{text}");
     assert!(text.contains("done"), "{text:?}");
     // A resize of the client's terminal (SIGWINCH) reaches the command's.
-    let mut pty = OnPty::spawn(
+    // (A key typed right after the resize may overtake it: the script
+    // prints the size on each key until the new one shows.)
+    let pty = OnPty::shell(
         &rig,
-        &[
-            "exec",
-            "-it",
-            "box",
-            "sh",
-            "-c",
-            "busybox stty size; read x; busybox stty size",
-        ],
-        24,
-        80,
+        "box",
+        "busybox stty size; while read x; do busybox stty size; done",
     );
-    wait_for("the first size", Duration::from_secs(30), || {
-        pty.text().contains("24 80")
-    });
+    pty.wait_text("24 80");
     pty.resize(40, 120);
-    pty.type_in(b"\r");
+    wait_for("the new size", Duration::from_secs(30), || {
+        pty.type_in(b"\r");
+        pty.text().contains("40 120")
+    });
+    pty.type_in(b"\x04");
     let (code, text) = pty.finish();
     assert_eq!(code, Some(0), "{text}");
-    assert!(text.contains("40 120"), "{text:?}");
     assert!(no_fifos(), "{:?}", leftovers(&fifos, "weft-exec"));
 
     // Docker's 127 and 126.
