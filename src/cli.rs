@@ -878,6 +878,14 @@ pub struct RunArgs {
     /// ended, with or without -d.
     #[arg(long)]
     pub rm: bool,
+    /// Not supported yet (refused with a pointer): keep stdin open. Run
+    /// with -d, then `weft exec -i`.
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Not supported yet (refused with a pointer): a pseudo-terminal. Run
+    /// with -d, then `weft exec -t`.
+    #[arg(short, long)]
+    pub tty: bool,
 }
 
 /// Parses `1h30m`, `90d`, `500ms`, `2160h0m0s`, `10s`.
