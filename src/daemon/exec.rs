@@ -219,3 +219,85 @@ fn forward(
         drop(input);
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn start(args: &[&str]) -> pb::ExecStart {
+        pb::ExecStart {
+            task: "box".into(),
+            args: args.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn specs_are_checked_at_the_edge() {
+        let s = pb::ExecStart {
+            env: vec!["A=b".into()],
+            user: "nobody".into(),
+            tty: true,
+            size: Some(pb::TtySize {
+                width: 80,
+                height: 24,
+            }),
+            ..start(&["sh"])
+        };
+        let spec = spec_of(&s).unwrap();
+        assert_eq!(spec.user.as_deref(), Some("nobody"));
+        assert_eq!(spec.workdir, None);
+        assert_eq!(spec.size, Some((80, 24)));
+        // A size without a terminal means nothing.
+        let s = pb::ExecStart { tty: false, ..s };
+        assert_eq!(spec_of(&s).unwrap().size, None);
+        let code = |s: &pb::ExecStart| spec_of(s).unwrap_err().code();
+        assert_eq!(code(&start(&[])), tonic::Code::InvalidArgument);
+        let bad_env = pb::ExecStart {
+            env: vec!["NOVALUE".into()],
+            ..start(&["sh"])
+        };
+        assert_eq!(code(&bad_env), tonic::Code::InvalidArgument);
+        let huge = pb::ExecStart {
+            tty: true,
+            size: Some(pb::TtySize {
+                width: 70_000,
+                height: 24,
+            }),
+            ..start(&["sh"])
+        };
+        assert_eq!(code(&huge), tonic::Code::InvalidArgument);
+    }
+
+    #[test]
+    fn later_messages_are_bounded_input() {
+        let m = |msg| pb::ExecClientMessage { msg: Some(msg) };
+        assert_eq!(
+            input_of(m(In::Stdin(b"hi".to_vec()))).unwrap(),
+            Some(ExecInput::Stdin(b"hi".to_vec()))
+        );
+        assert_eq!(
+            input_of(m(In::Stdin(vec![0; MAX_CHUNK + 1])))
+                .unwrap_err()
+                .code(),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(
+            input_of(m(In::CloseStdin(true))).unwrap(),
+            Some(ExecInput::CloseStdin)
+        );
+        assert_eq!(input_of(m(In::CloseStdin(false))).unwrap(), None);
+        assert_eq!(
+            input_of(m(In::Resize(pb::TtySize {
+                width: 100,
+                height: 30
+            })))
+            .unwrap(),
+            Some(ExecInput::Resize(100, 30))
+        );
+        assert_eq!(
+            input_of(m(In::Start(start(&["sh"])))).unwrap_err().code(),
+            tonic::Code::InvalidArgument
+        );
+    }
+}
