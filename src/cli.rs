@@ -95,6 +95,11 @@ pub enum Command {
     /// not run it); `-d` prints its ID and returns at once. SIGINT/SIGTERM
     /// stop the task gracefully; a second one leaves it running.
     Run(Box<RunArgs>),
+    /// Run a command in a running container task of this node, beside its
+    /// own process: stream its output (stdout and stderr apart unless -t)
+    /// and exit with its exit code (126/127 when it cannot be run or was
+    /// not found). -i forwards stdin, -t gives it a pseudo-terminal.
+    Exec(Box<crate::commands::ExecArgs>),
     /// Show a task's published ports.
     Port {
         /// Task name or ID (tasks of this node).
@@ -875,6 +880,14 @@ pub struct RunArgs {
     /// ended, with or without -d.
     #[arg(long)]
     pub rm: bool,
+    /// Not supported yet (refused with a pointer): keep stdin open. Run
+    /// with -d, then `weft exec -i`.
+    #[arg(short, long)]
+    pub interactive: bool,
+    /// Not supported yet (refused with a pointer): a pseudo-terminal. Run
+    /// with -d, then `weft exec -t`.
+    #[arg(short, long)]
+    pub tty: bool,
 }
 
 /// Parses `1h30m`, `90d`, `500ms`, `2160h0m0s`, `10s`.

@@ -39,6 +39,7 @@ use crate::autolock::Locked;
 use crate::cli::DaemonArgs;
 
 mod attach;
+mod exec;
 mod images;
 mod lifecycle;
 mod nets;
@@ -1296,6 +1297,15 @@ impl Daemon for NodeService {
         req: Request<pb::InspectRequest>,
     ) -> Result<Response<pb::InspectResponse>, Status> {
         self.inspect_task(req.into_inner()).await.map(Response::new)
+    }
+
+    type ExecStream = exec::ExecStream;
+
+    async fn exec(
+        &self,
+        req: Request<tonic::Streaming<pb::ExecClientMessage>>,
+    ) -> Result<Response<Self::ExecStream>, Status> {
+        self.exec_task(req.into_inner()).await.map(Response::new)
     }
 }
 

@@ -185,6 +185,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     c.require_local("run")?;
                     commands::run_task(&c, *a).await
                 }
+                Command::Exec(a) => {
+                    c.require_local("exec")?;
+                    commands::exec(&c, *a).await
+                }
                 Command::Port { task } => {
                     c.require_local("port")?;
                     commands::port(&c, task).await

@@ -4,7 +4,9 @@
 //! end with the task's exit code; `--rm` leaves nothing behind (checked in
 //! `weft ps -a`, in containerd through `ctr`, and in the exec root);
 //! `weft stop|start|restart|inspect` of standalone tasks; tasks of services
-//! refused.
+//! refused; `weft exec` with its output, exit code, stdin, and a pty (the
+//! CLI on a real pseudo-terminal), a killed client leaving no exec (seen
+//! with `ctr tasks ps`).
 
 mod common;
 
@@ -395,4 +397,347 @@ fn stop_start_restart_and_inspect_of_standalone_tasks() {
     }
     assert_eq!(lab.weft("m1", &["ps", "-a"]), before);
     assert!(rig.row("napper").unwrap().contains("running"));
+}
+
+/// A `weft` child on m1 with the given stdin (stdout and stderr piped).
+fn spawn_with(rig: &Rig, args: &[&str], stdin: Stdio) -> std::process::Child {
+    Command::new(WEFT)
+        .arg("-H")
+        .arg(format!("unix://{}", rig.lab.socket_path("m1").display()))
+        .args(args)
+        .env_remove("WEFT_HOST")
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn weft")
+}
+
+/// `weft ARGS` on m1 with `input` piped to its stdin; its output.
+fn weft_piped(rig: &Rig, args: &[&str], input: &[u8]) -> std::process::Output {
+    use std::io::Write;
+    let mut child = spawn_with(rig, args, Stdio::piped());
+    let mut stdin = child.stdin.take().expect("stdin");
+    // A command that reads no stdin may be gone before all is written.
+    if let Err(e) = stdin.write_all(input) {
+        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "write stdin: {e}");
+    }
+    drop(stdin);
+    child.wait_with_output().expect("wait weft")
+}
+
+/// `weft ARGS` on m1 on a pseudo-terminal of `rows`×`cols` (stdin,
+/// stdout and stderr), as a user at a terminal runs it.
+struct OnPty {
+    child: std::process::Child,
+    master: std::fs::File,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl OnPty {
+    fn spawn(rig: &Rig, args: &[&str], rows: u16, cols: u16) -> OnPty {
+        use std::io::Read;
+        let size = nix::pty::Winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        let pty = nix::pty::openpty(Some(&size), None).expect("openpty");
+        let slave = |_| Stdio::from(pty.slave.try_clone().expect("dup the pty"));
+        let child = Command::new(WEFT)
+            .arg("-H")
+            .arg(format!("unix://{}", rig.lab.socket_path("m1").display()))
+            .args(args)
+            .env_remove("WEFT_HOST")
+            .stdin(slave(0))
+            .stdout(slave(1))
+            .stderr(slave(2))
+            .spawn()
+            .expect("spawn weft");
+        // Only the child holds the terminal now: reads of the master end
+        // (EIO) once it has exited.
+        drop(pty.slave);
+        let master = std::fs::File::from(pty.master);
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut reader = master.try_clone().expect("dup the master");
+        let sink = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        OnPty {
+            child,
+            master,
+            seen,
+        }
+    }
+
+    /// `weft exec -it TASK sh -c SCRIPT` on a 24×80 terminal.
+    fn shell(rig: &Rig, task: &str, script: &str) -> OnPty {
+        OnPty::spawn(rig, &["exec", "-it", task, "sh", "-c", script], 24, 80)
+    }
+
+    /// Waits until the terminal has shown `what`.
+    fn wait_text(&self, what: &str) {
+        wait_for(what, Duration::from_secs(30), || self.text().contains(what));
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.seen.lock().unwrap()).into_owned()
+    }
+
+    fn type_in(&self, bytes: &[u8]) {
+        use std::io::Write;
+        (&self.master).write_all(bytes).expect("type");
+    }
+
+    /// Sets the terminal's size and tells the CLI, as a terminal emulator
+    /// does (the pty is not the child's controlling terminal, so the
+    /// kernel's SIGWINCH would not reach it).
+    fn resize(&self, rows: u16, cols: u16) {
+        use std::os::fd::AsRawFd;
+        nix::ioctl_write_ptr_bad!(tiocswinsz, libc::TIOCSWINSZ, libc::winsize);
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads one winsize from `ws`, which outlives
+        // the call; the fd is our open pty master.
+        unsafe { tiocswinsz(self.master.as_raw_fd(), &ws) }.expect("TIOCSWINSZ");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGWINCH,
+        )
+        .expect("SIGWINCH");
+    }
+
+    /// Waits for the CLI's exit code (bounded), then for its output.
+    fn finish(mut self) -> (Option<i32>, String) {
+        let mut code = None;
+        wait_for("weft on the pty ends", Duration::from_secs(30), || {
+            code = self.child.try_wait().expect("try_wait").map(|s| s.code());
+            code.is_some()
+        });
+        let text = self.text();
+        (code.flatten(), text)
+    }
+}
+
+impl Drop for OnPty {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The PIDs containerd lists for a container (its process and its execs).
+fn container_pids(rig: &Rig, id: &str) -> usize {
+    rig.ctrd
+        .ctr_ok(NS, &["tasks", "ps", id])
+        .lines()
+        .skip(1)
+        .filter(|l| !l.trim().is_empty())
+        .count()
+}
+
+/// Asserts how a `weft` child ended, showing its stderr if not so.
+fn assert_exit(out: &std::process::Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn weft_exec_runs_commands_in_a_running_container() {
+    let rig = Rig::new("run-exec");
+    let lab = &rig.lab;
+    let id = lab.run_task("m1", &["--name", "box", IMAGE, "sleep", "1000"]);
+    let fifos = lab
+        .host_dir("m1")
+        .join("run")
+        .join("containers")
+        .join(&id)
+        .join("exec");
+    let no_fifos = || leftovers(&fifos, "weft-exec").is_empty();
+
+    // Output streamed, stdout and stderr apart, the command's exit code.
+    let out = lab.try_weft(
+        "m1",
+        &["exec", "box", "sh", "-c", "echo out; echo err >&2; exit 7"],
+    );
+    assert_exit(&out, 7);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "out\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+    assert!(no_fifos(), "{:?}", leftovers(&fifos, "weft-exec"));
+
+    // By ID prefix too; many lines, none lost.
+    let out = lab.try_weft("m1", &["exec", &id[..6], "seq", "1", "3000"]);
+    assert_exit(&out, 0);
+    let want: String = (1..=3000).map(|n| format!("{n}\n")).collect();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), want);
+
+    // -i: stdin forwarded, EOF closes it (a large input does not stall
+    // the output either).
+    let out = weft_piped(&rig, &["exec", "-i", "box", "cat"], b"hi\n");
+    assert_exit(&out, 0);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
+    let big: Vec<u8> = (0..400_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let out = weft_piped(&rig, &["exec", "-i", "box", "busybox", "wc", "-c"], &big);
+    assert_exit(&out, 0);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "400000");
+    let out = weft_piped(&rig, &["exec", "-i", "box", "cat"], &big);
+    assert_eq!(out.stdout, big, "cat gives back all it read");
+    // Without -i the command's stdin is empty.
+    let out = weft_piped(&rig, &["exec", "box", "cat"], b"unseen\n");
+    assert_exit(&out, 0);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+
+    // -e, -w, -u.
+    let out = lab.weft(
+        "m1",
+        &[
+            "exec",
+            "-e",
+            "FOO=bar baz",
+            "-w",
+            "/tmp",
+            "-u",
+            "1000:1001",
+            "box",
+            "sh",
+            "-c",
+            "echo \"$FOO\" $(pwd) $(id -u):$(id -g)",
+        ],
+    );
+    assert_eq!(out, "bar baz /tmp 1000:1001\n");
+    let out = lab.weft("m1", &["exec", "-u", "nobody", "box", "id", "-un"]);
+    assert_eq!(out, "nobody\n");
+
+    // -t: a pseudo-terminal of the client's size.
+    let pty = OnPty::spawn(&rig, &["exec", "-t", "box", "busybox", "tty"], 30, 100);
+    let (code, text) = pty.finish();
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.starts_with("/dev/pts/"), "{text:?}");
+    let pty = OnPty::spawn(
+        &rig,
+        &["exec", "-t", "box", "busybox", "stty", "size"],
+        30,
+        100,
+    );
+    let (code, text) = pty.finish();
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(text.trim(), "30 100");
+    // -it: typed keys reach the command; ^D ends it.
+    let pty = OnPty::shell(&rig, "box", "echo ready; cat; echo done");
+    pty.wait_text("ready");
+    pty.type_in(b"hello\r");
+    wait_for("hello echoed and catted", Duration::from_secs(30), || {
+        pty.text().matches("hello").count() >= 2
+    });
+    pty.type_in(b"\x04");
+    let (code, text) = pty.finish();
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("done"), "{text:?}");
+    // A resize of the client's terminal (SIGWINCH) reaches the command's.
+    // (A key typed right after the resize may overtake it: the script
+    // prints the size on each key until the new one shows.)
+    let pty = OnPty::shell(
+        &rig,
+        "box",
+        "busybox stty size; while read x; do busybox stty size; done",
+    );
+    pty.wait_text("24 80");
+    pty.resize(40, 120);
+    wait_for("the new size", Duration::from_secs(30), || {
+        pty.type_in(b"\r");
+        pty.text().contains("40 120")
+    });
+    pty.type_in(b"\x04");
+    let (code, text) = pty.finish();
+    assert_eq!(code, Some(0), "{text}");
+    assert!(no_fifos(), "{:?}", leftovers(&fifos, "weft-exec"));
+
+    // Docker's 127 and 126.
+    let out = lab.try_weft("m1", &["exec", "box", "no-such-command"]);
+    assert_exit(&out, 127);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-command"));
+    let out = lab.try_weft("m1", &["exec", "box", "/etc/passwd"]);
+    assert_exit(&out, 126);
+
+    // A client killed mid-exec leaves no exec behind, and the task still
+    // stops at once (an exec left in the shim made it take 20 s).
+    assert_eq!(container_pids(&rig, &id), 1);
+    let mut child = rig.spawn(&["exec", "box", "sleep", "1000"]);
+    wait_for("the exec runs", Duration::from_secs(30), || {
+        container_pids(&rig, &id) == 2
+    });
+    child.kill().expect("kill weft exec");
+    let _ = child.wait();
+    wait_for("the exec is gone", Duration::from_secs(15), || {
+        container_pids(&rig, &id) == 1 && no_fifos()
+    });
+
+    // Also when it was sending more stdin than the command reads.
+    let mut child = spawn_with(
+        &rig,
+        &["exec", "-i", "box", "sleep", "1000"],
+        Stdio::piped(),
+    );
+    let mut stdin = child.stdin.take().expect("stdin");
+    let feeder = std::thread::spawn(move || {
+        use std::io::Write;
+        let chunk = vec![b'x'; 64 * 1024];
+        while stdin.write_all(&chunk).is_ok() {}
+    });
+    wait_for("the exec runs", Duration::from_secs(30), || {
+        container_pids(&rig, &id) == 2
+    });
+    child.kill().expect("kill weft exec");
+    let _ = child.wait();
+    feeder.join().expect("feeder");
+    wait_for("the exec is gone", Duration::from_secs(15), || {
+        container_pids(&rig, &id) == 1 && no_fifos()
+    });
+
+    // Bad input: clear errors, non-zero exits, nothing changed.
+    let host = lab.run_task("m1", &["--name", "hostproc", "--", "sleep", "1000"]);
+    let before = lab.weft("m1", &["ps", "-a"]);
+    let err = lab.weft_err("m1", &["exec", "nosuch", "true"]);
+    assert!(err.contains("no task \"nosuch\" on this node"), "{err}");
+    let err = lab.weft_err("m1", &["exec", "-e", "=x", "box", "true"]);
+    assert!(err.contains("NAME=VALUE"), "{err}");
+    let err = lab.weft_err("m1", &["exec", "-w", "tmp", "box", "true"]);
+    assert!(err.contains("absolute"), "{err}");
+    let err = lab.weft_err("m1", &["exec", "-u", "nosuchuser", "box", "true"]);
+    assert!(err.contains("unable to find user nosuchuser"), "{err}");
+    let err = lab.weft_err("m1", &["exec", &host, "true"]);
+    assert!(err.contains("host process"), "{err}");
+    // `weft run -i/-t` is refused with a pointer to `weft exec` (125).
+    for flag in ["-i", "-t", "-it"] {
+        let out = lab.try_weft("m1", &["run", flag, IMAGE, "cat"]);
+        assert_eq!(out.status.code(), Some(125), "{flag}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("weft exec -it"), "{flag}: {err}");
+    }
+    assert_eq!(lab.weft("m1", &["ps", "-a"]), before);
+    assert_eq!(container_pids(&rig, &id), 1);
+
+    let t = Instant::now();
+    lab.weft("m1", &["stop", "-t", "1", "box"]);
+    let took = t.elapsed();
+    assert!(took < Duration::from_secs(6), "stop took {took:?}");
+    let err = lab.weft_err("m1", &["exec", "box", "true"]);
+    assert!(err.contains("is not running"), "{err}");
+    assert!(no_fifos(), "{:?}", leftovers(&fifos, "weft-exec"));
 }

@@ -520,6 +520,7 @@ pub async fn cluster(c: &Client, cmd: crate::cli::ClusterCommand) -> anyhow::Res
 
 /// `weft network …`.
 mod attach;
+mod exec;
 mod inspect;
 mod lifecycle;
 mod network;
@@ -528,6 +529,7 @@ mod service;
 mod task;
 
 pub use attach::{Exit, FAILED_TO_RUN};
+pub use exec::{ExecArgs, exec};
 pub use lifecycle::{LifecycleCommand, lifecycle};
 
 pub use network::network;

@@ -4,6 +4,16 @@ use super::*;
 
 /// `weft run`.
 pub async fn run_task(c: &Client, a: crate::cli::RunArgs) -> anyhow::Result<()> {
+    if a.interactive || a.tty {
+        // The container's output goes through the shim's logger, and
+        // containerd's shim copies no stdin beside a logger (only a
+        // terminal's console is copied both ways with one): `-i` needs the
+        // daemon to read the output itself; `-t` is not built yet.
+        bail!(
+            "weft run -i/-t is not supported yet: run the task with -d and use \
+             `weft exec -it TASK CMD` in it"
+        );
+    }
     if a.ip.is_some() && a.networks.is_empty() {
         bail!("--ip needs --network");
     }

@@ -23,6 +23,7 @@
 pub mod containerd;
 pub mod fake;
 mod files;
+pub mod interactive;
 pub mod process;
 pub mod routed;
 pub mod shim;
@@ -35,6 +36,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 pub use fake::{FakeCall, FakeRuntime};
+pub use interactive::{ExecEvent, ExecInput, ExecSession, ExecSpec};
 pub use process::{ProcessRuntime, ShimCommand};
 pub use routed::RoutedRuntime;
 
@@ -322,6 +324,44 @@ pub enum Error {
         /// What was asked.
         what: &'static str,
     },
+    /// The task is known but its process does not run (not started yet,
+    /// or ended).
+    #[error("task {id:?} is not running")]
+    NotRunning {
+        /// The task.
+        id: String,
+    },
+    /// An exec's spec was refused.
+    #[error("task {id:?}: {source}")]
+    InvalidExec {
+        /// The task.
+        id: String,
+        /// What is wrong with it.
+        #[source]
+        source: interactive::SpecError,
+    },
+    /// An exec's `-u` names a user or group the container does not have.
+    #[error("task {id:?}: {source}")]
+    ExecUser {
+        /// The task.
+        id: String,
+        /// Which name is missing.
+        #[source]
+        source: containerd::spec::users::UserError,
+    },
+    /// The runtime could not start an exec's program (containerd's
+    /// `Tasks.Start` refused it).
+    #[error("task {id:?}: cannot run {program:?}: {reason}")]
+    ExecStart {
+        /// The task.
+        id: String,
+        /// The program.
+        program: String,
+        /// Whether the program was not found (Docker's exit 127; else 126).
+        missing: bool,
+        /// What runc said.
+        reason: String,
+    },
 }
 
 /// Shorthand.
@@ -386,6 +426,17 @@ pub trait TaskRuntime: Send + Sync {
     /// ended (a non-zero exit or a timeout is an `Ok`). `Err`: it could
     /// not be run (no such task, not a container, containerd failed).
     async fn exec(&self, id: &str, _req: &ExecRequest) -> Result<ExecOutput> {
+        Err(Error::Unsupported {
+            id: id.to_owned(),
+            what: "running a command in it",
+        })
+    }
+
+    /// Starts an interactive command in the task's running container
+    /// (`weft exec`) and returns once it runs: see [`interactive`]. `Err`:
+    /// it could not be started (no such task, not running, not a
+    /// container, a bad spec, a program that cannot be run).
+    async fn exec_session(&self, id: &str, _spec: &ExecSpec) -> Result<ExecSession> {
         Err(Error::Unsupported {
             id: id.to_owned(),
             what: "running a command in it",

@@ -186,6 +186,10 @@ impl TaskRuntime for RoutedRuntime {
     async fn exec(&self, id: &str, req: &super::ExecRequest) -> Result<super::ExecOutput> {
         self.owner(id).exec(id, req).await
     }
+
+    async fn exec_session(&self, id: &str, spec: &super::ExecSpec) -> Result<super::ExecSession> {
+        self.owner(id).exec_session(id, spec).await
+    }
 }
 
 #[cfg(test)]

@@ -31,13 +31,13 @@ use crate::runtime::{Error, ExecOutput, ExecRequest, Result, TaskRuntime, valida
 
 const PROCESS_TYPE_URL: &str = "types.containerd.io/opencontainers/runtime-spec/1/Process";
 /// How long the output may take to arrive after the process is deleted.
-const DRAIN: Duration = Duration::from_secs(2);
+pub(super) const DRAIN: Duration = Duration::from_secs(2);
 
 static SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// A fresh exec id: containerd's id rules (letters, digits, `-`), unique
 /// across daemon restarts.
-fn exec_id() -> String {
+pub(super) fn exec_id() -> String {
     let nanos = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_nanos())
@@ -101,6 +101,17 @@ impl ContainerdRuntime {
     /// The container's own process spec with `args` instead of its
     /// command: the exec runs as the container's process does.
     async fn exec_process(&self, id: &str, args: &[String]) -> Result<prost_types::Any> {
+        let mut process = self.container_process(id).await?;
+        process["args"] = serde_json::json!(args);
+        process["terminal"] = serde_json::json!(false);
+        if let Some(p) = process.as_object_mut() {
+            p.remove("consoleSize");
+        }
+        Ok(process_any(&process))
+    }
+
+    /// The container's own OCI process spec (JSON), as it was created.
+    pub(super) async fn container_process(&self, id: &str) -> Result<serde_json::Value> {
         let c = self
             .containers()
             .get(containers::GetContainerRequest { id: id.to_owned() })
@@ -115,19 +126,10 @@ impl ContainerdRuntime {
                 path: self.task_dir(id),
                 source,
             })?;
-        let mut process = spec
+        Ok(spec
             .get("process")
             .cloned()
-            .unwrap_or_else(|| serde_json::json!({}));
-        process["args"] = serde_json::json!(args);
-        process["terminal"] = serde_json::json!(false);
-        if let Some(p) = process.as_object_mut() {
-            p.remove("consoleSize");
-        }
-        Ok(prost_types::Any {
-            type_url: PROCESS_TYPE_URL.into(),
-            value: serde_json::to_vec(&process).expect("a JSON value serializes"),
-        })
+            .unwrap_or_else(|| serde_json::json!({})))
     }
 
     /// Creates, starts and waits for the exec process (killing it at the
@@ -213,9 +215,17 @@ impl ContainerdRuntime {
     }
 }
 
+/// An OCI process spec as containerd takes it.
+pub(super) fn process_any(process: &serde_json::Value) -> prost_types::Any {
+    prost_types::Any {
+        type_url: PROCESS_TYPE_URL.into(),
+        value: serde_json::to_vec(process).expect("a JSON value serializes"),
+    }
+}
+
 /// Opens `fifo` to read (non-blocking) and then to write: the writer of
 /// our own keeps the read from ending before the shim opens its end.
-fn open_fifo(
+pub(super) fn open_fifo(
     fifo: &Path,
 ) -> std::io::Result<(
     tokio::net::unix::pipe::Receiver,

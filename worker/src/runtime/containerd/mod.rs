@@ -32,7 +32,8 @@
 //! read before the exited task is deleted for its logger's sake).
 //!
 //! A command runs in a running container through `Tasks.Exec`
-//! ([`exec`]): health checks use it. A container's health check is
+//! ([`exec`]): health checks use it; `weft exec` runs one with its
+//! input and output streamed ([`session`]). A container's health check is
 //! resolved when it is made (the task's `--health-*` over the image's
 //! HEALTHCHECK) and kept in its task dir ([`HEALTH_FILE`]), so an adopted
 //! container keeps its check.
@@ -42,6 +43,7 @@
 mod exec;
 pub mod mounts;
 mod purge;
+mod session;
 pub mod spec;
 
 use std::collections::{BTreeMap, HashMap};
@@ -203,6 +205,20 @@ impl ContainerdRuntime {
         &self,
     ) -> snapshots::snapshots_client::SnapshotsClient<weft_containerd_api::ApiChannel> {
         snapshots::snapshots_client::SnapshotsClient::new(self.inner.client.channel())
+    }
+
+    /// The mounts of task `id`'s prepared root filesystem snapshot.
+    async fn snapshot_mounts(&self, id: &str) -> Result<Vec<Mount>> {
+        Ok(self
+            .snapshots()
+            .mounts(snapshots::MountsRequest {
+                snapshotter: SNAPSHOTTER.into(),
+                key: id.to_owned(),
+            })
+            .await
+            .map_err(|s| self.err("Snapshots.Mounts", s))?
+            .into_inner()
+            .mounts)
     }
 
     fn err(&self, call: &'static str, status: tonic::Status) -> Error {
@@ -368,15 +384,7 @@ impl ContainerdRuntime {
             .await;
         match r {
             Ok(r) => Ok(r.into_inner().mounts),
-            Err(s) if s.code() == tonic::Code::AlreadyExists => Ok(snapshots
-                .mounts(snapshots::MountsRequest {
-                    snapshotter: SNAPSHOTTER.into(),
-                    key: id.to_owned(),
-                })
-                .await
-                .map_err(|s| self.err("Snapshots.Mounts", s))?
-                .into_inner()
-                .mounts),
+            Err(s) if s.code() == tonic::Code::AlreadyExists => self.snapshot_mounts(id).await,
             Err(s) => Err(self.err("Snapshots.Prepare", s)),
         }
     }
@@ -1034,6 +1042,10 @@ impl TaskRuntime for ContainerdRuntime {
             // Cancelled: the runtime is shutting down.
             Err(_) => Err(Error::NotFound { id }),
         }
+    }
+
+    async fn exec_session(&self, id: &str, spec: &super::ExecSpec) -> Result<super::ExecSession> {
+        self.start_session(id, spec).await
     }
 }
 
