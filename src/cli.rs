@@ -86,7 +86,8 @@ pub enum Command {
     /// Manage services.
     #[command(subcommand)]
     Service(ServiceCommand),
-    /// Manage the images on this node (in its containerd).
+    /// Manage the images on this node (in its containerd), or load one on
+    /// every node (`image load --all-nodes`).
     #[command(subcommand)]
     Image(crate::image_cmd::ImageCommand),
     /// Run a standalone task on this node (default network: this node's

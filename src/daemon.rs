@@ -184,7 +184,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let image_store = images::store(&args)?;
     let logger = logger_link(&args.exec_root)?;
     let runtime = task_runtime(&args, image_store.clone(), logger);
-    let images = images::server(image_store);
+    let images = images::server(image_store.clone());
     let host_ns = weft_overlay::linux::Netns::current()
         .context("cannot open this daemon's network namespace")?;
     // The resolver's sockets outlive this daemon in `weft fd-store`.
@@ -228,6 +228,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         settings,
         wake: Arc::new(tokio::sync::Notify::new()),
         mounts: mount_policy(&args),
+        images: image_store.clone(),
     });
     if node.files.exists() {
         match node.resume().await {
@@ -250,7 +251,8 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         .add_service(images)
         .add_service(ControlServer::with_interceptor(
             LocalControl::with_node(node.slot.clone(), Arc::new(NodeNets(node.clone())))
-                .with_down_reason(node.manager_problem.clone()),
+                .with_down_reason(node.manager_problem.clone())
+                .with_archive_check(images::archive_check(&node.images)),
             node.locked.gate(),
         ));
     let shutdown = async {
@@ -301,6 +303,8 @@ struct NodeService {
     /// What this node lets containers mount (`weft run` checks binds
     /// against it before asking the managers).
     mounts: weft_worker::runtime::containerd::mounts::MountPolicy,
+    /// The node's images (cluster-wide loads land here too).
+    images: Arc<weft_worker::image::ImageStore>,
 }
 
 struct Active {
@@ -311,6 +315,9 @@ struct Active {
     supervisor: tokio::task::JoinHandle<()>,
     reconcile_stop: tokio::sync::watch::Sender<bool>,
     reconciler: tokio::task::JoinHandle<()>,
+    /// Loads the archives of `image load --all-nodes` (stopped with the
+    /// reconciler, by `reconcile_stop`).
+    fetcher: tokio::task::JoinHandle<()>,
 }
 
 impl Active {
@@ -326,6 +333,7 @@ impl Active {
         }
         let _ = self.reconcile_stop.send(true);
         let _ = self.reconciler.await;
+        let _ = self.fetcher.await;
         self.agent.stop().await;
         self.manager
     }
@@ -425,6 +433,14 @@ impl NodeService {
             self.manager_problem.clone(),
         ));
         let (reconcile_stop, stop_rx) = tokio::sync::watch::channel(false);
+        let fetcher = tokio::spawn(
+            weft_worker::image_fetch::Fetcher {
+                node_id: record.node_id.clone(),
+                caller: agent.caller(),
+                store: self.images.clone(),
+            }
+            .run(agent.config(), stop_rx.clone()),
+        );
         let reporter = agent.report_handle();
         let reconciler = tokio::spawn(
             Reconciler {
@@ -452,6 +468,7 @@ impl NodeService {
             supervisor,
             reconcile_stop,
             reconciler,
+            fetcher,
         }
     }
 

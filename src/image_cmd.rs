@@ -16,6 +16,10 @@ use crate::commands::Client;
 /// Bytes per upload message (the daemon refuses more).
 const CHUNK: usize = 1 << 20;
 
+/// Bytes per upload message to a manager (its port takes Control messages
+/// of at most 1 MiB, framing included).
+const ALL_NODES_CHUNK: usize = 512 * 1024;
+
 /// `weft image …`.
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
@@ -29,6 +33,13 @@ pub enum ImageCommand {
     /// unnamed image is listed as <none> and found by its ID or digest.
     /// Archives are checked before anything is stored (digests, paths,
     /// sizes); a refused archive leaves no image behind.
+    ///
+    /// With --all-nodes (run it on the Raft leader's node, a manager:
+    /// `weft node ls` shows it), the archive goes to the leader, which
+    /// checks it and has every ready node fetch and load it; one line per
+    /// node says how it went (down or unreachable nodes are reported, not
+    /// waited for), and the command fails if any node did not load it.
+    /// Archives up to 8 GiB; one such load at a time in the cluster.
     Load {
         /// The archive (default: stdin).
         #[arg(short, long, value_name = "FILE")]
@@ -39,6 +50,9 @@ pub enum ImageCommand {
         /// Print only the loaded images' IDs.
         #[arg(short, long)]
         quiet: bool,
+        /// Load on every ready node of the cluster, not only this one.
+        #[arg(long)]
+        all_nodes: bool,
     },
     /// Pull an image from a registry into this node's containerd.
     ///
@@ -99,7 +113,18 @@ pub enum ImageCommand {
 /// Runs an image command against the local daemon.
 pub async fn run(c: &Client, cmd: ImageCommand) -> anyhow::Result<()> {
     match cmd {
-        ImageCommand::Load { input, tag, quiet } => load(c, input, tag, quiet).await,
+        ImageCommand::Load {
+            input,
+            tag,
+            quiet,
+            all_nodes: false,
+        } => load(c, input, tag, quiet).await,
+        ImageCommand::Load {
+            input,
+            tag,
+            quiet,
+            all_nodes: true,
+        } => load_all_nodes(c, input, tag, quiet).await,
         ImageCommand::Pull {
             insecure,
             quiet,
@@ -115,13 +140,11 @@ fn rpc(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}", status.message())
 }
 
-async fn load(
-    c: &Client,
-    input: Option<PathBuf>,
-    tag: Option<String>,
-    quiet: bool,
-) -> anyhow::Result<()> {
-    let mut reader: Box<dyn tokio::io::AsyncRead + Unpin + Send> = match &input {
+/// The archive: FILE, or stdin when it is not a terminal.
+async fn archive(
+    input: &Option<PathBuf>,
+) -> anyhow::Result<Box<dyn tokio::io::AsyncRead + Unpin + Send>> {
+    Ok(match input {
         Some(path) => Box::new(
             tokio::fs::File::open(path)
                 .await
@@ -133,51 +156,140 @@ async fn load(
             }
             Box::new(tokio::io::stdin())
         }
-    };
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let send = async move {
-        let mut tag = tag.unwrap_or_default();
-        let mut buf = vec![0u8; CHUNK];
-        loop {
-            let n = reader
-                .read(&mut buf)
-                .await
-                .context("cannot read the archive")?;
-            if n == 0 {
-                break;
-            }
-            let msg = pb::LoadImageRequest {
-                data: buf[..n].to_vec(),
-                tag: std::mem::take(&mut tag),
-            };
-            if tx.send(msg).await.is_err() {
-                // The daemon ended the call; its answer says why.
-                break;
-            }
+    })
+}
+
+/// Sends the archive in `chunk`-byte messages, the tag in the first.
+async fn send_archive(
+    mut reader: Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+    tag: Option<String>,
+    chunk: usize,
+    tx: tokio::sync::mpsc::Sender<pb::LoadImageRequest>,
+) -> anyhow::Result<()> {
+    let mut tag = tag.unwrap_or_default();
+    let mut buf = vec![0u8; chunk];
+    loop {
+        let n = reader
+            .read(&mut buf)
+            .await
+            .context("cannot read the archive")?;
+        if n == 0 {
+            return Ok(());
         }
-        Ok::<(), anyhow::Error>(())
-    };
+        let msg = pb::LoadImageRequest {
+            data: buf[..n].to_vec(),
+            tag: std::mem::take(&mut tag),
+        };
+        if tx.send(msg).await.is_err() {
+            // The daemon ended the call; its answer says why.
+            return Ok(());
+        }
+    }
+}
+
+/// Streams the archive (FILE or stdin) in `chunk`-byte messages into
+/// `call` and returns its answer. A read error drops the call (the daemon
+/// discards the upload); a refusal by the daemon stops the reading.
+async fn upload<R, Fut>(
+    input: Option<PathBuf>,
+    tag: Option<String>,
+    chunk: usize,
+    call: impl FnOnce(ReceiverStream<pb::LoadImageRequest>) -> Fut,
+) -> anyhow::Result<R>
+where
+    Fut: std::future::Future<Output = Result<tonic::Response<R>, tonic::Status>>,
+{
+    let reader = archive(&input).await?;
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
     let call = async {
-        c.images()
-            .load(ReceiverStream::new(rx))
+        call(ReceiverStream::new(rx))
             .await
             .map_err(rpc)
             .map(tonic::Response::into_inner)
     };
-    // A read error drops the call (the daemon discards the upload); a refusal
-    // by the daemon stops the reading.
-    let ((), resp) = tokio::try_join!(send, call)?;
-    for image in resp.images {
-        if quiet {
-            println!("{}", image.id);
-        } else if image.name.starts_with("sha256:") {
-            println!("Loaded image ID: {}", image.id);
-        } else {
-            let (repo, tag) = reference::repo_and_tag(&image.name);
-            println!("Loaded image: {repo}:{tag}");
-        }
+    let ((), resp) = tokio::try_join!(send_archive(reader, tag, chunk, tx), call)?;
+    Ok(resp)
+}
+
+async fn load(
+    c: &Client,
+    input: Option<PathBuf>,
+    tag: Option<String>,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    let mut images = c.images();
+    let resp = upload(input, tag, CHUNK, |s| images.load(s)).await?;
+    for image in &resp.images {
+        print_loaded(image, quiet);
     }
     Ok(())
+}
+
+fn print_loaded(image: &pb::LoadedImage, quiet: bool) {
+    if quiet {
+        println!("{}", image.id);
+    } else if image.name.starts_with("sha256:") {
+        println!("Loaded image ID: {}", image.id);
+    } else {
+        let (repo, tag) = reference::repo_and_tag(&image.name);
+        println!("Loaded image: {repo}:{tag}");
+    }
+}
+
+/// `image load --all-nodes`: through the manager's `Control.LoadImage`.
+async fn load_all_nodes(
+    c: &Client,
+    input: Option<PathBuf>,
+    tag: Option<String>,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    let mut control = c.control();
+    let resp = upload(input, tag, ALL_NODES_CHUNK, |s| control.load_image(s)).await?;
+    let failed = resp.nodes.iter().filter(|n| !n.error.is_empty()).count();
+    if quiet {
+        let mut ids: Vec<&str> = resp
+            .nodes
+            .iter()
+            .flat_map(|n| n.images.iter().map(|i| i.id.as_str()))
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        for id in ids {
+            println!("{id}");
+        }
+    } else {
+        for n in &resp.nodes {
+            println!("{}", node_line(n));
+        }
+    }
+    if failed > 0 {
+        bail!(
+            "the image was not loaded on {failed} of {} nodes",
+            resp.nodes.len()
+        );
+    }
+    Ok(())
+}
+
+/// `HOST (ID): loaded NAME, NAME` or `HOST (ID): failed: WHY`.
+fn node_line(n: &pb::ClusterImageNode) -> String {
+    let who = format!("{} ({})", n.hostname, n.node_id);
+    if !n.error.is_empty() {
+        return format!("{who}: failed: {}", n.error);
+    }
+    let names: Vec<String> = n
+        .images
+        .iter()
+        .map(|i| {
+            if i.name.starts_with("sha256:") {
+                short_id(&i.id)
+            } else {
+                let (repo, tag) = reference::repo_and_tag(&i.name);
+                format!("{repo}:{tag}")
+            }
+        })
+        .collect();
+    format!("{who}: loaded {}", names.join(", "))
 }
 
 async fn pull(c: &Client, image: String, insecure: bool, quiet: bool) -> anyhow::Result<()> {

@@ -182,6 +182,13 @@ async fn control_calls(ch: Channel, set: Set) -> Vec<Outcome> {
     call!(out, c.service_logs(pb::ServiceLogsRequest::default()));
     call!(out, c.rotate_node_key(pb::RotateNodeKeyRequest::default()));
     call!(out, c.unlock_key(pb::UnlockKeyRequest { rotate: true }));
+    call!(
+        out,
+        c.load_image(tokio_stream::iter(vec![pb::LoadImageRequest {
+            data: b"not an archive".to_vec(),
+            ..Default::default()
+        }]))
+    );
     out
 }
 
@@ -216,6 +223,23 @@ async fn dispatcher_calls(ch: Channel, node: &str, set: Set) -> Vec<Outcome> {
     call!(
         out,
         c.list_node_networks(pb::ListNetworksRequest::default())
+    );
+    // No such fetch: NOT_FOUND once past authorization (which node a fetch
+    // targets is checked in weft_manager::imagepush's tests).
+    call!(
+        out,
+        c.fetch_image(pb::ImageFetchRequest {
+            node_id: node_id.clone(),
+            fetch_id: "0".repeat(32),
+        })
+    );
+    call!(
+        out,
+        c.report_image_fetch(pb::ImageFetchReport {
+            node_id: node_id.clone(),
+            fetch_id: "0".repeat(32),
+            ..Default::default()
+        })
     );
     if set == Set::Reads {
         return out;

@@ -1242,3 +1242,158 @@ fn service_update_changes_the_image_and_the_container_options() {
     assert!(c["Mounts"].as_array().is_none_or(|m| m.is_empty()), "{c}");
     assert_eq!(before["ID"], inspect()["ID"]);
 }
+
+/// `ctr images ls -q` on `host`: the image names its containerd holds.
+fn image_names(rig: &Rig, host: &str) -> Vec<String> {
+    rig.ctrd(host)
+        .ctr_ok(NS, &["images", "ls", "-q"])
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `weft image load --all-nodes` (issue #14 stage 10): a corrupt archive
+/// is refused before any node is asked; a good one reaches every node
+/// (containerd's own view), a global service of it then runs on all three
+/// without another load, the leader's spool is gone after each load, and a
+/// killed worker is reported failed while the others load (exit non-zero).
+#[test]
+fn an_archive_loaded_on_all_nodes_reaches_every_node_and_a_dead_one_is_reported() {
+    let mut rig = Rig::new("ctr-imgall", &["m1", "w1", "w2"]);
+    let (wt, _) = rig.lab.init("m1", &["--heartbeat-period", "500ms"]);
+    rig.lab.join("w1", &wt, "m1");
+    rig.lab.join("w2", &wt, "m1");
+    let lab = &rig.lab;
+    wait_for("three ready nodes", Duration::from_secs(20), || {
+        lab.node_ls("m1")
+            .iter()
+            .filter(|n| n.status == "Ready")
+            .count()
+            == 3
+    });
+    let images = common::image::busybox();
+    let spool = lab.data_dir("m1").join("image-spool");
+    let spool_files = || {
+        std::fs::read_dir(&spool)
+            .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+
+    // Corrupt: the archive cut in half. Refused, nothing anywhere.
+    let corrupt = lab.dir().join("corrupt.tar");
+    let bytes = std::fs::read(&images.docker).unwrap();
+    std::fs::write(&corrupt, &bytes[..bytes.len() / 2]).unwrap();
+    let out = lab.try_weft(
+        "m1",
+        &[
+            "image",
+            "load",
+            "--all-nodes",
+            "-i",
+            corrupt.to_str().unwrap(),
+        ],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("refused") && err.contains("no node was asked"),
+        "{err}"
+    );
+    for h in ["m1", "w1", "w2"] {
+        assert!(image_names(&rig, h).is_empty(), "{h}");
+    }
+    assert!(spool_files().is_empty(), "{:?}", spool_files());
+
+    // Good: one line per node, loaded everywhere.
+    let started = std::time::Instant::now();
+    let out = lab.weft(
+        "m1",
+        &[
+            "image",
+            "load",
+            "--all-nodes",
+            "-i",
+            images.docker.to_str().unwrap(),
+        ],
+    );
+    eprintln!("load --all-nodes took {} ms", started.elapsed().as_millis());
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    for l in &lines {
+        assert!(l.contains(": loaded weft-test/busybox:latest"), "{out}");
+    }
+    for h in ["m1", "w1", "w2"] {
+        assert_eq!(
+            image_names(&rig, h),
+            ["docker.io/weft-test/busybox:latest"],
+            "{h}"
+        );
+    }
+    assert!(spool_files().is_empty(), "{:?}", spool_files());
+
+    // A global service of it runs on all three, with no other load.
+    lab.weft(
+        "m1",
+        &[
+            "service",
+            "create",
+            "--name",
+            "everywhere",
+            "--mode",
+            "global",
+            IMAGE,
+            "sleep",
+            "1000",
+        ],
+    );
+    for h in ["m1", "w1", "w2"] {
+        wait_for(
+            &format!("a container on {h}"),
+            Duration::from_secs(30),
+            || rig.running(h).len() == 1,
+        );
+    }
+    lab.weft("m1", &["service", "rm", "everywhere"]);
+
+    // w2 killed: reported, the others load, exit non-zero.
+    rig.lab.kill9("w2");
+    let lab = &rig.lab;
+    let out = lab.try_weft(
+        "m1",
+        &[
+            "image",
+            "load",
+            "--all-nodes",
+            "--tag",
+            "weft-test/busybox:second",
+            "-i",
+            images.oci.to_str().unwrap(),
+        ],
+    );
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!out.status.success(), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("not loaded on 1 of 3 nodes"),
+        "{stdout}{stderr}"
+    );
+    let w2 = stdout
+        .lines()
+        .find(|l| l.starts_with("w2 "))
+        .unwrap_or_default();
+    assert!(w2.contains("failed"), "{stdout}");
+    for h in ["m1", "w1"] {
+        let line = stdout.lines().find(|l| l.starts_with(&format!("{h} ")));
+        assert!(
+            line.is_some_and(|l| l.contains("loaded weft-test/busybox:second")),
+            "{h}: {stdout}"
+        );
+        assert!(
+            image_names(&rig, h).contains(&"docker.io/weft-test/busybox:second".to_string()),
+            "{h}"
+        );
+    }
+    assert!(spool_files().is_empty(), "{:?}", spool_files());
+}

@@ -17,6 +17,8 @@
 //! |            |                    | anyone certified while this manager has no state yet   |
 //! | Raft.Propose | manager          | a manager now                                          |
 //! | Dispatcher | any, for itself    | a member now                                           |
+//! | Dispatcher.FetchImage, | any, for itself | a member now, and a target of that fetch   |
+//! | .ReportImageFetch |         | (checked by [`crate::imagepush::Pushes`])              |
 //!
 //! Why Raft accepts group members that the store no longer lists as
 //! managers: a demoted leader must keep replicating until the membership

@@ -43,7 +43,15 @@ pub type CoreSlot = Arc<RwLock<Option<Core>>>;
 pub struct ControlService {
     core: Core,
     caller: Caller,
+    archive_check: Option<ArchiveCheck>,
 }
+
+/// Checks an image archive (the spooled file, the tag asked for) before a
+/// cluster-wide load sends it anywhere; the daemon provides it (the
+/// archive format is the worker's, which the manager must not depend on).
+/// Without one, each node's load checks it (and refuses it, unchanged).
+pub type ArchiveCheck =
+    Arc<dyn Fn(&std::path::Path, Option<&str>) -> std::result::Result<(), String> + Send + Sync>;
 
 /// The `Control` service of the local socket: answers through the manager
 /// in the slot, or explains that this node is not a manager.
@@ -55,6 +63,8 @@ pub struct LocalControl {
     /// Raft stopped on a disk error, say); empty when it runs or the node
     /// is no manager.
     down: Option<Arc<std::sync::RwLock<String>>>,
+    /// Checks archives of `image load --all-nodes` (see [`ArchiveCheck`]).
+    archive_check: Option<ArchiveCheck>,
 }
 
 /// What the local socket needs from the node itself for `weft network`:
@@ -89,6 +99,7 @@ impl LocalControl {
             slot,
             node: None,
             down: None,
+            archive_check: None,
         }
     }
 
@@ -99,6 +110,7 @@ impl LocalControl {
             slot,
             node: Some(node),
             down: None,
+            archive_check: None,
         }
     }
 
@@ -106,6 +118,13 @@ impl LocalControl {
     /// slot is empty: the node is a manager whose manager is not running.
     pub fn with_down_reason(mut self, down: Arc<std::sync::RwLock<String>>) -> Self {
         self.down = Some(down);
+        self
+    }
+
+    /// Checks archives of `image load --all-nodes` with `check` before any
+    /// node is asked to load them.
+    pub fn with_archive_check(mut self, check: ArchiveCheck) -> Self {
+        self.archive_check = Some(check);
         self
     }
 
@@ -128,23 +147,31 @@ impl LocalControl {
             .as_ref()
             .map(|d| d.read().expect("down reason").clone())
             .filter(|d| !d.is_empty());
-        core.map(|c| ControlService::new(c, Caller::Local))
-            .ok_or_else(|| match down {
-                Some(why) => Status::unavailable(format!(
-                    "this node is a manager, but its manager is not running: {why}"
-                )),
-                None => Status::failed_precondition(
-                    "this node is not a manager: run the command on a manager node \
+        core.map(|c| {
+            let mut svc = ControlService::new(c, Caller::Local);
+            svc.archive_check = self.archive_check.clone();
+            svc
+        })
+        .ok_or_else(|| match down {
+            Some(why) => Status::unavailable(format!(
+                "this node is a manager, but its manager is not running: {why}"
+            )),
+            None => Status::failed_precondition(
+                "this node is not a manager: run the command on a manager node \
                      (or point -H at a manager's daemon socket)",
-                ),
-            })
+            ),
+        })
     }
 }
 
 impl ControlService {
     /// A control service for one kind of caller.
     pub fn new(core: Core, caller: Caller) -> Self {
-        ControlService { core, caller }
+        ControlService {
+            core,
+            caller,
+            archive_check: None,
+        }
     }
 
     fn authorize<T>(&self, req: &Request<T>) -> std::result::Result<(), Status> {
@@ -1016,6 +1043,16 @@ impl Control for ControlService {
 
     type ServiceLogsStream = LogStream;
 
+    async fn load_image(
+        &self,
+        req: Request<tonic::Streaming<pb::LoadImageRequest>>,
+    ) -> std::result::Result<Response<pb::ClusterImageLoadResponse>, Status> {
+        self.admit(&req).await?;
+        Ok(Response::new(
+            ControlService::load_image(self, req.into_inner()).await?,
+        ))
+    }
+
     async fn service_logs(
         &self,
         req: Request<pb::ServiceLogsRequest>,
@@ -1031,6 +1068,7 @@ impl Control for ControlService {
 mod tests;
 
 mod autolock;
+mod images;
 mod local;
 mod networks;
 mod service_update;

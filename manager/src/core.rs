@@ -32,6 +32,10 @@ struct Inner {
     channels: Option<crate::raft::ChannelFactory>,
     /// The autolock unlock key, in memory only (see [`crate::autolock`]).
     unlock: weft_proto::seal::KeyHolder,
+    /// The cluster-wide image load in progress, if any.
+    pushes: crate::imagepush::Pushes,
+    /// Where its archive is spooled (none: cluster-wide loads refused).
+    spool_dir: Option<std::path::PathBuf>,
 }
 
 /// Which node a log request went to, and where its stream goes.
@@ -88,8 +92,38 @@ impl Core {
                 log_waiters: Mutex::new(HashMap::new()),
                 channels: None,
                 unlock: weft_proto::seal::KeyHolder::default(),
+                pushes: crate::imagepush::Pushes::default(),
+                spool_dir: None,
             }),
         }
+    }
+
+    /// Spools cluster-wide image loads in `dir` (see [`crate::imagepush`]).
+    pub fn with_spool_dir(mut self, dir: std::path::PathBuf) -> Self {
+        let inner = Arc::get_mut(&mut self.inner).expect("fresh core");
+        inner.spool_dir = Some(dir);
+        self
+    }
+
+    /// Where cluster-wide image loads are spooled, if anywhere.
+    pub fn spool_dir(&self) -> Option<&std::path::Path> {
+        self.inner.spool_dir.as_deref()
+    }
+
+    /// The cluster-wide image load in progress.
+    pub fn pushes(&self) -> &crate::imagepush::Pushes {
+        &self.inner.pushes
+    }
+
+    /// The nodes with a session on this manager now.
+    pub fn session_nodes(&self) -> std::collections::BTreeSet<NodeId> {
+        self.inner
+            .sessions
+            .lock()
+            .expect("sessions")
+            .keys()
+            .copied()
+            .collect()
     }
 
     /// This manager's node ID.
@@ -346,6 +380,8 @@ impl Core {
         let mut s = self.inner.sessions.lock().expect("sessions");
         if s.get(&id).is_some_and(|cur| cur.same_channel(tx)) {
             s.remove(&id);
+            drop(s);
+            self.inner.pushes.session_ended(id);
         }
     }
 

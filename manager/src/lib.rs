@@ -17,6 +17,7 @@ pub mod convert;
 pub mod core;
 pub mod dispatcher;
 pub mod error;
+pub mod imagepush;
 pub mod join;
 pub mod leader;
 pub mod limits;

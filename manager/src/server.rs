@@ -133,7 +133,18 @@ impl Manager {
             channels.clone(),
         )
         .await?;
-        let core = Core::with_channels(cfg.node_id, raft.clone(), channels, cfg.unlock.clone());
+        // Spool files live only for the call that made them: any found
+        // now were left by a manager that died during a load.
+        let spool = cfg
+            .raft_dir
+            .with_file_name(crate::imagepush::SPOOL_DIR_NAME);
+        if let Err(e) = std::fs::remove_dir_all(&spool)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %spool.display(), "cannot clear the image spool: {e}");
+        }
+        let core = Core::with_channels(cfg.node_id, raft.clone(), channels, cfg.unlock.clone())
+            .with_spool_dir(spool);
 
         // Removed nodes are refused in the handshake, from the store as it
         // stands at that moment (see crate::authz).

@@ -33,6 +33,17 @@ pub(super) fn store(args: &DaemonArgs) -> anyhow::Result<Arc<ImageStore>> {
     Ok(Arc::new(ImageStore::new(config)))
 }
 
+/// Checks the archive of an `image load --all-nodes` on the manager as
+/// this node's own load would, before any node is asked to load it (the
+/// manager does not read archives itself: see weft_manager::imagepush).
+pub(super) fn archive_check(store: &ImageStore) -> weft_manager::controlapi::ArchiveCheck {
+    let config = store.config();
+    let (limit, limits) = (config.max_archive, config.limits);
+    Arc::new(move |path, tag| {
+        weft_worker::image::import::check_file(path, tag, limit, &limits).map_err(|e| e.to_string())
+    })
+}
+
 /// The service for the daemon's router.
 pub(super) fn server(store: Arc<ImageStore>) -> ImagesServer<NodeImages> {
     ImagesServer::new(NodeImages { store })

@@ -104,6 +104,96 @@ pub struct Agent {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// The agent's credentials and view of the managers, for node-scoped
+/// dispatcher calls made by tasks that outlive a borrow of the [`Agent`]
+/// (the image fetcher). Cheap to clone; sees certificate renewals.
+#[derive(Clone)]
+pub struct ManagerCaller {
+    certs: Arc<RwLock<Certs>>,
+    trust: Arc<RwLock<tls::ManagerTrust>>,
+    status: watch::Receiver<AgentStatus>,
+}
+
+impl ManagerCaller {
+    fn certs(&self) -> Certs {
+        self.certs.read().expect("certs lock").clone()
+    }
+
+    fn manager_trust(&self) -> tls::ManagerTrust {
+        self.trust.read().expect("trust lock").clone()
+    }
+
+    /// Managers to try for a node-scoped call: the leader first.
+    fn manager_candidates(&self) -> Vec<String> {
+        let st = self.status.borrow().clone();
+        let mut addrs = Vec::new();
+        if !st.leader_addr.is_empty() {
+            addrs.push(st.leader_addr.clone());
+        }
+        for a in st.manager_addrs {
+            if !addrs.contains(&a) {
+                addrs.push(a);
+            }
+        }
+        addrs
+    }
+
+    /// Calls a node-scoped dispatcher RPC on the leader (following a
+    /// redirect once), as [`Agent::call`].
+    pub async fn call<T, F, Fut>(&self, f: F) -> Result<T>
+    where
+        F: Fn(DispatcherClient<tonic::transport::Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        let certs = self.certs();
+        let trust = self.manager_trust();
+        let mut addrs = self.manager_candidates();
+        let mut last = None;
+        let mut i = 0;
+        while i < addrs.len() {
+            let addr = addrs[i].clone();
+            i += 1;
+            let ch = match tls::channel_to_manager_checked(
+                &addr,
+                &certs.ca_pem,
+                (&certs.cert_pem, &certs.key_pem),
+                trust.clone(),
+            )
+            .await
+            {
+                Ok(ch) => ch,
+                Err(e) => {
+                    last = Some(Error::from(e));
+                    continue;
+                }
+            };
+            match f(DispatcherClient::new(ch)).await {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(status) => {
+                    if let Some(leader) = status
+                        .metadata()
+                        .get(LEADER_METADATA)
+                        .and_then(|v| v.to_str().ok())
+                        .filter(|l| !l.is_empty() && !addrs[..i].iter().any(|a| a == l))
+                    {
+                        addrs.insert(i, leader.to_string());
+                        continue;
+                    }
+                    if status.code() == Code::Unavailable {
+                        last = Some(Error::Rpc { addr, status });
+                        continue;
+                    }
+                    return Err(Error::Rpc { addr, status });
+                }
+            }
+        }
+        Err(last.unwrap_or(Error::BadAnswer {
+            addr: String::new(),
+            what: "no manager address known".into(),
+        }))
+    }
+}
+
 struct Run {
     node_id: String,
     files: NodeFiles,
@@ -203,19 +293,13 @@ impl Agent {
         self.report.clone()
     }
 
-    /// Managers to try for a node-scoped call: the leader first.
-    fn manager_candidates(&self) -> Vec<String> {
-        let st = self.status.borrow().clone();
-        let mut addrs = Vec::new();
-        if !st.leader_addr.is_empty() {
-            addrs.push(st.leader_addr.clone());
+    /// A handle for node-scoped dispatcher calls from another task.
+    pub fn caller(&self) -> ManagerCaller {
+        ManagerCaller {
+            certs: self.certs.clone(),
+            trust: self.trust.clone(),
+            status: self.status.clone(),
         }
-        for a in st.manager_addrs {
-            if !addrs.contains(&a) {
-                addrs.push(a);
-            }
-        }
-        addrs
     }
 
     /// Calls a node-scoped dispatcher RPC on the leader (following a
@@ -225,52 +309,7 @@ impl Agent {
         F: Fn(DispatcherClient<tonic::transport::Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
     {
-        let certs = self.certs();
-        let trust = self.manager_trust();
-        let mut addrs = self.manager_candidates();
-        let mut last = None;
-        let mut i = 0;
-        while i < addrs.len() {
-            let addr = addrs[i].clone();
-            i += 1;
-            let ch = match tls::channel_to_manager_checked(
-                &addr,
-                &certs.ca_pem,
-                (&certs.cert_pem, &certs.key_pem),
-                trust.clone(),
-            )
-            .await
-            {
-                Ok(ch) => ch,
-                Err(e) => {
-                    last = Some(Error::from(e));
-                    continue;
-                }
-            };
-            match f(DispatcherClient::new(ch)).await {
-                Ok(r) => return Ok(r.into_inner()),
-                Err(status) => {
-                    if let Some(leader) = status
-                        .metadata()
-                        .get(LEADER_METADATA)
-                        .and_then(|v| v.to_str().ok())
-                        .filter(|l| !l.is_empty() && !addrs[..i].iter().any(|a| a == l))
-                    {
-                        addrs.insert(i, leader.to_string());
-                        continue;
-                    }
-                    if status.code() == Code::Unavailable {
-                        last = Some(Error::Rpc { addr, status });
-                        continue;
-                    }
-                    return Err(Error::Rpc { addr, status });
-                }
-            }
-        }
-        Err(last.unwrap_or(Error::BadAnswer {
-            addr: String::new(),
-            what: "no manager address known".into(),
-        }))
+        self.caller().call(f).await
     }
 
     /// Watch what the agent knows.

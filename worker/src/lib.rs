@@ -12,6 +12,7 @@ pub mod capacity;
 pub mod error;
 pub mod health;
 pub mod image;
+pub mod image_fetch;
 pub mod join;
 pub mod logs;
 pub mod node_files;

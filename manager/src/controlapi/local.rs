@@ -223,6 +223,13 @@ impl Control for LocalControl {
         Control::service_logs(&self.inner()?, req).await
     }
 
+    async fn load_image(
+        &self,
+        req: Request<tonic::Streaming<pb::LoadImageRequest>>,
+    ) -> std::result::Result<Response<pb::ClusterImageLoadResponse>, Status> {
+        Control::load_image(&self.inner()?, req).await
+    }
+
     async fn rotate_node_key(
         &self,
         req: Request<pb::RotateNodeKeyRequest>,

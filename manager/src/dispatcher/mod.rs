@@ -74,12 +74,13 @@ impl DispatcherService {
     ) -> Result<(pb::SessionMessage, pb::NodeConfig), Status> {
         let mut msg = self.session_message(id)?;
         let version = self.core.store().applied_index();
-        let config = self
+        let mut config = self
             .core
             .read(|s| projection::project(s, id, version))
             .ok_or_else(|| {
                 Status::permission_denied(format!("node {id} was removed from the cluster"))
             })?;
+        config.image_fetches = self.core.pushes().fetches_for(id);
         let changed = last.is_none_or(|l| !projection::same_content(l, &config));
         if changed {
             // Admission keeps every config under this (see `limits`); if
@@ -365,10 +366,79 @@ fn same_header(a: &pb::SessionMessage, b: &pb::SessionMessage) -> bool {
 }
 
 type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::SessionMessage, Status>> + Send>>;
+type FetchImageStream = Pin<Box<dyn Stream<Item = Result<pb::ImageFetchChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Dispatcher for DispatcherService {
     type SessionStream = SessionStream;
+    type FetchImageStream = FetchImageStream;
+
+    async fn fetch_image(
+        &self,
+        req: Request<pb::ImageFetchRequest>,
+    ) -> Result<Response<Self::FetchImageStream>, Status> {
+        let node = self.authorize(&req, &req.get_ref().node_id)?;
+        let (path, size) = self.core.pushes().open(node.id, &req.get_ref().fetch_id)?;
+        // Opened now: the file stays readable if the load ends meanwhile.
+        let file = tokio::fs::File::open(&path).await.map_err(|e| {
+            Status::internal(format!(
+                "cannot open the image spool {}: {e}",
+                path.display()
+            ))
+        })?;
+        tracing::info!(node = %node.id, fetch = %req.get_ref().fetch_id, bytes = size, "node fetches an image archive");
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut file = file.take(size);
+            loop {
+                let mut buf = vec![0u8; crate::imagepush::FETCH_CHUNK_BYTES];
+                let n = match file.read(&mut buf).await {
+                    Ok(0) => return,
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = tx
+                            .send(Err(Status::internal(format!(
+                                "cannot read the image spool: {e}"
+                            ))))
+                            .await;
+                        return;
+                    }
+                };
+                buf.truncate(n);
+                if tx
+                    .send(Ok(pb::ImageFetchChunk { data: buf }))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn report_image_fetch(
+        &self,
+        req: Request<pb::ImageFetchReport>,
+    ) -> Result<Response<pb::ImageFetchAck>, Status> {
+        let node = self.authorize(&req, &req.get_ref().node_id)?;
+        let r = req.into_inner();
+        let id = r.fetch_id.clone();
+        let outcome = crate::imagepush::outcome_from_report(r);
+        match &outcome {
+            Ok(images) => {
+                tracing::info!(node = %node.id, fetch = %id, images = images.len(), "node loaded an image archive")
+            }
+            Err(e) => {
+                tracing::warn!(node = %node.id, fetch = %id, error = %e, "node failed to load an image archive")
+            }
+        }
+        self.core.pushes().report(node.id, &id, outcome)?;
+        Ok(Response::new(pb::ImageFetchAck {}))
+    }
 
     async fn session(
         &self,
@@ -381,6 +451,7 @@ impl Dispatcher for DispatcherService {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let this = self.clone();
         let mut changes = self.core.store().subscribe();
+        let mut pushes = self.core.pushes().subscribe();
         let (log_tx, mut log_rx) = tokio::sync::mpsc::unbounded_channel();
         // Each call checks the caller's certificate, but this stream is one
         // call: it ends when the certificate it was opened with expires (a
@@ -415,6 +486,7 @@ impl Dispatcher for DispatcherService {
                         return;
                     }
                     r = changes.changed() => if r.is_err() { return },
+                    r = pushes.changed() => if r.is_err() { return },
                     r = server.changed() => if r.is_err() { return },
                     Some(req) = log_rx.recv() => {
                         let mut msg = last.clone();

@@ -258,6 +258,9 @@ pub fn project(state: &State, node: NodeId, version: u64) -> Option<pb::NodeConf
         wg_key_generation: me.wg_key_generation,
         ports: published_ports(state, node, &mine),
         ingress,
+        // Not the store's: the dispatcher adds the leader's in-memory
+        // image fetches (crate::imagepush).
+        image_fetches: Vec::new(),
     })
 }
 

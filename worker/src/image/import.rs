@@ -16,7 +16,7 @@
 //! out (or, if containerd is gone by then, expires within an hour); then
 //! containerd's GC collects them, as nothing references them.
 
-use std::io::{BufReader, Read, Seek, SeekFrom};
+use std::io::{BufReader, Read, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
@@ -154,24 +154,59 @@ impl Spool {
 /// Decompresses a gzipped spool into a sibling file (bounded by `limit`);
 /// a plain tar is returned as it is. Blocking.
 pub fn gunzip_if_needed(spool: SpoolFile, limit: u64) -> Result<SpoolFile, ImageError> {
+    if !is_gzip(spool.path())? {
+        return Ok(spool);
+    }
+    let out = SpoolFile {
+        path: spool.path().with_extension("tar"),
+    };
+    gunzip_to(spool.path(), out, limit)
+}
+
+/// Checks the archive at `path` as a load would (format, digests, paths,
+/// sizes, the tag) and stores nothing: for a cluster-wide load, before
+/// any node is asked. `path` itself is left in place; a gzipped archive
+/// is decompressed to a sibling `.check.tar`, removed after. Blocking.
+pub fn check_file(
+    path: &Path,
+    tag: Option<&str>,
+    limit: u64,
+    limits: &Limits,
+) -> Result<(), ImageError> {
+    if is_gzip(path)? {
+        let out = SpoolFile {
+            path: path.with_extension("check.tar"),
+        };
+        let plain = gunzip_to(path, out, limit)?;
+        plan_path(plain.path(), tag, limits).map(drop)
+    } else {
+        plan_path(path, tag, limits).map(drop)
+    }
+}
+
+/// Whether the file starts with the gzip magic.
+fn is_gzip(path: &Path) -> Result<bool, ImageError> {
+    let mut file = std::fs::File::open(path).map_err(|source| ImageError::Io {
+        what: "cannot read the upload",
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut magic = [0u8; 2];
+    let n = file.read(&mut magic).map_err(|source| ImageError::Io {
+        what: "cannot read the upload",
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(n == 2 && magic == [0x1f, 0x8b])
+}
+
+/// Decompresses `src` into `out`, at most `limit` bytes.
+fn gunzip_to(src: &Path, out: SpoolFile, limit: u64) -> Result<SpoolFile, ImageError> {
     let io_err = |what, path: &Path| {
         let path = path.to_owned();
         move |source| ImageError::Io { what, path, source }
     };
-    let mut file = std::fs::File::open(spool.path())
-        .map_err(io_err("cannot read the upload", spool.path()))?;
-    let mut magic = [0u8; 2];
-    let n = file
-        .read(&mut magic)
-        .map_err(io_err("cannot read the upload", spool.path()))?;
-    if n < 2 || magic != [0x1f, 0x8b] {
-        return Ok(spool);
-    }
-    file.seek(SeekFrom::Start(0))
-        .map_err(io_err("cannot read the upload", spool.path()))?;
-    let out = SpoolFile {
-        path: spool.path().with_extension("tar"),
-    };
+    let file = std::fs::File::open(src).map_err(io_err("cannot read the upload", src))?;
     let mut dest = std::fs::File::create(out.path())
         .map_err(io_err("cannot write the decompressed upload", out.path()))?;
     let mut decoder = flate2::read::GzDecoder::new(BufReader::new(file)).take(limit + 1);
@@ -193,10 +228,14 @@ pub fn plan_file(
     tag: Option<&str>,
     limits: &Limits,
 ) -> Result<ImportPlan, ImageError> {
+    plan_path(spool.path(), tag, limits)
+}
+
+fn plan_path(path: &Path, tag: Option<&str>, limits: &Limits) -> Result<ImportPlan, ImageError> {
     let open = || {
-        std::fs::File::open(spool.path()).map_err(|source| ImageError::Io {
+        std::fs::File::open(path).map_err(|source| ImageError::Io {
             what: "cannot read the upload",
-            path: spool.path().to_owned(),
+            path: path.to_owned(),
             source,
         })
     };
