@@ -484,7 +484,7 @@ fn containerd_not_running_is_a_clear_error() {
 /// snapshot chain is unpacked again on demand.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_resolves_references_and_unpacks_lazily() {
-    use weft_worker::image::{ImageError, ImageStore, Spool, StoreConfig};
+    use weft_worker::image::{Fetch, ImageError, ImageStore, Spool, StoreConfig};
     let images = busybox();
     let ctrd = PrivateContainerd::start("img-get");
     let mut config = StoreConfig::new(&ctrd.dir().join("exec"));
@@ -510,7 +510,7 @@ async fn get_resolves_references_and_unpacks_lazily() {
         ]
     );
 
-    let image = store.get("busybox").await.unwrap();
+    let image = store.get("busybox", Fetch::default()).await.unwrap();
     assert_eq!(image.name, "docker.io/library/busybox:latest");
     assert_eq!(image.digest, loaded[0].digest);
     assert_eq!(image.config.config.cmd, ["/bin/sh"]);
@@ -525,12 +525,12 @@ async fn get_resolves_references_and_unpacks_lazily() {
         loaded[0].id.clone(),
         loaded[0].id["sha256:".len()..][..12].to_owned(),
     ] {
-        let other = store.get(&reference).await.unwrap();
+        let other = store.get(&reference, Fetch::default()).await.unwrap();
         assert_eq!(other.digest, image.digest, "{reference}");
         assert_eq!(other.top_chain_id, image.top_chain_id, "{reference}");
     }
     let missing = format!("sha256:{}", "0".repeat(64));
-    let err = store.get(&missing).await.unwrap_err();
+    let err = store.get(&missing, Fetch::default()).await.unwrap_err();
     assert!(matches!(err, ImageError::NotFound { .. }), "{err:?}");
     assert_eq!(
         err.to_string(),
@@ -538,7 +538,10 @@ async fn get_resolves_references_and_unpacks_lazily() {
     );
     // A name that is not here is pulled; from a registry that is not there,
     // that fails, saying both.
-    let err = store.get("127.0.0.1:9/nosuch").await.unwrap_err();
+    let err = store
+        .get("127.0.0.1:9/nosuch", Fetch::default())
+        .await
+        .unwrap_err();
     assert!(matches!(err, ImageError::PullFailed { .. }), "{err:?}");
     assert!(
         err.to_string().starts_with(
@@ -555,7 +558,7 @@ async fn get_resolves_references_and_unpacks_lazily() {
             .contains(&image.top_chain_id)
     );
     let started = Instant::now();
-    let again = store.get("busybox").await.unwrap();
+    let again = store.get("busybox", Fetch::default()).await.unwrap();
     eprintln!("lazy unpack took {} ms", started.elapsed().as_millis());
     assert_eq!(again, image);
     let snapshots = ctrd.ctr_ok(NS, &["snapshots", "ls"]);
@@ -820,6 +823,40 @@ fn a_service_pulled_from_a_registry_runs_on_three_hosts() {
     let err = lab.weft_err("m1", &["service", "create", "--name", "worse", "not a ref"]);
     assert!(err.contains("invalid image reference"), "{err}");
     lab.weft("m1", &["service", "rm", "bad", "web", "tagged"]);
+}
+
+#[test]
+fn a_task_shows_pulling_while_its_registry_is_slow() {
+    let rig = PullRig::new("pull-slow", &["m1"]);
+    let lab = &rig.lab;
+    // A registry that takes connections and never answers: a listening
+    // socket nobody accepts on (the kernel completes the handshake), on
+    // m1's loopback. The node's pull waits on it for its read timeout.
+    let silent = common::in_host(lab, "m1", async || {
+        std::net::TcpListener::bind("127.0.0.1:5001").expect("bind the silent registry")
+    });
+    lab.init("m1", &["--heartbeat-period", "500ms"]);
+    // --no-resolve-image: the CLI's own resolve would wait on it too.
+    lab.weft(
+        "m1",
+        &[
+            "service",
+            "create",
+            "--detach",
+            "--no-resolve-image",
+            "--name",
+            "slow",
+            "127.0.0.1:5001/weft-test/slow:latest",
+        ],
+    );
+    let mut ps = String::new();
+    common::wait_for("the task shows pulling", Duration::from_secs(30), || {
+        ps = lab.weft("m1", &["service", "ps", "slow"]);
+        ps.lines().skip(1).any(|l| l.contains("pulling"))
+    });
+    eprintln!("{ps}");
+    lab.weft("m1", &["service", "rm", "slow"]);
+    drop(silent);
 }
 
 fn wait_for_each_host(rig: &PullRig, hosts: &[&str], registry: &Registry) {

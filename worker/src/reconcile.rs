@@ -432,7 +432,11 @@ impl Reconciler {
                     },
                 ));
             } else if inflight.is_starting(&t.id) {
-                tasks.push(starting(&t.id));
+                tasks.push(if self.runtime.pulling(&t.id) {
+                    in_flight(&t.id, pb::TaskState::Pulling)
+                } else {
+                    starting(&t.id)
+                });
             } else if error.is_empty() && !inflight.is_removing(&t.id) {
                 inflight.start(self.runtime.clone(), self.task_spec(t));
                 tasks.push(starting(&t.id));
@@ -511,6 +515,7 @@ impl Reconciler {
                     seccomp_unconfined: c.seccomp_unconfined,
                     no_new_privileges: c.no_new_privileges,
                     bad_mounts: mounts.as_ref().err().map(ToString::to_string),
+                    registry_auth: registry_auth(t.registry_auth.as_ref(), &c.image),
                     mounts: mounts.unwrap_or_default(),
                 })
             }),
@@ -576,6 +581,30 @@ pub fn save_config(path: &Path, c: &pb::NodeConfig) -> Result<(), durable::Write
     durable::write_atomic(path, &c.encode_to_vec(), 0o600)
 }
 
+/// The credentials a task's config carries for its image's registry, if
+/// they are well formed and for that registry (what a manager sends is
+/// checked here too); otherwise the pull goes without them.
+fn registry_auth(
+    auth: Option<&pb::RegistryCredential>,
+    image: &str,
+) -> Option<crate::image::Credential> {
+    let auth = auth?;
+    let for_image = crate::image::pull::parse(image)
+        .map(|r| r.registry() == auth.registry)
+        .unwrap_or(false);
+    match crate::image::Credential::new(&auth.username, &auth.password) {
+        Ok(c) if for_image => Some(c),
+        Ok(_) => {
+            tracing::warn!(registry = %auth.registry, %image, "registry credentials for another registry: ignored");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(registry = %auth.registry, error = %e, "registry credentials refused");
+            None
+        }
+    }
+}
+
 /// The stop policy a task config asks for; what it leaves out (or cannot
 /// be, such as a signal that does not exist: the manager checks, this is
 /// the node's own check) takes the defaults.
@@ -596,8 +625,13 @@ fn stop_policy(p: Option<&pb::StopPolicy>) -> StopPolicy {
 
 /// A task being started, as the wire says it.
 fn starting(id: &str) -> pb::TaskReport {
+    in_flight(id, pb::TaskState::Starting)
+}
+
+/// A task on its way to running (`pulling` its image, `starting`).
+fn in_flight(id: &str, state: pb::TaskState) -> pb::TaskReport {
     let mut status = pb::TaskStatus::default();
-    status.set_state(pb::TaskState::Starting);
+    status.set_state(state);
     pb::TaskReport {
         task_id: id.to_string(),
         status: Some(status),
