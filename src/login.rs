@@ -193,6 +193,9 @@ pub fn registry_arg(registry: Option<String>) -> anyhow::Result<String> {
         }
         _ => r,
     };
+    // The shape first (its message is about registry names), then the
+    // reference parser's own check.
+    weft_proto::credential::check_registry(&r)?;
     check_registry(&r)?;
     Ok(r)
 }

@@ -837,26 +837,263 @@ fn a_task_shows_pulling_while_its_registry_is_slow() {
     });
     lab.init("m1", &["--heartbeat-period", "500ms"]);
     // --no-resolve-image: the CLI's own resolve would wait on it too.
-    lab.weft(
-        "m1",
-        &[
-            "service",
-            "create",
-            "--detach",
-            "--no-resolve-image",
-            "--name",
-            "slow",
-            "127.0.0.1:5001/weft-test/slow:latest",
-        ],
-    );
+    create_detached(lab, "slow", "127.0.0.1:5001/weft-test/slow:latest");
     let mut ps = String::new();
     common::wait_for("the task shows pulling", Duration::from_secs(30), || {
         ps = lab.weft("m1", &["service", "ps", "slow"]);
-        ps.lines().skip(1).any(|l| l.contains("pulling"))
+        // The state, not an error's "pulling it: …" (the pull waits).
+        ps.lines()
+            .skip(1)
+            .any(|l| l.contains("pulling") && !l.contains("failed") && !l.contains("pulling it"))
     });
     eprintln!("{ps}");
     lab.weft("m1", &["service", "rm", "slow"]);
     drop(silent);
+}
+
+/// `service create --detach --no-resolve-image --name NAME IMAGE` on m1.
+fn create_detached(lab: &Lab, name: &str, image: &str) {
+    let args = [
+        "service",
+        "create",
+        "--detach",
+        "--no-resolve-image",
+        "--name",
+        name,
+        image,
+    ];
+    lab.weft("m1", &args);
+}
+
+/// The private registry's user and password, and the htpasswd line for
+/// them (bcrypt, made once with Python's `crypt`: Distribution reads
+/// bcrypt only).
+const USER: &str = "alice";
+const PASSWORD: &str = "Sup3rSecret-pw";
+const HTPASSWD: &str = "alice:$2b$12$WdvD5gSQZYFmDfIPV8QOJ.Z19bS56sqdUx8SiSjfshbdX8/arN7la";
+
+/// `weft ARGS` inside `host`'s namespace (where the registry is reached),
+/// with its credentials file at `config` and `stdin` as its input.
+fn weft_login(
+    lab: &Lab,
+    host: &str,
+    config: &Path,
+    args: &[&str],
+    stdin: &str,
+) -> std::process::Output {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", lab.host_netns(host).display()))
+        .arg(common::WEFT)
+        .args(args)
+        .env("WEFT_CONFIG", config)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run weft");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("weft output")
+}
+
+/// `path` (a file) or every file under it (a directory) whose bytes
+/// contain one of `needles`.
+fn files_containing(path: &Path, needles: &[&[u8]]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![path.to_owned()];
+    while let Some(p) = stack.pop() {
+        if p.is_dir() {
+            let entries = std::fs::read_dir(&p).into_iter().flatten().flatten();
+            stack.extend(entries.map(|e| e.path()));
+        } else if let Ok(bytes) = std::fs::read(&p)
+            && needles
+                .iter()
+                .any(|n| bytes.windows(n.len()).any(|w| w == *n))
+        {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_private_registry_with_login_and_registry_auth() {
+    use base64::Engine as _;
+    let images = busybox();
+    let hosts = ["m1", "w1", "w2"];
+    let rig = PullRig::new("regauth", &hosts);
+    let lab = &rig.lab;
+    let creds = format!("{USER}:{PASSWORD}");
+    let registry = Registry::start_private(
+        "regauth",
+        &lab.host_netns("m1"),
+        &rig.registry,
+        HTPASSWD,
+        &creds,
+    );
+    let reference = registry.push(&images.docker, "private/busybox:latest");
+    let (wt, _) = lab.init("m1", &["--heartbeat-period", "500ms"]);
+    lab.join("w1", &wt, "m1");
+    lab.join("w2", &wt, "m1");
+    // w2 takes no task: it must never receive the credentials.
+    lab.weft("m1", &["node", "update", "--availability", "drain", "w2"]);
+
+    // Without credentials: a clear "unauthorized", shown in service ps,
+    // and the replacements back off.
+    create_detached(lab, "anon", &reference);
+    common::image::assert_fails_and_backs_off(lab, "m1", "anon", "unauthorized");
+    lab.weft("m1", &["service", "rm", "anon"]);
+
+    // A wrong password: refused, nothing stored.
+    let home = tempfile::tempdir().expect("temp dir");
+    let config = home.path().join("weft/config.json");
+    let registry_addr = rig.registry.as_str();
+    let login = [
+        "login",
+        "--insecure",
+        "-u",
+        USER,
+        "--password-stdin",
+        registry_addr,
+    ];
+    let out = weft_login(lab, "m1", &config, &login, "wrong-password\n");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("unauthorized"),
+        "{err}"
+    );
+    assert!(!config.exists(), "a refused login stored something");
+    // Bad input: no user name, a malformed registry.
+    let out = weft_login(
+        lab,
+        "m1",
+        &config,
+        &["login", "--password-stdin", registry_addr],
+        "x\n",
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("user name is empty"));
+    let out = weft_login(
+        lab,
+        "m1",
+        &config,
+        &["login", "-u", USER, "--password-stdin", "http://x/y"],
+        "x\n",
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("HOST[:PORT]"));
+    assert!(!config.exists());
+
+    // The right one: stored, mode 0600.
+    let out = weft_login(lab, "m1", &config, &login, &format!("{PASSWORD}\n"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&config).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+
+    // --with-registry-auth: both nodes that take a replica pull it.
+    let create = [
+        "service",
+        "create",
+        "--detach",
+        "--no-resolve-image",
+        "--with-registry-auth",
+        "--name",
+        "private",
+        "--replicas",
+        "2",
+        "--constraint",
+        "node.hostname!=w2",
+        &reference,
+        "sleep",
+        "1d",
+    ];
+    let socket = format!("unix://{}", lab.host_dir("m1").join("weft.sock").display());
+    let args: Vec<&str> = ["-H", socket.as_str()].into_iter().chain(create).collect();
+    let out = weft_login(lab, "m1", &config, &args, "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let start = Instant::now();
+    while !(rig.running("m1") == 1 && rig.running("w1") == 1) {
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "one replica on m1 and one on w1: {}\n{}",
+            lab.weft("m1", &["service", "ps", "private"]),
+            lab.log_tail("w1")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(rig.running("w2"), 0);
+
+    // inspect says for which registry, never the credentials.
+    let inspect = lab.weft("m1", &["service", "inspect", "private"]);
+    assert!(
+        inspect.contains(&format!("\"Registry\": \"{registry_addr}\"")),
+        "{inspect}"
+    );
+    let b64_pair = base64::engine::general_purpose::STANDARD.encode(&creds);
+    let b64_password = base64::engine::general_purpose::STANDARD.encode(PASSWORD);
+    assert!(
+        !inspect.contains(PASSWORD) && !inspect.contains(&b64_pair),
+        "{inspect}"
+    );
+
+    // The manager's disk (Raft log, snapshots, everything in its data dir):
+    // no password, no base64 of it. The service name is there (the grep
+    // sees the store), the password is not.
+    let needles: [&[u8]; 3] = [
+        PASSWORD.as_bytes(),
+        b64_pair.as_bytes(),
+        b64_password.as_bytes(),
+    ];
+    let m1_data = lab.data_dir("m1");
+    assert!(
+        !files_containing(&m1_data, &[b"private/busybox"]).is_empty(),
+        "the grep sees the store"
+    );
+    let leaked: Vec<PathBuf> = files_containing(&m1_data, &needles)
+        .into_iter()
+        .filter(|p| !p.ends_with("node-config.pb"))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "the password is on the manager's disk: {leaked:?}"
+    );
+    // The nodes that run a replica got it in their config (saved 0600);
+    // w2, with none, never did.
+    for h in ["m1", "w1"] {
+        let saved = lab.data_dir(h).join("node-config.pb");
+        assert!(
+            !files_containing(&saved, &[PASSWORD.as_bytes()]).is_empty(),
+            "{h} has no credentials"
+        );
+    }
+    let w2 = lab.data_dir("w2").join("node-config.pb");
+    assert!(w2.exists(), "w2 saved its config");
+    assert!(
+        files_containing(&lab.data_dir("w2"), &needles).is_empty(),
+        "w2 received the credentials"
+    );
+
+    // logout removes them.
+    let out = weft_login(lab, "m1", &config, &["logout", registry_addr], "");
+    assert!(out.status.success());
+    assert!(
+        !std::fs::read_to_string(&config)
+            .unwrap()
+            .contains(registry_addr)
+    );
+    lab.weft("m1", &["service", "rm", "private"]);
 }
 
 fn wait_for_each_host(rig: &PullRig, hosts: &[&str], registry: &Registry) {

@@ -829,6 +829,35 @@ mod tests {
     }
 
     #[test]
+    fn registry_credentials_are_checked_before_use() {
+        let wire = |registry: &str, user: &str| pb::RegistryCredential {
+            registry: registry.into(),
+            username: user.into(),
+            password: "pw".into(),
+        };
+        let image = "127.0.0.1:5000/team/app:1";
+        let c = registry_auth(Some(&wire("127.0.0.1:5000", "alice")), image).unwrap();
+        assert_eq!(c.username(), "alice");
+        // For another registry, malformed, or none: the pull goes without.
+        assert!(registry_auth(Some(&wire("docker.io", "alice")), image).is_none());
+        assert!(registry_auth(Some(&wire("127.0.0.1:5000", "")), image).is_none());
+        assert!(registry_auth(Some(&wire("127.0.0.1:5000", "a:b")), image).is_none());
+        assert!(registry_auth(None, image).is_none());
+        // Docker Hub names.
+        assert!(registry_auth(Some(&wire("docker.io", "bob")), "busybox").is_some());
+    }
+
+    #[test]
+    fn a_pulling_task_reports_pulling() {
+        let r = in_flight("t1", pb::TaskState::Pulling);
+        assert_eq!(r.status.unwrap().state(), pb::TaskState::Pulling);
+        assert_eq!(
+            starting("t1").status.unwrap().state(),
+            pb::TaskState::Starting
+        );
+    }
+
+    #[test]
     fn runtime_states_on_the_wire() {
         let running = task_status(&TaskState::Running { pid: 42 });
         assert_eq!(running.state(), pb::TaskState::Running);
