@@ -1085,6 +1085,52 @@ fn a_private_registry_with_login_and_registry_auth() {
         "w2 received the credentials"
     );
 
+    // update --with-registry-auth seals them again: still only the registry shown.
+    let update = [
+        "service",
+        "update",
+        "--detach",
+        "--with-registry-auth",
+        "private",
+    ];
+    let args: Vec<&str> = ["-H", socket.as_str()].into_iter().chain(update).collect();
+    let out = weft_login(lab, "m1", &config, &args, "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let inspect = lab.weft("m1", &["service", "inspect", "private"]);
+    assert!(
+        inspect.contains(registry_addr) && !inspect.contains(PASSWORD),
+        "{inspect}"
+    );
+
+    // image pull: anonymous without the file, with the stored credentials
+    // with it (w2's daemon: it has not got the image).
+    let w2_socket = format!("unix://{}", lab.host_dir("w2").join("weft.sock").display());
+    let pull = [
+        "-H",
+        w2_socket.as_str(),
+        "image",
+        "pull",
+        "-q",
+        reference.as_str(),
+    ];
+    let nowhere = home.path().join("none.json");
+    let out = weft_login(lab, "w2", &nowhere, &pull, "");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("unauthorized"),
+        "{err}"
+    );
+    let out = weft_login(lab, "w2", &config, &pull, "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // logout removes them.
     let out = weft_login(lab, "m1", &config, &["logout", registry_addr], "");
     assert!(out.status.success());
