@@ -74,6 +74,32 @@ pub enum Command {
         #[arg(short, long)]
         quiet: bool,
     },
+    /// Log in to a registry: check the credentials against it (as Docker's
+    /// login does), then store them on this machine for `image pull` and
+    /// `service create|update --with-registry-auth`.
+    ///
+    /// They are kept in $WEFT_CONFIG, else $XDG_CONFIG_HOME/weft/config.json,
+    /// else ~/.config/weft/config.json (mode 0600; base64, as Docker's
+    /// config.json). Credentials the registry refuses are not stored.
+    /// REGISTRY is HOST[:PORT]; docker.io (Docker Hub) when left out.
+    Login {
+        /// The user name.
+        #[arg(short, long)]
+        username: Option<String>,
+        /// Read the password from stdin (otherwise asked for on a terminal).
+        #[arg(long)]
+        password_stdin: bool,
+        /// Speak plain HTTP to the registry (loopback registries always are).
+        #[arg(long)]
+        insecure: bool,
+        /// HOST[:PORT].
+        registry: Option<String>,
+    },
+    /// Log out from a registry: remove the credentials `weft login` stored.
+    Logout {
+        /// HOST[:PORT]; docker.io when left out.
+        registry: Option<String>,
+    },
     /// Change cluster settings after init.
     #[command(subcommand)]
     Cluster(ClusterCommand),
@@ -717,6 +743,11 @@ pub struct ServiceCreateArgs {
     /// tag, with a warning).
     #[arg(long)]
     pub no_resolve_image: bool,
+    /// Send the credentials `weft login` stored for the image's registry
+    /// with the service: the managers keep them sealed, and give them only
+    /// to the nodes that run its tasks, for their pulls.
+    #[arg(long, alias = "registry-auth")]
+    pub with_registry_auth: bool,
     #[command(flatten)]
     pub stop: StopArgs,
     #[command(flatten)]
@@ -802,6 +833,10 @@ pub struct ServiceUpdateArgs {
     /// New number of replicas (at most 10000).
     #[arg(long)]
     pub replicas: Option<u64>,
+    /// Replace the service's registry credentials with those `weft login`
+    /// stored now for its image's registry.
+    #[arg(long, alias = "registry-auth")]
+    pub with_registry_auth: bool,
     /// Attach a network (repeatable; a service has at most 16).
     #[arg(long = "network-add")]
     pub network_add: Vec<String>,

@@ -64,8 +64,8 @@ pub enum ImageCommand {
     /// recorded, as `image load` does. Blobs already on the node are not
     /// fetched again. Registries on loopback, and those the daemon was
     /// given with --insecure-registry, are spoken to over plain HTTP; others
-    /// over HTTPS. Pulls are anonymous: registry credentials are not
-    /// supported yet.
+    /// over HTTPS. Credentials `weft login` stored for the image's registry
+    /// are sent with the pull (for it only); without them it is anonymous.
     Pull {
         /// Speak plain HTTP to this image's registry.
         #[arg(long)]
@@ -294,10 +294,15 @@ fn node_line(n: &pb::ClusterImageNode) -> String {
 
 async fn pull(c: &Client, image: String, insecure: bool, quiet: bool) -> anyhow::Result<()> {
     // Refused here, before the daemon is asked.
-    weft_worker::image::pull::parse(&image)?;
+    let r = weft_worker::image::pull::parse(&image)?;
+    let auth = crate::login::wire_for(r.registry())?;
     let pulled = c
         .images()
-        .pull(pb::PullImageRequest { image, insecure })
+        .pull(pb::PullImageRequest {
+            image,
+            insecure,
+            auth,
+        })
         .await
         .map_err(rpc)?
         .into_inner()

@@ -10,6 +10,7 @@ mod health_args;
 mod image_cmd;
 mod isolation;
 mod lab;
+mod login;
 mod logs_cmd;
 mod publish;
 mod resources;
@@ -139,6 +140,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Lab(cmd) => lab::run(cmd).await,
         Command::Doctor(cmd) => doctor::run(cmd),
         Command::TaskShim(args) => weft_worker::runtime::shim::run(args).map_err(Into::into),
+        Command::Login {
+            username,
+            password_stdin,
+            insecure,
+            registry,
+        } => login::login(registry, username, password_stdin, insecure).await,
+        Command::Logout { registry } => login::logout(registry),
         Command::Completion { shell } => {
             clap_complete::generate(shell, &mut Cli::command(), "weft", &mut std::io::stdout());
             Ok(())
@@ -211,6 +219,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 Command::Daemon(_)
                 | Command::Completion { .. }
+                | Command::Login { .. }
+                | Command::Logout { .. }
                 | Command::Lab(_)
                 | Command::Doctor(_)
                 | Command::TaskShim(_)

@@ -1,7 +1,7 @@
 //! `weft unlock` and `weft unlock-key`: autolock's commands (the design is
 //! in SECURITY.md, "Secrets at rest").
 
-use std::io::{BufRead, IsTerminal, Write};
+use std::io::{BufRead, IsTerminal, Read, Write};
 
 use weft_proto::v1 as pb;
 
@@ -39,16 +39,25 @@ pub async fn unlock_key(c: &Client, rotate: bool, quiet: bool) -> anyhow::Result
     Ok(())
 }
 
-/// One line of stdin; on a terminal, asked for with echo off.
-fn read_key() -> anyhow::Result<zeroize::Zeroizing<String>> {
+/// One line of stdin, at most `max` bytes (more is refused); on a terminal
+/// with a `prompt`, asked for with echo off.
+pub fn read_secret(prompt: Option<&str>, max: usize) -> anyhow::Result<zeroize::Zeroizing<String>> {
     use nix::sys::termios::{LocalFlags, SetArg, tcgetattr, tcsetattr};
     let stdin = std::io::stdin();
     let mut line = zeroize::Zeroizing::new(String::new());
-    if !stdin.is_terminal() {
-        stdin.lock().read_line(&mut line)?;
+    let bounded = |line: &mut String| -> anyhow::Result<()> {
+        // Two bytes of room for a line end.
+        stdin.lock().take(max as u64 + 3).read_line(line)?;
+        if line.trim_end_matches(['\n', '\r']).len() > max {
+            anyhow::bail!("the input is over {max} bytes");
+        }
+        Ok(())
+    };
+    let Some(prompt) = prompt.filter(|_| stdin.is_terminal()) else {
+        bounded(&mut line)?;
         return Ok(line);
-    }
-    eprint!("Enter unlock key: ");
+    };
+    eprint!("{prompt}");
     let _ = std::io::stderr().flush();
     let saved = tcgetattr(&stdin).ok();
     if let Some(t) = &saved {
@@ -56,7 +65,7 @@ fn read_key() -> anyhow::Result<zeroize::Zeroizing<String>> {
         quiet.local_flags.remove(LocalFlags::ECHO);
         let _ = tcsetattr(&stdin, SetArg::TCSANOW, &quiet);
     }
-    let read = stdin.lock().read_line(&mut line);
+    let read = bounded(&mut line);
     if let Some(t) = &saved {
         let _ = tcsetattr(&stdin, SetArg::TCSANOW, t);
     }
@@ -68,7 +77,8 @@ fn read_key() -> anyhow::Result<zeroize::Zeroizing<String>> {
 /// `weft unlock`: the key from stdin (asked for on a terminal), to the
 /// local daemon.
 pub async fn unlock(c: &Client) -> anyhow::Result<()> {
-    let line = read_key()?;
+    // An unlock key is 53 characters; 4 KiB is plenty.
+    let line = read_secret(Some("Enter unlock key: "), 4096)?;
     let key = line.trim();
     if key.is_empty() {
         anyhow::bail!("no unlock key given: pipe it in (`weft unlock < keyfile`) or type it");

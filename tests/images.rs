@@ -484,7 +484,7 @@ fn containerd_not_running_is_a_clear_error() {
 /// snapshot chain is unpacked again on demand.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_resolves_references_and_unpacks_lazily() {
-    use weft_worker::image::{ImageError, ImageStore, Spool, StoreConfig};
+    use weft_worker::image::{Fetch, ImageError, ImageStore, Spool, StoreConfig};
     let images = busybox();
     let ctrd = PrivateContainerd::start("img-get");
     let mut config = StoreConfig::new(&ctrd.dir().join("exec"));
@@ -510,7 +510,7 @@ async fn get_resolves_references_and_unpacks_lazily() {
         ]
     );
 
-    let image = store.get("busybox").await.unwrap();
+    let image = store.get("busybox", Fetch::default()).await.unwrap();
     assert_eq!(image.name, "docker.io/library/busybox:latest");
     assert_eq!(image.digest, loaded[0].digest);
     assert_eq!(image.config.config.cmd, ["/bin/sh"]);
@@ -525,12 +525,12 @@ async fn get_resolves_references_and_unpacks_lazily() {
         loaded[0].id.clone(),
         loaded[0].id["sha256:".len()..][..12].to_owned(),
     ] {
-        let other = store.get(&reference).await.unwrap();
+        let other = store.get(&reference, Fetch::default()).await.unwrap();
         assert_eq!(other.digest, image.digest, "{reference}");
         assert_eq!(other.top_chain_id, image.top_chain_id, "{reference}");
     }
     let missing = format!("sha256:{}", "0".repeat(64));
-    let err = store.get(&missing).await.unwrap_err();
+    let err = store.get(&missing, Fetch::default()).await.unwrap_err();
     assert!(matches!(err, ImageError::NotFound { .. }), "{err:?}");
     assert_eq!(
         err.to_string(),
@@ -538,7 +538,10 @@ async fn get_resolves_references_and_unpacks_lazily() {
     );
     // A name that is not here is pulled; from a registry that is not there,
     // that fails, saying both.
-    let err = store.get("127.0.0.1:9/nosuch").await.unwrap_err();
+    let err = store
+        .get("127.0.0.1:9/nosuch", Fetch::default())
+        .await
+        .unwrap_err();
     assert!(matches!(err, ImageError::PullFailed { .. }), "{err:?}");
     assert!(
         err.to_string().starts_with(
@@ -555,7 +558,7 @@ async fn get_resolves_references_and_unpacks_lazily() {
             .contains(&image.top_chain_id)
     );
     let started = Instant::now();
-    let again = store.get("busybox").await.unwrap();
+    let again = store.get("busybox", Fetch::default()).await.unwrap();
     eprintln!("lazy unpack took {} ms", started.elapsed().as_millis());
     assert_eq!(again, image);
     let snapshots = ctrd.ctr_ok(NS, &["snapshots", "ls"]);
@@ -820,6 +823,323 @@ fn a_service_pulled_from_a_registry_runs_on_three_hosts() {
     let err = lab.weft_err("m1", &["service", "create", "--name", "worse", "not a ref"]);
     assert!(err.contains("invalid image reference"), "{err}");
     lab.weft("m1", &["service", "rm", "bad", "web", "tagged"]);
+}
+
+#[test]
+fn a_task_shows_pulling_while_its_registry_is_slow() {
+    let rig = PullRig::new("pull-slow", &["m1"]);
+    let lab = &rig.lab;
+    // A registry that takes connections and never answers: a listening
+    // socket nobody accepts on (the kernel completes the handshake), on
+    // m1's loopback. The node's pull waits on it for its read timeout.
+    let silent = common::in_host(lab, "m1", async || {
+        std::net::TcpListener::bind("127.0.0.1:5001").expect("bind the silent registry")
+    });
+    lab.init("m1", &["--heartbeat-period", "500ms"]);
+    // --no-resolve-image: the CLI's own resolve would wait on it too.
+    create_detached(lab, "slow", "127.0.0.1:5001/weft-test/slow:latest");
+    let mut ps = String::new();
+    common::wait_for("the task shows pulling", Duration::from_secs(30), || {
+        ps = lab.weft("m1", &["service", "ps", "slow"]);
+        // The state, not an error's "pulling it: …" (the pull waits).
+        ps.lines()
+            .skip(1)
+            .any(|l| l.contains("pulling") && !l.contains("failed") && !l.contains("pulling it"))
+    });
+    eprintln!("{ps}");
+    lab.weft("m1", &["service", "rm", "slow"]);
+    drop(silent);
+}
+
+/// `service create --detach --no-resolve-image --name NAME IMAGE` on m1.
+fn create_detached(lab: &Lab, name: &str, image: &str) {
+    let args = [
+        "service",
+        "create",
+        "--detach",
+        "--no-resolve-image",
+        "--name",
+        name,
+        image,
+    ];
+    lab.weft("m1", &args);
+}
+
+/// The private registry's user and password, and the htpasswd line for
+/// them (bcrypt, made once with Python's `crypt`: Distribution reads
+/// bcrypt only).
+const USER: &str = "alice";
+const PASSWORD: &str = "Sup3rSecret-pw";
+const HTPASSWD: &str = "alice:$2b$12$WdvD5gSQZYFmDfIPV8QOJ.Z19bS56sqdUx8SiSjfshbdX8/arN7la";
+
+/// `weft ARGS` inside `host`'s namespace (where the registry is reached),
+/// with its credentials file at `config` and `stdin` as its input.
+fn weft_login(
+    lab: &Lab,
+    host: &str,
+    config: &Path,
+    args: &[&str],
+    stdin: &str,
+) -> std::process::Output {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", lab.host_netns(host).display()))
+        .arg(common::WEFT)
+        .args(args)
+        .env("WEFT_CONFIG", config)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run weft");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write stdin");
+    child.wait_with_output().expect("weft output")
+}
+
+/// `path` (a file) or every file under it (a directory) whose bytes
+/// contain one of `needles`.
+fn files_containing(path: &Path, needles: &[&[u8]]) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![path.to_owned()];
+    while let Some(p) = stack.pop() {
+        if p.is_dir() {
+            let entries = std::fs::read_dir(&p).into_iter().flatten().flatten();
+            stack.extend(entries.map(|e| e.path()));
+        } else if let Ok(bytes) = std::fs::read(&p)
+            && needles
+                .iter()
+                .any(|n| bytes.windows(n.len()).any(|w| w == *n))
+        {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_private_registry_with_login_and_registry_auth() {
+    use base64::Engine as _;
+    let images = busybox();
+    let hosts = ["m1", "w1", "w2"];
+    let rig = PullRig::new("regauth", &hosts);
+    let lab = &rig.lab;
+    let creds = format!("{USER}:{PASSWORD}");
+    let registry = Registry::start_private(
+        "regauth",
+        &lab.host_netns("m1"),
+        &rig.registry,
+        HTPASSWD,
+        &creds,
+    );
+    let reference = registry.push(&images.docker, "private/busybox:latest");
+    let (wt, _) = lab.init("m1", &["--heartbeat-period", "500ms"]);
+    lab.join("w1", &wt, "m1");
+    lab.join("w2", &wt, "m1");
+    // w2 takes no task: it must never receive the credentials.
+    lab.weft("m1", &["node", "update", "--availability", "drain", "w2"]);
+
+    // Without credentials: a clear "unauthorized", shown in service ps,
+    // and the replacements back off.
+    create_detached(lab, "anon", &reference);
+    common::image::assert_fails_and_backs_off(lab, "m1", "anon", "unauthorized");
+    lab.weft("m1", &["service", "rm", "anon"]);
+
+    // A wrong password: refused, nothing stored.
+    let home = tempfile::tempdir().expect("temp dir");
+    let config = home.path().join("weft/config.json");
+    let registry_addr = rig.registry.as_str();
+    let login = [
+        "login",
+        "--insecure",
+        "-u",
+        USER,
+        "--password-stdin",
+        registry_addr,
+    ];
+    let out = weft_login(lab, "m1", &config, &login, "wrong-password\n");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("unauthorized"),
+        "{err}"
+    );
+    assert!(!config.exists(), "a refused login stored something");
+    // Bad input: no user name, a malformed registry.
+    let out = weft_login(
+        lab,
+        "m1",
+        &config,
+        &["login", "--password-stdin", registry_addr],
+        "x\n",
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("user name is empty"));
+    let out = weft_login(
+        lab,
+        "m1",
+        &config,
+        &["login", "-u", USER, "--password-stdin", "http://x/y"],
+        "x\n",
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("HOST[:PORT]"));
+    assert!(!config.exists());
+
+    // The right one: stored, mode 0600.
+    let out = weft_login(lab, "m1", &config, &login, &format!("{PASSWORD}\n"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&config).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+
+    // --with-registry-auth: both nodes that take a replica pull it.
+    let create = [
+        "service",
+        "create",
+        "--detach",
+        "--no-resolve-image",
+        "--with-registry-auth",
+        "--name",
+        "private",
+        "--replicas",
+        "2",
+        "--constraint",
+        "node.hostname!=w2",
+        &reference,
+        "sleep",
+        "1d",
+    ];
+    let socket = format!("unix://{}", lab.host_dir("m1").join("weft.sock").display());
+    let args: Vec<&str> = ["-H", socket.as_str()].into_iter().chain(create).collect();
+    let out = weft_login(lab, "m1", &config, &args, "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let start = Instant::now();
+    while !(rig.running("m1") == 1 && rig.running("w1") == 1) {
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "one replica on m1 and one on w1: {}\n{}",
+            lab.weft("m1", &["service", "ps", "private"]),
+            lab.log_tail("w1")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(rig.running("w2"), 0);
+
+    // inspect says for which registry, never the credentials.
+    let inspect = lab.weft("m1", &["service", "inspect", "private"]);
+    assert!(
+        inspect.contains(&format!("\"Registry\": \"{registry_addr}\"")),
+        "{inspect}"
+    );
+    let b64_pair = base64::engine::general_purpose::STANDARD.encode(&creds);
+    let b64_password = base64::engine::general_purpose::STANDARD.encode(PASSWORD);
+    assert!(
+        !inspect.contains(PASSWORD) && !inspect.contains(&b64_pair),
+        "{inspect}"
+    );
+
+    // The manager's disk (Raft log, snapshots, everything in its data dir):
+    // no password, no base64 of it. The service name is there (the grep
+    // sees the store), the password is not.
+    let needles: [&[u8]; 3] = [
+        PASSWORD.as_bytes(),
+        b64_pair.as_bytes(),
+        b64_password.as_bytes(),
+    ];
+    let m1_data = lab.data_dir("m1");
+    assert!(
+        !files_containing(&m1_data, &[b"private/busybox"]).is_empty(),
+        "the grep sees the store"
+    );
+    let leaked: Vec<PathBuf> = files_containing(&m1_data, &needles)
+        .into_iter()
+        .filter(|p| !p.ends_with("node-config.pb"))
+        .collect();
+    assert!(
+        leaked.is_empty(),
+        "the password is on the manager's disk: {leaked:?}"
+    );
+    // The nodes that run a replica got it in their config (saved 0600);
+    // w2, with none, never did.
+    for h in ["m1", "w1"] {
+        let saved = lab.data_dir(h).join("node-config.pb");
+        assert!(
+            !files_containing(&saved, &[PASSWORD.as_bytes()]).is_empty(),
+            "{h} has no credentials"
+        );
+    }
+    let w2 = lab.data_dir("w2").join("node-config.pb");
+    assert!(w2.exists(), "w2 saved its config");
+    assert!(
+        files_containing(&lab.data_dir("w2"), &needles).is_empty(),
+        "w2 received the credentials"
+    );
+
+    // update --with-registry-auth seals them again: still only the registry shown.
+    let update = [
+        "service",
+        "update",
+        "--detach",
+        "--with-registry-auth",
+        "private",
+    ];
+    let args: Vec<&str> = ["-H", socket.as_str()].into_iter().chain(update).collect();
+    let out = weft_login(lab, "m1", &config, &args, "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let inspect = lab.weft("m1", &["service", "inspect", "private"]);
+    assert!(
+        inspect.contains(registry_addr) && !inspect.contains(PASSWORD),
+        "{inspect}"
+    );
+
+    // image pull: anonymous without the file, with the stored credentials
+    // with it (w2's daemon: it has not got the image).
+    let w2_socket = format!("unix://{}", lab.host_dir("w2").join("weft.sock").display());
+    let pull = [
+        "-H",
+        w2_socket.as_str(),
+        "image",
+        "pull",
+        "-q",
+        reference.as_str(),
+    ];
+    let nowhere = home.path().join("none.json");
+    let out = weft_login(lab, "w2", &nowhere, &pull, "");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("unauthorized"),
+        "{err}"
+    );
+    let out = weft_login(lab, "w2", &config, &pull, "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // logout removes them.
+    let out = weft_login(lab, "m1", &config, &["logout", registry_addr], "");
+    assert!(out.status.success());
+    assert!(
+        !std::fs::read_to_string(&config)
+            .unwrap()
+            .contains(registry_addr)
+    );
+    lab.weft("m1", &["service", "rm", "private"]);
 }
 
 fn wait_for_each_host(rig: &PullRig, hosts: &[&str], registry: &Registry) {

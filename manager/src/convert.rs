@@ -346,6 +346,7 @@ pub fn service_to_wire(state: &State, svc: &crate::store::Service) -> pb::Servic
             restart_policy: restart_policy_to_wire(&svc.spec.restart_policy),
             log: log_to_wire(svc.spec.task.log),
             health: health_to_wire(&svc.spec.task.health),
+            registry_auth: None,
             networks: svc.spec.networks.iter().map(net_name).collect(),
             endpoint_mode: match svc.spec.endpoint_mode {
                 EndpointMode::Vip => "vip".into(),
@@ -373,6 +374,13 @@ pub fn service_to_wire(state: &State, svc: &crate::store::Service) -> pb::Servic
         }),
         ports: svc.ports.iter().map(port_to_wire).collect(),
         update_status: crate::orchestrator::update_waits_on(state, svc).unwrap_or_default(),
+        // Which registry only: the credentials never leave but to nodes.
+        registry_auth_for: svc
+            .spec
+            .registry_auth
+            .as_ref()
+            .map(|a| a.registry.clone())
+            .unwrap_or_default(),
         vips: svc
             .vips
             .iter()

@@ -24,6 +24,7 @@ pub mod limits;
 pub mod membership;
 pub mod quorum;
 pub mod raft;
+pub mod registry_auth;
 pub mod rejoin;
 pub mod reports;
 pub mod server;

@@ -561,6 +561,7 @@ mod tests {
         s.apply(&Command::CreateService {
             id: "svc".into(),
             spec: ServiceSpec {
+                registry_auth: None,
                 restart_policy: Default::default(),
                 name: "web".into(),
                 mode,
@@ -956,6 +957,7 @@ mod tests {
         s.apply(&Command::CreateService {
             id: id.into(),
             spec: ServiceSpec {
+                registry_auth: None,
                 restart_policy: Default::default(),
                 name: id.into(),
                 mode: mode.unwrap_or(ServiceMode::Replicated { replicas }),

@@ -121,6 +121,7 @@ pub fn network(id: &str, name: &str, encrypted: bool) -> Command {
 /// A replicated VIP service running `sleep 1d` on `networks`.
 pub fn spec(name: &str, replicas: u64, networks: &[&str]) -> ServiceSpec {
     ServiceSpec {
+        registry_auth: None,
         restart_policy: Default::default(),
         name: name.into(),
         mode: ServiceMode::Replicated { replicas },

@@ -15,6 +15,18 @@ pub mod v1 {
     tonic::include_proto!("weft.v1");
 }
 
+// Written by hand (build.rs skips it): the password is never printed.
+impl std::fmt::Debug for v1::RegistryCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryCredential")
+            .field("registry", &self.registry)
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+pub mod credential;
 pub mod identity;
 pub mod isolation;
 pub mod seal;

@@ -32,6 +32,7 @@ pub const KEY_PREFIX: &str = "WEFTKEY-1-";
 /// Prefix of a sealed blob's text form.
 pub const SEALED_PREFIX: &str = "weft-sealed-1:";
 const SALT: &[u8] = b"weft-autolock-v1";
+const DATA_KEY_SALT: &[u8] = b"weft-data-key-v1";
 const NONCE_LEN: usize = 12;
 
 /// What can go wrong with a key or a sealed blob.
@@ -90,6 +91,27 @@ impl UnlockKey {
             bytes,
             id: hex::encode(id),
         }
+    }
+
+    /// A data key derived from a cluster secret (HKDF-SHA256 of `secret`,
+    /// salt `weft-data-key-v1`, info `info`): the same on every manager
+    /// that holds the secret, and stored nowhere. What it seals is exactly
+    /// as safe as `secret` (see SECURITY.md, "Registry credentials").
+    pub fn derived(secret: &[u8], info: &str) -> UnlockKey {
+        struct Len;
+        impl hkdf::KeyType for Len {
+            fn len(&self) -> usize {
+                32
+            }
+        }
+        let mut bytes = Zeroizing::new([0u8; 32]);
+        let infos = [info.as_bytes()];
+        hkdf::Salt::new(hkdf::HKDF_SHA256, DATA_KEY_SALT)
+            .extract(secret)
+            .expand(&infos, Len)
+            .and_then(|okm| okm.fill(bytes.as_mut()))
+            .expect("HKDF output of 32 bytes");
+        UnlockKey::from_bytes(bytes)
     }
 
     /// The key's id: 16 hex digits, safe to show and to store.
@@ -332,10 +354,44 @@ impl KeyHolder {
 pub const PURPOSE_CLUSTER: &str = "cluster-secrets";
 /// Purpose of a node's sealed TLS private key.
 pub const PURPOSE_NODE_KEY: &str = "node-key";
+/// Purpose of a service's sealed registry credentials; the service's ID
+/// follows (`registry-auth:<id>`), so one service's blob does not open as
+/// another's.
+pub const PURPOSE_REGISTRY_AUTH: &str = "registry-auth";
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn derived_keys_are_stable_and_apart() {
+        let a = UnlockKey::derived(b"ca key pem", "registry-auth");
+        let b = UnlockKey::derived(b"ca key pem", "registry-auth");
+        let c = UnlockKey::derived(b"ca key pem", "other");
+        let d = UnlockKey::derived(b"another ca key", "registry-auth");
+        assert_eq!(a.id(), b.id());
+        assert_ne!(a.id(), c.id());
+        assert_ne!(a.id(), d.id());
+        let sealed = a.seal("registry-auth:s1", b"alice:pw").unwrap();
+        assert_eq!(
+            b.open("registry-auth:s1", &sealed).unwrap().as_slice(),
+            b"alice:pw"
+        );
+        assert_eq!(
+            b.open("registry-auth:s2", &sealed).unwrap_err(),
+            SealError::Tampered
+        );
+        assert!(matches!(
+            d.open("registry-auth:s1", &sealed).unwrap_err(),
+            SealError::WrongKey { .. }
+        ));
+        // The text form holds neither the plaintext nor its base64.
+        let text = sealed.to_string();
+        assert!(
+            !text.contains("alice") && !text.contains("YWxpY2U6cHc"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn round_trip_through_text() {

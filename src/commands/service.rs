@@ -120,6 +120,9 @@ fn service_json(s: &pb::Service) -> serde_json::Value {
         },
         "Running": s.running,
         "Desired": s.desired,
+        // Which registry only: the credentials never come back.
+        "RegistryAuth": (!s.registry_auth_for.is_empty())
+            .then(|| serde_json::json!({"Registry": s.registry_auth_for})),
         "UpdateStatus": (!s.update_status.is_empty()).then(|| serde_json::json!({
             "State": "updating",
             "Message": s.update_status,
@@ -149,10 +152,16 @@ pub async fn service(c: &Client, cmd: crate::cli::ServiceCommand) -> anyhow::Res
             let (command, mut container) = crate::workload::from_args(a.container)?;
             crate::workload::check_resources(&a.resources, container.is_some())?;
             let health = a.health.to_wire(Some(container.is_some()))?;
+            let registry_auth = match (&container, a.with_registry_auth) {
+                (_, false) => None,
+                (Some(ct), true) => Some(crate::login::for_service(&ct.image)?),
+                (None, true) => bail!("--with-registry-auth is for services that run an image"),
+            };
             if let Some(ct) = container.as_mut().filter(|_| !a.no_resolve_image) {
                 ct.image = crate::image_cmd::pin_digest(c, &ct.image).await;
             }
             let spec = pb::ServiceSpecMsg {
+                registry_auth,
                 restart_policy: crate::resources::restart_policy(&a.restart),
                 resources: a.resources.to_wire(),
                 log,
@@ -297,8 +306,34 @@ pub async fn service(c: &Client, cmd: crate::cli::ServiceCommand) -> anyhow::Res
             }
         }
         S::Update(a) => {
+            let registry_auth = if a.with_registry_auth {
+                // The credentials for the registry of the image the service
+                // will run: `--image`'s when given.
+                let image = match &a.container.image {
+                    Some(i) => i.clone(),
+                    None => ctl
+                        .get_service(pb::GetServiceRequest {
+                            service: a.service.clone(),
+                        })
+                        .await
+                        .map_err(rpc)?
+                        .into_inner()
+                        .spec
+                        .and_then(|s| s.container)
+                        .map(|c| c.image)
+                        .ok_or_else(|| {
+                            anyhow::anyhow!(
+                                "--with-registry-auth is for services that run an image"
+                            )
+                        })?,
+                };
+                Some(crate::login::for_service(&image)?)
+            } else {
+                None
+            };
             let s = ctl
                 .update_service(pb::UpdateServiceRequest {
+                    registry_auth,
                     service: a.service.clone(),
                     set_replicas: a.replicas.is_some(),
                     replicas: a.replicas.unwrap_or(0),

@@ -9,7 +9,7 @@ use std::time::Instant;
 use tonic::{Code, Request, Response, Status, Streaming};
 use weft_proto::v1 as pb;
 use weft_proto::v1::images_server::{Images, ImagesServer};
-use weft_worker::image::{ImageError, ImageStore, PullError, Spool, StoreConfig};
+use weft_worker::image::{Credential, ImageError, ImageStore, PullError, Spool, StoreConfig};
 
 use crate::cli::DaemonArgs;
 
@@ -77,13 +77,27 @@ fn code(e: &ImageError) -> Code {
     }
 }
 
+/// The credential a client sent for `image`'s pull, checked: well formed,
+/// and for the registry the image comes from (no other gets it).
+fn credential_for(a: &pb::RegistryCredential, image: &str) -> Result<Credential, Status> {
+    let r = weft_worker::image::pull::parse(image).map_err(|e| status(e.into()))?;
+    if a.registry != r.registry() {
+        return Err(Status::invalid_argument(format!(
+            "the credentials sent are for registry {:?}, the image is from {}",
+            a.registry.chars().take(256).collect::<String>(),
+            r.registry()
+        )));
+    }
+    Credential::new(&a.username, &a.password).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
 fn pull_code(e: &PullError) -> Code {
     match e {
         PullError::InvalidReference { .. } | PullError::InvalidRegistry { .. } => {
             Code::InvalidArgument
         }
         PullError::NotFound { .. } => Code::NotFound,
-        PullError::Unauthorized { .. } => Code::PermissionDenied,
+        PullError::Unauthorized { .. } | PullError::LoginRefused { .. } => Code::PermissionDenied,
         PullError::Unreachable { .. } => Code::Unavailable,
         PullError::DigestMismatch { .. } => Code::DataLoss,
         PullError::Refused { .. } => Code::FailedPrecondition,
@@ -99,9 +113,14 @@ impl Images for NodeImages {
     ) -> Result<Response<pb::PullImageResponse>, Status> {
         let r = req.into_inner();
         let started = Instant::now();
+        let auth = r
+            .auth
+            .as_ref()
+            .map(|a| credential_for(a, &r.image))
+            .transpose()?;
         let image = self
             .store
-            .pull(&r.image, r.insecure)
+            .pull(&r.image, r.insecure, auth.as_ref())
             .await
             .map_err(status)?;
         tracing::info!(

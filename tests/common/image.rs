@@ -250,12 +250,32 @@ pub struct Registry {
     dir: tempfile::TempDir,
     /// `IP:PORT`, the registry part of references to its images.
     pub addr: String,
+    /// `user:password` when it asks for credentials (htpasswd).
+    creds: Option<String>,
 }
 
 impl Registry {
     /// Starts the registry and waits until `GET /v2/` answers. Fails the
     /// test (never skips it) when `docker-registry` is not installed.
     pub fn start(test: &str, pin: &Path, addr: &str) -> Registry {
+        Registry::start_with(test, pin, addr, None)
+    }
+
+    /// As [`Registry::start`], asking for credentials: `htpasswd` is the
+    /// line of the file (bcrypt only, as Distribution reads it) and
+    /// `creds` the `user:password` it stands for (used to push). Plain
+    /// HTTP: Debian's docker-registry 2.8 takes htpasswd auth without TLS.
+    pub fn start_private(
+        test: &str,
+        pin: &Path,
+        addr: &str,
+        htpasswd: &str,
+        creds: &str,
+    ) -> Registry {
+        Registry::start_with(test, pin, addr, Some((htpasswd, creds)))
+    }
+
+    fn start_with(test: &str, pin: &Path, addr: &str, auth: Option<(&str, &str)>) -> Registry {
         assert!(
             super::containerd::find_on_path("docker-registry").is_some(),
             "docker-registry is not installed: run `make deps` (the pull tests run their own \
@@ -266,13 +286,24 @@ impl Registry {
             .tempdir()
             .expect("temp dir");
         let config = dir.path().join("registry.yml");
+        let auth_line = match auth {
+            Some((htpasswd, _)) => {
+                let file = dir.path().join("htpasswd");
+                std::fs::write(&file, format!("{htpasswd}\n")).expect("htpasswd");
+                format!(
+                    "auth: {{htpasswd: {{realm: weft-test, path: {}}}}}\n",
+                    file.display()
+                )
+            }
+            None => String::new(),
+        };
         std::fs::write(
             &config,
             format!(
                 "version: 0.1\n\
                  log: {{level: warn, accesslog: {{disabled: true}}}}\n\
                  storage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\n\
-                 http: {{addr: \"{addr}\"}}\n",
+                 http: {{addr: \"{addr}\"}}\n{auth_line}",
                 dir.path().join("storage").display()
             ),
         )
@@ -293,8 +324,12 @@ impl Registry {
             pin: pin.to_owned(),
             dir,
             addr: addr.to_owned(),
+            creds: auth.map(|(_, c)| c.to_owned()),
         };
-        let url = format!("http://{addr}/v2/");
+        let url = match auth {
+            Some((_, creds)) => format!("http://{creds}@{addr}/v2/"),
+            None => format!("http://{addr}/v2/"),
+        };
         super::wait_for(
             "the registry to answer",
             std::time::Duration::from_secs(20),
@@ -322,6 +357,7 @@ impl Registry {
             .envs(cmd.get_envs().filter_map(|(k, v)| Some((k, v?))))
             .arg("copy")
             .arg("--dest-tls-verify=false")
+            .args(self.creds.iter().flat_map(|c| ["--dest-creds", c.as_str()]))
             .arg(format!("docker-archive:{}", archive.display()))
             .arg(format!("docker://{reference}"))
             .output()

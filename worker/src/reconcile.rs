@@ -432,7 +432,11 @@ impl Reconciler {
                     },
                 ));
             } else if inflight.is_starting(&t.id) {
-                tasks.push(starting(&t.id));
+                tasks.push(if self.runtime.pulling(&t.id) {
+                    in_flight(&t.id, pb::TaskState::Pulling)
+                } else {
+                    starting(&t.id)
+                });
             } else if error.is_empty() && !inflight.is_removing(&t.id) {
                 inflight.start(self.runtime.clone(), self.task_spec(t));
                 tasks.push(starting(&t.id));
@@ -511,6 +515,7 @@ impl Reconciler {
                     seccomp_unconfined: c.seccomp_unconfined,
                     no_new_privileges: c.no_new_privileges,
                     bad_mounts: mounts.as_ref().err().map(ToString::to_string),
+                    registry_auth: registry_auth(t.registry_auth.as_ref(), &c.image),
                     mounts: mounts.unwrap_or_default(),
                 })
             }),
@@ -576,6 +581,30 @@ pub fn save_config(path: &Path, c: &pb::NodeConfig) -> Result<(), durable::Write
     durable::write_atomic(path, &c.encode_to_vec(), 0o600)
 }
 
+/// The credentials a task's config carries for its image's registry, if
+/// they are well formed and for that registry (what a manager sends is
+/// checked here too); otherwise the pull goes without them.
+fn registry_auth(
+    auth: Option<&pb::RegistryCredential>,
+    image: &str,
+) -> Option<crate::image::Credential> {
+    let auth = auth?;
+    let for_image = crate::image::pull::parse(image)
+        .map(|r| r.registry() == auth.registry)
+        .unwrap_or(false);
+    match crate::image::Credential::new(&auth.username, &auth.password) {
+        Ok(c) if for_image => Some(c),
+        Ok(_) => {
+            tracing::warn!(registry = %auth.registry, %image, "registry credentials for another registry: ignored");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(registry = %auth.registry, error = %e, "registry credentials refused");
+            None
+        }
+    }
+}
+
 /// The stop policy a task config asks for; what it leaves out (or cannot
 /// be, such as a signal that does not exist: the manager checks, this is
 /// the node's own check) takes the defaults.
@@ -596,8 +625,13 @@ fn stop_policy(p: Option<&pb::StopPolicy>) -> StopPolicy {
 
 /// A task being started, as the wire says it.
 fn starting(id: &str) -> pb::TaskReport {
+    in_flight(id, pb::TaskState::Starting)
+}
+
+/// A task on its way to running (`pulling` its image, `starting`).
+fn in_flight(id: &str, state: pb::TaskState) -> pb::TaskReport {
     let mut status = pb::TaskStatus::default();
-    status.set_state(pb::TaskState::Starting);
+    status.set_state(state);
     pb::TaskReport {
         task_id: id.to_string(),
         status: Some(status),
@@ -792,6 +826,35 @@ mod tests {
         c.networks[0].remote[0].mac = "zz".into();
         let e = desired_from_config(&c, std::path::Path::new("/k")).unwrap_err();
         assert_eq!(e.what, "remote mac");
+    }
+
+    #[test]
+    fn registry_credentials_are_checked_before_use() {
+        let wire = |registry: &str, user: &str| pb::RegistryCredential {
+            registry: registry.into(),
+            username: user.into(),
+            password: "pw".into(),
+        };
+        let image = "127.0.0.1:5000/team/app:1";
+        let c = registry_auth(Some(&wire("127.0.0.1:5000", "alice")), image).unwrap();
+        assert_eq!(c.username(), "alice");
+        // For another registry, malformed, or none: the pull goes without.
+        assert!(registry_auth(Some(&wire("docker.io", "alice")), image).is_none());
+        assert!(registry_auth(Some(&wire("127.0.0.1:5000", "")), image).is_none());
+        assert!(registry_auth(Some(&wire("127.0.0.1:5000", "a:b")), image).is_none());
+        assert!(registry_auth(None, image).is_none());
+        // Docker Hub names.
+        assert!(registry_auth(Some(&wire("docker.io", "bob")), "busybox").is_some());
+    }
+
+    #[test]
+    fn a_pulling_task_reports_pulling() {
+        let r = in_flight("t1", pb::TaskState::Pulling);
+        assert_eq!(r.status.unwrap().state(), pb::TaskState::Pulling);
+        assert_eq!(
+            starting("t1").status.unwrap().state(),
+            pb::TaskState::Starting
+        );
     }
 
     #[test]

@@ -125,12 +125,30 @@ impl ControlService {
             constraints,
             restart,
             restart_policy,
+            registry_auth: None,
         })
     }
 
+    /// Seals `auth` (`--with-registry-auth`) for service `id` running `spec`.
+    fn seal_registry_auth(
+        &self,
+        id: &str,
+        spec: &crate::store::ServiceSpec,
+        auth: &pb::RegistryCredential,
+    ) -> Result<crate::store::RegistryAuth> {
+        let image = spec.task.container.as_ref().map(|c| c.image.as_str());
+        let key = crate::registry_auth::data_key(&self.core.secrets()?);
+        crate::registry_auth::seal(&key, id, image, auth)
+    }
+
     pub(super) async fn create_service(&self, r: pb::CreateServiceRequest) -> Result<pb::Service> {
-        let spec = self.service_spec(r.spec.unwrap_or_default())?;
+        let mut msg = r.spec.unwrap_or_default();
+        let auth = msg.registry_auth.take();
+        let mut spec = self.service_spec(msg)?;
         let id = crate::validate::random_id();
+        if let Some(a) = &auth {
+            spec.registry_auth = Some(self.seal_registry_auth(&id, &spec, a)?);
+        }
         let cmd = Command::CreateService {
             id: id.clone(),
             spec,
@@ -230,6 +248,9 @@ impl ControlService {
             r.container.as_ref(),
             r.stop.as_ref(),
         )?;
+        if let Some(a) = &r.registry_auth {
+            spec.registry_auth = Some(self.seal_registry_auth(&svc.id, &spec, a)?);
+        }
         for (unit, before, after, max) in [
             (
                 "networks",

@@ -394,3 +394,113 @@ async fn large_commands_are_batched_under_the_entry_cap() {
     );
     assert_eq!(f.core.read(|s| s.nodes[&NodeId(1)].labels.len()), 4);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_auth_is_sealed_and_bad_credentials_change_nothing() {
+    let f = manager().await;
+    let c = &f.control;
+    let cred = |registry: &str, password: &str| pb::RegistryCredential {
+        registry: registry.into(),
+        username: "alice".into(),
+        password: password.into(),
+    };
+    let with_auth = |name: &str, auth: pb::RegistryCredential| pb::ServiceSpecMsg {
+        container: Some(pb::ContainerConfig {
+            image: "127.0.0.1:5000/team/app:1".into(),
+            ..Default::default()
+        }),
+        command: Vec::new(),
+        registry_auth: Some(auth),
+        ..service(name, 1)
+    };
+
+    // Bad credentials: refused, nothing stored.
+    let before = f.core.read(|s| s.clone());
+    let long = "p".repeat(weft_proto::credential::MAX_PASSWORD + 1);
+    for (spec, why) in [
+        (
+            with_auth("a", cred("127.0.0.1:5000", &long)),
+            "over the limit",
+        ),
+        (
+            with_auth("b", cred("docker.io", "pw")),
+            "the image is from 127.0.0.1:5000",
+        ),
+        (
+            with_auth("c", cred("127.0.0.1:5000", "")),
+            "password is empty",
+        ),
+        (
+            with_auth("d", cred("http://x/y", "pw")),
+            "not a registry name",
+        ),
+        (
+            pb::ServiceSpecMsg {
+                registry_auth: Some(cred("127.0.0.1:5000", "pw")),
+                ..service("e", 1)
+            },
+            "no image",
+        ),
+    ] {
+        let e = create_service(c, spec).await.unwrap_err();
+        assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
+        assert!(e.message().contains(why), "{why}: {}", e.message());
+    }
+    assert!(
+        f.core.read(|s| *s == before),
+        "a refused request changed the store"
+    );
+
+    // Good ones: sealed in the store, shown as the registry only.
+    create_service(c, with_auth("priv", cred("127.0.0.1:5000", "Sup3rSecret")))
+        .await
+        .expect("created");
+    let stored = f.core.read(|s| serde_json::to_string(s).expect("json"));
+    assert!(
+        !stored.contains("Sup3rSecret"),
+        "the password is in the store"
+    );
+    assert!(
+        stored.contains("weft-sealed-1:"),
+        "no sealed blob in the store"
+    );
+    let shown = f.core.read(|s| {
+        let svc = s.resolve_service("priv").expect("service");
+        crate::convert::service_to_wire(s, svc)
+    });
+    assert_eq!(shown.registry_auth_for, "127.0.0.1:5000");
+    assert!(shown.spec.expect("spec").registry_auth.is_none());
+    let sealed = |f: &Fixture| {
+        f.core.read(|s| {
+            s.resolve_service("priv")
+                .expect("service")
+                .spec
+                .registry_auth
+                .clone()
+                .expect("auth")
+        })
+    };
+    let first = sealed(&f);
+    let key = crate::registry_auth::data_key(&f.core.secrets().expect("secrets"));
+    let svc_id = f
+        .core
+        .read(|s| s.resolve_service("priv").expect("service").id.clone());
+    let opened = crate::registry_auth::open(&key, &svc_id, &first).expect("opens");
+    assert_eq!(opened.password, "Sup3rSecret");
+
+    // update --with-registry-auth replaces them.
+    update_service(
+        c,
+        pb::UpdateServiceRequest {
+            service: "priv".into(),
+            registry_auth: Some(cred("127.0.0.1:5000", "N3wSecret")),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("updated");
+    let second = sealed(&f);
+    assert_ne!(first, second);
+    let opened = crate::registry_auth::open(&key, &svc_id, &second).expect("opens");
+    assert_eq!(opened.password, "N3wSecret");
+}

@@ -74,9 +74,20 @@ impl DispatcherService {
     ) -> Result<(pb::SessionMessage, pb::NodeConfig), Status> {
         let mut msg = self.session_message(id)?;
         let version = self.core.store().applied_index();
+        // The secrets can be unreadable (a locked manager): configs then go
+        // without registry credentials.
+        let key = self
+            .core
+            .secrets()
+            .ok()
+            .map(|s| crate::registry_auth::data_key(&s));
         let mut config = self
             .core
-            .read(|s| projection::project(s, id, version))
+            .read(|s| {
+                let mut c = projection::project(s, id, version)?;
+                crate::registry_auth::fill(s, &mut c, key.as_ref());
+                Some(c)
+            })
             .ok_or_else(|| {
                 Status::permission_denied(format!("node {id} was removed from the cluster"))
             })?;

@@ -234,6 +234,8 @@ pub fn project(state: &State, node: NodeId, version: u64) -> Option<pb::NodeConf
                 })
                 .unwrap_or_default(),
             created_at_ms: t.created_at_ms,
+            // Filled in by the dispatcher, which holds the key.
+            registry_auth: None,
         })
         .collect();
 
@@ -633,6 +635,7 @@ mod tests {
         s.apply(&Command::CreateService {
             id: "s1".into(),
             spec: ServiceSpec {
+                registry_auth: None,
                 restart_policy: Default::default(),
                 name: "web".into(),
                 mode: ServiceMode::Replicated { replicas: 2 },

@@ -621,6 +621,7 @@ fn published_ports_are_unique_per_node_and_picked_from_the_range() {
     .unwrap_err();
     assert!(e.to_string().contains("outside"), "{e}");
     let svc = |ports: Vec<PortRequest>, mode| ServiceSpec {
+        registry_auth: None,
         restart_policy: Default::default(),
         name: "web".into(),
         mode: ServiceMode::Replicated { replicas: 1 },
@@ -721,6 +722,7 @@ fn ingress_subnet_is_kept_free_and_moves_only_while_unused() {
     let publish = |id: &str| Command::CreateService {
         id: id.into(),
         spec: ServiceSpec {
+            registry_auth: None,
             restart_policy: Default::default(),
             name: format!("web-{id}"),
             mode: ServiceMode::Replicated { replicas: 1 },
@@ -800,6 +802,7 @@ fn ingress_subnet_is_kept_free_and_moves_only_while_unused() {
     s.apply(&Command::UpdateService {
         id: "s1".into(),
         spec: ServiceSpec {
+            registry_auth: None,
             ports: vec![],
             ..spec
         },

@@ -872,6 +872,22 @@ pub struct ServiceSpec {
     /// (absent in old records: the automatic backoff, no limit).
     #[serde(default, skip_serializing_if = "RestartPolicy::is_default")]
     pub restart_policy: RestartPolicy,
+    /// `--with-registry-auth`: credentials for the image's registry,
+    /// sealed by the control API before they are proposed (never in the
+    /// clear in the Raft log or snapshots; `crate::registry_auth`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub registry_auth: Option<RegistryAuth>,
+}
+
+/// A service's registry credentials as stored: the registry in the clear
+/// (shown by `service inspect`), `user:password` sealed under the cluster's
+/// registry data key for purpose `registry-auth:<service id>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistryAuth {
+    /// `host[:port]`.
+    pub registry: String,
+    /// The user name and password, sealed.
+    pub sealed: weft_proto::seal::Sealed,
 }
 
 /// How often, and how soon, finished tasks are replaced (beside the

@@ -14,6 +14,7 @@
 //!   reference.rs  names, digests, ID prefixes               (pure)
 //!   import.rs   spool, gunzip, execute a plan               (containerd)
 //!   pull.rs     fetch from a registry, then import's path    (registry, containerd)
+//!   login.rs    `weft login`'s check against a registry      (registry)
 //!   unpack.rs   layers -> snapshots by chain id             (containerd)
 //!   content.rs  Content.Write/Read/Update, leases           (containerd)
 //!   store.rs    ImageStore: load, list, inspect, remove, get
@@ -24,6 +25,7 @@ pub mod config;
 pub mod content;
 pub mod error;
 pub mod import;
+pub mod login;
 pub mod plan;
 pub mod pull;
 pub mod reference;
@@ -31,12 +33,16 @@ pub mod store;
 pub mod unpack;
 
 pub use config::{Healthcheck, ImageConfig, RunConfig};
+pub use credential::Credential;
 pub use error::ImageError;
 pub use import::{LoadedImage, Spool, SpoolFile};
 pub use pull::{PullError, PullSettings};
 pub use store::{
-    FakeImageSource, ImageDetails, ImageSource, ImageStore, ImageSummary, Removed, StoreConfig,
+    FakeImageSource, Fetch, ImageDetails, ImageSource, ImageStore, ImageSummary, Removed,
+    StoreConfig,
 };
+/// Registry credentials: shared with the manager, which checks them alike.
+pub use weft_proto::credential;
 
 /// An image present on this node, ready to start containers from.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -18,7 +18,10 @@
 //! ([`parse`], [`plain_http`], [`check_manifest`], [`record_name`]) with unit
 //! tests; the fetching is [`fetch`].
 //!
-//! Credentials are not supported yet: every pull is anonymous.
+//! A pull with a [`Credential`] (`weft login`, a service's
+//! `--with-registry-auth`) hands it to oci-client, which uses it as Basic
+//! auth, or to get a Bearer token when the registry's `WWW-Authenticate`
+//! asks for one (Docker Hub style); without one the pull is anonymous.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -40,6 +43,7 @@ use weft_containerd_api::Client;
 use super::ImageConfig;
 use super::archive::Limits;
 use super::content;
+use super::credential::Credential;
 use super::error::ImageError;
 use super::import::{self, LoadedImage};
 use super::plan::{
@@ -98,13 +102,21 @@ pub enum PullError {
     },
     /// The registry wants credentials (or refuses the ones it got).
     #[error(
-        "{reference}: pull access denied by registry {registry} \
-         (the image may be private; registry credentials are not supported yet)"
+        "{reference}: unauthorized: pull access denied by registry {registry} ({})",
+        unauthorized_hint(.with_credentials)
     )]
     Unauthorized {
         /// The normalized reference.
         reference: String,
         /// The registry asked.
+        registry: String,
+        /// Whether credentials were sent.
+        with_credentials: bool,
+    },
+    /// `weft login`: the registry refused the user name and password.
+    #[error("unauthorized: registry {registry} refused the user name and password")]
+    LoginRefused {
+        /// The registry.
         registry: String,
     },
     /// No answer from the registry (name lookup, connection, TLS, timeout).
@@ -145,6 +157,15 @@ pub enum PullError {
         /// Its answer.
         detail: String,
     },
+}
+
+/// What to do about a refused pull, by whether credentials were sent.
+fn unauthorized_hint(with_credentials: &bool) -> &'static str {
+    if *with_credentials {
+        "the credentials sent were refused, or do not give access to it"
+    } else {
+        "the image may be private: `weft login`, and `--with-registry-auth` for a service"
+    }
 }
 
 /// What a pull may do.
@@ -309,6 +330,8 @@ struct Registry {
     reference: Reference,
     registry: String,
     plain_http: bool,
+    auth: RegistryAuth,
+    with_credentials: bool,
 }
 
 impl Registry {
@@ -318,6 +341,7 @@ impl Registry {
         reference: Reference,
         settings: &PullSettings,
         insecure: bool,
+        credential: Option<&Credential>,
     ) -> Result<Self, PullError> {
         let plain_http = insecure || plain_http(reference.registry(), &settings.insecure);
         // reqwest is built without a crypto provider: weft's is ring (the
@@ -345,6 +369,10 @@ impl Registry {
             reference,
             registry,
             plain_http,
+            auth: credential.map_or(RegistryAuth::Anonymous, |c| {
+                RegistryAuth::Basic(c.username().to_owned(), c.password().to_owned())
+            }),
+            with_credentials: credential.is_some(),
         })
     }
 
@@ -387,6 +415,7 @@ impl Registry {
                     PullError::Unauthorized {
                         reference,
                         registry,
+                        with_credentials: self.with_credentials,
                     }
                 } else {
                     PullError::Registry { registry, detail }
@@ -409,6 +438,7 @@ impl Registry {
             } => PullError::Unauthorized {
                 reference,
                 registry,
+                with_credentials: self.with_credentials,
             },
             OciDistributionError::ServerError { code, message, .. } => PullError::Registry {
                 registry,
@@ -456,7 +486,7 @@ impl Registry {
     ) -> Result<(Vec<u8>, String), PullError> {
         let (bytes, digest) = self
             .client
-            .pull_manifest_raw(at, &RegistryAuth::Anonymous, ACCEPT)
+            .pull_manifest_raw(at, &self.auth, ACCEPT)
             .await
             .map_err(|e| self.error(e))?;
         if bytes.len() as u64 > max {
@@ -756,8 +786,9 @@ pub async fn pull(
     settings: &PullSettings,
     reference: &Reference,
     insecure: bool,
+    credential: Option<&Credential>,
 ) -> Result<LoadedImage, ImageError> {
-    let reg = Registry::new(reference.clone(), settings, insecure)?;
+    let reg = Registry::new(reference.clone(), settings, insecure, credential)?;
     let name = record_name(reference);
     let fetched = fetch(&reg, settings, name).await?;
     let image = fetched.image.clone();
@@ -826,10 +857,10 @@ pub async fn resolve(
     reference: &Reference,
     insecure: bool,
 ) -> Result<String, PullError> {
-    let reg = Registry::new(reference.clone(), settings, insecure)?;
+    let reg = Registry::new(reference.clone(), settings, insecure, None)?;
     let digest = reg
         .client
-        .fetch_manifest_digest(reference, &RegistryAuth::Anonymous)
+        .fetch_manifest_digest(reference, &reg.auth)
         .await
         .map_err(|e| reg.error(e))?;
     if !is_sha256(&digest) {

@@ -185,12 +185,22 @@ struct Resolved {
     layers: Vec<super::plan::Descriptor>,
 }
 
+/// How [`ImageSource::get`] fetches an image that is not on the node.
+#[derive(Clone, Copy, Default)]
+pub struct Fetch<'a> {
+    /// Called once a pull from the registry begins (not when the image is
+    /// here already): the task then reports `pulling`.
+    pub on_pull: Option<&'a (dyn Fn() + Send + Sync)>,
+    /// Credentials for the image's registry, if the task has some.
+    pub auth: Option<&'a super::Credential>,
+}
+
 /// Anything that can hand out an unpacked local image: the real store, or
 /// a fake in tests of its users.
 #[async_trait::async_trait]
 pub trait ImageSource: Send + Sync {
     /// The image `reference` names, unpacked (see [`ImageStore::get`]).
-    async fn get(&self, reference: &str) -> Result<LocalImage, ImageError>;
+    async fn get(&self, reference: &str, fetch: Fetch<'_>) -> Result<LocalImage, ImageError>;
 }
 
 /// A fixed set of images, for tests of code that starts containers.
@@ -202,7 +212,7 @@ pub struct FakeImageSource {
 
 #[async_trait::async_trait]
 impl ImageSource for FakeImageSource {
-    async fn get(&self, reference: &str) -> Result<LocalImage, ImageError> {
+    async fn get(&self, reference: &str, _fetch: Fetch<'_>) -> Result<LocalImage, ImageError> {
         self.images
             .get(reference)
             .cloned()
@@ -224,8 +234,8 @@ pub struct ImageStore {
 
 #[async_trait::async_trait]
 impl ImageSource for ImageStore {
-    async fn get(&self, reference: &str) -> Result<LocalImage, ImageError> {
-        ImageStore::get(self, reference).await
+    async fn get(&self, reference: &str, fetch: Fetch<'_>) -> Result<LocalImage, ImageError> {
+        ImageStore::get(self, reference, fetch).await
     }
 }
 
@@ -290,12 +300,25 @@ impl ImageStore {
     /// may have moved; blobs already here are not fetched again), then
     /// unpacks and records it as `image load` does. `insecure` allows plain
     /// HTTP to its registry.
-    pub async fn pull(&self, reference: &str, insecure: bool) -> Result<LoadedImage, ImageError> {
+    pub async fn pull(
+        &self,
+        reference: &str,
+        insecure: bool,
+        auth: Option<&super::Credential>,
+    ) -> Result<LoadedImage, ImageError> {
         let r = pull::parse(reference)?;
         let client = self.client().await?;
         let _one = self.pull_lock(&pull::record_name(&r)).await;
         let settings = self.config.pull_settings();
-        pull::pull(&client, &self.config.snapshotter, &settings, &r, insecure).await
+        pull::pull(
+            &client,
+            &self.config.snapshotter,
+            &settings,
+            &r,
+            insecure,
+            auth,
+        )
+        .await
     }
 
     /// The digest `reference`'s tag stands for in its registry now, as
@@ -333,7 +356,12 @@ impl ImageStore {
 
     /// Pulls a missing image for [`ImageStore::get`]: once per reference
     /// however many tasks ask at once.
-    async fn pull_missing(&self, client: &Client, reference: &str) -> Result<(), ImageError> {
+    async fn pull_missing(
+        &self,
+        client: &Client,
+        reference: &str,
+        fetch: Fetch<'_>,
+    ) -> Result<(), ImageError> {
         let r = pull::parse(reference)?;
         let name = pull::record_name(&r);
         let _one = self.pull_lock(&name).await;
@@ -344,9 +372,20 @@ impl ImageStore {
             Err(e) => return Err(e),
         }
         tracing::info!(image = %name, "pulling a missing image");
+        if let Some(on_pull) = fetch.on_pull {
+            on_pull();
+        }
         let started = std::time::Instant::now();
         let settings = self.config.pull_settings();
-        let loaded = pull::pull(client, &self.config.snapshotter, &settings, &r, false).await?;
+        let loaded = pull::pull(
+            client,
+            &self.config.snapshotter,
+            &settings,
+            &r,
+            false,
+            fetch.auth,
+        )
+        .await?;
         tracing::info!(image = %loaded.name, digest = %loaded.digest, ms = started.elapsed().as_millis() as u64, "image pulled");
         Ok(())
     }
@@ -545,18 +584,18 @@ impl ImageStore {
     /// an image ID prefix. An image whose snapshots are missing (GC'd, or
     /// recorded by another client) is unpacked now. A name (or
     /// name@digest) that is not here is pulled from its registry first.
-    pub async fn get(&self, reference: &str) -> Result<LocalImage, ImageError> {
+    pub async fn get(&self, reference: &str, fetch: Fetch<'_>) -> Result<LocalImage, ImageError> {
         let client = self.client().await?;
         let matches = match self.find(&client, reference).await {
             Err(ImageError::NotFound { .. })
                 if matches!(Query::parse(reference), Some(Query::Name(_))) =>
             {
-                self.pull_missing(&client, reference).await.map_err(|e| {
-                    ImageError::PullFailed {
+                self.pull_missing(&client, reference, fetch)
+                    .await
+                    .map_err(|e| ImageError::PullFailed {
                         reference: reference.to_owned(),
                         source: Box::new(e),
-                    }
-                })?;
+                    })?;
                 self.find(&client, reference).await?
             }
             r => r?,

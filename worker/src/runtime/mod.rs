@@ -137,6 +137,10 @@ pub struct ContainerSpec {
     /// run without them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bad_mounts: Option<String>,
+    /// Credentials for the image's registry (a service's
+    /// `--with-registry-auth`): used by the pull, never written to disk.
+    #[serde(skip)]
+    pub registry_auth: Option<crate::image::Credential>,
     /// `--health-*`/`--no-healthcheck`; `None`: the image's HEALTHCHECK.
     /// Merged with the image's when the container is made
     /// ([`crate::health::resolve`]).
@@ -414,6 +418,12 @@ pub trait TaskRuntime: Send + Sync {
     /// Every status change (start, exit, failure) from now on. On
     /// `RecvError::Lagged`, re-read [`list`](TaskRuntime::list).
     fn subscribe(&self) -> broadcast::Receiver<TaskStatus>;
+
+    /// Whether the start of task `id` waits on a pull of its image from
+    /// its registry (reported as `pulling` rather than `starting`).
+    fn pulling(&self, _id: &str) -> bool {
+        false
+    }
 
     /// The health check the task's container runs, resolved when it was
     /// made (kept across daemon restarts); `None`: none (or not a

@@ -179,6 +179,10 @@ impl TaskRuntime for RoutedRuntime {
         self.events.subscribe()
     }
 
+    fn pulling(&self, id: &str) -> bool {
+        self.containers.get().is_some_and(|c| c.pulling(id))
+    }
+
     fn health_check(&self, id: &str) -> Option<crate::health::HealthCheck> {
         self.owner(id).health_check(id)
     }

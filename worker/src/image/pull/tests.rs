@@ -296,7 +296,7 @@ async fn fetch_from(addr: &str, path: &str, limits: Limits) -> Result<Fetched, P
         limits,
         max_bytes: 1 << 20,
     };
-    let reg = Registry::new(r.clone(), &settings, true).unwrap();
+    let reg = Registry::new(r.clone(), &settings, true, None).unwrap();
     fetch(&reg, &settings, record_name(&r)).await
 }
 

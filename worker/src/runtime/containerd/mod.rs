@@ -46,7 +46,7 @@ mod purge;
 mod session;
 pub mod spec;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -65,7 +65,7 @@ use super::{
     Error, Result, StopPolicy, TaskRuntime, TaskSpec, TaskState, TaskStatus, validate, validate_id,
 };
 use crate::image::content::Lease;
-use crate::image::{ImageSource, LocalImage};
+use crate::image::{Fetch, ImageSource, LocalImage};
 
 /// The snapshotter every container's root filesystem comes from.
 pub const SNAPSHOTTER: &str = "overlayfs";
@@ -156,6 +156,8 @@ struct Inner {
     images: Arc<dyn ImageSource>,
     cfg: ContainerdConfig,
     tasks: Mutex<BTreeMap<String, Tracked>>,
+    /// Tasks whose start waits on a pull of their image from its registry.
+    pulling: Mutex<BTreeSet<String>>,
     events: broadcast::Sender<TaskStatus>,
 }
 
@@ -176,6 +178,7 @@ impl ContainerdRuntime {
                 images,
                 cfg,
                 tasks: Mutex::new(BTreeMap::new()),
+                pulling: Mutex::new(BTreeSet::new()),
                 events,
             }),
         }
@@ -396,12 +399,18 @@ impl ContainerdRuntime {
         spec: &TaskSpec,
     ) -> Result<(u32, Option<crate::health::HealthCheck>), String> {
         let c = spec.container.as_ref().ok_or("not a container task")?;
-        let image = self
-            .inner
-            .images
-            .get(&c.image)
-            .await
-            .map_err(|e| e.to_string())?;
+        let inner = self.inner.clone();
+        let id = spec.id.clone();
+        let mark = move || {
+            inner.pulling.lock().expect("pulling").insert(id.clone());
+        };
+        let fetch = Fetch {
+            on_pull: Some(&mark),
+            auth: c.registry_auth.as_ref(),
+        };
+        let image = self.inner.images.get(&c.image, fetch).await;
+        self.inner.pulling.lock().expect("pulling").remove(&spec.id);
+        let image = image.map_err(|e| e.to_string())?;
         if let Some(bad) = &c.bad_mounts {
             return Err(format!("the task's mounts cannot be used: {bad}"));
         }
@@ -1014,6 +1023,10 @@ impl TaskRuntime for ContainerdRuntime {
 
     fn subscribe(&self) -> broadcast::Receiver<TaskStatus> {
         self.inner.events.subscribe()
+    }
+
+    fn pulling(&self, id: &str) -> bool {
+        self.inner.pulling.lock().expect("pulling").contains(id)
     }
 
     fn health_check(&self, id: &str) -> Option<crate::health::HealthCheck> {
