@@ -399,6 +399,10 @@ impl ContainerdRuntime {
         spec: &TaskSpec,
     ) -> Result<(u32, Option<crate::health::HealthCheck>), String> {
         let c = spec.container.as_ref().ok_or("not a container task")?;
+        // Where a start's time goes (debug log): the figures to work from
+        // towards the create-to-VIP target (BENCHMARKS.md).
+        let t0 = std::time::Instant::now();
+        let ms = |t: std::time::Instant| t.duration_since(t0).as_millis() as u64;
         let inner = self.inner.clone();
         let id = spec.id.clone();
         let mark = move || {
@@ -411,6 +415,7 @@ impl ContainerdRuntime {
         let image = self.inner.images.get(&c.image, fetch).await;
         self.inner.pulling.lock().expect("pulling").remove(&spec.id);
         let image = image.map_err(|e| e.to_string())?;
+        let t_image = std::time::Instant::now();
         if let Some(bad) = &c.bad_mounts {
             return Err(format!("the task's mounts cannot be used: {bad}"));
         }
@@ -448,6 +453,7 @@ impl ContainerdRuntime {
         let made = self.create_container(&leased, spec, &image, files).await;
         lease.delete(&self.inner.client).await;
         let mounts = made?;
+        let t_container = std::time::Instant::now();
         let log = logger_uri(&self.inner.cfg.logger, &dir)?;
         self.tasks()
             .create(tasks::CreateTaskRequest {
@@ -460,6 +466,7 @@ impl ContainerdRuntime {
             })
             .await
             .map_err(|s| self.err("Tasks.Create", s).to_string())?;
+        let t_task = std::time::Instant::now();
         let started = self
             .tasks()
             .start(tasks::StartRequest {
@@ -468,6 +475,14 @@ impl ContainerdRuntime {
             })
             .await
             .map_err(|s| self.err("Tasks.Start", s).to_string())?;
+        tracing::debug!(
+            task = %spec.id,
+            image_ms = ms(t_image),
+            container_ms = ms(t_container),
+            task_created_ms = ms(t_task),
+            started_ms = ms(std::time::Instant::now()),
+            "container started (ms since the start began, at the end of each phase)"
+        );
         Ok((started.into_inner().pid, health))
     }
 
