@@ -8,7 +8,9 @@
 //! `bench/results-containers.md`.
 //!
 //! Knobs (environment): `WEFT_BENCH_OUT` (directory for the fragment),
-//! `WEFT_BENCH_LAT_ROUNDS` (rounds, 5).
+//! `WEFT_BENCH_LAT_ROUNDS` (rounds, 5), `WEFT_BENCH_DAEMON_LOG` (the
+//! daemons' `WEFT_LOG`; with `info,weft_worker::runtime=debug` each
+//! container start's phases are printed).
 
 mod common;
 
@@ -47,6 +49,9 @@ fn rig(r: u64) -> Rig {
         .map(|h| PrivateContainerd::start(&format!("{name}-{h}")))
         .collect();
     let mut lab = Lab::new(&name, &HOSTS);
+    if let Ok(filter) = std::env::var("WEFT_BENCH_DAEMON_LOG") {
+        lab.set_daemon_env("WEFT_LOG", &filter);
+    }
     for (h, c) in HOSTS.iter().zip(&ctrd) {
         lab.start_on_containerd(h, c);
     }
@@ -136,6 +141,15 @@ fn round(r: u64) -> Round {
         .max()
         .map_or(f64::NAN, |d| d.as_secs_f64());
     eprintln!("round {r}: scale → {seen6:?}");
+    // Where the starts' time went, when the daemons log at debug
+    // (WEFT_BENCH_DAEMON_LOG=info,weft_worker::runtime=debug): one line
+    // per container.
+    for h in &HOSTS[1..] {
+        let log = std::fs::read_to_string(lab.host_dir(h).join("daemon.log")).unwrap_or_default();
+        for line in log.lines().filter(|l| l.contains("container started")) {
+            eprintln!("round {r} {h}: {line}");
+        }
+    }
     out
 }
 
