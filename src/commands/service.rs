@@ -132,244 +132,284 @@ fn service_json(s: &pb::Service) -> serde_json::Value {
 
 /// `weft service …`.
 pub async fn service(c: &Client, cmd: crate::cli::ServiceCommand) -> anyhow::Result<()> {
-    use crate::cli::{EndpointModeArg, ModeArg, RestartArg, ServiceCommand as S};
-    let mut ctl = c.control();
+    use crate::cli::ServiceCommand as S;
     match cmd {
-        S::Create(a) => {
-            let mode = match a.mode {
-                Some(ModeArg::Global) => "global",
-                _ => "replicated",
-            };
-            if matches!(a.mode, Some(ModeArg::Global)) && a.replicas.is_some() {
-                bail!("--replicas cannot be combined with --mode global");
-            }
-            let stop = crate::workload::stop_from_args(&a.stop)?;
-            let log = crate::logs_cmd::log_config(&a.log_opt)?;
-            let env = kv(
-                &crate::isolation::env_with_files(&a.container.isolation.env_file, &a.env)?,
-                "--env",
-            )?;
-            let (command, mut container) = crate::workload::from_args(a.container)?;
-            crate::workload::check_resources(&a.resources, container.is_some())?;
-            let health = a.health.to_wire(Some(container.is_some()))?;
-            let registry_auth = match (&container, a.with_registry_auth) {
-                (_, false) => None,
-                (Some(ct), true) => Some(crate::login::for_service(&ct.image)?),
-                (None, true) => bail!("--with-registry-auth is for services that run an image"),
-            };
-            if let Some(ct) = container.as_mut().filter(|_| !a.no_resolve_image) {
-                ct.image = crate::image_cmd::pin_digest(c, &ct.image).await;
-            }
-            let spec = pb::ServiceSpecMsg {
-                registry_auth,
-                restart_policy: crate::resources::restart_policy(&a.restart),
-                resources: a.resources.to_wire(),
-                log,
-                health,
-                name: a.name.clone(),
-                mode: mode.into(),
-                replicas: a.replicas.unwrap_or(if mode == "global" { 0 } else { 1 }),
-                command,
-                container,
-                stop,
-                env,
-                networks: a.networks,
-                endpoint_mode: match a.endpoint_mode {
-                    Some(EndpointModeArg::Dnsrr) => "dnsrr".into(),
-                    _ => "vip".into(),
-                },
-                constraints: a.constraints,
-                restart_condition: match a.restart_condition {
-                    Some(RestartArg::OnFailure) => "on-failure".into(),
-                    Some(RestartArg::None) => "none".into(),
-                    _ => "any".into(),
-                },
-                ports: a
-                    .publish
-                    .iter()
-                    .map(|p| crate::publish::service_publish(p))
-                    .collect::<anyhow::Result<_>>()?,
-            };
-            let s = ctl
-                .create_service(pb::CreateServiceRequest { spec: Some(spec) })
-                .await
-                .map_err(rpc)?
-                .into_inner();
-            println!("{}", s.id);
-            if !a.detach {
-                converge(c, &s.id).await?;
-            }
-        }
-        S::Ls { quiet } => {
-            let mut list = ctl
-                .list_services(pb::ListServicesRequest {})
-                .await
-                .map_err(rpc)?
-                .into_inner()
-                .services;
-            list.sort_by(|a, b| {
-                a.spec
-                    .as_ref()
-                    .map(|s| &s.name)
-                    .cmp(&b.spec.as_ref().map(|s| &s.name))
-            });
-            if quiet {
-                for s in list {
-                    println!("{}", s.id);
-                }
-                return Ok(());
-            }
-            println!(
-                "{:<17} {:<20} {:<11} {:<9} COMMAND",
-                "ID", "NAME", "MODE", "REPLICAS"
-            );
-            for s in list {
-                let spec = s.spec.clone().unwrap_or_default();
-                println!(
-                    "{:<17} {:<20} {:<11} {:<9} {}",
-                    s.id,
-                    spec.name,
-                    spec.mode,
-                    format!("{}/{}", s.running, s.desired),
-                    spec.command.join(" ")
-                );
-            }
-        }
-        S::Ps { service } => {
-            let s = ctl
-                .get_service(pb::GetServiceRequest { service })
-                .await
-                .map_err(rpc)?
-                .into_inner();
-            println!(
-                "{:<17} {:<40} {:<20} {:<8} {:<10} {:<22} ERROR",
-                "TASK ID", "NAME", "NODE", "DESIRED", "CURRENT", "ADDRESSES"
-            );
-            for t in s.tasks {
-                let addrs: Vec<String> = t
-                    .addresses
-                    .iter()
-                    .map(|a| format!("{}={}", a.network, a.ip))
-                    .collect();
-                let current = task_text::current(&t);
-                println!(
-                    "{:<17} {:<40} {:<20} {:<8} {:<10} {:<22} {}",
-                    t.id,
-                    t.name,
-                    t.hostname,
-                    task_text::word(t.desired_state()),
-                    current,
-                    addrs.join(","),
-                    task_text::error(&t)
-                );
-            }
-        }
-        S::Inspect { services } => {
-            let mut out = Vec::new();
-            for s in services {
-                let s = ctl
-                    .get_service(pb::GetServiceRequest { service: s })
-                    .await
-                    .map_err(rpc)?
-                    .into_inner();
-                out.push(service_json(&s));
-            }
-            println!("{}", serde_json::to_string_pretty(&out)?);
-        }
-        S::Scale { detach, pairs } => {
-            let mut parsed = Vec::new();
-            for p in &pairs {
-                let (name, n) = p
-                    .split_once('=')
-                    .ok_or_else(|| anyhow::anyhow!("invalid {p:?}: use SERVICE=REPLICAS"))?;
-                let n: u64 = n.parse().map_err(|_| {
-                    anyhow::anyhow!("invalid replica count in {p:?}: give a whole number >= 0")
-                })?;
-                parsed.push((name.to_string(), n));
-            }
-            for (name, n) in &parsed {
-                ctl.update_service(pb::UpdateServiceRequest {
-                    service: name.clone(),
-                    set_replicas: true,
-                    replicas: *n,
-                    ..Default::default()
-                })
-                .await
-                .map_err(rpc)
-                .with_context(|| format!("scaling {name}"))?;
-                println!("{name} scaled to {n}");
-            }
-            if !detach {
-                for (name, _) in &parsed {
-                    converge(c, name).await?;
-                }
-            }
-        }
-        S::Update(a) => {
-            let registry_auth = if a.with_registry_auth {
-                // The credentials for the registry of the image the service
-                // will run: `--image`'s when given.
-                let image = match &a.container.image {
-                    Some(i) => i.clone(),
-                    None => ctl
-                        .get_service(pb::GetServiceRequest {
-                            service: a.service.clone(),
-                        })
-                        .await
-                        .map_err(rpc)?
-                        .into_inner()
-                        .spec
-                        .and_then(|s| s.container)
-                        .map(|c| c.image)
-                        .ok_or_else(|| {
-                            anyhow::anyhow!(
-                                "--with-registry-auth is for services that run an image"
-                            )
-                        })?,
-                };
-                Some(crate::login::for_service(&image)?)
-            } else {
-                None
-            };
-            let s = ctl
-                .update_service(pb::UpdateServiceRequest {
-                    registry_auth,
-                    service: a.service.clone(),
-                    set_replicas: a.replicas.is_some(),
-                    replicas: a.replicas.unwrap_or(0),
-                    network_add: a.network_add,
-                    network_rm: a.network_rm,
-                    env_add: kv(&a.env_add, "--env-add")?,
-                    env_rm: a.env_rm,
-                    constraint_add: a.constraint_add,
-                    constraint_rm: a.constraint_rm,
-                    force: a.force,
-                    resources: a.resources.to_wire(),
-                    restart_policy: crate::resources::restart_update(&a.restart),
-                    health: a.health.to_wire(None)?,
-                    container: a.container.container(c).await?,
-                    stop: a.container.stop()?,
-                })
-                .await
-                .map_err(rpc)?
-                .into_inner();
-            println!("{}", s.spec.map(|x| x.name).unwrap_or_default());
-            if !a.detach {
-                converge(c, &a.service).await?;
-            }
-        }
+        S::Create(a) => create(c, *a).await,
+        S::Ls { quiet } => ls(c, quiet).await,
+        S::Ps { service } => ps(c, service).await,
+        S::Inspect { services } => inspect(c, services).await,
+        S::Scale { detach, pairs } => scale(c, detach, &pairs).await,
+        S::Update(a) => update(c, *a).await,
         S::Logs { flags, service } => {
-            crate::logs_cmd::service_logs(ctl.clone(), service, &flags).await?
+            crate::logs_cmd::service_logs(c.control(), service, &flags).await
         }
-        S::Rm { services } => {
-            for s in services {
-                ctl.remove_service(pb::RemoveServiceRequest { service: s.clone() })
-                    .await
-                    .map_err(rpc)
-                    .with_context(|| format!("removing service {s}"))?;
-                println!("{s}");
-            }
+        S::Rm { services } => rm(c, services).await,
+    }
+}
+
+/// `weft service create`.
+async fn create(c: &Client, a: crate::cli::ServiceCreateArgs) -> anyhow::Result<()> {
+    use crate::cli::{EndpointModeArg, ModeArg, RestartArg};
+    let mode = match a.mode {
+        Some(ModeArg::Global) => "global",
+        _ => "replicated",
+    };
+    if matches!(a.mode, Some(ModeArg::Global)) && a.replicas.is_some() {
+        bail!("--replicas cannot be combined with --mode global");
+    }
+    let stop = crate::workload::stop_from_args(&a.stop)?;
+    let log = crate::logs_cmd::log_config(&a.log_opt)?;
+    let env = kv(
+        &crate::isolation::env_with_files(&a.container.isolation.env_file, &a.env)?,
+        "--env",
+    )?;
+    let (command, mut container) = crate::workload::from_args(a.container)?;
+    crate::workload::check_resources(&a.resources, container.is_some())?;
+    let health = a.health.to_wire(Some(container.is_some()))?;
+    let registry_auth = match (&container, a.with_registry_auth) {
+        (_, false) => None,
+        (Some(ct), true) => Some(crate::login::for_service(&ct.image)?),
+        (None, true) => bail!("--with-registry-auth is for services that run an image"),
+    };
+    if let Some(ct) = container.as_mut().filter(|_| !a.no_resolve_image) {
+        ct.image = crate::image_cmd::pin_digest(c, &ct.image).await;
+    }
+    let spec = pb::ServiceSpecMsg {
+        registry_auth,
+        restart_policy: crate::resources::restart_policy(&a.restart),
+        resources: a.resources.to_wire(),
+        log,
+        health,
+        name: a.name.clone(),
+        mode: mode.into(),
+        replicas: a.replicas.unwrap_or(if mode == "global" { 0 } else { 1 }),
+        command,
+        container,
+        stop,
+        env,
+        networks: a.networks,
+        endpoint_mode: match a.endpoint_mode {
+            Some(EndpointModeArg::Dnsrr) => "dnsrr".into(),
+            _ => "vip".into(),
+        },
+        constraints: a.constraints,
+        restart_condition: match a.restart_condition {
+            Some(RestartArg::OnFailure) => "on-failure".into(),
+            Some(RestartArg::None) => "none".into(),
+            _ => "any".into(),
+        },
+        ports: a
+            .publish
+            .iter()
+            .map(|p| crate::publish::service_publish(p))
+            .collect::<anyhow::Result<_>>()?,
+    };
+    let s = c
+        .control()
+        .create_service(pb::CreateServiceRequest { spec: Some(spec) })
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    println!("{}", s.id);
+    if !a.detach {
+        converge(c, &s.id).await?;
+    }
+    Ok(())
+}
+
+/// `weft service ls`.
+async fn ls(c: &Client, quiet: bool) -> anyhow::Result<()> {
+    let mut list = c
+        .control()
+        .list_services(pb::ListServicesRequest {})
+        .await
+        .map_err(rpc)?
+        .into_inner()
+        .services;
+    list.sort_by(|a, b| {
+        a.spec
+            .as_ref()
+            .map(|s| &s.name)
+            .cmp(&b.spec.as_ref().map(|s| &s.name))
+    });
+    if quiet {
+        for s in list {
+            println!("{}", s.id);
         }
+        return Ok(());
+    }
+    println!(
+        "{:<17} {:<20} {:<11} {:<9} COMMAND",
+        "ID", "NAME", "MODE", "REPLICAS"
+    );
+    for s in list {
+        let spec = s.spec.clone().unwrap_or_default();
+        println!(
+            "{:<17} {:<20} {:<11} {:<9} {}",
+            s.id,
+            spec.name,
+            spec.mode,
+            format!("{}/{}", s.running, s.desired),
+            spec.command.join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// `weft service ps`.
+async fn ps(c: &Client, service: String) -> anyhow::Result<()> {
+    let s = c
+        .control()
+        .get_service(pb::GetServiceRequest { service })
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    println!(
+        "{:<17} {:<40} {:<20} {:<8} {:<10} {:<22} ERROR",
+        "TASK ID", "NAME", "NODE", "DESIRED", "CURRENT", "ADDRESSES"
+    );
+    for t in s.tasks {
+        let addrs: Vec<String> = t
+            .addresses
+            .iter()
+            .map(|a| format!("{}={}", a.network, a.ip))
+            .collect();
+        let current = task_text::current(&t);
+        println!(
+            "{:<17} {:<40} {:<20} {:<8} {:<10} {:<22} {}",
+            t.id,
+            t.name,
+            t.hostname,
+            task_text::word(t.desired_state()),
+            current,
+            addrs.join(","),
+            task_text::error(&t)
+        );
+    }
+    Ok(())
+}
+
+/// `weft service inspect`.
+async fn inspect(c: &Client, services: Vec<String>) -> anyhow::Result<()> {
+    let mut ctl = c.control();
+    let mut out = Vec::new();
+    for s in services {
+        let s = ctl
+            .get_service(pb::GetServiceRequest { service: s })
+            .await
+            .map_err(rpc)?
+            .into_inner();
+        out.push(service_json(&s));
+    }
+    println!("{}", serde_json::to_string_pretty(&out)?);
+    Ok(())
+}
+
+/// `weft service scale SERVICE=N...`: every pair is parsed before any is
+/// applied, so a typo in the last changes nothing.
+async fn scale(c: &Client, detach: bool, pairs: &[String]) -> anyhow::Result<()> {
+    let mut parsed = Vec::new();
+    for p in pairs {
+        let (name, n) = p
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("invalid {p:?}: use SERVICE=REPLICAS"))?;
+        let n: u64 = n.parse().map_err(|_| {
+            anyhow::anyhow!("invalid replica count in {p:?}: give a whole number >= 0")
+        })?;
+        parsed.push((name.to_string(), n));
+    }
+    let mut ctl = c.control();
+    for (name, n) in &parsed {
+        ctl.update_service(pb::UpdateServiceRequest {
+            service: name.clone(),
+            set_replicas: true,
+            replicas: *n,
+            ..Default::default()
+        })
+        .await
+        .map_err(rpc)
+        .with_context(|| format!("scaling {name}"))?;
+        println!("{name} scaled to {n}");
+    }
+    if !detach {
+        for (name, _) in &parsed {
+            converge(c, name).await?;
+        }
+    }
+    Ok(())
+}
+
+/// The sealed credentials `service update --with-registry-auth` sends: for
+/// the registry of the image the service will run (`--image`'s when given).
+async fn update_registry_auth(
+    c: &Client,
+    a: &crate::cli::ServiceUpdateArgs,
+) -> anyhow::Result<Option<pb::RegistryCredential>> {
+    if !a.with_registry_auth {
+        return Ok(None);
+    }
+    let image = match &a.container.image {
+        Some(i) => i.clone(),
+        None => c
+            .control()
+            .get_service(pb::GetServiceRequest {
+                service: a.service.clone(),
+            })
+            .await
+            .map_err(rpc)?
+            .into_inner()
+            .spec
+            .and_then(|s| s.container)
+            .map(|c| c.image)
+            .ok_or_else(|| {
+                anyhow::anyhow!("--with-registry-auth is for services that run an image")
+            })?,
+    };
+    Ok(Some(crate::login::for_service(&image)?))
+}
+
+/// `weft service update`.
+async fn update(c: &Client, a: crate::cli::ServiceUpdateArgs) -> anyhow::Result<()> {
+    let registry_auth = update_registry_auth(c, &a).await?;
+    let s = c
+        .control()
+        .update_service(pb::UpdateServiceRequest {
+            registry_auth,
+            service: a.service.clone(),
+            set_replicas: a.replicas.is_some(),
+            replicas: a.replicas.unwrap_or(0),
+            network_add: a.network_add,
+            network_rm: a.network_rm,
+            env_add: kv(&a.env_add, "--env-add")?,
+            env_rm: a.env_rm,
+            constraint_add: a.constraint_add,
+            constraint_rm: a.constraint_rm,
+            force: a.force,
+            resources: a.resources.to_wire(),
+            restart_policy: crate::resources::restart_update(&a.restart),
+            health: a.health.to_wire(None)?,
+            container: a.container.container(c).await?,
+            stop: a.container.stop()?,
+        })
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    println!("{}", s.spec.map(|x| x.name).unwrap_or_default());
+    if !a.detach {
+        converge(c, &a.service).await?;
+    }
+    Ok(())
+}
+
+/// `weft service rm`.
+async fn rm(c: &Client, services: Vec<String>) -> anyhow::Result<()> {
+    let mut ctl = c.control();
+    for s in services {
+        ctl.remove_service(pb::RemoveServiceRequest { service: s.clone() })
+            .await
+            .map_err(rpc)
+            .with_context(|| format!("removing service {s}"))?;
+        println!("{s}");
     }
     Ok(())
 }
