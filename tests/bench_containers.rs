@@ -10,7 +10,8 @@
 //! Knobs (environment): `WEFT_BENCH_OUT` (directory for the fragment),
 //! `WEFT_BENCH_LAT_ROUNDS` (rounds, 5), `WEFT_BENCH_DAEMON_LOG` (the
 //! daemons' `WEFT_LOG`; with `info,weft_worker::runtime=debug` each
-//! container start's phases are printed).
+//! container start's phases are printed), `WEFT_BENCH_KEEP_LOGS` (a
+//! directory: each round's daemon logs are copied there).
 
 mod common;
 
@@ -144,8 +145,13 @@ fn round(r: u64) -> Round {
     // Where the starts' time went, when the daemons log at debug
     // (WEFT_BENCH_DAEMON_LOG=info,weft_worker::runtime=debug): one line
     // per container.
-    for h in &HOSTS[1..] {
+    let keep = std::env::var_os("WEFT_BENCH_KEEP_LOGS").map(std::path::PathBuf::from);
+    for h in HOSTS {
         let log = std::fs::read_to_string(lab.host_dir(h).join("daemon.log")).unwrap_or_default();
+        if let Some(dir) = &keep {
+            let _ = std::fs::create_dir_all(dir);
+            let _ = std::fs::write(dir.join(format!("round{r}-{h}.log")), &log);
+        }
         for line in log.lines().filter(|l| l.contains("container started")) {
             eprintln!("round {r} {h}: {line}");
         }

@@ -647,6 +647,11 @@ impl Run {
         }
         let desired = pb::NodeRole::try_from(m.role).ok();
         if let Some(config) = m.config.clone() {
+            tracing::debug!(
+                version = config.version,
+                tasks = config.tasks.len(),
+                "config received"
+            );
             self.config.send_replace(Some(Arc::new(config)));
         }
         let managers_changed =

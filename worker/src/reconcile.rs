@@ -319,6 +319,7 @@ impl Reconciler {
         // any manager answers: how long it takes is how long the node's
         // tasks wait for names and encrypted traffic.
         let mut first_pass = Some((std::time::Instant::now(), current.is_some()));
+        let mut last_report: Option<pb::StatusReport> = None;
         loop {
             let pushed = self.config.borrow_and_update().clone();
             if let Some(c) = pushed
@@ -329,6 +330,7 @@ impl Reconciler {
             }
             if let Some(c) = current.clone() {
                 let report = self.converge(&c, &mut inflight, &probers).await;
+                last_report = Some(report.clone());
                 if let Some((started, saved)) = first_pass.take() {
                     tracing::info!(
                         ms = started.elapsed().as_millis() as u64,
@@ -343,7 +345,11 @@ impl Reconciler {
                 _ = stop.changed() => break,
                 r = self.config.changed() => if r.is_err() { break },
                 _ = events.recv() => {},
-                _ = inflight.next() => {},
+                _ = inflight.next() => {
+                    if let (Some(c), Some(last)) = (&current, &last_report) {
+                        (self.report)(self.early_report(c, last, &inflight, &probers));
+                    }
+                },
                 () = probers.changed() => {},
                 _ = self.wake.notified() => {},
                 r = async {
@@ -395,6 +401,7 @@ impl Reconciler {
                 String::new()
             }
         };
+        let t_plane = std::time::Instant::now();
         match desired_from_config(&inflight.plane_config(c), &self.wg_key) {
             Ok(mut d) => {
                 d.dns_upstreams = self.dns_upstreams.clone();
@@ -404,6 +411,7 @@ impl Reconciler {
             }
             Err(e) => error = e.to_string(),
         }
+        let plane_ms = t_plane.elapsed().as_millis() as u64;
         if !error.is_empty() {
             tracing::warn!(%error, version = c.version, "config not fully applied");
         }
@@ -412,37 +420,29 @@ impl Reconciler {
         // rest lose theirs.
         let mut checked = Vec::new();
         for t in &c.tasks {
-            if let Some(s) = self.runtime.status(&t.id) {
-                let mut report = task_report(&s.id, &s.state);
-                if matches!(s.state, TaskState::Running { .. })
-                    && let Some(check) = self.runtime.health_check(&s.id)
-                {
-                    checked.push((s.id.clone(), check));
-                    let health = probers.health(&s.id).unwrap_or(Health::Starting);
-                    if let Some(st) = report.status.as_mut() {
-                        st.set_health(health_to_wire(health));
-                    }
+            match self.task_entry(t, inflight, probers, &mut checked) {
+                Entry::Report(r) => tasks.push(r),
+                Entry::NotStarted if error.is_empty() && !inflight.is_removing(&t.id) => {
+                    inflight.start(self.runtime.clone(), self.task_spec(t));
+                    tasks.push(starting(&t.id));
                 }
-                tasks.push(report);
-            } else if let Some(e) = inflight.refused(&t.id) {
-                tasks.push(task_report(
-                    &t.id,
-                    &TaskState::Failed {
-                        error: e.to_string(),
-                    },
-                ));
-            } else if inflight.is_starting(&t.id) {
-                tasks.push(if self.runtime.pulling(&t.id) {
-                    in_flight(&t.id, pb::TaskState::Pulling)
-                } else {
-                    starting(&t.id)
-                });
-            } else if error.is_empty() && !inflight.is_removing(&t.id) {
-                inflight.start(self.runtime.clone(), self.task_spec(t));
-                tasks.push(starting(&t.id));
+                Entry::NotStarted => {}
             }
         }
         probers.sync(&self.runtime, checked);
+        tracing::debug!(
+            version = c.version,
+            plane_ms,
+            tasks = tasks.len(),
+            starting = tasks
+                .iter()
+                .filter(|t| t
+                    .status
+                    .as_ref()
+                    .is_some_and(|s| s.state() == pb::TaskState::Starting))
+                .count(),
+            "converge pass"
+        );
         let handshakes = self
             .dataplane
             .wg_handshakes()
@@ -464,6 +464,76 @@ impl Reconciler {
             handshakes,
             bridge_subnet: self.bridge_subnet.clone(),
             resources: Some(crate::capacity::node()),
+        }
+    }
+
+    /// What the node says of assigned task `t` now: its runtime status
+    /// (with its health when it has a check, which goes into `checked`),
+    /// failed when the runtime refused it, pulling or starting while a
+    /// start is under way; or that no start was set going yet.
+    fn task_entry(
+        &self,
+        t: &pb::TaskConfig,
+        inflight: &jobs::Inflight,
+        probers: &crate::health::Probers,
+        checked: &mut Vec<(String, crate::health::HealthCheck)>,
+    ) -> Entry {
+        if let Some(s) = self.runtime.status(&t.id) {
+            let mut report = task_report(&s.id, &s.state);
+            if matches!(s.state, TaskState::Running { .. })
+                && let Some(check) = self.runtime.health_check(&s.id)
+            {
+                checked.push((s.id.clone(), check));
+                let health = probers.health(&s.id).unwrap_or(Health::Starting);
+                if let Some(st) = report.status.as_mut() {
+                    st.set_health(health_to_wire(health));
+                }
+            }
+            Entry::Report(report)
+        } else if let Some(e) = inflight.refused(&t.id) {
+            Entry::Report(task_report(
+                &t.id,
+                &TaskState::Failed {
+                    error: e.to_string(),
+                },
+            ))
+        } else if inflight.is_starting(&t.id) {
+            Entry::Report(if self.runtime.pulling(&t.id) {
+                in_flight(&t.id, pb::TaskState::Pulling)
+            } else {
+                starting(&t.id)
+            })
+        } else {
+            Entry::NotStarted
+        }
+    }
+
+    /// The last pass's report with its tasks' states as they are now: sent
+    /// as soon as a start or removal ends, so a task that runs reaches its
+    /// service's VIP and DNS without waiting for the next data plane pass
+    /// (100-300 ms with a few tasks on a loaded machine). Tasks not started
+    /// yet are left to that pass.
+    fn early_report(
+        &self,
+        c: &pb::NodeConfig,
+        last: &pb::StatusReport,
+        inflight: &jobs::Inflight,
+        probers: &crate::health::Probers,
+    ) -> pb::StatusReport {
+        let mut checked = Vec::new();
+        let tasks = c
+            .tasks
+            .iter()
+            .filter_map(
+                |t| match self.task_entry(t, inflight, probers, &mut checked) {
+                    Entry::Report(r) => Some(r),
+                    Entry::NotStarted => None,
+                },
+            )
+            .collect();
+        pb::StatusReport {
+            tasks,
+            ..last.clone()
         }
     }
 
@@ -624,6 +694,14 @@ fn stop_policy(p: Option<&pb::StopPolicy>) -> StopPolicy {
 }
 
 /// A task being started, as the wire says it.
+/// What a pass knows of an assigned task ([`Reconciler::task_entry`]).
+enum Entry {
+    /// Its state, to report.
+    Report(pb::TaskReport),
+    /// Not known to the runtime and no start under way.
+    NotStarted,
+}
+
 fn starting(id: &str) -> pb::TaskReport {
     in_flight(id, pb::TaskState::Starting)
 }
@@ -845,6 +923,40 @@ mod tests {
         assert!(registry_auth(None, image).is_none());
         // Docker Hub names.
         assert!(registry_auth(Some(&wire("docker.io", "bob")), "busybox").is_some());
+    }
+
+    /// A start that ends is reported at once, with the last pass's other
+    /// fields, without waiting for the data plane; a task with no start
+    /// set going yet is left to the next pass.
+    #[tokio::test]
+    async fn an_early_report_has_the_tasks_as_they_are_now() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = reconciler(dir.path());
+        let mut c = config();
+        let mut later = c.tasks[0].clone();
+        later.id = "t3".into();
+        c.tasks.push(later);
+        r.runtime.start(&r.task_spec(&c.tasks[0])).await.unwrap();
+        let last = pb::StatusReport {
+            node_id: "n".into(),
+            applied_version: 9,
+            wg_public_key: "key".into(),
+            tasks: vec![starting("t1")],
+            ..Default::default()
+        };
+        let inflight = jobs::Inflight::new();
+        let probers = crate::health::Probers::new();
+        let got = r.early_report(&c, &last, &inflight, &probers);
+        assert_eq!(
+            (got.applied_version, got.wg_public_key.as_str()),
+            (9, "key")
+        );
+        let states: Vec<_> = got
+            .tasks
+            .iter()
+            .map(|t| (t.task_id.as_str(), t.status.as_ref().unwrap().state()))
+            .collect();
+        assert_eq!(states, vec![("t1", pb::TaskState::Running)]);
     }
 
     #[test]

@@ -519,6 +519,7 @@ impl Dispatcher for DispatcherService {
                 }
                 match this.session_message_with(node.id, Some(&last_config)) {
                     Ok((msg, config)) if msg.config.is_some() || !same_header(&msg, &last) => {
+                        tracing::debug!(node = %node.id, version = config.version, with_config = msg.config.is_some(), "session push");
                         last = msg.clone();
                         last_config = config;
                         if tx.send(Ok(msg)).await.is_err() {
@@ -687,8 +688,13 @@ impl Dispatcher for DispatcherService {
                 })
                 .collect()
         });
+        let t0 = std::time::Instant::now();
+        let n = changes.len();
         for c in changes {
             self.core.propose(c).await?;
+        }
+        if n > 0 {
+            tracing::debug!(node = %node.id, changes = n, ms = t0.elapsed().as_millis() as u64, "task status changes recorded");
         }
         Ok(Response::new(pb::StatusAck {}))
     }

@@ -104,7 +104,10 @@ impl Inflight {
         let limit = self.limit.clone();
         let job = self.starts.spawn(async move {
             let _permit = limit.acquire_owned().await;
-            Done::Started(runtime.start(&spec).await.map_err(|e| e.to_string()))
+            let t0 = std::time::Instant::now();
+            let r = runtime.start(&spec).await.map_err(|e| e.to_string());
+            tracing::debug!(task = %spec.id, ms = t0.elapsed().as_millis() as u64, ok = r.is_ok(), "start job done");
+            Done::Started(r)
         });
         self.job_task.insert(job.id(), id.clone());
         self.starting.insert(id);
