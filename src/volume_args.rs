@@ -53,9 +53,11 @@ pub enum VolumeCommand {
         #[arg(required = true)]
         names: Vec<String>,
     },
-    /// Remove volumes. A volume a task on this node holds (running,
-    /// starting, or stopped with its container kept) is refused, with -f
-    /// too ("volume is in use - [tasks]"); remove the tasks first.
+    /// Remove volumes.
+    ///
+    /// A volume a task on this node holds (running, starting, or stopped
+    /// with its container kept) is refused, with -f too ("volume is in use
+    /// - [tasks]"); remove the tasks first.
     #[command(alias = "remove")]
     Rm {
         /// A missing volume is no error.
@@ -65,8 +67,12 @@ pub enum VolumeCommand {
         #[arg(required = true)]
         names: Vec<String>,
     },
-    /// Remove every volume of this node that no task holds, and say which
-    /// and how much space their data took. Asks first on a terminal.
+    /// Remove the volumes no task holds.
+    ///
+    /// Every volume of this node that no task holds (named ones too, as
+    /// Docker before 23.0 or `docker volume prune --all`), or only those
+    /// the label filters pick; prints which, and how much space their data
+    /// took. Asks first when stdin is a terminal, unless -f.
     Prune {
         /// Do not ask.
         #[arg(short, long)]

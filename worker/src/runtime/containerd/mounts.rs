@@ -310,4 +310,48 @@ mod tests {
             vec![("t1".to_owned(), vec!["cache".to_owned()])]
         );
     }
+
+    /// A removal checks claims and removes holding the store's lock; a
+    /// start that comes meanwhile waits for it, then claims and makes the
+    /// volume anew: it never sees a volume the removal is taking away.
+    #[tokio::test]
+    async fn a_start_waits_for_a_removal_that_holds_the_volume_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let volumes =
+            crate::volumes::VolumeStore::new(dir.path().join("volumes"), dir.path().join("tasks"));
+        let policy = MountPolicy {
+            allowed_bind_roots: vec![],
+            forbidden: vec![],
+            volumes: volumes.clone(),
+        };
+        let held = volumes.lock().await;
+        volumes
+            .make(&held, "shared", &crate::volumes::VolumeMeta::default())
+            .unwrap();
+        let task = dir.path().join("tasks").join("t1");
+        let vol = MountSpec {
+            kind: MountKind::Volume,
+            source: "shared".into(),
+            target: "/data".into(),
+            readonly: false,
+            tmpfs_size: 0,
+            tmpfs_mode: 0,
+        };
+        let start = tokio::spawn(async move { policy.resolve(&task, &[vol]).await });
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!start.is_finished(), "the start waits for the lock");
+        assert!(volumes.claims(&held).unwrap().is_empty());
+        let taken = volumes.take(&held, "shared").unwrap();
+        drop(held);
+        start.await.unwrap().unwrap();
+        volumes.purge(&[taken]).unwrap();
+        assert!(
+            volumes.data_dir("shared").is_dir(),
+            "made anew by the start"
+        );
+        let held = volumes.lock().await;
+        assert_eq!(volumes.claims(&held).unwrap().len(), 1);
+    }
 }
