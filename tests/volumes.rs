@@ -200,7 +200,8 @@ fn volumes_are_created_listed_inspected_removed_and_bad_input_changes_nothing() 
 /// Volumes with tasks on containerd: made by a task's --mount (listed with
 /// a CreatedAt), data kept from one task to the next, never removed
 /// (`rm`, `rm -f`, `prune`) while a task holds it — running or exited with
-/// its container kept — and removable once the tasks are gone.
+/// its container kept, standalone or a service's — and removable once the
+/// tasks are gone.
 #[test]
 fn a_volume_keeps_data_between_tasks_and_is_never_removed_while_a_task_holds_it() {
     let ctrd = PrivateContainerd::start("vol-tasks-h1");
@@ -302,4 +303,39 @@ fn a_volume_keeps_data_between_tasks_and_is_never_removed_while_a_task_holds_it(
     });
     assert!(on_disk(&lab, "h1").is_empty());
     assert!(ls(&lab, &[]).is_empty());
+
+    // A service's task makes and holds its volume the same way.
+    lab.weft(
+        "h1",
+        &[
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            "vol-svc",
+            "--mount",
+            "type=volume,source=vol-svc-data,target=/d",
+            IMAGE,
+            "sleep",
+            "600",
+        ],
+    );
+    wait_for("the service's volume", Duration::from_secs(60), || {
+        ls(&lab, &["--filter", "dangling=false"]) == ["vol-svc-data"]
+    });
+    let err = lab.weft_err("h1", &["volume", "rm", "vol-svc-data"]);
+    assert!(err.contains("volume is in use"), "{err}");
+    let out = lab.weft("h1", &["volume", "prune", "-f"]);
+    assert_eq!(out, "Total reclaimed space: 0B\n");
+    lab.weft("h1", &["service", "rm", "vol-svc"]);
+    wait_for(
+        "the service's volume to be free",
+        Duration::from_secs(60),
+        || {
+            lab.try_weft("h1", &["volume", "rm", "vol-svc-data"])
+                .status
+                .success()
+        },
+    );
+    assert!(on_disk(&lab, "h1").is_empty());
 }
