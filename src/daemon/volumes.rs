@@ -95,33 +95,30 @@ impl NodeService {
             .collect()
     }
 
-    /// Reads who holds what and keeps the store's lock: the claims stay
-    /// true while it is held (a start claims under it). The config is read
-    /// first, so the volume lock is never held while waiting for another.
-    async fn lock_with_users(&self) -> Result<(Held, Users), Status> {
-        let config = self.config_volume_users().await;
-        let store = self.volumes();
-        let held = store.lock().await;
-        let claims = store.claims(&held).map_err(status)?;
-        let users = Users::new(
-            claims
-                .iter()
-                .chain(config.iter())
-                .map(|(t, v)| (t.as_str(), v.clone())),
-        );
-        Ok((held, users))
-    }
-
     /// Runs `f` on a blocking thread with the store, its lock and who
-    /// holds what (inputs are checked before: bad input changes nothing).
+    /// holds what: the claims stay true while the lock is held (a start
+    /// claims under it). Inputs are checked before (bad input changes
+    /// nothing); the config is read before the lock is taken, so the
+    /// volume lock is never held while waiting for another.
     async fn under_lock<T: Send + 'static>(
         &self,
         f: impl FnOnce(&VolumeStore, Held, Users) -> Result<T, Status> + Send + 'static,
     ) -> Result<T, Status> {
         self.locked.refuse()?;
-        let (held, users) = self.lock_with_users().await?;
+        let config = self.config_volume_users().await;
         let store = self.volumes();
-        blocking(move || f(&store, held, users)).await
+        let held = store.lock().await;
+        blocking(move || {
+            let claims = store.claims(&held).map_err(status)?;
+            let users = Users::new(
+                claims
+                    .iter()
+                    .chain(config.iter())
+                    .map(|(t, v)| (t.as_str(), v.clone())),
+            );
+            f(&store, held, users)
+        })
+        .await
     }
 
     /// `weft volume create`.
