@@ -200,8 +200,8 @@ fn volumes_are_created_listed_inspected_removed_and_bad_input_changes_nothing() 
 /// Volumes with tasks on containerd: made by a task's --mount (listed with
 /// a CreatedAt), data kept from one task to the next, never removed
 /// (`rm`, `rm -f`, `prune`) while a task holds it — running or exited with
-/// its container kept, standalone or a service's — and removable once the
-/// tasks are gone.
+/// its container kept, standalone or a service's, across a daemon restart —
+/// and removable once the tasks are gone.
 #[test]
 fn a_volume_keeps_data_between_tasks_and_is_never_removed_while_a_task_holds_it() {
     let ctrd = PrivateContainerd::start("vol-tasks-h1");
@@ -258,6 +258,12 @@ fn a_volume_keeps_data_between_tasks_and_is_never_removed_while_a_task_holds_it(
             "{args:?}: {err}"
         );
     }
+    // The claim is on disk: a restarted daemon (the task's container
+    // adopted, not started again) still refuses.
+    lab.sigterm("h1");
+    lab.start_on_containerd("h1", &ctrd);
+    let err = lab.weft_err("h1", &["volume", "rm", "vol-data"]);
+    assert!(err.contains("volume is in use"), "after a restart: {err}");
     let out = lab.weft("h1", &["volume", "prune", "-f"]);
     assert!(out.contains("Deleted Volumes:\nvol-spare\n"), "{out}");
     assert!(!out.contains("vol-data"), "{out}");
