@@ -36,6 +36,61 @@ fn ls(lab: &Lab, args: &[&str]) -> Vec<String> {
     lab.weft("h1", &full).lines().map(str::to_owned).collect()
 }
 
+/// Bad names, labels, options, drivers, filters and templates: each
+/// refused with a message that says what is wrong.
+fn bad_input_is_refused(lab: &Lab) {
+    for (args, want) in [
+        (&["volume", "create", "../x"][..], "invalid volume name"),
+        (&["volume", "create", "a/b"][..], "invalid volume name"),
+        (&["volume", "create", "_x"][..], "invalid volume name"),
+        (
+            &["volume", "create", &"v".repeat(65)][..],
+            "invalid volume name",
+        ),
+        (
+            &["volume", "create", "--opt", "type=tmpfs", "vol-t"][..],
+            "not supported",
+        ),
+        (
+            &["volume", "create", "--label", "=x", "vol-l"][..],
+            "key=value",
+        ),
+        (
+            &["volume", "create", "--driver", "nfs", "vol-n"][..],
+            "not supported",
+        ),
+        (
+            &["volume", "ls", "--filter", "colour=red"][..],
+            "invalid filter",
+        ),
+        (
+            &["volume", "ls", "--filter", "dangling=maybe"][..],
+            "invalid filter",
+        ),
+        (
+            &["volume", "ls", "--format", "{{.Nope}}"][..],
+            "not supported",
+        ),
+        (
+            &["volume", "prune", "-f", "--filter", "name=x"][..],
+            "invalid filter",
+        ),
+        (&["volume", "inspect", "nosuch"][..], "no such volume"),
+        (&["volume", "inspect", "../etc"][..], "invalid volume name"),
+        (&["volume", "rm", "nosuch"][..], "no such volume"),
+        (&["volume", "rm", "../vol-db"][..], "invalid volume name"),
+    ] {
+        let err = lab.weft_err("h1", args);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    let too_many: Vec<String> = (0..33).map(|i| format!("name={i}")).collect();
+    let mut args = vec!["volume", "ls"];
+    for f in &too_many {
+        args.extend(["--filter", f.as_str()]);
+    }
+    assert!(lab.weft_err("h1", &args).contains("too many filters"));
+}
+
 /// Everything but tasks, on a node that is in no cluster (volumes are the
 /// node's own): create with labels, ls (filters, --format), inspect in
 /// Docker's shape, idempotent create and its conflict, rm and prune, and
@@ -117,56 +172,7 @@ fn volumes_are_created_listed_inspected_removed_and_bad_input_changes_nothing() 
     assert!(err.contains("already exists with other labels"), "{err}");
 
     // Bad input: refused, nothing changed.
-    for (args, want) in [
-        (&["volume", "create", "../x"][..], "invalid volume name"),
-        (&["volume", "create", "a/b"][..], "invalid volume name"),
-        (&["volume", "create", "_x"][..], "invalid volume name"),
-        (
-            &["volume", "create", &"v".repeat(65)][..],
-            "invalid volume name",
-        ),
-        (
-            &["volume", "create", "--opt", "type=tmpfs", "vol-t"][..],
-            "not supported",
-        ),
-        (
-            &["volume", "create", "--label", "=x", "vol-l"][..],
-            "key=value",
-        ),
-        (
-            &["volume", "create", "--driver", "nfs", "vol-n"][..],
-            "not supported",
-        ),
-        (
-            &["volume", "ls", "--filter", "colour=red"][..],
-            "invalid filter",
-        ),
-        (
-            &["volume", "ls", "--filter", "dangling=maybe"][..],
-            "invalid filter",
-        ),
-        (
-            &["volume", "ls", "--format", "{{.Nope}}"][..],
-            "not supported",
-        ),
-        (
-            &["volume", "prune", "-f", "--filter", "name=x"][..],
-            "invalid filter",
-        ),
-        (&["volume", "inspect", "nosuch"][..], "no such volume"),
-        (&["volume", "inspect", "../etc"][..], "invalid volume name"),
-        (&["volume", "rm", "nosuch"][..], "no such volume"),
-        (&["volume", "rm", "../vol-db"][..], "invalid volume name"),
-    ] {
-        let err = lab.weft_err("h1", args);
-        assert!(err.contains(want), "{args:?}: {err}");
-    }
-    let too_many: Vec<String> = (0..33).map(|i| format!("name={i}")).collect();
-    let mut args = vec!["volume", "ls"];
-    for f in &too_many {
-        args.extend(["--filter", f.as_str()]);
-    }
-    assert!(lab.weft_err("h1", &args).contains("too many filters"));
+    bad_input_is_refused(&lab);
     assert_eq!(on_disk(&lab, "h1"), all, "nothing changed");
     assert!(
         lab.weft("h1", &["volume", "inspect", "vol-db"])
