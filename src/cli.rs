@@ -116,6 +116,10 @@ pub enum Command {
     /// every node (`image load --all-nodes`).
     #[command(subcommand)]
     Image(crate::image_cmd::ImageCommand),
+    /// Manage this node's volumes (Docker's local volumes: directories
+    /// tasks mount with --mount type=volume; each node has its own).
+    #[command(subcommand)]
+    Volume(crate::volume_args::VolumeCommand),
     /// Run a standalone task on this node (default network: this node's
     /// `bridge`): stream its stdout and stderr and exit with its exit code
     /// (128+N if signal N ended it, 137 if OOM-killed, 125 if weft could

@@ -45,6 +45,7 @@ mod lifecycle;
 mod nets;
 mod rejoin;
 mod tasks;
+mod volumes;
 
 use nets::NodeNets;
 use tasks::read_task_log;
@@ -118,6 +119,7 @@ fn task_runtime(
     args: &DaemonArgs,
     images: Arc<weft_worker::image::ImageStore>,
     logger: std::path::PathBuf,
+    mounts: weft_worker::runtime::containerd::mounts::MountPolicy,
 ) -> Arc<RoutedRuntime> {
     let process = Arc::new(ProcessRuntime::new(
         &args.exec_root,
@@ -130,7 +132,7 @@ fn task_runtime(
         cgroup_parent: args.cgroup_parent.clone(),
         owner: args.exec_root.display().to_string(),
         logger,
-        mounts: mount_policy(args),
+        mounts,
     };
     // The image store's connection (version and namespace checked there),
     // shared with the runtime.
@@ -147,7 +149,9 @@ fn task_runtime(
 
 /// What this node lets containers mount: binds only under
 /// `--allow-bind-root`s, never weft's or containerd's state or the
-/// kernel's pseudo-filesystems; named volumes under `<data-dir>/volumes`.
+/// kernel's pseudo-filesystems; named volumes under `<data-dir>/volumes`,
+/// claimed in the containers' task directories. Made once: its clones
+/// share the volume lock.
 pub fn mount_policy(args: &DaemonArgs) -> weft_worker::runtime::containerd::mounts::MountPolicy {
     let mut forbidden = vec![
         args.data_dir.clone(),
@@ -163,7 +167,10 @@ pub fn mount_policy(args: &DaemonArgs) -> weft_worker::runtime::containerd::moun
     weft_worker::runtime::containerd::mounts::MountPolicy {
         allowed_bind_roots: args.allow_bind_roots.clone(),
         forbidden,
-        volumes_dir: args.data_dir.join("volumes"),
+        volumes: weft_worker::volumes::VolumeStore::new(
+            args.data_dir.join("volumes"),
+            args.exec_root.join("containers"),
+        ),
     }
 }
 
@@ -183,7 +190,11 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let settings = crate::settings::resolve(&args)?;
     let image_store = images::store(&args)?;
     let logger = logger_link(&args.exec_root)?;
-    let runtime = task_runtime(&args, image_store.clone(), logger);
+    let mounts = mount_policy(&args);
+    if let Err(e) = mounts.volumes.sweep() {
+        tracing::warn!(error = %e, "volumes: leftovers of an interrupted create or removal");
+    }
+    let runtime = task_runtime(&args, image_store.clone(), logger, mounts.clone());
     let images = images::server(image_store.clone());
     let host_ns = weft_overlay::linux::Netns::current()
         .context("cannot open this daemon's network namespace")?;
@@ -227,7 +238,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         linux,
         settings,
         wake: Arc::new(tokio::sync::Notify::new()),
-        mounts: mount_policy(&args),
+        mounts,
         images: image_store.clone(),
     });
     if node.files.exists() {
@@ -1323,6 +1334,51 @@ impl Daemon for NodeService {
         req: Request<tonic::Streaming<pb::ExecClientMessage>>,
     ) -> Result<Response<Self::ExecStream>, Status> {
         self.exec_task(req.into_inner()).await.map(Response::new)
+    }
+
+    async fn volume_create(
+        &self,
+        req: Request<pb::VolumeCreateRequest>,
+    ) -> Result<Response<pb::VolumeInfo>, Status> {
+        NodeService::volume_create(self, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn volume_list(
+        &self,
+        req: Request<pb::VolumeListRequest>,
+    ) -> Result<Response<pb::VolumeListResponse>, Status> {
+        NodeService::volume_list(self, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn volume_inspect(
+        &self,
+        req: Request<pb::VolumeInspectRequest>,
+    ) -> Result<Response<pb::VolumeInfo>, Status> {
+        NodeService::volume_inspect(self, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn volume_remove(
+        &self,
+        req: Request<pb::VolumeRemoveRequest>,
+    ) -> Result<Response<pb::VolumeRemoveResponse>, Status> {
+        NodeService::volume_remove(self, req.into_inner())
+            .await
+            .map(Response::new)
+    }
+
+    async fn volume_prune(
+        &self,
+        req: Request<pb::VolumePruneRequest>,
+    ) -> Result<Response<pb::VolumePruneResponse>, Status> {
+        NodeService::volume_prune(self, req.into_inner())
+            .await
+            .map(Response::new)
     }
 }
 

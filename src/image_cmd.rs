@@ -503,7 +503,7 @@ fn human_duration(secs: i64) -> String {
 
 /// Docker's `units.HumanSizeWithPrecision(size, 3)`: decimal units, three
 /// significant digits (`4.26MB`, `512B`).
-fn human_size(bytes: u64) -> String {
+pub(crate) fn human_size(bytes: u64) -> String {
     const UNITS: [&str; 7] = ["B", "kB", "MB", "GB", "TB", "PB", "EB"];
     let mut value = bytes as f64;
     let mut unit = 0;

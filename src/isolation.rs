@@ -34,7 +34,7 @@ pub struct IsolationArgs {
     /// type=bind,source=/host/dir,target=/dir[,readonly] (only under the
     /// node's --allow-bind-root; the source must exist),
     /// type=volume,source=NAME,target=/dir[,readonly] (a volume on the
-    /// node, made on first use and kept), or
+    /// node, made on first use and kept; see `weft volume`), or
     /// type=tmpfs,target=/dir[,tmpfs-size=64m][,tmpfs-mode=1777].
     #[arg(long = "mount", value_name = "SPEC")]
     pub mount: Vec<String>,

@@ -18,6 +18,7 @@ mod settings;
 mod task_text;
 mod unlock;
 mod update_args;
+mod volume_args;
 mod workload;
 
 use clap::{CommandFactory, Parser};
@@ -188,6 +189,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Image(i) => {
                     c.require_local("image")?;
                     image_cmd::run(&c, i).await
+                }
+                Command::Volume(v) => {
+                    c.require_local("volume")?;
+                    commands::volume(&c, v).await
                 }
                 Command::Run(a) => {
                     c.require_local("run")?;

@@ -527,6 +527,7 @@ mod network;
 mod node;
 mod service;
 mod task;
+mod volume;
 
 pub use attach::{Exit, FAILED_TO_RUN};
 pub use exec::{ExecArgs, exec};
@@ -536,3 +537,4 @@ pub use network::network;
 pub use node::node;
 pub use service::service;
 pub use task::{port, ps, rm, run_task};
+pub use volume::volume;

@@ -19,3 +19,4 @@ pub mod node_files;
 pub mod reconcile;
 pub mod renewal;
 pub mod runtime;
+pub mod volumes;

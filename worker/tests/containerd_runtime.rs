@@ -205,7 +205,10 @@ impl Setup {
             mounts: MountPolicy {
                 allowed_bind_roots: vec![tmp.path().join("binds")],
                 forbidden: vec![tmp.path().join("tasks")],
-                volumes_dir: tmp.path().join("volumes"),
+                volumes: weft_worker::volumes::VolumeStore::new(
+                    tmp.path().join("volumes"),
+                    tmp.path().join("tasks"),
+                ),
             },
         };
         let images: Arc<dyn ImageSource> = Arc::new(FakeImageSource {

@@ -419,13 +419,16 @@ impl ContainerdRuntime {
         if let Some(bad) = &c.bad_mounts {
             return Err(format!("the task's mounts cannot be used: {bad}"));
         }
+        let dir = self.task_dir(&spec.id);
+        // Claims the task's volumes in its directory, which `cleanup`
+        // removes only once the container is gone.
         let host_mounts = self
             .inner
             .cfg
             .mounts
-            .resolve(&c.mounts)
+            .resolve(&dir, &c.mounts)
+            .await
             .map_err(|e| e.to_string())?;
-        let dir = self.task_dir(&spec.id);
         let mut files = write_task_files(&dir, &spec::hostname(spec)).map_err(|e| e.to_string())?;
         files.mounts = host_mounts;
         spec.log

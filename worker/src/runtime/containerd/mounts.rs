@@ -5,7 +5,9 @@
 //!  type=bind   source ──canonicalize──▶ must exist (no auto-create, as Docker's --mount)
 //!                                     ▶ must lie under an --allow-bind-root (none by default)
 //!                                     ▶ must not hold or lie in weft's or containerd's state
-//!  type=volume NAME ──▶ <data-dir>/volumes/NAME/_data, made on first use, kept after the task
+//!  type=volume NAME ──▶ <data-dir>/volumes/NAME/_data, made on first use, kept after the task;
+//!                       claimed in the task's directory first, under the volume store's lock
+//!                       (crate::volumes), so `weft volume rm` never takes one a task holds
 //!  type=tmpfs  ──▶ a tmpfs, nothing on the host
 //! ```
 //!
@@ -28,8 +30,9 @@ pub struct MountPolicy {
     /// weft's and containerd's state: never bound, nor any directory
     /// holding them.
     pub forbidden: Vec<PathBuf>,
-    /// Where named volumes live (`<data-dir>/volumes`).
-    pub volumes_dir: PathBuf,
+    /// Named volumes (`<data-dir>/volumes`) and the lock a task's
+    /// claim on them shares with their removal.
+    pub volumes: crate::volumes::VolumeStore,
 }
 
 /// A `--mount` resolved on this node.
@@ -91,22 +94,20 @@ pub enum MountError {
         /// Why it cannot be resolved.
         error: std::io::Error,
     },
-    /// A volume's directory cannot be made.
-    #[error("volume {name:?}: cannot create {}: {error}", path.display())]
+    /// A volume cannot be claimed or made.
+    #[error("volume {name:?}: {error}")]
     Volume {
-        /// The volume's name.
+        /// The volume's name (the first, when claiming several).
         name: String,
-        /// Its directory.
-        path: PathBuf,
-        /// The OS error.
-        error: std::io::Error,
+        /// What failed.
+        error: crate::volumes::VolumeError,
     },
 }
 
 impl MountPolicy {
     /// The data directory of named volume `name`.
     pub fn volume_dir(&self, name: &str) -> PathBuf {
-        self.volumes_dir.join(name).join("_data")
+        self.volumes.data_dir(name)
     }
 
     /// Checks a bind source against the policy without touching anything
@@ -149,9 +150,15 @@ impl MountPolicy {
         Ok(real)
     }
 
-    /// Resolves a task's mounts: checks every bind first, then makes the
-    /// volumes' directories (so a refused task makes nothing).
-    pub fn resolve(&self, mounts: &[MountSpec]) -> Result<Vec<HostMount>, MountError> {
+    /// Resolves the mounts of the task whose files are in `task_dir`:
+    /// checks every bind first (so a refused task makes nothing), then,
+    /// holding the volume store's lock, claims the task's volumes in
+    /// `task_dir` and makes those that do not exist.
+    pub async fn resolve(
+        &self,
+        task_dir: &Path,
+        mounts: &[MountSpec],
+    ) -> Result<Vec<HostMount>, MountError> {
         let mut sources = Vec::with_capacity(mounts.len());
         for m in mounts {
             sources.push(match m.kind {
@@ -160,13 +167,18 @@ impl MountPolicy {
                 MountKind::Tmpfs => PathBuf::new(),
             });
         }
-        for (m, path) in mounts.iter().zip(&sources) {
-            if m.kind == MountKind::Volume {
-                std::fs::create_dir_all(path).map_err(|error| MountError::Volume {
-                    name: m.source.clone(),
-                    path: path.clone(),
-                    error,
-                })?;
+        let names = crate::volumes::volume_names(mounts);
+        if let Some(first) = names.first() {
+            let held = self.volumes.lock().await;
+            let err = |name: &str| {
+                let name = name.to_owned();
+                move |error| MountError::Volume { name, error }
+            };
+            self.volumes
+                .claim(&held, task_dir, &names)
+                .map_err(err(first))?;
+            for name in &names {
+                self.volumes.ensure(&held, name).map_err(err(name))?;
             }
         }
         Ok(mounts
@@ -211,7 +223,10 @@ mod tests {
         let policy = MountPolicy {
             allowed_bind_roots: vec![root.clone()],
             forbidden: vec![state.clone()],
-            volumes_dir: dir.path().join("volumes"),
+            volumes: crate::volumes::VolumeStore::new(
+                dir.path().join("volumes"),
+                dir.path().join("tasks"),
+            ),
         };
         let s = |p: &Path| p.display().to_string();
         assert_eq!(
@@ -253,13 +268,15 @@ mod tests {
         ));
     }
 
-    #[test]
-    fn volumes_are_made_and_a_refused_task_makes_nothing() {
+    #[tokio::test]
+    async fn volumes_are_claimed_and_made_and_a_refused_task_makes_nothing() {
         let dir = tempfile::tempdir().unwrap();
+        let volumes =
+            crate::volumes::VolumeStore::new(dir.path().join("volumes"), dir.path().join("tasks"));
         let policy = MountPolicy {
             allowed_bind_roots: vec![],
             forbidden: vec![],
-            volumes_dir: dir.path().join("volumes"),
+            volumes: volumes.clone(),
         };
         let vol = MountSpec {
             kind: MountKind::Volume,
@@ -269,10 +286,72 @@ mod tests {
             tmpfs_size: 0,
             tmpfs_mode: 0,
         };
-        assert!(policy.resolve(&[vol.clone(), bind("/etc")]).is_err());
+        let task = dir.path().join("tasks").join("t1");
+        assert!(
+            policy
+                .resolve(&task, &[vol.clone(), bind("/etc")])
+                .await
+                .is_err()
+        );
         assert!(!policy.volume_dir("cache").exists());
-        let got = policy.resolve(std::slice::from_ref(&vol)).unwrap();
+        assert!(!task.exists(), "a refused task claims nothing");
+        let got = policy
+            .resolve(&task, std::slice::from_ref(&vol))
+            .await
+            .unwrap();
         assert_eq!(got[0].source, policy.volume_dir("cache"));
         assert!(policy.volume_dir("cache").is_dir());
+        // Made implicitly, with a record; claimed by the task.
+        let v = volumes.get("cache").unwrap().unwrap();
+        assert!(v.meta.created_at.ends_with('Z'), "{:?}", v.meta);
+        let held = volumes.lock().await;
+        assert_eq!(
+            volumes.claims(&held).unwrap(),
+            vec![("t1".to_owned(), vec!["cache".to_owned()])]
+        );
+    }
+
+    /// A removal checks claims and removes holding the store's lock; a
+    /// start that comes meanwhile waits for it, then claims and makes the
+    /// volume anew: it never sees a volume the removal is taking away.
+    #[tokio::test]
+    async fn a_start_waits_for_a_removal_that_holds_the_volume_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let volumes =
+            crate::volumes::VolumeStore::new(dir.path().join("volumes"), dir.path().join("tasks"));
+        let policy = MountPolicy {
+            allowed_bind_roots: vec![],
+            forbidden: vec![],
+            volumes: volumes.clone(),
+        };
+        let held = volumes.lock().await;
+        volumes
+            .make(&held, "shared", &crate::volumes::VolumeMeta::default())
+            .unwrap();
+        let task = dir.path().join("tasks").join("t1");
+        let vol = MountSpec {
+            kind: MountKind::Volume,
+            source: "shared".into(),
+            target: "/data".into(),
+            readonly: false,
+            tmpfs_size: 0,
+            tmpfs_mode: 0,
+        };
+        let start = tokio::spawn(async move { policy.resolve(&task, &[vol]).await });
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+        assert!(!start.is_finished(), "the start waits for the lock");
+        assert!(volumes.claims(&held).unwrap().is_empty());
+        let taken = volumes.take(&held, "shared").unwrap();
+        drop(held);
+        start.await.unwrap().unwrap();
+        volumes.purge(&[taken]).unwrap();
+        assert!(
+            volumes.data_dir("shared").is_dir(),
+            "made anew by the start"
+        );
+        let held = volumes.lock().await;
+        assert_eq!(volumes.claims(&held).unwrap().len(), 1);
     }
 }
