@@ -723,13 +723,7 @@ fn weft_exec_runs_commands_in_a_running_container() {
     assert!(err.contains("unable to find user nosuchuser"), "{err}");
     let err = lab.weft_err("m1", &["exec", &host, "true"]);
     assert!(err.contains("host process"), "{err}");
-    // `weft run -i/-t` is refused with a pointer to `weft exec` (125).
-    for flag in ["-i", "-t", "-it"] {
-        let out = lab.try_weft("m1", &["run", flag, IMAGE, "cat"]);
-        assert_eq!(out.status.code(), Some(125), "{flag}");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("weft exec -it"), "{flag}: {err}");
-    }
+    // (`weft run -i/-t`: tests/interactive_run.rs.)
     assert_eq!(lab.weft("m1", &["ps", "-a"]), before);
     assert_eq!(container_pids(&rig, &id), 1);
 

@@ -65,6 +65,7 @@ pub async fn attach(c: &Client, task: &str, remove: bool) -> anyhow::Result<u8> 
         .attach(pb::AttachRequest {
             task: task.to_string(),
             remove,
+            from_now: false,
         })
         .await
         .map_err(rpc)?

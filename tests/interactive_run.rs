@@ -1,0 +1,450 @@
+//! `weft run -i/-t` and `weft attach` (issue #14), end to end: a real
+//! daemon in a namespace host with its own containerd, the busybox test
+//! image loaded. Stdin piped in and closed at its EOF, exit codes, a
+//! pseudo-terminal (the CLI on a real pty: `tty`, resizes, ctrl-c as a
+//! key), the output in `weft logs` (all of it before the exit is
+//! reported), `--rm -i` leaving nothing (containerd through `ctr`, the
+//! exec root), `-d -i` then `weft attach`, an `-i` task adopted by a
+//! restarted daemon, and the bad inputs.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::containerd::PrivateContainerd;
+use common::{Lab, wait_for};
+
+const IMAGE: &str = "weft-test/busybox:latest";
+const NS: &str = "weft";
+const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+
+/// A one-node cluster with a private containerd and the test image loaded.
+/// Fields drop in order: the daemon goes first, then its containerd.
+struct Rig {
+    lab: Lab,
+    ctrd: PrivateContainerd,
+}
+
+impl Rig {
+    fn new(test: &str) -> Rig {
+        let ctrd = PrivateContainerd::start(&format!("{test}-m1"));
+        let mut lab = Lab::new(test, &["m1"]);
+        lab.start_on_containerd("m1", &ctrd);
+        lab.init("m1", &["--heartbeat-period", "500ms"]);
+        let images = common::image::busybox();
+        lab.weft(
+            "m1",
+            &["image", "load", "-i", images.docker.to_str().unwrap()],
+        );
+        Rig { lab, ctrd }
+    }
+
+    /// `weft ARGS` on m1 as a child with `stdin`, stdout and stderr piped.
+    fn spawn(&self, args: &[&str], stdin: Stdio) -> std::process::Child {
+        Command::new(WEFT)
+            .arg("-H")
+            .arg(format!("unix://{}", self.lab.socket_path("m1").display()))
+            .args(args)
+            .env_remove("WEFT_HOST")
+            .stdin(stdin)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn weft")
+    }
+
+    /// `weft ARGS` on m1 with `input` piped to its stdin (then closed).
+    fn piped(&self, args: &[&str], input: &[u8]) -> std::process::Output {
+        use std::io::Write;
+        let mut child = self.spawn(args, Stdio::piped());
+        let mut stdin = child.stdin.take().expect("stdin");
+        if let Err(e) = stdin.write_all(input) {
+            assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "write stdin: {e}");
+        }
+        drop(stdin);
+        child.wait_with_output().expect("wait weft")
+    }
+
+    fn containers(&self) -> Vec<String> {
+        self.ctrd
+            .ctr_ok(NS, &["containers", "ls", "-q"])
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn task_dir(&self, id: &str) -> PathBuf {
+        self.lab
+            .host_dir("m1")
+            .join("run")
+            .join("containers")
+            .join(id)
+    }
+
+    /// The task directories under the exec root (their FIFOs inside).
+    fn task_dirs(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.task_dir("x").parent().unwrap())
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+fn assert_exit(out: &std::process::Output, code: i32) {
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `weft ARGS` on m1 on a pseudo-terminal (stdin, stdout and stderr), as
+/// a user at a terminal runs it.
+struct OnPty {
+    child: std::process::Child,
+    master: std::fs::File,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl OnPty {
+    fn spawn(rig: &Rig, args: &[&str], rows: u16, cols: u16) -> OnPty {
+        use std::io::Read;
+        let size = nix::pty::Winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        let pty = nix::pty::openpty(Some(&size), None).expect("openpty");
+        let slave = || Stdio::from(pty.slave.try_clone().expect("dup the pty"));
+        let child = Command::new(WEFT)
+            .arg("-H")
+            .arg(format!("unix://{}", rig.lab.socket_path("m1").display()))
+            .args(args)
+            .env_remove("WEFT_HOST")
+            .stdin(slave())
+            .stdout(slave())
+            .stderr(slave())
+            .spawn()
+            .expect("spawn weft");
+        drop(pty.slave);
+        let master = std::fs::File::from(pty.master);
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut reader = master.try_clone().expect("dup the master");
+        let sink = seen.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = reader.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        OnPty {
+            child,
+            master,
+            seen,
+        }
+    }
+
+    fn wait_text(&self, what: &str) {
+        wait_for(what, Duration::from_secs(30), || self.text().contains(what));
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.seen.lock().unwrap()).into_owned()
+    }
+
+    fn type_in(&self, bytes: &[u8]) {
+        use std::io::Write;
+        (&self.master).write_all(bytes).expect("type");
+    }
+
+    /// Sets the terminal's size and tells the CLI (SIGWINCH), as a
+    /// terminal emulator does.
+    fn resize(&self, rows: u16, cols: u16) {
+        use std::os::fd::AsRawFd;
+        nix::ioctl_write_ptr_bad!(tiocswinsz, libc::TIOCSWINSZ, libc::winsize);
+        let ws = libc::winsize {
+            ws_row: rows,
+            ws_col: cols,
+            ws_xpixel: 0,
+            ws_ypixel: 0,
+        };
+        // SAFETY: TIOCSWINSZ reads one winsize from `ws`, which outlives
+        // the call; the fd is our open pty master.
+        unsafe { tiocswinsz(self.master.as_raw_fd(), &ws) }.expect("TIOCSWINSZ");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGWINCH,
+        )
+        .expect("SIGWINCH");
+    }
+
+    /// Waits (up to 30 s) for the CLI's exit code; `None` if it did not
+    /// end (or ended by a signal), with what the terminal showed.
+    fn finish(mut self) -> (Option<i32>, String) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::time::Instant::now() < deadline {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                return (s.code(), self.text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (None, self.text())
+    }
+}
+
+impl Drop for OnPty {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn run_i_and_t_attached() {
+    let rig = Rig::new("irun-att");
+    let lab = &rig.lab;
+
+    // Stdin piped in; its EOF closes the task's stdin.
+    let out = rig.piped(&["run", "-i", IMAGE, "cat"], b"hi\n");
+    assert_exit(&out, 0);
+    assert_eq!(stdout(&out), "hi\n");
+    let out = rig.piped(&["run", "-i", IMAGE, "sh", "-c", "read x; exit $x"], b"7\n");
+    assert_exit(&out, 7);
+
+    // stdout and stderr apart, and all of it in `weft logs`.
+    let out = rig.piped(
+        &[
+            "run",
+            "-i",
+            "--name",
+            "logged",
+            IMAGE,
+            "sh",
+            "-c",
+            "cat; echo err >&2",
+        ],
+        b"a\nb\n",
+    );
+    assert_exit(&out, 0);
+    assert_eq!(stdout(&out), "a\nb\n");
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "err\n");
+    let (o, e) = (
+        lab.weft("m1", &["logs", "logged"]),
+        lab.try_weft("m1", &["logs", "logged"]),
+    );
+    assert_eq!(o, "a\nb\n");
+    assert_eq!(String::from_utf8_lossy(&e.stderr), "err\n");
+
+    // --rm -i leaves nothing: no task, container, FIFO or task dir.
+    let before = rig.containers();
+    let dirs = rig.task_dirs();
+    let out = rig.piped(
+        &["run", "--rm", "-i", "--name", "gone", IMAGE, "cat"],
+        b"bye\n",
+    );
+    assert_exit(&out, 0);
+    assert_eq!(stdout(&out), "bye\n");
+    assert!(!lab.weft("m1", &["ps", "-a"]).contains("gone"));
+    assert_eq!(rig.containers(), before);
+    assert_eq!(rig.task_dirs(), dirs);
+
+    // -it on a terminal: a tty, its size followed, keys as typed.
+    let pty = OnPty::spawn(
+        &rig,
+        &[
+            "run",
+            "-it",
+            "--name",
+            "term",
+            IMAGE,
+            "sh",
+            "-c",
+            "tty; stty size; while read x; do stty size; done; echo done",
+        ],
+        24,
+        80,
+    );
+    pty.wait_text("/dev/pts/");
+    pty.wait_text("24 80");
+    pty.resize(40, 120);
+    wait_for("the new size", Duration::from_secs(30), || {
+        pty.type_in(b"\r");
+        pty.text().contains("40 120")
+    });
+    pty.type_in(b"\x04");
+    let (code, text) = pty.finish();
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("done"), "{text:?}");
+    assert!(lab.weft("m1", &["logs", "term"]).contains("/dev/pts/"));
+
+    // ctrl-c with -t is a key for the task's terminal: its terminal echoes
+    // it and its processes get SIGINT (the task's 130, as Docker's); weft,
+    // raw, gets no signal and ends with the task's code.
+    let pty = OnPty::spawn(
+        &rig,
+        &[
+            "run",
+            "-it",
+            IMAGE,
+            "sh",
+            "-c",
+            "echo ready; sleep 1000; echo interrupted $?; exit 3",
+        ],
+        24,
+        80,
+    );
+    pty.wait_text("ready");
+    pty.type_in(b"\x03");
+    let (code, text) = pty.finish();
+    assert_eq!(code, Some(130), "{text}");
+    assert!(text.contains("^C"), "{text:?}");
+
+    // Bad input: Docker's error and 125, nothing made.
+    let ps = lab.weft("m1", &["ps", "-a"]);
+    let out = rig.piped(&["run", "-it", IMAGE, "cat"], b"x\n");
+    assert_exit(&out, 125);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("the input device is not a TTY"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = lab.try_weft("m1", &["run", "-i", "--", "sleep", "1"]);
+    assert_exit(&out, 125);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("for containers"));
+    assert_eq!(lab.weft("m1", &["ps", "-a"]), ps);
+    let err = lab.weft_err("m1", &["attach", "nosuch"]);
+    assert!(err.contains("no task \"nosuch\" on this node"), "{err}");
+}
+
+#[test]
+fn run_d_i_then_attach_and_adoption() {
+    let mut rig = Rig::new("irun-det");
+
+    // -d -i: stdin stays open for a later attach, which gets the exit code.
+    rig.lab.run_task(
+        "m1",
+        &[
+            "-d",
+            "-i",
+            "--name",
+            "rd",
+            IMAGE,
+            "sh",
+            "-c",
+            "read x; echo got $x; exit $x",
+        ],
+    );
+    let out = rig.piped(&["attach", "rd"], b"5\n");
+    assert_exit(&out, 5);
+    assert_eq!(stdout(&out), "got 5\n");
+    let err = rig.lab.weft_err("m1", &["attach", "rd"]);
+    assert!(err.contains("is not running"), "{err}");
+
+    // All output is in the log when the exit is reported.
+    rig.lab.run_task(
+        "m1",
+        &[
+            "-d",
+            "-i",
+            "--name",
+            "burst",
+            IMAGE,
+            "sh",
+            "-c",
+            "read x; seq 1 5000",
+        ],
+    );
+    let out = rig.piped(&["attach", "burst"], b"\n");
+    assert_exit(&out, 0);
+    let logs = rig.lab.weft("m1", &["logs", "burst"]);
+    assert_eq!(logs.lines().count(), 5000);
+    assert_eq!(logs.lines().last(), Some("5000"));
+
+    // A task run without -i: output only, from the attach on.
+    rig.lab.run_task(
+        "m1",
+        &[
+            "-d",
+            "--name",
+            "plain",
+            IMAGE,
+            "sh",
+            "-c",
+            "echo early; sleep 3; echo late; exit 4",
+        ],
+    );
+    wait_for("early output", Duration::from_secs(30), || {
+        rig.lab.weft("m1", &["logs", "plain"]).contains("early")
+    });
+    let out = rig.piped(&["attach", "plain"], b"ignored\n");
+    assert_exit(&out, 4);
+    assert_eq!(stdout(&out), "late\n");
+
+    // A restarted daemon adopts an -i task: it keeps running, takes
+    // stdin from a new attach, and its later output reaches the log.
+    let id = rig.lab.run_task(
+        "m1",
+        &[
+            "-d",
+            "-i",
+            "--name",
+            "keep",
+            IMAGE,
+            "sh",
+            "-c",
+            "while read x; do echo line $x; done; echo bye",
+        ],
+    );
+    let feed = |rig: &Rig, text: &[u8], expect: &str| {
+        use std::io::Write;
+        let mut child = rig.spawn(&["attach", "keep"], Stdio::piped());
+        child
+            .stdin
+            .as_mut()
+            .expect("stdin")
+            .write_all(text)
+            .expect("write");
+        wait_for(expect, Duration::from_secs(30), || {
+            rig.lab.weft("m1", &["logs", "keep"]).contains(expect)
+        });
+        let _ = child.kill();
+        let _ = child.wait();
+    };
+    feed(&rig, b"1\n", "line 1");
+    rig.lab.kill9("m1");
+    rig.lab.start_on_containerd("m1", &rig.ctrd);
+    wait_for("the daemon answers", Duration::from_secs(60), || {
+        rig.lab.try_weft("m1", &["ps"]).status.success()
+            && rig.lab.weft("m1", &["ps"]).contains("keep")
+    });
+    assert!(
+        rig.ctrd
+            .ctr_ok(NS, &["tasks", "ls"])
+            .lines()
+            .any(|l| l.starts_with(&id) && l.contains("RUNNING"))
+    );
+    feed(&rig, b"2\n", "line 2");
+    rig.lab.weft("m1", &["rm", "-f", "keep"]);
+    wait_for(
+        "the task's dir and FIFOs gone",
+        Duration::from_secs(30),
+        || !rig.task_dir(&id).exists(),
+    );
+}
