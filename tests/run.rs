@@ -15,6 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::containerd::PrivateContainerd;
+use common::pty::OnPty;
 use common::{Lab, wait_for};
 
 const IMAGE: &str = "weft-test/busybox:latest";
@@ -426,116 +427,14 @@ fn weft_piped(rig: &Rig, args: &[&str], input: &[u8]) -> std::process::Output {
     child.wait_with_output().expect("wait weft")
 }
 
-/// `weft ARGS` on m1 on a pseudo-terminal of `rows`×`cols` (stdin,
-/// stdout and stderr), as a user at a terminal runs it.
-struct OnPty {
-    child: std::process::Child,
-    master: std::fs::File,
-    seen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
-}
-
-impl OnPty {
-    fn spawn(rig: &Rig, args: &[&str], rows: u16, cols: u16) -> OnPty {
-        use std::io::Read;
-        let size = nix::pty::Winsize {
-            ws_row: rows,
-            ws_col: cols,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        let pty = nix::pty::openpty(Some(&size), None).expect("openpty");
-        let slave = |_| Stdio::from(pty.slave.try_clone().expect("dup the pty"));
-        let child = Command::new(WEFT)
-            .arg("-H")
-            .arg(format!("unix://{}", rig.lab.socket_path("m1").display()))
-            .args(args)
-            .env_remove("WEFT_HOST")
-            .stdin(slave(0))
-            .stdout(slave(1))
-            .stderr(slave(2))
-            .spawn()
-            .expect("spawn weft");
-        // Only the child holds the terminal now: reads of the master end
-        // (EIO) once it has exited.
-        drop(pty.slave);
-        let master = std::fs::File::from(pty.master);
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let mut reader = master.try_clone().expect("dup the master");
-        let sink = seen.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = reader.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
-        OnPty {
-            child,
-            master,
-            seen,
-        }
-    }
-
-    /// `weft exec -it TASK sh -c SCRIPT` on a 24×80 terminal.
-    fn shell(rig: &Rig, task: &str, script: &str) -> OnPty {
-        OnPty::spawn(rig, &["exec", "-it", task, "sh", "-c", script], 24, 80)
-    }
-
-    /// Waits until the terminal has shown `what`.
-    fn wait_text(&self, what: &str) {
-        wait_for(what, Duration::from_secs(30), || self.text().contains(what));
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.seen.lock().unwrap()).into_owned()
-    }
-
-    fn type_in(&self, bytes: &[u8]) {
-        use std::io::Write;
-        (&self.master).write_all(bytes).expect("type");
-    }
-
-    /// Sets the terminal's size and tells the CLI, as a terminal emulator
-    /// does (the pty is not the child's controlling terminal, so the
-    /// kernel's SIGWINCH would not reach it).
-    fn resize(&self, rows: u16, cols: u16) {
-        use std::os::fd::AsRawFd;
-        nix::ioctl_write_ptr_bad!(tiocswinsz, libc::TIOCSWINSZ, libc::winsize);
-        let ws = libc::winsize {
-            ws_row: rows,
-            ws_col: cols,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        // SAFETY: TIOCSWINSZ reads one winsize from `ws`, which outlives
-        // the call; the fd is our open pty master.
-        unsafe { tiocswinsz(self.master.as_raw_fd(), &ws) }.expect("TIOCSWINSZ");
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGWINCH,
-        )
-        .expect("SIGWINCH");
-    }
-
-    /// Waits for the CLI's exit code (bounded), then for its output.
-    fn finish(mut self) -> (Option<i32>, String) {
-        let mut code = None;
-        wait_for("weft on the pty ends", Duration::from_secs(30), || {
-            code = self.child.try_wait().expect("try_wait").map(|s| s.code());
-            code.is_some()
-        });
-        let text = self.text();
-        (code.flatten(), text)
-    }
-}
-
-impl Drop for OnPty {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `weft exec -it TASK sh -c SCRIPT` on a 24×80 terminal.
+fn shell(rig: &Rig, task: &str, script: &str) -> OnPty {
+    OnPty::spawn(
+        &rig.lab.socket_path("m1"),
+        &["exec", "-it", task, "sh", "-c", script],
+        24,
+        80,
+    )
 }
 
 /// The PIDs containerd lists for a container (its process and its execs).
@@ -625,12 +524,17 @@ fn weft_exec_runs_commands_in_a_running_container() {
     assert_eq!(out, "nobody\n");
 
     // -t: a pseudo-terminal of the client's size.
-    let pty = OnPty::spawn(&rig, &["exec", "-t", "box", "busybox", "tty"], 30, 100);
+    let pty = OnPty::spawn(
+        &rig.lab.socket_path("m1"),
+        &["exec", "-t", "box", "busybox", "tty"],
+        30,
+        100,
+    );
     let (code, text) = pty.finish();
     assert_eq!(code, Some(0), "{text}");
     assert!(text.starts_with("/dev/pts/"), "{text:?}");
     let pty = OnPty::spawn(
-        &rig,
+        &rig.lab.socket_path("m1"),
         &["exec", "-t", "box", "busybox", "stty", "size"],
         30,
         100,
@@ -639,7 +543,7 @@ fn weft_exec_runs_commands_in_a_running_container() {
     assert_eq!(code, Some(0), "{text}");
     assert_eq!(text.trim(), "30 100");
     // -it: typed keys reach the command; ^D ends it.
-    let pty = OnPty::shell(&rig, "box", "echo ready; cat; echo done");
+    let pty = shell(&rig, "box", "echo ready; cat; echo done");
     pty.wait_text("ready");
     pty.type_in(b"hello\r");
     wait_for("hello echoed and catted", Duration::from_secs(30), || {
@@ -652,7 +556,7 @@ fn weft_exec_runs_commands_in_a_running_container() {
     // A resize of the client's terminal (SIGWINCH) reaches the command's.
     // (A key typed right after the resize may overtake it: the script
     // prints the size on each key until the new one shows.)
-    let pty = OnPty::shell(
+    let pty = shell(
         &rig,
         "box",
         "busybox stty size; while read x; do busybox stty size; done",

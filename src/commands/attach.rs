@@ -101,7 +101,7 @@ pub async fn attach(c: &Client, task: &str, remove: bool) -> anyhow::Result<u8> 
 }
 
 /// The first signal stops the task; the second leaves with `code`.
-async fn stop_on_signal(
+pub(super) async fn stop_on_signal(
     c: &Client,
     task: &str,
     stopping: &mut bool,

@@ -3,8 +3,6 @@
 //! size followed with `-t`, Docker's detach keys, and the task's exit code
 //! at the end (`AttachStdio`).
 
-use std::io::Write;
-
 use anyhow::bail;
 use clap::Args;
 use tokio::sync::mpsc;
@@ -191,14 +189,8 @@ pub async fn attach_stdio(c: &Client, task: &str, o: AttachOpts) -> anyhow::Resu
             }
         };
         match m.and_then(|m| m.msg) {
-            Some(Out::Stdout(b)) => {
-                stdout.write_all(&b)?;
-                stdout.flush()?;
-            }
-            Some(Out::Stderr(b)) => {
-                stderr.write_all(&b)?;
-                stderr.flush()?;
-            }
+            Some(Out::Stdout(b)) => super::exec::write_out(&mut stdout, &b)?,
+            Some(Out::Stderr(b)) => super::exec::write_out(&mut stderr, &b)?,
             Some(Out::Exit(s)) => {
                 drop(_raw);
                 if matches!(s.state(), pb::TaskState::Failed | pb::TaskState::Rejected) {
@@ -252,19 +244,10 @@ async fn on_signal(
     s: &mut Signals,
     code: u8,
 ) -> anyhow::Result<()> {
-    if detach || s.stopping {
-        eprintln!("leaving; task {task} keeps running (see `weft ps`, `weft stop`)");
-        return Err(Exit(code).into());
+    if detach {
+        s.stopping = true;
     }
-    s.stopping = true;
-    c.daemon()
-        .stop(pb::StopRequest {
-            task: task.to_string(),
-            grace_ms: None,
-        })
-        .await
-        .map_err(rpc)?;
-    Ok(())
+    super::attach::stop_on_signal(c, task, &mut s.stopping, code).await
 }
 
 /// `weft attach`.

@@ -109,6 +109,12 @@ impl Drop for RawMode {
     }
 }
 
+/// Writes a chunk of output at once (a prompt has no newline).
+pub(super) fn write_out(w: &mut impl Write, b: &[u8]) -> std::io::Result<()> {
+    w.write_all(b)?;
+    w.flush()
+}
+
 fn msg(m: In) -> pb::ExecClientMessage {
     pb::ExecClientMessage { msg: Some(m) }
 }
@@ -224,14 +230,8 @@ pub async fn exec(c: &Client, a: ExecArgs) -> anyhow::Result<()> {
             .map_err(rpc)
             .map_err(|e| e.context(format!("exec in {}", a.task)))?;
         match m.and_then(|m| m.msg) {
-            Some(Out::Stdout(b)) => {
-                stdout.write_all(&b)?;
-                stdout.flush()?;
-            }
-            Some(Out::Stderr(b)) => {
-                stderr.write_all(&b)?;
-                stderr.flush()?;
-            }
+            Some(Out::Stdout(b)) => write_out(&mut stdout, &b)?,
+            Some(Out::Stderr(b)) => write_out(&mut stderr, &b)?,
             Some(Out::ExitCode(0)) => return Ok(()),
             Some(Out::ExitCode(code)) => {
                 return Err(Exit(u8::try_from(code & 0xff).unwrap_or(1)).into());
