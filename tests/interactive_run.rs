@@ -5,7 +5,8 @@
 //! key), the output in `weft logs` (all of it before the exit is
 //! reported), `--rm -i` leaving nothing (containerd through `ctr`, the
 //! exec root), `-d -i` then `weft attach`, an `-i` task adopted by a
-//! restarted daemon, and the bad inputs.
+//! restarted daemon, `-d -it` then `weft attach` with ctrl-p ctrl-q
+//! detaching, and the bad inputs.
 
 mod common;
 
@@ -211,6 +212,36 @@ fn run_i_and_t_attached() {
     let (code, text) = pty.finish();
     assert_eq!(code, Some(130), "{text}");
     assert!(text.contains("^C"), "{text:?}");
+
+    // -d -it, then `weft attach` on a terminal: keys reach the task's
+    // terminal; ctrl-p ctrl-q detaches and leaves it running.
+    lab.run_task(
+        "m1",
+        &[
+            "-d",
+            "-it",
+            "--name",
+            "dk",
+            IMAGE,
+            "sh",
+            "-c",
+            "while read x; do echo got $x; done",
+        ],
+    );
+    let pty = OnPty::spawn(&lab.socket_path("m1"), &["attach", "dk"], 24, 80);
+    wait_for("the attach forwards keys", Duration::from_secs(30), || {
+        pty.type_in(b"hello\r");
+        pty.text().contains("got hello")
+    });
+    pty.type_in(b"\x10\x11");
+    let (code, text) = pty.finish();
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("detached from task"), "{text:?}");
+    assert!(lab.weft("m1", &["ps"]).contains("dk"));
+    lab.weft("m1", &["rm", "-f", "dk"]);
+    wait_for("dk removed", Duration::from_secs(30), || {
+        !lab.weft("m1", &["ps", "-a"]).contains("dk")
+    });
 
     // Bad input: Docker's error and 125, nothing made.
     let ps = lab.weft("m1", &["ps", "-a"]);
