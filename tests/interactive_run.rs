@@ -4,7 +4,8 @@
 //! pseudo-terminal (the CLI on a real pty: `tty`, resizes, ctrl-c as a
 //! key), the output in `weft logs` (all of it before the exit is
 //! reported), `--rm -i` leaving nothing (containerd through `ctr`, the
-//! exec root), `-d -i` then `weft attach`, an `-i` task adopted by a
+//! exec root), `-d -i` then `weft attach`, a service's task attached
+//! (output only), an `-i` task adopted by a
 //! restarted daemon, `-d -it` then `weft attach` with ctrl-p ctrl-q
 //! detaching, and the bad inputs.
 
@@ -323,6 +324,49 @@ fn run_d_i_then_attach_and_adoption() {
     let out = rig.piped(&["attach", "plain"], b"ignored\n");
     assert_exit(&out, 4);
     assert_eq!(stdout(&out), "late\n");
+
+    // A service's task: output only, live from its log.
+    rig.lab.weft(
+        "m1",
+        &[
+            "service",
+            "create",
+            "--name",
+            "svc",
+            IMAGE,
+            "sh",
+            "-c",
+            "while true; do echo svc-tick; sleep 0.3; done",
+        ],
+    );
+    let mut svc_task = String::new();
+    wait_for(
+        "the service's task runs here",
+        Duration::from_secs(60),
+        || {
+            let ps = rig.lab.weft("m1", &["ps"]);
+            svc_task = ps
+                .lines()
+                .find(|l| l.contains("svc") && l.contains("running"))
+                .and_then(|l| l.split_whitespace().next())
+                .unwrap_or_default()
+                .to_owned();
+            !svc_task.is_empty()
+        },
+    );
+    let mut child = rig.spawn(&["attach", &svc_task], Stdio::piped());
+    let mut out = child.stdout.take().expect("stdout");
+    let seen = std::thread::spawn(move || {
+        use std::io::Read;
+        let mut buf = [0u8; 64];
+        let n = out.read(&mut buf).unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    });
+    let first = seen.join().expect("reader");
+    assert!(first.starts_with("svc-tick"), "{first:?}");
+    let _ = child.kill();
+    let _ = child.wait();
+    rig.lab.weft("m1", &["service", "rm", "svc"]);
 
     // A restarted daemon adopts an -i task: it keeps running, takes
     // stdin from a new attach, and its later output reaches the log.
