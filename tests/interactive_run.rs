@@ -163,6 +163,35 @@ fn run_i_and_t_attached() {
     assert_eq!(rig.containers(), before);
     assert_eq!(rig.task_dirs(), dirs);
 
+    // An attached `run -i` whose client goes away closes the task's stdin
+    // (Docker's StdinOnce): the task sees EOF and ends; it is not killed.
+    let mut child = rig.spawn(
+        &[
+            "run",
+            "-i",
+            "--name",
+            "once",
+            IMAGE,
+            "sh",
+            "-c",
+            "cat; echo eof-seen",
+        ],
+        Stdio::piped(),
+    );
+    {
+        use std::io::Write;
+        let stdin = child.stdin.as_mut().expect("stdin");
+        stdin.write_all(b"x1\n").expect("write");
+    }
+    wait_for("x1 in the log", Duration::from_secs(30), || {
+        stdout(&lab.try_weft("m1", &["logs", "once"])).contains("x1")
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    wait_for("the task's stdin closed", Duration::from_secs(30), || {
+        lab.weft("m1", &["logs", "once"]).contains("eof-seen")
+    });
+
     // -it on a terminal: a tty, its size followed, keys as typed.
     let pty = OnPty::spawn(
         &rig.lab.socket_path("m1"),

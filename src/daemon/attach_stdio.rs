@@ -14,8 +14,9 @@
 //! Internally the output travels as `Attach`'s messages (a live chunk is
 //! a log line without a time), turned into `AttachStdioResponse`s at the
 //! edge. A client that goes away leaves the task running, as Docker's
-//! detach does; its stdin is closed only when it says so (`close_stdin`,
-//! what `weft run -i` sends at its stdin's EOF).
+//! detach does; its stdin is closed when it says so (`close_stdin`, what
+//! `weft run -i` sends at its stdin's EOF), or when the client of an
+//! attached `weft run -i` without `-t` goes away (Docker's StdinOnce).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,7 +27,6 @@ use tonic::{Status, Streaming};
 use weft_proto::v1 as pb;
 use weft_proto::v1::attach_stdio_request::Msg as In;
 use weft_proto::v1::attach_stdio_response::Msg as Out;
-use weft_worker::runtime::interactive::MAX_CHUNK;
 use weft_worker::runtime::{ExecInput, RoutedRuntime, StdioChunk, TaskRuntime};
 
 use super::NodeService;
@@ -55,21 +55,12 @@ fn input_of(m: pb::AttachStdioRequest) -> Result<Option<ExecInput>, Status> {
                 "an attach is started once, by the first message",
             ));
         }
-        Some(In::Stdin(b)) if b.len() > MAX_CHUNK => {
-            return Err(Status::invalid_argument(format!(
-                "stdin chunks are at most {MAX_CHUNK} bytes"
-            )));
-        }
-        Some(In::Stdin(b)) => Some(ExecInput::Stdin(b)),
+        Some(In::Stdin(b)) => Some(super::exec::stdin_input(b)?),
         Some(In::CloseStdin(true)) => Some(ExecInput::CloseStdin),
-        Some(In::Resize(z)) => match (u16::try_from(z.width), u16::try_from(z.height)) {
-            (Ok(w), Ok(h)) => Some(ExecInput::Resize(w, h)),
-            _ => {
-                return Err(Status::invalid_argument(
-                    "a terminal size is at most 65535 columns and rows",
-                ));
-            }
-        },
+        Some(In::Resize(z)) => {
+            let (w, h) = super::exec::tty_size(&z)?;
+            Some(ExecInput::Resize(w, h))
+        }
     })
 }
 
@@ -111,11 +102,18 @@ fn chunk_line(stream: pb::LogStream, bytes: Vec<u8>) -> pb::AttachMessage {
 }
 
 /// Forwards the client's input to the task's until the client closes its
-/// side or goes away (the task runs on either way).
-fn forward_input(mut inbound: Inbound, input: Option<mpsc::Sender<ExecInput>>) {
+/// side or goes away (the task runs on either way). With `close_on_leave`
+/// (an attached `weft run -i` without a terminal: Docker's StdinOnce), a
+/// client that goes away closes the task's stdin as its EOF would.
+fn forward_input(
+    mut inbound: Inbound,
+    input: Option<mpsc::Sender<ExecInput>>,
+    close_on_leave: bool,
+) {
     tokio::spawn(async move {
-        while let Some(m) = inbound.next().await {
-            let Ok(m) = m else { return };
+        // The CLI keeps its side open until it exits: an end, clean or
+        // not, is the client leaving.
+        while let Some(Ok(m)) = inbound.next().await {
             match input_of(m) {
                 Ok(Some(i)) => {
                     if let Some(tx) = &input
@@ -127,9 +125,12 @@ fn forward_input(mut inbound: Inbound, input: Option<mpsc::Sender<ExecInput>>) {
                 Ok(None) => {}
                 Err(e) => {
                     tracing::debug!(error = %e.message(), "a bad attach message; its input is dropped");
-                    return;
+                    break;
                 }
             }
+        }
+        if let (true, Some(tx)) = (close_on_leave, &input) {
+            let _ = tx.send(ExecInput::CloseStdin).await;
         }
     });
 }
@@ -143,11 +144,11 @@ pub(super) async fn follow_stdio(
     inbound: Box<Inbound>,
     from_now: bool,
 ) {
-    let (input, output) = match runtime.stdio(id, !from_now) {
-        Some(s) => (Some(s.input), s.output),
-        None => (None, None),
+    let (input, output, tty) = match runtime.stdio(id, !from_now) {
+        Some(s) => (Some(s.input), s.output, s.tty),
+        None => (None, None, false),
     };
-    forward_input(*inbound, input);
+    forward_input(*inbound, input, !from_now && !tty);
     let Some(mut output) = output else {
         super::attach::follow(runtime, id, client, from_now).await;
         return;
@@ -236,6 +237,7 @@ impl NodeService {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use weft_worker::runtime::interactive::MAX_CHUNK;
 
     #[test]
     fn input_is_bounded_and_start_comes_once() {
