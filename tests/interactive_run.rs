@@ -12,92 +12,37 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use common::containerd::PrivateContainerd;
 use common::pty::OnPty;
-use common::{Lab, wait_for};
+use common::wait_for;
 
 const IMAGE: &str = "weft-test/busybox:latest";
 const NS: &str = "weft";
-const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 
-/// A one-node cluster with a private containerd and the test image loaded.
-/// Fields drop in order: the daemon goes first, then its containerd.
-struct Rig {
-    lab: Lab,
-    ctrd: PrivateContainerd,
+type Rig = common::one_node::OneNode;
+
+/// The task directory of `id` under m1's exec root.
+fn task_dir(rig: &Rig, id: &str) -> PathBuf {
+    rig.lab
+        .host_dir("m1")
+        .join("run")
+        .join("containers")
+        .join(id)
 }
 
-impl Rig {
-    fn new(test: &str) -> Rig {
-        let ctrd = PrivateContainerd::start(&format!("{test}-m1"));
-        let mut lab = Lab::new(test, &["m1"]);
-        lab.start_on_containerd("m1", &ctrd);
-        lab.init("m1", &["--heartbeat-period", "500ms"]);
-        let images = common::image::busybox();
-        lab.weft(
-            "m1",
-            &["image", "load", "-i", images.docker.to_str().unwrap()],
-        );
-        Rig { lab, ctrd }
-    }
-
-    /// `weft ARGS` on m1 as a child with `stdin`, stdout and stderr piped.
-    fn spawn(&self, args: &[&str], stdin: Stdio) -> std::process::Child {
-        Command::new(WEFT)
-            .arg("-H")
-            .arg(format!("unix://{}", self.lab.socket_path("m1").display()))
-            .args(args)
-            .env_remove("WEFT_HOST")
-            .stdin(stdin)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn weft")
-    }
-
-    /// `weft ARGS` on m1 with `input` piped to its stdin (then closed).
-    fn piped(&self, args: &[&str], input: &[u8]) -> std::process::Output {
-        use std::io::Write;
-        let mut child = self.spawn(args, Stdio::piped());
-        let mut stdin = child.stdin.take().expect("stdin");
-        if let Err(e) = stdin.write_all(input) {
-            assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "write stdin: {e}");
-        }
-        drop(stdin);
-        child.wait_with_output().expect("wait weft")
-    }
-
-    fn containers(&self) -> Vec<String> {
-        self.ctrd
-            .ctr_ok(NS, &["containers", "ls", "-q"])
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
-
-    fn task_dir(&self, id: &str) -> PathBuf {
-        self.lab
-            .host_dir("m1")
-            .join("run")
-            .join("containers")
-            .join(id)
-    }
-
-    /// The task directories under the exec root (their FIFOs inside).
-    fn task_dirs(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(self.task_dir("x").parent().unwrap())
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
-    }
+/// The task directories under m1's exec root (their FIFOs inside).
+fn task_dirs(rig: &Rig) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(task_dir(rig, "x").parent().unwrap())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
 }
 
 fn assert_exit(out: &std::process::Output, code: i32) {
@@ -152,7 +97,7 @@ fn run_i_and_t_attached() {
 
     // --rm -i leaves nothing: no task, container, FIFO or task dir.
     let before = rig.containers();
-    let dirs = rig.task_dirs();
+    let dirs = task_dirs(&rig);
     let out = rig.piped(
         &["run", "--rm", "-i", "--name", "gone", IMAGE, "cat"],
         b"bye\n",
@@ -161,7 +106,7 @@ fn run_i_and_t_attached() {
     assert_eq!(stdout(&out), "bye\n");
     assert!(!lab.weft("m1", &["ps", "-a"]).contains("gone"));
     assert_eq!(rig.containers(), before);
-    assert_eq!(rig.task_dirs(), dirs);
+    assert_eq!(task_dirs(&rig), dirs);
 
     // An attached `run -i` whose client goes away closes the task's stdin
     // (Docker's StdinOnce): the task sees EOF and ends; it is not killed.
@@ -210,11 +155,7 @@ fn run_i_and_t_attached() {
     );
     pty.wait_text("/dev/pts/");
     pty.wait_text("24 80");
-    pty.resize(40, 120);
-    wait_for("the new size", Duration::from_secs(30), || {
-        pty.type_in(b"\r");
-        pty.text().contains("40 120")
-    });
+    pty.resize_until_shown(40, 120);
     pty.type_in(b"\x04");
     let (code, text) = pty.finish();
     assert_eq!(code, Some(0), "{text}");
@@ -445,6 +386,6 @@ fn run_d_i_then_attach_and_adoption() {
     wait_for(
         "the task's dir and FIFOs gone",
         Duration::from_secs(30),
-        || !rig.task_dir(&id).exists(),
+        || !task_dir(&rig, &id).exists(),
     );
 }

@@ -11,81 +11,16 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::containerd::PrivateContainerd;
 use common::pty::OnPty;
 use common::{Lab, wait_for};
 
 const IMAGE: &str = "weft-test/busybox:latest";
 const NS: &str = "weft";
-const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 
-/// A one-node cluster with a private containerd and the test image loaded.
-/// Fields drop in order: the daemon goes first, then its containerd.
-struct Rig {
-    lab: Lab,
-    ctrd: PrivateContainerd,
-}
-
-impl Rig {
-    fn new(test: &str) -> Rig {
-        let ctrd = PrivateContainerd::start(&format!("{test}-m1"));
-        let mut lab = Lab::new(test, &["m1"]);
-        lab.start_on_containerd("m1", &ctrd);
-        lab.init("m1", &["--heartbeat-period", "500ms"]);
-        let images = common::image::busybox();
-        lab.weft(
-            "m1",
-            &["image", "load", "-i", images.docker.to_str().unwrap()],
-        );
-        Rig { lab, ctrd }
-    }
-
-    /// `weft ARGS` on m1 as a child process (stdout and stderr piped).
-    fn spawn(&self, args: &[&str]) -> std::process::Child {
-        Command::new(WEFT)
-            .arg("-H")
-            .arg(format!("unix://{}", self.lab.socket_path("m1").display()))
-            .args(args)
-            .env_remove("WEFT_HOST")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn weft")
-    }
-
-    /// Containers in weft's namespace, as containerd says.
-    fn containers(&self) -> Vec<String> {
-        self.ctrd
-            .ctr_ok(NS, &["containers", "ls", "-q"])
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
-
-    /// The `weft ps -a` row of task `what` (ID prefix or name), if listed.
-    fn row(&self, what: &str) -> Option<String> {
-        self.lab
-            .weft("m1", &["ps", "-a"])
-            .lines()
-            .skip(1)
-            .find(|l| {
-                let mut f = l.split_whitespace();
-                let (id, name) = (f.next().unwrap_or(""), f.next().unwrap_or(""));
-                id.starts_with(what) || name == what
-            })
-            .map(str::to_owned)
-    }
-
-    fn inspect(&self, what: &str) -> serde_json::Value {
-        let out = self.lab.weft("m1", &["inspect", what]);
-        let v: serde_json::Value = serde_json::from_str(&out).expect("inspect prints JSON");
-        v[0].clone()
-    }
-}
+type Rig = common::one_node::OneNode;
 
 /// Paths under `dir` whose name contains `id`.
 fn leftovers(dir: &Path, id: &str) -> Vec<PathBuf> {
@@ -160,7 +95,10 @@ fn weft_run_streams_output_and_ends_with_the_exit_code() {
     assert_eq!(lines, want);
 
     // Killed by SIGKILL from outside: 128 + 9.
-    let child = rig.spawn(&["run", "--name", "victim", IMAGE, "sleep", "1000"]);
+    let child = rig.spawn(
+        &["run", "--name", "victim", IMAGE, "sleep", "1000"],
+        Stdio::null(),
+    );
     wait_for("victim runs", Duration::from_secs(30), || {
         rig.row("victim").is_some_and(|r| r.contains("running"))
     });
@@ -178,15 +116,18 @@ fn weft_run_streams_output_and_ends_with_the_exit_code() {
 
     // SIGTERM to an attached `weft run`: the task is stopped gracefully
     // (its stop signal, here trapped), the CLI ends with its code.
-    let child = rig.spawn(&[
-        "run",
-        "--name",
-        "trapper",
-        IMAGE,
-        "sh",
-        "-c",
-        "trap 'echo bye; exit 7' TERM; echo ready; while true; do sleep 0.1; done",
-    ]);
+    let child = rig.spawn(
+        &[
+            "run",
+            "--name",
+            "trapper",
+            IMAGE,
+            "sh",
+            "-c",
+            "trap 'echo bye; exit 7' TERM; echo ready; while true; do sleep 0.1; done",
+        ],
+        Stdio::null(),
+    );
     wait_for("trapper is ready", Duration::from_secs(30), || {
         rig.row("trapper").is_some_and(|r| r.contains("running"))
             && lab.logs("m1", "trapper").contains("ready")
@@ -265,7 +206,10 @@ fn weft_run_streams_output_and_ends_with_the_exit_code() {
 
     // An attached `--rm` whose CLI dies: the task runs to its end and is
     // removed all the same.
-    let mut child = rig.spawn(&["run", "--rm", "--name", "orphan", IMAGE, "sleep", "2"]);
+    let mut child = rig.spawn(
+        &["run", "--rm", "--name", "orphan", IMAGE, "sleep", "2"],
+        Stdio::null(),
+    );
     wait_for("orphan runs", Duration::from_secs(30), || {
         rig.row("orphan").is_some_and(|r| r.contains("running"))
     });
@@ -400,33 +344,6 @@ fn stop_start_restart_and_inspect_of_standalone_tasks() {
     assert!(rig.row("napper").unwrap().contains("running"));
 }
 
-/// A `weft` child on m1 with the given stdin (stdout and stderr piped).
-fn spawn_with(rig: &Rig, args: &[&str], stdin: Stdio) -> std::process::Child {
-    Command::new(WEFT)
-        .arg("-H")
-        .arg(format!("unix://{}", rig.lab.socket_path("m1").display()))
-        .args(args)
-        .env_remove("WEFT_HOST")
-        .stdin(stdin)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn weft")
-}
-
-/// `weft ARGS` on m1 with `input` piped to its stdin; its output.
-fn weft_piped(rig: &Rig, args: &[&str], input: &[u8]) -> std::process::Output {
-    use std::io::Write;
-    let mut child = spawn_with(rig, args, Stdio::piped());
-    let mut stdin = child.stdin.take().expect("stdin");
-    // A command that reads no stdin may be gone before all is written.
-    if let Err(e) = stdin.write_all(input) {
-        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "write stdin: {e}");
-    }
-    drop(stdin);
-    child.wait_with_output().expect("wait weft")
-}
-
 /// `weft exec -it TASK sh -c SCRIPT` on a 24×80 terminal.
 fn shell(rig: &Rig, task: &str, script: &str) -> OnPty {
     OnPty::spawn(
@@ -488,17 +405,17 @@ fn weft_exec_runs_commands_in_a_running_container() {
 
     // -i: stdin forwarded, EOF closes it (a large input does not stall
     // the output either).
-    let out = weft_piped(&rig, &["exec", "-i", "box", "cat"], b"hi\n");
+    let out = rig.piped(&["exec", "-i", "box", "cat"], b"hi\n");
     assert_exit(&out, 0);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
     let big: Vec<u8> = (0..400_000u32).map(|i| b'a' + (i % 26) as u8).collect();
-    let out = weft_piped(&rig, &["exec", "-i", "box", "busybox", "wc", "-c"], &big);
+    let out = rig.piped(&["exec", "-i", "box", "busybox", "wc", "-c"], &big);
     assert_exit(&out, 0);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "400000");
-    let out = weft_piped(&rig, &["exec", "-i", "box", "cat"], &big);
+    let out = rig.piped(&["exec", "-i", "box", "cat"], &big);
     assert_eq!(out.stdout, big, "cat gives back all it read");
     // Without -i the command's stdin is empty.
-    let out = weft_piped(&rig, &["exec", "box", "cat"], b"unseen\n");
+    let out = rig.piped(&["exec", "box", "cat"], b"unseen\n");
     assert_exit(&out, 0);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "");
 
@@ -562,11 +479,7 @@ fn weft_exec_runs_commands_in_a_running_container() {
         "busybox stty size; while read x; do busybox stty size; done",
     );
     pty.wait_text("24 80");
-    pty.resize(40, 120);
-    wait_for("the new size", Duration::from_secs(30), || {
-        pty.type_in(b"\r");
-        pty.text().contains("40 120")
-    });
+    pty.resize_until_shown(40, 120);
     pty.type_in(b"\x04");
     let (code, text) = pty.finish();
     assert_eq!(code, Some(0), "{text}");
@@ -582,7 +495,7 @@ fn weft_exec_runs_commands_in_a_running_container() {
     // A client killed mid-exec leaves no exec behind, and the task still
     // stops at once (an exec left in the shim made it take 20 s).
     assert_eq!(container_pids(&rig, &id), 1);
-    let mut child = rig.spawn(&["exec", "box", "sleep", "1000"]);
+    let mut child = rig.spawn(&["exec", "box", "sleep", "1000"], Stdio::null());
     wait_for("the exec runs", Duration::from_secs(30), || {
         container_pids(&rig, &id) == 2
     });
@@ -593,11 +506,7 @@ fn weft_exec_runs_commands_in_a_running_container() {
     });
 
     // Also when it was sending more stdin than the command reads.
-    let mut child = spawn_with(
-        &rig,
-        &["exec", "-i", "box", "sleep", "1000"],
-        Stdio::piped(),
-    );
+    let mut child = rig.spawn(&["exec", "-i", "box", "sleep", "1000"], Stdio::piped());
     let mut stdin = child.stdin.take().expect("stdin");
     let feeder = std::thread::spawn(move || {
         use std::io::Write;

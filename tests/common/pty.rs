@@ -94,6 +94,18 @@ impl OnPty {
         .expect("SIGWINCH");
     }
 
+    /// Resizes to `rows`×`cols`, then presses enter until the command
+    /// (printing `stty size` on each line) shows the new size: a key typed
+    /// right after the resize may overtake it.
+    pub fn resize_until_shown(&self, rows: u16, cols: u16) {
+        self.resize(rows, cols);
+        let want = format!("{rows} {cols}");
+        wait_for(&want, Duration::from_secs(30), || {
+            self.type_in(b"\r");
+            self.text().contains(&want)
+        });
+    }
+
     /// Waits (up to 30 s) for the CLI's exit code; `None` if it did not
     /// end (or ended by a signal), with what the terminal showed.
     pub fn finish(mut self) -> (Option<i32>, String) {
