@@ -932,7 +932,9 @@ pub struct RunArgs {
     pub interactive: bool,
     /// Give the task a pseudo-terminal (its stdout and stderr as one).
     /// Attached with -i, your terminal goes raw: ctrl-c is a key for the
-    /// task, ctrl-p ctrl-q detaches (it keeps running). Containers only.
+    /// task, ctrl-p ctrl-q detaches (it keeps running); -it without -d
+    /// needs your stdin to be a terminal (else Docker's "the input device
+    /// is not a TTY", exit 125). Containers only.
     #[arg(short, long)]
     pub tty: bool,
 }
