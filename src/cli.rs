@@ -124,13 +124,22 @@ pub enum Command {
     /// `bridge`): stream its stdout and stderr and exit with its exit code
     /// (128+N if signal N ended it, 137 if OOM-killed, 125 if weft could
     /// not run it); `-d` prints its ID and returns at once. SIGINT/SIGTERM
-    /// stop the task gracefully; a second one leaves it running.
+    /// stop the task gracefully; a second one leaves it running. -i
+    /// forwards stdin, -t gives it a pseudo-terminal (containers only).
     Run(Box<RunArgs>),
     /// Run a command in a running container task of this node, beside its
     /// own process: stream its output (stdout and stderr apart unless -t)
     /// and exit with its exit code (126/127 when it cannot be run or was
     /// not found). -i forwards stdin, -t gives it a pseudo-terminal.
     Exec(Box<crate::commands::ExecArgs>),
+    /// Attach to a running task of this node, as `docker attach`: its
+    /// output from now on, your stdin forwarded if it was run with -i (an
+    /// EOF stops forwarding; its stdin stays open), its exit code at the
+    /// end. A task with a terminal (-t) gets your keys raw; ctrl-p ctrl-q
+    /// (--detach-keys) detaches and leaves it running. Without a terminal,
+    /// ctrl-c detaches. Tasks of services, and tasks run without -i/-t,
+    /// give their output only (from their log, line by line).
+    Attach(crate::commands::AttachArgs),
     /// Show a task's published ports.
     Port {
         /// Task name or ID (tasks of this node).
@@ -920,12 +929,16 @@ pub struct RunArgs {
     /// ended, with or without -d.
     #[arg(long)]
     pub rm: bool,
-    /// Not supported yet (refused with a pointer): keep stdin open. Run
-    /// with -d, then `weft exec -i`.
+    /// Keep the task's stdin open and forward yours to it (its EOF closes
+    /// the task's stdin). With -d, stdin stays open for a later `weft
+    /// attach`. Containers only (refused for a host process, -- CMD).
     #[arg(short, long)]
     pub interactive: bool,
-    /// Not supported yet (refused with a pointer): a pseudo-terminal. Run
-    /// with -d, then `weft exec -t`.
+    /// Give the task a pseudo-terminal (its stdout and stderr as one).
+    /// Attached with -i, your terminal goes raw: ctrl-c is a key for the
+    /// task, ctrl-p ctrl-q detaches (it keeps running); -it without -d
+    /// needs your stdin to be a terminal (else Docker's "the input device
+    /// is not a TTY", exit 125). Containers only.
     #[arg(short, long)]
     pub tty: bool,
 }

@@ -39,6 +39,7 @@ use crate::autolock::Locked;
 use crate::cli::DaemonArgs;
 
 mod attach;
+mod attach_stdio;
 mod exec;
 mod images;
 mod lifecycle;
@@ -1304,6 +1305,17 @@ impl Daemon for NodeService {
         req: Request<pb::AttachRequest>,
     ) -> Result<Response<Self::AttachStream>, Status> {
         self.attach_task(req.into_inner()).await.map(Response::new)
+    }
+
+    type AttachStdioStream = attach_stdio::AttachStdioStream;
+
+    async fn attach_stdio(
+        &self,
+        req: Request<tonic::Streaming<pb::AttachStdioRequest>>,
+    ) -> Result<Response<Self::AttachStdioStream>, Status> {
+        self.attach_stdio_task(req.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn stop(

@@ -202,6 +202,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     c.require_local("exec")?;
                     commands::exec(&c, *a).await
                 }
+                Command::Attach(a) => {
+                    c.require_local("attach")?;
+                    commands::attach_cmd(&c, a).await
+                }
                 Command::Port { task } => {
                     c.require_local("port")?;
                     commands::port(&c, task).await

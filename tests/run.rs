@@ -11,80 +11,16 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::containerd::PrivateContainerd;
+use common::pty::OnPty;
 use common::{Lab, wait_for};
 
 const IMAGE: &str = "weft-test/busybox:latest";
 const NS: &str = "weft";
-const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 
-/// A one-node cluster with a private containerd and the test image loaded.
-/// Fields drop in order: the daemon goes first, then its containerd.
-struct Rig {
-    lab: Lab,
-    ctrd: PrivateContainerd,
-}
-
-impl Rig {
-    fn new(test: &str) -> Rig {
-        let ctrd = PrivateContainerd::start(&format!("{test}-m1"));
-        let mut lab = Lab::new(test, &["m1"]);
-        lab.start_on_containerd("m1", &ctrd);
-        lab.init("m1", &["--heartbeat-period", "500ms"]);
-        let images = common::image::busybox();
-        lab.weft(
-            "m1",
-            &["image", "load", "-i", images.docker.to_str().unwrap()],
-        );
-        Rig { lab, ctrd }
-    }
-
-    /// `weft ARGS` on m1 as a child process (stdout and stderr piped).
-    fn spawn(&self, args: &[&str]) -> std::process::Child {
-        Command::new(WEFT)
-            .arg("-H")
-            .arg(format!("unix://{}", self.lab.socket_path("m1").display()))
-            .args(args)
-            .env_remove("WEFT_HOST")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn weft")
-    }
-
-    /// Containers in weft's namespace, as containerd says.
-    fn containers(&self) -> Vec<String> {
-        self.ctrd
-            .ctr_ok(NS, &["containers", "ls", "-q"])
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
-
-    /// The `weft ps -a` row of task `what` (ID prefix or name), if listed.
-    fn row(&self, what: &str) -> Option<String> {
-        self.lab
-            .weft("m1", &["ps", "-a"])
-            .lines()
-            .skip(1)
-            .find(|l| {
-                let mut f = l.split_whitespace();
-                let (id, name) = (f.next().unwrap_or(""), f.next().unwrap_or(""));
-                id.starts_with(what) || name == what
-            })
-            .map(str::to_owned)
-    }
-
-    fn inspect(&self, what: &str) -> serde_json::Value {
-        let out = self.lab.weft("m1", &["inspect", what]);
-        let v: serde_json::Value = serde_json::from_str(&out).expect("inspect prints JSON");
-        v[0].clone()
-    }
-}
+type Rig = common::one_node::OneNode;
 
 /// Paths under `dir` whose name contains `id`.
 fn leftovers(dir: &Path, id: &str) -> Vec<PathBuf> {
@@ -159,7 +95,10 @@ fn weft_run_streams_output_and_ends_with_the_exit_code() {
     assert_eq!(lines, want);
 
     // Killed by SIGKILL from outside: 128 + 9.
-    let child = rig.spawn(&["run", "--name", "victim", IMAGE, "sleep", "1000"]);
+    let child = rig.spawn(
+        &["run", "--name", "victim", IMAGE, "sleep", "1000"],
+        Stdio::null(),
+    );
     wait_for("victim runs", Duration::from_secs(30), || {
         rig.row("victim").is_some_and(|r| r.contains("running"))
     });
@@ -177,15 +116,18 @@ fn weft_run_streams_output_and_ends_with_the_exit_code() {
 
     // SIGTERM to an attached `weft run`: the task is stopped gracefully
     // (its stop signal, here trapped), the CLI ends with its code.
-    let child = rig.spawn(&[
-        "run",
-        "--name",
-        "trapper",
-        IMAGE,
-        "sh",
-        "-c",
-        "trap 'echo bye; exit 7' TERM; echo ready; while true; do sleep 0.1; done",
-    ]);
+    let child = rig.spawn(
+        &[
+            "run",
+            "--name",
+            "trapper",
+            IMAGE,
+            "sh",
+            "-c",
+            "trap 'echo bye; exit 7' TERM; echo ready; while true; do sleep 0.1; done",
+        ],
+        Stdio::null(),
+    );
     wait_for("trapper is ready", Duration::from_secs(30), || {
         rig.row("trapper").is_some_and(|r| r.contains("running"))
             && lab.logs("m1", "trapper").contains("ready")
@@ -264,7 +206,10 @@ fn weft_run_streams_output_and_ends_with_the_exit_code() {
 
     // An attached `--rm` whose CLI dies: the task runs to its end and is
     // removed all the same.
-    let mut child = rig.spawn(&["run", "--rm", "--name", "orphan", IMAGE, "sleep", "2"]);
+    let mut child = rig.spawn(
+        &["run", "--rm", "--name", "orphan", IMAGE, "sleep", "2"],
+        Stdio::null(),
+    );
     wait_for("orphan runs", Duration::from_secs(30), || {
         rig.row("orphan").is_some_and(|r| r.contains("running"))
     });
@@ -399,143 +344,14 @@ fn stop_start_restart_and_inspect_of_standalone_tasks() {
     assert!(rig.row("napper").unwrap().contains("running"));
 }
 
-/// A `weft` child on m1 with the given stdin (stdout and stderr piped).
-fn spawn_with(rig: &Rig, args: &[&str], stdin: Stdio) -> std::process::Child {
-    Command::new(WEFT)
-        .arg("-H")
-        .arg(format!("unix://{}", rig.lab.socket_path("m1").display()))
-        .args(args)
-        .env_remove("WEFT_HOST")
-        .stdin(stdin)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn weft")
-}
-
-/// `weft ARGS` on m1 with `input` piped to its stdin; its output.
-fn weft_piped(rig: &Rig, args: &[&str], input: &[u8]) -> std::process::Output {
-    use std::io::Write;
-    let mut child = spawn_with(rig, args, Stdio::piped());
-    let mut stdin = child.stdin.take().expect("stdin");
-    // A command that reads no stdin may be gone before all is written.
-    if let Err(e) = stdin.write_all(input) {
-        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "write stdin: {e}");
-    }
-    drop(stdin);
-    child.wait_with_output().expect("wait weft")
-}
-
-/// `weft ARGS` on m1 on a pseudo-terminal of `rows`×`cols` (stdin,
-/// stdout and stderr), as a user at a terminal runs it.
-struct OnPty {
-    child: std::process::Child,
-    master: std::fs::File,
-    seen: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
-}
-
-impl OnPty {
-    fn spawn(rig: &Rig, args: &[&str], rows: u16, cols: u16) -> OnPty {
-        use std::io::Read;
-        let size = nix::pty::Winsize {
-            ws_row: rows,
-            ws_col: cols,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        let pty = nix::pty::openpty(Some(&size), None).expect("openpty");
-        let slave = |_| Stdio::from(pty.slave.try_clone().expect("dup the pty"));
-        let child = Command::new(WEFT)
-            .arg("-H")
-            .arg(format!("unix://{}", rig.lab.socket_path("m1").display()))
-            .args(args)
-            .env_remove("WEFT_HOST")
-            .stdin(slave(0))
-            .stdout(slave(1))
-            .stderr(slave(2))
-            .spawn()
-            .expect("spawn weft");
-        // Only the child holds the terminal now: reads of the master end
-        // (EIO) once it has exited.
-        drop(pty.slave);
-        let master = std::fs::File::from(pty.master);
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let mut reader = master.try_clone().expect("dup the master");
-        let sink = seen.clone();
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = reader.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
-        OnPty {
-            child,
-            master,
-            seen,
-        }
-    }
-
-    /// `weft exec -it TASK sh -c SCRIPT` on a 24×80 terminal.
-    fn shell(rig: &Rig, task: &str, script: &str) -> OnPty {
-        OnPty::spawn(rig, &["exec", "-it", task, "sh", "-c", script], 24, 80)
-    }
-
-    /// Waits until the terminal has shown `what`.
-    fn wait_text(&self, what: &str) {
-        wait_for(what, Duration::from_secs(30), || self.text().contains(what));
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.seen.lock().unwrap()).into_owned()
-    }
-
-    fn type_in(&self, bytes: &[u8]) {
-        use std::io::Write;
-        (&self.master).write_all(bytes).expect("type");
-    }
-
-    /// Sets the terminal's size and tells the CLI, as a terminal emulator
-    /// does (the pty is not the child's controlling terminal, so the
-    /// kernel's SIGWINCH would not reach it).
-    fn resize(&self, rows: u16, cols: u16) {
-        use std::os::fd::AsRawFd;
-        nix::ioctl_write_ptr_bad!(tiocswinsz, libc::TIOCSWINSZ, libc::winsize);
-        let ws = libc::winsize {
-            ws_row: rows,
-            ws_col: cols,
-            ws_xpixel: 0,
-            ws_ypixel: 0,
-        };
-        // SAFETY: TIOCSWINSZ reads one winsize from `ws`, which outlives
-        // the call; the fd is our open pty master.
-        unsafe { tiocswinsz(self.master.as_raw_fd(), &ws) }.expect("TIOCSWINSZ");
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGWINCH,
-        )
-        .expect("SIGWINCH");
-    }
-
-    /// Waits for the CLI's exit code (bounded), then for its output.
-    fn finish(mut self) -> (Option<i32>, String) {
-        let mut code = None;
-        wait_for("weft on the pty ends", Duration::from_secs(30), || {
-            code = self.child.try_wait().expect("try_wait").map(|s| s.code());
-            code.is_some()
-        });
-        let text = self.text();
-        (code.flatten(), text)
-    }
-}
-
-impl Drop for OnPty {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `weft exec -it TASK sh -c SCRIPT` on a 24×80 terminal.
+fn shell(rig: &Rig, task: &str, script: &str) -> OnPty {
+    OnPty::spawn(
+        &rig.lab.socket_path("m1"),
+        &["exec", "-it", task, "sh", "-c", script],
+        24,
+        80,
+    )
 }
 
 /// The PIDs containerd lists for a container (its process and its execs).
@@ -589,17 +405,17 @@ fn weft_exec_runs_commands_in_a_running_container() {
 
     // -i: stdin forwarded, EOF closes it (a large input does not stall
     // the output either).
-    let out = weft_piped(&rig, &["exec", "-i", "box", "cat"], b"hi\n");
+    let out = rig.piped(&["exec", "-i", "box", "cat"], b"hi\n");
     assert_exit(&out, 0);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hi\n");
     let big: Vec<u8> = (0..400_000u32).map(|i| b'a' + (i % 26) as u8).collect();
-    let out = weft_piped(&rig, &["exec", "-i", "box", "busybox", "wc", "-c"], &big);
+    let out = rig.piped(&["exec", "-i", "box", "busybox", "wc", "-c"], &big);
     assert_exit(&out, 0);
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "400000");
-    let out = weft_piped(&rig, &["exec", "-i", "box", "cat"], &big);
+    let out = rig.piped(&["exec", "-i", "box", "cat"], &big);
     assert_eq!(out.stdout, big, "cat gives back all it read");
     // Without -i the command's stdin is empty.
-    let out = weft_piped(&rig, &["exec", "box", "cat"], b"unseen\n");
+    let out = rig.piped(&["exec", "box", "cat"], b"unseen\n");
     assert_exit(&out, 0);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "");
 
@@ -625,12 +441,17 @@ fn weft_exec_runs_commands_in_a_running_container() {
     assert_eq!(out, "nobody\n");
 
     // -t: a pseudo-terminal of the client's size.
-    let pty = OnPty::spawn(&rig, &["exec", "-t", "box", "busybox", "tty"], 30, 100);
+    let pty = OnPty::spawn(
+        &rig.lab.socket_path("m1"),
+        &["exec", "-t", "box", "busybox", "tty"],
+        30,
+        100,
+    );
     let (code, text) = pty.finish();
     assert_eq!(code, Some(0), "{text}");
     assert!(text.starts_with("/dev/pts/"), "{text:?}");
     let pty = OnPty::spawn(
-        &rig,
+        &rig.lab.socket_path("m1"),
         &["exec", "-t", "box", "busybox", "stty", "size"],
         30,
         100,
@@ -639,7 +460,7 @@ fn weft_exec_runs_commands_in_a_running_container() {
     assert_eq!(code, Some(0), "{text}");
     assert_eq!(text.trim(), "30 100");
     // -it: typed keys reach the command; ^D ends it.
-    let pty = OnPty::shell(&rig, "box", "echo ready; cat; echo done");
+    let pty = shell(&rig, "box", "echo ready; cat; echo done");
     pty.wait_text("ready");
     pty.type_in(b"hello\r");
     wait_for("hello echoed and catted", Duration::from_secs(30), || {
@@ -652,17 +473,13 @@ fn weft_exec_runs_commands_in_a_running_container() {
     // A resize of the client's terminal (SIGWINCH) reaches the command's.
     // (A key typed right after the resize may overtake it: the script
     // prints the size on each key until the new one shows.)
-    let pty = OnPty::shell(
+    let pty = shell(
         &rig,
         "box",
         "busybox stty size; while read x; do busybox stty size; done",
     );
     pty.wait_text("24 80");
-    pty.resize(40, 120);
-    wait_for("the new size", Duration::from_secs(30), || {
-        pty.type_in(b"\r");
-        pty.text().contains("40 120")
-    });
+    pty.resize_until_shown(40, 120);
     pty.type_in(b"\x04");
     let (code, text) = pty.finish();
     assert_eq!(code, Some(0), "{text}");
@@ -678,7 +495,7 @@ fn weft_exec_runs_commands_in_a_running_container() {
     // A client killed mid-exec leaves no exec behind, and the task still
     // stops at once (an exec left in the shim made it take 20 s).
     assert_eq!(container_pids(&rig, &id), 1);
-    let mut child = rig.spawn(&["exec", "box", "sleep", "1000"]);
+    let mut child = rig.spawn(&["exec", "box", "sleep", "1000"], Stdio::null());
     wait_for("the exec runs", Duration::from_secs(30), || {
         container_pids(&rig, &id) == 2
     });
@@ -689,11 +506,7 @@ fn weft_exec_runs_commands_in_a_running_container() {
     });
 
     // Also when it was sending more stdin than the command reads.
-    let mut child = spawn_with(
-        &rig,
-        &["exec", "-i", "box", "sleep", "1000"],
-        Stdio::piped(),
-    );
+    let mut child = rig.spawn(&["exec", "-i", "box", "sleep", "1000"], Stdio::piped());
     let mut stdin = child.stdin.take().expect("stdin");
     let feeder = std::thread::spawn(move || {
         use std::io::Write;
@@ -723,13 +536,7 @@ fn weft_exec_runs_commands_in_a_running_container() {
     assert!(err.contains("unable to find user nosuchuser"), "{err}");
     let err = lab.weft_err("m1", &["exec", &host, "true"]);
     assert!(err.contains("host process"), "{err}");
-    // `weft run -i/-t` is refused with a pointer to `weft exec` (125).
-    for flag in ["-i", "-t", "-it"] {
-        let out = lab.try_weft("m1", &["run", flag, IMAGE, "cat"]);
-        assert_eq!(out.status.code(), Some(125), "{flag}");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("weft exec -it"), "{flag}: {err}");
-    }
+    // (`weft run -i/-t`: tests/interactive_run.rs.)
     assert_eq!(lab.weft("m1", &["ps", "-a"]), before);
     assert_eq!(container_pids(&rig, &id), 1);
 

@@ -420,6 +420,10 @@ pub fn container_from_wire(
         mounts: weft_proto::isolation::mounts_from_wire(&c.mounts)
             .map_err(|e| crate::error::Error::InvalidInput(e.to_string()))?,
         hostname: Some(c.hostname).filter(|h| !h.is_empty()),
+        open_stdin: c.open_stdin,
+        tty: c.tty,
+        attach_wait: c.attach_wait,
+        tty_size: c.tty_size.map(|z| (z.width, z.height)),
     };
     if let Some(both) = opts.cap_add.iter().find(|n| opts.cap_drop.contains(n)) {
         return Err(crate::error::Error::InvalidInput(format!(
@@ -613,6 +617,12 @@ pub fn container_to_wire(c: &Option<crate::store::ContainerOpts>) -> Option<pb::
         no_new_privileges: c.no_new_privileges,
         mounts: c.mounts.iter().map(pb::MountConfig::from).collect(),
         hostname: c.hostname.clone().unwrap_or_default(),
+        open_stdin: c.open_stdin,
+        tty: c.tty,
+        attach_wait: c.attach_wait,
+        tty_size: c
+            .tty_size
+            .map(|(width, height)| pb::TtySize { width, height }),
     })
 }
 

@@ -65,6 +65,7 @@ pub async fn attach(c: &Client, task: &str, remove: bool) -> anyhow::Result<u8> 
         .attach(pb::AttachRequest {
             task: task.to_string(),
             remove,
+            from_now: false,
         })
         .await
         .map_err(rpc)?
@@ -100,7 +101,7 @@ pub async fn attach(c: &Client, task: &str, remove: bool) -> anyhow::Result<u8> 
 }
 
 /// The first signal stops the task; the second leaves with `code`.
-async fn stop_on_signal(
+pub(super) async fn stop_on_signal(
     c: &Client,
     task: &str,
     stopping: &mut bool,

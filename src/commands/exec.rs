@@ -61,7 +61,7 @@ fn env_entries(env: &[String]) -> Vec<String> {
 nix::ioctl_read_bad!(tiocgwinsz, libc::TIOCGWINSZ, libc::winsize);
 
 /// The size of the terminal on stdin or stdout, if either is one.
-fn terminal_size() -> Option<pb::TtySize> {
+pub(super) fn terminal_size() -> Option<pb::TtySize> {
     use std::os::fd::AsRawFd;
     [std::io::stdin().as_raw_fd(), std::io::stdout().as_raw_fd()]
         .into_iter()
@@ -84,10 +84,11 @@ fn terminal_size() -> Option<pb::TtySize> {
 
 /// The local terminal in raw mode while it lives (keys go to the
 /// container's terminal as typed); restored when dropped.
-struct RawMode(nix::sys::termios::Termios);
+pub(super) struct RawMode(nix::sys::termios::Termios);
 
 impl RawMode {
-    fn enter() -> anyhow::Result<Self> {
+    /// Puts the terminal on stdin in raw mode.
+    pub(super) fn enter() -> anyhow::Result<Self> {
         use nix::sys::termios::{SetArg, cfmakeraw, tcgetattr, tcsetattr};
         let stdin = std::io::stdin();
         let saved = tcgetattr(&stdin).context("reading the terminal's settings")?;
@@ -108,6 +109,12 @@ impl Drop for RawMode {
     }
 }
 
+/// Writes a chunk of output at once (a prompt has no newline).
+pub(super) fn write_out(w: &mut impl Write, b: &[u8]) -> std::io::Result<()> {
+    w.write_all(b)?;
+    w.flush()
+}
+
 fn msg(m: In) -> pb::ExecClientMessage {
     pb::ExecClientMessage { msg: Some(m) }
 }
@@ -116,6 +123,20 @@ fn msg(m: In) -> pb::ExecClientMessage {
 /// cannot be cancelled; the process ends without waiting for it), then
 /// says EOF.
 fn forward_stdin(tx: mpsc::Sender<pb::ExecClientMessage>) {
+    forward_stdin_as(
+        tx,
+        |b| Some(msg(In::Stdin(b))),
+        Some(msg(In::CloseStdin(true))),
+    );
+}
+
+/// Forwards stdin as messages made by `chunk` (`None`: stop reading, as a
+/// detach), then sends `eof` (if any) at its end.
+pub(super) fn forward_stdin_as<M: Send + 'static>(
+    tx: mpsc::Sender<M>,
+    mut chunk: impl FnMut(Vec<u8>) -> Option<M> + Send + 'static,
+    eof: Option<M>,
+) {
     std::thread::spawn(move || {
         let mut stdin = std::io::stdin().lock();
         let mut buf = vec![0u8; STDIN_CHUNK];
@@ -123,7 +144,10 @@ fn forward_stdin(tx: mpsc::Sender<pb::ExecClientMessage>) {
             match stdin.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => {
-                    if tx.blocking_send(msg(In::Stdin(buf[..n].to_vec()))).is_err() {
+                    let Some(m) = chunk(buf[..n].to_vec()) else {
+                        return;
+                    };
+                    if tx.blocking_send(m).is_err() {
                         return;
                     }
                 }
@@ -131,18 +155,28 @@ fn forward_stdin(tx: mpsc::Sender<pb::ExecClientMessage>) {
                 Err(_) => break,
             }
         }
-        let _ = tx.blocking_send(msg(In::CloseStdin(true)));
+        if let Some(m) = eof {
+            let _ = tx.blocking_send(m);
+        }
     });
 }
 
 /// Sends the terminal's new size on every SIGWINCH.
 fn follow_resizes(tx: mpsc::Sender<pb::ExecClientMessage>) -> anyhow::Result<()> {
+    follow_resizes_as(tx, |z| msg(In::Resize(z)))
+}
+
+/// Sends the terminal's new size, as made by `resize`, on every SIGWINCH.
+pub(super) fn follow_resizes_as<M: Send + 'static>(
+    tx: mpsc::Sender<M>,
+    resize: fn(pb::TtySize) -> M,
+) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut winch = signal(SignalKind::window_change())?;
     tokio::spawn(async move {
         while winch.recv().await.is_some() {
             if let Some(size) = terminal_size()
-                && tx.send(msg(In::Resize(size))).await.is_err()
+                && tx.send(resize(size)).await.is_err()
             {
                 return;
             }
@@ -196,14 +230,8 @@ pub async fn exec(c: &Client, a: ExecArgs) -> anyhow::Result<()> {
             .map_err(rpc)
             .map_err(|e| e.context(format!("exec in {}", a.task)))?;
         match m.and_then(|m| m.msg) {
-            Some(Out::Stdout(b)) => {
-                stdout.write_all(&b)?;
-                stdout.flush()?;
-            }
-            Some(Out::Stderr(b)) => {
-                stderr.write_all(&b)?;
-                stderr.flush()?;
-            }
+            Some(Out::Stdout(b)) => write_out(&mut stdout, &b)?,
+            Some(Out::Stderr(b)) => write_out(&mut stderr, &b)?,
             Some(Out::ExitCode(0)) => return Ok(()),
             Some(Out::ExitCode(code)) => {
                 return Err(Exit(u8::try_from(code & 0xff).unwrap_or(1)).into());

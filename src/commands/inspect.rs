@@ -89,6 +89,8 @@ pub fn docker_shape(r: &pb::InspectResponse) -> Value {
             "Env": env,
             "WorkingDir": container.workdir,
             "User": container.user,
+            "Tty": container.tty,
+            "OpenStdin": container.open_stdin,
             "StopSignal": if stop.signal == 0 { "SIGTERM".to_string() } else { stop.signal.to_string() },
             "StopTimeout": if stop.has_grace { stop.grace_ms / 1000 } else { 10 },
         },

@@ -520,6 +520,7 @@ pub async fn cluster(c: &Client, cmd: crate::cli::ClusterCommand) -> anyhow::Res
 
 /// `weft network …`.
 mod attach;
+mod attach_io;
 mod exec;
 mod inspect;
 mod lifecycle;
@@ -530,6 +531,7 @@ mod task;
 mod volume;
 
 pub use attach::{Exit, FAILED_TO_RUN};
+pub use attach_io::{AttachArgs, attach_cmd};
 pub use exec::{ExecArgs, exec};
 pub use lifecycle::{LifecycleCommand, lifecycle};
 

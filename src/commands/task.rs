@@ -4,15 +4,10 @@ use super::*;
 
 /// `weft run`.
 pub async fn run_task(c: &Client, a: crate::cli::RunArgs) -> anyhow::Result<()> {
-    if a.interactive || a.tty {
-        // The container's output goes through the shim's logger, and
-        // containerd's shim copies no stdin beside a logger (only a
-        // terminal's console is copied both ways with one): `-i` needs the
-        // daemon to read the output itself; `-t` is not built yet.
-        bail!(
-            "weft run -i/-t is not supported yet: run the task with -d and use \
-             `weft exec -it TASK CMD` in it"
-        );
+    let interactive = a.interactive || a.tty;
+    if a.tty && a.interactive && !a.detach && !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        // Docker's words and rule: a terminal for the task needs one here.
+        bail!("the input device is not a TTY");
     }
     if a.ip.is_some() && a.networks.is_empty() {
         bail!("--ip needs --network");
@@ -41,7 +36,20 @@ pub async fn run_task(c: &Client, a: crate::cli::RunArgs) -> anyhow::Result<()> 
         .collect::<anyhow::Result<_>>()?;
     let stop = crate::workload::stop_from_args(&a.stop)?;
     let log = crate::logs_cmd::log_config(&a.log_opt)?;
-    let (command, container) = crate::workload::from_args(a.container)?;
+    let (command, mut container) = crate::workload::from_args(a.container)?;
+    match container.as_mut() {
+        Some(c) => {
+            c.open_stdin = a.interactive;
+            c.tty = a.tty;
+            c.attach_wait = interactive && !a.detach;
+            c.tty_size = a.tty.then(super::exec::terminal_size).flatten();
+        }
+        None if interactive => bail!(
+            "-i and -t are for containers: a host process (-- CMD) has no stdin or terminal \
+             to attach to; give an IMAGE"
+        ),
+        None => {}
+    }
     crate::workload::check_resources(&a.resources, container.is_some())?;
     let health = a.health.to_wire(Some(container.is_some()))?;
     let task = c
@@ -64,6 +72,22 @@ pub async fn run_task(c: &Client, a: crate::cli::RunArgs) -> anyhow::Result<()> 
         .await
         .map_err(rpc)?
         .into_inner();
+    if !a.detach && interactive {
+        let o = super::attach_io::AttachOpts {
+            remove: a.rm,
+            from_now: false,
+            stdin: a.interactive,
+            close_at_eof: true,
+            tty: a.tty,
+            detach_keys: super::attach_io::parse_detach_keys(
+                super::attach_io::DEFAULT_DETACH_KEYS,
+            )?,
+        };
+        return match super::attach_io::attach_stdio(c, &task.id, o).await? {
+            0 => Ok(()),
+            code => Err(super::Exit(code).into()),
+        };
+    }
     if !a.detach {
         return match super::attach::attach(c, &task.id, a.rm).await? {
             0 => Ok(()),

@@ -91,13 +91,18 @@ fn refused(report: &Option<pb::StatusReport>, id: &str) -> Option<pb::TaskStatus
 
 /// Sends to the client while it listens; once it has gone, sends nothing
 /// more (the attach goes on to its end when the task is to be removed).
-struct Client {
+pub(super) struct Client {
     tx: tokio::sync::mpsc::Sender<Result<pb::AttachMessage, Status>>,
     gone: bool,
 }
 
 impl Client {
-    async fn send(&mut self, m: Result<pb::AttachMessage, Status>) {
+    /// Whether the client has gone.
+    pub(super) fn gone(&self) -> bool {
+        self.gone
+    }
+
+    pub(super) async fn send(&mut self, m: Result<pb::AttachMessage, Status>) {
         if !self.gone && self.tx.send(m).await.is_err() {
             self.gone = true;
         }
@@ -174,15 +179,29 @@ async fn until_removed(runtime: &RoutedRuntime, id: &str) -> Result<(), Status> 
     Ok(())
 }
 
-/// Sends task `id`'s output from its first line until it has ended.
-async fn follow(runtime: &Arc<RoutedRuntime>, id: &str, client: &mut Client) {
+/// Where an attach takes the task's output from.
+pub(super) enum Output {
+    /// Its log, from the first line (`Attach`).
+    Log,
+    /// Its live stdio with its input (`AttachStdio`; see `attach_stdio`).
+    Stdio(Box<super::attach_stdio::Inbound>, bool),
+}
+
+/// Sends task `id`'s output from its first line (or, with `from_now`, from
+/// now on) until it has ended.
+pub(super) async fn follow(
+    runtime: &Arc<RoutedRuntime>,
+    id: &str,
+    client: &mut Client,
+    from_now: bool,
+) {
     let (lines_tx, mut lines_rx) = tokio::sync::mpsc::channel(4);
     let sink: weft_worker::logs::LogSink = Box::new(move |piece| match piece {
         Ok(lines) if lines.is_empty() => !lines_tx.is_closed(),
         piece => lines_tx.blocking_send(piece).is_ok(),
     });
     let opts = weft_worker::logs::reader::ReadOptions {
-        tail: None,
+        tail: from_now.then_some(0),
         since: None,
         follow: true,
     };
@@ -209,6 +228,15 @@ async fn follow(runtime: &Arc<RoutedRuntime>, id: &str, client: &mut Client) {
 impl NodeService {
     /// `Attach`: see the module header.
     pub(super) async fn attach_task(&self, r: pb::AttachRequest) -> Result<AttachStream, Status> {
+        self.attach_with(r, Output::Log).await
+    }
+
+    /// `Attach` and `AttachStdio`, with the output (and input) of `how`.
+    pub(super) async fn attach_with(
+        &self,
+        r: pb::AttachRequest,
+        how: Output,
+    ) -> Result<AttachStream, Status> {
         self.locked.refuse()?;
         let (mut config, mut report) = {
             let guard = self.active.lock().await;
@@ -256,7 +284,19 @@ impl NodeService {
             let end = match known {
                 Ok(false) => return,
                 Ok(true) => {
-                    follow(&runtime, &id, &mut client).await;
+                    match how {
+                        Output::Log => follow(&runtime, &id, &mut client, false).await,
+                        Output::Stdio(inbound, from_now) => {
+                            super::attach_stdio::follow_stdio(
+                                &runtime,
+                                &id,
+                                &mut client,
+                                inbound,
+                                from_now,
+                            )
+                            .await
+                        }
+                    }
                     if client.gone {
                         if !remove {
                             return;

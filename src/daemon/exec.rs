@@ -59,7 +59,8 @@ fn spec_of(s: &pb::ExecStart) -> Result<ExecSpec, Status> {
     Ok(spec)
 }
 
-fn tty_size(z: &pb::TtySize) -> Result<(u16, u16), Status> {
+/// A terminal size off the wire, bounded.
+pub(super) fn tty_size(z: &pb::TtySize) -> Result<(u16, u16), Status> {
     let w = u16::try_from(z.width);
     let h = u16::try_from(z.height);
     match (w, h) {
@@ -68,6 +69,16 @@ fn tty_size(z: &pb::TtySize) -> Result<(u16, u16), Status> {
             "a terminal size is at most 65535 columns and rows",
         )),
     }
+}
+
+/// A stdin chunk off the wire, bounded.
+pub(super) fn stdin_input(b: Vec<u8>) -> Result<ExecInput, Status> {
+    if b.len() > MAX_CHUNK {
+        return Err(Status::invalid_argument(format!(
+            "stdin chunks are at most {MAX_CHUNK} bytes"
+        )));
+    }
+    Ok(ExecInput::Stdin(b))
 }
 
 /// A later client message as runtime input (`None`: nothing to do).
@@ -79,12 +90,7 @@ fn input_of(m: pb::ExecClientMessage) -> Result<Option<ExecInput>, Status> {
                 "an exec is started once, by the first message",
             ));
         }
-        Some(In::Stdin(b)) if b.len() > MAX_CHUNK => {
-            return Err(Status::invalid_argument(format!(
-                "stdin chunks are at most {MAX_CHUNK} bytes"
-            )));
-        }
-        Some(In::Stdin(b)) => Some(ExecInput::Stdin(b)),
+        Some(In::Stdin(b)) => Some(stdin_input(b)?),
         Some(In::CloseStdin(true)) => Some(ExecInput::CloseStdin),
         Some(In::Resize(z)) => {
             let (w, h) = tty_size(&z)?;

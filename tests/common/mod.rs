@@ -15,6 +15,8 @@ pub mod containerd;
 pub mod disk;
 pub mod image;
 pub mod lookups;
+pub mod one_node;
+pub mod pty;
 pub mod vip_probe;
 
 use std::path::{Path, PathBuf};

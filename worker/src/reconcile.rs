@@ -583,6 +583,14 @@ impl Reconciler {
                     workdir: Some(c.workdir.clone()).filter(|w| !w.is_empty()),
                     user: Some(c.user.clone()).filter(|u| !u.is_empty()),
                     read_only: c.read_only,
+                    stdio: crate::runtime::StdioOpts {
+                        open_stdin: c.open_stdin,
+                        tty: c.tty,
+                        attach_wait: c.attach_wait,
+                        size: c.tty_size.as_ref().and_then(|z| {
+                            Some((u16::try_from(z.width).ok()?, u16::try_from(z.height).ok()?))
+                        }),
+                    },
                     limits: crate::capacity::limits(t.resources.as_ref()),
                     health: t.health.as_ref().map(crate::health::HealthOpts::from_wire),
                     cap_add: c.cap_add.clone(),

@@ -621,6 +621,18 @@ pub struct ContainerOpts {
     /// `--hostname`; `None`: the task's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
+    /// `-i`: stdin kept open for attaches (the node copies the stdio).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub open_stdin: bool,
+    /// `-t`: a pseudo-terminal.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tty: bool,
+    /// `weft run -i/-t` without `-d`: the output waits for the first attach.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub attach_wait: bool,
+    /// With `tty`: the terminal's size at the start (columns, rows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tty_size: Option<(u32, u32)>,
 }
 
 /// A task's address on one network.

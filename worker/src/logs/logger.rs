@@ -83,28 +83,41 @@ fn run(task_dir: &Path) -> Result<()> {
 
 /// Copies `out` (stdout) and `err` (stderr) into `writer` until both end;
 /// once `stop` is set, reads what is left without waiting and returns.
-pub fn pump(
-    out: OwnedFd,
-    err: OwnedFd,
+pub fn pump(out: OwnedFd, err: OwnedFd, writer: RotatingWriter, stop: &AtomicBool) -> Result<()> {
+    pump_tapped(
+        vec![(out, Stream::Stdout), (err, Stream::Stderr)],
+        writer,
+        stop,
+        &mut |_, _| {},
+    )
+}
+
+/// [`pump`] over any pipes, each with its stream, handing every chunk read
+/// to `tap` too (before it is written to the log): what the containerd
+/// runtime uses for a task run with `-i`/`-t`, whose output it also sends
+/// live to attached clients.
+pub fn pump_tapped(
+    pipes: Vec<(OwnedFd, Stream)>,
     mut writer: RotatingWriter,
     stop: &AtomicBool,
+    tap: &mut dyn FnMut(Stream, &[u8]),
 ) -> Result<()> {
-    let mut pipes = [
-        Some((std::fs::File::from(out), LineSplitter::new(Stream::Stdout))),
-        Some((std::fs::File::from(err), LineSplitter::new(Stream::Stderr))),
-    ];
+    let mut pipes: Vec<Option<(std::fs::File, LineSplitter, Stream)>> = pipes
+        .into_iter()
+        .map(|(fd, s)| Some((std::fs::File::from(fd), LineSplitter::new(s), s)))
+        .collect();
     let mut buf = vec![0u8; 64 * 1024];
     let mut entries: Vec<Entry> = Vec::new();
     let mut draining = false;
     while pipes.iter().any(Option::is_some) {
         if !draining && stop.load(Ordering::SeqCst) {
             draining = true;
-            for (f, _) in pipes.iter().flatten() {
+            for (f, _, _) in pipes.iter().flatten() {
                 set_nonblocking(f.as_raw_fd());
             }
         }
         let ready = if draining {
-            [true, true]
+            vec![true; pipes.len()]
         } else {
             poll_readable(&pipes)
         };
@@ -112,22 +125,18 @@ pub fn pump(
             if !ready[i] {
                 continue;
             }
-            let Some((f, split)) = slot else { continue };
+            let Some((f, split, stream)) = slot else {
+                continue;
+            };
             match f.read(&mut buf) {
-                Ok(0) => {
-                    split.finish(SystemTime::now(), &mut entries);
-                    *slot = None;
-                }
-                Ok(n) => {
+                Ok(n) if n > 0 => {
+                    tap(*stream, &buf[..n]);
                     split.push(&buf[..n], SystemTime::now(), &mut entries);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    // Drained: nothing more will be waited for.
-                    split.finish(SystemTime::now(), &mut entries);
-                    *slot = None;
-                }
-                Err(_) => {
+                // The end, drained (WouldBlock: nothing more is waited
+                // for), or a broken pipe.
+                _ => {
                     split.finish(SystemTime::now(), &mut entries);
                     *slot = None;
                 }
@@ -152,24 +161,24 @@ fn set_nonblocking(fd: i32) {
 }
 
 /// Which pipes have data (or ended); waits up to 200 ms so `stop` is seen.
-fn poll_readable(pipes: &[Option<(std::fs::File, LineSplitter)>; 2]) -> [bool; 2] {
+fn poll_readable(pipes: &[Option<(std::fs::File, LineSplitter, Stream)>]) -> Vec<bool> {
     let mut fds: Vec<libc::pollfd> = pipes
         .iter()
         .map(|p| libc::pollfd {
-            fd: p.as_ref().map_or(-1, |(f, _)| f.as_raw_fd()),
+            fd: p.as_ref().map_or(-1, |(f, _, _)| f.as_raw_fd()),
             events: libc::POLLIN,
             revents: 0,
         })
         .collect();
-    // SAFETY: `fds` is a valid array of two pollfd; negative fds are ignored.
+    // SAFETY: `fds` is a valid array of `fds.len()` pollfd; negative fds
+    // are ignored.
     let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 200) };
     if n <= 0 {
-        return [false, false];
+        return vec![false; pipes.len()];
     }
-    let hit = |p: &libc::pollfd| {
-        p.fd >= 0 && p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0
-    };
-    [hit(&fds[0]), hit(&fds[1])]
+    fds.iter()
+        .map(|p| p.fd >= 0 && p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0)
+        .collect()
 }
 
 /// How long the process shim lets its pump run on after the task ended

@@ -128,6 +128,61 @@ pub struct ExecSession {
     pub events: mpsc::Receiver<ExecEvent>,
 }
 
+/// How a container task's stdio is wired (`weft run -i`/`-t`): all
+/// false, its output goes through the shim's logger straight to its log.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StdioOpts {
+    /// `-i`: a stdin kept open, fed by attaches.
+    #[serde(default)]
+    pub open_stdin: bool,
+    /// `-t`: a pseudo-terminal (stdout and stderr as one).
+    #[serde(default)]
+    pub tty: bool,
+    /// The output waits (bounded) for the first attach, so that an
+    /// attached `weft run` misses none of it.
+    #[serde(default)]
+    pub attach_wait: bool,
+    /// With `tty`: the terminal's size at the start (columns, rows).
+    #[serde(default)]
+    pub size: Option<(u16, u16)>,
+}
+
+impl StdioOpts {
+    /// Whether the node copies the container's stdio itself (FIFOs)
+    /// rather than the shim's logger.
+    pub fn copied(&self) -> bool {
+        self.open_stdin || self.tty
+    }
+}
+
+/// A piece of a task's live output.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StdioChunk {
+    /// Bytes of its stdout (or of its terminal).
+    Stdout(Vec<u8>),
+    /// Bytes of its stderr.
+    Stderr(Vec<u8>),
+    /// Its output has ended (it is all in its log too).
+    End,
+}
+
+/// An attach to a task's live stdio (see `containerd::stdio`).
+#[derive(Debug)]
+pub struct TaskStdio {
+    /// Stdin chunks, its close (only with `-i`) and resizes (only with
+    /// `-t`); shared by every attach.
+    pub input: mpsc::Sender<ExecInput>,
+    /// Its output from the moment of the attach (a slow reader that
+    /// falls more than a thousand chunks behind loses some); `None`: read
+    /// its log instead (the output had begun before a "from the start"
+    /// attach, or has ended).
+    pub output: Option<tokio::sync::broadcast::Receiver<StdioChunk>>,
+    /// Whether it was run with `-i` (input is fed to it).
+    pub open_stdin: bool,
+    /// Whether it has a terminal.
+    pub tty: bool,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -36,7 +36,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
 pub use fake::{FakeCall, FakeRuntime};
-pub use interactive::{ExecEvent, ExecInput, ExecSession, ExecSpec};
+pub use interactive::{
+    ExecEvent, ExecInput, ExecSession, ExecSpec, StdioChunk, StdioOpts, TaskStdio,
+};
 pub use process::{ProcessRuntime, ShimCommand};
 pub use routed::RoutedRuntime;
 
@@ -114,6 +116,10 @@ pub struct ContainerSpec {
     /// `--read-only`: the root filesystem is mounted read-only.
     #[serde(default)]
     pub read_only: bool,
+    /// `-i`, `-t` and the first attach's hold: how the container's stdio
+    /// is wired (see `containerd::stdio`).
+    #[serde(default)]
+    pub stdio: StdioOpts,
     /// `--limit-*`: what the container's cgroup allows.
     #[serde(default)]
     pub limits: Limits,
@@ -451,6 +457,15 @@ pub trait TaskRuntime: Send + Sync {
             id: id.to_owned(),
             what: "running a command in it",
         })
+    }
+
+    /// The live stdio of a task run with `-i` or `-t` while its container
+    /// lives; `None` for any other task (its output is only in its log).
+    /// `from_start`: the caller wants its output from the first byte
+    /// (`weft run`), not from now (`weft attach`). The first call ends the
+    /// hold of an `attach_wait` task.
+    fn stdio(&self, _id: &str, _from_start: bool) -> Option<TaskStdio> {
+        None
     }
 }
 

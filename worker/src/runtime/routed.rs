@@ -194,6 +194,10 @@ impl TaskRuntime for RoutedRuntime {
     async fn exec_session(&self, id: &str, spec: &super::ExecSpec) -> Result<super::ExecSession> {
         self.owner(id).exec_session(id, spec).await
     }
+
+    fn stdio(&self, id: &str, from_start: bool) -> Option<super::TaskStdio> {
+        self.owner(id).stdio(id, from_start)
+    }
 }
 
 #[cfg(test)]

@@ -237,6 +237,10 @@ fn at_every_limit_at_once_admitted_configs_stay_under_the_receive_limit() {
                 })
                 .collect(),
             hostname: Some("h".repeat(crate::validate::MAX_HOSTNAME_BYTES)),
+            open_stdin: true,
+            tty: true,
+            attach_wait: true,
+            tty_size: Some((u32::MAX, u32::MAX)),
         }),
         stop: Default::default(),
         // Every limit and reservation at its widest (no reservation, so

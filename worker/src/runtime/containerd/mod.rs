@@ -45,6 +45,7 @@ pub mod mounts;
 mod purge;
 mod session;
 pub mod spec;
+mod stdio;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -159,6 +160,8 @@ struct Inner {
     /// Tasks whose start waits on a pull of their image from its registry.
     pulling: Mutex<BTreeSet<String>>,
     events: broadcast::Sender<TaskStatus>,
+    /// The stdio of tasks run with `-i`/`-t` ([`stdio`]).
+    stdio: stdio::CopiedMap,
 }
 
 struct Tracked {
@@ -180,6 +183,7 @@ impl ContainerdRuntime {
                 tasks: Mutex::new(BTreeMap::new()),
                 pulling: Mutex::new(BTreeSet::new()),
                 events,
+                stdio: Mutex::default(),
             }),
         }
     }
@@ -364,13 +368,16 @@ impl ContainerdRuntime {
         {
             tracing::warn!(task = %id, error = %e, "recording the container's exit");
         }
+        self.stdio_exited(id);
         if let Err(s) = self.delete_task(id).await {
             tracing::warn!(task = %id, error = %s, "deleting the exited container's task; its log may still be written after the exit is reported");
             return;
         }
+        self.stdio_deleted(id);
         if !crate::logs::wait_writer_done(&crate::logs::log_dir(&dir), LOGGER_WAIT).await {
             tracing::warn!(task = %id, "the container's logger did not finish within {LOGGER_WAIT:?}");
         }
+        self.stdio_forget(id);
     }
 
     /// The image's rootfs snapshot for the task: prepared, or the one a
@@ -457,13 +464,28 @@ impl ContainerdRuntime {
         lease.delete(&self.inner.client).await;
         let mounts = made?;
         let t_container = std::time::Instant::now();
-        let log = logger_uri(&self.inner.cfg.logger, &dir)?;
+        let io = match self
+            .stdio_create(&spec.id, &dir, c.stdio)
+            .map_err(|e| e.to_string())?
+        {
+            Some(p) => p,
+            None => {
+                let log = logger_uri(&self.inner.cfg.logger, &dir)?;
+                stdio::StdioPaths {
+                    stdin: String::new(),
+                    stdout: log.clone(),
+                    stderr: log,
+                }
+            }
+        };
         self.tasks()
             .create(tasks::CreateTaskRequest {
                 container_id: spec.id.clone(),
                 rootfs: mounts,
-                stdout: log.clone(),
-                stderr: log,
+                stdin: io.stdin,
+                stdout: io.stdout,
+                stderr: io.stderr,
+                terminal: c.stdio.tty,
                 options: Some(self.runc_options()),
                 ..Default::default()
             })
@@ -642,6 +664,7 @@ impl ContainerdRuntime {
     /// Removes the task's process, container, snapshot and files.
     async fn cleanup(&self, id: &str) -> Result<()> {
         self.delete_container(id).await?;
+        self.stdio_forget(id);
         match self
             .snapshots()
             .remove(snapshots::RemoveSnapshotRequest {
@@ -844,6 +867,9 @@ impl TaskRuntime for ContainerdRuntime {
             )
             .ok()
             .flatten();
+            if process.is_some() {
+                self.stdio_adopt(&id, &self.task_dir(&id));
+            }
             let status = match process.map(|p| (ProcStatus::try_from(p.status), p)) {
                 Some((Ok(ProcStatus::Running | ProcStatus::Paused | ProcStatus::Pausing), p)) => {
                     TaskStatus {
@@ -1077,6 +1103,10 @@ impl TaskRuntime for ContainerdRuntime {
 
     async fn exec_session(&self, id: &str, spec: &super::ExecSpec) -> Result<super::ExecSession> {
         self.start_session(id, spec).await
+    }
+
+    fn stdio(&self, id: &str, from_start: bool) -> Option<super::TaskStdio> {
+        self.stdio_of(id, from_start)
     }
 }
 

@@ -311,8 +311,18 @@ pub fn build(
         Some(seccomp::profile(&caps).map_err(b)?)
     };
 
-    let process = ProcessBuilder::default()
-        .terminal(false)
+    let mut process = ProcessBuilder::default();
+    if let (true, Some((w, h))) = (container.stdio.tty, container.stdio.size) {
+        process = process.console_size(
+            oci_spec::runtime::BoxBuilder::default()
+                .width(u64::from(w))
+                .height(u64::from(h))
+                .build()
+                .map_err(b)?,
+        );
+    }
+    let process = process
+        .terminal(container.stdio.tty)
         .args(plan.args)
         .env(plan.env)
         .cwd(plan.cwd)
