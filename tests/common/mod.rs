@@ -15,6 +15,7 @@ pub mod containerd;
 pub mod disk;
 pub mod image;
 pub mod lookups;
+pub mod swarm;
 pub mod vip_probe;
 
 use std::path::{Path, PathBuf};
