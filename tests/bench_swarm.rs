@@ -69,20 +69,9 @@ fn round(prefix: &str, r: u64) -> Round {
         ],
     );
     // The client: a container on m1, the one node with no replica.
-    swarm.docker(
-        "m1",
-        &[
-            "run",
-            "-d",
-            "--name",
-            "client",
-            "--network",
-            "appnet",
-            IMAGE,
-            "sleep",
-            "36000",
-        ],
-    );
+    let mut run: Vec<&str> = "run -d --name client --network appnet".split(' ').collect();
+    run.extend([IMAGE, "sleep", "36000"]);
+    swarm.docker("m1", &run);
     let client = swarm.container_netns("m1", "client");
     // Each replica serves its own hostname (its container's) over HTTP.
     let script = "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www";
@@ -97,30 +86,13 @@ fn round(prefix: &str, r: u64) -> Round {
         seen
     };
 
+    let create = "service create --detach --no-resolve-image --name web --replicas 3 \
+                  --endpoint-mode dnsrr --network appnet --constraint node.role==worker";
+    let mut args: Vec<&str> = create.split_whitespace().collect();
+    args.extend([IMAGE, "sh", "-c", script]);
+
     let t0 = Instant::now();
-    swarm.docker(
-        "m1",
-        &[
-            "service",
-            "create",
-            "--detach",
-            "--no-resolve-image",
-            "--name",
-            "web",
-            "--replicas",
-            "3",
-            "--endpoint-mode",
-            "dnsrr",
-            "--network",
-            "appnet",
-            "--constraint",
-            "node.role==worker",
-            IMAGE,
-            "sh",
-            "-c",
-            script,
-        ],
-    );
+    swarm.docker("m1", &args);
     out.create_returned = t0.elapsed().as_secs_f64();
     let seen = reach(t0, 3);
     out.create_reach = all_seen(&seen);

@@ -9,6 +9,7 @@
 //!     data/  exec/               dockerd --data-root / --exec-root (its containerd lives
 //!                                under them: dockerd starts one itself)
 //!     docker.sock docker.pid     -H unix://… / --pidfile
+//!     tmp/                       TMPDIR of dockerd and its containerd
 //!   /run/containerd              a tmpfs in the host's mount namespace only: dockerd does
 //!                                not take the machine's containerd for its own, and
 //!                                containerd 1.6's shim sockets (/run/containerd/s) stay inside
@@ -146,6 +147,8 @@ impl Swarm {
         let h = &self.hosts[i];
         std::fs::create_dir_all(&h.dir).expect("host dir");
         std::fs::write(h.dir.join("daemon.json"), "{}\n").expect("daemon.json");
+        let tmp = h.dir.join("tmp");
+        std::fs::create_dir_all(&tmp).expect("tmp dir");
         let log = std::fs::File::create(h.dir.join("dockerd.log")).expect("log");
         let mut cmd = self
             .ns_host(&h.name)
@@ -171,6 +174,11 @@ impl Swarm {
             // registry first at each task start (Swarm's default, which
             // would only add a failed lookup here).
             .env("DOCKER_SERVICE_PREFER_OFFLINE_IMAGE", "1")
+            // Where dockerd's and containerd's own temp files go (e.g. the
+            // stack dump `containerd.<pid>.stacks.log` dockerd asks for with
+            // SIGUSR1 before it kills a containerd that does not answer):
+            // the host's dir, removed with it.
+            .env("TMPDIR", &tmp)
             .env(
                 "PATH",
                 "/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin:/usr/local/bin",
@@ -375,16 +383,16 @@ impl Swarm {
             }
         }
         let dirs = self.cgroup_dirs();
-        let procs = |dirs: &[PathBuf]| -> Vec<i32> {
-            dirs.iter()
-                .flat_map(|d| walk(d))
-                .filter_map(|d| std::fs::read_to_string(d.join("cgroup.procs")).ok())
-                .flat_map(|s| {
-                    s.lines()
-                        .filter_map(|l| l.trim().parse().ok())
-                        .collect::<Vec<i32>>()
-                })
-                .collect()
+        let procs = |dirs: &[PathBuf]| {
+            let mut pids: Vec<i32> = Vec::new();
+            for d in dirs.iter().flat_map(|d| walk(d)) {
+                let text = std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default();
+                pids.extend(
+                    text.split_whitespace()
+                        .filter_map(|p| p.parse::<i32>().ok()),
+                );
+            }
+            pids
         };
         for pid in procs(&dirs) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
