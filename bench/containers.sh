@@ -64,10 +64,14 @@ SWARM_DIR=$WORK/swarm
 
 bench_extra_cleanup() {
   "$WEFT" lab down "$LAB" --force >/dev/null 2>&1 || true
+  # The memory rounds' dockerd was started in a subshell (round_docker):
+  # found by its pid file, not a child to wait for.
+  [ -n "$DOCKERD_PID" ] || DOCKERD_PID=$(cat "$WORK/docker.pid" 2>/dev/null || true)
   if [ -n "$DOCKERD_PID" ]; then
     docker -H "unix://$WORK/docker.sock" rm -f $(docker -H "unix://$WORK/docker.sock" ps -aq 2>/dev/null) >/dev/null 2>&1 || true
     kill "$DOCKERD_PID" 2>/dev/null || true
-    wait "$DOCKERD_PID" 2>/dev/null || true
+    for _ in $(seq 1 150); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$DOCKERD_PID" 2>/dev/null || true
   fi
   if [ -n "$CTRD_PID" ]; then
     local ns id
@@ -233,7 +237,12 @@ round_weft() {
 
 round_docker() {
   local d=(docker -H "unix://$WORK/docker.sock")
-  if [ -z "$DOCKERD_PID" ]; then
+  # Each round runs in a subshell (`< <(round_docker)`), so DOCKERD_PID
+  # set by the first does not reach the next: the daemon it started is
+  # found again by its pid file (its memory counts in every round).
+  if [ -f "$WORK/docker.pid" ] && kill -0 "$(cat "$WORK/docker.pid")" 2>/dev/null; then
+    DOCKERD_PID=$(cat "$WORK/docker.pid")
+  else
     mkdir -p "$WORK/docker" "$WORK/docker-exec"
     dockerd --data-root "$WORK/docker" --exec-root "$WORK/docker-exec" -H "unix://$WORK/docker.sock" \
       --pidfile "$WORK/docker.pid" --containerd "$SOCK" --bridge none --iptables=false \
