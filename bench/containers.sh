@@ -16,9 +16,16 @@
 # rows for single kinds of process give their private memory (USS) instead.
 # BENCH_ROUNDS (3) rounds; the medians go to bench/results-containers.md.
 # Then the time of service create and scale 3 → 6 with containers
-# (tests/bench_containers.rs, BENCH_CONVERGENCE=0 skips it).
-# Needs root, containerd, dockerd (docker.io), umoci and skopeo (installed
-# when missing) and a release build of weft (built unless BENCH_SKIP_BUILD=1).
+# (tests/bench_containers.rs, BENCH_CONVERGENCE=0 skips it), and right after
+# it the same for Docker Swarm 20.10 on the same rig with the same probes
+# (tests/bench_swarm.rs: four dockerd, each in its own network and mount
+# namespaces under $WORK; BENCH_SWARM=0 skips it), with weft / Swarm per row.
+# Both take WEFT_BENCH_LAT_ROUNDS rounds (5). After the Swarm rounds the
+# script checks, apart from the test's own teardown, that nothing of them is
+# left: no process, mount, cgroup, link or file.
+# Needs root, containerd, dockerd and docker (docker.io), umoci and skopeo
+# (installed when missing) and a release build of weft (built unless
+# BENCH_SKIP_BUILD=1).
 set -euo pipefail
 BENCH_TAG=containers
 # shellcheck source=bench/lib.sh
@@ -32,6 +39,9 @@ IMAGE=weft-demo/busybox:latest
 
 [ "$(id -u)" = 0 ] || die "needs root"
 bench_tools containerd:containerd dockerd:docker.io umoci:umoci skopeo:skopeo runc:runc
+# The Swarm reference drives Debian's client, the daemon's version (another
+# `docker` may come first on PATH).
+[ -x /usr/bin/docker ] || bench_tools /usr/bin/docker:docker.io
 if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
   log "building weft (release)"
   (cd "$REPO" && cargo build --release -q -p weft -p weft-worker --bins)
@@ -47,13 +57,21 @@ export WEFT_LAB_ROOT=$WORK/labs
 CGROUP=/weft-bench-$$
 CTRD_PID=
 DOCKERD_PID=
+# The Swarm reference's namespaces, cgroups (/sys/fs/cgroup/*/$SWARM_TAG-*)
+# and files (under $SWARM_DIR).
+SWARM_TAG=wbsw-$$
+SWARM_DIR=$WORK/swarm
 
 bench_extra_cleanup() {
   "$WEFT" lab down "$LAB" --force >/dev/null 2>&1 || true
+  # The memory rounds' dockerd was started in a subshell (round_docker):
+  # found by its pid file, not a child to wait for.
+  [ -n "$DOCKERD_PID" ] || DOCKERD_PID=$(cat "$WORK/docker.pid" 2>/dev/null || true)
   if [ -n "$DOCKERD_PID" ]; then
     docker -H "unix://$WORK/docker.sock" rm -f $(docker -H "unix://$WORK/docker.sock" ps -aq 2>/dev/null) >/dev/null 2>&1 || true
     kill "$DOCKERD_PID" 2>/dev/null || true
-    wait "$DOCKERD_PID" 2>/dev/null || true
+    for _ in $(seq 1 150); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$DOCKERD_PID" 2>/dev/null || true
   fi
   if [ -n "$CTRD_PID" ]; then
     local ns id
@@ -72,9 +90,53 @@ bench_extra_cleanup() {
     pkill -KILL -f "containerd-shim-runc-v2 .*-address $SOCK" 2>/dev/null || true
   fi
   find /sys/fs/cgroup -depth -type d -path "*$CGROUP*" -exec rmdir {} \; 2>/dev/null || true
+  swarm_clear
   grep -o " $WORK[^ ]*" /proc/self/mounts | sort -r | xargs -r -n1 umount -l 2>/dev/null || true
 }
 trap bench_cleanup EXIT INT TERM
+
+# What the Swarm rounds left, if anything (the test tears down after itself,
+# also when it fails; this is for an interrupted run): processes started
+# from $SWARM_DIR (dockerd, containerd, shims; by pid), then what is left in
+# their cgroups (the containers), then the cgroups. Pins were cleared and
+# mounts detached before (bench_clear_pins, the umount above).
+swarm_pids() {
+  local p
+  for p in /proc/[0-9]*; do
+    { tr '\0' ' ' <"$p/cmdline"; } 2>/dev/null | grep -q -- "$SWARM_DIR/" && echo "${p#/proc/}"
+  done
+  return 0
+}
+swarm_cgroups() { find /sys/fs/cgroup -mindepth 2 -maxdepth 2 -type d -name "$SWARM_TAG-*" 2>/dev/null || true; }
+swarm_clear() {
+  local pid d cgroups
+  for pid in $(swarm_pids); do kill -KILL "$pid" 2>/dev/null || true; done
+  cgroups=$(swarm_cgroups)
+  [ -n "$cgroups" ] || return 0
+  swarm_cgroup_procs() { for d in $cgroups; do find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null; done; }
+  for pid in $(swarm_cgroup_procs); do kill -KILL "$pid" 2>/dev/null || true; done
+  # A killed process leaves its cgroup a moment later.
+  for _ in $(seq 1 50); do [ -z "$(swarm_cgroup_procs)" ] && break; sleep 0.1; done
+  for d in $cgroups; do find "$d" -depth -type d -exec rmdir {} \; 2>/dev/null || true; done
+}
+# Checks, with the kernel's own views, that nothing of the Swarm rounds is
+# left: processes, mounts, cgroups, links in this namespace (against
+# LINKS_BEFORE), files. Prints what is, and fails.
+swarm_check_clean() {
+  local left="" p m c l f
+  p=$(swarm_pids | tr '\n' ' ')
+  [ -z "$p" ] || left+=" processes: $p;"
+  m=$(grep -c -- " $SWARM_DIR/" /proc/self/mountinfo || true)
+  [ "$m" = 0 ] || left+=" $m mounts under $SWARM_DIR;"
+  c=$(swarm_cgroups | tr '\n' ' ')
+  [ -z "$c" ] || left+=" cgroups: $c;"
+  l=$(comm -13 <(echo "$LINKS_BEFORE") <(ip -o link show | awk -F': ' '{ print $2 }' | sort))
+  [ -z "$l" ] || left+=" links: $(echo "$l" | tr '\n' ' ');"
+  f=$(find "$SWARM_DIR" -mindepth 1 2>/dev/null | head -n 5 | tr '\n' ' ')
+  [ -z "$f" ] || left+=" files: $f;"
+  [ -z "$left" ] || die "the Swarm rounds left behind:$left"
+  log "Swarm cleanup checked: no process from $SWARM_DIR, no mount under $SWARM_DIR, no $SWARM_TAG-* cgroup, no new link, no file left"
+}
 
 start_containerd() {
   mkdir -p "$CTRD"/{root,state,runc}
@@ -175,7 +237,12 @@ round_weft() {
 
 round_docker() {
   local d=(docker -H "unix://$WORK/docker.sock")
-  if [ -z "$DOCKERD_PID" ]; then
+  # Each round runs in a subshell (`< <(round_docker)`), so DOCKERD_PID
+  # set by the first does not reach the next: the daemon it started is
+  # found again by its pid file (its memory counts in every round).
+  if [ -f "$WORK/docker.pid" ] && kill -0 "$(cat "$WORK/docker.pid")" 2>/dev/null; then
+    DOCKERD_PID=$(cat "$WORK/docker.pid")
+  else
     mkdir -p "$WORK/docker" "$WORK/docker-exec"
     dockerd --data-root "$WORK/docker" --exec-root "$WORK/docker-exec" -H "unix://$WORK/docker.sock" \
       --pidfile "$WORK/docker.pid" --containerd "$SOCK" --bridge none --iptables=false \
@@ -231,4 +298,16 @@ if [ "${BENCH_CONVERGENCE:-1}" = 1 ]; then
   WEFT_BENCH_OUT=$WORK/fragments cargo test --release -q --test bench_containers -- \
     --ignored --test-threads=1 --nocapture >&2
   { echo; cat "$WORK/fragments/containers-convergence.md"; } | tee -a "$OUT"
+
+  # Docker Swarm on the same rig, right after: the reference of the same run.
+  if [ "${BENCH_SWARM:-1}" = 1 ]; then
+    log "the same with Docker Swarm $(dockerd --version | awk '{ print $3 }' | tr -d ,) (tests/bench_swarm.rs)"
+    mkdir -p "$SWARM_DIR"
+    LINKS_BEFORE=$(ip -o link show | awk -F': ' '{ print $2 }' | sort)
+    bench_build bench_swarm
+    TMPDIR=$SWARM_DIR WEFT_BENCH_SWARM_TAG=$SWARM_TAG WEFT_BENCH_OUT=$WORK/fragments \
+      cargo test --release -q --test bench_swarm -- --ignored --test-threads=1 --nocapture >&2
+    swarm_check_clean
+    { echo; cat "$WORK/fragments/swarm-convergence.md"; } | tee -a "$OUT"
+  fi
 fi

@@ -17,6 +17,7 @@ pub mod image;
 pub mod lookups;
 pub mod one_node;
 pub mod pty;
+pub mod swarm;
 pub mod vip_probe;
 
 use std::path::{Path, PathBuf};

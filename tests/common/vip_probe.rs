@@ -1,7 +1,9 @@
 //! Probes run from inside a task's network namespace, on threads of the
 //! test process (setns), so a probe costs a syscall and not a fork: which
 //! replicas answer HTTP through a service VIP, and when each was first seen.
-//! Shared by the benchmarks of process tasks and of containers.
+//! Shared by the benchmarks of process tasks and of containers, and (with
+//! [`dnsrr_names`], for a service without a VIP) by the Docker Swarm
+//! reference.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -29,10 +31,11 @@ where
     })
 }
 
-/// `GET /` from `vip`; the first line of the body (the replica's name).
-async fn http_name(vip: Ipv4Addr) -> std::io::Result<String> {
+/// `GET /` from `addr` (a VIP or a replica's own address); the first line
+/// of the body (the replica's name).
+async fn http_name(addr: Ipv4Addr) -> std::io::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect((vip, 80)).await?;
+    let mut s = tokio::net::TcpStream::connect((addr, 80)).await?;
     s.write_all(b"GET / HTTP/1.0\r\n\r\n").await?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await?;
@@ -57,6 +60,38 @@ pub fn vip_names(
     want: usize,
     timeout: Duration,
 ) -> JoinHandle<BTreeMap<String, Duration>> {
+    first_seen(pin, t0, want, timeout, move |_, seen| sight(vip, seen))
+}
+
+/// One HTTP attempt at `addr` (up to [`HTTP_ATTEMPT`]); reports the replica
+/// that answered.
+async fn sight(addr: Ipv4Addr, seen: Sightings) {
+    if let Ok(Ok(name)) = tokio::time::timeout(HTTP_ATTEMPT, http_name(addr)).await
+        && !name.is_empty()
+    {
+        let _ = seen.send((name, Instant::now()));
+    }
+}
+
+/// Where a probe reports a replica's name and when it answered.
+type Sightings = tokio::sync::mpsc::UnboundedSender<(String, Instant)>;
+
+/// The poller behind [`vip_names`] and [`dnsrr_names`]: from inside `pin`,
+/// starts `probe(n, sightings)` (n = 1, 2, …) every [`PROBE_EVERY`] without
+/// waiting for the earlier ones, until `want` different names were reported
+/// or `timeout` after `t0`; returns when each name was first seen,
+/// relative to `t0`.
+fn first_seen<P, F>(
+    pin: &Path,
+    t0: Instant,
+    want: usize,
+    timeout: Duration,
+    probe: P,
+) -> JoinHandle<BTreeMap<String, Duration>>
+where
+    P: Fn(u16, Sightings) -> F + Send + 'static,
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
     in_netns(pin, move || {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -68,20 +103,15 @@ pub fn vip_names(
             let mut tick = tokio::time::interval(PROBE_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let deadline = t0 + timeout;
+            let mut n: u16 = 0;
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
                         if Instant::now() > deadline {
                             break;
                         }
-                        let tx = tx.clone();
-                        tokio::spawn(async move {
-                            if let Ok(Ok(name)) = tokio::time::timeout(HTTP_ATTEMPT, http_name(vip)).await
-                                && !name.is_empty()
-                            {
-                                let _ = tx.send((name, Instant::now()));
-                            }
-                        });
+                        n = n.wrapping_add(1);
+                        tokio::spawn(probe(n, tx.clone()));
                     }
                     Some((name, at)) = rx.recv() => {
                         seen.entry(name).or_insert(at.duration_since(t0));
@@ -94,4 +124,119 @@ pub fn vip_names(
             seen
         })
     })
+}
+
+/// The resolver a container asks: Docker's embedded DNS (and weft's).
+pub const EMBEDDED_DNS: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 11);
+
+/// A DNS query (recursion desired) for the A records of `name`.
+fn a_query(id: u16, name: &str) -> Vec<u8> {
+    let mut q = Vec::with_capacity(18 + name.len());
+    q.extend_from_slice(&id.to_be_bytes());
+    q.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0]);
+    for label in name.split('.').filter(|l| !l.is_empty()) {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    q
+}
+
+/// The IPv4 addresses in the answer section of the DNS response `m`
+/// (empty when it is malformed or answers something else).
+fn a_answers(m: &[u8]) -> Vec<Ipv4Addr> {
+    parse_a_answers(m).unwrap_or_default()
+}
+
+fn parse_a_answers(m: &[u8]) -> Option<Vec<Ipv4Addr>> {
+    let u16_at = |at: usize| Some(u16::from_be_bytes([*m.get(at)?, *m.get(at + 1)?]));
+    // A name at `i`: labels ending in a zero byte, or a 2-byte pointer.
+    let skip_name = |mut i: usize| -> Option<usize> {
+        loop {
+            let len = *m.get(i)? as usize;
+            if len == 0 {
+                return Some(i + 1);
+            }
+            if len & 0xc0 == 0xc0 {
+                return Some(i + 2);
+            }
+            i += 1 + len;
+        }
+    };
+    let (questions, answers) = (u16_at(4)?, u16_at(6)?);
+    let mut i = 12;
+    for _ in 0..questions {
+        i = skip_name(i)? + 4;
+    }
+    let mut out = Vec::new();
+    for _ in 0..answers {
+        i = skip_name(i)?;
+        let kind = u16_at(i)?;
+        let len = u16_at(i + 8)? as usize;
+        let data = m.get(i + 10..i + 10 + len)?;
+        if kind == 1 && len == 4 {
+            out.push(Ipv4Addr::new(data[0], data[1], data[2], data[3]));
+        }
+        i += 10 + len;
+    }
+    Some(out)
+}
+
+/// The addresses `name` resolves to at the embedded resolver, asked once
+/// over UDP from the current namespace.
+async fn resolve_a(id: u16, name: &str) -> std::io::Result<Vec<Ipv4Addr>> {
+    let s = tokio::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+    s.connect((EMBEDDED_DNS, 53)).await?;
+    s.send(&a_query(id, name)).await?;
+    let mut buf = [0u8; 1500];
+    loop {
+        let n = s.recv(&mut buf).await?;
+        if buf[..n].starts_with(&id.to_be_bytes()) {
+            return Ok(a_answers(&buf[..n]));
+        }
+    }
+}
+
+/// As [`vip_names`], for a service without a VIP (DNS round robin, Docker
+/// Swarm's `--endpoint-mode dnsrr`): every [`PROBE_EVERY`] the probe asks
+/// the embedded resolver for `name` and opens a new HTTP connection to each
+/// address it got (the lookup and each connection may take up to
+/// [`HTTP_ATTEMPT`] apiece), until `want` different replica names answered
+/// or `timeout` after `t0`. Trying every address each time, rather than the
+/// one a client would pick, sees a replica as soon as anything could reach
+/// it: a lower bound for the service it probes.
+pub fn dnsrr_names(
+    pin: &Path,
+    name: &str,
+    t0: Instant,
+    want: usize,
+    timeout: Duration,
+) -> JoinHandle<BTreeMap<String, Duration>> {
+    let name = std::sync::Arc::<str>::from(name);
+    first_seen(pin, t0, want, timeout, move |id, seen| {
+        let name = name.clone();
+        async move {
+            let Ok(Ok(addrs)) = tokio::time::timeout(HTTP_ATTEMPT, resolve_a(id, &name)).await
+            else {
+                return;
+            };
+            for addr in addrs {
+                tokio::spawn(sight(addr, seen.clone()));
+            }
+        }
+    })
+}
+
+/// Seconds until the last of `seen`'s names was first seen (NaN if none).
+pub fn all_seen(seen: &BTreeMap<String, Duration>) -> f64 {
+    seen.values().max().map_or(f64::NAN, Duration::as_secs_f64)
+}
+
+/// Seconds until the last name of `now` that `before` lacks was first seen
+/// (NaN if none): when the replicas a scale-up added all answered.
+pub fn new_seen(now: &BTreeMap<String, Duration>, before: &BTreeMap<String, Duration>) -> f64 {
+    now.iter()
+        .filter(|(n, _)| !before.contains_key(*n))
+        .map(|(_, d)| d.as_secs_f64())
+        .fold(f64::NAN, f64::max)
 }

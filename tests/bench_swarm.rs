@@ -1,0 +1,208 @@
+//! The Docker Swarm reference of the container benchmark (issue #14), in
+//! the same run: Swarm 20.10 (Debian's `docker.io`) on the rig and with the
+//! probes of `tests/bench_containers.rs`. With the busybox image loaded on
+//! every node, `docker service create` until every replica answers HTTP
+//! from another host, and `docker service scale` 3 → 6 until the new ones
+//! do. Ignored by default: `bench/containers.sh` runs it in release mode
+//! right after weft's rounds and puts the comparison into
+//! `bench/results-containers.md`.
+//!
+//! ```text
+//!   m1 (manager; the client container)    w1  w2  w3 (workers; the replicas)
+//!   each a dockerd with its own containerd, network and mount namespaces
+//!   (tests/common/swarm.rs), eth0 198.18.0.1-4/24 on one bridge
+//! ```
+//!
+//! Swarm's VIP endpoint mode needs IPVS, which this kernel lacks: the
+//! service runs with `--endpoint-mode dnsrr`, and the client resolves the
+//! service name at the embedded resolver and tries every address it gets
+//! each time ([`dnsrr_names`]), where weft's client connects to the VIP.
+//!
+//! Knobs (environment): `WEFT_BENCH_OUT` (directory for the fragments; when
+//! it holds weft's `containers-convergence.md`, the comparison table puts
+//! both side by side), `WEFT_BENCH_LAT_ROUNDS` (rounds, 5, as weft's),
+//! `WEFT_BENCH_SWARM_TAG` (prefix of the namespaces' and cgroups' names,
+//! `wbsw-<pid>`; each round adds `-<round>`).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::bench::{env_num, fmt_s, median, met, out_dir, write_fragment};
+use common::swarm::Swarm;
+use common::vip_probe::{HTTP_ATTEMPT, PROBE_EVERY, all_seen, dnsrr_names, new_seen};
+
+const IMAGE: &str = "weft-test/busybox:latest";
+const HOSTS: [&str; 4] = ["m1", "w1", "w2", "w3"];
+/// The targets of issue #14 (seconds), as in tests/bench_containers.rs.
+const CREATE_TARGET: f64 = 0.4;
+const SCALE_TARGET: f64 = 0.3;
+
+/// One round's figures (seconds from the command's start).
+#[derive(Default)]
+struct Round {
+    create_returned: f64,
+    create_reach: f64,
+    scale_returned: f64,
+    scale_reach: f64,
+}
+
+fn round(prefix: &str, r: u64) -> Round {
+    let swarm = Swarm::start(&format!("{prefix}-{r}"), &HOSTS);
+    swarm.form();
+    let images = common::image::busybox();
+    for h in HOSTS {
+        swarm.docker(h, &["load", "-q", "-i", images.docker.to_str().unwrap()]);
+    }
+    let mut out = Round::default();
+    swarm.docker(
+        "m1",
+        &[
+            "network",
+            "create",
+            "--driver",
+            "overlay",
+            "--attachable",
+            "--subnet",
+            "10.0.9.0/24",
+            "appnet",
+        ],
+    );
+    // The client: a container on m1, the one node with no replica.
+    let mut run: Vec<&str> = "run -d --name client --network appnet".split(' ').collect();
+    run.extend([IMAGE, "sleep", "36000"]);
+    swarm.docker("m1", &run);
+    let client = swarm.container_netns("m1", "client");
+    // Each replica serves its own hostname (its container's) over HTTP.
+    let script = "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 80 -h /www";
+
+    // Until `want` replicas answered, from `t`; the names and when.
+    let reach = |t: Instant, want: usize| {
+        let seen = dnsrr_names(&client, "web", t, want, Duration::from_secs(60))
+            .join()
+            .expect("poller");
+        let ps = || swarm.docker("m1", &["service", "ps", "--no-trunc", "web"]);
+        assert_eq!(seen.len(), want, "replicas answered: {seen:?}\n{}", ps());
+        seen
+    };
+
+    let create = "service create --detach --no-resolve-image --name web --replicas 3 \
+                  --endpoint-mode dnsrr --network appnet --constraint node.role==worker";
+    let mut args: Vec<&str> = create.split_whitespace().collect();
+    args.extend([IMAGE, "sh", "-c", script]);
+
+    let t0 = Instant::now();
+    swarm.docker("m1", &args);
+    out.create_returned = t0.elapsed().as_secs_f64();
+    let seen = reach(t0, 3);
+    out.create_reach = all_seen(&seen);
+    eprintln!("swarm round {r}: create → {seen:?}");
+
+    let t1 = Instant::now();
+    swarm.docker("m1", &["service", "scale", "--detach", "web=6"]);
+    out.scale_returned = t1.elapsed().as_secs_f64();
+    let seen6 = reach(t1, 6);
+    out.scale_reach = new_seen(&seen6, &seen);
+    eprintln!("swarm round {r}: scale → {seen6:?}");
+    out
+}
+
+/// weft's rounds of the row whose first cell contains `what`, read back
+/// from its fragment (the last cell: every run, comma-separated).
+fn weft_runs(fragment: &str, what: &str) -> Vec<f64> {
+    fragment
+        .lines()
+        .find(|l| l.starts_with('|') && l.contains(what))
+        .and_then(|l| l.trim().trim_end_matches('|').rsplit('|').next())
+        .map(|cell| {
+            cell.split(',')
+                .filter_map(|x| x.trim().parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn runs(v: &[f64]) -> String {
+    v.iter().map(|x| fmt_s(*x)).collect::<Vec<_>>().join(", ")
+}
+
+/// A row of the comparison: weft and Swarm medians (every run in
+/// parentheses), weft / Swarm, and weft against the target.
+fn compare_row(what: &str, weft: &[f64], swarm: &[f64], target: f64) -> String {
+    let (w, s) = (median(weft), median(swarm));
+    let (weft_cell, ratio, verdict) = if w.is_finite() {
+        (
+            format!("**{}** ({})", fmt_s(w), runs(weft)),
+            format!("{:.2}", w / s),
+            met(w <= target),
+        )
+    } else {
+        ("— (not run)".to_string(), "—".to_string(), "")
+    };
+    format!(
+        "| {what} | {weft_cell} | **{}** ({}) | {ratio} | ≤ {target}: {verdict} |\n",
+        fmt_s(s),
+        runs(swarm)
+    )
+}
+
+#[test]
+#[ignore = "benchmark: bench/containers.sh"]
+fn service_convergence_swarm() {
+    let rounds = env_num("WEFT_BENCH_LAT_ROUNDS", 5);
+    let prefix = std::env::var("WEFT_BENCH_SWARM_TAG")
+        .unwrap_or_else(|_| format!("wbsw-{}", std::process::id()));
+    let all: Vec<Round> = (1..=rounds).map(|r| round(&prefix, r)).collect();
+    let col = |f: fn(&Round) -> f64| all.iter().map(f).collect::<Vec<_>>();
+    let weft =
+        std::fs::read_to_string(out_dir().join("containers-convergence.md")).unwrap_or_default();
+    let (wc, ws) = (
+        weft_runs(&weft, "→ all 3 answer through the VIP"),
+        weft_runs(&weft, "→ the 3 new answer through the VIP"),
+    );
+    let version = Swarm::version();
+    let mut md =
+        String::from("## Service create and scale: weft against Docker Swarm, same run\n\n");
+    md.push_str(&format!(
+        "Docker Swarm {version} (Debian's `docker.io`) on the same rig as weft: four namespace \
+         hosts (m1 manager and client, w1–w3 workers; `--constraint node.role==worker`), each a \
+         dockerd with its own containerd, the same busybox image `docker load`ed on every node \
+         first, the same replicas (`busybox httpd` serving the hostname), {rounds} rounds, each \
+         on a fresh swarm, run right after weft's. Swarm's VIP needs IPVS, which this kernel \
+         lacks, so its service uses `--endpoint-mode dnsrr`: every {} ms the client container \
+         on m1 asks the embedded resolver for `web` and opens a new HTTP connection to each \
+         address it gets (each attempt may take up to {} ms), where weft's client connects to \
+         the VIP at the same rate. Trying every address sees a replica as soon as anything could \
+         reach it, so Swarm's figures are a lower bound. dockerd runs with \
+         `DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1` (use the loaded image, ask no registry), \
+         `--detach` and `--no-resolve-image` on the commands. Seconds from the start of the \
+         command; weft / Swarm below 1 means weft is faster.\n\n",
+        PROBE_EVERY.as_millis(),
+        HTTP_ATTEMPT.as_millis()
+    ));
+    md.push_str(
+        "| what | weft median s (every run) | Swarm median s (every run) | weft / Swarm | weft against the target |\n\
+         |---|---:|---:|---:|---|\n",
+    );
+    md.push_str(&compare_row(
+        "service create (3 replicas) → all 3 answer (weft: through the VIP; Swarm: dnsrr)",
+        &wc,
+        &col(|r| r.create_reach),
+        CREATE_TARGET,
+    ));
+    md.push_str(&compare_row(
+        "service scale 3 → 6 → the 3 new answer",
+        &ws,
+        &col(|r| r.scale_reach),
+        SCALE_TARGET,
+    ));
+    md.push_str(&format!(
+        "| (Swarm: `service create` returned) | | {} ({}) | | |\n\
+         | (Swarm: `service scale` returned) | | {} ({}) | | |\n",
+        fmt_s(median(&col(|r| r.create_returned))),
+        runs(&col(|r| r.create_returned)),
+        fmt_s(median(&col(|r| r.scale_returned))),
+        runs(&col(|r| r.scale_returned)),
+    ));
+    write_fragment("swarm-convergence.md", &md);
+}
