@@ -332,11 +332,24 @@ pub async fn pin_digest(c: &Client, image: &str) -> String {
         );
         return image.to_owned();
     }
+    // A private image's digest is asked with the user's `weft login`
+    // credentials for its registry, as Docker's CLI does.
+    let registry = weft_proto::credential::registry_of(image);
+    let auth = match crate::login::wire_for(registry) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!(
+                "image {image}: the stored registry credentials cannot be read ({e:#}); asking without them"
+            );
+            None
+        }
+    };
     let asked = c
         .images()
         .resolve(pb::ResolveImageRequest {
             image: image.to_owned(),
             insecure: false,
+            auth,
         })
         .await;
     match asked {

@@ -1048,6 +1048,41 @@ fn a_private_registry_with_login_and_registry_auth() {
         "{inspect}"
     );
 
+    // The tag of a private image is pinned to its digest with the user's
+    // `weft login` credentials (asked for this lookup only); without them
+    // the registry refuses and the tag is kept, with a warning.
+    let pin = |name: &str, config: &Path| {
+        let create = [
+            "-H",
+            socket.as_str(),
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            name,
+            "--replicas",
+            "0",
+            &reference,
+            "sleep",
+            "1d",
+        ];
+        let out = weft_login(lab, "m1", config, &create, "");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let spec = lab.weft("m1", &["service", "inspect", name]);
+        lab.weft("m1", &["service", "rm", name]);
+        (spec, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let (spec, _) = pin("pinned", &config);
+    assert!(spec.contains(&format!("{reference}@sha256:")), "{spec}");
+    let nobody = config.with_file_name("nobody.json");
+    let (spec, warned) = pin("unpinned", &nobody);
+    assert!(!spec.contains("@sha256:"), "{spec}");
+    assert!(warned.contains("could not be accessed"), "{warned}");
+
     // The manager's disk (Raft log, snapshots, everything in its data dir):
     // no password, no base64 of it. The service name is there (the grep
     // sees the store), the password is not.

@@ -143,9 +143,15 @@ impl Images for NodeImages {
         req: Request<pb::ResolveImageRequest>,
     ) -> Result<Response<pb::ResolveImageResponse>, Status> {
         let r = req.into_inner();
+        let credential = r
+            .auth
+            .as_ref()
+            .map(|a| weft_worker::image::credential_for_image(a, &r.image))
+            .transpose()
+            .map_err(|e| Status::invalid_argument(format!("registry credentials: {e}")))?;
         let pinned = self
             .store
-            .resolve_digest(&r.image, r.insecure)
+            .resolve_digest(&r.image, r.insecure, credential.as_ref())
             .await
             .map_err(status)?;
         Ok(Response::new(pb::ResolveImageResponse { image: pinned }))

@@ -672,20 +672,11 @@ fn registry_auth(
     image: &str,
 ) -> Option<crate::image::Credential> {
     let auth = auth?;
-    let for_image = crate::image::pull::parse(image)
-        .map(|r| r.registry() == auth.registry)
-        .unwrap_or(false);
-    match crate::image::Credential::new(&auth.username, &auth.password) {
-        Ok(c) if for_image => Some(c),
-        Ok(_) => {
-            tracing::warn!(registry = %auth.registry, %image, "registry credentials for another registry: ignored");
-            None
-        }
-        Err(e) => {
-            tracing::warn!(registry = %auth.registry, error = %e, "registry credentials refused");
-            None
-        }
-    }
+    crate::image::credential_for_image(auth, image)
+        .inspect_err(|e| {
+            tracing::warn!(registry = %auth.registry, %image, error = %e, "registry credentials refused: the pull goes without");
+        })
+        .ok()
 }
 
 /// The stop policy a task config asks for; what it leaves out (or cannot

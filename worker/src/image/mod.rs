@@ -44,6 +44,25 @@ pub use store::{
 /// Registry credentials: shared with the manager, which checks them alike.
 pub use weft_proto::credential;
 
+/// Credentials on the wire (a task's config, a digest lookup) checked
+/// before use: well formed, and for the registry of `image`.
+pub fn credential_for_image(
+    auth: &weft_proto::v1::RegistryCredential,
+    image: &str,
+) -> Result<Credential, String> {
+    let registry = pull::parse(image)
+        .map_err(|e| e.to_string())?
+        .registry()
+        .to_owned();
+    if registry != auth.registry {
+        return Err(format!(
+            "the credentials are for registry {}, the image {image} is on {registry}",
+            auth.registry
+        ));
+    }
+    Credential::new(&auth.username, &auth.password).map_err(|e| e.to_string())
+}
+
 /// An image present on this node, ready to start containers from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LocalImage {
@@ -57,4 +76,31 @@ pub struct LocalImage {
     /// The chain id of its top layer: the parent snapshot of a container's
     /// root filesystem.
     pub top_chain_id: String,
+}
+
+#[cfg(test)]
+mod credential_tests {
+    use super::credential_for_image;
+    use weft_proto::v1::RegistryCredential;
+
+    fn wire(registry: &str, user: &str) -> RegistryCredential {
+        RegistryCredential {
+            registry: registry.into(),
+            username: user.into(),
+            password: "pw".into(),
+        }
+    }
+
+    #[test]
+    fn credentials_are_used_only_for_their_own_registry() {
+        let image = "127.0.0.1:5000/team/app:1";
+        let c = credential_for_image(&wire("127.0.0.1:5000", "alice"), image).unwrap();
+        assert_eq!(c.username(), "alice");
+        let e = credential_for_image(&wire("docker.io", "alice"), image).unwrap_err();
+        assert!(e.contains("are for registry docker.io"), "{e}");
+        assert!(credential_for_image(&wire("127.0.0.1:5000", ""), image).is_err());
+        assert!(credential_for_image(&wire("127.0.0.1:5000", "a:b"), image).is_err());
+        assert!(credential_for_image(&wire("docker.io", "bob"), "busybox").is_ok());
+        assert!(credential_for_image(&wire("docker.io", "bob"), "UPPER:case").is_err());
+    }
 }

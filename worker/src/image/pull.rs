@@ -856,8 +856,9 @@ pub async fn resolve(
     settings: &PullSettings,
     reference: &Reference,
     insecure: bool,
+    credential: Option<&Credential>,
 ) -> Result<String, PullError> {
-    let reg = Registry::new(reference.clone(), settings, insecure, None)?;
+    let reg = Registry::new(reference.clone(), settings, insecure, credential)?;
     let digest = reg
         .client
         .fetch_manifest_digest(reference, &reg.auth)

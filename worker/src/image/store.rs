@@ -323,17 +323,19 @@ impl ImageStore {
 
     /// The digest `reference`'s tag stands for in its registry now, as
     /// `repo:tag@sha256:…` (what `service create` pins, as Docker's CLI
-    /// does); a reference with a digest is returned as it is, normalized.
+    /// does), asked with `credential` when given (a private image); a
+    /// reference with a digest is returned as it is, normalized.
     pub async fn resolve_digest(
         &self,
         reference: &str,
         insecure: bool,
+        credential: Option<&super::Credential>,
     ) -> Result<String, ImageError> {
         let r = pull::parse(reference)?;
         if r.digest().is_some() {
             return Ok(r.whole());
         }
-        let digest = pull::resolve(&self.config.pull_settings(), &r, insecure).await?;
+        let digest = pull::resolve(&self.config.pull_settings(), &r, insecure, credential).await?;
         Ok(format!(
             "{}/{}:{}@{digest}",
             r.registry(),

@@ -325,7 +325,10 @@ async fn an_index_is_narrowed_to_this_platform() {
         max_bytes: 1 << 20,
     };
     let r = parse(&format!("{}/t/img:latest", reg.addr)).unwrap();
-    assert_eq!(resolve(&settings, &r, false).await.unwrap(), index_digest);
+    assert_eq!(
+        resolve(&settings, &r, false, None).await.unwrap(),
+        index_digest
+    );
 }
 
 #[tokio::test]
