@@ -138,6 +138,16 @@ pub trait Dataplane: Send + Sync {
         None
     }
 
+    /// A counter that moves whenever something [`apply`](Dataplane::apply)
+    /// observes may have changed in one of the node's namespaces (links,
+    /// addresses, routes, static neighbour and FDB entries, a task's
+    /// nftables ruleset), by anyone, the data plane's own writes included.
+    /// The worker re-runs `apply` when it moves; such a pass re-reads only
+    /// the namespaces that changed. `None`: this data plane does not watch.
+    fn observed_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+
     /// Removes every kernel object this data plane made (namespaces, links
     /// in the daemon's namespace, nftables tables), killing processes left
     /// in removed namespaces. The operator's chain

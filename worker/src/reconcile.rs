@@ -39,7 +39,9 @@ use weft_proto::v1 as pb;
 use crate::health::Health;
 use crate::runtime::{ContainerSpec, StopPolicy, TaskRuntime, TaskSpec, TaskState};
 
-/// How often the loop re-checks the kernel for drift without a change.
+/// How often the loop runs a pass without any wake-up. The data plane then
+/// re-reads only what its watchers flagged (and, now and then, a few
+/// namespaces as a safety net), so an idle pass reads next to nothing.
 pub const RECHECK: Duration = Duration::from_secs(5);
 
 /// A config field that does not parse.
@@ -314,6 +316,9 @@ impl Reconciler {
         // Someone else changing weft's nftables tables (a firewall reload,
         // `nft flush ruleset`) wakes the loop, which puts them back.
         let mut nft = self.dataplane.nft_changes();
+        // A link, address, route or rule changed in one of the node's
+        // namespaces: the pass re-reads just those.
+        let mut observed = self.dataplane.observed_changes();
         let mut current: Option<Arc<pb::NodeConfig>> = self.load();
         // The first pass after a restart runs on the saved config, before
         // any manager answers: how long it takes is how long the node's
@@ -363,6 +368,12 @@ impl Reconciler {
                         None => std::future::pending().await,
                     }
                 } => if r.is_err() { nft = None },
+                r = async {
+                    match observed.as_mut() {
+                        Some(rx) => rx.changed().await,
+                        None => std::future::pending().await,
+                    }
+                } => if r.is_err() { observed = None },
                 _ = tokio::time::sleep(RECHECK) => {},
             }
         }

@@ -89,6 +89,12 @@ pub struct LinuxDataplane {
     /// the first [`Dataplane::nft_changes`] call; its thread stops when
     /// the data plane is dropped.
     monitor: std::sync::Mutex<Option<NftMonitor>>,
+    /// What was read of each namespace, and its watcher.
+    cache: tokio::sync::Mutex<observe::ObsCache>,
+    /// Moves whenever a watched namespace changed ([`Dataplane::observed_changes`]).
+    changes: tokio::sync::watch::Sender<u64>,
+    /// Namespaces read so far ([`LinuxDataplane::namespace_reads`]).
+    reads: std::sync::atomic::AtomicU64,
 }
 
 impl LinuxDataplane {
@@ -107,6 +113,9 @@ impl LinuxDataplane {
             lock: tokio::sync::Mutex::new(()),
             wg: std::sync::Mutex::new(None),
             monitor: std::sync::Mutex::new(None),
+            cache: tokio::sync::Mutex::new(observe::ObsCache::default()),
+            changes: tokio::sync::watch::Sender::new(0),
+            reads: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -196,6 +205,20 @@ impl LinuxDataplane {
     /// must not collide with); far cheaper than a whole [`observe`](Self::observe).
     pub async fn host_routes(&self) -> LResult<Vec<HostRoute>> {
         routes_of(&Netlink::open(&self.host)?).await
+    }
+
+    /// How many times a namespace was read from the kernel so far (the
+    /// daemon's own, a network's or a task's): an idle node's passes read
+    /// none, a change re-reads the namespaces it touched.
+    pub fn namespace_reads(&self) -> u64 {
+        self.reads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The count of nftables transactions on weft's tables in the daemon's
+    /// namespace so far (the monitor starts on first use); `None` when it
+    /// cannot be watched (the tables are then read on every pass).
+    fn nft_generation(&self) -> Option<u64> {
+        self.nft_changes().map(|rx| *rx.borrow())
     }
 
     async fn execute(&self, ops: Vec<Op>) -> Result<ApplyReport> {
@@ -660,6 +683,8 @@ impl Dataplane for LinuxDataplane {
             tracing::debug!(ops = ops.len(), "applying data plane changes");
         }
         let ports_changed = ops.iter().any(|o| matches!(o, Op::ApplyPorts { .. }));
+        // Read back whatever the ops touch, failed or not.
+        self.forget_observed(&ops).await;
         let report = self.execute(ops).await;
         // A device adopted by this pass's CreateWg has its peers now (or
         // the pass failed, and holding its traffic longer helps nobody).
@@ -699,6 +724,10 @@ impl Dataplane for LinuxDataplane {
             }
         }
         m.as_ref().map(NftMonitor::subscribe)
+    }
+
+    fn observed_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.changes.subscribe())
     }
 
     fn wg_handshakes(&self) -> std::collections::BTreeMap<String, std::time::SystemTime> {

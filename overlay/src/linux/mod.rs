@@ -6,7 +6,8 @@
 //! batches applied inside a namespace ([`nft`]) including the tasks'
 //! service-VIP tables ([`lb`]), published ports and the operator's
 //! firewall chain ([`ports`]), a watcher of nftables changes
-//! ([`monitor`]), stale conntrack entries deleted over
+//! ([`monitor`]), watchers of each namespace's observed objects
+//! ([`nswatch`]), stale conntrack entries deleted over
 //! ctnetlink ([`conntrack`]), commands started inside namespaces
 //! ([`process`]), the fd store that keeps the resolver's sockets across
 //! daemon restarts ([`fdstore`]) and the underlay topology used by the tests and
@@ -25,6 +26,7 @@ pub mod monitor;
 pub mod netlink;
 pub mod netns;
 pub mod nft;
+pub mod nswatch;
 pub mod ports;
 pub mod process;
 pub mod topology;

@@ -152,3 +152,30 @@ pub fn ip_addrs(ns: &Path, link: &str) -> Vec<String> {
         .map(|a| format!("{}/{}", a["local"].as_str().unwrap(), a["prefixlen"]))
         .collect()
 }
+
+/// Runs `args` inside the namespace pinned at `ns`; panics with its stderr
+/// if it fails.
+pub fn nsenter(ns: &Path, args: &[&str]) {
+    let out = std::process::Command::new("nsenter")
+        .arg(format!("--net={}", ns.display()))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `dp.apply(d)`'s ops; panics if it failed.
+pub async fn apply(
+    dp: &weft_overlay::linux::LinuxDataplane,
+    d: &weft_overlay::DesiredNode,
+) -> Vec<weft_overlay::plan::Op> {
+    use weft_overlay::Dataplane;
+    match dp.apply(d).await {
+        Ok(r) => r.ops,
+        Err(e) => panic!("apply failed: {e}"),
+    }
+}

@@ -22,7 +22,8 @@ use weft_overlay::{
 };
 
 use crate::common::{
-    RunDir, bridge, has_flag, ip, ip_addrs, ip_link, ip_link_names, nft_ruleset, require_root,
+    RunDir, bridge, has_flag, ip, ip_addrs, ip_link, ip_link_names, nft_ruleset, nsenter,
+    require_root,
 };
 
 const PORT: u16 = 4799;
@@ -159,19 +160,6 @@ fn addrs(ns: &Path, link: &str) -> Vec<String> {
     let mut all = ip_addrs(ns, link);
     all.retain(|a| !a.starts_with("fe80:"));
     all
-}
-
-fn nsenter(ns: &Path, args: &[&str]) {
-    let out = Command::new("nsenter")
-        .arg(format!("--net={}", ns.display()))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Packets counted by the rule with `comment` in `ns`'s ruleset.

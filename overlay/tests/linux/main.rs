@@ -14,4 +14,5 @@ mod ports;
 mod process;
 mod services;
 mod topology;
+mod watch;
 mod wireguard;

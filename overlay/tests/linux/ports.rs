@@ -30,7 +30,7 @@ use weft_overlay::{
     RemoteEndpoint, TaskId, TaskNet,
 };
 
-use crate::common::{RunDir, ip_addrs, ip_link, nft_ruleset, require_root};
+use crate::common::{RunDir, apply, ip_addrs, ip_link, nft_ruleset, require_root};
 
 const TCP_PORT: u16 = 8080;
 const UDP_PORT: u16 = 5353;
@@ -231,13 +231,6 @@ fn user_rules(ns: &Path) -> Vec<Value> {
         .filter(|o| o["rule"]["table"] == "weft_user" && o["rule"]["chain"] == "weft-user")
         .map(|o| o["rule"]["expr"].clone())
         .collect()
-}
-
-async fn apply(dp: &LinuxDataplane, d: &DesiredNode) -> Vec<Op> {
-    match dp.apply(d).await {
-        Ok(r) => r.ops,
-        Err(e) => panic!("apply failed: {e}"),
-    }
 }
 
 /// Waits until the watcher's counter moves past `seen`; its new value.

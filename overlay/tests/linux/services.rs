@@ -28,7 +28,7 @@ use weft_overlay::{
     TaskId, TaskNet,
 };
 
-use crate::common::{RunDir, nft_ruleset, require_root};
+use crate::common::{RunDir, apply, nft_ruleset, require_root};
 
 const VIP: &str = "10.40.0.100";
 const DOWN_VIP: &str = "10.40.0.101";
@@ -377,13 +377,6 @@ fn nft_in(ns: &Path, cmd: &str) {
         .output()
         .unwrap();
     assert!(out.status.success(), "{cmd}: {out:?}");
-}
-
-async fn apply(dp: &LinuxDataplane, d: &DesiredNode) -> Vec<Op> {
-    match dp.apply(d).await {
-        Ok(r) => r.ops,
-        Err(e) => panic!("apply failed: {e}"),
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,6 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use weft_overlay::linux::{LinuxDataplane, Netns, Underlay};
@@ -21,7 +20,7 @@ use weft_overlay::{
     WgPeer,
 };
 
-use crate::common::{RunDir, has_flag, ip_addrs, ip_link, nft_ruleset, require_root};
+use crate::common::{RunDir, has_flag, ip_addrs, ip_link, nft_ruleset, nsenter, require_root};
 
 const VXLAN_PORT: u16 = 4789;
 const WG_PORT: u16 = 51820;
@@ -122,19 +121,6 @@ fn ops_of(r: weft_overlay::Result<weft_overlay::ApplyReport>) -> Vec<Op> {
         Ok(r) => r.ops,
         Err(e) => panic!("apply failed: {e}"),
     }
-}
-
-fn nsenter(ns: &Path, args: &[&str]) {
-    let out = Command::new("nsenter")
-        .arg(format!("--net={}", ns.display()))
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Packets counted by the rule with `comment` in `ns`'s ruleset.

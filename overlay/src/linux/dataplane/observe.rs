@@ -2,7 +2,9 @@
 //! daemon namespace's links of ours, its routes and nftables tables.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use ipnetwork::IpNetwork;
 
@@ -13,22 +15,25 @@ use crate::linux::lb::lb_of;
 use crate::linux::netlink::{Link, LinkKind, Netlink};
 use crate::linux::netns::Netns;
 use crate::linux::nft;
+use crate::linux::nswatch::{NsWatch, Watched};
 use crate::linux::ports::{ports_of, user_chain_of};
 use crate::model::names::{self, NFT_TABLE};
 use crate::model::{NetworkId, TaskId};
 use crate::plan::{
-    HostRoute, Observed, ObservedFdb, ObservedKind, ObservedLink, ObservedNeigh, ObservedNs,
-    ObservedRoute, ObservedVxlan, ObservedWg, ObservedWgPeer,
+    HostRoute, NsRef, Observed, ObservedFdb, ObservedKind, ObservedLink, ObservedNeigh, ObservedNs,
+    ObservedRoute, ObservedVxlan, ObservedWg, ObservedWgPeer, Op,
 };
 use nftables::types::NfFamily;
 
 impl LinuxDataplane {
-    /// Reads what exists in the kernel. Must run inside a tokio runtime.
+    /// Reads what exists in the kernel, re-reading only the namespaces
+    /// that changed since the last call (see [`ObsCache`]). Must run inside
+    /// a tokio runtime.
     pub async fn observe(&self) -> LResult<Observed> {
-        let host_nl = Netlink::open(&self.host)?;
-        let mut host = observe_ns(&host_nl, Some(names::WEFT_PREFIX), false).await?;
-        host.default_routes.clear();
-        let host_routes = routes_of(&host_nl).await?;
+        let mut cache = self.cache.lock().await;
+        let now = Instant::now();
+        let host = self.observe_host(&mut cache, now).await?;
+        let nft = host.nft.clone().unwrap_or_default();
         let ipv4_forwarding = self
             .host
             .run_in(|| std::fs::read_to_string(IP_FORWARD))?
@@ -38,19 +43,6 @@ impl LinuxDataplane {
                 path: IP_FORWARD.into(),
                 source,
             })?;
-        let (nat, guard, ports, user_chain) =
-            match nft::list_tables_async(&self.host, HOST_TABLES).await {
-                Ok(rs) => (
-                    nat_of(&rs),
-                    guard_of(&rs),
-                    ports_of(&rs),
-                    user_chain_of(&rs),
-                ),
-                // Without nft there are no tables to see; a desired gateway
-                // then fails at ApplyNat with the install hint.
-                Err(LinuxError::NftMissing) => (None, None, None, false),
-                Err(e) => return Err(e),
-            };
         let wg = self.wg_state().map(|st| ObservedWg {
             public_key: st.public_key,
             listen_port: st.listen_port,
@@ -70,35 +62,58 @@ impl LinuxDataplane {
                 .collect(),
         });
         let mut obs = Observed {
-            host,
-            host_routes,
+            host: host.links.as_ref().map(|l| l.0.clone()).unwrap_or_default(),
+            host_routes: host.links.as_ref().map(|l| l.1.clone()).unwrap_or_default(),
             ipv4_forwarding,
-            nat,
+            nat: nft.nat,
             networks: BTreeMap::new(),
             tasks: BTreeMap::new(),
             dns: BTreeSet::new(),
             wg,
             wg_key: None,
-            guard,
-            ports,
-            user_chain,
+            guard: nft.guard,
+            ports: nft.ports,
+            user_chain: nft.user_chain,
         };
         let mut task_inodes = BTreeMap::new();
-        for (name, path) in self.pins()? {
-            let ns = Netns::open(&path)?;
-            let nl = Netlink::open(&ns)?;
-            if let Some(id) = name.strip_prefix(names::NET_NS_PREFIX) {
-                obs.networks
-                    .insert(NetworkId::from(id), observe_ns(&nl, None, true).await?);
-            } else if let Some(id) = name.strip_prefix(names::TASK_NS_PREFIX) {
-                let mut o = observe_ns(&nl, None, false).await?;
-                o.lb = match nft::list_ruleset_async(&ns).await {
-                    Ok(rs) => lb_of(&rs),
-                    Err(LinuxError::NftMissing) => None,
-                    Err(e) => return Err(e),
+        let pins = self.pins()?;
+        cache
+            .pins
+            .retain(|name, _| pins.iter().any(|(n, _)| n == name));
+        let mut rechecks = RECHECKS_PER_PASS;
+        let mut scratch = vec![0u8; 64 * 1024];
+        for (name, path) in pins {
+            let Ok(inode) = std::fs::metadata(&path).map(|m| m.ino()) else {
+                // Unpinned since it was listed.
+                continue;
+            };
+            let entry = cache.pins.entry(name.clone()).or_default();
+            if entry.inode != inode {
+                *entry = PinEntry {
+                    inode,
+                    ..PinEntry::default()
                 };
+            }
+            let dirty = entry
+                .watch
+                .as_ref()
+                .is_none_or(|w| w.take_dirty(&mut scratch));
+            let due = entry.recheck_at.is_none_or(|t| t <= now) && rechecks > 0;
+            if entry.obs.is_none() || dirty || due {
+                if due && entry.obs.is_some() && !dirty {
+                    rechecks -= 1;
+                }
+                entry.obs = None;
+                let read = self.observe_pin(&name, &path, entry).await?;
+                entry.obs = Some(read);
+                entry.recheck_at = Some(now + recheck_after());
+            }
+            let o = entry.obs.clone().unwrap_or_default();
+            if let Some(id) = name.strip_prefix(names::NET_NS_PREFIX) {
+                obs.networks.insert(NetworkId::from(id), o);
+            } else if let Some(id) = name.strip_prefix(names::TASK_NS_PREFIX) {
                 let id = TaskId::from(id);
-                task_inodes.insert(id.clone(), ns.inode());
+                task_inodes.insert(id.clone(), inode);
                 obs.tasks.insert(id, o);
             }
         }
@@ -107,6 +122,128 @@ impl LinuxDataplane {
         // an old namespace alive.
         obs.dns = self.dns.reap(&task_inodes);
         Ok(obs)
+    }
+
+    /// The daemon namespace's part, from the cache unless it changed.
+    async fn observe_host<'c>(
+        &self,
+        cache: &'c mut ObsCache,
+        now: Instant,
+    ) -> LResult<&'c HostEntry> {
+        let generation = self.nft_generation();
+        let entry = cache.host.get_or_insert_with(HostEntry::default);
+        if entry.watch.is_none() {
+            entry.watch = self.start_watch(&self.host, Watched::Host);
+            entry.links = None;
+        }
+        let mut scratch = vec![0u8; 64 * 1024];
+        let dirty = entry
+            .watch
+            .as_ref()
+            .is_none_or(|w| w.take_dirty(&mut scratch));
+        let due = entry.recheck_at.is_none_or(|t| t <= now);
+        if entry.links.is_none() || dirty || due {
+            entry.links = None;
+            self.reads
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let nl = Netlink::open(&self.host)?;
+            let mut ns = observe_ns(&nl, Some(names::WEFT_PREFIX), false).await?;
+            ns.default_routes.clear();
+            let routes = routes_of(&nl).await?;
+            entry.links = Some((ns, routes));
+            entry.recheck_at = Some(now + recheck_after());
+            // The tables are read again with the links.
+            entry.nft = None;
+        }
+        if entry.nft.is_none() || generation.is_none() || entry.nft_generation != generation {
+            entry.nft = None;
+            entry.nft = Some(self.observe_host_nft().await?);
+            entry.nft_generation = generation;
+        }
+        Ok(entry)
+    }
+
+    /// weft's nftables tables in the daemon's namespace.
+    async fn observe_host_nft(&self) -> LResult<HostNft> {
+        match nft::list_tables_async(&self.host, HOST_TABLES).await {
+            Ok(rs) => Ok(HostNft {
+                nat: nat_of(&rs),
+                guard: guard_of(&rs),
+                ports: ports_of(&rs),
+                user_chain: user_chain_of(&rs),
+            }),
+            // Without nft there are no tables to see; a desired gateway
+            // then fails at ApplyNat with the install hint.
+            Err(LinuxError::NftMissing) => Ok(HostNft::default()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads one pinned namespace, starting its watcher first (so a change
+    /// made while it is read is noticed at the next pass).
+    async fn observe_pin(
+        &self,
+        name: &str,
+        path: &Path,
+        entry: &mut PinEntry,
+    ) -> LResult<ObservedNs> {
+        self.reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let ns = Netns::open(path)?;
+        let task = name.starts_with(names::TASK_NS_PREFIX);
+        if entry.watch.is_none() {
+            let what = if task {
+                Watched::Task
+            } else {
+                Watched::Network
+            };
+            entry.watch = self.start_watch(&ns, what);
+        }
+        let nl = Netlink::open(&ns)?;
+        if !task {
+            return observe_ns(&nl, None, true).await;
+        }
+        let mut o = observe_ns(&nl, None, false).await?;
+        o.lb = match nft::list_ruleset_async(&ns).await {
+            Ok(rs) => lb_of(&rs),
+            Err(LinuxError::NftMissing) => None,
+            Err(e) => return Err(e),
+        };
+        Ok(o)
+    }
+
+    fn start_watch(&self, ns: &Netns, what: Watched) -> Option<NsWatch> {
+        match NsWatch::start(ns, what, self.changes.clone()) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                tracing::warn!(error = %e, ns = %ns.label(), "cannot watch a namespace; it is re-read on every pass");
+                None
+            }
+        }
+    }
+
+    /// Forgets what was read of the namespaces `ops` change, so the next
+    /// pass reads them again whatever the watchers say (what the kernel
+    /// made of an op, an index or a MAC, is read back rather than guessed).
+    pub(super) async fn forget_observed(&self, ops: &[Op]) {
+        let mut cache = self.cache.lock().await;
+        for op in ops {
+            for ns in op_namespaces(op) {
+                let pin = match ns {
+                    NsRef::Host => {
+                        if let Some(h) = &mut cache.host {
+                            h.links = None;
+                        }
+                        continue;
+                    }
+                    NsRef::Network(n) => names::network_ns(&n),
+                    NsRef::Task(t) => names::task_ns(&t),
+                };
+                if let Some(e) = cache.pins.get_mut(&pin) {
+                    e.obs = None;
+                }
+            }
+        }
     }
 
     /// The (file name, path) of every namespace pinned under the netns
@@ -265,4 +402,104 @@ pub(super) fn nat_of(rs: &nftables::schema::Nftables<'_>) -> Option<BTreeSet<Str
     nft::table_comments(rs, NFT_TABLE, |f| {
         matches!(f, NfFamily::INet | NfFamily::Bridge)
     })
+}
+
+/// How many namespaces one pass re-reads for the slow safety-net check
+/// (beyond those the watchers flagged), so that check never makes a spike.
+const RECHECKS_PER_PASS: usize = 4;
+/// How long what was read of a namespace is trusted without a change
+/// notice: a missed notification (none is known) or a change no
+/// notification covers (a learnt entry replacing one of ours) is repaired
+/// within this much, plus up to a minute of jitter.
+const RECHECK: Duration = Duration::from_secs(300);
+
+fn recheck_after() -> Duration {
+    RECHECK + Duration::from_millis(rand::random::<u64>() % 60_000)
+}
+
+/// What the last passes read, per namespace, with the watchers that tell
+/// when to read it again ([`NsWatch`]). An idle node reads nothing but its
+/// pin directory, the WireGuard device and ip_forward; a change re-reads
+/// only the namespaces it touched.
+#[derive(Debug, Default)]
+pub(in crate::linux) struct ObsCache {
+    host: Option<HostEntry>,
+    /// By pin file name.
+    pins: BTreeMap<String, PinEntry>,
+}
+
+/// The daemon namespace's part of [`Observed`].
+#[derive(Debug, Default)]
+struct HostEntry {
+    watch: Option<NsWatch>,
+    /// Its links of ours and its main-table routes; `None`: read again.
+    links: Option<(ObservedNs, Vec<HostRoute>)>,
+    recheck_at: Option<Instant>,
+    /// weft's tables; `None`: read again.
+    nft: Option<HostNft>,
+    /// The nftables monitor's count when they were read (`None`: no
+    /// monitor, read on every pass).
+    nft_generation: Option<u64>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct HostNft {
+    nat: Option<BTreeSet<String>>,
+    guard: Option<crate::plan::ObservedGuard>,
+    ports: Option<BTreeSet<String>>,
+    user_chain: bool,
+}
+
+/// One pinned namespace.
+#[derive(Debug, Default)]
+struct PinEntry {
+    /// The namespace's inode: a pin replaced by another namespace is a new entry.
+    inode: u64,
+    watch: Option<NsWatch>,
+    /// `None`: read again.
+    obs: Option<ObservedNs>,
+    recheck_at: Option<Instant>,
+}
+
+/// The namespaces whose objects `op` makes, changes or removes.
+fn op_namespaces(op: &Op) -> Vec<NsRef> {
+    let net = |n: &NetworkId| NsRef::Network(n.clone());
+    let task = |t: &TaskId| NsRef::Task(t.clone());
+    match op {
+        Op::CreateNetns { ns }
+        | Op::DeleteNetns { ns }
+        | Op::CreateBridge { ns, .. }
+        | Op::DeleteLink { ns, .. }
+        | Op::SetMtu { ns, .. }
+        | Op::SetMac { ns, .. }
+        | Op::SetMaster { ns, .. }
+        | Op::SetUp { ns, .. }
+        | Op::AddAddress { ns, .. }
+        | Op::DeleteAddress { ns, .. }
+        | Op::ReplaceDefaultRoute { ns, .. }
+        | Op::DeleteRoute { ns, .. } => vec![ns.clone()],
+        Op::CreateVeth { ns, peer_ns, .. } => vec![ns.clone(), peer_ns.clone()],
+        // Made in the daemon's namespace, then moved.
+        Op::CreateVxlan { network, .. } => vec![NsRef::Host, net(network)],
+        Op::ReplaceFdb { network, .. }
+        | Op::DeleteFdb { network, .. }
+        | Op::ReplaceNeigh { network, .. }
+        | Op::DeleteNeigh { network, .. } => vec![net(network)],
+        Op::ApplyLb { task: t, .. } | Op::DeleteLb { task: t, .. } => vec![task(t)],
+        Op::EnableIpv4Forwarding
+        | Op::ApplyNat { .. }
+        | Op::DeleteNat
+        | Op::CreateWg { .. }
+        | Op::DeleteWg
+        | Op::ApplyGuard { .. }
+        | Op::DeleteGuard
+        | Op::ApplyPorts { .. }
+        | Op::DeletePorts
+        | Op::EnsureUserChain => vec![NsRef::Host],
+        // Read live on every pass.
+        Op::StartDns { .. }
+        | Op::SetWgKey { .. }
+        | Op::RemoveWgPeer { .. }
+        | Op::AddWgPeer { .. } => Vec::new(),
+    }
 }
