@@ -132,13 +132,14 @@ impl NsWatch {
         })
     }
 
-    /// Whether the namespace may have changed since the last call: reads
+    /// What in the namespace may have changed since the last call: reads
     /// every message queued so far (so a change made before this call is
-    /// never missed, whatever the wake-up tasks have done yet). Always true
+    /// never missed, whatever the wake-up tasks have done yet). Everything,
     /// once a socket failed. `scratch` is a receive buffer (64 KiB will do).
-    pub fn take_dirty(&self, scratch: &mut [u8]) -> bool {
-        let mut hit = false;
-        for (fd, relevant) in &self.sockets {
+    pub fn take_dirty(&self, scratch: &mut [u8]) -> Dirty {
+        let mut out = Dirty::default();
+        for (i, (fd, relevant)) in self.sockets.iter().enumerate() {
+            let mut hit = false;
             loop {
                 match fd.get_ref().recv(&mut &mut scratch[..], 0) {
                     Ok(0) => break,
@@ -155,8 +156,17 @@ impl NsWatch {
                     }
                 }
             }
+            // The rtnetlink socket comes first, the nftables one second.
+            if i == 0 {
+                out.links = hit;
+            } else {
+                out.nft = hit;
+            }
         }
-        hit || self.broken.load(Ordering::SeqCst)
+        if self.broken.load(Ordering::SeqCst) {
+            return Dirty::ALL;
+        }
+        out
     }
 }
 
@@ -169,6 +179,23 @@ impl Drop for NsWatch {
 }
 
 type Filter = fn(&[u8]) -> bool;
+
+/// What [`NsWatch::take_dirty`] found changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Dirty {
+    /// Links, addresses, routes, neighbour or FDB entries.
+    pub links: bool,
+    /// The nftables ruleset (task namespaces only).
+    pub nft: bool,
+}
+
+impl Dirty {
+    /// Everything: what a namespace without a working watcher is.
+    pub const ALL: Dirty = Dirty {
+        links: true,
+        nft: true,
+    };
+}
 
 /// A non-blocking netlink socket of `family` in `ns`, joined to `groups`.
 fn subscribe(ns: &Netns, family: isize, groups: &[u32]) -> Result<Socket> {

@@ -15,7 +15,7 @@ use crate::linux::lb::lb_of;
 use crate::linux::netlink::{Link, LinkKind, Netlink};
 use crate::linux::netns::Netns;
 use crate::linux::nft;
-use crate::linux::nswatch::{NsWatch, Watched};
+use crate::linux::nswatch::{Dirty, NsWatch, Watched};
 use crate::linux::ports::{ports_of, user_chain_of};
 use crate::model::names::{self, NFT_TABLE};
 use crate::model::{NetworkId, TaskId};
@@ -97,16 +97,27 @@ impl LinuxDataplane {
             let dirty = entry
                 .watch
                 .as_ref()
-                .is_none_or(|w| w.take_dirty(&mut scratch));
+                .map_or(Dirty::ALL, |w| w.take_dirty(&mut scratch));
             let due = entry.recheck_at.is_none_or(|t| t <= now) && rechecks > 0;
-            if entry.obs.is_none() || dirty || due {
-                if due && entry.obs.is_some() && !dirty {
+            let links = entry.obs.is_none() || dirty.links || due;
+            // The safety net re-reads links only: a task's ruleset is read
+            // again when its nftables notifications say so (they carry
+            // every change, as the daemon's own monitor relies on), which
+            // spares a process per namespace per re-check.
+            let task = name.starts_with(names::TASK_NS_PREFIX);
+            let nft = task && (entry.obs.is_none() || dirty.nft);
+            if links || nft {
+                if due && entry.obs.is_some() && !dirty.links {
                     rechecks -= 1;
                 }
-                entry.obs = None;
-                let read = self.observe_pin(&name, &path, entry).await?;
+                let old = entry.obs.take();
+                let read = self
+                    .observe_pin(&path, task, entry, old, links, nft)
+                    .await?;
                 entry.obs = Some(read);
-                entry.recheck_at = Some(now + recheck_after());
+                if links {
+                    entry.recheck_at = Some(now + recheck_after());
+                }
             }
             let o = entry.obs.clone().unwrap_or_default();
             if let Some(id) = name.strip_prefix(names::NET_NS_PREFIX) {
@@ -140,7 +151,7 @@ impl LinuxDataplane {
         let dirty = entry
             .watch
             .as_ref()
-            .is_none_or(|w| w.take_dirty(&mut scratch));
+            .is_none_or(|w| w.take_dirty(&mut scratch).links);
         let due = entry.recheck_at.is_none_or(|t| t <= now);
         if entry.links.is_none() || dirty || due {
             entry.links = None;
@@ -179,18 +190,21 @@ impl LinuxDataplane {
         }
     }
 
-    /// Reads one pinned namespace, starting its watcher first (so a change
-    /// made while it is read is noticed at the next pass).
+    /// Reads one pinned namespace (its links if `links`, a task's ruleset
+    /// if `nft`, the rest from `old`), starting its watcher first (so a
+    /// change made while it is read is noticed at the next pass).
     async fn observe_pin(
         &self,
-        name: &str,
         path: &Path,
+        task: bool,
         entry: &mut PinEntry,
+        old: Option<ObservedNs>,
+        links: bool,
+        nft: bool,
     ) -> LResult<ObservedNs> {
         self.reads
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let ns = Netns::open(path)?;
-        let task = name.starts_with(names::TASK_NS_PREFIX);
         if entry.watch.is_none() {
             let what = if task {
                 Watched::Task
@@ -199,16 +213,22 @@ impl LinuxDataplane {
             };
             entry.watch = self.start_watch(&ns, what);
         }
-        let nl = Netlink::open(&ns)?;
-        if !task {
-            return observe_ns(&nl, None, true).await;
-        }
-        let mut o = observe_ns(&nl, None, false).await?;
-        o.lb = match nft::list_ruleset_async(&ns).await {
-            Ok(rs) => lb_of(&rs),
-            Err(LinuxError::NftMissing) => None,
-            Err(e) => return Err(e),
+        let kept_lb = old.as_ref().and_then(|o| o.lb.clone());
+        let mut o = match old {
+            Some(old) if !links => old,
+            _ => {
+                let mut o = observe_ns(&Netlink::open(&ns)?, None, !task).await?;
+                o.lb = kept_lb;
+                o
+            }
         };
+        if nft {
+            o.lb = match nft::list_ruleset_async(&ns).await {
+                Ok(rs) => lb_of(&rs),
+                Err(LinuxError::NftMissing) => None,
+                Err(e) => return Err(e),
+            };
+        }
         Ok(o)
     }
 
