@@ -85,6 +85,10 @@ async fn control_calls(ch: Channel, set: Set) -> Vec<Outcome> {
     call!(out, c.list_tasks(pb::ListTasksRequest::default()));
     call!(out, c.list_services(pb::ListServicesRequest::default()));
     call!(out, c.get_join_tokens(pb::GetJoinTokensRequest::default()));
+    call!(
+        out,
+        c.list_cluster_images(pb::ListClusterImagesRequest::default())
+    );
     if set == Set::Reads {
         return out;
     }
