@@ -1348,3 +1348,43 @@ fn image_ls_all_nodes_lists_every_nodes_images() {
     assert!(!ok);
     assert!(err.contains("w2: node "), "{err}");
 }
+
+/// `image ls --all-nodes` on a follower manager (it asks the leader), and
+/// after the leader is killed: the new leader rebuilds the lists as the
+/// nodes reconnect, and the dead leader is a line saying so.
+#[test]
+fn image_ls_all_nodes_on_a_follower_and_after_a_leader_change() {
+    let images = busybox();
+    let hosts = ["m1", "m2", "m3"];
+    let mut rig = PullRig::new("ls-lead", &hosts);
+    let lab = &rig.lab;
+    let (_, mt) = lab.init("m1", &["--heartbeat-period", "500ms"]);
+    lab.join("m2", &mt, "m1");
+    lab.join("m3", &mt, "m1");
+    common::wait_voters(lab, "m1", &hosts);
+    lab.weft(
+        "m2",
+        &["image", "load", "-i", images.docker.to_str().unwrap()],
+    );
+    let on_m2 = vec![row(&["m2", "weft-test/busybox", "latest"])];
+    // m3 is a follower: its answer is the leader's.
+    common::wait_for("m2's image, asked on m3", Duration::from_secs(30), || {
+        ls_all_nodes(lab, "m3", &[]) == (true, on_m2.clone(), String::new())
+    });
+
+    rig.lab.kill9("m1");
+    let lab = &rig.lab;
+    common::wait_for(
+        "a new leader with m2's list again, m1 a line",
+        Duration::from_secs(60),
+        || {
+            let (ok, table, _) = ls_all_nodes(lab, "m3", &[]);
+            !ok && table.len() == 2
+                && table[0][0] == "m1"
+                && table[0][1].starts_with("(node ")
+                && table[1] == on_m2[0]
+        },
+    );
+    let (_, _, err) = ls_all_nodes(lab, "m2", &[]);
+    assert!(err.contains("1 of 3 nodes did not report"), "{err}");
+}
