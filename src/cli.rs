@@ -113,7 +113,7 @@ pub enum Command {
     #[command(subcommand)]
     Service(ServiceCommand),
     /// Manage the images on this node (in its containerd), or load one on
-    /// every node (`image load --all-nodes`).
+    /// every node and list every node's (`image load|ls --all-nodes`).
     #[command(subcommand)]
     Image(crate::image_cmd::ImageCommand),
     /// Manage this node's volumes (Docker's local volumes: directories

@@ -330,6 +330,9 @@ struct Active {
     /// Loads the archives of `image load --all-nodes` (stopped with the
     /// reconciler, by `reconcile_stop`).
     fetcher: tokio::task::JoinHandle<()>,
+    /// Keeps the node's image inventory for the agent's reports (stopped
+    /// with the reconciler, by `reconcile_stop`).
+    inventory: tokio::task::JoinHandle<()>,
 }
 
 impl Active {
@@ -346,6 +349,7 @@ impl Active {
         let _ = self.reconcile_stop.send(true);
         let _ = self.reconciler.await;
         let _ = self.fetcher.await;
+        let _ = self.inventory.await;
         self.agent.stop().await;
         self.manager
     }
@@ -453,6 +457,11 @@ impl NodeService {
             }
             .run(agent.config(), stop_rx.clone()),
         );
+        let inventory = tokio::spawn(weft_worker::image_inventory::run(
+            self.images.clone(),
+            agent.images_handle(),
+            stop_rx.clone(),
+        ));
         let reporter = agent.report_handle();
         let reconciler = tokio::spawn(
             Reconciler {
@@ -481,6 +490,7 @@ impl NodeService {
             reconcile_stop,
             reconciler,
             fetcher,
+            inventory,
         }
     }
 

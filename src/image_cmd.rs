@@ -77,15 +77,28 @@ pub enum ImageCommand {
         #[arg(value_name = "REF")]
         image: String,
     },
-    /// List the images on this node.
+    /// List the images on this node, or on every node of the cluster.
+    ///
+    /// With --all-nodes (run it on a manager node, or with -H tcp:// and a
+    /// manager's certificate), one table for the whole cluster, a NODE
+    /// column first: the images each node last reported to the leader.
+    /// Nodes report their images with their status, within seconds of a
+    /// change (also one made outside weft, with `ctr`). A node that is
+    /// down, has no session with the leader or has not reported yet (just
+    /// after a new leader took over: until the node reconnects) gets one
+    /// line saying so and when it last reported (on stderr with -q), and
+    /// the command then fails: exit status 0 means every node answered.
     #[command(alias = "list")]
     Ls {
-        /// Only print image IDs.
+        /// Only print image IDs (with --all-nodes: each ID once).
         #[arg(short, long)]
         quiet: bool,
         /// Show full image IDs.
         #[arg(long)]
         no_trunc: bool,
+        /// List the images of every node of the cluster.
+        #[arg(long)]
+        all_nodes: bool,
     },
     /// Show images in detail (JSON, in the shape of `docker image inspect`).
     Inspect {
@@ -110,8 +123,20 @@ pub enum ImageCommand {
     },
 }
 
-/// Runs an image command against the local daemon.
+/// Runs an image command against the local daemon; `image ls
+/// --all-nodes`, a read of the control API, also against a manager's TCP
+/// port.
 pub async fn run(c: &Client, cmd: ImageCommand) -> anyhow::Result<()> {
+    match &cmd {
+        ImageCommand::Ls {
+            all_nodes: true, ..
+        } => {}
+        ImageCommand::Ls { .. } if c.require_local("image ls").is_err() => bail!(
+            "`weft image ls` lists this node's images through its local daemon; over -H tcp:// \
+             (a manager's control API) use `weft image ls --all-nodes`"
+        ),
+        _ => c.require_local("image")?,
+    }
     match cmd {
         ImageCommand::Load {
             input,
@@ -130,7 +155,16 @@ pub async fn run(c: &Client, cmd: ImageCommand) -> anyhow::Result<()> {
             quiet,
             image,
         } => pull(c, image, insecure, quiet).await,
-        ImageCommand::Ls { quiet, no_trunc } => ls(c, quiet, no_trunc).await,
+        ImageCommand::Ls {
+            quiet,
+            no_trunc,
+            all_nodes: false,
+        } => ls(c, quiet, no_trunc).await,
+        ImageCommand::Ls {
+            quiet,
+            no_trunc,
+            all_nodes: true,
+        } => ls_all_nodes(c, quiet, no_trunc).await,
         ImageCommand::Inspect { images } => inspect(c, images).await,
         ImageCommand::Rm { force, images } => rm(c, force, images).await,
     }
@@ -374,60 +408,214 @@ async fn ls(c: &Client, quiet: bool, no_trunc: bool) -> anyhow::Result<()> {
         .map_err(rpc)?
         .into_inner()
         .images;
-    let id = |i: &pb::ImageSummary| {
-        if no_trunc {
-            i.id.clone()
-        } else {
-            short_id(&i.id)
-        }
-    };
+    let id = |i: &pb::ImageSummary| image_id(i, no_trunc);
     if quiet {
-        let mut seen = Vec::new();
-        for i in &images {
-            let id = id(i);
-            if !seen.contains(&id) {
-                println!("{id}");
-                seen.push(id);
-            }
+        for id in unique(images.iter().map(id)) {
+            println!("{id}");
         }
         return Ok(());
     }
     let now = time::OffsetDateTime::now_utc();
-    let rows: Vec<[String; 5]> = images
+    let rows: Vec<Row> = images
         .iter()
-        .map(|i| {
-            [
-                i.repository.clone(),
-                i.tag.clone(),
-                id(i),
-                created(&i.created, now),
-                human_size(i.size),
-            ]
-        })
+        .map(|i| Row::Cells(image_cells(i, no_trunc, now).to_vec()))
         .collect();
-    let header = ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"];
-    let mut widths = header.map(str::len);
-    for r in &rows {
-        for (w, cell) in widths.iter_mut().zip(r) {
-            *w = (*w).max(cell.chars().count());
+    for line in table(&IMAGE_HEADER, &rows) {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// `docker image ls`'s columns.
+const IMAGE_HEADER: [&str; 5] = ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"];
+
+/// An image's ID as `image ls` shows it.
+fn image_id(i: &pb::ImageSummary, no_trunc: bool) -> String {
+    if no_trunc {
+        i.id.clone()
+    } else {
+        short_id(&i.id)
+    }
+}
+
+/// An image's cells under [`IMAGE_HEADER`].
+fn image_cells(i: &pb::ImageSummary, no_trunc: bool, now: time::OffsetDateTime) -> [String; 5] {
+    [
+        i.repository.clone(),
+        i.tag.clone(),
+        image_id(i, no_trunc),
+        created(&i.created, now),
+        human_size(i.size),
+    ]
+}
+
+/// Each item once, in the order first seen.
+fn unique(items: impl Iterator<Item = String>) -> Vec<String> {
+    let mut seen = Vec::new();
+    for i in items {
+        if !seen.contains(&i) {
+            seen.push(i);
         }
     }
-    let line = |cells: [&str; 5]| {
+    seen
+}
+
+/// One line of a table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Row {
+    /// A cell per column.
+    Cells(Vec<String>),
+    /// The first column's cell, then a note in place of the others.
+    Note(String, String),
+}
+
+/// Docker's table layout: columns three spaces apart, the last unpadded.
+fn table(header: &[&str], rows: &[Row]) -> Vec<String> {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for r in rows {
+        match r {
+            Row::Cells(cells) => {
+                for (w, cell) in widths.iter_mut().zip(cells) {
+                    *w = (*w).max(cell.chars().count());
+                }
+            }
+            Row::Note(first, _) => widths[0] = widths[0].max(first.chars().count()),
+        }
+    }
+    let line = |cells: &[&str]| {
         let mut out = String::new();
         for (i, cell) in cells.iter().enumerate() {
-            if i == 4 {
+            if i + 1 == cells.len() {
                 out.push_str(cell);
             } else {
                 out.push_str(&format!("{cell:<w$}   ", w = widths[i]));
             }
         }
-        println!("{out}");
+        out
     };
-    line(header);
-    for r in &rows {
-        line([&r[0], &r[1], &r[2], &r[3], &r[4]]);
+    let mut out = vec![line(header)];
+    for r in rows {
+        out.push(match r {
+            Row::Cells(cells) => line(&cells.iter().map(String::as_str).collect::<Vec<_>>()),
+            Row::Note(first, note) => line(&[first, note]),
+        });
+    }
+    out
+}
+
+/// `image ls --all-nodes`: through the manager's `Control.ListClusterImages`.
+async fn ls_all_nodes(c: &Client, quiet: bool, no_trunc: bool) -> anyhow::Result<()> {
+    let nodes = c
+        .control()
+        .list_cluster_images(pb::ListClusterImagesRequest {})
+        .await
+        .map_err(rpc)?
+        .into_inner()
+        .nodes;
+    let out = cluster_listing(&nodes, quiet, no_trunc, time::OffsetDateTime::now_utc());
+    for line in &out.stdout {
+        println!("{line}");
+    }
+    for line in &out.stderr {
+        eprintln!("{line}");
+    }
+    if out.missing > 0 {
+        bail!(
+            "{} of {} nodes did not report their images (see above)",
+            out.missing,
+            nodes.len()
+        );
     }
     Ok(())
+}
+
+/// What `image ls --all-nodes` prints, and how many nodes have no
+/// current list.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct ClusterListing {
+    stdout: Vec<String>,
+    stderr: Vec<String>,
+    missing: usize,
+}
+
+/// How a node is named in the NODE column: its hostname, as `node ls`
+/// shows it, or its ID when it has none or shares it with another node.
+fn node_names(nodes: &[pb::NodeImages]) -> Vec<String> {
+    nodes
+        .iter()
+        .map(|n| {
+            let shared = nodes.iter().filter(|o| o.hostname == n.hostname).count() > 1;
+            if n.hostname.is_empty() || shared {
+                n.node_id.clone()
+            } else {
+                n.hostname.clone()
+            }
+        })
+        .collect()
+}
+
+/// Why node `n` has no rows (none: it answered), as a note.
+fn node_note(n: &pb::NodeImages, now: time::OffsetDateTime) -> Option<String> {
+    let last = || {
+        if n.reported_ms == 0 {
+            "no report".to_owned()
+        } else {
+            let now_ms = (now.unix_timestamp_nanos() / 1_000_000) as i64;
+            let secs = (now_ms - n.reported_ms as i64).max(0) / 1000;
+            format!("last report {} ago", human_duration(secs))
+        }
+    };
+    if !n.unavailable.is_empty() {
+        Some(format!("{}; {}", n.unavailable, last()))
+    } else if !n.error.is_empty() {
+        Some(format!("node cannot list its images: {}", n.error))
+    } else {
+        None
+    }
+}
+
+/// The table (or the IDs, `quiet`) of every node's images; the nodes
+/// without a current list are a note in the table (on stderr with
+/// `quiet`) and counted in `missing`.
+fn cluster_listing(
+    nodes: &[pb::NodeImages],
+    quiet: bool,
+    no_trunc: bool,
+    now: time::OffsetDateTime,
+) -> ClusterListing {
+    let mut out = ClusterListing::default();
+    let mut rows = Vec::new();
+    let mut ids = Vec::new();
+    for (n, name) in nodes.iter().zip(node_names(nodes)) {
+        if let Some(note) = node_note(n, now) {
+            out.missing += 1;
+            if quiet {
+                out.stderr.push(format!("{name}: {note}"));
+            } else {
+                rows.push(Row::Note(name.clone(), format!("({note})")));
+            }
+            continue;
+        }
+        if n.truncated {
+            out.stderr.push(format!(
+                "{name}: the node has more images than it reported; only these are listed"
+            ));
+        }
+        for i in &n.images {
+            ids.push(image_id(i, no_trunc));
+            let mut cells = vec![name.clone()];
+            cells.extend(image_cells(i, no_trunc, now));
+            rows.push(Row::Cells(cells));
+        }
+    }
+    out.stdout = if quiet {
+        unique(ids.into_iter())
+    } else {
+        let mut header = vec!["NODE"];
+        header.extend(IMAGE_HEADER);
+        table(&header, &rows)
+    };
+    out
 }
 
 async fn inspect(c: &Client, images: Vec<String>) -> anyhow::Result<()> {
@@ -555,5 +743,113 @@ mod tests {
         assert_eq!(human_duration(15 * 86400), "2 weeks");
         assert_eq!(short_id("sha256:0123456789abcdef"), "0123456789ab");
         assert_eq!(created("garbage", time::OffsetDateTime::now_utc()), "N/A");
+    }
+
+    fn summary(repo: &str, id: char) -> pb::ImageSummary {
+        pb::ImageSummary {
+            name: format!("docker.io/library/{repo}:latest"),
+            repository: repo.into(),
+            tag: "latest".into(),
+            id: format!("sha256:{}", id.to_string().repeat(64)),
+            digest: String::new(),
+            created: String::new(),
+            size: 4_260_000,
+        }
+    }
+
+    fn node(host: &str, images: Vec<pb::ImageSummary>) -> pb::NodeImages {
+        pb::NodeImages {
+            node_id: format!("id-{host}"),
+            hostname: host.into(),
+            reported_ms: 1_000_000,
+            images,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn cluster_listing_has_a_node_column_and_says_who_did_not_answer() {
+        let now = time::OffsetDateTime::from_unix_timestamp(1_090).unwrap();
+        let nodes = vec![
+            node("m1", vec![summary("busybox", 'a'), summary("alpine", 'b')]),
+            pb::NodeImages {
+                unavailable: "node is down".into(),
+                ..node("w1", vec![])
+            },
+            node("w2", vec![summary("busybox", 'a')]),
+            pb::NodeImages {
+                reported_ms: 0,
+                unavailable: "node has not reported since this leader took over".into(),
+                ..node("w3", vec![])
+            },
+        ];
+        let out = cluster_listing(&nodes, false, false, now);
+        assert_eq!(
+            out.stdout,
+            vec![
+                "NODE   REPOSITORY   TAG      IMAGE ID       CREATED   SIZE",
+                "m1     busybox      latest   aaaaaaaaaaaa   N/A       4.26MB",
+                "m1     alpine       latest   bbbbbbbbbbbb   N/A       4.26MB",
+                "w1     (node is down; last report About a minute ago)",
+                "w2     busybox      latest   aaaaaaaaaaaa   N/A       4.26MB",
+                "w3     (node has not reported since this leader took over; no report)",
+            ]
+        );
+        assert!(out.stderr.is_empty());
+        assert_eq!(out.missing, 2);
+
+        // -q: each ID once; the nodes without a list on stderr.
+        let out = cluster_listing(&nodes, true, true, now);
+        assert_eq!(
+            out.stdout,
+            vec![
+                format!("sha256:{}", "a".repeat(64)),
+                format!("sha256:{}", "b".repeat(64))
+            ]
+        );
+        assert_eq!(
+            out.stderr,
+            vec![
+                "w1: node is down; last report About a minute ago",
+                "w3: node has not reported since this leader took over; no report",
+            ]
+        );
+        assert_eq!(out.missing, 2);
+
+        // All answered (one with no images, one cut): nothing missing.
+        let nodes = vec![
+            node("m1", vec![]),
+            pb::NodeImages {
+                truncated: true,
+                ..node("w1", vec![summary("busybox", 'a')])
+            },
+        ];
+        let out = cluster_listing(&nodes, false, true, now);
+        assert_eq!(out.missing, 0);
+        assert_eq!(out.stdout.len(), 2);
+        assert!(out.stdout[1].contains(&"a".repeat(64)), "{:?}", out.stdout);
+        assert_eq!(out.stderr.len(), 1);
+        assert!(out.stderr[0].starts_with("w1: the node has more images"));
+
+        // A node that cannot list its images is not answering either.
+        let nodes = vec![pb::NodeImages {
+            error: "containerd is not running".into(),
+            ..node("m1", vec![])
+        }];
+        let out = cluster_listing(&nodes, false, false, now);
+        assert_eq!(out.missing, 1);
+        assert_eq!(
+            out.stdout[1],
+            "m1     (node cannot list its images: containerd is not running)"
+        );
+    }
+
+    #[test]
+    fn shared_or_missing_hostnames_show_the_node_id() {
+        let nodes = vec![node("a", vec![]), node("b", vec![]), node("b", vec![])];
+        let mut nodes = nodes;
+        nodes[2].node_id = "id-b2".into();
+        nodes.push(node("", vec![]));
+        assert_eq!(node_names(&nodes), vec!["a", "id-b", "id-b2", "id-"]);
     }
 }

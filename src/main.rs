@@ -186,10 +186,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::Cluster(n) => commands::cluster(&c, n).await,
                 Command::Network(n) => commands::network(&c, n).await,
                 Command::Service(n) => commands::service(&c, n).await,
-                Command::Image(i) => {
-                    c.require_local("image")?;
-                    image_cmd::run(&c, i).await
-                }
+                // Local but for `image ls --all-nodes` (a Control call).
+                Command::Image(i) => image_cmd::run(&c, i).await,
                 Command::Volume(v) => {
                     c.require_local("volume")?;
                     commands::volume(&c, v).await

@@ -85,6 +85,10 @@ async fn control_calls(ch: Channel, set: Set) -> Vec<Outcome> {
     call!(out, c.list_tasks(pb::ListTasksRequest::default()));
     call!(out, c.list_services(pb::ListServicesRequest::default()));
     call!(out, c.get_join_tokens(pb::GetJoinTokensRequest::default()));
+    call!(
+        out,
+        c.list_cluster_images(pb::ListClusterImagesRequest::default())
+    );
     if set == Set::Reads {
         return out;
     }
@@ -425,26 +429,6 @@ fn steal(lab: &Lab, host: &str, to: &Path) -> PathBuf {
     dir
 }
 
-/// `weft ARGS` against `via`'s manager port from host `from`, with the
-/// certificate files in `certs`.
-fn cli_with(lab: &Lab, from: &str, via: &str, certs: &Path, args: &[&str]) -> std::process::Output {
-    let remote = format!("tcp://{}:4377", lab.addr(via));
-    let f = |n: &str| certs.join(n).display().to_string();
-    let (ca, cert, key) = (f("ca.pem"), f("node.pem"), f("node-key.pem"));
-    let mut all = vec![
-        "-H",
-        &remote,
-        "--tlscacert",
-        &ca,
-        "--tlscert",
-        &cert,
-        "--tlskey",
-        &key,
-    ];
-    all.extend_from_slice(args);
-    lab.weft_in_netns(from, &all)
-}
-
 /// The attack of the issue: a global service, root on every node.
 const CREATE_GLOBAL: &[&str] = &[
     "service", "create", "--name", "pwned", "--mode", "global", "--", "true",
@@ -497,7 +481,7 @@ fn authorization_matrix() {
     );
     // The stolen certificate works while m3 is a manager: the attack's
     // starting point is real.
-    let out = cli_with(&lab, "x1", leader, &stolen, &["node", "ls"]);
+    let out = lab.weft_over_tcp("x1", leader, &stolen, &["node", "ls"]);
     assert!(
         out.status.success(),
         "{}",
@@ -596,7 +580,7 @@ fn authorization_matrix() {
     });
     // The issue's reproduction, through the CLI, on every manager.
     for m in ["m1", "m2"] {
-        let out = cli_with(&lab, "x1", m, &stolen, CREATE_GLOBAL);
+        let out = lab.weft_over_tcp("x1", m, &stolen, CREATE_GLOBAL);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
             !out.status.success(),

@@ -152,23 +152,7 @@ fn a_restarted_manager_waits_for_its_unlock_key() {
     let err = lab.weft_err("w1", &["unlock-key"]);
     assert!(err.contains("not a manager"), "{err}");
     let certs = lab.data_dir("w1").join("certs");
-    let f = |n: &str| certs.join(n).display().to_string();
-    let remote = format!("tcp://{addr}:4377");
-    let (ca, cert, tlskey) = (f("ca.pem"), f("node.pem"), f("node-key.pem"));
-    let out = lab.weft_in_netns(
-        "w1",
-        &[
-            "-H",
-            &remote,
-            "--tlscacert",
-            &ca,
-            "--tlscert",
-            &cert,
-            "--tlskey",
-            &tlskey,
-            "unlock-key",
-        ],
-    );
+    let out = lab.weft_over_tcp("w1", "m1", &certs, &["unlock-key"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && !err.contains(&key), "{err}");
     assert!(err.contains("manager"), "{err}");

@@ -1193,3 +1193,198 @@ fn wait_for_each_host(rig: &PullRig, hosts: &[&str], registry: &Registry) {
         rig.lab.log_tail("w1"),
     );
 }
+
+/// `weft image ls --all-nodes` on `host`: the exit status, and the
+/// (NODE, REPOSITORY, TAG) of each image row, or (NODE, note) of a node
+/// without a current list; stderr last.
+fn ls_all_nodes(lab: &Lab, host: &str, extra: &[&str]) -> (bool, Vec<Vec<String>>, String) {
+    let mut args = vec!["image", "ls", "--all-nodes"];
+    args.extend_from_slice(extra);
+    let out = lab.try_weft(host, &args);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let table = rows(&stdout)
+        .into_iter()
+        .map(|mut r| {
+            r.truncate(3);
+            r
+        })
+        .collect();
+    (
+        out.status.success(),
+        table,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn row(cells: &[&str]) -> Vec<String> {
+    cells.iter().map(|c| c.to_string()).collect()
+}
+
+/// `weft image ls --all-nodes` (issue #14): an image loaded on one node
+/// is listed on that node only; after `image load --all-nodes` on every
+/// node; `image rm` on one node (and a removal outside weft, with `ctr`)
+/// takes its row away; a stopped worker's daemon is a line saying so and
+/// the command fails. Works over a manager's TCP port too; a worker's
+/// socket, and plain `image ls` over TCP, are clear errors.
+#[test]
+fn image_ls_all_nodes_lists_every_nodes_images() {
+    let images = busybox();
+    let hosts = ["m1", "w1", "w2"];
+    let mut rig = PullRig::new("ls-all", &hosts);
+    let lab = &rig.lab;
+    let (wt, _) = lab.init("m1", &["--heartbeat-period", "500ms"]);
+    lab.join("w1", &wt, "m1");
+    lab.join("w2", &wt, "m1");
+    common::wait_for("three ready nodes", Duration::from_secs(30), || {
+        lab.node_ls("m1")
+            .iter()
+            .filter(|n| n.status == "Ready")
+            .count()
+            == 3
+    });
+    let busybox_on = |hosts: &[&str]| -> Vec<Vec<String>> {
+        hosts
+            .iter()
+            .map(|h| row(&[h, "weft-test/busybox", "latest"]))
+            .collect()
+    };
+    // Every node answered, with no image: the header alone, status 0.
+    common::wait_for("every node's empty list", Duration::from_secs(30), || {
+        ls_all_nodes(lab, "m1", &[]) == (true, vec![], String::new())
+    });
+
+    // Loaded on w1 only: listed on w1 only.
+    lab.weft(
+        "w1",
+        &["image", "load", "-i", images.docker.to_str().unwrap()],
+    );
+    common::wait_for("the image on w1", Duration::from_secs(30), || {
+        ls_all_nodes(lab, "m1", &[]).1 == busybox_on(&["w1"])
+    });
+    let (ok, _, err) = ls_all_nodes(lab, "m1", &[]);
+    assert!(ok, "{err}");
+    // -q and --no-trunc as plain `image ls` has them.
+    let ids = lab.weft("m1", &["image", "ls", "--all-nodes", "-q"]);
+    let local = lab.weft("w1", &["image", "ls", "-q"]);
+    assert_eq!(ids, local);
+    assert_eq!(ids.trim().len(), 12, "{ids}");
+    let full = lab.weft("m1", &["image", "ls", "--all-nodes", "--no-trunc"]);
+    let full_id = lab.weft("w1", &["image", "ls", "-q", "--no-trunc"]);
+    assert!(full_id.starts_with("sha256:"), "{full_id}");
+    assert!(full.contains(full_id.trim()), "{full}");
+
+    // Loaded everywhere.
+    lab.weft(
+        "m1",
+        &[
+            "image",
+            "load",
+            "--all-nodes",
+            "-i",
+            images.docker.to_str().unwrap(),
+        ],
+    );
+    common::wait_for("the image on every node", Duration::from_secs(30), || {
+        ls_all_nodes(lab, "m1", &[]).1 == busybox_on(&hosts)
+    });
+    // Each ID once with -q.
+    assert_eq!(lab.weft("m1", &["image", "ls", "--all-nodes", "-q"]), local);
+
+    // Over m1's TCP port with a manager's certificate, from w1.
+    let certs = lab.data_dir("m1").join("certs");
+    let over_tcp = |args: &[&str]| lab.weft_over_tcp("w1", "m1", &certs, args);
+    let out = over_tcp(&["image", "ls", "--all-nodes"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: Vec<Vec<String>> = rows(&stdout)
+        .into_iter()
+        .map(|mut r| {
+            r.truncate(3);
+            r
+        })
+        .collect();
+    assert_eq!(listed, busybox_on(&hosts), "{stdout}");
+    // Plain `image ls` is the local daemon's: over TCP, a clear error.
+    let out = over_tcp(&["image", "ls"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("use `weft image ls --all-nodes`"),
+        "{err}"
+    );
+    // A worker's socket has no control API.
+    let err = lab.weft_err("w1", &["image", "ls", "--all-nodes"]);
+    assert!(err.contains("not a manager"), "{err}");
+
+    // Removed on w2 with `image rm`, on w1 behind weft's back: rows gone.
+    lab.weft("w2", &["image", "rm", "weft-test/busybox"]);
+    common::wait_for("w2's row gone", Duration::from_secs(30), || {
+        ls_all_nodes(lab, "m1", &[]).1 == busybox_on(&["m1", "w1"])
+    });
+    let w1_ctrd = &rig.ctrd.iter().find(|(h, _)| h == "w1").expect("w1").1;
+    w1_ctrd.ctr_ok(NS, &["images", "rm", "docker.io/weft-test/busybox:latest"]);
+    common::wait_for("w1's row gone", Duration::from_secs(30), || {
+        ls_all_nodes(lab, "m1", &[]).1 == busybox_on(&["m1"])
+    });
+
+    // w2's daemon stopped: a line saying so, on stderr with -q, status 1.
+    rig.lab.sigterm("w2");
+    let lab = &rig.lab;
+    common::wait_for("w2 not answering", Duration::from_secs(30), || {
+        let (ok, table, _) = ls_all_nodes(lab, "m1", &[]);
+        !ok && table.len() == 2
+            && table[0] == row(&["m1", "weft-test/busybox", "latest"])
+            && table[1][0] == "w2"
+            && table[1][1].starts_with("(node ")
+    });
+    let (ok, table, err) = ls_all_nodes(lab, "m1", &[]);
+    assert!(!ok);
+    assert!(table[1][1].contains("last report"), "{table:?}");
+    assert!(err.contains("1 of 3 nodes did not report"), "{err}");
+    let (ok, _, err) = ls_all_nodes(lab, "m1", &["-q"]);
+    assert!(!ok);
+    assert!(err.contains("w2: node "), "{err}");
+}
+
+/// `image ls --all-nodes` on a follower manager (it asks the leader), and
+/// after the leader is killed: the new leader rebuilds the lists as the
+/// nodes reconnect, and the dead leader is a line saying so.
+#[test]
+fn image_ls_all_nodes_on_a_follower_and_after_a_leader_change() {
+    let images = busybox();
+    let hosts = ["m1", "m2", "m3"];
+    let mut rig = PullRig::new("ls-lead", &hosts);
+    let lab = &rig.lab;
+    let (_, mt) = lab.init("m1", &["--heartbeat-period", "500ms"]);
+    lab.join("m2", &mt, "m1");
+    lab.join("m3", &mt, "m1");
+    common::wait_voters(lab, "m1", &hosts);
+    lab.weft(
+        "m2",
+        &["image", "load", "-i", images.docker.to_str().unwrap()],
+    );
+    let on_m2 = vec![row(&["m2", "weft-test/busybox", "latest"])];
+    // m3 is a follower: its answer is the leader's.
+    common::wait_for("m2's image, asked on m3", Duration::from_secs(30), || {
+        ls_all_nodes(lab, "m3", &[]) == (true, on_m2.clone(), String::new())
+    });
+
+    rig.lab.kill9("m1");
+    let lab = &rig.lab;
+    common::wait_for(
+        "a new leader with m2's list again, m1 a line",
+        Duration::from_secs(60),
+        || {
+            let (ok, table, _) = ls_all_nodes(lab, "m3", &[]);
+            !ok && table.len() == 2
+                && table[0][0] == "m1"
+                && table[0][1].starts_with("(node ")
+                && table[1] == on_m2[0]
+        },
+    );
+    let (_, _, err) = ls_all_nodes(lab, "m2", &[]);
+    assert!(err.contains("1 of 3 nodes did not report"), "{err}");
+}

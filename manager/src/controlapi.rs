@@ -1053,6 +1053,16 @@ impl Control for ControlService {
         ))
     }
 
+    async fn list_cluster_images(
+        &self,
+        req: Request<pb::ListClusterImagesRequest>,
+    ) -> std::result::Result<Response<pb::ListClusterImagesResponse>, Status> {
+        self.admit(&req).await?;
+        Ok(Response::new(
+            ControlService::list_cluster_images(self, req.into_inner()).await?,
+        ))
+    }
+
     async fn service_logs(
         &self,
         req: Request<pb::ServiceLogsRequest>,

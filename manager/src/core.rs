@@ -36,6 +36,8 @@ struct Inner {
     pushes: crate::imagepush::Pushes,
     /// Where its archive is spooled (none: cluster-wide loads refused).
     spool_dir: Option<std::path::PathBuf>,
+    /// The images each node last reported (`image ls --all-nodes`).
+    inventories: crate::inventory::Inventories,
 }
 
 /// Which node a log request went to, and where its stream goes.
@@ -94,6 +96,7 @@ impl Core {
                 unlock: weft_proto::seal::KeyHolder::default(),
                 pushes: crate::imagepush::Pushes::default(),
                 spool_dir: None,
+                inventories: crate::inventory::Inventories::default(),
             }),
         }
     }
@@ -113,6 +116,11 @@ impl Core {
     /// The cluster-wide image load in progress.
     pub fn pushes(&self) -> &crate::imagepush::Pushes {
         &self.inner.pushes
+    }
+
+    /// The images each node last reported to this manager.
+    pub fn inventories(&self) -> &crate::inventory::Inventories {
+        &self.inner.inventories
     }
 
     /// The nodes with a session on this manager now.
@@ -368,6 +376,7 @@ impl Core {
         id: NodeId,
         tx: tokio::sync::mpsc::UnboundedSender<pb::LogRequest>,
     ) {
+        self.inner.inventories.session_opened(id);
         self.inner.sessions.lock().expect("sessions").insert(id, tx);
     }
 

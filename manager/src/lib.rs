@@ -18,6 +18,7 @@ pub mod core;
 pub mod dispatcher;
 pub mod error;
 pub mod imagepush;
+pub mod inventory;
 pub mod join;
 pub mod leader;
 pub mod limits;

@@ -218,18 +218,7 @@ impl Images for NodeImages {
     ) -> Result<Response<pb::ListImagesResponse>, Status> {
         let images = self.store.list().await.map_err(status)?;
         Ok(Response::new(pb::ListImagesResponse {
-            images: images
-                .into_iter()
-                .map(|i| pb::ImageSummary {
-                    name: i.name,
-                    repository: i.repository,
-                    tag: i.tag,
-                    id: i.id,
-                    digest: i.digest,
-                    created: i.created.unwrap_or_default(),
-                    size: i.size,
-                })
-                .collect(),
+            images: images.into_iter().map(pb::ImageSummary::from).collect(),
         }))
     }
 

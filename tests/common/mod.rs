@@ -253,6 +253,27 @@ impl Lab {
             .expect("run weft")
     }
 
+    /// Runs `weft ARGS` inside `from`'s network namespace against `via`'s
+    /// manager port, with the certificate files in `certs` (a node's
+    /// `<data dir>/certs`, or a copy of one).
+    pub fn weft_over_tcp(&self, from: &str, via: &str, certs: &Path, args: &[&str]) -> Output {
+        let remote = format!("tcp://{}:4377", self.addr(via));
+        let f = |n: &str| certs.join(n).display().to_string();
+        let (ca, cert, key) = (f("ca.pem"), f("node.pem"), f("node-key.pem"));
+        let mut all = vec![
+            "-H",
+            &remote,
+            "--tlscacert",
+            &ca,
+            "--tlscert",
+            &cert,
+            "--tlskey",
+            &key,
+        ];
+        all.extend_from_slice(args);
+        self.weft_in_netns(from, &all)
+    }
+
     /// Runs `weft ARGS` against `host` and returns stdout; panics with
     /// stderr and the daemon log if it fails.
     pub fn weft(&self, host: &str, args: &[&str]) -> String {

@@ -100,6 +100,7 @@ pub struct Agent {
     status: watch::Receiver<AgentStatus>,
     config: watch::Receiver<Option<Arc<pb::NodeConfig>>>,
     report: watch::Sender<Option<pb::StatusReport>>,
+    images: watch::Sender<Option<pb::ImageInventory>>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -207,6 +208,11 @@ struct Run {
     status: watch::Sender<AgentStatus>,
     config: watch::Sender<Option<Arc<pb::NodeConfig>>>,
     report: watch::Receiver<Option<pb::StatusReport>>,
+    /// The node's image inventory ([`crate::image_inventory`]): added to
+    /// a report when the leader has not acknowledged it on this session.
+    images: watch::Receiver<Option<pb::ImageInventory>>,
+    /// Which inventory the leader acknowledged on the current session.
+    image_tracker: crate::image_inventory::Tracker,
     logs: LogReader,
     stop: watch::Receiver<bool>,
     /// When the certificate in use is to be renewed next.
@@ -238,6 +244,7 @@ impl Agent {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (config_tx, config_rx) = watch::channel(None);
         let (report_tx, report_rx) = watch::channel(None);
+        let (images_tx, images_rx) = watch::channel(None);
         let certs = Arc::new(RwLock::new(certs));
         let trust = Arc::new(RwLock::new(record.manager_trust()));
         let run = Run {
@@ -250,6 +257,8 @@ impl Agent {
             status: status_tx,
             config: config_tx,
             report: report_rx,
+            images: images_rx,
+            image_tracker: Default::default(),
             logs,
             stop: stop_rx,
             renew_at: time::OffsetDateTime::now_utc(),
@@ -266,6 +275,7 @@ impl Agent {
             status: status_rx,
             config: config_rx,
             report: report_tx,
+            images: images_tx,
             stop: stop_tx,
             task,
         }
@@ -291,6 +301,13 @@ impl Agent {
     /// A handle to publish reports from another task.
     pub fn report_handle(&self) -> watch::Sender<Option<pb::StatusReport>> {
         self.report.clone()
+    }
+
+    /// Where the node's image inventory is published
+    /// ([`crate::image_inventory::run`]); the session sends it with the
+    /// next report when the leader does not have it.
+    pub fn images_handle(&self) -> watch::Sender<Option<pb::ImageInventory>> {
+        self.images.clone()
     }
 
     /// A handle for node-scoped dispatcher calls from another task.
@@ -525,8 +542,10 @@ impl Run {
             s.last_error.clear();
         });
         tracing::info!(manager = %addr, "session established");
-        // A new session gets the latest report at once.
+        // A new session gets the latest report at once, with the image
+        // inventory in full.
         self.report.mark_changed();
+        self.image_tracker.new_session();
         let mut period = Duration::from_millis(self.status.borrow().heartbeat_period_ms.max(100));
         let mut hb = tokio::time::interval(period);
         hb.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -552,10 +571,17 @@ impl Run {
                     if r.is_err() {
                         return End::Stopped;
                     }
-                    let report = self.report.borrow_and_update().clone();
-                    if let Some(report) = report
-                        && let Err(st) = client.report_status(report).await
-                    {
+                    if let Err(st) = self.send_report(&mut client).await {
+                        return self.classify(st);
+                    }
+                }
+                r = self.images.changed() => {
+                    if r.is_err() {
+                        return End::Stopped;
+                    }
+                    // An inventory that changed goes with the latest report
+                    // at once, not at the next pass.
+                    if let Err(st) = self.send_report(&mut client).await {
                         return self.classify(st);
                     }
                 }
@@ -575,6 +601,26 @@ impl Run {
                 }
             }
         }
+    }
+
+    /// Sends the latest report (none yet: nothing), with the image
+    /// inventory when the leader has not acknowledged it on this session.
+    async fn send_report(
+        &mut self,
+        client: &mut DispatcherClient<tonic::transport::Channel>,
+    ) -> std::result::Result<(), tonic::Status> {
+        let Some(mut report) = self.report.borrow_and_update().clone() else {
+            return Ok(());
+        };
+        let inventory = self
+            .image_tracker
+            .pending(self.images.borrow_and_update().as_ref());
+        report.images = inventory.clone();
+        client.report_status(report).await?;
+        if let Some(sent) = inventory {
+            self.image_tracker.acknowledged(sent);
+        }
+        Ok(())
     }
 
     fn classify(&self, st: tonic::Status) -> End {

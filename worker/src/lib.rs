@@ -13,6 +13,7 @@ pub mod error;
 pub mod health;
 pub mod image;
 pub mod image_fetch;
+pub mod image_inventory;
 pub mod join;
 pub mod logs;
 pub mod node_files;

@@ -480,6 +480,8 @@ impl Reconciler {
             handshakes,
             bridge_subnet: self.bridge_subnet.clone(),
             resources: Some(crate::capacity::node()),
+            // The agent adds it when the leader does not have it.
+            images: None,
         }
     }
 

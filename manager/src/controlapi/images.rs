@@ -1,6 +1,9 @@
 //! `Control.LoadImage` (`weft image load --all-nodes`): receives the
 //! archive into the leader's spool and waits for every node's load. The
 //! flow, the bounds and who may fetch are in [`crate::imagepush`].
+//!
+//! `Control.ListClusterImages` (`weft image ls --all-nodes`): the images
+//! each node last reported to the leader ([`crate::inventory`]).
 
 use sha2::Digest;
 use tokio::io::AsyncWriteExt;
@@ -113,6 +116,36 @@ impl ControlService {
             sha256: upload.sha256,
             size: upload.size,
         })
+    }
+}
+
+impl ControlService {
+    /// Every node's images as the leader knows them; a follower asks the
+    /// leader (the lists and the sessions are there).
+    pub(super) async fn list_cluster_images(
+        &self,
+        r: pb::ListClusterImagesRequest,
+    ) -> Result<pb::ListClusterImagesResponse, Status> {
+        if !self.core.is_leader() {
+            let ch = self.core.leader_channel().ok_or_else(|| {
+                Status::unavailable(
+                    "no leader known, and the nodes' image lists are kept by the leader; \
+                     try again in a moment",
+                )
+            })?;
+            return weft_proto::v1::control_client::ControlClient::new(ch)
+                .list_cluster_images(r)
+                .await
+                .map(tonic::Response::into_inner)
+                .map_err(|s| Status::new(s.code(), format!("leader: {}", s.message())));
+        }
+        let sessions = self.core.session_nodes();
+        let inventories = self.core.inventories();
+        let nodes = self.core.read(|s| {
+            let seen = inventories.snapshot(s);
+            crate::inventory::rows(s, &sessions, &seen)
+        });
+        Ok(pb::ListClusterImagesResponse { nodes })
     }
 }
 

@@ -230,6 +230,13 @@ impl Control for LocalControl {
         Control::load_image(&self.inner()?, req).await
     }
 
+    async fn list_cluster_images(
+        &self,
+        req: Request<pb::ListClusterImagesRequest>,
+    ) -> std::result::Result<Response<pb::ListClusterImagesResponse>, Status> {
+        Control::list_cluster_images(&self.inner()?, req).await
+    }
+
     async fn rotate_node_key(
         &self,
         req: Request<pb::RotateNodeKeyRequest>,

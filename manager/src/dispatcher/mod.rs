@@ -600,7 +600,12 @@ impl Dispatcher for DispatcherService {
         req: Request<pb::StatusReport>,
     ) -> Result<Response<pb::StatusAck>, Status> {
         let node = self.authorize(&req, &req.get_ref().node_id)?;
-        let r = req.into_inner();
+        let mut r = req.into_inner();
+        // Its own images only: the list is filed under the node the
+        // certificate names.
+        self.core
+            .inventories()
+            .reported(node.id, crate::core::now_ms(), r.images.take());
         self.core.config_applied(
             node.id,
             r.applied_version,

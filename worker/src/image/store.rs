@@ -230,6 +230,23 @@ pub struct ImageStore {
     /// the first, then finds the image here (or, after a failure, asks the
     /// registry itself).
     pulls: std::sync::Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// Bumped after every load, pull and remove through this store (also
+    /// a failed one: it may have changed something), so the node's image
+    /// inventory is listed again at once ([`crate::image_inventory`]).
+    changed: tokio::sync::watch::Sender<u64>,
+}
+
+/// Each image record's name, target digest and update time (seconds),
+/// sorted: [`ImageStore::fingerprint`].
+pub type Fingerprint = Vec<(String, String, i64)>;
+
+/// Bumps [`ImageStore::changed`] when dropped: on every way out of a call.
+struct Bump<'a>(&'a tokio::sync::watch::Sender<u64>);
+
+impl Drop for Bump<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.wrapping_add(1));
+    }
 }
 
 #[async_trait::async_trait]
@@ -246,7 +263,35 @@ impl ImageStore {
             config,
             client: Mutex::new(None),
             pulls: std::sync::Mutex::new(HashMap::new()),
+            changed: tokio::sync::watch::channel(0).0,
         }
+    }
+
+    /// Changes when a load, pull or remove through this store ended.
+    /// Images changed by other clients of containerd are not seen here.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// The name, target digest and update time of every image record:
+    /// one containerd call, to tell cheaply whether [`Self::list`] would
+    /// say something new.
+    pub async fn fingerprint(&self) -> Result<Fingerprint, ImageError> {
+        let client = self.client().await?;
+        let mut out: Fingerprint = self
+            .records(&client)
+            .await?
+            .iter()
+            .map(|i| {
+                (
+                    i.name.clone(),
+                    target_of(i),
+                    i.updated_at.as_ref().map_or(0, |t| t.seconds),
+                )
+            })
+            .collect();
+        out.sort();
+        Ok(out)
     }
 
     /// The store's settings.
@@ -283,6 +328,7 @@ impl ImageStore {
         spool: SpoolFile,
         tag: Option<String>,
     ) -> Result<Vec<LoadedImage>, ImageError> {
+        let _changed = Bump(&self.changed);
         let client = self.client().await?;
         let limit = self.config.max_archive;
         let limits = self.config.limits;
@@ -307,6 +353,7 @@ impl ImageStore {
         auth: Option<&super::Credential>,
     ) -> Result<LoadedImage, ImageError> {
         let r = pull::parse(reference)?;
+        let _changed = Bump(&self.changed);
         let client = self.client().await?;
         let _one = self.pull_lock(&pull::record_name(&r)).await;
         let settings = self.config.pull_settings();
@@ -496,6 +543,7 @@ impl ImageStore {
     /// containerd's GC then removes content and snapshots no image needs
     /// (synchronously: `sync` is set on the last delete).
     pub async fn remove(&self, reference: &str, force: bool) -> Result<Removed, ImageError> {
+        let _changed = Bump(&self.changed);
         let client = self.client().await?;
         let query = Query::parse(reference).ok_or_else(|| ImageError::InvalidReference {
             reference: reference.to_owned(),
