@@ -683,9 +683,15 @@ impl Dataplane for LinuxDataplane {
             tracing::debug!(ops = ops.len(), "applying data plane changes");
         }
         let ports_changed = ops.iter().any(|o| matches!(o, Op::ApplyPorts { .. }));
-        // Read back whatever the ops touch, failed or not.
+        // Read back whatever the ops touch, failed or not; a task's VIP
+        // table written whole is known without reading it back.
         self.forget_observed(&ops).await;
         let report = self.execute(ops).await;
+        match &report {
+            Ok(r) => self.note_written(&r.ops).await,
+            Err(Error::Apply { applied, .. }) => self.note_written(applied).await,
+            Err(_) => {}
+        }
         // A device adopted by this pass's CreateWg has its peers now (or
         // the pass failed, and holding its traffic longer helps nobody).
         if let Some(dev) = self.wg_device().as_mut() {

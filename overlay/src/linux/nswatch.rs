@@ -170,6 +170,20 @@ impl NsWatch {
     }
 }
 
+impl NsWatch {
+    /// Reads off the nftables messages queued so far (those of a write the
+    /// caller just made and accounts for itself) without reporting them.
+    pub fn drain_nft(&self, scratch: &mut [u8]) {
+        if let Some((fd, _)) = self.sockets.get(1) {
+            while let Ok(len) = fd.get_ref().recv(&mut &mut scratch[..], 0) {
+                if len == 0 {
+                    break;
+                }
+            }
+        }
+    }
+}
+
 impl Drop for NsWatch {
     fn drop(&mut self) {
         for w in &self.wakers {

@@ -159,6 +159,14 @@ async fn an_idle_node_reads_nothing_and_a_change_rereads_its_namespace() {
         "{ops:?}"
     );
     assert_eq!(dp.namespace_reads() - before, 1, "only task b's namespace");
+    // The table just written is known: not read back.
+    let before = dp.namespace_reads();
+    assert_eq!(apply(&dp, &d).await, vec![]);
+    assert_eq!(
+        dp.namespace_reads(),
+        before,
+        "a VIP table weft wrote is not read back"
+    );
     settle(&dp, &d).await;
 
     // The remote endpoint's static neighbour entry deleted: put back.
