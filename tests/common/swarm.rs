@@ -235,6 +235,12 @@ impl Swarm {
         self.ns_host(host).addr().to_string()
     }
 
+    /// The pin of the host's network namespace (dockerd, its containerd
+    /// and the shims live in it; the containers in namespaces of their own).
+    pub fn host_netns(&self, host: &str) -> PathBuf {
+        self.ns_host(host).netns().path().to_owned()
+    }
+
     /// The host's namespace on the underlay.
     fn ns_host(&self, host: &str) -> &UnderlayHost {
         self.underlay

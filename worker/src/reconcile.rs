@@ -355,27 +355,28 @@ impl Reconciler {
                 }
                 (self.report)(report);
             }
-            tokio::select! {
+            let woken_by = tokio::select! {
                 _ = stop.changed() => break,
-                r = self.config.changed() => if r.is_err() { break },
-                _ = events.recv() => {},
-                _ = inflight.next() => {},
-                () = probers.changed() => {},
-                _ = self.wake.notified() => {},
+                r = self.config.changed() => if r.is_err() { break } else { "config" },
+                _ = events.recv() => "task event",
+                _ = inflight.next() => "job done",
+                () = probers.changed() => "health",
+                _ = self.wake.notified() => "wake",
                 r = async {
                     match nft.as_mut() {
                         Some(rx) => rx.changed().await,
                         None => std::future::pending().await,
                     }
-                } => if r.is_err() { nft = None },
+                } => { if r.is_err() { nft = None } "nftables" },
                 r = async {
                     match observed.as_mut() {
                         Some(rx) => rx.changed().await,
                         None => std::future::pending().await,
                     }
-                } => if r.is_err() { observed = None },
-                _ = tokio::time::sleep(RECHECK) => {},
-            }
+                } => { if r.is_err() { observed = None } "kernel change" },
+                _ = tokio::time::sleep(RECHECK) => "timer",
+            };
+            tracing::trace!(woken_by, "reconcile loop woken");
         }
         inflight.shutdown().await;
     }
