@@ -143,11 +143,15 @@ vm_pid() {
 }
 
 # vm_ssh DIR NAME CMD...: runs CMD (a shell command line) on the guest as root.
+# ConnectTimeout also bounds the key exchange, which takes tens of seconds
+# in a guest under TCG on a loaded host: a short one makes every attempt
+# fail and the abandoned ones pile up in sshd until it refuses all
+# (MaxStartups).
 vm_ssh() {
   local dir=$1 name=$2
   shift 2
   in_ns "$dir" ssh -q -i "$dir/id_ed25519" -o BatchMode=yes -o StrictHostKeyChecking=no \
-    -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o ConnectTimeout=5 \
+    -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR -o ConnectTimeout=120 \
     -o ServerAliveInterval=10 -o ServerAliveCountMax=6 \
     "root@$(cat "$dir/$name/ip")" "$@"
 }

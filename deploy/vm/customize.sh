@@ -18,6 +18,14 @@ cat > "$root/usr/local/sbin/weft-vm-setup" <<'SCRIPT'
 # Reads this VM's data disk (/dev/vdb, made per run on the host): its name,
 # address, the weft binary and the rig's ssh key.
 set -eu
+# The kernel's devtmpfs has the node as soon as the disk is probed; udev
+# (dev-vdb.device) may take minutes on a loaded emulated host.
+i=0
+until [ -b /dev/vdb ]; do
+  i=$((i + 1))
+  [ "$i" -lt 600 ] || { echo "no /dev/vdb after 600 s" >&2; exit 1; }
+  sleep 1
+done
 mkdir -p /mnt/weft
 mountpoint -q /mnt/weft || mount -o ro /dev/vdb /mnt/weft
 . /mnt/weft/vm.env
@@ -40,20 +48,24 @@ cat > "$root/etc/systemd/system/weft-vm-setup.service" <<'UNIT'
 [Unit]
 Description=weft VM rig: name, address, weft binary, its unit and ssh key from /dev/vdb
 DefaultDependencies=no
-After=local-fs.target systemd-udev-settle.service dev-vdb.device
-Requires=dev-vdb.device
+After=local-fs.target
 Before=network-online.target network.target ssh.service
 Wants=network-online.target
 
 [Service]
 Type=oneshot
 RemainAfterExit=yes
+TimeoutStartSec=infinity
 ExecStart=/usr/local/sbin/weft-vm-setup
 
 [Install]
 WantedBy=multi-user.target
 UNIT
 chroot "$root" systemctl enable weft-vm-setup.service >/dev/null 2>&1
+# Under TCG on a loaded host, udev can take longer than systemd's default
+# 90 s to announce a device (the serial console, the data disk): wait longer.
+mkdir -p "$root/etc/systemd/system.conf.d"
+printf '[Manager]\nDefaultDeviceTimeoutSec=600s\nDefaultTimeoutStartSec=600s\n' > "$root/etc/systemd/system.conf.d/weft-vm.conf"
 # Boot faster under emulation: nothing periodic, nothing waits for a network manager.
 chroot "$root" systemctl mask apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer \
   e2scrub_reap.service fstrim.timer systemd-networkd-wait-online.service >/dev/null 2>&1 || true

@@ -21,12 +21,14 @@ set -euo pipefail
 DIR=$VM_DIR/rig
 MANAGERS=${WEFT_VM_MANAGERS:-3}
 WORKERS=${WEFT_VM_WORKERS:-2}
+# Five guests boot at once, sharing the host's cores: a longer deadline.
+BOOT_TIMEOUT=${WEFT_VM_BOOT_TIMEOUT:-900}
 
-names() {
-  local i
-  for i in $(seq 1 "$MANAGERS"); do echo "m$i 198.18.0.$((10 + i))"; done
-  for i in $(seq 1 "$WORKERS"); do echo "w$i 198.18.0.$((20 + i))"; done
-}
+# The guests, "NAME IP" each, managers first. Loops run over this array,
+# not over a `while read` of a pipe, whose stdin ssh would swallow.
+GUESTS=()
+for i in $(seq 1 "$MANAGERS"); do GUESTS+=("m$i 198.18.0.$((10 + i))"); done
+for i in $(seq 1 "$WORKERS"); do GUESTS+=("w$i 198.18.0.$((20 + i))"); done
 
 # weft_up NAME: starts the daemon's unit and waits for its socket to answer.
 weft_up() {
@@ -40,21 +42,22 @@ up() {
   if [ -d "$DIR" ]; then
     die "a rig is already up ($DIR); make vm-rig-down first"
   fi
-  local t0 name ip
+  local t0 g name ip
   t0=$(now_ms)
   mkdir -p "$DIR"
   netns_up "$DIR"
   bridge_up "$DIR"
   keys_up "$DIR"
   log "booting $MANAGERS managers + $WORKERS workers (accelerator: $ACCEL, ${VM_MEM} MiB and 1 vCPU each)"
-  while read -r name ip; do
-    vm_start "$DIR" "$name" "$ip"
-  done < <(names)
+  for g in "${GUESTS[@]}"; do
+    vm_start "$DIR" "${g% *}" "${g#* }"
+  done
   local boots=() ms
-  while read -r name ip; do
+  for g in "${GUESTS[@]}"; do
+    name=${g% *}
     ms=$(vm_wait "$DIR" "$name") || die "$name did not boot; make vm-rig-down removes the rig"
     boots+=("$name=$(secs "$ms")s")
-  done < <(names)
+  done
   local booted
   booted=$(now_ms)
   log "booted (qemu start to ssh, $ACCEL): ${boots[*]}"
@@ -65,13 +68,15 @@ up() {
   mtok=$(vm_ssh "$DIR" m1 'weft join-token -q manager')
   wtok=$(vm_ssh "$DIR" m1 'weft join-token -q worker')
   # Managers one at a time (each join is a Raft membership change); then the workers.
-  while read -r name ip; do
+  for g in "${GUESTS[@]}"; do
+    name=${g% *}
+    ip=${g#* }
     [ "$name" = m1 ] && continue
     weft_up "$name"
     local tok=$wtok
     [[ $name == m* ]] && tok=$mtok
     vm_ssh "$DIR" "$name" "weft join --token $tok --advertise-addr $ip 198.18.0.11:4377" >/dev/null
-  done < <(names)
+  done
   local n=$((MANAGERS + WORKERS))
   wait_for 180 "$n ready nodes" ready_nodes "$n"
   local done_ms
