@@ -76,3 +76,25 @@ faults: deps build
 	$(CARGO) test -p weft-faults
 	WEFT_FAULTS_FULL=1 $(CARGO) test --test nemesis --test faults -- --nocapture --test-threads=1
 	WEFT_RESTART_ROUNDS=5 $(CARGO) test --test dns_restart --test restart -- --nocapture --test-threads=1
+
+# The VM rig (issue #20, deploy/vm/): QEMU guests of a small Debian 12 image
+# (TCG emulation unless WEFT_VM_ACCEL=kvm). Not part of `make test`. They put
+# target/debug/weft (or WEFT_VM_BINARY) into the guests; they do not build it.
+.PHONY: vm-deps vm-image vm-rig vm-rig-down vm-test
+vm-deps:
+	@bash deploy/vm/deps.sh
+
+# Cached in target/vm/image; rebuilt only when deploy/vm or the unit changes.
+vm-image: vm-deps
+	@bash deploy/vm/image.sh
+
+# 3 managers + 2 workers (WEFT_VM_MANAGERS, WEFT_VM_WORKERS), left running.
+vm-rig: vm-image
+	@bash deploy/vm/rig.sh up
+
+vm-rig-down:
+	@bash deploy/vm/rig.sh down
+
+# One guest: container limits on a real cgroup v2 (PASS/FAIL table).
+vm-test: vm-image
+	@bash deploy/vm/test.sh

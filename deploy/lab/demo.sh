@@ -76,31 +76,8 @@ build_image() {
   ARCHIVE=$IMAGE_DIR/busybox-oci.tar
   [ -s "$ARCHIVE" ] && return
   step "Building the demo image $IMAGE from this machine's busybox-static (umoci, offline)"
-  local t
-  t=$(mktemp -d)
-  (
-    set -e
-    cd "$t"
-    umoci init --layout layout
-    umoci new --image layout:latest
-    umoci unpack --image layout:latest bundle
-    mkdir -p bundle/rootfs/bin bundle/rootfs/etc bundle/rootfs/tmp bundle/rootfs/proc \
-      bundle/rootfs/sys bundle/rootfs/dev bundle/rootfs/var/www
-    chmod 1777 bundle/rootfs/tmp
-    cp /bin/busybox bundle/rootfs/bin/busybox
-    for a in $(/bin/busybox --list); do
-      [ "$a" = busybox ] || ln -sf busybox "bundle/rootfs/bin/$a"
-    done
-    printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' > bundle/rootfs/etc/passwd
-    printf 'root:x:0:\nnogroup:x:65534:\n' > bundle/rootfs/etc/group
-    umoci repack --image layout:latest bundle
-    umoci config --image layout:latest --os linux --architecture amd64 \
-      --config.env PATH=/bin --config.workingdir / --config.cmd /bin/sh
-    tar -C layout -cf image.tar .
-  ) >/dev/null || { rm -rf "$t"; echo "error: building the demo image failed (umoci; make deps installs it)" >&2; exit 1; }
-  mkdir -p "$IMAGE_DIR"
-  mv "$t/image.tar" "$ARCHIVE"
-  rm -rf "$t"
+  bash "$(dirname "${BASH_SOURCE[0]}")/busybox-image.sh" "$ARCHIVE" \
+    || { echo "error: building the demo image failed (umoci; make deps installs it)" >&2; exit 1; }
 }
 
 fresh_lab() {
