@@ -48,7 +48,7 @@ struct Round {
 }
 
 fn round(prefix: &str, r: u64) -> Round {
-    let swarm = Swarm::start(&format!("{prefix}-{r}"), &HOSTS);
+    let mut swarm = Swarm::start(&format!("{prefix}-{r}"), &HOSTS);
     swarm.form();
     let images = common::image::busybox();
     for h in HOSTS {

@@ -60,6 +60,9 @@ struct Host {
 /// A swarm of dockerd hosts for one benchmark round.
 pub struct Swarm {
     tag: String,
+    /// Whether [`Swarm::form`] made the hosts a swarm (else they are plain
+    /// dockerd, with no services to remove).
+    formed: bool,
     hosts: Vec<Host>,
     underlay: Option<Underlay>,
     dir: Option<tempfile::TempDir>,
@@ -94,6 +97,7 @@ impl Swarm {
             .expect("underlay");
         let mut swarm = Swarm {
             tag: tag.to_owned(),
+            formed: false,
             hosts: names
                 .iter()
                 .map(|n| Host {
@@ -251,7 +255,8 @@ impl Swarm {
 
     /// `swarm init` on the first host, `swarm join` (as workers) of the
     /// others, then waits until every node is Ready.
-    pub fn form(&self) {
+    pub fn form(&mut self) {
+        self.formed = true;
         let first = self.hosts[0].name.clone();
         let addr = self.addr(&first);
         self.docker(&first, &["swarm", "init", "--advertise-addr", &addr]);
@@ -346,7 +351,7 @@ impl Swarm {
             .map(|h| h.name.clone())
             .collect();
         // Services first, so that Swarm does not replace what is removed.
-        if let Some(first) = running.first() {
+        if let Some(first) = running.first().filter(|_| self.formed) {
             let services = self.teardown_call(first, &["service", "ls", "-q"], &mut errors);
             if !services.is_empty() {
                 let mut args = vec!["service", "rm"];
@@ -356,9 +361,10 @@ impl Swarm {
         }
         for h in &running {
             let ids = self.teardown_call(h, &["ps", "-aq"], &mut errors);
-            if !ids.is_empty() {
+            // A few at a time: each call has a time limit.
+            for chunk in ids.chunks(16) {
                 let mut args = vec!["rm", "-f"];
-                args.extend(ids.iter().map(String::as_str));
+                args.extend(chunk.iter().map(String::as_str));
                 self.teardown_call(h, &args, &mut errors);
             }
         }
