@@ -405,19 +405,25 @@ impl TaskRuntime for ProcessRuntime {
             return Ok(());
         }
         self.stop(id, None).await?;
+        // The record (a terminal status) goes only once the directory is
+        // gone: a reconcile pass that saw no record meanwhile would start
+        // the task again into the directory being removed.
+        let dir = self.task_dir(id);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(Error::Io {
+                    op: "remove task directory",
+                    path: dir,
+                    source,
+                });
+            }
+        }
         if let Some(w) = self.lock().remove(id).and_then(|e| e.watcher) {
             w.abort();
         }
-        let dir = self.task_dir(id);
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(Error::Io {
-                op: "remove task directory",
-                path: dir,
-                source,
-            }),
-        }
+        Ok(())
     }
 
     async fn wait(&self, id: &str) -> Result<TaskStatus> {

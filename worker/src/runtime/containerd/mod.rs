@@ -1019,8 +1019,12 @@ impl TaskRuntime for ContainerdRuntime {
     async fn remove(&self, id: &str) -> Result<()> {
         validate_id(id)?;
         self.stop(id, None).await?;
+        // The record (a terminal status) goes only once the files are
+        // gone: a reconcile pass that saw no record meanwhile would start
+        // the task again into the directory being removed.
+        self.cleanup(id).await?;
         self.inner.tasks.lock().expect("tasks").remove(id);
-        self.cleanup(id).await
+        Ok(())
     }
 
     async fn wait(&self, id: &str) -> Result<TaskStatus> {
