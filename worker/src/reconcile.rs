@@ -18,6 +18,9 @@
 //! grace period never holds up the others.
 
 mod jobs;
+mod plan;
+
+pub use plan::{TaskPlan, TaskView, task_status};
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -36,7 +39,6 @@ use weft_overlay::model::{
 use weft_overlay::{Dataplane, MacAddr, durable};
 use weft_proto::v1 as pb;
 
-use crate::health::Health;
 use crate::runtime::{ContainerSpec, StopPolicy, TaskRuntime, TaskSpec, TaskState};
 
 /// How often the loop runs a pass without any wake-up. The data plane then
@@ -400,15 +402,12 @@ impl Reconciler {
         inflight: &mut jobs::Inflight,
         probers: &crate::health::Probers,
     ) -> pb::StatusReport {
-        let known = self.runtime.list();
+        let view = self.view(inflight, probers);
+        let known: Vec<_> = view.known.values().cloned().collect();
         inflight.observe(c, &known);
-        let wanted: BTreeMap<&str, &pb::TaskConfig> =
-            c.tasks.iter().map(|t| (t.id.as_str(), t)).collect();
-        for st in known {
-            if !wanted.contains_key(st.id.as_str()) && !inflight.is_removing(&st.id) {
-                tracing::info!(task = %st.id, "removing task no longer assigned here");
-                inflight.remove(self.runtime.clone(), &st.id);
-            }
+        for id in plan::removals(&c.tasks, &view) {
+            tracing::info!(task = %id, "removing task no longer assigned here");
+            inflight.remove(self.runtime.clone(), &id);
         }
         let mut error = String::new();
         let wg_public_key = match self.ensure_wg_key(c.wg_key_generation) {
@@ -432,21 +431,17 @@ impl Reconciler {
         if !error.is_empty() {
             tracing::warn!(%error, version = c.version, "config not fully applied");
         }
-        let mut tasks = Vec::new();
-        // Running tasks with a health check keep (or get) a prober; the
-        // rest lose theirs.
-        let mut checked = Vec::new();
-        for t in &c.tasks {
-            match self.task_entry(t, inflight, probers, &mut checked) {
-                Entry::Report(r) => tasks.push(r),
-                Entry::NotStarted if error.is_empty() && !inflight.is_removing(&t.id) => {
-                    inflight.start(self.runtime.clone(), self.task_spec(t));
-                    tasks.push(starting(&t.id));
-                }
-                Entry::NotStarted => {}
+        // A fresh snapshot: starts may have ended during the data plane
+        // pass, and the removals just set going count.
+        let view = self.view(inflight, probers);
+        let plan = plan::tasks(&c.tasks, &view, error.is_empty());
+        for id in &plan.start {
+            if let Some(t) = c.tasks.iter().find(|t| &t.id == id) {
+                inflight.start(self.runtime.clone(), self.task_spec(t));
             }
         }
-        probers.sync(&self.runtime, checked);
+        probers.sync(&self.runtime, plan.checked);
+        let tasks = plan.reports;
         tracing::debug!(
             version = c.version,
             plane_ms,
@@ -486,45 +481,34 @@ impl Reconciler {
         }
     }
 
-    /// What the node says of assigned task `t` now: its runtime status
-    /// (with its health when it has a check, which goes into `checked`),
-    /// failed when the runtime refused it, pulling or starting while a
-    /// start is under way; or that no start was set going yet.
-    fn task_entry(
-        &self,
-        t: &pb::TaskConfig,
-        inflight: &jobs::Inflight,
-        probers: &crate::health::Probers,
-        checked: &mut Vec<(String, crate::health::HealthCheck)>,
-    ) -> Entry {
-        if let Some(s) = self.runtime.status(&t.id) {
-            let mut report = task_report(&s.id, &s.state);
+    /// A snapshot of what the node knows of its tasks now, for the
+    /// planner ([`plan`]).
+    fn view(&self, inflight: &jobs::Inflight, probers: &crate::health::Probers) -> TaskView {
+        let known: BTreeMap<String, crate::runtime::TaskStatus> = self
+            .runtime
+            .list()
+            .into_iter()
+            .map(|s| (s.id.clone(), s))
+            .collect();
+        let mut v = inflight.view();
+        for (id, s) in &known {
             if matches!(s.state, TaskState::Running { .. })
-                && let Some(check) = self.runtime.health_check(&s.id)
+                && let Some(check) = self.runtime.health_check(id)
             {
-                checked.push((s.id.clone(), check));
-                let health = probers.health(&s.id).unwrap_or(Health::Starting);
-                if let Some(st) = report.status.as_mut() {
-                    st.set_health(health_to_wire(health));
+                if let Some(h) = probers.health(id) {
+                    v.health.insert(id.clone(), h);
                 }
+                v.checks.insert(id.clone(), check);
             }
-            Entry::Report(report)
-        } else if let Some(e) = inflight.refused(&t.id) {
-            Entry::Report(task_report(
-                &t.id,
-                &TaskState::Failed {
-                    error: e.to_string(),
-                },
-            ))
-        } else if inflight.is_starting(&t.id) {
-            Entry::Report(if self.runtime.pulling(&t.id) {
-                in_flight(&t.id, pb::TaskState::Pulling)
-            } else {
-                starting(&t.id)
-            })
-        } else {
-            Entry::NotStarted
         }
+        v.pulling = v
+            .starting
+            .iter()
+            .filter(|id| self.runtime.pulling(id))
+            .cloned()
+            .collect();
+        v.known = known;
+        v
     }
 
     /// The last pass's report with its tasks' states as they are now: sent
@@ -539,17 +523,7 @@ impl Reconciler {
         inflight: &jobs::Inflight,
         probers: &crate::health::Probers,
     ) -> pb::StatusReport {
-        let mut checked = Vec::new();
-        let tasks = c
-            .tasks
-            .iter()
-            .filter_map(
-                |t| match self.task_entry(t, inflight, probers, &mut checked) {
-                    Entry::Report(r) => Some(r),
-                    Entry::NotStarted => None,
-                },
-            )
-            .collect();
+        let tasks = plan::tasks(&c.tasks, &self.view(inflight, probers), false).reports;
         pb::StatusReport {
             tasks,
             ..last.clone()
@@ -709,71 +683,6 @@ fn stop_policy(p: Option<&pb::StopPolicy>) -> StopPolicy {
             default.grace
         },
     }
-}
-
-/// A task being started, as the wire says it.
-/// What a pass knows of an assigned task ([`Reconciler::task_entry`]).
-enum Entry {
-    /// Its state, to report.
-    Report(pb::TaskReport),
-    /// Not known to the runtime and no start under way.
-    NotStarted,
-}
-
-fn starting(id: &str) -> pb::TaskReport {
-    in_flight(id, pb::TaskState::Starting)
-}
-
-/// A task on its way to running (`pulling` its image, `starting`).
-fn in_flight(id: &str, state: pb::TaskState) -> pb::TaskReport {
-    let mut status = pb::TaskStatus::default();
-    status.set_state(state);
-    pb::TaskReport {
-        task_id: id.to_string(),
-        status: Some(status),
-    }
-}
-
-/// A health verdict as the wire says it.
-fn health_to_wire(h: Health) -> pb::TaskHealth {
-    match h {
-        Health::Starting => pb::TaskHealth::Starting,
-        Health::Healthy => pb::TaskHealth::Healthy,
-        Health::Unhealthy => pb::TaskHealth::Unhealthy,
-    }
-}
-
-fn task_report(id: &str, s: &TaskState) -> pb::TaskReport {
-    pb::TaskReport {
-        task_id: id.to_string(),
-        status: Some(task_status(s)),
-    }
-}
-
-/// What the runtime says of a task, as the wire says it: running, exited
-/// (with its code, or with no code and the signal in the message when a
-/// signal ended it) or failed (the error in the message).
-pub fn task_status(s: &TaskState) -> pb::TaskStatus {
-    let mut out = pb::TaskStatus::default();
-    let state = match s {
-        TaskState::Running { .. } => pb::TaskState::Running,
-        TaskState::Exited { code, signal, oom } => {
-            out.oom_killed = *oom;
-            out.has_exit_code = code.is_some();
-            out.exit_code = code.unwrap_or(0);
-            out.signal = signal.unwrap_or(0);
-            out.message = signal
-                .map(|s| format!("killed by signal {s}"))
-                .unwrap_or_default();
-            pb::TaskState::Exited
-        }
-        TaskState::Failed { error } => {
-            out.message = error.clone();
-            pb::TaskState::Failed
-        }
-    };
-    out.set_state(state);
-    out
 }
 
 #[cfg(test)]
@@ -959,7 +868,7 @@ mod tests {
             node_id: "n".into(),
             applied_version: 9,
             wg_public_key: "key".into(),
-            tasks: vec![starting("t1")],
+            tasks: vec![plan::in_flight("t1", pb::TaskState::Starting)],
             ..Default::default()
         };
         let inflight = jobs::Inflight::new();
@@ -977,45 +886,84 @@ mod tests {
         assert_eq!(states, vec![("t1", pb::TaskState::Running)]);
     }
 
-    #[test]
-    fn a_pulling_task_reports_pulling() {
-        let r = in_flight("t1", pb::TaskState::Pulling);
-        assert_eq!(r.status.unwrap().state(), pb::TaskState::Pulling);
+    /// The whole loop over the fakes: no task starts while the data plane
+    /// pass fails; once it goes through, the task starts in its namespace
+    /// and runs; unassigned, it is removed and its namespace goes too.
+    #[tokio::test]
+    async fn the_loop_starts_and_removes_tasks_around_the_data_plane() {
+        use crate::runtime::fake::{FakeCall, FakeRuntime};
+        use weft_overlay::FakeDataplane;
+        let dir = tempfile::tempdir().unwrap();
+        let plane = Arc::new(FakeDataplane::new(dir.path().join("run")));
+        plane.with_state(|s| s.fail_calls.insert(0));
+        let runtime = Arc::new(FakeRuntime::new());
+        let (push, pushed) = watch::channel(None);
+        let (tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
+        let (stop_tx, stop) = watch::channel(false);
+        let r = Reconciler {
+            config: pushed,
+            dataplane: plane.clone(),
+            runtime: runtime.clone(),
+            report: Box::new(move |rep| {
+                let _ = tx.send(rep);
+            }),
+            ..reconciler(dir.path())
+        };
+        let wake = r.wake.clone();
+        let looping = tokio::spawn(r.run(stop));
+        let mut next = async |what: &str, ok: &dyn Fn(&pb::StatusReport) -> bool| loop {
+            match tokio::time::timeout(Duration::from_secs(10), reports.recv()).await {
+                Ok(Some(rep)) if ok(&rep) => return rep,
+                Ok(Some(_)) => {}
+                _ => panic!("no report {what} within 10 s"),
+            }
+        };
+        let c = Arc::new(config());
+        push.send(Some(c.clone())).unwrap();
+        let failed = next("of the failed pass", &|r| !r.apply_error.is_empty()).await;
+        assert_eq!(failed.applied_version, 0);
+        assert!(failed.tasks.is_empty(), "{:?}", failed.tasks);
+        assert!(runtime.spec("t1").is_none(), "started without a network");
+        wake.notify_one();
+        let running = |r: &pb::StatusReport| {
+            r.tasks
+                .iter()
+                .any(|t| t.status.as_ref().unwrap().state() == pb::TaskState::Running)
+        };
+        let ok = next("with t1 running", &running).await;
         assert_eq!(
-            starting("t1").status.unwrap().state(),
-            pb::TaskState::Starting
+            (ok.applied_version, ok.apply_error.as_str()),
+            (c.version, "")
         );
-    }
-
-    #[test]
-    fn runtime_states_on_the_wire() {
-        let running = task_status(&TaskState::Running { pid: 42 });
-        assert_eq!(running.state(), pb::TaskState::Running);
-        assert_eq!(running.health(), pb::TaskHealth::Unspecified);
-        assert!(!running.has_exit_code);
-        let exited = task_status(&TaskState::Exited {
-            code: Some(3),
-            signal: None,
-            oom: false,
-        });
-        assert_eq!(exited.state(), pb::TaskState::Exited);
-        assert!(exited.has_exit_code);
-        assert_eq!(exited.exit_code, 3);
-        assert!(exited.message.is_empty());
-        assert!(!exited.oom_killed);
-        // A signal: exited with no code, the signal in the message.
-        let killed = task_status(&TaskState::Exited {
-            code: None,
-            signal: Some(9),
-            oom: false,
-        });
-        assert_eq!(killed.state(), pb::TaskState::Exited);
-        assert!(!killed.has_exit_code);
-        assert_eq!(killed.message, "killed by signal 9");
-        let failed = task_status(&TaskState::Failed {
-            error: "no such file".into(),
-        });
-        assert_eq!(failed.state(), pb::TaskState::Failed);
-        assert_eq!(failed.message, "no such file");
+        assert!(plane.kernel().tasks.contains_key(&TaskId("t1".into())));
+        let mut none = config();
+        none.version += 1;
+        none.tasks.clear();
+        push.send(Some(Arc::new(none))).unwrap();
+        let gone = |r: &pb::StatusReport| r.tasks.is_empty() && r.applied_version == c.version + 1;
+        next("without t1", &gone).await;
+        let calls = runtime.calls();
+        assert_eq!(
+            calls
+                .iter()
+                .filter(|c| matches!(c, FakeCall::Start(_)))
+                .count(),
+            1
+        );
+        // The removal ends in the background; the next pass drops the
+        // task's namespace.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while runtime.status("t1").is_some()
+                || plane.kernel().tasks.contains_key(&TaskId("t1".into()))
+            {
+                wake.notify_one();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("t1 removed and its namespace gone within 10 s");
+        assert!(runtime.calls().contains(&FakeCall::Remove("t1".into())));
+        stop_tx.send(true).unwrap();
+        looping.await.unwrap();
     }
 }

@@ -86,16 +86,15 @@ impl Inflight {
         self.refused.retain(|id, _| assigned.contains(id.as_str()));
     }
 
-    pub(super) fn is_starting(&self, id: &str) -> bool {
-        self.starting.contains(id)
-    }
-
-    pub(super) fn is_removing(&self, id: &str) -> bool {
-        self.removing.contains_key(id)
-    }
-
-    pub(super) fn refused(&self, id: &str) -> Option<&str> {
-        self.refused.get(id).map(String::as_str)
+    /// The jobs' part of the planner's snapshot: what is starting, being
+    /// removed, or was refused.
+    pub(super) fn view(&self) -> super::TaskView {
+        super::TaskView {
+            starting: self.starting.clone(),
+            removing: self.removing.keys().cloned().collect(),
+            refused: self.refused.clone(),
+            ..Default::default()
+        }
     }
 
     /// Starts `spec` in the background (at most [`PARALLEL_STARTS`] at once).
