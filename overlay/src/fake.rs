@@ -13,10 +13,12 @@ use async_trait::async_trait;
 use crate::dataplane::{ApplyReport, Dataplane, Error, Result, TeardownReport};
 use crate::model::names;
 use crate::model::{DesiredNode, TaskId};
+use ipnetwork::IpNetwork;
+
 use crate::plan::{
-    NsRef, Observed, ObservedFdb, ObservedGuard, ObservedKind, ObservedLink, ObservedNeigh,
-    ObservedNs, ObservedRoute, ObservedVxlan, ObservedWg, ObservedWgPeer, Op, guard_comments,
-    lb_comments, nat_comments, plan,
+    HostRoute, NsRef, Observed, ObservedFdb, ObservedGuard, ObservedKind, ObservedLink,
+    ObservedNeigh, ObservedNs, ObservedRoute, ObservedVxlan, ObservedWg, ObservedWgPeer, Op,
+    guard_comments, lb_comments, nat_comments, plan,
 };
 
 /// Applies `op` to the simulated kernel `k`, as the Linux executor would.
@@ -26,10 +28,15 @@ pub fn simulate(k: &mut Observed, op: &Op) {
     match op {
         Op::CreateNetns { ns } => {
             let mut fresh = ObservedNs::default();
-            fresh.links.insert(
-                names::LOOPBACK.to_owned(),
-                new_link(k, ObservedKind::Other("loopback".into()), Some(65536)),
+            // The kernel's loopback: no kind, an all-zero MAC; its
+            // addresses come when it goes up.
+            let mut lo = new_link(
+                k,
+                ObservedKind::Other("device without kind".into()),
+                Some(65536),
             );
+            lo.mac = Some(crate::mac::MacAddr([0; 6]));
+            fresh.links.insert(names::LOOPBACK.to_owned(), lo);
             match ns {
                 NsRef::Host => {}
                 NsRef::Network(n) => {
@@ -52,9 +59,9 @@ pub fn simulate(k: &mut Observed, op: &Op) {
             };
             // The kernel destroys the namespace's veths and with them their
             // peers elsewhere.
-            for l in gone.into_iter().flat_map(|o| o.links.into_values()) {
+            for (name, l) in gone.into_iter().flat_map(|o| o.links.into_iter()) {
                 if l.kind == ObservedKind::Veth {
-                    remove_peer(k, l.index, l.peer_index);
+                    remove_peer(k, ns, &name, &l);
                 }
             }
         }
@@ -112,6 +119,10 @@ pub fn simulate(k: &mut Observed, op: &Op) {
             let Some(l) = k.ns_mut(ns).and_then(|o| o.links.remove(name)) else {
                 return;
             };
+            if *ns == NsRef::Host {
+                k.host_routes
+                    .retain(|r| r.dev.as_deref() != Some(name.as_str()));
+            }
             if let Some(o) = k.ns_mut(ns) {
                 o.fdb.remove(name);
                 o.neighs.remove(name);
@@ -123,7 +134,7 @@ pub fn simulate(k: &mut Observed, op: &Op) {
                 }
             }
             if l.kind == ObservedKind::Veth {
-                remove_peer(k, l.index, l.peer_index);
+                remove_peer(k, ns, name, &l);
             }
         }
         Op::SetMtu { ns, link, mtu } => with_link(k, ns, link, |l| l.mtu = Some(*mtu)),
@@ -131,13 +142,38 @@ pub fn simulate(k: &mut Observed, op: &Op) {
         Op::SetMaster { ns, link, master } => {
             with_link(k, ns, link, |l| l.master = Some(master.clone()))
         }
-        Op::SetUp { ns, link } => with_link(k, ns, link, |l| l.up = true),
-        Op::AddAddress { ns, link, addr } => with_link(k, ns, link, |l| {
-            l.addrs.insert(*addr);
+        Op::SetUp { ns, link } => with_link(k, ns, link, |l| {
+            l.up = true;
+            if link == names::LOOPBACK {
+                l.addrs.extend(
+                    LOOPBACK_ADDRS
+                        .iter()
+                        .map(|a| a.parse::<IpNetwork>().expect("loopback address")),
+                );
+            }
         }),
-        Op::DeleteAddress { ns, link, addr } => with_link(k, ns, link, |l| {
-            l.addrs.remove(addr);
-        }),
+        Op::AddAddress { ns, link, addr } => {
+            with_link(k, ns, link, |l| {
+                l.addrs.insert(*addr);
+            });
+            // The kernel adds the prefix route of an address (a host
+            // route's prefix has none).
+            if *ns == NsRef::Host && addr.prefix() < max_prefix(addr) {
+                let r = prefix_route(addr, link);
+                if !k.host_routes.contains(&r) {
+                    k.host_routes.push(r);
+                }
+            }
+        }
+        Op::DeleteAddress { ns, link, addr } => {
+            with_link(k, ns, link, |l| {
+                l.addrs.remove(addr);
+            });
+            if *ns == NsRef::Host {
+                let r = prefix_route(addr, link);
+                k.host_routes.retain(|h| *h != r);
+            }
+        }
         Op::ReplaceDefaultRoute { ns, gateway, dev } => {
             let dest = ipnetwork::IpNetwork::new(
                 if gateway.is_ipv4() {
@@ -250,6 +286,8 @@ pub fn simulate(k: &mut Observed, op: &Op) {
         }
         Op::DeleteWg => {
             k.host.links.remove(names::WG_DEVICE);
+            k.host_routes
+                .retain(|r| r.dev.as_deref() != Some(names::WG_DEVICE));
             k.wg = None;
         }
         Op::SetWgKey { .. } => {
@@ -293,6 +331,21 @@ pub fn simulate(k: &mut Observed, op: &Op) {
     }
 }
 
+/// What the kernel gives a loopback device that goes up.
+const LOOPBACK_ADDRS: [&str; 2] = ["127.0.0.1/8", "::1/128"];
+
+fn max_prefix(a: &IpNetwork) -> u8 {
+    if a.is_ipv4() { 32 } else { 128 }
+}
+
+/// The route the kernel adds for address `a` on `dev`.
+fn prefix_route(a: &IpNetwork, dev: &str) -> HostRoute {
+    HostRoute {
+        dest: IpNetwork::new(a.network(), a.prefix()).expect("a prefix of an address"),
+        dev: Some(dev.to_owned()),
+    }
+}
+
 fn next_index(k: &Observed) -> u32 {
     // Unique across namespaces (the kernel's are per namespace), which
     // keeps peer lookups in the simulation unambiguous.
@@ -327,15 +380,51 @@ fn with_link(k: &mut Observed, ns: &NsRef, name: &str, f: impl FnOnce(&mut Obser
     }
 }
 
-fn remove_peer(k: &mut Observed, index: u32, peer: Option<u32>) {
-    let Some(peer) = peer else { return };
-    let all = std::iter::once(&mut k.host)
-        .chain(k.networks.values_mut())
-        .chain(k.tasks.values_mut());
-    for o in all {
-        o.links.retain(|_, l| {
-            !(l.kind == ObservedKind::Veth && l.index == peer && l.peer_index == Some(index))
-        });
+/// Removes the other end of veth `name` (`l`), which was in `ns`, as the
+/// kernel does. Interface indexes are per namespace, so in a kernel's
+/// snapshot two veths can share an index and a peer index: the peer is
+/// looked for where weft puts the other end of such a veth (a task's
+/// `eth*`/`gw0` ends in its network namespaces' [`names::port`] and the
+/// host's [`names::gw_port`], and back), and only anywhere for veths of
+/// other names.
+fn remove_peer(k: &mut Observed, ns: &NsRef, name: &str, l: &ObservedLink) {
+    let Some(peer) = l.peer_index else { return };
+    let is_peer = |o: &ObservedLink| {
+        o.kind == ObservedKind::Veth && o.index == peer && o.peer_index == Some(l.index)
+    };
+    let owner = |name: &str| {
+        k.tasks
+            .keys()
+            .find(|t| names::port(t) == name || names::gw_port(t) == name)
+            .cloned()
+    };
+    let target: Option<(Vec<NsRef>, Option<String>)> = match ns {
+        NsRef::Task(t) if name == names::TASK_GW_IF => {
+            Some((vec![NsRef::Host], Some(names::gw_port(t))))
+        }
+        NsRef::Task(t) => Some((
+            k.networks.keys().cloned().map(NsRef::Network).collect(),
+            Some(names::port(t)),
+        )),
+        NsRef::Network(_) | NsRef::Host => owner(name).map(|t| (vec![NsRef::Task(t)], None)),
+    };
+    match target {
+        Some((spaces, peer_name)) => {
+            for space in spaces {
+                if let Some(o) = k.ns_mut(&space) {
+                    o.links
+                        .retain(|n, o| !(is_peer(o) && peer_name.as_ref().is_none_or(|p| p == n)));
+                }
+            }
+        }
+        None => {
+            let all = std::iter::once(&mut k.host)
+                .chain(k.networks.values_mut())
+                .chain(k.tasks.values_mut());
+            for o in all {
+                o.links.retain(|_, o| !is_peer(o));
+            }
+        }
     }
 }
 

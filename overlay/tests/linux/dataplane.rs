@@ -28,11 +28,11 @@ use crate::common::{
 
 const PORT: u16 = 4799;
 
-fn mac(i: u8) -> MacAddr {
+pub(crate) fn mac(i: u8) -> MacAddr {
     MacAddr([0x02, 0x42, 0x0a, 0x14, 0x00, i])
 }
 
-fn overlay(vni: u32, internal: bool) -> OverlayNet {
+pub(crate) fn overlay(vni: u32, internal: bool) -> OverlayNet {
     OverlayNet {
         local: false,
         vni,
@@ -47,7 +47,7 @@ fn overlay(vni: u32, internal: bool) -> OverlayNet {
     }
 }
 
-fn task(network: &str, ip: &str, m: u8, gw: Option<(&str, u8)>) -> TaskNet {
+pub(crate) fn task(network: &str, ip: &str, m: u8, gw: Option<(&str, u8)>) -> TaskNet {
     TaskNet {
         endpoints: vec![LocalEndpoint {
             network: network.into(),
@@ -62,7 +62,7 @@ fn task(network: &str, ip: &str, m: u8, gw: Option<(&str, u8)>) -> TaskNet {
     }
 }
 
-fn remote(ip: &str, m: u8, vtep: IpAddr) -> RemoteEndpoint {
+pub(crate) fn remote(ip: &str, m: u8, vtep: IpAddr) -> RemoteEndpoint {
     RemoteEndpoint {
         ip: ip.parse().unwrap(),
         mac: mac(m),
@@ -72,7 +72,7 @@ fn remote(ip: &str, m: u8, vtep: IpAddr) -> RemoteEndpoint {
 
 /// Node 1 runs a (n1, gateway) and d (n2, internal); node 2 runs b (n1,
 /// gateway) and c (n2, internal). Both networks use 10.20.0.0/24.
-fn desired(v1: IpAddr, v2: IpAddr) -> (DesiredNode, DesiredNode) {
+pub(crate) fn desired(v1: IpAddr, v2: IpAddr) -> (DesiredNode, DesiredNode) {
     let mut d1 = DesiredNode::new(v1);
     let mut d2 = DesiredNode::new(v2);
     for d in [&mut d1, &mut d2] {

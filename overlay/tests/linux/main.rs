@@ -6,6 +6,7 @@
 mod common;
 mod dataplane;
 mod dns_store;
+mod fake_agrees;
 mod netlink;
 mod netns;
 mod nft;
