@@ -313,6 +313,7 @@ pub struct InitArgs {
             "advertise_addr", "listen_addr", "data_path_addr", "data_path_port",
             "default_addr_pool", "default_addr_pool_mask_length", "cert_expiry",
             "heartbeat_period", "wg_key_rotation", "wg_port", "ingress_subnet", "autolock",
+            "disconnect_grace",
         ]
     )]
     pub force_new_cluster: bool,
@@ -345,6 +346,14 @@ pub struct InitArgs {
     /// 60s).
     #[arg(long, value_parser = parse_duration)]
     pub heartbeat_period: Option<Duration>,
+    /// Mark a node down, and reschedule its tasks, when its daemon's
+    /// connection closes without notice (the process died) and it does not
+    /// reconnect within this time, e.g. 500ms (100ms to 60s; default off:
+    /// only missed heartbeats, 3 periods, mark a node down). A daemon that
+    /// stops on purpose (SIGTERM) is not affected; one that crashes and is
+    /// restarted later than this loses its tasks to other nodes.
+    #[arg(long, value_parser = parse_duration)]
+    pub disconnect_grace: Option<Duration>,
     /// Interval of automatic WireGuard key rotation, e.g. 24h (default 24h;
     /// 1m to 365d).
     #[arg(long, value_parser = parse_duration)]
@@ -560,6 +569,11 @@ pub enum ClusterCommand {
         /// Lifetime of certificates issued from now on, e.g. 90d (1h to 3650d).
         #[arg(long, value_parser = parse_duration)]
         cert_expiry: Option<Duration>,
+        /// Mark a node down when its daemon's connection closes without
+        /// notice and it does not reconnect within this time, e.g. 500ms
+        /// (100ms to 60s; 0s: off, only missed heartbeats count).
+        #[arg(long, value_parser = parse_duration)]
+        disconnect_grace: Option<Duration>,
         /// Move the ingress network (routing mesh) to this subnet; refused
         /// while a service publishes a port through it or a task is still on
         /// it (an unused ingress network comes back on the new subnet with the
@@ -1022,6 +1036,12 @@ mod tests {
         let cases: Vec<(&[&str], &str, Vec<String>)> = vec![
             (&["init"], "cert_expiry", cert.clone()),
             (&["init"], "heartbeat_period", vec!["100ms to 60s".into()]),
+            (&["init"], "disconnect_grace", vec!["100ms to 60s".into()]),
+            (
+                &["cluster", "update"],
+                "disconnect_grace",
+                vec!["100ms to 60s".into()],
+            ),
             (&["init"], "wg_key_rotation", wg.clone()),
             (&["init"], "default_addr_pool", n(l::MAX_ADDR_POOLS)),
             (&["cluster", "update"], "cert_expiry", cert),

@@ -1187,6 +1187,7 @@ fn init_settings_given(r: &pb::InitRequest) -> Option<&'static str> {
         ),
         (r.cert_expiry_secs != 0, "--cert-expiry"),
         (r.heartbeat_period_ms != 0, "--heartbeat-period"),
+        (r.disconnect_grace_ms != 0, "--disconnect-grace"),
         (r.wg_key_rotation_secs != 0, "--wg-key-rotation"),
         (r.wg_port != 0, "--wg-port"),
         (!r.ingress_subnet.is_empty(), "--ingress-subnet"),

@@ -222,6 +222,7 @@ async fn dispatcher_calls(ch: Channel, node: &str, set: Set) -> Vec<Outcome> {
         out,
         c.heartbeat(pb::HeartbeatRequest {
             node_id: node_id.clone(),
+            stopping: false,
         })
     );
     call!(

@@ -206,6 +206,81 @@ fn killed_worker_is_marked_down_within_three_heartbeats() {
     });
 }
 
+/// With `--disconnect-grace`, a worker whose daemon dies (its connection
+/// closes) is down once the grace has passed, before the three heartbeats
+/// it misses could say so; one whose daemon stops on purpose (SIGTERM)
+/// waits for its heartbeats as before; the setting changes at run time.
+#[test]
+fn a_dead_daemon_is_down_after_the_disconnect_grace_and_a_stopped_one_is_not() {
+    let mut lab = Lab::new("disconnect", &["m1", "w1", "w2"]);
+    lab.start_all();
+    let (wt, _) = lab.init(
+        "m1",
+        &["--heartbeat-period", "1s", "--disconnect-grace", "300ms"],
+    );
+    lab.join("w1", &wt, "m1");
+    lab.join("w2", &wt, "m1");
+    let status = |lab: &Lab, host: &str| {
+        lab.node_ls("m1")
+            .into_iter()
+            .find(|r| r.hostname == host)
+            .map(|r| r.status)
+            .unwrap_or_default()
+    };
+    wait_for("w1 and w2 ready", Duration::from_secs(15), || {
+        status(&lab, "w1") == "Ready" && status(&lab, "w2") == "Ready"
+    });
+    let info = lab.weft("m1", &["info"]);
+    assert!(info.contains("Disconnect grace: 300ms"), "{info}");
+    // Bad values are refused and change nothing.
+    let err = lab.weft_err("m1", &["cluster", "update", "--disconnect-grace", "10ms"]);
+    assert!(err.contains("100ms to 60s"), "{err}");
+    assert!(
+        lab.weft("m1", &["info"])
+            .contains("Disconnect grace: 300ms")
+    );
+
+    lab.kill9("w1");
+    let took = wait_for("w1 down", Duration::from_secs(10), || {
+        status(&lab, "w1") == "Down"
+    });
+    eprintln!("killed worker marked down after {took:?} (grace 300ms, heartbeat 1s)");
+    // Missed heartbeats alone need 3 periods after the last one, which came
+    // at most one period before the kill: never before 2 s.
+    assert!(
+        took < Duration::from_secs(2),
+        "the grace did not act: {took:?}"
+    );
+    let inspect = lab.weft("m1", &["node", "inspect", "w1"]);
+    assert!(inspect.contains("disconnect grace of 300ms"), "{inspect}");
+
+    let took = lab.sigterm("w2");
+    let down = wait_for("w2 down", Duration::from_secs(15), || {
+        status(&lab, "w2") == "Down"
+    }) + took;
+    eprintln!("stopped worker marked down after {down:?}");
+    assert!(
+        down >= Duration::from_secs(2),
+        "a stop was taken for a crash: {down:?}"
+    );
+
+    // Off at run time: a killed daemon waits for its heartbeats again.
+    lab.start("w1");
+    wait_for("w1 ready again", Duration::from_secs(15), || {
+        status(&lab, "w1") == "Ready"
+    });
+    let out = lab.weft("m1", &["cluster", "update", "--disconnect-grace", "0s"]);
+    assert!(out.contains("Disconnect grace: off"), "{out}");
+    lab.kill9("w1");
+    let took = wait_for("w1 down again", Duration::from_secs(10), || {
+        status(&lab, "w1") == "Down"
+    });
+    assert!(
+        took >= Duration::from_millis(1900),
+        "grace still on: {took:?}"
+    );
+}
+
 #[test]
 fn promote_demote_remove_and_leave() {
     let mut lab = Lab::new("roles", &["m1", "n2", "n3"]);

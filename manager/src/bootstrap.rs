@@ -130,6 +130,10 @@ pub fn validate_init(r: &pb::InitRequest) -> Result<InitParams> {
         limits::heartbeat_ms(r.heartbeat_period_ms)?;
         settings.heartbeat_period_ms = r.heartbeat_period_ms;
     }
+    if r.disconnect_grace_ms != 0 {
+        limits::disconnect_grace_ms(r.disconnect_grace_ms)?;
+        settings.disconnect_grace_ms = Some(r.disconnect_grace_ms);
+    }
     if r.wg_key_rotation_secs != 0 {
         limits::wg_key_rotation(r.wg_key_rotation_secs)?;
         settings.wg_key_rotation_secs = r.wg_key_rotation_secs;

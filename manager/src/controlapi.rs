@@ -282,6 +282,7 @@ impl ControlService {
             raft_commit_index: m.applied_index.unwrap_or(0),
             raft_applied_index: m.applied_index.unwrap_or(0),
             heartbeat_period_ms: c.settings.heartbeat_period_ms,
+            disconnect_grace_ms: c.settings.disconnect_grace_ms.unwrap_or(0),
             data_path_port: u32::from(c.settings.data_path_port),
             default_addr_pools: c
                 .settings
@@ -666,7 +667,11 @@ impl Control for ControlService {
         self.admit(&req).await?;
         let r = req.into_inner();
         if r.set_autolock {
-            if r.set_wg_key_rotation || r.set_cert_expiry || !r.ingress_subnet.is_empty() {
+            if r.set_wg_key_rotation
+                || r.set_cert_expiry
+                || r.set_disconnect_grace
+                || !r.ingress_subnet.is_empty()
+            {
                 return Err(Error::InvalidInput(
                     "--autolock is changed on its own: give the other settings in another \
                      `weft cluster update`"
@@ -680,10 +685,14 @@ impl Control for ControlService {
             summary.unlock_key = key.map(|k| k.reveal().to_string()).unwrap_or_default();
             return Ok(Response::new(summary));
         }
-        if !r.set_wg_key_rotation && !r.set_cert_expiry && r.ingress_subnet.is_empty() {
+        if !r.set_wg_key_rotation
+            && !r.set_cert_expiry
+            && !r.set_disconnect_grace
+            && r.ingress_subnet.is_empty()
+        {
             return Err(Error::InvalidInput(
-                "nothing to change: give --wg-key-rotation, --cert-expiry, --ingress-subnet \
-                 and/or --autolock"
+                "nothing to change: give --wg-key-rotation, --cert-expiry, --ingress-subnet, \
+                 --disconnect-grace and/or --autolock"
                     .into(),
             )
             .into());
@@ -716,11 +725,18 @@ impl Control for ControlService {
         } else {
             None
         };
+        let grace = if r.set_disconnect_grace {
+            limits::disconnect_grace_ms(r.disconnect_grace_ms)?;
+            Some(r.disconnect_grace_ms)
+        } else {
+            None
+        };
         self.core
             .propose(Command::UpdateClusterSettings {
                 wg_key_rotation_secs: rotation,
                 cert_expiry_secs: expiry,
                 ingress_subnet: ingress,
+                disconnect_grace_ms: grace,
             })
             .await?;
         match self
@@ -728,7 +744,8 @@ impl Control for ControlService {
                 let c = &s.cluster.as_ref()?.settings;
                 (rotation.is_none_or(|v| v == c.wg_key_rotation_secs)
                     && expiry.is_none_or(|v| v == c.cert_expiry_secs)
-                    && ingress.is_none_or(|v| Some(v) == c.ingress_subnet))
+                    && ingress.is_none_or(|v| Some(v) == c.ingress_subnet)
+                    && grace.is_none_or(|v| v == c.disconnect_grace_ms.unwrap_or(0)))
                 .then_some(())
             })
             .await

@@ -304,12 +304,20 @@ impl Core {
     }
 
     /// The liveness commands the store needs now (leader only).
-    pub(crate) fn liveness_plan(&self, period: Duration) -> Vec<Command> {
+    pub(crate) fn liveness_plan(&self, period: Duration, grace: Option<Duration>) -> Vec<Command> {
         let l = self.inner.liveness.lock().expect("liveness lock");
         let Some(l) = l.as_ref() else {
             return Vec::new();
         };
-        self.read(|s| l.plan(s, period, Instant::now(), now_ms()))
+        self.read(|s| l.plan(s, period, grace, Instant::now(), now_ms()))
+    }
+
+    /// Node `id` said (in a heartbeat) that its daemon is stopping.
+    pub fn stopping(&self, id: NodeId) {
+        let mut l = self.inner.liveness.lock().expect("liveness lock");
+        if let Some(l) = l.as_mut() {
+            l.stopping(id);
+        }
     }
 
     /// The Raft voters.
@@ -378,6 +386,9 @@ impl Core {
     ) {
         self.inner.inventories.session_opened(id);
         self.inner.sessions.lock().expect("sessions").insert(id, tx);
+        if let Some(l) = self.inner.liveness.lock().expect("liveness lock").as_mut() {
+            l.session_opened(id, Instant::now());
+        }
     }
 
     /// Forgets the session of `id` if `tx` is still the registered one.
@@ -391,6 +402,9 @@ impl Core {
             s.remove(&id);
             drop(s);
             self.inner.pushes.session_ended(id);
+            if let Some(l) = self.inner.liveness.lock().expect("liveness lock").as_mut() {
+                l.session_ended(id, Instant::now());
+            }
         }
     }
 

@@ -19,11 +19,17 @@ const LEARNER_CATCH_UP: Duration = Duration::from_secs(20);
 pub async fn liveness_loop(core: Core, mut stop: watch::Receiver<bool>) {
     let mut changes = core.store().subscribe();
     loop {
-        let period = core
-            .cluster()
-            .map(|c| Duration::from_millis(c.settings.heartbeat_period_ms))
+        let settings = core.cluster().map(|c| c.settings.clone()).ok();
+        let period = settings
+            .as_ref()
+            .map(|s| Duration::from_millis(s.heartbeat_period_ms))
             .unwrap_or(Duration::from_secs(1));
-        let tick = (period / 4).max(Duration::from_millis(100));
+        let grace = settings
+            .and_then(|s| s.disconnect_grace_ms)
+            .map(Duration::from_millis);
+        // A quarter of the shorter of the two: a node is marked down within
+        // a quarter more than its deadline.
+        let tick = (grace.map_or(period, |g| g.min(period)) / 4).max(Duration::from_millis(25));
         tokio::select! {
             _ = stop.changed() => return,
             _ = tokio::time::sleep(tick) => {},
@@ -39,7 +45,7 @@ pub async fn liveness_loop(core: Core, mut stop: watch::Receiver<bool>) {
         }
         // This manager heartbeats itself: it is alive if it is leading.
         core.seen(core.node_id());
-        for cmd in core.liveness_plan(period) {
+        for cmd in core.liveness_plan(period, grace) {
             if let Err(e) = core.propose(cmd).await {
                 tracing::warn!(error = %e, "could not record node liveness");
                 break;

@@ -402,6 +402,26 @@ pub fn heartbeat_ms(ms: u64) -> Result<()> {
     Ok(())
 }
 
+/// Shortest disconnect grace: a node's daemon that renews its certificate
+/// or switches to a new leader closes one session and opens the next
+/// within milliseconds.
+pub const MIN_DISCONNECT_GRACE_MS: u64 = 100;
+
+/// Longest disconnect grace: beyond a minute, missed heartbeats decide.
+pub const MAX_DISCONNECT_GRACE_MS: u64 = 60_000;
+
+/// `--disconnect-grace`, in milliseconds; 0 turns it off.
+pub fn disconnect_grace_ms(ms: u64) -> Result<()> {
+    if ms != 0 && !(MIN_DISCONNECT_GRACE_MS..=MAX_DISCONNECT_GRACE_MS).contains(&ms) {
+        return Err(Error::InvalidInput(format!(
+            "--disconnect-grace {ms}ms is outside the limits of {MIN_DISCONNECT_GRACE_MS}ms to \
+             {}s (or 0 to turn it off)",
+            MAX_DISCONNECT_GRACE_MS / 1000
+        )));
+    }
+    Ok(())
+}
+
 /// Seconds the way the CLI takes them (`90d`, `1h`, `61s`).
 fn human_secs(secs: u64) -> String {
     for (unit, n) in [("d", 86_400), ("h", 3600), ("m", 60)] {

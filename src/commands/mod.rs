@@ -148,6 +148,7 @@ pub async fn init(c: &Client, a: InitArgs) -> anyhow::Result<()> {
             default_addr_pool_mask_length: a.default_addr_pool_mask_length.unwrap_or(0),
             cert_expiry_secs: a.cert_expiry.map(|d| d.as_secs().max(1)).unwrap_or(0),
             heartbeat_period_ms: a.heartbeat_period.map(|d| ms(d).max(1)).unwrap_or(0),
+            disconnect_grace_ms: a.disconnect_grace.map(grace_ms).unwrap_or(0),
             force_new_cluster: false,
             wg_key_rotation_secs: a.wg_key_rotation.map(|d| d.as_secs().max(1)).unwrap_or(0),
             wg_port: a.wg_port.unwrap_or(0),
@@ -362,6 +363,7 @@ pub async fn info(c: &Client) -> anyhow::Result<()> {
             println!("  Commit index: {}", cl.raft_commit_index);
             println!("  Applied index: {}", cl.raft_applied_index);
             println!(" Heartbeat period: {}ms", cl.heartbeat_period_ms);
+            println!(" Disconnect grace: {}", grace_text(cl.disconnect_grace_ms));
             println!(" Certificate expiry: {}h", cl.cert_expiry_secs / 3600);
             println!(" WireGuard port: {}", cl.wg_port);
             println!(
@@ -485,6 +487,7 @@ pub async fn cluster(c: &Client, cmd: crate::cli::ClusterCommand) -> anyhow::Res
         C::Update {
             wg_key_rotation,
             cert_expiry,
+            disconnect_grace,
             ingress_subnet,
             autolock,
         } => {
@@ -498,6 +501,8 @@ pub async fn cluster(c: &Client, cmd: crate::cli::ClusterCommand) -> anyhow::Res
                     set_cert_expiry: cert_expiry.is_some(),
                     cert_expiry_secs: cert_expiry.map(|d| d.as_secs()).unwrap_or(0),
                     ingress_subnet: ingress_subnet.unwrap_or_default(),
+                    set_disconnect_grace: disconnect_grace.is_some(),
+                    disconnect_grace_ms: disconnect_grace.map(grace_ms).unwrap_or(0),
                 })
                 .await
                 .map_err(rpc)?
@@ -507,6 +512,7 @@ pub async fn cluster(c: &Client, cmd: crate::cli::ClusterCommand) -> anyhow::Res
                 rotation_text(s.wg_key_rotation_secs)
             );
             println!("Certificate expiry: {}h", s.cert_expiry_secs / 3600);
+            println!("Disconnect grace: {}", grace_text(s.disconnect_grace_ms));
             println!("Ingress subnet: {}", s.ingress_subnet);
             println!("Autolock: {}", if s.autolock { "on" } else { "off" });
             if !s.unlock_key.is_empty() {
@@ -540,3 +546,18 @@ pub use node::node;
 pub use service::service;
 pub use task::{port, ps, rm, run_task};
 pub use volume::volume;
+
+/// `--disconnect-grace` on the wire: 0 is off, anything else at least 1 ms
+/// (so a tiny value is refused by the limits rather than turning it off).
+fn grace_ms(d: std::time::Duration) -> u64 {
+    if d.is_zero() { 0 } else { ms(d).max(1) }
+}
+
+/// The disconnect grace as `weft info` shows it.
+fn grace_text(ms: u64) -> String {
+    if ms == 0 {
+        "off (missed heartbeats mark a node down)".into()
+    } else {
+        format!("{ms}ms")
+    }
+}

@@ -39,6 +39,8 @@ use crate::renewal;
 
 /// How long a certificate renewal may take before it counts as failed.
 const RENEW_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a stopping daemon waits for the leader to take its notice.
+const STOPPING_NOTICE: Duration = Duration::from_millis(500);
 
 /// Metadata key a follower uses to point at the leader.
 pub const LEADER_METADATA: &str = "weft-leader";
@@ -552,7 +554,15 @@ impl Run {
         loop {
             let renewal = tokio::time::sleep(self.until_renewal());
             tokio::select! {
-                _ = self.stop.changed() => return End::Stopped,
+                _ = self.stop.changed() => {
+                    // Said before the session ends, so the leader does not
+                    // take the end for a crash (the disconnect grace).
+                    let req = pb::HeartbeatRequest { node_id: self.node_id.clone(), stopping: true };
+                    if tokio::time::timeout(STOPPING_NOTICE, client.heartbeat(req)).await.is_err() {
+                        tracing::debug!("the leader did not take the stopping notice in time");
+                    }
+                    return End::Stopped;
+                }
                 msg = stream.message() => match msg {
                     Ok(Some(m)) => {
                         let new_period = Duration::from_millis(m.heartbeat_period_ms.max(100));
@@ -592,7 +602,7 @@ impl Run {
                     }
                 }
                 _ = hb.tick() => {
-                    let req = pb::HeartbeatRequest { node_id: self.node_id.clone() };
+                    let req = pb::HeartbeatRequest { node_id: self.node_id.clone(), stopping: false };
                     match tokio::time::timeout(period * 2, client.heartbeat(req)).await {
                         Ok(Ok(_)) => {}
                         Ok(Err(st)) => return self.classify(st),

@@ -6,8 +6,15 @@
 //! `ready`. A new leader gives every node a grace period of three periods
 //! from the moment it took over, so a leader change never marks live nodes
 //! down.
+//!
+//! With a disconnect grace set (`--disconnect-grace`), a node whose session
+//! ended without notice (its daemon's connection closed: the process died)
+//! and that opened no new one within the grace is `down` at once, without
+//! waiting for the heartbeats it misses. A daemon that stops on purpose
+//! (SIGTERM: a restart, an upgrade) says so in a last heartbeat, and its
+//! session's end starts no grace.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use crate::store::{Command, NodeId, NodeState, State};
@@ -20,6 +27,11 @@ pub const MISSED_HEARTBEATS: u32 = 3;
 pub struct Liveness {
     since: Instant,
     last_seen: HashMap<NodeId, Instant>,
+    /// Nodes whose session ended without notice, and when.
+    disconnected: HashMap<NodeId, Instant>,
+    /// Nodes that said they are stopping: the end of their session that
+    /// follows is no failure.
+    stopping: HashSet<NodeId>,
 }
 
 impl Liveness {
@@ -28,7 +40,36 @@ impl Liveness {
         Liveness {
             since: now,
             last_seen: HashMap::new(),
+            disconnected: HashMap::new(),
+            stopping: HashSet::new(),
         }
+    }
+
+    /// Records that `id` opened a session.
+    pub fn session_opened(&mut self, id: NodeId, now: Instant) {
+        self.disconnected.remove(&id);
+        self.stopping.remove(&id);
+        self.seen(id, now);
+    }
+
+    /// Records that `id` said it is stopping.
+    pub fn stopping(&mut self, id: NodeId) {
+        self.stopping.insert(id);
+    }
+
+    /// Records that the session of `id` ended (and no newer one is open).
+    pub fn session_ended(&mut self, id: NodeId, now: Instant) {
+        if !self.stopping.remove(&id) {
+            self.disconnected.insert(id, now);
+        }
+    }
+
+    /// When the session of `id` ended without notice, if it did and the
+    /// node was not heard from since.
+    fn disconnected_at(&self, id: NodeId) -> Option<Instant> {
+        let at = *self.disconnected.get(&id)?;
+        let heard_since = self.last_seen.get(&id).is_some_and(|t| *t > at);
+        (!heard_since).then_some(at)
     }
 
     /// Records a heartbeat (or a session start) from `id`.
@@ -39,6 +80,8 @@ impl Liveness {
     /// Forgets a node (it left or was removed).
     pub fn forget(&mut self, id: NodeId) {
         self.last_seen.remove(&id);
+        self.disconnected.remove(&id);
+        self.stopping.remove(&id);
     }
 
     /// Whether `id` heartbeated within the allowed window.
@@ -49,15 +92,39 @@ impl Liveness {
         }
     }
 
-    /// The state changes the store needs to match what the leader observes.
-    pub fn plan(&self, state: &State, period: Duration, now: Instant, now_ms: u64) -> Vec<Command> {
+    /// The state changes the store needs to match what the leader observes,
+    /// with heartbeats every `period` and the disconnect grace `grace`
+    /// (`None`: off).
+    pub fn plan(
+        &self,
+        state: &State,
+        period: Duration,
+        grace: Option<Duration>,
+        now: Instant,
+        now_ms: u64,
+    ) -> Vec<Command> {
         let deadline = period * MISSED_HEARTBEATS;
         let mut out = Vec::new();
         for node in state.nodes.values() {
             let last = self.last_seen.get(&node.id).copied();
             let silent_for = now.saturating_duration_since(last.unwrap_or(self.since));
             let alive = last.is_some() && silent_for <= deadline;
-            let (want, message) = if alive {
+            let gone = grace.and_then(|g| {
+                let at = self.disconnected_at(node.id)?;
+                let for_ = now.saturating_duration_since(at);
+                (for_ > g).then_some((for_, g))
+            });
+            let (want, message) = if let Some((for_, g)) = gone {
+                (
+                    NodeState::Down,
+                    format!(
+                        "its session ended without notice {:.1}s ago and no new one opened \
+                         within the disconnect grace of {}ms",
+                        for_.as_secs_f64(),
+                        g.as_millis()
+                    ),
+                )
+            } else if alive {
                 (NodeState::Ready, String::new())
             } else if silent_for > deadline {
                 (
@@ -116,10 +183,10 @@ mod tests {
         let l = Liveness::new(t0);
         let s = state(&[(1, NodeState::Ready)]);
         assert!(
-            l.plan(&s, P, t0 + Duration::from_millis(2900), 0)
+            l.plan(&s, P, None, t0 + Duration::from_millis(2900), 0)
                 .is_empty()
         );
-        let cmds = l.plan(&s, P, t0 + Duration::from_millis(3100), 0);
+        let cmds = l.plan(&s, P, None, t0 + Duration::from_millis(3100), 0);
         assert!(matches!(
             cmds.as_slice(),
             [Command::SetNodeState {
@@ -136,14 +203,14 @@ mod tests {
         let s = state(&[(1, NodeState::Unknown), (2, NodeState::Ready)]);
         l.seen(NodeId(1), t0 + Duration::from_millis(500));
         l.seen(NodeId(2), t0 + Duration::from_millis(500));
-        let cmds = l.plan(&s, P, t0 + Duration::from_secs(1), 0);
+        let cmds = l.plan(&s, P, None, t0 + Duration::from_secs(1), 0);
         assert_eq!(cmds.len(), 1, "only node 1 changes: {cmds:?}");
         assert!(matches!(
             &cmds[0],
             Command::SetNodeState { id, state: NodeState::Ready, .. } if *id == NodeId(1)
         ));
         // Node 2 stays silent for 3 periods after its last heartbeat.
-        let cmds = l.plan(&s, P, t0 + Duration::from_millis(3600), 0);
+        let cmds = l.plan(&s, P, None, t0 + Duration::from_millis(3600), 0);
         assert!(cmds.iter().any(|c| matches!(
             c,
             Command::SetNodeState { id, state: NodeState::Down, .. } if *id == NodeId(2)
@@ -156,8 +223,77 @@ mod tests {
         let mut l = Liveness::new(t0);
         let s = state(&[(1, NodeState::Ready)]);
         l.seen(NodeId(1), t0);
-        assert!(l.plan(&s, P, t0 + Duration::from_secs(2), 0).is_empty());
+        assert!(
+            l.plan(&s, P, None, t0 + Duration::from_secs(2), 0)
+                .is_empty()
+        );
         assert!(l.is_alive(NodeId(1), P, t0 + Duration::from_secs(2)));
         assert!(!l.is_alive(NodeId(1), P, t0 + Duration::from_secs(4)));
+    }
+
+    const G: Option<Duration> = Some(Duration::from_millis(300));
+
+    fn downs(cmds: &[Command]) -> Vec<u64> {
+        cmds.iter()
+            .filter_map(|c| match c {
+                Command::SetNodeState {
+                    id,
+                    state: NodeState::Down,
+                    ..
+                } => Some(id.0),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_session_that_ends_without_notice_marks_down_after_the_grace() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut l = Liveness::new(t0);
+        let s = state(&[
+            (1, NodeState::Ready),
+            (2, NodeState::Ready),
+            (3, NodeState::Ready),
+        ]);
+        for id in [1, 2, 3] {
+            l.session_opened(NodeId(id), t0);
+        }
+        // 1 dies; 2 stops on purpose; 3 dies and is back within the grace.
+        l.session_ended(NodeId(1), ms(100));
+        l.stopping(NodeId(2));
+        l.session_ended(NodeId(2), ms(100));
+        l.session_ended(NodeId(3), ms(100));
+        l.session_opened(NodeId(3), ms(300));
+        assert!(
+            downs(&l.plan(&s, P, G, ms(350), 0)).is_empty(),
+            "within the grace"
+        );
+        let cmds = l.plan(&s, P, G, ms(450), 0);
+        assert_eq!(downs(&cmds), vec![1]);
+        assert!(
+            matches!(&cmds[0], Command::SetNodeState { message, .. } if message.contains("disconnect grace of 300ms")),
+            "{cmds:?}"
+        );
+        // Off: only heartbeats decide (3 periods).
+        assert!(downs(&l.plan(&s, P, None, ms(450), 0)).is_empty());
+        // 2, which said it stops, goes down only when its heartbeats stop.
+        assert_eq!(downs(&l.plan(&s, P, G, ms(3100), 0)), vec![1, 2]);
+        // Heard from again (a new session): no longer down for it (2 and 3
+        // have been silent for 3 periods by now).
+        l.session_opened(NodeId(1), ms(3200));
+        assert_eq!(downs(&l.plan(&s, P, G, ms(3400), 0)), vec![2, 3]);
+    }
+
+    #[test]
+    fn a_node_heard_from_after_its_session_ended_is_not_disconnected() {
+        // The leader's own node: it marks itself seen on every tick.
+        let t0 = Instant::now();
+        let mut l = Liveness::new(t0);
+        let s = state(&[(1, NodeState::Ready)]);
+        l.session_opened(NodeId(1), t0);
+        l.session_ended(NodeId(1), t0 + Duration::from_millis(10));
+        l.seen(NodeId(1), t0 + Duration::from_millis(20));
+        assert!(downs(&l.plan(&s, P, G, t0 + Duration::from_millis(900), 0)).is_empty());
     }
 }

@@ -546,6 +546,10 @@ impl Dispatcher for DispatcherService {
         let node = self.authorize(&req, &req.get_ref().node_id)?;
         self.require_leader()?;
         self.core.seen(node.id);
+        if req.get_ref().stopping {
+            tracing::info!(node = %node.id, "node's daemon is stopping");
+            self.core.stopping(node.id);
+        }
         let period_ms = self.core.cluster()?.settings.heartbeat_period_ms;
         Ok(Response::new(pb::HeartbeatResponse { period_ms }))
     }

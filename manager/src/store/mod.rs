@@ -280,6 +280,10 @@ pub enum Command {
         /// New subnet of the ingress network (absent in older log entries).
         #[serde(default)]
         ingress_subnet: Option<IpNetwork>,
+        /// New disconnect grace in ms, 0 = off (absent in older log
+        /// entries).
+        #[serde(default)]
+        disconnect_grace_ms: Option<u64>,
     },
     /// Replaces the join-token secret of one role.
     RotateToken {
@@ -830,6 +834,7 @@ impl State {
                 wg_key_rotation_secs,
                 cert_expiry_secs,
                 ingress_subnet,
+                disconnect_grace_ms,
             } => {
                 // First the part that can be refused, so a refusal changes nothing.
                 if let Some(subnet) = ingress_subnet {
@@ -841,6 +846,9 @@ impl State {
                 }
                 if let Some(v) = cert_expiry_secs {
                     cluster.settings.cert_expiry_secs = *v;
+                }
+                if let Some(v) = disconnect_grace_ms {
+                    cluster.settings.disconnect_grace_ms = (*v != 0).then_some(*v);
                 }
                 Ok(Applied::Done)
             }

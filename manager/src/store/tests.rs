@@ -714,6 +714,7 @@ fn ingress_subnet_is_kept_free_and_moves_only_while_unused() {
     let move_to = |subnet: &str| Command::UpdateClusterSettings {
         wg_key_rotation_secs: None,
         cert_expiry_secs: None,
+        disconnect_grace_ms: None,
         ingress_subnet: Some(subnet.parse().unwrap()),
     };
     let create = |id: &str, subnet: &str| Command::CreateNetwork {
@@ -851,6 +852,7 @@ fn clusters_from_before_the_ingress_setting_replay_as_they_applied() {
     s.apply(&Command::UpdateClusterSettings {
         wg_key_rotation_secs: None,
         cert_expiry_secs: None,
+        disconnect_grace_ms: None,
         ingress_subnet: Some("10.80.0.0/24".parse().unwrap()),
     })
     .unwrap();

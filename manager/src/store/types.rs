@@ -268,6 +268,11 @@ pub struct ClusterSettings {
     /// default subnet and keep nothing free, so their logs replay as before.
     #[serde(default)]
     pub ingress_subnet: Option<IpNetwork>,
+    /// How long a node whose session ended without notice (its daemon's
+    /// connection closed: the process died) has to open a new one before
+    /// the leader marks it down; `None`: off (missed heartbeats decide).
+    #[serde(default)]
+    pub disconnect_grace_ms: Option<u64>,
 }
 
 impl ClusterSettings {
@@ -312,6 +317,7 @@ impl Default for ClusterSettings {
             tunnel_subnet: default_tunnel_subnet(),
             wg_key_rotation_secs: default_wg_rotation(),
             ingress_subnet: Some(default_ingress_subnet()),
+            disconnect_grace_ms: None,
         }
     }
 }
