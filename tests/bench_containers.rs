@@ -1,6 +1,8 @@
 //! Benchmark of services as containers (issue #14): with the image already
 //! on the nodes, `service create` until every replica answers through the
-//! VIP from another host, and `service scale` 3 → 6 until the new ones do.
+//! VIP from another host, `service scale` 3 → 6 until the new ones do, and
+//! a worker's daemon killed until the node is down and its replicas run
+//! elsewhere (with the disconnect grace, then without it).
 //! The same probes as the process-task benchmark (tests/bench_overlay.rs,
 //! `service_convergence`), on real daemons in namespace hosts, each with its
 //! own containerd and runc. Ignored by default: `bench/containers.sh` runs it
@@ -8,6 +10,8 @@
 //! `bench/results-containers.md`.
 //!
 //! Knobs (environment): `WEFT_BENCH_OUT` (directory for the fragment),
+//! `WEFT_BENCH_DISCONNECT_GRACE` (the cluster's `--disconnect-grace` for
+//! the first kill, `500ms`),
 //! `WEFT_BENCH_LAT_ROUNDS` (rounds, 5), `WEFT_BENCH_DAEMON_LOG` (the
 //! daemons' `WEFT_LOG`; with `info,weft_worker::runtime=debug` each
 //! container start's phases are printed), `WEFT_BENCH_KEEP_LOGS` (a
@@ -33,6 +37,62 @@ struct Round {
     create_reach: f64,
     scale_returned: f64,
     scale_reach: f64,
+    /// w3's daemon killed (disconnect grace on) → w3 down.
+    grace_down: f64,
+    /// … → its replicas running on the other workers.
+    grace_moved: f64,
+    /// Then w2's daemon killed (grace off: heartbeats) → w2 down.
+    beat_down: f64,
+    /// … → its replicas running on w1.
+    beat_moved: f64,
+}
+
+/// The cluster's `--disconnect-grace` for the first kill.
+fn grace() -> String {
+    std::env::var("WEFT_BENCH_DISCONNECT_GRACE").unwrap_or_else(|_| "500ms".into())
+}
+
+/// Kills `victim`'s daemon and polls the manager until it shows the node
+/// down and `replicas` running replicas of `web` on other nodes; seconds
+/// from the kill to each.
+fn failover(lab: &mut Lab, victim: &str, replicas: usize) -> (f64, f64) {
+    let t = Instant::now();
+    lab.kill9(victim);
+    let (mut down, mut moved) = (None, None);
+    while down.is_none() || moved.is_none() {
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "{victim}: down after {down:?}, replicas moved after {moved:?}\n{}",
+            lab.weft("m1", &["service", "ps", "web"])
+        );
+        if down.is_none()
+            && lab
+                .node_ls("m1")
+                .iter()
+                .any(|r| r.hostname == victim && r.status == "Down")
+        {
+            down = Some(t.elapsed().as_secs_f64());
+        }
+        if moved.is_none() {
+            let ps = lab.weft("m1", &["service", "ps", "web"]);
+            let elsewhere = ps
+                .lines()
+                .skip(1)
+                .filter(|l| {
+                    // TASK ID, NAME, NODE, DESIRED, CURRENT, …
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    f.get(2).is_some_and(|n| *n != victim)
+                        && f.get(3) == Some(&"running")
+                        && f.get(4).is_some_and(|c| c.starts_with("running"))
+                })
+                .count();
+            if elsewhere >= replicas {
+                moved = Some(t.elapsed().as_secs_f64());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (down.unwrap_or(f64::NAN), moved.unwrap_or(f64::NAN))
 }
 
 /// A fresh cluster of four hosts, each on its own containerd, the image
@@ -56,7 +116,11 @@ fn rig(r: u64) -> Rig {
     for (h, c) in HOSTS.iter().zip(&ctrd) {
         lab.start_on_containerd(h, c);
     }
-    let (wt, _) = lab.init("m1", &["--heartbeat-period", "1s"]);
+    let grace = grace();
+    let (wt, _) = lab.init(
+        "m1",
+        &["--heartbeat-period", "1s", "--disconnect-grace", &grace],
+    );
     for h in &HOSTS[1..] {
         lab.join(h, &wt, "m1");
     }
@@ -72,7 +136,7 @@ fn rig(r: u64) -> Rig {
 }
 
 fn round(r: u64) -> Round {
-    let rig = rig(r);
+    let mut rig = rig(r);
     let lab = &rig.lab;
     let mut out = Round::default();
     lab.attachable_network("m1", "10.0.9.0/24", "appnet");
@@ -156,6 +220,21 @@ fn round(r: u64) -> Round {
             eprintln!("round {r} {h}: {line}");
         }
     }
+    // A worker's daemon dies (its containers keep running under its
+    // containerd, as after a crash of weft alone): first with the
+    // disconnect grace, then, with it off, another one.
+    let lab = &mut rig.lab;
+    (out.grace_down, out.grace_moved) = failover(lab, "w3", 6);
+    eprintln!(
+        "round {r}: w3 killed (grace) → down {:.3} s, moved {:.3} s",
+        out.grace_down, out.grace_moved
+    );
+    lab.weft("m1", &["cluster", "update", "--disconnect-grace", "0s"]);
+    (out.beat_down, out.beat_moved) = failover(lab, "w2", 6);
+    eprintln!(
+        "round {r}: w2 killed (heartbeats) → down {:.3} s, moved {:.3} s",
+        out.beat_down, out.beat_moved
+    );
     out
 }
 
@@ -202,5 +281,37 @@ fn service_convergence_containers() {
         fmt_s(median(&col(|r| r.scale_returned))),
         list(|r| r.scale_returned)
     ));
+    let g = grace();
+    md.push_str(&format!(
+        "\nFailover: SIGKILL to a worker's weft daemon (its containers keep running under its \
+         containerd), then the manager polled every 10 ms (`node ls`, `service ps`); seconds from \
+         the kill. First w3 with `--disconnect-grace {g}`, then, after `cluster update \
+         --disconnect-grace 0s`, w2 (heartbeat 1 s: down after 3 missed).\n\n\
+         | what | median s | every run |\n|---|---:|---|\n"
+    ));
+    for (what, f) in [
+        (
+            format!("w3 killed, grace {g} → node down"),
+            (|r: &Round| r.grace_down) as fn(&Round) -> f64,
+        ),
+        (
+            format!("w3 killed, grace {g} → its replicas running elsewhere"),
+            |r: &Round| r.grace_moved,
+        ),
+        (
+            "w2 killed, heartbeats → node down".to_string(),
+            |r: &Round| r.beat_down,
+        ),
+        (
+            "w2 killed, heartbeats → its replicas running elsewhere".to_string(),
+            |r: &Round| r.beat_moved,
+        ),
+    ] {
+        md.push_str(&format!(
+            "| {what} | {} | {} |\n",
+            fmt_s(median(&col(f))),
+            list(f)
+        ));
+    }
     write_fragment("containers-convergence.md", &md);
 }

@@ -3,7 +3,8 @@
 //! probes of `tests/bench_containers.rs`. With the busybox image loaded on
 //! every node, `docker service create` until every replica answers HTTP
 //! from another host, and `docker service scale` 3 → 6 until the new ones
-//! do. Ignored by default: `bench/containers.sh` runs it in release mode
+//! do; then a worker's dockerd killed until the node is down and its
+//! replicas run elsewhere. Ignored by default: `bench/containers.sh` runs it in release mode
 //! right after weft's rounds and puts the comparison into
 //! `bench/results-containers.md`.
 //!
@@ -45,6 +46,69 @@ struct Round {
     create_reach: f64,
     scale_returned: f64,
     scale_reach: f64,
+    /// w3's dockerd killed → w3 down.
+    fail_down: f64,
+    /// … → its replicas running on the other workers.
+    fail_moved: f64,
+}
+
+/// Kills `victim`'s dockerd and polls the manager until it shows the node
+/// down and `replicas` running replicas of `web` on other nodes; seconds
+/// from the kill to each. (Every node has the machine's host name here, so
+/// nodes are told apart by ID.)
+fn failover(swarm: &mut Swarm, victim: &str, replicas: usize) -> (f64, f64) {
+    let id = swarm
+        .docker(victim, &["info", "--format", "{{.Swarm.NodeID}}"])
+        .trim()
+        .to_string();
+    let t = Instant::now();
+    swarm.kill9(victim);
+    let (mut down, mut moved) = (None, None);
+    while down.is_none() || moved.is_none() {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "{victim}: down after {down:?}, replicas moved after {moved:?}\n{}",
+            swarm.docker("m1", &["service", "ps", "web"])
+        );
+        if down.is_none() {
+            let state = swarm.docker(
+                "m1",
+                &["node", "inspect", "--format", "{{.Status.State}}", &id],
+            );
+            if state.trim() == "down" {
+                down = Some(t.elapsed().as_secs_f64());
+            }
+        }
+        if moved.is_none() {
+            let ids = swarm.docker(
+                "m1",
+                &[
+                    "service",
+                    "ps",
+                    "-q",
+                    "--filter",
+                    "desired-state=running",
+                    "web",
+                ],
+            );
+            let mut args = vec!["inspect", "--format", "{{.NodeID}} {{.Status.State}}"];
+            args.extend(ids.split_whitespace());
+            let elsewhere = if args.len() > 3 {
+                swarm
+                    .docker("m1", &args)
+                    .lines()
+                    .filter(|l| l.ends_with(" running") && !l.starts_with(id.as_str()))
+                    .count()
+            } else {
+                0
+            };
+            if elsewhere >= replicas {
+                moved = Some(t.elapsed().as_secs_f64());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    (down.unwrap_or(f64::NAN), moved.unwrap_or(f64::NAN))
 }
 
 fn round(prefix: &str, r: u64) -> Round {
@@ -104,6 +168,11 @@ fn round(prefix: &str, r: u64) -> Round {
     let seen6 = reach(t1, 6);
     out.scale_reach = new_seen(&seen6, &seen);
     eprintln!("swarm round {r}: scale → {seen6:?}");
+    (out.fail_down, out.fail_moved) = failover(&mut swarm, "w3", 6);
+    eprintln!(
+        "swarm round {r}: w3 killed → down {:.3} s, moved {:.3} s",
+        out.fail_down, out.fail_moved
+    );
     out
 }
 
@@ -204,5 +273,41 @@ fn service_convergence_swarm() {
         fmt_s(median(&col(|r| r.scale_returned))),
         runs(&col(|r| r.scale_returned)),
     ));
+    // Failover: weft's two kills (with the grace, then heartbeats only)
+    // against Swarm's one, Swarm at its defaults.
+    let failover_rows = [
+        ("w3 killed, grace", "→ node down"),
+        ("w3 killed, grace", "→ its replicas running elsewhere"),
+        ("w2 killed, heartbeats", "→ node down"),
+        ("w2 killed, heartbeats", "→ its replicas running elsewhere"),
+    ];
+    for (who, what) in failover_rows {
+        // weft's row, e.g. "| w3 killed, grace 500ms → node down | median | runs |".
+        let line = weft
+            .lines()
+            .find(|l| l.starts_with('|') && l.contains(who) && l.contains(what));
+        let weft_row = line.map(|l| weft_runs(l, what)).unwrap_or_default();
+        let label = line
+            .and_then(|l| l.split('|').nth(1))
+            .map_or_else(|| format!("{who} {what}"), |c| c.trim().to_string());
+        let sw = if what.contains("down") {
+            col(|r| r.fail_down)
+        } else {
+            col(|r| r.fail_moved)
+        };
+        let (wm, sm) = (median(&weft_row), median(&sw));
+        let ratio = if wm.is_finite() {
+            format!("{:.2}", wm / sm)
+        } else {
+            "—".into()
+        };
+        md.push_str(&format!(
+            "| {label} | **{}** ({}) | **{}** ({}) | {ratio} |\n",
+            fmt_s(wm),
+            runs(&weft_row),
+            fmt_s(sm),
+            runs(&sw),
+        ));
+    }
     write_fragment("swarm-convergence.md", &md);
 }

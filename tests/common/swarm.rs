@@ -193,6 +193,20 @@ impl Swarm {
         cmd.spawn().expect("spawn dockerd")
     }
 
+    /// SIGKILL to `host`'s dockerd, as a crash would (its containerd and
+    /// containers are left to the teardown).
+    pub fn kill9(&mut self, host: &str) {
+        let i = self
+            .hosts
+            .iter()
+            .position(|h| h.name == host)
+            .unwrap_or_else(|| panic!("no host {host}"));
+        if let Some(mut c) = self.hosts[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
     /// `docker ARGS` against `host`'s daemon; the raw output.
     pub fn try_docker(&self, host: &str, args: &[&str]) -> Output {
         self.docker_cmd(host)
