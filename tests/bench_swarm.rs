@@ -281,6 +281,16 @@ fn service_convergence_swarm() {
         ("w2 killed, heartbeats", "→ node down"),
         ("w2 killed, heartbeats", "→ its replicas running elsewhere"),
     ];
+    md.push_str(
+        "\nFailover: SIGKILL to a worker's daemon (weft: the weft daemon; Swarm: dockerd; the \
+         containers keep running under its containerd), the manager polled every 10 ms; seconds \
+         from the kill. Swarm at its defaults (dispatcher heartbeat 5 s); weft with a 1 s \
+         heartbeat, first with the disconnect grace of the weft rounds (w3), then without it \
+         (`cluster update --disconnect-grace 0s`, w2). Swarm's figures are of its one kill \
+         (w3), in both pairs of rows.\n\n\
+         | what | weft median s (every run) | Swarm median s (every run) | weft / Swarm |\n\
+         |---|---:|---:|---:|\n",
+    );
     for (who, what) in failover_rows {
         // weft's row, e.g. "| w3 killed, grace 500ms → node down | median | runs |".
         let line = weft
