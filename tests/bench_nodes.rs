@@ -1,0 +1,358 @@
+//! Scale benchmark (issue #16): how many nodes three managers hold. Three
+//! real managers (weft daemons in namespace hosts, release build) and
+//! WEFT_BENCH_NODES (1000) simulated worker nodes: each joins with a
+//! worker token (its own key, CSR and certificate), then keeps what a
+//! node's agent keeps: a mutual-TLS session with the leader, a heartbeat
+//! every period, and a status report for every config the leader pushes,
+//! with every task it assigns reported running. The simulated nodes run in
+//! one process on a host of their own (one HTTP/2 connection each), so
+//! every byte the managers handle is real; nothing on the nodes touches a
+//! kernel.
+//!
+//! Measured: the joins (sequential), the time until every node shows
+//! Ready, each manager's CPU and memory over an idle window, and a service
+//! of WEFT_BENCH_NODE_REPLICAS (one per 10 nodes) created until all its
+//! replicas are reported running (scheduling, one push per node that got a
+//! task, and the reports back). Ignored by default: `bench/nodes.sh` runs it
+//! in release mode and writes `bench/results-nodes.md`.
+//!
+//! Knobs: WEFT_BENCH_NODES, WEFT_BENCH_NODE_REPLICAS, WEFT_BENCH_IDLE_WINDOW
+//! (seconds, 20), WEFT_BENCH_OUT (where the fragment goes).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::bench::{env_num, fmt_s, write_fragment};
+use common::{Lab, wait_for};
+use weft_proto::tls;
+use weft_proto::v1 as pb;
+use weft_proto::v1::dispatcher_client::DispatcherClient;
+use weft_worker::join::{JoinParams, Joined, join};
+
+const MANAGERS: [&str; 3] = ["m1", "m2", "m3"];
+/// The host the simulated nodes run on (no daemon).
+const SIM: &str = "sim";
+/// The cluster's WireGuard port: a join checks it is free where the node
+/// runs, and all simulated nodes share one namespace.
+const WG_PORT: &str = "51999";
+
+/// What the simulated nodes count, shared with the test thread.
+#[derive(Default)]
+struct Counters {
+    sessions: AtomicUsize,
+    pushes: AtomicU64,
+    reports: AtomicU64,
+    heartbeats: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// The address of simulated node `i` (198.19.0.0/16, inside the test range
+/// 198.18.0.0/15; nothing listens on it).
+fn sim_addr(i: usize) -> String {
+    format!("198.19.{}.{}", i / 250, i % 250 + 1)
+}
+
+/// User and system CPU seconds of process `pid` so far, and its resident
+/// memory in MiB.
+fn usage(pid: u32) -> (f64, f64) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command (which may hold spaces): state is field 3,
+    // utime and stime are 14 and 15.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let cpu = (ticks(11) + ticks(12)) / hz;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss_kib = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    (cpu, rss_kib / 1024.0)
+}
+
+/// One simulated node's agent: a session with the leader at `leader`, a
+/// heartbeat every period it is told, a report for every config.
+async fn agent(joined: Joined, leader: String, counters: Arc<Counters>) {
+    let identity = (
+        joined.certs.cert_pem.as_str(),
+        joined.certs.key_pem.as_str(),
+    );
+    let channel = match tls::channel_to_manager(&leader, &joined.certs.ca_pem, Some(identity)).await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{}: no channel: {e}", joined.node_id);
+            counters.errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    };
+    let mut client = DispatcherClient::new(channel);
+    let mut stream = match client
+        .session(pb::SessionRequest {
+            node_id: joined.node_id.clone(),
+        })
+        .await
+    {
+        Ok(s) => s.into_inner(),
+        Err(st) => {
+            eprintln!("{}: no session: {st}", joined.node_id);
+            counters.errors.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    };
+    counters.sessions.fetch_add(1, Ordering::Relaxed);
+    let mut period = Duration::from_secs(1);
+    let mut beat = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            msg = stream.message() => {
+                let m = match msg {
+                    Ok(Some(m)) => m,
+                    Ok(None) | Err(_) => {
+                        counters.errors.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                };
+                let p = Duration::from_millis(m.heartbeat_period_ms.max(100));
+                if p != period {
+                    period = p;
+                    beat = tokio::time::interval(period);
+                }
+                let Some(config) = m.config else { continue };
+                counters.pushes.fetch_add(1, Ordering::Relaxed);
+                let tasks = config
+                    .tasks
+                    .iter()
+                    .map(|t| {
+                        let mut status = pb::TaskStatus::default();
+                        status.set_state(pb::TaskState::Running);
+                        pb::TaskReport {
+                            task_id: t.id.clone(),
+                            status: Some(status),
+                        }
+                    })
+                    .collect();
+                let report = pb::StatusReport {
+                    node_id: joined.node_id.clone(),
+                    applied_version: config.version,
+                    tasks,
+                    ..Default::default()
+                };
+                match client.report_status(report).await {
+                    Ok(_) => counters.reports.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => counters.errors.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+            _ = beat.tick() => {
+                let req = pb::HeartbeatRequest { node_id: joined.node_id.clone(), stopping: false };
+                match client.heartbeat(req).await {
+                    Ok(_) => counters.heartbeats.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => counters.errors.fetch_add(1, Ordering::Relaxed),
+                };
+            }
+        }
+    }
+}
+
+/// The simulated nodes: joined one after the other through `via`, then
+/// each running [`agent`] against `leader`, on a runtime whose threads live
+/// in the namespace pinned at `pin`. Returns when `n` joined (and how long
+/// that took); the agents run until the process ends.
+fn start_nodes(
+    pin: PathBuf,
+    via: String,
+    leader: String,
+    token: String,
+    n: usize,
+    counters: Arc<Counters>,
+) -> Duration {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&pin).expect("netns pin");
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        // Threads made from here on are in the namespace too.
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            tls::install_crypto_provider();
+            let t0 = Instant::now();
+            let mut joined = Vec::with_capacity(n);
+            for i in 0..n {
+                let params = JoinParams {
+                    hostname: format!("sim{i}"),
+                    advertise_addr: sim_addr(i),
+                    ..Default::default()
+                };
+                match join(&via, &token, params).await {
+                    Ok(j) => joined.push(j),
+                    Err(e) => panic!("simulated node {i} could not join: {e}"),
+                }
+            }
+            let took = t0.elapsed();
+            for j in joined {
+                tokio::spawn(agent(j, leader.clone(), counters.clone()));
+            }
+            tx.send(took).expect("test thread");
+            std::future::pending::<()>().await;
+        });
+    });
+    rx.recv_timeout(Duration::from_secs(3600))
+        .expect("the simulated nodes joined")
+}
+
+#[test]
+#[ignore = "benchmark: bench/nodes.sh"]
+fn managers_hold_simulated_nodes() {
+    let n = env_num("WEFT_BENCH_NODES", 1000) as usize;
+    let replicas = env_num("WEFT_BENCH_NODE_REPLICAS", (n / 10).max(1) as u64);
+    let window = Duration::from_secs(env_num("WEFT_BENCH_IDLE_WINDOW", 20));
+    let mut hosts: Vec<&str> = MANAGERS.to_vec();
+    hosts.push(SIM);
+    let mut lab = Lab::new("bnodes", &hosts);
+    for m in MANAGERS {
+        lab.start(m);
+    }
+    let (wt, mt) = lab.init("m1", &["--heartbeat-period", "1s", "--wg-port", WG_PORT]);
+    for m in &MANAGERS[1..] {
+        lab.join(m, &mt, "m1");
+    }
+    common::wait_voters(&lab, "m1", &MANAGERS[1..]);
+    let leader = format!("{}:4377", lab.addr("m1"));
+    let pids: Vec<u32> = MANAGERS
+        .iter()
+        .map(|m| lab.pid(m).expect("manager pid"))
+        .collect();
+    let before: Vec<(f64, f64)> = pids.iter().map(|p| usage(*p)).collect();
+
+    let counters = Arc::new(Counters::default());
+    let join_took = start_nodes(
+        lab.host_netns(SIM),
+        leader.clone(),
+        leader,
+        wt,
+        n,
+        counters.clone(),
+    );
+    let after_join: Vec<(f64, f64)> = pids.iter().map(|p| usage(*p)).collect();
+    eprintln!("{n} nodes joined in {join_took:?}");
+    let ready = wait_for("every node Ready", Duration::from_secs(600), || {
+        let rows = lab.node_ls("m1");
+        rows.iter().filter(|r| r.status == "Ready").count() == n + MANAGERS.len()
+    });
+    eprintln!(
+        "every node Ready {ready:?} after the last join (sessions {})",
+        counters.sessions.load(Ordering::Relaxed)
+    );
+
+    // Idle: heartbeats only.
+    let (hb0, push0) = (
+        counters.heartbeats.load(Ordering::Relaxed),
+        counters.pushes.load(Ordering::Relaxed),
+    );
+    let idle0: Vec<(f64, f64)> = pids.iter().map(|p| usage(*p)).collect();
+    std::thread::sleep(window);
+    let idle1: Vec<(f64, f64)> = pids.iter().map(|p| usage(*p)).collect();
+    let beats = counters.heartbeats.load(Ordering::Relaxed) - hb0;
+    let idle_pushes = counters.pushes.load(Ordering::Relaxed) - push0;
+    let w = window.as_secs_f64();
+    let cpu =
+        |a: &[(f64, f64)], b: &[(f64, f64)], i: usize, secs: f64| 100.0 * (b[i].0 - a[i].0) / secs;
+
+    // A service: one replica per ten nodes, until all run.
+    let push1 = counters.pushes.load(Ordering::Relaxed);
+    let t = Instant::now();
+    lab.weft(
+        "m1",
+        &[
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            "spread",
+            "--replicas",
+            &replicas.to_string(),
+            "--constraint",
+            "node.role==worker",
+            "--",
+            "sleep",
+            "36000",
+        ],
+    );
+    let created = t.elapsed();
+    let running = wait_for("every replica running", Duration::from_secs(600), || {
+        let ps = lab.weft("m1", &["service", "ps", "spread"]);
+        ps.lines()
+            .skip(1)
+            .filter(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                f.get(3) == Some(&"running") && f.get(4).is_some_and(|c| c.starts_with("running"))
+            })
+            .count() as u64
+            == replicas
+    }) + created;
+    let spread_pushes = counters.pushes.load(Ordering::Relaxed) - push1;
+    let nodes_with_task: BTreeSet<String> = lab
+        .weft("m1", &["service", "ps", "spread"])
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(2).map(str::to_string))
+        .collect();
+    let errors = counters.errors.load(Ordering::Relaxed);
+
+    let mut md = String::from("## Scale: simulated nodes on three managers\n\n");
+    md.push_str(&format!(
+        "Three managers (weft daemons, release build, each in a namespace host of its own; heartbeat \
+         1 s) and **{n} simulated worker nodes** in one process on a fourth host: each joined with \
+         the worker token (its own key, CSR and certificate; one after the other), then keeps a \
+         mutual-TLS session with the leader (its own HTTP/2 connection), heartbeats every period \
+         and answers every pushed config with a status report that has every assigned task \
+         running. The managers' CPU is the daemon process's user + system time (`/proc/PID/stat`), \
+         % of one core; memory is its resident set. {errors} errors on the simulated side.\n\n"
+    ));
+    md.push_str("| what | figure |\n|---|---|\n");
+    md.push_str(&format!(
+        "| {n} joins, one after the other | {} s ({:.0} joins/s) |\n",
+        fmt_s(join_took.as_secs_f64()),
+        n as f64 / join_took.as_secs_f64()
+    ));
+    md.push_str(&format!(
+        "| last join → every node Ready in `node ls` | {} s |\n",
+        fmt_s(ready.as_secs_f64())
+    ));
+    md.push_str(&format!(
+        "| idle window | {w:.0} s: {beats} heartbeats ({:.0}/s), {idle_pushes} config pushes |\n",
+        beats as f64 / w
+    ));
+    for (i, m) in MANAGERS.iter().enumerate() {
+        md.push_str(&format!(
+            "| {m}{} | CPU idle {:.1} %, during the joins {:.1} %; memory {:.0} MiB idle ({:.0} MiB before the nodes) |\n",
+            if i == 0 { " (leader)" } else { "" },
+            cpu(&idle0, &idle1, i, w),
+            cpu(&before, &after_join, i, join_took.as_secs_f64()),
+            idle1[i].1,
+            before[i].1,
+        ));
+    }
+    md.push_str(&format!(
+        "| `service create --replicas {replicas}` → all running | {} s ({} nodes got a task, {spread_pushes} config pushes) |\n",
+        fmt_s(running.as_secs_f64()),
+        nodes_with_task.len()
+    ));
+    write_fragment("nodes.md", &md);
+    assert_eq!(errors, 0, "errors on the simulated nodes");
+    drop(lab);
+}
