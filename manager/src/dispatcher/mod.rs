@@ -12,6 +12,7 @@ pub mod liveness;
 pub mod projection;
 
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::Stream;
@@ -37,12 +38,35 @@ pub const LEADER_METADATA: &str = "weft-leader";
 #[derive(Clone)]
 pub struct DispatcherService {
     core: Core,
+    /// The parts of every node's config that are the same for all, with
+    /// the store version they were made at (see [`projection::Shared`]).
+    shared: Arc<Mutex<Option<SharedAt>>>,
 }
+
+/// [`projection::Shared`] parts and the store version they were made at.
+type SharedAt = (u64, Arc<projection::Shared>);
 
 impl DispatcherService {
     /// A dispatcher over this manager's store.
     pub fn new(core: Core) -> Self {
-        DispatcherService { core }
+        DispatcherService {
+            core,
+            shared: Arc::default(),
+        }
+    }
+
+    /// The shared parts for store version `version`, made from `state`
+    /// (which is at `version` or newer) unless made for it already.
+    fn shared_for(&self, version: u64, state: &crate::store::State) -> Arc<projection::Shared> {
+        let mut cached = self.shared.lock().expect("shared parts lock");
+        match cached.as_ref() {
+            Some((v, parts)) if *v == version => parts.clone(),
+            _ => {
+                let parts = Arc::new(projection::shared(state));
+                *cached = Some((version, parts.clone()));
+                parts
+            }
+        }
     }
 
     /// Authenticates the caller as `claimed` and returns its store record
@@ -84,7 +108,8 @@ impl DispatcherService {
         let mut config = self
             .core
             .read(|s| {
-                let mut c = projection::project(s, id, version)?;
+                let shared = self.shared_for(version, s);
+                let mut c = projection::project_with(s, id, version, &shared)?;
                 crate::registry_auth::fill(s, &mut c, key.as_ref());
                 Some(c)
             })

@@ -91,6 +91,42 @@ fn with_prefix(ip: IpAddr, subnet: &IpNetwork) -> String {
 
 /// The config of node `node` at `version`, or `None` if it is not a member.
 pub fn project(state: &State, node: NodeId, version: u64) -> Option<pb::NodeConfig> {
+    project_with(state, node, version, &shared(state))
+}
+
+/// The parts of a node's config that are the same for every node: the
+/// dispatcher makes them once per store version ([`shared`]) rather than
+/// once per node (they grow with the cluster: with N nodes, N sessions each
+/// sorting N addresses on every change cost O(N²) per change).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Shared {
+    /// Every node's data path address, sorted, without duplicates.
+    pub vxlan_allowed_sources: Vec<String>,
+}
+
+/// The [`Shared`] parts of `state`.
+pub fn shared(state: &State) -> Shared {
+    let mut vxlan_allowed_sources: Vec<String> = state
+        .nodes
+        .values()
+        .filter(|n| !n.data_path_addr.is_empty())
+        .map(|n| n.data_path_addr.clone())
+        .collect();
+    vxlan_allowed_sources.sort();
+    vxlan_allowed_sources.dedup();
+    Shared {
+        vxlan_allowed_sources,
+    }
+}
+
+/// [`project`] with the [`Shared`] parts made already (of this `state`, or
+/// of one no older).
+pub fn project_with(
+    state: &State,
+    node: NodeId,
+    version: u64,
+    shared: &Shared,
+) -> Option<pb::NodeConfig> {
     let me = state.nodes.get(&node)?;
     let cluster = state.cluster.as_ref()?;
     let gw_subnet = cluster.settings.gateway_subnet;
@@ -240,14 +276,7 @@ pub fn project(state: &State, node: NodeId, version: u64) -> Option<pb::NodeConf
         .collect();
 
     let wireguard = wireguard(state, me, &net_ids);
-    let mut vxlan_allowed_sources: Vec<String> = state
-        .nodes
-        .values()
-        .filter(|n| !n.data_path_addr.is_empty())
-        .map(|n| n.data_path_addr.clone())
-        .collect();
-    vxlan_allowed_sources.sort();
-    vxlan_allowed_sources.dedup();
+    let vxlan_allowed_sources = shared.vxlan_allowed_sources.clone();
     Some(pb::NodeConfig {
         version,
         vtep: me.data_path_addr.clone(),
