@@ -45,8 +45,15 @@ pub async fn liveness_loop(core: Core, mut stop: watch::Receiver<bool>) {
         }
         // This manager heartbeats itself: it is alive if it is leading.
         core.seen(core.node_id());
-        for cmd in core.liveness_plan(period, grace) {
-            if let Err(e) = core.propose(cmd).await {
+        // All at once: Raft commits concurrent writes together, so a herd
+        // of nodes coming up (or going down) costs a few commits, not one
+        // each in turn.
+        let writes = core
+            .liveness_plan(period, grace)
+            .into_iter()
+            .map(|cmd| core.propose(cmd));
+        for r in futures::future::join_all(writes).await {
+            if let Err(e) = r {
                 tracing::warn!(error = %e, "could not record node liveness");
                 break;
             }
