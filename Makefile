@@ -61,6 +61,8 @@ bench: deps
 	@bash bench/overlay.sh
 	@bash bench/wg.sh
 	@bash bench/containers.sh
+	@bash bench/nodes.sh
+	@bash bench/idle.sh
 
 clean:
 	$(CARGO) clean
