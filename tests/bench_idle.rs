@@ -12,7 +12,9 @@
 //! a daemon starts and reaps counts toward it) of every process whose
 //! network namespace is the node's host namespace, over
 //! `WEFT_BENCH_IDLE_WINDOW` seconds (20), `WEFT_BENCH_IDLE_ROUNDS` windows
-//! (3), after the tasks settled: for weft the worker daemon and whatever it
+//! (3), after the tasks settled (two 10 s windows in a row within a
+//! quarter of each other; the start burst's passes go on for a while after
+//! the last task runs): for weft the worker daemon and whatever it
 //! starts; for Docker dockerd, its containerd and the shims. The tasks
 //! themselves (in namespaces of their own) count on neither side.
 //!
@@ -112,6 +114,26 @@ fn measure(pin: &Path, rounds: u64, window: Duration) -> Vec<f64> {
         .collect()
 }
 
+/// Waits until the CPU of everything in the namespace pinned at `pin` has
+/// settled: two 10 s windows in a row within a quarter (or 1 % of a core)
+/// of each other, at most 300 s. Returns how long that took and the
+/// windows seen.
+fn settle(pin: &Path) -> (Duration, Vec<f64>) {
+    let t = Instant::now();
+    let mut seen: Vec<f64> = Vec::new();
+    while t.elapsed() < Duration::from_secs(300) {
+        let w = measure(pin, 1, Duration::from_secs(10))[0];
+        let steady = seen
+            .last()
+            .is_some_and(|p| (w - p).abs() <= (0.25 * p).max(1.0));
+        seen.push(w);
+        if steady {
+            break;
+        }
+    }
+    (t.elapsed(), seen)
+}
+
 /// The `plane_ms` of every `converge pass` line of a daemon log (its
 /// colours stripped).
 fn plane_ms(log: &str) -> Vec<u64> {
@@ -194,8 +216,10 @@ fn weft_side(tasks: u64, rounds: u64, window: Duration) -> WeftSide {
         running(&lab, "idle") == tasks
     });
     eprintln!("weft: {tasks} tasks running after {:?}", t.elapsed());
-    // Let the last passes and reports settle.
-    std::thread::sleep(Duration::from_secs(10));
+    // The passes and reports of the start burst go on after the last task
+    // runs: wait until the worker's CPU is steady.
+    let (took, seen) = settle(&lab.host_netns("w"));
+    eprintln!("weft: settled {took:?} after the last task ran; 10 s windows: {seen:.1?}");
     let worker = measure(&lab.host_netns("w"), rounds, window);
     let manager = measure(&lab.host_netns("m"), 1, window);
 
@@ -289,7 +313,8 @@ fn docker_side(tasks: u64, rounds: u64, window: Duration) -> Vec<f64> {
         swarm.docker("d", &["ps", "-q"]).lines().count() as u64 == tasks
     });
     eprintln!("docker: {tasks} containers running after {:?}", t.elapsed());
-    std::thread::sleep(Duration::from_secs(10));
+    let (took, seen) = settle(&swarm.host_netns("d"));
+    eprintln!("docker: settled {took:?} after the last container ran; 10 s windows: {seen:.1?}");
     measure(&swarm.host_netns("d"), rounds, window)
 }
 
