@@ -12,8 +12,8 @@
 //! a daemon starts and reaps counts toward it) of every process whose
 //! network namespace is the node's host namespace, over
 //! `WEFT_BENCH_IDLE_WINDOW` seconds (20), `WEFT_BENCH_IDLE_ROUNDS` windows
-//! (3), after the tasks settled (two 10 s windows in a row within a
-//! quarter of each other; the start burst's passes go on for a while after
+//! (3), after the tasks settled (two 10 s windows in a row within 2 % of
+//! a core of each other; the start burst's passes go on for a while after
 //! the last task runs): for weft the worker daemon and whatever it
 //! starts; for Docker dockerd, its containerd and the shims. The tasks
 //! themselves (in namespaces of their own) count on neither side.
@@ -115,17 +115,15 @@ fn measure(pin: &Path, rounds: u64, window: Duration) -> Vec<f64> {
 }
 
 /// Waits until the CPU of everything in the namespace pinned at `pin` has
-/// settled: two 10 s windows in a row within a quarter (or 1 % of a core)
-/// of each other, at most 300 s. Returns how long that took and the
+/// settled: two 10 s windows in a row within 2 % of a core of each other,
+/// at most 300 s. Returns how long that took and the
 /// windows seen.
 fn settle(pin: &Path) -> (Duration, Vec<f64>) {
     let t = Instant::now();
     let mut seen: Vec<f64> = Vec::new();
     while t.elapsed() < Duration::from_secs(300) {
         let w = measure(pin, 1, Duration::from_secs(10))[0];
-        let steady = seen
-            .last()
-            .is_some_and(|p| (w - p).abs() <= (0.25 * p).max(1.0));
+        let steady = seen.last().is_some_and(|p| (w - p).abs() <= 2.0);
         seen.push(w);
         if steady {
             break;
