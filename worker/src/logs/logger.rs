@@ -24,11 +24,60 @@ use super::format::{Entry, Stream};
 use super::writer::{LineSplitter, RotatingWriter};
 use super::{LogOptions, Result, io, lock_writer, log_dir};
 
-/// Set by SIGTERM/SIGINT in the logger process.
-static STOP: AtomicBool = AtomicBool::new(false);
+/// Requested by SIGTERM/SIGINT in the logger process.
+static STOP: std::sync::OnceLock<Stop> = std::sync::OnceLock::new();
 
 extern "C" fn on_term(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
+    if let Some(s) = STOP.get() {
+        s.request();
+    }
+}
+
+/// A request that a pump stop: a flag, and a pipe that wakes the pump's
+/// `poll` at once, so an idle pump sleeps until its pipes or this say
+/// something (no timer). [`Stop::request`] is async-signal-safe (an atomic
+/// store and a `write`). If the pipe cannot be made, the pump falls back to
+/// looking at the flag every 200 ms.
+pub struct Stop {
+    flag: AtomicBool,
+    /// (read end, write end), both non-blocking.
+    wake: Option<(OwnedFd, OwnedFd)>,
+}
+
+impl Default for Stop {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Stop {
+    /// A stop not requested yet.
+    pub fn new() -> Stop {
+        use nix::fcntl::OFlag;
+        Stop {
+            flag: AtomicBool::new(false),
+            wake: nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).ok(),
+        }
+    }
+
+    /// Asks the pump to drain what is readable and return.
+    pub fn request(&self) {
+        self.flag.store(true, Ordering::SeqCst);
+        if let Some((_, w)) = &self.wake {
+            // SAFETY: a one-byte write from a valid buffer to a descriptor
+            // we own; a full pipe (already woken) just fails.
+            unsafe { libc::write(w.as_raw_fd(), [1u8].as_ptr().cast(), 1) };
+        }
+    }
+
+    /// Whether a stop was requested.
+    pub fn requested(&self) -> bool {
+        self.flag.load(Ordering::SeqCst)
+    }
+
+    fn wake_fd(&self) -> Option<i32> {
+        self.wake.as_ref().map(|(r, _)| r.as_raw_fd())
+    }
 }
 
 /// The logger process (`weft weft-task-logger <taskdir>`): returns the
@@ -55,6 +104,8 @@ fn fd(n: i32) -> Option<OwnedFd> {
 
 fn run(task_dir: &Path) -> Result<()> {
     use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    // Before the handlers, so a signal is never lost.
+    STOP.get_or_init(Stop::new);
     let action = SigAction::new(
         SigHandler::Handler(on_term),
         SaFlags::SA_RESTART,
@@ -68,6 +119,7 @@ fn run(task_dir: &Path) -> Result<()> {
     let missing = |n| {
         io("take the shim's fd", task_dir)(std::io::Error::other(format!("fd {n} is not open")))
     };
+    let stop = STOP.get_or_init(Stop::new);
     let out = fd(3).ok_or_else(|| missing(3))?;
     let err = fd(4).ok_or_else(|| missing(4))?;
     let ready = fd(5);
@@ -76,14 +128,14 @@ fn run(task_dir: &Path) -> Result<()> {
     let writer = RotatingWriter::open(&dir, LogOptions::load(task_dir))?;
     // Ready: the shim goes on once this end closes.
     drop(ready);
-    let r = pump(out, err, writer, &STOP);
+    let r = pump(out, err, writer, stop);
     drop(lock);
     r
 }
 
 /// Copies `out` (stdout) and `err` (stderr) into `writer` until both end;
 /// once `stop` is set, reads what is left without waiting and returns.
-pub fn pump(out: OwnedFd, err: OwnedFd, writer: RotatingWriter, stop: &AtomicBool) -> Result<()> {
+pub fn pump(out: OwnedFd, err: OwnedFd, writer: RotatingWriter, stop: &Stop) -> Result<()> {
     pump_tapped(
         vec![(out, Stream::Stdout), (err, Stream::Stderr)],
         writer,
@@ -99,7 +151,7 @@ pub fn pump(out: OwnedFd, err: OwnedFd, writer: RotatingWriter, stop: &AtomicBoo
 pub fn pump_tapped(
     pipes: Vec<(OwnedFd, Stream)>,
     mut writer: RotatingWriter,
-    stop: &AtomicBool,
+    stop: &Stop,
     tap: &mut dyn FnMut(Stream, &[u8]),
 ) -> Result<()> {
     let mut pipes: Vec<Option<(std::fs::File, LineSplitter, Stream)>> = pipes
@@ -110,7 +162,7 @@ pub fn pump_tapped(
     let mut entries: Vec<Entry> = Vec::new();
     let mut draining = false;
     while pipes.iter().any(Option::is_some) {
-        if !draining && stop.load(Ordering::SeqCst) {
+        if !draining && stop.requested() {
             draining = true;
             for (f, _, _) in pipes.iter().flatten() {
                 set_nonblocking(f.as_raw_fd());
@@ -119,7 +171,7 @@ pub fn pump_tapped(
         let ready = if draining {
             vec![true; pipes.len()]
         } else {
-            poll_readable(&pipes)
+            poll_readable(&pipes, stop.wake_fd())
         };
         for (i, slot) in pipes.iter_mut().enumerate() {
             if !ready[i] {
@@ -160,8 +212,13 @@ fn set_nonblocking(fd: i32) {
     }
 }
 
-/// Which pipes have data (or ended); waits up to 200 ms so `stop` is seen.
-fn poll_readable(pipes: &[Option<(std::fs::File, LineSplitter, Stream)>]) -> Vec<bool> {
+/// Which pipes have data (or ended). Waits until one does or `wake` (the
+/// stop pipe) is readable; without a stop pipe, up to 200 ms so the flag is
+/// seen.
+fn poll_readable(
+    pipes: &[Option<(std::fs::File, LineSplitter, Stream)>],
+    wake: Option<i32>,
+) -> Vec<bool> {
     let mut fds: Vec<libc::pollfd> = pipes
         .iter()
         .map(|p| libc::pollfd {
@@ -170,13 +227,20 @@ fn poll_readable(pipes: &[Option<(std::fs::File, LineSplitter, Stream)>]) -> Vec
             revents: 0,
         })
         .collect();
+    fds.push(libc::pollfd {
+        fd: wake.unwrap_or(-1),
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    let timeout = if wake.is_some() { -1 } else { 200 };
     // SAFETY: `fds` is a valid array of `fds.len()` pollfd; negative fds
     // are ignored.
-    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 200) };
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
     if n <= 0 {
         return vec![false; pipes.len()];
     }
-    fds.iter()
+    fds[..pipes.len()]
+        .iter()
         .map(|p| p.fd >= 0 && p.revents & (libc::POLLIN | libc::POLLHUP | libc::POLLERR) != 0)
         .collect()
 }
@@ -184,3 +248,33 @@ fn poll_readable(pipes: &[Option<(std::fs::File, LineSplitter, Stream)>]) -> Vec
 /// How long the process shim lets its pump run on after the task ended
 /// (a process that left the task's group may still hold the pipes).
 pub const PUMP_LINGER: Duration = Duration::from_secs(2);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An idle pump sleeps in `poll` with no timer, and a stop request
+    /// wakes it: it drains what the pipes hold and returns, although their
+    /// write ends stay open (a process that left the task holds them).
+    #[test]
+    fn a_stop_request_wakes_an_idle_pump_and_it_drains() {
+        let dir = tempfile::tempdir().unwrap();
+        let (out_r, out_w) = nix::unistd::pipe().unwrap();
+        let (err_r, _err_w) = nix::unistd::pipe().unwrap();
+        let writer = RotatingWriter::open(dir.path(), LogOptions::default()).unwrap();
+        let stop = std::sync::Arc::new(Stop::new());
+        let s = stop.clone();
+        let pump = std::thread::spawn(move || pump(out_r, err_r, writer, &s));
+        nix::unistd::write(&out_w, b"before the stop\n").unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!pump.is_finished(), "the pump ended with its pipes open");
+        stop.request();
+        pump.join().unwrap().unwrap();
+        let log: String = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+            .collect();
+        assert!(log.contains("before the stop"), "{log}");
+    }
+}

@@ -21,7 +21,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::SystemTime;
 
 use weft_overlay::linux::{Netns, NsCommand};
@@ -265,7 +265,7 @@ impl OpenLog {
     /// Starts the pump thread ([`crate::logs::logger::pump`]), which holds
     /// the log's lock until the output ends.
     fn start(self) -> TaskLog {
-        let stop = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(logs::logger::Stop::new());
         let flag = stop.clone();
         let Self {
             lock,
@@ -286,7 +286,7 @@ impl OpenLog {
 /// The task's output on its way into its json log: the pump thread.
 struct TaskLog {
     pump: std::thread::JoinHandle<()>,
-    stop: Arc<AtomicBool>,
+    stop: Arc<logs::logger::Stop>,
 }
 
 impl TaskLog {
@@ -299,7 +299,7 @@ impl TaskLog {
         while !self.pump.is_finished() && std::time::Instant::now() < deadline {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
-        self.stop.store(true, Ordering::SeqCst);
+        self.stop.request();
         let _ = self.pump.join();
     }
 }

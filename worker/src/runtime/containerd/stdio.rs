@@ -190,7 +190,8 @@ impl ContainerdRuntime {
                 // (the sender dropped); else the wait ends by itself.
                 let _ = go_rx.recv_timeout(ATTACH_WAIT);
             }
-            let never = std::sync::atomic::AtomicBool::new(false);
+            // Never requested: the pump ends with the pipes.
+            let never = crate::logs::logger::Stop::new();
             let r = crate::logs::logger::pump_tapped(pipes, writer, &never, &mut |s, b| {
                 let _ = tx.send(match s {
                     Stream::Stdout => StdioChunk::Stdout(b.to_vec()),
