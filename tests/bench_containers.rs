@@ -74,17 +74,10 @@ fn failover(lab: &mut Lab, victim: &str, replicas: usize) -> (f64, f64) {
             down = Some(t.elapsed().as_secs_f64());
         }
         if moved.is_none() {
-            let ps = lab.weft("m1", &["service", "ps", "web"]);
-            let elsewhere = ps
-                .lines()
-                .skip(1)
-                .filter(|l| {
-                    // TASK ID, NAME, NODE, DESIRED, CURRENT, …
-                    let f: Vec<&str> = l.split_whitespace().collect();
-                    f.get(2).is_some_and(|n| *n != victim)
-                        && f.get(3) == Some(&"running")
-                        && f.get(4).is_some_and(|c| c.starts_with("running"))
-                })
+            let elsewhere = lab
+                .running_on("m1", "web")
+                .iter()
+                .filter(|n| *n != victim)
                 .count();
             if elsewhere >= replicas {
                 moved = Some(t.elapsed().as_secs_f64());

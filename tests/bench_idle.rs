@@ -163,19 +163,6 @@ fn plane_ms(log: &str) -> Vec<u64> {
         .collect()
 }
 
-/// Replicas of `service` whose current state is running.
-fn running(lab: &Lab, service: &str) -> u64 {
-    let out = lab.weft("m", &["service", "ps", service]);
-    let mut lines = out.lines();
-    let at = lines
-        .next()
-        .and_then(|h| h.find("CURRENT"))
-        .expect("a CURRENT column");
-    lines
-        .filter(|l| l.get(at..).is_some_and(|c| c.starts_with("running")))
-        .count() as u64
-}
-
 /// What the weft side measured.
 type WeftSide = (Vec<f64>, Vec<f64>, Vec<u64>, Vec<u64>);
 
@@ -211,7 +198,7 @@ fn weft_side(tasks: u64, rounds: u64, window: Duration) -> WeftSide {
     );
     let t = Instant::now();
     wait_for("every replica running", Duration::from_secs(600), || {
-        running(&lab, "idle") == tasks
+        lab.running_on("m", "idle").len() as u64 == tasks
     });
     eprintln!("weft: {tasks} tasks running after {:?}", t.elapsed());
     // The passes and reports of the start burst go on after the last task
@@ -254,7 +241,7 @@ fn weft_side(tasks: u64, rounds: u64, window: Duration) -> WeftSide {
         &|| {
             lab.weft("m", &["service", "scale", &format!("idle={}", tasks + 1)]);
         },
-        &|| running(&lab, "idle") == tasks + 1,
+        &|| lab.running_on("m", "idle").len() as u64 == tasks + 1,
     );
     let solo = passes_after(
         &|| {
@@ -280,7 +267,7 @@ fn weft_side(tasks: u64, rounds: u64, window: Duration) -> WeftSide {
                 ],
             );
         },
-        &|| running(&lab, "solo") == 1,
+        &|| lab.running_on("m", "solo").len() == 1,
     );
     if let Some(dir) = std::env::var_os("WEFT_BENCH_KEEP_LOGS") {
         let _ = std::fs::create_dir_all(&dir);

@@ -324,23 +324,10 @@ fn managers_hold_simulated_nodes() {
     );
     let created = t.elapsed();
     let running = wait_for("every replica running", Duration::from_secs(600), || {
-        let ps = lab.weft("m1", &["service", "ps", "spread"]);
-        ps.lines()
-            .skip(1)
-            .filter(|l| {
-                let f: Vec<&str> = l.split_whitespace().collect();
-                f.get(3) == Some(&"running") && f.get(4).is_some_and(|c| c.starts_with("running"))
-            })
-            .count() as u64
-            == replicas
+        lab.running_on("m1", "spread").len() as u64 == replicas
     }) + created;
     let spread_pushes = counters.pushes.load(Ordering::Relaxed) - push1;
-    let nodes_with_task: BTreeSet<String> = lab
-        .weft("m1", &["service", "ps", "spread"])
-        .lines()
-        .skip(1)
-        .filter_map(|l| l.split_whitespace().nth(2).map(str::to_string))
-        .collect();
+    let nodes_with_task: BTreeSet<String> = lab.running_on("m1", "spread").into_iter().collect();
     let errors = counters.errors.load(Ordering::Relaxed);
     let retries = counters.retries.load(Ordering::Relaxed);
 

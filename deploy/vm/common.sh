@@ -45,7 +45,7 @@ weft_binary() {
 }
 
 # Holder of a network namespace: a process that only sleeps in a new netns,
-# in a session of its own (no /run/netns entry); its pid in $1/netns.pid.
+# in a session of its own (no entry in the host-wide netns directory); its pid in $1/netns.pid.
 netns_up() {
   local dir=$1
   rm -f "$dir/netns.pid"

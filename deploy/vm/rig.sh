@@ -11,7 +11,7 @@
 #
 # Guests m1..mN get 198.18.0.11.., workers w1..wM 198.18.0.21.., on a bridge
 # (198.18.0.1) in a network namespace held by a sleeping process of the rig
-# (nothing under /run/netns). Each guest runs weft as the systemd unit of
+# (nothing in the host-wide netns directory). Each guest runs weft as the systemd unit of
 # deploy/systemd/weft.service; m1 runs `weft init`, the others `weft join`.
 # State: target/vm/rig/. Accelerator: TCG unless WEFT_VM_ACCEL=kvm.
 set -euo pipefail

@@ -354,6 +354,25 @@ impl Lab {
         )
     }
 
+    /// The node of every task of `service` whose current state is running
+    /// (`service ps` on `host`, read by the columns of its header).
+    pub fn running_on(&self, host: &str, service: &str) -> Vec<String> {
+        let out = self.weft(host, &["service", "ps", service]);
+        let mut lines = out.lines();
+        let head = lines.next().unwrap_or_default();
+        let (Some(node), Some(desired), Some(current)) = (
+            head.find("NODE"),
+            head.find("DESIRED"),
+            head.find("CURRENT"),
+        ) else {
+            panic!("no NODE, DESIRED and CURRENT columns in:\n{out}")
+        };
+        lines
+            .filter(|l| l.get(current..).is_some_and(|c| c.starts_with("running")))
+            .map(|l| l.get(node..desired).unwrap_or_default().trim().to_string())
+            .collect()
+    }
+
     /// `node ls` on `host`, parsed into (hostname, status, manager status, is_self) rows.
     pub fn node_ls(&self, host: &str) -> Vec<NodeRow> {
         parse_node_ls(&self.weft(host, &["node", "ls"]))
