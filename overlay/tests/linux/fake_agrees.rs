@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 
 use serde_json::Value;
 use weft_overlay::fake::simulate;
@@ -87,28 +88,9 @@ fn differences(path: &str, a: &Value, b: &Value, out: &mut Vec<String>) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_simulator_agrees_with_the_kernel() {
-    require_root!();
-    let run = RunDir::new();
-    let u = Underlay::create(
-        run.path(),
-        "fa",
-        "198.18.44.0/24".parse().unwrap(),
-        &["h1", "h2", "h3"],
-    )
-    .await
-    .unwrap();
-    let (v1, v2, v3) = (
-        IpAddr::V4(u.host("h1").unwrap().addr()),
-        IpAddr::V4(u.host("h2").unwrap().addr()),
-        IpAddr::V4(u.host("h3").unwrap().addr()),
-    );
-    let dp = LinuxDataplane::new(
-        run.path().join("node"),
-        u.host("h1").unwrap().netns().clone(),
-    );
-
+/// The desired states the test goes through on the node at `v1` (`v2` and
+/// `v3`: other hosts; key files go under `dir`), each with its name.
+fn steps(dir: &Path, v1: IpAddr, v2: IpAddr, v3: IpAddr) -> Vec<(&'static str, DesiredNode)> {
     let (first, _) = desired(v1, v2);
     // A VIP with a local backend, and the task's name.
     let mut served = first.clone();
@@ -125,7 +107,7 @@ async fn the_simulator_agrees_with_the_kernel() {
     // Encrypted (a userspace WireGuard device with a peer), the underlay
     // guard, a port published to the local task and to a remote one over
     // an ingress network.
-    let key = run.path().join("wg.key");
+    let key = dir.join("wg.key");
     keys::write_private_key(&key, &keys::generate()).unwrap();
     let mut sealed = served.clone();
     let mut peers = BTreeMap::new();
@@ -172,7 +154,7 @@ async fn the_simulator_agrees_with_the_kernel() {
     n1.remote.remove(&"b".into());
     n1.services.clear();
     changed.tasks.get_mut(&"a".into()).unwrap().endpoints[0].ip = "10.20.0.12/24".parse().unwrap();
-    let rekeyed = run.path().join("wg2.key");
+    let rekeyed = dir.join("wg2.key");
     keys::write_private_key(&rekeyed, &keys::generate()).unwrap();
     let wg = changed.wireguard.as_mut().unwrap();
     wg.private_key_path = rekeyed;
@@ -188,14 +170,39 @@ async fn the_simulator_agrees_with_the_kernel() {
         .unwrap()
         .remote
         .insert("b".into(), remote("10.20.0.3", 3, v3));
-    let steps = [
+    vec![
         ("first", first),
         ("a VIP and names", served),
         ("encryption, guard and ports", sealed),
         ("changes in place", changed),
         ("removals and a move", shrunk),
         ("nothing", DesiredNode::new(v1)),
-    ];
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulator_agrees_with_the_kernel() {
+    require_root!();
+    let run = RunDir::new();
+    let u = Underlay::create(
+        run.path(),
+        "fa",
+        "198.18.44.0/24".parse().unwrap(),
+        &["h1", "h2", "h3"],
+    )
+    .await
+    .unwrap();
+    let (v1, v2, v3) = (
+        IpAddr::V4(u.host("h1").unwrap().addr()),
+        IpAddr::V4(u.host("h2").unwrap().addr()),
+        IpAddr::V4(u.host("h3").unwrap().addr()),
+    );
+    let dp = LinuxDataplane::new(
+        run.path().join("node"),
+        u.host("h1").unwrap().netns().clone(),
+    );
+
+    let steps = steps(run.path(), v1, v2, v3);
 
     let mut failures = Vec::new();
     let mut kinds = BTreeSet::new();
