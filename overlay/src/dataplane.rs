@@ -112,6 +112,17 @@ pub trait Dataplane: Send + Sync {
     /// it exists once an `apply` containing the task succeeded.
     fn task_netns(&self, task: &TaskId) -> PathBuf;
 
+    /// Makes `task`'s network namespace now, empty, ahead of the `apply`
+    /// that wires it (links, addresses, routes, rules), so that a runtime
+    /// can make the task's container in it while that pass runs, as CNI
+    /// runtimes make a sandbox's namespace before its network. Nothing may
+    /// run in it before an `apply` holding the task went through. An
+    /// `apply` without the task removes it. Idempotent. `Ok(false)`: this
+    /// data plane makes namespaces only in `apply` (the default).
+    async fn prepare_task(&self, _task: &TaskId) -> Result<bool> {
+        Ok(false)
+    }
+
     /// A resolv.conf for tasks pointing at the embedded resolver
     /// (`nameserver 127.0.0.11`, `options ndots:0`), for the runtime to
     /// bind-mount over a task's `/etc/resolv.conf`; it exists once an

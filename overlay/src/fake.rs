@@ -437,10 +437,15 @@ pub struct FakeState {
     pub applied: Vec<DesiredNode>,
     /// The ops of each successful `apply`.
     pub plans: Vec<Vec<Op>>,
+    /// The tasks whose namespace `prepare_task` made, in order.
+    pub prepared: Vec<TaskId>,
     /// Number of `teardown_all` calls.
     pub teardowns: usize,
     /// `apply` calls (0-based) that fail with [`Error::Injected`].
     pub fail_calls: BTreeSet<usize>,
+    /// `apply` calls whose desired state holds one of these tasks fail
+    /// with [`Error::Injected`] too.
+    pub fail_tasks: BTreeSet<TaskId>,
 }
 
 /// An in-memory [`Dataplane`] that plans for real against a simulated
@@ -498,7 +503,9 @@ impl Dataplane for FakeDataplane {
         self.with_state(|s| {
             let call = s.applied.len();
             s.applied.push(desired.clone());
-            if s.fail_calls.contains(&call) {
+            if s.fail_calls.contains(&call)
+                || desired.tasks.keys().any(|t| s.fail_tasks.contains(t))
+            {
                 return Err(Error::Injected { call });
             }
             // As the Linux executor does: the key file is part of what is
@@ -519,6 +526,18 @@ impl Dataplane for FakeDataplane {
 
     fn task_netns(&self, task: &TaskId) -> PathBuf {
         self.exec_root.join("netns").join(names::task_ns(task))
+    }
+
+    /// As the Linux data plane does: the op `apply` would run first.
+    async fn prepare_task(&self, task: &TaskId) -> Result<bool> {
+        self.with_state(|s| {
+            let op = Op::CreateNetns {
+                ns: NsRef::Task(task.clone()),
+            };
+            simulate(&mut s.kernel, &op);
+            s.prepared.push(task.clone());
+        });
+        Ok(true)
     }
 
     fn nft_changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {

@@ -39,7 +39,7 @@ use weft_overlay::model::{
 use weft_overlay::{Dataplane, MacAddr, durable};
 use weft_proto::v1 as pb;
 
-use crate::runtime::{ContainerSpec, StopPolicy, TaskRuntime, TaskSpec, TaskState};
+use crate::runtime::{ContainerSpec, NetworkReady, StopPolicy, TaskRuntime, TaskSpec, TaskState};
 
 /// How often the loop runs a pass without any wake-up. The data plane then
 /// re-reads only what its watchers flagged (and, now and then, a few
@@ -306,6 +306,15 @@ pub fn proxy_env(
     out
 }
 
+/// The data plane passes, numbered: a start set going before pass N runs
+/// its task's process once pass N, or a later one, went through (`done`
+/// holds the number of the last that did).
+struct Passes {
+    done: watch::Sender<u64>,
+    next: u64,
+    last_ok: bool,
+}
+
 impl Reconciler {
     /// Runs until `stop` flips to true.
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
@@ -327,6 +336,11 @@ impl Reconciler {
         // tasks wait for names and encrypted traffic.
         let mut first_pass = Some((std::time::Instant::now(), current.is_some()));
         let mut last_report: Option<pb::StatusReport> = None;
+        let mut passes = Passes {
+            done: watch::Sender::new(0),
+            next: 0,
+            last_ok: false,
+        };
         loop {
             let pushed = self.config.borrow_and_update().clone();
             if let Some(c) = pushed
@@ -345,7 +359,9 @@ impl Reconciler {
                         (self.report)(early);
                     }
                 }
-                let report = self.converge(&c, &mut inflight, &probers).await;
+                let report = self
+                    .converge(&c, &mut inflight, &probers, &mut passes)
+                    .await;
                 last_report = Some(report.clone());
                 if let Some((started, saved)) = first_pass.take() {
                     tracing::info!(
@@ -380,6 +396,9 @@ impl Reconciler {
             };
             tracing::trace!(woken_by, "reconcile loop woken");
         }
+        // Starts still waiting for a pass give up (and clean up) rather
+        // than hold the stop.
+        drop(passes);
         inflight.shutdown().await;
     }
 
@@ -393,14 +412,15 @@ impl Reconciler {
         }
     }
 
-    /// One pass: set removals going for tasks no longer wanted, converge
-    /// the kernel, set starts going for tasks not yet known; returns the
-    /// report.
+    /// One pass: set removals going for tasks no longer wanted, set starts
+    /// going for tasks not yet known (their processes held until the pass
+    /// went through), converge the kernel; returns the report.
     async fn converge(
         &self,
         c: &pb::NodeConfig,
         inflight: &mut jobs::Inflight,
         probers: &crate::health::Probers,
+        passes: &mut Passes,
     ) -> pb::StatusReport {
         let view = self.view(inflight, probers);
         let known: Vec<_> = view.known.values().cloned().collect();
@@ -408,6 +428,18 @@ impl Reconciler {
         for id in plan::removals(&c.tasks, &view) {
             tracing::info!(task = %id, "removing task no longer assigned here");
             inflight.remove(self.runtime.clone(), &id);
+        }
+        passes.next += 1;
+        let this_pass = passes.next;
+        // New tasks start now when the last pass went through: each one's
+        // namespace is made empty, its container made in it while this
+        // pass wires it, and its process runs once the pass is done. After
+        // a failed pass they wait for one that goes through, as before.
+        if passes.last_ok {
+            let early = plan::tasks(&c.tasks, &self.view(inflight, probers), true);
+            let ready = NetworkReady::after(passes.done.subscribe(), this_pass);
+            self.start_tasks(c, &early.start, inflight, &ready, true)
+                .await;
         }
         let mut error = String::new();
         let wg_public_key = match self.ensure_wg_key(c.wg_key_generation) {
@@ -431,15 +463,16 @@ impl Reconciler {
         if !error.is_empty() {
             tracing::warn!(%error, version = c.version, "config not fully applied");
         }
+        passes.last_ok = error.is_empty();
+        if passes.last_ok {
+            passes.done.send_replace(this_pass);
+        }
         // A fresh snapshot: starts may have ended during the data plane
-        // pass, and the removals just set going count.
+        // pass, and the removals and starts just set going count.
         let view = self.view(inflight, probers);
         let plan = plan::tasks(&c.tasks, &view, error.is_empty());
-        for id in &plan.start {
-            if let Some(t) = c.tasks.iter().find(|t| &t.id == id) {
-                inflight.start(self.runtime.clone(), self.task_spec(t));
-            }
-        }
+        self.start_tasks(c, &plan.start, inflight, &NetworkReady::now(), false)
+            .await;
         probers.sync(&self.runtime, plan.checked);
         let tasks = plan.reports;
         tracing::debug!(
@@ -478,6 +511,35 @@ impl Reconciler {
             resources: Some(crate::capacity::node()),
             // The agent adds it when the leader does not have it.
             images: None,
+        }
+    }
+
+    /// Sets the starts of the assigned tasks `ids` going, each run once
+    /// `ready`; with `prepare`, only those whose namespace the data plane
+    /// could make now (the rest wait for the pass).
+    async fn start_tasks(
+        &self,
+        c: &pb::NodeConfig,
+        ids: &[String],
+        inflight: &mut jobs::Inflight,
+        ready: &NetworkReady,
+        prepare: bool,
+    ) {
+        for id in ids {
+            let Some(t) = c.tasks.iter().find(|t| &t.id == id) else {
+                continue;
+            };
+            if prepare && t.network_mode != "host" {
+                match self.dataplane.prepare_task(&TaskId(t.id.clone())).await {
+                    Ok(true) => {}
+                    Ok(false) => continue,
+                    Err(e) => {
+                        tracing::debug!(task = %t.id, error = %e, "namespace not made ahead of the pass");
+                        continue;
+                    }
+                }
+            }
+            inflight.start(self.runtime.clone(), self.task_spec(t), ready.clone());
         }
     }
 
@@ -886,63 +948,172 @@ mod tests {
         assert_eq!(states, vec![("t1", pb::TaskState::Running)]);
     }
 
+    /// A reconcile loop running over the fakes: configs pushed in,
+    /// reports read out.
+    struct Looping {
+        plane: Arc<weft_overlay::FakeDataplane>,
+        runtime: Arc<crate::runtime::fake::FakeRuntime>,
+        push: watch::Sender<Option<Arc<pb::NodeConfig>>>,
+        reports: tokio::sync::mpsc::UnboundedReceiver<pb::StatusReport>,
+        stop: watch::Sender<bool>,
+        wake: Arc<tokio::sync::Notify>,
+        handle: tokio::task::JoinHandle<()>,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Looping {
+        /// Starts the loop; `setup` sees the fake data plane first.
+        fn start(setup: impl FnOnce(&weft_overlay::FakeDataplane)) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let plane = Arc::new(weft_overlay::FakeDataplane::new(dir.path().join("run")));
+            setup(&plane);
+            let runtime = Arc::new(crate::runtime::fake::FakeRuntime::new());
+            let (push, pushed) = watch::channel(None);
+            let (tx, reports) = tokio::sync::mpsc::unbounded_channel();
+            let (stop, stopped) = watch::channel(false);
+            let r = Reconciler {
+                config: pushed,
+                dataplane: plane.clone(),
+                runtime: runtime.clone(),
+                report: Box::new(move |rep| {
+                    let _ = tx.send(rep);
+                }),
+                ..reconciler(dir.path())
+            };
+            let wake = r.wake.clone();
+            let handle = tokio::spawn(r.run(stopped));
+            Self {
+                plane,
+                runtime,
+                push,
+                reports,
+                stop,
+                wake,
+                handle,
+                _dir: dir,
+            }
+        }
+
+        /// The next report that `ok` accepts, within 10 s.
+        async fn next(
+            &mut self,
+            what: &str,
+            ok: &dyn Fn(&pb::StatusReport) -> bool,
+        ) -> pb::StatusReport {
+            loop {
+                match tokio::time::timeout(Duration::from_secs(10), self.reports.recv()).await {
+                    Ok(Some(rep)) if ok(&rep) => return rep,
+                    Ok(Some(_)) => {}
+                    _ => panic!("no report {what} within 10 s"),
+                }
+            }
+        }
+
+        async fn stop(self) {
+            self.stop.send(true).unwrap();
+            self.handle.await.unwrap();
+        }
+    }
+
+    /// The state a report gives task `id`.
+    fn state_of(r: &pb::StatusReport, id: &str) -> Option<pb::TaskState> {
+        r.tasks
+            .iter()
+            .find(|t| t.task_id == id)
+            .map(|t| t.status.as_ref().unwrap().state())
+    }
+
+    /// Once a pass went through, a new task's namespace is made and its
+    /// start set going before the pass that wires it; its process runs
+    /// only once such a pass went through (here: the second, after a
+    /// failed one), and it is started once.
+    #[tokio::test]
+    async fn a_new_task_is_made_during_the_pass_and_runs_after_it() {
+        use crate::runtime::fake::FakeCall;
+        let mut l = Looping::start(|_| {});
+        let c = config();
+        l.push.send(Some(Arc::new(c.clone()))).unwrap();
+        l.next("with t1 running", &|r| {
+            state_of(r, "t1") == Some(pb::TaskState::Running) && r.apply_error.is_empty()
+        })
+        .await;
+        // The first task waited for the first pass: nothing made ahead.
+        assert!(l.plane.with_state(|s| s.prepared.is_empty()));
+
+        let t2 = TaskId("t2".into());
+        l.plane.with_state(|s| s.fail_tasks.insert(t2.clone()));
+        let mut c2 = c.clone();
+        c2.version += 1;
+        let mut second = c.tasks[0].clone();
+        second.id = "t2".into();
+        second.attachments[0].ip = "10.0.9.4/24".into();
+        second.attachments[0].mac = "02:42:0a:00:09:04".into();
+        second.gateway_ip = "172.18.0.3/16".into();
+        second.gateway_mac = "02:42:ac:12:00:03".into();
+        c2.tasks.push(second);
+        l.push.send(Some(Arc::new(c2))).unwrap();
+        let failed = l
+            .next("of the failed pass with t2", &|r| !r.apply_error.is_empty())
+            .await;
+        assert_eq!(state_of(&failed, "t2"), Some(pb::TaskState::Starting));
+        assert_eq!(l.plane.with_state(|s| s.prepared.clone()), vec![t2.clone()]);
+        assert!(l.plane.kernel().tasks.contains_key(&t2), "namespace made");
+        assert!(
+            l.runtime.spec("t2").is_none(),
+            "run before a pass went through"
+        );
+
+        l.plane.with_state(|s| s.fail_tasks.clear());
+        l.wake.notify_one();
+        l.next("with t2 running", &|r| {
+            state_of(r, "t2") == Some(pb::TaskState::Running)
+        })
+        .await;
+        let starts = l
+            .runtime
+            .calls()
+            .iter()
+            .filter(|c| matches!(c, FakeCall::Start(s) if s.id == "t2"))
+            .count();
+        assert_eq!(starts, 1);
+        l.stop().await;
+    }
+
     /// The whole loop over the fakes: no task starts while the data plane
     /// pass fails; once it goes through, the task starts in its namespace
     /// and runs; unassigned, it is removed and its namespace goes too.
     #[tokio::test]
     async fn the_loop_starts_and_removes_tasks_around_the_data_plane() {
-        use crate::runtime::fake::{FakeCall, FakeRuntime};
-        use weft_overlay::FakeDataplane;
-        let dir = tempfile::tempdir().unwrap();
-        let plane = Arc::new(FakeDataplane::new(dir.path().join("run")));
-        plane.with_state(|s| s.fail_calls.insert(0));
-        let runtime = Arc::new(FakeRuntime::new());
-        let (push, pushed) = watch::channel(None);
-        let (tx, mut reports) = tokio::sync::mpsc::unbounded_channel();
-        let (stop_tx, stop) = watch::channel(false);
-        let r = Reconciler {
-            config: pushed,
-            dataplane: plane.clone(),
-            runtime: runtime.clone(),
-            report: Box::new(move |rep| {
-                let _ = tx.send(rep);
-            }),
-            ..reconciler(dir.path())
-        };
-        let wake = r.wake.clone();
-        let looping = tokio::spawn(r.run(stop));
-        let mut next = async |what: &str, ok: &dyn Fn(&pb::StatusReport) -> bool| loop {
-            match tokio::time::timeout(Duration::from_secs(10), reports.recv()).await {
-                Ok(Some(rep)) if ok(&rep) => return rep,
-                Ok(Some(_)) => {}
-                _ => panic!("no report {what} within 10 s"),
-            }
-        };
+        use crate::runtime::fake::FakeCall;
+        let mut l = Looping::start(|p| {
+            p.with_state(|s| s.fail_calls.insert(0));
+        });
         let c = Arc::new(config());
-        push.send(Some(c.clone())).unwrap();
-        let failed = next("of the failed pass", &|r| !r.apply_error.is_empty()).await;
+        l.push.send(Some(c.clone())).unwrap();
+        let failed = l
+            .next("of the failed pass", &|r| !r.apply_error.is_empty())
+            .await;
         assert_eq!(failed.applied_version, 0);
         assert!(failed.tasks.is_empty(), "{:?}", failed.tasks);
-        assert!(runtime.spec("t1").is_none(), "started without a network");
-        wake.notify_one();
-        let running = |r: &pb::StatusReport| {
-            r.tasks
-                .iter()
-                .any(|t| t.status.as_ref().unwrap().state() == pb::TaskState::Running)
-        };
-        let ok = next("with t1 running", &running).await;
+        assert!(l.runtime.spec("t1").is_none(), "started without a network");
+        l.wake.notify_one();
+        let ok = l
+            .next("with t1 running", &|r| {
+                state_of(r, "t1") == Some(pb::TaskState::Running)
+            })
+            .await;
         assert_eq!(
             (ok.applied_version, ok.apply_error.as_str()),
             (c.version, "")
         );
-        assert!(plane.kernel().tasks.contains_key(&TaskId("t1".into())));
+        assert!(l.plane.kernel().tasks.contains_key(&TaskId("t1".into())));
         let mut none = config();
         none.version += 1;
         none.tasks.clear();
-        push.send(Some(Arc::new(none))).unwrap();
+        l.push.send(Some(Arc::new(none))).unwrap();
         let gone = |r: &pb::StatusReport| r.tasks.is_empty() && r.applied_version == c.version + 1;
-        next("without t1", &gone).await;
-        let calls = runtime.calls();
+        l.next("without t1", &gone).await;
+        let calls = l.runtime.calls();
         assert_eq!(
             calls
                 .iter()
@@ -952,6 +1123,7 @@ mod tests {
         );
         // The removal ends in the background; the next pass drops the
         // task's namespace.
+        let (runtime, plane, wake) = (l.runtime.clone(), l.plane.clone(), l.wake.clone());
         tokio::time::timeout(Duration::from_secs(10), async {
             while runtime.status("t1").is_some()
                 || plane.kernel().tasks.contains_key(&TaskId("t1".into()))
@@ -963,7 +1135,6 @@ mod tests {
         .await
         .expect("t1 removed and its namespace gone within 10 s");
         assert!(runtime.calls().contains(&FakeCall::Remove("t1".into())));
-        stop_tx.send(true).unwrap();
-        looping.await.unwrap();
+        l.stop().await;
     }
 }

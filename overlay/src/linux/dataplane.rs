@@ -229,7 +229,10 @@ impl LinuxDataplane {
         let mut applied = Vec::new();
         let mut failures = Vec::new();
         for op in ops {
-            match ex.run(&op).await {
+            let t0 = std::time::Instant::now();
+            let r = ex.run(&op).await;
+            tracing::trace!(?op, us = t0.elapsed().as_micros() as u64, "data plane op");
+            match r {
                 Ok(()) => applied.push(op),
                 Err(source) => {
                     tracing::warn!(?op, error = %source, "data plane op failed");
@@ -670,7 +673,10 @@ impl Dataplane for LinuxDataplane {
     async fn apply(&self, desired: &DesiredNode) -> Result<ApplyReport> {
         let _guard = self.lock.lock().await;
         self.resume_wg(desired).await;
+        let t0 = std::time::Instant::now();
+        let reads = self.namespace_reads();
         let mut observed = self.observe().await.map_err(Error::Observe)?;
+        let observe_ms = t0.elapsed().as_millis() as u64;
         // The key file is observed state too: a device holding another key
         // is re-keyed (rotation). Unreadable: CreateWg reports why.
         observed.wg_key = desired.wireguard.as_ref().and_then(|w| {
@@ -680,7 +686,12 @@ impl Dataplane for LinuxDataplane {
         });
         let ops = plan(&observed, desired)?;
         if !ops.is_empty() {
-            tracing::debug!(ops = ops.len(), "applying data plane changes");
+            tracing::debug!(
+                ops = ops.len(),
+                observe_ms,
+                namespaces_read = self.namespace_reads() - reads,
+                "applying data plane changes"
+            );
         }
         let ports_changed = ops.iter().any(|o| matches!(o, Op::ApplyPorts { .. }));
         // Read back whatever the ops touch, failed or not; a task's VIP
@@ -712,6 +723,18 @@ impl Dataplane for LinuxDataplane {
 
     fn task_netns(&self, task: &TaskId) -> PathBuf {
         self.pin(&NsRef::Task(task.clone()))
+    }
+
+    /// The pass's own first op for a new task, run alone; the next pass
+    /// reads the namespace as it finds it.
+    async fn prepare_task(&self, task: &TaskId) -> Result<bool> {
+        let _guard = self.lock.lock().await;
+        let op = Op::CreateNetns {
+            ns: NsRef::Task(task.clone()),
+        };
+        self.forget_observed(std::slice::from_ref(&op)).await;
+        self.execute(vec![op]).await?;
+        Ok(true)
     }
 
     fn resolv_conf(&self) -> Option<PathBuf> {

@@ -24,7 +24,7 @@ use tokio::sync::Semaphore;
 use tokio::task::{Id, JoinSet};
 use weft_proto::v1 as pb;
 
-use crate::runtime::{TaskRuntime, TaskSpec, TaskStatus};
+use crate::runtime::{NetworkReady, TaskRuntime, TaskSpec, TaskStatus};
 
 /// How many tasks a node starts at once.
 const PARALLEL_STARTS: usize = 8;
@@ -97,14 +97,23 @@ impl Inflight {
         }
     }
 
-    /// Starts `spec` in the background (at most [`PARALLEL_STARTS`] at once).
-    pub(super) fn start(&mut self, runtime: Arc<dyn TaskRuntime>, spec: TaskSpec) {
+    /// Starts `spec` in the background (at most [`PARALLEL_STARTS`] at
+    /// once), its process run once `network` is ready.
+    pub(super) fn start(
+        &mut self,
+        runtime: Arc<dyn TaskRuntime>,
+        spec: TaskSpec,
+        network: NetworkReady,
+    ) {
         let id = spec.id.clone();
         let limit = self.limit.clone();
         let job = self.starts.spawn(async move {
             let _permit = limit.acquire_owned().await;
             let t0 = std::time::Instant::now();
-            let r = runtime.start(&spec).await.map_err(|e| e.to_string());
+            let r = runtime
+                .start_when(&spec, network)
+                .await
+                .map_err(|e| e.to_string());
             tracing::debug!(task = %spec.id, ms = t0.elapsed().as_millis() as u64, ok = r.is_ok(), "start job done");
             Done::Started(r)
         });

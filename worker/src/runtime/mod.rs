@@ -42,6 +42,58 @@ pub use interactive::{
 pub use process::{ProcessRuntime, ShimCommand};
 pub use routed::RoutedRuntime;
 
+/// When a task's network is ready for its process: a start makes what it
+/// can before (a container's record, rootfs and the runc container in the
+/// task's namespace, made empty ahead of the data plane pass that wires
+/// it), and runs the process only after, as CNI runtimes make a sandbox's
+/// namespace first and start its containers once its network is set up.
+#[derive(Clone, Debug)]
+pub struct NetworkReady {
+    /// The number of the last data plane pass that went through; `None`:
+    /// ready now.
+    passes: Option<tokio::sync::watch::Receiver<u64>>,
+    /// The pass this start waits for.
+    need: u64,
+}
+
+/// The loop that would have said the network is ready has stopped.
+#[derive(Clone, Copy, Debug, thiserror::Error)]
+#[error("the daemon stopped before the task's network was ready")]
+pub struct NotReady;
+
+impl NetworkReady {
+    /// Ready at once (the network was made before the start, or the task
+    /// has none of its own).
+    pub fn now() -> Self {
+        Self {
+            passes: None,
+            need: 0,
+        }
+    }
+
+    /// Ready once `passes`, the number of the last pass that went through,
+    /// reaches `need`.
+    pub fn after(passes: tokio::sync::watch::Receiver<u64>, need: u64) -> Self {
+        Self {
+            passes: Some(passes),
+            need,
+        }
+    }
+
+    /// Waits until ready; `Err` when the sender is gone first.
+    pub async fn wait(&mut self) -> std::result::Result<(), NotReady> {
+        let need = self.need;
+        match &mut self.passes {
+            None => Ok(()),
+            Some(rx) => rx
+                .wait_for(|n| *n >= need)
+                .await
+                .map(|_| ())
+                .map_err(|_| NotReady),
+        }
+    }
+}
+
 /// What to run for one task. Written to `<root>/tasks/<id>/spec.json`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TaskSpec {
@@ -319,6 +371,13 @@ pub enum Error {
         /// How long we waited.
         waited: Duration,
     },
+    /// The daemon stopped before the task's network was ready; nothing of
+    /// the task was left.
+    #[error("task {id:?} not started: the daemon stopped before its network was ready")]
+    NotStarted {
+        /// The task.
+        id: String,
+    },
     /// A namespace operation of the shim failed.
     #[error(transparent)]
     Netns(#[from] weft_overlay::linux::Error),
@@ -396,6 +455,16 @@ pub trait TaskRuntime: Send + Sync {
     /// (files, shim). Starting a running task again with the same spec
     /// returns its status and starts nothing.
     async fn start(&self, spec: &TaskSpec) -> Result<TaskStatus>;
+
+    /// [`start`](TaskRuntime::start), with the task's process run only once
+    /// `network` is ready; what can be made before is made meanwhile. The
+    /// default waits, then starts.
+    async fn start_when(&self, spec: &TaskSpec, mut network: NetworkReady) -> Result<TaskStatus> {
+        network.wait().await.map_err(|_| Error::NotStarted {
+            id: spec.id.clone(),
+        })?;
+        self.start(spec).await
+    }
 
     /// Sends the task's stop signal (its [`StopPolicy`]) to its processes,
     /// then SIGKILL to all of them after `grace` (`None`: the task's own

@@ -22,7 +22,7 @@ use futures::future::BoxFuture;
 use tokio::sync::{OnceCell, broadcast};
 
 use super::containerd::ContainerdRuntime;
-use super::{Result, TaskRuntime, TaskSpec, TaskState, TaskStatus, validate};
+use super::{NetworkReady, Result, TaskRuntime, TaskSpec, TaskState, TaskStatus, validate};
 
 /// Connects the containerd runtime (and checks containerd's version and
 /// namespace); the error is shown to the user as the task's failure.
@@ -112,11 +112,15 @@ impl TaskRuntime for RoutedRuntime {
     }
 
     async fn start(&self, spec: &TaskSpec) -> Result<TaskStatus> {
+        self.start_when(spec, NetworkReady::now()).await
+    }
+
+    async fn start_when(&self, spec: &TaskSpec, network: NetworkReady) -> Result<TaskStatus> {
         if spec.container.is_none() {
-            return self.process.start(spec).await;
+            return self.process.start_when(spec, network).await;
         }
         match self.containers().await {
-            Ok(c) => c.start(spec).await,
+            Ok(c) => c.start_when(spec, network).await,
             Err(error) => {
                 validate(spec)?;
                 let status = TaskStatus {

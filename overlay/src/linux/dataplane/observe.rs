@@ -99,7 +99,8 @@ impl LinuxDataplane {
                 .as_ref()
                 .map_or(Dirty::ALL, |w| w.take_dirty(&mut scratch));
             let due = entry.recheck_at.is_none_or(|t| t <= now) && rechecks > 0;
-            let links = entry.obs.is_none() || dirty.links || due;
+            let links =
+                entry.obs.is_none() || std::mem::take(&mut entry.links_stale) || dirty.links || due;
             // The safety net re-reads links only: a task's ruleset is read
             // again when its nftables notifications say so (they carry
             // every change, as the daemon's own monitor relies on), which
@@ -163,10 +164,16 @@ impl LinuxDataplane {
             let routes = routes_of(&nl).await?;
             entry.links = Some((ns, routes));
             entry.recheck_at = Some(now + recheck_after());
-            // The tables are read again with the links.
-            entry.nft = None;
+            // The tables are read again with the periodic re-check of the
+            // links, a safety net under the monitor; not on every change
+            // of a link (each new task's veth), which would cost a process
+            // per table.
+            if due {
+                entry.nft = None;
+            }
         }
         if entry.nft.is_none() || generation.is_none() || entry.nft_generation != generation {
+            tracing::trace!("reading the daemon's nftables tables");
             entry.nft = None;
             entry.nft = Some(self.observe_host_nft().await?);
             entry.nft_generation = generation;
@@ -222,6 +229,7 @@ impl LinuxDataplane {
                 o
             }
         };
+        tracing::trace!(ns = %ns.label(), links, nft, "reading a namespace");
         if nft {
             o.lb = match nft::list_ruleset_async(&ns).await {
                 Ok(rs) => lb_of(&rs),
@@ -260,6 +268,9 @@ impl LinuxDataplane {
                     NsRef::Host => {
                         if let Some(h) = &mut cache.host {
                             h.links = None;
+                            if writes_host_tables(op) {
+                                h.nft = None;
+                            }
                         }
                         continue;
                     }
@@ -267,7 +278,14 @@ impl LinuxDataplane {
                     NsRef::Task(t) => names::task_ns(&t),
                 };
                 if let Some(e) = cache.pins.get_mut(&pin) {
-                    e.obs = None;
+                    // Only the VIP table ops above write a task's ruleset:
+                    // the others leave it as read (no `nft list` process
+                    // for each new task's read-back).
+                    if matches!(op, Op::CreateNetns { .. } | Op::DeleteNetns { .. }) {
+                        e.obs = None;
+                    } else {
+                        e.links_stale = true;
+                    }
                 }
             }
         }
@@ -488,6 +506,8 @@ struct PinEntry {
     recheck_at: Option<Instant>,
     /// A VIP table write for it is under way (read again unless it succeeds).
     lb_pending: bool,
+    /// An op changed its links, addresses or routes: read them again.
+    links_stale: bool,
 }
 
 impl LinuxDataplane {
@@ -530,6 +550,21 @@ fn lb_task(op: &Op) -> &TaskId {
         Op::ApplyLb { task, .. } | Op::DeleteLb { task, .. } => task,
         _ => unreachable!("only VIP table ops name a task's table"),
     }
+}
+
+/// Whether `op` writes one of weft's nftables tables in the daemon's
+/// namespace.
+fn writes_host_tables(op: &Op) -> bool {
+    matches!(
+        op,
+        Op::ApplyNat { .. }
+            | Op::DeleteNat
+            | Op::ApplyGuard { .. }
+            | Op::DeleteGuard
+            | Op::ApplyPorts { .. }
+            | Op::DeletePorts
+            | Op::EnsureUserChain
+    )
 }
 
 /// The namespaces whose objects `op` makes, changes or removes.
