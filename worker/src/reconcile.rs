@@ -5,8 +5,9 @@
 //!  NodeConfig (agent watch, or the last one on disk) ──▶ desired_from_config (pure)
 //!        │                                                     │
 //!        │   stop tasks no longer wanted ◀─────────────────────┤
+//!        │   make new tasks (namespace, container; held) ◀──────┤  (once a pass went through)
 //!        │   Dataplane::apply(desired)   ◀─────────────────────┤  (level-triggered:
-//!        │   start tasks not yet running ◀─────────────────────┘   on change and every few s)
+//!        │   run them / start the rest   ◀─────────────────────┘   on change and every few s)
 //!        ▼
 //!  StatusReport{applied version, error, task states} ──▶ agent ──▶ dispatcher
 //! ```
