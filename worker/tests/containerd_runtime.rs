@@ -823,3 +823,72 @@ async fn an_exec_given_up_by_its_caller_still_ends_and_is_deleted() {
     rt.remove("e1").await.expect("remove");
     drop(netns);
 }
+
+/// A start held for its network (the worker's data plane pass) makes the
+/// container up to `Tasks.Create` and runs its process only once the pass
+/// is done; cut short by the daemon's stop, it leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_held_for_its_network_runs_once_ready_and_leaves_nothing_if_cut_short() {
+    use weft_worker::runtime::{Error, NetworkReady};
+    let setup = Setup::new("held").await;
+    let rt = Arc::new(ContainerdRuntime::new(
+        setup.client.clone(),
+        setup.images.clone(),
+        setup.cfg.clone(),
+    ));
+    let pin = Pin(setup.tmp.path().join("netns").join("h"));
+    let netns = Netns::create(&pin.0).expect("netns");
+    let task_line = |id: &str| {
+        setup
+            .ctrd
+            .ctr_ok(NS, &["tasks", "ls"])
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(id))
+            .map(str::to_owned)
+    };
+    let held = |id: &str, passes: tokio::sync::watch::Receiver<u64>| {
+        let rt = rt.clone();
+        let s = spec(id, &pin.0, "echo ran; while true; do sleep 0.1; done");
+        tokio::spawn(async move { rt.start_when(&s, NetworkReady::after(passes, 1)).await })
+    };
+
+    // Held: made, not run.
+    let (passes, rx) = tokio::sync::watch::channel(0u64);
+    let start = held("h1", rx);
+    wait_until("h1's container made", Duration::from_secs(20), || {
+        task_line("h1").is_some()
+    })
+    .await;
+    let line = task_line("h1").unwrap();
+    assert!(line.contains("CREATED"), "h1 is held, not running: {line}");
+    assert!(!start.is_finished());
+    assert!(!log_of(&rt, "h1").contains("ran"));
+    passes.send(1).unwrap();
+    let st = start.await.unwrap().expect("start");
+    assert!(matches!(st.state, TaskState::Running { .. }), "{st:?}");
+    wait_until("h1's output", Duration::from_secs(10), || {
+        log_of(&rt, "h1").contains("ran")
+    })
+    .await;
+    rt.remove("h1").await.expect("remove h1");
+
+    // Cut short: the loop that would say the pass is done stops first.
+    let (passes, rx) = tokio::sync::watch::channel(0u64);
+    let start = held("h2", rx);
+    wait_until("h2's container made", Duration::from_secs(20), || {
+        task_line("h2").is_some()
+    })
+    .await;
+    drop(passes);
+    let r = start.await.unwrap();
+    assert!(matches!(r, Err(Error::NotStarted { .. })), "{r:?}");
+    assert_eq!(task_line("h2"), None, "no task left");
+    let containers = setup.ctrd.ctr_ok(NS, &["containers", "ls", "-q"]);
+    assert!(!containers.lines().any(|l| l == "h2"), "{containers}");
+    assert!(rt.status("h2").is_none());
+    assert!(
+        !setup.cfg.tasks_dir.join("h2").exists(),
+        "no task directory left"
+    );
+    drop(netns);
+}

@@ -79,6 +79,9 @@ pub struct LinuxDataplane {
     host: Netns,
     lock: tokio::sync::Mutex<()>,
     dns: DnsServer,
+    /// A kept libnftables context per task namespace, for its VIP table
+    /// writes ([`libnft`](super::libnft)).
+    nft_sessions: super::libnft::Sessions,
     /// The node-wide WireGuard device, while one runs. Its threads live in
     /// this process; its TAP and socket are kept in the fd store too
     /// ([`kept_wg`]), and the next daemon adopts them.
@@ -107,6 +110,7 @@ impl LinuxDataplane {
         let store = fdstore::Client::new(exec_root.join(fdstore::SOCKET_NAME));
         LinuxDataplane {
             dns: DnsServer::new(&host).with_fd_store(store),
+            nft_sessions: super::libnft::Sessions::default(),
             keeper: kept_wg::keeper(&exec_root, None),
             exec_root,
             host,
@@ -452,7 +456,13 @@ impl Executor<'_> {
                 if let NsRef::Task(t) = ns {
                     self.dp.dns.stop(t);
                 }
-                Netns::delete(self.dp.pin(ns))
+                let pin = self.dp.pin(ns);
+                if let Ok(m) = std::fs::metadata(&pin) {
+                    self.dp
+                        .nft_sessions
+                        .forget(std::os::unix::fs::MetadataExt::ino(&m));
+                }
+                Netns::delete(pin)
             }
             Op::CreateBridge { ns, name, mtu } => {
                 self.nl(ns)?.create_bridge(name, Some(*mtu)).await
@@ -575,7 +585,7 @@ impl Executor<'_> {
             Op::ApplyLb { task, vips, flush } => {
                 nft::check_nft()?;
                 let ns = Netns::open(self.dp.pin(&NsRef::Task(task.clone())))?;
-                nft::apply_async(&ns, lb_batch(vips)).await?;
+                self.dp.nft_sessions.apply(&ns, lb_batch(vips)).await?;
                 let keep = flush
                     .iter()
                     .map(|v| {
@@ -587,7 +597,7 @@ impl Executor<'_> {
             }
             Op::DeleteLb { task, flush } => {
                 let ns = Netns::open(self.dp.pin(&NsRef::Task(task.clone())))?;
-                nft::apply_async(&ns, delete_lb_batch()).await?;
+                self.dp.nft_sessions.apply(&ns, delete_lb_batch()).await?;
                 let keep = flush.iter().map(|v| (*v, BTreeSet::new())).collect();
                 flush_conntrack(ns, keep).await
             }
@@ -776,6 +786,7 @@ impl Dataplane for LinuxDataplane {
         // The resolver's sockets would keep task namespaces alive, here and
         // in the fd store.
         self.dns.stop_all();
+        self.nft_sessions.clear();
         self.dns.shutdown_store();
         self.dns.set_view(DnsView::default());
         match std::fs::remove_file(self.resolv_conf_path()) {

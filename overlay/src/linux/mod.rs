@@ -22,6 +22,7 @@ pub mod dataplane;
 pub mod fdstore;
 pub mod guard;
 pub mod lb;
+pub mod libnft;
 pub mod monitor;
 pub mod netlink;
 pub mod netns;

@@ -42,6 +42,19 @@ fn table_batch(table: &str) -> nftables::schema::Nftables<'static> {
     b.to_nftables()
 }
 
+/// A rule for a table that does not exist: the whole batch fails.
+fn bad_batch() -> nftables::schema::Nftables<'static> {
+    let mut bad = Batch::new();
+    bad.add(NfListObject::Rule(Rule {
+        family: NfFamily::INet,
+        table: "no-such-table".into(),
+        chain: "out".into(),
+        expr: Cow::Owned(vec![Statement::Accept(None)]),
+        ..Default::default()
+    }));
+    bad.to_nftables()
+}
+
 fn has_table(ruleset: &serde_json::Value, name: &str) -> bool {
     ruleset["nftables"]
         .as_array()
@@ -92,15 +105,7 @@ fn apply_and_list_inside_a_namespace() {
     assert!(!String::from_utf8_lossy(&host.stdout).contains(&table));
 
     // A failing batch is an error with nft's message and changes nothing.
-    let mut bad = Batch::new();
-    bad.add(NfListObject::Rule(Rule {
-        family: NfFamily::INet,
-        table: "no-such-table".into(),
-        chain: "out".into(),
-        expr: Cow::Owned(vec![Statement::Accept(None)]),
-        ..Default::default()
-    }));
-    let err = nft::apply(&ns, &bad.to_nftables()).unwrap_err();
+    let err = nft::apply(&ns, &bad_batch()).unwrap_err();
     assert!(
         matches!(err, weft_overlay::linux::Error::Nft { .. }),
         "{err}"
@@ -187,4 +192,79 @@ fn list_tables_reads_only_the_named_tables() {
     .unwrap();
     assert_eq!(tables(&both), vec![ours.clone(), other.clone()]);
     assert!(tables(&nft::list_ruleset(&ns).unwrap()).contains(&"foreign".to_string()));
+}
+
+/// libnftables in the daemon's process: a context kept per namespace writes
+/// there (an independent `nft` sees it), fails whole with the library's
+/// message, and keeps the namespace alive until it is forgotten (a veth
+/// whose peer lives in another namespace goes only then).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_writes_land_in_their_namespace_and_let_it_go() {
+    use weft_overlay::linux::libnft::Sessions;
+    require_root!();
+    let run = RunDir::new();
+    let ns = run.netns("lib");
+    let other = run.netns("peer");
+    let sessions = Sessions::default();
+    let table = unique("weft-t");
+    sessions.apply(&ns, table_batch(&table)).await.unwrap();
+    assert_eq!(
+        sessions.count(),
+        1,
+        "libnftables.so.1 (Debian's libnftables1, installed with nftables) is loadable"
+    );
+    let seen = nft_ruleset(ns.path());
+    assert!(has_table(&seen, &table), "{seen}");
+    let host = std::process::Command::new("nft")
+        .args(["-j", "list", "tables"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&host.stdout).contains(&table));
+
+    let err = sessions.apply(&ns, bad_batch()).await.unwrap_err();
+    assert!(format!("{err:?}").contains("No such file"), "{err:?}");
+    assert_eq!(
+        nft_ruleset(ns.path()),
+        seen,
+        "a failed batch changes nothing"
+    );
+    sessions.apply(&ns, table_batch(&table)).await.unwrap();
+    assert_eq!(sessions.count(), 1, "one context per namespace");
+
+    let peer_pin = run.pin("peer");
+    crate::common::nsenter(
+        ns.path(),
+        &[
+            "ip",
+            "link",
+            "add",
+            "vlib0",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "vlib1",
+            "netns",
+            peer_pin.to_str().unwrap(),
+        ],
+    );
+    assert!(crate::common::ip_link(other.path(), "vlib1").is_some());
+    let inode = ns.inode();
+    drop(ns);
+    weft_overlay::linux::Netns::delete(run.pin("lib")).expect("unpin");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        crate::common::ip_link(other.path(), "vlib1").is_some(),
+        "the kept context holds the namespace"
+    );
+    sessions.forget(inode);
+    assert_eq!(sessions.count(), 0);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while crate::common::ip_link(other.path(), "vlib1").is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the namespace outlived its context by 10 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }

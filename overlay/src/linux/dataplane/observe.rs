@@ -133,6 +133,8 @@ impl LinuxDataplane {
         // died) are dropped here, so they neither count as serving nor keep
         // an old namespace alive.
         obs.dns = self.dns.reap(&task_inodes);
+        self.nft_sessions
+            .reap(&task_inodes.values().copied().collect());
         Ok(obs)
     }
 
