@@ -848,7 +848,8 @@ async fn a_start_held_for_its_network_runs_once_ready_and_leaves_nothing_if_cut_
     };
     let held = |id: &str, passes: tokio::sync::watch::Receiver<u64>| {
         let rt = rt.clone();
-        let s = spec(id, &pin.0, "echo ran; while true; do sleep 0.1; done");
+        let mut s = spec(id, &pin.0, "echo ran; while true; do sleep 0.1; done");
+        s.stop.grace = Duration::from_millis(200);
         tokio::spawn(async move { rt.start_when(&s, NetworkReady::after(passes, 1)).await })
     };
 
