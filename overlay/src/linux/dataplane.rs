@@ -585,9 +585,13 @@ impl Executor<'_> {
             Op::ApplyLb { task, vips, flush } => {
                 nft::check_nft()?;
                 let ns = Netns::open(self.dp.pin(&NsRef::Task(task.clone())))?;
+                let before = self.dp.lb_before(task).await;
                 self.dp.nft_sessions.apply(&ns, lb_batch(vips)).await?;
+                // Dumping the task's conntrack table costs 10-30 ms on a
+                // busy client: skipped for a VIP whose backends only grew.
                 let keep = flush
                     .iter()
+                    .filter(|v| may_be_stale(before.as_ref(), **v, vips))
                     .map(|v| {
                         let backends = vips.get(v).into_iter().flatten().copied();
                         (*v, backends.collect())
@@ -956,6 +960,23 @@ impl LinuxDataplane {
 
 /// Deletes the task's conntrack entries made stale by a VIP table change
 /// (see [`conntrack::delete_stale`]), on the blocking pool.
+/// Whether connections to `vip` may be tracked to something other than
+/// one of its backends in `vips` once the table is written, given the table
+/// written `before` (`None`: unknown). A VIP that only gained backends has
+/// none: every tracked connection went to a backend it still has. A VIP
+/// new to the table may have connections tracked un-NATed.
+fn may_be_stale(
+    before: Option<&BTreeMap<IpAddr, Vec<IpAddr>>>,
+    vip: IpAddr,
+    vips: &BTreeMap<IpAddr, Vec<IpAddr>>,
+) -> bool {
+    let Some(old) = before.and_then(|b| b.get(&vip)) else {
+        return true;
+    };
+    vips.get(&vip)
+        .is_none_or(|new| !old.iter().all(|b| new.contains(b)))
+}
+
 async fn flush_conntrack(ns: Netns, keep: BTreeMap<IpAddr, BTreeSet<IpAddr>>) -> LResult<()> {
     let n = tokio::task::spawn_blocking(move || conntrack::delete_stale(&ns, &keep))
         .await
@@ -1016,6 +1037,33 @@ fn write_task_resolv_conf(path: &Path) -> LResult<()> {
 mod tests {
     use super::*;
     use nftables::schema::NfObject;
+
+    /// Conntrack is dumped only when a connection may be tracked to a
+    /// backend the VIP no longer has, or un-NATed.
+    #[test]
+    fn stale_connections_are_looked_for_unless_a_vip_only_gained_backends() {
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        let (vip, other) = (ip("10.0.9.3"), ip("10.0.9.100"));
+        let table = |b: &[&str]| BTreeMap::from([(vip, b.iter().map(|s| ip(s)).collect())]);
+        let before = table(&["10.0.9.4", "10.0.9.5"]);
+        // Unknown before (a restarted daemon, a table someone changed).
+        assert!(may_be_stale(None, vip, &table(&["10.0.9.4"])));
+        // Grew, or the same: nothing to look for.
+        assert!(!may_be_stale(
+            Some(&before),
+            vip,
+            &table(&["10.0.9.4", "10.0.9.5", "10.0.9.6"])
+        ));
+        assert!(!may_be_stale(Some(&before), vip, &before));
+        // Lost one, or replaced: look.
+        assert!(may_be_stale(Some(&before), vip, &table(&["10.0.9.4"])));
+        assert!(may_be_stale(Some(&before), vip, &table(&["10.0.9.6"])));
+        // Gone from the table, or new to it.
+        assert!(may_be_stale(Some(&before), vip, &BTreeMap::new()));
+        assert!(may_be_stale(Some(&before), other, &table(&["10.0.9.4"])));
+        // It had no backend (rejected): nothing was tracked.
+        assert!(!may_be_stale(Some(&table(&[])), vip, &table(&["10.0.9.4"])));
+    }
 
     #[test]
     fn task_resolv_conf_is_rewritten_whole_and_readable_by_tasks() {

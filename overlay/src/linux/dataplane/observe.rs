@@ -510,6 +510,8 @@ struct PinEntry {
     lb_pending: bool,
     /// An op changed its links, addresses or routes: read them again.
     links_stale: bool,
+    /// The VIP table this process last wrote there, whole.
+    lb_written: Option<BTreeMap<std::net::IpAddr, Vec<std::net::IpAddr>>>,
 }
 
 impl LinuxDataplane {
@@ -523,15 +525,18 @@ impl LinuxDataplane {
         let mut cache = self.cache.lock().await;
         let mut scratch = vec![0u8; 64 * 1024];
         for op in applied {
-            let lb = match op {
-                Op::ApplyLb { vips, .. } => Some(crate::plan::lb_comments(vips)),
-                Op::DeleteLb { .. } => None,
+            let (lb, written) = match op {
+                Op::ApplyLb { vips, .. } => {
+                    (Some(crate::plan::lb_comments(vips)), Some(vips.clone()))
+                }
+                Op::DeleteLb { .. } => (None, None),
                 _ => continue,
             };
             let Some(e) = cache.pins.get_mut(&names::task_ns(lb_task(op))) else {
                 continue;
             };
             e.lb_pending = false;
+            e.lb_written = written;
             if let (Some(obs), Some(w)) = (e.obs.as_mut(), e.watch.as_ref()) {
                 w.drain_nft(&mut scratch);
                 obs.lb = lb;
@@ -544,6 +549,22 @@ impl LinuxDataplane {
                 e.obs = None;
             }
         }
+    }
+}
+
+impl LinuxDataplane {
+    /// The VIP table `task`'s namespace holds, with its backends, when it
+    /// is the one this process last wrote there (the pass's observation of
+    /// its rules says so); `None` when unknown.
+    pub(super) async fn lb_before(
+        &self,
+        task: &TaskId,
+    ) -> Option<BTreeMap<std::net::IpAddr, Vec<std::net::IpAddr>>> {
+        let cache = self.cache.lock().await;
+        let e = cache.pins.get(&names::task_ns(task))?;
+        let written = e.lb_written.as_ref()?;
+        let seen = e.obs.as_ref()?.lb.as_ref()?;
+        (seen == &crate::plan::lb_comments(written)).then(|| written.clone())
     }
 }
 
