@@ -568,6 +568,31 @@ impl Executor<'_> {
                     .delete_neigh(link, *ip)
                     .await
             }
+            Op::StartDns { task } => {
+                let ns = Netns::open(self.dp.pin(&NsRef::Task(task.clone())))?;
+                self.dp.dns.start(task, &ns)
+            }
+            Op::EnableIpv4Forwarding
+            | Op::ApplyNat { .. }
+            | Op::DeleteNat
+            | Op::ApplyLb { .. }
+            | Op::DeleteLb { .. }
+            | Op::ApplyGuard { .. }
+            | Op::DeleteGuard
+            | Op::ApplyPorts { .. }
+            | Op::DeletePorts
+            | Op::EnsureUserChain => self.run_tables(op).await,
+            Op::CreateWg { .. }
+            | Op::SetWgKey { .. }
+            | Op::DeleteWg
+            | Op::RemoveWgPeer { .. }
+            | Op::AddWgPeer { .. } => self.run_wg(op).await,
+        }
+    }
+
+    /// ip_forward and nftables tables: the daemon's, and tasks' VIP tables.
+    async fn run_tables(&mut self, op: &Op) -> LResult<()> {
+        match op {
             Op::EnableIpv4Forwarding => self
                 .dp
                 .host
@@ -605,10 +630,31 @@ impl Executor<'_> {
                 let keep = flush.iter().map(|v| (*v, BTreeSet::new())).collect();
                 flush_conntrack(ns, keep).await
             }
-            Op::StartDns { task } => {
-                let ns = Netns::open(self.dp.pin(&NsRef::Task(task.clone())))?;
-                self.dp.dns.start(task, &ns)
+            Op::ApplyGuard {
+                port,
+                members,
+                rules,
+            } => {
+                nft::check_nft()?;
+                nft::apply_async(&self.dp.host, guard_batch(*port, members, *rules)).await
             }
+            Op::DeleteGuard => nft::apply_async(&self.dp.host, delete_guard_batch()).await,
+            Op::ApplyPorts { table } => {
+                nft::check_nft()?;
+                nft::apply_async(&self.dp.host, ports_batch(table)).await
+            }
+            Op::DeletePorts => nft::apply_async(&self.dp.host, delete_ports_batch()).await,
+            Op::EnsureUserChain => {
+                nft::check_nft()?;
+                nft::apply_async(&self.dp.host, user_chain_batch()).await
+            }
+            _ => unreachable!("run sends only table ops here"),
+        }
+    }
+
+    /// The node's WireGuard device and its peers.
+    async fn run_wg(&mut self, op: &Op) -> LResult<()> {
+        match op {
             Op::CreateWg {
                 listen_port,
                 private_key_path,
@@ -660,24 +706,7 @@ impl Executor<'_> {
                 };
                 self.with_wg(|d| d.add_peer(&peer))
             }
-            Op::ApplyGuard {
-                port,
-                members,
-                rules,
-            } => {
-                nft::check_nft()?;
-                nft::apply_async(&self.dp.host, guard_batch(*port, members, *rules)).await
-            }
-            Op::DeleteGuard => nft::apply_async(&self.dp.host, delete_guard_batch()).await,
-            Op::ApplyPorts { table } => {
-                nft::check_nft()?;
-                nft::apply_async(&self.dp.host, ports_batch(table)).await
-            }
-            Op::DeletePorts => nft::apply_async(&self.dp.host, delete_ports_batch()).await,
-            Op::EnsureUserChain => {
-                nft::check_nft()?;
-                nft::apply_async(&self.dp.host, user_chain_batch()).await
-            }
+            _ => unreachable!("run sends only WireGuard ops here"),
         }
     }
 }
