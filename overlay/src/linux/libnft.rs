@@ -211,26 +211,24 @@ impl Sessions {
         let Some(session) = self.session(ns) else {
             return super::nft::apply_async(ns, ruleset).await;
         };
-        let json = serde_json::to_string(&ruleset).map_err(|e| failed(ns, e.to_string()))?;
-        let json = CString::new(json).map_err(|e| failed(ns, e.to_string()))?;
+        let json = serde_json::to_string(&ruleset)
+            .map_err(|e| e.to_string())
+            .and_then(|j| CString::new(j).map_err(|e| e.to_string()))
+            .map_err(|msg| failed(ns.label(), "encoding ruleset", msg))?;
         let label = ns.label();
         tokio::task::spawn_blocking(move || session.run(&json))
             .await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
-            .map_err(|msg| Error::Nft {
-                ns: label,
-                source: Box::new(NftablesError::NftFailed {
-                    program: "libnftables".into(),
-                    hint: "applying ruleset".into(),
-                    stdout: String::new(),
-                    stderr: msg,
-                }),
-            })
+            .map_err(|msg| failed(label, "applying ruleset", msg))
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<Session>>> {
+        self.by_inode.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn session(&self, ns: &Netns) -> Option<Arc<Session>> {
         let lib = lib()?;
-        let mut by = self.by_inode.lock().unwrap_or_else(|p| p.into_inner());
+        let mut by = self.map();
         if let Some(s) = by.get(&ns.inode()) {
             return Some(s.clone());
         }
@@ -242,43 +240,31 @@ impl Sessions {
     /// Drops the context of the namespace with inode `inode` (before the
     /// namespace is deleted: the context would keep it alive).
     pub fn forget(&self, inode: u64) {
-        self.by_inode
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&inode);
+        self.map().remove(&inode);
     }
 
     /// Keeps only the contexts of the namespaces with these inodes.
     pub fn reap(&self, live: &BTreeSet<u64>) {
-        self.by_inode
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|ino, _| live.contains(ino));
+        self.map().retain(|ino, _| live.contains(ino));
     }
 
     /// Drops every context.
     pub fn clear(&self) {
-        self.by_inode
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
+        self.map().clear();
     }
 
     /// How many contexts are kept.
     pub fn count(&self) -> usize {
-        self.by_inode
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .len()
+        self.map().len()
     }
 }
 
-fn failed(ns: &Netns, msg: String) -> Error {
+fn failed(ns: String, hint: &str, msg: String) -> Error {
     Error::Nft {
-        ns: ns.label(),
+        ns,
         source: Box::new(NftablesError::NftFailed {
             program: "libnftables".into(),
-            hint: "encoding ruleset".into(),
+            hint: hint.into(),
             stdout: String::new(),
             stderr: msg,
         }),
