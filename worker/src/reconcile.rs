@@ -18,26 +18,22 @@
 //! Starting and removing a task run in the background ([`jobs`]): a task's
 //! grace period never holds up the others.
 
+mod desired;
 mod jobs;
 mod plan;
 
+pub use desired::desired_from_config;
 pub use plan::{TaskPlan, TaskView, task_status};
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ipnetwork::IpNetwork;
 use prost::Message;
 use tokio::sync::watch;
-use weft_overlay::model::{
-    DesiredNode, EndpointId, GatewayBridge, GwAttachment, IngressEndpoint, LocalEndpoint,
-    NetworkId, OverlayNet, Proto, PublishedPort, RemoteEndpoint, ServiceEntry, TaskId, TaskNet,
-    WgConfig, WgPeer,
-};
-use weft_overlay::{Dataplane, MacAddr, durable};
+use weft_overlay::model::TaskId;
+use weft_overlay::{Dataplane, durable};
 use weft_proto::v1 as pb;
 
 use crate::runtime::{ContainerSpec, NetworkReady, StopPolicy, TaskRuntime, TaskSpec, TaskState};
@@ -55,207 +51,6 @@ pub struct BadConfig {
     pub what: &'static str,
     /// Its value.
     pub value: String,
-}
-
-fn parse<T: std::str::FromStr>(what: &'static str, value: &str) -> Result<T, BadConfig> {
-    value.parse().map_err(|_| BadConfig {
-        what,
-        value: value.to_string(),
-    })
-}
-
-/// Translates the pushed config into the data plane's desired state.
-/// Pure; `wg_key` is where this node's WireGuard private key lives.
-pub fn desired_from_config(
-    c: &pb::NodeConfig,
-    wg_key: &std::path::Path,
-) -> Result<DesiredNode, BadConfig> {
-    let vtep: IpAddr = parse("vtep", &c.vtep)?;
-    let mut d = DesiredNode::new(vtep);
-    if c.vxlan_port != 0 {
-        d.vxlan_port = u16::try_from(c.vxlan_port).map_err(|_| BadConfig {
-            what: "vxlan port",
-            value: c.vxlan_port.to_string(),
-        })?;
-    }
-    for n in &c.networks {
-        let subnet: IpNetwork = parse("subnet", &n.subnet)?;
-        let mut remote = BTreeMap::new();
-        for r in &n.remote {
-            remote.insert(
-                EndpointId(format!("{}-{}", r.task_id, n.id)),
-                RemoteEndpoint {
-                    ip: parse("remote ip", &r.ip)?,
-                    mac: parse::<MacAddr>("remote mac", &r.mac)?,
-                    vtep: parse("remote vtep", &r.vtep)?,
-                },
-            );
-        }
-        let mut services = BTreeMap::new();
-        for svc in &n.services {
-            let vip = if svc.vip.is_empty() {
-                None
-            } else {
-                Some(parse("vip", &svc.vip)?)
-            };
-            let backends = svc
-                .backends
-                .iter()
-                .map(|b| parse("backend", b))
-                .collect::<Result<Vec<IpAddr>, _>>()?;
-            services.insert(svc.name.clone(), ServiceEntry { vip, backends });
-        }
-        let mut names = BTreeMap::new();
-        for r in &n.names {
-            names.insert(r.name.clone(), parse("task address", &r.ip)?);
-        }
-        d.networks.insert(
-            NetworkId(n.id.clone()),
-            OverlayNet {
-                local: n.local,
-                vni: n.vni,
-                subnet,
-                gateway: parse("gateway", &n.gateway)?,
-                mtu: n.mtu,
-                internal: n.internal,
-                remote,
-                name: n.name.clone(),
-                services,
-                names,
-            },
-        );
-    }
-    let mut any_gateway = false;
-    for t in &c.tasks {
-        // A host-mode task lives in the daemon's own namespace: nothing
-        // to set up for it.
-        if t.network_mode == "host" {
-            continue;
-        }
-        let mut endpoints = Vec::new();
-        for (i, a) in t.attachments.iter().enumerate() {
-            endpoints.push(LocalEndpoint {
-                network: NetworkId(a.network_id.clone()),
-                ifname: if a.ifname.is_empty() {
-                    format!("eth{i}")
-                } else {
-                    a.ifname.clone()
-                },
-                ip: parse("task ip", &a.ip)?,
-                mac: parse::<MacAddr>("task mac", &a.mac)?,
-            });
-        }
-        let gateway = if t.gateway_ip.is_empty() {
-            None
-        } else {
-            any_gateway = true;
-            Some(GwAttachment {
-                ip: parse("gateway ip", &t.gateway_ip)?,
-                mac: parse::<MacAddr>("gateway mac", &t.gateway_mac)?,
-            })
-        };
-        d.tasks
-            .insert(TaskId(t.id.clone()), TaskNet { endpoints, gateway });
-    }
-    if let Some(w) = &c.wireguard {
-        let mut peers = BTreeMap::new();
-        for p in &w.peers {
-            peers.insert(
-                p.node_id.clone(),
-                WgPeer {
-                    public_key: p.public_key.clone(),
-                    endpoint: parse("peer endpoint", &p.endpoint)?,
-                    tunnel_ip: parse("peer tunnel ip", &p.tunnel_ip)?,
-                },
-            );
-        }
-        d.wireguard = Some(WgConfig {
-            listen_port: u16::try_from(w.listen_port).map_err(|_| BadConfig {
-                what: "wireguard port",
-                value: w.listen_port.to_string(),
-            })?,
-            private_key_path: wg_key.to_path_buf(),
-            tunnel_addr: parse("tunnel address", &w.tunnel_addr)?,
-            mtu: w.mtu,
-            keepalive: weft_overlay::model::DEFAULT_WG_KEEPALIVE,
-            networks: c
-                .networks
-                .iter()
-                .filter(|n| n.encrypted)
-                .map(|n| NetworkId(n.id.clone()))
-                .collect(),
-            peers,
-        });
-    }
-    if !c.vxlan_allowed_sources.is_empty() {
-        d.vxlan_allowed_sources = Some(
-            c.vxlan_allowed_sources
-                .iter()
-                .map(|a| parse("underlay address", a))
-                .collect::<Result<_, _>>()?,
-        );
-    }
-    for p in &c.ports {
-        let port = |what: &'static str, v: u32| {
-            u16::try_from(v)
-                .ok()
-                .filter(|p| *p != 0)
-                .ok_or_else(|| BadConfig {
-                    what,
-                    value: v.to_string(),
-                })
-        };
-        d.ports.push(PublishedPort {
-            proto: match p.protocol.as_str() {
-                "tcp" => Proto::Tcp,
-                "udp" => Proto::Udp,
-                other => {
-                    return Err(BadConfig {
-                        what: "published port protocol",
-                        value: other.to_string(),
-                    });
-                }
-            },
-            port: port("published port", p.port)?,
-            target_port: port("target port", p.target_port)?,
-            local: p
-                .local
-                .iter()
-                .map(|a| parse("local backend", a))
-                .collect::<Result<_, _>>()?,
-            remote: p
-                .remote
-                .iter()
-                .map(|a| parse("remote backend", a))
-                .collect::<Result<_, _>>()?,
-            owner: p.owner.clone(),
-        });
-    }
-    if let Some(i) = &c.ingress {
-        d.ingress = Some(IngressEndpoint {
-            network: NetworkId(i.network_id.clone()),
-            ip: parse("ingress address", &i.ip)?,
-            mac: parse::<MacAddr>("ingress mac", &i.mac)?,
-        });
-    }
-    if any_gateway || !d.ports.is_empty() {
-        let subnet: IpNetwork = parse("gateway subnet", &c.gateway_subnet)?;
-        let gateway = match subnet {
-            IpNetwork::V4(s) => IpAddr::V4(std::net::Ipv4Addr::from(u32::from(s.network()) + 1)),
-            IpNetwork::V6(_) => {
-                return Err(BadConfig {
-                    what: "gateway subnet (IPv6 is not supported yet)",
-                    value: c.gateway_subnet.clone(),
-                });
-            }
-        };
-        d.gateway = Some(GatewayBridge {
-            subnet,
-            gateway,
-            ..GatewayBridge::default()
-        });
-    }
-    Ok(d)
 }
 
 /// The parts the loop drives.
@@ -751,6 +546,7 @@ fn stop_policy(p: Option<&pb::StopPolicy>) -> StopPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use weft_overlay::model::NetworkId;
 
     fn config() -> pb::NodeConfig {
         pb::NodeConfig {

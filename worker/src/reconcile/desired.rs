@@ -1,0 +1,244 @@
+//! The pushed config translated into the data plane's desired state: pure,
+//! one function per part of the config.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
+use weft_overlay::MacAddr;
+use weft_overlay::model::{
+    DesiredNode, EndpointId, GatewayBridge, GwAttachment, IngressEndpoint, LocalEndpoint,
+    NetworkId, OverlayNet, Proto, PublishedPort, RemoteEndpoint, ServiceEntry, TaskId, TaskNet,
+    WgConfig, WgPeer,
+};
+use weft_proto::v1 as pb;
+
+use super::BadConfig;
+
+fn parse<T: std::str::FromStr>(what: &'static str, value: &str) -> Result<T, BadConfig> {
+    value.parse().map_err(|_| BadConfig {
+        what,
+        value: value.to_string(),
+    })
+}
+
+/// Translates the pushed config into the data plane's desired state.
+/// Pure; `wg_key` is where this node's WireGuard private key lives.
+pub fn desired_from_config(
+    c: &pb::NodeConfig,
+    wg_key: &std::path::Path,
+) -> Result<DesiredNode, BadConfig> {
+    let vtep: IpAddr = parse("vtep", &c.vtep)?;
+    let mut d = DesiredNode::new(vtep);
+    if c.vxlan_port != 0 {
+        d.vxlan_port = u16::try_from(c.vxlan_port).map_err(|_| BadConfig {
+            what: "vxlan port",
+            value: c.vxlan_port.to_string(),
+        })?;
+    }
+    for n in &c.networks {
+        d.networks.insert(NetworkId(n.id.clone()), network(n)?);
+    }
+    let mut any_gateway = false;
+    for t in &c.tasks {
+        // A host-mode task lives in the daemon's own namespace: nothing
+        // to set up for it.
+        if t.network_mode == "host" {
+            continue;
+        }
+        let net = task(t)?;
+        any_gateway |= net.gateway.is_some();
+        d.tasks.insert(TaskId(t.id.clone()), net);
+    }
+    if let Some(w) = &c.wireguard {
+        d.wireguard = Some(wireguard(c, w, wg_key)?);
+    }
+    if !c.vxlan_allowed_sources.is_empty() {
+        d.vxlan_allowed_sources = Some(
+            c.vxlan_allowed_sources
+                .iter()
+                .map(|a| parse("underlay address", a))
+                .collect::<Result<_, _>>()?,
+        );
+    }
+    for p in &c.ports {
+        d.ports.push(published(p)?);
+    }
+    if let Some(i) = &c.ingress {
+        d.ingress = Some(IngressEndpoint {
+            network: NetworkId(i.network_id.clone()),
+            ip: parse("ingress address", &i.ip)?,
+            mac: parse::<MacAddr>("ingress mac", &i.mac)?,
+        });
+    }
+    if any_gateway || !d.ports.is_empty() {
+        d.gateway = Some(gateway_bridge(&c.gateway_subnet)?);
+    }
+    Ok(d)
+}
+
+/// One overlay network with its remote endpoints, services and names.
+fn network(n: &pb::NetworkConfig) -> Result<OverlayNet, BadConfig> {
+    let subnet: IpNetwork = parse("subnet", &n.subnet)?;
+    let mut remote = BTreeMap::new();
+    for r in &n.remote {
+        remote.insert(
+            EndpointId(format!("{}-{}", r.task_id, n.id)),
+            RemoteEndpoint {
+                ip: parse("remote ip", &r.ip)?,
+                mac: parse::<MacAddr>("remote mac", &r.mac)?,
+                vtep: parse("remote vtep", &r.vtep)?,
+            },
+        );
+    }
+    let mut services = BTreeMap::new();
+    for svc in &n.services {
+        let vip = if svc.vip.is_empty() {
+            None
+        } else {
+            Some(parse("vip", &svc.vip)?)
+        };
+        let backends = svc
+            .backends
+            .iter()
+            .map(|b| parse("backend", b))
+            .collect::<Result<Vec<IpAddr>, _>>()?;
+        services.insert(svc.name.clone(), ServiceEntry { vip, backends });
+    }
+    let mut names = BTreeMap::new();
+    for r in &n.names {
+        names.insert(r.name.clone(), parse("task address", &r.ip)?);
+    }
+    Ok(OverlayNet {
+        local: n.local,
+        vni: n.vni,
+        subnet,
+        gateway: parse("gateway", &n.gateway)?,
+        mtu: n.mtu,
+        internal: n.internal,
+        remote,
+        name: n.name.clone(),
+        services,
+        names,
+    })
+}
+
+/// One local task's attachments.
+fn task(t: &pb::TaskConfig) -> Result<TaskNet, BadConfig> {
+    let mut endpoints = Vec::new();
+    for (i, a) in t.attachments.iter().enumerate() {
+        endpoints.push(LocalEndpoint {
+            network: NetworkId(a.network_id.clone()),
+            ifname: if a.ifname.is_empty() {
+                format!("eth{i}")
+            } else {
+                a.ifname.clone()
+            },
+            ip: parse("task ip", &a.ip)?,
+            mac: parse::<MacAddr>("task mac", &a.mac)?,
+        });
+    }
+    let gateway = if t.gateway_ip.is_empty() {
+        None
+    } else {
+        Some(GwAttachment {
+            ip: parse("gateway ip", &t.gateway_ip)?,
+            mac: parse::<MacAddr>("gateway mac", &t.gateway_mac)?,
+        })
+    };
+    Ok(TaskNet { endpoints, gateway })
+}
+
+/// The node's WireGuard device and its peers.
+fn wireguard(
+    c: &pb::NodeConfig,
+    w: &pb::WireguardConfig,
+    wg_key: &std::path::Path,
+) -> Result<WgConfig, BadConfig> {
+    let mut peers = BTreeMap::new();
+    for p in &w.peers {
+        peers.insert(
+            p.node_id.clone(),
+            WgPeer {
+                public_key: p.public_key.clone(),
+                endpoint: parse("peer endpoint", &p.endpoint)?,
+                tunnel_ip: parse("peer tunnel ip", &p.tunnel_ip)?,
+            },
+        );
+    }
+    Ok(WgConfig {
+        listen_port: u16::try_from(w.listen_port).map_err(|_| BadConfig {
+            what: "wireguard port",
+            value: w.listen_port.to_string(),
+        })?,
+        private_key_path: wg_key.to_path_buf(),
+        tunnel_addr: parse("tunnel address", &w.tunnel_addr)?,
+        mtu: w.mtu,
+        keepalive: weft_overlay::model::DEFAULT_WG_KEEPALIVE,
+        networks: c
+            .networks
+            .iter()
+            .filter(|n| n.encrypted)
+            .map(|n| NetworkId(n.id.clone()))
+            .collect(),
+        peers,
+    })
+}
+
+/// One published port.
+fn published(p: &pb::PublishedPortConfig) -> Result<PublishedPort, BadConfig> {
+    let port = |what: &'static str, v: u32| {
+        u16::try_from(v)
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| BadConfig {
+                what,
+                value: v.to_string(),
+            })
+    };
+    Ok(PublishedPort {
+        proto: match p.protocol.as_str() {
+            "tcp" => Proto::Tcp,
+            "udp" => Proto::Udp,
+            other => {
+                return Err(BadConfig {
+                    what: "published port protocol",
+                    value: other.to_string(),
+                });
+            }
+        },
+        port: port("published port", p.port)?,
+        target_port: port("target port", p.target_port)?,
+        local: p
+            .local
+            .iter()
+            .map(|a| parse("local backend", a))
+            .collect::<Result<_, _>>()?,
+        remote: p
+            .remote
+            .iter()
+            .map(|a| parse("remote backend", a))
+            .collect::<Result<_, _>>()?,
+        owner: p.owner.clone(),
+    })
+}
+
+/// The gateway bridge: its subnet, and the subnet's first address as the
+/// tasks' default gateway.
+fn gateway_bridge(gateway_subnet: &str) -> Result<GatewayBridge, BadConfig> {
+    let subnet: IpNetwork = parse("gateway subnet", gateway_subnet)?;
+    let gateway = match subnet {
+        IpNetwork::V4(s) => IpAddr::V4(std::net::Ipv4Addr::from(u32::from(s.network()) + 1)),
+        IpNetwork::V6(_) => {
+            return Err(BadConfig {
+                what: "gateway subnet (IPv6 is not supported yet)",
+                value: gateway_subnet.to_owned(),
+            });
+        }
+    };
+    Ok(GatewayBridge {
+        subnet,
+        gateway,
+        ..GatewayBridge::default()
+    })
+}
