@@ -174,6 +174,10 @@ pub enum Command {
     /// Run a whole cluster on this machine, each node in its own namespaces.
     #[command(subcommand)]
     Lab(crate::lab::LabCommand),
+    /// weft networks for CNI runtimes (podman, containerd's CRI, nerdctl,
+    /// kubelet): the plugin is this binary, run with CNI_COMMAND set.
+    #[command(subcommand)]
+    Cni(CniCommand),
     /// Check this node's state on disk, offline, and say what is wrong
     /// (changes nothing; needs no daemon).
     #[command(subcommand)]
@@ -196,6 +200,35 @@ pub enum Command {
     },
     #[command(flatten)]
     Lifecycle(crate::commands::LifecycleCommand),
+}
+
+/// `weft cni`.
+#[derive(Debug, Subcommand)]
+pub enum CniCommand {
+    /// Print a CNI network config (conflist) that attaches containers to
+    /// the weft network NETWORK.
+    Config {
+        /// The weft network (it must be --attachable if it is an overlay).
+        network: String,
+        /// The daemon's socket the plugin talks to (default: weft's).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
+    /// Install this binary as the CNI plugin `weft` and, given a network,
+    /// its config (`<conf-dir>/50-weft-NETWORK.conflist`).
+    Install {
+        /// The weft network to write a config for.
+        network: Option<String>,
+        /// Where CNI plugins live.
+        #[arg(long, default_value = "/opt/cni/bin")]
+        bin_dir: PathBuf,
+        /// Where CNI configs live.
+        #[arg(long, default_value = "/etc/cni/net.d")]
+        conf_dir: PathBuf,
+        /// The daemon's socket the plugin talks to (default: weft's).
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
 }
 
 /// `weft doctor`.

@@ -40,6 +40,7 @@ use crate::cli::DaemonArgs;
 
 mod attach;
 mod attach_stdio;
+mod cni;
 mod exec;
 mod images;
 mod lifecycle;
@@ -145,7 +146,9 @@ fn task_runtime(
             Ok(ContainerdRuntime::new(client, images, cfg))
         })
     });
-    RoutedRuntime::new(process, socket, connect)
+    let external =
+        weft_worker::runtime::external::ExternalRuntime::new(args.exec_root.join("external"));
+    RoutedRuntime::new(process, external, socket, connect)
 }
 
 /// What this node lets containers mount: binds only under
@@ -1284,6 +1287,27 @@ impl Daemon for NodeService {
 
     async fn run(&self, req: Request<pb::RunTaskRequest>) -> Result<Response<pb::Task>, Status> {
         self.run_task(req.into_inner()).await.map(Response::new)
+    }
+
+    async fn cni_add(
+        &self,
+        req: Request<pb::CniRequest>,
+    ) -> Result<Response<pb::CniResult>, Status> {
+        self.cni_add(req.into_inner()).await.map(Response::new)
+    }
+
+    async fn cni_del(
+        &self,
+        req: Request<pb::CniRequest>,
+    ) -> Result<Response<pb::CniDelResponse>, Status> {
+        self.cni_del(req.into_inner()).await.map(Response::new)
+    }
+
+    async fn cni_check(
+        &self,
+        req: Request<pb::CniRequest>,
+    ) -> Result<Response<pb::CniResult>, Status> {
+        self.cni_check(req.into_inner()).await.map(Response::new)
     }
 
     async fn ps(

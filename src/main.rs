@@ -3,6 +3,8 @@
 
 mod autolock;
 mod cli;
+mod cni;
+mod cni_cmd;
 mod commands;
 mod daemon;
 mod doctor;
@@ -32,6 +34,11 @@ use cli::{Cli, Command};
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    // A CNI runtime runs us as /opt/cni/bin/weft: the call is in the
+    // environment, the config on stdin; no arguments.
+    if std::env::var_os("CNI_COMMAND").is_some() {
+        return cni::main();
+    }
     // containerd's shim starts us as a container's logger
     // (`binary://…?weft-task-logger=<task dir>`): not a clap command, the
     // shim fixes the argument order.
@@ -139,6 +146,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             daemon::run(*args).await
         }
         Command::Lab(cmd) => lab::run(cmd).await,
+        Command::Cni(cmd) => cni_cmd::run(cmd),
         Command::Doctor(cmd) => doctor::run(cmd),
         Command::TaskShim(args) => weft_worker::runtime::shim::run(args).map_err(Into::into),
         Command::Login {
@@ -229,6 +237,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 | Command::Login { .. }
                 | Command::Logout { .. }
                 | Command::Lab(_)
+                | Command::Cni(_)
                 | Command::Doctor(_)
                 | Command::TaskShim(_)
                 | Command::FdStore { .. } => unreachable!("handled above"),

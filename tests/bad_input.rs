@@ -66,22 +66,7 @@ fn forty_bad_inputs_are_refused_clearly_and_change_nothing() {
             "appnet",
         ],
     );
-    lab.weft(
-        "m1",
-        &[
-            "service",
-            "create",
-            "--name",
-            "web",
-            "--replicas",
-            "1",
-            "--network",
-            "appnet",
-            "--",
-            "sleep",
-            "600",
-        ],
-    );
+    common::sleeping_service(&lab, "m1", "web", "appnet");
     let task = lab.run_task("w1", &["--name", "t1", "--", "sleep", "600"]);
     wait_for("the tasks run", Duration::from_secs(30), || {
         lab.weft("m1", &["service", "ls"]).contains("1/1") && lab.weft("w1", &["ps"]).contains("t1")

@@ -193,6 +193,11 @@ pub fn task_to_wire(state: &State, t: &Task) -> pb::Task {
         updated_at_ms: t.status.updated_at_ms,
         ports: t.ports.iter().map(port_to_wire).collect(),
         network_mode: network_mode_text(t.network_mode).into(),
+        external: t
+            .spec
+            .external
+            .as_ref()
+            .map(crate::dispatcher::external::external_to_wire),
     }
 }
 

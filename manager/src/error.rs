@@ -25,6 +25,9 @@ pub enum Error {
     /// The change would cost the cluster its quorum.
     #[error(transparent)]
     Quorum(#[from] QuorumError),
+    /// The object exists already, made otherwise.
+    #[error("{0}")]
+    AlreadyExists(String),
     /// The operation needs a precondition the cluster does not meet.
     #[error("{0}")]
     FailedPrecondition(String),
@@ -66,9 +69,11 @@ impl From<Error> for Status {
             | Error::Raft(crate::raft::ProposeError::TooLarge { .. }) => {
                 Status::resource_exhausted(msg)
             }
-            Error::Store(StoreError::NodeNotFound(_))
+            Error::Store(StoreError::NodeNotFound(_) | StoreError::NetworkNotFound(_))
             | Error::Resolve(ResolveError::NotFound(_)) => Status::not_found(msg),
-            Error::Store(StoreError::DuplicateNode(_)) => Status::already_exists(msg),
+            Error::Store(StoreError::DuplicateNode(_)) | Error::AlreadyExists(_) => {
+                Status::already_exists(msg)
+            }
             Error::Store(_) | Error::Quorum(_) | Error::FailedPrecondition(_) => {
                 Status::failed_precondition(msg)
             }

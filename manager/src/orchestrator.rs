@@ -591,6 +591,7 @@ mod tests {
                 spec: TaskSpec {
                     command: vec!["true".into()],
                     auto_remove,
+                    external: None,
                     ..Default::default()
                 },
                 networks: vec![],

@@ -26,7 +26,7 @@ use crate::plan::{
 /// fail); the planner never emits such ops for a consistent `k`.
 pub fn simulate(k: &mut Observed, op: &Op) {
     match op {
-        Op::CreateNetns { ns } => {
+        Op::CreateNetns { ns } | Op::AdoptNetns { ns, .. } => {
             let mut fresh = ObservedNs::default();
             // The kernel's loopback: no kind, an all-zero MAC; its
             // addresses come when it goes up.
@@ -603,6 +603,7 @@ mod tests {
         d.tasks.insert(
             "t1".into(),
             TaskNet {
+                netns: None,
                 endpoints: vec![LocalEndpoint {
                     network: "n1".into(),
                     ifname: "eth0".into(),

@@ -389,6 +389,13 @@ pub struct TaskNet {
     /// The veth `gw0` into the gateway bridge and the default route through
     /// it; `None` when all the task's networks are internal.
     pub gateway: Option<GwAttachment>,
+    /// A foreign runtime's namespace (CNI's `CNI_NETNS`, Docker's sandbox
+    /// key): it is adopted (pinned where weft pins its own) rather than
+    /// made, only the links named here are weft's in it, and removing the
+    /// task takes weft's links, VIP table and resolver out of it without
+    /// destroying it. `None`: weft makes the namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<std::path::PathBuf>,
 }
 
 /// A local task's attachment to an overlay network.

@@ -325,6 +325,13 @@ pub enum Op {
         /// The namespace.
         ns: NsRef,
     },
+    /// Pin a foreign runtime's namespace where the task's would be.
+    AdoptNetns {
+        /// The task's namespace.
+        ns: NsRef,
+        /// The runtime's path for it.
+        source: std::path::PathBuf,
+    },
     /// Create a bridge.
     CreateBridge {
         /// Namespace.
@@ -1404,6 +1411,14 @@ fn want(desired: &DesiredNode) -> Want {
     Want { ns, pairs }
 }
 
+/// The runtime's path of a foreign task namespace; `None` for weft's own.
+fn foreign_source<'a>(desired: &'a DesiredNode, ns: &NsRef) -> Option<&'a std::path::Path> {
+    match ns {
+        NsRef::Task(t) => desired.tasks.get(t)?.netns.as_deref(),
+        _ => None,
+    }
+}
+
 /// Whether an unwanted link in `ns` is ours to delete.
 fn owned(ns: &NsRef, name: &str, link: &ObservedLink) -> bool {
     match ns {
@@ -1490,7 +1505,10 @@ pub fn plan(observed: &Observed, desired: &DesiredNode) -> Result<Vec<Op>, PlanE
         };
         for (name, link) in &obs.links {
             let delete = match w.links.get(name) {
-                None => owned(nref, name, link),
+                // In a foreign namespace, only the links named in the
+                // desired state are ours; the peers of removed ones go
+                // from the network's namespace and the gateway bridge.
+                None => foreign_source(desired, nref).is_none() && owned(nref, name, link),
                 Some(wl) => {
                     !shape_ok(&wl.kind, link) || fresh.contains(&(nref.clone(), name.clone()))
                 }
@@ -1644,7 +1662,13 @@ pub fn plan(observed: &Observed, desired: &DesiredNode) -> Result<Vec<Op>, PlanE
     }
     for nref in want.ns.keys() {
         if *nref != NsRef::Host && observed.ns(nref).is_none() {
-            ops.push(Op::CreateNetns { ns: nref.clone() });
+            ops.push(match foreign_source(desired, nref) {
+                Some(source) => Op::AdoptNetns {
+                    ns: nref.clone(),
+                    source: source.to_owned(),
+                },
+                None => Op::CreateNetns { ns: nref.clone() },
+            });
         }
     }
     let missing = |nref: &NsRef, name: &str| {

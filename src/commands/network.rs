@@ -56,18 +56,23 @@ fn network_json(d: &pb::NetworkDetail) -> serde_json::Value {
             .endpoints
             .iter()
             .map(|e| {
-                (
-                    e.task_id.clone(),
-                    serde_json::json!({
-                        "Name": e.task_name,
-                        "EndpointID": format!("{}-{}", e.task_id, n.id),
-                        "IPv4Address": format!("{}/{}", e.ip, n.subnet.split_once('/').map(|x| x.1).unwrap_or("32")),
-                        "IPv6Address": "",
-                        "MacAddress": e.mac,
-                        "Node": e.hostname,
-                        "NodeID": e.node_id,
-                    }),
-                )
+                let mut c = serde_json::json!({
+                    "Name": e.task_name,
+                    "EndpointID": format!("{}-{}", e.task_id, n.id),
+                    "IPv4Address": format!("{}/{}", e.ip, n.subnet.split_once('/').map(|x| x.1).unwrap_or("32")),
+                    "IPv6Address": "",
+                    "MacAddress": e.mac,
+                    "Node": e.hostname,
+                    "NodeID": e.node_id,
+                });
+                // A foreign runtime's container: which, and its own names.
+                if let Some(x) = &e.external {
+                    c["Runtime"] = serde_json::json!(x.runtime);
+                    c["ContainerID"] = serde_json::json!(x.container_id);
+                    c["ContainerName"] = serde_json::json!(x.container_name);
+                    c["Interface"] = serde_json::json!(x.ifname);
+                }
+                (e.task_id.clone(), c)
             })
             .collect();
         v["Containers"] = serde_json::Value::Object(containers);

@@ -68,6 +68,7 @@ pub async fn run_task(c: &Client, a: crate::cli::RunArgs) -> anyhow::Result<()> 
             health,
             // Attached, the daemon removes it (see AttachRequest.remove).
             auto_remove: a.rm && a.detach,
+            external: None,
         })
         .await
         .map_err(rpc)?

@@ -658,6 +658,27 @@ pub fn sleeper(lab: &Lab, host: &str, name: &str, network: &str) -> PathBuf {
     lab.task_netns(host, &id)
 }
 
+/// A one-replica service `name` on `network` whose task sleeps (a VIP and
+/// a name to resolve), created from `host`.
+pub fn sleeping_service(lab: &Lab, host: &str, name: &str, network: &str) {
+    lab.weft(
+        host,
+        &[
+            "service",
+            "create",
+            "--name",
+            name,
+            "--replicas",
+            "1",
+            "--network",
+            network,
+            "--",
+            "sleep",
+            "600",
+        ],
+    );
+}
+
 /// The first VIP of `service`, as `service inspect` on `host` shows it.
 pub fn vip_of(lab: &Lab, host: &str, service: &str) -> String {
     let v: serde_json::Value =

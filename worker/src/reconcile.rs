@@ -22,7 +22,7 @@ mod desired;
 mod jobs;
 mod plan;
 
-pub use desired::desired_from_config;
+pub use desired::{desired_from_config, gateway_of};
 pub use plan::{TaskPlan, TaskView, task_status};
 
 use std::collections::BTreeMap;
@@ -51,6 +51,12 @@ pub struct BadConfig {
     pub what: &'static str,
     /// Its value.
     pub value: String,
+}
+
+/// Whether `path` is a network namespace (an nsfs file).
+fn netns_exists(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path)
+        .is_ok_and(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
 }
 
 /// The parts the loop drives.
@@ -249,6 +255,11 @@ impl Reconciler {
         match desired_from_config(&inflight.plane_config(c), &self.wg_key) {
             Ok(mut d) => {
                 d.dns_upstreams = self.dns_upstreams.clone();
+                let dp = &self.dataplane;
+                for t in desired::unwirable(&d, |t| dp.task_netns(t), netns_exists) {
+                    tracing::info!(task = %t, "a foreign container's namespace is gone before it was wired: left out");
+                    d.tasks.remove(&t);
+                }
                 if let Err(e) = self.dataplane.apply(&d).await {
                     error = format!("data plane: {e}");
                 }
@@ -325,6 +336,11 @@ impl Reconciler {
             let Some(t) = c.tasks.iter().find(|t| &t.id == id) else {
                 continue;
             };
+            // A foreign container's namespace is its runtime's: nothing
+            // to make ahead, it is adopted by the pass.
+            if prepare && t.external.is_some() {
+                continue;
+            }
             if prepare && t.network_mode != "host" {
                 match self.dataplane.prepare_task(&TaskId(t.id.clone())).await {
                     Ok(true) => {}
@@ -450,6 +466,7 @@ impl Reconciler {
             }),
             stop: stop_policy(t.stop.as_ref()),
             log: crate::logs::log_options(t.log.as_ref()),
+            external: t.external.as_ref().map(|e| PathBuf::from(&e.netns)),
         }
     }
 

@@ -156,6 +156,7 @@ fn spec(id: &str, netns: &Path, script: &str) -> TaskSpec {
         })),
         stop: Default::default(),
         log: None,
+        external: None,
     }
 }
 

@@ -222,18 +222,7 @@ impl ControlService {
             if !verbose {
                 for t in s.tasks.values() {
                     for a in t.attachments.iter().filter(|a| a.network == n.id) {
-                        detail.endpoints.push(pb::EndpointInfo {
-                            task_id: t.id.clone(),
-                            task_name: t.name.clone(),
-                            node_id: t.node.to_string(),
-                            hostname: s
-                                .nodes
-                                .get(&t.node)
-                                .map(|h| h.hostname.clone())
-                                .unwrap_or_default(),
-                            ip: a.ip.to_string(),
-                            mac: crate::store::ipam::mac_text(crate::store::ipam::mac_for(a.ip)),
-                        });
+                        detail.endpoints.push(endpoint_info(s, t, a));
                     }
                 }
             }
@@ -241,15 +230,7 @@ impl ControlService {
                 let mut peers = std::collections::BTreeSet::new();
                 for t in s.tasks.values() {
                     for a in t.attachments.iter().filter(|a| a.network == n.id) {
-                        let host = s.nodes.get(&t.node);
-                        detail.endpoints.push(pb::EndpointInfo {
-                            task_id: t.id.clone(),
-                            task_name: t.name.clone(),
-                            node_id: t.node.to_string(),
-                            hostname: host.map(|h| h.hostname.clone()).unwrap_or_default(),
-                            ip: a.ip.to_string(),
-                            mac: crate::store::ipam::mac_text(crate::store::ipam::mac_for(a.ip)),
-                        });
+                        detail.endpoints.push(endpoint_info(s, t, a));
                         peers.insert(t.node);
                     }
                 }
@@ -278,5 +259,30 @@ impl ControlService {
             }
             Ok(detail)
         })
+    }
+}
+
+/// One task's endpoint on a network, as `network inspect` lists it.
+fn endpoint_info(
+    s: &crate::store::State,
+    t: &crate::store::Task,
+    a: &crate::store::Attachment,
+) -> pb::EndpointInfo {
+    pb::EndpointInfo {
+        task_id: t.id.clone(),
+        task_name: t.name.clone(),
+        node_id: t.node.to_string(),
+        hostname: s
+            .nodes
+            .get(&t.node)
+            .map(|h| h.hostname.clone())
+            .unwrap_or_default(),
+        ip: a.ip.to_string(),
+        mac: crate::store::ipam::mac_text(crate::store::ipam::mac_for(a.ip)),
+        external: t
+            .spec
+            .external
+            .as_ref()
+            .map(crate::dispatcher::external::external_to_wire),
     }
 }

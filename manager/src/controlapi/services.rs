@@ -119,6 +119,7 @@ impl ControlService {
                 log,
                 health,
                 auto_remove: false,
+                external: None,
             },
             networks: self.resolve_networks(&m.networks)?,
             endpoint_mode,

@@ -8,6 +8,7 @@
 //! node is refused.
 
 pub mod bound;
+pub mod external;
 pub mod liveness;
 pub mod projection;
 
@@ -172,6 +173,9 @@ impl DispatcherService {
         mut r: pb::RunTaskRequest,
     ) -> crate::error::Result<pb::Task> {
         use crate::error::Error;
+        if let Some(e) = r.external.take() {
+            return self.run_external(node, r, &e).await;
+        }
         let container = crate::convert::container_from_wire(r.container.take(), &r.command)?;
         let stop = crate::convert::stop_from_wire(r.stop.take())?;
         let resources = crate::convert::resources_from_wire(r.resources, container.is_some())?;
@@ -285,6 +289,7 @@ impl DispatcherService {
                 log,
                 health,
                 auto_remove: r.auto_remove,
+                external: None,
             },
             networks,
             standalone: true,

@@ -242,7 +242,13 @@ pub fn project_with(
                 .filter_map(|a| {
                     let net = state.networks.get(&a.network)?;
                     Some(pb::TaskAttachment {
-                        ifname: a.ifname.clone(),
+                        // A foreign container's one interface has the
+                        // runtime's name.
+                        ifname: t
+                            .spec
+                            .external
+                            .as_ref()
+                            .map_or_else(|| a.ifname.clone(), |e| e.ifname.clone()),
                         network_id: a.network.clone(),
                         ip: with_prefix(a.ip, &net.subnet),
                         mac: mac_text(mac_for(a.ip)),
@@ -272,6 +278,11 @@ pub fn project_with(
             created_at_ms: t.created_at_ms,
             // Filled in by the dispatcher, which holds the key.
             registry_auth: None,
+            external: t
+                .spec
+                .external
+                .as_ref()
+                .map(crate::dispatcher::external::external_to_wire),
         })
         .collect();
 

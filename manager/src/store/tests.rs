@@ -215,6 +215,7 @@ fn create_task(s: &mut State, id: &str, node: u64, nets: &[&str]) -> CommandResu
             log: None,
             health: None,
             auto_remove: false,
+            external: None,
         },
         networks: nets.iter().map(|n| (n.to_string(), None)).collect(),
         standalone: true,

@@ -485,6 +485,47 @@ pub struct TaskSpec {
     /// (resolved on the node). Absent in records written before checks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthOpts>,
+    /// A foreign runtime's container (CNI, Docker) standing in for a
+    /// process: the node wires that runtime's namespace and runs nothing.
+    /// `None` in every other task (and in old records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<ExternalEndpoint>,
+}
+
+/// Which foreign runtime made a container attached to a weft network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExternalRuntime {
+    /// A CNI runtime (podman, containerd's CRI, nerdctl, kubelet …).
+    Cni,
+    /// Docker's engine, through weft's network plugin.
+    Docker,
+}
+
+impl ExternalRuntime {
+    /// The wire and display name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExternalRuntime::Cni => "cni",
+            ExternalRuntime::Docker => "docker",
+        }
+    }
+}
+
+/// Where a foreign runtime's container lives on its node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExternalEndpoint {
+    /// The runtime that asked.
+    pub runtime: ExternalRuntime,
+    /// The runtime's container ID.
+    pub container_id: String,
+    /// The interface in its namespace.
+    pub ifname: String,
+    /// The namespace's path on the node.
+    pub netns: String,
+    /// The container's name, when the runtime gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_name: Option<String>,
 }
 
 /// A task's health check as the user gave it (Docker's semantics): a

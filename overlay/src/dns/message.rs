@@ -207,6 +207,7 @@ mod tests {
         d.tasks.insert(
             "t".into(),
             TaskNet {
+                netns: None,
                 endpoints: vec![LocalEndpoint {
                     network: "n".into(),
                     ifname: "eth0".into(),

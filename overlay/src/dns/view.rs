@@ -175,6 +175,7 @@ mod tests {
 
     fn attach(nets: &[&str]) -> TaskNet {
         TaskNet {
+            netns: None,
             endpoints: nets
                 .iter()
                 .enumerate()

@@ -197,6 +197,72 @@ impl LinuxDataplane {
         write_task_resolv_conf(&self.resolv_conf_path())
     }
 
+    /// Where the source of each adopted (foreign) task namespace is noted:
+    /// `<exec_root>/netns-foreign/task-<id>`.
+    fn foreign_note(&self, task: &TaskId) -> PathBuf {
+        self.exec_root
+            .join("netns-foreign")
+            .join(names::task_ns(task))
+    }
+
+    /// Pins a foreign runtime's namespace as task `ns`'s. Refused: not a
+    /// namespace, the daemon's own, or one weft pinned for something else.
+    fn adopt_netns(&self, ns: &NsRef, source: &Path) -> LResult<()> {
+        let NsRef::Task(task) = ns else {
+            return Err(LinuxError::InvalidName {
+                name: ns.to_string(),
+                reason: "only a task's namespace can be adopted",
+            });
+        };
+        let pin = self.pin(ns);
+        if !Netns::exists(&pin) {
+            let src = Netns::open(source)?;
+            let ours = self.pins().unwrap_or_default();
+            if src.same_as(&self.host) || ours.iter().any(|(_, p)| Netns::same(p, source)) {
+                return Err(LinuxError::InvalidName {
+                    name: source.display().to_string(),
+                    reason: "this is the daemon's own namespace or one weft made: a foreign \
+                             container's namespace must be its own",
+                });
+            }
+        }
+        let note = self.foreign_note(task);
+        if let Some(dir) = note.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| LinuxError::Io {
+                op: "create foreign netns notes",
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
+        std::fs::write(&note, source.as_os_str().as_encoded_bytes()).map_err(|e| {
+            LinuxError::Io {
+                op: "note foreign netns",
+                path: note.clone(),
+                source: e,
+            }
+        })?;
+        Netns::adopt(source, &pin)?;
+        Ok(())
+    }
+
+    /// Before an adopted namespace's pin goes: takes weft's VIP table out
+    /// of it (its links went with their peers; the resolver's sockets are
+    /// closed by the caller). The namespace itself stays its runtime's.
+    async fn release_foreign(&self, task: &TaskId) {
+        let note = self.foreign_note(task);
+        if !note.exists() {
+            return;
+        }
+        let pin = self.pin(&NsRef::Task(task.clone()));
+        if let Ok(ns) = Netns::open(&pin) {
+            if let Err(e) = nft::apply_async(&ns, delete_lb_batch()).await {
+                tracing::debug!(task = %task, error = %e, "no VIP table to take out of a foreign namespace");
+            }
+            self.nft_sessions.forget(ns.inode());
+        }
+        let _ = std::fs::remove_file(&note);
+    }
+
     fn pin(&self, ns: &NsRef) -> PathBuf {
         match ns {
             NsRef::Host => self.host.path().to_owned(),
@@ -449,12 +515,14 @@ impl Executor<'_> {
                 Netns::create(self.dp.pin(ns))?;
                 Ok(())
             }
+            Op::AdoptNetns { ns, source } => self.dp.adopt_netns(ns, source),
             Op::DeleteNetns { ns } => {
                 // Our handle and the resolver's sockets would keep the
                 // namespace alive.
                 self.handles.remove(ns);
                 if let NsRef::Task(t) = ns {
                     self.dp.dns.stop(t);
+                    self.dp.release_foreign(t).await;
                 }
                 let pin = self.dp.pin(ns);
                 if let Ok(m) = std::fs::metadata(&pin) {

@@ -63,26 +63,7 @@ impl Netns {
         if Self::exists(path) {
             return Self::open(path);
         }
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent).map_err(|source| Error::Io {
-                op: "create netns directory",
-                path: parent.to_owned(),
-                source,
-            })?;
-        }
-        // The mount target must exist as a file. A leftover empty file from a
-        // crash between this step and the mount is simply reused.
-        OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o444)
-            .open(path)
-            .map_err(|source| Error::Io {
-                op: "create netns pin file",
-                path: path.to_owned(),
-                source,
-            })?;
+        pin_file(path)?;
 
         let target = path.to_owned();
         let pinned = std::thread::Builder::new()
@@ -120,6 +101,48 @@ impl Netns {
             return Err(e);
         }
         Self::open(path)
+    }
+
+    /// Pins the namespace at `source` (another runtime's pin, or a
+    /// process's `/proc/<pid>/ns/net`) at `path` too, by a bind mount, or
+    /// opens `path` if it already pins one. Fails with
+    /// [`Error::NotANetns`] if `source` is not a namespace; nothing is left
+    /// at `path` on a failure.
+    pub fn adopt(source: impl AsRef<Path>, path: impl AsRef<Path>) -> Result<Netns> {
+        let (source, path) = (source.as_ref(), path.as_ref());
+        if Self::exists(path) {
+            return Self::open(path);
+        }
+        if !is_nsfs(source) {
+            return Err(Error::NotANetns {
+                path: source.to_owned(),
+            });
+        }
+        pin_file(path)?;
+        if let Err(e) = nix::mount::mount(
+            Some(source),
+            path,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        ) {
+            let _ = std::fs::remove_file(path);
+            return Err(Error::Sys {
+                op: "bind-mount netns",
+                path: path.to_owned(),
+                source: e,
+            });
+        }
+        Self::open(path)
+    }
+
+    /// Whether `a` and `b` name the same namespace (nsfs device and inode);
+    /// false when either cannot be read.
+    pub fn same(a: impl AsRef<Path>, b: impl AsRef<Path>) -> bool {
+        match (std::fs::metadata(a), std::fs::metadata(b)) {
+            (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+            _ => false,
+        }
     }
 
     /// Opens the namespace pinned at `path`; fails with
@@ -303,6 +326,30 @@ impl AsRawFd for Netns {
 }
 
 /// True if `path` is a file on nsfs (i.e. a pinned namespace).
+/// Makes the file a pin is mounted on (and its directory). A leftover
+/// empty file from a crash between this step and the mount is reused.
+fn pin_file(path: &Path) -> Result<()> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(|source| Error::Io {
+            op: "create netns directory",
+            path: parent.to_owned(),
+            source,
+        })?;
+    }
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o444)
+        .open(path)
+        .map_err(|source| Error::Io {
+            op: "create netns pin file",
+            path: path.to_owned(),
+            source,
+        })?;
+    Ok(())
+}
+
 pub(crate) fn is_nsfs(path: &Path) -> bool {
     statfs(path).is_ok_and(|s| s.filesystem_type() == NSFS_MAGIC)
 }

@@ -71,6 +71,7 @@ fn full() -> DesiredNode {
     d.tasks.insert(
         "t1".into(),
         TaskNet {
+            netns: None,
             endpoints: vec![ep("n1", "eth0", "10.0.9.2/24", 2)],
             gateway: gw_att("172.18.0.2/16", 102),
         },
@@ -78,6 +79,7 @@ fn full() -> DesiredNode {
     d.tasks.insert(
         "t2".into(),
         TaskNet {
+            netns: None,
             endpoints: vec![
                 ep("n1", "eth0", "10.0.9.3/24", 3),
                 ep("n2", "eth1", "10.0.10.3/24", 4),
@@ -88,6 +90,7 @@ fn full() -> DesiredNode {
     d.tasks.insert(
         "t3".into(),
         TaskNet {
+            netns: None,
             endpoints: vec![ep("n2", "eth0", "10.0.10.4/24", 5)],
             gateway: None,
         },

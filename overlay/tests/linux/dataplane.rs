@@ -49,6 +49,7 @@ pub(crate) fn overlay(vni: u32, internal: bool) -> OverlayNet {
 
 pub(crate) fn task(network: &str, ip: &str, m: u8, gw: Option<(&str, u8)>) -> TaskNet {
     TaskNet {
+        netns: None,
         endpoints: vec![LocalEndpoint {
             network: network.into(),
             ifname: "eth0".into(),

@@ -63,6 +63,7 @@ fn mac(i: u8) -> MacAddr {
 
 fn task(network: &str, addr: &str, m: u8) -> TaskNet {
     TaskNet {
+        netns: None,
         endpoints: vec![LocalEndpoint {
             network: network.into(),
             ifname: "eth0".into(),

@@ -28,6 +28,7 @@ fn mac(i: u8) -> MacAddr {
 
 fn task(addr: &str, m: u8) -> TaskNet {
     TaskNet {
+        netns: None,
         endpoints: vec![LocalEndpoint {
             network: "n1".into(),
             ifname: "eth0".into(),

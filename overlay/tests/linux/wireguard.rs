@@ -53,6 +53,7 @@ fn task(i: u8) -> TaskNet {
         mac: mac(m),
     };
     TaskNet {
+        netns: None,
         endpoints: vec![ep("enc", "eth0", 30, i), ep("plain", "eth1", 31, 100 + i)],
         gateway: None,
     }

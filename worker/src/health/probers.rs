@@ -160,6 +160,7 @@ mod tests {
             })),
             stop: Default::default(),
             log: None,
+            external: None,
         }
     }
 

@@ -146,7 +146,14 @@ fn task(t: &pb::TaskConfig) -> Result<TaskNet, BadConfig> {
             mac: parse::<MacAddr>("gateway mac", &t.gateway_mac)?,
         })
     };
-    Ok(TaskNet { endpoints, gateway })
+    Ok(TaskNet {
+        endpoints,
+        gateway,
+        netns: t
+            .external
+            .as_ref()
+            .map(|e| std::path::PathBuf::from(&e.netns)),
+    })
 }
 
 /// The node's WireGuard device and its peers.
@@ -223,6 +230,11 @@ fn published(p: &pb::PublishedPortConfig) -> Result<PublishedPort, BadConfig> {
     })
 }
 
+/// The tasks' default gateway on the gateway bridge of `gateway_subnet`.
+pub fn gateway_of(gateway_subnet: &str) -> Option<IpAddr> {
+    gateway_bridge(gateway_subnet).ok().map(|g| g.gateway)
+}
+
 /// The gateway bridge: its subnet, and the subnet's first address as the
 /// tasks' default gateway.
 fn gateway_bridge(gateway_subnet: &str) -> Result<GatewayBridge, BadConfig> {
@@ -241,4 +253,48 @@ fn gateway_bridge(gateway_subnet: &str) -> Result<GatewayBridge, BadConfig> {
         gateway,
         ..GatewayBridge::default()
     })
+}
+
+/// Foreign containers' tasks that cannot be wired: weft has not pinned
+/// their namespace yet and the runtime's path no longer names one (the
+/// container went between its ADD and this pass). Adopting it would fail
+/// the whole pass; left out, the task fails to start and is removed.
+pub fn unwirable(
+    d: &DesiredNode,
+    pin: impl Fn(&TaskId) -> std::path::PathBuf,
+    is_netns: impl Fn(&std::path::Path) -> bool,
+) -> Vec<TaskId> {
+    d.tasks
+        .iter()
+        .filter(|(id, t)| {
+            t.netns
+                .as_ref()
+                .is_some_and(|src| !is_netns(&pin(id)) && !is_netns(src))
+        })
+        .map(|(id, _)| id.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_foreign_namespace_gone_before_it_was_pinned_is_left_out() {
+        let mut d = DesiredNode::new("198.18.0.1".parse().unwrap());
+        let t = |src: Option<&str>| TaskNet {
+            netns: src.map(Into::into),
+            ..TaskNet::default()
+        };
+        d.tasks.insert(TaskId("own".into()), t(None));
+        d.tasks.insert(TaskId("live".into()), t(Some("/ns/live")));
+        d.tasks
+            .insert(TaskId("pinned".into()), t(Some("/ns/gone-but-pinned")));
+        d.tasks.insert(TaskId("gone".into()), t(Some("/ns/gone")));
+        let pin = |t: &TaskId| std::path::PathBuf::from(format!("/pins/{}", t.0));
+        let exists = |p: &std::path::Path| {
+            ["/ns/live", "/pins/pinned", "/pins/own"].contains(&p.to_str().unwrap())
+        };
+        assert_eq!(unwirable(&d, pin, exists), vec![TaskId("gone".into())]);
+    }
 }

@@ -21,6 +21,7 @@
 //! ```
 
 pub mod containerd;
+pub mod external;
 pub mod fake;
 mod files;
 pub mod interactive;
@@ -125,6 +126,11 @@ pub struct TaskSpec {
     /// (`crate::logs::LogOptions::default`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log: Option<crate::logs::LogOptions>,
+    /// Another runtime's container (CNI, Docker): the path of its own
+    /// network namespace, which the data plane pinned at `netns`. Nothing
+    /// runs ([`external::ExternalRuntime`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<PathBuf>,
 }
 
 /// How a task is stopped: `signal` to its processes, then SIGKILL to all
@@ -581,6 +587,28 @@ pub(crate) fn validate(spec: &TaskSpec) -> Result<()> {
 }
 
 /// Task ids name directories, so they must be plain file names.
+/// Waits on a runtime's status changes `rx` until task `id` (its status
+/// read by `status`) has ended; `NotFound` once the runtime forgets it.
+pub(crate) async fn wait_until_ended(
+    mut rx: broadcast::Receiver<TaskStatus>,
+    id: &str,
+    status: impl Fn() -> Option<TaskStatus>,
+) -> Result<TaskStatus> {
+    loop {
+        match status() {
+            None => return Err(Error::NotFound { id: id.to_owned() }),
+            Some(s) if s.state.is_terminal() => return Ok(s),
+            Some(_) => {}
+        }
+        match rx.recv().await {
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => {
+                return Err(Error::NotFound { id: id.to_owned() });
+            }
+        }
+    }
+}
+
 pub(crate) fn validate_id(id: &str) -> Result<()> {
     let ok = !id.is_empty()
         && id.len() <= 128

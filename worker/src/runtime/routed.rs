@@ -22,6 +22,7 @@ use futures::future::BoxFuture;
 use tokio::sync::{OnceCell, broadcast};
 
 use super::containerd::ContainerdRuntime;
+use super::external::ExternalRuntime;
 use super::{NetworkReady, Result, TaskRuntime, TaskSpec, TaskState, TaskStatus, validate};
 
 /// Connects the containerd runtime (and checks containerd's version and
@@ -33,6 +34,7 @@ pub type Connect = Arc<
 /// Routes each task to the runtime that runs its kind.
 pub struct RoutedRuntime {
     process: Arc<dyn TaskRuntime>,
+    external: Arc<ExternalRuntime>,
     containers: OnceCell<ContainerdRuntime>,
     connect: Connect,
     /// containerd's socket: adoption looks for it before connecting.
@@ -46,11 +48,18 @@ pub struct RoutedRuntime {
 impl RoutedRuntime {
     /// Routes between `process` and a containerd runtime made by `connect`
     /// on first use.
-    pub fn new(process: Arc<dyn TaskRuntime>, socket: PathBuf, connect: Connect) -> Arc<Self> {
+    pub fn new(
+        process: Arc<dyn TaskRuntime>,
+        external: Arc<ExternalRuntime>,
+        socket: PathBuf,
+        connect: Connect,
+    ) -> Arc<Self> {
         let (events, _) = broadcast::channel(1024);
         forward(process.subscribe(), events.clone());
+        forward(external.subscribe(), events.clone());
         Arc::new(Self {
             process,
+            external,
             containers: OnceCell::new(),
             connect,
             socket,
@@ -72,6 +81,9 @@ impl RoutedRuntime {
     /// The runtime that knows `id` (containers first: the process runtime
     /// is the fallback for unknown ids).
     fn owner(&self, id: &str) -> &dyn TaskRuntime {
+        if self.external.status(id).is_some() {
+            return self.external.as_ref();
+        }
         match self.containers.get() {
             Some(c) if c.status(id).is_some() => c,
             _ => self.process.as_ref(),
@@ -100,6 +112,7 @@ fn forward(mut rx: broadcast::Receiver<TaskStatus>, tx: broadcast::Sender<TaskSt
 impl TaskRuntime for RoutedRuntime {
     async fn adopt(&self) -> Result<Vec<TaskStatus>> {
         let mut out = self.process.adopt().await?;
+        out.extend(self.external.adopt().await?);
         if self.socket.exists() {
             match self.containers().await {
                 Ok(c) => out.extend(c.adopt().await?),
@@ -116,6 +129,9 @@ impl TaskRuntime for RoutedRuntime {
     }
 
     async fn start_when(&self, spec: &TaskSpec, network: NetworkReady) -> Result<TaskStatus> {
+        if spec.external.is_some() {
+            return self.external.start_when(spec, network).await;
+        }
         if spec.container.is_none() {
             return self.process.start_when(spec, network).await;
         }
@@ -145,6 +161,7 @@ impl TaskRuntime for RoutedRuntime {
 
     async fn remove(&self, id: &str) -> Result<()> {
         self.unreached.lock().expect("unreached").remove(id);
+        self.external.remove(id).await?;
         if let Some(c) = self.containers.get() {
             c.remove(id).await?;
         }
@@ -167,6 +184,7 @@ impl TaskRuntime for RoutedRuntime {
 
     fn list(&self) -> Vec<TaskStatus> {
         let mut all = self.process.list();
+        all.extend(self.external.list());
         if let Some(c) = self.containers.get() {
             all.extend(c.list());
         }
@@ -226,6 +244,7 @@ mod tests {
             }),
             stop: Default::default(),
             log: None,
+            external: None,
         }
     }
 
@@ -240,7 +259,14 @@ mod tests {
     #[tokio::test]
     async fn processes_go_to_the_process_runtime_and_containers_fail_clearly_without_containerd() {
         let fake = Arc::new(FakeRuntime::new());
-        let rt = RoutedRuntime::new(fake.clone(), "/nowhere.sock".into(), unreachable());
+        let records = tempfile::tempdir().expect("tempdir");
+        let external = ExternalRuntime::new(records.path());
+        let rt = RoutedRuntime::new(
+            fake.clone(),
+            external,
+            "/nowhere.sock".into(),
+            unreachable(),
+        );
         let mut events = rt.subscribe();
 
         // No socket: adoption asks only the process runtime.

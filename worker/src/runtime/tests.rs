@@ -50,6 +50,7 @@ fn spec(id: &str, netns: &Path, script: &str) -> TaskSpec {
         container: None,
         stop: Default::default(),
         log: None,
+        external: None,
     }
 }
 

@@ -264,6 +264,7 @@ fn at_every_limit_at_once_admitted_configs_stay_under_the_receive_limit() {
             start_period_ms: Some(u64::MAX),
         }),
         auto_remove: true,
+        external: None,
     };
     limits::command(&task.command).unwrap();
     limits::env(&task.env).unwrap();

@@ -283,7 +283,10 @@ impl LinuxDataplane {
                     // Only the VIP table ops above write a task's ruleset:
                     // the others leave it as read (no `nft list` process
                     // for each new task's read-back).
-                    if matches!(op, Op::CreateNetns { .. } | Op::DeleteNetns { .. }) {
+                    if matches!(
+                        op,
+                        Op::CreateNetns { .. } | Op::AdoptNetns { .. } | Op::DeleteNetns { .. }
+                    ) {
                         e.obs = None;
                     } else {
                         e.links_stale = true;
@@ -596,6 +599,7 @@ fn op_namespaces(op: &Op) -> Vec<NsRef> {
     let task = |t: &TaskId| NsRef::Task(t.clone());
     match op {
         Op::CreateNetns { ns }
+        | Op::AdoptNetns { ns, .. }
         | Op::DeleteNetns { ns }
         | Op::CreateBridge { ns, .. }
         | Op::DeleteLink { ns, .. }

@@ -1080,22 +1080,7 @@ impl TaskRuntime for ContainerdRuntime {
     }
 
     async fn wait(&self, id: &str) -> Result<TaskStatus> {
-        let mut rx = self.inner.events.subscribe();
-        loop {
-            match self.status(id) {
-                None => {
-                    return Err(Error::NotFound { id: id.to_owned() });
-                }
-                Some(s) if s.state.is_terminal() => return Ok(s),
-                Some(_) => {}
-            }
-            match rx.recv().await {
-                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => {
-                    return Err(Error::NotFound { id: id.to_owned() });
-                }
-            }
-        }
+        super::wait_until_ended(self.inner.events.subscribe(), id, || self.status(id)).await
     }
 
     fn status(&self, id: &str) -> Option<TaskStatus> {

@@ -15,6 +15,7 @@ fn task(command: &[&str]) -> TaskSpec {
         })),
         stop: Default::default(),
         log: None,
+        external: None,
     }
 }
 

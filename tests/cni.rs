@@ -1,0 +1,410 @@
+//! `weft` as a CNI plugin, driven exactly as a runtime drives it (the
+//! CNI_ variables in the environment, the config on stdin, the result or
+//! the error object on stdout) against real daemons in namespace hosts:
+//! the container's namespace is one the test makes, as a runtime would.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{Lab, WEFT, nsenter, nsenter_stdout, pings, resolve, sleeper, wait_for};
+use serde_json::{Value, json};
+use weft_overlay::linux::Netns;
+
+const T: Duration = Duration::from_secs(30);
+
+/// A container's network namespace as a runtime makes it (pinned, its
+/// loopback up); unpinned on drop, also when the test fails.
+struct Ctr(PathBuf);
+
+impl Ctr {
+    fn new(lab: &Lab, name: &str) -> Ctr {
+        let pin = lab.dir().join("containers").join(name);
+        Netns::create(&pin).expect("container namespace");
+        assert!(
+            nsenter(&pin, &["ip", "link", "set", "lo", "up"])
+                .status
+                .success()
+        );
+        Ctr(pin)
+    }
+
+    fn path(&self) -> &str {
+        self.0.to_str().expect("utf-8 path")
+    }
+}
+
+impl Drop for Ctr {
+    fn drop(&mut self) {
+        let _ = Netns::delete(&self.0);
+    }
+}
+
+/// A plugin call's outcome: exit success, and stdout as JSON (`Null` when
+/// empty).
+struct Call {
+    ok: bool,
+    out: Value,
+}
+
+impl Call {
+    fn code(&self) -> u64 {
+        assert!(!self.ok, "expected a CNI error, got success: {}", self.out);
+        self.out["code"].as_u64().expect("an error code")
+    }
+}
+
+/// Runs the plugin as a runtime would: `env` as the CNI_ variables, the
+/// config on stdin.
+fn plugin(exe: &Path, env: &[(&str, &str)], stdin: &str) -> Call {
+    let mut cmd = Command::new(exe);
+    cmd.env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("CNI_PATH", "/opt/cni/bin")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("run the plugin");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(stdin.as_bytes())
+        .expect("write the config");
+    let out = child.wait_with_output().expect("plugin output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let parsed = if text.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("plugin printed non-JSON ({e}): {text}"))
+    };
+    Call {
+        ok: out.status.success(),
+        out: parsed,
+    }
+}
+
+fn conf(socket: &Path, network: &str) -> String {
+    json!({"cniVersion": "1.0.0", "name": network, "type": "weft", "network": network,
+           "socket": socket})
+    .to_string()
+}
+
+fn call(lab: &Lab, host: &str, cmd: &str, id: &str, ns: &str, ifname: &str, network: &str) -> Call {
+    plugin(
+        Path::new(WEFT),
+        &[
+            ("CNI_COMMAND", cmd),
+            ("CNI_CONTAINERID", id),
+            ("CNI_NETNS", ns),
+            ("CNI_IFNAME", ifname),
+            ("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAME=web-ctr"),
+        ],
+        &conf(&lab.socket_path(host), network),
+    )
+}
+
+/// The IPv4 address (with prefix) of `dev` in the namespace `pin`.
+fn addr_of(pin: &Path, dev: &str) -> Option<String> {
+    nsenter_stdout(pin, &["ip", "-o", "-4", "addr", "show", "dev", dev])
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .map(str::to_owned)
+}
+
+/// The containers `network inspect` lists on `network`.
+fn containers(lab: &Lab, host: &str, network: &str) -> serde_json::Map<String, Value> {
+    let v: Value =
+        serde_json::from_str(&lab.weft(host, &["network", "inspect", network])).expect("json");
+    v[0]["Containers"].as_object().cloned().unwrap_or_default()
+}
+
+fn listed(lab: &Lab, host: &str, network: &str, container: &str) -> bool {
+    containers(lab, host, network)
+        .values()
+        .any(|c| c["ContainerID"] == container)
+}
+
+/// The namespaces weft has pinned for tasks on `host`.
+fn task_pins(lab: &Lab, host: &str) -> Vec<String> {
+    std::fs::read_dir(lab.host_dir(host).join("run/netns"))
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str().map(str::to_owned))
+                .filter(|n| n.starts_with("task-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_cni_container_joins_a_weft_overlay_reaches_tasks_and_services_on_other_hosts_and_leaves_nothing()
+ {
+    let mut lab = Lab::new("cni-e2e", &["h1", "h2"]);
+    lab.start_all();
+    let (worker, _) = lab.init("h1", &[]);
+    lab.join("h2", &worker, "h1");
+    lab.attachable_network("h1", "10.71.0.0/24", "appnet");
+    let peer_pin = sleeper(&lab, "h2", "peer", "appnet");
+    let peer_ip = addr_of(&peer_pin, "eth0").expect("peer address");
+    let peer_ip = peer_ip.split('/').next().unwrap().to_owned();
+    common::sleeping_service(&lab, "h1", "web", "appnet");
+    let vip = common::vip_of(&lab, "h1", "web");
+
+    // ADD: the result in CNI 1.0's shape, the interface in the namespace.
+    let c1 = Ctr::new(&lab, "c1");
+    let add = call(&lab, "h1", "ADD", "c1id", c1.path(), "eth0", "appnet");
+    assert!(add.ok, "ADD failed: {}\n{}", add.out, lab.log_tail("h1"));
+    let r = &add.out;
+    assert_eq!(r["cniVersion"], "1.0.0");
+    assert_eq!(r["interfaces"][0]["name"], "eth0");
+    assert_eq!(r["interfaces"][0]["sandbox"], c1.path());
+    let ip = r["ips"][0]["address"]
+        .as_str()
+        .expect("an address")
+        .to_owned();
+    assert!(ip.starts_with("10.71.0.") && ip.ends_with("/24"), "{r}");
+    assert_eq!(r["routes"][0]["dst"], "0.0.0.0/0", "{r}");
+    assert_eq!(r["dns"]["nameservers"][0], "127.0.0.11");
+    assert_eq!(addr_of(&c1.0, "eth0").as_deref(), Some(ip.as_str()));
+    let link = nsenter_stdout(&c1.0, &["ip", "-o", "link", "show", "dev", "eth0"]);
+    let mac = link
+        .split_whitespace()
+        .skip_while(|w| *w != "link/ether")
+        .nth(1)
+        .unwrap_or_default();
+    assert_eq!(mac, r["interfaces"][0]["mac"], "{r}\n{link}");
+    assert_eq!(
+        r["ips"][1]["address"],
+        addr_of(&c1.0, "gw0").unwrap_or_default().as_str()
+    );
+
+    // Across hosts, both ways, and a weft service by name.
+    let c1_ip = ip.split('/').next().unwrap().to_owned();
+    wait_for("the container reaching a task on h2", T, || {
+        pings(&c1.0, &peer_ip)
+    });
+    wait_for("a task on h2 reaching the container", T, || {
+        pings(&peer_pin, &c1_ip)
+    });
+    wait_for("the service's name from the container", T, || {
+        resolve(&c1.0, "web").contains(&vip)
+    });
+
+    // Listed with the runtime's ID and name.
+    let listed_c1 = containers(&lab, "h1", "appnet")
+        .into_values()
+        .find(|c| c["ContainerID"] == "c1id")
+        .expect("the container in network inspect");
+    assert_eq!(listed_c1["Runtime"], "cni");
+    assert_eq!(listed_c1["ContainerName"], "web-ctr");
+    assert_eq!(listed_c1["IPv4Address"], ip.as_str());
+
+    // CHECK with ADD's result; an ADD retried gives the same result.
+    let mut check_conf: Value =
+        serde_json::from_str(&conf(&lab.socket_path("h1"), "appnet")).unwrap();
+    check_conf["prevResult"] = add.out.clone();
+    let check = plugin(
+        Path::new(WEFT),
+        &[
+            ("CNI_COMMAND", "CHECK"),
+            ("CNI_CONTAINERID", "c1id"),
+            ("CNI_NETNS", c1.path()),
+            ("CNI_IFNAME", "eth0"),
+        ],
+        &check_conf.to_string(),
+    );
+    assert!(check.ok && check.out.is_null(), "CHECK: {}", check.out);
+    let again = call(&lab, "h1", "ADD", "c1id", c1.path(), "eth0", "appnet");
+    assert!(again.ok, "{}", again.out);
+    assert_eq!(again.out["ips"][0]["address"], ip.as_str());
+
+    // DEL: the interface goes, the runtime's namespace stays; repeated
+    // and unknown DELs succeed.
+    let del = call(&lab, "h1", "DEL", "c1id", c1.path(), "eth0", "appnet");
+    assert!(del.ok && del.out.is_null(), "DEL: {}", del.out);
+    assert!(addr_of(&c1.0, "eth0").is_none(), "eth0 left behind");
+    let links = nsenter_stdout(&c1.0, &["ip", "-o", "link"]);
+    assert_eq!(links.lines().count(), 1, "only lo is left: {links}");
+    assert!(
+        Netns::exists(&c1.0),
+        "the runtime's namespace must survive DEL"
+    );
+    assert!(!listed(&lab, "h1", "appnet", "c1id"));
+    let rules = nsenter_stdout(&c1.0, &["nft", "list", "ruleset"]);
+    assert!(
+        !rules.contains("weft"),
+        "weft's VIP table left behind: {rules}"
+    );
+    for (id, ns) in [("c1id", c1.path()), ("c1id", ""), ("never", "/nonexistent")] {
+        let d = call(&lab, "h1", "DEL", id, ns, "eth0", "appnet");
+        assert!(d.ok, "DEL {id} {ns}: {}", d.out);
+    }
+    let check = call(&lab, "h1", "CHECK", "c1id", c1.path(), "eth0", "appnet");
+    assert!(!check.ok, "CHECK after DEL must fail");
+
+    // A container whose namespace goes without a DEL: its node removes it.
+    let pins_before = task_pins(&lab, "h1");
+    let c2 = Ctr::new(&lab, "c2");
+    let add2 = call(&lab, "h1", "ADD", "c2id", c2.path(), "eth0", "appnet");
+    assert!(add2.ok, "{}", add2.out);
+    assert!(listed(&lab, "h1", "appnet", "c2id"));
+    drop(c2);
+    wait_for("the gone container's endpoint removed", T, || {
+        !listed(&lab, "h1", "appnet", "c2id")
+    });
+    wait_for("its namespace let go", T, || {
+        task_pins(&lab, "h1") == pins_before
+    });
+}
+
+#[test]
+fn cni_calls_that_cannot_work_get_the_specs_error_codes_and_change_nothing() {
+    let mut lab = Lab::new("cni-codes", &["h1"]);
+    lab.start_all();
+    lab.init("h1", &[]);
+    lab.attachable_network("h1", "10.72.0.0/24", "appnet");
+    lab.weft(
+        "h1",
+        &["network", "create", "--subnet", "10.73.0.0/24", "svcnet"],
+    );
+    let c = Ctr::new(&lab, "c");
+    let sock = lab.socket_path("h1");
+    let env = |cmd: &'static str, ifname: &'static str, ns: &str| -> Vec<(&'static str, String)> {
+        vec![
+            ("CNI_COMMAND", cmd.to_owned()),
+            ("CNI_CONTAINERID", "cid".to_owned()),
+            ("CNI_NETNS", ns.to_owned()),
+            ("CNI_IFNAME", ifname.to_owned()),
+        ]
+    };
+    let run = |env: Vec<(&'static str, String)>, stdin: &str| {
+        let e: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        plugin(Path::new(WEFT), &e, stdin)
+    };
+    let good = conf(&sock, "appnet");
+
+    // VERSION needs nothing.
+    let v = run(env("VERSION", "", ""), r#"{"cniVersion":"1.0.0"}"#);
+    assert!(v.ok);
+    assert!(
+        v.out["supportedVersions"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("1.0.0"))
+    );
+
+    // The spec's codes.
+    assert_eq!(run(env("ADD", "eth0", "/nonexistent/ns"), &good).code(), 3);
+    assert_eq!(run(env("ADD", "eth0", c.path()), "{not json").code(), 6);
+    let v9 = json!({"cniVersion":"9.0.0","name":"appnet","type":"weft","socket":sock}).to_string();
+    assert_eq!(run(env("ADD", "eth0", c.path()), &v9).code(), 1);
+    assert_eq!(run(env("ADD", "", c.path()), &good).code(), 4);
+    assert_eq!(run(env("FROB", "eth0", c.path()), &good).code(), 4);
+    assert_eq!(
+        run(env("ADD", "eth0", c.path()), &conf(&sock, "nosuchnet")).code(),
+        7
+    );
+    assert_eq!(run(env("ADD", "gw0", c.path()), &good).code(), 7);
+    assert_eq!(run(env("ADD", "lo", c.path()), &good).code(), 7);
+    let not_attachable = run(env("ADD", "eth0", c.path()), &conf(&sock, "svcnet"));
+    let code = not_attachable.code();
+    assert!(
+        [7, 100].contains(&code)
+            && not_attachable.out["msg"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("attachable"),
+        "{}",
+        not_attachable.out
+    );
+    // The daemon's own namespace is not a container's.
+    let own = lab.host_netns("h1");
+    let refused = run(env("ADD", "eth0", own.to_str().unwrap()), &good);
+    assert!(
+        !refused.ok,
+        "the daemon's own namespace was taken: {}",
+        refused.out
+    );
+
+    // STATUS: ready; and not, with no daemon at the socket.
+    assert!(run(env("STATUS", "", ""), &good).ok);
+    let nowhere = conf(&lab.dir().join("no.sock"), "appnet");
+    assert_eq!(run(env("STATUS", "", ""), &nowhere).code(), 50);
+    assert_eq!(run(env("ADD", "eth0", c.path()), &nowhere).code(), 11);
+
+    // Nothing was made by any of them.
+    let ps = lab.weft("h1", &["ps", "-a", "-q"]);
+    assert!(ps.trim().is_empty(), "tasks left: {ps}");
+    assert!(containers(&lab, "h1", "appnet").is_empty());
+    let links = nsenter_stdout(&c.0, &["ip", "-o", "link"]);
+    assert_eq!(links.lines().count(), 1, "only lo: {links}");
+    assert!(task_pins(&lab, "h1").is_empty());
+
+    // With the daemon down: a clear "try again", and nothing made.
+    lab.sigterm("h1");
+    let down = run(env("ADD", "eth0", c.path()), &good);
+    assert_eq!(down.code(), 11);
+    assert!(
+        down.out["msg"].as_str().unwrap().contains("not reachable"),
+        "{}",
+        down.out
+    );
+    assert_eq!(
+        nsenter_stdout(&c.0, &["ip", "-o", "link"]).lines().count(),
+        1
+    );
+}
+
+#[test]
+fn cni_config_and_install_give_a_plugin_a_runtime_can_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(WEFT)
+        .args(["cni", "config", "appnet", "--socket", "/run/x.sock"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let c: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(c["name"], "appnet");
+    assert_eq!(c["plugins"][0]["type"], "weft");
+    assert_eq!(c["plugins"][0]["network"], "appnet");
+    assert_eq!(c["plugins"][0]["socket"], "/run/x.sock");
+    let bad = Command::new(WEFT)
+        .args(["cni", "config", "a b"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+
+    let (bin, conf_dir) = (dir.path().join("bin"), dir.path().join("net.d"));
+    let out = Command::new(WEFT)
+        .args(["cni", "install", "appnet", "--bin-dir"])
+        .arg(&bin)
+        .arg("--conf-dir")
+        .arg(&conf_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let written: Value =
+        serde_json::from_slice(&std::fs::read(conf_dir.join("50-weft-appnet.conflist")).unwrap())
+            .unwrap();
+    assert_eq!(written["plugins"][0]["type"], "weft");
+    let v = plugin(
+        &bin.join("weft"),
+        &[("CNI_COMMAND", "VERSION")],
+        r#"{"cniVersion":"0.4.0"}"#,
+    );
+    assert!(v.ok);
+    assert_eq!(v.out["cniVersion"], "0.4.0");
+}
