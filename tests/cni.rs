@@ -113,11 +113,10 @@ fn call(lab: &Lab, host: &str, cmd: &str, id: &str, ns: &str, ifname: &str, netw
 
 /// The IPv4 address (with prefix) of `dev` in the namespace `pin`.
 fn addr_of(pin: &Path, dev: &str) -> Option<String> {
-    nsenter_stdout(pin, &["ip", "-o", "-4", "addr", "show", "dev", dev])
-        .split_whitespace()
-        .skip_while(|w| *w != "inet")
-        .nth(1)
-        .map(str::to_owned)
+    common::addr_of_in(&nsenter_stdout(
+        pin,
+        &["ip", "-o", "-4", "addr", "show", "dev", dev],
+    ))
 }
 
 /// The containers `network inspect` lists on `network`.

@@ -38,6 +38,9 @@ pub struct Lab {
     names: Vec<String>,
     /// Environment variables every daemon started from now on gets.
     daemon_env: Vec<(String, String)>,
+    /// Daemons started from now on get a mount namespace of their own
+    /// with an empty tmpfs on `/run` (see [`Lab::private_run`]).
+    private_run: bool,
 }
 
 impl Lab {
@@ -67,6 +70,7 @@ impl Lab {
             daemons: names.iter().map(|_| None).collect(),
             names: names.iter().map(|s| s.to_string()).collect(),
             daemon_env: Vec::new(),
+            private_run: false,
         }
     }
 
@@ -157,16 +161,25 @@ impl Lab {
             .append(true)
             .open(hd.join("daemon.log"))
             .expect("log");
-        let mut cmd = self
+        let ns = self
             .underlay
             .as_ref()
             .expect("underlay")
             .host(host)
             .expect("host")
             .ns_command()
-            .parent_death_signal(nix::sys::signal::Signal::SIGKILL)
-            .command(exe)
-            .expect("command");
+            .parent_death_signal(nix::sys::signal::Signal::SIGKILL);
+        // Where runtimes keep machine-wide state of their own (podman's
+        // CNI result cache and blob-info cache) is private too: only the
+        // empty directories are made on the host when missing.
+        let ns = if self.private_run {
+            ns.tmpfs("/run")
+                .tmpfs("/var/lib/cni")
+                .tmpfs("/var/lib/containers")
+        } else {
+            ns
+        };
+        let mut cmd = ns.command(exe).expect("command");
         cmd.args(["daemon", "--hostname", host])
             .arg("--data-dir")
             .arg(hd.join("data"))
@@ -181,6 +194,15 @@ impl Lab {
             .stdout(log.try_clone().expect("log"))
             .stderr(log);
         cmd.spawn().expect("spawn daemon")
+    }
+
+    /// Gives every daemon started from now on a mount namespace of its own
+    /// with an empty tmpfs on `/run`, `/var/lib/cni` and
+    /// `/var/lib/containers`: a runtime run in it (`nsenter -m -t
+    /// PID`, see [`Lab::pid`]) pins its containers' namespaces under
+    /// `/run/netns` where that daemon sees them and nothing else does.
+    pub fn private_run(&mut self) {
+        self.private_run = true;
     }
 
     /// Sets `key=value` in the environment of every daemon started from
@@ -656,6 +678,15 @@ pub fn sleeper(lab: &Lab, host: &str, name: &str, network: &str) -> PathBuf {
         &["--name", name, "--network", network, "--", "sleep", "3600"],
     );
     lab.task_netns(host, &id)
+}
+
+/// The first address (with prefix) after `inet` in `ip -o addr` output.
+pub fn addr_of_in(ip_o_addr: &str) -> Option<String> {
+    ip_o_addr
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .map(str::to_owned)
 }
 
 /// A one-replica service `name` on `network` whose task sleeps (a VIP and
