@@ -92,6 +92,34 @@ pub struct NetConf {
     /// CHECK: what ADD returned.
     #[serde(default)]
     pub prev_result: Option<Value>,
+    /// The runtime's values for the declared capabilities.
+    #[serde(default)]
+    pub runtime_config: RuntimeConfig,
+}
+
+/// What the runtime passes for the capabilities the config declares.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RuntimeConfig {
+    /// `portMappings`: ports to publish on the node.
+    #[serde(default)]
+    pub port_mappings: Vec<PortMapping>,
+}
+
+/// One of CNI's `portMappings`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PortMapping {
+    /// On the node.
+    pub host_port: u32,
+    /// In the container.
+    pub container_port: u32,
+    /// tcp (default) or udp.
+    #[serde(default)]
+    pub protocol: String,
+    /// Only the node's every address (empty or 0.0.0.0) is supported.
+    #[serde(default, rename = "hostIP")]
+    pub host_ip: String,
 }
 
 /// What a CNI call asks, from the environment.
@@ -223,6 +251,7 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
         .socket
         .clone()
         .unwrap_or_else(|| PathBuf::from(crate::cli::DEFAULT_SOCKET));
+    let ports = ports(&conf.runtime_config.port_mappings)?;
     let req = pb::CniRequest {
         network,
         container_id: env.container_id.clone(),
@@ -230,6 +259,7 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
         netns: env.netns.clone(),
         container_name: env.container_name(),
         runtime: "cni".into(),
+        ports,
     };
     match env.command.as_str() {
         "ADD" => {
@@ -294,6 +324,32 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
             "ADD, DEL, CHECK, VERSION, STATUS or GC",
         )),
     }
+}
+
+/// The runtime's port mappings as weft publishes ports (`mode=host`: on
+/// this node); a host IP other than all addresses is refused.
+fn ports(maps: &[PortMapping]) -> Result<Vec<pb::PortMapping>, CniError> {
+    maps.iter()
+        .map(|m| {
+            if !matches!(m.host_ip.as_str(), "" | "0.0.0.0") {
+                return Err(err(
+                    Code::InvalidConfig,
+                    format!("hostIP {:?} is not supported", m.host_ip),
+                    "weft publishes a port on all of the node's addresses",
+                ));
+            }
+            Ok(pb::PortMapping {
+                protocol: if m.protocol.is_empty() {
+                    "tcp".into()
+                } else {
+                    m.protocol.to_lowercase()
+                },
+                published: m.host_port,
+                target: m.container_port,
+                mode: "host".into(),
+            })
+        })
+        .collect()
 }
 
 type Daemon = weft_proto::v1::daemon_client::DaemonClient<tonic::transport::Channel>;

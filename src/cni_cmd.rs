@@ -8,7 +8,8 @@ use crate::cli::CniCommand;
 
 /// The conflist for `network`, as a runtime reads it.
 pub fn conflist(network: &str, socket: Option<&Path>) -> serde_json::Value {
-    let mut plugin = serde_json::json!({"type": "weft", "network": network});
+    let mut plugin = serde_json::json!({"type": "weft", "network": network,
+                                        "capabilities": {"portMappings": true}});
     if let Some(s) = socket {
         plugin["socket"] = serde_json::json!(s);
     }

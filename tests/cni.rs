@@ -43,6 +43,16 @@ impl Drop for Ctr {
     }
 }
 
+/// A process killed on drop.
+struct Httpd(std::process::Child);
+
+impl Drop for Httpd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A plugin call's outcome: exit success, and stdout as JSON (`Null` when
 /// empty).
 struct Call {
@@ -160,7 +170,22 @@ fn a_cni_container_joins_a_weft_overlay_reaches_tasks_and_services_on_other_host
 
     // ADD: the result in CNI 1.0's shape, the interface in the namespace.
     let c1 = Ctr::new(&lab, "c1");
-    let add = call(&lab, "h1", "ADD", "c1id", c1.path(), "eth0", "appnet");
+    // The runtime's port mapping (CNI's portMappings capability).
+    let mut with_ports: Value =
+        serde_json::from_str(&conf(&lab.socket_path("h1"), "appnet")).unwrap();
+    with_ports["runtimeConfig"] =
+        json!({"portMappings": [{"hostPort": 18080, "containerPort": 8080, "protocol": "tcp"}]});
+    let add = plugin(
+        Path::new(WEFT),
+        &[
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "c1id"),
+            ("CNI_NETNS", c1.path()),
+            ("CNI_IFNAME", "eth0"),
+            ("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAME=web-ctr"),
+        ],
+        &with_ports.to_string(),
+    );
     assert!(add.ok, "ADD failed: {}\n{}", add.out, lab.log_tail("h1"));
     let r = &add.out;
     assert_eq!(r["cniVersion"], "1.0.0");
@@ -198,6 +223,29 @@ fn a_cni_container_joins_a_weft_overlay_reaches_tasks_and_services_on_other_host
         resolve(&c1.0, "web").contains(&vip)
     });
 
+    // The published port answers on h1's address, from h2.
+    let site = lab.dir().join("site");
+    std::fs::create_dir_all(&site).unwrap();
+    std::fs::write(site.join("index.html"), "hello-from-c1\n").unwrap();
+    let _httpd = Httpd(
+        Command::new("nsenter")
+            .arg(format!("--net={}", c1.path()))
+            .args(["busybox", "httpd", "-f", "-p", "8080", "-h"])
+            .arg(&site)
+            .spawn()
+            .expect("httpd in the container"),
+    );
+    let url = format!("http://{}:18080/", lab.addr("h1"));
+    let fetch = || {
+        nsenter_stdout(
+            &lab.host_netns("h2"),
+            &["timeout", "3", "busybox", "wget", "-qO-", &url],
+        )
+    };
+    wait_for("the container's published port from h2", T, || {
+        fetch().contains("hello-from-c1")
+    });
+
     // Listed with the runtime's ID and name.
     let listed_c1 = containers(&lab, "h1", "appnet")
         .into_values()
@@ -206,6 +254,10 @@ fn a_cni_container_joins_a_weft_overlay_reaches_tasks_and_services_on_other_host
     assert_eq!(listed_c1["Runtime"], "cni");
     assert_eq!(listed_c1["ContainerName"], "web-ctr");
     assert_eq!(listed_c1["IPv4Address"], ip.as_str());
+    // Its runtime connects it, not `weft network connect`.
+    let name = listed_c1["Name"].as_str().expect("task name");
+    let refused = lab.weft_err("h1", &["network", "connect", "appnet", name]);
+    assert!(refused.contains("its runtime connects it"), "{refused}");
 
     // CHECK with ADD's result; an ADD retried gives the same result.
     let mut check_conf: Value =
@@ -238,6 +290,10 @@ fn a_cni_container_joins_a_weft_overlay_reaches_tasks_and_services_on_other_host
         "the runtime's namespace must survive DEL"
     );
     assert!(!listed(&lab, "h1", "appnet", "c1id"));
+    assert!(
+        !fetch().contains("hello-from-c1"),
+        "the port still answers after DEL"
+    );
     let rules = nsenter_stdout(&c1.0, &["nft", "list", "ruleset"]);
     assert!(
         !rules.contains("weft"),

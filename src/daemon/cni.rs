@@ -125,6 +125,7 @@ impl NodeService {
                     network: r.network.clone(),
                     ip: String::new(),
                 }],
+                ports: r.ports.clone(),
                 external: Some(pb::ExternalEndpoint {
                     runtime: if r.runtime.is_empty() {
                         "cni".into()

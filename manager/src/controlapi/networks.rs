@@ -167,6 +167,15 @@ impl ControlService {
             {
                 return Err(crate::store::StoreError::TaskNotFound(r.task.clone()).into());
             }
+            if let Some(x) = &t.spec.external {
+                return Err(Error::FailedPrecondition(format!(
+                    "task {} stands for {} container {}: its runtime connects it (a CNI ADD or \
+                     DEL per network), not `weft network connect`",
+                    t.name,
+                    x.runtime.as_str(),
+                    x.container_id
+                )));
+            }
             if matches!(r.network.as_str(), "host" | "none") {
                 return Err(Error::InvalidInput(format!(
                     "--network {} is chosen when a task starts (`weft run --network {}`); it cannot be connected to a running task",

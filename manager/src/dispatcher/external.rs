@@ -152,17 +152,21 @@ impl super::DispatcherService {
         e: &pb::ExternalEndpoint,
     ) -> Result<pb::Task> {
         let ext = external_from_wire(e)?;
-        if !r.command.is_empty()
-            || r.container.is_some()
-            || !r.ports.is_empty()
-            || !r.env.is_empty()
-        {
+        if !r.command.is_empty() || r.container.is_some() || !r.env.is_empty() {
             return Err(Error::InvalidInput(
-                "a foreign runtime's container takes no command, image, environment or ports \
-                 from weft"
+                "a foreign runtime's container takes no command, image or environment from weft"
                     .into(),
             ));
         }
+        // Its runtime's port mappings (CNI's portMappings capability),
+        // published on its node as `weft run -p` publishes a task's.
+        crate::limits::task_request(&[], &Default::default(), 1, r.ports.len())?;
+        let ports = r
+            .ports
+            .iter()
+            .map(crate::convert::port_from_wire)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(Error::InvalidInput)?;
         let [net] = &r.networks[..] else {
             return Err(Error::InvalidInput(format!(
                 "a foreign runtime's container joins exactly one weft network per interface, \
@@ -214,7 +218,7 @@ impl super::DispatcherService {
             standalone: true,
             now_ms: crate::core::now_ms(),
             network_mode: NetworkMode::Attached,
-            ports: Vec::new(),
+            ports,
         };
         self.core.read(|s| crate::limits::admit(s, &cmd))?;
         self.core.propose(cmd).await?;
