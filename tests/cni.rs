@@ -463,3 +463,33 @@ fn cni_config_and_install_give_a_plugin_a_runtime_can_run() {
     assert!(v.ok);
     assert_eq!(v.out["cniVersion"], "0.4.0");
 }
+
+#[test]
+fn a_cni_container_on_an_encrypted_overlay_crosses_the_underlay_only_inside_wireguard() {
+    use common::wire::{count_underlay, counter, reset_counters};
+    let mut lab = Lab::new("cni-wg", &["h1", "h2"]);
+    lab.start_all();
+    let (worker, _) = lab.init("h1", &[]);
+    lab.join("h2", &worker, "h1");
+    lab.encrypted_network("h1", "10.75.0.0/24", "secure");
+    count_underlay(&lab);
+    let peer_pin = sleeper(&lab, "h2", "peer", "secure");
+    let peer_ip = addr_of(&peer_pin, "eth0").expect("peer address");
+    let peer_ip = peer_ip.split('/').next().unwrap().to_owned();
+    let c1 = Ctr::new(&lab, "c1");
+    let add = call(&lab, "h1", "ADD", "c1id", c1.path(), "eth0", "secure");
+    assert!(add.ok, "ADD failed: {}", add.out);
+    wait_for("the container reaching the task over WireGuard", T, || {
+        pings(&c1.0, &peer_ip)
+    });
+    reset_counters(&lab);
+    for _ in 0..20 {
+        assert!(pings(&c1.0, &peer_ip));
+    }
+    let wg = counter(&lab.switch_netns(), "weftcount", "wg");
+    let vx = counter(&lab.switch_netns(), "weftcount", "vxlan");
+    assert!(wg >= 40, "WireGuard carried the pings: {wg}");
+    assert_eq!(vx, 0, "no plaintext VXLAN on the underlay");
+    let del = call(&lab, "h1", "DEL", "c1id", c1.path(), "eth0", "secure");
+    assert!(del.ok, "{}", del.out);
+}

@@ -3,51 +3,11 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::wire::{count_underlay, counter, reset_counters};
 use common::{Lab, nsenter, pings, wait_for};
-
-/// Packets counted on the underlay switch by the rule with `comment`.
-fn counter(pin: &Path, table: &str, comment: &str) -> u64 {
-    let out = nsenter(pin, &["nft", "-j", "list", "table", "bridge", table]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    v["nftables"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|o| o["rule"]["comment"] == comment)
-        .filter_map(|o| o["rule"]["expr"].as_array())
-        .flatten()
-        .filter_map(|e| e["counter"]["packets"].as_u64())
-        .sum()
-}
-
-fn count_underlay(lab: &Lab) {
-    let script = "table bridge weftcount { chain c1 { type filter hook forward priority 0; \
-                  udp dport 4789 counter comment \"vxlan\"; udp dport 51820 counter comment \"wg\"; }; }";
-    let mut c = Command::new("nsenter")
-        .arg(format!("--net={}", lab.switch_netns().display()))
-        .args(["nft", "-f", "-"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .expect("nft");
-    c.stdin
-        .take()
-        .unwrap()
-        .write_all(script.as_bytes())
-        .unwrap();
-    assert!(c.wait().unwrap().success());
-}
-
-fn reset_counters(lab: &Lab) {
-    let _ = nsenter(
-        &lab.switch_netns(),
-        &["nft", "reset", "counters", "table", "bridge", "weftcount"],
-    );
-}
 
 fn setup(test: &str, hosts: &[&str]) -> Lab {
     let mut lab = Lab::new(test, hosts);

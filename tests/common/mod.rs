@@ -19,6 +19,7 @@ pub mod one_node;
 pub mod pty;
 pub mod swarm;
 pub mod vip_probe;
+pub mod wire;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
