@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::Duration;
 
 use common::{Lab, nsenter, pings, wait_for};
@@ -39,22 +38,8 @@ fn tasks_on_two_hosts_talk_over_the_overlay_and_it_is_vxlan_on_the_underlay() {
     // Count VXLAN packets to the data-path port on the underlay switch, an
     // independent view of what crosses between hosts.
     let switch = lab.dir().join("u").join("netns").join("switch");
-    let nft = |script: &str| {
-        let mut c = Command::new("nsenter")
-            .arg(format!("--net={}", switch.display()))
-            .args(["nft", "-f", "-"])
-            .stdin(std::process::Stdio::piped())
-            .spawn()
-            .expect("nft");
-        use std::io::Write;
-        c.stdin
-            .take()
-            .unwrap()
-            .write_all(script.as_bytes())
-            .unwrap();
-        assert!(c.wait().unwrap().success(), "nft {script}");
-    };
-    nft(
+    common::wire::switch_nft(
+        &lab,
         "table bridge weftcount { chain c1 { type filter hook forward priority 0; udp dport 4789 counter; }; }",
     );
 

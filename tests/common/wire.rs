@@ -24,8 +24,15 @@ pub fn counter(pin: &Path, table: &str, comment: &str) -> u64 {
 
 /// Puts the counters (table `bridge weftcount`) on the lab's switch.
 pub fn count_underlay(lab: &Lab) {
-    let script = "table bridge weftcount { chain c1 { type filter hook forward priority 0; \
-                  udp dport 4789 counter comment \"vxlan\"; udp dport 51820 counter comment \"wg\"; }; }";
+    switch_nft(
+        lab,
+        "table bridge weftcount { chain c1 { type filter hook forward priority 0; \
+         udp dport 4789 counter comment \"vxlan\"; udp dport 51820 counter comment \"wg\"; }; }",
+    );
+}
+
+/// Runs the nftables `script` on the lab's switch.
+pub fn switch_nft(lab: &Lab, script: &str) {
     let mut c = Command::new("nsenter")
         .arg(format!("--net={}", lab.switch_netns().display()))
         .args(["nft", "-f", "-"])
@@ -37,7 +44,7 @@ pub fn count_underlay(lab: &Lab) {
         .unwrap()
         .write_all(script.as_bytes())
         .unwrap();
-    assert!(c.wait().unwrap().success());
+    assert!(c.wait().unwrap().success(), "nft {script}");
 }
 
 /// Zeroes the counters.
