@@ -9,12 +9,12 @@
 //!        ├─ VERSION ─▶ the versions supported
 //!        ├─ ADD/DEL/CHECK ─▶ the daemon's CniAdd/CniDel/CniCheck
 //!        ├─ STATUS ─▶ the daemon answers and is in a cluster? else code 50
-//!        └─ GC ─▶ nothing (see below)
+//!        └─ GC ─▶ the daemon's CniGc: endpoints not in valid-attachments go
 //!  stdout: the result (ADD, CHECK none), or {"code","msg","details"} and exit 1
 //! ```
 //!
-//! GC (CNI 1.1) does nothing: an endpoint whose container's namespace is
-//! gone is removed by its node on its own within seconds.
+//! An endpoint whose container's namespace is gone is also removed by its
+//! node on its own within seconds, GC or not.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -95,6 +95,19 @@ pub struct NetConf {
     /// The runtime's values for the declared capabilities.
     #[serde(default)]
     pub runtime_config: RuntimeConfig,
+    /// GC: the attachments the runtime still has.
+    #[serde(default, rename = "cni.dev/valid-attachments")]
+    pub valid_attachments: Option<Vec<ValidAttachment>>,
+}
+
+/// One of GC's `cni.dev/valid-attachments`.
+#[derive(Debug, Deserialize)]
+pub struct ValidAttachment {
+    /// Its container.
+    #[serde(rename = "containerID")]
+    pub container_id: String,
+    /// Its interface.
+    pub ifname: String,
 }
 
 /// What the runtime passes for the capabilities the config declares.
@@ -317,7 +330,34 @@ pub fn run(env: &Env, stdin: &[u8]) -> Result<Option<Value>, CniError> {
             }
             Ok(None)
         }
-        "GC" => Ok(None),
+        "GC" => {
+            let Some(valid) = &conf.valid_attachments else {
+                return Err(err(
+                    Code::InvalidConfig,
+                    "GC needs cni.dev/valid-attachments",
+                    "the runtime lists the attachments it still has",
+                ));
+            };
+            if req.network.is_empty() {
+                return Err(err(
+                    Code::InvalidConfig,
+                    "no weft network given",
+                    "set \"network\" (or \"name\") in the config",
+                ));
+            }
+            let gc = pb::CniGcRequest {
+                network: req.network,
+                valid: valid
+                    .iter()
+                    .map(|v| pb::CniAttachment {
+                        container_id: v.container_id.clone(),
+                        ifname: v.ifname.clone(),
+                    })
+                    .collect(),
+            };
+            call(&socket, |mut c| async move { c.cni_gc(gc).await })?;
+            Ok(None)
+        }
         other => Err(err(
             Code::InvalidEnv,
             format!("unknown CNI_COMMAND {other:?}"),

@@ -1310,6 +1310,13 @@ impl Daemon for NodeService {
         self.cni_check(req.into_inner()).await.map(Response::new)
     }
 
+    async fn cni_gc(
+        &self,
+        req: Request<pb::CniGcRequest>,
+    ) -> Result<Response<pb::CniGcResponse>, Status> {
+        self.cni_gc(req.into_inner()).await.map(Response::new)
+    }
+
     async fn ps(
         &self,
         req: Request<pb::PsRequest>,

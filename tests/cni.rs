@@ -404,6 +404,38 @@ fn cni_calls_that_cannot_work_get_the_specs_error_codes_and_change_nothing() {
     assert_eq!(links.lines().count(), 1, "only lo: {links}");
     assert!(task_pins(&lab, "h1").is_empty());
 
+    // GC: what the runtime no longer lists goes, the rest stays.
+    let (c3, c4) = (Ctr::new(&lab, "c3"), Ctr::new(&lab, "c4"));
+    for (id, ns) in [("c3id", c3.path()), ("c4id", c4.path())] {
+        let mut e = env("ADD", "eth0", ns);
+        e[1].1 = id.to_owned();
+        let add = run(e, &good);
+        assert!(add.ok, "ADD {id}: {}", add.out);
+    }
+    let mut gc: Value = serde_json::from_str(&good).unwrap();
+    gc["cni.dev/valid-attachments"] = json!([{"containerID": "c4id", "ifname": "eth0"}]);
+    assert!(run(env("GC", "", ""), &gc.to_string()).ok);
+    let ids: Vec<Value> = containers(&lab, "h1", "appnet")
+        .into_values()
+        .map(|c| c["ContainerID"].clone())
+        .collect();
+    assert_eq!(
+        ids,
+        vec![json!("c4id")],
+        "GC kept only the valid attachment"
+    );
+    assert_eq!(
+        run(env("GC", "", ""), &good).code(),
+        7,
+        "GC without the list"
+    );
+    let mut e = env("DEL", "eth0", c4.path());
+    e[1].1 = "c4id".to_owned();
+    assert!(run(e, &good).ok);
+    wait_for("c3's interface taken out by GC", T, || {
+        nsenter_stdout(&c3.0, &["ip", "-o", "link"]).lines().count() == 1
+    });
+
     // With the daemon down: a clear "try again", and nothing made.
     lab.sigterm("h1");
     let down = run(env("ADD", "eth0", c.path()), &good);

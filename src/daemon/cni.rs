@@ -221,6 +221,54 @@ impl NodeService {
         Ok(pb::CniDelResponse {})
     }
 
+    /// CNI GC: this node's CNI endpoints on the network that the runtime no
+    /// longer lists are removed (as DELs would).
+    pub(super) async fn cni_gc(&self, r: pb::CniGcRequest) -> Result<pb::CniGcResponse, Status> {
+        self.locked.refuse()?;
+        let stale: Vec<String> = {
+            let guard = self.active.lock().await;
+            let a = guard.as_ref().ok_or_else(not_member)?;
+            let config = a.agent.config().borrow().clone();
+            let Some(c) = config else {
+                return Ok(pb::CniGcResponse::default());
+            };
+            let on_network: std::collections::BTreeSet<&str> = c
+                .networks
+                .iter()
+                .filter(|n| n.name == r.network || n.id == r.network)
+                .map(|n| n.id.as_str())
+                .collect();
+            c.tasks
+                .iter()
+                .filter(|t| {
+                    t.attachments
+                        .iter()
+                        .any(|a| on_network.contains(a.network_id.as_str()))
+                })
+                .filter(|t| {
+                    t.external.as_ref().is_some_and(|e| {
+                        e.runtime == "cni"
+                            && !r
+                                .valid
+                                .iter()
+                                .any(|v| v.container_id == e.container_id && v.ifname == e.ifname)
+                    })
+                })
+                .map(|t| t.id.clone())
+                .collect()
+        };
+        for id in &stale {
+            match remove_through_managers(&self.active, id).await {
+                Ok(()) => {}
+                Err(s) if s.code() == tonic::Code::NotFound => {}
+                Err(s) => return Err(s),
+            }
+        }
+        Ok(pb::CniGcResponse {
+            removed_task_ids: stale,
+        })
+    }
+
     /// CNI CHECK: see the module doc.
     pub(super) async fn cni_check(&self, r: pb::CniRequest) -> Result<pb::CniResult, Status> {
         self.locked.refuse()?;
