@@ -525,3 +525,45 @@ fn a_cni_container_on_an_encrypted_overlay_crosses_the_underlay_only_inside_wire
     let del = call(&lab, "h1", "DEL", "c1id", c1.path(), "eth0", "secure");
     assert!(del.ok, "{}", del.out);
 }
+
+#[test]
+fn a_cni_container_keeps_its_network_across_a_daemon_restart_and_del_still_cleans_up() {
+    let mut lab = Lab::new("cni-restart", &["h1", "h2"]);
+    lab.start_all();
+    let (worker, _) = lab.init("h1", &[]);
+    lab.join("h2", &worker, "h1");
+    lab.attachable_network("h1", "10.76.0.0/24", "appnet");
+    let peer_pin = sleeper(&lab, "h1", "peer", "appnet");
+    let peer_ip = addr_of(&peer_pin, "eth0").expect("peer address");
+    let peer_ip = peer_ip.split('/').next().unwrap().to_owned();
+    let c = Ctr::new(&lab, "c");
+    let add = call(&lab, "h2", "ADD", "cid", c.path(), "eth0", "appnet");
+    assert!(add.ok, "ADD failed: {}", add.out);
+    wait_for("the container reaching the task", T, || {
+        pings(&c.0, &peer_ip)
+    });
+
+    // The kernel keeps the wiring while the daemon is away; the restarted
+    // daemon knows the endpoint again and keeps it.
+    lab.sigterm("h2");
+    assert!(pings(&c.0, &peer_ip), "the data plane outlives its daemon");
+    lab.start("h2");
+    wait_for("CHECK passing after the restart", T, || {
+        call(&lab, "h2", "CHECK", "cid", c.path(), "eth0", "appnet").ok
+    });
+    assert!(pings(&c.0, &peer_ip));
+    assert!(listed(&lab, "h1", "appnet", "cid"));
+
+    let del = call(&lab, "h2", "DEL", "cid", c.path(), "eth0", "appnet");
+    assert!(del.ok, "{}", del.out);
+    assert_eq!(
+        nsenter_stdout(&c.0, &["ip", "-o", "link"]).lines().count(),
+        1
+    );
+    assert!(!listed(&lab, "h1", "appnet", "cid"));
+    assert!(
+        task_pins(&lab, "h2").is_empty(),
+        "{:?}",
+        task_pins(&lab, "h2")
+    );
+}
