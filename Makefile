@@ -62,6 +62,7 @@ bench: deps
 	@bash bench/overlay.sh
 	@bash bench/wg.sh
 	@bash bench/containers.sh
+	@bash bench/cni.sh
 	@bash bench/nodes.sh
 	@bash bench/idle.sh
 

@@ -26,11 +26,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use common::bench::{env_num, fmt_s, median, met, target_row, write_fragment};
+use common::bench::{
+    Iperf, Procs, env_num, fmt_s, iperf3, iperf3_server, median, met, ns_ok, target_row,
+    write_fragment,
+};
 use common::vip_probe::{HTTP_ATTEMPT, PROBE_EVERY, in_netns, vip_names};
 use common::{Lab, nsenter, wait_for};
 use weft_overlay::linux::Netns;
@@ -45,31 +48,6 @@ const HEARTBEAT: &str = "1s";
 
 fn secs(d: Option<Duration>) -> f64 {
     d.map(|d| d.as_secs_f64()).unwrap_or(f64::NAN)
-}
-
-/// Like [`ns_cmd`] but panics on failure; returns stdout.
-fn ns_ok(pin: &Path, args: &[&str]) -> String {
-    let out = nsenter(pin, args);
-    assert!(
-        out.status.success(),
-        "{args:?} in {}: {}",
-        pin.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Child processes killed (and reaped) on drop.
-#[derive(Default)]
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 /// A cluster of `hosts` (the first is the only manager), every node Ready.
@@ -95,66 +73,6 @@ fn mtu_of(pin: &Path, dev: &str) -> u64 {
 }
 
 // --- 1. throughput ---------------------------------------------------------
-
-/// One iperf3 result.
-#[derive(Clone, Debug)]
-struct Iperf {
-    gbps: f64,
-    retrans: u64,
-    cpu_local: f64,
-    cpu_remote: f64,
-}
-
-fn iperf3(client_pin: &Path, server: &str, streams: u32, secs: u64) -> Iperf {
-    let out = ns_ok(
-        client_pin,
-        &[
-            "iperf3",
-            "-c",
-            server,
-            "-t",
-            &secs.to_string(),
-            "-P",
-            &streams.to_string(),
-            "-J",
-            "--connect-timeout",
-            "5000",
-        ],
-    );
-    let v: serde_json::Value = serde_json::from_str(&out).expect("iperf3 json");
-    let end = &v["end"];
-    Iperf {
-        gbps: end["sum_received"]["bits_per_second"]
-            .as_f64()
-            .expect("bits_per_second")
-            / 1e9,
-        retrans: end["sum_sent"]["retransmits"].as_u64().unwrap_or(0),
-        cpu_local: end["cpu_utilization_percent"]["host_total"]
-            .as_f64()
-            .unwrap_or(f64::NAN),
-        cpu_remote: end["cpu_utilization_percent"]["remote_total"]
-            .as_f64()
-            .unwrap_or(f64::NAN),
-    }
-}
-
-/// Starts an iperf3 server in `pin` and waits until it listens.
-fn iperf3_server(procs: &mut Procs, pin: &Path) {
-    let child = Command::new("nsenter")
-        .arg(format!("--net={}", pin.display()))
-        .args(["iperf3", "-s", "-p", "5201"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn iperf3 -s");
-    procs.0.push(child);
-    wait_for("iperf3 server listening", Duration::from_secs(10), || {
-        !ns_ok(pin, &["ss", "-Hltn", "sport = :5201"])
-            .trim()
-            .is_empty()
-    });
-}
 
 /// The references, built by hand on an underlay of their own (the same
 /// kind as the lab's: switch namespace, bridge, veth per host, MTU 1500):

@@ -18,55 +18,11 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use common::bench::{Procs, env_num, iperf3_server, median, ns_ok};
 use common::{Lab, nsenter, wait_for};
-
-fn env_num(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
-
-fn median(v: &[f64]) -> f64 {
-    let mut s: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
-    if s.is_empty() {
-        return f64::NAN;
-    }
-    s.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    let n = s.len();
-    if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    }
-}
-
-fn ns_ok(pin: &Path, args: &[&str]) -> String {
-    let out = nsenter(pin, args);
-    assert!(
-        out.status.success(),
-        "{args:?} in {}: {}",
-        pin.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Child processes killed (and reaped) on drop.
-#[derive(Default)]
-struct Procs(Vec<Child>);
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 fn spawn_in(procs: &mut Procs, pin: &Path, args: &[&str], env: &[(&str, &str)]) {
     let mut cmd = Command::new("nsenter");
@@ -204,15 +160,6 @@ fn wireguard_go(procs: &mut Procs, lab: &Lab) -> String {
     "198.19.250.1".into()
 }
 
-fn iperf3_server(procs: &mut Procs, pin: &Path) {
-    spawn_in(procs, pin, &["iperf3", "-s", "-p", "5201"], &[]);
-    wait_for("iperf3 server listening", Duration::from_secs(10), || {
-        !ns_ok(pin, &["ss", "-Hltn", "sport = :5201"])
-            .trim()
-            .is_empty()
-    });
-}
-
 /// Busy and total jiffies of the whole machine.
 fn cpu_jiffies() -> (u64, u64) {
     let s = std::fs::read_to_string("/proc/stat").unwrap();
@@ -241,30 +188,11 @@ struct Run {
 fn iperf3(client_pin: &Path, server: &str, streams: u32, secs: u64) -> Run {
     let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let (b0, t0) = cpu_jiffies();
-    let out = ns_ok(
-        client_pin,
-        &[
-            "iperf3",
-            "-c",
-            server,
-            "-t",
-            &secs.to_string(),
-            "-P",
-            &streams.to_string(),
-            "-J",
-            "--connect-timeout",
-            "5000",
-        ],
-    );
+    let it = common::bench::iperf3(client_pin, server, streams, secs);
     let (b1, t1) = cpu_jiffies();
-    let v: serde_json::Value = serde_json::from_str(&out).expect("iperf3 json");
-    let end = &v["end"];
     Run {
-        gbps: end["sum_received"]["bits_per_second"]
-            .as_f64()
-            .unwrap_or(0.0)
-            / 1e9,
-        retrans: end["sum_sent"]["retransmits"].as_u64().unwrap_or(0),
+        gbps: it.gbps,
+        retrans: it.retrans,
         cores: (b1 - b0) as f64 / (t1 - t0).max(1) as f64 * ncpu,
     }
 }

@@ -2,7 +2,11 @@
 //! environment, medians, and the Markdown fragments the bench scripts
 //! assemble into bench/results-*.md.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::{nsenter, wait_for};
 
 /// The number in environment variable `name`, or `default`.
 pub fn env_num(name: &str, default: u64) -> u64 {
@@ -68,4 +72,94 @@ pub fn target_row(what: &str, runs: &[f64], target: f64) -> String {
         met(m <= target),
         every.join(", ")
     )
+}
+
+/// Runs `args` in the namespace at `pin`; panics on failure; returns stdout.
+pub fn ns_ok(pin: &Path, args: &[&str]) -> String {
+    let out = nsenter(pin, args);
+    assert!(
+        out.status.success(),
+        "{args:?} in {}: {}",
+        pin.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Child processes killed (and reaped) on drop.
+#[derive(Default)]
+pub struct Procs(pub Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// One iperf3 result.
+#[derive(Clone, Debug)]
+pub struct Iperf {
+    /// Received, Gbit/s.
+    pub gbps: f64,
+    /// Retransmits.
+    pub retrans: u64,
+    /// CPU of the client's host, %.
+    pub cpu_local: f64,
+    /// CPU of the server's host, %.
+    pub cpu_remote: f64,
+}
+
+/// iperf3 from the namespace at `client_pin` to `server`.
+pub fn iperf3(client_pin: &Path, server: &str, streams: u32, secs: u64) -> Iperf {
+    let out = ns_ok(
+        client_pin,
+        &[
+            "iperf3",
+            "-c",
+            server,
+            "-t",
+            &secs.to_string(),
+            "-P",
+            &streams.to_string(),
+            "-J",
+            "--connect-timeout",
+            "5000",
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).expect("iperf3 json");
+    let end = &v["end"];
+    Iperf {
+        gbps: end["sum_received"]["bits_per_second"]
+            .as_f64()
+            .expect("bits_per_second")
+            / 1e9,
+        retrans: end["sum_sent"]["retransmits"].as_u64().unwrap_or(0),
+        cpu_local: end["cpu_utilization_percent"]["host_total"]
+            .as_f64()
+            .unwrap_or(f64::NAN),
+        cpu_remote: end["cpu_utilization_percent"]["remote_total"]
+            .as_f64()
+            .unwrap_or(f64::NAN),
+    }
+}
+
+/// Starts an iperf3 server in `pin` and waits until it listens.
+pub fn iperf3_server(procs: &mut Procs, pin: &Path) {
+    let child = Command::new("nsenter")
+        .arg(format!("--net={}", pin.display()))
+        .args(["iperf3", "-s", "-p", "5201"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn iperf3 -s");
+    procs.0.push(child);
+    wait_for("iperf3 server listening", Duration::from_secs(10), || {
+        !ns_ok(pin, &["ss", "-Hltn", "sport = :5201"])
+            .trim()
+            .is_empty()
+    });
 }

@@ -1,0 +1,220 @@
+//! Benchmarks of the CNI plugin (issue #15), each against weft's own task
+//! measured in the same run on the same lab:
+//!
+//! - `cni_attach`: from the start of a CNI ADD (the plugin as a runtime
+//!   runs it) to the container answering TCP from a task on another host,
+//!   against `weft run -d --network` of a task to the same answer;
+//! - `cni_throughput`: iperf3 from a task on another host to a CNI
+//!   container, against the same to a weft task on the container's host
+//!   (the same path, so the target is ≥ 0.95×).
+//!
+//! Run with `cargo test --release --test bench_cni -- --ignored
+//! --test-threads=1 --nocapture`; knobs: `WEFT_BENCH_LAT_ROUNDS` (attach
+//! rounds, 5), `WEFT_BENCH_ROUNDS` (throughput rounds, 3),
+//! `WEFT_BENCH_SECS` (iperf3 seconds, 10). Results go to `WEFT_BENCH_OUT`
+//! as `cni.md`.
+
+mod common;
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::bench::{
+    Procs, env_num, fmt_s, iperf3, iperf3_server, median, met, ns_ok, write_fragment,
+};
+use common::vip_probe::in_netns;
+use common::{Lab, WEFT, sleeper, wait_for};
+use weft_overlay::linux::Netns;
+
+/// The port the probed servers listen on.
+const PORT: u16 = 8080;
+
+/// Connects to `ip:PORT` from the namespace at `pin` every 5 ms until it
+/// answers; the time from `t0`.
+fn first_answer(pin: &Path, ip: Ipv4Addr, t0: Instant) -> Duration {
+    in_netns(pin, move || {
+        let deadline = t0 + Duration::from_secs(60);
+        loop {
+            let addr = std::net::SocketAddr::from((ip, PORT));
+            if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(50)).is_ok() {
+                return t0.elapsed();
+            }
+            assert!(Instant::now() < deadline, "{ip} never answered");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    })
+    .join()
+    .expect("probe")
+}
+
+/// An httpd on PORT in the namespace at `pin` (it may listen before the
+/// namespace has any address).
+fn httpd(procs: &mut Procs, pin: &Path, site: &Path) {
+    procs.0.push(
+        Command::new("nsenter")
+            .arg(format!("--net={}", pin.display()))
+            .args(["busybox", "httpd", "-f", "-p", &PORT.to_string(), "-h"])
+            .arg(site)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("httpd"),
+    );
+}
+
+/// A CNI call as a runtime makes it; stdout as JSON.
+fn cni(lab: &Lab, cmd: &str, id: &str, ns: &Path) -> serde_json::Value {
+    let conf = serde_json::json!({"cniVersion": "1.0.0", "name": "appnet", "type": "weft",
+                                  "network": "appnet", "socket": lab.socket_path("h1")});
+    let mut child = Command::new(WEFT)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("CNI_COMMAND", cmd)
+        .env("CNI_CONTAINERID", id)
+        .env("CNI_NETNS", ns)
+        .env("CNI_IFNAME", "eth0")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("plugin");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(conf.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().expect("plugin");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "CNI {cmd}: {text}");
+    if text.trim().is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&text).expect("json")
+    }
+}
+
+/// A container namespace, unpinned on drop.
+struct Ctr(PathBuf);
+
+impl Drop for Ctr {
+    fn drop(&mut self) {
+        let _ = Netns::delete(&self.0);
+    }
+}
+
+fn ctr(lab: &Lab, name: &str) -> Ctr {
+    let pin = lab.dir().join("containers").join(name);
+    Netns::create(&pin).expect("namespace");
+    ns_ok(&pin, &["ip", "link", "set", "lo", "up"]);
+    Ctr(pin)
+}
+
+fn ip_of(pin: &Path) -> Option<Ipv4Addr> {
+    let out = common::nsenter_stdout(pin, &["ip", "-o", "-4", "addr", "show", "dev", "eth0"]);
+    common::addr_of_in(&out)?.split('/').next()?.parse().ok()
+}
+
+#[test]
+#[ignore = "benchmark: run with --ignored (bench/cni.sh)"]
+fn cni_attach_and_throughput() {
+    let rounds = env_num("WEFT_BENCH_LAT_ROUNDS", 5) as usize;
+    let t_rounds = env_num("WEFT_BENCH_ROUNDS", 3) as usize;
+    let secs = env_num("WEFT_BENCH_SECS", 10);
+    let mut lab = Lab::new("bench-cni", &["h1", "h2"]);
+    lab.start_all();
+    let (worker, _) = lab.init("h1", &[]);
+    lab.join("h2", &worker, "h1");
+    lab.attachable_network("h1", "10.77.0.0/24", "appnet");
+    let probe = sleeper(&lab, "h2", "probe", "appnet");
+    let site = lab.dir().join("site");
+    std::fs::create_dir_all(&site).unwrap();
+    std::fs::write(site.join("index.html"), "ok\n").unwrap();
+    let mut procs = Procs::default();
+
+    // --- attach: task vs CNI container, alternating.
+    let (mut task_s, mut cni_s) = (Vec::new(), Vec::new());
+    for r in 0..rounds {
+        let t0 = Instant::now();
+        let id = lab
+            .weft(
+                "h1",
+                &[
+                    "run",
+                    "-d",
+                    "--network",
+                    "appnet",
+                    "--",
+                    "sh",
+                    "-c",
+                    "mkdir -p /tmp/www; echo ok > /tmp/www/index.html; \
+                     exec busybox httpd -f -p 8080 -h /tmp/www",
+                ],
+            )
+            .trim()
+            .to_owned();
+        let pin = lab.task_netns("h1", &id);
+        let mut ip = None;
+        wait_for("the task's address", Duration::from_secs(60), || {
+            ip = ip_of(&pin);
+            ip.is_some()
+        });
+        task_s.push(first_answer(&probe, ip.unwrap(), t0).as_secs_f64());
+        lab.weft("h1", &["rm", "-f", &id]);
+
+        let c = ctr(&lab, &format!("c{r}"));
+        httpd(&mut procs, &c.0, &site);
+        let t0 = Instant::now();
+        let res = cni(&lab, "ADD", &format!("bench{r}"), &c.0);
+        let addr = res["ips"][0]["address"].as_str().expect("address");
+        let ip: Ipv4Addr = addr.split('/').next().unwrap().parse().unwrap();
+        cni_s.push(first_answer(&probe, ip, t0).as_secs_f64());
+        cni(&lab, "DEL", &format!("bench{r}"), &c.0);
+        eprintln!(
+            "round {r}: task {:.3} s, CNI container {:.3} s",
+            task_s[r], cni_s[r]
+        );
+    }
+
+    // --- throughput: to a task and to a CNI container on h1, from h2.
+    let srv_task = sleeper(&lab, "h1", "srv", "appnet");
+    let srv_ctr = ctr(&lab, "srv-ctr");
+    let res = cni(&lab, "ADD", "srv", &srv_ctr.0);
+    let ctr_ip = res["ips"][0]["address"]
+        .as_str()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    let task_ip = ip_of(&srv_task).expect("task address").to_string();
+    iperf3_server(&mut procs, &srv_task);
+    iperf3_server(&mut procs, &srv_ctr.0);
+    let (mut to_task, mut to_ctr) = (Vec::new(), Vec::new());
+    for r in 0..t_rounds {
+        to_task.push(iperf3(&probe, &task_ip, 1, secs).gbps);
+        to_ctr.push(iperf3(&probe, &ctr_ip, 1, secs).gbps);
+        eprintln!(
+            "round {r}: to a task {:.2} Gbit/s, to a CNI container {:.2} Gbit/s",
+            to_task[r], to_ctr[r]
+        );
+    }
+    drop(procs);
+
+    let (ta, ca) = (median(&task_s), median(&cni_s));
+    let (tt, ct) = (median(&to_task), median(&to_ctr));
+    let tput_ratio = ct / tt;
+    let md = format!(
+        "| what | weft task | CNI container | ratio | target |\n|---|---|---|---|---|\n\
+         | attach → answering TCP from another host (median of {rounds}) | {} | {} | {:.2}× | — |\n\
+         | TCP throughput from another host, 1 stream, {secs} s (median of {t_rounds}) | {tt:.2} Gbit/s | {ct:.2} Gbit/s | {tput_ratio:.2}× | ≥ 0.95× {} |\n",
+        fmt_s(ta),
+        fmt_s(ca),
+        ca / ta,
+        met(tput_ratio >= 0.95),
+    );
+    eprintln!("{md}");
+    write_fragment("cni.md", &md);
+}
