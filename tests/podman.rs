@@ -216,6 +216,17 @@ fn podman_containers_on_two_hosts_join_a_weft_overlay_and_podman_rm_leaves_nothi
 
     // Both in weft's view, each on its own node.
     assert!(listed(&lab, &id1) && listed(&lab, &id2));
+    let v: serde_json::Value =
+        serde_json::from_str(&lab.weft("h1", &["network", "inspect", "appnet"])).expect("json");
+    // podman names its containers in CNI_ARGS (K8S_POD_NAME).
+    let names: Vec<&str> = v[0]["Containers"]
+        .as_object()
+        .expect("containers")
+        .values()
+        .filter(|c| c["Runtime"] == "cni")
+        .filter_map(|c| c["ContainerName"].as_str())
+        .collect();
+    assert!(names.contains(&"c1") && names.contains(&"c2"), "{names:?}");
 
     // podman rm: the endpoint and its namespace pin go.
     p1.ok(&["rm", "-f", "-t", "0", "c1"]);
