@@ -154,23 +154,65 @@ fn task_pins(lab: &Lab, host: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Two hosts, an attachable overlay `appnet`, a task `peer` on h2 and a
+/// service `web` (for its VIP), for the CNI containers made on h1.
+struct World {
+    lab: Lab,
+    peer_pin: PathBuf,
+    peer_ip: String,
+    vip: String,
+}
+
+impl World {
+    fn new(test: &str) -> World {
+        let mut lab = Lab::new(test, &["h1", "h2"]);
+        lab.start_all();
+        let (worker, _) = lab.init("h1", &[]);
+        lab.join("h2", &worker, "h1");
+        lab.attachable_network("h1", "10.71.0.0/24", "appnet");
+        let peer_pin = sleeper(&lab, "h2", "peer", "appnet");
+        let peer_ip = addr_of(&peer_pin, "eth0").expect("peer address");
+        let peer_ip = peer_ip.split('/').next().unwrap().to_owned();
+        common::sleeping_service(&lab, "h1", "web", "appnet");
+        let vip = common::vip_of(&lab, "h1", "web");
+        World {
+            lab,
+            peer_pin,
+            peer_ip,
+            vip,
+        }
+    }
+}
+
 #[test]
 fn a_cni_container_joins_a_weft_overlay_reaches_tasks_and_services_on_other_hosts_and_leaves_nothing()
  {
-    let mut lab = Lab::new("cni-e2e", &["h1", "h2"]);
-    lab.start_all();
-    let (worker, _) = lab.init("h1", &[]);
-    lab.join("h2", &worker, "h1");
-    lab.attachable_network("h1", "10.71.0.0/24", "appnet");
-    let peer_pin = sleeper(&lab, "h2", "peer", "appnet");
-    let peer_ip = addr_of(&peer_pin, "eth0").expect("peer address");
-    let peer_ip = peer_ip.split('/').next().unwrap().to_owned();
-    common::sleeping_service(&lab, "h1", "web", "appnet");
-    let vip = common::vip_of(&lab, "h1", "web");
+    let w = World::new("cni-e2e");
+    let c1 = Ctr::new(&w.lab, "c1");
+    let add = add_with_a_port(&w.lab, &c1);
+    let ip = the_result_is_what_the_namespace_has(&add, &c1);
+    let c1_ip = ip.split('/').next().unwrap().to_owned();
 
-    // ADD: the result in CNI 1.0's shape, the interface in the namespace.
-    let c1 = Ctr::new(&lab, "c1");
-    // The runtime's port mapping (CNI's portMappings capability).
+    // Across hosts, both ways, and a weft service by name.
+    wait_for("the container reaching a task on h2", T, || {
+        pings(&c1.0, &w.peer_ip)
+    });
+    wait_for("a task on h2 reaching the container", T, || {
+        pings(&w.peer_pin, &c1_ip)
+    });
+    wait_for("the service's name from the container", T, || {
+        resolve(&c1.0, "web").contains(&w.vip)
+    });
+    let port = the_published_port_answers_from_h2(&w.lab, &c1);
+    listed_and_connected_by_its_runtime_only(&w.lab, &ip);
+    check_and_a_retried_add_agree(&w.lab, &c1, &add.out, &ip);
+    del_leaves_nothing(&w.lab, &c1, &port);
+    a_namespace_gone_without_del_is_cleaned_up(&w.lab);
+    a_del_after_the_namespace_went_frees_everything(&w.lab);
+}
+
+/// ADD of `c1id` with CNI's portMappings capability (18080 → 8080).
+fn add_with_a_port(lab: &Lab, c1: &Ctr) -> Call {
     let mut with_ports: Value =
         serde_json::from_str(&conf(&lab.socket_path("h1"), "appnet")).unwrap();
     with_ports["runtimeConfig"] =
@@ -187,6 +229,12 @@ fn a_cni_container_joins_a_weft_overlay_reaches_tasks_and_services_on_other_host
         &with_ports.to_string(),
     );
     assert!(add.ok, "ADD failed: {}\n{}", add.out, lab.log_tail("h1"));
+    add
+}
+
+/// The result in CNI 1.0's shape, and what the namespace holds; returns
+/// eth0's address with its prefix.
+fn the_result_is_what_the_namespace_has(add: &Call, c1: &Ctr) -> String {
     let r = &add.out;
     assert_eq!(r["cniVersion"], "1.0.0");
     assert_eq!(r["interfaces"][0]["name"], "eth0");
@@ -210,59 +258,67 @@ fn a_cni_container_joins_a_weft_overlay_reaches_tasks_and_services_on_other_host
         r["ips"][1]["address"],
         addr_of(&c1.0, "gw0").unwrap_or_default().as_str()
     );
+    ip
+}
 
-    // Across hosts, both ways, and a weft service by name.
-    let c1_ip = ip.split('/').next().unwrap().to_owned();
-    wait_for("the container reaching a task on h2", T, || {
-        pings(&c1.0, &peer_ip)
-    });
-    wait_for("a task on h2 reaching the container", T, || {
-        pings(&peer_pin, &c1_ip)
-    });
-    wait_for("the service's name from the container", T, || {
-        resolve(&c1.0, "web").contains(&vip)
-    });
+/// A server in the container and the URL of its published port on h1.
+struct Published {
+    _httpd: Httpd,
+    url: String,
+    from: PathBuf,
+}
 
-    // The published port answers on h1's address, from h2.
+impl Published {
+    fn fetch(&self) -> String {
+        nsenter_stdout(
+            &self.from,
+            &["timeout", "3", "busybox", "wget", "-qO-", &self.url],
+        )
+    }
+}
+
+fn the_published_port_answers_from_h2(lab: &Lab, c1: &Ctr) -> Published {
     let site = lab.dir().join("site");
     std::fs::create_dir_all(&site).unwrap();
     std::fs::write(site.join("index.html"), "hello-from-c1\n").unwrap();
-    let _httpd = Httpd(
-        Command::new("nsenter")
-            .arg(format!("--net={}", c1.path()))
-            .args(["busybox", "httpd", "-f", "-p", "8080", "-h"])
-            .arg(&site)
-            .spawn()
-            .expect("httpd in the container"),
-    );
-    let url = format!("http://{}:18080/", lab.addr("h1"));
-    let fetch = || {
-        nsenter_stdout(
-            &lab.host_netns("h2"),
-            &["timeout", "3", "busybox", "wget", "-qO-", &url],
-        )
+    let port = Published {
+        _httpd: Httpd(
+            Command::new("nsenter")
+                .arg(format!("--net={}", c1.path()))
+                .args(["busybox", "httpd", "-f", "-p", "8080", "-h"])
+                .arg(&site)
+                .spawn()
+                .expect("httpd in the container"),
+        ),
+        url: format!("http://{}:18080/", lab.addr("h1")),
+        from: lab.host_netns("h2"),
     };
     wait_for("the container's published port from h2", T, || {
-        fetch().contains("hello-from-c1")
+        port.fetch().contains("hello-from-c1")
     });
+    port
+}
 
-    // Listed with the runtime's ID and name.
-    let listed_c1 = containers(&lab, "h1", "appnet")
+/// In network inspect with the runtime's ID and name; `weft network
+/// connect` refuses it.
+fn listed_and_connected_by_its_runtime_only(lab: &Lab, ip: &str) {
+    let listed_c1 = containers(lab, "h1", "appnet")
         .into_values()
         .find(|c| c["ContainerID"] == "c1id")
         .expect("the container in network inspect");
     assert_eq!(listed_c1["Runtime"], "cni");
     assert_eq!(listed_c1["ContainerName"], "web-ctr");
-    assert_eq!(listed_c1["IPv4Address"], ip.as_str());
-    // Its runtime connects it, not `weft network connect`.
+    assert_eq!(listed_c1["IPv4Address"], ip);
     let name = listed_c1["Name"].as_str().expect("task name");
     let refused = lab.weft_err("h1", &["network", "connect", "appnet", name]);
     assert!(refused.contains("its runtime connects it"), "{refused}");
+}
 
-    // CHECK with ADD's result; an ADD retried gives the same result.
+/// CHECK with ADD's result passes; an ADD retried gives the same address.
+fn check_and_a_retried_add_agree(lab: &Lab, c1: &Ctr, added: &Value, ip: &str) {
     let mut check_conf: Value =
         serde_json::from_str(&conf(&lab.socket_path("h1"), "appnet")).unwrap();
-    check_conf["prevResult"] = add.out.clone();
+    check_conf["prevResult"] = added.clone();
     let check = plugin(
         Path::new(WEFT),
         &[
@@ -274,13 +330,15 @@ fn a_cni_container_joins_a_weft_overlay_reaches_tasks_and_services_on_other_host
         &check_conf.to_string(),
     );
     assert!(check.ok && check.out.is_null(), "CHECK: {}", check.out);
-    let again = call(&lab, "h1", "ADD", "c1id", c1.path(), "eth0", "appnet");
+    let again = call(lab, "h1", "ADD", "c1id", c1.path(), "eth0", "appnet");
     assert!(again.ok, "{}", again.out);
-    assert_eq!(again.out["ips"][0]["address"], ip.as_str());
+    assert_eq!(again.out["ips"][0]["address"], ip);
+}
 
-    // DEL: the interface goes, the runtime's namespace stays; repeated
-    // and unknown DELs succeed.
-    let del = call(&lab, "h1", "DEL", "c1id", c1.path(), "eth0", "appnet");
+/// DEL: the interface, the port and the VIP table go, the runtime's
+/// namespace stays; repeated and unknown DELs succeed; CHECK then fails.
+fn del_leaves_nothing(lab: &Lab, c1: &Ctr, port: &Published) {
+    let del = call(lab, "h1", "DEL", "c1id", c1.path(), "eth0", "appnet");
     assert!(del.ok && del.out.is_null(), "DEL: {}", del.out);
     assert!(addr_of(&c1.0, "eth0").is_none(), "eth0 left behind");
     let links = nsenter_stdout(&c1.0, &["ip", "-o", "link"]);
@@ -289,9 +347,9 @@ fn a_cni_container_joins_a_weft_overlay_reaches_tasks_and_services_on_other_host
         Netns::exists(&c1.0),
         "the runtime's namespace must survive DEL"
     );
-    assert!(!listed(&lab, "h1", "appnet", "c1id"));
+    assert!(!listed(lab, "h1", "appnet", "c1id"));
     assert!(
-        !fetch().contains("hello-from-c1"),
+        !port.fetch().contains("hello-from-c1"),
         "the port still answers after DEL"
     );
     let rules = nsenter_stdout(&c1.0, &["nft", "list", "ruleset"]);
@@ -300,25 +358,41 @@ fn a_cni_container_joins_a_weft_overlay_reaches_tasks_and_services_on_other_host
         "weft's VIP table left behind: {rules}"
     );
     for (id, ns) in [("c1id", c1.path()), ("c1id", ""), ("never", "/nonexistent")] {
-        let d = call(&lab, "h1", "DEL", id, ns, "eth0", "appnet");
+        let d = call(lab, "h1", "DEL", id, ns, "eth0", "appnet");
         assert!(d.ok, "DEL {id} {ns}: {}", d.out);
     }
-    let check = call(&lab, "h1", "CHECK", "c1id", c1.path(), "eth0", "appnet");
+    let check = call(lab, "h1", "CHECK", "c1id", c1.path(), "eth0", "appnet");
     assert!(!check.ok, "CHECK after DEL must fail");
+}
 
-    // A container whose namespace goes without a DEL: its node removes it.
-    let pins_before = task_pins(&lab, "h1");
-    let c2 = Ctr::new(&lab, "c2");
-    let add2 = call(&lab, "h1", "ADD", "c2id", c2.path(), "eth0", "appnet");
+/// A container whose namespace goes without a DEL: its node removes it.
+fn a_namespace_gone_without_del_is_cleaned_up(lab: &Lab) {
+    let pins_before = task_pins(lab, "h1");
+    let c2 = Ctr::new(lab, "c2");
+    let add2 = call(lab, "h1", "ADD", "c2id", c2.path(), "eth0", "appnet");
     assert!(add2.ok, "{}", add2.out);
-    assert!(listed(&lab, "h1", "appnet", "c2id"));
+    assert!(listed(lab, "h1", "appnet", "c2id"));
     drop(c2);
     wait_for("the gone container's endpoint removed", T, || {
-        !listed(&lab, "h1", "appnet", "c2id")
+        !listed(lab, "h1", "appnet", "c2id")
     });
     wait_for("its namespace let go", T, || {
-        task_pins(&lab, "h1") == pins_before
+        task_pins(lab, "h1") == pins_before
     });
+}
+
+/// The runtime deletes the namespace first, then calls DEL (no
+/// CNI_NETNS): DEL frees everything and returns once it has.
+fn a_del_after_the_namespace_went_frees_everything(lab: &Lab) {
+    let pins_before = task_pins(lab, "h1");
+    let c5 = Ctr::new(lab, "c5");
+    let add5 = call(lab, "h1", "ADD", "c5id", c5.path(), "eth0", "appnet");
+    assert!(add5.ok, "{}", add5.out);
+    drop(c5);
+    let del5 = call(lab, "h1", "DEL", "c5id", "", "eth0", "appnet");
+    assert!(del5.ok, "{}", del5.out);
+    assert!(!listed(lab, "h1", "appnet", "c5id"));
+    assert_eq!(task_pins(lab, "h1"), pins_before);
 }
 
 #[test]
