@@ -26,6 +26,47 @@ use crate::plan::{
 /// fail); the planner never emits such ops for a consistent `k`.
 pub fn simulate(k: &mut Observed, op: &Op) {
     match op {
+        Op::CreateNetns { .. }
+        | Op::AdoptNetns { .. }
+        | Op::DeleteNetns { .. }
+        | Op::CreateBridge { .. }
+        | Op::CreateVxlan { .. }
+        | Op::CreateVeth { .. }
+        | Op::DeleteLink { .. }
+        | Op::SetMtu { .. }
+        | Op::SetMac { .. }
+        | Op::SetMaster { .. }
+        | Op::SetUp { .. } => simulate_links(k, op),
+        Op::AddAddress { .. }
+        | Op::DeleteAddress { .. }
+        | Op::ReplaceDefaultRoute { .. }
+        | Op::DeleteRoute { .. }
+        | Op::ReplaceFdb { .. }
+        | Op::DeleteFdb { .. }
+        | Op::ReplaceNeigh { .. }
+        | Op::DeleteNeigh { .. } => simulate_addressing(k, op),
+        Op::EnableIpv4Forwarding
+        | Op::ApplyNat { .. }
+        | Op::ApplyLb { .. }
+        | Op::DeleteLb { .. }
+        | Op::StartDns { .. }
+        | Op::DeleteNat
+        | Op::CreateWg { .. }
+        | Op::DeleteWg
+        | Op::SetWgKey { .. }
+        | Op::RemoveWgPeer { .. }
+        | Op::AddWgPeer { .. }
+        | Op::ApplyGuard { .. }
+        | Op::DeleteGuard
+        | Op::ApplyPorts { .. }
+        | Op::DeletePorts
+        | Op::EnsureUserChain => simulate_tables_and_wg(k, op),
+    }
+}
+
+/// Namespaces and links: made, deleted, changed.
+fn simulate_links(k: &mut Observed, op: &Op) {
+    match op {
         Op::CreateNetns { ns } | Op::AdoptNetns { ns, .. } => {
             let mut fresh = ObservedNs::default();
             // The kernel's loopback: no kind, an all-zero MAC; its
@@ -152,6 +193,13 @@ pub fn simulate(k: &mut Observed, op: &Op) {
                 );
             }
         }),
+        _ => unreachable!("simulate routes only link ops here"),
+    }
+}
+
+/// Addresses, routes, FDB and neighbour entries.
+fn simulate_addressing(k: &mut Observed, op: &Op) {
+    match op {
         Op::AddAddress { ns, link, addr } => {
             with_link(k, ns, link, |l| {
                 l.addrs.insert(*addr);
@@ -255,6 +303,13 @@ pub fn simulate(k: &mut Observed, op: &Op) {
                 m.remove(ip);
             }
         }
+        _ => unreachable!("simulate routes only addressing ops here"),
+    }
+}
+
+/// nftables tables, forwarding, the resolver and the WireGuard device.
+fn simulate_tables_and_wg(k: &mut Observed, op: &Op) {
+    match op {
         Op::EnableIpv4Forwarding => k.ipv4_forwarding = true,
         Op::ApplyNat { subnet, bridge } => k.nat = Some(nat_comments(*subnet, bridge)),
         Op::ApplyLb { task, vips, .. } => {
@@ -328,6 +383,7 @@ pub fn simulate(k: &mut Observed, op: &Op) {
         Op::ApplyPorts { table } => k.ports = Some(table.comments()),
         Op::DeletePorts => k.ports = None,
         Op::EnsureUserChain => k.user_chain = true,
+        _ => unreachable!("simulate routes only table and WireGuard ops here"),
     }
 }
 
