@@ -1469,13 +1469,44 @@ fn is_link_local(a: &IpNetwork) -> bool {
 /// desired state is invalid or the gateway subnet collides with a route.
 pub fn plan(observed: &Observed, desired: &DesiredNode) -> Result<Vec<Op>, PlanError> {
     validate(observed, desired)?;
-    let want = want(desired);
-    let mut ops = Vec::new();
-    // Links that exist but are (or will be) gone by the create phase: those
-    // deleted here, and those of namespaces that do not exist yet.
-    let mut fresh: BTreeSet<(NsRef, String)> = BTreeSet::new();
+    let mut p = Pass {
+        observed,
+        desired,
+        want: want(desired),
+        fresh: BTreeSet::new(),
+        ops: Vec::new(),
+    };
+    let (bad_pairs, gw_bridge_delete) = delete_links(&mut p);
+    delete_removed(&mut p);
+    delete_stale_entries(&mut p);
+    let (wg_ok, ports) = delete_host_objects(&mut p, gw_bridge_delete);
+    create_links(&mut p, wg_ok, ports.as_ref(), &bad_pairs);
+    set_link_properties(&mut p);
+    wireguard_peers(&mut p, wg_ok)?;
+    routes_and_entries(&mut p);
+    tables(&mut p, ports);
+    services(&mut p);
+    Ok(p.ops)
+}
 
-    // --- deletes, 1: unwanted or mis-shaped links in namespaces we keep.
+/// One planning pass: its inputs, the wanted shape, and what it decided.
+struct Pass<'a> {
+    observed: &'a Observed,
+    desired: &'a DesiredNode,
+    want: Want,
+    /// Links that exist but are (or will be) gone by the create phase:
+    /// those deleted here, and those of namespaces that do not exist yet.
+    fresh: BTreeSet<(NsRef, String)>,
+    ops: Vec<Op>,
+}
+
+/// Deletes, 1: unwanted or mis-shaped links in namespaces we keep.
+/// Returns the wanted veth pairs to make again and the gateway bridge's
+/// delete (it goes after its ports).
+fn delete_links(p: &mut Pass) -> (BTreeSet<usize>, Option<Op>) {
+    let (observed, desired) = (p.observed, p.desired);
+    let want = &p.want;
+    let (fresh, ops) = (&mut p.fresh, &mut p.ops);
     let mut bad_pairs = BTreeSet::new();
     for (i, p) in want.pairs.iter().enumerate() {
         let a = observed.link(&p.a.0, &p.a.1);
@@ -1528,6 +1559,13 @@ pub fn plan(observed: &Observed, desired: &DesiredNode) -> Result<Vec<Op>, PlanE
             }
         }
     }
+    (bad_pairs, gw_bridge_delete)
+}
+
+/// Deletes, 2 and 3: removed tasks and networks.
+fn delete_removed(p: &mut Pass) {
+    let (observed, desired) = (p.observed, p.desired);
+    let ops = &mut p.ops;
     // --- deletes, 2: removed tasks (their veth peers went above).
     for tid in observed.tasks.keys() {
         if !desired.tasks.contains_key(tid) {
@@ -1553,8 +1591,13 @@ pub fn plan(observed: &Observed, desired: &DesiredNode) -> Result<Vec<Op>, PlanE
         }
         ops.push(Op::DeleteNetns { ns: nref });
     }
+}
 
-    // --- deletes, 4: stale FDB/neighbour entries, addresses, routes.
+/// Deletes, 4: stale FDB/neighbour entries, addresses, routes.
+fn delete_stale_entries(p: &mut Pass) {
+    let observed = p.observed;
+    let want = &p.want;
+    let (fresh, ops) = (&p.fresh, &mut p.ops);
     for (nref, w) in &want.ns {
         let Some(obs) = observed.ns(nref) else {
             continue;
@@ -1614,6 +1657,14 @@ pub fn plan(observed: &Observed, desired: &DesiredNode) -> Result<Vec<Op>, PlanE
             }
         }
     }
+}
+
+/// Deletes, 5 and 6: NAT, the gateway bridge, the WireGuard device, the
+/// guard and ports tables when unwanted. Returns whether the WireGuard
+/// device is kept as it is, and the wanted ports table.
+fn delete_host_objects(p: &mut Pass, gw_bridge_delete: Option<Op>) -> (bool, Option<PortsTable>) {
+    let (observed, desired) = (p.observed, p.desired);
+    let (fresh, ops) = (&mut p.fresh, &mut p.ops);
     // --- deletes, 5: the gateway bridge and NAT when the node has no gateway.
     if desired.gateway.is_none() && observed.nat.is_some() {
         ops.push(Op::DeleteNat);
@@ -1650,6 +1701,20 @@ pub fn plan(observed: &Observed, desired: &DesiredNode) -> Result<Vec<Op>, PlanE
         ops.push(Op::DeletePorts);
     }
 
+    (wg_ok, ports)
+}
+
+/// Creates, 1 to 3: forwarding, namespaces, the WireGuard device, bridges,
+/// VXLAN devices and veth pairs.
+fn create_links(
+    p: &mut Pass,
+    wg_ok: bool,
+    ports: Option<&PortsTable>,
+    bad_pairs: &BTreeSet<usize>,
+) {
+    let (observed, desired) = (p.observed, p.desired);
+    let want = &p.want;
+    let (fresh, ops) = (&p.fresh, &mut p.ops);
     // --- creates, 1: forwarding, namespaces.
     // Egress through the gateway bridge and published ports (to local or
     // remote backends) are both forwarded.
@@ -1727,7 +1792,13 @@ pub fn plan(observed: &Observed, desired: &DesiredNode) -> Result<Vec<Op>, PlanE
             });
         }
     }
-    // --- link properties.
+}
+
+/// Link properties: MTU, MAC, master, addresses, up.
+fn set_link_properties(p: &mut Pass) {
+    let observed = p.observed;
+    let want = &p.want;
+    let (fresh, ops) = (&p.fresh, &mut p.ops);
     for (nref, w) in &want.ns {
         for (name, wl) in &w.links {
             let obs = if fresh.contains(&(nref.clone(), name.clone())) {
@@ -1781,7 +1852,12 @@ pub fn plan(observed: &Observed, desired: &DesiredNode) -> Result<Vec<Op>, PlanE
             }
         }
     }
-    // --- WireGuard key and peers (the device is up by now).
+}
+
+/// The WireGuard key and peers (the device is up by now).
+fn wireguard_peers(p: &mut Pass, wg_ok: bool) -> Result<(), PlanError> {
+    let (observed, desired) = (p.observed, p.desired);
+    let ops = &mut p.ops;
     if let Some(cfg) = &desired.wireguard {
         let have = if wg_ok { observed.wg.as_ref() } else { None };
         if let (Some(o), Some(k)) = (have, &observed.wg_key)
@@ -1812,7 +1888,14 @@ pub fn plan(observed: &Observed, desired: &DesiredNode) -> Result<Vec<Op>, PlanE
             }
         }
     }
-    // --- routes, FDB/neighbour entries.
+    Ok(())
+}
+
+/// Default routes, FDB and neighbour entries.
+fn routes_and_entries(p: &mut Pass) {
+    let observed = p.observed;
+    let want = &p.want;
+    let (fresh, ops) = (&p.fresh, &mut p.ops);
     for (nref, w) in &want.ns {
         if let Some((gw, dev)) = &w.default_route {
             let dest = if gw.is_ipv4() {
@@ -1870,7 +1953,12 @@ pub fn plan(observed: &Observed, desired: &DesiredNode) -> Result<Vec<Op>, PlanE
             }
         }
     }
-    // --- the operator's chain, NAT, published ports.
+}
+
+/// The operator's chain, NAT, published ports and the underlay guard.
+fn tables(p: &mut Pass, ports: Option<PortsTable>) {
+    let (observed, desired) = (p.observed, p.desired);
+    let ops = &mut p.ops;
     if wants_user_chain(desired) && !observed.user_chain {
         ops.push(Op::EnsureUserChain);
     }
@@ -1906,7 +1994,12 @@ pub fn plan(observed: &Observed, desired: &DesiredNode) -> Result<Vec<Op>, PlanE
             });
         }
     }
-    // --- service VIPs and DNS in task namespaces (after lo is up).
+}
+
+/// Service VIPs and DNS in task namespaces (after lo is up).
+fn services(p: &mut Pass) {
+    let (observed, desired) = (p.observed, p.desired);
+    let ops = &mut p.ops;
     for tid in desired.tasks.keys() {
         let obs = observed.tasks.get(tid);
         let vips = task_vips(desired, tid);
@@ -1934,7 +2027,6 @@ pub fn plan(observed: &Observed, desired: &DesiredNode) -> Result<Vec<Op>, PlanE
             ops.push(Op::StartDns { task: tid.clone() });
         }
     }
-    Ok(ops)
 }
 
 /// Loopback is never deleted, whatever its state.
