@@ -11,6 +11,12 @@
 #                against `weft run -d --network` of a task to the same answer
 #   throughput   iperf3 (1 stream) from a task on the other host to a CNI
 #                container and to a weft task beside it (target ≥ 0.95×)
+#   run          `podman run -d` (Debian's podman, CNI backend, weft's plugin)
+#                of a busybox httpd to it answering TCP from a task on the
+#                other host, against `docker run -d --network` of the same on
+#                a Docker Swarm attachable overlay (Debian's docker.io, two
+#                dockerd in namespace hosts, tests/common/swarm.rs) to it
+#                answering from a container on the other host
 #
 # and writes bench/results-cni.md. Everything lives under one work
 # directory (TMPDIR for the test), cleared on exit, failure or interrupt.
@@ -29,7 +35,8 @@ BENCH_TAG=bench-cni
 . "$ROOT/bench/lib.sh"
 
 [ "$(id -u)" = 0 ] || die "needs root (network namespaces)"
-bench_tools iperf3:iperf3 nsenter:util-linux busybox:busybox ip:iproute2 ss:iproute2
+bench_tools iperf3:iperf3 nsenter:util-linux busybox:busybox ip:iproute2 ss:iproute2 \
+  podman:podman conmon:conmon dockerd:docker.io umoci:umoci skopeo:skopeo
 bench_build bench_cni
 bench_workdir cni
 

@@ -218,3 +218,128 @@ fn cni_attach_and_throughput() {
     eprintln!("{md}");
     write_fragment("cni.md", &md);
 }
+
+/// The image both runtimes run.
+const IMAGE: &str = "weft-test/busybox:latest";
+/// What the measured containers run: an HTTP server on PORT.
+const SERVE: &str = "mkdir -p /www && echo ok > /www/index.html && exec httpd -f -p 8080 -h /www";
+
+/// `podman run -d` of a server on a weft overlay on h1 → it answers TCP
+/// from a task on h2, `rounds` times; seconds.
+fn podman_rounds(rounds: usize) -> Vec<f64> {
+    let mut lab = Lab::new("bench-cni-podman", &["h1", "h2"]);
+    lab.private_run();
+    lab.start_all();
+    let (worker, _) = lab.init("h1", &[]);
+    lab.join("h2", &worker, "h1");
+    lab.attachable_network("h1", "10.77.0.0/24", "appnet");
+    // The task's pin is a mount in h2's daemon's mount namespace.
+    let probe = PathBuf::from(format!(
+        "/proc/{}/root{}",
+        lab.pid("h2").expect("h2 runs"),
+        sleeper(&lab, "h2", "probe", "appnet").display()
+    ));
+    let podman = common::podman::Podman::new(&lab, "h1", "appnet");
+    let format = "{{.NetworkSettings.Networks.appnet.IPAddress}}";
+    (0..rounds)
+        .map(|r| {
+            let name = format!("p{r}");
+            let t0 = Instant::now();
+            podman.run_d(&name, "appnet", &["sh", "-c", SERVE]);
+            let ip = podman.ok(&["inspect", "-f", format, &name]);
+            let took = first_answer(&probe, ip.trim().parse().expect("an IPv4 address"), t0);
+            podman.ok(&["rm", "-f", "-t", "0", &name]);
+            eprintln!("podman round {r}: {:.3} s", took.as_secs_f64());
+            took.as_secs_f64()
+        })
+        .collect()
+}
+
+/// The same with Docker Swarm: `docker run -d --network` on an attachable
+/// Swarm overlay on s1 → it answers TCP from a container on s2.
+fn swarm_rounds(rounds: usize) -> Vec<f64> {
+    use common::swarm::Swarm;
+    let mut swarm = Swarm::start(&format!("wbcni-{}", std::process::id()), &["s1", "s2"]);
+    swarm.form();
+    let images = common::image::busybox();
+    for h in ["s1", "s2"] {
+        swarm.docker(h, &["load", "-q", "-i", images.docker.to_str().unwrap()]);
+    }
+    swarm.docker(
+        "s1",
+        &[
+            "network",
+            "create",
+            "--driver",
+            "overlay",
+            "--attachable",
+            "--subnet",
+            "10.78.0.0/24",
+            "appnet",
+        ],
+    );
+    swarm.docker(
+        "s2",
+        &[
+            "run",
+            "-d",
+            "--name",
+            "probe",
+            "--network",
+            "appnet",
+            IMAGE,
+            "sleep",
+            "36000",
+        ],
+    );
+    let probe = swarm.container_netns("s2", "probe");
+    let format = "{{(index .NetworkSettings.Networks \"appnet\").IPAddress}}";
+    (0..rounds)
+        .map(|r| {
+            let name = format!("d{r}");
+            let t0 = Instant::now();
+            swarm.docker(
+                "s1",
+                &[
+                    "run",
+                    "-d",
+                    "--name",
+                    &name,
+                    "--network",
+                    "appnet",
+                    IMAGE,
+                    "sh",
+                    "-c",
+                    SERVE,
+                ],
+            );
+            let ip = swarm.docker("s1", &["inspect", "-f", format, &name]);
+            let took = first_answer(&probe, ip.trim().parse().expect("an IPv4 address"), t0);
+            swarm.docker("s1", &["rm", "-f", &name]);
+            eprintln!("swarm round {r}: {:.3} s", took.as_secs_f64());
+            took.as_secs_f64()
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "benchmark: run with --ignored (bench/cni.sh)"]
+fn podman_run_on_weft_against_docker_run_on_swarm() {
+    let rounds = env_num("WEFT_BENCH_LAT_ROUNDS", 5) as usize;
+    let weft = podman_rounds(rounds);
+    let swarm = swarm_rounds(rounds);
+    let (w, s) = (median(&weft), median(&swarm));
+    let every = |v: &[f64]| v.iter().map(|x| fmt_s(*x)).collect::<Vec<_>>().join(", ");
+    let md = format!(
+        "\n| run → answering TCP from another host (median of {rounds}) | podman on weft (CNI) | \
+         docker on a Swarm attachable overlay ({}) | weft / Swarm |\n|---|---|---|---|\n\
+         | seconds | {} ({}) | {} ({}) | {:.2}× |\n",
+        common::swarm::Swarm::version(),
+        fmt_s(w),
+        every(&weft),
+        fmt_s(s),
+        every(&swarm),
+        w / s
+    );
+    write_fragment("cni-swarm.md", &md);
+}

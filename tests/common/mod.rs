@@ -16,6 +16,7 @@ pub mod disk;
 pub mod image;
 pub mod lookups;
 pub mod one_node;
+pub mod podman;
 pub mod pty;
 pub mod swarm;
 pub mod vip_probe;
