@@ -148,8 +148,13 @@ impl NodeService {
                     Some(other) => return Err(format!("it ended before it was wired: {other:?}")),
                     None => {}
                 }
-                // A lag only means: look again.
-                let _ = events.recv().await;
+                match events.recv().await {
+                    // A lag only means: look again.
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        return Err("the node's task runtime stopped".to_owned());
+                    }
+                }
             }
         })
         .await
