@@ -53,6 +53,6 @@ LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 bench_results "CNI plugin benchmark (issue #15)" \
   "Run of $START on $(nproc) vCPU ($(bench_cpu)), kernel $(uname -r), $(iperf3 --version | head -n 1 | cut -d' ' -f1-2). \
 weft $(bench_rev) (release build). Load average $LOAD_BEFORE before, $LOAD_AFTER after: the machine is \
-shared, so both sides are measured in the same run, alternating, and the figures are medians. The task's \
-attach time includes starting its process (busybox httpd); the CNI container's server listens before ADD. \
+shared, so both sides are measured in the same run (task and CNI container alternating; the podman rounds, then \
+the Swarm rounds on a swarm of its own), and the figures are medians. The task's attach time includes starting its process (busybox httpd); the CNI container's server listens before ADD. \
 Produced by \`bench/cni.sh\` (tests/bench_cni.rs)."

@@ -207,7 +207,8 @@ fn cni_attach_and_throughput() {
     let (tt, ct) = (median(&to_task), median(&to_ctr));
     let tput_ratio = ct / tt;
     let md = format!(
-        "| what | weft task | CNI container | ratio | target |\n|---|---|---|---|---|\n\
+        "\n### A CNI container against a weft task\n\n\
+         | what | weft task | CNI container | ratio | target |\n|---|---|---|---|---|\n\
          | attach → answering TCP from another host (median of {rounds}) | {} | {} | {:.2}× | — |\n\
          | TCP throughput from another host, 1 stream, {secs} s (median of {t_rounds}) | {tt:.2} Gbit/s | {ct:.2} Gbit/s | {tput_ratio:.2}× | ≥ 0.95× {} |\n",
         fmt_s(ta),
@@ -331,7 +332,8 @@ fn podman_run_on_weft_against_docker_run_on_swarm() {
     let (w, s) = (median(&weft), median(&swarm));
     let every = |v: &[f64]| v.iter().map(|x| fmt_s(*x)).collect::<Vec<_>>().join(", ");
     let md = format!(
-        "\n| run → answering TCP from another host (median of {rounds}) | podman on weft (CNI) | \
+        "\n### podman on weft against docker on Docker Swarm\n\n\
+         | run → answering TCP from another host (median of {rounds}) | podman on weft (CNI) | \
          docker on a Swarm attachable overlay ({}) | weft / Swarm |\n|---|---|---|---|\n\
          | seconds | {} ({}) | {} ({}) | {:.2}× |\n",
         common::swarm::Swarm::version(),
