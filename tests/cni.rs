@@ -296,6 +296,34 @@ fn the_published_port_answers_from_h2(lab: &Lab, c1: &Ctr) -> Published {
     wait_for("the container's published port from h2", T, || {
         port.fetch().contains("hello-from-c1")
     });
+    // The operator's chain applies to it as to a task's port.
+    let h1 = lab.host_netns("h1");
+    let rule = [
+        "nft",
+        "add",
+        "rule",
+        "inet",
+        "weft_user",
+        "weft-user",
+        "meta",
+        "l4proto",
+        "tcp",
+        "ct",
+        "original",
+        "proto-dst",
+        "18080",
+        "drop",
+    ];
+    assert!(nsenter(&h1, &rule).status.success());
+    assert!(
+        !port.fetch().contains("hello-from-c1"),
+        "weft-user's drop rule did not apply"
+    );
+    let flush = ["nft", "flush", "chain", "inet", "weft_user", "weft-user"];
+    assert!(nsenter(&h1, &flush).status.success());
+    wait_for("the port answering again", T, || {
+        port.fetch().contains("hello-from-c1")
+    });
     port
 }
 
