@@ -4,8 +4,8 @@
 //! weft.
 //!
 //! Each host's podman runs in its daemon's mount namespace (a tmpfs on
-//! `/run`, see `Lab::private_run`), so the namespaces it pins under
-//! `/run/netns` are seen by that daemon and by nothing else on the machine;
+//! `/run`, see `Lab::private_run`), so the namespaces it pins in that tmpfs
+//! are seen by that daemon and by nothing else on the machine;
 //! its storage, config and plugin directory are the host's own.
 
 mod common;

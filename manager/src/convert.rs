@@ -53,6 +53,16 @@ pub fn port_from_wire(p: &pb::PortMapping) -> Result<PortRequest, String> {
     })
 }
 
+/// Published ports from the wire, each checked by [`port_from_wire`]; the
+/// first bad one is the error.
+pub fn ports_from_wire(ports: &[pb::PortMapping]) -> crate::error::Result<Vec<PortRequest>> {
+    ports
+        .iter()
+        .map(port_from_wire)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(crate::error::Error::InvalidInput)
+}
+
 /// `""`, `host` or `none`.
 pub fn network_mode_text(m: NetworkMode) -> &'static str {
     match m {

@@ -201,8 +201,8 @@ impl Lab {
     /// Gives every daemon started from now on a mount namespace of its own
     /// with an empty tmpfs on `/run`, `/var/lib/cni` and
     /// `/var/lib/containers`: a runtime run in it (`nsenter -m -t
-    /// PID`, see [`Lab::pid`]) pins its containers' namespaces under
-    /// `/run/netns` where that daemon sees them and nothing else does.
+    /// PID`, see [`Lab::pid`]) pins its containers' namespaces in that
+    /// `/run` tmpfs, where that daemon sees them and nothing else does.
     pub fn private_run(&mut self) {
         self.private_run = true;
     }

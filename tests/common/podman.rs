@@ -1,7 +1,8 @@
 //! Debian's podman on a lab host, set to its CNI backend with weft's
 //! plugin (tests/podman.rs, bench_cni.rs). It runs in the host's daemon's
-//! mount namespace (`Lab::private_run`), so the namespaces it pins under
-//! `/run/netns` are seen by that daemon and by nothing else on the machine;
+//! mount namespace (`Lab::private_run`), so the namespaces it pins in that
+//! namespace's `/run` tmpfs are seen by that daemon and by nothing else on
+//! the machine;
 //! its storage, config and plugin directory are the host's own.
 
 use std::path::{Path, PathBuf};

@@ -100,12 +100,7 @@ impl ControlService {
             .iter()
             .map(|c| parse_constraint(c))
             .collect::<Result<Vec<_>>>()?;
-        let ports = m
-            .ports
-            .iter()
-            .map(crate::convert::port_from_wire)
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(Error::InvalidInput)?;
+        let ports = crate::convert::ports_from_wire(&m.ports)?;
         Ok(crate::store::ServiceSpec {
             ports,
             name: m.name,

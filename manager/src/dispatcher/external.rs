@@ -161,12 +161,7 @@ impl super::DispatcherService {
         // Its runtime's port mappings (CNI's portMappings capability),
         // published on its node as `weft run -p` publishes a task's.
         crate::limits::task_request(&[], &Default::default(), 1, r.ports.len())?;
-        let ports = r
-            .ports
-            .iter()
-            .map(crate::convert::port_from_wire)
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(Error::InvalidInput)?;
+        let ports = crate::convert::ports_from_wire(&r.ports)?;
         let [net] = &r.networks[..] else {
             return Err(Error::InvalidInput(format!(
                 "a foreign runtime's container joins exactly one weft network per interface, \
@@ -244,7 +239,7 @@ mod tests {
 
     #[test]
     fn foreign_endpoints_are_bounded_at_the_edge() {
-        let ok = external_from_wire(&wire("abc123", "eth0", "/run/netns/x")).expect("ok");
+        let ok = external_from_wire(&wire("abc123", "eth0", "/tmp/containers/x")).expect("ok");
         assert_eq!(ok.runtime, ExternalRuntime::Cni);
         assert_eq!(task_name(&ok), "cni-abc123");
         let two = external_from_wire(&wire("0123456789abcdef", "net1", "/proc/1/ns/net")).unwrap();

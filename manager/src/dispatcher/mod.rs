@@ -219,12 +219,7 @@ impl DispatcherService {
                 r.networks[0].network
             )));
         }
-        let ports = r
-            .ports
-            .iter()
-            .map(crate::convert::port_from_wire)
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(Error::InvalidInput)?;
+        let ports = crate::convert::ports_from_wire(&r.ports)?;
         let refs = match mode {
             NetworkMode::Host | NetworkMode::None => Vec::new(),
             // `weft run` without --network: the node's default bridge.
