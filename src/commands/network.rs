@@ -99,6 +99,98 @@ fn network_json(d: &pb::NetworkDetail) -> serde_json::Value {
     v
 }
 
+/// `weft network ls [-q] [--filter K=V]`.
+async fn ls(
+    c: &Client,
+    ctl: &mut weft_proto::v1::control_client::ControlClient<tonic::transport::Channel>,
+    quiet: bool,
+    filter: &[String],
+) -> anyhow::Result<()> {
+    let filters: Vec<(String, String)> = filter
+        .iter()
+        .map(|f| {
+            f.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| anyhow::anyhow!("invalid --filter {f:?}: use key=value"))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    for (k, _) in &filters {
+        if !matches!(k.as_str(), "name" | "driver" | "label" | "id") {
+            bail!("unknown filter {k:?}: use name=, id=, driver= or label=");
+        }
+    }
+    let mut nets = ctl
+        .list_networks(pb::ListNetworksRequest {})
+        .await
+        .map_err(rpc)?
+        .into_inner()
+        .networks;
+    // A node's own view: its host and none modes too (a remote
+    // manager's listing is the cluster's, without them).
+    if !c.remote {
+        nets.extend(BUILTIN_MODES.iter().map(|(n, d)| builtin_network(n, d)));
+    }
+    nets.retain(|n| {
+        filters.iter().all(|(k, v)| match k.as_str() {
+            "name" => n.name.contains(v.as_str()),
+            "id" => n.id.starts_with(v.as_str()),
+            "driver" => n.driver == *v,
+            _ => match v.split_once('=') {
+                Some((lk, lv)) => n.labels.get(lk).is_some_and(|x| x == lv),
+                None => n.labels.contains_key(v.as_str()),
+            },
+        })
+    });
+    nets.sort_by(|a, b| a.name.cmp(&b.name));
+    if quiet {
+        for n in nets {
+            println!("{}", n.id);
+        }
+        return Ok(());
+    }
+    println!(
+        "{:<17} {:<20} {:<8} {:<6} {:<18} {:<6} FLAGS",
+        "NETWORK ID", "NAME", "DRIVER", "SCOPE", "SUBNET", "MTU"
+    );
+    let dash = |s: String| {
+        if s.is_empty() || s == "0" {
+            "-".to_string()
+        } else {
+            s
+        }
+    };
+    for n in nets {
+        let mut flags = Vec::new();
+        if n.internal {
+            flags.push("internal");
+        }
+        if n.attachable {
+            flags.push("attachable");
+        }
+        if n.encrypted {
+            flags.push("encrypted");
+        }
+        if n.ingress {
+            flags.push("ingress");
+        }
+        println!(
+            "{:<17} {:<20} {:<8} {:<6} {:<18} {:<6} {}",
+            n.id,
+            n.name,
+            n.driver,
+            if n.scope.is_empty() {
+                "swarm"
+            } else {
+                n.scope.as_str()
+            },
+            dash(n.subnet.clone()),
+            dash(n.mtu.to_string()),
+            flags.join(",")
+        );
+    }
+    Ok(())
+}
+
 pub async fn network(c: &Client, cmd: crate::cli::NetworkCommand) -> anyhow::Result<()> {
     use crate::cli::NetworkCommand as N;
     let mut ctl = c.control();
@@ -122,90 +214,7 @@ pub async fn network(c: &Client, cmd: crate::cli::NetworkCommand) -> anyhow::Res
                 .into_inner();
             println!("{}", n.id);
         }
-        N::Ls { quiet, filter } => {
-            let filters: Vec<(String, String)> = filter
-                .iter()
-                .map(|f| {
-                    f.split_once('=')
-                        .map(|(k, v)| (k.to_string(), v.to_string()))
-                        .ok_or_else(|| anyhow::anyhow!("invalid --filter {f:?}: use key=value"))
-                })
-                .collect::<anyhow::Result<_>>()?;
-            for (k, _) in &filters {
-                if !matches!(k.as_str(), "name" | "driver" | "label" | "id") {
-                    bail!("unknown filter {k:?}: use name=, id=, driver= or label=");
-                }
-            }
-            let mut nets = ctl
-                .list_networks(pb::ListNetworksRequest {})
-                .await
-                .map_err(rpc)?
-                .into_inner()
-                .networks;
-            // A node's own view: its host and none modes too (a remote
-            // manager's listing is the cluster's, without them).
-            if !c.remote {
-                nets.extend(BUILTIN_MODES.iter().map(|(n, d)| builtin_network(n, d)));
-            }
-            nets.retain(|n| {
-                filters.iter().all(|(k, v)| match k.as_str() {
-                    "name" => n.name.contains(v.as_str()),
-                    "id" => n.id.starts_with(v.as_str()),
-                    "driver" => n.driver == *v,
-                    _ => match v.split_once('=') {
-                        Some((lk, lv)) => n.labels.get(lk).is_some_and(|x| x == lv),
-                        None => n.labels.contains_key(v.as_str()),
-                    },
-                })
-            });
-            nets.sort_by(|a, b| a.name.cmp(&b.name));
-            if quiet {
-                for n in nets {
-                    println!("{}", n.id);
-                }
-                return Ok(());
-            }
-            println!(
-                "{:<17} {:<20} {:<8} {:<6} {:<18} {:<6} FLAGS",
-                "NETWORK ID", "NAME", "DRIVER", "SCOPE", "SUBNET", "MTU"
-            );
-            let dash = |s: String| {
-                if s.is_empty() || s == "0" {
-                    "-".to_string()
-                } else {
-                    s
-                }
-            };
-            for n in nets {
-                let mut flags = Vec::new();
-                if n.internal {
-                    flags.push("internal");
-                }
-                if n.attachable {
-                    flags.push("attachable");
-                }
-                if n.encrypted {
-                    flags.push("encrypted");
-                }
-                if n.ingress {
-                    flags.push("ingress");
-                }
-                println!(
-                    "{:<17} {:<20} {:<8} {:<6} {:<18} {:<6} {}",
-                    n.id,
-                    n.name,
-                    n.driver,
-                    if n.scope.is_empty() {
-                        "swarm"
-                    } else {
-                        n.scope.as_str()
-                    },
-                    dash(n.subnet.clone()),
-                    dash(n.mtu.to_string()),
-                    flags.join(",")
-                );
-            }
-        }
+        N::Ls { quiet, filter } => ls(c, &mut ctl, quiet, &filter).await?,
         N::Inspect { verbose, networks } => {
             let mut out = Vec::new();
             for n in networks {
