@@ -69,7 +69,11 @@ impl From<Error> for Status {
             | Error::Raft(crate::raft::ProposeError::TooLarge { .. }) => {
                 Status::resource_exhausted(msg)
             }
-            Error::Store(StoreError::NodeNotFound(_) | StoreError::NetworkNotFound(_))
+            Error::Store(
+                StoreError::NodeNotFound(_)
+                | StoreError::NetworkNotFound(_)
+                | StoreError::TaskNotFound(_),
+            )
             | Error::Resolve(ResolveError::NotFound(_)) => Status::not_found(msg),
             Error::Store(StoreError::DuplicateNode(_)) | Error::AlreadyExists(_) => {
                 Status::already_exists(msg)
