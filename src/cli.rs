@@ -311,6 +311,12 @@ pub struct DaemonArgs {
     /// whatever this allows.
     #[arg(long = "allow-bind-root", value_name = "DIR")]
     pub allow_bind_roots: Vec<PathBuf>,
+    /// Serve Docker's network and IPAM plugin API on this socket, so that
+    /// `docker network create -d weft --ipam-driver weft …` maps a Docker
+    /// network to a weft network: /run/docker/plugins/weft.sock is where
+    /// dockerd finds the plugin "weft". Off by default.
+    #[arg(long, value_name = "SOCKET")]
+    pub docker_plugin: Option<PathBuf>,
 }
 
 /// `weft init`.

@@ -41,6 +41,7 @@ use crate::cli::DaemonArgs;
 mod attach;
 mod attach_stdio;
 mod cni;
+mod docker;
 mod exec;
 mod images;
 mod lifecycle;
@@ -242,6 +243,7 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         linux,
         settings,
         wake: Arc::new(tokio::sync::Notify::new()),
+        sandboxes: weft_worker::sandboxes::Sandboxes::load(args.exec_root.join("docker/sandboxes")),
         mounts,
         images: image_store.clone(),
     });
@@ -270,6 +272,18 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
                 .with_archive_check(images::archive_check(&node.images)),
             node.locked.gate(),
         ));
+    let (plugin_stop, plugin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let plugin = args.docker_plugin.clone().map(|socket| {
+        let backend = Arc::new(docker::DockerPlugin::new(node.clone()));
+        tokio::spawn(async move {
+            let stop = async {
+                let _ = plugin_stopped.await;
+            };
+            if let Err(e) = crate::docker_plugin::serve(&socket, backend, stop).await {
+                tracing::error!(socket = %socket.display(), error = %e, "Docker network plugin not served");
+            }
+        })
+    });
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM handler");
@@ -283,6 +297,10 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     weft_proto::tls::serve_unix(&args.socket, router, shutdown)
         .await
         .with_context(|| format!("local API on {}", args.socket.display()))?;
+    let _ = plugin_stop.send(());
+    if let Some(p) = plugin {
+        let _ = p.await;
+    }
     node.stop_components().await;
     resealer.abort();
     Ok(())
@@ -315,6 +333,8 @@ struct NodeService {
     manager_problem: Arc<RwLock<String>>,
     /// Wakes the node's loop for a pass now (`weft start`).
     wake: Arc<tokio::sync::Notify>,
+    /// Where Docker endpoints' containers are (the Docker plugin's Join).
+    sandboxes: Arc<weft_worker::sandboxes::Sandboxes>,
     /// What this node lets containers mount (`weft run` checks binds
     /// against it before asking the managers).
     mounts: weft_worker::runtime::containerd::mounts::MountPolicy,
@@ -481,6 +501,7 @@ impl NodeService {
                 proxy: self.settings.proxy.clone(),
                 bridge_subnet: self.settings.bridge_subnet.to_string(),
                 wake: self.wake.clone(),
+                sandboxes: self.sandboxes.clone(),
             }
             .run(stop_rx),
         );

@@ -7,6 +7,7 @@ mod cni;
 mod cni_cmd;
 mod commands;
 mod daemon;
+mod docker_plugin;
 mod doctor;
 mod health_args;
 mod image_cmd;

@@ -322,7 +322,7 @@ fn simulate_tables_and_wg(k: &mut Observed, op: &Op) {
                 o.lb = None;
             }
         }
-        Op::StartDns { task } => {
+        Op::StartDns { task, .. } => {
             if k.tasks.contains_key(task) {
                 k.dns.insert(task.clone());
             }
@@ -660,6 +660,8 @@ mod tests {
             "t1".into(),
             TaskNet {
                 netns: None,
+                handover: false,
+                resolver: None,
                 endpoints: vec![LocalEndpoint {
                     network: "n1".into(),
                     ifname: "eth0".into(),

@@ -396,6 +396,24 @@ pub struct TaskNet {
     /// destroying it. `None`: weft makes the namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<std::path::PathBuf>,
+    /// The task's one endpoint is handed to a runtime that moves the
+    /// inside end into its container itself (Docker's `Join` answers with
+    /// an interface to move). Without `netns`, the veth is made with its
+    /// inside end in the daemon's namespace under [`names::handover`], and
+    /// nothing else (no namespace, VIP table or resolver). With `netns`
+    /// (the runtime moved it there, under the endpoint's interface name),
+    /// the task is wired as a foreign one, except that the pair is never
+    /// made again by the planner while its network side stands: the inside
+    /// end is the runtime's, and a namespace adopted in this pass is not
+    /// observed yet.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub handover: bool,
+    /// Where the embedded resolver listens in the task's namespace (port
+    /// 53): [`crate::dns::RESOLVER_ADDR`] unless set. Docker's containers
+    /// have Docker's own resolver at that address, and weft's listens at
+    /// [`crate::dns::DOCKER_UPSTREAM_ADDR`] as its upstream (`--dns`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resolver: Option<std::net::Ipv4Addr>,
 }
 
 /// A local task's attachment to an overlay network.
@@ -440,6 +458,9 @@ pub mod names {
     pub const NETWORK_BRIDGE: &str = "br0";
     /// Prefix of the network-side ends of task veths (`vt` + 10 hex digits).
     pub const PORT_PREFIX: &str = "vt";
+    /// Prefix of the daemon-side names of veth ends handed to a runtime
+    /// ([`handover`]).
+    pub const HANDOVER_PREFIX: &str = "weftdk";
     /// The task end of the gateway veth.
     pub const TASK_GW_IF: &str = "gw0";
     /// The loopback device.
@@ -497,6 +518,12 @@ pub mod names {
     /// The network-side end (plugged into `br0`) of `task`'s veth.
     pub fn port(task: &TaskId) -> String {
         format!("{PORT_PREFIX}{}", short_hash(task.as_str(), 10))
+    }
+
+    /// The daemon-side name of `task`'s veth end made for a runtime to
+    /// move into its container (see [`super::TaskNet::handover`]).
+    pub fn handover(task: &TaskId) -> String {
+        format!("{HANDOVER_PREFIX}{}", short_hash(task.as_str(), 9))
     }
 
     /// The daemon-side end (plugged into the gateway bridge) of `task`'s

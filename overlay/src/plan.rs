@@ -478,6 +478,8 @@ pub enum Op {
     StartDns {
         /// The task.
         task: TaskId,
+        /// Its address (port 53) in the task's namespace.
+        addr: std::net::Ipv4Addr,
     },
     /// Start the node's WireGuard device: the TUN [`names::WG_DEVICE`] in the
     /// daemon's namespace with `mtu`, the private key read from
@@ -1291,6 +1293,9 @@ struct Pair {
     a: (NsRef, String, Option<MacAddr>),
     b: (NsRef, String, Option<MacAddr>),
     mtu: u32,
+    /// `b` is handed to a runtime that moves it: once made, only `a` is
+    /// looked at ([`TaskNet::handover`]).
+    handed: bool,
 }
 
 struct Want {
@@ -1356,24 +1361,21 @@ fn want(desired: &DesiredNode) -> Want {
             a: (nref, INGRESS_PORT.to_owned(), None),
             b: (NsRef::Host, INGRESS_IF.to_owned(), Some(ing.mac)),
             mtu: net.mtu,
+            handed: false,
         });
     }
     for (tid, task) in &desired.tasks {
+        if task.handover && task.netns.is_none() {
+            handover(desired, tid, task, &mut ns, &mut pairs);
+            continue;
+        }
         let tref = NsRef::Task(tid.clone());
         ns.entry(tref.clone())
             .or_default()
             .links
             .insert(LOOPBACK.to_owned(), WantLink::loopback());
         for ep in &task.endpoints {
-            let net = &desired.networks[&ep.network];
-            let nref = NsRef::Network(ep.network.clone());
-            let port = names::port(tid);
-            let mut p = WantLink::new(WantKind::Veth, net.mtu);
-            p.master = Some(NETWORK_BRIDGE);
-            ns.entry(nref.clone())
-                .or_default()
-                .links
-                .insert(port.clone(), p);
+            let (net, nref, port) = want_port(desired, tid, ep, &mut ns);
             let mut e = WantLink::new(WantKind::Veth, net.mtu);
             e.mac = Some(ep.mac);
             e.addrs.insert(ep.ip);
@@ -1385,6 +1387,7 @@ fn want(desired: &DesiredNode) -> Want {
                 a: (nref, port, None),
                 b: (tref.clone(), ep.ifname.clone(), Some(ep.mac)),
                 mtu: net.mtu,
+                handed: task.handover,
             });
         }
         if let (Some(att), Some(gw)) = (&task.gateway, &desired.gateway) {
@@ -1405,10 +1408,53 @@ fn want(desired: &DesiredNode) -> Want {
                 a: (NsRef::Host, port, None),
                 b: (tref.clone(), TASK_GW_IF.to_owned(), Some(att.mac)),
                 mtu: gw.mtu,
+                handed: false,
             });
         }
     }
     Want { ns, pairs }
+}
+
+/// The network side of task `tid`'s endpoint `ep`: its port on the
+/// network's bridge. Returns the network, its namespace and the port.
+fn want_port<'a>(
+    desired: &'a DesiredNode,
+    tid: &TaskId,
+    ep: &crate::model::LocalEndpoint,
+    ns: &mut BTreeMap<NsRef, WantNs>,
+) -> (&'a crate::model::OverlayNet, NsRef, String) {
+    let net = &desired.networks[&ep.network];
+    let nref = NsRef::Network(ep.network.clone());
+    let port = names::port(tid);
+    let mut p = WantLink::new(WantKind::Veth, net.mtu);
+    p.master = Some(NETWORK_BRIDGE);
+    ns.entry(nref.clone())
+        .or_default()
+        .links
+        .insert(port.clone(), p);
+    (net, nref, port)
+}
+
+/// A task whose endpoint is being handed to its runtime: the network side
+/// (port on `br0`) is wanted, and the pair is made with the inside end in
+/// the daemon's namespace under [`names::handover`]; nothing inside.
+fn handover(
+    desired: &DesiredNode,
+    tid: &TaskId,
+    task: &crate::model::TaskNet,
+    ns: &mut BTreeMap<NsRef, WantNs>,
+    pairs: &mut Vec<Pair>,
+) {
+    let Some(ep) = task.endpoints.first() else {
+        return;
+    };
+    let (net, nref, port) = want_port(desired, tid, ep, ns);
+    pairs.push(Pair {
+        a: (nref, port, None),
+        b: (NsRef::Host, names::handover(tid), Some(ep.mac)),
+        mtu: net.mtu,
+        handed: true,
+    });
 }
 
 /// The runtime's path of a foreign task namespace; `None` for weft's own.
@@ -1512,6 +1558,9 @@ fn delete_links(p: &mut Pass) -> (BTreeSet<usize>, Option<Op>) {
         let a = observed.link(&p.a.0, &p.a.1);
         let b = observed.link(&p.b.0, &p.b.1);
         let paired = match (a, b) {
+            // Handed over: wherever the inside end is now, it is the
+            // runtime's; the network side stands while it has a peer.
+            (Some(a), _) if p.handed => a.kind == ObservedKind::Veth && a.peer_index.is_some(),
             (Some(a), Some(b)) => {
                 a.kind == ObservedKind::Veth
                     && b.kind == ObservedKind::Veth
@@ -1641,7 +1690,10 @@ fn delete_stale_entries(p: &mut Pass) {
                 }
             }
         }
-        if matches!(nref, NsRef::Task(_)) {
+        // A foreign namespace's routes are its runtime's unless weft
+        // brings the default route (Docker's gateway bridge gives it one).
+        let foreign_route = foreign_source(p.desired, nref).is_some() && w.default_route.is_none();
+        if matches!(nref, NsRef::Task(_)) && !foreign_route {
             for dest in obs.default_routes.keys() {
                 // A wanted route of the same family is replaced in place.
                 let replaced = w
@@ -2000,7 +2052,10 @@ fn tables(p: &mut Pass, ports: Option<PortsTable>) {
 fn services(p: &mut Pass) {
     let (observed, desired) = (p.observed, p.desired);
     let ops = &mut p.ops;
-    for tid in desired.tasks.keys() {
+    for (tid, task) in &desired.tasks {
+        if task.handover && task.netns.is_none() {
+            continue;
+        }
         let obs = observed.tasks.get(tid);
         let vips = task_vips(desired, tid);
         let had = obs.and_then(|o| o.lb.as_ref());
@@ -2024,7 +2079,10 @@ fn services(p: &mut Pass) {
             });
         }
         if obs.is_none() || !observed.dns.contains(tid) {
-            ops.push(Op::StartDns { task: tid.clone() });
+            ops.push(Op::StartDns {
+                task: tid.clone(),
+                addr: task.resolver.unwrap_or(crate::dns::RESOLVER_ADDR),
+            });
         }
     }
 }

@@ -102,6 +102,55 @@ impl NodeService {
         Ok(result)
     }
 
+    /// Waits until task `id` runs (the pass that wired its namespace went
+    /// through), watching `events` (subscribed before the task was asked
+    /// for); why not, when it failed, ended or took over [`WIRE_TIMEOUT`].
+    pub(super) async fn wait_wired(
+        &self,
+        id: &str,
+        mut events: tokio::sync::broadcast::Receiver<weft_worker::runtime::TaskStatus>,
+    ) -> Result<(), String> {
+        tokio::time::timeout(WIRE_TIMEOUT, async {
+            loop {
+                match self.runtime.status(id).map(|s| s.state) {
+                    Some(TaskState::Running { .. }) => return Ok(()),
+                    Some(TaskState::Failed { error }) => return Err(error),
+                    Some(other) => return Err(format!("it ended before it was wired: {other:?}")),
+                    None => {}
+                }
+                match events.recv().await {
+                    // A lag only means: look again.
+                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        return Err("the node's task runtime stopped".to_owned());
+                    }
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| {
+            Err(format!(
+                "its interface was not in within {} s (see the daemon's log)",
+                WIRE_TIMEOUT.as_secs()
+            ))
+        })
+    }
+
+    /// Waits until the node forgot task `id` and let its namespace go;
+    /// `Err` after [`WIRE_TIMEOUT`].
+    pub(super) async fn wait_released(&self, id: &str) -> Result<(), tokio::time::error::Elapsed> {
+        let pin = weft_overlay::linux::dataplane::task_netns_path(
+            &self.exec_root,
+            &weft_overlay::model::TaskId(id.to_owned()),
+        );
+        tokio::time::timeout(WIRE_TIMEOUT, async {
+            while weft_overlay::linux::Netns::exists(&pin) || self.runtime.status(id).is_some() {
+                tokio::time::sleep(RELEASE_POLL).await;
+            }
+        })
+        .await
+    }
+
     /// CNI ADD: see the module doc.
     pub(super) async fn cni_add(&self, r: pb::CniRequest) -> Result<pb::CniResult, Status> {
         self.locked.refuse()?;
@@ -118,7 +167,7 @@ impl NodeService {
                 r.netns
             )));
         }
-        let mut events = self.runtime.subscribe();
+        let events = self.runtime.subscribe();
         let task = self
             .run_task(pb::RunTaskRequest {
                 networks: vec![pb::NetworkRef {
@@ -140,30 +189,7 @@ impl NodeService {
                 ..Default::default()
             })
             .await?;
-        let wired = tokio::time::timeout(WIRE_TIMEOUT, async {
-            loop {
-                match self.runtime.status(&task.id).map(|s| s.state) {
-                    Some(TaskState::Running { .. }) => return Ok(()),
-                    Some(TaskState::Failed { error }) => return Err(error),
-                    Some(other) => return Err(format!("it ended before it was wired: {other:?}")),
-                    None => {}
-                }
-                match events.recv().await {
-                    // A lag only means: look again.
-                    Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                        return Err("the node's task runtime stopped".to_owned());
-                    }
-                }
-            }
-        })
-        .await
-        .unwrap_or_else(|_| {
-            Err(format!(
-                "its interface was not in within {} s (see the daemon's log)",
-                WIRE_TIMEOUT.as_secs()
-            ))
-        });
+        let wired = self.wait_wired(&task.id, events).await;
         if let Err(why) = wired {
             if let Err(e) = remove_through_managers(&self.active, &task.id).await {
                 tracing::warn!(task = %task.id, error = %e, "a failed CNI ADD's task could not be removed");
@@ -178,7 +204,7 @@ impl NodeService {
 
     /// Whether `netns` is the daemon's own namespace or one weft made (a
     /// network's, or one of its own tasks').
-    fn netns_is_weft(&self, netns: &Path) -> bool {
+    pub(super) fn netns_is_weft(&self, netns: &Path) -> bool {
         use weft_worker::runtime::external::same_netns;
         if same_netns(netns, Path::new("/proc/self/ns/net")) {
             return true;
@@ -205,17 +231,7 @@ impl NodeService {
             Err(s) if s.code() == tonic::Code::NotFound => {}
             Err(s) => return Err(s),
         }
-        let pin = weft_overlay::linux::dataplane::task_netns_path(
-            &self.exec_root,
-            &weft_overlay::model::TaskId(t.id.clone()),
-        );
-        let gone = tokio::time::timeout(WIRE_TIMEOUT, async {
-            while weft_overlay::linux::Netns::exists(&pin) || self.runtime.status(&t.id).is_some() {
-                tokio::time::sleep(RELEASE_POLL).await;
-            }
-        })
-        .await;
-        gone.map_err(|_| {
+        self.wait_released(&t.id).await.map_err(|_| {
             Status::deadline_exceeded(format!(
                 "container {}'s interface {} was not taken out within {} s (see the daemon's log)",
                 r.container_id,

@@ -13,6 +13,7 @@ pub mod bench;
 #[path = "../../proto/containerd/tests/common/containerd.rs"]
 pub mod containerd;
 pub mod disk;
+pub mod dockerd;
 pub mod image;
 pub mod lookups;
 pub mod one_node;

@@ -459,7 +459,7 @@ impl Drop for Swarm {
 }
 
 /// `dir` and every directory below it, parents first.
-fn walk(dir: &Path) -> Vec<PathBuf> {
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = vec![dir.to_owned()];
     let mut i = 0;
     while let Some(d) = out.get(i).cloned() {

@@ -20,4 +20,5 @@ pub mod node_files;
 pub mod reconcile;
 pub mod renewal;
 pub mod runtime;
+pub mod sandboxes;
 pub mod volumes;

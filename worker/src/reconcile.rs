@@ -87,6 +87,9 @@ pub struct Reconciler {
     /// task's ended run for `weft start`, so the task starts at once
     /// rather than at the next periodic check).
     pub wake: Arc<tokio::sync::Notify>,
+    /// Where Docker endpoints' containers are, laid over the pushed config
+    /// ([`crate::sandboxes::Sandboxes::fill`]); set them, then `wake`.
+    pub sandboxes: Arc<crate::sandboxes::Sandboxes>,
 }
 
 /// The proxy variables of `proxy` (upper-case names such as `HTTP_PROXY`)
@@ -151,7 +154,7 @@ impl Reconciler {
                 self.save(&c);
                 current = Some(c);
             }
-            if let Some(c) = current.clone() {
+            if let Some(c) = current.as_ref().map(|c| self.sandboxes.fill(c)) {
                 // Whatever woke the loop, tasks whose state changed since
                 // the last report (a start that ended, an exit) are
                 // reported before the data plane pass.
@@ -339,6 +342,11 @@ impl Reconciler {
             // A foreign container's namespace is its runtime's: nothing
             // to make ahead, it is adopted by the pass.
             if prepare && t.external.is_some() {
+                continue;
+            }
+            // A Docker endpoint still being handed to dockerd has no
+            // namespace to run in yet.
+            if t.external.as_ref().is_some_and(|e| e.ifname.is_empty()) {
                 continue;
             }
             if prepare && t.network_mode != "host" {
@@ -674,6 +682,7 @@ mod tests {
             proxy: BTreeMap::new(),
             bridge_subnet: String::new(),
             wake: Arc::new(tokio::sync::Notify::new()),
+            sandboxes: crate::sandboxes::Sandboxes::load(dir.join("sandboxes")),
         }
     }
 

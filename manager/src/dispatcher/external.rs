@@ -29,7 +29,8 @@ pub const MAX_CONTAINER_NAME: usize = 255;
 /// follows CNI's rule (an alphanumeric, then alphanumerics, `_`, `-`,
 /// `.`); the interface name the kernel's (1..15 bytes, no `/`, `:` or
 /// whitespace), and neither `lo` nor weft's own `gw0`; the namespace path
-/// is absolute.
+/// is absolute (or, for Docker, empty: its sandbox is known only later, to
+/// the node).
 pub fn external_from_wire(e: &pb::ExternalEndpoint) -> Result<ExternalEndpoint> {
     let bad = |m: String| Err(Error::InvalidInput(m));
     let runtime = match e.runtime.as_str() {
@@ -71,7 +72,10 @@ pub fn external_from_wire(e: &pb::ExternalEndpoint) -> Result<ExternalEndpoint> 
         ));
     }
     let ns = &e.netns;
-    if !ns.starts_with('/') || ns.len() > MAX_NETNS_PATH || ns.contains('\0') {
+    // A Docker endpoint is made before its sandbox (the address comes
+    // first): the node learns the namespace at Join and keeps it locally.
+    let later = runtime == ExternalRuntime::Docker && ns.is_empty();
+    if !later && (!ns.starts_with('/') || ns.len() > MAX_NETNS_PATH || ns.contains('\0')) {
         return bad(format!(
             "invalid network namespace path {:?}: an absolute path of at most {MAX_NETNS_PATH} bytes",
             trunc(ns)
@@ -271,5 +275,13 @@ mod tests {
         w.runtime = "docker".into();
         w.container_name = "web\n".into();
         assert!(external_from_wire(&w).is_err());
+        // A Docker endpoint may come before its sandbox; a CNI one may not.
+        let mut d = wire("a", "eth0", "");
+        d.runtime = "docker".into();
+        let d = external_from_wire(&d).expect("docker, no namespace yet");
+        assert_eq!((d.netns.as_str(), task_name(&d).as_str()), ("", "docker-a"));
+        let mut d = wire("a", "eth0", "relative");
+        d.runtime = "docker".into();
+        assert!(external_from_wire(&d).is_err());
     }
 }

@@ -44,7 +44,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::message::{self, Handled, Transport};
-use super::resolv::RESOLVER_ADDR;
 use super::view::{DnsView, TaskView};
 use crate::linux::fdstore::{self, Client as FdStore};
 use crate::linux::{Error as LinuxError, Netns};
@@ -200,13 +199,13 @@ impl DnsServer {
     /// be up, on the sockets the fd store keeps for `task` if they live in
     /// `ns`, else on new ones (then kept in the store). Must run inside a
     /// tokio runtime.
-    pub fn start(&self, task: &TaskId, ns: &Netns) -> Result<(), LinuxError> {
+    pub fn start(&self, task: &TaskId, ns: &Netns, at: Ipv4Addr) -> Result<(), LinuxError> {
         // The old loops go first; their sockets stay in the store if they
         // are the ones to adopt.
         drop(self.lock().remove(task));
-        let addr = SocketAddr::new(IpAddr::V4(RESOLVER_ADDR), DNS_PORT);
+        let addr = SocketAddr::new(IpAddr::V4(at), DNS_PORT);
         let io_err = |source| LinuxError::Io {
-            op: "bind the DNS resolver to 127.0.0.11:53 in",
+            op: "bind the DNS resolver (port 53) in",
             path: ns.path().to_owned(),
             source,
         };

@@ -208,6 +208,8 @@ mod tests {
             "t".into(),
             TaskNet {
                 netns: None,
+                handover: false,
+                resolver: None,
                 endpoints: vec![LocalEndpoint {
                     network: "n".into(),
                     ifname: "eth0".into(),

@@ -19,7 +19,7 @@ pub mod resolv;
 pub mod view;
 
 pub use resolv::{
-    RESOLVER_ADDR, SYSTEMD_RESOLV_CONF, TASK_RESOLV_CONF, host_upstreams, parse_upstreams,
-    resolv_conf_upstreams,
+    DOCKER_UPSTREAM_ADDR, RESOLVER_ADDR, SYSTEMD_RESOLV_CONF, TASK_RESOLV_CONF, host_upstreams,
+    parse_upstreams, resolv_conf_upstreams,
 };
 pub use view::{DnsView, Lookup, TaskView};

@@ -8,6 +8,10 @@ use std::path::Path;
 /// The address the embedded resolver listens on inside every task
 /// namespace (Docker's choice, so images that expect it work).
 pub const RESOLVER_ADDR: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 11);
+/// Where weft's resolver listens in a Docker container's namespace, where
+/// Docker's own resolver holds [`RESOLVER_ADDR`]: `docker run --dns
+/// 127.0.0.12` makes it Docker's upstream for names Docker does not know.
+pub const DOCKER_UPSTREAM_ADDR: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 12);
 
 /// The resolv.conf tasks get: only the embedded resolver, and `ndots:0` so
 /// single-label service names are tried as-is before any search domain.

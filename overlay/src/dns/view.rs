@@ -176,6 +176,8 @@ mod tests {
     fn attach(nets: &[&str]) -> TaskNet {
         TaskNet {
             netns: None,
+            handover: false,
+            resolver: None,
             endpoints: nets
                 .iter()
                 .enumerate()

@@ -636,9 +636,9 @@ impl Executor<'_> {
                     .delete_neigh(link, *ip)
                     .await
             }
-            Op::StartDns { task } => {
+            Op::StartDns { task, addr } => {
                 let ns = Netns::open(self.dp.pin(&NsRef::Task(task.clone())))?;
-                self.dp.dns.start(task, &ns)
+                self.dp.dns.start(task, &ns, *addr)
             }
             Op::EnableIpv4Forwarding
             | Op::ApplyNat { .. }

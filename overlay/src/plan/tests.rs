@@ -72,6 +72,8 @@ fn full() -> DesiredNode {
         "t1".into(),
         TaskNet {
             netns: None,
+            handover: false,
+            resolver: None,
             endpoints: vec![ep("n1", "eth0", "10.0.9.2/24", 2)],
             gateway: gw_att("172.18.0.2/16", 102),
         },
@@ -80,6 +82,8 @@ fn full() -> DesiredNode {
         "t2".into(),
         TaskNet {
             netns: None,
+            handover: false,
+            resolver: None,
             endpoints: vec![
                 ep("n1", "eth0", "10.0.9.3/24", 3),
                 ep("n2", "eth1", "10.0.10.3/24", 4),
@@ -91,6 +95,8 @@ fn full() -> DesiredNode {
         "t3".into(),
         TaskNet {
             netns: None,
+            handover: false,
+            resolver: None,
             endpoints: vec![ep("n2", "eth0", "10.0.10.4/24", 5)],
             gateway: None,
         },
@@ -725,7 +731,7 @@ fn lb_tables_and_resolvers_converge_and_follow_changes() {
     for t in ["t1", "t2", "t3"] {
         let dns = pos(
             &ops,
-            |o| matches!(o, Op::StartDns { task } if task.as_str() == t),
+            |o| matches!(o, Op::StartDns { task, .. } if task.as_str() == t),
         );
         let lo = pos(
             &ops,
@@ -789,7 +795,13 @@ fn lb_tables_and_resolvers_converge_and_follow_changes() {
     assert!(
         matches!(&ops[0], Op::ApplyLb { task, flush, .. } if task.as_str() == "t1" && flush.len() == 2)
     );
-    assert_eq!(ops[1], Op::StartDns { task: "t2".into() });
+    assert_eq!(
+        ops[1],
+        Op::StartDns {
+            task: "t2".into(),
+            addr: crate::dns::RESOLVER_ADDR
+        }
+    );
     assert!(matches!(&ops[2], Op::ApplyLb { task, .. } if task.as_str() == "t3"));
     converge(&mut k, &d);
 

@@ -50,6 +50,8 @@ pub(crate) fn overlay(vni: u32, internal: bool) -> OverlayNet {
 pub(crate) fn task(network: &str, ip: &str, m: u8, gw: Option<(&str, u8)>) -> TaskNet {
     TaskNet {
         netns: None,
+        handover: false,
+        resolver: None,
         endpoints: vec![LocalEndpoint {
             network: network.into(),
             ifname: "eth0".into(),
@@ -382,8 +384,14 @@ async fn two_nodes_end_to_end() {
     assert_eq!(
         ops,
         vec![
-            Op::StartDns { task: "a".into() },
-            Op::StartDns { task: "d".into() }
+            Op::StartDns {
+                task: "a".into(),
+                addr: weft_overlay::dns::RESOLVER_ADDR
+            },
+            Op::StartDns {
+                task: "d".into(),
+                addr: weft_overlay::dns::RESOLVER_ADDR
+            }
         ]
     );
 

@@ -100,7 +100,9 @@ async fn resolver_sockets_outlive_their_server_in_the_fd_store() {
     let long = Duration::from_secs(3);
 
     let first = DnsServer::new(&host).with_fd_store(store.client.clone());
-    first.start(&task, &ns).expect("start");
+    first
+        .start(&task, &ns, weft_overlay::dns::RESOLVER_ADDR)
+        .expect("start");
     first.set_view(DnsView::default());
     assert!(udp_answered(&udp_asks(&ns), long));
     assert_eq!(store.client.list().expect("list"), ["dns/t1"]);
@@ -114,7 +116,9 @@ async fn resolver_sockets_outlive_their_server_in_the_fd_store() {
     // The next server adopts them and answers what waited, once it has
     // its view.
     let second = DnsServer::new(&host).with_fd_store(store.client.clone());
-    second.start(&task, &ns).expect("start");
+    second
+        .start(&task, &ns, weft_overlay::dns::RESOLVER_ADDR)
+        .expect("start");
     assert!(!udp_answered(&udp, short), "no view yet: queries wait");
     second.set_view(DnsView::default());
     assert!(
@@ -130,7 +134,7 @@ async fn resolver_sockets_outlive_their_server_in_the_fd_store() {
     // are not adopted but dropped, so the old namespace's port is free.
     let ns2 = run.netns(&unique("dt"));
     second
-        .start(&task, &ns2)
+        .start(&task, &ns2, weft_overlay::dns::RESOLVER_ADDR)
         .expect("start in the new namespace");
     second.set_view(DnsView::default());
     assert!(udp_answered(&udp_asks(&ns2), long));

@@ -63,6 +63,8 @@ fn network(vni: u32, subnet: &str, gateway: &str, local: bool) -> OverlayNet {
 fn task(network: &str, addr: &str, m: u8, gw: &str) -> TaskNet {
     TaskNet {
         netns: None,
+        handover: false,
+        resolver: None,
         endpoints: vec![LocalEndpoint {
             network: network.into(),
             ifname: "eth0".into(),

@@ -64,6 +64,8 @@ fn mac(i: u8) -> MacAddr {
 fn task(network: &str, addr: &str, m: u8) -> TaskNet {
     TaskNet {
         netns: None,
+        handover: false,
+        resolver: None,
         endpoints: vec![LocalEndpoint {
             network: network.into(),
             ifname: "eth0".into(),

@@ -29,6 +29,8 @@ fn mac(i: u8) -> MacAddr {
 fn task(addr: &str, m: u8) -> TaskNet {
     TaskNet {
         netns: None,
+        handover: false,
+        resolver: None,
         endpoints: vec![LocalEndpoint {
             network: "n1".into(),
             ifname: "eth0".into(),

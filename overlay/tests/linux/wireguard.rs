@@ -54,6 +54,8 @@ fn task(i: u8) -> TaskNet {
     };
     TaskNet {
         netns: None,
+        handover: false,
+        resolver: None,
         endpoints: vec![ep("enc", "eth0", 30, i), ep("plain", "eth1", 31, 100 + i)],
         gateway: None,
     }

@@ -146,13 +146,28 @@ fn task(t: &pb::TaskConfig) -> Result<TaskNet, BadConfig> {
             mac: parse::<MacAddr>("gateway mac", &t.gateway_mac)?,
         })
     };
+    // A Docker endpoint's interface is handed to dockerd, which moves it
+    // into the container; its name there is not known until it did
+    // (crate::sandboxes).
+    let handover = t
+        .external
+        .as_ref()
+        .is_some_and(|e| e.runtime == crate::sandboxes::DOCKER);
     Ok(TaskNet {
         endpoints,
         gateway,
         netns: t
             .external
             .as_ref()
+            .filter(|e| !e.netns.is_empty())
             .map(|e| std::path::PathBuf::from(&e.netns)),
+        handover,
+        // Docker's resolver holds 127.0.0.11 in its containers.
+        resolver: t
+            .external
+            .as_ref()
+            .filter(|e| e.runtime == crate::sandboxes::DOCKER)
+            .map(|_| weft_overlay::dns::DOCKER_UPSTREAM_ADDR),
     })
 }
 

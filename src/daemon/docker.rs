@@ -1,0 +1,564 @@
+//! The Docker network plugin's calls on this node (`--docker-plugin`): a
+//! Docker container joins a weft network as a task that stands for its
+//! endpoint, wired into its sandbox by the same data plane as weft's own
+//! tasks. The protocol side is `crate::docker_plugin`.
+//!
+//! ```text
+//!  docker network create -d weft --ipam-driver weft --ipam-opt weft.network=NET NAME
+//!    RequestPool  ─▶ the weft network (by name, or by --subnet): PoolID = its ID
+//!    RequestAddress(gateway) ─▶ the network's gateway
+//!    CreateNetwork ─▶ Docker network ID → weft network ID (kept in the data dir)
+//!  docker run --network NAME …
+//!    RequestAddress ─▶ RunTask{external docker, no namespace yet}: one Raft write;
+//!                      the address weft's IPAM gave
+//!    CreateEndpoint ─▶ endpoint ID → that task (kept in the exec root)
+//!    Join(sandbox)  ─▶ sandbox and a free ethN noted (Sandboxes) ─▶ pass wires it
+//!                      (ethN on the overlay, gw0 + default route, VIPs, resolver)
+//!                      ─▶ answer: no interface for dockerd to move, no Docker gateway
+//!    Leave ─▶ sandbox forgotten: the node unwires it · DeleteEndpoint / ReleaseAddress
+//!    ─▶ RemoveTask (idempotent)
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Value, json};
+use tonic::Status;
+use weft_proto::v1 as pb;
+use weft_worker::sandboxes::{DOCKER, Sandbox};
+
+use super::tasks::remove_through_managers;
+use super::{NodeService, not_member, worker_status};
+use crate::docker_plugin::{
+    ADDRESS_SPACE, AddressRequest, Backend, Call, EndpointRequest, JoinRequest, NETWORK_OPTION,
+    NetworkRequest, PoolRequest,
+};
+
+/// A string map kept as one JSON file, rewritten whole on each change.
+struct JsonMap {
+    path: PathBuf,
+    map: Mutex<BTreeMap<String, String>>,
+}
+
+impl JsonMap {
+    fn load(path: PathBuf) -> JsonMap {
+        let map = match std::fs::read(&path) {
+            Ok(b) => serde_json::from_slice(&b).unwrap_or_else(|e| {
+                tracing::warn!(path = %path.display(), error = %e, "unreadable Docker plugin state: starting empty");
+                BTreeMap::new()
+            }),
+            Err(_) => BTreeMap::new(),
+        };
+        JsonMap {
+            path,
+            map: Mutex::new(map),
+        }
+    }
+
+    fn get(&self, k: &str) -> Option<String> {
+        self.map.lock().expect("map").get(k).cloned()
+    }
+
+    fn change(&self, f: impl FnOnce(&mut BTreeMap<String, String>)) -> Result<(), String> {
+        let mut m = self.map.lock().expect("map");
+        let mut next = m.clone();
+        f(&mut next);
+        if next == *m {
+            return Ok(());
+        }
+        let write = || -> std::io::Result<()> {
+            if let Some(d) = self.path.parent() {
+                std::fs::create_dir_all(d)?;
+            }
+            let tmp = self.path.with_extension("tmp");
+            std::fs::write(
+                &tmp,
+                serde_json::to_vec(&next).map_err(std::io::Error::other)?,
+            )?;
+            std::fs::rename(&tmp, &self.path)
+        };
+        write().map_err(|e| format!("cannot write {}: {e}", self.path.display()))?;
+        *m = next;
+        Ok(())
+    }
+}
+
+/// The plugin's backend: the node, and what Docker's IDs stand for here.
+pub(crate) struct DockerPlugin {
+    node: Arc<NodeService>,
+    /// Docker network ID → weft network ID (persistent: Docker keeps its
+    /// networks across reboots).
+    networks: JsonMap,
+    /// Docker endpoint ID → task ID (per boot, as the endpoints are).
+    endpoints: JsonMap,
+    /// Tasks made by RequestAddress: `network/ip` → (task ID, MAC). The
+    /// node's config may not have them yet when CreateEndpoint and Join
+    /// come a few ms later.
+    reserved: Mutex<BTreeMap<String, (String, String)>>,
+}
+
+fn msg(s: Status) -> String {
+    s.message().to_owned()
+}
+
+/// The address part of `a.b.c.d/len` (or of a bare address).
+fn addr_part(a: &str) -> &str {
+    a.split('/').next().unwrap_or(a)
+}
+
+impl DockerPlugin {
+    /// The backend for `node`, its state under the node's data dir and
+    /// exec root.
+    pub(crate) fn new(node: Arc<NodeService>) -> DockerPlugin {
+        DockerPlugin {
+            networks: JsonMap::load(node.data_dir.join("docker/networks.json")),
+            endpoints: JsonMap::load(node.exec_root.join("docker/endpoints.json")),
+            reserved: Mutex::new(BTreeMap::new()),
+            node,
+        }
+    }
+
+    /// The weft network named (name or ID) `name`, as this node sees it.
+    async fn network(&self, name: &str) -> Result<pb::Network, String> {
+        let guard = self.node.active.lock().await;
+        let a = guard.as_ref().ok_or_else(|| msg(not_member()))?;
+        let r = pb::GetNetworkRequest {
+            network: name.to_owned(),
+            verbose: false,
+        };
+        let d = a
+            .agent
+            .call(|mut c| {
+                let r = r.clone();
+                async move { c.get_node_network(r).await }
+            })
+            .await
+            .map_err(|e| msg(worker_status(e)))?;
+        d.network
+            .ok_or_else(|| format!("weft network {name:?} has no details"))
+    }
+
+    /// The weft network whose subnet is `subnet`.
+    async fn network_by_subnet(&self, subnet: &str) -> Result<pb::Network, String> {
+        let guard = self.node.active.lock().await;
+        let a = guard.as_ref().ok_or_else(|| msg(not_member()))?;
+        let all = a
+            .agent
+            .call(|mut c| async move { c.list_node_networks(pb::ListNetworksRequest {}).await })
+            .await
+            .map_err(|e| msg(worker_status(e)))?;
+        all.networks
+            .into_iter()
+            .find(|n| n.subnet == subnet)
+            .ok_or_else(|| {
+                format!(
+                    "no weft network has subnet {subnet}: name one with --ipam-opt {NETWORK_OPTION}=NAME"
+                )
+            })
+    }
+
+    /// Checks that Docker containers may join `n`.
+    fn usable(n: &pb::Network) -> Result<(), String> {
+        if !n.attachable {
+            return Err(format!(
+                "weft network {} is not attachable: create it with `weft network create --attachable`",
+                n.name
+            ));
+        }
+        if n.ingress {
+            return Err(format!(
+                "weft network {} is the ingress network: containers do not join it",
+                n.name
+            ));
+        }
+        Ok(())
+    }
+
+    /// The Docker task on this node on network `network` with address `ip`.
+    async fn task_by_ip(&self, network: &str, ip: &str) -> Result<Option<String>, String> {
+        if let Some((t, _)) = self
+            .reserved
+            .lock()
+            .expect("reserved")
+            .get(&format!("{network}/{ip}"))
+        {
+            return Ok(Some(t.clone()));
+        }
+        let guard = self.node.active.lock().await;
+        let a = guard.as_ref().ok_or_else(|| msg(not_member()))?;
+        let config = a.agent.config().borrow().clone();
+        Ok(config.and_then(|c| {
+            c.tasks
+                .iter()
+                .find(|t| {
+                    t.external.as_ref().is_some_and(|e| e.runtime == DOCKER)
+                        && t.attachments
+                            .iter()
+                            .any(|at| at.network_id == network && addr_part(&at.ip) == ip)
+                })
+                .map(|t| t.id.clone())
+        }))
+    }
+
+    async fn request_pool(&self, r: PoolRequest) -> Result<Value, String> {
+        let n = match (&r.network, &r.pool) {
+            (Some(name), _) => self.network(name).await?,
+            (None, Some(pool)) => self.network_by_subnet(pool).await?,
+            (None, None) => {
+                return Err(format!(
+                    "which weft network? docker network create -d weft --ipam-driver weft \
+                     --ipam-opt {NETWORK_OPTION}=NAME …"
+                ));
+            }
+        };
+        Self::usable(&n)?;
+        if let Some(pool) = &r.pool
+            && *pool != n.subnet
+        {
+            return Err(format!(
+                "--subnet {pool} is not weft network {}'s subnet {}",
+                n.name, n.subnet
+            ));
+        }
+        Ok(json!({"PoolID": n.id, "Pool": n.subnet, "Data": {}}))
+    }
+
+    async fn request_address(&self, r: AddressRequest) -> Result<Value, String> {
+        let n = self.network(&r.pool_id).await?;
+        let prefix = n.subnet.split('/').nth(1).unwrap_or("32").to_owned();
+        if r.gateway {
+            if let Some(a) = &r.address
+                && addr_part(a) != n.gateway
+            {
+                return Err(format!(
+                    "--gateway {a} is not weft network {}'s gateway {}",
+                    n.name, n.gateway
+                ));
+            }
+            return Ok(json!({"Address": format!("{}/{prefix}", n.gateway), "Data": {}}));
+        }
+        // The task is made now, before its container's sandbox exists: the
+        // address has to be weft's (one allocator for every node).
+        let reservation = format!("{:032x}", rand::random::<u128>());
+        let task = self
+            .node
+            .run_task(pb::RunTaskRequest {
+                networks: vec![pb::NetworkRef {
+                    network: n.id.clone(),
+                    ip: r.address.as_deref().map(addr_part).unwrap_or("").to_owned(),
+                }],
+                external: Some(pb::ExternalEndpoint {
+                    runtime: DOCKER.into(),
+                    container_id: reservation,
+                    ifname: "eth0".into(),
+                    netns: String::new(),
+                    container_name: String::new(),
+                }),
+                ..Default::default()
+            })
+            .await
+            .map_err(msg)?;
+        let (ip, mac) = task
+            .addresses
+            .iter()
+            .find(|a| a.network == n.id || a.network == n.name)
+            .or(task.addresses.first())
+            .map(|a| (addr_part(&a.ip).to_owned(), a.mac.clone()))
+            .ok_or_else(|| format!("task {} got no address on {}", task.id, n.name))?;
+        self.reserved
+            .lock()
+            .expect("reserved")
+            .insert(format!("{}/{ip}", n.id), (task.id.clone(), mac));
+        tracing::info!(task = %task.id, %ip, network = %n.name, "Docker endpoint address");
+        Ok(json!({"Address": format!("{ip}/{prefix}"), "Data": {}}))
+    }
+
+    /// Removes task `id` through the managers; one already gone is fine.
+    async fn remove(&self, id: &str) -> Result<(), String> {
+        match remove_through_managers(&self.node.active, id).await {
+            Err(s) if s.code() != tonic::Code::NotFound => Err(msg(s)),
+            _ => Ok(()),
+        }
+    }
+
+    async fn release_address(&self, pool: &str, address: &str) -> Result<Value, String> {
+        let found = self.task_by_ip(pool, addr_part(address)).await?;
+        self.reserved
+            .lock()
+            .expect("reserved")
+            .remove(&format!("{pool}/{}", addr_part(address)));
+        if let Some(task) = found {
+            self.unjoin(&task).await?;
+            self.remove(&task).await?;
+        }
+        Ok(json!({}))
+    }
+
+    async fn create_network(&self, r: NetworkRequest) -> Result<Value, String> {
+        let usage = format!(
+            "docker network create -d weft --ipam-driver weft --ipam-opt {NETWORK_OPTION}=NET NAME"
+        );
+        if r.v6 {
+            return Err("weft's Docker networks are IPv4 only: create it without --ipv6".into());
+        }
+        let [(space, pool)] = r.pools.as_slice() else {
+            return Err(format!("one IPv4 pool expected: {usage}"));
+        };
+        if space != ADDRESS_SPACE {
+            return Err(format!(
+                "the addresses must come from weft's IPAM (address space {space:?}): {usage}"
+            ));
+        }
+        let n = self.network_by_subnet(pool).await?;
+        if let Some(name) = &r.network
+            && *name != n.name
+            && *name != n.id
+        {
+            return Err(format!(
+                "--opt {NETWORK_OPTION}={name} but the addresses are weft network {}'s",
+                n.name
+            ));
+        }
+        self.networks
+            .change(|m| drop(m.insert(r.network_id.clone(), n.id.clone())))?;
+        tracing::info!(docker = %r.network_id, network = %n.name, "Docker network mapped");
+        Ok(json!({}))
+    }
+
+    async fn create_endpoint(&self, r: EndpointRequest) -> Result<Value, String> {
+        let network = self.networks.get(&r.network_id).ok_or_else(|| {
+            format!(
+                "Docker network {} was not created through weft's plugin on this node",
+                r.network_id
+            )
+        })?;
+        let task = self
+            .task_by_ip(&network, addr_part(&r.address))
+            .await?
+            .ok_or_else(|| {
+                format!(
+                    "{} was not given by weft's IPAM on this node (a network made with \
+                     --ipam-driver weft)",
+                    r.address
+                )
+            })?;
+        let mac = self.mac_of(&task).await?;
+        self.endpoints
+            .change(|m| drop(m.insert(r.endpoint_id.clone(), task)))?;
+        Ok(json!({"Interface": {"MacAddress": mac}}))
+    }
+
+    /// Task `id`'s MAC on this node (its one attachment's).
+    async fn mac_of(&self, id: &str) -> Result<String, String> {
+        let made = self
+            .reserved
+            .lock()
+            .expect("reserved")
+            .values()
+            .find(|(t, _)| t == id)
+            .map(|(_, mac)| mac.clone());
+        if let Some(mac) = made {
+            return Ok(mac);
+        }
+        let guard = self.node.active.lock().await;
+        let a = guard.as_ref().ok_or_else(|| msg(not_member()))?;
+        let config = a.agent.config().borrow().clone();
+        config
+            .and_then(|c| {
+                let t = c.tasks.iter().find(|t| t.id == id)?;
+                Some(t.attachments.first()?.mac.clone())
+            })
+            .ok_or_else(|| format!("task {id} is not on this node"))
+    }
+
+    async fn join(&self, r: JoinRequest) -> Result<Value, String> {
+        let task = self
+            .endpoints
+            .get(&r.endpoint_id)
+            .ok_or_else(|| format!("endpoint {} is not known here", r.endpoint_id))?;
+        let sandbox = PathBuf::from(&r.sandbox);
+        if let Some((other, _)) = self
+            .node
+            .sandboxes
+            .all()
+            .into_iter()
+            .find(|(t, s)| *t != task && s.netns == sandbox)
+        {
+            return Err(format!(
+                "this container is already on a weft network (task {other}): a container \
+                 joins one weft network at a time"
+            ));
+        }
+        let mac = self.mac_of(&task).await?;
+        self.node
+            .sandboxes
+            .set(
+                &task,
+                Sandbox {
+                    netns: sandbox.clone(),
+                    ifname: None,
+                },
+            )
+            .map_err(|e| format!("cannot note the sandbox: {e}"))?;
+        self.node.wake.notify_one();
+        // The pass makes the veth with its inside end here, for dockerd to
+        // move into the sandbox once the container's namespace exists.
+        let src = weft_overlay::model::names::handover(&weft_overlay::model::TaskId(task.clone()));
+        let made = tokio::time::timeout(super::cni::WIRE_TIMEOUT, async {
+            while !links_here().contains(&src) {
+                tokio::time::sleep(HANDOVER_POLL).await;
+            }
+        })
+        .await;
+        if made.is_err() {
+            let _ = self.node.sandboxes.clear(&task);
+            self.node.wake.notify_one();
+            return Err(format!(
+                "the interface was not made within {} s (see the daemon's log)",
+                super::cni::WIRE_TIMEOUT.as_secs()
+            ));
+        }
+        tokio::spawn(find_moved(
+            self.node.clone(),
+            task.clone(),
+            sandbox,
+            mac.to_ascii_lowercase(),
+        ));
+        tracing::info!(%task, sandbox = %r.sandbox, %src, "Docker endpoint joined");
+        Ok(json!({"InterfaceName": {"SrcName": src, "DstPrefix": "eth"}}))
+    }
+
+    /// Takes task `id` out of its sandbox (if it joined one) and waits
+    /// until the node let the sandbox go.
+    async fn unjoin(&self, id: &str) -> Result<(), String> {
+        if self.node.sandboxes.get(id).is_none() {
+            return Ok(());
+        }
+        self.node
+            .sandboxes
+            .clear(id)
+            .map_err(|e| format!("cannot forget the sandbox: {e}"))?;
+        self.node.wake.notify_one();
+        self.node.wait_released(id).await.map_err(|_| {
+            format!(
+                "task {id}'s interface was not taken out within {} s (see the daemon's log)",
+                super::cni::WIRE_TIMEOUT.as_secs()
+            )
+        })
+    }
+
+    async fn leave(&self, endpoint: &str) -> Result<Value, String> {
+        if let Some(task) = self.endpoints.get(endpoint) {
+            self.unjoin(&task).await?;
+        }
+        Ok(json!({}))
+    }
+
+    async fn delete_endpoint(&self, endpoint: &str) -> Result<Value, String> {
+        if let Some(task) = self.endpoints.get(endpoint) {
+            self.unjoin(&task).await?;
+            self.remove(&task).await?;
+            self.endpoints.change(|m| drop(m.remove(endpoint)))?;
+        }
+        Ok(json!({}))
+    }
+}
+
+/// How often Join looks for the interface it hands over, and then for it
+/// in the sandbox.
+const HANDOVER_POLL: std::time::Duration = std::time::Duration::from_millis(10);
+/// How long dockerd may take to start the container after Join.
+const MOVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// The interfaces of the calling thread's network namespace.
+fn links_here() -> Vec<String> {
+    std::fs::read_to_string("/proc/thread-self/net/dev")
+        .map(|t| {
+            t.lines()
+                .skip(2)
+                .filter_map(|l| Some(l.split(':').next()?.trim().to_owned()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The interface with MAC `mac` (lower-case) in namespace `path`.
+fn link_with_mac(path: &Path, mac: &str) -> Option<String> {
+    let ns = weft_overlay::linux::Netns::open(path).ok()?;
+    ns.run_in(|| {
+        nix::ifaddrs::getifaddrs().ok()?.find_map(|i| {
+            let a = i.address?;
+            let l = a.as_link_addr()?.addr()?;
+            let m = l.map(|b| format!("{b:02x}")).join(":");
+            (m == mac).then_some(i.interface_name)
+        })
+    })
+    .ok()
+    .flatten()
+}
+
+/// Waits until dockerd moved task `task`'s interface into `sandbox` (the
+/// container's namespace exists once its runtime set it up), then notes
+/// the name dockerd gave it: the node then adopts the namespace and wires
+/// the rest (VIP table, resolver). Gives up if the endpoint left first.
+async fn find_moved(node: Arc<NodeService>, task: String, sandbox: PathBuf, mac: String) {
+    let waiting = Sandbox {
+        netns: sandbox.clone(),
+        ifname: None,
+    };
+    let deadline = tokio::time::Instant::now() + MOVE_TIMEOUT;
+    while tokio::time::Instant::now() < deadline {
+        if node.sandboxes.get(&task).as_ref() != Some(&waiting) {
+            return;
+        }
+        if weft_overlay::linux::Netns::exists(&sandbox) {
+            if node.netns_is_weft(&sandbox) {
+                tracing::warn!(%task, sandbox = %sandbox.display(), "a Docker sandbox that is weft's own namespace: not wired");
+                return;
+            }
+            let (p, m) = (sandbox.clone(), mac.clone());
+            let found = tokio::task::spawn_blocking(move || link_with_mac(&p, &m))
+                .await
+                .ok()
+                .flatten();
+            if let Some(ifname) = found {
+                let joined = Sandbox {
+                    netns: sandbox.clone(),
+                    ifname: Some(ifname.clone()),
+                };
+                if let Err(e) = node.sandboxes.set(&task, joined) {
+                    tracing::warn!(%task, error = %e, "cannot note the Docker endpoint's interface");
+                    return;
+                }
+                tracing::info!(%task, %ifname, "Docker endpoint in its container");
+                node.wake.notify_one();
+                return;
+            }
+        }
+        tokio::time::sleep(HANDOVER_POLL).await;
+    }
+    tracing::warn!(%task, sandbox = %sandbox.display(), "dockerd did not move the interface into the container in time");
+}
+
+#[tonic::async_trait]
+impl Backend for DockerPlugin {
+    async fn call(&self, call: Call) -> Result<Value, String> {
+        self.node.locked.refuse().map_err(msg)?;
+        match call {
+            Call::RequestPool(r) => self.request_pool(r).await,
+            Call::ReleasePool(_) => Ok(json!({})),
+            Call::RequestAddress(r) => self.request_address(r).await,
+            Call::ReleaseAddress(pool, a) => self.release_address(&pool, &a).await,
+            Call::CreateNetwork(r) => self.create_network(r).await,
+            Call::DeleteNetwork(id) => {
+                self.networks.change(|m| drop(m.remove(&id)))?;
+                Ok(json!({}))
+            }
+            Call::CreateEndpoint(r) => self.create_endpoint(r).await,
+            Call::DeleteEndpoint(_, e) => self.delete_endpoint(&e).await,
+            Call::Join(r) => self.join(r).await,
+            Call::Leave(_, e) => self.leave(&e).await,
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! Debian's dockerd with weft as its network and IPAM plugin, on two hosts
+//! of the lab (no Swarm mode): `docker run --network` containers join a
+//! weft overlay, reach each other, weft tasks and a weft service by name,
+//! and Docker's removals and restarts leave nothing in weft.
+//!
+//! Each host's dockerd runs in that host's network namespace and in its
+//! weft daemon's mount namespace (a tmpfs on `/run`, see
+//! `Lab::private_run` and tests/common/dockerd.rs).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::dockerd::{Dockerd, PLUGIN_SOCKET};
+use common::podman::Podman;
+use common::{Lab, addr_of_in, wait_for};
+
+const T: Duration = Duration::from_secs(30);
+
+/// A lab of `hosts` with the plugin on, the first a manager, and the
+/// attachable overlay `appnet` (10.75.0.0/24).
+fn lab(name: &str, hosts: &[&str]) -> Lab {
+    let mut lab = Lab::new(name, hosts);
+    lab.private_run();
+    for h in hosts {
+        lab.start_with(h, &["--docker-plugin", PLUGIN_SOCKET]);
+    }
+    let (worker, _) = lab.init(hosts[0], &[]);
+    for h in &hosts[1..] {
+        lab.join(h, &worker, hosts[0]);
+    }
+    lab.attachable_network(hosts[0], "10.75.0.0/24", "appnet");
+    lab
+}
+
+/// `docker network create` of the Docker network `name` on weft's `net`.
+fn docker_network(d: &Dockerd, name: &str, net: &str) {
+    d.ok(&[
+        "network",
+        "create",
+        "-d",
+        "weft",
+        "--ipam-driver",
+        "weft",
+        "--ipam-opt",
+        &format!("weft.network={net}"),
+        name,
+    ]);
+}
+
+fn container_ip(d: &Dockerd, name: &str, dev: &str) -> String {
+    let out = d.exec(
+        name,
+        &["busybox", "ip", "-o", "-4", "addr", "show", "dev", dev],
+    );
+    addr_of_in(&out)
+        .and_then(|a| a.split('/').next().map(str::to_owned))
+        .unwrap_or_else(|| panic!("no address on {dev} of {name}: {out}"))
+}
+
+/// The Docker endpoints weft lists on `net`.
+fn docker_endpoints(lab: &Lab, net: &str) -> usize {
+    let v: serde_json::Value =
+        serde_json::from_str(&lab.weft("h1", &["network", "inspect", net])).expect("json");
+    v[0]["Containers"].as_object().map_or(0, |c| {
+        c.values().filter(|e| e["Runtime"] == "docker").count()
+    })
+}
+
+fn ping(d: &Dockerd, c: &str, ip: &str) -> bool {
+    d.exec_ok(c, &["busybox", "ping", "-c", "1", "-W", "1", ip])
+}
+
+/// A weft task sleeping on `net` on `host`: its namespace (reachable from
+/// the test) and address.
+fn weft_task(lab: &Lab, host: &str, name: &str, net: &str) -> (PathBuf, String) {
+    let pin = PathBuf::from(format!(
+        "/proc/{}/root{}",
+        lab.pid(host).expect("runs"),
+        common::sleeper(lab, host, name, net).display()
+    ));
+    let out = common::nsenter_stdout(&pin, &["ip", "-o", "-4", "addr", "show", "dev", "eth0"]);
+    let ip = addr_of_in(&out).expect("task address");
+    (pin, ip.split('/').next().unwrap().to_owned())
+}
+
+#[test]
+fn docker_containers_on_two_hosts_join_a_weft_overlay_and_leave_nothing_behind() {
+    let lab = lab("dkrnet", &["h1", "h2"]);
+    let (task_pin, task_ip) = weft_task(&lab, "h2", "peer", "appnet");
+    common::sleeping_service(&lab, "h1", "web", "appnet");
+    let vip = common::vip_of(&lab, "h1", "web");
+    let (d1, mut d2) = (Dockerd::start(&lab, "h1"), Dockerd::start(&lab, "h2"));
+    docker_network(&d1, "appnet", "appnet");
+    docker_network(&d2, "appnet", "appnet");
+    let dns = ["--network", "appnet", "--dns", "127.0.0.12"];
+    d1.run_d("c1", &dns, &["sleep", "600"]);
+    d2.run_d("c2", &["--network", "appnet"], &["sleep", "600"]);
+    let (ip1, ip2) = (
+        container_ip(&d1, "c1", "eth0"),
+        container_ip(&d2, "c2", "eth0"),
+    );
+    assert!(
+        ip1.starts_with("10.75.0.") && ip2.starts_with("10.75.0.") && ip1 != ip2,
+        "{ip1} {ip2}"
+    );
+    assert_eq!(docker_endpoints(&lab, "appnet"), 2);
+
+    // Across hosts, to and from a weft task, out through Docker's gateway
+    // bridge (to the other host's underlay address).
+    wait_for("c1 reaching c2 across hosts", T, || ping(&d1, "c1", &ip2));
+    wait_for("c2 reaching c1", T, || ping(&d2, "c2", &ip1));
+    wait_for("c1 reaching the weft task", T, || ping(&d1, "c1", &task_ip));
+    wait_for("the weft task reaching c1", T, || {
+        common::pings(&task_pin, &ip1)
+    });
+    wait_for("c1 reaching h2's underlay", T, || {
+        ping(&d1, "c1", &lab.addr("h2"))
+    });
+    // A weft service by name: Docker's resolver forwards it to weft's
+    // (--dns 127.0.0.12), and the VIP answers pings through its table.
+    wait_for("c1 resolving the weft service", T, || {
+        let out = d1.run(&["exec", "c1", "busybox", "nslookup", "web"]);
+        String::from_utf8_lossy(&out.stdout).contains(&vip)
+    });
+    wait_for("c1 reaching the service's VIP", T, || ping(&d1, "c1", &vip));
+
+    connect_and_disconnect(&lab, &d1, &ip2);
+
+    // docker rm -f: the endpoint goes from weft, its namespace pin too.
+    d1.ok(&["rm", "-f", "c1"]);
+    wait_for("c1's endpoint removed", T, || {
+        docker_endpoints(&lab, "appnet") == 1
+    });
+    // The Docker service crashes (dockerd and its containerd killed) and
+    // starts again: dockerd cleans up the sandboxes it finds, and weft
+    // forgets c2.
+    d2.crash();
+    d2.spawn();
+    wait_for("c2's endpoint removed after dockerd's restart", T, || {
+        docker_endpoints(&lab, "appnet") == 0
+    });
+    assert!(
+        no_handover_links(&lab, "h1") && no_handover_links(&lab, "h2"),
+        "a handed-over veth was left in a daemon's namespace"
+    );
+}
+
+/// `docker network connect/disconnect` of a container on Docker's own
+/// bridge; a second weft network for a container already on one is
+/// refused.
+fn connect_and_disconnect(lab: &Lab, d1: &Dockerd, ip2: &str) {
+    d1.run_d("c3", &["--network", "bridge"], &["sleep", "600"]);
+    d1.ok(&["network", "connect", "appnet", "c3"]);
+    let ip3 = container_ip(d1, "c3", "eth1");
+    assert!(ip3.starts_with("10.75.0."), "{ip3}");
+    wait_for("c3 reaching c2 once connected", T, || ping(d1, "c3", ip2));
+    assert_eq!(docker_endpoints(lab, "appnet"), 3);
+    d1.ok(&["network", "disconnect", "appnet", "c3"]);
+    wait_for("c3's endpoint removed once disconnected", T, || {
+        docker_endpoints(lab, "appnet") == 2
+    });
+    assert!(
+        !d1.exec_ok("c3", &["busybox", "ip", "link", "show", "eth1"]),
+        "c3 still has its weft interface"
+    );
+
+    lab.attachable_network("h1", "10.76.0.0/24", "othernet");
+    docker_network(d1, "othernet", "othernet");
+    let err = d1.err(&["network", "connect", "othernet", "c1"]);
+    assert!(err.contains("one weft network at a time"), "{err}");
+    assert_eq!(docker_endpoints(lab, "othernet"), 0);
+    d1.ok(&["rm", "-f", "c3"]);
+}
+
+/// Whether `host`'s daemon namespace has no veth left for dockerd to move.
+fn no_handover_links(lab: &Lab, host: &str) -> bool {
+    let out = common::nsenter_stdout(&lab.host_netns(host), &["ip", "-o", "link"]);
+    !out.contains("weftdk")
+}
+
+#[test]
+fn a_weft_task_a_podman_container_and_a_docker_container_share_a_network() {
+    for tool in ["podman", "conmon", "runc"] {
+        assert!(
+            common::containerd::find_on_path(tool).is_some(),
+            "{tool} is not installed: run `make deps`; this test is not skipped"
+        );
+    }
+    let lab = lab("dkrmix", &["h1", "h2"]);
+    let (task_pin, task_ip) = weft_task(&lab, "h1", "task", "appnet");
+    let p = Podman::new(&lab, "h1", "appnet");
+    let d = Dockerd::start(&lab, "h2");
+    docker_network(&d, "appnet", "appnet");
+    p.sleeper("pod", "appnet");
+    d.run_d("dock", &["--network", "appnet"], &["sleep", "600"]);
+    let pod_ip = addr_of_in(&p.ok(&[
+        "exec", "pod", "busybox", "ip", "-o", "-4", "addr", "show", "dev", "eth0",
+    ]))
+    .and_then(|a| a.split('/').next().map(str::to_owned))
+    .expect("pod address");
+    let dock_ip = container_ip(&d, "dock", "eth0");
+
+    let podping = |ip: &str| p.exec_ok("pod", &["busybox", "ping", "-c", "1", "-W", "1", ip]);
+    wait_for("docker → podman", T, || ping(&d, "dock", &pod_ip));
+    wait_for("docker → weft task", T, || ping(&d, "dock", &task_ip));
+    wait_for("podman → docker", T, || podping(&dock_ip));
+    wait_for("podman → weft task", T, || podping(&task_ip));
+    wait_for("weft task → docker", T, || {
+        common::pings(&task_pin, &dock_ip)
+    });
+    wait_for("weft task → podman", T, || {
+        common::pings(&task_pin, &pod_ip)
+    });
+}
+
+/// One raw plugin call on `socket`: (HTTP status, body).
+fn plugin_call(socket: &Path, method: &str, body: &str) -> (u16, String) {
+    let mut s = std::os::unix::net::UnixStream::connect(socket).expect("plugin socket");
+    s.set_read_timeout(Some(T)).unwrap();
+    write!(
+        s,
+        "POST /{method} HTTP/1.1\r\nHost: plugin\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_owned();
+    (status, body)
+}
+
+#[test]
+fn bad_docker_networks_and_plugin_calls_get_clear_errors_and_change_nothing() {
+    let lab = lab("dkrbad", &["h1"]);
+    lab.weft(
+        "h1",
+        &["network", "create", "--subnet", "10.77.0.0/24", "closed"],
+    );
+    let d = Dockerd::start(&lab, "h1");
+    // Docker's own IPAM cannot give weft's addresses; the weft network
+    // must be named, exist and be attachable.
+    let weft_ipam = ["network", "create", "-d", "weft", "--ipam-driver", "weft"];
+    for (name, extra, says) in [
+        ("x1", &["-d", "weft"][..], "--ipam-driver weft"),
+        ("x2", &weft_ipam[2..], "weft.network"),
+        (
+            "x3",
+            &[&weft_ipam[2..], &["--ipam-opt", "weft.network=nosuch"]].concat()[..],
+            "nosuch",
+        ),
+        (
+            "x4",
+            &[&weft_ipam[2..], &["--ipam-opt", "weft.network=closed"]].concat()[..],
+            "not attachable",
+        ),
+    ] {
+        let mut args = vec!["network", "create"];
+        args.extend_from_slice(extra);
+        args.push(name);
+        let err = d.err(&args);
+        assert!(err.contains(says), "{name}: {err}");
+    }
+    let nets = d.ok(&["network", "ls", "--format", "{{.Name}}"]);
+    assert!(!nets.contains("x1") && !nets.contains("x4"), "{nets}");
+
+    // The protocol's edge: bad JSON, bad IDs, an unknown endpoint.
+    let sock = d.plugin_socket();
+    let (code, body) = plugin_call(&sock, "Plugin.Activate", "");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("NetworkDriver") && body.contains("IpamDriver"));
+    for (method, req) in [
+        ("IpamDriver.RequestPool", "{not json"),
+        (
+            "NetworkDriver.Join",
+            r#"{"NetworkID":"../x","EndpointID":"a","SandboxKey":"/x"}"#,
+        ),
+        (
+            "NetworkDriver.Join",
+            r#"{"NetworkID":"a","EndpointID":"b","SandboxKey":"rel"}"#,
+        ),
+        ("Nope.Call", "{}"),
+    ] {
+        let (code, body) = plugin_call(&sock, method, req);
+        assert_eq!(code, 400, "{method} {req}: {body}");
+        assert!(body.contains("\"Err\""), "{body}");
+    }
+    let (code, body) = plugin_call(
+        &sock,
+        "NetworkDriver.Join",
+        r#"{"NetworkID":"a","EndpointID":"b","SandboxKey":"/x"}"#,
+    );
+    assert_eq!(code, 500, "{body}");
+    assert!(body.contains("not known here"), "{body}");
+    let (code, body) = plugin_call(
+        &sock,
+        "IpamDriver.RequestAddress",
+        r#"{"PoolID":"nosuchpool","Address":"","Options":{}}"#,
+    );
+    assert_eq!(code, 500, "{body}");
+    let ps = lab.weft("h1", &["ps", "-a", "-q"]);
+    assert!(ps.trim().is_empty(), "tasks were made: {ps}");
+}
