@@ -12,11 +12,14 @@
 #   throughput   iperf3 (1 stream) from a task on the other host to a CNI
 #                container and to a weft task beside it (target ≥ 0.95×)
 #   run          `podman run -d` (Debian's podman, CNI backend, weft's plugin)
-#                of a busybox httpd to it answering TCP from a task on the
-#                other host, against `docker run -d --network` of the same on
-#                a Docker Swarm attachable overlay (Debian's docker.io, two
-#                dockerd in namespace hosts, tests/common/swarm.rs) to it
-#                answering from a container on the other host
+#                and `docker run -d --network` (Debian's dockerd, weft's
+#                network plugin) of a busybox httpd to it answering TCP from
+#                a task on the other host, against `docker run -d --network`
+#                of the same on a Docker Swarm attachable overlay (two dockerd
+#                in namespace hosts, tests/common/swarm.rs) to it answering
+#                from a container on the other host; and iperf3 (1 stream)
+#                from a task on the other host to a Docker container on weft
+#                and to a weft task beside it (target ≥ 0.95×)
 #
 # and writes bench/results-cni.md. Everything lives under one work
 # directory (TMPDIR for the test), cleared on exit, failure or interrupt.
@@ -50,9 +53,9 @@ TMPDIR=$WORK WEFT_BENCH_OUT=$FRAG \
   2> >(tee "$WORK/test.log" >&2) >&2
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
-bench_results "CNI plugin benchmark (issue #15)" \
+bench_results "CNI and Docker plugin benchmark (issue #15)" \
   "Run of $START on $(nproc) vCPU ($(bench_cpu)), kernel $(uname -r), $(iperf3 --version | head -n 1 | cut -d' ' -f1-2). \
 weft $(bench_rev) (release build). Load average $LOAD_BEFORE before, $LOAD_AFTER after: the machine is \
 shared, so both sides are measured in the same run (task and CNI container alternating; the podman rounds, then \
-the Swarm rounds on a swarm of its own), and the figures are medians. The task's attach time includes starting its process (busybox httpd); the CNI container's server listens before ADD. \
+the Docker-on-weft rounds, then the Swarm rounds on a swarm of its own), and the figures are medians. The task's attach time includes starting its process (busybox httpd); the CNI container's server listens before ADD. \
 Produced by \`bench/cni.sh\` (tests/bench_cni.rs)."

@@ -275,6 +275,16 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     let (plugin_stop, plugin_stopped) = tokio::sync::oneshot::channel::<()>();
     let plugin = args.docker_plugin.clone().map(|socket| {
         let backend = Arc::new(docker::DockerPlugin::new(node.clone()));
+        let sweeper = Arc::downgrade(&backend);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(docker::SWEEP);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(b) = sweeper.upgrade() else { return };
+                b.sweep().await;
+            }
+        });
         tokio::spawn(async move {
             let stop = async {
                 let _ = plugin_stopped.await;

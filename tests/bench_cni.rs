@@ -6,7 +6,11 @@
 //!   against `weft run -d --network` of a task to the same answer;
 //! - `cni_throughput`: iperf3 from a task on another host to a CNI
 //!   container, against the same to a weft task on the container's host
-//!   (the same path, so the target is ≥ 0.95×).
+//!   (the same path, so the target is ≥ 0.95×);
+//! - `podman and docker run on weft`: `podman run` (CNI plugin) and `docker
+//!   run` (network plugin) to the container answering from another host,
+//!   against `docker run` on a Docker Swarm attachable overlay, and iperf3
+//!   to a Docker container on weft against a weft task (≥ 0.95×).
 //!
 //! Run with `cargo test --release --test bench_cni -- --ignored
 //! --test-threads=1 --nocapture`; knobs: `WEFT_BENCH_LAT_ROUNDS` (attach
@@ -117,6 +121,30 @@ fn ip_of(pin: &Path) -> Option<Ipv4Addr> {
     common::addr_of_in(&out)?.split('/').next()?.parse().ok()
 }
 
+/// iperf3 servers in the namespaces of a task and of a container, then
+/// `rounds` single-stream runs of `secs` from `probe` to each, alternating;
+/// Gbit/s to the task, to the container.
+fn alternate_iperf(
+    procs: &mut Procs,
+    probe: &Path,
+    task: (&Path, &str),
+    ctr: (&Path, &str),
+    (rounds, secs): (usize, u64),
+) -> (Vec<f64>, Vec<f64>) {
+    iperf3_server(procs, task.0);
+    iperf3_server(procs, ctr.0);
+    let (mut to_task, mut to_ctr) = (Vec::new(), Vec::new());
+    for r in 0..rounds {
+        to_task.push(iperf3(probe, task.1, 1, secs).gbps);
+        to_ctr.push(iperf3(probe, ctr.1, 1, secs).gbps);
+        eprintln!(
+            "round {r}: to a task {:.2} Gbit/s, to a container {:.2} Gbit/s",
+            to_task[r], to_ctr[r]
+        );
+    }
+    (to_task, to_ctr)
+}
+
 #[test]
 #[ignore = "benchmark: run with --ignored (bench/cni.sh)"]
 fn cni_attach_and_throughput() {
@@ -190,17 +218,13 @@ fn cni_attach_and_throughput() {
         .unwrap()
         .to_owned();
     let task_ip = ip_of(&srv_task).expect("task address").to_string();
-    iperf3_server(&mut procs, &srv_task);
-    iperf3_server(&mut procs, &srv_ctr.0);
-    let (mut to_task, mut to_ctr) = (Vec::new(), Vec::new());
-    for r in 0..t_rounds {
-        to_task.push(iperf3(&probe, &task_ip, 1, secs).gbps);
-        to_ctr.push(iperf3(&probe, &ctr_ip, 1, secs).gbps);
-        eprintln!(
-            "round {r}: to a task {:.2} Gbit/s, to a CNI container {:.2} Gbit/s",
-            to_task[r], to_ctr[r]
-        );
-    }
+    let (to_task, to_ctr) = alternate_iperf(
+        &mut procs,
+        &probe,
+        (&srv_task, &task_ip),
+        (&srv_ctr.0, &ctr_ip),
+        (t_rounds, secs),
+    );
     drop(procs);
 
     let (ta, ca) = (median(&task_s), median(&cni_s));
@@ -323,25 +347,99 @@ fn swarm_rounds(rounds: usize) -> Vec<f64> {
         .collect()
 }
 
+/// `docker run -d --network` (Docker's dockerd with weft's network plugin)
+/// of a server on a weft overlay on h1 → it answers TCP from a task on h2,
+/// `rounds` times (seconds); then iperf3 from that task to a Docker
+/// container and to a weft task on h1, `t_rounds` times each, alternating
+/// (Gbit/s: to tasks, to containers).
+fn docker_rounds(rounds: usize, t_rounds: usize, secs: u64) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    use common::dockerd::{Dockerd, PLUGIN_SOCKET};
+    let mut lab = Lab::new("bench-cni-docker", &["h1", "h2"]);
+    lab.private_run();
+    for h in ["h1", "h2"] {
+        lab.start_with(h, &["--docker-plugin", PLUGIN_SOCKET]);
+    }
+    let (worker, _) = lab.init("h1", &[]);
+    lab.join("h2", &worker, "h1");
+    lab.attachable_network("h1", "10.77.0.0/24", "appnet");
+    let in_daemon = |host: &str, pin: PathBuf| {
+        PathBuf::from(format!(
+            "/proc/{}/root{}",
+            lab.pid(host).expect("runs"),
+            pin.display()
+        ))
+    };
+    let probe = in_daemon("h2", sleeper(&lab, "h2", "probe", "appnet"));
+    let docker = Dockerd::start(&lab, "h1");
+    docker.weft_network("appnet", "appnet");
+    let format = "{{(index .NetworkSettings.Networks \"appnet\").IPAddress}}";
+    let run: Vec<f64> = (0..rounds)
+        .map(|r| {
+            let name = format!("d{r}");
+            let t0 = Instant::now();
+            docker.run_d(&name, &["--network", "appnet"], &["sh", "-c", SERVE]);
+            let ip = docker.ok(&["inspect", "-f", format, &name]);
+            let took = first_answer(&probe, ip.trim().parse().expect("an IPv4 address"), t0);
+            docker.ok(&["rm", "-f", &name]);
+            eprintln!("docker on weft round {r}: {:.3} s", took.as_secs_f64());
+            took.as_secs_f64()
+        })
+        .collect();
+
+    let srv_task = in_daemon("h1", sleeper(&lab, "h1", "srv", "appnet"));
+    docker.run_d("dsrv", &["--network", "appnet"], &["sleep", "36000"]);
+    let pid = docker.ok(&["inspect", "-f", "{{.State.Pid}}", "dsrv"]);
+    let srv_ctr = PathBuf::from(format!("/proc/{}/ns/net", pid.trim()));
+    let ctr_ip = docker
+        .ok(&["inspect", "-f", format, "dsrv"])
+        .trim()
+        .to_owned();
+    let task_ip = ip_of(&srv_task).expect("task address").to_string();
+    let mut procs = Procs::default();
+    let (to_task, to_ctr) = alternate_iperf(
+        &mut procs,
+        &probe,
+        (&srv_task, &task_ip),
+        (&srv_ctr, &ctr_ip),
+        (t_rounds, secs),
+    );
+    drop(procs);
+    (run, to_task, to_ctr)
+}
+
 #[test]
 #[ignore = "benchmark: run with --ignored (bench/cni.sh)"]
-fn podman_run_on_weft_against_docker_run_on_swarm() {
+fn podman_and_docker_run_on_weft_against_docker_run_on_swarm() {
     let rounds = env_num("WEFT_BENCH_LAT_ROUNDS", 5) as usize;
+    let t_rounds = env_num("WEFT_BENCH_ROUNDS", 3) as usize;
+    let secs = env_num("WEFT_BENCH_SECS", 10);
     let weft = podman_rounds(rounds);
+    let (dock, to_task, to_ctr) = docker_rounds(rounds, t_rounds, secs);
     let swarm = swarm_rounds(rounds);
-    let (w, s) = (median(&weft), median(&swarm));
+    let (w, d, s) = (median(&weft), median(&dock), median(&swarm));
     let every = |v: &[f64]| v.iter().map(|x| fmt_s(*x)).collect::<Vec<_>>().join(", ");
+    let (tt, ct) = (median(&to_task), median(&to_ctr));
     let md = format!(
-        "\n### podman on weft against docker on Docker Swarm\n\n\
-         | run → answering TCP from another host (median of {rounds}) | podman on weft (CNI) | \
-         docker on a Swarm attachable overlay ({}) | weft / Swarm |\n|---|---|---|---|\n\
-         | seconds | {} ({}) | {} ({}) | {:.2}× |\n",
-        common::swarm::Swarm::version(),
+        "\n### podman and docker on weft against docker on Docker Swarm\n\n\
+         | run → answering TCP from another host (median of {rounds}) | seconds (each round) | \
+         against Swarm |\n|---|---|---|\n\
+         | podman on weft (CNI plugin) | {} ({}) | {:.2}× |\n\
+         | docker on weft (network plugin) | {} ({}) | {:.2}× |\n\
+         | docker on a Swarm attachable overlay ({}) | {} ({}) | 1× |\n\n\
+         | TCP throughput from a task on another host, 1 stream, {secs} s (median of {t_rounds}) | \
+         weft task | Docker container (weft plugin) | ratio | target |\n|---|---|---|---|---|\n\
+         | Gbit/s | {tt:.2} | {ct:.2} | {:.2}× | ≥ 0.95× {} |\n",
         fmt_s(w),
         every(&weft),
+        w / s,
+        fmt_s(d),
+        every(&dock),
+        d / s,
+        common::swarm::Swarm::version(),
         fmt_s(s),
         every(&swarm),
-        w / s
+        ct / tt,
+        met(ct / tt >= 0.95),
     );
     write_fragment("cni-swarm.md", &md);
 }

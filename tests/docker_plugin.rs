@@ -37,17 +37,7 @@ fn lab(name: &str, hosts: &[&str]) -> Lab {
 
 /// `docker network create` of the Docker network `name` on weft's `net`.
 fn docker_network(d: &Dockerd, name: &str, net: &str) {
-    d.ok(&[
-        "network",
-        "create",
-        "-d",
-        "weft",
-        "--ipam-driver",
-        "weft",
-        "--ipam-opt",
-        &format!("weft.network={net}"),
-        name,
-    ]);
+    d.weft_network(name, net);
 }
 
 fn container_ip(d: &Dockerd, name: &str, dev: &str) -> String {
@@ -88,11 +78,11 @@ fn weft_task(lab: &Lab, host: &str, name: &str, net: &str) -> (PathBuf, String) 
 
 #[test]
 fn docker_containers_on_two_hosts_join_a_weft_overlay_and_leave_nothing_behind() {
-    let lab = lab("dkrnet", &["h1", "h2"]);
+    let mut lab = lab("dkrnet", &["h1", "h2"]);
     let (task_pin, task_ip) = weft_task(&lab, "h2", "peer", "appnet");
     common::sleeping_service(&lab, "h1", "web", "appnet");
     let vip = common::vip_of(&lab, "h1", "web");
-    let (d1, mut d2) = (Dockerd::start(&lab, "h1"), Dockerd::start(&lab, "h2"));
+    let (mut d1, mut d2) = (Dockerd::start(&lab, "h1"), Dockerd::start(&lab, "h2"));
     docker_network(&d1, "appnet", "appnet");
     docker_network(&d2, "appnet", "appnet");
     let dns = ["--network", "appnet", "--dns", "127.0.0.12"];
@@ -128,6 +118,14 @@ fn docker_containers_on_two_hosts_join_a_weft_overlay_and_leave_nothing_behind()
     wait_for("c1 reaching the service's VIP", T, || ping(&d1, "c1", &vip));
 
     connect_and_disconnect(&lab, &d1, &ip2);
+
+    // weft's daemon restarts under a running container: it keeps its
+    // network, and Docker's removal still reaches weft afterwards.
+    d1.restart_weft(&mut lab);
+    wait_for("c1 reaching c2 after weft's restart", T, || {
+        ping(&d1, "c1", &ip2)
+    });
+    assert_eq!(docker_endpoints(&lab, "appnet"), 2);
 
     // docker rm -f: the endpoint goes from weft, its namespace pin too.
     d1.ok(&["rm", "-f", "c1"]);
@@ -182,20 +180,24 @@ fn no_handover_links(lab: &Lab, host: &str) -> bool {
 }
 
 #[test]
-fn a_weft_task_a_podman_container_and_a_docker_container_share_a_network() {
+fn a_weft_task_a_podman_container_and_a_docker_container_share_an_encrypted_network() {
     for tool in ["podman", "conmon", "runc"] {
         assert!(
             common::containerd::find_on_path(tool).is_some(),
             "{tool} is not installed: run `make deps`; this test is not skipped"
         );
     }
+    use common::wire::{count_underlay, counter, reset_counters};
     let lab = lab("dkrmix", &["h1", "h2"]);
-    let (task_pin, task_ip) = weft_task(&lab, "h1", "task", "appnet");
-    let p = Podman::new(&lab, "h1", "appnet");
+    // Encrypted: between hosts, only WireGuard on the underlay.
+    lab.encrypted_network("h1", "10.74.0.0/24", "secure");
+    count_underlay(&lab);
+    let (task_pin, task_ip) = weft_task(&lab, "h1", "task", "secure");
+    let p = Podman::new(&lab, "h1", "secure");
     let d = Dockerd::start(&lab, "h2");
-    docker_network(&d, "appnet", "appnet");
-    p.sleeper("pod", "appnet");
-    d.run_d("dock", &["--network", "appnet"], &["sleep", "600"]);
+    docker_network(&d, "secure", "secure");
+    p.sleeper("pod", "secure");
+    d.run_d("dock", &["--network", "secure"], &["sleep", "600"]);
     let pod_ip = addr_of_in(&p.ok(&[
         "exec", "pod", "busybox", "ip", "-o", "-4", "addr", "show", "dev", "eth0",
     ]))
@@ -214,6 +216,15 @@ fn a_weft_task_a_podman_container_and_a_docker_container_share_a_network() {
     wait_for("weft task → podman", T, || {
         common::pings(&task_pin, &pod_ip)
     });
+
+    reset_counters(&lab);
+    for _ in 0..10 {
+        assert!(ping(&d, "dock", &pod_ip) && ping(&d, "dock", &task_ip));
+    }
+    let wg = counter(&lab.switch_netns(), "weftcount", "wg");
+    let vx = counter(&lab.switch_netns(), "weftcount", "vxlan");
+    assert!(wg >= 40, "WireGuard carried the pings: {wg}");
+    assert_eq!(vx, 0, "no plaintext VXLAN on the underlay");
 }
 
 /// One raw plugin call on `socket`: (HTTP status, body).

@@ -96,6 +96,9 @@ pub(crate) struct DockerPlugin {
     /// node's config may not have them yet when CreateEndpoint and Join
     /// come a few ms later.
     reserved: Mutex<BTreeMap<String, (String, String)>>,
+    /// Docker tasks of this node that no endpoint claimed at the last
+    /// sweep ([`DockerPlugin::sweep`]).
+    unclaimed: Mutex<std::collections::BTreeSet<String>>,
 }
 
 fn msg(s: Status) -> String {
@@ -115,7 +118,52 @@ impl DockerPlugin {
             networks: JsonMap::load(node.data_dir.join("docker/networks.json")),
             endpoints: JsonMap::load(node.exec_root.join("docker/endpoints.json")),
             reserved: Mutex::new(BTreeMap::new()),
+            unclaimed: Mutex::new(std::collections::BTreeSet::new()),
             node,
+        }
+    }
+
+    /// Removes the Docker tasks of this node that no endpoint claimed at
+    /// this sweep and the one before ([`SWEEP`] apart): an address that
+    /// dockerd asked for and never used (it died between RequestAddress and
+    /// CreateEndpoint, or its rollback failed).
+    pub(crate) async fn sweep(&self) {
+        let claimed: std::collections::BTreeSet<String> = self
+            .endpoints
+            .map
+            .lock()
+            .expect("map")
+            .values()
+            .cloned()
+            .collect();
+        let mine: Vec<String> = {
+            let guard = self.node.active.lock().await;
+            let Some(a) = guard.as_ref() else { return };
+            let config = a.agent.config().borrow().clone();
+            config
+                .map(|c| {
+                    c.tasks
+                        .iter()
+                        .filter(|t| t.external.as_ref().is_some_and(|e| e.runtime == DOCKER))
+                        .map(|t| t.id.clone())
+                        .filter(|id| !claimed.contains(id))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let before = std::mem::replace(
+            &mut *self.unclaimed.lock().expect("unclaimed"),
+            mine.iter().cloned().collect(),
+        );
+        for id in mine.iter().filter(|id| before.contains(*id)) {
+            tracing::info!(task = %id, "a Docker address no endpoint used: released");
+            self.reserved
+                .lock()
+                .expect("reserved")
+                .retain(|_, (t, _)| t != id);
+            if let Err(e) = self.remove(id).await {
+                tracing::warn!(task = %id, error = %e, "cannot release an unused Docker address");
+            }
         }
     }
 
@@ -464,6 +512,10 @@ impl DockerPlugin {
         Ok(json!({}))
     }
 }
+
+/// How often unused Docker addresses are looked for (one is released at
+/// its second sighting).
+pub(crate) const SWEEP: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// How often Join looks for the interface it hands over, and then for it
 /// in the sandbox.

@@ -121,6 +121,27 @@ impl Dockerd {
         }
     }
 
+    /// Restarts `host`'s weft daemon (SIGTERM, then started again in this
+    /// dockerd's mount namespace, where the sandboxes and the plugin socket
+    /// are, as on a machine with one mount namespace), with the plugin on.
+    pub fn restart_weft(&mut self, lab: &mut Lab) {
+        let dockerd = self.child.as_ref().expect("dockerd runs").id();
+        lab.sigterm(&self.host);
+        let wrapper = self.dir.join("weft-in-docker-mounts");
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\nexec nsenter -m -t {dockerd} -- {} \"$@\"\n",
+                super::WEFT
+            ),
+        )
+        .expect("wrapper");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        lab.start_exe(&self.host, &wrapper, &["--docker-plugin", PLUGIN_SOCKET]);
+        self.daemon_pid = lab.pid(&self.host).expect("runs");
+    }
+
     /// The weft plugin's socket as any process can reach it (it lives in
     /// the daemon's mount namespace).
     pub fn plugin_socket(&self) -> PathBuf {
@@ -235,6 +256,22 @@ impl Dockerd {
         args.push("weft-test/busybox:latest");
         args.extend_from_slice(cmd);
         self.ok(&args).trim().to_owned()
+    }
+
+    /// `docker network create` of the Docker network `name` on weft's
+    /// network `net` (both of weft's drivers).
+    pub fn weft_network(&self, name: &str, net: &str) {
+        self.ok(&[
+            "network",
+            "create",
+            "-d",
+            "weft",
+            "--ipam-driver",
+            "weft",
+            "--ipam-opt",
+            &format!("weft.network={net}"),
+            name,
+        ]);
     }
 
     /// Whether `cmd` in container `name` succeeds.

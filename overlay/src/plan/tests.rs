@@ -1111,3 +1111,57 @@ fn bad_ports_and_ingress_are_refused() {
     d.ports.push(udp);
     assert!(plan(&k, &d).is_ok());
 }
+
+/// A Docker endpoint: the veth is made with its inside end in the daemon's
+/// namespace for dockerd to move, never made again once moved, and the
+/// sandbox is adopted (resolver at its own address) without a new pair.
+#[test]
+fn a_handed_over_endpoint_is_made_once_and_its_sandbox_adopted_without_a_new_pair() {
+    let mut d = DesiredNode::new("198.18.0.1".parse().unwrap());
+    d.networks.insert("n1".into(), net(4096, 9, false));
+    let dk = TaskId::from("dk");
+    let mut t = TaskNet {
+        endpoints: vec![ep("n1", "eth0", "10.0.9.7/24", 7)],
+        handover: true,
+        resolver: Some(crate::dns::DOCKER_UPSTREAM_ADDR),
+        ..TaskNet::default()
+    };
+    d.tasks.insert(dk.clone(), t.clone());
+    let mut k = empty_kernel();
+    let ops = converge(&mut k, &d);
+    let handed = names::handover(&dk);
+    assert!(ops.iter().any(|o| matches!(o,
+        Op::CreateVeth { ns: NsRef::Network(_), peer_ns: NsRef::Host, peer_name, peer_mac, .. }
+            if *peer_name == handed && *peer_mac == Some(mac(7)))));
+    let task_ns = NsRef::Task(dk.clone());
+    assert!(!ops.iter().any(|o| matches!(o,
+        Op::CreateNetns { ns } | Op::AdoptNetns { ns, .. } if *ns == task_ns)));
+    assert!(
+        !ops.iter()
+            .any(|o| matches!(o, Op::StartDns { .. } | Op::ApplyLb { .. }))
+    );
+    assert!(k.host.links.contains_key(&handed));
+
+    // dockerd moved it: the pair is not made again.
+    k.host.links.remove(&handed);
+    assert!(plan(&k, &d).unwrap().is_empty());
+
+    // Found in the sandbox: adopted, resolver at Docker's upstream address,
+    // still no new pair (the namespace is not observed in this pass).
+    t.netns = Some("/var/run/docker/netns/abc".into());
+    d.tasks.insert(dk.clone(), t);
+    let ops = plan(&k, &d).unwrap();
+    assert!(
+        ops.iter()
+            .any(|o| matches!(o, Op::AdoptNetns { ns, .. } if *ns == NsRef::Task(dk.clone())))
+    );
+    assert!(ops.contains(&Op::StartDns {
+        task: dk.clone(),
+        addr: crate::dns::DOCKER_UPSTREAM_ADDR
+    }));
+    assert!(
+        !ops.iter()
+            .any(|o| matches!(o, Op::CreateVeth { .. } | Op::DeleteLink { .. })),
+        "{ops:#?}"
+    );
+}
