@@ -741,6 +741,9 @@ impl ContainerdRuntime {
     }
 
     /// Waits up to `limit` for the task's process to end; true if it did.
+    /// A wait that fails because the process ended meanwhile and the
+    /// background waiter deleted it (the shim then closes its connection:
+    /// "ttrpc: closed") counts as ended: the process is asked for again.
     async fn wait_exit(&self, id: &str, limit: Duration) -> Result<bool> {
         let mut client = self.tasks();
         let wait = client.wait(tasks::WaitRequest {
@@ -751,7 +754,10 @@ impl ContainerdRuntime {
             Err(_) => Ok(false),
             Ok(Ok(_)) => Ok(true),
             Ok(Err(s)) if s.code() == tonic::Code::NotFound => Ok(true),
-            Ok(Err(s)) => Err(self.err("Tasks.Wait", s)),
+            Ok(Err(s)) => match self.process_alive(id).await {
+                Ok(false) => Ok(true),
+                _ => Err(self.err("Tasks.Wait", s)),
+            },
         }
     }
 }
