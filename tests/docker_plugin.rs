@@ -144,6 +144,14 @@ fn docker_containers_on_two_hosts_join_a_weft_overlay_and_leave_nothing_behind()
         no_handover_links(&lab, "h1") && no_handover_links(&lab, "h2"),
         "a handed-over veth was left in a daemon's namespace"
     );
+    // docker network rm: the mapping goes too.
+    let mapped = |lab: &Lab| {
+        std::fs::read_to_string(lab.data_dir("h1").join("docker/networks.json")).unwrap_or_default()
+    };
+    let id = d1.ok(&["network", "inspect", "-f", "{{.Id}}", "appnet"]);
+    assert!(mapped(&lab).contains(id.trim()));
+    d1.ok(&["network", "rm", "appnet"]);
+    assert!(!mapped(&lab).contains(id.trim()), "{}", mapped(&lab));
 }
 
 /// `docker network connect/disconnect` of a container on Docker's own

@@ -10,13 +10,18 @@
 //!    CreateNetwork ─▶ Docker network ID → weft network ID (kept in the data dir)
 //!  docker run --network NAME …
 //!    RequestAddress ─▶ RunTask{external docker, no namespace yet}: one Raft write;
-//!                      the address weft's IPAM gave
-//!    CreateEndpoint ─▶ endpoint ID → that task (kept in the exec root)
-//!    Join(sandbox)  ─▶ sandbox and a free ethN noted (Sandboxes) ─▶ pass wires it
-//!                      (ethN on the overlay, gw0 + default route, VIPs, resolver)
-//!                      ─▶ answer: no interface for dockerd to move, no Docker gateway
+//!                      the address weft's IPAM gave (task and MAC noted)
+//!    CreateEndpoint ─▶ endpoint ID → that task (kept in the exec root); answer: its MAC
+//!    Join(sandbox)  ─▶ sandbox noted (Sandboxes, no interface name yet) ─▶ the pass
+//!                      makes the veth: network side on br0, the other end
+//!                      `weftdk<hash>` here ─▶ answer: SrcName weftdk…, DstPrefix eth
+//!                      (dockerd moves it into the container once its namespace
+//!                      exists; Docker's gateway bridge gives the way out)
+//!                   ─▶ find_moved: the sandbox is a namespace with a link of that
+//!                      MAC ─▶ its name noted ─▶ the pass adopts the namespace
+//!                      (VIP table, resolver at 127.0.0.12) ─▶ the task runs
 //!    Leave ─▶ sandbox forgotten: the node unwires it · DeleteEndpoint / ReleaseAddress
-//!    ─▶ RemoveTask (idempotent)
+//!    ─▶ RemoveTask (idempotent) · every 60 s: a task no endpoint claimed twice ─▶ removed
 //! ```
 
 use std::collections::BTreeMap;
