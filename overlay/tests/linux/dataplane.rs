@@ -216,28 +216,7 @@ async fn two_nodes_end_to_end() {
 
     // Count VXLAN on the configured port where nothing of ours runs.
     let sw = u.switch().path().to_owned();
-    nsenter(&sw, &["nft", "add", "table", "bridge", "probe"]);
-    nsenter(
-        &sw,
-        &[
-            "nft",
-            "add chain bridge probe cnt { type filter hook forward priority 0; }",
-        ],
-    );
-    nsenter(
-        &sw,
-        &[
-            "nft",
-            &format!("add rule bridge probe cnt udp dport {PORT} counter comment \"vx\""),
-        ],
-    );
-    nsenter(
-        &sw,
-        &[
-            "nft",
-            "add rule bridge probe cnt udp dport 4789 counter comment \"default\"",
-        ],
-    );
+    probe_vxlan_ports(&sw);
 
     // Apply; the second apply has nothing to do.
     assert!(!ops_of(dp1.apply(&d1).await).is_empty());
@@ -246,75 +225,7 @@ async fn two_nodes_end_to_end() {
     assert_eq!(ops_of(dp2.apply(&d2).await), vec![]);
 
     // Independent view of node 1's kernel objects.
-    let n1 = root1.join("netns/net-n1");
-    let vx = ip_link(&n1, "weft-vx4242").expect("vxlan in the network namespace");
-    let info = &vx["linkinfo"]["info_data"];
-    assert_eq!(
-        (info["id"].as_u64(), info["port"].as_u64()),
-        (Some(4242), Some(u64::from(PORT)))
-    );
-    assert_eq!(info["local"], h1.addr().to_string());
-    assert_eq!(
-        (info["learning"].as_bool(), info["proxy"].as_bool()),
-        (Some(false), Some(true))
-    );
-    assert_eq!(vx["master"], "br0");
-    assert!(has_flag(&vx, "UP"));
-    assert!(
-        ip_link(h1.netns().path(), "weft-vx4242").is_none(),
-        "moved out of the host"
-    );
-    assert_eq!(addrs(&n1, "br0"), vec!["10.20.0.1/24"]);
-    let fdb = bridge(&n1, &["fdb", "show", "dev", "weft-vx4242"]);
-    let fdb = fdb.as_array().unwrap();
-    assert!(
-        fdb.iter()
-            .any(|e| e["mac"] == mac(3).to_string() && e["dst"] == h2.addr().to_string()),
-        "{fdb:?}"
-    );
-    assert!(
-        !fdb.iter().any(|e| e["mac"] == "00:00:00:00:00:00"),
-        "no flood entries: {fdb:?}"
-    );
-    let neigh = ip(&n1, &["neigh", "show", "dev", "weft-vx4242"]);
-    assert!(
-        neigh
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|n| n["dst"] == "10.20.0.3"
-                && n["lladdr"] == mac(3).to_string()
-                && n["state"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .any(|s| s == "PERMANENT")),
-        "{neigh}"
-    );
-    let ta = dp1.task_netns(&TaskId::from("a"));
-    let eth0 = ip_link(&ta, "eth0").unwrap();
-    assert_eq!(
-        (eth0["address"].as_str(), eth0["mtu"].as_u64()),
-        (Some(mac(2).to_string().as_str()), Some(1450))
-    );
-    assert_eq!(addrs(&ta, "eth0"), vec!["10.20.0.2/24"]);
-    assert_eq!(addrs(&ta, "gw0"), vec!["172.18.0.2/16"]);
-    let routes = ip(&ta, &["route", "show", "default"]);
-    assert_eq!(routes[0]["gateway"], "172.18.0.1", "{routes}");
-    assert_eq!(
-        addrs(h1.netns().path(), "weft_gwbridge"),
-        vec!["172.18.0.1/16"]
-    );
-    assert!(has_weft_table(&nft_ruleset(h1.netns().path())));
-    let own = Command::new("nft")
-        .args(["-j", "list", "ruleset"])
-        .output()
-        .unwrap();
-    let own: Value = serde_json::from_slice(&own.stdout).unwrap_or(Value::Null);
-    assert!(
-        own.is_null() || !has_weft_table(&own),
-        "the test's own namespace stays untouched"
-    );
+    let (n1, ta) = node1_objects(&root1, &dp1, h1, h2);
 
     // a -> b across nodes over VXLAN on the configured port.
     let (a, b) = (
@@ -395,7 +306,133 @@ async fn two_nodes_end_to_end() {
         ]
     );
 
-    // Removing a network (and its task) removes every kernel object of it.
+    // Removing a network (and its task) removes every kernel object of it;
+    // then teardown removes everything, on both nodes.
+    remove_network_then_teardown(&d1, (&dp1, &dp2), (h1, h2), (&root1, &root2), (a, b, c, d)).await;
+    assert!(u.destroy().is_clean());
+}
+
+/// Counters on the switch for VXLAN on the configured port and on the
+/// default one.
+fn probe_vxlan_ports(sw: &Path) {
+    nsenter(sw, &["nft", "add", "table", "bridge", "probe"]);
+    nsenter(
+        sw,
+        &[
+            "nft",
+            "add chain bridge probe cnt { type filter hook forward priority 0; }",
+        ],
+    );
+    nsenter(
+        sw,
+        &[
+            "nft",
+            &format!("add rule bridge probe cnt udp dport {PORT} counter comment \"vx\""),
+        ],
+    );
+    nsenter(
+        sw,
+        &[
+            "nft",
+            "add rule bridge probe cnt udp dport 4789 counter comment \"default\"",
+        ],
+    );
+}
+
+/// Node 1's kernel objects, read with `ip`, `bridge` and `nft`: the VXLAN
+/// device, bridge, FDB and neighbour entries, task a's interfaces and
+/// route, the gateway bridge, the nftables table (not in the test's own
+/// namespace). Returns the pins of network n1 and of task a.
+fn node1_objects(
+    root1: &Path,
+    dp1: &LinuxDataplane,
+    h1: &weft_overlay::linux::topology::UnderlayHost,
+    h2: &weft_overlay::linux::topology::UnderlayHost,
+) -> (PathBuf, PathBuf) {
+    let n1 = root1.join("netns/net-n1");
+    let vx = ip_link(&n1, "weft-vx4242").expect("vxlan in the network namespace");
+    let info = &vx["linkinfo"]["info_data"];
+    assert_eq!(
+        (info["id"].as_u64(), info["port"].as_u64()),
+        (Some(4242), Some(u64::from(PORT)))
+    );
+    assert_eq!(info["local"], h1.addr().to_string());
+    assert_eq!(
+        (info["learning"].as_bool(), info["proxy"].as_bool()),
+        (Some(false), Some(true))
+    );
+    assert_eq!(vx["master"], "br0");
+    assert!(has_flag(&vx, "UP"));
+    assert!(
+        ip_link(h1.netns().path(), "weft-vx4242").is_none(),
+        "moved out of the host"
+    );
+    assert_eq!(addrs(&n1, "br0"), vec!["10.20.0.1/24"]);
+    let fdb = bridge(&n1, &["fdb", "show", "dev", "weft-vx4242"]);
+    let fdb = fdb.as_array().unwrap();
+    assert!(
+        fdb.iter()
+            .any(|e| e["mac"] == mac(3).to_string() && e["dst"] == h2.addr().to_string()),
+        "{fdb:?}"
+    );
+    assert!(
+        !fdb.iter().any(|e| e["mac"] == "00:00:00:00:00:00"),
+        "no flood entries: {fdb:?}"
+    );
+    let neigh = ip(&n1, &["neigh", "show", "dev", "weft-vx4242"]);
+    assert!(
+        neigh
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["dst"] == "10.20.0.3"
+                && n["lladdr"] == mac(3).to_string()
+                && n["state"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|s| s == "PERMANENT")),
+        "{neigh}"
+    );
+    let ta = dp1.task_netns(&TaskId::from("a"));
+    let eth0 = ip_link(&ta, "eth0").unwrap();
+    assert_eq!(
+        (eth0["address"].as_str(), eth0["mtu"].as_u64()),
+        (Some(mac(2).to_string().as_str()), Some(1450))
+    );
+    assert_eq!(addrs(&ta, "eth0"), vec!["10.20.0.2/24"]);
+    assert_eq!(addrs(&ta, "gw0"), vec!["172.18.0.2/16"]);
+    let routes = ip(&ta, &["route", "show", "default"]);
+    assert_eq!(routes[0]["gateway"], "172.18.0.1", "{routes}");
+    assert_eq!(
+        addrs(h1.netns().path(), "weft_gwbridge"),
+        vec!["172.18.0.1/16"]
+    );
+    assert!(has_weft_table(&nft_ruleset(h1.netns().path())));
+    let own = Command::new("nft")
+        .args(["-j", "list", "ruleset"])
+        .output()
+        .unwrap();
+    let own: Value = serde_json::from_slice(&own.stdout).unwrap_or(Value::Null);
+    assert!(
+        own.is_null() || !has_weft_table(&own),
+        "the test's own namespace stays untouched"
+    );
+    (n1, ta)
+}
+
+/// Network n2 (and its task d) removed from node 1: every kernel object of
+/// it goes, n1 still works; then both nodes are torn down completely.
+async fn remove_network_then_teardown(
+    d1: &DesiredNode,
+    (dp1, dp2): (&LinuxDataplane, &LinuxDataplane),
+    (h1, h2): (
+        &weft_overlay::linux::topology::UnderlayHost,
+        &weft_overlay::linux::topology::UnderlayHost,
+    ),
+    (root1, root2): (&Path, &Path),
+    (a, b, c, d): (Netns, Netns, Netns, Netns),
+) {
     let mut smaller = d1.clone();
     smaller.networks.remove(&"n2".into());
     smaller.tasks.remove(&"d".into());
@@ -425,7 +462,6 @@ async fn two_nodes_end_to_end() {
         assert!(!names.iter().any(|n| n.starts_with("weft")), "{names:?}");
         assert!(!has_weft_table(&nft_ruleset(h.netns().path())));
     }
-    assert!(u.destroy().is_clean());
 }
 
 #[tokio::test]

@@ -245,6 +245,28 @@ async fn changed(rx: &mut tokio::sync::watch::Receiver<u64>, seen: u64) -> u64 {
     *rx.borrow()
 }
 
+/// The ports table (DNAT and hairpin rules) and the operator's chain
+/// (`forward` hook, priority -10) in the node's namespace at `host`.
+fn ports_tables_seen_from(host: &Path) {
+    let comments = rule_comments(host, "weft_ports");
+    assert!(
+        comments
+            .iter()
+            .any(|c| c.starts_with("weft-ports:pre:tcp/8080:")),
+        "{comments:?}"
+    );
+    assert!(comments.contains(&"weft-ports:hairpin:172.18.0.0/16".to_owned()));
+    let chain = objects(host)
+        .into_iter()
+        .find(|o| o["chain"]["table"] == "weft_user")
+        .expect("weft_user chain");
+    assert_eq!(chain["chain"]["name"], "weft-user");
+    assert_eq!(
+        (&chain["chain"]["hook"], chain["chain"]["prio"].as_i64()),
+        (&Value::from("forward"), Some(-10))
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn published_ports_hairpin_watcher_and_user_chain() {
     require_root!();
@@ -285,23 +307,7 @@ async fn published_ports_hairpin_watcher_and_user_chain() {
     assert_eq!(apply(&dp, &d).await, vec![], "second apply: no ops");
 
     // Independent view: both tables, the user chain where it belongs.
-    let comments = rule_comments(&host, "weft_ports");
-    assert!(
-        comments
-            .iter()
-            .any(|c| c.starts_with("weft-ports:pre:tcp/8080:")),
-        "{comments:?}"
-    );
-    assert!(comments.contains(&"weft-ports:hairpin:172.18.0.0/16".to_owned()));
-    let chain = objects(&host)
-        .into_iter()
-        .find(|o| o["chain"]["table"] == "weft_user")
-        .expect("weft_user chain");
-    assert_eq!(chain["chain"]["name"], "weft-user");
-    assert_eq!(
-        (&chain["chain"]["hook"], chain["chain"]["prio"].as_i64()),
-        (&Value::from("forward"), Some(-10))
-    );
+    ports_tables_seen_from(&host);
 
     let (a, b) = (
         Netns::open(dp.task_netns(&TaskId::from("a"))).unwrap(),

@@ -382,6 +382,64 @@ fn nft_in(ns: &Path, cmd: &str) {
     assert!(out.status.success(), "{cmd}: {out:?}");
 }
 
+/// The resolver seen from client `cl` (its pin `cl_pin`) and from `x`
+/// (on the hidden network): the service names, `tasks.`, round robin, a
+/// task's name, AAAA, forwarding of names not ours, over UDP and TCP, and
+/// an independent client (busybox nslookup).
+fn dns_from_tasks(cl: &Netns, cl_pin: &Path, x: &Netns, all: &[&str]) {
+    // DNS from inside the client, UDP and TCP.
+    assert_eq!(answers(&dns_udp(&cl, "web.", RecordType::A)), set(&[VIP]));
+    assert_eq!(answers(&dns_tcp(&cl, "web.", RecordType::A)), set(&[VIP]));
+    assert_eq!(
+        answers(&dns_udp(&cl, "WEB.AppNet.", RecordType::A)),
+        set(&[VIP])
+    );
+    assert_eq!(
+        answers(&dns_udp(&cl, "tasks.web.", RecordType::A)),
+        set(all)
+    );
+    assert_eq!(
+        answers(&dns_udp(&cl, "rr.", RecordType::A)),
+        set(&["10.40.0.11", "10.40.0.12"])
+    );
+    assert_eq!(
+        answers(&dns_udp(&cl, "b3.1.", RecordType::A)),
+        set(&["10.40.0.13"])
+    );
+    assert_eq!(answers(&dns_udp(&cl, "web.", RecordType::AAAA)), set(&[]));
+    // Names of a network the client is not on are not ours: forwarded to
+    // the upstream (from the daemon's namespace).
+    assert_eq!(
+        answers(&dns_udp(&cl, "hidden.", RecordType::A)),
+        set(&[UPSTREAM_ANSWER])
+    );
+    assert_eq!(
+        answers(&dns_tcp(&cl, "x.1.other.", RecordType::A)),
+        set(&[UPSTREAM_ANSWER])
+    );
+    assert_eq!(
+        answers(&dns_udp(&cl, "example.com.", RecordType::A)),
+        set(&[UPSTREAM_ANSWER])
+    );
+    // ... while x, on that network, sees them.
+    assert_eq!(
+        answers(&dns_udp(&x, "hidden.", RecordType::A)),
+        set(&[HIDDEN_VIP])
+    );
+    assert_eq!(
+        answers(&dns_udp(&x, "web.", RecordType::A)),
+        set(&[UPSTREAM_ANSWER])
+    );
+    // An independent client.
+    let out = Command::new("nsenter")
+        .arg(format!("--net={}", cl_pin.display()))
+        .args(["busybox", "nslookup", "-type=a", "web", "127.0.0.11"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("Address: {VIP}")), "{text} {out:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_vips_and_dns() {
     require_root!();
@@ -452,58 +510,8 @@ async fn service_vips_and_dns() {
     assert!(started.elapsed() < Duration::from_secs(1), "{err}");
     assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
 
-    // DNS from inside the client, UDP and TCP.
-    assert_eq!(answers(&dns_udp(&cl, "web.", RecordType::A)), set(&[VIP]));
-    assert_eq!(answers(&dns_tcp(&cl, "web.", RecordType::A)), set(&[VIP]));
-    assert_eq!(
-        answers(&dns_udp(&cl, "WEB.AppNet.", RecordType::A)),
-        set(&[VIP])
-    );
-    assert_eq!(
-        answers(&dns_udp(&cl, "tasks.web.", RecordType::A)),
-        set(&all)
-    );
-    assert_eq!(
-        answers(&dns_udp(&cl, "rr.", RecordType::A)),
-        set(&["10.40.0.11", "10.40.0.12"])
-    );
-    assert_eq!(
-        answers(&dns_udp(&cl, "b3.1.", RecordType::A)),
-        set(&["10.40.0.13"])
-    );
-    assert_eq!(answers(&dns_udp(&cl, "web.", RecordType::AAAA)), set(&[]));
-    // Names of a network the client is not on are not ours: forwarded to
-    // the upstream (from the daemon's namespace).
-    assert_eq!(
-        answers(&dns_udp(&cl, "hidden.", RecordType::A)),
-        set(&[UPSTREAM_ANSWER])
-    );
-    assert_eq!(
-        answers(&dns_tcp(&cl, "x.1.other.", RecordType::A)),
-        set(&[UPSTREAM_ANSWER])
-    );
-    assert_eq!(
-        answers(&dns_udp(&cl, "example.com.", RecordType::A)),
-        set(&[UPSTREAM_ANSWER])
-    );
-    // ... while x, on that network, sees them.
     let x = open(pin(&dp1, "x"));
-    assert_eq!(
-        answers(&dns_udp(&x, "hidden.", RecordType::A)),
-        set(&[HIDDEN_VIP])
-    );
-    assert_eq!(
-        answers(&dns_udp(&x, "web.", RecordType::A)),
-        set(&[UPSTREAM_ANSWER])
-    );
-    // An independent client.
-    let out = Command::new("nsenter")
-        .arg(format!("--net={}", cl_pin.display()))
-        .args(["busybox", "nslookup", "-type=a", "web", "127.0.0.11"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains(&format!("Address: {VIP}")), "{text} {out:?}");
+    dns_from_tasks(&cl, &cl_pin, &x, &all);
 
     // The tasks' resolv.conf.
     let rc = dp1.resolv_conf().unwrap();
