@@ -79,6 +79,65 @@ pub struct EndpointRequest {
     pub endpoint_id: String,
     /// The address weft's IPAM gave (`a.b.c.d/len`).
     pub address: String,
+    /// `docker run -p`: (protocol, port on the node, port in the container).
+    pub ports: Vec<(&'static str, u16, u16)>,
+}
+
+/// The most port mappings one endpoint may ask for.
+const MAX_PORTS: usize = 128;
+
+/// Docker's `com.docker.network.portmap` option: `-p HOST:CONTAINER[/udp]`
+/// on every address of the node, one port each.
+fn portmap(options: &BTreeMap<String, Value>) -> Result<Vec<(&'static str, u16, u16)>, String> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "PascalCase")]
+    struct Binding {
+        proto: u8,
+        #[serde(default, rename = "IP")]
+        _ip: Option<Value>,
+        port: u16,
+        #[serde(default, rename = "HostIP")]
+        host_ip: String,
+        host_port: u16,
+        #[serde(default)]
+        host_port_end: u16,
+    }
+    let Some(v) = options
+        .get("com.docker.network.portmap")
+        .filter(|v| !v.is_null())
+    else {
+        return Ok(Vec::new());
+    };
+    let list: Vec<Binding> = serde_json::from_value(v.clone())
+        .map_err(|e| format!("bad com.docker.network.portmap: {e}"))?;
+    if list.len() > MAX_PORTS {
+        return Err(format!("at most {MAX_PORTS} published ports per container"));
+    }
+    list.iter()
+        .map(|b| {
+            let proto = match b.proto {
+                6 => "tcp",
+                17 => "udp",
+                p => return Err(format!("protocol {p} cannot be published: tcp or udp")),
+            };
+            if !matches!(b.host_ip.as_str(), "" | "0.0.0.0" | "::") {
+                return Err(format!(
+                    "-p {}:{}:{}: weft publishes on every address of the node; drop the address",
+                    b.host_ip, b.host_port, b.port
+                ));
+            }
+            if b.host_port == 0 || (b.host_port_end != 0 && b.host_port_end != b.host_port) {
+                return Err(format!(
+                    "-p {}: give one port on the node (-p HOST:CONTAINER)",
+                    b.port
+                ));
+            }
+            if b.port == 0 {
+                return Err("a container port of 0 cannot be published".into());
+            }
+            Ok((proto, b.host_port, b.port))
+        })
+        .collect()
 }
 
 /// `NetworkDriver.Join`.
@@ -214,6 +273,8 @@ struct RawEndpoint {
     endpoint_id: String,
     #[serde(default, rename = "Interface")]
     interface: Option<RawInterface>,
+    #[serde(default, rename = "Options", deserialize_with = "object")]
+    options: BTreeMap<String, Value>,
 }
 
 #[derive(Deserialize)]
@@ -362,6 +423,7 @@ pub fn parse(path: &str, body: &[u8]) -> Result<Parsed, String> {
                 network_id: id("network ID", r.network_id)?,
                 endpoint_id: id("endpoint ID", r.endpoint_id)?,
                 address: i.address,
+                ports: portmap(&r.options)?,
             })
         }
         "NetworkDriver.DeleteEndpoint" | "NetworkDriver.Leave" => {
@@ -595,6 +657,21 @@ mod tests {
         );
         assert_eq!(
             call(
+                "/NetworkDriver.CreateEndpoint",
+                json!({"NetworkID": ID, "EndpointID": ID, "Interface": {"Address": "10.0.0.2/24"},
+                       "Options": {"com.docker.network.portmap": [
+                           {"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 8080, "HostPortEnd": 8080},
+                           {"Proto": 17, "IP": "", "Port": 53, "HostIP": "0.0.0.0", "HostPort": 5353, "HostPortEnd": 0}]}})
+            ),
+            Ok(Call::CreateEndpoint(EndpointRequest {
+                network_id: ID.into(),
+                endpoint_id: ID.into(),
+                address: "10.0.0.2/24".into(),
+                ports: vec![("tcp", 8080, 80), ("udp", 5353, 53)],
+            }))
+        );
+        assert_eq!(
+            call(
                 "/NetworkDriver.Leave",
                 json!({"NetworkID": ID, "EndpointID": ID})
             ),
@@ -626,6 +703,24 @@ mod tests {
             (
                 "/NetworkDriver.Join",
                 json!({"NetworkID": ID, "EndpointID": ID, "SandboxKey": "relative"}),
+            ),
+            (
+                "/NetworkDriver.CreateEndpoint",
+                json!({"NetworkID": ID, "EndpointID": ID, "Interface": {"Address": "10.0.0.2/24"},
+                       "Options": {"com.docker.network.portmap": [
+                           {"Proto": 6, "Port": 80, "HostIP": "", "HostPort": 0}]}}),
+            ),
+            (
+                "/NetworkDriver.CreateEndpoint",
+                json!({"NetworkID": ID, "EndpointID": ID, "Interface": {"Address": "10.0.0.2/24"},
+                       "Options": {"com.docker.network.portmap": [
+                           {"Proto": 132, "Port": 80, "HostIP": "", "HostPort": 80}]}}),
+            ),
+            (
+                "/NetworkDriver.CreateEndpoint",
+                json!({"NetworkID": ID, "EndpointID": ID, "Interface": {"Address": "10.0.0.2/24"},
+                       "Options": {"com.docker.network.portmap": [
+                           {"Proto": 6, "Port": 80, "HostIP": "127.0.0.1", "HostPort": 80}]}}),
             ),
             (
                 "/NetworkDriver.Join",

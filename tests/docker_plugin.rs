@@ -118,6 +118,7 @@ fn docker_containers_on_two_hosts_join_a_weft_overlay_and_leave_nothing_behind()
     wait_for("c1 reaching the service's VIP", T, || ping(&d1, "c1", &vip));
 
     connect_and_disconnect(&lab, &d1, &ip2);
+    published_port(&lab, &d1);
 
     // weft's daemon restarts under a running container: it keeps its
     // network, and Docker's removal still reaches weft afterwards.
@@ -179,6 +180,38 @@ fn connect_and_disconnect(lab: &Lab, d1: &Dockerd, ip2: &str) {
     assert!(err.contains("one weft network at a time"), "{err}");
     assert_eq!(docker_endpoints(lab, "othernet"), 0);
     d1.ok(&["rm", "-f", "c3"]);
+}
+
+/// `docker run -p 18080:8080`: weft publishes the port on h1's addresses
+/// (seen from h2), the operator's `weft-user` chain applies to it, and it
+/// goes with the container.
+fn published_port(lab: &Lab, d1: &Dockerd) {
+    let serve = "mkdir -p /www && echo hello-from-docker > /www/index.html && \
+                 exec httpd -f -p 8080 -h /www";
+    d1.run_d(
+        "web1",
+        &["--network", "appnet", "-p", "18080:8080"],
+        &["sh", "-c", serve],
+    );
+    let url = format!("http://{}:18080/", lab.addr("h1"));
+    let h2 = lab.host_netns("h2");
+    let fetch = || {
+        common::nsenter_stdout(&h2, &["timeout", "3", "busybox", "wget", "-qO-", &url])
+            .contains("hello-from-docker")
+    };
+    wait_for("the published port answering from h2", T, fetch);
+    let h1 = lab.host_netns("h1");
+    let drop_rule =
+        "add rule inet weft_user weft-user meta l4proto tcp ct original proto-dst 18080 drop";
+    let mut rule = vec!["nft"];
+    rule.extend(drop_rule.split(' '));
+    assert!(common::nsenter(&h1, &rule).status.success());
+    assert!(!fetch(), "weft-user's drop rule did not apply");
+    let flush = ["nft", "flush", "chain", "inet", "weft_user", "weft-user"];
+    assert!(common::nsenter(&h1, &flush).status.success());
+    wait_for("the port answering again", T, fetch);
+    d1.ok(&["rm", "-f", "web1"]);
+    wait_for("the port gone with the container", T, || !fetch());
 }
 
 /// Whether `host`'s daemon namespace has no veth left for dockerd to move.

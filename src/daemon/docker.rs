@@ -11,15 +11,17 @@
 //!  docker run --network NAME …
 //!    RequestAddress ─▶ RunTask{external docker, no namespace yet}: one Raft write;
 //!                      the address weft's IPAM gave (task and MAC noted)
-//!    CreateEndpoint ─▶ endpoint ID → that task (kept in the exec root); answer: its MAC
+//!    CreateEndpoint ─▶ endpoint ID → that task (kept in the exec root); `-p` ports:
+//!                      RunTask again with them (SetTaskPorts); answer: its MAC
 //!    Join(sandbox)  ─▶ sandbox noted (Sandboxes, no interface name yet) ─▶ the pass
 //!                      makes the veth: network side on br0, the other end
-//!                      `weftdk<hash>` here ─▶ answer: SrcName weftdk…, DstPrefix eth
-//!                      (dockerd moves it into the container once its namespace
-//!                      exists; Docker's gateway bridge gives the way out)
+//!                      `weftdk<hash>` here ─▶ answer: SrcName weftdk…, DstPrefix eth,
+//!                      DisableGatewayService (dockerd moves it into the container
+//!                      once its namespace exists; no Docker gateway bridge)
 //!                   ─▶ find_moved: the sandbox is a namespace with a link of that
 //!                      MAC ─▶ its name noted ─▶ the pass adopts the namespace
-//!                      (VIP table, resolver at 127.0.0.12) ─▶ the task runs
+//!                      (gw0 and the default route, VIP table, resolver at
+//!                      127.0.0.12) ─▶ the task runs
 //!    Leave ─▶ sandbox forgotten: the node unwires it · DeleteEndpoint / ReleaseAddress
 //!    ─▶ RemoveTask (idempotent) · every 60 s: a task no endpoint claimed twice ─▶ removed
 //! ```
@@ -101,6 +103,9 @@ pub(crate) struct DockerPlugin {
     /// node's config may not have them yet when CreateEndpoint and Join
     /// come a few ms later.
     reserved: Mutex<BTreeMap<String, (String, String)>>,
+    /// Task ID → the foreign endpoint it was asked for with (CreateEndpoint
+    /// asks for it again, with the ports).
+    asked: Mutex<BTreeMap<String, pb::ExternalEndpoint>>,
     /// Docker tasks of this node that no endpoint claimed at the last
     /// sweep ([`DockerPlugin::sweep`]).
     unclaimed: Mutex<std::collections::BTreeSet<String>>,
@@ -123,6 +128,7 @@ impl DockerPlugin {
             networks: JsonMap::load(node.data_dir.join("docker/networks.json")),
             endpoints: JsonMap::load(node.exec_root.join("docker/endpoints.json")),
             reserved: Mutex::new(BTreeMap::new()),
+            asked: Mutex::new(BTreeMap::new()),
             unclaimed: Mutex::new(std::collections::BTreeSet::new()),
             node,
         }
@@ -293,7 +299,13 @@ impl DockerPlugin {
         }
         // The task is made now, before its container's sandbox exists: the
         // address has to be weft's (one allocator for every node).
-        let reservation = format!("{:032x}", rand::random::<u128>());
+        let external = pb::ExternalEndpoint {
+            runtime: DOCKER.into(),
+            container_id: format!("{:032x}", rand::random::<u128>()),
+            ifname: "eth0".into(),
+            netns: String::new(),
+            container_name: String::new(),
+        };
         let task = self
             .node
             .run_task(pb::RunTaskRequest {
@@ -301,17 +313,15 @@ impl DockerPlugin {
                     network: n.id.clone(),
                     ip: r.address.as_deref().map(addr_part).unwrap_or("").to_owned(),
                 }],
-                external: Some(pb::ExternalEndpoint {
-                    runtime: DOCKER.into(),
-                    container_id: reservation,
-                    ifname: "eth0".into(),
-                    netns: String::new(),
-                    container_name: String::new(),
-                }),
+                external: Some(external.clone()),
                 ..Default::default()
             })
             .await
             .map_err(msg)?;
+        self.asked
+            .lock()
+            .expect("asked")
+            .insert(task.id.clone(), external);
         let (ip, mac) = task
             .addresses
             .iter()
@@ -329,6 +339,7 @@ impl DockerPlugin {
 
     /// Removes task `id` through the managers; one already gone is fine.
     async fn remove(&self, id: &str) -> Result<(), String> {
+        self.asked.lock().expect("asked").remove(id);
         match remove_through_managers(&self.node.active, id).await {
             Err(s) if s.code() != tonic::Code::NotFound => Err(msg(s)),
             _ => Ok(()),
@@ -396,10 +407,57 @@ impl DockerPlugin {
                     r.address
                 )
             })?;
+        if !r.ports.is_empty() {
+            self.publish(&network, &task, &r.ports).await?;
+        }
         let mac = self.mac_of(&task).await?;
         self.endpoints
             .change(|m| drop(m.insert(r.endpoint_id.clone(), task)))?;
         Ok(json!({"Interface": {"MacAddress": mac}}))
+    }
+
+    /// `docker run -p`: the endpoint's task is asked for again with its
+    /// ports, which the managers publish on this node as `weft run -p`
+    /// publishes a task's (the `weft-user` chain applies).
+    async fn publish(
+        &self,
+        network: &str,
+        task: &str,
+        ports: &[(&'static str, u16, u16)],
+    ) -> Result<(), String> {
+        let asked = self.asked.lock().expect("asked").get(task).cloned();
+        let external = match asked {
+            Some(e) => e,
+            None => {
+                let guard = self.node.active.lock().await;
+                let a = guard.as_ref().ok_or_else(|| msg(not_member()))?;
+                let config = a.agent.config().borrow().clone();
+                config
+                    .and_then(|c| c.tasks.iter().find(|t| t.id == task)?.external.clone())
+                    .ok_or_else(|| format!("task {task} is not on this node"))?
+            }
+        };
+        self.node
+            .run_task(pb::RunTaskRequest {
+                networks: vec![pb::NetworkRef {
+                    network: network.to_owned(),
+                    ip: String::new(),
+                }],
+                external: Some(external),
+                ports: ports
+                    .iter()
+                    .map(|(proto, published, target)| pb::PortMapping {
+                        protocol: (*proto).to_owned(),
+                        published: u32::from(*published),
+                        target: u32::from(*target),
+                        mode: "host".into(),
+                    })
+                    .collect(),
+                ..Default::default()
+            })
+            .await
+            .map_err(msg)?;
+        Ok(())
     }
 
     /// Task `id`'s MAC on this node (its one attachment's).
@@ -479,7 +537,12 @@ impl DockerPlugin {
             mac.to_ascii_lowercase(),
         ));
         tracing::info!(%task, sandbox = %r.sandbox, %src, "Docker endpoint joined");
-        Ok(json!({"InterfaceName": {"SrcName": src, "DstPrefix": "eth"}}))
+        // weft is the way out (gw0, added once the container's namespace
+        // is adopted) and publishes its ports: no Docker gateway bridge.
+        Ok(json!({
+            "InterfaceName": {"SrcName": src, "DstPrefix": "eth"},
+            "DisableGatewayService": true,
+        }))
     }
 
     /// Takes task `id` out of its sandbox (if it joined one) and waits

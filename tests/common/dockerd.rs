@@ -8,7 +8,7 @@
 //! ```text
 //!   <lab host dir>/docker/
 //!     daemon.json            its config (not /etc/docker/daemon.json): address pools
-//!                            away from weft's gateway subnet
+//!                            off weft's bridge and gateway subnets
 //!     data/                  --data-root (its containerd lives under /run: the tmpfs)
 //!     docker.sock docker.pid dockerd.log tmp/
 //!   /sys/fs/cgroup/<lab>-<host>-docker   --cgroup-parent of its containers
@@ -73,8 +73,9 @@ impl Dockerd {
     pub fn spawn(&mut self) {
         assert!(self.child.is_none(), "dockerd already runs");
         std::fs::create_dir_all(self.dir.join("tmp")).expect("docker dir");
-        // Docker's own bridges (docker0, docker_gwbridge) away from weft's
-        // gateway subnet, as README says to set it.
+        // Docker's bridges off weft's default bridge (172.17.0.0/16, which
+        // docker0 would take: weft's daemon then refuses to start) and
+        // gateway bridge (172.18.0.0/16), as README says to set it.
         std::fs::write(
             self.dir.join("daemon.json"),
             "{\"default-address-pools\": [{\"base\": \"172.30.0.0/16\", \"size\": 24}]}\n",

@@ -18,7 +18,6 @@
 //!                             not joined (or left): out of the config (not
 //!                                  wired, not started; unwired and forgotten
 //!                                  if it was)
-//!                             any: no weft gateway (Docker's gateway bridge)
 //! ```
 
 use std::collections::BTreeMap;
@@ -135,9 +134,6 @@ impl Sandboxes {
             let Some(s) = map.get(&t.id) else {
                 return false;
             };
-            // Docker's gateway bridge is the way out, not weft's.
-            t.gateway_ip.clear();
-            t.gateway_mac.clear();
             let ifname = s.ifname.clone().unwrap_or_default();
             if let Some(e) = t.external.as_mut() {
                 e.netns = if ifname.is_empty() {
@@ -208,7 +204,6 @@ mod tests {
         let j = &f.tasks[2];
         assert_eq!(j.external.as_ref().unwrap().netns, "");
         assert_eq!(j.external.as_ref().unwrap().ifname, "");
-        assert!(j.gateway_ip.is_empty());
 
         let sb = Sandbox {
             netns: "/var/run/docker/netns/abc".into(),

@@ -6,7 +6,9 @@
 //!  RunTask{external: runtime, container id, ifname, netns}
 //!     ├─ bounds (external_from_wire) ── bad: INVALID_ARGUMENT, nothing written
 //!     ├─ same (runtime, container, ifname) on this node?
-//!     │     same netns: that task (an ADD retried) · other: ALREADY_EXISTS
+//!     │     same netns: that task (an ADD retried; a Docker endpoint's ports,
+//!     │     told after its address, published once: SetTaskPorts)
+//!     │     other: ALREADY_EXISTS
 //!     └─ CreateTask{standalone, auto_remove, one network} ── one Raft write
 //! ```
 
@@ -179,18 +181,32 @@ impl super::DispatcherService {
                 net.network
             )));
         }
-        if let Some(t) = self.core.read(|s| {
+        if let Some((id, x, unpublished)) = self.core.read(|s| {
             existing(s, node, &ext)
-                .map(|t| (t.spec.external.clone(), crate::convert::task_to_wire(s, t)))
+                .map(|t| (t.id.clone(), t.spec.external.clone(), t.ports.is_empty()))
         }) {
-            return match t {
-                (Some(x), wire) if x.netns == ext.netns => Ok(wire),
-                _ => Err(Error::AlreadyExists(format!(
+            if x.is_none_or(|x| x.netns != ext.netns) {
+                return Err(Error::AlreadyExists(format!(
                     "container {} already has an interface {} on this node, in another \
                      namespace: delete it first",
                     ext.container_id, ext.ifname
-                ))),
-            };
+                )));
+            }
+            // Docker tells the ports after the address: the same request
+            // again, with ports, publishes them (once).
+            if ext.runtime == ExternalRuntime::Docker && !ports.is_empty() && unpublished {
+                let cmd = Command::SetTaskPorts {
+                    task: id.clone(),
+                    node: node.id,
+                    ports,
+                };
+                self.core.read(|s| crate::limits::admit(s, &cmd))?;
+                self.core.propose(cmd).await?;
+            }
+            return self
+                .core
+                .read(|s| s.tasks.get(&id).map(|t| crate::convert::task_to_wire(s, t)))
+                .ok_or(Error::NotReady);
         }
         let network = self.core.read(|s| {
             s.resolve_network_on(&net.network, node.id)

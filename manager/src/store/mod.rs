@@ -167,6 +167,17 @@ pub enum Command {
         #[serde(default)]
         ports: Vec<PortRequest>,
     },
+    /// Publishes the ports of a Docker endpoint's task, once: Docker tells
+    /// its port mappings (CreateEndpoint) only after the address, and so
+    /// the task, was made (RequestAddress).
+    SetTaskPorts {
+        /// Task ID.
+        task: String,
+        /// The node asking: the task's.
+        node: NodeId,
+        /// Ports to publish on that node.
+        ports: Vec<PortRequest>,
+    },
     /// Attaches a standalone task to one more network (`weft network
     /// connect`).
     ConnectTask {
@@ -633,16 +644,13 @@ impl State {
                                 .into(),
                         ));
                     }
-                    let host: Vec<PortRequest> = ports
-                        .iter()
-                        .map(|p| PortRequest {
-                            mode: PublishMode::Host,
-                            ..*p
-                        })
-                        .collect();
-                    task.ports = self.allocate_ports(&host, Some(*node), None, &[])?;
+                    task.ports = self.allocate_task_ports(ports, *node)?;
                 }
                 self.tasks.insert(task.id.clone(), task);
+                Ok(Applied::Done)
+            }
+            Command::SetTaskPorts { task, node, ports } => {
+                self.set_task_ports(task, *node, ports)?;
                 Ok(Applied::Done)
             }
             Command::ConnectTask { task, network, ip } => {

@@ -352,6 +352,61 @@ impl State {
         out
     }
 
+    /// [`Command::SetTaskPorts`]: a Docker endpoint's task on `node`, with
+    /// no ports yet and a way out (a non-internal network), gets `wanted`
+    /// published on its node.
+    pub(crate) fn set_task_ports(
+        &mut self,
+        task: &str,
+        node: NodeId,
+        wanted: &[PortRequest],
+    ) -> Result<(), StoreError> {
+        let t = self
+            .tasks
+            .get(task)
+            .ok_or_else(|| StoreError::TaskNotFound(task.to_owned()))?;
+        if t.node != node {
+            return Err(StoreError::NotYourTask(task.to_owned()));
+        }
+        let docker = t
+            .spec
+            .external
+            .as_ref()
+            .is_some_and(|e| e.runtime == super::ExternalRuntime::Docker);
+        if !docker || !t.ports.is_empty() {
+            return Err(StoreError::InvalidPort(
+                "only a Docker endpoint's ports are published after its task is made, and once"
+                    .into(),
+            ));
+        }
+        if t.gateway_ip.is_none() {
+            return Err(StoreError::InvalidPort(
+                "publishing ports needs a non-internal network".into(),
+            ));
+        }
+        let mapped = self.allocate_task_ports(wanted, node)?;
+        if let Some(t) = self.tasks.get_mut(task) {
+            t.ports = mapped;
+        }
+        Ok(())
+    }
+
+    /// A task's `wanted` ports, published on its `node` only (host mode).
+    pub(crate) fn allocate_task_ports(
+        &self,
+        wanted: &[PortRequest],
+        node: NodeId,
+    ) -> Result<Vec<PortMapping>, StoreError> {
+        let host: Vec<PortRequest> = wanted
+            .iter()
+            .map(|p| PortRequest {
+                mode: PublishMode::Host,
+                ..*p
+            })
+            .collect();
+        self.allocate_ports(&host, Some(node), None, &[])
+    }
+
     /// Allocates `wanted` on `node` (a task's ports) or on every node
     /// (`node` = `None`: a service's ports), skipping `skip_service`'s own
     /// ports (an update keeps them).

@@ -985,3 +985,54 @@ fn resources_round_trip_and_old_records_read_without_them() {
     let cmd = serde_json::to_string(&Command::SetNodeResources { id, resources: res }).unwrap();
     let _: Command = serde_json::from_str(&cmd).unwrap();
 }
+
+/// A Docker endpoint's task gets its `-p` ports once, after it was made;
+/// anything else is refused and changes nothing.
+#[test]
+fn a_docker_endpoints_ports_are_set_once_after_it_is_made() {
+    let mut s = with_bridges();
+    let docker = |id: &str| Command::CreateTask {
+        id: id.into(),
+        name: id.into(),
+        node: NodeId(1),
+        spec: TaskSpec {
+            auto_remove: true,
+            external: Some(ExternalEndpoint {
+                runtime: ExternalRuntime::Docker,
+                container_id: format!("c-{id}"),
+                ifname: "eth0".into(),
+                netns: String::new(),
+                container_name: None,
+            }),
+            ..TaskSpec::default()
+        },
+        networks: vec![("b1".into(), None)],
+        standalone: true,
+        now_ms: 3,
+        network_mode: NetworkMode::Attached,
+        ports: Vec::new(),
+    };
+    s.apply(&docker("d1")).unwrap();
+    s.apply(&docker("d2")).unwrap();
+    run(&mut s, "own", 1, &["b1"], NetworkMode::Attached, &[]).unwrap();
+    let set = |task: &str, node: u64, port: u16| Command::SetTaskPorts {
+        task: task.into(),
+        node: NodeId(node),
+        ports: vec![tcp(port, 80)],
+    };
+    s.apply(&set("d1", 1, 18080)).unwrap();
+    assert_eq!(s.tasks["d1"].ports.len(), 1);
+    assert_eq!(s.tasks["d1"].ports[0].published, 18080);
+    let before = s.clone();
+    for (cmd, want) in [
+        (set("d1", 1, 18081), "once"),
+        (set("own", 1, 18082), "Docker endpoint"),
+        (set("d2", 2, 18083), "does not run"),
+        (set("d2", 1, 18080), "already published"),
+        (set("nosuch", 1, 18084), "not found"),
+    ] {
+        let e = s.apply(&cmd).unwrap_err();
+        assert!(e.to_string().contains(want), "{want}: {e}");
+        assert_eq!(s, before);
+    }
+}
