@@ -480,11 +480,45 @@ impl State {
             self.nodes.insert(node.id, node.clone());
             return Ok(Applied::Node(Box::new(node.clone())));
         }
-        let Some(cluster) = self.cluster.as_mut() else {
+        if self.cluster.is_none() {
             return Err(StoreError::NotInitialised);
-        };
+        }
         match cmd {
             Command::InitCluster { .. } => unreachable!("handled above"),
+            Command::AddNode { .. }
+            | Command::RemoveNode { .. }
+            | Command::UpdateNode { .. }
+            | Command::SetRole { .. }
+            | Command::SetNodeState { .. }
+            | Command::SetNodeAddrs { .. }
+            | Command::SetNodeResources { .. }
+            | Command::SetCertExpiry { .. }
+            | Command::SetNodeBridge { .. }
+            | Command::SetNodeWgKey { .. }
+            | Command::RotateNodeKey { .. } => self.apply_node(cmd),
+            Command::CreateNetwork { .. } | Command::RemoveNetwork { .. } => {
+                self.apply_network(cmd)
+            }
+            Command::CreateTask { .. }
+            | Command::SetTaskPorts { .. }
+            | Command::ConnectTask { .. }
+            | Command::DisconnectTask { .. }
+            | Command::RemoveTask { .. }
+            | Command::SetTaskStatus { .. } => self.apply_task(cmd),
+            Command::CreateService { .. }
+            | Command::UpdateService { .. }
+            | Command::RemoveService { .. }
+            | Command::CreateServiceTask { .. } => self.apply_service(cmd),
+            Command::UpdateClusterSettings { .. }
+            | Command::SetSecrets { .. }
+            | Command::RotateToken { .. } => self.apply_cluster(cmd),
+        }
+    }
+
+    /// [`State::apply`] of a command on node membership, roles, addresses, keys and bridges.
+    fn apply_node(&mut self, cmd: &Command) -> CommandResult {
+        let cluster = self.cluster.as_mut().ok_or(StoreError::NotInitialised)?;
+        match cmd {
             Command::AddNode { node } => {
                 if self.nodes.contains_key(&node.id) || self.removed.contains(&node.id) {
                     return Err(StoreError::DuplicateNode(node.id.to_string()));
@@ -569,6 +603,58 @@ impl State {
                 node.cert_role = *role;
                 Ok(Applied::Done)
             }
+            Command::SetNodeBridge {
+                node,
+                network_id,
+                subnet,
+                now_ms,
+            } => {
+                self.set_node_bridge(*node, network_id, *subnet, *now_ms)?;
+                Ok(Applied::Done)
+            }
+            Command::SetNodeWgKey {
+                id,
+                public_key,
+                now_ms,
+            } => {
+                let subnet = cluster.settings.tunnel_subnet;
+                let taken: BTreeSet<IpAddr> =
+                    self.nodes.values().filter_map(|n| n.tunnel_ip).collect();
+                let node = self
+                    .nodes
+                    .get_mut(id)
+                    .ok_or_else(|| StoreError::NodeNotFound(id.to_string()))?;
+                if node.tunnel_ip.is_none() {
+                    let mut taken = taken;
+                    if let Some(first) = ipam::first_host(&subnet) {
+                        taken.insert(first);
+                    }
+                    node.tunnel_ip = Some(
+                        ipam::next_ip(&subnet, None, &taken)
+                            .ok_or_else(|| StoreError::NetworkFull("the tunnel subnet".into()))?,
+                    );
+                }
+                if node.wg_public_key != *public_key {
+                    node.wg_public_key = public_key.clone();
+                    node.wg_key_since_ms = *now_ms;
+                }
+                Ok(Applied::Done)
+            }
+            Command::RotateNodeKey { id, now_ms } => {
+                let node = self.node_mut(*id)?;
+                node.wg_key_generation += 1;
+                node.wg_key_since_ms = *now_ms;
+                Ok(Applied::Done)
+            }
+            _ => {
+                unreachable!("not a command on node membership, roles, addresses, keys and bridges")
+            }
+        }
+    }
+
+    /// [`State::apply`] of a command on networks.
+    fn apply_network(&mut self, cmd: &Command) -> CommandResult {
+        match cmd {
             Command::CreateNetwork { spec } => {
                 let net = self.allocate_network(spec)?;
                 self.networks.insert(net.id.clone(), net);
@@ -611,6 +697,13 @@ impl State {
                 self.networks.remove(id);
                 Ok(Applied::Done)
             }
+            _ => unreachable!("not a command on networks"),
+        }
+    }
+
+    /// [`State::apply`] of a command on tasks.
+    fn apply_task(&mut self, cmd: &Command) -> CommandResult {
+        match cmd {
             Command::CreateTask {
                 id,
                 name,
@@ -661,15 +754,6 @@ impl State {
                 self.disconnect_task(task, network)?;
                 Ok(Applied::Done)
             }
-            Command::SetNodeBridge {
-                node,
-                network_id,
-                subnet,
-                now_ms,
-            } => {
-                self.set_node_bridge(*node, network_id, *subnet, *now_ms)?;
-                Ok(Applied::Done)
-            }
             Command::RemoveTask { id } => {
                 self.tasks
                     .remove(id)
@@ -687,6 +771,13 @@ impl State {
                 task.status = status.clone();
                 Ok(Applied::Done)
             }
+            _ => unreachable!("not a command on tasks"),
+        }
+    }
+
+    /// [`State::apply`] of a command on services and their tasks.
+    fn apply_service(&mut self, cmd: &Command) -> CommandResult {
+        match cmd {
             Command::CreateService { id, spec, now_ms } => {
                 if self.services.contains_key(id)
                     || self.services.values().any(|x| x.spec.name == spec.name)
@@ -804,40 +895,14 @@ impl State {
                 self.tasks.insert(task.id.clone(), task);
                 Ok(Applied::Done)
             }
-            Command::SetNodeWgKey {
-                id,
-                public_key,
-                now_ms,
-            } => {
-                let subnet = cluster.settings.tunnel_subnet;
-                let taken: BTreeSet<IpAddr> =
-                    self.nodes.values().filter_map(|n| n.tunnel_ip).collect();
-                let node = self
-                    .nodes
-                    .get_mut(id)
-                    .ok_or_else(|| StoreError::NodeNotFound(id.to_string()))?;
-                if node.tunnel_ip.is_none() {
-                    let mut taken = taken;
-                    if let Some(first) = ipam::first_host(&subnet) {
-                        taken.insert(first);
-                    }
-                    node.tunnel_ip = Some(
-                        ipam::next_ip(&subnet, None, &taken)
-                            .ok_or_else(|| StoreError::NetworkFull("the tunnel subnet".into()))?,
-                    );
-                }
-                if node.wg_public_key != *public_key {
-                    node.wg_public_key = public_key.clone();
-                    node.wg_key_since_ms = *now_ms;
-                }
-                Ok(Applied::Done)
-            }
-            Command::RotateNodeKey { id, now_ms } => {
-                let node = self.node_mut(*id)?;
-                node.wg_key_generation += 1;
-                node.wg_key_since_ms = *now_ms;
-                Ok(Applied::Done)
-            }
+            _ => unreachable!("not a command on services and their tasks"),
+        }
+    }
+
+    /// [`State::apply`] of a command on cluster settings, secrets and join tokens.
+    fn apply_cluster(&mut self, cmd: &Command) -> CommandResult {
+        let cluster = self.cluster.as_mut().ok_or(StoreError::NotInitialised)?;
+        match cmd {
             Command::UpdateClusterSettings {
                 wg_key_rotation_secs,
                 cert_expiry_secs,
@@ -883,6 +948,7 @@ impl State {
                 }
                 Ok(Applied::Done)
             }
+            _ => unreachable!("not a command on cluster settings, secrets and join tokens"),
         }
     }
 
