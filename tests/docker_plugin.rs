@@ -35,11 +35,6 @@ fn lab(name: &str, hosts: &[&str]) -> Lab {
     lab
 }
 
-/// `docker network create` of the Docker network `name` on weft's `net`.
-fn docker_network(d: &Dockerd, name: &str, net: &str) {
-    d.weft_network(name, net);
-}
-
 fn container_ip(d: &Dockerd, name: &str, dev: &str) -> String {
     let out = d.exec(
         name,
@@ -83,8 +78,8 @@ fn docker_containers_on_two_hosts_join_a_weft_overlay_and_leave_nothing_behind()
     common::sleeping_service(&lab, "h1", "web", "appnet");
     let vip = common::vip_of(&lab, "h1", "web");
     let (mut d1, mut d2) = (Dockerd::start(&lab, "h1"), Dockerd::start(&lab, "h2"));
-    docker_network(&d1, "appnet", "appnet");
-    docker_network(&d2, "appnet", "appnet");
+    d1.weft_network("appnet", "appnet");
+    d2.weft_network("appnet", "appnet");
     let dns = ["--network", "appnet", "--dns", "127.0.0.12"];
     d1.run_d("c1", &dns, &["sleep", "600"]);
     d2.run_d("c2", &["--network", "appnet"], &["sleep", "600"]);
@@ -175,7 +170,7 @@ fn connect_and_disconnect(lab: &Lab, d1: &Dockerd, ip2: &str) {
     );
 
     lab.attachable_network("h1", "10.76.0.0/24", "othernet");
-    docker_network(d1, "othernet", "othernet");
+    d1.weft_network("othernet", "othernet");
     let err = d1.err(&["network", "connect", "othernet", "c1"]);
     assert!(err.contains("one weft network at a time"), "{err}");
     assert_eq!(docker_endpoints(lab, "othernet"), 0);
@@ -236,7 +231,7 @@ fn a_weft_task_a_podman_container_and_a_docker_container_share_an_encrypted_netw
     let (task_pin, task_ip) = weft_task(&lab, "h1", "task", "secure");
     let p = Podman::new(&lab, "h1", "secure");
     let d = Dockerd::start(&lab, "h2");
-    docker_network(&d, "secure", "secure");
+    d.weft_network("secure", "secure");
     p.sleeper("pod", "secure");
     d.run_d("dock", &["--network", "secure"], &["sleep", "600"]);
     let pod_ip = addr_of_in(&p.ok(&[

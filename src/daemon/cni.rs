@@ -18,8 +18,8 @@ use tonic::Status;
 use weft_proto::v1 as pb;
 use weft_worker::runtime::{TaskRuntime, TaskState};
 
+use super::NodeService;
 use super::tasks::remove_through_managers;
-use super::{NodeService, not_member};
 
 /// How long ADD waits for the interface, and DEL for its removal.
 pub const WIRE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -31,9 +31,7 @@ impl NodeService {
     /// The task standing for `r`'s (runtime, container, interface) in this
     /// node's config, if any.
     async fn cni_task(&self, r: &pb::CniRequest) -> Result<Option<pb::TaskConfig>, Status> {
-        let guard = self.active.lock().await;
-        let a = guard.as_ref().ok_or_else(not_member)?;
-        let config = a.agent.config().borrow().clone();
+        let config = self.pushed_config().await?;
         let runtime = if r.runtime.is_empty() {
             "cni"
         } else {
@@ -56,9 +54,7 @@ impl NodeService {
     /// What the runtime is told of task `id`'s interfaces, from the node's
     /// config.
     async fn cni_result(&self, id: &str) -> Result<pb::CniResult, Status> {
-        let guard = self.active.lock().await;
-        let a = guard.as_ref().ok_or_else(not_member)?;
-        let config = a.agent.config().borrow().clone();
+        let config = self.pushed_config().await?;
         let c = config.ok_or_else(|| Status::unavailable("this node has no config yet"))?;
         let t = c
             .tasks
@@ -247,9 +243,7 @@ impl NodeService {
     pub(super) async fn cni_gc(&self, r: pb::CniGcRequest) -> Result<pb::CniGcResponse, Status> {
         self.locked.refuse()?;
         let stale: Vec<String> = {
-            let guard = self.active.lock().await;
-            let a = guard.as_ref().ok_or_else(not_member)?;
-            let config = a.agent.config().borrow().clone();
+            let config = self.pushed_config().await?;
             let Some(c) = config else {
                 return Ok(pb::CniGcResponse::default());
             };

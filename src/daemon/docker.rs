@@ -35,8 +35,8 @@ use tonic::Status;
 use weft_proto::v1 as pb;
 use weft_worker::sandboxes::{DOCKER, Sandbox};
 
+use super::NodeService;
 use super::tasks::remove_through_managers;
-use super::{NodeService, not_member, worker_status};
 use crate::docker_plugin::{
     ADDRESS_SPACE, AddressRequest, Backend, Call, EndpointRequest, JoinRequest, NETWORK_OPTION,
     NetworkRequest, PoolRequest,
@@ -74,18 +74,12 @@ impl JsonMap {
         if next == *m {
             return Ok(());
         }
-        let write = || -> std::io::Result<()> {
-            if let Some(d) = self.path.parent() {
-                std::fs::create_dir_all(d)?;
-            }
-            let tmp = self.path.with_extension("tmp");
-            std::fs::write(
-                &tmp,
-                serde_json::to_vec(&next).map_err(std::io::Error::other)?,
-            )?;
-            std::fs::rename(&tmp, &self.path)
-        };
-        write().map_err(|e| format!("cannot write {}: {e}", self.path.display()))?;
+        let bytes = serde_json::to_vec(&next).map_err(|e| e.to_string())?;
+        if let Some(d) = self.path.parent() {
+            std::fs::create_dir_all(d).map_err(|e| format!("cannot make {}: {e}", d.display()))?;
+        }
+        weft_overlay::durable::write_atomic(&self.path, &bytes, 0o600)
+            .map_err(|e| format!("cannot write {}: {e}", self.path.display()))?;
         *m = next;
         Ok(())
     }
@@ -99,16 +93,22 @@ pub(crate) struct DockerPlugin {
     networks: JsonMap,
     /// Docker endpoint ID → task ID (per boot, as the endpoints are).
     endpoints: JsonMap,
-    /// Tasks made by RequestAddress: `network/ip` → (task ID, MAC). The
-    /// node's config may not have them yet when CreateEndpoint and Join
-    /// come a few ms later.
-    reserved: Mutex<BTreeMap<String, (String, String)>>,
-    /// Task ID → the foreign endpoint it was asked for with (CreateEndpoint
-    /// asks for it again, with the ports).
-    asked: Mutex<BTreeMap<String, pb::ExternalEndpoint>>,
+    /// Tasks made by RequestAddress, by task ID: the node's config may not
+    /// have them yet when CreateEndpoint and Join come a few ms later.
+    made: Mutex<BTreeMap<String, Made>>,
     /// Docker tasks of this node that no endpoint claimed at the last
     /// sweep ([`DockerPlugin::sweep`]).
     unclaimed: Mutex<std::collections::BTreeSet<String>>,
+}
+
+/// A task RequestAddress made.
+#[derive(Clone)]
+struct Made {
+    /// `network ID/address`.
+    at: String,
+    mac: String,
+    /// What it was asked for with (CreateEndpoint asks again, with ports).
+    external: pb::ExternalEndpoint,
 }
 
 fn msg(s: Status) -> String {
@@ -127,8 +127,7 @@ impl DockerPlugin {
         DockerPlugin {
             networks: JsonMap::load(node.data_dir.join("docker/networks.json")),
             endpoints: JsonMap::load(node.exec_root.join("docker/endpoints.json")),
-            reserved: Mutex::new(BTreeMap::new()),
-            asked: Mutex::new(BTreeMap::new()),
+            made: Mutex::new(BTreeMap::new()),
             unclaimed: Mutex::new(std::collections::BTreeSet::new()),
             node,
         }
@@ -147,10 +146,10 @@ impl DockerPlugin {
             .values()
             .cloned()
             .collect();
+        let Ok(config) = self.node.pushed_config().await else {
+            return;
+        };
         let mine: Vec<String> = {
-            let guard = self.node.active.lock().await;
-            let Some(a) = guard.as_ref() else { return };
-            let config = a.agent.config().borrow().clone();
             config
                 .map(|c| {
                     c.tasks
@@ -168,10 +167,6 @@ impl DockerPlugin {
         );
         for id in mine.iter().filter(|id| before.contains(*id)) {
             tracing::info!(task = %id, "a Docker address no endpoint used: released");
-            self.reserved
-                .lock()
-                .expect("reserved")
-                .retain(|_, (t, _)| t != id);
             if let Err(e) = self.remove(id).await {
                 tracing::warn!(task = %id, error = %e, "cannot release an unused Docker address");
             }
@@ -180,33 +175,31 @@ impl DockerPlugin {
 
     /// The weft network named (name or ID) `name`, as this node sees it.
     async fn network(&self, name: &str) -> Result<pb::Network, String> {
-        let guard = self.node.active.lock().await;
-        let a = guard.as_ref().ok_or_else(|| msg(not_member()))?;
         let r = pb::GetNetworkRequest {
             network: name.to_owned(),
             verbose: false,
         };
-        let d = a
-            .agent
-            .call(|mut c| {
+        let d = self
+            .node
+            .dispatcher(|mut c| {
                 let r = r.clone();
                 async move { c.get_node_network(r).await }
             })
             .await
-            .map_err(|e| msg(worker_status(e)))?;
+            .map_err(msg)?;
         d.network
             .ok_or_else(|| format!("weft network {name:?} has no details"))
     }
 
     /// The weft network whose subnet is `subnet`.
     async fn network_by_subnet(&self, subnet: &str) -> Result<pb::Network, String> {
-        let guard = self.node.active.lock().await;
-        let a = guard.as_ref().ok_or_else(|| msg(not_member()))?;
-        let all = a
-            .agent
-            .call(|mut c| async move { c.list_node_networks(pb::ListNetworksRequest {}).await })
+        let all = self
+            .node
+            .dispatcher(
+                |mut c| async move { c.list_node_networks(pb::ListNetworksRequest {}).await },
+            )
             .await
-            .map_err(|e| msg(worker_status(e)))?;
+            .map_err(msg)?;
         all.networks
             .into_iter()
             .find(|n| n.subnet == subnet)
@@ -236,17 +229,14 @@ impl DockerPlugin {
 
     /// The Docker task on this node on network `network` with address `ip`.
     async fn task_by_ip(&self, network: &str, ip: &str) -> Result<Option<String>, String> {
-        if let Some((t, _)) = self
-            .reserved
-            .lock()
-            .expect("reserved")
-            .get(&format!("{network}/{ip}"))
-        {
-            return Ok(Some(t.clone()));
+        let at = format!("{network}/{ip}");
+        let noted = (self.made.lock().expect("made").iter())
+            .find(|(_, m)| m.at == at)
+            .map(|(t, _)| t.clone());
+        if noted.is_some() {
+            return Ok(noted);
         }
-        let guard = self.node.active.lock().await;
-        let a = guard.as_ref().ok_or_else(|| msg(not_member()))?;
-        let config = a.agent.config().borrow().clone();
+        let config = self.node.pushed_config().await.map_err(msg)?;
         Ok(config.and_then(|c| {
             c.tasks
                 .iter()
@@ -258,6 +248,23 @@ impl DockerPlugin {
                 })
                 .map(|t| t.id.clone())
         }))
+    }
+
+    /// Task `id`'s MAC and the endpoint it was asked for with: as
+    /// RequestAddress noted them, else from the node's config.
+    async fn made(&self, id: &str) -> Result<(String, pb::ExternalEndpoint), String> {
+        let noted =
+            (self.made.lock().expect("made").get(id)).map(|m| (m.mac.clone(), m.external.clone()));
+        if let Some(n) = noted {
+            return Ok(n);
+        }
+        let config = self.node.pushed_config().await.map_err(msg)?;
+        config
+            .and_then(|c| {
+                let t = c.tasks.iter().find(|t| t.id == id)?;
+                Some((t.attachments.first()?.mac.clone(), t.external.clone()?))
+            })
+            .ok_or_else(|| format!("task {id} is not on this node"))
     }
 
     async fn request_pool(&self, r: PoolRequest) -> Result<Value, String> {
@@ -318,10 +325,6 @@ impl DockerPlugin {
             })
             .await
             .map_err(msg)?;
-        self.asked
-            .lock()
-            .expect("asked")
-            .insert(task.id.clone(), external);
         let (ip, mac) = task
             .addresses
             .iter()
@@ -329,17 +332,21 @@ impl DockerPlugin {
             .or(task.addresses.first())
             .map(|a| (addr_part(&a.ip).to_owned(), a.mac.clone()))
             .ok_or_else(|| format!("task {} got no address on {}", task.id, n.name))?;
-        self.reserved
-            .lock()
-            .expect("reserved")
-            .insert(format!("{}/{ip}", n.id), (task.id.clone(), mac));
+        self.made.lock().expect("made").insert(
+            task.id.clone(),
+            Made {
+                at: format!("{}/{ip}", n.id),
+                mac,
+                external,
+            },
+        );
         tracing::info!(task = %task.id, %ip, network = %n.name, "Docker endpoint address");
         Ok(json!({"Address": format!("{ip}/{prefix}"), "Data": {}}))
     }
 
     /// Removes task `id` through the managers; one already gone is fine.
     async fn remove(&self, id: &str) -> Result<(), String> {
-        self.asked.lock().expect("asked").remove(id);
+        self.made.lock().expect("made").remove(id);
         match remove_through_managers(&self.node.active, id).await {
             Err(s) if s.code() != tonic::Code::NotFound => Err(msg(s)),
             _ => Ok(()),
@@ -347,12 +354,7 @@ impl DockerPlugin {
     }
 
     async fn release_address(&self, pool: &str, address: &str) -> Result<Value, String> {
-        let found = self.task_by_ip(pool, addr_part(address)).await?;
-        self.reserved
-            .lock()
-            .expect("reserved")
-            .remove(&format!("{pool}/{}", addr_part(address)));
-        if let Some(task) = found {
+        if let Some(task) = self.task_by_ip(pool, addr_part(address)).await? {
             self.unjoin(&task).await?;
             self.remove(&task).await?;
         }
@@ -410,7 +412,7 @@ impl DockerPlugin {
         if !r.ports.is_empty() {
             self.publish(&network, &task, &r.ports).await?;
         }
-        let mac = self.mac_of(&task).await?;
+        let mac = self.made(&task).await?.0;
         self.endpoints
             .change(|m| drop(m.insert(r.endpoint_id.clone(), task)))?;
         Ok(json!({"Interface": {"MacAddress": mac}}))
@@ -425,18 +427,7 @@ impl DockerPlugin {
         task: &str,
         ports: &[(&'static str, u16, u16)],
     ) -> Result<(), String> {
-        let asked = self.asked.lock().expect("asked").get(task).cloned();
-        let external = match asked {
-            Some(e) => e,
-            None => {
-                let guard = self.node.active.lock().await;
-                let a = guard.as_ref().ok_or_else(|| msg(not_member()))?;
-                let config = a.agent.config().borrow().clone();
-                config
-                    .and_then(|c| c.tasks.iter().find(|t| t.id == task)?.external.clone())
-                    .ok_or_else(|| format!("task {task} is not on this node"))?
-            }
-        };
+        let (_, external) = self.made(task).await?;
         self.node
             .run_task(pb::RunTaskRequest {
                 networks: vec![pb::NetworkRef {
@@ -460,29 +451,6 @@ impl DockerPlugin {
         Ok(())
     }
 
-    /// Task `id`'s MAC on this node (its one attachment's).
-    async fn mac_of(&self, id: &str) -> Result<String, String> {
-        let made = self
-            .reserved
-            .lock()
-            .expect("reserved")
-            .values()
-            .find(|(t, _)| t == id)
-            .map(|(_, mac)| mac.clone());
-        if let Some(mac) = made {
-            return Ok(mac);
-        }
-        let guard = self.node.active.lock().await;
-        let a = guard.as_ref().ok_or_else(|| msg(not_member()))?;
-        let config = a.agent.config().borrow().clone();
-        config
-            .and_then(|c| {
-                let t = c.tasks.iter().find(|t| t.id == id)?;
-                Some(t.attachments.first()?.mac.clone())
-            })
-            .ok_or_else(|| format!("task {id} is not on this node"))
-    }
-
     async fn join(&self, r: JoinRequest) -> Result<Value, String> {
         let task = self
             .endpoints
@@ -501,7 +469,7 @@ impl DockerPlugin {
                  joins one weft network at a time"
             ));
         }
-        let mac = self.mac_of(&task).await?;
+        let mac = self.made(&task).await?.0;
         self.node
             .sandboxes
             .set(

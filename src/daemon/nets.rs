@@ -19,9 +19,30 @@ impl NodeNets {
         ) -> Fut,
         Fut: std::future::Future<Output = Result<Response<T>, Status>>,
     {
-        let guard = self.0.active.lock().await;
+        self.0.dispatcher(f).await
+    }
+}
+
+impl NodeService {
+    /// One call to the managers' dispatcher, as this node.
+    pub(super) async fn dispatcher<T, F, Fut>(&self, f: F) -> Result<T, Status>
+    where
+        F: Fn(
+            weft_proto::v1::dispatcher_client::DispatcherClient<tonic::transport::Channel>,
+        ) -> Fut,
+        Fut: std::future::Future<Output = Result<Response<T>, Status>>,
+    {
+        let guard = self.active.lock().await;
         let a = guard.as_ref().ok_or_else(not_member)?;
         a.agent.call(f).await.map_err(worker_status)
+    }
+
+    /// The config the managers last pushed to this node (`None` before
+    /// the first).
+    pub(super) async fn pushed_config(&self) -> Result<Option<Arc<pb::NodeConfig>>, Status> {
+        let guard = self.active.lock().await;
+        let a = guard.as_ref().ok_or_else(not_member)?;
+        Ok(a.agent.config().borrow().clone())
     }
 }
 

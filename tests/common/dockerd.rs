@@ -201,12 +201,7 @@ impl Dockerd {
 
     /// `docker ARGS`; the raw output.
     pub fn run(&self, args: &[&str]) -> Output {
-        Command::new(DOCKER)
-            .arg("-H")
-            .arg(format!("unix://{}", self.sock().display()))
-            .env("DOCKER_CONFIG", self.dir.join("cli"))
-            .env_remove("DOCKER_HOST")
-            .env_remove("DOCKER_CONTEXT")
+        super::swarm::docker_client(&self.sock(), &self.dir.join("cli"))
             .args(args)
             .output()
             .expect("run docker")

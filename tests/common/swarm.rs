@@ -217,13 +217,7 @@ impl Swarm {
 
     fn docker_cmd(&self, host: &str) -> Command {
         let h = self.host(host);
-        let mut cmd = Command::new(DOCKER);
-        cmd.arg("-H")
-            .arg(format!("unix://{}", h.dir.join("docker.sock").display()))
-            .env("DOCKER_CONFIG", h.dir.join("cli"))
-            .env_remove("DOCKER_HOST")
-            .env_remove("DOCKER_CONTEXT");
-        cmd
+        docker_client(&h.dir.join("docker.sock"), &h.dir.join("cli"))
     }
 
     /// `docker ARGS` against `host`; stdout. Panics with stderr and the end
@@ -456,6 +450,18 @@ impl Drop for Swarm {
             (false, false) => panic!("swarm {}: teardown: {}", self.tag, errors.join("; ")),
         }
     }
+}
+
+/// Debian's `docker` client for the dockerd at `sock`, with its own
+/// config dir `cli` and none of the caller's DOCKER_HOST/DOCKER_CONTEXT.
+pub fn docker_client(sock: &Path, cli: &Path) -> Command {
+    let mut cmd = Command::new(DOCKER);
+    cmd.arg("-H")
+        .arg(format!("unix://{}", sock.display()))
+        .env("DOCKER_CONFIG", cli)
+        .env_remove("DOCKER_HOST")
+        .env_remove("DOCKER_CONTEXT");
+    cmd
 }
 
 /// `dir` and every directory below it, parents first.

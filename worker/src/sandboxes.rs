@@ -97,10 +97,9 @@ impl Sandboxes {
     /// Records that task `task` joined `s` (on disk first).
     pub fn set(&self, task: &str, s: Sandbox) -> std::io::Result<()> {
         std::fs::create_dir_all(&self.dir)?;
-        let path = self.path(task);
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec(&s).map_err(std::io::Error::other)?)?;
-        std::fs::rename(&tmp, &path)?;
+        let bytes = serde_json::to_vec(&s).map_err(std::io::Error::other)?;
+        weft_overlay::durable::write_atomic(&self.path(task), &bytes, 0o600)
+            .map_err(std::io::Error::other)?;
         self.lock().insert(task.to_owned(), s);
         Ok(())
     }
