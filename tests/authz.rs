@@ -253,6 +253,7 @@ async fn dispatcher_calls(ch: Channel, node: &str, set: Set) -> Vec<Outcome> {
         out,
         c.session(pb::SessionRequest {
             node_id: node_id.clone(),
+            accepts_deltas: true,
         })
     );
     call!(

@@ -46,6 +46,10 @@ const WG_PORT: &str = "51999";
 struct Counters {
     sessions: AtomicUsize,
     pushes: AtomicU64,
+    /// Config bytes received (whole configs and deltas, encoded).
+    config_bytes: AtomicU64,
+    /// Pushes that came as deltas.
+    deltas: AtomicU64,
     reports: AtomicU64,
     heartbeats: AtomicU64,
     errors: AtomicU64,
@@ -108,6 +112,7 @@ async fn open_session(
             let stream = client
                 .session(pb::SessionRequest {
                     node_id: joined.node_id.clone(),
+                    accepts_deltas: true,
                 })
                 .await
                 .map_err(|st| st.to_string())?
@@ -137,9 +142,11 @@ fn rand_ms() -> u16 {
 }
 
 /// One simulated node's agent: a session with the leader at `leader`, a
-/// heartbeat every period it is told, a report for every config.
+/// heartbeat every period it is told, a report for every config (deltas
+/// applied to the config held, as the agent does).
 async fn agent(joined: Joined, leader: String, counters: Arc<Counters>) {
     let (mut client, mut stream) = open_session(&joined, &leader, &counters).await;
+    let mut held = pb::NodeConfig::default();
     counters.sessions.fetch_add(1, Ordering::Relaxed);
     let mut period = Duration::from_secs(1);
     let mut beat = tokio::time::interval(period);
@@ -158,7 +165,24 @@ async fn agent(joined: Joined, leader: String, counters: Arc<Counters>) {
                     period = p;
                     beat = tokio::time::interval(period);
                 }
-                let Some(config) = m.config else { continue };
+                let config = match (m.config, m.config_delta) {
+                    (Some(c), _) => {
+                        counters.config_bytes.fetch_add(prost::Message::encoded_len(&c) as u64, Ordering::Relaxed);
+                        c
+                    }
+                    (None, Some(d)) => {
+                        counters.config_bytes.fetch_add(prost::Message::encoded_len(&d) as u64, Ordering::Relaxed);
+                        counters.deltas.fetch_add(1, Ordering::Relaxed);
+                        match weft_proto::config_delta::apply(&held, &d) {
+                            Ok(c) => c,
+                            Err(_) => {
+                                counters.errors.fetch_add(1, Ordering::Relaxed);
+                                return;
+                            }
+                        }
+                    }
+                    (None, None) => continue,
+                };
                 counters.pushes.fetch_add(1, Ordering::Relaxed);
                 let tasks = config
                     .tasks
@@ -178,6 +202,7 @@ async fn agent(joined: Joined, leader: String, counters: Arc<Counters>) {
                     tasks,
                     ..Default::default()
                 };
+                held = config;
                 match client.report_status(report).await {
                     Ok(_) => counters.reports.fetch_add(1, Ordering::Relaxed),
                     Err(_) => counters.errors.fetch_add(1, Ordering::Relaxed),
@@ -304,6 +329,10 @@ fn managers_hold_simulated_nodes() {
 
     // A service: one replica per ten nodes, until all run.
     let push1 = counters.pushes.load(Ordering::Relaxed);
+    let (bytes1, deltas1) = (
+        counters.config_bytes.load(Ordering::Relaxed),
+        counters.deltas.load(Ordering::Relaxed),
+    );
     let t = Instant::now();
     lab.weft(
         "m1",
@@ -327,6 +356,8 @@ fn managers_hold_simulated_nodes() {
         lab.running_on("m1", "spread").len() as u64 == replicas
     }) + created;
     let spread_pushes = counters.pushes.load(Ordering::Relaxed) - push1;
+    let spread_bytes = counters.config_bytes.load(Ordering::Relaxed) - bytes1;
+    let spread_deltas = counters.deltas.load(Ordering::Relaxed) - deltas1;
     let nodes_with_task: BTreeSet<String> = lab.running_on("m1", "spread").into_iter().collect();
     let errors = counters.errors.load(Ordering::Relaxed);
     let retries = counters.retries.load(Ordering::Relaxed);
@@ -368,7 +399,7 @@ fn managers_hold_simulated_nodes() {
         ));
     }
     md.push_str(&format!(
-        "| `service create --replicas {replicas}` → all running | {} s ({} nodes got a task, {spread_pushes} config pushes) |\n",
+        "| `service create --replicas {replicas}` → all running | {} s ({} nodes got a task, {spread_pushes} config pushes, {spread_deltas} of them deltas, {spread_bytes} config bytes in all) |\n",
         fmt_s(running.as_secs_f64()),
         nodes_with_task.len()
     ));

@@ -309,7 +309,10 @@ fn a_worker_whose_certificate_expired_offline_rejoins_as_itself() {
             .await
             .expect("channel");
         let mut stream = pb::dispatcher_client::DispatcherClient::new(ch)
-            .session(pb::SessionRequest { node_id })
+            .session(pb::SessionRequest {
+                node_id,
+                accepts_deltas: false,
+            })
             .await
             .expect("a session with a valid certificate")
             .into_inner();

@@ -26,6 +26,7 @@ impl std::fmt::Debug for v1::RegistryCredential {
     }
 }
 
+pub mod config_delta;
 pub mod credential;
 pub mod identity;
 pub mod isolation;

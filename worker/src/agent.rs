@@ -226,6 +226,9 @@ struct Run {
 enum End {
     Redirect(String),
     Renewed,
+    /// A config delta did not apply to the config held: a new session on
+    /// the same manager starts with a whole config.
+    Resync(String),
     Removed(String),
     Failed(String),
     Stopped,
@@ -466,6 +469,11 @@ impl Run {
                     hint = Some(leader);
                     failures = 0;
                 }
+                End::Resync(why) => {
+                    tracing::warn!(manager = %addr, error = %why, "config delta refused; reopening the session for a whole config");
+                    hint = Some(addr);
+                    failures = 0;
+                }
                 End::Renewed => {
                     hint = Some(addr);
                     failures = 0;
@@ -532,6 +540,7 @@ impl Run {
         let mut stream = match client
             .session(pb::SessionRequest {
                 node_id: self.node_id.clone(),
+                accepts_deltas: true,
             })
             .await
         {
@@ -698,7 +707,7 @@ impl Run {
         for req in &m.log_requests {
             self.publish_logs(client, req);
         }
-        if !m.log_requests.is_empty() && m.config.is_none() {
+        if !m.log_requests.is_empty() && m.config.is_none() && m.config_delta.is_none() {
             return None;
         }
         let desired = pb::NodeRole::try_from(m.role).ok();
@@ -709,6 +718,20 @@ impl Run {
                 "config received"
             );
             self.config.send_replace(Some(Arc::new(config)));
+        } else if let Some(delta) = &m.config_delta {
+            let held = self.config.borrow().clone().unwrap_or_default();
+            match weft_proto::config_delta::apply(&held, delta) {
+                Ok(config) => {
+                    tracing::debug!(
+                        version = config.version,
+                        base = delta.base_version,
+                        tasks = config.tasks.len(),
+                        "config delta received"
+                    );
+                    self.config.send_replace(Some(Arc::new(config)));
+                }
+                Err(e) => return Some(End::Resync(e.to_string())),
+            }
         }
         let managers_changed =
             !m.manager_addrs.is_empty() && m.manager_addrs != self.record.manager_addrs;

@@ -91,11 +91,13 @@ impl DispatcherService {
     }
 
     /// The session message for `id`, with its config when `last` (the one
-    /// sent before) differs in content.
+    /// sent before) differs in content: as a delta from `last` when the
+    /// node takes them (`deltas`) and the delta is the smaller.
     fn session_message_with(
         &self,
         id: NodeId,
         last: Option<&pb::NodeConfig>,
+        deltas: bool,
     ) -> Result<(pb::SessionMessage, pb::NodeConfig), Status> {
         let mut msg = self.session_message(id)?;
         let version = self.core.store().applied_index();
@@ -133,7 +135,10 @@ impl DispatcherService {
                     "a node's config is over the size limit; the node may fail to decode it"
                 );
             }
-            msg.config = Some(config.clone());
+            match last.filter(|_| deltas).and_then(|l| delta_for(l, &config)) {
+                Some(delta) => msg.config_delta = Some(delta),
+                None => msg.config = Some(config.clone()),
+            }
             self.core.config_pushed(id, config.version);
             Ok((msg, config))
         } else {
@@ -161,6 +166,7 @@ impl DispatcherService {
             role: pb::NodeRole::from(role) as i32,
             heartbeat_period_ms: cluster.settings.heartbeat_period_ms,
             config: None,
+            config_delta: None,
             log_requests: Vec::new(),
             removed_node_ids: removed,
             manager_node_ids: manager_ids,
@@ -391,6 +397,26 @@ fn expired_session(node: NodeId, at: Option<time::OffsetDateTime>) -> Status {
     ))
 }
 
+/// `new` as a change to `old` (the config the session sent before), if
+/// that is smaller than `new` and makes `new` again: the check costs one
+/// pass over the config, and a config whose lists are not sets (which
+/// would make the node hold something else) goes whole.
+fn delta_for(old: &pb::NodeConfig, new: &pb::NodeConfig) -> Option<pb::NodeConfigDelta> {
+    use weft_proto::config_delta;
+    let delta = config_delta::diff(old, new);
+    if prost::Message::encoded_len(&delta) >= prost::Message::encoded_len(new) {
+        return None;
+    }
+    if config_delta::apply(old, &delta).as_ref() != Ok(new) {
+        tracing::warn!(
+            version = new.version,
+            "a config delta would not make the config again; sending it whole"
+        );
+        return None;
+    }
+    Some(delta)
+}
+
 /// Whether two session messages agree apart from the config.
 fn same_header(a: &pb::SessionMessage, b: &pb::SessionMessage) -> bool {
     a.manager_addrs == b.manager_addrs
@@ -483,7 +509,8 @@ impl Dispatcher for DispatcherService {
         let node = self.authorize(&req, &req.get_ref().node_id)?;
         self.require_leader()?;
         self.core.seen(node.id);
-        let (first, first_config) = self.session_message_with(node.id, None)?;
+        let deltas = req.get_ref().accepts_deltas;
+        let (first, first_config) = self.session_message_with(node.id, None, deltas)?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let this = self.clone();
         let mut changes = self.core.store().subscribe();
@@ -527,6 +554,7 @@ impl Dispatcher for DispatcherService {
                     Some(req) = log_rx.recv() => {
                         let mut msg = last.clone();
                         msg.config = None;
+                        msg.config_delta = None;
                         msg.log_requests = vec![req];
                         if tx.send(Ok(msg)).await.is_err() {
                             return;
@@ -542,9 +570,13 @@ impl Dispatcher for DispatcherService {
                     let _ = tx.send(Err(st)).await;
                     return;
                 }
-                match this.session_message_with(node.id, Some(&last_config)) {
-                    Ok((msg, config)) if msg.config.is_some() || !same_header(&msg, &last) => {
-                        tracing::debug!(node = %node.id, version = config.version, with_config = msg.config.is_some(), "session push");
+                match this.session_message_with(node.id, Some(&last_config), deltas) {
+                    Ok((msg, config))
+                        if msg.config.is_some()
+                            || msg.config_delta.is_some()
+                            || !same_header(&msg, &last) =>
+                    {
+                        tracing::debug!(node = %node.id, version = config.version, with_config = msg.config.is_some(), delta = msg.config_delta.is_some(), "session push");
                         last = msg.clone();
                         last_config = config;
                         if tx.send(Ok(msg)).await.is_err() {

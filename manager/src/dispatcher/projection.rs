@@ -288,7 +288,7 @@ pub fn project_with(
 
     let wireguard = wireguard(state, me, &net_ids);
     let vxlan_allowed_sources = shared.vxlan_allowed_sources.clone();
-    Some(pb::NodeConfig {
+    let mut config = pb::NodeConfig {
         version,
         vtep: me.data_path_addr.clone(),
         vxlan_port: u32::from(cluster.settings.data_path_port),
@@ -303,7 +303,10 @@ pub fn project_with(
         // Not the store's: the dispatcher adds the leader's in-memory
         // image fetches (crate::imagepush).
         image_fetches: Vec::new(),
-    })
+    };
+    // The one order of every set-like list, which config deltas keep.
+    weft_proto::config_delta::canonicalize(&mut config);
+    Some(config)
 }
 
 /// The node's endpoint on the ingress network, while some service

@@ -30,6 +30,8 @@ fn session_len(s: &State, node: NodeId) -> usize {
         role: pb::NodeRole::Manager as i32,
         heartbeat_period_ms: u64::MAX,
         config: Some(config),
+        // A delta goes only when smaller than the whole config.
+        config_delta: None,
         log_requests: Vec::new(),
         removed_node_ids: s.removed.iter().map(|n| n.to_string()).collect(),
         manager_node_ids: s.managers().map(|m| m.id.to_string()).collect(),

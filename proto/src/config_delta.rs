@@ -1,0 +1,332 @@
+//! A node's config sent as a change (issue #16): [`diff`] makes a
+//! [`NodeConfigDelta`] from the config a session sent before and the new
+//! one; [`apply`] makes the new one again on the node.
+//!
+//! ```text
+//!  manager: old, new ─diff─▶ NodeConfigDelta{base_version, head, …} ──session──▶ node
+//!  node:    held ─apply(delta)─▶ new   (held.version ≠ base_version, or an unknown network: Err → resync)
+//! ```
+//!
+//! Lists in a config are sets keyed by what names an item (a network's or
+//! task's ID, a remote endpoint's task, a service's name, a peer's node).
+//! Both ends put them in one order, [`canonicalize`]: the managers project
+//! in it, so `apply(old, diff(old, new)) == new`, which the tests check on
+//! generated configs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use crate::v1::{
+    NameRecord, NetworkConfig, NetworkDelta, NodeConfig, NodeConfigDelta, ServiceDelta,
+    ServiceEndpoint, WgPeerConfig,
+};
+
+/// Why a delta cannot be applied to the config a node holds. Either way
+/// the node holds something other than what the manager thinks: it asks
+/// for a whole config (a new session).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeltaError {
+    /// The node holds another version than the delta's base.
+    #[error("the delta is on version {base}, this node holds {held}")]
+    Base {
+        /// The delta's base version.
+        base: u64,
+        /// The version the node holds (0: none).
+        held: u64,
+    },
+    /// The delta changes a network the node does not hold.
+    #[error("the delta changes network {0}, which this node does not hold")]
+    UnknownNetwork(String),
+    /// The delta has no head.
+    #[error("the delta has no head")]
+    NoHead,
+}
+
+/// Puts every set-like list of `c` in the one order both ends use:
+/// networks and tasks by ID, remote endpoints by task, services by name
+/// with their backends by address, names by (name, address), WireGuard
+/// peers by node, VXLAN sources sorted without duplicates. Ports, image
+/// fetches and a task's own lists keep their order (they are sent whole).
+pub fn canonicalize(c: &mut NodeConfig) {
+    c.networks.sort_by(|a, b| a.id.cmp(&b.id));
+    for n in &mut c.networks {
+        canonicalize_network(n);
+    }
+    c.tasks.sort_by(|a, b| a.id.cmp(&b.id));
+    if let Some(wg) = &mut c.wireguard {
+        wg.peers.sort_by_key(peer_key);
+    }
+    c.vxlan_allowed_sources.sort();
+    c.vxlan_allowed_sources.dedup();
+}
+
+fn canonicalize_network(n: &mut NetworkConfig) {
+    n.remote.sort_by(|a, b| a.task_id.cmp(&b.task_id));
+    n.services.sort_by(|a, b| a.name.cmp(&b.name));
+    for s in &mut n.services {
+        sort_addrs(&mut s.backends);
+    }
+    n.names
+        .sort_by(|a, b| (&a.name, &a.ip).cmp(&(&b.name, &b.ip)));
+}
+
+/// Addresses in numeric order (text that is no address after them).
+fn sort_addrs(v: &mut [String]) {
+    v.sort_by_cached_key(|s| (s.parse::<IpAddr>().map_err(|_| s.clone()), s.clone()));
+}
+
+/// Peers by node ID, numerically (IDs are numbers on the wire).
+fn peer_key(p: &WgPeerConfig) -> (Option<u64>, String) {
+    (p.node_id.parse().ok(), p.node_id.clone())
+}
+
+/// The change from `old` (sent before) to `new`. Both must be canonical.
+pub fn diff(old: &NodeConfig, new: &NodeConfig) -> NodeConfigDelta {
+    let mut head = new.clone();
+    head.networks = Vec::new();
+    head.tasks = Vec::new();
+    head.vxlan_allowed_sources = Vec::new();
+    if let Some(wg) = &mut head.wireguard {
+        wg.peers = Vec::new();
+    }
+    let mut d = NodeConfigDelta {
+        base_version: old.version,
+        head: Some(head),
+        ..Default::default()
+    };
+
+    let old_nets: BTreeMap<&str, &NetworkConfig> =
+        old.networks.iter().map(|n| (n.id.as_str(), n)).collect();
+    let new_ids: BTreeSet<&str> = new.networks.iter().map(|n| n.id.as_str()).collect();
+    d.networks_removed = old_nets
+        .keys()
+        .filter(|id| !new_ids.contains(*id))
+        .map(|id| id.to_string())
+        .collect();
+    for n in &new.networks {
+        match old_nets.get(n.id.as_str()) {
+            None => d.networks_set.push(n.clone()),
+            Some(o) if !same_network_head(o, n) => d.networks_set.push(n.clone()),
+            Some(o) => {
+                if let Some(nd) = diff_network(o, n) {
+                    d.networks_changed.push(nd);
+                }
+            }
+        }
+    }
+
+    let (set, removed) = diff_keyed(&old.tasks, &new.tasks, |t| t.id.clone());
+    d.tasks_set = set;
+    d.tasks_removed = removed;
+    let no_peers = Vec::new();
+    let old_peers = old.wireguard.as_ref().map_or(&no_peers, |w| &w.peers);
+    let new_peers = new.wireguard.as_ref().map_or(&no_peers, |w| &w.peers);
+    let (set, removed) = diff_keyed(old_peers, new_peers, |p| p.node_id.clone());
+    d.wg_peers_set = set;
+    d.wg_peers_removed = removed;
+    let (added, removed) = diff_set(&old.vxlan_allowed_sources, &new.vxlan_allowed_sources);
+    d.sources_added = added;
+    d.sources_removed = removed;
+    d
+}
+
+/// Whether two networks agree in everything but their endpoints,
+/// services and names.
+fn same_network_head(a: &NetworkConfig, b: &NetworkConfig) -> bool {
+    let strip = |n: &NetworkConfig| NetworkConfig {
+        remote: Vec::new(),
+        services: Vec::new(),
+        names: Vec::new(),
+        ..n.clone()
+    };
+    strip(a) == strip(b)
+}
+
+/// What changed on one network; `None`: nothing.
+fn diff_network(old: &NetworkConfig, new: &NetworkConfig) -> Option<NetworkDelta> {
+    let (remote_set, remote_removed) = diff_keyed(&old.remote, &new.remote, |r| r.task_id.clone());
+    let old_svcs: BTreeMap<&str, &ServiceEndpoint> =
+        old.services.iter().map(|s| (s.name.as_str(), s)).collect();
+    let new_names: BTreeSet<&str> = new.services.iter().map(|s| s.name.as_str()).collect();
+    let services_removed: Vec<String> = old_svcs
+        .keys()
+        .filter(|n| !new_names.contains(*n))
+        .map(|n| n.to_string())
+        .collect();
+    let mut services_changed = Vec::new();
+    for s in &new.services {
+        let empty = ServiceEndpoint::default();
+        let o = old_svcs.get(s.name.as_str()).copied();
+        if o == Some(s) {
+            continue;
+        }
+        let (added, removed) = diff_set(&o.unwrap_or(&empty).backends, &s.backends);
+        services_changed.push(ServiceDelta {
+            name: s.name.clone(),
+            vip: s.vip.clone(),
+            backends_added: added,
+            backends_removed: removed,
+        });
+    }
+    let (names_added, names_removed) = diff_set(&name_keys(&old.names), &name_keys(&new.names));
+    let (names_added, names_removed) = (records(names_added), records(names_removed));
+    let d = NetworkDelta {
+        id: new.id.clone(),
+        remote_set,
+        remote_removed,
+        services_changed,
+        services_removed,
+        names_added,
+        names_removed,
+    };
+    let unchanged = d.remote_set.is_empty()
+        && d.remote_removed.is_empty()
+        && d.services_changed.is_empty()
+        && d.services_removed.is_empty()
+        && d.names_added.is_empty()
+        && d.names_removed.is_empty();
+    (!unchanged).then_some(d)
+}
+
+/// Items of `new` that are not in `old` as they are (by key), and the
+/// keys of `old` that `new` lacks.
+fn diff_keyed<T: Clone + PartialEq>(
+    old: &[T],
+    new: &[T],
+    key: impl Fn(&T) -> String,
+) -> (Vec<T>, Vec<String>) {
+    let before: BTreeMap<String, &T> = old.iter().map(|t| (key(t), t)).collect();
+    let after: BTreeSet<String> = new.iter().map(&key).collect();
+    let set = new
+        .iter()
+        .filter(|t| before.get(&key(t)) != Some(t))
+        .cloned()
+        .collect();
+    let removed = before.into_keys().filter(|k| !after.contains(k)).collect();
+    (set, removed)
+}
+
+/// Items in `new` only, and items in `old` only.
+fn diff_set<T: Clone + Ord>(old: &[T], new: &[T]) -> (Vec<T>, Vec<T>) {
+    let before: BTreeSet<&T> = old.iter().collect();
+    let after: BTreeSet<&T> = new.iter().collect();
+    (
+        after.difference(&before).map(|t| (*t).clone()).collect(),
+        before.difference(&after).map(|t| (*t).clone()).collect(),
+    )
+}
+
+/// The config `delta` makes of `held` (the config the node holds).
+pub fn apply(held: &NodeConfig, delta: &NodeConfigDelta) -> Result<NodeConfig, DeltaError> {
+    if held.version != delta.base_version {
+        return Err(DeltaError::Base {
+            base: delta.base_version,
+            held: held.version,
+        });
+    }
+    let mut c = delta.head.clone().ok_or(DeltaError::NoHead)?;
+
+    let mut nets: BTreeMap<String, NetworkConfig> = held
+        .networks
+        .iter()
+        .map(|n| (n.id.clone(), n.clone()))
+        .collect();
+    for id in &delta.networks_removed {
+        nets.remove(id);
+    }
+    for n in &delta.networks_set {
+        nets.insert(n.id.clone(), n.clone());
+    }
+    for nd in &delta.networks_changed {
+        let n = nets
+            .get_mut(&nd.id)
+            .ok_or_else(|| DeltaError::UnknownNetwork(nd.id.clone()))?;
+        apply_network(n, nd);
+    }
+    c.networks = nets.into_values().collect();
+
+    c.tasks = apply_keyed(&held.tasks, &delta.tasks_set, &delta.tasks_removed, |t| {
+        t.id.clone()
+    });
+    if let Some(wg) = &mut c.wireguard {
+        let no_peers = Vec::new();
+        let held_peers = held.wireguard.as_ref().map_or(&no_peers, |w| &w.peers);
+        wg.peers = apply_keyed(
+            held_peers,
+            &delta.wg_peers_set,
+            &delta.wg_peers_removed,
+            |p| p.node_id.clone(),
+        );
+    }
+    c.vxlan_allowed_sources = apply_set(
+        &held.vxlan_allowed_sources,
+        &delta.sources_added,
+        &delta.sources_removed,
+    );
+    canonicalize(&mut c);
+    Ok(c)
+}
+
+fn apply_network(n: &mut NetworkConfig, d: &NetworkDelta) {
+    n.remote = apply_keyed(&n.remote, &d.remote_set, &d.remote_removed, |r| {
+        r.task_id.clone()
+    });
+    let mut svcs: BTreeMap<String, ServiceEndpoint> = std::mem::take(&mut n.services)
+        .into_iter()
+        .map(|s| (s.name.clone(), s))
+        .collect();
+    for name in &d.services_removed {
+        svcs.remove(name);
+    }
+    for sd in &d.services_changed {
+        let s = svcs.entry(sd.name.clone()).or_default();
+        s.name = sd.name.clone();
+        s.vip = sd.vip.clone();
+        s.backends = apply_set(&s.backends, &sd.backends_added, &sd.backends_removed);
+    }
+    n.services = svcs.into_values().collect();
+    n.names = records(apply_set(
+        &name_keys(&n.names),
+        &name_keys(&d.names_added),
+        &name_keys(&d.names_removed),
+    ));
+}
+
+/// Name records as ordered pairs (prost's types have no order).
+fn name_keys(v: &[NameRecord]) -> Vec<(String, String)> {
+    v.iter().map(|r| (r.name.clone(), r.ip.clone())).collect()
+}
+
+fn records(v: Vec<(String, String)>) -> Vec<NameRecord> {
+    v.into_iter()
+        .map(|(name, ip)| NameRecord { name, ip })
+        .collect()
+}
+
+fn apply_keyed<T: Clone>(
+    held: &[T],
+    set: &[T],
+    removed: &[String],
+    key: impl Fn(&T) -> String,
+) -> Vec<T> {
+    let mut m: BTreeMap<String, T> = held.iter().map(|t| (key(t), t.clone())).collect();
+    for k in removed {
+        m.remove(k);
+    }
+    for t in set {
+        m.insert(key(t), t.clone());
+    }
+    m.into_values().collect()
+}
+
+fn apply_set<T: Clone + Ord>(held: &[T], added: &[T], removed: &[T]) -> Vec<T> {
+    let mut s: BTreeSet<T> = held.iter().cloned().collect();
+    for t in removed {
+        s.remove(t);
+    }
+    s.extend(added.iter().cloned());
+    s.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,199 @@
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::*;
+use crate::v1::{RemoteEndpoint, TaskConfig, WireguardConfig};
+
+/// Some of `0..n`, each with probability `p`.
+fn some(rng: &mut StdRng, n: u32, p: f64) -> Vec<u32> {
+    (0..n).filter(|_| rng.gen_bool(p)).collect()
+}
+
+/// A config drawn from a small universe (so that two draws overlap):
+/// networks n0..n3, tasks t0..t7, endpoints, services, names, peers.
+fn config(rng: &mut StdRng, version: u64) -> NodeConfig {
+    let mut networks = Vec::new();
+    for i in some(rng, 4, 0.7) {
+        let mut remote = Vec::new();
+        for t in some(rng, 12, 0.5) {
+            remote.push(RemoteEndpoint {
+                task_id: format!("r{t}"),
+                ip: format!("10.0.{i}.{t}"),
+                mac: format!("02:42:0a:00:0{i}:{t:02x}"),
+                vtep: format!("198.18.0.{}", rng.gen_range(1..4)),
+            });
+        }
+        let mut services = Vec::new();
+        for s in some(rng, 3, 0.6) {
+            let vip = if rng.gen_bool(0.8) {
+                format!("10.0.{i}.{}", 200 + s)
+            } else {
+                String::new()
+            };
+            let backends = some(rng, 20, 0.4)
+                .iter()
+                .map(|b| format!("10.0.{i}.{b}"))
+                .collect();
+            services.push(ServiceEndpoint {
+                name: format!("svc{s}"),
+                vip,
+                backends,
+            });
+        }
+        let names = some(rng, 10, 0.5)
+            .iter()
+            .map(|t| NameRecord {
+                name: format!("task{t}"),
+                ip: format!("10.0.{i}.{t}"),
+            })
+            .collect();
+        networks.push(NetworkConfig {
+            id: format!("n{i}"),
+            name: format!("net{i}"),
+            vni: 4096 + i,
+            mtu: if rng.gen_bool(0.9) { 1450 } else { 1400 },
+            remote,
+            services,
+            names,
+            ..Default::default()
+        });
+    }
+    let mut tasks = Vec::new();
+    for t in some(rng, 8, 0.5) {
+        tasks.push(TaskConfig {
+            id: format!("t{t}"),
+            name: format!("task{t}"),
+            command: vec!["sleep".into(), format!("{}", rng.gen_range(1..3))],
+            ..Default::default()
+        });
+    }
+    let wireguard = if rng.gen_bool(0.6) {
+        let mut peers = Vec::new();
+        for n in some(rng, 15, 0.5) {
+            peers.push(WgPeerConfig {
+                node_id: n.to_string(),
+                public_key: format!("key{n}-{}", rng.gen_range(0..2)),
+                endpoint: format!("198.18.0.{n}:51820"),
+                tunnel_ip: format!("100.64.0.{n}"),
+            });
+        }
+        Some(WireguardConfig {
+            listen_port: 51820,
+            tunnel_addr: "100.64.0.1/10".into(),
+            mtu: 1420,
+            key_generation: rng.gen_range(0..2),
+            peers,
+        })
+    } else {
+        None
+    };
+    let vxlan_allowed_sources = some(rng, 30, 0.8)
+        .iter()
+        .map(|n| format!("198.18.0.{n}"))
+        .collect();
+    let mut c = NodeConfig {
+        version,
+        vtep: "198.18.0.1".into(),
+        vxlan_port: 4789,
+        gateway_subnet: "172.18.0.0/16".into(),
+        networks,
+        tasks,
+        wireguard,
+        vxlan_allowed_sources,
+        wg_key_generation: rng.gen_range(0..2),
+        ..Default::default()
+    };
+    canonicalize(&mut c);
+    c
+}
+
+#[test]
+fn a_delta_makes_the_new_config_of_the_old_one() {
+    let mut rng = StdRng::seed_from_u64(16);
+    for round in 0..2000 {
+        let old = config(&mut rng, 10 + round);
+        let new = config(&mut rng, 11 + round);
+        let d = diff(&old, &new);
+        assert_eq!(apply(&old, &d).as_ref(), Ok(&new), "round {round}: {d:?}");
+        // From nothing (version 0) it is the whole config.
+        let empty = NodeConfig::default();
+        assert_eq!(apply(&empty, &diff(&empty, &new)).as_ref(), Ok(&new));
+    }
+}
+
+#[test]
+fn a_small_change_is_a_small_delta() {
+    let mut rng = StdRng::seed_from_u64(7);
+    let mut old = config(&mut rng, 5);
+    while old.networks.is_empty() {
+        old = config(&mut rng, 5);
+    }
+    let mut new = old.clone();
+    new.version = 6;
+    new.networks[0].remote.push(RemoteEndpoint {
+        task_id: "zz".into(),
+        ip: "10.9.9.9".into(),
+        mac: "02:42:0a:09:09:09".into(),
+        vtep: "198.18.0.9".into(),
+    });
+    canonicalize(&mut new);
+    let d = diff(&old, &new);
+    assert!(d.networks_set.is_empty() && d.tasks_set.is_empty() && d.wg_peers_set.is_empty());
+    assert_eq!(d.networks_changed.len(), 1);
+    assert_eq!(d.networks_changed[0].remote_set.len(), 1);
+    assert!(prost::Message::encoded_len(&d) < prost::Message::encoded_len(&new) / 2);
+    assert_eq!(apply(&old, &d), Ok(new));
+}
+
+#[test]
+fn a_delta_on_another_base_or_network_is_refused() {
+    let mut rng = StdRng::seed_from_u64(3);
+    let mut old = config(&mut rng, 5);
+    while old.networks.is_empty() {
+        old = config(&mut rng, 5);
+    }
+    let mut new = old.clone();
+    new.version = 6;
+    new.networks[0].names.push(NameRecord {
+        name: "zz".into(),
+        ip: "10.9.9.9".into(),
+    });
+    canonicalize(&mut new);
+    let d = diff(&old, &new);
+    let mut other = old.clone();
+    other.version = 4;
+    assert_eq!(
+        apply(&other, &d),
+        Err(DeltaError::Base { base: 5, held: 4 })
+    );
+    let mut without = old.clone();
+    without.networks.remove(0);
+    assert!(matches!(
+        apply(&without, &d),
+        Err(DeltaError::UnknownNetwork(_))
+    ));
+    let headless = NodeConfigDelta {
+        base_version: 5,
+        ..Default::default()
+    };
+    assert_eq!(apply(&old, &headless), Err(DeltaError::NoHead));
+}
+
+#[test]
+fn backends_are_in_numeric_order() {
+    let mut c = NodeConfig {
+        networks: vec![NetworkConfig {
+            services: vec![ServiceEndpoint {
+                backends: vec!["10.0.0.10".into(), "10.0.0.9".into(), "10.0.0.100".into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    canonicalize(&mut c);
+    assert_eq!(
+        c.networks[0].services[0].backends,
+        ["10.0.0.9", "10.0.0.10", "10.0.0.100"]
+    );
+}

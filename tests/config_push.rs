@@ -1,0 +1,359 @@
+//! Incremental config push (issue #16), end to end: a worker's session cut
+//! in the middle of a burst of changes (the deltas sent on it lost with
+//! it) ends in the kernel state a whole config makes.
+//!
+//! Needs root (Lab::new fails without it).
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{Lab, nsenter, wait_for};
+
+/// One line per kernel object a node's data plane owns, in every network
+/// namespace of `host` (its underlay host's and the ones its daemon pins):
+/// links (name, kind, MTU, MAC, master), addresses, routes, permanent
+/// neighbours, static FDB entries and nftables rules, without what the
+/// kernel numbers or counts (interface indexes, handles, counters, state).
+fn kernel_state(lab: &Lab, host: &str) -> BTreeSet<String> {
+    let mut pins = vec![("host".to_string(), lab.host_netns(host))];
+    let dir = lab.host_dir(host).join("run/netns");
+    for e in std::fs::read_dir(&dir).expect("the daemon's netns directory") {
+        let e = e.expect("entry");
+        pins.push((e.file_name().to_string_lossy().into_owned(), e.path()));
+    }
+    let mut out = BTreeSet::new();
+    for (ns, pin) in pins {
+        for line in namespace_state(&pin) {
+            out.insert(format!("{ns}: {line}"));
+        }
+    }
+    out
+}
+
+fn json(pin: &Path, cmd: &[&str]) -> serde_json::Value {
+    let o = nsenter(pin, cmd);
+    assert!(
+        o.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).unwrap_or(serde_json::Value::Null)
+}
+
+fn namespace_state(pin: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let s = |v: &serde_json::Value, k: &str| v[k].as_str().unwrap_or("").to_string();
+    for l in json(pin, &["ip", "-d", "-j", "link", "show"])
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        out.push(format!(
+            "link {} kind={} mtu={} mac={} master={}",
+            s(l, "ifname"),
+            l["linkinfo"]["info_kind"].as_str().unwrap_or("-"),
+            l["mtu"],
+            s(l, "address"),
+            s(l, "master"),
+        ));
+    }
+    for l in json(pin, &["ip", "-j", "addr", "show"])
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        for a in l["addr_info"].as_array().into_iter().flatten() {
+            // IPv6 link-local addresses come from the MAC; the kernel makes them.
+            if s(a, "scope") == "link" && s(a, "family") == "inet6" {
+                continue;
+            }
+            out.push(format!(
+                "addr {} {}/{}",
+                s(l, "ifname"),
+                s(a, "local"),
+                a["prefixlen"]
+            ));
+        }
+    }
+    for r in json(pin, &["ip", "-j", "route", "show", "table", "all"])
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if s(r, "table") == "local" || s(r, "dst").starts_with("fe80") || s(r, "dst") == "multicast"
+        {
+            continue;
+        }
+        out.push(format!(
+            "route {} table={} via={} dev={} src={}",
+            s(r, "dst"),
+            s(r, "table"),
+            s(r, "gateway"),
+            s(r, "dev"),
+            s(r, "prefsrc")
+        ));
+    }
+    for n in json(pin, &["ip", "-j", "neigh", "show", "nud", "permanent"])
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        out.push(format!(
+            "neigh {} {} {}",
+            s(n, "dst"),
+            s(n, "dev"),
+            s(n, "lladdr")
+        ));
+    }
+    for f in json(pin, &["bridge", "-j", "fdb", "show"])
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        let flags = f["flags"].to_string();
+        // Static entries only: the kernel adds and learns the others.
+        if s(f, "state") == "permanent" && !s(f, "dst").is_empty() || flags.contains("extern") {
+            out.push(format!(
+                "fdb {} {} dst={}",
+                s(f, "mac"),
+                s(f, "ifname"),
+                s(f, "dst")
+            ));
+        }
+    }
+    for item in json(pin, &["nft", "-j", "list", "ruleset"])["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        if item.get("metainfo").is_some() {
+            continue;
+        }
+        let mut item = item.clone();
+        strip(&mut item);
+        out.push(format!("nft {item}"));
+    }
+    out
+}
+
+/// Drops the keys the kernel numbers or counts.
+fn strip(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            m.remove("handle");
+            if m.contains_key("counter") {
+                m.insert("counter".into(), serde_json::Value::Null);
+            }
+            m.values_mut().for_each(strip);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+        _ => {}
+    }
+}
+
+/// w1's config version as the manager last pushed it, and as w1 applied it.
+fn w1_versions(lab: &Lab) -> (u64, u64) {
+    let out = lab.weft("m1", &["network", "inspect", "-v", "appnet"]);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("inspect JSON");
+    let peers = v[0]["Peers"].as_array().cloned().unwrap_or_default();
+    let w1 = peers
+        .iter()
+        .find(|p| p["Name"] == "w1")
+        .cloned()
+        .unwrap_or_default();
+    (
+        w1["ConfigVersion"].as_u64().unwrap_or(0),
+        w1["AppliedVersion"].as_u64().unwrap_or(u64::MAX),
+    )
+}
+
+/// Waits until w1 applied the last config pushed to it, and nothing moves.
+fn settled(lab: &Lab, what: &str) {
+    let mut last = (0, 0);
+    wait_for(what, Duration::from_secs(60), || {
+        let now = w1_versions(lab);
+        let done = now.0 == now.1 && now == last;
+        last = now;
+        done
+    });
+}
+
+/// Rejects (with a TCP reset) w1's traffic to the manager port, or stops
+/// rejecting it.
+fn cut_w1(lab: &Lab, cut: bool) {
+    let pin = lab.host_netns("w1");
+    let script = if cut {
+        "add table inet wefttest_cut\n\
+         add chain inet wefttest_cut out { type filter hook output priority 0; }\n\
+         add rule inet wefttest_cut out tcp dport 4377 reject with tcp reset\n"
+    } else {
+        "delete table inet wefttest_cut\n"
+    };
+    let path = lab.dir().join(if cut { "cut.nft" } else { "uncut.nft" });
+    std::fs::write(&path, script).expect("nft script");
+    let o = nsenter(&pin, &["nft", "-f", path.to_str().expect("utf-8")]);
+    assert!(
+        o.status.success(),
+        "nft: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn scale(lab: &Lab, service: &str, n: u32) {
+    lab.weft(
+        "m1",
+        &["service", "scale", "--detach", &format!("{service}={n}")],
+    );
+}
+
+#[test]
+fn a_delta_lost_with_its_session_ends_in_the_kernel_state_of_a_whole_push() {
+    let mut lab = Lab::new("cpush", &["m1", "w1", "w2"]);
+    lab.set_daemon_env(
+        "WEFT_LOG",
+        "info,openraft=warn,weft_manager::dispatcher=debug,weft_worker::agent=debug",
+    );
+    lab.start_all();
+    // Heartbeats every 2 s: the cut (about 3 s) and the restart below
+    // leave w1 Ready (down after 3 missed), so no task moves because of them.
+    let (wt, _) = lab.init("m1", &["--heartbeat-period", "2s"]);
+    for w in ["w1", "w2"] {
+        lab.join(w, &wt, "m1");
+    }
+    for (net, subnet) in [("appnet", "10.0.9.0/24"), ("other", "10.0.10.0/24")] {
+        lab.weft(
+            "m1",
+            &["network", "create", "--attachable", "--subnet", subnet, net],
+        );
+    }
+    let sleeper = |name: &str, net: &str, n: &str| {
+        lab.weft(
+            "m1",
+            &[
+                "service",
+                "create",
+                "--detach",
+                "--name",
+                name,
+                "--replicas",
+                n,
+                "--network",
+                net,
+                "--constraint",
+                "node.role==worker",
+                "--",
+                "sleep",
+                "600",
+            ],
+        );
+    };
+    sleeper("web", "appnet", "4");
+    sleeper("db", "other", "2");
+    wait_for("6 tasks running", Duration::from_secs(60), || {
+        lab.running_on("m1", "web").len() + lab.running_on("m1", "db").len() == 6
+    });
+    settled(&lab, "w1 applied its config");
+
+    // A burst of changes, with w1's session cut in the middle of it.
+    for (i, n) in [6, 3, 7].into_iter().enumerate() {
+        scale(&lab, "web", n);
+        if i == 1 {
+            cut_w1(&lab, true);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    sleeper("cache", "appnet", "2");
+    scale(&lab, "db", 4);
+    lab.weft("m1", &["service", "rm", "cache"]);
+    sleeper("queue", "appnet", "3");
+    std::thread::sleep(Duration::from_secs(2));
+    cut_w1(&lab, false);
+    scale(&lab, "web", 5);
+    // Then, on the new session, tasks of w2 come and go (remote endpoints,
+    // names and VIP backends w1 gets as deltas).
+    lab.weft(
+        "m1",
+        &[
+            "service",
+            "create",
+            "--name",
+            "late",
+            "--replicas",
+            "2",
+            "--network",
+            "appnet",
+            "--constraint",
+            "node.hostname==w2",
+            "--",
+            "sleep",
+            "600",
+        ],
+    );
+    wait_for("late's replicas on w2", Duration::from_secs(60), || {
+        lab.running_on("m1", "late").len() == 2
+    });
+    lab.weft("m1", &["service", "rm", "late"]);
+    wait_for(
+        "the services at their new scale",
+        Duration::from_secs(60),
+        || {
+            lab.running_on("m1", "web").len() == 5
+                && lab.running_on("m1", "db").len() == 4
+                && lab.running_on("m1", "queue").len() == 3
+        },
+    );
+    settled(&lab, "w1 applied the burst");
+    let log = std::fs::read_to_string(lab.host_dir("w1").join("daemon.log")).unwrap_or_default();
+    let deltas = log.matches("config delta received").count();
+    assert!(deltas > 0, "w1 got no delta: {}", lab.log_tail("w1"));
+    // The cut ended a session that had carried deltas.
+    let cut_at = log
+        .find("session ended")
+        .expect("w1's session ended at the cut");
+    assert!(
+        log[..cut_at].contains("config delta received"),
+        "no delta before the cut"
+    );
+    let reopened = log.rfind("session ended").expect("a session ended");
+    assert!(
+        log[reopened..].contains("config delta received"),
+        "no delta after the cut"
+    );
+    let before = kernel_state(&lab, "w1");
+    let kinds = |k: &str| {
+        before
+            .iter()
+            .filter(|l| l.contains(&format!(": {k} ")))
+            .count()
+    };
+    // What the deltas carried is there: remote endpoints (static FDB and
+    // neighbour entries) and VIP tables.
+    assert!(
+        kinds("fdb") > 0 && kinds("neigh") > 0 && kinds("nft") > 0,
+        "{before:#?}"
+    );
+
+    // A whole config: a new session, on a new daemon process.
+    lab.sigterm("w1");
+    lab.start("w1");
+    wait_for("w1 Ready again", Duration::from_secs(30), || {
+        lab.node_ls("m1")
+            .iter()
+            .any(|r| r.hostname == "w1" && r.status == "Ready")
+    });
+    settled(&lab, "w1 applied its whole config");
+    let after = kernel_state(&lab, "w1");
+    let gone: Vec<_> = before.difference(&after).collect();
+    let new: Vec<_> = after.difference(&before).collect();
+    assert!(
+        gone.is_empty() && new.is_empty(),
+        "the whole config changed w1's kernel state ({deltas} deltas before):\nonly before: {gone:#?}\nonly after: {new:#?}"
+    );
+    eprintln!(
+        "w1: {} kernel objects the same after {deltas} deltas and a whole push",
+        before.len()
+    );
+}
