@@ -4,7 +4,7 @@
 //! `ingress` routing-mesh network. Everything here runs inside
 //! [`State::apply`], so it is deterministic like the rest of the store.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
@@ -223,10 +223,21 @@ impl State {
                 node_endpoints: Default::default(),
             },
         );
-        let nodes: Vec<NodeId> = self.nodes.keys().copied().collect();
-        for n in nodes {
-            self.add_ingress_endpoint(n)?;
+        // Every node's endpoint, lowest free addresses first, in one pass.
+        let taken = self.taken_on(&id);
+        let mut free = ipam::free_ips(&subnet, None, &taken);
+        let mut endpoints = BTreeMap::new();
+        for n in self.nodes.keys() {
+            let ip = free
+                .next()
+                .ok_or_else(|| StoreError::NetworkFull(INGRESS_NETWORK.into()))?;
+            endpoints.insert(*n, ip);
         }
+        drop(free);
+        self.networks
+            .get_mut(&id)
+            .expect("inserted above")
+            .node_endpoints = endpoints;
         Ok(id)
     }
 
