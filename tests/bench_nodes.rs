@@ -48,6 +48,10 @@ struct Counters {
     pushes: AtomicU64,
     /// Config bytes received (whole configs and deltas, encoded).
     config_bytes: AtomicU64,
+    /// Sessions lost (and opened again).
+    lost: AtomicU64,
+    /// The managers' addresses, for a node whose leader went away.
+    managers: std::sync::Mutex<Vec<String>>,
     /// Pushes that came as deltas.
     deltas: AtomicU64,
     reports: AtomicU64,
@@ -55,6 +59,32 @@ struct Counters {
     errors: AtomicU64,
     /// Session attempts refused and tried again.
     retries: AtomicU64,
+    /// One change every node must apply (a node's address in every
+    /// config's VXLAN sources), since when, and how long each node took.
+    probe: std::sync::Mutex<Option<(String, Instant)>>,
+    applied: std::sync::Mutex<Vec<Duration>>,
+}
+
+impl Counters {
+    /// Notes when `config` first holds the probe's change on this node.
+    fn check_probe(&self, config: &pb::NodeConfig, seen: &mut Option<String>) {
+        let probe = self.probe.lock().expect("probe").clone();
+        let Some((addr, since)) = probe else { return };
+        if seen.as_ref() != Some(&addr) && config.vxlan_allowed_sources.contains(&addr) {
+            self.applied.lock().expect("applied").push(since.elapsed());
+            *seen = Some(addr);
+        }
+    }
+}
+
+/// p50, p99 and max of `v`, in seconds.
+fn percentiles(v: &mut [Duration]) -> (f64, f64, f64) {
+    v.sort();
+    let at = |q: f64| {
+        v.get(((v.len() as f64 * q).ceil() as usize).saturating_sub(1))
+            .map_or(0.0, Duration::as_secs_f64)
+    };
+    (at(0.5), at(0.99), at(1.0))
 }
 
 /// The address of simulated node `i` (198.19.0.0/16, inside the test range
@@ -88,12 +118,14 @@ fn usage(pid: u32) -> (f64, f64) {
 }
 
 /// Opens the session of simulated node `joined` with the leader at
-/// `leader`, as the agent does: on a refused connection or call, again
-/// after a second and a random part of one (the manager drops handshakes
-/// beyond 256 in flight; a herd of nodes reconnecting must spread out).
+/// one of `managers` (the leader, or all of them), as the agent does: on a
+/// refused connection or call, the next manager after 50 ms until each was
+/// tried, then again after a second and a random part of one (the manager
+/// drops handshakes beyond 256 in flight; a herd of nodes reconnecting
+/// must spread out). Followers refuse sessions.
 async fn open_session(
     joined: &Joined,
-    leader: &str,
+    managers: &[String],
     counters: &Counters,
 ) -> (
     DispatcherClient<tonic::transport::Channel>,
@@ -103,7 +135,10 @@ async fn open_session(
         joined.certs.cert_pem.as_str(),
         joined.certs.key_pem.as_str(),
     );
+    let mut tries = usize::from(rand_ms());
     loop {
+        let leader = &managers[tries % managers.len()];
+        tries += 1;
         let attempt = async {
             let channel = tls::channel_to_manager(leader, &joined.certs.ca_pem, Some(identity))
                 .await
@@ -121,6 +156,9 @@ async fn open_session(
         };
         match attempt.await {
             Ok(s) => return s,
+            Err(_) if tries % managers.len() != 0 => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
             Err(_) => {
                 counters.retries.fetch_add(1, Ordering::Relaxed);
                 let jitter = u64::from(rand_ms());
@@ -145,8 +183,9 @@ fn rand_ms() -> u16 {
 /// heartbeat every period it is told, a report for every config (deltas
 /// applied to the config held, as the agent does).
 async fn agent(joined: Joined, leader: String, counters: Arc<Counters>) {
-    let (mut client, mut stream) = open_session(&joined, &leader, &counters).await;
+    let (mut client, mut stream) = open_session(&joined, &[leader], &counters).await;
     let mut held = pb::NodeConfig::default();
+    let mut probe_seen = None;
     counters.sessions.fetch_add(1, Ordering::Relaxed);
     let mut period = Duration::from_secs(1);
     let mut beat = tokio::time::interval(period);
@@ -156,8 +195,14 @@ async fn agent(joined: Joined, leader: String, counters: Arc<Counters>) {
                 let m = match msg {
                     Ok(Some(m)) => m,
                     Ok(None) | Err(_) => {
-                        counters.errors.fetch_add(1, Ordering::Relaxed);
-                        return;
+                        // The leader is gone (the failover round): the next
+                        // session, on whichever manager leads now, starts
+                        // with a whole config.
+                        counters.lost.fetch_add(1, Ordering::Relaxed);
+                        let managers = counters.managers.lock().expect("managers").clone();
+                        (client, stream) = open_session(&joined, &managers, &counters).await;
+                        counters.sessions.fetch_add(1, Ordering::Relaxed);
+                        continue;
                     }
                 };
                 let p = Duration::from_millis(m.heartbeat_period_ms.max(100));
@@ -184,6 +229,7 @@ async fn agent(joined: Joined, leader: String, counters: Arc<Counters>) {
                     (None, None) => continue,
                 };
                 counters.pushes.fetch_add(1, Ordering::Relaxed);
+                counters.check_probe(&config, &mut probe_seen);
                 let tasks = config
                     .tasks
                     .iter()
@@ -210,10 +256,11 @@ async fn agent(joined: Joined, leader: String, counters: Arc<Counters>) {
             }
             _ = beat.tick() => {
                 let req = pb::HeartbeatRequest { node_id: joined.node_id.clone(), stopping: false };
-                match client.heartbeat(req).await {
-                    Ok(_) => counters.heartbeats.fetch_add(1, Ordering::Relaxed),
-                    Err(_) => counters.errors.fetch_add(1, Ordering::Relaxed),
-                };
+                // A failed heartbeat is the session's end too (the
+                // stream says so at the same time).
+                if client.heartbeat(req).await.is_ok() {
+                    counters.heartbeats.fetch_add(1, Ordering::Relaxed);
+                }
             }
         }
     }
@@ -222,7 +269,8 @@ async fn agent(joined: Joined, leader: String, counters: Arc<Counters>) {
 /// The simulated nodes: joined one after the other through `via`, then
 /// each running [`agent`] against `leader`, on a runtime whose threads live
 /// in the namespace pinned at `pin`. Returns when `n` joined (and how long
-/// that took); the agents run until the process ends.
+/// that took, and a channel that joins one more node `i` on request, the
+/// probe's change); the agents run until the process ends.
 fn start_nodes(
     pin: PathBuf,
     via: String,
@@ -230,7 +278,7 @@ fn start_nodes(
     token: String,
     n: usize,
     counters: Arc<Counters>,
-) -> Duration {
+) -> (Duration, tokio::sync::mpsc::UnboundedSender<usize>) {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let ns = std::fs::File::open(&pin).expect("netns pin");
@@ -260,7 +308,22 @@ fn start_nodes(
             for j in joined {
                 tokio::spawn(agent(j, leader.clone(), counters.clone()));
             }
-            tx.send(took).expect("test thread");
+            let (more_tx, mut more) = tokio::sync::mpsc::unbounded_channel();
+            tx.send((took, more_tx)).expect("test thread");
+            // One more node on request: its address is a change every
+            // node's config gets (the probe's clock starts before the join).
+            while let Some(i) = more.recv().await {
+                let params = JoinParams {
+                    hostname: format!("sim{i}"),
+                    advertise_addr: sim_addr(i),
+                    ..Default::default()
+                };
+                *counters.probe.lock().expect("probe") = Some((sim_addr(i), Instant::now()));
+                match join(&via, &token, params).await {
+                    Ok(j) => drop(tokio::spawn(agent(j, leader.clone(), counters.clone()))),
+                    Err(e) => panic!("simulated node {i} could not join: {e}"),
+                }
+            }
             std::future::pending::<()>().await;
         });
     });
@@ -293,7 +356,11 @@ fn managers_hold_simulated_nodes() {
     let before: Vec<(f64, f64)> = pids.iter().map(|p| usage(*p)).collect();
 
     let counters = Arc::new(Counters::default());
-    let join_took = start_nodes(
+    *counters.managers.lock().expect("managers") = MANAGERS
+        .iter()
+        .map(|m| format!("{}:4377", lab.addr(m)))
+        .collect();
+    let (join_took, more_nodes) = start_nodes(
         lab.host_netns(SIM),
         leader.clone(),
         leader,
@@ -359,6 +426,39 @@ fn managers_hold_simulated_nodes() {
     let spread_bytes = counters.config_bytes.load(Ordering::Relaxed) - bytes1;
     let spread_deltas = counters.deltas.load(Ordering::Relaxed) - deltas1;
     let nodes_with_task: BTreeSet<String> = lab.running_on("m1", "spread").into_iter().collect();
+
+    // One change every node applies: one more node joins, and its address
+    // joins every config's VXLAN sources (a delta of one address each).
+    let (bytes2, deltas2) = (
+        counters.config_bytes.load(Ordering::Relaxed),
+        counters.deltas.load(Ordering::Relaxed),
+    );
+    more_nodes.send(n).expect("simulated nodes");
+    wait_for(
+        "every node applied the new node's address",
+        Duration::from_secs(300),
+        || counters.applied.lock().expect("applied").len() > n,
+    );
+    let probe_bytes = counters.config_bytes.load(Ordering::Relaxed) - bytes2;
+    let probe_deltas = counters.deltas.load(Ordering::Relaxed) - deltas2;
+    let (p50, p99, max) = percentiles(&mut counters.applied.lock().expect("applied"));
+    eprintln!("one change applied by all: p50 {p50:.3} s, p99 {p99:.3} s, max {max:.3} s");
+    let leader_rss = usage(pids[0]).1;
+
+    // The leader killed: time until every node has a session again (with
+    // the new leader, the only manager that accepts them).
+    let sessions = counters.sessions.load(Ordering::Relaxed);
+    lab.kill9("m1");
+    let failover = wait_for(
+        "every node back in session",
+        Duration::from_secs(300),
+        || counters.sessions.load(Ordering::Relaxed) > sessions + n,
+    );
+    eprintln!("leader killed: every session open again after {failover:?}");
+    let followers: Vec<String> = MANAGERS[1..]
+        .iter()
+        .map(|m| format!("{m} {:.0} MiB", usage(lab.pid(m).expect("manager pid")).1))
+        .collect();
     let errors = counters.errors.load(Ordering::Relaxed);
     let retries = counters.retries.load(Ordering::Relaxed);
 
@@ -402,6 +502,18 @@ fn managers_hold_simulated_nodes() {
         "| `service create --replicas {replicas}` → all running | {} s ({} nodes got a task, {spread_pushes} config pushes, {spread_deltas} of them deltas, {spread_bytes} config bytes in all) |\n",
         fmt_s(running.as_secs_f64()),
         nodes_with_task.len()
+    ));
+    md.push_str(&format!(
+        "| one change applied by every node (one more node joins; its address goes into {} configs) | p50 {} s, p99 {} s, max {} s ({probe_deltas} deltas, {probe_bytes} config bytes in all); leader memory after it {leader_rss:.0} MiB |\n",
+        n,
+        fmt_s(p50),
+        fmt_s(p99),
+        fmt_s(max),
+    ));
+    md.push_str(&format!(
+        "| leader killed (SIGKILL) → every node in session with the new leader | {} s (memory after it: {}) |\n",
+        fmt_s(failover.as_secs_f64()),
+        followers.join(", ")
     ));
     write_fragment("nodes.md", &md);
     assert_eq!(errors, 0, "errors on the simulated nodes");

@@ -130,7 +130,7 @@ pub const MAX_WG_KEY_ROTATION_SECS: u64 = 365 * 24 * 3600;
 
 /// Nodes in the cluster. Every node is a VXLAN source, WireGuard peer and
 /// ingress endpoint in other nodes' configs.
-pub const MAX_NODES: usize = 1000;
+pub const MAX_NODES: usize = 5000;
 
 /// Networks created with `weft network create` (default bridges and the
 /// ingress network are not counted: the cluster makes those itself).

@@ -36,8 +36,11 @@ pub mod tls;
 pub mod token;
 
 /// Largest `SessionMessage` (and so `NodeConfig`) a node decodes on its
-/// dispatcher session: tonic's default receive limit, stated here so the
-/// node sets it explicitly and the manager can keep every config it sends
-/// below it. A larger message would fail to decode on every reconnect and
-/// cut the node off for good.
-pub const SESSION_RECEIVE_LIMIT_BYTES: usize = 4 * 1024 * 1024;
+/// dispatcher session, set explicitly on the node's client so the manager
+/// can keep every config it sends below it. A larger message would fail
+/// to decode on every reconnect and cut the node off for good. Twice
+/// tonic's default since the cluster holds 5,000 nodes (issue #16): every
+/// node is a VXLAN source, WireGuard peer and ingress endpoint in the
+/// others' configs, and a service at every per-object limit must still
+/// fit ten replicas on one node. Nodes of versions before that decode 4 MiB.
+pub const SESSION_RECEIVE_LIMIT_BYTES: usize = 8 * 1024 * 1024;

@@ -215,11 +215,13 @@ async fn at_the_limits_accepted_over_them_refused_and_nothing_changes() {
                 with(&|m| {
                     m.replicas = limits::MAX_REPLICAS;
                     m.networks = vec!["app".into()];
+                    // 10,000 replicas of a 1 KB command line: 10 MB.
+                    m.command = vec!["x".repeat(1000)];
                 }),
             )
             .await,
             Code::ResourceExhausted,
-            "over the limit of 3145728 bytes per node config",
+            "over the limit of 6291456 bytes per node config",
         ),
         (
             update_service(

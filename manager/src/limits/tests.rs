@@ -292,7 +292,10 @@ fn cluster_counts_are_resource_exhausted_and_only_growth_is_refused() {
     ));
     assert_eq!(
         m,
-        "this would make 1001 nodes in the cluster, over the limit of 1000 nodes per cluster"
+        format!(
+            "this would make {} nodes in the cluster, over the limit of {MAX_NODES} nodes per cluster",
+            MAX_NODES + 1
+        )
     );
     apply(&mut s, Command::RemoveNode { id: NodeId(2) });
     admit(

@@ -6,7 +6,7 @@ use prost::Message;
 use weft_proto::v1 as pb;
 
 use super::config_bound;
-use crate::dispatcher::projection::project;
+use crate::dispatcher::projection::{Shared, project_with, shared};
 use crate::limits::{self, MAX_NODE_CONFIG_BYTES};
 use crate::store::{
     Command, Constraint, EndpointMode, NetworkMode, NodeId, PublishMode, ServiceMode, State,
@@ -16,8 +16,8 @@ use crate::testing::{apply, bridge, cluster, network, place, port, running, spec
 
 /// The encoded session message carrying `node`'s config, with the longest
 /// header the dispatcher could send along.
-fn session_len(s: &State, node: NodeId) -> usize {
-    let config = project(s, node, u64::MAX).expect("a member");
+fn session_len(s: &State, shared: &Shared, node: NodeId) -> usize {
+    let config = project_with(s, node, u64::MAX, shared).expect("a member");
     let leader = s
         .nodes
         .values()
@@ -43,8 +43,10 @@ fn session_len(s: &State, node: NodeId) -> usize {
 fn check_every_node(s: &State) -> usize {
     let bound = config_bound(s);
     let mut largest = 0;
+    // Made once, as the dispatcher does (once per store version).
+    let shared = shared(s);
     for id in s.nodes.keys() {
-        let len = session_len(s, *id);
+        let len = session_len(s, &shared, *id);
         assert!(len <= bound, "node {id}: {len} bytes > bound {bound}");
         largest = largest.max(len);
     }
@@ -318,8 +320,9 @@ fn at_every_limit_at_once_admitted_configs_stay_under_the_receive_limit() {
     assert!(bound <= MAX_NODE_CONFIG_BYTES, "{bound}");
     assert!(largest < weft_proto::SESSION_RECEIVE_LIMIT_BYTES);
     // And the real thing is close to its bound: the admission does not
-    // refuse much that would fit.
-    assert!(largest * 10 >= bound * 9, "{largest} of {bound}");
+    // refuse much that would fit. (With 1,000 nodes it was within 10 %; at
+    // 5,000 the terms every node adds, each at its longest, leave 11 %.)
+    assert!(largest * 100 >= bound * 85, "{largest} of {bound}");
 
     let mut more = s.services["big"].spec.clone();
     more.mode = ServiceMode::Replicated { replicas: most + 1 };
@@ -334,8 +337,9 @@ fn at_every_limit_at_once_admitted_configs_stay_under_the_receive_limit() {
     )
     .unwrap_err();
     assert!(
-        e.to_string()
-            .contains("over the limit of 3145728 bytes per node config"),
+        e.to_string().contains(&format!(
+            "over the limit of {MAX_NODE_CONFIG_BYTES} bytes per node config"
+        )),
         "{e}"
     );
 }
