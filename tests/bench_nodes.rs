@@ -77,6 +77,35 @@ impl Counters {
     }
 }
 
+/// The files of a manager's Raft directory and their sizes (`name 1.2
+/// MiB`), largest first.
+fn raft_files(dir: &std::path::Path) -> String {
+    fn walk(p: &std::path::Path, base: &std::path::Path, out: &mut Vec<(u64, String)>) {
+        for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+            let path = e.path();
+            match e.metadata() {
+                Ok(m) if m.is_dir() => walk(&path, base, out),
+                Ok(m) => out.push((
+                    m.len(),
+                    path.strip_prefix(base)
+                        .unwrap_or(&path)
+                        .display()
+                        .to_string(),
+                )),
+                Err(_) => {}
+            }
+        }
+    }
+    let mut files = Vec::new();
+    walk(dir, dir, &mut files);
+    files.sort_by(|a, b| b.cmp(a));
+    files
+        .iter()
+        .map(|(len, name)| format!("{name} {:.1} MiB", *len as f64 / 1048576.0))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// p50, p99 and max of `v`, in seconds.
 fn percentiles(v: &mut [Duration]) -> (f64, f64, f64) {
     v.sort();
@@ -444,10 +473,13 @@ fn managers_hold_simulated_nodes() {
     let (p50, p99, max) = percentiles(&mut counters.applied.lock().expect("applied"));
     eprintln!("one change applied by all: p50 {p50:.3} s, p99 {p99:.3} s, max {max:.3} s");
     let leader_rss = usage(pids[0]).1;
+    let raft = raft_files(&lab.data_dir("m1").join("raft"));
 
     // The leader killed: time until every node has a session again (with
     // the new leader, the only manager that accepts them).
     let sessions = counters.sessions.load(Ordering::Relaxed);
+    // Errors before the kill count; reports cut by it do not.
+    let errors = counters.errors.load(Ordering::Relaxed);
     lab.kill9("m1");
     let failover = wait_for(
         "every node back in session",
@@ -459,7 +491,7 @@ fn managers_hold_simulated_nodes() {
         .iter()
         .map(|m| format!("{m} {:.0} MiB", usage(lab.pid(m).expect("manager pid")).1))
         .collect();
-    let errors = counters.errors.load(Ordering::Relaxed);
+    let cut_reports = counters.errors.load(Ordering::Relaxed) - errors;
     let retries = counters.retries.load(Ordering::Relaxed);
 
     let mut md = String::from("## Scale: simulated nodes on three managers\n\n");
@@ -510,8 +542,9 @@ fn managers_hold_simulated_nodes() {
         fmt_s(p99),
         fmt_s(max),
     ));
+    md.push_str(&format!("| the leader's Raft directory then | {raft} |\n"));
     md.push_str(&format!(
-        "| leader killed (SIGKILL) → every node in session with the new leader | {} s (memory after it: {}) |\n",
+        "| leader killed (SIGKILL) → every node in session with the new leader | {} s ({cut_reports} reports cut by the kill; memory after it: {}) |\n",
         fmt_s(failover.as_secs_f64()),
         followers.join(", ")
     ));

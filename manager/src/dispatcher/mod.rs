@@ -42,6 +42,30 @@ pub struct DispatcherService {
     /// The parts of every node's config that are the same for all, with
     /// the store version they were made at (see [`projection::Shared`]).
     shared: Arc<Mutex<Option<SharedAt>>>,
+    /// The last change of VXLAN sources made (see
+    /// [`DispatcherService::sources_change`]).
+    sources_change: Arc<Mutex<Option<SourcesChange>>>,
+}
+
+/// From one list of sources to the next: the two lists, and the addresses
+/// added and removed.
+type SourcesChange = (
+    Arc<projection::Sources>,
+    Arc<projection::Sources>,
+    Arc<(Vec<String>, Vec<String>)>,
+);
+
+/// What a session sent last: the config without its VXLAN sources, and
+/// those sources (one list for all sessions).
+struct Sent {
+    config: pb::NodeConfig,
+    sources: Arc<projection::Sources>,
+}
+
+/// How a changed config goes: whole, or as a change.
+enum Payload {
+    Whole(Box<pb::NodeConfig>),
+    Delta(Box<pb::NodeConfigDelta>),
 }
 
 /// [`projection::Shared`] parts and the store version they were made at.
@@ -53,6 +77,7 @@ impl DispatcherService {
         DispatcherService {
             core,
             shared: Arc::default(),
+            sources_change: Arc::default(),
         }
     }
 
@@ -62,8 +87,16 @@ impl DispatcherService {
         let mut cached = self.shared.lock().expect("shared parts lock");
         match cached.as_ref() {
             Some((v, parts)) if *v == version => parts.clone(),
-            _ => {
-                let parts = Arc::new(projection::shared(state));
+            previous => {
+                let mut parts = projection::shared(state);
+                // Unchanged sources keep their Arc: sessions compare them
+                // by pointer.
+                if let Some((_, p)) = previous
+                    && p.vxlan_allowed_sources == parts.vxlan_allowed_sources
+                {
+                    parts.vxlan_allowed_sources = p.vxlan_allowed_sources.clone();
+                }
+                let parts = Arc::new(parts);
                 *cached = Some((version, parts.clone()));
                 parts
             }
@@ -90,16 +123,19 @@ impl DispatcherService {
         Err(st)
     }
 
-    /// The session message for `id`, with its config when `last` (the one
-    /// sent before) differs in content: as a delta from `last` when the
-    /// node takes them (`deltas`) and the delta is the smaller.
+    /// The session message for `id` and what it carries: its config when
+    /// it differs from `last` (what the session sent before), as a delta
+    /// from `last` when the node takes them (`deltas`) and that is the
+    /// smaller; `None` when nothing changed. The VXLAN sources, the same
+    /// for every node, are compared by pointer and their change is made
+    /// once for all sessions ([`DispatcherService::sources_change`]).
     fn session_message_with(
         &self,
         id: NodeId,
-        last: Option<&pb::NodeConfig>,
+        last: Option<&Sent>,
         deltas: bool,
-    ) -> Result<(pb::SessionMessage, pb::NodeConfig), Status> {
-        let mut msg = self.session_message(id)?;
+    ) -> Result<(pb::SessionMessage, Option<(Payload, Sent)>), Status> {
+        let msg = self.session_message(id)?;
         let version = self.core.store().applied_index();
         // The secrets can be unreadable (a locked manager): configs then go
         // without registry credentials.
@@ -108,48 +144,109 @@ impl DispatcherService {
             .secrets()
             .ok()
             .map(|s| crate::registry_auth::data_key(&s));
-        let mut config = self
+        let (mut config, sources) = self
             .core
             .read(|s| {
                 let shared = self.shared_for(version, s);
-                let mut c = projection::project_with(s, id, version, &shared)?;
+                let mut c = projection::project_without_sources(s, id, version)?;
                 crate::registry_auth::fill(s, &mut c, key.as_ref());
-                Some(c)
+                Some((c, shared.vxlan_allowed_sources.clone()))
             })
             .ok_or_else(|| {
                 Status::permission_denied(format!("node {id} was removed from the cluster"))
             })?;
         config.image_fetches = self.core.pushes().fetches_for(id);
-        let changed = last.is_none_or(|l| !projection::same_content(l, &config));
-        if changed {
-            // Admission keeps every config under this (see `limits`); if
-            // one still gets past it, say so here rather than leave the node
-            // failing to decode it on every reconnect without a word.
-            let bytes = prost::Message::encoded_len(&config);
-            if bytes > limits::MAX_NODE_CONFIG_BYTES {
-                tracing::error!(
-                    node = %id,
-                    bytes,
-                    limit = limits::MAX_NODE_CONFIG_BYTES,
-                    receive_limit = weft_proto::SESSION_RECEIVE_LIMIT_BYTES,
-                    "a node's config is over the size limit; the node may fail to decode it"
-                );
-            }
-            match last.filter(|_| deltas).and_then(|l| delta_for(l, &config)) {
-                Some(delta) => msg.config_delta = Some(delta),
-                None => msg.config = Some(config.clone()),
-            }
-            self.core.config_pushed(id, config.version);
-            Ok((msg, config))
-        } else {
-            Ok((msg, last.cloned().unwrap_or(config)))
+        let same_sources = last.is_some_and(|l| Arc::ptr_eq(&l.sources, &sources));
+        if same_sources && last.is_some_and(|l| projection::same_content(&l.config, &config)) {
+            return Ok((msg, None));
         }
+        self.core.config_pushed(id, config.version);
+        let delta = last
+            .filter(|_| deltas)
+            .and_then(|l| self.delta_for(l, &config, &sources));
+        let payload = match delta {
+            Some(d) => Payload::Delta(Box::new(d)),
+            None => {
+                let mut whole = config.clone();
+                whole.vxlan_allowed_sources = sources.list.clone();
+                // Admission keeps every config under this (see `limits`);
+                // if one still gets past it, say so here rather than leave
+                // the node failing to decode it on every reconnect without
+                // a word.
+                let bytes = prost::Message::encoded_len(&whole);
+                if bytes > limits::MAX_NODE_CONFIG_BYTES {
+                    tracing::error!(
+                        node = %id,
+                        bytes,
+                        limit = limits::MAX_NODE_CONFIG_BYTES,
+                        receive_limit = weft_proto::SESSION_RECEIVE_LIMIT_BYTES,
+                        "a node's config is over the size limit; the node may fail to decode it"
+                    );
+                }
+                Payload::Whole(Box::new(whole))
+            }
+        };
+        Ok((msg, Some((payload, Sent { config, sources }))))
+    }
+
+    /// `new` (without its sources, which are `sources`) as a change to
+    /// what the session sent before, if that is smaller than the whole
+    /// config and makes it again: the check costs one pass over the config
+    /// without its sources, and a config whose lists are not sets (which
+    /// would make the node hold something else) goes whole.
+    fn delta_for(
+        &self,
+        last: &Sent,
+        new: &pb::NodeConfig,
+        sources: &Arc<projection::Sources>,
+    ) -> Option<pb::NodeConfigDelta> {
+        use weft_proto::config_delta;
+        let mut delta = config_delta::diff(&last.config, new);
+        if config_delta::apply(&last.config, &delta).as_ref() != Ok(new) {
+            tracing::warn!(
+                version = new.version,
+                "a config delta would not make the config again; sending it whole"
+            );
+            return None;
+        }
+        if !Arc::ptr_eq(&last.sources, sources) {
+            let change = self.sources_change(&last.sources, sources);
+            delta.sources_added = change.0.clone();
+            delta.sources_removed = change.1.clone();
+        }
+        let whole = prost::Message::encoded_len(new) + sources.encoded_len;
+        (prost::Message::encoded_len(&delta) < whole).then_some(delta)
+    }
+
+    /// The addresses `new` adds to `old` and those it drops, made once
+    /// for every session that goes from one to the other (the last pair is
+    /// kept; the Arcs are kept with it, so their addresses stay theirs).
+    fn sources_change(
+        &self,
+        old: &Arc<projection::Sources>,
+        new: &Arc<projection::Sources>,
+    ) -> Arc<(Vec<String>, Vec<String>)> {
+        let mut cached = self.sources_change.lock().expect("sources change lock");
+        if let Some((o, n, change)) = cached.as_ref()
+            && Arc::ptr_eq(o, old)
+            && Arc::ptr_eq(n, new)
+        {
+            return change.clone();
+        }
+        let before: std::collections::BTreeSet<&String> = old.list.iter().collect();
+        let after: std::collections::BTreeSet<&String> = new.list.iter().collect();
+        let change = Arc::new((
+            after.difference(&before).map(|a| (*a).clone()).collect(),
+            before.difference(&after).map(|a| (*a).clone()).collect(),
+        ));
+        *cached = Some((old.clone(), new.clone(), change.clone()));
+        change
     }
 
     fn session_message(&self, id: NodeId) -> Result<pb::SessionMessage, Status> {
-        let cluster = self.core.cluster()?;
-        let (role, (managers, manager_ids), removed) = self.core.read(|s| {
+        let (period, role, (managers, manager_ids), removed) = self.core.read(|s| {
             (
+                s.cluster.as_ref().map(|c| c.settings.heartbeat_period_ms),
                 s.nodes.get(&id).map(|n| n.role),
                 s.managers()
                     .map(|m| (m.addr.clone(), m.id.to_string()))
@@ -164,7 +261,7 @@ impl DispatcherService {
             manager_addrs: managers,
             leader_addr: self.core.leader_addr().unwrap_or_default(),
             role: pb::NodeRole::from(role) as i32,
-            heartbeat_period_ms: cluster.settings.heartbeat_period_ms,
+            heartbeat_period_ms: period.ok_or(crate::error::Error::NotReady)?,
             config: None,
             config_delta: None,
             log_requests: Vec::new(),
@@ -397,24 +494,13 @@ fn expired_session(node: NodeId, at: Option<time::OffsetDateTime>) -> Status {
     ))
 }
 
-/// `new` as a change to `old` (the config the session sent before), if
-/// that is smaller than `new` and makes `new` again: the check costs one
-/// pass over the config, and a config whose lists are not sets (which
-/// would make the node hold something else) goes whole.
-fn delta_for(old: &pb::NodeConfig, new: &pb::NodeConfig) -> Option<pb::NodeConfigDelta> {
-    use weft_proto::config_delta;
-    let delta = config_delta::diff(old, new);
-    if prost::Message::encoded_len(&delta) >= prost::Message::encoded_len(new) {
-        return None;
+/// `msg` carrying `payload`.
+fn with_payload(mut msg: pb::SessionMessage, payload: Payload) -> pb::SessionMessage {
+    match payload {
+        Payload::Whole(c) => msg.config = Some(*c),
+        Payload::Delta(d) => msg.config_delta = Some(*d),
     }
-    if config_delta::apply(old, &delta).as_ref() != Ok(new) {
-        tracing::warn!(
-            version = new.version,
-            "a config delta would not make the config again; sending it whole"
-        );
-        return None;
-    }
-    Some(delta)
+    msg
 }
 
 /// Whether two session messages agree apart from the config.
@@ -510,7 +596,9 @@ impl Dispatcher for DispatcherService {
         self.require_leader()?;
         self.core.seen(node.id);
         let deltas = req.get_ref().accepts_deltas;
-        let (first, first_config) = self.session_message_with(node.id, None, deltas)?;
+        let (first, first_payload) = self.session_message_with(node.id, None, deltas)?;
+        let (first_payload, first_sent) =
+            first_payload.expect("a session's first message has its config");
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let this = self.clone();
         let mut changes = self.core.store().subscribe();
@@ -530,9 +618,14 @@ impl Dispatcher for DispatcherService {
                 node: node.id,
                 tx: log_tx,
             };
+            // The header sent last (no config), and the config.
             let mut last = first.clone();
-            let mut last_config = first_config;
-            if tx.send(Ok(first)).await.is_err() {
+            let mut last_sent = first_sent;
+            if tx
+                .send(Ok(with_payload(first, first_payload)))
+                .await
+                .is_err()
+            {
                 return;
             }
             // Woken by store changes and by Raft server changes (leader,
@@ -553,8 +646,6 @@ impl Dispatcher for DispatcherService {
                     r = server.changed() => if r.is_err() { return },
                     Some(req) = log_rx.recv() => {
                         let mut msg = last.clone();
-                        msg.config = None;
-                        msg.config_delta = None;
                         msg.log_requests = vec![req];
                         if tx.send(Ok(msg)).await.is_err() {
                             return;
@@ -570,15 +661,17 @@ impl Dispatcher for DispatcherService {
                     let _ = tx.send(Err(st)).await;
                     return;
                 }
-                match this.session_message_with(node.id, Some(&last_config), deltas) {
-                    Ok((msg, config))
-                        if msg.config.is_some()
-                            || msg.config_delta.is_some()
-                            || !same_header(&msg, &last) =>
-                    {
-                        tracing::debug!(node = %node.id, version = config.version, with_config = msg.config.is_some(), delta = msg.config_delta.is_some(), "session push");
+                match this.session_message_with(node.id, Some(&last_sent), deltas) {
+                    Ok((msg, Some((payload, sent)))) => {
+                        tracing::debug!(node = %node.id, version = sent.config.version, delta = matches!(payload, Payload::Delta(_)), "session push");
                         last = msg.clone();
-                        last_config = config;
+                        last_sent = sent;
+                        if tx.send(Ok(with_payload(msg, payload))).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok((msg, None)) if !same_header(&msg, &last) => {
+                        last = msg.clone();
                         if tx.send(Ok(msg)).await.is_err() {
                             return;
                         }
