@@ -408,27 +408,91 @@ fn managers_hold_simulated_nodes() {
         counters.sessions.load(Ordering::Relaxed),
         counters.retries.load(Ordering::Relaxed)
     );
+    let mut rows = format!(
+        "| {n} joins, one after the other | {} s ({:.0} joins/s) |\n\
+         | last join → every node Ready in `node ls` | {} s |\n",
+        fmt_s(join_took.as_secs_f64()),
+        n as f64 / join_took.as_secs_f64(),
+        fmt_s(ready.as_secs_f64())
+    );
+    rows += &idle_rows(&counters, &pids, window, &before, &after_join, join_took);
+    rows += &service_row(&lab, &counters, replicas);
+    rows += &probe_rows(&lab, &counters, &more_nodes, n, pids[0]);
+    // Errors before the kill count; reports cut by it do not.
+    let errors = counters.errors.load(Ordering::Relaxed);
+    rows += &failover_row(&mut lab, &counters, n, errors);
 
-    // Idle: heartbeats only.
-    let (hb0, push0) = (
+    let retries = counters.retries.load(Ordering::Relaxed);
+    let mut md = String::from("## Scale: simulated nodes on three managers\n\n");
+    md.push_str(&format!(
+        "Three managers (weft daemons, release build, each in a namespace host of its own; heartbeat \
+         1 s) and **{n} simulated worker nodes** in one process on a fourth host: each joined with \
+         the worker token (its own key, CSR and certificate; one after the other), then keeps a \
+         mutual-TLS session with the leader (its own HTTP/2 connection), heartbeats every period \
+         and answers every pushed config with a status report that has every assigned task \
+         running. The managers' CPU is the daemon process's user + system time (`/proc/PID/stat`), \
+         % of one core; memory is its resident set. The nodes open their sessions all at once; \
+         one refused (the manager drops TLS handshakes beyond 256 in flight) tries again after \
+         1-2 s, as the agent does: {retries} such retries. {errors} errors on the simulated side.\n\n"
+    ));
+    md.push_str("| what | figure |\n|---|---|\n");
+    md.push_str(&rows);
+    write_fragment("nodes.md", &md);
+    assert_eq!(errors, 0, "errors on the simulated nodes");
+    drop(lab);
+}
+
+/// Config pushes, bytes and deltas the simulated nodes got so far.
+fn pushed(c: &Counters) -> (u64, u64, u64) {
+    (
+        c.pushes.load(Ordering::Relaxed),
+        c.config_bytes.load(Ordering::Relaxed),
+        c.deltas.load(Ordering::Relaxed),
+    )
+}
+
+/// Idle: heartbeats only, over `window`; each manager's CPU then and
+/// during the joins, and its memory.
+fn idle_rows(
+    counters: &Counters,
+    pids: &[u32],
+    window: Duration,
+    before: &[(f64, f64)],
+    after_join: &[(f64, f64)],
+    join_took: Duration,
+) -> String {
+    let (hb0, (push0, _, _)) = (
         counters.heartbeats.load(Ordering::Relaxed),
-        counters.pushes.load(Ordering::Relaxed),
+        pushed(counters),
     );
     let idle0: Vec<(f64, f64)> = pids.iter().map(|p| usage(*p)).collect();
     std::thread::sleep(window);
     let idle1: Vec<(f64, f64)> = pids.iter().map(|p| usage(*p)).collect();
     let beats = counters.heartbeats.load(Ordering::Relaxed) - hb0;
-    let idle_pushes = counters.pushes.load(Ordering::Relaxed) - push0;
+    let idle_pushes = pushed(counters).0 - push0;
     let w = window.as_secs_f64();
     let cpu =
         |a: &[(f64, f64)], b: &[(f64, f64)], i: usize, secs: f64| 100.0 * (b[i].0 - a[i].0) / secs;
-
-    // A service: one replica per ten nodes, until all run.
-    let push1 = counters.pushes.load(Ordering::Relaxed);
-    let (bytes1, deltas1) = (
-        counters.config_bytes.load(Ordering::Relaxed),
-        counters.deltas.load(Ordering::Relaxed),
+    let mut md = format!(
+        "| idle window | {w:.0} s: {beats} heartbeats ({:.0}/s), {idle_pushes} config pushes |\n",
+        beats as f64 / w
     );
+    for (i, m) in MANAGERS.iter().enumerate() {
+        md.push_str(&format!(
+            "| {m}{} | CPU idle {:.1} %, during the joins {:.1} %; memory {:.0} MiB idle ({:.0} MiB before the nodes) |\n",
+            if i == 0 { " (leader)" } else { "" },
+            cpu(&idle0, &idle1, i, w),
+            cpu(before, after_join, i, join_took.as_secs_f64()),
+            idle1[i].1,
+            before[i].1,
+        ));
+    }
+    md
+}
+
+/// A service of `replicas` (one per ten nodes) until all run.
+fn service_row(lab: &Lab, counters: &Counters, replicas: u64) -> String {
+    let (push1, bytes1, deltas1) = pushed(counters);
     let t = Instant::now();
     lab.weft(
         "m1",
@@ -451,35 +515,55 @@ fn managers_hold_simulated_nodes() {
     let running = wait_for("every replica running", Duration::from_secs(600), || {
         lab.running_on("m1", "spread").len() as u64 == replicas
     }) + created;
-    let spread_pushes = counters.pushes.load(Ordering::Relaxed) - push1;
-    let spread_bytes = counters.config_bytes.load(Ordering::Relaxed) - bytes1;
-    let spread_deltas = counters.deltas.load(Ordering::Relaxed) - deltas1;
+    let (push2, bytes2, deltas2) = pushed(counters);
     let nodes_with_task: BTreeSet<String> = lab.running_on("m1", "spread").into_iter().collect();
+    format!(
+        "| `service create --replicas {replicas}` → all running | {} s ({} nodes got a task, {} config pushes, {} of them deltas, {} config bytes in all) |\n",
+        fmt_s(running.as_secs_f64()),
+        nodes_with_task.len(),
+        push2 - push1,
+        deltas2 - deltas1,
+        bytes2 - bytes1,
+    )
+}
 
-    // One change every node applies: one more node joins, and its address
-    // joins every config's VXLAN sources (a delta of one address each).
-    let (bytes2, deltas2) = (
-        counters.config_bytes.load(Ordering::Relaxed),
-        counters.deltas.load(Ordering::Relaxed),
-    );
+/// One change every node applies: one more node joins, and its address
+/// joins every config's VXLAN sources (a delta of one address each). Then
+/// the leader's memory and Raft files.
+fn probe_rows(
+    lab: &Lab,
+    counters: &Counters,
+    more_nodes: &tokio::sync::mpsc::UnboundedSender<usize>,
+    n: usize,
+    leader_pid: u32,
+) -> String {
+    let (_, bytes0, deltas0) = pushed(counters);
     more_nodes.send(n).expect("simulated nodes");
     wait_for(
         "every node applied the new node's address",
         Duration::from_secs(300),
         || counters.applied.lock().expect("applied").len() > n,
     );
-    let probe_bytes = counters.config_bytes.load(Ordering::Relaxed) - bytes2;
-    let probe_deltas = counters.deltas.load(Ordering::Relaxed) - deltas2;
+    let (_, bytes1, deltas1) = pushed(counters);
     let (p50, p99, max) = percentiles(&mut counters.applied.lock().expect("applied"));
     eprintln!("one change applied by all: p50 {p50:.3} s, p99 {p99:.3} s, max {max:.3} s");
-    let leader_rss = usage(pids[0]).1;
+    let leader_rss = usage(leader_pid).1;
     let raft = raft_files(&lab.data_dir("m1").join("raft"));
+    format!(
+        "| one change applied by every node (one more node joins; its address goes into {n} configs) | p50 {} s, p99 {} s, max {} s ({} deltas, {} config bytes in all); leader memory after it {leader_rss:.0} MiB |\n\
+         | the leader's Raft directory then | {raft} |\n",
+        fmt_s(p50),
+        fmt_s(p99),
+        fmt_s(max),
+        deltas1 - deltas0,
+        bytes1 - bytes0,
+    )
+}
 
-    // The leader killed: time until every node has a session again (with
-    // the new leader, the only manager that accepts them).
+/// The leader killed: time until every node has a session again (with the
+/// new leader, the only manager that accepts them).
+fn failover_row(lab: &mut Lab, counters: &Counters, n: usize, errors: u64) -> String {
     let sessions = counters.sessions.load(Ordering::Relaxed);
-    // Errors before the kill count; reports cut by it do not.
-    let errors = counters.errors.load(Ordering::Relaxed);
     lab.kill9("m1");
     let failover = wait_for(
         "every node back in session",
@@ -492,63 +576,9 @@ fn managers_hold_simulated_nodes() {
         .map(|m| format!("{m} {:.0} MiB", usage(lab.pid(m).expect("manager pid")).1))
         .collect();
     let cut_reports = counters.errors.load(Ordering::Relaxed) - errors;
-    let retries = counters.retries.load(Ordering::Relaxed);
-
-    let mut md = String::from("## Scale: simulated nodes on three managers\n\n");
-    md.push_str(&format!(
-        "Three managers (weft daemons, release build, each in a namespace host of its own; heartbeat \
-         1 s) and **{n} simulated worker nodes** in one process on a fourth host: each joined with \
-         the worker token (its own key, CSR and certificate; one after the other), then keeps a \
-         mutual-TLS session with the leader (its own HTTP/2 connection), heartbeats every period \
-         and answers every pushed config with a status report that has every assigned task \
-         running. The managers' CPU is the daemon process's user + system time (`/proc/PID/stat`), \
-         % of one core; memory is its resident set. The nodes open their sessions all at once; \
-         one refused (the manager drops TLS handshakes beyond 256 in flight) tries again after \
-         1-2 s, as the agent does: {retries} such retries. {errors} errors on the simulated side.\n\n"
-    ));
-    md.push_str("| what | figure |\n|---|---|\n");
-    md.push_str(&format!(
-        "| {n} joins, one after the other | {} s ({:.0} joins/s) |\n",
-        fmt_s(join_took.as_secs_f64()),
-        n as f64 / join_took.as_secs_f64()
-    ));
-    md.push_str(&format!(
-        "| last join → every node Ready in `node ls` | {} s |\n",
-        fmt_s(ready.as_secs_f64())
-    ));
-    md.push_str(&format!(
-        "| idle window | {w:.0} s: {beats} heartbeats ({:.0}/s), {idle_pushes} config pushes |\n",
-        beats as f64 / w
-    ));
-    for (i, m) in MANAGERS.iter().enumerate() {
-        md.push_str(&format!(
-            "| {m}{} | CPU idle {:.1} %, during the joins {:.1} %; memory {:.0} MiB idle ({:.0} MiB before the nodes) |\n",
-            if i == 0 { " (leader)" } else { "" },
-            cpu(&idle0, &idle1, i, w),
-            cpu(&before, &after_join, i, join_took.as_secs_f64()),
-            idle1[i].1,
-            before[i].1,
-        ));
-    }
-    md.push_str(&format!(
-        "| `service create --replicas {replicas}` → all running | {} s ({} nodes got a task, {spread_pushes} config pushes, {spread_deltas} of them deltas, {spread_bytes} config bytes in all) |\n",
-        fmt_s(running.as_secs_f64()),
-        nodes_with_task.len()
-    ));
-    md.push_str(&format!(
-        "| one change applied by every node (one more node joins; its address goes into {} configs) | p50 {} s, p99 {} s, max {} s ({probe_deltas} deltas, {probe_bytes} config bytes in all); leader memory after it {leader_rss:.0} MiB |\n",
-        n,
-        fmt_s(p50),
-        fmt_s(p99),
-        fmt_s(max),
-    ));
-    md.push_str(&format!("| the leader's Raft directory then | {raft} |\n"));
-    md.push_str(&format!(
+    format!(
         "| leader killed (SIGKILL) → every node in session with the new leader | {} s ({cut_reports} reports cut by the kill; memory after it: {}) |\n",
         fmt_s(failover.as_secs_f64()),
         followers.join(", ")
-    ));
-    write_fragment("nodes.md", &md);
-    assert_eq!(errors, 0, "errors on the simulated nodes");
-    drop(lab);
+    )
 }

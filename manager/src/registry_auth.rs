@@ -103,8 +103,17 @@ pub fn open(
 /// tasks belong to: only tasks of that node are in it, so no other node
 /// gets them. Without `key` (the secrets cannot be read: a locked manager)
 /// nothing is added, and pulls go without credentials.
-pub fn fill(state: &State, config: &mut pb::NodeConfig, key: Option<&UnlockKey>) {
-    let Some(key) = key else { return };
+///
+/// `key` is asked for only when a task needs it (opening the secrets and
+/// deriving the key, for each session on every store change, was most of
+/// a node's share of the leader's work with 5,000 nodes and no credential).
+pub fn fill(
+    state: &State,
+    config: &mut pb::NodeConfig,
+    key: impl FnOnce() -> Option<UnlockKey>,
+) {
+    let mut key = Some(key);
+    let mut opened: Option<UnlockKey> = None;
     for t in &mut config.tasks {
         let Some(svc) = state
             .tasks
@@ -115,6 +124,10 @@ pub fn fill(state: &State, config: &mut pb::NodeConfig, key: Option<&UnlockKey>)
             continue;
         };
         if let Some(auth) = &svc.spec.registry_auth {
+            if let Some(k) = key.take() {
+                opened = k();
+            }
+            let Some(key) = opened.as_ref() else { return };
             t.registry_auth = open(key, &svc.id, auth);
         }
     }

@@ -139,17 +139,18 @@ impl DispatcherService {
         let version = self.core.store().applied_index();
         // The secrets can be unreadable (a locked manager): configs then go
         // without registry credentials.
-        let key = self
-            .core
-            .secrets()
-            .ok()
-            .map(|s| crate::registry_auth::data_key(&s));
+        let unlock = self.core.unlock_holder().get();
+        let key = |s: &crate::store::State| {
+            let c = s.cluster.as_ref()?;
+            let secrets = crate::autolock::secrets(c, unlock.as_ref()).ok()?;
+            Some(crate::registry_auth::data_key(&secrets))
+        };
         let (mut config, sources) = self
             .core
             .read(|s| {
                 let shared = self.shared_for(version, s);
                 let mut c = projection::project_without_sources(s, id, version)?;
-                crate::registry_auth::fill(s, &mut c, key.as_ref());
+                crate::registry_auth::fill(s, &mut c, || key(s));
                 Some((c, shared.vxlan_allowed_sources.clone()))
             })
             .ok_or_else(|| {
