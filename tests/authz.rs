@@ -254,6 +254,7 @@ async fn dispatcher_calls(ch: Channel, node: &str, set: Set) -> Vec<Outcome> {
         c.session(pb::SessionRequest {
             node_id: node_id.clone(),
             accepts_deltas: true,
+            ..Default::default()
         })
     );
     call!(

@@ -156,6 +156,7 @@ async fn open_session(
     joined: &Joined,
     managers: &[String],
     counters: &Counters,
+    held: &pb::NodeConfig,
 ) -> (
     DispatcherClient<tonic::transport::Channel>,
     tonic::Streaming<pb::SessionMessage>,
@@ -164,6 +165,11 @@ async fn open_session(
         joined.certs.cert_pem.as_str(),
         joined.certs.key_pem.as_str(),
     );
+    let digest = if held.version == 0 {
+        Vec::new()
+    } else {
+        weft_proto::config_delta::sources_digest(&held.vxlan_allowed_sources)
+    };
     let mut tries = usize::from(rand_ms());
     loop {
         let leader = &managers[tries % managers.len()];
@@ -177,6 +183,7 @@ async fn open_session(
                 .session(pb::SessionRequest {
                     node_id: joined.node_id.clone(),
                     accepts_deltas: true,
+                    sources_digest: digest.clone(),
                 })
                 .await
                 .map_err(|st| st.to_string())?
@@ -212,8 +219,8 @@ fn rand_ms() -> u16 {
 /// heartbeat every period it is told, a report for every config (deltas
 /// applied to the config held, as the agent does).
 async fn agent(joined: Joined, leader: String, counters: Arc<Counters>) {
-    let (mut client, mut stream) = open_session(&joined, &[leader], &counters).await;
     let mut held = pb::NodeConfig::default();
+    let (mut client, mut stream) = open_session(&joined, &[leader], &counters, &held).await;
     let mut probe_seen = None;
     counters.sessions.fetch_add(1, Ordering::Relaxed);
     let mut period = Duration::from_secs(1);
@@ -229,7 +236,7 @@ async fn agent(joined: Joined, leader: String, counters: Arc<Counters>) {
                         // with a whole config.
                         counters.lost.fetch_add(1, Ordering::Relaxed);
                         let managers = counters.managers.lock().expect("managers").clone();
-                        (client, stream) = open_session(&joined, &managers, &counters).await;
+                        (client, stream) = open_session(&joined, &managers, &counters, &held).await;
                         counters.sessions.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
@@ -242,7 +249,7 @@ async fn agent(joined: Joined, leader: String, counters: Arc<Counters>) {
                 let config = match (m.config, m.config_delta) {
                     (Some(c), _) => {
                         counters.config_bytes.fetch_add(prost::Message::encoded_len(&c) as u64, Ordering::Relaxed);
-                        c
+                        weft_proto::config_delta::with_kept_sources(c, Some(&held))
                     }
                     (None, Some(d)) => {
                         counters.config_bytes.fetch_add(prost::Message::encoded_len(&d) as u64, Ordering::Relaxed);

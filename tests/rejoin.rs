@@ -311,7 +311,7 @@ fn a_worker_whose_certificate_expired_offline_rejoins_as_itself() {
         let mut stream = pb::dispatcher_client::DispatcherClient::new(ch)
             .session(pb::SessionRequest {
                 node_id,
-                accepts_deltas: false,
+                ..Default::default()
             })
             .await
             .expect("a session with a valid certificate")

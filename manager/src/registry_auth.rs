@@ -107,11 +107,7 @@ pub fn open(
 /// `key` is asked for only when a task needs it (opening the secrets and
 /// deriving the key, for each session on every store change, was most of
 /// a node's share of the leader's work with 5,000 nodes and no credential).
-pub fn fill(
-    state: &State,
-    config: &mut pb::NodeConfig,
-    key: impl FnOnce() -> Option<UnlockKey>,
-) {
+pub fn fill(state: &State, config: &mut pb::NodeConfig, key: impl FnOnce() -> Option<UnlockKey>) {
     let mut key = Some(key);
     let mut opened: Option<UnlockKey> = None;
     for t in &mut config.tasks {

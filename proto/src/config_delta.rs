@@ -80,6 +80,30 @@ fn peer_key(p: &WgPeerConfig) -> (Option<u64>, String) {
     (p.node_id.parse().ok(), p.node_id.clone())
 }
 
+/// A digest of a config's VXLAN sources (sorted, as [`canonicalize`]
+/// leaves them): SHA-256 over each address and a newline.
+pub fn sources_digest(sources: &[String]) -> Vec<u8> {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for a in sources {
+        h.update(a.as_bytes());
+        h.update(b"\n");
+    }
+    h.finalize().to_vec()
+}
+
+/// `whole` (a session's first config) as the node holds it: with
+/// `keep_sources`, the VXLAN sources of `held`, which the node said it has.
+pub fn with_kept_sources(mut whole: NodeConfig, held: Option<&NodeConfig>) -> NodeConfig {
+    if whole.keep_sources {
+        whole.keep_sources = false;
+        whole.vxlan_allowed_sources = held
+            .map(|h| h.vxlan_allowed_sources.clone())
+            .unwrap_or_default();
+    }
+    whole
+}
+
 /// The change from `old` (sent before) to `new`. Both must be canonical.
 pub fn diff(old: &NodeConfig, new: &NodeConfig) -> NodeConfigDelta {
     let mut head = new.clone();

@@ -537,10 +537,19 @@ impl Run {
         };
         let mut client = DispatcherClient::new(ch)
             .max_decoding_message_size(weft_proto::SESSION_RECEIVE_LIMIT_BYTES);
+        // The sources this node holds: the manager leaves them out of the
+        // first config when it has the same.
+        let held_sources = self
+            .config
+            .borrow()
+            .as_ref()
+            .map(|c| weft_proto::config_delta::sources_digest(&c.vxlan_allowed_sources))
+            .unwrap_or_default();
         let mut stream = match client
             .session(pb::SessionRequest {
                 node_id: self.node_id.clone(),
                 accepts_deltas: true,
+                sources_digest: held_sources,
             })
             .await
         {
@@ -717,6 +726,8 @@ impl Run {
                 tasks = config.tasks.len(),
                 "config received"
             );
+            let held = self.config.borrow().clone();
+            let config = weft_proto::config_delta::with_kept_sources(config, held.as_deref());
             self.config.send_replace(Some(Arc::new(config)));
         } else if let Some(delta) = &m.config_delta {
             let held = self.config.borrow().clone().unwrap_or_default();

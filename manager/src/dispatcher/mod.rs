@@ -129,11 +129,15 @@ impl DispatcherService {
     /// smaller; `None` when nothing changed. The VXLAN sources, the same
     /// for every node, are compared by pointer and their change is made
     /// once for all sessions ([`DispatcherService::sources_change`]).
+    ///
+    /// `held_sources`: the digest of the sources the node holds, from its
+    /// session request; a whole config leaves out sources that match it.
     fn session_message_with(
         &self,
         id: NodeId,
         last: Option<&Sent>,
         deltas: bool,
+        held_sources: &[u8],
     ) -> Result<(pb::SessionMessage, Option<(Payload, Sent)>), Status> {
         let msg = self.session_message(id)?;
         let version = self.core.store().applied_index();
@@ -169,7 +173,11 @@ impl DispatcherService {
             Some(d) => Payload::Delta(Box::new(d)),
             None => {
                 let mut whole = config.clone();
-                whole.vxlan_allowed_sources = sources.list.clone();
+                if last.is_none() && held_sources == sources.digest.as_slice() {
+                    whole.keep_sources = true;
+                } else {
+                    whole.vxlan_allowed_sources = sources.list.clone();
+                }
                 // Admission keeps every config under this (see `limits`);
                 // if one still gets past it, say so here rather than leave
                 // the node failing to decode it on every reconnect without
@@ -245,29 +253,27 @@ impl DispatcherService {
     }
 
     fn session_message(&self, id: NodeId) -> Result<pb::SessionMessage, Status> {
-        let (period, role, (managers, manager_ids), removed) = self.core.read(|s| {
+        let version = self.core.store().applied_index();
+        let (period, role, shared) = self.core.read(|s| {
             (
                 s.cluster.as_ref().map(|c| c.settings.heartbeat_period_ms),
                 s.nodes.get(&id).map(|n| n.role),
-                s.managers()
-                    .map(|m| (m.addr.clone(), m.id.to_string()))
-                    .unzip::<_, _, Vec<_>, Vec<_>>(),
-                s.removed.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+                self.shared_for(version, s),
             )
         });
         let role = role.ok_or_else(|| {
             Status::permission_denied(format!("node {id} was removed from the cluster"))
         })?;
         Ok(pb::SessionMessage {
-            manager_addrs: managers,
+            manager_addrs: shared.manager_addrs.clone(),
             leader_addr: self.core.leader_addr().unwrap_or_default(),
             role: pb::NodeRole::from(role) as i32,
             heartbeat_period_ms: period.ok_or(crate::error::Error::NotReady)?,
             config: None,
             config_delta: None,
             log_requests: Vec::new(),
-            removed_node_ids: removed,
-            manager_node_ids: manager_ids,
+            removed_node_ids: shared.removed.clone(),
+            manager_node_ids: shared.manager_ids.clone(),
         })
     }
 
@@ -591,13 +597,15 @@ impl Dispatcher for DispatcherService {
 
     async fn session(
         &self,
-        req: Request<pb::SessionRequest>,
+        mut req: Request<pb::SessionRequest>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         let node = self.authorize(&req, &req.get_ref().node_id)?;
         self.require_leader()?;
         self.core.seen(node.id);
         let deltas = req.get_ref().accepts_deltas;
-        let (first, first_payload) = self.session_message_with(node.id, None, deltas)?;
+        let held_sources = std::mem::take(&mut req.get_mut().sources_digest);
+        let (first, first_payload) =
+            self.session_message_with(node.id, None, deltas, &held_sources)?;
         let (first_payload, first_sent) =
             first_payload.expect("a session's first message has its config");
         let (tx, rx) = tokio::sync::mpsc::channel(4);
@@ -662,7 +670,7 @@ impl Dispatcher for DispatcherService {
                     let _ = tx.send(Err(st)).await;
                     return;
                 }
-                match this.session_message_with(node.id, Some(&last_sent), deltas) {
+                match this.session_message_with(node.id, Some(&last_sent), deltas, &[]) {
                     Ok((msg, Some((payload, sent)))) => {
                         tracing::debug!(node = %node.id, version = sent.config.version, delta = matches!(payload, Payload::Delta(_)), "session push");
                         last = msg.clone();

@@ -103,6 +103,13 @@ pub fn project(state: &State, node: NodeId, version: u64) -> Option<pb::NodeConf
 pub struct Shared {
     /// Every node's data path address, sorted, without duplicates.
     pub vxlan_allowed_sources: Arc<Sources>,
+    /// The managers' addresses and IDs, and the removed nodes' IDs, for
+    /// every session message (a walk over every node each).
+    pub manager_addrs: Vec<String>,
+    /// See `manager_addrs`.
+    pub manager_ids: Vec<String>,
+    /// See `manager_addrs`.
+    pub removed: Vec<String>,
 }
 
 /// The VXLAN sources of every config: one list of every node's address,
@@ -114,6 +121,8 @@ pub struct Sources {
     pub list: Vec<String>,
     /// What the list adds to an encoded `NodeConfig`.
     pub encoded_len: usize,
+    /// [`weft_proto::config_delta::sources_digest`] of the list.
+    pub digest: Vec<u8>,
 }
 
 impl Sources {
@@ -124,7 +133,12 @@ impl Sources {
             .iter()
             .map(|a| 1 + prost::encoding::encoded_len_varint(a.len() as u64) + a.len())
             .sum();
-        Sources { list, encoded_len }
+        let digest = weft_proto::config_delta::sources_digest(&list);
+        Sources {
+            list,
+            encoded_len,
+            digest,
+        }
     }
 }
 
@@ -136,8 +150,15 @@ pub fn shared(state: &State) -> Shared {
         .filter(|n| !n.data_path_addr.is_empty())
         .map(|n| n.data_path_addr.clone())
         .collect();
+    let (manager_addrs, manager_ids) = state
+        .managers()
+        .map(|m| (m.addr.clone(), m.id.to_string()))
+        .unzip();
     Shared {
         vxlan_allowed_sources: Arc::new(Sources::new(addrs)),
+        manager_addrs,
+        manager_ids,
+        removed: state.removed.iter().map(|n| n.to_string()).collect(),
     }
 }
 
@@ -337,6 +358,7 @@ pub fn project_without_sources(
         // Not the store's: the dispatcher adds the leader's in-memory
         // image fetches (crate::imagepush).
         image_fetches: Vec::new(),
+        keep_sources: false,
     };
     // The one order of every set-like list, which config deltas keep.
     weft_proto::config_delta::canonicalize(&mut config);

@@ -89,7 +89,11 @@ impl State {
 
     /// The cluster's ingress network, if some service publishes through it.
     pub fn ingress_network(&self) -> Option<&Network> {
-        self.networks.values().find(|n| n.ingress)
+        // Its ID follows from the cluster's (`ensure_ingress` is the one
+        // place it is made): a lookup, not a walk over every network (a
+        // default bridge per node; every projection asks).
+        let id = ingress_network_id(&self.cluster.as_ref()?.id);
+        self.networks.get(&id).filter(|n| n.ingress)
     }
 
     /// Creates or updates `node`'s default bridge with `subnet` (its

@@ -197,3 +197,36 @@ fn backends_are_in_numeric_order() {
         ["10.0.0.9", "10.0.0.10", "10.0.0.100"]
     );
 }
+
+#[test]
+fn kept_sources_are_the_ones_held() {
+    let held = NodeConfig {
+        vxlan_allowed_sources: vec!["198.18.0.1".into(), "198.18.0.2".into()],
+        ..Default::default()
+    };
+    let a = sources_digest(&held.vxlan_allowed_sources);
+    assert_eq!(a.len(), 32);
+    assert_ne!(a, sources_digest(&["198.18.0.1".into()]));
+    // Not one address split in two.
+    assert_ne!(
+        sources_digest(&["1.2.3.4".into(), "5".into()]),
+        sources_digest(&["1.2.3.45".into()])
+    );
+    let whole = NodeConfig {
+        version: 9,
+        keep_sources: true,
+        ..Default::default()
+    };
+    let got = with_kept_sources(whole, Some(&held));
+    assert_eq!(got.vxlan_allowed_sources, held.vxlan_allowed_sources);
+    assert!(!got.keep_sources);
+    let plain = NodeConfig {
+        version: 9,
+        ..Default::default()
+    };
+    assert!(
+        with_kept_sources(plain, Some(&held))
+            .vxlan_allowed_sources
+            .is_empty()
+    );
+}
