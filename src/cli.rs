@@ -262,6 +262,10 @@ pub struct DaemonArgs {
     /// Log filter, e.g. `info` or `weft_manager=debug`.
     #[arg(long, env = "WEFT_LOG", default_value = "info,openraft=warn")]
     pub log_level: String,
+    /// Log lines as text or as one JSON object each (timestamp, level,
+    /// message and fields), for a log collector.
+    #[arg(long, value_enum, env = "WEFT_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// Settings file (JSON, keys as in Docker's daemon.json: "bridge-subnet",
     /// "proxies": {"http-proxy", "https-proxy", "ftp-proxy", "no-proxy"});
     /// flags override it. Default: /etc/weft/daemon.json when it exists.
@@ -317,6 +321,15 @@ pub struct DaemonArgs {
     /// dockerd finds the plugin "weft". Off by default.
     #[arg(long, value_name = "SOCKET")]
     pub docker_plugin: Option<PathBuf>,
+}
+
+/// How the daemon writes its log (`--log-format`).
+#[derive(Debug, Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 /// `weft init`.

@@ -46,6 +46,7 @@ mod exec;
 mod images;
 mod lifecycle;
 mod nets;
+mod ready;
 mod rejoin;
 mod supervise;
 mod tasks;
@@ -304,11 +305,24 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
             _ = term.recv() => {},
         }
         tracing::info!("shutting down");
+        ready::stopping();
     };
-    tracing::info!(socket = %args.socket.display(), "weft daemon ready");
-    weft_proto::tls::serve_unix(&args.socket, router, shutdown)
+    let settled = node
+        .active
+        .lock()
         .await
-        .with_context(|| format!("local API on {}", args.socket.display()))?;
+        .as_mut()
+        .and_then(|a| a.settled.take());
+    let (bound_tx, bound) = tokio::sync::oneshot::channel();
+    let readiness = tokio::spawn(ready::announce(bound, settled));
+    let socket = args.socket.display();
+    weft_proto::tls::serve_unix(&args.socket, router, shutdown, || {
+        tracing::info!(%socket, "local API served");
+        let _ = bound_tx.send(());
+    })
+    .await
+    .with_context(|| format!("local API on {socket}"))?;
+    readiness.abort();
     let _ = plugin_stop.send(());
     if let Some(p) = plugin {
         let _ = p.await;
@@ -368,6 +382,9 @@ struct Active {
     /// Keeps the node's image inventory for the agent's reports (stopped
     /// with the reconciler, by `reconcile_stop`).
     inventory: tokio::task::JoinHandle<()>,
+    /// Told when the loop's first pass is done: taken by the daemon's
+    /// readiness ([`ready::announce`]).
+    settled: Option<tokio::sync::oneshot::Receiver<()>>,
 }
 
 impl Active {
@@ -469,6 +486,7 @@ impl NodeService {
             read_task_log(&runtime, task, opts, sink).map_err(|s| s.message().to_string())
         });
         let agent = Agent::start(self.files.clone(), record.clone(), certs, logs);
+        let (settled_tx, settled) = tokio::sync::oneshot::channel();
         let manager = Arc::new(Mutex::new(manager));
         let watcher = tokio::spawn(role_watcher(
             agent.status(),
@@ -514,6 +532,7 @@ impl NodeService {
                 bridge_subnet: self.settings.bridge_subnet.to_string(),
                 wake: self.wake.clone(),
                 sandboxes: self.sandboxes.clone(),
+                settled: Some(settled_tx),
             }
             .run(stop_rx),
         );
@@ -525,6 +544,7 @@ impl NodeService {
             supervisor,
             reconcile_stop,
             reconciler,
+            settled: Some(settled),
             fetcher,
             inventory,
         }

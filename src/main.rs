@@ -143,7 +143,7 @@ fn connection_closed(e: &anyhow::Error) -> bool {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Daemon(args) => {
-            init_tracing(&args.log_level);
+            init_tracing_as(&args.log_level, args.log_format);
             daemon::run(*args).await
         }
         Command::Lab(cmd) => lab::run(cmd).await,
@@ -269,10 +269,18 @@ fn fd_store(socket: &std::path::Path) -> std::process::ExitCode {
 }
 
 fn init_tracing(filter: &str) {
+    init_tracing_as(filter, cli::LogFormat::Text);
+}
+
+fn init_tracing_as(filter: &str, format: cli::LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false)
-        .init();
+        .with_target(false);
+    match format {
+        cli::LogFormat::Text => fmt.init(),
+        // The fields at the top level, as log collectors index them.
+        cli::LogFormat::Json => fmt.json().flatten_event(true).with_ansi(false).init(),
+    }
 }

@@ -115,23 +115,41 @@ impl Lab {
     }
 
     /// As [`Lab::start`], with extra `weft daemon` flags.
-    pub fn start_with(&mut self, host: &str, extra: &[&str]) {
-        self.start_exe(host, Path::new(WEFT), extra);
+    /// Returns what the daemon said with READY=1 (its sd_notify message).
+    pub fn start_with(&mut self, host: &str, extra: &[&str]) -> String {
+        self.start_exe(host, Path::new(WEFT), extra)
     }
 
     /// As [`Lab::start_with`], running the binary at `exe` (a copy of
     /// [`WEFT`] elsewhere is what an upgrade looks like to the node).
-    pub fn start_exe(&mut self, host: &str, exe: &Path, extra: &[&str]) {
+    pub fn start_exe(&mut self, host: &str, exe: &Path, extra: &[&str]) -> String {
         let i = self.idx(host);
         assert!(self.daemons[i].is_none(), "{host} already running");
+        // The daemon says when it is ready as it does to systemd
+        // (Type=notify): READY=1 on NOTIFY_SOCKET once it serves its
+        // socket and has applied its saved config.
+        let notify_path = self.notify_socket(host);
+        std::fs::create_dir_all(self.host_dir(host)).expect("host dir");
+        let _ = std::fs::remove_file(&notify_path);
+        let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).expect("notify socket");
         let child = self.spawn_daemon_exe(host, exe, extra);
         self.daemons[i] = Some(child);
-        let sock = self.socket(host);
-        wait_for(
-            &format!("{host}'s daemon socket"),
-            Duration::from_secs(20),
-            || sock.exists() && self.try_weft(host, &["info"]).status.success(),
+        let said = wait_for_ready(&notify, Duration::from_secs(90));
+        let _ = std::fs::remove_file(&notify_path);
+        let said = match said {
+            Ok(m) => m,
+            Err(e) => panic!(
+                "{host}'s daemon: {e}; its log ends:\n{}",
+                self.log_tail(host)
+            ),
+        };
+        let out = self.try_weft(host, &["info"]);
+        assert!(
+            out.status.success(),
+            "{host}'s daemon said READY=1 but does not answer: {}",
+            String::from_utf8_lossy(&out.stderr)
         );
+        said
     }
 
     /// Starts the daemon of `host` expecting it to refuse to run: waits for
@@ -150,6 +168,11 @@ impl Lab {
             },
         );
         (status.expect("exited"), self.log_tail(host))
+    }
+
+    /// The NOTIFY_SOCKET the daemon of `host` is given.
+    fn notify_socket(&self, host: &str) -> PathBuf {
+        self.host_dir(host).join("notify.sock")
     }
 
     fn spawn_daemon(&self, host: &str, extra: &[&str]) -> Child {
@@ -192,6 +215,7 @@ impl Lab {
             .arg(self.socket(host))
             .args(extra)
             .env("WEFT_LOG", "info,openraft=warn")
+            .env("NOTIFY_SOCKET", self.notify_socket(host))
             .envs(self.daemon_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
@@ -765,6 +789,38 @@ pub fn task_log_text(dir: &Path) -> String {
 }
 
 /// Polls `cond` every 100 ms until it holds; panics after `timeout`.
+/// Reads sd_notify(3) messages from `socket` until one says READY=1.
+pub fn wait_for_ready(
+    socket: &std::os::unix::net::UnixDatagram,
+    timeout: Duration,
+) -> Result<String, String> {
+    let deadline = Instant::now() + timeout;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!("no READY=1 in {timeout:?} (got {seen:?})"));
+        }
+        socket.set_read_timeout(Some(left)).expect("timeout");
+        let mut buf = [0u8; 4096];
+        match socket.recv(&mut buf) {
+            Ok(n) => {
+                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                if msg.lines().any(|l| l == "READY=1") {
+                    return Ok(msg);
+                }
+                seen.push(msg);
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => return Err(format!("notify socket: {e}")),
+        }
+    }
+}
+
 pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
     loop {

@@ -90,6 +90,10 @@ pub struct Reconciler {
     /// Where Docker endpoints' containers are, laid over the pushed config
     /// ([`crate::sandboxes::Sandboxes::fill`]); set them, then `wake`.
     pub sandboxes: Arc<crate::sandboxes::Sandboxes>,
+    /// Told once the saved config is applied (the first pass after a
+    /// restart is done, whatever its outcome), or at once when there is no
+    /// saved config: the daemon then tells systemd it is ready.
+    pub settled: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 /// The proxy variables of `proxy` (upper-case names such as `HTTP_PROXY`)
@@ -140,6 +144,11 @@ impl Reconciler {
         // any manager answers: how long it takes is how long the node's
         // tasks wait for names and encrypted traffic.
         let mut first_pass = Some((std::time::Instant::now(), current.is_some()));
+        if current.is_none()
+            && let Some(settled) = self.settled.take()
+        {
+            let _ = settled.send(());
+        }
         let mut last_report: Option<pb::StatusReport> = None;
         let mut passes = Passes {
             done: watch::Sender::new(0),
@@ -175,6 +184,9 @@ impl Reconciler {
                         ok = report.apply_error.is_empty(),
                         "first data plane pass done"
                     );
+                    if let Some(settled) = self.settled.take() {
+                        let _ = settled.send(());
+                    }
                 }
                 (self.report)(report);
             }
@@ -683,6 +695,7 @@ mod tests {
             bridge_subnet: String::new(),
             wake: Arc::new(tokio::sync::Notify::new()),
             sandboxes: crate::sandboxes::Sandboxes::load(dir.join("sandboxes")),
+            settled: None,
         }
     }
 
@@ -769,6 +782,49 @@ mod tests {
             .map(|t| (t.task_id.as_str(), t.status.as_ref().unwrap().state()))
             .collect();
         assert_eq!(states, vec![("t1", pb::TaskState::Running)]);
+    }
+
+    /// The daemon's readiness: told at once without a saved config, and
+    /// with one only after the pass that applied it.
+    #[tokio::test]
+    async fn settled_is_told_once_the_saved_config_is_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (stop, stopped) = watch::channel(false);
+        let r = Reconciler {
+            settled: Some(tx),
+            ..reconciler(dir.path())
+        };
+        let running = tokio::spawn(r.run(stopped));
+        tokio::time::timeout(std::time::Duration::from_secs(10), rx)
+            .await
+            .expect("told without a saved config")
+            .unwrap();
+        // (The loop also ends by itself: no config sender.)
+        let _ = stop.send(true);
+        running.await.unwrap();
+
+        let plane = Arc::new(weft_overlay::FakeDataplane::new(dir.path().join("run")));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (stop, stopped) = watch::channel(false);
+        let r = Reconciler {
+            settled: Some(tx),
+            dataplane: plane.clone(),
+            ..reconciler(dir.path())
+        };
+        r.save(&config());
+        let running = tokio::spawn(r.run(stopped));
+        tokio::time::timeout(std::time::Duration::from_secs(10), rx)
+            .await
+            .expect("told after the first pass")
+            .unwrap();
+        assert!(
+            plane.kernel().tasks.contains_key(&TaskId("t1".into())),
+            "the saved config's task namespace is made before"
+        );
+        // (The loop also ends by itself: no config sender.)
+        let _ = stop.send(true);
+        running.await.unwrap();
     }
 
     /// A reconcile loop running over the fakes: configs pushed in,

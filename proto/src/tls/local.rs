@@ -74,11 +74,19 @@ pub fn unix_incoming(listener: UnixListener) -> UnixListenerStream {
 
 /// Serves `router` on the local socket at `path` until `shutdown` resolves,
 /// then removes the socket (if it is still the one this call created).
-pub async fn serve_unix<F>(path: &Path, router: Router, shutdown: F) -> Result<(), TlsError>
+/// `bound` runs once the socket is listening: a client connecting from then
+/// on is served.
+pub async fn serve_unix<F>(
+    path: &Path,
+    router: Router,
+    shutdown: F,
+    bound: impl FnOnce(),
+) -> Result<(), TlsError>
 where
     F: Future<Output = ()>,
 {
     let listener = bind_unix(path)?;
+    bound();
     let ours = std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()));
     let result = router
         .serve_with_incoming_shutdown(unix_incoming(listener), shutdown)

@@ -511,9 +511,14 @@ async fn unix_socket_round_trip() {
     }));
     let serve_path = path.clone();
     let served = tokio::spawn(async move {
-        serve_unix(&serve_path, router, async {
-            let _ = stopped.await;
-        })
+        serve_unix(
+            &serve_path,
+            router,
+            async {
+                let _ = stopped.await;
+            },
+            || {},
+        )
         .await
     });
 
