@@ -262,6 +262,11 @@ pub struct DaemonArgs {
     /// Log filter, e.g. `info` or `weft_manager=debug`.
     #[arg(long, env = "WEFT_LOG", default_value = "info,openraft=warn")]
     pub log_level: String,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g.
+    /// 127.0.0.1:9323, as dockerd's metrics-addr). Off by default; no
+    /// authentication: loopback or a private interface only.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Log lines as text or as one JSON object each (timestamp, level,
     /// message and fields), for a log collector.
     #[arg(long, value_enum, env = "WEFT_LOG_FORMAT", default_value_t = LogFormat::Text)]

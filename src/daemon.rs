@@ -45,6 +45,7 @@ mod docker;
 mod exec;
 mod images;
 mod lifecycle;
+mod metrics;
 mod nets;
 mod ready;
 mod rejoin;
@@ -265,6 +266,14 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
         }
     }
     let resealer = tokio::spawn(crate::autolock::reseal_loop(node.files.clone()));
+    let metrics = match args.metrics_addr {
+        Some(addr) => {
+            let listener = metrics::bind(addr).await?;
+            let registry = metrics::registry(node.slot.clone(), node.linux.clone());
+            Some(tokio::spawn(metrics::serve(listener, registry)))
+        }
+        None => None,
+    };
 
     let router = tonic::transport::Server::builder()
         .add_service(DaemonServer::from_arc(node.clone()))
@@ -323,6 +332,9 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     .await
     .with_context(|| format!("local API on {socket}"))?;
     readiness.abort();
+    if let Some(m) = metrics {
+        m.abort();
+    }
     let _ = plugin_stop.send(());
     if let Some(p) = plugin {
         let _ = p.await;

@@ -36,6 +36,8 @@ struct Inner {
     pushes: crate::imagepush::Pushes,
     /// Where its archive is spooled (none: cluster-wide loads refused).
     spool_dir: Option<std::path::PathBuf>,
+    /// The Raft directory, for its size in the metrics (none in tests).
+    raft_dir: Option<std::path::PathBuf>,
     /// The images each node last reported (`image ls --all-nodes`).
     inventories: crate::inventory::Inventories,
 }
@@ -62,6 +64,8 @@ pub struct ConfigStatus {
     pub error: String,
     /// Last handshake (unix ms) the node saw with each peer, by public key.
     pub handshakes: std::collections::BTreeMap<String, u64>,
+    /// When `pushed` went out, until the node reports it applied.
+    pub pushed_at: Option<std::time::Instant>,
 }
 
 impl Core {
@@ -96,6 +100,7 @@ impl Core {
                 unlock: weft_proto::seal::KeyHolder::default(),
                 pushes: crate::imagepush::Pushes::default(),
                 spool_dir: None,
+                raft_dir: None,
                 inventories: crate::inventory::Inventories::default(),
             }),
         }
@@ -106,6 +111,18 @@ impl Core {
         let inner = Arc::get_mut(&mut self.inner).expect("fresh core");
         inner.spool_dir = Some(dir);
         self
+    }
+
+    /// Records where the Raft directory is (for the metrics).
+    pub fn with_raft_dir(mut self, dir: std::path::PathBuf) -> Self {
+        let inner = Arc::get_mut(&mut self.inner).expect("fresh core");
+        inner.raft_dir = Some(dir);
+        self
+    }
+
+    /// The Raft directory, if recorded.
+    pub fn raft_dir(&self) -> Option<&std::path::Path> {
+        self.inner.raft_dir.as_deref()
     }
 
     /// Where cluster-wide image loads are spooled, if anywhere.
@@ -241,7 +258,11 @@ impl Core {
     /// Proposes a command through Raft (forwarded to the leader if needed)
     /// and returns what applying it produced.
     pub async fn propose(&self, cmd: Command) -> Result<Applied> {
-        Ok(self.inner.raft.propose(cmd).await??)
+        let started = std::time::Instant::now();
+        let r = self.inner.raft.propose(cmd).await;
+        let m = &crate::metrics::METRICS;
+        crate::metrics::observe(&m.proposal_seconds, started.elapsed());
+        Ok(r??)
     }
 
     /// Waits until this manager's store holds every write committed before
@@ -327,21 +348,25 @@ impl Core {
 
     /// Records the config version pushed to a node.
     pub fn config_pushed(&self, id: NodeId, version: u64) {
-        self.inner
-            .configs
-            .lock()
-            .expect("configs lock")
-            .entry(id)
-            .or_default()
-            .pushed = version;
+        let mut c = self.inner.configs.lock().expect("configs lock");
+        let e = c.entry(id).or_default();
+        e.pushed = version;
+        e.pushed_at = Some(std::time::Instant::now());
     }
 
-    /// Records what a node reported applying.
+    /// Records what a node reported applying; the first report of the
+    /// version pushed last times the push (its metric).
     pub fn config_applied(&self, id: NodeId, version: u64, error: String) {
         let mut c = self.inner.configs.lock().expect("configs lock");
         let e = c.entry(id).or_default();
         e.applied = version;
         e.error = error;
+        if version >= e.pushed
+            && let Some(at) = e.pushed_at.take()
+        {
+            let m = &crate::metrics::METRICS;
+            crate::metrics::observe(&m.push_ack_seconds, at.elapsed());
+        }
     }
 
     /// Records the handshakes a node reported.

@@ -48,14 +48,27 @@ pub async fn liveness_loop(core: Core, mut stop: watch::Receiver<bool>) {
         // All at once: Raft commits concurrent writes together, so a herd
         // of nodes coming up (or going down) costs a few commits, not one
         // each in turn.
-        let writes = core
-            .liveness_plan(period, grace)
-            .into_iter()
-            .map(|cmd| core.propose(cmd));
-        for r in futures::future::join_all(writes).await {
-            if let Err(e) = r {
-                tracing::warn!(error = %e, "could not record node liveness");
-                break;
+        let writes = core.liveness_plan(period, grace).into_iter().map(|cmd| {
+            let down = matches!(
+                cmd,
+                crate::store::Command::SetNodeState {
+                    state: crate::store::NodeState::Down,
+                    ..
+                }
+            );
+            let core = &core;
+            async move { (down, core.propose(cmd).await) }
+        });
+        for (down, r) in futures::future::join_all(writes).await {
+            match r {
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not record node liveness");
+                    break;
+                }
+                Ok(_) if down => {
+                    crate::metrics::METRICS.nodes_marked_down.inc();
+                }
+                Ok(_) => {}
             }
         }
     }

@@ -23,6 +23,7 @@ pub mod join;
 pub mod leader;
 pub mod limits;
 pub mod membership;
+pub mod metrics;
 pub mod quorum;
 pub mod raft;
 pub mod registry_auth;

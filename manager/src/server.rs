@@ -144,7 +144,8 @@ impl Manager {
             tracing::warn!(path = %spool.display(), "cannot clear the image spool: {e}");
         }
         let core = Core::with_channels(cfg.node_id, raft.clone(), channels, cfg.unlock.clone())
-            .with_spool_dir(spool);
+            .with_spool_dir(spool)
+            .with_raft_dir(cfg.raft_dir.clone());
 
         // Removed nodes are refused in the handshake, from the store as it
         // stands at that moment (see crate::authz).
@@ -189,6 +190,9 @@ impl Manager {
             tokio::spawn(leader::membership_loop(core.clone(), stop_rx.clone())),
             tokio::spawn(leader::orchestrator_loop(core.clone(), stop_rx.clone())),
             tokio::spawn(crate::autolock::keeper(core.clone(), stop_rx)),
+            tokio::spawn(crate::metrics::count_leader_changes(
+                core.raft().metrics_watch(),
+            )),
         ];
         tracing::info!(node = %cfg.node_id, listen = %cfg.listen_addr, "manager started");
         Ok(Manager {

@@ -155,9 +155,18 @@ impl Lab {
     /// Starts the daemon of `host` expecting it to refuse to run: waits for
     /// it to exit and returns its exit status and the end of its log.
     pub fn start_expecting_exit(&mut self, host: &str) -> (std::process::ExitStatus, String) {
+        self.start_expecting_exit_with(host, &[])
+    }
+
+    /// As [`Lab::start_expecting_exit`], with extra `weft daemon` flags.
+    pub fn start_expecting_exit_with(
+        &mut self,
+        host: &str,
+        extra: &[&str],
+    ) -> (std::process::ExitStatus, String) {
         let i = self.idx(host);
         assert!(self.daemons[i].is_none(), "{host} already running");
-        let mut child = self.spawn_daemon(host, &[]);
+        let mut child = self.spawn_daemon(host, extra);
         let mut status = None;
         wait_for(
             &format!("{host}'s daemon to exit"),
@@ -719,6 +728,12 @@ pub fn addr_of_in(ip_o_addr: &str) -> Option<String> {
 /// A one-replica service `name` on `network` whose task sleeps (a VIP and
 /// a name to resolve), created from `host`.
 pub fn sleeping_service(lab: &Lab, host: &str, name: &str, network: &str) {
+    sleeping_replicas(lab, host, name, network, 1);
+}
+
+/// As [`sleeping_service`], with `replicas` replicas.
+pub fn sleeping_replicas(lab: &Lab, host: &str, name: &str, network: &str, replicas: u32) {
+    let replicas = replicas.to_string();
     lab.weft(
         host,
         &[
@@ -727,7 +742,7 @@ pub fn sleeping_service(lab: &Lab, host: &str, name: &str, network: &str) {
             "--name",
             name,
             "--replicas",
-            "1",
+            &replicas,
             "--network",
             network,
             "--",

@@ -16,6 +16,7 @@ pub mod image_fetch;
 pub mod image_inventory;
 pub mod join;
 pub mod logs;
+pub mod metrics;
 pub mod node_files;
 pub mod reconcile;
 pub mod renewal;

@@ -122,6 +122,9 @@ struct Passes {
     done: watch::Sender<u64>,
     next: u64,
     last_ok: bool,
+    /// What the last pass that went through wanted of the kernel: a pass
+    /// that wants the same and still changes something repairs drift.
+    last_desired: Option<weft_overlay::DesiredNode>,
 }
 
 impl Reconciler {
@@ -154,6 +157,7 @@ impl Reconciler {
             done: watch::Sender::new(0),
             next: 0,
             last_ok: false,
+            last_desired: None,
         };
         loop {
             let pushed = self.config.borrow_and_update().clone();
@@ -176,6 +180,7 @@ impl Reconciler {
                 let report = self
                     .converge(&c, &mut inflight, &probers, &mut passes)
                     .await;
+                crate::metrics::METRICS.config(&c, &report);
                 last_report = Some(report.clone());
                 if let Some((started, saved)) = first_pass.take() {
                     tracing::info!(
@@ -275,12 +280,22 @@ impl Reconciler {
                     tracing::info!(task = %t, "a foreign container's namespace is gone before it was wired: left out");
                     d.tasks.remove(&t);
                 }
-                if let Err(e) = self.dataplane.apply(&d).await {
-                    error = format!("data plane: {e}");
+                match self.dataplane.apply(&d).await {
+                    Ok(applied) => {
+                        if !applied.ops.is_empty() && passes.last_desired.as_ref() == Some(&d) {
+                            crate::metrics::METRICS.drift_repairs.inc();
+                        }
+                        passes.last_desired = Some(d);
+                    }
+                    Err(e) => {
+                        error = format!("data plane: {e}");
+                        passes.last_desired = None;
+                    }
                 }
             }
             Err(e) => error = e.to_string(),
         }
+        crate::metrics::METRICS.pass(error.is_empty(), t_plane.elapsed());
         let plane_ms = t_plane.elapsed().as_millis() as u64;
         if !error.is_empty() {
             tracing::warn!(%error, version = c.version, "config not fully applied");

@@ -502,11 +502,22 @@ fn expired_session(node: NodeId, at: Option<time::OffsetDateTime>) -> Status {
 }
 
 /// `msg` carrying `payload`.
+/// `msg` with its config, counted as a push (the metric).
 fn with_payload(mut msg: pb::SessionMessage, payload: Payload) -> pb::SessionMessage {
-    match payload {
-        Payload::Whole(c) => msg.config = Some(*c),
-        Payload::Delta(d) => msg.config_delta = Some(*d),
-    }
+    let kind = match payload {
+        Payload::Whole(c) => {
+            msg.config = Some(*c);
+            "whole"
+        }
+        Payload::Delta(d) => {
+            msg.config_delta = Some(*d);
+            "delta"
+        }
+    };
+    crate::metrics::METRICS
+        .config_pushes
+        .get_or_create(&crate::metrics::PushKind { kind })
+        .inc();
     msg
 }
 
@@ -622,6 +633,7 @@ impl Dispatcher for DispatcherService {
             .unwrap_or(Duration::ZERO);
         self.core.session_opened(node.id, log_tx.clone());
         tokio::spawn(async move {
+            let _counted = crate::metrics::SessionGauge::open();
             let _registration = SessionGuard {
                 core: this.core.clone(),
                 node: node.id,
@@ -705,6 +717,7 @@ impl Dispatcher for DispatcherService {
         let node = self.authorize(&req, &req.get_ref().node_id)?;
         self.require_leader()?;
         self.core.seen(node.id);
+        crate::metrics::METRICS.heartbeats.inc();
         if req.get_ref().stopping {
             tracing::info!(node = %node.id, "node's daemon is stopping");
             self.core.stopping(node.id);

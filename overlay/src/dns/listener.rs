@@ -395,8 +395,13 @@ impl Shared {
         transport: Transport,
     ) -> Option<(Handled, Vec<SocketAddr>)> {
         let (view, upstreams) = self.task_view(task);
-        message::handle(view.as_deref(), query, !upstreams.is_empty(), transport)
-            .map(|h| (h, upstreams))
+        super::metrics::query(transport);
+        let handled = message::handle(view.as_deref(), query, !upstreams.is_empty(), transport)?;
+        match &handled {
+            Handled::Reply(r) => super::metrics::answered(query, r),
+            Handled::Forward => super::metrics::forwarded(),
+        }
+        Some((handled, upstreams))
     }
 
     /// A fresh UDP socket in the daemon's namespace.
@@ -474,6 +479,7 @@ async fn serve_udp(shared: Arc<Shared>, task: TaskId, sock: tokio::net::UdpSocke
                 let _ = sock.send_to(&r, peer).await;
             }
             Handled::Forward if inflight.len() >= MAX_INFLIGHT => {
+                super::metrics::failed(super::metrics::Failure::Overload);
                 if let Some(r) = message::servfail(&query) {
                     let _ = sock.send_to(&r, peer).await;
                 }
@@ -483,7 +489,10 @@ async fn serve_udp(shared: Arc<Shared>, task: TaskId, sock: tokio::net::UdpSocke
                 inflight.spawn(async move {
                     let r = match shared.forward(&query, &upstreams).await {
                         Some(r) => Some(r),
-                        None => message::servfail(&query),
+                        None => {
+                            super::metrics::failed(super::metrics::Failure::Upstream);
+                            message::servfail(&query)
+                        }
                     };
                     if let Some(r) = r {
                         let _ = sock.send_to(&r, peer).await;
@@ -534,7 +543,10 @@ async fn serve_tcp_conn(shared: Arc<Shared>, task: TaskId, mut s: tokio::net::Tc
             Handled::Reply(r) => Some(r),
             Handled::Forward => match shared.forward(&query, &upstreams).await {
                 Some(r) => Some(r),
-                None => message::servfail(&query),
+                None => {
+                    super::metrics::failed(super::metrics::Failure::Upstream);
+                    message::servfail(&query)
+                }
             },
         };
         let Some(reply) = reply else { return };

@@ -15,6 +15,7 @@
 #[cfg(target_os = "linux")]
 pub mod listener;
 pub mod message;
+pub mod metrics;
 pub mod resolv;
 pub mod view;
 
