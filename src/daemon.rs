@@ -184,8 +184,25 @@ pub fn mount_policy(args: &DaemonArgs) -> weft_worker::runtime::containerd::moun
 }
 
 /// Runs the daemon until SIGINT/SIGTERM.
+/// Test-only: this many descriptors (of /dev/null) are opened at start and
+/// kept, so that every descriptor the daemon opens later is numbered above
+/// them (tests/services.rs: a node past 1024 descriptors).
+const TEST_HOLD_FDS_ENV: &str = "WEFT_TEST_HOLD_FDS";
+
 pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     private_dirs(&args)?;
+    if let Some(n) = std::env::var(TEST_HOLD_FDS_ENV)
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        for _ in 0..n {
+            std::mem::forget(std::fs::File::open("/dev/null")?);
+        }
+        tracing::warn!(
+            descriptors = n,
+            "{TEST_HOLD_FDS_ENV}: descriptors held for a test"
+        );
+    }
     let hostname = match &args.hostname {
         Some(h) => h.clone(),
         None => nix::unistd::gethostname()

@@ -353,3 +353,35 @@ fn bad_service_input_is_refused_and_changes_nothing() {
     let ls = lab.weft("m1", &["service", "ls", "-q"]);
     assert_eq!(ls.lines().count(), 1, "{ls}");
 }
+
+/// libnftables cannot use a socket numbered 1024 or more (it aborts the
+/// process, "bit out of range 0 - FD_SETSIZE on fd_set"), and a node with
+/// some 150 tasks holds that many descriptors: with 1,100 descriptors held
+/// from the start, every task namespace's VIP table goes through an nft
+/// process instead, the daemons live on and the VIP balances.
+#[test]
+fn a_daemon_past_1024_descriptors_still_writes_vip_tables() {
+    let mut lab = Lab::new("fds", &["m1", "w1"]);
+    lab.set_daemon_env("WEFT_TEST_HOLD_FDS", "1100");
+    lab.start_all();
+    let (wt, _) = lab.init("m1", &["--heartbeat-period", "500ms"]);
+    lab.join("w1", &wt, "m1");
+    lab.attachable_network("m1", "10.0.9.0/24", "appnet");
+    create_web(&lab, "2", &[]);
+    let pin = client(&lab);
+    let vip = common::vip_of(&lab, "m1", "web");
+    common::replicas_behind_vip(&pin, &vip, "web.", 2);
+    for h in ["m1", "w1"] {
+        assert!(
+            lab.try_weft(h, &["info"]).status.success(),
+            "{h}'s daemon is gone:\n{}",
+            lab.log_tail(h)
+        );
+        let log = std::fs::read_to_string(lab.host_dir(h).join("daemon.log")).expect("log");
+        assert!(
+            log.contains("go through an nft process each"),
+            "{h} did not fall back:\n{}",
+            lab.log_tail(h)
+        );
+    }
+}

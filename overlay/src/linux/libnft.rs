@@ -188,6 +188,38 @@ impl Drop for Session {
     }
 }
 
+/// libnftables (1.0.6, Debian 12) waits for a batch's answers with
+/// select(2), whose `fd_set` holds descriptors below 1024 only: for a
+/// socket numbered higher, glibc's fortified `FD_SET` aborts the whole
+/// process ("bit out of range 0 - FD_SETSIZE on fd_set"). A node with some
+/// 150 tasks holds that many descriptors (each task's resolver sockets,
+/// watcher and context), so a context is made only while the lowest free
+/// descriptor is well below 1024 (the margin covers descriptors other
+/// threads open between the check and the context's socket); otherwise
+/// that namespace's writes go through an `nft` process, whose descriptors
+/// are its own. Contexts already made keep their low sockets.
+const SELECT_SAFE_BELOW: i32 = 1024 - 64;
+
+/// The number the next descriptor opened would get (the lowest free one).
+fn lowest_free_fd() -> Option<i32> {
+    use std::os::fd::AsRawFd;
+    std::fs::File::open("/dev/null").ok().map(|f| f.as_raw_fd())
+}
+
+/// Whether a new context's socket would be safe for select(2) now.
+fn low_descriptor_free() -> bool {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let next = lowest_free_fd();
+    let ok = next.is_some_and(|fd| fd < SELECT_SAFE_BELOW);
+    if !ok && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        tracing::warn!(
+            next_descriptor = next,
+            "over {SELECT_SAFE_BELOW} descriptors open: nftables writes in further task namespaces go through an nft process each (libnftables cannot use a socket numbered 1024 or more)"
+        );
+    }
+    ok
+}
+
 /// The kept contexts, one per namespace (by its inode, which no other
 /// namespace can take while the context keeps it alive).
 #[derive(Default)]
@@ -206,7 +238,8 @@ impl std::fmt::Debug for Sessions {
 impl Sessions {
     /// Applies `ruleset` in `ns` as one transaction: through the
     /// namespace's kept context (made on first use), or through an `nft`
-    /// process when the library cannot be loaded.
+    /// process when the library cannot be loaded or too many descriptors
+    /// are open for a new context ([`SELECT_SAFE_BELOW`]).
     pub async fn apply(&self, ns: &Netns, ruleset: Nftables<'static>) -> Result<()> {
         let Some(session) = self.session(ns) else {
             return super::nft::apply_async(ns, ruleset).await;
@@ -231,6 +264,9 @@ impl Sessions {
         let mut by = self.map();
         if let Some(s) = by.get(&ns.inode()) {
             return Some(s.clone());
+        }
+        if !low_descriptor_free() {
+            return None;
         }
         let s = Arc::new(Session::open(lib, ns)?);
         by.insert(ns.inode(), s.clone());
