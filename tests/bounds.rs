@@ -131,6 +131,7 @@ fn inputs_over_the_limits_are_refused_and_change_nothing() {
         (
             // Within every per-object limit, but all of its replicas on one
             // node would make that node's config too large to send.
+            // (With 1 KiB of environment per task: 10 MB for 10,000.)
             args(&[
                 "service",
                 "create",
@@ -140,11 +141,13 @@ fn inputs_over_the_limits_are_refused_and_change_nothing() {
                 "10000",
                 "--network",
                 "app",
+                "-e",
+                &format!("K={}", "v".repeat(1024)),
                 "--",
                 "sleep",
                 "1d",
             ]),
-            "over the limit of 3145728 bytes per node config",
+            "over the limit of 6291456 bytes per node config",
         ),
     ];
     for (a, want) in &cases {
