@@ -56,6 +56,9 @@ pub enum Command {
     Leave(LeaveArgs),
     /// Show cluster and node information.
     Info,
+    /// Show the version of this client and of the daemon it talks to (each
+    /// node's is in `node ls`).
+    Version,
     /// Unlock a manager restarted while autolock is on: reads the unlock key
     /// from stdin (or asks for it on a terminal) and sends it to the local
     /// daemon, which checks it, keeps it in memory only and starts serving.
@@ -527,6 +530,12 @@ pub enum NodeCommand {
         label_rm: Vec<String>,
         /// The node.
         node: String,
+    },
+    /// List the tasks on nodes (default: this node), as `service ps` does.
+    Ps {
+        /// Node IDs, ID prefixes, host names, or `self`.
+        #[arg(default_value = "self")]
+        nodes: Vec<String>,
     },
     /// Make nodes managers.
     Promote {

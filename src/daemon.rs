@@ -1017,6 +1017,7 @@ impl NodeService {
         let guard = self.active.lock().await;
         let mut resp = pb::InfoResponse {
             state: "inactive".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
             data_dir: self.data_dir.display().to_string(),
             exec_root: self.exec_root.display().to_string(),
             ..Default::default()

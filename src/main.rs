@@ -161,6 +161,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             clap_complete::generate(shell, &mut Cli::command(), "weft", &mut std::io::stdout());
             Ok(())
         }
+        Command::Version => {
+            let tls = commands::TlsFiles {
+                ca: cli.tlscacert,
+                cert: cli.tlscert,
+                key: cli.tlskey,
+            };
+            commands::version(&cli.host, &tls).await
+        }
         cmd => {
             let tls = commands::TlsFiles {
                 ca: cli.tlscacert,
@@ -241,6 +249,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 | Command::Cni(_)
                 | Command::Doctor(_)
                 | Command::TaskShim(_)
+                | Command::Version
                 | Command::FdStore { .. } => unreachable!("handled above"),
             }
         }

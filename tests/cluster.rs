@@ -98,6 +98,42 @@ fn three_managers_two_workers_form_a_cluster() {
             },
         );
     }
+
+    // Every node reports its version with its status: `node ls` on any
+    // manager shows it, `weft version` shows the client's and the daemon's.
+    let version = env!("CARGO_PKG_VERSION");
+    wait_for("every node's version", Duration::from_secs(15), || {
+        lab.node_ls("m2").iter().all(|r| r.version == version)
+    });
+    for host in ["m1", "w2"] {
+        let out = lab.weft(host, &["version"]);
+        assert_eq!(
+            out.matches(&format!("Version:  {version}")).count(),
+            2,
+            "client and server on {host}: {out}"
+        );
+    }
+
+    // `node ps`: a node's tasks, from any manager; `self` by default.
+    let ps = lab.weft("m3", &["node", "ps", "w1"]);
+    let rows: Vec<&str> = ps.lines().skip(1).collect();
+    assert_eq!(rows.len(), 1, "{ps}");
+    assert!(
+        rows[0].contains(" w1 ") && rows[0].contains("running"),
+        "{ps}"
+    );
+    assert_eq!(
+        lab.weft("m1", &["node", "ps"]).lines().count(),
+        1,
+        "m1 runs no task"
+    );
+    let out = lab.try_weft("m1", &["node", "ps", "w1", "nosuch"]);
+    assert!(!out.status.success());
+    assert!(
+        out.stdout.is_empty(),
+        "nothing printed when a node is unknown"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nosuch"));
 }
 
 #[test]

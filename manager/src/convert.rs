@@ -165,6 +165,7 @@ pub fn node_to_wire(n: &Node, manager_status: pb::ManagerStatus, raft_voter: boo
             nano_cpus: n.resources.nano_cpus,
             memory_bytes: n.resources.memory_bytes,
         }),
+        version: n.version.clone(),
     }
 }
 

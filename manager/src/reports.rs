@@ -37,6 +37,24 @@ pub enum ReportError {
         /// Reported memory, bytes.
         memory_bytes: u64,
     },
+    /// A version that is not a short version string.
+    #[error(
+        "version {0:?} is not a version: at most 64 characters of letters, digits and . + - _ ~"
+    )]
+    Version(String),
+}
+
+/// The version a node may report (a semantic version, perhaps with a build
+/// suffix): shown in `node ls`, so short and plain. Empty: none reported.
+pub fn node_version(v: &str) -> Result<String, ReportError> {
+    let ok = v.len() <= 64
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '+' | '-' | '_' | '~'));
+    if ok {
+        Ok(v.to_string())
+    } else {
+        Err(ReportError::Version(v.chars().take(80).collect()))
+    }
 }
 
 /// The CPUs and memory a node may report: at most what a reservation may
@@ -105,6 +123,19 @@ pub fn wg_public_key(state: &State, node: NodeId, key: &str) -> Result<(), Repor
 mod tests {
     use super::*;
     use crate::store::Node;
+
+    #[test]
+    fn a_version_is_short_and_plain() {
+        for v in ["", "0.1.0", "1.2.3-rc.1+build.5", "2.0~beta_1"] {
+            assert_eq!(node_version(v).as_deref(), Ok(v));
+        }
+        for v in ["1.0 ", "1.0\n", "<b>", "é", &"9".repeat(65)] {
+            assert!(
+                matches!(node_version(v), Err(ReportError::Version(_))),
+                "{v:?}"
+            );
+        }
+    }
 
     #[test]
     fn bridge_subnets() {

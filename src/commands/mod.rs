@@ -82,13 +82,17 @@ impl Client {
         if self.remote {
             return Ok(String::new());
         }
+        Ok(self.daemon_info().await?.node_id)
+    }
+
+    /// The local daemon's `info`.
+    pub(crate) async fn daemon_info(&self) -> anyhow::Result<pb::InfoResponse> {
         Ok(self
             .daemon()
             .info(pb::InfoRequest {})
             .await
             .map_err(rpc)?
-            .into_inner()
-            .node_id)
+            .into_inner())
     }
 
     /// Refuses node-local commands over tcp://.
@@ -271,12 +275,7 @@ pub async fn join_token(c: &Client, a: JoinTokenArgs) -> anyhow::Result<()> {
         println!("{token}");
         return Ok(());
     }
-    let info = c
-        .daemon()
-        .info(pb::InfoRequest {})
-        .await
-        .map_err(rpc)?
-        .into_inner();
+    let info = c.daemon_info().await?;
     let addr = info
         .cluster
         .as_ref()
@@ -311,14 +310,36 @@ pub async fn leave(c: &Client, a: LeaveArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `weft version`: the client's, then the daemon's (an error, after the
+/// client's, when no daemon answers, as `docker version` does).
+pub async fn version(host: &str, tls: &TlsFiles) -> anyhow::Result<()> {
+    println!("Client:");
+    println!(" Version:  {}", env!("CARGO_PKG_VERSION"));
+    println!(
+        " OS/Arch:  {}/{}",
+        std::env::consts::OS,
+        std::env::consts::ARCH
+    );
+    let c = Client::connect(host, tls).await?;
+    let i = c.daemon_info().await?;
+    println!("Server:");
+    println!(
+        " Version:  {}",
+        if i.version.is_empty() {
+            "unknown (older than 0.1.0)"
+        } else {
+            i.version.as_str()
+        }
+    );
+    if !i.node_id.is_empty() {
+        println!(" Node:     {} ({})", i.node_id, role_text(i.role));
+    }
+    Ok(())
+}
+
 /// `weft info`.
 pub async fn info(c: &Client) -> anyhow::Result<()> {
-    let i = c
-        .daemon()
-        .info(pb::InfoRequest {})
-        .await
-        .map_err(rpc)?
-        .into_inner();
+    let i = c.daemon_info().await?;
     println!("Cluster: {}", i.state);
     println!(" Data dir: {}", i.data_dir);
     println!(" Exec root: {}", i.exec_root);

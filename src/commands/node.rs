@@ -22,8 +22,8 @@ pub async fn node(c: &Client, cmd: NodeCommand) -> anyhow::Result<()> {
                 return Ok(());
             }
             println!(
-                "{:<19} {:<20} {:<8} {:<13} {:<21} MANAGER STATUS",
-                "ID", "HOSTNAME", "STATUS", "AVAILABILITY", "CERT EXPIRY"
+                "{:<19} {:<20} {:<8} {:<13} {:<21} {:<15} ENGINE VERSION",
+                "ID", "HOSTNAME", "STATUS", "AVAILABILITY", "CERT EXPIRY", "MANAGER STATUS"
             );
             for n in nodes {
                 let id = if n.id == me {
@@ -37,15 +37,36 @@ pub async fn node(c: &Client, cmd: NodeCommand) -> anyhow::Result<()> {
                     n.cert_expiry.as_str()
                 };
                 println!(
-                    "{:<19} {:<20} {:<8} {:<13} {:<21} {}",
+                    "{:<19} {:<20} {:<8} {:<13} {:<21} {:<15} {}",
                     id,
                     n.hostname,
                     state_text(n.state),
                     availability_text(n.availability),
                     expiry,
-                    manager_status_text(n.manager_status)
+                    manager_status_text(n.manager_status),
+                    if n.version.is_empty() {
+                        "-"
+                    } else {
+                        n.version.as_str()
+                    }
                 );
             }
+        }
+        NodeCommand::Ps { nodes } => {
+            // Every node is resolved before anything is printed: a typo in
+            // the last prints nothing.
+            let mut tasks = Vec::new();
+            for n in nodes {
+                let mut these = ctl
+                    .list_tasks(pb::ListTasksRequest { node: n })
+                    .await
+                    .map_err(rpc)?
+                    .into_inner()
+                    .tasks;
+                these.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+                tasks.extend(these);
+            }
+            super::service::print_tasks(&tasks);
         }
         NodeCommand::Inspect { format, nodes } => {
             let mut out = Vec::new();

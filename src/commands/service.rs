@@ -264,17 +264,23 @@ async fn ps(c: &Client, service: String) -> anyhow::Result<()> {
         .await
         .map_err(rpc)?
         .into_inner();
+    print_tasks(&s.tasks);
+    Ok(())
+}
+
+/// Tasks as `service ps` and `node ps` show them.
+pub(super) fn print_tasks(tasks: &[pb::Task]) {
     println!(
         "{:<17} {:<40} {:<20} {:<8} {:<10} {:<22} ERROR",
         "TASK ID", "NAME", "NODE", "DESIRED", "CURRENT", "ADDRESSES"
     );
-    for t in s.tasks {
+    for t in tasks {
         let addrs: Vec<String> = t
             .addresses
             .iter()
             .map(|a| format!("{}={}", a.network, a.ip))
             .collect();
-        let current = task_text::current(&t);
+        let current = task_text::current(t);
         println!(
             "{:<17} {:<40} {:<20} {:<8} {:<10} {:<22} {}",
             t.id,
@@ -283,10 +289,9 @@ async fn ps(c: &Client, service: String) -> anyhow::Result<()> {
             task_text::word(t.desired_state()),
             current,
             addrs.join(","),
-            task_text::error(&t)
+            task_text::error(t)
         );
     }
-    Ok(())
 }
 
 /// `weft service inspect`.

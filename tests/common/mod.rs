@@ -602,6 +602,8 @@ pub struct NodeRow {
     pub cert_expiry: String,
     /// Leader / Reachable / Unreachable / "".
     pub manager: String,
+    /// The node's weft version, or "-" before it reported one.
+    pub version: String,
 }
 
 /// Waits until each of `managers` is a Raft voter, as `asking` sees it. A
@@ -619,15 +621,31 @@ pub fn wait_voters(lab: &Lab, asking: &str, managers: &[&str]) {
 
 /// Parses `weft node ls` output.
 pub fn parse_node_ls(out: &str) -> Vec<NodeRow> {
+    let head = out.lines().next().unwrap_or_default();
+    let (Some(manager_col), Some(version_col)) =
+        (head.find("MANAGER STATUS"), head.find("ENGINE VERSION"))
+    else {
+        panic!("no MANAGER STATUS and ENGINE VERSION columns in:\n{out}")
+    };
     out.lines()
         .skip(1)
         .filter(|l| !l.trim().is_empty())
         .map(|l| {
-            let mut f: Vec<&str> = l.split_whitespace().collect();
+            let mut f: Vec<&str> = l
+                .get(..manager_col)
+                .unwrap_or(l)
+                .split_whitespace()
+                .collect();
             let is_self = f.get(1) == Some(&"*");
             if is_self {
                 f.remove(1);
             }
+            let col = |from: usize, to: usize| {
+                l.get(from..to.min(l.len()))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string()
+            };
             NodeRow {
                 id: f[0].to_string(),
                 is_self,
@@ -635,7 +653,8 @@ pub fn parse_node_ls(out: &str) -> Vec<NodeRow> {
                 status: f[2].to_string(),
                 availability: f[3].to_string(),
                 cert_expiry: f[4].to_string(),
-                manager: f.get(5).map(|s| s.to_string()).unwrap_or_default(),
+                manager: col(manager_col, version_col),
+                version: col(version_col, l.len()),
             }
         })
         .collect()

@@ -821,13 +821,22 @@ impl Dispatcher for DispatcherService {
                 })
                 .await?;
         }
+        let version = crate::reports::node_version(&r.version)
+            .inspect_err(
+                |e| tracing::warn!(node = %node.id, error = %e, "ignoring a version report"),
+            )
+            .unwrap_or_default();
         if let Some(res) = &r.resources {
             match crate::reports::node_resources(res) {
-                Ok(res) if res != node.resources => {
+                Ok(res)
+                    if res != node.resources
+                        || (!version.is_empty() && version != node.version) =>
+                {
                     self.core
                         .propose(Command::SetNodeResources {
                             id: node.id,
                             resources: res,
+                            version,
                         })
                         .await?;
                 }

@@ -121,6 +121,11 @@ pub enum Command {
         id: NodeId,
         /// What it has.
         resources: NodeResources,
+        /// Its weft version (absent from older entries; a field here, not
+        /// a command of its own, so that a manager of the version before
+        /// reads the entry during a rolling upgrade).
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        version: String,
     },
     /// A certificate was issued to a node.
     SetCertExpiry {
@@ -592,9 +597,16 @@ impl State {
                 node.data_path_addr = data_path_addr.clone();
                 Ok(Applied::Node(Box::new(node.clone())))
             }
-            Command::SetNodeResources { id, resources } => {
+            Command::SetNodeResources {
+                id,
+                resources,
+                version,
+            } => {
                 let node = self.node_mut(*id)?;
                 node.resources = *resources;
+                if !version.is_empty() {
+                    node.version = version.clone();
+                }
                 Ok(Applied::Node(Box::new(node.clone())))
             }
             Command::SetCertExpiry { id, expiry, role } => {

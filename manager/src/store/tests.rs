@@ -979,11 +979,25 @@ fn resources_round_trip_and_old_records_read_without_them() {
         nano_cpus: 2_000_000_000,
         memory_bytes: 1 << 30,
     };
-    s.apply(&Command::SetNodeResources { id, resources: res })
-        .unwrap();
+    let cmd = Command::SetNodeResources {
+        id,
+        resources: res,
+        version: "1.2.3".into(),
+    };
+    s.apply(&cmd).unwrap();
     assert_eq!(s.nodes[&id].resources, res);
-    let cmd = serde_json::to_string(&Command::SetNodeResources { id, resources: res }).unwrap();
-    let _: Command = serde_json::from_str(&cmd).unwrap();
+    assert_eq!(s.nodes[&id].version, "1.2.3");
+    let json = serde_json::to_string(&cmd).unwrap();
+    assert_eq!(serde_json::from_str::<Command>(&json).unwrap(), cmd);
+    // An entry of the version before (no version) still reads, and keeps
+    // the version known.
+    let old = format!(
+        r#"{{"SetNodeResources":{{"id":{},"resources":{{"nano_cpus":1,"memory_bytes":2}}}}}}"#,
+        serde_json::to_string(&id).unwrap()
+    );
+    let old: Command = serde_json::from_str(&old).unwrap();
+    s.apply(&old).unwrap();
+    assert_eq!(s.nodes[&id].version, "1.2.3");
 }
 
 /// A Docker endpoint's task gets its `-p` ports once, after it was made;

@@ -149,6 +149,9 @@ pub struct Node {
     /// Its CPUs and memory, as it reports them (absent in old records).
     #[serde(default)]
     pub resources: NodeResources,
+    /// Its weft version, as it reports it (empty: not reported).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub version: String,
 }
 
 /// Cluster identity and settings, fixed at `init` unless noted.
