@@ -56,6 +56,9 @@ pub enum Command {
     Leave(LeaveArgs),
     /// Show cluster and node information.
     Info,
+    /// Stream the cluster's changes as a manager applies them (nodes,
+    /// networks, services, tasks, cluster settings), as `docker events`.
+    Events(EventsArgs),
     /// Show the version of this client and of the daemon it talks to (each
     /// node's is in `node ls`).
     Version,
@@ -785,6 +788,33 @@ pub struct LogFlags {
     /// Show when each line was written (RFC 3339, UTC, nanoseconds).
     #[arg(short, long)]
     pub timestamps: bool,
+}
+
+/// `weft events`.
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Start with the events since TIME: RFC 3339 (2026-12-03T10:00:00Z) or
+    /// a duration ago (30s, 10m, 1h30m). A manager keeps its last 20,000
+    /// events in memory. Without --since or --since-index: from now.
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true, value_parser = crate::logs_cmd::parse_since)]
+    pub since: Option<std::time::SystemTime>,
+    /// Stop at TIME (as --since); without it, stream until Ctrl-C.
+    #[arg(long, value_name = "TIME", allow_hyphen_values = true, value_parser = crate::logs_cmd::parse_since)]
+    pub until: Option<std::time::SystemTime>,
+    /// Start with the events of the Raft entry INDEX (an event's `Index`
+    /// in --format json): resumes a stream, on any manager, with no event
+    /// missed or repeated.
+    #[arg(long, value_name = "INDEX", value_parser = clap::value_parser!(u64).range(1..))]
+    pub since_index: Option<u64>,
+    /// KEY=VALUE, repeatable: type=cluster|node|network|service|task,
+    /// event=create|update|remove|connect|disconnect, or node=, network=,
+    /// service=, task= with an ID or name (node= and service= also match
+    /// their tasks). Values of one key: any; different keys: all.
+    #[arg(short, long, value_name = "FILTER")]
+    pub filter: Vec<String>,
+    /// json: one JSON object per line (Docker's shape, plus Index).
+    #[arg(long, value_name = "FORMAT")]
+    pub format: Option<String>,
 }
 
 /// `weft service create`.

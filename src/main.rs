@@ -9,6 +9,7 @@ mod commands;
 mod daemon;
 mod docker_plugin;
 mod doctor;
+mod events_cmd;
 mod health_args;
 mod image_cmd;
 mod isolation;
@@ -201,6 +202,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 Command::UnlockKey { rotate, quiet } => unlock::unlock_key(&c, rotate, quiet).await,
                 Command::Node(n) => commands::node(&c, n).await,
                 Command::Cluster(n) => commands::cluster(&c, n).await,
+                Command::Events(a) => events_cmd::events(&c, a).await,
                 Command::Network(n) => commands::network(&c, n).await,
                 Command::Service(n) => commands::service(&c, n).await,
                 // Local but for `image ls --all-nodes` (a Control call).

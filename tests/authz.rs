@@ -89,6 +89,7 @@ async fn control_calls(ch: Channel, set: Set) -> Vec<Outcome> {
         out,
         c.list_cluster_images(pb::ListClusterImagesRequest::default())
     );
+    call!(out, c.events(pb::EventsRequest::default()));
     if set == Set::Reads {
         return out;
     }

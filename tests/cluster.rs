@@ -506,3 +506,208 @@ fn bad_input_and_refused_credentials() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `weft events --format json` running on `host`, its lines read by a
+/// thread; killed when dropped.
+struct EventStream {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<serde_json::Value>,
+    seen: Vec<serde_json::Value>,
+}
+
+impl EventStream {
+    fn start(lab: &Lab, host: &str) -> EventStream {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(common::WEFT)
+            .arg("-H")
+            .arg(format!("unix://{}", lab.socket_path(host).display()))
+            .args(["events", "--format", "json"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn weft events");
+        let out = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                let v = serde_json::from_str(&l).unwrap_or_else(|e| panic!("{e}: {l}"));
+                if tx.send(v).is_err() {
+                    return;
+                }
+            }
+        });
+        EventStream {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Reads events until one satisfies `cond`.
+    fn until(&mut self, what: &str, cond: impl Fn(&serde_json::Value) -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(v) => {
+                    let done = cond(&v);
+                    self.seen.push(v);
+                    if done {
+                        return;
+                    }
+                }
+                Err(e) => panic!("no event {what} ({e}); seen: {:#?}", self.seen),
+            }
+        }
+    }
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn is_event(v: &serde_json::Value, kind: &str, action: &str, name: &str) -> bool {
+    v["Type"] == kind && v["Action"] == action && v["Actor"]["Attributes"]["name"] == name
+}
+
+/// `weft events --format json` on `host` from the entry `first` until now.
+fn replay(lab: &Lab, host: &str, first: &str, filters: &[&str]) -> Vec<serde_json::Value> {
+    let mut args = vec![
+        "events",
+        "--since-index",
+        first,
+        "--until",
+        "0s",
+        "--format",
+        "json",
+    ];
+    args.extend_from_slice(filters);
+    lab.weft(host, &args)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+#[test]
+fn events_stream_through_a_leader_change_and_resume_on_another_manager() {
+    let mut lab = five_node_cluster("events", &[]);
+    let old = leader_of(&lab, "m1").expect("a leader");
+    let followers: Vec<&str> = ["m1", "m2", "m3"]
+        .into_iter()
+        .filter(|m| *m != old)
+        .collect();
+    let (watcher, other) = (followers[0], followers[1]);
+
+    // A stream on a follower, from now: the first change it shows proves
+    // it is live.
+    let mut stream = EventStream::start(&lab, watcher);
+    wait_for("the stream shows a change", Duration::from_secs(20), || {
+        lab.weft(&old, &["node", "update", "--label-add", "probe=1", "w1"]);
+        stream
+            .lines
+            .recv_timeout(Duration::from_millis(500))
+            .map(|v| stream.seen.push(v))
+            .is_ok()
+    });
+    let before_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    lab.weft(&old, &["network", "create", "--attachable", "before-net"]);
+    stream.until("before-net created", |v| {
+        is_event(v, "network", "create", "before-net")
+    });
+    let after_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let made = stream.seen.last().unwrap();
+    let at = made["timeNano"].as_u64().unwrap() / 1_000_000;
+    assert!(
+        (before_ms..=after_ms).contains(&at),
+        "the event's time is the entry's: {before_ms} ≤ {at} ≤ {after_ms}"
+    );
+
+    // The leader dies; the same stream goes on with the new leader's writes.
+    lab.kill9(&old);
+    wait_for("a new leader", Duration::from_secs(15), || {
+        leader_of(&lab, other).is_some_and(|l| l != old)
+    });
+    lab.weft(other, &["network", "create", "--attachable", "after-net"]);
+    lab.weft(other, &["network", "rm", "before-net"]);
+    stream.until("before-net removed", |v| {
+        is_event(v, "network", "remove", "before-net")
+    });
+    assert!(
+        stream
+            .seen
+            .iter()
+            .any(|v| is_event(v, "network", "create", "after-net"))
+    );
+    let indexes: Vec<u64> = stream
+        .seen
+        .iter()
+        .map(|v| v["Index"].as_u64().unwrap())
+        .collect();
+    assert!(
+        indexes.windows(2).all(|w| w[0] <= w[1]),
+        "in index order: {indexes:?}"
+    );
+    let mut lines: Vec<String> = stream.seen.iter().map(|v| v.to_string()).collect();
+    lines.sort();
+    let all = lines.len();
+    lines.dedup();
+    assert_eq!(lines.len(), all, "no event twice");
+
+    // On the other manager, from the first index the stream showed: the
+    // same events, times included, none missed or repeated.
+    let first = indexes[0].to_string();
+    let resumed = replay(&lab, other, &first, &[]);
+    let last = resumed.last().expect("events")["Index"].as_u64().unwrap();
+    stream.until("the resumed stream's last entry", |v| {
+        v["Index"].as_u64() >= Some(last)
+    });
+    let upto = |v: &&serde_json::Value| v["Index"].as_u64() <= Some(last);
+    let watched: Vec<_> = stream.seen.iter().filter(upto).collect();
+    let resumed: Vec<_> = resumed.iter().filter(upto).collect();
+    assert_eq!(watched, resumed);
+
+    // Filters: network creations only.
+    let created = replay(
+        &lab,
+        other,
+        &first,
+        &["--filter", "type=network", "--filter", "event=create"],
+    );
+    let names: Vec<_> = created
+        .iter()
+        .map(|v| v["Actor"]["Attributes"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["before-net", "after-net"]);
+    let text = lab.weft(
+        other,
+        &[
+            "events",
+            "--since-index",
+            &first,
+            "--until",
+            "0s",
+            "--filter",
+            "network=after-net",
+        ],
+    );
+    assert!(
+        text.lines().count() == 1
+            && text.contains(" network create ")
+            && text.contains("name=after-net"),
+        "{text}"
+    );
+
+    // Bad input: a clear error; a worker has no store.
+    let err = lab.weft_err(other, &["events", "--filter", "type=container"]);
+    assert!(err.contains("expected one of"), "{err}");
+    let err = lab.weft_err("w1", &["events"]);
+    assert!(err.contains("not a manager"), "{err}");
+}

@@ -1089,12 +1089,28 @@ impl Control for ControlService {
             ControlService::service_logs(self, req.into_inner()).await?,
         ))
     }
+
+    type EventsStream = events::EventStream;
+
+    /// Read from this manager's own store, without a read index: a
+    /// follower keeps streaming while the cluster elects a leader.
+    async fn events(
+        &self,
+        req: Request<pb::EventsRequest>,
+    ) -> std::result::Result<Response<events::EventStream>, Status> {
+        self.authorize(&req)?;
+        Ok(Response::new(events::open(
+            self.core.store().clone(),
+            req.get_ref(),
+        )?))
+    }
 }
 
 #[cfg(test)]
 mod tests;
 
 mod autolock;
+mod events;
 mod images;
 mod local;
 mod networks;

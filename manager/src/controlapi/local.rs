@@ -216,6 +216,15 @@ impl Control for LocalControl {
 
     type ServiceLogsStream = super::LogStream;
 
+    type EventsStream = super::events::EventStream;
+
+    async fn events(
+        &self,
+        req: Request<pb::EventsRequest>,
+    ) -> std::result::Result<Response<super::events::EventStream>, Status> {
+        Control::events(&self.inner()?, req).await
+    }
+
     async fn service_logs(
         &self,
         req: Request<pb::ServiceLogsRequest>,

@@ -87,34 +87,90 @@ impl std::fmt::Display for RaftNode {
     }
 }
 
-/// The application data of one log entry: commands applied in order.
+/// The application data of one log entry: commands applied in order, and
+/// when the leader's batcher made the entry.
 ///
 /// Proposers never build one themselves; [`RaftHandle::propose`] groups
 /// concurrent commands into batches. The commands sit behind an `Arc`
 /// because openraft clones every entry several times (log copy, each
-/// replication stream, apply); encoded as the plain command list.
+/// replication stream, apply). Encoded as `{"time_ms":…,"commands":[…]}`;
+/// entries written before the time was recorded are the plain command list
+/// and read with `time_ms` 0.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Batch(pub Arc<Vec<Command>>);
+pub struct Batch {
+    /// The commands, applied in order.
+    pub commands: Arc<Vec<Command>>,
+    /// The leader's clock when it made the entry, unix ms (0: unknown). The
+    /// time of the entry's events (`weft events`), the same on every
+    /// manager and after every restart.
+    pub time_ms: u64,
+}
 
 impl Batch {
-    /// A batch of `commands`.
+    /// A batch of `commands`, made now.
     pub fn new(commands: Vec<Command>) -> Self {
-        Batch(Arc::new(commands))
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        Batch::at(commands, now)
+    }
+
+    /// A batch of `commands` made at `time_ms`.
+    pub fn at(commands: Vec<Command>, time_ms: u64) -> Self {
+        Batch {
+            commands: Arc::new(commands),
+            time_ms,
+        }
     }
 }
 
 impl Serialize for Batch {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_newtype_struct("Batch", self.0.as_slice())
+        use serde::ser::SerializeStruct;
+        let mut st = s.serialize_struct("Batch", 2)?;
+        st.serialize_field("time_ms", &self.time_ms)?;
+        st.serialize_field("commands", self.commands.as_slice())?;
+        st.end()
     }
 }
 
 impl<'de> Deserialize<'de> for Batch {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(rename = "Batch")]
-        struct Plain(Vec<Command>);
-        Plain::deserialize(d).map(|p| Batch::new(p.0))
+        d.deserialize_any(BatchVisitor)
+    }
+}
+
+/// Reads both encodings of a [`Batch`] without buffering the entry.
+struct BatchVisitor;
+
+impl<'de> serde::de::Visitor<'de> for BatchVisitor {
+    type Value = Batch;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a batch: {time_ms, commands} or a list of commands")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Batch, A::Error> {
+        let mut commands = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1024));
+        while let Some(c) = seq.next_element()? {
+            commands.push(c);
+        }
+        Ok(Batch::at(commands, 0))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Batch, A::Error> {
+        let (mut time_ms, mut commands) = (None, None);
+        while let Some(key) = map.next_key::<String>()? {
+            match key.as_str() {
+                "time_ms" => time_ms = Some(map.next_value()?),
+                "commands" => commands = Some(map.next_value()?),
+                _ => {
+                    map.next_value::<serde::de::IgnoredAny>()?;
+                }
+            }
+        }
+        let commands = commands.ok_or_else(|| serde::de::Error::missing_field("commands"))?;
+        Ok(Batch::at(commands, time_ms.unwrap_or(0)))
     }
 }
 

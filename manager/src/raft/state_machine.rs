@@ -10,7 +10,7 @@
 #![allow(clippy::result_large_err)]
 
 use std::io::Cursor;
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use openraft::storage::RaftStateMachine;
 use openraft::{
@@ -25,6 +25,7 @@ use super::log_store::{
     Db, LogShared, SNAPSHOT, SNAPSHOT_DATA_KEY, SNAPSHOT_META_KEY, blocking, from_json, to_json,
 };
 use super::{BatchResult, RaftNode, StorageError, TypeConfig};
+use crate::store::events::{self, EventLog};
 use crate::store::{NodeId, State};
 
 type Meta = SnapshotMeta<NodeId, RaftNode>;
@@ -43,6 +44,8 @@ pub struct StoreHandle {
 struct Shared {
     state: RwLock<State>,
     applied: watch::Sender<u64>,
+    /// The events of the last entries applied (`weft events`).
+    events: Mutex<EventLog>,
 }
 
 impl StoreHandle {
@@ -51,6 +54,7 @@ impl StoreHandle {
             inner: Arc::new(Shared {
                 state: RwLock::new(state),
                 applied: watch::Sender::new(applied),
+                events: Mutex::new(EventLog::after(applied)),
             }),
         }
     }
@@ -74,6 +78,15 @@ impl StoreHandle {
     /// The last applied log index (0 before anything was applied).
     pub fn applied_index(&self) -> u64 {
         *self.inner.applied.borrow()
+    }
+
+    /// The events kept on this manager (see [`EventLog`]); never held
+    /// across an `.await`.
+    pub fn events(&self) -> std::sync::MutexGuard<'_, EventLog> {
+        self.inner
+            .events
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
@@ -240,20 +253,41 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             self.log.wait_durable(last.log_id).await?;
         }
         let mut out = Vec::with_capacity(entries.len());
+        let mut changes = Vec::new();
         {
             let mut state = self.store.write();
             for entry in entries {
                 self.last_applied = Some(entry.log_id);
                 match entry.payload {
                     EntryPayload::Blank => out.push(BatchResult::default()),
-                    EntryPayload::Normal(batch) => out.push(BatchResult(
-                        batch.0.iter().map(|c| state.apply(c)).collect(),
-                    )),
+                    EntryPayload::Normal(batch) => {
+                        let mut made = Vec::new();
+                        let results = batch
+                            .commands
+                            .iter()
+                            .map(|c| {
+                                let was = events::before(&state, c);
+                                let r = state.apply(c);
+                                if r.is_ok() {
+                                    made.extend(events::after(&state, c, was));
+                                }
+                                r
+                            })
+                            .collect();
+                        changes.push((entry.log_id.index, batch.time_ms, made));
+                        out.push(BatchResult(results));
+                    }
                     EntryPayload::Membership(m) => {
                         self.last_membership = Membership::new(Some(entry.log_id), m);
                         out.push(BatchResult::default());
                     }
                 }
+            }
+        }
+        if !changes.is_empty() {
+            let mut log = self.store.events();
+            for (index, time_ms, made) in changes {
+                log.push_entry(index, time_ms, made);
             }
         }
         if let Some(l) = self.last_applied {
@@ -292,6 +326,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let stored_meta = meta.clone();
         blocking(move || write_snapshot(&db, &stored_meta, &bytes)).await?;
         *self.store.write() = data.state;
+        self.store
+            .events()
+            .reset(meta.last_log_id.map_or(0, |l| l.index));
         self.last_applied = meta.last_log_id;
         self.last_membership = meta.last_membership.clone();
         self.store.notify(meta.last_log_id.map_or(0, |l| l.index));

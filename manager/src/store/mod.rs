@@ -8,6 +8,7 @@
 //!
 //! The store runs without Raft: tests and reconcilers use `State` directly.
 
+pub mod events;
 pub mod ipam;
 pub mod netmodel;
 mod task_state;

@@ -145,3 +145,25 @@ async fn fresh_directory_gets_a_new_log() {
     assert!(dir.path().join(WAL_FILE).exists());
     assert_eq!(log.read_vote().await.expect("vote"), None);
 }
+
+/// Entries keep their time; entries written before batches had one (a plain
+/// command list) still read, with time 0.
+#[test]
+fn batches_carry_their_time_and_old_entries_still_read() {
+    use crate::store::{Command, NodeId};
+    let cmd = Command::RemoveNode { id: NodeId(7) };
+    let b = Batch::at(vec![cmd.clone()], 1_700_000_000_123);
+    let json = serde_json::to_string(&b).unwrap();
+    assert!(
+        json.starts_with(r#"{"time_ms":1700000000123,"commands":["#),
+        "{json}"
+    );
+    assert_eq!(serde_json::from_str::<Batch>(&json).unwrap(), b);
+    let old = serde_json::to_string(&vec![cmd.clone()]).unwrap();
+    assert_eq!(
+        serde_json::from_str::<Batch>(&old).unwrap(),
+        Batch::at(vec![cmd], 0)
+    );
+    assert!(serde_json::from_str::<Batch>(r#"{"time_ms":1}"#).is_err());
+    assert!(serde_json::from_str::<Batch>("3").is_err());
+}
