@@ -636,7 +636,11 @@ fn removed_containers_finish_their_work_in_their_grace_period_and_block_nothing(
     }
     assert!(!lab.weft("m1", &["service", "ls"]).contains("bad"));
 
-    // A host-process sink that prints what it is sent.
+    // A host-process sink that prints what it is sent. Its nc reads
+    // stdin from a FIFO nobody writes to: busybox nc closes a connection
+    // once its stdin ends, so with stdin at end of file (/dev/null) it drops
+    // a sender slower to write than to connect (as a loaded machine makes
+    // the `echo | nc` of the replicas below).
     let sink = lab.run_task(
         "m1",
         &[
@@ -651,7 +655,8 @@ fn removed_containers_finish_their_work_in_their_grace_period_and_block_nothing(
             "busybox",
             "sh",
             "-c",
-            "while true; do busybox nc -l -p 7000; done",
+            "f=$(busybox mktemp -u) && busybox mkfifo $f && exec 3<>$f && busybox rm $f && \
+             while true; do busybox nc -l -p 7000 <&3; done",
         ],
     );
     let said = |what: &str| {
