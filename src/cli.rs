@@ -519,11 +519,15 @@ pub enum NodeCommand {
         #[arg(required = true)]
         nodes: Vec<String>,
     },
-    /// Change a node's availability or labels.
+    /// Change a node's availability, labels or role.
     Update {
         /// active, pause or drain.
         #[arg(long, value_enum)]
         availability: Option<AvailabilityArg>,
+        /// worker or manager: as `node demote` or `node promote` (on its
+        /// own: a role change is not made together with other changes).
+        #[arg(long, value_enum, conflicts_with_all = ["availability", "label_add", "label_rm"])]
+        role: Option<RoleArg>,
         /// Add or replace a label, key=value (repeatable; a node has at most
         /// 128 labels, keys of up to 128 bytes, values of up to 1024).
         #[arg(long = "label-add")]

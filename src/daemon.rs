@@ -43,6 +43,7 @@ mod attach_stdio;
 mod cni;
 mod docker;
 mod exec;
+mod host_facts;
 mod images;
 mod lifecycle;
 mod metrics;
@@ -1020,8 +1021,13 @@ impl NodeService {
             version: env!("CARGO_PKG_VERSION").into(),
             data_dir: self.data_dir.display().to_string(),
             exec_root: self.exec_root.display().to_string(),
+            tasks_by_state: weft_worker::metrics::METRICS
+                .tasks_by_state()
+                .into_iter()
+                .collect(),
             ..Default::default()
         };
+        host_facts::fill(&mut resp);
         let Some(a) = guard.as_ref() else {
             if self.locked.get() {
                 resp.state = "locked".into();

@@ -114,6 +114,32 @@ fn three_managers_two_workers_form_a_cluster() {
         );
     }
 
+    // `weft info`: the host, this node's tasks and, on a manager, the
+    // cluster's, by state.
+    wait_for("w1's info counts its task", Duration::from_secs(15), || {
+        lab.weft("w1", &["info"])
+            .contains("\nTasks: 1 (running 1)\n")
+    });
+    let info = lab.weft("w1", &["info"]);
+    let kernel = std::process::Command::new("uname")
+        .arg("-r")
+        .output()
+        .unwrap();
+    let kernel = String::from_utf8_lossy(&kernel.stdout);
+    let cpus = std::thread::available_parallelism().unwrap().get();
+    for line in [
+        format!("Server Version: {version}"),
+        format!("Kernel Version: {}", kernel.trim()),
+        format!("CPUs: {cpus}"),
+        format!("Architecture: {}", std::env::consts::ARCH),
+    ] {
+        assert!(info.contains(&line), "{line} in {info}");
+    }
+    let info = lab.weft("m2", &["info"]);
+    assert!(info.contains("\nTasks: 0\n"), "m2 runs none: {info}");
+    let info = lab.weft("m3", &["info"]);
+    assert!(info.contains(" Cluster tasks: 1 (running 1)"), "{info}");
+
     // `node ps`: a node's tasks, from any manager; `self` by default.
     let ps = lab.weft("m3", &["node", "ps", "w1"]);
     let rows: Vec<&str> = ps.lines().skip(1).collect();
@@ -331,7 +357,23 @@ fn promote_demote_remove_and_leave() {
     let err = lab.weft_err("m1", &["node", "promote", "nosuchnode"]);
     assert!(err.contains("no such node"), "{err}");
 
-    lab.weft("m1", &["node", "promote", "n2", "n3"]);
+    lab.weft("m1", &["node", "promote", "n2"]);
+    // `node update --role` is the other way to say it, and on its own.
+    let err = lab.weft_err(
+        "m1",
+        &[
+            "node",
+            "update",
+            "--role",
+            "manager",
+            "--label-add",
+            "a=b",
+            "n3",
+        ],
+    );
+    assert!(err.contains("cannot be used with"), "{err}");
+    let out = lab.weft("m1", &["node", "update", "--role", "manager", "n3"]);
+    assert!(out.contains("n3 promoted to a manager"), "{out}");
     for n in ["n2", "n3"] {
         wait_for(
             &format!("{n} a reachable manager"),
@@ -366,7 +408,7 @@ fn promote_demote_remove_and_leave() {
         "a refused demote changes nothing"
     );
     // Demoting the down one is safe; it learns its new role when it returns.
-    lab.weft("m1", &["node", "demote", "n3"]);
+    lab.weft("m1", &["node", "update", "--role", "worker", "n3"]);
     lab.start("n3");
     wait_for("n3 a worker again", Duration::from_secs(20), || {
         lab.weft("n3", &["info"]).contains("Role: worker")

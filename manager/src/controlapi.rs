@@ -267,10 +267,14 @@ impl ControlService {
     pub fn summary(&self) -> Result<pb::ClusterSummary> {
         let c = self.core.cluster()?;
         let m = self.core.raft().metrics();
-        let (managers, nodes_total) = self.core.read(|s: &State| {
+        let (managers, nodes_total, tasks_by_state) = self.core.read(|s: &State| {
             (
                 s.managers().map(|n| self.wire(n)).collect::<Vec<_>>(),
                 s.nodes.len(),
+                s.tasks_by_state()
+                    .into_iter()
+                    .map(|(k, n)| (k.to_string(), n))
+                    .collect(),
             )
         });
         let leader_addr = self.core.leader_addr().unwrap_or_default();
@@ -301,6 +305,7 @@ impl ControlService {
             ingress_subnet: c.settings.ingress_subnet().to_string(),
             autolock: c.autolock(),
             unlock_key: String::new(),
+            tasks_by_state,
         })
     }
 

@@ -186,13 +186,13 @@ pub fn snapshot(core: &crate::core::Core) -> Snapshot {
             };
             *nodes.entry(st).or_default() += 1;
         }
-        let mut tasks = std::collections::BTreeMap::<&'static str, i64>::new();
-        for t in s.tasks.values() {
-            *tasks.entry(t.status.state.name()).or_default() += 1;
-        }
+        let tasks = s
+            .tasks_by_state()
+            .into_iter()
+            .map(|(k, n)| (k, i64::try_from(n).unwrap_or(i64::MAX)));
         (
             nodes.into_iter().collect::<Vec<_>>(),
-            tasks.into_iter().collect::<Vec<_>>(),
+            tasks.collect::<Vec<_>>(),
         )
     });
     let lag = raft

@@ -340,6 +340,16 @@ pub async fn version(host: &str, tls: &TlsFiles) -> anyhow::Result<()> {
 /// `weft info`.
 pub async fn info(c: &Client) -> anyhow::Result<()> {
     let i = c.daemon_info().await?;
+    println!("Server Version: {}", i.version);
+    println!("Kernel Version: {}", i.kernel_version);
+    println!("Operating System: {}", i.operating_system);
+    println!("Architecture: {}", i.architecture);
+    println!("CPUs: {}", i.ncpu);
+    println!(
+        "Total Memory: {:.2}GiB",
+        i.mem_total_bytes as f64 / f64::from(1u32 << 30)
+    );
+    println!("Tasks: {}", by_state(&i.tasks_by_state));
     println!("Cluster: {}", i.state);
     println!(" Data dir: {}", i.data_dir);
     println!(" Exec root: {}", i.exec_root);
@@ -379,6 +389,7 @@ pub async fn info(c: &Client) -> anyhow::Result<()> {
                 );
             }
             println!(" Nodes: {}", cl.nodes_total);
+            println!(" Cluster tasks: {}", by_state(&cl.tasks_by_state));
             println!(" Raft:");
             println!("  Term: {}", cl.raft_term);
             println!("  Commit index: {}", cl.raft_commit_index);
@@ -408,6 +419,18 @@ pub async fn info(c: &Client) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `3 (running 2, exited 1)`: the total, then each state's count.
+fn by_state(counts: &std::collections::HashMap<String, u64>) -> String {
+    let mut states: Vec<_> = counts.iter().filter(|(_, n)| **n > 0).collect();
+    states.sort();
+    let total: u64 = states.iter().map(|(_, n)| **n).sum();
+    if states.is_empty() {
+        return "0".into();
+    }
+    let each: Vec<String> = states.iter().map(|(s, n)| format!("{s} {n}")).collect();
+    format!("{total} ({})", each.join(", "))
 }
 
 fn role_text(r: i32) -> &'static str {

@@ -112,10 +112,31 @@ pub async fn node(c: &Client, cmd: NodeCommand) -> anyhow::Result<()> {
             }
         }
         NodeCommand::Update {
+            role: Some(role),
+            node,
+            ..
+        } => {
+            let (role, done) = match role {
+                RoleArg::Manager => (pb::NodeRole::Manager, "promoted to a manager"),
+                RoleArg::Worker => (pb::NodeRole::Worker, "demoted to a worker"),
+            };
+            let r = ctl
+                .set_node_role(pb::SetNodeRoleRequest {
+                    node,
+                    role: role as i32,
+                    force: false,
+                })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            println!("Node {} {done}.", r.hostname);
+        }
+        NodeCommand::Update {
             availability,
             label_add,
             label_rm,
             node,
+            role: None,
         } => {
             let mut adds = HashMap::new();
             for l in label_add {
@@ -126,7 +147,7 @@ pub async fn node(c: &Client, cmd: NodeCommand) -> anyhow::Result<()> {
                 adds.insert(k.to_string(), v.to_string());
             }
             if availability.is_none() && adds.is_empty() && label_rm.is_empty() {
-                bail!("nothing to update: give --availability, --label-add or --label-rm");
+                bail!("nothing to update: give --availability, --label-add, --label-rm or --role");
             }
             let availability = match availability {
                 None => pb::Availability::Unspecified,

@@ -49,6 +49,8 @@ pub struct NodeMetrics {
     /// changed it, and weft put it back.
     pub drift_repairs: Counter,
     tasks: Family<StateLabel, Gauge>,
+    /// The same counts, for `weft info`.
+    last_tasks: RwLock<BTreeMap<String, u64>>,
     peers: Family<NetworkLabel, Gauge>,
     /// WireGuard public key → node ID, from the config.
     peer_names: RwLock<BTreeMap<String, String>>,
@@ -63,11 +65,20 @@ pub static METRICS: LazyLock<NodeMetrics> = LazyLock::new(|| NodeMetrics {
     )),
     drift_repairs: Counter::default(),
     tasks: Family::default(),
+    last_tasks: RwLock::new(BTreeMap::new()),
     peers: Family::default(),
     peer_names: RwLock::new(BTreeMap::new()),
 });
 
 impl NodeMetrics {
+    /// This node's tasks by state, as it last reported them.
+    pub fn tasks_by_state(&self) -> BTreeMap<String, u64> {
+        self.last_tasks
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     /// Records a pass's outcome and duration.
     pub fn pass(&self, ok: bool, took: std::time::Duration) {
         let result = if ok { "ok" } else { "error" };
@@ -91,9 +102,17 @@ impl NodeMetrics {
             *tasks.entry(name).or_default() += 1;
         }
         self.tasks.clear();
-        for (state, n) in tasks {
-            self.tasks.get_or_create(&StateLabel { state }).set(n);
+        for (state, n) in &tasks {
+            self.tasks
+                .get_or_create(&StateLabel {
+                    state: state.clone(),
+                })
+                .set(*n);
         }
+        *self.last_tasks.write().unwrap_or_else(|p| p.into_inner()) = tasks
+            .into_iter()
+            .map(|(k, n)| (k, n.unsigned_abs()))
+            .collect();
         self.peers.clear();
         for n in &c.networks {
             self.peers

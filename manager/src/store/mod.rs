@@ -1286,6 +1286,15 @@ impl State {
             .ok_or_else(|| StoreError::NodeNotFound(id.to_string()))
     }
 
+    /// How many tasks are in each observed state (`running`, `failed`…).
+    pub fn tasks_by_state(&self) -> BTreeMap<&'static str, u64> {
+        let mut by = BTreeMap::new();
+        for t in self.tasks.values() {
+            *by.entry(t.status.state.name()).or_default() += 1;
+        }
+        by
+    }
+
     /// Nodes whose desired role is manager.
     pub fn managers(&self) -> impl Iterator<Item = &Node> {
         self.nodes.values().filter(|n| n.role == Role::Manager)
