@@ -151,14 +151,14 @@ pub enum Command {
         /// Task name or ID (tasks of this node).
         task: String,
     },
-    /// List this node's tasks.
+    /// List this node's tasks. Filters: id=, name=, status= (running,
+    /// exited…). Fields: .ID .Name .State .Addresses .Ports .Command.
     Ps {
         /// Also tasks that exited.
         #[arg(short, long)]
         all: bool,
-        /// Only print IDs.
-        #[arg(short, long)]
-        quiet: bool,
+        #[command(flatten)]
+        list: ListFlags,
     },
     /// Print a task's output (tasks of this node): stdout to stdout,
     /// stderr to stderr.
@@ -503,12 +503,13 @@ pub enum AvailabilityArg {
 /// `weft node …`.
 #[derive(Debug, Subcommand)]
 pub enum NodeCommand {
-    /// List the nodes of the cluster.
+    /// List the nodes of the cluster. Filters: id=, name=, role=manager|worker,
+    /// label=KEY or label=KEY=VALUE. Fields: .ID .Self .Hostname .Status
+    /// .Availability .ManagerStatus .EngineVersion .CertExpiry .Labels.
     #[command(alias = "list")]
     Ls {
-        /// Only print IDs.
-        #[arg(short, long)]
-        quiet: bool,
+        #[command(flatten)]
+        list: ListFlags,
     },
     /// Show one or more nodes (`self` is this node).
     Inspect {
@@ -538,8 +539,11 @@ pub enum NodeCommand {
         /// The node.
         node: String,
     },
-    /// List the tasks on nodes (default: this node), as `service ps` does.
+    /// List the tasks on nodes (default: this node), as `service ps` does
+    /// (the same filters and fields).
     Ps {
+        #[command(flatten)]
+        list: ListFlags,
         /// Node IDs, ID prefixes, host names, or `self`.
         #[arg(default_value = "self")]
         nodes: Vec<String>,
@@ -602,15 +606,14 @@ pub enum NetworkCommand {
         /// Task name or ID.
         task: String,
     },
-    /// List networks.
+    /// List networks. Filters: name= (part of the name), id= (a prefix),
+    /// driver=, label=KEY or label=KEY=VALUE. Fields: .ID .Name .Driver
+    /// .Scope .Subnet .Gateway .MTU .Internal .Attachable .Encrypted
+    /// .Ingress .Labels.
     #[command(alias = "list")]
     Ls {
-        /// Only print IDs.
-        #[arg(short, long)]
-        quiet: bool,
-        /// Filter: name=…, driver=…, label=key or label=key=value (repeatable).
-        #[arg(short, long)]
-        filter: Vec<String>,
+        #[command(flatten)]
+        list: ListFlags,
     },
     /// Show networks as JSON.
     Inspect {
@@ -730,15 +733,20 @@ pub enum RestartArg {
 pub enum ServiceCommand {
     /// Create a service.
     Create(Box<ServiceCreateArgs>),
-    /// List services.
+    /// List services. Filters: id= (a prefix), name= (part of the name),
+    /// mode=replicated|global. Fields: .ID .Name .Mode .Replicas .Image
+    /// .Ports .Command.
     #[command(alias = "list")]
     Ls {
-        /// Only print IDs.
-        #[arg(short, long)]
-        quiet: bool,
+        #[command(flatten)]
+        list: ListFlags,
     },
-    /// List a service's tasks.
+    /// List a service's tasks. Filters: id=, name=, node=,
+    /// desired-state=running|shutdown. Fields: .ID .Name .Node .Image
+    /// .DesiredState .CurrentState .Addresses .Error.
     Ps {
+        #[command(flatten)]
+        list: ListFlags,
         /// Service name or ID.
         service: String,
     },
@@ -792,6 +800,25 @@ pub struct LogFlags {
     /// Show when each line was written (RFC 3339, UTC, nanoseconds).
     #[arg(short, long)]
     pub timestamps: bool,
+}
+
+/// What the listing commands (`ls`, `ps`) take besides their own flags.
+#[derive(Debug, Args, Default)]
+pub struct ListFlags {
+    /// Only print IDs.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// KEY=VALUE (repeatable): values of one key are alternatives,
+    /// different keys must all match. The keys are the command's.
+    #[arg(short, long, value_name = "FILTER")]
+    pub filter: Vec<String>,
+    /// json (one object per row), or a Go template over the fields, e.g.
+    /// '{{.ID}} {{.Name}}' or 'table {{.ID}}\t{{.Name}}'.
+    #[arg(long, value_name = "FORMAT")]
+    pub format: Option<String>,
+    /// Accepted as docker takes it; weft never truncates.
+    #[arg(long)]
+    pub no_trunc: bool,
 }
 
 /// `weft events`.

@@ -10,6 +10,7 @@ mod daemon;
 mod docker_plugin;
 mod doctor;
 mod events_cmd;
+mod format;
 mod health_args;
 mod image_cmd;
 mod isolation;
@@ -227,9 +228,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     c.require_local("port")?;
                     commands::port(&c, task).await
                 }
-                Command::Ps { all, quiet } => {
+                Command::Ps { all, list } => {
                     c.require_local("ps")?;
-                    commands::ps(&c, all, quiet).await
+                    commands::ps(&c, all, &list).await
                 }
                 Command::Logs { flags, task } => {
                     c.require_local("logs")?;

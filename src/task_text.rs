@@ -83,6 +83,15 @@ pub fn is_failed(s: pb::TaskState) -> bool {
     matches!(s, pb::TaskState::Failed | pb::TaskState::Rejected)
 }
 
+/// `network=ip,…`: a task's addresses.
+pub fn addresses(t: &pb::Task) -> String {
+    t.addresses
+        .iter()
+        .map(|a| format!("{}={}", a.network, a.ip))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

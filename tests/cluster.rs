@@ -140,6 +140,8 @@ fn three_managers_two_workers_form_a_cluster() {
     let info = lab.weft("m3", &["info"]);
     assert!(info.contains(" Cluster tasks: 1 (running 1)"), "{info}");
 
+    listings_filter_and_format(&lab);
+
     // `node ps`: a node's tasks, from any manager; `self` by default.
     let ps = lab.weft("m3", &["node", "ps", "w1"]);
     let rows: Vec<&str> = ps.lines().skip(1).collect();
@@ -752,4 +754,123 @@ fn events_stream_through_a_leader_change_and_resume_on_another_manager() {
     assert!(err.contains("expected one of"), "{err}");
     let err = lab.weft_err("w1", &["events"]);
     assert!(err.contains("not a manager"), "{err}");
+}
+
+/// `--filter`, `--format` and `-q` of the listings, as docker takes them.
+fn listings_filter_and_format(lab: &Lab) {
+    let lines = |out: String| out.lines().map(str::to_owned).collect::<Vec<_>>();
+    let managers = lines(lab.weft(
+        "m2",
+        &[
+            "node",
+            "ls",
+            "--filter",
+            "role=manager",
+            "--format",
+            "{{.Hostname}}",
+        ],
+    ));
+    assert_eq!(managers, ["m1", "m2", "m3"]);
+    let ids = lines(lab.weft("m1", &["node", "ls", "-q", "--filter", "name=w1"]));
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    let json = lines(lab.weft("m1", &["node", "ls", "--format", "json"]));
+    assert_eq!(json.len(), 5);
+    let first: serde_json::Value = serde_json::from_str(&json[0]).unwrap();
+    assert_eq!(first["Hostname"], "m1");
+    assert_eq!(first["EngineVersion"], env!("CARGO_PKG_VERSION"));
+    let table = lab.weft(
+        "m1",
+        &[
+            "node",
+            "ls",
+            "--format",
+            r"table {{.Hostname}}\t{{.ManagerStatus}}",
+        ],
+    );
+    assert!(
+        table.starts_with("HOSTNAME") && table.lines().next().unwrap().contains("MANAGER STATUS"),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("m1") && l.ends_with("Leader")),
+        "{table}"
+    );
+
+    // Bad input: an error, and nothing printed.
+    for (args, says) in [
+        (
+            &["node", "ls", "--format", "{{.Nope}}"][..],
+            "no field .Nope",
+        ),
+        (&["node", "ls", "--filter", "nope=1"][..], "unknown filter"),
+        (&["ps", "--format", "{{.ID"][..], "without its }}"),
+    ] {
+        let out = lab.try_weft("m1", args);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?} printed something");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+
+    let net = lab.weft(
+        "m1",
+        &[
+            "network",
+            "ls",
+            "--filter",
+            "name=appnet",
+            "--format",
+            "{{.Name}} {{.Attachable}}",
+        ],
+    );
+    assert_eq!(net, "appnet true\n");
+    let on_w1 = lab.weft(
+        "m3",
+        &[
+            "node",
+            "ps",
+            "w1",
+            "--filter",
+            "desired-state=running",
+            "--format",
+            "{{.Node}} {{.DesiredState}}",
+        ],
+    );
+    assert_eq!(on_w1, "w1 running\n");
+    let local = lab.weft(
+        "w1",
+        &["ps", "--filter", "status=running", "--format", "{{.State}}"],
+    );
+    assert_eq!(local, "running\n");
+
+    common::sleeping_replicas(lab, "m1", "sleepy", "appnet", 2);
+    wait_for("sleepy runs 2/2", Duration::from_secs(20), || {
+        lab.weft(
+            "m2",
+            &[
+                "service",
+                "ls",
+                "--filter",
+                "mode=replicated",
+                "--format",
+                "{{.Name}} {{.Replicas}}",
+            ],
+        ) == "sleepy 2/2\n"
+    });
+    let tasks = lines(lab.weft("m1", &["service", "ps", "sleepy", "-q"]));
+    assert_eq!(tasks.len(), 2);
+    let none = lab.weft(
+        "m1",
+        &[
+            "service",
+            "ps",
+            "sleepy",
+            "--filter",
+            "desired-state=shutdown",
+        ],
+    );
+    assert_eq!(none.lines().count(), 1, "only the header: {none}");
+    lab.weft("m1", &["service", "rm", "sleepy"]);
 }

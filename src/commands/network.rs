@@ -99,26 +99,14 @@ fn network_json(d: &pb::NetworkDetail) -> serde_json::Value {
     v
 }
 
-/// `weft network ls [-q] [--filter K=V]`.
+/// `weft network ls [-q] [--filter K=V] [--format F]`.
 async fn ls(
     c: &Client,
     ctl: &mut weft_proto::v1::control_client::ControlClient<tonic::transport::Channel>,
-    quiet: bool,
-    filter: &[String],
+    list: &crate::cli::ListFlags,
 ) -> anyhow::Result<()> {
-    let filters: Vec<(String, String)> = filter
-        .iter()
-        .map(|f| {
-            f.split_once('=')
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .ok_or_else(|| anyhow::anyhow!("invalid --filter {f:?}: use key=value"))
-        })
-        .collect::<anyhow::Result<_>>()?;
-    for (k, _) in &filters {
-        if !matches!(k.as_str(), "name" | "driver" | "label" | "id") {
-            bail!("unknown filter {k:?}: use name=, id=, driver= or label=");
-        }
-    }
+    let filters = crate::format::Filters::parse(&list.filter, &["name", "id", "driver", "label"])?;
+    let output = crate::format::Output::parse(list.format.as_deref())?;
     let mut nets = ctl
         .list_networks(pb::ListNetworksRequest {})
         .await
@@ -131,23 +119,48 @@ async fn ls(
         nets.extend(BUILTIN_MODES.iter().map(|(n, d)| builtin_network(n, d)));
     }
     nets.retain(|n| {
-        filters.iter().all(|(k, v)| match k.as_str() {
-            "name" => n.name.contains(v.as_str()),
-            "id" => n.id.starts_with(v.as_str()),
-            "driver" => n.driver == *v,
-            _ => match v.split_once('=') {
-                Some((lk, lv)) => n.labels.get(lk).is_some_and(|x| x == lv),
-                None => n.labels.contains_key(v.as_str()),
-            },
+        filters.matches(|k, v| match k {
+            "name" => n.name.contains(v),
+            "id" => n.id.starts_with(v),
+            "driver" => n.driver == v,
+            _ => super::node::label_matches(&n.labels, v),
         })
     });
     nets.sort_by(|a, b| a.name.cmp(&b.name));
-    if quiet {
-        for n in nets {
-            println!("{}", n.id);
-        }
+    if list.quiet {
+        crate::format::print_ids(nets.iter().map(|x| x.id.as_str()));
         return Ok(());
     }
+    let scope = |n: &pb::Network| {
+        if n.scope.is_empty() {
+            "swarm".to_string()
+        } else {
+            n.scope.clone()
+        }
+    };
+    let rows: Vec<serde_json::Value> = nets
+        .iter()
+        .map(|n| {
+            serde_json::json!({
+                "ID": n.id,
+                "Name": n.name,
+                "Driver": n.driver,
+                "Scope": scope(n),
+                "Subnet": n.subnet,
+                "Gateway": n.gateway,
+                "MTU": n.mtu,
+                "Internal": n.internal,
+                "Attachable": n.attachable,
+                "Encrypted": n.encrypted,
+                "Ingress": n.ingress,
+                "Labels": n.labels,
+            })
+        })
+        .collect();
+    output.print(&rows, || print_networks(&nets, scope))
+}
+
+fn print_networks(nets: &[pb::Network], scope: impl Fn(&pb::Network) -> String) {
     println!(
         "{:<17} {:<20} {:<8} {:<6} {:<18} {:<6} FLAGS",
         "NETWORK ID", "NAME", "DRIVER", "SCOPE", "SUBNET", "MTU"
@@ -178,17 +191,12 @@ async fn ls(
             n.id,
             n.name,
             n.driver,
-            if n.scope.is_empty() {
-                "swarm"
-            } else {
-                n.scope.as_str()
-            },
+            scope(n),
             dash(n.subnet.clone()),
             dash(n.mtu.to_string()),
             flags.join(",")
         );
     }
-    Ok(())
 }
 
 pub async fn network(c: &Client, cmd: crate::cli::NetworkCommand) -> anyhow::Result<()> {
@@ -214,7 +222,7 @@ pub async fn network(c: &Client, cmd: crate::cli::NetworkCommand) -> anyhow::Res
                 .into_inner();
             println!("{}", n.id);
         }
-        N::Ls { quiet, filter } => ls(c, &mut ctl, quiet, &filter).await?,
+        N::Ls { list } => ls(c, &mut ctl, &list).await?,
         N::Inspect { verbose, networks } => {
             let mut out = Vec::new();
             for n in networks {

@@ -6,53 +6,11 @@ use super::*;
 pub async fn node(c: &Client, cmd: NodeCommand) -> anyhow::Result<()> {
     let mut ctl = c.control();
     match cmd {
-        NodeCommand::Ls { quiet } => {
-            let me = c.self_id().await?;
-            let mut nodes = ctl
-                .list_nodes(pb::ListNodesRequest {})
-                .await
-                .map_err(rpc)?
-                .into_inner()
-                .nodes;
-            nodes.sort_by(|a, b| a.hostname.cmp(&b.hostname).then(a.id.cmp(&b.id)));
-            if quiet {
-                for n in nodes {
-                    println!("{}", n.id);
-                }
-                return Ok(());
-            }
-            println!(
-                "{:<19} {:<20} {:<8} {:<13} {:<21} {:<15} ENGINE VERSION",
-                "ID", "HOSTNAME", "STATUS", "AVAILABILITY", "CERT EXPIRY", "MANAGER STATUS"
-            );
-            for n in nodes {
-                let id = if n.id == me {
-                    format!("{} *", n.id)
-                } else {
-                    n.id.clone()
-                };
-                let expiry = if n.cert_expiry.is_empty() {
-                    "-"
-                } else {
-                    n.cert_expiry.as_str()
-                };
-                println!(
-                    "{:<19} {:<20} {:<8} {:<13} {:<21} {:<15} {}",
-                    id,
-                    n.hostname,
-                    state_text(n.state),
-                    availability_text(n.availability),
-                    expiry,
-                    manager_status_text(n.manager_status),
-                    if n.version.is_empty() {
-                        "-"
-                    } else {
-                        n.version.as_str()
-                    }
-                );
-            }
-        }
-        NodeCommand::Ps { nodes } => {
+        NodeCommand::Ls { list } => ls(c, &mut ctl, &list).await?,
+        NodeCommand::Ps { list, nodes } => {
+            let filters =
+                crate::format::Filters::parse(&list.filter, super::service::TASK_FILTERS)?;
+            let output = crate::format::Output::parse(list.format.as_deref())?;
             // Every node is resolved before anything is printed: a typo in
             // the last prints nothing.
             let mut tasks = Vec::new();
@@ -66,7 +24,7 @@ pub async fn node(c: &Client, cmd: NodeCommand) -> anyhow::Result<()> {
                 these.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
                 tasks.extend(these);
             }
-            super::service::print_tasks(&tasks);
+            super::service::print_task_list(tasks, &filters, &output, list.quiet)?;
         }
         NodeCommand::Inspect { format, nodes } => {
             let mut out = Vec::new();
@@ -254,4 +212,89 @@ fn node_json(n: &pb::Node) -> serde_json::Value {
         "CreatedAtMs": n.created_at_ms,
         "UpdatedAtMs": n.updated_at_ms,
     })
+}
+
+/// `weft node ls`.
+async fn ls(
+    c: &Client,
+    ctl: &mut ControlClient<Channel>,
+    list: &crate::cli::ListFlags,
+) -> anyhow::Result<()> {
+    let filters = crate::format::Filters::parse(&list.filter, &["id", "name", "role", "label"])?;
+    let output = crate::format::Output::parse(list.format.as_deref())?;
+    let me = c.self_id().await?;
+    let mut nodes = ctl
+        .list_nodes(pb::ListNodesRequest {})
+        .await
+        .map_err(rpc)?
+        .into_inner()
+        .nodes;
+    nodes.sort_by(|a, b| a.hostname.cmp(&b.hostname).then(a.id.cmp(&b.id)));
+    nodes.retain(|n| {
+        filters.matches(|k, v| match k {
+            "id" => n.id.starts_with(v),
+            "name" => n.hostname == v || n.hostname.contains(v),
+            "role" => role_text(n.role) == v,
+            _ => label_matches(&n.labels, v),
+        })
+    });
+    if list.quiet {
+        crate::format::print_ids(nodes.iter().map(|x| x.id.as_str()));
+        return Ok(());
+    }
+    let dash = |s: &str| {
+        if s.is_empty() {
+            "-".to_string()
+        } else {
+            s.to_string()
+        }
+    };
+    let rows: Vec<serde_json::Value> = nodes
+        .iter()
+        .map(|n| {
+            serde_json::json!({
+                "ID": n.id,
+                "Self": n.id == me,
+                "Hostname": n.hostname,
+                "Status": state_text(n.state),
+                "Availability": availability_text(n.availability),
+                "ManagerStatus": manager_status_text(n.manager_status),
+                "EngineVersion": n.version,
+                "CertExpiry": n.cert_expiry,
+                "Role": role_text(n.role),
+                "Labels": n.labels,
+            })
+        })
+        .collect();
+    output.print(&rows, || {
+        println!(
+            "{:<19} {:<20} {:<8} {:<13} {:<21} {:<15} ENGINE VERSION",
+            "ID", "HOSTNAME", "STATUS", "AVAILABILITY", "CERT EXPIRY", "MANAGER STATUS"
+        );
+        for n in &nodes {
+            let id = if n.id == me {
+                format!("{} *", n.id)
+            } else {
+                n.id.clone()
+            };
+            println!(
+                "{:<19} {:<20} {:<8} {:<13} {:<21} {:<15} {}",
+                id,
+                n.hostname,
+                state_text(n.state),
+                availability_text(n.availability),
+                dash(&n.cert_expiry),
+                manager_status_text(n.manager_status),
+                dash(&n.version)
+            );
+        }
+    })
+}
+
+/// `label=KEY` or `label=KEY=VALUE` against `labels`.
+pub(super) fn label_matches(labels: &std::collections::HashMap<String, String>, v: &str) -> bool {
+    match v.split_once('=') {
+        Some((k, want)) => labels.get(k).is_some_and(|x| x == want),
+        None => labels.contains_key(v),
+    }
 }

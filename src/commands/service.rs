@@ -1,6 +1,7 @@
 //! `weft service …`.
 
 use super::*;
+use crate::format::{Filters, Output};
 
 /// Waits until `service` runs all its desired tasks at its latest version,
 /// printing progress like `docker service create`.
@@ -135,8 +136,8 @@ pub async fn service(c: &Client, cmd: crate::cli::ServiceCommand) -> anyhow::Res
     use crate::cli::ServiceCommand as S;
     match cmd {
         S::Create(a) => create(c, *a).await,
-        S::Ls { quiet } => ls(c, quiet).await,
-        S::Ps { service } => ps(c, service).await,
+        S::Ls { list } => ls(c, &list).await,
+        S::Ps { list, service } => ps(c, service, &list).await,
         S::Inspect { services } => inspect(c, services).await,
         S::Scale { detach, pairs } => scale(c, detach, &pairs).await,
         S::Update(a) => update(c, *a).await,
@@ -218,68 +219,132 @@ async fn create(c: &Client, a: crate::cli::ServiceCreateArgs) -> anyhow::Result<
 }
 
 /// `weft service ls`.
-async fn ls(c: &Client, quiet: bool) -> anyhow::Result<()> {
-    let mut list = c
+async fn ls(c: &Client, list: &crate::cli::ListFlags) -> anyhow::Result<()> {
+    let filters = Filters::parse(&list.filter, &["id", "name", "mode"])?;
+    let output = Output::parse(list.format.as_deref())?;
+    let mut services = c
         .control()
         .list_services(pb::ListServicesRequest {})
         .await
         .map_err(rpc)?
         .into_inner()
         .services;
-    list.sort_by(|a, b| {
+    services.sort_by(|a, b| {
         a.spec
             .as_ref()
             .map(|s| &s.name)
             .cmp(&b.spec.as_ref().map(|s| &s.name))
     });
-    if quiet {
-        for s in list {
-            println!("{}", s.id);
-        }
+    services.retain(|s| {
+        let spec = s.spec.clone().unwrap_or_default();
+        filters.matches(|k, v| match k {
+            "id" => s.id.starts_with(v),
+            "name" => spec.name.contains(v),
+            _ => spec.mode == v,
+        })
+    });
+    if list.quiet {
+        crate::format::print_ids(services.iter().map(|x| x.id.as_str()));
         return Ok(());
     }
-    println!(
-        "{:<17} {:<20} {:<11} {:<9} COMMAND",
-        "ID", "NAME", "MODE", "REPLICAS"
-    );
-    for s in list {
-        let spec = s.spec.clone().unwrap_or_default();
+    let rows: Vec<serde_json::Value> = services
+        .iter()
+        .map(|s| {
+            let spec = s.spec.clone().unwrap_or_default();
+            let ports: Vec<String> = s
+                .ports
+                .iter()
+                .map(|p| format!("*:{}->{}/{}", p.published, p.target, p.protocol))
+                .collect();
+            serde_json::json!({
+                "ID": s.id,
+                "Name": spec.name,
+                "Mode": spec.mode,
+                "Replicas": format!("{}/{}", s.running, s.desired),
+                "Image": spec.container.as_ref().map(|c| c.image.clone()).unwrap_or_default(),
+                "Ports": ports.join(", "),
+                "Command": spec.command.join(" "),
+            })
+        })
+        .collect();
+    output.print(&rows, || {
         println!(
-            "{:<17} {:<20} {:<11} {:<9} {}",
-            s.id,
-            spec.name,
-            spec.mode,
-            format!("{}/{}", s.running, s.desired),
-            spec.command.join(" ")
+            "{:<17} {:<20} {:<11} {:<9} COMMAND",
+            "ID", "NAME", "MODE", "REPLICAS"
         );
-    }
-    Ok(())
+        for r in &rows {
+            let f = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+            println!(
+                "{:<17} {:<20} {:<11} {:<9} {}",
+                f("ID"),
+                f("Name"),
+                f("Mode"),
+                f("Replicas"),
+                f("Command")
+            );
+        }
+    })
 }
 
 /// `weft service ps`.
-async fn ps(c: &Client, service: String) -> anyhow::Result<()> {
+async fn ps(c: &Client, service: String, list: &crate::cli::ListFlags) -> anyhow::Result<()> {
+    let filters = Filters::parse(&list.filter, TASK_FILTERS)?;
+    let output = Output::parse(list.format.as_deref())?;
     let s = c
         .control()
         .get_service(pb::GetServiceRequest { service })
         .await
         .map_err(rpc)?
         .into_inner();
-    print_tasks(&s.tasks);
-    Ok(())
+    print_task_list(s.tasks, &filters, &output, list.quiet)
+}
+
+/// The filters `service ps` and `node ps` take.
+pub(super) const TASK_FILTERS: &[&str] = &["id", "name", "node", "desired-state"];
+
+/// Tasks as `service ps` and `node ps` show them, filtered.
+pub(super) fn print_task_list(
+    mut tasks: Vec<pb::Task>,
+    filters: &Filters,
+    output: &Output,
+    quiet: bool,
+) -> anyhow::Result<()> {
+    tasks.retain(|t| {
+        filters.matches(|k, v| match k {
+            "id" => t.id.starts_with(v),
+            "name" => t.name.contains(v),
+            "node" => t.hostname == v || t.node_id.starts_with(v),
+            _ => task_text::word(t.desired_state()) == v,
+        })
+    });
+    if quiet {
+        crate::format::print_ids(tasks.iter().map(|x| x.id.as_str()));
+        return Ok(());
+    }
+    let rows: Vec<serde_json::Value> = tasks
+        .iter()
+        .map(|t| {
+            serde_json::json!({
+                "ID": t.id,
+                "Name": t.name,
+                "Node": t.hostname,
+                "DesiredState": task_text::word(t.desired_state()),
+                "CurrentState": task_text::current(t),
+                "Addresses": task_text::addresses(t),
+                "Error": task_text::error(t),
+            })
+        })
+        .collect();
+    output.print(&rows, || print_tasks(&tasks))
 }
 
 /// Tasks as `service ps` and `node ps` show them.
-pub(super) fn print_tasks(tasks: &[pb::Task]) {
+fn print_tasks(tasks: &[pb::Task]) {
     println!(
         "{:<17} {:<40} {:<20} {:<8} {:<10} {:<22} ERROR",
         "TASK ID", "NAME", "NODE", "DESIRED", "CURRENT", "ADDRESSES"
     );
     for t in tasks {
-        let addrs: Vec<String> = t
-            .addresses
-            .iter()
-            .map(|a| format!("{}={}", a.network, a.ip))
-            .collect();
         let current = task_text::current(t);
         println!(
             "{:<17} {:<40} {:<20} {:<8} {:<10} {:<22} {}",
@@ -288,7 +353,7 @@ pub(super) fn print_tasks(tasks: &[pb::Task]) {
             t.hostname,
             task_text::word(t.desired_state()),
             current,
-            addrs.join(","),
+            task_text::addresses(t),
             task_text::error(t)
         );
     }

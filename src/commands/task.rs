@@ -100,51 +100,68 @@ pub async fn run_task(c: &Client, a: crate::cli::RunArgs) -> anyhow::Result<()> 
 }
 
 /// `weft ps`.
-pub async fn ps(c: &Client, all: bool, quiet: bool) -> anyhow::Result<()> {
-    let tasks = c
+pub async fn ps(c: &Client, all: bool, list: &crate::cli::ListFlags) -> anyhow::Result<()> {
+    let filters = crate::format::Filters::parse(&list.filter, &["id", "name", "status"])?;
+    let output = crate::format::Output::parse(list.format.as_deref())?;
+    let mut tasks = c
         .daemon()
         .ps(pb::PsRequest { all })
         .await
         .map_err(rpc)?
         .into_inner()
         .tasks;
-    if quiet {
-        for t in tasks {
-            println!("{}", t.id);
-        }
+    tasks.retain(|t| {
+        filters.matches(|k, v| match k {
+            "id" => t.id.starts_with(v),
+            "name" => t.name.contains(v),
+            _ => task_text::current(t).split_whitespace().next() == Some(v),
+        })
+    });
+    if list.quiet {
+        crate::format::print_ids(tasks.iter().map(|x| x.id.as_str()));
         return Ok(());
     }
-    println!(
-        "{:<17} {:<20} {:<10} {:<30} {:<20} COMMAND",
-        "TASK ID", "NAME", "STATE", "ADDRESSES", "PORTS"
-    );
-    for t in tasks {
-        let addrs: Vec<String> = t
-            .addresses
-            .iter()
-            .map(|a| format!("{}={}", a.network, a.ip))
-            .collect();
-        let state = task_text::current(&t);
-        let mut addrs = addrs.join(",");
-        if !t.network_mode.is_empty() {
-            addrs = t.network_mode.clone();
-        }
-        let ports: Vec<String> = t
-            .ports
-            .iter()
-            .map(|p| format!("{}->{}/{}", p.published, p.target, p.protocol))
-            .collect();
+    let rows: Vec<serde_json::Value> = tasks
+        .iter()
+        .map(|t| {
+            let addrs = if t.network_mode.is_empty() {
+                task_text::addresses(t)
+            } else {
+                t.network_mode.clone()
+            };
+            let ports: Vec<String> = t
+                .ports
+                .iter()
+                .map(|p| format!("{}->{}/{}", p.published, p.target, p.protocol))
+                .collect();
+            serde_json::json!({
+                "ID": t.id,
+                "Name": t.name,
+                "State": task_text::current(t),
+                "Addresses": addrs,
+                "Ports": ports.join(","),
+                "Command": t.command.join(" "),
+            })
+        })
+        .collect();
+    output.print(&rows, || {
         println!(
-            "{:<17} {:<20} {:<10} {:<30} {:<20} {}",
-            t.id,
-            t.name,
-            state,
-            addrs,
-            ports.join(","),
-            t.command.join(" ")
+            "{:<17} {:<20} {:<10} {:<30} {:<20} COMMAND",
+            "TASK ID", "NAME", "STATE", "ADDRESSES", "PORTS"
         );
-    }
-    Ok(())
+        for r in &rows {
+            let f = |k: &str| r[k].as_str().unwrap_or_default().to_string();
+            println!(
+                "{:<17} {:<20} {:<10} {:<30} {:<20} {}",
+                f("ID"),
+                f("Name"),
+                f("State"),
+                f("Addresses"),
+                f("Ports"),
+                f("Command")
+            );
+        }
+    })
 }
 
 /// `weft port`: a local task's published ports.
