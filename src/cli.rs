@@ -767,6 +767,15 @@ pub enum ServiceCommand {
     },
     /// Change a service; tasks are replaced one at a time.
     Update(Box<ServiceUpdateArgs>),
+    /// Go back to the service's spec before its last update (its tasks are
+    /// replaced as by an update); a second rollback undoes the first.
+    Rollback {
+        /// Do not wait for the tasks to converge.
+        #[arg(short, long)]
+        detach: bool,
+        /// Service name or ID.
+        service: String,
+    },
     /// Remove services and their tasks.
     #[command(alias = "remove")]
     Rm {
@@ -984,6 +993,10 @@ pub struct RestartArgs {
 /// `weft service update`.
 #[derive(Debug, Args)]
 pub struct ServiceUpdateArgs {
+    /// Go back to the previous spec (as `service rollback`; with no other
+    /// change).
+    #[arg(long)]
+    pub rollback: bool,
     /// New number of replicas (at most 10000).
     #[arg(long)]
     pub replicas: Option<u64>,

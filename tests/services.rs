@@ -385,3 +385,103 @@ fn a_daemon_past_1024_descriptors_still_writes_vip_tables() {
         );
     }
 }
+
+#[test]
+fn rollback_returns_to_the_previous_spec_and_a_second_one_undoes_it() {
+    let mut lab = Lab::new("rollback", &["m1", "w1"]);
+    lab.start_all();
+    let (wt, _) = lab.init("m1", &["--heartbeat-period", "500ms"]);
+    lab.join("w1", &wt, "m1");
+    lab.attachable_network("m1", "10.0.19.0/24", "appnet");
+    lab.weft(
+        "m1",
+        &[
+            "service",
+            "create",
+            "--name",
+            "echo",
+            "--replicas",
+            "2",
+            "--network",
+            "appnet",
+            "--env",
+            "V=one",
+            "--",
+            "sh",
+            "-c",
+            "echo v=$V; exec sleep 600",
+        ],
+    );
+    let inspect = || -> serde_json::Value {
+        let v: serde_json::Value =
+            serde_json::from_str(&lab.weft("m1", &["service", "inspect", "echo"])).unwrap();
+        v[0].clone()
+    };
+    let running = || {
+        lab.weft(
+            "m1",
+            &[
+                "service",
+                "ps",
+                "echo",
+                "-q",
+                "--filter",
+                "desired-state=running",
+            ],
+        )
+        .lines()
+        .map(str::to_owned)
+        .collect::<BTreeSet<_>>()
+    };
+    // Never updated: nothing to go back to, and nothing changes.
+    let err = lab.weft_err("m1", &["service", "rollback", "echo"]);
+    assert!(err.contains("no previous spec"), "{err}");
+    assert!(inspect()["PreviousSpec"].is_null());
+
+    lab.weft("m1", &["service", "update", "--env-add", "V=two", "echo"]);
+    let v = inspect();
+    assert_eq!(v["Spec"]["Env"]["V"], "two");
+    assert_eq!(v["PreviousSpec"]["Env"]["V"], "one");
+    let before = running();
+    assert_eq!(before.len(), 2);
+
+    // Bad input: a rollback with another change is refused whole.
+    let err = lab.weft_err(
+        "m1",
+        &[
+            "service",
+            "update",
+            "--rollback",
+            "--env-add",
+            "W=1",
+            "echo",
+        ],
+    );
+    assert!(err.contains("takes no other change"), "{err}");
+    assert_eq!(inspect()["Spec"]["Env"], v["Spec"]["Env"]);
+
+    // Back to V=one: its tasks are replaced, and it waits for them.
+    let out = lab.weft("m1", &["service", "rollback", "echo"]);
+    assert!(
+        out.contains("rollback: manually requested rollback"),
+        "{out}"
+    );
+    let v = inspect();
+    assert_eq!(v["Spec"]["Env"]["V"], "one");
+    assert_eq!(v["PreviousSpec"]["Env"]["V"], "two");
+    let after = running();
+    assert_eq!(after.len(), 2);
+    assert!(after.is_disjoint(&before), "{before:?} → {after:?}");
+    let logs = lab.weft("m1", &["service", "logs", "echo"]);
+    for t in &after {
+        assert!(
+            logs.lines()
+                .any(|l| l.contains(t.as_str()) && l.ends_with("v=one")),
+            "{t} says v=one:\n{logs}"
+        );
+    }
+
+    // A second rollback undoes the first, as in Docker.
+    lab.weft("m1", &["service", "update", "--rollback", "echo"]);
+    assert_eq!(inspect()["Spec"]["Env"]["V"], "two");
+}

@@ -317,7 +317,7 @@ pub fn task_status_from_wire(s: &pb::TaskStatus, now_ms: u64) -> Result<TaskStat
 
 /// A store service on the wire, with its tasks and VIPs.
 pub fn service_to_wire(state: &State, svc: &crate::store::Service) -> pb::Service {
-    use crate::store::{EndpointMode, RestartCondition, ServiceMode};
+    use crate::store::ServiceMode;
     let mine: Vec<&Task> = state
         .tasks
         .values()
@@ -330,64 +330,19 @@ pub fn service_to_wire(state: &State, svc: &crate::store::Service) -> pb::Servic
             .into_iter()
             .map(|(slot, node, why)| unplaced_task_to_wire(state, svc, slot, node, why)),
     );
-    let (mode, replicas, desired) = match svc.spec.mode {
-        ServiceMode::Replicated { replicas } => ("replicated", replicas, replicas),
-        ServiceMode::Global => {
-            let eligible = state
-                .nodes
-                .values()
-                .filter(|n| crate::orchestrator::eligible(n, svc))
-                .count() as u64;
-            ("global", 0, eligible)
-        }
+    let desired = match svc.spec.mode {
+        ServiceMode::Replicated { replicas } => replicas,
+        ServiceMode::Global => state
+            .nodes
+            .values()
+            .filter(|n| crate::orchestrator::eligible(n, svc))
+            .count() as u64,
     };
-    let net_name = |id: &String| {
-        state
-            .networks
-            .get(id)
-            .map(|n| n.name.clone())
-            .unwrap_or_else(|| id.clone())
-    };
+    let net_name = |id: &String| network_name(state, id);
     pb::Service {
         id: svc.id.clone(),
-        spec: Some(pb::ServiceSpecMsg {
-            name: svc.spec.name.clone(),
-            mode: mode.into(),
-            replicas,
-            command: svc.spec.task.command.clone(),
-            env: svc.spec.task.env.clone().into_iter().collect(),
-            container: container_to_wire(&svc.spec.task.container),
-            stop: stop_to_wire(&svc.spec.task.stop),
-            resources: resources_to_wire(&svc.spec.task.resources),
-            restart_policy: restart_policy_to_wire(&svc.spec.restart_policy),
-            log: log_to_wire(svc.spec.task.log),
-            health: health_to_wire(&svc.spec.task.health),
-            registry_auth: None,
-            networks: svc.spec.networks.iter().map(net_name).collect(),
-            endpoint_mode: match svc.spec.endpoint_mode {
-                EndpointMode::Vip => "vip".into(),
-                EndpointMode::Dnsrr => "dnsrr".into(),
-            },
-            constraints: svc.spec.constraints.iter().map(|c| c.to_string()).collect(),
-            restart_condition: match svc.spec.restart {
-                RestartCondition::Any => "any".into(),
-                RestartCondition::OnFailure => "on-failure".into(),
-                RestartCondition::None => "none".into(),
-            },
-            ports: svc
-                .spec
-                .ports
-                .iter()
-                .map(|p| {
-                    port_to_wire(&PortMapping {
-                        proto: p.proto,
-                        published: p.published,
-                        target: p.target,
-                        mode: p.mode,
-                    })
-                })
-                .collect(),
-        }),
+        spec: Some(spec_to_wire(state, &svc.spec)),
+        previous_spec: svc.previous_spec.as_ref().map(|p| spec_to_wire(state, p)),
         ports: svc.ports.iter().map(port_to_wire).collect(),
         update_status: crate::orchestrator::update_waits_on(state, svc).unwrap_or_default(),
         // Which registry only: the credentials never leave but to nodes.
@@ -411,6 +366,62 @@ pub fn service_to_wire(state: &State, svc: &crate::store::Service) -> pb::Servic
         created_at_ms: svc.created_at_ms,
         updated_at_ms: svc.updated_at_ms,
         tasks,
+    }
+}
+
+/// A network's name, or `id` when it is gone.
+fn network_name(state: &State, id: &String) -> String {
+    state
+        .networks
+        .get(id)
+        .map(|n| n.name.clone())
+        .unwrap_or_else(|| id.clone())
+}
+
+/// A service spec as the control API shows it (network names, not IDs).
+fn spec_to_wire(state: &State, spec: &crate::store::ServiceSpec) -> pb::ServiceSpecMsg {
+    use crate::store::{EndpointMode, RestartCondition, ServiceMode};
+    let (mode, replicas) = match spec.mode {
+        ServiceMode::Replicated { replicas } => ("replicated", replicas),
+        ServiceMode::Global => ("global", 0),
+    };
+    let net_name = |id: &String| network_name(state, id);
+    pb::ServiceSpecMsg {
+        name: spec.name.clone(),
+        mode: mode.into(),
+        replicas,
+        command: spec.task.command.clone(),
+        env: spec.task.env.clone().into_iter().collect(),
+        container: container_to_wire(&spec.task.container),
+        stop: stop_to_wire(&spec.task.stop),
+        resources: resources_to_wire(&spec.task.resources),
+        restart_policy: restart_policy_to_wire(&spec.restart_policy),
+        log: log_to_wire(spec.task.log),
+        health: health_to_wire(&spec.task.health),
+        registry_auth: None,
+        networks: spec.networks.iter().map(net_name).collect(),
+        endpoint_mode: match spec.endpoint_mode {
+            EndpointMode::Vip => "vip".into(),
+            EndpointMode::Dnsrr => "dnsrr".into(),
+        },
+        constraints: spec.constraints.iter().map(|c| c.to_string()).collect(),
+        restart_condition: match spec.restart {
+            RestartCondition::Any => "any".into(),
+            RestartCondition::OnFailure => "on-failure".into(),
+            RestartCondition::None => "none".into(),
+        },
+        ports: spec
+            .ports
+            .iter()
+            .map(|p| {
+                port_to_wire(&PortMapping {
+                    proto: p.proto,
+                    published: p.published,
+                    target: p.target,
+                    mode: p.mode,
+                })
+            })
+            .collect(),
     }
 }
 

@@ -856,13 +856,38 @@ mod tests {
     /// `service update --force` of the test service.
     fn force_update(s: &mut State) {
         let spec = s.services["svc"].spec.clone();
+        update(s, spec, true);
+    }
+
+    fn update(s: &mut State, spec: crate::store::ServiceSpec, force: bool) {
         s.apply(&Command::UpdateService {
             id: "svc".into(),
             spec,
-            force: true,
+            force,
             now_ms: 0,
         })
         .unwrap();
+    }
+
+    #[test]
+    fn an_update_that_changes_the_spec_keeps_the_previous_one() {
+        let mut s = state(1);
+        service(&mut s, ServiceMode::Replicated { replicas: 1 }, vec![]);
+        force_update(&mut s);
+        assert!(
+            s.services["svc"].previous_spec.is_none(),
+            "a forced update changes no spec"
+        );
+        let old = s.services["svc"].spec.clone();
+        let mut spec = old.clone();
+        spec.task.env.insert("V".into(), "2".into());
+        update(&mut s, spec, false);
+        assert_eq!(s.services["svc"].previous_spec.as_deref(), Some(&old));
+        // Records written before previous specs read as none.
+        let mut json = serde_json::to_value(&s.services["svc"]).unwrap();
+        json.as_object_mut().unwrap().remove("previous_spec");
+        let back: crate::store::Service = serde_json::from_value(json).unwrap();
+        assert!(back.previous_spec.is_none());
     }
 
     #[test]

@@ -58,13 +58,31 @@ async fn converge(c: &Client, service: &str) -> anyhow::Result<()> {
 }
 
 fn service_json(s: &pb::Service) -> serde_json::Value {
-    let spec = s.spec.clone().unwrap_or_default();
     serde_json::json!({
         "ID": s.id,
         "Version": s.version,
         "CreatedAtMs": s.created_at_ms,
         "UpdatedAtMs": s.updated_at_ms,
-        "Spec": {
+        "Spec": spec_json(&s.spec.clone().unwrap_or_default()),
+        "PreviousSpec": s.previous_spec.as_ref().map(spec_json),
+        "Endpoint": {
+            "VirtualIPs": s.vips.iter().map(|v| serde_json::json!({"Network": v.network, "Addr": v.vip})).collect::<Vec<_>>(),
+        },
+        "Running": s.running,
+        "Desired": s.desired,
+        // Which registry only: the credentials never come back.
+        "RegistryAuth": (!s.registry_auth_for.is_empty())
+            .then(|| serde_json::json!({"Registry": s.registry_auth_for})),
+        "UpdateStatus": (!s.update_status.is_empty()).then(|| serde_json::json!({
+            "State": "updating",
+            "Message": s.update_status,
+        })),
+    })
+}
+
+/// A service spec in Docker's `Spec` shape (with weft's own fields).
+fn spec_json(spec: &pb::ServiceSpecMsg) -> serde_json::Value {
+    serde_json::json!({
             "Name": spec.name,
             "Mode": if spec.mode == "global" {
                 serde_json::json!({"Global": {}})
@@ -115,19 +133,6 @@ fn service_json(s: &pb::Service) -> serde_json::Value {
                 "StopGracePeriod": spec.stop.as_ref().filter(|p| p.has_grace).map(|p| p.grace_ms * 1_000_000).unwrap_or(10_000_000_000),
                 "Resources": crate::resources::task_json(spec.resources.as_ref()),
             },
-        },
-        "Endpoint": {
-            "VirtualIPs": s.vips.iter().map(|v| serde_json::json!({"Network": v.network, "Addr": v.vip})).collect::<Vec<_>>(),
-        },
-        "Running": s.running,
-        "Desired": s.desired,
-        // Which registry only: the credentials never come back.
-        "RegistryAuth": (!s.registry_auth_for.is_empty())
-            .then(|| serde_json::json!({"Registry": s.registry_auth_for})),
-        "UpdateStatus": (!s.update_status.is_empty()).then(|| serde_json::json!({
-            "State": "updating",
-            "Message": s.update_status,
-        })),
     })
 }
 
@@ -141,6 +146,7 @@ pub async fn service(c: &Client, cmd: crate::cli::ServiceCommand) -> anyhow::Res
         S::Inspect { services } => inspect(c, services).await,
         S::Scale { detach, pairs } => scale(c, detach, &pairs).await,
         S::Update(a) => update(c, *a).await,
+        S::Rollback { detach, service } => rollback(c, service, detach).await,
         S::Logs { flags, service } => {
             crate::logs_cmd::service_logs(c.control(), service, &flags).await
         }
@@ -460,6 +466,7 @@ async fn update(c: &Client, a: crate::cli::ServiceUpdateArgs) -> anyhow::Result<
             health: a.health.to_wire(None)?,
             container: a.container.container(c).await?,
             stop: a.container.stop()?,
+            rollback: a.rollback,
         })
         .await
         .map_err(rpc)?
@@ -467,6 +474,26 @@ async fn update(c: &Client, a: crate::cli::ServiceUpdateArgs) -> anyhow::Result<
     println!("{}", s.spec.map(|x| x.name).unwrap_or_default());
     if !a.detach {
         converge(c, &a.service).await?;
+    }
+    Ok(())
+}
+
+/// `weft service rollback`.
+async fn rollback(c: &Client, service: String, detach: bool) -> anyhow::Result<()> {
+    let s = c
+        .control()
+        .update_service(pb::UpdateServiceRequest {
+            service: service.clone(),
+            rollback: true,
+            ..Default::default()
+        })
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    println!("{}", s.spec.map(|x| x.name).unwrap_or_default());
+    println!("rollback: manually requested rollback");
+    if !detach {
+        converge(c, &service).await?;
     }
     Ok(())
 }

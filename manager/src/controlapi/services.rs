@@ -162,6 +162,9 @@ impl ControlService {
 
     pub(super) async fn update_service(&self, r: pb::UpdateServiceRequest) -> Result<pb::Service> {
         use crate::store::ServiceMode;
+        if r.rollback {
+            return self.rollback_service(r).await;
+        }
         // The request's own lists first: each entry costs a lookup.
         let networks =
             |flag, n| limits::at_most(flag, n, limits::MAX_NETWORKS_PER_TASK, "networks");
@@ -264,18 +267,50 @@ impl ControlService {
             let what = format_args!("{unit} of service {}", spec.name);
             limits::growth_at_most(what, before, after, max, unit)?;
         }
+        self.propose_update(&svc.id, spec, r.force).await
+    }
+
+    /// `service rollback`: the previous spec back, alone.
+    async fn rollback_service(&self, r: pb::UpdateServiceRequest) -> Result<pb::Service> {
+        let alone = pb::UpdateServiceRequest {
+            service: r.service.clone(),
+            rollback: true,
+            ..Default::default()
+        };
+        if r != alone {
+            return Err(Error::InvalidInput(
+                "a rollback goes back to the previous spec: it takes no other change".into(),
+            ));
+        }
+        let svc = self.core.read(|s| s.resolve_service(&r.service).cloned())?;
+        let Some(previous) = svc.previous_spec else {
+            return Err(Error::FailedPrecondition(format!(
+                "service {} has no previous spec to roll back to (it was never updated)",
+                svc.spec.name
+            )));
+        };
+        self.propose_update(&svc.id, *previous, false).await
+    }
+
+    /// Proposes `spec` for service `id`, checked against the limits, and
+    /// answers with the service once this manager has applied it.
+    async fn propose_update(
+        &self,
+        id: &str,
+        spec: crate::store::ServiceSpec,
+        force: bool,
+    ) -> Result<pb::Service> {
         let cmd = Command::UpdateService {
-            id: svc.id.clone(),
+            id: id.to_string(),
             spec: spec.clone(),
-            force: r.force,
+            force,
             now_ms: now_ms(),
         };
         self.core.read(|s| limits::admit(s, &cmd))?;
         self.core.propose(cmd).await?;
-        let id = svc.id.clone();
         self.read_after_write(|s| {
             s.services
-                .get(&id)
+                .get(id)
                 .filter(|x| x.spec == spec)
                 .map(|x| crate::convert::service_to_wire(s, x))
         })

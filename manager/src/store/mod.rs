@@ -813,6 +813,7 @@ impl State {
                         created_at_ms: *now_ms,
                         updated_at_ms: *now_ms,
                         ports,
+                        previous_spec: None,
                     },
                 );
                 Ok(Applied::Done)
@@ -848,6 +849,9 @@ impl State {
                     || had_ingress != has_ingress;
                 let version = old_version + u64::from(tasks_change);
                 let svc = self.services.get_mut(id).expect("checked above");
+                if *spec != old_spec {
+                    svc.previous_spec = Some(Box::new(old_spec));
+                }
                 svc.spec = spec.clone();
                 svc.vips = vips;
                 svc.ports = ports;

@@ -996,6 +996,10 @@ pub struct Service {
     /// The published ports, allocated.
     #[serde(default)]
     pub ports: Vec<PortMapping>,
+    /// The spec before the last update that changed it (Docker's
+    /// `PreviousSpec`): what `service rollback` goes back to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_spec: Option<Box<ServiceSpec>>,
 }
 
 /// Which service a task belongs to.
