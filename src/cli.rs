@@ -479,16 +479,6 @@ pub struct LeaveArgs {
     pub force: bool,
 }
 
-/// Output format for inspect commands.
-#[derive(Debug, Clone, Copy, ValueEnum, Default)]
-pub enum Format {
-    /// JSON (the default).
-    #[default]
-    Json,
-    /// Human-readable summary.
-    Pretty,
-}
-
 /// Availability values.
 #[derive(Debug, Clone, Copy, ValueEnum)]
 pub enum AvailabilityArg {
@@ -513,9 +503,10 @@ pub enum NodeCommand {
     },
     /// Show one or more nodes (`self` is this node).
     Inspect {
-        /// Output format.
-        #[arg(long, value_enum, default_value_t)]
-        format: Format,
+        /// json (the default), pretty (a summary), or a Go template applied
+        /// to each node, e.g. '{{.Status.State}}' or '{{json .Spec}}'.
+        #[arg(long, value_name = "FORMAT")]
+        format: Option<String>,
         /// Node IDs, ID prefixes, host names, or `self`.
         #[arg(required = true)]
         nodes: Vec<String>,
@@ -620,6 +611,10 @@ pub enum NetworkCommand {
         /// Add endpoints, peers and each node's config version.
         #[arg(short, long)]
         verbose: bool,
+        /// json (the default) or a Go template applied to each network,
+        /// e.g. '{{.IPAM.Config}}'.
+        #[arg(short, long, value_name = "FORMAT")]
+        format: Option<String>,
         /// Network names or IDs.
         #[arg(required = true)]
         networks: Vec<String>,
@@ -752,6 +747,10 @@ pub enum ServiceCommand {
     },
     /// Show a service as JSON (with its VIP on each network).
     Inspect {
+        /// json (the default) or a Go template applied to each service,
+        /// e.g. '{{.Spec.Name}} {{json .Endpoint}}'.
+        #[arg(short, long, value_name = "FORMAT")]
+        format: Option<String>,
         /// Service names or IDs.
         #[arg(required = true)]
         services: Vec<String>,

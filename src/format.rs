@@ -49,6 +49,18 @@ impl Output {
     }
 }
 
+/// `inspect --format`: absent or `json`, the objects as one JSON array
+/// (docker's inspect output); a template, applied to each object in turn.
+pub fn print_objects(objects: &[Value], format: Option<&str>) -> anyhow::Result<()> {
+    match Output::parse(format)? {
+        Output::Default | Output::Json => {
+            println!("{}", serde_json::to_string_pretty(objects)?)
+        }
+        Output::Template(t) => print!("{}", t.render(objects)?),
+    }
+    Ok(())
+}
+
 /// `-q`: one ID per line.
 pub fn print_ids<'a>(ids: impl IntoIterator<Item = &'a str>) {
     for id in ids {

@@ -859,6 +859,36 @@ fn listings_filter_and_format(lab: &Lab) {
             ],
         ) == "sleepy 2/2\n"
     });
+    // inspect --format: a template per object; Docker's Spec and Description.
+    let node = lab.weft(
+        "m1",
+        &[
+            "node",
+            "inspect",
+            "self",
+            "--format",
+            "{{.Spec.Role}} {{.Description.Engine.EngineVersion}}",
+        ],
+    );
+    assert_eq!(node, format!("manager {}\n", env!("CARGO_PKG_VERSION")));
+    let pretty = lab.weft("m1", &["node", "inspect", "w1", "--format", "pretty"]);
+    assert!(pretty.contains("Hostname:       w1"), "{pretty}");
+    let err = lab.weft_err("m1", &["node", "inspect", "self", "--format", "{{.Nope}}"]);
+    assert!(err.contains("no field .Nope"), "{err}");
+    assert_eq!(
+        lab.weft(
+            "m1",
+            &["network", "inspect", "appnet", "--format", "{{.Name}}"]
+        ),
+        "appnet\n"
+    );
+    assert_eq!(
+        lab.weft(
+            "m1",
+            &["service", "inspect", "sleepy", "--format", "{{.Spec.Name}}"]
+        ),
+        "sleepy\n"
+    );
     let tasks = lines(lab.weft("m1", &["service", "ps", "sleepy", "-q"]));
     assert_eq!(tasks.len(), 2);
     let none = lab.weft(

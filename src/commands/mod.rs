@@ -11,7 +11,7 @@ use weft_proto::v1::control_client::ControlClient;
 use weft_proto::v1::daemon_client::DaemonClient;
 
 use crate::cli::{
-    AvailabilityArg, Format, InitArgs, JoinArgs, JoinTokenArgs, LeaveArgs, NodeCommand, RoleArg,
+    AvailabilityArg, InitArgs, JoinArgs, JoinTokenArgs, LeaveArgs, NodeCommand, RoleArg,
 };
 use crate::task_text;
 

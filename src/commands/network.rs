@@ -223,7 +223,12 @@ pub async fn network(c: &Client, cmd: crate::cli::NetworkCommand) -> anyhow::Res
             println!("{}", n.id);
         }
         N::Ls { list } => ls(c, &mut ctl, &list).await?,
-        N::Inspect { verbose, networks } => {
+        N::Inspect {
+            verbose,
+            format,
+            networks,
+        } => {
+            crate::format::Output::parse(format.as_deref())?;
             let mut out = Vec::new();
             for n in networks {
                 if let Some((name, driver)) = BUILTIN_MODES.iter().find(|(x, _)| *x == n) {
@@ -243,7 +248,7 @@ pub async fn network(c: &Client, cmd: crate::cli::NetworkCommand) -> anyhow::Res
                     .into_inner();
                 out.push(network_json(&d));
             }
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            crate::format::print_objects(&out, format.as_deref())?;
         }
         N::Connect { ip, network, task } => {
             ctl.connect_network(pb::ConnectNetworkRequest {

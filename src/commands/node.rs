@@ -27,6 +27,9 @@ pub async fn node(c: &Client, cmd: NodeCommand) -> anyhow::Result<()> {
             super::service::print_task_list(tasks, &filters, &output, list.quiet)?;
         }
         NodeCommand::Inspect { format, nodes } => {
+            if format.as_deref() != Some("pretty") {
+                crate::format::Output::parse(format.as_deref())?;
+            }
             let mut out = Vec::new();
             for n in nodes {
                 let node = ctl
@@ -36,12 +39,8 @@ pub async fn node(c: &Client, cmd: NodeCommand) -> anyhow::Result<()> {
                     .into_inner();
                 out.push(node);
             }
-            match format {
-                Format::Json => {
-                    let json: Vec<serde_json::Value> = out.iter().map(node_json).collect();
-                    println!("{}", serde_json::to_string_pretty(&json)?);
-                }
-                Format::Pretty => {
+            match format.as_deref() {
+                Some("pretty") => {
                     for n in &out {
                         println!("ID:             {}", n.id);
                         println!("Hostname:       {}", n.hostname);
@@ -66,6 +65,10 @@ pub async fn node(c: &Client, cmd: NodeCommand) -> anyhow::Result<()> {
                         }
                         println!();
                     }
+                }
+                other => {
+                    let json: Vec<serde_json::Value> = out.iter().map(node_json).collect();
+                    crate::format::print_objects(&json, other)?;
                 }
             }
         }
@@ -208,10 +211,24 @@ fn node_json(n: &pb::Node) -> serde_json::Value {
             serde_json::Value::Null
         },
         "CertificateExpiry": n.cert_expiry,
-        "Description": crate::resources::node_json(n.resources.as_ref()),
+        // Docker's shape, beside weft's own fields above.
+        "Spec": {
+            "Role": role_text(n.role),
+            "Availability": availability_text(n.availability).to_lowercase(),
+            "Labels": n.labels,
+        },
+        "Description": description_json(n),
         "CreatedAtMs": n.created_at_ms,
         "UpdatedAtMs": n.updated_at_ms,
     })
+}
+
+/// Docker's `Description`: host name, resources and the engine's version.
+fn description_json(n: &pb::Node) -> serde_json::Value {
+    let mut d = crate::resources::node_json(n.resources.as_ref());
+    d["Hostname"] = n.hostname.clone().into();
+    d["Engine"] = serde_json::json!({ "EngineVersion": n.version });
+    d
 }
 
 /// `weft node ls`.

@@ -143,7 +143,7 @@ pub async fn service(c: &Client, cmd: crate::cli::ServiceCommand) -> anyhow::Res
         S::Create(a) => create(c, *a).await,
         S::Ls { list } => ls(c, &list).await,
         S::Ps { list, service } => ps(c, service, &list).await,
-        S::Inspect { services } => inspect(c, services).await,
+        S::Inspect { format, services } => inspect(c, services, format).await,
         S::Scale { detach, pairs } => scale(c, detach, &pairs).await,
         S::Update(a) => update(c, *a).await,
         S::Rollback { detach, service } => rollback(c, service, detach).await,
@@ -366,7 +366,8 @@ fn print_tasks(tasks: &[pb::Task]) {
 }
 
 /// `weft service inspect`.
-async fn inspect(c: &Client, services: Vec<String>) -> anyhow::Result<()> {
+async fn inspect(c: &Client, services: Vec<String>, format: Option<String>) -> anyhow::Result<()> {
+    Output::parse(format.as_deref())?;
     let mut ctl = c.control();
     let mut out = Vec::new();
     for s in services {
@@ -377,8 +378,7 @@ async fn inspect(c: &Client, services: Vec<String>) -> anyhow::Result<()> {
             .into_inner();
         out.push(service_json(&s));
     }
-    println!("{}", serde_json::to_string_pretty(&out)?);
-    Ok(())
+    crate::format::print_objects(&out, format.as_deref())
 }
 
 /// `weft service scale SERVICE=N...`: every pair is parsed before any is
