@@ -996,6 +996,21 @@ pub struct ServiceUpdateArgs {
     /// change).
     #[arg(long)]
     pub rollback: bool,
+    /// The command of a host-process service, or the arguments after a
+    /// container service's image, replaced whole: one string, split as a
+    /// shell splits it ("sh -c 'echo hi; sleep 600'").
+    #[arg(long, allow_hyphen_values = true)]
+    pub args: Option<String>,
+    /// Publish a port, as `service create --publish`; a port published on
+    /// the same target and protocol is replaced (repeatable).
+    #[arg(long = "publish-add", value_name = "SPEC")]
+    pub publish_add: Vec<String>,
+    /// Stop publishing a target port: TARGET or TARGET/tcp|udp (repeatable).
+    #[arg(long = "publish-rm", value_name = "TARGET")]
+    pub publish_rm: Vec<String>,
+    /// vip or dnsrr.
+    #[arg(long, value_parser = ["vip", "dnsrr"])]
+    pub endpoint_mode: Option<String>,
     /// New number of replicas (at most 10000).
     #[arg(long)]
     pub replicas: Option<u64>,

@@ -387,7 +387,7 @@ fn a_daemon_past_1024_descriptors_still_writes_vip_tables() {
 }
 
 #[test]
-fn rollback_returns_to_the_previous_spec_and_a_second_one_undoes_it() {
+fn service_update_changes_what_create_set_and_rollback_goes_back() {
     let mut lab = Lab::new("rollback", &["m1", "w1"]);
     lab.start_all();
     let (wt, _) = lab.init("m1", &["--heartbeat-period", "500ms"]);
@@ -484,4 +484,72 @@ fn rollback_returns_to_the_previous_spec_and_a_second_one_undoes_it() {
     // A second rollback undoes the first, as in Docker.
     lab.weft("m1", &["service", "update", "--rollback", "echo"]);
     assert_eq!(inspect()["Spec"]["Env"]["V"], "two");
+
+    // The rest of what create set: the command, published ports, the
+    // endpoint mode.
+    lab.weft(
+        "m1",
+        &[
+            "service",
+            "update",
+            "--args",
+            "sh -c 'echo args=$V; exec sleep 600'",
+            "echo",
+        ],
+    );
+    let logs = lab.weft("m1", &["service", "logs", "echo"]);
+    assert!(
+        logs.lines().filter(|l| l.ends_with("args=two")).count() >= 2,
+        "{logs}"
+    );
+    lab.weft(
+        "m1",
+        &[
+            "service",
+            "update",
+            "-d",
+            "--publish-add",
+            "published=18080,target=80",
+            "echo",
+        ],
+    );
+    let v = inspect();
+    assert_eq!(v["Spec"]["EndpointSpec"]["Ports"][0]["TargetPort"], 80);
+    assert_eq!(v["Endpoint"]["Ports"][0]["PublishedPort"], 18080);
+    lab.weft(
+        "m1",
+        &[
+            "service",
+            "update",
+            "-d",
+            "--publish-rm",
+            "80",
+            "--endpoint-mode",
+            "dnsrr",
+            "echo",
+        ],
+    );
+    let v = inspect();
+    assert_eq!(v["Spec"]["EndpointSpec"]["Ports"], serde_json::json!([]));
+    assert_eq!(v["Spec"]["EndpointSpec"]["Mode"], "dnsrr");
+    for (args, says) in [
+        (
+            &["--publish-rm", "81"][..],
+            "publishes no port with target 81",
+        ),
+        (&["--args", "sh -c 'unclosed"][..], "a quote is not closed"),
+        (&["--args", ""][..], "needs its command"),
+        (&["--endpoint-mode", "rr"][..], "invalid value"),
+    ] {
+        let mut all = vec!["service", "update"];
+        all.extend_from_slice(args);
+        all.push("echo");
+        let err = lab.weft_err("m1", &all);
+        assert!(err.contains(says), "{args:?}: {err}");
+    }
+    assert_eq!(
+        inspect()["Spec"],
+        v["Spec"],
+        "refused updates change nothing"
+    );
 }

@@ -66,6 +66,7 @@ fn service_json(s: &pb::Service) -> serde_json::Value {
         "Spec": spec_json(&s.spec.clone().unwrap_or_default()),
         "PreviousSpec": s.previous_spec.as_ref().map(spec_json),
         "Endpoint": {
+            "Ports": ports_json(&s.ports),
             "VirtualIPs": s.vips.iter().map(|v| serde_json::json!({"Network": v.network, "Addr": v.vip})).collect::<Vec<_>>(),
         },
         "Running": s.running,
@@ -80,9 +81,25 @@ fn service_json(s: &pb::Service) -> serde_json::Value {
     })
 }
 
+/// Published ports as Docker's `EndpointSpec.Ports` / `Endpoint.Ports`.
+fn ports_json(ports: &[pb::PortMapping]) -> serde_json::Value {
+    ports
+        .iter()
+        .map(|p| {
+            serde_json::json!({
+                "Protocol": if p.protocol.is_empty() { "tcp" } else { p.protocol.as_str() },
+                "TargetPort": p.target,
+                "PublishedPort": p.published,
+                "PublishMode": if p.mode.is_empty() { "ingress" } else { p.mode.as_str() },
+            })
+        })
+        .collect()
+}
+
 /// A service spec in Docker's `Spec` shape (with weft's own fields).
 fn spec_json(spec: &pb::ServiceSpecMsg) -> serde_json::Value {
     serde_json::json!({
+            "EndpointSpec": {"Mode": spec.endpoint_mode, "Ports": ports_json(&spec.ports)},
             "Name": spec.name,
             "Mode": if spec.mode == "global" {
                 serde_json::json!({"Global": {}})
@@ -467,6 +484,19 @@ async fn update(c: &Client, a: crate::cli::ServiceUpdateArgs) -> anyhow::Result<
             container: a.container.container(c).await?,
             stop: a.container.stop()?,
             rollback: a.rollback,
+            set_args: a.args.is_some(),
+            args: match &a.args {
+                Some(s) => shlex::split(s)
+                    .ok_or_else(|| anyhow::anyhow!("--args {s:?}: a quote is not closed"))?,
+                None => Vec::new(),
+            },
+            publish_add: a
+                .publish_add
+                .iter()
+                .map(|p| crate::publish::service_publish(p))
+                .collect::<anyhow::Result<_>>()?,
+            publish_rm: a.publish_rm,
+            endpoint_mode: a.endpoint_mode.unwrap_or_default(),
         })
         .await
         .map_err(rpc)?

@@ -2,6 +2,7 @@
 //! request, create and update.
 
 use super::*;
+use crate::store::EndpointMode;
 
 impl ControlService {
     pub(super) fn resolve_networks(&self, names: &[String]) -> Result<Vec<String>> {
@@ -28,7 +29,7 @@ impl ControlService {
         &self,
         mut m: pb::ServiceSpecMsg,
     ) -> Result<crate::store::ServiceSpec> {
-        use crate::store::{EndpointMode, RestartCondition, ServiceMode, TaskSpec};
+        use crate::store::{RestartCondition, ServiceMode, TaskSpec};
         crate::validate::object_name("service", &m.name)?;
         let mode = match m.mode.as_str() {
             "" | "replicated" => ServiceMode::Replicated {
@@ -76,15 +77,7 @@ impl ControlService {
             limits::MAX_CONSTRAINTS,
             "constraints",
         )?;
-        let endpoint_mode = match m.endpoint_mode.as_str() {
-            "" | "vip" => EndpointMode::Vip,
-            "dnsrr" => EndpointMode::Dnsrr,
-            other => {
-                return Err(Error::InvalidInput(format!(
-                    "invalid endpoint mode {other:?}: use vip or dnsrr"
-                )));
-            }
-        };
+        let endpoint_mode = endpoint_mode_from_wire(&m.endpoint_mode)?;
         let restart = match m.restart_condition.as_str() {
             "" | "any" => RestartCondition::Any,
             "on-failure" => RestartCondition::OnFailure,
@@ -217,7 +210,7 @@ impl ControlService {
             spec.task.env.remove(k);
         }
         if !r.env_add.is_empty() {
-            spec.task.env.extend(r.env_add);
+            spec.task.env.extend(r.env_add.clone());
             limits::env(&spec.task.env)?;
         }
         for c in &r.constraint_rm {
@@ -250,6 +243,7 @@ impl ControlService {
         if let Some(a) = &r.registry_auth {
             spec.registry_auth = Some(self.seal_registry_auth(&svc.id, &spec, a)?);
         }
+        update_args_ports_endpoint(&mut spec, &r)?;
         for (unit, before, after, max) in [
             (
                 "networks",
@@ -316,4 +310,73 @@ impl ControlService {
         })
         .await
     }
+}
+
+/// `--endpoint-mode`: vip (the default) or dnsrr.
+fn endpoint_mode_from_wire(m: &str) -> Result<EndpointMode> {
+    match m {
+        "" | "vip" => Ok(EndpointMode::Vip),
+        "dnsrr" => Ok(EndpointMode::Dnsrr),
+        other => Err(Error::InvalidInput(format!(
+            "invalid endpoint mode {other:?}: use vip or dnsrr"
+        ))),
+    }
+}
+
+/// `service update --args`, `--publish-add`, `--publish-rm` and
+/// `--endpoint-mode` on `spec`, checked as `service create` checks them.
+fn update_args_ports_endpoint(
+    spec: &mut crate::store::ServiceSpec,
+    r: &pb::UpdateServiceRequest,
+) -> Result<()> {
+    if r.set_args {
+        if spec.task.container.is_none() && r.args.first().is_none_or(|c| c.is_empty()) {
+            return Err(Error::InvalidInput(format!(
+                "service {} runs a host process: --args needs its command",
+                spec.name
+            )));
+        }
+        spec.task.command = r.args.clone();
+    }
+    limits::at_most(
+        "--publish-rm",
+        r.publish_rm.len(),
+        limits::MAX_PORTS,
+        "ports",
+    )?;
+    for p in &r.publish_rm {
+        let (target, proto) = p.split_once('/').unwrap_or((p, ""));
+        let target: u16 = target.parse().map_err(|_| {
+            Error::InvalidInput(format!("--publish-rm {p:?}: expected TARGET[/tcp|udp]"))
+        })?;
+        let before = spec.ports.len();
+        spec.ports
+            .retain(|x| !(x.target == target && (proto.is_empty() || x.proto.as_str() == proto)));
+        if spec.ports.len() == before {
+            return Err(Error::InvalidInput(format!(
+                "service {} publishes no port with target {p}",
+                spec.name
+            )));
+        }
+    }
+    limits::at_most(
+        "--publish-add",
+        r.publish_add.len(),
+        limits::MAX_PORTS,
+        "ports",
+    )?;
+    for p in crate::convert::ports_from_wire(&r.publish_add)? {
+        spec.ports
+            .retain(|x| !(x.target == p.target && x.proto == p.proto));
+        spec.ports.push(p);
+    }
+    if !r.endpoint_mode.is_empty() {
+        spec.endpoint_mode = endpoint_mode_from_wire(&r.endpoint_mode)?;
+    }
+    limits::task_request(
+        &spec.task.command,
+        &spec.task.env,
+        spec.networks.len(),
+        spec.ports.len(),
+    )
 }
