@@ -810,6 +810,33 @@ pub struct LogFlags {
     pub timestamps: bool,
 }
 
+/// How a rolling update replaces a service's tasks.
+#[derive(Debug, Args, Default)]
+pub struct UpdatePolicyArgs {
+    /// Tasks replaced at a time during an update (default 1; 0: all at
+    /// once).
+    #[arg(long, value_name = "N")]
+    pub update_parallelism: Option<u64>,
+    /// Wait between batches, once a batch runs and passes its health
+    /// checks (default 0s; at most 24h).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub update_delay: Option<Duration>,
+}
+
+impl UpdatePolicyArgs {
+    /// The flags given, for the wire (none: absent).
+    pub fn to_wire(&self) -> Option<weft_proto::v1::UpdatePolicy> {
+        (self.update_parallelism.is_some() || self.update_delay.is_some()).then(|| {
+            weft_proto::v1::UpdatePolicy {
+                parallelism: self.update_parallelism,
+                delay_ms: self
+                    .update_delay
+                    .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            }
+        })
+    }
+}
+
 /// What the listing commands (`ls`, `ps`) take besides their own flags.
 #[derive(Debug, Args, Default)]
 pub struct ListFlags {
@@ -887,6 +914,8 @@ pub struct ServiceCreateArgs {
     pub restart_condition: Option<RestartArg>,
     #[command(flatten)]
     pub restart: RestartArgs,
+    #[command(flatten)]
+    pub update_policy: UpdatePolicyArgs,
     /// Publish a port: published=8080,target=80[,protocol=tcp|udp][,mode=ingress|host],
     /// or 8080:80[/udp] (repeatable, at most 64). ingress (default) answers on every node.
     #[arg(short, long = "publish")]
@@ -1044,6 +1073,8 @@ pub struct ServiceUpdateArgs {
     pub resources: crate::resources::ResourceUpdateArgs,
     #[command(flatten)]
     pub restart: RestartArgs,
+    #[command(flatten)]
+    pub update_policy: UpdatePolicyArgs,
     /// Return at once instead of waiting for convergence.
     #[arg(short, long)]
     pub detach: bool,

@@ -552,4 +552,46 @@ fn service_update_changes_what_create_set_and_rollback_goes_back() {
         v["Spec"],
         "refused updates change nothing"
     );
+
+    // The update policy: a batch at a time, and the delay after each.
+    for (flag, value, says) in [
+        ("--update-parallelism", "10001", "over the limit of 10000"),
+        ("--update-delay", "25h", "over the limit of 24h"),
+    ] {
+        let err = lab.weft_err("m1", &["service", "update", flag, value, "echo"]);
+        assert!(err.contains(says), "{flag} {value}: {err}");
+    }
+    let t = std::time::Instant::now();
+    lab.weft(
+        "m1",
+        &[
+            "service",
+            "update",
+            "--update-delay",
+            "2s",
+            "--env-add",
+            "V=three",
+            "echo",
+        ],
+    );
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_secs(2),
+        "two replicas one at a time with 2 s between: {took:?}"
+    );
+    let v = inspect();
+    assert_eq!(v["Spec"]["UpdateConfig"]["Parallelism"], 1);
+    assert_eq!(v["Spec"]["UpdateConfig"]["Delay"], 2_000_000_000u64);
+    lab.weft(
+        "m1",
+        &[
+            "service",
+            "update",
+            "-d",
+            "--update-parallelism",
+            "0",
+            "echo",
+        ],
+    );
+    assert_eq!(inspect()["Spec"]["UpdateConfig"]["Parallelism"], 0);
 }

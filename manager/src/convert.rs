@@ -209,6 +209,7 @@ pub fn task_to_wire(state: &State, t: &Task) -> pb::Task {
             .external
             .as_ref()
             .map(crate::dispatcher::external::external_to_wire),
+        service_version: t.service.as_ref().map_or(0, |r| r.version),
     }
 }
 
@@ -236,6 +237,7 @@ fn unplaced_task_to_wire(
             reason: why,
             ..Default::default()
         }),
+        service_version: svc.version,
         ..Default::default()
     }
 }
@@ -369,6 +371,36 @@ pub fn service_to_wire(state: &State, svc: &crate::store::Service) -> pb::Servic
     }
 }
 
+/// `--update-parallelism` and `--update-delay` from the wire onto `p`:
+/// each field given replaces `p`'s, checked.
+pub fn update_policy_from_wire(
+    p: &mut crate::store::UpdatePolicy,
+    u: Option<&pb::UpdatePolicy>,
+) -> crate::error::Result<()> {
+    const MAX_DELAY_MS: u64 = 24 * 3600 * 1000;
+    let Some(u) = u else {
+        return Ok(());
+    };
+    if let Some(n) = u.parallelism {
+        if n > crate::limits::MAX_REPLICAS {
+            return Err(crate::error::Error::InvalidInput(format!(
+                "--update-parallelism {n} is over the limit of {} tasks",
+                crate::limits::MAX_REPLICAS
+            )));
+        }
+        p.parallelism = n;
+    }
+    if let Some(d) = u.delay_ms {
+        if d > MAX_DELAY_MS {
+            return Err(crate::error::Error::InvalidInput(format!(
+                "--update-delay {d}ms is over the limit of 24h"
+            )));
+        }
+        p.delay_ms = d;
+    }
+    Ok(())
+}
+
 /// A network's name, or `id` when it is gone.
 fn network_name(state: &State, id: &String) -> String {
     state
@@ -398,6 +430,10 @@ fn spec_to_wire(state: &State, spec: &crate::store::ServiceSpec) -> pb::ServiceS
         restart_policy: restart_policy_to_wire(&spec.restart_policy),
         log: log_to_wire(spec.task.log),
         health: health_to_wire(&spec.task.health),
+        update: Some(pb::UpdatePolicy {
+            parallelism: Some(spec.update.parallelism),
+            delay_ms: Some(spec.update.delay_ms),
+        }),
         registry_auth: None,
         networks: spec.networks.iter().map(net_name).collect(),
         endpoint_mode: match spec.endpoint_mode {

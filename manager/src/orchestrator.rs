@@ -508,23 +508,44 @@ pub fn plan(state: &State, now_ms: u64, mut new_id: impl FnMut() -> String) -> V
                 }
             }
         }
-        // Rolling update: one outdated task at a time, and only while the
-        // rest of the service is up and its updated tasks pass their
-        // health checks (a check that never passes stalls the update;
-        // `update_waits_on` says so).
-        let settled = !created
-            && kept.iter().all(|t| t.status.state.is_running())
-            && unhealthy_updated(svc, &kept).is_none();
-        if settled
-            && let Some(old) = kept
-                .iter()
-                .filter(|t| t.service.as_ref().is_some_and(|r| r.version < svc.version))
-                .min_by_key(|t| t.service.as_ref().map(|r| r.slot))
-        {
-            out.push(Command::RemoveTask { id: old.id.clone() });
-        }
+        out.extend(rolling_update(svc, &kept, created, now_ms));
     }
     out
+}
+
+/// The outdated tasks of `svc` to replace now: a batch of
+/// `--update-parallelism` (0: all) once the previous one runs and passes
+/// its health checks (a check that never passes stalls the update;
+/// `update_waits_on` says so), and `--update-delay` after it did. Nothing
+/// while this plan places tasks (`created`) or a kept task is not running.
+fn rolling_update(svc: &Service, kept: &[&Task], created: bool, now_ms: u64) -> Vec<Command> {
+    let version = |t: &Task| t.service.as_ref().map_or(0, |r| r.version);
+    let settled = !created
+        && kept.iter().all(|t| t.status.state.is_running())
+        && unhealthy_updated(svc, kept).is_none();
+    let mut outdated: Vec<&&Task> = kept.iter().filter(|t| version(t) < svc.version).collect();
+    if !settled || outdated.is_empty() {
+        return Vec::new();
+    }
+    // The last updated task came up at `since` (its status's time).
+    let since = kept
+        .iter()
+        .filter(|t| version(t) == svc.version)
+        .map(|t| t.status.updated_at_ms)
+        .max();
+    if since.is_some_and(|at| now_ms < at.saturating_add(svc.spec.update.delay_ms)) {
+        return Vec::new();
+    }
+    outdated.sort_by_key(|t| t.service.as_ref().map(|r| r.slot));
+    let batch = match svc.spec.update.parallelism {
+        0 => outdated.len(),
+        n => usize::try_from(n).unwrap_or(usize::MAX),
+    };
+    outdated
+        .into_iter()
+        .take(batch)
+        .map(|t| Command::RemoveTask { id: t.id.clone() })
+        .collect()
 }
 
 #[cfg(test)]
@@ -562,6 +583,7 @@ mod tests {
             id: "svc".into(),
             spec: ServiceSpec {
                 registry_auth: None,
+                update: Default::default(),
                 restart_policy: Default::default(),
                 name: "web".into(),
                 mode,
@@ -635,7 +657,7 @@ mod tests {
             }
             for t in s.tasks.values_mut() {
                 if t.status.state == TaskState::pending() {
-                    t.status = TaskStatus::new(TaskState::RUNNING, 0);
+                    t.status = TaskStatus::new(TaskState::RUNNING, now);
                 }
             }
         }
@@ -908,6 +930,38 @@ mod tests {
         assert_eq!(s.tasks.len(), 3);
     }
 
+    #[test]
+    fn update_parallelism_and_delay_pace_a_rolling_update() {
+        let version2 = |s: &State| {
+            s.tasks
+                .values()
+                .filter(|t| t.service.as_ref().unwrap().version == 2)
+                .count()
+        };
+        let mut s = state(4);
+        service(&mut s, ServiceMode::Replicated { replicas: 4 }, vec![]);
+        s.services.get_mut("svc").unwrap().spec.update = crate::store::UpdatePolicy {
+            parallelism: 2,
+            delay_ms: 10_000,
+        };
+        converge(&mut s, 0);
+        force_update(&mut s);
+        let cmds = plan(&s, 1_000, || "x".into());
+        assert_eq!(cmds.len(), 2, "a batch of two: {cmds:?}");
+        converge(&mut s, 1_000);
+        assert_eq!(version2(&s), 2, "then the delay");
+        converge(&mut s, 10_999);
+        assert_eq!(version2(&s), 2);
+        converge(&mut s, 11_000);
+        assert_eq!(version2(&s), 4);
+        assert_eq!(s.tasks.len(), 4);
+
+        // 0: all at once.
+        s.services.get_mut("svc").unwrap().spec.update.parallelism = 0;
+        force_update(&mut s);
+        assert_eq!(plan(&s, 20_000, || "x".into()).len(), 4);
+    }
+
     /// A rolling update waits for each new task to pass its health check,
     /// says on what it waits, and goes on once it does; an unhealthy old
     /// task does not hold it.
@@ -984,6 +1038,7 @@ mod tests {
             id: id.into(),
             spec: ServiceSpec {
                 registry_auth: None,
+                update: Default::default(),
                 restart_policy: Default::default(),
                 name: id.into(),
                 mode: mode.unwrap_or(ServiceMode::Replicated { replicas }),

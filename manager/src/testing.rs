@@ -122,6 +122,7 @@ pub fn network(id: &str, name: &str, encrypted: bool) -> Command {
 pub fn spec(name: &str, replicas: u64, networks: &[&str]) -> ServiceSpec {
     ServiceSpec {
         registry_auth: None,
+        update: Default::default(),
         restart_policy: Default::default(),
         name: name.into(),
         mode: ServiceMode::Replicated { replicas },

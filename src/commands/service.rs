@@ -22,6 +22,7 @@ async fn converge(c: &Client, service: &str) -> anyhow::Result<()> {
             .iter()
             .filter(|t| task_text::state(t) == pb::TaskState::Running)
             .filter(|t| t.desired_state() == pb::TaskState::Running)
+            .filter(|t| t.service_version == s.version)
             .count() as u64;
         let line = format!(
             "{}: {}/{} running",
@@ -100,6 +101,11 @@ fn ports_json(ports: &[pb::PortMapping]) -> serde_json::Value {
 fn spec_json(spec: &pb::ServiceSpecMsg) -> serde_json::Value {
     serde_json::json!({
             "EndpointSpec": {"Mode": spec.endpoint_mode, "Ports": ports_json(&spec.ports)},
+            "UpdateConfig": spec.update.map(|u| serde_json::json!({
+                "Parallelism": u.parallelism.unwrap_or(1),
+                "Delay": u.delay_ms.unwrap_or(0) * 1_000_000,
+                "Order": "stop-first",
+            })),
             "Name": spec.name,
             "Mode": if spec.mode == "global" {
                 serde_json::json!({"Global": {}})
@@ -200,6 +206,7 @@ async fn create(c: &Client, a: crate::cli::ServiceCreateArgs) -> anyhow::Result<
     }
     let spec = pb::ServiceSpecMsg {
         registry_auth,
+        update: a.update_policy.to_wire(),
         restart_policy: crate::resources::restart_policy(&a.restart),
         resources: a.resources.to_wire(),
         log,
@@ -481,6 +488,7 @@ async fn update(c: &Client, a: crate::cli::ServiceUpdateArgs) -> anyhow::Result<
             resources: a.resources.to_wire(),
             restart_policy: crate::resources::restart_update(&a.restart),
             health: a.health.to_wire(None)?,
+            update_policy: a.update_policy.to_wire(),
             container: a.container.container(c).await?,
             stop: a.container.stop()?,
             rollback: a.rollback,

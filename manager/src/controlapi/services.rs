@@ -94,7 +94,10 @@ impl ControlService {
             .map(|c| parse_constraint(c))
             .collect::<Result<Vec<_>>>()?;
         let ports = crate::convert::ports_from_wire(&m.ports)?;
+        let mut update = crate::store::UpdatePolicy::default();
+        crate::convert::update_policy_from_wire(&mut update, m.update.as_ref())?;
         Ok(crate::store::ServiceSpec {
+            update,
             ports,
             name: m.name,
             mode,
@@ -244,6 +247,7 @@ impl ControlService {
             spec.registry_auth = Some(self.seal_registry_auth(&svc.id, &spec, a)?);
         }
         update_args_ports_endpoint(&mut spec, &r)?;
+        crate::convert::update_policy_from_wire(&mut spec.update, r.update_policy.as_ref())?;
         for (unit, before, after, max) in [
             (
                 "networks",

@@ -735,6 +735,7 @@ mod tests {
             id: "s1".into(),
             spec: ServiceSpec {
                 registry_auth: None,
+                update: Default::default(),
                 restart_policy: Default::default(),
                 name: "web".into(),
                 mode: ServiceMode::Replicated { replicas: 2 },

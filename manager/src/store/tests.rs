@@ -623,6 +623,7 @@ fn published_ports_are_unique_per_node_and_picked_from_the_range() {
     assert!(e.to_string().contains("outside"), "{e}");
     let svc = |ports: Vec<PortRequest>, mode| ServiceSpec {
         registry_auth: None,
+        update: Default::default(),
         restart_policy: Default::default(),
         name: "web".into(),
         mode: ServiceMode::Replicated { replicas: 1 },
@@ -725,6 +726,7 @@ fn ingress_subnet_is_kept_free_and_moves_only_while_unused() {
         id: id.into(),
         spec: ServiceSpec {
             registry_auth: None,
+            update: Default::default(),
             restart_policy: Default::default(),
             name: format!("web-{id}"),
             mode: ServiceMode::Replicated { replicas: 1 },
@@ -805,6 +807,7 @@ fn ingress_subnet_is_kept_free_and_moves_only_while_unused() {
         id: "s1".into(),
         spec: ServiceSpec {
             registry_auth: None,
+            update: Default::default(),
             ports: vec![],
             ..spec
         },

@@ -939,6 +939,10 @@ pub struct ServiceSpec {
     /// clear in the Raft log or snapshots; `crate::registry_auth`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry_auth: Option<RegistryAuth>,
+    /// `--update-parallelism`, `--update-delay` (absent in old records:
+    /// one at a time, no delay).
+    #[serde(default, skip_serializing_if = "UpdatePolicy::is_default")]
+    pub update: UpdatePolicy,
 }
 
 /// A service's registry credentials as stored: the registry in the clear
@@ -974,6 +978,34 @@ impl RestartPolicy {
     /// No delay, no limit: the automatic backoff.
     pub fn is_default(&self) -> bool {
         *self == RestartPolicy::default()
+    }
+}
+
+/// How a rolling update replaces a service's tasks (`--update-*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdatePolicy {
+    /// Tasks replaced at a time; 0: all at once.
+    pub parallelism: u64,
+    /// Wait after a batch's tasks run (and pass their health checks)
+    /// before the next batch.
+    #[serde(default, skip_serializing_if = "is_zero64")]
+    pub delay_ms: u64,
+}
+
+impl Default for UpdatePolicy {
+    /// One task at a time, no delay (Docker's defaults).
+    fn default() -> Self {
+        UpdatePolicy {
+            parallelism: 1,
+            delay_ms: 0,
+        }
+    }
+}
+
+impl UpdatePolicy {
+    /// Docker's defaults.
+    pub fn is_default(&self) -> bool {
+        *self == UpdatePolicy::default()
     }
 }
 
