@@ -55,7 +55,14 @@ pub enum Command {
     /// Leave the cluster.
     Leave(LeaveArgs),
     /// Show cluster and node information.
-    Info,
+    Info {
+        /// json, or a Go template over docker's info fields: .ServerVersion
+        /// .KernelVersion .OperatingSystem .Architecture .NCPU .MemTotal
+        /// .Tasks .Swarm.NodeID .Swarm.LocalNodeState .Swarm.ControlAvailable
+        /// .Swarm.Cluster.ID .Swarm.Managers .Swarm.Nodes .Swarm.Error.
+        #[arg(short, long, value_name = "FORMAT")]
+        format: Option<String>,
+    },
     /// Stream the cluster's changes as a manager applies them (nodes,
     /// networks, services, tasks, cluster settings), as `docker events`.
     Events(EventsArgs),

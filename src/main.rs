@@ -192,9 +192,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     c.require_local("leave")?;
                     commands::leave(&c, a).await
                 }
-                Command::Info => {
+                Command::Info { format } => {
                     c.require_local("info")?;
-                    commands::info(&c).await
+                    commands::info(&c, format.as_deref()).await
                 }
                 Command::Unlock => {
                     c.require_local("unlock")?;

@@ -139,6 +139,19 @@ fn three_managers_two_workers_form_a_cluster() {
     assert!(info.contains("\nTasks: 0\n"), "m2 runs none: {info}");
     let info = lab.weft("m3", &["info"]);
     assert!(info.contains(" Cluster tasks: 1 (running 1)"), "{info}");
+    let fields = "{{.Swarm.LocalNodeState}} {{.Swarm.ControlAvailable}} {{.NCPU}}";
+    assert_eq!(
+        lab.weft("m1", &["info", "--format", fields]),
+        format!("active true {cpus}\n")
+    );
+    assert_eq!(
+        lab.weft("w1", &["info", "--format", fields]),
+        format!("active false {cpus}\n")
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&lab.weft("w1", &["info", "--format", "json"])).unwrap();
+    assert_eq!(json["Tasks"]["running"], 1);
+    assert_eq!(json["ServerVersion"], version);
 
     listings_filter_and_format(&lab);
 

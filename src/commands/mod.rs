@@ -338,8 +338,12 @@ pub async fn version(host: &str, tls: &TlsFiles) -> anyhow::Result<()> {
 }
 
 /// `weft info`.
-pub async fn info(c: &Client) -> anyhow::Result<()> {
+pub async fn info(c: &Client, format: Option<&str>) -> anyhow::Result<()> {
+    let output = crate::format::Output::parse(format)?;
     let i = c.daemon_info().await?;
+    if !matches!(output, crate::format::Output::Default) {
+        return output.print(&[info_json(&i)], || {});
+    }
     println!("Server Version: {}", i.version);
     println!("Kernel Version: {}", i.kernel_version);
     println!("Operating System: {}", i.operating_system);
@@ -419,6 +423,31 @@ pub async fn info(c: &Client) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `weft info` as docker's info JSON names it (the fields `--format` sees).
+fn info_json(i: &pb::InfoResponse) -> serde_json::Value {
+    let cl = i.cluster.clone().unwrap_or_default();
+    serde_json::json!({
+        "ServerVersion": i.version,
+        "KernelVersion": i.kernel_version,
+        "OperatingSystem": i.operating_system,
+        "Architecture": i.architecture,
+        "NCPU": i.ncpu,
+        "MemTotal": i.mem_total_bytes,
+        "Tasks": i.tasks_by_state,
+        "Swarm": {
+            "NodeID": i.node_id,
+            "NodeAddr": i.node_addr,
+            "LocalNodeState": i.state,
+            "ControlAvailable": i.cluster.is_some(),
+            "Error": i.error,
+            "RemoteManagers": i.manager_addrs,
+            "Managers": cl.managers_total,
+            "Nodes": cl.nodes_total,
+            "Cluster": {"ID": i.cluster_id, "Tasks": cl.tasks_by_state},
+        },
+    })
 }
 
 /// `3 (running 2, exited 1)`: the total, then each state's count.
