@@ -99,6 +99,10 @@ pub enum ImageCommand {
         /// List the images of every node of the cluster.
         #[arg(long)]
         all_nodes: bool,
+        /// json (one object per image), or a Go template over .Repository
+        /// .Tag .ID .CreatedSince .CreatedAt .Size (not with --all-nodes).
+        #[arg(long, value_name = "FORMAT", conflicts_with = "all_nodes")]
+        format: Option<String>,
     },
     /// Show images in detail (JSON, in the shape of `docker image inspect`).
     Inspect {
@@ -159,11 +163,13 @@ pub async fn run(c: &Client, cmd: ImageCommand) -> anyhow::Result<()> {
             quiet,
             no_trunc,
             all_nodes: false,
-        } => ls(c, quiet, no_trunc).await,
+            format,
+        } => ls(c, quiet, no_trunc, format.as_deref()).await,
         ImageCommand::Ls {
             quiet,
             no_trunc,
             all_nodes: true,
+            ..
         } => ls_all_nodes(c, quiet, no_trunc).await,
         ImageCommand::Inspect { images } => inspect(c, images).await,
         ImageCommand::Rm { force, images } => rm(c, force, images).await,
@@ -400,7 +406,8 @@ pub async fn pin_digest(c: &Client, image: &str) -> String {
     }
 }
 
-async fn ls(c: &Client, quiet: bool, no_trunc: bool) -> anyhow::Result<()> {
+async fn ls(c: &Client, quiet: bool, no_trunc: bool, format: Option<&str>) -> anyhow::Result<()> {
+    let output = crate::format::Output::parse(format)?;
     let images = c
         .images()
         .list(pb::ListImagesRequest {})
@@ -416,14 +423,29 @@ async fn ls(c: &Client, quiet: bool, no_trunc: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     let now = time::OffsetDateTime::now_utc();
-    let rows: Vec<Row> = images
+    let json: Vec<serde_json::Value> = images
         .iter()
-        .map(|i| Row::Cells(image_cells(i, no_trunc, now).to_vec()))
+        .map(|i| {
+            let [repository, tag, id, since, size] = image_cells(i, no_trunc, now);
+            serde_json::json!({
+                "Repository": repository,
+                "Tag": tag,
+                "ID": id,
+                "CreatedSince": since,
+                "CreatedAt": i.created,
+                "Size": size,
+            })
+        })
         .collect();
-    for line in table(&IMAGE_HEADER, &rows) {
-        println!("{line}");
-    }
-    Ok(())
+    output.print(&json, || {
+        let rows: Vec<Row> = images
+            .iter()
+            .map(|i| Row::Cells(image_cells(i, no_trunc, now).to_vec()))
+            .collect();
+        for line in table(&IMAGE_HEADER, &rows) {
+            println!("{line}");
+        }
+    })
 }
 
 /// `docker image ls`'s columns.

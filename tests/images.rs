@@ -119,6 +119,26 @@ fn both_formats_load_list_inspect_and_remove() {
     let rows = rows(&ls);
     assert_eq!(rows.len(), 2, "{ls}");
     assert_eq!(rows[0][..2], ["weft-test/busybox", "latest"], "{ls}");
+    // --format: a template over docker's field names, or json.
+    let tags = node.weft(&[
+        "image",
+        "ls",
+        "--format",
+        "{{.Repository}}:{{.Tag}} {{.ID}}",
+    ]);
+    assert_eq!(
+        tags,
+        format!(
+            "weft-test/busybox:latest {}\nweft-test/busybox:oci {}\n",
+            rows[0][2], rows[1][2]
+        )
+    );
+    let json = node.weft(&["image", "ls", "--format", "json", "--no-trunc"]);
+    let first: serde_json::Value = serde_json::from_str(json.lines().next().unwrap()).unwrap();
+    assert!(
+        first["ID"].as_str().unwrap().starts_with("sha256:"),
+        "{json}"
+    );
     assert_eq!(rows[1][..2], ["weft-test/busybox", "oci"], "{ls}");
     for r in &rows {
         assert_eq!(r[2].len(), 12, "short ID: {ls}");
