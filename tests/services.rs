@@ -438,8 +438,13 @@ fn service_update_changes_what_create_set_and_rollback_goes_back() {
     assert!(err.contains("no previous spec"), "{err}");
     assert!(inspect()["PreviousSpec"].is_null());
 
+    assert_eq!(inspect()["Version"]["Index"], 1);
     lab.weft("m1", &["service", "update", "--env-add", "V=two", "echo"]);
     let v = inspect();
+    assert_eq!(
+        v["Version"]["Index"], 2,
+        "an update that replaces the tasks"
+    );
     assert_eq!(v["Spec"]["Env"]["V"], "two");
     assert_eq!(v["PreviousSpec"]["Env"]["V"], "one");
     let before = running();

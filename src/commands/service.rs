@@ -61,7 +61,8 @@ async fn converge(c: &Client, service: &str) -> anyhow::Result<()> {
 fn service_json(s: &pb::Service) -> serde_json::Value {
     serde_json::json!({
         "ID": s.id,
-        "Version": s.version,
+        // Docker's shape; the index counts the updates that replaced tasks.
+        "Version": {"Index": s.version},
         "CreatedAtMs": s.created_at_ms,
         "UpdatedAtMs": s.updated_at_ms,
         "Spec": spec_json(&s.spec.clone().unwrap_or_default()),
