@@ -184,14 +184,13 @@ pub fn mount_policy(args: &DaemonArgs) -> weft_worker::runtime::containerd::moun
     }
 }
 
-/// Runs the daemon until SIGINT/SIGTERM.
 /// Test-only: this many descriptors (of /dev/null) are opened at start and
 /// kept, so that every descriptor the daemon opens later is numbered above
 /// them (tests/services.rs: a node past 1024 descriptors).
 const TEST_HOLD_FDS_ENV: &str = "WEFT_TEST_HOLD_FDS";
 
-pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
-    private_dirs(&args)?;
+/// Holds the descriptors [`TEST_HOLD_FDS_ENV`] asks for, if any.
+fn hold_test_fds() -> std::io::Result<()> {
     if let Some(n) = std::env::var(TEST_HOLD_FDS_ENV)
         .ok()
         .and_then(|v| v.parse::<usize>().ok())
@@ -204,6 +203,41 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
             "{TEST_HOLD_FDS_ENV}: descriptors held for a test"
         );
     }
+    Ok(())
+}
+
+/// Serves Docker's network plugin API on `socket` (and sweeps its
+/// endpoints) until `stopped` fires.
+fn docker_plugin(
+    socket: std::path::PathBuf,
+    node: Arc<NodeService>,
+    stopped: tokio::sync::oneshot::Receiver<()>,
+) -> tokio::task::JoinHandle<()> {
+    let backend = Arc::new(docker::DockerPlugin::new(node));
+    let sweeper = Arc::downgrade(&backend);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(docker::SWEEP);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Some(b) = sweeper.upgrade() else { return };
+            b.sweep().await;
+        }
+    });
+    tokio::spawn(async move {
+        let stop = async {
+            let _ = stopped.await;
+        };
+        if let Err(e) = crate::docker_plugin::serve(&socket, backend, stop).await {
+            tracing::error!(socket = %socket.display(), error = %e, "Docker network plugin not served");
+        }
+    })
+}
+
+/// Runs the daemon until SIGINT/SIGTERM.
+pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
+    private_dirs(&args)?;
+    hold_test_fds()?;
     let hostname = match &args.hostname {
         Some(h) => h.clone(),
         None => nix::unistd::gethostname()
@@ -303,27 +337,10 @@ pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
             node.locked.gate(),
         ));
     let (plugin_stop, plugin_stopped) = tokio::sync::oneshot::channel::<()>();
-    let plugin = args.docker_plugin.clone().map(|socket| {
-        let backend = Arc::new(docker::DockerPlugin::new(node.clone()));
-        let sweeper = Arc::downgrade(&backend);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(docker::SWEEP);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let Some(b) = sweeper.upgrade() else { return };
-                b.sweep().await;
-            }
-        });
-        tokio::spawn(async move {
-            let stop = async {
-                let _ = plugin_stopped.await;
-            };
-            if let Err(e) = crate::docker_plugin::serve(&socket, backend, stop).await {
-                tracing::error!(socket = %socket.display(), error = %e, "Docker network plugin not served");
-            }
-        })
-    });
+    let plugin = args
+        .docker_plugin
+        .clone()
+        .map(|socket| docker_plugin(socket, node.clone(), plugin_stopped));
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .expect("SIGTERM handler");

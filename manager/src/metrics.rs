@@ -175,16 +175,11 @@ pub fn snapshot(core: &crate::core::Core) -> Snapshot {
     let last = raft.last_log_index.unwrap_or(0);
     let (nodes, tasks) = core.read(|s| {
         let mut nodes = std::collections::BTreeMap::<&'static str, i64>::new();
-        for st in ["ready", "down", "unknown"] {
-            nodes.insert(st, 0);
+        for st in [NodeState::Ready, NodeState::Down, NodeState::Unknown] {
+            nodes.insert(st.as_str(), 0);
         }
         for n in s.nodes.values() {
-            let st = match n.state {
-                NodeState::Ready => "ready",
-                NodeState::Down => "down",
-                NodeState::Unknown => "unknown",
-            };
-            *nodes.entry(st).or_default() += 1;
+            *nodes.entry(n.state.as_str()).or_default() += 1;
         }
         let tasks = s
             .tasks_by_state()

@@ -7,71 +7,8 @@ pub async fn node(c: &Client, cmd: NodeCommand) -> anyhow::Result<()> {
     let mut ctl = c.control();
     match cmd {
         NodeCommand::Ls { list } => ls(c, &mut ctl, &list).await?,
-        NodeCommand::Ps { list, nodes } => {
-            let filters =
-                crate::format::Filters::parse(&list.filter, super::service::TASK_FILTERS)?;
-            let output = crate::format::Output::parse(list.format.as_deref())?;
-            // Every node is resolved before anything is printed: a typo in
-            // the last prints nothing.
-            let mut tasks = Vec::new();
-            for n in nodes {
-                let mut these = ctl
-                    .list_tasks(pb::ListTasksRequest { node: n })
-                    .await
-                    .map_err(rpc)?
-                    .into_inner()
-                    .tasks;
-                these.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
-                tasks.extend(these);
-            }
-            super::service::print_task_list(tasks, &filters, &output, list.quiet)?;
-        }
-        NodeCommand::Inspect { format, nodes } => {
-            if format.as_deref() != Some("pretty") {
-                crate::format::Output::parse(format.as_deref())?;
-            }
-            let mut out = Vec::new();
-            for n in nodes {
-                let node = ctl
-                    .get_node(pb::GetNodeRequest { node: n })
-                    .await
-                    .map_err(rpc)?
-                    .into_inner();
-                out.push(node);
-            }
-            match format.as_deref() {
-                Some("pretty") => {
-                    for n in &out {
-                        println!("ID:             {}", n.id);
-                        println!("Hostname:       {}", n.hostname);
-                        println!("Role:           {}", role_text(n.role));
-                        println!("Status:         {}", state_text(n.state));
-                        if !n.state_message.is_empty() {
-                            println!("  Message:      {}", n.state_message);
-                        }
-                        println!("Availability:   {}", availability_text(n.availability));
-                        println!("Address:        {}", n.addr);
-                        println!("Data path addr: {}", n.data_path_addr);
-                        if n.role == pb::NodeRole::Manager as i32 || n.raft_voter {
-                            println!(
-                                "Manager status: {} (voter: {})",
-                                manager_status_text(n.manager_status),
-                                n.raft_voter
-                            );
-                        }
-                        println!("Cert expiry:    {}", n.cert_expiry);
-                        for (k, v) in &n.labels {
-                            println!("Label:          {k}={v}");
-                        }
-                        println!();
-                    }
-                }
-                other => {
-                    let json: Vec<serde_json::Value> = out.iter().map(node_json).collect();
-                    crate::format::print_objects(&json, other)?;
-                }
-            }
-        }
+        NodeCommand::Ps { list, nodes } => ps(&mut ctl, &list, nodes).await?,
+        NodeCommand::Inspect { format, nodes } => inspect(&mut ctl, format, nodes).await?,
         NodeCommand::Update {
             role: Some(role),
             node,
@@ -81,15 +18,7 @@ pub async fn node(c: &Client, cmd: NodeCommand) -> anyhow::Result<()> {
                 RoleArg::Manager => (pb::NodeRole::Manager, "promoted to a manager"),
                 RoleArg::Worker => (pb::NodeRole::Worker, "demoted to a worker"),
             };
-            let r = ctl
-                .set_node_role(pb::SetNodeRoleRequest {
-                    node,
-                    role: role as i32,
-                    force: false,
-                })
-                .await
-                .map_err(rpc)?
-                .into_inner();
+            let r = set_role(&mut ctl, node, role, false).await?;
             println!("Node {} {done}.", r.hostname);
         }
         NodeCommand::Update {
@@ -98,63 +27,20 @@ pub async fn node(c: &Client, cmd: NodeCommand) -> anyhow::Result<()> {
             label_rm,
             node,
             role: None,
-        } => {
-            let mut adds = HashMap::new();
-            for l in label_add {
-                let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
-                if k.is_empty() {
-                    bail!("invalid --label-add {l:?}: use key=value");
-                }
-                adds.insert(k.to_string(), v.to_string());
-            }
-            if availability.is_none() && adds.is_empty() && label_rm.is_empty() {
-                bail!("nothing to update: give --availability, --label-add, --label-rm or --role");
-            }
-            let availability = match availability {
-                None => pb::Availability::Unspecified,
-                Some(AvailabilityArg::Active) => pb::Availability::Active,
-                Some(AvailabilityArg::Pause) => pb::Availability::Pause,
-                Some(AvailabilityArg::Drain) => pb::Availability::Drain,
-            };
-            let n = ctl
-                .update_node(pb::UpdateNodeRequest {
-                    node,
-                    availability: availability as i32,
-                    label_add: adds,
-                    label_rm,
-                })
-                .await
-                .map_err(rpc)?
-                .into_inner();
-            println!("{}", n.id);
-        }
+        } => update(&mut ctl, availability, label_add, label_rm, node).await?,
         NodeCommand::Promote { nodes } => {
             for n in nodes {
-                let r = ctl
-                    .set_node_role(pb::SetNodeRoleRequest {
-                        node: n.clone(),
-                        role: pb::NodeRole::Manager as i32,
-                        force: false,
-                    })
+                let r = set_role(&mut ctl, n.clone(), pb::NodeRole::Manager, false)
                     .await
-                    .map_err(rpc)
-                    .with_context(|| format!("promoting {n}"))?
-                    .into_inner();
+                    .with_context(|| format!("promoting {n}"))?;
                 println!("Node {} promoted to a manager in the cluster.", r.hostname);
             }
         }
         NodeCommand::Demote { force, nodes } => {
             for n in nodes {
-                let r = ctl
-                    .set_node_role(pb::SetNodeRoleRequest {
-                        node: n.clone(),
-                        role: pb::NodeRole::Worker as i32,
-                        force,
-                    })
+                let r = set_role(&mut ctl, n.clone(), pb::NodeRole::Worker, force)
                     .await
-                    .map_err(rpc)
-                    .with_context(|| format!("demoting {n}"))?
-                    .into_inner();
+                    .with_context(|| format!("demoting {n}"))?;
                 println!("Manager {} demoted in the cluster.", r.hostname);
             }
         }
@@ -185,6 +71,140 @@ pub async fn node(c: &Client, cmd: NodeCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `weft node ps`.
+async fn ps(
+    ctl: &mut ControlClient<Channel>,
+    list: &crate::cli::ListFlags,
+    nodes: Vec<String>,
+) -> anyhow::Result<()> {
+    let filters = crate::format::Filters::parse(&list.filter, super::service::TASK_FILTERS)?;
+    let output = crate::format::Output::parse(list.format.as_deref())?;
+    // Every node is resolved before anything is printed: a typo in
+    // the last prints nothing.
+    let mut tasks = Vec::new();
+    for n in nodes {
+        let mut these = ctl
+            .list_tasks(pb::ListTasksRequest { node: n })
+            .await
+            .map_err(rpc)?
+            .into_inner()
+            .tasks;
+        these.sort_by(|a, b| a.name.cmp(&b.name).then(a.id.cmp(&b.id)));
+        tasks.extend(these);
+    }
+    super::service::print_task_list(tasks, &filters, &output, list.quiet)
+}
+
+/// `weft node inspect`.
+async fn inspect(
+    ctl: &mut ControlClient<Channel>,
+    format: Option<String>,
+    nodes: Vec<String>,
+) -> anyhow::Result<()> {
+    if format.as_deref() != Some("pretty") {
+        crate::format::Output::parse(format.as_deref())?;
+    }
+    let mut out = Vec::new();
+    for n in nodes {
+        let node = ctl
+            .get_node(pb::GetNodeRequest { node: n })
+            .await
+            .map_err(rpc)?
+            .into_inner();
+        out.push(node);
+    }
+    match format.as_deref() {
+        Some("pretty") => {
+            for n in &out {
+                println!("ID:             {}", n.id);
+                println!("Hostname:       {}", n.hostname);
+                println!("Role:           {}", role_text(n.role));
+                println!("Status:         {}", state_text(n.state));
+                if !n.state_message.is_empty() {
+                    println!("  Message:      {}", n.state_message);
+                }
+                println!("Availability:   {}", availability_text(n.availability));
+                println!("Address:        {}", n.addr);
+                println!("Data path addr: {}", n.data_path_addr);
+                if n.role == pb::NodeRole::Manager as i32 || n.raft_voter {
+                    println!(
+                        "Manager status: {} (voter: {})",
+                        manager_status_text(n.manager_status),
+                        n.raft_voter
+                    );
+                }
+                println!("Cert expiry:    {}", n.cert_expiry);
+                for (k, v) in &n.labels {
+                    println!("Label:          {k}={v}");
+                }
+                println!();
+            }
+        }
+        other => {
+            let json: Vec<serde_json::Value> = out.iter().map(node_json).collect();
+            crate::format::print_objects(&json, other)?;
+        }
+    }
+    Ok(())
+}
+
+/// `weft node update` of availability and labels.
+async fn update(
+    ctl: &mut ControlClient<Channel>,
+    availability: Option<AvailabilityArg>,
+    label_add: Vec<String>,
+    label_rm: Vec<String>,
+    node: String,
+) -> anyhow::Result<()> {
+    let mut adds = HashMap::new();
+    for l in label_add {
+        let (k, v) = l.split_once('=').unwrap_or((l.as_str(), ""));
+        if k.is_empty() {
+            bail!("invalid --label-add {l:?}: use key=value");
+        }
+        adds.insert(k.to_string(), v.to_string());
+    }
+    if availability.is_none() && adds.is_empty() && label_rm.is_empty() {
+        bail!("nothing to update: give --availability, --label-add, --label-rm or --role");
+    }
+    let availability = match availability {
+        None => pb::Availability::Unspecified,
+        Some(AvailabilityArg::Active) => pb::Availability::Active,
+        Some(AvailabilityArg::Pause) => pb::Availability::Pause,
+        Some(AvailabilityArg::Drain) => pb::Availability::Drain,
+    };
+    let n = ctl
+        .update_node(pb::UpdateNodeRequest {
+            node,
+            availability: availability as i32,
+            label_add: adds,
+            label_rm,
+        })
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    println!("{}", n.id);
+    Ok(())
+}
+
+/// Sets `node`'s role (promote, demote, `update --role`).
+async fn set_role(
+    ctl: &mut ControlClient<Channel>,
+    node: String,
+    role: pb::NodeRole,
+    force: bool,
+) -> anyhow::Result<pb::Node> {
+    Ok(ctl
+        .set_node_role(pb::SetNodeRoleRequest {
+            node,
+            role: role as i32,
+            force,
+        })
+        .await
+        .map_err(rpc)?
+        .into_inner())
 }
 
 fn node_json(n: &pb::Node) -> serde_json::Value {

@@ -86,9 +86,8 @@ impl NodeMetrics {
         self.apply_seconds.observe(took.as_secs_f64());
     }
 
-    /// Sets the per-config gauges from the config applied and the report
-    /// made of it.
-    pub fn config(&self, c: &pb::NodeConfig, report: &pb::StatusReport) {
+    /// Sets the node's tasks by state from the report of a pass.
+    pub fn report(&self, report: &pb::StatusReport) {
         let mut tasks = BTreeMap::<String, i64>::new();
         for t in &report.tasks {
             let state = t
@@ -113,6 +112,11 @@ impl NodeMetrics {
             .into_iter()
             .map(|(k, n)| (k, n.unsigned_abs()))
             .collect();
+    }
+
+    /// Sets the gauges of a config the node takes on: its networks' peers
+    /// and the WireGuard peers' node IDs.
+    pub fn config(&self, c: &pb::NodeConfig) {
         self.peers.clear();
         for n in &c.networks {
             self.peers

@@ -143,6 +143,9 @@ impl Reconciler {
         // namespaces: the pass re-reads just those.
         let mut observed = self.dataplane.observed_changes();
         let mut current: Option<Arc<pb::NodeConfig>> = self.load();
+        if let Some(c) = &current {
+            crate::metrics::METRICS.config(c);
+        }
         // The first pass after a restart runs on the saved config, before
         // any manager answers: how long it takes is how long the node's
         // tasks wait for names and encrypted traffic.
@@ -165,6 +168,7 @@ impl Reconciler {
                 && current.as_ref().is_none_or(|cur| **cur != *c)
             {
                 self.save(&c);
+                crate::metrics::METRICS.config(&c);
                 current = Some(c);
             }
             if let Some(c) = current.as_ref().map(|c| self.sandboxes.fill(c)) {
@@ -180,7 +184,7 @@ impl Reconciler {
                 let report = self
                     .converge(&c, &mut inflight, &probers, &mut passes)
                     .await;
-                crate::metrics::METRICS.config(&c, &report);
+                crate::metrics::METRICS.report(&report);
                 last_report = Some(report.clone());
                 if let Some((started, saved)) = first_pass.take() {
                     tracing::info!(

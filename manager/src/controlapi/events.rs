@@ -164,10 +164,6 @@ fn gap(g: crate::store::events::Gap) -> Status {
     ))
 }
 
-fn now_ms() -> u64 {
-    crate::core::now_ms()
-}
-
 /// Opens a stream of `r`'s events from `store`: refused at once when the
 /// request is bad or starts before what is kept.
 pub fn open(store: StoreHandle, r: &pb::EventsRequest) -> Result<EventStream, Status> {
@@ -218,7 +214,7 @@ async fn pump(store: StoreHandle, q: Query, mut next: u64, tx: Sender) {
                 return;
             }
         }
-        let left = q.until_ms.map(|u| u.saturating_sub(now_ms()));
+        let left = q.until_ms.map(|u| u.saturating_sub(crate::core::now_ms()));
         if ended || left == Some(0) {
             return;
         }

@@ -501,8 +501,7 @@ fn expired_session(node: NodeId, at: Option<time::OffsetDateTime>) -> Status {
     ))
 }
 
-/// `msg` carrying `payload`.
-/// `msg` with its config, counted as a push (the metric).
+/// `msg` carrying `payload`, counted as a push (the metric).
 fn with_payload(mut msg: pb::SessionMessage, payload: Payload) -> pb::SessionMessage {
     let kind = match payload {
         Payload::Whole(c) => {

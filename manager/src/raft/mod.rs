@@ -109,10 +109,7 @@ pub struct Batch {
 impl Batch {
     /// A batch of `commands`, made now.
     pub fn new(commands: Vec<Command>) -> Self {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        Batch::at(commands, now)
+        Batch::at(commands, crate::core::now_ms())
     }
 
     /// A batch of `commands` made at `time_ms`.

@@ -243,7 +243,11 @@ pub fn after(state: &State, cmd: &Command, was: Before) -> Vec<Change> {
         Command::SetRole { id, role, .. } => node(id, "role", role.as_str().into()),
         Command::SetNodeState { id, .. } => {
             let s = state.nodes.get(id).map(|n| n.state);
-            node(id, "state", s.map(node_state).unwrap_or_default().into())
+            node(
+                id,
+                "state",
+                s.map(super::NodeState::as_str).unwrap_or_default().into(),
+            )
         }
         Command::SetNodeAddrs { id, .. } => node(id, "changed", "addresses".into()),
         Command::SetNodeResources { id, .. } => node(id, "changed", "resources".into()),
@@ -325,14 +329,6 @@ fn cluster(state: &State, what: &str) -> Vec<Change> {
         id,
         &[("changed", what.to_string())],
     )]
-}
-
-fn node_state(s: super::NodeState) -> &'static str {
-    match s {
-        super::NodeState::Unknown => "unknown",
-        super::NodeState::Ready => "ready",
-        super::NodeState::Down => "down",
-    }
 }
 
 /// Why events cannot be read from where a client asked.

@@ -100,6 +100,17 @@ pub enum NodeState {
     Down,
 }
 
+impl NodeState {
+    /// `unknown` / `ready` / `down`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Unknown => "unknown",
+            NodeState::Ready => "ready",
+            NodeState::Down => "down",
+        }
+    }
+}
+
 /// One member of the cluster.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Node {
