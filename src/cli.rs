@@ -502,7 +502,7 @@ pub enum AvailabilityArg {
 pub enum NodeCommand {
     /// List the nodes of the cluster. Filters: id=, name=, role=manager|worker,
     /// label=KEY or label=KEY=VALUE. Fields: .ID .Self .Hostname .Status
-    /// .Availability .ManagerStatus .EngineVersion .CertExpiry .Labels.
+    /// .Availability .ManagerStatus .EngineVersion .CertExpiry .Role .Labels.
     #[command(alias = "list")]
     Ls {
         #[command(flatten)]
@@ -744,7 +744,7 @@ pub enum ServiceCommand {
         list: ListFlags,
     },
     /// List a service's tasks. Filters: id=, name=, node=,
-    /// desired-state=running|shutdown. Fields: .ID .Name .Node .Image
+    /// desired-state=running|shutdown. Fields: .ID .Name .Node
     /// .DesiredState .CurrentState .Addresses .Error.
     Ps {
         #[command(flatten)]
