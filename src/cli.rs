@@ -817,7 +817,7 @@ pub struct LogFlags {
     pub timestamps: bool,
 }
 
-/// How a rolling update replaces a service's tasks.
+/// How a rolling update replaces a service's tasks (`--update-*`).
 #[derive(Debug, Args, Default)]
 pub struct UpdatePolicyArgs {
     /// Tasks replaced at a time during an update (default 1; 0: all at
@@ -828,20 +828,102 @@ pub struct UpdatePolicyArgs {
     /// checks (default 0s; at most 24h).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub update_delay: Option<Duration>,
+    /// stop-first (default: the old task stops, then its replacement
+    /// starts) or start-first (the replacement starts and passes its
+    /// health check, then the old task stops).
+    #[arg(long, value_name = "ORDER")]
+    pub update_order: Option<String>,
+    /// What a failed new task does: pause (default; a later `service
+    /// update` resumes), continue, or rollback (back to the previous
+    /// spec).
+    #[arg(long, value_name = "ACTION")]
+    pub update_failure_action: Option<String>,
+    /// How long after it started a new task's end counts as a failure
+    /// of the update, and how long the last batch is watched (default
+    /// 5s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub update_monitor: Option<Duration>,
+    /// The share of tasks that may fail before the failure action is
+    /// taken, 0 to 1 (default 0: the first failure).
+    #[arg(long, value_name = "RATIO")]
+    pub update_max_failure_ratio: Option<f64>,
 }
 
 impl UpdatePolicyArgs {
     /// The flags given, for the wire (none: absent).
     pub fn to_wire(&self) -> Option<weft_proto::v1::UpdatePolicy> {
-        (self.update_parallelism.is_some() || self.update_delay.is_some()).then(|| {
-            weft_proto::v1::UpdatePolicy {
-                parallelism: self.update_parallelism,
-                delay_ms: self
-                    .update_delay
-                    .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
-            }
-        })
+        policy_to_wire(
+            self.update_parallelism,
+            self.update_delay,
+            &self.update_order,
+            &self.update_failure_action,
+            self.update_monitor,
+            self.update_max_failure_ratio,
+        )
     }
+}
+
+/// How a rollback replaces a service's tasks (`--rollback-*`).
+#[derive(Debug, Args, Default)]
+pub struct RollbackPolicyArgs {
+    /// Tasks replaced at a time during a rollback (default 1; 0: all at
+    /// once).
+    #[arg(long, value_name = "N")]
+    pub rollback_parallelism: Option<u64>,
+    /// Wait between batches of a rollback (default 0s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub rollback_delay: Option<Duration>,
+    /// stop-first (default) or start-first, during a rollback.
+    #[arg(long, value_name = "ORDER")]
+    pub rollback_order: Option<String>,
+    /// What a failed task does during a rollback: pause (default) or
+    /// continue.
+    #[arg(long, value_name = "ACTION")]
+    pub rollback_failure_action: Option<String>,
+    /// How long after it started a task's end counts as a failure of the
+    /// rollback (default 5s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub rollback_monitor: Option<Duration>,
+    /// The share of tasks that may fail during a rollback before it
+    /// pauses, 0 to 1 (default 0).
+    #[arg(long, value_name = "RATIO")]
+    pub rollback_max_failure_ratio: Option<f64>,
+}
+
+impl RollbackPolicyArgs {
+    /// The flags given, for the wire (none: absent).
+    pub fn to_wire(&self) -> Option<weft_proto::v1::UpdatePolicy> {
+        policy_to_wire(
+            self.rollback_parallelism,
+            self.rollback_delay,
+            &self.rollback_order,
+            &self.rollback_failure_action,
+            self.rollback_monitor,
+            self.rollback_max_failure_ratio,
+        )
+    }
+}
+
+/// An update or rollback policy's flags for the wire; `None` when none
+/// was given. The manager checks the values.
+fn policy_to_wire(
+    parallelism: Option<u64>,
+    delay: Option<Duration>,
+    order: &Option<String>,
+    failure_action: &Option<String>,
+    monitor: Option<Duration>,
+    max_failure_ratio: Option<f64>,
+) -> Option<weft_proto::v1::UpdatePolicy> {
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let p = weft_proto::v1::UpdatePolicy {
+        parallelism,
+        delay_ms: delay.map(ms),
+        order: order.clone(),
+        failure_action: failure_action.clone(),
+        monitor_ms: monitor.map(ms),
+        max_failure_ratio,
+    };
+    (p != weft_proto::v1::UpdatePolicy::default()).then_some(p)
 }
 
 /// What the listing commands (`ls`, `ps`) take besides their own flags.
@@ -923,6 +1005,8 @@ pub struct ServiceCreateArgs {
     pub restart: RestartArgs,
     #[command(flatten)]
     pub update_policy: UpdatePolicyArgs,
+    #[command(flatten)]
+    pub rollback_policy: RollbackPolicyArgs,
     /// Publish a port: published=8080,target=80[,protocol=tcp|udp][,mode=ingress|host],
     /// or 8080:80[/udp] (repeatable, at most 64). ingress (default) answers on every node.
     #[arg(short, long = "publish")]
@@ -1082,6 +1166,8 @@ pub struct ServiceUpdateArgs {
     pub restart: RestartArgs,
     #[command(flatten)]
     pub update_policy: UpdatePolicyArgs,
+    #[command(flatten)]
+    pub rollback_policy: RollbackPolicyArgs,
     /// Return at once instead of waiting for convergence.
     #[arg(short, long)]
     pub detach: bool,

@@ -412,27 +412,8 @@ fn service_update_changes_what_create_set_and_rollback_goes_back() {
             "echo v=$V; exec sleep 600",
         ],
     );
-    let inspect = || -> serde_json::Value {
-        let v: serde_json::Value =
-            serde_json::from_str(&lab.weft("m1", &["service", "inspect", "echo"])).unwrap();
-        v[0].clone()
-    };
-    let running = || {
-        lab.weft(
-            "m1",
-            &[
-                "service",
-                "ps",
-                "echo",
-                "-q",
-                "--filter",
-                "desired-state=running",
-            ],
-        )
-        .lines()
-        .map(str::to_owned)
-        .collect::<BTreeSet<_>>()
-    };
+    let inspect = || inspect_service(&lab, "echo");
+    let running = || running_tasks(&lab, "echo");
     // Never updated: nothing to go back to, and nothing changes.
     let err = lab.weft_err("m1", &["service", "rollback", "echo"]);
     assert!(err.contains("no previous spec"), "{err}");
@@ -599,4 +580,244 @@ fn service_update_changes_what_create_set_and_rollback_goes_back() {
         ],
     );
     assert_eq!(inspect()["Spec"]["UpdateConfig"]["Parallelism"], 0);
+}
+
+/// `service inspect SVC` on m1.
+fn inspect_service(lab: &Lab, svc: &str) -> serde_json::Value {
+    let v: serde_json::Value =
+        serde_json::from_str(&lab.weft("m1", &["service", "inspect", svc])).unwrap();
+    v[0].clone()
+}
+
+/// The IDs of `svc`'s tasks desired running.
+fn running_tasks(lab: &Lab, svc: &str) -> BTreeSet<String> {
+    let args = [
+        "service",
+        "ps",
+        svc,
+        "-q",
+        "--filter",
+        "desired-state=running",
+    ];
+    lab.weft("m1", &args).lines().map(str::to_owned).collect()
+}
+
+/// `weft events` of type task for service `svc` from the first entry.
+fn task_events(lab: &Lab, svc: &str) -> Vec<serde_json::Value> {
+    let args = [
+        "events",
+        "--since-index",
+        "1",
+        "--until",
+        "0s",
+        "--format",
+        "json",
+        "--filter",
+        "type=task",
+        "--filter",
+    ];
+    let filter = format!("service={svc}");
+    let mut all = args.to_vec();
+    all.push(&filter);
+    lab.weft("m1", &all)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+/// The failure actions of a rolling update (rollback by itself, pause),
+/// per-task progress, and start-first order, on real daemons: tasks that
+/// fail their start are seen by the orchestrator through their nodes'
+/// reports and the replicated update status decides.
+#[test]
+fn failed_updates_roll_back_or_pause_and_start_first_starts_before_it_stops() {
+    let mut lab = Lab::new("updfail", &["m1", "w1"]);
+    lab.start_all();
+    let (wt, _) = lab.init("m1", &["--heartbeat-period", "500ms"]);
+    lab.join("w1", &wt, "m1");
+    let out = lab.weft_full(
+        "m1",
+        &[
+            "service",
+            "create",
+            "--name",
+            "roll",
+            "--replicas",
+            "2",
+            "--",
+            "sh",
+            "-c",
+            "exec sleep 600",
+        ],
+    );
+    assert!(out.contains("overall progress: 2 out of 2 tasks"), "{out}");
+    assert!(
+        out.contains("1/2: running") && out.contains("2/2: running"),
+        "{out}"
+    );
+    let inspect = || inspect_service(&lab, "roll");
+    let running = || running_tasks(&lab, "roll");
+    let before = running();
+
+    // Bad policy values are refused and change nothing.
+    for (flag, value, says) in [
+        (
+            "--update-order",
+            "sideways",
+            "use stop-first or start-first",
+        ),
+        (
+            "--update-failure-action",
+            "explode",
+            "use pause, continue or rollback",
+        ),
+        (
+            "--rollback-failure-action",
+            "rollback",
+            "use pause or continue",
+        ),
+        ("--update-max-failure-ratio", "1.5", "from 0 to 1"),
+        ("--update-max-failure-ratio", "NaN", "from 0 to 1"),
+        ("--update-monitor", "25h", "over the limit of 24h"),
+    ] {
+        let err = lab.weft_err("m1", &["service", "update", flag, value, "roll"]);
+        assert!(err.contains(says), "{flag} {value}: {err}");
+    }
+    assert_eq!(inspect()["Version"]["Index"], 1);
+
+    // A new command that fails its start (so the update never goes past
+    // its first task), with failure action rollback:
+    // the service goes back to the previous spec by itself, and the
+    // command says so and fails.
+    let err = lab.weft_err(
+        "m1",
+        &[
+            "service",
+            "update",
+            "--update-failure-action",
+            "rollback",
+            "--update-monitor",
+            "2s",
+            "--args",
+            "/nonexistent/update-v2",
+            "roll",
+        ],
+    );
+    assert!(
+        err.contains(
+            "rollback: update rolled back due to failure or early termination of task roll."
+        ),
+        "{err}"
+    );
+    assert!(err.contains("service roll rolled back:"), "{err}");
+    let v = inspect();
+    assert_eq!(v["UpdateStatus"]["State"], "rollback_completed", "{v}");
+    assert_eq!(
+        v["Spec"]["Command"],
+        serde_json::json!(["sh", "-c", "exec sleep 600"])
+    );
+    // The policy was part of the spec rolled back from.
+    assert_eq!(v["Spec"]["UpdateConfig"]["FailureAction"], "pause");
+    assert_eq!(
+        v["PreviousSpec"]["UpdateConfig"]["FailureAction"],
+        "rollback"
+    );
+    assert_eq!(
+        v["PreviousSpec"]["UpdateConfig"]["Monitor"],
+        2_000_000_000u64
+    );
+    let after = running();
+    assert_eq!(after.len(), 2, "{after:?}");
+    let kept = before.intersection(&after).count();
+    assert_eq!(
+        kept, 1,
+        "only the first task was replaced: {before:?} → {after:?}"
+    );
+
+    // The default failure action pauses: the second task is not touched.
+    let before = running();
+    let err = lab.weft_err(
+        "m1",
+        &[
+            "service",
+            "update",
+            "--update-failure-action",
+            "pause",
+            "--args",
+            "/nonexistent/update-v3",
+            "roll",
+        ],
+    );
+    assert!(
+        err.contains("service roll update paused: update paused due to failure"),
+        "{err}"
+    );
+    let v = inspect();
+    assert_eq!(v["UpdateStatus"]["State"], "paused", "{v}");
+    assert!(
+        v["UpdateStatus"]["Message"]
+            .as_str()
+            .unwrap()
+            .contains("to resume it"),
+        "{v}"
+    );
+    let still = running();
+    assert_eq!(
+        before.intersection(&still).count(),
+        1,
+        "one old task runs on, its replacement restarts: {before:?} → {still:?}"
+    );
+    // `service rollback` brings the old command back and completes.
+    let out = lab.weft_full("m1", &["service", "rollback", "roll"]);
+    assert!(out.contains("verify: service converged"), "{out}");
+    let v = inspect();
+    assert_eq!(v["UpdateStatus"]["State"], "rollback_completed", "{v}");
+    assert_eq!(
+        v["Spec"]["Command"],
+        serde_json::json!(["sh", "-c", "exec sleep 600"])
+    );
+
+    // Start first: each replacement runs before the task it replaces is
+    // removed (the task events say in which order).
+    let old = running();
+    let out = lab.weft_full(
+        "m1",
+        &[
+            "service",
+            "update",
+            "--update-order",
+            "start-first",
+            "--update-monitor",
+            "1s",
+            "--env-add",
+            "V=2",
+            "roll",
+        ],
+    );
+    assert!(
+        out.contains("verify: waiting 1 seconds to verify that tasks are stable"),
+        "{out}"
+    );
+    assert_eq!(inspect()["UpdateStatus"]["State"], "completed");
+    assert_eq!(inspect()["Spec"]["UpdateConfig"]["Order"], "start-first");
+    let new = running();
+    assert!(new.is_disjoint(&old), "{old:?} → {new:?}");
+    let events = task_events(&lab, "roll");
+    let index = |pred: &dyn Fn(&serde_json::Value) -> bool| {
+        events
+            .iter()
+            .find(|e| pred(e))
+            .and_then(|e| e["Index"].as_u64())
+            .unwrap_or_else(|| panic!("no such event in {events:#?}"))
+    };
+    let of = |set: &BTreeSet<String>, e: &serde_json::Value| {
+        let id = e["Actor"]["ID"].as_str().unwrap_or_default();
+        set.iter().any(|t| id.starts_with(t.as_str()))
+    };
+    let first_removed = index(&|e| e["Action"] == "remove" && of(&old, e));
+    let first_running = index(&|e| e["Actor"]["Attributes"]["state"] == "running" && of(&new, e));
+    assert!(
+        first_running < first_removed,
+        "a new task ran (entry {first_running}) before the first old one went (entry {first_removed})"
+    );
 }

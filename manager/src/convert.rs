@@ -319,7 +319,6 @@ pub fn task_status_from_wire(s: &pb::TaskStatus, now_ms: u64) -> Result<TaskStat
 
 /// A store service on the wire, with its tasks and VIPs.
 pub fn service_to_wire(state: &State, svc: &crate::store::Service) -> pb::Service {
-    use crate::store::ServiceMode;
     let mine: Vec<&Task> = state
         .tasks
         .values()
@@ -332,14 +331,7 @@ pub fn service_to_wire(state: &State, svc: &crate::store::Service) -> pb::Servic
             .into_iter()
             .map(|(slot, node, why)| unplaced_task_to_wire(state, svc, slot, node, why)),
     );
-    let desired = match svc.spec.mode {
-        ServiceMode::Replicated { replicas } => replicas,
-        ServiceMode::Global => state
-            .nodes
-            .values()
-            .filter(|n| crate::orchestrator::eligible(n, svc))
-            .count() as u64,
-    };
+    let desired = crate::orchestrator::desired(state, svc);
     let net_name = |id: &String| network_name(state, id);
     pb::Service {
         id: svc.id.clone(),
@@ -347,6 +339,7 @@ pub fn service_to_wire(state: &State, svc: &crate::store::Service) -> pb::Servic
         previous_spec: svc.previous_spec.as_ref().map(|p| spec_to_wire(state, p)),
         ports: svc.ports.iter().map(port_to_wire).collect(),
         update_status: crate::orchestrator::update_waits_on(state, svc).unwrap_or_default(),
+        update: svc.update_status.as_ref().map(update_status_to_wire),
         // Which registry only: the credentials never leave but to nodes.
         registry_auth_for: svc
             .spec
@@ -371,34 +364,103 @@ pub fn service_to_wire(state: &State, svc: &crate::store::Service) -> pb::Servic
     }
 }
 
-/// `--update-parallelism` and `--update-delay` from the wire onto `p`:
+/// `--update-*` (or, `rollback`, `--rollback-*`) from the wire onto `p`:
 /// each field given replaces `p`'s, checked.
 pub fn update_policy_from_wire(
     p: &mut crate::store::UpdatePolicy,
     u: Option<&pb::UpdatePolicy>,
+    rollback: bool,
 ) -> crate::error::Result<()> {
+    use crate::error::Error::InvalidInput;
+    use crate::store::{FailureAction, UpdateOrder};
     const MAX_DELAY_MS: u64 = 24 * 3600 * 1000;
     let Some(u) = u else {
         return Ok(());
     };
+    let flag = if rollback { "--rollback" } else { "--update" };
     if let Some(n) = u.parallelism {
         if n > crate::limits::MAX_REPLICAS {
-            return Err(crate::error::Error::InvalidInput(format!(
-                "--update-parallelism {n} is over the limit of {} tasks",
+            return Err(InvalidInput(format!(
+                "{flag}-parallelism {n} is over the limit of {} tasks",
                 crate::limits::MAX_REPLICAS
             )));
         }
         p.parallelism = n;
     }
-    if let Some(d) = u.delay_ms {
-        if d > MAX_DELAY_MS {
-            return Err(crate::error::Error::InvalidInput(format!(
-                "--update-delay {d}ms is over the limit of 24h"
+    for (name, given, field) in [
+        ("delay", u.delay_ms, &mut p.delay_ms),
+        ("monitor", u.monitor_ms, &mut p.monitor_ms),
+    ] {
+        if let Some(d) = given {
+            if d > MAX_DELAY_MS {
+                return Err(InvalidInput(format!(
+                    "{flag}-{name} {d}ms is over the limit of 24h"
+                )));
+            }
+            *field = d;
+        }
+    }
+    if let Some(o) = &u.order {
+        p.order = match o.as_str() {
+            "stop-first" => UpdateOrder::StopFirst,
+            "start-first" => UpdateOrder::StartFirst,
+            other => {
+                return Err(InvalidInput(format!(
+                    "{flag}-order {other:?}: use stop-first or start-first"
+                )));
+            }
+        };
+    }
+    if let Some(a) = &u.failure_action {
+        p.failure_action = match a.as_str() {
+            "pause" => FailureAction::Pause,
+            "continue" => FailureAction::Continue,
+            "rollback" if !rollback => FailureAction::Rollback,
+            other => {
+                let choices = if rollback {
+                    "pause or continue"
+                } else {
+                    "pause, continue or rollback"
+                };
+                return Err(InvalidInput(format!(
+                    "{flag}-failure-action {other:?}: use {choices}"
+                )));
+            }
+        };
+    }
+    if let Some(r) = u.max_failure_ratio {
+        if !(0.0..=1.0).contains(&r) {
+            return Err(InvalidInput(format!(
+                "{flag}-max-failure-ratio {r}: give a number from 0 to 1"
             )));
         }
-        p.delay_ms = d;
+        // In [0, 1]: the product is in [0, 1e6].
+        p.max_failure_ratio_ppm = (r * 1_000_000.0).round() as u32;
     }
     Ok(())
+}
+
+/// An update policy as the control API shows it.
+fn update_policy_to_wire(p: &crate::store::UpdatePolicy) -> pb::UpdatePolicy {
+    pb::UpdatePolicy {
+        parallelism: Some(p.parallelism),
+        delay_ms: Some(p.delay_ms),
+        order: Some(p.order.as_str().into()),
+        failure_action: Some(p.failure_action.as_str().into()),
+        monitor_ms: Some(p.monitor_ms),
+        max_failure_ratio: Some(f64::from(p.max_failure_ratio_ppm) / 1_000_000.0),
+    }
+}
+
+/// A service's update status as the control API shows it.
+fn update_status_to_wire(st: &crate::store::UpdateStatus) -> pb::UpdateStatusMsg {
+    pb::UpdateStatusMsg {
+        state: st.state.as_str().into(),
+        started_at_ms: st.started_at_ms,
+        completed_at_ms: st.completed_at_ms,
+        message: st.message.clone(),
+        failures: st.failures.len() as u64,
+    }
 }
 
 /// A network's name, or `id` when it is gone.
@@ -430,10 +492,8 @@ fn spec_to_wire(state: &State, spec: &crate::store::ServiceSpec) -> pb::ServiceS
         restart_policy: restart_policy_to_wire(&spec.restart_policy),
         log: log_to_wire(spec.task.log),
         health: health_to_wire(&spec.task.health),
-        update: Some(pb::UpdatePolicy {
-            parallelism: Some(spec.update.parallelism),
-            delay_ms: Some(spec.update.delay_ms),
-        }),
+        update: Some(update_policy_to_wire(&spec.update)),
+        rollback: Some(update_policy_to_wire(&spec.rollback)),
         registry_auth: None,
         networks: spec.networks.iter().map(net_name).collect(),
         endpoint_mode: match spec.endpoint_mode {

@@ -123,6 +123,7 @@ pub fn spec(name: &str, replicas: u64, networks: &[&str]) -> ServiceSpec {
     ServiceSpec {
         registry_auth: None,
         update: Default::default(),
+        rollback: Default::default(),
         restart_policy: Default::default(),
         name: name.into(),
         mode: ServiceMode::Replicated { replicas },

@@ -3,12 +3,59 @@
 use super::*;
 use crate::format::{Filters, Output};
 
-/// Waits until `service` runs all its desired tasks at its latest version,
-/// printing progress like `docker service create`.
-async fn converge(c: &Client, service: &str) -> anyhow::Result<()> {
+/// What the command that waits asked for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Asked {
+    /// create, scale, update.
+    Change,
+    /// `service rollback` / `update --rollback`.
+    Rollback,
+}
+
+/// The tasks of `s`'s latest version by place, as progress lines: the
+/// slot ("2/3") or for a global service the node, and the newest task's
+/// state there.
+fn progress(s: &pb::Service) -> Vec<(String, String)> {
+    let global = s.spec.as_ref().is_some_and(|x| x.mode == "global");
+    let mut newest: std::collections::BTreeMap<(u64, String), &pb::Task> = Default::default();
+    for t in s.tasks.iter().filter(|t| t.service_version == s.version) {
+        // Names are service.slot.id (service.node.id for global services).
+        let mut parts = t.name.rsplitn(3, '.');
+        let place = parts.nth(1).unwrap_or_default();
+        let key = if global {
+            (0, t.hostname.clone())
+        } else {
+            (place.parse().unwrap_or(u64::MAX), String::new())
+        };
+        let e = newest.entry(key).or_insert(t);
+        if t.created_at_ms > e.created_at_ms {
+            *e = t;
+        }
+    }
+    newest
+        .into_iter()
+        .map(|((slot, host), t)| {
+            let label = if global {
+                host
+            } else {
+                format!("{slot}/{}", s.desired)
+            };
+            (label, task_text::word(task_text::state(t)).to_string())
+        })
+        .collect()
+}
+
+/// Waits until `service` runs all its desired tasks at its latest version
+/// and its update (if one runs) completed, printing progress per task like
+/// `docker service update`. Fails when the update paused or, unless a
+/// rollback was `asked`, rolled back past `version` (the service's version
+/// when the command was applied).
+async fn converge(c: &Client, service: &str, asked: Asked, version: u64) -> anyhow::Result<()> {
+    const STALL: std::time::Duration = std::time::Duration::from_secs(60);
     let mut ctl = c.control();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let mut last = String::new();
+    let mut deadline = std::time::Instant::now() + STALL;
+    let mut shown: std::collections::BTreeMap<String, String> = Default::default();
+    let (mut overall, mut verify, mut told) = (String::new(), false, false);
     loop {
         let s = ctl
             .get_service(pb::GetServiceRequest {
@@ -17,6 +64,7 @@ async fn converge(c: &Client, service: &str) -> anyhow::Result<()> {
             .await
             .map_err(rpc)?
             .into_inner();
+        let name = s.spec.as_ref().map(|x| x.name.clone()).unwrap_or_default();
         let current = s
             .tasks
             .iter()
@@ -24,33 +72,64 @@ async fn converge(c: &Client, service: &str) -> anyhow::Result<()> {
             .filter(|t| t.desired_state() == pb::TaskState::Running)
             .filter(|t| t.service_version == s.version)
             .count() as u64;
-        let line = format!(
-            "{}: {}/{} running",
-            s.spec.as_ref().map(|x| x.name.as_str()).unwrap_or(service),
-            current,
-            s.desired
-        );
-        if line != last {
+        let update = s.update.clone().unwrap_or_default();
+        // A failure rolled the update back by itself.
+        let rolled_back =
+            asked == Asked::Change && s.version > version && update.state.starts_with("rollback");
+        if rolled_back && !told {
+            eprintln!("rollback: {}", update.message);
+            told = true;
+            shown.clear();
+        }
+        let line = format!("overall progress: {current} out of {} tasks", s.desired);
+        if line != overall {
             eprintln!("{line}");
-            last = line;
+            overall = line;
+            deadline = std::time::Instant::now() + STALL;
         }
-        let failed: Vec<&pb::Task> = s
-            .tasks
-            .iter()
-            .filter(|t| task_text::is_failed(task_text::state(t)))
-            .collect();
+        for (label, state) in progress(&s) {
+            if shown.get(&label) != Some(&state) {
+                eprintln!("{label}: {state}");
+                shown.insert(label, state);
+                deadline = std::time::Instant::now() + STALL;
+            }
+        }
+        match update.state.as_str() {
+            "paused" => bail!("service {name} update paused: {}", update.message),
+            "rollback_paused" => bail!("service {name} rollback paused: {}", update.message),
+            _ => {}
+        }
         if current == s.desired && s.tasks.len() as u64 == s.desired {
-            eprintln!("verify: service converged");
-            return Ok(());
-        }
-        if let Some(t) = failed.first()
-            && std::time::Instant::now() > deadline
-        {
-            bail!("task {} failed: {}", t.name, task_text::error(t));
+            let watching = matches!(update.state.as_str(), "updating" | "rollback_started");
+            if !watching {
+                eprintln!("verify: service converged");
+                if rolled_back {
+                    bail!("service {name} rolled back: {}", update.message);
+                }
+                return Ok(());
+            }
+            if !verify {
+                let policy = if update.state == "updating" {
+                    s.spec.as_ref().and_then(|x| x.update.clone())
+                } else {
+                    s.previous_spec.as_ref().and_then(|x| x.rollback.clone())
+                };
+                let secs = policy.and_then(|p| p.monitor_ms).unwrap_or(5_000) as f64 / 1000.0;
+                eprintln!("verify: waiting {secs} seconds to verify that tasks are stable...");
+                verify = true;
+                deadline = std::time::Instant::now() + STALL;
+            }
         }
         if std::time::Instant::now() > deadline {
+            let failed = s
+                .tasks
+                .iter()
+                .find(|t| task_text::is_failed(task_text::state(t)));
+            if let Some(t) = failed {
+                bail!("task {} failed: {}", t.name, task_text::error(t));
+            }
             bail!(
-                "service {service} has not converged after 60s ({current}/{} running); see `weft service ps {service}`",
+                "service {service} has made no progress for 60s ({current}/{} running); see `weft service ps {service}`",
                 s.desired
             );
         }
@@ -76,10 +155,26 @@ fn service_json(s: &pb::Service) -> serde_json::Value {
         // Which registry only: the credentials never come back.
         "RegistryAuth": (!s.registry_auth_for.is_empty())
             .then(|| serde_json::json!({"Registry": s.registry_auth_for})),
-        "UpdateStatus": (!s.update_status.is_empty()).then(|| serde_json::json!({
-            "State": "updating",
-            "Message": s.update_status,
+        "UpdateStatus": s.update.as_ref().map(|u| serde_json::json!({
+            "State": u.state,
+            "StartedAtMs": u.started_at_ms,
+            "CompletedAtMs": (u.completed_at_ms != 0).then_some(u.completed_at_ms),
+            // What holds it (a task not healthy yet), else why it stopped.
+            "Message": if s.update_status.is_empty() { &u.message } else { &s.update_status },
+            "Failures": u.failures,
         })),
+    })
+}
+
+/// An update or rollback policy in Docker's `UpdateConfig` shape.
+fn policy_json(u: &pb::UpdatePolicy) -> serde_json::Value {
+    serde_json::json!({
+        "Parallelism": u.parallelism.unwrap_or(1),
+        "Delay": u.delay_ms.unwrap_or(0) * 1_000_000,
+        "FailureAction": u.failure_action.as_deref().unwrap_or("pause"),
+        "Monitor": u.monitor_ms.unwrap_or(5_000) * 1_000_000,
+        "MaxFailureRatio": u.max_failure_ratio.unwrap_or(0.0),
+        "Order": u.order.as_deref().unwrap_or("stop-first"),
     })
 }
 
@@ -102,11 +197,8 @@ fn ports_json(ports: &[pb::PortMapping]) -> serde_json::Value {
 fn spec_json(spec: &pb::ServiceSpecMsg) -> serde_json::Value {
     serde_json::json!({
             "EndpointSpec": {"Mode": spec.endpoint_mode, "Ports": ports_json(&spec.ports)},
-            "UpdateConfig": spec.update.map(|u| serde_json::json!({
-                "Parallelism": u.parallelism.unwrap_or(1),
-                "Delay": u.delay_ms.unwrap_or(0) * 1_000_000,
-                "Order": "stop-first",
-            })),
+            "UpdateConfig": spec.update.as_ref().map(policy_json),
+            "RollbackConfig": spec.rollback.as_ref().map(policy_json),
             "Name": spec.name,
             "Mode": if spec.mode == "global" {
                 serde_json::json!({"Global": {}})
@@ -208,6 +300,7 @@ async fn create(c: &Client, a: crate::cli::ServiceCreateArgs) -> anyhow::Result<
     let spec = pb::ServiceSpecMsg {
         registry_auth,
         update: a.update_policy.to_wire(),
+        rollback: a.rollback_policy.to_wire(),
         restart_policy: crate::resources::restart_policy(&a.restart),
         resources: a.resources.to_wire(),
         log,
@@ -244,7 +337,7 @@ async fn create(c: &Client, a: crate::cli::ServiceCreateArgs) -> anyhow::Result<
         .into_inner();
     println!("{}", s.id);
     if !a.detach {
-        converge(c, &s.id).await?;
+        converge(c, &s.id, Asked::Change, s.version).await?;
     }
     Ok(())
 }
@@ -420,21 +513,24 @@ async fn scale(c: &Client, detach: bool, pairs: &[String]) -> anyhow::Result<()>
         parsed.push((name.to_string(), n));
     }
     let mut ctl = c.control();
+    let mut versions = Vec::new();
     for (name, n) in &parsed {
-        ctl.update_service(pb::UpdateServiceRequest {
-            service: name.clone(),
-            set_replicas: true,
-            replicas: *n,
-            ..Default::default()
-        })
-        .await
-        .map_err(rpc)
-        .with_context(|| format!("scaling {name}"))?;
+        let s = ctl
+            .update_service(pb::UpdateServiceRequest {
+                service: name.clone(),
+                set_replicas: true,
+                replicas: *n,
+                ..Default::default()
+            })
+            .await
+            .map_err(rpc)
+            .with_context(|| format!("scaling {name}"))?;
+        versions.push(s.into_inner().version);
         println!("{name} scaled to {n}");
     }
     if !detach {
-        for (name, _) in &parsed {
-            converge(c, name).await?;
+        for ((name, _), version) in parsed.iter().zip(versions) {
+            converge(c, name, Asked::Change, version).await?;
         }
     }
     Ok(())
@@ -490,6 +586,7 @@ async fn update(c: &Client, a: crate::cli::ServiceUpdateArgs) -> anyhow::Result<
             restart_policy: crate::resources::restart_update(&a.restart),
             health: a.health.to_wire(None)?,
             update_policy: a.update_policy.to_wire(),
+            rollback_policy: a.rollback_policy.to_wire(),
             container: a.container.container(c).await?,
             stop: a.container.stop()?,
             rollback: a.rollback,
@@ -512,7 +609,12 @@ async fn update(c: &Client, a: crate::cli::ServiceUpdateArgs) -> anyhow::Result<
         .into_inner();
     println!("{}", s.spec.map(|x| x.name).unwrap_or_default());
     if !a.detach {
-        converge(c, &a.service).await?;
+        let asked = if a.rollback {
+            Asked::Rollback
+        } else {
+            Asked::Change
+        };
+        converge(c, &a.service, asked, s.version).await?;
     }
     Ok(())
 }
@@ -532,7 +634,7 @@ async fn rollback(c: &Client, service: String, detach: bool) -> anyhow::Result<(
     println!("{}", s.spec.map(|x| x.name).unwrap_or_default());
     println!("rollback: manually requested rollback");
     if !detach {
-        converge(c, &service).await?;
+        converge(c, &service, Asked::Rollback, s.version).await?;
     }
     Ok(())
 }

@@ -366,6 +366,22 @@ impl Lab {
     }
 
     /// Runs `weft ARGS` expecting failure; returns stderr.
+    /// Runs `weft ARGS` on `host`, which must succeed; its stdout and
+    /// stderr (progress) together.
+    pub fn weft_full(&self, host: &str, args: &[&str]) -> String {
+        let out = self.try_weft(host, args);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            out.status.success(),
+            "weft {args:?} on {host} failed: {text}"
+        );
+        text
+    }
+
     pub fn weft_err(&self, host: &str, args: &[&str]) -> String {
         let out = self.try_weft(host, args);
         assert!(

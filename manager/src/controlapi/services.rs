@@ -95,9 +95,12 @@ impl ControlService {
             .collect::<Result<Vec<_>>>()?;
         let ports = crate::convert::ports_from_wire(&m.ports)?;
         let mut update = crate::store::UpdatePolicy::default();
-        crate::convert::update_policy_from_wire(&mut update, m.update.as_ref())?;
+        crate::convert::update_policy_from_wire(&mut update, m.update.as_ref(), false)?;
+        let mut rollback = crate::store::UpdatePolicy::default();
+        crate::convert::update_policy_from_wire(&mut rollback, m.rollback.as_ref(), true)?;
         Ok(crate::store::ServiceSpec {
             update,
+            rollback,
             ports,
             name: m.name,
             mode,
@@ -247,7 +250,9 @@ impl ControlService {
             spec.registry_auth = Some(self.seal_registry_auth(&svc.id, &spec, a)?);
         }
         update_args_ports_endpoint(&mut spec, &r)?;
-        crate::convert::update_policy_from_wire(&mut spec.update, r.update_policy.as_ref())?;
+        crate::convert::update_policy_from_wire(&mut spec.update, r.update_policy.as_ref(), false)?;
+        let rollback = r.rollback_policy.as_ref();
+        crate::convert::update_policy_from_wire(&mut spec.rollback, rollback, true)?;
         for (unit, before, after, max) in [
             (
                 "networks",
@@ -287,7 +292,11 @@ impl ControlService {
                 svc.spec.name
             )));
         };
-        self.propose_update(&svc.id, *previous, false).await
+        let cmd = Command::RollbackService {
+            id: svc.id.clone(),
+            now_ms: now_ms(),
+        };
+        self.propose_spec(&svc.id, cmd, *previous).await
     }
 
     /// Proposes `spec` for service `id`, checked against the limits, and
@@ -304,6 +313,17 @@ impl ControlService {
             force,
             now_ms: now_ms(),
         };
+        self.propose_spec(id, cmd, spec).await
+    }
+
+    /// Proposes `cmd`, which gives service `id` `spec`, checked against
+    /// the limits; answers with the service once this manager applied it.
+    async fn propose_spec(
+        &self,
+        id: &str,
+        cmd: Command,
+        spec: crate::store::ServiceSpec,
+    ) -> Result<pb::Service> {
         self.core.read(|s| limits::admit(s, &cmd))?;
         self.core.propose(cmd).await?;
         self.read_after_write(|s| {

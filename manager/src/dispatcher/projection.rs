@@ -736,6 +736,7 @@ mod tests {
             spec: ServiceSpec {
                 registry_auth: None,
                 update: Default::default(),
+                rollback: Default::default(),
                 restart_policy: Default::default(),
                 name: "web".into(),
                 mode: ServiceMode::Replicated { replicas: 2 },

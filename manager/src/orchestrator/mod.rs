@@ -25,7 +25,6 @@ mod update;
 
 use std::collections::BTreeMap;
 
-use update::rolling_update;
 pub use update::update_waits_on;
 
 use crate::store::{
@@ -104,6 +103,15 @@ pub fn restarts_after(t: &Task) -> u32 {
         t.restarts.saturating_add(1)
     } else {
         0
+    }
+}
+
+/// How many tasks `svc` runs when it is whole: its replicas, or for a
+/// global service the nodes eligible for it.
+pub fn desired(state: &State, svc: &Service) -> u64 {
+    match svc.spec.mode {
+        ServiceMode::Replicated { replicas } => replicas,
+        ServiceMode::Global => state.nodes.values().filter(|n| eligible(n, svc)).count() as u64,
     }
 }
 
@@ -348,17 +356,23 @@ pub fn unplaced(state: &State, svc: &Service) -> Vec<(u64, Option<NodeId>, Strin
 }
 
 /// The commands that move every service towards its spec.
-pub fn plan(state: &State, now_ms: u64, mut new_id: impl FnMut() -> String) -> Vec<Command> {
-    let mut out = Vec::new();
+pub fn plan(state: &State, now_ms: u64, new_id: impl FnMut() -> String) -> Vec<Command> {
     // Load per node, updated as this plan places tasks.
     let mut total: BTreeMap<NodeId, usize> = BTreeMap::new();
     for t in state.tasks.values() {
         *total.entry(t.node).or_default() += 1;
     }
-    // Reservations per node, updated as this plan removes and places.
-    let mut used = reserved(state);
+    let mut p = Planner {
+        state,
+        now_ms,
+        new_id,
+        out: Vec::new(),
+        total,
+        // Reservations per node, updated as this plan removes and places.
+        used: reserved(state),
+    };
     // `weft run -d --rm`: a standalone task that has ended leaves the store.
-    out.extend(
+    p.out.extend(
         state
             .tasks
             .values()
@@ -366,114 +380,215 @@ pub fn plan(state: &State, now_ms: u64, mut new_id: impl FnMut() -> String) -> V
             .map(|t| Command::RemoveTask { id: t.id.clone() }),
     );
     for svc in state.services.values() {
-        let tasks: Vec<&Task> = state
+        p.service(svc);
+    }
+    p.out
+}
+
+/// One plan under way: what it proposes and the load it leaves.
+struct Planner<'s, F> {
+    state: &'s State,
+    now_ms: u64,
+    new_id: F,
+    out: Vec<Command>,
+    /// Tasks per node.
+    total: BTreeMap<NodeId, usize>,
+    /// Reservations per node.
+    used: BTreeMap<NodeId, Reserved>,
+}
+
+/// The backoff and restart history a replacement inherits, by (slot, node
+/// for global).
+type Carry = BTreeMap<(u64, Option<NodeId>), (u32, Vec<u64>)>;
+
+/// A service's tasks on one node and on all, for [`schedule`].
+type Load = BTreeMap<NodeId, (usize, usize)>;
+
+impl<'s, F: FnMut() -> String> Planner<'s, F> {
+    /// Moves `svc` towards its spec.
+    fn service(&mut self, svc: &'s Service) {
+        let state = self.state;
+        let tasks: Vec<&'s Task> = state
             .tasks
             .values()
             .filter(|t| t.service.as_ref().is_some_and(|r| r.service == svc.id))
             .collect();
-        let mut kept: Vec<&Task> = Vec::new();
-        // The backoff and restart history a replacement inherits, by
-        // (slot, node for global).
-        let mut carry: BTreeMap<(u64, Option<NodeId>), (u32, Vec<u64>)> = BTreeMap::new();
+        self.out
+            .extend(update::count_failures(svc, &tasks, self.now_ms));
+        let mut kept: Vec<&'s Task> = Vec::new();
+        let mut carry = Carry::new();
         for t in &tasks {
-            let restart = t.status.state.is_terminal() && due_for_restart(svc, t, now_ms);
+            let restart = t.status.state.is_terminal()
+                && due_for_restart(svc, t, self.now_ms)
+                && !update::awaits_count(svc, t);
             let gone = must_leave(state, svc, t) || restart;
             if restart && let Some(r) = &t.service {
                 let key = match svc.spec.mode {
                     ServiceMode::Global => (0, Some(t.node)),
                     ServiceMode::Replicated { .. } => (r.slot, None),
                 };
-                carry.insert(key, (restarts_after(t), history_after(svc, t, now_ms)));
+                carry.insert(key, (restarts_after(t), history_after(svc, t, self.now_ms)));
             }
             if gone {
-                out.push(Command::RemoveTask { id: t.id.clone() });
-                if let Some(c) = total.get_mut(&t.node) {
-                    *c = c.saturating_sub(1);
-                }
-                if !t.status.state.is_terminal()
-                    && let Some(u) = used.get_mut(&t.node)
-                {
-                    u.sub(&t.spec.resources);
-                }
+                self.remove(t);
             } else {
                 kept.push(t);
             }
         }
-        let mut load: BTreeMap<NodeId, (usize, usize)> =
-            total.iter().map(|(n, c)| (*n, (0, *c))).collect();
+        let mut load: Load = self.total.iter().map(|(n, c)| (*n, (0, *c))).collect();
         for t in &kept {
             load.entry(t.node).or_default().0 += 1;
         }
-        let mut place = |out: &mut Vec<Command>,
-                         load: &mut BTreeMap<NodeId, (usize, usize)>,
-                         used: &mut BTreeMap<NodeId, Reserved>,
-                         slot: u64,
-                         node: NodeId| {
-            let key = if slot == 0 {
-                (0, Some(node))
-            } else {
-                (slot, None)
-            };
-            let (restarts, restart_history) = carry.get(&key).cloned().unwrap_or_default();
-            out.push(Command::CreateServiceTask {
-                id: new_id(),
-                service: svc.id.clone(),
-                slot,
-                node,
-                now_ms,
-                restarts,
-                restart_history,
-            });
-            let e = load.entry(node).or_default();
-            e.0 += 1;
-            e.1 += 1;
-            used.entry(node).or_default().add(&svc.spec.task.resources);
-            *total.entry(node).or_default() += 1;
-        };
-        let mut created = false;
-        match svc.spec.mode {
+        let (live, created) = match svc.spec.mode {
             ServiceMode::Replicated { replicas } => {
-                let mut by_slot: BTreeMap<u64, Vec<&Task>> = BTreeMap::new();
-                for t in &kept {
-                    let slot = t.service.as_ref().map(|r| r.slot).unwrap_or(0);
-                    by_slot.entry(slot).or_default().push(t);
-                }
-                for (slot, ts) in &by_slot {
-                    let surplus = if *slot == 0 || *slot > replicas {
-                        ts.len()
-                    } else {
-                        ts.len().saturating_sub(1)
-                    };
-                    for t in ts.iter().rev().take(surplus) {
-                        out.push(Command::RemoveTask { id: t.id.clone() });
-                        if !t.status.state.is_terminal()
-                            && let Some(u) = used.get_mut(&t.node)
-                        {
-                            u.sub(&t.spec.resources);
-                        }
-                    }
-                }
-                for slot in 1..=replicas {
-                    if by_slot.get(&slot).is_none_or(|v| v.is_empty())
-                        && let Ok(node) = schedule(state, svc, &load, &used)
-                    {
-                        place(&mut out, &mut load, &mut used, slot, node);
-                        created = true;
-                    }
-                }
+                self.replicated(svc, replicas, &kept, &carry, &mut load)
             }
-            ServiceMode::Global => {
-                for node in state.nodes.values().filter(|n| eligible(n, svc)) {
-                    if !kept.iter().any(|t| t.node == node.id) && fit(node, svc, &used).is_ok() {
-                        place(&mut out, &mut load, &mut used, 0, node.id);
-                        created = true;
+            ServiceMode::Global => self.global(svc, &kept, &carry, &mut load),
+        };
+        let desired = desired(state, svc);
+        for step in update::rolling_update(svc, &live, created, desired, self.now_ms) {
+            match step {
+                update::Step::Remove(id) => self.out.push(Command::RemoveTask { id }),
+                update::Step::Start { slot, node } => {
+                    let node = match node {
+                        Some(n) => state
+                            .nodes
+                            .get(&n)
+                            .filter(|node| fit(node, svc, &self.used).is_ok())
+                            .map(|_| n),
+                        None => schedule(state, svc, &load, &self.used).ok(),
+                    };
+                    // No room for a second task yet: the update waits.
+                    if let Some(node) = node {
+                        self.place(svc, &carry, &mut load, slot, node);
                     }
                 }
+                update::Step::Complete => self.out.push(Command::CompleteUpdate {
+                    service: svc.id.clone(),
+                    version: svc.version,
+                    now_ms: self.now_ms,
+                }),
             }
         }
-        out.extend(rolling_update(svc, &kept, created, now_ms));
     }
-    out
+
+    /// A replicated service: surplus tasks of each slot go (and every task
+    /// of a slot past `replicas`), empty slots get a task. Returns the
+    /// tasks left and whether it placed any.
+    fn replicated(
+        &mut self,
+        svc: &'s Service,
+        replicas: u64,
+        kept: &[&'s Task],
+        carry: &Carry,
+        load: &mut Load,
+    ) -> (Vec<&'s Task>, bool) {
+        let mut by_slot: BTreeMap<u64, Vec<&'s Task>> = BTreeMap::new();
+        for t in kept {
+            let slot = t.service.as_ref().map(|r| r.slot).unwrap_or(0);
+            by_slot.entry(slot).or_default().push(t);
+        }
+        let mut live = Vec::new();
+        for (slot, ts) in &by_slot {
+            let surplus = if *slot == 0 || *slot > replicas {
+                ts.clone()
+            } else {
+                update::surplus(svc, ts)
+            };
+            self.remove_surplus(ts, &surplus, &mut live);
+        }
+        let mut created = false;
+        for slot in 1..=replicas {
+            if by_slot.get(&slot).is_none_or(|v| v.is_empty())
+                && let Ok(node) = schedule(self.state, svc, load, &self.used)
+            {
+                self.place(svc, carry, load, slot, node);
+                created = true;
+            }
+        }
+        (live, created)
+    }
+
+    /// A global service: surplus tasks of each node go, eligible nodes
+    /// without a task get one. Returns the tasks left and whether it
+    /// placed any.
+    fn global(
+        &mut self,
+        svc: &'s Service,
+        kept: &[&'s Task],
+        carry: &Carry,
+        load: &mut Load,
+    ) -> (Vec<&'s Task>, bool) {
+        let mut by_node: BTreeMap<NodeId, Vec<&'s Task>> = BTreeMap::new();
+        for t in kept {
+            by_node.entry(t.node).or_default().push(t);
+        }
+        let mut live = Vec::new();
+        for ts in by_node.values() {
+            let surplus = update::surplus(svc, ts);
+            self.remove_surplus(ts, &surplus, &mut live);
+        }
+        let mut created = false;
+        let state = self.state;
+        for node in state.nodes.values().filter(|n| eligible(n, svc)) {
+            if !by_node.contains_key(&node.id) && fit(node, svc, &self.used).is_ok() {
+                self.place(svc, carry, load, 0, node.id);
+                created = true;
+            }
+        }
+        (live, created)
+    }
+
+    /// Removes the tasks of `ts` in `surplus`; the others go to `live`.
+    fn remove_surplus(&mut self, ts: &[&'s Task], surplus: &[&Task], live: &mut Vec<&'s Task>) {
+        for t in ts {
+            if surplus.iter().any(|x| x.id == t.id) {
+                self.remove(t);
+            } else {
+                live.push(t);
+            }
+        }
+    }
+
+    /// Removes task `t`, freeing its place and reservation.
+    fn remove(&mut self, t: &Task) {
+        self.out.push(Command::RemoveTask { id: t.id.clone() });
+        if let Some(c) = self.total.get_mut(&t.node) {
+            *c = c.saturating_sub(1);
+        }
+        if !t.status.state.is_terminal()
+            && let Some(u) = self.used.get_mut(&t.node)
+        {
+            u.sub(&t.spec.resources);
+        }
+    }
+
+    /// Places a task of `svc` in `slot` (0: global) on `node`.
+    fn place(&mut self, svc: &Service, carry: &Carry, load: &mut Load, slot: u64, node: NodeId) {
+        let key = if slot == 0 {
+            (0, Some(node))
+        } else {
+            (slot, None)
+        };
+        let (restarts, restart_history) = carry.get(&key).cloned().unwrap_or_default();
+        self.out.push(Command::CreateServiceTask {
+            id: (self.new_id)(),
+            service: svc.id.clone(),
+            slot,
+            node,
+            now_ms: self.now_ms,
+            restarts,
+            restart_history,
+        });
+        let e = load.entry(node).or_default();
+        e.0 += 1;
+        e.1 += 1;
+        self.used
+            .entry(node)
+            .or_default()
+            .add(&svc.spec.task.resources);
+        *self.total.entry(node).or_default() += 1;
+    }
 }
 
 #[cfg(test)]
@@ -483,7 +598,7 @@ mod tests {
         Constraint, EndpointMode, Role, ServiceSpec, TaskHealth, TaskSpec, TaskState, TaskStatus,
     };
 
-    fn state(nodes: u64) -> State {
+    pub(super) fn state(nodes: u64) -> State {
         let mut s = State::default();
         s.apply(&Command::InitCluster {
             cluster: crate::testing::cluster_record(),
@@ -506,12 +621,13 @@ mod tests {
         }
     }
 
-    fn service(s: &mut State, mode: ServiceMode, constraints: Vec<Constraint>) {
+    pub(super) fn service(s: &mut State, mode: ServiceMode, constraints: Vec<Constraint>) {
         s.apply(&Command::CreateService {
             id: "svc".into(),
             spec: ServiceSpec {
                 registry_auth: None,
                 update: Default::default(),
+                rollback: Default::default(),
                 restart_policy: Default::default(),
                 name: "web".into(),
                 mode,
@@ -567,7 +683,7 @@ mod tests {
     }
 
     /// Applies plans until nothing changes, marking new tasks running.
-    fn converge(s: &mut State, now: u64) -> usize {
+    pub(super) fn converge(s: &mut State, now: u64) -> usize {
         static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         let mut rounds = 0;
         loop {
@@ -809,7 +925,7 @@ mod tests {
         update(s, spec, true);
     }
 
-    fn update(s: &mut State, spec: crate::store::ServiceSpec, force: bool) {
+    pub(super) fn update(s: &mut State, spec: crate::store::ServiceSpec, force: bool) {
         s.apply(&Command::UpdateService {
             id: "svc".into(),
             spec,
@@ -871,6 +987,7 @@ mod tests {
         s.services.get_mut("svc").unwrap().spec.update = crate::store::UpdatePolicy {
             parallelism: 2,
             delay_ms: 10_000,
+            ..Default::default()
         };
         converge(&mut s, 0);
         force_update(&mut s);
@@ -967,6 +1084,7 @@ mod tests {
             spec: ServiceSpec {
                 registry_auth: None,
                 update: Default::default(),
+                rollback: Default::default(),
                 restart_policy: Default::default(),
                 name: id.into(),
                 mode: mode.unwrap_or(ServiceMode::Replicated { replicas }),

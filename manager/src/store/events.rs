@@ -112,7 +112,11 @@ pub struct Event {
 #[derive(Debug, Default)]
 pub struct Before {
     name: String,
+    /// The tasks a service removal takes along (ID, name); for a task's
+    /// removal, its service's name and its node's.
     tasks: Vec<(String, String)>,
+    /// A service's update state, for commands that may move it.
+    update_state: &'static str,
 }
 
 /// Reads what [`after`] needs of the state before `cmd` applies.
@@ -134,14 +138,23 @@ pub fn before(state: &State, cmd: &Command) -> Before {
                 .unwrap_or_default(),
             ..Before::default()
         },
-        Command::RemoveTask { id } => Before {
-            name: state
-                .tasks
-                .get(id)
-                .map(|t| t.name.clone())
-                .unwrap_or_default(),
-            ..Before::default()
-        },
+        Command::RemoveTask { id } => {
+            let t = state.tasks.get(id);
+            let service = t
+                .and_then(|t| t.service.as_ref())
+                .and_then(|r| state.services.get(&r.service))
+                .map(|s| s.spec.name.clone())
+                .unwrap_or_default();
+            let node = t
+                .and_then(|t| state.nodes.get(&t.node))
+                .map(|n| n.hostname.clone())
+                .unwrap_or_default();
+            Before {
+                name: t.map(|t| t.name.clone()).unwrap_or_default(),
+                tasks: vec![(service, node)],
+                ..Before::default()
+            }
+        }
         Command::RemoveService { id } => Before {
             name: state
                 .services
@@ -154,9 +167,26 @@ pub fn before(state: &State, cmd: &Command) -> Before {
                 .filter(|t| t.service.as_ref().is_some_and(|r| &r.service == id))
                 .map(|t| (t.id.clone(), t.name.clone()))
                 .collect(),
+            ..Before::default()
+        },
+        Command::UpdateService { id, .. }
+        | Command::RollbackService { id, .. }
+        | Command::CountUpdateFailure { service: id, .. }
+        | Command::CompleteUpdate { service: id, .. } => Before {
+            update_state: update_state(state, id),
+            ..Before::default()
         },
         _ => Before::default(),
     }
+}
+
+/// Service `id`'s update state in Docker's words; empty: none.
+fn update_state(state: &State, id: &str) -> &'static str {
+    state
+        .services
+        .get(id)
+        .and_then(|s| s.update_status.as_ref())
+        .map_or("", |st| st.state.as_str())
 }
 
 /// An event without its entry's index and time.
@@ -289,15 +319,42 @@ pub fn after(state: &State, cmd: &Command, was: Before) -> Vec<Change> {
             network,
             &[("name", net_name(network)), ("task", id.clone())],
         )],
-        Command::RemoveTask { id } => vec![change(Task, Remove, id, &[("name", was.name)])],
+        Command::RemoveTask { id } => {
+            let (service, node) = was.tasks.into_iter().next().unwrap_or_default();
+            vec![change(
+                Task,
+                Remove,
+                id,
+                &[("name", was.name), ("node", node), ("service", service)],
+            )]
+        }
         Command::SetTaskStatus { id, status, .. } => {
             vec![task(id, Update, &[("state", status.state.name().into())])]
         }
         Command::CreateService { id, spec, .. } => {
             vec![change(Service, Create, id, &[("name", spec.name.clone())])]
         }
-        Command::UpdateService { id, spec, .. } => {
-            vec![change(Service, Update, id, &[("name", spec.name.clone())])]
+        Command::UpdateService { id, .. }
+        | Command::RollbackService { id, .. }
+        | Command::CountUpdateFailure { service: id, .. }
+        | Command::CompleteUpdate { service: id, .. } => {
+            // As Docker: the update state's move, when it moved.
+            let (old, new) = (was.update_state, update_state(state, id));
+            let moved = old != new;
+            if !moved && !matches!(cmd, Command::UpdateService { .. }) {
+                return Vec::new();
+            }
+            let name = state
+                .services
+                .get(id)
+                .map(|s| s.spec.name.clone())
+                .unwrap_or_default();
+            let mut attrs = vec![("name", name)];
+            if moved {
+                attrs.push(("updatestate.old", old.to_string()));
+                attrs.push(("updatestate.new", new.to_string()));
+            }
+            vec![change(Service, Update, id, &attrs)]
         }
         Command::RemoveService { id } => {
             let mut out = vec![change(Service, Remove, id, &[("name", was.name.clone())])];

@@ -13,6 +13,7 @@ pub mod ipam;
 pub mod netmodel;
 mod task_state;
 mod types;
+mod update_status;
 
 #[cfg(test)]
 pub(crate) mod tests;
@@ -23,6 +24,8 @@ pub use netmodel::{
 };
 pub use task_state::{TaskHealth, TaskState, TaskStatus};
 pub use types::*;
+pub use update_status::MAX_COUNTED_FAILURES;
+use update_status::UpdateKind;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -247,6 +250,38 @@ pub enum Command {
         /// Proposer's clock, unix ms.
         now_ms: u64,
     },
+    /// `service rollback`: the previous spec back (its tasks replaced under
+    /// the `--rollback-*` settings of the spec it leaves).
+    RollbackService {
+        /// Service ID.
+        id: String,
+        /// Proposer's clock, unix ms.
+        now_ms: u64,
+    },
+    /// The orchestrator saw a task of the service's `version` end while
+    /// that version's update or rollback ran: counted once per task; past
+    /// `--update-max-failure-ratio` the failure action is taken.
+    CountUpdateFailure {
+        /// Service ID.
+        service: String,
+        /// The version being rolled out (a no-op once it moved on).
+        version: u64,
+        /// The task that ended.
+        task: String,
+        /// Proposer's clock, unix ms.
+        now_ms: u64,
+    },
+    /// The orchestrator saw every task of the service's `version` replaced,
+    /// running and watched for `--update-monitor`: the update (or
+    /// rollback) completed (a no-op once the version moved on).
+    CompleteUpdate {
+        /// Service ID.
+        service: String,
+        /// The version rolled out.
+        version: u64,
+        /// Proposer's clock, unix ms.
+        now_ms: u64,
+    },
     /// Removes a service and all its tasks.
     RemoveService {
         /// Service ID.
@@ -351,6 +386,9 @@ pub enum StoreError {
          rotation, or an autolock change); run it again"
     )]
     SecretsChanged,
+    /// `service rollback` of a service never updated.
+    #[error("service {0} has no previous spec to roll back to (it was never updated)")]
+    NoPreviousSpec(String),
     /// Unknown node ID.
     #[error("node {0} not found")]
     NodeNotFound(String),
@@ -515,6 +553,18 @@ impl State {
             | Command::UpdateService { .. }
             | Command::RemoveService { .. }
             | Command::CreateServiceTask { .. } => self.apply_service(cmd),
+            Command::RollbackService { id, now_ms } => self.rollback_service(id, *now_ms),
+            Command::CountUpdateFailure {
+                service,
+                version,
+                task,
+                now_ms,
+            } => self.count_update_failure(service, *version, task, *now_ms),
+            Command::CompleteUpdate {
+                service,
+                version,
+                now_ms,
+            } => self.complete_update(service, *version, *now_ms),
             Command::UpdateClusterSettings { .. }
             | Command::SetSecrets { .. }
             | Command::RotateToken { .. } => self.apply_cluster(cmd),
@@ -781,6 +831,9 @@ impl State {
                 if task.node != *node {
                     return Err(StoreError::NotYourTask(id.clone()));
                 }
+                if status.state.is_running() && task.started_at_ms.is_none() {
+                    task.started_at_ms = Some(status.updated_at_ms);
+                }
                 task.status = status.clone();
                 Ok(Applied::Done)
             }
@@ -814,6 +867,8 @@ impl State {
                         updated_at_ms: *now_ms,
                         ports,
                         previous_spec: None,
+                        previous_version: 0,
+                        update_status: None,
                     },
                 );
                 Ok(Applied::Done)
@@ -823,42 +878,7 @@ impl State {
                 spec,
                 force,
                 now_ms,
-            } => {
-                let old = self
-                    .services
-                    .get(id)
-                    .ok_or_else(|| StoreError::ServiceNotFound(id.clone()))?;
-                if spec.name != old.spec.name
-                    && self.services.values().any(|x| x.spec.name == spec.name)
-                {
-                    return Err(StoreError::ServiceExists(spec.name.clone()));
-                }
-                let vips = self.allocate_vips(spec, Some(old))?;
-                let had_ingress = old.ports.iter().any(|p| p.mode == PublishMode::Ingress);
-                let keep = old.ports.clone();
-                let old_spec = old.spec.clone();
-                let old_version = old.version;
-                let mut next = self.clone();
-                let ports = next.service_ports(spec, id, &keep, *now_ms)?;
-                *self = next;
-                let has_ingress = ports.iter().any(|p| p.mode == PublishMode::Ingress);
-                let tasks_change = *force
-                    || spec.task != old_spec.task
-                    || spec.networks != old_spec.networks
-                    || spec.endpoint_mode != old_spec.endpoint_mode
-                    || had_ingress != has_ingress;
-                let version = old_version + u64::from(tasks_change);
-                let svc = self.services.get_mut(id).expect("checked above");
-                if *spec != old_spec {
-                    svc.previous_spec = Some(Box::new(old_spec));
-                }
-                svc.spec = spec.clone();
-                svc.vips = vips;
-                svc.ports = ports;
-                svc.version = version;
-                svc.updated_at_ms = *now_ms;
-                Ok(Applied::Done)
-            }
+            } => self.replace_service_spec(id, spec, *force, *now_ms, UpdateKind::Update),
             Command::RemoveService { id } => {
                 self.services
                     .remove(id)
@@ -1274,6 +1294,7 @@ impl State {
             ports: Vec::new(),
             restarts: 0,
             restart_history: Vec::new(),
+            started_at_ms: None,
         })
     }
 

@@ -624,6 +624,7 @@ fn published_ports_are_unique_per_node_and_picked_from_the_range() {
     let svc = |ports: Vec<PortRequest>, mode| ServiceSpec {
         registry_auth: None,
         update: Default::default(),
+        rollback: Default::default(),
         restart_policy: Default::default(),
         name: "web".into(),
         mode: ServiceMode::Replicated { replicas: 1 },
@@ -727,6 +728,7 @@ fn ingress_subnet_is_kept_free_and_moves_only_while_unused() {
         spec: ServiceSpec {
             registry_auth: None,
             update: Default::default(),
+            rollback: Default::default(),
             restart_policy: Default::default(),
             name: format!("web-{id}"),
             mode: ServiceMode::Replicated { replicas: 1 },
@@ -808,6 +810,7 @@ fn ingress_subnet_is_kept_free_and_moves_only_while_unused() {
         spec: ServiceSpec {
             registry_auth: None,
             update: Default::default(),
+            rollback: Default::default(),
             ports: vec![],
             ..spec
         },

@@ -758,6 +758,11 @@ pub struct Task {
     /// first), as far as `--restart-max-attempts` needs to count them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub restart_history: Vec<u64>,
+    /// When its node first reported it running (its node's clock, as the
+    /// report that ends it: a rolling update's `--update-monitor` compares
+    /// the two); `None` until then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at_ms: Option<u64>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -950,10 +955,13 @@ pub struct ServiceSpec {
     /// clear in the Raft log or snapshots; `crate::registry_auth`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub registry_auth: Option<RegistryAuth>,
-    /// `--update-parallelism`, `--update-delay` (absent in old records:
-    /// one at a time, no delay).
+    /// `--update-*` (absent in old records: Docker's defaults).
     #[serde(default, skip_serializing_if = "UpdatePolicy::is_default")]
     pub update: UpdatePolicy,
+    /// `--rollback-*`: how a rollback away from this spec replaces the
+    /// tasks (absent in old records: Docker's defaults).
+    #[serde(default, skip_serializing_if = "UpdatePolicy::is_default")]
+    pub rollback: UpdatePolicy,
 }
 
 /// A service's registry credentials as stored: the registry in the clear
@@ -992,7 +1000,8 @@ impl RestartPolicy {
     }
 }
 
-/// How a rolling update replaces a service's tasks (`--update-*`).
+/// How a rolling update replaces a service's tasks (`--update-*`, and
+/// the same settings for rollbacks, `--rollback-*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UpdatePolicy {
     /// Tasks replaced at a time; 0: all at once.
@@ -1001,14 +1010,51 @@ pub struct UpdatePolicy {
     /// before the next batch.
     #[serde(default, skip_serializing_if = "is_zero64")]
     pub delay_ms: u64,
+    /// Stop the old task before its replacement starts, or after.
+    #[serde(default, skip_serializing_if = "UpdateOrder::is_default")]
+    pub order: UpdateOrder,
+    /// What a failure of the new tasks does.
+    #[serde(default, skip_serializing_if = "FailureAction::is_default")]
+    pub failure_action: FailureAction,
+    /// How long after it started a new task's end counts as a failure of
+    /// the update (and how long the update watches its last batch).
+    #[serde(
+        default = "default_monitor_ms",
+        skip_serializing_if = "is_default_monitor"
+    )]
+    pub monitor_ms: u64,
+    /// The share of the service's tasks that may fail before the failure
+    /// action is taken, in millionths (0: the first failure).
+    #[serde(default, skip_serializing_if = "is_zero32")]
+    pub max_failure_ratio_ppm: u32,
+}
+
+/// Docker's `--update-monitor` default: 5 s.
+pub const DEFAULT_MONITOR_MS: u64 = 5_000;
+
+fn default_monitor_ms() -> u64 {
+    DEFAULT_MONITOR_MS
+}
+
+fn is_default_monitor(ms: &u64) -> bool {
+    *ms == DEFAULT_MONITOR_MS
+}
+
+fn is_zero32(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Default for UpdatePolicy {
-    /// One task at a time, no delay (Docker's defaults).
+    /// One task at a time, no delay, stop first, pause on the first
+    /// failure seen within 5 s (Docker's defaults).
     fn default() -> Self {
         UpdatePolicy {
             parallelism: 1,
             delay_ms: 0,
+            order: UpdateOrder::StopFirst,
+            failure_action: FailureAction::Pause,
+            monitor_ms: DEFAULT_MONITOR_MS,
+            max_failure_ratio_ppm: 0,
         }
     }
 }
@@ -1017,6 +1063,134 @@ impl UpdatePolicy {
     /// Docker's defaults.
     pub fn is_default(&self) -> bool {
         *self == UpdatePolicy::default()
+    }
+}
+
+/// `--update-order`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpdateOrder {
+    /// The old task stops, then its replacement starts (a gap, no surplus).
+    #[default]
+    StopFirst,
+    /// The replacement starts and passes its health check, then the old
+    /// task stops (no gap, one more task for a while).
+    StartFirst,
+}
+
+impl UpdateOrder {
+    /// Stop first.
+    pub fn is_default(&self) -> bool {
+        *self == UpdateOrder::default()
+    }
+
+    /// The flag's word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpdateOrder::StopFirst => "stop-first",
+            UpdateOrder::StartFirst => "start-first",
+        }
+    }
+}
+
+/// `--update-failure-action` (`--rollback-failure-action`: pause or
+/// continue).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureAction {
+    /// Stop replacing tasks; a new `service update` resumes.
+    #[default]
+    Pause,
+    /// Go on replacing tasks.
+    Continue,
+    /// Go back to the previous spec.
+    Rollback,
+}
+
+impl FailureAction {
+    /// Pause.
+    pub fn is_default(&self) -> bool {
+        *self == FailureAction::default()
+    }
+
+    /// The flag's word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureAction::Pause => "pause",
+            FailureAction::Continue => "continue",
+            FailureAction::Rollback => "rollback",
+        }
+    }
+}
+
+/// Where a service's last update (or rollback) is: Docker's
+/// `UpdateStatus`, replicated so every manager and a new leader agree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateStatus {
+    /// The state.
+    pub state: UpdateState,
+    /// Unix ms (proposer's clock) when it started.
+    pub started_at_ms: u64,
+    /// Unix ms when it completed, paused or was rolled back; 0: not yet.
+    #[serde(default, skip_serializing_if = "is_zero64")]
+    pub completed_at_ms: u64,
+    /// Why it paused or rolled back.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// The tasks of the new version that failed while it ran (at most
+    /// one per task of the service: each is counted once).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<String>,
+    /// The update replaced the spec (not only `--force`), so the previous
+    /// spec is what it replaced: what a failure may roll back to.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub changed_spec: bool,
+}
+
+/// [`UpdateStatus::state`], with Docker's names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateState {
+    /// Replacing tasks.
+    Updating,
+    /// Stopped after failures (`--update-failure-action pause`).
+    Paused,
+    /// Every task replaced and watched for `--update-monitor`.
+    Completed,
+    /// Going back to the previous spec.
+    RollbackStarted,
+    /// Stopped after failures while going back.
+    RollbackPaused,
+    /// Back on the previous spec.
+    RollbackCompleted,
+}
+
+impl UpdateState {
+    /// Docker's word.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpdateState::Updating => "updating",
+            UpdateState::Paused => "paused",
+            UpdateState::Completed => "completed",
+            UpdateState::RollbackStarted => "rollback_started",
+            UpdateState::RollbackPaused => "rollback_paused",
+            UpdateState::RollbackCompleted => "rollback_completed",
+        }
+    }
+
+    /// Tasks are being replaced (an update or a rollback under way).
+    pub fn in_progress(self) -> bool {
+        matches!(self, UpdateState::Updating | UpdateState::RollbackStarted)
+    }
+
+    /// A rollback, under way or done.
+    pub fn is_rollback(self) -> bool {
+        matches!(
+            self,
+            UpdateState::RollbackStarted
+                | UpdateState::RollbackPaused
+                | UpdateState::RollbackCompleted
+        )
     }
 }
 
@@ -1043,6 +1217,15 @@ pub struct Service {
     /// `PreviousSpec`): what `service rollback` goes back to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_spec: Option<Box<ServiceSpec>>,
+    /// The version whose tasks ran the previous spec: a rollback adopts
+    /// those still running as its own instead of replacing them (0: none,
+    /// and in old records).
+    #[serde(default, skip_serializing_if = "is_zero64")]
+    pub previous_version: u64,
+    /// The last update or rollback that replaced tasks; `None` until one
+    /// did (and in old records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update_status: Option<UpdateStatus>,
 }
 
 /// Which service a task belongs to.
