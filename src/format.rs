@@ -4,7 +4,8 @@
 //! `--format json` prints one JSON object per row; anything else is a
 //! template in a subset of Go's `text/template` that Docker users write:
 //! `{{.Field}}` and `{{.Field.Sub}}`, `{{json .}}` / `{{json .Field}}`,
-//! `{{join .List ", "}}`, `{{upper .F}}`, `{{lower .F}}`, `\t` and `\n`,
+//! `{{join .List ", "}}`, `{{upper .F}}`, `{{lower .F}}`, `{{.Label "K"}}`
+//! (a map field prints as `k=v,k2=v2`), `\t` and `\n`,
 //! and a leading `table` that adds a header and aligns the columns. A
 //! template naming a field the rows do not have is refused before
 //! anything is printed.
@@ -82,6 +83,8 @@ enum Func {
     Join(String),
     Upper,
     Lower,
+    /// `{{.Label "KEY"}}`: one entry of the row's `Labels`.
+    Label(String),
 }
 
 /// A parsed `--format` template.
@@ -189,6 +192,18 @@ fn words(field: &str) -> String {
 
 fn action(a: &str) -> anyhow::Result<Part> {
     let words = split_args(a)?;
+    if let [method, key] = words.as_slice()
+        && method.starts_with('.')
+    {
+        if method != ".Label" {
+            bail!("{{{{{a}}}}}: only .Label takes an argument ({{{{.Label \"KEY\"}}}})");
+        }
+        let path = vec!["Labels".to_string()];
+        return Ok(Part::Action {
+            func: Func::Label(key.clone()),
+            path,
+        });
+    }
     let (func, arg) = match words.as_slice() {
         [one] => (Func::Print, one.as_str()),
         [f, x] => (func_named(f, None)?, x.as_str()),
@@ -293,6 +308,12 @@ fn text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),
+        // Labels and options as Docker lists them: k=v,k2=v2.
+        Value::Object(m) => m
+            .iter()
+            .map(|(k, v)| format!("{k}={}", text(v)))
+            .collect::<Vec<_>>()
+            .join(","),
         other => other.to_string(),
     }
 }
@@ -303,6 +324,7 @@ fn apply(f: &Func, v: &Value) -> anyhow::Result<String> {
         Func::Json => v.to_string(),
         Func::Upper => text(v).to_uppercase(),
         Func::Lower => text(v).to_lowercase(),
+        Func::Label(k) => v.get(k).map(text).unwrap_or_default(),
         Func::Join(sep) => match v {
             Value::Array(items) => items.iter().map(text).collect::<Vec<_>>().join(sep),
             _ => bail!("--format: join takes a list"),
@@ -422,6 +444,11 @@ mod tests {
              a1        Leader           m1\n\
              b2                         worker-1\n"
         );
+        assert_eq!(render("{{.Labels}}").unwrap(), "zone=z1\n\n");
+        assert_eq!(
+            render("{{.Label \"zone\"}}/{{.Label \"zz\"}}").unwrap(),
+            "z1/\n/\n"
+        );
         assert_eq!(words("EngineVersion"), "ENGINE VERSION");
         assert_eq!(words("TLSStatus"), "TLS STATUS");
         assert_eq!(Template::parse("{{.ID}}").unwrap().render(&[]).unwrap(), "");
@@ -442,6 +469,7 @@ mod tests {
             ("{{json .ID \",\"}}", "only join takes"),
             ("{{join .ID \",\"}}", "join takes a list"),
             ("{{.a..b}}", "is not a field"),
+            ("{{.Name \"x\"}}", "only .Label takes an argument"),
             ("x}}", "without its {{"),
         ] {
             let e = format!("{:#}", render(t).unwrap_err());

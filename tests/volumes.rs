@@ -69,7 +69,7 @@ fn bad_input_is_refused(lab: &Lab) {
         ),
         (
             &["volume", "ls", "--format", "{{.Nope}}"][..],
-            "not supported",
+            "no field .Nope",
         ),
         (
             &["volume", "prune", "-f", "--filter", "name=x"][..],

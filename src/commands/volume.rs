@@ -60,7 +60,7 @@ async fn ls(
     filters: Vec<String>,
     format: Option<String>,
 ) -> anyhow::Result<()> {
-    let template = format.as_deref().map(Template::parse).transpose()?;
+    let output = crate::format::Output::parse(format.as_deref())?;
     let volumes = c
         .daemon()
         .volume_list(pb::VolumeListRequest { filters })
@@ -74,23 +74,19 @@ async fn ls(
         }
         return Ok(());
     }
-    if let Some(t) = template {
+    let rows: Vec<serde_json::Value> = volumes.iter().map(docker_json).collect();
+    output.print(&rows, || {
+        let width = volumes
+            .iter()
+            .map(|v| v.driver.len())
+            .chain([6])
+            .max()
+            .unwrap_or(6);
+        println!("{:<width$}    VOLUME NAME", "DRIVER");
         for v in &volumes {
-            println!("{}", t.render(v));
+            println!("{:<width$}    {}", v.driver, v.name);
         }
-        return Ok(());
-    }
-    let width = volumes
-        .iter()
-        .map(|v| v.driver.len())
-        .chain([6])
-        .max()
-        .unwrap_or(6);
-    println!("{:<width$}    VOLUME NAME", "DRIVER");
-    for v in &volumes {
-        println!("{:<width$}    {}", v.driver, v.name);
-    }
-    Ok(())
+    })
 }
 
 /// A volume as Docker's `volume inspect` shows it (empty maps as null).
@@ -190,124 +186,4 @@ async fn prune(c: &Client, force: bool, filters: Vec<String>) -> anyhow::Result<
         crate::image_cmd::human_size(r.reclaimed_bytes)
     );
     Ok(())
-}
-
-/// One piece of a `--format` template.
-#[derive(Debug, PartialEq, Eq)]
-enum Piece {
-    Text(String),
-    Field(&'static str),
-    Label(String),
-    Json,
-}
-
-/// A `--format` template: Go-template placeholders for a volume's fields,
-/// the subset Docker's `volume ls --format` is used with; anything else is
-/// refused rather than printed as is.
-#[derive(Debug, PartialEq, Eq)]
-struct Template(Vec<Piece>);
-
-const FIELDS: [&str; 6] = [
-    "Name",
-    "Driver",
-    "Mountpoint",
-    "Scope",
-    "CreatedAt",
-    "Labels",
-];
-
-impl Template {
-    fn parse(s: &str) -> anyhow::Result<Template> {
-        let s = s.replace("\\t", "\t").replace("\\n", "\n");
-        let mut pieces = Vec::new();
-        let mut rest = s.as_str();
-        while let Some(open) = rest.find("{{") {
-            if open > 0 {
-                pieces.push(Piece::Text(rest[..open].to_owned()));
-            }
-            let Some(close) = rest[open..].find("}}") else {
-                bail!("--format: unclosed {{{{ in {s:?}");
-            };
-            let inner = rest[open + 2..open + close].trim();
-            pieces.push(Self::placeholder(inner)?);
-            rest = &rest[open + close + 2..];
-        }
-        if !rest.is_empty() {
-            pieces.push(Piece::Text(rest.to_owned()));
-        }
-        Ok(Template(pieces))
-    }
-
-    fn placeholder(inner: &str) -> anyhow::Result<Piece> {
-        if inner == "json ." {
-            return Ok(Piece::Json);
-        }
-        if let Some(key) = inner.strip_prefix(".Label ") {
-            let key = key.trim();
-            if let Some(k) = key.strip_prefix('"').and_then(|k| k.strip_suffix('"')) {
-                return Ok(Piece::Label(k.to_owned()));
-            }
-        }
-        if let Some(f) = FIELDS.iter().find(|f| inner.strip_prefix('.') == Some(**f)) {
-            return Ok(Piece::Field(f));
-        }
-        bail!(
-            "--format: {{{{{inner}}}}} is not supported; use {}, {{{{.Label \"KEY\"}}}} or {{{{json .}}}}",
-            FIELDS.map(|f| format!("{{{{.{f}}}}}")).join(", ")
-        )
-    }
-
-    fn render(&self, v: &pb::VolumeInfo) -> String {
-        let mut out = String::new();
-        for p in &self.0 {
-            match p {
-                Piece::Text(t) => out.push_str(t),
-                Piece::Json => out.push_str(&docker_json(v).to_string()),
-                Piece::Label(k) => out.push_str(v.labels.get(k).map_or("", String::as_str)),
-                Piece::Field(f) => out.push_str(&match *f {
-                    "Name" => v.name.clone(),
-                    "Driver" => v.driver.clone(),
-                    "Mountpoint" => v.mountpoint.clone(),
-                    "Scope" => v.scope.clone(),
-                    "CreatedAt" => v.created_at.clone(),
-                    _ => v
-                        .labels
-                        .iter()
-                        .collect::<BTreeMap<_, _>>()
-                        .iter()
-                        .map(|(k, v)| format!("{k}={v}"))
-                        .collect::<Vec<_>>()
-                        .join(","),
-                }),
-            }
-        }
-        out
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn format_templates_render_fields_and_refuse_the_rest() {
-        let v = pb::VolumeInfo {
-            name: "db".into(),
-            driver: "local".into(),
-            labels: [("b", "2"), ("a", "1")]
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            ..Default::default()
-        };
-        let r = |t: &str| Template::parse(t).unwrap().render(&v);
-        assert_eq!(r("{{.Name}}"), "db");
-        assert_eq!(r("{{ .Driver }}\\t{{.Name}}!"), "local\tdb!");
-        assert_eq!(r("{{.Labels}}"), "a=1,b=2");
-        assert_eq!(r("{{.Label \"b\"}}/{{.Label \"zz\"}}"), "2/");
-        assert!(r("{{json .}}").contains("\"Name\":\"db\""));
-        for bad in ["{{.Nope}}", "{{.Name", "{{range .}}", "{{.Label b}}"] {
-            assert!(Template::parse(bad).is_err(), "{bad}");
-        }
-    }
 }
