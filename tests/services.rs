@@ -198,6 +198,7 @@ fn a_killed_worker_s_tasks_are_rescheduled_and_leave_vip_and_dns() {
         resolve(&pin, "tasks.web").len() == 3
     });
     assert!(lab.weft("m1", &["service", "ps", "web"]).contains(" w2 "));
+    let before = task_ips(&lab, "web");
     lab.kill9("w2");
     let took = wait_for(
         "w2's task leaves DNS and is replaced",
@@ -209,6 +210,20 @@ fn a_killed_worker_s_tasks_are_rescheduled_and_leave_vip_and_dns() {
         },
     );
     eprintln!("failover converged after {took:?}");
+    // The replacement does not get the address its predecessor released
+    // (serial allocation): a client with a stale neighbour entry or flow
+    // for it reaches nothing rather than another task.
+    let after = task_ips(&lab, "web");
+    assert_eq!(
+        after.difference(&before).count(),
+        1,
+        "{before:?} → {after:?}"
+    );
+    assert_eq!(
+        before.difference(&after).count(),
+        1,
+        "{before:?} → {after:?}"
+    );
     let ps = lab.weft("m1", &["service", "ps", "web"]);
     assert!(
         !ps.lines()

@@ -87,6 +87,23 @@ pub fn next_ip(
     free_ips(subnet, range, taken).next()
 }
 
+/// The first free host address of `subnet` (within `range` if given)
+/// after `after`, wrapping to the lowest: serial allocation, so an address
+/// just released is the last to be handed out again.
+pub fn next_ip_after(
+    subnet: &IpNetwork,
+    range: Option<&IpNetwork>,
+    taken: &BTreeSet<IpAddr>,
+    after: Option<IpAddr>,
+) -> Option<IpAddr> {
+    let mut free = free_ips(subnet, range, taken);
+    let first = free.next()?;
+    match after {
+        Some(a) if first <= a => free.find(|ip| *ip > a).or(Some(first)),
+        _ => Some(first),
+    }
+}
+
 /// The free host addresses of `subnet` (within `range` if given), lowest
 /// first: taking n of them gives what n calls of [`next_ip`] would, each
 /// after the one before was taken, in one pass (n nodes' ingress

@@ -802,6 +802,7 @@ impl State {
                     }
                     task.ports = self.allocate_task_ports(ports, *node)?;
                 }
+                self.allocated_for(&task, networks);
                 self.tasks.insert(task.id.clone(), task);
                 Ok(Applied::Done)
             }
@@ -856,6 +857,7 @@ impl State {
                 let mut next = self.clone();
                 let ports = next.service_ports(spec, id, &[], *now_ms)?;
                 *self = next;
+                self.allocated_vips(&vips, &BTreeMap::new());
                 self.services.insert(
                     id.clone(),
                     Service {
@@ -929,6 +931,7 @@ impl State {
                 task.service = Some(sref);
                 task.restarts = *restarts;
                 task.restart_history = restart_history.clone();
+                self.allocated_for(&task, &networks);
                 self.tasks.insert(task.id.clone(), task);
                 Ok(Applied::Done)
             }
@@ -1085,7 +1088,8 @@ impl State {
             }
             let mut taken = self.taken_on(net_id);
             taken.extend(vips.values());
-            let ip = ipam::next_ip(&net.subnet, net.ip_range.as_ref(), &taken)
+            let after = net.last_allocated;
+            let ip = ipam::next_ip_after(&net.subnet, net.ip_range.as_ref(), &taken, after)
                 .ok_or_else(|| StoreError::NetworkFull(net.name.clone()))?;
             vips.insert(net_id.clone(), ip);
         }
@@ -1209,6 +1213,7 @@ impl State {
             node: local,
             ingress: false,
             node_endpoints: Default::default(),
+            last_allocated: None,
             // Local networks take standalone tasks, as Docker's bridges do.
             attachable: spec.attachable || local.is_some(),
             subnet,
@@ -1296,6 +1301,29 @@ impl State {
             restart_history: Vec::new(),
             started_at_ms: None,
         })
+    }
+
+    /// Moves the serial allocation of each of `task`'s networks past the
+    /// address it got there unasked (`networks`: what was asked).
+    fn allocated_for(&mut self, task: &Task, networks: &[(String, Option<IpAddr>)]) {
+        for a in &task.attachments {
+            if networks
+                .iter()
+                .any(|(n, want)| *n == a.network && want.is_none())
+            {
+                self.allocated(&a.network, a.ip);
+            }
+        }
+    }
+
+    /// Moves the serial allocation of each network of `vips` past the VIP
+    /// newly given there (kept ones, in `old`, do not count).
+    fn allocated_vips(&mut self, vips: &BTreeMap<String, IpAddr>, old: &BTreeMap<String, IpAddr>) {
+        for (net, ip) in vips {
+            if old.get(net) != Some(ip) {
+                self.allocated(net, *ip);
+            }
+        }
     }
 
     /// The node with this ID.

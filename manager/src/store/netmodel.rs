@@ -154,6 +154,7 @@ impl State {
                 node: Some(node),
                 ingress: false,
                 node_endpoints: Default::default(),
+                last_allocated: None,
             },
         );
         Ok(())
@@ -225,6 +226,7 @@ impl State {
                 node: None,
                 ingress: true,
                 node_endpoints: Default::default(),
+                last_allocated: None,
             },
         );
         // Every node's endpoint, lowest free addresses first, in one pass.
@@ -595,6 +597,9 @@ impl State {
         if gateway.is_some() {
             t.gateway_ip = gateway;
         }
+        if ip.is_none() {
+            self.allocated(network, addr);
+        }
         Ok(())
     }
 
@@ -652,8 +657,18 @@ impl State {
                     None => Ok(ip),
                 }
             }
-            None => ipam::next_ip(&net.subnet, net.ip_range.as_ref(), &taken)
-                .ok_or_else(|| StoreError::NetworkFull(net.name.clone())),
+            None => {
+                let after = net.last_allocated;
+                ipam::next_ip_after(&net.subnet, net.ip_range.as_ref(), &taken, after)
+                    .ok_or_else(|| StoreError::NetworkFull(net.name.clone()))
+            }
+        }
+    }
+
+    /// Moves `network`'s serial allocation past `ip`, handed out unasked.
+    pub(crate) fn allocated(&mut self, network: &str, ip: IpAddr) {
+        if let Some(n) = self.networks.get_mut(network) {
+            n.last_allocated = Some(ip);
         }
     }
 

@@ -298,15 +298,68 @@ fn tasks_get_addresses_macs_and_gateway_ips() {
     assert_eq!(s.tasks["t2"].attachments[0].ip.to_string(), "10.0.9.3");
     assert_eq!(s.tasks["t1"].gateway_ip.unwrap().to_string(), "172.18.0.2");
     assert_eq!(s.tasks["t2"].gateway_ip.unwrap().to_string(), "172.18.0.3");
-    // Addresses are released with the task.
+    // Addresses are released with the task, and handed out again only
+    // after the rest of the range (serial allocation).
     s.apply(&Command::RemoveTask { id: "t1".into() }).unwrap();
     create_task(&mut s, "t3", 1, &["n1"]).unwrap();
-    assert_eq!(s.tasks["t3"].attachments[0].ip.to_string(), "10.0.9.2");
+    assert_eq!(s.tasks["t3"].attachments[0].ip.to_string(), "10.0.9.4");
     // A network in use cannot be removed.
     let err = s
         .apply(&Command::RemoveNetwork { id: "n1".into() })
         .unwrap_err();
     assert!(matches!(err, StoreError::NetworkInUse { tasks: 2, .. }));
+}
+
+/// A released address comes back last: the allocation goes on from the
+/// last address handed out unasked, wraps at the end of the range, and
+/// skips what is taken; an address asked for does not move it. Old
+/// records (no cursor) start from the bottom.
+#[test]
+fn released_addresses_are_reused_last() {
+    let mut s = initialised();
+    s.apply(&Command::CreateNetwork {
+        spec: net_spec("n1", "a", Some("10.0.9.0/29")),
+    })
+    .unwrap();
+    let ip = |s: &State, t: &str| s.tasks[t].attachments[0].ip.to_string();
+    for t in ["a", "b", "c"] {
+        create_task(&mut s, t, 1, &["n1"]).unwrap();
+    }
+    assert_eq!(ip(&s, "c"), "10.0.9.4");
+    s.apply(&Command::RemoveTask { id: "a".into() }).unwrap();
+    s.apply(&Command::RemoveTask { id: "c".into() }).unwrap();
+    let asked = Command::CreateTask {
+        id: "x".into(),
+        name: "task-x".into(),
+        node: NodeId(1),
+        spec: Default::default(),
+        networks: vec![("n1".into(), Some("10.0.9.6".parse().unwrap()))],
+        standalone: true,
+        now_ms: 2,
+        network_mode: Default::default(),
+        ports: Vec::new(),
+    };
+    s.apply(&asked).unwrap();
+    create_task(&mut s, "d", 1, &["n1"]).unwrap();
+    assert_eq!(ip(&s, "d"), "10.0.9.5", "after c's, not a's or c's");
+    create_task(&mut s, "e", 1, &["n1"]).unwrap();
+    assert_eq!(ip(&s, "e"), "10.0.9.2", "wrapped, past the asked-for .6");
+    create_task(&mut s, "f", 1, &["n1"]).unwrap();
+    assert_eq!(ip(&s, "f"), "10.0.9.4");
+    assert!(matches!(
+        create_task(&mut s, "g", 1, &["n1"]),
+        Err(StoreError::NetworkFull(_))
+    ));
+    // A refused command moves nothing.
+    assert_eq!(
+        s.networks["n1"].last_allocated,
+        Some("10.0.9.4".parse().unwrap())
+    );
+    // An old record has no cursor.
+    let mut json = serde_json::to_value(&s.networks["n1"]).unwrap();
+    json.as_object_mut().unwrap().remove("last_allocated");
+    let back: crate::store::Network = serde_json::from_value(json).unwrap();
+    assert_eq!(back.last_allocated, None);
 }
 
 #[test]

@@ -377,6 +377,13 @@ pub struct Network {
     /// traffic it forwards to replicas elsewhere).
     #[serde(default)]
     pub node_endpoints: BTreeMap<NodeId, IpAddr>,
+    /// The address last handed out without being asked for: the next one
+    /// is the first free address after it (wrapping at the end), so a
+    /// released address is not reused before the rest of the range was
+    /// (serial allocation, as libnetwork's for swarm networks). `None`
+    /// until the first (and in old records: they start from the bottom).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_allocated: Option<IpAddr>,
 }
 
 impl Network {

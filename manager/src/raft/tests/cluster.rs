@@ -382,14 +382,18 @@ async fn snapshot_then_log_restores_after_restart() {
     let dir = tempfile::tempdir().expect("tempdir");
     let id = NodeId(0xf1);
     let mut s = settings();
-    s.snapshot_every = 20;
+    // Snapshots when this test says: a policy's trigger is skipped while
+    // the previous snapshot is still being built, and nothing retriggers
+    // it once the writes stop, so under load its snapshots came late.
+    s.snapshot_every = 1_000_000;
     let mut node = TestNode::start(id, dir.path(), None, s.clone()).await;
     node.raft.initialize_single(&node.addr).await.expect("init");
     node.wait_leader("leader").await;
     let r = node.raft.propose(init_cluster(id)).await.expect("propose");
     assert!(r.is_ok(), "{r:?}");
-    // Sequential writes: one log entry each, so the log crosses the
-    // snapshot threshold more than once.
+    // Sequential writes, one log entry each: a snapshot, a later one that
+    // replaces it, and log entries after that.
+    let mut snapshots = Vec::new();
     for i in 0..50u64 {
         let r = node
             .raft
@@ -397,16 +401,19 @@ async fn snapshot_then_log_restores_after_restart() {
             .await
             .expect("propose");
         assert!(r.is_ok(), "{r:?}");
+        if i == 20 || i == 40 {
+            snapshots.push(super::recover::snapshot_everything(&node).await);
+        }
     }
-    node.raft
-        .raft()
-        .wait(Some(WAIT))
-        .metrics(
-            |m| m.snapshot.is_some_and(|s| s.index >= 20 && s.index < 52),
-            "snapshot built, with log entries after it",
-        )
-        .await
-        .expect("snapshot");
+    assert!(
+        snapshots[0] >= 20 && snapshots[1] > snapshots[0],
+        "{snapshots:?}"
+    );
+    assert_eq!(node.raft.metrics().snapshot_index, Some(snapshots[1]));
+    assert!(
+        node.raft.metrics().applied_index > Some(snapshots[1]),
+        "entries after it"
+    );
     let addr = node.addr.clone();
     let before = node.raft.store().read().clone();
     node.stop().await;
@@ -470,7 +477,8 @@ async fn concurrent_proposals_are_batched_and_all_applied() {
 async fn new_learner_catches_up_by_snapshot_after_purge() {
     let dirs = [(); 2].map(|_| tempfile::tempdir().expect("tempdir"));
     let mut s = settings();
-    s.snapshot_every = 20;
+    // The snapshot is taken explicitly (see snapshot_then_log_...).
+    s.snapshot_every = 1_000_000;
     s.keep_logs_after_snapshot = 0;
     let leader_id = NodeId(0x51);
     let mut leader = TestNode::start(leader_id, dirs[0].path(), None, s.clone()).await;
@@ -494,6 +502,7 @@ async fn new_learner_catches_up_by_snapshot_after_purge() {
             .expect("propose");
         assert!(r.is_ok(), "{r:?}");
     }
+    super::recover::snapshot_everything(&leader).await;
     // The log before the snapshot is gone, so only a snapshot can bring a
     // new member up to date.
     leader
@@ -521,6 +530,17 @@ async fn new_learner_catches_up_by_snapshot_after_purge() {
         .metrics(|m| m.snapshot.is_some(), "snapshot installed")
         .await
         .expect("learner has a snapshot");
+    // The membership that adds it is a log entry after the snapshot.
+    learner
+        .raft
+        .raft()
+        .wait(Some(WAIT))
+        .metrics(
+            |m| m.membership_config.membership().learner_ids().count() == 1,
+            "the learner in the membership",
+        )
+        .await
+        .expect("learner in its own membership");
     assert_eq!(learner.raft.metrics().learners.len(), 1);
     learner.stop().await;
     leader.stop().await;

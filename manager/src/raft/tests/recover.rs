@@ -50,7 +50,7 @@ async fn lose_two_of_three(
 }
 
 /// Makes `node` build a snapshot of its whole log; returns its last index.
-async fn snapshot_everything(node: &TestNode) -> u64 {
+pub(super) async fn snapshot_everything(node: &TestNode) -> u64 {
     let raft = node.raft.raft();
     // A restarted node reports its log in its metrics a moment after it
     // has re-applied it: wait for that instead of reading them at once.
