@@ -418,7 +418,39 @@ fn bad_network_and_run_input_is_refused_and_changes_nothing() {
         (&["network", "create", "--mtu", "100", "x"], "MTU"),
         (
             &["network", "create", "-o", "nosuchopt", "x"],
-            "unknown network option",
+            "the known options are encrypted",
+        ),
+        (
+            &[
+                "network",
+                "create",
+                "-o",
+                "com.docker.network.driver.mtu=big",
+                "x",
+            ],
+            "give a number of bytes",
+        ),
+        (
+            &[
+                "network",
+                "create",
+                "-o",
+                "com.docker.network.driver.mtu=100",
+                "x",
+            ],
+            "MTU 100 is out of range",
+        ),
+        (
+            &[
+                "network",
+                "create",
+                "--mtu",
+                "1400",
+                "-o",
+                "com.docker.network.driver.mtu=1300",
+                "x",
+            ],
+            "disagree",
         ),
         (&["network", "create", "bad/name"], "invalid network name"),
         (&["network", "rm", "nosuch"], "not found"),
@@ -427,6 +459,29 @@ fn bad_network_and_run_input_is_refused_and_changes_nothing() {
         let err = lab.weft_err("m1", args);
         assert!(err.contains(want), "{args:?}: {err}");
     }
+    assert!(
+        !lab.weft("m1", &["network", "ls", "-q", "--filter", "name=x"])
+            .lines()
+            .any(|l| !l.is_empty()),
+        "refused creates change nothing"
+    );
+    // Docker's spelling of --mtu.
+    lab.weft(
+        "m1",
+        &[
+            "network",
+            "create",
+            "-o",
+            "com.docker.network.driver.mtu=1400",
+            "--subnet",
+            "10.0.31.0/24",
+            "optmtu",
+        ],
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&lab.weft("m1", &["network", "inspect", "optmtu"])).unwrap();
+    assert_eq!(v[0]["MTU"], 1400, "{v}");
+    assert_eq!(v[0]["MTULimitedBy"], "explicit", "{v}");
     lab.weft(
         "m1",
         &["network", "create", "--subnet", "10.0.30.0/24", "private"],
@@ -476,7 +531,11 @@ fn bad_network_and_run_input_is_refused_and_changes_nothing() {
     );
     assert!(err.contains("already in use"), "{err}");
     let ls = lab.weft("m1", &["network", "ls", "-q", "--filter", "driver=overlay"]);
-    assert_eq!(ls.lines().count(), 2, "only appnet and private exist: {ls}");
+    assert_eq!(
+        ls.lines().count(),
+        3,
+        "only appnet, optmtu and private exist: {ls}"
+    );
     let ps = lab.weft("w2", &["ps", "-a"]);
     assert_eq!(ps.lines().count(), 1, "no task was created on w2: {ps}");
 }

@@ -58,6 +58,7 @@ impl ControlService {
             }
         };
         let mut encrypted = false;
+        let mut mtu_opt = None;
         for (k, v) in &r.options {
             match (k.as_str(), v.as_str()) {
                 ("encrypted", "" | "true") => encrypted = true,
@@ -67,13 +68,32 @@ impl ControlService {
                         "invalid value {v:?} for option encrypted: use `-o encrypted` or `-o encrypted=false`"
                     )));
                 }
+                // Docker's spelling of --mtu.
+                ("com.docker.network.driver.mtu", v) => {
+                    mtu_opt = Some(v.parse::<u32>().map_err(|_| {
+                        Error::InvalidInput(format!(
+                            "invalid value {v:?} for option com.docker.network.driver.mtu: give a number of bytes"
+                        ))
+                    })?);
+                }
                 _ => {
                     return Err(Error::InvalidInput(format!(
-                        "unknown network option {k:?}: the overlay driver knows `encrypted`"
+                        "unknown network option {k:?}: the known options are encrypted \
+                         (-o encrypted[=true|false]) and com.docker.network.driver.mtu (-o \
+                         com.docker.network.driver.mtu=N, as --mtu)"
                     )));
                 }
             }
         }
+        let mtu_given = match (r.mtu, mtu_opt) {
+            (0, Some(m)) => m,
+            (m, Some(o)) if m != o => {
+                return Err(Error::InvalidInput(format!(
+                    "--mtu {m} and -o com.docker.network.driver.mtu={o} disagree: give one"
+                )));
+            }
+            (m, _) => m,
+        };
         let cidr = |what: &str, v: &str| -> Result<Option<ipnetwork::IpNetwork>> {
             if v.is_empty() {
                 return Ok(None);
@@ -117,7 +137,7 @@ impl ControlService {
                 ))
             })?)
         };
-        let mtu = match r.mtu {
+        let mtu = match mtu_given {
             0 => None,
             m if (576..=9000).contains(&m) => Some(m),
             m => {
