@@ -599,6 +599,9 @@ pub enum NetworkCommand {
     },
     /// Detach a running task from a network, without restarting it.
     Disconnect {
+        /// No error when the task is gone or not on the network.
+        #[arg(short, long)]
+        force: bool,
         /// Network name or ID.
         network: String,
         /// Task name or ID.
@@ -629,9 +632,25 @@ pub enum NetworkCommand {
     /// Remove networks (refused while anything is attached).
     #[command(alias = "remove")]
     Rm {
+        /// Disconnect the standalone tasks attached first (a service's
+        /// are not: change the service), and no error for a network that
+        /// does not exist.
+        #[arg(short, long)]
+        force: bool,
         /// Network names or IDs.
         #[arg(required = true)]
         networks: Vec<String>,
+    },
+    /// Remove every network nothing uses (no task, no service; never the
+    /// ingress network). Filters: label=KEY or label=KEY=VALUE,
+    /// label!=KEY…, until=DURATION (created longer ago than that).
+    Prune {
+        /// Do not ask.
+        #[arg(short, long)]
+        force: bool,
+        /// KEY=VALUE (repeatable).
+        #[arg(long, value_name = "FILTER")]
+        filter: Vec<String>,
     },
 }
 

@@ -539,3 +539,58 @@ fn bad_network_and_run_input_is_refused_and_changes_nothing() {
     let ps = lab.weft("w2", &["ps", "-a"]);
     assert_eq!(ps.lines().count(), 1, "no task was created on w2: {ps}");
 }
+
+/// `network prune` removes only what nothing uses (and what its filters
+/// pick); `network rm -f` disconnects standalone tasks first, which keep
+/// running, and does not mind a network that is not there; `network
+/// disconnect -f` does not mind a task that is not on the network.
+#[test]
+fn prune_and_forced_rm_and_disconnect() {
+    let lab = Lab::new("netprune", &["m1"]);
+    let mut lab = lab;
+    lab.start_all();
+    lab.init("m1", &[]);
+    let create = |name: &str, extra: &[&str]| {
+        let mut args = vec!["network", "create", "--attachable"];
+        args.extend_from_slice(extra);
+        args.push(name);
+        lab.weft("m1", &args);
+    };
+    create("unused", &[]);
+    create("kept", &["--label", "keep=1"]);
+    create("used", &[]);
+    let id = lab.run_task("m1", &["--network", "used", "--", "sleep", "600"]);
+    let names = || {
+        let mut v: Vec<String> = lab
+            .weft("m1", &["network", "ls", "--format", "{{.Name}}"])
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        v.sort();
+        v
+    };
+    let err = lab.weft_err("m1", &["network", "prune", "-f", "--filter", "colour=red"]);
+    assert!(err.contains("colour"), "{err}");
+    let out = lab.weft("m1", &["network", "prune", "-f", "--filter", "label!=keep"]);
+    assert_eq!(out, "Deleted Networks:\nunused\n");
+    assert!(names().contains(&"kept".to_string()) && names().contains(&"used".to_string()));
+    let out = lab.weft("m1", &["network", "prune", "-f", "--filter", "until=1h"]);
+    assert_eq!(out, "", "nothing is an hour old");
+
+    let err = lab.weft_err("m1", &["network", "rm", "used"]);
+    assert!(err.contains("in use"), "{err}");
+    lab.weft("m1", &["network", "rm", "-f", "used", "nosuch"]);
+    assert!(!names().contains(&"used".to_string()), "{:?}", names());
+    let ps = lab.weft("m1", &["ps"]);
+    assert!(
+        ps.lines()
+            .any(|l| l.starts_with(&id) && l.contains("running")),
+        "the task runs on, disconnected: {ps}"
+    );
+    let err = lab.weft_err("m1", &["network", "disconnect", "kept", &id]);
+    assert!(err.contains("not connected"), "{err}");
+    lab.weft("m1", &["network", "disconnect", "-f", "kept", &id]);
+    lab.weft("m1", &["network", "disconnect", "-f", "kept", "nosuchtask"]);
+    let out = lab.weft("m1", &["network", "prune", "-f"]);
+    assert_eq!(out, "Deleted Networks:\nkept\n");
+}

@@ -259,19 +259,151 @@ pub async fn network(c: &Client, cmd: crate::cli::NetworkCommand) -> anyhow::Res
             .await
             .map_err(rpc)?;
         }
-        N::Disconnect { network, task } => {
-            ctl.disconnect_network(pb::DisconnectNetworkRequest { network, task })
-                .await
-                .map_err(rpc)?;
+        N::Disconnect {
+            force,
+            network,
+            task,
+        } => {
+            let r = ctl
+                .disconnect_network(pb::DisconnectNetworkRequest { network, task })
+                .await;
+            match r {
+                Err(e) if force && absent(&e) => {}
+                r => {
+                    r.map_err(rpc)?;
+                }
+            }
         }
-        N::Rm { networks } => {
+        N::Rm { force, networks } => {
             for n in networks {
+                if force {
+                    match disconnect_standalone(&mut ctl, &n).await {
+                        Err(e) if absent(&e) => continue,
+                        r => r.map_err(rpc)?,
+                    }
+                }
                 ctl.remove_network(pb::RemoveNetworkRequest { network: n.clone() })
                     .await
                     .map_err(rpc)
                     .with_context(|| format!("removing network {n}"))?;
                 println!("{n}");
             }
+        }
+        N::Prune { force, filter } => prune(&mut ctl, force, &filter).await?,
+    }
+    Ok(())
+}
+
+/// A refusal that says the object is not there (or not attached).
+fn absent(e: &tonic::Status) -> bool {
+    e.code() == tonic::Code::NotFound
+        || (e.code() == tonic::Code::FailedPrecondition && e.message().contains("not connected"))
+}
+
+/// `network rm -f`: disconnects the standalone tasks attached to network
+/// `net` (NOT_FOUND when there is no such network).
+async fn disconnect_standalone(
+    ctl: &mut weft_proto::v1::control_client::ControlClient<tonic::transport::Channel>,
+    net: &str,
+) -> Result<(), tonic::Status> {
+    let d = ctl
+        .get_network(pb::GetNetworkRequest {
+            network: net.to_string(),
+            verbose: false,
+        })
+        .await?
+        .into_inner();
+    let name = d.network.map(|n| n.name).unwrap_or_default();
+    let tasks = ctl
+        .list_tasks(pb::ListTasksRequest::default())
+        .await?
+        .into_inner()
+        .tasks;
+    for t in tasks
+        .iter()
+        .filter(|t| t.service_version == 0)
+        .filter(|t| t.addresses.iter().any(|a| a.network == name))
+    {
+        let r = ctl
+            .disconnect_network(pb::DisconnectNetworkRequest {
+                network: name.clone(),
+                task: t.id.clone(),
+            })
+            .await;
+        match r {
+            Err(e) if absent(&e) => {}
+            r => {
+                r?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `weft network prune`: removes what nothing uses (the managers refuse
+/// the others), printing what went as Docker does.
+async fn prune(
+    ctl: &mut weft_proto::v1::control_client::ControlClient<tonic::transport::Channel>,
+    force: bool,
+    filter: &[String],
+) -> anyhow::Result<()> {
+    let filters = crate::format::Filters::parse(filter, &["label", "label!", "until"])?;
+    let mut older_than = Vec::new();
+    for (k, v) in filter.iter().filter_map(|f| f.split_once('=')) {
+        if k == "until" {
+            older_than.push(
+                crate::cli::parse_duration(v).map_err(|e| anyhow::anyhow!("until={v}: {e}"))?,
+            );
+        }
+    }
+    if !force
+        && !super::volume::confirmed(
+            "WARNING! This will remove all custom networks not used by at least one task.",
+        )?
+    {
+        return Ok(());
+    }
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let nets = ctl
+        .list_networks(pb::ListNetworksRequest {})
+        .await
+        .map_err(rpc)?
+        .into_inner()
+        .networks;
+    let mut deleted = Vec::new();
+    for n in nets.iter().filter(|n| !n.ingress) {
+        let chosen = filters.matches(|k, v| match k {
+            "label" => super::node::label_matches(&n.labels, v),
+            "label!" => !super::node::label_matches(&n.labels, v),
+            _ => older_than
+                .iter()
+                .all(|d| n.created_at_ms.saturating_add(d.as_millis() as u64) <= now_ms),
+        });
+        if !chosen {
+            continue;
+        }
+        let r = ctl
+            .remove_network(pb::RemoveNetworkRequest {
+                network: n.id.clone(),
+            })
+            .await;
+        match r {
+            Ok(_) => deleted.push(n.name.clone()),
+            // In use (or gone meanwhile): not prunable.
+            Err(e)
+                if matches!(
+                    e.code(),
+                    tonic::Code::FailedPrecondition | tonic::Code::NotFound
+                ) => {}
+            Err(e) => return Err(rpc(e)).with_context(|| format!("removing network {}", n.name)),
+        }
+    }
+    if !deleted.is_empty() {
+        println!("Deleted Networks:");
+        for n in deleted {
+            println!("{n}");
         }
     }
     Ok(())

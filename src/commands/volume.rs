@@ -151,7 +151,7 @@ async fn rm(c: &Client, force: bool, names: Vec<String>) -> anyhow::Result<()> {
 }
 
 /// Asks on a terminal whether to go on (Docker's words); true without one.
-fn confirmed(warning: &str) -> anyhow::Result<bool> {
+pub(super) fn confirmed(warning: &str) -> anyhow::Result<bool> {
     if !std::io::stdin().is_terminal() {
         return Ok(true);
     }
