@@ -700,6 +700,10 @@ pub struct NetworkCreateArgs {
     /// Sub-range of the subnet that task addresses come from.
     #[arg(long)]
     pub ip_range: Option<String>,
+    /// NAME=IP (repeatable): an address of the subnet never handed out
+    /// (a router, a host already on the segment). Needs --subnet.
+    #[arg(long, value_name = "NAME=IP")]
+    pub aux_address: Vec<String>,
     /// No route out of the overlay.
     #[arg(long)]
     pub internal: bool,

@@ -452,6 +452,46 @@ fn bad_network_and_run_input_is_refused_and_changes_nothing() {
             ],
             "disagree",
         ),
+        (
+            &["network", "create", "--aux-address", "r=10.0.40.2", "x"],
+            "--aux-address needs --subnet",
+        ),
+        (
+            &[
+                "network",
+                "create",
+                "--subnet",
+                "10.0.40.0/24",
+                "--aux-address",
+                "r=10.0.41.2",
+                "x",
+            ],
+            "not a usable address of subnet 10.0.40.0/24",
+        ),
+        (
+            &[
+                "network",
+                "create",
+                "--subnet",
+                "10.0.40.0/24",
+                "--aux-address",
+                "r=10.0.40.1",
+                "x",
+            ],
+            "is the network's gateway",
+        ),
+        (
+            &[
+                "network",
+                "create",
+                "--subnet",
+                "10.0.40.0/24",
+                "--aux-address",
+                "r=nope",
+                "x",
+            ],
+            "give NAME=IP",
+        ),
         (&["network", "create", "bad/name"], "invalid network name"),
         (&["network", "rm", "nosuch"], "not found"),
     ];
@@ -465,7 +505,7 @@ fn bad_network_and_run_input_is_refused_and_changes_nothing() {
             .any(|l| !l.is_empty()),
         "refused creates change nothing"
     );
-    // Docker's spelling of --mtu.
+    // Docker's spelling of --mtu; an auxiliary address is never handed out.
     lab.weft(
         "m1",
         &[
@@ -475,6 +515,9 @@ fn bad_network_and_run_input_is_refused_and_changes_nothing() {
             "com.docker.network.driver.mtu=1400",
             "--subnet",
             "10.0.31.0/24",
+            "--aux-address",
+            "router=10.0.31.2",
+            "--attachable",
             "optmtu",
         ],
     );
@@ -482,6 +525,17 @@ fn bad_network_and_run_input_is_refused_and_changes_nothing() {
         serde_json::from_str(&lab.weft("m1", &["network", "inspect", "optmtu"])).unwrap();
     assert_eq!(v[0]["MTU"], 1400, "{v}");
     assert_eq!(v[0]["MTULimitedBy"], "explicit", "{v}");
+    assert_eq!(
+        v[0]["IPAM"]["Config"][0]["AuxiliaryAddresses"]["router"], "10.0.31.2",
+        "{v}"
+    );
+    let id = lab.run_task("w1", &["--network", "optmtu", "--", "sleep", "600"]);
+    let ps = lab.weft("w1", &["ps"]);
+    assert!(
+        ps.lines()
+            .any(|l| l.starts_with(&id) && l.contains("optmtu=10.0.31.3")),
+        "past the gateway and the aux address: {ps}"
+    );
     lab.weft(
         "m1",
         &["network", "create", "--subnet", "10.0.30.0/24", "private"],

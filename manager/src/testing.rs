@@ -92,6 +92,7 @@ pub fn bridge(n: u64) -> String {
 /// An attachable swarm overlay with a subnet from the pools.
 pub fn network_spec(id: &str, name: &str) -> NetworkSpec {
     NetworkSpec {
+        aux_addresses: Default::default(),
         id: id.into(),
         name: name.into(),
         subnet: None,
@@ -112,6 +113,7 @@ pub fn network_spec(id: &str, name: &str) -> NetworkSpec {
 pub fn network(id: &str, name: &str, encrypted: bool) -> Command {
     Command::CreateNetwork {
         spec: NetworkSpec {
+            aux_addresses: Default::default(),
             encrypted,
             ..network_spec(id, name)
         },

@@ -28,6 +28,11 @@ fn network_json(d: &pb::NetworkDetail) -> serde_json::Value {
         if !n.ip_range.is_empty() {
             c["IPRange"] = n.ip_range.clone().into();
         }
+        if !n.aux_addresses.is_empty() {
+            let aux: std::collections::BTreeMap<&String, &String> =
+                n.aux_addresses.iter().collect();
+            c["AuxiliaryAddresses"] = serde_json::json!(aux);
+        }
         serde_json::json!([c])
     };
     let mut v = serde_json::json!({
@@ -216,6 +221,7 @@ pub async fn network(c: &Client, cmd: crate::cli::NetworkCommand) -> anyhow::Res
                     mtu: a.mtu.unwrap_or(0),
                     labels: kv(&a.labels, "--label")?,
                     options: kv(&a.opts, "--opt")?,
+                    aux_addresses: kv(&a.aux_address, "--aux-address")?,
                 })
                 .await
                 .map_err(rpc)?

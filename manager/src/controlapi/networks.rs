@@ -7,6 +7,11 @@ impl ControlService {
     pub(super) fn network_wire(&self, s: &State, n: &crate::store::Network) -> pb::Network {
         let (mtu, limited_by) = crate::dispatcher::projection::network_mtu(s, n);
         pb::Network {
+            aux_addresses: n
+                .aux_addresses
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_string()))
+                .collect(),
             id: n.id.clone(),
             name: n.name.clone(),
             driver: n.driver.clone(),
@@ -154,9 +159,11 @@ impl ControlService {
         for k in r.labels.keys() {
             validate_label_key(k)?;
         }
+        let aux_addresses = aux_addresses_from_wire(&r.aux_addresses)?;
         let id = crate::validate::random_id();
         let cmd = Command::CreateNetwork {
             spec: crate::store::NetworkSpec {
+                aux_addresses,
                 id: id.clone(),
                 name: r.name,
                 subnet,
@@ -314,4 +321,35 @@ fn endpoint_info(
             .as_ref()
             .map(crate::dispatcher::external::external_to_wire),
     }
+}
+
+/// At most this many `--aux-address` per network.
+const MAX_AUX_ADDRESSES: usize = 256;
+
+/// `--aux-address NAME=IP` from the wire: bounded, names as labels'
+/// keys, addresses parsed (the store checks them against the subnet).
+fn aux_addresses_from_wire(
+    m: &std::collections::HashMap<String, String>,
+) -> Result<BTreeMap<String, std::net::IpAddr>> {
+    limits::at_most("--aux-address", m.len(), MAX_AUX_ADDRESSES, "addresses")?;
+    let mut out = BTreeMap::new();
+    for (name, ip) in m {
+        let name_ok = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+        if !name_ok {
+            return Err(Error::InvalidInput(format!(
+                "invalid --aux-address name {name:?}: 1 to 64 of letters, digits, '.', '-', '_'"
+            )));
+        }
+        let addr = ip.parse().map_err(|_| {
+            Error::InvalidInput(format!(
+                "invalid --aux-address {name}={ip}: give NAME=IP, e.g. router=10.0.9.254"
+            ))
+        })?;
+        out.insert(name.clone(), addr);
+    }
+    Ok(out)
 }

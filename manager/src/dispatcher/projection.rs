@@ -598,6 +598,7 @@ mod tests {
         for (id, name, subnet) in [("n1", "app", "10.0.9.0/24"), ("n2", "db", "10.0.10.0/24")] {
             s.apply(&Command::CreateNetwork {
                 spec: NetworkSpec {
+                    aux_addresses: Default::default(),
                     subnet: Some(subnet.parse().unwrap()),
                     ..crate::testing::network_spec(id, name)
                 },

@@ -1063,6 +1063,7 @@ impl State {
         if let Some(n) = self.networks.get(net_id) {
             taken.insert(n.gateway);
             taken.extend(n.node_endpoints.values());
+            taken.extend(n.aux_addresses.values());
         }
         taken
     }
@@ -1214,6 +1215,7 @@ impl State {
             ingress: false,
             node_endpoints: Default::default(),
             last_allocated: None,
+            aux_addresses: check_aux_addresses(spec, &subnet, gateway)?,
             // Local networks take standalone tasks, as Docker's bridges do.
             attachable: spec.attachable || local.is_some(),
             subnet,
@@ -1390,4 +1392,33 @@ pub enum ResolveError {
     /// Several matches.
     #[error("node name {0} is ambiguous: it matches several nodes; use more of the ID")]
     Ambiguous(String),
+}
+
+/// `--aux-address NAME=IP` of `spec` on `subnet` (gateway `gateway`):
+/// each a usable address of the subnet, not the gateway, none twice, and
+/// only with an explicit subnet (an allocated one is not known in advance).
+fn check_aux_addresses(
+    spec: &NetworkSpec,
+    subnet: &IpNetwork,
+    gateway: IpAddr,
+) -> Result<BTreeMap<String, IpAddr>, StoreError> {
+    let bad = |m: String| Err(StoreError::InvalidNetwork(m));
+    if !spec.aux_addresses.is_empty() && spec.subnet.is_none() {
+        return bad("--aux-address needs --subnet".into());
+    }
+    let mut seen = BTreeSet::new();
+    for (name, ip) in &spec.aux_addresses {
+        if !ipam::is_host_addr(subnet, *ip) {
+            return bad(format!(
+                "aux address {name}={ip} is not a usable address of subnet {subnet}"
+            ));
+        }
+        if *ip == gateway {
+            return bad(format!("aux address {name}={ip} is the network's gateway"));
+        }
+        if !seen.insert(*ip) {
+            return bad(format!("aux address {ip} is given twice"));
+        }
+    }
+    Ok(spec.aux_addresses.clone())
 }

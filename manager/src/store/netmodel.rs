@@ -155,6 +155,7 @@ impl State {
                 ingress: false,
                 node_endpoints: Default::default(),
                 last_allocated: None,
+                aux_addresses: Default::default(),
             },
         );
         Ok(())
@@ -227,6 +228,7 @@ impl State {
                 ingress: true,
                 node_endpoints: Default::default(),
                 last_allocated: None,
+                aux_addresses: Default::default(),
             },
         );
         // Every node's endpoint, lowest free addresses first, in one pass.

@@ -195,6 +195,7 @@ fn node_id_text_form() {
 
 fn net_spec(id: &str, name: &str, subnet: Option<&str>) -> NetworkSpec {
     NetworkSpec {
+        aux_addresses: Default::default(),
         subnet: subnet.map(|s| s.parse().unwrap()),
         now_ms: 1,
         ..crate::testing::network_spec(id, name)
@@ -265,6 +266,7 @@ fn bad_networks_change_nothing() {
         (net_spec("n2", "b", Some("10.0.9.128/25")), "overlaps"),
         (
             NetworkSpec {
+                aux_addresses: Default::default(),
                 gateway: Some("10.2.0.77".parse().unwrap()),
                 ..net_spec("n2", "b", Some("10.3.0.0/24"))
             },
@@ -272,6 +274,7 @@ fn bad_networks_change_nothing() {
         ),
         (
             NetworkSpec {
+                aux_addresses: Default::default(),
                 ip_range: Some("10.4.0.0/24".parse().unwrap()),
                 ..net_spec("n2", "b", Some("10.3.0.0/24"))
             },
@@ -362,6 +365,53 @@ fn released_addresses_are_reused_last() {
     assert_eq!(back.last_allocated, None);
 }
 
+/// `--aux-address`: checked against the subnet and gateway, and never
+/// handed out.
+#[test]
+fn aux_addresses_are_checked_and_kept_out_of_allocation() {
+    let mut s = initialised();
+    let aux = |pairs: &[(&str, &str)]| -> BTreeMap<String, IpAddr> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.parse().unwrap()))
+            .collect()
+    };
+    for (subnet, pairs, says) in [
+        (None, &[("r", "10.0.9.2")][..], "needs --subnet"),
+        (
+            Some("10.0.9.0/24"),
+            &[("r", "10.0.8.2")][..],
+            "not a usable address",
+        ),
+        (
+            Some("10.0.9.0/24"),
+            &[("r", "10.0.9.255")][..],
+            "not a usable address",
+        ),
+        (Some("10.0.9.0/24"), &[("r", "10.0.9.1")][..], "gateway"),
+        (
+            Some("10.0.9.0/24"),
+            &[("r", "10.0.9.7"), ("s", "10.0.9.7")][..],
+            "twice",
+        ),
+    ] {
+        let spec = NetworkSpec {
+            aux_addresses: aux(pairs),
+            ..net_spec("n1", "a", subnet)
+        };
+        let err = s.apply(&Command::CreateNetwork { spec }).unwrap_err();
+        assert!(err.to_string().contains(says), "{pairs:?}: {err}");
+        assert!(s.networks.is_empty() || !s.networks.contains_key("n1"));
+    }
+    let spec = NetworkSpec {
+        aux_addresses: aux(&[("router", "10.0.9.2"), ("nas", "10.0.9.3")]),
+        ..net_spec("n1", "a", Some("10.0.9.0/24"))
+    };
+    s.apply(&Command::CreateNetwork { spec }).unwrap();
+    create_task(&mut s, "t1", 1, &["n1"]).unwrap();
+    assert_eq!(s.tasks["t1"].attachments[0].ip.to_string(), "10.0.9.4");
+}
+
 #[test]
 fn requested_addresses_are_checked() {
     let mut s = initialised();
@@ -433,6 +483,7 @@ fn with_bridges() -> State {
 
 fn bridge_spec(id: &str, name: &str, node: u64, subnet: Option<&str>) -> NetworkSpec {
     NetworkSpec {
+        aux_addresses: Default::default(),
         driver: "bridge".into(),
         node: Some(NodeId(node)),
         ..net_spec(id, name, subnet)
@@ -502,6 +553,7 @@ fn each_node_has_its_own_default_bridge_and_local_networks() {
         (net_spec("o2", "bridge", None), "built-in"),
         (
             NetworkSpec {
+                aux_addresses: Default::default(),
                 encrypted: true,
                 ..bridge_spec("u6", "enc", 1, None)
             },
@@ -509,6 +561,7 @@ fn each_node_has_its_own_default_bridge_and_local_networks() {
         ),
         (
             NetworkSpec {
+                aux_addresses: Default::default(),
                 node: None,
                 ..bridge_spec("u7", "nonode", 1, None)
             },

@@ -384,6 +384,10 @@ pub struct Network {
     /// until the first (and in old records: they start from the bottom).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_allocated: Option<IpAddr>,
+    /// `--aux-address NAME=IP`: addresses kept out of allocation (a router,
+    /// a host already on the segment).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub aux_addresses: BTreeMap<String, IpAddr>,
 }
 
 impl Network {
@@ -779,6 +783,9 @@ fn is_zero(n: &u32) -> bool {
 /// A network as requested by the operator, before allocation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NetworkSpec {
+    /// `--aux-address NAME=IP` (needs an explicit subnet).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub aux_addresses: BTreeMap<String, IpAddr>,
     /// ID chosen by the proposer.
     pub id: String,
     /// Unique name.
