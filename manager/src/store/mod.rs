@@ -852,11 +852,9 @@ impl State {
                     return Err(StoreError::ServiceExists(spec.name.clone()));
                 }
                 let vips = self.allocate_vips(spec, None)?;
-                // Work on a copy: a refused command must change nothing,
-                // and the ingress network is created on first use.
-                let mut next = self.clone();
-                let ports = next.service_ports(spec, id, &[], *now_ms)?;
-                *self = next;
+                // Refused, this changes nothing (the ingress network is
+                // created on first use).
+                let ports = self.service_ports(spec, id, &[], *now_ms)?;
                 self.allocated_vips(&vips, &BTreeMap::new());
                 self.services.insert(
                     id.clone(),

@@ -510,7 +510,9 @@ impl State {
     }
 
     /// A service's ports after create/update, and the ingress network they
-    /// need (created on first use).
+    /// need (created on first use). Refused, it changes nothing; only the
+    /// first ingress publish changes the state (and is made on a copy,
+    /// the one time the whole state is cloned).
     pub(crate) fn service_ports(
         &mut self,
         spec: &ServiceSpec,
@@ -527,8 +529,12 @@ impl State {
             ));
         }
         let ports = self.allocate_ports(&spec.ports, None, Some(id), keep)?;
-        if ports.iter().any(|p| p.mode == PublishMode::Ingress) {
-            self.ensure_ingress(now_ms)?;
+        if ports.iter().any(|p| p.mode == PublishMode::Ingress) && self.ingress_network().is_none()
+        {
+            // Creating it may fail half-way (no address left for a node).
+            let mut next = self.clone();
+            next.ensure_ingress(now_ms)?;
+            *self = next;
         }
         Ok(ports)
     }

