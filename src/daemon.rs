@@ -534,7 +534,7 @@ impl NodeService {
             read_task_log(&runtime, task, opts, sink).map_err(|s| s.message().to_string())
         });
         let agent = Agent::start(self.files.clone(), record.clone(), certs, logs);
-        doctor::spawn_prober(&agent, &self.exec_root);
+        doctor::spawn_prober(&agent, &self.exec_root, self.linux.clone());
         let (settled_tx, settled) = tokio::sync::oneshot::channel();
         let manager = Arc::new(Mutex::new(manager));
         let watcher = tokio::spawn(role_watcher(

@@ -134,8 +134,10 @@ fn a_healthy_cluster_is_all_ok_and_blocked_vxlan_and_a_small_mtu_fail_with_hints
         for h in ["m1", "w1", "w2", "w3"] {
             assert_eq!(row(&rows, "clock-skew", h).status, "OK");
         }
+        // The node's own checks, here and (with the probes) on every node.
         for local in ["nftables", "weft-tables", "gateway-bridge", "node-cert"] {
             assert_eq!(row(&rows, local, "this node").status, "OK");
+            assert_eq!(row(&rows, local, "").detail, "OK on 4 nodes");
         }
     }
 
@@ -254,12 +256,14 @@ fn two_nodes_with_one_advertise_address_fail_with_a_hint() {
 
 #[test]
 fn peers_on_an_encrypted_network_answer_through_wireguard_until_its_port_is_blocked() {
-    let mut lab = Lab::new("doctorwg", &["m1", "w1", "w2"]);
+    let mut lab = Lab::new("doctorwg", &["m1", "m2", "w1", "w2"]);
     lab.start_all();
-    let (wt, _) = lab.init("m1", &["--heartbeat-period", "500ms"]);
+    let (wt, mt) = lab.init("m1", &["--heartbeat-period", "500ms"]);
+    lab.join("m2", &mt, "m1");
     lab.join("w1", &wt, "m1");
     lab.join("w2", &wt, "m1");
-    wait_ready(&lab, "m1", 3);
+    wait_ready(&lab, "m1", 4);
+    common::wait_voters(&lab, "m1", &["m2"]);
     lab.encrypted_network("m1", "10.0.9.0/24", "secure");
     let ids: Vec<String> = [("w1", "10.0.9.10"), ("w2", "10.0.9.20")]
         .iter()
@@ -274,10 +278,18 @@ fn peers_on_an_encrypted_network_answer_through_wireguard_until_its_port_is_bloc
     });
 
     // w1 and w2 share the encrypted network: each probes the other's
-    // tunnel address; m1 has no WireGuard device and probes none.
-    let (rows, ok) = doctor(&lab, "m1");
+    // tunnel address; the managers have no WireGuard device and probe
+    // none. Asked on the follower m2, which forwards to the leader (the
+    // holder of the sessions and of the replication figures).
+    let (rows, ok) = doctor(&lab, "m2");
     assert!(ok, "{}", show(&rows));
     assert_eq!(row(&rows, "wireguard", "").detail, "2 paths answer");
+    assert_eq!(row(&rows, "manager-port", "").detail, "6 paths answer");
+    assert_eq!(
+        row(&rows, "raft-quorum", "").detail,
+        "leader m1; all 2 managers up"
+    );
+    assert_eq!(row(&rows, "raft-lag", "m2").status, "OK");
 
     block_udp(&lab, "w2", "w1", 51820);
     let (rows, ok) = doctor(&lab, "m1");

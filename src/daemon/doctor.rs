@@ -17,7 +17,11 @@ const CLUSTER_TIMEOUT: Duration = Duration::from_secs(25);
 
 /// Answers the probe requests the managers send this node until its agent
 /// stops (the channel closes with it).
-pub(super) fn spawn_prober(agent: &Agent, exec_root: &Path) {
+pub(super) fn spawn_prober(
+    agent: &Agent,
+    exec_root: &Path,
+    linux: Arc<weft_overlay::linux::LinuxDataplane>,
+) {
     let Some(mut requests) = agent.take_probe_requests() else {
         return;
     };
@@ -34,6 +38,7 @@ pub(super) fn spawn_prober(agent: &Agent, exec_root: &Path) {
                 pin: pin.clone(),
                 caller: caller.clone(),
                 config: config.borrow().clone(),
+                linux: Some(linux.clone()),
             };
             // One run at a time: runs share the probe namespace.
             let report = weft_worker::doctor::probe(req, env).await;

@@ -143,6 +143,11 @@ impl ManagerCaller {
         addrs
     }
 
+    /// The node's certificate in use (PEM).
+    pub fn cert_pem(&self) -> String {
+        self.certs().cert_pem
+    }
+
     /// Whether the manager port at `addr` answers a gRPC call over mTLS
     /// with this node's certificate (the doctor's probe): the handshake
     /// checks both certificates, then `Join.GetCaCert` must answer.

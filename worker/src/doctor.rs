@@ -10,7 +10,9 @@
 //! while after this node's own probes ([`LINGER`]) so that slower peers'
 //! echoes are still answered.
 //!
-//! Local checks ([`local`]): decided by pure functions over what was read.
+//! Local checks ([`local`]): decided by pure functions over what was read;
+//! the daemon shows them for the node asked, and every probe report
+//! carries them so the leader's table covers every node.
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -51,6 +53,8 @@ pub struct ProbeEnv {
     pub caller: ManagerCaller,
     /// The config this node holds (its WireGuard peers).
     pub config: Option<Arc<pb::NodeConfig>>,
+    /// The node's kernel, for its own checks ([`local`]); none: not made.
+    pub linux: Option<Arc<weft_overlay::linux::LinuxDataplane>>,
 }
 
 /// The overlay sizes tried, largest first: the overlay MTU, then steps
@@ -124,11 +128,13 @@ pub async fn probe(req: pb::ProbeRequest, env: ProbeEnv) -> pb::ProbeReport {
     let me = req.self_index as usize;
     // Together: the peers probe this node's device while it probes theirs,
     // so nothing may hold up making it.
-    let (managers, vxlan, wireguard) = tokio::join!(
+    let (managers, vxlan, wireguard, own) = tokio::join!(
         managers(&req, me, &env.caller),
         vxlan(&req, me, &env),
         wireguard(&req, me, env.config.as_deref()),
+        own_checks(&env),
     );
+    report.local = own;
     report.results.extend(managers);
     match vxlan {
         Ok(rows) => report.results.extend(rows),
@@ -137,6 +143,19 @@ pub async fn probe(req: pb::ProbeRequest, env: ProbeEnv) -> pb::ProbeReport {
     report.results.extend(wireguard);
     report.elapsed_ms = start.elapsed().as_millis() as u64;
     report
+}
+
+/// This node's own checks, for the leader's table.
+async fn own_checks(env: &ProbeEnv) -> Vec<pb::DoctorCheck> {
+    let Some(linux) = &env.linux else {
+        return Vec::new();
+    };
+    let seen = local::observe(linux, env.caller.cert_pem(), env.config.clone()).await;
+    let mut rows = local::decide(&seen, time::OffsetDateTime::now_utc());
+    for r in &mut rows {
+        r.subject.clear();
+    }
+    rows
 }
 
 /// The manager port of every other manager, over mTLS gRPC.

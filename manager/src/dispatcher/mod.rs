@@ -619,6 +619,12 @@ impl Dispatcher for DispatcherService {
             res.detail = limits::cut_report(std::mem::take(&mut res.detail));
         }
         r.error = limits::cut_report(r.error);
+        r.local.truncate(crate::doctor::probes::MAX_OWN_CHECKS);
+        for c in &mut r.local {
+            for text in [&mut c.check, &mut c.subject, &mut c.detail, &mut c.hint] {
+                *text = limits::cut_report(std::mem::take(text));
+            }
+        }
         if !self.core.probe_reported(node.id, r) {
             tracing::debug!(node = %node.id, "probe report nobody waits for");
         }

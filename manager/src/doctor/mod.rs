@@ -16,8 +16,9 @@
 //!                                 │
 //!          node: manager ports over mTLS gRPC, VXLAN echo and MTU ladder
 //!                through a probe VXLAN device (reserved VNI), ICMP through
-//!                WireGuard ── Dispatcher.ReportProbe ──▶ leader
-//!          leader: pairwise rows, clock skew from the answers' timestamps
+//!                WireGuard, and its own checks ── Dispatcher.ReportProbe ──▶ leader
+//!          leader: pairwise rows, clock skew from the answers' timestamps,
+//!                  the nodes' own checks (one OK row, or one per node not OK)
 //! ```
 //!
 //! Deciding is pure ([`checks`], [`probes::evaluate`]); asking the nodes is
@@ -112,6 +113,17 @@ impl From<Status> for pb::DoctorStatus {
             Status::Ok => pb::DoctorStatus::Ok,
             Status::Warn => pb::DoctorStatus::Warn,
             Status::Fail => pb::DoctorStatus::Fail,
+        }
+    }
+}
+
+impl Status {
+    /// A status from the wire; an unknown one is a warning (a newer node's).
+    pub fn from_wire(v: i32) -> Status {
+        match pb::DoctorStatus::try_from(v) {
+            Ok(pb::DoctorStatus::Ok) => Status::Ok,
+            Ok(pb::DoctorStatus::Fail) => Status::Fail,
+            _ => Status::Warn,
         }
     }
 }

@@ -30,6 +30,9 @@ use crate::store::{NodeId, NodeState, State};
 use super::checks::name;
 use super::{Answer, Check};
 
+/// The node's own checks the leader keeps of one report.
+pub const MAX_OWN_CHECKS: usize = 16;
+
 /// How long a node waits for its peers' answers.
 pub const NODE_TIMEOUT_MS: u32 = 4000;
 
@@ -182,6 +185,7 @@ pub fn evaluate(
     let mut passed: BTreeMap<&str, usize> = BTreeMap::new();
     let mut failed: BTreeMap<&str, Vec<Check>> = BTreeMap::new();
     let mut clocks = Vec::new();
+    let mut own: BTreeMap<String, (usize, Vec<Check>)> = BTreeMap::new();
     for (id, a) in answers {
         let from = host(&id.to_string());
         let r = match &a.report {
@@ -223,7 +227,21 @@ pub fn evaluate(
                 .push(pair_failure(kind, &from, &to, peer, ctx, res));
         }
         clocks.extend(skew(&from, a, r));
+        for row in &r.local {
+            let seen = own.entry(row.check.clone()).or_default();
+            match super::Status::from_wire(row.status) {
+                super::Status::Ok => seen.0 += 1,
+                status => seen.1.push(Check {
+                    check: row.check.clone(),
+                    subject: from.clone(),
+                    status,
+                    detail: row.detail.clone(),
+                    hint: row.hint.clone(),
+                }),
+            }
+        }
     }
+    out.extend(own_rows(own));
     // Per kind: its failures by pair, or one row saying it passed.
     for kind in KINDS {
         if let Some(mut rows) = failed.remove(kind) {
@@ -260,6 +278,21 @@ pub fn evaluate(
     }
     clocks.sort_by(|a, b| a.subject.cmp(&b.subject));
     out.extend(clocks);
+    out
+}
+
+/// The nodes' own checks: per check, the nodes where it is not OK, or one
+/// row saying on how many nodes it is.
+fn own_rows(own: BTreeMap<String, (usize, Vec<Check>)>) -> Vec<Check> {
+    let mut out = Vec::new();
+    for (check, (ok, mut bad)) in own {
+        if bad.is_empty() {
+            out.push(Check::ok(&check, "", format!("OK on {ok} nodes")));
+        } else {
+            bad.sort_by(|a, b| a.subject.cmp(&b.subject));
+            out.extend(bad);
+        }
+    }
     out
 }
 
@@ -445,8 +478,8 @@ mod tests {
                 request_id: 1,
                 node_time_ms,
                 results,
-                error: String::new(),
                 elapsed_ms: 60,
+                ..Default::default()
             }),
         }
     }
@@ -529,6 +562,48 @@ mod tests {
         assert_eq!(row("clock-skew", "h2").status, Status::Fail);
         assert_eq!(row("clock-skew", "h1").status, Status::Ok);
         assert_eq!(row("manager-port", "").status, Status::Ok);
+    }
+
+    fn own(check: &str, status: pb::DoctorStatus) -> pb::DoctorCheck {
+        pb::DoctorCheck {
+            check: check.into(),
+            status: status as i32,
+            detail: format!("{check} {status:?}"),
+            hint: "do this".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_nodes_own_checks_are_one_ok_row_or_a_row_per_node_that_is_not() {
+        let p = plan(&cluster_state(2));
+        let mut a = answer(vec![], 10_020);
+        let mut b = answer(vec![], 10_020);
+        if let Ok(r) = &mut a.report {
+            r.local = vec![
+                own("nftables", pb::DoctorStatus::Ok),
+                own("weft-tables", pb::DoctorStatus::Ok),
+            ];
+        }
+        if let Ok(r) = &mut b.report {
+            r.local = vec![
+                own("nftables", pb::DoctorStatus::Ok),
+                own("weft-tables", pb::DoctorStatus::Fail),
+            ];
+        }
+        let answers: BTreeMap<NodeId, Answer> =
+            [(NodeId(1), a), (NodeId(2), b)].into_iter().collect();
+        let v = evaluate(&p.targets, &p.context, &answers);
+        let nft: Vec<&Check> = v.iter().filter(|c| c.check == "nftables").collect();
+        assert_eq!(nft.len(), 1, "{v:#?}");
+        assert_eq!(
+            (nft[0].status, nft[0].detail.as_str()),
+            (Status::Ok, "OK on 2 nodes")
+        );
+        let t: Vec<&Check> = v.iter().filter(|c| c.check == "weft-tables").collect();
+        assert_eq!(t.len(), 1, "{v:#?}");
+        assert_eq!((t[0].status, t[0].subject.as_str()), (Status::Fail, "h2"));
+        assert_eq!(t[0].hint, "do this");
     }
 
     #[test]
