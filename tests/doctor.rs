@@ -302,3 +302,59 @@ fn peers_on_an_encrypted_network_answer_through_wireguard_until_its_port_is_bloc
     // The plain VXLAN path between them is not the tunnel's: still fine.
     assert_eq!(row(&rows, "vxlan", "").status, "OK", "{}", show(&rows));
 }
+
+#[test]
+fn a_leader_without_a_majority_fails_raft_quorum_and_the_lost_managers_do_not_answer() {
+    let mut lab = Lab::new("doctorq", &["m1", "m2", "m3"]);
+    lab.start_all();
+    let (_, mt) = lab.init("m1", &["--heartbeat-period", "500ms"]);
+    lab.join("m2", &mt, "m1");
+    lab.join("m3", &mt, "m1");
+    wait_ready(&lab, "m1", 3);
+    common::wait_voters(&lab, "m1", &["m2", "m3"]);
+    let (rows, ok) = doctor(&lab, "m1");
+    assert!(ok, "{}", show(&rows));
+
+    // Two of three managers gone: the store cannot even mark them down
+    // (that needs a quorum), so the verdict must come from Raft itself.
+    lab.kill9("m2");
+    lab.kill9("m3");
+    let mut last = Vec::new();
+    wait_for("raft-quorum FAIL", Duration::from_secs(60), || {
+        let (rows, ok) = doctor(&lab, "m1");
+        let failed = !ok
+            && rows
+                .iter()
+                .any(|r| r.check == "raft-quorum" && r.status == "FAIL");
+        last = rows;
+        failed
+    });
+    let r = row(&last, "raft-quorum", "");
+    assert!(r.hint.contains("--force-new-cluster"), "{r:?}");
+    eprintln!("weft doctor on m1 without a quorum:\n{}", show(&last));
+    // m2 and m3 are probed by nobody and answer nothing: either the
+    // leader's probes say they did not answer, or (m1 no longer leading)
+    // the probes say they were not checked; never OK.
+    for m in ["m2", "m3"] {
+        let answered = last
+            .iter()
+            .any(|r| r.subject == m && r.check == "probes" && r.status == "FAIL");
+        let unchecked = last.iter().any(|r| {
+            r.check == "probes" && r.status == "WARN" && r.detail.starts_with("not checked")
+        });
+        assert!(answered || unchecked, "{m}:\n{}", show(&last));
+    }
+    // Their manager ports are closed. (Their hosts' kernels still answer
+    // VXLAN echoes through the probe devices of the run before the kill,
+    // which a killed daemon could not remove: the data path itself works;
+    // a daemon removes such a device when it starts.)
+    assert!(
+        last.iter()
+            .all(|r| r.check != "manager-port" || r.status != "OK"),
+        "manager-port OK without the managers:\n{}",
+        show(&last)
+    );
+    for pair in ["m1 -> m2", "m1 -> m3"] {
+        assert_eq!(row(&last, "manager-port", pair).status, "FAIL");
+    }
+}

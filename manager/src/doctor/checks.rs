@@ -12,6 +12,11 @@ use super::Check;
 /// (a busy leader's followers trail by a batch or two).
 pub const LAG_WARN_ENTRIES: u64 = 1000;
 
+/// A leader without a majority's acknowledgement for this long has lost
+/// its quorum (it sends heartbeats every 250 ms; followers call an election
+/// after 1-2 s without them).
+pub const QUORUM_ACK_FAIL_MS: u64 = 3000;
+
 /// A node certificate with less than this share of its life left should
 /// have been renewed (nodes renew at 50–80%).
 const CERT_LEFT_WARN_PERCENT: i128 = 15;
@@ -111,6 +116,25 @@ pub fn raft(m: &RaftMetricsView, s: &State) -> Vec<Check> {
         .filter(|id| !up.contains(id))
         .map(label)
         .collect();
+    // The store's node states cannot change without a quorum, so on the
+    // leader Raft's own acknowledgements say whether a majority answers.
+    let acked = m.millis_since_quorum_ack;
+    let leading = m.leader == Some(m.id);
+    if leading && voters > 1 && acked.is_none_or(|ms| ms > QUORUM_ACK_FAIL_MS) {
+        let since = acked.map_or("since it took over".to_string(), |ms| {
+            format!("for {} s", ms / 1000)
+        });
+        out.push(Check::fail(
+            "raft-quorum",
+            "",
+            format!("no majority of the {voters} managers has answered this leader {since}"),
+            "bring managers back until a majority runs (check their daemons and TCP 4377 \
+             between them); if they are lost for good, run `weft init --force-new-cluster` \
+             on this one",
+        ));
+        out.extend(lag(m, &label));
+        return out;
+    }
     match m.leader {
         None => out.push(Check::fail(
             "raft-quorum",
@@ -340,6 +364,7 @@ mod tests {
             voters: voters.iter().map(|v| (NodeId(*v), String::new())).collect(),
             learners: BTreeMap::new(),
             matched: BTreeMap::new(),
+            millis_since_quorum_ack: Some(100),
         }
     }
 
@@ -385,6 +410,29 @@ mod tests {
         let v = raft(&view(2, None, &[1, 2, 3]), &managers(&[down, up, up]));
         assert_eq!(statuses(&v, "raft-quorum"), [Status::Fail]);
         assert!(v[0].detail.starts_with("no leader"));
+
+        // The store still says all up (no quorum to mark them down), but
+        // no majority has acknowledged the leader for 10 s.
+        m.millis_since_quorum_ack = Some(10_000);
+        let v = raft(&m, &managers(&[up, up, up]));
+        assert_eq!(statuses(&v, "raft-quorum"), [Status::Fail]);
+        assert!(
+            v[0].detail.contains("has answered this leader for 10 s"),
+            "{}",
+            v[0].detail
+        );
+        m.millis_since_quorum_ack = None;
+        let v = raft(&m, &managers(&[up, up, up]));
+        assert!(
+            v[0].detail.contains("since it took over"),
+            "{}",
+            v[0].detail
+        );
+        // A lone manager is its own majority.
+        let mut lone = view(1, Some(1), &[1]);
+        lone.millis_since_quorum_ack = None;
+        let v = raft(&lone, &managers(&[up]));
+        assert_eq!(statuses(&v, "raft-quorum"), [Status::Ok]);
     }
 
     #[test]

@@ -287,7 +287,8 @@ fn own_rows(own: BTreeMap<String, (usize, Vec<Check>)>) -> Vec<Check> {
     let mut out = Vec::new();
     for (check, (ok, mut bad)) in own {
         if bad.is_empty() {
-            out.push(Check::ok(&check, "", format!("OK on {ok} nodes")));
+            let nodes = if ok == 1 { "node" } else { "nodes" };
+            out.push(Check::ok(&check, "", format!("OK on {ok} {nodes}")));
         } else {
             bad.sort_by(|a, b| a.subject.cmp(&b.subject));
             out.extend(bad);

@@ -167,8 +167,11 @@ fn tables_row(config: Option<&pb::NodeConfig>, tables: &[(String, String)]) -> p
             "weft-tables",
             pb::DoctorStatus::Ok,
             format!(
-                "the {} tables this node's config needs are there",
-                want.len()
+                "present: {}",
+                want.iter()
+                    .map(|(f, n)| format!("{f} {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             ),
             "",
         )
