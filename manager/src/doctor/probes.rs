@@ -195,7 +195,8 @@ pub fn evaluate(
                     from,
                     format!("no answer: {why}"),
                     "check that the node's daemon runs and holds a session (`weft node ls`, \
-                     its daemon log)",
+                     its daemon log); a node running a weft without the doctor does not \
+                     answer probes (`weft node ls` shows each node's version)",
                 ));
                 continue;
             }
