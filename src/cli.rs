@@ -191,10 +191,13 @@ pub enum Command {
     /// kubelet): the plugin is this binary, run with CNI_COMMAND set.
     #[command(subcommand)]
     Cni(CniCommand),
-    /// Check this node's state on disk, offline, and say what is wrong
-    /// (changes nothing; needs no daemon).
-    #[command(subcommand)]
-    Doctor(DoctorCommand),
+    /// Check what breaks overlays and say what to do: this node (nftables,
+    /// weft's tables, the gateway bridge's subnet, its certificate) and the
+    /// cluster (duplicate addresses, Raft quorum and lag, certificates,
+    /// clock skew, and probes between every pair of nodes: manager port
+    /// over mTLS, VXLAN, path MTU, WireGuard). Exits 1 if a check fails.
+    /// Changes nothing. `weft doctor raft` checks the Raft files offline.
+    Doctor(DoctorArgs),
     /// Internal: the per-task supervisor process the worker starts.
     #[command(hide = true)]
     TaskShim(weft_worker::runtime::shim::ShimArgs),
@@ -245,6 +248,22 @@ pub enum CniCommand {
 }
 
 /// `weft doctor`.
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct DoctorArgs {
+    /// Offline checks instead of the cluster's.
+    #[command(subcommand)]
+    pub command: Option<DoctorCommand>,
+    /// `table` (the default) or `json`.
+    #[arg(long)]
+    pub format: Option<String>,
+    /// Skip the pairwise probes (they take a few seconds and every node
+    /// takes part).
+    #[arg(long)]
+    pub no_probe: bool,
+}
+
+/// `weft doctor` subcommands: offline checks of this node's files.
 #[derive(Debug, Subcommand)]
 pub enum DoctorCommand {
     /// Check a manager's Raft log and snapshot: what the next start would

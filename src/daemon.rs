@@ -42,6 +42,7 @@ mod attach;
 mod attach_stdio;
 mod cni;
 mod docker;
+mod doctor;
 mod exec;
 mod host_facts;
 mod images;
@@ -533,6 +534,7 @@ impl NodeService {
             read_task_log(&runtime, task, opts, sink).map_err(|s| s.message().to_string())
         });
         let agent = Agent::start(self.files.clone(), record.clone(), certs, logs);
+        doctor::spawn_prober(&agent, &self.exec_root, self.linux.clone());
         let (settled_tx, settled) = tokio::sync::oneshot::channel();
         let manager = Arc::new(Mutex::new(manager));
         let watcher = tokio::spawn(role_watcher(
@@ -1202,6 +1204,15 @@ impl Daemon for NodeService {
         _req: Request<pb::InfoRequest>,
     ) -> Result<Response<pb::InfoResponse>, Status> {
         Ok(Response::new(NodeService::info(self).await))
+    }
+
+    async fn doctor(
+        &self,
+        req: Request<pb::DoctorRequest>,
+    ) -> Result<Response<pb::DoctorReport>, Status> {
+        Ok(Response::new(
+            NodeService::doctor(self, req.into_inner()).await,
+        ))
     }
 
     async fn unlock(

@@ -150,7 +150,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Lab(cmd) => lab::run(cmd).await,
         Command::Cni(cmd) => cni_cmd::run(cmd),
-        Command::Doctor(cmd) => doctor::run(cmd),
+        Command::Doctor(args) => {
+            let tls = commands::TlsFiles {
+                ca: cli.tlscacert,
+                cert: cli.tlscert,
+                key: cli.tlskey,
+            };
+            doctor::run(args, &cli.host, &tls).await
+        }
         Command::TaskShim(args) => weft_worker::runtime::shim::run(args).map_err(Into::into),
         Command::Login {
             username,

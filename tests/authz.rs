@@ -90,6 +90,7 @@ async fn control_calls(ch: Channel, set: Set) -> Vec<Outcome> {
         c.list_cluster_images(pb::ListClusterImagesRequest::default())
     );
     call!(out, c.events(pb::EventsRequest::default()));
+    call!(out, c.doctor(pb::DoctorRequest { probe: false }));
     if set == Set::Reads {
         return out;
     }
@@ -247,6 +248,16 @@ async fn dispatcher_calls(ch: Channel, node: &str, set: Set) -> Vec<Outcome> {
             ..Default::default()
         })
     );
+    // A report nobody asked for: acknowledged and dropped.
+    call!(
+        out,
+        c.report_probe(pb::ProbeReport {
+            node_id: node_id.clone(),
+            request_id: 1,
+            ..Default::default()
+        })
+    );
+    call!(out, c.node_doctor(pb::DoctorRequest { probe: false }));
     if set == Set::Reads {
         return out;
     }
@@ -606,11 +617,17 @@ fn authorization_matrix() {
         async move || {
             let ch = w1.connect(&addr).await.expect("w1 connects");
             // Heartbeat and ListNodeNetworks aside (the latter takes the
-            // node from the certificate), every call names m1.
+            // node from the certificate, as NodeDoctor does), every call
+            // names m1.
             dispatcher_calls(ch, &claim, Set::All)
                 .await
                 .into_iter()
-                .filter(|(rpc, _)| *rpc != "list_node_networks" && *rpc != "get_node_network")
+                .filter(|(rpc, _)| {
+                    !matches!(
+                        *rpc,
+                        "list_node_networks" | "get_node_network" | "node_doctor"
+                    )
+                })
                 .filter(|(rpc, _)| {
                     !matches!(
                         *rpc,

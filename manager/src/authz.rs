@@ -17,6 +17,8 @@
 //! |            |                    | anyone certified while this manager has no state yet   |
 //! | Raft.Propose | manager          | a manager now                                          |
 //! | Dispatcher | any, for itself    | a member now                                           |
+//! | Dispatcher.ReportProbe | any, for itself | a member now; taken only for a probe       |
+//! |            |                    | request made of that node ([`crate::core::Core::probe`]) |
 //! | Dispatcher.FetchImage, | any, for itself | a member now, and a target of that fetch   |
 //! | .ReportImageFetch |         | (checked by [`crate::imagepush::Pushes`])              |
 //!

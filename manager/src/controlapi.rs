@@ -1109,12 +1109,25 @@ impl Control for ControlService {
             req.get_ref(),
         )?))
     }
+
+    /// No read index: the doctor must answer most when the cluster has
+    /// no quorum.
+    async fn doctor(
+        &self,
+        req: Request<pb::DoctorRequest>,
+    ) -> std::result::Result<Response<pb::DoctorReport>, Status> {
+        self.authorize(&req)?;
+        Ok(Response::new(
+            doctor::report(&self.core, req.into_inner()).await,
+        ))
+    }
 }
 
 #[cfg(test)]
 mod tests;
 
 mod autolock;
+mod doctor;
 mod events;
 mod images;
 mod local;

@@ -24,8 +24,14 @@ struct Inner {
     store: StoreHandle,
     liveness: Mutex<Option<Liveness>>,
     configs: Mutex<HashMap<NodeId, ConfigStatus>>,
-    /// Open sessions on this manager, to ask nodes for task output.
-    sessions: Mutex<HashMap<NodeId, tokio::sync::mpsc::UnboundedSender<pb::LogRequest>>>,
+    /// Open sessions on this manager, to ask nodes for task output and
+    /// doctor probes.
+    sessions: Mutex<HashMap<NodeId, tokio::sync::mpsc::UnboundedSender<SessionPush>>>,
+    /// Probe requests (`weft doctor`) waiting for their node's report.
+    probe_waiters: Mutex<HashMap<u64, ProbeWaiter>>,
+    /// One doctor probe run at a time: a caller asking while one runs
+    /// waits for it (nodes share one probe device each).
+    probe_run: tokio::sync::Mutex<()>,
     /// Log requests waiting for their node's answer.
     log_waiters: Mutex<HashMap<u64, LogWaiter>>,
     /// Channels to other managers (authenticated as this manager).
@@ -41,6 +47,18 @@ struct Inner {
     /// The images each node last reported (`image ls --all-nodes`).
     inventories: crate::inventory::Inventories,
 }
+
+/// What a manager asks of a node on its session, besides its config.
+#[derive(Debug, Clone)]
+pub enum SessionPush {
+    /// The log of one of its tasks.
+    Log(pb::LogRequest),
+    /// Doctor probes of its peers.
+    Probe(pb::ProbeRequest),
+}
+
+/// Which node a probe request went to, and where its report goes.
+type ProbeWaiter = (NodeId, tokio::sync::oneshot::Sender<pb::ProbeReport>);
 
 /// Which node a log request went to, and where its stream goes.
 type LogWaiter = (NodeId, tokio::sync::mpsc::Sender<LogPiece>);
@@ -96,6 +114,8 @@ impl Core {
                 configs: Mutex::new(HashMap::new()),
                 sessions: Mutex::new(HashMap::new()),
                 log_waiters: Mutex::new(HashMap::new()),
+                probe_waiters: Mutex::new(HashMap::new()),
+                probe_run: tokio::sync::Mutex::new(()),
                 channels: None,
                 unlock: weft_proto::seal::KeyHolder::default(),
                 pushes: crate::imagepush::Pushes::default(),
@@ -407,7 +427,7 @@ impl Core {
     pub(crate) fn session_opened(
         &self,
         id: NodeId,
-        tx: tokio::sync::mpsc::UnboundedSender<pb::LogRequest>,
+        tx: tokio::sync::mpsc::UnboundedSender<SessionPush>,
     ) {
         self.inner.inventories.session_opened(id);
         self.inner.sessions.lock().expect("sessions").insert(id, tx);
@@ -420,7 +440,7 @@ impl Core {
     pub(crate) fn session_closed(
         &self,
         id: NodeId,
-        tx: &tokio::sync::mpsc::UnboundedSender<pb::LogRequest>,
+        tx: &tokio::sync::mpsc::UnboundedSender<SessionPush>,
     ) {
         let mut s = self.inner.sessions.lock().expect("sessions");
         if s.get(&id).is_some_and(|cur| cur.same_channel(tx)) {
@@ -455,20 +475,14 @@ impl Core {
             .lock()
             .expect("waiters")
             .insert(rid, (id, tx));
-        let sent = self
-            .inner
-            .sessions
-            .lock()
-            .expect("sessions")
-            .get(&id)
-            .is_some_and(|s| {
-                s.send(pb::LogRequest {
-                    request_id: rid,
-                    task_id: task.to_string(),
-                    query: Some(query),
-                })
-                .is_ok()
-            });
+        let sent = self.push_to_session(
+            id,
+            SessionPush::Log(pb::LogRequest {
+                request_id: rid,
+                task_id: task.to_string(),
+                query: Some(query),
+            }),
+        );
         let core = self.clone();
         tokio::spawn(async move {
             if sent {
@@ -495,15 +509,83 @@ impl Core {
         from: NodeId,
         request_id: u64,
     ) -> Option<tokio::sync::mpsc::Sender<LogPiece>> {
-        let mut waiters = self.inner.log_waiters.lock().expect("waiters");
-        match waiters.get(&request_id) {
-            Some((asked, _)) if *asked == from => waiters.remove(&request_id).map(|(_, tx)| tx),
-            Some((asked, _)) => {
-                tracing::warn!(%from, %asked, "dropping a log stream from a node that was not asked");
-                None
+        take_waiter(&self.inner.log_waiters, from, request_id, "log stream")
+    }
+
+    /// Pushes `push` on the session of node `id`; whether it has one.
+    fn push_to_session(&self, id: NodeId, push: SessionPush) -> bool {
+        self.inner
+            .sessions
+            .lock()
+            .expect("sessions")
+            .get(&id)
+            .is_some_and(|s| s.send(push).is_ok())
+    }
+
+    /// Sends each node its probe request (`weft doctor`) on its session
+    /// and waits up to `timeout` for the reports. Every request gets a
+    /// random ID, so a node cannot answer one made of another.
+    pub async fn probe(
+        &self,
+        requests: Vec<(NodeId, pb::ProbeRequest)>,
+        timeout: Duration,
+    ) -> std::collections::BTreeMap<NodeId, crate::doctor::Answer> {
+        use crate::doctor::Answer;
+        let _one_at_a_time = self.inner.probe_run.lock().await;
+        let mut pending = Vec::new();
+        let mut out = std::collections::BTreeMap::new();
+        for (id, mut req) in requests {
+            let rid = rand::random::<u64>();
+            req.request_id = rid;
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.inner
+                .probe_waiters
+                .lock()
+                .expect("probe waiters")
+                .insert(rid, (id, tx));
+            let sent_ms = now_ms();
+            let sent = self.push_to_session(id, SessionPush::Probe(req));
+            if sent {
+                pending.push((id, rid, sent_ms, rx));
+            } else {
+                self.inner
+                    .probe_waiters
+                    .lock()
+                    .expect("probe waiters")
+                    .remove(&rid);
+                out.insert(
+                    id,
+                    Answer::missing(sent_ms, "the node has no session with the leader"),
+                );
             }
-            None => None,
         }
+        let deadline = tokio::time::Instant::now() + timeout;
+        for (id, rid, sent_ms, rx) in pending {
+            let answer = match tokio::time::timeout_at(deadline, rx).await {
+                Ok(Ok(report)) => Answer::arrived(sent_ms, report),
+                _ => Answer::missing(sent_ms, format!("no report within {} s", timeout.as_secs())),
+            };
+            self.inner
+                .probe_waiters
+                .lock()
+                .expect("probe waiters")
+                .remove(&rid);
+            out.insert(id, answer);
+        }
+        out
+    }
+
+    /// Hands a node's probe report to the doctor run waiting for it, if
+    /// that request was made of that node and is still waiting (a report
+    /// from any other node is dropped). Whether it was taken.
+    pub(crate) fn probe_reported(&self, from: NodeId, report: pb::ProbeReport) -> bool {
+        take_waiter(
+            &self.inner.probe_waiters,
+            from,
+            report.request_id,
+            "probe report",
+        )
+        .is_some_and(|tx| tx.send(report).is_ok())
     }
 
     /// A channel to the current leader, authenticated as this manager.
@@ -529,6 +611,25 @@ impl Core {
                 .get(&id)
                 .is_some_and(|n| n.state == NodeState::Ready)
         })
+    }
+}
+
+/// The waiter of request `request_id` if it was made of node `from` (an
+/// answer from any other node leaves it waiting, and is logged).
+fn take_waiter<T>(
+    waiters: &Mutex<HashMap<u64, (NodeId, T)>>,
+    from: NodeId,
+    request_id: u64,
+    what: &str,
+) -> Option<T> {
+    let mut waiters = waiters.lock().expect("waiters");
+    match waiters.get(&request_id) {
+        Some((asked, _)) if *asked == from => waiters.remove(&request_id).map(|(_, w)| w),
+        Some((asked, _)) => {
+            tracing::warn!(%from, %asked, "dropping a {what} from a node that was not asked");
+            None
+        }
+        None => None,
     }
 }
 

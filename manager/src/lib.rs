@@ -16,6 +16,7 @@ pub mod controlapi;
 pub mod convert;
 pub mod core;
 pub mod dispatcher;
+pub mod doctor;
 pub mod error;
 pub mod imagepush;
 pub mod inventory;

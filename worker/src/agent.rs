@@ -105,6 +105,8 @@ pub struct Agent {
     images: watch::Sender<Option<pb::ImageInventory>>,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
+    /// The doctor's probe requests from the session, until taken.
+    probes: std::sync::Mutex<Option<tokio::sync::mpsc::UnboundedReceiver<pb::ProbeRequest>>>,
 }
 
 /// The agent's credentials and view of the managers, for node-scoped
@@ -139,6 +141,33 @@ impl ManagerCaller {
             }
         }
         addrs
+    }
+
+    /// The node's certificate in use (PEM).
+    pub fn cert_pem(&self) -> String {
+        self.certs().cert_pem
+    }
+
+    /// Whether the manager port at `addr` answers a gRPC call over mTLS
+    /// with this node's certificate (the doctor's probe): the handshake
+    /// checks both certificates, then `Join.GetCaCert` must answer.
+    pub async fn reach(&self, addr: &str) -> Result<()> {
+        let certs = self.certs();
+        let ch = tls::channel_to_manager_checked(
+            addr,
+            &certs.ca_pem,
+            (&certs.cert_pem, &certs.key_pem),
+            self.manager_trust(),
+        )
+        .await?;
+        weft_proto::v1::join_client::JoinClient::new(ch)
+            .get_ca_cert(pb::GetCaCertRequest {})
+            .await
+            .map_err(|status| Error::Rpc {
+                addr: addr.to_string(),
+                status,
+            })?;
+        Ok(())
     }
 
     /// Calls a node-scoped dispatcher RPC on the leader (following a
@@ -216,6 +245,8 @@ struct Run {
     /// Which inventory the leader acknowledged on the current session.
     image_tracker: crate::image_inventory::Tracker,
     logs: LogReader,
+    /// Where the doctor's probe requests go ([`Agent::take_probe_requests`]).
+    probes: tokio::sync::mpsc::UnboundedSender<pb::ProbeRequest>,
     stop: watch::Receiver<bool>,
     /// When the certificate in use is to be renewed next.
     renew_at: time::OffsetDateTime,
@@ -250,6 +281,7 @@ impl Agent {
         let (config_tx, config_rx) = watch::channel(None);
         let (report_tx, report_rx) = watch::channel(None);
         let (images_tx, images_rx) = watch::channel(None);
+        let (probes_tx, probes_rx) = tokio::sync::mpsc::unbounded_channel();
         let certs = Arc::new(RwLock::new(certs));
         let trust = Arc::new(RwLock::new(record.manager_trust()));
         let run = Run {
@@ -265,6 +297,7 @@ impl Agent {
             images: images_rx,
             image_tracker: Default::default(),
             logs,
+            probes: probes_tx,
             stop: stop_rx,
             renew_at: time::OffsetDateTime::now_utc(),
             renew_failures: 0,
@@ -283,7 +316,16 @@ impl Agent {
             images: images_tx,
             stop: stop_tx,
             task,
+            probes: std::sync::Mutex::new(Some(probes_rx)),
         }
+    }
+
+    /// The doctor's probe requests the managers send on the session (once:
+    /// the first caller gets the receiver).
+    pub fn take_probe_requests(
+        &self,
+    ) -> Option<tokio::sync::mpsc::UnboundedReceiver<pb::ProbeRequest>> {
+        self.probes.lock().expect("probes lock").take()
     }
 
     /// This node's ID.
@@ -716,7 +758,13 @@ impl Run {
         for req in &m.log_requests {
             self.publish_logs(client, req);
         }
-        if !m.log_requests.is_empty() && m.config.is_none() && m.config_delta.is_none() {
+        for req in &m.probe_requests {
+            // Nobody takes them (a test's agent): no probes, and the
+            // doctor says the node did not answer.
+            let _ = self.probes.send(req.clone());
+        }
+        let asks = !m.log_requests.is_empty() || !m.probe_requests.is_empty();
+        if asks && m.config.is_none() && m.config_delta.is_none() {
             return None;
         }
         let desired = pb::NodeRole::try_from(m.role).ok();

@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod capacity;
+pub mod doctor;
 pub mod error;
 pub mod health;
 pub mod image;

@@ -252,4 +252,11 @@ impl Control for LocalControl {
     ) -> std::result::Result<Response<pb::RotateNodeKeyResponse>, Status> {
         Control::rotate_node_key(&self.inner()?, req).await
     }
+
+    async fn doctor(
+        &self,
+        req: Request<pb::DoctorRequest>,
+    ) -> std::result::Result<Response<pb::DoctorReport>, Status> {
+        Control::doctor(&self.inner()?, req).await
+    }
 }

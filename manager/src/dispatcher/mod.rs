@@ -272,6 +272,7 @@ impl DispatcherService {
             config: None,
             config_delta: None,
             log_requests: Vec::new(),
+            probe_requests: Vec::new(),
             removed_node_ids: shared.removed.clone(),
             manager_node_ids: shared.manager_ids.clone(),
         })
@@ -483,7 +484,7 @@ impl DispatcherService {
 struct SessionGuard {
     core: Core,
     node: NodeId,
-    tx: tokio::sync::mpsc::UnboundedSender<pb::LogRequest>,
+    tx: tokio::sync::mpsc::UnboundedSender<crate::core::SessionPush>,
 }
 
 impl Drop for SessionGuard {
@@ -605,6 +606,43 @@ impl Dispatcher for DispatcherService {
         Ok(Response::new(pb::ImageFetchAck {}))
     }
 
+    async fn report_probe(
+        &self,
+        req: Request<pb::ProbeReport>,
+    ) -> Result<Response<pb::ProbeAck>, Status> {
+        let node = self.authorize(&req, &req.get_ref().node_id)?;
+        let mut r = req.into_inner();
+        // Bounded: a result per peer and kind, nothing else kept.
+        let max = limits::MAX_NODES * crate::doctor::probes::KINDS.len();
+        r.results.truncate(max);
+        for res in &mut r.results {
+            res.detail = limits::cut_report(std::mem::take(&mut res.detail));
+        }
+        r.error = limits::cut_report(r.error);
+        r.local.truncate(crate::doctor::probes::MAX_OWN_CHECKS);
+        for c in &mut r.local {
+            for text in [&mut c.check, &mut c.subject, &mut c.detail, &mut c.hint] {
+                *text = limits::cut_report(std::mem::take(text));
+            }
+        }
+        if !self.core.probe_reported(node.id, r) {
+            tracing::debug!(node = %node.id, "probe report nobody waits for");
+        }
+        Ok(Response::new(pb::ProbeAck {}))
+    }
+
+    async fn node_doctor(
+        &self,
+        req: Request<pb::DoctorRequest>,
+    ) -> Result<Response<pb::DoctorReport>, Status> {
+        self.authorize_peer(&req)?;
+        self.require_leader()?;
+        let checks = crate::doctor::run(&self.core, req.get_ref().probe).await;
+        Ok(Response::new(pb::DoctorReport {
+            checks: checks.into_iter().map(Into::into).collect(),
+        }))
+    }
+
     async fn session(
         &self,
         mut req: Request<pb::SessionRequest>,
@@ -664,9 +702,12 @@ impl Dispatcher for DispatcherService {
                     r = changes.changed() => if r.is_err() { return },
                     r = pushes.changed() => if r.is_err() { return },
                     r = server.changed() => if r.is_err() { return },
-                    Some(req) = log_rx.recv() => {
+                    Some(push) = log_rx.recv() => {
                         let mut msg = last.clone();
-                        msg.log_requests = vec![req];
+                        match push {
+                            crate::core::SessionPush::Log(req) => msg.log_requests = vec![req],
+                            crate::core::SessionPush::Probe(req) => msg.probe_requests = vec![req],
+                        }
                         if tx.send(Ok(msg)).await.is_err() {
                             return;
                         }

@@ -186,6 +186,9 @@ pub struct RaftMetricsView {
     /// hold (`None`: it has not answered since this node became leader).
     /// Empty on other nodes.
     pub matched: BTreeMap<NodeId, Option<u64>>,
+    /// On the leader: milliseconds since a majority last acknowledged it
+    /// (`None`: not since it took over, or not the leader).
+    pub millis_since_quorum_ack: Option<u64>,
 }
 
 impl RaftMetricsView {
@@ -213,6 +216,7 @@ impl RaftMetricsView {
                 .flatten()
                 .map(|(id, l)| (*id, l.map(|l| l.index)))
                 .collect(),
+            millis_since_quorum_ack: m.millis_since_quorum_ack,
         }
     }
 }

@@ -277,6 +277,23 @@ impl LinuxDataplane {
         routes_of(&Netlink::open(&self.host)?).await
     }
 
+    /// Which of weft's tables (and the operator's `weft_user`) the host's
+    /// namespace holds now, as (family, name): `weft doctor`'s view. Fails
+    /// when `nft` is missing or cannot list.
+    pub async fn host_tables(&self) -> LResult<Vec<(String, String)>> {
+        let listing = super::nft::list_tables_async(&self.host, HOST_TABLES).await?;
+        Ok(listing
+            .objects
+            .iter()
+            .filter_map(|o| match o {
+                nftables::schema::NfObject::ListObject(NfListObject::Table(t)) => {
+                    Some((family_name(t.family).to_string(), t.name.to_string()))
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
     /// How many times a namespace was read from the kernel so far (the
     /// daemon's own, a network's or a task's): an idle node's passes read
     /// none, a change re-reads the namespaces it touched.
@@ -315,6 +332,18 @@ impl LinuxDataplane {
         } else {
             Err(Error::Apply { applied, failures })
         }
+    }
+}
+
+/// `inet`, `bridge`, … as `nft` writes them.
+fn family_name(f: NfFamily) -> &'static str {
+    match f {
+        NfFamily::INet => "inet",
+        NfFamily::Bridge => "bridge",
+        NfFamily::IP => "ip",
+        NfFamily::IP6 => "ip6",
+        NfFamily::ARP => "arp",
+        NfFamily::NetDev => "netdev",
     }
 }
 

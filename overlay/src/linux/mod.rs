@@ -9,7 +9,7 @@
 //! ([`monitor`]), watchers of each namespace's observed objects
 //! ([`nswatch`]), stale conntrack entries deleted over
 //! ctnetlink ([`conntrack`]), commands started inside namespaces
-//! ([`process`]), the fd store that keeps the resolver's sockets across
+//! ([`process`]), the doctor's data-path probes ([`probe`]), the fd store that keeps the resolver's sockets across
 //! daemon restarts ([`fdstore`]) and the underlay topology used by the tests and
 //! `weft lab` ([`topology`]).
 //!
@@ -29,6 +29,7 @@ pub mod netns;
 pub mod nft;
 pub mod nswatch;
 pub mod ports;
+pub mod probe;
 pub mod process;
 pub mod topology;
 

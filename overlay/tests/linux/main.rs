@@ -12,6 +12,7 @@ mod netns;
 mod nft;
 mod overlay_path;
 mod ports;
+mod probe;
 mod process;
 mod services;
 mod topology;

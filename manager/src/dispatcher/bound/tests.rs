@@ -33,6 +33,7 @@ fn session_len(s: &State, shared: &Shared, node: NodeId) -> usize {
         // A delta goes only when smaller than the whole config.
         config_delta: None,
         log_requests: Vec::new(),
+        probe_requests: Vec::new(),
         removed_node_ids: s.removed.iter().map(|n| n.to_string()).collect(),
         manager_node_ids: s.managers().map(|m| m.id.to_string()).collect(),
     }
