@@ -449,20 +449,26 @@ const CREATE_GLOBAL: &[&str] = &[
     "service", "create", "--name", "pwned", "--mode", "global", "--", "true",
 ];
 
-#[test]
-fn authorization_matrix() {
+/// Three managers and a worker, and x1, a cluster of its own (its
+/// certificate chains to another CA).
+fn matrix_lab() -> Lab {
     let mut lab = Lab::new("authz", &["m1", "m2", "m3", "w1", "x1"]);
     lab.start_all();
     let (wt, mt) = lab.init("m1", &[]);
     lab.join("m2", &mt, "m1");
     lab.join("m3", &mt, "m1");
     lab.join("w1", &wt, "m1");
-    // x1 is a cluster of its own: its certificate chains to another CA.
     lab.init("x1", &[]);
     wait_for("four nodes ready", Duration::from_secs(30), || {
         let rows = lab.node_ls("m1");
         rows.len() == 4 && rows.iter().all(|r| r.status == "Ready")
     });
+    lab
+}
+
+#[test]
+fn authorization_matrix() {
+    let lab = matrix_lab();
     let leader = "m1";
     let addr = format!("{}:4377", lab.addr(leader));
     let scratch = tempfile::tempdir().expect("scratch");
@@ -593,9 +599,27 @@ fn authorization_matrix() {
         std::fs::read_to_string(lab.data_dir("w1").join("node.json"))
             .is_ok_and(|r| r.contains("removed_node_ids") && r.contains(&m3_id))
     });
-    // The reproduction, through the CLI, on every manager.
+    let (t, r) = removed_manager_creates_nothing(&lab, &stolen);
+    tried += t;
+    refusals += r;
+    let (t, r) = worker_speaking_for_another_node(&lab, leader, &addr, &w1, &m1_id);
+    tried += t;
+    refusals += r;
+    let (t, r) = only_root_reaches_the_local_socket(&lab);
+    tried += t;
+    refusals += r;
+    eprintln!(
+        "authorization matrix: {tried} calls tried, {refusals} refused as expected, state unchanged after every refused set"
+    );
+}
+
+/// The reproduction, through the CLI, on every manager: the
+/// removed manager's stolen certificate creates no service. (Calls tried,
+/// refused.)
+fn removed_manager_creates_nothing(lab: &Lab, stolen: &std::path::Path) -> (usize, usize) {
+    let (mut tried, mut refusals) = (0, 0);
     for m in ["m1", "m2"] {
-        let out = lab.weft_over_tcp("x1", m, &stolen, CREATE_GLOBAL);
+        let out = lab.weft_over_tcp("x1", m, stolen, CREATE_GLOBAL);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(
             !out.status.success(),
@@ -609,11 +633,21 @@ fn authorization_matrix() {
         tried += 1;
         refusals += 1;
     }
+    (tried, refusals)
+}
 
-    // A worker speaking for another node: refused on every dispatcher call.
-    let before = digest(&lab, leader);
-    let out = in_host(&lab, "w1", {
-        let (addr, w1, claim) = (addr.clone(), w1.clone(), m1_id.clone());
+/// A worker speaking for another node: refused on every dispatcher call,
+/// nothing changes. (Calls tried, refused.)
+fn worker_speaking_for_another_node(
+    lab: &Lab,
+    leader: &str,
+    addr: &str,
+    w1: &Creds,
+    m1_id: &str,
+) -> (usize, usize) {
+    let before = digest(lab, leader);
+    let out = in_host(lab, "w1", {
+        let (addr, w1, claim) = (addr.to_string(), w1.clone(), m1_id.to_string());
         async move || {
             let ch = w1.connect(&addr).await.expect("w1 connects");
             // Heartbeat and ListNodeNetworks aside (the latter takes the
@@ -640,11 +674,14 @@ fn authorization_matrix() {
                 .collect::<Vec<_>>()
         }
     });
-    tried += expect("worker w1 speaking for m1", &out, Expect::Denied);
-    refusals += out.len();
-    assert_eq!(digest(&lab, leader), before);
+    let tried = expect("worker w1 speaking for m1", &out, Expect::Denied);
+    assert_eq!(digest(lab, leader), before);
+    (tried, out.len())
+}
 
-    // The local socket: root may, anyone else may not even connect.
+/// The local socket: root may, anyone else may not even connect. (Calls
+/// tried, refused.)
+fn only_root_reaches_the_local_socket(lab: &Lab) -> (usize, usize) {
     let sock = lab.host_dir("m1").join("weft.sock");
     let out = std::process::Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
@@ -660,12 +697,7 @@ fn authorization_matrix() {
         "a non-root user reached the local socket: {err}"
     );
     assert!(lab.weft("m1", &["node", "ls"]).contains("w1"));
-    tried += 2;
-    refusals += 1;
-    eprintln!(
-        "authorization matrix: {tried} calls tried, {refusals} refused as expected, state unchanged after every refused set"
-    );
-    let _ = wt;
+    (2, 1)
 }
 
 /// Files under `dir` (recursively, not crossing into other filesystems)

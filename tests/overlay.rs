@@ -386,115 +386,118 @@ fn internal_networks_stay_inside_and_the_gateway_bridge_reaches_the_host() {
     assert!(!routes.contains("default"), "{routes}");
 }
 
+/// `network create` arguments that are refused, and what the error says.
+const BAD_NETWORKS: &[(&[&str], &str)] = &[
+    (
+        &["network", "create", "--subnet", "10.0.9.0/33", "x"],
+        "invalid subnet",
+    ),
+    (
+        &["network", "create", "--subnet", "10.0.9.1/24", "x"],
+        "host bits",
+    ),
+    (
+        &["network", "create", "--subnet", "10.0.9.128/25", "x"],
+        "overlaps",
+    ),
+    (
+        &[
+            "network",
+            "create",
+            "--subnet",
+            "10.0.20.0/24",
+            "--gateway",
+            "10.0.21.1",
+            "x",
+        ],
+        "gateway",
+    ),
+    (&["network", "create", "appnet"], "already exists"),
+    (&["network", "create", "--mtu", "100", "x"], "MTU"),
+    (
+        &["network", "create", "-o", "nosuchopt", "x"],
+        "the known options are encrypted",
+    ),
+    (
+        &[
+            "network",
+            "create",
+            "-o",
+            "com.docker.network.driver.mtu=big",
+            "x",
+        ],
+        "give a number of bytes",
+    ),
+    (
+        &[
+            "network",
+            "create",
+            "-o",
+            "com.docker.network.driver.mtu=100",
+            "x",
+        ],
+        "MTU 100 is out of range",
+    ),
+    (
+        &[
+            "network",
+            "create",
+            "--mtu",
+            "1400",
+            "-o",
+            "com.docker.network.driver.mtu=1300",
+            "x",
+        ],
+        "disagree",
+    ),
+    (
+        &["network", "create", "--aux-address", "r=10.0.40.2", "x"],
+        "--aux-address needs --subnet",
+    ),
+    (
+        &[
+            "network",
+            "create",
+            "--subnet",
+            "10.0.40.0/24",
+            "--aux-address",
+            "r=10.0.41.2",
+            "x",
+        ],
+        "not a usable address of subnet 10.0.40.0/24",
+    ),
+    (
+        &[
+            "network",
+            "create",
+            "--subnet",
+            "10.0.40.0/24",
+            "--aux-address",
+            "r=10.0.40.1",
+            "x",
+        ],
+        "is the network's gateway",
+    ),
+    (
+        &[
+            "network",
+            "create",
+            "--subnet",
+            "10.0.40.0/24",
+            "--aux-address",
+            "r=nope",
+            "x",
+        ],
+        "give NAME=IP",
+    ),
+    (&["network", "create", "bad/name"], "invalid network name"),
+    (&["network", "rm", "nosuch"], "not found"),
+];
+
 #[test]
 fn bad_network_and_run_input_is_refused_and_changes_nothing() {
     let lab = two_hosts("badinput");
-    let cases: &[(&[&str], &str)] = &[
-        (
-            &["network", "create", "--subnet", "10.0.9.0/33", "x"],
-            "invalid subnet",
-        ),
-        (
-            &["network", "create", "--subnet", "10.0.9.1/24", "x"],
-            "host bits",
-        ),
-        (
-            &["network", "create", "--subnet", "10.0.9.128/25", "x"],
-            "overlaps",
-        ),
-        (
-            &[
-                "network",
-                "create",
-                "--subnet",
-                "10.0.20.0/24",
-                "--gateway",
-                "10.0.21.1",
-                "x",
-            ],
-            "gateway",
-        ),
-        (&["network", "create", "appnet"], "already exists"),
-        (&["network", "create", "--mtu", "100", "x"], "MTU"),
-        (
-            &["network", "create", "-o", "nosuchopt", "x"],
-            "the known options are encrypted",
-        ),
-        (
-            &[
-                "network",
-                "create",
-                "-o",
-                "com.docker.network.driver.mtu=big",
-                "x",
-            ],
-            "give a number of bytes",
-        ),
-        (
-            &[
-                "network",
-                "create",
-                "-o",
-                "com.docker.network.driver.mtu=100",
-                "x",
-            ],
-            "MTU 100 is out of range",
-        ),
-        (
-            &[
-                "network",
-                "create",
-                "--mtu",
-                "1400",
-                "-o",
-                "com.docker.network.driver.mtu=1300",
-                "x",
-            ],
-            "disagree",
-        ),
-        (
-            &["network", "create", "--aux-address", "r=10.0.40.2", "x"],
-            "--aux-address needs --subnet",
-        ),
-        (
-            &[
-                "network",
-                "create",
-                "--subnet",
-                "10.0.40.0/24",
-                "--aux-address",
-                "r=10.0.41.2",
-                "x",
-            ],
-            "not a usable address of subnet 10.0.40.0/24",
-        ),
-        (
-            &[
-                "network",
-                "create",
-                "--subnet",
-                "10.0.40.0/24",
-                "--aux-address",
-                "r=10.0.40.1",
-                "x",
-            ],
-            "is the network's gateway",
-        ),
-        (
-            &[
-                "network",
-                "create",
-                "--subnet",
-                "10.0.40.0/24",
-                "--aux-address",
-                "r=nope",
-                "x",
-            ],
-            "give NAME=IP",
-        ),
-        (&["network", "create", "bad/name"], "invalid network name"),
-        (&["network", "rm", "nosuch"], "not found"),
-    ];
+    let cases = BAD_NETWORKS;
     for (args, want) in cases {
         let err = lab.weft_err("m1", args);
         assert!(err.contains(want), "{args:?}: {err}");

@@ -533,6 +533,15 @@ fn service_update_changes_what_create_set_and_rollback_goes_back() {
     let v = inspect();
     assert_eq!(v["Spec"]["EndpointSpec"]["Ports"], serde_json::json!([]));
     assert_eq!(v["Spec"]["EndpointSpec"]["Mode"], "dnsrr");
+    refused_updates_change_nothing(&lab, &v);
+
+    update_policy_paces_the_update(&lab);
+}
+
+/// Updates of service echo that are refused say why and change nothing
+/// (`v`: its inspect before).
+fn refused_updates_change_nothing(lab: &Lab, v: &serde_json::Value) {
+    let inspect = || inspect_service(lab, "echo");
     for (args, says) in [
         (
             &["--publish-rm", "81"][..],
@@ -553,8 +562,12 @@ fn service_update_changes_what_create_set_and_rollback_goes_back() {
         v["Spec"],
         "refused updates change nothing"
     );
+}
 
-    // The update policy: a batch at a time, and the delay after each.
+/// `--update-delay` and `--update-parallelism` on service echo: checked,
+/// and the delay is waited for between batches.
+fn update_policy_paces_the_update(lab: &Lab) {
+    let inspect = || inspect_service(lab, "echo");
     for (flag, value, says) in [
         ("--update-parallelism", "10001", "over the limit of 10000"),
         ("--update-delay", "25h", "over the limit of 24h"),
@@ -640,13 +653,10 @@ fn task_events(lab: &Lab, svc: &str) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// The failure actions of a rolling update (rollback by itself, pause),
-/// per-task progress, and start-first order, on real daemons: tasks that
-/// fail their start are seen by the orchestrator through their nodes'
-/// reports and the replicated update status decides.
-#[test]
-fn failed_updates_roll_back_or_pause_and_start_first_starts_before_it_stops() {
-    let mut lab = Lab::new("updfail", &["m1", "w1"]);
+/// m1 and w1, and service roll (2 replicas of a host process), with what
+/// its create printed.
+fn roll_service(test: &str) -> (Lab, String) {
+    let mut lab = Lab::new(test, &["m1", "w1"]);
     lab.start_all();
     let (wt, _) = lab.init("m1", &["--heartbeat-period", "500ms"]);
     lab.join("w1", &wt, "m1");
@@ -665,6 +675,16 @@ fn failed_updates_roll_back_or_pause_and_start_first_starts_before_it_stops() {
             "exec sleep 600",
         ],
     );
+    (lab, out)
+}
+
+/// The failure actions of a rolling update (rollback by itself, pause)
+/// and per-task progress, on real daemons: tasks that fail their start are
+/// seen by the orchestrator through their nodes' reports and the
+/// replicated update status decides.
+#[test]
+fn failed_updates_roll_back_or_pause() {
+    let (lab, out) = roll_service("updfail");
     assert!(out.contains("overall progress: 2 out of 2 tasks"), "{out}");
     assert!(
         out.contains("1/2: running") && out.contains("2/2: running"),
@@ -791,9 +811,15 @@ fn failed_updates_roll_back_or_pause_and_start_first_starts_before_it_stops() {
         v["Spec"]["Command"],
         serde_json::json!(["sh", "-c", "exec sleep 600"])
     );
+}
 
-    // Start first: each replacement runs before the task it replaces is
-    // removed (the task events say in which order).
+/// Start first: each replacement runs before the task it replaces is
+/// removed (the task events say in which order).
+#[test]
+fn start_first_starts_the_replacement_before_the_old_task_stops() {
+    let (lab, _) = roll_service("startfirst");
+    let inspect = || inspect_service(&lab, "roll");
+    let running = || running_tasks(&lab, "roll");
     let old = running();
     let out = lab.weft_full(
         "m1",

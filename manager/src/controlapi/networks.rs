@@ -62,43 +62,7 @@ impl ControlService {
                 )));
             }
         };
-        let mut encrypted = false;
-        let mut mtu_opt = None;
-        for (k, v) in &r.options {
-            match (k.as_str(), v.as_str()) {
-                ("encrypted", "" | "true") => encrypted = true,
-                ("encrypted", "false") => {}
-                ("encrypted", _) => {
-                    return Err(Error::InvalidInput(format!(
-                        "invalid value {v:?} for option encrypted: use `-o encrypted` or `-o encrypted=false`"
-                    )));
-                }
-                // Docker's spelling of --mtu.
-                ("com.docker.network.driver.mtu", v) => {
-                    mtu_opt = Some(v.parse::<u32>().map_err(|_| {
-                        Error::InvalidInput(format!(
-                            "invalid value {v:?} for option com.docker.network.driver.mtu: give a number of bytes"
-                        ))
-                    })?);
-                }
-                _ => {
-                    return Err(Error::InvalidInput(format!(
-                        "unknown network option {k:?}: the known options are encrypted \
-                         (-o encrypted[=true|false]) and com.docker.network.driver.mtu (-o \
-                         com.docker.network.driver.mtu=N, as --mtu)"
-                    )));
-                }
-            }
-        }
-        let mtu_given = match (r.mtu, mtu_opt) {
-            (0, Some(m)) => m,
-            (m, Some(o)) if m != o => {
-                return Err(Error::InvalidInput(format!(
-                    "--mtu {m} and -o com.docker.network.driver.mtu={o} disagree: give one"
-                )));
-            }
-            (m, _) => m,
-        };
+        let (encrypted, mtu_given) = network_options(&r.options, r.mtu)?;
         let cidr = |what: &str, v: &str| -> Result<Option<ipnetwork::IpNetwork>> {
             if v.is_empty() {
                 return Ok(None);
@@ -352,4 +316,50 @@ fn aux_addresses_from_wire(
         out.insert(name.clone(), addr);
     }
     Ok(out)
+}
+
+/// `-o` options of `network create`: whether `encrypted`, and the MTU
+/// (`--mtu`'s `mtu`, or Docker's `-o com.docker.network.driver.mtu`; 0:
+/// derived). Unknown options are refused with the list of known ones.
+fn network_options(
+    options: &std::collections::HashMap<String, String>,
+    mtu: u32,
+) -> Result<(bool, u32)> {
+    let mut encrypted = false;
+    let mut mtu_opt = None;
+    for (k, v) in options {
+        match (k.as_str(), v.as_str()) {
+            ("encrypted", "" | "true") => encrypted = true,
+            ("encrypted", "false") => {}
+            ("encrypted", _) => {
+                return Err(Error::InvalidInput(format!(
+                    "invalid value {v:?} for option encrypted: use `-o encrypted` or `-o encrypted=false`"
+                )));
+            }
+            ("com.docker.network.driver.mtu", v) => {
+                mtu_opt = Some(v.parse::<u32>().map_err(|_| {
+                    Error::InvalidInput(format!(
+                        "invalid value {v:?} for option com.docker.network.driver.mtu: give a number of bytes"
+                    ))
+                })?);
+            }
+            _ => {
+                return Err(Error::InvalidInput(format!(
+                    "unknown network option {k:?}: the known options are encrypted \
+                     (-o encrypted[=true|false]) and com.docker.network.driver.mtu (-o \
+                     com.docker.network.driver.mtu=N, as --mtu)"
+                )));
+            }
+        }
+    }
+    let mtu = match (mtu, mtu_opt) {
+        (0, Some(m)) => m,
+        (m, Some(o)) if m != o => {
+            return Err(Error::InvalidInput(format!(
+                "--mtu {m} and -o com.docker.network.driver.mtu={o} disagree: give one"
+            )));
+        }
+        (m, _) => m,
+    };
+    Ok((encrypted, mtu))
 }

@@ -207,139 +207,12 @@ pub fn project_without_sources(
     let networks = net_ids
         .iter()
         .filter_map(|id| state.networks.get(*id))
-        .map(|net| {
-            let remote = state
-                .tasks
-                .values()
-                .filter(|t| t.node != node && live(state, t))
-                .flat_map(|t| {
-                    t.attachments
-                        .iter()
-                        .filter(|a| a.network == net.id)
-                        .map(move |a| (t, a))
-                })
-                .filter_map(|(t, a)| {
-                    let peer = state.nodes.get(&t.node)?;
-                    // Encrypted: the VTEP is the peer's tunnel address, so
-                    // VXLAN travels inside WireGuard; a peer without a key
-                    // yet is unreachable rather than reached in the clear.
-                    let vtep = if net.encrypted {
-                        if peer.wg_public_key.is_empty() {
-                            return None;
-                        }
-                        peer.tunnel_ip?.to_string()
-                    } else {
-                        peer.data_path_addr.clone()
-                    };
-                    Some(pb::RemoteEndpoint {
-                        task_id: t.id.clone(),
-                        ip: a.ip.to_string(),
-                        mac: mac_text(mac_for(a.ip)),
-                        vtep,
-                    })
-                })
-                .collect::<Vec<_>>();
-            let mut remote = remote;
-            // Other nodes' ingress endpoints: replicas answer them.
-            for (n, ip) in &net.node_endpoints {
-                if *n == node {
-                    continue;
-                }
-                if let Some(peer) = state.nodes.get(n)
-                    && peer.state != NodeState::Down
-                    && !peer.data_path_addr.is_empty()
-                {
-                    remote.push(pb::RemoteEndpoint {
-                        task_id: format!("node-{n}"),
-                        ip: ip.to_string(),
-                        mac: mac_text(mac_for(*ip)),
-                        vtep: peer.data_path_addr.clone(),
-                    });
-                }
-            }
-            // The default bridge resolves no names, as on docker0.
-            let default_bridge = net.node.is_some() && net.name == crate::store::DEFAULT_BRIDGE;
-            pb::NetworkConfig {
-                local: net.node.is_some(),
-                id: net.id.clone(),
-                name: net.name.clone(),
-                vni: net.vni,
-                subnet: net.subnet.to_string(),
-                gateway: net.gateway.to_string(),
-                mtu: network_mtu(state, net).0,
-                internal: net.internal,
-                remote,
-                services: services_on(state, net, node),
-                names: if default_bridge {
-                    Vec::new()
-                } else {
-                    names_on(state, net, node)
-                },
-                encrypted: net.encrypted,
-            }
-        })
+        .map(|net| network_config(state, net, node))
         .collect();
 
     let tasks = mine
         .iter()
-        .map(|t| pb::TaskConfig {
-            id: t.id.clone(),
-            name: t.name.clone(),
-            command: t.spec.command.clone(),
-            env: t.spec.env.clone().into_iter().collect(),
-            container: crate::convert::container_to_wire(&t.spec.container),
-            stop: crate::convert::stop_to_wire(&t.spec.stop),
-            resources: crate::convert::resources_to_wire(&t.spec.resources),
-            log: crate::convert::log_to_wire(t.spec.log),
-            health: crate::convert::health_to_wire(&t.spec.health),
-            attachments: t
-                .attachments
-                .iter()
-                .filter_map(|a| {
-                    let net = state.networks.get(&a.network)?;
-                    Some(pb::TaskAttachment {
-                        // A foreign container's one interface has the
-                        // runtime's name.
-                        ifname: t
-                            .spec
-                            .external
-                            .as_ref()
-                            .map_or_else(|| a.ifname.clone(), |e| e.ifname.clone()),
-                        network_id: a.network.clone(),
-                        ip: with_prefix(a.ip, &net.subnet),
-                        mac: mac_text(mac_for(a.ip)),
-                    })
-                })
-                .collect(),
-            gateway_ip: t
-                .gateway_ip
-                .map(|ip| with_prefix(ip, &gw_subnet))
-                .unwrap_or_default(),
-            gateway_mac: t
-                .gateway_ip
-                .map(|ip| mac_text(mac_for(ip)))
-                .unwrap_or_default(),
-            network_mode: crate::convert::network_mode_text(t.network_mode).into(),
-            ports: t.ports.iter().map(crate::convert::port_to_wire).collect(),
-            service: t
-                .service
-                .as_ref()
-                .map(|r| {
-                    state
-                        .services
-                        .get(&r.service)
-                        .map_or_else(|| r.service.clone(), |s| s.spec.name.clone())
-                })
-                .unwrap_or_default(),
-            created_at_ms: t.created_at_ms,
-            // Filled in by the dispatcher, which holds the key.
-            registry_auth: None,
-            external: t
-                .spec
-                .external
-                .as_ref()
-                .map(crate::dispatcher::external::external_to_wire),
-        })
+        .map(|t| task_config(state, t, &gw_subnet))
         .collect();
 
     let wireguard = wireguard(state, me, &net_ids);
@@ -363,6 +236,143 @@ pub fn project_without_sources(
     // The one order of every set-like list, which config deltas keep.
     weft_proto::config_delta::canonicalize(&mut config);
     Some(config)
+}
+
+/// `net` as `node` gets it: remote endpoints (through WireGuard tunnel
+/// addresses when encrypted), other nodes' ingress endpoints, services and
+/// names.
+fn network_config(state: &State, net: &Network, node: NodeId) -> pb::NetworkConfig {
+    let remote = state
+        .tasks
+        .values()
+        .filter(|t| t.node != node && live(state, t))
+        .flat_map(|t| {
+            t.attachments
+                .iter()
+                .filter(|a| a.network == net.id)
+                .map(move |a| (t, a))
+        })
+        .filter_map(|(t, a)| {
+            let peer = state.nodes.get(&t.node)?;
+            // Encrypted: the VTEP is the peer's tunnel address, so
+            // VXLAN travels inside WireGuard; a peer without a key
+            // yet is unreachable rather than reached in the clear.
+            let vtep = if net.encrypted {
+                if peer.wg_public_key.is_empty() {
+                    return None;
+                }
+                peer.tunnel_ip?.to_string()
+            } else {
+                peer.data_path_addr.clone()
+            };
+            Some(pb::RemoteEndpoint {
+                task_id: t.id.clone(),
+                ip: a.ip.to_string(),
+                mac: mac_text(mac_for(a.ip)),
+                vtep,
+            })
+        })
+        .collect::<Vec<_>>();
+    let mut remote = remote;
+    // Other nodes' ingress endpoints: replicas answer them.
+    for (n, ip) in &net.node_endpoints {
+        if *n == node {
+            continue;
+        }
+        if let Some(peer) = state.nodes.get(n)
+            && peer.state != NodeState::Down
+            && !peer.data_path_addr.is_empty()
+        {
+            remote.push(pb::RemoteEndpoint {
+                task_id: format!("node-{n}"),
+                ip: ip.to_string(),
+                mac: mac_text(mac_for(*ip)),
+                vtep: peer.data_path_addr.clone(),
+            });
+        }
+    }
+    // The default bridge resolves no names, as on docker0.
+    let default_bridge = net.node.is_some() && net.name == crate::store::DEFAULT_BRIDGE;
+    pb::NetworkConfig {
+        local: net.node.is_some(),
+        id: net.id.clone(),
+        name: net.name.clone(),
+        vni: net.vni,
+        subnet: net.subnet.to_string(),
+        gateway: net.gateway.to_string(),
+        mtu: network_mtu(state, net).0,
+        internal: net.internal,
+        remote,
+        services: services_on(state, net, node),
+        names: if default_bridge {
+            Vec::new()
+        } else {
+            names_on(state, net, node)
+        },
+        encrypted: net.encrypted,
+    }
+}
+
+/// Task `t` as its node gets it.
+fn task_config(state: &State, t: &Task, gw_subnet: &ipnetwork::IpNetwork) -> pb::TaskConfig {
+    pb::TaskConfig {
+        id: t.id.clone(),
+        name: t.name.clone(),
+        command: t.spec.command.clone(),
+        env: t.spec.env.clone().into_iter().collect(),
+        container: crate::convert::container_to_wire(&t.spec.container),
+        stop: crate::convert::stop_to_wire(&t.spec.stop),
+        resources: crate::convert::resources_to_wire(&t.spec.resources),
+        log: crate::convert::log_to_wire(t.spec.log),
+        health: crate::convert::health_to_wire(&t.spec.health),
+        attachments: t
+            .attachments
+            .iter()
+            .filter_map(|a| {
+                let net = state.networks.get(&a.network)?;
+                Some(pb::TaskAttachment {
+                    // A foreign container's one interface has the
+                    // runtime's name.
+                    ifname: t
+                        .spec
+                        .external
+                        .as_ref()
+                        .map_or_else(|| a.ifname.clone(), |e| e.ifname.clone()),
+                    network_id: a.network.clone(),
+                    ip: with_prefix(a.ip, &net.subnet),
+                    mac: mac_text(mac_for(a.ip)),
+                })
+            })
+            .collect(),
+        gateway_ip: t
+            .gateway_ip
+            .map(|ip| with_prefix(ip, gw_subnet))
+            .unwrap_or_default(),
+        gateway_mac: t
+            .gateway_ip
+            .map(|ip| mac_text(mac_for(ip)))
+            .unwrap_or_default(),
+        network_mode: crate::convert::network_mode_text(t.network_mode).into(),
+        ports: t.ports.iter().map(crate::convert::port_to_wire).collect(),
+        service: t
+            .service
+            .as_ref()
+            .map(|r| {
+                state
+                    .services
+                    .get(&r.service)
+                    .map_or_else(|| r.service.clone(), |s| s.spec.name.clone())
+            })
+            .unwrap_or_default(),
+        created_at_ms: t.created_at_ms,
+        // Filled in by the dispatcher, which holds the key.
+        registry_auth: None,
+        external: t
+            .spec
+            .external
+            .as_ref()
+            .map(crate::dispatcher::external::external_to_wire),
+    }
 }
 
 /// The node's endpoint on the ingress network, while some service

@@ -180,6 +180,28 @@ pub fn before(state: &State, cmd: &Command) -> Before {
     }
 }
 
+/// A command on service `id`'s spec or update status: an update event,
+/// with the update state's move when it moved (as Docker); the status
+/// commands that move nothing make none.
+fn service_update(state: &State, cmd: &Command, id: &str, was: &Before) -> Vec<Change> {
+    let (old, new) = (was.update_state, update_state(state, id));
+    let moved = old != new;
+    if !moved && !matches!(cmd, Command::UpdateService { .. }) {
+        return Vec::new();
+    }
+    let name = state
+        .services
+        .get(id)
+        .map(|s| s.spec.name.clone())
+        .unwrap_or_default();
+    let mut attrs = vec![("name", name)];
+    if moved {
+        attrs.push(("updatestate.old", old.to_string()));
+        attrs.push(("updatestate.new", new.to_string()));
+    }
+    vec![change(EventType::Service, EventAction::Update, id, &attrs)]
+}
+
 /// Service `id`'s update state in Docker's words; empty: none.
 fn update_state(state: &State, id: &str) -> &'static str {
     state
@@ -337,25 +359,7 @@ pub fn after(state: &State, cmd: &Command, was: Before) -> Vec<Change> {
         Command::UpdateService { id, .. }
         | Command::RollbackService { id, .. }
         | Command::CountUpdateFailure { service: id, .. }
-        | Command::CompleteUpdate { service: id, .. } => {
-            // As Docker: the update state's move, when it moved.
-            let (old, new) = (was.update_state, update_state(state, id));
-            let moved = old != new;
-            if !moved && !matches!(cmd, Command::UpdateService { .. }) {
-                return Vec::new();
-            }
-            let name = state
-                .services
-                .get(id)
-                .map(|s| s.spec.name.clone())
-                .unwrap_or_default();
-            let mut attrs = vec![("name", name)];
-            if moved {
-                attrs.push(("updatestate.old", old.to_string()));
-                attrs.push(("updatestate.new", new.to_string()));
-            }
-            vec![change(Service, Update, id, &attrs)]
-        }
+        | Command::CompleteUpdate { service: id, .. } => service_update(state, cmd, id, &was),
         Command::RemoveService { id } => {
             let mut out = vec![change(Service, Remove, id, &[("name", was.name.clone())])];
             out.extend(was.tasks.into_iter().map(|(t, name)| {

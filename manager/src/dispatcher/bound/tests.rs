@@ -185,6 +185,49 @@ fn most_admitted(s: &State, make: impl Fn(u64) -> Command) -> u64 {
 /// Every per-object limit at once, on the most nodes a cluster may have:
 /// the largest service the admission lets in, all its replicas on one
 /// node, still projects under the limit — and one more replica is refused.
+/// Container options each at its limit.
+fn largest_container() -> crate::store::ContainerOpts {
+    crate::store::ContainerOpts {
+        image: "i".repeat(crate::validate::MAX_IMAGE_REF_BYTES),
+        entrypoint: Some(vec![]),
+        workdir: Some(format!(
+            "/{}",
+            "w".repeat(crate::validate::MAX_WORKDIR_BYTES - 1)
+        )),
+        user: Some("u".repeat(crate::validate::MAX_USER_BYTES)),
+        read_only: true,
+        cap_add: weft_proto::isolation::CAPABILITIES
+            .map(String::from)
+            .to_vec(),
+        cap_drop: weft_proto::isolation::CAPABILITIES
+            .map(String::from)
+            .to_vec(),
+        seccomp_unconfined: true,
+        no_new_privileges: true,
+        mounts: (0..weft_proto::isolation::MAX_MOUNTS)
+            .map(|i| weft_proto::isolation::MountSpec {
+                kind: weft_proto::isolation::MountKind::Bind,
+                source: format!(
+                    "/{}",
+                    "s".repeat(weft_proto::isolation::MAX_MOUNT_PATH_BYTES - 1)
+                ),
+                target: format!(
+                    "/{i:02}{}",
+                    "t".repeat(weft_proto::isolation::MAX_MOUNT_PATH_BYTES - 3)
+                ),
+                readonly: true,
+                tmpfs_size: 0,
+                tmpfs_mode: 0,
+            })
+            .collect(),
+        hostname: Some("h".repeat(crate::validate::MAX_HOSTNAME_BYTES)),
+        open_stdin: true,
+        tty: true,
+        attach_wait: true,
+        tty_size: Some((u32::MAX, u32::MAX)),
+    }
+}
+
 #[test]
 fn at_every_limit_at_once_admitted_configs_stay_under_the_receive_limit() {
     let nodes = limits::MAX_NODES as u64;
@@ -208,45 +251,7 @@ fn at_every_limit_at_once_admitted_configs_stay_under_the_receive_limit() {
             .collect(),
         // Container options at their limits too (an entrypoint shares the
         // command's budget).
-        container: Some(crate::store::ContainerOpts {
-            image: "i".repeat(crate::validate::MAX_IMAGE_REF_BYTES),
-            entrypoint: Some(vec![]),
-            workdir: Some(format!(
-                "/{}",
-                "w".repeat(crate::validate::MAX_WORKDIR_BYTES - 1)
-            )),
-            user: Some("u".repeat(crate::validate::MAX_USER_BYTES)),
-            read_only: true,
-            cap_add: weft_proto::isolation::CAPABILITIES
-                .map(String::from)
-                .to_vec(),
-            cap_drop: weft_proto::isolation::CAPABILITIES
-                .map(String::from)
-                .to_vec(),
-            seccomp_unconfined: true,
-            no_new_privileges: true,
-            mounts: (0..weft_proto::isolation::MAX_MOUNTS)
-                .map(|i| weft_proto::isolation::MountSpec {
-                    kind: weft_proto::isolation::MountKind::Bind,
-                    source: format!(
-                        "/{}",
-                        "s".repeat(weft_proto::isolation::MAX_MOUNT_PATH_BYTES - 1)
-                    ),
-                    target: format!(
-                        "/{i:02}{}",
-                        "t".repeat(weft_proto::isolation::MAX_MOUNT_PATH_BYTES - 3)
-                    ),
-                    readonly: true,
-                    tmpfs_size: 0,
-                    tmpfs_mode: 0,
-                })
-                .collect(),
-            hostname: Some("h".repeat(crate::validate::MAX_HOSTNAME_BYTES)),
-            open_stdin: true,
-            tty: true,
-            attach_wait: true,
-            tty_size: Some((u32::MAX, u32::MAX)),
-        }),
+        container: Some(largest_container()),
         stop: Default::default(),
         // Every limit and reservation at its widest (no reservation, so
         // the scheduler still places it).
