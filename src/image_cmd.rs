@@ -106,6 +106,10 @@ pub enum ImageCommand {
     },
     /// Show images in detail (JSON, in the shape of `docker image inspect`).
     Inspect {
+        /// json (the default) or a Go template applied to each, e.g.
+        /// '{{.Id}}' or '{{json .RepoTags}}'.
+        #[arg(short, long, value_name = "FORMAT")]
+        format: Option<String>,
         /// Name, name@digest, digest or image ID.
         #[arg(required = true)]
         images: Vec<String>,
@@ -171,7 +175,7 @@ pub async fn run(c: &Client, cmd: ImageCommand) -> anyhow::Result<()> {
             all_nodes: true,
             ..
         } => ls_all_nodes(c, quiet, no_trunc).await,
-        ImageCommand::Inspect { images } => inspect(c, images).await,
+        ImageCommand::Inspect { format, images } => inspect(c, format, images).await,
         ImageCommand::Rm { force, images } => rm(c, force, images).await,
     }
 }
@@ -640,7 +644,8 @@ fn cluster_listing(
     out
 }
 
-async fn inspect(c: &Client, images: Vec<String>) -> anyhow::Result<()> {
+async fn inspect(c: &Client, format: Option<String>, images: Vec<String>) -> anyhow::Result<()> {
+    crate::format::Output::parse(format.as_deref())?;
     let mut found = Vec::new();
     let mut errors = Vec::new();
     for image in images {
@@ -652,7 +657,7 @@ async fn inspect(c: &Client, images: Vec<String>) -> anyhow::Result<()> {
             Err(s) => errors.push(s.message().to_owned()),
         }
     }
-    println!("{}", serde_json::to_string_pretty(&found)?);
+    crate::format::print_objects(&found, format.as_deref())?;
     if !errors.is_empty() {
         bail!("{}", errors.join("\n"));
     }

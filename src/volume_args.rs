@@ -49,6 +49,10 @@ pub enum VolumeCommand {
     },
     /// Show volumes as JSON (Docker's shape).
     Inspect {
+        /// json (the default) or a Go template applied to each, e.g.
+        /// '{{.Mountpoint}}' or '{{json .Labels}}'.
+        #[arg(short, long, value_name = "FORMAT")]
+        format: Option<String>,
         /// Volume names.
         #[arg(required = true)]
         names: Vec<String>,

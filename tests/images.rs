@@ -216,6 +216,8 @@ fn both_formats_load_list_inspect_and_remove() {
     let by_digest: serde_json::Value =
         serde_json::from_str(&node.weft(&["image", "inspect", digest])).unwrap();
     assert_eq!(by_digest[0]["Id"], i["Id"]);
+    let id = node.weft(&["image", "inspect", "--format", "{{.Id}}", digest]);
+    assert_eq!(id.trim(), i["Id"].as_str().unwrap());
     let err = node.weft_err(&["image", "inspect", "nosuch"]);
     assert!(err.contains("no such image: nosuch on this node"), "{err}");
 

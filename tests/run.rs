@@ -342,6 +342,11 @@ fn stop_start_restart_and_inspect_of_standalone_tasks() {
     }
     assert_eq!(lab.weft("m1", &["ps", "-a"]), before);
     assert!(rig.row("napper").unwrap().contains("running"));
+    // inspect --format, as `docker inspect -f`.
+    let status = lab.weft("m1", &["inspect", "-f", "{{.State.Status}}", "napper"]);
+    assert_eq!(status, "running\n");
+    let err = lab.weft_err("m1", &["inspect", "-f", "{{.Nope}}", "napper"]);
+    assert!(err.contains("no field .Nope"), "{err}");
 }
 
 /// `weft exec -it TASK sh -c SCRIPT` on a 24×80 terminal.

@@ -121,6 +121,17 @@ fn volumes_are_created_listed_inspected_removed_and_bad_input_changes_nothing() 
     assert!(table.starts_with("DRIVER"), "{table}");
     assert!(table.contains("local     vol-db"), "{table}");
 
+    let templated = lab.weft(
+        "h1",
+        &[
+            "volume",
+            "inspect",
+            "-f",
+            "{{.Name}} {{.Label \"env\"}}",
+            "vol-db",
+        ],
+    );
+    assert_eq!(templated, "vol-db prod\n");
     let inspect: serde_json::Value =
         serde_json::from_str(&lab.weft("h1", &["volume", "inspect", "vol-db"])).expect("json");
     let v = &inspect[0];

@@ -54,6 +54,10 @@ pub enum LifecycleCommand {
     /// `docker container inspect` where it applies, with weft's own fields
     /// under "Weft".
     Inspect {
+        /// json (the default) or a Go template applied to each, e.g.
+        /// '{{.State.Status}}' or '{{json .NetworkSettings}}'.
+        #[arg(short, long, value_name = "FORMAT")]
+        format: Option<String>,
         /// Task names or IDs.
         #[arg(required = true)]
         tasks: Vec<String>,
@@ -84,7 +88,8 @@ pub async fn lifecycle(c: &Client, cmd: LifecycleCommand) -> anyhow::Result<()> 
             })
             .await
         }
-        LifecycleCommand::Inspect { tasks } => {
+        LifecycleCommand::Inspect { format, tasks } => {
+            crate::format::Output::parse(format.as_deref())?;
             let mut out = Vec::new();
             for t in tasks {
                 let r = c
@@ -96,7 +101,7 @@ pub async fn lifecycle(c: &Client, cmd: LifecycleCommand) -> anyhow::Result<()> 
                     .into_inner();
                 out.push(super::inspect::docker_shape(&r));
             }
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            crate::format::print_objects(&out, format.as_deref())?;
             Ok(())
         }
     }

@@ -24,7 +24,7 @@ pub async fn volume(c: &Client, cmd: VolumeCommand) -> anyhow::Result<()> {
             filters,
             format,
         } => ls(c, quiet, filters, format).await,
-        VolumeCommand::Inspect { names } => inspect(c, names).await,
+        VolumeCommand::Inspect { format, names } => inspect(c, format, names).await,
         VolumeCommand::Rm { force, names } => rm(c, force, names).await,
         VolumeCommand::Prune { force, filters } => prune(c, force, filters).await,
     }
@@ -109,7 +109,8 @@ fn docker_json(v: &pb::VolumeInfo) -> serde_json::Value {
     })
 }
 
-async fn inspect(c: &Client, names: Vec<String>) -> anyhow::Result<()> {
+async fn inspect(c: &Client, format: Option<String>, names: Vec<String>) -> anyhow::Result<()> {
+    crate::format::Output::parse(format.as_deref())?;
     let mut found = Vec::new();
     let mut missing = Vec::new();
     for name in names {
@@ -122,7 +123,7 @@ async fn inspect(c: &Client, names: Vec<String>) -> anyhow::Result<()> {
             Err(s) => missing.push(s.message().to_owned()),
         }
     }
-    println!("{}", serde_json::to_string_pretty(&found)?);
+    crate::format::print_objects(&found, format.as_deref())?;
     if !missing.is_empty() {
         bail!("{}", missing.join("\n"));
     }
