@@ -778,8 +778,8 @@ pub enum ServiceCommand {
     /// Create a service.
     Create(Box<ServiceCreateArgs>),
     /// List services. Filters: id= (a prefix), name= (part of the name),
-    /// mode=replicated|global. Fields: .ID .Name .Mode .Replicas .Image
-    /// .Ports .Command.
+    /// mode=replicated|global, label=KEY or label=KEY=VALUE. Fields: .ID
+    /// .Name .Mode .Replicas .Image .Ports .Command .Labels.
     #[command(alias = "list")]
     Ls {
         #[command(flatten)]
@@ -1040,6 +1040,9 @@ pub struct ServiceCreateArgs {
     /// (repeatable, at most 32).
     #[arg(long = "constraint")]
     pub constraints: Vec<String>,
+    /// A label of the service, KEY=VALUE (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
     /// When finished tasks are replaced.
     #[arg(long, value_enum)]
     pub restart_condition: Option<RestartArg>,
@@ -1199,6 +1202,12 @@ pub struct ServiceUpdateArgs {
     /// Remove a placement constraint (repeatable).
     #[arg(long = "constraint-rm")]
     pub constraint_rm: Vec<String>,
+    /// Add or change a label of the service, KEY=VALUE (repeatable).
+    #[arg(long = "label-add", value_name = "KEY=VALUE")]
+    pub label_add: Vec<String>,
+    /// Remove a label of the service (repeatable).
+    #[arg(long = "label-rm", value_name = "KEY")]
+    pub label_rm: Vec<String>,
     /// Replace every task even if nothing changed.
     #[arg(long)]
     pub force: bool,

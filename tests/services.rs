@@ -421,6 +421,8 @@ fn service_update_changes_what_create_set_and_rollback_goes_back() {
             "appnet",
             "--env",
             "V=one",
+            "--label",
+            "stage=one",
             "--",
             "sh",
             "-c",
@@ -503,6 +505,8 @@ fn service_update_changes_what_create_set_and_rollback_goes_back() {
         logs.lines().filter(|l| l.ends_with("args=two")).count() >= 2,
         "{logs}"
     );
+    // No update under way now (the last one was waited for).
+    service_labels(&lab);
     lab.weft(
         "m1",
         &[
@@ -538,25 +542,83 @@ fn service_update_changes_what_create_set_and_rollback_goes_back() {
     update_policy_paces_the_update(&lab);
 }
 
-/// Updates of service echo that are refused say why and change nothing
-/// (`v`: its inspect before).
-fn refused_updates_change_nothing(lab: &Lab, v: &serde_json::Value) {
-    let inspect = || inspect_service(lab, "echo");
-    for (args, says) in [
-        (
-            &["--publish-rm", "81"][..],
-            "publishes no port with target 81",
-        ),
-        (&["--args", "sh -c 'unclosed"][..], "a quote is not closed"),
-        (&["--args", ""][..], "needs its command"),
-        (&["--endpoint-mode", "rr"][..], "invalid value"),
-    ] {
+/// Service echo's labels: added, changed and removed by `service update`
+/// without replacing a task, filtered on by `service ls`; bad ones refused.
+fn service_labels(lab: &Lab) {
+    let before = running_tasks(lab, "echo");
+    lab.weft(
+        "m1",
+        &[
+            "service",
+            "update",
+            "--label-add",
+            "tier=web",
+            "--label-add",
+            "team=a",
+            "echo",
+        ],
+    );
+    assert_eq!(
+        inspect_service(lab, "echo")["Spec"]["Labels"]["tier"],
+        "web"
+    );
+    lab.weft("m1", &["service", "update", "--label-rm", "team", "echo"]);
+    let v = inspect_service(lab, "echo");
+    assert_eq!(
+        v["Spec"]["Labels"],
+        serde_json::json!({"stage": "one", "tier": "web"}),
+        "create's label and update's"
+    );
+    assert_eq!(running_tasks(lab, "echo"), before, "labels replace no task");
+    let ls = |f: &str| {
+        lab.weft(
+            "m1",
+            &["service", "ls", "--filter", f, "--format", "{{.Name}}"],
+        )
+    };
+    assert_eq!(ls("label=tier=web"), "echo\n");
+    assert_eq!(ls("label=tier=db"), "");
+    refused_updates(
+        lab,
+        &[
+            (&["--label-rm", "nope"][..], "has no label \"nope\""),
+            (&["--label-add", "=x"][..], "key=value"),
+            (&["--label-add", "bad key=x"][..], "label"),
+        ],
+    );
+    assert_eq!(
+        inspect_service(lab, "echo")["Spec"]["Labels"],
+        v["Spec"]["Labels"]
+    );
+}
+
+/// `service update ARGS echo` is refused, saying `says`, for each case.
+fn refused_updates(lab: &Lab, cases: &[(&[&str], &str)]) {
+    for (args, says) in cases {
         let mut all = vec!["service", "update"];
         all.extend_from_slice(args);
         all.push("echo");
         let err = lab.weft_err("m1", &all);
         assert!(err.contains(says), "{args:?}: {err}");
     }
+}
+
+/// Updates of service echo that are refused say why and change nothing
+/// (`v`: its inspect before).
+fn refused_updates_change_nothing(lab: &Lab, v: &serde_json::Value) {
+    let inspect = || inspect_service(lab, "echo");
+    refused_updates(
+        lab,
+        &[
+            (
+                &["--publish-rm", "81"][..],
+                "publishes no port with target 81",
+            ),
+            (&["--args", "sh -c 'unclosed"][..], "a quote is not closed"),
+            (&["--args", ""][..], "needs its command"),
+            (&["--endpoint-mode", "rr"][..], "invalid value"),
+        ],
+    );
     assert_eq!(
         inspect()["Spec"],
         v["Spec"],

@@ -492,6 +492,7 @@ fn spec_to_wire(state: &State, spec: &crate::store::ServiceSpec) -> pb::ServiceS
         restart_policy: restart_policy_to_wire(&spec.restart_policy),
         log: log_to_wire(spec.task.log),
         health: health_to_wire(&spec.task.health),
+        labels: spec.labels.clone().into_iter().collect(),
         update: Some(update_policy_to_wire(&spec.update)),
         rollback: Some(update_policy_to_wire(&spec.rollback)),
         registry_auth: None,

@@ -126,6 +126,7 @@ pub fn spec(name: &str, replicas: u64, networks: &[&str]) -> ServiceSpec {
         registry_auth: None,
         update: Default::default(),
         rollback: Default::default(),
+        labels: Default::default(),
         restart_policy: Default::default(),
         name: name.into(),
         mode: ServiceMode::Replicated { replicas },

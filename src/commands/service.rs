@@ -200,6 +200,7 @@ fn spec_json(spec: &pb::ServiceSpecMsg) -> serde_json::Value {
             "UpdateConfig": spec.update.as_ref().map(policy_json),
             "RollbackConfig": spec.rollback.as_ref().map(policy_json),
             "Name": spec.name,
+            "Labels": spec.labels.iter().collect::<std::collections::BTreeMap<_, _>>(),
             "Mode": if spec.mode == "global" {
                 serde_json::json!({"Global": {}})
             } else {
@@ -318,6 +319,7 @@ async fn create(c: &Client, a: crate::cli::ServiceCreateArgs) -> anyhow::Result<
             _ => "vip".into(),
         },
         constraints: a.constraints,
+        labels: kv(&a.labels, "--label")?,
         restart_condition: match a.restart_condition {
             Some(RestartArg::OnFailure) => "on-failure".into(),
             Some(RestartArg::None) => "none".into(),
@@ -344,7 +346,7 @@ async fn create(c: &Client, a: crate::cli::ServiceCreateArgs) -> anyhow::Result<
 
 /// `weft service ls`.
 async fn ls(c: &Client, list: &crate::cli::ListFlags) -> anyhow::Result<()> {
-    let filters = Filters::parse(&list.filter, &["id", "name", "mode"])?;
+    let filters = Filters::parse(&list.filter, &["id", "name", "mode", "label"])?;
     let output = Output::parse(list.format.as_deref())?;
     let mut services = c
         .control()
@@ -364,6 +366,7 @@ async fn ls(c: &Client, list: &crate::cli::ListFlags) -> anyhow::Result<()> {
         filters.matches(|k, v| match k {
             "id" => s.id.starts_with(v),
             "name" => spec.name.contains(v),
+            "label" => super::node::label_matches(&spec.labels, v),
             _ => spec.mode == v,
         })
     });
@@ -388,6 +391,7 @@ async fn ls(c: &Client, list: &crate::cli::ListFlags) -> anyhow::Result<()> {
                 "Image": spec.container.as_ref().map(|c| c.image.clone()).unwrap_or_default(),
                 "Ports": ports.join(", "),
                 "Command": spec.command.join(" "),
+                "Labels": spec.labels.iter().collect::<std::collections::BTreeMap<_, _>>(),
             })
         })
         .collect();
@@ -581,6 +585,8 @@ async fn update(c: &Client, a: crate::cli::ServiceUpdateArgs) -> anyhow::Result<
             env_rm: a.env_rm,
             constraint_add: a.constraint_add,
             constraint_rm: a.constraint_rm,
+            label_add: kv(&a.label_add, "--label-add")?,
+            label_rm: a.label_rm,
             force: a.force,
             resources: a.resources.to_wire(),
             restart_policy: crate::resources::restart_update(&a.restart),

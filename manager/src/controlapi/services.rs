@@ -98,7 +98,10 @@ impl ControlService {
         crate::convert::update_policy_from_wire(&mut update, m.update.as_ref(), false)?;
         let mut rollback = crate::store::UpdatePolicy::default();
         crate::convert::update_policy_from_wire(&mut rollback, m.rollback.as_ref(), true)?;
+        let labels: BTreeMap<String, String> = m.labels.into_iter().collect();
+        service_labels(&m.name, &labels)?;
         Ok(crate::store::ServiceSpec {
+            labels,
             update,
             rollback,
             ports,
@@ -219,6 +222,23 @@ impl ControlService {
             spec.task.env.extend(r.env_add.clone());
             limits::env(&spec.task.env)?;
         }
+        limits::at_most(
+            "--label-add",
+            r.label_add.len(),
+            limits::MAX_LABELS,
+            "labels",
+        )?;
+        limits::at_most("--label-rm", r.label_rm.len(), limits::MAX_LABELS, "labels")?;
+        for k in &r.label_rm {
+            if spec.labels.remove(k).is_none() {
+                return Err(Error::InvalidInput(format!(
+                    "service {} has no label {k:?}",
+                    spec.name
+                )));
+            }
+        }
+        spec.labels.extend(r.label_add.clone());
+        service_labels(&spec.name, &spec.labels)?;
         for c in &r.constraint_rm {
             let c = parse_constraint(c)?;
             spec.constraints.retain(|x| *x != c);
@@ -403,4 +423,13 @@ fn update_args_ports_endpoint(
         spec.networks.len(),
         spec.ports.len(),
     )
+}
+
+/// `--label` of service `name`: bounded, keys as other labels'.
+fn service_labels(name: &str, labels: &BTreeMap<String, String>) -> Result<()> {
+    limits::labels(format_args!("service {name}"), labels.len(), labels)?;
+    for k in labels.keys() {
+        super::validate_label_key(k)?;
+    }
+    Ok(())
 }

@@ -748,6 +748,7 @@ mod tests {
                 registry_auth: None,
                 update: Default::default(),
                 rollback: Default::default(),
+                labels: Default::default(),
                 restart_policy: Default::default(),
                 name: "web".into(),
                 mode: ServiceMode::Replicated { replicas: 2 },

@@ -731,6 +731,7 @@ fn published_ports_are_unique_per_node_and_picked_from_the_range() {
         registry_auth: None,
         update: Default::default(),
         rollback: Default::default(),
+        labels: Default::default(),
         restart_policy: Default::default(),
         name: "web".into(),
         mode: ServiceMode::Replicated { replicas: 1 },
@@ -835,6 +836,7 @@ fn ingress_subnet_is_kept_free_and_moves_only_while_unused() {
             registry_auth: None,
             update: Default::default(),
             rollback: Default::default(),
+            labels: Default::default(),
             restart_policy: Default::default(),
             name: format!("web-{id}"),
             mode: ServiceMode::Replicated { replicas: 1 },
@@ -917,6 +919,7 @@ fn ingress_subnet_is_kept_free_and_moves_only_while_unused() {
             registry_auth: None,
             update: Default::default(),
             rollback: Default::default(),
+            labels: Default::default(),
             ports: vec![],
             ..spec
         },

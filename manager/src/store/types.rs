@@ -976,6 +976,9 @@ pub struct ServiceSpec {
     /// tasks (absent in old records: Docker's defaults).
     #[serde(default, skip_serializing_if = "UpdatePolicy::is_default")]
     pub rollback: UpdatePolicy,
+    /// `--label`: the service's own labels (changing them replaces no task).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// A service's registry credentials as stored: the registry in the clear
