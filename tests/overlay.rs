@@ -490,6 +490,20 @@ const BAD_NETWORKS: &[(&[&str], &str)] = &[
         ],
         "give NAME=IP",
     ),
+    (
+        &[
+            "network",
+            "create",
+            "--subnet",
+            "10.0.40.0/24",
+            "--aux-address",
+            "r=10.0.40.2",
+            "--aux-address",
+            "r=10.0.40.3",
+            "x",
+        ],
+        "--aux-address r is given twice",
+    ),
     (&["network", "create", "bad/name"], "invalid network name"),
     (&["network", "rm", "nosuch"], "not found"),
 ];

@@ -221,7 +221,7 @@ pub async fn network(c: &Client, cmd: crate::cli::NetworkCommand) -> anyhow::Res
                     mtu: a.mtu.unwrap_or(0),
                     labels: kv(&a.labels, "--label")?,
                     options: kv(&a.opts, "--opt")?,
-                    aux_addresses: kv(&a.aux_address, "--aux-address")?,
+                    aux_addresses: aux_addresses(&a.aux_address)?,
                 })
                 .await
                 .map_err(rpc)?
@@ -413,4 +413,20 @@ async fn prune(
         }
     }
     Ok(())
+}
+
+/// `--aux-address NAME=IP` flags: a name given twice is refused (the
+/// first address would silently not be kept out of allocation).
+fn aux_addresses(flags: &[String]) -> anyhow::Result<std::collections::HashMap<String, String>> {
+    let map = kv(flags, "--aux-address")?;
+    if map.len() != flags.len() {
+        let mut seen = std::collections::BTreeSet::new();
+        for f in flags {
+            let name = f.split_once('=').map_or(f.as_str(), |(k, _)| k);
+            if !seen.insert(name) {
+                anyhow::bail!("--aux-address {name} is given twice: give each name once");
+            }
+        }
+    }
+    Ok(map)
 }
