@@ -86,6 +86,26 @@ fn rows(ls: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// The image `i` inspected by its short ID and by name@digest, through a
+/// template, and an unknown image refused.
+fn inspect_by_id_digest_and_template(
+    node: &Node,
+    short: &str,
+    digest: &str,
+    i: &serde_json::Value,
+) {
+    let by_id: serde_json::Value =
+        serde_json::from_str(&node.weft(&["image", "inspect", short])).unwrap();
+    assert_eq!(by_id[0]["Id"], i["Id"]);
+    let by_digest: serde_json::Value =
+        serde_json::from_str(&node.weft(&["image", "inspect", digest])).unwrap();
+    assert_eq!(by_digest[0]["Id"], i["Id"]);
+    let id = node.weft(&["image", "inspect", "--format", "{{.Id}}", digest]);
+    assert_eq!(id.trim(), i["Id"].as_str().unwrap());
+    let err = node.weft_err(&["image", "inspect", "nosuch"]);
+    assert!(err.contains("no such image: nosuch on this node"), "{err}");
+}
+
 #[test]
 fn both_formats_load_list_inspect_and_remove() {
     let images = busybox();
@@ -208,18 +228,8 @@ fn both_formats_load_list_inspect_and_remove() {
     assert_eq!(i["RootFS"]["Layers"].as_array().unwrap().len(), 1);
     assert!(i["Size"].as_u64().unwrap() > 1_000_000, "{json}");
     assert!(i["Created"].as_str().unwrap().starts_with("20"), "{json}");
-    // The same image by its short ID and by name@digest.
     let short = rows[1][2].clone();
-    let by_id: serde_json::Value =
-        serde_json::from_str(&node.weft(&["image", "inspect", &short])).unwrap();
-    assert_eq!(by_id[0]["Id"], i["Id"]);
-    let by_digest: serde_json::Value =
-        serde_json::from_str(&node.weft(&["image", "inspect", digest])).unwrap();
-    assert_eq!(by_digest[0]["Id"], i["Id"]);
-    let id = node.weft(&["image", "inspect", "--format", "{{.Id}}", digest]);
-    assert_eq!(id.trim(), i["Id"].as_str().unwrap());
-    let err = node.weft_err(&["image", "inspect", "nosuch"]);
-    assert!(err.contains("no such image: nosuch on this node"), "{err}");
+    inspect_by_id_digest_and_template(&node, &short, digest, i);
 
     // By ID, both names would go: refused without --force.
     let err = node.weft_err(&["image", "rm", &short]);
