@@ -420,7 +420,7 @@ impl<'s, F: FnMut() -> String> Planner<'s, F> {
         for t in &tasks {
             let restart = t.status.state.is_terminal()
                 && due_for_restart(svc, t, self.now_ms)
-                && !update::awaits_count(svc, t);
+                && !update::failed_update(svc, t);
             let gone = must_leave(state, svc, t) || restart;
             if restart && let Some(r) = &t.service {
                 let key = match svc.spec.mode {
@@ -445,7 +445,12 @@ impl<'s, F: FnMut() -> String> Planner<'s, F> {
             }
             ServiceMode::Global => self.global(svc, &kept, &carry, &mut load),
         };
-        let desired = desired(state, svc);
+        // Only a completion check needs it (O(nodes) for a global service).
+        let under_way = svc
+            .update_status
+            .as_ref()
+            .is_some_and(|st| st.state.in_progress());
+        let desired = if under_way { desired(state, svc) } else { 0 };
         for step in update::rolling_update(svc, &live, created, desired, self.now_ms) {
             match step {
                 update::Step::Remove(id) => self.out.push(Command::RemoveTask { id }),

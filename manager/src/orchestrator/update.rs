@@ -109,11 +109,13 @@ pub(super) fn surplus<'a>(svc: &Service, ts: &[&'a Task]) -> Vec<&'a Task> {
         .collect()
 }
 
-/// Whether `t`'s end counts against the update of `svc` under way: it is
+/// Whether `t`'s end counts against the update of `svc` under way (and so
+/// a finished `t` must stay until it is counted: a restart removing it
+/// first would lose the count): it is
 /// of the version being rolled out, ended other than on request, before
 /// it ran or within `--update-monitor` of starting (both times from its
 /// node's clock), and it is not counted yet.
-fn failed_update(svc: &Service, t: &Task) -> bool {
+pub(super) fn failed_update(svc: &Service, t: &Task) -> bool {
     let Some(st) = svc
         .update_status
         .as_ref()
@@ -129,12 +131,6 @@ fn failed_update(svc: &Service, t: &Task) -> bool {
             .is_none_or(|at| t.status.updated_at_ms.saturating_sub(at) <= monitor)
         && !st.failures.contains(&t.id)
         && st.failures.len() < crate::store::MAX_COUNTED_FAILURES
-}
-
-/// Whether finished task `t` must stay until its failure is counted (a
-/// restart removing it first would lose the count).
-pub(super) fn awaits_count(svc: &Service, t: &Task) -> bool {
-    failed_update(svc, t)
 }
 
 /// The failures of `svc`'s update under way among `tasks` not yet counted.

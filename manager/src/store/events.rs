@@ -112,9 +112,11 @@ pub struct Event {
 #[derive(Debug, Default)]
 pub struct Before {
     name: String,
-    /// The tasks a service removal takes along (ID, name); for a task's
-    /// removal, its service's name and its node's.
+    /// The tasks a service removal takes along (ID, name).
     tasks: Vec<(String, String)>,
+    /// A removed task's service and node names.
+    service: String,
+    node: String,
     /// A service's update state, for commands that may move it.
     update_state: &'static str,
 }
@@ -151,7 +153,8 @@ pub fn before(state: &State, cmd: &Command) -> Before {
                 .unwrap_or_default();
             Before {
                 name: t.map(|t| t.name.clone()).unwrap_or_default(),
-                tasks: vec![(service, node)],
+                service,
+                node,
                 ..Before::default()
             }
         }
@@ -341,15 +344,16 @@ pub fn after(state: &State, cmd: &Command, was: Before) -> Vec<Change> {
             network,
             &[("name", net_name(network)), ("task", id.clone())],
         )],
-        Command::RemoveTask { id } => {
-            let (service, node) = was.tasks.into_iter().next().unwrap_or_default();
-            vec![change(
-                Task,
-                Remove,
-                id,
-                &[("name", was.name), ("node", node), ("service", service)],
-            )]
-        }
+        Command::RemoveTask { id } => vec![change(
+            Task,
+            Remove,
+            id,
+            &[
+                ("name", was.name),
+                ("node", was.node),
+                ("service", was.service),
+            ],
+        )],
         Command::SetTaskStatus { id, status, .. } => {
             vec![task(id, Update, &[("state", status.state.name().into())])]
         }

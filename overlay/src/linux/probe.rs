@@ -163,18 +163,9 @@ mod icmp {
     const ICMP_HEADER: usize = 8;
     const RESEND: Duration = Duration::from_millis(250);
 
-    /// The Internet checksum (RFC 1071).
-    pub(super) fn checksum(data: &[u8]) -> u16 {
-        let mut sum: u32 = 0;
-        for c in data.chunks(2) {
-            let word = u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]);
-            sum += u32::from(word);
-        }
-        while sum >> 16 != 0 {
-            sum = (sum & 0xffff) + (sum >> 16);
-        }
-        !(sum as u16)
-    }
+    /// The Internet checksum (RFC 1071), as the WireGuard packet path
+    /// computes it.
+    pub(super) use crate::wg::packet::checksum;
 
     /// An echo request of `size` IP bytes (the kernel adds a 20-byte header).
     pub(super) fn request(id: u16, seq: u16, size: u16) -> Vec<u8> {
