@@ -65,11 +65,24 @@ fn row<'r>(rows: &'r [Row], check: &str, subject: &str) -> &'r Row {
         .unwrap_or_else(|| panic!("no {check} row for {subject:?}:\n{}", show(rows)))
 }
 
+/// `n` nodes Ready, and each has applied the config that came with the
+/// last join (a node is Ready at its first heartbeat, before its first
+/// data-plane pass has put weft's tables in place).
 fn wait_ready(lab: &Lab, host: &str, n: usize) {
     wait_for(&format!("{n} nodes ready"), Duration::from_secs(30), || {
         let nodes = lab.node_ls(host);
         nodes.len() == n && nodes.iter().all(|r| r.status == "Ready")
     });
+    wait_for(
+        "every node's tables in place",
+        Duration::from_secs(30),
+        || {
+            doctor(lab, host)
+                .0
+                .iter()
+                .all(|r| r.check != "weft-tables" || r.status == "OK")
+        },
+    );
 }
 
 /// nftables rules of the test's own in `host`'s namespace: drop UDP to

@@ -540,7 +540,8 @@ impl Lab {
             let state = row.split_whitespace().nth(2).unwrap_or_default();
             assert!(
                 !matches!(state, "failed" | "rejected"),
-                "task {id} failed to start: {row}\n{}",
+                "task {id} failed to start: {row}\nits status: {}\n{}",
+                self.weft(host, &["inspect", "-f", "{{json .State}}", &id]),
                 self.log_tail(host)
             );
             matches!(state, "running" | "exited" | "shutdown")
