@@ -611,6 +611,10 @@ pub enum NetworkCommand {
         /// Address on the network (default: the next free one).
         #[arg(long)]
         ip: Option<String>,
+        /// A DNS name of the task on this network besides its own
+        /// (repeatable).
+        #[arg(long = "alias")]
+        aliases: Vec<String>,
         /// Network name or ID.
         network: String,
         /// Task name or ID.
@@ -1026,7 +1030,9 @@ pub struct ServiceCreateArgs {
     /// replicated or global.
     #[arg(long, value_enum)]
     pub mode: Option<ModeArg>,
-    /// Network to attach (repeatable, at most 16).
+    /// Network to attach (repeatable, at most 16): a name or ID, or
+    /// `name=NET,alias=A[,alias=B]` (the service also answers to A in DNS
+    /// on NET).
     #[arg(long = "network")]
     pub networks: Vec<String>,
     /// vip (default) or dnsrr.
@@ -1183,7 +1189,8 @@ pub struct ServiceUpdateArgs {
     /// stored now for its image's registry.
     #[arg(long, alias = "registry-auth")]
     pub with_registry_auth: bool,
-    /// Attach a network (repeatable; a service has at most 16).
+    /// Attach a network (repeatable; a service has at most 16): a name or
+    /// ID, or `name=NET,alias=A[,alias=B]`.
     #[arg(long = "network-add")]
     pub network_add: Vec<String>,
     /// Detach a network (repeatable).
@@ -1237,12 +1244,17 @@ pub struct RunArgs {
     #[arg(long)]
     pub name: Option<String>,
     /// Network to attach (repeatable, at most 16): `bridge` (the default),
-    /// `host`, `none`, a bridge network of this node, or an attachable overlay.
+    /// `host`, `none`, a bridge network of this node, or an attachable
+    /// overlay; or `name=NET,alias=A[,alias=B][,ip=ADDR]`.
     #[arg(long = "network")]
     pub networks: Vec<String>,
     /// Address on the (first) network.
     #[arg(long)]
     pub ip: Option<String>,
+    /// A DNS name of the task on the (first) network besides its own
+    /// (repeatable; tasks may share one: it answers all their addresses).
+    #[arg(long = "network-alias")]
+    pub network_aliases: Vec<String>,
     /// Publish a port on this node: [HOSTPORT:]PORT[/tcp|/udp] (repeatable,
     /// at most 64); without HOSTPORT a free port in 30000-32767 is picked.
     #[arg(short, long = "publish")]

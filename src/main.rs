@@ -17,6 +17,7 @@ mod isolation;
 mod lab;
 mod login;
 mod logs_cmd;
+mod network_arg;
 mod publish;
 mod resources;
 mod settings;

@@ -59,14 +59,7 @@ fn task_ips(lab: &Lab, service: &str) -> BTreeSet<String> {
 }
 
 fn task_ips_on(lab: &Lab, service: &str, network: &str) -> BTreeSet<String> {
-    let marker = format!("{network}=");
-    lab.weft("m1", &["service", "ps", service])
-        .lines()
-        .skip(1)
-        .filter(|l| l.contains(" running "))
-        .filter_map(|l| l.split(marker.as_str()).nth(1))
-        .map(|a| a.split([' ', ',']).next().unwrap().to_string())
-        .collect()
+    common::service_task_ips(lab, service, network)
 }
 
 /// A client task on m1 (attachable network), sleeping, for probes.

@@ -948,6 +948,7 @@ impl Control for ControlService {
                 network: r.network,
                 task: r.task,
                 ip: String::new(),
+                aliases: Vec::new(),
             },
             false,
         )

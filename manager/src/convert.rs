@@ -192,6 +192,7 @@ pub fn task_to_wire(state: &State, t: &Task) -> pb::Task {
                     .unwrap_or_else(|| a.network.clone()),
                 ip: a.ip.to_string(),
                 mac: mac_text(mac_for(a.ip)),
+                aliases: a.aliases.clone(),
             })
             .collect(),
         desired_state: match t.desired {
@@ -497,6 +498,14 @@ fn spec_to_wire(state: &State, spec: &crate::store::ServiceSpec) -> pb::ServiceS
         rollback: Some(update_policy_to_wire(&spec.rollback)),
         registry_auth: None,
         networks: spec.networks.iter().map(net_name).collect(),
+        network_aliases: spec
+            .network_aliases
+            .iter()
+            .map(|(id, aliases)| pb::NetworkAliases {
+                network: net_name(id),
+                aliases: aliases.clone(),
+            })
+            .collect(),
         endpoint_mode: match spec.endpoint_mode {
             EndpointMode::Vip => "vip".into(),
             EndpointMode::Dnsrr => "dnsrr".into(),

@@ -72,12 +72,18 @@ impl From<Error> for Status {
             Error::Store(
                 StoreError::NodeNotFound(_)
                 | StoreError::NetworkNotFound(_)
-                | StoreError::TaskNotFound(_),
+                | StoreError::TaskNotFound(_)
+                | StoreError::ServiceNotFound(_),
             )
             | Error::Resolve(ResolveError::NotFound(_)) => Status::not_found(msg),
-            Error::Store(StoreError::DuplicateNode(_)) | Error::AlreadyExists(_) => {
-                Status::already_exists(msg)
-            }
+            Error::Store(
+                StoreError::DuplicateNode(_)
+                | StoreError::ServiceExists(_)
+                | StoreError::NetworkExists(_)
+                | StoreError::TaskExists(_)
+                | StoreError::NameTaken { .. },
+            )
+            | Error::AlreadyExists(_) => Status::already_exists(msg),
             Error::Store(_) | Error::Quorum(_) | Error::FailedPrecondition(_) => {
                 Status::failed_precondition(msg)
             }

@@ -90,6 +90,8 @@ pub const MAX_PORTS: usize = 64;
 /// Networks one service or task is attached to (each is an interface in
 /// the task and a VIP per service).
 pub const MAX_NETWORKS_PER_TASK: usize = 16;
+/// DNS aliases of one task or service on one network.
+pub const MAX_ALIASES_PER_NETWORK: usize = 32;
 
 /// Placement constraints of one service.
 pub const MAX_CONSTRAINTS: usize = 32;

@@ -123,6 +123,7 @@ pub fn network(id: &str, name: &str, encrypted: bool) -> Command {
 /// A replicated VIP service running `sleep 1d` on `networks`.
 pub fn spec(name: &str, replicas: u64, networks: &[&str]) -> ServiceSpec {
     ServiceSpec {
+        network_aliases: Default::default(),
         registry_auth: None,
         update: Default::default(),
         rollback: Default::default(),

@@ -23,6 +23,42 @@ pub fn object_name(kind: &str, name: &str) -> Result<()> {
     }
 }
 
+/// DNS aliases on network `net` (`--network name=NET,alias=A`,
+/// `--network-alias`, `network connect --alias`): each a valid name (as
+/// [`object_name`]), no `tasks.` prefix (that form names a service's
+/// tasks), none twice, at most [`crate::limits::MAX_ALIASES_PER_NETWORK`],
+/// and only on networks that resolve names (not the default bridge, as
+/// with Docker's, nor the ingress network).
+pub fn aliases(net: &crate::store::Network, aliases: &[String]) -> Result<()> {
+    if aliases.is_empty() {
+        return Ok(());
+    }
+    if net.ingress || (net.node.is_some() && net.name == crate::store::DEFAULT_BRIDGE) {
+        return Err(Error::InvalidInput(format!(
+            "network {:?} resolves no names: aliases are for user-defined networks",
+            net.name
+        )));
+    }
+    crate::limits::at_most(
+        format_args!("aliases on network {}", net.name),
+        aliases.len(),
+        crate::limits::MAX_ALIASES_PER_NETWORK,
+        "aliases",
+    )?;
+    for (i, a) in aliases.iter().enumerate() {
+        object_name("alias", a)?;
+        if a.len() >= 6 && a[..6].eq_ignore_ascii_case("tasks.") {
+            return Err(Error::InvalidInput(format!(
+                "invalid alias {a:?}: `tasks.NAME` names a service's tasks"
+            )));
+        }
+        if aliases[..i].iter().any(|b| b.eq_ignore_ascii_case(a)) {
+            return Err(Error::InvalidInput(format!("alias {a:?} is given twice")));
+        }
+    }
+    Ok(())
+}
+
 /// Longest image reference accepted (Docker's name limit is 255; a tag
 /// adds up to 128 and a digest 71).
 pub const MAX_IMAGE_REF_BYTES: usize = 512;

@@ -345,10 +345,12 @@ pub struct OverlayNet {
     /// (balanced in every local task on this network) and DNS records.
     #[serde(default)]
     pub services: BTreeMap<String, ServiceEntry>,
-    /// The tasks on this network (on any node) by task name, with their
-    /// address on it: DNS `TASKNAME` records.
+    /// Names of the tasks on this network (on any node): task names and
+    /// aliases, each with the addresses that answer to it (an alias may be
+    /// shared by tasks, and a service's alias answers its VIP): DNS
+    /// records beside the services'.
     #[serde(default)]
-    pub names: BTreeMap<String, IpAddr>,
+    pub names: BTreeMap<String, Vec<IpAddr>>,
 }
 
 /// A service as seen on one network.
@@ -603,7 +605,7 @@ mod tests {
                         backends: vec!["10.0.9.3".parse().unwrap()],
                     },
                 )]),
-                names: BTreeMap::from([("web.1".into(), "10.0.9.3".parse().unwrap())]),
+                names: BTreeMap::from([("web.1".into(), vec!["10.0.9.3".parse().unwrap()])]),
             },
         );
         d.dns_upstreams = vec!["192.0.2.53:53".parse().unwrap()];

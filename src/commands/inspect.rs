@@ -49,6 +49,7 @@ pub fn docker_shape(r: &pb::InspectResponse) -> Value {
                     "IPAddress": ip,
                     "IPPrefixLen": prefix.parse::<u32>().unwrap_or(0),
                     "MacAddress": a.mac,
+                    "Aliases": if a.aliases.is_empty() { Value::Null } else { json!(a.aliases) },
                 }),
             )
         })
@@ -147,6 +148,7 @@ mod tests {
             started_at_ms: 1000,
             finished_at_ms: 2000,
             addresses: vec![pb::TaskAddress {
+                aliases: Default::default(),
                 network: "bridge".into(),
                 ip: "172.17.0.2/16".into(),
                 mac: "02:42:ac:11:00:02".into(),

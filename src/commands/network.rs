@@ -256,11 +256,17 @@ pub async fn network(c: &Client, cmd: crate::cli::NetworkCommand) -> anyhow::Res
             }
             crate::format::print_objects(&out, format.as_deref())?;
         }
-        N::Connect { ip, network, task } => {
+        N::Connect {
+            ip,
+            aliases,
+            network,
+            task,
+        } => {
             ctl.connect_network(pb::ConnectNetworkRequest {
                 network,
                 task,
                 ip: ip.unwrap_or_default(),
+                aliases,
             })
             .await
             .map_err(rpc)?;

@@ -249,6 +249,10 @@ fn spec_json(spec: &pb::ServiceSpecMsg) -> serde_json::Value {
                 ),
                 "StopGracePeriod": spec.stop.as_ref().filter(|p| p.has_grace).map(|p| p.grace_ms * 1_000_000).unwrap_or(10_000_000_000),
                 "Resources": crate::resources::task_json(spec.resources.as_ref()),
+                "Networks": spec.networks.iter().map(|n| serde_json::json!({
+                    "Target": n,
+                    "Aliases": spec.network_aliases.iter().find(|a| a.network == *n).map(|a| &a.aliases),
+                })).collect::<Vec<_>>(),
             },
     })
 }
@@ -298,6 +302,8 @@ async fn create(c: &Client, a: crate::cli::ServiceCreateArgs) -> anyhow::Result<
     if let Some(ct) = container.as_mut().filter(|_| !a.no_resolve_image) {
         ct.image = crate::image_cmd::pin_digest(c, &ct.image).await;
     }
+    let (networks, network_aliases) =
+        crate::network_arg::NetworkArg::for_service("--network", &a.networks)?;
     let spec = pb::ServiceSpecMsg {
         registry_auth,
         update: a.update_policy.to_wire(),
@@ -313,7 +319,8 @@ async fn create(c: &Client, a: crate::cli::ServiceCreateArgs) -> anyhow::Result<
         container,
         stop,
         env,
-        networks: a.networks,
+        networks,
+        network_aliases,
         endpoint_mode: match a.endpoint_mode {
             Some(EndpointModeArg::Dnsrr) => "dnsrr".into(),
             _ => "vip".into(),
@@ -572,6 +579,8 @@ async fn update_registry_auth(
 /// `weft service update`.
 async fn update(c: &Client, a: crate::cli::ServiceUpdateArgs) -> anyhow::Result<()> {
     let registry_auth = update_registry_auth(c, &a).await?;
+    let (network_add, network_add_aliases) =
+        crate::network_arg::NetworkArg::for_service("--network-add", &a.network_add)?;
     let s = c
         .control()
         .update_service(pb::UpdateServiceRequest {
@@ -579,7 +588,8 @@ async fn update(c: &Client, a: crate::cli::ServiceUpdateArgs) -> anyhow::Result<
             service: a.service.clone(),
             set_replicas: a.replicas.is_some(),
             replicas: a.replicas.unwrap_or(0),
-            network_add: a.network_add,
+            network_add,
+            network_add_aliases,
             network_rm: a.network_rm,
             env_add: kv(&a.env_add, "--env-add")?,
             env_rm: a.env_rm,

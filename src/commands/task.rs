@@ -2,6 +2,38 @@
 
 use super::*;
 
+/// `weft run`'s `--network`s, with `--ip` and `--network-alias` on the
+/// first.
+fn run_networks(a: &crate::cli::RunArgs) -> anyhow::Result<Vec<pb::NetworkRef>> {
+    if a.ip.is_some() && a.networks.is_empty() {
+        bail!("--ip needs --network");
+    }
+    if !a.network_aliases.is_empty() && a.networks.is_empty() {
+        bail!("--network-alias needs --network NAME (aliases are for user-defined networks)");
+    }
+    let mut out = Vec::new();
+    for (i, v) in a.networks.iter().enumerate() {
+        let n = crate::network_arg::NetworkArg::parse("--network", v)?;
+        let mut aliases = n.aliases;
+        let mut ip = n.ip;
+        if i == 0 {
+            aliases.extend(a.network_aliases.iter().cloned());
+            if let Some(given) = &a.ip {
+                if ip.is_some() {
+                    bail!("--ip and --network ...,ip= both give the address");
+                }
+                ip = Some(given.clone());
+            }
+        }
+        out.push(pb::NetworkRef {
+            network: n.name,
+            ip: ip.unwrap_or_default(),
+            aliases,
+        });
+    }
+    Ok(out)
+}
+
 /// `weft run`.
 pub async fn run_task(c: &Client, a: crate::cli::RunArgs) -> anyhow::Result<()> {
     let interactive = a.interactive || a.tty;
@@ -9,22 +41,7 @@ pub async fn run_task(c: &Client, a: crate::cli::RunArgs) -> anyhow::Result<()> 
         // Docker's words and rule: a terminal for the task needs one here.
         bail!("the input device is not a TTY");
     }
-    if a.ip.is_some() && a.networks.is_empty() {
-        bail!("--ip needs --network");
-    }
-    let networks = a
-        .networks
-        .iter()
-        .enumerate()
-        .map(|(i, n)| pb::NetworkRef {
-            network: n.clone(),
-            ip: if i == 0 {
-                a.ip.clone().unwrap_or_default()
-            } else {
-                String::new()
-            },
-        })
-        .collect();
+    let networks = run_networks(&a)?;
     let env = kv(
         &crate::isolation::env_with_files(&a.container.isolation.env_file, &a.env)?,
         "--env",

@@ -317,6 +317,7 @@ impl DockerPlugin {
             .node
             .run_task(pb::RunTaskRequest {
                 networks: vec![pb::NetworkRef {
+                    aliases: Default::default(),
                     network: n.id.clone(),
                     ip: r.address.as_deref().map(addr_part).unwrap_or("").to_owned(),
                 }],
@@ -431,6 +432,7 @@ impl DockerPlugin {
         self.node
             .run_task(pb::RunTaskRequest {
                 networks: vec![pb::NetworkRef {
+                    aliases: Default::default(),
                     network: network.to_owned(),
                     ip: String::new(),
                 }],

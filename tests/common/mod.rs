@@ -788,6 +788,28 @@ pub fn sleeping_replicas(lab: &Lab, host: &str, name: &str, network: &str, repli
     );
 }
 
+/// The addresses of `service`'s running tasks on `network`, from
+/// `service ps` on m1 (`NET=ADDR` in its address column).
+pub fn service_task_ips(
+    lab: &Lab,
+    service: &str,
+    network: &str,
+) -> std::collections::BTreeSet<String> {
+    let marker = format!("{network}=");
+    lab.weft("m1", &["service", "ps", service])
+        .lines()
+        .skip(1)
+        .filter(|l| l.contains(" running "))
+        .filter_map(|l| l.split(marker.as_str()).nth(1))
+        .map(|a| {
+            a.split([' ', ',', '/'])
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect()
+}
+
 /// The first VIP of `service`, as `service inspect` on `host` shows it.
 pub fn vip_of(lab: &Lab, host: &str, service: &str) -> String {
     let v: serde_json::Value =

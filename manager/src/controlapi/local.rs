@@ -156,6 +156,7 @@ impl Control for LocalControl {
                         network: r.network,
                         task: r.task,
                         ip: String::new(),
+                        aliases: Vec::new(),
                     },
                     false,
                 )

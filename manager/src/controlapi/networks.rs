@@ -186,6 +186,10 @@ impl ControlService {
                 Error::InvalidInput(format!("invalid --ip {:?}: give an IP address", r.ip))
             })?)
         };
+        if !attach && !r.aliases.is_empty() {
+            return Err(Error::InvalidInput("--alias is for connect".into()));
+        }
+        crate::validate::aliases(&net, &r.aliases)?;
         let cmd = if attach {
             limits::at_most(
                 format_args!("networks of task {}", task.name),
@@ -197,6 +201,7 @@ impl ControlService {
                 task: task.id.clone(),
                 network: net.id.clone(),
                 ip,
+                aliases: r.aliases.clone(),
             };
             self.core.read(|s| limits::admit(s, &cmd))?;
             cmd

@@ -25,6 +25,39 @@ impl ControlService {
         Ok(ids)
     }
 
+    /// `--network name=NET,alias=A` as given: by network ID, each of
+    /// `networks` (the service's, resolved).
+    fn resolve_network_aliases(
+        &self,
+        given: &[pb::NetworkAliases],
+        networks: &[String],
+    ) -> Result<BTreeMap<String, Vec<String>>> {
+        limits::at_most(
+            "network aliases",
+            given.len(),
+            limits::MAX_NETWORKS_PER_TASK,
+            "networks",
+        )?;
+        let mut out = BTreeMap::new();
+        for g in given.iter().filter(|g| !g.aliases.is_empty()) {
+            let net = self.core.read(|s| s.resolve_network(&g.network).cloned())?;
+            if !networks.contains(&net.id) {
+                return Err(Error::InvalidInput(format!(
+                    "aliases for network {:?}, which the service is not on",
+                    g.network
+                )));
+            }
+            crate::validate::aliases(&net, &g.aliases)?;
+            if out.insert(net.id, g.aliases.clone()).is_some() {
+                return Err(Error::InvalidInput(format!(
+                    "aliases for network {:?} are given twice",
+                    g.network
+                )));
+            }
+        }
+        Ok(out)
+    }
+
     pub(super) fn service_spec(
         &self,
         mut m: pb::ServiceSpecMsg,
@@ -100,7 +133,10 @@ impl ControlService {
         crate::convert::update_policy_from_wire(&mut rollback, m.rollback.as_ref(), true)?;
         let labels: BTreeMap<String, String> = m.labels.into_iter().collect();
         service_labels(&m.name, &labels)?;
+        let networks = self.resolve_networks(&m.networks)?;
+        let network_aliases = self.resolve_network_aliases(&m.network_aliases, &networks)?;
         Ok(crate::store::ServiceSpec {
+            network_aliases,
             labels,
             update,
             rollback,
@@ -118,7 +154,7 @@ impl ControlService {
                 auto_remove: false,
                 external: None,
             },
-            networks: self.resolve_networks(&m.networks)?,
+            networks,
             endpoint_mode,
             constraints,
             restart,
@@ -205,8 +241,11 @@ impl ControlService {
                 )));
             }
             spec.networks.retain(|n| *n != id);
+            spec.network_aliases.remove(&id);
         }
-        for id in self.resolve_networks(&r.network_add)? {
+        let added = self.resolve_networks(&r.network_add)?;
+        let aliases = self.resolve_network_aliases(&r.network_add_aliases, &added)?;
+        for id in added {
             if spec.networks.contains(&id) {
                 return Err(Error::InvalidInput(format!(
                     "service {} is already on network {id}",
@@ -215,6 +254,7 @@ impl ControlService {
             }
             spec.networks.push(id);
         }
+        spec.network_aliases.extend(aliases);
         for k in &r.env_rm {
             spec.task.env.remove(k);
         }

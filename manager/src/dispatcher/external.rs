@@ -221,6 +221,7 @@ impl super::DispatcherService {
         };
         let id = crate::validate::random_id();
         let cmd = Command::CreateTask {
+            aliases: Default::default(),
             id: id.clone(),
             name: task_name(&ext),
             node: node.id,

@@ -324,6 +324,12 @@ impl DispatcherService {
             }
             _ => NetworkMode::Attached,
         };
+        if mode != NetworkMode::Attached && r.networks.iter().any(|n| !n.aliases.is_empty()) {
+            return Err(Error::InvalidInput(format!(
+                "--network-alias needs a user-defined network, not --network {}",
+                r.networks[0].network
+            )));
+        }
         if mode != NetworkMode::Attached && r.networks.iter().any(|n| !n.ip.is_empty()) {
             return Err(Error::InvalidInput(format!(
                 "--ip needs a network with addresses, not --network {}",
@@ -337,6 +343,7 @@ impl DispatcherService {
             NetworkMode::Attached if r.networks.is_empty() => vec![pb::NetworkRef {
                 network: crate::store::DEFAULT_BRIDGE.into(),
                 ip: String::new(),
+                aliases: Vec::new(),
             }],
             NetworkMode::Attached => r.networks.clone(),
         };
@@ -347,6 +354,7 @@ impl DispatcherService {
             self.await_default_bridge(node.id).await;
         }
         let mut networks = Vec::new();
+        let mut aliases = std::collections::BTreeMap::new();
         for n in &refs {
             let net =
                 self.core.read(|s| {
@@ -379,6 +387,10 @@ impl DispatcherService {
                     Error::InvalidInput(format!("invalid --ip {:?}: give an IP address", n.ip))
                 })?)
             };
+            crate::validate::aliases(&net, &n.aliases)?;
+            if !n.aliases.is_empty() {
+                aliases.insert(net.id.clone(), n.aliases.clone());
+            }
             networks.push((net.id.clone(), ip));
         }
         let id = crate::validate::random_id();
@@ -402,6 +414,7 @@ impl DispatcherService {
             now_ms: crate::core::now_ms(),
             network_mode: mode,
             ports,
+            aliases,
         };
         self.core.read(|s| limits::admit(s, &cmd))?;
         self.core

@@ -293,6 +293,14 @@ fn network_config(state: &State, net: &Network, node: NodeId) -> pb::NetworkConf
     }
     // The default bridge resolves no names, as on docker0.
     let default_bridge = net.node.is_some() && net.name == crate::store::DEFAULT_BRIDGE;
+    let services = services_on(state, net, node);
+    let names = if default_bridge {
+        Vec::new()
+    } else {
+        let mut names = names_on(state, net, node);
+        names.extend(service_aliases_on(state, net, &services));
+        names
+    };
     pb::NetworkConfig {
         local: net.node.is_some(),
         id: net.id.clone(),
@@ -303,12 +311,8 @@ fn network_config(state: &State, net: &Network, node: NodeId) -> pb::NetworkConf
         mtu: network_mtu(state, net).0,
         internal: net.internal,
         remote,
-        services: services_on(state, net, node),
-        names: if default_bridge {
-            Vec::new()
-        } else {
-            names_on(state, net, node)
-        },
+        services,
+        names,
         encrypted: net.encrypted,
     }
 }
@@ -338,6 +342,7 @@ fn task_config(state: &State, t: &Task, gw_subnet: &ipnetwork::IpNetwork) -> pb:
                         .external
                         .as_ref()
                         .map_or_else(|| a.ifname.clone(), |e| e.ifname.clone()),
+                    aliases: a.aliases.clone(),
                     network_id: a.network.clone(),
                     ip: with_prefix(a.ip, &net.subnet),
                     mac: mac_text(mac_for(a.ip)),
@@ -556,19 +561,63 @@ fn services_on(state: &State, net: &Network, viewer: NodeId) -> Vec<pb::ServiceE
         .collect()
 }
 
-/// Task names on `net` as `viewer` sees them (live tasks only).
+/// Task names and task aliases on `net` as `viewer` sees them (live
+/// tasks only; tasks sharing an alias give one record each).
 fn names_on(state: &State, net: &Network, viewer: NodeId) -> Vec<pb::NameRecord> {
     state
         .tasks
         .values()
         .filter(|t| live_for(state, viewer, t))
         .filter_map(|t| {
-            addr_on(t, net).map(|ip| pb::NameRecord {
-                name: t.name.clone(),
-                ip: ip.to_string(),
-            })
+            let a = t.attachments.iter().find(|a| a.network == net.id)?;
+            let ip = a.ip.to_string();
+            Some(
+                std::iter::once(&t.name)
+                    .chain(&a.aliases)
+                    .map(move |name| pb::NameRecord {
+                        name: name.clone(),
+                        ip: ip.clone(),
+                    }),
+            )
         })
+        .flatten()
         .collect()
+}
+
+/// Services' aliases on `net` as name records: `ALIAS` answers what the
+/// service's name does (its VIP, or its tasks in dnsrr mode) and
+/// `tasks.ALIAS` its tasks, as with Docker's service aliases.
+fn service_aliases_on(
+    state: &State,
+    net: &Network,
+    services: &[pb::ServiceEndpoint],
+) -> Vec<pb::NameRecord> {
+    let mut out = Vec::new();
+    for svc in state.services.values() {
+        let Some(aliases) = svc.spec.network_aliases.get(&net.id) else {
+            continue;
+        };
+        let Some(ep) = services.iter().find(|e| e.name == svc.spec.name) else {
+            continue;
+        };
+        let direct = if ep.vip.is_empty() {
+            ep.backends.clone()
+        } else {
+            vec![ep.vip.clone()]
+        };
+        for alias in aliases {
+            let tasks = format!("tasks.{alias}");
+            out.extend(direct.iter().map(|ip| pb::NameRecord {
+                name: alias.clone(),
+                ip: ip.clone(),
+            }));
+            out.extend(ep.backends.iter().map(|ip| pb::NameRecord {
+                name: tasks.clone(),
+                ip: ip.clone(),
+            }));
+        }
+    }
+    out
 }
 
 /// Whether two configs differ in anything but their version.
@@ -617,6 +666,7 @@ mod tests {
         }
         let mut task = |id: &str, node: u64, nets: &[&str]| {
             s.apply(&Command::CreateTask {
+                aliases: Default::default(),
                 id: id.into(),
                 name: id.into(),
                 node: NodeId(node),
@@ -709,6 +759,7 @@ mod tests {
         let mut s = state();
         let before = project(&s, NodeId(1), 1).unwrap();
         s.apply(&Command::CreateTask {
+            aliases: Default::default(),
             id: "t4".into(),
             name: "t4".into(),
             node: NodeId(3),
@@ -745,6 +796,7 @@ mod tests {
         s.apply(&Command::CreateService {
             id: "s1".into(),
             spec: ServiceSpec {
+                network_aliases: Default::default(),
                 registry_auth: None,
                 update: Default::default(),
                 rollback: Default::default(),

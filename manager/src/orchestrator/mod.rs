@@ -630,6 +630,7 @@ mod tests {
         s.apply(&Command::CreateService {
             id: "svc".into(),
             spec: ServiceSpec {
+                network_aliases: Default::default(),
                 registry_auth: None,
                 update: Default::default(),
                 rollback: Default::default(),
@@ -657,6 +658,7 @@ mod tests {
         let mut s = state(1);
         for (id, auto_remove) in [("keep", false), ("gone", true), ("runs", true)] {
             s.apply(&Command::CreateTask {
+                aliases: Default::default(),
                 id: id.into(),
                 name: id.into(),
                 node: NodeId(1),
@@ -1088,6 +1090,7 @@ mod tests {
         s.apply(&Command::CreateService {
             id: id.into(),
             spec: ServiceSpec {
+                network_aliases: Default::default(),
                 registry_auth: None,
                 update: Default::default(),
                 rollback: Default::default(),

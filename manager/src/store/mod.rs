@@ -8,6 +8,7 @@
 //!
 //! The store runs without Raft: tests and reconcilers use `State` directly.
 
+mod aliases;
 pub mod events;
 pub mod ipam;
 pub mod netmodel;
@@ -175,6 +176,9 @@ pub enum Command {
         /// Ports to publish on the task's node.
         #[serde(default)]
         ports: Vec<PortRequest>,
+        /// `--network-alias`: by network ID, the task's DNS aliases there.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        aliases: BTreeMap<String, Vec<String>>,
     },
     /// Publishes the ports of a Docker endpoint's task, once: Docker tells
     /// its port mappings (CreateEndpoint) only after the address, and so
@@ -196,6 +200,9 @@ pub enum Command {
         network: String,
         /// Requested address.
         ip: Option<IpAddr>,
+        /// `--alias`: the task's DNS aliases on that network.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        aliases: Vec<String>,
     },
     /// Detaches a standalone task from a network.
     DisconnectTask {
@@ -511,6 +518,17 @@ pub enum StoreError {
     /// Removing a built-in network.
     #[error("{0:?} is a built-in network and cannot be removed")]
     BuiltIn(String),
+    /// A DNS name (service name or alias) that something else on the
+    /// network answers to already.
+    #[error("{name:?} is already a name of {holder} on network {network:?}; pick another")]
+    NameTaken {
+        /// The name asked for.
+        name: String,
+        /// Network name.
+        network: String,
+        /// Who has it ("service web", "task db.1").
+        holder: String,
+    },
 }
 
 impl State {
@@ -777,9 +795,14 @@ impl State {
                 now_ms,
                 network_mode,
                 ports,
+                aliases,
             } => {
                 let mut task =
                     self.allocate_task(id, name, *node, spec, networks, *standalone, *now_ms)?;
+                for a in &mut task.attachments {
+                    a.aliases = aliases.get(&a.network).cloned().unwrap_or_default();
+                }
+                self.check_task_aliases(&task.attachments)?;
                 match network_mode {
                     NetworkMode::Attached => {}
                     NetworkMode::Host | NetworkMode::None => {
@@ -810,8 +833,13 @@ impl State {
                 self.set_task_ports(task, *node, ports)?;
                 Ok(Applied::Done)
             }
-            Command::ConnectTask { task, network, ip } => {
-                self.connect_task(task, network, *ip)?;
+            Command::ConnectTask {
+                task,
+                network,
+                ip,
+                aliases,
+            } => {
+                self.connect_task(task, network, *ip, aliases)?;
                 Ok(Applied::Done)
             }
             Command::DisconnectTask { task, network } => {
@@ -851,6 +879,7 @@ impl State {
                 {
                     return Err(StoreError::ServiceExists(spec.name.clone()));
                 }
+                self.check_service_names(id, spec)?;
                 let vips = self.allocate_vips(spec, None)?;
                 // Refused, this changes nothing (the ingress network is
                 // created on first use).
@@ -1275,6 +1304,7 @@ impl State {
                 network: net_id.clone(),
                 ip,
                 ifname,
+                aliases: Vec::new(),
             });
         }
         // Egress through the node's gateway bridge unless every network is

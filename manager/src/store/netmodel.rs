@@ -545,6 +545,7 @@ impl State {
         task: &str,
         network: &str,
         ip: Option<IpAddr>,
+        aliases: &[String],
     ) -> Result<(), StoreError> {
         let t = self
             .tasks
@@ -588,6 +589,13 @@ impl State {
         }
         let addr = self.pick_address(net, ip)?;
         let ifname = next_ifname(t.attachments.iter().map(|a| a.ifname.as_str()));
+        let attachment = Attachment {
+            network: network.to_string(),
+            ip: addr,
+            ifname,
+            aliases: aliases.to_vec(),
+        };
+        self.check_task_aliases(std::slice::from_ref(&attachment))?;
         let internal = net.internal;
         let node = t.node;
         let needs_gateway = t.gateway_ip.is_none() && !internal;
@@ -597,11 +605,7 @@ impl State {
             None
         };
         let t = self.tasks.get_mut(task).expect("found above");
-        t.attachments.push(Attachment {
-            network: network.to_string(),
-            ip: addr,
-            ifname,
-        });
+        t.attachments.push(attachment);
         if gateway.is_some() {
             t.gateway_ip = gateway;
         }

@@ -204,6 +204,7 @@ fn net_spec(id: &str, name: &str, subnet: Option<&str>) -> NetworkSpec {
 
 fn create_task(s: &mut State, id: &str, node: u64, nets: &[&str]) -> CommandResult {
     s.apply(&Command::CreateTask {
+        aliases: Default::default(),
         id: id.into(),
         name: format!("task-{id}"),
         node: NodeId(node),
@@ -332,6 +333,7 @@ fn released_addresses_are_reused_last() {
     s.apply(&Command::RemoveTask { id: "a".into() }).unwrap();
     s.apply(&Command::RemoveTask { id: "c".into() }).unwrap();
     let asked = Command::CreateTask {
+        aliases: Default::default(),
         id: "x".into(),
         name: "task-x".into(),
         node: NodeId(1),
@@ -423,6 +425,7 @@ fn requested_addresses_are_checked() {
     let mut req = |ip: &str| {
         n += 1;
         Command::CreateTask {
+            aliases: Default::default(),
             id: format!("t{n}"),
             name: format!("t{n}"),
             node: NodeId(1),
@@ -499,6 +502,7 @@ fn run(
     ports: &[PortRequest],
 ) -> CommandResult {
     s.apply(&Command::CreateTask {
+        aliases: Default::default(),
         id: id.into(),
         name: id.into(),
         node: NodeId(node),
@@ -613,6 +617,7 @@ fn host_and_none_modes_take_no_addresses_and_no_other_networks() {
     assert!(e.to_string().contains("publishing ports"), "{e}");
     let e = s
         .apply(&Command::ConnectTask {
+            aliases: Default::default(),
             task: "n".into(),
             network: "b1".into(),
             ip: None,
@@ -635,6 +640,7 @@ fn connect_and_disconnect_keep_interface_names_and_refuse_twice() {
     .unwrap();
     run(&mut s, "t", 1, &["b1"], NetworkMode::Attached, &[]).unwrap();
     let connect = |net: &str, ip: Option<&str>| Command::ConnectTask {
+        aliases: Default::default(),
         task: "t".into(),
         network: net.into(),
         ip: ip.map(|i| i.parse().unwrap()),
@@ -728,6 +734,7 @@ fn published_ports_are_unique_per_node_and_picked_from_the_range() {
     .unwrap_err();
     assert!(e.to_string().contains("outside"), "{e}");
     let svc = |ports: Vec<PortRequest>, mode| ServiceSpec {
+        network_aliases: Default::default(),
         registry_auth: None,
         update: Default::default(),
         rollback: Default::default(),
@@ -833,6 +840,7 @@ fn ingress_subnet_is_kept_free_and_moves_only_while_unused() {
     let publish = |id: &str| Command::CreateService {
         id: id.into(),
         spec: ServiceSpec {
+            network_aliases: Default::default(),
             registry_auth: None,
             update: Default::default(),
             rollback: Default::default(),
@@ -1121,6 +1129,7 @@ fn resources_round_trip_and_old_records_read_without_them() {
 fn a_docker_endpoints_ports_are_set_once_after_it_is_made() {
     let mut s = with_bridges();
     let docker = |id: &str| Command::CreateTask {
+        aliases: Default::default(),
         id: id.into(),
         name: id.into(),
         node: NodeId(1),

@@ -718,6 +718,10 @@ pub struct Attachment {
     /// disconnects of other networks. Empty in old records: by position.
     #[serde(default)]
     pub ifname: String,
+    /// `--network-alias`, `network connect --alias`: more DNS names of
+    /// the task on this network (several tasks may share one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
 }
 
 /// Desired state of a task.
@@ -951,6 +955,10 @@ pub struct ServiceSpec {
     pub task: TaskSpec,
     /// Network IDs, in attachment order.
     pub networks: Vec<String>,
+    /// `--network name=NET,alias=A`: by network ID, more names the service
+    /// answers to in DNS on that network (as its own name does).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub network_aliases: BTreeMap<String, Vec<String>>,
     /// VIP or DNS round robin.
     pub endpoint_mode: EndpointMode,
     /// Placement constraints.

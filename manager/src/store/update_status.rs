@@ -82,6 +82,7 @@ impl State {
         if spec.name != old.spec.name && self.services.values().any(|x| x.spec.name == spec.name) {
             return Err(StoreError::ServiceExists(spec.name.clone()));
         }
+        self.check_service_names(id, spec)?;
         // Tasks of the version that ran this spec before are its own again.
         let adopt = (matches!(kind, UpdateKind::Rollback(_))
             && old.previous_spec.as_deref() == Some(spec))

@@ -44,8 +44,8 @@ struct NetRecords {
     name: String,
     /// Lower-case service name -> (VIP, backends).
     services: BTreeMap<String, (Option<IpAddr>, Vec<IpAddr>)>,
-    /// Lower-case task name -> address.
-    names: BTreeMap<String, IpAddr>,
+    /// Lower-case task name or alias -> addresses.
+    names: BTreeMap<String, Vec<IpAddr>>,
 }
 
 /// The answer to a name lookup.
@@ -95,11 +95,13 @@ impl NetRecords {
                 .iter()
                 .map(|(n, s)| (n.to_ascii_lowercase(), (s.vip, s.backends.clone())))
                 .collect(),
-            names: net
-                .names
-                .iter()
-                .map(|(n, ip)| (n.to_ascii_lowercase(), *ip))
-                .collect(),
+            names: net.names.iter().fold(BTreeMap::new(), |mut m, (n, ips)| {
+                // Names differing only in case answer together.
+                m.entry(n.to_ascii_lowercase())
+                    .or_insert_with(Vec::new)
+                    .extend(ips);
+                m
+            }),
         }
     }
 
@@ -116,7 +118,7 @@ impl NetRecords {
         {
             return Some(backends.clone());
         }
-        self.names.get(name).map(|ip| vec![*ip])
+        self.names.get(name).cloned()
     }
 }
 
@@ -212,8 +214,8 @@ mod tests {
             },
         );
         n1.services.insert("idle".into(), ServiceEntry::default());
-        n1.names.insert("web.1.abc".into(), ip("10.0.9.3"));
-        n1.names.insert("Client.1.x".into(), ip("10.0.9.50"));
+        n1.names.insert("web.1.abc".into(), vec![ip("10.0.9.3")]);
+        n1.names.insert("Client.1.x".into(), vec![ip("10.0.9.50")]);
         let mut n2 = net("other", 10);
         n2.services.insert(
             "db".into(),

@@ -103,7 +103,7 @@ fn steps(dir: &Path, v1: IpAddr, v2: IpAddr, v3: IpAddr) -> Vec<(&'static str, D
         },
     );
     n1.names
-        .insert("web.1".into(), "10.20.0.2".parse().unwrap());
+        .insert("web.1".into(), vec!["10.20.0.2".parse().unwrap()]);
     // Encrypted (a userspace WireGuard device with a peer), the underlay
     // guard, a port published to the local task and to a remote one over
     // an ingress network.

@@ -119,7 +119,7 @@ fn desired(vteps: [IpAddr; 2], backends: &[&str], upstream: SocketAddr) -> [Desi
     );
     for (name, network, addr, _, _) in TASKS {
         let n = if *network == "n1" { &mut n1 } else { &mut n2 };
-        n.names.insert(format!("{name}.1"), ip(addr));
+        n.names.insert(format!("{name}.1"), vec![ip(addr)]);
     }
     let mut out = [DesiredNode::new(vteps[0]), DesiredNode::new(vteps[1])];
     for (i, d) in out.iter_mut().enumerate() {

@@ -107,7 +107,10 @@ fn network(n: &pb::NetworkConfig) -> Result<OverlayNet, BadConfig> {
     }
     let mut names = BTreeMap::new();
     for r in &n.names {
-        names.insert(r.name.clone(), parse("task address", &r.ip)?);
+        names
+            .entry(r.name.clone())
+            .or_insert_with(Vec::new)
+            .push(parse("task address", &r.ip)?);
     }
     Ok(OverlayNet {
         local: n.local,

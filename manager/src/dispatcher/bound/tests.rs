@@ -73,6 +73,7 @@ fn run(s: &mut State, id: &str, node: u64, networks: &[&str], spec: TaskSpec, po
     apply(
         s,
         Command::CreateTask {
+            aliases: Default::default(),
             id: id.into(),
             name: id.into(),
             node: NodeId(node),
