@@ -73,7 +73,8 @@ impl From<Error> for Status {
                 StoreError::NodeNotFound(_)
                 | StoreError::NetworkNotFound(_)
                 | StoreError::TaskNotFound(_)
-                | StoreError::ServiceNotFound(_),
+                | StoreError::ServiceNotFound(_)
+                | StoreError::NotConnected { .. },
             )
             | Error::Resolve(ResolveError::NotFound(_)) => Status::not_found(msg),
             Error::Store(
@@ -81,6 +82,7 @@ impl From<Error> for Status {
                 | StoreError::ServiceExists(_)
                 | StoreError::NetworkExists(_)
                 | StoreError::TaskExists(_)
+                | StoreError::AlreadyConnected { .. }
                 | StoreError::NameTaken { .. },
             )
             | Error::AlreadyExists(_) => Status::already_exists(msg),

@@ -306,10 +306,10 @@ pub async fn network(c: &Client, cmd: crate::cli::NetworkCommand) -> anyhow::Res
     Ok(())
 }
 
-/// A refusal that says the object is not there (or not attached).
+/// A refusal that says the object is not there (or not attached: the
+/// store's NotConnected is NOT_FOUND too).
 fn absent(e: &tonic::Status) -> bool {
     e.code() == tonic::Code::NotFound
-        || (e.code() == tonic::Code::FailedPrecondition && e.message().contains("not connected"))
 }
 
 /// `network rm -f`: disconnects the standalone tasks attached to network
