@@ -531,7 +531,7 @@ pub enum NodeCommand {
     Inspect {
         /// json (the default), pretty (a summary), or a Go template applied
         /// to each node, e.g. '{{.Status.State}}' or '{{json .Spec}}'.
-        #[arg(long, value_name = "FORMAT")]
+        #[arg(short, long, value_name = "FORMAT")]
         format: Option<String>,
         /// Node IDs, ID prefixes, host names, or `self`.
         #[arg(required = true)]

@@ -861,8 +861,8 @@ impl NodeService {
             )
         };
         let listen_addr = if r.listen_addr.is_empty() {
-            SocketAddr::new(
-                "0.0.0.0".parse().expect("literal"),
+            weft_manager::join::default_listen(
+                advertise,
                 advertise.map(|a| a.port()).unwrap_or(4377),
             )
         } else {

@@ -34,25 +34,6 @@ fn cluster(test: &str) -> Lab {
 
 /// A web service whose replicas answer with their own task name (every
 /// task has its own /tmp).
-fn create_web(lab: &Lab, replicas: &str, extra: &[&str]) {
-    let script = "mkdir -p /tmp/www; hostname > /tmp/www/index.html; exec busybox httpd -f -p 80 -h /tmp/www";
-    let mut args = vec![
-        "service",
-        "create",
-        "--name",
-        "web",
-        "--replicas",
-        replicas,
-        "--network",
-        "appnet",
-        "--constraint",
-        "node.role==worker",
-    ];
-    args.extend_from_slice(extra);
-    args.extend_from_slice(&["--", "sh", "-c", script]);
-    lab.weft("m1", &args);
-}
-
 /// The running task addresses of `service` on appnet, per the manager.
 fn task_ips(lab: &Lab, service: &str) -> BTreeSet<String> {
     task_ips_on(lab, service, "appnet")
@@ -70,7 +51,7 @@ fn client(lab: &Lab) -> PathBuf {
 #[test]
 fn vip_balances_over_replicas_on_three_hosts_and_dns_answers() {
     let lab = cluster("vip");
-    create_web(&lab, "3", &[]);
+    common::create_web(&lab, "3", &[]);
     // Spread: one replica per worker.
     let ps = lab.weft("m1", &["service", "ps", "web"]);
     for w in ["w1", "w2", "w3"] {
@@ -133,7 +114,7 @@ fn vip_balances_over_replicas_on_three_hosts_and_dns_answers() {
 #[test]
 fn dnsrr_scaling_and_draining_update_every_node() {
     let lab = cluster("scale");
-    create_web(&lab, "3", &[]);
+    common::create_web(&lab, "3", &[]);
     let pin = client(&lab);
     wait_for("3 tasks in DNS", Duration::from_secs(20), || {
         resolve(&pin, "tasks.web").len() == 3
@@ -185,7 +166,7 @@ fn dnsrr_scaling_and_draining_update_every_node() {
 #[test]
 fn a_killed_worker_s_tasks_are_rescheduled_and_leave_vip_and_dns() {
     let mut lab = cluster("failover");
-    create_web(&lab, "3", &[]);
+    common::create_web(&lab, "3", &[]);
     let pin = client(&lab);
     wait_for("3 tasks in DNS", Duration::from_secs(20), || {
         resolve(&pin, "tasks.web").len() == 3
@@ -228,7 +209,7 @@ fn a_killed_worker_s_tasks_are_rescheduled_and_leave_vip_and_dns() {
 #[test]
 fn restarting_a_worker_daemon_keeps_tasks_without_duplicates() {
     let mut lab = cluster("wrestart");
-    create_web(&lab, "3", &[]);
+    common::create_web(&lab, "3", &[]);
     let ids_before: BTreeSet<String> = lab
         .weft("m1", &["service", "ps", "web"])
         .lines()
@@ -375,7 +356,7 @@ fn a_daemon_past_1024_descriptors_still_writes_vip_tables() {
     let (wt, _) = lab.init("m1", &["--heartbeat-period", "500ms"]);
     lab.join("w1", &wt, "m1");
     lab.attachable_network("m1", "10.0.9.0/24", "appnet");
-    create_web(&lab, "2", &[]);
+    common::create_web(&lab, "2", &[]);
     let pin = client(&lab);
     let vip = common::vip_of(&lab, "m1", "web");
     common::replicas_behind_vip(&pin, &vip, "web.", 2);

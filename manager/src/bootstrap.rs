@@ -50,7 +50,7 @@ pub fn validate_init(r: &pb::InitRequest) -> Result<InitParams> {
         )));
     }
     let listen_addr = if r.listen_addr.is_empty() {
-        SocketAddr::new("0.0.0.0".parse().expect("literal"), advertise_addr.port())
+        crate::join::default_listen(Some(advertise_addr), advertise_addr.port())
     } else {
         parse_host_port(&r.listen_addr, advertise_addr.port())?
     };

@@ -254,6 +254,17 @@ pub fn advertise_addr(given: &str, peer: Option<SocketAddr>) -> Result<SocketAdd
     parse_host_port(given, DEFAULT_PORT)
 }
 
+/// Where the manager port listens unless `--listen-addr` says: every
+/// address of the advertised address's family (`0.0.0.0`, or `[::]` for
+/// an IPv6 underlay), on `port`.
+pub fn default_listen(advertise: Option<SocketAddr>, port: u16) -> SocketAddr {
+    let any: std::net::IpAddr = match advertise {
+        Some(a) if a.is_ipv6() => std::net::Ipv6Addr::UNSPECIFIED.into(),
+        _ => std::net::Ipv4Addr::UNSPECIFIED.into(),
+    };
+    SocketAddr::new(any, port)
+}
+
 /// Parses `IP` or `IP:PORT`; the port defaults to `default_port`.
 pub fn parse_host_port(s: &str, default_port: u16) -> Result<SocketAddr> {
     if let Ok(sa) = s.parse::<SocketAddr>() {

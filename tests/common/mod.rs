@@ -44,6 +44,8 @@ pub struct Lab {
     /// Daemons started from now on get a mount namespace of their own
     /// with an empty tmpfs on `/run` (see [`Lab::private_run`]).
     private_run: bool,
+    /// The hosts' underlay is IPv6 only (see [`Lab::ipv6_underlay`]).
+    ipv6: bool,
 }
 
 impl Lab {
@@ -74,7 +76,41 @@ impl Lab {
             names: names.iter().map(|s| s.to_string()).collect(),
             daemon_env: Vec::new(),
             private_run: false,
+            ipv6: false,
         }
+    }
+
+    /// Makes the underlay IPv6 only: each host's `eth0` gets
+    /// `2001:2::N/64` (RFC 5180's benchmarking range; N as the IPv4 host
+    /// part) and loses its IPv4 address. [`Lab::addr`] then gives the IPv6
+    /// address. Call before starting daemons.
+    pub fn ipv6_underlay(&mut self) {
+        for (i, host) in self.names.clone().iter().enumerate() {
+            let pin = self.host_netns(host);
+            let v6 = format!("2001:2::{}/64", i + 1);
+            let v4 = format!("{}/24", self.addr(host));
+            for args in [
+                vec![
+                    "ip",
+                    "-6",
+                    "addr",
+                    "add",
+                    v6.as_str(),
+                    "dev",
+                    "eth0",
+                    "nodad",
+                ],
+                vec!["ip", "-4", "addr", "del", v4.as_str(), "dev", "eth0"],
+            ] {
+                let out = nsenter(&pin, &args);
+                assert!(
+                    out.status.success(),
+                    "{args:?} on {host}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        self.ipv6 = true;
     }
 
     fn idx(&self, host: &str) -> usize {
@@ -86,6 +122,9 @@ impl Lab {
 
     /// The host's underlay address.
     pub fn addr(&self, host: &str) -> String {
+        if self.ipv6 {
+            return format!("2001:2::{}", self.idx(host) + 1);
+        }
         self.underlay
             .as_ref()
             .expect("underlay")
@@ -420,7 +459,10 @@ impl Lab {
 
     /// `weft join` of `host` through `via`.
     pub fn join(&self, host: &str, token: &str, via: &str) -> String {
-        let remote = format!("{}:4377", self.addr(via));
+        let remote = match self.addr(via) {
+            a if a.contains(':') => format!("[{a}]:4377"),
+            a => format!("{a}:4377"),
+        };
         let addr = self.addr(host);
         self.weft(
             host,
@@ -786,6 +828,27 @@ pub fn sleeping_replicas(lab: &Lab, host: &str, name: &str, network: &str, repli
             "600",
         ],
     );
+}
+
+/// Service `web` on m1: `replicas` workers-only replicas on appnet, each
+/// serving its hostname over HTTP on port 80 (`extra`: more flags).
+pub fn create_web(lab: &Lab, replicas: &str, extra: &[&str]) {
+    let script = "mkdir -p /tmp/www; hostname > /tmp/www/index.html; exec busybox httpd -f -p 80 -h /tmp/www";
+    let mut args = vec![
+        "service",
+        "create",
+        "--name",
+        "web",
+        "--replicas",
+        replicas,
+        "--network",
+        "appnet",
+        "--constraint",
+        "node.role==worker",
+    ];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--", "sh", "-c", script]);
+    lab.weft("m1", &args);
 }
 
 /// The addresses of `service`'s running tasks on `network`, from

@@ -15,9 +15,26 @@ use crate::store::{DesiredTaskState, Network, NodeId, NodeState, PublishMode, St
 
 /// VXLAN encapsulation overhead (outer Ethernet is not counted by the MTU).
 pub const VXLAN_OVERHEAD: u32 = 50;
+/// The same over an IPv6 underlay (its outer header is 40 bytes, not 20).
+pub const VXLAN6_OVERHEAD: u32 = 70;
 
 /// WireGuard encapsulation overhead over IPv4 (IP 20 + UDP 8 + WireGuard 32).
 pub const WIREGUARD_OVERHEAD: u32 = 60;
+/// The same over an IPv6 underlay (IP 40 + UDP 8 + WireGuard 32).
+pub const WIREGUARD6_OVERHEAD: u32 = 80;
+
+/// What encapsulation costs a node whose underlay address is
+/// `data_path_addr`: VXLAN over its underlay, or (`encrypted`) VXLAN
+/// between tunnel addresses (IPv4) inside WireGuard over its underlay.
+fn encapsulation(data_path_addr: &str, encrypted: bool) -> u32 {
+    let v6 = data_path_addr.parse::<IpAddr>().is_ok_and(|a| a.is_ipv6());
+    match (encrypted, v6) {
+        (false, false) => VXLAN_OVERHEAD,
+        (false, true) => VXLAN6_OVERHEAD,
+        (true, false) => VXLAN_OVERHEAD + WIREGUARD_OVERHEAD,
+        (true, true) => VXLAN_OVERHEAD + WIREGUARD6_OVERHEAD,
+    }
+}
 
 /// Underlay MTU assumed for nodes that did not report one.
 pub const DEFAULT_UNDERLAY_MTU: u32 = 1500;
@@ -73,14 +90,14 @@ pub fn network_mtu(state: &State, net: &Network) -> (u32, String) {
             } else {
                 n.underlay_mtu
             };
-            (mtu, n.hostname.clone())
+            let cost = encapsulation(&n.data_path_addr, net.encrypted);
+            (mtu.saturating_sub(cost), n.hostname.clone())
         })
         .min();
-    let extra = if net.encrypted { WIREGUARD_OVERHEAD } else { 0 };
     match limiting {
-        Some((mtu, host)) => (mtu.saturating_sub(VXLAN_OVERHEAD + extra), host),
+        Some((mtu, host)) => (mtu, host),
         None => (
-            DEFAULT_UNDERLAY_MTU - VXLAN_OVERHEAD - extra,
+            DEFAULT_UNDERLAY_MTU - encapsulation("", net.encrypted),
             "no members yet".into(),
         ),
     }
@@ -515,7 +532,7 @@ fn wireguard(
     Some(pb::WireguardConfig {
         listen_port: u32::from(settings.wg_port),
         tunnel_addr: format!("{tunnel}/{}", settings.tunnel_subnet.prefix()),
-        mtu: underlay - WIREGUARD_OVERHEAD,
+        mtu: underlay - (encapsulation(&me.data_path_addr, true) - VXLAN_OVERHEAD),
         key_generation: me.wg_key_generation,
         peers,
     })
@@ -715,6 +732,22 @@ mod tests {
         let c = project(&s, NodeId(1), 1).unwrap();
         assert_eq!(c.networks[0].mtu, 1350);
         assert_eq!(network_mtu(&s, &s.networks["n2"]).0, 1450);
+    }
+
+    /// VXLAN over an IPv6 underlay has a 40-byte outer header, not 20;
+    /// so has WireGuard's.
+    #[test]
+    fn an_ipv6_underlay_costs_twenty_bytes_more() {
+        assert_eq!(encapsulation("198.18.0.1", false), 50);
+        assert_eq!(encapsulation("2001:2::1", false), 70);
+        assert_eq!(encapsulation("198.18.0.1", true), 110);
+        assert_eq!(encapsulation("2001:2::1", true), 130);
+        let mut s = state();
+        for n in s.nodes.values_mut() {
+            n.data_path_addr = format!("2001:2::{}", n.id.0);
+        }
+        assert_eq!(network_mtu(&s, &s.networks["n1"]).0, 1330);
+        assert_eq!(network_mtu(&s, &s.networks["n2"]).0, 1430);
     }
 
     fn mark_down(s: &mut State, id: u64) {
