@@ -131,6 +131,24 @@ fn an_ipv6_only_underlay_forms_a_cluster_and_carries_overlays_and_services() {
     );
     assert_eq!(network(&lab, "sec")["MTU"], 1370);
 
+    // The doctor probes the IPv6 paths: every row OK.
+    let doctor = lab.try_weft("m1", &["doctor", "--format", "json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&doctor.stdout).expect("doctor json");
+    let rows = rows.as_array().expect("rows");
+    let bad: Vec<_> = rows.iter().filter(|r| r["status"] != "OK").collect();
+    assert!(bad.is_empty() && doctor.status.success(), "{bad:#?}");
+    let detail = |check: &str| {
+        rows.iter()
+            .find(|r| r["check"] == check && r["subject"] == "")
+            .map(|r| r["detail"].as_str().unwrap_or_default().to_string())
+            .unwrap_or_default()
+    };
+    assert_eq!(detail("vxlan"), "6 paths answer");
+    assert!(
+        detail("mtu").starts_with("6 paths carry 1430-byte"),
+        "{}",
+        detail("mtu")
+    );
     // Nothing crossed the switch over IPv4.
     assert_eq!(
         counted(&lab, "ipv4"),

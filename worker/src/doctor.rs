@@ -14,7 +14,7 @@
 //! the daemon shows them for the node asked, and every probe report
 //! carries them so the leader's table covers every node.
 
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -195,9 +195,9 @@ async fn vxlan(
     me: usize,
     env: &ProbeEnv,
 ) -> Result<Vec<pb::ProbeResult>, String> {
-    let local: Ipv4Addr = req.targets[me].data_path_addr.parse().map_err(|_| {
+    let local: IpAddr = req.targets[me].data_path_addr.parse().map_err(|_| {
         format!(
-            "this node's data-path address {:?} is not IPv4 (only IPv4 is probed)",
+            "this node's data-path address {:?} is not an IP address",
             req.targets[me].data_path_addr
         )
     })?;
@@ -207,14 +207,17 @@ async fn vxlan(
         if i == me {
             continue;
         }
-        match t.data_path_addr.parse::<Ipv4Addr>() {
-            Ok(a) => peers.push((i as u32, a, t.node_id.clone())),
-            Err(_) => out.push(result(
+        match t.data_path_addr.parse::<IpAddr>() {
+            Ok(a) if a.is_ipv6() == local.is_ipv6() => peers.push((i as u32, a, t.node_id.clone())),
+            // VXLAN has one outer family per device: an IPv4 VTEP cannot
+            // reach an IPv6 one (nor can the overlay's own device).
+            _ => out.push(result(
                 &t.node_id,
                 "vxlan",
                 false,
                 format!(
-                    "not checked: data-path address {:?} is not IPv4",
+                    "data-path address {:?} is not of this node's family ({local}): VXLAN \
+                     between them cannot work",
                     t.data_path_addr
                 ),
             )),
@@ -267,7 +270,7 @@ async fn vxlan(
 /// small one, then one per size of `sizes`.
 pub fn judge(
     id: &str,
-    vtep: Ipv4Addr,
+    vtep: IpAddr,
     mtu: u32,
     sizes: &[u16],
     rows: &[EchoResult],
@@ -461,7 +464,7 @@ mod tests {
 
     #[test]
     fn judge_tells_blocked_vxlan_from_a_small_path_mtu() {
-        let vtep = Ipv4Addr::new(198, 18, 0, 2);
+        let vtep = IpAddr::V4(Ipv4Addr::new(198, 18, 0, 2));
         let sizes = ladder(1450);
         let ok = EchoResult::Answered(Duration::from_micros(300));
         let lost = EchoResult::TimedOut;

@@ -26,7 +26,7 @@ pub const WIREGUARD6_OVERHEAD: u32 = 80;
 /// What encapsulation costs a node whose underlay address is
 /// `data_path_addr`: VXLAN over its underlay, or (`encrypted`) VXLAN
 /// between tunnel addresses (IPv4) inside WireGuard over its underlay.
-fn encapsulation(data_path_addr: &str, encrypted: bool) -> u32 {
+pub(crate) fn encapsulation(data_path_addr: &str, encrypted: bool) -> u32 {
     let v6 = data_path_addr.parse::<IpAddr>().is_ok_and(|a| a.is_ipv6());
     match (encrypted, v6) {
         (false, false) => VXLAN_OVERHEAD,

@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 
 use weft_proto::v1 as pb;
 
-use crate::dispatcher::projection::{DEFAULT_UNDERLAY_MTU, VXLAN_OVERHEAD, network_mtu};
+use crate::dispatcher::projection::{DEFAULT_UNDERLAY_MTU, encapsulation, network_mtu};
 use crate::store::{NodeId, NodeState, State};
 
 use super::checks::name;
@@ -85,17 +85,18 @@ fn overlay_mtu(s: &State, live: &[&crate::store::Node]) -> (u32, String) {
     let smallest = live
         .iter()
         .map(|n| {
-            if n.underlay_mtu == 0 {
+            let mtu = if n.underlay_mtu == 0 {
                 DEFAULT_UNDERLAY_MTU
             } else {
                 n.underlay_mtu
-            }
+            };
+            mtu.saturating_sub(encapsulation(&n.data_path_addr, false))
         })
         .min()
-        .unwrap_or(DEFAULT_UNDERLAY_MTU);
+        .unwrap_or(DEFAULT_UNDERLAY_MTU - encapsulation("", false));
     (
-        smallest.saturating_sub(VXLAN_OVERHEAD),
-        "the smallest underlay MTU of the nodes, less VXLAN's 50".into(),
+        smallest,
+        "the smallest underlay MTU of the nodes, less VXLAN's 50 bytes (70 over IPv6)".into(),
     )
 }
 
@@ -336,6 +337,7 @@ fn pair_failure(
             ),
         ),
         "mtu" => {
+            let overhead = encapsulation(vtep, false);
             let largest = if res.largest_ok == 0 {
                 "none of the sizes tried".to_string()
             } else {
@@ -351,9 +353,9 @@ fn pair_failure(
                 ),
                 format!(
                     "raise the MTU along the path between {from} and {to} to at least {} \
-                     (overlay MTU + 50), or give the overlay networks a smaller one (`weft \
-                     network create --mtu {}`)",
-                    ctx.overlay_mtu + VXLAN_OVERHEAD,
+                     (overlay MTU + {overhead}), or give the overlay networks a smaller one \
+                     (`weft network create --mtu {}`)",
+                    ctx.overlay_mtu + overhead,
                     res.largest_ok.max(576)
                 ),
             )

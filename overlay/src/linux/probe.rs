@@ -57,14 +57,14 @@ pub fn probe_mac(index: u32) -> MacAddr {
 pub struct ProbeSpec {
     /// This node's index in the list.
     pub index: u32,
-    /// This node's VTEP.
-    pub local: Ipv4Addr,
+    /// This node's VTEP (IPv4 or IPv6: the underlay's family).
+    pub local: IpAddr,
     /// The cluster's VXLAN port.
     pub port: u16,
     /// The device's MTU: the overlay MTU to probe.
     pub mtu: u32,
-    /// The other nodes: index and VTEP.
-    pub peers: Vec<(u32, Ipv4Addr)>,
+    /// The other nodes: index and VTEP (of `local`'s family).
+    pub peers: Vec<(u32, IpAddr)>,
 }
 
 /// Makes (or brings to `spec`) the probe namespace pinned at `pin` with
@@ -83,7 +83,7 @@ pub async fn setup(pin: &Path, spec: &ProbeSpec) -> Result<Netns> {
             name: PROBE_LINK.into(),
             vni: PROBE_VNI,
             port: spec.port,
-            local: IpAddr::V4(spec.local),
+            local: spec.local,
             underlay_dev: None,
             mtu: Some(spec.mtu),
             mac: Some(probe_mac(spec.index)),
@@ -96,9 +96,7 @@ pub async fn setup(pin: &Path, spec: &ProbeSpec) -> Result<Netns> {
     inside.add_address(PROBE_LINK, own).await?;
     inside.set_up(PROBE_LINK).await?;
     for (i, vtep) in &spec.peers {
-        inside
-            .replace_fdb(PROBE_LINK, probe_mac(*i), IpAddr::V4(*vtep))
-            .await?;
+        inside.replace_fdb(PROBE_LINK, probe_mac(*i), *vtep).await?;
         inside
             .replace_neigh(PROBE_LINK, IpAddr::V4(probe_ip(*i)), probe_mac(*i))
             .await?;

@@ -15,10 +15,10 @@ use crate::common::{RunDir, ip_link};
 fn setup_on(host: &UnderlayHost, pin: &Path, i: u32, peer: (u32, Ipv4Addr)) -> Netns {
     let spec = ProbeSpec {
         index: i,
-        local: host.addr(),
+        local: host.addr().into(),
         port: 4789,
         mtu: 1450,
-        peers: vec![peer],
+        peers: vec![(peer.0, peer.1.into())],
     };
     host.run_in(|| {
         tokio::runtime::Builder::new_current_thread()
