@@ -66,6 +66,13 @@ pub enum Command {
     /// Stream the cluster's changes as a manager applies them (nodes,
     /// networks, services, tasks, cluster settings), as `docker events`.
     Events(EventsArgs),
+    /// Serve a read-only, live web view of the cluster on this machine
+    /// (nodes, networks, services, tasks, recent events), read through the
+    /// same connection as every other command (-H). Open the address it
+    /// prints in a browser. It serves on loopback only unless given
+    /// --insecure-listen; the page never shows join tokens, keys or
+    /// registry credentials.
+    Ui(UiArgs),
     /// Show the version of this client and of the daemon it talks to (each
     /// node's is in `node ls`).
     Version,
@@ -989,6 +996,22 @@ pub struct ListFlags {
     /// Accepted as docker takes it; weft never truncates.
     #[arg(long)]
     pub no_trunc: bool,
+}
+
+/// `weft ui`.
+#[derive(Debug, Args)]
+pub struct UiArgs {
+    /// IP:PORT to serve the page on. A loopback address unless
+    /// --insecure-listen is given; port 0 picks a free port (the address
+    /// is printed).
+    #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:4390")]
+    pub listen: std::net::SocketAddr,
+    /// Allow a --listen address other than loopback. The page has no
+    /// authentication of its own: anyone who can reach the address sees
+    /// the cluster's nodes, networks and services. Prefer an SSH tunnel
+    /// to a loopback address.
+    #[arg(long)]
+    pub insecure_listen: bool,
 }
 
 /// `weft events`.

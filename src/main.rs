@@ -22,6 +22,7 @@ mod publish;
 mod resources;
 mod settings;
 mod task_text;
+mod ui;
 mod unlock;
 mod update_args;
 mod volume_args;
@@ -159,6 +160,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             doctor::run(args, &cli.host, &tls).await
         }
+        Command::Ui(args) => {
+            let tls = commands::TlsFiles {
+                ca: cli.tlscacert,
+                cert: cli.tlscert,
+                key: cli.tlskey,
+            };
+            ui::run(args, &cli.host, &tls).await
+        }
         Command::TaskShim(args) => weft_worker::runtime::shim::run(args).map_err(Into::into),
         Command::Login {
             username,
@@ -259,6 +268,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 | Command::Lab(_)
                 | Command::Cni(_)
                 | Command::Doctor(_)
+                | Command::Ui(_)
                 | Command::TaskShim(_)
                 | Command::Version
                 | Command::FdStore { .. } => unreachable!("handled above"),

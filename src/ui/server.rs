@@ -1,0 +1,265 @@
+//! The page's HTTP/1.1 server: the embedded assets, `/api/state` (the
+//! newest snapshot) and `/api/events` (Server-Sent Events: each new
+//! snapshot as it is published). Read-only: GET and HEAD only.
+//!
+//! Requests whose `Host` is not this server's loopback address are
+//! refused (unless serving beyond loopback was asked for), so a web page
+//! of another site cannot read the state by pointing its own name at
+//! 127.0.0.1 (DNS rebinding).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use futures::StreamExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Bytes, Frame};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use tokio_stream::wrappers::WatchStream;
+
+use super::assets;
+use super::watch::Published;
+
+type Body = UnsyncBoxBody<Bytes, Infallible>;
+
+/// What every connection shares.
+#[derive(Clone)]
+pub struct Site {
+    /// The newest snapshot.
+    pub state: Published,
+    /// The bound address (its port is part of the allowed `Host`s).
+    pub addr: SocketAddr,
+    /// Any `Host` is taken (--insecure-listen).
+    pub any_host: bool,
+}
+
+/// Serves `listener` until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, site: Site) -> anyhow::Result<()> {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(x) => x,
+            // Out of file descriptors and the like: the next accept may do.
+            Err(e) => {
+                eprintln!("weft ui: accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let site = site.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let site = site.clone();
+                async move { Ok::<_, Infallible>(handle(&site, &req)) }
+            });
+            // A page closing its event stream ends its connection: not news.
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// The answer to `req`.
+fn handle<B>(site: &Site, req: &Request<B>) -> Response<Body> {
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "read-only: GET only\n");
+    }
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok());
+    if !site.any_host && !host_allowed(host, site.addr.port()) {
+        return text(
+            StatusCode::MISDIRECTED_REQUEST,
+            "this server answers to its loopback address only (127.0.0.1, [::1], localhost)\n",
+        );
+    }
+    match req.uri().path() {
+        "/" | "/index.html" => asset("text/html; charset=utf-8", assets::INDEX_HTML),
+        "/app.js" => asset("text/javascript; charset=utf-8", assets::APP_JS),
+        "/app.css" => asset("text/css; charset=utf-8", assets::APP_CSS),
+        "/api/state" => {
+            let json = site.state.borrow().clone();
+            respond(
+                StatusCode::OK,
+                "application/json",
+                Full::new(Bytes::from(json.to_string())).boxed_unsync(),
+            )
+        }
+        "/api/events" => events(site),
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// `/api/events`: the current snapshot at once, then each new one, as
+/// `data:` lines of the event-stream format.
+fn events(site: &Site) -> Response<Body> {
+    let stream = WatchStream::new(site.state.clone()).map(|json| {
+        let mut msg = String::with_capacity(json.len() + 16);
+        msg.push_str("data: ");
+        // JSON from serde_json has no raw newlines; the format would need
+        // one `data:` per line otherwise.
+        msg.push_str(&json);
+        msg.push_str("\n\n");
+        Ok::<_, Infallible>(Frame::data(Bytes::from(msg)))
+    });
+    let mut r = respond(
+        StatusCode::OK,
+        "text/event-stream",
+        StreamBody::new(stream).boxed_unsync(),
+    );
+    r.headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    r
+}
+
+/// Whether `host` (a `Host` header) names this server on loopback.
+pub fn host_allowed(host: Option<&str>, port: u16) -> bool {
+    let Some(host) = host else {
+        return false;
+    };
+    let (name, p) = match host.rsplit_once(':') {
+        Some((n, p)) if !p.contains(']') => (n, p.parse::<u16>().ok()),
+        _ => (host, None),
+    };
+    // Browsers always send the port when it is not 80.
+    if p.unwrap_or(80) != port {
+        return false;
+    }
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response<Body> {
+    respond(
+        StatusCode::OK,
+        content_type,
+        Full::new(Bytes::from_static(body.as_bytes())).boxed_unsync(),
+    )
+}
+
+fn text(status: StatusCode, msg: &'static str) -> Response<Body> {
+    respond(
+        status,
+        "text/plain; charset=utf-8",
+        Full::new(Bytes::from_static(msg.as_bytes())).boxed_unsync(),
+    )
+}
+
+fn respond(status: StatusCode, content_type: &'static str, body: Body) -> Response<Body> {
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    // Nothing but its own files: no inline script, no other origin.
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; \
+             img-src 'self' data:; frame-ancestors 'none'",
+        ),
+    );
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site() -> Site {
+        let (_tx, rx) = tokio::sync::watch::channel(std::sync::Arc::from("{\"nodes\":[]}"));
+        Site {
+            state: rx,
+            addr: "127.0.0.1:4390".parse().unwrap(),
+            any_host: false,
+        }
+    }
+
+    fn get(site: &Site, path: &str, host: &str) -> Response<Body> {
+        let req = Request::get(path).header("host", host).body(()).unwrap();
+        handle(site, &req)
+    }
+
+    #[test]
+    fn only_this_servers_loopback_names_are_taken_as_host() {
+        for ok in [
+            "127.0.0.1:4390",
+            "localhost:4390",
+            "LOCALHOST:4390",
+            "[::1]:4390",
+            "127.1.2.3:4390",
+        ] {
+            assert!(host_allowed(Some(ok), 4390), "{ok}");
+        }
+        for bad in [
+            "evil.example:4390",
+            "127.0.0.1:80",
+            "127.0.0.1",
+            "192.168.1.5:4390",
+            "[::1]",
+            "localhost.evil.example:4390",
+        ] {
+            assert!(!host_allowed(Some(bad), 4390), "{bad}");
+        }
+        assert!(!host_allowed(None, 4390));
+        assert!(host_allowed(Some("localhost"), 80));
+    }
+
+    #[test]
+    fn routes_answer_with_their_types_and_refuse_the_rest() {
+        let s = site();
+        let ct = |r: &Response<Body>| {
+            r.headers()[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .to_string()
+        };
+        let r = get(&s, "/", "127.0.0.1:4390");
+        assert_eq!(r.status(), StatusCode::OK);
+        assert!(ct(&r).starts_with("text/html"));
+        assert!(ct(&get(&s, "/app.js", "localhost:4390")).starts_with("text/javascript"));
+        assert!(ct(&get(&s, "/app.css", "localhost:4390")).starts_with("text/css"));
+        assert_eq!(
+            ct(&get(&s, "/api/state", "localhost:4390")),
+            "application/json"
+        );
+        assert_eq!(
+            ct(&get(&s, "/api/events", "localhost:4390")),
+            "text/event-stream"
+        );
+        assert_eq!(
+            get(&s, "/nope", "localhost:4390").status(),
+            StatusCode::NOT_FOUND
+        );
+        assert_eq!(
+            get(&s, "/api/state", "rebound.example:4390").status(),
+            StatusCode::MISDIRECTED_REQUEST
+        );
+        let post = Request::post("/api/state")
+            .header("host", "localhost:4390")
+            .body(())
+            .unwrap();
+        assert_eq!(handle(&s, &post).status(), StatusCode::METHOD_NOT_ALLOWED);
+        let any = Site {
+            any_host: true,
+            ..site()
+        };
+        assert_eq!(
+            get(&any, "/api/state", "10.0.0.5:4390").status(),
+            StatusCode::OK
+        );
+    }
+}
