@@ -9,8 +9,9 @@ WEFT  := target/debug/weft
 # umoci and skopeo (the image tests build their busybox image offline with them; skopeo
 # also pushes it), docker-registry (Distribution's registry: the pull tests run their own),
 # podman and conmon (issue #15: podman's containers on weft networks through the CNI plugin),
-# dockerd from docker.io (issue #15: Docker's containers through weft's network plugin).
-HOST_TOOLS := nft:nftables nsenter:util-linux tcpdump:tcpdump ip:iproute2 containerd:containerd runc:runc umoci:umoci skopeo:skopeo docker-registry:docker-registry podman:podman conmon:conmon dockerd:docker.io
+# dockerd from docker.io (issue #15: Docker's containers through weft's network plugin),
+# chromium (issue #19: the tests drive `weft ui`'s page in a headless browser).
+HOST_TOOLS := nft:nftables nsenter:util-linux tcpdump:tcpdump ip:iproute2 containerd:containerd runc:runc umoci:umoci skopeo:skopeo docker-registry:docker-registry podman:podman conmon:conmon dockerd:docker.io chromium:chromium
 # Packages checked by name, not by command: busybox-static (tests' busybox, and the only binary
 # of the test image, so it must be static) is told apart from an unowned or dynamic busybox
 # that would also answer `command -v busybox`. It replaces Debian's `busybox` package.

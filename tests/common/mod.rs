@@ -10,6 +10,7 @@
 
 // The private containerd of weft-containerd-api's tests, shared rather than copied.
 pub mod bench;
+pub mod browser;
 #[path = "../../proto/containerd/tests/common/containerd.rs"]
 pub mod containerd;
 pub mod disk;
