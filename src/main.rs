@@ -12,6 +12,7 @@ mod doctor;
 mod events_cmd;
 mod format;
 mod health_args;
+mod http1;
 mod image_cmd;
 mod isolation;
 mod lab;
@@ -145,6 +146,11 @@ fn connection_closed(e: &anyhow::Error) -> bool {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
+    let tls = commands::TlsFiles {
+        ca: cli.tlscacert,
+        cert: cli.tlscert,
+        key: cli.tlskey,
+    };
     match cli.command {
         Command::Daemon(args) => {
             init_tracing_as(&args.log_level, args.log_format);
@@ -152,22 +158,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Lab(cmd) => lab::run(cmd).await,
         Command::Cni(cmd) => cni_cmd::run(cmd),
-        Command::Doctor(args) => {
-            let tls = commands::TlsFiles {
-                ca: cli.tlscacert,
-                cert: cli.tlscert,
-                key: cli.tlskey,
-            };
-            doctor::run(args, &cli.host, &tls).await
-        }
-        Command::Ui(args) => {
-            let tls = commands::TlsFiles {
-                ca: cli.tlscacert,
-                cert: cli.tlscert,
-                key: cli.tlskey,
-            };
-            ui::run(args, &cli.host, &tls).await
-        }
+        Command::Doctor(args) => doctor::run(args, &cli.host, &tls).await,
+        Command::Ui(args) => ui::run(args, &cli.host, &tls).await,
         Command::TaskShim(args) => weft_worker::runtime::shim::run(args).map_err(Into::into),
         Command::Login {
             username,
@@ -180,20 +172,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             clap_complete::generate(shell, &mut Cli::command(), "weft", &mut std::io::stdout());
             Ok(())
         }
-        Command::Version => {
-            let tls = commands::TlsFiles {
-                ca: cli.tlscacert,
-                cert: cli.tlscert,
-                key: cli.tlskey,
-            };
-            commands::version(&cli.host, &tls).await
-        }
+        Command::Version => commands::version(&cli.host, &tls).await,
         cmd => {
-            let tls = commands::TlsFiles {
-                ca: cli.tlscacert,
-                cert: cli.tlscert,
-                key: cli.tlskey,
-            };
             let c = commands::Client::connect(&cli.host, &tls).await?;
             match cmd {
                 Command::Init(a) => {

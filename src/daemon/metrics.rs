@@ -41,29 +41,7 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
 pub async fn serve(listener: tokio::net::TcpListener, registry: Registry) {
     let registry = Arc::new(registry);
     tracing::info!(addr = ?listener.local_addr().ok(), "metrics served at /metrics");
-    loop {
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "metrics: accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let registry = registry.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let registry = registry.clone();
-                async move { Ok::<_, std::convert::Infallible>(answer(&registry, &req)) }
-            });
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await
-            {
-                tracing::debug!(error = %e, "metrics connection ended");
-            }
-        });
-    }
+    crate::http1::serve(listener, "metrics", move |req| answer(&registry, req)).await;
 }
 
 fn answer<B>(registry: &Registry, req: &hyper::Request<B>) -> hyper::Response<Full<Bytes>> {

@@ -63,7 +63,7 @@ pub async fn run(a: UiArgs, host: &str, tls: &TlsFiles) -> anyhow::Result<()> {
         any_host: a.insecure_listen,
     };
     tokio::select! {
-        r = server::serve(listener, site) => r,
+        () = server::serve(listener, site) => Ok(()),
         _ = tokio::signal::ctrl_c() => Ok(()),
     }
 }

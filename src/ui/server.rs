@@ -35,29 +35,8 @@ pub struct Site {
 }
 
 /// Serves `listener` until the process ends.
-pub async fn serve(listener: tokio::net::TcpListener, site: Site) -> anyhow::Result<()> {
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(x) => x,
-            // Out of file descriptors and the like: the next accept may do.
-            Err(e) => {
-                eprintln!("weft ui: accept: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let site = site.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let site = site.clone();
-                async move { Ok::<_, Infallible>(handle(&site, &req)) }
-            });
-            // A page closing its event stream ends its connection: not news.
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                .await;
-        });
-    }
+pub async fn serve(listener: tokio::net::TcpListener, site: Site) {
+    crate::http1::serve(listener, "weft ui", move |req| handle(&site, req)).await;
 }
 
 /// The answer to `req`.
