@@ -462,7 +462,8 @@ fn by_state(counts: &std::collections::HashMap<String, u64>) -> String {
     format!("{total} ({})", each.join(", "))
 }
 
-fn role_text(r: i32) -> &'static str {
+/// A node's role as the CLI and `weft ui` show it.
+pub(crate) fn role_text(r: i32) -> &'static str {
     match pb::NodeRole::try_from(r) {
         Ok(pb::NodeRole::Manager) => "manager",
         Ok(pb::NodeRole::Worker) => "worker",
@@ -470,7 +471,8 @@ fn role_text(r: i32) -> &'static str {
     }
 }
 
-fn manager_status_text(s: i32) -> &'static str {
+/// A manager's Raft status (`Leader`, `Reachable`…; empty for workers).
+pub(crate) fn manager_status_text(s: i32) -> &'static str {
     match pb::ManagerStatus::try_from(s) {
         Ok(pb::ManagerStatus::Leader) => "Leader",
         Ok(pb::ManagerStatus::Reachable) => "Reachable",
@@ -479,7 +481,8 @@ fn manager_status_text(s: i32) -> &'static str {
     }
 }
 
-fn state_text(s: i32) -> &'static str {
+/// A node's state (`Ready`, `Down`, `Unknown`).
+pub(crate) fn state_text(s: i32) -> &'static str {
     match pb::NodeState::try_from(s) {
         Ok(pb::NodeState::Ready) => "Ready",
         Ok(pb::NodeState::Down) => "Down",
@@ -487,7 +490,8 @@ fn state_text(s: i32) -> &'static str {
     }
 }
 
-fn availability_text(a: i32) -> &'static str {
+/// A node's availability (`Active`, `Pause`, `Drain`).
+pub(crate) fn availability_text(a: i32) -> &'static str {
     match pb::Availability::try_from(a) {
         Ok(pb::Availability::Pause) => "Pause",
         Ok(pb::Availability::Drain) => "Drain",

@@ -13,7 +13,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use serde::Serialize;
 use weft_proto::v1 as pb;
 
-use crate::task_text;
+use crate::{commands, task_text};
 
 /// A WireGuard session is rekeyed every 2 minutes while traffic flows and
 /// dropped after 3 (REJECT_AFTER_TIME): a newest handshake older than this
@@ -62,7 +62,7 @@ pub struct Snapshot {
 pub struct NodeView {
     pub id: String,
     pub hostname: String,
-    /// manager | worker.
+    /// manager | worker | unknown.
     pub role: &'static str,
     pub leader: bool,
     /// Leader | Reachable | Unreachable | "" (workers).
@@ -296,33 +296,16 @@ fn node(n: &pb::Node, networks: &[NetworkView]) -> NodeView {
             .flat_map(|w| w.peers.iter().map(move |p| (w, p)))
             .filter(|(_, p)| p.node_id == n.id)
     };
-    let manager_status = match pb::ManagerStatus::try_from(n.manager_status) {
-        Ok(pb::ManagerStatus::Leader) => "Leader",
-        Ok(pb::ManagerStatus::Reachable) => "Reachable",
-        Ok(pb::ManagerStatus::Unreachable) => "Unreachable",
-        _ => "",
-    };
+    let manager_status = commands::manager_status_text(n.manager_status);
     NodeView {
         id: n.id.clone(),
         hostname: n.hostname.clone(),
-        role: if n.role == pb::NodeRole::Manager as i32 {
-            "manager"
-        } else {
-            "worker"
-        },
-        leader: manager_status == "Leader",
+        role: commands::role_text(n.role),
+        leader: n.manager_status == pb::ManagerStatus::Leader as i32,
         manager_status,
-        state: match pb::NodeState::try_from(n.state) {
-            Ok(pb::NodeState::Ready) => "Ready",
-            Ok(pb::NodeState::Down) => "Down",
-            _ => "Unknown",
-        },
+        state: commands::state_text(n.state),
         state_message: n.state_message.clone(),
-        availability: match pb::Availability::try_from(n.availability) {
-            Ok(pb::Availability::Pause) => "Pause",
-            Ok(pb::Availability::Drain) => "Drain",
-            _ => "Active",
-        },
+        availability: commands::availability_text(n.availability),
         addr: n.addr.clone(),
         cert_expiry: n.cert_expiry.clone(),
         version: n.version.clone(),
