@@ -28,6 +28,8 @@ struct Ui {
     addr: String,
     /// What it printed on stderr before it served (the warning).
     stderr: BufReader<std::process::ChildStderr>,
+    /// Kept open: a closed stdout would end it at its next line.
+    _stdout: BufReader<std::process::ChildStdout>,
 }
 
 impl Ui {
@@ -53,6 +55,7 @@ impl Ui {
             child,
             addr: String::new(),
             stderr,
+            _stdout: out,
         };
         let Some(addr) = line
             .strip_prefix("weft ui: serving http://")
@@ -200,6 +203,13 @@ fn ui_serves_every_node_and_network_without_secrets() {
     // Another site's name for 127.0.0.1 (DNS rebinding) is refused.
     let (status, _) = http_get(&ui.addr, "/api/state", "rebound.example:4390");
     assert_eq!(status, 421);
+
+    // A worker has no control API: said at once, not a page of errors.
+    let err = lab.weft_err("w1", &["ui", "--listen", "127.0.0.1:0"]);
+    assert!(
+        err.contains("cannot read the cluster's state") && err.contains("not a manager"),
+        "{err}"
+    );
 }
 
 /// The first snapshot `/api/events` sends (Server-Sent Events).
@@ -312,6 +322,13 @@ fn ui_page_in_a_headless_browser_follows_a_scale() {
         b.eval("document.querySelectorAll('#networks tbody tr[data-network=\"uisec\"]').length");
     assert_eq!(rows, 1, "the networks table lists uisec");
 
+    // Keyboard: every node box and task chip takes the focus.
+    let focusable = b.eval(
+        "[...document.querySelectorAll('#topology article, #topology .task')]\
+         .every(e => e.tabIndex === 0)",
+    );
+    assert_eq!(focusable, true);
+
     let png = b.screenshot();
     // WEFT_TEST_UI_SCREENSHOT=FILE keeps it, to look at.
     if let Some(keep) = std::env::var_os("WEFT_TEST_UI_SCREENSHOT") {
@@ -324,6 +341,17 @@ fn ui_page_in_a_headless_browser_follows_a_scale() {
         png.len(),
         top_share * 100.0
     );
+
+    // Dark when the system prefers it.
+    let background = "getComputedStyle(document.body).backgroundColor";
+    let light = b.eval(background);
+    b.call(
+        "Emulation.setEmulatedMedia",
+        serde_json::json!({ "features": [{ "name": "prefers-color-scheme", "value": "dark" }] }),
+    );
+    let dark = b.eval(background);
+    assert_ne!(light, dark, "the same background in light and dark");
+    assert_eq!(dark, "rgb(22, 23, 26)", "the dark background");
 }
 
 /// The number of distinct colours of an 8-bit RGB(A), non-interlaced PNG
