@@ -265,20 +265,27 @@ fn ui_listens_beyond_loopback_only_when_told_to() {
     assert_eq!(status, 200, "any Host once told so: {body}");
 }
 
+/// The Chromium to test the page with; `None` (after saying SKIPPED
+/// loudly) when there is none and WEFT_SKIP_BROWSER_TESTS is set; the test
+/// fails when there is none otherwise.
+fn chromium_for(test: &str) -> Option<std::path::PathBuf> {
+    if let Some(c) = find_chromium() {
+        return Some(c);
+    }
+    if std::env::var_os("WEFT_SKIP_BROWSER_TESTS").is_some() {
+        eprintln!("\n*** SKIPPED: {test}: no chromium (WEFT_SKIP_BROWSER_TESTS is set) ***\n");
+        return None;
+    }
+    panic!(
+        "no chromium to test the page with: install it (`make deps` does), set \
+         WEFT_TEST_CHROMIUM, or set WEFT_SKIP_BROWSER_TESTS=1 to skip this test"
+    );
+}
+
 #[test]
 fn ui_page_in_a_headless_browser_follows_a_scale() {
-    let Some(chromium) = find_chromium() else {
-        if std::env::var_os("WEFT_SKIP_BROWSER_TESTS").is_some() {
-            eprintln!(
-                "\n*** SKIPPED: ui_page_in_a_headless_browser_follows_a_scale: no chromium \
-                 (WEFT_SKIP_BROWSER_TESTS is set) ***\n"
-            );
-            return;
-        }
-        panic!(
-            "no chromium to test the page with: install it (`make deps` does), set \
-             WEFT_TEST_CHROMIUM, or set WEFT_SKIP_BROWSER_TESTS=1 to skip this test"
-        );
+    let Some(chromium) = chromium_for("ui_page_in_a_headless_browser_follows_a_scale") else {
+        return;
     };
     let (lab, _, _) = cluster("ui-browser");
     let ui = Ui::start(&lab, "m1", &["--listen", "127.0.0.1:0"]);
@@ -427,4 +434,43 @@ fn paeth(a: u8, b: u8, c: u8) -> u8 {
     } else {
         c
     }
+}
+
+#[test]
+fn ui_page_marks_a_node_behind_on_its_network_config() {
+    let Some(chromium) = chromium_for("ui_page_marks_a_node_behind_on_its_network_config") else {
+        return;
+    };
+    let (lab, _, _) = cluster("ui-behind");
+    let ui = Ui::start(&lab, "m1", &["--listen", "127.0.0.1:0"]);
+    let mut b = Browser::open(&chromium, &ui.url(), &lab.dir().join("chromium"));
+    let behind = r#"document.querySelector('#topology [data-hostname="w1"]')
+                    ?.classList.contains('behind') ?? null"#;
+    wait_for(
+        "the page shows w1 up to date",
+        Duration::from_secs(20),
+        || b.eval(behind) == false,
+    );
+
+    // w1's daemon stopped (SIGSTOP: it neither applies nor acknowledges),
+    // then a new task on the network changes w1's config.
+    let pid = nix::unistd::Pid::from_raw(lab.pid("w1").expect("w1 runs") as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("stop w1");
+    lab.weft("m1", &["service", "scale", "--detach", "uiweb=3"]);
+    let marked = wait_for("the page marks w1 behind", Duration::from_secs(10), || {
+        b.eval(behind) == true
+    });
+    eprintln!("w1 marked behind {marked:?} after the scale");
+    let row = b.eval(
+        r#"document.querySelector('#networks tr[data-network="uisec"] li[data-peer="w1"]')
+           ?.classList.contains('short') ?? null"#,
+    );
+    assert_eq!(row, true, "the networks table marks w1's config");
+
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).expect("continue w1");
+    wait_for(
+        "the page shows w1 caught up",
+        Duration::from_secs(20),
+        || b.eval(behind) == false,
+    );
 }

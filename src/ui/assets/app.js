@@ -103,7 +103,8 @@ function networkRow(net) {
     const bits = [`${p.hostname}: ${p.applied_version}/${p.config_version}`];
     if (p.apply_error) bits.push(`error: ${p.apply_error}`);
     if (net.encrypted) bits.push(`${p.tunnel_ip || "-"}, handshake ${age(p.handshake_age_ms)}`);
-    return el("li", { class: p.behind > 0 || p.apply_error || p.stale_handshake ? "short" : null }, bits.join(", "));
+    return el("li", { class: p.behind > 0 || p.apply_error || p.stale_handshake ? "short" : null, "data-peer": p.hostname },
+      bits.join(", "));
   });
   const flags = [net.scope === "local" && "local", net.internal && "internal", net.attachable && "attachable",
     net.ingress && "ingress"].filter(Boolean);
