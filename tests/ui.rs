@@ -1,5 +1,6 @@
 //! `weft ui` (issue #19) against real daemons in namespace hosts, run as
-//! its own process on a lab node's socket, as a user runs it: its HTTP
+//! its own process on a lab node's socket (and from another host through
+//! a manager's control API, -H tcp://), as a user runs it: its HTTP
 //! answers (every node and network in `/api/state`, a snapshot on
 //! `/api/events`, no token or key material anywhere, non-loopback
 //! `--listen` refused without `--insecure-listen`, foreign `Host`s
@@ -35,11 +36,17 @@ struct Ui {
 impl Ui {
     /// `weft ui ARGS` against `host`'s daemon; waits for the address line.
     fn start(lab: &Lab, host: &str, args: &[&str]) -> Ui {
-        let mut child = Command::new(WEFT)
-            .arg("-H")
+        let mut cmd = Command::new(WEFT);
+        cmd.arg("-H")
             .arg(format!("unix://{}", lab.socket_path(host).display()))
             .arg("ui")
-            .args(args)
+            .args(args);
+        Ui::spawn(cmd)
+    }
+
+    /// Runs `cmd` (a `weft … ui …`); waits for the address line.
+    fn spawn(mut cmd: Command) -> Ui {
+        let mut child = cmd
             .env_remove("WEFT_HOST")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -204,6 +211,27 @@ fn ui_serves_every_node_and_network_without_secrets() {
     let (status, _) = http_get(&ui.addr, "/api/state", "rebound.example:4390");
     assert_eq!(status, 421);
 
+    // From another machine (w1's namespace) through a manager's control
+    // API over mTLS (-H tcp://), as the other commands reach it.
+    let certs = lab.data_dir("m1").join("certs");
+    let f = |n: &str| certs.join(n).display().to_string();
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net={}", lab.host_netns("w1").display()))
+        .arg(WEFT)
+        .args(["-H", &format!("tcp://{}:4377", lab.addr("m1"))])
+        .args(["--tlscacert", &f("ca.pem")])
+        .args(["--tlscert", &f("node.pem"), "--tlskey", &f("node-key.pem")])
+        .args(["ui", "--listen", "127.0.0.1:0"]);
+    let remote = Ui::spawn(cmd);
+    let addr = remote.addr.clone();
+    let (status, body) = common::in_host(&lab, "w1", async move || {
+        http_get(&addr, "/api/state", &addr)
+    });
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert_eq!(names(&v, "nodes", "hostname"), ["m1", "w1"], "{v}");
+    drop(remote);
+
     // A worker has no control API: said at once, not a page of errors.
     let err = lab.weft_err("w1", &["ui", "--listen", "127.0.0.1:0"]);
     assert!(
@@ -282,22 +310,40 @@ fn chromium_for(test: &str) -> Option<std::path::PathBuf> {
     );
 }
 
-#[test]
-fn ui_page_in_a_headless_browser_follows_a_scale() {
-    let Some(chromium) = chromium_for("ui_page_in_a_headless_browser_follows_a_scale") else {
-        return;
-    };
-    let (lab, _, _) = cluster("ui-browser");
+/// A [`cluster`], `weft ui` on m1's socket and its page in Chromium,
+/// listing both nodes. Bind every field: one left out of a pattern (`..`)
+/// is dropped at once, and `weft ui` is killed with it.
+struct Page {
+    b: Browser,
+    _ui: Ui,
+    lab: Lab,
+}
+
+/// A [`Page`] for `test`, its lab named `lab` (short: socket paths have
+/// a limit); `None` when the browser tests are skipped.
+fn page(test: &str, lab: &str) -> Option<Page> {
+    let chromium = chromium_for(test)?;
+    let (lab, _, _) = cluster(lab);
     let ui = Ui::start(&lab, "m1", &["--listen", "127.0.0.1:0"]);
     let mut b = Browser::open(&chromium, &ui.url(), &lab.dir().join("chromium"));
-
     let hosts = r#"JSON.stringify([...document.querySelectorAll('#topology [data-hostname]')]
                    .map(e => e.dataset.hostname).sort())"#;
-    let running = r#"document.querySelectorAll(
-                   '#topology [data-service="uiweb"][data-state="running"]').length"#;
     wait_for("the page lists both nodes", Duration::from_secs(20), || {
         b.eval(hosts) == serde_json::json!(r#"["m1","w1"]"#)
     });
+    Some(Page { b, _ui: ui, lab })
+}
+
+#[test]
+fn ui_page_in_a_headless_browser_follows_a_scale() {
+    let Some(Page { mut b, _ui, lab }) = page(
+        "ui_page_in_a_headless_browser_follows_a_scale",
+        "ui-browser",
+    ) else {
+        return;
+    };
+    let running = r#"document.querySelectorAll(
+                   '#topology [data-service="uiweb"][data-state="running"]').length"#;
     wait_for(
         "the page shows 2 running tasks",
         Duration::from_secs(10),
@@ -438,12 +484,12 @@ fn paeth(a: u8, b: u8, c: u8) -> u8 {
 
 #[test]
 fn ui_page_marks_a_node_behind_on_its_network_config() {
-    let Some(chromium) = chromium_for("ui_page_marks_a_node_behind_on_its_network_config") else {
+    let Some(Page { mut b, _ui, lab }) = page(
+        "ui_page_marks_a_node_behind_on_its_network_config",
+        "ui-behind",
+    ) else {
         return;
     };
-    let (lab, _, _) = cluster("ui-behind");
-    let ui = Ui::start(&lab, "m1", &["--listen", "127.0.0.1:0"]);
-    let mut b = Browser::open(&chromium, &ui.url(), &lab.dir().join("chromium"));
     let behind = r#"document.querySelector('#topology [data-hostname="w1"]')
                     ?.classList.contains('behind') ?? null"#;
     wait_for(
