@@ -66,12 +66,15 @@ pub enum Command {
     /// Stream the cluster's changes as a manager applies them (nodes,
     /// networks, services, tasks, cluster settings), as `docker events`.
     Events(EventsArgs),
-    /// Serve a read-only, live web view of the cluster on this machine
-    /// (nodes, networks, services, tasks, recent events), read through the
-    /// same connection as every other command (-H). Open the address it
-    /// prints in a browser. It serves on loopback only unless given
-    /// --insecure-listen; the page never shows join tokens, keys or
-    /// registry credentials.
+    /// Serve a read-only, live web view of the cluster on this machine.
+    ///
+    /// Nodes (with their tasks and overlays), networks, services, tasks and
+    /// recent events, read through the same connection as every other
+    /// command (-H: the local daemon's socket, or a manager over mTLS) and
+    /// updated within a second of a change. Open the address it prints in
+    /// a browser (from elsewhere: ssh -L 4390:127.0.0.1:4390 HOST). It
+    /// serves on loopback only unless given --insecure-listen; the page
+    /// never shows join tokens, keys or registry credentials.
     Ui(UiArgs),
     /// Show the version of this client and of the daemon it talks to (each
     /// node's is in `node ls`).

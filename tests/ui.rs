@@ -405,6 +405,11 @@ fn ui_page_in_a_headless_browser_follows_a_scale() {
     let dark = b.eval(background);
     assert_ne!(light, dark, "the same background in light and dark");
     assert_eq!(dark, "rgb(22, 23, 26)", "the dark background");
+    if let Some(keep) = std::env::var_os("WEFT_TEST_UI_SCREENSHOT") {
+        let mut dark = std::path::PathBuf::from(keep);
+        dark.set_extension("dark.png");
+        std::fs::write(&dark, b.screenshot()).expect("write the dark screenshot");
+    }
 }
 
 /// The number of distinct colours of an 8-bit RGB(A), non-interlaced PNG

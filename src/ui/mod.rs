@@ -59,7 +59,6 @@ pub async fn run(a: UiArgs, host: &str, tls: &TlsFiles) -> anyhow::Result<()> {
     println!("weft ui: serving http://{addr}/ (Ctrl-C stops)");
     let site = server::Site {
         state,
-        addr,
         any_host: a.insecure_listen,
     };
     tokio::select! {
