@@ -40,6 +40,32 @@ const SIM: &str = "sim";
 /// The cluster's WireGuard port: a join checks it is free where the node
 /// runs, and all simulated nodes share one namespace.
 const WG_PORT: &str = "51999";
+/// Where each manager serves its metrics (inside its own namespace).
+const METRICS: &str = "127.0.0.1:9479";
+
+/// The dispatcher's counters in the metrics of manager `host` (`name
+/// value` lines of the metrics whose name starts `weft_dispatcher_`).
+fn dispatcher_metrics(lab: &Lab, host: &str) -> String {
+    use std::io::{Read, Write};
+    let raw = common::in_host(lab, host, async move || {
+        let Ok(mut s) = std::net::TcpStream::connect(METRICS) else {
+            return String::new();
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
+        let _ = write!(s, "GET /metrics HTTP/1.0\r\nHost: {METRICS}\r\n\r\n");
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        out
+    });
+    raw.lines()
+        .filter(|l| {
+            l.starts_with("weft_dispatcher_nodes_marked_down")
+                || l.starts_with("weft_dispatcher_config_pushes")
+                || l.starts_with("weft_raft_leader_changes")
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
 
 /// What the simulated nodes count, shared with the test thread.
 #[derive(Default)]
@@ -57,8 +83,14 @@ struct Counters {
     reports: AtomicU64,
     heartbeats: AtomicU64,
     errors: AtomicU64,
-    /// Session attempts refused and tried again.
+    /// Session attempts refused by every manager in a row, and tried again
+    /// after a pause.
     retries: AtomicU64,
+    /// Failed session attempts: no TLS connection (refused, dropped
+    /// handshake), and a connection whose `Session` call was refused (a
+    /// follower).
+    failed_connect: AtomicU64,
+    failed_call: AtomicU64,
     /// One change every node must apply (a node's address in every
     /// config's VXLAN sources), since when, and how long each node took.
     probe: std::sync::Mutex<Option<(String, Instant)>>,
@@ -147,11 +179,12 @@ fn usage(pid: u32) -> (f64, f64) {
 }
 
 /// Opens the session of simulated node `joined` with the leader at
-/// one of `managers` (the leader, or all of them), as the agent does: on a
-/// refused connection or call, the next manager after 50 ms until each was
-/// tried, then again after a second and a random part of one (the manager
-/// drops handshakes beyond 256 in flight; a herd of nodes reconnecting
-/// must spread out). Followers refuse sessions.
+/// one of `managers` (the leader, or all of them), as the agent does: a
+/// follower's refusal that names the leader sends the node there at once;
+/// on another failure, the next manager after 50 ms until each was tried,
+/// then again after a second and a random part of one (the agent waits
+/// 0.2-2 s; a herd of nodes reconnecting must spread out). Followers refuse
+/// sessions.
 async fn open_session(
     joined: &Joined,
     managers: &[String],
@@ -170,14 +203,21 @@ async fn open_session(
     } else {
         weft_proto::config_delta::sources_digest(&held.vxlan_allowed_sources)
     };
-    let mut tries = usize::from(rand_ms());
+    let mut next = usize::from(rand_ms());
+    let mut hint: Option<String> = None;
+    let mut failures = 0usize;
     loop {
-        let leader = &managers[tries % managers.len()];
-        tries += 1;
+        let addr = hint.take().unwrap_or_else(|| {
+            next = next.wrapping_add(1);
+            managers[next % managers.len()].clone()
+        });
         let attempt = async {
-            let channel = tls::channel_to_manager(leader, &joined.certs.ca_pem, Some(identity))
+            let channel = tls::channel_to_manager(&addr, &joined.certs.ca_pem, Some(identity))
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|_| {
+                    counters.failed_connect.fetch_add(1, Ordering::Relaxed);
+                    None
+                })?;
             let mut client = DispatcherClient::new(channel);
             let stream = client
                 .session(pb::SessionRequest {
@@ -186,16 +226,29 @@ async fn open_session(
                     sources_digest: digest.clone(),
                 })
                 .await
-                .map_err(|st| st.to_string())?
+                .map_err(|st| {
+                    counters.failed_call.fetch_add(1, Ordering::Relaxed);
+                    st.metadata()
+                        .get(weft_worker::agent::LEADER_METADATA)
+                        .and_then(|v| v.to_str().ok())
+                        .filter(|v| !v.is_empty())
+                        .map(str::to_string)
+                })?
                 .into_inner();
-            Ok::<_, String>((client, stream))
+            Ok::<_, Option<String>>((client, stream))
         };
         match attempt.await {
             Ok(s) => return s,
-            Err(_) if tries % managers.len() != 0 => {
+            Err(Some(leader)) => {
+                hint = Some(leader);
+                failures = 0;
+            }
+            Err(None) if !(failures + 1).is_multiple_of(managers.len()) => {
+                failures += 1;
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            Err(_) => {
+            Err(None) => {
+                failures += 1;
                 counters.retries.fetch_add(1, Ordering::Relaxed);
                 let jitter = u64::from(rand_ms());
                 tokio::time::sleep(Duration::from_millis(1000 + jitter)).await;
@@ -377,7 +430,7 @@ fn managers_hold_simulated_nodes() {
     hosts.push(SIM);
     let mut lab = Lab::new("bnodes", &hosts);
     for m in MANAGERS {
-        lab.start(m);
+        lab.start_with(m, &["--metrics-addr", METRICS]);
     }
     let (wt, mt) = lab.init("m1", &["--heartbeat-period", "1s", "--wg-port", WG_PORT]);
     for m in &MANAGERS[1..] {
@@ -439,8 +492,10 @@ fn managers_hold_simulated_nodes() {
          and answers every pushed config with a status report that has every assigned task \
          running. The managers' CPU is the daemon process's user + system time (`/proc/PID/stat`), \
          % of one core; memory is its resident set. The nodes open their sessions all at once; \
-         one refused (the manager drops TLS handshakes beyond 256 in flight) tries again after \
-         1-2 s, as the agent does: {retries} such retries. {errors} errors on the simulated side.\n\n"
+         a manager runs 256 TLS handshakes at a time and lets up to 8,192 more connections wait \
+         their turn (3 s at most); a node refused by every manager in a row tries again after \
+         1-2 s: {retries} such retries. A follower's refusal that names the leader sends the node \
+         there at once, as the agent does. {errors} errors on the simulated side.\n\n"
     ));
     md.push_str("| what | figure |\n|---|---|\n");
     md.push_str(&rows);
@@ -571,21 +626,75 @@ fn probe_rows(
 /// new leader, the only manager that accepts them).
 fn failover_row(lab: &mut Lab, counters: &Counters, n: usize, errors: u64) -> String {
     let sessions = counters.sessions.load(Ordering::Relaxed);
+    let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let (conn0, call0, retry0) = (
+        load(&counters.failed_connect),
+        load(&counters.failed_call),
+        load(&counters.retries),
+    );
+    let cpu0: Vec<f64> = MANAGERS[1..]
+        .iter()
+        .map(|m| usage(lab.pid(m).expect("manager pid")).0)
+        .collect();
+    let sim0 = usage(std::process::id()).0;
     lab.kill9("m1");
+    let t0 = Instant::now();
+    // A timeline every half second: sessions open again, failed attempts
+    // (no connection / call refused) and retries after a backoff.
+    let mut next = Duration::ZERO;
     let failover = wait_for(
         "every node back in session",
         Duration::from_secs(300),
-        || counters.sessions.load(Ordering::Relaxed) > sessions + n,
+        || {
+            let back = counters.sessions.load(Ordering::Relaxed) - sessions;
+            if t0.elapsed() >= next {
+                next += Duration::from_millis(500);
+                eprintln!(
+                    "failover +{:.1}s: {back} back, {} no connection, {} refused calls, {} backoffs",
+                    t0.elapsed().as_secs_f64(),
+                    load(&counters.failed_connect) - conn0,
+                    load(&counters.failed_call) - call0,
+                    load(&counters.retries) - retry0,
+                );
+            }
+            back > n
+        },
     );
-    eprintln!("leader killed: every session open again after {failover:?}");
+    let cpu: Vec<String> = MANAGERS[1..]
+        .iter()
+        .zip(&cpu0)
+        .map(|(m, c0)| {
+            let c = usage(lab.pid(m).expect("manager pid")).0 - c0;
+            format!("{m} {:.0} %", 100.0 * c / failover.as_secs_f64())
+        })
+        .collect();
+    let sim_cpu = 100.0 * (usage(std::process::id()).0 - sim0) / failover.as_secs_f64();
+    eprintln!(
+        "leader killed: every session open again after {failover:?} ({} no connection, {} refused calls, {} backoffs; CPU {}, simulated nodes {sim_cpu:.0} %)",
+        load(&counters.failed_connect) - conn0,
+        load(&counters.failed_call) - call0,
+        load(&counters.retries) - retry0,
+        cpu.join(", "),
+    );
+    let mut marked_down = 0.0;
+    for m in &MANAGERS[1..] {
+        let metrics = dispatcher_metrics(lab, m);
+        eprintln!("{m}: {metrics}");
+        marked_down += metrics
+            .split("; ")
+            .filter_map(|l| l.strip_prefix("weft_dispatcher_nodes_marked_down_total "))
+            .filter_map(|v| v.parse::<f64>().ok())
+            .sum::<f64>();
+    }
     let followers: Vec<String> = MANAGERS[1..]
         .iter()
         .map(|m| format!("{m} {:.0} MiB", usage(lab.pid(m).expect("manager pid")).1))
         .collect();
     let cut_reports = counters.errors.load(Ordering::Relaxed) - errors;
     format!(
-        "| leader killed (SIGKILL) → every node in session with the new leader | {} s ({cut_reports} reports cut by the kill; memory after it: {}) |\n",
+        "| leader killed (SIGKILL) → every node in session with the new leader | {} s ({cut_reports} reports cut by the kill; {marked_down} nodes marked down by the new leader; CPU during it {}, simulated nodes {sim_cpu:.0} %; memory after it: {}) |\n",
         fmt_s(failover.as_secs_f64()),
+        cpu.join(", "),
         followers.join(", ")
     )
 }

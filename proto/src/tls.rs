@@ -46,7 +46,8 @@ pub use rejoin::{
     verify_proof,
 };
 pub use server::{
-    IsRevoked, MAX_PENDING_HANDSHAKES, ReloadableCert, TlsIncoming, server_config, tls_incoming,
+    IsRevoked, MAX_PENDING_HANDSHAKES, MAX_WAITING_HANDSHAKES, ReloadableCert, TlsIncoming,
+    server_config, tls_incoming,
 };
 
 use crate::identity::IdentityError;

@@ -5,7 +5,12 @@
 //! misses three heartbeat periods is `down`; one that heartbeats again is
 //! `ready`. A new leader gives every node a grace period of three periods
 //! from the moment it took over, so a leader change never marks live nodes
-//! down.
+//! down. The grace runs on while nodes keep arriving: thousands of nodes
+//! reconnecting to a new leader take longer than three periods, and a node
+//! still waiting its turn is not down (marking it so would move its tasks
+//! and change every other node's config). It ends three periods after the
+//! last node heard from for the first time, and never later than
+//! [`MAX_TAKEOVER_PERIODS`] periods after the takeover.
 //!
 //! With a disconnect grace set (`--disconnect-grace`), a node whose session
 //! ended without notice (its daemon's connection closed: the process died)
@@ -22,10 +27,16 @@ use crate::store::{Command, NodeId, NodeState, State};
 /// Heartbeats missed before a node is declared down.
 pub const MISSED_HEARTBEATS: u32 = 3;
 
+/// The longest a new leader's grace for nodes it has not heard from yet
+/// runs, in heartbeat periods, however long nodes keep arriving.
+pub const MAX_TAKEOVER_PERIODS: u32 = 30;
+
 /// Last-seen times, kept only on the leader and only in memory.
 #[derive(Debug)]
 pub struct Liveness {
     since: Instant,
+    /// When a node was last heard from for the first time since `since`.
+    last_arrival: Instant,
     last_seen: HashMap<NodeId, Instant>,
     /// Nodes whose session ended without notice, and when.
     disconnected: HashMap<NodeId, Instant>,
@@ -39,6 +50,7 @@ impl Liveness {
     pub fn new(now: Instant) -> Self {
         Liveness {
             since: now,
+            last_arrival: now,
             last_seen: HashMap::new(),
             disconnected: HashMap::new(),
             stopping: HashSet::new(),
@@ -74,7 +86,17 @@ impl Liveness {
 
     /// Records a heartbeat (or a session start) from `id`.
     pub fn seen(&mut self, id: NodeId, now: Instant) {
-        self.last_seen.insert(id, now);
+        if self.last_seen.insert(id, now).is_none() {
+            self.last_arrival = self.last_arrival.max(now);
+        }
+    }
+
+    /// Where the silence of a node not heard from since the takeover counts
+    /// from: the last first arrival, so the grace lasts while nodes keep
+    /// coming back, but no later than the cap.
+    fn takeover_mark(&self, period: Duration) -> Instant {
+        let cap = self.since + period * (MAX_TAKEOVER_PERIODS - MISSED_HEARTBEATS);
+        self.last_arrival.min(cap)
     }
 
     /// Forgets a node (it left or was removed).
@@ -104,10 +126,11 @@ impl Liveness {
         now_ms: u64,
     ) -> Vec<Command> {
         let deadline = period * MISSED_HEARTBEATS;
+        let takeover = self.takeover_mark(period);
         let mut out = Vec::new();
         for node in state.nodes.values() {
             let last = self.last_seen.get(&node.id).copied();
-            let silent_for = now.saturating_duration_since(last.unwrap_or(self.since));
+            let silent_for = now.saturating_duration_since(last.unwrap_or(takeover));
             let alive = last.is_some() && silent_for <= deadline;
             let gone = grace.and_then(|g| {
                 let at = self.disconnected_at(node.id)?;
@@ -177,6 +200,15 @@ mod tests {
 
     const P: Duration = Duration::from_secs(1);
 
+    /// Nodes 1, 2 and 3, all ready.
+    fn three_ready() -> State {
+        state(&[
+            (1, NodeState::Ready),
+            (2, NodeState::Ready),
+            (3, NodeState::Ready),
+        ])
+    }
+
     #[test]
     fn grace_period_after_leader_change() {
         let t0 = Instant::now();
@@ -194,6 +226,45 @@ mod tests {
                 ..
             }]
         ));
+    }
+
+    #[test]
+    fn the_takeover_grace_lasts_while_nodes_keep_arriving() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut l = Liveness::new(t0);
+        let s = three_ready();
+        // Node 1 is back at 2.5 s, node 2 at 5 s: node 3, not heard from,
+        // waits its turn until 3 periods after the last arrival.
+        l.session_opened(NodeId(1), ms(2500));
+        l.seen(NodeId(1), ms(4500));
+        l.session_opened(NodeId(2), ms(5000));
+        l.seen(NodeId(1), ms(7000));
+        l.seen(NodeId(2), ms(7000));
+        assert!(downs(&l.plan(&s, P, None, ms(7900), 0)).is_empty());
+        assert_eq!(downs(&l.plan(&s, P, None, ms(8100), 0)), [3]);
+        // A node heard from before, then silent, is not covered.
+        assert_eq!(downs(&l.plan(&s, P, None, ms(10_600), 0)), [1, 2, 3]);
+    }
+
+    #[test]
+    fn the_takeover_grace_has_a_cap() {
+        let t0 = Instant::now();
+        let mut l = Liveness::new(t0);
+        let s = state(&[(1, NodeState::Ready), (2, NodeState::Ready)]);
+        // A trickle of arrivals (node 1 keeps coming back as a new node
+        // after a forget) cannot hold node 2's grace open for ever.
+        for i in 0..30u64 {
+            l.forget(NodeId(1));
+            l.seen(NodeId(1), t0 + Duration::from_secs(i));
+        }
+        let cap = P * MAX_TAKEOVER_PERIODS;
+        let now = t0 + cap;
+        assert!(downs(&l.plan(&s, P, None, now - Duration::from_millis(100), 0)).is_empty());
+        assert_eq!(
+            downs(&l.plan(&s, P, None, now + Duration::from_millis(100), 0)),
+            [2]
+        );
     }
 
     #[test]
@@ -251,11 +322,7 @@ mod tests {
         let t0 = Instant::now();
         let ms = |n| t0 + Duration::from_millis(n);
         let mut l = Liveness::new(t0);
-        let s = state(&[
-            (1, NodeState::Ready),
-            (2, NodeState::Ready),
-            (3, NodeState::Ready),
-        ]);
+        let s = three_ready();
         for id in [1, 2, 3] {
             l.session_opened(NodeId(id), t0);
         }

@@ -35,6 +35,14 @@ const BRIDGE_WAIT: Duration = Duration::from_secs(5);
 /// Metadata key carrying the leader's address on a redirect.
 pub const LEADER_METADATA: &str = "weft-leader";
 
+/// How long a follower holds a session request while the cluster has no
+/// leader it can point to (an election under way), before it refuses.
+/// A leader is elected 3-4 s after the old one died (`RaftSettings`).
+const LEADER_WAIT: Duration = Duration::from_secs(5);
+/// A leader not heard from for this long (it heartbeats every 250 ms) is
+/// not pointed to: it may be dead, with its followers still naming it.
+const LEADER_QUIET: Duration = Duration::from_millis(750);
+
 /// The `Dispatcher` gRPC service.
 #[derive(Clone)]
 pub struct DispatcherService {
@@ -107,6 +115,32 @@ impl DispatcherService {
     /// (see [`crate::authz`]).
     fn authorize<T>(&self, req: &Request<T>, claimed: &str) -> Result<Node, Status> {
         self.core.authorize_node(req, claimed)
+    }
+
+    /// As [`Self::require_leader`], but while no leader can be pointed to
+    /// (none known, or the one known has gone quiet) the call waits for
+    /// the election, up to [`LEADER_WAIT`]: it is then served here if this
+    /// manager won, or pointed to the winner. When a leader dies, every
+    /// node reconnects at once; a node refused on the spot would walk the
+    /// managers and back off, costing a TLS handshake per try and coming
+    /// back only after its delay, while one that waits is served or
+    /// redirected as soon as the election ends.
+    async fn await_leader(&self) -> Result<(), Status> {
+        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        let mut server = self.core.raft().raft().server_metrics();
+        loop {
+            let pointable = self.core.leader_addr().is_some()
+                && self.core.raft().leader_heard_within(LEADER_QUIET);
+            if self.core.is_leader() || pointable || tokio::time::Instant::now() >= deadline {
+                return self.require_leader();
+            }
+            // Server metrics say when the leader changes; hearing from a
+            // leader again does not change them, hence the poll.
+            tokio::select! {
+                r = server.changed() => if r.is_err() { return self.require_leader() },
+                () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            }
+        }
     }
 
     fn require_leader(&self) -> Result<(), Status> {
@@ -661,7 +695,7 @@ impl Dispatcher for DispatcherService {
         mut req: Request<pb::SessionRequest>,
     ) -> Result<Response<Self::SessionStream>, Status> {
         let node = self.authorize(&req, &req.get_ref().node_id)?;
-        self.require_leader()?;
+        self.await_leader().await?;
         self.core.seen(node.id);
         let deltas = req.get_ref().accepts_deltas;
         let held_sources = std::mem::take(&mut req.get_mut().sources_digest);

@@ -133,7 +133,13 @@ impl Raft for RaftGrpc {
         request: Request<RaftPayload>,
     ) -> Result<Response<RaftPayload>, Status> {
         let req: AppendEntriesRequest<TypeConfig> = self.decode(request)?;
-        reply(&self.handle.raft().append_entries(req).await)
+        let res = self.handle.raft().append_entries(req).await;
+        // Anything but a higher vote: the sender leads this node's term.
+        if matches!(&res, Ok(r) if !matches!(r, openraft::raft::AppendEntriesResponse::HigherVote(_)))
+        {
+            self.handle.heard_from_leader();
+        }
+        reply(&res)
     }
 
     async fn vote(&self, request: Request<RaftPayload>) -> Result<Response<RaftPayload>, Status> {

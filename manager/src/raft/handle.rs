@@ -240,6 +240,9 @@ struct Inner {
     db_closed: tokio::sync::Mutex<Option<DbClosed>>,
     /// Read-index rounds shared by concurrent linearizable reads.
     rounds: Rounds,
+    /// When this node last took an AppendEntries (a heartbeat, at least)
+    /// from the leader of its term.
+    leader_heard: std::sync::Mutex<Option<Instant>>,
 }
 
 impl RaftHandle {
@@ -281,6 +284,7 @@ impl RaftHandle {
                 log: shared,
                 db_closed: tokio::sync::Mutex::new(Some(db_closed)),
                 rounds: Rounds::default(),
+                leader_heard: std::sync::Mutex::new(None),
             }),
         })
     }
@@ -384,6 +388,26 @@ impl RaftHandle {
     /// turned on: the entries before it hold the secrets in the clear).
     pub fn compact_log_file_at_next_purge(&self) {
         self.inner.log.compact_at_next_purge();
+    }
+
+    /// Notes that the leader of this node's term was just heard from.
+    pub(crate) fn heard_from_leader(&self) {
+        *self
+            .inner
+            .leader_heard
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
+    /// Whether a follower heard from its leader within `within`: a leader
+    /// that died is still the one its followers name until they elect
+    /// another, but it has gone quiet.
+    pub fn leader_heard_within(&self, within: Duration) -> bool {
+        self.inner
+            .leader_heard
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|t| t.elapsed() <= within)
     }
 
     /// openraft's metrics channel, to wait for a condition.

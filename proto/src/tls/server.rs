@@ -3,12 +3,19 @@
 //! `tonic::transport::Server::serve_with_incoming_shutdown`.
 //!
 //! ```text
-//! TcpListener ──accept──▶ spawn(handshake, 10 s timeout) ──ok──▶ mpsc ──▶ TlsIncoming ──▶ tonic
-//!                                     └── error/timeout: logged, dropped
+//! TcpListener ──accept──▶ spawn(wait for a slot ≤ 3 s, handshake ≤ 10 s) ──ok──▶ mpsc ──▶ TlsIncoming ──▶ tonic
+//!                  │                    └── error/timeout: logged, dropped
+//!                  └── more than MAX_PENDING + MAX_WAITING connections: dropped
 //! ```
 //!
 //! Handshakes run in their own tasks so a slow or hostile client cannot hold
-//! up `accept`; at most [`MAX_PENDING_HANDSHAKES`] run at once.
+//! up `accept`; at most [`MAX_PENDING_HANDSHAKES`] run at once. A
+//! connection beyond those waits its turn (at most
+//! [`MAX_WAITING_HANDSHAKES`] of them, each for at most 3 s) rather than
+//! being dropped: when a leader fails, every node reconnects to the new one
+//! at once, and a dropped node comes back only after its retry delay, so
+//! dropping made the herd slower to serve, not cheaper (a waiting
+//! connection holds a socket and no TLS state).
 
 use std::io;
 use std::pin::Pin;
@@ -36,8 +43,15 @@ use crate::identity::{PeerIdentity, certs_from_pem};
 
 /// How long a client may take to complete the TLS handshake.
 const SERVER_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Handshakes in flight at once; further connections are dropped.
+/// Handshakes in flight at once; further connections wait for a slot.
 pub const MAX_PENDING_HANDSHAKES: usize = 256;
+/// Connections waiting for a handshake slot; further ones are dropped.
+/// Above the node limit, so a whole cluster reconnecting at once waits.
+pub const MAX_WAITING_HANDSHAKES: usize = 8192;
+/// How long a connection may wait for a handshake slot: a client gives up
+/// its handshake after 5 s (`client::HANDSHAKE_TIMEOUT`), waiting included,
+/// and a slot is better spent on one that will not.
+const HANDSHAKE_QUEUE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Pause after a failed `accept` (e.g. out of file descriptors) so the loop
 /// does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
@@ -270,6 +284,9 @@ async fn accept_loop(
     tx: mpsc::Sender<io::Result<TlsStream<TcpStream>>>,
 ) {
     let pending = Arc::new(Semaphore::new(MAX_PENDING_HANDSHAKES));
+    let admitted = Arc::new(Semaphore::new(
+        MAX_PENDING_HANDSHAKES + MAX_WAITING_HANDSHAKES,
+    ));
     loop {
         let (tcp, peer) = tokio::select! {
             () = tx.closed() => return,
@@ -282,16 +299,23 @@ async fn accept_loop(
                 }
             },
         };
-        let Ok(permit) = pending.clone().try_acquire_owned() else {
-            tracing::warn!(%peer, "too many TLS handshakes in flight; dropping connection");
+        let Ok(admission) = admitted.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, "too many TLS handshakes in flight and waiting; dropping connection");
             continue;
         };
         // Best effort: gRPC is latency-sensitive, and failure here is harmless.
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let tx = tx.clone();
+        let pending = pending.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            let _admission = admission;
+            let Ok(Ok(_permit)) =
+                tokio::time::timeout(HANDSHAKE_QUEUE_TIMEOUT, pending.acquire_owned()).await
+            else {
+                tracing::info!(%peer, "waited too long for a TLS handshake slot; dropping connection");
+                return;
+            };
             match tokio::time::timeout(SERVER_HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => {
                     // Err: the server is shutting down; the connection just closes.
