@@ -17,7 +17,7 @@ HOST_TOOLS := nft:nftables nsenter:util-linux tcpdump:tcpdump ip:iproute2 contai
 # that would also answer `command -v busybox`. It replaces Debian's `busybox` package.
 HOST_PACKAGES := busybox-static
 
-.PHONY: all build deps demo demo-down test test-unit lint check-deps bench clean
+.PHONY: all build deps demo demo-down test test-unit lint check-deps bench clean deb
 
 all: build
 
@@ -59,6 +59,12 @@ lint:
 check-deps:
 	@bash deploy/check-deps.sh
 
+# The Debian package (issue #20): target/deb/weft_<version>_<arch>.deb from a
+# release build; deploy/deb/ says what is in it.
+deb:
+	$(CARGO) build --release -p weft -p weft-worker --bins
+	@bash deploy/deb/build.sh
+
 bench: deps
 	@bash bench/run.sh
 	@bash bench/overlay.sh
@@ -86,7 +92,7 @@ faults: deps build
 # The VM rig (issue #20, deploy/vm/): QEMU guests of a small Debian 12 image
 # (TCG emulation unless WEFT_VM_ACCEL=kvm). Not part of `make test`. They put
 # target/debug/weft (or WEFT_VM_BINARY) into the guests; they do not build it.
-.PHONY: vm-deps vm-image vm-rig vm-rig-down vm-test
+.PHONY: vm-deps vm-image vm-rig vm-rig-down vm-test vm-deb-test
 vm-deps:
 	@bash deploy/vm/deps.sh
 
@@ -104,3 +110,8 @@ vm-rig-down:
 # One guest: container limits on a real cgroup v2 (PASS/FAIL table).
 vm-test: vm-image
 	@bash deploy/vm/test.sh
+
+# The Debian package on one guest: install, init, upgrade, remove, purge
+# (built from the release build: make deb first, or WEFT_DEB_BIN_DIR).
+vm-deb-test: vm-image
+	@bash deploy/vm/deb-test.sh

@@ -216,6 +216,13 @@ pub enum Command {
         /// Which shell.
         shell: clap_complete::Shell,
     },
+    /// Internal: write the manual pages (one per command: weft.1,
+    /// weft-service-create.1, …) into DIR, for packaging.
+    #[command(hide = true)]
+    Man {
+        /// Where to write them (created if missing).
+        dir: PathBuf,
+    },
     /// Internal: the node's fd store the daemon starts (keeps the DNS
     /// resolver's sockets across daemon restarts).
     #[command(hide = true)]

@@ -238,6 +238,7 @@ fn docker_plugin(
 /// Runs the daemon until SIGINT/SIGTERM.
 pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
     private_dirs(&args)?;
+    crate::data_format::check_and_stamp(&args.data_dir)?;
     hold_test_fds()?;
     let hostname = match &args.hostname {
         Some(h) => h.clone(),

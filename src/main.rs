@@ -7,6 +7,7 @@ mod cni;
 mod cni_cmd;
 mod commands;
 mod daemon;
+mod data_format;
 mod docker_plugin;
 mod doctor;
 mod events_cmd;
@@ -18,6 +19,7 @@ mod isolation;
 mod lab;
 mod login;
 mod logs_cmd;
+mod man;
 mod network_arg;
 mod publish;
 mod resources;
@@ -172,6 +174,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             clap_complete::generate(shell, &mut Cli::command(), "weft", &mut std::io::stdout());
             Ok(())
         }
+        Command::Man { dir } => {
+            let n = man::write_all(&dir)?;
+            println!("{n} manual pages in {}", dir.display());
+            Ok(())
+        }
         Command::Version => commands::version(&cli.host, &tls).await,
         cmd => {
             let c = commands::Client::connect(&cli.host, &tls).await?;
@@ -243,6 +250,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
                 Command::Daemon(_)
                 | Command::Completion { .. }
+                | Command::Man { .. }
                 | Command::Login { .. }
                 | Command::Logout { .. }
                 | Command::Lab(_)

@@ -101,6 +101,58 @@ fn damage_before_the_last_record_is_refused_naming_the_file_and_offset() {
     );
 }
 
+/// Every file under `dir` with its contents, for "changed nothing".
+fn tree(dir: &std::path::Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).expect("read dir") {
+            let p = e.expect("dir entry").path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.insert(p.clone(), std::fs::read(&p).expect("read file"));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn an_older_weft_refuses_a_data_directory_a_newer_one_wrote() {
+    let mut lab = manager_with_state("newerfmt");
+    let stamp = lab.data_dir("m1").join("format.json");
+    let ours: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&stamp).expect("the daemon stamps its data dir"))
+            .expect("json");
+    assert_eq!(ours["written_by"], env!("CARGO_PKG_VERSION"), "{ours}");
+    lab.sigterm("m1");
+    // What a later release with a new data format leaves behind, and this
+    // (older) binary put back on it.
+    let newer = format!(
+        r#"{{"format":{},"written_by":"99.0.0"}}"#,
+        ours["format"].as_u64().expect("format") + 1
+    );
+    std::fs::write(&stamp, &newer).expect("write stamp");
+    let before = tree(&lab.data_dir("m1"));
+    let (status, log) = lab.start_expecting_exit("m1");
+    assert!(!status.success(), "the daemon ran on a newer data format");
+    assert!(
+        log.contains("was written by weft 99.0.0") && log.contains("Run weft 99.0.0 or newer"),
+        "{log}"
+    );
+    assert_eq!(
+        tree(&lab.data_dir("m1")),
+        before,
+        "the refused data dir was changed"
+    );
+    // The directory's own format again: the manager is back with its state.
+    std::fs::write(&stamp, serde_json::to_vec(&ours).expect("json")).expect("write stamp");
+    lab.start("m1");
+    let nets = lab.weft("m1", &["network", "ls"]);
+    assert!(nets.contains("keep3"), "{nets}");
+}
+
 #[test]
 fn a_full_disk_stops_the_manager_loudly_and_it_heals_when_space_is_freed() {
     let mut lab = Lab::new("fulldisk", &["m1"]);

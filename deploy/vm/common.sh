@@ -109,6 +109,7 @@ vm_start() {
   cp "$dir/weft" "$vm/data/weft"
   cp "$dir/id_ed25519.pub" "$vm/data/authorized_keys"
   cp "$REPO/deploy/systemd/weft.service" "$vm/data/weft.service"
+  cp "$REPO/deploy/vm/guest-lib.sh" "$vm/data/guest-lib.sh"
   [ $# -eq 0 ] || cp "$@" "$vm/data/"
   local mb
   mb=$(( $(du -sm "$vm/data" | cut -f1) * 12 / 10 + 16 ))
@@ -172,6 +173,14 @@ vm_wait() {
     sleep 1
   done
   echo $(( $(now_ms) - $(cat "$dir/$name/started_ms") ))
+}
+
+# teardown_trap: an EXIT trap of a script whose state dir is $DIR: tears
+# it down, keeping the script's exit status (1 if the cleanup failed).
+teardown_trap() {
+  local rc=$?
+  teardown "$DIR" || { log "cleanup of $DIR incomplete"; rc=1; }
+  exit "$rc"
 }
 
 # teardown DIR: stops every guest of the state dir, ends its namespace

@@ -15,23 +15,8 @@ r=0
 # shellcheck source=/dev/null
 . /mnt/weft/vm.env
 
-note() { printf '[guest %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
-# check NAME OK(0|1) DETAIL
-check() {
-  local r=PASS
-  [ "$2" = 0 ] || { r=FAIL; FAILS=$((FAILS + 1)); }
-  RESULTS+=("$(printf '%-4s  %-44s %s' "$r" "$1" "$3")")
-  note "$r $1: $3"
-}
-# until_ok SECONDS CMD...: CMD every half second until it succeeds.
-until_ok() {
-  local deadline=$(( $(date +%s) + $1 ))
-  shift
-  until "$@" >/dev/null 2>&1; do
-    [ "$(date +%s)" -lt "$deadline" ] || return 1
-    sleep 0.5
-  done
-}
+# shellcheck source=deploy/vm/guest-lib.sh
+. /mnt/weft/guest-lib.sh
 
 # The container's cgroup directory, from containerd's pid of its task
 # (containerd's container ID is weft's task ID, `weft inspect`'s Id).

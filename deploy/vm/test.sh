@@ -14,12 +14,6 @@ set -euo pipefail
 DIR=$VM_DIR/test
 VM_MEM=${WEFT_VM_TEST_MEM:-1024}
 
-cleanup() {
-  local rc=$?
-  teardown "$DIR" || { log "cleanup of $DIR incomplete"; rc=1; }
-  exit "$rc"
-}
-
 main() {
   [ "$(id -u)" = 0 ] || die "vm-test needs root (namespaces, taps)"
   local t0 archive
@@ -27,7 +21,7 @@ main() {
   # A test of an earlier run that was killed before its trap ran.
   teardown "$DIR" || true
   mkdir -p "$DIR"
-  trap cleanup EXIT
+  trap teardown_trap EXIT
   trap 'exit 130' INT TERM
   archive=$VM_DIR/busybox-oci.tar
   [ -s "$archive" ] || bash "$REPO/deploy/lab/busybox-image.sh" "$archive"

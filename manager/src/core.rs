@@ -277,7 +277,13 @@ impl Core {
 
     /// Proposes a command through Raft (forwarded to the leader if needed)
     /// and returns what applying it produced.
+    ///
+    /// A command that an older manager of the cluster could not apply (a
+    /// rolling upgrade under way) is refused with `FailedPrecondition`
+    /// ([`crate::store::version_gate`]).
     pub async fn propose(&self, cmd: Command) -> Result<Applied> {
+        self.read(|s| crate::store::version_gate::check(s, &cmd))
+            .map_err(Error::FailedPrecondition)?;
         let started = std::time::Instant::now();
         let r = self.inner.raft.propose(cmd).await;
         let m = &crate::metrics::METRICS;

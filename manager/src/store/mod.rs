@@ -15,6 +15,7 @@ pub mod netmodel;
 mod task_state;
 mod types;
 mod update_status;
+pub mod version_gate;
 
 #[cfg(test)]
 pub(crate) mod tests;

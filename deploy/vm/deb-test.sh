@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# `make vm-deb-test`: the Debian package (make deb, issue #20) on a real
+# Debian 12 guest: install, a cluster formed through the unit, upgrade,
+# remove, purge (deploy/vm/guest-deb.sh says what each step checks).
+#
+# Two packages are built from the same binaries (WEFT_DEB_BIN_DIR, default
+# the release build `make deb` makes): the workspace's version and an
+# earlier one (`<version>~prev`), so the upgrade runs the real maintainer
+# scripts from one version to the next. Boots one guest from the cached
+# image (make vm-image), runs the guest script over ssh and removes the
+# guest, its overlay and its namespace on every exit. State: target/vm/deb/.
+set -euo pipefail
+# shellcheck source=deploy/vm/common.sh
+. "$(dirname "$0")/common.sh"
+
+DIR=$VM_DIR/deb
+VM_MEM=${WEFT_VM_TEST_MEM:-1024}
+
+main() {
+  [ "$(id -u)" = 0 ] || die "vm-deb-test needs root (namespaces, taps)"
+  local t0 version prev new old
+  t0=$(now_ms)
+  teardown "$DIR" || true
+  mkdir -p "$DIR/debs"
+  trap teardown_trap EXIT
+  trap 'exit 130' INT TERM
+  version=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$REPO/Cargo.toml" | head -1)
+  prev="$version~prev"
+  old=$(WEFT_DEB_VERSION=$prev bash "$REPO/deploy/deb/build.sh" "$DIR/debs/old")
+  new=$(bash "$REPO/deploy/deb/build.sh" "$DIR/debs/new")
+  cp "$old" "$DIR/debs/weft_old.deb"
+  cp "$new" "$DIR/debs/weft_new.deb"
+  netns_up "$DIR"
+  bridge_up "$DIR"
+  keys_up "$DIR"
+  log "booting the package test guest (accelerator: $ACCEL, ${VM_MEM} MiB, 1 vCPU)"
+  vm_start "$DIR" d1 198.18.0.11 "$DIR/debs/weft_old.deb" "$DIR/debs/weft_new.deb" \
+    "$REPO/deploy/vm/guest-deb.sh"
+  local ms
+  ms=$(vm_wait "$DIR" d1) || die "the package test guest did not boot"
+  log "d1 booted in $(secs "$ms")s (qemu start to ssh, $ACCEL)"
+  local rc=0
+  vm_ssh "$DIR" d1 "WEFT_OLD=$prev WEFT_NEW=$version bash /mnt/weft/guest-deb.sh" || rc=$?
+  log "vm-deb-test: $( [ "$rc" = 0 ] && echo PASS || echo FAIL ) in $(secs $(( $(now_ms) - t0 )))s (boot $(secs "$ms")s, $ACCEL)"
+  return "$rc"
+}
+
+main "$@"
