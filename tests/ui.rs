@@ -525,3 +525,83 @@ fn ui_page_marks_a_node_behind_on_its_network_config() {
         || b.eval(behind) == false,
     );
 }
+
+#[test]
+fn ui_page_shows_handshake_ages_and_a_killed_worker_down_with_its_tasks_moved() {
+    let Some(Page {
+        mut b,
+        _ui,
+        mut lab,
+    }) = page(
+        "ui_page_shows_handshake_ages_and_a_killed_worker_down_with_its_tasks_moved",
+        "ui-kill",
+    )
+    else {
+        return;
+    };
+    // Traffic across the encrypted overlay: the two nodes handshake.
+    let probe = common::sleeper(&lab, "m1", "uiprobe", "uisec");
+    let on_w1 = lab
+        .weft("m1", &["service", "ps", "uiweb"])
+        .lines()
+        .find(|l| l.contains(" w1 ") && l.contains(" running "))
+        .and_then(|l| l.split("uisec=").nth(1))
+        .and_then(|a| a.split([' ', ',', '/']).next())
+        .map(str::to_string)
+        .expect("a uiweb task on w1");
+    wait_for(
+        "a ping across the encrypted overlay",
+        Duration::from_secs(20),
+        || common::pings(&probe, &on_w1),
+    );
+    let peer_text = |host: &str| {
+        format!(
+            r#"document.querySelector('#networks tr[data-network="uisec"] li[data-peer="{host}"]')
+               ?.textContent ?? ''"#
+        )
+    };
+    for host in ["m1", "w1"] {
+        let js = peer_text(host);
+        wait_for(
+            &format!("the page shows {host}'s handshake age on uisec"),
+            Duration::from_secs(20),
+            || {
+                let t = b.eval(&js);
+                let t = t.as_str().unwrap_or_default();
+                t.contains("handshake ") && t.contains("s ago")
+            },
+        );
+    }
+    eprintln!(
+        "uisec peers: {} | {}",
+        b.eval(&peer_text("m1")),
+        b.eval(&peer_text("w1"))
+    );
+
+    // The worker dies: the page shows it down, and both replicas running
+    // on m1, without a reload.
+    lab.kill9("w1");
+    let killed = Instant::now();
+    let w1_down = r#"document.querySelector('#topology [data-hostname="w1"]')
+                     ?.classList.contains('down') ?? null"#;
+    wait_for("the page shows w1 down", Duration::from_secs(20), || {
+        b.eval(w1_down) == true
+    });
+    let down_after = killed.elapsed();
+    let on_m1 = r#"document.querySelectorAll(
+                   '#topology [data-hostname="m1"] [data-service="uiweb"][data-state="running"]').length"#;
+    wait_for(
+        "the page shows uiweb's 2 tasks on m1",
+        Duration::from_secs(30),
+        || b.eval(on_m1) == 2,
+    );
+    eprintln!(
+        "w1 killed: shown down after {down_after:?}, its task running on m1 after {:?}",
+        killed.elapsed()
+    );
+    assert_eq!(
+        b.eval("performance.getEntriesByType('navigation').length"),
+        1,
+        "one page load: no reload"
+    );
+}
