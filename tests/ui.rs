@@ -374,6 +374,13 @@ fn ui_page_in_a_headless_browser_follows_a_scale() {
     let rows =
         b.eval("document.querySelectorAll('#networks tbody tr[data-network=\"uisec\"]').length");
     assert_eq!(rows, 1, "the networks table lists uisec");
+    let mtu =
+        b.eval("document.querySelector('#networks tr[data-network=\"uisec\"] td.num').textContent");
+    let mtu = mtu.as_str().unwrap_or_default();
+    assert!(
+        mtu.starts_with("1390 (") && (mtu.contains("m1") || mtu.contains("w1")),
+        "the MTU and the node that sets it: {mtu:?}"
+    );
 
     // Keyboard: every node box and task chip takes the focus.
     let focusable = b.eval(

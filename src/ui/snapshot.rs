@@ -96,6 +96,8 @@ pub struct NetworkView {
     pub subnet: String,
     pub gateway: String,
     pub mtu: u32,
+    /// The node whose underlay sets the MTU, or "explicit" (`--mtu`).
+    pub mtu_limited_by: String,
     pub vni: u32,
     pub encrypted: bool,
     pub internal: bool,
@@ -263,6 +265,7 @@ fn network(n: &pb::Network, peers: &[pb::PeerInfo], now_ms: u64) -> (String, Net
         subnet: n.subnet.clone(),
         gateway: n.gateway.clone(),
         mtu: n.mtu,
+        mtu_limited_by: n.mtu_limited_by.clone(),
         vni: n.vni,
         encrypted: n.encrypted,
         internal: n.internal,

@@ -111,7 +111,8 @@ function networkRow(net) {
   return el("tr", { "data-network": net.name },
     el("th", { scope: "row" }, net.name, flags.length ? ` (${flags.join(", ")})` : ""),
     el("td", {}, net.driver), el("td", {}, net.subnet || "-"),
-    el("td", { class: "num" }, net.mtu || "-"), el("td", { class: "num" }, net.vni || "-"),
+    el("td", { class: "num", title: net.mtu_limited_by ? `set by ${net.mtu_limited_by}` : null },
+      net.mtu || "-", net.mtu_limited_by && el("small", { class: "by" }, ` (${net.mtu_limited_by})`)), el("td", { class: "num" }, net.vni || "-"),
     el("td", {}, net.encrypted ? "yes" : "no"),
     el("td", {}, peers.length ? el("ul", { class: "peers" }, peers) : "-"));
 }

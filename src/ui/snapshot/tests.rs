@@ -62,6 +62,7 @@ fn inputs() -> Inputs {
                 subnet: "10.10.0.0/24".into(),
                 vni: 4097,
                 mtu: 1370,
+                mtu_limited_by: "w1".into(),
                 encrypted: true,
                 labels: [("k".to_string(), SECRET.to_string())].into(),
                 ..Default::default()
@@ -134,6 +135,11 @@ fn nodes_networks_services_and_tasks_are_sorted_and_flagged() {
     assert!(w1.stale_handshake, "400 s old");
     let p = &s.networks[0].peers[0];
     assert_eq!(p.handshake_age_ms, Some(5_000));
+    assert_eq!(
+        (s.networks[0].mtu, s.networks[0].mtu_limited_by.as_str()),
+        (1370, "w1"),
+        "the MTU and the node that sets it"
+    );
     let svc = &s.services[0];
     assert_eq!((svc.running, svc.desired), (1, 2));
     let t: Vec<_> = s
