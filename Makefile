@@ -112,6 +112,6 @@ vm-test: vm-image
 	@bash deploy/vm/test.sh
 
 # The Debian package on one guest: install, init, upgrade, remove, purge
-# (built from the release build: make deb first, or WEFT_DEB_BIN_DIR).
+# (packed from the debug build, or WEFT_DEB_BIN_DIR).
 vm-deb-test: vm-image
 	@bash deploy/vm/deb-test.sh

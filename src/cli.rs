@@ -10,7 +10,7 @@ pub const DEFAULT_SOCKET: &str = "/run/weft/weft.sock";
 
 /// weft: a swarm-style overlay network controller.
 #[derive(Debug, Parser)]
-#[command(name = "weft", version, about, long_about = None, propagate_version = true)]
+#[command(name = "weft", version = weft_worker::VERSION, about, long_about = None, propagate_version = true)]
 pub struct Cli {
     /// Daemon to talk to: unix://PATH (the local daemon), or tcp://MANAGER:PORT
     /// with --tlscacert/--tlscert/--tlskey (a manager's control API directly).

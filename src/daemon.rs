@@ -1038,7 +1038,7 @@ impl NodeService {
         let guard = self.active.lock().await;
         let mut resp = pb::InfoResponse {
             state: "inactive".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
+            version: weft_worker::VERSION.into(),
             data_dir: self.data_dir.display().to_string(),
             exec_root: self.exec_root.display().to_string(),
             tasks_by_state: weft_worker::metrics::METRICS

@@ -53,8 +53,8 @@ pub enum FormatError {
 pub fn check_and_stamp(dir: &Path) -> anyhow::Result<()> {
     let path = dir.join(FILE);
     if let Some(found) = read(&path)? {
-        check(dir, &found, DATA_FORMAT, env!("CARGO_PKG_VERSION"))?;
-        if found.format == DATA_FORMAT && found.written_by == env!("CARGO_PKG_VERSION") {
+        check(dir, &found, DATA_FORMAT, weft_worker::VERSION)?;
+        if found.format == DATA_FORMAT && found.written_by == weft_worker::VERSION {
             return Ok(());
         }
     }
@@ -62,7 +62,7 @@ pub fn check_and_stamp(dir: &Path) -> anyhow::Result<()> {
         &path,
         &Stamp {
             format: DATA_FORMAT,
-            written_by: env!("CARGO_PKG_VERSION").to_string(),
+            written_by: weft_worker::VERSION.to_string(),
         },
     )
 }
@@ -144,7 +144,7 @@ mod tests {
             stamp_of(d.path()),
             Stamp {
                 format: DATA_FORMAT,
-                written_by: env!("CARGO_PKG_VERSION").into()
+                written_by: weft_worker::VERSION.into()
             }
         );
         // Again: unchanged.

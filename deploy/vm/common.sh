@@ -44,6 +44,22 @@ weft_binary() {
   echo "$b"
 }
 
+# build_debs OUT: OUT/weft_old.deb and OUT/weft_new.deb (deploy/deb/build.sh),
+# to install one and upgrade to the other. New: version $DEB_NEW (the
+# workspace's) from WEFT_DEB_BIN_DIR (default: the debug build, as the
+# other guests get). Old: version $DEB_OLD (<version>~prev) from
+# WEFT_VM_OLD_BIN_DIR when set (a previous release's binaries), else the
+# same binaries.
+build_debs() {
+  local out=$1 bins=${WEFT_DEB_BIN_DIR:-$REPO/target/debug}
+  DEB_NEW=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$REPO/Cargo.toml" | head -1)
+  DEB_OLD="$DEB_NEW~prev"
+  mkdir -p "$out"
+  cp "$(WEFT_DEB_BIN_DIR=${WEFT_VM_OLD_BIN_DIR:-$bins} WEFT_DEB_VERSION=$DEB_OLD \
+    bash "$REPO/deploy/deb/build.sh" "$out/old")" "$out/weft_old.deb"
+  cp "$(WEFT_DEB_BIN_DIR=$bins bash "$REPO/deploy/deb/build.sh" "$out/new")" "$out/weft_new.deb"
+}
+
 # Holder of a network namespace: a process that only sleeps in a new netns,
 # in a session of its own (no entry in the host-wide netns directory); its pid in $1/netns.pid.
 netns_up() {
@@ -99,6 +115,12 @@ keys_up() {
 # of the base image, with a data disk holding its name, address, the weft
 # binary and unit, the ssh key and FILEs (at /mnt/weft in the guest).
 vm_start() {
+  vm_prepare "$@"
+  vm_launch "$1" "$2"
+}
+
+# vm_prepare DIR NAME IP [FILE...]: the guest's disks and tap (vm_start).
+vm_prepare() {
   local dir=$1 name=$2 ip=$3
   shift 3
   local vm=$dir/$name
@@ -116,10 +138,18 @@ vm_start() {
   mkfs.ext4 -q -L weft-data -d "$vm/data" "$vm/data.ext4" "${mb}M"
   in_ns "$dir" ip tuntap add dev "tap-$name" mode tap
   in_ns "$dir" ip link set "tap-$name" master br0 up
+  printf '52:54:00:12:%02x:%02x\n' "$(echo "$ip" | cut -d. -f3)" "$(echo "$ip" | cut -d. -f4)" > "$vm/mac"
+  echo "$ip" > "$vm/ip"
+}
+
+# vm_launch DIR NAME: starts the prepared guest's QEMU; again after the
+# guest rebooted (-no-reboot: a reboot inside the guest ends QEMU), with
+# the same disks, so it boots from what it wrote.
+vm_launch() {
+  local dir=$1 name=$2
+  local vm=$dir/$name
   local accel=(-accel tcg -cpu max)
   [ "$ACCEL" = kvm ] && accel=(-accel kvm -cpu host)
-  local mac
-  mac=$(printf '52:54:00:12:%02x:%02x' "$(echo "$ip" | cut -d. -f3)" "$(echo "$ip" | cut -d. -f4)")
   date +%s%3N > "$vm/started_ms"
   in_ns "$dir" qemu-system-x86_64 -name "$name" "${accel[@]}" -machine q35 -smp 1 -m "$VM_MEM" \
     -nodefaults -display none -no-reboot \
@@ -128,11 +158,10 @@ vm_start() {
     -drive "file=$vm/disk.qcow2,if=virtio,format=qcow2,cache=unsafe" \
     -drive "file=$vm/data.ext4,if=virtio,format=raw,readonly=on" \
     -netdev "tap,id=n0,ifname=tap-$name,script=no,downscript=no" \
-    -device "virtio-net-pci,netdev=n0,mac=$mac" \
+    -device "virtio-net-pci,netdev=n0,mac=$(cat "$vm/mac")" \
     -device virtio-rng-pci \
     -serial "file:$vm/console.log" \
     -daemonize -pidfile "$vm/qemu.pid"
-  echo "$ip" > "$vm/ip"
 }
 
 # vm_pid DIR NAME: the guest's qemu pid, when it is still running.

@@ -38,8 +38,12 @@ ip addr replace "$VM_IP/$VM_PREFIX" dev eth0
 ip route replace default via "$VM_GW" dev eth0
 # The binary is run from the data disk; the unit (deploy/systemd/weft.service)
 # is installed from it too, but not enabled: the rig or the test starts it.
-ln -sf /mnt/weft/weft /usr/local/bin/weft
-install -m 0644 /mnt/weft/weft.service /etc/systemd/system/weft.service
+# Not where the weft package is installed (make vm-deb-test, vm-rig-test):
+# its binary and unit are the ones to run, across reboots too.
+if [ ! -e /lib/systemd/system/weft.service ]; then
+  ln -sf /mnt/weft/weft /usr/local/bin/weft
+  install -m 0644 /mnt/weft/weft.service /etc/systemd/system/weft.service
+fi
 install -d -m 0700 /root/.ssh
 install -m 0600 /mnt/weft/authorized_keys /root/.ssh/authorized_keys
 SCRIPT

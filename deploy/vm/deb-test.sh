@@ -3,10 +3,10 @@
 # Debian 12 guest: install, a cluster formed through the unit, upgrade,
 # remove, purge (deploy/vm/guest-deb.sh says what each step checks).
 #
-# Two packages are built from the same binaries (WEFT_DEB_BIN_DIR, default
-# the release build `make deb` makes): the workspace's version and an
-# earlier one (`<version>~prev`), so the upgrade runs the real maintainer
-# scripts from one version to the next. Boots one guest from the cached
+# Two packages (common.sh's build_debs: the debug build unless
+# WEFT_DEB_BIN_DIR says otherwise): the workspace's version and an earlier
+# one (`<version>~prev`), so the upgrade runs the real maintainer scripts
+# from one version to the next. Boots one guest from the cached
 # image (make vm-image), runs the guest script over ssh and removes the
 # guest, its overlay and its namespace on every exit. State: target/vm/deb/.
 set -euo pipefail
@@ -18,18 +18,13 @@ VM_MEM=${WEFT_VM_TEST_MEM:-1024}
 
 main() {
   [ "$(id -u)" = 0 ] || die "vm-deb-test needs root (namespaces, taps)"
-  local t0 version prev new old
+  local t0
   t0=$(now_ms)
   teardown "$DIR" || true
   mkdir -p "$DIR/debs"
   trap teardown_trap EXIT
   trap 'exit 130' INT TERM
-  version=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$REPO/Cargo.toml" | head -1)
-  prev="$version~prev"
-  old=$(WEFT_DEB_VERSION=$prev bash "$REPO/deploy/deb/build.sh" "$DIR/debs/old")
-  new=$(bash "$REPO/deploy/deb/build.sh" "$DIR/debs/new")
-  cp "$old" "$DIR/debs/weft_old.deb"
-  cp "$new" "$DIR/debs/weft_new.deb"
+  build_debs "$DIR/debs"
   netns_up "$DIR"
   bridge_up "$DIR"
   keys_up "$DIR"
@@ -40,7 +35,7 @@ main() {
   ms=$(vm_wait "$DIR" d1) || die "the package test guest did not boot"
   log "d1 booted in $(secs "$ms")s (qemu start to ssh, $ACCEL)"
   local rc=0
-  vm_ssh "$DIR" d1 "WEFT_OLD=$prev WEFT_NEW=$version bash /mnt/weft/guest-deb.sh" || rc=$?
+  vm_ssh "$DIR" d1 "WEFT_OLD=$DEB_OLD WEFT_NEW=$DEB_NEW bash /mnt/weft/guest-deb.sh" || rc=$?
   log "vm-deb-test: $( [ "$rc" = 0 ] && echo PASS || echo FAIL ) in $(secs $(( $(now_ms) - t0 )))s (boot $(secs "$ms")s, $ACCEL)"
   return "$rc"
 }

@@ -314,7 +314,7 @@ pub async fn leave(c: &Client, a: LeaveArgs) -> anyhow::Result<()> {
 /// client's, when no daemon answers, as `docker version` does).
 pub async fn version(host: &str, tls: &TlsFiles) -> anyhow::Result<()> {
     println!("Client:");
-    println!(" Version:  {}", env!("CARGO_PKG_VERSION"));
+    println!(" Version:  {}", weft_worker::VERSION);
     println!(
         " OS/Arch:  {}/{}",
         std::env::consts::OS,

@@ -20,7 +20,7 @@ pub fn registry(
     let mut r = Registry::default();
     let info = prometheus_client::metrics::info::Info::new(vec![(
         "version".to_string(),
-        env!("CARGO_PKG_VERSION").to_string(),
+        weft_worker::VERSION.to_string(),
     )]);
     r.register("weft_build", "This daemon's version", info);
     weft_manager::metrics::register(&mut r, slot);

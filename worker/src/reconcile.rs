@@ -350,7 +350,7 @@ impl Reconciler {
             handshakes,
             bridge_subnet: self.bridge_subnet.clone(),
             resources: Some(crate::capacity::node()),
-            version: env!("CARGO_PKG_VERSION").to_string(),
+            version: crate::VERSION.to_string(),
             // The agent adds it when the leader does not have it.
             images: None,
         }
