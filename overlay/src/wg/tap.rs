@@ -169,7 +169,7 @@ impl Tap {
                 break;
             }
         }
-        let mac = set_noarp_and_get_mac(n)?;
+        let mac = set_noarp_and_pin_mac(n)?;
         Ok(Tap { fd, offloads, mac })
     }
 
@@ -222,9 +222,10 @@ impl AsFd for Tap {
     }
 }
 
-/// Sets IFF_NOARP on the interface and returns its MAC, through a
-/// throwaway socket of the calling thread's namespace.
-fn set_noarp_and_get_mac(name: &[u8; libc::IFNAMSIZ]) -> io::Result<[u8; 6]> {
+/// Sets IFF_NOARP on the interface, pins its MAC (set by userspace, so
+/// udev does not change it) and returns it, through a throwaway socket of
+/// the calling thread's namespace.
+fn set_noarp_and_pin_mac(name: &[u8; libc::IFNAMSIZ]) -> io::Result<[u8; 6]> {
     // SAFETY: plain socket(2); owned right below.
     let s = cvt(unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) })?;
     // SAFETY: s is a fresh fd nobody else owns.
@@ -247,6 +248,16 @@ fn set_noarp_and_get_mac(name: &[u8; libc::IFNAMSIZ]) -> io::Result<[u8; 6]> {
     };
     // SAFETY: SIOCGIFHWADDR fills the sockaddr member of an ifreq.
     cvt(unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCGIFHWADDR, &mut areq) })?;
+    // Set it again, to itself: the kernel gave the TAP a random MAC, and
+    // systemd-udevd (MACAddressPolicy=persistent, Debian's and most
+    // distributions' default) replaces a random MAC of a new interface
+    // moments after it appears, unless userspace has set one. Frames we
+    // write to the old MAC would then be dropped as meant for another host
+    // (PACKET_OTHERHOST): every packet through the tunnel lost, on real
+    // machines only (udev does not act in a test's namespaces). Setting it
+    // marks it NET_ADDR_SET, which udev leaves alone.
+    // SAFETY: SIOCSIFHWADDR reads the sockaddr member of an ifreq.
+    cvt(unsafe { libc::ioctl(s.as_raw_fd(), libc::SIOCSIFHWADDR, &areq) })?;
     let mut mac = [0u8; 6];
     for (m, c) in mac.iter_mut().zip(areq.addr.sa_data.iter()) {
         *m = *c as u8;
