@@ -1016,10 +1016,11 @@ pub struct UiArgs {
     /// is printed).
     #[arg(long, value_name = "IP:PORT", default_value = "127.0.0.1:4390")]
     pub listen: std::net::SocketAddr,
-    /// Allow a --listen address other than loopback. The page has no
-    /// authentication of its own: anyone who can reach the address sees
-    /// the cluster's nodes, networks and services. Prefer an SSH tunnel
-    /// to a loopback address.
+    /// Allow a --listen address other than loopback. Every request then
+    /// needs a login token, printed in the address (/?token=...; the page
+    /// keeps it in a cookie); over plain HTTP, anyone who has it and can
+    /// reach the address sees the cluster's nodes, networks and services.
+    /// Prefer an SSH tunnel to a loopback address.
     #[arg(long)]
     pub insecure_listen: bool,
 }

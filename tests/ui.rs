@@ -31,6 +31,8 @@ struct Ui {
     stderr: BufReader<std::process::ChildStderr>,
     /// Kept open: a closed stdout would end it at its next line.
     _stdout: BufReader<std::process::ChildStdout>,
+    /// The login token in the address it printed (--insecure-listen).
+    token: Option<String>,
 }
 
 impl Ui {
@@ -63,6 +65,11 @@ impl Ui {
             addr: String::new(),
             stderr,
             _stdout: out,
+            token: line
+                .split("?token=")
+                .nth(1)
+                .and_then(|t| t.split_whitespace().next())
+                .map(str::to_string),
         };
         let Some(addr) = line
             .strip_prefix("weft ui: serving http://")
@@ -287,10 +294,18 @@ fn ui_listens_beyond_loopback_only_when_told_to() {
     let mut ui = Ui::start(&lab, "m1", &["--listen", "0.0.0.0:0", "--insecure-listen"]);
     let mut warning = String::new();
     ui.stderr.read_line(&mut warning).expect("stderr");
-    assert!(warning.contains("no authentication"), "{warning}");
+    assert!(warning.contains("login token"), "{warning}");
     let port = ui.addr.rsplit_once(':').expect("port").1.to_string();
-    let (status, body) = http_get(&format!("127.0.0.1:{port}"), "/api/state", "10.1.2.3:80");
-    assert_eq!(status, 200, "any Host once told so: {body}");
+    let token = ui
+        .token
+        .clone()
+        .expect("a login token in the address it printed");
+    assert_eq!(token.len(), 64, "{token}");
+    let at = format!("127.0.0.1:{port}");
+    let (status, body) = http_get(&at, "/api/state", "10.1.2.3:80");
+    assert_eq!(status, 401, "no token, no state: {body}");
+    let (status, body) = http_get(&at, &format!("/api/state?token={token}"), "10.1.2.3:80");
+    assert_eq!(status, 200, "any Host with the token once told so: {body}");
 }
 
 /// The Chromium to test the page with; `None` (after saying SKIPPED

@@ -36,8 +36,9 @@ fn check_listen(listen: SocketAddr, insecure: bool) -> anyhow::Result<Option<Str
         );
     }
     Ok(Some(format!(
-        "warning: serving on {listen} with --insecure-listen: the page has no authentication; \
-         anyone who can reach this address sees the cluster's nodes, networks and services"
+        "warning: serving on {listen} with --insecure-listen, over plain HTTP: the login token \
+         in the address below is the page's only protection; anyone who has it and can reach \
+         this address sees the cluster's nodes, networks and services"
     )))
 }
 
@@ -55,11 +56,24 @@ pub async fn run(a: UiArgs, host: &str, tls: &TlsFiles) -> anyhow::Result<()> {
     if let Some(w) = warning {
         eprintln!("{w}");
     }
+    // Beyond loopback, a login token: 256 random bits (rand's thread RNG,
+    // a CSPRNG), in hex.
+    let token = a.insecure_listen.then(|| {
+        format!(
+            "{:032x}{:032x}",
+            rand::random::<u128>(),
+            rand::random::<u128>()
+        )
+    });
     // Tests and scripts read the address (port 0 picks one) from this line.
-    println!("weft ui: serving http://{addr}/ (Ctrl-C stops)");
+    match &token {
+        Some(t) => println!("weft ui: serving http://{addr}/?token={t} (Ctrl-C stops)"),
+        None => println!("weft ui: serving http://{addr}/ (Ctrl-C stops)"),
+    }
     let site = server::Site {
         state,
         any_host: a.insecure_listen,
+        token,
     };
     tokio::select! {
         () = server::serve(listener, site) => Ok(()),
@@ -80,7 +94,7 @@ mod tests {
             let e = check_listen(at(s), false).unwrap_err().to_string();
             assert!(e.contains("--insecure-listen"), "{e}");
             let w = check_listen(at(s), true).unwrap().expect("a warning");
-            assert!(w.contains("no authentication"), "{w}");
+            assert!(w.contains("login token"), "{w}");
         }
     }
 }

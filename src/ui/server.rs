@@ -5,7 +5,10 @@
 //! Requests whose `Host` does not name a loopback address are
 //! refused (unless serving beyond loopback was asked for), so a web page
 //! of another site cannot read the state by pointing its own name at
-//! 127.0.0.1 (DNS rebinding).
+//! 127.0.0.1 (DNS rebinding). Served beyond loopback, every request needs
+//! the login token `weft ui` printed: in the URL (`/?token=…`, which also
+//! sets it as an HttpOnly cookie for the page's own requests) or in that
+//! cookie.
 
 use std::convert::Infallible;
 
@@ -29,7 +32,12 @@ pub struct Site {
     pub state: Published,
     /// Any `Host` is taken (--insecure-listen).
     pub any_host: bool,
+    /// The login token every request must carry (--insecure-listen).
+    pub token: Option<String>,
 }
+
+/// The cookie holding the login token.
+const COOKIE: &str = "weft_ui";
 
 /// Serves `listener` until the process ends.
 pub async fn serve(listener: tokio::net::TcpListener, site: Site) {
@@ -51,6 +59,75 @@ fn handle<B>(site: &Site, req: &Request<B>) -> Response<Body> {
             "this server answers to its loopback address only (127.0.0.1, [::1], localhost)\n",
         );
     }
+    let mut set_cookie = None;
+    if let Some(token) = &site.token {
+        match login(req, token) {
+            Login::Refused => {
+                return text(
+                    StatusCode::UNAUTHORIZED,
+                    "this page needs its login token: open the address weft ui printed \
+                     (http://HOST:PORT/?token=...)\n",
+                );
+            }
+            Login::ByUrl => set_cookie = Some(token),
+            Login::ByCookie => {}
+        }
+    }
+    let mut r = route(site, req);
+    if let Some(token) = set_cookie
+        && let Ok(v) = HeaderValue::from_str(&format!(
+            "{COOKIE}={token}; Path=/; HttpOnly; SameSite=Strict"
+        ))
+    {
+        r.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    r
+}
+
+/// How a request proved it has the login token.
+#[derive(Debug, PartialEq, Eq)]
+enum Login {
+    ByUrl,
+    ByCookie,
+    Refused,
+}
+
+/// Whether `req` carries `token`, in its query (`token=`) or its cookie.
+fn login<B>(req: &Request<B>, token: &str) -> Login {
+    let in_query = req.uri().query().is_some_and(|q| {
+        q.split('&')
+            .filter_map(|kv| kv.strip_prefix("token="))
+            .any(|t| same(t, token))
+    });
+    if in_query {
+        return Login::ByUrl;
+    }
+    let in_cookie = req
+        .headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='))
+        .any(|t| same(t, token));
+    if in_cookie {
+        Login::ByCookie
+    } else {
+        Login::Refused
+    }
+}
+
+/// Compares without stopping at the first difference (no timing hint).
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+/// The answer to an authorized `req`.
+fn route<B>(site: &Site, req: &Request<B>) -> Response<Body> {
     match req.uri().path() {
         "/" | "/index.html" => asset("text/html; charset=utf-8", assets::INDEX_HTML),
         "/app.js" => asset("text/javascript; charset=utf-8", assets::APP_JS),
@@ -158,6 +235,7 @@ mod tests {
         Site {
             state: rx,
             any_host: false,
+            token: None,
         }
     }
 
@@ -233,5 +311,42 @@ mod tests {
             get(&any, "/api/state", "10.0.0.5:4390").status(),
             StatusCode::OK
         );
+    }
+
+    #[test]
+    fn beyond_loopback_every_request_needs_the_token_by_url_or_cookie() {
+        let s = Site {
+            any_host: true,
+            token: Some("t0k3n".into()),
+            ..site()
+        };
+        let with = |path: &str, cookie: Option<&str>| {
+            let mut b = Request::get(path).header("host", "10.0.0.5:4390");
+            if let Some(c) = cookie {
+                b = b.header("cookie", c);
+            }
+            handle(&s, &b.body(()).unwrap())
+        };
+        for (path, cookie) in [
+            ("/", None),
+            ("/api/state", None),
+            ("/api/state?token=t0k3", None),
+            ("/api/state?token=t0k3nn", None),
+            ("/api/state", Some("weft_ui=wrong")),
+            ("/api/state", Some("other=t0k3n")),
+        ] {
+            assert_eq!(
+                with(path, cookie).status(),
+                StatusCode::UNAUTHORIZED,
+                "{path} {cookie:?}"
+            );
+        }
+        let first = with("/?token=t0k3n", None);
+        assert_eq!(first.status(), StatusCode::OK);
+        let set = first.headers()[header::SET_COOKIE].to_str().unwrap();
+        assert_eq!(set, "weft_ui=t0k3n; Path=/; HttpOnly; SameSite=Strict");
+        let later = with("/api/events", Some("a=b; weft_ui=t0k3n"));
+        assert_eq!(later.status(), StatusCode::OK);
+        assert!(later.headers().get(header::SET_COOKIE).is_none());
     }
 }
