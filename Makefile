@@ -92,7 +92,7 @@ faults: deps build
 # The VM rig (issue #20, deploy/vm/): QEMU guests of a small Debian 12 image
 # (TCG emulation unless WEFT_VM_ACCEL=kvm). Not part of `make test`. They put
 # target/debug/weft (or WEFT_VM_BINARY) into the guests; they do not build it.
-.PHONY: vm-deps vm-image vm-rig vm-rig-down vm-test vm-deb-test
+.PHONY: vm-deps vm-image vm-rig vm-rig-down vm-test vm-deb-test vm-rig-test
 vm-deps:
 	@bash deploy/vm/deps.sh
 
@@ -115,3 +115,9 @@ vm-test: vm-image
 # (packed from the debug build, or WEFT_DEB_BIN_DIR).
 vm-deb-test: vm-image
 	@bash deploy/vm/deb-test.sh
+
+# Five guests from the .deb: cluster through systemd, an encrypted service
+# reached by name, a worker and the leader rebooted, a rolling upgrade under
+# load (deploy/vm/rig-test.sh; about 25 minutes under TCG).
+vm-rig-test: vm-image
+	@bash deploy/vm/rig-test.sh

@@ -82,7 +82,7 @@ check "apt remove weft" "$r" "$(tail -n 1 <<<"$out")"
 systemctl is-active -q weft.service && r=1 || r=0
 check "remove stops the daemon" "$r" "$(systemctl is-active weft.service 2>&1)"
 [ -d /var/lib/weft ] && [ -e /etc/weft/daemon.json ] && [ ! -e /usr/bin/weft ] && r=0 || r=1
-check "remove keeps /var/lib/weft and the settings" "$r" "$(ls /var/lib/weft 2>&1 | tr '\n' ' ')"
+check "remove keeps /var/lib/weft and the settings" "$r" "$(find /var/lib/weft -mindepth 1 -maxdepth 1 -printf '%f ' 2>&1)"
 out=$(apt-get purge -y weft 2>&1) && r=0 || r=1
 check "apt purge weft" "$r" "$(tail -n 1 <<<"$out")"
 left=""
