@@ -389,6 +389,14 @@ fn ui_page_in_a_headless_browser_follows_a_scale() {
     let rows =
         b.eval("document.querySelectorAll('#networks tbody tr[data-network=\"uisec\"]').length");
     assert_eq!(rows, 1, "the networks table lists uisec");
+    let endpoints = r#"[...document.querySelectorAll(
+                       '#networks tr[data-network="uisec"] li[data-endpoint]')]
+                       .filter(e => e.dataset.endpoint.startsWith('uiweb.')).length"#;
+    wait_for(
+        "uisec lists uiweb's 4 endpoints",
+        Duration::from_secs(5),
+        || b.eval(endpoints) == 4,
+    );
     let mtu =
         b.eval("document.querySelector('#networks tr[data-network=\"uisec\"] td.num').textContent");
     let mtu = mtu.as_str().unwrap_or_default();

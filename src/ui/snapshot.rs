@@ -105,6 +105,18 @@ pub struct NetworkView {
     pub ingress: bool,
     /// Its nodes, with how far each is on its config.
     pub peers: Vec<PeerView>,
+    /// What is attached to it: tasks, and foreign runtimes' containers.
+    pub endpoints: Vec<EndpointView>,
+}
+
+/// An endpoint on a network.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EndpointView {
+    /// The task's name, or the container's (a CNI or Docker container).
+    pub name: String,
+    /// The node it is on (hostname).
+    pub node: String,
+    pub ip: String,
 }
 
 /// A node's view of a network.
@@ -231,7 +243,11 @@ pub fn build(inputs: &Inputs, events: &VecDeque<EventView>, now_ms: u64) -> Snap
     let networks: Vec<NetworkView> = inputs
         .networks
         .iter()
-        .filter_map(|d| d.network.as_ref().map(|n| network(n, &d.peers, now_ms)))
+        .filter_map(|d| {
+            d.network
+                .as_ref()
+                .map(|n| network(n, &d.peers, &d.endpoints, now_ms))
+        })
         .collect::<BTreeMap<_, _>>()
         .into_values()
         .collect();
@@ -250,9 +266,16 @@ pub fn build(inputs: &Inputs, events: &VecDeque<EventView>, now_ms: u64) -> Snap
     }
 }
 
-fn network(n: &pb::Network, peers: &[pb::PeerInfo], now_ms: u64) -> (String, NetworkView) {
+fn network(
+    n: &pb::Network,
+    peers: &[pb::PeerInfo],
+    endpoints: &[pb::EndpointInfo],
+    now_ms: u64,
+) -> (String, NetworkView) {
     let mut peers: Vec<PeerView> = peers.iter().map(|p| peer(p, n, now_ms)).collect();
     peers.sort_by(|a, b| a.hostname.cmp(&b.hostname));
+    let mut endpoints: Vec<EndpointView> = endpoints.iter().map(endpoint).collect();
+    endpoints.sort_by(|a, b| (&a.name, &a.ip).cmp(&(&b.name, &b.ip)));
     let view = NetworkView {
         id: n.id.clone(),
         name: n.name.clone(),
@@ -272,8 +295,28 @@ fn network(n: &pb::Network, peers: &[pb::PeerInfo], now_ms: u64) -> (String, Net
         attachable: n.attachable,
         ingress: n.ingress,
         peers,
+        endpoints,
     };
     (format!("{}\0{}", n.name, n.id), view)
+}
+
+/// A task's endpoint, or a foreign container's (by its name, else its
+/// runtime and short ID).
+fn endpoint(e: &pb::EndpointInfo) -> EndpointView {
+    let name = match &e.external {
+        Some(x) if !x.container_name.is_empty() => x.container_name.clone(),
+        Some(x) => format!(
+            "{} {}",
+            x.runtime,
+            x.container_id.chars().take(12).collect::<String>()
+        ),
+        None => e.task_name.clone(),
+    };
+    EndpointView {
+        name,
+        node: e.hostname.clone(),
+        ip: e.ip.clone(),
+    }
 }
 
 fn peer(p: &pb::PeerInfo, n: &pb::Network, now_ms: u64) -> PeerView {

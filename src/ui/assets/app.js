@@ -114,6 +114,8 @@ function networkRow(net) {
     el("td", { class: "num", title: net.mtu_limited_by ? `set by ${net.mtu_limited_by}` : null },
       net.mtu || "-", net.mtu_limited_by && el("small", { class: "by" }, ` (${net.mtu_limited_by})`)), el("td", { class: "num" }, net.vni || "-"),
     el("td", {}, net.encrypted ? "yes" : "no"),
+    el("td", {}, net.endpoints.length ? el("ul", { class: "endpoints" },
+      net.endpoints.map((e) => el("li", { "data-endpoint": e.name }, `${e.name} ${e.ip || "-"} (${e.node || "-"})`))) : "-"),
     el("td", {}, peers.length ? el("ul", { class: "peers" }, peers) : "-"));
 }
 

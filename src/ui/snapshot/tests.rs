@@ -67,7 +67,25 @@ fn inputs() -> Inputs {
                 labels: [("k".to_string(), SECRET.to_string())].into(),
                 ..Default::default()
             }),
-            endpoints: vec![],
+            endpoints: vec![
+                pb::EndpointInfo {
+                    task_name: "web.1".into(),
+                    hostname: "w1".into(),
+                    ip: "10.10.0.5".into(),
+                    ..Default::default()
+                },
+                pb::EndpointInfo {
+                    hostname: "m1".into(),
+                    ip: "10.10.0.9".into(),
+                    external: Some(pb::ExternalEndpoint {
+                        runtime: "cni".into(),
+                        container_id: "0123456789abcdef0123".into(),
+                        netns: "/var/run/netns/cni-secret-path".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            ],
             peers: vec![
                 peer("a1", "m1", 0, 1_000_000 - 5_000),
                 peer("b2", "w1", 2, 1_000_000 - 400_000),
@@ -119,6 +137,10 @@ fn no_field_outside_the_allow_list_reaches_the_page() {
     let json = serde_json::to_string(&build(&inputs(), &events, 1_000_000)).unwrap();
     assert!(!json.contains(SECRET), "{json}");
     assert!(!json.contains("PASSWORD"), "{json}");
+    assert!(
+        !json.contains("cni-secret-path"),
+        "a container's netns path: {json}"
+    );
     assert!(json.contains("\"name\":\"web\""), "{json}");
 }
 
@@ -139,6 +161,16 @@ fn nodes_networks_services_and_tasks_are_sorted_and_flagged() {
         (s.networks[0].mtu, s.networks[0].mtu_limited_by.as_str()),
         (1370, "w1"),
         "the MTU and the node that sets it"
+    );
+    let eps: Vec<_> = s.networks[0]
+        .endpoints
+        .iter()
+        .map(|e| format!("{} {} {}", e.name, e.ip, e.node))
+        .collect();
+    assert_eq!(
+        eps,
+        ["cni 0123456789ab 10.10.0.9 m1", "web.1 10.10.0.5 w1"],
+        "endpoints by name; a foreign container by runtime and short ID"
     );
     let svc = &s.services[0];
     assert_eq!((svc.running, svc.desired), (1, 2));
