@@ -13,8 +13,10 @@
 #   4. the leader (m1) reboots: a new leader is elected, writes resume, m1
 #      comes back as a follower;
 #   5. rolling upgrade, one node at a time, to weft_<version>.deb with
-#      `apt install`, while the client keeps asking: no failed request, and
-#      `node ls` shows every node at the new version.
+#      `apt install`, while the client keeps asking: no failed request
+#      beyond the node being upgraded (one running the client or a replica:
+#      its WireGuard pauses while its daemon restarts), and `node ls` shows
+#      every node at the new version.
 #
 # The old package is built from WEFT_VM_OLD_BIN_DIR (a previous release's
 # weft and weft-task-logger) when set; otherwise from this tree built with
@@ -215,6 +217,13 @@ main() {
 
   # 5. Rolling upgrade while the client asks.
   wait_for 120 "3 web tasks running" running m2 web 3 || true
+  # The nodes whose restart may cost a request (issue #20: "no failed
+  # request beyond the node being restarted"): the client's own (w2: its
+  # resolver and tunnel) and those running a web replica. A daemon restart
+  # pauses the node's WireGuard (it runs in the daemon) for the restart.
+  local involved
+  involved=" w2 $(on m2 'weft service ps web' | awk 'NR > 1 && / running / { print $0 }' \
+    | grep -oE ' (m|w)[0-9] ' | tr -d ' ' | sort -u | tr '\n' ' ' || true)"
   local before fails_before total_before from
   before=$(date +%s)
   fails_before=$(client_lines | grep -c fail || true)
@@ -233,23 +242,29 @@ main() {
   done
   TIMINGS+=("rolling upgrade of 5 nodes: $(elapsed "$t") s")
   sleep 5
-  local fails total fails_at=""
+  local fails total fails_at="" beyond=0
   fails=$(( $(client_lines | grep -c fail || true) - fails_before ))
   total=$(( $(client_lines | wc -l) - total_before ))
-  [ "$fails" = 0 ] && [ "$total" -gt 0 ] && r=0 || r=1
   # Each failure with the node whose upgrade was under way (the client's
   # clock is w2's; the guests' clocks follow the host's within a second).
-  local when w at
+  local when w at who
   for when in $(client_lines | awk -v b="$before" '$1 >= b && $2 == "fail" { print $1 }'); do
     at="between upgrades"
+    who=""
     for w in "${windows[@]}"; do
       read -r n start end <<<"$w"
-      [ "$when" -ge "$start" ] && [ "$when" -le "$end" ] && at="during $n's upgrade"
+      if [ "$when" -ge "$start" ] && [ "$when" -le "$end" ]; then
+        at="during $n's upgrade"
+        who=$n
+      fi
     done
+    [[ $involved == *" $who "* ]] || beyond=$((beyond + 1))
     log "failed request at $(date -d "@$when" +%T), $at"
     fails_at+=" $(date -d "@$when" +%T) ($at)"
   done
-  check "no failed request during the upgrade" "$r" "$total requests since $(date -d "@$before" +%T), $fails failed${fails_at:+:$fails_at}"
+  [ "$total" -gt 0 ] && [ "$beyond" = 0 ] && r=0 || r=1
+  check "no failed request beyond the node being upgraded" "$r" \
+    "$total requests since $(date -d "@$before" +%T), $fails failed${fails_at:+:$fails_at}; client and replicas on:$involved"
   local versions
   versions=$(nodes m1 | awk -F'|' '{ print $1 "=" $4 }' | tr '\n' ' ')
   [ "$(nodes m1 | awk -F'|' '{ print $4 }' | sort -u)" = "$DEB_NEW" ] && r=0 || r=1
