@@ -204,6 +204,26 @@ vm_wait() {
   echo $(( $(now_ms) - $(cat "$dir/$name/started_ms") ))
 }
 
+# one_guest_test DIR WHAT CMD FILE...: the single-guest tests' body: a
+# namespace, bridge and key in DIR, guest t1 (198.18.0.11) booted with FILEs
+# on its data disk, CMD run on it over ssh; logs WHAT's verdict with the
+# boot and total times (since $T0, ms) and returns CMD's status.
+one_guest_test() {
+  local dir=$1 what=$2 cmd=$3
+  shift 3
+  netns_up "$dir"
+  bridge_up "$dir"
+  keys_up "$dir"
+  log "booting the $what guest (accelerator: $ACCEL, ${VM_MEM} MiB, 1 vCPU)"
+  vm_start "$dir" t1 198.18.0.11 "$@"
+  local ms rc=0
+  ms=$(vm_wait "$dir" t1) || die "the $what guest did not boot"
+  log "t1 booted in $(secs "$ms")s (qemu start to ssh, $ACCEL)"
+  vm_ssh "$dir" t1 "$cmd" || rc=$?
+  log "$what: $( [ "$rc" = 0 ] && echo PASS || echo FAIL ) in $(secs $(( $(now_ms) - T0 )))s (boot $(secs "$ms")s, $ACCEL)"
+  return "$rc"
+}
+
 # teardown_trap: an EXIT trap of a script whose state dir is $DIR: tears
 # it down, keeping the script's exit status (1 if the cleanup failed).
 teardown_trap() {

@@ -18,26 +18,14 @@ VM_MEM=${WEFT_VM_TEST_MEM:-1024}
 
 main() {
   [ "$(id -u)" = 0 ] || die "vm-deb-test needs root (namespaces, taps)"
-  local t0
-  t0=$(now_ms)
+  T0=$(now_ms)
   teardown "$DIR" || true
   mkdir -p "$DIR/debs"
   trap teardown_trap EXIT
   trap 'exit 130' INT TERM
   build_debs "$DIR/debs"
-  netns_up "$DIR"
-  bridge_up "$DIR"
-  keys_up "$DIR"
-  log "booting the package test guest (accelerator: $ACCEL, ${VM_MEM} MiB, 1 vCPU)"
-  vm_start "$DIR" d1 198.18.0.11 "$DIR/debs/weft_old.deb" "$DIR/debs/weft_new.deb" \
-    "$REPO/deploy/vm/guest-deb.sh"
-  local ms
-  ms=$(vm_wait "$DIR" d1) || die "the package test guest did not boot"
-  log "d1 booted in $(secs "$ms")s (qemu start to ssh, $ACCEL)"
-  local rc=0
-  vm_ssh "$DIR" d1 "WEFT_OLD=$DEB_OLD WEFT_NEW=$DEB_NEW bash /mnt/weft/guest-deb.sh" || rc=$?
-  log "vm-deb-test: $( [ "$rc" = 0 ] && echo PASS || echo FAIL ) in $(secs $(( $(now_ms) - t0 )))s (boot $(secs "$ms")s, $ACCEL)"
-  return "$rc"
+  one_guest_test "$DIR" vm-deb-test "WEFT_OLD=$DEB_OLD WEFT_NEW=$DEB_NEW bash /mnt/weft/guest-deb.sh" \
+    "$DIR/debs/weft_old.deb" "$DIR/debs/weft_new.deb" "$REPO/deploy/vm/guest-deb.sh"
 }
 
 main "$@"

@@ -126,8 +126,8 @@ pub fn random_secret() -> String {
 
 /// Compares two byte strings without an early exit on the first difference.
 /// The length is not secret (it is fixed by the format), so a length
-/// mismatch returns early.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// mismatch returns early. Also `weft ui`'s login token check.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

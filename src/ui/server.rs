@@ -97,7 +97,7 @@ fn login<B>(req: &Request<B>, token: &str) -> Login {
     let in_query = req.uri().query().is_some_and(|q| {
         q.split('&')
             .filter_map(|kv| kv.strip_prefix("token="))
-            .any(|t| same(t, token))
+            .any(|t| weft_proto::token::constant_time_eq(t.as_bytes(), token.as_bytes()))
     });
     if in_query {
         return Login::ByUrl;
@@ -109,21 +109,12 @@ fn login<B>(req: &Request<B>, token: &str) -> Login {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().strip_prefix(COOKIE)?.strip_prefix('='))
-        .any(|t| same(t, token));
+        .any(|t| weft_proto::token::constant_time_eq(t.as_bytes(), token.as_bytes()));
     if in_cookie {
         Login::ByCookie
     } else {
         Login::Refused
     }
-}
-
-/// Compares without stopping at the first difference (no timing hint).
-fn same(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes()
-            .zip(b.bytes())
-            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
-            == 0
 }
 
 /// The answer to an authorized `req`.

@@ -80,7 +80,7 @@ fn inputs() -> Inputs {
                     external: Some(pb::ExternalEndpoint {
                         runtime: "cni".into(),
                         container_id: "0123456789abcdef0123".into(),
-                        netns: "/var/run/netns/cni-secret-path".into(),
+                        netns: "/proc/4242/ns/net-cni-secret-path".into(),
                         ..Default::default()
                     }),
                     ..Default::default()
