@@ -279,6 +279,7 @@ impl ControlService {
         });
         let leader_addr = self.core.leader_addr().unwrap_or_default();
         Ok(pb::ClusterSummary {
+            default_addr_pool_mask_length6: 0,
             cluster_id: c.id.clone(),
             leader_id: m.leader.map(|l| l.to_string()).unwrap_or_default(),
             leader_addr,
@@ -945,6 +946,7 @@ impl Control for ControlService {
         ControlService::connect(
             self,
             pb::ConnectNetworkRequest {
+                ip6: String::new(),
                 network: r.network,
                 task: r.task,
                 ip: String::new(),

@@ -185,6 +185,7 @@ pub fn task_to_wire(state: &State, t: &Task) -> pb::Task {
             .attachments
             .iter()
             .map(|a| pb::TaskAddress {
+                ip6: String::new(),
                 network: state
                     .networks
                     .get(&a.network)
@@ -352,6 +353,7 @@ pub fn service_to_wire(state: &State, svc: &crate::store::Service) -> pb::Servic
             .vips
             .iter()
             .map(|(n, ip)| pb::ServiceVip {
+                vip6: String::new(),
                 network: net_name(n),
                 vip: ip.to_string(),
             })

@@ -644,6 +644,7 @@ mod tests {
         d.networks.insert(
             "n1".into(),
             OverlayNet {
+                subnet6: None,
                 local: false,
                 vni: 7,
                 subnet: "10.0.9.0/24".parse().unwrap(),
@@ -663,6 +664,7 @@ mod tests {
                 handover: false,
                 resolver: None,
                 endpoints: vec![LocalEndpoint {
+                    ip6: None,
                     network: "n1".into(),
                     ifname: "eth0".into(),
                     ip: "10.0.9.2/24".parse().unwrap(),

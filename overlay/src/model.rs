@@ -325,6 +325,10 @@ pub struct OverlayNet {
     pub subnet: IpNetwork,
     /// The gateway address, put on the network's bridge (as Docker does).
     pub gateway: IpAddr,
+    /// A dual-stack network's IPv6 subnet and gateway (on the bridge too);
+    /// `None`: one family only ([`subnet`](OverlayNet::subnet)'s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<(IpNetwork, IpAddr)>,
     /// MTU of the bridge, the VXLAN device and every task veth.
     pub mtu: u32,
     /// Internal networks give their tasks no way out (no gateway attachment
@@ -360,7 +364,11 @@ pub struct ServiceEntry {
     /// (so every task has an on-link route to it, internal networks
     /// included); `None` in DNS round-robin (`dnsrr`) mode.
     pub vip: Option<IpAddr>,
-    /// The running tasks' addresses on this network (any node).
+    /// Its IPv6 VIP on a dual-stack network, from the IPv6 subnet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip6: Option<IpAddr>,
+    /// The running tasks' addresses on this network (any node), both
+    /// families on a dual-stack network.
     pub backends: Vec<IpAddr>,
 }
 
@@ -377,6 +385,9 @@ impl OverlayNet {
 pub struct RemoteEndpoint {
     /// Its overlay address.
     pub ip: IpAddr,
+    /// Its IPv6 address on a dual-stack network (same MAC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<IpAddr>,
     /// Its MAC.
     pub mac: MacAddr,
     /// The underlay address of its node.
@@ -427,6 +438,10 @@ pub struct LocalEndpoint {
     pub ifname: String,
     /// Its address with the network's prefix length.
     pub ip: IpNetwork,
+    /// Its IPv6 address with the IPv6 subnet's prefix length on a
+    /// dual-stack network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<IpNetwork>,
     /// Its MAC.
     pub mac: MacAddr,
 }
@@ -583,6 +598,7 @@ mod tests {
         d.networks.insert(
             "n1".into(),
             OverlayNet {
+                subnet6: None,
                 local: false,
                 vni: 4096,
                 subnet: "10.0.9.0/24".parse().unwrap(),
@@ -592,6 +608,7 @@ mod tests {
                 remote: BTreeMap::from([(
                     "e2".into(),
                     RemoteEndpoint {
+                        ip6: None,
                         ip: "10.0.9.3".parse().unwrap(),
                         mac: "02:42:0a:00:09:03".parse().unwrap(),
                         vtep: "198.18.0.2".parse().unwrap(),
@@ -601,6 +618,7 @@ mod tests {
                 services: BTreeMap::from([(
                     "web".into(),
                     ServiceEntry {
+                        vip6: None,
                         vip: Some("10.0.9.100".parse().unwrap()),
                         backends: vec!["10.0.9.3".parse().unwrap()],
                     },

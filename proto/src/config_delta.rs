@@ -188,6 +188,7 @@ fn diff_network(old: &NetworkConfig, new: &NetworkConfig) -> Option<NetworkDelta
         services_changed.push(ServiceDelta {
             name: s.name.clone(),
             vip: s.vip.clone(),
+            vip6: s.vip6.clone(),
             backends_added: added,
             backends_removed: removed,
         });
@@ -306,6 +307,7 @@ fn apply_network(n: &mut NetworkConfig, d: &NetworkDelta) {
         let s = svcs.entry(sd.name.clone()).or_default();
         s.name = sd.name.clone();
         s.vip = sd.vip.clone();
+        s.vip6 = sd.vip6.clone();
         s.backends = apply_set(&s.backends, &sd.backends_added, &sd.backends_removed);
     }
     n.services = svcs.into_values().collect();

@@ -148,6 +148,7 @@ mod tests {
             started_at_ms: 1000,
             finished_at_ms: 2000,
             addresses: vec![pb::TaskAddress {
+                ip6: String::new(),
                 aliases: Default::default(),
                 network: "bridge".into(),
                 ip: "172.17.0.2/16".into(),

@@ -144,6 +144,7 @@ pub async fn init(c: &Client, a: InitArgs) -> anyhow::Result<()> {
     let resp = c
         .daemon()
         .init(pb::InitRequest {
+            default_addr_pool_mask_length6: 0,
             advertise_addr: a.advertise_addr.unwrap_or_default(),
             listen_addr: a.listen_addr.unwrap_or_default(),
             data_path_addr: a.data_path_addr.unwrap_or_default(),

@@ -211,6 +211,10 @@ pub async fn network(c: &Client, cmd: crate::cli::NetworkCommand) -> anyhow::Res
         N::Create(a) => {
             let n = ctl
                 .create_network(pb::CreateNetworkRequest {
+                    ipv6: false,
+                    subnet6: String::new(),
+                    gateway6: String::new(),
+                    ip_range6: String::new(),
                     name: a.name,
                     driver: a.driver,
                     subnet: a.subnet.unwrap_or_default(),
@@ -263,6 +267,7 @@ pub async fn network(c: &Client, cmd: crate::cli::NetworkCommand) -> anyhow::Res
             task,
         } => {
             ctl.connect_network(pb::ConnectNetworkRequest {
+                ip6: String::new(),
                 network,
                 task,
                 ip: ip.unwrap_or_default(),

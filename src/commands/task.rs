@@ -26,6 +26,7 @@ fn run_networks(a: &crate::cli::RunArgs) -> anyhow::Result<Vec<pb::NetworkRef>> 
             }
         }
         out.push(pb::NetworkRef {
+            ip6: String::new(),
             network: n.name,
             ip: ip.unwrap_or_default(),
             aliases,

@@ -167,6 +167,7 @@ impl NodeService {
         let task = self
             .run_task(pb::RunTaskRequest {
                 networks: vec![pb::NetworkRef {
+                    ip6: String::new(),
                     aliases: Default::default(),
                     network: r.network.clone(),
                     ip: String::new(),

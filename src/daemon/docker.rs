@@ -317,6 +317,7 @@ impl DockerPlugin {
             .node
             .run_task(pb::RunTaskRequest {
                 networks: vec![pb::NetworkRef {
+                    ip6: String::new(),
                     aliases: Default::default(),
                     network: n.id.clone(),
                     ip: r.address.as_deref().map(addr_part).unwrap_or("").to_owned(),
@@ -432,6 +433,7 @@ impl DockerPlugin {
         self.node
             .run_task(pb::RunTaskRequest {
                 networks: vec![pb::NetworkRef {
+                    ip6: String::new(),
                     aliases: Default::default(),
                     network: network.to_owned(),
                     ip: String::new(),

@@ -132,6 +132,7 @@ impl NodeService {
                         .attachments
                         .iter()
                         .map(|at| pb::TaskAddress {
+                            ip6: String::new(),
                             aliases: at.aliases.clone(),
                             network: names
                                 .get(at.network_id.as_str())

@@ -620,6 +620,7 @@ mod tests {
                 mtu: 1450,
                 internal: false,
                 remote: vec![pb::RemoteEndpoint {
+                    ip6: String::new(),
                     task_id: "t2".into(),
                     ip: "10.0.9.3".into(),
                     mac: "02:42:0a:00:09:03".into(),

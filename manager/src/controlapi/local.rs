@@ -153,6 +153,7 @@ impl Control for LocalControl {
                 let r = req.into_inner();
                 n.connect(
                     pb::ConnectNetworkRequest {
+                        ip6: String::new(),
                         network: r.network,
                         task: r.task,
                         ip: String::new(),

@@ -7,6 +7,10 @@ impl ControlService {
     pub(super) fn network_wire(&self, s: &State, n: &crate::store::Network) -> pb::Network {
         let (mtu, limited_by) = crate::dispatcher::projection::network_mtu(s, n);
         pb::Network {
+            ipv6: false,
+            subnet6: String::new(),
+            gateway6: String::new(),
+            ip_range6: String::new(),
             aux_addresses: n
                 .aux_addresses
                 .iter()
@@ -274,6 +278,7 @@ fn endpoint_info(
     a: &crate::store::Attachment,
 ) -> pb::EndpointInfo {
     pb::EndpointInfo {
+        ip6: String::new(),
         task_id: t.id.clone(),
         task_name: t.name.clone(),
         node_id: t.node.to_string(),

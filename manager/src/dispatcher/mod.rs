@@ -375,6 +375,7 @@ impl DispatcherService {
             NetworkMode::Host | NetworkMode::None => Vec::new(),
             // `weft run` without --network: the node's default bridge.
             NetworkMode::Attached if r.networks.is_empty() => vec![pb::NetworkRef {
+                ip6: String::new(),
                 network: crate::store::DEFAULT_BRIDGE.into(),
                 ip: String::new(),
                 aliases: Vec::new(),

@@ -283,6 +283,7 @@ fn network_config(state: &State, net: &Network, node: NodeId) -> pb::NetworkConf
                 peer.data_path_addr.clone()
             };
             Some(pb::RemoteEndpoint {
+                ip6: String::new(),
                 task_id: t.id.clone(),
                 ip: a.ip.to_string(),
                 mac: mac_text(mac_for(a.ip)),
@@ -301,6 +302,7 @@ fn network_config(state: &State, net: &Network, node: NodeId) -> pb::NetworkConf
             && !peer.data_path_addr.is_empty()
         {
             remote.push(pb::RemoteEndpoint {
+                ip6: String::new(),
                 task_id: format!("node-{n}"),
                 ip: ip.to_string(),
                 mac: mac_text(mac_for(*ip)),
@@ -319,6 +321,8 @@ fn network_config(state: &State, net: &Network, node: NodeId) -> pb::NetworkConf
         names
     };
     pb::NetworkConfig {
+        subnet6: String::new(),
+        gateway6: String::new(),
         local: net.node.is_some(),
         id: net.id.clone(),
         name: net.name.clone(),
@@ -352,6 +356,7 @@ fn task_config(state: &State, t: &Task, gw_subnet: &ipnetwork::IpNetwork) -> pb:
             .filter_map(|a| {
                 let net = state.networks.get(&a.network)?;
                 Some(pb::TaskAttachment {
+                    ip6: String::new(),
                     // A foreign container's one interface has the
                     // runtime's name.
                     ifname: t
@@ -566,6 +571,7 @@ fn services_on(state: &State, net: &Network, viewer: NodeId) -> Vec<pb::ServiceE
                 .collect();
             backends.sort();
             pb::ServiceEndpoint {
+                vip6: String::new(),
                 name: svc.spec.name.clone(),
                 vip: svc
                     .vips

@@ -164,6 +164,7 @@ mod tests {
     fn view(backends: usize) -> TaskView {
         let mut d = DesiredNode::new("198.18.0.1".parse().unwrap());
         let mut n = OverlayNet {
+            subnet6: None,
             local: false,
             vni: 9,
             subnet: "10.0.0.0/16".parse().unwrap(),
@@ -185,6 +186,7 @@ mod tests {
         n.services.insert(
             "web".into(),
             ServiceEntry {
+                vip6: None,
                 vip: Some("10.0.0.100".parse().unwrap()),
                 backends: many.clone(),
             },
@@ -192,6 +194,7 @@ mod tests {
         n.services.insert(
             "rr".into(),
             ServiceEntry {
+                vip6: None,
                 vip: None,
                 backends: many,
             },
@@ -199,6 +202,7 @@ mod tests {
         n.services.insert(
             "v6".into(),
             ServiceEntry {
+                vip6: None,
                 vip: Some("fd00::100".parse().unwrap()),
                 backends: vec![],
             },
@@ -211,6 +215,7 @@ mod tests {
                 handover: false,
                 resolver: None,
                 endpoints: vec![LocalEndpoint {
+                    ip6: None,
                     network: "n".into(),
                     ifname: "eth0".into(),
                     ip: "10.0.0.50/16".parse().unwrap(),

@@ -162,6 +162,7 @@ mod tests {
 
     fn net(name: &str, third: u8) -> OverlayNet {
         OverlayNet {
+            subnet6: None,
             local: false,
             vni: 100 + u32::from(third),
             subnet: format!("10.0.{third}.0/24").parse().unwrap(),
@@ -184,6 +185,7 @@ mod tests {
                 .iter()
                 .enumerate()
                 .map(|(i, n)| LocalEndpoint {
+                    ip6: None,
                     network: (*n).into(),
                     ifname: format!("eth{i}"),
                     ip: format!("10.0.{}.50/24", i + 9).parse().unwrap(),
@@ -202,6 +204,7 @@ mod tests {
         n1.services.insert(
             "web".into(),
             ServiceEntry {
+                vip6: None,
                 vip: Some(ip("10.0.9.100")),
                 backends: vec![ip("10.0.9.3"), ip("10.0.9.4")],
             },
@@ -209,6 +212,7 @@ mod tests {
         n1.services.insert(
             "cache".into(),
             ServiceEntry {
+                vip6: None,
                 vip: None,
                 backends: vec![ip("10.0.9.7"), ip("10.0.9.8")],
             },
@@ -220,6 +224,7 @@ mod tests {
         n2.services.insert(
             "db".into(),
             ServiceEntry {
+                vip6: None,
                 vip: Some(ip("10.0.10.100")),
                 backends: vec![ip("10.0.10.5")],
             },
@@ -227,6 +232,7 @@ mod tests {
         n2.services.insert(
             "web".into(),
             ServiceEntry {
+                vip6: None,
                 vip: Some(ip("10.0.10.101")),
                 backends: vec![ip("10.0.10.6")],
             },

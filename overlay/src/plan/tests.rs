@@ -17,6 +17,7 @@ fn mac(i: u8) -> MacAddr {
 
 fn net(vni: u32, third: u8, internal: bool) -> OverlayNet {
     OverlayNet {
+        subnet6: None,
         local: false,
         vni,
         subnet: format!("10.0.{third}.0/24").parse().unwrap(),
@@ -32,6 +33,7 @@ fn net(vni: u32, third: u8, internal: bool) -> OverlayNet {
 
 fn remote(ip: &str, m: u8, vtep: &str) -> RemoteEndpoint {
     RemoteEndpoint {
+        ip6: None,
         ip: ip.parse().unwrap(),
         mac: mac(m),
         vtep: vtep.parse().unwrap(),
@@ -40,6 +42,7 @@ fn remote(ip: &str, m: u8, vtep: &str) -> RemoteEndpoint {
 
 fn ep(network: &str, ifname: &str, ip: &str, m: u8) -> LocalEndpoint {
     LocalEndpoint {
+        ip6: None,
         network: network.into(),
         ifname: ifname.into(),
         ip: ip.parse().unwrap(),
@@ -660,6 +663,7 @@ fn with_services(base: &DesiredNode) -> DesiredNode {
     n1.services.insert(
         "web".into(),
         ServiceEntry {
+            vip6: None,
             vip: Some(ip("10.0.9.100")),
             backends: vec![ip("10.0.9.21"), ip("10.0.9.20")],
         },
@@ -667,6 +671,7 @@ fn with_services(base: &DesiredNode) -> DesiredNode {
     n1.services.insert(
         "rr".into(),
         ServiceEntry {
+            vip6: None,
             vip: None,
             backends: vec![ip("10.0.9.2")],
         },
@@ -674,6 +679,7 @@ fn with_services(base: &DesiredNode) -> DesiredNode {
     n1.services.insert(
         "down".into(),
         ServiceEntry {
+            vip6: None,
             vip: Some(ip("10.0.9.101")),
             backends: vec![],
         },
@@ -685,6 +691,7 @@ fn with_services(base: &DesiredNode) -> DesiredNode {
         .insert(
             "db".into(),
             ServiceEntry {
+                vip6: None,
                 vip: Some(ip("10.0.10.100")),
                 // A backend of the other family never lands in an IPv4 map.
                 backends: vec![ip("10.0.10.20"), ip("fd00::20")],

@@ -23,6 +23,7 @@ fn desired() -> DesiredNode {
         d.networks.insert(
             id.into(),
             OverlayNet {
+                subnet6: None,
                 local: false,
                 vni,
                 subnet: format!("10.{vni}.0.0/24").parse().unwrap(),
@@ -32,6 +33,7 @@ fn desired() -> DesiredNode {
                 remote: BTreeMap::from([(
                     "e".into(),
                     RemoteEndpoint {
+                        ip6: None,
                         ip: format!("10.{vni}.0.9").parse().unwrap(),
                         mac: "02:42:0a:00:00:09".parse().unwrap(),
                         vtep: "10.255.0.2".parse().unwrap(),

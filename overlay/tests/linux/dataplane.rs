@@ -34,6 +34,7 @@ pub(crate) fn mac(i: u8) -> MacAddr {
 
 pub(crate) fn overlay(vni: u32, internal: bool) -> OverlayNet {
     OverlayNet {
+        subnet6: None,
         local: false,
         vni,
         subnet: "10.20.0.0/24".parse().unwrap(),
@@ -53,6 +54,7 @@ pub(crate) fn task(network: &str, ip: &str, m: u8, gw: Option<(&str, u8)>) -> Ta
         handover: false,
         resolver: None,
         endpoints: vec![LocalEndpoint {
+            ip6: None,
             network: network.into(),
             ifname: "eth0".into(),
             ip: format!("{ip}/24").parse().unwrap(),
@@ -67,6 +69,7 @@ pub(crate) fn task(network: &str, ip: &str, m: u8, gw: Option<(&str, u8)>) -> Ta
 
 pub(crate) fn remote(ip: &str, m: u8, vtep: IpAddr) -> RemoteEndpoint {
     RemoteEndpoint {
+        ip6: None,
         ip: ip.parse().unwrap(),
         mac: mac(m),
         vtep,

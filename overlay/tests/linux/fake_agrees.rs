@@ -98,6 +98,7 @@ fn steps(dir: &Path, v1: IpAddr, v2: IpAddr, v3: IpAddr) -> Vec<(&'static str, D
     n1.services.insert(
         "web".into(),
         ServiceEntry {
+            vip6: None,
             vip: Some("10.20.0.100".parse().unwrap()),
             backends: vec!["10.20.0.2".parse().unwrap(), "10.20.0.3".parse().unwrap()],
         },

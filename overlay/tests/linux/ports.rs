@@ -47,6 +47,7 @@ fn mac(i: u8) -> MacAddr {
 
 fn network(vni: u32, subnet: &str, gateway: &str, local: bool) -> OverlayNet {
     OverlayNet {
+        subnet6: None,
         local,
         vni,
         subnet: subnet.parse().unwrap(),
@@ -66,6 +67,7 @@ fn task(network: &str, addr: &str, m: u8, gw: &str) -> TaskNet {
         handover: false,
         resolver: None,
         endpoints: vec![LocalEndpoint {
+            ip6: None,
             network: network.into(),
             ifname: "eth0".into(),
             ip: addr.parse().unwrap(),
@@ -446,6 +448,7 @@ async fn ingress_forwards_to_a_replica_on_another_node() {
         mac: mac(m),
     };
     let remote = |addr: &str, m: u8, vtep: IpAddr| RemoteEndpoint {
+        ip6: None,
         ip: ip(addr),
         mac: mac(m),
         vtep,

@@ -44,6 +44,7 @@ fn ip(s: &str) -> IpAddr {
 
 fn net(vni: u32, third: u8, name: &str) -> OverlayNet {
     OverlayNet {
+        subnet6: None,
         local: false,
         vni,
         subnet: format!("10.{third}.0.0/24").parse().unwrap(),
@@ -67,6 +68,7 @@ fn task(network: &str, addr: &str, m: u8) -> TaskNet {
         handover: false,
         resolver: None,
         endpoints: vec![LocalEndpoint {
+            ip6: None,
             network: network.into(),
             ifname: "eth0".into(),
             ip: format!("{addr}/24").parse().unwrap(),
@@ -91,6 +93,7 @@ fn desired(vteps: [IpAddr; 2], backends: &[&str], upstream: SocketAddr) -> [Desi
     n1.services.insert(
         "web".into(),
         ServiceEntry {
+            vip6: None,
             vip: Some(ip(VIP)),
             backends: backends.iter().map(|b| ip(b)).collect(),
         },
@@ -98,6 +101,7 @@ fn desired(vteps: [IpAddr; 2], backends: &[&str], upstream: SocketAddr) -> [Desi
     n1.services.insert(
         "rr".into(),
         ServiceEntry {
+            vip6: None,
             vip: None,
             backends: vec![ip("10.40.0.11"), ip("10.40.0.12")],
         },
@@ -105,6 +109,7 @@ fn desired(vteps: [IpAddr; 2], backends: &[&str], upstream: SocketAddr) -> [Desi
     n1.services.insert(
         "down".into(),
         ServiceEntry {
+            vip6: None,
             vip: Some(ip(DOWN_VIP)),
             backends: vec![],
         },
@@ -113,6 +118,7 @@ fn desired(vteps: [IpAddr; 2], backends: &[&str], upstream: SocketAddr) -> [Desi
     n2.services.insert(
         "hidden".into(),
         ServiceEntry {
+            vip6: None,
             vip: Some(ip(HIDDEN_VIP)),
             backends: vec![ip("10.41.0.5")],
         },
@@ -132,6 +138,7 @@ fn desired(vteps: [IpAddr; 2], backends: &[&str], upstream: SocketAddr) -> [Desi
                 d.tasks.insert((*name).into(), task(network, addr, *m));
             } else {
                 let r = RemoteEndpoint {
+                    ip6: None,
                     ip: ip(addr),
                     mac: mac(*m),
                     vtep: vteps[usize::from(*on) - 1],

@@ -32,6 +32,7 @@ fn task(addr: &str, m: u8) -> TaskNet {
         handover: false,
         resolver: None,
         endpoints: vec![LocalEndpoint {
+            ip6: None,
             network: "n1".into(),
             ifname: "eth0".into(),
             ip: format!("{addr}/24").parse().unwrap(),
@@ -45,6 +46,7 @@ fn task(addr: &str, m: u8) -> TaskNet {
 /// endpoint (its VTEP need not exist: only the entries are checked).
 fn desired(vtep: IpAddr) -> DesiredNode {
     let mut n1 = OverlayNet {
+        subnet6: None,
         local: false,
         vni: 4801,
         subnet: "10.48.0.0/24".parse().unwrap(),
@@ -59,6 +61,7 @@ fn desired(vtep: IpAddr) -> DesiredNode {
     n1.services.insert(
         "web".into(),
         ServiceEntry {
+            vip6: None,
             vip: Some(ip("10.48.0.100")),
             backends: vec![ip("10.48.0.11"), ip("10.48.0.12")],
         },
@@ -66,6 +69,7 @@ fn desired(vtep: IpAddr) -> DesiredNode {
     n1.remote.insert(
         "r".into(),
         RemoteEndpoint {
+            ip6: None,
             ip: ip("10.48.0.9"),
             mac: mac(9),
             vtep: ip("198.18.48.99"),

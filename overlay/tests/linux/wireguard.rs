@@ -31,6 +31,7 @@ fn mac(i: u8) -> MacAddr {
 
 fn net(vni: u32, third: u8, mtu: u32) -> OverlayNet {
     OverlayNet {
+        subnet6: None,
         local: false,
         vni,
         subnet: format!("10.{third}.0.0/24").parse().unwrap(),
@@ -47,6 +48,7 @@ fn net(vni: u32, third: u8, mtu: u32) -> OverlayNet {
 /// Task `t<i>`: eth0 on "enc" (10.30.0.1i), eth1 on "plain" (10.31.0.1i).
 fn task(i: u8) -> TaskNet {
     let ep = |network: &str, ifname: &str, third: u8, m: u8| LocalEndpoint {
+        ip6: None,
         network: network.into(),
         ifname: ifname.into(),
         ip: format!("10.{third}.0.{}/24", 10 + i).parse().unwrap(),
@@ -78,6 +80,7 @@ fn desired(me: &Node, i: u8, other: &Node, j: u8, peer: bool) -> DesiredNode {
     enc.remote.insert(
         format!("e{j}").as_str().into(),
         RemoteEndpoint {
+            ip6: None,
             ip: format!("10.30.0.{}", 10 + j).parse().unwrap(),
             mac: mac(j),
             vtep: other.tunnel,
@@ -87,6 +90,7 @@ fn desired(me: &Node, i: u8, other: &Node, j: u8, peer: bool) -> DesiredNode {
     plain.remote.insert(
         format!("p{j}").as_str().into(),
         RemoteEndpoint {
+            ip6: None,
             ip: format!("10.31.0.{}", 10 + j).parse().unwrap(),
             mac: mac(100 + j),
             vtep: other.vtep,

@@ -17,6 +17,7 @@ fn config(rng: &mut StdRng, version: u64) -> NodeConfig {
         let mut remote = Vec::new();
         for t in some(rng, 12, 0.5) {
             remote.push(RemoteEndpoint {
+                ip6: String::new(),
                 task_id: format!("r{t}"),
                 ip: format!("10.0.{i}.{t}"),
                 mac: format!("02:42:0a:00:0{i}:{t:02x}"),
@@ -35,6 +36,7 @@ fn config(rng: &mut StdRng, version: u64) -> NodeConfig {
                 .map(|b| format!("10.0.{i}.{b}"))
                 .collect();
             services.push(ServiceEndpoint {
+                vip6: String::new(),
                 name: format!("svc{s}"),
                 vip,
                 backends,
@@ -131,6 +133,7 @@ fn a_small_change_is_a_small_delta() {
     let mut new = old.clone();
     new.version = 6;
     new.networks[0].remote.push(RemoteEndpoint {
+        ip6: String::new(),
         task_id: "zz".into(),
         ip: "10.9.9.9".into(),
         mac: "02:42:0a:09:09:09".into(),

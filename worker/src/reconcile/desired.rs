@@ -85,6 +85,7 @@ fn network(n: &pb::NetworkConfig) -> Result<OverlayNet, BadConfig> {
         remote.insert(
             EndpointId(format!("{}-{}", r.task_id, n.id)),
             RemoteEndpoint {
+                ip6: None,
                 ip: parse("remote ip", &r.ip)?,
                 mac: parse::<MacAddr>("remote mac", &r.mac)?,
                 vtep: parse("remote vtep", &r.vtep)?,
@@ -103,7 +104,14 @@ fn network(n: &pb::NetworkConfig) -> Result<OverlayNet, BadConfig> {
             .iter()
             .map(|b| parse("backend", b))
             .collect::<Result<Vec<IpAddr>, _>>()?;
-        services.insert(svc.name.clone(), ServiceEntry { vip, backends });
+        services.insert(
+            svc.name.clone(),
+            ServiceEntry {
+                vip6: None,
+                vip,
+                backends,
+            },
+        );
     }
     let mut names = BTreeMap::new();
     for r in &n.names {
@@ -113,6 +121,7 @@ fn network(n: &pb::NetworkConfig) -> Result<OverlayNet, BadConfig> {
             .push(parse("task address", &r.ip)?);
     }
     Ok(OverlayNet {
+        subnet6: None,
         local: n.local,
         vni: n.vni,
         subnet,
@@ -131,6 +140,7 @@ fn task(t: &pb::TaskConfig) -> Result<TaskNet, BadConfig> {
     let mut endpoints = Vec::new();
     for (i, a) in t.attachments.iter().enumerate() {
         endpoints.push(LocalEndpoint {
+            ip6: None,
             network: NetworkId(a.network_id.clone()),
             ifname: if a.ifname.is_empty() {
                 format!("eth{i}")
