@@ -438,12 +438,15 @@ pub struct InitArgs {
     #[arg(long)]
     pub data_path_port: Option<u32>,
     /// Address pool overlay subnets are taken from (repeatable, at most 16;
-    /// default 10.0.0.0/8).
+    /// default 10.0.0.0/8). IPv6 pools (e.g. fd00:10::/48) serve
+    /// dual-stack networks; by default a unique local /48 of the cluster.
     #[arg(long = "default-addr-pool")]
     pub default_addr_pool: Vec<String>,
-    /// Prefix length of a subnet taken from the pools (default 24).
+    /// Prefix length of a subnet taken from the pools (default 24 for
+    /// IPv4, 64 for IPv6). Give it once per family: a value over 32 is the
+    /// IPv6 one.
     #[arg(long)]
-    pub default_addr_pool_mask_length: Option<u32>,
+    pub default_addr_pool_mask_length: Vec<u32>,
     /// Lifetime of node certificates, e.g. 2160h or 90d (default 90d; 1h to
     /// 3650d).
     #[arg(long, value_parser = parse_duration)]
@@ -628,6 +631,10 @@ pub enum NetworkCommand {
         /// Address on the network (default: the next free one).
         #[arg(long)]
         ip: Option<String>,
+        /// IPv6 address on a dual-stack network (default: the next free
+        /// one).
+        #[arg(long)]
+        ip6: Option<String>,
         /// A DNS name of the task on this network besides its own
         /// (repeatable).
         #[arg(long = "alias")]
@@ -731,15 +738,25 @@ pub struct NetworkCreateArgs {
     /// `overlay` (cluster-wide, VXLAN) or `bridge` (local to this node).
     #[arg(short, long, default_value = "overlay")]
     pub driver: String,
-    /// Subnet in CIDR form (default: the next free one from the address pools).
+    /// Subnet in CIDR form (default: the next free one from the address
+    /// pools). Give it twice, once per family, for a dual-stack network
+    /// (with --ipv6): `--subnet 10.1.0.0/24 --subnet fd00:1::/64`.
     #[arg(long)]
-    pub subnet: Option<String>,
-    /// Gateway address (default: the first usable address of the subnet).
+    pub subnet: Vec<String>,
+    /// Gateway address (default: the first usable address of the subnet);
+    /// one per family.
     #[arg(long)]
-    pub gateway: Option<String>,
-    /// Sub-range of the subnet that task addresses come from.
+    pub gateway: Vec<String>,
+    /// Sub-range of the subnet that task addresses come from; one per
+    /// family.
     #[arg(long)]
-    pub ip_range: Option<String>,
+    pub ip_range: Vec<String>,
+    /// Dual stack: an IPv6 subnet too (the IPv6 --subnet, or a /64 from
+    /// the cluster's IPv6 pools, by default a unique local /48). Tasks get
+    /// an address of each family, services a VIP of each, DNS answers A
+    /// and AAAA.
+    #[arg(long)]
+    pub ipv6: bool,
     /// NAME=IP (repeatable): an address of the subnet never handed out
     /// (a router, a host already on the segment). Needs --subnet.
     #[arg(long, value_name = "NAME=IP")]
@@ -1279,12 +1296,15 @@ pub struct RunArgs {
     pub name: Option<String>,
     /// Network to attach (repeatable, at most 16): `bridge` (the default),
     /// `host`, `none`, a bridge network of this node, or an attachable
-    /// overlay; or `name=NET,alias=A[,alias=B][,ip=ADDR]`.
+    /// overlay; or `name=NET,alias=A[,alias=B][,ip=ADDR][,ip6=ADDR]`.
     #[arg(long = "network")]
     pub networks: Vec<String>,
     /// Address on the (first) network.
     #[arg(long)]
     pub ip: Option<String>,
+    /// IPv6 address on the (first) network, a dual-stack one.
+    #[arg(long)]
+    pub ip6: Option<String>,
     /// A DNS name of the task on the (first) network besides its own
     /// (repeatable; tasks may share one: it answers all their addresses).
     #[arg(long = "network-alias")]

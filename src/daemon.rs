@@ -1115,7 +1115,7 @@ fn init_settings_given(r: &pb::InitRequest) -> Option<&'static str> {
         (r.data_path_port != 0, "--data-path-port"),
         (!r.default_addr_pools.is_empty(), "--default-addr-pool"),
         (
-            r.default_addr_pool_mask_length != 0,
+            r.default_addr_pool_mask_length != 0 || r.default_addr_pool_mask_length6 != 0,
             "--default-addr-pool-mask-length",
         ),
         (r.cert_expiry_secs != 0, "--cert-expiry"),

@@ -15,8 +15,9 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
-/// The format this weft reads and writes.
-pub const DATA_FORMAT: u32 = 1;
+/// The format this weft reads and writes. 2 (weft 0.2.0): dual-stack
+/// networks, whose IPv6 side weft 0.1.0 would drop from its snapshots.
+pub const DATA_FORMAT: u32 = 2;
 
 /// The stamp's file name in the data directory.
 pub const FILE: &str = "format.json";

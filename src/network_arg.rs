@@ -1,5 +1,6 @@
 //! `--network` values: a network's name or ID, or Docker's long form
-//! `name=NET,alias=A[,alias=B][,ip=ADDR]` (`target=` for `name=`).
+//! `name=NET,alias=A[,alias=B][,ip=ADDR][,ip6=ADDR]` (`target=` for
+//! `name=`).
 
 use anyhow::{Context, bail};
 use weft_proto::v1 as pb;
@@ -13,6 +14,8 @@ pub struct NetworkArg {
     pub aliases: Vec<String>,
     /// `ip=`: the address asked for (`weft run` only).
     pub ip: Option<String>,
+    /// `ip6=`: the IPv6 address asked for (`weft run` only).
+    pub ip6: Option<String>,
 }
 
 impl NetworkArg {
@@ -23,11 +26,13 @@ impl NetworkArg {
                 name: v.to_string(),
                 aliases: Vec::new(),
                 ip: None,
+                ip6: None,
             });
         }
         let mut name = None;
         let mut aliases = Vec::new();
         let mut ip = None;
+        let mut ip6 = None;
         for field in v.split(',') {
             let (k, val) = field
                 .split_once('=')
@@ -42,18 +47,26 @@ impl NetworkArg {
                     }
                 }
                 "alias" => aliases.push(val.to_string()),
-                "ip" => {
-                    if ip.replace(val.to_string()).is_some() {
-                        bail!("{flag} {v:?}: ip is given twice");
+                "ip" | "ip6" => {
+                    let slot = if k == "ip" { &mut ip } else { &mut ip6 };
+                    if slot.replace(val.to_string()).is_some() {
+                        bail!("{flag} {v:?}: {k} is given twice");
                     }
                 }
                 other => {
-                    bail!("{flag} {v:?}: unknown option {other:?} (known: name, target, alias, ip)")
+                    bail!(
+                        "{flag} {v:?}: unknown option {other:?} (known: name, target, alias, ip, ip6)"
+                    )
                 }
             }
         }
         let name = name.with_context(|| format!("{flag} {v:?}: no name=NETWORK"))?;
-        Ok(NetworkArg { name, aliases, ip })
+        Ok(NetworkArg {
+            name,
+            aliases,
+            ip,
+            ip6,
+        })
     }
 
     /// Every `values` of `flag`, for a service (no `ip=`): the networks
@@ -66,9 +79,9 @@ impl NetworkArg {
         let mut aliases = Vec::new();
         for v in values {
             let n = NetworkArg::parse(flag, v)?;
-            if n.ip.is_some() {
+            if n.ip.is_some() || n.ip6.is_some() {
                 bail!(
-                    "{flag} {v:?}: a service's tasks get their addresses from the network; ip= is for `weft run`"
+                    "{flag} {v:?}: a service's tasks get their addresses from the network; ip= and ip6= are for `weft run`"
                 );
             }
             if !n.aliases.is_empty() {
@@ -99,6 +112,8 @@ mod tests {
         assert_eq!(n.name, "appnet");
         assert_eq!(n.aliases, ["db", "pg"]);
         assert_eq!(n.ip.as_deref(), Some("10.0.0.9"));
+        let n = NetworkArg::parse("--network", "name=appnet,ip6=fd00:1::9").unwrap();
+        assert_eq!((n.ip, n.ip6.as_deref()), (None, Some("fd00:1::9")));
         assert_eq!(
             NetworkArg::parse("--network", "target=x,alias=a")
                 .unwrap()
@@ -111,11 +126,15 @@ mod tests {
             "name=a,alias=",
             "name=a,driver-opt=x",
             "name=a,alias",
+            "name=a,ip6=fd00::1,ip6=fd00::2",
         ] {
             let e = NetworkArg::parse("--network", bad).unwrap_err().to_string();
             assert!(e.starts_with("--network"), "{bad}: {e}");
         }
         let e = NetworkArg::for_service("--network", &["name=a,ip=10.0.0.1".into()]).unwrap_err();
-        assert!(e.to_string().contains("ip= is for `weft run`"), "{e}");
+        assert!(
+            e.to_string().contains("ip= and ip6= are for `weft run`"),
+            "{e}"
+        );
     }
 }

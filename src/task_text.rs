@@ -83,11 +83,16 @@ pub fn is_failed(s: pb::TaskState) -> bool {
     matches!(s, pb::TaskState::Failed | pb::TaskState::Rejected)
 }
 
-/// `network=ip,…`: a task's addresses.
+/// `network=ip,…`: a task's addresses (a dual-stack network's twice,
+/// IPv4 first).
 pub fn addresses(t: &pb::Task) -> String {
     t.addresses
         .iter()
-        .map(|a| format!("{}={}", a.network, a.ip))
+        .flat_map(|a| {
+            std::iter::once(&a.ip)
+                .chain(Some(&a.ip6).filter(|ip| !ip.is_empty()))
+                .map(|ip| format!("{}={ip}", a.network))
+        })
         .collect::<Vec<_>>()
         .join(",")
 }

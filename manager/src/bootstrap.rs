@@ -105,7 +105,28 @@ pub fn validate_init(r: &pb::InitRequest) -> Result<InitParams> {
             }
             pools.push(net);
         }
-        settings.default_addr_pools = pools;
+        // Each family's pools replace that family's default.
+        let (v6, v4): (Vec<IpNetwork>, Vec<IpNetwork>) =
+            pools.into_iter().partition(|p| p.is_ipv6());
+        if !v4.is_empty() {
+            settings.default_addr_pools = v4;
+        }
+        settings.default_addr_pools6 = v6;
+    }
+    if r.default_addr_pool_mask_length6 != 0 {
+        let m = r.default_addr_pool_mask_length6;
+        let widest = (settings.default_addr_pools6.iter())
+            .map(|p| p.prefix())
+            .max()
+            .unwrap_or(48);
+        if m > u32::from(crate::store::ipam::MAX_PREFIX6) || m < u32::from(widest) {
+            return Err(bad(format!(
+                "the IPv6 --default-addr-pool-mask-length {m} is out of range: use {widest}-{} \
+                 for these pools",
+                crate::store::ipam::MAX_PREFIX6
+            )));
+        }
+        settings.default_addr_pool_mask_length6 = m as u8;
     }
     if r.default_addr_pool_mask_length != 0 {
         let m = r.default_addr_pool_mask_length;
@@ -223,6 +244,9 @@ pub fn new_cluster(p: &InitParams, hostname: &str, underlay_mtu: u32) -> Result<
         updated_at_ms: now,
         cert_expiry: rfc3339(issued.not_after),
         cert_role: Role::Manager,
+        // Known at once: the version gate need not wait for this node's
+        // session to report it.
+        version: weft_proto::VERSION.into(),
         ..Default::default()
     };
     let mut cluster = Cluster {

@@ -279,7 +279,7 @@ impl ControlService {
         });
         let leader_addr = self.core.leader_addr().unwrap_or_default();
         Ok(pb::ClusterSummary {
-            default_addr_pool_mask_length6: 0,
+            default_addr_pool_mask_length6: u32::from(c.settings.default_addr_pool_mask_length6),
             cluster_id: c.id.clone(),
             leader_id: m.leader.map(|l| l.to_string()).unwrap_or_default(),
             leader_addr,
@@ -289,10 +289,12 @@ impl ControlService {
             heartbeat_period_ms: c.settings.heartbeat_period_ms,
             disconnect_grace_ms: c.settings.disconnect_grace_ms.unwrap_or(0),
             data_path_port: u32::from(c.settings.data_path_port),
-            default_addr_pools: c
-                .settings
-                .default_addr_pools
-                .iter()
+            default_addr_pools: (c.settings.default_addr_pools.iter())
+                .cloned()
+                .chain(match c.settings.default_addr_pools6.as_slice() {
+                    [] => vec![crate::store::ipam::ula_pool(&c.id)],
+                    p => p.to_vec(),
+                })
                 .map(|p| p.to_string())
                 .collect(),
             default_addr_pool_mask_length: u32::from(c.settings.default_addr_pool_mask_length),

@@ -185,7 +185,7 @@ pub fn task_to_wire(state: &State, t: &Task) -> pb::Task {
             .attachments
             .iter()
             .map(|a| pb::TaskAddress {
-                ip6: String::new(),
+                ip6: a.ip6.map(|ip| ip.to_string()).unwrap_or_default(),
                 network: state
                     .networks
                     .get(&a.network)
@@ -353,7 +353,9 @@ pub fn service_to_wire(state: &State, svc: &crate::store::Service) -> pb::Servic
             .vips
             .iter()
             .map(|(n, ip)| pb::ServiceVip {
-                vip6: String::new(),
+                vip6: (svc.vips6.get(n))
+                    .map(|v| v.to_string())
+                    .unwrap_or_default(),
                 network: net_name(n),
                 vip: ip.to_string(),
             })

@@ -92,6 +92,10 @@ pub fn bridge(n: u64) -> String {
 /// An attachable swarm overlay with a subnet from the pools.
 pub fn network_spec(id: &str, name: &str) -> NetworkSpec {
     NetworkSpec {
+        ipv6: false,
+        subnet6: None,
+        gateway6: None,
+        ip_range6: None,
         aux_addresses: Default::default(),
         id: id.into(),
         name: name.into(),

@@ -23,6 +23,20 @@ pub fn object_name(kind: &str, name: &str) -> Result<()> {
     }
 }
 
+/// An `--ip6` address: empty is none; anything but an IPv6 address is
+/// refused.
+pub fn ip6(flag: &str, value: &str) -> Result<Option<std::net::IpAddr>> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    match value.parse::<std::net::IpAddr>() {
+        Ok(ip) if ip.is_ipv6() => Ok(Some(ip)),
+        _ => Err(Error::InvalidInput(format!(
+            "invalid {flag} {value:?}: give an IPv6 address"
+        ))),
+    }
+}
+
 /// DNS aliases on network `net` (`--network name=NET,alias=A`,
 /// `--network-alias`, `network connect --alias`): each a valid name (as
 /// [`object_name`]), no `tasks.` prefix (that form names a service's

@@ -44,3 +44,12 @@ pub mod token;
 /// others' configs, and a service at every per-object limit must still
 /// fit ten replicas on one node. Nodes of versions before that decode 4 MiB.
 pub const SESSION_RECEIVE_LIMIT_BYTES: usize = 8 * 1024 * 1024;
+
+/// This build's version, as nodes report it (`node ls`, `weft version`,
+/// the data directory's stamp, the managers' version gate): `WEFT_VERSION`
+/// at build time when set (a packager's or a test's stamp, e.g.
+/// `0.2.0~prev`), else the crate's.
+pub const VERSION: &str = match option_env!("WEFT_VERSION") {
+    Some(v) => v,
+    None => env!("CARGO_PKG_VERSION"),
+};

@@ -43,11 +43,14 @@ pub fn docker_shape(r: &pb::InspectResponse) -> Value {
         .iter()
         .map(|a| {
             let (ip, prefix) = a.ip.split_once('/').unwrap_or((a.ip.as_str(), ""));
+            let (ip6, prefix6) = a.ip6.split_once('/').unwrap_or((a.ip6.as_str(), ""));
             (
                 a.network.clone(),
                 json!({
                     "IPAddress": ip,
                     "IPPrefixLen": prefix.parse::<u32>().unwrap_or(0),
+                    "GlobalIPv6Address": ip6,
+                    "GlobalIPv6PrefixLen": prefix6.parse::<u32>().unwrap_or(0),
                     "MacAddress": a.mac,
                     "Aliases": if a.aliases.is_empty() { Value::Null } else { json!(a.aliases) },
                 }),

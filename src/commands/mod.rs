@@ -141,16 +141,27 @@ pub async fn init(c: &Client, a: InitArgs) -> anyhow::Result<()> {
     if a.force_new_cluster {
         return force_new_cluster(c).await;
     }
+    let (mut mask4, mut mask6) = (0, 0);
+    for m in &a.default_addr_pool_mask_length {
+        let slot = if *m > 32 { &mut mask6 } else { &mut mask4 };
+        if *slot != 0 {
+            bail!(
+                "--default-addr-pool-mask-length is given twice for one family ({slot} and {m}): \
+                 give at most one IPv4 length (up to 32) and one IPv6 length (over 32)"
+            );
+        }
+        *slot = *m;
+    }
     let resp = c
         .daemon()
         .init(pb::InitRequest {
-            default_addr_pool_mask_length6: 0,
+            default_addr_pool_mask_length6: mask6,
             advertise_addr: a.advertise_addr.unwrap_or_default(),
             listen_addr: a.listen_addr.unwrap_or_default(),
             data_path_addr: a.data_path_addr.unwrap_or_default(),
             data_path_port: a.data_path_port.unwrap_or(0),
             default_addr_pools: a.default_addr_pool,
-            default_addr_pool_mask_length: a.default_addr_pool_mask_length.unwrap_or(0),
+            default_addr_pool_mask_length: mask4,
             cert_expiry_secs: a.cert_expiry.map(|d| d.as_secs().max(1)).unwrap_or(0),
             heartbeat_period_ms: a.heartbeat_period.map(|d| ms(d).max(1)).unwrap_or(0),
             disconnect_grace_ms: a.disconnect_grace.map(grace_ms).unwrap_or(0),
@@ -410,9 +421,10 @@ pub async fn info(c: &Client, format: Option<&str>) -> anyhow::Result<()> {
             println!(" Data path port: {}", cl.data_path_port);
             println!(" Ingress subnet: {}", cl.ingress_subnet);
             println!(
-                " Default address pools: {} (mask length {})",
+                " Default address pools: {} (mask length {}, IPv6 {})",
                 cl.default_addr_pools.join(", "),
-                cl.default_addr_pool_mask_length
+                cl.default_addr_pool_mask_length,
+                cl.default_addr_pool_mask_length6
             );
             println!(" CA fingerprint: {}", cl.ca_fingerprint);
         }

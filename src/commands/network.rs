@@ -21,27 +21,45 @@ fn network_json(d: &pb::NetworkDetail) -> serde_json::Value {
         }),
         _ => serde_json::json!({}),
     };
-    let ipam_config = if n.subnet.is_empty() {
-        serde_json::json!([])
-    } else {
-        let mut c = serde_json::json!({ "Subnet": n.subnet, "Gateway": n.gateway });
-        if !n.ip_range.is_empty() {
-            c["IPRange"] = n.ip_range.clone().into();
+    // One IPAM entry per family, as Docker's (aux addresses with theirs).
+    let ipam_entry = |subnet: &str, gateway: &str, range: &str, v6: bool| {
+        let mut c = serde_json::json!({ "Subnet": subnet, "Gateway": gateway });
+        if !range.is_empty() {
+            c["IPRange"] = range.into();
         }
-        if !n.aux_addresses.is_empty() {
-            let aux: std::collections::BTreeMap<&String, &String> =
-                n.aux_addresses.iter().collect();
+        let aux: std::collections::BTreeMap<&String, &String> = (n.aux_addresses.iter())
+            .filter(|(_, ip)| ip.contains(':') == v6)
+            .collect();
+        if !aux.is_empty() {
             c["AuxiliaryAddresses"] = serde_json::json!(aux);
         }
-        serde_json::json!([c])
+        c
     };
+    let ipam_config: Vec<serde_json::Value> = [
+        (
+            n.subnet.as_str(),
+            n.gateway.as_str(),
+            n.ip_range.as_str(),
+            false,
+        ),
+        (
+            n.subnet6.as_str(),
+            n.gateway6.as_str(),
+            n.ip_range6.as_str(),
+            true,
+        ),
+    ]
+    .into_iter()
+    .filter(|(subnet, ..)| !subnet.is_empty())
+    .map(|(s, g, r, v6)| ipam_entry(s, g, r, v6))
+    .collect();
     let mut v = serde_json::json!({
         "Name": n.name,
         "Id": n.id,
         "Created": if n.created_at_ms == 0 { String::new() } else { rfc3339_ms(n.created_at_ms) },
         "Scope": scope,
         "Driver": n.driver,
-        "EnableIPv6": false,
+        "EnableIPv6": n.ipv6,
         "IPAM": { "Driver": "default", "Options": {}, "Config": ipam_config },
         "Internal": n.internal,
         "Attachable": n.attachable,
@@ -65,7 +83,11 @@ fn network_json(d: &pb::NetworkDetail) -> serde_json::Value {
                     "Name": e.task_name,
                     "EndpointID": format!("{}-{}", e.task_id, n.id),
                     "IPv4Address": format!("{}/{}", e.ip, n.subnet.split_once('/').map(|x| x.1).unwrap_or("32")),
-                    "IPv6Address": "",
+                    "IPv6Address": if e.ip6.is_empty() {
+                        String::new()
+                    } else {
+                        format!("{}/{}", e.ip6, n.subnet6.split_once('/').map(|x| x.1).unwrap_or("128"))
+                    },
                     "MacAddress": e.mac,
                     "Node": e.hostname,
                     "NodeID": e.node_id,
@@ -209,17 +231,20 @@ pub async fn network(c: &Client, cmd: crate::cli::NetworkCommand) -> anyhow::Res
     let mut ctl = c.control();
     match cmd {
         N::Create(a) => {
+            let (subnet, subnet6) = by_family("--subnet", &a.subnet)?;
+            let (gateway, gateway6) = by_family("--gateway", &a.gateway)?;
+            let (ip_range, ip_range6) = by_family("--ip-range", &a.ip_range)?;
             let n = ctl
                 .create_network(pb::CreateNetworkRequest {
-                    ipv6: false,
-                    subnet6: String::new(),
-                    gateway6: String::new(),
-                    ip_range6: String::new(),
+                    ipv6: a.ipv6,
+                    subnet6,
+                    gateway6,
+                    ip_range6,
                     name: a.name,
                     driver: a.driver,
-                    subnet: a.subnet.unwrap_or_default(),
-                    gateway: a.gateway.unwrap_or_default(),
-                    ip_range: a.ip_range.unwrap_or_default(),
+                    subnet,
+                    gateway,
+                    ip_range,
                     internal: a.internal,
                     attachable: a.attachable,
                     mtu: a.mtu.unwrap_or(0),
@@ -262,12 +287,13 @@ pub async fn network(c: &Client, cmd: crate::cli::NetworkCommand) -> anyhow::Res
         }
         N::Connect {
             ip,
+            ip6,
             aliases,
             network,
             task,
         } => {
             ctl.connect_network(pb::ConnectNetworkRequest {
-                ip6: String::new(),
+                ip6: ip6.unwrap_or_default(),
                 network,
                 task,
                 ip: ip.unwrap_or_default(),
@@ -428,6 +454,29 @@ async fn prune(
 
 /// `--aux-address NAME=IP` flags: a name given twice is refused (the
 /// first address would silently not be kept out of allocation).
+/// The values of a flag given once per family (`--subnet 10.1.0.0/24
+/// --subnet fd00:1::/64`): the IPv4 one and the IPv6 one, each possibly
+/// empty. A value that is neither goes with IPv4, for the manager's error.
+fn by_family(flag: &str, values: &[String]) -> anyhow::Result<(String, String)> {
+    let (mut v4, mut v6) = (String::new(), String::new());
+    for v in values {
+        let addr = v.split_once('/').map_or(v.as_str(), |(a, _)| a);
+        let slot = if addr.parse::<std::net::Ipv6Addr>().is_ok() {
+            &mut v6
+        } else {
+            &mut v4
+        };
+        if !slot.is_empty() {
+            anyhow::bail!(
+                "{flag} is given twice for one address family ({slot} and {v}): give at most one \
+                 IPv4 and one IPv6 value"
+            );
+        }
+        *slot = v.clone();
+    }
+    Ok((v4, v6))
+}
+
 fn aux_addresses(flags: &[String]) -> anyhow::Result<std::collections::HashMap<String, String>> {
     let map = kv(flags, "--aux-address")?;
     if map.len() != flags.len() {

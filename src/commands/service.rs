@@ -148,7 +148,11 @@ fn service_json(s: &pb::Service) -> serde_json::Value {
         "PreviousSpec": s.previous_spec.as_ref().map(spec_json),
         "Endpoint": {
             "Ports": ports_json(&s.ports),
-            "VirtualIPs": s.vips.iter().map(|v| serde_json::json!({"Network": v.network, "Addr": v.vip})).collect::<Vec<_>>(),
+            "VirtualIPs": s.vips.iter().flat_map(|v| {
+                std::iter::once(&v.vip)
+                    .chain(Some(&v.vip6).filter(|ip| !ip.is_empty()))
+                    .map(|ip| serde_json::json!({"Network": v.network, "Addr": ip}))
+            }).collect::<Vec<_>>(),
         },
         "Running": s.running,
         "Desired": s.desired,

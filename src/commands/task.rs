@@ -8,6 +8,9 @@ fn run_networks(a: &crate::cli::RunArgs) -> anyhow::Result<Vec<pb::NetworkRef>> 
     if a.ip.is_some() && a.networks.is_empty() {
         bail!("--ip needs --network");
     }
+    if a.ip6.is_some() && a.networks.is_empty() {
+        bail!("--ip6 needs --network (a dual-stack one)");
+    }
     if !a.network_aliases.is_empty() && a.networks.is_empty() {
         bail!("--network-alias needs --network NAME (aliases are for user-defined networks)");
     }
@@ -16,6 +19,7 @@ fn run_networks(a: &crate::cli::RunArgs) -> anyhow::Result<Vec<pb::NetworkRef>> 
         let n = crate::network_arg::NetworkArg::parse("--network", v)?;
         let mut aliases = n.aliases;
         let mut ip = n.ip;
+        let mut ip6 = n.ip6;
         if i == 0 {
             aliases.extend(a.network_aliases.iter().cloned());
             if let Some(given) = &a.ip {
@@ -24,9 +28,15 @@ fn run_networks(a: &crate::cli::RunArgs) -> anyhow::Result<Vec<pb::NetworkRef>> 
                 }
                 ip = Some(given.clone());
             }
+            if let Some(given) = &a.ip6 {
+                if ip6.is_some() {
+                    bail!("--ip6 and --network ...,ip6= both give the IPv6 address");
+                }
+                ip6 = Some(given.clone());
+            }
         }
         out.push(pb::NetworkRef {
-            ip6: String::new(),
+            ip6: ip6.unwrap_or_default(),
             network: n.name,
             ip: ip.unwrap_or_default(),
             aliases,

@@ -132,7 +132,7 @@ impl NodeService {
                         .attachments
                         .iter()
                         .map(|at| pb::TaskAddress {
-                            ip6: String::new(),
+                            ip6: at.ip6.clone(),
                             aliases: at.aliases.clone(),
                             network: names
                                 .get(at.network_id.as_str())

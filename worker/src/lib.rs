@@ -7,13 +7,7 @@
 //! Must not: hold cluster-wide state or speak Raft; it only ever sees its own
 //! node's slice.
 
-/// This build's version, as nodes report it (`node ls`, `weft version`,
-/// the data directory's stamp): `WEFT_VERSION` at build time when set (a
-/// packager's or a test's stamp, e.g. `0.1.0~prev`), else the crate's.
-pub const VERSION: &str = match option_env!("WEFT_VERSION") {
-    Some(v) => v,
-    None => env!("CARGO_PKG_VERSION"),
-};
+pub use weft_proto::VERSION;
 
 pub mod agent;
 pub mod capacity;

@@ -7,10 +7,20 @@ impl ControlService {
     pub(super) fn network_wire(&self, s: &State, n: &crate::store::Network) -> pb::Network {
         let (mtu, limited_by) = crate::dispatcher::projection::network_mtu(s, n);
         pb::Network {
-            ipv6: false,
-            subnet6: String::new(),
-            gateway6: String::new(),
-            ip_range6: String::new(),
+            ipv6: n.ipv6.is_some(),
+            subnet6: n
+                .ipv6
+                .as_ref()
+                .map(|v| v.subnet.to_string())
+                .unwrap_or_default(),
+            gateway6: n
+                .ipv6
+                .as_ref()
+                .map(|v| v.gateway.to_string())
+                .unwrap_or_default(),
+            ip_range6: (n.ipv6.as_ref().and_then(|v| v.ip_range))
+                .map(|r| r.to_string())
+                .unwrap_or_default(),
             aux_addresses: n
                 .aux_addresses
                 .iter()
@@ -93,10 +103,12 @@ impl ControlService {
         if let Some(sn) = subnet
             && !sn.is_ipv4()
         {
-            return Err(Error::InvalidInput(
-                "IPv6 overlay subnets are not supported yet; give an IPv4 subnet".into(),
-            ));
+            return Err(Error::InvalidInput(format!(
+                "subnet {sn} is IPv6: give it as the IPv6 subnet (with --ipv6); the IPv4 subnet \
+                 of a dual-stack network is given or taken from the pools"
+            )));
         }
+        let (subnet6, gateway6, ip_range6) = ipv6_side(&r, cidr)?;
         let gateway = if r.gateway.is_empty() {
             None
         } else {
@@ -145,6 +157,10 @@ impl ControlService {
                 encrypted,
                 driver: if local.is_some() { "bridge" } else { "overlay" }.into(),
                 node: local,
+                ipv6: r.ipv6,
+                subnet6,
+                gateway6,
+                ip_range6,
             },
         };
         self.core.read(|s| limits::admit(s, &cmd))?;
@@ -206,6 +222,7 @@ impl ControlService {
                 network: net.id.clone(),
                 ip,
                 aliases: r.aliases.clone(),
+                ip6: crate::validate::ip6("--ip6", &r.ip6)?,
             };
             self.core.read(|s| limits::admit(s, &cmd))?;
             cmd
@@ -271,6 +288,36 @@ impl ControlService {
     }
 }
 
+/// The IPv6 subnet, gateway and range of a network create request, each of
+/// the IPv6 family, the gateway and range only with the subnet, and none
+/// without `--ipv6`.
+fn ipv6_side(
+    r: &pb::CreateNetworkRequest,
+    cidr: impl Fn(&str, &str) -> Result<Option<ipnetwork::IpNetwork>>,
+) -> Result<(
+    Option<ipnetwork::IpNetwork>,
+    Option<std::net::IpAddr>,
+    Option<ipnetwork::IpNetwork>,
+)> {
+    let bad = |m: String| Err(Error::InvalidInput(m));
+    let subnet6 = cidr("IPv6 subnet", &r.subnet6)?;
+    let ip_range6 = cidr("IPv6 ip range", &r.ip_range6)?;
+    let gateway6 = crate::validate::ip6("IPv6 gateway", &r.gateway6)?;
+    if let Some(s) = subnet6.iter().chain(&ip_range6).find(|n| n.is_ipv4()) {
+        return bad(format!("{s} is not an IPv6 prefix"));
+    }
+    if subnet6.is_none() && (ip_range6.is_some() || gateway6.is_some()) {
+        return bad("an IPv6 --gateway or --ip-range needs an IPv6 --subnet".into());
+    }
+    if !r.ipv6 && subnet6.is_some() {
+        return bad(format!(
+            "subnet {} is IPv6: add --ipv6 for a dual-stack network",
+            r.subnet6
+        ));
+    }
+    Ok((subnet6, gateway6, ip_range6))
+}
+
 /// One task's endpoint on a network, as `network inspect` lists it.
 fn endpoint_info(
     s: &crate::store::State,
@@ -278,7 +325,7 @@ fn endpoint_info(
     a: &crate::store::Attachment,
 ) -> pb::EndpointInfo {
     pb::EndpointInfo {
-        ip6: String::new(),
+        ip6: a.ip6.map(|ip| ip.to_string()).unwrap_or_default(),
         task_id: t.id.clone(),
         task_name: t.name.clone(),
         node_id: t.node.to_string(),

@@ -222,6 +222,7 @@ impl super::DispatcherService {
         let id = crate::validate::random_id();
         let cmd = Command::CreateTask {
             aliases: Default::default(),
+            ip6: Default::default(),
             id: id.clone(),
             name: task_name(&ext),
             node: node.id,

@@ -390,6 +390,7 @@ impl DispatcherService {
         }
         let mut networks = Vec::new();
         let mut aliases = std::collections::BTreeMap::new();
+        let mut ip6s = std::collections::BTreeMap::new();
         for n in &refs {
             let net =
                 self.core.read(|s| {
@@ -426,6 +427,9 @@ impl DispatcherService {
             if !n.aliases.is_empty() {
                 aliases.insert(net.id.clone(), n.aliases.clone());
             }
+            if let Some(ip6) = crate::validate::ip6("--ip6", &n.ip6)? {
+                ip6s.insert(net.id.clone(), ip6);
+            }
             networks.push((net.id.clone(), ip));
         }
         let id = crate::validate::random_id();
@@ -450,6 +454,7 @@ impl DispatcherService {
             network_mode: mode,
             ports,
             aliases,
+            ip6: ip6s,
         };
         self.core.read(|s| limits::admit(s, &cmd))?;
         self.core

@@ -283,7 +283,7 @@ fn network_config(state: &State, net: &Network, node: NodeId) -> pb::NetworkConf
                 peer.data_path_addr.clone()
             };
             Some(pb::RemoteEndpoint {
-                ip6: String::new(),
+                ip6: a.ip6.map(|ip| ip.to_string()).unwrap_or_default(),
                 task_id: t.id.clone(),
                 ip: a.ip.to_string(),
                 mac: mac_text(mac_for(a.ip)),
@@ -321,8 +321,8 @@ fn network_config(state: &State, net: &Network, node: NodeId) -> pb::NetworkConf
         names
     };
     pb::NetworkConfig {
-        subnet6: String::new(),
-        gateway6: String::new(),
+        subnet6: (net.ipv6.as_ref().map(|v| v.subnet.to_string())).unwrap_or_default(),
+        gateway6: (net.ipv6.as_ref().map(|v| v.gateway.to_string())).unwrap_or_default(),
         local: net.node.is_some(),
         id: net.id.clone(),
         name: net.name.clone(),
@@ -356,7 +356,10 @@ fn task_config(state: &State, t: &Task, gw_subnet: &ipnetwork::IpNetwork) -> pb:
             .filter_map(|a| {
                 let net = state.networks.get(&a.network)?;
                 Some(pb::TaskAttachment {
-                    ip6: String::new(),
+                    ip6: match (a.ip6, &net.ipv6) {
+                        (Some(ip), Some(v6)) => with_prefix(ip, &v6.subnet),
+                        _ => String::new(),
+                    },
                     // A foreign container's one interface has the
                     // runtime's name.
                     ifname: t
@@ -567,11 +570,14 @@ fn services_on(state: &State, net: &Network, viewer: NodeId) -> Vec<pb::ServiceE
                         && t.status.state.is_serving()
                         && live_for(state, viewer, t)
                 })
-                .filter_map(|t| addr_on(t, net))
+                .filter_map(|t| t.attachments.iter().find(|a| a.network == net.id))
+                .flat_map(|a| std::iter::once(a.ip).chain(a.ip6))
                 .collect();
             backends.sort();
             pb::ServiceEndpoint {
-                vip6: String::new(),
+                vip6: (svc.vips6.get(&net.id))
+                    .map(|v| v.to_string())
+                    .unwrap_or_default(),
                 name: svc.spec.name.clone(),
                 vip: svc
                     .vips
@@ -593,13 +599,18 @@ fn names_on(state: &State, net: &Network, viewer: NodeId) -> Vec<pb::NameRecord>
         .filter(|t| live_for(state, viewer, t))
         .filter_map(|t| {
             let a = t.attachments.iter().find(|a| a.network == net.id)?;
-            let ip = a.ip.to_string();
+            let ips: Vec<String> = std::iter::once(a.ip)
+                .chain(a.ip6)
+                .map(|ip| ip.to_string())
+                .collect();
             Some(
                 std::iter::once(&t.name)
                     .chain(&a.aliases)
-                    .map(move |name| pb::NameRecord {
-                        name: name.clone(),
-                        ip: ip.clone(),
+                    .flat_map(move |name| {
+                        ips.clone().into_iter().map(move |ip| pb::NameRecord {
+                            name: name.clone(),
+                            ip,
+                        })
                     }),
             )
         })
@@ -626,7 +637,10 @@ fn service_aliases_on(
         let direct = if ep.vip.is_empty() {
             ep.backends.clone()
         } else {
-            vec![ep.vip.clone()]
+            std::iter::once(&ep.vip)
+                .chain(Some(&ep.vip6).filter(|v| !v.is_empty()))
+                .cloned()
+                .collect()
         };
         for alias in aliases {
             let tasks = format!("tasks.{alias}");
@@ -689,6 +703,7 @@ mod tests {
         }
         let mut task = |id: &str, node: u64, nets: &[&str]| {
             s.apply(&Command::CreateTask {
+                ip6: Default::default(),
                 aliases: Default::default(),
                 id: id.into(),
                 name: id.into(),
@@ -728,6 +743,75 @@ mod tests {
         let c3 = project(&s, NodeId(3), 7).unwrap();
         assert!(c3.networks.iter().all(|n| n.name == "db"));
         assert!(c3.networks[0].remote.is_empty());
+    }
+
+    /// A dual-stack network's node config carries its IPv6 subnet, each
+    /// endpoint's IPv6 address (same MAC), both addresses per name, and
+    /// a service's IPv6 VIP.
+    #[test]
+    fn dual_stack_networks_project_both_families() {
+        let mut s = state();
+        s.apply(&Command::CreateNetwork {
+            spec: NetworkSpec {
+                subnet: Some("10.0.11.0/24".parse().unwrap()),
+                ipv6: true,
+                subnet6: Some("fd00:1::/64".parse().unwrap()),
+                ..crate::testing::network_spec("n3", "dual")
+            },
+        })
+        .unwrap();
+        for (id, node) in [("t4", 1), ("t5", 2)] {
+            s.apply(&Command::CreateTask {
+                ip6: Default::default(),
+                aliases: Default::default(),
+                id: id.into(),
+                name: id.into(),
+                node: NodeId(node),
+                spec: TaskSpec::default(),
+                networks: vec![("n3".into(), None)],
+                standalone: true,
+                now_ms: 0,
+                network_mode: Default::default(),
+                ports: Vec::new(),
+            })
+            .unwrap();
+        }
+        s.apply(&Command::CreateService {
+            id: "s1".into(),
+            spec: crate::testing::spec("web", 1, &["n3"]),
+            now_ms: 1,
+        })
+        .unwrap();
+        let c = project(&s, NodeId(1), 1).unwrap();
+        let n = c.networks.iter().find(|n| n.name == "dual").unwrap();
+        assert_eq!(
+            (n.subnet6.as_str(), n.gateway6.as_str()),
+            ("fd00:1::/64", "fd00:1::1")
+        );
+        assert_eq!(n.remote.len(), 1);
+        assert_eq!(
+            (n.remote[0].ip.as_str(), n.remote[0].ip6.as_str()),
+            ("10.0.11.3", "fd00:1::3")
+        );
+        assert_eq!(
+            n.remote[0].mac, "02:42:0a:00:0b:03",
+            "one MAC, from the IPv4 address"
+        );
+        let t4 = c.tasks.iter().find(|t| t.id == "t4").unwrap();
+        assert_eq!(t4.attachments[0].ip6, "fd00:1::2/64");
+        let t5: Vec<&str> = (n.names.iter())
+            .filter(|r| r.name == "t5")
+            .map(|r| r.ip.as_str())
+            .collect();
+        assert_eq!(t5, ["10.0.11.3", "fd00:1::3"]);
+        let web = n.services.iter().find(|e| e.name == "web").unwrap();
+        assert_eq!(
+            (web.vip.as_str(), web.vip6.as_str()),
+            ("10.0.11.4", "fd00:1::4")
+        );
+        // An IPv4-only network's config has no IPv6 field set.
+        let app = c.networks.iter().find(|n| n.name == "app").unwrap();
+        assert!(app.subnet6.is_empty() && app.remote.iter().all(|r| r.ip6.is_empty()));
     }
 
     #[test]
@@ -798,6 +882,7 @@ mod tests {
         let mut s = state();
         let before = project(&s, NodeId(1), 1).unwrap();
         s.apply(&Command::CreateTask {
+            ip6: Default::default(),
             aliases: Default::default(),
             id: "t4".into(),
             name: "t4".into(),

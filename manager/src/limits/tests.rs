@@ -254,6 +254,7 @@ fn cluster_counts_are_resource_exhausted_and_only_growth_is_refused() {
     }
     assert_eq!(desired_tasks(&s), MAX_TASKS);
     let run = Command::CreateTask {
+        ip6: Default::default(),
         aliases: Default::default(),
         id: "t".into(),
         name: "t".into(),

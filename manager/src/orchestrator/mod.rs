@@ -658,6 +658,7 @@ mod tests {
         let mut s = state(1);
         for (id, auto_remove) in [("keep", false), ("gone", true), ("runs", true)] {
             s.apply(&Command::CreateTask {
+                ip6: Default::default(),
                 aliases: Default::default(),
                 id: id.into(),
                 name: id.into(),

@@ -108,6 +108,7 @@ mod tests {
 
     fn run(s: &mut State, id: &str, net: &str, aliases: &[&str]) -> CommandResult {
         s.apply(&Command::CreateTask {
+            ip6: Default::default(),
             id: id.into(),
             name: id.into(),
             node: crate::store::NodeId(1),
@@ -200,6 +201,7 @@ mod tests {
         .unwrap_err();
         let err = s
             .apply(&Command::ConnectTask {
+                ip6: Default::default(),
                 task: "t5".into(),
                 network: "n1".into(),
                 ip: None,

@@ -3,7 +3,7 @@
 //! apply time is deterministic on every manager.
 
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ipnetwork::IpNetwork;
 
@@ -25,6 +25,12 @@ pub fn overlaps(a: &IpNetwork, b: &IpNetwork) -> bool {
 /// The first `/mask` subnet of `pools` that overlaps none of `taken`.
 pub fn pick_subnet(pools: &[IpNetwork], mask: u8, taken: &[IpNetwork]) -> Option<IpNetwork> {
     for pool in pools {
+        if let IpNetwork::V6(p) = pool {
+            if let Some(s) = pick_subnet6(p, mask, taken) {
+                return Some(s);
+            }
+            continue;
+        }
         let (IpNetwork::V4(p), true) = (pool, mask >= pool.prefix() && mask <= 30) else {
             continue;
         };
@@ -55,14 +61,57 @@ pub fn pick_subnet(pools: &[IpNetwork], mask: u8, taken: &[IpNetwork]) -> Option
     None
 }
 
-/// The first usable address of an IPv4 subnet (network + 1).
+/// The first `/mask` subnet of the IPv6 pool `pool` that overlaps none of
+/// `taken`, trying at most [`MAX_SUBNET_PROBES`] candidates (taken ones
+/// of the other family never overlap).
+fn pick_subnet6(pool: &ipnetwork::Ipv6Network, mask: u8, taken: &[IpNetwork]) -> Option<IpNetwork> {
+    if mask < pool.prefix() || mask > MAX_PREFIX6 {
+        return None;
+    }
+    let start = u128::from(pool.network());
+    let count = 1u128
+        .checked_shl(u32::from(mask - pool.prefix()))
+        .unwrap_or(u128::MAX);
+    let step = 1u128 << (128 - u32::from(mask));
+    (0..count.min(MAX_SUBNET_PROBES))
+        .map(|i| IpNetwork::new(IpAddr::V6(Ipv6Addr::from(start + i * step)), mask))
+        .filter_map(Result::ok)
+        .find(|cand| !taken.iter().any(|t| overlaps(t, cand)))
+}
+
+/// The longest IPv6 prefix a network may have: at least 16 addresses.
+pub const MAX_PREFIX6: u8 = 124;
+
+/// How many candidate subnets of an IPv6 pool are tried before it counts
+/// as full (a /48 pool has 65,536 /64s; a cluster has far fewer networks).
+const MAX_SUBNET_PROBES: u128 = 1 << 17;
+
+/// The first usable address of a subnet (network + 1).
 pub fn first_host(subnet: &IpNetwork) -> Option<IpAddr> {
     match subnet {
         IpNetwork::V4(n) if n.prefix() <= 30 => {
             Some(IpAddr::V4(Ipv4Addr::from(u32::from(n.network()) + 1)))
         }
+        IpNetwork::V6(n) if n.prefix() <= MAX_PREFIX6 => {
+            Some(IpAddr::V6(Ipv6Addr::from(u128::from(n.network()) + 1)))
+        }
         _ => None,
     }
+}
+
+/// A cluster's default IPv6 pool: a unique local /48 (RFC 4193) whose
+/// global ID comes from the cluster ID, so every manager derives the same.
+pub fn ula_pool(cluster_id: &str) -> IpNetwork {
+    let h = cluster_id
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        })
+        .to_be_bytes();
+    let mut o = [0u8; 16];
+    o[0] = 0xfd;
+    o[1..6].copy_from_slice(&h[..5]);
+    IpNetwork::new(IpAddr::V6(Ipv6Addr::from(o)), 48).expect("48 is a valid prefix")
 }
 
 /// Whether `ip` may be given to an endpoint of `subnet`: inside it, and
@@ -73,7 +122,10 @@ pub fn is_host_addr(subnet: &IpNetwork, ip: IpAddr) -> bool {
     }
     match (subnet, ip) {
         (IpNetwork::V4(n), IpAddr::V4(a)) => a != n.network() && a != n.broadcast(),
-        _ => true,
+        // The subnet-router anycast address (all host bits zero) is not
+        // an endpoint's.
+        (IpNetwork::V6(n), IpAddr::V6(a)) => a != n.network(),
+        _ => false,
     }
 }
 
@@ -114,11 +166,27 @@ pub fn free_ips<'a>(
     taken: &'a BTreeSet<IpAddr>,
 ) -> impl Iterator<Item = IpAddr> + 'a {
     let (start, size) = match range.unwrap_or(subnet) {
-        IpNetwork::V4(w) => (u32::from(w.network()), 1u64 << (32 - u32::from(w.prefix()))),
-        IpNetwork::V6(_) => (0, 0),
+        IpNetwork::V4(w) => (
+            u128::from(u32::from(w.network())),
+            1u128 << (32 - u32::from(w.prefix())),
+        ),
+        IpNetwork::V6(w) => (
+            u128::from(w.network()),
+            1u128
+                .checked_shl(128 - u32::from(w.prefix()))
+                .unwrap_or(u128::MAX),
+        ),
     };
+    let v6 = subnet.is_ipv6();
     (0..size)
-        .map(move |i| IpAddr::V4(Ipv4Addr::from(start.wrapping_add(i as u32))))
+        .map(move |i| {
+            let a = start.wrapping_add(i);
+            if v6 {
+                IpAddr::V6(Ipv6Addr::from(a))
+            } else {
+                IpAddr::V4(Ipv4Addr::from(a as u32))
+            }
+        })
         .filter(move |ip| is_host_addr(subnet, *ip) && !taken.contains(ip))
 }
 
@@ -206,6 +274,56 @@ mod tests {
             assert_eq!(next_ip(&s, None, &one_by_one), Some(*ip));
             one_by_one.insert(*ip);
         }
+    }
+
+    #[test]
+    fn ipv6_subnets_and_addresses() {
+        let pools = [net("fd00:1::/48")];
+        assert_eq!(pick_subnet(&pools, 64, &[]), Some(net("fd00:1::/64")));
+        let taken = [net("fd00:1::/64"), net("10.0.0.0/24")];
+        assert_eq!(
+            pick_subnet(&pools, 64, &taken),
+            Some(net("fd00:1:0:1::/64"))
+        );
+        // Mixed pools: each family from its own.
+        let mixed = [net("10.0.0.0/8"), net("fd00:1::/48")];
+        assert_eq!(pick_subnet(&mixed[1..], 64, &[]), Some(net("fd00:1::/64")));
+        assert_eq!(pick_subnet(&pools, 125, &[]), None, "too long a prefix");
+        let s = net("fd00:1::/64");
+        assert_eq!(first_host(&s), Some("fd00:1::1".parse().unwrap()));
+        assert!(!is_host_addr(&s, "fd00:1::".parse().unwrap()));
+        assert!(!is_host_addr(&s, "10.0.0.1".parse().unwrap()));
+        let taken = BTreeSet::from(["fd00:1::1".parse().unwrap()]);
+        assert_eq!(
+            next_ip(&s, None, &taken),
+            Some("fd00:1::2".parse().unwrap())
+        );
+        let after = Some("fd00:1::7".parse().unwrap());
+        assert_eq!(
+            next_ip_after(&s, None, &taken, after),
+            Some("fd00:1::8".parse().unwrap())
+        );
+        let r = net("fd00:1::100/120");
+        assert_eq!(
+            next_ip(&s, Some(&r), &taken),
+            Some("fd00:1::100".parse().unwrap())
+        );
+        // A whole /64 is not walked to find the end of a small one.
+        let tiny = net("fd00:1::/126");
+        let full: BTreeSet<IpAddr> = (1..4)
+            .map(|i| format!("fd00:1::{i}").parse().unwrap())
+            .collect();
+        assert_eq!(next_ip(&tiny, None, &full), None);
+    }
+
+    #[test]
+    fn the_default_ula_pool_is_stable_and_unique_local() {
+        let a = ula_pool("c1");
+        assert_eq!(a, ula_pool("c1"));
+        assert_ne!(a, ula_pool("c2"));
+        assert_eq!(a.prefix(), 48);
+        let IpAddr::V6(ip) = a.ip() else { panic!("v6") };
+        assert_eq!(ip.octets()[0], 0xfd);
     }
 
     #[test]

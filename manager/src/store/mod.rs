@@ -180,6 +180,9 @@ pub enum Command {
         /// `--network-alias`: by network ID, the task's DNS aliases there.
         #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
         aliases: BTreeMap<String, Vec<String>>,
+        /// `--ip6`: by network ID, the IPv6 address asked for there.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        ip6: BTreeMap<String, IpAddr>,
     },
     /// Publishes the ports of a Docker endpoint's task, once: Docker tells
     /// its port mappings (CreateEndpoint) only after the address, and so
@@ -204,6 +207,9 @@ pub enum Command {
         /// `--alias`: the task's DNS aliases on that network.
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         aliases: Vec<String>,
+        /// `--ip6`: the IPv6 address asked for (a dual-stack network).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ip6: Option<IpAddr>,
     },
     /// Detaches a standalone task from a network.
     DisconnectTask {
@@ -797,9 +803,17 @@ impl State {
                 network_mode,
                 ports,
                 aliases,
+                ip6,
             } => {
-                let mut task =
-                    self.allocate_task(id, name, *node, spec, networks, *standalone, *now_ms)?;
+                let mut task = self.allocate_task(
+                    id,
+                    name,
+                    *node,
+                    spec,
+                    (networks, ip6),
+                    *standalone,
+                    *now_ms,
+                )?;
                 for a in &mut task.attachments {
                     a.aliases = aliases.get(&a.network).cloned().unwrap_or_default();
                 }
@@ -826,7 +840,7 @@ impl State {
                     }
                     task.ports = self.allocate_task_ports(ports, *node)?;
                 }
-                self.allocated_for(&task, networks);
+                self.allocated_for(&task, networks, ip6);
                 self.tasks.insert(task.id.clone(), task);
                 Ok(Applied::Done)
             }
@@ -839,8 +853,9 @@ impl State {
                 network,
                 ip,
                 aliases,
+                ip6,
             } => {
-                self.connect_task(task, network, *ip, aliases)?;
+                self.connect_task(task, network, (*ip, *ip6), aliases)?;
                 Ok(Applied::Done)
             }
             Command::DisconnectTask { task, network } => {
@@ -882,16 +897,19 @@ impl State {
                 }
                 self.check_service_names(id, spec)?;
                 let vips = self.allocate_vips(spec, None)?;
+                let vips6 = self.allocate_vips6(None, &vips)?;
                 // Refused, this changes nothing (the ingress network is
                 // created on first use).
                 let ports = self.service_ports(spec, id, &[], *now_ms)?;
                 self.allocated_vips(&vips, &BTreeMap::new());
+                self.allocated_vips(&vips6, &BTreeMap::new());
                 self.services.insert(
                     id.clone(),
                     Service {
                         id: id.clone(),
                         spec: spec.clone(),
                         vips,
+                        vips6,
                         version: 1,
                         created_at_ms: *now_ms,
                         updated_at_ms: *now_ms,
@@ -954,12 +972,19 @@ impl State {
                     version: svc.version,
                 };
                 let spec = svc.spec.task.clone();
-                let mut task =
-                    self.allocate_task(id, &name, *node, &spec, &networks, false, *now_ms)?;
+                let mut task = self.allocate_task(
+                    id,
+                    &name,
+                    *node,
+                    &spec,
+                    (&networks, &BTreeMap::new()),
+                    false,
+                    *now_ms,
+                )?;
                 task.service = Some(sref);
                 task.restarts = *restarts;
                 task.restart_history = restart_history.clone();
-                self.allocated_for(&task, &networks);
+                self.allocated_for(&task, &networks, &BTreeMap::new());
                 self.tasks.insert(task.id.clone(), task);
                 Ok(Applied::Done)
             }
@@ -1085,11 +1110,13 @@ impl State {
             .values()
             .flat_map(|t| t.attachments.iter())
             .filter(|a| a.network == net_id)
-            .map(|a| a.ip)
+            .flat_map(|a| std::iter::once(a.ip).chain(a.ip6))
             .collect();
         taken.extend(self.services.values().filter_map(|s| s.vips.get(net_id)));
+        taken.extend(self.services.values().filter_map(|s| s.vips6.get(net_id)));
         if let Some(n) = self.networks.get(net_id) {
             taken.insert(n.gateway);
+            taken.extend(n.ipv6.as_ref().map(|v6| v6.gateway));
             taken.extend(n.node_endpoints.values());
             taken.extend(n.aux_addresses.values());
         }
@@ -1123,6 +1150,115 @@ impl State {
             vips.insert(net_id.clone(), ip);
         }
         Ok(vips)
+    }
+
+    /// One IPv6 VIP per dual-stack network for a VIP-mode service (those
+    /// in `vips`), keeping those it has.
+    fn allocate_vips6(
+        &self,
+        old: Option<&Service>,
+        vips: &BTreeMap<String, IpAddr>,
+    ) -> Result<BTreeMap<String, IpAddr>, StoreError> {
+        let mut vips6 = BTreeMap::new();
+        for net_id in vips.keys() {
+            let Some(net) = self.networks.get(net_id) else {
+                continue;
+            };
+            let Some(v6) = &net.ipv6 else {
+                continue;
+            };
+            if let Some(ip) = old.and_then(|o| o.vips6.get(net_id)) {
+                vips6.insert(net_id.clone(), *ip);
+                continue;
+            }
+            let taken = self.taken_on(net_id);
+            let ip =
+                ipam::next_ip_after(&v6.subnet, v6.ip_range.as_ref(), &taken, v6.last_allocated)
+                    .ok_or_else(|| StoreError::NetworkFull(net.name.clone()))?;
+            vips6.insert(net_id.clone(), ip);
+        }
+        Ok(vips6)
+    }
+
+    /// The IPv6 side of a new network: `None` unless `--ipv6`.
+    fn allocate_subnet6(
+        &self,
+        spec: &NetworkSpec,
+        clash: impl Fn(&Network) -> bool,
+    ) -> Result<Option<Subnet6>, StoreError> {
+        let bad = |m: String| Err(StoreError::InvalidNetwork(m));
+        if !spec.ipv6 {
+            if let Some(s) = spec.subnet6 {
+                return bad(format!(
+                    "subnet {s} is IPv6: add --ipv6 for a dual-stack network"
+                ));
+            }
+            return Ok(None);
+        }
+        let taken: Vec<IpNetwork> = self
+            .networks
+            .values()
+            .filter(|n| clash(n))
+            .filter_map(|n| n.ipv6.as_ref().map(|v6| v6.subnet))
+            .collect();
+        let subnet = match spec.subnet6 {
+            Some(s) => {
+                if s.prefix() > ipam::MAX_PREFIX6 {
+                    return bad(format!(
+                        "IPv6 subnet {s} is too small: use a /{} or larger (a /64 is usual)",
+                        ipam::MAX_PREFIX6
+                    ));
+                }
+                if let Some(o) = self.networks.values().filter(|n| clash(n)).find(|n| {
+                    n.ipv6
+                        .as_ref()
+                        .is_some_and(|v6| ipam::overlaps(&v6.subnet, &s))
+                }) {
+                    return Err(StoreError::SubnetOverlap {
+                        subnet: s.to_string(),
+                        other: o
+                            .ipv6
+                            .as_ref()
+                            .map(|v6| v6.subnet.to_string())
+                            .unwrap_or_default(),
+                        network: o.name.clone(),
+                    });
+                }
+                s
+            }
+            None => {
+                let cluster = self.cluster.as_ref().ok_or(StoreError::NotInitialised)?;
+                let settings = &cluster.settings;
+                let pools = match settings.default_addr_pools6.as_slice() {
+                    [] => vec![ipam::ula_pool(&cluster.id)],
+                    p => p.to_vec(),
+                };
+                let mask = settings.default_addr_pool_mask_length6;
+                ipam::pick_subnet(&pools, mask, &taken).ok_or(StoreError::PoolExhausted(mask))?
+            }
+        };
+        let gateway = match spec.gateway6 {
+            Some(g) if !ipam::is_host_addr(&subnet, g) => {
+                return bad(format!(
+                    "gateway {g} is not a usable address of subnet {subnet}"
+                ));
+            }
+            Some(g) => g,
+            None => ipam::first_host(&subnet).ok_or_else(|| {
+                StoreError::InvalidNetwork(format!("IPv6 subnet {subnet} has no host addresses"))
+            })?,
+        };
+        if let Some(r) = &spec.ip_range6
+            && !(subnet.contains(r.network()) && r.prefix() >= subnet.prefix())
+        {
+            return bad(format!("ip range {r} is not inside subnet {subnet}"));
+        }
+        Ok(Some(Subnet6 {
+            subnet,
+            gateway,
+            ip_range: spec.ip_range6,
+            last_allocated: None,
+        }))
     }
 
     fn allocate_network(&self, spec: &NetworkSpec) -> Result<Network, StoreError> {
@@ -1229,6 +1365,7 @@ impl State {
                 "ip range {r} is not inside subnet {subnet}"
             )));
         }
+        let ipv6 = self.allocate_subnet6(spec, clash)?;
         let vni = if local.is_some() {
             0
         } else {
@@ -1243,7 +1380,8 @@ impl State {
             ingress: false,
             node_endpoints: Default::default(),
             last_allocated: None,
-            aux_addresses: check_aux_addresses(spec, &subnet, gateway)?,
+            aux_addresses: check_aux_addresses(spec, &subnet, gateway, ipv6.as_ref())?,
+            ipv6,
             // Local networks take standalone tasks, as Docker's bridges do.
             attachable: spec.attachable || local.is_some(),
             subnet,
@@ -1265,7 +1403,7 @@ impl State {
         name: &str,
         node: NodeId,
         spec: &TaskSpec,
-        networks: &[(String, Option<IpAddr>)],
+        (networks, want6): NetworkRequests<'_>,
         standalone: bool,
         now_ms: u64,
     ) -> Result<Task, StoreError> {
@@ -1300,12 +1438,14 @@ impl State {
             }
             internal_only &= net.internal;
             let ip = self.pick_address(net, *want)?;
+            let ip6 = self.pick_address6(net, want6.get(net_id).copied())?;
             let ifname = format!("eth{}", attachments.len());
             attachments.push(Attachment {
                 network: net_id.clone(),
                 ip,
                 ifname,
                 aliases: Vec::new(),
+                ip6,
             });
         }
         // Egress through the node's gateway bridge unless every network is
@@ -1336,13 +1476,23 @@ impl State {
 
     /// Moves the serial allocation of each of `task`'s networks past the
     /// address it got there unasked (`networks`: what was asked).
-    fn allocated_for(&mut self, task: &Task, networks: &[(String, Option<IpAddr>)]) {
+    fn allocated_for(
+        &mut self,
+        task: &Task,
+        networks: &[(String, Option<IpAddr>)],
+        want6: &BTreeMap<String, IpAddr>,
+    ) {
         for a in &task.attachments {
             if networks
                 .iter()
                 .any(|(n, want)| *n == a.network && want.is_none())
             {
                 self.allocated(&a.network, a.ip);
+            }
+            if let Some(ip6) = a.ip6
+                && !want6.contains_key(&a.network)
+            {
+                self.allocated(&a.network, ip6);
             }
         }
     }
@@ -1423,6 +1573,10 @@ pub enum ResolveError {
     Ambiguous(String),
 }
 
+/// A new task's networks in attachment order, each with the address asked
+/// for, and the IPv6 addresses asked for by network.
+type NetworkRequests<'a> = (&'a [(String, Option<IpAddr>)], &'a BTreeMap<String, IpAddr>);
+
 /// `--aux-address NAME=IP` of `spec` on `subnet` (gateway `gateway`):
 /// each a usable address of the subnet, not the gateway, none twice, and
 /// only with an explicit subnet (an allocated one is not known in advance).
@@ -1430,6 +1584,7 @@ fn check_aux_addresses(
     spec: &NetworkSpec,
     subnet: &IpNetwork,
     gateway: IpAddr,
+    ipv6: Option<&Subnet6>,
 ) -> Result<BTreeMap<String, IpAddr>, StoreError> {
     let bad = |m: String| Err(StoreError::InvalidNetwork(m));
     if !spec.aux_addresses.is_empty() && spec.subnet.is_none() {
@@ -1437,6 +1592,10 @@ fn check_aux_addresses(
     }
     let mut seen = BTreeSet::new();
     for (name, ip) in &spec.aux_addresses {
+        let (subnet, gateway) = match (ip, ipv6) {
+            (IpAddr::V6(_), Some(v6)) => (&v6.subnet, v6.gateway),
+            _ => (subnet, gateway),
+        };
         if !ipam::is_host_addr(subnet, *ip) {
             return bad(format!(
                 "aux address {name}={ip} is not a usable address of subnet {subnet}"

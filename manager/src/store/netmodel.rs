@@ -138,6 +138,7 @@ impl State {
         self.networks.insert(
             id.to_string(),
             Network {
+                ipv6: None,
                 id: id.to_string(),
                 name: DEFAULT_BRIDGE.into(),
                 driver: "bridge".into(),
@@ -211,6 +212,7 @@ impl State {
         self.networks.insert(
             id.clone(),
             Network {
+                ipv6: None,
                 id: id.clone(),
                 name: INGRESS_NETWORK.into(),
                 driver: "overlay".into(),
@@ -544,7 +546,7 @@ impl State {
         &mut self,
         task: &str,
         network: &str,
-        ip: Option<IpAddr>,
+        (ip, ip6): (Option<IpAddr>, Option<IpAddr>),
         aliases: &[String],
     ) -> Result<(), StoreError> {
         let t = self
@@ -588,12 +590,14 @@ impl State {
             return Err(StoreError::NotAttachable(net.name.clone()));
         }
         let addr = self.pick_address(net, ip)?;
+        let addr6 = self.pick_address6(net, ip6)?;
         let ifname = next_ifname(t.attachments.iter().map(|a| a.ifname.as_str()));
         let attachment = Attachment {
             network: network.to_string(),
             ip: addr,
             ifname,
             aliases: aliases.to_vec(),
+            ip6: addr6,
         };
         self.check_task_aliases(std::slice::from_ref(&attachment))?;
         let internal = net.internal;
@@ -611,6 +615,9 @@ impl State {
         }
         if ip.is_none() {
             self.allocated(network, addr);
+        }
+        if let (None, Some(a6)) = (ip6, addr6) {
+            self.allocated(network, a6);
         }
         Ok(())
     }
@@ -643,45 +650,49 @@ impl State {
         Ok(())
     }
 
-    /// An address on `net`: `want` if it is free and usable, else the next
-    /// free one.
+    /// The address of an endpoint on `net`: `want` if it is free, else the
+    /// next in serial order.
     pub(crate) fn pick_address(
         &self,
         net: &Network,
         want: Option<IpAddr>,
     ) -> Result<IpAddr, StoreError> {
         let taken = self.taken_on(&net.id);
-        match want {
-            Some(ip) => {
-                let why = if !ipam::is_host_addr(&net.subnet, ip) {
-                    Some(format!("it is not a usable address of {}", net.subnet))
-                } else if taken.contains(&ip) {
-                    Some("it is already in use".to_string())
-                } else {
-                    None
-                };
-                match why {
-                    Some(why) => Err(StoreError::AddressUnavailable {
-                        ip: ip.to_string(),
-                        network: net.name.clone(),
-                        why,
-                    }),
-                    None => Ok(ip),
-                }
-            }
-            None => {
-                let after = net.last_allocated;
-                ipam::next_ip_after(&net.subnet, net.ip_range.as_ref(), &taken, after)
-                    .ok_or_else(|| StoreError::NetworkFull(net.name.clone()))
+        let range = (&net.subnet, net.ip_range.as_ref(), net.last_allocated);
+        pick_in(&net.name, range, &taken, want)
+    }
+
+    /// Moves `network`'s serial allocation past `ip`, handed out unasked
+    /// (that of its family).
+    pub(crate) fn allocated(&mut self, network: &str, ip: IpAddr) {
+        if let Some(n) = self.networks.get_mut(network) {
+            match (&mut n.ipv6, ip) {
+                (Some(v6), IpAddr::V6(_)) if v6.subnet.contains(ip) => v6.last_allocated = Some(ip),
+                _ => n.last_allocated = Some(ip),
             }
         }
     }
 
-    /// Moves `network`'s serial allocation past `ip`, handed out unasked.
-    pub(crate) fn allocated(&mut self, network: &str, ip: IpAddr) {
-        if let Some(n) = self.networks.get_mut(network) {
-            n.last_allocated = Some(ip);
-        }
+    /// The IPv6 address of an endpoint on `net`: `want` if it is free,
+    /// else the next in serial order; `None` on a network without IPv6.
+    pub(crate) fn pick_address6(
+        &self,
+        net: &Network,
+        want: Option<IpAddr>,
+    ) -> Result<Option<IpAddr>, StoreError> {
+        let Some(v6) = &net.ipv6 else {
+            return match want {
+                None => Ok(None),
+                Some(ip) => Err(StoreError::AddressUnavailable {
+                    ip: ip.to_string(),
+                    network: net.name.clone(),
+                    why: "the network has no IPv6 subnet (create it with --ipv6)".into(),
+                }),
+            };
+        };
+        let taken = self.taken_on(&net.id);
+        let range = (&v6.subnet, v6.ip_range.as_ref(), v6.last_allocated);
+        pick_in(&net.name, range, &taken, want).map(Some)
     }
 
     /// A free address on `node`'s gateway bridge.
@@ -748,6 +759,32 @@ pub fn check_ingress_subnet(subnet: &IpNetwork, settings: &ClusterSettings) -> R
         }
     }
     Ok(())
+}
+
+/// `want` if it is a free host address of the subnet, else the first free
+/// one after the last handed out (`range`: subnet, ip range, last).
+fn pick_in(
+    network: &str,
+    (subnet, ip_range, last): (&IpNetwork, Option<&IpNetwork>, Option<IpAddr>),
+    taken: &BTreeSet<IpAddr>,
+    want: Option<IpAddr>,
+) -> Result<IpAddr, StoreError> {
+    let Some(ip) = want else {
+        return ipam::next_ip_after(subnet, ip_range, taken, last)
+            .ok_or_else(|| StoreError::NetworkFull(network.to_string()));
+    };
+    let why = if !ipam::is_host_addr(subnet, ip) {
+        format!("it is not a usable address of {subnet}")
+    } else if taken.contains(&ip) {
+        "it is already in use".to_string()
+    } else {
+        return Ok(ip);
+    };
+    Err(StoreError::AddressUnavailable {
+        ip: ip.to_string(),
+        network: network.to_string(),
+        why,
+    })
 }
 
 #[cfg(test)]

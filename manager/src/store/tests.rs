@@ -204,6 +204,7 @@ fn net_spec(id: &str, name: &str, subnet: Option<&str>) -> NetworkSpec {
 
 fn create_task(s: &mut State, id: &str, node: u64, nets: &[&str]) -> CommandResult {
     s.apply(&Command::CreateTask {
+        ip6: Default::default(),
         aliases: Default::default(),
         id: id.into(),
         name: format!("task-{id}"),
@@ -333,6 +334,7 @@ fn released_addresses_are_reused_last() {
     s.apply(&Command::RemoveTask { id: "a".into() }).unwrap();
     s.apply(&Command::RemoveTask { id: "c".into() }).unwrap();
     let asked = Command::CreateTask {
+        ip6: Default::default(),
         aliases: Default::default(),
         id: "x".into(),
         name: "task-x".into(),
@@ -425,6 +427,7 @@ fn requested_addresses_are_checked() {
     let mut req = |ip: &str| {
         n += 1;
         Command::CreateTask {
+            ip6: Default::default(),
             aliases: Default::default(),
             id: format!("t{n}"),
             name: format!("t{n}"),
@@ -502,6 +505,7 @@ fn run(
     ports: &[PortRequest],
 ) -> CommandResult {
     s.apply(&Command::CreateTask {
+        ip6: Default::default(),
         aliases: Default::default(),
         id: id.into(),
         name: id.into(),
@@ -617,6 +621,7 @@ fn host_and_none_modes_take_no_addresses_and_no_other_networks() {
     assert!(e.to_string().contains("publishing ports"), "{e}");
     let e = s
         .apply(&Command::ConnectTask {
+            ip6: Default::default(),
             aliases: Default::default(),
             task: "n".into(),
             network: "b1".into(),
@@ -640,6 +645,7 @@ fn connect_and_disconnect_keep_interface_names_and_refuse_twice() {
     .unwrap();
     run(&mut s, "t", 1, &["b1"], NetworkMode::Attached, &[]).unwrap();
     let connect = |net: &str, ip: Option<&str>| Command::ConnectTask {
+        ip6: Default::default(),
         aliases: Default::default(),
         task: "t".into(),
         network: net.into(),
@@ -1129,6 +1135,7 @@ fn resources_round_trip_and_old_records_read_without_them() {
 fn a_docker_endpoints_ports_are_set_once_after_it_is_made() {
     let mut s = with_bridges();
     let docker = |id: &str| Command::CreateTask {
+        ip6: Default::default(),
         aliases: Default::default(),
         id: id.into(),
         name: id.into(),
@@ -1173,4 +1180,181 @@ fn a_docker_endpoints_ports_are_set_once_after_it_is_made() {
         assert!(e.to_string().contains(want), "{want}: {e}");
         assert_eq!(s, before);
     }
+}
+
+fn dual_spec(id: &str, name: &str, subnet6: Option<&str>) -> NetworkSpec {
+    NetworkSpec {
+        ipv6: true,
+        subnet6: subnet6.map(|s| s.parse().unwrap()),
+        ..net_spec(id, name, None)
+    }
+}
+
+/// `--ipv6`: an IPv6 subnet from the cluster's ULA pool (or given), an
+/// IPv6 address per task and an IPv6 VIP per service, handed out serially
+/// like IPv4's.
+#[test]
+fn dual_stack_networks_give_both_families() {
+    let mut s = initialised();
+    s.apply(&Command::CreateNetwork {
+        spec: dual_spec("n1", "a", None),
+    })
+    .unwrap();
+    let v6 = s.networks["n1"].ipv6.clone().expect("an IPv6 side");
+    assert_eq!(v6.subnet.prefix(), 64);
+    assert!(ipam::ula_pool("c1").contains(v6.subnet.network()), "{v6:?}");
+    assert_eq!(Some(v6.gateway), ipam::first_host(&v6.subnet));
+    s.apply(&Command::CreateNetwork {
+        spec: dual_spec("n2", "b", None),
+    })
+    .unwrap();
+    let v6b = s.networks["n2"].ipv6.clone().unwrap();
+    assert!(!ipam::overlaps(&v6.subnet, &v6b.subnet), "{v6:?} {v6b:?}");
+    for t in ["t1", "t2"] {
+        create_task(&mut s, t, 1, &["n1"]).unwrap();
+    }
+    let ip6 = |s: &State, t: &str| s.tasks[t].attachments[0].ip6.unwrap();
+    assert!(v6.subnet.contains(ip6(&s, "t1")));
+    assert_ne!(ip6(&s, "t1"), ip6(&s, "t2"));
+    assert_ne!(ip6(&s, "t1"), v6.gateway);
+    // Serial: t1's IPv6 address is not the next one handed out.
+    let first = ip6(&s, "t1");
+    s.apply(&Command::RemoveTask { id: "t1".into() }).unwrap();
+    create_task(&mut s, "t3", 1, &["n1"]).unwrap();
+    assert_ne!(
+        ip6(&s, "t3"),
+        first,
+        "a released IPv6 address comes back last"
+    );
+    // A service on it gets a VIP of each family.
+    let cmd = Command::CreateService {
+        id: "s1".into(),
+        spec: crate::testing::spec("web", 1, &["n1"]),
+        now_ms: 3,
+    };
+    s.apply(&cmd).unwrap();
+    let svc = &s.services["s1"];
+    assert!(svc.vips["n1"].is_ipv4());
+    assert!(v6.subnet.contains(svc.vips6["n1"]));
+    // IPv4-only networks have none of it.
+    s.apply(&Command::CreateNetwork {
+        spec: net_spec("n3", "c", None),
+    })
+    .unwrap();
+    create_task(&mut s, "t4", 1, &["n3"]).unwrap();
+    assert_eq!(s.tasks["t4"].attachments[0].ip6, None);
+    assert_eq!(s.networks["n3"].ipv6, None);
+    // The IPv6 side survives a round trip; an old record has none.
+    let json = serde_json::to_value(&s.networks["n1"]).unwrap();
+    let back: Network = serde_json::from_value(json.clone()).unwrap();
+    assert_eq!(back, s.networks["n1"]);
+    let mut old = json;
+    old.as_object_mut().unwrap().remove("ipv6");
+    let back: Network = serde_json::from_value(old).unwrap();
+    assert_eq!(back.ipv6, None);
+}
+
+/// The IPv6 side's bad input is refused and changes nothing.
+#[test]
+fn bad_dual_stack_input_changes_nothing() {
+    let mut s = initialised();
+    s.apply(&Command::CreateNetwork {
+        spec: dual_spec("n1", "a", Some("fd00:1::/64")),
+    })
+    .unwrap();
+    let before = s.clone();
+    let bad = |spec: NetworkSpec| Command::CreateNetwork { spec };
+    for (cmd, says) in [
+        (
+            bad(NetworkSpec {
+                ipv6: false,
+                ..dual_spec("n2", "b", Some("fd00:2::/64"))
+            }),
+            "add --ipv6",
+        ),
+        (bad(dual_spec("n2", "b", Some("fd00:1::/80"))), "overlaps"),
+        (bad(dual_spec("n2", "b", Some("fd00:2::/127"))), "too small"),
+        (
+            bad(NetworkSpec {
+                gateway6: Some("fd00:3::1".parse().unwrap()),
+                ..dual_spec("n2", "b", Some("fd00:2::/64"))
+            }),
+            "not a usable address",
+        ),
+        (
+            bad(NetworkSpec {
+                ip_range6: Some("fd00:3::/120".parse().unwrap()),
+                ..dual_spec("n2", "b", Some("fd00:2::/64"))
+            }),
+            "not inside subnet",
+        ),
+        (
+            bad(NetworkSpec {
+                subnet: Some("10.0.9.0/24".parse().unwrap()),
+                aux_addresses: [("r".to_string(), "fd00:9::5".parse().unwrap())].into(),
+                ..dual_spec("n2", "b", Some("fd00:2::/64"))
+            }),
+            "not a usable address of subnet fd00:2::/64",
+        ),
+        (
+            bad(NetworkSpec {
+                subnet: Some("10.0.9.0/24".parse().unwrap()),
+                aux_addresses: [("r".to_string(), "fd00:2::1".parse().unwrap())].into(),
+                ..dual_spec("n2", "b", Some("fd00:2::/64"))
+            }),
+            "gateway",
+        ),
+    ] {
+        let e = s.apply(&cmd).unwrap_err().to_string();
+        assert!(e.contains(says), "{cmd:?}: {e}");
+        assert_eq!(s, before, "{cmd:?} changed the state");
+    }
+    // --ip6: on its subnet and free, and only on a dual-stack network.
+    s.apply(&Command::CreateNetwork {
+        spec: net_spec("n4", "v4only", None),
+    })
+    .unwrap();
+    let ask = |net: &str, ip6: &str| Command::CreateTask {
+        ip6: [(net.to_string(), ip6.parse().unwrap())].into(),
+        aliases: Default::default(),
+        id: "x".into(),
+        name: "task-x".into(),
+        node: NodeId(1),
+        spec: Default::default(),
+        networks: vec![(net.into(), None)],
+        standalone: true,
+        now_ms: 2,
+        network_mode: Default::default(),
+        ports: Vec::new(),
+    };
+    let before = s.clone();
+    for (cmd, says) in [
+        (ask("n4", "fd00:1::9"), "no IPv6 subnet"),
+        (ask("n1", "fd00:7::9"), "not a usable address"),
+        (ask("n1", "fd00:1::1"), "already in use"),
+    ] {
+        let e = s.apply(&cmd).unwrap_err().to_string();
+        assert!(e.contains(says), "{cmd:?}: {e}");
+        assert_eq!(s, before);
+    }
+    s.apply(&ask("n1", "fd00:1::9")).unwrap();
+    assert_eq!(
+        s.tasks["x"].attachments[0].ip6,
+        Some("fd00:1::9".parse().unwrap())
+    );
+    // An asked-for address does not move the serial cursor.
+    assert_eq!(s.networks["n1"].ipv6.as_ref().unwrap().last_allocated, None);
+    // Only managers of 0.2.0 on apply these.
+    assert_eq!(
+        ask("n1", "fd00:1::10").since(),
+        version_gate::Release::DUAL_STACK
+    );
+    assert_eq!(
+        bad(dual_spec("n5", "e", None)).since(),
+        version_gate::Release::DUAL_STACK
+    );
+    assert_eq!(
+        bad(net_spec("n5", "e", None)).since(),
+        version_gate::Release::FIRST
+    );
 }

@@ -287,6 +287,17 @@ pub struct ClusterSettings {
     /// the leader marks it down; `None`: off (missed heartbeats decide).
     #[serde(default)]
     pub disconnect_grace_ms: Option<u64>,
+    /// Pools dual-stack networks' IPv6 subnets come from; empty: the
+    /// cluster's unique local /48 ([`super::ipam::ula_pool`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub default_addr_pools6: Vec<IpNetwork>,
+    /// Prefix length of an IPv6 subnet taken from the pools.
+    #[serde(default = "default_mask6")]
+    pub default_addr_pool_mask_length6: u8,
+}
+
+fn default_mask6() -> u8 {
+    64
 }
 
 impl ClusterSettings {
@@ -332,6 +343,8 @@ impl Default for ClusterSettings {
             wg_key_rotation_secs: default_wg_rotation(),
             ingress_subnet: Some(default_ingress_subnet()),
             disconnect_grace_ms: None,
+            default_addr_pools6: Vec::new(),
+            default_addr_pool_mask_length6: default_mask6(),
         }
     }
 }
@@ -388,6 +401,25 @@ pub struct Network {
     /// a host already on the segment).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub aux_addresses: BTreeMap<String, IpAddr>,
+    /// A dual-stack network's IPv6 side (`--ipv6`); `None`: IPv4 only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<Subnet6>,
+}
+
+/// The IPv6 subnet of a dual-stack network and its allocation state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Subnet6 {
+    /// Subnet (given, or taken from the IPv6 pools).
+    pub subnet: IpNetwork,
+    /// Gateway address (given, or the first usable one).
+    pub gateway: IpAddr,
+    /// Sub-range endpoint addresses come from, if given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_range: Option<IpNetwork>,
+    /// The IPv6 address last handed out unasked (serial allocation, as
+    /// [`Network::last_allocated`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_allocated: Option<IpAddr>,
 }
 
 impl Network {
@@ -722,6 +754,9 @@ pub struct Attachment {
     /// the task on this network (several tasks may share one).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub aliases: Vec<String>,
+    /// Its IPv6 address on a dual-stack network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<IpAddr>,
 }
 
 /// Desired state of a task.
@@ -819,6 +854,17 @@ pub struct NetworkSpec {
     /// The node of a local (`bridge`) network.
     #[serde(default)]
     pub node: Option<NodeId>,
+    /// `--ipv6`: dual stack, with [`subnet6`](NetworkSpec::subnet6) or an
+    /// IPv6 subnet from the pools.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ipv6: bool,
+    /// The IPv6 `--subnet`, `--gateway` and `--ip-range`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet6: Option<IpNetwork>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway6: Option<IpAddr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip_range6: Option<IpNetwork>,
 }
 
 /// How many tasks a service runs.
@@ -1228,6 +1274,9 @@ pub struct Service {
     pub spec: ServiceSpec,
     /// Virtual IP per network ID (VIP mode).
     pub vips: BTreeMap<String, IpAddr>,
+    /// IPv6 virtual IP per dual-stack network ID (VIP mode).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub vips6: BTreeMap<String, IpAddr>,
     /// Bumped when the task spec changes (or on `update --force`); tasks of
     /// older versions are replaced one at a time.
     pub version: u64,

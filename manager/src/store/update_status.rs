@@ -89,14 +89,17 @@ impl State {
         .then_some(old.previous_version)
         .filter(|v| *v != 0);
         let vips = self.allocate_vips(spec, Some(old))?;
+        let vips6 = self.allocate_vips6(Some(old), &vips)?;
         let had_ingress = old.ports.iter().any(|p| p.mode == PublishMode::Ingress);
         let keep = old.ports.clone();
         let old_spec = old.spec.clone();
         let old_version = old.version;
         let old_vips = old.vips.clone();
+        let old_vips6 = old.vips6.clone();
         // Refused, this changes nothing.
         let ports = self.service_ports(spec, id, &keep, now_ms)?;
         self.allocated_vips(&vips, &old_vips);
+        self.allocated_vips(&vips6, &old_vips6);
         let has_ingress = ports.iter().any(|p| p.mode == PublishMode::Ingress);
         let tasks_change = force
             || spec.task != old_spec.task
@@ -112,6 +115,7 @@ impl State {
         }
         svc.spec = spec.clone();
         svc.vips = vips;
+        svc.vips6 = vips6;
         svc.ports = ports;
         svc.version = version;
         svc.updated_at_ms = now_ms;

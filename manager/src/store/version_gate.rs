@@ -7,9 +7,12 @@
 //! `version`, sent with its daemon's session); until then it is refused
 //! with FAILED_PRECONDITION naming the managers still to upgrade.
 //!
-//! Every command of this release is as old as weft 0.1.0. A release that
-//! adds a command (or a field whose absence an older manager would misread)
-//! gives it its own release in [`Command::since`].
+//! A release that adds a command (or a field whose absence an older
+//! manager would misread) gives it its own release in [`Command::since`],
+//! and raises the data directory's format (`src/data_format.rs`) so an
+//! older binary put back on that data refuses to start. 0.2.0 added
+//! dual-stack networks: a network created with `--ipv6`, and an address
+//! asked for with `--ip6` (an older manager would drop the IPv6 side).
 
 use super::{Command, Role, State};
 
@@ -21,6 +24,8 @@ pub struct Release(pub u32, pub u32, pub u32);
 impl Release {
     /// The first release: what every command of it needs.
     pub const FIRST: Release = Release(0, 1, 0);
+    /// Dual-stack (IPv6) networks.
+    pub const DUAL_STACK: Release = Release(0, 2, 0);
 
     /// Parses a reported version; `None` when it is not one.
     pub fn parse(v: &str) -> Option<Release> {
@@ -40,9 +45,12 @@ impl std::fmt::Display for Release {
 impl Command {
     /// The first release whose managers can apply this command.
     pub fn since(&self) -> Release {
-        // Every command of this release came with 0.1.0; a new one gets
-        // its own arm here.
-        Release::FIRST
+        match self {
+            Command::CreateNetwork { spec } if spec.ipv6 => Release::DUAL_STACK,
+            Command::CreateTask { ip6, .. } if !ip6.is_empty() => Release::DUAL_STACK,
+            Command::ConnectTask { ip6: Some(_), .. } => Release::DUAL_STACK,
+            _ => Release::FIRST,
+        }
     }
 }
 

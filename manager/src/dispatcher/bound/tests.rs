@@ -73,6 +73,7 @@ fn run(s: &mut State, id: &str, node: u64, networks: &[&str], spec: TaskSpec, po
     apply(
         s,
         Command::CreateTask {
+            ip6: Default::default(),
             aliases: Default::default(),
             id: id.into(),
             name: id.into(),
