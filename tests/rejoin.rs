@@ -50,7 +50,16 @@ fn wait_expired(lab: &Lab, host: &str) {
 fn membership(lab: &Lab) -> Vec<(String, String, String)> {
     lab.node_ls("m1")
         .into_iter()
-        .map(|r| (r.id, r.hostname, r.cert_expiry))
+        // m1 renews its own short-lived certificate on its own schedule
+        // while the test runs: its expiry is not the membership's.
+        .map(|r| {
+            let expiry = if r.hostname == "m1" {
+                String::new()
+            } else {
+                r.cert_expiry
+            };
+            (r.id, r.hostname, expiry)
+        })
         .collect()
 }
 
