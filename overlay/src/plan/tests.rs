@@ -2,13 +2,18 @@
 //! and convergence (plan, simulate, plan again: nothing) over many states
 //! and transitions, using the fake's kernel simulator.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use ipnetwork::IpNetwork;
 
 use super::*;
 use crate::fake::simulate;
+use crate::mac::MacAddr;
+use crate::model::names::{self, GATEWAY_BRIDGE, INGRESS_IF, NETWORK_BRIDGE};
 use crate::model::{
-    EndpointId, GatewayBridge, GwAttachment, IngressEndpoint, LocalEndpoint, OverlayNet,
-    PublishedPort, RemoteEndpoint, ServiceEntry, TaskNet,
+    DesiredNode, EndpointId, GatewayBridge, GwAttachment, IngressEndpoint, LocalEndpoint,
+    NetworkId, OverlayNet, Proto, PublishedPort, RemoteEndpoint, ServiceEntry, TaskId, TaskNet,
 };
 
 fn mac(i: u8) -> MacAddr {
