@@ -612,12 +612,22 @@ impl Executor<'_> {
                     .await?;
                 if matches!(peer_ns, NsRef::Task(_)) {
                     // A task may talk to a peer whose neighbour entry
-                    // arrives a moment after its first ARP request: retry
-                    // after 100 ms instead of the kernel's 1 s.
-                    let path = format!("/proc/sys/net/ipv4/neigh/{peer_name}/retrans_time_ms");
+                    // arrives a moment after its first ARP (or neighbour
+                    // solicitation) request: retry after 100 ms instead of
+                    // the kernel's 1 s. The IPv6 one only where the kernel
+                    // has IPv6.
+                    let v4 = format!("/proc/sys/net/ipv4/neigh/{peer_name}/retrans_time_ms");
+                    let v6 = format!("/proc/sys/net/ipv6/neigh/{peer_name}/retrans_time_ms");
                     let pin = Netns::open(self.dp.pin(peer_ns))?;
-                    if let Err(e) = pin.run_in(move || std::fs::write(&path, "100"))? {
-                        tracing::warn!(error = %e, "cannot shorten the ARP retry time of a task");
+                    let written = pin.run_in(move || {
+                        std::fs::write(&v4, "100")?;
+                        if std::path::Path::new(&v6).exists() {
+                            std::fs::write(&v6, "100")?;
+                        }
+                        Ok::<(), std::io::Error>(())
+                    })?;
+                    if let Err(e) = written {
+                        tracing::warn!(error = %e, "cannot shorten the neighbour retry time of a task");
                     }
                 }
                 Ok(())

@@ -79,6 +79,17 @@ pub enum PlanError {
         /// The subnet.
         subnet: IpNetwork,
     },
+    /// An IPv6 address on a network that is not dual-stack, or an IPv6
+    /// subnet beside a subnet that is not IPv4.
+    #[error(
+        "network {network}: {what}: the network is not dual-stack (IPv4 subnet plus IPv6 subnet6)"
+    )]
+    NotDualStack {
+        /// What the address or subnet is.
+        what: String,
+        /// The network.
+        network: NetworkId,
+    },
     /// A task wants a gateway attachment but there is no gateway bridge.
     #[error("task {task} has a gateway attachment but the node has no gateway bridge")]
     NoGatewayBridge {

@@ -9,8 +9,9 @@ use crate::model::names;
 use crate::model::{DesiredNode, TaskId};
 
 /// The service VIPs balanced inside `task`'s namespace: every VIP of a
-/// service on one of its networks, with that service's backends of the
-/// VIP's family (sorted and unique, so reordering them changes nothing).
+/// service on one of its networks (on a dual-stack network, its IPv4 `vip`
+/// and its IPv6 `vip6`), each with that service's backends of the VIP's
+/// family (sorted and unique, so reordering them changes nothing).
 pub fn task_vips(desired: &DesiredNode, task: &TaskId) -> BTreeMap<IpAddr, Vec<IpAddr>> {
     let mut out: BTreeMap<IpAddr, BTreeSet<IpAddr>> = BTreeMap::new();
     let Some(t) = desired.tasks.get(task) else {
@@ -21,10 +22,11 @@ pub fn task_vips(desired: &DesiredNode, task: &TaskId) -> BTreeMap<IpAddr, Vec<I
             continue;
         };
         for svc in net.services.values() {
-            let Some(vip) = svc.vip else { continue };
-            out.entry(vip)
-                .or_default()
-                .extend(svc.backends.iter().filter(|b| b.is_ipv4() == vip.is_ipv4()));
+            for vip in svc.vip.into_iter().chain(svc.vip6) {
+                out.entry(vip)
+                    .or_default()
+                    .extend(svc.backends.iter().filter(|b| b.is_ipv4() == vip.is_ipv4()));
+            }
         }
     }
     out.into_iter()

@@ -8,7 +8,7 @@ use ipnetwork::IpNetwork;
 
 use super::{HostRoute, Observed, PlanError, wg_peers};
 use crate::model::names::{GATEWAY_BRIDGE, LOOPBACK, TASK_GW_IF};
-use crate::model::{DesiredNode, NetworkId, Proto, TaskId};
+use crate::model::{DesiredNode, NetworkId, OverlayNet, Proto, TaskId};
 
 fn check_id(what: &'static str, id: &str) -> Result<(), PlanError> {
     let bad = |reason| {
@@ -75,6 +75,41 @@ fn in_subnet(
     }
 }
 
+/// A dual-stack network's IPv6 half: an IPv6 subnet (the network's own
+/// subnet being IPv4) holding its gateway, and remote IPv6 addresses in it.
+fn check_subnet6(id: &NetworkId, net: &OverlayNet) -> Result<(), PlanError> {
+    let Some((subnet6, gateway6)) = net.subnet6 else {
+        if let Some(ip6) = net.remote.values().find_map(|r| r.ip6) {
+            return Err(PlanError::NotDualStack {
+                what: format!("IPv6 address {ip6} of a remote endpoint"),
+                network: id.clone(),
+            });
+        }
+        return Ok(());
+    };
+    if !subnet6.is_ipv6() || !net.subnet.is_ipv4() {
+        return Err(PlanError::NotDualStack {
+            what: format!("IPv6 subnet {subnet6} beside subnet {}", net.subnet),
+            network: id.clone(),
+        });
+    }
+    in_subnet(
+        || format!("IPv6 gateway of network {id}"),
+        gateway6,
+        subnet6,
+    )?;
+    for r in net.remote.values() {
+        if let Some(ip6) = r.ip6 {
+            in_subnet(
+                || format!("remote endpoint {} on network {id}", r.ip),
+                ip6,
+                subnet6,
+            )?;
+        }
+    }
+    Ok(())
+}
+
 fn overlaps(a: IpNetwork, b: IpNetwork) -> bool {
     a.is_ipv4() == b.is_ipv4() && (a.contains(b.network()) || b.contains(a.network()))
 }
@@ -102,6 +137,7 @@ pub fn validate(observed: &Observed, desired: &DesiredNode) -> Result<(), PlanEr
             net.gateway,
             net.subnet,
         )?;
+        check_subnet6(id, net)?;
         if net.local {
             if !net.remote.is_empty() {
                 return Err(PlanError::LocalWithRemotes {
@@ -229,6 +265,18 @@ pub fn validate(observed: &Observed, desired: &DesiredNode) -> Result<(), PlanEr
                 ep.ip.ip(),
                 net.subnet,
             )?;
+            if let Some(ip6) = ep.ip6 {
+                let what = || format!("IPv6 address of task {tid} on network {}", ep.network);
+                match net.subnet6 {
+                    Some((subnet6, _)) => in_subnet(what, ip6.ip(), subnet6)?,
+                    None => {
+                        return Err(PlanError::NotDualStack {
+                            what: what(),
+                            network: ep.network.clone(),
+                        });
+                    }
+                }
+            }
         }
         if let Some(att) = &task.gateway {
             let Some(gw) = &desired.gateway else {

@@ -104,6 +104,7 @@ pub(super) fn want(desired: &DesiredNode) -> Want {
         w.links.insert(LOOPBACK.to_owned(), WantLink::loopback());
         let mut br = WantLink::new(WantKind::Bridge, net.mtu);
         br.addrs.insert(net.bridge_address());
+        br.addrs.extend(net.bridge_address6());
         w.links.insert(NETWORK_BRIDGE.to_owned(), br);
         if net.local {
             continue;
@@ -120,7 +121,13 @@ pub(super) fn want(desired: &DesiredNode) -> Want {
         vx.master = Some(NETWORK_BRIDGE);
         w.links.insert(vx_name.clone(), vx);
         let fdb = net.remote.values().map(|r| (r.mac, r.vtep)).collect();
-        let neigh = net.remote.values().map(|r| (r.ip, r.mac)).collect();
+        // A dual-stack remote has one neighbour entry per family, both
+        // to its one MAC.
+        let neigh = net
+            .remote
+            .values()
+            .flat_map(|r| std::iter::once(r.ip).chain(r.ip6).map(|ip| (ip, r.mac)))
+            .collect();
         w.remotes = Some((vx_name, fdb, neigh));
     }
     if let Some(ing) = &desired.ingress {
@@ -161,6 +168,7 @@ pub(super) fn want(desired: &DesiredNode) -> Want {
             let mut e = WantLink::new(WantKind::Veth, net.mtu);
             e.mac = Some(ep.mac);
             e.addrs.insert(ep.ip);
+            e.addrs.extend(ep.ip6);
             ns.entry(tref.clone())
                 .or_default()
                 .links
