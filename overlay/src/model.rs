@@ -387,7 +387,8 @@ impl OverlayNet {
 }
 
 /// An endpoint on another node: one static FDB entry (MAC -> VTEP) and one
-/// permanent neighbour entry (IP -> MAC) on the VXLAN device.
+/// permanent neighbour entry per address (IP -> MAC; two on a dual-stack
+/// network) on the VXLAN device.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemoteEndpoint {
     /// Its overlay address.

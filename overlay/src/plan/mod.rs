@@ -25,6 +25,13 @@
 //! routes, FDB/neighbour entries and NAT. Links that cross namespaces are
 //! deleted explicitly before their namespace goes, so the next observation
 //! never sees the kernel's asynchronous namespace cleanup half done.
+//!
+//! Dual stack (a network with `subnet6`): `br0` carries the IPv6 gateway
+//! too, a task's `eth<i>` its IPv6 address (added without DAD), and each
+//! remote has a second permanent neighbour entry (its IPv6 address, same
+//! MAC) beside the IPv4 one; the VXLAN device's proxy answers neighbour
+//! solicitations from them as it answers ARP. The gateway bridge (egress,
+//! published ports) stays IPv4 only.
 
 mod entries;
 mod error;
