@@ -212,6 +212,12 @@ pub fn validate(observed: &Observed, desired: &DesiredNode) -> Result<(), PlanEr
             net.subnet,
         )?;
     }
+    check_ports(desired)?;
+    check_tasks(desired)
+}
+
+/// Published ports: no port 0, each (protocol, port) once.
+fn check_ports(desired: &DesiredNode) -> Result<(), PlanError> {
     let mut published: BTreeMap<(Proto, u16), &str> = BTreeMap::new();
     for p in &desired.ports {
         let bad = |reason| PlanError::InvalidPort {
@@ -235,6 +241,13 @@ pub fn validate(observed: &Observed, desired: &DesiredNode) -> Result<(), PlanEr
             });
         }
     }
+    Ok(())
+}
+
+/// Tasks: ids, interface names, one endpoint per network, addresses in
+/// their subnets (the IPv6 one in the network's `subnet6`), and a gateway
+/// attachment only with a gateway bridge.
+fn check_tasks(desired: &DesiredNode) -> Result<(), PlanError> {
     for (tid, task) in &desired.tasks {
         check_id("task", tid.as_str())?;
         let mut ifnames = BTreeSet::new();
