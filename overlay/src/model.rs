@@ -377,10 +377,18 @@ impl OverlayNet {
     pub fn bridge_address(&self) -> IpNetwork {
         IpNetwork::new(self.gateway, self.subnet.prefix()).expect("prefix of a valid subnet")
     }
+
+    /// A dual-stack network's IPv6 gateway with the IPv6 subnet's prefix
+    /// length (on `br0` too); `None` for one family.
+    pub fn bridge_address6(&self) -> Option<IpNetwork> {
+        let (subnet, gateway) = self.subnet6?;
+        IpNetwork::new(gateway, subnet.prefix()).ok()
+    }
 }
 
 /// An endpoint on another node: one static FDB entry (MAC -> VTEP) and one
-/// permanent neighbour entry (IP -> MAC) on the VXLAN device.
+/// permanent neighbour entry per address (IP -> MAC; two on a dual-stack
+/// network) on the VXLAN device.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemoteEndpoint {
     /// Its overlay address.

@@ -207,6 +207,14 @@ mod tests {
                 backends: vec![],
             },
         );
+        n.services.insert(
+            "ds".into(),
+            ServiceEntry {
+                vip6: Some("fd00::200".parse().unwrap()),
+                vip: Some("10.0.0.200".parse().unwrap()),
+                backends: vec!["10.0.0.7".parse().unwrap(), "fd00::7".parse().unwrap()],
+            },
+        );
         d.networks.insert("n".into(), n);
         d.tasks.insert(
             "t".into(),
@@ -334,6 +342,37 @@ mod tests {
         ));
         assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
         assert!(!m.metadata.authoritative);
+    }
+
+    #[test]
+    fn a_and_aaaa_get_their_family_and_nodata_for_the_other() {
+        let v = view(1);
+        let ask = |name: &str, t| {
+            reply(handle(
+                Some(&v),
+                &query(name, t, None),
+                false,
+                Transport::Udp,
+            ))
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(ips(&ask("ds.", RecordType::A)), vec![ip("10.0.0.200")]);
+        assert_eq!(ips(&ask("ds.", RecordType::AAAA)), vec![ip("fd00::200")]);
+        assert_eq!(ips(&ask("tasks.ds.", RecordType::A)), vec![ip("10.0.0.7")]);
+        assert_eq!(
+            ips(&ask("tasks.ds.", RecordType::AAAA)),
+            vec![ip("fd00::7")]
+        );
+        // One family only: NOERROR without data for the other, not NXDOMAIN.
+        for (name, t) in [("v6.", RecordType::A), ("web.", RecordType::AAAA)] {
+            let m = ask(name, t);
+            assert_eq!(
+                m.metadata.response_code,
+                ResponseCode::NoError,
+                "{name} {t}"
+            );
+            assert!(m.answers.is_empty(), "{name} {t}");
+        }
     }
 
     #[test]

@@ -5,11 +5,15 @@
 //! Name forms, per network (case-insensitive, trailing dot optional):
 //!
 //! ```text
-//!  SERVICE            -> its VIP, or the backends in dnsrr mode
+//!  SERVICE            -> its VIP (and IPv6 VIP), or the backends in dnsrr mode
 //!  tasks.SERVICE      -> the backends
-//!  TASKNAME           -> the task's address
+//!  TASKNAME           -> the task's address (both on a dual-stack network)
 //!  <any of those>.NET -> the same, looked up only on network NET
 //! ```
+//!
+//! A name resolves to the addresses of both families; the message layer
+//! answers `A` with the IPv4 ones and `AAAA` with the IPv6 ones, so a name
+//! with only one family gets NOERROR without data for the other.
 //!
 //! Networks are searched in the task's endpoint order and the first one
 //! that knows a name answers it (as Docker does), so a service on two
@@ -42,8 +46,9 @@ pub struct TaskView {
 struct NetRecords {
     /// Lower-case network name ("" when the network has none).
     name: String,
-    /// Lower-case service name -> (VIP, backends).
-    services: BTreeMap<String, (Option<IpAddr>, Vec<IpAddr>)>,
+    /// Lower-case service name -> (its VIPs: none in dnsrr mode, the IPv4
+    /// and IPv6 ones on a dual-stack network; backends of both families).
+    services: BTreeMap<String, (Vec<IpAddr>, Vec<IpAddr>)>,
     /// Lower-case task name or alias -> addresses.
     names: BTreeMap<String, Vec<IpAddr>>,
 }
@@ -93,7 +98,10 @@ impl NetRecords {
             services: net
                 .services
                 .iter()
-                .map(|(n, s)| (n.to_ascii_lowercase(), (s.vip, s.backends.clone())))
+                .map(|(n, s)| {
+                    let vips = s.vip.into_iter().chain(s.vip6).collect();
+                    (n.to_ascii_lowercase(), (vips, s.backends.clone()))
+                })
                 .collect(),
             names: net.names.iter().fold(BTreeMap::new(), |mut m, (n, ips)| {
                 // Names differing only in case answer together.
@@ -107,10 +115,11 @@ impl NetRecords {
 
     /// `name` (lower case, no suffix) on this network.
     fn resolve(&self, name: &str) -> Option<Vec<IpAddr>> {
-        if let Some((vip, backends)) = self.services.get(name) {
-            return Some(match vip {
-                Some(v) => vec![*v],
-                None => backends.clone(),
+        if let Some((vips, backends)) = self.services.get(name) {
+            return Some(if vips.is_empty() {
+                backends.clone()
+            } else {
+                vips.clone()
             });
         }
         if let Some(svc) = name.strip_prefix("tasks.")
@@ -300,5 +309,35 @@ mod tests {
         assert_eq!(both.lookup("web.appnet"), addrs(&["10.0.9.100"]));
         assert_eq!(both.lookup("cache"), addrs(&["10.0.9.7", "10.0.9.8"]));
         assert!(view.task(&"nope".into()).is_none());
+    }
+
+    #[test]
+    fn dual_stack_names_carry_both_families() {
+        let mut d = desired();
+        let n1 = d.networks.get_mut(&"n1".into()).unwrap();
+        n1.subnet6 = Some(("fd00:9::/64".parse().unwrap(), ip("fd00:9::1")));
+        let web = n1.services.get_mut("web").unwrap();
+        web.vip6 = Some(ip("fd00:9::100"));
+        web.backends.extend([ip("fd00:9::3"), ip("fd00:9::4")]);
+        n1.services
+            .get_mut("cache")
+            .unwrap()
+            .backends
+            .push(ip("fd00:9::7"));
+        n1.names.get_mut("web.1.abc").unwrap().push(ip("fd00:9::3"));
+        let view = DnsView::of(&d);
+        let t = view.task(&"only1".into()).unwrap();
+        assert_eq!(t.lookup("web"), addrs(&["10.0.9.100", "fd00:9::100"]));
+        assert_eq!(
+            t.lookup("tasks.web"),
+            addrs(&["10.0.9.3", "10.0.9.4", "fd00:9::3", "fd00:9::4"])
+        );
+        assert_eq!(
+            t.lookup("cache"),
+            addrs(&["10.0.9.7", "10.0.9.8", "fd00:9::7"])
+        );
+        assert_eq!(t.lookup("web.1.abc"), addrs(&["10.0.9.3", "fd00:9::3"]));
+        // An IPv4-only name stays IPv4 only.
+        assert_eq!(t.lookup("client.1.x"), addrs(&["10.0.9.50"]));
     }
 }

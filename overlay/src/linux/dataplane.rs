@@ -263,6 +263,28 @@ impl LinuxDataplane {
         let _ = std::fs::remove_file(&note);
     }
 
+    /// A task may talk to a peer whose neighbour entry arrives a moment
+    /// after its first ARP request (or IPv6 neighbour solicitation): its
+    /// veth `link` retries after 100 ms instead of the kernel's 1 s. The
+    /// IPv6 setting only where the kernel has IPv6. A failure is logged,
+    /// not fatal (the retry is only slower).
+    fn shorten_neighbour_retry(&self, ns: &NsRef, link: &str) -> LResult<()> {
+        let v4 = format!("/proc/sys/net/ipv4/neigh/{link}/retrans_time_ms");
+        let v6 = format!("/proc/sys/net/ipv6/neigh/{link}/retrans_time_ms");
+        let pin = Netns::open(self.pin(ns))?;
+        let written = pin.run_in(move || {
+            std::fs::write(&v4, "100")?;
+            if std::path::Path::new(&v6).exists() {
+                std::fs::write(&v6, "100")?;
+            }
+            Ok::<(), std::io::Error>(())
+        })?;
+        if let Err(e) = written {
+            tracing::warn!(error = %e, "cannot shorten the neighbour retry time of a task");
+        }
+        Ok(())
+    }
+
     fn pin(&self, ns: &NsRef) -> PathBuf {
         match ns {
             NsRef::Host => self.host.path().to_owned(),
@@ -611,14 +633,7 @@ impl Executor<'_> {
                     .create_veth(&spec, &self.handles[peer_ns])
                     .await?;
                 if matches!(peer_ns, NsRef::Task(_)) {
-                    // A task may talk to a peer whose neighbour entry
-                    // arrives a moment after its first ARP request: retry
-                    // after 100 ms instead of the kernel's 1 s.
-                    let path = format!("/proc/sys/net/ipv4/neigh/{peer_name}/retrans_time_ms");
-                    let pin = Netns::open(self.dp.pin(peer_ns))?;
-                    if let Err(e) = pin.run_in(move || std::fs::write(&path, "100"))? {
-                        tracing::warn!(error = %e, "cannot shorten the ARP retry time of a task");
-                    }
+                    self.dp.shorten_neighbour_retry(peer_ns, peer_name)?;
                 }
                 Ok(())
             }

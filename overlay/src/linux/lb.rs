@@ -11,6 +11,10 @@
 //!      ip daddr VIP reject                                                     comment "weft-lb:VIP:reject"
 //! ```
 //!
+//! An IPv6 VIP (a dual-stack network's `vip6`) gets the same rules with
+//! `ip6 daddr` and `dnat ip6 to`, over the service's IPv6 backends only;
+//! the IPv4 VIP balances over the IPv4 ones.
+//!
 //! The table is owned whole: every change re-creates it in one nft
 //! transaction, and the rule comments (VIP + digest of its backends) are
 //! what the planner compares to decide whether to rewrite it.

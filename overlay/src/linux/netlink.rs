@@ -22,7 +22,7 @@ use ipnetwork::IpNetwork;
 use rtnetlink::packet_core::{
     NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
 };
-use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags, AddressMessage};
 use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
@@ -790,14 +790,23 @@ impl Netlink {
     }
 
     /// Adds `addr` (address and prefix length) to a link; already present
-    /// is success.
+    /// is success. An IPv6 address is added without duplicate address
+    /// detection (`nodad`): weft's allocator hands out unique addresses,
+    /// and a tentative address could not be used (nor bound) for a second
+    /// after the task starts.
     pub async fn add_address(&self, link: &str, addr: IpNetwork) -> Result<()> {
         let index = self.link_index(link).await?;
-        self.handle
+        let mut req = self
+            .handle
             .address()
             .add(index, addr.ip(), addr.prefix())
-            .replace()
-            .execute()
+            .replace();
+        if addr.is_ipv6() {
+            req.message_mut()
+                .attributes
+                .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        }
+        req.execute()
             .await
             .map_err(self.nl_err("add address", format!("{addr} on {link}")))
     }

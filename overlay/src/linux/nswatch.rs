@@ -56,8 +56,13 @@ const AF_INET6: u8 = 10;
 const RT_SCOPE_LINK: u8 = 253;
 const RT_TABLE_LOCAL: u8 = 255;
 const RTPROT_KERNEL: u8 = 2;
-/// `NUD_NOARP | NUD_PERMANENT`: the states of entries weft writes.
+/// `NUD_NOARP | NUD_PERMANENT`: the states of FDB entries weft writes.
 const NUD_STATIC: u16 = 0x40 | 0x80;
+/// `NUD_PERMANENT`: the state of the IPv4/IPv6 neighbour entries weft
+/// writes. The kernel makes `NUD_NOARP` ones of its own for the IPv6
+/// multicast groups a link joins (`ff02::…`), which are not ours.
+const NUD_PERMANENT: u16 = 0x80;
+const AF_INET: u8 = 2;
 /// Size of `struct nlmsghdr`.
 const NLMSG_HDRLEN: usize = 16;
 
@@ -254,7 +259,9 @@ fn any_message(_: &[u8]) -> bool {
 /// Whether an rtnetlink datagram holds a message about something observed.
 /// Not: a neighbour or FDB entry added or updated in a dynamic state
 /// (learnt from traffic; weft writes only static ones, and a dynamic entry
-/// written over one of them by hand waits for the slow re-check), an IPv6 link-local address (the kernel's
+/// written over one of them by hand waits for the slow re-check), an IPv4
+/// or IPv6 neighbour entry that is not permanent (the kernel's `NOARP`
+/// entries for IPv6 multicast groups included), an IPv6 link-local address (the kernel's
 /// own, which the planner leaves alone; its duplicate address detection
 /// ends a second after the link is up), a route of the local table or an
 /// IPv6 route the kernel made for an address (neither is read).
@@ -273,7 +280,15 @@ fn rt_relevant(mut buf: &[u8]) -> bool {
             // struct ndmsg: family, pad, pad u16, ifindex i32, state u16.
             // A deletion always counts: the kernel reports a deleted
             // entry in whatever state it left it.
-            RTM_NEWNEIGH => u16::from_ne_bytes([body[8], body[9]]) & NUD_STATIC == 0,
+            RTM_NEWNEIGH => {
+                let state = u16::from_ne_bytes([body[8], body[9]]);
+                let ours = if matches!(body[0], AF_INET | AF_INET6) {
+                    NUD_PERMANENT
+                } else {
+                    NUD_STATIC
+                };
+                state & ours == 0
+            }
             // struct ifaddrmsg: family, prefixlen, flags, scope, index.
             RTM_NEWADDR | RTM_DELADDR => body[0] == AF_INET6 && body[3] == RT_SCOPE_LINK,
             // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type.
@@ -340,6 +355,26 @@ mod tests {
         bad[0..4].copy_from_slice(&4u32.to_ne_bytes());
         assert!(rt_relevant(&bad));
         assert!(!rt_relevant(&[]));
+    }
+
+    #[test]
+    fn only_permanent_ip_neighbours_count() {
+        let neigh = |family: u8, state: u16| {
+            let mut body = vec![family, 0, 0, 0];
+            body.extend_from_slice(&3i32.to_ne_bytes());
+            body.extend_from_slice(&state.to_ne_bytes());
+            body.extend_from_slice(&[0, 0]);
+            raw(RTM_NEWNEIGH, &body)
+        };
+        for family in [AF_INET, AF_INET6] {
+            // Ours (a remote endpoint's address, either family).
+            assert!(rt_relevant(&neigh(family, 0x80)), "{family}");
+            // The kernel's multicast entries and learnt ones.
+            assert!(!rt_relevant(&neigh(family, 0x40)), "{family}");
+            assert!(!rt_relevant(&neigh(family, 0x02)), "{family}");
+        }
+        // A static FDB entry (AF_BRIDGE) still counts.
+        assert!(rt_relevant(&neigh(7, 0x40)));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! `FakeDataplane` and the planner's own tests run on) checked against the
 //! real executor: for a sequence of desired states on one node (networks,
 //! tasks with and without the gateway, remote endpoints, a service VIP and
-//! names, removals, everything gone), the real data plane plans and applies
+//! names, a dual-stack network, removals, everything gone), the real data plane plans and applies
 //! each step; the same ops applied by the simulator to what was observed
 //! before must give what the kernel shows after.
 
@@ -105,6 +105,18 @@ fn steps(dir: &Path, v1: IpAddr, v2: IpAddr, v3: IpAddr) -> Vec<(&'static str, D
     );
     n1.names
         .insert("web.1".into(), vec!["10.20.0.2".parse().unwrap()]);
+    // n1 dual-stack from here on: the IPv6 gateway on br0, task a's IPv6
+    // address, remote b's IPv6 neighbour entry, an IPv6 VIP.
+    n1.subnet6 = Some((
+        "fd00:20::/64".parse().unwrap(),
+        "fd00:20::1".parse().unwrap(),
+    ));
+    n1.remote.get_mut(&"b".into()).unwrap().ip6 = Some("fd00:20::3".parse().unwrap());
+    let web = n1.services.get_mut("web").unwrap();
+    web.vip6 = Some("fd00:20::100".parse().unwrap());
+    web.backends.push("fd00:20::3".parse().unwrap());
+    served.tasks.get_mut(&"a".into()).unwrap().endpoints[0].ip6 =
+        Some("fd00:20::2/64".parse().unwrap());
     // Encrypted (a userspace WireGuard device with a peer), the underlay
     // guard, a port published to the local task and to a remote one over
     // an ingress network.

@@ -6,6 +6,7 @@
 mod common;
 mod dataplane;
 mod dns_store;
+mod dual_stack;
 mod fake_agrees;
 mod netlink;
 mod netns;

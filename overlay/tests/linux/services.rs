@@ -154,24 +154,25 @@ fn desired(vteps: [IpAddr; 2], backends: &[&str], upstream: SocketAddr) -> [Desi
 }
 
 /// Background servers, stopped and joined on drop.
-struct Servers {
+pub(crate) struct Servers {
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl Servers {
-    fn new() -> Servers {
+    pub(crate) fn new() -> Servers {
         Servers {
             stop: Arc::new(AtomicBool::new(false)),
             threads: Vec::new(),
         }
     }
 
-    /// TCP on 8080 and UDP on 9090 in `ns`, both answering `name`.
-    fn backend(&mut self, ns: &Netns, name: &'static str) {
+    /// TCP on 8080 (both families: a dual-stack socket) and UDP on 9090
+    /// (IPv4) in `ns`, both answering `name`.
+    pub(crate) fn backend(&mut self, ns: &Netns, name: &'static str) {
         let (tcp, udp) = ns
             .run_in(|| {
-                let tcp = TcpListener::bind(("0.0.0.0", TCP_PORT)).unwrap();
+                let tcp = TcpListener::bind(("::", TCP_PORT)).unwrap();
                 let udp = UdpSocket::bind(("0.0.0.0", UDP_PORT)).unwrap();
                 (tcp, udp)
             })
@@ -244,7 +245,7 @@ impl Drop for Servers {
 
 /// `n` TCP connections from `client` to `to`; how often each backend
 /// answered.
-fn hits(client: &Netns, to: &str, n: usize) -> BTreeMap<String, usize> {
+pub(crate) fn hits(client: &Netns, to: &str, n: usize) -> BTreeMap<String, usize> {
     let target = SocketAddr::new(ip(to), TCP_PORT);
     client
         .run_in(|| {
@@ -262,7 +263,7 @@ fn hits(client: &Netns, to: &str, n: usize) -> BTreeMap<String, usize> {
         .unwrap()
 }
 
-fn names(h: &BTreeMap<String, usize>) -> BTreeSet<&str> {
+pub(crate) fn names(h: &BTreeMap<String, usize>) -> BTreeSet<&str> {
     h.keys().map(String::as_str).collect()
 }
 
@@ -315,7 +316,7 @@ fn query(name: &str, t: RecordType) -> Vec<u8> {
 }
 
 /// One UDP query to 127.0.0.11 from inside `ns`.
-fn dns_udp(ns: &Netns, name: &str, t: RecordType) -> Message {
+pub(crate) fn dns_udp(ns: &Netns, name: &str, t: RecordType) -> Message {
     let q = query(name, t);
     let bytes = ns
         .run_in(|| {
@@ -352,7 +353,7 @@ fn dns_tcp(ns: &Netns, name: &str, t: RecordType) -> Message {
     Message::from_vec(&bytes).unwrap()
 }
 
-fn answers(m: &Message) -> BTreeSet<IpAddr> {
+pub(crate) fn answers(m: &Message) -> BTreeSet<IpAddr> {
     assert_eq!(m.metadata.id, 0x4242);
     assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{m:?}");
     m.answers
@@ -365,7 +366,7 @@ fn answers(m: &Message) -> BTreeSet<IpAddr> {
         .collect()
 }
 
-fn set(v: &[&str]) -> BTreeSet<IpAddr> {
+pub(crate) fn set(v: &[&str]) -> BTreeSet<IpAddr> {
     v.iter().map(|s| ip(s)).collect()
 }
 

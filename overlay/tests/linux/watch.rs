@@ -86,7 +86,7 @@ fn desired(vtep: IpAddr) -> DesiredNode {
 /// Applies until a pass reads no namespace (the kernel's own follow-ups of
 /// a change, such as a link's carrier coming up, arrive up to a second
 /// later); fails after 10 s.
-async fn settle(dp: &LinuxDataplane, d: &DesiredNode) {
+pub(crate) async fn settle(dp: &LinuxDataplane, d: &DesiredNode) {
     let start = Instant::now();
     loop {
         let before = dp.namespace_reads();
@@ -103,7 +103,7 @@ async fn settle(dp: &LinuxDataplane, d: &DesiredNode) {
 }
 
 /// Waits until the change counter moves past `seen` (at most 5 s).
-async fn moved(rx: &mut tokio::sync::watch::Receiver<u64>) {
+pub(crate) async fn moved(rx: &mut tokio::sync::watch::Receiver<u64>) {
     tokio::time::timeout(Duration::from_secs(5), rx.changed())
         .await
         .expect("the change counter moves")

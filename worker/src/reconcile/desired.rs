@@ -22,6 +22,42 @@ fn parse<T: std::str::FromStr>(what: &'static str, value: &str) -> Result<T, Bad
     })
 }
 
+/// Something with an address family (the IPv6 fields' parse check).
+trait Family {
+    fn is_v6(&self) -> bool;
+}
+
+impl Family for IpAddr {
+    fn is_v6(&self) -> bool {
+        self.is_ipv6()
+    }
+}
+
+impl Family for IpNetwork {
+    fn is_v6(&self) -> bool {
+        self.is_ipv6()
+    }
+}
+
+/// An optional IPv6 field of the config: empty is `None`; anything that
+/// does not parse, or parses as IPv4, is refused.
+fn parse6<T: std::str::FromStr + Family>(
+    what: &'static str,
+    value: &str,
+) -> Result<Option<T>, BadConfig> {
+    if value.is_empty() {
+        return Ok(None);
+    }
+    let v: T = parse(what, value)?;
+    if !v.is_v6() {
+        return Err(BadConfig {
+            what,
+            value: value.to_string(),
+        });
+    }
+    Ok(Some(v))
+}
+
 /// Translates the pushed config into the data plane's desired state.
 /// Pure; `wg_key` is where this node's WireGuard private key lives.
 pub fn desired_from_config(
@@ -85,7 +121,7 @@ fn network(n: &pb::NetworkConfig) -> Result<OverlayNet, BadConfig> {
         remote.insert(
             EndpointId(format!("{}-{}", r.task_id, n.id)),
             RemoteEndpoint {
-                ip6: None,
+                ip6: parse6("remote ip6", &r.ip6)?,
                 ip: parse("remote ip", &r.ip)?,
                 mac: parse::<MacAddr>("remote mac", &r.mac)?,
                 vtep: parse("remote vtep", &r.vtep)?,
@@ -107,7 +143,7 @@ fn network(n: &pb::NetworkConfig) -> Result<OverlayNet, BadConfig> {
         services.insert(
             svc.name.clone(),
             ServiceEntry {
-                vip6: None,
+                vip6: parse6("vip6", &svc.vip6)?,
                 vip,
                 backends,
             },
@@ -120,8 +156,29 @@ fn network(n: &pb::NetworkConfig) -> Result<OverlayNet, BadConfig> {
             .or_insert_with(Vec::new)
             .push(parse("task address", &r.ip)?);
     }
+    let subnet6 = match (
+        parse6::<IpNetwork>("subnet6", &n.subnet6)?,
+        parse6::<IpAddr>("gateway6", &n.gateway6)?,
+    ) {
+        (Some(s), Some(g)) => Some((s, g)),
+        (None, None) => None,
+        // One without the other: a manager bug, refused rather than
+        // guessed.
+        (Some(_), None) => {
+            return Err(BadConfig {
+                what: "gateway6 (missing for subnet6)",
+                value: n.subnet6.clone(),
+            });
+        }
+        (None, Some(_)) => {
+            return Err(BadConfig {
+                what: "subnet6 (missing for gateway6)",
+                value: n.gateway6.clone(),
+            });
+        }
+    };
     Ok(OverlayNet {
-        subnet6: None,
+        subnet6,
         local: n.local,
         vni: n.vni,
         subnet,
@@ -140,7 +197,7 @@ fn task(t: &pb::TaskConfig) -> Result<TaskNet, BadConfig> {
     let mut endpoints = Vec::new();
     for (i, a) in t.attachments.iter().enumerate() {
         endpoints.push(LocalEndpoint {
-            ip6: None,
+            ip6: parse6("task ip6", &a.ip6)?,
             network: NetworkId(a.network_id.clone()),
             ifname: if a.ifname.is_empty() {
                 format!("eth{i}")
@@ -324,5 +381,96 @@ mod tests {
             ["/ns/live", "/pins/pinned", "/pins/own"].contains(&p.to_str().unwrap())
         };
         assert_eq!(unwirable(&d, pin, exists), vec![TaskId("gone".into())]);
+    }
+
+    fn dual_stack_network() -> pb::NetworkConfig {
+        pb::NetworkConfig {
+            id: "n1".into(),
+            vni: 4097,
+            subnet: "10.0.9.0/24".into(),
+            gateway: "10.0.9.1".into(),
+            subnet6: "fd00:9::/64".into(),
+            gateway6: "fd00:9::1".into(),
+            mtu: 1450,
+            remote: vec![pb::RemoteEndpoint {
+                task_id: "t2".into(),
+                ip: "10.0.9.3".into(),
+                mac: "02:42:0a:00:09:03".into(),
+                vtep: "198.18.0.2".into(),
+                ip6: "fd00:9::3".into(),
+            }],
+            services: vec![pb::ServiceEndpoint {
+                name: "web".into(),
+                vip: "10.0.9.2".into(),
+                vip6: "fd00:9::2".into(),
+                backends: vec!["10.0.9.3".into(), "fd00:9::3".into()],
+            }],
+            ..pb::NetworkConfig::default()
+        }
+    }
+
+    #[test]
+    fn the_ipv6_fields_reach_the_model() {
+        let net = network(&dual_stack_network()).unwrap();
+        assert_eq!(
+            net.subnet6,
+            Some(("fd00:9::/64".parse().unwrap(), "fd00:9::1".parse().unwrap()))
+        );
+        let r = net.remote.values().next().unwrap();
+        assert_eq!(r.ip6, Some("fd00:9::3".parse().unwrap()));
+        let web = &net.services["web"];
+        assert_eq!(web.vip6, Some("fd00:9::2".parse().unwrap()));
+        assert_eq!(web.backends.len(), 2);
+        let t = task(&pb::TaskConfig {
+            attachments: vec![pb::TaskAttachment {
+                network_id: "n1".into(),
+                ip: "10.0.9.4/24".into(),
+                ip6: "fd00:9::4/64".into(),
+                mac: "02:42:0a:00:09:04".into(),
+                ..pb::TaskAttachment::default()
+            }],
+            ..pb::TaskConfig::default()
+        })
+        .unwrap();
+        assert_eq!(t.endpoints[0].ip6, Some("fd00:9::4/64".parse().unwrap()));
+        // Empty: IPv4 only.
+        let v4 = network(&pb::NetworkConfig {
+            subnet6: String::new(),
+            gateway6: String::new(),
+            remote: vec![],
+            services: vec![],
+            ..dual_stack_network()
+        })
+        .unwrap();
+        assert_eq!(v4.subnet6, None);
+    }
+
+    #[test]
+    fn an_ipv6_field_of_the_wrong_family_or_half_set_is_bad_config() {
+        let bad = |f: fn(&mut pb::NetworkConfig)| {
+            let mut n = dual_stack_network();
+            f(&mut n);
+            network(&n).unwrap_err().what
+        };
+        assert_eq!(bad(|n| n.subnet6 = "10.1.0.0/16".into()), "subnet6");
+        assert_eq!(bad(|n| n.gateway6 = "10.1.0.1".into()), "gateway6");
+        assert_eq!(bad(|n| n.subnet6 = "fd00:9::/xx".into()), "subnet6");
+        assert_eq!(bad(|n| n.remote[0].ip6 = "10.0.9.3".into()), "remote ip6");
+        assert_eq!(bad(|n| n.services[0].vip6 = "10.0.9.9".into()), "vip6");
+        assert_eq!(
+            bad(|n| n.gateway6 = String::new()),
+            "gateway6 (missing for subnet6)"
+        );
+        let t = task(&pb::TaskConfig {
+            attachments: vec![pb::TaskAttachment {
+                network_id: "n1".into(),
+                ip: "10.0.9.4/24".into(),
+                ip6: "10.0.9.5/24".into(),
+                mac: "02:42:0a:00:09:04".into(),
+                ..pb::TaskAttachment::default()
+            }],
+            ..pb::TaskConfig::default()
+        });
+        assert_eq!(t.unwrap_err().what, "task ip6");
     }
 }
