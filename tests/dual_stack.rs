@@ -1,0 +1,276 @@
+//! Dual-stack overlays (issue #18): a network created with `--ipv6` gives
+//! every task an address of each family, every VIP service a VIP of each,
+//! and DNS answers A and AAAA; tasks on different hosts reach each other
+//! and the service over IPv6 as over IPv4, and an encrypted dual-stack
+//! network carries IPv6 only inside WireGuard. Bad IPv6 input is refused
+//! and changes nothing.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::wire::{count_underlay, counter, reset_counters};
+use common::{Lab, nsenter, pings, resolve, wait_for};
+
+/// `network inspect` on m1, as JSON.
+fn network(lab: &Lab, name: &str) -> serde_json::Value {
+    let v: serde_json::Value =
+        serde_json::from_str(&lab.weft("m1", &["network", "inspect", name])).expect("json");
+    v[0].clone()
+}
+
+/// Task `task`'s address of each family on `net` (inspect's Containers).
+fn addresses(lab: &Lab, net: &str, task: &str) -> (String, String) {
+    let n = network(lab, net);
+    let e = n["Containers"]
+        .as_object()
+        .expect("containers")
+        .values()
+        .find(|e| e["Name"] == task)
+        .unwrap_or_else(|| panic!("{task} on {net}: {n:#}"))
+        .clone();
+    let bare = |k: &str| {
+        let v = e[k].as_str().unwrap_or_default();
+        v.split('/').next().unwrap_or_default().to_string()
+    };
+    (bare("IPv4Address"), bare("IPv6Address"))
+}
+
+/// Whether `ip` (IPv6) answers a ping from `pin`.
+fn pings6(pin: &Path, ip: &str) -> bool {
+    nsenter(pin, &["busybox", "ping", "-6", "-c", "1", "-W", "1", ip])
+        .status
+        .success()
+}
+
+/// `service inspect`'s VirtualIPs of `service`, bare addresses.
+fn vips(lab: &Lab, service: &str) -> Vec<String> {
+    let v: serde_json::Value =
+        serde_json::from_str(&lab.weft("m1", &["service", "inspect", service])).expect("json");
+    v[0]["Endpoint"]["VirtualIPs"]
+        .as_array()
+        .expect("VirtualIPs")
+        .iter()
+        .map(|x| {
+            let a = x["Addr"].as_str().unwrap_or_default();
+            a.split('/').next().unwrap_or_default().to_string()
+        })
+        .collect()
+}
+
+/// `network create --attachable [EXTRA…] --subnet… NAME` on m1: a
+/// dual-stack network with `--ipv6` among `extra`.
+fn create_network(lab: &Lab, name: &str, subnets: &[&str], extra: &[&str]) {
+    let mut args = vec!["network", "create", "--attachable"];
+    args.extend_from_slice(extra);
+    for s in subnets {
+        args.extend_from_slice(&["--subnet", s]);
+    }
+    args.push(name);
+    lab.weft("m1", &args);
+}
+
+#[test]
+fn a_dual_stack_overlay_carries_both_families_across_hosts() {
+    let mut lab = Lab::new("dual", &["m1", "w1", "w2"]);
+    lab.start_all();
+    let (wt, _) = lab.init("m1", &[]);
+    lab.join("w1", &wt, "m1");
+    lab.join("w2", &wt, "m1");
+    count_underlay(&lab);
+
+    create_network(
+        &lab,
+        "appnet",
+        &["10.0.41.0/24", "fd00:41::/64"],
+        &["--ipv6"],
+    );
+    let n = network(&lab, "appnet");
+    assert_eq!(n["EnableIPv6"], true, "{n:#}");
+    let ipam: Vec<&str> = n["IPAM"]["Config"]
+        .as_array()
+        .expect("IPAM")
+        .iter()
+        .filter_map(|c| c["Subnet"].as_str())
+        .collect();
+    assert_eq!(ipam, ["10.0.41.0/24", "fd00:41::/64"]);
+
+    // Tasks on two hosts reach each other over both families.
+    let a = lab.run_task(
+        "w1",
+        &["--name", "a", "--network", "appnet", "--", "sleep", "3600"],
+    );
+    lab.run_task(
+        "w2",
+        &[
+            "--name",
+            "b",
+            "--network",
+            "appnet",
+            "--ip6",
+            "fd00:41::b",
+            "--",
+            "sleep",
+            "3600",
+        ],
+    );
+    let (b4, b6) = addresses(&lab, "appnet", "b");
+    assert_eq!(b6, "fd00:41::b", "--ip6 was kept");
+    let pin_a = lab.task_netns("w1", &a);
+    wait_for("a pings b over IPv6", Duration::from_secs(20), || {
+        pings6(&pin_a, &b6)
+    });
+    assert!(pings(&pin_a, &b4), "and over IPv4");
+
+    // A service: a VIP of each family, both answered by name (A and AAAA),
+    // tasks.web with both families, replicas behind the IPv6 VIP.
+    common::create_web(&lab, "2", &[]);
+    let vips = vips(&lab, "web");
+    let (vip4, vip6) = match vips.as_slice() {
+        [v4, v6] if !v4.contains(':') && v6.contains(':') => (v4.clone(), v6.clone()),
+        other => panic!("one VIP of each family: {other:?}"),
+    };
+    let client = common::sleeper(&lab, "m1", "client", "appnet");
+    wait_for("web answers A and AAAA", Duration::from_secs(20), || {
+        let got = resolve(&client, "web");
+        got.contains(&vip4) && got.contains(&vip6)
+    });
+    wait_for(
+        "tasks.web has both families",
+        Duration::from_secs(20),
+        || {
+            let got = resolve(&client, "tasks.web");
+            got.len() == 4 && got.iter().filter(|a| a.contains(':')).count() == 2
+        },
+    );
+    let seen = common::replicas_behind_vip(&client, &format!("[{vip6}]"), "web.", 2);
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    common::replicas_behind_vip(&client, &vip4, "web.", 2);
+
+    // An encrypted dual-stack network: IPv6 between hosts only inside
+    // WireGuard.
+    create_network(
+        &lab,
+        "sec",
+        &["10.0.42.0/24", "fd00:42::/64"],
+        &["--ipv6", "--opt", "encrypted"],
+    );
+    let c = lab.run_task(
+        "w1",
+        &["--name", "c", "--network", "sec", "--", "sleep", "3600"],
+    );
+    lab.run_task(
+        "w2",
+        &["--name", "d", "--network", "sec", "--", "sleep", "3600"],
+    );
+    let (_, d6) = addresses(&lab, "sec", "d");
+    let pin_c = lab.task_netns("w1", &c);
+    wait_for(
+        "c pings d over IPv6 through WireGuard",
+        Duration::from_secs(30),
+        || pings6(&pin_c, &d6),
+    );
+    reset_counters(&lab);
+    for _ in 0..20 {
+        assert!(pings6(&pin_c, &d6));
+    }
+    let wg = counter(&lab.switch_netns(), "weftcount", "wg");
+    let vx = counter(&lab.switch_netns(), "weftcount", "vxlan");
+    assert!(wg >= 40, "WireGuard carried the IPv6 pings: {wg}");
+    assert_eq!(vx, 0, "no plaintext VXLAN for an encrypted network");
+}
+
+#[test]
+fn bad_ipv6_input_is_refused_and_changes_nothing() {
+    let mut lab = Lab::new("dualbad", &["m1"]);
+    lab.start_all();
+    lab.init("m1", &[]);
+    create_network(&lab, "dual", &["fd00:51::/64"], &["--ipv6"]);
+    create_network(&lab, "v4only", &["10.0.52.0/24"], &[]);
+    let before = lab.weft("m1", &["network", "ls", "-q"]);
+    let refused = |args: &[&str], says: &str| {
+        let out = lab.try_weft("m1", args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} was accepted");
+        assert!(err.contains(says), "{args:?}: {err}");
+        assert_eq!(lab.weft("m1", &["network", "ls", "-q"]), before, "{args:?}");
+    };
+    let create = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = ["network", "create"].map(String::from).to_vec();
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v.push("x".into());
+        v
+    };
+    for (extra, says) in [
+        (&["--subnet", "fd00:52::/64"][..], "add --ipv6"),
+        (&["--ipv6", "--subnet", "fd00:51::/80"][..], "overlaps"),
+        (&["--ipv6", "--subnet", "fd00:53::/127"][..], "too small"),
+        (
+            &[
+                "--ipv6",
+                "--subnet",
+                "fd00:53::/64",
+                "--subnet",
+                "fd00:54::/64",
+            ][..],
+            "given twice for one address family",
+        ),
+        (
+            &[
+                "--ipv6",
+                "--subnet",
+                "10.0.53.0/24",
+                "--subnet",
+                "fd00:53::/64",
+                "--aux-address",
+                "r=fd00:99::1",
+            ][..],
+            "not a usable address of subnet fd00:53::/64",
+        ),
+        (
+            &[
+                "--ipv6",
+                "--subnet",
+                "10.0.53.0/24",
+                "--subnet",
+                "fd00:53::/64",
+                "--aux-address",
+                "r=fd00:53::1",
+            ][..],
+            "gateway",
+        ),
+    ] {
+        let v = create(extra);
+        let v: Vec<&str> = v.iter().map(String::as_str).collect();
+        refused(&v, says);
+    }
+    // --ip6 on an IPv4-only network, or outside the subnet: no task.
+    for (net, ip6, says) in [
+        ("v4only", "fd00:51::9", "no IPv6 subnet"),
+        ("dual", "fd00:77::9", "not a usable address"),
+        ("dual", "10.0.0.9", "give an IPv6 address"),
+    ] {
+        let out = lab.try_weft(
+            "m1",
+            &[
+                "run",
+                "-d",
+                "--network",
+                net,
+                "--ip6",
+                ip6,
+                "--",
+                "sleep",
+                "60",
+            ],
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(says), "{ip6}: {err}");
+    }
+    assert_eq!(
+        lab.weft("m1", &["ps", "-a", "-q"]).trim(),
+        "",
+        "no task was made"
+    );
+}
