@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{Lab, resolve, wait_for};
+use common::{Lab, nsenter, resolve, wait_for};
 
 /// m1 (manager, runs the client) and three workers for the replicas.
 fn cluster(test: &str) -> Lab {
@@ -197,6 +197,25 @@ fn a_killed_worker_s_tasks_are_rescheduled_and_leave_vip_and_dns() {
         before.difference(&after).count(),
         1,
         "{before:?} → {after:?}"
+    );
+    // A client that talked to the released address gets no answer from
+    // anything else there.
+    let gone = before.difference(&after).next().expect("one address gone");
+    let asked = nsenter(
+        &pin,
+        &[
+            "timeout",
+            "3",
+            "busybox",
+            "wget",
+            "-qO-",
+            &format!("http://{gone}/"),
+        ],
+    );
+    assert!(
+        !asked.status.success(),
+        "{gone} answered after its task died: {}",
+        String::from_utf8_lossy(&asked.stdout)
     );
     let ps = lab.weft("m1", &["service", "ps", "web"]);
     assert!(
