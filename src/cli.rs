@@ -757,6 +757,11 @@ pub struct NetworkCreateArgs {
     /// and AAAA.
     #[arg(long)]
     pub ipv6: bool,
+    /// `--ipv4=false` (with --ipv6): an IPv6-only network, tasks get only
+    /// an IPv6 address on it (their way out stays the gateway bridge's
+    /// IPv4).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub ipv4: bool,
     /// NAME=IP (repeatable): an address of the subnet never handed out
     /// (a router, a host already on the segment). Needs --subnet.
     #[arg(long, value_name = "NAME=IP")]

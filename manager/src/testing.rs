@@ -92,6 +92,7 @@ pub fn bridge(n: u64) -> String {
 /// An attachable swarm overlay with a subnet from the pools.
 pub fn network_spec(id: &str, name: &str) -> NetworkSpec {
     NetworkSpec {
+        no_ipv4: false,
         ipv6: false,
         subnet6: None,
         gateway6: None,

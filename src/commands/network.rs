@@ -59,7 +59,8 @@ fn network_json(d: &pb::NetworkDetail) -> serde_json::Value {
         "Created": if n.created_at_ms == 0 { String::new() } else { rfc3339_ms(n.created_at_ms) },
         "Scope": scope,
         "Driver": n.driver,
-        "EnableIPv6": n.ipv6,
+        "EnableIPv4": !n.subnet.contains(':'),
+        "EnableIPv6": n.ipv6 || n.subnet.contains(':'),
         "IPAM": { "Driver": "default", "Options": {}, "Config": ipam_config },
         "Internal": n.internal,
         "Attachable": n.attachable,
@@ -79,15 +80,29 @@ fn network_json(d: &pb::NetworkDetail) -> serde_json::Value {
             .endpoints
             .iter()
             .map(|e| {
+                // An IPv6-only network's one address is its IPv6 one.
+                let prefix =
+                    |s: &str, dflt| s.split_once('/').map(|x| x.1).unwrap_or(dflt).to_string();
+                let (v4, v6) = if e.ip.contains(':') {
+                    (
+                        String::new(),
+                        format!("{}/{}", e.ip, prefix(&n.subnet, "128")),
+                    )
+                } else {
+                    (
+                        format!("{}/{}", e.ip, prefix(&n.subnet, "32")),
+                        if e.ip6.is_empty() {
+                            String::new()
+                        } else {
+                            format!("{}/{}", e.ip6, prefix(&n.subnet6, "128"))
+                        },
+                    )
+                };
                 let mut c = serde_json::json!({
                     "Name": e.task_name,
                     "EndpointID": format!("{}-{}", e.task_id, n.id),
-                    "IPv4Address": format!("{}/{}", e.ip, n.subnet.split_once('/').map(|x| x.1).unwrap_or("32")),
-                    "IPv6Address": if e.ip6.is_empty() {
-                        String::new()
-                    } else {
-                        format!("{}/{}", e.ip6, n.subnet6.split_once('/').map(|x| x.1).unwrap_or("128"))
-                    },
+                    "IPv4Address": v4,
+                    "IPv6Address": v6,
                     "MacAddress": e.mac,
                     "Node": e.hostname,
                     "NodeID": e.node_id,
@@ -237,6 +252,7 @@ pub async fn network(c: &Client, cmd: crate::cli::NetworkCommand) -> anyhow::Res
             let n = ctl
                 .create_network(pb::CreateNetworkRequest {
                     ipv6: a.ipv6,
+                    no_ipv4: !a.ipv4,
                     subnet6,
                     gateway6,
                     ip_range6,

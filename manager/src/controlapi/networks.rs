@@ -7,7 +7,7 @@ impl ControlService {
     pub(super) fn network_wire(&self, s: &State, n: &crate::store::Network) -> pb::Network {
         let (mtu, limited_by) = crate::dispatcher::projection::network_mtu(s, n);
         pb::Network {
-            ipv6: n.ipv6.is_some(),
+            ipv6: n.ipv6.is_some() || n.subnet.is_ipv6(),
             subnet6: n
                 .ipv6
                 .as_ref()
@@ -158,6 +158,7 @@ impl ControlService {
                 driver: if local.is_some() { "bridge" } else { "overlay" }.into(),
                 node: local,
                 ipv6: r.ipv6,
+                no_ipv4: r.no_ipv4,
                 subnet6,
                 gateway6,
                 ip_range6,

@@ -1195,11 +1195,16 @@ impl State {
             }
             return Ok(None);
         }
-        let taken: Vec<IpNetwork> = self
-            .networks
-            .values()
+        // IPv6 subnets in use: dual-stack networks' and IPv6-only ones'.
+        let v6_of = |n: &Network| {
+            (n.ipv6.as_ref().map(|v6| v6.subnet))
+                .into_iter()
+                .chain(Some(n.subnet).filter(|s| s.is_ipv6()))
+                .collect::<Vec<_>>()
+        };
+        let taken: Vec<IpNetwork> = (self.networks.values())
             .filter(|n| clash(n))
-            .filter_map(|n| n.ipv6.as_ref().map(|v6| v6.subnet))
+            .flat_map(v6_of)
             .collect();
         let subnet = match spec.subnet6 {
             Some(s) => {
@@ -1209,18 +1214,16 @@ impl State {
                         ipam::MAX_PREFIX6
                     ));
                 }
-                if let Some(o) = self.networks.values().filter(|n| clash(n)).find(|n| {
-                    n.ipv6
-                        .as_ref()
-                        .is_some_and(|v6| ipam::overlaps(&v6.subnet, &s))
-                }) {
+                let overlapping = (self.networks.values().filter(|n| clash(n))).find_map(|n| {
+                    v6_of(n)
+                        .into_iter()
+                        .find(|o| ipam::overlaps(o, &s))
+                        .map(|o| (n, o))
+                });
+                if let Some((o, other)) = overlapping {
                     return Err(StoreError::SubnetOverlap {
                         subnet: s.to_string(),
-                        other: o
-                            .ipv6
-                            .as_ref()
-                            .map(|v6| v6.subnet.to_string())
-                            .unwrap_or_default(),
+                        other: other.to_string(),
                         network: o.name.clone(),
                     });
                 }
@@ -1261,56 +1264,20 @@ impl State {
         }))
     }
 
-    fn allocate_network(&self, spec: &NetworkSpec) -> Result<Network, StoreError> {
+    /// The IPv4 subnet and gateway of a new network: given (and checked
+    /// against the others and the ingress subnet) or from the pools.
+    fn allocate_subnet4(
+        &self,
+        spec: &NetworkSpec,
+        clash: impl Fn(&Network) -> bool,
+        taken: Vec<IpNetwork>,
+        ingress_reserved: Option<IpNetwork>,
+    ) -> Result<(IpNetwork, IpAddr), StoreError> {
         let settings = &self
             .cluster
             .as_ref()
             .ok_or(StoreError::NotInitialised)?
             .settings;
-        if RESERVED_NETWORK_NAMES.contains(&spec.name.as_str()) {
-            return Err(StoreError::ReservedName(spec.name.clone()));
-        }
-        let local = match spec.driver.as_str() {
-            "" | "overlay" => None,
-            "bridge" => Some(self.check_local_spec(spec)?),
-            d => {
-                return Err(StoreError::InvalidNetwork(format!(
-                    "unknown driver {d:?}: use overlay or bridge"
-                )));
-            }
-        };
-        // Names are unique among the networks a node can see: swarm
-        // networks everywhere, a local one on its node.
-        let clash = |n: &Network| match (local, n.node) {
-            (Some(a), Some(b)) => a == b,
-            _ => true,
-        };
-        if self
-            .networks
-            .values()
-            .any(|n| n.name == spec.name && clash(n))
-        {
-            return Err(StoreError::NetworkExists(spec.name.clone()));
-        }
-        if self.networks.contains_key(&spec.id) {
-            return Err(StoreError::NetworkExists(spec.id.clone()));
-        }
-        // Subnets must not overlap where they could meet in one task:
-        // a local network against swarm networks and its node's other
-        // local networks; a swarm network against everything.
-        let mut taken: Vec<IpNetwork> = self
-            .networks
-            .values()
-            .filter(|n| clash(n))
-            .map(|n| n.subnet)
-            .collect();
-        // The ingress subnet is kept free before the ingress network exists,
-        // so the first published port never finds it taken (not in clusters
-        // from before the setting: their logs must replay as they applied).
-        let ingress_reserved = settings
-            .ingress_subnet
-            .filter(|_| self.ingress_network().is_none());
-        taken.extend(ingress_reserved);
         let subnet = match spec.subnet {
             Some(s) => {
                 if let Some(o) = self
@@ -1365,7 +1332,75 @@ impl State {
                 "ip range {r} is not inside subnet {subnet}"
             )));
         }
+        Ok((subnet, gateway))
+    }
+
+    fn allocate_network(&self, spec: &NetworkSpec) -> Result<Network, StoreError> {
+        let settings = &self
+            .cluster
+            .as_ref()
+            .ok_or(StoreError::NotInitialised)?
+            .settings;
+        if RESERVED_NETWORK_NAMES.contains(&spec.name.as_str()) {
+            return Err(StoreError::ReservedName(spec.name.clone()));
+        }
+        let local = match spec.driver.as_str() {
+            "" | "overlay" => None,
+            "bridge" => Some(self.check_local_spec(spec)?),
+            d => {
+                return Err(StoreError::InvalidNetwork(format!(
+                    "unknown driver {d:?}: use overlay or bridge"
+                )));
+            }
+        };
+        // Names are unique among the networks a node can see: swarm
+        // networks everywhere, a local one on its node.
+        let clash = |n: &Network| match (local, n.node) {
+            (Some(a), Some(b)) => a == b,
+            _ => true,
+        };
+        if self
+            .networks
+            .values()
+            .any(|n| n.name == spec.name && clash(n))
+        {
+            return Err(StoreError::NetworkExists(spec.name.clone()));
+        }
+        if self.networks.contains_key(&spec.id) {
+            return Err(StoreError::NetworkExists(spec.id.clone()));
+        }
+        // Subnets must not overlap where they could meet in one task:
+        // a local network against swarm networks and its node's other
+        // local networks; a swarm network against everything.
+        let mut taken: Vec<IpNetwork> = self
+            .networks
+            .values()
+            .filter(|n| clash(n))
+            .map(|n| n.subnet)
+            .collect();
+        // The ingress subnet is kept free before the ingress network exists,
+        // so the first published port never finds it taken (not in clusters
+        // from before the setting: their logs must replay as they applied).
+        let ingress_reserved = settings
+            .ingress_subnet
+            .filter(|_| self.ingress_network().is_none());
+        taken.extend(ingress_reserved);
         let ipv6 = self.allocate_subnet6(spec, clash)?;
+        let (subnet, gateway, ip_range, ipv6) = if spec.no_ipv4 {
+            if spec.subnet.is_some() || spec.gateway.is_some() || spec.ip_range.is_some() {
+                return Err(StoreError::InvalidNetwork(
+                    "an IPv6-only network (--ipv4=false) takes no IPv4 --subnet, --gateway or \
+                     --ip-range"
+                        .into(),
+                ));
+            }
+            let v6 =
+                ipv6.ok_or_else(|| StoreError::InvalidNetwork("--ipv4=false needs --ipv6".into()))?;
+            (v6.subnet, v6.gateway, v6.ip_range, None)
+        } else {
+            let (subnet, gateway) = self.allocate_subnet4(spec, clash, taken, ingress_reserved)?;
+            (subnet, gateway, spec.ip_range, ipv6)
+        };
         let vni = if local.is_some() {
             0
         } else {
@@ -1386,7 +1421,7 @@ impl State {
             attachable: spec.attachable || local.is_some(),
             subnet,
             gateway,
-            ip_range: spec.ip_range,
+            ip_range,
             vni,
             internal: spec.internal,
             mtu: spec.mtu,
@@ -1437,7 +1472,7 @@ impl State {
                 });
             }
             internal_only &= net.internal;
-            let ip = self.pick_address(net, *want)?;
+            let ip = self.pick_primary(net, *want, want6.get(net_id).copied())?;
             let ip6 = self.pick_address6(net, want6.get(net_id).copied())?;
             let ifname = format!("eth{}", attachments.len());
             attachments.push(Attachment {
@@ -1483,9 +1518,13 @@ impl State {
         want6: &BTreeMap<String, IpAddr>,
     ) {
         for a in &task.attachments {
+            // Asked for (on an IPv6-only network, with --ip6): the cursor
+            // stays.
+            let asked6 = a.ip.is_ipv6() && want6.contains_key(&a.network);
             if networks
                 .iter()
                 .any(|(n, want)| *n == a.network && want.is_none())
+                && !asked6
             {
                 self.allocated(&a.network, a.ip);
             }

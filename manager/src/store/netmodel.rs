@@ -589,7 +589,7 @@ impl State {
         if !net.attachable || net.ingress {
             return Err(StoreError::NotAttachable(net.name.clone()));
         }
-        let addr = self.pick_address(net, ip)?;
+        let addr = self.pick_primary(net, ip, ip6)?;
         let addr6 = self.pick_address6(net, ip6)?;
         let ifname = next_ifname(t.attachments.iter().map(|a| a.ifname.as_str()));
         let attachment = Attachment {
@@ -601,6 +601,7 @@ impl State {
         };
         self.check_task_aliases(std::slice::from_ref(&attachment))?;
         let internal = net.internal;
+        let net_v6_only = net.subnet.is_ipv6();
         let node = t.node;
         let needs_gateway = t.gateway_ip.is_none() && !internal;
         let gateway = if needs_gateway {
@@ -613,7 +614,7 @@ impl State {
         if gateway.is_some() {
             t.gateway_ip = gateway;
         }
-        if ip.is_none() {
+        if ip.is_none() && (ip6.is_none() || !net_v6_only) {
             self.allocated(network, addr);
         }
         if let (None, Some(a6)) = (ip6, addr6) {
@@ -651,12 +652,18 @@ impl State {
     }
 
     /// The address of an endpoint on `net`: `want` if it is free, else the
-    /// next in serial order.
-    pub(crate) fn pick_address(
+    /// next in serial order. On an IPv6-only network the address asked for
+    /// with `--ip6` (`want6`) is the one.
+    pub(crate) fn pick_primary(
         &self,
         net: &Network,
         want: Option<IpAddr>,
+        want6: Option<IpAddr>,
     ) -> Result<IpAddr, StoreError> {
+        let want = match (net.subnet.is_ipv6(), want, want6) {
+            (true, None, w6) => w6,
+            (_, w, _) => w,
+        };
         let taken = self.taken_on(&net.id);
         let range = (&net.subnet, net.ip_range.as_ref(), net.last_allocated);
         pick_in(&net.name, range, &taken, want)
@@ -683,6 +690,9 @@ impl State {
         let Some(v6) = &net.ipv6 else {
             return match want {
                 None => Ok(None),
+                // An IPv6-only network: its one address is IPv6; --ip6
+                // asks for it (see [`Self::pick_primary`]).
+                Some(_) if net.subnet.is_ipv6() => Ok(None),
                 Some(ip) => Err(StoreError::AddressUnavailable {
                     ip: ip.to_string(),
                     network: net.name.clone(),

@@ -1358,3 +1358,85 @@ fn bad_dual_stack_input_changes_nothing() {
         version_gate::Release::FIRST
     );
 }
+
+/// `--ipv4=false`: the network's one subnet is IPv6; tasks and VIPs get an
+/// IPv6 address there, `--ip6` asks for it, and its subnet counts against
+/// dual-stack ones.
+#[test]
+fn ipv6_only_networks_have_one_ipv6_subnet() {
+    let mut s = initialised();
+    let v6only = |id: &str, name: &str, subnet6: Option<&str>| NetworkSpec {
+        no_ipv4: true,
+        ..dual_spec(id, name, subnet6)
+    };
+    s.apply(&Command::CreateNetwork {
+        spec: v6only("n1", "six", Some("fd00:61::/64")),
+    })
+    .unwrap();
+    let n = &s.networks["n1"];
+    assert_eq!(n.subnet.to_string(), "fd00:61::/64");
+    assert_eq!(n.gateway.to_string(), "fd00:61::1");
+    assert_eq!(n.ipv6, None);
+    create_task(&mut s, "t1", 1, &["n1"]).unwrap();
+    assert_eq!(s.tasks["t1"].attachments[0].ip.to_string(), "fd00:61::2");
+    assert_eq!(s.tasks["t1"].attachments[0].ip6, None);
+    let asked = Command::CreateTask {
+        ip6: [("n1".to_string(), "fd00:61::99".parse().unwrap())].into(),
+        aliases: Default::default(),
+        id: "x".into(),
+        name: "task-x".into(),
+        node: NodeId(1),
+        spec: Default::default(),
+        networks: vec![("n1".into(), None)],
+        standalone: true,
+        now_ms: 2,
+        network_mode: Default::default(),
+        ports: Vec::new(),
+    };
+    s.apply(&asked).unwrap();
+    assert_eq!(s.tasks["x"].attachments[0].ip.to_string(), "fd00:61::99");
+    assert_eq!(
+        s.networks["n1"].last_allocated,
+        Some("fd00:61::2".parse().unwrap()),
+        "an asked-for address leaves the cursor"
+    );
+    s.apply(&Command::CreateService {
+        id: "s1".into(),
+        spec: crate::testing::spec("web", 1, &["n1"]),
+        now_ms: 3,
+    })
+    .unwrap();
+    assert!(s.services["s1"].vips["n1"].is_ipv6());
+    assert!(s.services["s1"].vips6.is_empty());
+    // From the pools too.
+    s.apply(&Command::CreateNetwork {
+        spec: v6only("n2", "six2", None),
+    })
+    .unwrap();
+    assert!(s.networks["n2"].subnet.is_ipv6());
+    let before = s.clone();
+    for (spec, says) in [
+        (dual_spec("n3", "d", Some("fd00:61::/80")), "overlaps"),
+        (
+            NetworkSpec {
+                ipv6: false,
+                ..v6only("n3", "d", None)
+            },
+            "needs --ipv6",
+        ),
+        (
+            NetworkSpec {
+                subnet: Some("10.9.0.0/24".parse().unwrap()),
+                ..v6only("n3", "d", None)
+            },
+            "takes no IPv4",
+        ),
+    ] {
+        let e = s
+            .apply(&Command::CreateNetwork { spec: spec.clone() })
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(says), "{spec:?}: {e}");
+        assert_eq!(s, before);
+    }
+}

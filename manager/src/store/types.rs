@@ -865,6 +865,10 @@ pub struct NetworkSpec {
     pub gateway6: Option<IpAddr>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip_range6: Option<IpNetwork>,
+    /// `--ipv4=false` (with `--ipv6`): an IPv6-only network, whose
+    /// [`Network::subnet`] is its IPv6 subnet.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_ipv4: bool,
 }
 
 /// How many tasks a service runs.
