@@ -95,6 +95,8 @@ fn a_dual_stack_overlay_carries_both_families_across_hosts() {
         .filter_map(|c| c["Subnet"].as_str())
         .collect();
     assert_eq!(ipam, ["10.0.41.0/24", "fd00:41::/64"]);
+    let ls = lab.weft("m1", &["network", "ls"]);
+    assert!(ls.contains("10.0.41.0/24,fd00:41::/64"), "{ls}");
 
     // Tasks on two hosts reach each other over both families.
     let a = lab.run_task(

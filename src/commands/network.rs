@@ -190,6 +190,7 @@ async fn ls(
                 "Scope": scope(n),
                 "Subnet": n.subnet,
                 "Gateway": n.gateway,
+                "IPv6Subnet": n.subnet6,
                 "MTU": n.mtu,
                 "Internal": n.internal,
                 "Attachable": n.attachable,
@@ -234,7 +235,14 @@ fn print_networks(nets: &[pb::Network], scope: impl Fn(&pb::Network) -> String) 
             n.name,
             n.driver,
             scope(n),
-            dash(n.subnet.clone()),
+            dash(
+                [&n.subnet, &n.subnet6]
+                    .into_iter()
+                    .filter(|s| !s.is_empty())
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(","),
+            ),
             dash(n.mtu.to_string()),
             flags.join(",")
         );

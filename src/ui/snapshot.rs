@@ -285,7 +285,13 @@ fn network(
         } else {
             n.scope.clone()
         },
-        subnet: n.subnet.clone(),
+        // A dual-stack network's both subnets.
+        subnet: [&n.subnet, &n.subnet6]
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", "),
         gateway: n.gateway.clone(),
         mtu: n.mtu,
         mtu_limited_by: n.mtu_limited_by.clone(),
