@@ -224,7 +224,23 @@ fn a_dual_stack_overlay_carries_both_families_across_hosts() {
 fn bad_ipv6_input_is_refused_and_changes_nothing() {
     let mut lab = Lab::new("dualbad", &["m1"]);
     lab.start_all();
-    lab.init("m1", &[]);
+    lab.init(
+        "m1",
+        &[
+            "--default-addr-pool",
+            "fd00:70::/48",
+            "--default-addr-pool-mask-length",
+            "64",
+        ],
+    );
+    // IPv6 subnets come from the given IPv6 pool, IPv4 ones from the
+    // default.
+    create_network(&lab, "pooled", &[], &["--ipv6"]);
+    let n = network(&lab, "pooled");
+    let subnets: Vec<&str> = (n["IPAM"]["Config"].as_array().expect("IPAM").iter())
+        .filter_map(|c| c["Subnet"].as_str())
+        .collect();
+    assert_eq!(subnets, ["10.0.0.0/24", "fd00:70::/64"], "{n:#}");
     create_network(&lab, "dual", &["fd00:51::/64"], &["--ipv6"]);
     create_network(&lab, "v4only", &["10.0.52.0/24"], &[]);
     let before = lab.weft("m1", &["network", "ls", "-q", "--filter", "driver=overlay"]);
