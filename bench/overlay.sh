@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench/overlay.sh — data-path and convergence benchmarks (issues 3 and 4).
+# bench/overlay.sh — data-path and convergence benchmarks (issues 3, 4 and 18).
 #
 # Runs the ignored tests of tests/bench_overlay.rs in release mode, one at a
 # time, on real daemons in namespace hosts (underlays in 198.18.0.0/15 only,
@@ -7,6 +7,11 @@
 #
 #   overlay_throughput   iperf3 task to task across two hosts, next to kernel
 #                        VXLAN built by hand with ip/bridge and to raw veth
+#   overlay_throughput_ipv6
+#                        the same on a dual-stack network: iperf3 over IPv6
+#                        and over IPv4 between the same two tasks, next to a
+#                        hand-built kernel VXLAN carrying IPv6 (and IPv4)
+#                        inner traffic (issue 18)
 #   config_push_latency  network create + run → every node applied; run →
 #                        the new task answers ping from another host
 #   service_convergence  service create / scale → every replica answers
@@ -22,7 +27,8 @@
 # Knobs (environment): BENCH_ROUNDS (throughput rounds, 3), BENCH_LAT_ROUNDS
 # (latency rounds, 5), BENCH_SECS (iperf3 seconds, 10), BENCH_DIAG (1: also
 # the diagnostic VXLAN variants), BENCH_ONLY (a test-name filter, e.g.
-# service_convergence), BENCH_OUT (results file; "-" prints instead),
+# service_convergence; a substring, so overlay_throughput selects both
+# throughput benchmarks), BENCH_OUT (results file; "-" prints instead),
 # BENCH_SKIP_BUILD=1 (use the test binary already built), BENCH_KEEP=1
 # (keep the fragments), BENCH_REV (the revision to name in the results).
 set -euo pipefail
@@ -53,7 +59,7 @@ TMPDIR=$WORK WEFT_BENCH_OUT=$FRAG \
 LOAD_AFTER=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # --- report -----------------------------------------------------------------------
-bench_results "Overlay and service benchmarks (issues 3 and 4)" \
+bench_results "Overlay and service benchmarks (issues 3, 4 and 18)" \
   "Run of $START on $(nproc) vCPU ($(bench_cpu)), kernel $(uname -r), $(iperf3 --version | head -n 1 | cut -d' ' -f1-2). \
 weft $(bench_rev) (release build). Load average $LOAD_BEFORE before, $LOAD_AFTER after: the machine is shared, \
 so every benchmark measures its own reference in the same run, and the figures are medians. \
