@@ -378,6 +378,13 @@ fn rotate(
 ) -> (BTreeMap<(&'static str, u32), Vec<Iperf>>, String) {
     let mut res: BTreeMap<(&'static str, u32), Vec<Iperf>> = BTreeMap::new();
     let mut rows = String::new();
+    // One unmeasured 4-stream transfer per path first: a run's first
+    // 4-stream transfer came out slower whatever its path, and the
+    // rotation gives round 1's first slot to the same path in every run.
+    for (name, pin, addr) in paths {
+        let w = iperf3(pin, addr, 4, secs.min(3));
+        eprintln!("warm-up {name} P4 (not counted): {w:?}");
+    }
     for r in 0..rounds {
         for streams in [1u32, 4] {
             for k in 0..paths.len() {
@@ -517,7 +524,7 @@ fn overlay_throughput() {
     let mut md =
         String::from("## Overlay TCP throughput, task to task across two hosts (issue 3)\n\n");
     md.push_str(&format!(
-        "iperf3 TCP, {secs} s per run, {rounds} rounds, the paths rotating their order in every round. \
+        "iperf3 TCP, {secs} s per run, {rounds} rounds after one unmeasured 3 s 4-stream warm-up transfer per path, the paths rotating their order in every round. \
          weft: client in a task namespace on host b, server in a task namespace on host a, over weft's \
          overlay (veth → bridge → VXLAN → underlay), overlay MTU {weft_mtu} on an underlay MTU {underlay_mtu}. \
          Kernel VXLAN: the same shape built by hand with `ip`/`bridge` on a second underlay of the same kind \
@@ -671,7 +678,7 @@ fn overlay_throughput_ipv6() {
         "## Overlay TCP throughput over IPv6, task to task across two hosts (issue 18)\n\n",
     );
     md.push_str(&format!(
-        "iperf3 TCP, {secs} s per run, {rounds} rounds, the paths rotating their order in every round. \
+        "iperf3 TCP, {secs} s per run, {rounds} rounds after one unmeasured 3 s 4-stream warm-up transfer per path, the paths rotating their order in every round. \
          weft: one dual-stack network (`--ipv6`, 10.0.41.0/24 and fd00:41::/64); client in a task \
          namespace on host b, server in a task namespace on host a, iperf3 to the server's IPv6 address \
          (`weft-v6`) and to its IPv4 address (`weft-v4`) between the same two tasks over the same \
