@@ -79,70 +79,7 @@ pub fn validate_init(r: &pb::InitRequest) -> Result<InitParams> {
         }
         settings.data_path_port = r.data_path_port as u16;
     }
-    if !r.default_addr_pools.is_empty() {
-        limits::at_most(
-            "--default-addr-pool",
-            r.default_addr_pools.len(),
-            limits::MAX_ADDR_POOLS,
-            "pools",
-        )?;
-        let mut pools: Vec<IpNetwork> = Vec::new();
-        for p in &r.default_addr_pools {
-            let net: IpNetwork = p.parse().map_err(|_| {
-                bad(format!(
-                    "invalid --default-addr-pool {p:?}: give a CIDR such as 10.20.0.0/16"
-                ))
-            })?;
-            if net.network() != net.ip() {
-                return Err(bad(format!(
-                    "--default-addr-pool {p} has host bits set; did you mean {}/{}?",
-                    net.network(),
-                    net.prefix()
-                )));
-            }
-            if let Some(o) = pools.iter().find(|q| overlaps(q, &net)) {
-                return Err(bad(format!("--default-addr-pool {p} overlaps {o}")));
-            }
-            pools.push(net);
-        }
-        // Each family's pools replace that family's default.
-        let (v6, v4): (Vec<IpNetwork>, Vec<IpNetwork>) =
-            pools.into_iter().partition(|p| p.is_ipv6());
-        if !v4.is_empty() {
-            settings.default_addr_pools = v4;
-        }
-        settings.default_addr_pools6 = v6;
-    }
-    if r.default_addr_pool_mask_length6 != 0 {
-        let m = r.default_addr_pool_mask_length6;
-        let widest = (settings.default_addr_pools6.iter())
-            .map(|p| p.prefix())
-            .max()
-            .unwrap_or(48);
-        if m > u32::from(crate::store::ipam::MAX_PREFIX6) || m < u32::from(widest) {
-            return Err(bad(format!(
-                "the IPv6 --default-addr-pool-mask-length {m} is out of range: use {widest}-{} \
-                 for these pools",
-                crate::store::ipam::MAX_PREFIX6
-            )));
-        }
-        settings.default_addr_pool_mask_length6 = m as u8;
-    }
-    if r.default_addr_pool_mask_length != 0 {
-        let m = r.default_addr_pool_mask_length;
-        let widest = settings
-            .default_addr_pools
-            .iter()
-            .map(|p| p.prefix())
-            .max()
-            .unwrap_or(8);
-        if m > 29 || m < u32::from(widest) {
-            return Err(bad(format!(
-                "--default-addr-pool-mask-length {m} is out of range: use {widest}-29 for these pools"
-            )));
-        }
-        settings.default_addr_pool_mask_length = m as u8;
-    }
+    addr_pools(r, &mut settings)?;
     if r.cert_expiry_secs != 0 {
         limits::cert_expiry(r.cert_expiry_secs)?;
         settings.cert_expiry_secs = r.cert_expiry_secs;
@@ -216,6 +153,77 @@ pub struct NewCluster {
     /// With `--autolock`: the unlock key the secrets are sealed under, to
     /// show once.
     pub unlock_key: Option<weft_proto::seal::UnlockKey>,
+}
+
+/// `--default-addr-pool` (both families) and the mask lengths of subnets
+/// taken from them, into `settings`.
+fn addr_pools(r: &pb::InitRequest, settings: &mut ClusterSettings) -> Result<()> {
+    let bad = |m: String| Error::InvalidInput(m);
+    if !r.default_addr_pools.is_empty() {
+        limits::at_most(
+            "--default-addr-pool",
+            r.default_addr_pools.len(),
+            limits::MAX_ADDR_POOLS,
+            "pools",
+        )?;
+        let mut pools: Vec<IpNetwork> = Vec::new();
+        for p in &r.default_addr_pools {
+            let net: IpNetwork = p.parse().map_err(|_| {
+                bad(format!(
+                    "invalid --default-addr-pool {p:?}: give a CIDR such as 10.20.0.0/16"
+                ))
+            })?;
+            if net.network() != net.ip() {
+                return Err(bad(format!(
+                    "--default-addr-pool {p} has host bits set; did you mean {}/{}?",
+                    net.network(),
+                    net.prefix()
+                )));
+            }
+            if let Some(o) = pools.iter().find(|q| overlaps(q, &net)) {
+                return Err(bad(format!("--default-addr-pool {p} overlaps {o}")));
+            }
+            pools.push(net);
+        }
+        // Each family's pools replace that family's default.
+        let (v6, v4): (Vec<IpNetwork>, Vec<IpNetwork>) =
+            pools.into_iter().partition(|p| p.is_ipv6());
+        if !v4.is_empty() {
+            settings.default_addr_pools = v4;
+        }
+        settings.default_addr_pools6 = v6;
+    }
+    if r.default_addr_pool_mask_length6 != 0 {
+        let m = r.default_addr_pool_mask_length6;
+        let widest = (settings.default_addr_pools6.iter())
+            .map(|p| p.prefix())
+            .max()
+            .unwrap_or(48);
+        if m > u32::from(crate::store::ipam::MAX_PREFIX6) || m < u32::from(widest) {
+            return Err(bad(format!(
+                "the IPv6 --default-addr-pool-mask-length {m} is out of range: use {widest}-{} \
+                 for these pools",
+                crate::store::ipam::MAX_PREFIX6
+            )));
+        }
+        settings.default_addr_pool_mask_length6 = m as u8;
+    }
+    if r.default_addr_pool_mask_length != 0 {
+        let m = r.default_addr_pool_mask_length;
+        let widest = settings
+            .default_addr_pools
+            .iter()
+            .map(|p| p.prefix())
+            .max()
+            .unwrap_or(8);
+        if m > 29 || m < u32::from(widest) {
+            return Err(bad(format!(
+                "--default-addr-pool-mask-length {m} is out of range: use {widest}-29 for these pools"
+            )));
+        }
+        settings.default_addr_pool_mask_length = m as u8;
+    }
+    Ok(())
 }
 
 /// Creates the CA and the first manager's identity.

@@ -383,8 +383,9 @@ impl State {
                 });
             }
             internal_only &= net.internal;
-            let ip = self.pick_primary(net, *want, want6.get(net_id).copied())?;
-            let ip6 = self.pick_address6(net, want6.get(net_id).copied())?;
+            let (want, want6) = super::netmodel::wants(net, *want, want6.get(net_id).copied());
+            let ip = self.pick_address(net, want)?;
+            let ip6 = self.pick_address6(net, want6)?;
             let ifname = format!("eth{}", attachments.len());
             attachments.push(Attachment {
                 network: net_id.clone(),
@@ -429,19 +430,18 @@ impl State {
         want6: &BTreeMap<String, IpAddr>,
     ) {
         for a in &task.attachments {
-            // Asked for (on an IPv6-only network, with --ip6): the cursor
-            // stays.
-            let asked6 = a.ip.is_ipv6() && want6.contains_key(&a.network);
-            if networks
-                .iter()
-                .any(|(n, want)| *n == a.network && want.is_none())
-                && !asked6
-            {
+            let (Some((_, want)), Some(net)) = (
+                networks.iter().find(|(n, _)| *n == a.network),
+                self.networks.get(&a.network),
+            ) else {
+                continue;
+            };
+            // What was asked for keeps the cursor where it is.
+            let (want, want6) = super::netmodel::wants(net, *want, want6.get(&a.network).copied());
+            if want.is_none() {
                 self.allocated(&a.network, a.ip);
             }
-            if let Some(ip6) = a.ip6
-                && !want6.contains_key(&a.network)
-            {
+            if let (None, Some(ip6)) = (want6, a.ip6) {
                 self.allocated(&a.network, ip6);
             }
         }

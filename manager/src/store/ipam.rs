@@ -99,15 +99,18 @@ pub fn first_host(subnet: &IpNetwork) -> Option<IpAddr> {
     }
 }
 
+/// 64-bit FNV-1a of `bytes`: a stable hash for values every manager must
+/// derive alike from replicated state (not a secret, not collision-proof).
+pub fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
 /// A cluster's default IPv6 pool: a unique local /48 (RFC 4193) whose
 /// global ID comes from the cluster ID, so every manager derives the same.
 pub fn ula_pool(cluster_id: &str) -> IpNetwork {
-    let h = cluster_id
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-        })
-        .to_be_bytes();
+    let h = fnv1a(cluster_id.bytes()).to_be_bytes();
     let mut o = [0u8; 16];
     o[0] = 0xfd;
     o[1..6].copy_from_slice(&h[..5]);

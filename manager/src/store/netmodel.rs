@@ -37,11 +37,7 @@ pub const CONTROL_PORT: u16 = 4377;
 /// The ID of the cluster's ingress network: derived from the cluster ID so
 /// every manager computes the same one at apply time.
 pub fn ingress_network_id(cluster_id: &str) -> String {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in cluster_id.bytes().chain(*b"/ingress") {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
+    let h = ipam::fnv1a(cluster_id.bytes().chain(*b"/ingress"));
     format!("{h:016x}")
 }
 
@@ -589,7 +585,8 @@ impl State {
         if !net.attachable || net.ingress {
             return Err(StoreError::NotAttachable(net.name.clone()));
         }
-        let addr = self.pick_primary(net, ip, ip6)?;
+        let (ip, ip6) = wants(net, ip, ip6);
+        let addr = self.pick_address(net, ip)?;
         let addr6 = self.pick_address6(net, ip6)?;
         let ifname = next_ifname(t.attachments.iter().map(|a| a.ifname.as_str()));
         let attachment = Attachment {
@@ -601,7 +598,6 @@ impl State {
         };
         self.check_task_aliases(std::slice::from_ref(&attachment))?;
         let internal = net.internal;
-        let net_v6_only = net.subnet.is_ipv6();
         let node = t.node;
         let needs_gateway = t.gateway_ip.is_none() && !internal;
         let gateway = if needs_gateway {
@@ -614,7 +610,7 @@ impl State {
         if gateway.is_some() {
             t.gateway_ip = gateway;
         }
-        if ip.is_none() && (ip6.is_none() || !net_v6_only) {
+        if ip.is_none() {
             self.allocated(network, addr);
         }
         if let (None, Some(a6)) = (ip6, addr6) {
@@ -652,18 +648,12 @@ impl State {
     }
 
     /// The address of an endpoint on `net`: `want` if it is free, else the
-    /// next in serial order. On an IPv6-only network the address asked for
-    /// with `--ip6` (`want6`) is the one.
-    pub(crate) fn pick_primary(
+    /// next in serial order (requests as [`wants`] makes them).
+    pub(crate) fn pick_address(
         &self,
         net: &Network,
         want: Option<IpAddr>,
-        want6: Option<IpAddr>,
     ) -> Result<IpAddr, StoreError> {
-        let want = match (net.subnet.is_ipv6(), want, want6) {
-            (true, None, w6) => w6,
-            (_, w, _) => w,
-        };
         let taken = self.taken_on(&net.id);
         let range = (&net.subnet, net.ip_range.as_ref(), net.last_allocated);
         pick_in(&net.name, range, &taken, want)
@@ -690,9 +680,6 @@ impl State {
         let Some(v6) = &net.ipv6 else {
             return match want {
                 None => Ok(None),
-                // An IPv6-only network: its one address is IPv6; --ip6
-                // asks for it (see [`Self::pick_primary`]).
-                Some(_) if net.subnet.is_ipv6() => Ok(None),
                 Some(ip) => Err(StoreError::AddressUnavailable {
                     ip: ip.to_string(),
                     network: net.name.clone(),
@@ -769,6 +756,21 @@ pub fn check_ingress_subnet(subnet: &IpNetwork, settings: &ClusterSettings) -> R
         }
     }
     Ok(())
+}
+
+/// The addresses asked for on `net` (`--ip`, `--ip6`) as the allocation
+/// takes them: the network's own address and its IPv6 side's. On an
+/// IPv6-only network its one address is IPv6, so `--ip6` asks for it.
+pub(crate) fn wants(
+    net: &Network,
+    want: Option<IpAddr>,
+    want6: Option<IpAddr>,
+) -> (Option<IpAddr>, Option<IpAddr>) {
+    if net.subnet.is_ipv6() {
+        (want.or(want6), None)
+    } else {
+        (want, want6)
+    }
 }
 
 /// `want` if it is a free host address of the subnet, else the first free
