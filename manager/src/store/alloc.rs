@@ -53,12 +53,7 @@ impl State {
                 vips.insert(net_id.clone(), *ip);
                 continue;
             }
-            let mut taken = self.taken_on(net_id);
-            taken.extend(vips.values());
-            let after = net.last_allocated;
-            let ip = ipam::next_ip_after(&net.subnet, net.ip_range.as_ref(), &taken, after)
-                .ok_or_else(|| StoreError::NetworkFull(net.name.clone()))?;
-            vips.insert(net_id.clone(), ip);
+            vips.insert(net_id.clone(), self.pick_address(net, None)?);
         }
         Ok(vips)
     }
@@ -75,18 +70,14 @@ impl State {
             let Some(net) = self.networks.get(net_id) else {
                 continue;
             };
-            let Some(v6) = &net.ipv6 else {
-                continue;
+            let kept = old.and_then(|o| o.vips6.get(net_id)).copied();
+            let ip = match kept {
+                Some(ip) if net.ipv6.is_some() => Some(ip),
+                _ => self.pick_address6(net, None)?,
             };
-            if let Some(ip) = old.and_then(|o| o.vips6.get(net_id)) {
-                vips6.insert(net_id.clone(), *ip);
-                continue;
+            if let Some(ip) = ip {
+                vips6.insert(net_id.clone(), ip);
             }
-            let taken = self.taken_on(net_id);
-            let ip =
-                ipam::next_ip_after(&v6.subnet, v6.ip_range.as_ref(), &taken, v6.last_allocated)
-                    .ok_or_else(|| StoreError::NetworkFull(net.name.clone()))?;
-            vips6.insert(net_id.clone(), ip);
         }
         Ok(vips6)
     }
