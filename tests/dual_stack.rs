@@ -2,8 +2,10 @@
 //! every task an address of each family, every VIP service a VIP of each,
 //! and DNS answers A and AAAA; tasks on different hosts reach each other
 //! and the service over IPv6 as over IPv4, and an encrypted dual-stack
-//! network carries IPv6 only inside WireGuard. Bad IPv6 input is refused
-//! and changes nothing.
+//! network carries IPv6 only inside WireGuard. Tasks with an IPv6 address
+//! reach outside the cluster over IPv6 (NAT66 to their node's address) and
+//! a published port answers at a node's IPv6 address. Bad IPv6 input is
+//! refused and changes nothing.
 
 mod common;
 
@@ -218,6 +220,81 @@ fn a_dual_stack_overlay_carries_both_families_across_hosts() {
         || pings6(&pin_e, &f6),
     );
     assert_eq!(resolve(&pin_e, "f"), [f6].into(), "AAAA only");
+}
+
+/// Whether `http://URL/` answers from `pin` with a first line starting
+/// with `prefix` (busybox wget, bounded with timeout).
+fn http_answers(pin: &Path, url: &str, prefix: &str) -> bool {
+    let out = nsenter(pin, &["timeout", "3", "busybox", "wget", "-qO-", url]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .next()
+        .is_some_and(|l| l.starts_with(prefix))
+}
+
+#[test]
+fn ipv6_egress_and_published_ports_at_a_nodes_ipv6_address() {
+    let mut lab = Lab::new("dual6p", &["m1", "w1", "w2"]);
+    // The hosts get an IPv6 address next to their IPv4 one.
+    let v6 = |i: usize| format!("2001:db8:48::{i}");
+    for (i, host) in ["m1", "w1", "w2"].into_iter().enumerate() {
+        let cidr = format!("{}/64", v6(i + 1));
+        let out = nsenter(
+            &lab.host_netns(host),
+            &["ip", "addr", "add", &cidr, "dev", "eth0", "nodad"],
+        );
+        assert!(out.status.success(), "{out:?}");
+    }
+    lab.start_all();
+    let (wt, _) = lab.init("m1", &[]);
+    lab.join("w1", &wt, "m1");
+    lab.join("w2", &wt, "m1");
+    create_network(
+        &lab,
+        "appnet",
+        &["10.0.44.0/24", "fd00:44::/64"],
+        &["--ipv6"],
+    );
+    // One replica per worker, its port 80 published at 8080.
+    common::create_web(&lab, "2", &["--publish", "published=8080,target=80"]);
+    wait_for("a replica on each worker", Duration::from_secs(30), || {
+        lab.running_on("m1", "web").len() == 2
+    });
+
+    // From m1 (no replica), a worker's IPv6 address answers with the
+    // replica there.
+    let m1 = lab.host_netns("m1");
+    for (i, w) in [(2, "w1"), (3, "w2")] {
+        let url = format!("http://[{}]:8080/", v6(i));
+        wait_for(
+            &format!("{w}'s IPv6 address answers on 8080"),
+            Duration::from_secs(20),
+            || http_answers(&m1, &url, "web."),
+        );
+    }
+
+    // A task with an IPv6 address reaches m1's IPv6 address, outside the
+    // cluster's networks, through its node (NAT66: m1 has no route back to
+    // the task's own addresses).
+    let a = lab.run_task(
+        "w1",
+        &["--name", "a", "--network", "appnet", "--", "sleep", "3600"],
+    );
+    let pin_a = lab.task_netns("w1", &a);
+    wait_for("a reaches m1 over IPv6", Duration::from_secs(20), || {
+        pings6(&pin_a, &v6(1))
+    });
+    // A task on an IPv4-only network gets no IPv6 default route.
+    create_network(&lab, "four", &["10.0.45.0/24"], &[]);
+    let b = lab.run_task(
+        "w2",
+        &["--name", "b", "--network", "four", "--", "sleep", "3600"],
+    );
+    let routes = common::nsenter_stdout(
+        &lab.task_netns("w2", &b),
+        &["ip", "-6", "route", "show", "default"],
+    );
+    assert_eq!(routes.trim(), "", "no IPv6 default route: {routes}");
 }
 
 #[test]

@@ -46,6 +46,8 @@ pub fn simulate(k: &mut Observed, op: &Op) {
         | Op::ReplaceNeigh { .. }
         | Op::DeleteNeigh { .. } => simulate_addressing(k, op),
         Op::EnableIpv4Forwarding
+        | Op::EnableIpv6Forwarding
+        | Op::RefuseRa { .. }
         | Op::ApplyNat { .. }
         | Op::ApplyLb { .. }
         | Op::DeleteLb { .. }
@@ -161,6 +163,7 @@ fn simulate_links(k: &mut Observed, op: &Op) {
                 return;
             };
             if *ns == NsRef::Host {
+                k.ra_refused.remove(name);
                 k.host_routes
                     .retain(|r| r.dev.as_deref() != Some(name.as_str()));
             }
@@ -311,7 +314,15 @@ fn simulate_addressing(k: &mut Observed, op: &Op) {
 fn simulate_tables_and_wg(k: &mut Observed, op: &Op) {
     match op {
         Op::EnableIpv4Forwarding => k.ipv4_forwarding = true,
-        Op::ApplyNat { subnet, bridge } => k.nat = Some(nat_comments(*subnet, bridge)),
+        Op::ApplyNat {
+            subnet,
+            subnet6,
+            bridge,
+        } => k.nat = Some(nat_comments(*subnet, *subnet6, bridge)),
+        Op::EnableIpv6Forwarding => k.ipv6_forwarding = true,
+        Op::RefuseRa { link } => {
+            k.ra_refused.insert(link.clone());
+        }
         Op::ApplyLb { task, vips, .. } => {
             if let Some(o) = k.tasks.get_mut(task) {
                 o.lb = Some(lb_comments(vips));
@@ -617,10 +628,12 @@ impl Dataplane for FakeDataplane {
                 .collect();
             removed.extend(s.kernel.host.links.keys().map(|l| format!("link {l}")));
             let forwarding = s.kernel.ipv4_forwarding;
+            let forwarding6 = s.kernel.ipv6_forwarding;
             // The operator's chain is never ours to remove.
             let user_chain = s.kernel.user_chain;
             s.kernel = Observed {
                 ipv4_forwarding: forwarding,
+                ipv6_forwarding: forwarding6,
                 user_chain,
                 host_routes: std::mem::take(&mut s.kernel.host_routes),
                 ..Observed::default()

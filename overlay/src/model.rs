@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 
 use ipnetwork::IpNetwork;
@@ -296,6 +296,12 @@ pub struct GatewayBridge {
     pub gateway: IpAddr,
     /// MTU of the bridge and the task veths plugged into it.
     pub mtu: u32,
+    /// Its IPv6 subnet and the bridge's IPv6 address, for tasks with an
+    /// IPv6 address on some network (egress over IPv6, published ports to
+    /// local IPv6 backends); see [`GatewayBridge::with_ipv6`]. `None`: IPv4
+    /// only, and IPv6 forwarding is left as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipv6: Option<(IpNetwork, IpAddr)>,
 }
 
 impl Default for GatewayBridge {
@@ -305,6 +311,7 @@ impl Default for GatewayBridge {
                 .expect("valid prefix"),
             gateway: IpAddr::V4(Ipv4Addr::new(172, 18, 0, 1)),
             mtu: 1500,
+            ipv6: None,
         }
     }
 }
@@ -313,6 +320,39 @@ impl GatewayBridge {
     /// The bridge's address with the subnet's prefix length.
     pub fn bridge_address(&self) -> IpNetwork {
         IpNetwork::new(self.gateway, self.subnet.prefix()).expect("prefix of a valid subnet")
+    }
+
+    /// The unique local /96 the bridge's IPv6 addresses live in: each is
+    /// the prefix followed by the 32 bits of the IPv4 address on the
+    /// bridge (see [`GatewayBridge::ipv6_of`]), so a node derives every
+    /// IPv6 address on its bridge from the IPv4 ones the managers gave out
+    /// and no manager allocates anything more. `fd77:6566:7400::/48` spells
+    /// "weft" in its global ID.
+    pub const IPV6_PREFIX: Ipv6Addr = Ipv6Addr::new(0xfd77, 0x6566, 0x7400, 0, 0, 0, 0, 0);
+
+    /// The IPv6 address standing for `ip`, an IPv4 address of the bridge's
+    /// subnet, with the matching prefix length (96 + the IPv4 one).
+    pub fn ipv6_of(ip: IpNetwork) -> Option<IpNetwork> {
+        let IpNetwork::V4(v4) = ip else { return None };
+        let bits = u128::from(Self::IPV6_PREFIX) | u128::from(u32::from(v4.ip()));
+        IpNetwork::new(IpAddr::V6(Ipv6Addr::from(bits)), 96 + v4.prefix()).ok()
+    }
+
+    /// This bridge with its IPv6 subnet and address derived from the IPv4
+    /// ones ([`GatewayBridge::ipv6_of`]).
+    pub fn with_ipv6(mut self) -> Self {
+        self.ipv6 = Self::ipv6_of(self.bridge_address()).map(|a| {
+            let subnet =
+                IpNetwork::new(a.network(), a.prefix()).expect("prefix of a valid address");
+            (subnet, a.ip())
+        });
+        self
+    }
+
+    /// The bridge's IPv6 address with its prefix length.
+    pub fn bridge_address6(&self) -> Option<IpNetwork> {
+        self.ipv6
+            .map(|(s, gw)| IpNetwork::new(gw, s.prefix()).expect("prefix of a valid subnet"))
     }
 }
 
@@ -459,6 +499,11 @@ pub struct LocalEndpoint {
 pub struct GwAttachment {
     /// Its address with the gateway subnet's prefix length.
     pub ip: IpNetwork,
+    /// Its IPv6 address when the bridge has one
+    /// ([`GatewayBridge::ipv6_of`] its IPv4 one), for a task with an IPv6
+    /// address on some network: it gets an IPv6 default route too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<IpNetwork>,
     /// Its MAC.
     pub mac: MacAddr,
 }

@@ -379,20 +379,73 @@ const HOST_TABLES: &[(NfFamily, &str)] = &[
     (NfFamily::INet, NFT_USER_TABLE),
 ];
 
+/// [`Op::EnableIpv6Forwarding`], in the daemon's namespace: every
+/// interface (and the default for new ones) that accepts router
+/// advertisements keeps accepting them with forwarding on, except weft's
+/// own; then forwarding on.
+fn enable_ipv6_forwarding() -> LResult<()> {
+    const CONF: &str = "/proc/sys/net/ipv6/conf";
+    let io = |op: &'static str, path: String| {
+        move |source| LinuxError::Io {
+            op,
+            path: path.into(),
+            source,
+        }
+    };
+    let dir = std::fs::read_dir(CONF).map_err(io("list IPv6 interfaces", CONF.into()))?;
+    let mut kept = Vec::new();
+    for entry in dir {
+        let entry = entry.map_err(io("list IPv6 interfaces", CONF.into()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name == "all" || name.starts_with(names::WEFT_PREFIX) {
+            continue;
+        }
+        if observe::sysctl6(&name, "accept_ra").as_deref() == Some("1") {
+            let path = format!("{CONF}/{name}/accept_ra");
+            match std::fs::write(&path, "2") {
+                // An interface gone since the listing: nothing to keep.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                r => r.map_err(io("keep accepting router advertisements", path))?,
+            }
+            kept.push(name);
+        }
+    }
+    let path = format!("{CONF}/all/forwarding");
+    std::fs::write(&path, "1").map_err(io("enable IPv6 forwarding", path))?;
+    tracing::info!(
+        accept_ra_2 = ?kept,
+        "IPv6 forwarding on; these interfaces keep accepting router advertisements"
+    );
+    Ok(())
+}
+
+/// [`Op::RefuseRa`], in the daemon's namespace; nothing to do without IPv6
+/// on `link`.
+fn refuse_ra(link: &str) -> LResult<()> {
+    let path = format!("/proc/sys/net/ipv6/conf/{link}/accept_ra");
+    match std::fs::write(&path, "0") {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        r => r.map_err(|source| LinuxError::Io {
+            op: "refuse router advertisements",
+            path: path.into(),
+            source,
+        }),
+    }
+}
+
 /// The nftables transaction of [`Op::ApplyNat`]: both tables re-created
 /// from scratch (add + delete + add makes it work whether they exist).
-fn nat_batch(subnet: IpNetwork, bridge: &str) -> nftables::schema::Nftables<'static> {
-    let comments: Vec<String> = crate::plan::nat_comments(subnet, bridge)
+fn nat_batch(
+    subnet: IpNetwork,
+    subnet6: Option<IpNetwork>,
+    bridge: &str,
+) -> nftables::schema::Nftables<'static> {
+    let comments: Vec<String> = crate::plan::nat_comments(subnet, subnet6, bridge)
         .into_iter()
         .collect();
     let isolate_comment = comments
         .iter()
         .find(|c| c.starts_with("weft:isolate"))
-        .cloned()
-        .expect("three comments");
-    let masq_comment = comments
-        .iter()
-        .find(|c| c.starts_with("weft:masquerade"))
         .cloned()
         .expect("three comments");
     let hairpin_comment = comments
@@ -421,37 +474,39 @@ fn nat_batch(subnet: IpNetwork, bridge: &str) -> nftables::schema::Nftables<'sta
         policy: Some(NfChainPolicy::Accept),
         ..Default::default()
     }));
-    let proto = if subnet.is_ipv4() { "ip" } else { "ip6" };
-    b.add(NfListObject::Rule(Rule {
-        family: NfFamily::INet,
-        table: NFT_TABLE.into(),
-        chain: "postrouting".into(),
-        expr: Cow::Owned(vec![
-            Statement::Match(Match {
-                left: Expression::Named(NamedExpression::Payload(Payload::PayloadField(
-                    PayloadField {
-                        protocol: proto.into(),
-                        field: "saddr".into(),
-                    },
-                ))),
-                right: Expression::Named(NamedExpression::Prefix(Prefix {
-                    addr: Box::new(Expression::String(subnet.network().to_string().into())),
-                    len: u32::from(subnet.prefix()),
-                })),
-                op: Operator::EQ,
-            }),
-            Statement::Match(Match {
-                left: Expression::Named(NamedExpression::Meta(Meta {
-                    key: MetaKey::Oifname,
-                })),
-                right: Expression::String(bridge.to_owned().into()),
-                op: Operator::NEQ,
-            }),
-            Statement::Masquerade(None),
-        ]),
-        comment: Some(masq_comment.into()),
-        ..Default::default()
-    }));
+    for subnet in std::iter::once(subnet).chain(subnet6) {
+        let proto = if subnet.is_ipv4() { "ip" } else { "ip6" };
+        b.add(NfListObject::Rule(Rule {
+            family: NfFamily::INet,
+            table: NFT_TABLE.into(),
+            chain: "postrouting".into(),
+            expr: Cow::Owned(vec![
+                Statement::Match(Match {
+                    left: Expression::Named(NamedExpression::Payload(Payload::PayloadField(
+                        PayloadField {
+                            protocol: proto.into(),
+                            field: "saddr".into(),
+                        },
+                    ))),
+                    right: Expression::Named(NamedExpression::Prefix(Prefix {
+                        addr: Box::new(Expression::String(subnet.network().to_string().into())),
+                        len: u32::from(subnet.prefix()),
+                    })),
+                    op: Operator::EQ,
+                }),
+                Statement::Match(Match {
+                    left: Expression::Named(NamedExpression::Meta(Meta {
+                        key: MetaKey::Oifname,
+                    })),
+                    right: Expression::String(bridge.to_owned().into()),
+                    op: Operator::NEQ,
+                }),
+                Statement::Masquerade(None),
+            ]),
+            comment: Some(format!("weft:masquerade:{subnet}").into()),
+            ..Default::default()
+        }));
+    }
     // Tasks of different networks share the gateway bridge: frames between
     // its task ports are dropped (Docker's icc=false), tasks reach only the
     // host. (nft 1.0.6 does not know the crate's "ibridgename" meta key, so
@@ -563,8 +618,11 @@ impl Executor<'_> {
     async fn run(&mut self, op: &Op) -> LResult<()> {
         match op {
             Op::CreateNetns { ns } => {
-                Netns::create(self.dp.pin(ns))?;
-                Ok(())
+                let made = Netns::create(self.dp.pin(ns))?;
+                // Links made in it from now on ignore router
+                // advertisements: a task must not give its neighbours on a
+                // network (or the network's namespace) a route.
+                made.run_in(|| refuse_ra("default"))?
             }
             Op::AdoptNetns { ns, source } => self.dp.adopt_netns(ns, source),
             Op::DeleteNetns { ns } => {
@@ -685,6 +743,8 @@ impl Executor<'_> {
                 self.dp.dns.start(task, &ns, *addr)
             }
             Op::EnableIpv4Forwarding
+            | Op::EnableIpv6Forwarding
+            | Op::RefuseRa { .. }
             | Op::ApplyNat { .. }
             | Op::DeleteNat
             | Op::ApplyLb { .. }
@@ -714,9 +774,15 @@ impl Executor<'_> {
                     path: IP_FORWARD.into(),
                     source,
                 }),
-            Op::ApplyNat { subnet, bridge } => {
+            Op::EnableIpv6Forwarding => self.dp.host.run_in(enable_ipv6_forwarding)?,
+            Op::RefuseRa { link } => self.dp.host.run_in(|| refuse_ra(link))?,
+            Op::ApplyNat {
+                subnet,
+                subnet6,
+                bridge,
+            } => {
                 nft::check_nft()?;
-                nft::apply_async(&self.dp.host, nat_batch(*subnet, bridge)).await
+                nft::apply_async(&self.dp.host, nat_batch(*subnet, *subnet6, bridge)).await
             }
             Op::DeleteNat => nft::apply_async(&self.dp.host, delete_nat_batch()).await,
             Op::ApplyLb { task, vips, flush } => {
@@ -1227,7 +1293,13 @@ mod tests {
     #[test]
     fn nat_batch_round_trips_through_the_comment_check() {
         let subnet: IpNetwork = "172.18.0.0/16".parse().unwrap();
-        let rs = nat_batch(subnet, GATEWAY_BRIDGE);
+        for subnet6 in [None, Some("fd77:6566:7400::ac12:0/112".parse().unwrap())] {
+            nat_round_trip(subnet, subnet6);
+        }
+    }
+
+    fn nat_round_trip(subnet: IpNetwork, subnet6: Option<IpNetwork>) {
+        let rs = nat_batch(subnet, subnet6, GATEWAY_BRIDGE);
         let json = serde_json::to_string(&rs).unwrap();
         assert!(json.contains("masquerade"), "{json}");
         assert!(json.contains("\"weftgw*\""), "{json}");
@@ -1254,7 +1326,7 @@ mod tests {
         };
         assert_eq!(
             nat_of(&listed),
-            Some(crate::plan::nat_comments(subnet, GATEWAY_BRIDGE))
+            Some(crate::plan::nat_comments(subnet, subnet6, GATEWAY_BRIDGE))
         );
     }
 }

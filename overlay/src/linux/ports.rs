@@ -13,11 +13,14 @@
 //!      meta nfproto ipv4 fib daddr type local tcp dport P dnat ip to numgen random mod N map { 0 : B0, … } : T
 //!      counter                                              comment "weft-ports:chain:prerouting"
 //!    chain output      { type nat hook output priority -100; }
-//!      fib daddr type local ip daddr != 127.0.0.0/8 tcp dport P dnat ip to … : T
+//!      meta nfproto ipv4 fib daddr type local ip daddr != 127.0.0.0/8 tcp dport P dnat ip to … : T
 //!      counter
+//!    (and for a port with local IPv6 backends, the same two rules with
+//!    `meta nfproto ipv6`, `ip6 daddr != ::1` and `dnat ip6 to` them)
 //!    chain postrouting { type nat hook postrouting priority srcnat; }
 //!      ct status dnat oifname "weft_ingress" masquerade                       (remote backends)
-//!      ct status dnat ip saddr GW/16 oifname "weft_gwbridge" masquerade       (hairpin)
+//!      ct status dnat ip saddr GW/16 oifname "weft_gwbridge" masquerade       (hairpin;
+//!                                                          also ip6 for the bridge's IPv6 subnet)
 //!      counter
 //!    chain hairpin     { type filter hook prerouting priority dstnat + 10; }
 //!      iifname "weft_gwbridge" ip daddr GW/16 ct status dnat meta mark set meta mark | HAIRPIN_MARK
@@ -175,13 +178,13 @@ fn counter() -> Statement<'static> {
 }
 
 /// `dnat ip to numgen random mod N map { 0 : B0, … } : T` (or the one
-/// backend directly).
-fn dnat(r: &PortRule) -> Statement<'static> {
-    let addr = if let [one] = r.backends.as_slice() {
+/// backend directly); `ip6` and [`PortRule::backends6`] for `v6`.
+fn dnat(r: &PortRule, v6: bool) -> Statement<'static> {
+    let backends = if v6 { &r.backends6 } else { &r.backends };
+    let addr = if let [one] = backends.as_slice() {
         Expression::String(one.to_string().into())
     } else {
-        let map = r
-            .backends
+        let map = backends
             .iter()
             .enumerate()
             .map(|(i, b)| {
@@ -194,7 +197,7 @@ fn dnat(r: &PortRule) -> Statement<'static> {
         Expression::Named(NamedExpression::Map(Box::new(Map {
             key: Expression::Named(NamedExpression::Numgen(Numgen {
                 mode: NgMode::Random,
-                ng_mod: u32::try_from(r.backends.len()).expect("fewer than 2^32 backends"),
+                ng_mod: u32::try_from(backends.len()).expect("fewer than 2^32 backends"),
                 offset: None,
             })),
             data: Expression::Named(NamedExpression::Set(map)),
@@ -202,7 +205,7 @@ fn dnat(r: &PortRule) -> Statement<'static> {
     };
     Statement::DNAT(Some(NAT {
         addr: Some(addr),
-        family: Some(NATFamily::IP),
+        family: Some(if v6 { NATFamily::IP6 } else { NATFamily::IP }),
         port: Some(Expression::Number(u32::from(r.target_port))),
         flags: None,
     }))
@@ -241,32 +244,43 @@ pub fn ports_batch(t: &PortsTable) -> Nftables<'static> {
     ));
     b.add(base_chain(FORWARD, NfChainType::Filter, NfHook::Forward, 0));
     for r in &t.rules {
-        b.add(rule(
-            PREROUTING,
-            vec![
-                eq(meta(MetaKey::Nfproto), Expression::String("ipv4".into())),
-                to_local_address(),
-                dport(r),
-                dnat(r),
-            ],
-            r.comment("pre"),
-        ));
-        // From the node itself: its own addresses but not loopback (a
-        // DNATed 127.0.0.1 source could not leave the host).
-        b.add(rule(
-            OUTPUT,
-            vec![
-                to_local_address(),
-                Statement::Match(Match {
-                    left: payload("ip", "daddr"),
-                    right: prefix("127.0.0.0/8".parse().expect("valid prefix")),
-                    op: Operator::NEQ,
-                }),
-                dport(r),
-                dnat(r),
-            ],
-            r.comment("out"),
-        ));
+        for v6 in [false, true] {
+            if v6 && r.backends6.is_empty() {
+                continue;
+            }
+            let (nfproto, ip, lo, suffix) = if v6 {
+                ("ipv6", "ip6", "::1/128", "6")
+            } else {
+                ("ipv4", "ip", "127.0.0.0/8", "")
+            };
+            b.add(rule(
+                PREROUTING,
+                vec![
+                    eq(meta(MetaKey::Nfproto), Expression::String(nfproto.into())),
+                    to_local_address(),
+                    dport(r),
+                    dnat(r, v6),
+                ],
+                r.comment(&format!("pre{suffix}")),
+            ));
+            // From the node itself: its own addresses but not loopback (a
+            // DNATed loopback source could not leave the host).
+            b.add(rule(
+                OUTPUT,
+                vec![
+                    eq(meta(MetaKey::Nfproto), Expression::String(nfproto.into())),
+                    to_local_address(),
+                    Statement::Match(Match {
+                        left: payload(ip, "daddr"),
+                        right: prefix(lo.parse().expect("valid prefix")),
+                        op: Operator::NEQ,
+                    }),
+                    dport(r),
+                    dnat(r, v6),
+                ],
+                r.comment(&format!("out{suffix}")),
+            ));
+        }
     }
     if t.ingress {
         b.add(rule(
@@ -282,13 +296,16 @@ pub fn ports_batch(t: &PortsTable) -> Nftables<'static> {
             PortsTable::INGRESS_COMMENT.to_owned(),
         ));
     }
-    if let Some(subnet) = t.hairpin {
+    if t.hairpin.is_some() || t.hairpin6.is_some() {
         b.add(base_chain(
             HAIRPIN,
             NfChainType::Filter,
             NfHook::Prerouting,
             -90,
         ));
+    }
+    for subnet in t.hairpin.iter().chain(&t.hairpin6).copied() {
+        let ip = if subnet.is_ipv4() { "ip" } else { "ip6" };
         let mark = || Expression::Named(NamedExpression::Meta(Meta { key: MetaKey::Mark }));
         b.add(rule(
             HAIRPIN,
@@ -297,7 +314,7 @@ pub fn ports_batch(t: &PortsTable) -> Nftables<'static> {
                     meta(MetaKey::Iifname),
                     Expression::String(GATEWAY_BRIDGE.into()),
                 ),
-                eq(payload("ip", "daddr"), prefix(subnet)),
+                eq(payload(ip, "daddr"), prefix(subnet)),
                 dnated(),
                 Statement::Mangle(Mangle {
                     key: mark(),
@@ -313,7 +330,7 @@ pub fn ports_batch(t: &PortsTable) -> Nftables<'static> {
             POSTROUTING,
             vec![
                 dnated(),
-                eq(payload("ip", "saddr"), prefix(subnet)),
+                eq(payload(ip, "saddr"), prefix(subnet)),
                 eq(
                     meta(MetaKey::Oifname),
                     Expression::String(GATEWAY_BRIDGE.into()),

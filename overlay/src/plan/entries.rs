@@ -58,14 +58,15 @@ pub(super) fn delete_stale_entries(p: &mut Pass) {
         }
         // A foreign namespace's routes are its runtime's unless weft
         // brings the default route (Docker's gateway bridge gives it one).
-        let foreign_route = foreign_source(p.desired, nref).is_some() && w.default_route.is_none();
+        let foreign_route =
+            foreign_source(p.desired, nref).is_some() && w.default_routes.is_empty();
         if matches!(nref, NsRef::Task(_)) && !foreign_route {
             for dest in obs.default_routes.keys() {
                 // A wanted route of the same family is replaced in place.
                 let replaced = w
-                    .default_route
-                    .as_ref()
-                    .is_some_and(|(gw, _)| gw.is_ipv4() == dest.is_ipv4());
+                    .default_routes
+                    .iter()
+                    .any(|(gw, _)| gw.is_ipv4() == dest.is_ipv4());
                 if !replaced {
                     ops.push(Op::DeleteRoute {
                         ns: nref.clone(),
@@ -83,7 +84,7 @@ pub(super) fn routes_and_entries(p: &mut Pass) {
     let want = &p.want;
     let (fresh, ops) = (&p.fresh, &mut p.ops);
     for (nref, w) in &want.ns {
-        if let Some((gw, dev)) = &w.default_route {
+        for (gw, dev) in &w.default_routes {
             let dest = if gw.is_ipv4() {
                 IpNetwork::new(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0)
             } else {

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::want::{WantKind, WantLink, foreign_source, owned, shape_ok};
 use super::{NsRef, ObservedKind, Op, Pass, PortsTable};
-use crate::model::names::{GATEWAY_BRIDGE, LOOPBACK};
+use crate::model::names::{self, GATEWAY_BRIDGE, LOOPBACK};
 
 /// Deletes, 1: unwanted or mis-shaped links in namespaces we keep.
 /// Returns the wanted veth pairs to make again and the gateway bridge's
@@ -125,6 +125,13 @@ pub(super) fn create_links(
     if forwards_v4 && !observed.ipv4_forwarding {
         ops.push(Op::EnableIpv4Forwarding);
     }
+    // IPv6 only for a gateway bridge with IPv6 (a task with an IPv6
+    // address): that is all IPv6 that is forwarded in the daemon's
+    // namespace (egress, and published ports to local backends).
+    let forwards_v6 = desired.gateway.as_ref().is_some_and(|g| g.ipv6.is_some());
+    if forwards_v6 && !observed.ipv6_forwarding {
+        ops.push(Op::EnableIpv6Forwarding);
+    }
     for nref in want.ns.keys() {
         if *nref != NsRef::Host && observed.ns(nref).is_none() {
             ops.push(match foreign_source(desired, nref) {
@@ -190,6 +197,20 @@ pub(super) fn create_links(
                 peer_mac: p.b.2,
                 mtu: p.mtu,
             });
+        }
+    }
+    // --- weft's addressed links in the daemon's namespace ignore router
+    // advertisements (from a task on the gateway bridge or the ingress
+    // network), also those made in this pass.
+    if let Some(host) = want.ns.get(&NsRef::Host) {
+        for name in [names::GATEWAY_BRIDGE, names::INGRESS_IF] {
+            if host.links.contains_key(name)
+                && (missing(&NsRef::Host, name) || !observed.ra_refused.contains(name))
+            {
+                ops.push(Op::RefuseRa {
+                    link: name.to_owned(),
+                });
+            }
         }
     }
 }

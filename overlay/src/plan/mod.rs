@@ -30,8 +30,13 @@
 //! too, a task's `eth<i>` its IPv6 address (added without DAD), and each
 //! remote has a second permanent neighbour entry (its IPv6 address, same
 //! MAC) beside the IPv4 one; the VXLAN device's proxy answers neighbour
-//! solicitations from them as it answers ARP. The gateway bridge (egress,
-//! published ports) stays IPv4 only.
+//! solicitations from them as it answers ARP. A node with such a task
+//! gets IPv6 on the gateway bridge too ([`crate::model::GatewayBridge::with_ipv6`]): the
+//! task's `gw0` an IPv6 address and default route, NAT66 beside the IPv4
+//! masquerade, IPv6 forwarding ([`Op::EnableIpv6Forwarding`]) and DNAT of
+//! published ports from the node's IPv6 addresses to local backends.
+//! weft's addressed links in the daemon's namespace never accept router
+//! advertisements ([`Op::RefuseRa`]).
 
 mod entries;
 mod error;

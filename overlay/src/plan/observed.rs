@@ -147,6 +147,15 @@ pub struct Observed {
     pub host_routes: Vec<HostRoute>,
     /// `net.ipv4.ip_forward` of the daemon's namespace.
     pub ipv4_forwarding: bool,
+    /// `net.ipv6.conf.all.forwarding` of the daemon's namespace.
+    #[serde(default)]
+    pub ipv6_forwarding: bool,
+    /// weft's addressed links of the daemon's namespace
+    /// ([`names::GATEWAY_BRIDGE`], [`names::INGRESS_IF`]) that ignore
+    /// router advertisements (`accept_ra` 0, or no IPv6 at all): a task
+    /// must never be able to give the host a route.
+    #[serde(default)]
+    pub ra_refused: BTreeSet<String>,
     /// Rule comments of the `weft` nftables tables; `None` when neither
     /// table exists.
     pub nat: Option<BTreeSet<String>>,

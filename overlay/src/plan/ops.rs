@@ -196,6 +196,20 @@ pub enum Op {
     /// Turn on IPv4 forwarding in the daemon's namespace (egress through
     /// the gateway bridge needs it; never turned off again, as Docker).
     EnableIpv4Forwarding,
+    /// Turn on IPv6 forwarding in the daemon's namespace (IPv6 egress and
+    /// published ports to IPv6 backends). First, every other interface
+    /// there that accepts router advertisements (`accept_ra` 1) is set to
+    /// keep accepting them with forwarding on (2), so the host keeps its
+    /// SLAAC addresses and default route (Docker's moby#43466). Never
+    /// turned off again.
+    EnableIpv6Forwarding,
+    /// Make the daemon-namespace link `link` (weft's own, addressed) ignore
+    /// router advertisements: one sent by a task must not give the host a
+    /// route (CVE-2020-13401 in Docker).
+    RefuseRa {
+        /// The link.
+        link: String,
+    },
     /// (Re)write a task's service-VIP table in one nft transaction: every
     /// VIP is DNATed to one of its backends per connection, a VIP without
     /// backends is rejected. Then conntrack entries of the task whose
@@ -289,12 +303,16 @@ pub enum Op {
     /// chain [`names::USER_CHAIN`] with nft `add` (which never flushes or
     /// changes what exists). Nothing ever deletes them.
     EnsureUserChain,
-    /// (Re)write the `weft` nftables tables: masquerade for `subnet` leaving
-    /// through anything but `bridge`, and no forwarding between the
-    /// bridge's ports (tasks of different networks must not meet there).
+    /// (Re)write the `weft` nftables tables: masquerade for `subnet` (and
+    /// `subnet6`) leaving through anything but `bridge`, and no forwarding
+    /// between the bridge's ports (tasks of different networks must not
+    /// meet there).
     ApplyNat {
         /// The gateway subnet.
         subnet: IpNetwork,
+        /// The gateway bridge's IPv6 subnet, if it has one (NAT66).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        subnet6: Option<IpNetwork>,
         /// The gateway bridge.
         bridge: String,
     },

@@ -2,7 +2,7 @@
 //! published ports, NAT and the underlay guard, and the pass that
 //! (re)writes them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
@@ -45,6 +45,9 @@ pub struct PortsTable {
     /// it from inside it are masqueraded (hairpin), so replies return
     /// through this node's conntrack.
     pub hairpin: Option<IpNetwork>,
+    /// The gateway bridge's IPv6 subnet, hairpinned the same way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hairpin6: Option<IpNetwork>,
     /// Whether connections DNATed out of [`names::INGRESS_IF`] (to remote
     /// backends) are masqueraded to the node's ingress address.
     pub ingress: bool,
@@ -62,6 +65,11 @@ pub struct PortRule {
     /// The backends one is picked from per connection (IPv4, sorted,
     /// unique, not empty).
     pub backends: Vec<IpAddr>,
+    /// The IPv6 addresses on the gateway bridge of the local backends that
+    /// have one (sorted, unique): connections to the node's IPv6
+    /// addresses go to these. Empty: the port is IPv4 only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backends6: Vec<IpAddr>,
     /// Whether they are remote (ingress network) rather than local
     /// (gateway bridge) backends.
     pub remote: bool,
@@ -74,7 +82,12 @@ impl PortRule {
     /// port, a digest of everything else, and the owner, so observing the
     /// comments tells whether the rule is what we want.
     pub fn comment(&self, chain: &str) -> String {
-        let list: Vec<String> = self.backends.iter().map(IpAddr::to_string).collect();
+        let list: Vec<String> = self
+            .backends
+            .iter()
+            .chain(&self.backends6)
+            .map(IpAddr::to_string)
+            .collect();
         let digest = names::fnv1a(&format!(
             "{}|{}|{}|{}",
             self.target_port,
@@ -133,13 +146,17 @@ impl PortsTable {
         if self.ingress {
             out.insert(Self::INGRESS_COMMENT.to_owned());
         }
-        if let Some(s) = self.hairpin {
-            out.insert(Self::hairpin_comment(s));
-            out.insert(Self::hairpin_mark_comment(s));
+        for s in self.hairpin.iter().chain(&self.hairpin6) {
+            out.insert(Self::hairpin_comment(*s));
+            out.insert(Self::hairpin_mark_comment(*s));
         }
         for r in &self.rules {
             out.insert(r.comment("pre"));
             out.insert(r.comment("out"));
+            if !r.backends6.is_empty() {
+                out.insert(r.comment("pre6"));
+                out.insert(r.comment("out6"));
+            }
         }
         out
     }
@@ -150,9 +167,11 @@ impl PortsTable {
 ///
 /// Per port, local backends win; remote ones are used only when there is
 /// no local one and the node has an ingress endpoint (without one they are
-/// unreachable and skipped). Only IPv4 is rendered: IPv6 backends are
-/// skipped, and a port left without backends gets no rule (connections to
-/// it reach the node's own stack, as for any unpublished port).
+/// unreachable and skipped). A port left without backends gets no rule
+/// (connections to it reach the node's own stack, as for any unpublished
+/// port). Over IPv6 (the node's IPv6 addresses), a port reaches the local
+/// backends that have an IPv6 address on the gateway bridge; the ingress
+/// network, and so remote backends, are IPv4 only.
 pub fn ports_table(desired: &DesiredNode) -> Option<PortsTable> {
     if desired.ports.is_empty() && desired.ingress.is_none() {
         return None;
@@ -162,6 +181,13 @@ pub fn ports_table(desired: &DesiredNode) -> Option<PortsTable> {
         let set: BTreeSet<IpAddr> = list.iter().copied().filter(IpAddr::is_ipv4).collect();
         set.into_iter().collect()
     };
+    // A local backend's IPv6 address on the gateway bridge, by its IPv4 one.
+    let gw6: BTreeMap<IpAddr, IpAddr> = desired
+        .tasks
+        .values()
+        .filter_map(|t| t.gateway.as_ref())
+        .filter_map(|g| Some((g.ip.ip(), g.ip6?.ip())))
+        .collect();
     let mut rules: Vec<PortRule> = desired
         .ports
         .iter()
@@ -174,11 +200,22 @@ pub fn ports_table(desired: &DesiredNode) -> Option<PortsTable> {
             } else {
                 (Vec::new(), true)
             };
+            let backends6: Vec<IpAddr> = if remote {
+                Vec::new()
+            } else {
+                let set: BTreeSet<IpAddr> = backends
+                    .iter()
+                    .filter_map(|b| gw6.get(b))
+                    .copied()
+                    .collect();
+                set.into_iter().collect()
+            };
             (!backends.is_empty()).then(|| PortRule {
                 proto: p.proto,
                 port: p.port,
                 target_port: p.target_port,
                 backends,
+                backends6,
                 remote,
                 owner: p.owner.clone(),
             })
@@ -192,6 +229,11 @@ pub fn ports_table(desired: &DesiredNode) -> Option<PortsTable> {
             .as_ref()
             .map(|g| g.subnet)
             .filter(IpNetwork::is_ipv4),
+        hairpin6: desired
+            .gateway
+            .as_ref()
+            .and_then(|g| g.ipv6)
+            .map(|(s, _)| s),
         ingress,
     })
 }
@@ -205,12 +247,18 @@ pub fn wants_user_chain(desired: &DesiredNode) -> bool {
 
 /// The rule comments the `weft` nftables tables carry for `subnet`; the
 /// observed set is compared with these to decide whether to rewrite them.
-pub fn nat_comments(subnet: IpNetwork, bridge: &str) -> BTreeSet<String> {
-    BTreeSet::from([
+pub fn nat_comments(
+    subnet: IpNetwork,
+    subnet6: Option<IpNetwork>,
+    bridge: &str,
+) -> BTreeSet<String> {
+    let mut c = BTreeSet::from([
         format!("weft:masquerade:{subnet}"),
         format!("weft:isolate:{bridge}"),
         format!("weft:hairpin:{bridge}"),
-    ])
+    ]);
+    c.extend(subnet6.map(|s| format!("weft:masquerade:{s}")));
+    c
 }
 
 /// The packet mark bit of hairpin traffic: a connection from the gateway
@@ -243,10 +291,16 @@ pub(super) fn tables(p: &mut Pass, ports: Option<PortsTable>) {
         ops.push(Op::EnsureUserChain);
     }
     if let Some(gw) = &desired.gateway
-        && observed.nat.as_ref() != Some(&nat_comments(gw.subnet, GATEWAY_BRIDGE))
+        && observed.nat.as_ref()
+            != Some(&nat_comments(
+                gw.subnet,
+                gw.ipv6.map(|(s, _)| s),
+                GATEWAY_BRIDGE,
+            ))
     {
         ops.push(Op::ApplyNat {
             subnet: gw.subnet,
+            subnet6: gw.ipv6.map(|(s, _)| s),
             bridge: GATEWAY_BRIDGE.to_owned(),
         });
     }

@@ -58,6 +58,7 @@ fn ep(network: &str, ifname: &str, ip: &str, m: u8) -> LocalEndpoint {
 fn gw_att(ip: &str, m: u8) -> Option<GwAttachment> {
     Some(GwAttachment {
         ip: ip.parse().unwrap(),
+        ip6: None,
         mac: mac(m),
     })
 }
@@ -511,6 +512,7 @@ fn flushed_nat_is_rewritten() {
         plan(&k, &d).unwrap(),
         vec![Op::ApplyNat {
             subnet: "172.18.0.0/16".parse().unwrap(),
+            subnet6: None,
             bridge: GATEWAY_BRIDGE.into()
         }]
     );
@@ -624,6 +626,7 @@ fn every_transition_converges_in_one_apply() {
         subnet: "172.19.0.0/16".parse().unwrap(),
         gateway: "172.19.0.1".parse().unwrap(),
         mtu: 1400,
+        ipv6: None,
     });
     for (i, t) in s.tasks.values_mut().enumerate() {
         if t.gateway.is_some() {
@@ -1418,4 +1421,131 @@ fn bad_dual_stack_states_are_refused() {
         },
         "AddressOutsideSubnet",
     );
+}
+
+/// [`dual`] with IPv6 on the gateway bridge, as the worker derives it for
+/// tasks with an IPv6 address.
+fn dual_egress(base: &DesiredNode) -> DesiredNode {
+    let mut d = dual(base);
+    d.gateway = d.gateway.take().map(GatewayBridge::with_ipv6);
+    for t in d.tasks.values_mut() {
+        if let Some(g) = &mut t.gateway {
+            g.ip6 = GatewayBridge::ipv6_of(g.ip);
+        }
+    }
+    d
+}
+
+#[test]
+fn ipv6_egress_gets_forwarding_nat66_and_a_default_route() {
+    let d = dual_egress(&full());
+    let gw = d.gateway.as_ref().unwrap();
+    assert_eq!(
+        gw.ipv6,
+        Some((
+            "fd77:6566:7400::ac12:0/112".parse().unwrap(),
+            ip("fd77:6566:7400::ac12:1")
+        ))
+    );
+    let mut k = empty_kernel();
+    let ops = converge(&mut k, &d);
+    let t1 = NsRef::Task("t1".into());
+    for op in [
+        Op::EnableIpv6Forwarding,
+        add_address(NsRef::Host, GATEWAY_BRIDGE, "fd77:6566:7400::ac12:1/112"),
+        add_address(t1.clone(), names::TASK_GW_IF, "fd77:6566:7400::ac12:2/112"),
+        Op::ReplaceDefaultRoute {
+            ns: t1.clone(),
+            gateway: ip("fd77:6566:7400::ac12:1"),
+            dev: names::TASK_GW_IF.into(),
+        },
+        Op::ReplaceDefaultRoute {
+            ns: t1,
+            gateway: ip("172.18.0.1"),
+            dev: names::TASK_GW_IF.into(),
+        },
+        Op::ApplyNat {
+            subnet: "172.18.0.0/16".parse().unwrap(),
+            subnet6: Some("fd77:6566:7400::ac12:0/112".parse().unwrap()),
+            bridge: GATEWAY_BRIDGE.into(),
+        },
+        Op::RefuseRa {
+            link: GATEWAY_BRIDGE.into(),
+        },
+    ] {
+        assert!(ops.contains(&op), "{op:?} missing from {ops:#?}");
+    }
+    // Forwarding before anything is forwarded.
+    assert!(
+        pos(&ops, |o| *o == Op::EnableIpv6Forwarding)
+            < pos(&ops, |o| matches!(o, Op::ApplyNat { .. }))
+    );
+    // An IPv4-only node leaves IPv6 forwarding alone, but its gateway
+    // bridge ignores router advertisements all the same.
+    let ops = converge(&mut empty_kernel(), &full());
+    assert!(!ops.contains(&Op::EnableIpv6Forwarding), "{ops:#?}");
+    assert!(ops.contains(&Op::RefuseRa {
+        link: GATEWAY_BRIDGE.into()
+    }));
+    // Someone turns router advertisements back on: turned off again, and
+    // nothing else.
+    k.ra_refused.remove(GATEWAY_BRIDGE);
+    assert_eq!(
+        plan(&k, &d).unwrap(),
+        vec![Op::RefuseRa {
+            link: GATEWAY_BRIDGE.into()
+        }]
+    );
+    // The last IPv6 task gone: its IPv6 default route and address go, the
+    // bridge's IPv6 address and NAT66 too; forwarding stays (as IPv4's).
+    k.ra_refused.insert(GATEWAY_BRIDGE.into());
+    let ops = converge(&mut k, &full());
+    assert!(
+        ops.iter()
+            .any(|o| matches!(o, Op::DeleteRoute { dest, .. } if dest.is_ipv6())),
+        "{ops:#?}"
+    );
+    assert!(ops.contains(&Op::ApplyNat {
+        subnet: "172.18.0.0/16".parse().unwrap(),
+        subnet6: None,
+        bridge: GATEWAY_BRIDGE.into(),
+    }));
+    assert!(k.ipv6_forwarding);
+}
+
+#[test]
+fn published_ports_reach_local_ipv6_backends() {
+    let d = with_ports(&dual_egress(&full()));
+    let t = ports_table(&d).unwrap();
+    assert_eq!(
+        t.hairpin6,
+        Some("fd77:6566:7400::ac12:0/112".parse().unwrap())
+    );
+    let got: Vec<(u16, Vec<IpAddr>)> = t
+        .rules
+        .iter()
+        .map(|r| (r.port, r.backends6.clone()))
+        .collect();
+    // 8080's local backend (t1) has an IPv6 address; the remote-only ports
+    // stay IPv4 (the ingress network is).
+    assert_eq!(
+        got,
+        vec![
+            (8080, vec![ip("fd77:6566:7400::ac12:2")]),
+            (9000, vec![]),
+            (5353, vec![]),
+        ]
+    );
+    let c = t.comments();
+    assert!(
+        c.iter().any(|c| c.starts_with("weft-ports:pre6:tcp/8080:")),
+        "{c:?}"
+    );
+    assert!(!c.iter().any(|c| c.contains("6:tcp/9000")), "{c:?}");
+    // And the whole table converges.
+    converge(&mut empty_kernel(), &d);
+    // An IPv4-only node: no IPv6 rules, no IPv6 hairpin.
+    let t = ports_table(&with_ports(&full())).unwrap();
+    assert_eq!(t.hairpin6, None);
+    assert!(t.rules.iter().all(|r| r.backends6.is_empty()));
 }

@@ -66,7 +66,8 @@ pub(super) type Remotes = (String, BTreeMap<MacAddr, IpAddr>, BTreeMap<IpAddr, M
 pub(super) struct WantNs {
     pub(super) links: BTreeMap<String, WantLink>,
     pub(super) remotes: Option<Remotes>,
-    pub(super) default_route: Option<(IpAddr, String)>,
+    /// Default routes (gateway, device), at most one per family.
+    pub(super) default_routes: Vec<(IpAddr, String)>,
 }
 
 /// A veth pair; `a` creates it (network or host side), `b` is the task side
@@ -92,6 +93,7 @@ pub(super) fn want(desired: &DesiredNode) -> Want {
     if let Some(gw) = &desired.gateway {
         let mut br = WantLink::new(WantKind::Bridge, gw.mtu);
         br.addrs.insert(gw.bridge_address());
+        br.addrs.extend(gw.bridge_address6());
         host.links.insert(GATEWAY_BRIDGE.to_owned(), br);
     }
     if let Some(wg) = &desired.wireguard {
@@ -192,8 +194,12 @@ pub(super) fn want(desired: &DesiredNode) -> Want {
             e.mac = Some(att.mac);
             e.addrs.insert(att.ip);
             let t = ns.entry(tref.clone()).or_default();
+            t.default_routes.push((gw.gateway, TASK_GW_IF.to_owned()));
+            if let (Some(ip6), Some((_, gw6))) = (att.ip6, gw.ipv6) {
+                e.addrs.insert(ip6);
+                t.default_routes.push((gw6, TASK_GW_IF.to_owned()));
+            }
             t.links.insert(TASK_GW_IF.to_owned(), e);
-            t.default_route = Some((gw.gateway, TASK_GW_IF.to_owned()));
             pairs.push(Pair {
                 a: (NsRef::Host, port, None),
                 b: (tref.clone(), TASK_GW_IF.to_owned(), Some(att.mac)),

@@ -62,6 +62,7 @@ pub(crate) fn task(network: &str, ip: &str, m: u8, gw: Option<(&str, u8)>) -> Ta
         }],
         gateway: gw.map(|(g, gm)| GwAttachment {
             ip: format!("{g}/16").parse().unwrap(),
+            ip6: None,
             mac: mac(gm),
         }),
     }
@@ -499,6 +500,7 @@ async fn gateway_collision_is_refused_and_mtu_is_found() {
         subnet: "198.18.41.128/25".parse().unwrap(),
         gateway: "198.18.41.129".parse().unwrap(),
         mtu: 1500,
+        ipv6: None,
     });
     match dp.apply(&d).await {
         Err(Error::Plan(PlanError::GatewaySubnetCollision { route, dev, .. })) => {

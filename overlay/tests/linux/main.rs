@@ -7,6 +7,7 @@ mod common;
 mod dataplane;
 mod dns_store;
 mod dual_stack;
+mod egress6;
 mod fake_agrees;
 mod netlink;
 mod netns;

@@ -75,6 +75,7 @@ fn task(network: &str, addr: &str, m: u8, gw: &str) -> TaskNet {
         }],
         gateway: Some(GwAttachment {
             ip: format!("{gw}/16").parse().unwrap(),
+            ip6: None,
             mac: mac(m + 100),
         }),
     }

@@ -75,7 +75,7 @@ pub fn desired_from_config(
     for n in &c.networks {
         d.networks.insert(NetworkId(n.id.clone()), network(n)?);
     }
-    let mut any_gateway = false;
+    let (mut any_gateway, mut any_gateway6) = (false, false);
     for t in &c.tasks {
         // A host-mode task lives in the daemon's own namespace: nothing
         // to set up for it.
@@ -84,6 +84,7 @@ pub fn desired_from_config(
         }
         let net = task(t)?;
         any_gateway |= net.gateway.is_some();
+        any_gateway6 |= net.gateway.as_ref().is_some_and(|g| g.ip6.is_some());
         d.tasks.insert(TaskId(t.id.clone()), net);
     }
     if let Some(w) = &c.wireguard {
@@ -108,7 +109,14 @@ pub fn desired_from_config(
         });
     }
     if any_gateway || !d.ports.is_empty() {
-        d.gateway = Some(gateway_bridge(&c.gateway_subnet)?);
+        let bridge = gateway_bridge(&c.gateway_subnet)?;
+        // IPv6 on the gateway bridge (and so IPv6 forwarding) only on a
+        // node that runs a task with an IPv6 address.
+        d.gateway = Some(if any_gateway6 {
+            bridge.with_ipv6()
+        } else {
+            bridge
+        });
     }
     Ok(d)
 }
@@ -211,8 +219,15 @@ fn task(t: &pb::TaskConfig) -> Result<TaskNet, BadConfig> {
     let gateway = if t.gateway_ip.is_empty() {
         None
     } else {
+        let ip = parse("gateway ip", &t.gateway_ip)?;
         Some(GwAttachment {
-            ip: parse("gateway ip", &t.gateway_ip)?,
+            // A task with an IPv6 address somewhere egresses over IPv6 too.
+            ip6: endpoints
+                .iter()
+                .any(|e| e.ip6.is_some() || e.ip.is_ipv6())
+                .then(|| GatewayBridge::ipv6_of(ip))
+                .flatten(),
+            ip,
             mac: parse::<MacAddr>("gateway mac", &t.gateway_mac)?,
         })
     };
@@ -443,6 +458,49 @@ mod tests {
         })
         .unwrap();
         assert_eq!(v4.subnet6, None);
+    }
+
+    #[test]
+    fn a_task_with_an_ipv6_address_gets_ipv6_on_the_gateway_bridge() {
+        let attach = |ip6: &str| pb::TaskAttachment {
+            network_id: "n1".into(),
+            ip: "10.0.9.4/24".into(),
+            ip6: ip6.into(),
+            mac: "02:42:0a:00:09:04".into(),
+            ..pb::TaskAttachment::default()
+        };
+        let config = |ip6: &str| pb::NodeConfig {
+            vtep: "198.18.0.1".into(),
+            gateway_subnet: "172.18.0.0/16".into(),
+            networks: vec![dual_stack_network()],
+            tasks: vec![pb::TaskConfig {
+                id: "t1".into(),
+                attachments: vec![attach(ip6)],
+                gateway_ip: "172.18.0.5/16".into(),
+                gateway_mac: "02:42:ac:12:00:05".into(),
+                ..pb::TaskConfig::default()
+            }],
+            ..pb::NodeConfig::default()
+        };
+        let key = std::path::Path::new("/nonexistent");
+        let d = desired_from_config(&config("fd00:9::4/64"), key).unwrap();
+        let gw = d.gateway.unwrap();
+        assert_eq!(
+            gw.ipv6,
+            Some((
+                "fd77:6566:7400::ac12:0/112".parse().unwrap(),
+                "fd77:6566:7400::ac12:1".parse().unwrap()
+            ))
+        );
+        let att = d.tasks[&TaskId("t1".into())].gateway.clone().unwrap();
+        assert_eq!(att.ip6, Some("fd77:6566:7400::ac12:5/112".parse().unwrap()));
+        // IPv4 only: the bridge stays IPv4 only (no IPv6 forwarding).
+        let d = desired_from_config(&config(""), key).unwrap();
+        assert_eq!(d.gateway.unwrap().ipv6, None);
+        assert_eq!(
+            d.tasks[&TaskId("t1".into())].gateway.clone().unwrap().ip6,
+            None
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::linux::netns::Netns;
 use crate::linux::nft;
 use crate::linux::nswatch::{Dirty, NsWatch, Watched};
 use crate::linux::ports::{ports_of, user_chain_of};
-use crate::model::names::{self, NFT_TABLE};
+use crate::model::names::{self, GATEWAY_BRIDGE, INGRESS_IF, NFT_TABLE};
 use crate::model::{NetworkId, TaskId};
 use crate::plan::{
     HostRoute, NsRef, Observed, ObservedFdb, ObservedKind, ObservedLink, ObservedNeigh, ObservedNs,
@@ -43,6 +43,19 @@ impl LinuxDataplane {
                 path: IP_FORWARD.into(),
                 source,
             })?;
+        let host_links = host.links.as_ref().map(|l| &l.0.links);
+        let (ipv6_forwarding, ra_refused) = self.host.run_in(|| {
+            let refused = [GATEWAY_BRIDGE, INGRESS_IF]
+                .into_iter()
+                .filter(|name| host_links.is_some_and(|l| l.contains_key(*name)))
+                .filter(|name| sysctl6(name, "accept_ra").is_none_or(|v| v == "0"))
+                .map(str::to_owned)
+                .collect::<BTreeSet<String>>();
+            (
+                sysctl6("all", "forwarding").as_deref() == Some("1"),
+                refused,
+            )
+        })?;
         let wg = self.wg_state().map(|st| ObservedWg {
             public_key: st.public_key,
             listen_port: st.listen_port,
@@ -65,6 +78,8 @@ impl LinuxDataplane {
             host: host.links.as_ref().map(|l| l.0.clone()).unwrap_or_default(),
             host_routes: host.links.as_ref().map(|l| l.1.clone()).unwrap_or_default(),
             ipv4_forwarding,
+            ipv6_forwarding,
+            ra_refused,
             nat: nft.nat,
             networks: BTreeMap::new(),
             tasks: BTreeMap::new(),
@@ -620,6 +635,8 @@ fn op_namespaces(op: &Op) -> Vec<NsRef> {
         | Op::DeleteNeigh { network, .. } => vec![net(network)],
         Op::ApplyLb { task: t, .. } | Op::DeleteLb { task: t, .. } => vec![task(t)],
         Op::EnableIpv4Forwarding
+        | Op::EnableIpv6Forwarding
+        | Op::RefuseRa { .. }
         | Op::ApplyNat { .. }
         | Op::DeleteNat
         | Op::CreateWg { .. }
@@ -635,4 +652,12 @@ fn op_namespaces(op: &Op) -> Vec<NsRef> {
         | Op::RemoveWgPeer { .. }
         | Op::AddWgPeer { .. } => Vec::new(),
     }
+}
+
+/// `net.ipv6.conf.<dev>.<key>` of the calling thread's namespace, trimmed;
+/// `None` when it cannot be read (IPv6 is off, or no such device).
+pub(super) fn sysctl6(dev: &str, key: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{dev}/{key}"))
+        .ok()
+        .map(|s| s.trim().to_owned())
 }
