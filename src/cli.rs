@@ -471,9 +471,11 @@ pub struct InitArgs {
     #[arg(long)]
     pub wg_port: Option<u32>,
     /// Subnet of the ingress network, the routing mesh of published ports
-    /// (default 10.255.0.0/16; IPv4, /8 to /24).
+    /// (default 10.255.0.0/16; IPv4, /8 to /24). Give it a second time
+    /// with an IPv6 subnet (/48 to /120, e.g. fd00:ffff::/64) for the
+    /// routing mesh over IPv6 too.
     #[arg(long)]
-    pub ingress_subnet: Option<String>,
+    pub ingress_subnet: Vec<String>,
 }
 
 /// `weft join`.
@@ -718,12 +720,13 @@ pub enum ClusterCommand {
         /// (100ms to 60s; 0s: off, only missed heartbeats count).
         #[arg(long, value_parser = parse_duration)]
         disconnect_grace: Option<Duration>,
-        /// Move the ingress network (routing mesh) to this subnet; refused
+        /// Move the ingress network (routing mesh) to this subnet, or with
+        /// an IPv6 subnet give it IPv6 (at most one of each family); refused
         /// while a service publishes a port through it or a task is still on
-        /// it (an unused ingress network comes back on the new subnet with the
-        /// next ingress publish).
+        /// it (an unused ingress network comes back on the new subnets with
+        /// the next ingress publish).
         #[arg(long)]
-        ingress_subnet: Option<String>,
+        ingress_subnet: Vec<String>,
         /// Turn autolock on (prints the new unlock key once) or off
         /// (`--autolock=false`: the secrets are stored in the clear again and
         /// restarted managers need no unlock). Given on its own.

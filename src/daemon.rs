@@ -1123,7 +1123,10 @@ fn init_settings_given(r: &pb::InitRequest) -> Option<&'static str> {
         (r.disconnect_grace_ms != 0, "--disconnect-grace"),
         (r.wg_key_rotation_secs != 0, "--wg-key-rotation"),
         (r.wg_port != 0, "--wg-port"),
-        (!r.ingress_subnet.is_empty(), "--ingress-subnet"),
+        (
+            !r.ingress_subnet.is_empty() || !r.ingress_subnet6.is_empty(),
+            "--ingress-subnet",
+        ),
     ]
     .into_iter()
     .find_map(|(given, flag)| given.then_some(flag))

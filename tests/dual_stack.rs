@@ -4,7 +4,9 @@
 //! and the service over IPv6 as over IPv4, and an encrypted dual-stack
 //! network carries IPv6 only inside WireGuard. Tasks with an IPv6 address
 //! reach outside the cluster over IPv6 (NAT66 to their node's address) and
-//! a published port answers at a node's IPv6 address. Bad IPv6 input is
+//! a published port answers at every node's IPv6 address (through the
+//! routing mesh over a dual-stack ingress network where the node has no
+//! replica). Bad IPv6 input is
 //! refused and changes nothing.
 
 mod common;
@@ -246,7 +248,8 @@ fn ipv6_egress_and_published_ports_at_a_nodes_ipv6_address() {
         assert!(out.status.success(), "{out:?}");
     }
     lab.start_all();
-    let (wt, _) = lab.init("m1", &[]);
+    // The routing mesh over IPv6 too.
+    let (wt, _) = lab.init("m1", &["--ingress-subnet", "fd00:ffff::/64"]);
     lab.join("w1", &wt, "m1");
     lab.join("w2", &wt, "m1");
     create_network(
@@ -272,6 +275,19 @@ fn ipv6_egress_and_published_ports_at_a_nodes_ipv6_address() {
             || http_answers(&m1, &url, "web."),
         );
     }
+    // m1's own IPv6 address answers too: through the routing mesh, over
+    // the dual-stack ingress network, from a replica on a worker.
+    let url = format!("http://[{}]:8080/", v6(1));
+    wait_for(
+        "m1's IPv6 address answers through the routing mesh",
+        Duration::from_secs(20),
+        || http_answers(&lab.host_netns("w1"), &url, "web."),
+    );
+    let info = lab.weft("m1", &["info"]);
+    assert!(
+        info.contains("Ingress subnet: 10.255.0.0/16, fd00:ffff::/64"),
+        "{info}"
+    );
 
     // A task with an IPv6 address reaches m1's IPv6 address, outside the
     // cluster's networks, through its node (NAT66: m1 has no route back to
@@ -409,4 +425,31 @@ fn bad_ipv6_input_is_refused_and_changes_nothing() {
         "",
         "no task was made"
     );
+    // A bad IPv6 ingress subnet: refused, the settings unchanged.
+    let ingress = || {
+        lab.weft("m1", &["info"])
+            .lines()
+            .find(|l| l.contains("Ingress subnet"))
+            .map(str::to_owned)
+    };
+    let was = ingress();
+    assert_eq!(was.as_deref(), Some(" Ingress subnet: 10.255.0.0/16"));
+    for (subnet, says) in [
+        (&["fd00:ff::1/64"][..], "host bits"),
+        (&["fd00:ff::/124"][..], "out of range"),
+        (&["fd00:ff::/64", "fd00:fe::/64"][..], "given twice"),
+        (&["fd00:51::/64"][..], "overlaps"),
+    ] {
+        let mut args = vec!["cluster", "update"];
+        for s in subnet {
+            args.extend(["--ingress-subnet", s]);
+        }
+        let out = lab.try_weft("m1", &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(says),
+            "{subnet:?}: {err}"
+        );
+        assert_eq!(ingress(), was, "{subnet:?}");
+    }
 }

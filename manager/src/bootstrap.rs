@@ -113,10 +113,13 @@ pub fn validate_init(r: &pb::InitRequest) -> Result<InitParams> {
         }
         settings.wg_port = p;
     }
-    if !r.ingress_subnet.is_empty() {
-        let net = crate::store::parse_ingress_subnet(&r.ingress_subnet, &settings).map_err(bad)?;
+    let (v4, v6) =
+        crate::store::parse_ingress_subnets(&r.ingress_subnet, &r.ingress_subnet6, &settings)
+            .map_err(bad)?;
+    if let Some(net) = v4 {
         settings.ingress_subnet = Some(net);
     }
+    settings.ingress_subnet6 = v6;
     // The ingress subnet is kept free, so a pool inside it has nothing to give.
     let ingress = settings.ingress_subnet();
     if let Some(p) = settings

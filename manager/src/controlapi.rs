@@ -306,6 +306,9 @@ impl ControlService {
             wg_key_rotation_secs: c.settings.wg_key_rotation_secs,
             wg_port: u32::from(c.settings.wg_port),
             ingress_subnet: c.settings.ingress_subnet().to_string(),
+            ingress_subnet6: (c.settings.ingress_subnet6)
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
             autolock: c.autolock(),
             unlock_key: String::new(),
             tasks_by_state,
@@ -679,6 +682,7 @@ impl Control for ControlService {
                 || r.set_cert_expiry
                 || r.set_disconnect_grace
                 || !r.ingress_subnet.is_empty()
+                || !r.ingress_subnet6.is_empty()
             {
                 return Err(Error::InvalidInput(
                     "--autolock is changed on its own: give the other settings in another \
@@ -697,6 +701,7 @@ impl Control for ControlService {
             && !r.set_cert_expiry
             && !r.set_disconnect_grace
             && r.ingress_subnet.is_empty()
+            && r.ingress_subnet6.is_empty()
         {
             return Err(Error::InvalidInput(
                 "nothing to change: give --wg-key-rotation, --cert-expiry, --ingress-subnet, \
@@ -705,22 +710,21 @@ impl Control for ControlService {
             )
             .into());
         }
-        let ingress = if r.ingress_subnet.is_empty() {
-            None
-        } else {
-            // At the edge, and again where it is applied (with what the
-            // store holds then).
-            let subnet = self
-                .core
-                .read(|s| {
-                    s.cluster
-                        .as_ref()
-                        .map(|c| crate::store::parse_ingress_subnet(&r.ingress_subnet, &c.settings))
+        // At the edge, and again where it is applied (with what the store
+        // holds then).
+        let (ingress, ingress6) = self
+            .core
+            .read(|s| {
+                s.cluster.as_ref().map(|c| {
+                    crate::store::parse_ingress_subnets(
+                        &r.ingress_subnet,
+                        &r.ingress_subnet6,
+                        &c.settings,
+                    )
                 })
-                .ok_or(Error::NotReady)?
-                .map_err(Error::InvalidInput)?;
-            Some(subnet)
-        };
+            })
+            .ok_or(Error::NotReady)?
+            .map_err(Error::InvalidInput)?;
         let rotation = if r.set_wg_key_rotation {
             limits::wg_key_rotation(r.wg_key_rotation_secs)?;
             Some(r.wg_key_rotation_secs)
@@ -744,6 +748,7 @@ impl Control for ControlService {
                 wg_key_rotation_secs: rotation,
                 cert_expiry_secs: expiry,
                 ingress_subnet: ingress,
+                ingress_subnet6: ingress6,
                 disconnect_grace_ms: grace,
             })
             .await?;
@@ -753,6 +758,7 @@ impl Control for ControlService {
                 (rotation.is_none_or(|v| v == c.wg_key_rotation_secs)
                     && expiry.is_none_or(|v| v == c.cert_expiry_secs)
                     && ingress.is_none_or(|v| Some(v) == c.ingress_subnet)
+                    && ingress6.is_none_or(|v| Some(v) == c.ingress_subnet6)
                     && grace.is_none_or(|v| v == c.disconnect_grace_ms.unwrap_or(0)))
                 .then_some(())
             })

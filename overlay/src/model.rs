@@ -186,6 +186,10 @@ pub struct IngressEndpoint {
     pub network: NetworkId,
     /// Its address with the network's prefix length.
     pub ip: IpNetwork,
+    /// Its IPv6 address with the network's IPv6 prefix length, when the
+    /// ingress network is dual stack (the routing mesh over IPv6).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ip6: Option<IpNetwork>,
     /// Its MAC.
     pub mac: MacAddr,
 }

@@ -152,6 +152,7 @@ pub async fn init(c: &Client, a: InitArgs) -> anyhow::Result<()> {
         }
         *slot = *m;
     }
+    let (ingress4, ingress6) = network::by_family("--ingress-subnet", &a.ingress_subnet)?;
     let resp = c
         .daemon()
         .init(pb::InitRequest {
@@ -168,7 +169,8 @@ pub async fn init(c: &Client, a: InitArgs) -> anyhow::Result<()> {
             force_new_cluster: false,
             wg_key_rotation_secs: a.wg_key_rotation.map(|d| d.as_secs().max(1)).unwrap_or(0),
             wg_port: a.wg_port.unwrap_or(0),
-            ingress_subnet: a.ingress_subnet.unwrap_or_default(),
+            ingress_subnet: ingress4,
+            ingress_subnet6: ingress6,
             autolock: a.autolock,
         })
         .await
@@ -419,7 +421,7 @@ pub async fn info(c: &Client, format: Option<&str>) -> anyhow::Result<()> {
                 rotation_text(cl.wg_key_rotation_secs)
             );
             println!(" Data path port: {}", cl.data_path_port);
-            println!(" Ingress subnet: {}", cl.ingress_subnet);
+            println!(" Ingress subnet: {}", ingress_text(cl));
             println!(
                 " Default address pools: {} (mask length {}, IPv6 {})",
                 cl.default_addr_pools.join(", "),
@@ -581,6 +583,7 @@ pub async fn cluster(c: &Client, cmd: crate::cli::ClusterCommand) -> anyhow::Res
             ingress_subnet,
             autolock,
         } => {
+            let (ingress4, ingress6) = network::by_family("--ingress-subnet", &ingress_subnet)?;
             let s = c
                 .control()
                 .update_cluster(pb::UpdateClusterRequest {
@@ -590,7 +593,8 @@ pub async fn cluster(c: &Client, cmd: crate::cli::ClusterCommand) -> anyhow::Res
                     wg_key_rotation_secs: wg_key_rotation.map(|d| d.as_secs()).unwrap_or(0),
                     set_cert_expiry: cert_expiry.is_some(),
                     cert_expiry_secs: cert_expiry.map(|d| d.as_secs()).unwrap_or(0),
-                    ingress_subnet: ingress_subnet.unwrap_or_default(),
+                    ingress_subnet: ingress4,
+                    ingress_subnet6: ingress6,
                     set_disconnect_grace: disconnect_grace.is_some(),
                     disconnect_grace_ms: disconnect_grace.map(grace_ms).unwrap_or(0),
                 })
@@ -603,7 +607,7 @@ pub async fn cluster(c: &Client, cmd: crate::cli::ClusterCommand) -> anyhow::Res
             );
             println!("Certificate expiry: {}h", s.cert_expiry_secs / 3600);
             println!("Disconnect grace: {}", grace_text(s.disconnect_grace_ms));
-            println!("Ingress subnet: {}", s.ingress_subnet);
+            println!("Ingress subnet: {}", ingress_text(&s));
             println!("Autolock: {}", if s.autolock { "on" } else { "off" });
             if !s.unlock_key.is_empty() {
                 println!();
@@ -649,5 +653,15 @@ fn grace_text(ms: u64) -> String {
         "off (missed heartbeats mark a node down)".into()
     } else {
         format!("{ms}ms")
+    }
+}
+
+/// The ingress subnets of a cluster summary: the IPv4 one, and the IPv6
+/// one after a comma when the routing mesh has IPv6.
+fn ingress_text(s: &pb::ClusterSummary) -> String {
+    if s.ingress_subnet6.is_empty() {
+        s.ingress_subnet.clone()
+    } else {
+        format!("{}, {}", s.ingress_subnet, s.ingress_subnet6)
     }
 }

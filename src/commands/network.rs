@@ -481,7 +481,7 @@ async fn prune(
 /// The values of a flag given once per family (`--subnet 10.1.0.0/24
 /// --subnet fd00:1::/64`): the IPv4 one and the IPv6 one, each possibly
 /// empty. A value that is neither goes with IPv4, for the manager's error.
-fn by_family(flag: &str, values: &[String]) -> anyhow::Result<(String, String)> {
+pub(crate) fn by_family(flag: &str, values: &[String]) -> anyhow::Result<(String, String)> {
     let (mut v4, mut v6) = (String::new(), String::new());
     for v in values {
         let addr = v.split_once('/').map_or(v.as_str(), |(a, _)| a);

@@ -302,7 +302,9 @@ fn network_config(state: &State, net: &Network, node: NodeId) -> pb::NetworkConf
             && !peer.data_path_addr.is_empty()
         {
             remote.push(pb::RemoteEndpoint {
-                ip6: String::new(),
+                ip6: (net.node_endpoints6.get(n))
+                    .map(IpAddr::to_string)
+                    .unwrap_or_default(),
                 task_id: format!("node-{n}"),
                 ip: ip.to_string(),
                 mac: mac_text(mac_for(*ip)),
@@ -417,10 +419,17 @@ fn ingress_endpoint(state: &State, node: NodeId) -> Option<pb::IngressEndpointCo
         return None;
     }
     let ip = net.node_endpoints.get(&node)?;
+    let ip6 = net
+        .ipv6
+        .as_ref()
+        .zip(net.node_endpoints6.get(&node))
+        .map(|(v6, ip6)| with_prefix(*ip6, &v6.subnet))
+        .unwrap_or_default();
     Some(pb::IngressEndpointConfig {
         network_id: net.id.clone(),
         ip: with_prefix(*ip, &net.subnet),
         mac: mac_text(mac_for(*ip)),
+        ip6,
     })
 }
 
@@ -464,10 +473,12 @@ fn published_ports(state: &State, node: NodeId, mine: &[&Task]) -> Vec<pb::Publi
         for p in &svc.ports {
             let remote: Vec<String> = match (p.mode, ingress) {
                 (PublishMode::Ingress, Some(net)) => {
+                    // Both families: the node picks by the client's.
                     let mut r: Vec<String> = replicas
                         .iter()
                         .filter(|t| t.node != node)
-                        .filter_map(|t| addr_on(t, net).map(|ip| ip.to_string()))
+                        .flat_map(|t| addrs_on(t, net))
+                        .map(|ip| ip.to_string())
                         .collect();
                     r.sort();
                     r
@@ -547,11 +558,13 @@ fn wireguard(
 }
 
 /// A task's address on `net`, if it is attached.
-fn addr_on(t: &Task, net: &Network) -> Option<IpAddr> {
+/// Task `t`'s addresses on `net`, of both families.
+fn addrs_on(t: &Task, net: &Network) -> Vec<IpAddr> {
     t.attachments
         .iter()
-        .find(|a| a.network == net.id)
-        .map(|a| a.ip)
+        .filter(|a| a.network == net.id)
+        .flat_map(|a| std::iter::once(a.ip).chain(a.ip6))
+        .collect()
 }
 
 /// The services on `net` with their VIP and their running tasks'
@@ -906,11 +919,30 @@ mod tests {
 
     #[test]
     fn ingress_ports_everywhere_local_replicas_first_host_ports_only_where_replicas_run() {
+        ingress_ports(false);
+    }
+
+    #[test]
+    fn a_dual_stack_ingress_network_carries_both_families() {
+        ingress_ports(true);
+    }
+
+    fn ingress_ports(dual: bool) {
         use crate::store::{
             EndpointMode, PortProto, PortRequest, RestartCondition, ServiceMode, ServiceSpec,
             TaskState, TaskStatus,
         };
         let mut s = state();
+        if dual {
+            s.apply(&Command::UpdateClusterSettings {
+                wg_key_rotation_secs: None,
+                cert_expiry_secs: None,
+                disconnect_grace_ms: None,
+                ingress_subnet: None,
+                ingress_subnet6: Some("fd00:ffff::/64".parse().unwrap()),
+            })
+            .unwrap();
+        }
         let port = |published, mode| PortRequest {
             proto: PortProto::Tcp,
             published,
@@ -961,30 +993,36 @@ mod tests {
         }
         let ingress = s.ingress_network().unwrap().clone();
         let gw = |id: &str| s.tasks[id].gateway_ip.unwrap().to_string();
-        let ing = |id: &str| {
+        let att = |id: &str| {
             s.tasks[id]
                 .attachments
                 .iter()
                 .find(|a| a.network == ingress.id)
                 .unwrap()
-                .ip
-                .to_string()
+                .clone()
         };
+        let ing = |id: &str| att(id).ip.to_string();
         let by_port = |c: &pb::NodeConfig, p: u32| c.ports.iter().find(|x| x.port == p).cloned();
         // Node 1 has a replica: its own only, over the gateway bridge.
         let c1 = project(&s, NodeId(1), 1).unwrap();
         let p = by_port(&c1, 8080).unwrap();
         assert_eq!(p.local, vec![gw("r1")]);
-        assert_eq!(p.remote, vec![ing("r2")]);
+        let addrs = |ids: &[&str]| {
+            let mut v: Vec<String> = ids.iter().map(|r| ing(r)).collect();
+            if dual {
+                v.extend(ids.iter().map(|r| att(r).ip6.expect("IPv6").to_string()));
+            }
+            v.sort();
+            v
+        };
+        assert_eq!(p.remote, addrs(&["r2"]));
         assert_eq!(by_port(&c1, 9090).unwrap().local, vec![gw("r1")]);
         // Node 3 has none: the ingress port forwards to both over the
         // ingress network; the host-mode port is not published there.
         let c3 = project(&s, NodeId(3), 1).unwrap();
         let p = by_port(&c3, 8080).unwrap();
         assert!(p.local.is_empty());
-        let mut want = vec![ing("r1"), ing("r2")];
-        want.sort();
-        assert_eq!(p.remote, want);
+        assert_eq!(p.remote, addrs(&["r1", "r2"]));
         assert!(by_port(&c3, 9090).is_none());
         // Every node takes part in the ingress network with its endpoint,
         // and knows the other nodes' endpoints as remote endpoints.
@@ -994,7 +1032,16 @@ mod tests {
         let net = c3.networks.iter().find(|n| n.id == ingress.id).unwrap();
         for n in [1, 2] {
             let ip = ingress.node_endpoints[&NodeId(n)].to_string();
-            assert!(net.remote.iter().any(|r| r.ip == ip), "node {n}'s endpoint");
+            let ip6 = (ingress.node_endpoints6.get(&NodeId(n)))
+                .map(|ip| ip.to_string())
+                .unwrap_or_default();
+            assert!(
+                net.remote.iter().any(|r| r.ip == ip && r.ip6 == ip6),
+                "node {n}'s endpoint"
+            );
         }
+        let want6 = (ingress.node_endpoints6.get(&NodeId(3))).map(|ip| format!("{ip}/64"));
+        assert_eq!(e3.ip6, want6.clone().unwrap_or_default());
+        assert_eq!(want6.is_some(), dual);
     }
 }

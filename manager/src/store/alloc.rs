@@ -29,6 +29,7 @@ impl State {
             taken.insert(n.gateway);
             taken.extend(n.ipv6.as_ref().map(|v6| v6.gateway));
             taken.extend(n.node_endpoints.values());
+            taken.extend(n.node_endpoints6.values());
             taken.extend(n.aux_addresses.values());
         }
         taken
@@ -104,10 +105,15 @@ impl State {
                 .chain(Some(n.subnet).filter(|s| s.is_ipv6()))
                 .collect::<Vec<_>>()
         };
-        let taken: Vec<IpNetwork> = (self.networks.values())
+        // The ingress network's IPv6 subnet is kept free before it exists.
+        let reserved = (self.cluster.as_ref())
+            .and_then(|c| c.settings.ingress_subnet6)
+            .filter(|_| self.ingress_network().is_none());
+        let mut taken: Vec<IpNetwork> = (self.networks.values())
             .filter(|n| clash(n))
             .flat_map(v6_of)
             .collect();
+        taken.extend(reserved);
         let subnet = match spec.subnet6 {
             Some(s) => {
                 if s.prefix() > ipam::MAX_PREFIX6 {
@@ -128,6 +134,12 @@ impl State {
                         other: other.to_string(),
                         network: o.name.clone(),
                     });
+                }
+                if let Some(r) = reserved.filter(|r| ipam::overlaps(r, &s)) {
+                    return bad(format!(
+                        "IPv6 subnet {s} overlaps the ingress IPv6 subnet {r}, kept for the \
+                         routing mesh of published ports; choose another subnet"
+                    ));
                 }
                 s
             }
@@ -316,6 +328,7 @@ impl State {
             node: local,
             ingress: false,
             node_endpoints: Default::default(),
+            node_endpoints6: Default::default(),
             last_allocated: None,
             aux_addresses: check_aux_addresses(spec, &subnet, gateway, ipv6.as_ref())?,
             ipv6,

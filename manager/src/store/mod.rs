@@ -23,7 +23,8 @@ pub(crate) mod tests;
 
 pub use netmodel::{
     DEFAULT_BRIDGE, INGRESS_NETWORK, PUBLISHED_PORT_RANGE, RESERVED_NETWORK_NAMES,
-    check_ingress_subnet, next_ifname, parse_ingress_subnet,
+    check_ingress_subnet, check_ingress_subnet6, next_ifname, parse_ingress_subnet,
+    parse_ingress_subnets,
 };
 pub use task_state::{TaskHealth, TaskState, TaskStatus};
 pub use types::*;
@@ -347,6 +348,9 @@ pub enum Command {
         /// New subnet of the ingress network (absent in older log entries).
         #[serde(default)]
         ingress_subnet: Option<IpNetwork>,
+        /// New IPv6 subnet of the ingress network (weft 0.2.0 on).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ingress_subnet6: Option<IpNetwork>,
         /// New disconnect grace in ms, 0 = off (absent in older log
         /// entries).
         #[serde(default)]
@@ -1001,11 +1005,12 @@ impl State {
                 wg_key_rotation_secs,
                 cert_expiry_secs,
                 ingress_subnet,
+                ingress_subnet6,
                 disconnect_grace_ms,
             } => {
                 // First the part that can be refused, so a refusal changes nothing.
-                if let Some(subnet) = ingress_subnet {
-                    self.set_ingress_subnet(*subnet)?;
+                if ingress_subnet.is_some() || ingress_subnet6.is_some() {
+                    self.set_ingress_subnets(*ingress_subnet, *ingress_subnet6)?;
                 }
                 let cluster = self.cluster.as_mut().ok_or(StoreError::NotInitialised)?;
                 if let Some(v) = wg_key_rotation_secs {

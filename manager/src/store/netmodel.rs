@@ -151,6 +151,7 @@ impl State {
                 node: Some(node),
                 ingress: false,
                 node_endpoints: Default::default(),
+                node_endpoints6: Default::default(),
                 last_allocated: None,
                 aux_addresses: Default::default(),
             },
@@ -205,10 +206,33 @@ impl State {
         let gateway = ipam::first_host(&subnet).ok_or_else(|| {
             StoreError::InvalidNetwork(format!("ingress subnet {subnet} has no host addresses"))
         })?;
+        let ipv6 = match cluster.settings.ingress_subnet6 {
+            Some(s6) => {
+                if let Some((o, other)) = self.v6_overlap(&s6) {
+                    return Err(StoreError::SubnetOverlap {
+                        subnet: s6.to_string(),
+                        other: other.to_string(),
+                        network: o.to_owned(),
+                    });
+                }
+                Some(Subnet6 {
+                    subnet: s6,
+                    gateway: ipam::first_host(&s6).ok_or_else(|| {
+                        StoreError::InvalidNetwork(format!(
+                            "ingress subnet {s6} has no host addresses"
+                        ))
+                    })?,
+                    ip_range: None,
+                    last_allocated: None,
+                })
+            }
+            None => None,
+        };
+        let subnet6 = ipv6.as_ref().map(|v6| v6.subnet);
         self.networks.insert(
             id.clone(),
             Network {
-                ipv6: None,
+                ipv6,
                 id: id.clone(),
                 name: INGRESS_NETWORK.into(),
                 driver: "overlay".into(),
@@ -225,45 +249,61 @@ impl State {
                 node: None,
                 ingress: true,
                 node_endpoints: Default::default(),
+                node_endpoints6: Default::default(),
                 last_allocated: None,
                 aux_addresses: Default::default(),
             },
         );
-        // Every node's endpoint, lowest free addresses first, in one pass.
+        // Every node's endpoint, lowest free addresses first, in one pass
+        // per family.
         let taken = self.taken_on(&id);
-        let mut free = ipam::free_ips(&subnet, None, &taken);
-        let mut endpoints = BTreeMap::new();
-        for n in self.nodes.keys() {
-            let ip = free
-                .next()
-                .ok_or_else(|| StoreError::NetworkFull(INGRESS_NETWORK.into()))?;
-            endpoints.insert(*n, ip);
+        let mut endpoints = [BTreeMap::new(), BTreeMap::new()];
+        for (family, s) in std::iter::once(subnet).chain(subnet6).enumerate() {
+            let mut free = ipam::free_ips(&s, None, &taken);
+            for n in self.nodes.keys() {
+                let ip = free
+                    .next()
+                    .ok_or_else(|| StoreError::NetworkFull(INGRESS_NETWORK.into()))?;
+                endpoints[family].insert(*n, ip);
+            }
         }
-        drop(free);
-        self.networks
-            .get_mut(&id)
-            .expect("inserted above")
-            .node_endpoints = endpoints;
+        let [v4, v6] = endpoints;
+        let net = self.networks.get_mut(&id).expect("inserted above");
+        net.node_endpoints = v4;
+        net.node_endpoints6 = v6;
         Ok(id)
     }
 
-    /// Moves the ingress subnet (`weft cluster update --ingress-subnet`).
-    /// Refused while a service publishes a port through the routing mesh;
-    /// an unused ingress network is dropped and comes back on the new subnet
-    /// with the next ingress publish.
-    pub(crate) fn set_ingress_subnet(&mut self, subnet: IpNetwork) -> Result<(), StoreError> {
+    /// Moves the ingress subnet of either family, or gives the routing mesh
+    /// IPv6 (`weft cluster update --ingress-subnet`). Refused while a
+    /// service publishes a port through the routing mesh; an unused ingress
+    /// network is dropped and comes back on the new subnets with the next
+    /// ingress publish. Checks everything before changing anything.
+    pub(crate) fn set_ingress_subnets(
+        &mut self,
+        v4: Option<IpNetwork>,
+        v6: Option<IpNetwork>,
+    ) -> Result<(), StoreError> {
         let settings = &self
             .cluster
             .as_ref()
             .ok_or(StoreError::NotInitialised)?
             .settings;
-        if settings.ingress_subnet() == subnet {
-            if let Some(c) = self.cluster.as_mut() {
-                c.settings.ingress_subnet = Some(subnet);
+        let moves4 = v4.filter(|s| *s != settings.ingress_subnet());
+        let moves6 = v6.filter(|s| Some(*s) != settings.ingress_subnet6);
+        if moves4.is_none() && moves6.is_none() {
+            // Records the default explicitly, as before.
+            if let (Some(s), Some(c)) = (v4, self.cluster.as_mut()) {
+                c.settings.ingress_subnet = Some(s);
             }
             return Ok(());
         }
-        check_ingress_subnet(&subnet, settings).map_err(StoreError::InvalidNetwork)?;
+        if let Some(s) = moves4 {
+            check_ingress_subnet(&s, settings).map_err(StoreError::InvalidNetwork)?;
+        }
+        if let Some(s) = moves6 {
+            check_ingress_subnet6(&s).map_err(StoreError::InvalidNetwork)?;
+        }
         if let Some(s) = self
             .services
             .values()
@@ -287,10 +327,11 @@ impl State {
                 t.name
             )));
         }
-        if let Some(o) = self
-            .networks
-            .values()
-            .find(|n| !n.ingress && ipam::overlaps(&n.subnet, &subnet))
+        if let Some(subnet) = moves4
+            && let Some(o) = self
+                .networks
+                .values()
+                .find(|n| !n.ingress && ipam::overlaps(&n.subnet, &subnet))
         {
             return Err(StoreError::SubnetOverlap {
                 subnet: subnet.to_string(),
@@ -298,11 +339,37 @@ impl State {
                 network: o.name.clone(),
             });
         }
+        if let Some(subnet) = moves6
+            && let Some((name, other)) = self.v6_overlap(&subnet)
+        {
+            return Err(StoreError::SubnetOverlap {
+                subnet: subnet.to_string(),
+                other: other.to_string(),
+                network: name.to_owned(),
+            });
+        }
         self.networks.retain(|_, n| !n.ingress);
         if let Some(c) = self.cluster.as_mut() {
-            c.settings.ingress_subnet = Some(subnet);
+            if let Some(s) = v4 {
+                c.settings.ingress_subnet = Some(s);
+            }
+            if let Some(s) = v6 {
+                c.settings.ingress_subnet6 = Some(s);
+            }
         }
         Ok(())
+    }
+
+    /// The first network other than the ingress one with an IPv6 subnet
+    /// overlapping `subnet`: its name and that subnet.
+    fn v6_overlap(&self, subnet: &IpNetwork) -> Option<(&str, IpNetwork)> {
+        self.networks.values().filter(|n| !n.ingress).find_map(|n| {
+            (n.ipv6.as_ref().map(|v6| v6.subnet))
+                .into_iter()
+                .chain(Some(n.subnet).filter(|s| s.is_ipv6()))
+                .find(|o| ipam::overlaps(o, subnet))
+                .map(|o| (n.name.as_str(), o))
+        })
     }
 
     /// Gives `node` its address on the ingress network, if there is one.
@@ -316,13 +383,17 @@ impl State {
         let id = net.id.clone();
         let taken = self.taken_on(&id);
         let net = &self.networks[&id];
-        let ip = ipam::next_ip(&net.subnet, None, &taken)
-            .ok_or_else(|| StoreError::NetworkFull(net.name.clone()))?;
-        self.networks
-            .get_mut(&id)
-            .expect("found above")
-            .node_endpoints
-            .insert(node, ip);
+        let full = || StoreError::NetworkFull(net.name.clone());
+        let ip = ipam::next_ip(&net.subnet, None, &taken).ok_or_else(full)?;
+        let ip6 = match &net.ipv6 {
+            Some(v6) => Some(ipam::next_ip(&v6.subnet, None, &taken).ok_or_else(full)?),
+            None => None,
+        };
+        let net = self.networks.get_mut(&id).expect("found above");
+        net.node_endpoints.insert(node, ip);
+        if let Some(ip6) = ip6 {
+            net.node_endpoints6.insert(node, ip6);
+        }
         Ok(())
     }
 
@@ -332,6 +403,7 @@ impl State {
         self.networks.retain(|_, n| n.node != Some(node));
         for n in self.networks.values_mut() {
             n.node_endpoints.remove(&node);
+            n.node_endpoints6.remove(&node);
         }
     }
 
@@ -722,6 +794,52 @@ pub fn parse_ingress_subnet(text: &str, settings: &ClusterSettings) -> Result<Ip
     })?;
     check_ingress_subnet(&subnet, settings)?;
     Ok(subnet)
+}
+
+/// What an IPv6 ingress subnet must be: an IPv6 network address, /48 to
+/// /120 (room for a gateway and one address per node). The reason when
+/// not.
+pub fn check_ingress_subnet6(subnet: &IpNetwork) -> Result<(), String> {
+    if !subnet.is_ipv6() {
+        return Err(format!("ingress subnet {subnet} is not IPv6"));
+    }
+    if subnet.network() != subnet.ip() {
+        return Err(format!(
+            "ingress subnet {subnet} has host bits set; did you mean {}/{}?",
+            subnet.network(),
+            subnet.prefix()
+        ));
+    }
+    if !(48..=120).contains(&subnet.prefix()) {
+        return Err(format!(
+            "ingress subnet {subnet} is out of range: use a /48 to /120 (a /64 is usual)"
+        ));
+    }
+    Ok(())
+}
+
+/// `--ingress-subnet` values (of `init` and `cluster update`), at most one
+/// per family, parsed and checked ([`check_ingress_subnet`],
+/// [`check_ingress_subnet6`]); the reason when refused. Empty text: that
+/// family is not given.
+pub fn parse_ingress_subnets(
+    v4: &str,
+    v6: &str,
+    settings: &ClusterSettings,
+) -> Result<(Option<IpNetwork>, Option<IpNetwork>), String> {
+    let v4 = (!v4.is_empty())
+        .then(|| parse_ingress_subnet(v4, settings))
+        .transpose()?;
+    let v6 = if v6.is_empty() {
+        None
+    } else {
+        let subnet: IpNetwork = v6.parse().map_err(|_| {
+            format!("invalid --ingress-subnet {v6:?}: give a CIDR such as fd00:ffff::/64")
+        })?;
+        check_ingress_subnet6(&subnet)?;
+        Some(subnet)
+    };
+    Ok((v4, v6))
 }
 
 /// What an ingress subnet must be: an IPv4 network address with room for

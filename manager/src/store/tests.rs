@@ -839,6 +839,7 @@ fn ingress_subnet_is_kept_free_and_moves_only_while_unused() {
         cert_expiry_secs: None,
         disconnect_grace_ms: None,
         ingress_subnet: Some(subnet.parse().unwrap()),
+        ingress_subnet6: None,
     };
     let create = |id: &str, subnet: &str| Command::CreateNetwork {
         spec: net_spec(id, id, Some(subnet)),
@@ -984,6 +985,7 @@ fn clusters_from_before_the_ingress_setting_replay_as_they_applied() {
         cert_expiry_secs: None,
         disconnect_grace_ms: None,
         ingress_subnet: Some("10.80.0.0/24".parse().unwrap()),
+        ingress_subnet6: None,
     })
     .unwrap();
     assert!(
@@ -1440,3 +1442,5 @@ fn ipv6_only_networks_have_one_ipv6_subnet() {
         assert_eq!(s, before);
     }
 }
+
+mod ingress6;

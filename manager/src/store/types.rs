@@ -282,6 +282,11 @@ pub struct ClusterSettings {
     /// default subnet and keep nothing free, so their logs replay as before.
     #[serde(default)]
     pub ingress_subnet: Option<IpNetwork>,
+    /// IPv6 subnet of the ingress network (the routing mesh over IPv6),
+    /// kept free like [`ClusterSettings::ingress_subnet`]; `None`: the
+    /// routing mesh is IPv4 only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ingress_subnet6: Option<IpNetwork>,
     /// How long a node whose session ended without notice (its daemon's
     /// connection closed: the process died) has to open a new one before
     /// the leader marks it down; `None`: off (missed heartbeats decide).
@@ -342,6 +347,7 @@ impl Default for ClusterSettings {
             tunnel_subnet: default_tunnel_subnet(),
             wg_key_rotation_secs: default_wg_rotation(),
             ingress_subnet: Some(default_ingress_subnet()),
+            ingress_subnet6: None,
             disconnect_grace_ms: None,
             default_addr_pools6: Vec::new(),
             default_addr_pool_mask_length6: default_mask6(),
@@ -390,6 +396,10 @@ pub struct Network {
     /// traffic it forwards to replicas elsewhere).
     #[serde(default)]
     pub node_endpoints: BTreeMap<NodeId, IpAddr>,
+    /// Ingress network with an IPv6 subnet only: each node's own IPv6
+    /// endpoint.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_endpoints6: BTreeMap<NodeId, IpAddr>,
     /// The address last handed out without being asked for: the next one
     /// is the first free address after it (wrapping at the end), so a
     /// released address is not reused before the rest of the range was

@@ -49,6 +49,10 @@ impl Command {
             Command::CreateNetwork { spec } if spec.ipv6 => Release::DUAL_STACK,
             Command::CreateTask { ip6, .. } if !ip6.is_empty() => Release::DUAL_STACK,
             Command::ConnectTask { ip6: Some(_), .. } => Release::DUAL_STACK,
+            Command::UpdateClusterSettings {
+                ingress_subnet6: Some(_),
+                ..
+            } => Release::DUAL_STACK,
             _ => Release::FIRST,
         }
     }

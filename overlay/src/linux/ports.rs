@@ -433,6 +433,7 @@ mod tests {
         let mut d = DesiredNode::new("198.18.0.1".parse().unwrap());
         d.gateway = Some(GatewayBridge::default());
         d.ingress = Some(IngressEndpoint {
+            ip6: None,
             network: "ingress".into(),
             ip: "10.255.0.2/16".parse().unwrap(),
             mac: "02:42:0a:ff:00:02".parse().unwrap(),

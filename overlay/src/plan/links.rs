@@ -126,9 +126,10 @@ pub(super) fn create_links(
         ops.push(Op::EnableIpv4Forwarding);
     }
     // IPv6 only for a gateway bridge with IPv6 (a task with an IPv6
-    // address): that is all IPv6 that is forwarded in the daemon's
-    // namespace (egress, and published ports to local backends).
-    let forwards_v6 = desired.gateway.as_ref().is_some_and(|g| g.ipv6.is_some());
+    // address) or a dual-stack ingress endpoint: that is all IPv6 that is
+    // forwarded in the daemon's namespace (egress, published ports).
+    let forwards_v6 = desired.gateway.as_ref().is_some_and(|g| g.ipv6.is_some())
+        || desired.ingress.as_ref().is_some_and(|i| i.ip6.is_some());
     if forwards_v6 && !observed.ipv6_forwarding {
         ops.push(Op::EnableIpv6Forwarding);
     }

@@ -65,9 +65,10 @@ pub struct PortRule {
     /// The backends one is picked from per connection (IPv4, sorted,
     /// unique, not empty).
     pub backends: Vec<IpAddr>,
-    /// The IPv6 addresses on the gateway bridge of the local backends that
-    /// have one (sorted, unique): connections to the node's IPv6
-    /// addresses go to these. Empty: the port is IPv4 only.
+    /// Where connections to the node's IPv6 addresses go (sorted, unique):
+    /// the IPv6 addresses on the gateway bridge of the local backends that
+    /// have one, or (`remote`) the remote backends' IPv6 addresses on a
+    /// dual-stack ingress network. Empty: the port is IPv4 only.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub backends6: Vec<IpAddr>,
     /// Whether they are remote (ingress network) rather than local
@@ -170,13 +171,14 @@ impl PortsTable {
 /// unreachable and skipped). A port left without backends gets no rule
 /// (connections to it reach the node's own stack, as for any unpublished
 /// port). Over IPv6 (the node's IPv6 addresses), a port reaches the local
-/// backends that have an IPv6 address on the gateway bridge; the ingress
-/// network, and so remote backends, are IPv4 only.
+/// backends that have an IPv6 address on the gateway bridge, or else the
+/// remote ones' IPv6 addresses when the ingress network is dual stack.
 pub fn ports_table(desired: &DesiredNode) -> Option<PortsTable> {
     if desired.ports.is_empty() && desired.ingress.is_none() {
         return None;
     }
     let ingress = desired.ingress.as_ref().is_some_and(|i| i.ip.is_ipv4());
+    let ingress6 = ingress && desired.ingress.as_ref().is_some_and(|i| i.ip6.is_some());
     let v4 = |list: &[IpAddr]| -> Vec<IpAddr> {
         let set: BTreeSet<IpAddr> = list.iter().copied().filter(IpAddr::is_ipv4).collect();
         set.into_iter().collect()
@@ -201,7 +203,14 @@ pub fn ports_table(desired: &DesiredNode) -> Option<PortsTable> {
                 (Vec::new(), true)
             };
             let backends6: Vec<IpAddr> = if remote {
-                Vec::new()
+                // Over a dual-stack ingress network.
+                if ingress6 {
+                    let set: BTreeSet<IpAddr> =
+                        p.remote.iter().copied().filter(IpAddr::is_ipv6).collect();
+                    set.into_iter().collect()
+                } else {
+                    Vec::new()
+                }
             } else {
                 let set: BTreeSet<IpAddr> = backends
                     .iter()

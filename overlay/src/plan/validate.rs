@@ -211,6 +211,19 @@ pub fn validate(observed: &Observed, desired: &DesiredNode) -> Result<(), PlanEr
             ing.ip.ip(),
             net.subnet,
         )?;
+        if let Some(ip6) = ing.ip6 {
+            let Some((subnet6, _)) = net.subnet6 else {
+                return Err(bad("an IPv6 address on a network without IPv6"));
+            };
+            if ip6.prefix() != subnet6.prefix() {
+                return Err(bad("IPv6 prefix length differs from the network's"));
+            }
+            in_subnet(
+                || format!("ingress endpoint on network {}", ing.network),
+                ip6.ip(),
+                subnet6,
+            )?;
+        }
     }
     check_ports(desired)?;
     check_tasks(desired)

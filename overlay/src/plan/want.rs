@@ -144,6 +144,7 @@ pub(super) fn want(desired: &DesiredNode) -> Want {
         let mut e = WantLink::new(WantKind::Veth, net.mtu);
         e.mac = Some(ing.mac);
         e.addrs.insert(ing.ip);
+        e.addrs.extend(ing.ip6);
         ns.entry(NsRef::Host)
             .or_default()
             .links

@@ -117,7 +117,7 @@ fn set_sysctl6(ns: &Netns, dev: &str, key: &str, value: &str) {
 
 /// An IPv6 TCP server on [`TARGET`] in `ns` answering each connection with
 /// the peer address it saw; serves `n` connections on a thread.
-fn serve6(ns: &Netns, n: usize) -> std::thread::JoinHandle<()> {
+pub(crate) fn serve6(ns: &Netns, n: usize) -> std::thread::JoinHandle<()> {
     let l = ns
         .run_in(|| TcpListener::bind(("::", TARGET)).unwrap())
         .unwrap();
@@ -131,7 +131,7 @@ fn serve6(ns: &Netns, n: usize) -> std::thread::JoinHandle<()> {
 }
 
 /// The address the server at `to` saw for a connection from `client`.
-fn seen(client: &Netns, to: SocketAddr) -> IpAddr {
+pub(crate) fn seen(client: &Netns, to: SocketAddr) -> IpAddr {
     client
         .run_in(|| {
             let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5))

@@ -159,6 +159,7 @@ fn steps(dir: &Path, v1: IpAddr, v2: IpAddr, v3: IpAddr) -> Vec<(&'static str, D
     ingress.gateway = "10.255.0.1".parse().unwrap();
     sealed.networks.insert("ingress".into(), ingress);
     sealed.ingress = Some(IngressEndpoint {
+        ip6: None,
         network: "ingress".into(),
         ip: "10.255.0.9/24".parse().unwrap(),
         mac: mac(9),

@@ -418,6 +418,72 @@ async fn published_ports_hairpin_watcher_and_user_chain() {
     assert!(u.destroy().is_clean());
 }
 
+/// Two nodes on the ingress overlay (4747, 10.255.0.0/24, and
+/// fd00:ff::/64 when `dual`): n1's and n2's own endpoints on it, and the
+/// replica t on n2 with its ingress and gateway addresses; the TCP and UDP
+/// ports published on n1 (to t, remote) and the TCP one on n2 (local).
+fn ingress_nodes(v1: IpAddr, v2: IpAddr, dual: bool) -> (DesiredNode, DesiredNode) {
+    // 10.255.0.X and, when dual, fd00:ff::X.
+    let six = |addr: &str| {
+        let last = addr.rsplit('.').next().unwrap();
+        dual.then(|| format!("fd00:ff::{last}"))
+    };
+    let ing = || {
+        let mut n = network(4747, "10.255.0.0/24", "10.255.0.1", false);
+        if dual {
+            n.subnet6 = Some(("fd00:ff::/64".parse().unwrap(), ip("fd00:ff::1")));
+        }
+        n
+    };
+    let endpoint = |addr: &str, m: u8| IngressEndpoint {
+        ip6: six(addr).map(|a| format!("{a}/64").parse().unwrap()),
+        network: "ingress".into(),
+        ip: format!("{addr}/24").parse().unwrap(),
+        mac: mac(m),
+    };
+    let remote = |addr: &str, m: u8, vtep: IpAddr| RemoteEndpoint {
+        ip6: six(addr).map(|a| ip(&a)),
+        ip: ip(addr),
+        mac: mac(m),
+        vtep,
+    };
+    let backends: Vec<String> = std::iter::once("10.255.0.10".to_owned())
+        .chain(six("10.255.0.10"))
+        .collect();
+    let backends: Vec<&str> = backends.iter().map(String::as_str).collect();
+    let mut d1 = DesiredNode::new(v1);
+    let mut d2 = DesiredNode::new(v2);
+    for d in [&mut d1, &mut d2] {
+        d.vxlan_port = VXLAN_PORT;
+        d.gateway = Some(GatewayBridge::default());
+    }
+    let mut n1 = ing();
+    n1.remote.insert("t".into(), remote("10.255.0.10", 10, v2));
+    n1.remote
+        .insert("ingress-n2".into(), remote("10.255.0.3", 3, v2));
+    d1.networks.insert("ingress".into(), n1);
+    d1.ingress = Some(endpoint("10.255.0.2", 2));
+    d1.ports = vec![
+        published(Proto::Tcp, TCP_PORT, &[], &backends),
+        published(Proto::Udp, UDP_PORT, &[], &backends),
+    ];
+    let mut n2 = ing();
+    n2.remote
+        .insert("ingress-n1".into(), remote("10.255.0.2", 2, v1));
+    d2.networks.insert("ingress".into(), n2);
+    d2.ingress = Some(endpoint("10.255.0.3", 3));
+    let mut t = task("ingress", "10.255.0.10/24", 10, "172.18.0.2");
+    if dual {
+        t.endpoints[0].ip6 = six("10.255.0.10").map(|a| format!("{a}/64").parse().unwrap());
+        let gw = t.gateway.as_mut().unwrap();
+        gw.ip6 = GatewayBridge::ipv6_of(gw.ip);
+        d2.gateway = d2.gateway.take().map(GatewayBridge::with_ipv6);
+    }
+    d2.tasks.insert("t".into(), t);
+    d2.ports = vec![published(Proto::Tcp, TCP_PORT, &["172.18.0.2"], &backends)];
+    (d1, d2)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ingress_forwards_to_a_replica_on_another_node() {
     require_root!();
@@ -439,52 +505,7 @@ async fn ingress_forwards_to_a_replica_on_another_node() {
     let client_ip = IpAddr::V4(client.addr());
     let dp1 = LinuxDataplane::new(run.path().join("node1"), h1.netns().clone());
     let dp2 = LinuxDataplane::new(run.path().join("node2"), h2.netns().clone());
-
-    // The ingress overlay; n1's and n2's own endpoints on it, and the
-    // replica t (on n2) with its ingress and gateway addresses.
-    let ing = || network(4747, "10.255.0.0/24", "10.255.0.1", false);
-    let endpoint = |addr: &str, m: u8| IngressEndpoint {
-        network: "ingress".into(),
-        ip: format!("{addr}/24").parse().unwrap(),
-        mac: mac(m),
-    };
-    let remote = |addr: &str, m: u8, vtep: IpAddr| RemoteEndpoint {
-        ip6: None,
-        ip: ip(addr),
-        mac: mac(m),
-        vtep,
-    };
-    let mut d1 = DesiredNode::new(v1);
-    let mut d2 = DesiredNode::new(v2);
-    for d in [&mut d1, &mut d2] {
-        d.vxlan_port = VXLAN_PORT;
-        d.gateway = Some(GatewayBridge::default());
-    }
-    let mut n1 = ing();
-    n1.remote.insert("t".into(), remote("10.255.0.10", 10, v2));
-    n1.remote
-        .insert("ingress-n2".into(), remote("10.255.0.3", 3, v2));
-    d1.networks.insert("ingress".into(), n1);
-    d1.ingress = Some(endpoint("10.255.0.2", 2));
-    d1.ports = vec![
-        published(Proto::Tcp, TCP_PORT, &[], &["10.255.0.10"]),
-        published(Proto::Udp, UDP_PORT, &[], &["10.255.0.10"]),
-    ];
-    let mut n2 = ing();
-    n2.remote
-        .insert("ingress-n1".into(), remote("10.255.0.2", 2, v1));
-    d2.networks.insert("ingress".into(), n2);
-    d2.ingress = Some(endpoint("10.255.0.3", 3));
-    d2.tasks.insert(
-        "t".into(),
-        task("ingress", "10.255.0.10/24", 10, "172.18.0.2"),
-    );
-    d2.ports = vec![published(
-        Proto::Tcp,
-        TCP_PORT,
-        &["172.18.0.2"],
-        &["10.255.0.10"],
-    )];
+    let (d1, d2) = ingress_nodes(v1, v2, false);
 
     assert!(!apply(&dp1, &d1).await.is_empty());
     assert!(!apply(&dp2, &d2).await.is_empty());
@@ -542,6 +563,68 @@ async fn ingress_forwards_to_a_replica_on_another_node() {
         assert!(report.is_clean(), "{:?}", report.errors);
     }
     assert!(ip_link(h2.netns().path(), "weft_ingress").is_none());
+    assert!(u.destroy().is_clean());
+}
+
+/// The routing mesh over IPv6: with a dual-stack ingress network, a node
+/// without a replica forwards a client's IPv6 connection over the overlay
+/// to the replica's IPv6 address on another node (from its own ingress
+/// IPv6 address), and a node with one keeps the client's address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ingress_forwards_ipv6_to_a_replica_on_another_node() {
+    require_root!();
+    let run = RunDir::new();
+    let u = Underlay::create(
+        run.path(),
+        "ing6",
+        "198.18.49.0/24".parse().unwrap(),
+        &["n1", "n2", "client"],
+    )
+    .await
+    .unwrap();
+    let mut six = Vec::new();
+    for (i, name) in ["n1", "n2", "client"].into_iter().enumerate() {
+        let h = u.host(name).unwrap();
+        let a = format!("2001:db8:49::{}", i + 1);
+        let cidr = format!("{a}/64");
+        crate::common::nsenter(
+            h.netns().path(),
+            &["ip", "addr", "add", &cidr, "dev", h.iface(), "nodad"],
+        );
+        six.push(ip(&a));
+    }
+    let (h1, h2, client) = (
+        u.host("n1").unwrap(),
+        u.host("n2").unwrap(),
+        u.host("client").unwrap(),
+    );
+    let (v1, v2) = (IpAddr::V4(h1.addr()), IpAddr::V4(h2.addr()));
+    let dp1 = LinuxDataplane::new(run.path().join("node1"), h1.netns().clone());
+    let dp2 = LinuxDataplane::new(run.path().join("node2"), h2.netns().clone());
+    let (d1, d2) = ingress_nodes(v1, v2, true);
+    assert!(apply(&dp1, &d1).await.contains(&Op::EnableIpv6Forwarding));
+    assert!(!apply(&dp2, &d2).await.is_empty());
+    assert_eq!(apply(&dp1, &d1).await, vec![]);
+    assert_eq!(apply(&dp2, &d2).await, vec![]);
+    assert!(ip_addrs(h1.netns().path(), "weft_ingress").contains(&"fd00:ff::2/64".to_owned()));
+
+    let t = Netns::open(dp2.task_netns(&TaskId::from("t"))).unwrap();
+    let server = crate::egress6::serve6(&t, 2);
+    let to = |node: IpAddr| SocketAddr::new(node, TCP_PORT);
+    // n2 has the replica: the client's address is kept.
+    assert_eq!(crate::egress6::seen(client.netns(), to(six[1])), six[2]);
+    // n1 has none: over the overlay, from n1's ingress IPv6 address.
+    assert_eq!(
+        crate::egress6::seen(client.netns(), to(six[0])),
+        ip("fd00:ff::2")
+    );
+    server.join().unwrap();
+
+    drop(t);
+    for dp in [&dp1, &dp2] {
+        let report = dp.teardown_all().await.unwrap();
+        assert!(report.is_clean(), "{:?}", report.errors);
+    }
     assert!(u.destroy().is_clean());
 }
 

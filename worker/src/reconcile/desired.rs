@@ -105,6 +105,7 @@ pub fn desired_from_config(
         d.ingress = Some(IngressEndpoint {
             network: NetworkId(i.network_id.clone()),
             ip: parse("ingress address", &i.ip)?,
+            ip6: parse6("ingress ip6", &i.ip6)?,
             mac: parse::<MacAddr>("ingress mac", &i.mac)?,
         });
     }

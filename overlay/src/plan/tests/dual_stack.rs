@@ -366,3 +366,50 @@ fn published_ports_reach_local_ipv6_backends() {
     assert_eq!(t.hairpin6, None);
     assert!(t.rules.iter().all(|r| r.backends6.is_empty()));
 }
+
+#[test]
+fn a_dual_stack_ingress_network_reaches_remote_ipv6_backends() {
+    let mut d = with_ports(&full());
+    let ing = d.networks.get_mut(&NetworkId::from("ingress")).unwrap();
+    ing.subnet6 = Some(("fd00:ff::/64".parse().unwrap(), ip("fd00:ff::1")));
+    d.ingress.as_mut().unwrap().ip6 = Some("fd00:ff::2/64".parse().unwrap());
+    for p in &mut d.ports {
+        if p.remote.contains(&ip("10.0.255.9")) {
+            p.remote.push(ip("fd00:ff::9"));
+        }
+    }
+    let t = ports_table(&d).unwrap();
+    let got: Vec<(u16, bool, Vec<IpAddr>)> = t
+        .rules
+        .iter()
+        .map(|r| (r.port, r.remote, r.backends6.clone()))
+        .collect();
+    // 8080 has a local (IPv4-only) backend: it stays IPv4 only; the
+    // remote-only ports get the remote IPv6 backend.
+    assert_eq!(
+        got,
+        vec![
+            (8080, false, vec![]),
+            (9000, true, vec![ip("fd00:ff::9")]),
+            (5353, true, vec![ip("fd00:ff::9")]),
+        ]
+    );
+    let mut k = empty_kernel();
+    let ops = converge(&mut k, &d);
+    assert!(ops.contains(&Op::EnableIpv6Forwarding), "{ops:#?}");
+    assert!(ops.contains(&add_address(NsRef::Host, INGRESS_IF, "fd00:ff::2/64")));
+    assert!(ops.contains(&Op::RefuseRa {
+        link: INGRESS_IF.into()
+    }));
+    // An IPv6 address outside the ingress network's IPv6 subnet, or on an
+    // IPv4-only one, is refused.
+    let mut bad = d.clone();
+    bad.ingress.as_mut().unwrap().ip6 = Some("fd00:fe::2/64".parse().unwrap());
+    assert!(plan(&k, &bad).is_err());
+    let mut bad = d;
+    bad.networks
+        .get_mut(&NetworkId::from("ingress"))
+        .unwrap()
+        .subnet6 = None;
+    assert!(plan(&k, &bad).is_err());
+}

@@ -845,6 +845,7 @@ fn with_ports(base: &DesiredNode) -> DesiredNode {
         .insert("r-ing".into(), remote("10.0.255.9", 40, "198.18.0.2"));
     d.networks.insert("ingress".into(), ing);
     d.ingress = Some(IngressEndpoint {
+        ip6: None,
         network: "ingress".into(),
         ip: "10.0.255.2/24".parse().unwrap(),
         mac: mac(50),
