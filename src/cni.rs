@@ -439,27 +439,34 @@ pub fn result(version: &str, netns: &str, r: &pb::CniResult) -> Value {
         .iter()
         .map(|i| json!({"name": i.name, "mac": i.mac, "sandbox": netns}))
         .collect();
+    // Each interface's address, then its IPv6 one (dual stack).
     let ips: Vec<Value> = r
         .interfaces
         .iter()
         .enumerate()
-        .map(|(n, i)| {
-            let mut ip = json!({"address": i.address, "interface": n});
-            if i.name == weft_overlay::model::names::TASK_GW_IF && !r.gateway.is_empty() {
-                ip["gateway"] = json!(r.gateway);
-            }
-            if old {
-                let v6 = i.address.contains(':');
-                ip["version"] = json!(if v6 { "6" } else { "4" });
-            }
-            ip
+        .flat_map(|(n, i)| {
+            let gw_if = i.name == weft_overlay::model::names::TASK_GW_IF;
+            [(&i.address, &r.gateway), (&i.address6, &r.gateway6)]
+                .into_iter()
+                .filter(|(address, _)| !address.is_empty())
+                .map(move |(address, gateway)| {
+                    let mut ip = json!({"address": address, "interface": n});
+                    if gw_if && !gateway.is_empty() {
+                        ip["gateway"] = json!(gateway);
+                    }
+                    if old {
+                        let v6 = address.contains(':');
+                        ip["version"] = json!(if v6 { "6" } else { "4" });
+                    }
+                    ip
+                })
         })
         .collect();
-    let routes: Vec<Value> = if r.gateway.is_empty() {
-        Vec::new()
-    } else {
-        vec![json!({"dst": "0.0.0.0/0", "gw": r.gateway})]
-    };
+    let routes: Vec<Value> = [("0.0.0.0/0", &r.gateway), ("::/0", &r.gateway6)]
+        .into_iter()
+        .filter(|(_, gw)| !gw.is_empty())
+        .map(|(dst, gw)| json!({"dst": dst, "gw": gw}))
+        .collect();
     json!({
         "cniVersion": version,
         "interfaces": interfaces,
@@ -561,11 +568,13 @@ mod tests {
                     name: "eth0".into(),
                     mac: "02:00:0a:00:00:05".into(),
                     address: "10.0.0.5/24".into(),
+                    address6: String::new(),
                 },
                 pb::CniInterface {
                     name: "gw0".into(),
                     mac: "02:00:ac:12:00:05".into(),
                     address: "172.18.0.5/16".into(),
+                    address6: String::new(),
                 },
             ],
             gateway: "172.18.0.1".into(),
@@ -580,5 +589,36 @@ mod tests {
         assert_eq!(new["dns"]["nameservers"][0], "127.0.0.11");
         let old = result("0.4.0", "/x", &r);
         assert_eq!(old["ips"][0]["version"], "4");
+        // Dual stack: each interface's IPv6 address after its IPv4 one, an
+        // IPv6 default route.
+        let mut r = r;
+        r.interfaces[0].address6 = "fd00:9::5/64".into();
+        r.interfaces[1].address6 = "fd77:6566:7400::ac12:5/112".into();
+        r.gateway6 = "fd77:6566:7400::ac12:1".into();
+        let dual = result("1.0.0", "/x", &r);
+        let ips: Vec<(&str, u64, &str)> = dual["ips"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                (
+                    i["address"].as_str().unwrap(),
+                    i["interface"].as_u64().unwrap(),
+                    i["gateway"].as_str().unwrap_or(""),
+                )
+            })
+            .collect();
+        assert_eq!(
+            ips,
+            [
+                ("10.0.0.5/24", 0, ""),
+                ("fd00:9::5/64", 0, ""),
+                ("172.18.0.5/16", 1, "172.18.0.1"),
+                ("fd77:6566:7400::ac12:5/112", 1, "fd77:6566:7400::ac12:1"),
+            ]
+        );
+        assert_eq!(dual["routes"][1]["dst"], "::/0");
+        assert_eq!(dual["routes"][1]["gw"], "fd77:6566:7400::ac12:1");
+        assert_eq!(result("0.4.0", "/x", &r)["ips"][1]["version"], "6");
     }
 }

@@ -628,6 +628,83 @@ fn a_cni_container_on_an_encrypted_overlay_crosses_the_underlay_only_inside_wire
     assert!(del.ok, "{}", del.out);
 }
 
+/// A CNI container on a dual-stack overlay: the result reports each
+/// interface's IPv6 address and the IPv6 default route, which is what the
+/// namespace holds, and it reaches a task on another host over IPv6.
+#[test]
+fn a_cni_container_on_a_dual_stack_overlay_gets_and_reports_both_families() {
+    let mut lab = Lab::new("cni-dual", &["h1", "h2"]);
+    lab.start_all();
+    let (worker, _) = lab.init("h1", &[]);
+    lab.join("h2", &worker, "h1");
+    lab.weft(
+        "h1",
+        &[
+            "network",
+            "create",
+            "--attachable",
+            "--ipv6",
+            "--subnet",
+            "10.76.0.0/24",
+            "--subnet",
+            "fd00:76::/64",
+            "dual",
+        ],
+    );
+    let peer_pin = sleeper(&lab, "h2", "peer", "dual");
+    let c1 = Ctr::new(&lab, "c1");
+    let add = call(&lab, "h1", "ADD", "c1id", c1.path(), "eth0", "dual");
+    assert!(add.ok, "ADD failed: {}", add.out);
+    let r = &add.out;
+    let six: Vec<(String, u64)> = (r["ips"].as_array().expect("ips").iter())
+        .filter_map(|i| Some((i["address"].as_str()?.to_owned(), i["interface"].as_u64()?)))
+        .filter(|(a, _)| a.contains(':'))
+        .collect();
+    assert_eq!(six.len(), 2, "one IPv6 address on eth0 and one on gw0: {r}");
+    assert!(
+        six[0].0.starts_with("fd00:76::") && six[0].0.ends_with("/64"),
+        "{r}"
+    );
+    assert!(six[1].0.starts_with("fd77:6566:7400::"), "{r}");
+    let routes = r["routes"].to_string();
+    assert!(routes.contains("\"::/0\""), "{r}");
+    // What the namespace holds.
+    for (dev, (addr, _)) in ["eth0", "gw0"].into_iter().zip(&six) {
+        let held = nsenter_stdout(&c1.0, &["ip", "-o", "-6", "addr", "show", "dev", dev]);
+        assert!(held.contains(addr.as_str()), "{dev}: {held}");
+    }
+    let route6 = nsenter_stdout(&c1.0, &["ip", "-6", "route", "show", "default"]);
+    assert!(route6.contains("fd77:6566:7400::ac12:1"), "{route6}");
+    // Across hosts over IPv6.
+    let peer6 = nsenter_stdout(
+        &peer_pin,
+        &[
+            "ip", "-o", "-6", "addr", "show", "dev", "eth0", "scope", "global",
+        ],
+    );
+    let peer6 = peer6
+        .split_whitespace()
+        .skip_while(|w| *w != "inet6")
+        .nth(1)
+        .and_then(|a| a.split('/').next())
+        .expect("the peer's IPv6 address")
+        .to_owned();
+    let ping6 = |from: &Path, to: &str| {
+        nsenter(from, &["busybox", "ping", "-6", "-c", "1", "-W", "1", to])
+            .status
+            .success()
+    };
+    wait_for("the container reaching the peer over IPv6", T, || {
+        ping6(&c1.0, &peer6)
+    });
+    let mine = six[0].0.split('/').next().unwrap().to_owned();
+    wait_for("the peer reaching the container over IPv6", T, || {
+        ping6(&peer_pin, &mine)
+    });
+    let del = call(&lab, "h1", "DEL", "c1id", c1.path(), "eth0", "dual");
+    assert!(del.ok, "{}", del.out);
+}
+
 #[test]
 fn a_cni_container_keeps_its_network_across_a_daemon_restart_and_del_still_cleans_up() {
     let mut lab = Lab::new("cni-restart", &["h1", "h2"]);

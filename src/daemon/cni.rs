@@ -77,6 +77,7 @@ impl NodeService {
                     .map_or_else(|| at.ifname.clone(), |e| e.ifname.clone()),
                 mac: at.mac.clone(),
                 address: at.ip.clone(),
+                address6: at.ip6.clone(),
             });
         }
         if !t.gateway_ip.is_empty() {
@@ -88,10 +89,28 @@ impl NodeService {
                 let prefix = c.gateway_subnet.split('/').nth(1).unwrap_or("16");
                 format!("{}/{prefix}", t.gateway_ip)
             };
+            // A task with an IPv6 address gets one on the gateway bridge
+            // too, and an IPv6 default route (as the data plane wires it).
+            let has6 = t
+                .attachments
+                .iter()
+                .any(|a| !a.ip6.is_empty() || a.ip.contains(':'));
+            let six = |a: &str| {
+                let net: ipnetwork::IpNetwork = a.parse().ok()?;
+                weft_overlay::GatewayBridge::ipv6_of(net)
+            };
+            let address6 = has6.then(|| six(&address)).flatten();
+            if address6.is_some()
+                && let Some(gw) = gw
+            {
+                let bridge = format!("{gw}/{}", address.split('/').nth(1).unwrap_or("16"));
+                result.gateway6 = six(&bridge).map(|g| g.ip().to_string()).unwrap_or_default();
+            }
             interfaces.push(pb::CniInterface {
                 name: weft_overlay::model::names::TASK_GW_IF.to_owned(),
                 mac: t.gateway_mac.clone(),
                 address,
+                address6: address6.map(|a| a.to_string()).unwrap_or_default(),
             });
         }
         result.interfaces = interfaces;
