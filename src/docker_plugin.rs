@@ -44,7 +44,12 @@ pub struct PoolRequest {
     pub network: Option<String>,
     /// The subnet asked for (`--subnet`), if any.
     pub pool: Option<String>,
+    /// The IPv6 pool (`docker network create --ipv6`).
+    pub v6: bool,
 }
+
+/// The suffix of an IPv6 pool's ID: the weft network's ID followed by it.
+pub const POOL6_SUFFIX: &str = "/v6";
 
 /// `IpamDriver.RequestAddress`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,8 +71,8 @@ pub struct NetworkRequest {
     pub network: Option<String>,
     /// The pools' address space and subnet (`IPv4Data`).
     pub pools: Vec<(String, String)>,
-    /// Whether IPv6 pools came too.
-    pub v6: bool,
+    /// The IPv6 pools' (`IPv6Data`, `--ipv6`).
+    pub pools6: Vec<(String, String)>,
 }
 
 /// `NetworkDriver.CreateEndpoint`.
@@ -79,6 +84,8 @@ pub struct EndpointRequest {
     pub endpoint_id: String,
     /// The address weft's IPAM gave (`a.b.c.d/len`).
     pub address: String,
+    /// The IPv6 address weft's IPAM gave (`--ipv6` networks), if any.
+    pub address6: Option<String>,
     /// `docker run -p`: (protocol, port on the node, port in the container).
     pub ports: Vec<(&'static str, u16, u16)>,
 }
@@ -353,11 +360,6 @@ pub fn parse(path: &str, body: &[u8]) -> Result<Parsed, String> {
         | "NetworkDriver.RevokeExternalConnectivity" => return Ok(Parsed::Fixed(json!({}))),
         "IpamDriver.RequestPool" => {
             let r: RawPool = json(body)?;
-            if r.v6 {
-                return Err(
-                    "weft's Docker networks are IPv4 only: create it without --ipv6".into(),
-                );
-            }
             if !r.sub_pool.is_empty() {
                 return Err(
                     "--ip-range is not taken: weft's network has its own range (weft network create --ip-range)"
@@ -367,6 +369,7 @@ pub fn parse(path: &str, body: &[u8]) -> Result<Parsed, String> {
             Call::RequestPool(PoolRequest {
                 network: option(&r.options, NETWORK_OPTION)?,
                 pool: nonempty(r.pool),
+                v6: r.v6,
             })
         }
         "IpamDriver.ReleasePool" => Call::ReleasePool(json::<RawPoolId>(body)?.pool_id),
@@ -398,7 +401,12 @@ pub fn parse(path: &str, body: &[u8]) -> Result<Parsed, String> {
                     .into_iter()
                     .map(|d| (d.address_space, d.pool))
                     .collect(),
-                v6: r.v6.is_some_and(|v| !v.is_empty()),
+                pools6: r
+                    .v6
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|d| (d.address_space, d.pool))
+                    .collect(),
             })
         }
         "NetworkDriver.DeleteNetwork" => {
@@ -407,9 +415,6 @@ pub fn parse(path: &str, body: &[u8]) -> Result<Parsed, String> {
         "NetworkDriver.CreateEndpoint" => {
             let r: RawEndpoint = json(body)?;
             let i = r.interface.unwrap_or_default();
-            if !i.address_v6.is_empty() {
-                return Err("weft's Docker networks are IPv4 only".into());
-            }
             if !i.mac_address.is_empty() {
                 return Err("--mac-address is not taken: weft sets the endpoint's MAC".into());
             }
@@ -423,6 +428,7 @@ pub fn parse(path: &str, body: &[u8]) -> Result<Parsed, String> {
                 network_id: id("network ID", r.network_id)?,
                 endpoint_id: id("endpoint ID", r.endpoint_id)?,
                 address: i.address,
+                address6: nonempty(i.address_v6),
                 ports: portmap(&r.options)?,
             })
         }
@@ -602,7 +608,20 @@ mod tests {
             ),
             Ok(Call::RequestPool(PoolRequest {
                 network: Some("appnet".into()),
-                pool: None
+                pool: None,
+                v6: false
+            }))
+        );
+        assert_eq!(
+            call(
+                "/IpamDriver.RequestPool",
+                json!({"AddressSpace": "weft", "Pool": "", "SubPool": "",
+                       "Options": {"weft.network": "appnet"}, "V6": true})
+            ),
+            Ok(Call::RequestPool(PoolRequest {
+                network: Some("appnet".into()),
+                pool: None,
+                v6: true
             }))
         );
         assert_eq!(
@@ -634,13 +653,14 @@ mod tests {
                 json!({"NetworkID": ID, "Options": {"com.docker.network.generic":
                        {"weft.network": "appnet"}, "com.docker.network.enable_ipv6": false},
                        "IPv4Data": [{"AddressSpace": "weft", "Pool": "10.0.0.0/24",
-                                     "Gateway": "10.0.0.1/24"}], "IPv6Data": []})
+                                     "Gateway": "10.0.0.1/24"}],
+                       "IPv6Data": [{"AddressSpace": "weft", "Pool": "fd00:1::/64"}]})
             ),
             Ok(Call::CreateNetwork(NetworkRequest {
                 network_id: ID.into(),
                 network: Some("appnet".into()),
                 pools: vec![("weft".into(), "10.0.0.0/24".into())],
-                v6: false
+                pools6: vec![("weft".into(), "fd00:1::/64".into())],
             }))
         );
         assert_eq!(
@@ -658,7 +678,8 @@ mod tests {
         assert_eq!(
             call(
                 "/NetworkDriver.CreateEndpoint",
-                json!({"NetworkID": ID, "EndpointID": ID, "Interface": {"Address": "10.0.0.2/24"},
+                json!({"NetworkID": ID, "EndpointID": ID,
+                       "Interface": {"Address": "10.0.0.2/24", "AddressIPv6": "fd00:1::2/64"},
                        "Options": {"com.docker.network.portmap": [
                            {"Proto": 6, "IP": "", "Port": 80, "HostIP": "", "HostPort": 8080, "HostPortEnd": 8080},
                            {"Proto": 17, "IP": "", "Port": 53, "HostIP": "0.0.0.0", "HostPort": 5353, "HostPortEnd": 0}]}})
@@ -667,6 +688,7 @@ mod tests {
                 network_id: ID.into(),
                 endpoint_id: ID.into(),
                 address: "10.0.0.2/24".into(),
+                address6: Some("fd00:1::2/64".into()),
                 ports: vec![("tcp", 8080, 80), ("udp", 5353, 53)],
             }))
         );
@@ -683,7 +705,6 @@ mod tests {
     fn bad_calls_are_refused_with_a_reason() {
         let cases = [
             ("/Nope.Call", json!({})),
-            ("/IpamDriver.RequestPool", json!({"V6": true})),
             ("/IpamDriver.RequestPool", json!({"SubPool": "10.0.0.0/25"})),
             (
                 "/IpamDriver.RequestPool",

@@ -637,20 +637,7 @@ fn a_cni_container_on_a_dual_stack_overlay_gets_and_reports_both_families() {
     lab.start_all();
     let (worker, _) = lab.init("h1", &[]);
     lab.join("h2", &worker, "h1");
-    lab.weft(
-        "h1",
-        &[
-            "network",
-            "create",
-            "--attachable",
-            "--ipv6",
-            "--subnet",
-            "10.76.0.0/24",
-            "--subnet",
-            "fd00:76::/64",
-            "dual",
-        ],
-    );
+    lab.dual_stack_network("h1", "10.76.0.0/24", "fd00:76::/64", "dual");
     let peer_pin = sleeper(&lab, "h2", "peer", "dual");
     let c1 = Ctr::new(&lab, "c1");
     let add = call(&lab, "h1", "ADD", "c1id", c1.path(), "eth0", "dual");

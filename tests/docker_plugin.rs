@@ -263,6 +263,78 @@ fn a_weft_task_a_podman_container_and_a_docker_container_share_an_encrypted_netw
     assert_eq!(vx, 0, "no plaintext VXLAN on the underlay");
 }
 
+/// `docker network create --ipv6` on a dual-stack weft network: the
+/// container gets weft's addresses of both families (the ones weft lists
+/// for it), an IPv6 default route through weft's gateway bridge, and
+/// reaches a weft task on another host over IPv6.
+#[test]
+fn a_docker_container_on_a_dual_stack_weft_network_gets_both_families() {
+    let lab = lab("dkr6", &["h1", "h2"]);
+    lab.dual_stack_network("h1", "10.73.0.0/24", "fd00:73::/64", "dual");
+    let (task_pin, _) = weft_task(&lab, "h2", "peer", "dual");
+    let six = |out: &str| {
+        out.split_whitespace()
+            .skip_while(|w| *w != "inet6")
+            .nth(1)
+            .and_then(|a| a.split('/').next())
+            .map(str::to_owned)
+    };
+    let peer6 = six(&common::nsenter_stdout(
+        &task_pin,
+        &[
+            "ip", "-o", "-6", "addr", "show", "dev", "eth0", "scope", "global",
+        ],
+    ))
+    .expect("the weft task's IPv6 address");
+    let d = Dockerd::start(&lab, "h1");
+    d.ok(&[
+        "network",
+        "create",
+        "--ipv6",
+        "-d",
+        "weft",
+        "--ipam-driver",
+        "weft",
+        "--ipam-opt",
+        "weft.network=dual",
+        "dual",
+    ]);
+    d.run_d("c6", &["--network", "dual"], &["sleep", "600"]);
+    let mine = six(&d.exec(
+        "c6",
+        &[
+            "busybox", "ip", "-o", "-6", "addr", "show", "dev", "eth0", "scope", "global",
+        ],
+    ))
+    .expect("an IPv6 address in the container");
+    assert!(mine.starts_with("fd00:73::"), "{mine}");
+    // The one weft lists for the container, and the one Docker shows.
+    let net: serde_json::Value =
+        serde_json::from_str(&lab.weft("h1", &["network", "inspect", "dual"])).expect("json");
+    let listed = net[0]["Containers"].to_string();
+    assert!(listed.contains(&format!("{mine}/64")), "{listed}");
+    let shown = d.ok(&[
+        "inspect",
+        "-f",
+        "{{.NetworkSettings.Networks.dual.GlobalIPv6Address}}",
+        "c6",
+    ]);
+    assert_eq!(shown.trim(), mine);
+    // weft wires gw0 once the container's sandbox is adopted.
+    wait_for("an IPv6 default route through weft's gateway", T, || {
+        d.exec("c6", &["busybox", "ip", "-6", "route", "show", "default"])
+            .contains("fd77:6566:7400::")
+    });
+    let ping6 = |ip: &str| d.exec_ok("c6", &["busybox", "ping", "-6", "-c", "1", "-W", "1", ip]);
+    wait_for("the container reaching the weft task over IPv6", T, || {
+        ping6(&peer6)
+    });
+    d.ok(&["rm", "-f", "c6"]);
+    wait_for("c6's endpoint removed", T, || {
+        docker_endpoints(&lab, "dual") == 0
+    });
+}
+
 /// One raw plugin call on `socket`: (HTTP status, body).
 fn plugin_call(socket: &Path, method: &str, body: &str) -> (u16, String) {
     let mut s = std::os::unix::net::UnixStream::connect(socket).expect("plugin socket");
@@ -308,6 +380,15 @@ fn bad_docker_networks_and_plugin_calls_get_clear_errors_and_change_nothing() {
             "x4",
             &[&weft_ipam[2..], &["--ipam-opt", "weft.network=closed"]].concat()[..],
             "not attachable",
+        ),
+        (
+            "x5",
+            &[
+                &weft_ipam[2..],
+                &["--ipv6", "--ipam-opt", "weft.network=appnet"],
+            ]
+            .concat()[..],
+            "has no IPv6 subnet",
         ),
     ] {
         let mut args = vec!["network", "create"];

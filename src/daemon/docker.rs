@@ -39,8 +39,19 @@ use super::NodeService;
 use super::tasks::remove_through_managers;
 use crate::docker_plugin::{
     ADDRESS_SPACE, AddressRequest, Backend, Call, EndpointRequest, JoinRequest, NETWORK_OPTION,
-    NetworkRequest, PoolRequest,
+    NetworkRequest, POOL6_SUFFIX, PoolRequest,
 };
+
+/// The most endpoints of one network whose IPv6 address may be waited for.
+const MAX_PENDING6: usize = 256;
+
+/// How long an endpoint's IPv6 address waits to be asked for (dockerd
+/// asks right after the IPv4 one).
+const PENDING6_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A task whose IPv6 address dockerd may ask for next: (task, address,
+/// when its IPv4 one was given).
+type Pending6 = (String, String, std::time::Instant);
 
 /// A string map kept as one JSON file, rewritten whole on each change.
 struct JsonMap {
@@ -99,6 +110,13 @@ pub(crate) struct DockerPlugin {
     /// Docker tasks of this node that no endpoint claimed at the last
     /// sweep ([`DockerPlugin::sweep`]).
     unclaimed: Mutex<std::collections::BTreeSet<String>>,
+    /// Per weft network, the tasks an IPv4 RequestAddress made whose IPv6
+    /// address dockerd has not asked for yet, oldest first: dockerd asks
+    /// for an endpoint's IPv4 address, then its IPv6 one, and the IPv6
+    /// request does not say for which endpoint. Entries older than
+    /// [`PENDING6_FOR`] are dropped (the endpoint's Docker network is not
+    /// `--ipv6`). CreateEndpoint checks that the pair it gets is one task's.
+    pending6: Mutex<BTreeMap<String, std::collections::VecDeque<Pending6>>>,
 }
 
 /// A task RequestAddress made.
@@ -106,6 +124,8 @@ pub(crate) struct DockerPlugin {
 struct Made {
     /// `network ID/address`.
     at: String,
+    /// Its IPv6 address on a dual-stack network.
+    ip6: Option<String>,
     mac: String,
     /// What it was asked for with (CreateEndpoint asks again, with ports).
     external: pb::ExternalEndpoint,
@@ -129,6 +149,7 @@ impl DockerPlugin {
             endpoints: JsonMap::load(node.exec_root.join("docker/endpoints.json")),
             made: Mutex::new(BTreeMap::new()),
             unclaimed: Mutex::new(std::collections::BTreeSet::new()),
+            pending6: Mutex::new(BTreeMap::new()),
             node,
         }
     }
@@ -267,6 +288,20 @@ impl DockerPlugin {
             .ok_or_else(|| format!("task {id} is not on this node"))
     }
 
+    /// Task `id`'s IPv6 address: as RequestAddress noted it, else from the
+    /// node's config.
+    async fn made_ip6(&self, id: &str) -> Result<Option<String>, String> {
+        if let Some(m) = self.made.lock().expect("made").get(id) {
+            return Ok(m.ip6.clone());
+        }
+        let config = self.node.pushed_config().await.map_err(msg)?;
+        Ok(config.and_then(|c| {
+            let t = c.tasks.iter().find(|t| t.id == id)?;
+            let a = t.attachments.first()?;
+            Some(addr_part(&a.ip6).to_owned()).filter(|s| !s.is_empty())
+        }))
+    }
+
     async fn request_pool(&self, r: PoolRequest) -> Result<Value, String> {
         let n = match (&r.network, &r.pool) {
             (Some(name), _) => self.network(name).await?,
@@ -279,6 +314,31 @@ impl DockerPlugin {
             }
         };
         Self::usable(&n)?;
+        if r.v6 {
+            if n.subnet6.is_empty() {
+                return Err(format!(
+                    "weft network {} has no IPv6 subnet: create it with `weft network create \
+                     --ipv6`, or the Docker network without --ipv6",
+                    n.name
+                ));
+            }
+            if let Some(pool) = &r.pool
+                && *pool != n.subnet6
+            {
+                return Err(format!(
+                    "--subnet {pool} is not weft network {}'s IPv6 subnet {}",
+                    n.name, n.subnet6
+                ));
+            }
+            let id = format!("{}{POOL6_SUFFIX}", n.id);
+            return Ok(json!({"PoolID": id, "Pool": n.subnet6, "Data": {}}));
+        }
+        if n.subnet.contains(':') {
+            return Err(format!(
+                "weft network {} is IPv6 only; dockerd needs an IPv4 subnet",
+                n.name
+            ));
+        }
         if let Some(pool) = &r.pool
             && *pool != n.subnet
         {
@@ -291,6 +351,9 @@ impl DockerPlugin {
     }
 
     async fn request_address(&self, r: AddressRequest) -> Result<Value, String> {
+        if let Some(id) = r.pool_id.strip_suffix(POOL6_SUFFIX) {
+            return self.request_address6(id, &r).await;
+        }
         let n = self.network(&r.pool_id).await?;
         let prefix = n.subnet.split('/').nth(1).unwrap_or("32").to_owned();
         if r.gateway {
@@ -327,17 +390,31 @@ impl DockerPlugin {
             })
             .await
             .map_err(msg)?;
-        let (ip, mac) = task
+        let (ip, ip6, mac) = task
             .addresses
             .iter()
             .find(|a| a.network == n.id || a.network == n.name)
             .or(task.addresses.first())
-            .map(|a| (addr_part(&a.ip).to_owned(), a.mac.clone()))
+            .map(|a| {
+                let ip6 = Some(addr_part(&a.ip6).to_owned()).filter(|s| !s.is_empty());
+                (addr_part(&a.ip).to_owned(), ip6, a.mac.clone())
+            })
             .ok_or_else(|| format!("task {} got no address on {}", task.id, n.name))?;
+        if let Some(ip6) = &ip6 {
+            let mut p = self.pending6.lock().expect("pending6");
+            let queue = p.entry(n.id.clone()).or_default();
+            queue.push_back((task.id.clone(), ip6.clone(), std::time::Instant::now()));
+            // Asked for only on --ipv6 Docker networks: keep the most
+            // recent ones.
+            while queue.len() > MAX_PENDING6 {
+                queue.pop_front();
+            }
+        }
         self.made.lock().expect("made").insert(
             task.id.clone(),
             Made {
                 at: format!("{}/{ip}", n.id),
+                ip6,
                 mac,
                 external,
             },
@@ -346,9 +423,50 @@ impl DockerPlugin {
         Ok(json!({"Address": format!("{ip}/{prefix}"), "Data": {}}))
     }
 
+    /// An IPv6 address on weft network `id` (a `--ipv6` Docker network's
+    /// second pool): the gateway's, or the one weft gave the endpoint whose
+    /// IPv4 address dockerd asked for last (see [`DockerPlugin::pending6`]).
+    async fn request_address6(&self, id: &str, r: &AddressRequest) -> Result<Value, String> {
+        let n = self.network(id).await?;
+        let prefix = n.subnet6.split('/').nth(1).unwrap_or("64").to_owned();
+        if r.gateway {
+            if let Some(a) = &r.address
+                && addr_part(a) != n.gateway6
+            {
+                return Err(format!(
+                    "--gateway {a} is not weft network {}'s IPv6 gateway {}",
+                    n.name, n.gateway6
+                ));
+            }
+            return Ok(json!({"Address": format!("{}/{prefix}", n.gateway6), "Data": {}}));
+        }
+        if let Some(a) = &r.address {
+            return Err(format!(
+                "--ip6 {a} is not taken: weft gives a container's IPv6 address with its IPv4 one"
+            ));
+        }
+        let next = (self.pending6.lock().expect("pending6"))
+            .get_mut(&n.id)
+            .and_then(|q| {
+                q.retain(|(_, _, at)| at.elapsed() < PENDING6_FOR);
+                q.pop_front()
+            });
+        let (task, ip6, _) = next.ok_or_else(|| {
+            format!(
+                "an IPv6 address on {} asked for before its endpoint's IPv4 one",
+                n.name
+            )
+        })?;
+        tracing::info!(%task, %ip6, network = %n.name, "Docker endpoint IPv6 address");
+        Ok(json!({"Address": format!("{ip6}/{prefix}"), "Data": {}}))
+    }
+
     /// Removes task `id` through the managers; one already gone is fine.
     async fn remove(&self, id: &str) -> Result<(), String> {
         self.made.lock().expect("made").remove(id);
+        for q in self.pending6.lock().expect("pending6").values_mut() {
+            q.retain(|(t, _, _)| t != id);
+        }
         match remove_through_managers(&self.node.active, id).await {
             Err(s) if s.code() != tonic::Code::NotFound => Err(msg(s)),
             _ => Ok(()),
@@ -356,6 +474,11 @@ impl DockerPlugin {
     }
 
     async fn release_address(&self, pool: &str, address: &str) -> Result<Value, String> {
+        // An endpoint's IPv6 address goes with its task, at the release of
+        // its IPv4 one.
+        if pool.ends_with(POOL6_SUFFIX) {
+            return Ok(json!({}));
+        }
         if let Some(task) = self.task_by_ip(pool, addr_part(address)).await? {
             self.unjoin(&task).await?;
             self.remove(&task).await?;
@@ -367,9 +490,6 @@ impl DockerPlugin {
         let usage = format!(
             "docker network create -d weft --ipam-driver weft --ipam-opt {NETWORK_OPTION}=NET NAME"
         );
-        if r.v6 {
-            return Err("weft's Docker networks are IPv4 only: create it without --ipv6".into());
-        }
         let [(space, pool)] = r.pools.as_slice() else {
             return Err(format!("one IPv4 pool expected: {usage}"));
         };
@@ -379,6 +499,17 @@ impl DockerPlugin {
             ));
         }
         let n = self.network_by_subnet(pool).await?;
+        match r.pools6.as_slice() {
+            [] => {}
+            [(space6, pool6)] if space6 == ADDRESS_SPACE && *pool6 == n.subnet6 => {}
+            _ => {
+                return Err(format!(
+                    "the IPv6 addresses must be weft network {}'s (one pool, {}, from weft's \
+                     IPAM): {usage} --ipv6",
+                    n.name, n.subnet6
+                ));
+            }
+        }
         if let Some(name) = &r.network
             && *name != n.name
             && *name != n.id
@@ -411,6 +542,16 @@ impl DockerPlugin {
                     r.address
                 )
             })?;
+        if let Some(a6) = &r.address6 {
+            let ip6 = self.made_ip6(&task).await?;
+            if ip6.as_deref() != Some(addr_part(a6)) {
+                return Err(format!(
+                    "{a6} is not the IPv6 address weft gave the endpoint of {} (two endpoints \
+                     asked for addresses at once: try again)",
+                    r.address
+                ));
+            }
+        }
         if !r.ports.is_empty() {
             self.publish(&network, &task, &r.ports).await?;
         }

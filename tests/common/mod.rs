@@ -544,6 +544,25 @@ impl Lab {
         );
     }
 
+    /// Creates the attachable dual-stack overlay `name` on `subnet` and
+    /// `subnet6` from `host`.
+    pub fn dual_stack_network(&self, host: &str, subnet: &str, subnet6: &str, name: &str) {
+        self.weft(
+            host,
+            &[
+                "network",
+                "create",
+                "--attachable",
+                "--ipv6",
+                "--subnet",
+                subnet,
+                "--subnet",
+                subnet6,
+                name,
+            ],
+        );
+    }
+
     /// Starts `host`'s daemon on the private containerd `ctrd` (its socket,
     /// runc root and cgroup parent).
     pub fn start_on_containerd(&mut self, host: &str, ctrd: &containerd::PrivateContainerd) {

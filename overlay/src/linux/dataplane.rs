@@ -419,6 +419,20 @@ fn enable_ipv6_forwarding() -> LResult<()> {
     Ok(())
 }
 
+/// IPv6 on `link` of the calling thread's namespace, where it was turned
+/// off (`disable_ipv6` 1); nothing to do where IPv6 is off altogether.
+fn enable_ipv6(link: &str) -> LResult<()> {
+    let path = format!("/proc/sys/net/ipv6/conf/{link}/disable_ipv6");
+    if observe::sysctl6(link, "disable_ipv6").as_deref() != Some("1") {
+        return Ok(());
+    }
+    std::fs::write(&path, "0").map_err(|source| LinuxError::Io {
+        op: "turn IPv6 on",
+        path: path.into(),
+        source,
+    })
+}
+
 /// [`Op::RefuseRa`], in the daemon's namespace; nothing to do without IPv6
 /// on `link`.
 fn refuse_ra(link: &str) -> LResult<()> {
@@ -700,7 +714,18 @@ impl Executor<'_> {
             Op::SetMac { ns, link, mac } => self.nl(ns)?.set_mac(link, *mac).await,
             Op::SetMaster { ns, link, master } => self.nl(ns)?.set_master(link, Some(master)).await,
             Op::SetUp { ns, link } => self.nl(ns)?.set_up(link).await,
-            Op::AddAddress { ns, link, addr } => self.nl(ns)?.add_address(link, *addr).await,
+            Op::AddAddress { ns, link, addr } => {
+                if addr.is_ipv6() && matches!(ns, NsRef::Task(_)) && link == names::TASK_GW_IF {
+                    // A runtime's sandbox may have IPv6 off on the links
+                    // weft adds to it (Docker's has): on again for weft's
+                    // gateway link. (The endpoint's own interface is the
+                    // runtime's to turn on: Docker does, for an --ipv6
+                    // network, right before it sets the address.)
+                    let netns = Netns::open(self.dp.pin(ns))?;
+                    netns.run_in(|| enable_ipv6(link))??;
+                }
+                self.nl(ns)?.add_address(link, *addr).await
+            }
             Op::DeleteAddress { ns, link, addr } => self.nl(ns)?.delete_address(link, *addr).await,
             Op::ReplaceDefaultRoute { ns, gateway, dev } => {
                 self.nl(ns)?

@@ -40,7 +40,10 @@ pub(super) fn delete_stale_entries(p: &mut Pass) {
             }
         }
         for (name, wl) in &w.links {
-            if wl.kind == WantKind::Loopback || fresh.contains(&(nref.clone(), name.clone())) {
+            if wl.kind == WantKind::Loopback
+                || wl.runtime_addrs
+                || fresh.contains(&(nref.clone(), name.clone()))
+            {
                 continue;
             }
             let Some(link) = obs.links.get(name) else {

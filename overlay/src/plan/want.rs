@@ -35,6 +35,11 @@ pub(super) struct WantLink {
     pub(super) mac: Option<MacAddr>,
     pub(super) master: Option<&'static str>,
     pub(super) addrs: BTreeSet<IpNetwork>,
+    /// The addresses are the runtime's to set (a handed-over endpoint:
+    /// Docker sets the ones weft's IPAM gave, and turns IPv6 on for them):
+    /// `addrs` are neither added nor the others deleted, which would race
+    /// the runtime while it sets the interface up.
+    pub(super) runtime_addrs: bool,
 }
 
 impl WantLink {
@@ -45,6 +50,7 @@ impl WantLink {
             mac: None,
             master: None,
             addrs: BTreeSet::new(),
+            runtime_addrs: false,
         }
     }
 
@@ -55,6 +61,7 @@ impl WantLink {
             mac: None,
             master: None,
             addrs: BTreeSet::new(),
+            runtime_addrs: false,
         }
     }
 }
@@ -172,6 +179,7 @@ pub(super) fn want(desired: &DesiredNode) -> Want {
             e.mac = Some(ep.mac);
             e.addrs.insert(ep.ip);
             e.addrs.extend(ep.ip6);
+            e.runtime_addrs = task.handover;
             ns.entry(tref.clone())
                 .or_default()
                 .links

@@ -1180,6 +1180,36 @@ fn a_handed_over_endpoint_is_made_once_and_its_sandbox_adopted_without_a_new_pai
             .any(|o| matches!(o, Op::CreateVeth { .. } | Op::DeleteLink { .. })),
         "{ops:#?}"
     );
+    // Once its namespace is observed, the endpoint's addresses are
+    // dockerd's to set (it sets weft's, and racing it would fail its
+    // setup): none added, none of its taken away; gw0's are weft's.
+    for op in &ops {
+        simulate(&mut k, op);
+    }
+    let tref = NsRef::Task(dk.clone());
+    let eth0 = crate::plan::ObservedLink {
+        index: 900,
+        kind: ObservedKind::Veth,
+        mtu: Some(1450),
+        mac: None,
+        up: true,
+        master: None,
+        peer_index: Some(901),
+        vxlan: None,
+        addrs: BTreeSet::from(["192.0.2.9/24".parse().unwrap()]),
+    };
+    k.tasks
+        .get_mut(&dk)
+        .expect("adopted")
+        .links
+        .insert("eth0".into(), eth0);
+    let ops = plan(&k, &d).unwrap();
+    assert!(
+        !ops.iter().any(|o| matches!(o,
+            Op::AddAddress { ns, link, .. } | Op::DeleteAddress { ns, link, .. }
+                if *ns == tref && link == "eth0")),
+        "{ops:#?}"
+    );
 }
 
 // ---------------------------------------------------------------- dual stack
