@@ -288,6 +288,30 @@ fn ipv6_egress_and_published_ports_at_a_nodes_ipv6_address() {
         info.contains("Ingress subnet: 10.255.0.0/16, fd00:ffff::/64"),
         "{info}"
     );
+    // glibc's resolver inside a task (its own /etc/resolv.conf, pointing
+    // at 127.0.0.11): `getent ahosts web` gives both VIPs.
+    let want = vips(&lab, "web");
+    let g = lab.run_task(
+        "w1",
+        &[
+            "--name",
+            "g",
+            "--network",
+            "appnet",
+            "--",
+            "sh",
+            "-c",
+            "getent ahosts web; sleep 3600",
+        ],
+    );
+    wait_for(
+        "getent ahosts web with both VIPs",
+        Duration::from_secs(20),
+        || {
+            let out = lab.logs("w1", &g);
+            want.len() == 2 && want.iter().all(|v| out.contains(v.as_str()))
+        },
+    );
 
     // A task with an IPv6 address reaches m1's IPv6 address, outside the
     // cluster's networks, through its node (NAT66: m1 has no route back to
@@ -300,6 +324,35 @@ fn ipv6_egress_and_published_ports_at_a_nodes_ipv6_address() {
     wait_for("a reaches m1 over IPv6", Duration::from_secs(20), || {
         pings6(&pin_a, &v6(1))
     });
+    // A dual-stack bridge network (local to w2): its task gets an IPv6
+    // address, reaches the bridge's IPv6 gateway and, through NAT66, m1.
+    lab.weft(
+        "w2",
+        &[
+            "network",
+            "create",
+            "--driver",
+            "bridge",
+            "--ipv6",
+            "--subnet",
+            "10.0.46.0/24",
+            "--subnet",
+            "fd00:46::/64",
+            "lb6",
+        ],
+    );
+    let l = lab.run_task(
+        "w2",
+        &["--name", "l", "--network", "lb6", "--", "sleep", "3600"],
+    );
+    let pin_l = lab.task_netns("w2", &l);
+    let held = common::nsenter_stdout(&pin_l, &["ip", "-o", "-6", "addr", "show", "dev", "eth0"]);
+    assert!(held.contains("fd00:46::"), "{held}");
+    wait_for(
+        "l reaches its bridge's IPv6 gateway and m1",
+        Duration::from_secs(20),
+        || pings6(&pin_l, "fd00:46::1") && pings6(&pin_l, &v6(1)),
+    );
     // A task on an IPv4-only network gets no IPv6 default route.
     create_network(&lab, "four", &["10.0.45.0/24"], &[]);
     let b = lab.run_task(
