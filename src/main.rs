@@ -302,3 +302,18 @@ fn init_tracing_as(filter: &str, format: cli::LogFormat) {
         cli::LogFormat::Json => fmt.json().flatten_event(true).with_ansi(false).init(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The managers keep networks off the range the nodes derive their
+    /// gateway bridges' IPv6 addresses from: both must name the same one.
+    #[test]
+    fn managers_and_nodes_agree_on_the_gateway_bridges_ipv6_range() {
+        let managers: ipnetwork::IpNetwork = weft_manager::store::ipam::GATEWAY_BRIDGE6
+            .parse()
+            .expect("valid");
+        let nodes = weft_overlay::GatewayBridge::IPV6_PREFIX;
+        assert_eq!(managers.ip(), std::net::IpAddr::V6(nodes));
+        assert_eq!(managers.prefix(), 48);
+    }
+}

@@ -287,18 +287,20 @@ fn a_docker_container_on_a_dual_stack_weft_network_gets_both_families() {
     ))
     .expect("the weft task's IPv6 address");
     let d = Dockerd::start(&lab, "h1");
-    d.ok(&[
-        "network",
-        "create",
-        "--ipv6",
-        "-d",
-        "weft",
-        "--ipam-driver",
-        "weft",
-        "--ipam-opt",
-        "weft.network=dual",
-        "dual",
-    ]);
+    let create = |name: &str, extra: &[&str]| {
+        let args = Dockerd::weft_network_args(name, "dual", extra);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        d.run(&args)
+    };
+    let made = create("dual", &["--ipv6"]);
+    assert!(made.status.success(), "{made:?}");
+    // The same weft network without --ipv6 on this engine: refused.
+    let out = create("dual4", &[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("with --ipv6"),
+        "{err}"
+    );
     d.run_d("c6", &["--network", "dual"], &["sleep", "600"]);
     let mine = six(&d.exec(
         "c6",

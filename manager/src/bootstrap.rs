@@ -120,6 +120,15 @@ pub fn validate_init(r: &pb::InitRequest) -> Result<InitParams> {
         settings.ingress_subnet = Some(net);
     }
     settings.ingress_subnet6 = v6;
+    if let Some(v6) = v6
+        && let Some(p) = (settings.default_addr_pools6.iter())
+            .find(|p| p.prefix() >= v6.prefix() && v6.contains(p.network()))
+    {
+        return Err(bad(format!(
+            "--default-addr-pool {p} lies inside the ingress subnet {v6}, which is kept free \
+             for published ports; choose another pool or --ingress-subnet"
+        )));
+    }
     // The ingress subnet is kept free, so a pool inside it has nothing to give.
     let ingress = settings.ingress_subnet();
     if let Some(p) = settings

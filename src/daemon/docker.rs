@@ -113,9 +113,10 @@ pub(crate) struct DockerPlugin {
     /// Per weft network, the tasks an IPv4 RequestAddress made whose IPv6
     /// address dockerd has not asked for yet, oldest first: dockerd asks
     /// for an endpoint's IPv4 address, then its IPv6 one, and the IPv6
-    /// request does not say for which endpoint. Entries older than
-    /// [`PENDING6_FOR`] are dropped (the endpoint's Docker network is not
-    /// `--ipv6`). CreateEndpoint checks that the pair it gets is one task's.
+    /// request does not say for which endpoint. Only weft networks that are
+    /// `--ipv6` Docker networks here get entries; entries older than
+    /// [`PENDING6_FOR`] are dropped (dockerd gave up on that endpoint).
+    /// CreateEndpoint checks that the pair it gets is one task's.
     pending6: Mutex<BTreeMap<String, std::collections::VecDeque<Pending6>>>,
 }
 
@@ -133,6 +134,12 @@ struct Made {
 
 fn msg(s: Status) -> String {
     s.message().to_owned()
+}
+
+/// The weft network ID of a Docker network's mapping (`ID`, or `ID/v6`
+/// for an `--ipv6` one).
+fn weft_id(mapped: &str) -> &str {
+    mapped.strip_suffix(POOL6_SUFFIX).unwrap_or(mapped)
 }
 
 /// The address part of `a.b.c.d/len` (or of a bare address).
@@ -288,6 +295,14 @@ impl DockerPlugin {
             .ok_or_else(|| format!("task {id} is not on this node"))
     }
 
+    /// Whether weft network `id` is an `--ipv6` Docker network on this
+    /// engine (`None`: no Docker network maps it).
+    fn ipv6_mapped(&self, id: &str) -> Option<bool> {
+        let m = self.networks.map.lock().expect("map");
+        let mut found = m.values().filter(|w| weft_id(w) == id);
+        found.next().map(|w| w.ends_with(POOL6_SUFFIX))
+    }
+
     /// Task `id`'s IPv6 address: as RequestAddress noted it, else from the
     /// node's config.
     async fn made_ip6(&self, id: &str) -> Result<Option<String>, String> {
@@ -400,12 +415,14 @@ impl DockerPlugin {
                 (addr_part(&a.ip).to_owned(), ip6, a.mac.clone())
             })
             .ok_or_else(|| format!("task {} got no address on {}", task.id, n.name))?;
-        if let Some(ip6) = &ip6 {
+        if let Some(ip6) = ip6
+            .as_ref()
+            .filter(|_| self.ipv6_mapped(&n.id) == Some(true))
+        {
             let mut p = self.pending6.lock().expect("pending6");
             let queue = p.entry(n.id.clone()).or_default();
             queue.push_back((task.id.clone(), ip6.clone(), std::time::Instant::now()));
-            // Asked for only on --ipv6 Docker networks: keep the most
-            // recent ones.
+            // Keep the most recent ones.
             while queue.len() > MAX_PENDING6 {
                 queue.pop_front();
             }
@@ -519,14 +536,41 @@ impl DockerPlugin {
                 n.name
             ));
         }
+        // One weft network is --ipv6 for all of this engine's Docker
+        // networks on it or for none: an endpoint's IPv6 address is paired
+        // with its IPv4 one only on --ipv6 ones (see `pending6`).
+        let v6 = !r.pools6.is_empty();
+        if let Some(other) = self.ipv6_mapped(&n.id)
+            && other != v6
+            && self
+                .networks
+                .get(&r.network_id)
+                .is_none_or(|w| weft_id(&w) != n.id)
+        {
+            let (is, not) = if other { ("", "out") } else { ("out", "") };
+            return Err(format!(
+                "weft network {} is already a Docker network with{is} --ipv6 on this engine: \
+                 create this one with{is} --ipv6 too (not with{not})",
+                n.name
+            ));
+        }
+        let mapped = if v6 {
+            format!("{}{POOL6_SUFFIX}", n.id)
+        } else {
+            n.id.clone()
+        };
         self.networks
-            .change(|m| drop(m.insert(r.network_id.clone(), n.id.clone())))?;
-        tracing::info!(docker = %r.network_id, network = %n.name, "Docker network mapped");
+            .change(|m| drop(m.insert(r.network_id.clone(), mapped)))?;
+        tracing::info!(docker = %r.network_id, network = %n.name, ipv6 = v6, "Docker network mapped");
         Ok(json!({}))
     }
 
     async fn create_endpoint(&self, r: EndpointRequest) -> Result<Value, String> {
-        let network = self.networks.get(&r.network_id).ok_or_else(|| {
+        let network = self
+            .networks
+            .get(&r.network_id)
+            .map(|w| weft_id(&w).to_owned());
+        let network = network.ok_or_else(|| {
             format!(
                 "Docker network {} was not created through weft's plugin on this node",
                 r.network_id

@@ -257,17 +257,30 @@ impl Dockerd {
     /// `docker network create` of the Docker network `name` on weft's
     /// network `net` (both of weft's drivers).
     pub fn weft_network(&self, name: &str, net: &str) {
-        self.ok(&[
-            "network",
-            "create",
-            "-d",
-            "weft",
-            "--ipam-driver",
-            "weft",
-            "--ipam-opt",
-            &format!("weft.network={net}"),
-            name,
-        ]);
+        let args = Self::weft_network_args(name, net, &[]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.ok(&args);
+    }
+
+    /// `network create` of Docker network `name` for weft network `net`
+    /// through weft's plugin, with `extra` flags (`--ipv6`).
+    pub fn weft_network_args(name: &str, net: &str, extra: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = ["network", "create"].map(String::from).to_vec();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let ipam = format!("weft.network={net}");
+        args.extend(
+            [
+                "-d",
+                "weft",
+                "--ipam-driver",
+                "weft",
+                "--ipam-opt",
+                &ipam,
+                name,
+            ]
+            .map(String::from),
+        );
+        args
     }
 
     /// Whether `cmd` in container `name` succeeds.

@@ -114,8 +114,12 @@ impl State {
             .flat_map(v6_of)
             .collect();
         taken.extend(reserved);
+        taken.push(ipam::GATEWAY_BRIDGE6.parse().expect("valid literal"));
         let subnet = match spec.subnet6 {
             Some(s) => {
+                if let Some(why) = ipam::unusable6(&s) {
+                    return bad(why);
+                }
                 if s.prefix() > ipam::MAX_PREFIX6 {
                     return bad(format!(
                         "IPv6 subnet {s} is too small: use a /{} or larger (a /64 is usual)",

@@ -107,6 +107,33 @@ pub fn fnv1a(bytes: impl IntoIterator<Item = u8>) -> u64 {
     })
 }
 
+/// The unique local /48 every node's gateway bridge takes its IPv6
+/// addresses from (`weft_overlay::GatewayBridge::IPV6_PREFIX`, derived on
+/// the nodes): no network's IPv6 subnet may overlap it.
+pub const GATEWAY_BRIDGE6: &str = "fd77:6566:7400::/48";
+
+/// Why an IPv6 subnet cannot be a network's (link-local, multicast, the
+/// `::/8` block of the unspecified, loopback and mapped addresses, or the
+/// gateway bridges' range); `None` when it can.
+pub fn unusable6(subnet: &IpNetwork) -> Option<String> {
+    let reserved: [(&str, &str); 4] = [
+        ("fe80::/10", "link-local"),
+        ("ff00::/8", "multicast"),
+        (
+            "::/8",
+            "reserved (unspecified, loopback and mapped addresses)",
+        ),
+        (
+            GATEWAY_BRIDGE6,
+            "the nodes' gateway bridges' (egress over IPv6)",
+        ),
+    ];
+    reserved.into_iter().find_map(|(r, what)| {
+        let r: IpNetwork = r.parse().expect("valid literal");
+        overlaps(&r, subnet).then(|| format!("IPv6 subnet {subnet} overlaps {r}, which is {what}"))
+    })
+}
+
 /// A cluster's default IPv6 pool: a unique local /48 (RFC 4193) whose
 /// global ID comes from the cluster ID, so every manager derives the same.
 pub fn ula_pool(cluster_id: &str) -> IpNetwork {

@@ -815,7 +815,10 @@ pub fn check_ingress_subnet6(subnet: &IpNetwork) -> Result<(), String> {
             "ingress subnet {subnet} is out of range: use a /48 to /120 (a /64 is usual)"
         ));
     }
-    Ok(())
+    match ipam::unusable6(subnet) {
+        Some(why) => Err(why),
+        None => Ok(()),
+    }
 }
 
 /// `--ingress-subnet` values (of `init` and `cluster update`), at most one

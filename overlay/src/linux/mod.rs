@@ -24,6 +24,7 @@ pub mod guard;
 pub mod lb;
 pub mod libnft;
 pub mod monitor;
+mod nat;
 pub mod netlink;
 pub mod netns;
 pub mod nft;

@@ -40,17 +40,15 @@ pub(super) fn delete_stale_entries(p: &mut Pass) {
             }
         }
         for (name, wl) in &w.links {
-            if wl.kind == WantKind::Loopback
-                || wl.runtime_addrs
-                || fresh.contains(&(nref.clone(), name.clone()))
-            {
+            if wl.kind == WantKind::Loopback || fresh.contains(&(nref.clone(), name.clone())) {
                 continue;
             }
             let Some(link) = obs.links.get(name) else {
                 continue;
             };
             for a in &link.addrs {
-                if !wl.addrs.contains(a) && !is_link_local(a) {
+                let runtimes = wl.runtime_addrs6 && a.is_ipv6();
+                if !wl.addrs.contains(a) && !is_link_local(a) && !runtimes {
                     ops.push(Op::DeleteAddress {
                         ns: nref.clone(),
                         link: name.clone(),

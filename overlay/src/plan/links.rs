@@ -257,7 +257,11 @@ pub(super) fn set_link_properties(p: &mut Pass) {
                     master: master.to_owned(),
                 });
             }
-            for a in wl.addrs.iter().filter(|_| !wl.runtime_addrs) {
+            for a in wl
+                .addrs
+                .iter()
+                .filter(|a| !(wl.runtime_addrs6 && a.is_ipv6()))
+            {
                 if obs.is_none_or(|o| !o.addrs.contains(a)) {
                     ops.push(Op::AddAddress {
                         ns: nref.clone(),

@@ -262,11 +262,15 @@ pub fn nat_comments(
     bridge: &str,
 ) -> BTreeSet<String> {
     let mut c = BTreeSet::from([
-        format!("weft:masquerade:{subnet}"),
         format!("weft:isolate:{bridge}"),
         format!("weft:hairpin:{bridge}"),
+        format!("weft:inbound-dnat:{bridge}"),
+        format!("weft:inbound:{bridge}"),
     ]);
-    c.extend(subnet6.map(|s| format!("weft:masquerade:{s}")));
+    for s in std::iter::once(subnet).chain(subnet6) {
+        c.insert(format!("weft:masquerade:{s}"));
+        c.insert(format!("weft:spoof:{s}"));
+    }
     c
 }
 

@@ -35,11 +35,12 @@ pub(super) struct WantLink {
     pub(super) mac: Option<MacAddr>,
     pub(super) master: Option<&'static str>,
     pub(super) addrs: BTreeSet<IpNetwork>,
-    /// The addresses are the runtime's to set (a handed-over endpoint:
-    /// Docker sets the ones weft's IPAM gave, and turns IPv6 on for them):
-    /// `addrs` are neither added nor the others deleted, which would race
-    /// the runtime while it sets the interface up.
-    pub(super) runtime_addrs: bool,
+    /// The IPv6 addresses are the runtime's to set (a handed-over
+    /// endpoint: Docker turns IPv6 on for it and sets the address weft's
+    /// IPAM gave): the IPv6 ones of `addrs` are not added and other IPv6
+    /// addresses not deleted, which would race the runtime while it sets
+    /// the interface up.
+    pub(super) runtime_addrs6: bool,
 }
 
 impl WantLink {
@@ -50,7 +51,7 @@ impl WantLink {
             mac: None,
             master: None,
             addrs: BTreeSet::new(),
-            runtime_addrs: false,
+            runtime_addrs6: false,
         }
     }
 
@@ -61,7 +62,7 @@ impl WantLink {
             mac: None,
             master: None,
             addrs: BTreeSet::new(),
-            runtime_addrs: false,
+            runtime_addrs6: false,
         }
     }
 }
@@ -179,7 +180,7 @@ pub(super) fn want(desired: &DesiredNode) -> Want {
             e.mac = Some(ep.mac);
             e.addrs.insert(ep.ip);
             e.addrs.extend(ep.ip6);
-            e.runtime_addrs = task.handover;
+            e.runtime_addrs6 = task.handover;
             ns.entry(tref.clone())
                 .or_default()
                 .links

@@ -296,6 +296,64 @@ async fn ipv6_egress_ports_forwarding_and_router_advertisements() {
     assert_eq!(seen(&b, to_node), ip("fd77:6566:7400::ac12:1"));
     inside.join().unwrap();
 
+    // Nothing else is forwarded into the gateway bridge: the client routes
+    // the bridge's subnets through the node, and a's port is not reached
+    // over either family (it is through the published port).
+    let client_path = client.netns().path().to_owned();
+    for (dest, via) in [
+        ("fd77:6566:7400::/96", NODE6),
+        ("172.18.0.0/16", &node.addr().to_string() as &str),
+    ] {
+        nsenter(&client_path, &["ip", "route", "add", dest, "via", via]);
+    }
+    let _still = serve6(&a, 1);
+    for direct in [ip("fd77:6566:7400::ac12:2"), ip("172.18.0.2")] {
+        let to = SocketAddr::new(direct, TARGET);
+        let reached = client
+            .netns()
+            .run_in(|| TcpStream::connect_timeout(&to, Duration::from_millis(1500)).is_ok())
+            .unwrap();
+        assert!(!reached, "{to} reached directly from outside");
+    }
+    // Nor does a spoofed source leave through the node: b sends from an
+    // address that is not the bridge's, and the client never sees it.
+    nsenter(
+        &dp.task_netns(&TaskId::from("b")),
+        &[
+            "ip",
+            "addr",
+            "add",
+            "2001:db8:99::5/128",
+            "dev",
+            TASK_GW_IF,
+            "nodad",
+        ],
+    );
+    nsenter(
+        &client_path,
+        &[
+            "nft",
+            "add table inet spy; add chain inet spy in { type filter hook input priority 0; }; add rule inet spy in ip6 saddr 2001:db8:99::5 counter",
+        ],
+    );
+    let spoofed = SocketAddrV6::new("2001:db8:99::5".parse().unwrap(), 0, 0, 0);
+    let to = SocketAddr::new(ip(CLIENT6), TARGET);
+    b.run_in(|| {
+        let s = std::net::UdpSocket::bind(spoofed).unwrap();
+        s.send_to(b"spoofed", to).unwrap();
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let spy = crate::common::nft_ruleset(&client_path).to_string();
+    assert!(
+        spy.contains("\"packets\":0"),
+        "a spoofed packet got out: {spy}"
+    );
+    nsenter(
+        &dp.task_netns(&TaskId::from("b")),
+        &["ip", "addr", "del", "2001:db8:99::5/128", "dev", TASK_GW_IF],
+    );
+
     // A router advertisement from a task reaches the node's gateway bridge
     // but gives it no route ...
     let b_path = dp.task_netns(&TaskId::from("b"));

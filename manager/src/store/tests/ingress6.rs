@@ -35,6 +35,10 @@ fn an_ipv6_ingress_subnet_gives_every_node_an_ipv6_endpoint() {
         ("fd00:ffff::1/64", "host bits"),
         ("fd00:ffff::/124", "out of range"),
         ("10.1.0.0/16", "not IPv6"),
+        ("fd77:6566:7400::/64", "gateway bridges"),
+        ("fe80::/64", "link-local"),
+        ("ff02::/64", "multicast"),
+        ("::/64", "reserved"),
     ] {
         let e = s.apply(&set6(bad)).unwrap_err();
         assert!(e.to_string().contains(why), "{bad}: {e}");
@@ -56,6 +60,18 @@ fn an_ipv6_ingress_subnet_gives_every_node_an_ipv6_endpoint() {
         .unwrap_err();
     assert!(e.to_string().contains("ingress IPv6 subnet"), "{e}");
     assert_eq!(s, before);
+    // Nor may a network take the gateway bridges' range or a special one.
+    for (subnet6, why) in [
+        ("fd77:6566:7400:1::/64", "gateway bridges"),
+        ("fe80::/64", "link-local"),
+    ] {
+        dual.subnet6 = Some(subnet6.parse().unwrap());
+        let e = s
+            .apply(&Command::CreateNetwork { spec: dual.clone() })
+            .unwrap_err();
+        assert!(e.to_string().contains(why), "{subnet6}: {e}");
+        assert_eq!(s, before);
+    }
     // The first publish makes it dual stack: both nodes get an endpoint of
     // each family.
     s.apply(&publish("s1")).unwrap();

@@ -463,7 +463,7 @@ fn observed_link(
 }
 
 /// Rule comments of the `weft` tables, `None` if neither exists.
-pub(super) fn nat_of(rs: &nftables::schema::Nftables<'_>) -> Option<BTreeSet<String>> {
+pub(crate) fn nat_of(rs: &nftables::schema::Nftables<'_>) -> Option<BTreeSet<String>> {
     nft::table_comments(rs, NFT_TABLE, |f| {
         matches!(f, NfFamily::INet | NfFamily::Bridge)
     })

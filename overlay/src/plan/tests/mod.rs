@@ -1180,9 +1180,10 @@ fn a_handed_over_endpoint_is_made_once_and_its_sandbox_adopted_without_a_new_pai
             .any(|o| matches!(o, Op::CreateVeth { .. } | Op::DeleteLink { .. })),
         "{ops:#?}"
     );
-    // Once its namespace is observed, the endpoint's addresses are
-    // dockerd's to set (it sets weft's, and racing it would fail its
-    // setup): none added, none of its taken away; gw0's are weft's.
+    // Once its namespace is observed, the endpoint's IPv6 addresses are
+    // dockerd's to set (it turns IPv6 on and sets weft's, and racing it
+    // would fail its setup): none added, none taken away. Its IPv4 ones
+    // stay weft's to keep.
     for op in &ops {
         simulate(&mut k, op);
     }
@@ -1196,8 +1197,11 @@ fn a_handed_over_endpoint_is_made_once_and_its_sandbox_adopted_without_a_new_pai
         master: None,
         peer_index: Some(901),
         vxlan: None,
-        addrs: BTreeSet::from(["192.0.2.9/24".parse().unwrap()]),
+        addrs: BTreeSet::from(["fd00:99::9/64".parse().unwrap()]),
     };
+    d.networks.get_mut(&NetworkId::from("n1")).unwrap().subnet6 =
+        Some(("fd00:9::/64".parse().unwrap(), ip("fd00:9::1")));
+    d.tasks.get_mut(&dk).unwrap().endpoints[0].ip6 = Some("fd00:9::7/64".parse().unwrap());
     k.tasks
         .get_mut(&dk)
         .expect("adopted")
@@ -1206,10 +1210,15 @@ fn a_handed_over_endpoint_is_made_once_and_its_sandbox_adopted_without_a_new_pai
     let ops = plan(&k, &d).unwrap();
     assert!(
         !ops.iter().any(|o| matches!(o,
-            Op::AddAddress { ns, link, .. } | Op::DeleteAddress { ns, link, .. }
-                if *ns == tref && link == "eth0")),
+            Op::AddAddress { ns, link, addr } | Op::DeleteAddress { ns, link, addr }
+                if *ns == tref && link == "eth0" && addr.is_ipv6())),
         "{ops:#?}"
     );
+    assert!(ops.contains(&Op::AddAddress {
+        ns: tref,
+        link: "eth0".into(),
+        addr: "10.0.9.7/24".parse().unwrap()
+    }));
 }
 
 // ---------------------------------------------------------------- dual stack
