@@ -467,6 +467,34 @@ impl Executor<'_> {
         Ok(&self.handles[ns])
     }
 
+    /// [`Op::CreateNetns`]: links made in the new namespace from now on
+    /// ignore router advertisements (a task must not give its neighbours on
+    /// a network, or the network's namespace, a route). Not done: the
+    /// namespace goes again, so the next pass makes it anew.
+    fn create_netns(&self, ns: &NsRef) -> LResult<()> {
+        let pin = self.dp.pin(ns);
+        let made = Netns::create(&pin)?;
+        let refused = made.run_in(|| refuse_ra("default")).and_then(|r| r);
+        if refused.is_err() {
+            drop(made);
+            let _ = Netns::delete(pin);
+        }
+        refused
+    }
+
+    /// [`Op::AddAddress`]. A runtime's sandbox may have IPv6 off on the
+    /// links weft adds to it (Docker's has): on again for weft's gateway
+    /// link before its IPv6 address. (The endpoint's own interface is the
+    /// runtime's to turn on: Docker does, for an --ipv6 network, right
+    /// before it sets the address.)
+    async fn add_address(&mut self, ns: &NsRef, link: &str, addr: IpNetwork) -> LResult<()> {
+        if addr.is_ipv6() && matches!(ns, NsRef::Task(_)) && link == names::TASK_GW_IF {
+            let netns = Netns::open(self.dp.pin(ns))?;
+            netns.run_in(|| enable_ipv6(link))??;
+        }
+        self.nl(ns)?.add_address(link, addr).await
+    }
+
     /// Runs `f` on the WireGuard device; no device is an error (the op
     /// comes after `CreateWg`, which failed).
     fn with_wg(&self, f: impl FnOnce(&mut dyn WgDevice) -> crate::wg::Result<()>) -> LResult<()> {
@@ -482,20 +510,7 @@ impl Executor<'_> {
 
     async fn run(&mut self, op: &Op) -> LResult<()> {
         match op {
-            Op::CreateNetns { ns } => {
-                let pin = self.dp.pin(ns);
-                let made = Netns::create(&pin)?;
-                // Links made in it from now on ignore router
-                // advertisements: a task must not give its neighbours on a
-                // network (or the network's namespace) a route. Not done:
-                // the namespace goes again, so the next pass makes it anew.
-                let refused = made.run_in(|| refuse_ra("default")).and_then(|r| r);
-                if refused.is_err() {
-                    drop(made);
-                    let _ = Netns::delete(pin);
-                }
-                refused
-            }
+            Op::CreateNetns { ns } => self.create_netns(ns),
             Op::AdoptNetns { ns, source } => self.dp.adopt_netns(ns, source),
             Op::DeleteNetns { ns } => {
                 // Our handle and the resolver's sockets would keep the
@@ -572,18 +587,7 @@ impl Executor<'_> {
             Op::SetMac { ns, link, mac } => self.nl(ns)?.set_mac(link, *mac).await,
             Op::SetMaster { ns, link, master } => self.nl(ns)?.set_master(link, Some(master)).await,
             Op::SetUp { ns, link } => self.nl(ns)?.set_up(link).await,
-            Op::AddAddress { ns, link, addr } => {
-                if addr.is_ipv6() && matches!(ns, NsRef::Task(_)) && link == names::TASK_GW_IF {
-                    // A runtime's sandbox may have IPv6 off on the links
-                    // weft adds to it (Docker's has): on again for weft's
-                    // gateway link. (The endpoint's own interface is the
-                    // runtime's to turn on: Docker does, for an --ipv6
-                    // network, right before it sets the address.)
-                    let netns = Netns::open(self.dp.pin(ns))?;
-                    netns.run_in(|| enable_ipv6(link))??;
-                }
-                self.nl(ns)?.add_address(link, *addr).await
-            }
+            Op::AddAddress { ns, link, addr } => self.add_address(ns, link, *addr).await,
             Op::DeleteAddress { ns, link, addr } => self.nl(ns)?.delete_address(link, *addr).await,
             Op::ReplaceDefaultRoute { ns, gateway, dev } => {
                 self.nl(ns)?

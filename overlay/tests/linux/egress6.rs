@@ -227,6 +227,50 @@ fn wait_link_local(path: &Path, dev: &str) {
     panic!("no usable link-local address on {dev}");
 }
 
+/// A router advertisement from task `b` gives no route to the node (its
+/// gateway bridge) nor to task `a` on the same network; with `accept_ra`
+/// turned back on by hand it does (so the advertisement is a real one),
+/// and the next pass turns the bridge's off again.
+async fn router_advertisements_give_no_route(
+    dp: &LinuxDataplane,
+    d: &DesiredNode,
+    node: &Netns,
+    (a, b): (&Netns, &Netns),
+) {
+    let host = node.path().to_owned();
+    // A router advertisement from a task reaches the node's gateway bridge
+    // but gives it no route ...
+    let b_path = dp.task_netns(&TaskId::from("b"));
+    wait_link_local(&b_path, TASK_GW_IF);
+    send_ra(b, TASK_GW_IF);
+    assert!(!learns_route(&host), "{:?}", ra_routes(&host));
+    // ... which it would with accept_ra turned back on by hand (so the
+    // advertisement is a real one); the next pass turns it off again.
+    set_sysctl6(node, GATEWAY_BRIDGE, "accept_ra", "2");
+    send_ra(b, TASK_GW_IF);
+    assert!(learns_route(&host), "the test's advertisement works");
+    assert_eq!(
+        apply(dp, d).await,
+        vec![Op::RefuseRa {
+            link: GATEWAY_BRIDGE.into()
+        }]
+    );
+    assert_eq!(sysctl6(node, GATEWAY_BRIDGE, "accept_ra"), "0");
+
+    // Nor does a task give its neighbour on a network a route: links in
+    // the namespaces weft makes ignore router advertisements.
+    assert_eq!(sysctl6(a, "eth0", "accept_ra"), "0");
+    assert_eq!(sysctl6(a, TASK_GW_IF, "accept_ra"), "0");
+    wait_link_local(&b_path, "eth0");
+    send_ra(b, "eth0");
+    let a_path = dp.task_netns(&TaskId::from("a"));
+    assert!(!learns_route(&a_path), "{:?}", ra_routes(&a_path));
+    // (It reaches a: with the kernel's default it would take the route.)
+    set_sysctl6(a, "eth0", "accept_ra", "1");
+    send_ra(b, "eth0");
+    assert!(learns_route(&a_path), "the advertisement reaches a");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipv6_egress_ports_forwarding_and_router_advertisements() {
     require_root!();
@@ -354,37 +398,7 @@ async fn ipv6_egress_ports_forwarding_and_router_advertisements() {
         &["ip", "addr", "del", "2001:db8:99::5/128", "dev", TASK_GW_IF],
     );
 
-    // A router advertisement from a task reaches the node's gateway bridge
-    // but gives it no route ...
-    let b_path = dp.task_netns(&TaskId::from("b"));
-    wait_link_local(&b_path, TASK_GW_IF);
-    send_ra(&b, TASK_GW_IF);
-    assert!(!learns_route(&host), "{:?}", ra_routes(&host));
-    // ... which it would with accept_ra turned back on by hand (so the
-    // advertisement is a real one); the next pass turns it off again.
-    set_sysctl6(node.netns(), GATEWAY_BRIDGE, "accept_ra", "2");
-    send_ra(&b, TASK_GW_IF);
-    assert!(learns_route(&host), "the test's advertisement works");
-    assert_eq!(
-        apply(&dp, &d).await,
-        vec![Op::RefuseRa {
-            link: GATEWAY_BRIDGE.into()
-        }]
-    );
-    assert_eq!(sysctl6(node.netns(), GATEWAY_BRIDGE, "accept_ra"), "0");
-
-    // Nor does a task give its neighbour on a network a route: links in
-    // the namespaces weft makes ignore router advertisements.
-    assert_eq!(sysctl6(&a, "eth0", "accept_ra"), "0");
-    assert_eq!(sysctl6(&a, TASK_GW_IF, "accept_ra"), "0");
-    wait_link_local(&b_path, "eth0");
-    send_ra(&b, "eth0");
-    let a_path = dp.task_netns(&TaskId::from("a"));
-    assert!(!learns_route(&a_path), "{:?}", ra_routes(&a_path));
-    // (It reaches a: with the kernel's default it would take the route.)
-    set_sysctl6(&a, "eth0", "accept_ra", "1");
-    send_ra(&b, "eth0");
-    assert!(learns_route(&a_path), "the advertisement reaches a");
+    router_advertisements_give_no_route(&dp, &d, node.netns(), (&a, &b)).await;
 
     drop((a, b));
     let report = dp.teardown_all().await.unwrap();

@@ -34,17 +34,9 @@ impl LinuxDataplane {
         let now = Instant::now();
         let host = self.observe_host(&mut cache, now).await?;
         let nft = host.nft.clone().unwrap_or_default();
-        let ipv4_forwarding = self
-            .host
-            .run_in(|| std::fs::read_to_string(IP_FORWARD))?
-            .map(|s| s.trim() == "1")
-            .map_err(|source| LinuxError::Io {
-                op: "read ip_forward",
-                path: IP_FORWARD.into(),
-                source,
-            })?;
+        // The daemon namespace's sysctls, in one visit of it.
         let host_links = host.links.as_ref().map(|l| &l.0.links);
-        let (ipv6_forwarding, ra_refused) = self.host.run_in(|| {
+        let (ipv4_forwarding, ipv6_forwarding, ra_refused) = self.host.run_in(|| {
             let refused = [GATEWAY_BRIDGE, INGRESS_IF]
                 .into_iter()
                 .filter(|name| host_links.is_some_and(|l| l.contains_key(*name)))
@@ -52,10 +44,19 @@ impl LinuxDataplane {
                 .map(str::to_owned)
                 .collect::<BTreeSet<String>>();
             (
+                std::fs::read_to_string(IP_FORWARD),
                 sysctl6("all", "forwarding").as_deref() == Some("1"),
                 refused,
             )
         })?;
+        let ipv4_forwarding =
+            ipv4_forwarding
+                .map(|s| s.trim() == "1")
+                .map_err(|source| LinuxError::Io {
+                    op: "read ip_forward",
+                    path: IP_FORWARD.into(),
+                    source,
+                })?;
         let wg = self.wg_state().map(|st| ObservedWg {
             public_key: st.public_key,
             listen_port: st.listen_port,
