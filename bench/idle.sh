@@ -11,7 +11,9 @@
 # how long the worker's data plane passes take when one more replica comes.
 # Writes bench/results-idle.md (BENCH_OUT; "-" prints instead).
 #
-# Knobs: the WEFT_BENCH_IDLE_* above, BENCH_DOCKER=0 (weft only),
+# Knobs: the WEFT_BENCH_IDLE_* above, WEFT_BENCH_IDLE_LOG (the daemons' log
+# filter; see tests/bench_idle.rs), WEFT_BENCH_KEEP_LOGS=DIR (keeps the
+# worker's log there), BENCH_DOCKER=0 (weft only),
 # BENCH_SKIP_BUILD=1, BENCH_KEEP=1, BENCH_REV.
 set -euo pipefail
 

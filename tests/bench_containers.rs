@@ -1,8 +1,9 @@
 //! Benchmark of services as containers (issue #14): with the image already
 //! on the nodes, `service create` until every replica answers through the
 //! VIP from another host, `service scale` 3 → 6 until the new ones do, and
-//! a worker's daemon killed until the node is down and its replicas run
-//! elsewhere (with the disconnect grace, then without it).
+//! a worker lost until the node is down, its replicas run elsewhere and
+//! their replacements answer through the VIP: its daemon killed (with the
+//! disconnect grace, then without it), then a silent host (its links cut).
 //! The same probes as the process-task benchmark (tests/bench_overlay.rs,
 //! `service_convergence`), on real daemons in namespace hosts, each with its
 //! own containerd and runc. Ignored by default: `bench/containers.sh` runs it
@@ -19,12 +20,13 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use common::bench::{env_num, fmt_s, median, target_row, write_fragment};
+use common::bench::{Failover, Loss, env_num, fmt_s, median, target_row, write_fragment};
 use common::containerd::PrivateContainerd;
-use common::vip_probe::{HTTP_ATTEMPT, PROBE_EVERY, vip_names};
+use common::vip_probe::{HTTP_ATTEMPT, PROBE_EVERY, Want, unknown_seen, vip_names};
 use common::{Lab, wait_for};
 
 const IMAGE: &str = "weft-test/busybox:latest";
@@ -37,14 +39,12 @@ struct Round {
     create_reach: f64,
     scale_returned: f64,
     scale_reach: f64,
-    /// w3's daemon killed (disconnect grace on) → w3 down.
-    grace_down: f64,
-    /// … → its replicas running on the other workers.
-    grace_moved: f64,
-    /// Then w2's daemon killed (grace off: heartbeats) → w2 down.
-    beat_down: f64,
-    /// … → its replicas running on w1.
-    beat_moved: f64,
+    /// w3's daemon killed (disconnect grace on).
+    grace: Failover,
+    /// Then w2's daemon killed (grace off: heartbeats).
+    beat: Failover,
+    /// Then, w3 back, w1's links cut (a silent host: heartbeats).
+    silent: Failover,
 }
 
 /// The cluster's `--disconnect-grace` for the first kill.
@@ -52,12 +52,45 @@ fn grace() -> String {
     std::env::var("WEFT_BENCH_DISCONNECT_GRACE").unwrap_or_else(|_| "500ms".into())
 }
 
-/// Kills `victim`'s daemon and polls the manager until it shows the node
-/// down and `replicas` running replicas of `web` on other nodes; seconds
-/// from the kill to each.
-fn failover(lab: &mut Lab, victim: &str, replicas: usize) -> (f64, f64) {
+/// Where the client probes the service from, and the replica names it has
+/// seen answer so far.
+struct Client {
+    pin: std::path::PathBuf,
+    vip: Ipv4Addr,
+    known: BTreeSet<String>,
+}
+
+/// Loses `victim` (`how`) and polls the manager until it shows the node
+/// down and `replicas` running replicas of `web` on other nodes, while the
+/// client probes the VIP until as many new replicas as `victim` held have
+/// answered; seconds from the loss to each.
+fn failover(
+    lab: &mut Lab,
+    victim: &str,
+    how: Loss,
+    replicas: usize,
+    client: &mut Client,
+) -> Failover {
+    let lost = lab
+        .running_on("m1", "web")
+        .iter()
+        .filter(|n| *n == victim)
+        .count();
     let t = Instant::now();
-    lab.kill9(victim);
+    let prober = vip_names(
+        &client.pin,
+        client.vip,
+        t,
+        Want::New {
+            known: client.known.clone(),
+            count: lost,
+        },
+        Duration::from_secs(60),
+    );
+    match how {
+        Loss::Killed => lab.kill9(victim),
+        Loss::Silent => common::cut_links(&lab.host_netns(victim)),
+    }
     let (mut down, mut moved) = (None, None);
     while down.is_none() || moved.is_none() {
         assert!(
@@ -85,7 +118,18 @@ fn failover(lab: &mut Lab, victim: &str, replicas: usize) -> (f64, f64) {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    (down.unwrap_or(f64::NAN), moved.unwrap_or(f64::NAN))
+    let seen = prober.join().expect("poller");
+    let answer = unknown_seen(&seen, &client.known);
+    assert!(
+        seen.keys().filter(|n| !client.known.contains(*n)).count() >= lost,
+        "{victim}: {lost} new replicas did not all answer within 60 s: {seen:?}"
+    );
+    client.known.extend(seen.into_keys());
+    Failover {
+        down: down.unwrap_or(f64::NAN),
+        moved: moved.unwrap_or(f64::NAN),
+        answer,
+    }
 }
 
 /// A fresh cluster of four hosts, each on its own containerd, the image
@@ -93,7 +137,7 @@ fn failover(lab: &mut Lab, victim: &str, replicas: usize) -> (f64, f64) {
 /// daemons go first, then their containerds.
 struct Rig {
     lab: Lab,
-    _ctrd: Vec<PrivateContainerd>,
+    ctrd: Vec<PrivateContainerd>,
 }
 
 fn rig(r: u64) -> Rig {
@@ -125,7 +169,7 @@ fn rig(r: u64) -> Rig {
     for h in HOSTS {
         lab.weft(h, &["image", "load", "-i", images.docker.to_str().unwrap()]);
     }
-    Rig { lab, _ctrd: ctrd }
+    Rig { lab, ctrd }
 }
 
 fn round(r: u64) -> Round {
@@ -215,19 +259,27 @@ fn round(r: u64) -> Round {
     }
     // A worker's daemon dies (its containers keep running under its
     // containerd, as after a crash of weft alone): first with the
-    // disconnect grace, then, with it off, another one.
+    // disconnect grace, then, with it off, another one. Then, with w3
+    // back, w1 falls silent (its links cut).
+    let mut client = Client {
+        pin: client,
+        vip,
+        known: seen6.into_keys().collect(),
+    };
     let lab = &mut rig.lab;
-    (out.grace_down, out.grace_moved) = failover(lab, "w3", 6);
-    eprintln!(
-        "round {r}: w3 killed (grace) → down {:.3} s, moved {:.3} s",
-        out.grace_down, out.grace_moved
-    );
+    out.grace = failover(lab, "w3", Loss::Killed, 6, &mut client);
+    eprintln!("round {r}: w3 killed (grace) → {}", out.grace);
     lab.weft("m1", &["cluster", "update", "--disconnect-grace", "0s"]);
-    (out.beat_down, out.beat_moved) = failover(lab, "w2", 6);
-    eprintln!(
-        "round {r}: w2 killed (heartbeats) → down {:.3} s, moved {:.3} s",
-        out.beat_down, out.beat_moved
-    );
+    out.beat = failover(lab, "w2", Loss::Killed, 6, &mut client);
+    eprintln!("round {r}: w2 killed (heartbeats) → {}", out.beat);
+    lab.start_on_containerd("w3", &rig.ctrd[3]);
+    wait_for("w3 Ready again", Duration::from_secs(30), || {
+        lab.node_ls("m1")
+            .iter()
+            .any(|n| n.hostname == "w3" && n.status == "Ready")
+    });
+    out.silent = failover(lab, "w1", Loss::Silent, 6, &mut client);
+    eprintln!("round {r}: w1 cut off → {}", out.silent);
     out
 }
 
@@ -277,34 +329,36 @@ fn service_convergence_containers() {
     let g = grace();
     md.push_str(&format!(
         "\nFailover: SIGKILL to a worker's weft daemon (its containers keep running under its \
-         containerd), then the manager polled every 10 ms (`node ls`, `service ps`); seconds from \
-         the kill. First w3 with `--disconnect-grace {g}`, then, after `cluster update \
-         --disconnect-grace 0s`, w2 (heartbeat 1 s: down after 3 missed).\n\n\
+         containerd), then the manager polled every 10 ms (`node ls`, `service ps`) while the \
+         client probes the VIP as above; seconds from the kill. First w3 with \
+         `--disconnect-grace {g}`, then, after `cluster update --disconnect-grace 0s`, w2 \
+         (heartbeat 1 s: down after 3 missed). Then, w3's daemon restarted and Ready again, a \
+         silent host: w1's links cut (`eth0` down in its namespace; no connection is closed, \
+         so heartbeats find it). \"The new replicas answer\": every replica that replaced one \
+         of the lost node's has answered through the VIP.\n\n\
          | what | median s | every run |\n|---|---:|---|\n"
     ));
-    for (what, f) in [
-        (
-            format!("w3 killed, grace {g} → node down"),
-            (|r: &Round| r.grace_down) as fn(&Round) -> f64,
-        ),
-        (
-            format!("w3 killed, grace {g} → its replicas running elsewhere"),
-            |r: &Round| r.grace_moved,
-        ),
-        (
-            "w2 killed, heartbeats → node down".to_string(),
-            |r: &Round| r.beat_down,
-        ),
-        (
-            "w2 killed, heartbeats → its replicas running elsewhere".to_string(),
-            |r: &Round| r.beat_moved,
-        ),
-    ] {
-        md.push_str(&format!(
-            "| {what} | {} | {} |\n",
-            fmt_s(median(&col(f))),
-            list(f)
-        ));
+    type Pick = fn(&Failover) -> f64;
+    type Phase = fn(&Round) -> Failover;
+    let phases: [(String, Phase); 3] = [
+        (format!("w3 killed, grace {g}"), |r| r.grace),
+        ("w2 killed, heartbeats".to_string(), |r| r.beat),
+        ("w1 cut off (silent), heartbeats".to_string(), |r| r.silent),
+    ];
+    for (who, phase) in &phases {
+        let rows: [(&str, Pick); 3] = [
+            ("→ node down", |f| f.down),
+            ("→ its replicas running elsewhere", |f| f.moved),
+            ("→ the new replicas answer", |f| f.answer),
+        ];
+        for (what, pick) in rows {
+            let v: Vec<f64> = all.iter().map(|r| pick(&phase(r))).collect();
+            let every = v.iter().map(|x| fmt_s(*x)).collect::<Vec<_>>().join(", ");
+            md.push_str(&format!(
+                "| {who} {what} | {} | {every} |\n",
+                fmt_s(median(&v))
+            ));
+        }
     }
     write_fragment("containers-convergence.md", &md);
 }

@@ -168,7 +168,13 @@ type WeftSide = (Vec<f64>, Vec<f64>, Vec<u64>, Vec<u64>);
 
 fn weft_side(tasks: u64, rounds: u64, window: Duration) -> WeftSide {
     let mut lab = Lab::new("bench-idle", &["m", "w"]);
-    lab.set_daemon_env("WEFT_LOG", "info,weft_worker::reconcile=trace");
+    // WEFT_BENCH_IDLE_LOG: the daemons' log filter (the passes are read
+    // from the worker's `converge pass` lines, so keep those), e.g.
+    // `info,weft_worker::reconcile=trace,weft_overlay::linux::dataplane=trace`
+    // to time each data plane op.
+    let filter = std::env::var("WEFT_BENCH_IDLE_LOG")
+        .unwrap_or_else(|_| "info,weft_worker::reconcile=trace".to_string());
+    lab.set_daemon_env("WEFT_LOG", &filter);
     lab.start_all();
     let (wt, _) = lab.init("m", &[]);
     lab.join("w", &wt, "m");

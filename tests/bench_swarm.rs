@@ -3,8 +3,9 @@
 //! probes of `tests/bench_containers.rs`. With the busybox image loaded on
 //! every node, `docker service create` until every replica answers HTTP
 //! from another host, and `docker service scale` 3 → 6 until the new ones
-//! do; then a worker's dockerd killed until the node is down and its
-//! replicas run elsewhere. Ignored by default: `bench/containers.sh` runs it in release mode
+//! do; then a worker's dockerd killed, and another worker's links cut,
+//! until the node is down, its replicas run elsewhere and their
+//! replacements answer. Ignored by default: `bench/containers.sh` runs it in release mode
 //! right after weft's rounds and puts the comparison into
 //! `bench/results-containers.md`.
 //!
@@ -27,11 +28,14 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::bench::{env_num, fmt_s, median, met, out_dir, write_fragment};
+use common::bench::{Failover, Loss, env_num, fmt_s, median, met, out_dir, write_fragment};
 use common::swarm::Swarm;
-use common::vip_probe::{HTTP_ATTEMPT, PROBE_EVERY, all_seen, dnsrr_names, new_seen};
+use common::vip_probe::{
+    HTTP_ATTEMPT, PROBE_EVERY, Want, all_seen, dnsrr_names, new_seen, unknown_seen,
+};
 
 const IMAGE: &str = "weft-test/busybox:latest";
 const HOSTS: [&str; 4] = ["m1", "w1", "w2", "w3"];
@@ -46,23 +50,74 @@ struct Round {
     create_reach: f64,
     scale_returned: f64,
     scale_reach: f64,
-    /// w3's dockerd killed → w3 down.
-    fail_down: f64,
-    /// … → its replicas running on the other workers.
-    fail_moved: f64,
+    /// w3's dockerd killed.
+    killed: Failover,
+    /// Then w2's links cut (a silent host).
+    silent: Failover,
 }
 
-/// Kills `victim`'s dockerd and polls the manager until it shows the node
-/// down and `replicas` running replicas of `web` on other nodes; seconds
-/// from the kill to each. (Every node has the machine's host name here, so
-/// nodes are told apart by ID.)
-fn failover(swarm: &mut Swarm, victim: &str, replicas: usize) -> (f64, f64) {
+/// The IDs and states of `web`'s tasks of desired state running, as
+/// `NODE-ID STATE` lines.
+fn web_tasks(swarm: &Swarm) -> Vec<String> {
+    let ids = swarm.docker(
+        "m1",
+        &[
+            "service",
+            "ps",
+            "-q",
+            "--filter",
+            "desired-state=running",
+            "web",
+        ],
+    );
+    let mut args = vec!["inspect", "--format", "{{.NodeID}} {{.Status.State}}"];
+    args.extend(ids.split_whitespace());
+    if args.len() == 3 {
+        return Vec::new();
+    }
+    swarm
+        .docker("m1", &args)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Loses `victim` (`how`) and polls the manager until it shows the node
+/// down and `replicas` running replicas of `web` on other nodes, while the
+/// client probes the service until as many new replicas as `victim` held
+/// have answered; seconds from the loss to each. (Every node has the
+/// machine's host name here, so nodes are told apart by ID.)
+fn failover(
+    swarm: &mut Swarm,
+    victim: &str,
+    how: Loss,
+    replicas: usize,
+    client: &std::path::Path,
+    known: &mut BTreeSet<String>,
+) -> Failover {
     let id = swarm
         .docker(victim, &["info", "--format", "{{.Swarm.NodeID}}"])
         .trim()
         .to_string();
+    let lost = web_tasks(swarm)
+        .iter()
+        .filter(|l| l.ends_with(" running") && l.starts_with(id.as_str()))
+        .count();
     let t = Instant::now();
-    swarm.kill9(victim);
+    let prober = dnsrr_names(
+        client,
+        "web",
+        t,
+        Want::New {
+            known: known.clone(),
+            count: lost,
+        },
+        Duration::from_secs(120),
+    );
+    match how {
+        Loss::Killed => swarm.kill9(victim),
+        Loss::Silent => common::cut_links(&swarm.host_netns(victim)),
+    }
     let (mut down, mut moved) = (None, None);
     while down.is_none() || moved.is_none() {
         assert!(
@@ -80,35 +135,24 @@ fn failover(swarm: &mut Swarm, victim: &str, replicas: usize) -> (f64, f64) {
             }
         }
         if moved.is_none() {
-            let ids = swarm.docker(
-                "m1",
-                &[
-                    "service",
-                    "ps",
-                    "-q",
-                    "--filter",
-                    "desired-state=running",
-                    "web",
-                ],
-            );
-            let mut args = vec!["inspect", "--format", "{{.NodeID}} {{.Status.State}}"];
-            args.extend(ids.split_whitespace());
-            let elsewhere = if args.len() > 3 {
-                swarm
-                    .docker("m1", &args)
-                    .lines()
-                    .filter(|l| l.ends_with(" running") && !l.starts_with(id.as_str()))
-                    .count()
-            } else {
-                0
-            };
+            let elsewhere = web_tasks(swarm)
+                .iter()
+                .filter(|l| l.ends_with(" running") && !l.starts_with(id.as_str()))
+                .count();
             if elsewhere >= replicas {
                 moved = Some(t.elapsed().as_secs_f64());
             }
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    (down.unwrap_or(f64::NAN), moved.unwrap_or(f64::NAN))
+    let seen = prober.join().expect("poller");
+    let answer = unknown_seen(&seen, known);
+    known.extend(seen.into_keys());
+    Failover {
+        down: down.unwrap_or(f64::NAN),
+        moved: moved.unwrap_or(f64::NAN),
+        answer,
+    }
 }
 
 fn round(prefix: &str, r: u64) -> Round {
@@ -168,11 +212,11 @@ fn round(prefix: &str, r: u64) -> Round {
     let seen6 = reach(t1, 6);
     out.scale_reach = new_seen(&seen6, &seen);
     eprintln!("swarm round {r}: scale → {seen6:?}");
-    (out.fail_down, out.fail_moved) = failover(&mut swarm, "w3", 6);
-    eprintln!(
-        "swarm round {r}: w3 killed → down {:.3} s, moved {:.3} s",
-        out.fail_down, out.fail_moved
-    );
+    let mut known: BTreeSet<String> = seen6.into_keys().collect();
+    out.killed = failover(&mut swarm, "w3", Loss::Killed, 6, &client, &mut known);
+    eprintln!("swarm round {r}: w3 killed → {}", out.killed);
+    out.silent = failover(&mut swarm, "w2", Loss::Silent, 6, &client, &mut known);
+    eprintln!("swarm round {r}: w2 cut off → {}", out.silent);
     out
 }
 
@@ -275,23 +319,75 @@ fn service_convergence_swarm() {
     ));
     // Failover: weft's two kills (with the grace, then heartbeats only)
     // against Swarm's one, Swarm at its defaults.
-    let failover_rows = [
-        ("w3 killed, grace", "→ node down"),
-        ("w3 killed, grace", "→ its replicas running elsewhere"),
-        ("w2 killed, heartbeats", "→ node down"),
-        ("w2 killed, heartbeats", "→ its replicas running elsewhere"),
+    // weft's kills (with the grace, then heartbeats only) against Swarm's
+    // one, and the silent hosts; issue #16's targets on the "answer" rows.
+    type Phase = fn(&Round) -> Failover;
+    type Pick = fn(&Failover) -> f64;
+    let killed: Phase = |r| r.killed;
+    let silent: Phase = |r| r.silent;
+    let (down, moved, answer): (Pick, Pick, Pick) = (|f| f.down, |f| f.moved, |f| f.answer);
+    let failover_rows: [(&str, &str, Phase, Pick, Option<f64>); 9] = [
+        ("w3 killed, grace", "→ node down", killed, down, None),
+        (
+            "w3 killed, grace",
+            "→ its replicas running elsewhere",
+            killed,
+            moved,
+            None,
+        ),
+        (
+            "w3 killed, grace",
+            "→ the new replicas answer",
+            killed,
+            answer,
+            Some(1.5),
+        ),
+        ("w2 killed, heartbeats", "→ node down", killed, down, None),
+        (
+            "w2 killed, heartbeats",
+            "→ its replicas running elsewhere",
+            killed,
+            moved,
+            None,
+        ),
+        (
+            "w2 killed, heartbeats",
+            "→ the new replicas answer",
+            killed,
+            answer,
+            Some(1.5),
+        ),
+        ("cut off (silent)", "→ node down", silent, down, None),
+        (
+            "cut off (silent)",
+            "→ its replicas running elsewhere",
+            silent,
+            moved,
+            None,
+        ),
+        (
+            "cut off (silent)",
+            "→ the new replicas answer",
+            silent,
+            answer,
+            Some(4.0),
+        ),
     ];
     md.push_str(
-        "\nFailover: SIGKILL to a worker's daemon (weft: the weft daemon; Swarm: dockerd; the \
-         containers keep running under its containerd), the manager polled every 10 ms; seconds \
-         from the kill. Swarm at its defaults (dispatcher heartbeat 5 s); weft with a 1 s \
-         heartbeat, first with the disconnect grace of the weft rounds (w3), then without it \
-         (`cluster update --disconnect-grace 0s`, w2). Swarm's figures are of its one kill \
-         (w3), in both pairs of rows.\n\n\
-         | what | weft median s (every run) | Swarm median s (every run) | weft / Swarm |\n\
-         |---|---:|---:|---:|\n",
+        "\nFailover: a worker lost, the manager polled every 10 ms while the client probes the \
+         service as above; seconds from the loss. Killed: SIGKILL to the worker's daemon (weft: \
+         the weft daemon; Swarm: dockerd; the containers keep running under its containerd). \
+         Silent: the worker's links cut (`eth0` down in its namespace; nothing is closed). Swarm \
+         at its defaults (dispatcher heartbeat 5 s): w3 killed, then w2 cut off. weft with a 1 s \
+         heartbeat: w3 killed with the disconnect grace of the weft rounds, w2 killed without it \
+         (`cluster update --disconnect-grace 0s`), then, w3 back, w1 cut off. Swarm's kill \
+         figures are of its one kill (w3), in both kill rows. \"The new replicas answer\": every \
+         replica that replaced one of the lost node's has answered (weft: through the VIP; \
+         Swarm: dnsrr).\n\n\
+         | what | weft median s (every run) | Swarm median s (every run) | weft / Swarm | Swarm ÷ weft | weft against the target (issue #16) |\n\
+         |---|---:|---:|---:|---:|---|\n",
     );
-    for (who, what) in failover_rows {
+    for (who, what, phase, pick, target) in failover_rows {
         // weft's row, e.g. "| w3 killed, grace 500ms → node down | median | runs |".
         let line = weft
             .lines()
@@ -300,19 +396,19 @@ fn service_convergence_swarm() {
         let label = line
             .and_then(|l| l.split('|').nth(1))
             .map_or_else(|| format!("{who} {what}"), |c| c.trim().to_string());
-        let sw = if what.contains("down") {
-            col(|r| r.fail_down)
-        } else {
-            col(|r| r.fail_moved)
-        };
+        let sw: Vec<f64> = all.iter().map(|r| pick(&phase(r))).collect();
         let (wm, sm) = (median(&weft_row), median(&sw));
-        let ratio = if wm.is_finite() {
-            format!("{:.2}", wm / sm)
+        let (ratio, times) = if wm.is_finite() {
+            (format!("{:.2}", wm / sm), format!("{:.1}×", sm / wm))
         } else {
-            "—".into()
+            ("—".into(), "—".into())
+        };
+        let verdict = match target {
+            Some(t) if wm.is_finite() => format!("≤ {t}: {}", met(wm <= t)),
+            _ => String::new(),
         };
         md.push_str(&format!(
-            "| {label} | **{}** ({}) | **{}** ({}) | {ratio} |\n",
+            "| {label} | **{}** ({}) | **{}** ({}) | {ratio} | {times} | {verdict} |\n",
             fmt_s(wm),
             runs(&weft_row),
             fmt_s(sm),

@@ -163,3 +163,32 @@ pub fn iperf3_server(procs: &mut Procs, pin: &Path) {
             .is_empty()
     });
 }
+
+/// Seconds from a node's loss until it shows down, until its replicas run
+/// on other nodes, and until the replicas that replaced them all answer
+/// (the failover rounds of the container benchmarks, weft's and Swarm's).
+#[derive(Default, Clone, Copy)]
+pub struct Failover {
+    pub down: f64,
+    pub moved: f64,
+    pub answer: f64,
+}
+
+impl std::fmt::Display for Failover {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "down {:.3} s, moved {:.3} s, the new replicas answer {:.3} s",
+            self.down, self.moved, self.answer
+        )
+    }
+}
+
+/// How a node is lost.
+#[derive(Clone, Copy)]
+pub enum Loss {
+    /// Its daemon gets SIGKILL (its containers keep running).
+    Killed,
+    /// Its links are cut: nothing reaches it, no connection is closed.
+    Silent,
+}

@@ -775,6 +775,19 @@ pub fn nsenter(pin: &Path, cmd: &[&str]) -> Output {
         .expect("nsenter")
 }
 
+/// Cuts the namespace host `pin` off the lab's underlay (its `eth0` goes
+/// down): the host falls silent, as after a power loss or a pulled cable,
+/// with no connection closed by anyone.
+pub fn cut_links(pin: &Path) {
+    let out = nsenter(pin, &["ip", "link", "set", "eth0", "down"]);
+    assert!(
+        out.status.success(),
+        "ip link set eth0 down in {}: {}",
+        pin.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// Whether one ICMP echo from the namespace `pin` to `ip` is answered
 /// within a second.
 pub fn pings(pin: &Path, ip: &str) -> bool {

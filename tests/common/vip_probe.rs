@@ -50,17 +50,48 @@ async fn http_name(addr: Ipv4Addr) -> std::io::Result<String> {
 }
 
 /// From inside `pin`, opens a new HTTP connection to `vip` every
-/// [`PROBE_EVERY`] (each may take up to [`HTTP_ATTEMPT`]) until `want`
-/// different replica names answered, or `timeout` after `t0`. Returns when
+/// [`PROBE_EVERY`] (each may take up to [`HTTP_ATTEMPT`]) until the replica
+/// names that answered meet `want` (a count of names, or see [`Want`]), or
+/// `timeout` after `t0`. Returns when
 /// each name was first seen, relative to `t0`.
 pub fn vip_names(
     pin: &Path,
     vip: Ipv4Addr,
     t0: Instant,
-    want: usize,
+    want: impl Into<Want>,
     timeout: Duration,
 ) -> JoinHandle<BTreeMap<String, Duration>> {
-    first_seen(pin, t0, want, timeout, move |_, seen| sight(vip, seen))
+    first_seen(pin, t0, want.into(), timeout, move |_, seen| {
+        sight(vip, seen)
+    })
+}
+
+/// When a poller stops: after this many different replica names answered,
+/// or after this many names outside a known set did (the replicas that
+/// replaced those of a lost node, while the lost ones may still answer).
+pub enum Want {
+    Names(usize),
+    New {
+        known: std::collections::BTreeSet<String>,
+        count: usize,
+    },
+}
+
+impl From<usize> for Want {
+    fn from(n: usize) -> Want {
+        Want::Names(n)
+    }
+}
+
+impl Want {
+    fn met(&self, seen: &BTreeMap<String, Duration>) -> bool {
+        match self {
+            Want::Names(n) => seen.len() >= *n,
+            Want::New { known, count } => {
+                seen.keys().filter(|n| !known.contains(*n)).count() >= *count
+            }
+        }
+    }
 }
 
 /// One HTTP attempt at `addr` (up to [`HTTP_ATTEMPT`]); reports the replica
@@ -78,13 +109,13 @@ type Sightings = tokio::sync::mpsc::UnboundedSender<(String, Instant)>;
 
 /// The poller behind [`vip_names`] and [`dnsrr_names`]: from inside `pin`,
 /// starts `probe(n, sightings)` (n = 1, 2, …) every [`PROBE_EVERY`] without
-/// waiting for the earlier ones, until `want` different names were reported
-/// or `timeout` after `t0`; returns when each name was first seen,
-/// relative to `t0`.
+/// waiting for the earlier ones, until the names reported meet `want` or
+/// `timeout` after `t0`; returns when each name was first seen, relative
+/// to `t0`.
 fn first_seen<P, F>(
     pin: &Path,
     t0: Instant,
-    want: usize,
+    want: Want,
     timeout: Duration,
     probe: P,
 ) -> JoinHandle<BTreeMap<String, Duration>>
@@ -115,7 +146,7 @@ where
                     }
                     Some((name, at)) = rx.recv() => {
                         seen.entry(name).or_insert(at.duration_since(t0));
-                        if seen.len() >= want {
+                        if want.met(&seen) {
                             break;
                         }
                     }
@@ -201,19 +232,19 @@ async fn resolve_a(id: u16, name: &str) -> std::io::Result<Vec<Ipv4Addr>> {
 /// Swarm's `--endpoint-mode dnsrr`): every [`PROBE_EVERY`] the probe asks
 /// the embedded resolver for `name` and opens a new HTTP connection to each
 /// address it got (the lookup and each connection may take up to
-/// [`HTTP_ATTEMPT`] apiece), until `want` different replica names answered
-/// or `timeout` after `t0`. Trying every address each time, rather than the
+/// [`HTTP_ATTEMPT`] apiece), until the names that answered meet `want` or
+/// `timeout` after `t0`. Trying every address each time, rather than the
 /// one a client would pick, sees a replica as soon as anything could reach
 /// it: a lower bound for the service it probes.
 pub fn dnsrr_names(
     pin: &Path,
     name: &str,
     t0: Instant,
-    want: usize,
+    want: impl Into<Want>,
     timeout: Duration,
 ) -> JoinHandle<BTreeMap<String, Duration>> {
     let name = std::sync::Arc::<str>::from(name);
-    first_seen(pin, t0, want, timeout, move |id, seen| {
+    first_seen(pin, t0, want.into(), timeout, move |id, seen| {
         let name = name.clone();
         async move {
             let Ok(Ok(addrs)) = tokio::time::timeout(HTTP_ATTEMPT, resolve_a(id, &name)).await
@@ -237,6 +268,18 @@ pub fn all_seen(seen: &BTreeMap<String, Duration>) -> f64 {
 pub fn new_seen(now: &BTreeMap<String, Duration>, before: &BTreeMap<String, Duration>) -> f64 {
     now.iter()
         .filter(|(n, _)| !before.contains_key(*n))
+        .map(|(_, d)| d.as_secs_f64())
+        .fold(f64::NAN, f64::max)
+}
+
+/// Seconds until the last name outside `known` was first seen (NaN if
+/// none): when the replicas that replaced a lost node's all answered.
+pub fn unknown_seen(
+    seen: &BTreeMap<String, Duration>,
+    known: &std::collections::BTreeSet<String>,
+) -> f64 {
+    seen.iter()
+        .filter(|(n, _)| !known.contains(*n))
         .map(|(_, d)| d.as_secs_f64())
         .fold(f64::NAN, f64::max)
 }
