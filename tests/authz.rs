@@ -227,6 +227,21 @@ async fn dispatcher_calls(ch: Channel, node: &str, set: Set) -> Vec<Outcome> {
             stopping: false,
         })
     );
+    // The stream of heartbeats: one beat, and its answer (a beat naming
+    // another node than the certificate's is refused there).
+    let beat = pb::HeartbeatRequest {
+        node_id: node_id.clone(),
+        stopping: false,
+    };
+    let answered = match c.heartbeats(tokio_stream::iter(vec![beat])).await {
+        Ok(r) => match r.into_inner().message().await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(Status::internal("the heartbeat went unanswered")),
+            Err(st) => Err(st),
+        },
+        Err(st) => Err(st),
+    };
+    out.push(("heartbeats", answered));
     call!(
         out,
         c.list_node_networks(pb::ListNetworksRequest::default())

@@ -224,6 +224,7 @@ async fn open_session(
                     node_id: joined.node_id.clone(),
                     accepts_deltas: true,
                     sources_digest: digest.clone(),
+                    accepts_source_parts: true,
                 })
                 .await
                 .map_err(|st| {
@@ -275,84 +276,142 @@ async fn agent(joined: Joined, leader: String, counters: Arc<Counters>) {
     let mut held = pb::NodeConfig::default();
     let (mut client, mut stream) = open_session(&joined, &[leader], &counters, &held).await;
     let mut probe_seen = None;
+    let mut parts = weft_proto::config_delta::SourceParts::default();
     counters.sessions.fetch_add(1, Ordering::Relaxed);
     let mut period = Duration::from_secs(1);
-    let mut beat = tokio::time::interval(period);
+    // Heartbeats on a task of their own, as the agent sends them (a slow
+    // report must not hold them back).
+    let (period_tx, period_rx) = tokio::sync::watch::channel(period);
+    let mut beats = Beats(tokio::spawn(heartbeats(
+        client.clone(),
+        joined.node_id.clone(),
+        period_rx.clone(),
+        counters.clone(),
+    )));
     loop {
-        tokio::select! {
-            msg = stream.message() => {
-                let m = match msg {
-                    Ok(Some(m)) => m,
-                    Ok(None) | Err(_) => {
-                        // The leader is gone (the failover round): the next
-                        // session, on whichever manager leads now, starts
-                        // with a whole config.
-                        counters.lost.fetch_add(1, Ordering::Relaxed);
-                        let managers = counters.managers.lock().expect("managers").clone();
-                        (client, stream) = open_session(&joined, &managers, &counters, &held).await;
-                        counters.sessions.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                };
-                let p = Duration::from_millis(m.heartbeat_period_ms.max(100));
-                if p != period {
-                    period = p;
-                    beat = tokio::time::interval(period);
-                }
-                let config = match (m.config, m.config_delta) {
-                    (Some(c), _) => {
-                        counters.config_bytes.fetch_add(prost::Message::encoded_len(&c) as u64, Ordering::Relaxed);
-                        weft_proto::config_delta::with_kept_sources(c, Some(&held))
-                    }
-                    (None, Some(d)) => {
-                        counters.config_bytes.fetch_add(prost::Message::encoded_len(&d) as u64, Ordering::Relaxed);
-                        counters.deltas.fetch_add(1, Ordering::Relaxed);
-                        match weft_proto::config_delta::apply(&held, &d) {
-                            Ok(c) => c,
-                            Err(_) => {
-                                counters.errors.fetch_add(1, Ordering::Relaxed);
-                                return;
-                            }
-                        }
-                    }
-                    (None, None) => continue,
-                };
-                counters.pushes.fetch_add(1, Ordering::Relaxed);
-                counters.check_probe(&config, &mut probe_seen);
-                let tasks = config
-                    .tasks
-                    .iter()
-                    .map(|t| {
-                        let mut status = pb::TaskStatus::default();
-                        status.set_state(pb::TaskState::Running);
-                        pb::TaskReport {
-                            task_id: t.id.clone(),
-                            status: Some(status),
-                        }
-                    })
-                    .collect();
-                let report = pb::StatusReport {
-                    node_id: joined.node_id.clone(),
-                    applied_version: config.version,
-                    tasks,
-                    ..Default::default()
-                };
-                held = config;
-                match client.report_status(report).await {
-                    Ok(_) => counters.reports.fetch_add(1, Ordering::Relaxed),
-                    Err(_) => counters.errors.fetch_add(1, Ordering::Relaxed),
-                };
+        let msg = stream.message().await;
+        let m = match msg {
+            Ok(Some(m)) => m,
+            Ok(None) | Err(_) => {
+                // The leader is gone (the failover round): the next
+                // session, on whichever manager leads now, starts
+                // with a whole config.
+                counters.lost.fetch_add(1, Ordering::Relaxed);
+                let managers = counters.managers.lock().expect("managers").clone();
+                beats.0.abort();
+                (client, stream) = open_session(&joined, &managers, &counters, &held).await;
+                parts = Default::default();
+                beats = Beats(tokio::spawn(heartbeats(
+                    client.clone(),
+                    joined.node_id.clone(),
+                    period_rx.clone(),
+                    counters.clone(),
+                )));
+                counters.sessions.fetch_add(1, Ordering::Relaxed);
+                continue;
             }
-            _ = beat.tick() => {
-                let req = pb::HeartbeatRequest { node_id: joined.node_id.clone(), stopping: false };
-                // A failed heartbeat is the session's end too (the
-                // stream says so at the same time).
-                if client.heartbeat(req).await.is_ok() {
-                    counters.heartbeats.fetch_add(1, Ordering::Relaxed);
-                }
-            }
+        };
+        // A part of a config's sources carries no header.
+        let p = Duration::from_millis(m.heartbeat_period_ms.max(100));
+        if m.sources_part.is_none() && p != period {
+            period = p;
+            period_tx.send_replace(period);
         }
+        // As the agent: a whole config whose sources come in
+        // parts is applied once the last part came.
+        let config = match (m.config, m.config_delta, m.sources_part) {
+            (Some(c), _, _) => {
+                counters
+                    .config_bytes
+                    .fetch_add(prost::Message::encoded_len(&c) as u64, Ordering::Relaxed);
+                match parts.config(weft_proto::config_delta::with_kept_sources(c, Some(&held))) {
+                    Ok(Some(c)) => c,
+                    Ok(None) => continue,
+                    Err(_) => {
+                        counters.errors.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                }
+            }
+            (None, None, Some(p)) => {
+                counters
+                    .config_bytes
+                    .fetch_add(prost::Message::encoded_len(&p) as u64, Ordering::Relaxed);
+                match parts.part(p) {
+                    Ok(Some(c)) => c,
+                    Ok(None) => continue,
+                    Err(_) => {
+                        counters.errors.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                }
+            }
+            (None, Some(d), _) => {
+                counters
+                    .config_bytes
+                    .fetch_add(prost::Message::encoded_len(&d) as u64, Ordering::Relaxed);
+                counters.deltas.fetch_add(1, Ordering::Relaxed);
+                match weft_proto::config_delta::apply(&held, &d) {
+                    Ok(c) => c,
+                    Err(_) => {
+                        counters.errors.fetch_add(1, Ordering::Relaxed);
+                        return;
+                    }
+                }
+            }
+            (None, None, None) => continue,
+        };
+        counters.pushes.fetch_add(1, Ordering::Relaxed);
+        counters.check_probe(&config, &mut probe_seen);
+        let tasks = config
+            .tasks
+            .iter()
+            .map(|t| {
+                let mut status = pb::TaskStatus::default();
+                status.set_state(pb::TaskState::Running);
+                pb::TaskReport {
+                    task_id: t.id.clone(),
+                    status: Some(status),
+                }
+            })
+            .collect();
+        let report = pb::StatusReport {
+            node_id: joined.node_id.clone(),
+            applied_version: config.version,
+            tasks,
+            ..Default::default()
+        };
+        held = config;
+        match client.report_status(report).await {
+            Ok(_) => counters.reports.fetch_add(1, Ordering::Relaxed),
+            Err(_) => counters.errors.fetch_add(1, Ordering::Relaxed),
+        };
     }
+}
+
+/// A simulated node's heartbeat task, aborted with its agent.
+struct Beats(tokio::task::JoinHandle<()>);
+
+impl Drop for Beats {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A simulated node's heartbeats on one session, as the agent sends them
+/// (`weft_worker::agent::heartbeats`), counted. Ends when they fail (the
+/// session ended too, and the next session starts another) or when the
+/// task is aborted.
+async fn heartbeats(
+    client: DispatcherClient<tonic::transport::Channel>,
+    node_id: String,
+    period: tokio::sync::watch::Receiver<Duration>,
+    counters: Arc<Counters>,
+) {
+    let on_beat = move || {
+        counters.heartbeats.fetch_add(1, Ordering::Relaxed);
+    };
+    weft_worker::agent::heartbeats(client, node_id, period, on_beat).await;
 }
 
 /// The simulated nodes: joined one after the other through `via`, then
@@ -680,6 +739,15 @@ fn failover_row(lab: &mut Lab, counters: &Counters, n: usize, errors: u64) -> St
     for m in &MANAGERS[1..] {
         let metrics = dispatcher_metrics(lab, m);
         eprintln!("{m}: {metrics}");
+        // Which nodes the new leader marked down, and why (the first few).
+        let log = std::fs::read_to_string(lab.host_dir(m).join("daemon.log")).unwrap_or_default();
+        for line in log
+            .lines()
+            .filter(|l| l.contains("node marked down"))
+            .take(5)
+        {
+            eprintln!("{m}: {line}");
+        }
         marked_down += metrics
             .split("; ")
             .filter_map(|l| l.strip_prefix("weft_dispatcher_nodes_marked_down_total "))

@@ -1,6 +1,7 @@
 //! Incremental config push (issue #16), end to end: a worker's session cut
 //! in the middle of a burst of changes (the deltas sent on it lost with
-//! it) ends in the kernel state a whole config makes.
+//! it) ends in the kernel state a whole config makes; whole configs' VXLAN
+//! sources come in parts (a test switch makes them one address each).
 //!
 //! Needs root (Lab::new fails without it).
 
@@ -216,6 +217,9 @@ fn a_delta_lost_with_its_session_ends_in_the_kernel_state_of_a_whole_push() {
         "WEFT_LOG",
         "info,openraft=warn,weft_manager::dispatcher=debug,weft_worker::agent=debug",
     );
+    // Every whole config's VXLAN sources in parts of one address each, as
+    // a cluster of thousands of nodes sends them (a part is under 6 KiB).
+    lab.set_daemon_env("WEFT_TEST_SOURCES_PART_BYTES", "1");
     lab.start_all();
     // Heartbeats every 2 s: the cut (about 3 s) and the restart below
     // leave w1 Ready (down after 3 missed), so no task moves because of them.
@@ -345,6 +349,24 @@ fn a_delta_lost_with_its_session_ends_in_the_kernel_state_of_a_whole_push() {
             .any(|r| r.hostname == "w1" && r.status == "Ready")
     });
     settled(&lab, "w1 applied its whole config");
+    // w1's first session began with a whole config whose sources came in
+    // parts (later sessions said which sources w1 held, and kept them),
+    // and w1's VXLAN guard lets every node's address in.
+    let log = std::fs::read_to_string(lab.host_dir("w1").join("daemon.log")).unwrap_or_default();
+    assert!(
+        log.contains("config's sources complete"),
+        "w1 assembled no config from parts: {}",
+        lab.log_tail("w1")
+    );
+    for h in ["m1", "w1", "w2"] {
+        let addr = format!("\"{}\"", lab.addr(h));
+        assert!(
+            before
+                .iter()
+                .any(|l| l.starts_with("host: nft") && l.contains("\"set\"") && l.contains(&addr)),
+            "{h}'s address {addr} is not in w1's VXLAN guard: {before:#?}"
+        );
+    }
     let after = kernel_state(&lab, "w1");
     let gone: Vec<_> = before.difference(&after).collect();
     let new: Vec<_> = after.difference(&before).collect();

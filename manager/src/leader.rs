@@ -49,26 +49,30 @@ pub async fn liveness_loop(core: Core, mut stop: watch::Receiver<bool>) {
         // of nodes coming up (or going down) costs a few commits, not one
         // each in turn.
         let writes = core.liveness_plan(period, grace).into_iter().map(|cmd| {
-            let down = matches!(
-                cmd,
+            // A node marked down: which, and why (its tasks move).
+            let down = match &cmd {
                 crate::store::Command::SetNodeState {
+                    id,
                     state: crate::store::NodeState::Down,
+                    message,
                     ..
-                }
-            );
+                } => Some((*id, message.clone())),
+                _ => None,
+            };
             let core = &core;
             async move { (down, core.propose(cmd).await) }
         });
         for (down, r) in futures::future::join_all(writes).await {
-            match r {
-                Err(e) => {
+            match (r, down) {
+                (Err(e), _) => {
                     tracing::warn!(error = %e, "could not record node liveness");
                     break;
                 }
-                Ok(_) if down => {
+                (Ok(_), Some((node, reason))) => {
+                    tracing::warn!(%node, %reason, "node marked down");
                     crate::metrics::METRICS.nodes_marked_down.inc();
                 }
-                Ok(_) => {}
+                (Ok(_), None) => {}
             }
         }
     }

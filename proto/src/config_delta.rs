@@ -18,7 +18,7 @@ use std::net::IpAddr;
 
 use crate::v1::{
     NameRecord, NetworkConfig, NetworkDelta, NodeConfig, NodeConfigDelta, ServiceDelta,
-    ServiceEndpoint, WgPeerConfig,
+    ServiceEndpoint, SourcesPart, WgPeerConfig,
 };
 
 /// Why a delta cannot be applied to the config a node holds. Either way
@@ -40,6 +40,116 @@ pub enum DeltaError {
     /// The delta has no head.
     #[error("the delta has no head")]
     NoHead,
+    /// A part of a config's VXLAN sources came with no config waiting for
+    /// it, or a config or delta came while one still was.
+    #[error("the parts of a config's VXLAN sources came out of order")]
+    Parts,
+    /// A config's VXLAN sources in parts grew past [`MAX_SOURCES`]
+    /// addresses or [`MAX_SOURCES_BYTES`].
+    #[error(
+        "a config's VXLAN sources in parts grew past {MAX_SOURCES} addresses or {MAX_SOURCES_BYTES} bytes"
+    )]
+    TooManySources,
+}
+
+/// The most VXLAN sources a node takes in parts (a cluster holds at most
+/// 5,000 nodes; this is a guard against a runaway, not a limit to meet).
+pub const MAX_SOURCES: usize = 1 << 16;
+
+/// The most bytes of VXLAN sources (addresses' text) a node takes in parts
+/// for one config: a session's receive limit (8 MiB).
+pub const MAX_SOURCES_BYTES: usize = crate::SESSION_RECEIVE_LIMIT_BYTES;
+
+/// The encoded size a whole config's VXLAN sources are cut into parts of
+/// ([`split_sources`]): under tonic's first send buffer (8 KiB), so no
+/// session's buffer grows for them.
+pub const SOURCES_PART_BYTES: usize = 6 * 1024;
+
+/// Cuts `whole`'s VXLAN sources into parts of at most `part_bytes`
+/// (encoded, about): `whole` keeps the first one, with `sources_follow`
+/// set when more follow, and the others are returned in order, the last
+/// without `more`. Nothing to cut (or `keep_sources`): none.
+pub fn split_sources(whole: &mut NodeConfig, part_bytes: usize) -> Vec<SourcesPart> {
+    let cost = |a: &String| a.len() + 2;
+    let total: usize = whole.vxlan_allowed_sources.iter().map(cost).sum();
+    if whole.keep_sources || total <= part_bytes {
+        return Vec::new();
+    }
+    let mut parts: Vec<Vec<String>> = vec![Vec::new()];
+    let mut size = 0;
+    for a in std::mem::take(&mut whole.vxlan_allowed_sources) {
+        let last = parts.last_mut().expect("one part at least");
+        if size + cost(&a) > part_bytes && !last.is_empty() {
+            parts.push(Vec::new());
+            size = 0;
+        }
+        size += cost(&a);
+        parts.last_mut().expect("one part at least").push(a);
+    }
+    let mut parts = parts.into_iter();
+    whole.vxlan_allowed_sources = parts.next().unwrap_or_default();
+    let rest: Vec<Vec<String>> = parts.collect();
+    whole.sources_follow = !rest.is_empty();
+    let n = rest.len();
+    rest.into_iter()
+        .enumerate()
+        .map(|(i, sources)| SourcesPart {
+            sources,
+            more: i + 1 < n,
+        })
+        .collect()
+}
+
+/// A node's side of [`split_sources`]: holds a config whose sources are
+/// still coming and gives it back whole once the last part came.
+#[derive(Debug, Default)]
+pub struct SourceParts {
+    pending: Option<NodeConfig>,
+    /// The text of the pending config's sources, in bytes.
+    bytes: usize,
+}
+
+impl SourceParts {
+    /// A whole config (after [`with_kept_sources`]): `Ok(Some)` when it is
+    /// complete, `Ok(None)` when its sources follow.
+    pub fn config(&mut self, mut c: NodeConfig) -> Result<Option<NodeConfig>, DeltaError> {
+        if self.pending.is_some() {
+            return Err(DeltaError::Parts);
+        }
+        if !c.sources_follow {
+            return Ok(Some(c));
+        }
+        c.sources_follow = false;
+        self.bytes = c.vxlan_allowed_sources.iter().map(String::len).sum();
+        self.pending = Some(c);
+        Ok(None)
+    }
+
+    /// A part of the waiting config's sources: `Ok(Some)` with the config
+    /// complete (sources in their canonical order) after the last one.
+    pub fn part(&mut self, part: SourcesPart) -> Result<Option<NodeConfig>, DeltaError> {
+        let c = self.pending.as_mut().ok_or(DeltaError::Parts)?;
+        self.bytes += part.sources.iter().map(String::len).sum::<usize>();
+        if c.vxlan_allowed_sources.len() + part.sources.len() > MAX_SOURCES
+            || self.bytes > MAX_SOURCES_BYTES
+        {
+            self.pending = None;
+            return Err(DeltaError::TooManySources);
+        }
+        c.vxlan_allowed_sources.extend(part.sources);
+        if part.more {
+            return Ok(None);
+        }
+        let mut c = self.pending.take().ok_or(DeltaError::Parts)?;
+        c.vxlan_allowed_sources.sort();
+        c.vxlan_allowed_sources.dedup();
+        Ok(Some(c))
+    }
+
+    /// Whether a config waits for parts (a delta now is out of order).
+    pub fn waiting(&self) -> bool {
+        self.pending.is_some()
+    }
 }
 
 /// Puts every set-like list of `c` in the one order both ends use:

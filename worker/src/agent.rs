@@ -592,6 +592,7 @@ impl Run {
                 node_id: self.node_id.clone(),
                 accepts_deltas: true,
                 sources_digest: held_sources,
+                accepts_source_parts: true,
             })
             .await
         {
@@ -609,12 +610,20 @@ impl Run {
         self.report.mark_changed();
         self.image_tracker.new_session();
         let mut period = Duration::from_millis(self.status.borrow().heartbeat_period_ms.max(100));
-        let mut hb = tokio::time::interval(period);
-        hb.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A whole config whose VXLAN sources come in parts waits here.
+        let mut parts = weft_proto::config_delta::SourceParts::default();
+        let (period_tx, period_rx) = watch::channel(period);
+        let mut beats = Beats(tokio::spawn(heartbeats(
+            client.clone(),
+            self.node_id.clone(),
+            period_rx,
+            || {},
+        )));
         loop {
             let renewal = tokio::time::sleep(self.until_renewal());
             tokio::select! {
                 _ = self.stop.changed() => {
+                    beats.0.abort();
                     // Said before the session ends, so the leader does not
                     // take the end for a crash (the disconnect grace).
                     let req = pb::HeartbeatRequest { node_id: self.node_id.clone(), stopping: true };
@@ -624,13 +633,20 @@ impl Run {
                     return End::Stopped;
                 }
                 msg = stream.message() => match msg {
-                    Ok(Some(m)) => {
+                    Ok(Some(mut m)) => {
+                        // A part of a config's sources carries nothing else.
+                        if let Some(part) = m.sources_part.take() {
+                            if let Some(end) = self.on_sources_part(&mut parts, part) {
+                                return end;
+                            }
+                            continue;
+                        }
                         let new_period = Duration::from_millis(m.heartbeat_period_ms.max(100));
                         if new_period != period {
                             period = new_period;
-                            hb = tokio::time::interval(period);
+                            period_tx.send_replace(period);
                         }
-                        if let Some(end) = self.on_message(&mut client, m).await {
+                        if let Some(end) = self.on_message(&mut client, m, &mut parts).await {
                             return end;
                         }
                     }
@@ -661,14 +677,10 @@ impl Run {
                         Err(e) => self.renewal_failed(&e),
                     }
                 }
-                _ = hb.tick() => {
-                    let req = pb::HeartbeatRequest { node_id: self.node_id.clone(), stopping: false };
-                    match tokio::time::timeout(period * 2, client.heartbeat(req)).await {
-                        Ok(Ok(_)) => {}
-                        Ok(Err(st)) => return self.classify(st),
-                        Err(_) => return End::Failed("heartbeat timed out".into()),
-                    }
-                }
+                r = &mut beats.0 => match r {
+                    Ok(Beat::Refused(st)) => return self.classify(st),
+                    Ok(Beat::TimedOut) | Err(_) => return End::Failed("heartbeat timed out".into()),
+                },
             }
         }
     }
@@ -750,10 +762,33 @@ impl Run {
         });
     }
 
+    /// A part of the VXLAN sources of the config the session sent last:
+    /// the config is applied with the last one.
+    fn on_sources_part(
+        &mut self,
+        parts: &mut weft_proto::config_delta::SourceParts,
+        part: pb::SourcesPart,
+    ) -> Option<End> {
+        match parts.part(part) {
+            Ok(Some(config)) => {
+                tracing::debug!(
+                    version = config.version,
+                    sources = config.vxlan_allowed_sources.len(),
+                    "config's sources complete"
+                );
+                self.config.send_replace(Some(Arc::new(config)));
+                None
+            }
+            Ok(None) => None,
+            Err(e) => Some(End::Resync(e.to_string())),
+        }
+    }
+
     async fn on_message(
         &mut self,
         client: &mut DispatcherClient<tonic::transport::Channel>,
-        m: pb::SessionMessage,
+        mut m: pb::SessionMessage,
+        parts: &mut weft_proto::config_delta::SourceParts,
     ) -> Option<End> {
         for req in &m.log_requests {
             self.publish_logs(client, req);
@@ -768,16 +803,28 @@ impl Run {
             return None;
         }
         let desired = pb::NodeRole::try_from(m.role).ok();
-        if let Some(config) = m.config.clone() {
+        if let Some(config) = m.config.take() {
             tracing::debug!(
                 version = config.version,
                 tasks = config.tasks.len(),
+                sources_follow = config.sources_follow,
                 "config received"
             );
             let held = self.config.borrow().clone();
             let config = weft_proto::config_delta::with_kept_sources(config, held.as_deref());
-            self.config.send_replace(Some(Arc::new(config)));
+            match parts.config(config) {
+                Ok(Some(config)) => {
+                    self.config.send_replace(Some(Arc::new(config)));
+                }
+                Ok(None) => {}
+                Err(e) => return Some(End::Resync(e.to_string())),
+            }
         } else if let Some(delta) = &m.config_delta {
+            if parts.waiting() {
+                return Some(End::Resync(
+                    weft_proto::config_delta::DeltaError::Parts.to_string(),
+                ));
+            }
             let held = self.config.borrow().clone().unwrap_or_default();
             match weft_proto::config_delta::apply(&held, delta) {
                 Ok(config) => {
@@ -918,8 +965,8 @@ impl Run {
             node_id: self.node_id.clone(),
             csr_pem: key.csr_pem()?,
         };
-        // Heartbeats wait while this runs: do not let a stuck leader hold
-        // them for the server's whole deadline.
+        // The session's other work waits while this runs: do not let a
+        // stuck leader hold it for the server's whole deadline.
         let rpc_error = |status| Error::Rpc {
             addr: "dispatcher".into(),
             status,
@@ -981,4 +1028,89 @@ fn revoked(e: &(dyn std::error::Error + 'static)) -> bool {
         cur = e.source();
     }
     false
+}
+
+/// Why a session's heartbeats stopped.
+pub enum Beat {
+    /// The leader refused one (not the leader any more, removed, …).
+    Refused(tonic::Status),
+    /// One went unanswered for two periods.
+    TimedOut,
+}
+
+/// The session's heartbeat task, aborted with the session.
+struct Beats(tokio::task::JoinHandle<Beat>);
+
+impl Drop for Beats {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// A session's heartbeats, every period `period` says (a new period starts
+/// with a heartbeat), on a task of their own: a slow call on the session
+/// (a report a busy leader takes long to answer, a renewal) must not hold
+/// them back, or the leader would take a live node for a dead one. They go
+/// as messages of one `Heartbeats` stream, each answered; a manager
+/// without it gets unary calls. Ends at the first heartbeat refused or
+/// unanswered for two periods. `on_beat` runs for each one answered.
+pub async fn heartbeats(
+    mut client: DispatcherClient<tonic::transport::Channel>,
+    node_id: String,
+    mut period: watch::Receiver<Duration>,
+    on_beat: impl Fn(),
+) -> Beat {
+    let mut every = *period.borrow_and_update();
+    let (beat_tx, beat_rx) = tokio::sync::mpsc::channel::<pb::HeartbeatRequest>(1);
+    let opened = client.heartbeats(tokio_stream::wrappers::ReceiverStream::new(beat_rx));
+    let mut answers = match tokio::time::timeout(every * 2, opened).await {
+        Ok(Ok(r)) => Some(r.into_inner()),
+        Ok(Err(st)) if st.code() == Code::Unimplemented => None,
+        Ok(Err(st)) => return Beat::Refused(st),
+        Err(_) => return Beat::TimedOut,
+    };
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            r = period.changed() => {
+                // The session is over (it aborts this task as it ends).
+                if r.is_err() {
+                    return Beat::TimedOut;
+                }
+                every = *period.borrow_and_update();
+                tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                continue;
+            }
+        }
+        let req = pb::HeartbeatRequest {
+            node_id: node_id.clone(),
+            stopping: false,
+        };
+        let answered = match answers.as_mut() {
+            Some(answers) => {
+                let beat = async {
+                    beat_tx
+                        .send(req)
+                        .await
+                        .map_err(|_| tonic::Status::unavailable("the heartbeat stream closed"))?;
+                    match answers.message().await? {
+                        Some(_) => Ok(()),
+                        None => Err(tonic::Status::unavailable("the heartbeat stream ended")),
+                    }
+                };
+                tokio::time::timeout(every * 2, beat).await
+            }
+            None => tokio::time::timeout(every * 2, client.heartbeat(req))
+                .await
+                .map(|r| r.map(drop)),
+        };
+        match answered {
+            Ok(Ok(())) => on_beat(),
+            Ok(Err(st)) => return Beat::Refused(st),
+            Err(_) => return Beat::TimedOut,
+        }
+    }
 }

@@ -8,9 +8,10 @@
 //! down. The grace runs on while nodes keep arriving: thousands of nodes
 //! reconnecting to a new leader take longer than three periods, and a node
 //! still waiting its turn is not down (marking it so would move its tasks
-//! and change every other node's config). It ends three periods after the
-//! last node heard from for the first time, and never later than
-//! [`MAX_TAKEOVER_PERIODS`] periods after the takeover.
+//! and change every other node's config). Nor is a node back early whose
+//! heartbeats the leader, busy with the herd, answers late. It ends three
+//! periods after the last node heard from for the first time, and never
+//! later than [`MAX_TAKEOVER_PERIODS`] periods after the takeover.
 //!
 //! With a disconnect grace set (`--disconnect-grace`), a node whose session
 //! ended without notice (its daemon's connection closed: the process died)
@@ -130,45 +131,52 @@ impl Liveness {
         let mut out = Vec::new();
         for node in state.nodes.values() {
             let last = self.last_seen.get(&node.id).copied();
-            let silent_for = now.saturating_duration_since(last.unwrap_or(takeover));
+            // Silence counts from the takeover mark at the earliest: while
+            // the herd arrives, a busy new leader may answer a node that
+            // came back early late enough to miss its heartbeats, and that
+            // is no death either.
+            let since = last.map_or(takeover, |t| t.max(takeover));
+            let silent_for = now.saturating_duration_since(since);
             let alive = last.is_some() && silent_for <= deadline;
             let gone = grace.and_then(|g| {
                 let at = self.disconnected_at(node.id)?;
                 let for_ = now.saturating_duration_since(at);
                 (for_ > g).then_some((for_, g))
             });
-            let (want, message) = if let Some((for_, g)) = gone {
-                (
-                    NodeState::Down,
-                    format!(
-                        "its session ended without notice {:.1}s ago and no new one opened \
-                         within the disconnect grace of {}ms",
-                        for_.as_secs_f64(),
-                        g.as_millis()
-                    ),
-                )
+            let want = if gone.is_some() {
+                NodeState::Down
             } else if alive {
-                (NodeState::Ready, String::new())
+                NodeState::Ready
             } else if silent_for > deadline {
-                (
-                    NodeState::Down,
-                    format!(
-                        "no heartbeat for {:.1}s (period {:.1}s)",
-                        silent_for.as_secs_f64(),
-                        period.as_secs_f64()
-                    ),
-                )
+                NodeState::Down
             } else {
                 continue; // within the grace period of a new leader
             };
-            if node.state != want {
-                out.push(Command::SetNodeState {
-                    id: node.id,
-                    state: want,
-                    message,
-                    now_ms,
-                });
+            if node.state == want {
+                continue;
             }
+            // Made only for a change: this runs over every node several
+            // times a second.
+            let message = match (want, gone) {
+                (NodeState::Down, Some((for_, g))) => format!(
+                    "its session ended without notice {:.1}s ago and no new one opened \
+                     within the disconnect grace of {}ms",
+                    for_.as_secs_f64(),
+                    g.as_millis()
+                ),
+                (NodeState::Down, None) => format!(
+                    "no heartbeat for {:.1}s (period {:.1}s)",
+                    silent_for.as_secs_f64(),
+                    period.as_secs_f64()
+                ),
+                _ => String::new(),
+            };
+            out.push(Command::SetNodeState {
+                id: node.id,
+                state: want,
+                message,
+                now_ms,
+            });
         }
         out
     }
@@ -245,6 +253,26 @@ mod tests {
         assert_eq!(downs(&l.plan(&s, P, None, ms(8100), 0)), [3]);
         // A node heard from before, then silent, is not covered.
         assert_eq!(downs(&l.plan(&s, P, None, ms(10_600), 0)), [1, 2, 3]);
+    }
+
+    #[test]
+    fn a_node_back_early_is_not_down_while_the_herd_arrives() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let mut l = Liveness::new(t0);
+        let s = three_ready();
+        // Node 1 is back at 0.5 s and then not heard from (the new leader
+        // is busy with the herd); nodes 2 and 3 arrive until 5 s.
+        l.session_opened(NodeId(1), ms(500));
+        l.session_opened(NodeId(2), ms(3000));
+        l.session_opened(NodeId(3), ms(5000));
+        l.seen(NodeId(2), ms(7000));
+        l.seen(NodeId(3), ms(7000));
+        // Silent for 5 s, but the herd arrived until 5 s: not down yet.
+        assert!(downs(&l.plan(&s, P, None, ms(5500), 0)).is_empty());
+        assert!(downs(&l.plan(&s, P, None, ms(7900), 0)).is_empty());
+        // Three periods after the last arrival, it is.
+        assert_eq!(downs(&l.plan(&s, P, None, ms(8100), 0)), [1]);
     }
 
     #[test]

@@ -143,6 +143,41 @@ impl DispatcherService {
         }
     }
 
+    /// One beat of a node's heartbeat stream (see `heartbeats`): from the
+    /// node the stream is for, still a member, to the leader.
+    fn beat(
+        &self,
+        id: NodeId,
+        name: &str,
+        beat: &pb::HeartbeatRequest,
+    ) -> Result<pb::HeartbeatResponse, Status> {
+        if beat.node_id != name {
+            return Err(Status::permission_denied(format!(
+                "a heartbeat for node {} on node {name}'s heartbeat stream",
+                beat.node_id
+            )));
+        }
+        self.require_leader()?;
+        let period_ms = self.core.read(|s| {
+            if !s.nodes.contains_key(&id) {
+                return Err(Status::permission_denied(format!(
+                    "node {id} was removed from the cluster"
+                )));
+            }
+            s.cluster
+                .as_ref()
+                .map(|c| c.settings.heartbeat_period_ms)
+                .ok_or_else(|| Status::unavailable("the cluster is not initialized"))
+        })?;
+        self.core.seen(id);
+        crate::metrics::METRICS.heartbeats.inc();
+        if beat.stopping {
+            tracing::info!(node = %id, "node's daemon is stopping");
+            self.core.stopping(id);
+        }
+        Ok(pb::HeartbeatResponse { period_ms })
+    }
+
     fn require_leader(&self) -> Result<(), Status> {
         if self.core.is_leader() {
             return Ok(());
@@ -309,6 +344,7 @@ impl DispatcherService {
             probe_requests: Vec::new(),
             removed_node_ids: shared.removed.clone(),
             manager_node_ids: shared.manager_ids.clone(),
+            sources_part: None,
         })
     }
 
@@ -555,10 +591,39 @@ fn expired_session(node: NodeId, at: Option<time::OffsetDateTime>) -> Status {
     ))
 }
 
-/// `msg` carrying `payload`, counted as a push (the metric).
-fn with_payload(mut msg: pb::SessionMessage, payload: Payload) -> pb::SessionMessage {
+/// Environment variable that makes the parts of a whole config's VXLAN
+/// sources smaller ([`weft_proto::config_delta::SOURCES_PART_BYTES`] at
+/// most), for tests only: a lab of a few nodes then gets its sources in
+/// several parts, as a node of a cluster of thousands does.
+pub const TEST_SOURCES_PART_BYTES_ENV: &str = "WEFT_TEST_SOURCES_PART_BYTES";
+
+/// The size whole configs' VXLAN sources are cut into parts of.
+fn sources_part_bytes() -> usize {
+    static BYTES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let most = weft_proto::config_delta::SOURCES_PART_BYTES;
+    *BYTES.get_or_init(|| {
+        std::env::var(TEST_SOURCES_PART_BYTES_ENV)
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .map_or(most, |v| v.clamp(1, most))
+    })
+}
+
+/// `msg` carrying `payload`, counted as a push (the metric). A whole
+/// config's VXLAN sources go in parts to a node that takes them
+/// (`parts`): `msg` with the config and the first part, then a message
+/// per further part, with nothing else in it.
+fn with_payload(
+    mut msg: pb::SessionMessage,
+    payload: Payload,
+    parts: bool,
+) -> Vec<pb::SessionMessage> {
+    let mut rest = Vec::new();
     let kind = match payload {
-        Payload::Whole(c) => {
+        Payload::Whole(mut c) => {
+            if parts {
+                rest = weft_proto::config_delta::split_sources(&mut c, sources_part_bytes());
+            }
             msg.config = Some(*c);
             "whole"
         }
@@ -571,7 +636,13 @@ fn with_payload(mut msg: pb::SessionMessage, payload: Payload) -> pb::SessionMes
         .config_pushes
         .get_or_create(&crate::metrics::PushKind { kind })
         .inc();
-    msg
+    // A part carries nothing else: the header came with the config.
+    let mut out = vec![msg];
+    out.extend(rest.into_iter().map(|part| pb::SessionMessage {
+        sources_part: Some(part),
+        ..Default::default()
+    }));
+    out
 }
 
 /// Whether two session messages agree apart from the config.
@@ -585,11 +656,13 @@ fn same_header(a: &pb::SessionMessage, b: &pb::SessionMessage) -> bool {
 }
 
 type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::SessionMessage, Status>> + Send>>;
+type HeartbeatsStream = Pin<Box<dyn Stream<Item = Result<pb::HeartbeatResponse, Status>> + Send>>;
 type FetchImageStream = Pin<Box<dyn Stream<Item = Result<pb::ImageFetchChunk, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Dispatcher for DispatcherService {
     type SessionStream = SessionStream;
+    type HeartbeatsStream = HeartbeatsStream;
     type FetchImageStream = FetchImageStream;
 
     async fn fetch_image(
@@ -704,6 +777,7 @@ impl Dispatcher for DispatcherService {
         self.await_leader().await?;
         self.core.seen(node.id);
         let deltas = req.get_ref().accepts_deltas;
+        let parts = req.get_ref().accepts_source_parts;
         let held_sources = std::mem::take(&mut req.get_mut().sources_digest);
         let (first, first_payload) =
             self.session_message_with(node.id, None, deltas, &held_sources)?;
@@ -732,12 +806,10 @@ impl Dispatcher for DispatcherService {
             // The header sent last (no config), and the config.
             let mut last = first.clone();
             let mut last_sent = first_sent;
-            if tx
-                .send(Ok(with_payload(first, first_payload)))
-                .await
-                .is_err()
-            {
-                return;
+            for m in with_payload(first, first_payload, parts) {
+                if tx.send(Ok(m)).await.is_err() {
+                    return;
+                }
             }
             // Woken by store changes and by Raft server changes (leader,
             // term, membership) — the latter end the session when this
@@ -780,8 +852,10 @@ impl Dispatcher for DispatcherService {
                         tracing::debug!(node = %node.id, version = sent.config.version, delta = matches!(payload, Payload::Delta(_)), "session push");
                         last = msg.clone();
                         last_sent = sent;
-                        if tx.send(Ok(with_payload(msg, payload))).await.is_err() {
-                            return;
+                        for m in with_payload(msg, payload, parts) {
+                            if tx.send(Ok(m)).await.is_err() {
+                                return;
+                            }
                         }
                     }
                     Ok((msg, None)) if !same_header(&msg, &last) => {
@@ -817,6 +891,54 @@ impl Dispatcher for DispatcherService {
         }
         let period_ms = self.core.cluster()?.settings.heartbeat_period_ms;
         Ok(Response::new(pb::HeartbeatResponse { period_ms }))
+    }
+
+    async fn heartbeats(
+        &self,
+        req: Request<tonic::Streaming<pb::HeartbeatRequest>>,
+    ) -> Result<Response<Self::HeartbeatsStream>, Status> {
+        // The stream is the certificate's node's: checked as a call is,
+        // once; each beat below must name the same node.
+        let claimed = weft_proto::tls::peer_identity(&req)
+            .map(|p| p.node_id)
+            .unwrap_or_default();
+        let node = self.authorize(&req, &claimed)?;
+        self.require_leader()?;
+        // As a session, the stream ends when the certificate it was opened
+        // with expires.
+        let cert_end = weft_proto::tls::peer_identity(&req).map(|p| p.not_after);
+        let cert_left = cert_end
+            .and_then(|t| Duration::try_from(t - time::OffsetDateTime::now_utc()).ok())
+            .unwrap_or(Duration::ZERO);
+        let mut beats = req.into_inner();
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let expired = tokio::time::sleep(cert_left);
+            tokio::pin!(expired);
+            let answer = |beat: Result<Option<pb::HeartbeatRequest>, Status>| {
+                let beat = match beat {
+                    Ok(Some(b)) => b,
+                    Ok(None) | Err(_) => return None,
+                };
+                Some(this.beat(node.id, &claimed, &beat))
+            };
+            loop {
+                let r = tokio::select! {
+                    _ = tx.closed() => return,
+                    () = &mut expired => Some(Err(expired_session(node.id, cert_end))),
+                    b = beats.message() => answer(b),
+                };
+                let Some(r) = r else { return };
+                let end = r.is_err();
+                if tx.send(r).await.is_err() || end {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
     async fn renew_certificate(

@@ -249,6 +249,7 @@ pub fn project_without_sources(
         // image fetches (crate::imagepush).
         image_fetches: Vec::new(),
         keep_sources: false,
+        sources_follow: false,
     };
     // The one order of every set-like list, which config deltas keep.
     weft_proto::config_delta::canonicalize(&mut config);

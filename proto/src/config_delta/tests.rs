@@ -233,3 +233,89 @@ fn kept_sources_are_the_ones_held() {
             .is_empty()
     );
 }
+
+#[test]
+fn sources_in_parts_make_the_config_again() {
+    let sources: Vec<String> = (0..5000)
+        .map(|i| format!("198.18.{}.{}", i / 250, i % 250))
+        .collect();
+    let mut whole = NodeConfig {
+        version: 7,
+        vtep: "198.18.0.1".into(),
+        vxlan_allowed_sources: sources.clone(),
+        ..Default::default()
+    };
+    canonicalize(&mut whole);
+    let expected = whole.clone();
+    let parts = split_sources(&mut whole, SOURCES_PART_BYTES);
+    assert!(parts.len() > 5, "{} parts", parts.len());
+    assert!(whole.sources_follow);
+    // Each message stays under the budget.
+    for p in &parts {
+        assert!(prost::Message::encoded_len(p) <= SOURCES_PART_BYTES + 64);
+    }
+    assert!(prost::Message::encoded_len(&whole) <= SOURCES_PART_BYTES + 64);
+    assert!(parts.last().is_some_and(|p| !p.more));
+    assert!(parts[..parts.len() - 1].iter().all(|p| p.more));
+
+    let mut node = SourceParts::default();
+    assert_eq!(node.config(whole), Ok(None));
+    assert!(node.waiting());
+    let mut done = None;
+    for p in parts {
+        assert!(done.is_none(), "complete before the last part");
+        done = node.part(p).expect("in order");
+    }
+    assert_eq!(done, Some(expected));
+    assert!(!node.waiting());
+}
+
+#[test]
+fn a_short_list_is_not_cut_and_parts_out_of_order_are_refused() {
+    let mut small = NodeConfig {
+        version: 3,
+        vxlan_allowed_sources: vec!["198.18.0.1".into(), "198.18.0.2".into()],
+        ..Default::default()
+    };
+    assert!(split_sources(&mut small, SOURCES_PART_BYTES).is_empty());
+    assert!(!small.sources_follow);
+    let mut node = SourceParts::default();
+    assert_eq!(node.config(small.clone()), Ok(Some(small.clone())));
+    // A part with no config waiting for it.
+    assert_eq!(
+        node.part(SourcesPart {
+            sources: vec!["198.18.0.3".into()],
+            more: false
+        }),
+        Err(DeltaError::Parts)
+    );
+    // A config while another waits.
+    let mut first = small.clone();
+    first.sources_follow = true;
+    assert_eq!(node.config(first), Ok(None));
+    assert_eq!(node.config(small), Err(DeltaError::Parts));
+    // A runaway list.
+    let mut node = SourceParts::default();
+    let waiting = NodeConfig {
+        sources_follow: true,
+        ..Default::default()
+    };
+    assert_eq!(node.config(waiting), Ok(None));
+    let huge = SourcesPart {
+        sources: vec![String::new(); MAX_SOURCES + 1],
+        more: true,
+    };
+    assert_eq!(node.part(huge), Err(DeltaError::TooManySources));
+    assert!(!node.waiting());
+    // Few addresses, but too many bytes.
+    let waiting = NodeConfig {
+        sources_follow: true,
+        ..Default::default()
+    };
+    assert_eq!(node.config(waiting), Ok(None));
+    let long = SourcesPart {
+        sources: vec!["x".repeat(MAX_SOURCES_BYTES / 2 + 1); 2],
+        more: true,
+    };
+    assert_eq!(node.part(long), Err(DeltaError::TooManySources));
+}

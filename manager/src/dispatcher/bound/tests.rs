@@ -36,6 +36,8 @@ fn session_len(s: &State, shared: &Shared, node: NodeId) -> usize {
         probe_requests: Vec::new(),
         removed_node_ids: s.removed.iter().map(|n| n.to_string()).collect(),
         manager_node_ids: s.managers().map(|m| m.id.to_string()).collect(),
+        // The sources whole, for a node that does not take parts.
+        sources_part: None,
     }
     .encoded_len()
 }
