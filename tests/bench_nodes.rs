@@ -289,13 +289,17 @@ async fn agent(joined: Joined, leader: String, counters: Arc<Counters>) {
         counters.clone(),
     )));
     loop {
-        let msg = stream.message().await;
+        // Failed heartbeats end the session, as on the agent.
+        let msg = tokio::select! {
+            m = stream.message() => m,
+            _ = &mut beats.0 => Err(tonic::Status::unavailable("heartbeats failed")),
+        };
         let m = match msg {
             Ok(Some(m)) => m,
             Ok(None) | Err(_) => {
-                // The leader is gone (the failover round): the next
-                // session, on whichever manager leads now, starts
-                // with a whole config.
+                // The leader is gone (the failover round) or stopped
+                // answering heartbeats: the next session, on whichever
+                // manager leads now, starts with a whole config.
                 counters.lost.fetch_add(1, Ordering::Relaxed);
                 let managers = counters.managers.lock().expect("managers").clone();
                 beats.0.abort();
@@ -399,9 +403,9 @@ impl Drop for Beats {
 }
 
 /// A simulated node's heartbeats on one session, as the agent sends them
-/// (`weft_worker::agent::heartbeats`), counted. Ends when they fail (the
-/// session ended too, and the next session starts another) or when the
-/// task is aborted.
+/// (`weft_worker::agent::heartbeats`), counted. Ends when one fails (the
+/// node then opens a new session, as the agent does) or when the task is
+/// aborted.
 async fn heartbeats(
     client: DispatcherClient<tonic::transport::Channel>,
     node_id: String,
