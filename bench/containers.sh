@@ -246,7 +246,7 @@ round_docker() {
     mkdir -p "$WORK/docker" "$WORK/docker-exec"
     dockerd --data-root "$WORK/docker" --exec-root "$WORK/docker-exec" -H "unix://$WORK/docker.sock" \
       --pidfile "$WORK/docker.pid" --containerd "$SOCK" --bridge none --iptables=false \
-      --ip-masq=false --cgroup-parent "$CGROUP-docker" >"$WORK/dockerd.log" 2>&1 &
+      --ip-masq=false --ip-forward=false --cgroup-parent "$CGROUP-docker" >"$WORK/dockerd.log" 2>&1 &
     DOCKERD_PID=$!
     for _ in $(seq 1 300); do "${d[@]}" version >/dev/null 2>&1 && break; sleep 0.1; done
     "${d[@]}" version >/dev/null || die "dockerd did not start: $(tail -5 "$WORK/dockerd.log")"

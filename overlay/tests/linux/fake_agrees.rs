@@ -223,6 +223,16 @@ async fn the_simulator_agrees_with_the_kernel() {
         IpAddr::V4(u.host("h2").unwrap().addr()),
         IpAddr::V4(u.host("h3").unwrap().addr()),
     );
+    // A new namespace takes IPv4 forwarding from the host's
+    // (net.core.devconf_inherit_init_net=0), which another program may
+    // have turned on: off here, so that EnableIpv4Forwarding is compared
+    // whatever the host's setting.
+    u.host("h1")
+        .unwrap()
+        .netns()
+        .run_in(|| std::fs::write("/proc/sys/net/ipv4/ip_forward", "0"))
+        .unwrap()
+        .expect("ip_forward off in h1");
     let dp = LinuxDataplane::new(
         run.path().join("node"),
         u.host("h1").unwrap().netns().clone(),
