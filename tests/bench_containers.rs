@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use common::bench::{Failover, Loss, env_num, fmt_s, median, target_row, write_fragment};
 use common::containerd::PrivateContainerd;
-use common::vip_probe::{HTTP_ATTEMPT, PROBE_EVERY, Want, unknown_seen, vip_names};
+use common::vip_probe::{HTTP_ATTEMPT, PROBE_EVERY, Want, new_seen, unknown_seen, vip_names};
 use common::{Lab, wait_for};
 
 const IMAGE: &str = "weft-test/busybox:latest";
@@ -236,12 +236,7 @@ fn round(r: u64) -> Round {
         .join()
         .expect("poller");
     assert_eq!(seen6.len(), 6, "six replicas answered: {seen6:?}");
-    out.scale_reach = seen6
-        .iter()
-        .filter(|(n, _)| !seen.contains_key(*n))
-        .map(|(_, d)| *d)
-        .max()
-        .map_or(f64::NAN, |d| d.as_secs_f64());
+    out.scale_reach = new_seen(&seen6, &seen);
     eprintln!("round {r}: scale → {seen6:?}");
     // Where the starts' time went, when the daemons log at debug
     // (WEFT_BENCH_DAEMON_LOG=info,weft_worker::runtime=debug): one line

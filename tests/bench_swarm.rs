@@ -319,8 +319,15 @@ fn service_convergence_swarm() {
     ));
     // Failover: weft's two kills (with the grace, then heartbeats only)
     // against Swarm's one, Swarm at its defaults.
-    // weft's kills (with the grace, then heartbeats only) against Swarm's
-    // one, and the silent hosts; issue #16's targets on the "answer" rows.
+    md.push_str(&failover_table(&weft, &all));
+    write_fragment("swarm-convergence.md", &md);
+}
+
+/// The failover comparison: weft's kills (with the grace, then heartbeats
+/// only) against Swarm's one, and the silent hosts, read from weft's
+/// fragment `weft`; issue #16's targets on the "answer" rows.
+fn failover_table(weft: &str, all: &[Round]) -> String {
+    let mut md = String::new();
     type Phase = fn(&Round) -> Failover;
     type Pick = fn(&Failover) -> f64;
     let killed: Phase = |r| r.killed;
@@ -415,5 +422,5 @@ fn service_convergence_swarm() {
             runs(&sw),
         ));
     }
-    write_fragment("swarm-convergence.md", &md);
+    md
 }

@@ -203,6 +203,40 @@ fn cut_w1(lab: &Lab, cut: bool) {
     );
 }
 
+/// w1's first session began with a whole config whose sources came in
+/// parts (later sessions said which sources w1 held, and kept them), and
+/// w1's VXLAN guard (in `state`, its kernel state) lets every node's
+/// address in.
+fn sources_came_in_parts(lab: &Lab, state: &BTreeSet<String>) {
+    let log = std::fs::read_to_string(lab.host_dir("w1").join("daemon.log")).unwrap_or_default();
+    assert!(
+        log.contains("config's sources complete"),
+        "w1 assembled no config from parts: {}",
+        lab.log_tail("w1")
+    );
+    for h in ["m1", "w1", "w2"] {
+        let addr = format!("\"{}\"", lab.addr(h));
+        assert!(
+            state
+                .iter()
+                .any(|l| l.starts_with("host: nft") && l.contains("\"set\"") && l.contains(&addr)),
+            "{h}'s address {addr} is not in w1's VXLAN guard: {state:#?}"
+        );
+    }
+}
+
+/// A whole config for w1: a new session, on a new daemon process, applied.
+fn restart_w1(lab: &mut Lab) {
+    lab.sigterm("w1");
+    lab.start("w1");
+    wait_for("w1 Ready again", Duration::from_secs(30), || {
+        lab.node_ls("m1")
+            .iter()
+            .any(|r| r.hostname == "w1" && r.status == "Ready")
+    });
+    settled(lab, "w1 applied its whole config");
+}
+
 fn scale(lab: &Lab, service: &str, n: u32) {
     lab.weft(
         "m1",
@@ -340,33 +374,8 @@ fn a_delta_lost_with_its_session_ends_in_the_kernel_state_of_a_whole_push() {
         "{before:#?}"
     );
 
-    // A whole config: a new session, on a new daemon process.
-    lab.sigterm("w1");
-    lab.start("w1");
-    wait_for("w1 Ready again", Duration::from_secs(30), || {
-        lab.node_ls("m1")
-            .iter()
-            .any(|r| r.hostname == "w1" && r.status == "Ready")
-    });
-    settled(&lab, "w1 applied its whole config");
-    // w1's first session began with a whole config whose sources came in
-    // parts (later sessions said which sources w1 held, and kept them),
-    // and w1's VXLAN guard lets every node's address in.
-    let log = std::fs::read_to_string(lab.host_dir("w1").join("daemon.log")).unwrap_or_default();
-    assert!(
-        log.contains("config's sources complete"),
-        "w1 assembled no config from parts: {}",
-        lab.log_tail("w1")
-    );
-    for h in ["m1", "w1", "w2"] {
-        let addr = format!("\"{}\"", lab.addr(h));
-        assert!(
-            before
-                .iter()
-                .any(|l| l.starts_with("host: nft") && l.contains("\"set\"") && l.contains(&addr)),
-            "{h}'s address {addr} is not in w1's VXLAN guard: {before:#?}"
-        );
-    }
+    restart_w1(&mut lab);
+    sources_came_in_parts(&lab, &before);
     let after = kernel_state(&lab, "w1");
     let gone: Vec<_> = before.difference(&after).collect();
     let new: Vec<_> = after.difference(&before).collect();

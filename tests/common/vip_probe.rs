@@ -266,10 +266,7 @@ pub fn all_seen(seen: &BTreeMap<String, Duration>) -> f64 {
 /// Seconds until the last name of `now` that `before` lacks was first seen
 /// (NaN if none): when the replicas a scale-up added all answered.
 pub fn new_seen(now: &BTreeMap<String, Duration>, before: &BTreeMap<String, Duration>) -> f64 {
-    now.iter()
-        .filter(|(n, _)| !before.contains_key(*n))
-        .map(|(_, d)| d.as_secs_f64())
-        .fold(f64::NAN, f64::max)
+    unknown_seen(now, &before.keys().cloned().collect())
 }
 
 /// Seconds until the last name outside `known` was first seen (NaN if

@@ -583,6 +583,16 @@ impl Drop for SessionGuard {
 }
 
 /// The end of a session whose certificate expired while it was open.
+/// When the certificate a stream was opened with expires, and how long
+/// until then (zero: already, or no certificate).
+fn cert_lifetime<T>(req: &Request<T>) -> (Option<time::OffsetDateTime>, Duration) {
+    let end = weft_proto::tls::peer_identity(req).map(|p| p.not_after);
+    let left = end
+        .and_then(|t| Duration::try_from(t - time::OffsetDateTime::now_utc()).ok())
+        .unwrap_or(Duration::ZERO);
+    (end, left)
+}
+
 fn expired_session(node: NodeId, at: Option<time::OffsetDateTime>) -> Status {
     let at = at.map(crate::core::rfc3339).unwrap_or_default();
     Status::unauthenticated(format!(
@@ -791,10 +801,7 @@ impl Dispatcher for DispatcherService {
         // Each call checks the caller's certificate, but this stream is one
         // call: it ends when the certificate it was opened with expires (a
         // renewing node has reopened it with the new one well before).
-        let cert_end = weft_proto::tls::peer_identity(&req).map(|p| p.not_after);
-        let cert_left = cert_end
-            .and_then(|t| Duration::try_from(t - time::OffsetDateTime::now_utc()).ok())
-            .unwrap_or(Duration::ZERO);
+        let (cert_end, cert_left) = cert_lifetime(&req);
         self.core.session_opened(node.id, log_tx.clone());
         tokio::spawn(async move {
             let _counted = crate::metrics::SessionGauge::open();
@@ -906,10 +913,7 @@ impl Dispatcher for DispatcherService {
         self.require_leader()?;
         // As a session, the stream ends when the certificate it was opened
         // with expires.
-        let cert_end = weft_proto::tls::peer_identity(&req).map(|p| p.not_after);
-        let cert_left = cert_end
-            .and_then(|t| Duration::try_from(t - time::OffsetDateTime::now_utc()).ok())
-            .unwrap_or(Duration::ZERO);
+        let (cert_end, cert_left) = cert_lifetime(&req);
         let mut beats = req.into_inner();
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let this = self.clone();

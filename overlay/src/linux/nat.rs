@@ -98,16 +98,7 @@ pub(super) fn nat_batch(
             op: Operator::EQ,
         })
     };
-    b.add(NfListObject::Chain(Chain {
-        family: NfFamily::Bridge,
-        table: NFT_TABLE.into(),
-        name: "forward".into(),
-        _type: Some(NfChainType::Filter),
-        hook: Some(NfHook::Forward),
-        prio: Some(0),
-        policy: Some(NfChainPolicy::Accept),
-        ..Default::default()
-    }));
+    b.add(forward_chain(NfFamily::Bridge));
     // Except hairpin traffic to a published port (see HAIRPIN_MARK):
     // with br_netfilter it is bridged port to port after its DNAT.
     let mark = || Expression::Named(NamedExpression::Meta(Meta { key: MetaKey::Mark }));
@@ -162,14 +153,11 @@ fn saddr_in(subnet: IpNetwork, op: Operator) -> Statement<'static> {
     })
 }
 
-/// The `forward` chain of `inet weft`: what leaves the gateway bridge must
-/// come from its subnets (a task cannot send spoofed sources out through
-/// the node, which would not masquerade them), and what enters it is a
-/// reply, or a connection a published port DNATed (no host that routes the
-/// bridge's subnets through the node reaches a task's other ports).
-fn forward_rules(b: &mut Batch, subnet: IpNetwork, subnet6: Option<IpNetwork>, bridge: &str) {
-    b.add(NfListObject::Chain(Chain {
-        family: NfFamily::INet,
+/// The `forward` filter chain of weft's table in `family` (accept by
+/// default; its rules drop what they must).
+fn forward_chain<'a>(family: NfFamily) -> NfListObject<'a> {
+    NfListObject::Chain(Chain {
+        family,
         table: NFT_TABLE.into(),
         name: "forward".into(),
         _type: Some(NfChainType::Filter),
@@ -177,7 +165,16 @@ fn forward_rules(b: &mut Batch, subnet: IpNetwork, subnet6: Option<IpNetwork>, b
         prio: Some(0),
         policy: Some(NfChainPolicy::Accept),
         ..Default::default()
-    }));
+    })
+}
+
+/// The `forward` chain of `inet weft`: what leaves the gateway bridge must
+/// come from its subnets (a task cannot send spoofed sources out through
+/// the node, which would not masquerade them), and what enters it is a
+/// reply, or a connection a published port DNATed (no host that routes the
+/// bridge's subnets through the node reaches a task's other ports).
+fn forward_rules(b: &mut Batch, subnet: IpNetwork, subnet6: Option<IpNetwork>, bridge: &str) {
+    b.add(forward_chain(NfFamily::INet));
     let meta = |key| Expression::Named(NamedExpression::Meta(Meta { key }));
     let is = |key, value: &str| {
         Statement::Match(Match {
