@@ -92,7 +92,7 @@ faults: deps build
 # The VM rig (issue #20, deploy/vm/): QEMU guests of a small Debian 12 image
 # (TCG emulation unless WEFT_VM_ACCEL=kvm). Not part of `make test`. They put
 # target/debug/weft (or WEFT_VM_BINARY) into the guests; they do not build it.
-.PHONY: vm-deps vm-image vm-rig vm-rig-down vm-test vm-deb-test vm-rig-test
+.PHONY: vm-deps vm-image vm-rig vm-rig-down vm-test vm-deb-test vm-rig-test vagrant-deps vagrant-box vagrant-test
 vm-deps:
 	@bash deploy/vm/deps.sh
 
@@ -121,3 +121,17 @@ vm-deb-test: vm-image
 # load (deploy/vm/rig-test.sh; about 25 minutes under TCG).
 vm-rig-test: vm-image
 	@bash deploy/vm/rig-test.sh
+
+# Vagrant with libvirt (deploy/vagrant/): the box weft/debian12 from the VM
+# rig's image (target/vm/vagrant/weft-debian12.box, added to Vagrant), and
+# a test that runs `vagrant up --provider=libvirt` of the five-node rig
+# against a libvirtd of its own in namespaces, then destroys it.
+vagrant-deps: vm-deps
+	@WEFT_VM_VAGRANT=1 bash deploy/vm/deps.sh
+
+vagrant-box: vagrant-deps
+	@bash deploy/vm/box.sh
+
+vagrant-test: vagrant-deps
+	@WEFT_BOX_ADD=0 bash deploy/vm/box.sh
+	@bash deploy/vm/vagrant-test.sh

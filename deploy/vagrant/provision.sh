@@ -29,9 +29,11 @@ esac
 
 # --- packages -----------------------------------------------------------
 missing=""
-for t in nft:nftables ip:iproute2 curl:curl python3:python3-minimal; do
+for t in nft:nftables ip:iproute2 curl:curl; do
   command -v "${t%%:*}" >/dev/null 2>&1 || missing="$missing ${t##*:}"
 done
+# The token server is python3's http.server, which python3-minimal lacks.
+python3 -c 'import http.server' >/dev/null 2>&1 || missing="$missing python3"
 if [ -n "$missing" ]; then
   log "installing:$missing"
   export DEBIAN_FRONTEND=noninteractive
@@ -77,6 +79,14 @@ publish_tokens() {
   systemctl reset-failed weft-bootstrap >/dev/null 2>&1 || true
   systemd-run --quiet --unit=weft-bootstrap --property=RuntimeMaxSec=1800 \
     python3 -m http.server "$BOOTSTRAP_PORT" --bind "$IP" --directory "$BOOTSTRAP_DIR"
+  # The other nodes wait for it: say so here if it does not serve.
+  for _ in $(seq 1 60); do
+    curl -fsS --max-time 2 -o /dev/null "http://$IP:$BOOTSTRAP_PORT/worker" && return 0
+    sleep 1
+  done
+  journalctl -u weft-bootstrap --no-pager -n 20 >&2
+  echo "the join-token server on $IP:$BOOTSTRAP_PORT did not start" >&2
+  exit 1
 }
 
 if [ "$NAME" = m1 ]; then

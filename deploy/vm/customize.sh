@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The guest image's own files, written into the new root filesystem ($1) on
-# the build host by image.sh (an mmdebstrap customize hook).
+# the build host by image.sh (an mmdebstrap customize hook):
+#   customize.sh ROOT vm|box
 set -euo pipefail
 root=$1
+flavour=${2:-vm}
 echo '/dev/vda / ext4 rw,errors=remount-ro 0 1' > "$root/etc/fstab"
 echo weft-vm > "$root/etc/hostname"
 # Root logs in on the serial console without a password (a disposable
@@ -13,6 +15,9 @@ PermitRootLogin prohibit-password
 PasswordAuthentication no
 UseDNS no
 CONF
+
+# The VM rig's guests: name, address, key and binary from a data disk.
+rig_guest() {
 cat > "$root/usr/local/sbin/weft-vm-setup" <<'SCRIPT'
 #!/bin/sh
 # Reads this VM's data disk (/dev/vdb, made per run on the host): its name,
@@ -66,6 +71,32 @@ ExecStart=/usr/local/sbin/weft-vm-setup
 WantedBy=multi-user.target
 UNIT
 chroot "$root" systemctl enable weft-vm-setup.service >/dev/null 2>&1
+}
+
+# A Vagrant box's guest (vagrant-libvirt): the user `vagrant` with Vagrant's
+# well-known insecure key (Vagrant replaces it with a key of its own at the
+# first `vagrant up`) and password-less sudo; eth0 (the management network)
+# by DHCP, the private network as Vagrant writes it for systemd-networkd.
+vagrant_guest() {
+  local key
+  # (find fails on the places that do not exist)
+  key=$(find /usr/share/rubygems-integration /usr/lib/ruby /opt/vagrant -path '*vagrant-*/keys/vagrant.pub' -print -quit 2>/dev/null || true)
+  [ -s "$key" ] || { echo "customize.sh: no Vagrant insecure key (is vagrant installed?)" >&2; exit 1; }
+  chroot "$root" useradd --create-home --shell /bin/bash vagrant
+  install -d -m 0700 "$root/home/vagrant/.ssh"
+  install -m 0600 "$key" "$root/home/vagrant/.ssh/authorized_keys"
+  chroot "$root" chown -R vagrant:vagrant /home/vagrant/.ssh
+  echo 'vagrant ALL=(ALL) NOPASSWD: ALL' > "$root/etc/sudoers.d/vagrant"
+  chmod 0440 "$root/etc/sudoers.d/vagrant"
+  printf '[Match]\nName=eth0\n\n[Network]\nDHCP=ipv4\n' > "$root/etc/systemd/network/10-eth0.network"
+  chroot "$root" systemctl enable systemd-networkd.service >/dev/null 2>&1
+}
+
+case "$flavour" in
+  vm) rig_guest ;;
+  box) vagrant_guest ;;
+  *) echo "customize.sh: unknown flavour $flavour" >&2; exit 1 ;;
+esac
 # Under TCG on a loaded host, udev can take longer than systemd's default
 # 90 s to announce a device (the serial console, the data disk): wait longer.
 mkdir -p "$root/etc/systemd/system.conf.d"

@@ -7,10 +7,19 @@ set -euo pipefail
 . "$(dirname "$0")/common.sh"
 
 TOOLS="qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils mmdebstrap:mmdebstrap mkfs.ext4:e2fsprogs ssh:openssh-client strip:binutils umoci:umoci"
+# make vagrant-deps: Vagrant, its libvirt provider, and libvirt's daemon
+# (vagrant-test runs one of its own; dnsmasq serves its networks).
+[ "${WEFT_VM_VAGRANT:-0}" = 0 ] ||
+  TOOLS="$TOOLS vagrant:vagrant libvirtd:libvirt-daemon-system virtlogd:libvirt-daemon-system dnsmasq:dnsmasq-base rsync:rsync"
 missing=""
 for t in $TOOLS; do
   command -v "${t%%:*}" >/dev/null 2>&1 || [ -x "/usr/sbin/${t%%:*}" ] || missing="$missing ${t##*:}"
 done
+if [ "${WEFT_VM_VAGRANT:-0}" != 0 ]; then
+  for p in vagrant-libvirt libvirt-daemon-driver-qemu; do
+    dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
+  done
+fi
 [ -n "$missing" ] || exit 0
 [ "$(id -u)" = 0 ] || die "run as root, or install:$missing"
 log "installing host packages:$missing"

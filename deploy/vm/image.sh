@@ -2,6 +2,14 @@
 # `make vm-image`: a small Debian 12 (bookworm) guest for the VM rig, built
 # with mmdebstrap from Debian's packages into target/vm/image/:
 #
+#   image.sh [vm|box]
+#
+# `box` (make vagrant-box, deploy/vm/box.sh) builds the same system with
+# what Vagrant needs of a guest (a vagrant user with sudo, DHCP on eth0
+# through systemd-networkd, rsync, and curl and python3 for provision.sh:
+# its join-token server is python3's http.server)
+# into target/vm/box-image/ instead; it has no weft-vm-setup.
+#
 #   base.raw     ext4 root filesystem (no partition table: root=/dev/vda),
 #                the read-only backing file of every VM's qcow2 overlay
 #   vmlinuz,     the cloud kernel and its initrd, booted directly
@@ -25,9 +33,17 @@ MIRROR=${WEFT_VM_MIRROR:-http://deb.debian.org/debian}
 # openssh-server (how the rig runs commands in a guest).
 PACKAGES=linux-image-cloud-amd64,systemd-sysv,udev,kmod,procps,iproute2,nftables,util-linux,containerd,runc,busybox-static,openssh-server,iputils-ping
 SIZE=${WEFT_VM_IMAGE_SIZE:-2G}
+FLAVOUR=${1:-vm}
+case "$FLAVOUR" in
+  vm) ;;
+  box)
+    PACKAGES=$PACKAGES,sudo,rsync,curl,python3
+    IMAGE_DIR=$VM_DIR/box-image ;;
+  *) die "usage: image.sh [vm|box]" ;;
+esac
 
 inputs_hash() {
-  { echo "$PACKAGES $SIZE $MIRROR"; cat "$0" "$REPO/deploy/vm/customize.sh"; } | sha256sum | cut -d' ' -f1
+  { echo "$FLAVOUR $PACKAGES $SIZE $MIRROR"; cat "$0" "$REPO/deploy/vm/customize.sh"; } | sha256sum | cut -d' ' -f1
 }
 
 main() {
@@ -36,7 +52,7 @@ main() {
   local want
   want=$(inputs_hash)
   if [ -s "$IMAGE_DIR/base.raw" ] && [ "$(cat "$IMAGE_DIR/stamp" 2>/dev/null)" = "$want" ]; then
-    log "image up to date: $IMAGE_DIR/base.raw"
+    log "$FLAVOUR image up to date: $IMAGE_DIR/base.raw"
     return
   fi
   local t0 work debs
@@ -46,7 +62,7 @@ main() {
   work=$(mktemp -d "$VM_DIR/build.XXXXXX")
   BUILD_DIR=$work
   trap 'rm -rf "$BUILD_DIR"' EXIT
-  log "building the Debian 12 guest image with mmdebstrap (mirror $MIRROR)"
+  log "building the Debian 12 $FLAVOUR image with mmdebstrap (mirror $MIRROR)"
   # The .debs kept by the last build are given to apt (sync-in), which then
   # downloads only what is missing, and the set is kept again (sync-out).
   mmdebstrap --variant=minbase --include="$PACKAGES" \
@@ -54,7 +70,7 @@ main() {
     --setup-hook="mkdir -p \"\$1/var/cache/apt/archives/\"" \
     --setup-hook="sync-in '$debs' /var/cache/apt/archives/" \
     --customize-hook="sync-out /var/cache/apt/archives '$debs'" \
-    --customize-hook="bash '$REPO/deploy/vm/customize.sh' \"\$1\"" \
+    --customize-hook="bash '$REPO/deploy/vm/customize.sh' \"\$1\" $FLAVOUR" \
     bookworm "$work/root" "$MIRROR"
   cp -L "$work/root/vmlinuz" "$work/vmlinuz"
   cp -L "$work/root/initrd.img" "$work/initrd.img"
