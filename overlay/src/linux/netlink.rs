@@ -637,11 +637,15 @@ impl Netlink {
         Ok(())
     }
 
-    /// Creates a VXLAN device here (so its UDP socket is bound in this
-    /// namespace: the underlay) and moves it into `into`'s namespace, where
-    /// it arrives down. Success if `into` already has a VXLAN device of that
-    /// name with the same VNI, port and local address; a device left here by
-    /// an interrupted earlier call is checked and moved.
+    /// Creates a VXLAN device whose UDP socket is bound in this namespace
+    /// (the underlay) inside `into`'s namespace, where it arrives down: one
+    /// request that names `into` (as `ip link add NAME netns NS type vxlan`
+    /// does), not a device made here and then moved, which costs the move
+    /// ~20 ms of waiting for the kernel (measured with `ip`: 20–29 ms made
+    /// and moved, 2.5–2.7 ms made in place, both with the process's exec).
+    /// Success if `into` already has a VXLAN device of that name with the
+    /// same VNI, port and local address; a device left here by an earlier
+    /// version (which made it here and moved it) is checked and moved.
     pub async fn create_vxlan(&self, spec: &VxlanSpec, into: &Netlink) -> Result<()> {
         validate_link_name(&spec.name)?;
         let underlay_index = match &spec.underlay_dev {
@@ -685,12 +689,19 @@ impl Netlink {
                 if let Some(mac) = spec.mac {
                     b = b.address(mac.0.to_vec());
                 }
+                if moving {
+                    b = b.setns_by_fd(into.ns.as_raw_fd());
+                }
                 self.handle
                     .link()
                     .add(b.build())
                     .execute()
                     .await
                     .map_err(self.nl_err("create vxlan", &spec.name))?;
+                if moving {
+                    into.require_link(&spec.name).await?;
+                    return Ok(());
+                }
                 self.require_link(&spec.name).await?
             }
         };

@@ -78,8 +78,12 @@ pub(super) fn services(p: &mut Pass) {
             .filter_map(|c| lb_comment_vip(c))
             .collect();
         if !vips.is_empty() && had != Some(&lb_comments(&vips)) {
+            // A namespace this pass makes has no flows yet: nothing to
+            // flush, and no conntrack dump (a few ms in a new namespace).
             let mut flush = old;
-            flush.extend(vips.keys().copied());
+            if obs.is_some() {
+                flush.extend(vips.keys().copied());
+            }
             ops.push(Op::ApplyLb {
                 task: tid.clone(),
                 vips,

@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use ipnetwork::IpNetwork;
-use weft_overlay::linux::{Error, LinkKind, MacAddr, Netlink, VethSpec, VxlanSpec};
+use weft_overlay::linux::{Error, LinkKind, MacAddr, Netlink, Netns, VethSpec, VxlanSpec};
 
 use crate::common::{RunDir, bridge, has_flag, ip, ip_addrs, ip_link, require_root};
 
@@ -130,7 +130,7 @@ async fn veth_peer_lands_in_other_namespace() {
 }
 
 #[tokio::test]
-async fn vxlan_is_created_in_one_namespace_and_moved() {
+async fn vxlan_is_created_in_one_namespace_with_its_socket_in_another() {
     require_root!();
     let run = RunDir::new();
     // A test "host" namespace stands in for the real host namespace.
@@ -195,6 +195,10 @@ async fn vxlan_is_created_in_one_namespace_and_moved() {
     let l = ip_link(net.path(), "vx-t1").unwrap();
     assert_eq!(l["master"], "br0");
     assert!(has_flag(&l, "UP"));
+    // Up, the device has its UDP socket, bound in the namespace it was
+    // made from (the underlay), not in the one it lives in.
+    assert!(udp_port_bound(&host, 4789), "the VXLAN socket is in host");
+    assert!(!udp_port_bound(&net, 4789), "no VXLAN socket in net");
 
     // FDB: static MAC -> VTEP, and two appended flood entries.
     let mac: MacAddr = "02:42:0a:00:09:05".parse().unwrap();
@@ -428,4 +432,20 @@ async fn addresses_and_routes() {
         .filter(|a| !a.starts_with("fe80:"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// Whether a UDP socket is bound to `port` in `ns` (its /proc/net/udp, read
+/// by a thread inside it:
+/// the VXLAN device's socket is the kernel's, with no process).
+fn udp_port_bound(ns: &Netns, port: u16) -> bool {
+    let table = ns
+        .run_in(|| std::fs::read_to_string("/proc/thread-self/net/udp"))
+        .unwrap()
+        .unwrap();
+    let want = format!(":{port:04X} ");
+    table.lines().skip(1).any(|l| {
+        l.split_whitespace()
+            .nth(1)
+            .is_some_and(|local| format!("{local} ").ends_with(&want))
+    })
 }
