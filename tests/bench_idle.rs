@@ -163,8 +163,15 @@ fn plane_ms(log: &str) -> Vec<u64> {
         .collect()
 }
 
-/// What the weft side measured.
-type WeftSide = (Vec<f64>, Vec<f64>, Vec<u64>, Vec<u64>);
+/// What the weft side measured: the worker's and the manager's CPU
+/// windows, and the worker's data plane passes after each change.
+struct WeftSide {
+    worker: Vec<f64>,
+    manager: Vec<f64>,
+    scale: Vec<u64>,
+    solo: Vec<u64>,
+    touch: Vec<u64>,
+}
 
 fn weft_side(tasks: u64, rounds: u64, window: Duration) -> WeftSide {
     let mut lab = Lab::new("bench-idle", &["m", "w"]);
@@ -214,10 +221,11 @@ fn weft_side(tasks: u64, rounds: u64, window: Duration) -> WeftSide {
     let worker = measure(&lab.host_netns("w"), rounds, window);
     let manager = measure(&lab.host_netns("m"), 1, window);
 
-    // Two changes, each followed by the worker's passes (from its log):
-    // one more replica (every task's VIP table gets the new backend), then
-    // a one-replica service on a network of its own (one new task
-    // namespace, nothing else touched).
+    // Three changes, each followed by the worker's passes (from its log):
+    // one more replica (every task's VIP table gets the new backend); a
+    // one-replica service on a network of its own (one new task namespace,
+    // nothing else touched); a service without replicas on that network
+    // (its VIP goes into that one namespace's VIP table, nothing else).
     let log = lab.host_dir("w").join("daemon.log");
     let passes_after = |change: &dyn Fn(), done: &dyn Fn() -> bool| -> Vec<u64> {
         let from = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0) as usize;
@@ -275,11 +283,39 @@ fn weft_side(tasks: u64, rounds: u64, window: Duration) -> WeftSide {
         },
         &|| lab.running_on("m", "solo").len() == 1,
     );
+    let touch = passes_after(
+        &|| {
+            lab.weft(
+                "m",
+                &[
+                    "service",
+                    "create",
+                    "--detach",
+                    "--name",
+                    "touch",
+                    "--replicas",
+                    "0",
+                    "--network",
+                    "solonet",
+                    "--",
+                    "sleep",
+                    "1000000",
+                ],
+            );
+        },
+        &|| true,
+    );
     if let Some(dir) = std::env::var_os("WEFT_BENCH_KEEP_LOGS") {
         let _ = std::fs::create_dir_all(&dir);
         let _ = std::fs::copy(&log, std::path::Path::new(&dir).join("w-daemon.log"));
     }
-    (worker, manager, scale, solo)
+    WeftSide {
+        worker,
+        manager,
+        scale,
+        solo,
+        touch,
+    }
 }
 
 fn docker_side(tasks: u64, rounds: u64, window: Duration) -> Vec<f64> {
@@ -315,7 +351,13 @@ fn idle_cost_per_task_against_docker() {
     let tasks = env_num("WEFT_BENCH_IDLE_TASKS", 250);
     let rounds = env_num("WEFT_BENCH_IDLE_ROUNDS", 3);
     let window = Duration::from_secs(env_num("WEFT_BENCH_IDLE_WINDOW", 20));
-    let (weft, manager, scale, solo) = weft_side(tasks, rounds, window);
+    let WeftSide {
+        worker: weft,
+        manager,
+        scale,
+        solo,
+        touch,
+    } = weft_side(tasks, rounds, window);
     let docker = if std::env::var("BENCH_DOCKER").as_deref() == Ok("0") {
         Vec::new()
     } else {
@@ -336,7 +378,8 @@ fn idle_cost_per_task_against_docker() {
          weft / Docker: {:.2}; target ≤ 2 % of one core: {}.\n\n\
          The worker's data plane passes (ms) after a change, with {tasks} tasks on it: \
          one more replica (every task's VIP table gets a backend) {scale:?}; \
-         a one-replica service on a network of its own (one new task namespace) {solo:?}.\n",
+         a one-replica service on a network of its own (one new task namespace) {solo:?}; \
+         a service without replicas on that network (one namespace's VIP table) {touch:?}.\n",
         window.as_secs(),
         fmt(&weft),
         fmt(&docker),

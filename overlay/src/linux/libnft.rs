@@ -241,18 +241,26 @@ impl Sessions {
     /// process when the library cannot be loaded or too many descriptors
     /// are open for a new context ([`SELECT_SAFE_BELOW`]).
     pub async fn apply(&self, ns: &Netns, ruleset: Nftables<'static>) -> Result<()> {
+        let started = std::time::Instant::now();
         let Some(session) = self.session(ns) else {
             return super::nft::apply_async(ns, ruleset).await;
         };
+        let opened = started.elapsed();
         let json = serde_json::to_string(&ruleset)
             .map_err(|e| e.to_string())
             .and_then(|j| CString::new(j).map_err(|e| e.to_string()))
             .map_err(|msg| failed(ns.label(), "encoding ruleset", msg))?;
         let label = ns.label();
-        tokio::task::spawn_blocking(move || session.run(&json))
+        let r = tokio::task::spawn_blocking(move || session.run(&json))
             .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))
-            .map_err(|msg| failed(label, "applying ruleset", msg))
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        tracing::trace!(
+            ns = %label,
+            context_us = opened.as_micros() as u64,
+            total_us = started.elapsed().as_micros() as u64,
+            "libnftables write"
+        );
+        r.map_err(|msg| failed(label, "applying ruleset", msg))
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<Session>>> {
