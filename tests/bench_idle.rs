@@ -163,6 +163,31 @@ fn plane_ms(log: &str) -> Vec<u64> {
         .collect()
 }
 
+/// Creates service NAME of REPLICAS idle replicas (`sleep`) on NETWORK, on
+/// the worker.
+fn sleeping_service(lab: &Lab, name: &str, replicas: u64, network: &str) {
+    let n = replicas.to_string();
+    lab.weft(
+        "m",
+        &[
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            name,
+            "--replicas",
+            &n,
+            "--network",
+            network,
+            "--constraint",
+            "node.role==worker",
+            "--",
+            "sleep",
+            "1000000",
+        ],
+    );
+}
+
 /// What the weft side measured: the worker's and the manager's CPU
 /// windows, and the worker's data plane passes after each change.
 struct WeftSide {
@@ -189,26 +214,7 @@ fn weft_side(tasks: u64, rounds: u64, window: Duration) -> WeftSide {
         "m",
         &["network", "create", "--subnet", "10.0.0.0/20", "appnet"],
     );
-    let n = tasks.to_string();
-    lab.weft(
-        "m",
-        &[
-            "service",
-            "create",
-            "--detach",
-            "--name",
-            "idle",
-            "--replicas",
-            &n,
-            "--network",
-            "appnet",
-            "--constraint",
-            "node.role==worker",
-            "--",
-            "sleep",
-            "1000000",
-        ],
-    );
+    sleeping_service(&lab, "idle", tasks, "appnet");
     let t = Instant::now();
     wait_for("every replica running", Duration::from_secs(600), || {
         lab.running_on("m", "idle").len() as u64 == tasks
@@ -263,45 +269,13 @@ fn weft_side(tasks: u64, rounds: u64, window: Duration) -> WeftSide {
                 "m",
                 &["network", "create", "--subnet", "10.1.0.0/24", "solonet"],
             );
-            lab.weft(
-                "m",
-                &[
-                    "service",
-                    "create",
-                    "--detach",
-                    "--name",
-                    "solo",
-                    "--network",
-                    "solonet",
-                    "--constraint",
-                    "node.role==worker",
-                    "--",
-                    "sleep",
-                    "1000000",
-                ],
-            );
+            sleeping_service(&lab, "solo", 1, "solonet");
         },
         &|| lab.running_on("m", "solo").len() == 1,
     );
     let touch = passes_after(
         &|| {
-            lab.weft(
-                "m",
-                &[
-                    "service",
-                    "create",
-                    "--detach",
-                    "--name",
-                    "touch",
-                    "--replicas",
-                    "0",
-                    "--network",
-                    "solonet",
-                    "--",
-                    "sleep",
-                    "1000000",
-                ],
-            );
+            sleeping_service(&lab, "touch", 0, "solonet");
         },
         &|| true,
     );
