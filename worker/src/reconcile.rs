@@ -276,7 +276,9 @@ impl Reconciler {
             }
         };
         let t_plane = std::time::Instant::now();
-        match desired_from_config(&inflight.plane_config(c), &self.wg_key) {
+        let desired = desired_from_config(&inflight.plane_config(c), &self.wg_key);
+        let desired_us = t_plane.elapsed().as_micros() as u64;
+        match desired {
             Ok(mut d) => {
                 d.dns_upstreams = self.dns_upstreams.clone();
                 let dp = &self.dataplane;
@@ -319,6 +321,7 @@ impl Reconciler {
         tracing::debug!(
             version = c.version,
             plane_ms,
+            desired_us,
             tasks = tasks.len(),
             starting = tasks
                 .iter()

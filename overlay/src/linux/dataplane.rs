@@ -792,7 +792,9 @@ impl Dataplane for LinuxDataplane {
                 .ok()
                 .map(|k| k.public_key())
         });
+        let t_plan = std::time::Instant::now();
         let ops = plan(&observed, desired)?;
+        let plan_us = t_plan.elapsed().as_micros() as u64;
         if !ops.is_empty() {
             tracing::debug!(
                 ops = ops.len(),
@@ -805,7 +807,9 @@ impl Dataplane for LinuxDataplane {
         // Read back whatever the ops touch, failed or not; a task's VIP
         // table written whole is known without reading it back.
         self.forget_observed(&ops).await;
+        let t_exec = std::time::Instant::now();
         let report = self.execute(ops).await;
+        let execute_us = t_exec.elapsed().as_micros() as u64;
         match &report {
             Ok(r) => self.note_written(&r.ops).await,
             Err(Error::Apply { applied, .. }) => self.note_written(applied).await,
@@ -824,6 +828,13 @@ impl Dataplane for LinuxDataplane {
         // un-NATed for its whole life).
         self.dns.set_view(DnsView::of(desired));
         let written = self.write_resolv_conf();
+        tracing::trace!(
+            observe_ms,
+            plan_us,
+            execute_us,
+            total_us = t0.elapsed().as_micros() as u64,
+            "data plane pass"
+        );
         let report = report?;
         written?;
         Ok(report)
