@@ -49,11 +49,11 @@ weft_binary() {
 # workspace's) from WEFT_DEB_BIN_DIR (default: the debug build, as the
 # other guests get). Old: version $DEB_OLD (<version>~prev) from
 # WEFT_VM_OLD_BIN_DIR when set (a previous release's binaries), else the
-# same binaries.
+# same binaries; WEFT_VM_OLD_VERSION names that release's package version.
 build_debs() {
   local out=$1 bins=${WEFT_DEB_BIN_DIR:-$REPO/target/debug}
   DEB_NEW=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$REPO/Cargo.toml" | head -1)
-  DEB_OLD="$DEB_NEW~prev"
+  DEB_OLD=${WEFT_VM_OLD_VERSION:-$DEB_NEW~prev}
   mkdir -p "$out"
   cp "$(WEFT_DEB_BIN_DIR=${WEFT_VM_OLD_BIN_DIR:-$bins} WEFT_DEB_VERSION=$DEB_OLD \
     bash "$REPO/deploy/deb/build.sh" "$out/old")" "$out/weft_old.deb"

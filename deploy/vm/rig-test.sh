@@ -19,9 +19,12 @@
 #      every node at the new version.
 #
 # The old package is built from WEFT_VM_OLD_BIN_DIR (a previous release's
-# weft and weft-task-logger) when set; otherwise from this tree built with
-# WEFT_VERSION=<version>~prev, so nodes report the old version (this
-# project has no earlier release tag yet). The new one from the debug build
+# weft and weft-task-logger, packed as version WEFT_VM_OLD_VERSION) when
+# set; otherwise from this tree built with WEFT_VERSION=<version>~prev, so
+# nodes report the old version (this project has no release tag yet). When
+# the old release predates a command of the new one (0.1.x: IPv6 networks),
+# the upgrade also checks the version gate: refused while an old manager
+# remains, accepted once all are new. The new one from the debug build
 # (WEFT_DEB_BIN_DIR). Prints a PASS/FAIL table and the timings; removes the
 # guests, overlays and namespace on every exit. State: target/vm/rigtest/.
 set -euo pipefail
@@ -239,6 +242,7 @@ main() {
     until_ok 300 at_new "$from" "$n" || r=1
     check "$n upgraded with apt install ./weft_$DEB_NEW.deb" "$r" "$(row "$from" "$n") in $(elapsed "$tn") s"
     windows+=("$n $((tn / 1000)) $(date +%s)")
+    [ "$n" != m1 ] || gate_refuses
   done
   TIMINGS+=("rolling upgrade of 5 nodes: $(elapsed "$t") s")
   sleep 5
@@ -269,7 +273,31 @@ main() {
   versions=$(nodes m1 | awk -F'|' '{ print $1 "=" $4 }' | tr '\n' ' ')
   [ "$(nodes m1 | awk -F'|' '{ print $4 }' | sort -u)" = "$DEB_NEW" ] && r=0 || r=1
   check "node ls shows every node at $DEB_NEW" "$r" "$versions"
+  gate_opens
   summary_and_exit
+}
+
+# The version gate, when the old release is 0.1.x (before IPv6 networks):
+# with m1 new and m2, m3 old, an IPv6 network is refused, naming them...
+GATED=0
+gate_refuses() {
+  local old out r
+  old=$(row m2 m2 | awk -F'|' '{ print $4 }')
+  case "$old" in
+    0.1.*) ;;
+    *) log "version gate not exercised: the old managers report $old"; return 0 ;;
+  esac
+  GATED=1
+  out=$(on m1 'weft network create --driver overlay --ipv6 gated6 2>&1') && r=1 || r=0
+  grep -q m2 <<<"$out" && grep -q m3 <<<"$out" || r=1
+  check "version gate: an IPv6 network refused while m2, m3 run $old" "$r" "$(tr '\n' ' ' <<<"$out" | head -c 240)"
+}
+# ...and accepted once every manager runs the new one.
+gate_opens() {
+  [ "$GATED" = 1 ] || return 0
+  local out r
+  out=$(on m1 'weft network create --driver overlay --ipv6 gated6 2>&1') && r=0 || r=1
+  check "version gate: the IPv6 network accepted with every manager at $DEB_NEW" "$r" "$(tr '\n' ' ' <<<"$out" | head -c 240)"
 }
 
 summary_and_exit() {
