@@ -135,20 +135,7 @@ fn settle(pin: &Path) -> (Duration, Vec<f64>) {
 /// The `plane_ms` of every `converge pass` line of a daemon log (its
 /// colours stripped).
 fn plane_ms(log: &str) -> Vec<u64> {
-    let mut plain = String::with_capacity(log.len());
-    let mut chars = log.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            // An SGR sequence: ESC [ ... m.
-            for d in chars.by_ref() {
-                if d == 'm' {
-                    break;
-                }
-            }
-        } else {
-            plain.push(c);
-        }
-    }
+    let plain = common::strip_ansi(log);
     plain
         .lines()
         .filter(|l| l.contains("converge pass"))

@@ -255,21 +255,6 @@ impl Node {
     }
 }
 
-/// `s` without terminal colour codes.
-fn strip_ansi(s: &str) -> String {
-    let mut out = String::new();
-    let mut esc = false;
-    for c in s.chars() {
-        match (esc, c) {
-            (false, '\u{1b}') => esc = true,
-            (true, 'm') => esc = false,
-            (true, _) => {}
-            (false, c) => out.push(c),
-        }
-    }
-    out
-}
-
 /// The restarts, in the order each round runs them: a crash that systemd
 /// restarts after its 2 s pause, an immediate restart after kill -9,
 /// `systemctl restart`, and an upgrade.
@@ -358,7 +343,7 @@ fn restarts_and_upgrades(role: Role) {
         .iter()
         .any(|m| l.contains(m))
     }) {
-        println!("wa ({what}): {}", strip_ansi(l));
+        println!("wa ({what}): {}", common::strip_ansi(l));
     }
     // The upgraded daemon is the copy, and it kept the same fd store.
     let pid = node.lab.pid("wa").expect("wa runs");

@@ -11,9 +11,10 @@
 //! every task of the service there).
 //!
 //! ```text
-//!  ApplyLb(task) ─▶ Sessions::apply(ns) ─▶ Session (libnftables context, its
-//!                        │                  netlink socket made inside ns)
-//!                        └─ library not loadable ─▶ `nft -j -f -` process
+//!  ApplyLb(task) ─▶ Sessions::apply(ns) ─job─▶ libnftables thread (its own
+//!                        │                     descriptor table): the ns's
+//!                        │                     context, made inside ns, runs it
+//!                        └─ library not loadable, or no context ─▶ `nft -j -f -` process
 //! ```
 //!
 //! The library is loaded at run time (`dlopen`), so nothing is needed to
@@ -24,7 +25,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::{CStr, CString, c_char, c_int, c_uint, c_void};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+
+use nix::sched::CloneFlags;
 
 use nftables::helper::NftablesError;
 use nftables::schema::Nftables;
@@ -112,34 +117,48 @@ fn load() -> Option<Lib> {
     }
 }
 
-/// Every call into the library, one at a time: a context is not safe to
-/// share between threads, and the library keeps some state of its own
-/// (its symbol tables, set up by each new context). A write takes 0.3 ms.
-static CALLS: Mutex<()> = Mutex::new(());
-
-fn calls() -> std::sync::MutexGuard<'static, ()> {
-    CALLS.lock().unwrap_or_else(|p| p.into_inner())
-}
+/// libnftables (1.0.6, Debian 12) waits for a batch's answers with
+/// select(2), whose `fd_set` holds descriptors below 1024 only: for a
+/// socket numbered higher, glibc's fortified `FD_SET` aborts the whole
+/// process ("bit out of range 0 - FD_SETSIZE on fd_set"). A node with some
+/// 150 tasks holds that many descriptors (each task's resolver sockets,
+/// watcher and namespace), so the contexts live on a thread of their own
+/// with a descriptor table of its own (`unshare(CLONE_FILES)`, then every
+/// inherited descriptor closed in that copy): there, the contexts' sockets
+/// are about all there is, and numbered from 3 up, whatever the rest of the
+/// daemon holds. Before, with 250 tasks the daemon's table passed 960 and
+/// the later namespaces' writes went through an `nft` process each, 18–22
+/// ms a write against 1–3 ms (bench/idle.sh's trace, 2026-12-05). Past
+/// [`SELECT_SAFE_BELOW`] contexts, further namespaces still fall back to
+/// the process.
+const SELECT_SAFE_BELOW: i32 = 1024 - 16;
 
 /// A libnftables context whose netlink socket was made inside one
-/// namespace: whatever thread uses it, it acts there.
-struct Session {
+/// namespace: it acts there. Lives and dies on the contexts' thread (its
+/// socket's number is one of that thread's own table).
+struct Context {
     lib: &'static Lib,
     ctx: *mut c_void,
 }
 
-// SAFETY: the context pointer is only dereferenced by libnftables, under
-// [`CALLS`], one call at a time.
-unsafe impl Send for Session {}
-// SAFETY: as above.
-unsafe impl Sync for Session {}
-
-impl Session {
-    /// A context made on a thread inside `ns`.
-    fn open(lib: &'static Lib, ns: &Netns) -> Option<Session> {
-        let _calls = calls();
+impl Context {
+    /// A context made in the namespace at `path` (whose inode must be
+    /// `inode`), returning this thread to `home` after; `None` when the
+    /// namespace cannot be entered or the library gives no context.
+    fn open(lib: &'static Lib, path: &Path, inode: u64, home: &std::fs::File) -> Option<Context> {
+        use std::os::unix::fs::MetadataExt;
+        let ns = std::fs::File::open(path).ok()?;
+        if ns.metadata().ok()?.ino() != inode {
+            return None;
+        }
+        nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET).ok()?;
         // SAFETY: nft_ctx_new(NFT_CTX_DEFAULT) has no preconditions.
-        let ctx = ns.run_in(|| unsafe { (lib.ctx_new)(0) as usize }).ok()? as *mut c_void;
+        let ctx = unsafe { (lib.ctx_new)(0) };
+        if let Err(e) = nix::sched::setns(home, CloneFlags::CLONE_NEWNET) {
+            // Never expected; a thread left in a task's namespace would
+            // make every later context there.
+            panic!("libnftables thread cannot return to its namespace: {e}");
+        }
         if ctx.is_null() {
             return None;
         }
@@ -149,21 +168,20 @@ impl Session {
             (lib.buffer_output)(ctx);
             (lib.buffer_error)(ctx);
         }
-        Some(Session { lib, ctx })
+        Some(Context { lib, ctx })
     }
 
     /// Runs one JSON batch (one transaction: all or nothing); `Err` holds
     /// libnftables' message.
     fn run(&self, json: &CStr) -> std::result::Result<(), String> {
-        let _calls = calls();
         let ctx = self.ctx;
-        // SAFETY: a live context under the lock; `json` is NUL-terminated.
+        // SAFETY: a live context, on its own thread; `json` is NUL-terminated.
         let rc = unsafe { (self.lib.run_cmd_from_buffer)(ctx, json.as_ptr()) };
         if rc == 0 {
             return Ok(());
         }
         // SAFETY: as above; the buffer stays valid until the next call on
-        // this context, and is copied before the lock goes.
+        // this context, and is copied at once.
         let msg = unsafe {
             let p = (self.lib.get_error_buffer)(ctx);
             if p.is_null() {
@@ -180,51 +198,125 @@ impl Session {
     }
 }
 
-impl Drop for Session {
+impl Drop for Context {
     fn drop(&mut self) {
-        let _calls = calls();
-        // SAFETY: the last user of the context, under the lock.
+        // SAFETY: the last user of the context, on its thread.
         unsafe { (self.lib.ctx_free)(self.ctx) };
     }
 }
 
-/// libnftables (1.0.6, Debian 12) waits for a batch's answers with
-/// select(2), whose `fd_set` holds descriptors below 1024 only: for a
-/// socket numbered higher, glibc's fortified `FD_SET` aborts the whole
-/// process ("bit out of range 0 - FD_SETSIZE on fd_set"). A node with some
-/// 150 tasks holds that many descriptors (each task's resolver sockets,
-/// watcher and context), so a context is made only while the lowest free
-/// descriptor is well below 1024 (the margin covers descriptors other
-/// threads open between the check and the context's socket); otherwise
-/// that namespace's writes go through an `nft` process, whose descriptors
-/// are its own. Contexts already made keep their low sockets.
-const SELECT_SAFE_BELOW: i32 = 1024 - 64;
-
-/// The number the next descriptor opened would get (the lowest free one).
+/// The number the next descriptor opened on this thread would get.
 fn lowest_free_fd() -> Option<i32> {
     use std::os::fd::AsRawFd;
     std::fs::File::open("/dev/null").ok().map(|f| f.as_raw_fd())
 }
 
-/// Whether a new context's socket would be safe for select(2) now.
-fn low_descriptor_free() -> bool {
-    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    let next = lowest_free_fd();
-    let ok = next.is_some_and(|fd| fd < SELECT_SAFE_BELOW);
-    if !ok && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
-        tracing::warn!(
-            next_descriptor = next,
-            "over {SELECT_SAFE_BELOW} descriptors open: nftables writes in further task namespaces go through an nft process each (libnftables cannot use a socket numbered 1024 or more)"
-        );
+/// What the contexts' thread is asked.
+enum Job {
+    /// Run `json` in the namespace at `path` (inode `inode`).
+    Apply {
+        path: PathBuf,
+        inode: u64,
+        json: CString,
+        reply: std::sync::mpsc::SyncSender<Outcome>,
+    },
+    /// Drop the contexts of these inodes, or of all but these; then answer.
+    Drop {
+        inodes: BTreeSet<u64>,
+        keep: bool,
+        done: std::sync::mpsc::SyncSender<()>,
+    },
+}
+
+enum Outcome {
+    Ran(std::result::Result<(), String>),
+    /// No context for that namespace: write through the process.
+    NoContext,
+}
+
+/// The contexts' thread: a descriptor table of its own, then one job at a
+/// time until the [`Sessions`] goes. Nothing here may use a descriptor of
+/// the process's table (a tokio waker, a log file): the same numbers mean
+/// other files here, or none. It uses its own files, std channels (futexes)
+/// and stdout and stderr, which the copy keeps.
+fn serve(lib: &'static Lib, jobs: std::sync::mpsc::Receiver<Job>, count: Arc<AtomicUsize>) {
+    let home = match private_table() {
+        Ok(home) => Some(home),
+        Err(e) => {
+            tracing::warn!(error = %e, "no descriptor table of its own for libnftables: nftables tables in task namespaces are written by an nft process each");
+            None
+        }
+    };
+    let mut contexts: BTreeMap<u64, Context> = BTreeMap::new();
+    let mut warned = false;
+    for job in jobs {
+        match job {
+            Job::Apply {
+                path,
+                inode,
+                json,
+                reply,
+            } => {
+                let Some(home) = &home else {
+                    let _ = reply.send(Outcome::NoContext);
+                    continue;
+                };
+                if !contexts.contains_key(&inode) {
+                    let next = lowest_free_fd();
+                    if next.is_none_or(|fd| fd >= SELECT_SAFE_BELOW) {
+                        if !std::mem::replace(&mut warned, true) {
+                            tracing::warn!(
+                                contexts = contexts.len(),
+                                next_descriptor = next,
+                                "libnftables contexts fill their thread's descriptors below 1024: nftables writes in further task namespaces go through an nft process each"
+                            );
+                        }
+                        let _ = reply.send(Outcome::NoContext);
+                        continue;
+                    }
+                    match Context::open(lib, &path, inode, home) {
+                        Some(c) => {
+                            contexts.insert(inode, c);
+                        }
+                        None => {
+                            let _ = reply.send(Outcome::NoContext);
+                            continue;
+                        }
+                    }
+                }
+                let r = contexts[&inode].run(&json);
+                count.store(contexts.len(), Ordering::Relaxed);
+                let _ = reply.send(Outcome::Ran(r));
+            }
+            Job::Drop { inodes, keep, done } => {
+                contexts.retain(|ino, _| inodes.contains(ino) == keep);
+                count.store(contexts.len(), Ordering::Relaxed);
+                let _ = done.send(());
+            }
+        }
     }
-    ok
+}
+
+/// Gives this thread a copy of the process's descriptor table and closes,
+/// in the copy, all but stdin, stdout and stderr (the daemon's own table is
+/// untouched); returns this thread's network namespace, to come back to.
+fn private_table() -> std::io::Result<std::fs::File> {
+    nix::sched::unshare(CloneFlags::CLONE_FILES).map_err(std::io::Error::from)?;
+    // SAFETY: close_range(2) on this thread's private table only.
+    let rc = unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    std::fs::File::open("/proc/thread-self/ns/net")
 }
 
 /// The kept contexts, one per namespace (by its inode, which no other
-/// namespace can take while the context keeps it alive).
+/// namespace can take while the context keeps it alive), on a thread of
+/// their own started at first use.
 #[derive(Default)]
 pub struct Sessions {
-    by_inode: Mutex<BTreeMap<u64, Arc<Session>>>,
+    jobs: Mutex<Option<std::sync::mpsc::Sender<Job>>>,
+    count: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -238,68 +330,96 @@ impl std::fmt::Debug for Sessions {
 impl Sessions {
     /// Applies `ruleset` in `ns` as one transaction: through the
     /// namespace's kept context (made on first use), or through an `nft`
-    /// process when the library cannot be loaded or too many descriptors
-    /// are open for a new context ([`SELECT_SAFE_BELOW`]).
+    /// process when the library cannot be loaded or its thread holds too
+    /// many contexts for another ([`SELECT_SAFE_BELOW`]).
     pub async fn apply(&self, ns: &Netns, ruleset: Nftables<'static>) -> Result<()> {
         let started = std::time::Instant::now();
-        let Some(session) = self.session(ns) else {
+        let Some(jobs) = self.jobs() else {
             return super::nft::apply_async(ns, ruleset).await;
         };
-        let opened = started.elapsed();
         let json = serde_json::to_string(&ruleset)
             .map_err(|e| e.to_string())
             .and_then(|j| CString::new(j).map_err(|e| e.to_string()))
             .map_err(|msg| failed(ns.label(), "encoding ruleset", msg))?;
-        let label = ns.label();
-        let r = tokio::task::spawn_blocking(move || session.run(&json))
-            .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()));
+        // The answer comes through a std channel, waited for on the
+        // blocking pool: the contexts' thread must not wake a tokio task
+        // itself, which writes to the runtime's descriptors, numbers its
+        // own table does not have.
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        let sent = jobs.send(Job::Apply {
+            path: ns.path().to_owned(),
+            inode: ns.inode(),
+            json,
+            reply,
+        });
+        let outcome = match sent {
+            Ok(()) => tokio::task::spawn_blocking(move || answer.recv())
+                .await
+                .ok()
+                .and_then(|r| r.ok())
+                .unwrap_or(Outcome::NoContext),
+            Err(_) => Outcome::NoContext,
+        };
         tracing::trace!(
-            ns = %label,
-            context_us = opened.as_micros() as u64,
-            total_us = started.elapsed().as_micros() as u64,
+            ns = %ns.label(),
+            us = started.elapsed().as_micros() as u64,
+            in_process = matches!(outcome, Outcome::Ran(_)),
             "libnftables write"
         );
-        r.map_err(|msg| failed(label, "applying ruleset", msg))
+        match outcome {
+            Outcome::Ran(r) => r.map_err(|msg| failed(ns.label(), "applying ruleset", msg)),
+            Outcome::NoContext => super::nft::apply_async(ns, ruleset).await,
+        }
     }
 
-    fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, Arc<Session>>> {
-        self.by_inode.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn session(&self, ns: &Netns) -> Option<Arc<Session>> {
+    /// The contexts' thread's queue, the thread started on first use;
+    /// `None` when the library cannot be loaded or no thread starts.
+    fn jobs(&self) -> Option<std::sync::mpsc::Sender<Job>> {
         let lib = lib()?;
-        let mut by = self.map();
-        if let Some(s) = by.get(&ns.inode()) {
-            return Some(s.clone());
+        let mut jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner());
+        if jobs.is_none() {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let count = self.count.clone();
+            std::thread::Builder::new()
+                .name("libnftables".into())
+                .spawn(move || serve(lib, rx, count))
+                .map_err(|e| tracing::warn!(error = %e, "cannot start the libnftables thread"))
+                .ok()?;
+            *jobs = Some(tx);
         }
-        if !low_descriptor_free() {
-            return None;
+        jobs.clone()
+    }
+
+    /// Drops contexts and waits until they are gone (their sockets closed,
+    /// so their namespaces may go).
+    fn drop_contexts(&self, inodes: BTreeSet<u64>, keep: bool) {
+        let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(jobs) = jobs else { return };
+        let (done, gone) = std::sync::mpsc::sync_channel(1);
+        if jobs.send(Job::Drop { inodes, keep, done }).is_ok() {
+            let _ = gone.recv();
         }
-        let s = Arc::new(Session::open(lib, ns)?);
-        by.insert(ns.inode(), s.clone());
-        Some(s)
     }
 
     /// Drops the context of the namespace with inode `inode` (before the
     /// namespace is deleted: the context would keep it alive).
     pub fn forget(&self, inode: u64) {
-        self.map().remove(&inode);
+        self.drop_contexts(BTreeSet::from([inode]), false);
     }
 
     /// Keeps only the contexts of the namespaces with these inodes.
     pub fn reap(&self, live: &BTreeSet<u64>) {
-        self.map().retain(|ino, _| live.contains(ino));
+        self.drop_contexts(live.clone(), true);
     }
 
     /// Drops every context.
     pub fn clear(&self) {
-        self.map().clear();
+        self.drop_contexts(BTreeSet::new(), true);
     }
 
     /// How many contexts are kept.
     pub fn count(&self) -> usize {
-        self.map().len()
+        self.count.load(Ordering::Relaxed)
     }
 }
 

@@ -268,3 +268,41 @@ async fn in_process_writes_land_in_their_namespace_and_let_it_go() {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+/// A daemon holding over 1024 descriptors (a node with a few hundred tasks)
+/// still writes in process: the contexts live on a thread with a table of
+/// its own, where their sockets stay below select(2)'s limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_process_writes_go_on_past_1024_descriptors() {
+    use std::os::fd::AsRawFd;
+    use weft_overlay::linux::libnft::Sessions;
+    require_root!();
+    let (soft, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    if soft < 2048 {
+        nix::sys::resource::setrlimit(
+            nix::sys::resource::Resource::RLIMIT_NOFILE,
+            hard.min(4096),
+            hard,
+        )
+        .unwrap();
+    }
+    let held: Vec<std::fs::File> = (0..1100)
+        .map(|_| std::fs::File::open("/dev/null").unwrap())
+        .collect();
+    assert!(held.last().unwrap().as_raw_fd() >= 1024);
+    let run = RunDir::new();
+    let ns = run.netns("many");
+    let sessions = Sessions::default();
+    let table = unique("weft-m");
+    sessions.apply(&ns, table_batch(&table)).await.unwrap();
+    assert_eq!(
+        sessions.count(),
+        1,
+        "written through a kept context, not an nft process"
+    );
+    assert!(has_table(&nft_ruleset(ns.path()), &table));
+    sessions.clear();
+    assert_eq!(sessions.count(), 0);
+    drop(held);
+}
