@@ -39,7 +39,7 @@ pub struct DnsView {
 /// endpoint order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TaskView {
-    networks: Vec<NetRecords>,
+    networks: Vec<Arc<NetRecords>>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -66,6 +66,9 @@ pub enum Lookup {
 impl DnsView {
     /// The view of `desired`: every local task's names and the upstreams.
     pub fn of(desired: &DesiredNode) -> DnsView {
+        // Each network's records are made once and shared by its tasks (250
+        // tasks on one network made them 250 times, every pass).
+        let mut records: BTreeMap<&crate::model::NetworkId, Arc<NetRecords>> = BTreeMap::new();
         let tasks = desired
             .tasks
             .iter()
@@ -73,8 +76,15 @@ impl DnsView {
                 let networks = t
                     .endpoints
                     .iter()
-                    .filter_map(|ep| desired.networks.get(&ep.network))
-                    .map(NetRecords::of)
+                    .filter_map(|ep| {
+                        let net = desired.networks.get(&ep.network)?;
+                        Some(
+                            records
+                                .entry(&ep.network)
+                                .or_insert_with(|| Arc::new(NetRecords::of(net)))
+                                .clone(),
+                        )
+                    })
                     .collect();
                 (id.clone(), Arc::new(TaskView { networks }))
             })
