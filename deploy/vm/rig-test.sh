@@ -16,7 +16,9 @@
 #      `apt install`, while the client keeps asking: no failed request
 #      beyond the node being upgraded (one running the client or a replica:
 #      its WireGuard pauses while its daemon restarts), and `node ls` shows
-#      every node at the new version.
+#      every node at the new version;
+#   6. a node running a replica loses power (QEMU killed): it is marked
+#      Down and the service runs 3 again elsewhere (timed).
 #
 # The old package is built from WEFT_VM_OLD_BIN_DIR (a previous release's
 # weft and weft-task-logger, packed as version WEFT_VM_OLD_VERSION) when
@@ -274,8 +276,49 @@ main() {
   [ "$(nodes m1 | awk -F'|' '{ print $4 }' | sort -u)" = "$DEB_NEW" ] && r=0 || r=1
   check "node ls shows every node at $DEB_NEW" "$r" "$versions"
   gate_opens
+  power_cut
   summary_and_exit
 }
+
+# 6. A node running a replica loses power (its QEMU killed: no connection
+# closes, so missed heartbeats find it): the time to Down and to 3 replicas
+# running elsewhere, the VM side of the namespace rig's "silent host"
+# (BENCHMARKS.md). The victim runs a web replica and is neither the client's
+# node (w2) nor the leader. Each poll is an ssh command, about a second
+# under TCG: the times are good to a second.
+power_cut() {
+  local leader victim t r down p last
+  leader=$(leader_of m2)
+  victim=$(on m2 'weft service ps web' | awk 'NR > 1 && / running /' | grep -oE ' (m|w)[0-9] ' \
+    | tr -d ' ' | grep -vx -e w2 -e "$leader" | head -1 || true)
+  [ -n "$victim" ] || { check "a node to cut off (a replica, not w2, not the leader)" 1 "none"; return; }
+  local from=$leader
+  p=$(vm_pid "$DIR" "$victim") || { check "$victim's qemu" 1 "not running"; return; }
+  t=$(now_ms)
+  kill -9 "$p"
+  until_ok 60 node_is "$from" "$victim" Down && r=0 || r=1
+  down=$(elapsed "$t")
+  check "$victim's power cut: marked Down (from $from)" "$r" "$down s"
+  until_ok 120 running_without "$from" web 3 "$victim" && r=0 || r=1
+  local again
+  again=$(elapsed "$t")
+  check "web runs 3 again without $victim" "$r" "$again s after the cut"
+  # The client's requests from the cut on (its clock is w2's), 10 s on.
+  sleep 10
+  local after
+  after=$(client_lines | awk -v b="$((t / 1000))" '$1 >= b')
+  last=$(awk '$2 == "fail" { l = $1 } END { print l }' <<<"$after")
+  TIMINGS+=("power cut of $victim (a replica) -> Down: $down s; -> 3 replicas running elsewhere: $again s; client requests since the cut: $(grep -c . <<<"$after" || true), $(grep -c fail <<<"$after" || true) failed, the last ${last:+$((last - t / 1000)) s after the cut}${last:-: none}")
+}
+# running_without FROM SERVICE N NODE: N tasks of SERVICE running on
+# nodes other than NODE.
+running_without() {
+  local out
+  out=$(on "$1" "weft service ps $2") || return 1
+  [ "$(grep ' running ' <<<"$out" | grep -vc " $4 ")" -ge "$3" ]
+}
+# node_is FROM NAME STATUS: FROM lists NAME with STATUS.
+node_is() { [ "$(row "$1" "$2" | awk -F'|' '{ print $2 }')" = "$3" ]; }
 
 # The version gate, when the old release is 0.1.x (before IPv6 networks):
 # with m1 new and m2, m3 old, an IPv6 network is refused, naming them...
