@@ -308,7 +308,7 @@ power_cut() {
   local after
   after=$(client_lines | awk -v b="$((t / 1000))" '$1 >= b')
   last=$(awk '$2 == "fail" { l = $1 } END { print l }' <<<"$after")
-  TIMINGS+=("power cut of $victim (a replica) -> Down: $down s; -> 3 replicas running elsewhere: $again s; client requests since the cut: $(grep -c . <<<"$after" || true), $(grep -c fail <<<"$after" || true) failed, the last ${last:+$((last - t / 1000)) s after the cut}${last:-: none}")
+  TIMINGS+=("power cut of $victim (a replica) -> Down: $down s; -> 3 replicas running elsewhere: $again s; client requests since the cut: $(grep -c . <<<"$after" || true), $(grep -c fail <<<"$after" || true) failed, the last $([ -n "$last" ] && echo "$((last - t / 1000)) s after the cut" || echo none)")
 }
 # running_without FROM SERVICE N NODE: N tasks of SERVICE running on
 # nodes other than NODE.

@@ -240,11 +240,14 @@ enum Outcome {
 /// other files here, or none. It uses its own files, std channels (futexes)
 /// and stdout and stderr, which the copy keeps.
 fn serve(lib: &'static Lib, jobs: std::sync::mpsc::Receiver<Job>, count: Arc<AtomicUsize>) {
+    // Without a table of its own (or with one still holding the daemon's
+    // files: close_range failed), the thread ends at once and its copy of
+    // the table with it; every write then goes through the process.
     let home = match private_table() {
-        Ok(home) => Some(home),
+        Ok(home) => home,
         Err(e) => {
             tracing::warn!(error = %e, "no descriptor table of its own for libnftables: nftables tables in task namespaces are written by an nft process each");
-            None
+            return;
         }
     };
     let mut contexts: BTreeMap<u64, Context> = BTreeMap::new();
@@ -257,10 +260,6 @@ fn serve(lib: &'static Lib, jobs: std::sync::mpsc::Receiver<Job>, count: Arc<Ato
                 json,
                 reply,
             } => {
-                let Some(home) = &home else {
-                    let _ = reply.send(Outcome::NoContext);
-                    continue;
-                };
                 if !contexts.contains_key(&inode) {
                     let next = lowest_free_fd();
                     if next.is_none_or(|fd| fd >= SELECT_SAFE_BELOW) {
@@ -274,7 +273,7 @@ fn serve(lib: &'static Lib, jobs: std::sync::mpsc::Receiver<Job>, count: Arc<Ato
                         let _ = reply.send(Outcome::NoContext);
                         continue;
                     }
-                    match Context::open(lib, &path, inode, home) {
+                    match Context::open(lib, &path, inode, &home) {
                         Some(c) => {
                             contexts.insert(inode, c);
                         }

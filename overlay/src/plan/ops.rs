@@ -86,8 +86,8 @@ pub enum Op {
         /// MTU.
         mtu: u32,
     },
-    /// Create a VXLAN device in the daemon's namespace (learning off, proxy
-    /// on) and move it into the network's namespace.
+    /// Create a VXLAN device in the network's namespace whose UDP socket is
+    /// in the daemon's namespace, the underlay (learning off, proxy on).
     CreateVxlan {
         /// Network.
         network: NetworkId,

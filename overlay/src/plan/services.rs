@@ -89,9 +89,9 @@ pub(super) fn services(p: &mut Pass) {
             .collect();
         if !vips.is_empty() && had != Some(comments) {
             // A namespace this pass makes has no flows yet: nothing to
-            // flush, and no conntrack dump (a few ms in a new namespace).
+            // flush. One adopted from another runtime (`netns`) may have.
             let mut flush = old;
-            if obs.is_some() {
+            if obs.is_some() || task.netns.is_some() {
                 flush.extend(vips.keys().copied());
             }
             ops.push(Op::ApplyLb {

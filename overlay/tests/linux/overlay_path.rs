@@ -1,6 +1,6 @@
 //! The primitives composed into a real overlay, as the data plane will use
 //! them: on each of two underlay hosts an overlay namespace with a bridge and
-//! a VXLAN device (created in the host namespace, moved in), a task
+//! a VXLAN device (made in it, its socket in the host namespace), a task
 //! namespace on a veth, static FDB and neighbour entries (no learning, no
 //! flooding) — and a TCP exchange between the tasks across hosts.
 
