@@ -37,6 +37,7 @@ security_driver = "none"
 CONF
   # shellcheck disable=SC2016 # the inner shell's variables
   setsid -f unshare --net --mount --propagation private sh -c '
+    set -e
     d=$1
     mount --bind "$d/etc" /etc/libvirt
     mount --bind "$d/lib" /var/lib/libvirt
@@ -65,18 +66,31 @@ vg() {
     WEFT_VM_ACCEL="$ACCEL" WEFT_BIN="$DIR/bin/weft" vagrant "$@"
 }
 
+# ns_procs NS: the pids of the processes in network namespace NS but the holder.
+ns_procs() {
+  local p holder
+  holder=$(netns_pid "$DIR" || true)
+  for p in /proc/[0-9]*; do
+    [ "$(readlink "$p/ns/net" 2>/dev/null)" = "$1" ] || continue
+    [ "${p#/proc/}" = "$holder" ] || echo "${p#/proc/}"
+  done
+}
+
 cleanup() {
-  local rc=$? ns p
-  if netns_pid "$DIR" >/dev/null; then
+  local rc=$? ns p holder
+  set +e
+  if holder=$(netns_pid "$DIR"); then
     [ ! -d "$DIR/dot" ] || vg destroy -f >/dev/null 2>&1 || { log "vagrant destroy failed"; rc=1; }
-    ns=$(readlink "/proc/$(netns_pid "$DIR")/ns/net")
-    # libvirtd, virtlogd, dnsmasq, any qemu left: every process of the namespace.
-    for p in /proc/[0-9]*; do
-      [ "$(readlink "$p/ns/net" 2>/dev/null)" = "$ns" ] || continue
-      [ "${p#/proc/}" = "$(netns_pid "$DIR")" ] || kill "${p#/proc/}" 2>/dev/null || true
-    done
-    sleep 1
-    p=$(netns_pid "$DIR") && kill "$p"
+    ns=$(readlink "/proc/$holder/ns/net")
+    # libvirtd, virtlogd, dnsmasq, any qemu left: every process of the
+    # namespace, asked to stop, then killed after 20 s.
+    # shellcheck disable=SC2046 # a list of pids
+    kill $(ns_procs "$ns") 2>/dev/null
+    # shellcheck disable=SC2046 # a list of pids
+    wait_for 20 "the namespace's processes to stop" test -z "$(ns_procs "$ns")" ||
+      kill -9 $(ns_procs "$ns") 2>/dev/null
+    kill "$holder"
+    wait_for 10 "the namespace holder to exit" test ! -e "/proc/$holder"
   fi
   rm -rf "$DIR" || rc=1
   log "vagrant-test: $( [ "$rc" = 0 ] && echo PASS || echo FAIL ) in $(secs $(( $(now_ms) - T0 )))s ($ACCEL)"
@@ -93,8 +107,11 @@ main() {
   trap cleanup EXIT
   strip --strip-debug -o "$DIR/bin/weft" "$(weft_binary)"
   ns_up
-  in_vns virtlogd -d
-  in_vns libvirtd -d
+  # Pid files in the run's directory, not the host's /run, and no D-Bus:
+  # the host's libvirt (if any) keeps its locks, and no firewalld or
+  # machined of the host hears of this one's networks and guests.
+  in_vns env DBUS_SYSTEM_BUS_ADDRESS=unix:path=/nonexistent virtlogd -d -p "$DIR/run/virtlogd.pid"
+  in_vns env DBUS_SYSTEM_BUS_ADDRESS=unix:path=/nonexistent libvirtd -d -p "$DIR/run/libvirtd.pid"
   wait_for 30 "libvirtd" in_vns virsh -c qemu:///system version
   vg box add --name weft/debian12 "$BOX" >/dev/null
   log "vagrant up --provider=libvirt (accelerator: $ACCEL)"
