@@ -8,7 +8,9 @@
 # containers, each in namespace hosts the test creates; the CPU time of
 # everything in the node's host namespace (children included) over
 # WEFT_BENCH_IDLE_ROUNDS (3) windows of WEFT_BENCH_IDLE_WINDOW (20) s. Also
-# how long the worker's data plane passes take when one more replica comes.
+# how long the worker's data plane passes take after three changes: one more
+# replica, a new network with one task, and a VIP added to that one task's
+# namespace (the "change that touches one task namespace").
 # Writes bench/results-idle.md (BENCH_OUT; "-" prints instead).
 #
 # Knobs: the WEFT_BENCH_IDLE_* above, WEFT_BENCH_IDLE_LOG (the daemons' log

@@ -18,9 +18,12 @@
 //! starts; for Docker dockerd, its containerd and the shims. The tasks
 //! themselves (in namespaces of their own) count on neither side.
 //!
-//! Then, on the weft worker with all its tasks, one more replica: the
-//! worker's data plane passes are timed from its debug log (`converge
-//! pass` plane_ms), the figure of "a change that touches one task
+//! Then, on the weft worker with all its tasks, three changes, each
+//! followed by the worker's data plane passes, timed from its debug log
+//! (`converge pass` plane_ms): one more replica (every task's VIP table),
+//! a one-replica service on a network of its own (a new namespace), and a
+//! service without replicas on that network, which touches that one
+//! namespace's VIP table: the figure of "a change that touches one task
 //! namespace".
 
 mod common;

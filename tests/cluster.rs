@@ -260,9 +260,7 @@ fn killed_worker_is_marked_down_within_three_heartbeats() {
     let (wt, _) = lab.init("m1", &["--heartbeat-period", "500ms"]);
     lab.join("w1", &wt, "m1");
     wait_for("w1 ready", Duration::from_secs(10), || {
-        lab.node_ls("m1")
-            .iter()
-            .any(|r| r.hostname == "w1" && r.status == "Ready")
+        lab.node_ready("m1", "w1")
     });
     lab.kill9("w1");
     let took = wait_for("w1 down", Duration::from_secs(10), || {
@@ -277,9 +275,7 @@ fn killed_worker_is_marked_down_within_three_heartbeats() {
     // It comes back when restarted.
     lab.start("w1");
     wait_for("w1 ready again", Duration::from_secs(15), || {
-        lab.node_ls("m1")
-            .iter()
-            .any(|r| r.hostname == "w1" && r.status == "Ready")
+        lab.node_ready("m1", "w1")
     });
 }
 
@@ -513,9 +509,7 @@ fn bad_input_and_refused_credentials() {
     assert!(lab.weft("x1", &["info"]).contains("inactive"));
     assert_eq!(lab.weft("m1", &["join-token", "-q", "manager"]).trim(), mt);
     wait_for("w1 still ready", Duration::from_secs(10), || {
-        lab.node_ls("m1")
-            .iter()
-            .any(|r| r.hostname == "w1" && r.status == "Ready")
+        lab.node_ready("m1", "w1")
     });
 
     // `weft node ls` against m1's control API over TCP, from w1's namespace,

@@ -230,9 +230,7 @@ fn restart_w1(lab: &mut Lab) {
     lab.sigterm("w1");
     lab.start("w1");
     wait_for("w1 Ready again", Duration::from_secs(30), || {
-        lab.node_ls("m1")
-            .iter()
-            .any(|r| r.hostname == "w1" && r.status == "Ready")
+        lab.node_ready("m1", "w1")
     });
     settled(lab, "w1 applied its whole config");
 }

@@ -238,9 +238,7 @@ fn restarting_a_worker_daemon_keeps_tasks_without_duplicates() {
     lab.kill9("w1");
     lab.start("w1");
     wait_for("w1 ready", Duration::from_secs(15), || {
-        lab.node_ls("m1")
-            .iter()
-            .any(|r| r.hostname == "w1" && r.status == "Ready")
+        lab.node_ready("m1", "w1")
     });
     let ps = lab.weft("m1", &["service", "ps", "web"]);
     let ids_after: BTreeSet<String> = ps

@@ -87,11 +87,14 @@ ready() {
   out=$(nodes "$1") || return 1
   [ "$(awk -F'|' '$2 == "Ready"' <<<"$out" | wc -l)" -ge "$2" ] && [ -z "$(awk -F'|' '$2 != "Ready"' <<<"$out")" ]
 }
-# running FROM SERVICE N: N tasks of SERVICE running.
+# running FROM SERVICE N [NODE]: N tasks of SERVICE running (on nodes
+# other than NODE, when given).
 running() {
   local out
   out=$(on "$1" "weft service ps $2") || return 1
-  [ "$(grep -c ' running ' <<<"$out")" -ge "$3" ]
+  out=$(grep ' running ' <<<"$out" || true)
+  [ -z "${4:-}" ] || out=$(grep -v " $4 " <<<"$out" || true)
+  [ "$(grep -c . <<<"$out" || true)" -ge "$3" ]
 }
 # row FROM NAME: NAME's line of nodes.
 row() { nodes "$1" | awk -F'|' -v n="$2" '$1 == n'; }
@@ -299,7 +302,7 @@ power_cut() {
   until_ok 60 node_is "$from" "$victim" Down && r=0 || r=1
   down=$(elapsed "$t")
   check "$victim's power cut: marked Down (from $from)" "$r" "$down s"
-  until_ok 120 running_without "$from" web 3 "$victim" && r=0 || r=1
+  until_ok 120 running "$from" web 3 "$victim" && r=0 || r=1
   local again
   again=$(elapsed "$t")
   check "web runs 3 again without $victim" "$r" "$again s after the cut"
@@ -309,13 +312,6 @@ power_cut() {
   after=$(client_lines | awk -v b="$((t / 1000))" '$1 >= b')
   last=$(awk '$2 == "fail" { l = $1 } END { print l }' <<<"$after")
   TIMINGS+=("power cut of $victim (a replica) -> Down: $down s; -> 3 replicas running elsewhere: $again s; client requests since the cut: $(grep -c . <<<"$after" || true), $(grep -c fail <<<"$after" || true) failed, the last $([ -n "$last" ] && echo "$((last - t / 1000)) s after the cut" || echo none)")
-}
-# running_without FROM SERVICE N NODE: N tasks of SERVICE running on
-# nodes other than NODE.
-running_without() {
-  local out
-  out=$(on "$1" "weft service ps $2") || return 1
-  [ "$(grep ' running ' <<<"$out" | grep -vc " $4 ")" -ge "$3" ]
 }
 # node_is FROM NAME STATUS: FROM lists NAME with STATUS.
 node_is() { [ "$(row "$1" "$2" | awk -F'|' '{ print $2 }')" = "$3" ]; }

@@ -495,6 +495,13 @@ impl Lab {
         parse_node_ls(&self.weft(host, &["node", "ls"]))
     }
 
+    /// Whether `node ls` on `from` shows node `hostname` Ready.
+    pub fn node_ready(&self, from: &str, hostname: &str) -> bool {
+        self.node_ls(from)
+            .iter()
+            .any(|r| r.hostname == hostname && r.status == "Ready")
+    }
+
     /// The pinned network namespace of task `id` on `host`.
     pub fn task_netns(&self, host: &str, id: &str) -> PathBuf {
         self.host_dir(host)

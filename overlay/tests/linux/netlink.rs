@@ -200,8 +200,14 @@ async fn vxlan_is_created_in_one_namespace_with_its_socket_in_another() {
     assert!(udp_port_bound(&host, 4789), "the VXLAN socket is in host");
     assert!(!udp_port_bound(&net, 4789), "no VXLAN socket in net");
 
-    // FDB: static MAC -> VTEP, and two appended flood entries.
     let mac: MacAddr = "02:42:0a:00:09:05".parse().unwrap();
+    vxlan_fdb_entries(&nn, &net, mac).await;
+    vxlan_neighbours(&nn, &net, mac).await;
+}
+
+/// FDB on the VXLAN device "vx-t1" of `net`: static MAC -> VTEP, and two
+/// appended flood entries; the library's list agrees; deletions.
+async fn vxlan_fdb_entries(nn: &Netlink, net: &Netns, mac: MacAddr) {
     let r1: IpAddr = "198.18.7.2".parse().unwrap();
     let r2: IpAddr = "198.18.7.3".parse().unwrap();
     nn.replace_fdb("vx-t1", mac, r1).await.unwrap();
@@ -271,8 +277,11 @@ async fn vxlan_is_created_in_one_namespace_with_its_socket_in_another() {
         .filter_map(|e| e.get("dst").and_then(|d| d.as_str()))
         .collect();
     assert_eq!(dsts, vec!["198.18.7.3"]);
+}
 
-    // Neighbour: IP -> MAC, permanent, replaceable, deletable.
+/// Neighbours on the VXLAN device "vx-t1" of `net`: IP -> MAC, permanent,
+/// replaceable, deletable.
+async fn vxlan_neighbours(nn: &Netlink, net: &Netns, mac: MacAddr) {
     let ip10: IpAddr = "10.0.9.5".parse().unwrap();
     nn.replace_neigh("vx-t1", ip10, mac).await.unwrap();
     nn.replace_neigh("vx-t1", ip10, "02:42:0a:00:09:06".parse().unwrap())
