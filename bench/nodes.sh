@@ -12,6 +12,11 @@
 #
 # Knobs: WEFT_BENCH_NODES, WEFT_BENCH_NODE_REPLICAS, WEFT_BENCH_IDLE_WINDOW,
 # BENCH_SKIP_BUILD=1, BENCH_KEEP=1, BENCH_REV.
+#
+# Past 4,996 simulated nodes (the cluster's limit is 5,000 with the three
+# managers and the one that joins to make a change), the managers run with
+# WEFT_UNSUPPORTED_MAX_NODES, to find where they break: nothing past 5,000
+# is supported.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -29,6 +34,11 @@ bench_workdir nodes
 # One file descriptor per simulated node's connection, and as many on the
 # leader: the soft limit goes up to the hard one.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+NODES=${WEFT_BENCH_NODES:-1000}
+if [ "$NODES" -gt 4996 ]; then
+  export WEFT_UNSUPPORTED_MAX_NODES=$((NODES + 4))
+  echo "bench-nodes: $NODES nodes: the managers run with WEFT_UNSUPPORTED_MAX_NODES=$WEFT_UNSUPPORTED_MAX_NODES" >&2
+fi
 
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 START=$(date -u '+%Y-%m-%d %H:%M UTC')

@@ -134,6 +134,48 @@ pub const MAX_WG_KEY_ROTATION_SECS: u64 = 365 * 24 * 3600;
 /// ingress endpoint in other nodes' configs.
 pub const MAX_NODES: usize = 5000;
 
+/// Highest node limit `WEFT_UNSUPPORTED_MAX_NODES` may set.
+pub const MAX_NODES_UNSUPPORTED: usize = 100_000;
+
+/// The node limit in force: [`MAX_NODES`], unless the manager's environment
+/// has `WEFT_UNSUPPORTED_MAX_NODES` (read once, at most
+/// [`MAX_NODES_UNSUPPORTED`]), which `bench/nodes.sh` sets to find where
+/// three managers break beyond it. Nothing past [`MAX_NODES`] is proved
+/// (message and config bounds are computed for it): every manager must
+/// have the same figure, and the daemon warns when it is set.
+pub fn max_nodes() -> usize {
+    static LIMIT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *LIMIT.get_or_init(|| {
+        let raw = std::env::var_os("WEFT_UNSUPPORTED_MAX_NODES");
+        match unsupported_max_nodes(raw.as_deref()) {
+            Ok(None) => MAX_NODES,
+            Ok(Some(n)) => {
+                tracing::warn!(
+                    limit = n,
+                    "WEFT_UNSUPPORTED_MAX_NODES is set: the node limit is {n}, not {MAX_NODES}; \
+                     beyond {MAX_NODES} nothing is tested or bounded"
+                );
+                n
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "WEFT_UNSUPPORTED_MAX_NODES ignored");
+                MAX_NODES
+            }
+        }
+    })
+}
+
+/// The node limit `WEFT_UNSUPPORTED_MAX_NODES` asks for (`None`: unset).
+fn unsupported_max_nodes(raw: Option<&std::ffi::OsStr>) -> Result<Option<usize>> {
+    let Some(raw) = raw else { return Ok(None) };
+    match raw.to_str().and_then(|s| s.parse::<usize>().ok()) {
+        Some(n) if (MAX_NODES..=MAX_NODES_UNSUPPORTED).contains(&n) => Ok(Some(n)),
+        _ => Err(Error::InvalidInput(format!(
+            "{raw:?} is not a number of nodes from {MAX_NODES} to {MAX_NODES_UNSUPPORTED}"
+        ))),
+    }
+}
+
 /// Networks created with `weft network create` (default bridges and the
 /// ingress network are not counted: the cluster makes those itself).
 pub const MAX_NETWORKS: usize = 1000;
@@ -480,7 +522,7 @@ pub fn admit(current: &State, cmd: &Command) -> Result<()> {
             what: "nodes",
             now: n0,
             next: n1,
-            max: MAX_NODES as u64,
+            max: max_nodes() as u64,
         },
         Measure {
             what: "networks",

@@ -749,7 +749,7 @@ impl Dispatcher for DispatcherService {
         let node = self.authorize(&req, &req.get_ref().node_id)?;
         let mut r = req.into_inner();
         // Bounded: a result per peer and kind, nothing else kept.
-        let max = limits::MAX_NODES * crate::doctor::probes::KINDS.len();
+        let max = limits::max_nodes() * crate::doctor::probes::KINDS.len();
         r.results.truncate(max);
         for res in &mut r.results {
             res.detail = limits::cut_report(std::mem::take(&mut res.detail));
@@ -1013,7 +1013,7 @@ impl Dispatcher for DispatcherService {
             r.handshakes
                 .iter()
                 .filter(|h| h.public_key.len() == limits::WG_PUBLIC_KEY_BYTES)
-                .take(limits::MAX_NODES)
+                .take(limits::max_nodes())
                 .map(|h| (h.public_key.clone(), h.last_handshake_ms))
                 .collect(),
         );

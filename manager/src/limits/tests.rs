@@ -321,3 +321,24 @@ fn a_command_the_store_refuses_fails_at_admission_with_the_store_error() {
         "{e:?}"
     );
 }
+
+#[test]
+fn the_unsupported_node_limit_is_a_number_from_the_limit_up() {
+    use std::ffi::OsStr;
+    assert_eq!(unsupported_max_nodes(None).unwrap(), None);
+    assert_eq!(
+        unsupported_max_nodes(Some(OsStr::new("10004"))).unwrap(),
+        Some(10_004)
+    );
+    assert_eq!(
+        unsupported_max_nodes(Some(OsStr::new("5000"))).unwrap(),
+        Some(MAX_NODES)
+    );
+    for bad in ["4999", "100001", "", "ten thousand", "-1", "1e4"] {
+        let e = unsupported_max_nodes(Some(OsStr::new(bad))).unwrap_err();
+        assert!(
+            e.to_string().contains("from 5000 to 100000"),
+            "{bad:?}: {e}"
+        );
+    }
+}
