@@ -24,9 +24,11 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
-use common::bench::{Failover, Loss, env_num, fmt_s, median, target_row, write_fragment};
+use common::bench::{Failover, Loss, env_num, fmt_pct, fmt_s, median, target_row, write_fragment};
 use common::containerd::PrivateContainerd;
-use common::vip_probe::{HTTP_ATTEMPT, PROBE_EVERY, Want, new_seen, unknown_seen, vip_names};
+use common::vip_probe::{
+    HTTP_ATTEMPT, PROBE_EVERY, Want, new_seen, unknown_seen, vip_names, vip_watch,
+};
 use common::{Lab, wait_for};
 
 const IMAGE: &str = "weft-test/busybox:latest";
@@ -77,7 +79,7 @@ fn failover(
         .filter(|n| *n == victim)
         .count();
     let t = Instant::now();
-    let prober = vip_names(
+    let prober = vip_watch(
         &client.pin,
         client.vip,
         t,
@@ -118,7 +120,8 @@ fn failover(
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    let seen = prober.join().expect("poller");
+    let watch = prober.join().expect("poller");
+    let seen = watch.seen;
     let answer = unknown_seen(&seen, &client.known);
     assert!(
         seen.keys().filter(|n| !client.known.contains(*n)).count() >= lost,
@@ -129,6 +132,8 @@ fn failover(
         down: down.unwrap_or(f64::NAN),
         moved: moved.unwrap_or(f64::NAN),
         answer,
+        silence: watch.silence.as_secs_f64(),
+        failed_pct: common::bench::pct(watch.failed, watch.attempts),
     }
 }
 
@@ -322,6 +327,7 @@ fn service_convergence_containers() {
         list(|r| r.scale_returned)
     ));
     let g = grace();
+    let attempt_ms = HTTP_ATTEMPT.as_millis();
     md.push_str(&format!(
         "\nFailover: SIGKILL to a worker's weft daemon (its containers keep running under its \
          containerd), then the manager polled every 10 ms (`node ls`, `service ps`) while the \
@@ -330,7 +336,10 @@ fn service_convergence_containers() {
          (heartbeat 1 s: down after 3 missed). Then, w3's daemon restarted and Ready again, a \
          silent host: w1's links cut (`eth0` down in its namespace; no connection is closed, \
          so heartbeats find it). \"The new replicas answer\": every replica that replaced one \
-         of the lost node's has answered through the VIP.\n\n\
+         of the lost node's has answered through the VIP. \"The service's longest silence\": \
+         the longest time from the loss on in which no probe got an answer from any replica; \
+         \"attempts unanswered\": the client's HTTP attempts in that time that got no answer \
+         (refused, reset, or none within {attempt_ms} ms), in % of all.\n\n\
          | what | median s | every run |\n|---|---:|---|\n"
     ));
     type Pick = fn(&Failover) -> f64;
@@ -341,17 +350,20 @@ fn service_convergence_containers() {
         ("w1 cut off (silent), heartbeats".to_string(), |r| r.silent),
     ];
     for (who, phase) in &phases {
-        let rows: [(&str, Pick); 3] = [
-            ("→ node down", |f| f.down),
-            ("→ its replicas running elsewhere", |f| f.moved),
-            ("→ the new replicas answer", |f| f.answer),
+        type Fmt = fn(f64) -> String;
+        let rows: [(&str, Pick, Fmt); 5] = [
+            ("→ node down", |f| f.down, fmt_s),
+            ("→ its replicas running elsewhere", |f| f.moved, fmt_s),
+            ("→ the new replicas answer", |f| f.answer, fmt_s),
+            ("— the service's longest silence", |f| f.silence, fmt_s),
+            ("— attempts unanswered, %", |f| f.failed_pct, fmt_pct),
         ];
-        for (what, pick) in rows {
+        for (what, pick, fmt) in rows {
             let v: Vec<f64> = all.iter().map(|r| pick(&phase(r))).collect();
-            let every = v.iter().map(|x| fmt_s(*x)).collect::<Vec<_>>().join(", ");
+            let every = v.iter().map(|x| fmt(*x)).collect::<Vec<_>>().join(", ");
             md.push_str(&format!(
                 "| {who} {what} | {} | {every} |\n",
-                fmt_s(median(&v))
+                fmt(median(&v))
             ));
         }
     }

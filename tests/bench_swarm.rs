@@ -31,10 +31,12 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::bench::{Failover, Loss, env_num, fmt_s, median, met, out_dir, write_fragment};
+use common::bench::{
+    Failover, Loss, env_num, fmt_pct, fmt_s, median, met, out_dir, write_fragment,
+};
 use common::swarm::Swarm;
 use common::vip_probe::{
-    HTTP_ATTEMPT, PROBE_EVERY, Want, all_seen, dnsrr_names, new_seen, unknown_seen,
+    HTTP_ATTEMPT, PROBE_EVERY, Want, all_seen, dnsrr_names, dnsrr_watch, new_seen, unknown_seen,
 };
 
 const IMAGE: &str = "weft-test/busybox:latest";
@@ -104,7 +106,7 @@ fn failover(
         .filter(|l| l.ends_with(" running") && l.starts_with(id.as_str()))
         .count();
     let t = Instant::now();
-    let prober = dnsrr_names(
+    let prober = dnsrr_watch(
         client,
         "web",
         t,
@@ -145,13 +147,16 @@ fn failover(
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    let seen = prober.join().expect("poller");
+    let watch = prober.join().expect("poller");
+    let seen = watch.seen;
     let answer = unknown_seen(&seen, known);
     known.extend(seen.into_keys());
     Failover {
         down: down.unwrap_or(f64::NAN),
         moved: moved.unwrap_or(f64::NAN),
         answer,
+        silence: watch.silence.as_secs_f64(),
+        failed_pct: common::bench::pct(watch.failed, watch.attempts),
     }
 }
 
@@ -395,14 +400,7 @@ fn failover_table(weft: &str, all: &[Round]) -> String {
          |---|---:|---:|---:|---:|---|\n",
     );
     for (who, what, phase, pick, target) in failover_rows {
-        // weft's row, e.g. "| w3 killed, grace 500ms → node down | median | runs |".
-        let line = weft
-            .lines()
-            .find(|l| l.starts_with('|') && l.contains(who) && l.contains(what));
-        let weft_row = line.map(|l| weft_runs(l, what)).unwrap_or_default();
-        let label = line
-            .and_then(|l| l.split('|').nth(1))
-            .map_or_else(|| format!("{who} {what}"), |c| c.trim().to_string());
+        let (label, weft_row) = weft_failover_row(weft, who, what);
         let sw: Vec<f64> = all.iter().map(|r| pick(&phase(r))).collect();
         let (wm, sm) = (median(&weft_row), median(&sw));
         let (ratio, times) = if wm.is_finite() {
@@ -420,6 +418,66 @@ fn failover_table(weft: &str, all: &[Round]) -> String {
             runs(&weft_row),
             fmt_s(sm),
             runs(&sw),
+        ));
+    }
+    md.push_str(&client_table(weft, all));
+    md
+}
+
+/// weft's failover row about `who` and `what` in its fragment `weft`
+/// (e.g. "| w3 killed, grace 500ms → node down | median | runs |"): its
+/// label and every run's figure.
+fn weft_failover_row(weft: &str, who: &str, what: &str) -> (String, Vec<f64>) {
+    let line = weft
+        .lines()
+        .find(|l| l.starts_with('|') && l.contains(who) && l.contains(what));
+    let runs = line.map(|l| weft_runs(l, what)).unwrap_or_default();
+    let label = line
+        .and_then(|l| l.split('|').nth(1))
+        .map_or_else(|| format!("{who} {what}"), |c| c.trim().to_string());
+    (label, runs)
+}
+
+/// What the client saw from each loss until the new replicas answered:
+/// the service's longest silence and the share of its attempts that got
+/// no answer, weft's (from its fragment `weft`) against Swarm's.
+fn client_table(weft: &str, all: &[Round]) -> String {
+    type Phase = fn(&Round) -> Failover;
+    type Pick = fn(&Failover) -> f64;
+    type Fmt = fn(f64) -> String;
+    let killed: Phase = |r| r.killed;
+    let silent: Phase = |r| r.silent;
+    let quiet = "— the service's longest silence";
+    let unanswered = "— attempts unanswered, %";
+    let (silence, failed): (Pick, Pick) = (|f| f.silence, |f| f.failed_pct);
+    let rows: [(&str, &str, Phase, Pick, Fmt); 6] = [
+        ("w3 killed, grace", quiet, killed, silence, fmt_s),
+        ("w3 killed, grace", unanswered, killed, failed, fmt_pct),
+        ("w2 killed, heartbeats", quiet, killed, silence, fmt_s),
+        ("w2 killed, heartbeats", unanswered, killed, failed, fmt_pct),
+        ("cut off (silent)", quiet, silent, silence, fmt_s),
+        ("cut off (silent)", unanswered, silent, failed, fmt_pct),
+    ];
+    let mut md = String::from(
+        "\nWhat the client saw from the loss until the new replicas answered: the service's \
+         longest silence (s: the longest time in which no attempt got an answer from any \
+         replica) and the attempts that got no answer (refused, reset, or none within the \
+         attempt's limit), in % of all (Swarm: an attempt per address the name resolved to). \
+         The silent rows are not alike: weft's w1 held all six replicas when it was cut off (the \
+         two kills before moved them there), Swarm's w2 about half of them, whose siblings on w1 \
+         kept answering.\n\n\
+         | what | weft median (every run) | Swarm median (every run) |\n|---|---:|---:|\n",
+    );
+    for (who, what, phase, pick, fmt) in rows {
+        let (label, weft_row) = weft_failover_row(weft, who, what);
+        let sw: Vec<f64> = all.iter().map(|r| pick(&phase(r))).collect();
+        let every = |v: &[f64]| v.iter().map(|x| fmt(*x)).collect::<Vec<_>>().join(", ");
+        md.push_str(&format!(
+            "| {label} | **{}** ({}) | **{}** ({}) |\n",
+            fmt(median(&weft_row)),
+            every(&weft_row),
+            fmt(median(&sw)),
+            every(&sw),
         ));
     }
     md

@@ -56,6 +56,24 @@ pub fn fmt_s(x: f64) -> String {
     }
 }
 
+/// A percentage as the tables show it (one decimal; "—" for NaN).
+pub fn fmt_pct(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x:.1}")
+    } else {
+        "—".into()
+    }
+}
+
+/// The share of `attempts` that `failed`, in % (NaN without attempts).
+pub fn pct(failed: u64, attempts: u64) -> f64 {
+    if attempts == 0 {
+        f64::NAN
+    } else {
+        100.0 * failed as f64 / attempts as f64
+    }
+}
+
 /// How a target fared, in bold.
 pub fn met(ok: bool) -> &'static str {
     if ok { "**met**" } else { "**not met**" }
@@ -165,21 +183,26 @@ pub fn iperf3_server(procs: &mut Procs, pin: &Path) {
 }
 
 /// Seconds from a node's loss until it shows down, until its replicas run
-/// on other nodes, and until the replicas that replaced them all answer
-/// (the failover rounds of the container benchmarks, weft's and Swarm's).
+/// on other nodes, and until the replicas that replaced them all answer;
+/// from the loss until then, the service's longest silence (seconds) and
+/// the share of the client's attempts that got no answer (%) (the failover
+/// rounds of the container benchmarks, weft's and Swarm's).
 #[derive(Default, Clone, Copy)]
 pub struct Failover {
     pub down: f64,
     pub moved: f64,
     pub answer: f64,
+    pub silence: f64,
+    pub failed_pct: f64,
 }
 
 impl std::fmt::Display for Failover {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "down {:.3} s, moved {:.3} s, the new replicas answer {:.3} s",
-            self.down, self.moved, self.answer
+            "down {:.3} s, moved {:.3} s, the new replicas answer {:.3} s, longest silence \
+             {:.3} s, attempts unanswered {:.1} %",
+            self.down, self.moved, self.answer, self.silence, self.failed_pct
         )
     }
 }

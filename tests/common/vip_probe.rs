@@ -61,9 +61,49 @@ pub fn vip_names(
     want: impl Into<Want>,
     timeout: Duration,
 ) -> JoinHandle<BTreeMap<String, Duration>> {
-    first_seen(pin, t0, want.into(), timeout, move |_, seen| {
-        sight(vip, seen)
-    })
+    vip_poll(pin, vip, t0, want.into(), timeout, |w| w.seen)
+}
+
+/// As [`vip_names`], with the service's silence and unanswered attempts.
+pub fn vip_watch(
+    pin: &Path,
+    vip: Ipv4Addr,
+    t0: Instant,
+    want: impl Into<Want>,
+    timeout: Duration,
+) -> JoinHandle<Watch> {
+    vip_poll(pin, vip, t0, want.into(), timeout, |w| w)
+}
+
+fn vip_poll<T: Send + 'static>(
+    pin: &Path,
+    vip: Ipv4Addr,
+    t0: Instant,
+    want: Want,
+    timeout: Duration,
+    finish: fn(Watch) -> T,
+) -> JoinHandle<T> {
+    first_seen(
+        pin,
+        t0,
+        want,
+        timeout,
+        move |_, seen| sight(vip, seen),
+        finish,
+    )
+}
+
+/// What a poller saw: when each replica name first answered (from its
+/// `t0`); the longest time from `t0` on in which no probe got an answer
+/// from any replica (how long the service was out, give or take a probe's
+/// period and an HTTP exchange); and the HTTP attempts that got no answer
+/// (refused, reset, or none within [`HTTP_ATTEMPT`]), out of all that
+/// ended.
+pub struct Watch {
+    pub seen: BTreeMap<String, Duration>,
+    pub silence: Duration,
+    pub failed: u64,
+    pub attempts: u64,
 }
 
 /// When a poller stops: after this many different replica names answered,
@@ -95,33 +135,35 @@ impl Want {
 }
 
 /// One HTTP attempt at `addr` (up to [`HTTP_ATTEMPT`]); reports the replica
-/// that answered.
+/// that answered, or that none did.
 async fn sight(addr: Ipv4Addr, seen: Sightings) {
-    if let Ok(Ok(name)) = tokio::time::timeout(HTTP_ATTEMPT, http_name(addr)).await
-        && !name.is_empty()
-    {
-        let _ = seen.send((name, Instant::now()));
-    }
+    let name = match tokio::time::timeout(HTTP_ATTEMPT, http_name(addr)).await {
+        Ok(Ok(name)) if !name.is_empty() => Some(name),
+        _ => None,
+    };
+    let _ = seen.send((name, Instant::now()));
 }
 
-/// Where a probe reports a replica's name and when it answered.
-type Sightings = tokio::sync::mpsc::UnboundedSender<(String, Instant)>;
+/// Where a probe reports the replica that answered (none: the attempt
+/// failed) and when.
+type Sightings = tokio::sync::mpsc::UnboundedSender<(Option<String>, Instant)>;
 
 /// The poller behind [`vip_names`] and [`dnsrr_names`]: from inside `pin`,
 /// starts `probe(n, sightings)` (n = 1, 2, …) every [`PROBE_EVERY`] without
 /// waiting for the earlier ones, until the names reported meet `want` or
-/// `timeout` after `t0`; returns when each name was first seen, relative
-/// to `t0`.
-fn first_seen<P, F>(
+/// `timeout` after `t0`; returns `finish` of what it saw ([`Watch`]).
+fn first_seen<P, F, T>(
     pin: &Path,
     t0: Instant,
     want: Want,
     timeout: Duration,
     probe: P,
-) -> JoinHandle<BTreeMap<String, Duration>>
+    finish: fn(Watch) -> T,
+) -> JoinHandle<T>
 where
     P: Fn(u16, Sightings) -> F + Send + 'static,
     F: std::future::Future<Output = ()> + Send + 'static,
+    T: Send + 'static,
 {
     in_netns(pin, move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -129,12 +171,17 @@ where
             .build()
             .expect("runtime");
         rt.block_on(async move {
-            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Instant)>();
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Option<String>, Instant)>();
             let mut seen = BTreeMap::new();
             let mut tick = tokio::time::interval(PROBE_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let deadline = t0 + timeout;
             let mut n: u16 = 0;
+            let (mut failed, mut attempts) = (0, 0);
+            // Answers arrive in the order they finish, which is close to
+            // the order of their times: the silence is between the latest
+            // answer so far and the next later one.
+            let (mut last, mut silence) = (t0, Duration::ZERO);
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
@@ -145,6 +192,13 @@ where
                         tokio::spawn(probe(n, tx.clone()));
                     }
                     Some((name, at)) = rx.recv() => {
+                        attempts += 1;
+                        let Some(name) = name else {
+                            failed += 1;
+                            continue;
+                        };
+                        silence = silence.max(at.saturating_duration_since(last));
+                        last = last.max(at);
                         seen.entry(name).or_insert(at.duration_since(t0));
                         if want.met(&seen) {
                             break;
@@ -152,7 +206,12 @@ where
                     }
                 }
             }
-            seen
+            finish(Watch {
+                seen,
+                silence,
+                failed,
+                attempts,
+            })
         })
     })
 }
@@ -243,8 +302,30 @@ pub fn dnsrr_names(
     want: impl Into<Want>,
     timeout: Duration,
 ) -> JoinHandle<BTreeMap<String, Duration>> {
+    dnsrr_poll(pin, name, t0, want.into(), timeout, |w| w.seen)
+}
+
+/// As [`dnsrr_names`], with the service's silence and unanswered attempts.
+pub fn dnsrr_watch(
+    pin: &Path,
+    name: &str,
+    t0: Instant,
+    want: impl Into<Want>,
+    timeout: Duration,
+) -> JoinHandle<Watch> {
+    dnsrr_poll(pin, name, t0, want.into(), timeout, |w| w)
+}
+
+fn dnsrr_poll<T: Send + 'static>(
+    pin: &Path,
+    name: &str,
+    t0: Instant,
+    want: Want,
+    timeout: Duration,
+    finish: fn(Watch) -> T,
+) -> JoinHandle<T> {
     let name = std::sync::Arc::<str>::from(name);
-    first_seen(pin, t0, want.into(), timeout, move |id, seen| {
+    let probe = move |id, seen: Sightings| {
         let name = name.clone();
         async move {
             let Ok(Ok(addrs)) = tokio::time::timeout(HTTP_ATTEMPT, resolve_a(id, &name)).await
@@ -255,7 +336,8 @@ pub fn dnsrr_names(
                 tokio::spawn(sight(addr, seen.clone()));
             }
         }
-    })
+    };
+    first_seen(pin, t0, want, timeout, probe, finish)
 }
 
 /// Seconds until the last of `seen`'s names was first seen (NaN if none).
