@@ -15,8 +15,8 @@
 #
 # Past 4,996 simulated nodes (the cluster's limit is 5,000 with the three
 # managers and the one that joins to make a change), the managers run with
-# WEFT_UNSUPPORTED_MAX_NODES, to find where they break: nothing past 5,000
-# is supported.
+# WEFT_UNSUPPORTED_MAX_NODES (at most 20,000), to find where they break:
+# nothing past 5,000 is supported.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)

@@ -237,6 +237,9 @@ fn docker_plugin(
 
 /// Runs the daemon until SIGINT/SIGTERM.
 pub async fn run(args: DaemonArgs) -> anyhow::Result<()> {
+    // Before anything is made: a node limit in the environment that is
+    // none stops the daemon as a bad flag would.
+    weft_manager::limits::node_limit_at_start()?;
     private_dirs(&args)?;
     crate::data_format::check_and_stamp(&args.data_dir)?;
     hold_test_fds()?;

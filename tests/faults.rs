@@ -295,3 +295,37 @@ fn a_follower_killed_between_write_and_fsync_rejoins_with_every_acknowledged_wri
             == 3
     });
 }
+
+/// A node limit in the environment that is none
+/// (`WEFT_UNSUPPORTED_MAX_NODES`, which `bench/nodes.sh` sets past 5,000
+/// nodes) stops the daemon before it changes anything, naming the
+/// variable; a valid one lets it run, with a warning in its log.
+#[test]
+fn a_bad_node_limit_in_the_environment_stops_the_daemon_and_changes_nothing() {
+    let mut lab = manager_with_state("nodelimit");
+    lab.sigterm("m1");
+    let before = tree(&lab.data_dir("m1"));
+    lab.set_daemon_env("WEFT_UNSUPPORTED_MAX_NODES", "lots");
+    let (status, log) = lab.start_expecting_exit("m1");
+    assert!(!status.success(), "the daemon ran with a bad node limit");
+    assert!(
+        log.contains("WEFT_UNSUPPORTED_MAX_NODES=\"lots\"") && log.contains("from 5000 to 20000"),
+        "{log}"
+    );
+    assert_eq!(
+        tree(&lab.data_dir("m1")),
+        before,
+        "the refused start changed the data directory"
+    );
+    // The last value set wins.
+    lab.set_daemon_env("WEFT_UNSUPPORTED_MAX_NODES", "7504");
+    lab.start("m1");
+    let log = std::fs::read_to_string(lab.host_dir("m1").join("daemon.log")).expect("log");
+    assert!(
+        log.contains("the node limit is 7504, not 5000"),
+        "no warning in the log"
+    );
+    wait_for("m1 Ready again", Duration::from_secs(15), || {
+        lab.node_ready("m1", "m1")
+    });
+}

@@ -134,35 +134,42 @@ pub const MAX_WG_KEY_ROTATION_SECS: u64 = 365 * 24 * 3600;
 /// ingress endpoint in other nodes' configs.
 pub const MAX_NODES: usize = 5000;
 
-/// Highest node limit `WEFT_UNSUPPORTED_MAX_NODES` may set.
-pub const MAX_NODES_UNSUPPORTED: usize = 100_000;
+/// Highest node limit `WEFT_UNSUPPORTED_MAX_NODES` may set: below the
+/// fixed limits that do not follow the node count (a node takes at most
+/// 65,536 VXLAN sources, `weft doctor` at most 65,000 peers, and a probe
+/// request for every node passes the 8 MiB session limit near 24,000).
+pub const MAX_NODES_UNSUPPORTED: usize = 20_000;
 
 /// The node limit in force: [`MAX_NODES`], unless the manager's environment
 /// has `WEFT_UNSUPPORTED_MAX_NODES` (read once, at most
 /// [`MAX_NODES_UNSUPPORTED`]), which `bench/nodes.sh` sets to find where
-/// three managers break beyond it. Nothing past [`MAX_NODES`] is proved
-/// (message and config bounds are computed for it): every manager must
-/// have the same figure, and the daemon warns when it is set.
+/// three managers break beyond it. Nothing past [`MAX_NODES`] is tested:
+/// the join limit is checked on the manager that takes the join, so every
+/// manager must have the same figure. A daemon with a value that is not
+/// one does not start ([`node_limit_at_start`]).
 pub fn max_nodes() -> usize {
     static LIMIT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *LIMIT.get_or_init(|| {
         let raw = std::env::var_os("WEFT_UNSUPPORTED_MAX_NODES");
-        match unsupported_max_nodes(raw.as_deref()) {
-            Ok(None) => MAX_NODES,
-            Ok(Some(n)) => {
-                tracing::warn!(
-                    limit = n,
-                    "WEFT_UNSUPPORTED_MAX_NODES is set: the node limit is {n}, not {MAX_NODES}; \
-                     beyond {MAX_NODES} nothing is tested or bounded"
-                );
-                n
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "WEFT_UNSUPPORTED_MAX_NODES ignored");
-                MAX_NODES
-            }
-        }
+        unsupported_max_nodes(raw.as_deref())
+            .ok()
+            .flatten()
+            .unwrap_or(MAX_NODES)
     })
+}
+
+/// The node limit, checked as the daemon starts: an invalid
+/// `WEFT_UNSUPPORTED_MAX_NODES` is an error, a valid one a warning.
+pub fn node_limit_at_start() -> Result<usize> {
+    let raw = std::env::var_os("WEFT_UNSUPPORTED_MAX_NODES");
+    if let Some(n) = unsupported_max_nodes(raw.as_deref())? {
+        tracing::warn!(
+            limit = n,
+            "WEFT_UNSUPPORTED_MAX_NODES is set: the node limit is {n}, not {MAX_NODES}; \
+             beyond {MAX_NODES} nothing is tested, and every manager must have the same figure"
+        );
+    }
+    Ok(max_nodes())
 }
 
 /// The node limit `WEFT_UNSUPPORTED_MAX_NODES` asks for (`None`: unset).
@@ -171,7 +178,8 @@ fn unsupported_max_nodes(raw: Option<&std::ffi::OsStr>) -> Result<Option<usize>>
     match raw.to_str().and_then(|s| s.parse::<usize>().ok()) {
         Some(n) if (MAX_NODES..=MAX_NODES_UNSUPPORTED).contains(&n) => Ok(Some(n)),
         _ => Err(Error::InvalidInput(format!(
-            "{raw:?} is not a number of nodes from {MAX_NODES} to {MAX_NODES_UNSUPPORTED}"
+            "WEFT_UNSUPPORTED_MAX_NODES={raw:?} is not a number of nodes from {MAX_NODES} to \
+             {MAX_NODES_UNSUPPORTED}"
         ))),
     }
 }

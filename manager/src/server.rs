@@ -105,8 +105,6 @@ pub enum StartError {
 impl Manager {
     /// Opens Raft, binds the manager port and starts serving.
     pub async fn start(cfg: ManagerConfig) -> Result<Manager, StartError> {
-        // Read now, so that an unsupported node limit is in the log at start.
-        crate::limits::max_nodes();
         let listener = tokio::net::TcpListener::bind(cfg.listen_addr)
             .await
             .map_err(|source| StartError::Listen {

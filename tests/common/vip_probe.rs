@@ -96,9 +96,11 @@ fn vip_poll<T: Send + 'static>(
 /// What a poller saw: when each replica name first answered (from its
 /// `t0`); the longest time from `t0` on in which no probe got an answer
 /// from any replica (how long the service was out, give or take a probe's
-/// period and an HTTP exchange); and the HTTP attempts that got no answer
-/// (refused, reset, or none within [`HTTP_ATTEMPT`]), out of all that
-/// ended.
+/// period and an HTTP exchange; until the deadline if the wanted names
+/// never all answered); and the attempts that got no answer (refused,
+/// reset, none within [`HTTP_ATTEMPT`], or, for dnsrr, a lookup that gave
+/// no address), out of all started until the poller stopped, those still
+/// out then included once they end.
 pub struct Watch {
     pub seen: BTreeMap<String, Duration>,
     pub silence: Duration,
@@ -177,7 +179,7 @@ where
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let deadline = t0 + timeout;
             let mut n: u16 = 0;
-            let (mut failed, mut attempts) = (0, 0);
+            let (mut failed, mut attempts) = (0u64, 0u64);
             // Answers arrive in the order they finish, which is close to
             // the order of their times: the silence is between the latest
             // answer so far and the next later one.
@@ -186,6 +188,8 @@ where
                 tokio::select! {
                     _ = tick.tick() => {
                         if Instant::now() > deadline {
+                            // Silent until the end counts too.
+                            silence = silence.max(Instant::now().saturating_duration_since(last));
                             break;
                         }
                         n = n.wrapping_add(1);
@@ -205,6 +209,16 @@ where
                         }
                     }
                 }
+            }
+            // Attempts still out when the poller stopped count once they
+            // end: one that hangs reports only after its time limit (a
+            // lookup and then a connection, for dnsrr), and the channel
+            // closes once every probe has reported.
+            drop(tx);
+            let drain = tokio::time::Instant::now() + HTTP_ATTEMPT * 2 + Duration::from_millis(200);
+            while let Ok(Some((name, _))) = tokio::time::timeout_at(drain, rx.recv()).await {
+                attempts += 1;
+                failed += u64::from(name.is_none());
             }
             finish(Watch {
                 seen,
@@ -328,9 +342,13 @@ fn dnsrr_poll<T: Send + 'static>(
     let probe = move |id, seen: Sightings| {
         let name = name.clone();
         async move {
-            let Ok(Ok(addrs)) = tokio::time::timeout(HTTP_ATTEMPT, resolve_a(id, &name)).await
-            else {
-                return;
+            let addrs = match tokio::time::timeout(HTTP_ATTEMPT, resolve_a(id, &name)).await {
+                Ok(Ok(addrs)) if !addrs.is_empty() => addrs,
+                // The name led nowhere: one attempt that got no answer.
+                _ => {
+                    let _ = seen.send((None, Instant::now()));
+                    return;
+                }
             };
             for addr in addrs {
                 tokio::spawn(sight(addr, seen.clone()));
