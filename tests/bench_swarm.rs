@@ -41,9 +41,10 @@ use common::vip_probe::{
 
 const IMAGE: &str = "weft-test/busybox:latest";
 const HOSTS: [&str; 4] = ["m1", "w1", "w2", "w3"];
-/// The targets of issue #14 (seconds), as in tests/bench_containers.rs.
-const CREATE_TARGET: f64 = 0.4;
-const SCALE_TARGET: f64 = 0.3;
+/// The targets of issue #16 (seconds; issue #14's were 0.4 and 0.3), as
+/// in tests/bench_containers.rs.
+const CREATE_TARGET: f64 = 0.25;
+const SCALE_TARGET: f64 = 0.15;
 
 /// One round's figures (seconds from the command's start).
 #[derive(Default)]

@@ -220,12 +220,19 @@ enum Job {
         json: CString,
         reply: std::sync::mpsc::SyncSender<Outcome>,
     },
-    /// Drop the contexts of these inodes, or of all but these; then answer.
+    /// Drop some contexts ([`Which`]); then answer.
     Drop {
-        inodes: BTreeSet<u64>,
-        keep: bool,
+        which: Which,
         done: std::sync::mpsc::SyncSender<()>,
     },
+}
+
+/// The contexts a [`Job::Drop`] drops.
+enum Which {
+    /// Those of these inodes.
+    These(BTreeSet<u64>),
+    /// All but those of these inodes.
+    AllBut(BTreeSet<u64>),
 }
 
 enum Outcome {
@@ -287,8 +294,11 @@ fn serve(lib: &'static Lib, jobs: std::sync::mpsc::Receiver<Job>, count: Arc<Ato
                 count.store(contexts.len(), Ordering::Relaxed);
                 let _ = reply.send(Outcome::Ran(r));
             }
-            Job::Drop { inodes, keep, done } => {
-                contexts.retain(|ino, _| inodes.contains(ino) == keep);
+            Job::Drop { which, done } => {
+                match &which {
+                    Which::These(gone) => contexts.retain(|ino, _| !gone.contains(ino)),
+                    Which::AllBut(live) => contexts.retain(|ino, _| live.contains(ino)),
+                }
                 count.store(contexts.len(), Ordering::Relaxed);
                 let _ = done.send(());
             }
@@ -391,11 +401,11 @@ impl Sessions {
 
     /// Drops contexts and waits until they are gone (their sockets closed,
     /// so their namespaces may go).
-    fn drop_contexts(&self, inodes: BTreeSet<u64>, keep: bool) {
+    fn drop_contexts(&self, which: Which) {
         let jobs = self.jobs.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let Some(jobs) = jobs else { return };
         let (done, gone) = std::sync::mpsc::sync_channel(1);
-        if jobs.send(Job::Drop { inodes, keep, done }).is_ok() {
+        if jobs.send(Job::Drop { which, done }).is_ok() {
             let _ = gone.recv();
         }
     }
@@ -403,17 +413,17 @@ impl Sessions {
     /// Drops the context of the namespace with inode `inode` (before the
     /// namespace is deleted: the context would keep it alive).
     pub fn forget(&self, inode: u64) {
-        self.drop_contexts(BTreeSet::from([inode]), false);
+        self.drop_contexts(Which::These(BTreeSet::from([inode])));
     }
 
     /// Keeps only the contexts of the namespaces with these inodes.
     pub fn reap(&self, live: &BTreeSet<u64>) {
-        self.drop_contexts(live.clone(), true);
+        self.drop_contexts(Which::AllBut(live.clone()));
     }
 
     /// Drops every context.
     pub fn clear(&self) {
-        self.drop_contexts(BTreeSet::new(), true);
+        self.drop_contexts(Which::AllBut(BTreeSet::new()));
     }
 
     /// How many contexts are kept.
