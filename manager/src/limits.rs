@@ -148,28 +148,30 @@ pub const MAX_NODES_UNSUPPORTED: usize = 20_000;
 /// manager must have the same figure. A daemon with a value that is not
 /// one does not start ([`node_limit_at_start`]).
 pub fn max_nodes() -> usize {
-    static LIMIT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *LIMIT.get_or_init(|| {
-        let raw = std::env::var_os("WEFT_UNSUPPORTED_MAX_NODES");
-        unsupported_max_nodes(raw.as_deref())
-            .ok()
-            .flatten()
-            .unwrap_or(MAX_NODES)
-    })
+    *NODE_LIMIT.get_or_init(|| env_node_limit().ok().flatten().unwrap_or(MAX_NODES))
 }
 
+/// The node limit in force, once read.
+static NODE_LIMIT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+
 /// The node limit, checked as the daemon starts: an invalid
-/// `WEFT_UNSUPPORTED_MAX_NODES` is an error, a valid one a warning.
+/// `WEFT_UNSUPPORTED_MAX_NODES` is an error, a valid one a warning. The
+/// figure read here is the one [`max_nodes`] gives from then on.
 pub fn node_limit_at_start() -> Result<usize> {
-    let raw = std::env::var_os("WEFT_UNSUPPORTED_MAX_NODES");
-    if let Some(n) = unsupported_max_nodes(raw.as_deref())? {
+    let asked = env_node_limit()?;
+    if let Some(n) = asked {
         tracing::warn!(
             limit = n,
             "WEFT_UNSUPPORTED_MAX_NODES is set: the node limit is {n}, not {MAX_NODES}; \
              beyond {MAX_NODES} nothing is tested, and every manager must have the same figure"
         );
     }
-    Ok(max_nodes())
+    Ok(*NODE_LIMIT.get_or_init(|| asked.unwrap_or(MAX_NODES)))
+}
+
+/// `WEFT_UNSUPPORTED_MAX_NODES` from the environment (`None`: unset).
+fn env_node_limit() -> Result<Option<usize>> {
+    unsupported_max_nodes(std::env::var_os("WEFT_UNSUPPORTED_MAX_NODES").as_deref())
 }
 
 /// The node limit `WEFT_UNSUPPORTED_MAX_NODES` asks for (`None`: unset).
