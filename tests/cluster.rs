@@ -293,13 +293,7 @@ fn a_dead_daemon_is_down_after_the_disconnect_grace_and_a_stopped_one_is_not() {
     );
     lab.join("w1", &wt, "m1");
     lab.join("w2", &wt, "m1");
-    let status = |lab: &Lab, host: &str| {
-        lab.node_ls("m1")
-            .into_iter()
-            .find(|r| r.hostname == host)
-            .map(|r| r.status)
-            .unwrap_or_default()
-    };
+    let status = |lab: &Lab, host: &str| lab.node_status("m1", host);
     wait_for("w1 and w2 ready", Duration::from_secs(15), || {
         status(&lab, "w1") == "Ready" && status(&lab, "w2") == "Ready"
     });
@@ -910,4 +904,107 @@ fn listings_filter_and_format(lab: &Lab) {
     );
     assert_eq!(none.lines().count(), 1, "only the header: {none}");
     lab.weft("m1", &["service", "rm", "sleepy"]);
+}
+
+/// Most nodes silent at once (their daemons frozen with SIGSTOP: no
+/// connection closes, no heartbeat comes) is taken for a fault on the
+/// leader's side: none is marked down and no task moves, for up to 30
+/// heartbeat periods; after that they are. One silent node alone is
+/// marked down after its 3 missed heartbeats, as before.
+#[test]
+fn most_nodes_silent_at_once_keep_their_tasks_until_the_hold_ends() {
+    use nix::sys::signal::Signal::{SIGCONT, SIGSTOP};
+    let mut lab = Lab::new("masssilence", &["m1", "w1", "w2", "w3"]);
+    lab.start_all();
+    // 200 ms periods: down after 0.6 s of silence, held for at most 6 s.
+    let (wt, _) = lab.init("m1", &["--heartbeat-period", "200ms"]);
+    let workers = ["w1", "w2", "w3"];
+    for w in workers {
+        lab.join(w, &wt, "m1");
+    }
+    let status = |lab: &Lab, host: &str| lab.node_status("m1", host);
+    let all = |lab: &Lab, want: &str| workers.iter().all(|w| status(lab, w) == want);
+    wait_for("all ready", Duration::from_secs(20), || all(&lab, "Ready"));
+    lab.weft(
+        "m1",
+        &[
+            "service",
+            "create",
+            "--detach",
+            "--name",
+            "idle",
+            "--replicas",
+            "4",
+            "--",
+            "sleep",
+            "100000",
+        ],
+    );
+    wait_for(
+        "a task running on every node",
+        Duration::from_secs(20),
+        || {
+            let mut on = lab.running_on("m1", "idle");
+            on.sort();
+            on == ["m1", "w1", "w2", "w3"]
+        },
+    );
+    let tasks = |lab: &Lab| lab.weft("m1", &["service", "ps", "idle"]);
+    let before = tasks(&lab);
+    let signal = |lab: &Lab, hosts: &[&str], sig| {
+        for h in hosts {
+            let pid = lab.pid(h).expect("daemon running");
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig)
+                .expect("signal the daemon");
+        }
+    };
+
+    // Three of four nodes silent for 3 s (5 deadlines): none goes down.
+    signal(&lab, &workers, SIGSTOP);
+    let frozen = std::time::Instant::now();
+    while frozen.elapsed() < Duration::from_secs(3) {
+        let rows = lab.node_ls("m1");
+        assert!(
+            rows.iter().all(|r| r.status == "Ready"),
+            "a node marked down while most were silent: {rows:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    signal(&lab, &workers, SIGCONT);
+    let log = || std::fs::read_to_string(lab.host_dir("m1").join("daemon.log")).unwrap_or_default();
+    wait_for(
+        "the hold reported and ended",
+        Duration::from_secs(10),
+        || {
+            let l = log();
+            l.contains("holding their down marks back") && l.contains("answer again")
+        },
+    );
+    assert_eq!(tasks(&lab), before, "tasks moved");
+    assert!(all(&lab, "Ready"));
+
+    // Silent past the hold: a real mass failure, all marked down.
+    signal(&lab, &workers, SIGSTOP);
+    let took = wait_for("all down after the hold", Duration::from_secs(20), || {
+        all(&lab, "Down")
+    });
+    eprintln!("3 of 4 nodes silent: marked down after {took:?} (hold 6 s)");
+    assert!(
+        took >= Duration::from_secs(5),
+        "the hold ended early: {took:?}"
+    );
+    assert!(log().contains("still silent after the hold"));
+    signal(&lab, &workers, SIGCONT);
+    wait_for("all ready again", Duration::from_secs(20), || {
+        all(&lab, "Ready")
+    });
+
+    // One silent node alone: down after its missed heartbeats, no hold.
+    signal(&lab, &["w1"], SIGSTOP);
+    let took = wait_for("w1 down", Duration::from_secs(10), || {
+        status(&lab, "w1") == "Down"
+    });
+    signal(&lab, &["w1"], SIGCONT);
+    eprintln!("1 of 4 nodes silent: marked down after {took:?}");
+    assert!(took < Duration::from_secs(4), "held: {took:?}");
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use weft_proto::v1 as pb;
 
-use crate::dispatcher::liveness::Liveness;
+use crate::dispatcher::liveness::{Liveness, Plan};
 use crate::error::{Error, Result};
 use crate::raft::{RaftHandle, StoreHandle};
 use crate::store::{Applied, Cluster, Command, Node, NodeId, NodeState, Role, State};
@@ -351,10 +351,10 @@ impl Core {
     }
 
     /// The liveness commands the store needs now (leader only).
-    pub(crate) fn liveness_plan(&self, period: Duration, grace: Option<Duration>) -> Vec<Command> {
-        let l = self.inner.liveness.lock().expect("liveness lock");
-        let Some(l) = l.as_ref() else {
-            return Vec::new();
+    pub(crate) fn liveness_plan(&self, period: Duration, grace: Option<Duration>) -> Plan {
+        let mut l = self.inner.liveness.lock().expect("liveness lock");
+        let Some(l) = l.as_mut() else {
+            return Default::default();
         };
         self.read(|s| l.plan(s, period, grace, Instant::now(), now_ms()))
     }

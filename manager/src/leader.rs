@@ -10,6 +10,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::core::Core;
+use crate::dispatcher::liveness::{Hold, MAX_HOLD_PERIODS};
 use crate::membership::{self, MembershipOp};
 
 /// How long a new manager may take to catch up before we try again.
@@ -18,6 +19,7 @@ const LEARNER_CATCH_UP: Duration = Duration::from_secs(20);
 /// Runs the liveness loop until `stop` flips to true.
 pub async fn liveness_loop(core: Core, mut stop: watch::Receiver<bool>) {
     let mut changes = core.store().subscribe();
+    let mut was = Hold::Off;
     loop {
         let settings = core.cluster().map(|c| c.settings.clone()).ok();
         let period = settings
@@ -48,7 +50,10 @@ pub async fn liveness_loop(core: Core, mut stop: watch::Receiver<bool>) {
         // All at once: Raft commits concurrent writes together, so a herd
         // of nodes coming up (or going down) costs a few commits, not one
         // each in turn.
-        let writes = core.liveness_plan(period, grace).into_iter().map(|cmd| {
+        let plan = core.liveness_plan(period, grace);
+        report_hold(was, plan.hold, period);
+        was = plan.hold;
+        let writes = plan.commands.into_iter().map(|cmd| {
             // A node marked down: which, and why (its tasks move).
             let down = match &cmd {
                 crate::store::Command::SetNodeState {
@@ -75,6 +80,44 @@ pub async fn liveness_loop(core: Core, mut stop: watch::Receiver<bool>) {
                 (Ok(_), None) => {}
             }
         }
+    }
+}
+
+/// Says when down marks start or stop being held back because most nodes
+/// are silent at once (`liveness`'s doc), and how many are held now.
+fn report_hold(was: Hold, now: Hold, period: Duration) {
+    let held = |h| match h {
+        Hold::Holding { held, .. } => held,
+        _ => 0,
+    };
+    crate::metrics::METRICS
+        .down_marks_held
+        .set(i64::try_from(held(now)).unwrap_or(i64::MAX));
+    match (held(was), now) {
+        (
+            0,
+            Hold::Holding {
+                silent,
+                ready,
+                held,
+            },
+        ) if held > 0 => tracing::warn!(
+            silent,
+            ready,
+            held,
+            up_to_secs = (period * MAX_HOLD_PERIODS).as_secs_f64(),
+            "most ready nodes are silent at once: holding their down marks back, taking it for \
+             a fault on this leader's side (its network, its load)"
+        ),
+        (1.., Hold::Expired { silent, ready }) => tracing::warn!(
+            silent,
+            ready,
+            "most ready nodes are still silent after the hold: marking them down"
+        ),
+        (1.., Hold::Off | Hold::Holding { held: 0, .. }) => {
+            tracing::info!("the silent nodes answer again: no down marks held back")
+        }
+        _ => {}
     }
 }
 

@@ -41,6 +41,8 @@ pub struct ManagerMetrics {
     /// Nodes marked down for missing their heartbeats or losing their
     /// session past the grace.
     pub nodes_marked_down: Counter,
+    /// Down marks held back now because most nodes are silent at once.
+    pub down_marks_held: Gauge,
     /// Configs pushed to nodes, whole or as a delta.
     pub config_pushes: Family<PushKind, Counter>,
     /// Time from a config push until the node reports it applied.
@@ -59,6 +61,7 @@ pub static METRICS: LazyLock<ManagerMetrics> = LazyLock::new(|| ManagerMetrics {
     sessions: Gauge::default(),
     heartbeats: Counter::default(),
     nodes_marked_down: Counter::default(),
+    down_marks_held: Gauge::default(),
     config_pushes: Family::default(),
     push_ack_seconds: Histogram::new(seconds_buckets()),
 });
@@ -113,6 +116,11 @@ pub fn register(registry: &mut Registry, slot: CoreSlot) {
         "weft_dispatcher_nodes_marked_down",
         "Nodes this manager marked down (missed heartbeats, or a session lost past the grace)",
         m.nodes_marked_down.clone(),
+    );
+    registry.register(
+        "weft_dispatcher_down_marks_held",
+        "Down marks held back now because most ready nodes are silent at once",
+        m.down_marks_held.clone(),
     );
     registry.register(
         "weft_dispatcher_config_pushes",

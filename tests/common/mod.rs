@@ -495,6 +495,16 @@ impl Lab {
         parse_node_ls(&self.weft(host, &["node", "ls"]))
     }
 
+    /// The status `node ls` on `from` shows for node `hostname` (empty when
+    /// it is not listed).
+    pub fn node_status(&self, from: &str, hostname: &str) -> String {
+        self.node_ls(from)
+            .into_iter()
+            .find(|r| r.hostname == hostname)
+            .map(|r| r.status)
+            .unwrap_or_default()
+    }
+
     /// Whether `node ls` on `from` shows node `hostname` Ready.
     pub fn node_ready(&self, from: &str, hostname: &str) -> bool {
         self.node_ls(from)

@@ -19,6 +19,16 @@
 //! waiting for the heartbeats it misses. A daemon that stops on purpose
 //! (SIGTERM: a restart, an upgrade) says so in a last heartbeat, and its
 //! session's end starts no grace.
+//!
+//! Most nodes silent at once is more likely a fault on the leader's side
+//! (its network, its load, a pause of its process) than that many deaths:
+//! while more than half of the ready nodes (and at least
+//! [`MASS_SILENCE_MIN`]) have missed two heartbeats or lost their session,
+//! no node is marked down, for at most [`MAX_HOLD_PERIODS`] periods (the
+//! idea of Kubernetes' "full disruption" mode). Marking them down would
+//! move every task and change every node's config, and the nodes would
+//! come back to find their tasks gone. A mass failure that is real is
+//! marked once the hold ends.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -32,6 +42,44 @@ pub const MISSED_HEARTBEATS: u32 = 3;
 /// runs, in heartbeat periods, however long nodes keep arriving.
 pub const MAX_TAKEOVER_PERIODS: u32 = 30;
 
+/// Fewest silent nodes that can hold down marks back: one or two nodes
+/// dying together is common, and in a small cluster they are its majority.
+pub const MASS_SILENCE_MIN: usize = 3;
+
+/// Heartbeat periods a ready node has missed when it counts as silent for
+/// the hold: nodes cut off together cross the three-period deadline spread
+/// over one period, and all of them are two periods silent by the time the
+/// first crosses it.
+const SILENT_PERIODS: u32 = 2;
+
+/// The longest down marks are held back while most nodes are silent, in
+/// heartbeat periods.
+pub const MAX_HOLD_PERIODS: u32 = 30;
+
+/// What the hold against mass silence did in one plan.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Hold {
+    /// Half of the ready nodes or fewer are silent: down marks go through.
+    #[default]
+    Off,
+    /// Most ready nodes are silent: `held` down marks were left out.
+    Holding {
+        silent: usize,
+        ready: usize,
+        held: usize,
+    },
+    /// Most are still silent after [`MAX_HOLD_PERIODS`]: down marks go
+    /// through.
+    Expired { silent: usize, ready: usize },
+}
+
+/// The commands the store needs, and whether down marks were held back.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub commands: Vec<Command>,
+    pub hold: Hold,
+}
+
 /// Last-seen times, kept only on the leader and only in memory.
 #[derive(Debug)]
 pub struct Liveness {
@@ -44,6 +92,8 @@ pub struct Liveness {
     /// Nodes that said they are stopping: the end of their session that
     /// follows is no failure.
     stopping: HashSet<NodeId>,
+    /// Since when most ready nodes have been silent, if they are.
+    mass_since: Option<Instant>,
 }
 
 impl Liveness {
@@ -55,6 +105,7 @@ impl Liveness {
             last_seen: HashMap::new(),
             disconnected: HashMap::new(),
             stopping: HashSet::new(),
+            mass_since: None,
         }
     }
 
@@ -117,18 +168,20 @@ impl Liveness {
 
     /// The state changes the store needs to match what the leader observes,
     /// with heartbeats every `period` and the disconnect grace `grace`
-    /// (`None`: off).
+    /// (`None`: off). Down marks are left out while most nodes are silent
+    /// (the module's doc); `&mut` only to remember since when.
     pub fn plan(
-        &self,
+        &mut self,
         state: &State,
         period: Duration,
         grace: Option<Duration>,
         now: Instant,
         now_ms: u64,
-    ) -> Vec<Command> {
+    ) -> Plan {
         let deadline = period * MISSED_HEARTBEATS;
         let takeover = self.takeover_mark(period);
-        let mut out = Vec::new();
+        let (mut ready, mut silent) = (0, 0);
+        let mut changes = Vec::new();
         for node in state.nodes.values() {
             let last = self.last_seen.get(&node.id).copied();
             // Silence counts from the takeover mark at the earliest: while
@@ -138,9 +191,15 @@ impl Liveness {
             let since = last.map_or(takeover, |t| t.max(takeover));
             let silent_for = now.saturating_duration_since(since);
             let alive = last.is_some() && silent_for <= deadline;
+            let ended = self.disconnected_at(node.id);
+            if node.state == NodeState::Ready {
+                ready += 1;
+                if silent_for > period * SILENT_PERIODS || ended.is_some() {
+                    silent += 1;
+                }
+            }
             let gone = grace.and_then(|g| {
-                let at = self.disconnected_at(node.id)?;
-                let for_ = now.saturating_duration_since(at);
+                let for_ = now.saturating_duration_since(ended?);
                 (for_ > g).then_some((for_, g))
             });
             let want = if gone.is_some() {
@@ -152,7 +211,15 @@ impl Liveness {
             } else {
                 continue; // within the grace period of a new leader
             };
-            if node.state == want {
+            if node.state != want {
+                changes.push((node.id, want, gone, silent_for));
+            }
+        }
+        let mut hold = self.hold(silent, ready, period, now);
+        let mut commands = Vec::with_capacity(changes.len());
+        for (id, want, gone, silent_for) in changes {
+            if let (Hold::Holding { held, .. }, NodeState::Down) = (&mut hold, want) {
+                *held += 1;
                 continue;
             }
             // Made only for a change: this runs over every node several
@@ -171,14 +238,33 @@ impl Liveness {
                 ),
                 _ => String::new(),
             };
-            out.push(Command::SetNodeState {
-                id: node.id,
+            commands.push(Command::SetNodeState {
+                id,
                 state: want,
                 message,
                 now_ms,
             });
         }
-        out
+        Plan { commands, hold }
+    }
+
+    /// Whether down marks are held back, with `silent` of `ready` nodes
+    /// silent now.
+    fn hold(&mut self, silent: usize, ready: usize, period: Duration, now: Instant) -> Hold {
+        if silent < MASS_SILENCE_MIN || silent * 2 <= ready {
+            self.mass_since = None;
+            return Hold::Off;
+        }
+        let since = *self.mass_since.get_or_insert(now);
+        if now.saturating_duration_since(since) < period * MAX_HOLD_PERIODS {
+            Hold::Holding {
+                silent,
+                ready,
+                held: 0,
+            }
+        } else {
+            Hold::Expired { silent, ready }
+        }
     }
 }
 
@@ -220,13 +306,16 @@ mod tests {
     #[test]
     fn grace_period_after_leader_change() {
         let t0 = Instant::now();
-        let l = Liveness::new(t0);
+        let mut l = Liveness::new(t0);
         let s = state(&[(1, NodeState::Ready)]);
         assert!(
             l.plan(&s, P, None, t0 + Duration::from_millis(2900), 0)
+                .commands
                 .is_empty()
         );
-        let cmds = l.plan(&s, P, None, t0 + Duration::from_millis(3100), 0);
+        let cmds = l
+            .plan(&s, P, None, t0 + Duration::from_millis(3100), 0)
+            .commands;
         assert!(matches!(
             cmds.as_slice(),
             [Command::SetNodeState {
@@ -251,8 +340,14 @@ mod tests {
         l.seen(NodeId(2), ms(7000));
         assert!(downs(&l.plan(&s, P, None, ms(7900), 0)).is_empty());
         assert_eq!(downs(&l.plan(&s, P, None, ms(8100), 0)), [3]);
-        // A node heard from before, then silent, is not covered.
-        assert_eq!(downs(&l.plan(&s, P, None, ms(10_600), 0)), [1, 2, 3]);
+        // A node heard from before, then silent, is not covered (3 is down
+        // by now).
+        let s = state(&[
+            (1, NodeState::Ready),
+            (2, NodeState::Ready),
+            (3, NodeState::Down),
+        ]);
+        assert_eq!(downs(&l.plan(&s, P, None, ms(10_600), 0)), [1, 2]);
     }
 
     #[test]
@@ -302,14 +397,16 @@ mod tests {
         let s = state(&[(1, NodeState::Unknown), (2, NodeState::Ready)]);
         l.seen(NodeId(1), t0 + Duration::from_millis(500));
         l.seen(NodeId(2), t0 + Duration::from_millis(500));
-        let cmds = l.plan(&s, P, None, t0 + Duration::from_secs(1), 0);
+        let cmds = l.plan(&s, P, None, t0 + Duration::from_secs(1), 0).commands;
         assert_eq!(cmds.len(), 1, "only node 1 changes: {cmds:?}");
         assert!(matches!(
             &cmds[0],
             Command::SetNodeState { id, state: NodeState::Ready, .. } if *id == NodeId(1)
         ));
         // Node 2 stays silent for 3 periods after its last heartbeat.
-        let cmds = l.plan(&s, P, None, t0 + Duration::from_millis(3600), 0);
+        let cmds = l
+            .plan(&s, P, None, t0 + Duration::from_millis(3600), 0)
+            .commands;
         assert!(cmds.iter().any(|c| matches!(
             c,
             Command::SetNodeState { id, state: NodeState::Down, .. } if *id == NodeId(2)
@@ -324,6 +421,7 @@ mod tests {
         l.seen(NodeId(1), t0);
         assert!(
             l.plan(&s, P, None, t0 + Duration::from_secs(2), 0)
+                .commands
                 .is_empty()
         );
         assert!(l.is_alive(NodeId(1), P, t0 + Duration::from_secs(2)));
@@ -332,8 +430,9 @@ mod tests {
 
     const G: Option<Duration> = Some(Duration::from_millis(300));
 
-    fn downs(cmds: &[Command]) -> Vec<u64> {
-        cmds.iter()
+    fn downs(plan: &Plan) -> Vec<u64> {
+        plan.commands
+            .iter()
             .filter_map(|c| match c {
                 Command::SetNodeState {
                     id,
@@ -350,8 +449,16 @@ mod tests {
         let t0 = Instant::now();
         let ms = |n| t0 + Duration::from_millis(n);
         let mut l = Liveness::new(t0);
-        let s = three_ready();
-        for id in [1, 2, 3] {
+        // 4 to 7 heartbeat throughout, so 1 to 3 are never most of the
+        // nodes (the hold).
+        let s = state(&(1..=7).map(|id| (id, NodeState::Ready)).collect::<Vec<_>>());
+        let plan = |l: &mut Liveness, grace, at| {
+            for id in 4..=7 {
+                l.seen(NodeId(id), at);
+            }
+            l.plan(&s, P, grace, at, 0)
+        };
+        for id in 1..=7 {
             l.session_opened(NodeId(id), t0);
         }
         // 1 dies; 2 stops on purpose; 3 dies and is back within the grace.
@@ -361,23 +468,116 @@ mod tests {
         l.session_ended(NodeId(3), ms(100));
         l.session_opened(NodeId(3), ms(300));
         assert!(
-            downs(&l.plan(&s, P, G, ms(350), 0)).is_empty(),
+            downs(&plan(&mut l, G, ms(350))).is_empty(),
             "within the grace"
         );
-        let cmds = l.plan(&s, P, G, ms(450), 0);
-        assert_eq!(downs(&cmds), vec![1]);
+        let p = plan(&mut l, G, ms(450));
+        assert_eq!(downs(&p), vec![1]);
         assert!(
-            matches!(&cmds[0], Command::SetNodeState { message, .. } if message.contains("disconnect grace of 300ms")),
-            "{cmds:?}"
+            matches!(&p.commands[0], Command::SetNodeState { message, .. } if message.contains("disconnect grace of 300ms")),
+            "{p:?}"
         );
         // Off: only heartbeats decide (3 periods).
-        assert!(downs(&l.plan(&s, P, None, ms(450), 0)).is_empty());
+        assert!(downs(&plan(&mut l, None, ms(450))).is_empty());
         // 2, which said it stops, goes down only when its heartbeats stop.
-        assert_eq!(downs(&l.plan(&s, P, G, ms(3100), 0)), vec![1, 2]);
+        assert_eq!(downs(&plan(&mut l, G, ms(3100))), vec![1, 2]);
         // Heard from again (a new session): no longer down for it (2 and 3
         // have been silent for 3 periods by now).
         l.session_opened(NodeId(1), ms(3200));
-        assert_eq!(downs(&l.plan(&s, P, G, ms(3400), 0)), vec![2, 3]);
+        assert_eq!(downs(&plan(&mut l, G, ms(3400))), vec![2, 3]);
+    }
+
+    /// Nodes 1 to `n`, all ready; 1 (the leader's own) heard from at `at`,
+    /// the others last at `t0`.
+    fn cut_off(n: u64, t0: Instant, at: Instant) -> (Liveness, State) {
+        let mut l = Liveness::new(t0);
+        for id in 1..=n {
+            l.session_opened(NodeId(id), t0);
+        }
+        l.seen(NodeId(1), at);
+        let s = state(&(1..=n).map(|id| (id, NodeState::Ready)).collect::<Vec<_>>());
+        (l, s)
+    }
+
+    #[test]
+    fn most_nodes_silent_at_once_are_not_marked_down() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        // The leader hears from none of its 4 other nodes (its network is
+        // cut, or it was paused): their marks are held back.
+        let (mut l, s) = cut_off(5, t0, ms(3100));
+        let p = l.plan(&s, P, None, ms(3100), 0);
+        assert!(p.commands.is_empty(), "{p:?}");
+        assert_eq!(
+            p.hold,
+            Hold::Holding {
+                silent: 4,
+                ready: 5,
+                held: 4
+            }
+        );
+        // They answer again: nothing to do, and the hold is off.
+        for id in 2..=5 {
+            l.seen(NodeId(id), ms(5000));
+        }
+        l.seen(NodeId(1), ms(5000));
+        let p = l.plan(&s, P, None, ms(5100), 0);
+        assert!(p.commands.is_empty(), "{p:?}");
+        assert_eq!(p.hold, Hold::Off);
+        // Sessions lost past the disconnect grace count as silence too.
+        for id in 2..=5 {
+            l.session_ended(NodeId(id), ms(5200));
+        }
+        l.seen(NodeId(1), ms(5600));
+        let p = l.plan(&s, P, G, ms(5600), 0);
+        assert!(p.commands.is_empty(), "{p:?}");
+        assert!(matches!(p.hold, Hold::Holding { held: 4, .. }), "{p:?}");
+    }
+
+    #[test]
+    fn the_hold_has_a_cap() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let (mut l, s) = cut_off(5, t0, ms(2100));
+        // Two periods silent: the hold starts (nothing to hold yet).
+        let p = l.plan(&s, P, None, ms(2100), 0);
+        assert!(matches!(p.hold, Hold::Holding { held: 0, .. }), "{p:?}");
+        let end = ms(2100) + P * MAX_HOLD_PERIODS;
+        l.seen(NodeId(1), end);
+        let before = l.plan(&s, P, None, end - Duration::from_millis(100), 0);
+        assert!(before.commands.is_empty(), "{before:?}");
+        // Still silent after it: a real mass failure, marked down.
+        let after = l.plan(&s, P, None, end + Duration::from_millis(100), 0);
+        assert_eq!(downs(&after), [2, 3, 4, 5]);
+        assert_eq!(
+            after.hold,
+            Hold::Expired {
+                silent: 4,
+                ready: 5
+            }
+        );
+    }
+
+    #[test]
+    fn a_few_silent_nodes_are_marked_down_without_a_hold() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        // Two of three: fewer than the minimum, though most of the nodes.
+        let (mut l, s) = cut_off(3, t0, ms(3100));
+        let p = l.plan(&s, P, None, ms(3100), 0);
+        assert_eq!((downs(&p), p.hold), (vec![2, 3], Hold::Off));
+        // Three of six (1 and two more heard from): not more than half.
+        let (mut l, s) = cut_off(6, t0, ms(3100));
+        for id in [2, 3] {
+            l.seen(NodeId(id), ms(3100));
+        }
+        let p = l.plan(&s, P, None, ms(3100), 0);
+        assert_eq!((downs(&p), p.hold), (vec![4, 5, 6], Hold::Off));
+        // Nodes already down count neither way: 3 silent of 5 ready hold.
+        let mut s = s;
+        s.nodes.get_mut(&NodeId(2)).expect("node 2").state = NodeState::Down;
+        let p = l.plan(&s, P, None, ms(3100), 0);
+        assert!(matches!(p.hold, Hold::Holding { held: 3, .. }), "{p:?}");
     }
 
     #[test]
