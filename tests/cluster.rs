@@ -977,7 +977,7 @@ fn most_nodes_silent_at_once_keep_their_tasks_until_the_hold_ends() {
         Duration::from_secs(10),
         || {
             let l = log();
-            l.contains("holding their down marks back") && l.contains("answer again")
+            l.contains("holding their down marks back") && l.contains("the hold ended")
         },
     );
     assert_eq!(tasks(&lab), before, "tasks moved");

@@ -359,6 +359,14 @@ impl Core {
         self.read(|s| l.plan(s, period, grace, Instant::now(), now_ms()))
     }
 
+    /// The liveness loop finished writing its plan (leader only).
+    pub(crate) fn liveness_awake(&self) {
+        let mut l = self.inner.liveness.lock().expect("liveness lock");
+        if let Some(l) = l.as_mut() {
+            l.awake(Instant::now());
+        }
+    }
+
     /// Node `id` said (in a heartbeat) that its daemon is stopping.
     pub fn stopping(&self, id: NodeId) {
         let mut l = self.inner.liveness.lock().expect("liveness lock");

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::core::Core;
-use crate::dispatcher::liveness::{Hold, MAX_HOLD_PERIODS};
+use crate::dispatcher::liveness::{Hold, MAX_HOLD_PERIODS, Plan};
 use crate::membership::{self, MembershipOp};
 
 /// How long a new manager may take to catch up before we try again.
@@ -19,7 +19,7 @@ const LEARNER_CATCH_UP: Duration = Duration::from_secs(20);
 /// Runs the liveness loop until `stop` flips to true.
 pub async fn liveness_loop(core: Core, mut stop: watch::Receiver<bool>) {
     let mut changes = core.store().subscribe();
-    let mut was = Hold::Off;
+    let mut said_hold = false;
     loop {
         let settings = core.cluster().map(|c| c.settings.clone()).ok();
         let period = settings
@@ -43,6 +43,7 @@ pub async fn liveness_loop(core: Core, mut stop: watch::Receiver<bool>) {
         let leading = core.is_leader();
         core.set_leading(leading);
         if !leading {
+            report_hold(&mut said_hold, None, period);
             continue;
         }
         // This manager heartbeats itself: it is alive if it is leading.
@@ -51,8 +52,7 @@ pub async fn liveness_loop(core: Core, mut stop: watch::Receiver<bool>) {
         // of nodes coming up (or going down) costs a few commits, not one
         // each in turn.
         let plan = core.liveness_plan(period, grace);
-        report_hold(was, plan.hold, period);
-        was = plan.hold;
+        report_hold(&mut said_hold, Some(&plan), period);
         let writes = plan.commands.into_iter().map(|cmd| {
             // A node marked down: which, and why (its tasks move).
             let down = match &cmd {
@@ -80,43 +80,51 @@ pub async fn liveness_loop(core: Core, mut stop: watch::Receiver<bool>) {
                 (Ok(_), None) => {}
             }
         }
+        core.liveness_awake();
     }
 }
 
-/// Says when down marks start or stop being held back because most nodes
-/// are silent at once (`liveness`'s doc), and how many are held now.
-fn report_hold(was: Hold, now: Hold, period: Duration) {
-    let held = |h| match h {
-        Hold::Holding { held, .. } => held,
+/// Says when this leader starts holding down marks back because most
+/// nodes are silent at once (`liveness`'s doc) and when it stops; `said`:
+/// whether it has said it started. `plan` is `None` once it no longer
+/// leads.
+fn report_hold(said: &mut bool, plan: Option<&Plan>, period: Duration) {
+    let held = match plan.map(|p| p.hold) {
+        Some(Hold::Holding { held }) => held,
         _ => 0,
     };
     crate::metrics::METRICS
         .down_marks_held
-        .set(i64::try_from(held(now)).unwrap_or(i64::MAX));
-    match (held(was), now) {
-        (
-            0,
-            Hold::Holding {
-                silent,
-                ready,
+        .set(i64::try_from(held).unwrap_or(i64::MAX));
+    let Some(p) = plan else {
+        if std::mem::take(said) {
+            tracing::info!("no longer the leader: no down marks held back here");
+        }
+        return;
+    };
+    match p.hold {
+        Hold::Holding { held } if held > 0 && !*said => {
+            *said = true;
+            tracing::warn!(
+                silent = p.silent,
+                ready = p.ready,
                 held,
-            },
-        ) if held > 0 => tracing::warn!(
-            silent,
-            ready,
-            held,
-            up_to_secs = (period * MAX_HOLD_PERIODS).as_secs_f64(),
-            "most ready nodes are silent at once: holding their down marks back, taking it for \
-             a fault on this leader's side (its network, its load)"
-        ),
-        (1.., Hold::Expired { silent, ready }) => tracing::warn!(
-            silent,
-            ready,
+                up_to_secs = (period * MAX_HOLD_PERIODS).as_secs_f64(),
+                "most ready nodes are silent at once: holding their down marks back, taking it \
+                 for a fault on this leader's side (its network, its load)"
+            );
+        }
+        Hold::Expired if std::mem::take(said) => tracing::warn!(
+            silent = p.silent,
+            ready = p.ready,
             "most ready nodes are still silent after the hold: marking them down"
         ),
-        (1.., Hold::Off | Hold::Holding { held: 0, .. }) => {
-            tracing::info!("the silent nodes answer again: no down marks held back")
-        }
+        Hold::Off if std::mem::take(said) => tracing::info!(
+            silent = p.silent,
+            ready = p.ready,
+            "the hold ended: most nodes answer again, and those still silent have three \
+             heartbeat periods from now"
+        ),
         _ => {}
     }
 }

@@ -21,14 +21,21 @@
 //! session's end starts no grace.
 //!
 //! Most nodes silent at once is more likely a fault on the leader's side
-//! (its network, its load, a pause of its process) than that many deaths:
-//! while more than half of the ready nodes (and at least
-//! [`MASS_SILENCE_MIN`]) have missed two heartbeats or lost their session,
-//! no node is marked down, for at most [`MAX_HOLD_PERIODS`] periods (the
-//! idea of Kubernetes' "full disruption" mode). Marking them down would
-//! move every task and change every node's config, and the nodes would
-//! come back to find their tasks gone. A mass failure that is real is
-//! marked once the hold ends.
+//! (its network, its load) than that many deaths: while more than half of
+//! the ready nodes (and at least [`MASS_SILENCE_MIN`]) have been silent for
+//! one and a half periods or lost their session, no node is marked down,
+//! for at most [`MAX_HOLD_PERIODS`] periods (the idea of Kubernetes' "full
+//! disruption" mode). Marking them down would move every task and change
+//! every node's config, and the nodes would come back to find their tasks
+//! gone. When most answer again, the hold ends and the silence of those
+//! still silent counts from its end: nodes come back one by one, over a
+//! period or more. A mass failure that is real is marked once the hold has
+//! lasted its longest.
+//!
+//! A leader whose own loop stalls for more than a period (its process
+//! paused or starved) has not been listening: silence counts from the
+//! stall's end, as from a takeover, so the backlog of heartbeats it has not
+//! read yet is no death.
 
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -46,11 +53,12 @@ pub const MAX_TAKEOVER_PERIODS: u32 = 30;
 /// dying together is common, and in a small cluster they are its majority.
 pub const MASS_SILENCE_MIN: usize = 3;
 
-/// Heartbeat periods a ready node has missed when it counts as silent for
-/// the hold: nodes cut off together cross the three-period deadline spread
-/// over one period, and all of them are two periods silent by the time the
-/// first crosses it.
-const SILENT_PERIODS: u32 = 2;
+/// Silence, in half heartbeat periods, after which a ready node counts
+/// towards the hold: nodes cut off together cross the three-period deadline
+/// spread over about a period (more when the leader is slow to read their
+/// heartbeats), and all of them are one and a half periods silent by the
+/// time the first crosses it, with a period and a half to spare.
+const SILENT_HALF_PERIODS: u32 = 3;
 
 /// The longest down marks are held back while most nodes are silent, in
 /// heartbeat periods.
@@ -63,14 +71,10 @@ pub enum Hold {
     #[default]
     Off,
     /// Most ready nodes are silent: `held` down marks were left out.
-    Holding {
-        silent: usize,
-        ready: usize,
-        held: usize,
-    },
+    Holding { held: usize },
     /// Most are still silent after [`MAX_HOLD_PERIODS`]: down marks go
     /// through.
-    Expired { silent: usize, ready: usize },
+    Expired,
 }
 
 /// The commands the store needs, and whether down marks were held back.
@@ -78,6 +82,9 @@ pub enum Hold {
 pub struct Plan {
     pub commands: Vec<Command>,
     pub hold: Hold,
+    /// Ready nodes, and how many of them count as silent for the hold.
+    pub ready: usize,
+    pub silent: usize,
 }
 
 /// Last-seen times, kept only on the leader and only in memory.
@@ -94,6 +101,11 @@ pub struct Liveness {
     stopping: HashSet<NodeId>,
     /// Since when most ready nodes have been silent, if they are.
     mass_since: Option<Instant>,
+    /// Silence counts from here at the earliest: the end of a hold, or of
+    /// a stall of this leader's own loop.
+    fresh: Option<Instant>,
+    /// When this leader's loop last made a plan or finished writing one.
+    last_awake: Option<Instant>,
 }
 
 impl Liveness {
@@ -106,6 +118,8 @@ impl Liveness {
             disconnected: HashMap::new(),
             stopping: HashSet::new(),
             mass_since: None,
+            fresh: None,
+            last_awake: None,
         }
     }
 
@@ -134,6 +148,12 @@ impl Liveness {
         let at = *self.disconnected.get(&id)?;
         let heard_since = self.last_seen.get(&id).is_some_and(|t| *t > at);
         (!heard_since).then_some(at)
+    }
+
+    /// Records that the loop finished writing its last plan: the time
+    /// those writes took is no stall.
+    pub fn awake(&mut self, now: Instant) {
+        self.last_awake = Some(now);
     }
 
     /// Records a heartbeat (or a session start) from `id`.
@@ -179,22 +199,32 @@ impl Liveness {
         now_ms: u64,
     ) -> Plan {
         let deadline = period * MISSED_HEARTBEATS;
+        // The loop plans every quarter period at the least, once its
+        // writes are done: a longer gap is a stall (module doc).
+        if self
+            .last_awake
+            .is_some_and(|t| now.saturating_duration_since(t) > period)
+        {
+            self.fresh = Some(now);
+        }
+        self.last_awake = Some(now);
+        // Silence counts from the takeover mark at the earliest: while the
+        // herd arrives, a busy new leader may answer a node that came back
+        // early late enough to miss its heartbeats, and that is no death
+        // either. Nor from before a hold's end or a stall.
         let takeover = self.takeover_mark(period);
+        let floor = self.fresh.map_or(takeover, |f| f.max(takeover));
         let (mut ready, mut silent) = (0, 0);
         let mut changes = Vec::new();
         for node in state.nodes.values() {
             let last = self.last_seen.get(&node.id).copied();
-            // Silence counts from the takeover mark at the earliest: while
-            // the herd arrives, a busy new leader may answer a node that
-            // came back early late enough to miss its heartbeats, and that
-            // is no death either.
-            let since = last.map_or(takeover, |t| t.max(takeover));
+            let since = last.map_or(floor, |t| t.max(floor));
             let silent_for = now.saturating_duration_since(since);
             let alive = last.is_some() && silent_for <= deadline;
-            let ended = self.disconnected_at(node.id);
+            let ended = self.disconnected_at(node.id).map(|t| t.max(floor));
             if node.state == NodeState::Ready {
                 ready += 1;
-                if silent_for > period * SILENT_PERIODS || ended.is_some() {
+                if silent_for > period * SILENT_HALF_PERIODS / 2 || ended.is_some() {
                     silent += 1;
                 }
             }
@@ -215,12 +245,20 @@ impl Liveness {
                 changes.push((node.id, want, gone, silent_for));
             }
         }
+        let fresh = self.fresh;
         let mut hold = self.hold(silent, ready, period, now);
+        // A hold that ended just now moved the floor: the silences behind
+        // this pass's down marks count from it from the next pass on.
+        let ended = self.fresh != fresh;
         let mut commands = Vec::with_capacity(changes.len());
         for (id, want, gone, silent_for) in changes {
-            if let (Hold::Holding { held, .. }, NodeState::Down) = (&mut hold, want) {
-                *held += 1;
-                continue;
+            match (&mut hold, want) {
+                (Hold::Holding { held }, NodeState::Down) => {
+                    *held += 1;
+                    continue;
+                }
+                (_, NodeState::Down) if ended => continue,
+                _ => {}
             }
             // Made only for a change: this runs over every node several
             // times a second.
@@ -245,25 +283,35 @@ impl Liveness {
                 now_ms,
             });
         }
-        Plan { commands, hold }
+        Plan {
+            commands,
+            hold,
+            ready,
+            silent,
+        }
     }
 
     /// Whether down marks are held back, with `silent` of `ready` nodes
     /// silent now.
     fn hold(&mut self, silent: usize, ready: usize, period: Duration, now: Instant) -> Hold {
+        let cap = period * MAX_HOLD_PERIODS;
         if silent < MASS_SILENCE_MIN || silent * 2 <= ready {
-            self.mass_since = None;
+            // Ended before its cap: those still silent get their three
+            // periods from now, as the rest come back one by one.
+            if self
+                .mass_since
+                .take()
+                .is_some_and(|t| now.saturating_duration_since(t) < cap)
+            {
+                self.fresh = Some(now);
+            }
             return Hold::Off;
         }
         let since = *self.mass_since.get_or_insert(now);
-        if now.saturating_duration_since(since) < period * MAX_HOLD_PERIODS {
-            Hold::Holding {
-                silent,
-                ready,
-                held: 0,
-            }
+        if now.saturating_duration_since(since) < cap {
+            Hold::Holding { held: 0 }
         } else {
-            Hold::Expired { silent, ready }
+            Hold::Expired
         }
     }
 }
@@ -294,6 +342,12 @@ mod tests {
 
     const P: Duration = Duration::from_secs(1);
 
+    /// A plan at `at` by a loop that has kept running (no stall).
+    fn run(l: &mut Liveness, s: &State, grace: Option<Duration>, at: Instant) -> Plan {
+        l.awake(at);
+        l.plan(s, P, grace, at, 0)
+    }
+
     /// Nodes 1, 2 and 3, all ready.
     fn three_ready() -> State {
         state(&[
@@ -309,7 +363,7 @@ mod tests {
         let mut l = Liveness::new(t0);
         let s = state(&[(1, NodeState::Ready)]);
         assert!(
-            l.plan(&s, P, None, t0 + Duration::from_millis(2900), 0)
+            run(&mut l, &s, None, t0 + Duration::from_millis(2900))
                 .commands
                 .is_empty()
         );
@@ -338,8 +392,8 @@ mod tests {
         l.session_opened(NodeId(2), ms(5000));
         l.seen(NodeId(1), ms(7000));
         l.seen(NodeId(2), ms(7000));
-        assert!(downs(&l.plan(&s, P, None, ms(7900), 0)).is_empty());
-        assert_eq!(downs(&l.plan(&s, P, None, ms(8100), 0)), [3]);
+        assert!(downs(&run(&mut l, &s, None, ms(7900))).is_empty());
+        assert_eq!(downs(&run(&mut l, &s, None, ms(8100))), [3]);
         // A node heard from before, then silent, is not covered (3 is down
         // by now).
         let s = state(&[
@@ -347,7 +401,7 @@ mod tests {
             (2, NodeState::Ready),
             (3, NodeState::Down),
         ]);
-        assert_eq!(downs(&l.plan(&s, P, None, ms(10_600), 0)), [1, 2]);
+        assert_eq!(downs(&run(&mut l, &s, None, ms(10_600))), [1, 2]);
     }
 
     #[test]
@@ -364,10 +418,10 @@ mod tests {
         l.seen(NodeId(2), ms(7000));
         l.seen(NodeId(3), ms(7000));
         // Silent for 5 s, but the herd arrived until 5 s: not down yet.
-        assert!(downs(&l.plan(&s, P, None, ms(5500), 0)).is_empty());
-        assert!(downs(&l.plan(&s, P, None, ms(7900), 0)).is_empty());
+        assert!(downs(&run(&mut l, &s, None, ms(5500))).is_empty());
+        assert!(downs(&run(&mut l, &s, None, ms(7900))).is_empty());
         // Three periods after the last arrival, it is.
-        assert_eq!(downs(&l.plan(&s, P, None, ms(8100), 0)), [1]);
+        assert_eq!(downs(&run(&mut l, &s, None, ms(8100))), [1]);
     }
 
     #[test]
@@ -383,9 +437,9 @@ mod tests {
         }
         let cap = P * MAX_TAKEOVER_PERIODS;
         let now = t0 + cap;
-        assert!(downs(&l.plan(&s, P, None, now - Duration::from_millis(100), 0)).is_empty());
+        assert!(downs(&run(&mut l, &s, None, now - Duration::from_millis(100))).is_empty());
         assert_eq!(
-            downs(&l.plan(&s, P, None, now + Duration::from_millis(100), 0)),
+            downs(&run(&mut l, &s, None, now + Duration::from_millis(100))),
             [2]
         );
     }
@@ -397,16 +451,14 @@ mod tests {
         let s = state(&[(1, NodeState::Unknown), (2, NodeState::Ready)]);
         l.seen(NodeId(1), t0 + Duration::from_millis(500));
         l.seen(NodeId(2), t0 + Duration::from_millis(500));
-        let cmds = l.plan(&s, P, None, t0 + Duration::from_secs(1), 0).commands;
+        let cmds = run(&mut l, &s, None, t0 + Duration::from_secs(1)).commands;
         assert_eq!(cmds.len(), 1, "only node 1 changes: {cmds:?}");
         assert!(matches!(
             &cmds[0],
             Command::SetNodeState { id, state: NodeState::Ready, .. } if *id == NodeId(1)
         ));
         // Node 2 stays silent for 3 periods after its last heartbeat.
-        let cmds = l
-            .plan(&s, P, None, t0 + Duration::from_millis(3600), 0)
-            .commands;
+        let cmds = run(&mut l, &s, None, t0 + Duration::from_millis(3600)).commands;
         assert!(cmds.iter().any(|c| matches!(
             c,
             Command::SetNodeState { id, state: NodeState::Down, .. } if *id == NodeId(2)
@@ -420,7 +472,7 @@ mod tests {
         let s = state(&[(1, NodeState::Ready)]);
         l.seen(NodeId(1), t0);
         assert!(
-            l.plan(&s, P, None, t0 + Duration::from_secs(2), 0)
+            run(&mut l, &s, None, t0 + Duration::from_secs(2))
                 .commands
                 .is_empty()
         );
@@ -456,7 +508,7 @@ mod tests {
             for id in 4..=7 {
                 l.seen(NodeId(id), at);
             }
-            l.plan(&s, P, grace, at, 0)
+            run(l, &s, grace, at)
         };
         for id in 1..=7 {
             l.session_opened(NodeId(id), t0);
@@ -504,57 +556,85 @@ mod tests {
         let t0 = Instant::now();
         let ms = |n| t0 + Duration::from_millis(n);
         // The leader hears from none of its 4 other nodes (its network is
-        // cut, or it was paused): their marks are held back.
+        // cut): their marks are held back.
         let (mut l, s) = cut_off(5, t0, ms(3100));
-        let p = l.plan(&s, P, None, ms(3100), 0);
+        let p = run(&mut l, &s, None, ms(3100));
         assert!(p.commands.is_empty(), "{p:?}");
         assert_eq!(
-            p.hold,
-            Hold::Holding {
-                silent: 4,
-                ready: 5,
-                held: 4
-            }
+            (p.hold, p.silent, p.ready),
+            (Hold::Holding { held: 4 }, 4, 5)
         );
         // They answer again: nothing to do, and the hold is off.
-        for id in 2..=5 {
+        for id in 1..=5 {
             l.seen(NodeId(id), ms(5000));
         }
-        l.seen(NodeId(1), ms(5000));
-        let p = l.plan(&s, P, None, ms(5100), 0);
+        let p = run(&mut l, &s, None, ms(5100));
         assert!(p.commands.is_empty(), "{p:?}");
         assert_eq!(p.hold, Hold::Off);
-        // Sessions lost past the disconnect grace count as silence too.
+        // Sessions lost count as silence too, past the disconnect grace.
         for id in 2..=5 {
             l.session_ended(NodeId(id), ms(5200));
         }
         l.seen(NodeId(1), ms(5600));
-        let p = l.plan(&s, P, G, ms(5600), 0);
+        let p = run(&mut l, &s, G, ms(5600));
         assert!(p.commands.is_empty(), "{p:?}");
-        assert!(matches!(p.hold, Hold::Holding { held: 4, .. }), "{p:?}");
+        assert_eq!(p.hold, Hold::Holding { held: 4 });
+    }
+
+    #[test]
+    fn nodes_back_one_by_one_after_a_hold_are_not_marked_down() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        // 5 of 6 silent from t0; back one by one from 10 s, a period
+        // apart, except 6, which is dead.
+        let (mut l, s) = cut_off(6, t0, ms(10_000));
+        assert_eq!(
+            run(&mut l, &s, None, ms(10_000)).hold,
+            Hold::Holding { held: 5 }
+        );
+        for (i, id) in (2..=5).enumerate() {
+            let at = ms(10_000 + 1000 * i as u64);
+            l.seen(NodeId(1), at);
+            l.seen(NodeId(id), at);
+            for back in 2..id {
+                l.seen(NodeId(back), at);
+            }
+            let p = run(&mut l, &s, None, at);
+            assert!(downs(&p).is_empty(), "node {id} back: {p:?}");
+        }
+        // The hold ended as 3 came back (2 of 6 silent): 4, 5 and 6 had
+        // three periods from then; 6 is down once they are over.
+        let ended = ms(11_000);
+        let keep = |l: &mut Liveness, at| {
+            for id in 1..=5 {
+                l.seen(NodeId(id), at);
+            }
+        };
+        keep(&mut l, ended + P * 3 - Duration::from_millis(100));
+        let p = run(&mut l, &s, None, ended + P * 3 - Duration::from_millis(100));
+        assert!(downs(&p).is_empty(), "{p:?}");
+        keep(&mut l, ended + P * 3 + Duration::from_millis(100));
+        let p = run(&mut l, &s, None, ended + P * 3 + Duration::from_millis(100));
+        assert_eq!((downs(&p), p.hold), (vec![6], Hold::Off));
     }
 
     #[test]
     fn the_hold_has_a_cap() {
         let t0 = Instant::now();
         let ms = |n| t0 + Duration::from_millis(n);
-        let (mut l, s) = cut_off(5, t0, ms(2100));
-        // Two periods silent: the hold starts (nothing to hold yet).
-        let p = l.plan(&s, P, None, ms(2100), 0);
-        assert!(matches!(p.hold, Hold::Holding { held: 0, .. }), "{p:?}");
-        let end = ms(2100) + P * MAX_HOLD_PERIODS;
+        let (mut l, s) = cut_off(5, t0, ms(1600));
+        // A period and a half silent: the hold starts (nothing to hold yet).
+        let p = run(&mut l, &s, None, ms(1600));
+        assert_eq!(p.hold, Hold::Holding { held: 0 });
+        let end = ms(1600) + P * MAX_HOLD_PERIODS;
         l.seen(NodeId(1), end);
-        let before = l.plan(&s, P, None, end - Duration::from_millis(100), 0);
+        let before = run(&mut l, &s, None, end - Duration::from_millis(100));
         assert!(before.commands.is_empty(), "{before:?}");
         // Still silent after it: a real mass failure, marked down.
-        let after = l.plan(&s, P, None, end + Duration::from_millis(100), 0);
-        assert_eq!(downs(&after), [2, 3, 4, 5]);
+        let after = run(&mut l, &s, None, end + Duration::from_millis(100));
         assert_eq!(
-            after.hold,
-            Hold::Expired {
-                silent: 4,
-                ready: 5
-            }
+            (downs(&after), after.hold),
+            (vec![2, 3, 4, 5], Hold::Expired)
         );
     }
 
@@ -564,20 +644,40 @@ mod tests {
         let ms = |n| t0 + Duration::from_millis(n);
         // Two of three: fewer than the minimum, though most of the nodes.
         let (mut l, s) = cut_off(3, t0, ms(3100));
-        let p = l.plan(&s, P, None, ms(3100), 0);
+        let p = run(&mut l, &s, None, ms(3100));
         assert_eq!((downs(&p), p.hold), (vec![2, 3], Hold::Off));
         // Three of six (1 and two more heard from): not more than half.
         let (mut l, s) = cut_off(6, t0, ms(3100));
         for id in [2, 3] {
             l.seen(NodeId(id), ms(3100));
         }
-        let p = l.plan(&s, P, None, ms(3100), 0);
+        let p = run(&mut l, &s, None, ms(3100));
         assert_eq!((downs(&p), p.hold), (vec![4, 5, 6], Hold::Off));
         // Nodes already down count neither way: 3 silent of 5 ready hold.
         let mut s = s;
         s.nodes.get_mut(&NodeId(2)).expect("node 2").state = NodeState::Down;
-        let p = l.plan(&s, P, None, ms(3100), 0);
-        assert!(matches!(p.hold, Hold::Holding { held: 3, .. }), "{p:?}");
+        let p = run(&mut l, &s, None, ms(3100));
+        assert_eq!(p.hold, Hold::Holding { held: 3 });
+    }
+
+    #[test]
+    fn a_stall_of_the_leaders_loop_is_no_nodes_silence() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        // Two nodes (too few to hold), last heard at 0; the loop planned
+        // at 0.5 s and next at 4 s: it was not listening meanwhile.
+        let (mut l, s) = cut_off(3, t0, ms(4000));
+        assert!(downs(&run(&mut l, &s, None, ms(500))).is_empty());
+        let p = l.plan(&s, P, None, ms(4000), 0);
+        assert!(downs(&p).is_empty(), "{p:?}");
+        // Silent for three periods after the stall: down.
+        l.seen(NodeId(1), ms(7100));
+        assert_eq!(downs(&run(&mut l, &s, None, ms(7100))), [2, 3]);
+        // Time spent writing a plan is no stall: marked down at once.
+        let (mut l, s) = cut_off(3, t0, ms(3500));
+        assert!(downs(&run(&mut l, &s, None, ms(500))).is_empty());
+        l.awake(ms(3000));
+        assert_eq!(downs(&l.plan(&s, P, None, ms(3500), 0)), [2, 3]);
     }
 
     #[test]
@@ -589,6 +689,6 @@ mod tests {
         l.session_opened(NodeId(1), t0);
         l.session_ended(NodeId(1), t0 + Duration::from_millis(10));
         l.seen(NodeId(1), t0 + Duration::from_millis(20));
-        assert!(downs(&l.plan(&s, P, G, t0 + Duration::from_millis(900), 0)).is_empty());
+        assert!(downs(&run(&mut l, &s, G, t0 + Duration::from_millis(900))).is_empty());
     }
 }
