@@ -24,7 +24,10 @@ fn running_tasks(lab: &Lab, host: &str, service: &str) -> Vec<String> {
 
 /// What both managers of the recovered cluster must agree on: w1's labels,
 /// the cluster's networks (not the node-local ones), services and tasks.
-fn state_of(lab: &Lab, host: &str) -> (serde_json::Value, String, String, Vec<String>) {
+type Kept = (serde_json::Value, String, String, Vec<String>);
+
+/// [`Kept`] as `host` sees it.
+fn state_of(lab: &Lab, host: &str) -> Kept {
     let w1: serde_json::Value =
         serde_json::from_str(&lab.weft(host, &["node", "inspect", "w1"])).expect("json");
     let networks = lab.weft(host, &["network", "ls"]);
@@ -43,6 +46,16 @@ fn state_of(lab: &Lab, host: &str) -> (serde_json::Value, String, String, Vec<St
 #[test]
 fn survivor_of_three_managers_forms_a_new_cluster_with_all_state() {
     let mut lab = Lab::new("forcenew", &["m1", "m2", "m3", "w1", "m4"]);
+    let before = form(&mut lab);
+    refuse_while_quorum(&lab);
+    let lost = lose_two_and_force(&mut lab);
+    survivor_keeps_all(&lab, &before);
+    replace_the_lost(&lab, &lost, &before);
+}
+
+/// Three managers and a worker, with state to keep: a label, a network, a
+/// service and its tasks; returns that state as m3 sees it.
+fn form(lab: &mut Lab) -> Kept {
     lab.start_all();
     let (wt, mt) = lab.init("m1", &[]);
     lab.join("m2", &mt, "m1");
@@ -78,12 +91,14 @@ fn survivor_of_three_managers_forms_a_new_cluster_with_all_state() {
         ],
     );
     wait_for("two web tasks running", Duration::from_secs(30), || {
-        running_tasks(&lab, "m3", "web").len() == 2
+        running_tasks(lab, "m3", "web").len() == 2
     });
-    let before = state_of(&lab, "m3");
+    state_of(lab, "m3")
+}
 
-    // Refusals, each changing nothing: a node in no cluster, a worker, and a
-    // manager of a cluster that has its quorum.
+/// Refusals, each changing nothing: a node in no cluster, a worker, and a
+/// manager of a cluster that has its quorum.
+fn refuse_while_quorum(lab: &Lab) {
     let err = lab.weft_err("m4", &["init", "--force-new-cluster"]);
     assert!(err.contains("not part of a cluster"), "{err}");
     assert!(lab.weft("m4", &["info"]).contains("inactive"));
@@ -113,8 +128,11 @@ fn survivor_of_three_managers_forms_a_new_cluster_with_all_state() {
     );
     assert_eq!(rows.iter().filter(|r| r.manager == "Leader").count(), 1);
     lab.weft("m3", &["node", "update", "--label-add", "still=3", "w1"]);
+}
 
-    // Two of three managers are lost: nothing can be changed any more.
+/// Two of three managers are lost, so nothing can be changed, until the
+/// survivor m3 forms a cluster of its own; returns the lost ones' IDs.
+fn lose_two_and_force(lab: &mut Lab) -> Vec<String> {
     let lost: Vec<String> = ["m1", "m2"]
         .iter()
         .map(|h| {
@@ -139,13 +157,17 @@ fn survivor_of_three_managers_forms_a_new_cluster_with_all_state() {
         );
     }
     assert!(out.contains("weft node rm --force"), "{out}");
+    lost
+}
 
-    // Writes work at once, and the survivor leads with all state kept.
+/// Writes work at once on the survivor, which leads with all state kept,
+/// stays up, and whose worker's session carries new work.
+fn survivor_keeps_all(lab: &Lab, before: &Kept) {
     lab.weft("m3", &["node", "update", "--label-add", "after=1", "w1"]);
     let rows = lab.node_ls("m3");
     let m3 = rows.iter().find(|r| r.hostname == "m3").expect("m3");
     assert_eq!(m3.manager, "Leader", "{rows:?}");
-    let (labels, nets, services, tasks) = state_of(&lab, "m3");
+    let (labels, nets, services, tasks) = state_of(lab, "m3");
     assert_eq!(labels["zone"], "a", "{labels}");
     assert_eq!(labels["still"], "3", "{labels}");
     assert_eq!(labels["after"], "1", "{labels}");
@@ -187,8 +209,11 @@ fn survivor_of_three_managers_forms_a_new_cluster_with_all_state() {
         Duration::from_secs(30),
         || lab.weft("w1", &["ps"]).contains("after"),
     );
+}
 
-    // The lost managers are demoted and removed from the new cluster.
+/// The lost managers are demoted and removed from the new cluster, and a
+/// fresh host joins it as a manager with a fresh token and the same state.
+fn replace_the_lost(lab: &Lab, lost: &[String], before: &Kept) {
     let mut args = vec!["node", "demote"];
     args.extend(lost.iter().map(String::as_str));
     lab.weft("m3", &args);
@@ -227,11 +252,11 @@ fn survivor_of_three_managers_forms_a_new_cluster_with_all_state() {
         "both managers see the same state",
         Duration::from_secs(20),
         || {
-            let (a, b) = (state_of(&lab, "m3"), state_of(&lab, "m4"));
+            let (a, b) = (state_of(lab, "m3"), state_of(lab, "m4"));
             a == b && a.0["via"] == "m4"
         },
     );
-    let (labels, nets, _, tasks) = state_of(&lab, "m4");
+    let (labels, nets, _, tasks) = state_of(lab, "m4");
     assert_eq!(labels["zone"], "a", "{labels}");
     assert!(nets.contains("appnet"), "{nets}");
     assert_eq!(tasks, before.3);
