@@ -452,7 +452,10 @@ pub struct InitArgs {
     #[arg(long, value_parser = parse_duration)]
     pub cert_expiry: Option<Duration>,
     /// Heartbeat period of the nodes, e.g. 1s or 500ms (default 1s; 100ms to
-    /// 60s).
+    /// 60s). A node that misses 3 is marked down and its tasks rescheduled,
+    /// unless more than half of the ready nodes (at least 3) are silent at
+    /// once: the leader then takes it for a fault on its own side and marks
+    /// none down for up to 30 periods from then.
     #[arg(long, value_parser = parse_duration)]
     pub heartbeat_period: Option<Duration>,
     /// Mark a node down, and reschedule its tasks, when its daemon's

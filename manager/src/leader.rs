@@ -52,6 +52,7 @@ pub async fn liveness_loop(core: Core, mut stop: watch::Receiver<bool>) {
         // of nodes coming up (or going down) costs a few commits, not one
         // each in turn.
         let plan = core.liveness_plan(period, grace);
+        report_stall(&plan);
         report_hold(&mut said_hold, Some(&plan), period);
         let writes = plan.commands.into_iter().map(|cmd| {
             // A node marked down: which, and why (its tasks move).
@@ -119,13 +120,30 @@ fn report_hold(said: &mut bool, plan: Option<&Plan>, period: Duration) {
             ready = p.ready,
             "most ready nodes are still silent after the hold: marking them down"
         ),
-        Hold::Off if std::mem::take(said) => tracing::info!(
+        Hold::Ended if std::mem::take(said) => tracing::info!(
             silent = p.silent,
             ready = p.ready,
             "the hold ended: most nodes answer again, and those still silent have three \
              heartbeat periods from now"
         ),
+        Hold::Off if std::mem::take(said) => tracing::info!(
+            silent = p.silent,
+            ready = p.ready,
+            "the hold is over: most nodes answer again"
+        ),
         _ => {}
+    }
+}
+
+/// Says when this leader's liveness loop stalled (`liveness`'s doc).
+fn report_stall(plan: &Plan) {
+    if let Some(gap) = plan.stalled {
+        crate::metrics::METRICS.liveness_stalls.inc();
+        tracing::warn!(
+            gap_ms = gap.as_millis() as u64,
+            "this leader's liveness loop did not run for more than a heartbeat period (its \
+             process paused or starved): nodes' silence counts from now"
+        );
     }
 }
 

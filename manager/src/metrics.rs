@@ -43,6 +43,8 @@ pub struct ManagerMetrics {
     pub nodes_marked_down: Counter,
     /// Down marks held back now because most nodes are silent at once.
     pub down_marks_held: Gauge,
+    /// Times the leader's liveness loop did not run for over a period.
+    pub liveness_stalls: Counter,
     /// Configs pushed to nodes, whole or as a delta.
     pub config_pushes: Family<PushKind, Counter>,
     /// Time from a config push until the node reports it applied.
@@ -62,6 +64,7 @@ pub static METRICS: LazyLock<ManagerMetrics> = LazyLock::new(|| ManagerMetrics {
     heartbeats: Counter::default(),
     nodes_marked_down: Counter::default(),
     down_marks_held: Gauge::default(),
+    liveness_stalls: Counter::default(),
     config_pushes: Family::default(),
     push_ack_seconds: Histogram::new(seconds_buckets()),
 });
@@ -121,6 +124,11 @@ pub fn register(registry: &mut Registry, slot: CoreSlot) {
         "weft_dispatcher_down_marks_held",
         "Down marks held back now because most ready nodes are silent at once",
         m.down_marks_held.clone(),
+    );
+    registry.register(
+        "weft_dispatcher_liveness_stalls",
+        "Times this leader's liveness loop did not run for over a heartbeat period",
+        m.liveness_stalls.clone(),
     );
     registry.register(
         "weft_dispatcher_config_pushes",

@@ -57,8 +57,13 @@ pub const MASS_SILENCE_MIN: usize = 3;
 /// towards the hold: nodes cut off together cross the three-period deadline
 /// spread over about a period (more when the leader is slow to read their
 /// heartbeats), and all of them are one and a half periods silent by the
-/// time the first crosses it, with a period and a half to spare.
+/// time the first crosses it, with half a period to spare.
 const SILENT_HALF_PERIODS: u32 = 3;
+
+/// The most a hold's end or a stall of the leader's loop moves a node's
+/// silence on past its last heartbeat, in periods: however often they
+/// come, a node that died is marked down in the end.
+pub const MAX_FLOOR_PERIODS: u32 = 30;
 
 /// The longest down marks are held back while most nodes are silent, in
 /// heartbeat periods.
@@ -75,6 +80,9 @@ pub enum Hold {
     /// Most are still silent after [`MAX_HOLD_PERIODS`]: down marks go
     /// through.
     Expired,
+    /// Most answer again, before the hold's limit: this pass sends no down
+    /// marks, and those still silent have three periods from now.
+    Ended,
 }
 
 /// The commands the store needs, and whether down marks were held back.
@@ -85,6 +93,8 @@ pub struct Plan {
     /// Ready nodes, and how many of them count as silent for the hold.
     pub ready: usize,
     pub silent: usize,
+    /// How long the loop had not run, when that was a stall.
+    pub stalled: Option<Duration>,
 }
 
 /// Last-seen times, kept only on the leader and only in memory.
@@ -201,27 +211,38 @@ impl Liveness {
         let deadline = period * MISSED_HEARTBEATS;
         // The loop plans every quarter period at the least, once its
         // writes are done: a longer gap is a stall (module doc).
-        if self
+        let stalled = self
             .last_awake
-            .is_some_and(|t| now.saturating_duration_since(t) > period)
-        {
+            .map(|t| now.saturating_duration_since(t))
+            .filter(|gap| *gap > period);
+        if stalled.is_some() {
             self.fresh = Some(now);
         }
         self.last_awake = Some(now);
         // Silence counts from the takeover mark at the earliest: while the
         // herd arrives, a busy new leader may answer a node that came back
         // early late enough to miss its heartbeats, and that is no death
-        // either. Nor from before a hold's end or a stall.
+        // either. Nor from before a hold's end or a stall, though never
+        // more than `MAX_FLOOR_PERIODS` after the node was last heard.
         let takeover = self.takeover_mark(period);
         let floor = self.fresh.map_or(takeover, |f| f.max(takeover));
+        let most = period * MAX_FLOOR_PERIODS;
         let (mut ready, mut silent) = (0, 0);
         let mut changes = Vec::new();
         for node in state.nodes.values() {
             let last = self.last_seen.get(&node.id).copied();
-            let since = last.map_or(floor, |t| t.max(floor));
+            let base = last.unwrap_or(self.since);
+            let since = base.max(floor.min(base + most));
             let silent_for = now.saturating_duration_since(since);
-            let alive = last.is_some() && silent_for <= deadline;
-            let ended = self.disconnected_at(node.id).map(|t| t.max(floor));
+            // Ready only on a heartbeat within the deadline: a floor holds
+            // a down mark back but brings no node back.
+            let alive = last.is_some_and(|t| now.saturating_duration_since(t) <= deadline);
+            // A session lost before a hold's end or a stall: heartbeats
+            // decide, from the floor (the grace would end it at once).
+            let ended = self
+                .disconnected_at(node.id)
+                .filter(|t| self.fresh.is_none_or(|f| *t >= f))
+                .map(|t| t.max(takeover));
             if node.state == NodeState::Ready {
                 ready += 1;
                 if silent_for > period * SILENT_HALF_PERIODS / 2 || ended.is_some() {
@@ -245,11 +266,16 @@ impl Liveness {
                 changes.push((node.id, want, gone, silent_for));
             }
         }
-        let fresh = self.fresh;
-        let mut hold = self.hold(silent, ready, period, now);
-        // A hold that ended just now moved the floor: the silences behind
-        // this pass's down marks count from it from the next pass on.
-        let ended = self.fresh != fresh;
+        // Just after the floor moved, no node has been silent long enough
+        // to count: the hold stays as it was until one could.
+        let judging = self
+            .fresh
+            .is_none_or(|f| now.saturating_duration_since(f) > period * SILENT_HALF_PERIODS / 2);
+        let mut hold = if judging {
+            self.hold(silent, ready, period, now)
+        } else {
+            self.hold_as_it_was(period, now)
+        };
         let mut commands = Vec::with_capacity(changes.len());
         for (id, want, gone, silent_for) in changes {
             match (&mut hold, want) {
@@ -257,7 +283,8 @@ impl Liveness {
                     *held += 1;
                     continue;
                 }
-                (_, NodeState::Down) if ended => continue,
+                // The silences behind them count from the new floor.
+                (Hold::Ended, NodeState::Down) => continue,
                 _ => {}
             }
             // Made only for a change: this runs over every node several
@@ -288,6 +315,7 @@ impl Liveness {
             hold,
             ready,
             silent,
+            stalled,
         }
     }
 
@@ -296,22 +324,32 @@ impl Liveness {
     fn hold(&mut self, silent: usize, ready: usize, period: Duration, now: Instant) -> Hold {
         let cap = period * MAX_HOLD_PERIODS;
         if silent < MASS_SILENCE_MIN || silent * 2 <= ready {
-            // Ended before its cap: those still silent get their three
-            // periods from now, as the rest come back one by one.
-            if self
-                .mass_since
-                .take()
-                .is_some_and(|t| now.saturating_duration_since(t) < cap)
-            {
-                self.fresh = Some(now);
-            }
-            return Hold::Off;
+            return match self.mass_since.take() {
+                // Those still silent get their three periods from now, as
+                // the rest come back one by one.
+                Some(t) if now.saturating_duration_since(t) < cap => {
+                    self.fresh = Some(now);
+                    Hold::Ended
+                }
+                _ => Hold::Off,
+            };
         }
         let since = *self.mass_since.get_or_insert(now);
         if now.saturating_duration_since(since) < cap {
             Hold::Holding { held: 0 }
         } else {
             Hold::Expired
+        }
+    }
+
+    /// The hold as it stands, while silence cannot be judged.
+    fn hold_as_it_was(&self, period: Duration, now: Instant) -> Hold {
+        match self.mass_since {
+            Some(t) if now.saturating_duration_since(t) < period * MAX_HOLD_PERIODS => {
+                Hold::Holding { held: 0 }
+            }
+            Some(_) => Hold::Expired,
+            None => Hold::Off,
         }
     }
 }
@@ -564,19 +602,19 @@ mod tests {
             (p.hold, p.silent, p.ready),
             (Hold::Holding { held: 4 }, 4, 5)
         );
-        // They answer again: nothing to do, and the hold is off.
+        // They answer again: nothing to do, and the hold has ended.
         for id in 1..=5 {
             l.seen(NodeId(id), ms(5000));
         }
         let p = run(&mut l, &s, None, ms(5100));
         assert!(p.commands.is_empty(), "{p:?}");
-        assert_eq!(p.hold, Hold::Off);
+        assert_eq!(p.hold, Hold::Ended);
         // Sessions lost count as silence too, past the disconnect grace.
         for id in 2..=5 {
-            l.session_ended(NodeId(id), ms(5200));
+            l.session_ended(NodeId(id), ms(6800));
         }
-        l.seen(NodeId(1), ms(5600));
-        let p = run(&mut l, &s, G, ms(5600));
+        l.seen(NodeId(1), ms(7200));
+        let p = run(&mut l, &s, G, ms(7200));
         assert!(p.commands.is_empty(), "{p:?}");
         assert_eq!(p.hold, Hold::Holding { held: 4 });
     }
@@ -602,7 +640,7 @@ mod tests {
             let p = run(&mut l, &s, None, at);
             assert!(downs(&p).is_empty(), "node {id} back: {p:?}");
         }
-        // The hold ended as 3 came back (2 of 6 silent): 4, 5 and 6 had
+        // The hold ended as 3 came back (3 of 6 silent): 4, 5 and 6 had
         // three periods from then; 6 is down once they are over.
         let ended = ms(11_000);
         let keep = |l: &mut Liveness, at| {
@@ -678,6 +716,116 @@ mod tests {
         assert!(downs(&run(&mut l, &s, None, ms(500))).is_empty());
         l.awake(ms(3000));
         assert_eq!(downs(&l.plan(&s, P, None, ms(3500), 0)), [2, 3]);
+    }
+
+    /// `run` at `at`, with the nodes in `alive` heard from just then.
+    fn run_with(
+        l: &mut Liveness,
+        s: &State,
+        alive: &[u64],
+        grace: Option<Duration>,
+        at: Instant,
+    ) -> Plan {
+        for id in alive {
+            l.seen(NodeId(*id), at);
+        }
+        run(l, s, grace, at)
+    }
+
+    #[test]
+    fn a_floor_brings_no_down_node_back() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        // Node 2 died at 0 and is down; the leader's loop stalls from 3.5
+        // to 8 s. Its silence restarts, but it is not taken for alive.
+        let (mut l, mut s) = cut_off(3, t0, ms(3500));
+        s.nodes.get_mut(&NodeId(2)).expect("node 2").state = NodeState::Down;
+        l.seen(NodeId(3), ms(3500));
+        assert!(run(&mut l, &s, None, ms(3500)).commands.is_empty());
+        for id in [1, 3] {
+            l.seen(NodeId(id), ms(8000));
+        }
+        let p = l.plan(&s, P, None, ms(8000), 0);
+        assert!(p.stalled.is_some(), "{p:?}");
+        assert!(p.commands.is_empty(), "{p:?}");
+        let p = run_with(&mut l, &s, &[1, 3], None, ms(9000));
+        assert!(p.commands.is_empty(), "{p:?}");
+    }
+
+    #[test]
+    fn repeated_stalls_still_mark_a_dead_node() {
+        let t0 = Instant::now();
+        // A loop that stalls every pass (1.1 s apart): node 2, dead from
+        // 0, is down once its silence can be moved on no further (30
+        // periods) and 3 more have passed.
+        let (mut l, s) = cut_off(3, t0, t0);
+        let mut at = t0;
+        let down_at = loop {
+            at += Duration::from_millis(1100);
+            for id in [1, 3] {
+                l.seen(NodeId(id), at);
+            }
+            if downs(&l.plan(&s, P, None, at, 0)) == [2] {
+                break at - t0;
+            }
+            assert!(at - t0 < Duration::from_secs(40), "never marked down");
+        };
+        assert!(
+            down_at > P * (MAX_FLOOR_PERIODS + MISSED_HEARTBEATS),
+            "{down_at:?}"
+        );
+        assert!(
+            down_at < P * (MAX_FLOOR_PERIODS + MISSED_HEARTBEATS + 2),
+            "{down_at:?}"
+        );
+    }
+
+    #[test]
+    fn a_stall_during_a_hold_neither_ends_it_nor_restarts_its_limit() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        let (mut l, s) = cut_off(5, t0, ms(1600));
+        assert_eq!(
+            run(&mut l, &s, None, ms(1600)).hold,
+            Hold::Holding { held: 0 }
+        );
+        // The loop stalls from 1.6 to 5 s: still holding.
+        l.seen(NodeId(1), ms(5000));
+        let p = l.plan(&s, P, None, ms(5000), 0);
+        assert_eq!((p.hold, p.commands.len()), (Hold::Holding { held: 0 }, 0));
+        // Judged again from 6.5 s on: still most silent, still the same
+        // hold, which runs out 30 periods after it started, at 1.6 s.
+        let p = run_with(&mut l, &s, &[1], None, ms(6700));
+        assert_eq!((p.hold, p.silent), (Hold::Holding { held: 0 }, 4));
+        let end = ms(1600) + P * MAX_HOLD_PERIODS;
+        let p = run_with(&mut l, &s, &[1], None, end - Duration::from_millis(100));
+        assert_eq!(p.hold, Hold::Holding { held: 4 });
+        let p = run_with(&mut l, &s, &[1], None, end + Duration::from_millis(100));
+        assert_eq!((downs(&p), p.hold), (vec![2, 3, 4, 5], Hold::Expired));
+    }
+
+    #[test]
+    fn a_session_lost_during_a_hold_gets_three_periods_after_it() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        // Nodes 2 to 5 lose their sessions at 0.2 s: a hold. 2 to 4 come
+        // back at 5 s and end it; 5, with the grace on, is not down
+        // 0.3 s later but three periods later.
+        let (mut l, s) = cut_off(5, t0, ms(200));
+        for id in 2..=5 {
+            l.session_ended(NodeId(id), ms(200));
+        }
+        let p = run(&mut l, &s, G, ms(600));
+        assert_eq!(p.hold, Hold::Holding { held: 4 });
+        for id in 2..=4 {
+            l.session_opened(NodeId(id), ms(5000));
+        }
+        let alive = [1, 2, 3, 4];
+        let p = run_with(&mut l, &s, &alive, G, ms(5000));
+        assert_eq!((downs(&p), p.hold), (vec![], Hold::Ended));
+        assert!(downs(&run_with(&mut l, &s, &alive, G, ms(5400))).is_empty());
+        assert!(downs(&run_with(&mut l, &s, &alive, G, ms(7900))).is_empty());
+        assert_eq!(downs(&run_with(&mut l, &s, &alive, G, ms(8100))), [5]);
     }
 
     #[test]
