@@ -62,8 +62,10 @@ const SILENT_HALF_PERIODS: u32 = 3;
 
 /// The most a hold's end or a stall of the leader's loop moves a node's
 /// silence on past its last heartbeat, in periods: however often they
-/// come, a node that died is marked down in the end.
-pub const MAX_FLOOR_PERIODS: u32 = 30;
+/// come, a node that died is marked down in the end. A node silent since
+/// just before a hold that lasted its longest still gets its three
+/// periods after the hold's end.
+pub const MAX_FLOOR_PERIODS: u32 = MAX_HOLD_PERIODS + MISSED_HEARTBEATS;
 
 /// The longest down marks are held back while most nodes are silent, in
 /// heartbeat periods.
@@ -234,15 +236,15 @@ impl Liveness {
             let base = last.unwrap_or(self.since);
             let since = base.max(floor.min(base + most));
             let silent_for = now.saturating_duration_since(since);
-            // Ready only on a heartbeat within the deadline: a floor holds
-            // a down mark back but brings no node back.
-            let alive = last.is_some_and(|t| now.saturating_duration_since(t) <= deadline);
+            // Ready only on a heartbeat within the deadline and no session
+            // lost since: a floor holds a down mark back but brings no
+            // node back.
+            let lost = self.disconnected_at(node.id);
+            let alive = lost.is_none()
+                && last.is_some_and(|t| now.saturating_duration_since(t) <= deadline);
             // A session lost before a hold's end or a stall: heartbeats
             // decide, from the floor (the grace would end it at once).
-            let ended = self
-                .disconnected_at(node.id)
-                .filter(|t| self.fresh.is_none_or(|f| *t >= f))
-                .map(|t| t.max(takeover));
+            let ended = lost.filter(|t| self.fresh.is_none_or(|f| *t >= f));
             if node.state == NodeState::Ready {
                 ready += 1;
                 if silent_for > period * SILENT_HALF_PERIODS / 2 || ended.is_some() {
@@ -267,11 +269,13 @@ impl Liveness {
             }
         }
         // Just after the floor moved, no node has been silent long enough
-        // to count: the hold stays as it was until one could.
+        // by heartbeats to count: the hold does not end until one could.
+        // Sessions lost since count at once, and can start or keep one.
         let judging = self
             .fresh
             .is_none_or(|f| now.saturating_duration_since(f) > period * SILENT_HALF_PERIODS / 2);
-        let mut hold = if judging {
+        let mass = silent >= MASS_SILENCE_MIN && silent * 2 > ready;
+        let mut hold = if judging || mass {
             self.hold(silent, ready, period, now)
         } else {
             self.hold_as_it_was(period, now)
@@ -609,12 +613,13 @@ mod tests {
         let p = run(&mut l, &s, None, ms(5100));
         assert!(p.commands.is_empty(), "{p:?}");
         assert_eq!(p.hold, Hold::Ended);
-        // Sessions lost count as silence too, past the disconnect grace.
+        // Sessions lost count as silence too, past the disconnect grace,
+        // and at once after a hold's end.
         for id in 2..=5 {
-            l.session_ended(NodeId(id), ms(6800));
+            l.session_ended(NodeId(id), ms(5200));
         }
-        l.seen(NodeId(1), ms(7200));
-        let p = run(&mut l, &s, G, ms(7200));
+        l.seen(NodeId(1), ms(5600));
+        let p = run(&mut l, &s, G, ms(5600));
         assert!(p.commands.is_empty(), "{p:?}");
         assert_eq!(p.hold, Hold::Holding { held: 4 });
     }
@@ -750,6 +755,32 @@ mod tests {
         assert!(p.commands.is_empty(), "{p:?}");
         let p = run_with(&mut l, &s, &[1, 3], None, ms(9000));
         assert!(p.commands.is_empty(), "{p:?}");
+    }
+
+    #[test]
+    fn a_node_down_for_its_lost_session_stays_down_through_a_stall() {
+        let t0 = Instant::now();
+        let ms = |n| t0 + Duration::from_millis(n);
+        // Node 2's daemon dies at 1.2 s, a heartbeat having come at 1 s;
+        // down by the grace at 1.6 s. The loop stalls until 3 s, within
+        // three periods of that heartbeat: it stays down.
+        let (mut l, mut s) = cut_off(3, t0, ms(1000));
+        for id in [2, 3] {
+            l.seen(NodeId(id), ms(1000));
+        }
+        l.session_ended(NodeId(2), ms(1200));
+        assert_eq!(downs(&run_with(&mut l, &s, &[1, 3], G, ms(1600))), [2]);
+        s.nodes.get_mut(&NodeId(2)).expect("node 2").state = NodeState::Down;
+        for id in [1, 3] {
+            l.seen(NodeId(id), ms(3000));
+        }
+        let p = l.plan(&s, P, G, ms(3000), 0);
+        assert!(p.stalled.is_some() && p.commands.is_empty(), "{p:?}");
+        assert!(
+            run_with(&mut l, &s, &[1, 3], G, ms(3500))
+                .commands
+                .is_empty()
+        );
     }
 
     #[test]
