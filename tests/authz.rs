@@ -409,8 +409,7 @@ fn matches(e: Expect, st: &Status) -> bool {
 
 /// Whether `host`'s daemon log has a line with all of `words`.
 fn logged(lab: &Lab, host: &str, words: &[&str]) -> bool {
-    std::fs::read_to_string(lab.host_dir(host).join("daemon.log"))
-        .unwrap_or_default()
+    lab.daemon_log(host)
         .lines()
         .any(|l| words.iter().all(|w| l.contains(w)))
 }

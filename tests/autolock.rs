@@ -143,7 +143,7 @@ fn a_restarted_manager_waits_for_its_unlock_key() {
     for m in MANAGERS {
         let hits = files_containing(&lab.data_dir(m), &needles);
         assert!(hits.is_empty(), "{m}: {hits:?}");
-        let log = std::fs::read_to_string(lab.host_dir(m).join("daemon.log")).unwrap_or_default();
+        let log = lab.daemon_log(m);
         assert!(!log.contains(&key), "{m}: the unlock key in its daemon log");
     }
     // Workers are not locked, and may not ask for the key: not through
@@ -315,8 +315,7 @@ fn enabling_on_an_existing_cluster_seals_what_it_can() {
     // The snapshot each manager builds on seeing autolock turned on.
     for m in ["m1", "m2"] {
         wait_for(&format!("{m} compacted"), Duration::from_secs(30), || {
-            std::fs::read_to_string(lab.host_dir(m).join("daemon.log"))
-                .unwrap_or_default()
+            lab.daemon_log(m)
                 .contains("autolock on: snapshot built, log purged behind it")
         });
     }

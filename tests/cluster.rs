@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Lab, wait_for};
+use common::{Lab, Paused, wait_for};
 
 const HOSTS: &[&str] = &["m1", "m2", "m3", "w1", "w2"];
 
@@ -913,7 +913,6 @@ fn listings_filter_and_format(lab: &Lab) {
 /// marked down after its 3 missed heartbeats, as before.
 #[test]
 fn most_nodes_silent_at_once_keep_their_tasks_until_the_hold_ends() {
-    use nix::sys::signal::Signal::{SIGCONT, SIGSTOP};
     let mut lab = Lab::new("masssilence", &["m1", "w1", "w2", "w3"]);
     lab.start_all();
     // 200 ms periods: down after 0.6 s of silence, held for at most 6 s.
@@ -951,18 +950,18 @@ fn most_nodes_silent_at_once_keep_their_tasks_until_the_hold_ends() {
     );
     let tasks = |lab: &Lab| lab.weft("m1", &["service", "ps", "idle"]);
     let before = tasks(&lab);
-    let signal = |lab: &Lab, hosts: &[&str], sig| {
-        for h in hosts {
-            let pid = lab.pid(h).expect("daemon running");
-            nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), sig)
-                .expect("signal the daemon");
-        }
+    // Continued when dropped, also if the test fails.
+    let freeze = |lab: &Lab, hosts: &[&str]| -> Vec<Paused> {
+        hosts
+            .iter()
+            .map(|h| Paused::stop(lab.pid(h).expect("daemon running")))
+            .collect()
     };
 
     // Three of four nodes silent for 3 s (5 deadlines): none goes down.
-    signal(&lab, &workers, SIGSTOP);
-    let frozen = std::time::Instant::now();
-    while frozen.elapsed() < Duration::from_secs(3) {
+    let frozen = freeze(&lab, &workers);
+    let since = std::time::Instant::now();
+    while since.elapsed() < Duration::from_secs(3) {
         let rows = lab.node_ls("m1");
         assert!(
             rows.iter().all(|r| r.status == "Ready"),
@@ -970,8 +969,8 @@ fn most_nodes_silent_at_once_keep_their_tasks_until_the_hold_ends() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    signal(&lab, &workers, SIGCONT);
-    let log = || std::fs::read_to_string(lab.host_dir("m1").join("daemon.log")).unwrap_or_default();
+    drop(frozen);
+    let log = || lab.daemon_log("m1");
     wait_for(
         "the hold reported and ended",
         Duration::from_secs(10),
@@ -984,7 +983,7 @@ fn most_nodes_silent_at_once_keep_their_tasks_until_the_hold_ends() {
     assert!(all(&lab, "Ready"));
 
     // Silent past the hold: a real mass failure, all marked down.
-    signal(&lab, &workers, SIGSTOP);
+    let frozen = freeze(&lab, &workers);
     let took = wait_for("all down after the hold", Duration::from_secs(20), || {
         all(&lab, "Down")
     });
@@ -994,17 +993,17 @@ fn most_nodes_silent_at_once_keep_their_tasks_until_the_hold_ends() {
         "the hold ended early: {took:?}"
     );
     assert!(log().contains("still silent after the hold"));
-    signal(&lab, &workers, SIGCONT);
+    drop(frozen);
     wait_for("all ready again", Duration::from_secs(20), || {
         all(&lab, "Ready")
     });
 
     // One silent node alone: down after its missed heartbeats, no hold.
-    signal(&lab, &["w1"], SIGSTOP);
+    let frozen = freeze(&lab, &["w1"]);
     let took = wait_for("w1 down", Duration::from_secs(10), || {
         status(&lab, "w1") == "Down"
     });
-    signal(&lab, &["w1"], SIGCONT);
+    drop(frozen);
     eprintln!("1 of 4 nodes silent: marked down after {took:?}");
     assert!(took < Duration::from_secs(4), "held: {took:?}");
 }

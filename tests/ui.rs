@@ -535,8 +535,7 @@ fn ui_page_marks_a_node_behind_on_its_network_config() {
 
     // w1's daemon stopped (SIGSTOP: it neither applies nor acknowledges),
     // then a new task on the network changes w1's config.
-    let pid = nix::unistd::Pid::from_raw(lab.pid("w1").expect("w1 runs") as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("stop w1");
+    let mut w1 = common::Paused::stop(lab.pid("w1").expect("w1 runs"));
     lab.weft("m1", &["service", "scale", "--detach", "uiweb=3"]);
     let marked = wait_for("the page marks w1 behind", Duration::from_secs(10), || {
         b.eval(behind) == true
@@ -548,7 +547,7 @@ fn ui_page_marks_a_node_behind_on_its_network_config() {
     );
     assert_eq!(row, true, "the networks table marks w1's config");
 
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).expect("continue w1");
+    w1.resume();
     wait_for(
         "the page shows w1 caught up",
         Duration::from_secs(20),

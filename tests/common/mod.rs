@@ -434,8 +434,7 @@ impl Lab {
 
     /// The last lines of `host`'s daemon log.
     pub fn log_tail(&self, host: &str) -> String {
-        let log =
-            std::fs::read_to_string(self.host_dir(host).join("daemon.log")).unwrap_or_default();
+        let log = self.daemon_log(host);
         let lines: Vec<&str> = log.lines().collect();
         let from = lines.len().saturating_sub(30);
         format!("--- {host} daemon log ---\n{}", lines[from..].join("\n"))
@@ -493,6 +492,11 @@ impl Lab {
     /// `node ls` on `host`, parsed into (hostname, status, manager status, is_self) rows.
     pub fn node_ls(&self, host: &str) -> Vec<NodeRow> {
         parse_node_ls(&self.weft(host, &["node", "ls"]))
+    }
+
+    /// `host`'s daemon log so far (empty when there is none yet).
+    pub fn daemon_log(&self, host: &str) -> String {
+        std::fs::read_to_string(self.host_dir(host).join("daemon.log")).unwrap_or_default()
     }
 
     /// The status `node ls` on `from` shows for node `hostname` (empty when
@@ -648,6 +652,33 @@ impl Lab {
     /// spawned, not a wrapper), to signal it; `None` when it is not running.
     pub fn pid(&self, host: &str) -> Option<u32> {
         self.daemons[self.idx(host)].as_ref().map(Child::id)
+    }
+}
+
+/// A process stopped with SIGSTOP (a daemon frozen: it sends nothing and
+/// closes nothing); continued when resumed or dropped, also when the test
+/// fails.
+pub struct Paused(Option<nix::unistd::Pid>);
+
+impl Paused {
+    /// Stops process `pid`.
+    pub fn stop(pid: u32) -> Paused {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid"));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
+        Paused(Some(pid))
+    }
+
+    /// Continues it.
+    pub fn resume(&mut self) {
+        if let Some(pid) = self.0.take() {
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT");
+        }
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        self.resume();
     }
 }
 

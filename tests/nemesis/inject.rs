@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use weft_manager::raft::wal_failpoint;
 
 use crate::client::Shared;
-use crate::common::{Lab, nsenter, wait_for};
+use crate::common::{Lab, Paused, nsenter, wait_for};
 
 /// The nftables table the partitions live in (never weft's own).
 const NFT_TABLE: &str = "weft_nemesis";
@@ -139,29 +139,6 @@ pub(crate) fn plan(
         victims,
         cuts,
         quorum_kept,
-    }
-}
-
-/// A daemon stopped with SIGSTOP; continued when healed or dropped.
-pub(crate) struct Paused(Option<nix::unistd::Pid>);
-
-impl Paused {
-    fn stop(pid: u32) -> Paused {
-        let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("pid"));
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).expect("SIGSTOP");
-        Paused(Some(pid))
-    }
-
-    fn resume(&mut self) {
-        if let Some(pid) = self.0.take() {
-            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).expect("SIGCONT");
-        }
-    }
-}
-
-impl Drop for Paused {
-    fn drop(&mut self) {
-        self.resume();
     }
 }
 

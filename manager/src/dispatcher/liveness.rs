@@ -229,6 +229,7 @@ impl Liveness {
         let takeover = self.takeover_mark(period);
         let floor = self.fresh.map_or(takeover, |f| f.max(takeover));
         let most = period * MAX_FLOOR_PERIODS;
+        let counts_after = period * SILENT_HALF_PERIODS / 2;
         let (mut ready, mut silent) = (0, 0);
         let mut changes = Vec::new();
         for node in state.nodes.values() {
@@ -247,7 +248,7 @@ impl Liveness {
             let ended = lost.filter(|t| self.fresh.is_none_or(|f| *t >= f));
             if node.state == NodeState::Ready {
                 ready += 1;
-                if silent_for > period * SILENT_HALF_PERIODS / 2 || ended.is_some() {
+                if silent_for > counts_after || ended.is_some() {
                     silent += 1;
                 }
             }
@@ -262,7 +263,7 @@ impl Liveness {
             } else if silent_for > deadline {
                 NodeState::Down
             } else {
-                continue; // within the grace period of a new leader
+                continue; // within a takeover's, a hold's end's or a stall's grace
             };
             if node.state != want {
                 changes.push((node.id, want, gone, silent_for));
@@ -273,13 +274,9 @@ impl Liveness {
         // Sessions lost since count at once, and can start or keep one.
         let judging = self
             .fresh
-            .is_none_or(|f| now.saturating_duration_since(f) > period * SILENT_HALF_PERIODS / 2);
+            .is_none_or(|f| now.saturating_duration_since(f) > counts_after);
         let mass = silent >= MASS_SILENCE_MIN && silent * 2 > ready;
-        let mut hold = if judging || mass {
-            self.hold(silent, ready, period, now)
-        } else {
-            self.hold_as_it_was(period, now)
-        };
+        let mut hold = self.hold(mass, judging, period, now);
         let mut commands = Vec::with_capacity(changes.len());
         for (id, want, gone, silent_for) in changes {
             match (&mut hold, want) {
@@ -323,35 +320,26 @@ impl Liveness {
         }
     }
 
-    /// Whether down marks are held back, with `silent` of `ready` nodes
-    /// silent now.
-    fn hold(&mut self, silent: usize, ready: usize, period: Duration, now: Instant) -> Hold {
+    /// Whether down marks are held back, with most ready nodes silent now
+    /// (`mass`) or not; a hold ends only when that could be `judged`.
+    fn hold(&mut self, mass: bool, judged: bool, period: Duration, now: Instant) -> Hold {
         let cap = period * MAX_HOLD_PERIODS;
-        if silent < MASS_SILENCE_MIN || silent * 2 <= ready {
+        let within = |t: Instant| now.saturating_duration_since(t) < cap;
+        if mass {
+            self.mass_since.get_or_insert(now);
+        } else if judged {
             return match self.mass_since.take() {
                 // Those still silent get their three periods from now, as
                 // the rest come back one by one.
-                Some(t) if now.saturating_duration_since(t) < cap => {
+                Some(t) if within(t) => {
                     self.fresh = Some(now);
                     Hold::Ended
                 }
                 _ => Hold::Off,
             };
         }
-        let since = *self.mass_since.get_or_insert(now);
-        if now.saturating_duration_since(since) < cap {
-            Hold::Holding { held: 0 }
-        } else {
-            Hold::Expired
-        }
-    }
-
-    /// The hold as it stands, while silence cannot be judged.
-    fn hold_as_it_was(&self, period: Duration, now: Instant) -> Hold {
         match self.mass_since {
-            Some(t) if now.saturating_duration_since(t) < period * MAX_HOLD_PERIODS => {
-                Hold::Holding { held: 0 }
-            }
+            Some(t) if within(t) => Hold::Holding { held: 0 },
             Some(_) => Hold::Expired,
             None => Hold::Off,
         }
@@ -384,19 +372,15 @@ mod tests {
 
     const P: Duration = Duration::from_secs(1);
 
+    /// Nodes 1 to `n`, all ready.
+    fn all_ready(n: u64) -> State {
+        state(&(1..=n).map(|id| (id, NodeState::Ready)).collect::<Vec<_>>())
+    }
+
     /// A plan at `at` by a loop that has kept running (no stall).
     fn run(l: &mut Liveness, s: &State, grace: Option<Duration>, at: Instant) -> Plan {
         l.awake(at);
         l.plan(s, P, grace, at, 0)
-    }
-
-    /// Nodes 1, 2 and 3, all ready.
-    fn three_ready() -> State {
-        state(&[
-            (1, NodeState::Ready),
-            (2, NodeState::Ready),
-            (3, NodeState::Ready),
-        ])
     }
 
     #[test]
@@ -426,7 +410,7 @@ mod tests {
         let t0 = Instant::now();
         let ms = |n| t0 + Duration::from_millis(n);
         let mut l = Liveness::new(t0);
-        let s = three_ready();
+        let s = all_ready(3);
         // Node 1 is back at 2.5 s, node 2 at 5 s: node 3, not heard from,
         // waits its turn until 3 periods after the last arrival.
         l.session_opened(NodeId(1), ms(2500));
@@ -451,7 +435,7 @@ mod tests {
         let t0 = Instant::now();
         let ms = |n| t0 + Duration::from_millis(n);
         let mut l = Liveness::new(t0);
-        let s = three_ready();
+        let s = all_ready(3);
         // Node 1 is back at 0.5 s and then not heard from (the new leader
         // is busy with the herd); nodes 2 and 3 arrive until 5 s.
         l.session_opened(NodeId(1), ms(500));
@@ -545,7 +529,7 @@ mod tests {
         let mut l = Liveness::new(t0);
         // 4 to 7 heartbeat throughout, so 1 to 3 are never most of the
         // nodes (the hold).
-        let s = state(&(1..=7).map(|id| (id, NodeState::Ready)).collect::<Vec<_>>());
+        let s = all_ready(7);
         let plan = |l: &mut Liveness, grace, at| {
             for id in 4..=7 {
                 l.seen(NodeId(id), at);
@@ -589,7 +573,7 @@ mod tests {
             l.session_opened(NodeId(id), t0);
         }
         l.seen(NodeId(1), at);
-        let s = state(&(1..=n).map(|id| (id, NodeState::Ready)).collect::<Vec<_>>());
+        let s = all_ready(n);
         (l, s)
     }
 
