@@ -516,7 +516,7 @@ fn containerd_not_running_is_a_clear_error() {
 /// snapshot chain is unpacked again on demand.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn get_resolves_references_and_unpacks_lazily() {
-    use weft_worker::image::{Fetch, ImageError, ImageStore, Spool, StoreConfig};
+    use weft_worker::image::{Fetch, ImageError, ImageSource, ImageStore, Spool, StoreConfig};
     let images = busybox();
     let ctrd = PrivateContainerd::start("img-get");
     let mut config = StoreConfig::new(&ctrd.dir().join("exec"));
@@ -582,13 +582,25 @@ async fn get_resolves_references_and_unpacks_lazily() {
         "{err}"
     );
 
-    // Take the snapshot away behind the store's back: get() unpacks again.
+    // Take the snapshot away behind the store's back. The store remembers
+    // the image unpacked and hands it out unchecked (one containerd call
+    // per start, not six); told it is stale (as a container start is,
+    // when its snapshot cannot be prepared), get() unpacks again.
     ctrd.ctr_ok(NS, &["snapshots", "rm", &image.top_chain_id]);
     assert!(
         !ctrd
             .ctr_ok(NS, &["snapshots", "ls"])
             .contains(&image.top_chain_id)
     );
+    let remembered = store.get("busybox", Fetch::default()).await.unwrap();
+    assert_eq!(remembered, image);
+    assert!(
+        !ctrd
+            .ctr_ok(NS, &["snapshots", "ls"])
+            .contains(&image.top_chain_id),
+        "no unpack without being told"
+    );
+    ImageSource::stale(&store, &image);
     let started = Instant::now();
     let again = store.get("busybox", Fetch::default()).await.unwrap();
     eprintln!("lazy unpack took {} ms", started.elapsed().as_millis());

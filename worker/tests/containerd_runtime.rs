@@ -894,3 +894,93 @@ async fn a_start_held_for_its_network_runs_once_ready_and_leaves_nothing_if_cut_
     );
     drop(netns);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_container_left_half_made_is_replaced_by_the_next_start() {
+    let setup = Setup::new("leftover").await;
+    let rt = ContainerdRuntime::new(
+        setup.client.clone(),
+        setup.images.clone(),
+        setup.cfg.clone(),
+    );
+    let pin = Pin(setup.tmp.path().join("netns").join("l"));
+    let netns = Netns::create(&pin.0).expect("netns");
+    // What a start killed between the container record and its task
+    // leaves behind: a record, and its snapshot, under the task's id.
+    setup
+        .ctrd
+        .ctr_ok(NS, &["containers", "create", IMAGE, "left", "sh"]);
+    let info = setup.ctrd.ctr_ok(NS, &["containers", "info", "left"]);
+    assert!(!info.contains("weft.task"), "a record of ctr's: {info}");
+    let mut left = spec("left", &pin.0, "echo ran; while true; do sleep 0.1; done");
+    left.stop.grace = Duration::from_millis(200);
+    let st = rt.start(&left).await.expect("start over the leftover");
+    assert!(matches!(st.state, TaskState::Running { .. }), "{st:?}");
+    wait_until("left's output", Duration::from_secs(10), || {
+        log_of(&rt, "left").contains("ran")
+    })
+    .await;
+    let info = setup.ctrd.ctr_ok(NS, &["containers", "info", "left"]);
+    assert!(
+        info.contains("weft.task"),
+        "the record is made again: {info}"
+    );
+    rt.remove("left").await.expect("remove");
+    let containers = setup.ctrd.ctr_ok(NS, &["containers", "ls", "-q"]);
+    assert!(!containers.lines().any(|l| l == "left"), "{containers}");
+    drop(netns);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_whose_image_snapshots_went_missing_unpacks_the_image_again() {
+    use weft_worker::image::{ImageStore, StoreConfig};
+    let setup = Setup::new("unpacked").await;
+    let mut config = StoreConfig::new(&setup.tmp.path().join("exec"));
+    config.socket = setup.ctrd.socket().to_owned();
+    config.namespace = NS.into();
+    let store: Arc<dyn ImageSource> = Arc::new(ImageStore::new(config));
+    let rt = ContainerdRuntime::new(setup.client.clone(), store, setup.cfg.clone());
+    let pin = Pin(setup.tmp.path().join("netns").join("u"));
+    let netns = Netns::create(&pin.0).expect("netns");
+    let with_image = |id: &str| {
+        let mut s = spec(id, &pin.0, "echo ran; exit 0");
+        s.container.as_mut().unwrap().image = IMAGE.into();
+        s
+    };
+    let run = |id: &'static str| {
+        let rt = &rt;
+        let s = with_image(id);
+        async move {
+            let st = rt.start(&s).await.expect("start");
+            assert!(!matches!(st.state, TaskState::Failed { .. }), "{st:?}");
+            let st = rt.wait(id).await.expect("wait");
+            assert!(
+                matches!(st.state, TaskState::Exited { code: Some(0), .. }),
+                "{id}: {st:?}"
+            );
+            rt.remove(id).await.expect("remove");
+        }
+    };
+    // The store now remembers the image unpacked.
+    run("u1").await;
+    // Its snapshot taken away behind the store's back (no container uses
+    // it any more): the next start finds it gone, and unpacks it again.
+    let top = setup
+        .ctrd
+        .ctr_ok(NS, &["snapshots", "ls"])
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect::<Vec<_>>();
+    assert_eq!(top.len(), 1, "one layer, no container: {top:?}");
+    setup.ctrd.ctr_ok(NS, &["snapshots", "rm", &top[0]]);
+    run("u2").await;
+    assert!(
+        setup
+            .ctrd
+            .ctr_ok(NS, &["snapshots", "ls"])
+            .contains(&top[0]),
+        "unpacked again"
+    );
+    drop(netns);
+}

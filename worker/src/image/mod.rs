@@ -17,10 +17,12 @@
 //!   login.rs    `weft login`'s check against a registry      (registry)
 //!   unpack.rs   layers -> snapshots by chain id             (containerd)
 //!   content.rs  Content.Write/Read/Update, leases           (containerd)
+//!   cache.rs    parsed content and unpacked images, kept   (pure)
 //!   store.rs    ImageStore: load, list, inspect, remove, get
 //! ```
 
 pub mod archive;
+mod cache;
 pub mod config;
 pub mod content;
 pub mod error;

@@ -24,6 +24,7 @@ use weft_containerd_api::containerd::services::snapshots::v1::{
 };
 
 use super::archive::Limits;
+use super::cache::{Cache, Parsed, Unpacked};
 use super::content::{self, Lease};
 use super::error::ImageError;
 use super::import::{self, LoadedImage, SpoolFile};
@@ -201,6 +202,10 @@ pub struct Fetch<'a> {
 pub trait ImageSource: Send + Sync {
     /// The image `reference` names, unpacked (see [`ImageStore::get`]).
     async fn get(&self, reference: &str, fetch: Fetch<'_>) -> Result<LocalImage, ImageError>;
+
+    /// A container could not be made from `image` as [`Self::get`] handed
+    /// it out (its snapshots gone, say): the next `get` checks it again.
+    fn stale(&self, _image: &LocalImage) {}
 }
 
 /// A fixed set of images, for tests of code that starts containers.
@@ -234,18 +239,22 @@ pub struct ImageStore {
     /// a failed one: it may have changed something), so the node's image
     /// inventory is listed again at once ([`crate::image_inventory`]).
     changed: tokio::sync::watch::Sender<u64>,
+    /// Parsed image content and images known unpacked ([`super::cache`]).
+    cache: Cache,
 }
 
 /// Each image record's name, target digest and update time (seconds),
 /// sorted: [`ImageStore::fingerprint`].
 pub type Fingerprint = Vec<(String, String, i64)>;
 
-/// Bumps [`ImageStore::changed`] when dropped: on every way out of a call.
-struct Bump<'a>(&'a tokio::sync::watch::Sender<u64>);
+/// Bumps [`ImageStore::changed`] and forgets which images are unpacked
+/// when dropped: on every way out of a call.
+struct Bump<'a>(&'a ImageStore);
 
 impl Drop for Bump<'_> {
     fn drop(&mut self) {
-        self.0.send_modify(|n| *n = n.wrapping_add(1));
+        self.0.cache.forget_unpacked();
+        self.0.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 }
 
@@ -253,6 +262,10 @@ impl Drop for Bump<'_> {
 impl ImageSource for ImageStore {
     async fn get(&self, reference: &str, fetch: Fetch<'_>) -> Result<LocalImage, ImageError> {
         ImageStore::get(self, reference, fetch).await
+    }
+
+    fn stale(&self, _image: &LocalImage) {
+        self.cache.forget_unpacked();
     }
 }
 
@@ -264,6 +277,7 @@ impl ImageStore {
             client: Mutex::new(None),
             pulls: std::sync::Mutex::new(HashMap::new()),
             changed: tokio::sync::watch::channel(0).0,
+            cache: Cache::default(),
         }
     }
 
@@ -328,7 +342,7 @@ impl ImageStore {
         spool: SpoolFile,
         tag: Option<String>,
     ) -> Result<Vec<LoadedImage>, ImageError> {
-        let _changed = Bump(&self.changed);
+        let _changed = Bump(self);
         let client = self.client().await?;
         let limit = self.config.max_archive;
         let limits = self.config.limits;
@@ -353,7 +367,7 @@ impl ImageStore {
         auth: Option<&super::Credential>,
     ) -> Result<LoadedImage, ImageError> {
         let r = pull::parse(reference)?;
-        let _changed = Bump(&self.changed);
+        let _changed = Bump(self);
         let client = self.client().await?;
         let _one = self.pull_lock(&pull::record_name(&r)).await;
         let settings = self.config.pull_settings();
@@ -543,7 +557,7 @@ impl ImageStore {
     /// containerd's GC then removes content and snapshots no image needs
     /// (synchronously: `sync` is set on the last delete).
     pub async fn remove(&self, reference: &str, force: bool) -> Result<Removed, ImageError> {
-        let _changed = Bump(&self.changed);
+        let _changed = Bump(self);
         let client = self.client().await?;
         let query = Query::parse(reference).ok_or_else(|| ImageError::InvalidReference {
             reference: reference.to_owned(),
@@ -653,20 +667,25 @@ impl ImageStore {
         let r = one_image(reference, matches)?;
         let steps = unpack::steps(&r.layers, &r.config);
         let top = steps.last().map(|s| s.chain_id.clone()).unwrap_or_default();
-        let labelled = content::info(&client, &r.config_digest)
-            .await?
-            .labels
-            .get(&unpack::snapshot_label(&self.config.snapshotter))
-            == Some(&top);
-        if !labelled || !unpack::exists(&client, &self.config.snapshotter, &top).await? {
-            let lease = Lease::create(&client, "unpack").await?;
-            let result = async {
-                let leased = lease.client(&client)?;
-                unpack::unpack(&leased, &self.config.snapshotter, &steps, &r.config_digest).await
+        let seen = Unpacked::of(&r.record, &r.target, &top);
+        if !self.cache.is_unpacked(&seen) {
+            let labelled = content::info(&client, &r.config_digest)
+                .await?
+                .labels
+                .get(&unpack::snapshot_label(&self.config.snapshotter))
+                == Some(&top);
+            if !labelled || !unpack::exists(&client, &self.config.snapshotter, &top).await? {
+                let lease = Lease::create(&client, "unpack").await?;
+                let result = async {
+                    let leased = lease.client(&client)?;
+                    unpack::unpack(&leased, &self.config.snapshotter, &steps, &r.config_digest)
+                        .await
+                }
+                .await;
+                lease.delete(&client).await;
+                result?;
             }
-            .await;
-            lease.delete(&client).await;
-            result?;
+            self.cache.keep_unpacked(seen);
         }
         Ok(LocalImage {
             name: r.record.name.clone(),
@@ -800,8 +819,17 @@ impl ImageStore {
 
     /// Reads a record's target down to this node's manifest and config.
     async fn resolve(&self, client: &Client, record: Image) -> Result<Resolved, ImageError> {
-        let max = self.config.limits.max_json;
         let target = record.target.clone().unwrap_or_default();
+        if let Some(p) = self.cache.parsed(&target.digest) {
+            return Ok(Resolved {
+                target: target.digest,
+                config_digest: p.config_digest,
+                config: p.config,
+                layers: p.layers,
+                record,
+            });
+        }
+        let max = self.config.limits.max_json;
         let corrupt = |reason: String| ImageError::Corrupt {
             image: record.name.clone(),
             reason,
@@ -827,6 +855,14 @@ impl ImageStore {
                 "layer count differs from the config's diff ids".into(),
             ));
         }
+        self.cache.keep_parsed(
+            &target.digest,
+            Parsed {
+                config_digest: manifest.config.digest.clone(),
+                config: config.clone(),
+                layers: manifest.layers.clone(),
+            },
+        );
         Ok(Resolved {
             target: target.digest.clone(),
             config_digest: manifest.config.digest.clone(),

@@ -4,8 +4,11 @@
 //! §2.4–2.7).
 //!
 //! ```text
-//!  start:  images.get(ref) ─▶ Snapshots.Prepare(key = task id, parent = image top chain id)
-//!          ─▶ Containers.Create(spec JSON, runc options, labels weft.task/weft.image)
+//!  start:  images.get(ref) (one Images.Get: the store remembers what it parsed and unpacked)
+//!          ‖ Leases.Create ─▶ Snapshots.Prepare(key = task id, parent = image top chain id;
+//!          its parent gone: the store told, the image got again, once) ─▶ Containers.Create(spec
+//!          JSON, runc options, labels weft.task/weft.image; one left by a start that died
+//!          half-way: deleted, made again) ─▶ the lease deleted, in the background
 //!          ─▶ Tasks.Create(rootfs mounts, stdout/stderr = binary://<logger>?weft-task-logger=<task dir>)
 //!          ─▶ Tasks.Start ─▶ a Tasks.Wait per task, in the background
 //!  exit:   Tasks.Wait returns ─▶ write <task dir>/exit ─▶ Tasks.Delete (the shim closes the
@@ -63,8 +66,8 @@ use weft_containerd_api::containerd::types::Mount;
 use weft_containerd_api::containerd::v1::types::Status as ProcStatus;
 
 use super::{
-    Error, NetworkReady, NotReady, Result, StopPolicy, TaskRuntime, TaskSpec, TaskState,
-    TaskStatus, validate, validate_id,
+    ContainerSpec, Error, NetworkReady, NotReady, Result, StopPolicy, TaskRuntime, TaskSpec,
+    TaskState, TaskStatus, validate, validate_id,
 };
 use crate::image::content::Lease;
 use crate::image::{Fetch, ImageSource, LocalImage};
@@ -427,51 +430,38 @@ impl ContainerdRuntime {
             on_pull: Some(&mark),
             auth: c.registry_auth.as_ref(),
         };
-        let image = self.inner.images.get(&c.image, fetch).await;
+        // The snapshot made below is referenced by nothing until the
+        // container record exists: a lease keeps containerd's garbage
+        // collector (set off by any removal meanwhile) from taking it in
+        // between. It is asked for while the image is looked up.
+        let (image, lease) = tokio::join!(
+            self.inner.images.get(&c.image, fetch),
+            Lease::create(&self.inner.client, "create")
+        );
         self.inner.pulling.lock().expect("pulling").remove(&spec.id);
-        let image = image.map_err(|e| e.to_string())?;
-        let t_image = std::time::Instant::now();
-        if let Some(bad) = &c.bad_mounts {
-            return Err(format!("the task's mounts cannot be used: {bad}"));
-        }
-        let dir = self.task_dir(&spec.id);
-        // Claims the task's volumes in its directory, which `cleanup`
-        // removes only once the container is gone.
-        let host_mounts = self
-            .inner
-            .cfg
-            .mounts
-            .resolve(&dir, &c.mounts)
-            .await
-            .map_err(|e| e.to_string())?;
-        let mut files = write_task_files(&dir, &spec::hostname(spec)).map_err(|e| e.to_string())?;
-        files.mounts = host_mounts;
-        spec.log
-            .unwrap_or_default()
-            .store(&dir)
-            .map_err(|e| e.to_string())?;
-        let health =
-            crate::health::resolve(c.health.as_ref(), image.config.config.healthcheck.as_ref());
-        let health_file = dir.join(HEALTH_FILE);
-        match &health {
-            Some(h) => super::files::write_json(&health_file, h).map_err(|e| e.to_string())?,
-            None => {
-                let _ = std::fs::remove_file(&health_file);
+        let image = match image {
+            Ok(image) => image,
+            Err(e) => {
+                if let Ok(lease) = lease {
+                    self.delete_lease(lease);
+                }
+                return Err(e.to_string());
             }
+        };
+        let lease = lease.map_err(|e| e.to_string())?;
+        let t_image = std::time::Instant::now();
+        let made = async {
+            let leased = lease
+                .client(&self.inner.client)
+                .map_err(|e| e.to_string())?;
+            let (image, mounts) = self.rootfs_of(&leased, spec, c, image).await?;
+            self.record(&leased, spec, c, &image, mounts).await
         }
-        // The new snapshot is referenced by nothing until the container
-        // record exists: a lease keeps containerd's garbage collector (set
-        // off by any removal meanwhile) from taking it in between.
-        let lease = Lease::create(&self.inner.client, "create")
-            .await
-            .map_err(|e| e.to_string())?;
-        let leased = lease
-            .client(&self.inner.client)
-            .map_err(|e| e.to_string())?;
-        let made = self.create_container(&leased, spec, &image, files).await;
-        lease.delete(&self.inner.client).await;
-        let mounts = made?;
+        .await;
+        self.delete_lease(lease);
+        let (health, mounts) = made?;
         let t_container = std::time::Instant::now();
+        let dir = self.task_dir(&spec.id);
         let io = match self
             .stdio_create(&spec.id, &dir, c.stdio)
             .map_err(|e| e.to_string())?
@@ -508,6 +498,93 @@ impl ContainerdRuntime {
         })
     }
 
+    /// The task's rootfs snapshot, prepared through `client` (under a
+    /// lease) from `image`. The image store remembers which images are
+    /// unpacked: if their snapshots went behind its back, it is told, and
+    /// the image is asked for (checked, unpacked) again once.
+    async fn rootfs_of(
+        &self,
+        client: &Client,
+        spec: &TaskSpec,
+        c: &ContainerSpec,
+        image: LocalImage,
+    ) -> Result<(LocalImage, Vec<Mount>), String> {
+        match self.rootfs(client, &spec.id, &image).await {
+            Ok(mounts) => Ok((image, mounts)),
+            Err(Error::Containerd(weft_containerd_api::Error::NotFound { .. })) => {
+                tracing::info!(task = %spec.id, image = %image.name, "the image's snapshots are gone: unpacking it again");
+                self.inner.images.stale(&image);
+                let fetch = Fetch {
+                    on_pull: None,
+                    auth: c.registry_auth.as_ref(),
+                };
+                let image = self
+                    .inner
+                    .images
+                    .get(&c.image, fetch)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mounts = self
+                    .rootfs(client, &spec.id, &image)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok((image, mounts))
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// The task's files and container record, made through `client` (under
+    /// a lease) over the prepared rootfs `mounts`: its health check and
+    /// those mounts.
+    async fn record(
+        &self,
+        client: &Client,
+        spec: &TaskSpec,
+        c: &ContainerSpec,
+        image: &LocalImage,
+        mounts: Vec<Mount>,
+    ) -> Result<(Option<crate::health::HealthCheck>, Vec<Mount>), String> {
+        if let Some(bad) = &c.bad_mounts {
+            return Err(format!("the task's mounts cannot be used: {bad}"));
+        }
+        let dir = self.task_dir(&spec.id);
+        // Claims the task's volumes in its directory, which `cleanup`
+        // removes only once the container is gone.
+        let host_mounts = self
+            .inner
+            .cfg
+            .mounts
+            .resolve(&dir, &c.mounts)
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut files = write_task_files(&dir, &spec::hostname(spec)).map_err(|e| e.to_string())?;
+        files.mounts = host_mounts;
+        spec.log
+            .unwrap_or_default()
+            .store(&dir)
+            .map_err(|e| e.to_string())?;
+        let health =
+            crate::health::resolve(c.health.as_ref(), image.config.config.healthcheck.as_ref());
+        let health_file = dir.join(HEALTH_FILE);
+        match &health {
+            Some(h) => super::files::write_json(&health_file, h).map_err(|e| e.to_string())?,
+            None => {
+                let _ = std::fs::remove_file(&health_file);
+            }
+        }
+        self.create_container(client, spec, image, &mounts, files)
+            .await?;
+        Ok((health, mounts))
+    }
+
+    /// Deletes a lease in the background: the container record now keeps
+    /// what it protected, and a failure is only logged (it expires).
+    fn delete_lease(&self, lease: Lease) {
+        let client = self.inner.client.clone();
+        tokio::spawn(async move { lease.delete(&client).await });
+    }
+
     /// Runs the process of the task [`create`](Self::create) made; a
     /// failure leaves the rest for `cleanup`.
     async fn run_created(
@@ -537,15 +614,16 @@ impl ContainerdRuntime {
         Ok(started.into_inner().pid)
     }
 
-    /// The task's rootfs snapshot and container record, made through
-    /// `client` (under a lease); returns the rootfs mounts.
+    /// The task's container record, made through `client` (under a lease)
+    /// over its prepared rootfs `mounts`.
     async fn create_container(
         &self,
         client: &Client,
         spec: &TaskSpec,
         image: &LocalImage,
+        mounts: &[Mount],
         mut files: spec::TaskFiles,
-    ) -> Result<Vec<Mount>, String> {
+    ) -> Result<(), String> {
         let labels = HashMap::from([
             (TASK_LABEL.to_owned(), spec.id.clone()),
             (IMAGE_LABEL.to_owned(), image.digest.clone()),
@@ -557,46 +635,51 @@ impl ContainerdRuntime {
             ),
         ]);
 
-        let mounts = self
-            .rootfs(client, &spec.id, image)
-            .await
-            .map_err(|e| e.to_string())?;
         // `-u NAME` is looked up in the image's own files, as the
         // container will see them.
         let c = spec.container.as_ref().ok_or("not a container task")?;
         let user = spec::effective_user(c, &image.config);
-        let passwd = rootfs_file(&mounts, "etc/passwd");
-        let group = rootfs_file(&mounts, "etc/group");
+        let passwd = rootfs_file(mounts, "etc/passwd");
+        let group = rootfs_file(mounts, "etc/group");
         files.user = Some(spec::users::resolve(&user, &passwd, &group).map_err(|e| e.to_string())?);
         let oci = spec::build(spec, c, &image.config, &files, &self.cgroup(&spec.id))
             .map_err(|e| e.to_string())?;
         let json = serde_json::to_vec(&oci).map_err(|e| e.to_string())?;
-        // A container left by an attempt that died half-way goes first.
-        self.delete_container(&spec.id)
-            .await
-            .map_err(|e| e.to_string())?;
-        containers::containers_client::ContainersClient::new(client.channel())
-            .create(containers::CreateContainerRequest {
-                container: Some(containers::Container {
-                    id: spec.id.clone(),
-                    labels,
-                    image: image.name.clone(),
-                    runtime: Some(containers::container::Runtime {
-                        name: RUNTIME.into(),
-                        options: Some(self.runc_options()),
-                    }),
-                    spec: Some(prost_types::Any {
-                        type_url: SPEC_TYPE_URL.into(),
-                        value: json,
-                    }),
-                    snapshotter: SNAPSHOTTER.into(),
-                    snapshot_key: spec.id.clone(),
-                    ..Default::default()
+        let record = containers::CreateContainerRequest {
+            container: Some(containers::Container {
+                id: spec.id.clone(),
+                labels,
+                image: image.name.clone(),
+                runtime: Some(containers::container::Runtime {
+                    name: RUNTIME.into(),
+                    options: Some(self.runc_options()),
                 }),
-            })
-            .await
-            .map_err(|s| self.err("Containers.Create", s).to_string())?;
-        Ok(mounts)
+                spec: Some(prost_types::Any {
+                    type_url: SPEC_TYPE_URL.into(),
+                    value: json,
+                }),
+                snapshotter: SNAPSHOTTER.into(),
+                snapshot_key: spec.id.clone(),
+                ..Default::default()
+            }),
+        };
+        let mut records = containers::containers_client::ContainersClient::new(client.channel());
+        match records.create(record.clone()).await {
+            Ok(_) => {}
+            // A container left by an attempt that died half-way goes
+            // first (its process too), then the record is made again.
+            Err(s) if s.code() == tonic::Code::AlreadyExists => {
+                self.delete_container(&spec.id)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                records
+                    .create(record)
+                    .await
+                    .map_err(|s| self.err("Containers.Create", s).to_string())?;
+            }
+            Err(s) => return Err(self.err("Containers.Create", s).to_string()),
+        }
+        Ok(())
     }
 
     /// Deletes the task's process; a missing one is fine.
