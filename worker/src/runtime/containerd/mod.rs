@@ -8,7 +8,7 @@
 //!          ‖ Leases.Create ─▶ Snapshots.Prepare(key = task id, parent = image top chain id;
 //!          its parent gone: the store told, the image got again, once) ─▶ Containers.Create(spec
 //!          JSON, runc options, labels weft.task/weft.image; one left by a start that died
-//!          half-way: deleted, made again) ─▶ the lease deleted, in the background
+//!          half-way: deleted, made again) ─▶ Leases.Delete
 //!          ─▶ Tasks.Create(rootfs mounts, stdout/stderr = binary://<logger>?weft-task-logger=<task dir>)
 //!          ─▶ Tasks.Start ─▶ a Tasks.Wait per task, in the background
 //!  exit:   Tasks.Wait returns ─▶ write <task dir>/exit ─▶ Tasks.Delete (the shim closes the
@@ -443,7 +443,7 @@ impl ContainerdRuntime {
             Ok(image) => image,
             Err(e) => {
                 if let Ok(lease) = lease {
-                    self.delete_lease(lease);
+                    lease.delete(&self.inner.client).await;
                 }
                 return Err(e.to_string());
             }
@@ -458,7 +458,10 @@ impl ContainerdRuntime {
             self.record(&leased, spec, c, &image, mounts).await
         }
         .await;
-        self.delete_lease(lease);
+        // Deleted before `Tasks.Create`, not beside it: deleted in the
+        // background, it made `Tasks.Create` 8–15 ms longer (medians of
+        // 60 starts each, BENCHMARKS.md).
+        lease.delete(&self.inner.client).await;
         let (health, mounts) = made?;
         let t_container = std::time::Instant::now();
         let dir = self.task_dir(&spec.id);
@@ -576,13 +579,6 @@ impl ContainerdRuntime {
         self.create_container(client, spec, image, &mounts, files)
             .await?;
         Ok((health, mounts))
-    }
-
-    /// Deletes a lease in the background: the container record now keeps
-    /// what it protected, and a failure is only logged (it expires).
-    fn delete_lease(&self, lease: Lease) {
-        let client = self.inner.client.clone();
-        tokio::spawn(async move { lease.delete(&client).await });
     }
 
     /// Runs the process of the task [`create`](Self::create) made; a
