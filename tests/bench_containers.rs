@@ -252,7 +252,7 @@ fn round(r: u64) -> Round {
     // per container.
     let keep = std::env::var_os("WEFT_BENCH_KEEP_LOGS").map(std::path::PathBuf::from);
     for h in HOSTS {
-        let log = std::fs::read_to_string(lab.host_dir(h).join("daemon.log")).unwrap_or_default();
+        let log = lab.daemon_log(h);
         if let Some(dir) = &keep {
             let _ = std::fs::create_dir_all(dir);
             let _ = std::fs::write(dir.join(format!("round{r}-{h}.log")), &log);

@@ -744,7 +744,7 @@ fn failover_row(lab: &mut Lab, counters: &Counters, n: usize, errors: u64) -> St
         let metrics = dispatcher_metrics(lab, m);
         eprintln!("{m}: {metrics}");
         // Which nodes the new leader marked down, and why (the first few).
-        let log = std::fs::read_to_string(lab.host_dir(m).join("daemon.log")).unwrap_or_default();
+        let log = lab.daemon_log(m);
         for line in log
             .lines()
             .filter(|l| l.contains("node marked down"))

@@ -190,14 +190,6 @@ impl Liveness {
         self.stopping.remove(&id);
     }
 
-    /// Whether `id` heartbeated within the allowed window.
-    pub fn is_alive(&self, id: NodeId, period: Duration, now: Instant) -> bool {
-        match self.last_seen.get(&id) {
-            Some(t) => now.saturating_duration_since(*t) <= period * MISSED_HEARTBEATS,
-            None => false,
-        }
-    }
-
     /// The state changes the store needs to match what the leader observes,
     /// with heartbeats every `period` and the disconnect grace `grace`
     /// (`None`: off). Down marks are left out while most nodes are silent
@@ -502,8 +494,6 @@ mod tests {
                 .commands
                 .is_empty()
         );
-        assert!(l.is_alive(NodeId(1), P, t0 + Duration::from_secs(2)));
-        assert!(!l.is_alive(NodeId(1), P, t0 + Duration::from_secs(4)));
     }
 
     const G: Option<Duration> = Some(Duration::from_millis(300));
