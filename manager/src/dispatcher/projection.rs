@@ -1046,3 +1046,57 @@ mod tests {
         assert_eq!(want6.is_some(), dual);
     }
 }
+
+/// What re-projecting every node's config costs the leader at 4,990
+/// nodes with one 499-replica service (a replica on every tenth node): the
+/// dispatcher does this on every store change (BENCHMARKS.md, "Scale").
+/// `cargo test --release -p weft-manager --lib projection_cost -- --ignored --nocapture`
+#[cfg(test)]
+mod projection_cost {
+    use super::*;
+    use crate::testing::*;
+
+    #[test]
+    #[ignore = "a measurement: run it in release, alone"]
+    fn projecting_every_node_at_5000_nodes() {
+        let mut s = cluster(4990);
+        let mut net = network_spec("net1", "appnet");
+        net.subnet = Some("10.20.0.0/16".parse().expect("literal"));
+        apply(&mut s, crate::store::Command::CreateNetwork { spec: net });
+        apply(
+            &mut s,
+            crate::store::Command::CreateService {
+                id: "svc".into(),
+                spec: spec("web", 499, &["net1"]),
+                now_ms: 0,
+            },
+        );
+        for i in 0..499u64 {
+            place(&mut s, "svc", i + 1, 1, i * 10 + 1);
+        }
+        let members: std::collections::BTreeSet<NodeId> =
+            s.tasks.values().map(|t| t.node).collect();
+        for round in 0..3 {
+            let (mut on, mut off) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
+            for id in s.nodes.keys() {
+                let t = std::time::Instant::now();
+                std::hint::black_box(project_without_sources(&s, *id, 1));
+                if members.contains(id) {
+                    on += t.elapsed();
+                } else {
+                    off += t.elapsed();
+                }
+            }
+            eprintln!(
+                "round {round}: every node {:?}: the {} with a replica {:?} ({:?} each), the {} others {:?} ({:?} each)",
+                on + off,
+                members.len(),
+                on,
+                on / members.len() as u32,
+                s.nodes.len() - members.len(),
+                off,
+                off / (s.nodes.len() - members.len()) as u32,
+            );
+        }
+    }
+}
