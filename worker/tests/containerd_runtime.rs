@@ -928,6 +928,8 @@ async fn a_container_left_half_made_is_replaced_by_the_next_start() {
     rt.remove("left").await.expect("remove");
     let containers = setup.ctrd.ctr_ok(NS, &["containers", "ls", "-q"]);
     assert!(!containers.lines().any(|l| l == "left"), "{containers}");
+    let leases = setup.ctrd.ctr_ok(NS, &["leases", "ls", "-q"]);
+    assert!(leases.trim().is_empty(), "no lease left: {leases}");
     drop(netns);
 }
 
@@ -982,5 +984,7 @@ async fn a_start_whose_image_snapshots_went_missing_unpacks_the_image_again() {
             .contains(&top[0]),
         "unpacked again"
     );
+    let leases = setup.ctrd.ctr_ok(NS, &["leases", "ls", "-q"]);
+    assert!(leases.trim().is_empty(), "no lease left: {leases}");
     drop(netns);
 }

@@ -10,10 +10,15 @@
 //!   update time) and its top chain id: that the top snapshot existed and
 //!   the config blob named it. A record made again (a load, a pull, `image
 //!   rm` then a load) has another update time and is checked again. Every
-//!   load, pull and removal through the store forgets them all, and so does
-//!   a container start whose snapshot could not be prepared from one
+//!   load and removal through the store, and every `image pull`, forgets
+//!   them all (a pull a start makes records anew, with a new update time),
+//!   and so does a container start that finds the top snapshot gone
 //!   ([`super::ImageSource::stale`]): the next start checks, and unpacks
-//!   again if the snapshots went behind the store's back.
+//!   again. A check that began before such a forgetting is not kept.
+//!
+//! Content removed behind the store's back (not through `image rm`) is
+//! not noticed for a target read before: `image ls` and `inspect` list
+//! such a record as they did when its content was there.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -67,6 +72,8 @@ pub(super) struct Cache {
 struct Inner {
     parsed: HashMap<String, Parsed>,
     unpacked: HashSet<Unpacked>,
+    /// Bumped by every forgetting: a check made across one is not kept.
+    generation: u64,
 }
 
 impl Cache {
@@ -86,8 +93,19 @@ impl Cache {
         self.lock().unpacked.contains(key)
     }
 
-    pub fn keep_unpacked(&self, key: Unpacked) {
+    /// Where forgetting stands: give it to [`Self::keep_unpacked`] for a
+    /// check that starts now.
+    pub fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    /// Remembers `key` unpacked, as a check begun at `generation` found
+    /// it, unless the store forgot everything since.
+    pub fn keep_unpacked(&self, key: Unpacked, generation: u64) {
         let mut inner = self.lock();
+        if inner.generation != generation {
+            return;
+        }
         if inner.unpacked.len() >= MAX_ENTRIES {
             inner.unpacked.clear();
         }
@@ -96,7 +114,9 @@ impl Cache {
 
     /// Every image is checked again before its next use.
     pub fn forget_unpacked(&self) {
-        self.lock().unpacked.clear();
+        let mut inner = self.lock();
+        inner.unpacked.clear();
+        inner.generation = inner.generation.wrapping_add(1);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -125,7 +145,7 @@ mod tests {
     fn a_record_made_again_is_checked_again() {
         let cache = Cache::default();
         let seen = Unpacked::of(&record("busybox:latest", 10), "sha256:a", "sha256:top");
-        cache.keep_unpacked(seen.clone());
+        cache.keep_unpacked(seen.clone(), cache.generation());
         assert!(cache.is_unpacked(&seen));
         // The same name and target, recorded again later (rm, then load).
         let again = Unpacked::of(&record("busybox:latest", 11), "sha256:a", "sha256:top");
@@ -139,11 +159,19 @@ mod tests {
     fn forgetting_and_the_bound_empty_the_unpacked_set() {
         let cache = Cache::default();
         let seen = Unpacked::of(&record("a:1", 1), "sha256:a", "sha256:top");
-        cache.keep_unpacked(seen.clone());
+        cache.keep_unpacked(seen.clone(), cache.generation());
         cache.forget_unpacked();
         assert!(!cache.is_unpacked(&seen));
+        // A check begun before a forgetting is not kept.
+        let began = cache.generation();
+        cache.forget_unpacked();
+        cache.keep_unpacked(seen.clone(), began);
+        assert!(!cache.is_unpacked(&seen));
         for i in 0..MAX_ENTRIES as i64 + 1 {
-            cache.keep_unpacked(Unpacked::of(&record("a:1", i), "sha256:a", "t"));
+            cache.keep_unpacked(
+                Unpacked::of(&record("a:1", i), "sha256:a", "t"),
+                cache.generation(),
+            );
         }
         assert!(cache.lock().unpacked.len() <= MAX_ENTRIES);
     }

@@ -669,6 +669,7 @@ impl ImageStore {
         let top = steps.last().map(|s| s.chain_id.clone()).unwrap_or_default();
         let seen = Unpacked::of(&r.record, &r.target, &top);
         if !self.cache.is_unpacked(&seen) {
+            let generation = self.cache.generation();
             let labelled = content::info(&client, &r.config_digest)
                 .await?
                 .labels
@@ -685,7 +686,7 @@ impl ImageStore {
                 lease.delete(&client).await;
                 result?;
             }
-            self.cache.keep_unpacked(seen);
+            self.cache.keep_unpacked(seen, generation);
         }
         Ok(LocalImage {
             name: r.record.name.clone(),

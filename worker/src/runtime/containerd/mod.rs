@@ -438,7 +438,7 @@ impl ContainerdRuntime {
             self.inner.images.get(&c.image, fetch),
             Lease::create(&self.inner.client, "create")
         );
-        self.inner.pulling.lock().expect("pulling").remove(&spec.id);
+        let pulled = self.inner.pulling.lock().expect("pulling").remove(&spec.id);
         let image = match image {
             Ok(image) => image,
             Err(e) => {
@@ -448,13 +448,22 @@ impl ContainerdRuntime {
                 return Err(e.to_string());
             }
         };
-        let lease = lease.map_err(|e| e.to_string())?;
+        let lease = match lease {
+            // A pull can outlast the lease (it expires in an hour): after
+            // one, the start takes a fresh lease.
+            Ok(lease) if pulled => {
+                lease.delete(&self.inner.client).await;
+                Lease::create(&self.inner.client, "create").await
+            }
+            lease => lease,
+        }
+        .map_err(|e| e.to_string())?;
         let t_image = std::time::Instant::now();
         let made = async {
             let leased = lease
                 .client(&self.inner.client)
                 .map_err(|e| e.to_string())?;
-            let (image, mounts) = self.rootfs_of(&leased, spec, c, image).await?;
+            let (image, mounts) = self.rootfs_of(&leased, spec, image, fetch).await?;
             self.record(&leased, spec, c, &image, mounts).await
         }
         .await;
@@ -503,30 +512,32 @@ impl ContainerdRuntime {
 
     /// The task's rootfs snapshot, prepared through `client` (under a
     /// lease) from `image`. The image store remembers which images are
-    /// unpacked: if their snapshots went behind its back, it is told, and
-    /// the image is asked for (checked, unpacked) again once.
+    /// unpacked: if their top snapshot went behind its back, it is told,
+    /// and the image is asked for (checked, unpacked) again once.
     async fn rootfs_of(
         &self,
         client: &Client,
         spec: &TaskSpec,
-        c: &ContainerSpec,
         image: LocalImage,
+        fetch: Fetch<'_>,
     ) -> Result<(LocalImage, Vec<Mount>), String> {
+        let c = spec.container.as_ref().ok_or("not a container task")?;
         match self.rootfs(client, &spec.id, &image).await {
             Ok(mounts) => Ok((image, mounts)),
-            Err(Error::Containerd(weft_containerd_api::Error::NotFound { .. })) => {
+            // Not found: the parent, or something else (the lease). Only a
+            // missing parent is the store's to mend.
+            Err(e @ Error::Containerd(weft_containerd_api::Error::NotFound { .. })) => {
+                let gone = crate::image::unpack::exists(client, SNAPSHOTTER, &image.top_chain_id)
+                    .await
+                    .is_ok_and(|there| !there);
+                if !gone {
+                    return Err(e.to_string());
+                }
                 tracing::info!(task = %spec.id, image = %image.name, "the image's snapshots are gone: unpacking it again");
                 self.inner.images.stale(&image);
-                let fetch = Fetch {
-                    on_pull: None,
-                    auth: c.registry_auth.as_ref(),
-                };
-                let image = self
-                    .inner
-                    .images
-                    .get(&c.image, fetch)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let image = self.inner.images.get(&c.image, fetch).await;
+                self.inner.pulling.lock().expect("pulling").remove(&spec.id);
+                let image = image.map_err(|e| e.to_string())?;
                 let mounts = self
                     .rootfs(client, &spec.id, &image)
                     .await
