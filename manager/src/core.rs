@@ -192,6 +192,14 @@ impl Core {
         f(&guard)
     }
 
+    /// Runs `f` on the current state and the index of the last entry
+    /// applied to it (which can be ahead of the applied index watchers
+    /// were told of).
+    pub fn read_indexed<T>(&self, f: impl FnOnce(&State, u64) -> T) -> T {
+        let (guard, index) = self.inner.store.read_indexed();
+        f(&guard, index)
+    }
+
     /// The cluster record, or `NotReady` while this manager has not caught up.
     pub fn cluster(&self) -> Result<Cluster> {
         self.read(|s| s.cluster.clone()).ok_or(Error::NotReady)

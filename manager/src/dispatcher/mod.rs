@@ -90,7 +90,9 @@ impl DispatcherService {
     }
 
     /// The shared parts for store version `version`, made from `state`
-    /// (which is at `version` or newer) unless made for it already.
+    /// unless made for it already. `state` must be at exactly `version`
+    /// (read together: [`Core::read_indexed`]): the parts hold lists made
+    /// from the state they were first made from ([`projection::NetParts`]).
     fn shared_for(&self, version: u64, state: &crate::store::State) -> Arc<projection::Shared> {
         let mut cached = self.shared.lock().expect("shared parts lock");
         match cached.as_ref() {
@@ -209,7 +211,6 @@ impl DispatcherService {
         held_sources: &[u8],
     ) -> Result<(pb::SessionMessage, Option<(Payload, Sent)>), Status> {
         let msg = self.session_message(id)?;
-        let version = self.core.store().applied_index();
         // The secrets can be unreadable (a locked manager): configs then go
         // without registry credentials.
         let unlock = self.core.unlock_holder().get();
@@ -220,9 +221,9 @@ impl DispatcherService {
         };
         let (mut config, sources) = self
             .core
-            .read(|s| {
+            .read_indexed(|s, version| {
                 let shared = self.shared_for(version, s);
-                let mut c = projection::project_without_sources(s, id, version)?;
+                let mut c = projection::project_without_sources(s, id, version, &shared)?;
                 crate::registry_auth::fill(s, &mut c, || key(s));
                 Some((c, shared.vxlan_allowed_sources.clone()))
             })
@@ -322,8 +323,7 @@ impl DispatcherService {
     }
 
     fn session_message(&self, id: NodeId) -> Result<pb::SessionMessage, Status> {
-        let version = self.core.store().applied_index();
-        let (period, role, shared) = self.core.read(|s| {
+        let (period, role, shared) = self.core.read_indexed(|s, version| {
             (
                 s.cluster.as_ref().map(|c| c.settings.heartbeat_period_ms),
                 s.nodes.get(&id).map(|n| n.role),

@@ -4,11 +4,16 @@
 //! those networks (tasks on nodes that are down are left out, so their
 //! endpoints leave every peer's config).
 
+mod network;
+
+use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use ipnetwork::IpNetwork;
 use weft_proto::v1 as pb;
+
+pub use network::NetParts;
 
 use crate::store::ipam::{mac_for, mac_text};
 use crate::store::{DesiredTaskState, Network, NodeId, NodeState, PublishMode, State, Task};
@@ -116,7 +121,7 @@ pub fn project(state: &State, node: NodeId, version: u64) -> Option<pb::NodeConf
 /// dispatcher makes them once per store version ([`shared`]) rather than
 /// once per node (they grow with the cluster: with N nodes, N sessions each
 /// sorting N addresses on every change cost O(N²) per change).
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Default)]
 pub struct Shared {
     /// Every node's data path address, sorted, without duplicates.
     pub vxlan_allowed_sources: Arc<Sources>,
@@ -127,6 +132,21 @@ pub struct Shared {
     pub manager_ids: Vec<String>,
     /// See `manager_addrs`.
     pub removed: Vec<String>,
+    /// Each network's lists, made on first use from the state these
+    /// parts were made from ([`NetParts`]).
+    networks: Mutex<HashMap<String, Arc<NetParts>>>,
+}
+
+impl Shared {
+    /// `net`'s lists in `state`, which must be the state these parts
+    /// were made from: made once, then shared by every node's projection.
+    pub fn network(&self, state: &State, net: &Network) -> Arc<NetParts> {
+        let mut networks = self.networks.lock().unwrap_or_else(|p| p.into_inner());
+        networks
+            .entry(net.id.clone())
+            .or_insert_with(|| Arc::new(NetParts::new(state, net)))
+            .clone()
+    }
 }
 
 /// The VXLAN sources of every config: one list of every node's address,
@@ -176,6 +196,7 @@ pub fn shared(state: &State) -> Shared {
         manager_addrs,
         manager_ids,
         removed: state.removed.iter().map(|n| n.to_string()).collect(),
+        networks: Mutex::default(),
     }
 }
 
@@ -187,7 +208,7 @@ pub fn project_with(
     version: u64,
     shared: &Shared,
 ) -> Option<pb::NodeConfig> {
-    let mut c = project_without_sources(state, node, version)?;
+    let mut c = project_without_sources(state, node, version, shared)?;
     c.vxlan_allowed_sources = shared.vxlan_allowed_sources.list.clone();
     Some(c)
 }
@@ -199,6 +220,7 @@ pub fn project_without_sources(
     state: &State,
     node: NodeId,
     version: u64,
+    shared: &Shared,
 ) -> Option<pb::NodeConfig> {
     let me = state.nodes.get(&node)?;
     let cluster = state.cluster.as_ref()?;
@@ -224,7 +246,7 @@ pub fn project_without_sources(
     let networks = net_ids
         .iter()
         .filter_map(|id| state.networks.get(*id))
-        .map(|net| network_config(state, net, node))
+        .map(|net| network_config(state, net, node, &shared.network(state, net)))
         .collect();
 
     let tasks = mine
@@ -258,68 +280,20 @@ pub fn project_without_sources(
 
 /// `net` as `node` gets it: remote endpoints (through WireGuard tunnel
 /// addresses when encrypted), other nodes' ingress endpoints, services and
-/// names.
-fn network_config(state: &State, net: &Network, node: NodeId) -> pb::NetworkConfig {
-    let remote = state
-        .tasks
-        .values()
-        .filter(|t| t.node != node && live(state, t))
-        .flat_map(|t| {
-            t.attachments
-                .iter()
-                .filter(|a| a.network == net.id)
-                .map(move |a| (t, a))
-        })
-        .filter_map(|(t, a)| {
-            let peer = state.nodes.get(&t.node)?;
-            // Encrypted: the VTEP is the peer's tunnel address, so
-            // VXLAN travels inside WireGuard; a peer without a key
-            // yet is unreachable rather than reached in the clear.
-            let vtep = if net.encrypted {
-                if peer.wg_public_key.is_empty() {
-                    return None;
-                }
-                peer.tunnel_ip?.to_string()
-            } else {
-                peer.data_path_addr.clone()
-            };
-            Some(pb::RemoteEndpoint {
-                ip6: a.ip6.map(|ip| ip.to_string()).unwrap_or_default(),
-                task_id: t.id.clone(),
-                ip: a.ip.to_string(),
-                mac: mac_text(mac_for(a.ip)),
-                vtep,
-            })
-        })
-        .collect::<Vec<_>>();
-    let mut remote = remote;
-    // Other nodes' ingress endpoints: replicas answer them.
-    for (n, ip) in &net.node_endpoints {
-        if *n == node {
-            continue;
-        }
-        if let Some(peer) = state.nodes.get(n)
-            && peer.state != NodeState::Down
-            && !peer.data_path_addr.is_empty()
-        {
-            remote.push(pb::RemoteEndpoint {
-                ip6: (net.node_endpoints6.get(n))
-                    .map(IpAddr::to_string)
-                    .unwrap_or_default(),
-                task_id: format!("node-{n}"),
-                ip: ip.to_string(),
-                mac: mac_text(mac_for(*ip)),
-                vtep: peer.data_path_addr.clone(),
-            });
-        }
-    }
+/// names, from the network's shared lists `parts`.
+fn network_config(
+    state: &State,
+    net: &Network,
+    node: NodeId,
+    parts: &NetParts,
+) -> pb::NetworkConfig {
     // The default bridge resolves no names, as on docker0.
     let default_bridge = net.node.is_some() && net.name == crate::store::DEFAULT_BRIDGE;
-    let services = services_on(state, net, node);
+    let services = parts.services_for(node);
     let names = if default_bridge {
         Vec::new()
     } else {
-        let mut names = names_on(state, net, node);
+        let mut names = parts.names_for(node);
         names.extend(service_aliases_on(state, net, &services));
         names
     };
@@ -332,9 +306,9 @@ fn network_config(state: &State, net: &Network, node: NodeId) -> pb::NetworkConf
         vni: net.vni,
         subnet: net.subnet.to_string(),
         gateway: net.gateway.to_string(),
-        mtu: network_mtu(state, net).0,
+        mtu: parts.mtu(),
         internal: net.internal,
-        remote,
+        remote: parts.remote_for(node),
         services,
         names,
         encrypted: net.encrypted,
@@ -565,70 +539,6 @@ fn addrs_on(t: &Task, net: &Network) -> Vec<IpAddr> {
         .iter()
         .filter(|a| a.network == net.id)
         .flat_map(|a| std::iter::once(a.ip).chain(a.ip6))
-        .collect()
-}
-
-/// The services on `net` with their VIP and their running tasks'
-/// addresses: what VIP tables and DNS answers are made of.
-fn services_on(state: &State, net: &Network, viewer: NodeId) -> Vec<pb::ServiceEndpoint> {
-    state
-        .services
-        .values()
-        .filter(|s| s.spec.networks.contains(&net.id))
-        .map(|svc| {
-            let mut backends: Vec<IpAddr> = state
-                .tasks
-                .values()
-                .filter(|t| {
-                    t.service.as_ref().is_some_and(|r| r.service == svc.id)
-                        && t.status.state.is_serving()
-                        && live_for(state, viewer, t)
-                })
-                .filter_map(|t| t.attachments.iter().find(|a| a.network == net.id))
-                .flat_map(|a| std::iter::once(a.ip).chain(a.ip6))
-                .collect();
-            backends.sort();
-            pb::ServiceEndpoint {
-                vip6: (svc.vips6.get(&net.id))
-                    .map(|v| v.to_string())
-                    .unwrap_or_default(),
-                name: svc.spec.name.clone(),
-                vip: svc
-                    .vips
-                    .get(&net.id)
-                    .map(|v| v.to_string())
-                    .unwrap_or_default(),
-                backends: backends.iter().map(|b| b.to_string()).collect(),
-            }
-        })
-        .collect()
-}
-
-/// Task names and task aliases on `net` as `viewer` sees them (live
-/// tasks only; tasks sharing an alias give one record each).
-fn names_on(state: &State, net: &Network, viewer: NodeId) -> Vec<pb::NameRecord> {
-    state
-        .tasks
-        .values()
-        .filter(|t| live_for(state, viewer, t))
-        .filter_map(|t| {
-            let a = t.attachments.iter().find(|a| a.network == net.id)?;
-            let ips: Vec<String> = std::iter::once(a.ip)
-                .chain(a.ip6)
-                .map(|ip| ip.to_string())
-                .collect();
-            Some(
-                std::iter::once(&t.name)
-                    .chain(&a.aliases)
-                    .flat_map(move |name| {
-                        ips.clone().into_iter().map(move |ip| pb::NameRecord {
-                            name: name.clone(),
-                            ip,
-                        })
-                    }),
-            )
-        })
-        .flatten()
         .collect()
 }
 
@@ -891,6 +801,25 @@ mod tests {
         assert_eq!(names(&peer), ["t1"], "peers drop it");
     }
 
+    /// The networks' lists are made once per state and shared by every
+    /// node's projection: what one node sees never leaks into another's
+    /// (its own endpoints left out, its own tasks kept while it is down).
+    #[test]
+    fn parts_shared_by_every_node_project_as_parts_made_for_each() {
+        let mut s = state();
+        mark_down(&mut s, 2);
+        for order in [[1u64, 2, 3], [3, 2, 1], [2, 1, 3]] {
+            let once = shared(&s);
+            for n in order {
+                assert_eq!(
+                    project_with(&s, NodeId(n), 2, &once),
+                    project_with(&s, NodeId(n), 2, &shared(&s)),
+                    "node {n}, projected in the order {order:?}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn unrelated_changes_do_not_change_a_projection() {
         let mut s = state();
@@ -1078,9 +1007,12 @@ mod projection_cost {
             s.tasks.values().map(|t| t.node).collect();
         for round in 0..3 {
             let (mut on, mut off) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
+            // Made once per store version, as the dispatcher does; the
+            // networks' lists in it are made by the first member's call.
+            let parts = shared(&s);
             for id in s.nodes.keys() {
                 let t = std::time::Instant::now();
-                std::hint::black_box(project_without_sources(&s, *id, 1));
+                std::hint::black_box(project_without_sources(&s, *id, 1, &parts));
                 if members.contains(id) {
                     on += t.elapsed();
                 } else {

@@ -10,6 +10,7 @@
 #![allow(clippy::result_large_err)]
 
 use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use openraft::storage::RaftStateMachine;
@@ -43,6 +44,11 @@ pub struct StoreHandle {
 
 struct Shared {
     state: RwLock<State>,
+    /// The index of the last entry applied to `state`, set while its write
+    /// lock is held: a reader holding a read guard sees the index of the
+    /// state it reads, where `applied` is sent only after the lock is let
+    /// go ([`StoreHandle::read_indexed`]).
+    state_index: AtomicU64,
     applied: watch::Sender<u64>,
     /// The events of the last entries applied (`weft events`).
     events: Mutex<EventLog>,
@@ -53,6 +59,7 @@ impl StoreHandle {
         StoreHandle {
             inner: Arc::new(Shared {
                 state: RwLock::new(state),
+                state_index: AtomicU64::new(applied),
                 applied: watch::Sender::new(applied),
                 events: Mutex::new(EventLog::after(applied)),
             }),
@@ -87,6 +94,20 @@ impl StoreHandle {
             .events
             .lock()
             .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// The state as of the last applied entry, with that entry's index:
+    /// whatever state two callers see under the same index is the same.
+    pub fn read_indexed(&self) -> (RwLockReadGuard<'_, State>, u64) {
+        let guard = self.read();
+        let index = self.inner.state_index.load(Ordering::Acquire);
+        (guard, index)
+    }
+
+    /// Records that the state, whose write lock the caller holds, is as of
+    /// entry `index`.
+    fn set_index(&self, _held: &std::sync::RwLockWriteGuard<'_, State>, index: u64) {
+        self.inner.state_index.store(index, Ordering::Release);
     }
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
@@ -283,6 +304,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     }
                 }
             }
+            if let Some(l) = self.last_applied {
+                self.store.set_index(&state, l.index);
+            }
         }
         if !changes.is_empty() {
             let mut log = self.store.events();
@@ -325,7 +349,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let db = self.db.clone();
         let stored_meta = meta.clone();
         blocking(move || write_snapshot(&db, &stored_meta, &bytes)).await?;
-        *self.store.write() = data.state;
+        {
+            let mut state = self.store.write();
+            *state = data.state;
+            self.store
+                .set_index(&state, meta.last_log_id.map_or(0, |l| l.index));
+        }
         self.store
             .events()
             .reset(meta.last_log_id.map_or(0, |l| l.index));
