@@ -8,7 +8,7 @@ mod network;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use ipnetwork::IpNetwork;
 use weft_proto::v1 as pb;
@@ -133,18 +133,23 @@ pub struct Shared {
     /// See `manager_addrs`.
     pub removed: Vec<String>,
     /// Each network's lists, made on first use from the state these
-    /// parts were made from ([`NetParts`]).
-    networks: Mutex<HashMap<String, Arc<NetParts>>>,
+    /// parts were made from ([`NetParts`]); the map's lock is held only to
+    /// find a network's slot, so networks are made side by side.
+    networks: Mutex<HashMap<String, Arc<OnceLock<Arc<NetParts>>>>>,
 }
 
 impl Shared {
     /// `net`'s lists in `state`, which must be the state these parts
     /// were made from: made once, then shared by every node's projection.
     pub fn network(&self, state: &State, net: &Network) -> Arc<NetParts> {
-        let mut networks = self.networks.lock().unwrap_or_else(|p| p.into_inner());
-        networks
+        let slot = self
+            .networks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
             .entry(net.id.clone())
-            .or_insert_with(|| Arc::new(NetParts::new(state, net)))
+            .or_default()
+            .clone();
+        slot.get_or_init(|| Arc::new(NetParts::new(state, net)))
             .clone()
     }
 }
@@ -200,8 +205,10 @@ pub fn shared(state: &State) -> Shared {
     }
 }
 
-/// [`project`] with the [`Shared`] parts made already (of this `state`, or
-/// of one no older).
+/// [`project`] with the [`Shared`] parts made already, from exactly this
+/// `state`: their network lists are made from the first state they are
+/// given and then reused (the dispatcher keys them by the state's own
+/// index, [`crate::core::Core::read_indexed`]).
 pub fn project_with(
     state: &State,
     node: NodeId,
@@ -215,7 +222,8 @@ pub fn project_with(
 
 /// [`project`] with `vxlan_allowed_sources` left empty: the dispatcher
 /// keeps that list once for every session ([`Sources`]). Canonical
-/// ([`weft_proto::config_delta::canonicalize`]) all the same.
+/// ([`weft_proto::config_delta::canonicalize`]) all the same. `shared`: made
+/// from exactly this `state` (see [`project_with`]).
 pub fn project_without_sources(
     state: &State,
     node: NodeId,

@@ -1,7 +1,8 @@
 //! One network's lists as any node sees them: its live endpoints, other
 //! nodes' ingress endpoints, its services' backends and its names, made
 //! once per store state ([`super::Shared::network`]) and filtered for each
-//! node ([`NetParts::config_for`]).
+//! node ([`NetParts::remote_for`], [`NetParts::services_for`],
+//! [`NetParts::names_for`]).
 //!
 //! Every member's config lists the whole network, so making these lists
 //! for each session (a node lookup and a few formatted addresses per
