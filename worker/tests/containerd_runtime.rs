@@ -225,6 +225,13 @@ impl Setup {
     }
 }
 
+impl Setup {
+    /// A runtime over this setup's containerd and images.
+    fn runtime(&self) -> ContainerdRuntime {
+        ContainerdRuntime::new(self.client.clone(), self.images.clone(), self.cfg.clone())
+    }
+}
+
 struct Pin(PathBuf);
 impl Drop for Pin {
     fn drop(&mut self) {
@@ -776,11 +783,7 @@ async fn seccomp_capabilities_and_mounts_isolate_as_asked() {
 async fn an_exec_given_up_by_its_caller_still_ends_and_is_deleted() {
     use weft_worker::runtime::ExecRequest;
     let setup = Setup::new("exec-drop").await;
-    let rt = ContainerdRuntime::new(
-        setup.client.clone(),
-        setup.images.clone(),
-        setup.cfg.clone(),
-    );
+    let rt = setup.runtime();
     let pin = Pin(setup.tmp.path().join("netns").join("e1"));
     let netns = Netns::create(&pin.0).expect("netns");
     let mut e1 = spec("e1", &pin.0, "while true; do sleep 0.1; done");
@@ -832,11 +835,7 @@ async fn an_exec_given_up_by_its_caller_still_ends_and_is_deleted() {
 async fn a_start_held_for_its_network_runs_once_ready_and_leaves_nothing_if_cut_short() {
     use weft_worker::runtime::{Error, NetworkReady};
     let setup = Setup::new("held").await;
-    let rt = Arc::new(ContainerdRuntime::new(
-        setup.client.clone(),
-        setup.images.clone(),
-        setup.cfg.clone(),
-    ));
+    let rt = Arc::new(setup.runtime());
     let pin = Pin(setup.tmp.path().join("netns").join("h"));
     let netns = Netns::create(&pin.0).expect("netns");
     let task_line = |id: &str| {
@@ -898,11 +897,7 @@ async fn a_start_held_for_its_network_runs_once_ready_and_leaves_nothing_if_cut_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_container_left_half_made_is_replaced_by_the_next_start() {
     let setup = Setup::new("leftover").await;
-    let rt = ContainerdRuntime::new(
-        setup.client.clone(),
-        setup.images.clone(),
-        setup.cfg.clone(),
-    );
+    let rt = setup.runtime();
     let pin = Pin(setup.tmp.path().join("netns").join("l"));
     let netns = Netns::create(&pin.0).expect("netns");
     // What a start killed between the container record and its task

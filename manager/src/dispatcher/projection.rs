@@ -45,11 +45,7 @@ pub(crate) fn encapsulation(data_path_addr: &str, encrypted: bool) -> u32 {
 pub const DEFAULT_UNDERLAY_MTU: u32 = 1500;
 
 fn live(state: &State, t: &Task) -> bool {
-    t.desired == DesiredTaskState::Running
-        && state
-            .nodes
-            .get(&t.node)
-            .is_some_and(|n| n.state != NodeState::Down)
+    t.desired == DesiredTaskState::Running && network::up(state, t.node)
 }
 
 /// Whether `viewer` should see `t` as live: its own tasks always are (it

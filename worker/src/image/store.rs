@@ -186,6 +186,18 @@ struct Resolved {
     layers: Vec<super::plan::Descriptor>,
 }
 
+impl Resolved {
+    fn of(record: Image, target: String, p: Parsed) -> Self {
+        Resolved {
+            record,
+            target,
+            config_digest: p.config_digest,
+            config: p.config,
+            layers: p.layers,
+        }
+    }
+}
+
 /// How [`ImageSource::get`] fetches an image that is not on the node.
 #[derive(Clone, Copy, Default)]
 pub struct Fetch<'a> {
@@ -822,13 +834,7 @@ impl ImageStore {
     async fn resolve(&self, client: &Client, record: Image) -> Result<Resolved, ImageError> {
         let target = record.target.clone().unwrap_or_default();
         if let Some(p) = self.cache.parsed(&target.digest) {
-            return Ok(Resolved {
-                target: target.digest,
-                config_digest: p.config_digest,
-                config: p.config,
-                layers: p.layers,
-                record,
-            });
+            return Ok(Resolved::of(record, target.digest, p));
         }
         let max = self.config.limits.max_json;
         let corrupt = |reason: String| ImageError::Corrupt {
@@ -856,21 +862,13 @@ impl ImageStore {
                 "layer count differs from the config's diff ids".into(),
             ));
         }
-        self.cache.keep_parsed(
-            &target.digest,
-            Parsed {
-                config_digest: manifest.config.digest.clone(),
-                config: config.clone(),
-                layers: manifest.layers.clone(),
-            },
-        );
-        Ok(Resolved {
-            target: target.digest.clone(),
-            config_digest: manifest.config.digest.clone(),
+        let parsed = Parsed {
+            config_digest: manifest.config.digest,
             config,
             layers: manifest.layers,
-            record,
-        })
+        };
+        self.cache.keep_parsed(&target.digest, parsed.clone());
+        Ok(Resolved::of(record, target.digest, parsed))
     }
 
     /// The unpacked size (snapshot usage of every layer), or the layers'

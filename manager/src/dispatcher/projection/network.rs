@@ -165,7 +165,7 @@ fn node_remote(state: &State, net: &Network) -> Vec<(NodeId, pb::RemoteEndpoint)
 
 /// Whether the store has `node` up (a task there is live if desired
 /// running).
-fn up(state: &State, node: NodeId) -> bool {
+pub(super) fn up(state: &State, node: NodeId) -> bool {
     state
         .nodes
         .get(&node)

@@ -464,7 +464,8 @@ impl ContainerdRuntime {
                 .client(&self.inner.client)
                 .map_err(|e| e.to_string())?;
             let (image, mounts) = self.rootfs_of(&leased, spec, image, fetch).await?;
-            self.record(&leased, spec, c, &image, mounts).await
+            let health = self.record(&leased, spec, c, &image, &mounts).await?;
+            Ok::<_, String>((health, mounts))
         }
         .await;
         // Deleted before `Tasks.Create`, not beside it: deleted in the
@@ -549,16 +550,15 @@ impl ContainerdRuntime {
     }
 
     /// The task's files and container record, made through `client` (under
-    /// a lease) over the prepared rootfs `mounts`: its health check and
-    /// those mounts.
+    /// a lease) over the prepared rootfs `mounts`: its health check.
     async fn record(
         &self,
         client: &Client,
         spec: &TaskSpec,
         c: &ContainerSpec,
         image: &LocalImage,
-        mounts: Vec<Mount>,
-    ) -> Result<(Option<crate::health::HealthCheck>, Vec<Mount>), String> {
+        mounts: &[Mount],
+    ) -> Result<Option<crate::health::HealthCheck>, String> {
         if let Some(bad) = &c.bad_mounts {
             return Err(format!("the task's mounts cannot be used: {bad}"));
         }
@@ -587,9 +587,9 @@ impl ContainerdRuntime {
                 let _ = std::fs::remove_file(&health_file);
             }
         }
-        self.create_container(client, spec, image, &mounts, files)
+        self.create_container(client, spec, image, mounts, files)
             .await?;
-        Ok((health, mounts))
+        Ok(health)
     }
 
     /// Runs the process of the task [`create`](Self::create) made; a
