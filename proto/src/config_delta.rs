@@ -17,9 +17,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use crate::v1::{
-    NameRecord, NetworkConfig, NetworkDelta, NodeConfig, NodeConfigDelta, ServiceDelta,
-    ServiceEndpoint, SourcesPart, WgPeerConfig,
+    NameRecord, NetworkConfig, NetworkDelta, NodeConfig, NodeConfigDelta, ServiceEndpoint,
+    SourcesPart, WgPeerConfig,
 };
+
+mod diff;
+pub use diff::{diff, head};
 
 /// Why a delta cannot be applied to the config a node holds. Either way
 /// the node holds something other than what the manager thinks: it asks
@@ -157,6 +160,8 @@ impl SourceParts {
 /// with their backends by address, names by (name, address), WireGuard
 /// peers by node, VXLAN sources sorted without duplicates. Ports, image
 /// fetches and a task's own lists keep their order (they are sent whole).
+///
+/// Lists already in order (as the managers project them) are only walked.
 pub fn canonicalize(c: &mut NodeConfig) {
     c.networks.sort_by(|a, b| a.id.cmp(&b.id));
     for n in &mut c.networks {
@@ -164,7 +169,7 @@ pub fn canonicalize(c: &mut NodeConfig) {
     }
     c.tasks.sort_by(|a, b| a.id.cmp(&b.id));
     if let Some(wg) = &mut c.wireguard {
-        wg.peers.sort_by_key(peer_key);
+        wg.peers.sort_by(peer_cmp);
     }
     c.vxlan_allowed_sources.sort();
     c.vxlan_allowed_sources.dedup();
@@ -182,12 +187,35 @@ fn canonicalize_network(n: &mut NetworkConfig) {
 
 /// Addresses in numeric order (text that is no address after them).
 fn sort_addrs(v: &mut [String]) {
-    v.sort_by_cached_key(|s| (s.parse::<IpAddr>().map_err(|_| s.clone()), s.clone()));
+    // Sorting with a cached key makes a key per item, sorted or not.
+    if !v.is_sorted_by(|a, b| addr_cmp(a, b).is_le()) {
+        v.sort_by_cached_key(|s| (s.parse::<IpAddr>().map_err(|_| s.clone()), s.clone()));
+    }
 }
 
-/// Peers by node ID, numerically (IDs are numbers on the wire).
-fn peer_key(p: &WgPeerConfig) -> (Option<u64>, String) {
-    (p.node_id.parse().ok(), p.node_id.clone())
+/// [`sort_addrs`]'s order: addresses numerically, then text that is no
+/// address, by text.
+fn addr_cmp(a: &String, b: &String) -> std::cmp::Ordering {
+    use std::cmp::Ordering::{Equal, Greater, Less};
+    // Most pairs a diff compares are the same address.
+    if a == b {
+        return Equal;
+    }
+    match (a.parse::<IpAddr>(), b.parse::<IpAddr>()) {
+        (Ok(x), Ok(y)) => x.cmp(&y).then_with(|| a.cmp(b)),
+        (Ok(_), Err(_)) => Less,
+        (Err(_), Ok(_)) => Greater,
+        (Err(_), Err(_)) => a.cmp(b),
+    }
+}
+
+/// Peers by node ID, numerically (IDs are numbers on the wire), then by
+/// text.
+fn peer_cmp(a: &WgPeerConfig, b: &WgPeerConfig) -> std::cmp::Ordering {
+    let number = |p: &WgPeerConfig| p.node_id.parse::<u64>().ok();
+    number(a)
+        .cmp(&number(b))
+        .then_with(|| a.node_id.cmp(&b.node_id))
 }
 
 /// A digest of a config's VXLAN sources (sorted, as [`canonicalize`]
@@ -212,143 +240,6 @@ pub fn with_kept_sources(mut whole: NodeConfig, held: Option<&NodeConfig>) -> No
             .unwrap_or_default();
     }
     whole
-}
-
-/// The change from `old` (sent before) to `new`. Both must be canonical.
-pub fn diff(old: &NodeConfig, new: &NodeConfig) -> NodeConfigDelta {
-    let mut head = new.clone();
-    head.networks = Vec::new();
-    head.tasks = Vec::new();
-    head.vxlan_allowed_sources = Vec::new();
-    if let Some(wg) = &mut head.wireguard {
-        wg.peers = Vec::new();
-    }
-    let mut d = NodeConfigDelta {
-        base_version: old.version,
-        head: Some(head),
-        ..Default::default()
-    };
-
-    let old_nets: BTreeMap<&str, &NetworkConfig> =
-        old.networks.iter().map(|n| (n.id.as_str(), n)).collect();
-    let new_ids: BTreeSet<&str> = new.networks.iter().map(|n| n.id.as_str()).collect();
-    d.networks_removed = old_nets
-        .keys()
-        .filter(|id| !new_ids.contains(*id))
-        .map(|id| id.to_string())
-        .collect();
-    for n in &new.networks {
-        match old_nets.get(n.id.as_str()) {
-            None => d.networks_set.push(n.clone()),
-            Some(o) if !same_network_head(o, n) => d.networks_set.push(n.clone()),
-            Some(o) => {
-                if let Some(nd) = diff_network(o, n) {
-                    d.networks_changed.push(nd);
-                }
-            }
-        }
-    }
-
-    let (set, removed) = diff_keyed(&old.tasks, &new.tasks, |t| t.id.clone());
-    d.tasks_set = set;
-    d.tasks_removed = removed;
-    let no_peers = Vec::new();
-    let old_peers = old.wireguard.as_ref().map_or(&no_peers, |w| &w.peers);
-    let new_peers = new.wireguard.as_ref().map_or(&no_peers, |w| &w.peers);
-    let (set, removed) = diff_keyed(old_peers, new_peers, |p| p.node_id.clone());
-    d.wg_peers_set = set;
-    d.wg_peers_removed = removed;
-    let (added, removed) = diff_set(&old.vxlan_allowed_sources, &new.vxlan_allowed_sources);
-    d.sources_added = added;
-    d.sources_removed = removed;
-    d
-}
-
-/// Whether two networks agree in everything but their endpoints,
-/// services and names.
-fn same_network_head(a: &NetworkConfig, b: &NetworkConfig) -> bool {
-    let strip = |n: &NetworkConfig| NetworkConfig {
-        remote: Vec::new(),
-        services: Vec::new(),
-        names: Vec::new(),
-        ..n.clone()
-    };
-    strip(a) == strip(b)
-}
-
-/// What changed on one network; `None`: nothing.
-fn diff_network(old: &NetworkConfig, new: &NetworkConfig) -> Option<NetworkDelta> {
-    let (remote_set, remote_removed) = diff_keyed(&old.remote, &new.remote, |r| r.task_id.clone());
-    let old_svcs: BTreeMap<&str, &ServiceEndpoint> =
-        old.services.iter().map(|s| (s.name.as_str(), s)).collect();
-    let new_names: BTreeSet<&str> = new.services.iter().map(|s| s.name.as_str()).collect();
-    let services_removed: Vec<String> = old_svcs
-        .keys()
-        .filter(|n| !new_names.contains(*n))
-        .map(|n| n.to_string())
-        .collect();
-    let mut services_changed = Vec::new();
-    for s in &new.services {
-        let empty = ServiceEndpoint::default();
-        let o = old_svcs.get(s.name.as_str()).copied();
-        if o == Some(s) {
-            continue;
-        }
-        let (added, removed) = diff_set(&o.unwrap_or(&empty).backends, &s.backends);
-        services_changed.push(ServiceDelta {
-            name: s.name.clone(),
-            vip: s.vip.clone(),
-            vip6: s.vip6.clone(),
-            backends_added: added,
-            backends_removed: removed,
-        });
-    }
-    let (names_added, names_removed) = diff_set(&name_keys(&old.names), &name_keys(&new.names));
-    let (names_added, names_removed) = (records(names_added), records(names_removed));
-    let d = NetworkDelta {
-        id: new.id.clone(),
-        remote_set,
-        remote_removed,
-        services_changed,
-        services_removed,
-        names_added,
-        names_removed,
-    };
-    let unchanged = d.remote_set.is_empty()
-        && d.remote_removed.is_empty()
-        && d.services_changed.is_empty()
-        && d.services_removed.is_empty()
-        && d.names_added.is_empty()
-        && d.names_removed.is_empty();
-    (!unchanged).then_some(d)
-}
-
-/// Items of `new` that are not in `old` as they are (by key), and the
-/// keys of `old` that `new` lacks.
-fn diff_keyed<T: Clone + PartialEq>(
-    old: &[T],
-    new: &[T],
-    key: impl Fn(&T) -> String,
-) -> (Vec<T>, Vec<String>) {
-    let before: BTreeMap<String, &T> = old.iter().map(|t| (key(t), t)).collect();
-    let after: BTreeSet<String> = new.iter().map(&key).collect();
-    let set = new
-        .iter()
-        .filter(|t| before.get(&key(t)) != Some(t))
-        .cloned()
-        .collect();
-    let removed = before.into_keys().filter(|k| !after.contains(k)).collect();
-    (set, removed)
-}
-
-/// Items in `new` only, and items in `old` only.
-fn diff_set<T: Clone + Ord>(old: &[T], new: &[T]) -> (Vec<T>, Vec<T>) {
-    let before: BTreeSet<&T> = old.iter().collect();
-    let after: BTreeSet<&T> = new.iter().collect();
-    (
-        after.difference(&before).map(|t| (*t).clone()).collect(),
-        before.difference(&after).map(|t| (*t).clone()).collect(),
-    )
 }
 
 /// The config `delta` makes of `held` (the config the node holds).

@@ -270,9 +270,9 @@ impl DispatcherService {
 
     /// `new` (without its sources, which are `sources`) as a change to
     /// what the session sent before, if that is smaller than the whole
-    /// config and makes it again: the check costs one pass over the config
-    /// without its sources, and a config whose lists are not sets (which
-    /// would make the node hold something else) goes whole.
+    /// config and makes it again ([`weft_proto::config_delta::diff`] checks
+    /// that on the way: a config whose lists are not sets in order, which
+    /// would make the node hold something else, goes whole).
     fn delta_for(
         &self,
         last: &Sent,
@@ -280,14 +280,18 @@ impl DispatcherService {
         sources: &Arc<projection::Sources>,
     ) -> Option<pb::NodeConfigDelta> {
         use weft_proto::config_delta;
-        let mut delta = config_delta::diff(&last.config, new);
-        if config_delta::apply(&last.config, &delta).as_ref() != Ok(new) {
+        let Some(mut delta) = config_delta::diff(&last.config, new) else {
             tracing::warn!(
                 version = new.version,
                 "a config delta would not make the config again; sending it whole"
             );
             return None;
-        }
+        };
+        debug_assert_eq!(
+            config_delta::apply(&last.config, &delta).as_ref(),
+            Ok(new),
+            "a delta made from canonical configs makes the new one"
+        );
         if !Arc::ptr_eq(&last.sources, sources) {
             let change = self.sources_change(&last.sources, sources);
             delta.sources_added = change.0.clone();

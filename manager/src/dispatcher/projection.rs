@@ -585,11 +585,18 @@ fn service_aliases_on(
     out
 }
 
-/// Whether two configs differ in anything but their version.
+/// Whether two configs differ in anything but their version. No copy of
+/// their lists is made: a session compares every config it makes, each
+/// O(M) for a network of M members.
 pub fn same_content(a: &pb::NodeConfig, b: &pb::NodeConfig) -> bool {
-    let mut a = a.clone();
-    a.version = b.version;
-    a == *b
+    use weft_proto::config_delta::head;
+    let mut head_a = head(a);
+    head_a.version = b.version;
+    head_a == head(b)
+        && a.networks == b.networks
+        && a.tasks == b.tasks
+        && a.wireguard == b.wireguard
+        && a.vxlan_allowed_sources == b.vxlan_allowed_sources
 }
 
 #[cfg(test)]
@@ -992,6 +999,23 @@ mod projection_cost {
     #[test]
     #[ignore = "a measurement: run it in release, alone"]
     fn projecting_every_node_at_5000_nodes() {
+        measure(499, 10, usize::MAX);
+    }
+
+    /// The same with a replica on every node (a global service): every
+    /// node's config lists every other node's endpoint.
+    #[test]
+    #[ignore = "a measurement: run it in release, alone"]
+    fn projecting_every_node_at_5000_nodes_with_a_global_service() {
+        measure(4990, 1, 200);
+    }
+
+    /// `replicas` replicas, one on every `every`th node; each round also
+    /// makes what a session makes of its new config: the comparison with
+    /// the last one sent and the delta from it. Only the first `sample`
+    /// nodes are projected (each config of a global service at 5,000 nodes
+    /// is over a megabyte); the figures are for those.
+    fn measure(replicas: u64, every: u64, sample: usize) {
         let mut s = cluster(4990);
         let mut net = network_spec("net1", "appnet");
         net.subnet = Some("10.20.0.0/16".parse().expect("literal"));
@@ -1000,38 +1024,61 @@ mod projection_cost {
             &mut s,
             crate::store::Command::CreateService {
                 id: "svc".into(),
-                spec: spec("web", 499, &["net1"]),
+                spec: spec("web", replicas, &["net1"]),
                 now_ms: 0,
             },
         );
-        for i in 0..499u64 {
-            place(&mut s, "svc", i + 1, 1, i * 10 + 1);
+        for i in 0..replicas {
+            place(&mut s, "svc", i + 1, 1, i * every + 1);
         }
         let members: std::collections::BTreeSet<NodeId> =
             s.tasks.values().map(|t| t.node).collect();
+        let before = {
+            let parts = shared(&s);
+            (s.nodes.keys().take(sample))
+                .map(|id| (*id, project_without_sources(&s, *id, 1, &parts)))
+                .collect::<HashMap<_, _>>()
+        };
+        // One replica stops serving: every member's backends change.
+        let gone = s.tasks.keys().next().expect("a task").clone();
+        s.tasks.get_mut(&gone).expect("the task").status.state = crate::store::TaskState::Failed;
         for round in 0..3 {
             let (mut on, mut off) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
+            let mut session = std::time::Duration::ZERO;
             // Made once per store version, as the dispatcher does; the
             // networks' lists in it are made by the first member's call.
             let parts = shared(&s);
-            for id in s.nodes.keys() {
+            let mut bytes = 0;
+            for id in s.nodes.keys().take(sample) {
                 let t = std::time::Instant::now();
-                std::hint::black_box(project_without_sources(&s, *id, 1, &parts));
+                let c = project_without_sources(&s, *id, 2, &parts);
                 if members.contains(id) {
                     on += t.elapsed();
                 } else {
                     off += t.elapsed();
                 }
+                // What the session does next (DispatcherService::delta_for).
+                let t = std::time::Instant::now();
+                if let (Some(old), Some(new)) = (&before[id], &c)
+                    && !same_content(old, new)
+                {
+                    let d = weft_proto::config_delta::diff(old, new).expect("canonical");
+                    std::hint::black_box(d);
+                }
+                session += t.elapsed();
+                bytes = bytes.max(c.as_ref().map_or(0, prost::Message::encoded_len));
             }
+            let projected = s.nodes.len().min(sample);
+            let on_n = members.iter().filter(|m| before.contains_key(m)).count();
             eprintln!(
-                "round {round}: every node {:?}: the {} with a replica {:?} ({:?} each), the {} others {:?} ({:?} each)",
+                "round {round}: {projected} nodes {:?}: the {on_n} with a replica {:?} ({:?} each), the {} others {:?}; comparing and diffing {:?} ({:?} each); largest config {bytes} bytes",
                 on + off,
-                members.len(),
                 on,
-                on / members.len() as u32,
-                s.nodes.len() - members.len(),
+                on / on_n.max(1) as u32,
+                projected - on_n,
                 off,
-                off / (s.nodes.len() - members.len()) as u32,
+                session,
+                session / projected as u32,
             );
         }
     }

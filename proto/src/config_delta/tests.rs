@@ -115,12 +115,115 @@ fn a_delta_makes_the_new_config_of_the_old_one() {
     for round in 0..2000 {
         let old = config(&mut rng, 10 + round);
         let new = config(&mut rng, 11 + round);
-        let d = diff(&old, &new);
+        let d = diff(&old, &new).expect("canonical configs");
         assert_eq!(apply(&old, &d).as_ref(), Ok(&new), "round {round}: {d:?}");
         // From nothing (version 0) it is the whole config.
         let empty = NodeConfig::default();
-        assert_eq!(apply(&empty, &diff(&empty, &new)).as_ref(), Ok(&new));
+        let whole = diff(&empty, &new).expect("canonical configs");
+        assert_eq!(apply(&empty, &whole).as_ref(), Ok(&new));
     }
+}
+
+/// A config with one of its set-like lists spoilt: two items swapped or
+/// one repeated, where it has any (`None`: it has none).
+fn spoilt(rng: &mut StdRng, c: &NodeConfig) -> Option<NodeConfig> {
+    fn spoil<T: Clone>(rng: &mut StdRng, v: &mut Vec<T>) -> bool {
+        if v.len() < 2 {
+            return false;
+        }
+        let i = rng.gen_range(0..v.len() - 1);
+        if rng.gen_bool(0.5) {
+            v.swap(i, i + 1);
+        } else {
+            let again = v[i].clone();
+            v.insert(i, again);
+        }
+        true
+    }
+    let mut c = c.clone();
+    let n = c.networks.len();
+    let which = rng.gen_range(0..n.max(1));
+    let done = match rng.gen_range(0..8) {
+        0 => spoil(rng, &mut c.networks),
+        1 => spoil(rng, &mut c.tasks),
+        2 => spoil(rng, &mut c.vxlan_allowed_sources),
+        3 => c
+            .wireguard
+            .as_mut()
+            .is_some_and(|w| spoil(rng, &mut w.peers)),
+        4 if n > 0 => spoil(rng, &mut c.networks[which].remote),
+        5 if n > 0 => spoil(rng, &mut c.networks[which].names),
+        6 if n > 0 => spoil(rng, &mut c.networks[which].services),
+        7 if n > 0 => {
+            let net = &mut c.networks[which];
+            let k = net.services.len();
+            let svc = rng.gen_range(0..k.max(1));
+            k > 0 && spoil(rng, &mut net.services[svc].backends)
+        }
+        _ => false,
+    };
+    done.then_some(c)
+}
+
+#[test]
+fn a_delta_is_made_only_when_it_makes_the_new_config_exactly() {
+    let mut rng = StdRng::seed_from_u64(1616);
+    let mut refused = 0;
+    for round in 0..4000 {
+        let old = config(&mut rng, 10 + round);
+        let new = config(&mut rng, 11 + round);
+        let (old, new) = match rng.gen_range(0..3) {
+            0 => (spoilt(&mut rng, &old).unwrap_or(old), new),
+            1 => {
+                let spoilt = spoilt(&mut rng, &new);
+                (old, spoilt.unwrap_or(new))
+            }
+            _ => (old, new),
+        };
+        // Whatever the lists, a delta made is exact...
+        if let Some(d) = diff(&old, &new) {
+            assert_eq!(apply(&old, &d).as_ref(), Ok(&new), "round {round}: {d:?}");
+        } else {
+            refused += 1;
+            // ...and one refused is one whose new config a delta could not
+            // make again, or whose old one it would not start from.
+            let mut canonical_new = new.clone();
+            canonicalize(&mut canonical_new);
+            let mut canonical_old = old.clone();
+            canonicalize(&mut canonical_old);
+            assert!(
+                canonical_new != new
+                    || canonical_old != old
+                    || has_repeats(&old)
+                    || has_repeats(&new),
+                "round {round}: a canonical pair was refused"
+            );
+        }
+    }
+    assert!(refused > 100, "the spoilt configs were refused ({refused})");
+}
+
+/// Whether a set-like list of `c` has an item twice (by its key).
+fn has_repeats(c: &NodeConfig) -> bool {
+    fn twice<T, K: Ord>(v: &[T], key: impl Fn(&T) -> K) -> bool {
+        let mut keys: Vec<K> = v.iter().map(key).collect();
+        let n = keys.len();
+        keys.sort();
+        keys.dedup();
+        keys.len() != n
+    }
+    twice(&c.networks, |n| n.id.clone())
+        || twice(&c.tasks, |t| t.id.clone())
+        || twice(&c.vxlan_allowed_sources, Clone::clone)
+        || c.wireguard
+            .as_ref()
+            .is_some_and(|w| twice(&w.peers, |p| p.node_id.clone()))
+        || c.networks.iter().any(|n| {
+            twice(&n.remote, |r| r.task_id.clone())
+                || twice(&n.services, |s| s.name.clone())
+                || twice(&n.names, |r| (r.name.clone(), r.ip.clone()))
+                || n.services.iter().any(|s| twice(&s.backends, Clone::clone))
+        })
 }
 
 #[test]
@@ -140,7 +243,7 @@ fn a_small_change_is_a_small_delta() {
         vtep: "198.18.0.9".into(),
     });
     canonicalize(&mut new);
-    let d = diff(&old, &new);
+    let d = diff(&old, &new).expect("canonical configs");
     assert!(d.networks_set.is_empty() && d.tasks_set.is_empty() && d.wg_peers_set.is_empty());
     assert_eq!(d.networks_changed.len(), 1);
     assert_eq!(d.networks_changed[0].remote_set.len(), 1);
@@ -162,7 +265,7 @@ fn a_delta_on_another_base_or_network_is_refused() {
         ip: "10.9.9.9".into(),
     });
     canonicalize(&mut new);
-    let d = diff(&old, &new);
+    let d = diff(&old, &new).expect("canonical configs");
     let mut other = old.clone();
     other.version = 4;
     assert_eq!(
