@@ -35,13 +35,14 @@ impl<T: Clone> Entry<T> {
     }
 }
 
-/// `net`'s lists, for every viewer at once.
+/// `net`'s lists, for every viewer at once, each in the order a config
+/// holds it ([`weft_proto::config_delta::canonicalize`]), so that a
+/// viewer's lists, filtered from them, need no sorting.
 #[derive(Debug)]
 pub struct NetParts {
-    /// Live tasks' endpoints (a viewer sees other nodes' only).
+    /// Live tasks' endpoints and nodes' ingress endpoints, by task ID (a
+    /// viewer sees other nodes' only).
     remote: Vec<(NodeId, pb::RemoteEndpoint)>,
-    /// Other nodes' ingress endpoints (the same).
-    node_remote: Vec<(NodeId, pb::RemoteEndpoint)>,
     /// Each service on the network, without its backends, and those.
     services: Vec<(pb::ServiceEndpoint, Vec<Entry<String>>)>,
     /// Name records of the tasks desired running.
@@ -52,21 +53,26 @@ pub struct NetParts {
 impl NetParts {
     /// The lists of `net` in `state`.
     pub fn new(state: &State, net: &Network) -> NetParts {
+        let mut remote = remote(state, net);
+        remote.extend(node_remote(state, net));
+        remote.sort_by(|(_, a), (_, b)| a.task_id.cmp(&b.task_id));
+        let mut services = services(state, net);
+        services.sort_by(|(a, _), (b, _)| a.name.cmp(&b.name));
+        let mut names = names(state, net);
+        names.sort_by(|a, b| (&a.item.name, &a.item.ip).cmp(&(&b.item.name, &b.item.ip)));
         NetParts {
-            remote: remote(state, net),
-            node_remote: node_remote(state, net),
-            services: services(state, net),
-            names: names(state, net),
+            remote,
+            services,
+            names,
             mtu: network_mtu(state, net).0,
         }
     }
 
     /// The network's remote endpoints as `viewer` gets them: other nodes'
-    /// tasks, then other nodes' ingress endpoints.
+    /// tasks and ingress endpoints.
     pub fn remote_for(&self, viewer: NodeId) -> Vec<pb::RemoteEndpoint> {
         self.remote
             .iter()
-            .chain(&self.node_remote)
             .filter(|(n, _)| *n != viewer)
             .map(|(_, e)| e.clone())
             .collect()
