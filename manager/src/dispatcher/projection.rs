@@ -859,6 +859,50 @@ mod tests {
     }
 
     #[test]
+    fn configs_differing_in_any_field_but_their_version_are_not_the_same() {
+        let base = project(&state(), NodeId(1), 1).expect("a member");
+        let mut later = base.clone();
+        later.version = 9;
+        assert!(same_content(&base, &later));
+        type Change = fn(&mut pb::NodeConfig);
+        let changes: Vec<(&str, Change)> = vec![
+            ("vtep", |c| c.vtep.push('x')),
+            ("vxlan_port", |c| c.vxlan_port += 1),
+            ("gateway_subnet", |c| c.gateway_subnet.push('x')),
+            ("networks", |c| c.networks[0].names.clear()),
+            ("a network's mtu", |c| c.networks[0].mtu += 1),
+            ("tasks", |c| c.tasks[0].name.push('x')),
+            ("wireguard", |c| c.wireguard = Some(Default::default())),
+            ("wireguard peers", |c| {
+                let wg = c.wireguard.get_or_insert_with(Default::default);
+                wg.peers.push(Default::default());
+            }),
+            ("vxlan_allowed_sources", |c| {
+                c.vxlan_allowed_sources.push("x".into())
+            }),
+            ("wg_key_generation", |c| c.wg_key_generation += 1),
+            ("ports", |c| c.ports.push(Default::default())),
+            ("ingress", |c| c.ingress = Some(Default::default())),
+            ("keep_sources", |c| c.keep_sources = !c.keep_sources),
+            ("sources_follow", |c| c.sources_follow = !c.sources_follow),
+            ("image_fetches", |c| {
+                c.image_fetches.push(Default::default())
+            }),
+        ];
+        for (what, change) in changes {
+            let mut other = base.clone();
+            change(&mut other);
+            // The peers' case starts from a config with a device.
+            let mut with_device = base.clone();
+            if what == "wireguard peers" {
+                with_device.wireguard.get_or_insert_with(Default::default);
+            }
+            assert!(!same_content(&with_device, &other), "{what}");
+            assert!(!same_content(&other, &with_device), "{what}");
+        }
+    }
+
+    #[test]
     fn ingress_ports_everywhere_local_replicas_first_host_ports_only_where_replicas_run() {
         ingress_ports(false);
     }

@@ -31,9 +31,15 @@ fn config(rng: &mut StdRng, version: u64) -> NodeConfig {
             } else {
                 String::new()
             };
+            // Both families, and now and then text that is no address,
+            // which sorts after them.
             let backends = some(rng, 20, 0.4)
                 .iter()
-                .map(|b| format!("10.0.{i}.{b}"))
+                .map(|b| match b % 7 {
+                    0 => format!("fd00::{i}:{b:x}"),
+                    6 => format!("backend-{b}"),
+                    _ => format!("10.0.{i}.{b}"),
+                })
                 .collect();
             services.push(ServiceEndpoint {
                 vip6: String::new(),
@@ -42,11 +48,19 @@ fn config(rng: &mut StdRng, version: u64) -> NodeConfig {
                 backends,
             });
         }
+        // Some names with an address of each family.
         let names = some(rng, 10, 0.5)
             .iter()
-            .map(|t| NameRecord {
-                name: format!("task{t}"),
-                ip: format!("10.0.{i}.{t}"),
+            .flat_map(|t| {
+                let v4 = NameRecord {
+                    name: format!("task{t}"),
+                    ip: format!("10.0.{i}.{t}"),
+                };
+                let v6 = NameRecord {
+                    ip: format!("fd00::{i}:{t:x}"),
+                    ..v4.clone()
+                };
+                if t % 3 == 0 { vec![v4, v6] } else { vec![v4] }
             })
             .collect();
         networks.push(NetworkConfig {
@@ -124,19 +138,25 @@ fn a_delta_makes_the_new_config_of_the_old_one() {
     }
 }
 
-/// A config with one of its set-like lists spoilt: two items swapped or
-/// one repeated, where it has any (`None`: it has none).
+/// A config with one of its set-like lists spoilt: two items swapped, one
+/// repeated, or (for keyed lists) one repeated with other contents, where
+/// it has any (`None`: it has none).
 fn spoilt(rng: &mut StdRng, c: &NodeConfig) -> Option<NodeConfig> {
-    fn spoil<T: Clone>(rng: &mut StdRng, v: &mut Vec<T>) -> bool {
+    fn spoil<T: Clone + Other>(rng: &mut StdRng, v: &mut Vec<T>) -> bool {
         if v.len() < 2 {
             return false;
         }
         let i = rng.gen_range(0..v.len() - 1);
-        if rng.gen_bool(0.5) {
-            v.swap(i, i + 1);
-        } else {
-            let again = v[i].clone();
-            v.insert(i, again);
+        match rng.gen_range(0..3) {
+            0 => v.swap(i, i + 1),
+            1 => {
+                let again = v[i].clone();
+                v.insert(i, again);
+            }
+            _ => {
+                let other = v[i].other();
+                v.insert(i + 1, other);
+            }
         }
         true
     }
@@ -224,6 +244,69 @@ fn has_repeats(c: &NodeConfig) -> bool {
                 || twice(&n.names, |r| (r.name.clone(), r.ip.clone()))
                 || n.services.iter().any(|s| twice(&s.backends, Clone::clone))
         })
+}
+
+/// The same item (by its key) with other contents; items that are their
+/// own key are repeated as they are.
+trait Other {
+    fn other(&self) -> Self;
+}
+
+impl Other for String {
+    fn other(&self) -> Self {
+        self.clone()
+    }
+}
+
+impl Other for NameRecord {
+    fn other(&self) -> Self {
+        self.clone()
+    }
+}
+
+impl Other for NetworkConfig {
+    fn other(&self) -> Self {
+        NetworkConfig {
+            mtu: self.mtu + 1,
+            ..self.clone()
+        }
+    }
+}
+
+impl Other for TaskConfig {
+    fn other(&self) -> Self {
+        TaskConfig {
+            command: vec!["other".into()],
+            ..self.clone()
+        }
+    }
+}
+
+impl Other for WgPeerConfig {
+    fn other(&self) -> Self {
+        WgPeerConfig {
+            public_key: "other".into(),
+            ..self.clone()
+        }
+    }
+}
+
+impl Other for RemoteEndpoint {
+    fn other(&self) -> Self {
+        RemoteEndpoint {
+            ip: "10.99.99.99".into(),
+            ..self.clone()
+        }
+    }
+}
+
+impl Other for ServiceEndpoint {
+    fn other(&self) -> Self {
+        ServiceEndpoint {
+            vip: "10.99.99.98".into(),
+            ..self.clone()
+        }
+    }
 }
 
 #[test]
