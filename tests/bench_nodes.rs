@@ -17,7 +17,8 @@
 //! in release mode and writes `bench/results-nodes.md`.
 //!
 //! Knobs: WEFT_BENCH_NODES, WEFT_BENCH_NODE_REPLICAS, WEFT_BENCH_IDLE_WINDOW
-//! (seconds, 20), WEFT_BENCH_OUT (where the fragment goes).
+//! (seconds, 20), WEFT_BENCH_HEARTBEAT (the cluster's heartbeat period,
+//! seconds, 1), WEFT_BENCH_OUT (where the fragment goes).
 
 mod common;
 
@@ -489,13 +490,15 @@ fn managers_hold_simulated_nodes() {
     let n = env_num("WEFT_BENCH_NODES", 1000) as usize;
     let replicas = env_num("WEFT_BENCH_NODE_REPLICAS", (n / 10).max(1) as u64);
     let window = Duration::from_secs(env_num("WEFT_BENCH_IDLE_WINDOW", 20));
+    let heartbeat = env_num("WEFT_BENCH_HEARTBEAT", 1);
     let mut hosts: Vec<&str> = MANAGERS.to_vec();
     hosts.push(SIM);
     let mut lab = Lab::new("bnodes", &hosts);
     for m in MANAGERS {
         lab.start_with(m, &["--metrics-addr", METRICS]);
     }
-    let (wt, mt) = lab.init("m1", &["--heartbeat-period", "1s", "--wg-port", WG_PORT]);
+    let period = format!("{heartbeat}s");
+    let (wt, mt) = lab.init("m1", &["--heartbeat-period", &period, "--wg-port", WG_PORT]);
     for m in &MANAGERS[1..] {
         lab.join(m, &mt, "m1");
     }
@@ -549,7 +552,7 @@ fn managers_hold_simulated_nodes() {
     let mut md = String::from("## Scale: simulated nodes on three managers\n\n");
     md.push_str(&format!(
         "Three managers (weft daemons, release build, each in a namespace host of its own; heartbeat \
-         1 s) and **{n} simulated worker nodes** in one process on a fourth host: each joined with \
+         {heartbeat} s) and **{n} simulated worker nodes** in one process on a fourth host: each joined with \
          the worker token (its own key, CSR and certificate; one after the other), then keeps a \
          mutual-TLS session with the leader (its own HTTP/2 connection), heartbeats every period \
          and answers every pushed config with a status report that has every assigned task \
