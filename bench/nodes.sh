@@ -11,8 +11,9 @@
 # (BENCH_OUT; "-" prints instead).
 #
 # Knobs: WEFT_BENCH_NODES, WEFT_BENCH_NODE_REPLICAS, WEFT_BENCH_IDLE_WINDOW,
-# WEFT_BENCH_HEARTBEAT (the heartbeat period, seconds, 1), BENCH_SKIP_BUILD=1,
-# BENCH_KEEP=1, BENCH_REV.
+# WEFT_BENCH_HEARTBEAT (the heartbeat period, seconds, 1),
+# WEFT_BENCH_NODE_NETWORK (1: the service on an overlay network),
+# BENCH_SKIP_BUILD=1, BENCH_KEEP=1, BENCH_REV.
 #
 # Past 4,996 simulated nodes (the cluster's limit is 5,000 with the three
 # managers and the one that joins to make a change), the managers run with

@@ -18,7 +18,10 @@
 //!
 //! Knobs: WEFT_BENCH_NODES, WEFT_BENCH_NODE_REPLICAS, WEFT_BENCH_IDLE_WINDOW
 //! (seconds, 20), WEFT_BENCH_HEARTBEAT (the cluster's heartbeat period,
-//! seconds, 1), WEFT_BENCH_OUT (where the fragment goes).
+//! seconds, 1), WEFT_BENCH_NODE_NETWORK (1: the service's replicas on an
+//! overlay network, so every replica's node holds the network's endpoints,
+//! names and VIP backends; 0, the default: on none), WEFT_BENCH_OUT (where
+//! the fragment goes).
 
 mod common;
 
@@ -491,6 +494,7 @@ fn managers_hold_simulated_nodes() {
     let replicas = env_num("WEFT_BENCH_NODE_REPLICAS", (n / 10).max(1) as u64);
     let window = Duration::from_secs(env_num("WEFT_BENCH_IDLE_WINDOW", 20));
     let heartbeat = env_num("WEFT_BENCH_HEARTBEAT", 1);
+    let on_network = env_num("WEFT_BENCH_NODE_NETWORK", 0) == 1;
     let mut hosts: Vec<&str> = MANAGERS.to_vec();
     hosts.push(SIM);
     let mut lab = Lab::new("bnodes", &hosts);
@@ -542,7 +546,7 @@ fn managers_hold_simulated_nodes() {
         fmt_s(ready.as_secs_f64())
     );
     rows += &idle_rows(&counters, &pids, window, &before, &after_join, join_took);
-    rows += &service_row(&lab, &counters, replicas);
+    rows += &service_row(&lab, &counters, replicas, on_network);
     rows += &probe_rows(&lab, &counters, &more_nodes, n, pids[0]);
     // Errors before the kill count; reports cut by it do not.
     let errors = counters.errors.load(Ordering::Relaxed);
@@ -619,26 +623,37 @@ fn idle_rows(
 }
 
 /// A service of `replicas` (one per ten nodes) until all run.
-fn service_row(lab: &Lab, counters: &Counters, replicas: u64) -> String {
+fn service_row(lab: &Lab, counters: &Counters, replicas: u64, on_network: bool) -> String {
+    let mut args = vec![
+        "service",
+        "create",
+        "--detach",
+        "--name",
+        "spread",
+        "--constraint",
+        "node.role==worker",
+    ];
+    if on_network {
+        // Room for a replica on every node of the largest cluster.
+        lab.weft(
+            "m1",
+            &[
+                "network",
+                "create",
+                "--driver",
+                "overlay",
+                "--subnet",
+                "10.128.0.0/16",
+                "spread",
+            ],
+        );
+        args.extend(["--network", "spread"]);
+    }
+    let replicas_text = replicas.to_string();
+    args.extend(["--replicas", &replicas_text, "--", "sleep", "36000"]);
     let (push1, bytes1, deltas1) = pushed(counters);
     let t = Instant::now();
-    lab.weft(
-        "m1",
-        &[
-            "service",
-            "create",
-            "--detach",
-            "--name",
-            "spread",
-            "--replicas",
-            &replicas.to_string(),
-            "--constraint",
-            "node.role==worker",
-            "--",
-            "sleep",
-            "36000",
-        ],
-    );
+    lab.weft("m1", &args);
     let created = t.elapsed();
     let running = wait_for("every replica running", Duration::from_secs(600), || {
         lab.running_on("m1", "spread").len() as u64 == replicas
@@ -646,7 +661,8 @@ fn service_row(lab: &Lab, counters: &Counters, replicas: u64) -> String {
     let (push2, bytes2, deltas2) = pushed(counters);
     let nodes_with_task: BTreeSet<String> = lab.running_on("m1", "spread").into_iter().collect();
     format!(
-        "| `service create --replicas {replicas}` → all running | {} s ({} nodes got a task, {} config pushes, {} of them deltas, {} config bytes in all) |\n",
+        "| `service create --replicas {replicas}`{} → all running | {} s ({} nodes got a task, {} config pushes, {} of them deltas, {} config bytes in all) |\n",
+        if on_network { " on an overlay" } else { "" },
         fmt_s(running.as_secs_f64()),
         nodes_with_task.len(),
         push2 - push1,
