@@ -106,6 +106,13 @@ pub struct Liveness {
     /// When a node was last heard from for the first time since `since`.
     last_arrival: Instant,
     last_seen: HashMap<NodeId, Instant>,
+    /// When a plan first found each node in the store (nodes there at the
+    /// first plan: the takeover): the silence of a node never heard from
+    /// counts from there at the earliest, so one that joined long after the
+    /// takeover has its three periods too.
+    first_known: HashMap<NodeId, Instant>,
+    /// Whether a plan ran yet.
+    planned: bool,
     /// Nodes whose session ended without notice, and when.
     disconnected: HashMap<NodeId, Instant>,
     /// Nodes that said they are stopping: the end of their session that
@@ -127,6 +134,8 @@ impl Liveness {
             since: now,
             last_arrival: now,
             last_seen: HashMap::new(),
+            first_known: HashMap::new(),
+            planned: false,
             disconnected: HashMap::new(),
             stopping: HashSet::new(),
             mass_since: None,
@@ -186,6 +195,7 @@ impl Liveness {
     /// Forgets a node (it left or was removed).
     pub fn forget(&mut self, id: NodeId) {
         self.last_seen.remove(&id);
+        self.first_known.remove(&id);
         self.disconnected.remove(&id);
         self.stopping.remove(&id);
     }
@@ -224,9 +234,15 @@ impl Liveness {
         let counts_after = period * SILENT_HALF_PERIODS / 2;
         let (mut ready, mut silent) = (0, 0);
         let mut changes = Vec::new();
+        if self.first_known.len() > state.nodes.len() {
+            self.first_known
+                .retain(|id, _| state.nodes.contains_key(id));
+        }
         for node in state.nodes.values() {
             let last = self.last_seen.get(&node.id).copied();
-            let base = last.unwrap_or(self.since);
+            let found = if self.planned { now } else { self.since };
+            let known = *self.first_known.entry(node.id).or_insert(found);
+            let base = last.unwrap_or(known);
             let since = base.max(floor.min(base + most));
             let silent_for = now.saturating_duration_since(since);
             // Ready only on a heartbeat within the deadline and no session
@@ -261,6 +277,7 @@ impl Liveness {
                 changes.push((node.id, want, gone, silent_for));
             }
         }
+        self.planned = true;
         // Just after the floor moved, no node has been silent long enough
         // by heartbeats to count: the hold does not end until one could.
         // Sessions lost since count at once, and can start or keep one.
@@ -460,6 +477,62 @@ mod tests {
             downs(&run(&mut l, &s, None, now + Duration::from_millis(100))),
             [2]
         );
+    }
+
+    /// A node that joins long after the takeover is not down before its
+    /// first heartbeat could come: its silence counts from when the loop
+    /// first found it. (It was marked down at once, "no heartbeat for
+    /// 73.9s", in a benchmark's join.)
+    #[test]
+    fn a_node_that_joins_later_has_three_periods_from_its_join() {
+        let t0 = Instant::now();
+        let mut l = Liveness::new(t0);
+        let mut s = all_ready(1);
+        let mut at = t0;
+        while at < t0 + Duration::from_secs(60) {
+            l.seen(NodeId(1), at);
+            assert!(run(&mut l, &s, None, at).commands.is_empty());
+            at += P / 4;
+        }
+        s.nodes.insert(
+            NodeId(2),
+            Node {
+                id: NodeId(2),
+                role: Role::Worker,
+                state: NodeState::Unknown,
+                ..Default::default()
+            },
+        );
+        let joined = at;
+        while at < joined + Duration::from_millis(2900) {
+            l.seen(NodeId(1), at);
+            assert!(
+                run(&mut l, &s, None, at).commands.is_empty(),
+                "{:?}",
+                at - joined
+            );
+            at += P / 4;
+        }
+        // Silent for three periods from its join: down.
+        l.seen(NodeId(1), at);
+        assert_eq!(
+            downs(&run(&mut l, &s, None, joined + Duration::from_millis(3100))),
+            [2]
+        );
+        // One heard from before that is ready instead.
+        let mut l2 = Liveness::new(t0);
+        run(&mut l2, &s, None, joined);
+        l2.seen(NodeId(1), joined + P);
+        l2.seen(NodeId(2), joined + P);
+        let plan = run(&mut l2, &s, None, joined + P);
+        assert!(matches!(
+            plan.commands.as_slice(),
+            [Command::SetNodeState {
+                id: NodeId(2),
+                state: NodeState::Ready,
+                ..
+            }]
+        ));
     }
 
     #[test]
