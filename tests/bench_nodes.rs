@@ -20,8 +20,10 @@
 //! (seconds, 20), WEFT_BENCH_HEARTBEAT (the cluster's heartbeat period,
 //! seconds, 1), WEFT_BENCH_NODE_NETWORK (1: the service's replicas on an
 //! overlay network, so every replica's node holds the network's endpoints,
-//! names and VIP backends; 0, the default: on none), WEFT_BENCH_OUT (where
-//! the fragment goes).
+//! names and VIP backends; 0, the default: on none), WEFT_BENCH_DAEMON_LOG
+//! (the managers' WEFT_LOG filter), WEFT_BENCH_KEEP_LOGS (a directory for
+//! the leader's log, written before the failover), WEFT_BENCH_OUT (where the
+//! fragment goes).
 
 mod common;
 
@@ -498,6 +500,9 @@ fn managers_hold_simulated_nodes() {
     let mut hosts: Vec<&str> = MANAGERS.to_vec();
     hosts.push(SIM);
     let mut lab = Lab::new("bnodes", &hosts);
+    if let Ok(filter) = std::env::var("WEFT_BENCH_DAEMON_LOG") {
+        lab.set_daemon_env("WEFT_LOG", &filter);
+    }
     for m in MANAGERS {
         lab.start_with(m, &["--metrics-addr", METRICS]);
     }
@@ -548,6 +553,10 @@ fn managers_hold_simulated_nodes() {
     rows += &idle_rows(&counters, &pids, window, &before, &after_join, join_took);
     rows += &service_row(&lab, &counters, replicas, on_network);
     rows += &probe_rows(&lab, &counters, &more_nodes, n, pids[0]);
+    if let Ok(dir) = std::env::var("WEFT_BENCH_KEEP_LOGS") {
+        std::fs::create_dir_all(&dir).expect("log dir");
+        std::fs::write(format!("{dir}/m1.log"), lab.daemon_log("m1")).expect("m1's log");
+    }
     // Errors before the kill count; reports cut by it do not.
     let errors = counters.errors.load(Ordering::Relaxed);
     rows += &failover_row(&mut lab, &counters, n, errors);
