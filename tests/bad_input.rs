@@ -53,19 +53,7 @@ fn forty_bad_inputs_are_refused_clearly_and_change_nothing() {
                 && lab.weft("w1", &["network", "ls"]).contains("bridge")
         },
     );
-    lab.weft(
-        "m1",
-        &[
-            "network",
-            "create",
-            "--driver",
-            "overlay",
-            "--subnet",
-            "10.0.9.0/24",
-            "--attachable",
-            "appnet",
-        ],
-    );
+    lab.attachable_network("m1", "10.0.9.0/24", "appnet");
     common::sleeping_service(&lab, "m1", "web", "appnet");
     let task = lab.run_task("w1", &["--name", "t1", "--", "sleep", "600"]);
     wait_for("the tasks run", Duration::from_secs(30), || {

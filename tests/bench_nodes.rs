@@ -644,18 +644,7 @@ fn service_row(lab: &Lab, counters: &Counters, replicas: u64, on_network: bool) 
     ];
     if on_network {
         // Room for a replica on every node of the largest cluster.
-        lab.weft(
-            "m1",
-            &[
-                "network",
-                "create",
-                "--driver",
-                "overlay",
-                "--subnet",
-                "10.128.0.0/16",
-                "spread",
-            ],
-        );
+        lab.overlay_network("m1", "10.128.0.0/16", "spread");
         args.extend(["--network", "spread"]);
     }
     let replicas_text = replicas.to_string();

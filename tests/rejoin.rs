@@ -141,18 +141,7 @@ fn a_worker_whose_certificate_expired_offline_rejoins_as_itself() {
         let rows = lab.node_ls("m1");
         rows.len() == 3 && rows.iter().all(|r| r.status == "Ready")
     });
-    lab.weft(
-        "m1",
-        &[
-            "network",
-            "create",
-            "--driver",
-            "overlay",
-            "--subnet",
-            "10.77.0.0/24",
-            "appnet",
-        ],
-    );
+    lab.overlay_network("m1", "10.77.0.0/24", "appnet");
     lab.weft(
         "m1",
         &[

@@ -550,6 +550,11 @@ impl Lab {
         );
     }
 
+    /// Creates the overlay `name` on `subnet` from `host`.
+    pub fn overlay_network(&self, host: &str, subnet: &str, name: &str) {
+        self.weft(host, &["network", "create", "--subnet", subnet, name]);
+    }
+
     /// Creates the attachable overlay `name` on `subnet` from `host`.
     pub fn attachable_network(&self, host: &str, subnet: &str, name: &str) {
         self.weft(

@@ -223,9 +223,7 @@ impl Setup {
             images,
         }
     }
-}
 
-impl Setup {
     /// A runtime over this setup's containerd and images.
     fn runtime(&self) -> ContainerdRuntime {
         ContainerdRuntime::new(self.client.clone(), self.images.clone(), self.cfg.clone())
