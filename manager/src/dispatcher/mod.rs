@@ -63,10 +63,11 @@ type SourcesChange = (
     Arc<(Vec<String>, Vec<String>)>,
 );
 
-/// What a session sent last: the config without its VXLAN sources, and
-/// those sources (one list for all sessions).
+/// What a session sent last: the config without its VXLAN sources, its
+/// networks in their shared parts, and those sources (one list for all
+/// sessions).
 struct Sent {
-    config: pb::NodeConfig,
+    config: projection::Projected,
     sources: Arc<projection::Sources>,
 }
 
@@ -98,15 +99,9 @@ impl DispatcherService {
         match cached.as_ref() {
             Some((v, parts)) if *v == version => parts.clone(),
             previous => {
-                let mut parts = projection::shared(state);
-                // Unchanged sources keep their Arc: sessions compare them
-                // by pointer.
-                if let Some((_, p)) = previous
-                    && p.vxlan_allowed_sources == parts.vxlan_allowed_sources
-                {
-                    parts.vxlan_allowed_sources = p.vxlan_allowed_sources.clone();
-                }
-                let parts = Arc::new(parts);
+                // Unchanged sources and networks keep their Arcs: sessions
+                // compare them by pointer.
+                let parts = Arc::new(projection::shared_after(state, previous.map(|(_, p)| &**p)));
                 *cached = Some((version, parts.clone()));
                 parts
             }
@@ -223,26 +218,26 @@ impl DispatcherService {
             .core
             .read_indexed(|s, version| {
                 let shared = self.shared_for(version, s);
-                let mut c = projection::project_without_sources(s, id, version, &shared)?;
-                crate::registry_auth::fill(s, &mut c, || key(s));
+                let mut c = projection::project_parts(s, id, version, &shared)?;
+                crate::registry_auth::fill(s, &mut c.config, || key(s));
                 Some((c, shared.vxlan_allowed_sources.clone()))
             })
             .ok_or_else(|| {
                 Status::permission_denied(format!("node {id} was removed from the cluster"))
             })?;
-        config.image_fetches = self.core.pushes().fetches_for(id);
+        config.config.image_fetches = self.core.pushes().fetches_for(id);
         let same_sources = last.is_some_and(|l| Arc::ptr_eq(&l.sources, &sources));
-        if same_sources && last.is_some_and(|l| projection::same_content(&l.config, &config)) {
+        if same_sources && last.is_some_and(|l| l.config.same_as(&config)) {
             return Ok((msg, None));
         }
-        self.core.config_pushed(id, config.version);
+        self.core.config_pushed(id, config.config.version);
         let delta = last
             .filter(|_| deltas)
             .and_then(|l| self.delta_for(l, &config, &sources));
         let payload = match delta {
             Some(d) => Payload::Delta(Box::new(d)),
             None => {
-                let mut whole = config.clone();
+                let mut whole = config.whole();
                 if last.is_none() && held_sources == sources.digest.as_slice() {
                     whole.keep_sources = true;
                 } else {
@@ -272,24 +267,27 @@ impl DispatcherService {
     /// what the session sent before, if that is smaller than the whole
     /// config and makes it again ([`weft_proto::config_delta::diff`] checks
     /// that on the way: a config whose lists are not sets in order, which
-    /// would make the node hold something else, goes whole).
+    /// would make the node hold something else, goes whole). Networks
+    /// whose parts did not change are not looked into
+    /// ([`projection::Projected::changed_pair`]).
     fn delta_for(
         &self,
         last: &Sent,
-        new: &pb::NodeConfig,
+        new: &projection::Projected,
         sources: &Arc<projection::Sources>,
     ) -> Option<pb::NodeConfigDelta> {
         use weft_proto::config_delta;
-        let Some(mut delta) = config_delta::diff(&last.config, new) else {
+        let (old_c, new_c) = last.config.changed_pair(new);
+        let Some(mut delta) = config_delta::diff(&old_c, &new_c) else {
             tracing::warn!(
-                version = new.version,
+                version = new_c.version,
                 "a config delta would not make the config again; sending it whole"
             );
             return None;
         };
         debug_assert_eq!(
-            config_delta::apply(&last.config, &delta).as_ref(),
-            Ok(new),
+            config_delta::apply(&last.config.whole(), &delta).as_ref(),
+            Ok(&new.whole()),
             "a delta made from canonical configs makes the new one"
         );
         if !Arc::ptr_eq(&last.sources, sources) {
@@ -297,8 +295,12 @@ impl DispatcherService {
             delta.sources_added = change.0.clone();
             delta.sources_removed = change.1.clone();
         }
-        let whole = prost::Message::encoded_len(new) + sources.encoded_len;
-        (prost::Message::encoded_len(&delta) < whole).then_some(delta)
+        // The config with only its changed networks' lists is no larger
+        // than the whole: a delta smaller than it needs no whole made.
+        let bytes = prost::Message::encoded_len(&delta);
+        let part = prost::Message::encoded_len(&new_c) + sources.encoded_len;
+        (bytes < part || bytes < prost::Message::encoded_len(&new.whole()) + sources.encoded_len)
+            .then_some(delta)
     }
 
     /// The addresses `new` adds to `old` and those it drops, made once
@@ -860,7 +862,7 @@ impl Dispatcher for DispatcherService {
                 }
                 match this.session_message_with(node.id, Some(&last_sent), deltas, &[]) {
                     Ok((msg, Some((payload, sent)))) => {
-                        tracing::debug!(node = %node.id, version = sent.config.version, delta = matches!(payload, Payload::Delta(_)), "session push");
+                        tracing::debug!(node = %node.id, version = sent.config.config.version, delta = matches!(payload, Payload::Delta(_)), "session push");
                         last = msg.clone();
                         last_sent = sent;
                         for m in with_payload(msg, payload, parts) {

@@ -132,6 +132,9 @@ pub struct Shared {
     /// parts were made from ([`NetParts`]); the map's lock is held only to
     /// find a network's slot, so networks are made side by side.
     networks: Mutex<HashMap<String, Arc<OnceLock<Arc<NetParts>>>>>,
+    /// Each network's parts as last made before this state: parts made
+    /// equal to them are them ([`Shared::network`]).
+    earlier: HashMap<String, Arc<NetParts>>,
 }
 
 impl Shared {
@@ -145,8 +148,26 @@ impl Shared {
             .entry(net.id.clone())
             .or_default()
             .clone();
-        slot.get_or_init(|| Arc::new(NetParts::new(state, net)))
-            .clone()
+        slot.get_or_init(|| {
+            let parts = NetParts::new(state, net);
+            match self.earlier.get(&net.id) {
+                Some(earlier) if **earlier == parts => earlier.clone(),
+                _ => Arc::new(parts),
+            }
+        })
+        .clone()
+    }
+
+    /// Each network's parts as last made, here or before.
+    fn latest_networks(&self) -> HashMap<String, Arc<NetParts>> {
+        let mut latest = self.earlier.clone();
+        let made = self.networks.lock().unwrap_or_else(|p| p.into_inner());
+        for (id, slot) in made.iter() {
+            if let Some(parts) = slot.get() {
+                latest.insert(id.clone(), parts.clone());
+            }
+        }
+        latest
     }
 }
 
@@ -182,6 +203,14 @@ impl Sources {
 
 /// The [`Shared`] parts of `state`.
 pub fn shared(state: &State) -> Shared {
+    shared_after(state, None)
+}
+
+/// The [`Shared`] parts of `state`, made after `earlier` (an earlier
+/// state's): networks whose parts are made equal to the latest made before
+/// share them, and so do unchanged VXLAN sources. Sessions compare both by
+/// pointer.
+pub fn shared_after(state: &State, earlier: Option<&Shared>) -> Shared {
     let addrs = state
         .nodes
         .values()
@@ -192,13 +221,25 @@ pub fn shared(state: &State) -> Shared {
         .managers()
         .map(|m| (m.addr.clone(), m.id.to_string()))
         .unzip();
-    Shared {
+    let mut parts = Shared {
         vxlan_allowed_sources: Arc::new(Sources::new(addrs)),
         manager_addrs,
         manager_ids,
         removed: state.removed.iter().map(|n| n.to_string()).collect(),
         networks: Mutex::default(),
+        earlier: HashMap::new(),
+    };
+    if let Some(e) = earlier {
+        if e.vxlan_allowed_sources == parts.vxlan_allowed_sources {
+            parts.vxlan_allowed_sources = e.vxlan_allowed_sources.clone();
+        }
+        // Networks gone from the store are dropped, not carried on.
+        parts.earlier = e.latest_networks();
+        parts
+            .earlier
+            .retain(|id, _| state.networks.contains_key(id));
     }
+    parts
 }
 
 /// [`project`] with the [`Shared`] parts made already, from exactly this
@@ -226,6 +267,122 @@ pub fn project_without_sources(
     version: u64,
     shared: &Shared,
 ) -> Option<pb::NodeConfig> {
+    Some(project_parts(state, node, version, shared)?.whole())
+}
+
+/// A node's config with its networks left in their shared parts, which
+/// is what a session keeps of what it sent: with M members on a network,
+/// each member's own copy of the network's lists held O(M²) on the leader
+/// and cost O(M) per member to compare at every store change, changed or
+/// not.
+#[derive(Debug)]
+pub struct Projected {
+    node: NodeId,
+    /// The config without networks or VXLAN sources.
+    pub config: pb::NodeConfig,
+    /// The node's networks' parts, by network ID.
+    networks: Vec<Arc<NetParts>>,
+}
+
+/// What became of one network between two projections of a node.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum NetChange {
+    Same,
+    Changed,
+    Added,
+    Removed,
+}
+
+impl Projected {
+    /// The whole config, networks made for the node.
+    pub fn whole(&self) -> pb::NodeConfig {
+        pb::NodeConfig {
+            networks: (self.networks.iter())
+                .map(|n| n.config_for(self.node))
+                .collect(),
+            ..self.config.clone()
+        }
+    }
+
+    /// Whether the two configs differ in anything but their version
+    /// ([`same_content`] of their wholes). A network whose parts are the
+    /// same `Arc` is not looked into.
+    pub fn same_as(&self, other: &Projected) -> bool {
+        same_content(&self.config, &other.config)
+            && self
+                .network_changes(other)
+                .all(|(c, _, _)| c == NetChange::Same)
+    }
+
+    /// The networks of `self` (the earlier) and `new`, walked by ID, each
+    /// with what became of it.
+    fn network_changes<'a>(
+        &'a self,
+        new: &'a Projected,
+    ) -> impl Iterator<Item = (NetChange, Option<&'a NetParts>, Option<&'a NetParts>)> + 'a {
+        let viewer = new.node;
+        let (mut old, mut new) = (
+            self.networks.iter().peekable(),
+            new.networks.iter().peekable(),
+        );
+        std::iter::from_fn(move || {
+            let order = match (old.peek(), new.peek()) {
+                (None, None) => return None,
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (Some(a), Some(b)) => a.id().cmp(b.id()),
+            };
+            Some(match order {
+                std::cmp::Ordering::Less => (NetChange::Removed, old.next().map(|a| &**a), None),
+                std::cmp::Ordering::Greater => (NetChange::Added, None, new.next().map(|b| &**b)),
+                std::cmp::Ordering::Equal => {
+                    let (a, b) = (old.next()?, new.next()?);
+                    let same = Arc::ptr_eq(a, b) || a.same_for(b, viewer);
+                    let change = if same {
+                        NetChange::Same
+                    } else {
+                        NetChange::Changed
+                    };
+                    (change, Some(&**a), Some(&**b))
+                }
+            })
+        })
+    }
+
+    /// `self` (what a node holds) and `new`, as two configs that differ as
+    /// the wholes do, with the networks that did not change left without
+    /// their lists on both sides: a delta made from these two
+    /// ([`weft_proto::config_delta::diff`]) makes `new` whole from
+    /// `self` whole, and costs nothing per unchanged network.
+    pub fn changed_pair(&self, new: &Projected) -> (pb::NodeConfig, pb::NodeConfig) {
+        let (mut old_c, mut new_c) = (self.config.clone(), new.config.clone());
+        for (change, a, b) in self.network_changes(new) {
+            match (change, a, b) {
+                (NetChange::Same, Some(a), Some(b)) => {
+                    old_c.networks.push(a.head());
+                    new_c.networks.push(b.head());
+                }
+                (NetChange::Changed, Some(a), Some(b)) => {
+                    old_c.networks.push(a.config_for(self.node));
+                    new_c.networks.push(b.config_for(new.node));
+                }
+                (_, Some(a), None) => old_c.networks.push(a.head()),
+                (_, None, Some(b)) => new_c.networks.push(b.config_for(new.node)),
+                _ => {}
+            }
+        }
+        (old_c, new_c)
+    }
+}
+
+/// [`project_without_sources`] with the networks left in their parts
+/// ([`Projected`]).
+pub fn project_parts(
+    state: &State,
+    node: NodeId,
+    version: u64,
+    shared: &Shared,
+) -> Option<Projected> {
     let me = state.nodes.get(&node)?;
     let cluster = state.cluster.as_ref()?;
     let gw_subnet = cluster.settings.gateway_subnet;
@@ -250,7 +407,7 @@ pub fn project_without_sources(
     let networks = net_ids
         .iter()
         .filter_map(|id| state.networks.get(*id))
-        .map(|net| network_config(state, net, node, &shared.network(state, net)))
+        .map(|net| shared.network(state, net))
         .collect();
 
     let tasks = mine
@@ -264,7 +421,7 @@ pub fn project_without_sources(
         vtep: me.data_path_addr.clone(),
         vxlan_port: u32::from(cluster.settings.data_path_port),
         gateway_subnet: gw_subnet.to_string(),
-        networks,
+        networks: Vec::new(),
         tasks,
         wireguard,
         vxlan_allowed_sources: Vec::new(),
@@ -277,46 +434,14 @@ pub fn project_without_sources(
         keep_sources: false,
         sources_follow: false,
     };
-    // The one order of every set-like list, which config deltas keep.
+    // The one order of every set-like list, which config deltas keep
+    // (the networks' parts are in it already, by ID).
     weft_proto::config_delta::canonicalize(&mut config);
-    Some(config)
-}
-
-/// `net` as `node` gets it: remote endpoints (through WireGuard tunnel
-/// addresses when encrypted), other nodes' ingress endpoints, services and
-/// names, from the network's shared lists `parts`.
-fn network_config(
-    state: &State,
-    net: &Network,
-    node: NodeId,
-    parts: &NetParts,
-) -> pb::NetworkConfig {
-    // The default bridge resolves no names, as on docker0.
-    let default_bridge = net.node.is_some() && net.name == crate::store::DEFAULT_BRIDGE;
-    let services = parts.services_for(node);
-    let names = if default_bridge {
-        Vec::new()
-    } else {
-        let mut names = parts.names_for(node);
-        names.extend(service_aliases_on(state, net, &services));
-        names
-    };
-    pb::NetworkConfig {
-        subnet6: (net.ipv6.as_ref().map(|v| v.subnet.to_string())).unwrap_or_default(),
-        gateway6: (net.ipv6.as_ref().map(|v| v.gateway.to_string())).unwrap_or_default(),
-        local: net.node.is_some(),
-        id: net.id.clone(),
-        name: net.name.clone(),
-        vni: net.vni,
-        subnet: net.subnet.to_string(),
-        gateway: net.gateway.to_string(),
-        mtu: parts.mtu(),
-        internal: net.internal,
-        remote: parts.remote_for(node),
-        services,
-        names,
-        encrypted: net.encrypted,
-    }
+    Some(Projected {
+        node,
+        config,
+        networks,
+    })
 }
 
 /// Task `t` as its node gets it.
@@ -544,45 +669,6 @@ fn addrs_on(t: &Task, net: &Network) -> Vec<IpAddr> {
         .filter(|a| a.network == net.id)
         .flat_map(|a| std::iter::once(a.ip).chain(a.ip6))
         .collect()
-}
-
-/// Services' aliases on `net` as name records: `ALIAS` answers what the
-/// service's name does (its VIP, or its tasks in dnsrr mode) and
-/// `tasks.ALIAS` its tasks, as with Docker's service aliases.
-fn service_aliases_on(
-    state: &State,
-    net: &Network,
-    services: &[pb::ServiceEndpoint],
-) -> Vec<pb::NameRecord> {
-    let mut out = Vec::new();
-    for svc in state.services.values() {
-        let Some(aliases) = svc.spec.network_aliases.get(&net.id) else {
-            continue;
-        };
-        let Some(ep) = services.iter().find(|e| e.name == svc.spec.name) else {
-            continue;
-        };
-        let direct = if ep.vip.is_empty() {
-            ep.backends.clone()
-        } else {
-            std::iter::once(&ep.vip)
-                .chain(Some(&ep.vip6).filter(|v| !v.is_empty()))
-                .cloned()
-                .collect()
-        };
-        for alias in aliases {
-            let tasks = format!("tasks.{alias}");
-            out.extend(direct.iter().map(|ip| pb::NameRecord {
-                name: alias.clone(),
-                ip: ip.clone(),
-            }));
-            out.extend(ep.backends.iter().map(|ip| pb::NameRecord {
-                name: tasks.clone(),
-                ip: ip.clone(),
-            }));
-        }
-    }
-    out
 }
 
 /// Whether two configs differ in anything but their version. No copy of
@@ -831,6 +917,100 @@ mod tests {
         }
     }
 
+    /// A session keeps its networks in their shared parts and makes its
+    /// delta from the changed networks only: for changes to every part of
+    /// a network (and to none), that delta makes the new whole config
+    /// from the old whole one, "no change" is said exactly when the wholes
+    /// are the same, and a network left as it was keeps its parts' Arc.
+    #[test]
+    fn deltas_from_shared_parts_make_the_whole_new_config() {
+        use crate::testing::{apply, cluster, network_spec, place, spec};
+        let mut s = cluster(10);
+        for (id, name, subnet) in [
+            ("net1", "front", "10.30.0.0/24"),
+            ("net2", "back", "10.31.0.0/24"),
+        ] {
+            let mut net = network_spec(id, name);
+            net.subnet = Some(subnet.parse().unwrap());
+            apply(&mut s, Command::CreateNetwork { spec: net });
+        }
+        let mut web = spec("web", 6, &["net1", "net2"]);
+        web.network_aliases
+            .insert("net1".into(), vec!["www".into()]);
+        apply(
+            &mut s,
+            Command::CreateService {
+                id: "web".into(),
+                spec: web,
+                now_ms: 0,
+            },
+        );
+        for node in 1..=6 {
+            place(&mut s, "web", node, 1, node);
+        }
+        type Change = (&'static str, bool, fn(&mut State));
+        let changes: [Change; 9] = [
+            ("a node's MTU, a node with no replica", false, |s| {
+                s.nodes.get_mut(&NodeId(9)).unwrap().underlay_mtu = 9000;
+            }),
+            ("a member marked down", true, |s| mark_down(s, 3)),
+            ("a replica stops serving", true, |s| {
+                let t = s.tasks.values_mut().find(|t| t.node == NodeId(2)).unwrap();
+                t.status.state = crate::store::TaskState::Failed;
+            }),
+            ("a new member", true, |s| place(s, "web", 7, 1, 8)),
+            ("an alias more, on net2", false, |s| {
+                let web = s.services.get_mut("web").unwrap();
+                web.spec
+                    .network_aliases
+                    .insert("net2".into(), vec!["api".into()]);
+            }),
+            ("a member's MTU: the network's", true, |s| {
+                s.nodes.get_mut(&NodeId(1)).unwrap().underlay_mtu = 1400;
+            }),
+            ("a member leaves", true, |s| {
+                let t = s.tasks.values_mut().find(|t| t.node == NodeId(5)).unwrap();
+                t.desired = DesiredTaskState::Shutdown;
+            }),
+            ("the member marked down is up again", true, |s| {
+                s.nodes.get_mut(&NodeId(3)).unwrap().state = NodeState::Ready;
+            }),
+            ("nothing", false, |_| {}),
+        ];
+        let nodes: Vec<NodeId> = s.nodes.keys().copied().collect();
+        let mut parts = shared(&s);
+        let mut held: Vec<Projected> = (nodes.iter())
+            .map(|n| project_parts(&s, *n, 1, &parts).unwrap())
+            .collect();
+        let net1 = s.networks["net1"].clone();
+        for (version, (what, touches_net1, change)) in (2..).zip(changes) {
+            change(&mut s);
+            let next = shared_after(&s, Some(&parts));
+            let reused = Arc::ptr_eq(&parts.network(&s, &net1), &next.network(&s, &net1));
+            assert_eq!(reused, !touches_net1, "{what}: net1's parts kept");
+            let mut changed = 0;
+            for (n, old) in nodes.iter().zip(&mut held) {
+                let new = project_parts(&s, *n, version, &next).unwrap();
+                let (old_whole, new_whole) = (old.whole(), new.whole());
+                let same = same_content(&old_whole, &new_whole);
+                assert_eq!(old.same_as(&new), same, "{what}: node {n}");
+                if !same {
+                    changed += 1;
+                    let (a, b) = old.changed_pair(&new);
+                    let delta = weft_proto::config_delta::diff(&a, &b).expect("canonical");
+                    assert_eq!(
+                        weft_proto::config_delta::apply(&old_whole, &delta),
+                        Ok(new_whole),
+                        "{what}: node {n}"
+                    );
+                }
+                *old = new;
+            }
+            assert!(changed > 0 || !touches_net1, "{what}: configs changed");
+            parts = next;
+        }
+    }
+
     #[test]
     fn unrelated_changes_do_not_change_a_projection() {
         let mut s = state();
@@ -1043,7 +1223,14 @@ mod projection_cost {
     #[test]
     #[ignore = "a measurement: run it in release, alone"]
     fn projecting_every_node_at_5000_nodes() {
-        measure(499, 10, usize::MAX);
+        measure(499, 10, usize::MAX, true);
+    }
+
+    /// The same, for a store change that leaves the network as it was.
+    #[test]
+    #[ignore = "a measurement: run it in release, alone"]
+    fn projecting_every_node_at_5000_nodes_after_a_change_elsewhere() {
+        measure(499, 10, usize::MAX, false);
     }
 
     /// The same with a replica on every node (a global service): every
@@ -1051,15 +1238,16 @@ mod projection_cost {
     #[test]
     #[ignore = "a measurement: run it in release, alone"]
     fn projecting_every_node_at_5000_nodes_with_a_global_service() {
-        measure(4990, 1, 200);
+        measure(4990, 1, 200, true);
     }
 
     /// `replicas` replicas, one on every `every`th node; each round also
     /// makes what a session makes of its new config: the comparison with
     /// the last one sent and the delta from it. Only the first `sample`
     /// nodes are projected (each config of a global service at 5,000 nodes
-    /// is over a megabyte); the figures are for those.
-    fn measure(replicas: u64, every: u64, sample: usize) {
+    /// is over a megabyte); the figures are for those. `touch_network`:
+    /// the store change is to the service's network, or elsewhere.
+    fn measure(replicas: u64, every: u64, sample: usize, touch_network: bool) {
         let mut s = cluster(4990);
         let mut net = network_spec("net1", "appnet");
         net.subnet = Some("10.20.0.0/16".parse().expect("literal"));
@@ -1077,25 +1265,31 @@ mod projection_cost {
         }
         let members: std::collections::BTreeSet<NodeId> =
             s.tasks.values().map(|t| t.node).collect();
-        let before = {
-            let parts = shared(&s);
-            (s.nodes.keys().take(sample))
-                .map(|id| (*id, project_without_sources(&s, *id, 1, &parts)))
-                .collect::<HashMap<_, _>>()
-        };
-        // One replica stops serving: every member's backends change.
-        let gone = s.tasks.keys().next().expect("a task").clone();
-        s.tasks.get_mut(&gone).expect("the task").status.state = crate::store::TaskState::Failed;
+        let first = shared(&s);
+        let before = (s.nodes.keys().take(sample))
+            .map(|id| (*id, project_parts(&s, *id, 1, &first)))
+            .collect::<HashMap<_, _>>();
+        if touch_network {
+            // One replica stops serving: every member's backends change.
+            let gone = s.tasks.keys().next().expect("a task").clone();
+            s.tasks.get_mut(&gone).expect("the task").status.state =
+                crate::store::TaskState::Failed;
+        } else {
+            // A node's underlay MTU: no network changes (the first node
+            // has no replica).
+            s.nodes.values_mut().next().expect("a node").underlay_mtu = 9000;
+        }
+        let mut bytes = 0;
         for round in 0..3 {
             let (mut on, mut off) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
             let mut session = std::time::Duration::ZERO;
-            // Made once per store version, as the dispatcher does; the
-            // networks' lists in it are made by the first member's call.
-            let parts = shared(&s);
-            let mut bytes = 0;
+            // Made once per store version, after the earlier version's,
+            // as the dispatcher does; the networks' parts in it are made
+            // by the first member's call.
+            let parts = shared_after(&s, Some(&first));
             for id in s.nodes.keys().take(sample) {
                 let t = std::time::Instant::now();
-                let c = project_without_sources(&s, *id, 2, &parts);
+                let c = project_parts(&s, *id, 2, &parts);
                 if members.contains(id) {
                     on += t.elapsed();
                 } else {
@@ -1104,13 +1298,19 @@ mod projection_cost {
                 // What the session does next (DispatcherService::delta_for).
                 let t = std::time::Instant::now();
                 if let (Some(old), Some(new)) = (&before[id], &c)
-                    && !same_content(old, new)
+                    && !old.same_as(new)
                 {
-                    let d = weft_proto::config_delta::diff(old, new).expect("canonical");
+                    let (old_c, new_c) = old.changed_pair(new);
+                    let d = weft_proto::config_delta::diff(&old_c, &new_c).expect("canonical");
                     std::hint::black_box(d);
                 }
                 session += t.elapsed();
-                bytes = bytes.max(c.as_ref().map_or(0, prost::Message::encoded_len));
+                if round == 0 {
+                    bytes = bytes.max(
+                        c.as_ref()
+                            .map_or(0, |c| prost::Message::encoded_len(&c.whole())),
+                    );
+                }
             }
             let projected = s.nodes.len().min(sample);
             let on_n = members.iter().filter(|m| before.contains_key(m)).count();

@@ -1,8 +1,8 @@
-//! One network's lists as any node sees them: its live endpoints, other
-//! nodes' ingress endpoints, its services' backends and its names, made
-//! once per store state ([`super::Shared::network`]) and filtered for each
-//! node ([`NetParts::remote_for`], [`NetParts::services_for`],
-//! [`NetParts::names_for`]).
+//! One network's part of a node's config as any node sees it: its own
+//! fields, its live endpoints, other nodes' ingress endpoints, its
+//! services' backends and aliases and its names, made once per store state
+//! ([`super::Shared::network`]) and filtered for each node
+//! ([`NetParts::config_for`]).
 //!
 //! Every member's config lists the whole network, so making these lists
 //! for each session (a node lookup and a few formatted addresses per
@@ -11,6 +11,11 @@
 //! per change (BENCHMARKS.md, "Scale"). What depends on the viewer is only
 //! which entries it sees: not its own endpoints, and its own tasks even
 //! while the store has its node down (see [`super::live_for`]).
+//!
+//! Parts equal to a network's parts at an earlier version are that
+//! version's, shared ([`super::Shared`]): a session that holds them knows
+//! by pointer that the network did not change, without a look at its
+//! lists.
 
 use std::net::IpAddr;
 
@@ -22,84 +27,185 @@ use crate::store::{DesiredTaskState, Network, NodeId, NodeState, State};
 
 /// An entry of the lists, with the node it is on and whether the store
 /// has that node up: a viewer sees entries that are live, and its own.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 struct Entry<T> {
     node: NodeId,
     live: bool,
     item: T,
 }
 
-impl<T: Clone> Entry<T> {
-    fn seen_by(&self, viewer: NodeId) -> Option<T> {
-        (self.live || self.node == viewer).then(|| self.item.clone())
+impl<T> Entry<T> {
+    fn seen_by(&self, viewer: NodeId) -> bool {
+        self.live || self.node == viewer
     }
 }
 
-/// `net`'s lists, for every viewer at once, each in the order a config
-/// holds it ([`weft_proto::config_delta::canonicalize`]), so that a
-/// viewer's lists, filtered from them, need no sorting.
-#[derive(Debug)]
+/// A service on the network, for every viewer.
+#[derive(Debug, PartialEq)]
+struct Service {
+    /// Its name and VIPs, without backends.
+    head: pb::ServiceEndpoint,
+    /// Its serving replicas' addresses, in numeric order.
+    backends: Vec<Entry<String>>,
+    /// Its aliases on this network (`--network-alias`).
+    aliases: Vec<String>,
+}
+
+impl Service {
+    fn backends_for(&self, viewer: NodeId) -> impl Iterator<Item = &String> {
+        (self.backends.iter())
+            .filter(move |b| b.seen_by(viewer))
+            .map(|b| &b.item)
+    }
+}
+
+/// `net`'s part of a config, for every viewer at once, each list in the
+/// order a config holds it ([`weft_proto::config_delta::canonicalize`]),
+/// so that a viewer's lists, filtered from them, need no sorting.
+#[derive(Debug, PartialEq)]
 pub struct NetParts {
+    /// The network's own fields (MTU included), with empty lists.
+    head: pb::NetworkConfig,
+    /// Whether the network resolves names (the default bridge does not,
+    /// as on docker0).
+    resolves: bool,
     /// Live tasks' endpoints and nodes' ingress endpoints, by task ID (a
     /// viewer sees other nodes' only).
     remote: Vec<(NodeId, pb::RemoteEndpoint)>,
-    /// Each service on the network, without its backends, and those.
-    services: Vec<(pb::ServiceEndpoint, Vec<Entry<String>>)>,
-    /// Name records of the tasks desired running.
+    /// The network's services, by name.
+    services: Vec<Service>,
+    /// Name records of the tasks desired running, by name and address.
     names: Vec<Entry<pb::NameRecord>>,
-    mtu: u32,
 }
 
 impl NetParts {
-    /// The lists of `net` in `state`.
+    /// The parts of `net` in `state`.
     pub fn new(state: &State, net: &Network) -> NetParts {
         let mut remote = remote(state, net);
         remote.extend(node_remote(state, net));
         remote.sort_by(|(_, a), (_, b)| a.task_id.cmp(&b.task_id));
         let mut services = services(state, net);
-        services.sort_by(|(a, _), (b, _)| a.name.cmp(&b.name));
+        services.sort_by(|a, b| a.head.name.cmp(&b.head.name));
         let mut names = names(state, net);
         names.sort_by(|a, b| (&a.item.name, &a.item.ip).cmp(&(&b.item.name, &b.item.ip)));
+        let head = pb::NetworkConfig {
+            subnet6: (net.ipv6.as_ref().map(|v| v.subnet.to_string())).unwrap_or_default(),
+            gateway6: (net.ipv6.as_ref().map(|v| v.gateway.to_string())).unwrap_or_default(),
+            local: net.node.is_some(),
+            id: net.id.clone(),
+            name: net.name.clone(),
+            vni: net.vni,
+            subnet: net.subnet.to_string(),
+            gateway: net.gateway.to_string(),
+            mtu: network_mtu(state, net).0,
+            internal: net.internal,
+            remote: Vec::new(),
+            services: Vec::new(),
+            names: Vec::new(),
+            encrypted: net.encrypted,
+        };
         NetParts {
+            head,
+            resolves: !(net.node.is_some() && net.name == crate::store::DEFAULT_BRIDGE),
             remote,
             services,
             names,
-            mtu: network_mtu(state, net).0,
         }
     }
 
-    /// The network's remote endpoints as `viewer` gets them: other nodes'
-    /// tasks and ingress endpoints.
-    pub fn remote_for(&self, viewer: NodeId) -> Vec<pb::RemoteEndpoint> {
-        self.remote
-            .iter()
-            .filter(|(n, _)| *n != viewer)
-            .map(|(_, e)| e.clone())
-            .collect()
+    /// The network's ID.
+    pub fn id(&self) -> &str {
+        &self.head.id
     }
 
-    /// The network's services as `viewer` gets them.
-    pub fn services_for(&self, viewer: NodeId) -> Vec<pb::ServiceEndpoint> {
-        self.services
-            .iter()
-            .map(|(ep, backends)| pb::ServiceEndpoint {
-                backends: backends.iter().filter_map(|b| b.seen_by(viewer)).collect(),
-                ..ep.clone()
+    /// The network's own fields, with empty lists.
+    pub fn head(&self) -> pb::NetworkConfig {
+        self.head.clone()
+    }
+
+    /// The network as `viewer` gets it: other nodes' tasks and ingress
+    /// endpoints, the services with the backends it sees, and the names
+    /// with the services' aliases (none on the default bridge), each
+    /// list in its canonical order.
+    pub fn config_for(&self, viewer: NodeId) -> pb::NetworkConfig {
+        let services: Vec<pb::ServiceEndpoint> = (self.services.iter())
+            .map(|s| pb::ServiceEndpoint {
+                backends: s.backends_for(viewer).cloned().collect(),
+                ..s.head.clone()
             })
-            .collect()
+            .collect();
+        let names = if self.resolves {
+            let mut names: Vec<pb::NameRecord> = self.names_for(viewer).cloned().collect();
+            let plain = names.len();
+            for (svc, ep) in self.services.iter().zip(&services) {
+                aliases(&svc.aliases, ep, &mut names);
+            }
+            if names.len() > plain {
+                names.sort_by(|a, b| (&a.name, &a.ip).cmp(&(&b.name, &b.ip)));
+            }
+            names
+        } else {
+            Vec::new()
+        };
+        pb::NetworkConfig {
+            remote: self.remote_for(viewer).cloned().collect(),
+            services,
+            names,
+            ..self.head.clone()
+        }
     }
 
-    /// Task names and aliases as `viewer` gets them (tasks sharing an
-    /// alias give one record each).
-    pub fn names_for(&self, viewer: NodeId) -> Vec<pb::NameRecord> {
-        self.names
-            .iter()
-            .filter_map(|n| n.seen_by(viewer))
-            .collect()
+    /// Whether `viewer` gets the same network from these parts and
+    /// `other`, walked without a copy. The names are compared as the
+    /// records the viewer sees, before the services' aliases are added:
+    /// those follow from the services.
+    pub fn same_for(&self, other: &NetParts, viewer: NodeId) -> bool {
+        self.head == other.head
+            && self.resolves == other.resolves
+            && self.remote_for(viewer).eq(other.remote_for(viewer))
+            && self.services.len() == other.services.len()
+            && (self.services.iter().zip(&other.services)).all(|(a, b)| {
+                a.head == b.head
+                    && a.aliases == b.aliases
+                    && a.backends_for(viewer).eq(b.backends_for(viewer))
+            })
+            && (!self.resolves || self.names_for(viewer).eq(other.names_for(viewer)))
     }
 
-    pub fn mtu(&self) -> u32 {
-        self.mtu
+    fn remote_for(&self, viewer: NodeId) -> impl Iterator<Item = &pb::RemoteEndpoint> {
+        (self.remote.iter())
+            .filter(move |(n, _)| *n != viewer)
+            .map(|(_, e)| e)
+    }
+
+    fn names_for(&self, viewer: NodeId) -> impl Iterator<Item = &pb::NameRecord> {
+        (self.names.iter())
+            .filter(move |n| n.seen_by(viewer))
+            .map(|n| &n.item)
+    }
+}
+
+/// A service's aliases as name records, added to `out`: `ALIAS` answers
+/// what the service's name does (its VIP, or its tasks in dnsrr mode) and
+/// `tasks.ALIAS` its tasks, as with Docker's service aliases.
+fn aliases(aliases: &[String], ep: &pb::ServiceEndpoint, out: &mut Vec<pb::NameRecord>) {
+    let direct: Vec<&String> = if ep.vip.is_empty() {
+        ep.backends.iter().collect()
+    } else {
+        std::iter::once(&ep.vip)
+            .chain(Some(&ep.vip6).filter(|v| !v.is_empty()))
+            .collect()
+    };
+    for alias in aliases {
+        let tasks = format!("tasks.{alias}");
+        out.extend(direct.iter().map(|ip| pb::NameRecord {
+            name: alias.clone(),
+            ip: (*ip).clone(),
+        }));
+        out.extend(ep.backends.iter().map(|ip| pb::NameRecord {
+            name: tasks.clone(),
+            ip: ip.clone(),
+        }));
     }
 }
 
@@ -179,8 +285,8 @@ pub(super) fn up(state: &State, node: NodeId) -> bool {
 }
 
 /// The services on `net`, each with its serving replicas' addresses there
-/// (both families), sorted by address.
-fn services(state: &State, net: &Network) -> Vec<(pb::ServiceEndpoint, Vec<Entry<String>>)> {
+/// (both families), sorted by address, and its aliases there.
+fn services(state: &State, net: &Network) -> Vec<Service> {
     state
         .services
         .values()
@@ -226,7 +332,11 @@ fn services(state: &State, net: &Network) -> Vec<(pb::ServiceEndpoint, Vec<Entry
                     item: ip.to_string(),
                 })
                 .collect();
-            (ep, backends)
+            Service {
+                head: ep,
+                backends,
+                aliases: (svc.spec.network_aliases.get(&net.id).cloned()).unwrap_or_default(),
+            }
         })
         .collect()
 }
