@@ -214,26 +214,27 @@ impl DispatcherService {
             let secrets = crate::autolock::secrets(c, unlock.as_ref()).ok()?;
             Some(crate::registry_auth::data_key(&secrets))
         };
-        let (mut config, sources) = self
+        let (mut config, shared) = self
             .core
             .read_indexed(|s, version| {
                 let shared = self.shared_for(version, s);
                 let mut c = projection::project_parts(s, id, version, &shared)?;
                 crate::registry_auth::fill(s, &mut c.config, || key(s));
-                Some((c, shared.vxlan_allowed_sources.clone()))
+                Some((c, shared))
             })
             .ok_or_else(|| {
                 Status::permission_denied(format!("node {id} was removed from the cluster"))
             })?;
         config.config.image_fetches = self.core.pushes().fetches_for(id);
+        let sources = shared.vxlan_allowed_sources.clone();
         let same_sources = last.is_some_and(|l| Arc::ptr_eq(&l.sources, &sources));
-        if same_sources && last.is_some_and(|l| l.config.same_as(&config)) {
+        if same_sources && last.is_some_and(|l| l.config.same_as(&config, &shared)) {
             return Ok((msg, None));
         }
         self.core.config_pushed(id, config.config.version);
         let delta = last
             .filter(|_| deltas)
-            .and_then(|l| self.delta_for(l, &config, &sources));
+            .and_then(|l| self.delta_for(l, &config, &shared));
         let payload = match delta {
             Some(d) => Payload::Delta(Box::new(d)),
             None => {
@@ -274,10 +275,11 @@ impl DispatcherService {
         &self,
         last: &Sent,
         new: &projection::Projected,
-        sources: &Arc<projection::Sources>,
+        shared: &projection::Shared,
     ) -> Option<pb::NodeConfigDelta> {
         use weft_proto::config_delta;
-        let (old_c, new_c) = last.config.changed_pair(new);
+        let sources = &shared.vxlan_allowed_sources;
+        let (old_c, new_c) = last.config.changed_pair(new, shared);
         let Some(mut delta) = config_delta::diff(&old_c, &new_c) else {
             tracing::warn!(
                 version = new_c.version,

@@ -131,10 +131,38 @@ pub struct Shared {
     /// Each network's lists, made on first use from the state these
     /// parts were made from ([`NetParts`]); the map's lock is held only to
     /// find a network's slot, so networks are made side by side.
-    networks: Mutex<HashMap<String, Arc<OnceLock<Arc<NetParts>>>>>,
+    networks: Mutex<HashMap<String, Slot<NetParts>>>,
     /// Each network's parts as last made before this state: parts made
     /// equal to them are them ([`Shared::network`]).
     earlier: HashMap<String, Arc<NetParts>>,
+    /// What changed between two parts of a network, by the two parts'
+    /// addresses: made once for every session going from the one to the
+    /// other ([`Shared::change`]).
+    changes: Mutex<HashMap<(usize, usize), Slot<Change>>>,
+}
+
+/// A value made once, on first use, by whichever caller gets there first.
+type Slot<T> = Arc<OnceLock<Arc<T>>>;
+
+/// Two parts of one network and what changed between them
+/// ([`NetParts::without_common`]); the parts are kept so that their
+/// addresses, the key this is found by, stay theirs.
+#[derive(Debug)]
+pub struct Change {
+    old: Arc<NetParts>,
+    new: Arc<NetParts>,
+    changed: Option<(NetParts, NetParts)>,
+}
+
+impl Change {
+    /// The two parts to compare and diff: what changed when that is
+    /// known, else the wholes.
+    fn parts(&self) -> (&NetParts, &NetParts) {
+        match &self.changed {
+            Some((a, b)) => (a, b),
+            None => (&self.old, &self.new),
+        }
+    }
 }
 
 impl Shared {
@@ -154,6 +182,27 @@ impl Shared {
                 Some(earlier) if **earlier == parts => earlier.clone(),
                 _ => Arc::new(parts),
             }
+        })
+        .clone()
+    }
+
+    /// What changed from `old` to `new`, parts of one network: made once,
+    /// then shared by every session that goes from the one to the other.
+    pub fn change(&self, old: &Arc<NetParts>, new: &Arc<NetParts>) -> Arc<Change> {
+        let key = (Arc::as_ptr(old) as usize, Arc::as_ptr(new) as usize);
+        let slot = self
+            .changes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key)
+            .or_default()
+            .clone();
+        slot.get_or_init(|| {
+            Arc::new(Change {
+                old: old.clone(),
+                new: new.clone(),
+                changed: NetParts::without_common(old, new),
+            })
         })
         .clone()
     }
@@ -228,6 +277,7 @@ pub fn shared_after(state: &State, earlier: Option<&Shared>) -> Shared {
         removed: state.removed.iter().map(|n| n.to_string()).collect(),
         networks: Mutex::default(),
         earlier: HashMap::new(),
+        changes: Mutex::default(),
     };
     if let Some(e) = earlier {
         if e.vxlan_allowed_sources == parts.vxlan_allowed_sources {
@@ -306,72 +356,118 @@ impl Projected {
 
     /// Whether the two configs differ in anything but their version
     /// ([`same_content`] of their wholes). A network whose parts are the
-    /// same `Arc` is not looked into.
-    pub fn same_as(&self, other: &Projected) -> bool {
+    /// same `Arc` is not looked into, and of one whose parts changed only
+    /// what changed is (`shared`: the new config's, where changes are
+    /// made once for all sessions).
+    pub fn same_as(&self, other: &Projected, shared: &Shared) -> bool {
         same_content(&self.config, &other.config)
-            && self
-                .network_changes(other)
-                .all(|(c, _, _)| c == NetChange::Same)
+            && (self.network_changes(other, shared).iter()).all(|c| c.what == NetChange::Same)
     }
 
     /// The networks of `self` (the earlier) and `new`, walked by ID, each
     /// with what became of it.
-    fn network_changes<'a>(
-        &'a self,
-        new: &'a Projected,
-    ) -> impl Iterator<Item = (NetChange, Option<&'a NetParts>, Option<&'a NetParts>)> + 'a {
+    fn network_changes(&self, new: &Projected, shared: &Shared) -> Vec<NetStep> {
         let viewer = new.node;
         let (mut old, mut new) = (
             self.networks.iter().peekable(),
             new.networks.iter().peekable(),
         );
-        std::iter::from_fn(move || {
+        let mut steps = Vec::new();
+        loop {
             let order = match (old.peek(), new.peek()) {
-                (None, None) => return None,
+                (None, None) => return steps,
                 (Some(_), None) => std::cmp::Ordering::Less,
                 (None, Some(_)) => std::cmp::Ordering::Greater,
                 (Some(a), Some(b)) => a.id().cmp(b.id()),
             };
-            Some(match order {
-                std::cmp::Ordering::Less => (NetChange::Removed, old.next().map(|a| &**a), None),
-                std::cmp::Ordering::Greater => (NetChange::Added, None, new.next().map(|b| &**b)),
-                std::cmp::Ordering::Equal => {
-                    let (a, b) = (old.next()?, new.next()?);
-                    let same = Arc::ptr_eq(a, b) || a.same_for(b, viewer);
-                    let change = if same {
+            let step = match (
+                order,
+                old.next_if(|_| order.is_le()),
+                new.next_if(|_| order.is_ge()),
+            ) {
+                (_, Some(a), Some(b)) if Arc::ptr_eq(a, b) => NetStep::same(a),
+                (_, Some(a), Some(b)) => {
+                    let change = shared.change(a, b);
+                    let (x, y) = change.parts();
+                    let what = if x.same_for(y, viewer) {
                         NetChange::Same
                     } else {
                         NetChange::Changed
                     };
-                    (change, Some(&**a), Some(&**b))
+                    NetStep {
+                        what,
+                        old: Some(a.clone()),
+                        new: Some(b.clone()),
+                        change: Some(change),
+                    }
                 }
-            })
-        })
+                (_, Some(a), None) => NetStep {
+                    what: NetChange::Removed,
+                    old: Some(a.clone()),
+                    new: None,
+                    change: None,
+                },
+                (_, None, Some(b)) => NetStep {
+                    what: NetChange::Added,
+                    old: None,
+                    new: Some(b.clone()),
+                    change: None,
+                },
+                (_, None, None) => return steps,
+            };
+            steps.push(step);
+        }
     }
 
     /// `self` (what a node holds) and `new`, as two configs that differ as
-    /// the wholes do, with the networks that did not change left without
-    /// their lists on both sides: a delta made from these two
-    /// ([`weft_proto::config_delta::diff`]) makes `new` whole from
-    /// `self` whole, and costs nothing per unchanged network.
-    pub fn changed_pair(&self, new: &Projected) -> (pb::NodeConfig, pb::NodeConfig) {
+    /// the wholes do: networks that did not change are left without their
+    /// lists on both sides, and of those that did only what changed is in
+    /// them. A delta made from these two
+    /// ([`weft_proto::config_delta::diff`]) makes `new` whole from `self`
+    /// whole, and costs nothing per unchanged network or entry.
+    pub fn changed_pair(
+        &self,
+        new: &Projected,
+        shared: &Shared,
+    ) -> (pb::NodeConfig, pb::NodeConfig) {
         let (mut old_c, mut new_c) = (self.config.clone(), new.config.clone());
-        for (change, a, b) in self.network_changes(new) {
-            match (change, a, b) {
-                (NetChange::Same, Some(a), Some(b)) => {
-                    old_c.networks.push(a.head());
-                    new_c.networks.push(b.head());
-                }
-                (NetChange::Changed, Some(a), Some(b)) => {
+        for step in self.network_changes(new, shared) {
+            match (step.what, &step.old, &step.new, &step.change) {
+                (NetChange::Changed, _, _, Some(change)) => {
+                    let (a, b) = change.parts();
                     old_c.networks.push(a.config_for(self.node));
                     new_c.networks.push(b.config_for(new.node));
                 }
-                (_, Some(a), None) => old_c.networks.push(a.head()),
-                (_, None, Some(b)) => new_c.networks.push(b.config_for(new.node)),
-                _ => {}
+                (_, Some(a), Some(b), _) => {
+                    old_c.networks.push(a.head());
+                    new_c.networks.push(b.head());
+                }
+                (_, Some(a), None, _) => old_c.networks.push(a.head()),
+                (_, None, Some(b), _) => new_c.networks.push(b.config_for(new.node)),
+                (_, None, None, _) => {}
             }
         }
         (old_c, new_c)
+    }
+}
+
+/// One network in [`Projected::network_changes`].
+struct NetStep {
+    what: NetChange,
+    old: Option<Arc<NetParts>>,
+    new: Option<Arc<NetParts>>,
+    /// What changed, for parts that are not the same `Arc`.
+    change: Option<Arc<Change>>,
+}
+
+impl NetStep {
+    fn same(parts: &Arc<NetParts>) -> NetStep {
+        NetStep {
+            what: NetChange::Same,
+            old: Some(parts.clone()),
+            new: Some(parts.clone()),
+            change: None,
+        }
     }
 }
 
@@ -945,37 +1041,71 @@ mod tests {
                 now_ms: 0,
             },
         );
+        let mut db = spec("db", 3, &["net1"]);
+        db.endpoint_mode = crate::store::EndpointMode::Dnsrr;
+        db.network_aliases
+            .insert("net1".into(), vec!["store".into()]);
+        apply(
+            &mut s,
+            Command::CreateService {
+                id: "db".into(),
+                spec: db,
+                now_ms: 0,
+            },
+        );
         for node in 1..=6 {
             place(&mut s, "web", node, 1, node);
         }
-        type Change = (&'static str, bool, fn(&mut State));
-        let changes: [Change; 9] = [
-            ("a node's MTU, a node with no replica", false, |s| {
+        place(&mut s, "db", 1, 2, 7);
+        // What a change does to net1: nothing, a change diffed from what
+        // changed only, or one diffed whole.
+        #[derive(Debug, Clone, Copy, PartialEq)]
+        enum Net1 {
+            Kept,
+            ByChange,
+            Whole,
+        }
+        type Step = (&'static str, Net1, fn(&mut State));
+        let changes: [Step; 12] = [
+            ("a node's MTU, a node with no replica", Net1::Kept, |s| {
                 s.nodes.get_mut(&NodeId(9)).unwrap().underlay_mtu = 9000;
             }),
-            ("a member marked down", true, |s| mark_down(s, 3)),
-            ("a replica stops serving", true, |s| {
+            ("a member marked down", Net1::ByChange, |s| mark_down(s, 3)),
+            ("a replica stops serving", Net1::ByChange, |s| {
                 let t = s.tasks.values_mut().find(|t| t.node == NodeId(2)).unwrap();
                 t.status.state = crate::store::TaskState::Failed;
             }),
-            ("a new member", true, |s| place(s, "web", 7, 1, 8)),
-            ("an alias more, on net2", false, |s| {
+            ("a new member", Net1::ByChange, |s| place(s, "web", 7, 1, 8)),
+            ("a dnsrr replica stops serving", Net1::ByChange, |s| {
+                let t = s.tasks.values_mut().find(|t| t.node == NodeId(7)).unwrap();
+                t.status.state = crate::store::TaskState::Failed;
+            }),
+            ("an alias more, on net2", Net1::Kept, |s| {
                 let web = s.services.get_mut("web").unwrap();
                 web.spec
                     .network_aliases
                     .insert("net2".into(), vec!["api".into()]);
             }),
-            ("a member's MTU: the network's", true, |s| {
+            ("an alias more, on net1", Net1::ByChange, |s| {
+                let db = s.services.get_mut("db").unwrap();
+                db.spec
+                    .network_aliases
+                    .insert("net1".into(), vec!["store".into(), "db2".into()]);
+            }),
+            ("a member's MTU: the network's", Net1::Whole, |s| {
                 s.nodes.get_mut(&NodeId(1)).unwrap().underlay_mtu = 1400;
             }),
-            ("a member leaves", true, |s| {
+            ("a member leaves", Net1::ByChange, |s| {
                 let t = s.tasks.values_mut().find(|t| t.node == NodeId(5)).unwrap();
                 t.desired = DesiredTaskState::Shutdown;
             }),
-            ("the member marked down is up again", true, |s| {
+            ("the member marked down is up again", Net1::ByChange, |s| {
                 s.nodes.get_mut(&NodeId(3)).unwrap().state = NodeState::Ready;
             }),
-            ("nothing", false, |_| {}),
+            ("a service leaves", Net1::ByChange, |s| {
+                s.services.remove("db");
+            }),
+            ("nothing", Net1::Kept, |_| {}),
         ];
         let nodes: Vec<NodeId> = s.nodes.keys().copied().collect();
         let mut parts = shared(&s);
@@ -983,20 +1113,27 @@ mod tests {
             .map(|n| project_parts(&s, *n, 1, &parts).unwrap())
             .collect();
         let net1 = s.networks["net1"].clone();
-        for (version, (what, touches_net1, change)) in (2..).zip(changes) {
+        for (version, (what, net1_change, change)) in (2..).zip(changes) {
             change(&mut s);
             let next = shared_after(&s, Some(&parts));
-            let reused = Arc::ptr_eq(&parts.network(&s, &net1), &next.network(&s, &net1));
-            assert_eq!(reused, !touches_net1, "{what}: net1's parts kept");
+            let (before, after) = (parts.network(&s, &net1), next.network(&s, &net1));
+            let found = if Arc::ptr_eq(&before, &after) {
+                Net1::Kept
+            } else if next.change(&before, &after).changed.is_some() {
+                Net1::ByChange
+            } else {
+                Net1::Whole
+            };
+            assert_eq!(found, net1_change, "{what}: net1");
             let mut changed = 0;
             for (n, old) in nodes.iter().zip(&mut held) {
                 let new = project_parts(&s, *n, version, &next).unwrap();
                 let (old_whole, new_whole) = (old.whole(), new.whole());
                 let same = same_content(&old_whole, &new_whole);
-                assert_eq!(old.same_as(&new), same, "{what}: node {n}");
+                assert_eq!(old.same_as(&new, &next), same, "{what}: node {n}");
                 if !same {
                     changed += 1;
-                    let (a, b) = old.changed_pair(&new);
+                    let (a, b) = old.changed_pair(&new, &next);
                     let delta = weft_proto::config_delta::diff(&a, &b).expect("canonical");
                     assert_eq!(
                         weft_proto::config_delta::apply(&old_whole, &delta),
@@ -1006,7 +1143,10 @@ mod tests {
                 }
                 *old = new;
             }
-            assert!(changed > 0 || !touches_net1, "{what}: configs changed");
+            assert!(
+                changed > 0 || net1_change == Net1::Kept,
+                "{what}: configs changed"
+            );
             parts = next;
         }
     }
@@ -1298,9 +1438,9 @@ mod projection_cost {
                 // What the session does next (DispatcherService::delta_for).
                 let t = std::time::Instant::now();
                 if let (Some(old), Some(new)) = (&before[id], &c)
-                    && !old.same_as(new)
+                    && !old.same_as(new, &parts)
                 {
-                    let (old_c, new_c) = old.changed_pair(new);
+                    let (old_c, new_c) = old.changed_pair(new, &parts);
                     let d = weft_proto::config_delta::diff(&old_c, &new_c).expect("canonical");
                     std::hint::black_box(d);
                 }

@@ -27,7 +27,7 @@ use crate::store::{DesiredTaskState, Network, NodeId, NodeState, State};
 
 /// An entry of the lists, with the node it is on and whether the store
 /// has that node up: a viewer sees entries that are live, and its own.
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 struct Entry<T> {
     node: NodeId,
     live: bool,
@@ -41,12 +41,12 @@ impl<T> Entry<T> {
 }
 
 /// A service on the network, for every viewer.
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 struct Service {
     /// Its name and VIPs, without backends.
     head: pb::ServiceEndpoint,
-    /// Its serving replicas' addresses, in numeric order.
-    backends: Vec<Entry<String>>,
+    /// Its serving replicas' addresses, in numeric order, and as text.
+    backends: Vec<Entry<(IpAddr, String)>>,
     /// Its aliases on this network (`--network-alias`).
     aliases: Vec<String>,
 }
@@ -55,7 +55,7 @@ impl Service {
     fn backends_for(&self, viewer: NodeId) -> impl Iterator<Item = &String> {
         (self.backends.iter())
             .filter(move |b| b.seen_by(viewer))
-            .map(|b| &b.item)
+            .map(|b| &b.item.1)
     }
 }
 
@@ -172,6 +172,93 @@ impl NetParts {
             && (!self.resolves || self.names_for(viewer).eq(other.names_for(viewer)))
     }
 
+    /// `old` and `new`, parts of one network, each without the entries
+    /// the other has the same: made once per pair of versions, they let
+    /// each viewer compare and diff what changed only, rather than the
+    /// network's every entry. An entry left out is in both, the same and
+    /// seen alike by every viewer, so a viewer's networks made from the
+    /// two differ exactly as those made from `old` and `new` do, and a
+    /// delta made from them ([`weft_proto::config_delta::diff`]) is that
+    /// of the wholes. A service whose own fields or aliases changed is
+    /// kept whole on both sides, since its aliases' records follow its
+    /// backends.
+    ///
+    /// `None` when that cannot be said: the network's own fields differ
+    /// (it goes whole), a list is not strictly in order (the whole diff
+    /// refuses it), or a record of a service's alias could be one of the
+    /// names (a duplicate the whole diff would refuse).
+    pub fn without_common(old: &NetParts, new: &NetParts) -> Option<(NetParts, NetParts)> {
+        if old.head != new.head || old.resolves != new.resolves {
+            return None;
+        }
+        let alias_names: std::collections::HashSet<String> = (old.services.iter())
+            .chain(&new.services)
+            .flat_map(|s| &s.aliases)
+            .flat_map(|a| [a.clone(), format!("tasks.{a}")])
+            .collect();
+        if !alias_names.is_empty()
+            && (old.names.iter())
+                .chain(&new.names)
+                .any(|n| alias_names.contains(&n.item.name))
+        {
+            return None;
+        }
+        let (remote_old, remote_new) =
+            without_common(&old.remote, &new.remote, |(_, e)| e.task_id.as_str())?;
+        let (names_old, names_new) = without_common(&old.names, &new.names, |n| {
+            (n.item.name.as_str(), n.item.ip.as_str())
+        })?;
+        let (mut services_old, mut services_new) = (Vec::new(), Vec::new());
+        let (mut a, mut b) = (
+            old.services.iter().peekable(),
+            new.services.iter().peekable(),
+        );
+        strictly_ordered(&old.services, |s| s.head.name.as_str())?;
+        strictly_ordered(&new.services, |s| s.head.name.as_str())?;
+        loop {
+            let order = match (a.peek(), b.peek()) {
+                (None, None) => break,
+                (Some(_), None) => std::cmp::Ordering::Less,
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (Some(x), Some(y)) => x.head.name.cmp(&y.head.name),
+            };
+            match order {
+                std::cmp::Ordering::Less => services_old.extend(a.next().cloned()),
+                std::cmp::Ordering::Greater => services_new.extend(b.next().cloned()),
+                std::cmp::Ordering::Equal => {
+                    let (x, y) = (a.next()?, b.next()?);
+                    if x.head != y.head || x.aliases != y.aliases {
+                        services_old.push(x.clone());
+                        services_new.push(y.clone());
+                        continue;
+                    }
+                    let (bx, by) = without_common(&x.backends, &y.backends, |e| e.item.0)?;
+                    if bx.is_empty() && by.is_empty() {
+                        continue;
+                    }
+                    let keep = |s: &Service, backends| Service {
+                        head: s.head.clone(),
+                        backends,
+                        aliases: s.aliases.clone(),
+                    };
+                    services_old.push(keep(x, bx));
+                    services_new.push(keep(y, by));
+                }
+            }
+        }
+        let part = |p: &NetParts, remote, services, names| NetParts {
+            head: p.head.clone(),
+            resolves: p.resolves,
+            remote,
+            services,
+            names,
+        };
+        Some((
+            part(old, remote_old, services_old, names_old),
+            part(new, remote_new, services_new, names_new),
+        ))
+    }
+
     fn remote_for(&self, viewer: NodeId) -> impl Iterator<Item = &pb::RemoteEndpoint> {
         (self.remote.iter())
             .filter(move |(n, _)| *n != viewer)
@@ -183,6 +270,51 @@ impl NetParts {
             .filter(move |n| n.seen_by(viewer))
             .map(|n| &n.item)
     }
+}
+
+/// `a` and `b`, lists in strict order by `key`, each without the items
+/// the other has the same at the same key; `None` if either is not in
+/// strict order by `key`.
+fn without_common<'a, T: Clone + PartialEq, K: Ord>(
+    a: &'a [T],
+    b: &'a [T],
+    key: impl Fn(&'a T) -> K,
+) -> Option<(Vec<T>, Vec<T>)> {
+    strictly_ordered(a, &key)?;
+    strictly_ordered(b, &key)?;
+    let (mut only_a, mut only_b) = (Vec::new(), Vec::new());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        match key(&a[i]).cmp(&key(&b[j])) {
+            std::cmp::Ordering::Less => {
+                only_a.push(a[i].clone());
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                only_b.push(b[j].clone());
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                if a[i] != b[j] {
+                    only_a.push(a[i].clone());
+                    only_b.push(b[j].clone());
+                }
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    only_a.extend_from_slice(&a[i..]);
+    only_b.extend_from_slice(&b[j..]);
+    Some((only_a, only_b))
+}
+
+/// `Some` if `items` are in strict order by `key`.
+fn strictly_ordered<'a, T, K: Ord>(items: &'a [T], key: impl Fn(&'a T) -> K) -> Option<()> {
+    items
+        .windows(2)
+        .all(|w| key(&w[0]) < key(&w[1]))
+        .then_some(())
 }
 
 /// A service's aliases as name records, added to `out`: `ALIAS` answers
@@ -329,7 +461,7 @@ fn services(state: &State, net: &Network) -> Vec<Service> {
                 .map(|(ip, node, live)| Entry {
                     node,
                     live,
-                    item: ip.to_string(),
+                    item: (ip, ip.to_string()),
                 })
                 .collect();
             Service {
