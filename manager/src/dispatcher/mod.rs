@@ -198,10 +198,12 @@ impl DispatcherService {
     ///
     /// `held_sources`: the digest of the sources the node holds, from its
     /// session request; a whole config leaves out sources that match it.
+    /// When nothing changed, `last` takes the newer networks' parts (as
+    /// its own version), so the next comparison starts from them.
     fn session_message_with(
         &self,
         id: NodeId,
-        last: Option<&Sent>,
+        mut last: Option<&mut Sent>,
         deltas: bool,
         held_sources: &[u8],
     ) -> Result<(pb::SessionMessage, Option<(Payload, Sent)>), Status> {
@@ -227,10 +229,14 @@ impl DispatcherService {
             })?;
         config.config.image_fetches = self.core.pushes().fetches_for(id);
         let sources = shared.vxlan_allowed_sources.clone();
-        let same_sources = last.is_some_and(|l| Arc::ptr_eq(&l.sources, &sources));
-        if same_sources && last.is_some_and(|l| l.config.same_as(&config, &shared)) {
+        if let Some(l) = last.as_deref_mut()
+            && Arc::ptr_eq(&l.sources, &sources)
+            && l.config.same_as(&config, &shared)
+        {
+            l.config.refresh(config);
             return Ok((msg, None));
         }
+        let last = last.as_deref();
         self.core.config_pushed(id, config.config.version);
         let delta = last
             .filter(|_| deltas)
@@ -267,9 +273,10 @@ impl DispatcherService {
     /// `new` (without its sources, which are `sources`) as a change to
     /// what the session sent before, if that is smaller than the whole
     /// config and makes it again ([`weft_proto::config_delta::diff`] checks
-    /// that on the way: a config whose lists are not sets in order, which
-    /// would make the node hold something else, goes whole). Networks
-    /// whose parts did not change are not looked into
+    /// that on the way: a config whose lists it diffs are not sets in
+    /// order, which would make the node hold something else, goes whole).
+    /// Networks whose parts did not change are not looked into, and of
+    /// those that did only what changed is
     /// ([`projection::Projected::changed_pair`]).
     fn delta_for(
         &self,
@@ -862,7 +869,7 @@ impl Dispatcher for DispatcherService {
                     let _ = tx.send(Err(st)).await;
                     return;
                 }
-                match this.session_message_with(node.id, Some(&last_sent), deltas, &[]) {
+                match this.session_message_with(node.id, Some(&mut last_sent), deltas, &[]) {
                     Ok((msg, Some((payload, sent)))) => {
                         tracing::debug!(node = %node.id, version = sent.config.config.version, delta = matches!(payload, Payload::Delta(_)), "session push");
                         last = msg.clone();

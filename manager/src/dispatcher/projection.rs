@@ -133,7 +133,9 @@ pub struct Shared {
     /// find a network's slot, so networks are made side by side.
     networks: Mutex<HashMap<String, Slot<NetParts>>>,
     /// Each network's parts as last made before this state: parts made
-    /// equal to them are them ([`Shared::network`]).
+    /// equal to them are them ([`Shared::network`]). One per network in
+    /// the store (one left without members keeps its last parts until it
+    /// is removed).
     earlier: HashMap<String, Arc<NetParts>>,
     /// What changed between two parts of a network, by the two parts'
     /// addresses: made once for every session going from the one to the
@@ -148,7 +150,7 @@ type Slot<T> = Arc<OnceLock<Arc<T>>>;
 /// ([`NetParts::without_common`]); the parts are kept so that their
 /// addresses, the key this is found by, stay theirs.
 #[derive(Debug)]
-pub struct Change {
+struct Change {
     old: Arc<NetParts>,
     new: Arc<NetParts>,
     changed: Option<(NetParts, NetParts)>,
@@ -188,7 +190,7 @@ impl Shared {
 
     /// What changed from `old` to `new`, parts of one network: made once,
     /// then shared by every session that goes from the one to the other.
-    pub fn change(&self, old: &Arc<NetParts>, new: &Arc<NetParts>) -> Arc<Change> {
+    fn change(&self, old: &Arc<NetParts>, new: &Arc<NetParts>) -> Arc<Change> {
         let key = (Arc::as_ptr(old) as usize, Arc::as_ptr(new) as usize);
         let slot = self
             .changes
@@ -364,6 +366,14 @@ impl Projected {
             && (self.network_changes(other, shared).iter()).all(|c| c.what == NetChange::Same)
     }
 
+    /// `new` in place of `self`, which is the same ([`Projected::same_as`]),
+    /// under `self`'s version: the node holds that version, and the
+    /// session's next comparison starts from the newer parts.
+    pub fn refresh(&mut self, mut new: Projected) {
+        new.config.version = self.config.version;
+        *self = new;
+    }
+
     /// The networks of `self` (the earlier) and `new`, walked by ID, each
     /// with what became of it.
     fn network_changes(&self, new: &Projected, shared: &Shared) -> Vec<NetStep> {
@@ -424,7 +434,8 @@ impl Projected {
     /// lists on both sides, and of those that did only what changed is in
     /// them. A delta made from these two
     /// ([`weft_proto::config_delta::diff`]) makes `new` whole from `self`
-    /// whole, and costs nothing per unchanged network or entry.
+    /// whole, and costs a copy of its own fields per unchanged network,
+    /// nothing per unchanged entry.
     pub fn changed_pair(
         &self,
         new: &Projected,
@@ -757,7 +768,6 @@ fn wireguard(
     })
 }
 
-/// A task's address on `net`, if it is attached.
 /// Task `t`'s addresses on `net`, of both families.
 fn addrs_on(t: &Task, net: &Network) -> Vec<IpAddr> {
     t.attachments
@@ -1066,7 +1076,7 @@ mod tests {
             Whole,
         }
         type Step = (&'static str, Net1, fn(&mut State));
-        let changes: [Step; 12] = [
+        let changes: [Step; 13] = [
             ("a node's MTU, a node with no replica", Net1::Kept, |s| {
                 s.nodes.get_mut(&NodeId(9)).unwrap().underlay_mtu = 9000;
             }),
@@ -1086,6 +1096,13 @@ mod tests {
                     .network_aliases
                     .insert("net2".into(), vec!["api".into()]);
             }),
+            (
+                "the dnsrr service's node marked down",
+                Net1::ByChange,
+                |s| mark_down(s, 7),
+            ),
+            // Only node 7 sees a backend of it: no other node's config
+            // changes.
             ("an alias more, on net1", Net1::ByChange, |s| {
                 let db = s.services.get_mut("db").unwrap();
                 db.spec
@@ -1114,9 +1131,10 @@ mod tests {
             .collect();
         let net1 = s.networks["net1"].clone();
         for (version, (what, net1_change, change)) in (2..).zip(changes) {
+            let before = parts.network(&s, &net1);
             change(&mut s);
             let next = shared_after(&s, Some(&parts));
-            let (before, after) = (parts.network(&s, &net1), next.network(&s, &net1));
+            let after = next.network(&s, &net1);
             let found = if Arc::ptr_eq(&before, &after) {
                 Net1::Kept
             } else if next.change(&before, &after).changed.is_some() {
@@ -1131,16 +1149,22 @@ mod tests {
                 let (old_whole, new_whole) = (old.whole(), new.whole());
                 let same = same_content(&old_whole, &new_whole);
                 assert_eq!(old.same_as(&new, &next), same, "{what}: node {n}");
-                if !same {
-                    changed += 1;
-                    let (a, b) = old.changed_pair(&new, &next);
-                    let delta = weft_proto::config_delta::diff(&a, &b).expect("canonical");
-                    assert_eq!(
-                        weft_proto::config_delta::apply(&old_whole, &delta),
-                        Ok(new_whole),
-                        "{what}: node {n}"
-                    );
+                if same {
+                    // As the session does: the node keeps its version.
+                    old.refresh(new);
+                    assert_eq!(old.config.version, old_whole.version);
+                    continue;
                 }
+                changed += 1;
+                let (a, b) = old.changed_pair(&new, &next);
+                let delta = weft_proto::config_delta::diff(&a, &b).expect("canonical");
+                // The wholes' own delta, which this one stands for.
+                assert!(weft_proto::config_delta::diff(&old_whole, &new_whole).is_some());
+                assert_eq!(
+                    weft_proto::config_delta::apply(&old_whole, &delta),
+                    Ok(new_whole),
+                    "{what}: node {n}"
+                );
                 *old = new;
             }
             assert!(

@@ -57,6 +57,18 @@ impl Service {
             .filter(move |b| b.seen_by(viewer))
             .map(|b| &b.item.1)
     }
+
+    /// The records of the service's aliases that `viewer` gets, in order.
+    fn alias_records(&self, viewer: NodeId) -> Vec<pb::NameRecord> {
+        let ep = pb::ServiceEndpoint {
+            backends: self.backends_for(viewer).cloned().collect(),
+            ..self.head.clone()
+        };
+        let mut out = Vec::new();
+        aliases(&self.aliases, &ep, &mut out);
+        out.sort_by(|a, b| (&a.name, &a.ip).cmp(&(&b.name, &b.ip)));
+        out
+    }
 }
 
 /// `net`'s part of a config, for every viewer at once, each list in the
@@ -114,12 +126,12 @@ impl NetParts {
     }
 
     /// The network's ID.
-    pub fn id(&self) -> &str {
+    pub(super) fn id(&self) -> &str {
         &self.head.id
     }
 
     /// The network's own fields, with empty lists.
-    pub fn head(&self) -> pb::NetworkConfig {
+    pub(super) fn head(&self) -> pb::NetworkConfig {
         self.head.clone()
     }
 
@@ -156,18 +168,20 @@ impl NetParts {
     }
 
     /// Whether `viewer` gets the same network from these parts and
-    /// `other`, walked without a copy. The names are compared as the
-    /// records the viewer sees, before the services' aliases are added:
-    /// those follow from the services.
-    pub fn same_for(&self, other: &NetParts, viewer: NodeId) -> bool {
+    /// `other`, walked without a copy. Services' aliases are compared as
+    /// the records the viewer gets of them when their lists differ (a
+    /// dnsrr service with no backend the viewer sees gives none).
+    pub(super) fn same_for(&self, other: &NetParts, viewer: NodeId) -> bool {
         self.head == other.head
             && self.resolves == other.resolves
             && self.remote_for(viewer).eq(other.remote_for(viewer))
             && self.services.len() == other.services.len()
             && (self.services.iter().zip(&other.services)).all(|(a, b)| {
                 a.head == b.head
-                    && a.aliases == b.aliases
                     && a.backends_for(viewer).eq(b.backends_for(viewer))
+                    && (a.aliases == b.aliases
+                        || !self.resolves
+                        || a.alias_records(viewer) == b.alias_records(viewer))
             })
             && (!self.resolves || self.names_for(viewer).eq(other.names_for(viewer)))
     }
@@ -187,7 +201,7 @@ impl NetParts {
     /// (it goes whole), a list is not strictly in order (the whole diff
     /// refuses it), or a record of a service's alias could be one of the
     /// names (a duplicate the whole diff would refuse).
-    pub fn without_common(old: &NetParts, new: &NetParts) -> Option<(NetParts, NetParts)> {
+    pub(super) fn without_common(old: &NetParts, new: &NetParts) -> Option<(NetParts, NetParts)> {
         if old.head != new.head || old.resolves != new.resolves {
             return None;
         }
