@@ -2,7 +2,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::*;
-use crate::v1::{RemoteEndpoint, TaskConfig, WireguardConfig};
+use crate::v1::{NameRecord, RemoteEndpoint, TaskConfig, WireguardConfig};
 
 /// Some of `0..n`, each with probability `p`.
 fn some(rng: &mut StdRng, n: u32, p: f64) -> Vec<u32> {
@@ -366,6 +366,51 @@ fn a_delta_on_another_base_or_network_is_refused() {
         ..Default::default()
     };
     assert_eq!(apply(&old, &headless), Err(DeltaError::NoHead));
+    // In place, a refused delta leaves the held config as it was.
+    for (held, delta) in [(&other, &d), (&without, &d), (&old, &headless)] {
+        let mut c = held.clone();
+        assert!(apply_in_place(&mut c, delta).is_err());
+        assert_eq!(&c, held);
+    }
+}
+
+/// A held config that is not in canonical order (a node cannot hold one,
+/// but the delta is peer input all the same) comes out canonical, one item
+/// per key, the last of a key kept, as from a map.
+#[test]
+fn a_delta_on_a_held_config_out_of_order_keeps_the_last_of_each_key() {
+    let task = |id: &str, name: &str| TaskConfig {
+        id: id.into(),
+        name: name.into(),
+        ..Default::default()
+    };
+    let held = NodeConfig {
+        version: 1,
+        tasks: vec![task("b", "first b"), task("a", "a"), task("b", "last b")],
+        vxlan_allowed_sources: vec![
+            "198.18.0.3".into(),
+            "198.18.0.1".into(),
+            "198.18.0.3".into(),
+        ],
+        ..Default::default()
+    };
+    let delta = NodeConfigDelta {
+        base_version: 1,
+        head: Some(NodeConfig {
+            version: 2,
+            ..Default::default()
+        }),
+        tasks_set: vec![task("c", "c")],
+        sources_added: vec!["198.18.0.2".into()],
+        ..Default::default()
+    };
+    let c = apply(&held, &delta).expect("a delta on its base");
+    let names: Vec<&str> = c.tasks.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["a", "last b", "c"]);
+    assert_eq!(
+        c.vxlan_allowed_sources,
+        ["198.18.0.1", "198.18.0.2", "198.18.0.3"]
+    );
 }
 
 #[test]
