@@ -141,6 +141,10 @@ pub struct Shared {
     /// addresses: made once for every session going from the one to the
     /// other ([`Shared::change`]).
     changes: Mutex<HashMap<(usize, usize), Slot<Change>>>,
+    /// Each node's tasks' IDs, in the store's order, made on first use:
+    /// every session looks up its own on every store change, and a walk
+    /// over every task each cost O(N × T) per change.
+    tasks_by_node: OnceLock<HashMap<NodeId, Vec<String>>>,
 }
 
 /// A value made once, on first use, by whichever caller gets there first.
@@ -207,6 +211,19 @@ impl Shared {
             })
         })
         .clone()
+    }
+
+    /// The IDs of `node`'s tasks in `state`, which must be the state these
+    /// parts were made from.
+    fn tasks_on(&self, state: &State, node: NodeId) -> &[String] {
+        let by_node = self.tasks_by_node.get_or_init(|| {
+            let mut by_node: HashMap<NodeId, Vec<String>> = HashMap::new();
+            for t in state.tasks.values() {
+                by_node.entry(t.node).or_default().push(t.id.clone());
+            }
+            by_node
+        });
+        by_node.get(&node).map_or(&[], Vec::as_slice)
     }
 
     /// Each network's parts as last made, here or before.
@@ -280,6 +297,7 @@ pub fn shared_after(state: &State, earlier: Option<&Shared>) -> Shared {
         networks: Mutex::default(),
         earlier: HashMap::new(),
         changes: Mutex::default(),
+        tasks_by_node: OnceLock::new(),
     };
     if let Some(e) = earlier {
         if e.vxlan_allowed_sources == parts.vxlan_allowed_sources {
@@ -493,10 +511,9 @@ pub fn project_parts(
     let me = state.nodes.get(&node)?;
     let cluster = state.cluster.as_ref()?;
     let gw_subnet = cluster.settings.gateway_subnet;
-    let mine: Vec<&Task> = state
-        .tasks
-        .values()
-        .filter(|t| t.node == node && t.desired == DesiredTaskState::Running)
+    let mine: Vec<&Task> = (shared.tasks_on(state, node).iter())
+        .filter_map(|id| state.tasks.get(id))
+        .filter(|t| t.desired == DesiredTaskState::Running)
         .collect();
     let mut net_ids: Vec<&str> = mine
         .iter()
