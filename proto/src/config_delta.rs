@@ -13,7 +13,7 @@
 //! in it, so `apply(old, diff(old, new)) == new`, which the tests check on
 //! generated configs.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
 use crate::v1::{
@@ -163,26 +163,33 @@ impl SourceParts {
 ///
 /// Lists already in order (as the managers project them) are only walked.
 pub fn canonicalize(c: &mut NodeConfig) {
-    c.networks.sort_by(|a, b| a.id.cmp(&b.id));
+    sort_if_needed(&mut c.networks, |a, b| a.id.cmp(&b.id));
     for n in &mut c.networks {
         canonicalize_network(n);
     }
-    c.tasks.sort_by(|a, b| a.id.cmp(&b.id));
+    sort_if_needed(&mut c.tasks, |a, b| a.id.cmp(&b.id));
     if let Some(wg) = &mut c.wireguard {
-        wg.peers.sort_by(peer_cmp);
+        sort_if_needed(&mut wg.peers, peer_cmp);
     }
-    c.vxlan_allowed_sources.sort();
+    sort_if_needed(&mut c.vxlan_allowed_sources, Ord::cmp);
     c.vxlan_allowed_sources.dedup();
 }
 
 fn canonicalize_network(n: &mut NetworkConfig) {
-    n.remote.sort_by(|a, b| a.task_id.cmp(&b.task_id));
-    n.services.sort_by(|a, b| a.name.cmp(&b.name));
+    sort_if_needed(&mut n.remote, |a, b| a.task_id.cmp(&b.task_id));
+    sort_if_needed(&mut n.services, |a, b| a.name.cmp(&b.name));
     for s in &mut n.services {
         sort_addrs(&mut s.backends);
     }
-    n.names
-        .sort_by(|a, b| (&a.name, &a.ip).cmp(&(&b.name, &b.ip)));
+    sort_if_needed(&mut n.names, |a, b| (&a.name, &a.ip).cmp(&(&b.name, &b.ip)));
+}
+
+/// A stable sort of `v` by `cmp`, skipped when `v` is in order already
+/// (the sort itself takes a buffer as long as the list, sorted or not).
+fn sort_if_needed<T>(v: &mut [T], cmp: impl Fn(&T, &T) -> std::cmp::Ordering) {
+    if !v.is_sorted_by(|a, b| cmp(a, b).is_le()) {
+        v.sort_by(cmp);
+    }
 }
 
 /// Addresses in numeric order (text that is no address after them).
@@ -264,14 +271,13 @@ pub fn apply_in_place(held: &mut NodeConfig, delta: &NodeConfigDelta) -> Result<
     }
     let head = delta.head.as_ref().ok_or(DeltaError::NoHead)?;
     let removed: HashSet<&str> = delta.networks_removed.iter().map(String::as_str).collect();
-    for nd in &delta.networks_changed {
-        let kept = held
-            .networks
-            .iter()
-            .any(|n| n.id == nd.id && !removed.contains(n.id.as_str()));
-        if !kept && !delta.networks_set.iter().any(|n| n.id == nd.id) {
-            return Err(DeltaError::UnknownNetwork(nd.id.clone()));
-        }
+    let known: HashSet<&str> = (held.networks.iter())
+        .map(|n| n.id.as_str())
+        .filter(|id| !removed.contains(id))
+        .chain(delta.networks_set.iter().map(|n| n.id.as_str()))
+        .collect();
+    if let Some(nd) = (delta.networks_changed.iter()).find(|nd| !known.contains(nd.id.as_str())) {
+        return Err(DeltaError::UnknownNetwork(nd.id.clone()));
     }
     let mut c = head.clone();
 
@@ -279,9 +285,14 @@ pub fn apply_in_place(held: &mut NodeConfig, delta: &NodeConfigDelta) -> Result<
     nets.retain(|n| !removed.contains(n.id.as_str()));
     nets.extend(delta.networks_set.iter().cloned());
     c.networks = last_by_key(nets, |n| n.id.as_str());
-    for nd in &delta.networks_changed {
-        if let Some(n) = c.networks.iter_mut().find(|n| n.id == nd.id) {
-            apply_network(n, nd);
+    if !delta.networks_changed.is_empty() {
+        let at: HashMap<String, usize> = (c.networks.iter().enumerate())
+            .map(|(i, n)| (n.id.clone(), i))
+            .collect();
+        for nd in &delta.networks_changed {
+            if let Some(&i) = at.get(&nd.id) {
+                apply_network(&mut c.networks[i], nd);
+            }
         }
     }
 
@@ -303,7 +314,7 @@ pub fn apply_in_place(held: &mut NodeConfig, delta: &NodeConfigDelta) -> Result<
     let mut sources = std::mem::take(&mut held.vxlan_allowed_sources);
     remove_all(&mut sources, &delta.sources_removed, String::as_str);
     sources.extend(delta.sources_added.iter().cloned());
-    sources.sort();
+    sort_if_needed(&mut sources, Ord::cmp);
     sources.dedup();
     c.vxlan_allowed_sources = sources;
     canonicalize(&mut c);
@@ -319,21 +330,26 @@ fn apply_network(n: &mut NetworkConfig, d: &NetworkDelta) {
         |r| r.task_id.as_str(),
     );
     let mut services = last_by_key(std::mem::take(&mut n.services), |s| s.name.as_str());
-    services.retain(|s| !d.services_removed.contains(&s.name));
+    remove_all(&mut services, &d.services_removed, |s| s.name.as_str());
+    let mut at: HashMap<String, usize> = (services.iter().enumerate())
+        .map(|(i, s)| (s.name.clone(), i))
+        .collect();
     for sd in &d.services_changed {
-        let s = match services.iter_mut().position(|s| s.name == sd.name) {
-            Some(i) => &mut services[i],
-            None => {
-                services.push(ServiceEndpoint::default());
-                services.last_mut().expect("just pushed")
-            }
-        };
+        let i = *at.entry(sd.name.clone()).or_insert_with(|| {
+            services.push(ServiceEndpoint::default());
+            services.len() - 1
+        });
+        let s = &mut services[i];
         s.name = sd.name.clone();
         s.vip = sd.vip.clone();
         s.vip6 = sd.vip6.clone();
         remove_all(&mut s.backends, &sd.backends_removed, String::as_str);
         s.backends.extend(sd.backends_added.iter().cloned());
-        sort_addrs(&mut s.backends);
+        // Stable, and one pass over a list in order with a few added: no
+        // key made per address.
+        if !s.backends.is_sorted_by(|a, b| addr_cmp(a, b).is_le()) {
+            s.backends.sort_by(addr_cmp);
+        }
         s.backends.dedup();
     }
     n.services = last_by_key(services, |s| s.name.as_str());
@@ -345,7 +361,7 @@ fn apply_network(n: &mut NetworkConfig, d: &NetworkDelta) {
         names.retain(|r| !gone.contains(&(r.name.as_str(), r.ip.as_str())));
     }
     names.extend(d.names_added.iter().cloned());
-    names.sort_by(|a, b| (&a.name, &a.ip).cmp(&(&b.name, &b.ip)));
+    sort_if_needed(&mut names, |a, b| (&a.name, &a.ip).cmp(&(&b.name, &b.ip)));
     names.dedup_by(|a, b| a.name == b.name && a.ip == b.ip);
     n.names = names;
 }

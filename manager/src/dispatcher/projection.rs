@@ -513,7 +513,7 @@ pub fn project_parts(
     let gw_subnet = cluster.settings.gateway_subnet;
     let mine: Vec<&Task> = (shared.tasks_on(state, node).iter())
         .filter_map(|id| state.tasks.get(id))
-        .filter(|t| t.desired == DesiredTaskState::Running)
+        .filter(|t| t.node == node && t.desired == DesiredTaskState::Running)
         .collect();
     let mut net_ids: Vec<&str> = mine
         .iter()

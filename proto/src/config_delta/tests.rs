@@ -2,7 +2,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::*;
-use crate::v1::{NameRecord, RemoteEndpoint, TaskConfig, WireguardConfig};
+use crate::v1::{NameRecord, RemoteEndpoint, ServiceDelta, TaskConfig, WireguardConfig};
 
 /// Some of `0..n`, each with probability `p`.
 fn some(rng: &mut StdRng, n: u32, p: f64) -> Vec<u32> {
@@ -138,28 +138,31 @@ fn a_delta_makes_the_new_config_of_the_old_one() {
     }
 }
 
+/// `v` with two items swapped, one repeated, or one repeated with other
+/// contents; `false` when it has fewer than two items.
+fn spoil<T: Clone + Other>(rng: &mut StdRng, v: &mut Vec<T>) -> bool {
+    if v.len() < 2 {
+        return false;
+    }
+    let i = rng.gen_range(0..v.len() - 1);
+    match rng.gen_range(0..3) {
+        0 => v.swap(i, i + 1),
+        1 => {
+            let again = v[i].clone();
+            v.insert(i, again);
+        }
+        _ => {
+            let other = v[i].other();
+            v.insert(i + 1, other);
+        }
+    }
+    true
+}
+
 /// A config with one of its set-like lists spoilt: two items swapped, one
 /// repeated, or (for keyed lists) one repeated with other contents, where
 /// it has any (`None`: it has none).
 fn spoilt(rng: &mut StdRng, c: &NodeConfig) -> Option<NodeConfig> {
-    fn spoil<T: Clone + Other>(rng: &mut StdRng, v: &mut Vec<T>) -> bool {
-        if v.len() < 2 {
-            return false;
-        }
-        let i = rng.gen_range(0..v.len() - 1);
-        match rng.gen_range(0..3) {
-            0 => v.swap(i, i + 1),
-            1 => {
-                let again = v[i].clone();
-                v.insert(i, again);
-            }
-            _ => {
-                let other = v[i].other();
-                v.insert(i + 1, other);
-            }
-        }
-        true
-    }
     let mut c = c.clone();
     let n = c.networks.len();
     let which = rng.gen_range(0..n.max(1));
@@ -549,4 +552,217 @@ fn a_short_list_is_not_cut_and_parts_out_of_order_are_refused() {
         more: true,
     };
     assert_eq!(node.part(long), Err(DeltaError::TooManySources));
+}
+
+/// The maps `apply` was made of before it worked in place (1db32fc), as
+/// the reference its results are held to.
+mod reference {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use super::super::{DeltaError, canonicalize};
+    use crate::v1::{
+        NameRecord, NetworkConfig, NetworkDelta, NodeConfig, NodeConfigDelta, ServiceEndpoint,
+    };
+
+    pub fn reference_apply(
+        held: &NodeConfig,
+        delta: &NodeConfigDelta,
+    ) -> Result<NodeConfig, DeltaError> {
+        if held.version != delta.base_version {
+            return Err(DeltaError::Base {
+                base: delta.base_version,
+                held: held.version,
+            });
+        }
+        let mut c = delta.head.clone().ok_or(DeltaError::NoHead)?;
+
+        let mut nets: BTreeMap<String, NetworkConfig> = held
+            .networks
+            .iter()
+            .map(|n| (n.id.clone(), n.clone()))
+            .collect();
+        for id in &delta.networks_removed {
+            nets.remove(id);
+        }
+        for n in &delta.networks_set {
+            nets.insert(n.id.clone(), n.clone());
+        }
+        for nd in &delta.networks_changed {
+            let n = nets
+                .get_mut(&nd.id)
+                .ok_or_else(|| DeltaError::UnknownNetwork(nd.id.clone()))?;
+            reference_apply_network(n, nd);
+        }
+        c.networks = nets.into_values().collect();
+
+        c.tasks = reference_keyed(&held.tasks, &delta.tasks_set, &delta.tasks_removed, |t| {
+            t.id.clone()
+        });
+        if let Some(wg) = &mut c.wireguard {
+            let no_peers = Vec::new();
+            let held_peers = held.wireguard.as_ref().map_or(&no_peers, |w| &w.peers);
+            wg.peers = reference_keyed(
+                held_peers,
+                &delta.wg_peers_set,
+                &delta.wg_peers_removed,
+                |p| p.node_id.clone(),
+            );
+        }
+        c.vxlan_allowed_sources = reference_set(
+            &held.vxlan_allowed_sources,
+            &delta.sources_added,
+            &delta.sources_removed,
+        );
+        canonicalize(&mut c);
+        Ok(c)
+    }
+
+    fn reference_apply_network(n: &mut NetworkConfig, d: &NetworkDelta) {
+        n.remote = reference_keyed(&n.remote, &d.remote_set, &d.remote_removed, |r| {
+            r.task_id.clone()
+        });
+        let mut svcs: BTreeMap<String, ServiceEndpoint> = std::mem::take(&mut n.services)
+            .into_iter()
+            .map(|s| (s.name.clone(), s))
+            .collect();
+        for name in &d.services_removed {
+            svcs.remove(name);
+        }
+        for sd in &d.services_changed {
+            let s = svcs.entry(sd.name.clone()).or_default();
+            s.name = sd.name.clone();
+            s.vip = sd.vip.clone();
+            s.vip6 = sd.vip6.clone();
+            s.backends = reference_set(&s.backends, &sd.backends_added, &sd.backends_removed);
+        }
+        n.services = svcs.into_values().collect();
+        n.names = records(reference_set(
+            &name_keys(&n.names),
+            &name_keys(&d.names_added),
+            &name_keys(&d.names_removed),
+        ));
+    }
+
+    /// Name records as ordered pairs (prost's types have no order).
+    fn name_keys(v: &[NameRecord]) -> Vec<(String, String)> {
+        v.iter().map(|r| (r.name.clone(), r.ip.clone())).collect()
+    }
+
+    fn records(v: Vec<(String, String)>) -> Vec<NameRecord> {
+        v.into_iter()
+            .map(|(name, ip)| NameRecord { name, ip })
+            .collect()
+    }
+
+    fn reference_keyed<T: Clone>(
+        held: &[T],
+        set: &[T],
+        removed: &[String],
+        key: impl Fn(&T) -> String,
+    ) -> Vec<T> {
+        let mut m: BTreeMap<String, T> = held.iter().map(|t| (key(t), t.clone())).collect();
+        for k in removed {
+            m.remove(k);
+        }
+        for t in set {
+            m.insert(key(t), t.clone());
+        }
+        m.into_values().collect()
+    }
+
+    fn reference_set<T: Clone + Ord>(held: &[T], added: &[T], removed: &[T]) -> Vec<T> {
+        let mut s: BTreeSet<T> = held.iter().cloned().collect();
+        for t in removed {
+            s.remove(t);
+        }
+        s.extend(added.iter().cloned());
+        s.into_iter().collect()
+    }
+}
+
+/// On held configs in order or spoilt, and deltas with lists spoilt, keys
+/// both removed and set, changes to services not held or removed in the
+/// same delta, and backends that are no address, `apply` gives what the
+/// maps gave, refusals included.
+#[test]
+fn apply_gives_what_the_maps_gave_on_any_input() {
+    let mut rng = StdRng::seed_from_u64(1717);
+    for round in 0..3000 {
+        let old = config(&mut rng, 10 + round);
+        let new = config(&mut rng, 11 + round);
+        let mut d = diff(&old, &new).expect("canonical configs");
+        let held = if rng.gen_bool(0.3) {
+            spoilt(&mut rng, &old).unwrap_or(old)
+        } else {
+            old
+        };
+        for _ in 0..rng.gen_range(1..4) {
+            match rng.gen_range(0..9) {
+                0 => _ = spoil(&mut rng, &mut d.tasks_set),
+                1 => _ = spoil(&mut rng, &mut d.networks_set),
+                2 => _ = spoil(&mut rng, &mut d.sources_added),
+                3 => _ = spoil(&mut rng, &mut d.wg_peers_set),
+                4 => {
+                    if let Some(t) = d.tasks_set.first() {
+                        d.tasks_removed.push(t.id.clone());
+                    }
+                }
+                5 => {
+                    if let Some(n) = d.networks_set.first() {
+                        d.networks_changed.push(NetworkDelta {
+                            id: n.id.clone(),
+                            names_added: vec![NameRecord {
+                                name: "set-then-changed".into(),
+                                ip: "10.9.0.1".into(),
+                            }],
+                            ..Default::default()
+                        });
+                    }
+                }
+                6 => {
+                    if let Some(nd) = d.networks_changed.first_mut() {
+                        _ = spoil(&mut rng, &mut nd.remote_set);
+                        _ = spoil(&mut rng, &mut nd.names_added);
+                        nd.remote_removed
+                            .extend(nd.remote_set.first().map(|r| r.task_id.clone()));
+                    }
+                }
+                7 => {
+                    if let Some(nd) = d.networks_changed.first_mut() {
+                        let changed = ServiceDelta {
+                            name: format!("s{}", rng.gen_range(0..4)),
+                            vip: "10.9.0.2".into(),
+                            backends_added: vec![
+                                "no address".into(),
+                                "10.9.0.10".into(),
+                                "10.9.0.10".into(),
+                                "::1".into(),
+                                "10.9.0.9".into(),
+                            ],
+                            backends_removed: vec!["10.0.0.1".into()],
+                            vip6: String::new(),
+                        };
+                        if rng.gen_bool(0.5) {
+                            nd.services_removed.push(changed.name.clone());
+                        }
+                        nd.services_changed.push(changed.clone());
+                        nd.services_changed.push(ServiceDelta {
+                            vip: "10.9.0.3".into(),
+                            ..changed
+                        });
+                    }
+                }
+                _ => {
+                    if let Some(nd) = d.networks_changed.first_mut() {
+                        nd.names_removed.extend(nd.names_added.first().cloned());
+                    }
+                }
+            }
+        }
+        assert_eq!(
+            apply(&held, &d),
+            reference::reference_apply(&held, &d),
+            "round {round}: {d:?}"
+        );
+    }
 }
