@@ -1456,8 +1456,8 @@ mod projection_cost {
             s.tasks.get_mut(&gone).expect("the task").status.state =
                 crate::store::TaskState::Failed;
         } else {
-            // A node's underlay MTU: no network changes (the first node
-            // has no replica).
+            // A node's underlay MTU, raised above the others': the
+            // network's MTU, their minimum, stays.
             s.nodes.values_mut().next().expect("a node").underlay_mtu = 9000;
         }
         let mut bytes = 0;
