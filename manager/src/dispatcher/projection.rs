@@ -1404,14 +1404,22 @@ mod projection_cost {
     #[test]
     #[ignore = "a measurement: run it in release, alone"]
     fn projecting_every_node_at_5000_nodes() {
-        measure(499, 10, usize::MAX, true);
+        measure(499, 10, usize::MAX, true, false);
+    }
+
+    /// The same service publishing a port through the ingress network,
+    /// which every node then takes part in.
+    #[test]
+    #[ignore = "a measurement: run it in release, alone"]
+    fn projecting_every_node_at_5000_nodes_with_an_ingress_port() {
+        measure(499, 10, usize::MAX, true, true);
     }
 
     /// The same, for a store change that leaves the network as it was.
     #[test]
     #[ignore = "a measurement: run it in release, alone"]
     fn projecting_every_node_at_5000_nodes_after_a_change_elsewhere() {
-        measure(499, 10, usize::MAX, false);
+        measure(499, 10, usize::MAX, false, false);
     }
 
     /// The same with a replica on every node (a global service): every
@@ -1419,7 +1427,7 @@ mod projection_cost {
     #[test]
     #[ignore = "a measurement: run it in release, alone"]
     fn projecting_every_node_at_5000_nodes_with_a_global_service() {
-        measure(4990, 1, 200, true);
+        measure(4990, 1, 200, true, false);
     }
 
     /// `replicas` replicas, one on every `every`th node; each round also
@@ -1428,16 +1436,22 @@ mod projection_cost {
     /// nodes are projected (each config of a global service at 5,000 nodes
     /// is over a megabyte); the figures are for those. `touch_network`:
     /// the store change is to the service's network, or elsewhere.
-    fn measure(replicas: u64, every: u64, sample: usize, touch_network: bool) {
+    /// `ingress`: the service publishes port 8080 through the ingress
+    /// network.
+    fn measure(replicas: u64, every: u64, sample: usize, touch_network: bool, ingress: bool) {
         let mut s = cluster(4990);
         let mut net = network_spec("net1", "appnet");
         net.subnet = Some("10.20.0.0/16".parse().expect("literal"));
         apply(&mut s, crate::store::Command::CreateNetwork { spec: net });
+        let mut web = spec("web", replicas, &["net1"]);
+        if ingress {
+            web.ports = vec![port(8080, crate::store::PublishMode::Ingress)];
+        }
         apply(
             &mut s,
             crate::store::Command::CreateService {
                 id: "svc".into(),
-                spec: spec("web", replicas, &["net1"]),
+                spec: web,
                 now_ms: 0,
             },
         );
