@@ -314,9 +314,8 @@ pub fn apply_in_place(held: &mut NodeConfig, delta: &NodeConfigDelta) -> Result<
     let mut sources = std::mem::take(&mut held.vxlan_allowed_sources);
     remove_all(&mut sources, &delta.sources_removed, String::as_str);
     sources.extend(delta.sources_added.iter().cloned());
-    sort_if_needed(&mut sources, Ord::cmp);
-    sources.dedup();
     c.vxlan_allowed_sources = sources;
+    // Sorts what is out of order and drops repeated sources.
     canonicalize(&mut c);
     *held = c;
     Ok(())

@@ -408,13 +408,13 @@ impl Projected {
                 (None, Some(_)) => std::cmp::Ordering::Greater,
                 (Some(a), Some(b)) => a.id().cmp(b.id()),
             };
+            // The smaller ID steps alone; equal IDs step together.
             let step = match (
-                order,
                 old.next_if(|_| order.is_le()),
                 new.next_if(|_| order.is_ge()),
             ) {
-                (_, Some(a), Some(b)) if Arc::ptr_eq(a, b) => NetStep::same(a),
-                (_, Some(a), Some(b)) => {
+                (Some(a), Some(b)) if Arc::ptr_eq(a, b) => NetStep::same(a),
+                (Some(a), Some(b)) => {
                     let change = shared.change(a, b);
                     let (x, y) = change.parts();
                     let what = if x.same_for(y, viewer) {
@@ -429,19 +429,19 @@ impl Projected {
                         change: Some(change),
                     }
                 }
-                (_, Some(a), None) => NetStep {
+                (Some(a), None) => NetStep {
                     what: NetChange::Removed,
                     old: Some(a.clone()),
                     new: None,
                     change: None,
                 },
-                (_, None, Some(b)) => NetStep {
+                (None, Some(b)) => NetStep {
                     what: NetChange::Added,
                     old: None,
                     new: Some(b.clone()),
                     change: None,
                 },
-                (_, None, None) => return steps,
+                (None, None) => return steps,
             };
             steps.push(step);
         }
