@@ -231,6 +231,7 @@ async fn open_session(
                     accepts_deltas: true,
                     sources_digest: digest.clone(),
                     accepts_source_parts: true,
+                    accepts_port_deltas: true,
                 })
                 .await
                 .map_err(|st| {

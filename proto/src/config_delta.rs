@@ -17,8 +17,8 @@ use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
 use crate::v1::{
-    NetworkConfig, NetworkDelta, NodeConfig, NodeConfigDelta, ServiceEndpoint, SourcesPart,
-    WgPeerConfig,
+    NetworkConfig, NetworkDelta, NodeConfig, NodeConfigDelta, PublishedPortConfig, ServiceEndpoint,
+    SourcesPart, WgPeerConfig,
 };
 
 mod diff;
@@ -40,7 +40,11 @@ pub enum DeltaError {
     /// The delta changes a network the node does not hold.
     #[error("the delta changes network {0}, which this node does not hold")]
     UnknownNetwork(String),
-    /// The delta has no head.
+    /// The delta changes a published port (`PROTOCOL/PORT`) the node does
+    /// not hold.
+    #[error("the delta changes published port {0}, which this node does not hold")]
+    UnknownPort(String),
+    /// The delta, or a port's change in it, has no head.
     #[error("the delta has no head")]
     NoHead,
     /// A part of a config's VXLAN sources came with no config waiting for
@@ -158,8 +162,10 @@ impl SourceParts {
 /// Puts every set-like list of `c` in the one order both ends use:
 /// networks and tasks by ID, remote endpoints by task, services by name
 /// with their backends by address, names by (name, address), WireGuard
-/// peers by node, VXLAN sources sorted without duplicates. Ports, image
-/// fetches and a task's own lists keep their order (they are sent whole).
+/// peers by node, VXLAN sources sorted without duplicates, published ports
+/// by protocol and port with their backends sorted without duplicates.
+/// Image fetches and a task's own lists keep their order (they are sent
+/// whole).
 ///
 /// Lists already in order (as the managers project them) are only walked.
 pub fn canonicalize(c: &mut NodeConfig) {
@@ -173,6 +179,36 @@ pub fn canonicalize(c: &mut NodeConfig) {
     }
     sort_if_needed(&mut c.vxlan_allowed_sources, Ord::cmp);
     c.vxlan_allowed_sources.dedup();
+    sort_if_needed(&mut c.ports, port_cmp);
+    for p in &mut c.ports {
+        sort_if_needed(&mut p.local, Ord::cmp);
+        p.local.dedup();
+        sort_if_needed(&mut p.remote, Ord::cmp);
+        p.remote.dedup();
+    }
+}
+
+/// Published ports in their canonical order: by protocol, then port (the
+/// key a node has one of each).
+pub fn port_cmp(a: &PublishedPortConfig, b: &PublishedPortConfig) -> std::cmp::Ordering {
+    (&a.protocol, a.port).cmp(&(&b.protocol, b.port))
+}
+
+/// `delta` for a node that takes its ports whole in the head (an older
+/// node, `SessionRequest.accepts_port_deltas` false): `ports`, the new
+/// config's, in place of their change.
+pub fn with_ports_whole(
+    mut delta: NodeConfigDelta,
+    ports: Vec<PublishedPortConfig>,
+) -> NodeConfigDelta {
+    if let Some(h) = &mut delta.head {
+        h.ports = ports;
+    }
+    delta.ports_as_changes = false;
+    delta.ports_set.clear();
+    delta.ports_changed.clear();
+    delta.ports_removed.clear();
+    delta
 }
 
 fn canonicalize_network(n: &mut NetworkConfig) {
@@ -279,6 +315,9 @@ pub fn apply_in_place(held: &mut NodeConfig, delta: &NodeConfigDelta) -> Result<
     if let Some(nd) = (delta.networks_changed.iter()).find(|nd| !known.contains(nd.id.as_str())) {
         return Err(DeltaError::UnknownNetwork(nd.id.clone()));
     }
+    if delta.ports_as_changes {
+        check_ports(held, delta)?;
+    }
     let mut c = head.clone();
 
     let mut nets = std::mem::take(&mut held.networks);
@@ -315,10 +354,72 @@ pub fn apply_in_place(held: &mut NodeConfig, delta: &NodeConfigDelta) -> Result<
     remove_all(&mut sources, &delta.sources_removed, String::as_str);
     sources.extend(delta.sources_added.iter().cloned());
     c.vxlan_allowed_sources = sources;
+    if delta.ports_as_changes {
+        c.ports = apply_ports(std::mem::take(&mut held.ports), delta);
+    }
     // Sorts what is out of order and drops repeated sources.
     canonicalize(&mut c);
     *held = c;
     Ok(())
+}
+
+/// A port's key as [`port_cmp`] orders it.
+fn port_key(p: &PublishedPortConfig) -> (&str, u32) {
+    (p.protocol.as_str(), p.port)
+}
+
+/// `Err` when a port `delta` changes is one `held` will not have.
+fn check_ports(held: &NodeConfig, delta: &NodeConfigDelta) -> Result<(), DeltaError> {
+    let removed: HashSet<(&str, u32)> = (delta.ports_removed.iter())
+        .map(|k| (k.protocol.as_str(), k.port))
+        .collect();
+    let known: HashSet<(&str, u32)> = (held.ports.iter().map(port_key))
+        .filter(|k| !removed.contains(k))
+        .chain(delta.ports_set.iter().map(port_key))
+        .collect();
+    for pd in &delta.ports_changed {
+        let h = pd.head.as_ref().ok_or(DeltaError::NoHead)?;
+        if !known.contains(&port_key(h)) {
+            return Err(DeltaError::UnknownPort(format!(
+                "{}/{}",
+                h.protocol, h.port
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `held` ports changed by `delta` ([`check_ports`] said it can), one per
+/// key; sorted by [`canonicalize`] after.
+fn apply_ports(
+    mut held: Vec<PublishedPortConfig>,
+    delta: &NodeConfigDelta,
+) -> Vec<PublishedPortConfig> {
+    if !delta.ports_removed.is_empty() {
+        let removed: HashSet<(&str, u32)> = (delta.ports_removed.iter())
+            .map(|k| (k.protocol.as_str(), k.port))
+            .collect();
+        held.retain(|p| !removed.contains(&port_key(p)));
+    }
+    held.extend(delta.ports_set.iter().cloned());
+    let mut ports = last_by(held, port_cmp);
+    let at: HashMap<(String, u32), usize> = (ports.iter().enumerate())
+        .map(|(i, p)| ((p.protocol.clone(), p.port), i))
+        .collect();
+    for pd in &delta.ports_changed {
+        let Some(h) = &pd.head else { continue };
+        let Some(&i) = at.get(&(h.protocol.clone(), h.port)) else {
+            continue;
+        };
+        let mut remote = std::mem::take(&mut ports[i].remote);
+        remove_all(&mut remote, &pd.remote_removed, String::as_str);
+        remote.extend(pd.remote_added.iter().cloned());
+        ports[i] = PublishedPortConfig {
+            remote,
+            ..h.clone()
+        };
+    }
+    ports
 }
 
 fn apply_network(n: &mut NetworkConfig, d: &NetworkDelta) {
@@ -388,12 +489,18 @@ fn apply_keyed<T: Clone>(
 }
 
 /// `items` in order of `key`, the last of the items of one key kept.
-fn last_by_key<T>(mut items: Vec<T>, key: impl Fn(&T) -> &str) -> Vec<T> {
-    if !items.is_sorted_by(|a, b| key(a) < key(b)) {
+fn last_by_key<T>(items: Vec<T>, key: impl Fn(&T) -> &str) -> Vec<T> {
+    last_by(items, |a, b| key(a).cmp(key(b)))
+}
+
+/// `items` in the order `cmp` gives, the last of the items it finds equal
+/// kept.
+fn last_by<T>(mut items: Vec<T>, cmp: impl Fn(&T, &T) -> std::cmp::Ordering) -> Vec<T> {
+    if !items.is_sorted_by(|a, b| cmp(a, b).is_lt()) {
         // Stable: among items of one key, the last stays last.
-        items.sort_by(|a, b| key(a).cmp(key(b)));
+        items.sort_by(&cmp);
         items.dedup_by(|later, kept| {
-            let same = key(later) == key(kept);
+            let same = cmp(later, kept).is_eq();
             if same {
                 std::mem::swap(later, kept);
             }

@@ -593,6 +593,7 @@ impl Run {
                 accepts_deltas: true,
                 sources_digest: held_sources,
                 accepts_source_parts: true,
+                accepts_port_deltas: true,
             })
             .await
         {

@@ -71,6 +71,26 @@ struct Sent {
     sources: Arc<projection::Sources>,
 }
 
+/// Which changes a node takes (its session request says).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Deltas {
+    /// Whole configs only.
+    No,
+    /// Deltas with the published ports whole in their head (a node older
+    /// than `accepts_port_deltas`).
+    PortsWhole,
+    /// Deltas, ports as changes.
+    Yes,
+}
+
+/// `d` for a node that takes its ports whole: `new`'s, made for it.
+fn config_delta_with_ports_whole(
+    d: pb::NodeConfigDelta,
+    new: &projection::Projected,
+) -> pb::NodeConfigDelta {
+    weft_proto::config_delta::with_ports_whole(d, new.whole_ports())
+}
+
 /// How a changed config goes: whole, or as a change.
 enum Payload {
     Whole(Box<pb::NodeConfig>),
@@ -204,7 +224,7 @@ impl DispatcherService {
         &self,
         id: NodeId,
         mut last: Option<&mut Sent>,
-        deltas: bool,
+        deltas: Deltas,
         held_sources: &[u8],
     ) -> Result<(pb::SessionMessage, Option<(Payload, Sent)>), Status> {
         let msg = self.session_message(id)?;
@@ -239,8 +259,12 @@ impl DispatcherService {
         let last = last.as_deref();
         self.core.config_pushed(id, config.config.version);
         let delta = last
-            .filter(|_| deltas)
-            .and_then(|l| self.delta_for(l, &config, &shared));
+            .filter(|_| deltas != Deltas::No)
+            .and_then(|l| self.delta_for(l, &config, &shared))
+            .map(|d| match deltas {
+                Deltas::PortsWhole => config_delta_with_ports_whole(d, &config),
+                _ => d,
+            });
         let payload = match delta {
             Some(d) => Payload::Delta(Box::new(d)),
             None => {
@@ -801,7 +825,14 @@ impl Dispatcher for DispatcherService {
         let node = self.authorize(&req, &req.get_ref().node_id)?;
         self.await_leader().await?;
         self.core.seen(node.id);
-        let deltas = req.get_ref().accepts_deltas;
+        let deltas = match (
+            req.get_ref().accepts_deltas,
+            req.get_ref().accepts_port_deltas,
+        ) {
+            (false, _) => Deltas::No,
+            (true, false) => Deltas::PortsWhole,
+            (true, true) => Deltas::Yes,
+        };
         let parts = req.get_ref().accepts_source_parts;
         let held_sources = std::mem::take(&mut req.get_mut().sources_digest);
         let (first, first_payload) =

@@ -5,6 +5,7 @@
 //! endpoints leave every peer's config).
 
 mod network;
+mod ports;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -14,6 +15,7 @@ use ipnetwork::IpNetwork;
 use weft_proto::v1 as pb;
 
 pub use network::NetParts;
+pub use ports::PortParts;
 
 use crate::store::ipam::{mac_for, mac_text};
 use crate::store::{DesiredTaskState, Network, NodeId, NodeState, PublishMode, State, Task};
@@ -46,19 +48,6 @@ pub const DEFAULT_UNDERLAY_MTU: u32 = 1500;
 
 fn live(state: &State, t: &Task) -> bool {
     t.desired == DesiredTaskState::Running && network::up(state, t.node)
-}
-
-/// Whether `viewer` should see `t` as live: its own tasks always are (it
-/// runs them), whatever the store says of its own liveness. A node that
-/// was marked down while its daemon restarted gets its config before the
-/// heartbeat that marks it ready again; leaving its own tasks out of that
-/// config made its resolver answer "no such name" for them for a moment.
-fn live_for(state: &State, viewer: NodeId, t: &Task) -> bool {
-    if t.node == viewer {
-        t.desired == DesiredTaskState::Running
-    } else {
-        live(state, t)
-    }
 }
 
 /// Nodes with a task on `net`.
@@ -139,8 +128,17 @@ pub struct Shared {
     earlier: HashMap<String, Arc<NetParts>>,
     /// What changed between two parts of a network, by the two parts'
     /// addresses: made once for every session going from the one to the
-    /// other ([`Shared::change`]).
-    changes: Mutex<HashMap<(usize, usize), Slot<Change>>>,
+    /// other.
+    changes: Pairs<NetParts>,
+    /// The published ports of every service that has any, by service ID,
+    /// made on first use ([`Shared::ports`]).
+    ports: OnceLock<Vec<Arc<PortParts>>>,
+    /// Each service's ports as last made before this state (see
+    /// `earlier`).
+    earlier_ports: HashMap<String, Arc<PortParts>>,
+    /// What changed between two parts of a service's ports (see
+    /// `changes`).
+    port_changes: Pairs<PortParts>,
     /// Each node's tasks' IDs, in the store's order, made on first use:
     /// every session looks up its own on every store change, and a walk
     /// over every task each cost O(N × T) per change.
@@ -150,24 +148,96 @@ pub struct Shared {
 /// A value made once, on first use, by whichever caller gets there first.
 type Slot<T> = Arc<OnceLock<Arc<T>>>;
 
-/// Two parts of one network and what changed between them
-/// ([`NetParts::without_common`]); the parts are kept so that their
-/// addresses, the key this is found by, stay theirs.
-#[derive(Debug)]
-struct Change {
-    old: Arc<NetParts>,
-    new: Arc<NetParts>,
-    changed: Option<(NetParts, NetParts)>,
+/// A part of a node's config made once per store version and shared by
+/// every session ([`NetParts`], [`PortParts`]), which a session compares
+/// and diffs for its node only.
+trait Part: std::fmt::Debug + Sized {
+    /// What names it among a node's parts of its kind (their order).
+    fn key(&self) -> &str;
+    /// Whether `viewer` gets the same from `self` and `other`.
+    fn same_for(&self, other: &Self, viewer: NodeId) -> bool;
+    /// `old` and `new` without what they hold the same, such that a
+    /// viewer's configs made from the two differ as those made from the
+    /// wholes do; `None` when that cannot be said (compare the wholes).
+    fn without_common(old: &Self, new: &Self) -> Option<(Self, Self)>;
 }
 
-impl Change {
+impl Part for NetParts {
+    fn key(&self) -> &str {
+        self.id()
+    }
+    fn same_for(&self, other: &Self, viewer: NodeId) -> bool {
+        NetParts::same_for(self, other, viewer)
+    }
+    fn without_common(old: &Self, new: &Self) -> Option<(Self, Self)> {
+        NetParts::without_common(old, new)
+    }
+}
+
+impl Part for PortParts {
+    fn key(&self) -> &str {
+        self.id()
+    }
+    fn same_for(&self, other: &Self, viewer: NodeId) -> bool {
+        PortParts::same_for(self, other, viewer)
+    }
+    fn without_common(old: &Self, new: &Self) -> Option<(Self, Self)> {
+        PortParts::without_common(old, new)
+    }
+}
+
+/// Two parts of one thing and what changed between them
+/// ([`Part::without_common`]); the parts are kept so that their
+/// addresses, the key this is found by, stay theirs.
+#[derive(Debug)]
+struct Change<T> {
+    old: Arc<T>,
+    new: Arc<T>,
+    changed: Option<(T, T)>,
+}
+
+impl<T> Change<T> {
     /// The two parts to compare and diff: what changed when that is
     /// known, else the wholes.
-    fn parts(&self) -> (&NetParts, &NetParts) {
+    fn parts(&self) -> (&T, &T) {
         match &self.changed {
             Some((a, b)) => (a, b),
             None => (&self.old, &self.new),
         }
+    }
+}
+
+/// What changed between two parts, by the two parts' addresses: made
+/// once for every session going from the one to the other.
+#[derive(Debug)]
+struct Pairs<T>(Mutex<HashMap<PairKey, Slot<Change<T>>>>);
+
+/// Two parts' addresses, the older's first.
+type PairKey = (usize, usize);
+
+impl<T> Default for Pairs<T> {
+    fn default() -> Self {
+        Pairs(Mutex::default())
+    }
+}
+
+impl<T: Part> Pairs<T> {
+    /// What changed from `old` to `new`: made once, then shared by every
+    /// session that goes from the one to the other.
+    fn change(&self, old: &Arc<T>, new: &Arc<T>) -> Arc<Change<T>> {
+        let key = (Arc::as_ptr(old) as usize, Arc::as_ptr(new) as usize);
+        let slot = (self.0.lock().unwrap_or_else(|p| p.into_inner()))
+            .entry(key)
+            .or_default()
+            .clone();
+        slot.get_or_init(|| {
+            Arc::new(Change {
+                old: old.clone(),
+                new: new.clone(),
+                changed: T::without_common(old, new),
+            })
+        })
+        .clone()
     }
 }
 
@@ -192,25 +262,29 @@ impl Shared {
         .clone()
     }
 
-    /// What changed from `old` to `new`, parts of one network: made once,
-    /// then shared by every session that goes from the one to the other.
-    fn change(&self, old: &Arc<NetParts>, new: &Arc<NetParts>) -> Arc<Change> {
-        let key = (Arc::as_ptr(old) as usize, Arc::as_ptr(new) as usize);
-        let slot = self
-            .changes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(key)
-            .or_default()
-            .clone();
-        slot.get_or_init(|| {
-            Arc::new(Change {
-                old: old.clone(),
-                new: new.clone(),
-                changed: NetParts::without_common(old, new),
-            })
+    /// The published ports of every service of `state` (which must be the
+    /// state these parts were made from) that has any, by service ID:
+    /// made once, then shared by every node's projection; those equal to
+    /// the earlier ones are them.
+    pub fn ports(&self, state: &State) -> &[Arc<PortParts>] {
+        self.ports.get_or_init(|| {
+            (PortParts::all(state).into_iter())
+                .map(|parts| match self.earlier_ports.get(parts.id()) {
+                    Some(earlier) if **earlier == parts => earlier.clone(),
+                    _ => Arc::new(parts),
+                })
+                .collect()
         })
-        .clone()
+    }
+
+    /// Each service's ports as last made, here or before.
+    fn latest_ports(&self) -> HashMap<String, Arc<PortParts>> {
+        match self.ports.get() {
+            Some(made) => (made.iter())
+                .map(|p| (p.id().to_string(), p.clone()))
+                .collect(),
+            None => self.earlier_ports.clone(),
+        }
     }
 
     /// The IDs of `node`'s tasks in `state`, which must be the state these
@@ -296,7 +370,10 @@ pub fn shared_after(state: &State, earlier: Option<&Shared>) -> Shared {
         removed: state.removed.iter().map(|n| n.to_string()).collect(),
         networks: Mutex::default(),
         earlier: HashMap::new(),
-        changes: Mutex::default(),
+        changes: Pairs::default(),
+        ports: OnceLock::new(),
+        earlier_ports: HashMap::new(),
+        port_changes: Pairs::default(),
         tasks_by_node: OnceLock::new(),
     };
     if let Some(e) = earlier {
@@ -308,6 +385,10 @@ pub fn shared_after(state: &State, earlier: Option<&Shared>) -> Shared {
         parts
             .earlier
             .retain(|id, _| state.networks.contains_key(id));
+        parts.earlier_ports = e.latest_ports();
+        parts
+            .earlier_ports
+            .retain(|id, _| state.services.contains_key(id));
     }
     parts
 }
@@ -340,23 +421,28 @@ pub fn project_without_sources(
     Some(project_parts(state, node, version, shared)?.whole())
 }
 
-/// A node's config with its networks left in their shared parts, which
-/// is what a session keeps of what it sent: with M members on a network,
-/// each member's own copy of the network's lists held O(M²) on the leader
-/// and cost O(M) per member to compare at every store change, changed or
-/// not.
+/// A node's config with its networks and published ports left in their
+/// shared parts, which is what a session keeps of what it sent: with M
+/// members on a network, each member's own copy of the network's lists
+/// held O(M²) on the leader and cost O(M) per member to compare at every
+/// store change, changed or not (and so did every node's copy of an
+/// ingress-published service's replicas).
 #[derive(Debug)]
 pub struct Projected {
     node: NodeId,
-    /// The config without networks or VXLAN sources.
+    /// The config without networks, VXLAN sources or services' ports (its
+    /// tasks' own `-p` ports only).
     pub config: pb::NodeConfig,
     /// The node's networks' parts, by network ID.
     networks: Vec<Arc<NetParts>>,
+    /// The published ports' parts of every service that has any, by
+    /// service ID.
+    ports: Vec<Arc<PortParts>>,
 }
 
-/// What became of one network between two projections of a node.
+/// What became of one part between two projections of a node.
 #[derive(Debug, Clone, Copy, PartialEq)]
-enum NetChange {
+enum PartChange {
     Same,
     Changed,
     Added,
@@ -364,24 +450,37 @@ enum NetChange {
 }
 
 impl Projected {
-    /// The whole config, networks made for the node.
+    /// The whole config, networks and ports made for the node.
     pub fn whole(&self) -> pb::NodeConfig {
         pb::NodeConfig {
             networks: (self.networks.iter())
                 .map(|n| n.config_for(self.node))
                 .collect(),
+            ports: self.whole_ports(),
             ..self.config.clone()
         }
     }
 
+    /// The whole config's published ports.
+    pub fn whole_ports(&self) -> Vec<pb::PublishedPortConfig> {
+        let mut ports = self.config.ports.clone();
+        ports.extend(self.ports.iter().flat_map(|p| p.config_for(self.node)));
+        ports.sort_by(weft_proto::config_delta::port_cmp);
+        ports
+    }
+
     /// Whether the two configs differ in anything but their version
-    /// ([`same_content`] of their wholes). A network whose parts are the
-    /// same `Arc` is not looked into, and of one whose parts changed only
-    /// what changed is (`shared`: the new config's, where changes are
-    /// made once for all sessions).
+    /// ([`same_content`] of their wholes). A part that is the same `Arc`
+    /// is not looked into, and of one that changed only what changed is
+    /// (`shared`: the new config's, where changes are made once for all
+    /// sessions).
     pub fn same_as(&self, other: &Projected, shared: &Shared) -> bool {
+        let viewer = other.node;
         same_content(&self.config, &other.config)
-            && (self.network_changes(other, shared).iter()).all(|c| c.what == NetChange::Same)
+            && (steps(&self.networks, &other.networks, &shared.changes, viewer).iter())
+                .all(|c| c.what == PartChange::Same)
+            && (steps(&self.ports, &other.ports, &shared.port_changes, viewer).iter())
+                .all(|c| c.what == PartChange::Same)
     }
 
     /// `new` in place of `self`, which is the same ([`Projected::same_as`]),
@@ -392,64 +491,11 @@ impl Projected {
         *self = new;
     }
 
-    /// The networks of `self` (the earlier) and `new`, walked by ID, each
-    /// with what became of it.
-    fn network_changes(&self, new: &Projected, shared: &Shared) -> Vec<NetStep> {
-        let viewer = new.node;
-        let (mut old, mut new) = (
-            self.networks.iter().peekable(),
-            new.networks.iter().peekable(),
-        );
-        let mut steps = Vec::new();
-        loop {
-            let order = match (old.peek(), new.peek()) {
-                (None, None) => return steps,
-                (Some(_), None) => std::cmp::Ordering::Less,
-                (None, Some(_)) => std::cmp::Ordering::Greater,
-                (Some(a), Some(b)) => a.id().cmp(b.id()),
-            };
-            // The smaller ID steps alone; equal IDs step together.
-            let step = match (
-                old.next_if(|_| order.is_le()),
-                new.next_if(|_| order.is_ge()),
-            ) {
-                (Some(a), Some(b)) if Arc::ptr_eq(a, b) => NetStep::same(a),
-                (Some(a), Some(b)) => {
-                    let change = shared.change(a, b);
-                    let (x, y) = change.parts();
-                    let what = if x.same_for(y, viewer) {
-                        NetChange::Same
-                    } else {
-                        NetChange::Changed
-                    };
-                    NetStep {
-                        what,
-                        old: Some(a.clone()),
-                        new: Some(b.clone()),
-                        change: Some(change),
-                    }
-                }
-                (Some(a), None) => NetStep {
-                    what: NetChange::Removed,
-                    old: Some(a.clone()),
-                    new: None,
-                    change: None,
-                },
-                (None, Some(b)) => NetStep {
-                    what: NetChange::Added,
-                    old: None,
-                    new: Some(b.clone()),
-                    change: None,
-                },
-                (None, None) => return steps,
-            };
-            steps.push(step);
-        }
-    }
-
     /// `self` (what a node holds) and `new`, as two configs that differ as
     /// the wholes do: networks that did not change are left without their
     /// lists on both sides, and of those that did only what changed is in
+    /// them; services' ports that did not change are left out of both, and
+    /// of those that did only the remote addresses that changed are in
     /// them. A delta made from these two
     /// ([`weft_proto::config_delta::diff`]) makes `new` whole from `self`
     /// whole, and costs a copy of its own fields per unchanged network,
@@ -460,9 +506,9 @@ impl Projected {
         shared: &Shared,
     ) -> (pb::NodeConfig, pb::NodeConfig) {
         let (mut old_c, mut new_c) = (self.config.clone(), new.config.clone());
-        for step in self.network_changes(new, shared) {
+        for step in steps(&self.networks, &new.networks, &shared.changes, new.node) {
             match (step.what, &step.old, &step.new, &step.change) {
-                (NetChange::Changed, _, _, Some(change)) => {
+                (PartChange::Changed, _, _, Some(change)) => {
                     let (a, b) = change.parts();
                     old_c.networks.push(a.config_for(self.node));
                     new_c.networks.push(b.config_for(new.node));
@@ -476,28 +522,95 @@ impl Projected {
                 (_, None, None, _) => {}
             }
         }
+        for step in steps(&self.ports, &new.ports, &shared.port_changes, new.node) {
+            match (step.what, &step.old, &step.new, &step.change) {
+                (PartChange::Same, _, _, _) => {}
+                (_, _, _, Some(change)) => {
+                    let (a, b) = change.parts();
+                    old_c.ports.extend(a.config_for(self.node));
+                    new_c.ports.extend(b.config_for(new.node));
+                }
+                (_, a, b, None) => {
+                    old_c
+                        .ports
+                        .extend(a.iter().flat_map(|a| a.config_for(self.node)));
+                    new_c
+                        .ports
+                        .extend(b.iter().flat_map(|b| b.config_for(new.node)));
+                }
+            }
+        }
+        old_c.ports.sort_by(weft_proto::config_delta::port_cmp);
+        new_c.ports.sort_by(weft_proto::config_delta::port_cmp);
         (old_c, new_c)
     }
 }
 
-/// One network in [`Projected::network_changes`].
-struct NetStep {
-    what: NetChange,
-    old: Option<Arc<NetParts>>,
-    new: Option<Arc<NetParts>>,
-    /// What changed, for parts that are not the same `Arc`.
-    change: Option<Arc<Change>>,
+/// The parts of `old` (the earlier) and `new`, each in order of its key,
+/// walked by key, each with what became of it for `viewer`.
+fn steps<T: Part>(
+    old: &[Arc<T>],
+    new: &[Arc<T>],
+    pairs: &Pairs<T>,
+    viewer: NodeId,
+) -> Vec<Step<T>> {
+    let (mut old, mut new) = (old.iter().peekable(), new.iter().peekable());
+    let mut steps = Vec::new();
+    loop {
+        let order = match (old.peek(), new.peek()) {
+            (None, None) => return steps,
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (Some(a), Some(b)) => a.key().cmp(b.key()),
+        };
+        // The smaller key steps alone; equal keys step together.
+        let step = match (
+            old.next_if(|_| order.is_le()),
+            new.next_if(|_| order.is_ge()),
+        ) {
+            (Some(a), Some(b)) if Arc::ptr_eq(a, b) => Step {
+                what: PartChange::Same,
+                old: Some(a.clone()),
+                new: Some(b.clone()),
+                change: None,
+            },
+            (Some(a), Some(b)) => {
+                let change = pairs.change(a, b);
+                let (x, y) = change.parts();
+                let what = if x.same_for(y, viewer) {
+                    PartChange::Same
+                } else {
+                    PartChange::Changed
+                };
+                Step {
+                    what,
+                    old: Some(a.clone()),
+                    new: Some(b.clone()),
+                    change: Some(change),
+                }
+            }
+            (a, b) => Step {
+                what: if a.is_some() {
+                    PartChange::Removed
+                } else {
+                    PartChange::Added
+                },
+                old: a.cloned(),
+                new: b.cloned(),
+                change: None,
+            },
+        };
+        steps.push(step);
+    }
 }
 
-impl NetStep {
-    fn same(parts: &Arc<NetParts>) -> NetStep {
-        NetStep {
-            what: NetChange::Same,
-            old: Some(parts.clone()),
-            new: Some(parts.clone()),
-            change: None,
-        }
-    }
+/// One part in [`steps`].
+struct Step<T> {
+    what: PartChange,
+    old: Option<Arc<T>>,
+    new: Option<Arc<T>>,
+    /// What changed, for parts that are not the same `Arc`.
+    change: Option<Arc<Change<T>>>,
 }
 
 /// [`project_without_sources`] with the networks left in their parts
@@ -550,7 +663,7 @@ pub fn project_parts(
         wireguard,
         vxlan_allowed_sources: Vec::new(),
         wg_key_generation: me.wg_key_generation,
-        ports: published_ports(state, node, &mine),
+        ports: task_ports(&mine),
         ingress,
         // Not the store's: the dispatcher adds the leader's in-memory
         // image fetches (crate::imagepush).
@@ -565,6 +678,7 @@ pub fn project_parts(
         node,
         config,
         networks,
+        ports: shared.ports(state).to_vec(),
     })
 }
 
@@ -661,9 +775,9 @@ fn ingress_endpoint(state: &State, node: NodeId) -> Option<pb::IngressEndpointCo
     })
 }
 
-/// Ports published on `node`: its tasks' `-p` ports, every service's
-/// ingress ports, and host-mode ports of services with a replica here.
-fn published_ports(state: &State, node: NodeId, mine: &[&Task]) -> Vec<pb::PublishedPortConfig> {
+/// Ports published on a node by its tasks (`-p`); services' ports are in
+/// their shared parts ([`PortParts`]).
+fn task_ports(mine: &[&Task]) -> Vec<pb::PublishedPortConfig> {
     let mut out = Vec::new();
     for t in mine {
         let Some(gw) = t.gateway_ip else { continue };
@@ -675,54 +789,6 @@ fn published_ports(state: &State, node: NodeId, mine: &[&Task]) -> Vec<pb::Publi
                 local: vec![gw.to_string()],
                 remote: Vec::new(),
                 owner: format!("task {}", t.name),
-            });
-        }
-    }
-    let ingress = state.ingress_network();
-    for svc in state.services.values() {
-        if svc.ports.is_empty() {
-            continue;
-        }
-        let replicas: Vec<&Task> = state
-            .tasks
-            .values()
-            .filter(|t| {
-                t.service.as_ref().is_some_and(|r| r.service == svc.id)
-                    && t.status.state.is_serving()
-                    && live_for(state, node, t)
-            })
-            .collect();
-        let mut local: Vec<String> = replicas
-            .iter()
-            .filter(|t| t.node == node)
-            .filter_map(|t| t.gateway_ip.map(|ip| ip.to_string()))
-            .collect();
-        local.sort();
-        for p in &svc.ports {
-            let remote: Vec<String> = match (p.mode, ingress) {
-                (PublishMode::Ingress, Some(net)) => {
-                    // Both families: the node picks by the client's.
-                    let mut r: Vec<String> = replicas
-                        .iter()
-                        .filter(|t| t.node != node)
-                        .flat_map(|t| addrs_on(t, net))
-                        .map(|ip| ip.to_string())
-                        .collect();
-                    r.sort();
-                    r
-                }
-                _ => Vec::new(),
-            };
-            if p.mode == PublishMode::Host && local.is_empty() {
-                continue;
-            }
-            out.push(pb::PublishedPortConfig {
-                protocol: p.proto.as_str().into(),
-                port: p.published.into(),
-                target_port: p.target.into(),
-                local: local.clone(),
-                remote,
-                owner: format!("service {}", svc.spec.name),
             });
         }
     }
@@ -806,6 +872,7 @@ pub fn same_content(a: &pb::NodeConfig, b: &pb::NodeConfig) -> bool {
         && a.tasks == b.tasks
         && a.wireguard == b.wireguard
         && a.vxlan_allowed_sources == b.vxlan_allowed_sources
+        && a.ports == b.ports
 }
 
 #[cfg(test)]

@@ -13,10 +13,10 @@
 
 use std::cmp::Ordering;
 
-use super::{addr_cmp, peer_cmp};
+use super::{addr_cmp, peer_cmp, port_cmp};
 use crate::v1::{
-    NameRecord, NetworkConfig, NetworkDelta, NodeConfig, NodeConfigDelta, ServiceDelta,
-    ServiceEndpoint, WireguardConfig,
+    NameRecord, NetworkConfig, NetworkDelta, NodeConfig, NodeConfigDelta, PortDelta, PortKey,
+    PublishedPortConfig, ServiceDelta, ServiceEndpoint, WireguardConfig,
 };
 
 /// The change from `old` (sent before) to `new`, such that
@@ -69,11 +69,61 @@ pub fn diff(old: &NodeConfig, new: &NodeConfig) -> Option<NodeConfigDelta> {
     )?;
     d.sources_added = added;
     d.sources_removed = removed;
+    diff_ports(&old.ports, &new.ports, &mut d)?;
     Some(d)
 }
 
+/// The ports' change into `d` (`ports_as_changes`): new ones whole, held
+/// ones whose fields changed with their remote backends as a change, and
+/// the keys of those gone; `None` when a port list or a port's backends
+/// are not strictly in order.
+fn diff_ports(
+    old: &[PublishedPortConfig],
+    new: &[PublishedPortConfig],
+    d: &mut NodeConfigDelta,
+) -> Option<()> {
+    d.ports_as_changes = true;
+    let mut ok = true;
+    walk(old, new, port_cmp, |o, n| match (o, n) {
+        (Some(o), None) => {
+            ok &= port_ok(o);
+            d.ports_removed.push(PortKey {
+                protocol: o.protocol.clone(),
+                port: o.port,
+            });
+        }
+        (None, Some(n)) => {
+            ok &= port_ok(n);
+            d.ports_set.push(n.clone());
+        }
+        (Some(o), Some(n)) if o != n => {
+            ok &= port_ok(o) && port_ok(n);
+            let Some((added, removed)) = diff_set(&o.remote, &n.remote, Ord::cmp) else {
+                ok = false;
+                return;
+            };
+            d.ports_changed.push(PortDelta {
+                head: Some(PublishedPortConfig {
+                    remote: Vec::new(),
+                    ..n.clone()
+                }),
+                remote_added: added,
+                remote_removed: removed,
+            });
+        }
+        _ => {}
+    })?;
+    ok.then_some(())
+}
+
+/// Whether a port's backends are strictly in canonical order.
+fn port_ok(p: &PublishedPortConfig) -> bool {
+    strictly(&p.local, Ord::cmp) && strictly(&p.remote, Ord::cmp)
+}
+
 /// `new` without the lists a delta carries as changes (networks, tasks,
-/// VXLAN sources, WireGuard peers), copied without them: a delta's head.
+/// VXLAN sources, WireGuard peers, ports), copied without them: a delta's
+/// head.
 pub fn head(new: &NodeConfig) -> NodeConfig {
     // Every field named: a field added to the config must be placed here.
     let NodeConfig {
@@ -86,7 +136,7 @@ pub fn head(new: &NodeConfig) -> NodeConfig {
         wireguard,
         vxlan_allowed_sources: _,
         wg_key_generation,
-        ports,
+        ports: _,
         ingress,
         keep_sources,
         sources_follow,
@@ -118,7 +168,8 @@ pub fn head(new: &NodeConfig) -> NodeConfig {
         wireguard,
         vxlan_allowed_sources: Vec::new(),
         wg_key_generation: *wg_key_generation,
-        ports: ports.clone(),
+        // As changes ([`diff_ports`]).
+        ports: Vec::new(),
         ingress: ingress.clone(),
         keep_sources: *keep_sources,
         sources_follow: *sources_follow,

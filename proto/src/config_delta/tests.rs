@@ -2,7 +2,9 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::*;
-use crate::v1::{NameRecord, RemoteEndpoint, ServiceDelta, TaskConfig, WireguardConfig};
+use crate::v1::{
+    NameRecord, PortDelta, PortKey, RemoteEndpoint, ServiceDelta, TaskConfig, WireguardConfig,
+};
 
 /// Some of `0..n`, each with probability `p`.
 fn some(rng: &mut StdRng, n: u32, p: f64) -> Vec<u32> {
@@ -10,7 +12,8 @@ fn some(rng: &mut StdRng, n: u32, p: f64) -> Vec<u32> {
 }
 
 /// A config drawn from a small universe (so that two draws overlap):
-/// networks n0..n3, tasks t0..t7, endpoints, services, names, peers.
+/// networks n0..n3, tasks t0..t7, endpoints, services, names, peers,
+/// published ports.
 fn config(rng: &mut StdRng, version: u64) -> NodeConfig {
     let mut networks = Vec::new();
     for i in some(rng, 4, 0.7) {
@@ -107,6 +110,21 @@ fn config(rng: &mut StdRng, version: u64) -> NodeConfig {
         .iter()
         .map(|n| format!("198.18.0.{n}"))
         .collect();
+    let mut ports = Vec::new();
+    for p in some(rng, 5, 0.6) {
+        ports.push(PublishedPortConfig {
+            protocol: if p % 2 == 0 { "tcp" } else { "udp" }.into(),
+            port: 8000 + p,
+            target_port: 80 + u32::from(rng.gen_bool(0.1)),
+            local: (some(rng, 3, 0.3).iter())
+                .map(|l| format!("172.18.0.{l}"))
+                .collect(),
+            remote: (some(rng, 12, 0.6).iter())
+                .map(|r| format!("10.255.0.{r}"))
+                .collect(),
+            owner: format!("service s{p}"),
+        });
+    }
     let mut c = NodeConfig {
         version,
         vtep: "198.18.0.1".into(),
@@ -117,6 +135,7 @@ fn config(rng: &mut StdRng, version: u64) -> NodeConfig {
         wireguard,
         vxlan_allowed_sources,
         wg_key_generation: rng.gen_range(0..2),
+        ports,
         ..Default::default()
     };
     canonicalize(&mut c);
@@ -166,7 +185,7 @@ fn spoilt(rng: &mut StdRng, c: &NodeConfig) -> Option<NodeConfig> {
     let mut c = c.clone();
     let n = c.networks.len();
     let which = rng.gen_range(0..n.max(1));
-    let done = match rng.gen_range(0..8) {
+    let done = match rng.gen_range(0..10) {
         0 => spoil(rng, &mut c.networks),
         1 => spoil(rng, &mut c.tasks),
         2 => spoil(rng, &mut c.vxlan_allowed_sources),
@@ -182,6 +201,12 @@ fn spoilt(rng: &mut StdRng, c: &NodeConfig) -> Option<NodeConfig> {
             let k = net.services.len();
             let svc = rng.gen_range(0..k.max(1));
             k > 0 && spoil(rng, &mut net.services[svc].backends)
+        }
+        8 => spoil(rng, &mut c.ports),
+        9 => {
+            let k = c.ports.len();
+            let p = rng.gen_range(0..k.max(1));
+            k > 0 && spoil(rng, &mut c.ports[p].remote)
         }
         _ => false,
     };
@@ -241,6 +266,8 @@ fn has_repeats(c: &NodeConfig) -> bool {
         || c.wireguard
             .as_ref()
             .is_some_and(|w| twice(&w.peers, |p| p.node_id.clone()))
+        || twice(&c.ports, |p| (p.protocol.clone(), p.port))
+        || (c.ports.iter()).any(|p| twice(&p.local, Clone::clone) || twice(&p.remote, Clone::clone))
         || c.networks.iter().any(|n| {
             twice(&n.remote, |r| r.task_id.clone())
                 || twice(&n.services, |s| s.name.clone())
@@ -298,6 +325,15 @@ impl Other for RemoteEndpoint {
     fn other(&self) -> Self {
         RemoteEndpoint {
             ip: "10.99.99.99".into(),
+            ..self.clone()
+        }
+    }
+}
+
+impl Other for PublishedPortConfig {
+    fn other(&self) -> Self {
+        PublishedPortConfig {
+            target_port: self.target_port + 1,
             ..self.clone()
         }
     }
@@ -369,8 +405,48 @@ fn a_delta_on_another_base_or_network_is_refused() {
         ..Default::default()
     };
     assert_eq!(apply(&old, &headless), Err(DeltaError::NoHead));
+    // A port changed that the node does not hold.
+    let port = PublishedPortConfig {
+        protocol: "tcp".into(),
+        port: 9999,
+        ..Default::default()
+    };
+    let unknown_port = NodeConfigDelta {
+        base_version: 5,
+        head: Some(NodeConfig {
+            version: 6,
+            ..Default::default()
+        }),
+        ports_as_changes: true,
+        ports_changed: vec![PortDelta {
+            head: Some(port.clone()),
+            remote_added: vec!["10.255.0.1".into()],
+            remote_removed: Vec::new(),
+        }],
+        ..Default::default()
+    };
+    assert_eq!(
+        apply(&old, &unknown_port),
+        Err(DeltaError::UnknownPort("tcp/9999".into()))
+    );
+    // The same change with the port set in the same delta is applied.
+    let set_then_changed = NodeConfigDelta {
+        ports_set: vec![port],
+        ..unknown_port.clone()
+    };
+    let c = apply(&old, &set_then_changed).expect("a port set, then changed");
+    assert!(
+        c.ports
+            .iter()
+            .any(|p| p.port == 9999 && p.remote == ["10.255.0.1"])
+    );
     // In place, a refused delta leaves the held config as it was.
-    for (held, delta) in [(&other, &d), (&without, &d), (&old, &headless)] {
+    for (held, delta) in [
+        (&other, &d),
+        (&without, &d),
+        (&old, &headless),
+        (&old, &unknown_port),
+    ] {
         let mut c = held.clone();
         assert!(apply_in_place(&mut c, delta).is_err());
         assert_eq!(&c, held);
@@ -414,6 +490,46 @@ fn a_delta_on_a_held_config_out_of_order_keeps_the_last_of_each_key() {
         c.vxlan_allowed_sources,
         ["198.18.0.1", "198.18.0.2", "198.18.0.3"]
     );
+}
+
+/// One remote backend of a published port gone: the delta carries that
+/// address and the port's own fields, not its other backends; an older
+/// node gets the ports whole in the head, and makes the same config.
+#[test]
+fn a_port_s_backend_changed_is_sent_as_a_change() {
+    let port = |remote: std::ops::Range<u32>| PublishedPortConfig {
+        protocol: "tcp".into(),
+        port: 8080,
+        target_port: 80,
+        local: Vec::new(),
+        remote: remote
+            .map(|i| format!("10.255.{}.{}", i / 256, i % 256))
+            .collect(),
+        owner: "service web".into(),
+    };
+    let mut old = NodeConfig {
+        version: 1,
+        ports: vec![port(0..500)],
+        ..Default::default()
+    };
+    canonicalize(&mut old);
+    let mut new = NodeConfig {
+        version: 2,
+        ports: vec![port(1..500)],
+        ..Default::default()
+    };
+    canonicalize(&mut new);
+    let d = diff(&old, &new).expect("canonical configs");
+    assert!(d.ports_as_changes && d.ports_set.is_empty() && d.ports_removed.is_empty());
+    assert_eq!(d.ports_changed.len(), 1);
+    assert_eq!(d.ports_changed[0].remote_removed, ["10.255.0.0"]);
+    assert!(d.ports_changed[0].remote_added.is_empty());
+    assert!(prost::Message::encoded_len(&d) < 100, "{d:?}");
+    assert_eq!(apply(&old, &d).as_ref(), Ok(&new));
+
+    let older = with_ports_whole(d, new.ports.clone());
+    assert!(!older.ports_as_changes && older.ports_changed.is_empty());
+    assert_eq!(apply(&old, &older), Ok(new));
 }
 
 #[test]
@@ -561,7 +677,8 @@ mod reference {
 
     use super::super::{DeltaError, canonicalize};
     use crate::v1::{
-        NameRecord, NetworkConfig, NetworkDelta, NodeConfig, NodeConfigDelta, ServiceEndpoint,
+        NameRecord, NetworkConfig, NetworkDelta, NodeConfig, NodeConfigDelta, PublishedPortConfig,
+        ServiceEndpoint,
     };
 
     pub fn reference_apply(
@@ -613,8 +730,39 @@ mod reference {
             &delta.sources_added,
             &delta.sources_removed,
         );
+        if delta.ports_as_changes {
+            c.ports = reference_ports(&held.ports, delta)?;
+        }
         canonicalize(&mut c);
         Ok(c)
+    }
+
+    /// Ports by key in a map (not the maps of 1db32fc: ports came whole
+    /// then).
+    fn reference_ports(
+        held: &[PublishedPortConfig],
+        delta: &NodeConfigDelta,
+    ) -> Result<Vec<PublishedPortConfig>, DeltaError> {
+        let key = |p: &PublishedPortConfig| (p.protocol.clone(), p.port);
+        let mut m: BTreeMap<(String, u32), PublishedPortConfig> =
+            held.iter().map(|p| (key(p), p.clone())).collect();
+        for k in &delta.ports_removed {
+            m.remove(&(k.protocol.clone(), k.port));
+        }
+        for p in &delta.ports_set {
+            m.insert(key(p), p.clone());
+        }
+        for pd in &delta.ports_changed {
+            let h = pd.head.as_ref().ok_or(DeltaError::NoHead)?;
+            let p = (m.get_mut(&key(h)))
+                .ok_or_else(|| DeltaError::UnknownPort(format!("{}/{}", h.protocol, h.port)))?;
+            let remote = reference_set(&p.remote, &pd.remote_added, &pd.remote_removed);
+            *p = PublishedPortConfig {
+                remote,
+                ..h.clone()
+            };
+        }
+        Ok(m.into_values().collect())
     }
 
     fn reference_apply_network(n: &mut NetworkConfig, d: &NetworkDelta) {
@@ -697,7 +845,7 @@ fn apply_gives_what_the_maps_gave_on_any_input() {
             old
         };
         for _ in 0..rng.gen_range(1..4) {
-            match rng.gen_range(0..9) {
+            match rng.gen_range(0..12) {
                 0 => _ = spoil(&mut rng, &mut d.tasks_set),
                 1 => _ = spoil(&mut rng, &mut d.networks_set),
                 2 => _ = spoil(&mut rng, &mut d.sources_added),
@@ -750,6 +898,43 @@ fn apply_gives_what_the_maps_gave_on_any_input() {
                             vip: "10.9.0.3".into(),
                             ..changed
                         });
+                    }
+                }
+                8 => _ = spoil(&mut rng, &mut d.ports_set),
+                9 => {
+                    // A port changed that is not held, set in the same
+                    // delta, or removed in it; twice now and then.
+                    let p = rng.gen_range(8000..8005);
+                    let protocol = if p % 2 == 0 { "tcp" } else { "udp" };
+                    let pd = PortDelta {
+                        head: Some(PublishedPortConfig {
+                            protocol: protocol.into(),
+                            port: p,
+                            target_port: 81,
+                            local: vec!["172.18.0.9".into(), "172.18.0.1".into()],
+                            remote: Vec::new(),
+                            owner: "changed".into(),
+                        }),
+                        remote_added: vec!["10.255.0.99".into(), "10.255.0.1".into()],
+                        remote_removed: vec!["10.255.0.2".into()],
+                    };
+                    if rng.gen_bool(0.3) {
+                        d.ports_removed.push(PortKey {
+                            protocol: protocol.into(),
+                            port: p,
+                        });
+                    }
+                    if rng.gen_bool(0.2) {
+                        d.ports_changed.push(pd.clone());
+                    }
+                    d.ports_changed.push(pd);
+                }
+                10 => {
+                    if let Some(pd) = d.ports_changed.first_mut() {
+                        if rng.gen_bool(0.3) {
+                            pd.head = None;
+                        }
+                        _ = spoil(&mut rng, &mut pd.remote_added);
                     }
                 }
                 _ => {

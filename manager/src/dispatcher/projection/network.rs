@@ -10,7 +10,10 @@
 //! 4,990 nodes with a 499-replica service, 0.75 ms per member and 0.38 s
 //! per change (BENCHMARKS.md, "Scale"). What depends on the viewer is only
 //! which entries it sees: not its own endpoints, and its own tasks even
-//! while the store has its node down (see [`super::live_for`]).
+//! while the store has its node down. A node that was marked down while
+//! its daemon restarted gets its config before the heartbeat that marks it
+//! ready again; leaving its own tasks out of that config made its resolver
+//! answer "no such name" for them for a moment.
 //!
 //! Parts equal to a network's parts at an earlier version are that
 //! version's, shared ([`super::Shared`]): a session that holds them knows
@@ -289,7 +292,7 @@ impl NetParts {
 /// `a` and `b`, lists in strict order by `key`, each without the items
 /// the other has the same at the same key; `None` if either is not in
 /// strict order by `key`.
-fn without_common<'a, T: Clone + PartialEq, K: Ord>(
+pub(super) fn without_common<'a, T: Clone + PartialEq, K: Ord>(
     a: &'a [T],
     b: &'a [T],
     key: impl Fn(&'a T) -> K,

@@ -228,11 +228,13 @@ fn parts_shared_by_every_node_project_as_parts_made_for_each() {
     }
 }
 
-/// A session keeps its networks in their shared parts and makes its
-/// delta from the changed networks only: for changes to every part of
-/// a network (and to none), that delta makes the new whole config
-/// from the old whole one, "no change" is said exactly when the wholes
-/// are the same, and a network left as it was keeps its parts' Arc.
+/// A session keeps its networks and services' ports in their shared
+/// parts and makes its delta from the changed ones only: for changes to
+/// every part of a network (and to none), and to a service that publishes
+/// ports through the ingress network and on hosts, that delta makes the
+/// new whole config from the old whole one, "no change" is said exactly
+/// when the wholes are the same, and a network left as it was keeps its
+/// parts' Arc.
 #[test]
 fn deltas_from_shared_parts_make_the_whole_new_config() {
     use crate::testing::{apply, cluster, network_spec, place, spec};
@@ -248,6 +250,10 @@ fn deltas_from_shared_parts_make_the_whole_new_config() {
     let mut web = spec("web", 6, &["net1", "net2"]);
     web.network_aliases
         .insert("net1".into(), vec!["www".into()]);
+    web.ports = vec![crate::testing::port(
+        8080,
+        crate::store::PublishMode::Ingress,
+    )];
     apply(
         &mut s,
         Command::CreateService {
@@ -281,7 +287,7 @@ fn deltas_from_shared_parts_make_the_whole_new_config() {
         Whole,
     }
     type Step = (&'static str, Net1, fn(&mut State));
-    let changes: [Step; 13] = [
+    let changes: [Step; 14] = [
         ("a node's MTU, a node with no replica", Net1::Kept, |s| {
             s.nodes.get_mut(&NodeId(9)).unwrap().underlay_mtu = 9000;
         }),
@@ -327,6 +333,13 @@ fn deltas_from_shared_parts_make_the_whole_new_config() {
         ("a service leaves", Net1::ByChange, |s| {
             s.services.remove("db");
         }),
+        ("a port more, on the replicas' hosts", Net1::Kept, |s| {
+            let web = s.services.get_mut("web").unwrap();
+            let mut on_hosts = web.ports[0];
+            on_hosts.published = 9090;
+            on_hosts.mode = crate::store::PublishMode::Host;
+            web.ports.push(on_hosts);
+        }),
         ("nothing", Net1::Kept, |_| {}),
     ];
     let nodes: Vec<NodeId> = s.nodes.keys().copied().collect();
@@ -335,14 +348,29 @@ fn deltas_from_shared_parts_make_the_whole_new_config() {
         .map(|n| project_parts(&s, *n, 1, &parts).unwrap())
         .collect();
     let net1 = s.networks["net1"].clone();
+    // What each change did to web's ports' parts: kept, by change, whole.
+    let mut web_ports = [0; 3];
+    let mut port_deltas = 0;
     for (version, (what, net1_change, change)) in (2..).zip(changes) {
         let before = parts.network(&s, &net1);
+        let ports_before = parts.ports(&s)[0].clone();
         change(&mut s);
         let next = shared_after(&s, Some(&parts));
+        let ports_after = next.ports(&s)[0].clone();
+        web_ports[if Arc::ptr_eq(&ports_before, &ports_after) {
+            0
+        } else if (next.port_changes.change(&ports_before, &ports_after))
+            .changed
+            .is_some()
+        {
+            1
+        } else {
+            2
+        }] += 1;
         let after = next.network(&s, &net1);
         let found = if Arc::ptr_eq(&before, &after) {
             Net1::Kept
-        } else if next.change(&before, &after).changed.is_some() {
+        } else if next.changes.change(&before, &after).changed.is_some() {
             Net1::ByChange
         } else {
             Net1::Whole
@@ -363,6 +391,7 @@ fn deltas_from_shared_parts_make_the_whole_new_config() {
             changed += 1;
             let (a, b) = old.changed_pair(&new, &next);
             let delta = weft_proto::config_delta::diff(&a, &b).expect("canonical");
+            port_deltas += usize::from(!delta.ports_changed.is_empty());
             // The wholes' own delta, which this one stands for.
             assert!(weft_proto::config_delta::diff(&old_whole, &new_whole).is_some());
             assert_eq!(
@@ -378,6 +407,11 @@ fn deltas_from_shared_parts_make_the_whole_new_config() {
         );
         parts = next;
     }
+    // The five changes to web's replicas changed its ports by a change
+    // (a member down, a replica failed, one more, one less, the member
+    // up again); the port added, whole; the other eight kept them.
+    assert_eq!(web_ports, [8, 5, 1], "web's ports: kept, by change, whole");
+    assert!(port_deltas > 10, "ports sent as changes: {port_deltas}");
 }
 
 #[test]
