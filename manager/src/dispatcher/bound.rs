@@ -309,7 +309,8 @@ impl Ctx<'_> {
             self.dpa
         };
         let remote = |id: usize| ld(ld(id) + ld(ip) + ld(MAC) + ld(vtep));
-        let name = |n: usize| ld(ld(n) + ld(ip));
+        // The ingress network resolves no names (a routing mesh only).
+        let name = |n: usize| if net.ingress { 0 } else { ld(ld(n) + ld(ip)) };
         let mut body = ld(net.id.len())
             + ld(net.name.len())
             + VARINT // vni

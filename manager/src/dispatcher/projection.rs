@@ -158,8 +158,14 @@ trait Part: std::fmt::Debug + Sized {
     fn same_for(&self, other: &Self, viewer: NodeId) -> bool;
     /// `old` and `new` without what they hold the same, such that a
     /// viewer's configs made from the two differ as those made from the
-    /// wholes do; `None` when that cannot be said (compare the wholes).
+    /// wholes do (for a viewer [`Part::reducible_for`] allows); `None` when
+    /// that cannot be said (compare the wholes).
     fn without_common(old: &Self, new: &Self) -> Option<(Self, Self)>;
+    /// Whether what [`Part::without_common`] left out is seen alike by
+    /// `viewer` in `old` and `new`.
+    fn reducible_for(_old: &Self, _new: &Self, _viewer: NodeId) -> bool {
+        true
+    }
 }
 
 impl Part for NetParts {
@@ -171,6 +177,11 @@ impl Part for NetParts {
     }
     fn without_common(old: &Self, new: &Self) -> Option<(Self, Self)> {
         NetParts::without_common(old, new)
+    }
+    /// A node that became a member sees the other nodes' own endpoints
+    /// (or stopped seeing them), those left out too.
+    fn reducible_for(old: &Self, new: &Self, viewer: NodeId) -> bool {
+        old.is_member(viewer) == new.is_member(viewer)
     }
 }
 
@@ -196,13 +207,13 @@ struct Change<T> {
     changed: Option<(T, T)>,
 }
 
-impl<T> Change<T> {
-    /// The two parts to compare and diff: what changed when that is
-    /// known, else the wholes.
-    fn parts(&self) -> (&T, &T) {
+impl<T: Part> Change<T> {
+    /// The two parts to compare and diff for `viewer`: what changed when
+    /// that is known and holds for it, else the wholes.
+    fn parts_for(&self, viewer: NodeId) -> (&T, &T) {
         match &self.changed {
-            Some((a, b)) => (a, b),
-            None => (&self.old, &self.new),
+            Some((a, b)) if T::reducible_for(&self.old, &self.new, viewer) => (a, b),
+            _ => (&self.old, &self.new),
         }
     }
 }
@@ -509,7 +520,7 @@ impl Projected {
         for step in steps(&self.networks, &new.networks, &shared.changes, new.node) {
             match (step.what, &step.old, &step.new, &step.change) {
                 (PartChange::Changed, _, _, Some(change)) => {
-                    let (a, b) = change.parts();
+                    let (a, b) = change.parts_for(new.node);
                     old_c.networks.push(a.config_for(self.node));
                     new_c.networks.push(b.config_for(new.node));
                 }
@@ -526,7 +537,7 @@ impl Projected {
             match (step.what, &step.old, &step.new, &step.change) {
                 (PartChange::Same, _, _, _) => {}
                 (_, _, _, Some(change)) => {
-                    let (a, b) = change.parts();
+                    let (a, b) = change.parts_for(new.node);
                     old_c.ports.extend(a.config_for(self.node));
                     new_c.ports.extend(b.config_for(new.node));
                 }
@@ -576,7 +587,7 @@ fn steps<T: Part>(
             },
             (Some(a), Some(b)) => {
                 let change = pairs.change(a, b);
-                let (x, y) = change.parts();
+                let (x, y) = change.parts_for(viewer);
                 let what = if x.same_for(y, viewer) {
                     PartChange::Same
                 } else {

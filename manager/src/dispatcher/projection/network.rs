@@ -43,6 +43,15 @@ impl<T> Entry<T> {
     }
 }
 
+/// A remote endpoint, with the node it is on, and whether it is that
+/// node's own (its ingress endpoint) rather than a task's.
+#[derive(Debug, Clone, PartialEq)]
+struct Remote {
+    node: NodeId,
+    of_node: bool,
+    endpoint: pb::RemoteEndpoint,
+}
+
 /// A service on the network, for every viewer.
 #[derive(Debug, Clone, PartialEq)]
 struct Service {
@@ -82,11 +91,20 @@ pub struct NetParts {
     /// The network's own fields (MTU included), with empty lists.
     head: pb::NetworkConfig,
     /// Whether the network resolves names (the default bridge does not,
-    /// as on docker0).
+    /// as on docker0, nor does the ingress network, a routing mesh only,
+    /// as Docker's).
     resolves: bool,
     /// Live tasks' endpoints and nodes' ingress endpoints, by task ID (a
-    /// viewer sees other nodes' only).
-    remote: Vec<(NodeId, pb::RemoteEndpoint)>,
+    /// viewer sees other nodes' only, and nodes' own only if it is a
+    /// member).
+    remote: Vec<Remote>,
+    /// The nodes with a task desired running on the network, in order.
+    /// Only they get the other nodes' own endpoints: a replica answers a
+    /// request the routing mesh brought from another node's ingress
+    /// endpoint, while a node without one only forwards to replicas. At
+    /// 5,000 nodes every node listing every other's was 5,000 entries
+    /// per config, and one more for every config at every join.
+    members: Vec<NodeId>,
     /// The network's services, by name.
     services: Vec<Service>,
     /// Name records of the tasks desired running, by name and address.
@@ -98,7 +116,14 @@ impl NetParts {
     pub fn new(state: &State, net: &Network) -> NetParts {
         let mut remote = remote(state, net);
         remote.extend(node_remote(state, net));
-        remote.sort_by(|(_, a), (_, b)| a.task_id.cmp(&b.task_id));
+        remote.sort_by(|a, b| a.endpoint.task_id.cmp(&b.endpoint.task_id));
+        let mut members: Vec<NodeId> = (state.tasks.values())
+            .filter(|t| t.desired == DesiredTaskState::Running)
+            .filter(|t| t.attachments.iter().any(|a| a.network == net.id))
+            .map(|t| t.node)
+            .collect();
+        members.sort_unstable();
+        members.dedup();
         let mut services = services(state, net);
         services.sort_by(|a, b| a.head.name.cmp(&b.head.name));
         let mut names = names(state, net);
@@ -121,8 +146,10 @@ impl NetParts {
         };
         NetParts {
             head,
-            resolves: !(net.node.is_some() && net.name == crate::store::DEFAULT_BRIDGE),
+            resolves: !(net.ingress
+                || net.node.is_some() && net.name == crate::store::DEFAULT_BRIDGE),
             remote,
+            members,
             services,
             names,
         }
@@ -221,7 +248,7 @@ impl NetParts {
             return None;
         }
         let (remote_old, remote_new) =
-            without_common(&old.remote, &new.remote, |(_, e)| e.task_id.as_str())?;
+            without_common(&old.remote, &new.remote, |r| r.endpoint.task_id.as_str())?;
         let (names_old, names_new) = without_common(&old.names, &new.names, |n| {
             (n.item.name.as_str(), n.item.ip.as_str())
         })?;
@@ -267,6 +294,7 @@ impl NetParts {
             head: p.head.clone(),
             resolves: p.resolves,
             remote,
+            members: p.members.clone(),
             services,
             names,
         };
@@ -277,9 +305,15 @@ impl NetParts {
     }
 
     fn remote_for(&self, viewer: NodeId) -> impl Iterator<Item = &pb::RemoteEndpoint> {
+        let member = self.is_member(viewer);
         (self.remote.iter())
-            .filter(move |(n, _)| *n != viewer)
-            .map(|(_, e)| e)
+            .filter(move |r| r.node != viewer && (member || !r.of_node))
+            .map(|r| &r.endpoint)
+    }
+
+    /// Whether `viewer` has a task desired running on the network.
+    pub(super) fn is_member(&self, viewer: NodeId) -> bool {
+        self.members.binary_search(&viewer).is_ok()
     }
 
     fn names_for(&self, viewer: NodeId) -> impl Iterator<Item = &pb::NameRecord> {
@@ -360,7 +394,7 @@ fn aliases(aliases: &[String], ep: &pb::ServiceEndpoint, out: &mut Vec<pb::NameR
 
 /// Live tasks' endpoints on `net`, through WireGuard tunnel addresses
 /// when it is encrypted.
-fn remote(state: &State, net: &Network) -> Vec<(NodeId, pb::RemoteEndpoint)> {
+fn remote(state: &State, net: &Network) -> Vec<Remote> {
     state
         .tasks
         .values()
@@ -384,32 +418,34 @@ fn remote(state: &State, net: &Network) -> Vec<(NodeId, pb::RemoteEndpoint)> {
             } else {
                 peer.data_path_addr.clone()
             };
-            Some((
-                t.node,
-                pb::RemoteEndpoint {
+            Some(Remote {
+                node: t.node,
+                of_node: false,
+                endpoint: pb::RemoteEndpoint {
                     ip6: a.ip6.map(|ip| ip.to_string()).unwrap_or_default(),
                     task_id: t.id.clone(),
                     ip: a.ip.to_string(),
                     mac: mac_text(mac_for(a.ip)),
                     vtep,
                 },
-            ))
+            })
         })
         .collect()
 }
 
 /// Nodes' ingress endpoints on `net` (replicas answer them), of nodes up
 /// and with a data path address.
-fn node_remote(state: &State, net: &Network) -> Vec<(NodeId, pb::RemoteEndpoint)> {
+fn node_remote(state: &State, net: &Network) -> Vec<Remote> {
     let mut out = Vec::new();
     for (n, ip) in &net.node_endpoints {
         if let Some(peer) = state.nodes.get(n)
             && peer.state != NodeState::Down
             && !peer.data_path_addr.is_empty()
         {
-            out.push((
-                *n,
-                pb::RemoteEndpoint {
+            out.push(Remote {
+                node: *n,
+                of_node: true,
+                endpoint: pb::RemoteEndpoint {
                     ip6: (net.node_endpoints6.get(n))
                         .map(IpAddr::to_string)
                         .unwrap_or_default(),
@@ -418,7 +454,7 @@ fn node_remote(state: &State, net: &Network) -> Vec<(NodeId, pb::RemoteEndpoint)
                     mac: mac_text(mac_for(*ip)),
                     vtep: peer.data_path_addr.clone(),
                 },
-            ));
+            });
         }
     }
     out

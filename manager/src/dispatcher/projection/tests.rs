@@ -592,21 +592,41 @@ fn ingress_ports(dual: bool) {
     assert!(p.local.is_empty());
     assert_eq!(p.remote, addrs(&["r1", "r2"]));
     assert!(by_port(&c3, 9090).is_none());
-    // Every node takes part in the ingress network with its endpoint,
-    // and knows the other nodes' endpoints as remote endpoints.
+    // Every node takes part in the ingress network with its endpoint. A
+    // node with a replica knows the other nodes' endpoints as remote
+    // endpoints (its replica answers them); one without knows the
+    // replicas only (it forwards to them). Neither gets names there.
     let e3 = c3.ingress.clone().unwrap();
     assert_eq!(e3.network_id, ingress.id);
     assert_eq!(e3.ip, format!("{}/16", ingress.node_endpoints[&NodeId(3)]));
-    let net = c3.networks.iter().find(|n| n.id == ingress.id).unwrap();
-    for n in [1, 2] {
+    let endpoint_of = |n: u64| {
         let ip = ingress.node_endpoints[&NodeId(n)].to_string();
         let ip6 = (ingress.node_endpoints6.get(&NodeId(n)))
             .map(|ip| ip.to_string())
             .unwrap_or_default();
+        (ip, ip6)
+    };
+    let knows = |c: &pb::NodeConfig, (ip, ip6): (String, String)| {
+        let net = c.networks.iter().find(|n| n.id == ingress.id).unwrap();
+        assert!(net.names.is_empty(), "names on the ingress network");
+        net.remote.iter().any(|r| r.ip == ip && r.ip6 == ip6)
+    };
+    for n in [2, 3] {
         assert!(
-            net.remote.iter().any(|r| r.ip == ip && r.ip6 == ip6),
-            "node {n}'s endpoint"
+            knows(&c1, endpoint_of(n)),
+            "node 1 knows node {n}'s endpoint"
         );
+    }
+    for n in [1, 2] {
+        assert!(
+            !knows(&c3, endpoint_of(n)),
+            "node 3 knows node {n}'s endpoint"
+        );
+    }
+    for r in ["r1", "r2"] {
+        let a = att(r);
+        let ip6 = a.ip6.map(|ip| ip.to_string()).unwrap_or_default();
+        assert!(knows(&c3, (a.ip.to_string(), ip6)), "node 3 knows {r}");
     }
     let want6 = (ingress.node_endpoints6.get(&NodeId(3))).map(|ip| format!("{ip}/64"));
     assert_eq!(e3.ip6, want6.clone().unwrap_or_default());
