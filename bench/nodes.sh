@@ -13,6 +13,8 @@
 # Knobs: WEFT_BENCH_NODES, WEFT_BENCH_NODE_REPLICAS, WEFT_BENCH_IDLE_WINDOW,
 # WEFT_BENCH_HEARTBEAT (the heartbeat period, seconds, 1),
 # WEFT_BENCH_NODE_NETWORK (1: the service on an overlay network),
+# WEFT_BENCH_NODE_PUBLISH (1: the service publishes 8080 through the
+# ingress network, which every node then takes part in),
 # BENCH_SKIP_BUILD=1, BENCH_KEEP=1, BENCH_REV.
 #
 # Past 4,996 simulated nodes (the cluster's limit is 5,000 with the three

@@ -20,7 +20,10 @@
 //! (seconds, 20), WEFT_BENCH_HEARTBEAT (the cluster's heartbeat period,
 //! seconds, 1), WEFT_BENCH_NODE_NETWORK (1: the service's replicas on an
 //! overlay network, so every replica's node holds the network's endpoints,
-//! names and VIP backends; 0, the default: on none), WEFT_BENCH_DAEMON_LOG
+//! names and VIP backends; 0, the default: on none), WEFT_BENCH_NODE_PUBLISH
+//! (1: the service publishes port 8080 through the ingress network, so
+//! every node takes part in it and its ports list every other node's
+//! replicas; 0, the default: no port), WEFT_BENCH_DAEMON_LOG
 //! (the managers' WEFT_LOG filter), WEFT_BENCH_KEEP_LOGS (a directory for
 //! the leader's log, written before the failover), WEFT_BENCH_OUT (where the
 //! fragment goes).
@@ -78,6 +81,8 @@ fn dispatcher_metrics(lab: &Lab, host: &str) -> String {
 struct Counters {
     sessions: AtomicUsize,
     pushes: AtomicU64,
+    /// When the last config push came (whole or delta).
+    last_push: std::sync::Mutex<Option<Instant>>,
     /// Config bytes received (whole configs and deltas, encoded).
     config_bytes: AtomicU64,
     /// Sessions lost (and opened again).
@@ -377,6 +382,7 @@ async fn agent(joined: Joined, leader: String, counters: Arc<Counters>) {
             (None, None, None) => continue,
         };
         counters.pushes.fetch_add(1, Ordering::Relaxed);
+        *counters.last_push.lock().expect("last push") = Some(Instant::now());
         counters.check_probe(&config, &mut probe_seen);
         let tasks = config
             .tasks
@@ -502,6 +508,7 @@ fn managers_hold_simulated_nodes() {
     let window = Duration::from_secs(env_num("WEFT_BENCH_IDLE_WINDOW", 20));
     let heartbeat = env_num("WEFT_BENCH_HEARTBEAT", 1);
     let on_network = env_num("WEFT_BENCH_NODE_NETWORK", 0) == 1;
+    let publish = env_num("WEFT_BENCH_NODE_PUBLISH", 0) == 1;
     let mut hosts: Vec<&str> = MANAGERS.to_vec();
     hosts.push(SIM);
     let mut lab = Lab::new("bnodes", &hosts);
@@ -556,7 +563,7 @@ fn managers_hold_simulated_nodes() {
         fmt_s(ready.as_secs_f64())
     );
     rows += &idle_rows(&counters, &pids, window, &before, &after_join, join_took);
-    rows += &service_row(&lab, &counters, replicas, on_network);
+    rows += &service_row(&lab, &counters, replicas, on_network, publish);
     rows += &probe_rows(&lab, &counters, &more_nodes, n, pids[0]);
     if let Ok(dir) = std::env::var("WEFT_BENCH_KEEP_LOGS") {
         std::fs::create_dir_all(&dir).expect("log dir");
@@ -637,7 +644,13 @@ fn idle_rows(
 }
 
 /// A service of `replicas` (one per ten nodes) until all run.
-fn service_row(lab: &Lab, counters: &Counters, replicas: u64, on_network: bool) -> String {
+fn service_row(
+    lab: &Lab,
+    counters: &Counters,
+    replicas: u64,
+    on_network: bool,
+    publish: bool,
+) -> String {
     let mut args = vec![
         "service",
         "create",
@@ -652,6 +665,9 @@ fn service_row(lab: &Lab, counters: &Counters, replicas: u64, on_network: bool) 
         lab.overlay_network("m1", "10.128.0.0/16", "spread");
         args.extend(["--network", "spread"]);
     }
+    if publish {
+        args.extend(["--publish", "8080:80"]);
+    }
     let replicas_text = replicas.to_string();
     args.extend(["--replicas", &replicas_text, "--", "sleep", "36000"]);
     let (push1, bytes1, deltas1) = pushed(counters);
@@ -661,12 +677,27 @@ fn service_row(lab: &Lab, counters: &Counters, replicas: u64, on_network: bool) 
     let running = wait_for("every replica running", Duration::from_secs(600), || {
         lab.running_on("m1", "spread").len() as u64 == replicas
     }) + created;
+    // The replicas' changes (running, serving) reach every node whose
+    // config lists them after `service ps` shows them running: the push
+    // that brought the last of them is the creation's end for every node.
+    let quiet = Duration::from_secs(2);
+    wait_for("the configs to settle", Duration::from_secs(600), || {
+        (counters.last_push.lock().expect("last push")).is_none_or(|at| at.elapsed() >= quiet)
+    });
+    let settled = (counters.last_push.lock().expect("last push"))
+        .map_or(Duration::ZERO, |at| at.duration_since(t));
     let (push2, bytes2, deltas2) = pushed(counters);
     let nodes_with_task: BTreeSet<String> = lab.running_on("m1", "spread").into_iter().collect();
     format!(
-        "| `service create --replicas {replicas}`{} → all running | {} s ({} nodes got a task, {} config pushes, {} of them deltas, {} config bytes in all) |\n",
+        "| `service create --replicas {replicas}`{}{} → all running | {} s; every node's config settled (the last push) {} s after the create ({} nodes got a task, {} config pushes, {} of them deltas, {} config bytes in all) |\n",
         if on_network { " on an overlay" } else { "" },
+        if publish {
+            " publishing 8080 through the ingress network"
+        } else {
+            ""
+        },
         fmt_s(running.as_secs_f64()),
+        fmt_s(settled.as_secs_f64()),
         nodes_with_task.len(),
         push2 - push1,
         deltas2 - deltas1,
