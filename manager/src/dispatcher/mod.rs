@@ -83,14 +83,6 @@ enum Deltas {
     Yes,
 }
 
-/// `d` for a node that takes its ports whole: `new`'s, made for it.
-fn config_delta_with_ports_whole(
-    d: pb::NodeConfigDelta,
-    new: &projection::Projected,
-) -> pb::NodeConfigDelta {
-    weft_proto::config_delta::with_ports_whole(d, new.whole_ports())
-}
-
 /// How a changed config goes: whole, or as a change.
 enum Payload {
     Whole(Box<pb::NodeConfig>),
@@ -260,11 +252,7 @@ impl DispatcherService {
         self.core.config_pushed(id, config.config.version);
         let delta = last
             .filter(|_| deltas != Deltas::No)
-            .and_then(|l| self.delta_for(l, &config, &shared))
-            .map(|d| match deltas {
-                Deltas::PortsWhole => config_delta_with_ports_whole(d, &config),
-                _ => d,
-            });
+            .and_then(|l| self.delta_for(l, &config, &shared, deltas));
         let payload = match delta {
             Some(d) => Payload::Delta(Box::new(d)),
             None => {
@@ -307,6 +295,7 @@ impl DispatcherService {
         last: &Sent,
         new: &projection::Projected,
         shared: &projection::Shared,
+        deltas: Deltas,
     ) -> Option<pb::NodeConfigDelta> {
         use weft_proto::config_delta;
         let sources = &shared.vxlan_allowed_sources;
@@ -327,6 +316,9 @@ impl DispatcherService {
             let change = self.sources_change(&last.sources, sources);
             delta.sources_added = change.0.clone();
             delta.sources_removed = change.1.clone();
+        }
+        if deltas == Deltas::PortsWhole {
+            delta = weft_proto::config_delta::with_ports_whole(delta, new.whole_ports());
         }
         // The config with only its changed networks' lists is no larger
         // than the whole: a delta smaller than it needs no whole made.

@@ -166,6 +166,11 @@ trait Part: std::fmt::Debug + Sized {
     fn reducible_for(_old: &Self, _new: &Self, _viewer: NodeId) -> bool {
         true
     }
+    /// Whether `viewer`'s config gets nothing of it (then its coming or
+    /// going changes nothing there).
+    fn shows_nothing_to(&self, _viewer: NodeId) -> bool {
+        false
+    }
 }
 
 impl Part for NetParts {
@@ -194,6 +199,11 @@ impl Part for PortParts {
     }
     fn without_common(old: &Self, new: &Self) -> Option<(Self, Self)> {
         PortParts::without_common(old, new)
+    }
+    /// A service that publishes on the hosts only, with no replica on the
+    /// viewer.
+    fn shows_nothing_to(&self, viewer: NodeId) -> bool {
+        PortParts::shows_nothing_to(self, viewer)
     }
 }
 
@@ -601,10 +611,10 @@ fn steps<T: Part>(
                 }
             }
             (a, b) => Step {
-                what: if a.is_some() {
-                    PartChange::Removed
-                } else {
-                    PartChange::Added
+                what: match (a, b) {
+                    (Some(p), _) | (_, Some(p)) if p.shows_nothing_to(viewer) => PartChange::Same,
+                    (Some(_), _) => PartChange::Removed,
+                    _ => PartChange::Added,
                 },
                 old: a.cloned(),
                 new: b.cloned(),

@@ -98,7 +98,8 @@ pub struct NetParts {
     /// viewer sees other nodes' only, and nodes' own only if it is a
     /// member).
     remote: Vec<Remote>,
-    /// The nodes with a task desired running on the network, in order.
+    /// The nodes with a task on the network desired running or not ended
+    /// yet, in order.
     /// Only they get the other nodes' own endpoints: a replica answers a
     /// request the routing mesh brought from another node's ingress
     /// endpoint, while a node without one only forwards to replicas. At
@@ -117,8 +118,10 @@ impl NetParts {
         let mut remote = remote(state, net);
         remote.extend(node_remote(state, net));
         remote.sort_by(|a, b| a.endpoint.task_id.cmp(&b.endpoint.task_id));
+        // A task stopping keeps its namespace until it ended: replies to
+        // what was forwarded to it still need the other nodes' endpoints.
         let mut members: Vec<NodeId> = (state.tasks.values())
-            .filter(|t| t.desired == DesiredTaskState::Running)
+            .filter(|t| t.desired == DesiredTaskState::Running || !t.status.state.is_terminal())
             .filter(|t| t.attachments.iter().any(|a| a.network == net.id))
             .map(|t| t.node)
             .collect();
@@ -311,7 +314,8 @@ impl NetParts {
             .map(|r| &r.endpoint)
     }
 
-    /// Whether `viewer` has a task desired running on the network.
+    /// Whether `viewer` has a task on the network desired running or not
+    /// ended yet.
     pub(super) fn is_member(&self, viewer: NodeId) -> bool {
         self.members.binary_search(&viewer).is_ok()
     }

@@ -172,6 +172,13 @@ impl PortParts {
         Some((part(old, remote_old), part(new, remote_new)))
     }
 
+    /// Whether `viewer` gets none of these ports: all published on the
+    /// hosts, and no replica there.
+    pub(super) fn shows_nothing_to(&self, viewer: NodeId) -> bool {
+        (self.heads.iter()).all(|(_, mode)| *mode == PublishMode::Host)
+            && self.local_for(viewer).next().is_none()
+    }
+
     fn local_for(&self, viewer: NodeId) -> impl Iterator<Item = &String> {
         let start = self.local.partition_point(|(n, _)| *n < viewer);
         (self.local[start..].iter())

@@ -287,7 +287,7 @@ fn deltas_from_shared_parts_make_the_whole_new_config() {
         Whole,
     }
     type Step = (&'static str, Net1, fn(&mut State));
-    let changes: [Step; 14] = [
+    let changes: [Step; 15] = [
         ("a node's MTU, a node with no replica", Net1::Kept, |s| {
             s.nodes.get_mut(&NodeId(9)).unwrap().underlay_mtu = 9000;
         }),
@@ -333,6 +333,24 @@ fn deltas_from_shared_parts_make_the_whole_new_config() {
         ("a service leaves", Net1::ByChange, |s| {
             s.services.remove("db");
         }),
+        // Every node holds every service's ports' parts: this one's give
+        // no node anything yet, so no config changes.
+        (
+            "a service publishing on hosts only, no replica yet",
+            Net1::Kept,
+            |s| {
+                let mut api = spec("api", 1, &[]);
+                api.ports = vec![crate::testing::port(7070, crate::store::PublishMode::Host)];
+                apply(
+                    s,
+                    Command::CreateService {
+                        id: "zz-api".into(),
+                        spec: api,
+                        now_ms: 0,
+                    },
+                );
+            },
+        ),
         ("a port more, on the replicas' hosts", Net1::Kept, |s| {
             let web = s.services.get_mut("web").unwrap();
             let mut on_hosts = web.ports[0];
@@ -394,6 +412,14 @@ fn deltas_from_shared_parts_make_the_whole_new_config() {
             port_deltas += usize::from(!delta.ports_changed.is_empty());
             // The wholes' own delta, which this one stands for.
             assert!(weft_proto::config_delta::diff(&old_whole, &new_whole).is_some());
+            // A node older than port deltas gets the ports whole.
+            let older =
+                weft_proto::config_delta::with_ports_whole(delta.clone(), new.whole_ports());
+            assert_eq!(
+                weft_proto::config_delta::apply(&old_whole, &older).as_ref(),
+                Ok(&new_whole),
+                "{what}: node {n}, ports whole"
+            );
             assert_eq!(
                 weft_proto::config_delta::apply(&old_whole, &delta),
                 Ok(new_whole),
@@ -409,8 +435,8 @@ fn deltas_from_shared_parts_make_the_whole_new_config() {
     }
     // The five changes to web's replicas changed its ports by a change
     // (a member down, a replica failed, one more, one less, the member
-    // up again); the port added, whole; the other eight kept them.
-    assert_eq!(web_ports, [8, 5, 1], "web's ports: kept, by change, whole");
+    // up again); the port added, whole; the other nine kept them.
+    assert_eq!(web_ports, [9, 5, 1], "web's ports: kept, by change, whole");
     assert!(port_deltas > 10, "ports sent as changes: {port_deltas}");
 }
 
