@@ -4,11 +4,12 @@
 //!
 //! ```text
 //!  manager: old, new ─diff─▶ NodeConfigDelta{base_version, head, …} ──session──▶ node
-//!  node:    held ─apply(delta)─▶ new   (held.version ≠ base_version, or an unknown network: Err → resync)
+//!  node:    held ─apply(delta)─▶ new   (held.version ≠ base_version, or an unknown network or port: Err → resync)
 //! ```
 //!
 //! Lists in a config are sets keyed by what names an item (a network's or
-//! task's ID, a remote endpoint's task, a service's name, a peer's node).
+//! task's ID, a remote endpoint's task, a service's name, a peer's node,
+//! a published port's protocol and port).
 //! Both ends put them in one order, [`canonicalize`]: the managers project
 //! in it, so `apply(old, diff(old, new)) == new`, which the tests check on
 //! generated configs.

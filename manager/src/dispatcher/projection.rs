@@ -173,40 +173,6 @@ trait Part: std::fmt::Debug + Sized {
     }
 }
 
-impl Part for NetParts {
-    fn key(&self) -> &str {
-        self.id()
-    }
-    fn same_for(&self, other: &Self, viewer: NodeId) -> bool {
-        NetParts::same_for(self, other, viewer)
-    }
-    fn without_common(old: &Self, new: &Self) -> Option<(Self, Self)> {
-        NetParts::without_common(old, new)
-    }
-    /// A node that became a member sees the other nodes' own endpoints
-    /// (or stopped seeing them), those left out too.
-    fn reducible_for(old: &Self, new: &Self, viewer: NodeId) -> bool {
-        old.is_member(viewer) == new.is_member(viewer)
-    }
-}
-
-impl Part for PortParts {
-    fn key(&self) -> &str {
-        self.id()
-    }
-    fn same_for(&self, other: &Self, viewer: NodeId) -> bool {
-        PortParts::same_for(self, other, viewer)
-    }
-    fn without_common(old: &Self, new: &Self) -> Option<(Self, Self)> {
-        PortParts::without_common(old, new)
-    }
-    /// A service that publishes on the hosts only, with no replica on the
-    /// viewer.
-    fn shows_nothing_to(&self, viewer: NodeId) -> bool {
-        PortParts::shows_nothing_to(self, viewer)
-    }
-}
-
 /// Two parts of one thing and what changed between them
 /// ([`Part::without_common`]); the parts are kept so that their
 /// addresses, the key this is found by, stay theirs.

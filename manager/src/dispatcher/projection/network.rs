@@ -200,11 +200,36 @@ impl NetParts {
         }
     }
 
+    fn remote_for(&self, viewer: NodeId) -> impl Iterator<Item = &pb::RemoteEndpoint> {
+        let member = self.is_member(viewer);
+        (self.remote.iter())
+            .filter(move |r| r.node != viewer && (member || !r.of_node))
+            .map(|r| &r.endpoint)
+    }
+
+    /// Whether `viewer` has a task on the network desired running or not
+    /// ended yet.
+    fn is_member(&self, viewer: NodeId) -> bool {
+        self.members.binary_search(&viewer).is_ok()
+    }
+
+    fn names_for(&self, viewer: NodeId) -> impl Iterator<Item = &pb::NameRecord> {
+        (self.names.iter())
+            .filter(move |n| n.seen_by(viewer))
+            .map(|n| &n.item)
+    }
+}
+
+impl super::Part for NetParts {
+    fn key(&self) -> &str {
+        self.id()
+    }
+
     /// Whether `viewer` gets the same network from these parts and
     /// `other`, walked without a copy. Services' aliases are compared as
     /// the records the viewer gets of them when their lists differ (a
     /// dnsrr service with no backend the viewer sees gives none).
-    pub(super) fn same_for(&self, other: &NetParts, viewer: NodeId) -> bool {
+    fn same_for(&self, other: &Self, viewer: NodeId) -> bool {
         self.head == other.head
             && self.resolves == other.resolves
             && self.remote_for(viewer).eq(other.remote_for(viewer))
@@ -234,7 +259,7 @@ impl NetParts {
     /// (it goes whole), a list is not strictly in order (the whole diff
     /// refuses it), or a record of a service's alias could be one of the
     /// names (a duplicate the whole diff would refuse).
-    pub(super) fn without_common(old: &NetParts, new: &NetParts) -> Option<(NetParts, NetParts)> {
+    fn without_common(old: &Self, new: &Self) -> Option<(Self, Self)> {
         if old.head != new.head || old.resolves != new.resolves {
             return None;
         }
@@ -307,23 +332,10 @@ impl NetParts {
         ))
     }
 
-    fn remote_for(&self, viewer: NodeId) -> impl Iterator<Item = &pb::RemoteEndpoint> {
-        let member = self.is_member(viewer);
-        (self.remote.iter())
-            .filter(move |r| r.node != viewer && (member || !r.of_node))
-            .map(|r| &r.endpoint)
-    }
-
-    /// Whether `viewer` has a task on the network desired running or not
-    /// ended yet.
-    pub(super) fn is_member(&self, viewer: NodeId) -> bool {
-        self.members.binary_search(&viewer).is_ok()
-    }
-
-    fn names_for(&self, viewer: NodeId) -> impl Iterator<Item = &pb::NameRecord> {
-        (self.names.iter())
-            .filter(move |n| n.seen_by(viewer))
-            .map(|n| &n.item)
+    /// A node that became a member sees the other nodes' own endpoints
+    /// (or stopped seeing them), those left out too.
+    fn reducible_for(old: &Self, new: &Self, viewer: NodeId) -> bool {
+        old.is_member(viewer) == new.is_member(viewer)
     }
 }
 

@@ -132,12 +132,31 @@ impl PortParts {
             .collect()
     }
 
+    fn local_for(&self, viewer: NodeId) -> impl Iterator<Item = &String> {
+        let start = self.local.partition_point(|(n, _)| *n < viewer);
+        (self.local[start..].iter())
+            .take_while(move |(n, _)| *n == viewer)
+            .map(|(_, ip)| ip)
+    }
+
+    fn remote_for(&self, viewer: NodeId) -> impl Iterator<Item = &String> {
+        (self.remote.iter())
+            .filter(move |(_, n)| *n != viewer)
+            .map(|(ip, _)| ip)
+    }
+}
+
+impl super::Part for PortParts {
+    fn key(&self) -> &str {
+        self.id()
+    }
+
     /// Whether `viewer` gets the same ports from these parts and `other`,
     /// walked without a copy when the ports' own fields are the same (the
     /// remote addresses are empty unless a port goes through the ingress
     /// network, so then equal lists are equal ports). A port more or less
     /// on the hosts is no change where no replica runs.
-    pub(super) fn same_for(&self, other: &PortParts, viewer: NodeId) -> bool {
+    fn same_for(&self, other: &Self, viewer: NodeId) -> bool {
         if self.heads != other.heads {
             return self.config_for(viewer) == other.config_for(viewer);
         }
@@ -153,10 +172,7 @@ impl PortParts {
     /// from the two differ exactly as those made from `old` and `new` do.
     /// `None` when the ports' own fields differ (they go whole) or a list
     /// is not strictly in order.
-    pub(super) fn without_common(
-        old: &PortParts,
-        new: &PortParts,
-    ) -> Option<(PortParts, PortParts)> {
+    fn without_common(old: &PortParts, new: &PortParts) -> Option<(PortParts, PortParts)> {
         if old.heads != new.heads || old.service != new.service {
             return None;
         }
@@ -174,21 +190,8 @@ impl PortParts {
 
     /// Whether `viewer` gets none of these ports: all published on the
     /// hosts, and no replica there.
-    pub(super) fn shows_nothing_to(&self, viewer: NodeId) -> bool {
+    fn shows_nothing_to(&self, viewer: NodeId) -> bool {
         (self.heads.iter()).all(|(_, mode)| *mode == PublishMode::Host)
             && self.local_for(viewer).next().is_none()
-    }
-
-    fn local_for(&self, viewer: NodeId) -> impl Iterator<Item = &String> {
-        let start = self.local.partition_point(|(n, _)| *n < viewer);
-        (self.local[start..].iter())
-            .take_while(move |(n, _)| *n == viewer)
-            .map(|(_, ip)| ip)
-    }
-
-    fn remote_for(&self, viewer: NodeId) -> impl Iterator<Item = &String> {
-        (self.remote.iter())
-            .filter(move |(_, n)| *n != viewer)
-            .map(|(ip, _)| ip)
     }
 }

@@ -237,6 +237,67 @@ fn parts_shared_by_every_node_project_as_parts_made_for_each() {
 /// parts' Arc.
 #[test]
 fn deltas_from_shared_parts_make_the_whole_new_config() {
+    let mut s = two_services_on_two_networks();
+    let nodes: Vec<NodeId> = s.nodes.keys().copied().collect();
+    let mut parts = shared(&s);
+    let mut held: Vec<Projected> = (nodes.iter())
+        .map(|n| project_parts(&s, *n, 1, &parts).unwrap())
+        .collect();
+    let net1 = s.networks["net1"].clone();
+    // What each change did to web's ports' parts: kept, by change, whole.
+    let mut web_ports = [0; 3];
+    let mut port_deltas = 0;
+    for (version, (what, net1_change, change)) in (2..).zip(shared_parts_changes()) {
+        let before = parts.network(&s, &net1);
+        let ports_before = parts.ports(&s)[0].clone();
+        change(&mut s);
+        let next = shared_after(&s, Some(&parts));
+        let ports_after = next.ports(&s)[0].clone();
+        web_ports[fate(&next.port_changes, &ports_before, &ports_after) as usize] += 1;
+        let after = next.network(&s, &net1);
+        let found = fate(&next.changes, &before, &after);
+        assert_eq!(found, net1_change, "{what}: net1");
+        let (changed, with_ports) = check_every_node(&s, &nodes, &mut held, version, &next, what);
+        port_deltas += with_ports;
+        assert!(
+            changed > 0 || net1_change == Fate::Kept,
+            "{what}: configs changed"
+        );
+        parts = next;
+    }
+    // The five changes to web's replicas changed its ports by a change
+    // (a member down, a replica failed, one more, one less, the member
+    // up again); the port added, whole; the other nine kept them.
+    assert_eq!(web_ports, [9, 5, 1], "web's ports: kept, by change, whole");
+    assert!(port_deltas > 10, "ports sent as changes: {port_deltas}");
+}
+
+/// What a store change did to a part: nothing (the same `Arc`), a change
+/// diffed from what changed only, or one diffed whole.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fate {
+    Kept = 0,
+    ByChange = 1,
+    Whole = 2,
+}
+
+fn fate<T: Part>(pairs: &Pairs<T>, before: &Arc<T>, after: &Arc<T>) -> Fate {
+    if Arc::ptr_eq(before, after) {
+        Fate::Kept
+    } else if pairs.change(before, after).changed.is_some() {
+        Fate::ByChange
+    } else {
+        Fate::Whole
+    }
+}
+
+/// A store change, named, with what it does to net1.
+type Step = (&'static str, Fate, fn(&mut State));
+
+/// Ten nodes, net1 and net2; web (six replicas on nodes 1-6, on both
+/// networks, an alias on net1, port 8080 through the ingress network) and
+/// db (dnsrr, two replicas on node 7, on net1, an alias).
+fn two_services_on_two_networks() -> State {
     use crate::testing::{apply, cluster, network_spec, place, spec};
     let mut s = cluster(10);
     for (id, name, subnet) in [
@@ -278,30 +339,28 @@ fn deltas_from_shared_parts_make_the_whole_new_config() {
         place(&mut s, "web", node, 1, node);
     }
     place(&mut s, "db", 1, 2, 7);
-    // What a change does to net1: nothing, a change diffed from what
-    // changed only, or one diffed whole.
-    #[derive(Debug, Clone, Copy, PartialEq)]
-    enum Net1 {
-        Kept,
-        ByChange,
-        Whole,
-    }
-    type Step = (&'static str, Net1, fn(&mut State));
-    let changes: [Step; 15] = [
-        ("a node's MTU, a node with no replica", Net1::Kept, |s| {
+    s
+}
+
+/// Changes to every part of a network (and to none), and to services'
+/// published ports.
+fn shared_parts_changes() -> [Step; 15] {
+    use crate::testing::{apply, place, spec};
+    [
+        ("a node's MTU, a node with no replica", Fate::Kept, |s| {
             s.nodes.get_mut(&NodeId(9)).unwrap().underlay_mtu = 9000;
         }),
-        ("a member marked down", Net1::ByChange, |s| mark_down(s, 3)),
-        ("a replica stops serving", Net1::ByChange, |s| {
+        ("a member marked down", Fate::ByChange, |s| mark_down(s, 3)),
+        ("a replica stops serving", Fate::ByChange, |s| {
             let t = s.tasks.values_mut().find(|t| t.node == NodeId(2)).unwrap();
             t.status.state = crate::store::TaskState::Failed;
         }),
-        ("a new member", Net1::ByChange, |s| place(s, "web", 7, 1, 8)),
-        ("a dnsrr replica stops serving", Net1::ByChange, |s| {
+        ("a new member", Fate::ByChange, |s| place(s, "web", 7, 1, 8)),
+        ("a dnsrr replica stops serving", Fate::ByChange, |s| {
             let t = s.tasks.values_mut().find(|t| t.node == NodeId(7)).unwrap();
             t.status.state = crate::store::TaskState::Failed;
         }),
-        ("an alias more, on net2", Net1::Kept, |s| {
+        ("an alias more, on net2", Fate::Kept, |s| {
             let web = s.services.get_mut("web").unwrap();
             web.spec
                 .network_aliases
@@ -309,35 +368,35 @@ fn deltas_from_shared_parts_make_the_whole_new_config() {
         }),
         (
             "the dnsrr service's node marked down",
-            Net1::ByChange,
+            Fate::ByChange,
             |s| mark_down(s, 7),
         ),
         // Only node 7 sees a backend of it: no other node's config
         // changes.
-        ("an alias more, on net1", Net1::ByChange, |s| {
+        ("an alias more, on net1", Fate::ByChange, |s| {
             let db = s.services.get_mut("db").unwrap();
             db.spec
                 .network_aliases
                 .insert("net1".into(), vec!["store".into(), "db2".into()]);
         }),
-        ("a member's MTU: the network's", Net1::Whole, |s| {
+        ("a member's MTU: the network's", Fate::Whole, |s| {
             s.nodes.get_mut(&NodeId(1)).unwrap().underlay_mtu = 1400;
         }),
-        ("a member leaves", Net1::ByChange, |s| {
+        ("a member leaves", Fate::ByChange, |s| {
             let t = s.tasks.values_mut().find(|t| t.node == NodeId(5)).unwrap();
             t.desired = DesiredTaskState::Shutdown;
         }),
-        ("the member marked down is up again", Net1::ByChange, |s| {
+        ("the member marked down is up again", Fate::ByChange, |s| {
             s.nodes.get_mut(&NodeId(3)).unwrap().state = NodeState::Ready;
         }),
-        ("a service leaves", Net1::ByChange, |s| {
+        ("a service leaves", Fate::ByChange, |s| {
             s.services.remove("db");
         }),
         // Every node holds every service's ports' parts: this one's give
         // no node anything yet, so no config changes.
         (
             "a service publishing on hosts only, no replica yet",
-            Net1::Kept,
+            Fate::Kept,
             |s| {
                 let mut api = spec("api", 1, &[]);
                 api.ports = vec![crate::testing::port(7070, crate::store::PublishMode::Host)];
@@ -351,93 +410,62 @@ fn deltas_from_shared_parts_make_the_whole_new_config() {
                 );
             },
         ),
-        ("a port more, on the replicas' hosts", Net1::Kept, |s| {
+        ("a port more, on the replicas' hosts", Fate::Kept, |s| {
             let web = s.services.get_mut("web").unwrap();
             let mut on_hosts = web.ports[0];
             on_hosts.published = 9090;
             on_hosts.mode = crate::store::PublishMode::Host;
             web.ports.push(on_hosts);
         }),
-        ("nothing", Net1::Kept, |_| {}),
-    ];
-    let nodes: Vec<NodeId> = s.nodes.keys().copied().collect();
-    let mut parts = shared(&s);
-    let mut held: Vec<Projected> = (nodes.iter())
-        .map(|n| project_parts(&s, *n, 1, &parts).unwrap())
-        .collect();
-    let net1 = s.networks["net1"].clone();
-    // What each change did to web's ports' parts: kept, by change, whole.
-    let mut web_ports = [0; 3];
-    let mut port_deltas = 0;
-    for (version, (what, net1_change, change)) in (2..).zip(changes) {
-        let before = parts.network(&s, &net1);
-        let ports_before = parts.ports(&s)[0].clone();
-        change(&mut s);
-        let next = shared_after(&s, Some(&parts));
-        let ports_after = next.ports(&s)[0].clone();
-        web_ports[if Arc::ptr_eq(&ports_before, &ports_after) {
-            0
-        } else if (next.port_changes.change(&ports_before, &ports_after))
-            .changed
-            .is_some()
-        {
-            1
-        } else {
-            2
-        }] += 1;
-        let after = next.network(&s, &net1);
-        let found = if Arc::ptr_eq(&before, &after) {
-            Net1::Kept
-        } else if next.changes.change(&before, &after).changed.is_some() {
-            Net1::ByChange
-        } else {
-            Net1::Whole
-        };
-        assert_eq!(found, net1_change, "{what}: net1");
-        let mut changed = 0;
-        for (n, old) in nodes.iter().zip(&mut held) {
-            let new = project_parts(&s, *n, version, &next).unwrap();
-            let (old_whole, new_whole) = (old.whole(), new.whole());
-            let same = same_content(&old_whole, &new_whole);
-            assert_eq!(old.same_as(&new, &next), same, "{what}: node {n}");
-            if same {
-                // As the session does: the node keeps its version.
-                old.refresh(new);
-                assert_eq!(old.config.version, old_whole.version);
-                continue;
-            }
-            changed += 1;
-            let (a, b) = old.changed_pair(&new, &next);
-            let delta = weft_proto::config_delta::diff(&a, &b).expect("canonical");
-            port_deltas += usize::from(!delta.ports_changed.is_empty());
-            // The wholes' own delta, which this one stands for.
-            assert!(weft_proto::config_delta::diff(&old_whole, &new_whole).is_some());
-            // A node older than port deltas gets the ports whole.
-            let older =
-                weft_proto::config_delta::with_ports_whole(delta.clone(), new.whole_ports());
-            assert_eq!(
-                weft_proto::config_delta::apply(&old_whole, &older).as_ref(),
-                Ok(&new_whole),
-                "{what}: node {n}, ports whole"
-            );
-            assert_eq!(
-                weft_proto::config_delta::apply(&old_whole, &delta),
-                Ok(new_whole),
-                "{what}: node {n}"
-            );
-            *old = new;
+        ("nothing", Fate::Kept, |_| {}),
+    ]
+}
+
+/// Every node's new projection against the one it holds, as its session
+/// does: `same_as` agrees with the wholes, and the delta (and its form for
+/// a node older than port deltas) makes the new whole from the old one.
+/// How many configs changed, and how many deltas carried port changes.
+fn check_every_node(
+    s: &State,
+    nodes: &[NodeId],
+    held: &mut [Projected],
+    version: u64,
+    next: &Shared,
+    what: &str,
+) -> (usize, usize) {
+    let (mut changed, mut port_deltas) = (0, 0);
+    for (n, old) in nodes.iter().zip(held) {
+        let new = project_parts(s, *n, version, next).unwrap();
+        let (old_whole, new_whole) = (old.whole(), new.whole());
+        let same = same_content(&old_whole, &new_whole);
+        assert_eq!(old.same_as(&new, next), same, "{what}: node {n}");
+        if same {
+            // As the session does: the node keeps its version.
+            old.refresh(new);
+            assert_eq!(old.config.version, old_whole.version);
+            continue;
         }
-        assert!(
-            changed > 0 || net1_change == Net1::Kept,
-            "{what}: configs changed"
+        changed += 1;
+        let (a, b) = old.changed_pair(&new, next);
+        let delta = weft_proto::config_delta::diff(&a, &b).expect("canonical");
+        port_deltas += usize::from(!delta.ports_changed.is_empty());
+        // The wholes' own delta, which this one stands for.
+        assert!(weft_proto::config_delta::diff(&old_whole, &new_whole).is_some());
+        // A node older than port deltas gets the ports whole.
+        let older = weft_proto::config_delta::with_ports_whole(delta.clone(), new.whole_ports());
+        assert_eq!(
+            weft_proto::config_delta::apply(&old_whole, &older).as_ref(),
+            Ok(&new_whole),
+            "{what}: node {n}, ports whole"
         );
-        parts = next;
+        assert_eq!(
+            weft_proto::config_delta::apply(&old_whole, &delta),
+            Ok(new_whole),
+            "{what}: node {n}"
+        );
+        *old = new;
     }
-    // The five changes to web's replicas changed its ports by a change
-    // (a member down, a replica failed, one more, one less, the member
-    // up again); the port added, whole; the other nine kept them.
-    assert_eq!(web_ports, [9, 5, 1], "web's ports: kept, by change, whole");
-    assert!(port_deltas > 10, "ports sent as changes: {port_deltas}");
+    (changed, port_deltas)
 }
 
 #[test]
