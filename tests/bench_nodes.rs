@@ -52,11 +52,10 @@ const WG_PORT: &str = "51999";
 /// Where each manager serves its metrics (inside its own namespace).
 const METRICS: &str = "127.0.0.1:9479";
 
-/// The dispatcher's counters in the metrics of manager `host` (`name
-/// value` lines of the metrics whose name starts `weft_dispatcher_`).
-fn dispatcher_metrics(lab: &Lab, host: &str) -> String {
+/// The metrics of manager `host`, as served (empty if none answered).
+fn metrics_text(lab: &Lab, host: &str) -> String {
     use std::io::{Read, Write};
-    let raw = common::in_host(lab, host, async move || {
+    common::in_host(lab, host, async move || {
         let Ok(mut s) = std::net::TcpStream::connect(METRICS) else {
             return String::new();
         };
@@ -65,8 +64,77 @@ fn dispatcher_metrics(lab: &Lab, host: &str) -> String {
         let mut out = String::new();
         let _ = s.read_to_string(&mut out);
         out
-    });
-    raw.lines()
+    })
+}
+
+/// Manager `host`'s runtime lag samples so far: how many, and how many
+/// over 0.5 s and over 2 s (`weft_runtime_lag_seconds`' buckets).
+fn runtime_lag(lab: &Lab, host: &str) -> [u64; 3] {
+    let text = metrics_text(lab, host);
+    let sample = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.trim().parse::<f64>().ok())
+            .unwrap_or(0.0) as u64
+    };
+    let count = sample("weft_runtime_lag_seconds_count ");
+    [
+        count,
+        count - sample("weft_runtime_lag_seconds_bucket{le=\"0.512\"} ").min(count),
+        count - sample("weft_runtime_lag_seconds_bucket{le=\"2.048\"} ").min(count),
+    ]
+}
+
+/// What the leader's and the simulated side's lags were between `from`
+/// (taken with [`Lags::now`]) and now.
+#[derive(Clone)]
+struct Lags {
+    leader: [u64; 3],
+    beats: [u64; 3],
+    sim: [u64; 3],
+}
+
+impl Lags {
+    /// Where the counts stand; the simulated side's maxima start again.
+    fn now(lab: &Lab, counters: &Counters) -> Lags {
+        Lags {
+            leader: runtime_lag(lab, "m1"),
+            beats: counters.beat_rtt.take(),
+            sim: counters.sim_lag.take(),
+        }
+    }
+
+    /// Keeps the larger of the simulated side's maxima here and in
+    /// `other` (a reading in between).
+    fn worst_of(&mut self, other: &Lags) {
+        self.beats[2] = self.beats[2].max(other.beats[2]);
+        self.sim[2] = self.sim[2].max(other.sim[2]);
+    }
+
+    /// The figures since `from`, in words.
+    fn since(&self, from: &Lags) -> String {
+        let d = |a: &[u64], b: &[u64], i: usize| a[i].saturating_sub(b[i]);
+        format!(
+            "heartbeats answered after over 1 s: {} of {} (the slowest {:.1} s); the \
+             simulated side's runtime woke a timer over 0.5 s late {} of {} times (at worst \
+             {:.1} s); the leader's, {} of {} samples (over 2 s: {})",
+            d(&self.beats, &from.beats, 1),
+            d(&self.beats, &from.beats, 0),
+            self.beats[2] as f64 / 1e6,
+            d(&self.sim, &from.sim, 1),
+            d(&self.sim, &from.sim, 0),
+            self.sim[2] as f64 / 1e6,
+            d(&self.leader, &from.leader, 1),
+            d(&self.leader, &from.leader, 0),
+            d(&self.leader, &from.leader, 2),
+        )
+    }
+}
+
+/// The dispatcher's counters in the metrics of manager `host` (`name
+/// value` lines of the metrics whose name starts `weft_dispatcher_`).
+fn dispatcher_metrics(lab: &Lab, host: &str) -> String {
+    metrics_text(lab, host)
+        .lines()
         .filter(|l| {
             l.starts_with("weft_dispatcher_nodes_marked_down")
                 || l.starts_with("weft_dispatcher_config_pushes")
@@ -106,6 +174,41 @@ struct Counters {
     /// config's VXLAN sources), since when, and how long each node took.
     probe: std::sync::Mutex<Option<(String, Instant)>>,
     applied: std::sync::Mutex<Vec<Duration>>,
+    /// Heartbeats' round trips, from sent to answered (over 1 s counted).
+    beat_rtt: Spread<1000>,
+    /// How late the simulated side's runtime woke a timer (sampled every
+    /// 100 ms; over 0.5 s counted): its own load delays its heartbeats
+    /// that much.
+    sim_lag: Spread<500>,
+}
+
+/// Durations counted: how many, how many over `OVER_MS`, and the largest
+/// since the last [`Spread::take`].
+#[derive(Default)]
+struct Spread<const OVER_MS: u64> {
+    count: AtomicU64,
+    over: AtomicU64,
+    max_us: AtomicU64,
+}
+
+impl<const OVER_MS: u64> Spread<OVER_MS> {
+    fn record(&self, d: Duration) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        if d > Duration::from_millis(OVER_MS) {
+            self.over.fetch_add(1, Ordering::Relaxed);
+        }
+        self.max_us
+            .fetch_max(d.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// [count, over `OVER_MS`, the largest in µs since the last take].
+    fn take(&self) -> [u64; 3] {
+        [
+            self.count.load(Ordering::Relaxed),
+            self.over.load(Ordering::Relaxed),
+            self.max_us.swap(0, Ordering::Relaxed),
+        ]
+    }
 }
 
 impl Counters {
@@ -429,8 +532,9 @@ async fn heartbeats(
     period: tokio::sync::watch::Receiver<Duration>,
     counters: Arc<Counters>,
 ) {
-    let on_beat = move || {
+    let on_beat = move |rtt| {
         counters.heartbeats.fetch_add(1, Ordering::Relaxed);
+        counters.beat_rtt.record(rtt);
     };
     weft_worker::agent::heartbeats(client, node_id, period, on_beat).await;
 }
@@ -460,6 +564,16 @@ fn start_nodes(
             .expect("runtime");
         rt.block_on(async move {
             tls::install_crypto_provider();
+            // This runtime's own lag: heartbeats wait that long to go out.
+            let lag = counters.clone();
+            tokio::spawn(async move {
+                loop {
+                    let due = tokio::time::Instant::now() + Duration::from_millis(100);
+                    tokio::time::sleep_until(due).await;
+                    lag.sim_lag
+                        .record(tokio::time::Instant::now().saturating_duration_since(due));
+                }
+            });
             let t0 = Instant::now();
             let mut joined = Vec::with_capacity(n);
             for i in 0..n {
@@ -562,7 +676,15 @@ fn managers_hold_simulated_nodes() {
         n as f64 / join_took.as_secs_f64(),
         fmt_s(ready.as_secs_f64())
     );
-    rows += &idle_rows(&counters, &pids, window, &before, &after_join, join_took);
+    rows += &idle_rows(
+        &lab,
+        &counters,
+        &pids,
+        window,
+        &before,
+        &after_join,
+        join_took,
+    );
     rows += &service_row(&lab, &counters, replicas, on_network, publish);
     rows += &probe_rows(&lab, &counters, &more_nodes, n, pids[0]);
     if let Ok(dir) = std::env::var("WEFT_BENCH_KEEP_LOGS") {
@@ -607,6 +729,7 @@ fn pushed(c: &Counters) -> (u64, u64, u64) {
 /// Idle: heartbeats only, over `window`; each manager's CPU then and
 /// during the joins, and its memory.
 fn idle_rows(
+    lab: &Lab,
     counters: &Counters,
     pids: &[u32],
     window: Duration,
@@ -619,7 +742,9 @@ fn idle_rows(
         pushed(counters),
     );
     let idle0: Vec<(f64, f64)> = pids.iter().map(|p| usage(*p)).collect();
+    let lag0 = Lags::now(lab, counters);
     std::thread::sleep(window);
+    let lags = Lags::now(lab, counters).since(&lag0);
     let idle1: Vec<(f64, f64)> = pids.iter().map(|p| usage(*p)).collect();
     let beats = counters.heartbeats.load(Ordering::Relaxed) - hb0;
     let idle_pushes = pushed(counters).0 - push0;
@@ -627,7 +752,7 @@ fn idle_rows(
     let cpu =
         |a: &[(f64, f64)], b: &[(f64, f64)], i: usize, secs: f64| 100.0 * (b[i].0 - a[i].0) / secs;
     let mut md = format!(
-        "| idle window | {w:.0} s: {beats} heartbeats ({:.0}/s), {idle_pushes} config pushes |\n",
+        "| idle window | {w:.0} s: {beats} heartbeats ({:.0}/s), {idle_pushes} config pushes; {lags} |\n",
         beats as f64 / w
     );
     for (i, m) in MANAGERS.iter().enumerate() {
@@ -671,11 +796,29 @@ fn service_row(
     let replicas_text = replicas.to_string();
     args.extend(["--replicas", &replicas_text, "--", "sleep", "36000"]);
     let (push1, bytes1, deltas1) = pushed(counters);
+    let lag0 = Lags::now(lab, counters);
     let t = Instant::now();
     lab.weft("m1", &args);
     let created = t.elapsed();
+    // A timeline every 10 s, on stderr: how the creation goes, and whose
+    // lag holds heartbeats back if nodes are marked down.
+    let (mut last, mut worst) = (lag0.clone(), lag0.clone());
+    let mut next = Duration::from_secs(10);
     let running = wait_for("every replica running", Duration::from_secs(600), || {
-        lab.running_on("m1", "spread").len() as u64 == replicas
+        let up = lab.running_on("m1", "spread").len() as u64;
+        if t.elapsed() >= next {
+            next += Duration::from_secs(10);
+            let now = Lags::now(lab, counters);
+            eprintln!(
+                "creation +{:.0}s: {up} of {replicas} running; {}; {}",
+                t.elapsed().as_secs_f64(),
+                now.since(&last),
+                dispatcher_metrics(lab, "m1")
+            );
+            worst.worst_of(&now);
+            last = now;
+        }
+        up == replicas
     }) + created;
     // The replicas' changes (running, serving) reach every node whose
     // config lists them after `service ps` shows them running: the push
@@ -687,9 +830,12 @@ fn service_row(
     let settled = (counters.last_push.lock().expect("last push"))
         .map_or(Duration::ZERO, |at| at.duration_since(t));
     let (push2, bytes2, deltas2) = pushed(counters);
+    let mut lags = Lags::now(lab, counters);
+    lags.worst_of(&worst);
+    let lags = lags.since(&lag0);
     let nodes_with_task: BTreeSet<String> = lab.running_on("m1", "spread").into_iter().collect();
     format!(
-        "| `service create --replicas {replicas}`{}{} → all running | {} s; every node's config settled (the last push) {} s after the create ({} nodes got a task, {} config pushes, {} of them deltas, {} config bytes in all) |\n",
+        "| `service create --replicas {replicas}`{}{} → all running | {} s; every node's config settled (the last push) {} s after the create ({} nodes got a task, {} config pushes, {} of them deltas, {} config bytes in all; {lags}) |\n",
         if on_network { " on an overlay" } else { "" },
         if publish {
             " publishing 8080 through the ingress network"

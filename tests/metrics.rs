@@ -161,6 +161,7 @@ fn metrics_follow_what_the_cluster_does() {
             "acknowledged pushes",
         ),
         ("weft_raft_proposal_duration_seconds", "proposals"),
+        ("weft_runtime_lag_seconds", "runtime lag samples"),
     ] {
         assert!(
             after.sum(name) > before.sum(name),

@@ -49,6 +49,9 @@ pub struct ManagerMetrics {
     pub config_pushes: Family<PushKind, Counter>,
     /// Time from a config push until the node reports it applied.
     pub push_ack_seconds: Histogram,
+    /// How late this process's async runtime woke a timer: how long any
+    /// task ready to run (a heartbeat to answer) may wait its turn.
+    pub runtime_lag_seconds: Histogram,
 }
 
 /// Latency buckets: 1 ms to about 16 s.
@@ -67,7 +70,29 @@ pub static METRICS: LazyLock<ManagerMetrics> = LazyLock::new(|| ManagerMetrics {
     liveness_stalls: Counter::default(),
     config_pushes: Family::default(),
     push_ack_seconds: Histogram::new(seconds_buckets()),
+    runtime_lag_seconds: Histogram::new(seconds_buckets()),
 });
+
+/// How often [`sample_runtime_lag`] samples.
+pub const LAG_SAMPLE: Duration = Duration::from_millis(100);
+
+/// Samples the runtime's lag into [`ManagerMetrics::runtime_lag_seconds`]
+/// every [`LAG_SAMPLE`] until `stop` flips: the time a timer fired after
+/// it was due. A leader whose runtime lags by seconds answers heartbeats
+/// that late, whatever the nodes do.
+pub async fn sample_runtime_lag(mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let due = tokio::time::Instant::now() + LAG_SAMPLE;
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep_until(due) => {}
+        }
+        observe(
+            &METRICS.runtime_lag_seconds,
+            tokio::time::Instant::now().saturating_duration_since(due),
+        );
+    }
+}
 
 /// Observes `d` in a seconds histogram.
 pub fn observe(h: &Histogram, d: Duration) {
@@ -139,6 +164,11 @@ pub fn register(registry: &mut Registry, slot: CoreSlot) {
         "weft_dispatcher_push_ack_duration_seconds",
         "Time from a config push until the node reports it applied",
         m.push_ack_seconds.clone(),
+    );
+    registry.register(
+        "weft_runtime_lag_seconds",
+        "How late this manager's async runtime woke a timer, sampled every 100 ms",
+        m.runtime_lag_seconds.clone(),
     );
     registry.register_collector(Box::new(StateCollector { slot }));
 }

@@ -189,6 +189,7 @@ impl Manager {
             tokio::spawn(leader::liveness_loop(core.clone(), stop_rx.clone())),
             tokio::spawn(leader::membership_loop(core.clone(), stop_rx.clone())),
             tokio::spawn(leader::orchestrator_loop(core.clone(), stop_rx.clone())),
+            tokio::spawn(crate::metrics::sample_runtime_lag(stop_rx.clone())),
             tokio::spawn(crate::autolock::keeper(core.clone(), stop_rx)),
             tokio::spawn(crate::metrics::count_leader_changes(
                 core.raft().metrics_watch(),

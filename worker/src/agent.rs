@@ -618,7 +618,7 @@ impl Run {
             client.clone(),
             self.node_id.clone(),
             period_rx,
-            || {},
+            |_| {},
         )));
         loop {
             let renewal = tokio::time::sleep(self.until_renewal());
@@ -1054,12 +1054,13 @@ impl Drop for Beats {
 /// them back, or the leader would take a live node for a dead one. They go
 /// as messages of one `Heartbeats` stream, each answered; a manager
 /// without it gets unary calls. Ends at the first heartbeat refused or
-/// unanswered for two periods. `on_beat` runs for each one answered.
+/// unanswered for two periods. `on_beat` runs for each one answered, with
+/// the time it took to be answered.
 pub async fn heartbeats(
     mut client: DispatcherClient<tonic::transport::Channel>,
     node_id: String,
     mut period: watch::Receiver<Duration>,
-    on_beat: impl Fn(),
+    on_beat: impl Fn(Duration),
 ) -> Beat {
     let mut every = *period.borrow_and_update();
     let (beat_tx, beat_rx) = tokio::sync::mpsc::channel::<pb::HeartbeatRequest>(1);
@@ -1090,6 +1091,7 @@ pub async fn heartbeats(
             node_id: node_id.clone(),
             stopping: false,
         };
+        let sent = tokio::time::Instant::now();
         let answered = match answers.as_mut() {
             Some(answers) => {
                 let beat = async {
@@ -1109,7 +1111,7 @@ pub async fn heartbeats(
                 .map(|r| r.map(drop)),
         };
         match answered {
-            Ok(Ok(())) => on_beat(),
+            Ok(Ok(())) => on_beat(sent.elapsed()),
             Ok(Err(st)) => return Beat::Refused(st),
             Err(_) => return Beat::TimedOut,
         }
