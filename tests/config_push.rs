@@ -266,25 +266,15 @@ fn a_delta_lost_with_its_session_ends_in_the_kernel_state_of_a_whole_push() {
         );
     }
     let sleeper = |name: &str, net: &str, n: &str| {
-        lab.weft(
-            "m1",
-            &[
-                "service",
-                "create",
-                "--detach",
-                "--name",
-                name,
-                "--replicas",
-                n,
-                "--network",
-                net,
-                "--constraint",
-                "node.role==worker",
-                "--",
-                "sleep",
-                "600",
-            ],
-        );
+        let flags = [
+            "--replicas",
+            n,
+            "--network",
+            net,
+            "--constraint",
+            "node.role==worker",
+        ];
+        common::detached_sleepers(&lab, "m1", name, &flags);
     };
     sleeper("web", "appnet", "4");
     sleeper("db", "other", "2");
@@ -385,4 +375,162 @@ fn a_delta_lost_with_its_session_ends_in_the_kernel_state_of_a_whole_push() {
         "w1: {} kernel objects the same after {deltas} deltas and a whole push",
         before.len()
     );
+}
+
+/// What the test asks of its stand-in for w1's agent.
+enum Ask {
+    /// Report this config version applied.
+    Report(u64),
+}
+
+/// A stand-in for w1's agent, with w1's certificate, on a thread in w1's
+/// namespace: a session with m1 (deltas taken), heartbeats every `period`,
+/// every message it gets sent on `got` with when it came, and a status
+/// report only when asked on the returned channel. Ends when that channel
+/// is dropped.
+fn stand_in(
+    lab: &Lab,
+    period: Duration,
+    got: std::sync::mpsc::Sender<(std::time::Instant, weft_proto::v1::SessionMessage)>,
+) -> tokio::sync::mpsc::UnboundedSender<Ask> {
+    use weft_proto::v1 as pb;
+    use weft_proto::v1::dispatcher_client::DispatcherClient;
+    let certs = lab.data_dir("w1").join("certs");
+    let read = |f: &str| std::fs::read_to_string(certs.join(f)).expect("w1's certificate files");
+    let (ca, cert, key) = (read("ca.pem"), read("node.pem"), read("node-key.pem"));
+    let node_id = weft_proto::identity::PeerIdentity::from_pem(&cert)
+        .expect("w1's certificate")
+        .node_id;
+    let addr = format!("{}:4377", lab.addr("m1"));
+    let pin = lab.host_netns("w1");
+    let (ask_tx, mut asks) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        let ns = std::fs::File::open(&pin).expect("netns pin");
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async move {
+            weft_proto::tls::install_crypto_provider();
+            let channel = weft_proto::tls::channel_to_manager(&addr, &ca, Some((&cert, &key)))
+                .await
+                .expect("a connection to m1");
+            let mut client = DispatcherClient::new(channel);
+            let (_period_tx, period_rx) = tokio::sync::watch::channel(period);
+            let beats = tokio::spawn(weft_worker::agent::heartbeats(
+                client.clone(),
+                node_id.clone(),
+                period_rx,
+                |_| {},
+            ));
+            let mut stream = client
+                .session(pb::SessionRequest {
+                    node_id: node_id.clone(),
+                    accepts_deltas: true,
+                    accepts_port_deltas: true,
+                    ..Default::default()
+                })
+                .await
+                .expect("a session")
+                .into_inner();
+            loop {
+                tokio::select! {
+                    m = stream.message() => match m {
+                        Ok(Some(m)) => if got.send((std::time::Instant::now(), m)).is_err() { break },
+                        _ => break,
+                    },
+                    a = asks.recv() => match a {
+                        Some(Ask::Report(version)) => {
+                            client
+                                .report_status(pb::StatusReport {
+                                    node_id: node_id.clone(),
+                                    applied_version: version,
+                                    ..Default::default()
+                                })
+                                .await
+                                .expect("a report");
+                        }
+                        None => break,
+                    },
+                }
+            }
+            beats.abort();
+        });
+    });
+    ask_tx
+}
+
+/// The config held after `m` (a whole config or a delta to `held`), and
+/// the ports in it.
+fn apply(
+    held: &mut weft_proto::v1::NodeConfig,
+    m: weft_proto::v1::SessionMessage,
+) -> BTreeSet<u32> {
+    match (m.config, m.config_delta) {
+        (Some(c), _) => *held = c,
+        (None, Some(d)) => {
+            weft_proto::config_delta::apply_in_place(held, &d).expect("a delta that applies")
+        }
+        (None, None) => panic!("a message without a config"),
+    }
+    held.ports.iter().map(|p| p.port).collect()
+}
+
+/// One config push in flight per session (the dispatcher's push gate): a
+/// node that has not answered its last push gets no new one; once it
+/// reports it applied it, everything that changed since comes in one push;
+/// a node that never answers gets the next after three heartbeat periods.
+/// Real daemons for m1 and w1 (w1's stopped), the session a stand-in with
+/// w1's certificate, so the test decides when it reports.
+#[test]
+fn a_node_gets_its_next_push_when_it_answered_the_last() {
+    let mut lab = Lab::new("pgate", &["m1", "w1"]);
+    lab.start_all();
+    let period = Duration::from_secs(2);
+    let (wt, _) = lab.init("m1", &["--heartbeat-period", "2s"]);
+    lab.join("w1", &wt, "m1");
+    lab.sigterm("w1");
+    let (got_tx, got) = std::sync::mpsc::channel();
+    let ask = stand_in(&lab, period, got_tx);
+    let next = |what: &str| {
+        got.recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("no push: {what}"))
+    };
+    let (_, first) = next("the session's first config");
+    let mut held = Default::default();
+    assert_eq!(apply(&mut held, first), BTreeSet::new());
+    // Two services that publish through the ingress network, their one
+    // replica each on m1: every node's config gets their ports.
+    let publish = |name: &str, port: &str| {
+        let published = format!("{port}:80");
+        let flags = [
+            "--constraint",
+            "node.role==manager",
+            "--publish",
+            &published,
+        ];
+        common::detached_sleepers(&lab, "m1", name, &flags);
+    };
+    publish("p1", "8081");
+    publish("p2", "8082");
+    // Unanswered, the first push holds them back (for 6 s at most).
+    let quiet = got.recv_timeout(Duration::from_millis(1500));
+    assert!(
+        quiet.is_err(),
+        "a push before the last was answered: {quiet:?}"
+    );
+    ask.send(Ask::Report(held.version)).expect("stand-in");
+    let (answered_at, m) = next("the changes after the answer");
+    assert_eq!(apply(&mut held, m), BTreeSet::from([8081, 8082]));
+    // Never answered: the next change waits out the three periods.
+    publish("p3", "8083");
+    let (at, m) = next("a change after an unanswered push");
+    let waited = at.duration_since(answered_at);
+    assert!(
+        waited >= period * 3 - Duration::from_millis(500),
+        "the next push came {waited:?} after an unanswered one"
+    );
+    assert!(apply(&mut held, m).contains(&8083));
+    drop(ask);
 }

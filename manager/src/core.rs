@@ -55,6 +55,9 @@ pub enum SessionPush {
     Log(pb::LogRequest),
     /// Doctor probes of its peers.
     Probe(pb::ProbeRequest),
+    /// It answered the config pushed last (applied it, or failed to):
+    /// the next may go ([`crate::dispatcher`]'s push gate).
+    Applied,
 }
 
 /// Which node a probe request went to, and where its report goes.
@@ -398,16 +401,26 @@ impl Core {
 
     /// Records what a node reported applying; the first report of the
     /// version pushed last times the push (its metric).
+    /// A report that answers the push (its version, or an error) lets the
+    /// session push again.
     pub fn config_applied(&self, id: NodeId, version: u64, error: String) {
-        let mut c = self.inner.configs.lock().expect("configs lock");
-        let e = c.entry(id).or_default();
-        e.applied = version;
-        e.error = error;
-        if version >= e.pushed
-            && let Some(at) = e.pushed_at.take()
-        {
-            let m = &crate::metrics::METRICS;
-            crate::metrics::observe(&m.push_ack_seconds, at.elapsed());
+        let answered = {
+            let mut c = self.inner.configs.lock().expect("configs lock");
+            let e = c.entry(id).or_default();
+            e.applied = version;
+            let failed = !error.is_empty();
+            e.error = error;
+            let answered = version >= e.pushed || failed;
+            if version >= e.pushed
+                && let Some(at) = e.pushed_at.take()
+            {
+                let m = &crate::metrics::METRICS;
+                crate::metrics::observe(&m.push_ack_seconds, at.elapsed());
+            }
+            answered
+        };
+        if answered {
+            self.push_to_session(id, SessionPush::Applied);
         }
     }
 

@@ -889,6 +889,15 @@ pub fn addr_of_in(ip_o_addr: &str) -> Option<String> {
         .map(str::to_owned)
 }
 
+/// `service create --detach --name NAME FLAGS… -- sleep 600` from
+/// `host`: a service whose tasks sleep, returned as soon as it is stored.
+pub fn detached_sleepers(lab: &Lab, host: &str, name: &str, flags: &[&str]) {
+    let mut args = vec!["service", "create", "--detach", "--name", name];
+    args.extend_from_slice(flags);
+    args.extend(["--", "sleep", "600"]);
+    lab.weft(host, &args);
+}
+
 /// A one-replica service `name` on `network` whose task sleeps (a VIP and
 /// a name to resolve), created from `host`.
 pub fn sleeping_service(lab: &Lab, host: &str, name: &str, network: &str) {

@@ -697,6 +697,49 @@ fn same_header(a: &pb::SessionMessage, b: &pb::SessionMessage) -> bool {
 }
 
 type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::SessionMessage, Status>> + Send>>;
+/// One config push in flight per session: after a push, changes wait
+/// until the node reports it applied (or failed to apply) that push, or
+/// for [`MISSED_HEARTBEATS`](liveness::MISSED_HEARTBEATS) heartbeat periods,
+/// and then go as one. A node slow to apply (a busy machine, a long kernel
+/// change) gets one push that holds everything since instead of a queue of
+/// stale ones, and the leader does not project for it what the node could
+/// not take yet: under a stream of changes (hundreds of replicas starting)
+/// each node costs a push per round trip, not one per change.
+#[derive(Debug, Default)]
+struct PushGate {
+    /// Until when changes wait, while a push is unanswered.
+    until: Option<tokio::time::Instant>,
+    /// A change came while they waited.
+    owed: bool,
+}
+
+impl PushGate {
+    /// A config went out in `msg`: changes wait for its answer.
+    fn pushed(&mut self, msg: &pb::SessionMessage) {
+        let period = Duration::from_millis(msg.heartbeat_period_ms.max(1));
+        self.until = Some(tokio::time::Instant::now() + period * liveness::MISSED_HEARTBEATS);
+        self.owed = false;
+    }
+
+    /// Until when changes wait, if they do.
+    fn until(&self) -> Option<tokio::time::Instant> {
+        self.until
+    }
+
+    /// A change came: whether it waits (it is then owed).
+    fn hold(&mut self) -> bool {
+        self.owed |= self.until.is_some();
+        self.until.is_some()
+    }
+
+    /// The node answered the last push, or the wait ran out: whether a
+    /// change is owed.
+    fn open(&mut self) -> bool {
+        self.until = None;
+        std::mem::take(&mut self.owed)
+    }
+}
+
 type HeartbeatsStream = Pin<Box<dyn Stream<Item = Result<pb::HeartbeatResponse, Status>> + Send>>;
 type FetchImageStream = Pin<Box<dyn Stream<Item = Result<pb::ImageFetchChunk, Status>> + Send>>;
 
@@ -851,6 +894,8 @@ impl Dispatcher for DispatcherService {
             // The header sent last (no config), and the config.
             let mut last = first.clone();
             let mut last_sent = first_sent;
+            let mut gate = PushGate::default();
+            gate.pushed(&last);
             for m in with_payload(first, first_payload, parts) {
                 if tx.send(Ok(m)).await.is_err() {
                     return;
@@ -863,6 +908,7 @@ impl Dispatcher for DispatcherService {
             let expired = tokio::time::sleep(cert_left);
             tokio::pin!(expired);
             loop {
+                let waiting = gate.until();
                 tokio::select! {
                     _ = tx.closed() => return,
                     () = &mut expired => {
@@ -872,16 +918,32 @@ impl Dispatcher for DispatcherService {
                     r = changes.changed() => if r.is_err() { return },
                     r = pushes.changed() => if r.is_err() { return },
                     r = server.changed() => if r.is_err() { return },
+                    () = tokio::time::sleep_until(waiting.unwrap_or_else(tokio::time::Instant::now)),
+                        if waiting.is_some() => if !gate.open() { continue },
                     Some(push) = log_rx.recv() => {
-                        let mut msg = last.clone();
-                        match push {
-                            crate::core::SessionPush::Log(req) => msg.log_requests = vec![req],
-                            crate::core::SessionPush::Probe(req) => msg.probe_requests = vec![req],
+                        let ask = match push {
+                            crate::core::SessionPush::Log(req) => Some(pb::SessionMessage {
+                                log_requests: vec![req],
+                                ..last.clone()
+                            }),
+                            crate::core::SessionPush::Probe(req) => Some(pb::SessionMessage {
+                                probe_requests: vec![req],
+                                ..last.clone()
+                            }),
+                            // The node applied the last push: what changed
+                            // since, if anything, goes now.
+                            crate::core::SessionPush::Applied => if gate.open() {
+                                None
+                            } else {
+                                continue
+                            },
+                        };
+                        if let Some(ask) = ask {
+                            if tx.send(Ok(ask)).await.is_err() {
+                                return;
+                            }
+                            continue;
                         }
-                        if tx.send(Ok(msg)).await.is_err() {
-                            return;
-                        }
-                        continue;
                     }
                 }
                 if !this.core.is_leader() {
@@ -892,9 +954,13 @@ impl Dispatcher for DispatcherService {
                     let _ = tx.send(Err(st)).await;
                     return;
                 }
+                if gate.hold() {
+                    continue;
+                }
                 match this.session_message_with(node.id, Some(&mut last_sent), deltas, &[]) {
                     Ok((msg, Some((payload, sent)))) => {
                         tracing::debug!(node = %node.id, version = sent.config.config.version, delta = matches!(payload, Payload::Delta(_)), "session push");
+                        gate.pushed(&msg);
                         last = msg.clone();
                         last_sent = sent;
                         for m in with_payload(msg, payload, parts) {
