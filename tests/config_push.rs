@@ -487,8 +487,10 @@ fn apply(
 fn a_node_gets_its_next_push_when_it_answered_the_last() {
     let mut lab = Lab::new("pgate", &["m1", "w1"]);
     lab.start_all();
-    let period = Duration::from_secs(2);
-    let (wt, _) = lab.init("m1", &["--heartbeat-period", "2s"]);
+    // Pushes wait three periods for an answer: 12 s, room for what the
+    // test does in between on a busy machine.
+    let period = Duration::from_secs(4);
+    let (wt, _) = lab.init("m1", &["--heartbeat-period", "4s"]);
     lab.join("w1", &wt, "m1");
     lab.sigterm("w1");
     let (got_tx, got) = std::sync::mpsc::channel();
@@ -497,7 +499,7 @@ fn a_node_gets_its_next_push_when_it_answered_the_last() {
         got.recv_timeout(Duration::from_secs(30))
             .unwrap_or_else(|_| panic!("no push: {what}"))
     };
-    let (_, first) = next("the session's first config");
+    let (first_at, first) = next("the session's first config");
     let mut held = Default::default();
     assert_eq!(apply(&mut held, first), BTreeSet::new());
     // Two services that publish through the ingress network, their one
@@ -514,15 +516,24 @@ fn a_node_gets_its_next_push_when_it_answered_the_last() {
     };
     publish("p1", "8081");
     publish("p2", "8082");
-    // Unanswered, the first push holds them back (for 6 s at most).
+    // Unanswered, the first push holds them back (for 12 s at most).
     let quiet = got.recv_timeout(Duration::from_millis(1500));
     assert!(
         quiet.is_err(),
         "a push before the last was answered: {quiet:?}"
     );
+    let asked_at = std::time::Instant::now();
     ask.send(Ask::Report(held.version)).expect("stand-in");
     let (answered_at, m) = next("the changes after the answer");
     assert_eq!(apply(&mut held, m), BTreeSet::from([8081, 8082]));
+    // Sent for the answer, not for the wait's end.
+    assert!(
+        answered_at.duration_since(asked_at) < Duration::from_secs(2)
+            && answered_at.duration_since(first_at) < period * 3 - Duration::from_secs(1),
+        "the push after the answer came {:?} after it, {:?} after the first",
+        answered_at.duration_since(asked_at),
+        answered_at.duration_since(first_at)
+    );
     // Never answered: the next change waits out the three periods.
     publish("p3", "8083");
     let (at, m) = next("a change after an unanswered push");

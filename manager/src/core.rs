@@ -89,6 +89,15 @@ pub struct ConfigStatus {
     pub pushed_at: Option<std::time::Instant>,
 }
 
+impl ConfigStatus {
+    /// Whether the node's last report answers the config pushed last: it
+    /// applied that version or a later one, or it failed to apply (a
+    /// report does not say which version it tried).
+    fn answered(&self) -> bool {
+        self.applied >= self.pushed || !self.error.is_empty()
+    }
+}
+
 impl Core {
     /// Wraps a running Raft instance; `channels` reach other managers.
     /// and `unlock` holds the autolock key (shared with the node).
@@ -408,20 +417,26 @@ impl Core {
             let mut c = self.inner.configs.lock().expect("configs lock");
             let e = c.entry(id).or_default();
             e.applied = version;
-            let failed = !error.is_empty();
             e.error = error;
-            let answered = version >= e.pushed || failed;
             if version >= e.pushed
                 && let Some(at) = e.pushed_at.take()
             {
                 let m = &crate::metrics::METRICS;
                 crate::metrics::observe(&m.push_ack_seconds, at.elapsed());
             }
-            answered
+            e.answered()
         };
         if answered {
             self.push_to_session(id, SessionPush::Applied);
         }
+    }
+
+    /// Whether the node's last report answers the config pushed to it
+    /// last (see [`Self::config_applied`]): an `Applied` on its session
+    /// may be older than the push it is read after.
+    pub fn push_answered(&self, id: NodeId) -> bool {
+        let c = self.inner.configs.lock().expect("configs lock");
+        c.get(&id).is_none_or(ConfigStatus::answered)
     }
 
     /// Records the handshakes a node reported.

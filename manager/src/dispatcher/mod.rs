@@ -697,10 +697,11 @@ fn same_header(a: &pb::SessionMessage, b: &pb::SessionMessage) -> bool {
 }
 
 type SessionStream = Pin<Box<dyn Stream<Item = Result<pb::SessionMessage, Status>> + Send>>;
-/// One config push in flight per session: after a push, changes wait
-/// until the node reports it applied (or failed to apply) that push, or
-/// for [`MISSED_HEARTBEATS`](liveness::MISSED_HEARTBEATS) heartbeat periods,
-/// and then go as one. A node slow to apply (a busy machine, a long kernel
+/// One config push in flight per session: after a push, config changes
+/// wait until the node reports it applied that push (or reports an apply
+/// error), or for [`MISSED_HEARTBEATS`](liveness::MISSED_HEARTBEATS)
+/// heartbeat periods, and then go as one. Header changes, a removal, and
+/// log and probe requests do not wait. A node slow to apply (a busy machine, a long kernel
 /// change) gets one push that holds everything since instead of a queue of
 /// stale ones, and the leader does not project for it what the node could
 /// not take yet: under a stream of changes (hundreds of replicas starting)
@@ -870,14 +871,16 @@ impl Dispatcher for DispatcherService {
         };
         let parts = req.get_ref().accepts_source_parts;
         let held_sources = std::mem::take(&mut req.get_mut().sources_digest);
+        // Subscribed before the first config is made: a change committed
+        // meanwhile wakes the loop below.
+        let mut changes = self.core.store().subscribe();
+        let mut pushes = self.core.pushes().subscribe();
         let (first, first_payload) =
             self.session_message_with(node.id, None, deltas, &held_sources)?;
         let (first_payload, first_sent) =
             first_payload.expect("a session's first message has its config");
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         let this = self.clone();
-        let mut changes = self.core.store().subscribe();
-        let mut pushes = self.core.pushes().subscribe();
         let (log_tx, mut log_rx) = tokio::sync::mpsc::unbounded_channel();
         // Each call checks the caller's certificate, but this stream is one
         // call: it ends when the certificate it was opened with expires (a
@@ -930,13 +933,16 @@ impl Dispatcher for DispatcherService {
                                 probe_requests: vec![req],
                                 ..last.clone()
                             }),
-                            // The node applied the last push: what changed
-                            // since, if anything, goes now.
-                            crate::core::SessionPush::Applied => if gate.open() {
-                                None
-                            } else {
-                                continue
-                            },
+                            // The node answered the last push: what changed
+                            // since, if anything, goes now. Checked again
+                            // here: this one may be older than that push.
+                            crate::core::SessionPush::Applied => {
+                                if this.core.push_answered(node.id) && gate.open() {
+                                    None
+                                } else {
+                                    continue;
+                                }
+                            }
                         };
                         if let Some(ask) = ask {
                             if tx.send(Ok(ask)).await.is_err() {
@@ -955,6 +961,21 @@ impl Dispatcher for DispatcherService {
                     return;
                 }
                 if gate.hold() {
+                    // The config waits; what the header says (the trust
+                    // lists, the managers, a role) and a removal do not.
+                    match this.session_message(node.id) {
+                        Ok(msg) if !same_header(&msg, &last) => {
+                            last = msg.clone();
+                            if tx.send(Ok(msg)).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(st) => {
+                            let _ = tx.send(Err(st)).await;
+                            return;
+                        }
+                    }
                     continue;
                 }
                 match this.session_message_with(node.id, Some(&mut last_sent), deltas, &[]) {
