@@ -960,25 +960,15 @@ impl Dispatcher for DispatcherService {
                     let _ = tx.send(Err(st)).await;
                     return;
                 }
-                if gate.hold() {
-                    // The config waits; what the header says (the trust
-                    // lists, the managers, a role) and a removal do not.
-                    match this.session_message(node.id) {
-                        Ok(msg) if !same_header(&msg, &last) => {
-                            last = msg.clone();
-                            if tx.send(Ok(msg)).await.is_err() {
-                                return;
-                            }
-                        }
-                        Ok(_) => {}
-                        Err(st) => {
-                            let _ = tx.send(Err(st)).await;
-                            return;
-                        }
-                    }
-                    continue;
-                }
-                match this.session_message_with(node.id, Some(&mut last_sent), deltas, &[]) {
+                // While a push is unanswered the config waits; what the
+                // header says (the trust lists, the managers, a role) and a
+                // removal do not.
+                let next = if gate.hold() {
+                    this.session_message(node.id).map(|msg| (msg, None))
+                } else {
+                    this.session_message_with(node.id, Some(&mut last_sent), deltas, &[])
+                };
+                match next {
                     Ok((msg, Some((payload, sent)))) => {
                         tracing::debug!(node = %node.id, version = sent.config.config.version, delta = matches!(payload, Payload::Delta(_)), "session push");
                         gate.pushed(&msg);
