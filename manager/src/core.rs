@@ -87,14 +87,31 @@ pub struct ConfigStatus {
     pub handshakes: std::collections::BTreeMap<String, u64>,
     /// When `pushed` went out, until the node reports it applied.
     pub pushed_at: Option<std::time::Instant>,
+    /// Whether a report with an apply error came since `pushed` went out.
+    pub failed_since_push: bool,
 }
 
 impl ConfigStatus {
-    /// Whether the node's last report answers the config pushed last: it
-    /// applied that version or a later one, or it failed to apply (a
-    /// report does not say which version it tried).
+    /// Whether the node answered the config pushed last: it reported
+    /// that version or a later one applied, or an apply error since the
+    /// push (a report does not say which version it tried; an error
+    /// reported before the push does not count, however often repeated).
     fn answered(&self) -> bool {
-        self.applied >= self.pushed || !self.error.is_empty()
+        self.applied >= self.pushed || self.failed_since_push
+    }
+
+    /// A push of `version` went out.
+    fn pushed(&mut self, version: u64) {
+        self.pushed = version;
+        self.pushed_at = Some(std::time::Instant::now());
+        self.failed_since_push = false;
+    }
+
+    /// A report of `version` applied, or of `error`.
+    fn reported(&mut self, version: u64, error: String) {
+        self.applied = version;
+        self.failed_since_push |= !error.is_empty();
+        self.error = error;
     }
 }
 
@@ -403,9 +420,7 @@ impl Core {
     /// Records the config version pushed to a node.
     pub fn config_pushed(&self, id: NodeId, version: u64) {
         let mut c = self.inner.configs.lock().expect("configs lock");
-        let e = c.entry(id).or_default();
-        e.pushed = version;
-        e.pushed_at = Some(std::time::Instant::now());
+        c.entry(id).or_default().pushed(version);
     }
 
     /// Records what a node reported applying; the first report of the
@@ -416,8 +431,7 @@ impl Core {
         let answered = {
             let mut c = self.inner.configs.lock().expect("configs lock");
             let e = c.entry(id).or_default();
-            e.applied = version;
-            e.error = error;
+            e.reported(version, error);
             if version >= e.pushed
                 && let Some(at) = e.pushed_at.take()
             {
@@ -696,4 +710,33 @@ pub fn now_ms() -> u64 {
 pub fn rfc3339(t: time::OffsetDateTime) -> String {
     t.format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ConfigStatus;
+
+    /// What answers a push (the dispatcher's push gate): its version or a
+    /// later one applied, or an error reported after it; not an error
+    /// from before it, nor an older version.
+    #[test]
+    fn what_answers_a_config_push() {
+        let mut c = ConfigStatus::default();
+        c.pushed(5);
+        assert!(!c.answered());
+        c.reported(4, String::new());
+        assert!(!c.answered(), "an older version");
+        c.reported(5, String::new());
+        assert!(c.answered());
+        c.pushed(6);
+        c.reported(0, "no such image".into());
+        assert!(c.answered(), "an error after the push");
+        c.pushed(7);
+        assert!(!c.answered(), "the error came before this push");
+        c.reported(0, "no such image".into());
+        assert!(c.answered(), "reported again after it");
+        c.pushed(8);
+        c.reported(8, String::new());
+        assert!(c.answered() && c.error.is_empty());
+    }
 }
