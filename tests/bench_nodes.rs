@@ -68,8 +68,15 @@ fn metrics_text(lab: &Lab, host: &str) -> String {
 }
 
 /// Manager `host`'s runtime lag samples so far: how many, and how many
-/// over 0.5 s and over 2 s (`weft_runtime_lag_seconds`' buckets).
-fn runtime_lag(lab: &Lab, host: &str) -> [u64; 3] {
+/// over 0.512 s and over 2.048 s (`weft_runtime_lag_seconds`' buckets).
+#[derive(Clone, Copy, Default)]
+struct LeaderLag {
+    count: u64,
+    over_half: u64,
+    over_two: u64,
+}
+
+fn runtime_lag(lab: &Lab, host: &str) -> LeaderLag {
     let text = metrics_text(lab, host);
     let sample = |key: &str| {
         text.lines()
@@ -77,20 +84,23 @@ fn runtime_lag(lab: &Lab, host: &str) -> [u64; 3] {
             .unwrap_or(0.0) as u64
     };
     let count = sample("weft_runtime_lag_seconds_count ");
-    [
+    let over = |le: &str| {
+        count - sample(&format!("weft_runtime_lag_seconds_bucket{{le=\"{le}\"}} ")).min(count)
+    };
+    LeaderLag {
         count,
-        count - sample("weft_runtime_lag_seconds_bucket{le=\"0.512\"} ").min(count),
-        count - sample("weft_runtime_lag_seconds_bucket{le=\"2.048\"} ").min(count),
-    ]
+        over_half: over("0.512"),
+        over_two: over("2.048"),
+    }
 }
 
 /// What the leader's and the simulated side's lags were between `from`
 /// (taken with [`Lags::now`]) and now.
 #[derive(Clone)]
 struct Lags {
-    leader: [u64; 3],
-    beats: [u64; 3],
-    sim: [u64; 3],
+    leader: LeaderLag,
+    beats: Tally,
+    sim: Tally,
 }
 
 impl Lags {
@@ -103,29 +113,35 @@ impl Lags {
         }
     }
 
+    /// The same counts, without maxima yet.
+    fn without_maxima(mut self) -> Lags {
+        (self.beats.max_us, self.sim.max_us) = (0, 0);
+        self
+    }
+
     /// Keeps the larger of the simulated side's maxima here and in
     /// `other` (a reading in between).
     fn worst_of(&mut self, other: &Lags) {
-        self.beats[2] = self.beats[2].max(other.beats[2]);
-        self.sim[2] = self.sim[2].max(other.sim[2]);
+        self.beats.max_us = self.beats.max_us.max(other.beats.max_us);
+        self.sim.max_us = self.sim.max_us.max(other.sim.max_us);
     }
 
     /// The figures since `from`, in words.
     fn since(&self, from: &Lags) -> String {
-        let d = |a: &[u64], b: &[u64], i: usize| a[i].saturating_sub(b[i]);
+        let (b, s, l) = (&self.beats, &self.sim, &self.leader);
         format!(
             "heartbeats answered after over 1 s: {} of {} (the slowest {:.1} s); the \
              simulated side's runtime woke a timer over 0.5 s late {} of {} times (at worst \
              {:.1} s); the leader's, {} of {} samples (over 2 s: {})",
-            d(&self.beats, &from.beats, 1),
-            d(&self.beats, &from.beats, 0),
-            self.beats[2] as f64 / 1e6,
-            d(&self.sim, &from.sim, 1),
-            d(&self.sim, &from.sim, 0),
-            self.sim[2] as f64 / 1e6,
-            d(&self.leader, &from.leader, 1),
-            d(&self.leader, &from.leader, 0),
-            d(&self.leader, &from.leader, 2),
+            b.over.saturating_sub(from.beats.over),
+            b.count.saturating_sub(from.beats.count),
+            b.max_us as f64 / 1e6,
+            s.over.saturating_sub(from.sim.over),
+            s.count.saturating_sub(from.sim.count),
+            s.max_us as f64 / 1e6,
+            l.over_half.saturating_sub(from.leader.over_half),
+            l.count.saturating_sub(from.leader.count),
+            l.over_two.saturating_sub(from.leader.over_two),
         )
     }
 }
@@ -201,14 +217,23 @@ impl<const OVER_MS: u64> Spread<OVER_MS> {
             .fetch_max(d.as_micros() as u64, Ordering::Relaxed);
     }
 
-    /// [count, over `OVER_MS`, the largest in µs since the last take].
-    fn take(&self) -> [u64; 3] {
-        [
-            self.count.load(Ordering::Relaxed),
-            self.over.load(Ordering::Relaxed),
-            self.max_us.swap(0, Ordering::Relaxed),
-        ]
+    /// The counts so far, and the largest since the last take.
+    fn take(&self) -> Tally {
+        Tally {
+            count: self.count.load(Ordering::Relaxed),
+            over: self.over.load(Ordering::Relaxed),
+            max_us: self.max_us.swap(0, Ordering::Relaxed),
+        }
     }
+}
+
+/// A [`Spread`]'s counts at one time.
+#[derive(Clone, Copy)]
+struct Tally {
+    count: u64,
+    over: u64,
+    /// The largest, µs.
+    max_us: u64,
 }
 
 impl Counters {
@@ -803,8 +828,7 @@ fn service_row(
     // A timeline every 10 s, on stderr: how the creation goes, and whose
     // lag holds heartbeats back if nodes are marked down.
     // The maxima in `lag0` are from before the creation.
-    let (mut last, mut worst) = (lag0.clone(), lag0.clone());
-    (worst.beats[2], worst.sim[2]) = (0, 0);
+    let (mut last, mut worst) = (lag0.clone(), lag0.clone().without_maxima());
     let mut next = Duration::from_secs(10);
     let running = wait_for("every replica running", Duration::from_secs(600), || {
         let up = lab.running_on("m1", "spread").len() as u64;

@@ -120,7 +120,31 @@ fn metrics_follow_what_the_cluster_does() {
     let (wt, _) = lab.init("m1", &["--heartbeat-period", "500ms"]);
     lab.join("w1", &wt, "m1");
 
-    let m1 = scrape_until(&lab, "m1", "both nodes ready and in session", |s| {
+    managers_state(&lab);
+    let after = a_service_moves_pushes_and_tasks(&lab);
+    let (pin_w1, w1) = a_lookup_and_encrypted_traffic(&lab);
+    a_drift_repair_is_counted(&pin_w1, &w1, &lab);
+    println!(
+        "m1's scrape:\n{}\nw1's scrape:\n{}",
+        after.text,
+        scrape(&lab, "w1").text
+    );
+
+    // Two remote tasks on one other node: still one peer.
+    assert_eq!(
+        scrape(&lab, "w1").value("weft_network_peers{network=\"encnet\"}"),
+        1.0
+    );
+
+    // Only /metrics, only GET.
+    let (head, _) = http_get("m1", &lab, "/other");
+    assert!(head.contains(" 404"), "{head}");
+}
+
+/// The manager's state once both nodes are in: Raft, build, heartbeats;
+/// a worker shows none of it.
+fn managers_state(lab: &Lab) {
+    let m1 = scrape_until(lab, "m1", "both nodes ready and in session", |s| {
         s.get("weft_nodes{state=\"ready\"}") == Some(2.0)
             && s.get("weft_dispatcher_sessions") == Some(2.0)
     });
@@ -140,18 +164,23 @@ fn metrics_follow_what_the_cluster_does() {
         "this manager saw itself become leader"
     );
     // A worker runs no manager: none of the manager's state.
-    let w1 = scrape(&lab, "w1");
+    let w1 = scrape(lab, "w1");
     assert_eq!(w1.get("weft_raft_leader"), None, "{}", w1.text);
     let heartbeats = m1.value("weft_dispatcher_heartbeats_total");
-    scrape_until(&lab, "m1", "heartbeats counted", |s| {
+    scrape_until(lab, "m1", "heartbeats counted", |s| {
         s.value("weft_dispatcher_heartbeats_total") > heartbeats
     });
+}
 
+/// A service on an encrypted network: pushes, acknowledgements,
+/// proposals, runtime lag samples and tasks move; returns m1's scrape
+/// after it.
+fn a_service_moves_pushes_and_tasks(lab: &Lab) -> Scrape {
     // A service: pushes, acknowledgements, proposals and tasks move.
-    let before = scrape(&lab, "m1");
+    let before = scrape(lab, "m1");
     lab.encrypted_network("m1", "10.0.41.0/24", "encnet");
-    common::sleeping_replicas(&lab, "m1", "web", "encnet", 2);
-    let after = scrape_until(&lab, "m1", "both replicas running", |s| {
+    common::sleeping_replicas(lab, "m1", "web", "encnet", 2);
+    let after = scrape_until(lab, "m1", "both replicas running", |s| {
         s.get("weft_tasks{state=\"running\"}") == Some(2.0)
     });
     for (name, what) in [
@@ -173,23 +202,30 @@ fn metrics_follow_what_the_cluster_does() {
     assert!(after.value("weft_dispatcher_config_pushes_total{kind=\"delta\"}") >= 1.0);
     let placed = lab.running_on("m1", "web");
     let on_w1 = placed.iter().filter(|n| *n == "w1").count() as f64;
-    let w1 = scrape_until(&lab, "w1", "w1's own tasks", |s| {
+    let w1 = scrape_until(lab, "w1", "w1's own tasks", |s| {
         s.get("weft_node_tasks{state=\"running\"}").unwrap_or(0.0) == on_w1
     });
     assert_eq!(w1.value("weft_network_peers{network=\"encnet\"}"), 1.0);
     assert!(w1.value("weft_dataplane_applies_total{result=\"ok\"}") >= 1.0);
     assert!(w1.value("weft_dataplane_apply_duration_seconds") >= 1.0);
 
+    after
+}
+
+/// A lookup and traffic over the encrypted network from a task on w1:
+/// DNS and WireGuard counters; returns w1's task's namespace and w1's
+/// scrape after it.
+fn a_lookup_and_encrypted_traffic(lab: &Lab) -> (std::path::PathBuf, Scrape) {
     // A lookup and traffic over the encrypted network from a task on w1.
-    let pin_m1 = sleeper(&lab, "m1", "s1", "encnet");
-    let pin_w1 = sleeper(&lab, "w1", "s2", "encnet");
+    let pin_m1 = sleeper(lab, "m1", "s1", "encnet");
+    let pin_w1 = sleeper(lab, "w1", "s2", "encnet");
     let s1_ip = addr_of_in(&nsenter_stdout(
         &pin_m1,
         &["ip", "-o", "-4", "addr", "show", "eth0"],
     ))
     .expect("s1's address");
     let s1_ip = s1_ip.split('/').next().unwrap().to_string();
-    let dns_before = scrape(&lab, "w1");
+    let dns_before = scrape(lab, "w1");
     let found = resolve(&pin_w1, "s1");
     assert!(
         found.contains(&s1_ip),
@@ -206,7 +242,7 @@ fn metrics_follow_what_the_cluster_does() {
         .find(|n| n.hostname == "m1")
         .expect("m1 in node ls")
         .id;
-    let w1 = scrape_until(&lab, "w1", "a handshake with m1", |s| {
+    let w1 = scrape_until(lab, "w1", "a handshake with m1", |s| {
         s.get(&format!(
             "weft_wireguard_last_handshake_seconds{{peer=\"{m1_id}\"}}"
         ))
@@ -234,42 +270,32 @@ fn metrics_follow_what_the_cluster_does() {
                 .unwrap_or(0.0)
     );
 
+    (pin_w1, w1)
+}
+
+/// A change made behind weft's back in w1's task `pin_w1` is put back,
+/// and counted (`w1`: a scrape from before it).
+fn a_drift_repair_is_counted(pin_w1: &std::path::Path, w1: &Scrape, lab: &Lab) {
     // A change behind weft's back is put back, and counted.
     let repairs = w1.get("weft_dataplane_drift_repairs_total").unwrap_or(0.0);
     let s2_addr = addr_of_in(&nsenter_stdout(
-        &pin_w1,
+        pin_w1,
         &["ip", "-o", "-4", "addr", "show", "eth0"],
     ))
     .expect("s2's address");
-    let del = nsenter(&pin_w1, &["ip", "addr", "del", &s2_addr, "dev", "eth0"]);
+    let del = nsenter(pin_w1, &["ip", "addr", "del", &s2_addr, "dev", "eth0"]);
     assert!(del.status.success(), "{del:?}");
     wait_for("s2's address put back", Duration::from_secs(20), || {
         addr_of_in(&nsenter_stdout(
-            &pin_w1,
+            pin_w1,
             &["ip", "-o", "-4", "addr", "show", "eth0"],
         ))
         .as_deref()
             == Some(s2_addr.as_str())
     });
-    scrape_until(&lab, "w1", "the repair counted", |s| {
+    scrape_until(lab, "w1", "the repair counted", |s| {
         s.get("weft_dataplane_drift_repairs_total").unwrap_or(0.0) > repairs
     });
-
-    println!(
-        "m1's scrape:\n{}\nw1's scrape:\n{}",
-        after.text,
-        scrape(&lab, "w1").text
-    );
-
-    // Two remote tasks on one other node: still one peer.
-    assert_eq!(
-        scrape(&lab, "w1").value("weft_network_peers{network=\"encnet\"}"),
-        1.0
-    );
-
-    // Only /metrics, only GET.
-    let (head, _) = http_get("m1", &lab, "/other");
-    assert!(head.contains(" 404"), "{head}");
 }
 
 /// A metrics address that cannot be used stops the daemon with an error

@@ -55,8 +55,9 @@ pub enum SessionPush {
     Log(pb::LogRequest),
     /// Doctor probes of its peers.
     Probe(pb::ProbeRequest),
-    /// It answered the config pushed last (applied it, or failed to):
-    /// the next may go ([`crate::dispatcher`]'s push gate).
+    /// It answered the config pushed last (applied it, or reported an
+    /// apply error since): the next may go ([`crate::dispatcher`]'s push
+    /// gate).
     Applied,
 }
 
@@ -425,8 +426,9 @@ impl Core {
 
     /// Records what a node reported applying; the first report of the
     /// version pushed last times the push (its metric).
-    /// A report that answers the push (its version, or an error) lets the
-    /// session push again.
+    ///
+    /// A report that answers the push ([`ConfigStatus::answered`]) tells
+    /// the node's session, which may push again.
     pub fn config_applied(&self, id: NodeId, version: u64, error: String) {
         let answered = {
             let mut c = self.inner.configs.lock().expect("configs lock");
