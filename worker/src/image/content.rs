@@ -13,7 +13,7 @@ use weft_containerd_api::containerd::services::content::v1::{
     content_client::ContentClient,
 };
 use weft_containerd_api::containerd::services::leases::v1::{
-    CreateRequest, DeleteRequest, leases_client::LeasesClient,
+    AddResourceRequest, CreateRequest, DeleteRequest, Resource, leases_client::LeasesClient,
 };
 use weft_containerd_api::containerd::types;
 
@@ -85,6 +85,28 @@ impl Lease {
     /// `client`, with its calls under this lease.
     pub fn client(&self, client: &Client) -> Result<Client, ImageError> {
         Ok(client.with_lease(&self.id)?)
+    }
+
+    /// Puts snapshot `key` of `snapshotter`, made by someone else, under
+    /// this lease too: the garbage collector keeps it from now on even when
+    /// what referenced it goes. containerd does not check that it exists.
+    pub async fn add_snapshot(
+        &self,
+        client: &Client,
+        snapshotter: &str,
+        key: &str,
+    ) -> Result<(), weft_containerd_api::Error> {
+        LeasesClient::new(client.channel())
+            .add_resource(AddResourceRequest {
+                id: self.id.clone(),
+                resource: Some(Resource {
+                    id: key.to_owned(),
+                    r#type: format!("snapshots/{snapshotter}"),
+                }),
+            })
+            .await
+            .map_err(|s| client.error("Leases.AddResource", s))?;
+        Ok(())
     }
 
     /// Deletes the lease: what it protected is now kept only by references

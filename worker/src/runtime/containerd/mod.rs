@@ -6,6 +6,7 @@
 //! ```text
 //!  start:  images.get(ref) (one Images.Get: the store remembers what it parsed and unpacked)
 //!          ‖ Leases.Create ─▶ Snapshots.Prepare(key = task id, parent = image top chain id;
+//!          one left by an earlier attempt: Leases.AddResource, then its mounts;
 //!          its parent gone: the store told, the image got again, once) ─▶ Containers.Create(spec
 //!          JSON, runc options, labels weft.task/weft.image; one left by a start that died
 //!          half-way: deleted, made again) ─▶ Leases.Delete
@@ -394,22 +395,40 @@ impl ContainerdRuntime {
         self.stdio_forget(id);
     }
 
-    /// The image's rootfs snapshot for the task: prepared, or the one a
-    /// previous attempt left.
-    async fn rootfs(&self, client: &Client, id: &str, image: &LocalImage) -> Result<Vec<Mount>> {
+    /// The image's rootfs snapshot for the task, under `lease`: prepared,
+    /// or the one a previous attempt left. A snapshot left is put under the
+    /// lease before its mounts are read: what references it (a container
+    /// record left half made, deleted by `create_container`) may go before
+    /// the new record does, and the garbage collector would take it in
+    /// between. One collected before the lease held it is prepared again.
+    async fn rootfs(
+        &self,
+        client: &Client,
+        lease: &Lease,
+        id: &str,
+        image: &LocalImage,
+    ) -> Result<Vec<Mount>> {
         let mut snapshots = snapshots::snapshots_client::SnapshotsClient::new(client.channel());
-        let r = snapshots
-            .prepare(snapshots::PrepareSnapshotRequest {
-                snapshotter: SNAPSHOTTER.into(),
-                key: id.to_owned(),
-                parent: image.top_chain_id.clone(),
-                labels: HashMap::from([(TASK_LABEL.to_owned(), id.to_owned())]),
-            })
-            .await;
-        match r {
-            Ok(r) => Ok(r.into_inner().mounts),
-            Err(s) if s.code() == tonic::Code::AlreadyExists => self.snapshot_mounts(id).await,
-            Err(s) => Err(self.err("Snapshots.Prepare", s)),
+        let prepare = snapshots::PrepareSnapshotRequest {
+            snapshotter: SNAPSHOTTER.into(),
+            key: id.to_owned(),
+            parent: image.top_chain_id.clone(),
+            labels: HashMap::from([(TASK_LABEL.to_owned(), id.to_owned())]),
+        };
+        let mut again = false;
+        loop {
+            match snapshots.prepare(prepare.clone()).await {
+                Ok(r) => return Ok(r.into_inner().mounts),
+                Err(s) if s.code() == tonic::Code::AlreadyExists => {}
+                Err(s) => return Err(self.err("Snapshots.Prepare", s)),
+            }
+            lease.add_snapshot(client, SNAPSHOTTER, id).await?;
+            match self.snapshot_mounts(id).await {
+                Err(Error::Containerd(weft_containerd_api::Error::NotFound { .. })) if !again => {
+                    again = true;
+                }
+                r => return r,
+            }
         }
     }
 
@@ -463,7 +482,7 @@ impl ContainerdRuntime {
             let leased = lease
                 .client(&self.inner.client)
                 .map_err(|e| e.to_string())?;
-            let (image, mounts) = self.rootfs_of(&leased, spec, image, fetch).await?;
+            let (image, mounts) = self.rootfs_of(&leased, &lease, spec, image, fetch).await?;
             let health = self.record(&leased, spec, c, &image, &mounts).await?;
             Ok::<_, String>((health, mounts))
         }
@@ -511,19 +530,20 @@ impl ContainerdRuntime {
         })
     }
 
-    /// The task's rootfs snapshot, prepared through `client` (under a
-    /// lease) from `image`. The image store remembers which images are
+    /// The task's rootfs snapshot, prepared through `client` (under
+    /// `lease`) from `image`. The image store remembers which images are
     /// unpacked: if their top snapshot went behind its back, it is told,
     /// and the image is asked for (checked, unpacked) again once.
     async fn rootfs_of(
         &self,
         client: &Client,
+        lease: &Lease,
         spec: &TaskSpec,
         image: LocalImage,
         fetch: Fetch<'_>,
     ) -> Result<(LocalImage, Vec<Mount>), String> {
         let c = spec.container.as_ref().ok_or("not a container task")?;
-        match self.rootfs(client, &spec.id, &image).await {
+        match self.rootfs(client, lease, &spec.id, &image).await {
             Ok(mounts) => Ok((image, mounts)),
             // Not found: the parent, or something else (the lease). Only a
             // missing parent is the store's to mend.
@@ -540,7 +560,7 @@ impl ContainerdRuntime {
                 self.inner.pulling.lock().expect("pulling").remove(&spec.id);
                 let image = image.map_err(|e| e.to_string())?;
                 let mounts = self
-                    .rootfs(client, &spec.id, &image)
+                    .rootfs(client, lease, &spec.id, &image)
                     .await
                     .map_err(|e| e.to_string())?;
                 Ok((image, mounts))
