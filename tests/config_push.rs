@@ -545,3 +545,71 @@ fn a_node_gets_its_next_push_when_it_answered_the_last() {
     assert!(apply(&mut held, m).contains(&8083));
     drop(ask);
 }
+
+/// While a push waits for its answer, what the header says still goes at
+/// once (another node's removal here, which the node's trust lists
+/// follow), and removing the node itself ends its session at once:
+/// neither waits for the answer or the three periods.
+#[test]
+fn a_held_push_holds_back_neither_the_header_nor_a_removal() {
+    let mut lab = Lab::new("pheld", &["m1", "w1", "w2"]);
+    lab.start_all();
+    // A held push would wait 12 s: far above what is allowed below.
+    let period = Duration::from_secs(4);
+    let (wt, _) = lab.init("m1", &["--heartbeat-period", "4s"]);
+    lab.join("w1", &wt, "m1");
+    lab.join("w2", &wt, "m1");
+    lab.sigterm("w1");
+    let (got_tx, got) = std::sync::mpsc::channel();
+    let ask = stand_in(&lab, period, got_tx);
+    let (_, first) = got
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the session's first config");
+    assert!(first.config.is_some(), "a whole config first");
+    assert!(first.removed_node_ids.is_empty(), "{first:?}");
+    // Never answered: this change waits.
+    common::detached_sleepers(
+        &lab,
+        "m1",
+        "p1",
+        &["--constraint", "node.role==manager", "--publish", "8081:80"],
+    );
+    let quiet = got.recv_timeout(Duration::from_millis(1500));
+    assert!(quiet.is_err(), "a push while one is unanswered: {quiet:?}");
+
+    let asked = std::time::Instant::now();
+    lab.weft("m1", &["node", "rm", "--force", "w2"]);
+    let (at, m) = got
+        .recv_timeout(Duration::from_secs(30))
+        .expect("w2's removal");
+    assert_eq!(m.removed_node_ids.len(), 1, "{m:?}");
+    assert!(
+        m.config.is_none() && m.config_delta.is_none() && m.sources_part.is_none(),
+        "the header alone while the push is held: {m:?}"
+    );
+    assert!(
+        at.duration_since(asked) < Duration::from_secs(4),
+        "the header came {:?} after the removal",
+        at.duration_since(asked)
+    );
+
+    let removed = std::time::Instant::now();
+    lab.weft("m1", &["node", "rm", "--force", "w1"]);
+    // The session ends: the stand-in stops and drops its sender. Any
+    // message before that is a header, never the held config.
+    let ended = loop {
+        match got.recv_timeout(Duration::from_secs(30)) {
+            Ok((_, m)) => assert!(
+                m.config.is_none() && m.config_delta.is_none(),
+                "a config for a removed node: {m:?}"
+            ),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break removed.elapsed(),
+            Err(e) => panic!("the removed node's session did not end: {e}"),
+        }
+    };
+    assert!(
+        ended < Duration::from_secs(4),
+        "the removed node's session ended {ended:?} after the removal"
+    );
+    drop(ask);
+}
