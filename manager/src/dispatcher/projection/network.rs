@@ -449,13 +449,18 @@ fn remote(state: &State, net: &Network) -> Vec<Remote> {
         .collect()
 }
 
-/// Nodes' ingress endpoints on `net` (replicas answer them), of nodes up
-/// and with a data path address.
+/// Nodes' ingress endpoints on `net` (replicas answer them), of nodes with
+/// a data path address, down ones too. A down node's endpoint is kept
+/// until the node is removed (its address stays allocated to it): it
+/// costs an unused forwarding entry on each member, where leaving it out
+/// made every down mark, and every return, a config change for every
+/// node with a replica on the ingress network, though nothing a live node
+/// sends depends on it (a reply goes to it only for a connection that came
+/// in through it).
 fn node_remote(state: &State, net: &Network) -> Vec<Remote> {
     let mut out = Vec::new();
     for (n, ip) in &net.node_endpoints {
         if let Some(peer) = state.nodes.get(n)
-            && peer.state != NodeState::Down
             && !peer.data_path_addr.is_empty()
         {
             out.push(Remote {

@@ -685,4 +685,20 @@ fn ingress_ports(dual: bool) {
     let want6 = (ingress.node_endpoints6.get(&NodeId(3))).map(|ip| format!("{ip}/64"));
     assert_eq!(e3.ip6, want6.clone().unwrap_or_default());
     assert_eq!(want6.is_some(), dual);
+    // Node 3 (no replica there) marked down: node 1's ingress network is
+    // as it was, node 3's endpoint kept. A down mark, or a return, of a
+    // node without replicas changes no other node's config.
+    mark_down(&mut s, 3);
+    let after = project(&s, NodeId(1), 2).unwrap();
+    let ingress_of = |c: &pb::NodeConfig| {
+        (c.networks.iter())
+            .find(|n| n.id == ingress.id)
+            .cloned()
+            .unwrap()
+    };
+    assert_eq!(ingress_of(&after), ingress_of(&c1));
+    assert!(
+        knows(&after, endpoint_of(3)),
+        "a down node's endpoint is kept"
+    );
 }
