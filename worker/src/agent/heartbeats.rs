@@ -30,8 +30,9 @@ impl Drop for Beats {
 /// them back, or the leader would take a live node for a dead one. They go
 /// as messages of one `Heartbeats` stream, each answered; a manager
 /// without it gets unary calls. Ends at the first heartbeat refused or
-/// unanswered for two periods. `on_beat` runs for each one answered, with
-/// the time it took to be answered.
+/// unanswered for two periods ([`answered_within`]: periods in which this
+/// process was starved do not count). `on_beat` runs for each one
+/// answered, with the time it took to be answered.
 pub async fn heartbeats(
     mut client: DispatcherClient<tonic::transport::Channel>,
     node_id: String,
@@ -41,11 +42,11 @@ pub async fn heartbeats(
     let mut every = *period.borrow_and_update();
     let (beat_tx, beat_rx) = tokio::sync::mpsc::channel::<pb::HeartbeatRequest>(1);
     let opened = client.heartbeats(tokio_stream::wrappers::ReceiverStream::new(beat_rx));
-    let mut answers = match tokio::time::timeout(every * 2, opened).await {
-        Ok(Ok(r)) => Some(r.into_inner()),
-        Ok(Err(st)) if st.code() == Code::Unimplemented => None,
-        Ok(Err(st)) => return Beat::Refused(st),
-        Err(_) => return Beat::TimedOut,
+    let mut answers = match answered_within(every, opened).await {
+        Some(Ok(r)) => Some(r.into_inner()),
+        Some(Err(st)) if st.code() == Code::Unimplemented => None,
+        Some(Err(st)) => return Beat::Refused(st),
+        None => return Beat::TimedOut,
     };
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -80,16 +81,111 @@ pub async fn heartbeats(
                         None => Err(tonic::Status::unavailable("the heartbeat stream ended")),
                     }
                 };
-                tokio::time::timeout(every * 2, beat).await
+                answered_within(every, beat).await
             }
-            None => tokio::time::timeout(every * 2, client.heartbeat(req))
+            None => answered_within(every, client.heartbeat(req))
                 .await
                 .map(|r| r.map(drop)),
         };
         match answered {
-            Ok(Ok(())) => on_beat(sent.elapsed()),
-            Ok(Err(st)) => return Beat::Refused(st),
-            Err(_) => return Beat::TimedOut,
+            Some(Ok(())) => on_beat(sent.elapsed()),
+            Some(Err(st)) => return Beat::Refused(st),
+            None => return Beat::TimedOut,
         }
+    }
+}
+
+/// How late a wait's end may be seen before this process counts as starved
+/// then, in quarters of a period.
+const STARVED_QUARTERS: u32 = 1;
+
+/// How many times a starved wait is given one more period.
+const STARVED_EXTENSIONS: u32 = 3;
+
+/// `answer`, if it comes within two heartbeat periods `every`; `None`
+/// otherwise. A wait whose end this process sees over a quarter of a
+/// period late was starved (a machine out of CPU, the process paused): an
+/// answer that came meanwhile may still be unread, on a connection no task
+/// had the time to poll, so the wait goes on for another period from
+/// then, at most three times. Without that, a node starved for two periods
+/// took the leader for gone, dropped a live session and asked for a whole
+/// config again, which costs the leader most when many nodes starve at
+/// once. A leader really gone is still given up on within five periods.
+pub(super) async fn answered_within<T>(
+    every: Duration,
+    answer: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::pin!(answer);
+    let mut deadline = tokio::time::Instant::now() + every * 2;
+    let mut extended = 0;
+    loop {
+        tokio::select! {
+            biased;
+            r = &mut answer => return Some(r),
+            () = tokio::time::sleep_until(deadline) => {
+                let now = tokio::time::Instant::now();
+                let late = now.saturating_duration_since(deadline);
+                if late <= every * STARVED_QUARTERS / 4 || extended == STARVED_EXTENSIONS {
+                    return None;
+                }
+                extended += 1;
+                tracing::debug!(late_ms = late.as_millis() as u64, "heartbeat wait starved: one more period");
+                deadline = now + every;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Blocks the runtime's only thread for `d` (a starved process).
+    fn starve(d: Duration) {
+        std::thread::sleep(d);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn an_answer_read_late_because_the_process_starved_still_counts() {
+        let every = Duration::from_millis(100);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        // The answer is there once the process runs again, one turn
+        // after the wait's end is seen.
+        tokio::spawn(async move {
+            starve(every * 4);
+            tokio::task::yield_now().await;
+            let _ = tx.send(());
+        });
+        let started = std::time::Instant::now();
+        assert_eq!(answered_within(every, rx).await, Some(Ok(())));
+        assert!(started.elapsed() < every * 6, "{:?}", started.elapsed());
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn no_answer_is_given_up_after_two_periods_when_on_time() {
+        let every = Duration::from_millis(100);
+        let started = std::time::Instant::now();
+        let never = std::future::pending::<()>();
+        assert_eq!(answered_within(every, never).await, None);
+        let took = started.elapsed();
+        assert!(took >= every * 2 && took < every * 3, "{took:?}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_process_always_starved_still_gives_up() {
+        let every = Duration::from_millis(100);
+        // Every turn of the runtime takes a period and a half.
+        tokio::spawn(async move {
+            loop {
+                starve(every * 3 / 2);
+                tokio::task::yield_now().await;
+            }
+        });
+        let started = std::time::Instant::now();
+        let never = std::future::pending::<()>();
+        assert_eq!(answered_within(every, never).await, None);
+        let took = started.elapsed();
+        assert!(took >= every * 5, "{took:?}");
+        assert!(took < every * 12, "{took:?}");
     }
 }
