@@ -554,9 +554,10 @@ fn a_node_gets_its_next_push_when_it_answered_the_last() {
 fn a_held_push_holds_back_neither_the_header_nor_a_removal() {
     let mut lab = Lab::new("pheld", &["m1", "w1", "w2"]);
     lab.start_all();
-    // A held push would wait 12 s: far above what is allowed below.
-    let period = Duration::from_secs(4);
-    let (wt, _) = lab.init("m1", &["--heartbeat-period", "4s"]);
+    // A held push would wait 24 s from the first config: far above what
+    // is allowed below, and room for all of it on a busy machine.
+    let period = Duration::from_secs(8);
+    let (wt, _) = lab.init("m1", &["--heartbeat-period", "8s"]);
     lab.join("w1", &wt, "m1");
     lab.join("w2", &wt, "m1");
     lab.sigterm("w1");
