@@ -67,8 +67,8 @@ fn metrics_text(lab: &Lab, host: &str) -> String {
     })
 }
 
-/// Manager `host`'s runtime lag samples so far: how many, and how many
-/// over 0.512 s and over 2.048 s (`weft_runtime_lag_seconds`' buckets).
+/// A manager's runtime lag samples: how many, and how many over 0.512 s
+/// and over 2.048 s (`weft_runtime_lag_seconds`' buckets).
 #[derive(Clone, Copy, Default)]
 struct LeaderLag {
     count: u64,
@@ -76,6 +76,7 @@ struct LeaderLag {
     over_two: u64,
 }
 
+/// Manager `host`'s [`LeaderLag`] so far.
 fn runtime_lag(lab: &Lab, host: &str) -> LeaderLag {
     let text = metrics_text(lab, host);
     let sample = |key: &str| {

@@ -377,6 +377,9 @@ fn a_delta_lost_with_its_session_ends_in_the_kernel_state_of_a_whole_push() {
     );
 }
 
+/// A message the stand-in got, with when it came.
+type Got = (std::time::Instant, weft_proto::v1::SessionMessage);
+
 /// What the test asks of its stand-in for w1's agent.
 enum Ask {
     /// Report this config version applied.
@@ -391,7 +394,7 @@ enum Ask {
 fn stand_in(
     lab: &Lab,
     period: Duration,
-    got: std::sync::mpsc::Sender<(std::time::Instant, weft_proto::v1::SessionMessage)>,
+    got: std::sync::mpsc::Sender<Got>,
 ) -> tokio::sync::mpsc::UnboundedSender<Ask> {
     use weft_proto::v1 as pb;
     use weft_proto::v1::dispatcher_client::DispatcherClient;
@@ -481,41 +484,66 @@ fn apply(
 /// node that has not answered its last push gets no new one; once it
 /// reports it applied it, everything that changed since comes in one push;
 /// a node that never answers gets the next after three heartbeat periods.
+/// The lab's cluster made with heartbeats every `period` (m1 its manager,
+/// every other host joined), w1's daemon stopped and its session a
+/// [`stand_in`]: the messages it gets, the channel that makes it report,
+/// and its first message with when it came.
+fn w1_stood_in(
+    lab: &mut Lab,
+    hosts: &[&str],
+    period: Duration,
+) -> (
+    std::sync::mpsc::Receiver<Got>,
+    tokio::sync::mpsc::UnboundedSender<Ask>,
+    Got,
+) {
+    lab.start_all();
+    let every = format!("{}s", period.as_secs());
+    let (wt, _) = lab.init("m1", &["--heartbeat-period", &every]);
+    for host in hosts.iter().filter(|h| **h != "m1") {
+        lab.join(host, &wt, "m1");
+    }
+    lab.sigterm("w1");
+    let (got_tx, got) = std::sync::mpsc::channel();
+    let ask = stand_in(lab, period, got_tx);
+    let first = got
+        .recv_timeout(Duration::from_secs(30))
+        .expect("no push: the session's first config");
+    (got, ask, first)
+}
+
+/// A service `name` with one sleeping replica on m1 that publishes `port`
+/// through the ingress network: every node's config gets the port.
+fn publish(lab: &Lab, name: &str, port: u16) {
+    let published = format!("{port}:80");
+    let flags = [
+        "--constraint",
+        "node.role==manager",
+        "--publish",
+        &published,
+    ];
+    common::detached_sleepers(lab, "m1", name, &flags);
+}
+
 /// Real daemons for m1 and w1 (w1's stopped), the session a stand-in with
 /// w1's certificate, so the test decides when it reports.
 #[test]
 fn a_node_gets_its_next_push_when_it_answered_the_last() {
-    let mut lab = Lab::new("pgate", &["m1", "w1"]);
-    lab.start_all();
+    let hosts = ["m1", "w1"];
+    let mut lab = Lab::new("pgate", &hosts);
     // Pushes wait three periods for an answer: 12 s, room for what the
     // test does in between on a busy machine.
     let period = Duration::from_secs(4);
-    let (wt, _) = lab.init("m1", &["--heartbeat-period", "4s"]);
-    lab.join("w1", &wt, "m1");
-    lab.sigterm("w1");
-    let (got_tx, got) = std::sync::mpsc::channel();
-    let ask = stand_in(&lab, period, got_tx);
+    let (got, ask, (first_at, first)) = w1_stood_in(&mut lab, &hosts, period);
     let next = |what: &str| {
         got.recv_timeout(Duration::from_secs(30))
             .unwrap_or_else(|_| panic!("no push: {what}"))
     };
-    let (first_at, first) = next("the session's first config");
     let mut held = Default::default();
     assert_eq!(apply(&mut held, first), BTreeSet::new());
-    // Two services that publish through the ingress network, their one
-    // replica each on m1: every node's config gets their ports.
-    let publish = |name: &str, port: &str| {
-        let published = format!("{port}:80");
-        let flags = [
-            "--constraint",
-            "node.role==manager",
-            "--publish",
-            &published,
-        ];
-        common::detached_sleepers(&lab, "m1", name, &flags);
-    };
-    publish("p1", "8081");
-    publish("p2", "8082");
+    // Two services that publish through the ingress network.
+    publish(&lab, "p1", 8081);
+    publish(&lab, "p2", 8082);
     // Unanswered, the first push holds them back (for 12 s at most).
     let quiet = got.recv_timeout(Duration::from_millis(1500));
     assert!(
@@ -535,7 +563,7 @@ fn a_node_gets_its_next_push_when_it_answered_the_last() {
         answered_at.duration_since(first_at)
     );
     // Never answered: the next change waits out the three periods.
-    publish("p3", "8083");
+    publish(&lab, "p3", 8083);
     let (at, m) = next("a change after an unanswered push");
     let waited = at.duration_since(answered_at);
     assert!(
@@ -552,29 +580,15 @@ fn a_node_gets_its_next_push_when_it_answered_the_last() {
 /// neither waits for the answer or the three periods.
 #[test]
 fn a_held_push_holds_back_neither_the_header_nor_a_removal() {
-    let mut lab = Lab::new("pheld", &["m1", "w1", "w2"]);
-    lab.start_all();
+    let hosts = ["m1", "w1", "w2"];
+    let mut lab = Lab::new("pheld", &hosts);
     // A held push would wait 24 s from the first config: far above what
     // is allowed below, and room for all of it on a busy machine.
-    let period = Duration::from_secs(8);
-    let (wt, _) = lab.init("m1", &["--heartbeat-period", "8s"]);
-    lab.join("w1", &wt, "m1");
-    lab.join("w2", &wt, "m1");
-    lab.sigterm("w1");
-    let (got_tx, got) = std::sync::mpsc::channel();
-    let ask = stand_in(&lab, period, got_tx);
-    let (_, first) = got
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the session's first config");
+    let (got, ask, (_, first)) = w1_stood_in(&mut lab, &hosts, Duration::from_secs(8));
     assert!(first.config.is_some(), "a whole config first");
     assert!(first.removed_node_ids.is_empty(), "{first:?}");
     // Never answered: this change waits.
-    common::detached_sleepers(
-        &lab,
-        "m1",
-        "p1",
-        &["--constraint", "node.role==manager", "--publish", "8081:80"],
-    );
+    publish(&lab, "p1", 8081);
     let quiet = got.recv_timeout(Duration::from_millis(1500));
     assert!(quiet.is_err(), "a push while one is unanswered: {quiet:?}");
 

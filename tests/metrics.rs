@@ -124,17 +124,14 @@ fn metrics_follow_what_the_cluster_does() {
     let after = a_service_moves_pushes_and_tasks(&lab);
     let (pin_w1, w1) = a_lookup_and_encrypted_traffic(&lab);
     a_drift_repair_is_counted(&pin_w1, &w1, &lab);
+    let w1_now = scrape(&lab, "w1");
     println!(
         "m1's scrape:\n{}\nw1's scrape:\n{}",
-        after.text,
-        scrape(&lab, "w1").text
+        after.text, w1_now.text
     );
 
     // Two remote tasks on one other node: still one peer.
-    assert_eq!(
-        scrape(&lab, "w1").value("weft_network_peers{network=\"encnet\"}"),
-        1.0
-    );
+    assert_eq!(w1_now.value("weft_network_peers{network=\"encnet\"}"), 1.0);
 
     // Only /metrics, only GET.
     let (head, _) = http_get("m1", &lab, "/other");
@@ -176,7 +173,6 @@ fn managers_state(lab: &Lab) {
 /// proposals, runtime lag samples and tasks move; returns m1's scrape
 /// after it.
 fn a_service_moves_pushes_and_tasks(lab: &Lab) -> Scrape {
-    // A service: pushes, acknowledgements, proposals and tasks move.
     let before = scrape(lab, "m1");
     lab.encrypted_network("m1", "10.0.41.0/24", "encnet");
     common::sleeping_replicas(lab, "m1", "web", "encnet", 2);
@@ -216,7 +212,6 @@ fn a_service_moves_pushes_and_tasks(lab: &Lab) -> Scrape {
 /// DNS and WireGuard counters; returns w1's task's namespace and w1's
 /// scrape after it.
 fn a_lookup_and_encrypted_traffic(lab: &Lab) -> (std::path::PathBuf, Scrape) {
-    // A lookup and traffic over the encrypted network from a task on w1.
     let pin_m1 = sleeper(lab, "m1", "s1", "encnet");
     let pin_w1 = sleeper(lab, "w1", "s2", "encnet");
     let s1_ip = addr_of_in(&nsenter_stdout(
@@ -276,7 +271,6 @@ fn a_lookup_and_encrypted_traffic(lab: &Lab) -> (std::path::PathBuf, Scrape) {
 /// A change made behind weft's back in w1's task `pin_w1` is put back,
 /// and counted (`w1`: a scrape from before it).
 fn a_drift_repair_is_counted(pin_w1: &std::path::Path, w1: &Scrape, lab: &Lab) {
-    // A change behind weft's back is put back, and counted.
     let repairs = w1.get("weft_dataplane_drift_repairs_total").unwrap_or(0.0);
     let s2_addr = addr_of_in(&nsenter_stdout(
         pin_w1,

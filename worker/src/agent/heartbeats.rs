@@ -96,10 +96,6 @@ pub async fn heartbeats(
     }
 }
 
-/// How late a wait's end may be seen before this process counts as starved
-/// then, in quarters of a period.
-const STARVED_QUARTERS: u32 = 1;
-
 /// How many times a starved wait is given one more period.
 const STARVED_EXTENSIONS: u32 = 3;
 
@@ -124,9 +120,10 @@ pub(super) async fn answered_within<T>(
 }
 
 /// Whether a wait whose end was seen `late`, after `extended` extensions,
-/// gives up.
+/// gives up: seen within a quarter period of its time, this process was
+/// not starved then.
 fn gives_up(late: Duration, every: Duration, extended: u32) -> bool {
-    late <= every * STARVED_QUARTERS / 4 || extended >= STARVED_EXTENSIONS
+    late <= every / 4 || extended >= STARVED_EXTENSIONS
 }
 
 /// [`answered_within`], and how many times the wait was extended.
